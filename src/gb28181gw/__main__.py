@@ -1,0 +1,3 @@
+from gb28181gw.cli import main
+
+main()

@@ -1,0 +1,172 @@
+"""The composition root: builds the gateway from a Config, runs it, shuts it down cleanly.
+
+Only this module instantiates concrete transports (and, in later issues,
+stores). Start-up order: metrics → SIP endpoint and stack → transports → admin
+API → ready. Shutdown (SIGINT/SIGTERM) reverses it, giving in-flight handlers
+``runtime.shutdown_timeout`` seconds; a second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+from gb28181gw import __version__
+from gb28181gw.admin import AdminServer
+from gb28181gw.config import Config
+from gb28181gw.metrics import Metrics
+from gb28181gw.net.stack import SipStack
+from gb28181gw.sip.endpoint import SipEndpoint
+from gb28181gw.sip.message import Limits
+from gb28181gw.sip.timers import TimerConfig
+
+log = logging.getLogger("gb28181gw.app")
+
+#: Exit status when start-up fails (bad config, port in use …).
+STARTUP_FAILURE = 3
+
+
+class Gateway:
+    """One running gateway: SIP stack, services and admin API built from ``config``."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        sip = config.sip
+        self.endpoint = SipEndpoint(
+            timers=TimerConfig(t1=sip.t1, t2=sip.t2, t4=sip.t4),
+            limits=Limits(
+                max_message_size=sip.max_message_size,
+                max_headers=sip.max_headers,
+                max_line_length=sip.max_line_length,
+                max_body_size=sip.max_body_size,
+            ),
+            user_agent=config.gateway.user_agent or None,
+        )
+        self.stack = SipStack(self.endpoint, counters=self.metrics.sip)
+        self.admin: AdminServer | None = None
+        self.started_at = 0.0
+        self._ready = False
+        self._stop = asyncio.Event()
+        self.metrics.gauge(
+            "gb28181gw_sip_transactions_in_flight",
+            "SIP transactions not yet terminated",
+            lambda: float(self.endpoint.transactions_in_flight),
+        )
+        self.metrics.gauge(
+            "gb28181gw_sip_tcp_connections", "Open SIP TCP connections", lambda: float(self.stack.tcp_connections)
+        )
+
+    @property
+    def ready(self) -> bool:
+        """Listening and not shutting down."""
+        return self._ready
+
+    def status(self) -> dict[str, Any]:
+        """What ``/api/v1/status`` and ``gb28181gw status`` show."""
+        c = self.config
+        return {
+            "version": __version__,
+            "gateway_id": c.gateway.id,
+            "domain": c.domain,
+            "sip": {
+                "listen": c.sip.listen,
+                "port": getattr(self.stack, "port", c.sip.port),
+                "transports": c.sip.transports,
+                "transactions_in_flight": self.endpoint.transactions_in_flight,
+                "tcp_connections": self.stack.tcp_connections,
+            },
+            "uptime_seconds": round(time.monotonic() - self.started_at, 3) if self.started_at else 0.0,
+            "pid": os.getpid(),
+        }
+
+    async def start(self) -> None:
+        """Bind everything; raises ``OSError`` if an address is taken."""
+        c = self.config
+        await self.stack.listen(
+            c.sip.listen,
+            c.sip.port,
+            udp="udp" in c.sip.transports,
+            tcp="tcp" in c.sip.transports,
+            advertised=c.sip.advertised_address,
+            udp_receive_buffer=c.sip.udp_receive_buffer,
+            tcp_idle_timeout=c.sip.tcp_idle_timeout,
+            tcp_max_connections=c.sip.tcp_max_connections,
+        )
+        if c.admin.enabled:
+            self.admin = AdminServer(self.metrics, status=self.status, ready=lambda: self._ready)
+            await self.admin.start(c.admin.listen, c.admin.port)
+        self.started_at = time.monotonic()
+        self._ready = True
+        log.info(
+            "gateway started",
+            extra={"id": c.gateway.id, "domain": c.domain, "sip_port": self.stack.port, "version": __version__},
+        )
+
+    def request_stop(self) -> None:
+        """Ask :meth:`serve` to shut down."""
+        self._stop.set()
+
+    async def stop(self) -> None:
+        """Shut down in reverse order of start-up."""
+        self._ready = False
+        if self.admin is not None:
+            await self.admin.stop()
+        await self.stack.close(timeout=self.config.runtime.shutdown_timeout)
+        log.info("gateway stopped")
+
+    async def serve(self) -> None:
+        """Start, run until SIGINT/SIGTERM (or :meth:`request_stop`), then stop."""
+        loop = asyncio.get_running_loop()
+        signals = 0
+
+        def on_signal(sig: signal.Signals) -> None:
+            nonlocal signals
+            signals += 1
+            if signals > 1:
+                log.warning("second %s: exiting now", sig.name)
+                os._exit(1)
+            log.info("%s received: shutting down (again to force)", sig.name)
+            self._stop.set()
+
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, on_signal, sig)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover - not the main thread
+                pass
+        try:
+            await self.start()
+            await self._stop.wait()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+
+def run(config: Config) -> int:
+    """Run a gateway in this process until it is told to stop; return the exit status."""
+    gateway = Gateway(config)
+
+    async def main() -> None:
+        await gateway.serve()
+
+    try:
+        if config.runtime.uvloop:
+            try:
+                import uvloop
+            except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+                asyncio.run(main())
+            else:
+                uvloop.run(main())
+        else:
+            asyncio.run(main())
+    except OSError as exc:
+        log.error("start-up failed: %s", exc)
+        return STARTUP_FAILURE
+    return 0

@@ -1,0 +1,232 @@
+"""The ``gb28181gw`` command line.
+
+``serve`` runs the gateway; the other commands either work offline (``id``,
+``config``) or talk to a running gateway through its admin API (``status``).
+The CLI stays thin: it builds a Config and calls :mod:`gb28181gw.app`, or makes
+HTTP requests.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from gb28181gw import __version__
+from gb28181gw.config import describe_options, load_config
+from gb28181gw.errors import ConfigError, IdError
+from gb28181gw.ids import GbId
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gb28181gw")
+def main() -> None:
+    """gb28181gw: GB/T 28181 signalling gateway and device registrar."""
+
+
+def _overrides(pairs: tuple[str, ...], **shorthands: Any) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq:
+            raise click.BadParameter(f"{pair!r}: expected section.key=value", param_hint="--set")
+        out[key.strip()] = value
+    for key, value in shorthands.items():
+        if value is not None:
+            out[key] = ",".join(value) if isinstance(value, tuple) else str(value)
+    return out
+
+
+@main.command()
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a setting, e.g. sip.port=5070.")
+@click.option("--listen", multiple=True, help="SIP listen address (repeat for several). [sip.listen]")
+@click.option("--port", type=int, help="SIP port for UDP and TCP. [sip.port]")
+@click.option("--admin-port", type=int, help="Admin API port. [admin.port]")
+@click.option("--id", "gateway_id", help="Our 20-digit platform ID. [gateway.id]")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="[log.level]")
+@click.option("--wire", is_flag=True, default=None, help="Log every SIP message (debug). [log.wire]")
+def serve(
+    config_path: str | None,
+    sets: tuple[str, ...],
+    listen: tuple[str, ...],
+    port: int | None,
+    admin_port: int | None,
+    gateway_id: str | None,
+    log_level: str | None,
+    wire: bool | None,
+) -> None:
+    """Run the gateway (defaults: SIP on 0.0.0.0:5060 UDP+TCP, admin API on 127.0.0.1:8028)."""
+    from gb28181gw.app import STARTUP_FAILURE, run
+    from gb28181gw.logs import setup_logging
+
+    try:
+        config = load_config(
+            config_path,
+            overrides=_overrides(
+                sets,
+                **{
+                    "sip.listen": listen or None,
+                    "sip.port": port,
+                    "admin.port": admin_port,
+                    "gateway.id": gateway_id,
+                    "log.level": log_level,
+                    "log.wire": wire,
+                },
+            ),
+        )
+    except ConfigError as exc:
+        err_console.print(f"[red]{exc}[/red]", highlight=False)
+        sys.exit(STARTUP_FAILURE)
+    setup_logging(config.log.level, config.log.format, wire=config.log.wire)
+    sys.exit(run(config))
+
+
+@main.command("config")
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), help="Check this TOML file.")
+def config_cmd(config_path: str | None) -> None:
+    """Check a configuration (file + environment) and print every effective option."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        err_console.print(f"[red]{exc}[/red]", highlight=False)
+        sys.exit(1)
+    table = Table("key", "value", "meaning")
+    for key, _default, help_text in describe_options():
+        section, _, name = key.partition(".")
+        table.add_row(key, repr(getattr(getattr(config, section), name)), help_text)
+    console.print(table)
+
+
+@main.group("id")
+def id_group() -> None:
+    """Decode and check 20-digit GB/T 28181 IDs."""
+
+
+@id_group.command("decode")
+@click.argument("value")
+@click.option("--strict", is_flag=True, help="Treat structural oddities as errors.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def id_decode(value: str, strict: bool, as_json: bool) -> None:
+    """Show what each part of an ID means."""
+    try:
+        gid = GbId.parse(value, strict=strict, allow_civil=True)
+    except IdError as exc:
+        err_console.print(f"[red]invalid ID: {exc}[/red]", highlight=False)
+        sys.exit(1)
+    if as_json:
+        console.print_json(
+            json.dumps(
+                {
+                    "id": gid.value,
+                    "kind": gid.kind.value,
+                    "fields": [{"positions": p, "digits": d, "meaning": m} for p, d, m in gid.describe()],
+                    "warnings": list(gid.warnings),
+                },
+                ensure_ascii=False,
+            )
+        )
+        return
+    table = Table("positions", "digits", "meaning", title=f"{gid.value} ({gid.kind.value})")
+    for row in gid.describe():
+        table.add_row(*row)
+    console.print(table)
+    for w in gid.warnings:
+        console.print(f"[yellow]warning: {w}[/yellow]", highlight=False)
+
+
+@id_group.command("check")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("--column", default=None, help="CSV column (name or 1-based number); default: one ID per line.")
+@click.option("--strict", is_flag=True, help="Treat structural oddities as errors.")
+@click.option("--allow-civil", is_flag=True, help="Also accept 2/4/6/8-digit civil codes.")
+def id_check(file: str, column: str | None, strict: bool, allow_civil: bool) -> None:
+    """Validate every ID in FILE; list each bad row with its reason; exit 1 if any."""
+    text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8-sig", errors="replace")
+    rows: list[tuple[int, str]] = []
+    if column is None:
+        rows = [(n, line.rstrip("\r")) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
+    else:
+        records = list(csv.reader(io.StringIO(text)))
+        first = 1
+        if column.isdigit():
+            # a column number means there is no header row
+            index = int(column) - 1
+        else:
+            header = records[0] if records else []
+            if column not in header:
+                err_console.print(f"[red]no column named {column!r} (columns: {', '.join(header)})[/red]")
+                sys.exit(2)
+            index = header.index(column)
+            records = records[1:]
+            first = 2
+        for n, record in enumerate(records, first):
+            if not any(cell.strip() for cell in record):
+                continue
+            rows.append((n, record[index].strip() if index < len(record) else ""))
+    bad = 0
+    warned = 0
+    for line_no, value in rows:
+        try:
+            gid = GbId.parse(value, strict=strict, allow_civil=allow_civil)
+        except IdError as exc:
+            bad += 1
+            console.print(f"line {line_no}: [red]{exc}[/red]", highlight=False)
+            continue
+        for w in gid.warnings:
+            warned += 1
+            console.print(f"line {line_no}: [yellow]{value}: warning: {w}[/yellow]", highlight=False)
+    console.print(f"{len(rows)} IDs checked, {bad} invalid, {warned} warnings", highlight=False)
+    sys.exit(1 if bad else 0)
+
+
+def _api(ctx_admin: str, path: str) -> Any:
+    url = ctx_admin.rstrip("/") + "/api/v1" + path
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return json.loads(resp.read().decode("utf-8"))
+    except urllib.error.HTTPError as exc:
+        err_console.print(f"[red]{url}: HTTP {exc.code} {exc.reason}[/red]")
+    except (urllib.error.URLError, OSError) as exc:
+        err_console.print(f"[red]cannot reach the gateway at {ctx_admin}: {exc}. Is `gb28181gw serve` running?[/red]")
+    sys.exit(1)
+
+
+ADMIN_OPTION = click.option(
+    "--admin",
+    envvar="GB28181GW_ADMIN_URL",
+    default="http://127.0.0.1:8028",
+    show_default=True,
+    help="Admin API of the running gateway.",
+)
+
+
+@main.command()
+@ADMIN_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(admin: str, as_json: bool) -> None:
+    """Show the running gateway's status."""
+    data = _api(admin, "/status")
+    if as_json:
+        console.print_json(json.dumps(data))
+        return
+    table = Table("key", "value", show_header=False)
+    for key, value in data.items():
+        if isinstance(value, dict):
+            for k, v in value.items():
+                table.add_row(f"{key}.{k}", str(v))
+        else:
+            table.add_row(key, str(value))
+    console.print(table)

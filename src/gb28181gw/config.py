@@ -1,0 +1,297 @@
+"""One validated configuration: TOML file, then ``GB28181GW_*`` environment, then flags.
+
+Every option is a field of a section dataclass below, with its default and
+help text; ``conf/gateway.toml`` documents the same options. A bad value stops
+start-up with :class:`ConfigError` naming the key, the reason and where the
+value came from.
+
+Environment variables are ``GB28181GW_<SECTION>_<KEY>`` in upper case, e.g.
+``GB28181GW_SIP_PORT=5070`` or ``GB28181GW_SIP_LISTEN=0.0.0.0,::``;
+``GB28181GW_CONFIG`` names the file. Flags are ``--set section.key=value``
+(plus a few shorthands in the CLI).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from gb28181gw.errors import ConfigError, IdError
+from gb28181gw.ids import GbId
+
+ENV_PREFIX = "GB28181GW_"
+#: Variables with our prefix that are not settings: the config file and the CLI's admin URL.
+NOT_SETTINGS = frozenset({"GB28181GW_CONFIG", "GB28181GW_ADMIN_URL"})
+
+
+def _opt(default: Any, help: str, check: Callable[[Any], str | None] | None = None) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, "check": check})
+    return field(default=default, metadata={"help": help, "check": check})
+
+
+def _port(v: int) -> str | None:
+    return None if 0 <= v <= 65535 else "must be a port number from 0 to 65535"
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else "must be greater than 0"
+
+
+def _at_least(n: int) -> Callable[[int], str | None]:
+    return lambda v: None if v >= n else f"must be at least {n}"
+
+
+def _addresses(v: list[str]) -> str | None:
+    if not v:
+        return "needs at least one address"
+    for a in v:
+        try:
+            ipaddress.ip_address(a)
+        except ValueError:
+            return f"{a!r} is not an IP address"
+    return None
+
+
+def _address(v: str) -> str | None:
+    return _addresses([v])
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        values = v if isinstance(v, list) else [v]
+        bad = [x for x in values if x not in choices]
+        return f"must be one of {', '.join(choices)} (got {', '.join(map(str, bad))})" if bad else None
+
+    return check
+
+
+def _gb_id(v: str) -> str | None:
+    try:
+        GbId.parse(v)
+    except IdError as exc:
+        return str(exc)
+    return None
+
+
+def _domain(v: str) -> str | None:
+    if v == "":
+        return None
+    return (
+        None
+        if (len(v) == 10 and v.isdigit() and v.isascii())
+        else "must be 10 digits (or empty: first 10 digits of gateway.id)"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySection:
+    """Who we are."""
+
+    id: str = _opt("34020000002000000001", "our 20-digit platform ID (type 200)", _gb_id)
+    domain: str = _opt("", "SIP domain and digest realm; empty = first 10 digits of id", _domain)
+    user_agent: str = _opt("gb28181gw", "User-Agent / Server header text")
+    strict_ids: bool = _opt(False, "reject IDs with structural oddities (unknown province, undefined type code)")
+
+
+@dataclass(frozen=True, slots=True)
+class SipSection:
+    """SIP transports and the transaction layer."""
+
+    listen: list[str] = _opt(["0.0.0.0"], "addresses to listen on; add '::' for IPv6", _addresses)
+    port: int = _opt(5060, "SIP port, UDP and TCP", _port)
+    transports: list[str] = _opt(["udp", "tcp"], "transports to serve", _one_of("udp", "tcp"))
+    advertised_address: str = _opt(
+        "", "address put in our Via/Contact; empty = the listen address, or 127.0.0.1 for a wildcard"
+    )
+    t1: float = _opt(0.5, "RFC 3261 T1 (s): RTT estimate", _positive)
+    t2: float = _opt(4.0, "RFC 3261 T2 (s): maximum retransmit interval", _positive)
+    t4: float = _opt(5.0, "RFC 3261 T4 (s): maximum message lifetime", _positive)
+    max_message_size: int = _opt(262144, "bytes in one SIP message", _at_least(1024))
+    max_headers: int = _opt(128, "header lines in one SIP message", _at_least(8))
+    max_line_length: int = _opt(8192, "characters in one header line", _at_least(256))
+    max_body_size: int = _opt(262144, "bytes of body in one SIP message", _at_least(0))
+    tcp_idle_timeout: float = _opt(600.0, "close a TCP connection idle this long (s)", _positive)
+    tcp_max_connections: int = _opt(20000, "TCP connections at once; more are refused", _at_least(1))
+    udp_receive_buffer: int = _opt(8 * 1024 * 1024, "SO_RCVBUF for the UDP socket (bytes)", _at_least(65536))
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSection:
+    """The HTTP admin API, /metrics and health checks."""
+
+    enabled: bool = _opt(True, "serve the admin API")
+    listen: str = _opt("127.0.0.1", "address of the admin API (keep it on loopback or a management network)", _address)
+    port: int = _opt(8028, "port of the admin API", _port)
+
+
+@dataclass(frozen=True, slots=True)
+class LogSection:
+    """Logging."""
+
+    level: str = _opt("info", "debug, info, warning or error", _one_of("debug", "info", "warning", "error"))
+    format: str = _opt("text", "text (key=value lines) or json (one object per line)", _one_of("text", "json"))
+    wire: bool = _opt(False, "log every SIP message sent and received (at debug level, secrets redacted)")
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeSection:
+    """Process behaviour."""
+
+    shutdown_timeout: float = _opt(10.0, "seconds to finish in-flight work on SIGTERM before cancelling", _positive)
+    uvloop: bool = _opt(True, "use uvloop when it is installed")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration."""
+
+    gateway: GatewaySection = field(default_factory=GatewaySection)
+    sip: SipSection = field(default_factory=SipSection)
+    admin: AdminSection = field(default_factory=AdminSection)
+    log: LogSection = field(default_factory=LogSection)
+    runtime: RuntimeSection = field(default_factory=RuntimeSection)
+
+    @property
+    def domain(self) -> str:
+        """The SIP domain / realm: explicit, or the first 10 digits of our ID."""
+        return self.gateway.domain or self.gateway.id[:10]
+
+
+SECTIONS: dict[str, Any] = {
+    "gateway": GatewaySection,
+    "sip": SipSection,
+    "admin": AdminSection,
+    "log": LogSection,
+    "runtime": RuntimeSection,
+}
+
+
+def _coerce(key: str, value: Any, target: Any, source: str) -> Any:
+    """Turn ``value`` (from TOML, or text from env/flags) into ``target``'s type."""
+    kind = type(target)
+    if isinstance(value, str) and kind is not str:
+        text = value.strip()
+        if kind is bool:
+            low = text.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(key, f"must be true or false (got {value!r})", source)
+        if kind is int:
+            try:
+                return int(text)
+            except ValueError:
+                raise ConfigError(key, f"must be an integer (got {value!r})", source) from None
+        if kind is float:
+            try:
+                return float(text)
+            except ValueError:
+                raise ConfigError(key, f"must be a number (got {value!r})", source) from None
+        if kind is list:
+            return [part.strip() for part in text.split(",") if part.strip()]
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(key, f"must be true or false (got {value!r})", source)
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(key, f"must be an integer (got {value!r})", source)
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, f"must be a number (got {value!r})", source)
+        return float(value)
+    if kind is str and not isinstance(value, str):
+        raise ConfigError(key, f"must be a string (got {value!r})", source)
+    if kind is list:
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            raise ConfigError(key, f"must be a list of strings (got {value!r})", source)
+        return list(value)
+    return value
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the configuration from defaults, a TOML file, the environment and overrides.
+
+    Args:
+        path: TOML file; ``None`` uses ``GB28181GW_CONFIG`` if set, else defaults only.
+        env: environment to read (default ``os.environ``).
+        overrides: ``{"section.key": "value"}`` from the command line; highest precedence.
+
+    Raises:
+        ConfigError: naming the first bad key, why, and where the value came from.
+    """
+    env = os.environ if env is None else env
+    values: dict[str, dict[str, tuple[Any, str]]] = {name: {} for name in SECTIONS}
+    if path is None and env.get(ENV_PREFIX + "CONFIG"):
+        path = env[ENV_PREFIX + "CONFIG"]
+    if path is not None:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("config", f"file {str(p)!r} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError("config", f"cannot read {str(p)!r}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("config", f"{str(p)!r} is not valid TOML: {exc}") from None
+        for section, table in data.items():
+            if section not in SECTIONS:
+                raise ConfigError(section, f"unknown section (known: {', '.join(SECTIONS)})", str(p))
+            if not isinstance(table, dict):
+                raise ConfigError(section, "must be a table", str(p))
+            for key, value in table.items():
+                values[section][key] = (value, str(p))
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS:
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        env_section = next((s for s in SECTIONS if rest.startswith(s + "_")), None)
+        if env_section is None:
+            raise ConfigError(name, f"unknown setting (sections: {', '.join(SECTIONS)})", "environment")
+        values[env_section][rest[len(env_section) + 1 :]] = (value, f"environment {name}")
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if section not in SECTIONS or not key:
+            raise ConfigError(dotted, "expected section.key", "command line")
+        values[section][key] = (value, "command line")
+
+    built: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        defaults = cls()
+        known = {f.name: f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, (value, source) in values[section].items():
+            f = known.get(key)
+            dotted = f"{section}.{key}"
+            if f is None:
+                raise ConfigError(dotted, f"unknown setting (known: {', '.join(known)})", source)
+            coerced = _coerce(dotted, value, getattr(defaults, key), source)
+            check = f.metadata.get("check")
+            problem = check(coerced) if check else None
+            if problem:
+                raise ConfigError(dotted, problem, source)
+            kwargs[key] = coerced
+        built[section] = replace(defaults, **kwargs)
+    config = Config(**built)
+    if config.sip.t2 < config.sip.t1:
+        raise ConfigError("sip.t2", "must not be smaller than sip.t1")
+    return config
+
+
+def describe_options() -> list[tuple[str, Any, str]]:
+    """(key, default, help) for every option: for docs and ``gb28181gw config``."""
+    rows = []
+    for section, cls in SECTIONS.items():
+        defaults = cls()
+        for f in fields(cls):
+            rows.append((f"{section}.{f.name}", getattr(defaults, f.name), f.metadata.get("help", "")))
+    return rows

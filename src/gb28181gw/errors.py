@@ -1,0 +1,109 @@
+"""The one exception tree of gb28181gw.
+
+Every error the package raises on purpose derives from :class:`Gb28181Error`.
+Parsers return a value or raise one of these; anything else escaping a parser is
+a bug (the fuzz tests in ``tests/fuzz`` check exactly that).
+
+::
+
+    Gb28181Error
+    ├── ProtocolError                 something broke the rules of a protocol
+    │   ├── RemoteProtocolError       the peer sent it (answer it, count it, go on)
+    │   │   └── SipParseError         a SIP message that cannot be parsed;
+    │   │                             .status is the response to send (400, 413, 505, 513)
+    │   └── LocalProtocolError        we were asked to do something illegal in the current
+    │                                 state (a bug in our caller, not the peer's fault)
+    ├── IdError (ValueError)          a malformed 20-digit GB/T 28181 ID; says which digits and why
+    ├── AuthError                     digest credentials that cannot even be parsed
+    └── ConfigError (ValueError)      a bad configuration value; names the key and where it came from
+
+Local and remote errors are told apart so that the shell can answer a peer's
+mistake and keep serving everyone else, while our own mistakes fail loudly.
+"""
+
+from __future__ import annotations
+
+
+class Gb28181Error(Exception):
+    """Root of every error raised on purpose by gb28181gw."""
+
+
+class ProtocolError(Gb28181Error):
+    """A protocol rule was broken, by us or by the peer."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer broke a protocol rule: answer, count and carry on."""
+
+
+class LocalProtocolError(ProtocolError):
+    """Our caller asked for something illegal in the current state (a bug)."""
+
+
+class SipParseError(RemoteProtocolError):
+    """A SIP message could not be parsed (RFC 3261 §7, §20).
+
+    Attributes:
+        status: the SIP status code to answer with when an answer can be
+            addressed: 400 Bad Request for syntax errors, 413 Request Entity
+            Too Large for an oversized body, 505 Version Not Supported, 513
+            Message Too Large when the message or its header section exceeds
+            the configured limits.
+        reason: a short human-readable reason, also used as the reason phrase
+            and Warning text of the answer.
+        partial: the headers that could be read before the error, as a
+            :class:`gb28181gw.sip.message.Request` when the start line was a
+            request; the endpoint uses it to answer statelessly. ``None`` when
+            nothing usable was read.
+    """
+
+    def __init__(self, reason: str, status: int = 400, partial: object | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.partial = partial
+
+    def __repr__(self) -> str:
+        return f"SipParseError({self.reason!r}, status={self.status})"
+
+
+class IdError(Gb28181Error, ValueError):
+    """A GB/T 28181 ID is malformed.
+
+    Attributes:
+        value: the offending text.
+        positions: 1-based inclusive (first, last) positions of the wrong
+            digits, or ``None`` when the problem is the whole value (length).
+        reason: what is wrong with them.
+    """
+
+    def __init__(self, value: str, reason: str, positions: tuple[int, int] | None = None) -> None:
+        where = ""
+        if positions is not None:
+            first, last = positions
+            where = f"position {first}: " if first == last else f"positions {first}-{last}: "
+        super().__init__(f"{value!r}: {where}{reason}")
+        self.value = value
+        self.reason = reason
+        self.positions = positions
+
+
+class AuthError(Gb28181Error):
+    """Digest credentials or a challenge that cannot be parsed."""
+
+
+class ConfigError(Gb28181Error, ValueError):
+    """A configuration value is invalid.
+
+    Attributes:
+        key: the dotted key, e.g. ``sip.port``.
+        reason: what is wrong.
+        source: where the value came from (file path, environment variable, flag).
+    """
+
+    def __init__(self, key: str, reason: str, source: str | None = None) -> None:
+        origin = f" (from {source})" if source else ""
+        super().__init__(f"config error: {key}: {reason}{origin}")
+        self.key = key
+        self.reason = reason
+        self.source = source

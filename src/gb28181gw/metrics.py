@@ -1,0 +1,93 @@
+"""Every Prometheus metric of the gateway (``gb28181gw_*``), on a registry per gateway.
+
+Hot-path counters (one increment per SIP message) are plain dictionaries read
+by a collector at scrape time: a ``prometheus_client`` labelled increment costs
+more than parsing a small SIP header, and the scrape happens every few seconds.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gb28181gw import __version__
+
+
+class SipCounters:
+    """Plain counters the SIP shell increments; exported by :class:`_SipCollector`.
+
+    Attributes:
+        requests: (direction, transport, method) → count.
+        responses: (direction, transport, status) → count.
+        parse_errors: (transport, status answered or "dropped") → count.
+        dropped: reason word → count (stray responses, unanswerable garbage, send failures).
+    """
+
+    def __init__(self) -> None:
+        self.requests: Counter[tuple[str, str, str]] = Counter()
+        self.responses: Counter[tuple[str, str, str]] = Counter()
+        self.parse_errors: Counter[tuple[str, str]] = Counter()
+        self.dropped: Counter[str] = Counter()
+
+
+class _SipCollector(Collector):
+    def __init__(self, counters: SipCounters, gauges: dict[str, tuple[str, Callable[[], float]]]) -> None:
+        self._c = counters
+        self._gauges = gauges
+
+    def collect(self) -> Iterable[Metric]:
+        c = self._c
+        req = CounterMetricFamily(
+            "gb28181gw_sip_requests", "SIP requests received and sent", labels=["direction", "transport", "method"]
+        )
+        for labels, n in c.requests.items():
+            req.add_metric(list(labels), n)
+        yield req
+        resp = CounterMetricFamily(
+            "gb28181gw_sip_responses", "SIP responses received and sent", labels=["direction", "transport", "status"]
+        )
+        for labels, n in c.responses.items():
+            resp.add_metric(list(labels), n)
+        yield resp
+        perr = CounterMetricFamily(
+            "gb28181gw_sip_parse_errors",
+            "Unparseable SIP input, by the status answered",
+            labels=["transport", "answer"],
+        )
+        for perr_labels, n in c.parse_errors.items():
+            perr.add_metric(list(perr_labels), n)
+        yield perr
+        drop = CounterMetricFamily("gb28181gw_sip_dropped", "SIP input or output dropped, by reason", labels=["reason"])
+        for reason, n in c.dropped.items():
+            drop.add_metric([reason], n)
+        yield drop
+        for name, (help_text, fn) in self._gauges.items():
+            yield GaugeMetricFamily(name, help_text, value=fn())
+        info = InfoMetricFamily("gb28181gw_build", "Version of the running gateway")
+        info.add_metric([], {"version": __version__})
+        yield info
+
+
+class Metrics:
+    """The registry of one gateway and the counters its components update."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self.sip = SipCounters()
+        self._gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.registry.register(_SipCollector(self.sip, self._gauges))
+
+    def gauge(self, name: str, help_text: str, fn: Callable[[], float]) -> None:
+        """Export ``fn()`` as gauge ``name`` at every scrape."""
+        self._gauges[name] = (help_text, fn)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

@@ -1,0 +1,185 @@
+"""SIP over TCP: one framed connection per peer, reused both ways (RFC 3261 §18).
+
+Responses go back on the connection the request came in on; requests to a
+peer reuse its open connection (a device behind NAT that registered over TCP is
+only reachable that way, GB/T 28181-2022 §9.1.1 f) and otherwise open one.
+Idle connections are closed by a periodic sweep, not a timer each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import TYPE_CHECKING, cast
+
+from gb28181gw.errors import SipParseError
+from gb28181gw.sip.endpoint import Peer
+from gb28181gw.sip.framing import PING, PONG, StreamFramer
+
+if TYPE_CHECKING:
+    from .stack import SipStack
+
+log = logging.getLogger("gb28181gw.sip")
+
+#: Bytes queued to one connection beyond which it is dropped as a slow reader.
+MAX_WRITE_BUFFER = 4 * 1024 * 1024
+CONNECT_TIMEOUT = 5.0
+
+
+class SipConnection(asyncio.Protocol):
+    """One TCP connection carrying SIP."""
+
+    def __init__(self, manager: TcpTransport) -> None:
+        self._manager = manager
+        self._framer = StreamFramer(manager.stack.endpoint.limits)
+        self.transport: asyncio.Transport | None = None
+        self.peer: Peer | None = None
+        self.last_activity = 0.0
+        self.closing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, hence the cast
+        self.transport = cast(asyncio.Transport, transport)
+        addr = transport.get_extra_info("peername")
+        self.peer = Peer("TCP", addr[0], addr[1])
+        self.last_activity = self._manager.loop.time()
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if not self._manager.register(self):
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        stack = self._manager.stack
+        self.last_activity = self._manager.loop.time()
+        try:
+            messages = self._framer.feed(data)
+        except SipParseError as exc:
+            # framing is lost: nothing after this point can be trusted
+            stack.counters.parse_errors["TCP", "dropped"] += 1
+            log.info("closing TCP connection: %s", exc.reason, extra={"peer": str(self.peer)})
+            self.close()
+            return
+        assert self.peer is not None
+        for message in messages:
+            if message is PING or message == PING:
+                self.write(PONG)
+            else:
+                stack.feed(message, self.peer)
+        if messages:
+            stack.pump()
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data``; a peer that stops reading is disconnected."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.transport.write(data)
+        if self.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+            log.warning("TCP peer is not reading; closing", extra={"peer": str(self.peer)})
+            self.transport.abort()
+
+    def close(self) -> None:
+        """Close gracefully."""
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._manager.unregister(self)
+        if self.peer is not None:
+            self._manager.stack.transport_failed(self.peer, f"connection closed{': ' + str(exc) if exc else ''}")
+
+
+class TcpTransport:
+    """TCP listeners and the connection table of a :class:`SipStack`."""
+
+    def __init__(self, stack: SipStack, *, idle_timeout: float, max_connections: int) -> None:
+        self.stack = stack
+        self.loop = asyncio.get_running_loop()
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self._servers: list[asyncio.Server] = []
+        self._conns: dict[tuple[str, int], SipConnection] = {}
+        self._connecting: dict[tuple[str, int], list[bytes]] = {}
+        self._sweeper = self.loop.create_task(self._sweep())
+
+    @property
+    def count(self) -> int:
+        """Open connections."""
+        return len(self._conns)
+
+    async def listen(self, host: str, port: int) -> int:
+        """Listen on ``host``:``port``; return the bound port."""
+        server = await self.loop.create_server(
+            lambda: SipConnection(self), host, port, reuse_address=True, backlog=1024
+        )
+        self._servers.append(server)
+        bound = int(server.sockets[0].getsockname()[1])
+        log.info("listening", extra={"transport": "TCP", "address": f"{host}:{bound}"})
+        return bound
+
+    def register(self, conn: SipConnection) -> bool:
+        assert conn.peer is not None
+        if len(self._conns) >= self.max_connections:
+            self.stack.counters.dropped["tcp-connection-limit"] += 1
+            log.warning("TCP connection limit reached; refusing", extra={"peer": str(conn.peer)})
+            return False
+        self._conns[conn.peer.host, conn.peer.port] = conn
+        return True
+
+    def unregister(self, conn: SipConnection) -> None:
+        if conn.peer is not None and self._conns.get((conn.peer.host, conn.peer.port)) is conn:
+            del self._conns[conn.peer.host, conn.peer.port]
+
+    def send(self, data: bytes, peer: Peer) -> None:
+        """Send on the peer's connection, opening one if there is none."""
+        key = (peer.host, peer.port)
+        conn = self._conns.get(key)
+        if conn is not None:
+            conn.last_activity = self.loop.time()
+            conn.write(data)
+            return
+        pending = self._connecting.get(key)
+        if pending is not None:
+            pending.append(data)
+            return
+        self._connecting[key] = [data]
+        self.loop.create_task(self._connect(peer))
+
+    async def _connect(self, peer: Peer) -> None:
+        key = (peer.host, peer.port)
+        try:
+            _, conn = await asyncio.wait_for(
+                self.loop.create_connection(lambda: SipConnection(self), peer.host, peer.port), CONNECT_TIMEOUT
+            )
+        except (OSError, TimeoutError) as exc:
+            self._connecting.pop(key, None)
+            log.info("TCP connect failed", extra={"peer": str(peer), "error": str(exc) or type(exc).__name__})
+            self.stack.transport_failed(peer, f"connect failed: {exc or type(exc).__name__}")
+            return
+        for data in self._connecting.pop(key, []):
+            conn.write(data)
+
+    async def _sweep(self) -> None:
+        interval = max(1.0, min(30.0, self.idle_timeout / 4))
+        while True:
+            await asyncio.sleep(interval)
+            deadline = self.loop.time() - self.idle_timeout
+            for conn in [c for c in self._conns.values() if c.last_activity < deadline]:
+                log.info("closing idle TCP connection", extra={"peer": str(conn.peer)})
+                conn.close()
+
+    async def close(self) -> None:
+        """Stop listening and close every connection."""
+        self._sweeper.cancel()
+        for server in self._servers:
+            server.close()
+        for conn in list(self._conns.values()):
+            conn.close()
+        for server in self._servers:
+            try:
+                await asyncio.wait_for(server.wait_closed(), 2.0)
+            except TimeoutError:  # pragma: no cover - a connection that will not close
+                pass
+        self._servers.clear()

@@ -1,0 +1,365 @@
+"""SipStack: the asyncio shell around :class:`~gb28181gw.sip.endpoint.SipEndpoint`.
+
+It owns the transports, pumps the endpoint (feed input → drain events → send
+output → re-arm the one timer), routes requests to handlers by method, and
+offers ``await request(...)`` for our own requests. It makes no protocol
+decisions: those are the endpoint's.
+
+Handlers take a :class:`RequestReceived` and may return ``None`` (answered
+synchronously through :meth:`SipStack.respond`) or an awaitable, which runs as
+a task; a handler that raises gets its request answered 500 and logged, and
+everyone else is served on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from gb28181gw.errors import LocalProtocolError
+from gb28181gw.logs import WIRE, log_wire
+from gb28181gw.metrics import SipCounters
+from gb28181gw.sip.endpoint import Peer, SipEndpoint, warning_header
+from gb28181gw.sip.events import (
+    MessageDropped,
+    RequestCancelled,
+    RequestReceived,
+    ResponseReceived,
+    TransactionFailed,
+    TransactionTimedOut,
+)
+from gb28181gw.sip.message import Request, Response, make_response
+from gb28181gw.sip.transaction import Kind, Transaction
+
+from .sip_tcp import TcpTransport
+from .sip_udp import UdpTransport
+
+log = logging.getLogger("gb28181gw.sip")
+
+Handler = Callable[[RequestReceived], Awaitable[None] | None]
+
+#: Methods the stack itself takes care of, listed in Allow whatever the routes are.
+BUILTIN_METHODS = ("ACK", "CANCEL", "OPTIONS")
+
+
+class SipTimeoutError(TimeoutError):
+    """The peer never answered our request (Timer B or F)."""
+
+
+class SipTransportError(ConnectionError):
+    """Our request could not be delivered."""
+
+
+class SipStack:
+    """SIP transports + endpoint + router.
+
+    Args:
+        endpoint: the sans-I/O core to drive.
+        counters: metric counters to update.
+        loop: the running loop (default: the current one).
+    """
+
+    def __init__(self, endpoint: SipEndpoint, *, counters: SipCounters | None = None) -> None:
+        self.endpoint = endpoint
+        self.counters = counters or SipCounters()
+        self._routes: dict[str, Handler] = {}
+        self._ack_handler: Handler | None = None
+        self._cancel_handler: Callable[[RequestCancelled], None] | None = None
+        self._udp: list[UdpTransport] = []
+        self._tcp: TcpTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pumping = False
+        self.wire = WIRE.isEnabledFor(logging.DEBUG)
+
+    # --- wiring ----------------------------------------------------------------------
+
+    def route(self, method: str, handler: Handler) -> None:
+        """Send requests of ``method`` to ``handler``."""
+        self._routes[method.upper()] = handler
+
+    def on_ack(self, handler: Handler) -> None:
+        """Receive ACKs for 2xx (dialog usages need them)."""
+        self._ack_handler = handler
+
+    def on_cancel(self, handler: Callable[[RequestCancelled], None]) -> None:
+        """Be told when a pending INVITE was cancelled (already answered 487)."""
+        self._cancel_handler = handler
+
+    @property
+    def allowed_methods(self) -> list[str]:
+        """What we answer to: the routes and the built-in methods."""
+        return sorted(set(self._routes) | set(BUILTIN_METHODS))
+
+    async def listen(
+        self,
+        hosts: list[str],
+        port: int,
+        *,
+        udp: bool = True,
+        tcp: bool = True,
+        advertised: str = "",
+        udp_receive_buffer: int = 8 * 1024 * 1024,
+        tcp_idle_timeout: float = 600.0,
+        tcp_max_connections: int = 20000,
+    ) -> None:
+        """Bind UDP sockets and TCP listeners on ``hosts``:``port``.
+
+        With port 0 the kernel picks one port for the first socket and the others
+        reuse it, so UDP and TCP share a number (what devices expect).
+        """
+        self._loop = asyncio.get_running_loop()
+        bound_port = port
+        for host in hosts:
+            if udp:
+                t = UdpTransport.bind(self, host, bound_port, receive_buffer=udp_receive_buffer)
+                bound_port = t.port
+                self._udp.append(t)
+        if tcp:
+            self._tcp = TcpTransport(self, idle_timeout=tcp_idle_timeout, max_connections=tcp_max_connections)
+            for host in hosts:
+                bound_port = await self._tcp.listen(host, bound_port)
+        self.port = bound_port
+        first = hosts[0]
+        if not advertised:
+            advertised = "127.0.0.1" if first in ("0.0.0.0", "::") else first
+        for transport in ("UDP", "TCP"):
+            self.endpoint.set_local_address(transport, advertised, bound_port)
+
+    @property
+    def tcp_connections(self) -> int:
+        """Open TCP connections."""
+        return self._tcp.count if self._tcp else 0
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop listening, close connections, and wait for handler tasks up to ``timeout``."""
+        for t in self._udp:
+            t.close()
+        self._udp.clear()
+        if self._tcp is not None:
+            await self._tcp.close()
+        if self._tasks:
+            done, pending = await asyncio.wait(list(self._tasks), timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("cancelled %d SIP handler tasks still running at shutdown", len(pending))
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # --- input -----------------------------------------------------------------------
+
+    def feed(self, data: bytes, peer: Peer) -> None:
+        """Hand one received message to the endpoint (the caller pumps afterwards)."""
+        if self.wire:
+            log_wire("<", peer, data)
+        loop = self._loop or asyncio.get_running_loop()
+        try:
+            self.endpoint.receive(data, peer, loop.time())
+        except Exception:
+            # a bug, not the peer's fault; it must not stop service for everyone else
+            self.counters.dropped["internal-error"] += 1
+            log.exception("internal error handling SIP input", extra={"peer": str(peer)})
+
+    def transport_failed(self, peer: Peer, reason: str) -> None:
+        """A connection to ``peer`` broke or could not be opened."""
+        loop = self._loop or asyncio.get_running_loop()
+        self.endpoint.transport_error(peer, reason, loop.time())
+        self.pump()
+
+    # --- the pump --------------------------------------------------------------------
+
+    def pump(self) -> None:
+        """Drain events, send what is queued and re-arm the timer."""
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            endpoint = self.endpoint
+            while True:
+                event = endpoint.next_event()
+                if event is None:
+                    out = endpoint.datagrams_to_send()
+                    if not out:
+                        break
+                    self._send(out)
+                    continue
+                self._dispatch(event)
+        finally:
+            self._pumping = False
+        self._arm_timer()
+
+    def _dispatch(self, event: object) -> None:
+        counters = self.counters
+        if isinstance(event, RequestReceived):
+            req = event.request
+            counters.requests["in", event.peer.transport, req.method] += 1
+            if event.transaction is None:
+                if self._ack_handler is not None:
+                    self._run(self._ack_handler, event)
+                return
+            handler = self._routes.get(req.method)
+            if handler is None:
+                if req.method == "OPTIONS":
+                    handler = self._options
+                else:
+                    self._method_not_allowed(event)
+                    return
+            self._run(handler, event)
+        elif isinstance(event, ResponseReceived):
+            counters.responses["in", event.peer.transport, str(event.response.status)] += 1
+            fut = event.transaction.user_data
+            if event.response.status >= 200 and isinstance(fut, asyncio.Future) and not fut.done():
+                fut.set_result(event.response)
+        elif isinstance(event, TransactionTimedOut):
+            self._fail(
+                event.transaction,
+                SipTimeoutError(f"no answer to {event.transaction.method} from {event.transaction.peer}"),
+            )
+        elif isinstance(event, TransactionFailed):
+            self._fail(event.transaction, SipTransportError(f"{event.transaction.peer}: {event.reason}"))
+        elif isinstance(event, RequestCancelled):
+            if self._cancel_handler is not None:
+                self._cancel_handler(event)
+        elif isinstance(event, MessageDropped):
+            word = event.reason.split(":", 1)[0]
+            if word == "parse":
+                counters.parse_errors[event.peer.transport, str(event.status) if event.status else "dropped"] += 1
+            else:
+                counters.dropped[word] += 1
+            log.info(
+                "dropped SIP input", extra={"peer": str(event.peer), "reason": event.reason, "answered": event.status}
+            )
+
+    def _fail(self, tx: Transaction, exc: Exception) -> None:
+        fut = tx.user_data
+        if isinstance(fut, asyncio.Future) and not fut.done():
+            fut.set_exception(exc)
+        elif not tx.is_client:
+            log.info(
+                "server transaction ended without ACK or delivery", extra={"method": tx.method, "peer": str(tx.peer)}
+            )
+
+    def _run(self, handler: Handler, event: RequestReceived) -> None:
+        try:
+            result = handler(event)
+        except Exception:
+            log.exception("SIP handler failed", extra={"method": event.request.method, "peer": str(event.peer)})
+            self._internal_error(event)
+            return
+        if result is not None:
+            task = asyncio.ensure_future(result)
+            self._tasks.add(task)
+            task.add_done_callback(functools.partial(self._task_done, event=event))
+
+    def _task_done(self, task: asyncio.Task[Any], event: RequestReceived) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        if task.exception() is not None:
+            log.error(
+                "SIP handler failed",
+                exc_info=task.exception(),
+                extra={"method": event.request.method, "peer": str(event.peer)},
+            )
+            self._internal_error(event)
+
+    def _internal_error(self, event: RequestReceived) -> None:
+        tx = event.transaction
+        if tx is not None and tx.last_status < 200:
+            response = make_response(event.request, 500, to_tag=self.endpoint.new_tag())
+            response.headers.add("Warning", warning_header("internal error"))
+            try:
+                self.respond(tx, response)
+            except LocalProtocolError:
+                pass
+
+    def _options(self, event: RequestReceived) -> None:
+        # RFC 3261 §11.2: OPTIONS tells what we support
+        response = make_response(event.request, 200, to_tag=self.endpoint.new_tag())
+        response.headers.add("Allow", ", ".join(self.allowed_methods))
+        response.headers.add("Accept", "Application/MANSCDP+xml, application/sdp")
+        assert event.transaction is not None
+        self.respond(event.transaction, response)
+
+    def _method_not_allowed(self, event: RequestReceived) -> None:
+        response = make_response(event.request, 405, to_tag=self.endpoint.new_tag())
+        response.headers.add("Allow", ", ".join(self.allowed_methods))
+        assert event.transaction is not None
+        self.respond(event.transaction, response)
+
+    # --- output ----------------------------------------------------------------------
+
+    def respond(self, tx: Transaction, response: Response) -> None:
+        """Send ``response`` in server transaction ``tx`` (from a handler or a task)."""
+        loop = self._loop or asyncio.get_running_loop()
+        self.endpoint.respond(tx, response, loop.time())
+        self.pump()
+
+    async def request(self, request: Request, peer: Peer, *, timeout: float | None = None) -> Response:
+        """Send ``request`` to ``peer`` and return its final response.
+
+        Raises:
+            SipTimeoutError: Timer B/F fired (or ``timeout`` passed).
+            SipTransportError: the request could not be delivered.
+        """
+        loop = self._loop or asyncio.get_running_loop()
+        fut: asyncio.Future[Response] = loop.create_future()
+        tx = self.endpoint.send_request(request, peer, loop.time())
+        tx.user_data = fut
+        self.pump()
+        try:
+            return await asyncio.wait_for(fut, timeout) if timeout else await fut
+        except TimeoutError as exc:
+            if tx.kind is Kind.INVITE_CLIENT:
+                self.endpoint.cancel(tx, loop.time())
+                self.pump()
+            raise SipTimeoutError(f"no final answer to {request.method} from {peer} in {timeout} s") from exc
+
+    def _send(self, out: list[tuple[bytes, Peer]]) -> None:
+        counters = self.counters
+        wire = self.wire
+        for data, peer in out:
+            if wire:
+                log_wire(">", peer, data)
+            if data.startswith(b"SIP/2.0 "):
+                counters.responses["out", peer.transport, data[8:11].decode("ascii", "replace")] += 1
+            else:
+                counters.requests["out", peer.transport, data[: data.find(b" ")].decode("ascii", "replace")] += 1
+            if peer.transport == "UDP":
+                family = socket.AF_INET6 if ":" in peer.host else socket.AF_INET
+                for t in self._udp:
+                    if t.family == family:
+                        t.send(data, peer)
+                        break
+                else:
+                    counters.dropped["no-transport"] += 1
+            elif self._tcp is not None:
+                self._tcp.send(data, peer)
+            else:
+                counters.dropped["no-transport"] += 1
+
+    def _arm_timer(self) -> None:
+        when = self.endpoint.get_timer()
+        if when is None:
+            return
+        if self._timer is not None:
+            if self._timer_when <= when:
+                return
+            self._timer.cancel()
+        loop = self._loop or asyncio.get_running_loop()
+        self._timer_when = when
+        self._timer = loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        loop = self._loop or asyncio.get_running_loop()
+        self.endpoint.handle_timer(loop.time())
+        self.pump()

@@ -1,0 +1,379 @@
+"""HTTP digest authentication for SIP (RFC 3261 §22, RFC 2617, RFC 7616).
+
+Server side: :class:`NonceStore` issues nonces and checks digest credentials
+(MD5 or SHA-256, ``-sess`` variants, with or without ``qop=auth``). A nonce
+expires after a lifetime (the answer is then a fresh challenge with
+``stale=true``), is bound to the address it was issued to, and cannot be
+replayed: without qop it is good for one request; with qop each ``nc`` must
+be higher than the last one seen.
+
+Client side: :func:`authorization_for` answers a challenge.
+
+Time (``now``) and randomness are passed in; nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from gb28181gw.errors import AuthError, SipParseError
+
+from .params import quote, split_commas, unquote
+
+_HASHES: dict[str, Callable[[bytes], Any]] = {
+    "MD5": hashlib.md5,
+    "SHA-256": hashlib.sha256,
+}
+if "sm3" in hashlib.algorithms_available:  # pragma: no cover - depends on the OpenSSL build
+    _HASHES["SM3"] = lambda data: hashlib.new("sm3", data)
+
+ALGORITHMS = frozenset(_HASHES) | frozenset(f"{a}-SESS" for a in _HASHES)
+
+
+def _h(algorithm: str, text: str) -> str:
+    digest: str = _HASHES[algorithm](text.encode("utf-8")).hexdigest()
+    return digest
+
+
+def _base(algorithm: str) -> str:
+    alg = algorithm.upper()
+    return alg[:-5] if alg.endswith("-SESS") else alg
+
+
+def digest_response(
+    *,
+    algorithm: str,
+    username: str,
+    realm: str,
+    password: str,
+    method: str,
+    uri: str,
+    nonce: str,
+    qop: str | None = None,
+    nc: str | None = None,
+    cnonce: str | None = None,
+) -> str:
+    """The ``response`` value (RFC 2617 §3.2.2.1, RFC 7616 §3.4.1); hex in lower case.
+
+    ``nc`` and ``cnonce`` enter the hash exactly as written by the client.
+
+    Raises:
+        AuthError: for an unsupported algorithm or qop.
+    """
+    alg = algorithm.upper()
+    base = _base(alg)
+    if base not in _HASHES:
+        raise AuthError(f"unsupported digest algorithm {algorithm!r}")
+    ha1 = _h(base, f"{username}:{realm}:{password}")
+    if alg.endswith("-SESS"):
+        ha1 = _h(base, f"{ha1}:{nonce}:{cnonce or ''}")
+    ha2 = _h(base, f"{method}:{uri}")
+    if qop is None:
+        return _h(base, f"{ha1}:{nonce}:{ha2}")
+    if qop != "auth":
+        raise AuthError(f"unsupported qop {qop!r}")
+    return _h(base, f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")
+
+
+def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
+    """Split ``Digest k=v, k="v"`` into the scheme and lower-cased parameter names.
+
+    Raises:
+        AuthError: when the header is not of that form.
+    """
+    value = value.strip()
+    scheme, _, rest = value.partition(" ")
+    if not scheme or not rest.strip():
+        raise AuthError(f"malformed authentication header {value[:80]!r}")
+    params: dict[str, str] = {}
+    try:
+        items = split_commas(rest)
+    except SipParseError as exc:
+        raise AuthError(exc.reason) from None
+    for item in items:
+        name, eq, val = item.partition("=")
+        if not eq or not name.strip():
+            raise AuthError(f"malformed authentication parameter {item[:60]!r}")
+        params[name.strip().lower()] = unquote(val.strip())
+    return scheme, params
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """A ``WWW-Authenticate``/``Proxy-Authenticate`` digest challenge."""
+
+    realm: str
+    nonce: str
+    algorithm: str = "MD5"
+    qop: str | None = None
+    opaque: str | None = None
+    stale: bool = False
+
+    def serialize(self) -> str:
+        """The header value. Quoting follows RFC 2617 (``algorithm`` and ``stale`` unquoted)."""
+        parts = [f"Digest realm={quote(self.realm)}", f"nonce={quote(self.nonce)}"]
+        if self.opaque is not None:
+            parts.append(f"opaque={quote(self.opaque)}")
+        parts.append(f"algorithm={self.algorithm}")
+        if self.qop:
+            parts.append(f"qop={quote(self.qop)}")
+        if self.stale:
+            parts.append("stale=true")
+        return ",".join(parts)
+
+    @classmethod
+    def parse(cls, value: str) -> Challenge:
+        """Parse a challenge header value.
+
+        Raises:
+            AuthError: if it is not a digest challenge with realm and nonce.
+        """
+        scheme, p = parse_auth_params(value)
+        if scheme.lower() != "digest" or "realm" not in p or "nonce" not in p:
+            raise AuthError(f"not a digest challenge: {value[:80]!r}")
+        qops = [q.strip() for q in p.get("qop", "").split(",") if q.strip()]
+        return cls(
+            realm=p["realm"],
+            nonce=p["nonce"],
+            algorithm=p.get("algorithm", "MD5"),
+            qop="auth" if "auth" in qops else None,
+            opaque=p.get("opaque"),
+            stale=p.get("stale", "").lower() == "true",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """Digest credentials from an ``Authorization`` header (RFC 3261 §22.4)."""
+
+    username: str
+    realm: str
+    nonce: str
+    uri: str
+    response: str
+    algorithm: str = "MD5"
+    qop: str | None = None
+    nc: str | None = None
+    cnonce: str | None = None
+    opaque: str | None = None
+
+    @classmethod
+    def parse(cls, value: str) -> Credentials:
+        """Parse an Authorization value.
+
+        Raises:
+            AuthError: if it is not digest, or a mandatory parameter is missing.
+        """
+        scheme, p = parse_auth_params(value)
+        if scheme.lower() != "digest":
+            raise AuthError(f"authentication scheme {scheme[:20]!r} is not Digest")
+        missing = [k for k in ("username", "realm", "nonce", "uri", "response") if k not in p]
+        if missing:
+            raise AuthError(f"digest credentials lack {', '.join(missing)}")
+        qop = p.get("qop")
+        if qop is not None and ("nc" not in p or "cnonce" not in p):
+            raise AuthError("qop given without nc and cnonce")
+        return cls(
+            username=p["username"],
+            realm=p["realm"],
+            nonce=p["nonce"],
+            uri=p["uri"],
+            response=p["response"].lower(),
+            algorithm=p.get("algorithm", "MD5"),
+            qop=qop,
+            nc=p.get("nc"),
+            cnonce=p.get("cnonce"),
+            opaque=p.get("opaque"),
+        )
+
+    def serialize(self) -> str:
+        """The header value."""
+        parts = [
+            f"Digest username={quote(self.username)}",
+            f"realm={quote(self.realm)}",
+            f"nonce={quote(self.nonce)}",
+            f"uri={quote(self.uri)}",
+            f"response={quote(self.response)}",
+            f"algorithm={self.algorithm}",
+        ]
+        if self.qop:
+            parts += [f"qop={self.qop}", f"nc={self.nc}", f"cnonce={quote(self.cnonce or '')}"]
+        if self.opaque is not None:
+            parts.append(f"opaque={quote(self.opaque)}")
+        return ",".join(parts)
+
+    def expected(self, password: str, method: str) -> str:
+        """The response these credentials should carry for ``password``."""
+        return digest_response(
+            algorithm=self.algorithm,
+            username=self.username,
+            realm=self.realm,
+            password=password,
+            method=method,
+            uri=self.uri,
+            nonce=self.nonce,
+            qop=self.qop,
+            nc=self.nc,
+            cnonce=self.cnonce,
+        )
+
+
+def authorization_for(
+    challenge: Challenge,
+    *,
+    method: str,
+    uri: str,
+    username: str,
+    password: str,
+    nc: int = 1,
+    cnonce: str | None = None,
+    token: Callable[[int], str] = secrets.token_hex,
+) -> Credentials:
+    """Answer ``challenge`` (client side); uses qop=auth when the server offers it."""
+    qop = challenge.qop
+    nc_text = f"{nc:08x}" if qop else None
+    cn = (cnonce or token(8)) if qop or challenge.algorithm.upper().endswith("-SESS") else None
+    response = digest_response(
+        algorithm=challenge.algorithm,
+        username=username,
+        realm=challenge.realm,
+        password=password,
+        method=method,
+        uri=uri,
+        nonce=challenge.nonce,
+        qop=qop,
+        nc=nc_text,
+        cnonce=cn,
+    )
+    return Credentials(
+        username=username,
+        realm=challenge.realm,
+        nonce=challenge.nonce,
+        uri=uri,
+        response=response,
+        algorithm=challenge.algorithm,
+        qop=qop,
+        nc=nc_text,
+        cnonce=cn,
+        opaque=challenge.opaque,
+    )
+
+
+class Verdict(Enum):
+    """Result of checking credentials."""
+
+    OK = "ok"
+    STALE = "stale"  # nonce expired, unknown, replayed, or issued to another address: challenge again, stale=true
+    WRONG_REALM = "wrong-realm"
+    BAD_ALGORITHM = "bad-algorithm"
+    BAD_RESPONSE = "bad-response"  # wrong password (or wrong username)
+
+    @property
+    def is_ok(self) -> bool:
+        """Whether the request is authenticated."""
+        return self is Verdict.OK
+
+
+@dataclass(slots=True)
+class _NonceState:
+    issued: float
+    host: str
+    last_nc: int
+    used: bool
+
+
+class NonceStore:
+    """Issues and checks server nonces.
+
+    Args:
+        realm: the realm to challenge with (GB/T 28181: the 10-digit SIP domain).
+        lifetime: seconds a nonce stays valid.
+        algorithm: ``MD5`` (what devices speak), ``SHA-256``, or a ``-sess`` variant.
+        qop: offer ``qop="auth"`` (many devices handle it; the safest universal
+            challenge omits it, PROTOCOL.md §3.2).
+        max_nonces: nonces remembered at once; the oldest are forgotten first
+            (a forgotten nonce is answered ``stale``, so nothing breaks).
+        token: random source ``token(nbytes) -> hex`` (≥ 128-bit nonces).
+    """
+
+    def __init__(
+        self,
+        *,
+        realm: str,
+        lifetime: float = 300.0,
+        algorithm: str = "MD5",
+        qop: bool = False,
+        max_nonces: int = 200_000,
+        token: Callable[[int], str] = secrets.token_hex,
+    ) -> None:
+        if algorithm.upper() not in ALGORITHMS:
+            raise ValueError(f"unsupported digest algorithm {algorithm!r}")
+        self.realm = realm
+        self.lifetime = lifetime
+        self.algorithm = algorithm.upper()
+        self.qop = qop
+        self._max = max_nonces
+        self._token = token
+        self._nonces: OrderedDict[str, _NonceState] = OrderedDict()
+
+    def challenge(self, host: str, now: float, *, stale: bool = False) -> Challenge:
+        """Issue a fresh nonce for a client at ``host`` and return the challenge."""
+        self._expire(now)
+        nonce = self._token(16)
+        self._nonces[nonce] = _NonceState(now, host, 0, False)
+        while len(self._nonces) > self._max:
+            self._nonces.popitem(last=False)
+        return Challenge(
+            realm=self.realm, nonce=nonce, algorithm=self.algorithm, qop="auth" if self.qop else None, stale=stale
+        )
+
+    def verify(self, credentials: Credentials, *, method: str, password: str, host: str, now: float) -> Verdict:
+        """Check ``credentials`` for a request of ``method`` from ``host`` against ``password``.
+
+        A nonce is consumed by a successful check without qop, and its ``nc``
+        recorded with qop, so a captured request cannot be replayed.
+        """
+        if credentials.realm != self.realm:
+            return Verdict.WRONG_REALM
+        if credentials.algorithm.upper() != self.algorithm:
+            return Verdict.BAD_ALGORITHM
+        state = self._nonces.get(credentials.nonce)
+        if state is None or now - state.issued > self.lifetime or state.host != host:
+            return Verdict.STALE
+        nc = 0
+        if credentials.qop is not None:
+            try:
+                nc = int(credentials.nc or "", 16)
+            except ValueError:
+                return Verdict.BAD_RESPONSE
+            if nc <= state.last_nc:
+                return Verdict.STALE
+        elif state.used:
+            return Verdict.STALE
+        try:
+            expected = credentials.expected(password, method)
+        except AuthError:
+            return Verdict.BAD_ALGORITHM
+        if not hmac.compare_digest(expected, credentials.response):
+            return Verdict.BAD_RESPONSE
+        state.used = True
+        state.last_nc = nc
+        return Verdict.OK
+
+    def _expire(self, now: float) -> None:
+        nonces = self._nonces
+        while nonces:
+            nonce, state = next(iter(nonces.items()))
+            if now - state.issued <= self.lifetime:
+                break
+            del nonces[nonce]
+
+    def __len__(self) -> int:
+        return len(self._nonces)

@@ -1,0 +1,92 @@
+"""Small grammar helpers shared by the header and URI parsers (RFC 3261 §25.1).
+
+``generic-param`` lists, quoted strings and comma-separated header values, all
+tolerant of the linear white space (LWS) RFC 3261 allows around separators.
+"""
+
+from __future__ import annotations
+
+from gb28181gw.errors import SipParseError
+
+
+def unquote(value: str) -> str:
+    """Remove the quotes of a ``quoted-string`` and resolve its ``quoted-pair`` escapes."""
+    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+        inner = value[1:-1]
+        if "\\" not in inner:
+            return inner
+        out: list[str] = []
+        it = iter(inner)
+        for ch in it:
+            if ch == "\\":
+                out.append(next(it, ""))
+            else:
+                out.append(ch)
+        return "".join(out)
+    return value
+
+
+def quote(value: str) -> str:
+    """Make a ``quoted-string`` of ``value``, escaping ``"`` and ``\\``."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def split_outside_quotes(text: str, sep: str) -> list[str]:
+    """Split on ``sep`` where it is not inside a quoted string or ``<...>``."""
+    if '"' not in text and "<" not in text:
+        return text.split(sep)
+    parts: list[str] = []
+    start = 0
+    in_quote = False
+    in_angle = False
+    i = 0
+    n = len(text)
+    while i < n:
+        ch = text[i]
+        if in_quote:
+            if ch == "\\":
+                i += 1
+            elif ch == '"':
+                in_quote = False
+        elif ch == '"':
+            in_quote = True
+        elif ch == "<":
+            in_angle = True
+        elif ch == ">":
+            in_angle = False
+        elif ch == sep and not in_angle:
+            parts.append(text[start:i])
+            start = i + 1
+        i += 1
+    if in_quote:
+        raise SipParseError(f"unterminated quoted string in {text[:80]!r}")
+    parts.append(text[start:])
+    return parts
+
+
+def split_commas(value: str) -> list[str]:
+    """Split a header value made of comma-separated elements (RFC 3261 §7.3.1)."""
+    return [part.strip() for part in split_outside_quotes(value, ",") if part.strip()]
+
+
+def parse_params(text: str) -> dict[str, str | None]:
+    """Parse ``name[=value]`` pairs separated by ``;`` (the leading ``;`` already removed).
+
+    Names are lower-cased (parameter names are case-insensitive); values keep
+    their case and their quotes, and a name without a value maps to ``None``.
+    """
+    params: dict[str, str | None] = {}
+    for part in split_outside_quotes(text, ";"):
+        name, eq, value = part.partition("=")
+        name = name.strip()
+        if not name:
+            if eq or value.strip():
+                raise SipParseError(f"parameter without a name in {text[:80]!r}")
+            continue
+        params[name.lower()] = value.strip() if eq else None
+    return params
+
+
+def format_params(params: dict[str, str | None]) -> str:
+    """``;name=value`` text for ``params`` (values are written as stored)."""
+    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
