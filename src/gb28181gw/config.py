@@ -172,10 +172,10 @@ SECTIONS: dict[str, Any] = {
 }
 
 
-def _coerce(key: str, value: Any, target: Any, source: str) -> Any:
-    """Turn ``value`` (from TOML, or text from env/flags) into ``target``'s type."""
+def _coerce(key: str, value: Any, target: Any, source: str, text: bool) -> Any:
+    """Turn ``value`` (typed from TOML, or ``text`` from env/flags) into ``target``'s type."""
     kind = type(target)
-    if isinstance(value, str) and kind is not str:
+    if text and isinstance(value, str) and kind is not str:
         text = value.strip()
         if kind is bool:
             low = text.lower()
@@ -230,7 +230,7 @@ def load_config(
         ConfigError: naming the first bad key, why, and where the value came from.
     """
     env = os.environ if env is None else env
-    values: dict[str, dict[str, tuple[Any, str]]] = {name: {} for name in SECTIONS}
+    values: dict[str, dict[str, tuple[Any, str, bool]]] = {name: {} for name in SECTIONS}
     if path is None and env.get(ENV_PREFIX + "CONFIG"):
         path = env[ENV_PREFIX + "CONFIG"]
     if path is not None:
@@ -249,7 +249,7 @@ def load_config(
             if not isinstance(table, dict):
                 raise ConfigError(section, "must be a table", str(p))
             for key, value in table.items():
-                values[section][key] = (value, str(p))
+                values[section][key] = (value, str(p), False)
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS:
             continue
@@ -257,24 +257,24 @@ def load_config(
         env_section = next((s for s in SECTIONS if rest.startswith(s + "_")), None)
         if env_section is None:
             raise ConfigError(name, f"unknown setting (sections: {', '.join(SECTIONS)})", "environment")
-        values[env_section][rest[len(env_section) + 1 :]] = (value, f"environment {name}")
+        values[env_section][rest[len(env_section) + 1 :]] = (value, f"environment {name}", True)
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
         if section not in SECTIONS or not key:
             raise ConfigError(dotted, "expected section.key", "command line")
-        values[section][key] = (value, "command line")
+        values[section][key] = (value, "command line", True)
 
     built: dict[str, Any] = {}
     for section, cls in SECTIONS.items():
         defaults = cls()
         known = {f.name: f for f in fields(cls)}
         kwargs: dict[str, Any] = {}
-        for key, (value, source) in values[section].items():
+        for key, (value, source, is_text) in values[section].items():
             f = known.get(key)
             dotted = f"{section}.{key}"
             if f is None:
                 raise ConfigError(dotted, f"unknown setting (known: {', '.join(known)})", source)
-            coerced = _coerce(dotted, value, getattr(defaults, key), source)
+            coerced = _coerce(dotted, value, getattr(defaults, key), source, is_text)
             check = f.metadata.get("check")
             problem = check(coerced) if check else None
             if problem:

@@ -205,6 +205,9 @@ class SipEndpoint:
             value = via.serialize()
             request.headers.set_first("via", value if rest is None else f"{value},{rest}")
         try:
+            # From and To are needed by every TU; a malformed one is the sender's error (RFC 4475 §3.1.2)
+            request.from_  # noqa: B018
+            request.to  # noqa: B018
             key = server_key(request)
         except SipParseError as exc:
             exc.partial = request

@@ -238,12 +238,17 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
 
     headers = Headers.__new__(Headers)
     msg: Request | Response
+    start_error: SipParseError | None = None
     if start.startswith("SIP/"):
         msg = _parse_status_line(start, headers)
     else:
-        msg = _parse_request_line(start, headers)
-    if len(lines) > limits.max_headers:
-        raise SipParseError(f"more than {limits.max_headers} header lines", 513, _partial(msg))
+        try:
+            msg = _parse_request_line(start, headers)
+        except SipParseError as exc:
+            # keep reading the headers: with Via/From/To/Call-ID/CSeq the error can still be answered
+            start_error = exc
+            msg = Request.__new__(Request)
+            msg.method, msg.uri, msg.headers, msg.body, msg._via = start.split(" ", 1)[0], "", headers, b"", None
     if not lines:
         raise SipParseError("no header fields", 400)
     names, seps, values = zip(*[line.partition(":") for line in lines], strict=True)
@@ -255,15 +260,28 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
             # RFC 3261 §7.3.1 folding: continuation lines join the line before
             lines = _unfold(lines, msg)
             names, seps, values = zip(*[line.partition(":") for line in lines], strict=True)
-        try:
-            keys = [header_key(n) for n in names]
-        except SipParseError as exc:
-            exc.partial = _partial(msg)
-            raise
+        keys = []
+        name_error: SipParseError | None = None
+        for n in names:
+            try:
+                keys.append(header_key(n))
+            except SipParseError as exc:
+                # keep the other headers so that the error can still be answered
+                name_error = name_error or exc
+                keys.append("")
+        if name_error is not None:
+            headers._keys, headers._names, headers._values = keys, list(names), list(values)
+            name_error.partial = _partial(msg)
+            raise name_error
     headers._keys, headers._names, headers._values = keys, list(names), list(values)
     if "" in seps:
         bad = next(n for n, sep in zip(names, seps, strict=True) if not sep)
         raise SipParseError(f"header line without a colon: {bad[:60]!r}", 400, _partial(msg))
+    if start_error is not None:
+        start_error.partial = msg
+        raise start_error
+    if len(lines) > limits.max_headers:
+        raise SipParseError(f"more than {limits.max_headers} header lines", 513, _partial(msg))
     if len(head) > limits.max_line_length:
         for line in lines:
             if len(line) > limits.max_line_length:
@@ -334,21 +352,17 @@ def _parse_request_line(line: str, headers: Headers) -> Request:
     method, uri, version = parts
     if version != SIP_VERSION and version.upper() != SIP_VERSION:
         if version[:4].upper() == "SIP/":
-            raise SipParseError(f"SIP version {version[:20]!r} not supported", 505, _bare_request(method, uri))
+            raise SipParseError(f"SIP version {version[:20]!r} not supported", 505)
         raise SipParseError(f"malformed request line {line[:80]!r}")
     if method not in _KNOWN_METHODS and not is_token(method):
         raise SipParseError(f"malformed method {method[:40]!r}")
     if not uri.startswith(("sip:", "sips:")):
         scheme, colon, _ = uri.partition(":")
         if not colon or not scheme or not _is_scheme(scheme):
-            raise SipParseError(f"malformed Request-URI {uri[:80]!r}", 400, _bare_request(method, uri))
+            raise SipParseError(f"malformed Request-URI {uri[:80]!r}", 400)
     req = Request.__new__(Request)
     req.method, req.uri, req.headers, req.body, req._via = method, uri, headers, b"", None
     return req
-
-
-def _bare_request(method: str, uri: str) -> Request:
-    return Request(method, uri, Headers())
 
 
 def _is_scheme(scheme: str) -> bool:

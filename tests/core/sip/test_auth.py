@@ -1,0 +1,171 @@
+"""Digest authentication (RFC 2617, RFC 7616) with the vectors of PROTOCOL.md §3.3."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from gb28181gw.errors import AuthError
+from gb28181gw.sip.auth import Challenge, Credentials, NonceStore, Verdict, authorization_for, digest_response
+
+VECTOR = {
+    "username": "34020000001320000001",
+    "realm": "3402000000",
+    "password": "12345678",
+    "method": "REGISTER",
+    "uri": "sip:34020000002000000001@3402000000",
+    "nonce": "9bd055b7a3c8e2d1f0a4b6c8d2e4f601",
+}
+
+AUTH_HEADER = (
+    'Digest username="34020000001320000001",realm="3402000000",nonce="9bd055b7a3c8e2d1f0a4b6c8d2e4f601",'
+    'uri="sip:34020000002000000001@3402000000",response="59eb1e7804cae7b13e8c4511216bc6b9",algorithm=MD5'
+)
+
+
+class TestVectors:
+    def test_md5_without_qop(self) -> None:
+        assert digest_response(algorithm="MD5", **VECTOR) == "59eb1e7804cae7b13e8c4511216bc6b9"
+
+    def test_md5_with_qop_auth(self) -> None:
+        got = digest_response(algorithm="MD5", qop="auth", nc="00000001", cnonce="0a4f113b", **VECTOR)
+        assert got == "0dc37c8a49ff0634944c4e980c5f3130"
+
+    def test_sha256_is_computed_from_its_definition(self) -> None:
+        def h(s: str) -> str:
+            return hashlib.sha256(s.encode()).hexdigest()
+
+        ha1 = h("34020000001320000001:3402000000:12345678")
+        ha2 = h("REGISTER:sip:34020000002000000001@3402000000")
+        expected = h(f"{ha1}:{VECTOR['nonce']}:00000002:abc:auth:{ha2}")
+        got = digest_response(algorithm="SHA-256", qop="auth", nc="00000002", cnonce="abc", **VECTOR)
+        assert got == expected
+
+    def test_md5_sess(self) -> None:
+        def h(s: str) -> str:
+            return hashlib.md5(s.encode()).hexdigest()
+
+        ha1 = h(h("34020000001320000001:3402000000:12345678") + f":{VECTOR['nonce']}:cn")
+        ha2 = h("REGISTER:sip:34020000002000000001@3402000000")
+        expected = h(f"{ha1}:{VECTOR['nonce']}:00000001:cn:auth:{ha2}")
+        got = digest_response(algorithm="MD5-sess", qop="auth", nc="00000001", cnonce="cn", **VECTOR)
+        assert got == expected
+
+    def test_nc_enters_the_hash_as_written(self) -> None:
+        a = digest_response(algorithm="MD5", qop="auth", nc="0000000a", cnonce="x", **VECTOR)
+        b = digest_response(algorithm="MD5", qop="auth", nc="0000000A", cnonce="x", **VECTOR)
+        assert a != b
+
+    def test_unsupported(self) -> None:
+        with pytest.raises(AuthError):
+            digest_response(algorithm="MD4", **VECTOR)
+        with pytest.raises(AuthError):
+            digest_response(algorithm="MD5", qop="auth-int", nc="1", cnonce="x", **VECTOR)
+
+
+class TestHeaders:
+    def test_parse_credentials(self) -> None:
+        c = Credentials.parse(AUTH_HEADER)
+        assert c.username == "34020000001320000001" and c.response == "59eb1e7804cae7b13e8c4511216bc6b9"
+        assert c.expected("12345678", "REGISTER") == c.response
+        assert Credentials.parse(c.serialize()) == c
+
+    def test_challenge_round_trip(self) -> None:
+        ch = Challenge(realm="3402000000", nonce="abc", qop="auth", opaque="o", stale=True)
+        text = ch.serialize()
+        assert 'realm="3402000000"' in text and "stale=true" in text and "algorithm=MD5" in text
+        assert Challenge.parse(text) == ch
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            "",
+            "Digest",
+            "Basic dXNlcjpwYXNz",
+            'Digest username="a"',
+            'Digest realm="r",nonce',
+            'Digest qop=auth,username="a",realm="r",nonce="n",uri="u",response="x"',
+        ],
+    )
+    def test_malformed_credentials(self, value: str) -> None:
+        with pytest.raises(AuthError):
+            Credentials.parse(value)
+
+
+class TestNonceStore:
+    def _creds(
+        self, store: NonceStore, now: float, *, password: str = "12345678", host: str = "127.0.0.1", **kw: object
+    ) -> Credentials:
+        ch = store.challenge(host, now)
+        return authorization_for(
+            ch, method="REGISTER", uri=VECTOR["uri"], username=VECTOR["username"], password=password, **kw
+        )  # type: ignore[arg-type]
+
+    def test_ok_then_replay_is_stale(self) -> None:
+        store = NonceStore(realm="3402000000")
+        creds = self._creds(store, 0.0)
+        assert store.verify(creds, method="REGISTER", password="12345678", host="127.0.0.1", now=1.0) is Verdict.OK
+        assert store.verify(creds, method="REGISTER", password="12345678", host="127.0.0.1", now=2.0) is Verdict.STALE
+
+    def test_wrong_password(self) -> None:
+        store = NonceStore(realm="3402000000")
+        creds = self._creds(store, 0.0, password="wrong")
+        assert (
+            store.verify(creds, method="REGISTER", password="12345678", host="127.0.0.1", now=1.0)
+            is Verdict.BAD_RESPONSE
+        )
+
+    def test_expired_nonce_is_stale(self) -> None:
+        store = NonceStore(realm="3402000000", lifetime=60)
+        creds = self._creds(store, 0.0)
+        assert store.verify(creds, method="REGISTER", password="12345678", host="127.0.0.1", now=61.0) is Verdict.STALE
+
+    def test_nonce_is_bound_to_the_address_it_was_issued_to(self) -> None:
+        store = NonceStore(realm="3402000000")
+        creds = self._creds(store, 0.0, host="10.0.0.1")
+        assert store.verify(creds, method="REGISTER", password="12345678", host="10.0.0.2", now=1.0) is Verdict.STALE
+
+    def test_unknown_nonce_is_stale(self) -> None:
+        store = NonceStore(realm="3402000000")
+        creds = Credentials.parse(AUTH_HEADER)
+        assert store.verify(creds, method="REGISTER", password="12345678", host="127.0.0.1", now=0.0) is Verdict.STALE
+
+    def test_wrong_realm(self) -> None:
+        store = NonceStore(realm="3401000000")
+        creds = Credentials.parse(AUTH_HEADER)
+        assert (
+            store.verify(creds, method="REGISTER", password="12345678", host="127.0.0.1", now=0.0)
+            is Verdict.WRONG_REALM
+        )
+
+    def test_qop_nonce_count_must_increase(self) -> None:
+        store = NonceStore(realm="3402000000", qop=True)
+        ch = store.challenge("127.0.0.1", 0.0)
+        assert ch.qop == "auth"
+        args = {"method": "REGISTER", "uri": VECTOR["uri"], "username": VECTOR["username"], "password": "12345678"}
+        c1 = authorization_for(ch, nc=1, cnonce="a", **args)  # type: ignore[arg-type]
+        c2 = authorization_for(ch, nc=2, cnonce="b", **args)  # type: ignore[arg-type]
+        verify = {"method": "REGISTER", "password": "12345678", "host": "127.0.0.1"}
+        assert store.verify(c1, now=1.0, **verify) is Verdict.OK  # type: ignore[arg-type]
+        assert store.verify(c1, now=1.0, **verify) is Verdict.STALE  # type: ignore[arg-type]
+        assert store.verify(c2, now=1.0, **verify) is Verdict.OK  # type: ignore[arg-type]
+
+    def test_sha256_store(self) -> None:
+        store = NonceStore(realm="3402000000", algorithm="SHA-256")
+        creds = self._creds(store, 0.0)
+        assert creds.algorithm == "SHA-256"
+        assert store.verify(creds, method="REGISTER", password="12345678", host="127.0.0.1", now=1.0) is Verdict.OK
+
+    def test_algorithm_mismatch(self) -> None:
+        store = NonceStore(realm="3402000000", algorithm="SHA-256")
+        creds = Credentials.parse(AUTH_HEADER)
+        assert store.verify(creds, method="REGISTER", password="x", host="127.0.0.1", now=0.0) is Verdict.BAD_ALGORITHM
+
+    def test_store_is_bounded_and_expires(self) -> None:
+        store = NonceStore(realm="r", max_nonces=10, lifetime=5)
+        for i in range(50):
+            store.challenge("h", float(i) / 100)
+        assert len(store) == 10
+        store.challenge("h", 100.0)
+        assert len(store) == 1

@@ -1,0 +1,102 @@
+"""Config: defaults < TOML file < GB28181GW_* environment < command line; errors name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gb28181gw.config import describe_options, load_config
+from gb28181gw.errors import ConfigError
+from tests.helpers import ROOT
+
+
+def test_defaults() -> None:
+    c = load_config(env={})
+    assert c.gateway.id == "34020000002000000001"
+    assert c.domain == "3402000000"
+    assert c.sip.listen == ["0.0.0.0"] and c.sip.port == 5060
+    assert c.admin.listen == "127.0.0.1"
+
+
+def test_example_config_is_valid_and_documents_every_option() -> None:
+    path = ROOT / "conf" / "gateway.toml"
+    load_config(path, env={})
+    text = path.read_text()
+    for key, _default, _help in describe_options():
+        section, _, name = key.partition(".")
+        assert f"[{section}]" in text
+        assert f"\n{name} =" in text or f"\n# {name} =" in text, key
+
+
+def test_precedence(tmp_path: Path) -> None:
+    f = tmp_path / "gw.toml"
+    f.write_text('[sip]\nport = 5070\nlisten = ["127.0.0.1"]\n[log]\nlevel = "debug"\n')
+    c = load_config(f, env={"GB28181GW_SIP_PORT": "5080"}, overrides={"log.level": "warning"})
+    assert c.sip.port == 5080  # env beats file
+    assert c.sip.listen == ["127.0.0.1"]  # file beats default
+    assert c.log.level == "warning"  # flag beats file
+    c = load_config(f, env={"GB28181GW_SIP_PORT": "5080"}, overrides={"sip.port": "5090"})
+    assert c.sip.port == 5090
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    f = tmp_path / "gw.toml"
+    f.write_text('[gateway]\nid = "44030000002000000001"\n')
+    c = load_config(env={"GB28181GW_CONFIG": str(f)})
+    assert c.domain == "4403000000"
+
+
+def test_lists_from_environment() -> None:
+    c = load_config(env={"GB28181GW_SIP_LISTEN": "0.0.0.0, ::", "GB28181GW_SIP_TRANSPORTS": "udp"})
+    assert c.sip.listen == ["0.0.0.0", "::"] and c.sip.transports == ["udp"]
+
+
+@pytest.mark.parametrize(
+    ("env", "key", "fragment"),
+    [
+        ({"GB28181GW_SIP_PORT": "abc"}, "sip.port", "integer"),
+        ({"GB28181GW_SIP_PORT": "70000"}, "sip.port", "port number"),
+        ({"GB28181GW_SIP_LISTEN": "example.com"}, "sip.listen", "not an IP address"),
+        ({"GB28181GW_SIP_TRANSPORTS": "udp,sctp"}, "sip.transports", "sctp"),
+        ({"GB28181GW_SIP_T1": "0"}, "sip.t1", "greater than 0"),
+        ({"GB28181GW_GATEWAY_ID": "3402000000200000000"}, "gateway.id", "19 digits"),
+        ({"GB28181GW_GATEWAY_DOMAIN": "34020"}, "gateway.domain", "10 digits"),
+        ({"GB28181GW_LOG_LEVEL": "loud"}, "log.level", "one of"),
+        ({"GB28181GW_ADMIN_ENABLED": "maybe"}, "admin.enabled", "true or false"),
+        ({"GB28181GW_SIP_NOPE": "1"}, "sip.nope", "unknown setting"),
+        ({"GB28181GW_NOPE_X": "1"}, "GB28181GW_NOPE_X", "unknown setting"),
+    ],
+)
+def test_bad_values_name_the_key(env: dict[str, str], key: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(env=env)
+    assert exc.value.key == key
+    assert fragment in str(exc.value)
+    if key.startswith(("sip.", "gateway.", "log.", "admin.")):
+        assert "environment" in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "fragment"),
+    [
+        ("[sip\nport = 1", "config", "not valid TOML"),
+        ('[sip]\nport = "5060"', "sip.port", "integer"),
+        ('[sip]\nlisten = "0.0.0.0"', "sip.listen", "list of strings"),
+        ("[nope]\nx = 1", "nope", "unknown section"),
+        ("sip = 3", "sip", "must be a table"),
+        ("[sip]\nt1 = 5.0\nt2 = 4.0", "sip.t2", "not be smaller"),
+    ],
+)
+def test_bad_files(tmp_path: Path, text: str, key: str, fragment: str) -> None:
+    f = tmp_path / "gw.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        load_config(f, env={})
+    assert exc.value.key == key
+    assert fragment in str(exc.value)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("/nonexistent/gw.toml", env={})

@@ -1,0 +1,123 @@
+"""Shared test helpers: a fake clock, bytewise feeding, fixtures, message builders."""
+
+from __future__ import annotations
+
+import itertools
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+from gb28181gw.sip.endpoint import Peer, SipEndpoint
+from gb28181gw.sip.events import Event
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+DEVICE_UDP = Peer("UDP", "127.0.0.1", 5061)
+DEVICE_TCP = Peer("TCP", "127.0.0.1", 40001)
+
+
+class FakeClock:
+    """Monotonic time that moves only when told."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+def counter_token() -> object:
+    """A deterministic ``token(nbytes)`` for the endpoint: 0001, 0002, …"""
+    counter = itertools.count(1)
+    return lambda n: f"{next(counter):0{2 * n}x}"
+
+
+def new_endpoint(**kwargs: object) -> SipEndpoint:
+    ep = SipEndpoint(token=counter_token(), **kwargs)  # type: ignore[arg-type]
+    ep.set_local_address("UDP", "127.0.0.1", 5060)
+    ep.set_local_address("TCP", "127.0.0.1", 5060)
+    return ep
+
+
+def drain_events(ep: SipEndpoint) -> list[Event]:
+    out = []
+    while (ev := ep.next_event()) is not None:
+        out.append(ev)
+    return out
+
+
+def feed_bytewise(data: bytes) -> Iterator[bytes]:
+    for i in range(len(data)):
+        yield data[i : i + 1]
+
+
+def load_fixture(*parts: str) -> bytes:
+    return FIXTURES.joinpath(*parts).read_bytes()
+
+
+def load_expected(*parts: str) -> dict[str, int | str]:
+    return tomllib.loads(FIXTURES.joinpath(*parts, "expected.toml").read_text())
+
+
+def crlf(text: str) -> bytes:
+    """Message text written with LF in a test, sent with CRLF."""
+    return text.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8")
+
+
+REGISTER = crlf(
+    """REGISTER sip:34020000002000000001@3402000000 SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5061;rport;branch=z9hG4bK1843296217
+From: <sip:34020000001320000001@3402000000>;tag=1520488418
+To: <sip:34020000001320000001@3402000000>
+Call-ID: 1926390155@127.0.0.1
+CSeq: 1 REGISTER
+Contact: <sip:34020000001320000001@127.0.0.1:5061>
+Max-Forwards: 70
+User-Agent: IP Camera
+Expires: 3600
+X-GB-ver: 3.0
+Content-Length: 0
+
+"""
+)
+
+KEEPALIVE_BODY = (
+    b'<?xml version="1.0" encoding="GB2312"?>\r\n<Notify>\r\n<CmdType>Keepalive</CmdType>\r\n<SN>43</SN>\r\n'
+    b"<DeviceID>34020000001320000001</DeviceID>\r\n<Status>OK</Status>\r\n</Notify>\r\n"
+)
+
+MESSAGE = (
+    crlf(
+        f"""MESSAGE sip:34020000002000000001@3402000000 SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5061;rport;branch=z9hG4bK0470227384
+From: <sip:34020000001320000001@3402000000>;tag=0908167762
+To: <sip:34020000002000000001@3402000000>
+Call-ID: 1387504191@127.0.0.1
+CSeq: 20 MESSAGE
+Content-Type: Application/MANSCDP+xml
+Max-Forwards: 70
+User-Agent: IP Camera
+Content-Length: {len(KEEPALIVE_BODY)}
+
+"""
+    )
+    + KEEPALIVE_BODY
+)
+
+
+def request(method: str, branch: str = "z9hG4bKabc1", *, cseq: int = 1, via_host: str = "127.0.0.1:5061") -> bytes:
+    """A minimal valid request of ``method``."""
+    return crlf(
+        f"""{method} sip:34020000002000000001@3402000000 SIP/2.0
+Via: SIP/2.0/UDP {via_host};rport;branch={branch}
+From: <sip:34020000001320000001@3402000000>;tag=f1
+To: <sip:34020000002000000001@3402000000>
+Call-ID: call-{branch}
+CSeq: {cseq} {method}
+Max-Forwards: 70
+Content-Length: 0
+
+"""
+    )
