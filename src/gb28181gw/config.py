@@ -176,9 +176,9 @@ def _coerce(key: str, value: Any, target: Any, source: str, text: bool) -> Any:
     """Turn ``value`` (typed from TOML, or ``text`` from env/flags) into ``target``'s type."""
     kind = type(target)
     if text and isinstance(value, str) and kind is not str:
-        text = value.strip()
+        stripped = value.strip()
         if kind is bool:
-            low = text.lower()
+            low = stripped.lower()
             if low in ("1", "true", "yes", "on"):
                 return True
             if low in ("0", "false", "no", "off"):
@@ -186,16 +186,16 @@ def _coerce(key: str, value: Any, target: Any, source: str, text: bool) -> Any:
             raise ConfigError(key, f"must be true or false (got {value!r})", source)
         if kind is int:
             try:
-                return int(text)
+                return int(stripped)
             except ValueError:
                 raise ConfigError(key, f"must be an integer (got {value!r})", source) from None
         if kind is float:
             try:
-                return float(text)
+                return float(stripped)
             except ValueError:
                 raise ConfigError(key, f"must be a number (got {value!r})", source) from None
         if kind is list:
-            return [part.strip() for part in text.split(",") if part.strip()]
+            return [part.strip() for part in stripped.split(",") if part.strip()]
     if kind is bool and not isinstance(value, bool):
         raise ConfigError(key, f"must be true or false (got {value!r})", source)
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):

@@ -272,7 +272,7 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
         if name_error is not None:
             headers._keys, headers._names, headers._values = keys, list(names), list(values)
             name_error.partial = _partial(msg)
-            raise name_error
+            raise name_error from None
     headers._keys, headers._names, headers._values = keys, list(names), list(values)
     if "" in seps:
         bad = next(n for n, sep in zip(names, seps, strict=True) if not sep)
