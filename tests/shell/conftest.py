@@ -1,0 +1,99 @@
+"""Real-socket fixtures: an in-process gateway on 127.0.0.1 and a SIPp runner."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gb28181gw.app import Gateway
+from gb28181gw.config import load_config
+
+SIPP_DIR = Path(__file__).parent / "sipp"
+SIPP = shutil.which("sipp")
+
+
+async def start_gateway(**overrides: str) -> Gateway:
+    settings = {
+        "sip.listen": "127.0.0.1",
+        "sip.port": "0",
+        "admin.port": "0",
+        "sip.t1": "0.1",
+        "sip.t2": "0.4",
+        "sip.t4": "0.5",
+    }
+    settings.update(overrides)
+    gw = Gateway(load_config(env={}, overrides=settings))
+    await gw.start()
+    return gw
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[Gateway]:
+    gw = await start_gateway()
+    try:
+        yield gw
+    finally:
+        await gw.stop()
+
+
+@dataclass
+class SippResult:
+    returncode: int
+    stdout: str
+    messages: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+async def run_sipp(
+    scenario: str,
+    port: int,
+    tmp_path: Path,
+    *,
+    transport: str = "u1",
+    calls: int = 1,
+    rate: int = 10,
+    timeout: float = 10.0,
+    extra: tuple[str, ...] = (),
+) -> SippResult:
+    """Run a SIPp client scenario against 127.0.0.1:``port``; messages are traced to a file."""
+    if SIPP is None:
+        raise RuntimeError("sipp is not installed: .ci/run installs it (apt-get install sip-tester)")
+    trace = tmp_path / f"{Path(scenario).stem}-{transport}.msg"
+    proc = await asyncio.create_subprocess_exec(
+        SIPP,
+        "-sf",
+        str(SIPP_DIR / scenario),
+        f"127.0.0.1:{port}",
+        "-i",
+        "127.0.0.1",
+        "-p",
+        "0",
+        "-t",
+        transport,
+        "-m",
+        str(calls),
+        "-r",
+        str(rate),
+        "-timeout",
+        f"{int(timeout)}s",
+        "-timeout_error",
+        "-nostdin",
+        "-trace_msg",
+        "-message_file",
+        str(trace),
+        *extra,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=tmp_path,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout + 10)
+    messages = trace.read_text(errors="replace") if trace.exists() else ""
+    return SippResult(proc.returncode or 0, out.decode(errors="replace"), messages)
