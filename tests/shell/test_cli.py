@@ -1,0 +1,158 @@
+"""The command line: offline ID tools, and `serve` as a real process (signals, admin API, errors)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from gb28181gw.cli import main
+from tests.helpers import request
+
+
+def test_id_decode() -> None:
+    result = CliRunner().invoke(main, ["id", "decode", "34020000001320000001"])
+    assert result.exit_code == 0, result.output
+    assert "安徽" in result.output and "IPC" in result.output and "15-20" in result.output
+
+
+def test_id_decode_json_and_civil_code() -> None:
+    result = CliRunner().invoke(main, ["id", "decode", "340202", "--json"])
+    assert result.exit_code == 0
+    data = json.loads(result.output)
+    assert data["kind"] == "civil-code"
+
+
+def test_id_decode_invalid_says_where() -> None:
+    result = CliRunner().invoke(main, ["id", "decode", "3402000000132000000X"])
+    assert result.exit_code == 1
+    assert "position 20" in result.output and "not a digit" in result.output
+
+
+def test_id_check_lines(tmp_path: Path) -> None:
+    f = tmp_path / "ids.txt"
+    f.write_text("34020000001320000001\n3402000000132000001\n\n34020000001310000002\n34020000001310000A02\n")
+    result = CliRunner().invoke(main, ["id", "check", str(f)])
+    assert result.exit_code == 1
+    assert "line 2:" in result.output and "19 digits" in result.output
+    assert "line 5:" in result.output and "position 18" in result.output
+    assert "4 IDs checked, 2 invalid" in result.output
+
+
+def test_id_check_csv_column(tmp_path: Path) -> None:
+    f = tmp_path / "ledger.csv"
+    f.write_text("名称,设备编码\n南门,34020000001320000001\n北门,34020000001320000002\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["id", "check", str(f), "--column", "设备编码"])
+    assert result.exit_code == 0, result.output
+    assert "2 IDs checked, 0 invalid" in result.output
+    result = CliRunner().invoke(main, ["id", "check", str(f), "--column", "nope"])
+    assert result.exit_code == 2
+
+
+def test_id_check_strict_turns_warnings_into_errors(tmp_path: Path) -> None:
+    f = tmp_path / "ids.txt"
+    f.write_text("99020000001320000001\n")
+    assert CliRunner().invoke(main, ["id", "check", str(f)]).exit_code == 0
+    result = CliRunner().invoke(main, ["id", "check", str(f), "--strict"])
+    assert result.exit_code == 1 and "positions 1-2" in result.output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gb28181gw", "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _wait_ready(admin: str, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(proc.stdout.read() if proc.stdout else "exited")
+        try:
+            if _get(admin + "/readyz")[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("gateway did not become ready")
+
+
+def test_serve_runs_answers_and_stops_on_sigterm() -> None:
+    sip_port, admin_port = _free_port(), _free_port()
+    proc = _serve("--listen", "127.0.0.1", "--port", str(sip_port), "--admin-port", str(admin_port))
+    admin = f"http://127.0.0.1:{admin_port}"
+    try:
+        _wait_ready(admin, proc)
+        assert json.loads(_get(admin + "/healthz")[1])["status"] == "ok"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(5)
+            s.sendto(request("OPTIONS", "z9hG4bKcli"), ("127.0.0.1", sip_port))
+            assert s.recv(65535).startswith(b"SIP/2.0 200 OK")
+        metrics = _get(admin + "/metrics")[1].decode()
+        assert 'gb28181gw_sip_requests_total{direction="in",method="OPTIONS",transport="UDP"} 1.0' in metrics
+        assert "process_resident_memory_bytes" in metrics
+        status = CliRunner().invoke(main, ["status", "--admin", admin, "--json"])
+        assert status.exit_code == 0, status.output
+        assert json.loads(status.output)["sip"]["port"] == sip_port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=15)
+    assert proc.returncode == 0, out
+    assert "gateway stopped" in out
+
+
+def test_status_without_a_gateway_says_so() -> None:
+    result = CliRunner().invoke(main, ["status", "--admin", f"http://127.0.0.1:{_free_port()}"])
+    assert result.exit_code == 1
+    assert "cannot reach the gateway" in result.output
+
+
+def test_bad_config_stops_startup_naming_the_key(tmp_path: Path) -> None:
+    proc = _serve("--set", "sip.port=abc")
+    out, _ = proc.communicate(timeout=15)
+    assert proc.returncode == 3
+    assert "sip.port" in out and "integer" in out
+    conf = tmp_path / "gw.toml"
+    conf.write_text("[sip]\nlisten = [\"nowhere\"]\n")
+    proc = _serve("-c", str(conf))
+    out, _ = proc.communicate(timeout=15)
+    assert proc.returncode == 3 and "sip.listen" in out and "not an IP address" in out
+    proc = _serve(env={"GB28181GW_LOG_LEVEL": "chatty"})
+    out, _ = proc.communicate(timeout=15)
+    assert proc.returncode == 3 and "GB28181GW_LOG_LEVEL" in out
+
+
+def test_port_in_use_is_a_startup_failure() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        port = busy.getsockname()[1]
+        proc = _serve("--listen", "127.0.0.1", "--port", str(port), "--admin-port", str(_free_port()))
+        out, _ = proc.communicate(timeout=15)
+    assert proc.returncode == 3
+    assert "start-up failed" in out
