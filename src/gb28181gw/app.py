@@ -9,6 +9,7 @@ API → ready. Shutdown (SIGINT/SIGTERM) reverses it, giving in-flight handlers
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -149,9 +150,24 @@ class Gateway:
             await self.stop()
 
 
+def tune_gc() -> None:
+    """Make the cyclic garbage collector cheaper for a long-running server.
+
+    Everything allocated while starting (modules, config, tables) is moved out of the
+    collector's sight, and young-generation collections run every 50,000 net allocations
+    instead of 700: a SIP message allocates dozens of short-lived containers, and at
+    thousands of messages per second the default threshold collects hundreds of times a
+    second for nothing. Reference counting still frees almost everything at once.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def run(config: Config) -> int:
     """Run a gateway in this process until it is told to stop; return the exit status."""
     gateway = Gateway(config)
+    tune_gc()
 
     async def main() -> None:
         await gateway.serve()

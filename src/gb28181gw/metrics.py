@@ -21,8 +21,9 @@ class SipCounters:
     """Plain counters the SIP shell increments; exported by :class:`_SipCollector`.
 
     Attributes:
-        requests: (direction, transport, method) → count.
-        responses: (direction, transport, status) → count.
+        requests: ("in", transport, method) → count, for what we receive.
+        responses: ("in", transport, status) → count.
+        requests_out / responses_out: (transport, method or status as bytes) → count, for what we send.
         parse_errors: (transport, status answered or "dropped") → count.
         dropped: reason word → count (stray responses, unanswerable garbage, send failures).
     """
@@ -31,6 +32,9 @@ class SipCounters:
         self.requests: Counter[tuple[str, str, str]] = Counter()
         self.responses: Counter[tuple[str, str, str]] = Counter()
         self.parse_errors: Counter[tuple[str, str]] = Counter()
+        # what we send is counted from the wire bytes (method or status as bytes), decoded at scrape time
+        self.requests_out: Counter[tuple[str, bytes]] = Counter()
+        self.responses_out: Counter[tuple[str, bytes]] = Counter()
         self.dropped: Counter[str] = Counter()
 
 
@@ -46,12 +50,16 @@ class _SipCollector(Collector):
         )
         for labels, n in c.requests.items():
             req.add_metric(list(labels), n)
+        for (transport, method), n in c.requests_out.items():
+            req.add_metric(["out", transport, method.decode("ascii", "replace")], n)
         yield req
         resp = CounterMetricFamily(
             "gb28181gw_sip_responses", "SIP responses received and sent", labels=["direction", "transport", "status"]
         )
         for labels, n in c.responses.items():
             resp.add_metric(list(labels), n)
+        for (transport, status), n in c.responses_out.items():
+            resp.add_metric(["out", transport, status.decode("ascii", "replace")], n)
         yield resp
         perr = CounterMetricFamily(
             "gb28181gw_sip_parse_errors",

@@ -139,7 +139,7 @@ def test_bad_config_stops_startup_naming_the_key(tmp_path: Path) -> None:
     assert proc.returncode == 3
     assert "sip.port" in out and "integer" in out
     conf = tmp_path / "gw.toml"
-    conf.write_text("[sip]\nlisten = [\"nowhere\"]\n")
+    conf.write_text('[sip]\nlisten = ["nowhere"]\n')
     proc = _serve("-c", str(conf))
     out, _ = proc.communicate(timeout=15)
     assert proc.returncode == 3 and "sip.listen" in out and "not an IP address" in out

@@ -50,7 +50,7 @@ async def test_garbage_between_two_requests_does_not_stop_the_second(
     assert result.ok, result.stdout
     name = "UDP" if transport == "u1" else "TCP"
     assert gateway.metrics.sip.parse_errors[name, "dropped"] == 5
-    assert gateway.metrics.sip.responses["out", name, "200"] == 10
+    assert gateway.metrics.sip.responses_out[name, b"200"] == 10
 
 
 async def test_retransmitted_request_gets_the_identical_response(gateway: Gateway, tmp_path: Path) -> None:
@@ -62,4 +62,4 @@ async def test_retransmitted_request_gets_the_identical_response(gateway: Gatewa
         assert first == second
     # three requests reached the application, three copies were absorbed
     assert gateway.metrics.sip.requests["in", "UDP", "OPTIONS"] == 3
-    assert gateway.metrics.sip.responses["out", "UDP", "200"] == 6
+    assert gateway.metrics.sip.responses_out["UDP", b"200"] == 6

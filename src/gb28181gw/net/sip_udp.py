@@ -24,6 +24,8 @@ log = logging.getLogger("gb28181gw.sip")
 MAX_DATAGRAM = 65535
 #: Datagrams read per wake-up before yielding to other work.
 BATCH = 128
+#: Source addresses remembered to reuse their Peer object (cleared when full).
+MAX_PEER_CACHE = 100_000
 
 
 class UdpTransport:
@@ -37,6 +39,7 @@ class UdpTransport:
         self._buf = bytearray(MAX_DATAGRAM)
         self._view = memoryview(self._buf)
         self._loop = asyncio.get_running_loop()
+        self._peers: dict[tuple[str, int], Peer] = {}
         self._loop.add_reader(sock.fileno(), self._readable)
 
     @classmethod
@@ -65,6 +68,7 @@ class UdpTransport:
         view = self._view
         stack = self._stack
         got = False
+        now = self._loop.time()
         for _ in range(BATCH):
             try:
                 n, addr = sock.recvfrom_into(self._buf)
@@ -75,7 +79,12 @@ class UdpTransport:
                 log.debug("UDP receive error: %s", exc)
                 continue
             got = True
-            stack.feed(bytes(view[:n]), Peer("UDP", addr[0], addr[1]))
+            peer = self._peers.get(addr)
+            if peer is None:
+                if len(self._peers) >= MAX_PEER_CACHE:
+                    self._peers.clear()
+                peer = self._peers[addr] = Peer("UDP", addr[0], addr[1])
+            stack.feed(bytes(view[:n]), peer, now)
         if got:
             stack.pump()
 

@@ -70,6 +70,8 @@ class SipStack:
         self._ack_handler: Handler | None = None
         self._cancel_handler: Callable[[RequestCancelled], None] | None = None
         self._udp: list[UdpTransport] = []
+        self._udp4: UdpTransport | None = None
+        self._udp6: UdpTransport | None = None
         self._tcp: TcpTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
@@ -77,12 +79,14 @@ class SipStack:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pumping = False
         self.wire = WIRE.isEnabledFor(logging.DEBUG)
+        self._allow = ", ".join(self.allowed_methods)
 
     # --- wiring ----------------------------------------------------------------------
 
     def route(self, method: str, handler: Handler) -> None:
         """Send requests of ``method`` to ``handler``."""
         self._routes[method.upper()] = handler
+        self._allow = ", ".join(self.allowed_methods)
 
     def on_ack(self, handler: Handler) -> None:
         """Receive ACKs for 2xx (dialog usages need them)."""
@@ -121,6 +125,10 @@ class SipStack:
                 t = UdpTransport.bind(self, host, bound_port, receive_buffer=udp_receive_buffer)
                 bound_port = t.port
                 self._udp.append(t)
+                if t.family == socket.AF_INET6:
+                    self._udp6 = self._udp6 or t
+                else:
+                    self._udp4 = self._udp4 or t
         if tcp:
             self._tcp = TcpTransport(self, idle_timeout=tcp_idle_timeout, max_connections=tcp_max_connections)
             for host in hosts:
@@ -142,6 +150,7 @@ class SipStack:
         for t in self._udp:
             t.close()
         self._udp.clear()
+        self._udp4 = self._udp6 = None
         if self._tcp is not None:
             await self._tcp.close()
         if self._tasks:
@@ -156,13 +165,14 @@ class SipStack:
 
     # --- input -----------------------------------------------------------------------
 
-    def feed(self, data: bytes, peer: Peer) -> None:
+    def feed(self, data: bytes, peer: Peer, now: float | None = None) -> None:
         """Hand one received message to the endpoint (the caller pumps afterwards)."""
         if self.wire:
             log_wire("<", peer, data)
-        loop = self._loop or asyncio.get_running_loop()
+        if now is None:
+            now = (self._loop or asyncio.get_running_loop()).time()
         try:
-            self.endpoint.receive(data, peer, loop.time())
+            self.endpoint.receive(data, peer, now)
         except Exception:
             # a bug, not the peer's fault; it must not stop service for everyone else
             self.counters.dropped["internal-error"] += 1
@@ -284,14 +294,13 @@ class SipStack:
     def _options(self, event: RequestReceived) -> None:
         # RFC 3261 §11.2: OPTIONS tells what we support
         response = make_response(event.request, 200, to_tag=self.endpoint.new_tag())
-        response.headers.add("Allow", ", ".join(self.allowed_methods))
-        response.headers.add("Accept", "Application/MANSCDP+xml, application/sdp")
+        response.headers.extend((("Allow", self._allow), ("Accept", "Application/MANSCDP+xml, application/sdp")))
         assert event.transaction is not None
         self.respond(event.transaction, response)
 
     def _method_not_allowed(self, event: RequestReceived) -> None:
         response = make_response(event.request, 405, to_tag=self.endpoint.new_tag())
-        response.headers.add("Allow", ", ".join(self.allowed_methods))
+        response.headers.add("Allow", self._allow)
         assert event.transaction is not None
         self.respond(event.transaction, response)
 
@@ -330,15 +339,13 @@ class SipStack:
             if wire:
                 log_wire(">", peer, data)
             if data.startswith(b"SIP/2.0 "):
-                counters.responses["out", peer.transport, data[8:11].decode("ascii", "replace")] += 1
+                counters.responses_out[peer.transport, data[8:11]] += 1
             else:
-                counters.requests["out", peer.transport, data[: data.find(b" ")].decode("ascii", "replace")] += 1
+                counters.requests_out[peer.transport, data[: data.find(b" ")]] += 1
             if peer.transport == "UDP":
-                family = socket.AF_INET6 if ":" in peer.host else socket.AF_INET
-                for t in self._udp:
-                    if t.family == family:
-                        t.send(data, peer)
-                        break
+                t = self._udp6 if ":" in peer.host else self._udp4
+                if t is not None:
+                    t.send(data, peer)
                 else:
                     counters.dropped["no-transport"] += 1
             elif self._tcp is not None:
@@ -347,13 +354,15 @@ class SipStack:
                 counters.dropped["no-transport"] += 1
 
     def _arm_timer(self) -> None:
+        new = self.endpoint.earliest_new_deadline()
+        if self._timer is not None:
+            if new is None or self._timer_when <= new:
+                return  # the armed timer fires first; it recomputes when it does
+            self._timer.cancel()
+            self._timer = None
         when = self.endpoint.get_timer()
         if when is None:
             return
-        if self._timer is not None:
-            if self._timer_when <= when:
-                return
-            self._timer.cancel()
         loop = self._loop or asyncio.get_running_loop()
         self._timer_when = when
         self._timer = loop.call_at(when, self._on_timer)

@@ -16,6 +16,8 @@ addressed. It never reads a clock: ``now`` is monotonic seconds from the caller.
 
 from __future__ import annotations
 
+import random
+import re
 import secrets
 from collections import deque
 from collections.abc import Callable
@@ -33,7 +35,7 @@ from .events import (
     TransactionFailed,
     TransactionTimedOut,
 )
-from .headers import Headers, Via, canonical_name
+from .headers import Headers, NameAddr, Via, canonical_name
 from .message import DEFAULT_LIMITS, Limits, Request, Response, make_response, parse_message
 from .timers import TimerConfig
 from .transaction import (
@@ -49,6 +51,17 @@ from .transaction import (
     client_key,
     server_key,
 )
+
+_RPORT_RE = re.compile(r";\s*rport(?:\s*=\s*[^;,\s]*)?(?=\s*(?:;|$))", re.IGNORECASE)
+_RECEIVED_RE = re.compile(r";\s*received\s*=\s*[^;,\s]*", re.IGNORECASE)
+
+
+def _check_address(request: Request, name: str) -> None:
+    """Reject a From/To whose quotes or angle brackets do not balance (cheap check, full parse if in doubt)."""
+    value = request.headers.get(name) or ""
+    if value.count("<") == value.count(">") <= 1 and value.count('"') % 2 == 0 and ":" in value:
+        return
+    NameAddr.parse(value)
 
 
 class Peer(NamedTuple):
@@ -78,13 +91,31 @@ def warning_header(text: str, agent: str = "gb28181gw") -> str:
     return f'399 {agent} "{safe}"'
 
 
+def fast_token() -> Callable[[int], str]:
+    """A ``token(nbytes) -> hex`` for tags, branches and Call-IDs.
+
+    These need uniqueness and enough randomness not to collide (RFC 3261 §8.1.1.7, §19.3),
+    not secrecy, and a system call per message for ``secrets`` costs more than parsing a
+    header; so a PRNG seeded from the OS once per endpoint. Digest nonces, which must be
+    unpredictable, use :mod:`secrets` (see :class:`~gb28181gw.sip.auth.NonceStore`).
+    """
+    rng = random.Random(secrets.randbits(128))
+    bits = rng.getrandbits
+
+    def token(nbytes: int) -> str:
+        return f"{bits(8 * nbytes):0{2 * nbytes}x}"
+
+    return token
+
+
 class SipEndpoint:
     """Transactions and message matching for one SIP stack, without I/O.
 
     Args:
         timers: RFC 3261 T1/T2/T4.
         limits: parser limits.
-        token: random source, ``token(nbytes) -> hex str``; used for branches and tags.
+        token: random source, ``token(nbytes) -> hex str``, for branches, tags and Call-IDs
+            (default: :func:`fast_token`).
         user_agent: ``User-Agent``/``Server`` text added to what we send, or ``None``.
     """
 
@@ -93,12 +124,12 @@ class SipEndpoint:
         *,
         timers: TimerConfig | None = None,
         limits: Limits = DEFAULT_LIMITS,
-        token: Callable[[int], str] = secrets.token_hex,
+        token: Callable[[int], str] | None = None,
         user_agent: str | None = None,
     ) -> None:
         self.timers = timers or TimerConfig()
         self.limits = limits
-        self._token = token
+        self._token = token or fast_token()
         self.user_agent = user_agent
         self._server: dict[TxKey, Transaction] = {}
         self._client: dict[TxKey, Transaction] = {}
@@ -134,6 +165,13 @@ class SipEndpoint:
             Action.START_M: (Input.TIMER_M, lambda r: t.m, False),
         }
         self._failure_reason = ""
+        # Completed non-INVITE server transactions only absorb retransmissions (§17.2.2) until
+        # Timer J. They are by far the most numerous (every keepalive MESSAGE, REGISTER, OPTIONS
+        # lives 32 s in this state over UDP), so they are kept as (answer, peer) in a table with a
+        # FIFO of deadlines: no object per transaction for the garbage collector to walk.
+        self._completed: dict[TxKey, tuple[bytes, Peer]] = {}
+        self._completed_fifo: deque[tuple[float, TxKey]] = deque()
+        self._new_deadline: float | None = None
 
     # --- configuration ---------------------------------------------------------------
 
@@ -156,7 +194,7 @@ class SipEndpoint:
     @property
     def transactions_in_flight(self) -> int:
         """Live client and server transactions."""
-        return len(self._server) + len(self._client)
+        return len(self._server) + len(self._client) + len(self._completed)
 
     # --- input -----------------------------------------------------------------------
 
@@ -197,21 +235,20 @@ class SipEndpoint:
         # RFC 3261 §18.2.1 and RFC 3581 §4: record where the request really came from, so
         # that answers reach NATed devices.
         if "rport" in params or via.host_no_brackets != peer.host:
-            params["received"] = peer.host
-            if "rport" in params:
-                params["rport"] = str(peer.port)
-            first = request.headers.get("via") or ""
-            rest = first.split(",", 1)[1] if "," in first else None
-            value = via.serialize()
-            request.headers.set_first("via", value if rest is None else f"{value},{rest}")
+            self._stamp_via(request, via, peer)
         try:
             # From and To are needed by every TU; a malformed one is the sender's error (RFC 4475 §3.1.2)
-            request.from_  # noqa: B018
-            request.to  # noqa: B018
+            _check_address(request, "from")
+            _check_address(request, "to")
             key = server_key(request)
         except SipParseError as exc:
             exc.partial = request
             self._reject(exc, peer)
+            return
+        done = self._completed.get(key)
+        if done is not None:
+            if request.method != "ACK":
+                self._out.append(done)
             return
         tx = self._server.get(key)
         method = request.method
@@ -234,6 +271,32 @@ class SipEndpoint:
             # superiors time out if it takes longer than ~200 ms.
             self._fire(tx, Input.TU_1XX, now, make_response(request, 100))
         self._events.append(RequestReceived(request, peer, tx))
+
+    @staticmethod
+    def _stamp_via(request: Request, via: Via, peer: Peer) -> None:
+        params = via.params
+        had_rport = "rport" in params
+        params["received"] = peer.host
+        if had_rport:
+            params["rport"] = str(peer.port)
+        headers = request.headers
+        i = headers._keys.index("via")
+        raw = headers._values[i]
+        first, comma, rest = raw.partition(",")
+        # edit the text rather than re-serializing, so the rest of the value stays as sent
+        stamped = first.rstrip()
+        if had_rport:
+            if stamped.endswith(";rport"):
+                stamped = f"{stamped}={peer.port}"
+            elif ";rport;" in stamped:
+                stamped = stamped.replace(";rport;", f";rport={peer.port};", 1)
+            else:
+                stamped, n = _RPORT_RE.subn(f";rport={peer.port}", stamped, count=1)
+                if not n:
+                    stamped = f"{stamped};rport={peer.port}"
+        if "received" in stamped.lower():
+            stamped = _RECEIVED_RE.sub("", stamped)
+        headers._values[i] = f"{stamped};received={peer.host}{comma}{rest}"
 
     def _receive_cancel(self, cancel: Request, key: TxKey, peer: Peer, reliable: bool, now: float) -> None:
         tx = Transaction(Kind.NON_INVITE_SERVER, key, cancel, peer, reliable)
@@ -390,12 +453,29 @@ class SipEndpoint:
 
     # --- timers ----------------------------------------------------------------------
 
+    def earliest_new_deadline(self) -> float | None:
+        """The earliest deadline scheduled since the last call (``None`` if none): lets the
+        shell skip recomputing :meth:`get_timer` when its armed timer is already earlier."""
+        when = self._new_deadline
+        self._new_deadline = None
+        return when
+
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` should next be called, or ``None``."""
-        return self._queue.next_deadline()
+        when = self._queue.next_deadline()
+        if self._completed_fifo:
+            head = self._completed_fifo[0][0]
+            if when is None or head < when:
+                return head
+        return when
 
     def handle_timer(self, now: float) -> None:
         """Fire every timer due at ``now``."""
+        fifo = self._completed_fifo
+        completed = self._completed
+        while fifo and fifo[0][0] <= now:
+            # Timer J: the completed transaction terminates
+            completed.pop(fifo.popleft()[1], None)
         for tx, inp in self._queue.pop_due(now):
             self._fire(tx, inp, now, None)
 
@@ -426,13 +506,25 @@ class SipEndpoint:
         if delay <= 0:
             self._fire(tx, inp, now, None)
             return
+        if action is Action.START_J and tx.last_response is not None and self._server.get(tx.key) is tx:
+            # hand over to the table of completed transactions (see __init__); the TU's
+            # reference stays in COMPLETED, so a second answer is still refused
+            del self._server[tx.key]
+            self._completed[tx.key] = (tx.last_response, tx.peer)
+            self._completed_fifo.append((now + delay, tx.key))
+            self._note_deadline(now + delay)
+            tx.request = None
+            tx.last_response = None
+            return
         deadlines = tx.deadlines
         if len(deadlines) > 4:
             tx.deadlines = deadlines = [d for d in deadlines if d.alive]
         deadlines.append(self._queue.schedule(now, delay, (tx, inp)))
-        if action is Action.START_J:
-            # nothing but the answer is needed to absorb retransmissions
-            tx.request = None
+        self._note_deadline(now + delay)
+
+    def _note_deadline(self, when: float) -> None:
+        if self._new_deadline is None or when < self._new_deadline:
+            self._new_deadline = when
 
     def _act_send_response(self, tx: Transaction, now: float, response: Response | None) -> None:
         assert response is not None
@@ -456,10 +548,12 @@ class SipEndpoint:
             tx.interval = self.timers.t2 if tx.state is State.PROCEEDING else min(tx.interval * 2, self.timers.t2)
             inp = Input.TIMER_E
         tx.deadlines.append(self._queue.schedule(now, tx.interval, (tx, inp)))
+        self._note_deadline(now + tx.interval)
 
     def _act_restart_g(self, tx: Transaction, now: float, response: Response | None) -> None:
         tx.interval = min(tx.interval * 2, self.timers.t2)
         tx.deadlines.append(self._queue.schedule(now, tx.interval, (tx, Input.TIMER_G)))
+        self._note_deadline(now + tx.interval)
 
     def _act_pass_response(self, tx: Transaction, now: float, response: Response | None) -> None:
         assert response is not None

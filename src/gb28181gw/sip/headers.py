@@ -10,7 +10,7 @@ same header section. Typed views (:class:`Via`, :class:`NameAddr`,
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from gb28181gw.errors import SipParseError
@@ -162,9 +162,16 @@ class Headers:
 
     def add(self, name: str, value: str) -> None:
         """Append a header field."""
-        self._keys.append(header_key(name))
+        self._keys.append(_NAME_CACHE.get(name) or header_key(name))
         self._names.append(name)
         self._values.append(" " + value)
+
+    def extend(self, items: Iterable[tuple[str, str]]) -> None:
+        """Append several header fields."""
+        for name, value in items:
+            self._keys.append(_NAME_CACHE.get(name) or header_key(name))
+            self._names.append(name)
+            self._values.append(" " + value)
 
     def prepend(self, name: str, value: str) -> None:
         """Insert a header field before all others (a new top Via)."""

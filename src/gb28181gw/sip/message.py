@@ -428,23 +428,22 @@ def make_response(request: Request, status: int, reason: str | None = None, *, t
     request had none (never on 100 Trying); copies Record-Route on responses that
     can create a dialog (§12.1.1).
     """
-    rk = request.headers._keys
-    rv = request.headers._values
-    keys: list[str] = []
-    names: list[str] = []
-    values: list[str] = []
-    copy_rr = 100 < status < 300 and request.method in ("INVITE", "SUBSCRIBE")
-    for key, value in zip(rk, rv, strict=True):
-        if key in _RESPONSE_COPY or (copy_rr and key == "record-route"):
-            if key == "to" and to_tag is not None and status != 100 and ";tag=" not in value.replace(" ", "").lower():
-                value = f"{value};tag={to_tag}"
-            keys.append(key)
-            names.append(canonical_name(key))
-            values.append(value)
+    h = request.headers
+    rk = h._keys
+    copy = _RESPONSE_COPY_RR if 100 < status < 300 and request.method in ("INVITE", "SUBSCRIBE") else _RESPONSE_COPY
+    idx = [i for i, key in enumerate(rk) if key in copy]
+    keys = [rk[i] for i in idx]
+    names = [h._names[i] for i in idx]
+    values = [h._values[i] for i in idx]
+    if to_tag is not None and status != 100 and "to" in keys:
+        i = keys.index("to")
+        if "tag=" not in values[i].replace(" ", "").lower():
+            values[i] = f"{values[i]};tag={to_tag}"
     return Response(status, reason, Headers._from_parsed(keys, names, values))
 
 
 _RESPONSE_COPY = frozenset({"via", "from", "to", "call-id", "cseq"})
+_RESPONSE_COPY_RR = _RESPONSE_COPY | {"record-route"}
 
 
 def make_request(

@@ -5,6 +5,8 @@ Each machine is one ``dict[(State, Input)] -> (State, actions)``; the
 actions. RFC 6026 replaces the INVITE machines' 2xx handling with an ACCEPTED
 state, so that 2xx retransmissions reach the TU instead of a dead transaction.
 
+States, inputs and actions are ``IntEnum`` so that the table lookups hash in C.
+
 A timer input that its current state does not list is a timer armed in an
 earlier state (H after the ACK came, F after the final response came): it is
 stale and ignored. A TU input that the state does not list is a bug in the TU
@@ -15,7 +17,7 @@ and raises :class:`LocalProtocolError` naming the state.
 
 from __future__ import annotations
 
-from enum import Enum, auto
+from enum import IntEnum, auto
 from typing import TYPE_CHECKING, Any
 
 from .message import Request, Response
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
     from .endpoint import Peer
 
 
-class State(Enum):
+class State(IntEnum):
     """Transaction states, named as in RFC 3261 §17 and RFC 6026."""
 
     CALLING = auto()
@@ -38,7 +40,7 @@ class State(Enum):
     TERMINATED = auto()
 
 
-class Input(Enum):
+class Input(IntEnum):
     """What can happen to a transaction."""
 
     REQUEST = auto()  # a retransmission of the request that created a server transaction
@@ -64,7 +66,7 @@ class Input(Enum):
     TRANSPORT_ERROR = auto()
 
 
-class Action(Enum):
+class Action(IntEnum):
     """What the endpoint does on a transition."""
 
     SEND_RESPONSE = auto()  # send the TU's response and remember it
@@ -90,7 +92,7 @@ class Action(Enum):
     DELETE = auto()
 
 
-class Kind(Enum):
+class Kind(IntEnum):
     """Which of the four machines a transaction runs."""
 
     INVITE_CLIENT = auto()
