@@ -28,6 +28,33 @@ BATCH = 128
 MAX_PEER_CACHE = 100_000
 
 
+def _set_receive_buffer(sock: socket.socket, size: int) -> None:
+    """Ask for a ``size`` byte receive buffer; bursts beyond it are dropped by the kernel.
+
+    SO_RCVBUF is capped by ``net.core.rmem_max`` (often 208 KiB: a few hundred datagrams);
+    SO_RCVBUFFORCE passes the cap when we have CAP_NET_ADMIN. Otherwise say how to raise it.
+    """
+    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    try:
+        if force is None:
+            raise PermissionError
+        sock.setsockopt(socket.SOL_SOCKET, force, size)
+    except OSError:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        except OSError:  # pragma: no cover - not fatal
+            pass
+    got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2  # Linux reports double
+    if got < size:
+        log.warning(
+            "UDP receive buffer is %d bytes, not the %d configured: bursts may be dropped; "
+            "raise net.core.rmem_max (sysctl) to at least %d",
+            got,
+            size,
+            size,
+        )
+
+
 class UdpTransport:
     """A bound UDP socket feeding a :class:`SipStack`."""
 
@@ -51,10 +78,7 @@ class UdpTransport:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-            except OSError:  # pragma: no cover - capped by the kernel, not fatal
-                pass
+            _set_receive_buffer(sock, receive_buffer)
             sock.bind((host, port))
             sock.setblocking(False)
         except OSError:

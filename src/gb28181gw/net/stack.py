@@ -109,7 +109,7 @@ class SipStack:
         udp: bool = True,
         tcp: bool = True,
         advertised: str = "",
-        udp_receive_buffer: int = 8 * 1024 * 1024,
+        udp_receive_buffer: int = 4 * 1024 * 1024,
         tcp_idle_timeout: float = 600.0,
         tcp_max_connections: int = 20000,
     ) -> None:
@@ -252,7 +252,7 @@ class SipStack:
         fut = tx.user_data
         if isinstance(fut, asyncio.Future) and not fut.done():
             fut.set_exception(exc)
-        elif not tx.is_client:
+        elif not tx.client:
             log.info(
                 "server transaction ended without ACK or delivery", extra={"method": tx.method, "peer": str(tx.peer)}
             )

@@ -58,8 +58,9 @@ _RECEIVED_RE = re.compile(r";\s*received\s*=\s*[^;,\s]*", re.IGNORECASE)
 
 def _check_address(request: Request, name: str) -> None:
     """Reject a From/To whose quotes or angle brackets do not balance (cheap check, full parse if in doubt)."""
-    value = request.headers.get(name) or ""
-    if value.count("<") == value.count(">") <= 1 and value.count('"') % 2 == 0 and ":" in value:
+    h = request.headers
+    value = h._values[h._keys.index(name)]
+    if '"' not in value and value.count("<") == value.count(">") <= 1 and ":" in value:
         return
     NameAddr.parse(value)
 
@@ -282,6 +283,18 @@ class SipEndpoint:
         headers = request.headers
         i = headers._keys.index("via")
         raw = headers._values[i]
+        if "," not in raw and "eceived" not in raw:
+            # the common shape, edited with plain string operations
+            if had_rport:
+                if raw.endswith(";rport"):
+                    headers._values[i] = f"{raw}={peer.port};received={peer.host}"
+                    return
+                if ";rport;" in raw:
+                    headers._values[i] = raw.replace(";rport;", f";rport={peer.port};received={peer.host};", 1)
+                    return
+            else:
+                headers._values[i] = f"{raw.rstrip()};received={peer.host}"
+                return
         first, comma, rest = raw.partition(",")
         # edit the text rather than re-serializing, so the rest of the value stays as sent
         stamped = first.rstrip()
@@ -351,7 +364,7 @@ class SipEndpoint:
             LocalProtocolError: if the transaction cannot send it in its state
                 (a second final response, a response after termination).
         """
-        if tx.is_client:
+        if tx.client:
             raise LocalProtocolError(f"respond() on client transaction {tx!r}")
         if self.user_agent and "server" not in response.headers._keys:
             response.headers.add("Server", self.user_agent)
@@ -511,8 +524,10 @@ class SipEndpoint:
             # reference stays in COMPLETED, so a second answer is still refused
             del self._server[tx.key]
             self._completed[tx.key] = (tx.last_response, tx.peer)
-            self._completed_fifo.append((now + delay, tx.key))
-            self._note_deadline(now + delay)
+            when = now + delay
+            self._completed_fifo.append((when, tx.key))
+            if self._new_deadline is None or when < self._new_deadline:
+                self._new_deadline = when
             tx.request = None
             tx.last_response = None
             return
@@ -586,7 +601,7 @@ class SipEndpoint:
         self._events.append(TransactionFailed(tx, self._failure_reason or "transport error"))
 
     def _act_delete(self, tx: Transaction, now: float, response: Response | None) -> None:
-        table = self._client if tx.is_client else self._server
+        table = self._client if tx.client else self._server
         if table.get(tx.key) is tx:
             del table[tx.key]
         for deadline in tx.deadlines:

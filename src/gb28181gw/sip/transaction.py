@@ -216,6 +216,7 @@ class Transaction:
 
     Attributes:
         kind: which machine runs it.
+        client: whether we sent the request (client transaction).
         key: the matching key (RFC 3261 §17.1.3 / §17.2.3).
         state: its current :class:`State`.
         request: the request that created it (dropped once no longer needed).
@@ -227,6 +228,7 @@ class Transaction:
 
     __slots__ = (
         "kind",
+        "client",
         "key",
         "state",
         "request",
@@ -245,6 +247,7 @@ class Transaction:
 
     def __init__(self, kind: Kind, key: TxKey, request: Request, peer: Peer, reliable: bool) -> None:
         self.kind = kind
+        self.client = kind is Kind.INVITE_CLIENT or kind is Kind.NON_INVITE_CLIENT
         self.key = key
         self.state = INITIAL_STATE[kind]
         self.request: Request | None = request
@@ -263,7 +266,7 @@ class Transaction:
     @property
     def is_client(self) -> bool:
         """Whether we sent the request."""
-        return self.kind in (Kind.INVITE_CLIENT, Kind.NON_INVITE_CLIENT)
+        return self.client
 
     def __repr__(self) -> str:
         return f"<Transaction {self.kind.name} {self.method} {self.state.name} {self.key!r}>"
@@ -277,7 +280,7 @@ def server_key(request: Request) -> TxKey:
     Without the cookie it falls back to RFC 2543 matching on Call-ID, From tag,
     CSeq number and the top Via (devices with ``z3hG9bK``-style branches do this).
     """
-    via = request.top_via
+    via = request._via or request.top_via
     method = "INVITE" if request.method == "ACK" else request.method
     branch = via.params.get("branch")
     if branch and branch.startswith(MAGIC_COOKIE) and len(branch) > len(MAGIC_COOKIE):
