@@ -80,7 +80,7 @@ def offer_sipp(port: int, rate: float, seconds: float, processes: int, cpu: int)
     calls = int(per * seconds)
     procs = []
     tmp = Path(tempfile.mkdtemp())
-    for i in range(processes):
+    for _ in range(processes):
         procs.append(
             subprocess.Popen(
                 [
@@ -135,7 +135,7 @@ def offer_sipp(port: int, rate: float, seconds: float, processes: int, cpu: int)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rates", default="5000,10000,15000,18000,20000,22000,24000,26000")
+    ap.add_argument("--rates", default="5000,10000,15000,18000,19000,20000,21000,22000,23000,24000")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--generator", choices=["loadgen", "sipp"], default="loadgen")
     ap.add_argument("--sipp-processes", type=int, default=3)

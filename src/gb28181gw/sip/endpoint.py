@@ -56,15 +56,6 @@ _RPORT_RE = re.compile(r";\s*rport(?:\s*=\s*[^;,\s]*)?(?=\s*(?:;|$))", re.IGNORE
 _RECEIVED_RE = re.compile(r";\s*received\s*=\s*[^;,\s]*", re.IGNORECASE)
 
 
-def _check_address(request: Request, name: str) -> None:
-    """Reject a From/To whose quotes or angle brackets do not balance (cheap check, full parse if in doubt)."""
-    h = request.headers
-    value = h._values[h._keys.index(name)]
-    if '"' not in value and value.count("<") == value.count(">") <= 1 and ":" in value:
-        return
-    NameAddr.parse(value)
-
-
 class Peer(NamedTuple):
     """A remote SIP address: transport (``UDP``/``TCP``), host and port.
 
@@ -239,8 +230,11 @@ class SipEndpoint:
             self._stamp_via(request, via, peer)
         try:
             # From and To are needed by every TU; a malformed one is the sender's error (RFC 4475 §3.1.2)
-            _check_address(request, "from")
-            _check_address(request, "to")
+            h = request.headers
+            for name in ("from", "to"):
+                value = h._values[h._keys.index(name)]
+                if '"' in value or value.count("<") != value.count(">") or ":" not in value or value.count("<") > 1:
+                    NameAddr.parse(value)  # the cheap check had a doubt: parse it, raising if malformed
             key = server_key(request)
         except SipParseError as exc:
             exc.partial = request

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import repeat
+from operator import itemgetter
 
 from gb28181gw.errors import SipParseError
 
@@ -219,7 +220,7 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
     """
     if len(data) > limits.max_message_size:
         raise SipParseError(f"message of {len(data)} bytes exceeds {limits.max_message_size}", 513)
-    if data[:1] in (b"\r", b"\n"):
+    if data.startswith((b"\r", b"\n")):
         data = data.lstrip(b"\r\n")
     crlf = data.find(b"\r\n\r\n")
     head = data[:crlf] if crlf >= 0 else data
@@ -432,9 +433,11 @@ def make_response(request: Request, status: int, reason: str | None = None, *, t
     rk = h._keys
     copy = _RESPONSE_COPY_RR if 100 < status < 300 and request.method in ("INVITE", "SUBSCRIBE") else _RESPONSE_COPY
     idx = [i for i, key in enumerate(rk) if key in copy]
-    keys = [rk[i] for i in idx]
-    names = [h._names[i] for i in idx]
-    values = [h._values[i] for i in idx]
+    if len(idx) > 1:
+        pick = itemgetter(*idx)
+        keys, names, values = list(pick(rk)), list(pick(h._names)), list(pick(h._values))
+    else:
+        keys, names, values = [rk[i] for i in idx], [h._names[i] for i in idx], [h._values[i] for i in idx]
     if to_tag is not None and status != 100 and "to" in keys:
         i = keys.index("to")
         if "tag=" not in values[i].replace(" ", "").lower():
