@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from gb28181gw.errors import SipParseError
 
-from .params import format_params, parse_params, quote, split_commas, unquote
+from .params import find_outside_quotes, format_params, parse_params, quote, split_commas, unquote
 from .uri import SipUri, parse_hostport
 
 #: RFC 3261 §7.3.3 compact forms, plus the ones later RFCs define (RFC 3265 ``o``/``u``,
@@ -338,7 +338,7 @@ class NameAddr:
         value = value.strip()
         if value == "*":
             return cls("*")
-        lt = _find_unquoted(value, "<")
+        lt = find_outside_quotes(value, "<")
         if lt >= 0:
             gt = value.find(">", lt)
             if gt < 0:
@@ -393,30 +393,6 @@ class NameAddr:
         return f"{display}<{self.uri}>{format_params(self.params)}"
 
     __str__ = serialize
-
-
-def _find_unquoted(text: str, ch: str) -> int:
-    """Index of the first ``ch`` outside a quoted string, or -1."""
-    if '"' not in text:
-        return text.find(ch)
-    in_quote = False
-    i = 0
-    n = len(text)
-    while i < n:
-        c = text[i]
-        if in_quote:
-            if c == "\\":
-                i += 1
-            elif c == '"':
-                in_quote = False
-        elif c == '"':
-            in_quote = True
-        elif c == ch:
-            return i
-        i += 1
-    if in_quote:
-        raise SipParseError(f"unterminated quoted string in {text[:80]!r}")
-    return -1
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,8 @@ tolerant of the linear white space (LWS) RFC 3261 allows around separators.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from gb28181gw.errors import SipParseError
 
 
@@ -31,12 +33,8 @@ def quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def split_outside_quotes(text: str, sep: str) -> list[str]:
-    """Split on ``sep`` where it is not inside a quoted string or ``<...>``."""
-    if '"' not in text and "<" not in text:
-        return text.split(sep)
-    parts: list[str] = []
-    start = 0
+def _unquoted_positions(text: str, sep: str, *, angles: bool) -> Iterator[int]:
+    """Positions of ``sep`` outside quoted strings (and outside ``<...>`` when ``angles``)."""
     in_quote = False
     in_angle = False
     i = 0
@@ -50,18 +48,37 @@ def split_outside_quotes(text: str, sep: str) -> list[str]:
                 in_quote = False
         elif ch == '"':
             in_quote = True
-        elif ch == "<":
-            in_angle = True
-        elif ch == ">":
-            in_angle = False
         elif ch == sep and not in_angle:
-            parts.append(text[start:i])
-            start = i + 1
+            yield i
+        elif angles and ch == "<":
+            in_angle = True
+        elif angles and ch == ">":
+            in_angle = False
         i += 1
     if in_quote:
         raise SipParseError(f"unterminated quoted string in {text[:80]!r}")
+
+
+def split_outside_quotes(text: str, sep: str) -> list[str]:
+    """Split on ``sep`` where it is not inside a quoted string or ``<...>``."""
+    if '"' not in text and "<" not in text:
+        return text.split(sep)
+    parts: list[str] = []
+    start = 0
+    for i in _unquoted_positions(text, sep, angles=True):
+        parts.append(text[start:i])
+        start = i + 1
     parts.append(text[start:])
     return parts
+
+
+def find_outside_quotes(text: str, sep: str) -> int:
+    """Index of the first ``sep`` outside a quoted string, or -1."""
+    if '"' not in text:
+        return text.find(sep)
+    for i in _unquoted_positions(text, sep, angles=False):
+        return i
+    return -1
 
 
 def split_commas(value: str) -> list[str]:
