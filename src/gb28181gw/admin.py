@@ -6,6 +6,7 @@ later services add their routes with :meth:`AdminServer.add_route`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -14,7 +15,11 @@ from typing import Any
 from aiohttp import web
 
 from gb28181gw import __version__
+from gb28181gw.errors import IdError
+from gb28181gw.gb.model import Device
+from gb28181gw.ids import GbId
 from gb28181gw.metrics import Metrics
+from gb28181gw.services.registrar import RegistrarService
 
 log = logging.getLogger("gb28181gw.admin")
 
@@ -78,3 +83,61 @@ class AdminServer:
         body = self._status()
         body.setdefault("time", time.time())
         return web.json_response(body)
+
+
+def add_device_routes(admin: AdminServer, registrar: RegistrarService) -> None:
+    """``/api/v1/devices``: list, show, add (provision) and remove devices."""
+
+    async def list_devices(request: web.Request) -> web.Response:
+        devices = sorted(registrar.devices.values(), key=lambda d: d.device_id)
+        state = request.query.get("state")
+        if state == "online":
+            devices = [d for d in devices if d.online]
+        elif state == "offline":
+            devices = [d for d in devices if not d.online]
+        return web.json_response({"devices": [_device_json(registrar, d) for d in devices]})
+
+    async def show_device(request: web.Request) -> web.Response:
+        device = registrar.devices.get(request.match_info["device_id"])
+        if device is None:
+            return _error(404, f"no device {request.match_info['device_id']}")
+        return web.json_response(_device_json(registrar, device))
+
+    async def add_device(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, 'the body must be JSON: {"device_id": ..., "password": ..., "name": ...}')
+        device_id = str(body.get("device_id", "")) if isinstance(body, dict) else ""
+        try:
+            GbId.parse(device_id)
+        except IdError as exc:
+            return _error(400, f"invalid device ID: {exc}")
+        device = await registrar.provision(
+            device_id, password=str(body.get("password") or ""), name=str(body.get("name") or "")
+        )
+        return web.json_response(_device_json(registrar, device), status=201)
+
+    async def remove_device(request: web.Request) -> web.Response:
+        device_id = request.match_info["device_id"]
+        if not await registrar.remove(device_id):
+            return _error(404, f"no device {device_id}")
+        return web.json_response({"removed": device_id})
+
+    admin.add_route("GET", "/devices", list_devices)
+    admin.add_route("POST", "/devices", add_device)
+    admin.add_route("GET", "/devices/{device_id}", show_device)
+    admin.add_route("DELETE", "/devices/{device_id}", remove_device)
+
+
+def _device_json(registrar: RegistrarService, device: Device) -> dict[str, Any]:
+    out = device.to_dict()
+    loop_deadline = registrar.liveness.deadline(device.device_id)
+    out["offline_in"] = None
+    if loop_deadline is not None:
+        out["offline_in"] = round(max(0.0, loop_deadline - asyncio.get_running_loop().time()), 1)
+    return out
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)

@@ -17,13 +17,17 @@ import time
 from typing import Any
 
 from gb28181gw import __version__
-from gb28181gw.admin import AdminServer
+from gb28181gw.admin import AdminServer, add_device_routes
 from gb28181gw.config import Config
+from gb28181gw.errors import StoreError
+from gb28181gw.gb.registrar import DateFormat, RegistrarPolicy, parse_networks
 from gb28181gw.metrics import Metrics
 from gb28181gw.net.stack import SipStack
+from gb28181gw.services.registrar import RegistrarService
 from gb28181gw.sip.endpoint import SipEndpoint
 from gb28181gw.sip.message import Limits
 from gb28181gw.sip.timers import TimerConfig
+from gb28181gw.store.sqlite import SqliteStore
 
 log = logging.getLogger("gb28181gw.app")
 
@@ -49,6 +53,21 @@ class Gateway:
             user_agent=config.gateway.user_agent or None,
         )
         self.stack = SipStack(self.endpoint, counters=self.metrics.sip)
+        self.store = SqliteStore(config.store.path)
+        r = config.registrar
+        self.registrar = RegistrarService(
+            self.stack,
+            self.store,
+            registrar_policy(config),
+            metrics=self.metrics,
+            digest_algorithm=r.digest_algorithm,
+            digest_qop=r.digest_qop,
+            nonce_lifetime=r.nonce_lifetime,
+            keepalive_interval=r.keepalive_interval,
+            keepalive_count=r.keepalive_count,
+            flush_interval=config.store.flush_interval,
+            utc_offset_hours=r.utc_offset_hours,
+        )
         self.admin: AdminServer | None = None
         self.started_at = 0.0
         self._ready = False
@@ -81,13 +100,26 @@ class Gateway:
                 "transactions_in_flight": self.endpoint.transactions_in_flight,
                 "tcp_connections": self.stack.tcp_connections,
             },
+            "devices": {
+                "known": len(self.registrar.devices),
+                "registered": sum(1 for d in self.registrar.devices.values() if d.registered),
+                "online": sum(1 for d in self.registrar.devices.values() if d.online),
+            },
+            "store": str(self.store.path),
             "uptime_seconds": round(time.monotonic() - self.started_at, 3) if self.started_at else 0.0,
             "pid": os.getpid(),
         }
 
     async def start(self) -> None:
-        """Bind everything; raises ``OSError`` if an address is taken."""
+        """Open the store and bind everything; raises ``StoreError`` or ``OSError`` when it cannot."""
         c = self.config
+        await self.store.open()
+        await self.registrar.start()
+        if not c.registrar.password:
+            log.warning(
+                "registration is open: devices without their own password are accepted without "
+                "authentication; set registrar.password"
+            )
         await self.stack.listen(
             c.sip.listen,
             c.sip.port,
@@ -100,6 +132,7 @@ class Gateway:
         )
         if c.admin.enabled:
             self.admin = AdminServer(self.metrics, status=self.status, ready=lambda: self._ready)
+            add_device_routes(self.admin, self.registrar)
             await self.admin.start(c.admin.listen, c.admin.port)
         self.started_at = time.monotonic()
         self._ready = True
@@ -118,6 +151,8 @@ class Gateway:
         if self.admin is not None:
             await self.admin.stop()
         await self.stack.close(timeout=self.config.runtime.shutdown_timeout)
+        await self.registrar.stop()
+        await self.store.close()
         log.info("gateway stopped")
 
     async def serve(self) -> None:
@@ -148,6 +183,29 @@ class Gateway:
             for sig in installed:
                 loop.remove_signal_handler(sig)
             await self.stop()
+
+
+def registrar_policy(config: Config) -> RegistrarPolicy:
+    """The registrar policy from the ``[registrar]`` section."""
+    r = config.registrar
+    return RegistrarPolicy(
+        domain=config.domain,
+        password=r.password,
+        require_provisioned=r.require_provisioned,
+        strict_ids=config.gateway.strict_ids,
+        expires_min=r.expires_min,
+        expires_max=r.expires_max,
+        expires_default=r.expires_default,
+        date_format=DateFormat(r.date_header),
+        check_request_domain=r.check_request_domain,
+        max_auth_failures=r.max_auth_failures,
+        failure_window=r.failure_window,
+        ban_seconds=r.ban_seconds,
+        allow_ids=tuple(r.allow_ids),
+        deny_ids=tuple(r.deny_ids),
+        allow_networks=parse_networks(r.allow_networks),
+        deny_networks=parse_networks(r.deny_networks),
+    )
 
 
 def tune_gc() -> None:
@@ -182,7 +240,7 @@ def run(config: Config) -> int:
                 uvloop.run(main())
         else:
             asyncio.run(main())
-    except OSError as exc:
+    except (OSError, StoreError) as exc:
         log.error("start-up failed: %s", exc)
         return STARTUP_FAILURE
     return 0

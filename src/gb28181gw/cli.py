@@ -9,9 +9,11 @@ HTTP requests.
 from __future__ import annotations
 
 import csv
+import datetime as _dt
 import io
 import json
 import sys
+import time as _time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -230,3 +232,95 @@ def status(admin: str, as_json: bool) -> None:
         else:
             table.add_row(key, str(value))
     console.print(table)
+
+
+def _api_send(admin: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    url = admin.rstrip("/") + "/api/v1" + path
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read().decode("utf-8"))
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read().decode("utf-8")).get("error", exc.reason)
+        except ValueError:
+            message = exc.reason
+        err_console.print(f"[red]{message}[/red]", highlight=False)
+    except (urllib.error.URLError, OSError) as exc:
+        err_console.print(f"[red]cannot reach the gateway at {admin}: {exc}. Is `gb28181gw serve` running?[/red]")
+    sys.exit(1)
+
+
+def _ago(epoch: float) -> str:
+    if not epoch:
+        return "never"
+    seconds = max(0, int(_time.time() - epoch))
+    if seconds < 120:
+        return f"{seconds} s ago"
+    if seconds < 7200:
+        return f"{seconds // 60} min ago"
+    return f"{seconds // 3600} h ago"
+
+
+@main.command()
+@ADMIN_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--online/--offline", "online", default=None, help="Only online (or offline) devices.")
+def devices(admin: str, as_json: bool, online: bool | None) -> None:
+    """List the devices the gateway knows."""
+    query = "" if online is None else f"?state={'online' if online else 'offline'}"
+    data = _api(admin, f"/devices{query}")["devices"]
+    if as_json:
+        console.print_json(json.dumps(data, ensure_ascii=False))
+        return
+    table = Table(
+        "ID", "name", "address", "transport", "online", "last keepalive", "expires", title=f"{len(data)} devices"
+    )
+    for d in data:
+        address = f"{d['host']}:{d['port']}" if d["host"] else "-"
+        state = "[green]online[/green]" if d["online"] else f"[red]offline[/red] {d['offline_reason']}".strip()
+        expires = "-"
+        if d["registered"] and d["expires_at"]:
+            expires = f"in {max(0, int(d['expires_at'] - _time.time()))} s"
+        table.add_row(d["device_id"], d["name"], address, d["transport"], state, _ago(d["last_keepalive"]), expires)
+    console.print(table)
+
+
+@main.group()
+def device() -> None:
+    """Show, add or remove one device."""
+
+
+@device.command("show")
+@ADMIN_OPTION
+@click.argument("device_id")
+def device_show(admin: str, device_id: str) -> None:
+    """Everything the gateway knows about DEVICE_ID."""
+    data = _api(admin, f"/devices/{device_id}")
+    table = Table("field", "value", show_header=False, title=device_id)
+    for key, value in data.items():
+        if key in ("registered_at", "expires_at", "last_keepalive", "created_at", "updated_at") and value:
+            value = f"{_dt.datetime.fromtimestamp(value).isoformat(timespec='seconds')} ({_ago(value)})"
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+@device.command("add")
+@ADMIN_OPTION
+@click.argument("device_id")
+@click.option("--password", default="", help="Its own digest password (overrides registrar.password).")
+@click.option("--name", default="", help="A name for it.")
+def device_add(admin: str, device_id: str, password: str, name: str) -> None:
+    """Provision DEVICE_ID (needed when registrar.require_provisioned is on)."""
+    data = _api_send(admin, "POST", "/devices", {"device_id": device_id, "password": password, "name": name})
+    console.print(f"added {data['device_id']}", highlight=False)
+
+
+@device.command("remove")
+@ADMIN_OPTION
+@click.argument("device_id")
+def device_remove(admin: str, device_id: str) -> None:
+    """Forget DEVICE_ID; it has to register again."""
+    _api_send(admin, "DELETE", f"/devices/{device_id}")
+    console.print(f"removed {device_id}", highlight=False)

@@ -121,6 +121,57 @@ class SipSection:
     udp_receive_buffer: int = _opt(4 * 1024 * 1024, "SO_RCVBUF for the UDP socket (bytes)", _at_least(65536))
 
 
+def _networks(v: list[str]) -> str | None:
+    for item in v:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            return f"{item!r} is not an IP network (CIDR)"
+    return None
+
+
+def _id_prefixes(v: list[str]) -> str | None:
+    bad = [x for x in v if not (x.isdigit() and x.isascii() and 1 <= len(x) <= 20)]
+    return f"ID prefixes must be 1-20 digits (got {', '.join(bad)})" if bad else None
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrarSection:
+    """Device registration and liveness (GB/T 28181 §9.1, §9.6)."""
+
+    password: str = _opt("", "global digest password; empty with no per-device password = open registration")
+    require_provisioned: bool = _opt(False, "refuse devices not added first (gb28181gw device add)")
+    expires_min: int = _opt(60, "shortest registration accepted (s); shorter gets 423 Interval Too Brief", _at_least(1))
+    expires_max: int = _opt(86400, "longest registration granted (s); longer is cut to this", _at_least(60))
+    expires_default: int = _opt(3600, "registration period when the device names none (s)", _at_least(60))
+    date_header: str = _opt(
+        "milliseconds", "Date in the 200 OK for time sync", _one_of("milliseconds", "seconds", "off")
+    )
+    utc_offset_hours: float = _opt(8.0, "time zone of the Date header (Beijing time is +8)")
+    check_request_domain: bool = _opt(True, "refuse a REGISTER addressed to another 10-digit domain")
+    digest_algorithm: str = _opt("MD5", "MD5 (what devices speak) or SHA-256", _one_of("MD5", "SHA-256"))
+    digest_qop: bool = _opt(False, "offer qop=auth in challenges (the safest universal challenge has none)")
+    nonce_lifetime: float = _opt(300.0, "seconds a nonce stays valid; then stale=true", _positive)
+    max_auth_failures: int = _opt(5, "failures within failure_window that ban an address or ID", _at_least(1))
+    failure_window: float = _opt(300.0, "seconds over which failures are counted", _positive)
+    ban_seconds: float = _opt(600.0, "how long a ban lasts (s)", _positive)
+    allow_ids: list[str] = _opt([], "ID prefixes allowed to register (empty = all)", _id_prefixes)
+    deny_ids: list[str] = _opt([], "ID prefixes refused", _id_prefixes)
+    allow_networks: list[str] = _opt([], "source networks allowed (CIDR; empty = all)", _networks)
+    deny_networks: list[str] = _opt([], "source networks refused (CIDR)", _networks)
+    keepalive_interval: int = _opt(60, "expected heartbeat interval (s) when a device's own is unknown", _at_least(1))
+    keepalive_count: int = _opt(3, "missed heartbeats before a device is offline", _at_least(1))
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSection:
+    """Where state is kept."""
+
+    backend: str = _opt("sqlite", "sqlite (embedded file); redis comes with multi-node support", _one_of("sqlite"))
+    path: str = _opt("gb28181gw.db", "SQLite file (relative to the working directory)")
+    flush_interval: float = _opt(0.5, "seconds between batched writes of changed devices", _positive)
+
+
 @dataclass(frozen=True, slots=True)
 class AdminSection:
     """The HTTP admin API, /metrics and health checks."""
@@ -153,6 +204,8 @@ class Config:
 
     gateway: GatewaySection = field(default_factory=GatewaySection)
     sip: SipSection = field(default_factory=SipSection)
+    registrar: RegistrarSection = field(default_factory=RegistrarSection)
+    store: StoreSection = field(default_factory=StoreSection)
     admin: AdminSection = field(default_factory=AdminSection)
     log: LogSection = field(default_factory=LogSection)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
@@ -166,6 +219,8 @@ class Config:
 SECTIONS: dict[str, Any] = {
     "gateway": GatewaySection,
     "sip": SipSection,
+    "registrar": RegistrarSection,
+    "store": StoreSection,
     "admin": AdminSection,
     "log": LogSection,
     "runtime": RuntimeSection,
@@ -284,6 +339,9 @@ def load_config(
     config = Config(**built)
     if config.sip.t2 < config.sip.t1:
         raise ConfigError("sip.t2", "must not be smaller than sip.t1")
+    r = config.registrar
+    if not r.expires_min <= r.expires_default <= r.expires_max:
+        raise ConfigError("registrar.expires_default", "must lie between registrar.expires_min and expires_max")
     return config
 
 

@@ -15,7 +15,9 @@ a bug (the fuzz tests in ``tests/fuzz`` check exactly that).
     │                                 state (a bug in our caller, not the peer's fault)
     ├── IdError (ValueError)          a malformed 20-digit GB/T 28181 ID; says which digits and why
     ├── AuthError                     digest credentials that cannot even be parsed
-    └── ConfigError (ValueError)      a bad configuration value; names the key and where it came from
+    ├── ConfigError (ValueError)      a bad configuration value; names the key and where it came from
+    ├── StoreError                    the store cannot be opened or used (locked, corrupt, newer schema)
+    └── ManscdpError (ValueError)     a MANSCDP XML body that cannot be decoded or parsed
 
 Local and remote errors are told apart so that the shell can answer a peer's
 mistake and keep serving everyone else, while our own mistakes fail loudly.
@@ -107,3 +109,11 @@ class ConfigError(Gb28181Error, ValueError):
         self.key = key
         self.reason = reason
         self.source = source
+
+
+class StoreError(Gb28181Error):
+    """The store cannot be opened or used; the message says what to do about it."""
+
+
+class ManscdpError(Gb28181Error, ValueError):
+    """A MANSCDP body that cannot be decoded or parsed (answered 400)."""

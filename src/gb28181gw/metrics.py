@@ -38,10 +38,21 @@ class SipCounters:
         self.dropped: Counter[str] = Counter()
 
 
+LabeledGauge = Callable[[], dict[tuple[str, ...], float]]
+
+
 class _SipCollector(Collector):
-    def __init__(self, counters: SipCounters, gauges: dict[str, tuple[str, Callable[[], float]]]) -> None:
+    def __init__(
+        self,
+        counters: SipCounters,
+        gauges: dict[str, tuple[str, Callable[[], float]]],
+        families: dict[str, tuple[str, list[str], Counter[tuple[str, ...]]]],
+        labeled_gauges: dict[str, tuple[str, list[str], LabeledGauge]],
+    ) -> None:
         self._c = counters
         self._gauges = gauges
+        self._families = families
+        self._labeled = labeled_gauges
 
     def collect(self) -> Iterable[Metric]:
         c = self._c
@@ -73,8 +84,18 @@ class _SipCollector(Collector):
         for reason, n in c.dropped.items():
             drop.add_metric([reason], n)
         yield drop
-        for name, (help_text, fn) in self._gauges.items():
-            yield GaugeMetricFamily(name, help_text, value=fn())
+        for name, (help_text, value_of) in self._gauges.items():
+            yield GaugeMetricFamily(name, help_text, value=value_of())
+        for name, (help_text, names, counter) in self._families.items():
+            fam = CounterMetricFamily(name, help_text, labels=names)
+            for label_values, n in counter.items():
+                fam.add_metric(list(label_values), n)
+            yield fam
+        for name, (help_text, names, values_of) in self._labeled.items():
+            g = GaugeMetricFamily(name, help_text, labels=names)
+            for label_values, v in values_of().items():
+                g.add_metric(list(label_values), v)
+            yield g
         info = InfoMetricFamily("gb28181gw_build", "Version of the running gateway")
         info.add_metric([], {"version": __version__})
         yield info
@@ -90,7 +111,19 @@ class Metrics:
         GCCollector(registry=self.registry)
         self.sip = SipCounters()
         self._gauges: dict[str, tuple[str, Callable[[], float]]] = {}
-        self.registry.register(_SipCollector(self.sip, self._gauges))
+        self._families: dict[str, tuple[str, list[str], Counter[tuple[str, ...]]]] = {}
+        self._labeled: dict[str, tuple[str, list[str], LabeledGauge]] = {}
+        self.registry.register(_SipCollector(self.sip, self._gauges, self._families, self._labeled))
+
+    def counter(self, name: str, help_text: str, labels: list[str] | None = None) -> Counter[tuple[str, ...]]:
+        """A counter family exported as ``name`` (``_total`` is added); increment ``c[(label, …)] += 1``."""
+        counter: Counter[tuple[str, ...]] = Counter()
+        self._families[name] = (help_text, labels or [], counter)
+        return counter
+
+    def labeled_gauge(self, name: str, help_text: str, labels: list[str], fn: LabeledGauge) -> None:
+        """Export ``fn()`` (label values → value) as gauge family ``name`` at every scrape."""
+        self._labeled[name] = (help_text, labels, fn)
 
     def gauge(self, name: str, help_text: str, fn: Callable[[], float]) -> None:
         """Export ``fn()`` as gauge ``name`` at every scrape."""

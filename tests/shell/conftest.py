@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ SIPP = shutil.which("sipp")
 
 async def start_gateway(**overrides: str) -> Gateway:
     settings = {
+        "store.path": str(Path(tempfile.mkdtemp(prefix="gb28181gw-test-")) / "gw.db"),
         "sip.listen": "127.0.0.1",
         "sip.port": "0",
         "admin.port": "0",

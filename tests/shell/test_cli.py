@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -71,9 +72,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+def _serve(*args: str, env: dict[str, str] | None = None, store: str | None = None) -> subprocess.Popen[str]:
+    store = store or str(Path(tempfile.mkdtemp(prefix="gb28181gw-cli-")) / "gw.db")
     return subprocess.Popen(
-        [sys.executable, "-m", "gb28181gw", "serve", *args],
+        [sys.executable, "-m", "gb28181gw", "serve", "--set", f"store.path={store}", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

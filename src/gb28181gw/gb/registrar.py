@@ -1,0 +1,411 @@
+"""REGISTER, server side (GB/T 28181 §9.1, PROTOCOL.md §3), without I/O.
+
+:meth:`Registrar.handle` takes a REGISTER, where it came from, the device record
+(if any) and the time, and returns the response to send, the updated record and
+what happened. Policy — passwords, ID strictness, Expires bounds, allow/deny lists,
+brute-force bans — comes from :class:`RegistrarPolicy`.
+
+Error answers carry a ``Warning: 399 gb28181gw "..."`` naming the problem, so an
+installer looking at a capture knows what to fix on the device.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+
+from gb28181gw.errors import AuthError, IdError, SipParseError
+from gb28181gw.ids import GbId
+from gb28181gw.sip.auth import Credentials, NonceStore, Verdict
+from gb28181gw.sip.endpoint import Peer, warning_header
+from gb28181gw.sip.headers import NameAddr
+from gb28181gw.sip.message import Request, Response, make_response
+from gb28181gw.sip.uri import SipUri
+
+from .model import Device
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Largest Expires we parse (RFC 3261 §20.19: 2**32 - 1); anything else is absurd.
+MAX_EXPIRES = 2**32 - 1
+
+
+class DateFormat(StrEnum):
+    """How the Date header of a successful REGISTER is written (PROTOCOL.md §3.5)."""
+
+    MILLISECONDS = "milliseconds"  # 2024-05-06T12:34:56.789 (GB/T 28181-2022 §9.10.3, wvp)
+    SECONDS = "seconds"  # 2024-05-06T12:34:56 (Monibuca)
+    OFF = "off"  # no Date: the device keeps its own clock
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrarPolicy:
+    """What the registrar accepts.
+
+    Attributes:
+        domain: our SIP domain, also the digest realm.
+        password: the global digest password; empty (with no per-device password) = no auth.
+        require_provisioned: refuse devices an operator has not added first.
+        strict_ids: refuse IDs with structural oddities instead of logging them.
+        expires_min / expires_max / expires_default: bounds on the registration period;
+            below min is 423 with Min-Expires, above max is granted max.
+        date_format: the Date header of a successful REGISTER.
+        check_request_domain: refuse a REGISTER addressed to another 10-digit domain.
+        max_auth_failures / failure_window / ban_seconds: after that many failures within
+            the window, from one address or for one ID, answer 403 for ban_seconds.
+        allow_ids / deny_ids: ID prefixes (empty allow list = all allowed).
+        allow_networks / deny_networks: source networks (empty allow list = all allowed).
+    """
+
+    domain: str
+    password: str = ""
+    require_provisioned: bool = False
+    strict_ids: bool = False
+    expires_min: int = 60
+    expires_max: int = 86400
+    expires_default: int = 3600
+    date_format: DateFormat = DateFormat.MILLISECONDS
+    check_request_domain: bool = True
+    max_auth_failures: int = 5
+    failure_window: float = 300.0
+    ban_seconds: float = 600.0
+    allow_ids: tuple[str, ...] = ()
+    deny_ids: tuple[str, ...] = ()
+    allow_networks: tuple[IpNetwork, ...] = ()
+    deny_networks: tuple[IpNetwork, ...] = ()
+
+
+class Outcome(StrEnum):
+    """What a REGISTER did (the ``result`` label of the registrations metric)."""
+
+    REGISTERED = "registered"  # a device that was not registered now is
+    REFRESHED = "refreshed"  # a registered device renewed
+    UNREGISTERED = "unregistered"  # Expires: 0
+    CHALLENGED = "challenged"  # 401 sent
+    REJECTED = "rejected"  # 4xx other than 401
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterResult:
+    """The registrar's answer to one REGISTER.
+
+    Attributes:
+        response: what to send.
+        outcome: what happened.
+        reason: a short stable word for logs and metrics (``bad-password``, ``invalid-id`` …).
+        device: the record to keep (a new or updated copy), or ``None`` if nothing changed.
+        detail: a human sentence for the log.
+        address_changed: the device now registers from another address than stored.
+    """
+
+    response: Response
+    outcome: Outcome
+    reason: str = ""
+    device: Device | None = None
+    detail: str = ""
+    address_changed: bool = False
+
+
+@dataclass(slots=True)
+class _Failures:
+    times: deque[float] = field(default_factory=deque)
+    banned_until: float = 0.0
+
+
+class BanList:
+    """Failed-authentication counting and bans, per source address and per ID.
+
+    Memory is bounded: at most ``max_keys`` keys are remembered, oldest first out.
+    """
+
+    def __init__(self, *, limit: int, window: float, ban: float, max_keys: int = 100_000) -> None:
+        self.limit = limit
+        self.window = window
+        self.ban = ban
+        self._max = max_keys
+        self._keys: OrderedDict[str, _Failures] = OrderedDict()
+        self.bans = 0
+
+    def banned(self, key: str, now: float) -> float:
+        """Seconds left on ``key``'s ban, 0 if none."""
+        f = self._keys.get(key)
+        return max(0.0, f.banned_until - now) if f else 0.0
+
+    def fail(self, key: str, now: float) -> bool:
+        """Count a failure; return whether ``key`` is now banned."""
+        f = self._keys.get(key)
+        if f is None:
+            f = self._keys[key] = _Failures()
+            if len(self._keys) > self._max:
+                self._keys.popitem(last=False)
+        else:
+            self._keys.move_to_end(key)
+        while f.times and now - f.times[0] > self.window:
+            f.times.popleft()
+        f.times.append(now)
+        if len(f.times) >= self.limit:
+            f.times.clear()
+            f.banned_until = now + self.ban
+            self.bans += 1
+            return True
+        return False
+
+    def succeed(self, key: str) -> None:
+        """Forget ``key``'s failures after a successful authentication."""
+        f = self._keys.get(key)
+        if f is not None and not f.banned_until:
+            del self._keys[key]
+
+
+def format_date(wall: datetime, fmt: DateFormat) -> str | None:
+    """The GB/T 28181 Date header value (local Beijing time, no zone), or ``None`` when off."""
+    if fmt is DateFormat.OFF:
+        return None
+    text = wall.strftime("%Y-%m-%dT%H:%M:%S")
+    if fmt is DateFormat.MILLISECONDS:
+        text += f".{wall.microsecond // 1000:03d}"
+    return text
+
+
+class Registrar:
+    """The REGISTER procedure.
+
+    Args:
+        policy: what to accept.
+        nonces: issues and checks digest nonces (realm = ``policy.domain``).
+    """
+
+    def __init__(self, policy: RegistrarPolicy, nonces: NonceStore) -> None:
+        self.policy = policy
+        self.nonces = nonces
+        self.bans = BanList(limit=policy.max_auth_failures, window=policy.failure_window, ban=policy.ban_seconds)
+
+    def handle(
+        self,
+        request: Request,
+        peer: Peer,
+        device: Device | None,
+        *,
+        now: float,
+        epoch: float,
+        wall: datetime,
+        tag: str,
+    ) -> RegisterResult:
+        """Answer one REGISTER.
+
+        Args:
+            request: the REGISTER (its top Via already stamped by the endpoint).
+            peer: where it came from: the address we will use for this device.
+            device: the stored record for the From-user ID, if any.
+            now: monotonic seconds (nonces, bans).
+            epoch: wall-clock epoch seconds (stored times).
+            wall: local (Beijing) time for the Date header.
+            tag: a fresh To tag.
+        """
+        p = self.policy
+
+        def reject(status: int, reason: str, detail: str, outcome: Outcome = Outcome.REJECTED) -> RegisterResult:
+            resp = make_response(request, status, to_tag=tag)
+            resp.headers.add("Warning", warning_header(detail))
+            self._version(request, resp)
+            return RegisterResult(resp, outcome, reason, None, detail)
+
+        try:
+            from_ = request.from_
+        except SipParseError as exc:
+            return reject(400, "bad-from", f"malformed From: {exc.reason}")
+        device_id = from_.user or ""
+        if not device_id:
+            return reject(400, "bad-from", "From has no user part: it must be the device's 20-digit ID")
+
+        source = _ip(peer.host)
+        if source is not None:
+            if any(source in net for net in p.deny_networks):
+                return reject(403, "denied-address", f"source address {peer.host} is denied")
+            if p.allow_networks and not any(source in net for net in p.allow_networks):
+                return reject(403, "denied-address", f"source address {peer.host} is not in the allowed networks")
+
+        try:
+            gid = GbId.parse(device_id, strict=p.strict_ids)
+        except IdError as exc:
+            return reject(403, "invalid-id", f"invalid device ID: {exc}")
+        if any(device_id.startswith(prefix) for prefix in p.deny_ids):
+            return reject(403, "denied-id", f"device ID {device_id} is denied")
+        if p.allow_ids and not any(device_id.startswith(prefix) for prefix in p.allow_ids):
+            return reject(403, "denied-id", f"device ID {device_id} is not in the allowed ID prefixes")
+
+        for key in (f"ip:{peer.host}", f"id:{device_id}"):
+            left = self.bans.banned(key, now)
+            if left:
+                what = "address" if key.startswith("ip:") else "ID"
+                return reject(403, "banned", f"too many failed authentications from this {what}; retry in {left:.0f} s")
+
+        if p.check_request_domain:
+            try:
+                target = SipUri.parse(request.uri).host
+            except SipParseError as exc:
+                return reject(400, "bad-request-uri", f"malformed Request-URI: {exc.reason}")
+            domain = target.split(".", 1)[0] if target.endswith(".spvmn.cn") else target
+            if len(domain) == 10 and domain.isdigit() and domain != p.domain:
+                return reject(403, "foreign-domain", f"this REGISTER is for domain {domain}; this server is {p.domain}")
+
+        contacts = request.headers.get_all("contact")
+        if not contacts:
+            return reject(400, "no-contact", "REGISTER without a Contact header")
+        try:
+            contact = NameAddr.parse(contacts[0])
+        except SipParseError as exc:
+            return reject(400, "bad-contact", f"malformed Contact: {exc.reason}")
+
+        expires_text = request.headers.get("expires")
+        if expires_text is None:
+            expires_text = contact.params.get("expires")
+        if expires_text is None:
+            expires = p.expires_default
+        else:
+            expires_text = expires_text.strip()
+            if not expires_text.isdigit() or not expires_text.isascii() or int(expires_text) > MAX_EXPIRES:
+                return reject(400, "bad-expires", f"Expires {expires_text[:20]!r} is not a number of seconds")
+            expires = int(expires_text)
+        if contact.uri == "*" and expires != 0:
+            return reject(400, "bad-contact", "Contact: * is only allowed with Expires: 0")
+        if 0 < expires < p.expires_min:
+            result = reject(423, "interval-too-brief", f"Expires {expires} is below the minimum {p.expires_min}")
+            result.response.headers.add("Min-Expires", str(p.expires_min))
+            return result
+        expires = min(expires, p.expires_max)
+
+        if p.require_provisioned and (device is None or not device.provisioned):
+            return reject(403, "not-provisioned", f"device {device_id} has not been added to this gateway")
+
+        password = device.password if device is not None and device.password else p.password
+        if password:
+            auth = self._authenticate(request, peer, device_id, password, now, tag, reject)
+            if auth is not None:
+                return auth
+
+        self.bans.succeed(f"ip:{peer.host}")
+        self.bans.succeed(f"id:{device_id}")
+        record = replace(device) if device is not None else Device(device_id=device_id, created_at=epoch)
+        was_registered = record.registered and record.expires_at > epoch
+        record.updated_at = epoch
+        resp = make_response(request, 200, to_tag=tag)
+        self._version(request, resp)
+        if expires == 0:
+            record.registered = False
+            record.online = False
+            record.expires = 0
+            record.expires_at = epoch
+            record.offline_reason = "unregistered (Expires: 0)"
+            return RegisterResult(resp, Outcome.UNREGISTERED, "ok", record, "unregistered")
+
+        moved = bool(record.host) and (record.host, record.port, record.transport) != (
+            peer.host,
+            peer.port,
+            peer.transport,
+        )
+        record.transport = peer.transport
+        record.host = peer.host
+        record.port = peer.port
+        record.registered = True
+        record.online = True
+        record.expires = expires
+        record.registered_at = epoch
+        record.expires_at = epoch + expires
+        record.last_keepalive = epoch
+        record.offline_reason = ""
+        record.user_agent = request.headers.get("user-agent") or record.user_agent
+        record.gb_version = request.headers.get("x-gb-ver") or record.gb_version
+        record.call_id = request.headers.get("call-id") or ""
+        resp.headers.add("Contact", f"<{contact.uri}>;expires={expires}")
+        resp.headers.add("Expires", str(expires))
+        date = format_date(wall, p.date_format)
+        if date is not None:
+            resp.headers.add("Date", date)
+        detail = "registered" if not was_registered else "refreshed"
+        if gid.warnings:
+            detail += f" (ID warnings: {'; '.join(gid.warnings)})"
+        outcome = Outcome.REFRESHED if was_registered else Outcome.REGISTERED
+        return RegisterResult(resp, outcome, "ok", record, detail, address_changed=moved and was_registered)
+
+    def _authenticate(
+        self,
+        request: Request,
+        peer: Peer,
+        device_id: str,
+        password: str,
+        now: float,
+        tag: str,
+        reject: Callable[[int, str, str], RegisterResult],
+    ) -> RegisterResult | None:
+        """Digest check (PROTOCOL.md §3.3); ``None`` when authenticated, else the answer."""
+
+        def challenge(stale: bool, reason: str, detail: str) -> RegisterResult:
+            resp = make_response(request, 401, to_tag=tag)
+            resp.headers.add("WWW-Authenticate", self.nonces.challenge(peer.host, now, stale=stale).serialize())
+            self._version(request, resp)
+            return RegisterResult(resp, Outcome.CHALLENGED, reason, None, detail)
+
+        header = request.headers.get("authorization")
+        if header is None:
+            return challenge(False, "challenge", "challenged")
+        try:
+            creds = Credentials.parse(header)
+        except AuthError as exc:
+            return reject(400, "bad-authorization", f"malformed Authorization: {exc}")
+        verdict = self.nonces.verify(creds, method="REGISTER", password=password, host=peer.host, now=now)
+        if verdict is Verdict.OK:
+            return None
+        if verdict is Verdict.STALE:
+            return challenge(True, "stale-nonce", "nonce expired, unknown or already used")
+        reason = {
+            Verdict.WRONG_REALM: "wrong-realm",
+            Verdict.BAD_ALGORITHM: "bad-algorithm",
+            Verdict.BAD_RESPONSE: "bad-password",
+        }[verdict]
+        detail = {
+            Verdict.WRONG_REALM: f"realm {creds.realm!r} is not {self.nonces.realm!r}",
+            Verdict.BAD_ALGORITHM: f"digest algorithm {creds.algorithm} is not {self.nonces.algorithm}",
+            Verdict.BAD_RESPONSE: "wrong password",
+        }[verdict]
+        banned = self.bans.fail(f"ip:{peer.host}", now) | self.bans.fail(f"id:{device_id}", now)
+        if banned:
+            return reject(403, "banned", f"{detail}; too many failures: banned for {self.policy.ban_seconds:.0f} s")
+        if verdict is Verdict.BAD_RESPONSE:
+            # the issue's policy: wrong password is challenged again until the limit, then 403
+            result = challenge(False, reason, detail)
+            return RegisterResult(result.response, Outcome.REJECTED, reason, None, detail)
+        return reject(403, reason, detail)
+
+    @staticmethod
+    def _version(request: Request, response: Response) -> None:
+        # GB/T 28181-2022 Annex I: answer X-GB-ver to a REGISTER that carries it
+        version = request.headers.get("x-gb-ver")
+        if version:
+            response.headers.add("X-GB-ver", version)
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def parse_networks(items: list[str]) -> tuple[IpNetwork, ...]:
+    """CIDR strings → networks (a bare address is a /32 or /128).
+
+    Raises:
+        ValueError: naming the bad item.
+    """
+    out = []
+    for item in items:
+        try:
+            out.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP network (CIDR)") from None
+    return tuple(out)

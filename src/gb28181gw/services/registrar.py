@@ -1,0 +1,361 @@
+"""The registrar service: REGISTER and keepalive over the SIP stack, device state, persistence.
+
+Working state is an in-memory table of :class:`~gb28181gw.gb.model.Device`; the
+store is written behind it (changed devices in one batch every
+``store.flush_interval``), so a registration storm or 20,000 keepalives a second
+never wait for the disk. Liveness deadlines live in one
+:class:`~gb28181gw.gb.keepalive.Liveness` driven by one event-loop timer.
+
+On start-up every stored device is loaded; one whose registration has not expired
+is still registered and gets a full keepalive window (interval × count) to show it
+is alive — its heartbeats were lost while we were down, not missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
+
+from gb28181gw.errors import ManscdpError, StoreError
+from gb28181gw.gb.keepalive import Liveness, keepalive_timeout
+from gb28181gw.gb.model import Device
+from gb28181gw.gb.registrar import Outcome, Registrar, RegistrarPolicy
+from gb28181gw.manscdp.codec import child_text, parse_xml
+from gb28181gw.metrics import Metrics
+from gb28181gw.net.stack import SipStack
+from gb28181gw.sip.auth import NonceStore
+from gb28181gw.sip.endpoint import warning_header
+from gb28181gw.sip.events import RequestReceived
+from gb28181gw.sip.message import make_response
+from gb28181gw.store.base import Store
+
+log = logging.getLogger("gb28181gw.registrar")
+
+OfflineListener = Callable[[Device, str], None]
+
+
+class RegistrarService:
+    """Devices registering and heart-beating.
+
+    Args:
+        stack: the SIP stack to serve on.
+        store: persistence.
+        policy: registration policy.
+        metrics: where to count.
+        keepalive_interval / keepalive_count: defaults for devices whose own are unknown.
+        flush_interval: seconds between batched writes.
+        utc_offset_hours: time zone of the Date header.
+        clock: wall-clock epoch seconds (tests pass their own).
+    """
+
+    def __init__(
+        self,
+        stack: SipStack,
+        store: Store,
+        policy: RegistrarPolicy,
+        *,
+        metrics: Metrics,
+        digest_algorithm: str = "MD5",
+        digest_qop: bool = False,
+        nonce_lifetime: float = 300.0,
+        keepalive_interval: int = 60,
+        keepalive_count: int = 3,
+        flush_interval: float = 0.5,
+        utc_offset_hours: float = 8.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.stack = stack
+        self.store = store
+        self.policy = policy
+        self.registrar = Registrar(
+            policy,
+            NonceStore(realm=policy.domain, algorithm=digest_algorithm, qop=digest_qop, lifetime=nonce_lifetime),
+        )
+        self.devices: dict[str, Device] = {}
+        self.liveness = Liveness()
+        self.keepalive_interval = keepalive_interval
+        self.keepalive_count = keepalive_count
+        self.flush_interval = flush_interval
+        self._tz = timezone(timedelta(hours=utc_offset_hours))
+        self._clock = clock
+        self._dirty: set[str] = set()
+        self._deleted: set[str] = set()
+        self._flusher: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0
+        self._offline_listeners: list[OfflineListener] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.registrations = metrics.counter(
+            "gb28181gw_registrations", "REGISTER requests by result", ["result", "reason"]
+        )
+        self.keepalives = metrics.counter("gb28181gw_keepalives", "Keepalive MESSAGEs by result", ["result"])
+        self.timeouts = metrics.counter("gb28181gw_keepalive_timeouts", "Devices gone offline by cause", ["cause"])
+        self.auth_failures = metrics.counter("gb28181gw_auth_failures", "Failed authentications by reason", ["reason"])
+        self.ban_count = metrics.counter("gb28181gw_bans", "Addresses or IDs banned for failed authentication")
+        metrics.labeled_gauge("gb28181gw_devices", "Devices by state", ["state"], self._states)
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def on_offline(self, listener: OfflineListener) -> None:
+        """Be told when a device goes offline or unregisters (streams release on it)."""
+        self._offline_listeners.append(listener)
+
+    async def start(self) -> None:
+        """Load devices, take over REGISTER and MESSAGE, start the flusher and the liveness timer."""
+        self._loop = asyncio.get_running_loop()
+        devices = await self.store.load_devices()
+        now, epoch = self._loop.time(), self._clock()
+        changed = []
+        for device in devices:
+            self.devices[device.device_id] = device
+            if device.registered and device.expires_at > epoch:
+                self.liveness.touch(device.device_id, now, min(device.expires_at - epoch, self._timeout(device)))
+            elif device.registered or device.online:
+                device.registered = device.online = False
+                device.offline_reason = "registration expired while the gateway was down"
+                changed.append(device)
+        if changed:
+            await self.store.save_devices(changed)
+        registered = sum(1 for d in self.devices.values() if d.registered)
+        log.info("devices loaded", extra={"devices": len(self.devices), "registered": registered})
+        self.stack.route("REGISTER", self._on_register)
+        self.stack.route("MESSAGE", self._on_message)
+        self._flusher = self._loop.create_task(self._flush_loop())
+        self._arm()
+
+    async def stop(self) -> None:
+        """Write everything still pending and stop the timers."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._flusher is not None:
+            self._flusher.cancel()
+            try:
+                await self._flusher
+            except asyncio.CancelledError:
+                pass
+            self._flusher = None
+        await self.flush()
+
+    # --- persistence -------------------------------------------------------------------
+
+    def _touched(self, device_id: str) -> None:
+        self._dirty.add(device_id)
+
+    async def flush(self) -> None:
+        """Write changed devices now (one batch)."""
+        dirty, self._dirty = self._dirty, set()
+        batch = [replace(self.devices[i]) for i in dirty if i in self.devices]
+        try:
+            await self.store.save_devices(batch)
+        except StoreError:
+            self._dirty |= dirty  # keep them for the next attempt; nothing is lost
+            raise
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            if self._dirty:
+                try:
+                    await self.flush()
+                except StoreError as exc:
+                    log.error("store write failed; will retry", extra={"error": str(exc)})
+
+    # --- REGISTER ----------------------------------------------------------------------
+
+    def _now(self) -> tuple[float, float, datetime]:
+        loop = self._loop or asyncio.get_running_loop()
+        epoch = self._clock()
+        return loop.time(), epoch, datetime.fromtimestamp(epoch, UTC).astimezone(self._tz)
+
+    def _on_register(self, event: RequestReceived) -> None:
+        tx = event.transaction
+        assert tx is not None
+        req = event.request
+        try:
+            device_id = req.from_.user or ""
+        except Exception:  # noqa: BLE001 - the registrar answers it properly
+            device_id = ""
+        now, epoch, wall = self._now()
+        existing = self.devices.get(device_id)
+        bans_before = self.registrar.bans.bans
+        result = self.registrar.handle(
+            req, event.peer, existing, now=now, epoch=epoch, wall=wall, tag=self.stack.endpoint.new_tag()
+        )
+        self.stack.respond(tx, result.response)
+        self.registrations[result.outcome.value, result.reason] += 1
+        if self.registrar.bans.bans != bans_before:
+            self.ban_count[()] += self.registrar.bans.bans - bans_before
+        if result.reason in ("bad-password", "wrong-realm", "bad-algorithm", "banned"):
+            self.auth_failures[(result.reason,)] += 1
+        extra = {"device": device_id, "peer": str(event.peer), "reason": result.detail}
+        if result.outcome in (Outcome.REJECTED,) and result.response.status != 401:
+            log.warning("registration refused", extra={**extra, "status": result.response.status})
+        elif result.outcome is Outcome.REJECTED:
+            log.warning("authentication failed", extra=extra)
+        device = result.device
+        if device is None:
+            return
+        if existing is not None:
+            # keep what other services learned about the device in the meantime
+            device.name = existing.name or device.name
+            device.manufacturer = existing.manufacturer or device.manufacturer
+            device.model = existing.model or device.model
+            device.firmware = existing.firmware or device.firmware
+        self.devices[device_id] = device
+        self._touched(device_id)
+        if result.outcome is Outcome.UNREGISTERED:
+            self.liveness.forget(device_id)
+            log.info("device unregistered", extra=extra)
+            self._went_offline(device, "unregistered")
+            return
+        if result.address_changed and existing is not None:
+            log.warning(
+                "device registered from a new address (NAT rebinding, or two devices sharing one ID)",
+                extra={**extra, "old": f"{existing.transport} {existing.host}:{existing.port}"},
+            )
+        self.liveness.touch(device_id, now, min(float(device.expires), self._timeout(device)))
+        self._arm()
+        if result.outcome is Outcome.REGISTERED or (existing is not None and not existing.online):
+            log.info("device online", extra={**extra, "expires": device.expires, "transport": device.transport})
+
+    def _timeout(self, device: Device) -> float:
+        return keepalive_timeout(
+            device.keepalive_interval or self.keepalive_interval, device.keepalive_count or self.keepalive_count
+        )
+
+    # --- MESSAGE (keepalive) -----------------------------------------------------------
+
+    def _on_message(self, event: RequestReceived) -> None:
+        tx = event.transaction
+        assert tx is not None
+        req = event.request
+        tag = self.stack.endpoint.new_tag()
+        try:
+            device_id = req.from_.user or ""
+        except Exception:  # noqa: BLE001
+            device_id = ""
+        device = self.devices.get(device_id)
+        now, epoch, _ = self._now()
+        if device is None or not device.registered or device.expires_at <= epoch:
+            # PROTOCOL.md §4.1, K4: never 200 to an unregistered device, or it believes it is
+            # registered; 404 makes real devices register again
+            self.keepalives[("unregistered",)] += 1
+            resp = make_response(req, 404, to_tag=tag)
+            resp.headers.add("Warning", warning_header(f"device {device_id or '(no ID)'} is not registered here"))
+            self.stack.respond(tx, resp)
+            return
+        try:
+            root = parse_xml(req.body)
+        except ManscdpError as exc:
+            self.keepalives[("bad-body",)] += 1
+            resp = make_response(req, 400, to_tag=tag)
+            resp.headers.add("Warning", warning_header(str(exc)))
+            self.stack.respond(tx, resp)
+            log.info("unparseable MANSCDP body", extra={"device": device_id, "error": str(exc)})
+            return
+        cmd = child_text(root, "CmdType") or ""
+        self.stack.respond(tx, make_response(req, 200, to_tag=tag))
+        if cmd.lower() != "keepalive":
+            log.debug("MANSCDP message not handled yet", extra={"device": device_id, "cmd": cmd})
+            return
+        self.keepalives[("ok",)] += 1
+        device.last_keepalive = epoch
+        device.updated_at = epoch
+        peer = event.peer
+        if (device.host, device.port, device.transport) != (peer.host, peer.port, peer.transport):
+            # K5: NAT rebinding shows up in keepalives first
+            log.info(
+                "device address changed",
+                extra={"device": device_id, "old": f"{device.host}:{device.port}", "new": str(peer)},
+            )
+            device.host, device.port, device.transport = peer.host, peer.port, peer.transport
+        if not device.online:
+            device.online = True
+            device.offline_reason = ""
+            log.info("device online again", extra={"device": device_id, "reason": "keepalive"})
+        self._touched(device_id)
+        self.liveness.touch(device_id, now, min(device.expires_at - epoch, self._timeout(device)))
+        self._arm()
+
+    # --- liveness ----------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        when = self.liveness.next_deadline()
+        if when is None:
+            return
+        if self._timer is not None:
+            if self._timer_when <= when:
+                return
+            self._timer.cancel()
+        loop = self._loop or asyncio.get_running_loop()
+        self._timer_when = when
+        self._timer = loop.call_at(when, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        self._timer = None
+        loop = self._loop or asyncio.get_running_loop()
+        epoch = self._clock()
+        for device_id in self.liveness.due(loop.time()):
+            device = self.devices.get(device_id)
+            if device is None or not device.online and not device.registered:
+                continue
+            if device.expires_at <= epoch + 0.5:
+                device.registered = False
+                reason = cause = "registration expired"
+            else:
+                cause = "keepalive timeout"
+                reason = f"no keepalive for {self._timeout(device):.0f} s"
+            self.timeouts[(cause,)] += 1
+            device.online = False
+            device.offline_reason = reason
+            device.updated_at = epoch
+            self._touched(device_id)
+            log.info("device offline", extra={"device": device_id, "reason": reason})
+            self._went_offline(device, reason)
+        self._arm()
+
+    def _went_offline(self, device: Device, reason: str) -> None:
+        for listener in self._offline_listeners:
+            try:
+                listener(device, reason)
+            except Exception:
+                log.exception("offline listener failed", extra={"device": device.device_id})
+
+    # --- operator surface --------------------------------------------------------------
+
+    def _states(self) -> dict[tuple[str, ...], float]:
+        online = sum(1 for d in self.devices.values() if d.online)
+        registered = sum(1 for d in self.devices.values() if d.registered)
+        total = len(self.devices)
+        return {("online",): online, ("offline",): total - online, ("registered",): registered, ("known",): total}
+
+    async def provision(self, device_id: str, *, password: str = "", name: str = "") -> Device:
+        """Add (or update) a device by hand: its password, its name."""
+        epoch = self._clock()
+        device = self.devices.get(device_id)
+        if device is None:
+            device = self.devices[device_id] = Device(device_id=device_id, created_at=epoch)
+        device.provisioned = True
+        if password:
+            device.password = password
+        if name:
+            device.name = name
+        device.updated_at = epoch
+        self._touched(device_id)
+        await self.flush()
+        return device
+
+    async def remove(self, device_id: str) -> bool:
+        """Forget a device entirely (it must register again)."""
+        device = self.devices.pop(device_id, None)
+        self.liveness.forget(device_id)
+        self._dirty.discard(device_id)
+        removed = await self.store.delete_device(device_id)
+        if device is not None and device.online:
+            self._went_offline(device, "removed by operator")
+        return removed or device is not None

@@ -1,0 +1,1 @@
+"""Persistence: one interface (:mod:`.base`), an embedded SQLite default, Redis later."""

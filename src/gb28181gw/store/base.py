@@ -1,0 +1,45 @@
+"""The store interface every backend implements, and the contract tests check.
+
+The gateway keeps its working state in memory (the hot paths — keepalives,
+registrations — never wait for storage) and writes through this interface
+behind itself, batched. A backend therefore needs bulk upserts and loads more
+than clever queries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from gb28181gw.gb.model import Channel, Device
+
+
+class Store(Protocol):
+    """Async persistence of devices and channels."""
+
+    async def open(self) -> None:
+        """Open (creating and migrating if needed); raise StoreError with advice if it cannot."""
+
+    async def close(self) -> None:
+        """Finish pending writes and release the store."""
+
+    async def load_devices(self) -> list[Device]:
+        """Every device, for start-up."""
+
+    async def get_device(self, device_id: str) -> Device | None:
+        """One device, or ``None``."""
+
+    async def save_devices(self, devices: Sequence[Device]) -> None:
+        """Insert or replace these devices, atomically as one batch."""
+
+    async def delete_device(self, device_id: str) -> bool:
+        """Remove a device and its channels; whether it existed."""
+
+    async def count_devices(self) -> int:
+        """How many devices are stored."""
+
+    async def replace_channels(self, device_id: str, channels: Sequence[Channel]) -> None:
+        """Make ``channels`` the device's whole channel list."""
+
+    async def load_channels(self, device_id: str | None = None) -> list[Channel]:
+        """Channels of one device, or of all."""

@@ -1,0 +1,276 @@
+"""The embedded default store: one SQLite file, used from one worker thread.
+
+The event loop never blocks on it: every call runs on a single dedicated thread
+that owns the connection. WAL journaling keeps readers and the batched writer
+apart. The file is locked (``flock`` on ``<file>.lock``) so two gateways cannot
+share it, checked with ``PRAGMA quick_check`` when opened, and migrated by
+``PRAGMA user_version``; a file from a newer gb28181gw is refused, never rewritten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gb28181gw.errors import StoreError
+from gb28181gw.gb.model import Channel, Device
+
+T = TypeVar("T")
+
+DEVICE_COLUMNS = [f.name for f in fields(Device)]
+_BOOL_COLUMNS = {f.name for f in fields(Device) if f.type in ("bool", bool)}
+
+#: Schema migrations; entry i brings user_version i to i + 1.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE devices (
+        device_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL DEFAULT '',
+        manufacturer TEXT NOT NULL DEFAULT '',
+        model TEXT NOT NULL DEFAULT '',
+        firmware TEXT NOT NULL DEFAULT '',
+        transport TEXT NOT NULL DEFAULT 'UDP',
+        host TEXT NOT NULL DEFAULT '',
+        port INTEGER NOT NULL DEFAULT 0,
+        local_host TEXT NOT NULL DEFAULT '',
+        local_port INTEGER NOT NULL DEFAULT 0,
+        charset TEXT NOT NULL DEFAULT 'GB2312',
+        stream_mode TEXT NOT NULL DEFAULT 'udp',
+        password TEXT NOT NULL DEFAULT '',
+        provisioned INTEGER NOT NULL DEFAULT 0,
+        registered INTEGER NOT NULL DEFAULT 0,
+        online INTEGER NOT NULL DEFAULT 0,
+        expires INTEGER NOT NULL DEFAULT 0,
+        registered_at REAL NOT NULL DEFAULT 0,
+        expires_at REAL NOT NULL DEFAULT 0,
+        last_keepalive REAL NOT NULL DEFAULT 0,
+        keepalive_interval INTEGER NOT NULL DEFAULT 0,
+        keepalive_count INTEGER NOT NULL DEFAULT 0,
+        user_agent TEXT NOT NULL DEFAULT '',
+        gb_version TEXT NOT NULL DEFAULT '',
+        call_id TEXT NOT NULL DEFAULT '',
+        offline_reason TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL DEFAULT 0,
+        updated_at REAL NOT NULL DEFAULT 0
+    );
+    CREATE TABLE channels (
+        channel_id TEXT NOT NULL,
+        device_id TEXT NOT NULL REFERENCES devices(device_id) ON DELETE CASCADE,
+        name TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL DEFAULT '',
+        parent_id TEXT NOT NULL DEFAULT '',
+        extra TEXT NOT NULL DEFAULT '{}',
+        PRIMARY KEY (device_id, channel_id)
+    );
+    CREATE INDEX channels_by_id ON channels(channel_id);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SqliteStore:
+    """:class:`~gb28181gw.store.base.Store` on a SQLite file.
+
+    Args:
+        path: the database file; its directory is created if missing.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gb28181gw-sqlite")
+        self._conn: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"store {self.path} is not open")
+        return self._conn
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the directory of {self.path}: {exc.strerror}") from None
+        lock_path = f"{self.path}.lock"
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot open {lock_path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(
+                f"store {self.path} is in use by another gb28181gw (pid {holder}); "
+                "stop it or give this one its own store.path"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+        try:
+            conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
+            check = conn.execute("PRAGMA quick_check").fetchone()
+            if not check or check[0] != "ok":
+                raise sqlite3.DatabaseError(check[0] if check else "quick_check returned nothing")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            self._unlock()
+            raise StoreError(
+                f"store {self.path} is corrupt or not a gb28181gw database ({exc}); it was left untouched: "
+                "move it away or restore a backup"
+            ) from None
+        if version > SCHEMA_VERSION:
+            conn.close()
+            self._unlock()
+            raise StoreError(
+                f"store {self.path} has schema version {version}, newer than this gb28181gw knows "
+                f"({SCHEMA_VERSION}); upgrade gb28181gw or use another store.path"
+            )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        for v in range(version, SCHEMA_VERSION):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in MIGRATIONS[v].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {v + 1}")
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                conn.execute("ROLLBACK")
+                conn.close()
+                self._unlock()
+                raise StoreError(f"migrating {self.path} to schema {v + 1} failed: {exc}") from None
+        self._conn = conn
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    async def close(self) -> None:
+        def _close() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            self._unlock()
+
+        await self._run(_close)
+        self._executor.shutdown(wait=True)
+
+    # --- devices ---------------------------------------------------------------------
+
+    @staticmethod
+    def _device(row: sqlite3.Row | tuple[Any, ...]) -> Device:
+        values = dict(zip(DEVICE_COLUMNS, row, strict=True))
+        for name in _BOOL_COLUMNS:
+            values[name] = bool(values[name])
+        return Device(**values)
+
+    async def load_devices(self) -> list[Device]:
+        def load() -> list[Device]:
+            cols = ", ".join(DEVICE_COLUMNS)
+            return [self._device(r) for r in self._db().execute(f"SELECT {cols} FROM devices ORDER BY device_id")]
+
+        return await self._run(load)
+
+    async def get_device(self, device_id: str) -> Device | None:
+        def get() -> Device | None:
+            cols = ", ".join(DEVICE_COLUMNS)
+            row = self._db().execute(f"SELECT {cols} FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+            return self._device(row) if row else None
+
+        return await self._run(get)
+
+    async def save_devices(self, devices: Sequence[Device]) -> None:
+        if not devices:
+            return
+        rows = [tuple(getattr(d, c) for c in DEVICE_COLUMNS) for d in devices]
+
+        def save() -> None:
+            db = self._db()
+            placeholders = ", ".join("?" for _ in DEVICE_COLUMNS)
+            updates = ", ".join(f"{c} = excluded.{c}" for c in DEVICE_COLUMNS[1:])
+            db.execute("BEGIN")
+            try:
+                db.executemany(
+                    f"INSERT INTO devices ({', '.join(DEVICE_COLUMNS)}) VALUES ({placeholders}) "
+                    f"ON CONFLICT(device_id) DO UPDATE SET {updates}",
+                    rows,
+                )
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                db.execute("ROLLBACK")
+                raise StoreError(f"writing {len(rows)} devices to {self.path} failed: {exc}") from None
+
+        await self._run(save)
+
+    async def delete_device(self, device_id: str) -> bool:
+        def delete() -> bool:
+            db = self._db()
+            db.execute("BEGIN")
+            db.execute("DELETE FROM channels WHERE device_id = ?", (device_id,))
+            n = db.execute("DELETE FROM devices WHERE device_id = ?", (device_id,)).rowcount
+            db.execute("COMMIT")
+            return bool(n)
+
+        return await self._run(delete)
+
+    async def count_devices(self) -> int:
+        return await self._run(lambda: int(self._db().execute("SELECT COUNT(*) FROM devices").fetchone()[0]))
+
+    # --- channels --------------------------------------------------------------------
+
+    async def replace_channels(self, device_id: str, channels: Sequence[Channel]) -> None:
+        rows = [(c.channel_id, device_id, c.name, c.status, c.parent_id, json.dumps(c.extra)) for c in channels]
+
+        def replace() -> None:
+            db = self._db()
+            db.execute("BEGIN")
+            try:
+                db.execute("DELETE FROM channels WHERE device_id = ?", (device_id,))
+                db.executemany(
+                    "INSERT INTO channels (channel_id, device_id, name, status, parent_id, extra) VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                db.execute("ROLLBACK")
+                raise StoreError(f"writing channels of {device_id} failed: {exc}") from None
+
+        await self._run(replace)
+
+    async def load_channels(self, device_id: str | None = None) -> list[Channel]:
+        def load() -> list[Channel]:
+            sql = "SELECT channel_id, device_id, name, status, parent_id, extra FROM channels"
+            args: tuple[str, ...] = ()
+            if device_id is not None:
+                sql += " WHERE device_id = ?"
+                args = (device_id,)
+            return [
+                Channel(cid, did, name, status, parent, json.loads(extra))
+                for cid, did, name, status, parent, extra in self._db().execute(
+                    sql + " ORDER BY device_id, channel_id", args
+                )
+            ]
+
+        return await self._run(load)
