@@ -158,3 +158,30 @@ def test_port_in_use_is_a_startup_failure() -> None:
         out, _ = proc.communicate(timeout=15)
     assert proc.returncode == 3
     assert "start-up failed" in out
+
+
+def test_corrupt_store_is_a_clear_startup_error(tmp_path: Path) -> None:
+    store = tmp_path / "gw.db"
+    store.write_bytes(b"definitely not sqlite" * 50)
+    proc = _serve("--listen", "127.0.0.1", "--port", "0", "--admin-port", "0", store=str(store))
+    out, _ = proc.communicate(timeout=15)
+    assert proc.returncode == 3
+    assert "corrupt" in out and "left untouched" in out
+    assert store.read_bytes() == b"definitely not sqlite" * 50
+
+
+def test_store_in_use_by_another_gateway(tmp_path: Path) -> None:
+    store = str(tmp_path / "gw.db")
+    admin_port = _free_port()
+    first = _serve("--listen", "127.0.0.1", "--port", "0", "--admin-port", str(admin_port), store=store)
+    try:
+        _wait_ready(f"http://127.0.0.1:{admin_port}", first)
+        second = _serve("--listen", "127.0.0.1", "--port", "0", "--admin-port", "0", store=store)
+        out, _ = second.communicate(timeout=15)
+        assert second.returncode == 3
+        assert "in use by another gb28181gw" in out
+        metrics = _get(f"http://127.0.0.1:{admin_port}/metrics")[1].decode()
+        assert 'gb28181gw_devices{state="known"} 0.0' in metrics
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=15)

@@ -1,8 +1,4 @@
-"""Digest authentication (server side) against a real SIP stack: pjsua2 (PJSIP) registering.
-
-The registrar itself comes later; this test wires a minimal REGISTER handler on top of
-:class:`~gb28181gw.sip.auth.NonceStore` to prove our challenge/verify against PJSIP's digest.
-"""
+"""The registrar against a real SIP stack: pjsua2 (PJSIP) registering with digest and heart-beating."""
 
 from __future__ import annotations
 
@@ -13,10 +9,8 @@ from pathlib import Path
 import pytest
 
 from gb28181gw.app import Gateway
-from gb28181gw.errors import AuthError
-from gb28181gw.sip.auth import Credentials, NonceStore, Verdict
-from gb28181gw.sip.events import RequestReceived
-from gb28181gw.sip.message import make_response
+
+from .conftest import start_gateway
 
 pytestmark = pytest.mark.pjsua
 
@@ -24,42 +18,7 @@ SCRIPT = Path(__file__).with_name("pjsua_register.py")
 DEVICE = "34020000001320000001"
 
 
-def install_register(gateway: Gateway, store: NonceStore, password: str, verdicts: list[Verdict]) -> None:
-    loop = asyncio.get_running_loop()
-
-    def on_register(event: RequestReceived) -> None:
-        req, tx = event.request, event.transaction
-        assert tx is not None
-        tag = gateway.endpoint.new_tag()
-        auth = req.headers.get("authorization")
-        if auth is None:
-            resp = make_response(req, 401, to_tag=tag)
-            resp.headers.add("WWW-Authenticate", store.challenge(event.peer.host, loop.time()).serialize())
-        else:
-            try:
-                verdict = store.verify(
-                    Credentials.parse(auth), method="REGISTER", password=password, host=event.peer.host, now=loop.time()
-                )
-            except AuthError:
-                verdict = Verdict.BAD_RESPONSE
-            verdicts.append(verdict)
-            if verdict is Verdict.OK:
-                resp = make_response(req, 200, to_tag=tag)
-                resp.headers.add("Contact", req.headers.get("contact") or "")
-                resp.headers.add("Expires", "3600")
-            elif verdict is Verdict.STALE:
-                resp = make_response(req, 401, to_tag=tag)
-                resp.headers.add(
-                    "WWW-Authenticate", store.challenge(event.peer.host, loop.time(), stale=True).serialize()
-                )
-            else:
-                resp = make_response(req, 403, to_tag=tag)
-        gateway.stack.respond(tx, resp)
-
-    gateway.stack.route("REGISTER", on_register)
-
-
-async def run_pjsua(port: int, transport: str, password: str) -> int:
+async def run_pjsua(port: int, transport: str, password: str, keepalives: int = 0) -> list[str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(SCRIPT),
@@ -68,37 +27,48 @@ async def run_pjsua(port: int, transport: str, password: str) -> int:
         transport,
         DEVICE,
         password,
+        str(keepalives),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    out, _ = await asyncio.wait_for(proc.communicate(), 40)
     text = out.decode(errors="replace")
-    lines = [line for line in text.splitlines() if line.startswith("REGISTER ")]
+    lines = [line for line in text.splitlines() if line.startswith(("REGISTER ", "MESSAGE "))]
     assert lines, text
-    return int(lines[-1].split()[1])
+    return lines
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
-@pytest.mark.parametrize("qop", [False, True], ids=["no-qop", "qop-auth"])
-async def test_pjsua2_registers_with_digest(gateway: Gateway, transport: str, qop: bool) -> None:
-    verdicts: list[Verdict] = []
-    install_register(gateway, NonceStore(realm="3402000000", qop=qop), "12345678", verdicts)
-    assert await run_pjsua(gateway.stack.port, transport, "12345678") == 200
-    assert verdicts[-1] is Verdict.OK
+@pytest.mark.parametrize("qop", ["false", "true"], ids=["no-qop", "qop-auth"])
+async def test_pjsua2_registers_with_digest_and_sends_keepalives(transport: str, qop: str) -> None:
+    gw = await start_gateway(**{"registrar.password": "12345678", "registrar.digest_qop": qop})
+    try:
+        lines = await run_pjsua(gw.stack.port, transport, "12345678", keepalives=2)
+        assert lines == ["REGISTER 200", "MESSAGE 200", "MESSAGE 200"]
+        device = gw.registrar.devices[DEVICE]
+        assert device.transport == transport.upper()
+        assert gw.registrar.keepalives[("ok",)] == 2
+        assert device.last_keepalive > device.registered_at
+        # pjsua2 unregisters when it shuts down (Expires: 0, challenged and answered like a REGISTER)
+        assert gw.registrar.registrations["registered", "ok"] == 1
+        assert gw.registrar.registrations["unregistered", "ok"] == 1
+        assert not device.online and not device.registered
+        assert device.offline_reason.startswith("unregistered")
+    finally:
+        await gw.stop()
 
 
-async def test_pjsua2_wrong_password_is_refused(gateway: Gateway) -> None:
-    verdicts: list[Verdict] = []
-    install_register(gateway, NonceStore(realm="3402000000"), "12345678", verdicts)
-    assert await run_pjsua(gateway.stack.port, "udp", "not-the-password") == 403
-    assert verdicts == [Verdict.BAD_RESPONSE]
+async def test_pjsua2_wrong_password_is_not_registered() -> None:
+    gw = await start_gateway(**{"registrar.password": "12345678"})
+    try:
+        lines = await run_pjsua(gw.stack.port, "udp", "not-the-password")
+        assert lines[0] in ("REGISTER 401", "REGISTER 403")
+        assert DEVICE not in gw.registrar.devices
+        assert gw.registrar.auth_failures[("bad-password",)] >= 1
+    finally:
+        await gw.stop()
 
 
-async def test_pjsua2_answers_a_stale_nonce(gateway: Gateway) -> None:
-    # a nonce lifetime of 0 makes every answer stale: PJSIP retries with the fresh nonce once
-    # more and then gives up, so the point is that it never gets 200 nor loops forever
-    verdicts: list[Verdict] = []
-    install_register(gateway, NonceStore(realm="3402000000", lifetime=-1), "12345678", verdicts)
-    code = await run_pjsua(gateway.stack.port, "udp", "12345678")
-    assert code == 401
-    assert verdicts and all(v is Verdict.STALE for v in verdicts)
+async def test_pjsua2_per_device_password(gateway: Gateway) -> None:
+    await gateway.registrar.provision(DEVICE, password="own-secret")
+    assert (await run_pjsua(gateway.stack.port, "udp", "own-secret"))[0] == "REGISTER 200"

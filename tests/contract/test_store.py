@@ -1,0 +1,144 @@
+"""The store contract: every backend passes the same suite (SQLite now; Redis with multi-node)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from gb28181gw.errors import StoreError
+from gb28181gw.gb.model import Channel, Device
+from gb28181gw.store.base import Store
+from gb28181gw.store.sqlite import SqliteStore
+
+BACKENDS: dict[str, Callable[[Path], Store]] = {"sqlite": lambda tmp: SqliteStore(tmp / "gw.db")}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def factory(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
+    return lambda: BACKENDS[request.param](tmp_path)
+
+
+@pytest.fixture
+async def store(factory: Callable[[], Store]) -> AsyncIterator[Store]:
+    s = factory()
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def device(n: int, **kw: object) -> Device:
+    return Device(device_id=f"340200000013200{n:05d}", **kw)  # type: ignore[arg-type]
+
+
+async def test_empty(store: Store) -> None:
+    assert await store.load_devices() == []
+    assert await store.count_devices() == 0
+    assert await store.get_device("34020000001320000001") is None
+
+
+async def test_save_load_every_field(store: Store) -> None:
+    d = device(
+        1,
+        name="南门 IPC",
+        manufacturer="Hikvision",
+        transport="TCP",
+        host="10.0.0.5",
+        port=5060,
+        password="p@ss",
+        provisioned=True,
+        registered=True,
+        online=True,
+        expires=3600,
+        registered_at=1.5,
+        expires_at=3601.5,
+        last_keepalive=60.25,
+        user_agent="IP Camera",
+        gb_version="3.0",
+    )
+    await store.save_devices([d])
+    assert await store.load_devices() == [d]
+    assert await store.get_device(d.device_id) == d
+
+
+async def test_upsert_updates_in_place(store: Store) -> None:
+    await store.save_devices([device(1, name="a"), device(2)])
+    await store.save_devices([device(1, name="b", online=True)])
+    got = await store.get_device(device(1).device_id)
+    assert got is not None and got.name == "b" and got.online
+    assert await store.count_devices() == 2
+
+
+async def test_delete_removes_channels_too(store: Store) -> None:
+    await store.save_devices([device(1), device(2)])
+    await store.replace_channels(device(1).device_id, [Channel("34020000001310000001", device(1).device_id, "c1")])
+    assert await store.delete_device(device(1).device_id)
+    assert not await store.delete_device(device(1).device_id)
+    assert await store.load_channels() == []
+    assert [d.device_id for d in await store.load_devices()] == [device(2).device_id]
+
+
+async def test_channels_replace(store: Store) -> None:
+    did = device(1).device_id
+    await store.save_devices([device(1)])
+    chans = [Channel(f"3402000000131000000{i}", did, f"通道{i}", "ON", did, {"PTZType": "1"}) for i in range(3)]
+    await store.replace_channels(did, chans)
+    assert await store.load_channels(did) == chans
+    await store.replace_channels(did, chans[:1])
+    assert await store.load_channels() == chans[:1]
+
+
+async def test_bulk(store: Store) -> None:
+    await store.save_devices([device(i) for i in range(5000)])
+    assert await store.count_devices() == 5000
+
+
+async def test_survives_reopen(factory: Callable[[], Store]) -> None:
+    s = factory()
+    await s.open()
+    await s.save_devices([device(i, registered=True) for i in range(10)])
+    await s.close()
+    s = factory()
+    await s.open()
+    try:
+        loaded = await s.load_devices()
+        assert len(loaded) == 10 and all(d.registered for d in loaded)
+    finally:
+        await s.close()
+
+
+class TestSqliteFile:
+    async def test_second_opener_is_refused(self, tmp_path: Path) -> None:
+        first = SqliteStore(tmp_path / "gw.db")
+        await first.open()
+        try:
+            with pytest.raises(StoreError, match="in use by another gb28181gw"):
+                await SqliteStore(tmp_path / "gw.db").open()
+        finally:
+            await first.close()
+
+    async def test_corrupt_file_is_a_clear_error_and_left_untouched(self, tmp_path: Path) -> None:
+        path = tmp_path / "gw.db"
+        junk = b"this is not a database" * 100
+        path.write_bytes(junk)
+        with pytest.raises(StoreError, match="corrupt or not a gb28181gw database"):
+            await SqliteStore(path).open()
+        assert path.read_bytes() == junk
+
+    async def test_newer_schema_is_refused(self, tmp_path: Path) -> None:
+        path = tmp_path / "gw.db"
+        conn = sqlite3.connect(path)
+        conn.execute("PRAGMA user_version = 99")
+        conn.close()
+        with pytest.raises(StoreError, match="newer than this gb28181gw"):
+            await SqliteStore(path).open()
+
+    async def test_unwritable_directory(self, tmp_path: Path) -> None:
+        blocker = tmp_path / "file"
+        blocker.write_text("x")
+        with pytest.raises(StoreError, match="cannot"):
+            await SqliteStore(blocker / "sub" / "gw.db").open()

@@ -1,0 +1,212 @@
+"""REGISTER policy (GB/T 28181 §9.1, PROTOCOL.md §3) on the sans-I/O registrar."""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import datetime
+
+import pytest
+
+from gb28181gw.gb.model import Device
+from gb28181gw.gb.registrar import DateFormat, Outcome, Registrar, RegistrarPolicy, format_date
+from gb28181gw.sip.auth import Challenge, NonceStore, authorization_for
+from gb28181gw.sip.endpoint import Peer
+from gb28181gw.sip.message import Request, parse_message
+from tests.helpers import REGISTER
+
+PEER = Peer("UDP", "127.0.0.1", 5061)
+WALL = datetime(2024, 5, 6, 12, 34, 56, 789000)
+URI = "sip:34020000002000000001@3402000000"
+
+
+def registrar(**policy: object) -> Registrar:
+    p = RegistrarPolicy(domain="3402000000", **policy)  # type: ignore[arg-type]
+    return Registrar(p, NonceStore(realm="3402000000", token=lambda n: "ab" * n))
+
+
+def req(data: bytes = REGISTER, **replace: str) -> Request:
+    for old, new in replace.items():
+        data = data.replace(old.encode(), new.encode())
+    msg = parse_message(data)
+    assert isinstance(msg, Request)
+    return msg
+
+
+def handle(r: Registrar, request: Request, device: Device | None = None, now: float = 100.0, peer: Peer = PEER):  # type: ignore[no-untyped-def]
+    return r.handle(request, peer, device, now=now, epoch=1_700_000_000.0 + now, wall=WALL, tag="t")
+
+
+def with_auth(
+    request: Request, challenge_response, password: str = "12345678", username: str = "34020000001320000001"
+) -> Request:  # type: ignore[no-untyped-def]
+    ch = Challenge.parse(challenge_response.headers["www-authenticate"])
+    creds = authorization_for(ch, method="REGISTER", uri=URI, username=username, password=password)
+    request.headers.add("Authorization", creds.serialize())
+    return request
+
+
+def test_open_registration_without_password() -> None:
+    result = handle(registrar(), req())
+    assert result.outcome is Outcome.REGISTERED
+    resp = result.response
+    assert resp.status == 200
+    assert resp.headers["date"] == "2024-05-06T12:34:56.789"
+    assert resp.headers["expires"] == "3600"
+    assert resp.headers["contact"] == "<sip:34020000001320000001@127.0.0.1:5061>;expires=3600"
+    assert resp.headers["x-gb-ver"] == "3.0"
+    d = result.device
+    assert d is not None and d.registered and d.online
+    assert (d.transport, d.host, d.port) == ("UDP", "127.0.0.1", 5061)
+    assert d.user_agent == "IP Camera" and d.gb_version == "3.0"
+    assert d.expires_at == d.registered_at + 3600
+
+
+def test_digest_flow() -> None:
+    r = registrar(password="12345678")
+    first = handle(r, req())
+    assert first.outcome is Outcome.CHALLENGED and first.response.status == 401
+    assert 'realm="3402000000"' in first.response.headers["www-authenticate"]
+    assert "date" not in first.response.headers
+    second = handle(r, with_auth(req(), first.response))
+    assert second.outcome is Outcome.REGISTERED and second.response.status == 200
+
+
+def test_username_may_differ_from_the_device_id() -> None:
+    r = registrar(password="12345678")
+    first = handle(r, req())
+    assert handle(r, with_auth(req(), first.response, username="admin")).response.status == 200
+
+
+def test_per_device_password_overrides_the_global_one() -> None:
+    r = registrar(password="global")
+    dev = Device("34020000001320000001", password="own-pass")
+    first = handle(r, req(), dev)
+    assert handle(r, with_auth(req(), first.response, "own-pass"), dev).response.status == 200
+    first = handle(r, req(), dev)
+    assert handle(r, with_auth(req(), first.response, "global"), dev).response.status == 401
+
+
+def test_wrong_password_is_401_until_the_limit_then_403_and_banned() -> None:
+    r = registrar(password="12345678", max_auth_failures=3, ban_seconds=60)
+    statuses = []
+    for i in range(3):
+        ch = handle(r, req(), now=100.0 + i)
+        statuses.append(handle(r, with_auth(req(), ch.response, "bad"), now=100.0 + i).response.status)
+    assert statuses == [401, 401, 403]
+    # banned now, even with the right password
+    result = handle(r, req(), now=110.0)
+    assert result.response.status == 403 and result.reason == "banned"
+    assert "retry in" in result.response.headers["warning"]
+    # and free again after the ban
+    assert handle(r, req(), now=200.0).response.status == 401
+
+
+def test_replayed_nonce_is_401_stale() -> None:
+    r = registrar(password="12345678")
+    ch = handle(r, req())
+    signed = with_auth(req(), ch.response)
+    assert handle(r, signed).response.status == 200
+    replay = handle(r, signed)
+    assert replay.response.status == 401 and "stale=true" in replay.response.headers["www-authenticate"]
+
+
+def test_expired_nonce_is_401_stale() -> None:
+    r = registrar(password="12345678")
+    ch = handle(r, req(), now=100.0)
+    late = handle(r, with_auth(req(), ch.response), now=100.0 + 301)
+    assert late.response.status == 401 and "stale=true" in late.response.headers["www-authenticate"]
+
+
+def test_malformed_authorization_is_400() -> None:
+    r = registrar(password="12345678")
+    bad = req()
+    bad.headers.add("Authorization", "Digest garbage")
+    assert handle(r, bad).response.status == 400
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "status", "reason"),
+    [
+        ("<sip:34020000001320000001@3402000000>;tag", "<sip:3402000000132000000X@3402000000>;tag", 403, "invalid-id"),
+        ("<sip:34020000001320000001@3402000000>;tag", "<sip:340200000013200@3402000000>;tag", 403, "invalid-id"),
+        (
+            "REGISTER sip:34020000002000000001@3402000000",
+            "REGISTER sip:34010000002000000001@3401000000",
+            403,
+            "foreign-domain",
+        ),
+        ("Contact: <sip:34020000001320000001@127.0.0.1:5061>\r\n", "", 400, "no-contact"),
+        ("Expires: 3600", "Expires: forever", 400, "bad-expires"),
+        ("Expires: 3600", "Expires: 99999999999999", 400, "bad-expires"),
+        ("Expires: 3600", "Expires: -1", 400, "bad-expires"),
+        ("Expires: 3600", "Expires: 10", 423, "interval-too-brief"),
+        ("Contact: <sip:34020000001320000001@127.0.0.1:5061>", "Contact: <sip:3402@127.0.0.1:5061", 400, "bad-contact"),
+    ],
+)
+def test_bad_registers_are_answered_with_the_problem_named(old: str, new: str, status: int, reason: str) -> None:
+    result = handle(registrar(), req(**{old: new}))
+    assert result.response.status == status
+    assert result.reason == reason
+    assert result.device is None
+    assert result.response.headers["warning"].startswith("399 gb28181gw ")
+    if status == 423:
+        assert result.response.headers["min-expires"] == "60"
+
+
+def test_strict_ids() -> None:
+    odd = {"<sip:34020000001320000001@3402000000>;tag": "<sip:99020000001320000001@3402000000>;tag"}
+    assert handle(registrar(), req(**odd)).response.status == 200
+    assert handle(registrar(strict_ids=True), req(**odd)).response.status == 403
+
+
+def test_expires_from_contact_param_then_default_then_capped() -> None:
+    r = registrar(expires_max=7200)
+    no_header = req(**{"Expires: 3600\r\n": ""})
+    assert handle(r, no_header).response.headers["expires"] == "3600"
+    in_contact = req(**{"Expires: 3600\r\n": "", "127.0.0.1:5061>": "127.0.0.1:5061>;expires=1800"})
+    assert handle(r, in_contact).response.headers["expires"] == "1800"
+    assert handle(r, req(**{"Expires: 3600": "Expires: 86400"})).response.headers["expires"] == "7200"
+
+
+def test_unregister() -> None:
+    r = registrar()
+    dev = handle(r, req()).device
+    result = handle(r, req(**{"Expires: 3600": "Expires: 0"}), dev)
+    assert result.outcome is Outcome.UNREGISTERED and result.response.status == 200
+    assert result.device is not None and not result.device.registered and not result.device.online
+    star = req(**{"Contact: <sip:34020000001320000001@127.0.0.1:5061>": "Contact: *", "Expires: 3600": "Expires: 0"})
+    assert handle(r, star, dev).outcome is Outcome.UNREGISTERED
+    bad_star = req(**{"Contact: <sip:34020000001320000001@127.0.0.1:5061>": "Contact: *"})
+    assert handle(r, bad_star, dev).response.status == 400
+
+
+def test_refresh_and_new_address() -> None:
+    r = registrar()
+    dev = handle(r, req()).device
+    again = handle(r, req(), dev, now=200.0)
+    assert again.outcome is Outcome.REFRESHED and not again.address_changed
+    moved = handle(r, req(), again.device, now=300.0, peer=Peer("UDP", "10.1.2.3", 40000))
+    assert moved.address_changed
+    assert moved.device is not None and (moved.device.host, moved.device.port) == ("10.1.2.3", 40000)
+
+
+def test_require_provisioned() -> None:
+    r = registrar(require_provisioned=True)
+    assert handle(r, req()).reason == "not-provisioned"
+    assert handle(r, req(), Device("34020000001320000001", provisioned=True)).response.status == 200
+
+
+def test_allow_and_deny_lists() -> None:
+    assert handle(registrar(deny_ids=("3402000000132",)), req()).reason == "denied-id"
+    assert handle(registrar(allow_ids=("4403",)), req()).reason == "denied-id"
+    assert handle(registrar(allow_ids=("3402",)), req()).response.status == 200
+    net = (ipaddress.ip_network("127.0.0.0/8"),)
+    assert handle(registrar(deny_networks=net), req()).reason == "denied-address"
+    assert handle(registrar(allow_networks=(ipaddress.ip_network("10.0.0.0/8"),)), req()).reason == "denied-address"
+    assert handle(registrar(allow_networks=net), req()).response.status == 200
+
+
+def test_date_formats() -> None:
+    assert format_date(WALL, DateFormat.SECONDS) == "2024-05-06T12:34:56"
+    assert format_date(WALL, DateFormat.OFF) is None
+    assert "date" not in handle(registrar(date_format=DateFormat.OFF), req()).response.headers

@@ -1,0 +1,212 @@
+"""The registrar over real sockets: SIPp IPCs, a thousand devices across a restart, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from gb28181gw.app import Gateway
+from gb28181gw.cli import main
+from tests.helpers import KEEPALIVE_BODY, crlf
+
+from .conftest import run_sipp, start_gateway
+
+PASSWORD = "12345678"
+
+
+def devices_file(tmp_path: Path, ids: list[str], password: str = PASSWORD) -> Path:
+    path = tmp_path / "devices.csv"
+    # SIPp expands keywords inside injected fields, so field1 carries the whole auth keyword
+    path.write_text("SEQUENTIAL\n" + "".join(f"{i};[authentication username={i} password={password}];\n" for i in ids))
+    return path
+
+
+def ipc_ids(n: int, start: int = 1) -> list[str]:
+    return [f"3402000000132{i:07d}" for i in range(start, start + n)]
+
+
+async def cli(gateway: Gateway, *args: str) -> str:
+    admin = f"http://127.0.0.1:{gateway.admin.port}" if gateway.admin else ""
+    result = await asyncio.to_thread(CliRunner().invoke, main, [*args, "--admin", admin])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.mark.sipp
+@pytest.mark.parametrize("transport", ["u1", "t1"])
+async def test_sipp_ipc_registers_keeps_alive_and_unregisters(tmp_path: Path, transport: str) -> None:
+    gw = await start_gateway(**{"registrar.password": PASSWORD})
+    try:
+        ids = ipc_ids(3)
+        inf = devices_file(tmp_path, ids)
+        result = await run_sipp(
+            "ipc_register_uac.xml", gw.stack.port, tmp_path, transport=transport, calls=3, extra=("-inf", str(inf))
+        )
+        assert result.ok, result.stdout
+        listed = json.loads(await cli(gw, "devices", "--json"))
+        assert [d["device_id"] for d in listed] == ids
+        assert all(d["online"] and d["registered"] for d in listed)
+        assert all(d["transport"] == ("UDP" if transport == "u1" else "TCP") for d in listed)
+        assert all(d["last_keepalive"] >= d["registered_at"] for d in listed)
+        assert gw.registrar.keepalives[("ok",)] == 6
+        assert "online" in await cli(gw, "devices")
+        shown = await cli(gw, "device", "show", ids[0])
+        assert "IP Camera" in shown and "3.0" in shown
+
+        result = await run_sipp(
+            "ipc_unregister_uac.xml", gw.stack.port, tmp_path, transport=transport, calls=3, extra=("-inf", str(inf))
+        )
+        assert result.ok, result.stdout
+        listed = json.loads(await cli(gw, "devices", "--json"))
+        assert not any(d["online"] or d["registered"] for d in listed)
+        assert all(d["offline_reason"].startswith("unregistered") for d in listed)
+        assert "offline" in await cli(gw, "devices")
+    finally:
+        await gw.stop()
+
+
+@pytest.mark.sipp
+async def test_thousand_devices_survive_a_restart_then_time_out(tmp_path: Path) -> None:
+    store = str(tmp_path / "gw.db")
+    settings = {"store.path": store, "registrar.password": PASSWORD}
+    # short heartbeat settings after the restart, so the timeout shows within the test
+    short = {**settings, "registrar.keepalive_interval": "1", "registrar.keepalive_count": "2"}
+    gw = await start_gateway(**settings)
+    ids = ipc_ids(1000)
+    try:
+        result = await run_sipp(
+            "ipc_register_uac.xml",
+            gw.stack.port,
+            tmp_path,
+            calls=1000,
+            rate=250,
+            timeout=60,
+            extra=("-inf", str(devices_file(tmp_path, ids)), "-l", "400"),
+        )
+        assert result.ok, result.stdout
+        assert sum(d.registered for d in gw.registrar.devices.values()) == 1000
+    finally:
+        await gw.stop()
+
+    gw = await start_gateway(**short)
+    try:
+        devices = gw.registrar.devices
+        assert sorted(devices) == ids, "devices were lost across the restart"
+        assert all(d.registered and d.online for d in devices.values())
+        assert gw.status()["devices"] == {"known": 1000, "registered": 1000, "online": 1000}
+        # nobody sends keepalives any more: all go offline after interval x count (2 s)
+        await asyncio.sleep(3.5)
+        assert not any(d.online for d in devices.values())
+        assert all(d.registered for d in devices.values())  # their registrations have not expired
+        assert gw.registrar.timeouts[("keepalive timeout",)] == 1000
+        await gw.registrar.flush()
+    finally:
+        await gw.stop()
+
+    gw = await start_gateway(**short)
+    try:
+        assert not any(d.online for d in gw.registrar.devices.values())
+        assert len(gw.registrar.devices) == 1000
+    finally:
+        await gw.stop()
+
+
+async def _udp_exchange(port: int, data: bytes) -> bytes:
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    try:
+        await loop.sock_sendto(sock, data, ("127.0.0.1", port))
+        reply, _ = await asyncio.wait_for(loop.sock_recvfrom(sock, 65535), 5)
+        return reply
+    finally:
+        sock.close()
+
+
+def _message(device: str, body: bytes, branch: str) -> bytes:
+    return (
+        crlf(
+            f"""MESSAGE sip:34020000002000000001@3402000000 SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5061;rport;branch={branch}
+From: <sip:{device}@3402000000>;tag=k1
+To: <sip:34020000002000000001@3402000000>
+Call-ID: {branch}@127.0.0.1
+CSeq: 20 MESSAGE
+Content-Type: Application/MANSCDP+xml
+Max-Forwards: 70
+Content-Length: {len(body)}
+
+"""
+        )
+        + body
+    )
+
+
+def _register(device: str, branch: str, expires: int = 3600) -> bytes:
+    return crlf(
+        f"""REGISTER sip:34020000002000000001@3402000000 SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5061;rport;branch={branch}
+From: <sip:{device}@3402000000>;tag=r1
+To: <sip:{device}@3402000000>
+Call-ID: reg-{branch}@127.0.0.1
+CSeq: 1 REGISTER
+Contact: <sip:{device}@127.0.0.1:5061>
+Max-Forwards: 70
+Expires: {expires}
+Content-Length: 0
+
+"""
+    )
+
+
+async def test_keepalive_from_an_unregistered_device_is_404(gateway: Gateway) -> None:
+    reply = await _udp_exchange(gateway.stack.port, _message("34020000001320000009", KEEPALIVE_BODY, "z9hG4bKnr1"))
+    assert reply.startswith(b"SIP/2.0 404 ")
+    assert "34020000001320000009" not in gateway.registrar.devices
+
+
+async def test_keepalive_that_is_not_xml_is_400_and_changes_nothing(gateway: Gateway) -> None:
+    device = "34020000001320000001"
+    assert (await _udp_exchange(gateway.stack.port, _register(device, "z9hG4bKreg1"))).startswith(b"SIP/2.0 200 ")
+    before = gateway.registrar.devices[device].last_keepalive
+    reply = await _udp_exchange(gateway.stack.port, _message(device, b"this is <not xml", "z9hG4bKbad1"))
+    assert reply.startswith(b"SIP/2.0 400 ") and b"Warning: 399" in reply
+    assert gateway.registrar.devices[device].last_keepalive == before
+    bomb = b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;&a;">]><Notify>&b;</Notify>'
+    assert (await _udp_exchange(gateway.stack.port, _message(device, bomb, "z9hG4bKbomb"))).startswith(b"SIP/2.0 400 ")
+    ok = await _udp_exchange(gateway.stack.port, _message(device, KEEPALIVE_BODY, "z9hG4bKgood1"))
+    assert ok.startswith(b"SIP/2.0 200 ")
+    assert gateway.registrar.devices[device].last_keepalive > before
+
+
+async def test_bad_registers_over_the_wire(gateway: Gateway) -> None:
+    port = gateway.stack.port
+    reply = await _udp_exchange(port, _register("3402000000132000000X", "z9hG4bKid"))
+    assert reply.startswith(b"SIP/2.0 403 ") and b"position 20" in reply
+    reply = await _udp_exchange(port, _register("34020000001320000001", "z9hG4bKshort", expires=5))
+    assert reply.startswith(b"SIP/2.0 423 ") and b"Min-Expires: 60" in reply
+    reply = await _udp_exchange(
+        port,
+        _register("34020000001320000001", "z9hG4bKdom").replace(
+            b"REGISTER sip:34020000002000000001@3402000000", b"REGISTER sip:34010000002000000001@3401000000"
+        ),
+    )
+    assert reply.startswith(b"SIP/2.0 403 ") and b"domain 3401000000" in reply
+    assert not gateway.registrar.devices
+
+
+async def test_device_add_and_remove_through_the_cli(gateway: Gateway) -> None:
+    out = await cli(gateway, "device", "add", "34020000001180000001", "--password", "nvr-pass", "--name", "一号NVR")
+    assert "added" in out
+    device = gateway.registrar.devices["34020000001180000001"]
+    assert device.provisioned and device.password == "nvr-pass" and device.name == "一号NVR"
+    assert "nvr-pass" not in await cli(gateway, "devices", "--json")  # passwords never leave the gateway
+    assert "removed" in await cli(gateway, "device", "remove", "34020000001180000001")
+    assert "34020000001180000001" not in gateway.registrar.devices
+    assert await gateway.store.get_device("34020000001180000001") is None
