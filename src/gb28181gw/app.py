@@ -66,7 +66,6 @@ class Gateway:
             keepalive_interval=r.keepalive_interval,
             keepalive_count=r.keepalive_count,
             flush_interval=config.store.flush_interval,
-            utc_offset_hours=r.utc_offset_hours,
         )
         self.admin: AdminServer | None = None
         self.started_at = 0.0
@@ -197,6 +196,7 @@ def registrar_policy(config: Config) -> RegistrarPolicy:
         expires_max=r.expires_max,
         expires_default=r.expires_default,
         date_format=DateFormat(r.date_header),
+        utc_offset_hours=r.utc_offset_hours,
         check_request_domain=r.check_request_domain,
         max_auth_failures=r.max_auth_failures,
         failure_window=r.failure_window,

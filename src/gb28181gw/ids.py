@@ -192,9 +192,10 @@ class GbId:
         """
         if not isinstance(text, str):
             raise IdError(repr(text), "an ID must be text")
-        for i, ch in enumerate(text, 1):
-            if not ("0" <= ch <= "9"):
-                raise IdError(text, f"{ch!r} is not a digit", (i, i))
+        if not (text.isdigit() and text.isascii()):
+            for i, ch in enumerate(text, 1):
+                if not ("0" <= ch <= "9"):
+                    raise IdError(text, f"{ch!r} is not a digit", (i, i))
         n = len(text)
         if n in CIVIL_LEVELS:
             if not allow_civil:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
+from operator import attrgetter
 from typing import Any
 
 
@@ -79,12 +80,28 @@ class Device:
     created_at: float = 0.0
     updated_at: float = 0.0
 
+    def copy(self) -> Device:
+        """A shallow copy (fields are immutable values)."""
+        new = Device.__new__(Device)
+        for name in _DEVICE_SLOTS:
+            setattr(new, name, getattr(self, name))
+        return new
+
+    def row(self) -> tuple[Any, ...]:
+        """Every field's value, in declaration order (what a store writes)."""
+        return _device_row(self)
+
     def to_dict(self, *, secrets: bool = False) -> dict[str, Any]:
         """A JSON-friendly dict; the password is shown only as set/unset unless ``secrets``."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         if not secrets:
             out["password"] = bool(self.password)
         return out
+
+
+DEVICE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Device))
+_DEVICE_SLOTS = DEVICE_FIELDS
+_device_row = attrgetter(*DEVICE_FIELDS)
 
 
 @dataclass(slots=True)

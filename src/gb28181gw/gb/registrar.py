@@ -12,10 +12,11 @@ installer looking at a capture knows what to fix on the device.
 from __future__ import annotations
 
 import ipaddress
+import sys
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from datetime import datetime
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from gb28181gw.errors import AuthError, IdError, SipParseError
@@ -54,6 +55,7 @@ class RegistrarPolicy:
         expires_min / expires_max / expires_default: bounds on the registration period;
             below min is 423 with Min-Expires, above max is granted max.
         date_format: the Date header of a successful REGISTER.
+        utc_offset_hours: its time zone (GB/T 28181 uses Beijing time, +8).
         check_request_domain: refuse a REGISTER addressed to another 10-digit domain.
         max_auth_failures / failure_window / ban_seconds: after that many failures within
             the window, from one address or for one ID, answer 403 for ban_seconds.
@@ -69,6 +71,7 @@ class RegistrarPolicy:
     expires_max: int = 86400
     expires_default: int = 3600
     date_format: DateFormat = DateFormat.MILLISECONDS
+    utc_offset_hours: float = 8.0
     check_request_domain: bool = True
     max_auth_failures: int = 5
     failure_window: float = 300.0
@@ -161,13 +164,25 @@ class BanList:
             del self._keys[key]
 
 
-def format_date(wall: datetime, fmt: DateFormat) -> str | None:
-    """The GB/T 28181 Date header value (local Beijing time, no zone), or ``None`` when off."""
+_DATE_CACHE: dict[int, str] = {}
+
+
+def format_date(epoch: float, fmt: DateFormat, utc_offset_hours: float = 8.0) -> str | None:
+    """The GB/T 28181 Date header value for ``epoch`` in local time (Beijing: +8, no zone).
+
+    ``None`` when the Date is switched off. The seconds part is formatted once per second.
+    """
     if fmt is DateFormat.OFF:
         return None
-    text = wall.strftime("%Y-%m-%dT%H:%M:%S")
+    local = epoch + utc_offset_hours * 3600
+    second = int(local // 1)
+    text = _DATE_CACHE.get(second)
+    if text is None:
+        if len(_DATE_CACHE) > 64:
+            _DATE_CACHE.clear()
+        text = _DATE_CACHE[second] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
     if fmt is DateFormat.MILLISECONDS:
-        text += f".{wall.microsecond // 1000:03d}"
+        return f"{text}.{min(999, int((local - second) * 1000 + 0.5)):03d}"
     return text
 
 
@@ -192,7 +207,6 @@ class Registrar:
         *,
         now: float,
         epoch: float,
-        wall: datetime,
         tag: str,
     ) -> RegisterResult:
         """Answer one REGISTER.
@@ -202,8 +216,7 @@ class Registrar:
             peer: where it came from: the address we will use for this device.
             device: the stored record for the From-user ID, if any.
             now: monotonic seconds (nonces, bans).
-            epoch: wall-clock epoch seconds (stored times).
-            wall: local (Beijing) time for the Date header.
+            epoch: wall-clock epoch seconds (stored times, the Date header).
             tag: a fresh To tag.
         """
         p = self.policy
@@ -222,7 +235,7 @@ class Registrar:
         if not device_id:
             return reject(400, "bad-from", "From has no user part: it must be the device's 20-digit ID")
 
-        source = _ip(peer.host)
+        source = _ip(peer.host) if (p.allow_networks or p.deny_networks) else None
         if source is not None:
             if any(source in net for net in p.deny_networks):
                 return reject(403, "denied-address", f"source address {peer.host} is denied")
@@ -245,10 +258,12 @@ class Registrar:
                 return reject(403, "banned", f"too many failed authentications from this {what}; retry in {left:.0f} s")
 
         if p.check_request_domain:
-            try:
-                target = SipUri.parse(request.uri).host
-            except SipParseError as exc:
-                return reject(400, "bad-request-uri", f"malformed Request-URI: {exc.reason}")
+            target = _uri_host(request.uri)
+            if target is None:
+                try:
+                    target = SipUri.parse(request.uri).host
+                except SipParseError as exc:
+                    return reject(400, "bad-request-uri", f"malformed Request-URI: {exc.reason}")
             domain = target.split(".", 1)[0] if target.endswith(".spvmn.cn") else target
             if len(domain) == 10 and domain.isdigit() and domain != p.domain:
                 return reject(403, "foreign-domain", f"this REGISTER is for domain {domain}; this server is {p.domain}")
@@ -290,7 +305,7 @@ class Registrar:
 
         self.bans.succeed(f"ip:{peer.host}")
         self.bans.succeed(f"id:{device_id}")
-        record = replace(device) if device is not None else Device(device_id=device_id, created_at=epoch)
+        record = device.copy() if device is not None else Device(device_id=device_id, created_at=epoch)
         was_registered = record.registered and record.expires_at > epoch
         record.updated_at = epoch
         resp = make_response(request, 200, to_tag=tag)
@@ -308,8 +323,9 @@ class Registrar:
             peer.port,
             peer.transport,
         )
-        record.transport = peer.transport
-        record.host = peer.host
+        # interned: thousands of devices share these few values
+        record.transport = sys.intern(peer.transport)
+        record.host = sys.intern(peer.host)
         record.port = peer.port
         record.registered = True
         record.online = True
@@ -318,12 +334,12 @@ class Registrar:
         record.expires_at = epoch + expires
         record.last_keepalive = epoch
         record.offline_reason = ""
-        record.user_agent = request.headers.get("user-agent") or record.user_agent
-        record.gb_version = request.headers.get("x-gb-ver") or record.gb_version
+        record.user_agent = sys.intern(request.headers.get("user-agent") or record.user_agent)
+        record.gb_version = sys.intern(request.headers.get("x-gb-ver") or record.gb_version)
         record.call_id = request.headers.get("call-id") or ""
         resp.headers.add("Contact", f"<{contact.uri}>;expires={expires}")
         resp.headers.add("Expires", str(expires))
-        date = format_date(wall, p.date_format)
+        date = format_date(epoch, p.date_format, p.utc_offset_hours)
         if date is not None:
             resp.headers.add("Date", date)
         detail = "registered" if not was_registered else "refreshed"
@@ -387,6 +403,34 @@ class Registrar:
         version = request.headers.get("x-gb-ver")
         if version:
             response.headers.add("X-GB-ver", version)
+
+
+def from_user(request: Request) -> str:
+    """The user part of From (the device's ID), or "" when there is none or From is malformed."""
+    h = request.headers
+    try:
+        value = h._values[h._keys.index("from")]
+    except ValueError:
+        return ""
+    start = value.find("sip:")
+    at = value.find("@", start)
+    if start >= 0 and at > start and '"' not in value[:start]:
+        user = value[start + 4 : at]
+        if user.isalnum():
+            return user
+    try:
+        return request.from_.user or ""
+    except SipParseError:
+        return ""
+
+
+def _uri_host(uri: str) -> str | None:
+    """The host of a plain ``sip:user@host[:port][;params]`` URI, or ``None`` to parse it properly."""
+    if not uri.startswith("sip:") or "[" in uri:
+        return None
+    rest = uri[4:].rpartition("@")[2]
+    host = rest.split(";", 1)[0].split("?", 1)[0].split(":", 1)[0]
+    return host if host and (host.replace(".", "").replace("-", "").isalnum()) else None
 
 
 def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

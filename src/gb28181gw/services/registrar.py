@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
-from datetime import UTC, datetime, timedelta, timezone
 
 from gb28181gw.errors import ManscdpError, StoreError
 from gb28181gw.gb.keepalive import Liveness, keepalive_timeout
 from gb28181gw.gb.model import Device
-from gb28181gw.gb.registrar import Outcome, Registrar, RegistrarPolicy
+from gb28181gw.gb.registrar import Outcome, Registrar, RegistrarPolicy, from_user
 from gb28181gw.manscdp.codec import child_text, parse_xml
 from gb28181gw.metrics import Metrics
 from gb28181gw.net.stack import SipStack
@@ -48,7 +47,6 @@ class RegistrarService:
         metrics: where to count.
         keepalive_interval / keepalive_count: defaults for devices whose own are unknown.
         flush_interval: seconds between batched writes.
-        utc_offset_hours: time zone of the Date header.
         clock: wall-clock epoch seconds (tests pass their own).
     """
 
@@ -65,7 +63,6 @@ class RegistrarService:
         keepalive_interval: int = 60,
         keepalive_count: int = 3,
         flush_interval: float = 0.5,
-        utc_offset_hours: float = 8.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.stack = stack
@@ -80,7 +77,6 @@ class RegistrarService:
         self.keepalive_interval = keepalive_interval
         self.keepalive_count = keepalive_count
         self.flush_interval = flush_interval
-        self._tz = timezone(timedelta(hours=utc_offset_hours))
         self._clock = clock
         self._dirty: set[str] = set()
         self._deleted: set[str] = set()
@@ -149,7 +145,7 @@ class RegistrarService:
     async def flush(self) -> None:
         """Write changed devices now (one batch)."""
         dirty, self._dirty = self._dirty, set()
-        batch = [replace(self.devices[i]) for i in dirty if i in self.devices]
+        batch = [self.devices[i] for i in dirty if i in self.devices]
         try:
             await self.store.save_devices(batch)
         except StoreError:
@@ -167,24 +163,20 @@ class RegistrarService:
 
     # --- REGISTER ----------------------------------------------------------------------
 
-    def _now(self) -> tuple[float, float, datetime]:
+    def _now(self) -> tuple[float, float]:
         loop = self._loop or asyncio.get_running_loop()
-        epoch = self._clock()
-        return loop.time(), epoch, datetime.fromtimestamp(epoch, UTC).astimezone(self._tz)
+        return loop.time(), self._clock()
 
     def _on_register(self, event: RequestReceived) -> None:
         tx = event.transaction
         assert tx is not None
         req = event.request
-        try:
-            device_id = req.from_.user or ""
-        except Exception:  # noqa: BLE001 - the registrar answers it properly
-            device_id = ""
-        now, epoch, wall = self._now()
+        device_id = from_user(req)
+        now, epoch = self._now()
         existing = self.devices.get(device_id)
         bans_before = self.registrar.bans.bans
         result = self.registrar.handle(
-            req, event.peer, existing, now=now, epoch=epoch, wall=wall, tag=self.stack.endpoint.new_tag()
+            req, event.peer, existing, now=now, epoch=epoch, tag=self.stack.endpoint.new_tag()
         )
         self.stack.respond(tx, result.response)
         self.registrations[result.outcome.value, result.reason] += 1
@@ -192,20 +184,15 @@ class RegistrarService:
             self.ban_count[()] += self.registrar.bans.bans - bans_before
         if result.reason in ("bad-password", "wrong-realm", "bad-algorithm", "banned"):
             self.auth_failures[(result.reason,)] += 1
-        extra = {"device": device_id, "peer": str(event.peer), "reason": result.detail}
-        if result.outcome in (Outcome.REJECTED,) and result.response.status != 401:
-            log.warning("registration refused", extra={**extra, "status": result.response.status})
-        elif result.outcome is Outcome.REJECTED:
-            log.warning("authentication failed", extra=extra)
+        extra = {"device": device_id, "peer": event.peer, "reason": result.detail}
+        if result.outcome is Outcome.REJECTED:
+            if result.response.status == 401:
+                log.warning("authentication failed", extra=extra)
+            else:
+                log.warning("registration refused", extra={**extra, "status": result.response.status})
         device = result.device
         if device is None:
             return
-        if existing is not None:
-            # keep what other services learned about the device in the meantime
-            device.name = existing.name or device.name
-            device.manufacturer = existing.manufacturer or device.manufacturer
-            device.model = existing.model or device.model
-            device.firmware = existing.firmware or device.firmware
         self.devices[device_id] = device
         self._touched(device_id)
         if result.outcome is Outcome.UNREGISTERED:
@@ -235,12 +222,9 @@ class RegistrarService:
         assert tx is not None
         req = event.request
         tag = self.stack.endpoint.new_tag()
-        try:
-            device_id = req.from_.user or ""
-        except Exception:  # noqa: BLE001
-            device_id = ""
+        device_id = from_user(req)
         device = self.devices.get(device_id)
-        now, epoch, _ = self._now()
+        now, epoch = self._now()
         if device is None or not device.registered or device.expires_at <= epoch:
             # PROTOCOL.md §4.1, K4: never 200 to an unregistered device, or it believes it is
             # registered; 404 makes real devices register again
@@ -273,7 +257,7 @@ class RegistrarService:
                 "device address changed",
                 extra={"device": device_id, "old": f"{device.host}:{device.port}", "new": str(peer)},
             )
-            device.host, device.port, device.transport = peer.host, peer.port, peer.transport
+            device.host, device.port, device.transport = sys.intern(peer.host), peer.port, peer.transport
         if not device.online:
             device.online = True
             device.offline_reason = ""

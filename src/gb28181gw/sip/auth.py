@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+import re
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable
@@ -23,9 +25,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from gb28181gw.errors import AuthError, SipParseError
+from gb28181gw.errors import AuthError
 
-from .params import quote, split_commas, unquote
+from .params import quote, unquote
 
 _HASHES: dict[str, Callable[[bytes], Any]] = {
     "MD5": hashlib.md5,
@@ -82,6 +84,10 @@ def digest_response(
     return _h(base, f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")
 
 
+# name = token or quoted-string, then a comma or the end (RFC 2617 §1.2 auth-param lists)
+_AUTH_PARAM_RE = re.compile(r'\s*([A-Za-z0-9_.!%*+`\'~-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,"]*)\s*(?:,\s*|$)')
+
+
 def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
     """Split ``Digest k=v, k="v"`` into the scheme and lower-cased parameter names.
 
@@ -90,18 +96,19 @@ def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
     """
     value = value.strip()
     scheme, _, rest = value.partition(" ")
-    if not scheme or not rest.strip():
+    rest = rest.strip()
+    if not scheme or not rest:
         raise AuthError(f"malformed authentication header {value[:80]!r}")
     params: dict[str, str] = {}
-    try:
-        items = split_commas(rest)
-    except SipParseError as exc:
-        raise AuthError(exc.reason) from None
-    for item in items:
-        name, eq, val = item.partition("=")
-        if not eq or not name.strip():
-            raise AuthError(f"malformed authentication parameter {item[:60]!r}")
-        params[name.strip().lower()] = unquote(val.strip())
+    pos = 0
+    end = len(rest)
+    while pos < end:
+        m = _AUTH_PARAM_RE.match(rest, pos)
+        if m is None:
+            raise AuthError(f"malformed authentication parameter at {rest[pos : pos + 60]!r}")
+        name, val = m.group(1), m.group(2)
+        params[name.lower()] = unquote(val)
+        pos = m.end()
     return scheme, params
 
 
@@ -289,6 +296,24 @@ class _NonceState:
     used: bool
 
 
+def secure_token() -> Callable[[int], str]:
+    """A ``token(nbytes) -> hex`` drawing from the OS's CSPRNG, 4 KiB at a time.
+
+    Nonces must be unpredictable (RFC 7616 §3.3); reading the OS pool in blocks rather
+    than per nonce saves a system call per challenge.
+    """
+    pool = b""
+
+    def token(nbytes: int) -> str:
+        nonlocal pool
+        if len(pool) < nbytes:
+            pool = os.urandom(4096)
+        chunk, pool = pool[:nbytes], pool[nbytes:]
+        return chunk.hex()
+
+    return token
+
+
 class NonceStore:
     """Issues and checks server nonces.
 
@@ -311,7 +336,7 @@ class NonceStore:
         algorithm: str = "MD5",
         qop: bool = False,
         max_nonces: int = 200_000,
-        token: Callable[[int], str] = secrets.token_hex,
+        token: Callable[[int], str] | None = None,
     ) -> None:
         if algorithm.upper() not in ALGORITHMS:
             raise ValueError(f"unsupported digest algorithm {algorithm!r}")
@@ -320,7 +345,7 @@ class NonceStore:
         self.algorithm = algorithm.upper()
         self.qop = qop
         self._max = max_nonces
-        self._token = token
+        self._token = token or secure_token()
         self._nonces: OrderedDict[str, _NonceState] = OrderedDict()
 
     def challenge(self, host: str, now: float, *, stale: bool = False) -> Challenge:
@@ -363,8 +388,12 @@ class NonceStore:
             return Verdict.BAD_ALGORITHM
         if not hmac.compare_digest(expected, credentials.response):
             return Verdict.BAD_RESPONSE
-        state.used = True
-        state.last_nc = nc
+        if credentials.qop is None:
+            # good for one request: forgetting it makes a replay unknown, hence stale
+            del self._nonces[credentials.nonce]
+        else:
+            state.used = True
+            state.last_nc = nc
         return Verdict.OK
 
     def _expire(self, now: float) -> None:

@@ -61,7 +61,9 @@ def _unquoted_positions(text: str, sep: str, *, angles: bool) -> Iterator[int]:
 
 def split_outside_quotes(text: str, sep: str) -> list[str]:
     """Split on ``sep`` where it is not inside a quoted string or ``<...>``."""
-    if '"' not in text and "<" not in text:
+    if sep not in text or ('"' not in text and "<" not in text):
+        if '"' in text and text.count('"') % 2 and "\\" not in text:
+            raise SipParseError(f"unterminated quoted string in {text[:80]!r}")
         return text.split(sep)
     parts: list[str] = []
     start = 0

@@ -30,7 +30,10 @@ class Store(Protocol):
         """One device, or ``None``."""
 
     async def save_devices(self, devices: Sequence[Device]) -> None:
-        """Insert or replace these devices, atomically as one batch."""
+        """Insert or replace these devices, atomically as one batch.
+
+        It reads the devices before it first awaits: the caller goes on changing them.
+        """
 
     async def delete_device(self, device_id: str) -> bool:
         """Remove a device and its channels; whether it existed."""

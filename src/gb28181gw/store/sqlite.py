@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gb28181gw.errors import StoreError
-from gb28181gw.gb.model import Channel, Device
+from gb28181gw.gb.model import DEVICE_FIELDS, Channel, Device
 
 T = TypeVar("T")
 
-DEVICE_COLUMNS = [f.name for f in fields(Device)]
+DEVICE_COLUMNS = list(DEVICE_FIELDS)
 _BOOL_COLUMNS = {f.name for f in fields(Device) if f.type in ("bool", bool)}
 
 #: Schema migrations; entry i brings user_version i to i + 1.
@@ -204,7 +204,7 @@ class SqliteStore:
     async def save_devices(self, devices: Sequence[Device]) -> None:
         if not devices:
             return
-        rows = [tuple(getattr(d, c) for c in DEVICE_COLUMNS) for d in devices]
+        rows = [d.row() for d in devices]  # snapshot now: callers go on changing the devices
 
         def save() -> None:
             db = self._db()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-from datetime import datetime
 
 import pytest
 
@@ -15,7 +14,8 @@ from gb28181gw.sip.message import Request, parse_message
 from tests.helpers import REGISTER
 
 PEER = Peer("UDP", "127.0.0.1", 5061)
-WALL = datetime(2024, 5, 6, 12, 34, 56, 789000)
+# 2024-05-06T12:34:56.789 in Beijing time
+EPOCH = 1714970096.789
 URI = "sip:34020000002000000001@3402000000"
 
 
@@ -33,7 +33,7 @@ def req(data: bytes = REGISTER, **replace: str) -> Request:
 
 
 def handle(r: Registrar, request: Request, device: Device | None = None, now: float = 100.0, peer: Peer = PEER):  # type: ignore[no-untyped-def]
-    return r.handle(request, peer, device, now=now, epoch=1_700_000_000.0 + now, wall=WALL, tag="t")
+    return r.handle(request, peer, device, now=now, epoch=EPOCH + now - 100.0, tag="t")
 
 
 def with_auth(
@@ -207,6 +207,8 @@ def test_allow_and_deny_lists() -> None:
 
 
 def test_date_formats() -> None:
-    assert format_date(WALL, DateFormat.SECONDS) == "2024-05-06T12:34:56"
-    assert format_date(WALL, DateFormat.OFF) is None
+    assert format_date(EPOCH, DateFormat.MILLISECONDS) == "2024-05-06T12:34:56.789"
+    assert format_date(EPOCH, DateFormat.SECONDS) == "2024-05-06T12:34:56"
+    assert format_date(EPOCH, DateFormat.SECONDS, 0.0) == "2024-05-06T04:34:56"
+    assert format_date(EPOCH, DateFormat.OFF) is None
     assert "date" not in handle(registrar(date_format=DateFormat.OFF), req()).response.headers

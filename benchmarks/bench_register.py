@@ -1,0 +1,314 @@
+"""Registration storm, keepalive load and memory per device, against a real `gb28181gw serve`.
+
+The gateway runs pinned to CPU 0 with a digest password; a generator on CPU 1 plays
+N distinct devices over UDP (64 sockets), paced, without retransmissions (a lost
+answer is a failure):
+
+  storm      each device sends REGISTER, answers the 401 with an MD5 digest, gets 200:
+             two requests per registration. Prints registrations/s completed with
+             < 1 % failures at rising offered rates, and the seconds until all N are online.
+  keepalive  N registered devices send keepalive MESSAGEs at rising rates.
+  memory     registers --devices devices (default 100,000), waits for Timer J to empty the
+             completed-transaction table, and prints the gateway's RSS per device.
+
+    python benchmarks/bench_register.py storm
+    python benchmarks/bench_register.py keepalive
+    python benchmarks/bench_register.py memory --devices 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import selectors
+import socket
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_options import cpu_seconds, free_port, rss_mib  # noqa: E402
+
+PASSWORD = "12345678"
+REALM = "3402000000"
+URI = "sip:34020000002000000001@3402000000"
+SOCKETS = 64
+EXTRA: list[str] = os.environ.get("BENCH_SERVE_ARGS", "").split()
+
+REGISTER = (
+    "REGISTER {uri} SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.1:{lport};rport;branch=z9hG4bK-r{step}-{n}-{k}\r\n"
+    "From: <sip:{dev}@3402000000>;tag=t{n}\r\n"
+    "To: <sip:{dev}@3402000000>\r\n"
+    "Call-ID: reg-{step}-{n}@127.0.0.1\r\n"
+    "CSeq: {k} REGISTER\r\n"
+    "Contact: <sip:{dev}@127.0.0.1:{lport}>\r\n"
+    "{auth}"
+    "Max-Forwards: 70\r\n"
+    "User-Agent: IP Camera\r\n"
+    "Expires: 3600\r\n"
+    "Content-Length: 0\r\n\r\n"
+)
+KEEPALIVE_BODY = (
+    '<?xml version="1.0" encoding="GB2312"?>\r\n<Notify>\r\n<CmdType>Keepalive</CmdType>\r\n<SN>{sn}</SN>\r\n'
+    "<DeviceID>{dev}</DeviceID>\r\n<Status>OK</Status>\r\n</Notify>\r\n"
+)
+MESSAGE = (
+    "MESSAGE {uri} SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.1:{lport};rport;branch=z9hG4bK-k-{n}-\r\n"
+    "From: <sip:{dev}@3402000000>;tag=k{n}\r\n"
+    "To: <sip:34020000002000000001@3402000000>\r\n"
+    "Call-ID: ka-{n}@127.0.0.1\r\n"
+    "CSeq: 20 MESSAGE\r\n"
+    "Content-Type: Application/MANSCDP+xml\r\n"
+    "Max-Forwards: 70\r\n"
+    "Content-Length: {length}\r\n\r\n{body}"
+)
+
+
+def device_id(n: int) -> str:
+    return f"3402000000132{n:07d}"
+
+
+def md5(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+HA2 = md5(f"REGISTER:{URI}")
+
+
+class Devices:
+    """The generator's sockets."""
+
+    def __init__(self) -> None:
+        self.sel = selectors.DefaultSelector()
+        self.socks = []
+        for _ in range(SOCKETS):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+            s.bind(("127.0.0.1", 0))
+            s.setblocking(False)
+            self.socks.append(s)
+            self.sel.register(s, selectors.EVENT_READ)
+        self.ports = [s.getsockname()[1] for s in self.socks]
+
+    def recv_all(self, timeout: float) -> list[bytes]:
+        out = []
+        for key, _ in self.sel.select(timeout):
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            while True:
+                try:
+                    out.append(sock.recv(65535))
+                except BlockingIOError:
+                    break
+        return out
+
+
+def _field(data: bytes, start: bytes, end: bytes) -> bytes:
+    i = data.find(start)
+    if i < 0:
+        return b""
+    i += len(start)
+    return data[i : data.find(end, i)]
+
+
+def storm(
+    devs: Devices, port: int, first: int, count: int, rate: float, *, step: int, wait: float = 3.0
+) -> dict[str, float]:
+    """Register devices first..first+count-1 at ``rate`` registrations/s; return the figures."""
+    dest = ("127.0.0.1", port)
+    started = [0.0] * count
+    done = [0.0] * count
+    completed = 0
+    sent = 0
+    t0 = time.perf_counter()
+    last_activity = t0
+
+    def send(n: int, k: int, auth: str) -> None:
+        i = n % SOCKETS
+        msg = REGISTER.format(uri=URI, lport=devs.ports[i], step=step, n=n, k=k, dev=device_id(first + n), auth=auth)
+        try:
+            devs.socks[i].sendto(msg.encode(), dest)
+        except BlockingIOError:
+            pass
+
+    while True:
+        now = time.perf_counter()
+        due = min(count, int((now - t0) * rate) + 1)
+        while sent < due:
+            started[sent] = time.perf_counter()
+            send(sent, 1, "")
+            sent += 1
+        for data in devs.recv_all(0 if sent < count else 0.05):
+            last_activity = time.perf_counter()
+            n = int(_field(data, b"branch=z9hG4bK-r" + str(step).encode() + b"-", b"-"))
+            if data.startswith(b"SIP/2.0 401"):
+                nonce = _field(data, b'nonce="', b'"').decode()
+                dev = device_id(first + n)
+                response = md5(f"{md5(f'{dev}:{REALM}:{PASSWORD}')}:{nonce}:{HA2}")
+                auth = (
+                    f'Authorization: Digest username="{dev}",realm="{REALM}",nonce="{nonce}",'
+                    f'uri="{URI}",response="{response}",algorithm=MD5\r\n'
+                )
+                send(n, 2, auth)
+            elif data.startswith(b"SIP/2.0 200") and not done[n]:
+                done[n] = time.perf_counter()
+                completed += 1
+        if sent >= count and (completed >= count or time.perf_counter() - last_activity > wait):
+            break
+    finished = [d for d in done if d]
+    span = (max(finished) - t0) if finished else float("nan")
+    latencies = sorted((d - s) * 1000 for d, s in zip(done, started, strict=True) if d)
+    return {
+        "offered": rate,
+        "devices": count,
+        "completed": completed,
+        "failure_pct": 100.0 * (count - completed) / count,
+        "registrations_per_s": completed / span if finished else 0.0,
+        "all_online_s": span,
+        "p50_ms": latencies[len(latencies) // 2] if latencies else float("nan"),
+        "p99_ms": latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
+    }
+
+
+def keepalives(devs: Devices, port: int, first: int, count: int, rate: float, seconds: float) -> dict[str, float]:
+    """Send keepalives from devices first..first+count-1 (round robin) at ``rate``/s."""
+    dest = ("127.0.0.1", port)
+    total = int(rate * seconds)
+    answered = bytearray(total)
+    ok = 0
+    sent = 0
+    t0 = time.perf_counter()
+    while sent < total:
+        due = min(total, int((time.perf_counter() - t0) * rate) + 1)
+        while sent < due:
+            d = sent % count
+            dev = device_id(first + d)
+            body = KEEPALIVE_BODY.format(sn=sent, dev=dev)
+            msg = MESSAGE.format(uri=URI, lport=devs.ports[d % SOCKETS], n=sent, dev=dev, length=len(body), body=body)
+            try:
+                devs.socks[d % SOCKETS].sendto(msg.encode(), dest)
+            except BlockingIOError:
+                pass
+            sent += 1
+        for data in devs.recv_all(0):
+            if data.startswith(b"SIP/2.0 200"):
+                n = int(_field(data, b"branch=z9hG4bK-k-", b"-"))
+                if not answered[n]:
+                    answered[n] = 1
+                    ok += 1
+    span = time.perf_counter() - t0
+    end = time.perf_counter() + 3
+    while ok < total and time.perf_counter() < end:
+        for data in devs.recv_all(0.05):
+            if data.startswith(b"SIP/2.0 200"):
+                n = int(_field(data, b"branch=z9hG4bK-k-", b"-"))
+                if not answered[n]:
+                    answered[n] = 1
+                    ok += 1
+    return {
+        "offered": rate,
+        "sent": total,
+        "answered": ok,
+        "failure_pct": 100.0 * (total - ok) / total,
+        "keepalives_per_s": ok / span,
+    }
+
+
+def start(admin_port: int, sip_port: int, store: str) -> os.PathLike[str] | object:
+    import subprocess
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gb28181gw", "serve", "--listen", "127.0.0.1", "--port", str(sip_port),
+         "--admin-port", str(admin_port), "--log-level", "warning", "--set", f"registrar.password={PASSWORD}",
+         "--set", f"store.path={store}", *EXTRA],
+        preexec_fn=lambda: os.sched_setaffinity(0, {0}),
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=1) as resp:
+                if resp.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("gateway did not start")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=["storm", "keepalive", "memory"])
+    ap.add_argument("--devices", type=int, default=None)
+    ap.add_argument("--rates", default=None)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    args = ap.parse_args()
+    os.sched_setaffinity(0, {1})
+    tmp = tempfile.mkdtemp(prefix="gb28181gw-bench-")
+    sip_port, admin_port = free_port(socket.SOCK_DGRAM), free_port()
+    proc = start(admin_port, sip_port, str(Path(tmp) / "bench.db"))
+    pid = proc.pid  # type: ignore[attr-defined]
+    devs = Devices()
+    try:
+        if args.mode == "storm":
+            n = args.devices or 10_000
+            print(f"registration storm: {n} distinct devices per step, digest MD5, gateway on CPU 0")
+            print(
+                f"{'offered reg/s':>13} {'completed':>9} {'fail %':>7} {'reg/s':>8} {'all online s':>13} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs/reg':>10}"
+            )
+            for step, rate in enumerate(float(r) for r in (args.rates or "2000,3000,4000,5000,6000").split(",")):
+                c0 = cpu_seconds(pid)
+                r = storm(devs, sip_port, step * n, n, rate, step=step)
+                cpu = (cpu_seconds(pid) - c0) / max(r["completed"], 1) * 1e6
+                print(f"{rate:>13.0f} {r['completed']:>9.0f} {r['failure_pct']:>7.2f} {r['registrations_per_s']:>8.0f} "
+                      f"{r['all_online_s']:>13.2f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {cpu:>10.0f}")  # fmt: skip
+                if r["failure_pct"] >= 1.0:
+                    break
+                time.sleep(2)
+        elif args.mode == "keepalive":
+            n = args.devices or 10_000
+            r = storm(devs, sip_port, 0, n, 2000, step=0)
+            print(f"{r['completed']:.0f} of {n} devices registered; keepalives from them, round robin:")
+            print(f"{'offered/s':>10} {'answered':>9} {'fail %':>7} {'keepalives/s':>13} {'CPU µs/each':>12}")
+            for rate in (float(x) for x in (args.rates or "5000,10000,15000,18000,20000,22000").split(",")):
+                c0 = cpu_seconds(pid)
+                k = keepalives(devs, sip_port, 0, n, rate, args.seconds)
+                cpu = (cpu_seconds(pid) - c0) / max(k["answered"], 1) * 1e6
+                print(
+                    f"{rate:>10.0f} {k['answered']:>9.0f} {k['failure_pct']:>7.2f} {k['keepalives_per_s']:>13.0f} {cpu:>12.1f}"
+                )
+                if k["failure_pct"] >= 1.0:
+                    break
+                time.sleep(1)
+        else:
+            n = args.devices or 100_000
+            time.sleep(1)
+            base = rss_mib(pid)
+            r = storm(devs, sip_port, 0, n, 3000, step=0)
+            print(
+                f"registered {r['completed']:.0f} of {n} devices in {r['all_online_s']:.1f} s; RSS {rss_mib(pid):.0f} MiB"
+            )
+            print("waiting 40 s for Timer J (32 s) to retire the completed transactions ...")
+            time.sleep(40)
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as resp:
+                online = [
+                    line
+                    for line in resp.read().decode().splitlines()
+                    if line.startswith('gb28181gw_devices{state="online"}')
+                ]
+            rss = rss_mib(pid)
+            print(f"{online[0] if online else ''}")
+            print(
+                f"RSS before {base:.0f} MiB, after {rss:.0f} MiB: {(rss - base) * 1024 / max(r['completed'], 1):.2f} KiB per registered device"
+            )
+    finally:
+        proc.terminate()  # type: ignore[attr-defined]
+        proc.wait(30)  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    main()
