@@ -268,6 +268,16 @@ class Registrar:
             if len(domain) == 10 and domain.isdigit() and domain != p.domain:
                 return reject(403, "foreign-domain", f"this REGISTER is for domain {domain}; this server is {p.domain}")
 
+        if p.require_provisioned and (device is None or not device.provisioned):
+            return reject(403, "not-provisioned", f"device {device_id} has not been added to this gateway")
+
+        # authenticate before examining the rest: an unauthenticated REGISTER learns nothing more
+        password = device.password if device is not None and device.password else p.password
+        if password:
+            auth = self._authenticate(request, peer, device_id, password, now, tag, reject)
+            if auth is not None:
+                return auth
+
         contacts = request.headers.get_all("contact")
         if not contacts:
             return reject(400, "no-contact", "REGISTER without a Contact header")
@@ -293,15 +303,6 @@ class Registrar:
             result.response.headers.add("Min-Expires", str(p.expires_min))
             return result
         expires = min(expires, p.expires_max)
-
-        if p.require_provisioned and (device is None or not device.provisioned):
-            return reject(403, "not-provisioned", f"device {device_id} has not been added to this gateway")
-
-        password = device.password if device is not None and device.password else p.password
-        if password:
-            auth = self._authenticate(request, peer, device_id, password, now, tag, reject)
-            if auth is not None:
-                return auth
 
         self.bans.succeed(f"ip:{peer.host}")
         self.bans.succeed(f"id:{device_id}")

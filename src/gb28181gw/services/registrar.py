@@ -79,6 +79,10 @@ class RegistrarService:
         self.flush_interval = flush_interval
         self._clock = clock
         self._dirty: set[str] = set()
+        # devices whose only change is a newer keepalive time: written at most every
+        # keepalive_flush_interval, since a restart gives every device a fresh window anyway
+        self._heartbeats: set[str] = set()
+        self.keepalive_flush_interval = max(flush_interval, 30.0)
         self._deleted: set[str] = set()
         self._flusher: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -142,9 +146,12 @@ class RegistrarService:
     def _touched(self, device_id: str) -> None:
         self._dirty.add(device_id)
 
-    async def flush(self) -> None:
-        """Write changed devices now (one batch)."""
+    async def flush(self, *, heartbeats: bool = True) -> None:
+        """Write changed devices now (one batch); with ``heartbeats``, keepalive times too."""
         dirty, self._dirty = self._dirty, set()
+        if heartbeats:
+            dirty |= self._heartbeats
+            self._heartbeats = set()
         batch = [self.devices[i] for i in dirty if i in self.devices]
         try:
             await self.store.save_devices(batch)
@@ -153,11 +160,16 @@ class RegistrarService:
             raise
 
     async def _flush_loop(self) -> None:
+        loop = self._loop or asyncio.get_running_loop()
+        next_heartbeats = loop.time() + self.keepalive_flush_interval
         while True:
             await asyncio.sleep(self.flush_interval)
-            if self._dirty:
+            heartbeats = loop.time() >= next_heartbeats
+            if heartbeats:
+                next_heartbeats = loop.time() + self.keepalive_flush_interval
+            if self._dirty or (heartbeats and self._heartbeats):
                 try:
-                    await self.flush()
+                    await self.flush(heartbeats=heartbeats)
                 except StoreError as exc:
                     log.error("store write failed; will retry", extra={"error": str(exc)})
 
@@ -258,11 +270,14 @@ class RegistrarService:
                 extra={"device": device_id, "old": f"{device.host}:{device.port}", "new": str(peer)},
             )
             device.host, device.port, device.transport = sys.intern(peer.host), peer.port, peer.transport
+            self._touched(device_id)
         if not device.online:
             device.online = True
             device.offline_reason = ""
             log.info("device online again", extra={"device": device_id, "reason": "keepalive"})
-        self._touched(device_id)
+            self._touched(device_id)
+        elif device_id not in self._dirty:
+            self._heartbeats.add(device_id)
         self.liveness.touch(device_id, now, min(device.expires_at - epoch, self._timeout(device)))
         self._arm()
 
@@ -339,6 +354,7 @@ class RegistrarService:
         device = self.devices.pop(device_id, None)
         self.liveness.forget(device_id)
         self._dirty.discard(device_id)
+        self._heartbeats.discard(device_id)
         removed = await self.store.delete_device(device_id)
         if device is not None and device.online:
             self._went_offline(device, "removed by operator")

@@ -85,7 +85,9 @@ def digest_response(
 
 
 # name = token or quoted-string, then a comma or the end (RFC 2617 §1.2 auth-param lists)
-_AUTH_PARAM_RE = re.compile(r'\s*([A-Za-z0-9_.!%*+`\'~-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,"]*)\s*(?:,\s*|$)')
+_AUTH_PARAM = r'\s*([A-Za-z0-9_.!%*+`\'~-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,"]*)\s*'
+_AUTH_PARAM_RE = re.compile(_AUTH_PARAM)
+_AUTH_LIST_RE = re.compile(f"(?:{_AUTH_PARAM},)*{_AUTH_PARAM}".replace("(", "(?:").replace("(?:?:", "(?:"))
 
 
 def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
@@ -99,17 +101,9 @@ def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
     rest = rest.strip()
     if not scheme or not rest:
         raise AuthError(f"malformed authentication header {value[:80]!r}")
-    params: dict[str, str] = {}
-    pos = 0
-    end = len(rest)
-    while pos < end:
-        m = _AUTH_PARAM_RE.match(rest, pos)
-        if m is None:
-            raise AuthError(f"malformed authentication parameter at {rest[pos : pos + 60]!r}")
-        name, val = m.group(1), m.group(2)
-        params[name.lower()] = unquote(val)
-        pos = m.end()
-    return scheme, params
+    if not _AUTH_LIST_RE.fullmatch(rest):
+        raise AuthError(f"malformed authentication parameters {rest[:80]!r}")
+    return scheme, {name.lower(): unquote(val) for name, val in _AUTH_PARAM_RE.findall(rest)}
 
 
 @dataclass(frozen=True, slots=True)
