@@ -50,7 +50,12 @@ async def test_sipp_ipc_registers_keeps_alive_and_unregisters(tmp_path: Path, tr
         assert result.ok, result.stdout
         listed = json.loads(await cli(gw, "devices", "--json"))
         assert [d["device_id"] for d in listed] == ids
-        assert all(d["online"] and d["registered"] for d in listed)
+        if transport == "u1":
+            assert all(d["online"] and d["registered"] for d in listed)
+        else:
+            # SIPp closed its TCP connection when it finished: devices on TCP are offline then
+            assert all(d["registered"] and not d["online"] for d in listed)
+            assert all(d["offline_reason"].startswith("TCP connection closed") for d in listed)
         assert all(d["transport"] == ("UDP" if transport == "u1" else "TCP") for d in listed)
         assert all(d["last_keepalive"] >= d["registered_at"] for d in listed)
         assert gw.registrar.keepalives[("ok",)] == 6
@@ -210,3 +215,23 @@ async def test_device_add_and_remove_through_the_cli(gateway: Gateway) -> None:
     assert "removed" in await cli(gateway, "device", "remove", "34020000001180000001")
     assert "34020000001180000001" not in gateway.registrar.devices
     assert await gateway.store.get_device("34020000001180000001") is None
+
+
+async def test_device_on_tcp_goes_offline_when_its_connection_closes(gateway: Gateway) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.stack.port)
+    device = "34020000001320000007"
+    writer.write(_register(device, "z9hG4bKtcpreg").replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP"))
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"SIP/2.0 200 ")
+    assert gateway.registrar.devices[device].online
+    assert gateway.registrar.devices[device].transport == "TCP"
+    writer.close()
+    await writer.wait_closed()
+    for _ in range(50):
+        if not gateway.registrar.devices[device].online:
+            break
+        await asyncio.sleep(0.02)
+    d = gateway.registrar.devices[device]
+    assert not d.online and d.registered
+    assert d.offline_reason.startswith("TCP connection closed")

@@ -69,6 +69,7 @@ class SipStack:
         self._routes: dict[str, Handler] = {}
         self._ack_handler: Handler | None = None
         self._cancel_handler: Callable[[RequestCancelled], None] | None = None
+        self._connection_listeners: list[Callable[[Peer, str], None]] = []
         self._udp: list[UdpTransport] = []
         self._udp4: UdpTransport | None = None
         self._udp6: UdpTransport | None = None
@@ -183,6 +184,15 @@ class SipStack:
         loop = self._loop or asyncio.get_running_loop()
         self.endpoint.transport_error(peer, reason, loop.time())
         self.pump()
+        for listener in self._connection_listeners:
+            try:
+                listener(peer, reason)
+            except Exception:
+                log.exception("connection listener failed", extra={"peer": str(peer)})
+
+    def on_connection_lost(self, listener: Callable[[Peer, str], None]) -> None:
+        """Be told when a TCP connection closes or fails (a device on TCP is offline then)."""
+        self._connection_listeners.append(listener)
 
     # --- the pump --------------------------------------------------------------------
 

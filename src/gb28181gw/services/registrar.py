@@ -27,7 +27,7 @@ from gb28181gw.manscdp.codec import child_text, parse_xml
 from gb28181gw.metrics import Metrics
 from gb28181gw.net.stack import SipStack
 from gb28181gw.sip.auth import NonceStore
-from gb28181gw.sip.endpoint import warning_header
+from gb28181gw.sip.endpoint import Peer, warning_header
 from gb28181gw.sip.events import RequestReceived
 from gb28181gw.sip.message import make_response
 from gb28181gw.store.base import Store
@@ -124,6 +124,7 @@ class RegistrarService:
         log.info("devices loaded", extra={"devices": len(self.devices), "registered": registered})
         self.stack.route("REGISTER", self._on_register)
         self.stack.route("MESSAGE", self._on_message)
+        self.stack.on_connection_lost(self._on_connection_lost)
         self._flusher = self._loop.create_task(self._flush_loop())
         self._arm()
 
@@ -280,6 +281,23 @@ class RegistrarService:
             self._heartbeats.add(device_id)
         self.liveness.touch(device_id, now, min(device.expires_at - epoch, self._timeout(device)))
         self._arm()
+
+    def _on_connection_lost(self, peer: Peer, reason: str) -> None:
+        # GB/T 28181-2022 §9.1.1 f: a device that registered over TCP is reachable only on that
+        # connection; when it closes the device is offline until it connects and registers again
+        if peer.transport != "TCP":
+            return
+        epoch = self._clock()
+        for device in self.devices.values():
+            if device.online and device.transport == "TCP" and device.host == peer.host and device.port == peer.port:
+                device.online = False
+                device.offline_reason = f"TCP connection closed ({reason})"
+                device.updated_at = epoch
+                self.liveness.forget(device.device_id)
+                self.timeouts[("connection closed",)] += 1
+                self._touched(device.device_id)
+                log.info("device offline", extra={"device": device.device_id, "reason": device.offline_reason})
+                self._went_offline(device, device.offline_reason)
 
     # --- liveness ----------------------------------------------------------------------
 
