@@ -54,10 +54,12 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def start_server(sip_port: int, admin_port: int, cpu: int) -> subprocess.Popen[bytes]:
+def start_server(sip_port: int, admin_port: int, cpu: int, *extra: str) -> subprocess.Popen[bytes]:
+    """``gb28181gw serve`` on 127.0.0.1 pinned to ``cpu``, once its /readyz says so."""
+    store = Path(tempfile.mkdtemp(prefix="gb28181gw-bench-")) / "bench.db"
     proc = subprocess.Popen(
         [sys.executable, "-m", "gb28181gw", "serve", "--listen", "127.0.0.1", "--port", str(sip_port),
-         "--admin-port", str(admin_port), "--log-level", "warning"],
+         "--admin-port", str(admin_port), "--log-level", "warning", "--set", f"store.path={store}", *extra],
         preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
     )  # fmt: skip
     deadline = time.monotonic() + 20

@@ -24,13 +24,12 @@ import os
 import selectors
 import socket
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_options import cpu_seconds, free_port, rss_mib  # noqa: E402
+from bench_options import cpu_seconds, free_port, rss_mib, start_server  # noqa: E402
 
 PASSWORD = "12345678"
 REALM = "3402000000"
@@ -175,6 +174,18 @@ def storm(
     }
 
 
+def _count_answers(datagrams: list[bytes], answered: bytearray) -> int:
+    """Mark 200s to keepalives by their request number; return how many were new."""
+    new = 0
+    for data in datagrams:
+        if data.startswith(b"SIP/2.0 200"):
+            n = int(_field(data, b"branch=z9hG4bK-k-", b"-"))
+            if not answered[n]:
+                answered[n] = 1
+                new += 1
+    return new
+
+
 def keepalives(devs: Devices, port: int, first: int, count: int, rate: float, seconds: float) -> dict[str, float]:
     """Send keepalives from devices first..first+count-1 (round robin) at ``rate``/s."""
     dest = ("127.0.0.1", port)
@@ -195,21 +206,11 @@ def keepalives(devs: Devices, port: int, first: int, count: int, rate: float, se
             except BlockingIOError:
                 pass
             sent += 1
-        for data in devs.recv_all(0):
-            if data.startswith(b"SIP/2.0 200"):
-                n = int(_field(data, b"branch=z9hG4bK-k-", b"-"))
-                if not answered[n]:
-                    answered[n] = 1
-                    ok += 1
+        ok += _count_answers(devs.recv_all(0), answered)
     span = time.perf_counter() - t0
     end = time.perf_counter() + 3
     while ok < total and time.perf_counter() < end:
-        for data in devs.recv_all(0.05):
-            if data.startswith(b"SIP/2.0 200"):
-                n = int(_field(data, b"branch=z9hG4bK-k-", b"-"))
-                if not answered[n]:
-                    answered[n] = 1
-                    ok += 1
+        ok += _count_answers(devs.recv_all(0.05), answered)
     return {
         "offered": rate,
         "sent": total,
@@ -217,27 +218,6 @@ def keepalives(devs: Devices, port: int, first: int, count: int, rate: float, se
         "failure_pct": 100.0 * (total - ok) / total,
         "keepalives_per_s": ok / span,
     }
-
-
-def start(admin_port: int, sip_port: int, store: str) -> os.PathLike[str] | object:
-    import subprocess
-
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gb28181gw", "serve", "--listen", "127.0.0.1", "--port", str(sip_port),
-         "--admin-port", str(admin_port), "--log-level", "warning", "--set", f"registrar.password={PASSWORD}",
-         "--set", f"store.path={store}", *EXTRA],
-        preexec_fn=lambda: os.sched_setaffinity(0, {0}),
-    )  # fmt: skip
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=1) as resp:
-                if resp.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("gateway did not start")
 
 
 def main() -> None:
@@ -248,10 +228,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     args = ap.parse_args()
     os.sched_setaffinity(0, {1})
-    tmp = tempfile.mkdtemp(prefix="gb28181gw-bench-")
     sip_port, admin_port = free_port(socket.SOCK_DGRAM), free_port()
-    proc = start(admin_port, sip_port, str(Path(tmp) / "bench.db"))
-    pid = proc.pid  # type: ignore[attr-defined]
+    proc = start_server(sip_port, admin_port, 0, "--set", f"registrar.password={PASSWORD}", *EXTRA)
+    pid = proc.pid
     devs = Devices()
     try:
         if args.mode == "storm":
@@ -306,8 +285,8 @@ def main() -> None:
                 f"RSS before {base:.0f} MiB, after {rss:.0f} MiB: {(rss - base) * 1024 / max(r['completed'], 1):.2f} KiB per registered device"
             )
     finally:
-        proc.terminate()  # type: ignore[attr-defined]
-        proc.wait(30)  # type: ignore[attr-defined]
+        proc.terminate()
+        proc.wait(30)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from gb28181gw.sip.transaction import Kind, Transaction
 
 from .sip_tcp import TcpTransport
 from .sip_udp import UdpTransport
+from .timer import EarliestTimer
 
 log = logging.getLogger("gb28181gw.sip")
 
@@ -74,8 +75,7 @@ class SipStack:
         self._udp4: UdpTransport | None = None
         self._udp6: UdpTransport | None = None
         self._tcp: TcpTransport | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_when = 0.0
+        self._timer = EarliestTimer(self._on_timer)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pumping = False
@@ -160,9 +160,7 @@ class SipStack:
                 task.cancel()
             if pending:
                 log.warning("cancelled %d SIP handler tasks still running at shutdown", len(pending))
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
 
     # --- input -----------------------------------------------------------------------
 
@@ -365,20 +363,12 @@ class SipStack:
 
     def _arm_timer(self) -> None:
         new = self.endpoint.earliest_new_deadline()
-        if self._timer is not None:
-            if new is None or self._timer_when <= new:
-                return  # the armed timer fires first; it recomputes when it does
-            self._timer.cancel()
-            self._timer = None
-        when = self.endpoint.get_timer()
-        if when is None:
-            return
-        loop = self._loop or asyncio.get_running_loop()
-        self._timer_when = when
-        self._timer = loop.call_at(when, self._on_timer)
+        if self._timer.armed and (new is None or self._timer.when <= new):
+            return  # the armed timer fires first and re-arms when it does
+        self._timer.cancel()
+        self._timer.arm(self.endpoint.get_timer())
 
     def _on_timer(self) -> None:
-        self._timer = None
         loop = self._loop or asyncio.get_running_loop()
         self.endpoint.handle_timer(loop.time())
         self.pump()

@@ -26,6 +26,7 @@ from gb28181gw.gb.registrar import Outcome, Registrar, RegistrarPolicy, from_use
 from gb28181gw.manscdp.codec import child_text, parse_xml
 from gb28181gw.metrics import Metrics
 from gb28181gw.net.stack import SipStack
+from gb28181gw.net.timer import EarliestTimer
 from gb28181gw.sip.auth import NonceStore
 from gb28181gw.sip.endpoint import Peer, warning_header
 from gb28181gw.sip.events import RequestReceived
@@ -85,8 +86,7 @@ class RegistrarService:
         self.keepalive_flush_interval = max(flush_interval, 30.0)
         self._deleted: set[str] = set()
         self._flusher: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_when = 0.0
+        self._timer = EarliestTimer(self._on_deadline)
         self._offline_listeners: list[OfflineListener] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.registrations = metrics.counter(
@@ -130,9 +130,7 @@ class RegistrarService:
 
     async def stop(self) -> None:
         """Write everything still pending and stop the timers."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         if self._flusher is not None:
             self._flusher.cancel()
             try:
@@ -302,19 +300,9 @@ class RegistrarService:
     # --- liveness ----------------------------------------------------------------------
 
     def _arm(self) -> None:
-        when = self.liveness.next_deadline()
-        if when is None:
-            return
-        if self._timer is not None:
-            if self._timer_when <= when:
-                return
-            self._timer.cancel()
-        loop = self._loop or asyncio.get_running_loop()
-        self._timer_when = when
-        self._timer = loop.call_at(when, self._on_deadline)
+        self._timer.arm(self.liveness.next_deadline())
 
     def _on_deadline(self) -> None:
-        self._timer = None
         loop = self._loop or asyncio.get_running_loop()
         epoch = self._clock()
         for device_id in self.liveness.due(loop.time()):

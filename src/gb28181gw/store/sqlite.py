@@ -75,6 +75,11 @@ MIGRATIONS: list[str] = [
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
+_UPSERT_DEVICE = (
+    f"INSERT INTO devices ({', '.join(DEVICE_COLUMNS)}) VALUES ({', '.join('?' for _ in DEVICE_COLUMNS)}) "
+    f"ON CONFLICT(device_id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in DEVICE_COLUMNS[1:])}"
+)
+
 
 class SqliteStore:
     """:class:`~gb28181gw.store.base.Store` on a SQLite file.
@@ -177,6 +182,18 @@ class SqliteStore:
         await self._run(_close)
         self._executor.shutdown(wait=True)
 
+    def _in_transaction(self, work: Callable[[sqlite3.Connection], T], what: str) -> T:
+        """Run ``work`` in one transaction on the worker thread; roll back and explain on failure."""
+        db = self._db()
+        db.execute("BEGIN")
+        try:
+            result = work(db)
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            db.execute("ROLLBACK")
+            raise StoreError(f"{what} in {self.path} failed: {exc}") from None
+        return result
+
     # --- devices ---------------------------------------------------------------------
 
     @staticmethod
@@ -206,34 +223,17 @@ class SqliteStore:
             return
         rows = [d.row() for d in devices]  # snapshot now: callers go on changing the devices
 
-        def save() -> None:
-            db = self._db()
-            placeholders = ", ".join("?" for _ in DEVICE_COLUMNS)
-            updates = ", ".join(f"{c} = excluded.{c}" for c in DEVICE_COLUMNS[1:])
-            db.execute("BEGIN")
-            try:
-                db.executemany(
-                    f"INSERT INTO devices ({', '.join(DEVICE_COLUMNS)}) VALUES ({placeholders}) "
-                    f"ON CONFLICT(device_id) DO UPDATE SET {updates}",
-                    rows,
-                )
-                db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                db.execute("ROLLBACK")
-                raise StoreError(f"writing {len(rows)} devices to {self.path} failed: {exc}") from None
+        def save(db: sqlite3.Connection) -> None:
+            db.executemany(_UPSERT_DEVICE, rows)
 
-        await self._run(save)
+        await self._run(lambda: self._in_transaction(save, f"writing {len(rows)} devices"))
 
     async def delete_device(self, device_id: str) -> bool:
-        def delete() -> bool:
-            db = self._db()
-            db.execute("BEGIN")
+        def delete(db: sqlite3.Connection) -> bool:
             db.execute("DELETE FROM channels WHERE device_id = ?", (device_id,))
-            n = db.execute("DELETE FROM devices WHERE device_id = ?", (device_id,)).rowcount
-            db.execute("COMMIT")
-            return bool(n)
+            return bool(db.execute("DELETE FROM devices WHERE device_id = ?", (device_id,)).rowcount)
 
-        return await self._run(delete)
+        return await self._run(lambda: self._in_transaction(delete, f"deleting {device_id}"))
 
     async def count_devices(self) -> int:
         return await self._run(lambda: int(self._db().execute("SELECT COUNT(*) FROM devices").fetchone()[0]))
@@ -243,21 +243,14 @@ class SqliteStore:
     async def replace_channels(self, device_id: str, channels: Sequence[Channel]) -> None:
         rows = [(c.channel_id, device_id, c.name, c.status, c.parent_id, json.dumps(c.extra)) for c in channels]
 
-        def replace() -> None:
-            db = self._db()
-            db.execute("BEGIN")
-            try:
-                db.execute("DELETE FROM channels WHERE device_id = ?", (device_id,))
-                db.executemany(
-                    "INSERT INTO channels (channel_id, device_id, name, status, parent_id, extra) VALUES (?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-                db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                db.execute("ROLLBACK")
-                raise StoreError(f"writing channels of {device_id} failed: {exc}") from None
+        def replace(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM channels WHERE device_id = ?", (device_id,))
+            db.executemany(
+                "INSERT INTO channels (channel_id, device_id, name, status, parent_id, extra) VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
 
-        await self._run(replace)
+        await self._run(lambda: self._in_transaction(replace, f"writing channels of {device_id}"))
 
     async def load_channels(self, device_id: str | None = None) -> list[Channel]:
         def load() -> list[Channel]:

@@ -128,15 +128,7 @@ class TestNonInviteClient:
     """§17.1.2."""
 
     def _request(self, ep, peer: Peer = DEVICE_UDP) -> Request:  # type: ignore[no-untyped-def]
-        return make_request(
-            "MESSAGE",
-            "sip:34020000001320000001@127.0.0.1:5061",
-            from_addr="sip:34020000002000000001@3402000000",
-            to_addr="sip:34020000001320000001@3402000000",
-            call_id=ep.new_call_id(),
-            cseq=1,
-            from_tag=ep.new_tag(),
-        )
+        return _outgoing(ep, "MESSAGE", "sip:34020000001320000001@127.0.0.1:5061")
 
     def test_timer_e_doubles_to_t2_then_f_times_out(self) -> None:
         ep, clock = new_endpoint(), FakeClock()
@@ -188,15 +180,25 @@ class TestNonInviteClient:
         assert ep.transactions_in_flight == 0
 
 
-def _invite(ep) -> Request:  # type: ignore[no-untyped-def]
+def _outgoing(ep, method: str, uri: str, **kw: object) -> Request:  # type: ignore[no-untyped-def]
+    """A request from the gateway to a device, as the endpoint's TU would build it."""
     return make_request(
-        "INVITE",
-        "sip:34020000001310000001@3402000000",
+        method,
+        uri,
         from_addr="sip:34020000002000000001@3402000000",
-        to_addr="sip:34020000001310000001@3402000000",
+        to_addr=uri.split(";")[0].rsplit(":", 1)[0] if uri.count(":") > 1 else uri,
         call_id=ep.new_call_id(),
         cseq=1,
         from_tag=ep.new_tag(),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def _invite(ep) -> Request:  # type: ignore[no-untyped-def]
+    return _outgoing(
+        ep,
+        "INVITE",
+        "sip:34020000001310000001@3402000000",
         extra=[("Subject", "34020000001310000001:0,34020000002000000001:0")],
         body=b"v=0\r\n",
         content_type="application/sdp",
