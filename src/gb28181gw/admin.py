@@ -18,7 +18,9 @@ from gb28181gw import __version__
 from gb28181gw.errors import IdError
 from gb28181gw.gb.model import Device
 from gb28181gw.ids import GbId
+from gb28181gw.manscdp import ptz as ptz_codes
 from gb28181gw.metrics import Metrics
+from gb28181gw.services.devices import DeviceError, DeviceService
 from gb28181gw.services.registrar import RegistrarService
 
 log = logging.getLogger("gb28181gw.admin")
@@ -85,7 +87,7 @@ class AdminServer:
         return web.json_response(body)
 
 
-def add_device_routes(admin: AdminServer, registrar: RegistrarService) -> None:
+def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: DeviceService) -> None:
     """``/api/v1/devices``: list, show, add (provision) and remove devices."""
 
     async def list_devices(request: web.Request) -> web.Response:
@@ -124,6 +126,59 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService) -> None:
             return _error(404, f"no device {device_id}")
         return web.json_response({"removed": device_id})
 
+    async def channels(request: web.Request) -> web.Response:
+        device_id = request.query.get("device")
+        per_device = devices.channels if device_id is None else {device_id: devices.channels.get(device_id, {})}
+        out = [
+            {"channel_id": c.channel_id, "device_id": c.device_id, "name": c.name, "status": c.status,
+             "parent_id": c.parent_id, **c.extra}
+            for chans in per_device.values()
+            for c in sorted(chans.values(), key=lambda c: c.channel_id)
+        ]  # fmt: skip
+        return web.json_response({"channels": out, "partial": sorted(devices.partial)})
+
+    async def refresh_catalog(request: web.Request) -> web.Response:
+        device_id = request.match_info["device_id"]
+        try:
+            result = await devices.catalog(device_id)
+        except DeviceError as exc:
+            return _error(502, str(exc))
+        return web.json_response(
+            {"device_id": device_id, "channels": len(result.items), "sum_num": result.sum_num,
+             "complete": result.complete, "messages": result.messages}
+        )  # fmt: skip
+
+    async def query(request: web.Request) -> web.Response:
+        device_id, what = request.match_info["device_id"], request.match_info["what"]
+        try:
+            data = await (devices.device_info(device_id) if what == "info" else devices.device_status(device_id))
+        except DeviceError as exc:
+            return _error(502, str(exc))
+        return web.json_response(data)
+
+    async def ptz(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            kind = str(body.get("kind", "move"))
+            if kind == "move":
+                cmd = ptz_codes.move(str(body["action"]), int(body.get("speed", 0x80)), int(body.get("zoom_speed", 5)))
+            elif kind == "preset":
+                cmd = ptz_codes.preset(str(body["action"]), int(body["number"]))
+            elif kind == "focus-iris":
+                cmd = ptz_codes.focus_iris(str(body["action"]), int(body.get("speed", 0x40)))
+            else:
+                return _error(400, f"unknown PTZ kind {kind!r}")
+            await devices.ptz(str(body["channel_id"]), cmd)
+        except (ValueError, KeyError, TypeError) as exc:
+            return _error(400, f"bad PTZ request: {exc}")
+        except DeviceError as exc:
+            return _error(502, str(exc))
+        return web.json_response({"sent": cmd.encode()})
+
+    admin.add_route("GET", "/channels", channels)
+    admin.add_route("POST", "/devices/{device_id}/catalog", refresh_catalog)
+    admin.add_route("GET", "/devices/{device_id}/{what:info|status}", query)
+    admin.add_route("POST", "/ptz", ptz)
     admin.add_route("GET", "/devices", list_devices)
     admin.add_route("POST", "/devices", add_device)
     admin.add_route("GET", "/devices/{device_id}", show_device)

@@ -23,6 +23,7 @@ from gb28181gw.errors import StoreError
 from gb28181gw.gb.registrar import DateFormat, RegistrarPolicy, parse_networks
 from gb28181gw.metrics import Metrics
 from gb28181gw.net.stack import SipStack
+from gb28181gw.services.devices import DeviceService, DeviceSettings
 from gb28181gw.services.registrar import RegistrarService
 from gb28181gw.sip.endpoint import SipEndpoint
 from gb28181gw.sip.message import Limits
@@ -66,6 +67,21 @@ class Gateway:
             keepalive_interval=r.keepalive_interval,
             keepalive_count=r.keepalive_count,
             flush_interval=config.store.flush_interval,
+        )
+        d = config.devices
+        self.devices = DeviceService(
+            self.stack,
+            self.store,
+            self.registrar,
+            our_id=config.gateway.id,
+            domain=config.domain,
+            metrics=self.metrics,
+            settings=DeviceSettings(
+                query_timeout=d.query_timeout,
+                catalog_first_timeout=d.catalog_first_timeout,
+                catalog_idle_timeout=d.catalog_idle_timeout,
+                catalog_on_register=d.catalog_on_register,
+            ),
         )
         self.admin: AdminServer | None = None
         self.started_at = 0.0
@@ -114,6 +130,7 @@ class Gateway:
         c = self.config
         await self.store.open()
         await self.registrar.start()
+        await self.devices.start()
         if not c.registrar.password:
             log.warning(
                 "registration is open: devices without their own password are accepted without "
@@ -131,7 +148,7 @@ class Gateway:
         )
         if c.admin.enabled:
             self.admin = AdminServer(self.metrics, status=self.status, ready=lambda: self._ready)
-            add_device_routes(self.admin, self.registrar)
+            add_device_routes(self.admin, self.registrar, self.devices)
             await self.admin.start(c.admin.listen, c.admin.port)
         self.started_at = time.monotonic()
         self._ready = True
@@ -150,6 +167,7 @@ class Gateway:
         if self.admin is not None:
             await self.admin.stop()
         await self.stack.close(timeout=self.config.runtime.shutdown_timeout)
+        await self.devices.stop()
         await self.registrar.stop()
         await self.store.close()
         log.info("gateway stopped")

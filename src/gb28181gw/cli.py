@@ -324,3 +324,133 @@ def device_remove(admin: str, device_id: str) -> None:
     """Forget DEVICE_ID; it has to register again."""
     _api_send(admin, "DELETE", f"/devices/{device_id}")
     console.print(f"removed {device_id}", highlight=False)
+
+
+@main.command()
+@ADMIN_OPTION
+@click.argument("device_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--status", type=click.Choice(["ON", "OFF"]), help="Only channels in this status.")
+def channels(admin: str, device_id: str | None, as_json: bool, status: str | None) -> None:
+    """List catalog channels (of one device, or all)."""
+    data = _api(admin, "/channels" + (f"?device={device_id}" if device_id else ""))
+    rows = [c for c in data["channels"] if status is None or c["status"].upper() == status]
+    if as_json:
+        console.print_json(json.dumps(rows, ensure_ascii=False))
+        return
+    table = Table("channel", "name", "device", "status", "parent", "PTZ", "address", title=f"{len(rows)} channels")
+    for c in rows:
+        table.add_row(
+            c["channel_id"],
+            c["name"],
+            c["device_id"],
+            c["status"],
+            c["parent_id"],
+            c.get("PTZType", ""),
+            c.get("Address", ""),
+        )
+    console.print(table)
+    if data["partial"]:
+        console.print(
+            f"[yellow]partial catalogs (device went quiet before SumNum): {', '.join(data['partial'])}[/yellow]"
+        )
+
+
+@main.group()
+def catalog() -> None:
+    """Catalog of devices."""
+
+
+@catalog.command("refresh")
+@ADMIN_OPTION
+@click.argument("device_id", required=False)
+@click.option("--all", "all_devices", is_flag=True, help="Every online device.")
+def catalog_refresh(admin: str, device_id: str | None, all_devices: bool) -> None:
+    """Ask DEVICE_ID (or --all online devices) for its catalog and store it."""
+    if all_devices == bool(device_id):
+        raise click.UsageError("give a DEVICE_ID or --all")
+    targets = [device_id] if device_id else [d["device_id"] for d in _api(admin, "/devices?state=online")["devices"]]
+    failed = 0
+    with console.status("") as status:
+        for n, target in enumerate(targets, 1):
+            status.update(f"catalog {n}/{len(targets)}: {target}")
+            url = admin.rstrip("/") + f"/api/v1/devices/{target}/catalog"
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=300) as resp:
+                    r = json.loads(resp.read())
+                note = "" if r["complete"] else f" [yellow](partial: SumNum {r['sum_num']})[/yellow]"
+                console.print(f"{target}: {r['channels']} channels in {r['messages']} messages{note}", highlight=False)
+            except urllib.error.HTTPError as exc:
+                failed += 1
+                console.print(
+                    f"[red]{target}: {json.loads(exc.read() or b'{}').get('error', exc.reason)}[/red]", highlight=False
+                )
+    sys.exit(1 if failed else 0)
+
+
+@device.command("info")
+@ADMIN_OPTION
+@click.argument("device_id")
+def device_info(admin: str, device_id: str) -> None:
+    """Ask DEVICE_ID for its DeviceInfo."""
+    _print_fields(device_id, _api(admin, f"/devices/{device_id}/info"))
+
+
+@device.command("status")
+@ADMIN_OPTION
+@click.argument("device_id")
+def device_status(admin: str, device_id: str) -> None:
+    """Ask DEVICE_ID for its DeviceStatus."""
+    _print_fields(device_id, _api(admin, f"/devices/{device_id}/status"))
+
+
+def _print_fields(title: str, data: dict[str, Any]) -> None:
+    table = Table("field", "value", show_header=False, title=title)
+    for key, value in data.items():
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+PTZ_ACTIONS = [
+    "left",
+    "right",
+    "up",
+    "down",
+    "up-left",
+    "up-right",
+    "down-left",
+    "down-right",
+    "zoom-in",
+    "zoom-out",
+    "stop",
+]
+
+
+@main.command()
+@ADMIN_OPTION
+@click.argument("channel_id")
+@click.argument("action", type=click.Choice(PTZ_ACTIONS))
+@click.option("--speed", type=click.IntRange(0, 255), default=0x80, show_default=True, help="Pan/tilt speed.")
+@click.option("--zoom-speed", type=click.IntRange(0, 15), default=5, show_default=True)
+def ptz(admin: str, channel_id: str, action: str, speed: int, zoom_speed: int) -> None:
+    """Move a PTZ camera (send `stop` to stop it)."""
+    r = _api_send(
+        admin,
+        "POST",
+        "/ptz",
+        {"kind": "move", "channel_id": channel_id, "action": action, "speed": speed, "zoom_speed": zoom_speed},
+    )
+    console.print(f"sent PTZCmd {r['sent']}", highlight=False)
+
+
+@main.command()
+@ADMIN_OPTION
+@click.argument("channel_id")
+@click.argument("action", type=click.Choice(["set", "call", "delete"]))
+@click.argument("number", type=click.IntRange(1, 255))
+def preset(admin: str, channel_id: str, action: str, number: int) -> None:
+    """Set, call or delete preset NUMBER of a PTZ camera."""
+    r = _api_send(
+        admin, "POST", "/ptz", {"kind": "preset", "channel_id": channel_id, "action": action, "number": number}
+    )
+    console.print(f"sent PTZCmd {r['sent']}", highlight=False)

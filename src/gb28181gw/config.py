@@ -164,6 +164,20 @@ class RegistrarSection:
 
 
 @dataclass(frozen=True, slots=True)
+class DevicesSection:
+    """Queries to registered devices (PROTOCOL.md §5)."""
+
+    catalog_on_register: bool = _opt(True, "ask a device for DeviceInfo and its Catalog when it registers")
+    query_timeout: float = _opt(10.0, "seconds to wait for a query's Response MESSAGE", _positive)
+    catalog_first_timeout: float = _opt(
+        120.0, "seconds to wait for the first Catalog part (big platforms are slow)", _positive
+    )
+    catalog_idle_timeout: float = _opt(
+        5.0, "seconds of quiet after which a Catalog answer is taken as it is", _positive
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class StoreSection:
     """Where state is kept."""
 
@@ -205,6 +219,7 @@ class Config:
     gateway: GatewaySection = field(default_factory=GatewaySection)
     sip: SipSection = field(default_factory=SipSection)
     registrar: RegistrarSection = field(default_factory=RegistrarSection)
+    devices: DevicesSection = field(default_factory=DevicesSection)
     store: StoreSection = field(default_factory=StoreSection)
     admin: AdminSection = field(default_factory=AdminSection)
     log: LogSection = field(default_factory=LogSection)
@@ -220,6 +235,7 @@ SECTIONS: dict[str, Any] = {
     "gateway": GatewaySection,
     "sip": SipSection,
     "registrar": RegistrarSection,
+    "devices": DevicesSection,
     "store": StoreSection,
     "admin": AdminSection,
     "log": LogSection,

@@ -27,6 +27,7 @@ async def start_gateway(**overrides: str) -> Gateway:
         "sip.t1": "0.1",
         "sip.t2": "0.4",
         "sip.t4": "0.5",
+        "devices.catalog_on_register": "false",
     }
     settings.update(overrides)
     gw = Gateway(load_config(env={}, overrides=settings))

@@ -13,8 +13,11 @@ from __future__ import annotations
 import re
 
 from lxml import etree
+from lxml.etree import _Element as Element  # re-exported: the element type of every parsed body
 
 from gb28181gw.errors import ManscdpError
+
+__all__ = ["Element", "MAX_BODY", "child_text", "decode_text", "declared_encoding", "parse_xml", "root_name"]
 
 #: Bodies larger than this are refused (a catalog of 10,000 items is about 5 MB).
 MAX_BODY = 8 * 1024 * 1024
@@ -55,7 +58,7 @@ def decode_text(body: bytes) -> str:
     return body.decode("gb18030", errors="replace")
 
 
-def parse_xml(body: bytes, *, max_size: int = MAX_BODY) -> etree._Element:
+def parse_xml(body: bytes, *, max_size: int = MAX_BODY) -> Element:
     """Parse a MANSCDP body into an element tree.
 
     Raises:
@@ -78,7 +81,7 @@ def parse_xml(body: bytes, *, max_size: int = MAX_BODY) -> etree._Element:
         raise ManscdpError(f"MANSCDP body is not well-formed XML: {exc}") from None
 
 
-def child_text(element: etree._Element, name: str) -> str | None:
+def child_text(element: Element, name: str) -> str | None:
     """Text of the first child called ``name``, compared case-insensitively, stripped."""
     lower = name.lower()
     for child in element:
@@ -88,6 +91,6 @@ def child_text(element: etree._Element, name: str) -> str | None:
     return None
 
 
-def root_name(element: etree._Element) -> str:
+def root_name(element: Element) -> str:
     """The root element's name (``Query``, ``Response``, ``Notify``, ``Control``)."""
     return str(element.tag)

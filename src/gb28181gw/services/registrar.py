@@ -23,7 +23,8 @@ from gb28181gw.errors import ManscdpError, StoreError
 from gb28181gw.gb.keepalive import Liveness, keepalive_timeout
 from gb28181gw.gb.model import Device
 from gb28181gw.gb.registrar import Outcome, Registrar, RegistrarPolicy, from_user
-from gb28181gw.manscdp.codec import child_text, parse_xml
+from gb28181gw.manscdp.codec import Element, child_text, parse_xml
+from gb28181gw.manscdp.messages import Envelope, envelope
 from gb28181gw.metrics import Metrics
 from gb28181gw.net.stack import SipStack
 from gb28181gw.net.timer import EarliestTimer
@@ -36,6 +37,8 @@ from gb28181gw.store.base import Store
 log = logging.getLogger("gb28181gw.registrar")
 
 OfflineListener = Callable[[Device, str], None]
+#: Called with the device and the decoded body of every MANSCDP MESSAGE other than a keepalive.
+ManscdpHandler = Callable[[Device, Envelope], None]
 
 
 class RegistrarService:
@@ -88,6 +91,8 @@ class RegistrarService:
         self._flusher: asyncio.Task[None] | None = None
         self._timer = EarliestTimer(self._on_deadline)
         self._offline_listeners: list[OfflineListener] = []
+        self._registered_listeners: list[Callable[[Device], None]] = []
+        self._manscdp_handlers: list[ManscdpHandler] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.registrations = metrics.counter(
             "gb28181gw_registrations", "REGISTER requests by result", ["result", "reason"]
@@ -103,6 +108,14 @@ class RegistrarService:
     def on_offline(self, listener: OfflineListener) -> None:
         """Be told when a device goes offline or unregisters (streams release on it)."""
         self._offline_listeners.append(listener)
+
+    def on_registered(self, listener: Callable[[Device], None]) -> None:
+        """Be told when a device registers (not on refreshes): time to ask for its catalog."""
+        self._registered_listeners.append(listener)
+
+    def on_manscdp(self, handler: ManscdpHandler) -> None:
+        """Receive every MANSCDP MESSAGE from registered devices other than keepalives."""
+        self._manscdp_handlers.append(handler)
 
     async def start(self) -> None:
         """Load devices, take over REGISTER and MESSAGE, start the flusher and the liveness timer."""
@@ -220,6 +233,12 @@ class RegistrarService:
         self._arm()
         if result.outcome is Outcome.REGISTERED or (existing is not None and not existing.online):
             log.info("device online", extra={**extra, "expires": device.expires, "transport": device.transport})
+        if result.outcome is Outcome.REGISTERED:
+            for listener in self._registered_listeners:
+                try:
+                    listener(device)
+                except Exception:
+                    log.exception("registered listener failed", extra={"device": device_id})
 
     def _timeout(self, device: Device) -> float:
         return keepalive_timeout(
@@ -256,7 +275,7 @@ class RegistrarService:
         cmd = child_text(root, "CmdType") or ""
         self.stack.respond(tx, make_response(req, 200, to_tag=tag))
         if cmd.lower() != "keepalive":
-            log.debug("MANSCDP message not handled yet", extra={"device": device_id, "cmd": cmd})
+            self._dispatch_manscdp(device, root)
             return
         self.keepalives[("ok",)] += 1
         device.last_keepalive = epoch
@@ -296,6 +315,21 @@ class RegistrarService:
                 self._touched(device.device_id)
                 log.info("device offline", extra={"device": device.device_id, "reason": device.offline_reason})
                 self._went_offline(device, device.offline_reason)
+
+    def _dispatch_manscdp(self, device: Device, root: Element) -> None:
+        # answered 200 already: a MANSCDP body we cannot use is logged, never an error to the device
+        try:
+            env = envelope(root)
+        except ManscdpError as exc:
+            log.info("MANSCDP message ignored", extra={"device": device.device_id, "error": str(exc)})
+            return
+        if not self._manscdp_handlers:
+            log.debug("MANSCDP message not handled", extra={"device": device.device_id, "cmd": env.cmd_type})
+        for handler in self._manscdp_handlers:
+            try:
+                handler(device, env)
+            except Exception:
+                log.exception("MANSCDP handler failed", extra={"device": device.device_id, "cmd": env.cmd_type})
 
     # --- liveness ----------------------------------------------------------------------
 

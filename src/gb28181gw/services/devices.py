@@ -1,0 +1,336 @@
+"""Talking to registered devices: MANSCDP queries and controls, and the catalog they answer.
+
+A query is a MESSAGE with a ``<Query>`` body; the device answers the MESSAGE with 200
+at once and sends the result later as a MESSAGE of its own with the same SN
+(PROTOCOL.md §5.1). Pending queries wait on futures keyed (device, CmdType, SN); a
+Catalog answer is assembled by :class:`~gb28181gw.gb.query.CatalogCollector` and stored.
+Every request goes to the address and transport the device registered from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+
+from gb28181gw.errors import ManscdpError
+from gb28181gw.gb.model import Channel, Device
+from gb28181gw.gb.query import CatalogCollector, CatalogResult, SnAllocator
+from gb28181gw.manscdp.messages import CONTENT_TYPE, CmdType, Envelope, Fields, Root, catalog, encode, flat
+from gb28181gw.manscdp.ptz import PtzCmd
+from gb28181gw.metrics import Metrics
+from gb28181gw.net.stack import SipStack, SipTimeoutError, SipTransportError
+from gb28181gw.sip.endpoint import Peer
+from gb28181gw.sip.message import make_request
+from gb28181gw.store.base import Store
+
+from .registrar import RegistrarService
+
+log = logging.getLogger("gb28181gw.devices")
+
+
+_STATUS = {"ON": "ON", "ONLINE": "ON", "1": "ON", "OK": "ON", "OFF": "OFF", "OFFLINE": "OFF", "0": "OFF"}
+
+
+def _status(text: str) -> str:
+    """Catalog Status as ON/OFF: devices send ONLINE, Online, 1 … (PROTOCOL.md §11.4 C8)."""
+    return _STATUS.get(text.strip().upper(), text.strip())
+
+
+class DeviceError(Exception):
+    """A request to a device failed; the message says how (shown to operators as is)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSettings:
+    """Timeouts and behaviour of device queries."""
+
+    query_timeout: float = 10.0
+    catalog_first_timeout: float = 120.0
+    catalog_idle_timeout: float = 5.0
+    catalog_on_register: bool = True
+
+
+class DeviceService:
+    """Queries, controls and catalogs of registered devices."""
+
+    def __init__(
+        self,
+        stack: SipStack,
+        store: Store,
+        registrar: RegistrarService,
+        *,
+        our_id: str,
+        domain: str,
+        metrics: Metrics,
+        settings: DeviceSettings | None = None,
+    ) -> None:
+        self.stack = stack
+        self.store = store
+        self.registrar = registrar
+        self.our_id = our_id
+        self.domain = domain
+        self.settings = settings or DeviceSettings()
+        self.channels: dict[str, dict[str, Channel]] = {}
+        self.partial: set[str] = set()
+        self._sn = SnAllocator(start=random.randint(1, 1_000_000))
+        self._pending: dict[tuple[str, str, int], asyncio.Future[Envelope]] = {}
+        self._catalogs: dict[tuple[str, int], tuple[CatalogCollector, asyncio.Future[CatalogResult]]] = {}
+        self._reaper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.queries = metrics.counter(
+            "gb28181gw_queries", "MANSCDP queries to devices by CmdType and result", ["cmd", "result"]
+        )
+        self.unmatched = metrics.counter(
+            "gb28181gw_manscdp_unmatched", "Responses that matched no pending query", ["cmd"]
+        )
+        self.catalog_seconds = metrics.counter("gb28181gw_catalog_sync_seconds", "Seconds spent assembling catalogs")
+        metrics.labeled_gauge(
+            "gb28181gw_channels",
+            "Catalog channels known",
+            ["state"],
+            lambda: {("known",): float(sum(map(len, self.channels.values())))},
+        )
+        registrar.on_manscdp(self._on_manscdp)
+        registrar.on_registered(self._on_registered)
+        registrar.on_offline(self._on_offline)
+
+    async def start(self) -> None:
+        """Load stored channels and start expiring quiet catalog answers."""
+        for ch in await self.store.load_channels():
+            self.channels.setdefault(ch.device_id, {})[ch.channel_id] = ch
+        self._reaper = asyncio.get_running_loop().create_task(self._reap())
+
+    async def stop(self) -> None:
+        """Stop; pending queries fail."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        waiting: list[asyncio.Future[Envelope] | asyncio.Future[CatalogResult]] = list(self._pending.values())
+        waiting += [fut for _, fut in self._catalogs.values()]
+        for fut in waiting:
+            if not fut.done():
+                fut.set_exception(DeviceError("gateway stopping"))
+
+    # --- sending -----------------------------------------------------------------------
+
+    def _device(self, device_id: str) -> Device:
+        device = self.registrar.devices.get(device_id)
+        if device is None:
+            raise DeviceError(f"no device {device_id}")
+        if not device.registered or not device.host:
+            raise DeviceError(f"device {device_id} is not registered")
+        return device
+
+    def device_of(self, target_id: str) -> Device:
+        """The device a device ID or channel ID belongs to."""
+        if target_id in self.registrar.devices:
+            return self._device(target_id)
+        for device_id, chans in self.channels.items():
+            if target_id in chans:
+                return self._device(device_id)
+        raise DeviceError(f"no device or channel {target_id}")
+
+    async def send(self, device: Device, body: bytes) -> None:
+        """Send a MANSCDP MESSAGE to ``device`` and wait for its 200 (the transaction's answer)."""
+        target = f"sip:{device.device_id}@{device.host}:{device.port}"
+        req = make_request(
+            "MESSAGE",
+            target,
+            from_addr=f"sip:{self.our_id}@{self.domain}",
+            to_addr=f"sip:{device.device_id}@{device.device_id[:10]}",
+            call_id=self.stack.endpoint.new_call_id(),
+            cseq=1,
+            from_tag=self.stack.endpoint.new_tag(),
+            content_type=CONTENT_TYPE,
+            body=body,
+        )
+        try:
+            resp = await self.stack.request(req, Peer(device.transport, device.host, device.port))
+        except SipTimeoutError:
+            raise DeviceError(f"device {device.device_id} did not answer the MESSAGE") from None
+        except SipTransportError as exc:
+            raise DeviceError(f"cannot reach device {device.device_id}: {exc}") from None
+        if resp.status >= 300:
+            raise DeviceError(f"device {device.device_id} answered {resp.status} {resp.reason}")
+
+    async def query(
+        self, device_id: str, cmd: CmdType, fields: Fields | None = None, *, target: str | None = None
+    ) -> Envelope:
+        """Send a ``<Query>`` and return the device's ``<Response>`` (one message)."""
+        device = self._device(device_id)
+        sn = self._sn.next(device_id)
+        key = (device_id, cmd.value.lower(), sn)
+        fut: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
+        self._pending[key] = fut
+        try:
+            await self.send(device, encode(Root.QUERY, cmd, sn, target or device_id, fields, charset=device.charset))
+            env = await asyncio.wait_for(fut, self.settings.query_timeout)
+        except TimeoutError:
+            self.queries[cmd.value, "timeout"] += 1
+            raise DeviceError(
+                f"device {device_id} sent no {cmd.value} response within {self.settings.query_timeout:.0f} s"
+            ) from None
+        except DeviceError:
+            self.queries[cmd.value, "error"] += 1
+            raise
+        finally:
+            self._pending.pop(key, None)
+        self.queries[cmd.value, "ok"] += 1
+        return env
+
+    async def device_info(self, device_id: str) -> dict[str, str]:
+        """DeviceInfo (§5.4.2); the device record learns its name, maker, model and firmware."""
+        info = flat(await self.query(device_id, CmdType.DEVICE_INFO))
+        device = self.registrar.devices.get(device_id)
+        if device is not None and info.get("Result", "OK").upper() == "OK":
+            device.name = info.get("DeviceName") or device.name
+            device.manufacturer = info.get("Manufacturer") or device.manufacturer
+            device.model = info.get("Model") or device.model
+            device.firmware = info.get("Firmware") or device.firmware
+            self.registrar._touched(device_id)
+        return info
+
+    async def device_status(self, device_id: str) -> dict[str, str]:
+        """DeviceStatus (§5.4.3)."""
+        return flat(await self.query(device_id, CmdType.DEVICE_STATUS))
+
+    async def catalog(self, device_id: str) -> CatalogResult:
+        """Ask for the whole catalog, assemble it, store it, and return it."""
+        device = self._device(device_id)
+        loop = asyncio.get_running_loop()
+        sn = self._sn.next(device_id)
+        s = self.settings
+        collector = CatalogCollector(
+            device_id, sn, now=loop.time(), first_timeout=s.catalog_first_timeout, idle_timeout=s.catalog_idle_timeout
+        )
+        fut: asyncio.Future[CatalogResult] = loop.create_future()
+        self._catalogs[device_id, sn] = (collector, fut)
+        started = loop.time()
+        try:
+            await self.send(device, encode(Root.QUERY, CmdType.CATALOG, sn, device_id, charset=device.charset))
+            result = await fut
+        except DeviceError:
+            self.queries["Catalog", "error"] += 1
+            raise
+        finally:
+            self._catalogs.pop((device_id, sn), None)
+        self.catalog_seconds[()] += round(loop.time() - started, 3)  # type: ignore[assignment]  # a float counter
+        await self._store_catalog(result)
+        self.queries["Catalog", "ok" if result.complete else "partial"] += 1
+        return result
+
+    async def _store_catalog(self, result: CatalogResult) -> None:
+        if not result.messages:
+            return
+        chans = {
+            cid: Channel(
+                cid,
+                result.device_id,
+                item.name,
+                _status(item.fields.get("Status", "")),
+                item.fields.get("ParentID", ""),
+                {k: v for k, v in item.fields.items() if k not in ("Name", "Status", "ParentID")},
+            )
+            for cid, item in result.items.items()
+        }
+        if not result.complete:
+            # a partial answer never removes channels: keep what we knew and add what came
+            old = self.channels.get(result.device_id, {})
+            chans = {**old, **chans}
+            self.partial.add(result.device_id)
+        else:
+            self.partial.discard(result.device_id)
+        self.channels[result.device_id] = chans
+        await self.registrar.flush()  # the device row first: channels reference it
+        await self.store.replace_channels(result.device_id, list(chans.values()))
+        log.info(
+            "catalog stored",
+            extra={
+                "device": result.device_id,
+                "channels": len(chans),
+                "sum_num": result.sum_num,
+                "complete": result.complete,
+                "messages": result.messages,
+            },
+        )
+
+    async def control(self, device_id: str, target: str, fields: Fields) -> None:
+        """Send a ``<Control><CmdType>DeviceControl</CmdType>`` to ``target`` (device or channel)."""
+        device = self._device(device_id)
+        sn = self._sn.next(device_id)
+        await self.send(
+            device, encode(Root.CONTROL, CmdType.DEVICE_CONTROL, sn, target, fields, charset=device.charset)
+        )
+        self.queries["DeviceControl", "ok"] += 1
+
+    async def ptz(self, channel_id: str, cmd: PtzCmd) -> None:
+        """Send a PTZCmd to the channel (or device) ``channel_id``."""
+        device = self.device_of(channel_id)
+        await self.control(device.device_id, channel_id, [("PTZCmd", cmd.encode()), ("Info", [("ControlPriority", 5)])])
+
+    # --- receiving ---------------------------------------------------------------------
+
+    def _on_manscdp(self, device: Device, env: Envelope) -> None:
+        if env.root is not Root.RESPONSE:
+            log.debug(
+                "MANSCDP request from a device not handled yet", extra={"device": device.device_id, "cmd": env.cmd_type}
+            )
+            return
+        if env.is_cmd(CmdType.CATALOG):
+            entry = self._catalogs.get((device.device_id, env.sn))
+            if entry is None:
+                self.unmatched[("Catalog",)] += 1
+                log.info("catalog response matches no query", extra={"device": device.device_id, "sn": env.sn})
+                return
+            collector, fut = entry
+            try:
+                sum_num, items = catalog(env)
+            except ManscdpError as exc:
+                log.info("bad catalog response", extra={"device": device.device_id, "error": str(exc)})
+                return
+            loop = asyncio.get_running_loop()
+            if collector.add(sum_num, items, loop.time()) and not fut.done():
+                fut.set_result(collector.result)
+            return
+        pending = self._pending.get((device.device_id, env.cmd_type.lower(), env.sn))
+        if pending is None or pending.done():
+            self.unmatched[(env.cmd_type,)] += 1
+            log.info("response matches no query", extra={"device": device.device_id, "cmd": env.cmd_type, "sn": env.sn})
+            return
+        pending.set_result(env)
+
+    async def _reap(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(0.5)
+            now = loop.time()
+            for collector, fut in list(self._catalogs.values()):
+                if collector.expired(now) and not fut.done():
+                    if collector.result.messages:
+                        fut.set_result(collector.result)  # partial: the device went quiet
+                    else:
+                        fut.set_exception(DeviceError(f"device {collector.result.device_id} sent no catalog"))
+
+    def _on_registered(self, device: Device) -> None:
+        if not self.settings.catalog_on_register:
+            return
+
+        async def after_register() -> None:
+            await asyncio.sleep(0.2)  # let the device see its 200 OK first
+            try:
+                await self.device_info(device.device_id)
+                await self.catalog(device.device_id)
+            except DeviceError as exc:
+                log.info("query after registration failed", extra={"device": device.device_id, "error": str(exc)})
+
+        task = asyncio.get_running_loop().create_task(after_register())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_offline(self, device: Device, reason: str) -> None:
+        # channels go OFF with their device
+        for ch in self.channels.get(device.device_id, {}).values():
+            ch.status = "OFF"

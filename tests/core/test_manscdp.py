@@ -1,0 +1,150 @@
+"""MANSCDP bodies: charsets as devices really send them, hardened parsing, envelopes, catalogs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gb28181gw.errors import ManscdpError
+from gb28181gw.gb.query import CatalogCollector, SnAllocator
+from gb28181gw.manscdp.codec import declared_encoding, decode_text, parse_xml
+from gb28181gw.manscdp.messages import CatalogItem, CmdType, Root, catalog, decode, encode, envelope, flat
+from tests.helpers import ROOT
+
+FIXTURES = sorted((ROOT / "sdp_fixtures").glob("*/*.xml"))
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=[f"{p.parent.name}/{p.stem}" for p in FIXTURES])
+def test_brand_fixtures_parse_and_round_trip(path: Path) -> None:
+    env = decode(path.read_bytes())
+    assert env.sn > 0 and len(env.device_id) == 20
+    # write it back in both charsets we send and read it again: nothing changes
+    fields = flat(env)
+    for charset in ("GB2312", "UTF-8"):
+        items = [(k, v) for k, v in fields.items() if k.lower() not in ("cmdtype", "sn", "deviceid")]
+        again = decode(encode(env.root, env.cmd_type, env.sn, env.device_id, items, charset=charset))  # type: ignore[arg-type]
+        assert _norm(flat(again)) == _norm(fields)
+        assert again.is_cmd(CmdType(env.cmd_type)) or again.cmd_type == env.cmd_type
+    if env.is_cmd(CmdType.CATALOG):
+        sum_num, items = catalog(env)
+        assert items and all(len(i.device_id) == 20 for i in items)
+
+
+def _norm(fields: dict[str, str]) -> dict[str, str]:
+    return {k.lower(): v for k, v in fields.items() if k.lower() != "cmdtype"}
+
+
+def test_hikvision_gbk_bytes_declared_gb2312_and_a_bare_ampersand() -> None:
+    env = decode((ROOT / "sdp_fixtures" / "hikvision" / "catalog.xml").read_bytes())
+    sum_num, items = catalog(env)
+    assert sum_num == 2
+    assert [i.name for i in items] == ["南门萳园&出口", "报警输入1"]
+    assert items[0].fields["PTZType"] == "1"  # Info/PTZType flattened
+    assert items[0].fields["Longitude"] == "118.3760"
+
+
+def test_uniview_utf8_declared_gb2312_and_nul_padding() -> None:
+    assert catalog(decode((ROOT / "sdp_fixtures" / "uniview" / "catalog.xml").read_bytes()))[1][0].name == "东侧围墙"
+    assert decode((ROOT / "sdp_fixtures" / "uniview" / "keepalive.xml").read_bytes()).is_cmd(CmdType.KEEPALIVE)
+
+
+def test_gb18030_only_character_survives_encoding() -> None:
+    name = "𠀀萳园"  # 𠀀 is outside GB2312 and GBK: only GB18030 has it
+    body = encode(Root.RESPONSE, CmdType.CATALOG, 1, "34020000001180000001", [("Name", name)])
+    assert body.startswith(b'<?xml version="1.0" encoding="GB2312"?>')
+    assert flat(decode(body))["Name"] == name
+
+
+def test_encode_escapes_and_nests() -> None:
+    body = encode(
+        Root.CONTROL,
+        CmdType.DEVICE_CONTROL,
+        9,
+        "34020000001310000001",
+        [("PTZCmd", "A50F0100000000B5"), ("Info", [("ControlPriority", 5)])],
+        charset="UTF-8",
+    )
+    text = body.decode()
+    assert "<Info>\r\n<ControlPriority>5</ControlPriority>\r\n</Info>" in text
+    env = decode(encode(Root.NOTIFY, "Alarm", 1, "3402", [("AlarmDescription", "a<b&c")]))
+    assert env.text("alarmdescription") == "a<b&c"
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"", "empty"),
+        (b"\x00\x00", "empty"),
+        (b"not xml at all", "well-formed"),
+        (b"<Query><CmdType>Catalog</CmdType><SN>1</SN></Query", "well-formed"),
+        (b'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY b "c">]><Query>&b;</Query>', "DTD"),
+        (b"<Other><CmdType>Catalog</CmdType><SN>1</SN></Other>", "root"),
+        (b"<Query><SN>1</SN></Query>", "CmdType"),
+        (b"<Query><CmdType>Catalog</CmdType><SN>x</SN></Query>", "SN"),
+    ],
+)
+def test_bad_bodies(body: bytes, fragment: str) -> None:
+    with pytest.raises(ManscdpError, match=fragment):
+        decode(body)
+
+
+def test_billion_laughs_and_oversize_are_refused() -> None:
+    bomb = (
+        b'<?xml version="1.0"?><!DOCTYPE l ['
+        + b"".join(b'<!ENTITY l%d "&l%d;&l%d;">' % (i, i - 1, i - 1) for i in range(1, 30))
+        + b"]><Query>&l29;</Query>"
+    )
+    with pytest.raises(ManscdpError):
+        parse_xml(bomb)
+    with pytest.raises(ManscdpError, match="exceeds"):
+        parse_xml(b"<Query>" + b"a" * (10 * 1024 * 1024) + b"</Query>")
+
+
+def test_charset_helpers() -> None:
+    assert declared_encoding(b'<?xml version="1.0" encoding="gb2312"?><a/>') == "GB2312"
+    assert declared_encoding(b"<a/>") is None
+    assert decode_text("南门".encode("gbk")) == "南门"
+    assert decode_text(b"\xef\xbb\xbf<a/>") == "<a/>"
+
+
+def test_lowercase_element_names_and_padding() -> None:
+    env = envelope(
+        parse_xml(
+            b"<response><cmdtype>DeviceInfo</cmdtype><sn> 12 </sn><deviceid>34020000001180000001</deviceid></response>"
+        )
+    )
+    assert env.root is Root.RESPONSE and env.is_cmd(CmdType.DEVICE_INFO) and env.sn == 12
+
+
+def test_catalog_items_without_device_id_are_skipped() -> None:
+    body = b"<Response><CmdType>Catalog</CmdType><SN>1</SN><DeviceID>34020000001180000001</DeviceID><SumNum>2</SumNum><DeviceList Num='2'><Item><Name>x</Name></Item><Item><DeviceID>34020000001310000001</DeviceID></Item></DeviceList></Response>"
+    assert [i.device_id for i in catalog(decode(body))[1]] == ["34020000001310000001"]
+
+
+class TestCatalogCollector:
+    def item(self, n: int) -> CatalogItem:
+        return CatalogItem(f"340200000013100{n:05d}", {"Name": str(n)})
+
+    def test_complete_when_sumnum_items_arrive_in_any_split(self) -> None:
+        c = CatalogCollector("d", 1, now=0.0, first_timeout=120, idle_timeout=5)
+        assert not c.add(3, [self.item(1)], 1.0)
+        assert not c.add(3, [self.item(1)], 1.5)  # a repeat does not count twice
+        assert c.add(3, [self.item(2), self.item(3)], 2.0)
+        assert c.result.complete and c.result.messages == 3
+
+    def test_quiet_device_leaves_a_partial_answer(self) -> None:
+        c = CatalogCollector("d", 1, now=0.0, first_timeout=120, idle_timeout=5)
+        assert not c.expired(119.0)
+        c.add(5, [self.item(1)], 10.0)
+        assert not c.expired(14.0) and c.expired(15.0)
+        assert not c.result.complete and len(c.result.items) == 1
+
+    def test_sumnum_zero(self) -> None:
+        c = CatalogCollector("d", 1, now=0.0, first_timeout=120, idle_timeout=5)
+        assert c.add(0, [], 1.0)
+
+
+def test_sn_allocator_per_device_and_wraps() -> None:
+    sn = SnAllocator(start=2**31 - 3)
+    assert [sn.next("a"), sn.next("a"), sn.next("a"), sn.next("b")] == [2**31 - 3, 2**31 - 2, 1, 2**31 - 3]

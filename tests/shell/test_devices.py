@@ -1,0 +1,231 @@
+"""Queries and controls toward devices played by SIPp over real sockets.
+
+A SIPp client registers the device from a fixed port and exits; a SIPp server on the same
+port then plays the device answering what the gateway asks (Catalog in two MESSAGEs,
+DeviceInfo, a PTZ DeviceControl whose PTZCmd it checks byte for byte).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from gb28181gw.app import Gateway
+from gb28181gw.manscdp.ptz import move, preset
+
+from .conftest import run_sipp, start_gateway
+
+pytestmark = pytest.mark.sipp
+
+NVR = "34020000001180000001"
+CH1, CH2 = "34020000001310000001", "34020000001310000002"
+
+REGISTER = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="register">
+  <send retrans="500"><![CDATA[
+REGISTER sip:34020000002000000001@3402000000 SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];rport;branch=[branch]
+From: <sip:{device}@3402000000>;tag=[pid]r
+To: <sip:{device}@3402000000>
+Call-ID: [call_id]
+CSeq: 1 REGISTER
+Contact: <sip:{device}@[local_ip]:[local_port]>
+Max-Forwards: 70
+Expires: 3600
+Content-Length: 0
+
+]]></send>
+  <recv response="200"/>
+</scenario>
+"""
+
+ANSWER_200 = """  <send><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]d[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]></send>
+"""
+
+
+def response_message(cseq: int, body: str) -> str:
+    return f"""  <send retrans="500"><![CDATA[
+MESSAGE sip:34020000002000000001@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];rport;branch=[branch]
+From: <sip:{NVR}@3402000000>;tag=[pid]m{cseq}
+To: <sip:34020000002000000001@3402000000>
+Call-ID: [call_id]
+CSeq: {cseq} MESSAGE
+Content-Type: Application/MANSCDP+xml
+Max-Forwards: 70
+Content-Length: [len]
+
+{body}]]></send>
+  <recv response="200"/>
+"""
+
+
+def catalog_body(encoding: str, sn: str, item_id: str, name: str) -> str:
+    return (
+        f'<?xml version="1.0" encoding="{encoding}"?>\r\n<Response>\r\n<CmdType>Catalog</CmdType>\r\n<SN>{sn}</SN>\r\n'
+        f'<DeviceID>{NVR}</DeviceID>\r\n<SumNum>2</SumNum>\r\n<DeviceList Num="1">\r\n<Item>\r\n'
+        f"<DeviceID>{item_id}</DeviceID>\r\n<Name>{name}</Name>\r\n<Manufacturer>Vendor</Manufacturer>\r\n"
+        f"<Parental>0</Parental>\r\n<ParentID>{NVR}</ParentID>\r\n<Status>ON</Status>\r\n<Info>\r\n<PTZType>1</PTZType>\r\n</Info>\r\n"
+        "</Item>\r\n</DeviceList>\r\n</Response>\r\n"
+    )
+
+
+def device_scenario(parts: list[str], *, check: str | None = None) -> str:
+    """A server scenario: take one MESSAGE (checking ``check`` in it), answer 200, then send ``parts``."""
+    action = '<ereg regexp="&lt;SN&gt;([0-9]+)&lt;/SN&gt;" search_in="body" check_it="true" assign_to="all,sn"/>'
+    if check:
+        action += f'<ereg regexp="{check}" search_in="body" check_it="true" assign_to="checked"/>'
+    refs = "all,sn" + (",checked" if check else "")
+    return (
+        '<?xml version="1.0" encoding="ISO-8859-1" ?>\n<scenario name="device">\n'
+        f'  <recv request="MESSAGE"><action>{action}</action></recv>\n'
+        + ANSWER_200
+        + "".join(parts)
+        + f'  <Reference variables="{refs}"/>\n</scenario>\n'
+    )
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def register(gw: Gateway, tmp_path: Path, port: int, device: str = NVR) -> None:
+    path = tmp_path / "register.xml"
+    path.write_text(REGISTER.format(device=device))
+    result = await run_sipp(str(path), gw.stack.port, tmp_path, extra=("-p", str(port)))
+    assert result.ok, result.stdout
+    assert gw.registrar.devices[device].port == port
+
+
+async def play_device(scenario: bytes, port: int, tmp_path: Path, name: str) -> asyncio.subprocess.Process:
+    path = tmp_path / f"{name}.xml"
+    path.write_bytes(scenario)
+    sipp = shutil.which("sipp")
+    assert sipp is not None
+    proc = await asyncio.create_subprocess_exec(
+        sipp, "-sf", str(path), "-i", "127.0.0.1", "-p", str(port), "-m", "1", "-timeout", "15s", "-timeout_error",
+        "-nostdin", "-trace_msg", "-message_file", str(tmp_path / f"{name}.msg"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp_path,
+    )  # fmt: skip
+    await asyncio.sleep(0.3)  # let it bind
+    return proc
+
+
+async def finished(proc: asyncio.subprocess.Process) -> str:
+    out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    text = out.decode(errors="replace")
+    assert proc.returncode == 0, text
+    return text
+
+
+@pytest.fixture
+async def gw() -> Gateway:
+    gateway = await start_gateway()
+    yield gateway  # type: ignore[misc]
+    await gateway.stop()
+
+
+async def test_catalog_in_two_gb2312_messages(gw: Gateway, tmp_path: Path) -> None:
+    port = free_udp_port()
+    await register(gw, tmp_path, port)
+    names = ["大门口", "停车场入口"]
+    parts = [
+        response_message(31, catalog_body("GB2312", "[$sn]", CH1, names[0])),
+        response_message(32, catalog_body("GB2312", "[$sn]", CH2, names[1])),
+    ]
+    proc = await play_device(device_scenario(parts).encode("gb2312"), port, tmp_path, "catalog-gb2312")
+    result = await gw.devices.catalog(NVR)
+    await finished(proc)
+    assert result.complete and result.sum_num == 2 and result.messages == 2
+    stored = {c.channel_id: c for c in await gw.store.load_channels(NVR)}
+    assert [stored[CH1].name, stored[CH2].name] == names
+    assert stored[CH1].extra["PTZType"] == "1" and stored[CH1].parent_id == NVR
+    # what went on the wire was GB2312, two bytes per Chinese character
+    assert names[0].encode("gb2312") in (tmp_path / "catalog-gb2312.msg").read_bytes()
+
+
+async def test_catalog_utf8_with_a_gb18030_only_character_and_a_bare_ampersand(gw: Gateway, tmp_path: Path) -> None:
+    port = free_udp_port()
+    await register(gw, tmp_path, port)
+    names = ["𠀀园 & 北门", "萳园"]
+    parts = [
+        response_message(31, catalog_body("UTF-8", "[$sn]", CH1, names[0])),
+        response_message(32, catalog_body("UTF-8", "[$sn]", CH2, names[1])),
+    ]
+    proc = await play_device(device_scenario(parts).encode("utf-8"), port, tmp_path, "catalog-utf8")
+    result = await gw.devices.catalog(NVR)
+    await finished(proc)
+    assert result.complete
+    assert sorted(c.name for c in gw.devices.channels[NVR].values()) == sorted(names)
+
+
+async def test_device_info_updates_the_device(gw: Gateway, tmp_path: Path) -> None:
+    port = free_udp_port()
+    await register(gw, tmp_path, port)
+    body = (
+        '<?xml version="1.0" encoding="GB2312"?>\r\n<Response>\r\n<CmdType>DeviceInfo</CmdType>\r\n<SN>[$sn]</SN>\r\n'
+        f"<DeviceID>{NVR}</DeviceID>\r\n<DeviceName>前门NVR</DeviceName>\r\n<Result>OK</Result>\r\n"
+        "<Manufacturer>Hikvision</Manufacturer>\r\n<Model>DS-7816N</Model>\r\n<Firmware>V4.30</Firmware>\r\n<Channel>16</Channel>\r\n</Response>\r\n"
+    )
+    proc = await play_device(device_scenario([response_message(40, body)]).encode("gb2312"), port, tmp_path, "info")
+    info = await gw.devices.device_info(NVR)
+    await finished(proc)
+    assert info["Channel"] == "16"
+    d = gw.registrar.devices[NVR]
+    assert (d.name, d.manufacturer, d.model, d.firmware) == ("前门NVR", "Hikvision", "DS-7816N", "V4.30")
+
+
+@pytest.mark.parametrize(
+    ("cmd", "expected"), [(move("stop"), "A50F0100000000B5"), (preset("call", 3), "A50F01820003003A")]
+)
+async def test_ptz_reaches_the_device_with_the_exact_bytes(
+    gw: Gateway, tmp_path: Path, cmd: object, expected: str
+) -> None:
+    port = free_udp_port()
+    await register(gw, tmp_path, port)
+    gw.devices.channels[NVR] = {}  # the device itself is the target here
+    check = f"&lt;PTZCmd&gt;{expected}&lt;/PTZCmd&gt;"
+    proc = await play_device(device_scenario([], check=check).encode(), port, tmp_path, "ptz")
+    await gw.devices.ptz(NVR, cmd)  # type: ignore[arg-type]
+    await finished(proc)
+    wire = (tmp_path / "ptz.msg").read_text()
+    assert f"<PTZCmd>{expected}</PTZCmd>" in wire and "<CmdType>DeviceControl</CmdType>" in wire
+
+
+async def test_query_to_a_silent_device_times_out_with_a_clear_error(tmp_path: Path) -> None:
+    gw = await start_gateway(**{"devices.query_timeout": "0.5"})
+    try:
+        port = free_udp_port()
+        await register(gw, tmp_path, port)
+        # the device answers 200 to the MESSAGE but never sends the Response
+        proc = await play_device(device_scenario([]).encode(), port, tmp_path, "silent")
+        from gb28181gw.services.devices import DeviceError
+
+        with pytest.raises(DeviceError, match="sent no DeviceStatus response"):
+            await gw.devices.device_status(NVR)
+        await finished(proc)
+        admin = f"http://127.0.0.1:{gw.admin.port}" if gw.admin else ""
+        from click.testing import CliRunner
+
+        from gb28181gw.cli import main
+
+        result = await asyncio.to_thread(CliRunner().invoke, main, ["channels", "--admin", admin, "--json"])
+        assert result.exit_code == 0 and json.loads(result.output) == []
+    finally:
+        await gw.stop()
