@@ -229,3 +229,96 @@ async def test_query_to_a_silent_device_times_out_with_a_clear_error(tmp_path: P
         assert result.exit_code == 0 and json.loads(result.output) == []
     finally:
         await gw.stop()
+
+
+def record_body(sn: str, start: str, end: str) -> str:
+    return (
+        '<?xml version="1.0" encoding="GB2312"?>\r\n<Response>\r\n<CmdType>RecordInfo</CmdType>\r\n'
+        f"<SN>{sn}</SN>\r\n<DeviceID>{CH1}</DeviceID>\r\n<Name>大门口</Name>\r\n<SumNum>2</SumNum>\r\n"
+        f'<RecordList Num="1">\r\n<Item>\r\n<DeviceID>{CH1}</DeviceID>\r\n<Name>大门口</Name>\r\n'
+        f"<StartTime>{start}</StartTime>\r\n<EndTime>{end}</EndTime>\r\n<Secrecy>0</Secrecy>\r\n<Type>time</Type>\r\n"
+        "<FileSize>536870912</FileSize>\r\n</Item>\r\n</RecordList>\r\n</Response>\r\n"
+    )
+
+
+async def test_record_info_in_two_messages(gw: Gateway, tmp_path: Path) -> None:
+    port = free_udp_port()
+    await register(gw, tmp_path, port)
+    gw.devices.channels[NVR] = {}
+    from gb28181gw.gb.model import Channel
+
+    gw.devices.channels[NVR][CH1] = Channel(CH1, NVR, "大门口")
+    parts = [
+        response_message(50, record_body("[$sn]", "2024-05-06T08:00:00", "2024-05-06T09:00:00")),
+        response_message(51, record_body("[$sn]", "2024-05-06T09:00:00", "2024-05-06T10:00:00")),
+    ]
+    check = "&lt;Type&gt;all&lt;/Type&gt;"  # always ask for all types (some NVRs return nothing otherwise)
+    proc = await play_device(device_scenario(parts, check=check).encode("gb2312"), port, tmp_path, "records")
+    result = await gw.devices.records(CH1, "2024-05-06T00:00:00", "2024-05-06T23:59:59")
+    await finished(proc)
+    assert result.complete and len(result.items) == 2
+    assert sorted(i.fields["StartTime"] for i in result.items.values()) == [
+        "2024-05-06T08:00:00",
+        "2024-05-06T09:00:00",
+    ]
+
+
+async def test_guard_command_returns_the_device_result(gw: Gateway, tmp_path: Path) -> None:
+    port = free_udp_port()
+    await register(gw, tmp_path, port)
+    body = (
+        '<?xml version="1.0" encoding="GB2312"?>\r\n<Response>\r\n<CmdType>DeviceControl</CmdType>\r\n<SN>[$sn]</SN>\r\n'
+        f"<DeviceID>{NVR}</DeviceID>\r\n<Result>OK</Result>\r\n</Response>\r\n"
+    )
+    scenario = device_scenario([response_message(60, body)], check="&lt;GuardCmd&gt;SetGuard&lt;/GuardCmd&gt;")
+    proc = await play_device(scenario.encode(), port, tmp_path, "guard")
+    result = await gw.devices.command(NVR, "GuardCmd", "SetGuard", wait=True)
+    await finished(proc)
+    assert result["Result"] == "OK"
+
+
+async def test_alarm_is_answered_counted_and_kept(gw: Gateway) -> None:
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    port = sock.getsockname()[1]
+    dest = ("127.0.0.1", gw.stack.port)
+
+    async def exchange(data: bytes) -> bytes:
+        await loop.sock_sendto(sock, data, dest)
+        return (await asyncio.wait_for(loop.sock_recvfrom(sock, 65535), 5))[0]
+
+    def msg(method: str, branch: str, extra: str, body: bytes = b"") -> bytes:
+        head = (
+            f"{method} sip:34020000002000000001@3402000000 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};rport;branch={branch}\r\n"
+            f"From: <sip:{NVR}@3402000000>;tag=a1\r\nTo: <sip:{'34020000002000000001' if method == 'MESSAGE' else NVR}@3402000000>\r\n"
+            f"Call-ID: {branch}@127.0.0.1\r\nCSeq: 1 {method}\r\nMax-Forwards: 70\r\n{extra}Content-Length: {len(body)}\r\n\r\n"
+        )
+        return head.encode() + body
+
+    try:
+        reg = await exchange(
+            msg("REGISTER", "z9hG4bKar", f"Contact: <sip:{NVR}@127.0.0.1:{port}>\r\nExpires: 3600\r\n")
+        )
+        assert reg.startswith(b"SIP/2.0 200 ")
+        alarm = (
+            '<?xml version="1.0" encoding="GB2312"?>\r\n<Notify>\r\n<CmdType>Alarm</CmdType>\r\n<SN>301</SN>\r\n'
+            f"<DeviceID>{CH1}</DeviceID>\r\n<AlarmPriority>4</AlarmPriority>\r\n<AlarmMethod>5</AlarmMethod>\r\n"
+            "<AlarmTime>2024-05-06T12:40:01</AlarmTime>\r\n<AlarmDescription>移动侦测</AlarmDescription>\r\n"
+            "<info>\r\n<AlarmType>2</AlarmType>\r\n</info>\r\n</Notify>\r\n"
+        ).encode("gb2312")
+        ok = await exchange(msg("MESSAGE", "z9hG4bKalarm", "Content-Type: Application/MANSCDP+xml\r\n", alarm))
+        assert ok.startswith(b"SIP/2.0 200 ")
+        # then the gateway's own MESSAGE with the Response the standard asks for
+        answer, addr = await asyncio.wait_for(loop.sock_recvfrom(sock, 65535), 5)
+        assert answer.startswith(b"MESSAGE sip:" + NVR.encode())
+        assert b"<CmdType>Alarm</CmdType>" in answer and b"<SN>301</SN>" in answer and b"<Result>OK</Result>" in answer
+        from gb28181gw.sip.message import make_response, parse_message
+
+        await loop.sock_sendto(sock, make_response(parse_message(answer), 200, to_tag="d").serialize(), addr)  # type: ignore[arg-type]
+        assert gw.devices.alarm_count["5", "2"] == 1
+        kept = gw.devices.alarms[-1]
+        assert kept["AlarmDescription"] == "移动侦测" and kept["DeviceID"] == CH1 and kept["ReportedBy"] == NVR
+    finally:
+        sock.close()

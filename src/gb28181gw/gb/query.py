@@ -51,14 +51,28 @@ class CatalogResult:
 class CatalogCollector:
     """Assembles one Catalog answer.
 
+    Works for every multi-message answer (Catalog, RecordInfo: Annex M).
+
     Args:
         device_id / sn: what it answers.
+        key_fields: fields that, with the item's ID, identify an item (empty: the ID alone).
         first_timeout: how long to wait for the first part (large lower platforms take minutes, C12).
         idle_timeout: how long to wait for the next part once parts are coming (C1).
     """
 
-    def __init__(self, device_id: str, sn: int, *, now: float, first_timeout: float, idle_timeout: float) -> None:
+    def __init__(
+        self,
+        device_id: str,
+        sn: int,
+        *,
+        now: float,
+        first_timeout: float,
+        idle_timeout: float,
+        key_fields: tuple[str, ...] = (),
+    ) -> None:
         self.result = CatalogResult(device_id, sn)
+        # catalog items are unique by ID; record items by these fields as well (many share the channel ID)
+        self.key_fields = key_fields
         self.idle_timeout = idle_timeout
         self.deadline = now + first_timeout
 
@@ -69,7 +83,10 @@ class CatalogCollector:
         if sum_num >= 0:
             r.sum_num = sum_num
         for item in items:
-            r.items[item.device_id] = item
+            key = item.device_id
+            if self.key_fields:
+                key = "|".join([key, *(item.fields.get(f, "") for f in self.key_fields)])
+            r.items[key] = item
         self.deadline = now + self.idle_timeout
         r.complete = r.sum_num >= 0 and len(r.items) >= r.sum_num
         return r.complete

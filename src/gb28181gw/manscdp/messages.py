@@ -159,10 +159,15 @@ class CatalogItem:
 
 def catalog(env: Envelope) -> tuple[int, list[CatalogItem]]:
     """SumNum and the items of one Catalog response message (items without DeviceID are skipped, C5)."""
+    return list_items(env, "DeviceList")
+
+
+def list_items(env: Envelope, list_name: str) -> tuple[int, list[CatalogItem]]:
+    """SumNum and the ``Item``s under ``list_name`` (``DeviceList``, ``RecordList``, ``PresetList``)."""
     sum_text = env.text("SumNum") or ""
     sum_num = int(sum_text) if sum_text.isdigit() else -1
     items: list[CatalogItem] = []
-    device_list = _child(env.element, "DeviceList")
+    device_list = _child(env.element, list_name)
     if device_list is None:
         return sum_num, items
     for item in device_list:
@@ -178,10 +183,10 @@ def catalog(env: Envelope) -> tuple[int, list[CatalogItem]]:
                         fields[sub.tag] = (sub.text or "").strip()
             else:
                 fields[child.tag] = (child.text or "").strip()
-        device_id = next((v for k, v in fields.items() if k.lower() == "deviceid"), "")
+        device_id = next((v for k, v in fields.items() if k.lower() in ("deviceid", "presetid")), "")
         if not device_id:
             continue
-        fields = {k: v for k, v in fields.items() if k.lower() != "deviceid"}
+        fields = {k: v for k, v in fields.items() if k.lower() not in ("deviceid", "presetid")}
         items.append(CatalogItem(device_id, fields))
     return sum_num, items
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass
 
-from gb28181gw.errors import ManscdpError
 from gb28181gw.gb.model import Channel, Device
 from gb28181gw.gb.query import CatalogCollector, CatalogResult, SnAllocator
-from gb28181gw.manscdp.messages import CONTENT_TYPE, CmdType, Envelope, Fields, Root, catalog, encode, flat
+from gb28181gw.manscdp.messages import CONTENT_TYPE, CmdType, Envelope, Fields, Root, encode, flat, list_items
 from gb28181gw.manscdp.ptz import PtzCmd
 from gb28181gw.metrics import Metrics
 from gb28181gw.net.stack import SipStack, SipTimeoutError, SipTransportError
@@ -76,7 +77,8 @@ class DeviceService:
         self.partial: set[str] = set()
         self._sn = SnAllocator(start=random.randint(1, 1_000_000))
         self._pending: dict[tuple[str, str, int], asyncio.Future[Envelope]] = {}
-        self._catalogs: dict[tuple[str, int], tuple[CatalogCollector, asyncio.Future[CatalogResult]]] = {}
+        self._catalogs: dict[tuple[str, int], tuple[CatalogCollector, asyncio.Future[CatalogResult], CmdType]] = {}
+        self.alarms: deque[dict[str, str]] = deque(maxlen=1000)
         self._reaper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.queries = metrics.counter(
@@ -84,6 +86,9 @@ class DeviceService:
         )
         self.unmatched = metrics.counter(
             "gb28181gw_manscdp_unmatched", "Responses that matched no pending query", ["cmd"]
+        )
+        self.alarm_count = metrics.counter(
+            "gb28181gw_alarms", "Alarms received by AlarmMethod and AlarmType", ["method", "type"]
         )
         self.catalog_seconds = metrics.counter("gb28181gw_catalog_sync_seconds", "Seconds spent assembling catalogs")
         metrics.labeled_gauge(
@@ -109,7 +114,7 @@ class DeviceService:
         for task in list(self._tasks):
             task.cancel()
         waiting: list[asyncio.Future[Envelope] | asyncio.Future[CatalogResult]] = list(self._pending.values())
-        waiting += [fut for _, fut in self._catalogs.values()]
+        waiting += [fut for _, fut, _ in self._catalogs.values()]
         for fut in waiting:
             if not fut.done():
                 fut.set_exception(DeviceError("gateway stopping"))
@@ -157,16 +162,22 @@ class DeviceService:
             raise DeviceError(f"device {device.device_id} answered {resp.status} {resp.reason}")
 
     async def query(
-        self, device_id: str, cmd: CmdType, fields: Fields | None = None, *, target: str | None = None
+        self,
+        device_id: str,
+        cmd: CmdType,
+        fields: Fields | None = None,
+        *,
+        target: str | None = None,
+        root: Root = Root.QUERY,
     ) -> Envelope:
-        """Send a ``<Query>`` and return the device's ``<Response>`` (one message)."""
+        """Send a ``<Query>`` (or another ``root``) and return the device's ``<Response>`` (one message)."""
         device = self._device(device_id)
         sn = self._sn.next(device_id)
         key = (device_id, cmd.value.lower(), sn)
         fut: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
         self._pending[key] = fut
         try:
-            await self.send(device, encode(Root.QUERY, cmd, sn, target or device_id, fields, charset=device.charset))
+            await self.send(device, encode(root, cmd, sn, target or device_id, fields, charset=device.charset))
             env = await asyncio.wait_for(fut, self.settings.query_timeout)
         except TimeoutError:
             self.queries[cmd.value, "timeout"] += 1
@@ -199,27 +210,83 @@ class DeviceService:
 
     async def catalog(self, device_id: str) -> CatalogResult:
         """Ask for the whole catalog, assemble it, store it, and return it."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        result = await self._multi(device_id, CmdType.CATALOG, None)
+        self.catalog_seconds[()] += round(loop.time() - started, 3)  # type: ignore[assignment]  # a float counter
+        await self._store_catalog(result)
+        return result
+
+    async def records(self, channel_id: str, start: str, end: str, *, record_type: str = "all") -> CatalogResult:
+        """RecordInfo (§5.4.4): the recordings of ``channel_id`` between two GB dateTimes."""
+        device = self.device_of(channel_id)
+        fields: Fields = [("StartTime", start), ("EndTime", end), ("Secrecy", 0), ("Type", record_type)]
+        return await self._multi(
+            device.device_id,
+            CmdType.RECORD_INFO,
+            fields,
+            target=channel_id,
+            key_fields=("StartTime", "EndTime", "FilePath"),
+        )
+
+    async def presets(self, channel_id: str) -> list[dict[str, str]]:
+        """PresetQuery (§5.4.7): the presets of a PTZ camera."""
+        device = self.device_of(channel_id)
+        env = await self.query(device.device_id, CmdType.PRESET_QUERY, target=channel_id)
+        return [{"PresetID": i.device_id, **i.fields} for i in list_items(env, "PresetList")[1]]
+
+    async def config(self, device_id: str, config_type: str = "BasicParam") -> dict[str, str]:
+        """ConfigDownload (§5.4.6), e.g. BasicParam: HeartBeatInterval, HeartBeatCount, Expiration …"""
+        env = await self.query(device_id, CmdType.CONFIG_DOWNLOAD, [("ConfigType", config_type)])
+        section = env.element
+        for child in env.element:
+            if isinstance(child.tag, str) and child.tag.lower() == config_type.lower():
+                section = child
+        out = {c.tag: (c.text or "").strip() for c in section if isinstance(c.tag, str) and not len(c)}
+        device = self.registrar.devices.get(device_id)
+        if device is not None and config_type == "BasicParam":
+            # the device's own heartbeat settings drive its liveness deadline (PROTOCOL.md §4.1)
+            for field_name, attr in (
+                ("HeartBeatInterval", "keepalive_interval"),
+                ("HeartBeatCount", "keepalive_count"),
+            ):
+                if out.get(field_name, "").isdigit() and int(out[field_name]) > 0:
+                    setattr(device, attr, int(out[field_name]))
+            self.registrar._touched(device_id)
+        return out
+
+    async def _multi(
+        self,
+        device_id: str,
+        cmd: CmdType,
+        fields: Fields | None,
+        *,
+        target: str | None = None,
+        key_fields: tuple[str, ...] = (),
+    ) -> CatalogResult:
         device = self._device(device_id)
         loop = asyncio.get_running_loop()
         sn = self._sn.next(device_id)
         s = self.settings
         collector = CatalogCollector(
-            device_id, sn, now=loop.time(), first_timeout=s.catalog_first_timeout, idle_timeout=s.catalog_idle_timeout
+            device_id,
+            sn,
+            now=loop.time(),
+            first_timeout=s.catalog_first_timeout if cmd is CmdType.CATALOG else s.query_timeout,
+            idle_timeout=s.catalog_idle_timeout,
+            key_fields=key_fields,
         )
         fut: asyncio.Future[CatalogResult] = loop.create_future()
-        self._catalogs[device_id, sn] = (collector, fut)
-        started = loop.time()
+        self._catalogs[device_id, sn] = (collector, fut, cmd)
         try:
-            await self.send(device, encode(Root.QUERY, CmdType.CATALOG, sn, device_id, charset=device.charset))
+            await self.send(device, encode(Root.QUERY, cmd, sn, target or device_id, fields, charset=device.charset))
             result = await fut
         except DeviceError:
-            self.queries["Catalog", "error"] += 1
+            self.queries[cmd.value, "error"] += 1
             raise
         finally:
             self._catalogs.pop((device_id, sn), None)
-        self.catalog_seconds[()] += round(loop.time() - started, 3)  # type: ignore[assignment]  # a float counter
-        await self._store_catalog(result)
-        self.queries["Catalog", "ok" if result.complete else "partial"] += 1
+        self.queries[cmd.value, "ok" if result.complete else "partial"] += 1
         return result
 
     async def _store_catalog(self, result: CatalogResult) -> None:
@@ -274,26 +341,27 @@ class DeviceService:
     # --- receiving ---------------------------------------------------------------------
 
     def _on_manscdp(self, device: Device, env: Envelope) -> None:
+        if env.root is Root.NOTIFY:
+            self._on_notify(device, env)
+            return
         if env.root is not Root.RESPONSE:
             log.debug(
-                "MANSCDP request from a device not handled yet", extra={"device": device.device_id, "cmd": env.cmd_type}
+                "MANSCDP request from a device not handled", extra={"device": device.device_id, "cmd": env.cmd_type}
             )
             return
-        if env.is_cmd(CmdType.CATALOG):
-            entry = self._catalogs.get((device.device_id, env.sn))
-            if entry is None:
-                self.unmatched[("Catalog",)] += 1
-                log.info("catalog response matches no query", extra={"device": device.device_id, "sn": env.sn})
-                return
-            collector, fut = entry
-            try:
-                sum_num, items = catalog(env)
-            except ManscdpError as exc:
-                log.info("bad catalog response", extra={"device": device.device_id, "error": str(exc)})
-                return
-            loop = asyncio.get_running_loop()
-            if collector.add(sum_num, items, loop.time()) and not fut.done():
+        entry = self._catalogs.get((device.device_id, env.sn))
+        if entry is not None and env.is_cmd(entry[2]):
+            collector, fut, cmd = entry
+            sum_num, items = list_items(env, "DeviceList" if cmd is CmdType.CATALOG else "RecordList")
+            if collector.add(sum_num, items, asyncio.get_running_loop().time()) and not fut.done():
                 fut.set_result(collector.result)
+            return
+        if env.is_cmd(CmdType.CATALOG) or env.is_cmd(CmdType.RECORD_INFO):
+            self.unmatched[(env.cmd_type,)] += 1
+            log.info(
+                "multi-part response matches no query",
+                extra={"device": device.device_id, "cmd": env.cmd_type, "sn": env.sn},
+            )
             return
         pending = self._pending.get((device.device_id, env.cmd_type.lower(), env.sn))
         if pending is None or pending.done():
@@ -302,12 +370,66 @@ class DeviceService:
             return
         pending.set_result(env)
 
+    def _on_notify(self, device: Device, env: Envelope) -> None:
+        if env.is_cmd(CmdType.ALARM):
+            alarm = flat(env)
+            info = next((c for c in env.element if isinstance(c.tag, str) and c.tag.lower() == "info"), None)
+            if info is not None:
+                alarm.update({c.tag: (c.text or "").strip() for c in info if isinstance(c.tag, str) and not len(c)})
+            alarm["ReportedBy"] = device.device_id
+            self.alarms.append(alarm)
+            self.alarm_count[alarm.get("AlarmMethod", ""), alarm.get("AlarmType", "")] += 1
+            log.info(
+                "alarm",
+                extra={"device": env.device_id, "method": alarm.get("AlarmMethod", ""), "type": alarm.get("AlarmType", ""),
+                       "priority": alarm.get("AlarmPriority", ""), "description": alarm.get("AlarmDescription", "")},
+            )  # fmt: skip
+            # §9.4: the platform answers the alarm with a Response MESSAGE of its own
+            body = encode(
+                Root.RESPONSE, CmdType.ALARM, env.sn, env.device_id, [("Result", "OK")], charset=device.charset
+            )
+            self._spawn(self._send_quietly(device, body))
+        elif env.is_cmd(CmdType.MOBILE_POSITION):
+            pos = flat(env)
+            log.info(
+                "mobile position",
+                extra={"device": env.device_id, "longitude": pos.get("Longitude"), "latitude": pos.get("Latitude")},
+            )
+        elif env.is_cmd(CmdType.MEDIA_STATUS):
+            log.info("media status", extra={"device": env.device_id, "type": env.text("NotifyType")})
+        else:
+            log.debug("notification not handled", extra={"device": device.device_id, "cmd": env.cmd_type})
+
+    async def _send_quietly(self, device: Device, body: bytes) -> None:
+        try:
+            await self.send(device, body)
+        except DeviceError as exc:
+            log.info("answer to device failed", extra={"device": device.device_id, "error": str(exc)})
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def command(self, target: str, name: str, value: str | Fields, *, wait: bool) -> dict[str, str]:
+        """A DeviceControl command other than PTZ (§5.6.1): ``TeleBoot``, ``RecordCmd``, ``GuardCmd``,
+        ``AlarmCmd``, ``IFameCmd``, ``HomePosition`` … With ``wait`` the device's Response (its Result)
+        is awaited and returned."""
+        device = self.device_of(target)
+        if not wait:
+            await self.control(device.device_id, target, [(name, value)])
+            return {}
+        env = await self.query(
+            device.device_id, CmdType.DEVICE_CONTROL, [(name, value)], target=target, root=Root.CONTROL
+        )
+        return flat(env)
+
     async def _reap(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(0.5)
             now = loop.time()
-            for collector, fut in list(self._catalogs.values()):
+            for collector, fut, _ in list(self._catalogs.values()):
                 if collector.expired(now) and not fut.done():
                     if collector.result.messages:
                         fut.set_result(collector.result)  # partial: the device went quiet
@@ -326,9 +448,7 @@ class DeviceService:
             except DeviceError as exc:
                 log.info("query after registration failed", extra={"device": device.device_id, "error": str(exc)})
 
-        task = asyncio.get_running_loop().create_task(after_register())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(after_register())
 
     def _on_offline(self, device: Device, reason: str) -> None:
         # channels go OFF with their device
