@@ -25,6 +25,7 @@ from gb28181gw.metrics import Metrics
 from gb28181gw.net.stack import SipStack
 from gb28181gw.services.devices import DeviceService, DeviceSettings
 from gb28181gw.services.registrar import RegistrarService
+from gb28181gw.services.subscriptions import SubscriptionService
 from gb28181gw.sip.endpoint import SipEndpoint
 from gb28181gw.sip.message import Limits
 from gb28181gw.sip.timers import TimerConfig
@@ -82,6 +83,9 @@ class Gateway:
                 catalog_idle_timeout=d.catalog_idle_timeout,
                 catalog_on_register=d.catalog_on_register,
             ),
+        )
+        self.subscriptions = SubscriptionService(
+            self.stack, self.registrar, self.devices, kinds=list(d.subscribe), expires=d.subscribe_expires
         )
         self.admin: AdminServer | None = None
         self.started_at = 0.0
@@ -167,6 +171,7 @@ class Gateway:
         if self.admin is not None:
             await self.admin.stop()
         await self.stack.close(timeout=self.config.runtime.shutdown_timeout)
+        await self.subscriptions.stop()
         await self.devices.stop()
         await self.registrar.stop()
         await self.store.close()

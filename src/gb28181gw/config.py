@@ -175,6 +175,10 @@ class DevicesSection:
     catalog_idle_timeout: float = _opt(
         5.0, "seconds of quiet after which a Catalog answer is taken as it is", _positive
     )
+    subscribe: list[str] = _opt(
+        ["catalog"], "subscriptions made when a device registers", _one_of("catalog", "alarm", "mobile-position")
+    )
+    subscribe_expires: int = _opt(3600, "Expires asked for subscriptions (s); refreshed at 80 %", _at_least(60))
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ async def start_gateway(**overrides: str) -> Gateway:
         "sip.t2": "0.4",
         "sip.t4": "0.5",
         "devices.catalog_on_register": "false",
+        "devices.subscribe": "",
     }
     settings.update(overrides)
     gw = Gateway(load_config(env={}, overrides=settings))

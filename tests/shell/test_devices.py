@@ -322,3 +322,82 @@ async def test_alarm_is_answered_counted_and_kept(gw: Gateway) -> None:
         assert kept["AlarmDescription"] == "移动侦测" and kept["DeviceID"] == CH1 and kept["ReportedBy"] == NVR
     finally:
         sock.close()
+
+
+SUBSCRIBE_DEVICE = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="device with a catalog subscription">
+  <recv request="SUBSCRIBE">
+    <action>
+      <ereg regexp=".*" search_in="hdr" header="From:" check_it="true" assign_to="gwfrom"/>
+      <ereg regexp="Catalog;id=[0-9]+" search_in="hdr" header="Event:" check_it="true" assign_to="event"/>
+    </action>
+  </recv>
+  <send><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]nvr
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:{nvr}@[local_ip]:[local_port]>
+Event: Catalog
+Expires: 60
+Content-Length: 0
+
+]]></send>
+  <pause milliseconds="100"/>
+  <send retrans="500"><![CDATA[
+NOTIFY sip:34020000002000000001@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];rport;branch=[branch]
+From: <sip:{nvr}@3402000000>;tag=[pid]nvr
+To: [$gwfrom]
+Call-ID: [call_id]
+CSeq: 1 NOTIFY
+Event: Catalog
+Subscription-State: active;expires=60
+Content-Type: Application/MANSCDP+xml
+Max-Forwards: 70
+Content-Length: [len]
+
+<?xml version="1.0" encoding="GB2312"?>
+<Notify>
+<CmdType>Catalog</CmdType>
+<SN>9</SN>
+<DeviceID>{nvr}</DeviceID>
+<SumNum>4</SumNum>
+<DeviceList Num="4">
+<Item><DeviceID>{ch1}</DeviceID><Event>OFF</Event></Item>
+<Item><DeviceID>{ch2}</DeviceID><Event>DEL</Event></Item>
+<Item><DeviceID>34020000001310000003</DeviceID><Name>{new_name}</Name><ParentID>{nvr}</ParentID><Status>ON</Status><Event>ADD</Event></Item>
+<Item><DeviceID>34020000001310000099</DeviceID><Event>ON</Event></Item>
+</DeviceList>
+</Notify>
+]]></send>
+  <recv response="200"/>
+  <Reference variables="gwfrom,event"/>
+</scenario>
+"""
+
+
+async def test_catalog_subscription_and_its_notify_events(gw: Gateway, tmp_path: Path) -> None:
+    from gb28181gw.gb.model import Channel
+
+    port = free_udp_port()
+    await register(gw, tmp_path, port)
+    gw.devices.channels[NVR] = {CH1: Channel(CH1, NVR, "大门口", "ON"), CH2: Channel(CH2, NVR, "停车场", "ON")}
+    scenario = SUBSCRIBE_DEVICE.format(nvr=NVR, ch1=CH1, ch2=CH2, new_name="新增通道").encode("gb2312")
+    proc = await play_device(scenario, port, tmp_path, "subscribe")
+    sub = await gw.subscriptions.subscribe(NVR, "catalog")
+    assert sub.expires == 60 and sub.remote_tag.endswith("nvr")
+    await finished(proc)
+    await asyncio.sleep(0.2)  # the store write runs in a task
+    chans = gw.devices.channels[NVR]
+    assert chans[CH1].status == "OFF"
+    assert CH2 not in chans
+    assert chans["34020000001310000003"].name == "新增通道"
+    assert "34020000001310000099" not in chans  # an event for an unknown channel changes nothing
+    stored = {c.channel_id for c in await gw.store.load_channels(NVR)}
+    assert stored == {CH1, "34020000001310000003"}
+    assert gw.subscriptions.events[("ADD",)] == 1 and gw.subscriptions.events[("ON",)] == 1
+    assert (NVR, "catalog") in gw.subscriptions.subs
+    await gw.subscriptions.stop()

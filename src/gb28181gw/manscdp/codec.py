@@ -17,23 +17,13 @@ from lxml.etree import _Element as Element  # re-exported: the element type of e
 
 from gb28181gw.errors import ManscdpError
 
-__all__ = ["Element", "MAX_BODY", "child_text", "decode_text", "declared_encoding", "parse_xml", "root_name"]
+__all__ = ["Element", "MAX_BODY", "etree", "child_text", "decode_text", "declared_encoding", "parse_xml", "root_name"]
 
 #: Bodies larger than this are refused (a catalog of 10,000 items is about 5 MB).
 MAX_BODY = 8 * 1024 * 1024
 
-_PARSER = etree.XMLParser(
-    resolve_entities=False,
-    no_network=True,
-    load_dtd=False,
-    dtd_validation=False,
-    huge_tree=False,
-    remove_blank_text=True,
-    recover=False,
-)
 _PROLOG_RE = re.compile(rb"^\s*<\?xml[^>]*\?>", re.IGNORECASE)
 _ENCODING_RE = re.compile(rb"encoding\s*=\s*[\"']([A-Za-z0-9_\-]+)[\"']", re.IGNORECASE)
-_BARE_AMP_RE = re.compile(r"&(?!(?:amp|lt|gt|quot|apos|#\d+|#x[0-9A-Fa-f]+);)")
 
 
 def declared_encoding(body: bytes) -> str | None:
@@ -58,25 +48,53 @@ def decode_text(body: bytes) -> str:
     return body.decode("gb18030", errors="replace")
 
 
+def _parser(encoding: str) -> etree.XMLParser:
+    return etree.XMLParser(
+        encoding=encoding,
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        dtd_validation=False,
+        huge_tree=False,
+        remove_blank_text=True,
+        recover=False,
+    )
+
+
+# one parser per encoding, each told the real encoding so libxml2 decodes the bytes itself
+_UTF8 = _parser("utf-8")
+_GB18030 = _parser("gb18030")
+_BARE_AMP_BYTES_RE = re.compile(rb"&(?!(?:amp|lt|gt|quot|apos|#\d+|#x[0-9A-Fa-f]+);)")
+
+
 def parse_xml(body: bytes, *, max_size: int = MAX_BODY) -> Element:
     """Parse a MANSCDP body into an element tree.
+
+    The bytes are handed to libxml2 with the encoding they really have — UTF-8 when they
+    decode as UTF-8, else GB18030 (a superset of GB2312 and GBK) — whatever the prolog says.
 
     Raises:
         ManscdpError: when the body is empty, too large, not XML, or carries a DTD.
     """
-    if not body.strip(b"\x00 \t\r\n"):
-        raise ManscdpError("empty MANSCDP body")
     if len(body) > max_size:
         raise ManscdpError(f"MANSCDP body of {len(body)} bytes exceeds {max_size}")
-    text = decode_text(body)
-    # the prolog's encoding is no longer true once decoded: drop it
-    text = re.sub(r"^\s*<\?xml[^>]*\?>", "", text, count=1)
-    if "<!DOCTYPE" in text or "<!ENTITY" in text:
+    body = body.strip(b"\x00 \t\r\n")
+    if not body:
+        raise ManscdpError("empty MANSCDP body")
+    if body.startswith(b"\xef\xbb\xbf"):
+        body = body[3:]
+    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
         raise ManscdpError("MANSCDP body carries a DTD or entity declarations; refused")
-    if "&" in text:
-        text = _BARE_AMP_RE.sub("&amp;", text)
+    if b"&" in body:
+        # '&' is ASCII, never a trail byte of GB18030 or UTF-8: safe to repair on bytes (X4)
+        body = _BARE_AMP_BYTES_RE.sub(b"&amp;", body)
     try:
-        return etree.fromstring(text.encode("utf-8"), _PARSER)
+        body.decode("utf-8")
+        parser = _UTF8
+    except UnicodeDecodeError:
+        parser = _GB18030
+    try:
+        return etree.fromstring(body, parser)
     except etree.XMLSyntaxError as exc:
         raise ManscdpError(f"MANSCDP body is not well-formed XML: {exc}") from None
 

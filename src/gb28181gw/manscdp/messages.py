@@ -15,7 +15,7 @@ from xml.sax.saxutils import escape
 
 from gb28181gw.errors import ManscdpError
 
-from .codec import Element, child_text, parse_xml
+from .codec import Element, child_text, etree, parse_xml
 
 
 class Root(StrEnum):
@@ -170,23 +170,27 @@ def list_items(env: Envelope, list_name: str) -> tuple[int, list[CatalogItem]]:
     device_list = _child(env.element, list_name)
     if device_list is None:
         return sum_num, items
-    for item in device_list:
-        if not isinstance(item.tag, str) or item.tag.lower() != "item":
+    for item in device_list.iterchildren(tag=etree.Element):
+        if item.tag.lower() != "item":
             continue
         fields: dict[str, str] = {}
-        for child in item:
-            if not isinstance(child.tag, str):
+        for child in item.iterchildren(tag=etree.Element):
+            tag = child.tag
+            if tag == "Info" or tag == "info" or tag == "INFO":
+                for sub in child.iterchildren(tag=etree.Element):
+                    text = sub.text
+                    fields[sub.tag] = text.strip() if text else ""
                 continue
-            if child.tag.lower() == "info" and len(child):
-                for sub in child:
-                    if isinstance(sub.tag, str):
-                        fields[sub.tag] = (sub.text or "").strip()
-            else:
-                fields[child.tag] = (child.text or "").strip()
-        device_id = next((v for k, v in fields.items() if k.lower() in ("deviceid", "presetid")), "")
+            text = child.text
+            fields[tag] = text.strip() if text else ""
+        device_id = fields.pop("DeviceID", None) or fields.pop("PresetID", None)
+        if device_id is None:
+            for key in list(fields):
+                if key.lower() in ("deviceid", "presetid"):
+                    device_id = fields.pop(key)
+                    break
         if not device_id:
             continue
-        fields = {k: v for k, v in fields.items() if k.lower() not in ("deviceid", "presetid")}
         items.append(CatalogItem(device_id, fields))
     return sum_num, items
 

@@ -68,6 +68,7 @@ class DeviceService:
         settings: DeviceSettings | None = None,
     ) -> None:
         self.stack = stack
+        self.metrics = metrics
         self.store = store
         self.registrar = registrar
         self.our_id = our_id

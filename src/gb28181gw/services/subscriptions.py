@@ -1,0 +1,237 @@
+"""Subscriptions toward devices (GB/T 28181 §9.11, PROTOCOL.md §6) and the NOTIFYs they bring.
+
+A SUBSCRIBE creates a dialog (Call-ID and both tags); the subscription is refreshed
+inside it at 80 % of the granted Expires, dropped when the device goes offline and made
+again when it registers. NOTIFYs for Catalog carry item events (ON, OFF, VLOST, DEFECT,
+ADD, DEL, UPDATE) applied to the stored channels; Alarm and MobilePosition NOTIFYs go
+where their MESSAGE twins go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+
+from gb28181gw.errors import ManscdpError
+from gb28181gw.gb.model import Channel, Device
+from gb28181gw.gb.registrar import from_user
+from gb28181gw.manscdp.messages import CONTENT_TYPE, CmdType, Root, decode, encode, list_items
+from gb28181gw.net.stack import SipStack, SipTimeoutError, SipTransportError
+from gb28181gw.sip.endpoint import Peer, warning_header
+from gb28181gw.sip.events import RequestReceived
+from gb28181gw.sip.message import make_request, make_response
+
+from .devices import DeviceError, DeviceService, _status
+from .registrar import RegistrarService
+
+log = logging.getLogger("gb28181gw.subscriptions")
+
+#: The events a subscription can be for, and the Event header package names (wvp uses presence
+#: for Alarm and MobilePosition, PROTOCOL.md §14 item 5).
+PACKAGES = {"catalog": ("Catalog", CmdType.CATALOG), "alarm": ("presence", CmdType.ALARM), "mobile-position": ("presence", CmdType.MOBILE_POSITION)}  # fmt: skip
+
+
+@dataclass(slots=True)
+class Subscription:
+    """One subscription dialog toward a device."""
+
+    device_id: str
+    kind: str
+    call_id: str
+    local_tag: str
+    remote_tag: str = ""
+    cseq: int = 1
+    expires: int = 3600
+    sn: int = 0
+    refresh: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+
+class SubscriptionService:
+    """Keeps the configured subscriptions alive and applies what they report."""
+
+    def __init__(
+        self,
+        stack: SipStack,
+        registrar: RegistrarService,
+        devices: DeviceService,
+        *,
+        kinds: list[str],
+        expires: int = 3600,
+    ) -> None:
+        self.stack = stack
+        self.registrar = registrar
+        self.devices = devices
+        self.kinds = kinds
+        self.expires = expires
+        self.subs: dict[tuple[str, str], Subscription] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.events = devices.metrics.counter(
+            "gb28181gw_catalog_events", "Catalog NOTIFY item events by event", ["event"]
+        )
+        stack.route("NOTIFY", self._on_notify)
+        registrar.on_registered(self._on_registered)
+        registrar.on_offline(self._on_offline)
+
+    async def stop(self) -> None:
+        """Forget every subscription (devices let them expire)."""
+        for sub in self.subs.values():
+            if sub.refresh is not None:
+                sub.refresh.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        self.subs.clear()
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- SUBSCRIBE -------------------------------------------------------------------------
+
+    async def subscribe(self, device_id: str, kind: str, *, expires: int | None = None) -> Subscription:
+        """Subscribe to ``kind`` (catalog, alarm, mobile-position) of ``device_id``, or refresh it.
+
+        Raises:
+            DeviceError: the device refused, did not answer, or cannot be reached.
+        """
+        device = self.devices._device(device_id)
+        package, cmd = PACKAGES[kind]
+        ep = self.stack.endpoint
+        sub = self.subs.get((device_id, kind))
+        if sub is None:
+            sub = Subscription(device_id, kind, ep.new_call_id(), ep.new_tag())
+        else:
+            sub.cseq += 1
+        sub.expires = self.expires if expires is None else expires
+        sub.sn = self.devices._sn.next(device_id)
+        host, port = ep.local_address(device.transport)
+        req = make_request(
+            "SUBSCRIBE",
+            f"sip:{device_id}@{device.host}:{device.port}",
+            from_addr=f"sip:{self.devices.our_id}@{self.devices.domain}",
+            to_addr=f"sip:{device_id}@{device_id[:10]}",
+            call_id=sub.call_id,
+            cseq=sub.cseq,
+            from_tag=sub.local_tag,
+            to_tag=sub.remote_tag or None,
+            contact=f"sip:{self.devices.our_id}@{host}:{port}",
+            extra=[("Event", f"{package};id={sub.sn}"), ("Expires", str(sub.expires))],
+            content_type=CONTENT_TYPE,
+            body=encode(Root.QUERY, cmd, sub.sn, device_id, charset=device.charset),
+        )
+        try:
+            resp = await self.stack.request(req, Peer(device.transport, device.host, device.port))
+        except (SipTimeoutError, SipTransportError) as exc:
+            raise DeviceError(f"SUBSCRIBE {kind} to {device_id}: {exc}") from None
+        if resp.status >= 300:
+            self.subs.pop((device_id, kind), None)
+            raise DeviceError(f"device {device_id} refused the {kind} subscription: {resp.status} {resp.reason}")
+        sub.remote_tag = resp.to.tag or sub.remote_tag
+        granted = (resp.headers.get("expires") or "").strip()
+        if granted.isdigit():
+            sub.expires = int(granted)
+        if sub.refresh is not None:
+            sub.refresh.cancel()
+            sub.refresh = None
+        if sub.expires == 0:
+            self.subs.pop((device_id, kind), None)
+            return sub
+        self.subs[device_id, kind] = sub
+        sub.refresh = asyncio.get_running_loop().call_later(sub.expires * 0.8, self._refresh, device_id, kind)
+        log.info("subscribed", extra={"device": device_id, "kind": kind, "expires": sub.expires})
+        return sub
+
+    def _refresh(self, device_id: str, kind: str) -> None:
+        async def again() -> None:
+            try:
+                await self.subscribe(device_id, kind)
+            except DeviceError as exc:
+                log.info("subscription refresh failed", extra={"device": device_id, "kind": kind, "error": str(exc)})
+
+        self._spawn(again())
+
+    def _on_registered(self, device: Device) -> None:
+        async def subscribe_all() -> None:
+            await asyncio.sleep(0.5)
+            for kind in self.kinds:
+                try:
+                    await self.subscribe(device.device_id, kind)
+                except DeviceError as exc:
+                    log.info("subscription failed", extra={"device": device.device_id, "kind": kind, "error": str(exc)})
+
+        if self.kinds:
+            self._spawn(subscribe_all())
+
+    def _on_offline(self, device: Device, reason: str) -> None:
+        for kind in list(PACKAGES):
+            sub = self.subs.pop((device.device_id, kind), None)
+            if sub is not None and sub.refresh is not None:
+                sub.refresh.cancel()
+
+    # --- NOTIFY ----------------------------------------------------------------------------
+
+    def _on_notify(self, event: RequestReceived) -> None:
+        req, tx = event.request, event.transaction
+        assert tx is not None
+        tag = self.stack.endpoint.new_tag()
+        device = self.registrar.devices.get(from_user(req))
+        if device is None or not device.registered:
+            resp = make_response(req, 481, to_tag=tag)
+            resp.headers.add("Warning", warning_header("no subscription: the sender is not a registered device"))
+            self.stack.respond(tx, resp)
+            return
+        try:
+            env = decode(req.body)
+        except ManscdpError as exc:
+            resp = make_response(req, 400, to_tag=tag)
+            resp.headers.add("Warning", warning_header(str(exc)))
+            self.stack.respond(tx, resp)
+            return
+        self.stack.respond(tx, make_response(req, 200, to_tag=tag))
+        if env.is_cmd(CmdType.CATALOG):
+            self._apply_catalog_events(device, env)
+        else:
+            self.devices._on_manscdp(device, env)
+
+    def _apply_catalog_events(self, device: Device, env: object) -> None:
+        _, items = list_items(env, "DeviceList")  # type: ignore[arg-type]
+        chans = self.devices.channels.setdefault(device.device_id, {})
+        changed = False
+        for item in items:
+            ev = item.fields.get("Event", "").upper()
+            self.events[(ev or "none",)] += 1
+            ch = chans.get(item.device_id)
+            if ev in ("ON", "OFF", "VLOST", "DEFECT"):
+                if ch is None:
+                    log.info(
+                        "catalog event for an unknown channel",
+                        extra={"device": device.device_id, "channel": item.device_id, "event": ev},
+                    )
+                    continue
+                ch.status = "ON" if ev == "ON" else "OFF"
+                ch.extra["LastEvent"] = ev
+            elif ev in ("ADD", "UPDATE"):
+                fields = {k: v for k, v in item.fields.items() if k != "Event"}
+                chans[item.device_id] = Channel(
+                    item.device_id,
+                    device.device_id,
+                    fields.get("Name", ch.name if ch else ""),
+                    _status(fields.get("Status", "ON")),
+                    fields.get("ParentID", ch.parent_id if ch else ""),
+                    {k: v for k, v in fields.items() if k not in ("Name", "Status", "ParentID")},
+                )
+            elif ev == "DEL":
+                if chans.pop(item.device_id, None) is None:
+                    continue
+            else:
+                log.info("unknown catalog event", extra={"device": device.device_id, "event": ev})
+                continue
+            changed = True
+        if changed:
+            self._spawn(self._persist(device.device_id))
+
+    async def _persist(self, device_id: str) -> None:
+        await self.registrar.flush()
+        await self.devices.store.replace_channels(device_id, list(self.devices.channels.get(device_id, {}).values()))
