@@ -115,8 +115,14 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
             GbId.parse(device_id)
         except IdError as exc:
             return _error(400, f"invalid device ID: {exc}")
+        charset = str(body.get("charset") or "")
+        if charset and charset.upper() not in ("GB2312", "GB18030", "UTF-8"):
+            return _error(400, "charset must be GB2312, GB18030 or UTF-8")
         device = await registrar.provision(
-            device_id, password=str(body.get("password") or ""), name=str(body.get("name") or "")
+            device_id,
+            password=str(body.get("password") or ""),
+            name=str(body.get("name") or ""),
+            charset=charset.upper(),
         )
         return web.json_response(_device_json(registrar, device), status=201)
 
@@ -166,6 +172,10 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
                 cmd = ptz_codes.preset(str(body["action"]), int(body["number"]))
             elif kind == "focus-iris":
                 cmd = ptz_codes.focus_iris(str(body["action"]), int(body.get("speed", 0x40)))
+            elif kind == "cruise":
+                cmd = ptz_codes.cruise(str(body["action"]), int(body["group"]), int(body.get("value", 0)))
+            elif kind == "scan":
+                cmd = ptz_codes.scan(str(body["action"]), int(body["group"]), int(body.get("value", 0)))
             else:
                 return _error(400, f"unknown PTZ kind {kind!r}")
             await devices.ptz(str(body["channel_id"]), cmd)
@@ -175,6 +185,40 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
             return _error(502, str(exc))
         return web.json_response({"sent": cmd.encode()})
 
+    async def records(request: web.Request) -> web.Response:
+        q = request.query
+        try:
+            result = await devices.records(
+                request.match_info["channel_id"], q["from"], q["to"], record_type=q.get("type", "all")
+            )
+        except KeyError:
+            return _error(400, "from and to are required (YYYY-MM-DDTHH:MM:SS)")
+        except DeviceError as exc:
+            return _error(502, str(exc))
+        items = sorted(
+            ({"channel_id": i.device_id, **i.fields} for i in result.items.values()),
+            key=lambda r: r.get("StartTime", ""),
+        )
+        return web.json_response({"records": items, "sum_num": result.sum_num, "complete": result.complete})
+
+    async def command(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            result = await devices.command(
+                str(body["target"]), str(body["name"]), str(body["value"]), wait=bool(body.get("wait", True))
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            return _error(400, f"bad command: {exc}")
+        except DeviceError as exc:
+            return _error(502, str(exc))
+        return web.json_response(result)
+
+    async def alarms(request: web.Request) -> web.Response:
+        return web.json_response({"alarms": list(devices.alarms)})
+
+    admin.add_route("GET", "/channels/{channel_id}/records", records)
+    admin.add_route("POST", "/control", command)
+    admin.add_route("GET", "/alarms", alarms)
     admin.add_route("GET", "/channels", channels)
     admin.add_route("POST", "/devices/{device_id}/catalog", refresh_catalog)
     admin.add_route("GET", "/devices/{device_id}/{what:info|status}", query)

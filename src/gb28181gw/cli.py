@@ -21,6 +21,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 from gb28181gw import __version__
@@ -311,9 +312,17 @@ def device_show(admin: str, device_id: str) -> None:
 @click.argument("device_id")
 @click.option("--password", default="", help="Its own digest password (overrides registrar.password).")
 @click.option("--name", default="", help="A name for it.")
-def device_add(admin: str, device_id: str, password: str, name: str) -> None:
+@click.option(
+    "--charset", type=click.Choice(["GB2312", "GB18030", "UTF-8"]), default=None, help="Charset of its MANSCDP bodies."
+)
+def device_add(admin: str, device_id: str, password: str, name: str, charset: str | None) -> None:
     """Provision DEVICE_ID (needed when registrar.require_provisioned is on)."""
-    data = _api_send(admin, "POST", "/devices", {"device_id": device_id, "password": password, "name": name})
+    data = _api_send(
+        admin,
+        "POST",
+        "/devices",
+        {"device_id": device_id, "password": password, "name": name, "charset": charset or ""},
+    )
     console.print(f"added {data['device_id']}", highlight=False)
 
 
@@ -371,9 +380,10 @@ def catalog_refresh(admin: str, device_id: str | None, all_devices: bool) -> Non
         raise click.UsageError("give a DEVICE_ID or --all")
     targets = [device_id] if device_id else [d["device_id"] for d in _api(admin, "/devices?state=online")["devices"]]
     failed = 0
-    with console.status("") as status:
-        for n, target in enumerate(targets, 1):
-            status.update(f"catalog {n}/{len(targets)}: {target}")
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("catalog", total=len(targets))
+        for target in targets:
+            progress.update(task, description=f"catalog {target}")
             url = admin.rstrip("/") + f"/api/v1/devices/{target}/catalog"
             try:
                 with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=300) as resp:
@@ -385,6 +395,7 @@ def catalog_refresh(admin: str, device_id: str | None, all_devices: bool) -> Non
                 console.print(
                     f"[red]{target}: {json.loads(exc.read() or b'{}').get('error', exc.reason)}[/red]", highlight=False
                 )
+            progress.advance(task)
     sys.exit(1 if failed else 0)
 
 
@@ -454,3 +465,53 @@ def preset(admin: str, channel_id: str, action: str, number: int) -> None:
         admin, "POST", "/ptz", {"kind": "preset", "channel_id": channel_id, "action": action, "number": number}
     )
     console.print(f"sent PTZCmd {r['sent']}", highlight=False)
+
+
+@main.command()
+@ADMIN_OPTION
+@click.argument("channel_id")
+@click.option("--from", "start", required=True, help="Start, YYYY-MM-DDTHH:MM:SS (local time).")
+@click.option("--to", "end", required=True, help="End, YYYY-MM-DDTHH:MM:SS.")
+@click.option(
+    "--type", "record_type", type=click.Choice(["all", "time", "alarm", "manual"]), default="all", show_default=True
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def records(admin: str, channel_id: str, start: str, end: str, record_type: str, as_json: bool) -> None:
+    """Search the recordings of CHANNEL_ID (RecordInfo)."""
+    data = _api(admin, f"/channels/{channel_id}/records?from={start}&to={end}&type={record_type}")
+    if as_json:
+        console.print_json(json.dumps(data, ensure_ascii=False))
+        return
+    table = Table("start", "end", "type", "size", "file", title=f"{len(data['records'])} recordings of {channel_id}")
+    for r in data["records"]:
+        table.add_row(
+            r.get("StartTime", ""),
+            r.get("EndTime", ""),
+            r.get("Type", ""),
+            r.get("FileSize", ""),
+            r.get("FilePath", ""),
+        )
+    console.print(table)
+    if not data["complete"]:
+        console.print(f"[yellow]partial: the device said {data['sum_num']} and went quiet[/yellow]")
+
+
+@main.command("control")
+@ADMIN_OPTION
+@click.argument("target")
+@click.argument(
+    "command", type=click.Choice(["reboot", "record-start", "record-stop", "guard", "unguard", "alarm-reset", "iframe"])
+)
+def control_cmd(admin: str, target: str, command: str) -> None:
+    """Send a DeviceControl command to a device or channel and print its result."""
+    name, value, wait = {
+        "reboot": ("TeleBoot", "Boot", False),
+        "record-start": ("RecordCmd", "Record", True),
+        "record-stop": ("RecordCmd", "StopRecord", True),
+        "guard": ("GuardCmd", "SetGuard", True),
+        "unguard": ("GuardCmd", "ResetGuard", True),
+        "alarm-reset": ("AlarmCmd", "ResetAlarm", True),
+        "iframe": ("IFameCmd", "Send", False),
+    }[command]
+    result = _api_send(admin, "POST", "/control", {"target": target, "name": name, "value": value, "wait": wait})
+    console.print(f"{command}: {result.get('Result', 'sent')}", highlight=False)

@@ -148,3 +148,16 @@ class TestCatalogCollector:
 def test_sn_allocator_per_device_and_wraps() -> None:
     sn = SnAllocator(start=2**31 - 3)
     assert [sn.next("a"), sn.next("a"), sn.next("a"), sn.next("b")] == [2**31 - 3, 2**31 - 2, 1, 2**31 - 3]
+
+
+@pytest.mark.parametrize("brand", ["hikvision", "dahua", "uniview"])
+def test_record_info_and_alarm_fixtures(brand: str) -> None:
+    from gb28181gw.manscdp.messages import list_items
+
+    records = decode((ROOT / "sdp_fixtures" / brand / "recordinfo.xml").read_bytes())
+    sum_num, items = list_items(records, "RecordList")
+    assert sum_num == 2 and len(items) == 2
+    assert items[0].fields["Type"] == "time" and items[1].fields["Type"] == "alarm"
+    alarm = decode((ROOT / "sdp_fixtures" / brand / "alarm.xml").read_bytes())
+    assert alarm.root is Root.NOTIFY and alarm.is_cmd(CmdType.ALARM)
+    assert flat(alarm)["AlarmDescription"] == "移动侦测"

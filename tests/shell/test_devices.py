@@ -401,3 +401,40 @@ async def test_catalog_subscription_and_its_notify_events(gw: Gateway, tmp_path:
     assert gw.subscriptions.events[("ADD",)] == 1 and gw.subscriptions.events[("ON",)] == 1
     assert (NVR, "catalog") in gw.subscriptions.subs
     await gw.subscriptions.stop()
+
+
+async def test_invalid_coordinates_are_dropped_and_channels_go_off_with_their_device(
+    gw: Gateway, tmp_path: Path
+) -> None:
+    from gb28181gw.gb.query import CatalogResult
+    from gb28181gw.manscdp.messages import CatalogItem
+
+    port = free_udp_port()
+    await register(gw, tmp_path, port)
+    result = CatalogResult(NVR, 1, 3, complete=True, messages=1)
+    result.items = {
+        CH1: CatalogItem(CH1, {"Name": "a", "Status": "ONLINE", "Longitude": "918.3", "Latitude": "31.3"}),
+        CH2: CatalogItem(CH2, {"Name": "b", "Status": "1", "Longitude": "0", "Latitude": "0"}),
+        "34020000001310000003": CatalogItem(
+            "34020000001310000003", {"Name": "c", "Longitude": "118.376", "Latitude": "31.326"}
+        ),
+    }
+    await gw.devices._store_catalog(result)
+    chans = gw.devices.channels[NVR]
+    assert "Longitude" not in chans[CH1].extra and "Longitude" not in chans[CH2].extra
+    assert chans["34020000001310000003"].extra["Longitude"] == "118.376"
+    assert chans[CH1].status == "ON" and chans[CH2].status == "ON"  # ONLINE and 1 normalised
+    assert gw.devices.bad_positions[()] == 1  # 0,0 means unknown, not invalid
+    # the device unregisters: its channels are OFF, in the store too
+    await register_expires_zero(gw, tmp_path, port)
+    await asyncio.sleep(0.2)
+    assert all(c.status == "OFF" for c in gw.devices.channels[NVR].values())
+    assert all(c.status == "OFF" for c in await gw.store.load_channels(NVR))
+
+
+async def register_expires_zero(gw: Gateway, tmp_path: Path, port: int) -> None:
+    path = tmp_path / "unregister.xml"
+    path.write_text(REGISTER.format(device=NVR).replace("Expires: 3600", "Expires: 0"))
+    result = await run_sipp(str(path), gw.stack.port, tmp_path, extra=("-p", str(port)))
+    assert result.ok, result.stdout
+    assert not gw.registrar.devices[NVR].registered

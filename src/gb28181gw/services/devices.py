@@ -88,6 +88,9 @@ class DeviceService:
         self.unmatched = metrics.counter(
             "gb28181gw_manscdp_unmatched", "Responses that matched no pending query", ["cmd"]
         )
+        self.bad_positions = metrics.counter(
+            "gb28181gw_invalid_coordinates", "Catalog items whose coordinates were dropped"
+        )
         self.alarm_count = metrics.counter(
             "gb28181gw_alarms", "Alarms received by AlarmMethod and AlarmType", ["method", "type"]
         )
@@ -293,6 +296,8 @@ class DeviceService:
     async def _store_catalog(self, result: CatalogResult) -> None:
         if not result.messages:
             return
+        for item in result.items.values():
+            self._check_position(result.device_id, item.device_id, item.fields)
         chans = {
             cid: Channel(
                 cid,
@@ -452,6 +457,31 @@ class DeviceService:
         self._spawn(after_register())
 
     def _on_offline(self, device: Device, reason: str) -> None:
-        # channels go OFF with their device
-        for ch in self.channels.get(device.device_id, {}).values():
+        # channels go OFF with their device, in the store too
+        chans = self.channels.get(device.device_id)
+        if not chans:
+            return
+        for ch in chans.values():
             ch.status = "OFF"
+        self._spawn(self.store.replace_channels(device.device_id, list(chans.values())))
+
+    def _check_position(self, device_id: str, item_id: str, fields: dict[str, str]) -> None:
+        """Drop coordinates that are not coordinates (C9: 0,0 means unknown), counting them."""
+        lon, lat = fields.get("Longitude"), fields.get("Latitude")
+        if lon is None and lat is None:
+            return
+        try:
+            x, y = float(lon or "nan"), float(lat or "nan")
+            valid = -180.0 <= x <= 180.0 and -90.0 <= y <= 90.0
+        except ValueError:
+            valid = False
+        if valid and (x, y) != (0.0, 0.0):
+            return
+        if not valid:
+            self.bad_positions[()] += 1
+            log.info(
+                "invalid coordinates dropped",
+                extra={"device": device_id, "channel": item_id, "longitude": lon, "latitude": lat},
+            )
+        fields.pop("Longitude", None)
+        fields.pop("Latitude", None)

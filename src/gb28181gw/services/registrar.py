@@ -373,8 +373,8 @@ class RegistrarService:
         total = len(self.devices)
         return {("online",): online, ("offline",): total - online, ("registered",): registered, ("known",): total}
 
-    async def provision(self, device_id: str, *, password: str = "", name: str = "") -> Device:
-        """Add (or update) a device by hand: its password, its name."""
+    async def provision(self, device_id: str, *, password: str = "", name: str = "", charset: str = "") -> Device:
+        """Add (or update) a device by hand: its password, its name, the charset of its MANSCDP bodies."""
         epoch = self._clock()
         device = self.devices.get(device_id)
         if device is None:
@@ -384,6 +384,8 @@ class RegistrarService:
             device.password = password
         if name:
             device.name = name
+        if charset:
+            device.charset = charset
         device.updated_at = epoch
         self._touched(device_id)
         await self.flush()
