@@ -7,6 +7,7 @@ later services add their routes with :meth:`AdminServer.add_route`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -214,7 +215,9 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
         return web.json_response(result)
 
     async def alarms(request: web.Request) -> web.Response:
-        return web.json_response({"alarms": list(devices.alarms)})
+        limit = int(request.query.get("limit", "100")) if request.query.get("limit", "100").isdigit() else 100
+        stored = await devices.store.load_alarms(limit, request.query.get("device"))
+        return web.json_response({"alarms": [dataclasses.asdict(a) for a in stored]})
 
     admin.add_route("GET", "/channels/{channel_id}/records", records)
     admin.add_route("POST", "/control", command)

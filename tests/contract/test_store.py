@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gb28181gw.errors import StoreError
-from gb28181gw.gb.model import Channel, Device
+from gb28181gw.gb.model import Alarm, Channel, Device
 from gb28181gw.store.base import Store
 from gb28181gw.store.sqlite import SqliteStore
 
@@ -90,6 +90,28 @@ async def test_channels_replace(store: Store) -> None:
     assert await store.load_channels(did) == chans
     await store.replace_channels(did, chans[:1])
     assert await store.load_channels() == chans[:1]
+
+
+async def test_alarms_newest_first_and_by_device(store: Store) -> None:
+    alarms = [
+        Alarm(
+            f"3402000000131000000{i % 2}",
+            "34020000001180000001",
+            "4",
+            "5",
+            "2",
+            f"2024-05-06T12:40:0{i}",
+            "移动侦测",
+            float(i),
+            {"Longitude": "118.3"},
+        )
+        for i in range(5)
+    ]
+    await store.save_alarms(alarms)
+    got = await store.load_alarms(3)
+    assert [a.alarm_time for a in got] == ["2024-05-06T12:40:04", "2024-05-06T12:40:03", "2024-05-06T12:40:02"]
+    assert got[0] == alarms[4]
+    assert len(await store.load_alarms(10, "34020000001310000001")) == 2
 
 
 async def test_bulk(store: Store) -> None:

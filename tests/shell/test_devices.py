@@ -320,6 +320,9 @@ async def test_alarm_is_answered_counted_and_kept(gw: Gateway) -> None:
         assert gw.devices.alarm_count["5", "2"] == 1
         kept = gw.devices.alarms[-1]
         assert kept["AlarmDescription"] == "移动侦测" and kept["DeviceID"] == CH1 and kept["ReportedBy"] == NVR
+        await asyncio.sleep(0.1)
+        (stored,) = await gw.store.load_alarms()
+        assert (stored.device_id, stored.method, stored.alarm_type, stored.description) == (CH1, "5", "2", "移动侦测")
     finally:
         sock.close()
 

@@ -123,3 +123,28 @@ class Channel:
     status: str = ""
     parent_id: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Alarm:
+    """An alarm a device reported (GB/T 28181 §9.4, PROTOCOL.md §5.7.1).
+
+    Attributes:
+        device_id: the alarm source (channel or device ID, as sent).
+        reported_by: the registered device the MESSAGE or NOTIFY came from.
+        priority / method / alarm_type: AlarmPriority, AlarmMethod, Info/AlarmType (text as sent).
+        alarm_time: AlarmTime as sent (device local time).
+        description: AlarmDescription.
+        received_at: wall-clock epoch seconds when it arrived.
+        extra: every other field.
+    """
+
+    device_id: str
+    reported_by: str
+    priority: str = ""
+    method: str = ""
+    alarm_type: str = ""
+    alarm_time: str = ""
+    description: str = ""
+    received_at: float = 0.0
+    extra: dict[str, str] = field(default_factory=dict)

@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass
 
-from gb28181gw.gb.model import Channel, Device
+from gb28181gw.gb.model import Alarm, Channel, Device
 from gb28181gw.gb.query import CatalogCollector, CatalogResult, SnAllocator
 from gb28181gw.manscdp.messages import CONTENT_TYPE, CmdType, Envelope, Fields, Root, encode, flat, list_items
 from gb28181gw.manscdp.ptz import PtzCmd
@@ -384,6 +385,27 @@ class DeviceService:
                 alarm.update({c.tag: (c.text or "").strip() for c in info if isinstance(c.tag, str) and not len(c)})
             alarm["ReportedBy"] = device.device_id
             self.alarms.append(alarm)
+            known = (
+                "DeviceID",
+                "ReportedBy",
+                "AlarmPriority",
+                "AlarmMethod",
+                "AlarmType",
+                "AlarmTime",
+                "AlarmDescription",
+            )
+            record = Alarm(
+                env.device_id,
+                device.device_id,
+                alarm.get("AlarmPriority", ""),
+                alarm.get("AlarmMethod", ""),
+                alarm.get("AlarmType", ""),
+                alarm.get("AlarmTime", ""),
+                alarm.get("AlarmDescription", ""),
+                time.time(),
+                {k: v for k, v in alarm.items() if k not in known and k.lower() not in ("cmdtype", "sn")},
+            )
+            self._spawn(self.store.save_alarms([record]))
             self.alarm_count[alarm.get("AlarmMethod", ""), alarm.get("AlarmType", "")] += 1
             log.info(
                 "alarm",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from gb28181gw.gb.model import Channel, Device
+from gb28181gw.gb.model import Alarm, Channel, Device
 
 
 class Store(Protocol):
@@ -46,3 +46,9 @@ class Store(Protocol):
 
     async def load_channels(self, device_id: str | None = None) -> list[Channel]:
         """Channels of one device, or of all."""
+
+    async def save_alarms(self, alarms: Sequence[Alarm]) -> None:
+        """Keep these alarms (the oldest beyond the backend's limit may be dropped)."""
+
+    async def load_alarms(self, limit: int = 100, device_id: str | None = None) -> list[Alarm]:
+        """The newest ``limit`` alarms, newest first, of one source device or all."""

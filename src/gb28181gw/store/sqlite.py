@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gb28181gw.errors import StoreError
-from gb28181gw.gb.model import DEVICE_FIELDS, Channel, Device
+from gb28181gw.gb.model import DEVICE_FIELDS, Alarm, Channel, Device
 
 T = TypeVar("T")
 
@@ -72,7 +72,24 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX channels_by_id ON channels(channel_id);
     """,
+    """
+    CREATE TABLE alarms (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        device_id TEXT NOT NULL,
+        reported_by TEXT NOT NULL,
+        priority TEXT NOT NULL DEFAULT '',
+        method TEXT NOT NULL DEFAULT '',
+        alarm_type TEXT NOT NULL DEFAULT '',
+        alarm_time TEXT NOT NULL DEFAULT '',
+        description TEXT NOT NULL DEFAULT '',
+        received_at REAL NOT NULL DEFAULT 0,
+        extra TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX alarms_by_device ON alarms(device_id, id);
+    """,
 ]
+#: Alarms kept; older ones are deleted as new ones come.
+MAX_ALARMS = 100_000
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _UPSERT_DEVICE = (
@@ -264,6 +281,44 @@ class SqliteStore:
                 for cid, did, name, status, parent, extra in self._db().execute(
                     sql + " ORDER BY device_id, channel_id", args
                 )
+            ]
+
+        return await self._run(load)
+
+    # --- alarms ----------------------------------------------------------------------
+
+    async def save_alarms(self, alarms: Sequence[Alarm]) -> None:
+        rows = [
+            (a.device_id, a.reported_by, a.priority, a.method, a.alarm_type, a.alarm_time, a.description, a.received_at,
+             json.dumps(a.extra, ensure_ascii=False))
+            for a in alarms
+        ]  # fmt: skip
+
+        def save(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT INTO alarms (device_id, reported_by, priority, method, alarm_type, alarm_time, description, "
+                "received_at, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            db.execute("DELETE FROM alarms WHERE id <= (SELECT MAX(id) FROM alarms) - ?", (MAX_ALARMS,))
+
+        if rows:
+            await self._run(lambda: self._in_transaction(save, f"writing {len(rows)} alarms"))
+
+    async def load_alarms(self, limit: int = 100, device_id: str | None = None) -> list[Alarm]:
+        def load() -> list[Alarm]:
+            sql = (
+                "SELECT device_id, reported_by, priority, method, alarm_type, alarm_time, description, received_at, extra "
+                "FROM alarms"
+            )
+            args: tuple[object, ...] = (limit,)
+            if device_id is not None:
+                sql += " WHERE device_id = ?"
+                args = (device_id, limit)
+            rows = self._db().execute(sql + " ORDER BY id DESC LIMIT ?", args)
+            return [
+                Alarm(dev, by, prio, method, kind, at, desc, received, json.loads(extra))
+                for dev, by, prio, method, kind, at, desc, received, extra in rows
             ]
 
         return await self._run(load)
