@@ -23,6 +23,7 @@ import click
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+from rich.tree import Tree
 
 from gb28181gw import __version__
 from gb28181gw.config import describe_options, load_config
@@ -340,12 +341,16 @@ def device_remove(admin: str, device_id: str) -> None:
 @click.argument("device_id", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--status", type=click.Choice(["ON", "OFF"]), help="Only channels in this status.")
-def channels(admin: str, device_id: str | None, as_json: bool, status: str | None) -> None:
+@click.option("--tree", is_flag=True, help="Show the catalog tree (ParentID / BusinessGroupID).")
+def channels(admin: str, device_id: str | None, as_json: bool, status: str | None, tree: bool) -> None:
     """List catalog channels (of one device, or all)."""
     data = _api(admin, "/channels" + (f"?device={device_id}" if device_id else ""))
     rows = [c for c in data["channels"] if status is None or c["status"].upper() == status]
     if as_json:
         console.print_json(json.dumps(rows, ensure_ascii=False))
+        return
+    if tree:
+        console.print(_channel_tree(rows))
         return
     table = Table("channel", "name", "device", "status", "parent", "PTZ", "address", title=f"{len(rows)} channels")
     for c in rows:
@@ -515,3 +520,27 @@ def control_cmd(admin: str, target: str, command: str) -> None:
     }[command]
     result = _api_send(admin, "POST", "/control", {"target": target, "name": name, "value": value, "wait": wait})
     console.print(f"{command}: {result.get('Result', 'sent')}", highlight=False)
+
+
+def _channel_tree(rows: list[dict[str, Any]]) -> Tree:
+    """Channels under their parents (ParentID, else BusinessGroupID, else the device)."""
+    ids = {r["channel_id"] for r in rows}
+    children: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        parent = r.get("parent_id") or r.get("BusinessGroupID") or r["device_id"]
+        if parent not in ids and parent != r["device_id"]:
+            parent = r["device_id"]  # a parent we do not know (often our own ID, C4): hang it under its device
+        children.setdefault(parent, []).append(r)
+    root = Tree(f"{len(rows)} channels")
+
+    def add(node: Tree, key: str, seen: set[str]) -> None:
+        for r in sorted(children.get(key, []), key=lambda r: r["channel_id"]):
+            if r["channel_id"] in seen:
+                continue
+            colour = "green" if r["status"] == "ON" else "red"
+            branch = node.add(f"{r['channel_id']} {r['name']} [{colour}]{r['status']}[/{colour}]")
+            add(branch, r["channel_id"], seen | {r["channel_id"]})
+
+    for device in sorted({r["device_id"] for r in rows}):
+        add(root.add(f"[bold]{device}[/bold]"), device, set())
+    return root

@@ -185,3 +185,41 @@ def test_store_in_use_by_another_gateway(tmp_path: Path) -> None:
     finally:
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=15)
+
+
+def test_channel_tree_puts_items_under_their_parents() -> None:
+    from rich.console import Console
+
+    from gb28181gw.cli import _channel_tree
+
+    rows = [
+        {
+            "channel_id": "34020000002150000001",
+            "device_id": "34020000001180000001",
+            "name": "一组",
+            "status": "ON",
+            "parent_id": "34020000002000000001",
+        },
+        {
+            "channel_id": "34020000001310000001",
+            "device_id": "34020000001180000001",
+            "name": "大门口",
+            "status": "ON",
+            "parent_id": "34020000002150000001",
+        },
+        {
+            "channel_id": "34020000001310000002",
+            "device_id": "34020000001180000001",
+            "name": "后门",
+            "status": "OFF",
+            "parent_id": "",
+        },
+    ]
+    console = Console(record=True, width=100)
+    console.print(_channel_tree(rows))
+    text = console.export_text()
+    lines = [line for line in text.splitlines() if line.strip()]
+    group = next(i for i, line in enumerate(lines) if "一组" in line)
+    gate = next(i for i, line in enumerate(lines) if "大门口" in line)
+    assert gate == group + 1 and lines[gate].index("3402") > lines[group].index("3402")
+    assert "后门" in text
