@@ -102,7 +102,7 @@ class DeviceService:
             ["state"],
             lambda: {("known",): float(sum(map(len, self.channels.values())))},
         )
-        registrar.on_manscdp(self._on_manscdp)
+        registrar.on_manscdp(self.handle_manscdp)
         registrar.on_registered(self._on_registered)
         registrar.on_offline(self._on_offline)
 
@@ -126,7 +126,8 @@ class DeviceService:
 
     # --- sending -----------------------------------------------------------------------
 
-    def _device(self, device_id: str) -> Device:
+    def registered(self, device_id: str) -> Device:
+        """The device, which must be registered (else :class:`DeviceError`)."""
         device = self.registrar.devices.get(device_id)
         if device is None:
             raise DeviceError(f"no device {device_id}")
@@ -137,11 +138,15 @@ class DeviceService:
     def device_of(self, target_id: str) -> Device:
         """The device a device ID or channel ID belongs to."""
         if target_id in self.registrar.devices:
-            return self._device(target_id)
+            return self.registered(target_id)
         for device_id, chans in self.channels.items():
             if target_id in chans:
-                return self._device(device_id)
+                return self.registered(device_id)
         raise DeviceError(f"no device or channel {target_id}")
+
+    def next_sn(self, device_id: str) -> int:
+        """A fresh SN for a request to ``device_id``."""
+        return self._sn.next(device_id)
 
     async def send(self, device: Device, body: bytes) -> None:
         """Send a MANSCDP MESSAGE to ``device`` and wait for its 200 (the transaction's answer)."""
@@ -176,8 +181,8 @@ class DeviceService:
         root: Root = Root.QUERY,
     ) -> Envelope:
         """Send a ``<Query>`` (or another ``root``) and return the device's ``<Response>`` (one message)."""
-        device = self._device(device_id)
-        sn = self._sn.next(device_id)
+        device = self.registered(device_id)
+        sn = self.next_sn(device_id)
         key = (device_id, cmd.value.lower(), sn)
         fut: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
         self._pending[key] = fut
@@ -206,7 +211,7 @@ class DeviceService:
             device.manufacturer = info.get("Manufacturer") or device.manufacturer
             device.model = info.get("Model") or device.model
             device.firmware = info.get("Firmware") or device.firmware
-            self.registrar._touched(device_id)
+            self.registrar.changed(device_id)
         return info
 
     async def device_status(self, device_id: str) -> dict[str, str]:
@@ -257,7 +262,7 @@ class DeviceService:
             ):
                 if out.get(field_name, "").isdigit() and int(out[field_name]) > 0:
                     setattr(device, attr, int(out[field_name]))
-            self.registrar._touched(device_id)
+            self.registrar.changed(device_id)
         return out
 
     async def _multi(
@@ -269,9 +274,9 @@ class DeviceService:
         target: str | None = None,
         key_fields: tuple[str, ...] = (),
     ) -> CatalogResult:
-        device = self._device(device_id)
+        device = self.registered(device_id)
         loop = asyncio.get_running_loop()
-        sn = self._sn.next(device_id)
+        sn = self.next_sn(device_id)
         s = self.settings
         collector = CatalogCollector(
             device_id,
@@ -333,8 +338,8 @@ class DeviceService:
 
     async def control(self, device_id: str, target: str, fields: Fields) -> None:
         """Send a ``<Control><CmdType>DeviceControl</CmdType>`` to ``target`` (device or channel)."""
-        device = self._device(device_id)
-        sn = self._sn.next(device_id)
+        device = self.registered(device_id)
+        sn = self.next_sn(device_id)
         await self.send(
             device, encode(Root.CONTROL, CmdType.DEVICE_CONTROL, sn, target, fields, charset=device.charset)
         )
@@ -347,7 +352,8 @@ class DeviceService:
 
     # --- receiving ---------------------------------------------------------------------
 
-    def _on_manscdp(self, device: Device, env: Envelope) -> None:
+    def handle_manscdp(self, device: Device, env: Envelope) -> None:
+        """Take a MANSCDP body from a registered device: a Response to match, or a Notify."""
         if env.root is Root.NOTIFY:
             self._on_notify(device, env)
             return

@@ -155,7 +155,8 @@ class RegistrarService:
 
     # --- persistence -------------------------------------------------------------------
 
-    def _touched(self, device_id: str) -> None:
+    def changed(self, device_id: str) -> None:
+        """Mark a device as changed: it is written with the next batch."""
         self._dirty.add(device_id)
 
     async def flush(self, *, heartbeats: bool = True) -> None:
@@ -218,7 +219,7 @@ class RegistrarService:
         if device is None:
             return
         self.devices[device_id] = device
-        self._touched(device_id)
+        self.changed(device_id)
         if result.outcome is Outcome.UNREGISTERED:
             self.liveness.forget(device_id)
             log.info("device unregistered", extra=extra)
@@ -288,12 +289,12 @@ class RegistrarService:
                 extra={"device": device_id, "old": f"{device.host}:{device.port}", "new": str(peer)},
             )
             device.host, device.port, device.transport = sys.intern(peer.host), peer.port, peer.transport
-            self._touched(device_id)
+            self.changed(device_id)
         if not device.online:
             device.online = True
             device.offline_reason = ""
             log.info("device online again", extra={"device": device_id, "reason": "keepalive"})
-            self._touched(device_id)
+            self.changed(device_id)
         elif device_id not in self._dirty:
             self._heartbeats.add(device_id)
         self.liveness.touch(device_id, now, min(device.expires_at - epoch, self._timeout(device)))
@@ -312,7 +313,7 @@ class RegistrarService:
                 device.updated_at = epoch
                 self.liveness.forget(device.device_id)
                 self.timeouts[("connection closed",)] += 1
-                self._touched(device.device_id)
+                self.changed(device.device_id)
                 log.info("device offline", extra={"device": device.device_id, "reason": device.offline_reason})
                 self._went_offline(device, device.offline_reason)
 
@@ -353,7 +354,7 @@ class RegistrarService:
             device.online = False
             device.offline_reason = reason
             device.updated_at = epoch
-            self._touched(device_id)
+            self.changed(device_id)
             log.info("device offline", extra={"device": device_id, "reason": reason})
             self._went_offline(device, reason)
         self._arm()
@@ -387,7 +388,7 @@ class RegistrarService:
         if charset:
             device.charset = charset
         device.updated_at = epoch
-        self._touched(device_id)
+        self.changed(device_id)
         await self.flush()
         return device
 

@@ -96,7 +96,7 @@ class SubscriptionService:
         Raises:
             DeviceError: the device refused, did not answer, or cannot be reached.
         """
-        device = self.devices._device(device_id)
+        device = self.devices.registered(device_id)
         package, cmd = PACKAGES[kind]
         ep = self.stack.endpoint
         sub = self.subs.get((device_id, kind))
@@ -105,7 +105,7 @@ class SubscriptionService:
         else:
             sub.cseq += 1
         sub.expires = self.expires if expires is None else expires
-        sub.sn = self.devices._sn.next(device_id)
+        sub.sn = self.devices.next_sn(device_id)
         host, port = ep.local_address(device.transport)
         req = make_request(
             "SUBSCRIBE",
@@ -193,7 +193,7 @@ class SubscriptionService:
         if env.is_cmd(CmdType.CATALOG):
             self._apply_catalog_events(device, env)
         else:
-            self.devices._on_manscdp(device, env)
+            self.devices.handle_manscdp(device, env)
 
     def _apply_catalog_events(self, device: Device, env: object) -> None:
         _, items = list_items(env, "DeviceList")  # type: ignore[arg-type]
