@@ -144,6 +144,8 @@ def storm(
             sent += 1
         for data in devs.recv_all(0 if sent < count else 0.05):
             last_activity = time.perf_counter()
+            if not data.startswith(b"SIP/2.0 "):
+                continue  # a request from the gateway (these devices answer nothing)
             n = int(_field(data, b"branch=z9hG4bK-r" + str(step).encode() + b"-", b"-"))
             if data.startswith(b"SIP/2.0 401"):
                 nonce = _field(data, b'nonce="', b'"').decode()
@@ -226,10 +228,13 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=None)
     ap.add_argument("--rates", default=None)
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--rate", type=float, default=3000, help="memory: registrations/s while filling")
     args = ap.parse_args()
     os.sched_setaffinity(0, {1})
     sip_port, admin_port = free_port(socket.SOCK_DGRAM), free_port()
-    proc = start_server(sip_port, admin_port, 0, "--set", f"registrar.password={PASSWORD}", *EXTRA)
+    # the registrar alone: no catalog queries or subscriptions toward the generator's devices
+    quiet = ("--set", "devices.catalog_on_register=false", "--set", "devices.subscribe=")
+    proc = start_server(sip_port, admin_port, 0, "--set", f"registrar.password={PASSWORD}", *quiet, *EXTRA)
     pid = proc.pid
     devs = Devices()
     try:
@@ -267,7 +272,7 @@ def main() -> None:
             n = args.devices or 100_000
             time.sleep(1)
             base = rss_mib(pid)
-            r = storm(devs, sip_port, 0, n, 3000, step=0)
+            r = storm(devs, sip_port, 0, n, args.rate, step=0)
             print(
                 f"registered {r['completed']:.0f} of {n} devices in {r['all_online_s']:.1f} s; RSS {rss_mib(pid):.0f} MiB"
             )

@@ -121,8 +121,7 @@ class DeviceService:
         waiting: list[asyncio.Future[Envelope] | asyncio.Future[CatalogResult]] = list(self._pending.values())
         waiting += [fut for _, fut, _ in self._catalogs.values()]
         for fut in waiting:
-            if not fut.done():
-                fut.set_exception(DeviceError("gateway stopping"))
+            fut.cancel()  # whoever waited is being cancelled too; an exception here would go unseen
 
     # --- sending -----------------------------------------------------------------------
 
