@@ -227,12 +227,12 @@ class Registrar:
             self._version(request, resp)
             return RegisterResult(resp, outcome, reason, None, detail)
 
-        try:
-            from_ = request.from_
-        except SipParseError as exc:
-            return reject(400, "bad-from", f"malformed From: {exc.reason}")
-        device_id = from_.user or ""
+        device_id = from_user(request)
         if not device_id:
+            try:
+                request.from_  # noqa: B018 - to say what is wrong with it
+            except SipParseError as exc:
+                return reject(400, "bad-from", f"malformed From: {exc.reason}")
             return reject(400, "bad-from", "From has no user part: it must be the device's 20-digit ID")
 
         source = _ip(peer.host) if (p.allow_networks or p.deny_networks) else None

@@ -87,7 +87,6 @@ def digest_response(
 # name = token or quoted-string, then a comma or the end (RFC 2617 §1.2 auth-param lists)
 _AUTH_PARAM = r'\s*([A-Za-z0-9_.!%*+`\'~-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,"]*)\s*'
 _AUTH_PARAM_RE = re.compile(_AUTH_PARAM)
-_AUTH_LIST_RE = re.compile(f"(?:{_AUTH_PARAM},)*{_AUTH_PARAM}".replace("(", "(?:").replace("(?:?:", "(?:"))
 
 
 def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
@@ -101,9 +100,12 @@ def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
     rest = rest.strip()
     if not scheme or not rest:
         raise AuthError(f"malformed authentication header {value[:80]!r}")
-    if not _AUTH_LIST_RE.fullmatch(rest):
+    params = {name.lower(): unquote(val) for name, val in _AUTH_PARAM_RE.findall(rest)}
+    if not params:
         raise AuthError(f"malformed authentication parameters {rest[:80]!r}")
-    return scheme, {name.lower(): unquote(val) for name, val in _AUTH_PARAM_RE.findall(rest)}
+    # junk between well-formed parameters is ignored, not fatal: what matters is that the
+    # mandatory ones are there and that the digest verifies
+    return scheme, params
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +121,9 @@ class Challenge:
 
     def serialize(self) -> str:
         """The header value. Quoting follows RFC 2617 (``algorithm`` and ``stale`` unquoted)."""
+        if self.opaque is None and not self.qop and not self.stale and '"' not in self.realm and "\\" not in self.realm:
+            # the challenge sent to every device, written directly (nonces are hex)
+            return f'Digest realm="{self.realm}",nonce="{self.nonce}",algorithm={self.algorithm}'
         parts = [f"Digest realm={quote(self.realm)}", f"nonce={quote(self.nonce)}"]
         if self.opaque is not None:
             parts.append(f"opaque={quote(self.opaque)}")
