@@ -436,3 +436,55 @@ async def register_expires_zero(gw: Gateway, tmp_path: Path, port: int) -> None:
     result = await run_sipp(str(path), gw.stack.port, tmp_path, extra=("-p", str(port)))
     assert result.ok, result.stdout
     assert not gw.registrar.devices[NVR].registered
+
+
+REFRESH_DEVICE = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="device granting a short subscription">
+  <recv request="SUBSCRIBE"/>
+  <send><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]nvr
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:{nvr}@[local_ip]:[local_port]>
+Expires: 1
+Content-Length: 0
+
+]]></send>
+  <recv request="SUBSCRIBE">
+    <action>
+      <ereg regexp="tag=[0-9]+nvr" search_in="hdr" header="To:" check_it="true" assign_to="intag"/>
+      <ereg regexp="2 SUBSCRIBE" search_in="hdr" header="CSeq:" check_it="true" assign_to="cseq"/>
+    </action>
+  </recv>
+  <send><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Expires: 60
+Content-Length: 0
+
+]]></send>
+  <Reference variables="intag,cseq"/>
+</scenario>
+"""
+
+
+async def test_subscription_is_refreshed_inside_its_dialog_before_it_expires(gw: Gateway, tmp_path: Path) -> None:
+    port = free_udp_port()
+    await register(gw, tmp_path, port)
+    proc = await play_device(REFRESH_DEVICE.format(nvr=NVR).encode(), port, tmp_path, "refresh")
+    sub = await gw.subscriptions.subscribe(NVR, "catalog")
+    assert sub.expires == 1
+    await finished(proc)  # SIPp checked the refresh: same dialog (its To tag), CSeq 2
+    for _ in range(20):
+        if sub.expires == 60:
+            break
+        await asyncio.sleep(0.05)
+    assert sub.cseq == 2 and sub.expires == 60
+    await gw.subscriptions.stop()
