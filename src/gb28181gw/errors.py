@@ -9,8 +9,10 @@ a bug (the fuzz tests in ``tests/fuzz`` check exactly that).
     Gb28181Error
     ├── ProtocolError                 something broke the rules of a protocol
     │   ├── RemoteProtocolError       the peer sent it (answer it, count it, go on)
-    │   │   └── SipParseError         a SIP message that cannot be parsed;
-    │   │                             .status is the response to send (400, 413, 505, 513)
+    │   │   ├── SipParseError         a SIP message that cannot be parsed;
+    │   │   │                         .status is the response to send (400, 413, 505, 513)
+    │   │   ├── SdpError              an SDP body that cannot be used (answer 488 / BYE)
+    │   │   └── RtpError              an RTP packet or RFC 4571 frame that cannot be parsed (dropped, counted)
     │   └── LocalProtocolError        we were asked to do something illegal in the current
     │                                 state (a bug in our caller, not the peer's fault)
     ├── IdError (ValueError)          a malformed 20-digit GB/T 28181 ID; says which digits and why
@@ -117,3 +119,11 @@ class StoreError(Gb28181Error):
 
 class ManscdpError(Gb28181Error, ValueError):
     """A MANSCDP body that cannot be decoded or parsed (answered 400)."""
+
+
+class SdpError(RemoteProtocolError):
+    """An SDP body that is malformed or cannot be satisfied (PROTOCOL.md §7.3)."""
+
+
+class RtpError(RemoteProtocolError):
+    """An RTP packet or an RFC 4571 frame that cannot be parsed."""

@@ -1,0 +1,1 @@
+"""Sans-I/O media: RTP packets, RFC 4571 framing (PS demux comes with the live-stream issue)."""

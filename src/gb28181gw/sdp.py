@@ -1,0 +1,305 @@
+"""SDP for GB/T 28181 media sessions (RFC 4566 + GB ``y=``/``f=``, PROTOCOL.md §7.3-7.5).
+
+:meth:`SessionDescription.parse` is tolerant of what devices send (LF-only lines, double
+spaces, ``y=`` before ``m=``, empty ``f=``, unknown lines) and keeps every line it does
+not interpret, so a parsed SDP serializes back line for line. ``str()`` writes CRLF lines
+ending in CRLF. :class:`SsrcAllocator` hands out GB SSRCs (``D NNNNN SSSS``) unique among
+live streams and not reused for a quarantine period (time passed in).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from gb28181gw.errors import SdpError
+
+MAX_SSRC = 0xFFFFFFFF
+
+
+class StreamMode(StrEnum):
+    """How media reaches us (receiver's view, as wvp names it, §7.5)."""
+
+    UDP = "udp"
+    TCP_PASSIVE = "tcp-passive"  # the device connects to us
+    TCP_ACTIVE = "tcp-active"  # we connect to the device
+
+
+@dataclass(slots=True)
+class Media:
+    """One ``m=`` section.
+
+    Attributes:
+        media: ``video`` or ``audio``.
+        port: the port of the line.
+        proto: ``RTP/AVP`` or ``TCP/RTP/AVP``.
+        formats: payload types as text, in order.
+        connection: this section's ``c=`` address, if it has one.
+        attributes: ``a=`` lines as (name, value or None), in order.
+        extra: other lines of the section (``i=``, ``b=`` …) as (type, value).
+    """
+
+    media: str
+    port: int
+    proto: str
+    formats: list[str]
+    connection: str | None = None
+    attributes: list[tuple[str, str | None]] = field(default_factory=list)
+    extra: list[tuple[str, str]] = field(default_factory=list)
+
+    def attribute(self, name: str) -> str | None:
+        """The value of the first ``a=name:value`` (``""`` for a flag), or ``None``."""
+        for n, v in self.attributes:
+            if n == name:
+                return v if v is not None else ""
+        return None
+
+    @property
+    def rtpmap(self) -> dict[int, str]:
+        """Payload type → encoding name upper-cased (``PS``, ``H264`` …)."""
+        out: dict[int, str] = {}
+        for n, v in self.attributes:
+            if n == "rtpmap" and v:
+                pt, _, rest = v.partition(" ")
+                if pt.isdigit():
+                    out[int(pt)] = rest.split("/", 1)[0].strip().upper()
+        return out
+
+    @property
+    def is_tcp(self) -> bool:
+        """RTP over TCP (RFC 4571)."""
+        return self.proto.upper().startswith("TCP/")
+
+    @property
+    def setup(self) -> str | None:
+        """``active``/``passive``: the TCP role of whoever wrote this SDP (§7.5)."""
+        value = self.attribute("setup")
+        return value.lower() if value else None
+
+    @property
+    def direction(self) -> str | None:
+        """``recvonly``, ``sendonly``, ``sendrecv`` or ``inactive``."""
+        for n, _ in self.attributes:
+            if n in ("recvonly", "sendonly", "sendrecv", "inactive"):
+                return n
+        return None
+
+
+@dataclass(slots=True)
+class SessionDescription:
+    """A parsed SDP.
+
+    Attributes:
+        origin: the ``o=`` value.
+        name: ``s=`` (``Play``, ``Playback``, ``Download``, ``Talk``).
+        connection: the session ``c=`` address.
+        time: the ``t=`` value (``0 0`` for live).
+        uri: ``u=`` (playback: ``channelID:0``).
+        media: the ``m=`` sections.
+        ssrc: the ``y=`` value as sent (10 digits), or ``None``.
+        format: the ``f=`` value (often empty), or ``None`` when absent.
+        extra: other session lines as (type, value).
+    """
+
+    origin: str
+    name: str
+    connection: str | None = None
+    time: str = "0 0"
+    uri: str | None = None
+    media: list[Media] = field(default_factory=list)
+    ssrc: str | None = None
+    format: str | None = None
+    extra: list[tuple[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, text: str | bytes) -> SessionDescription:
+        """Parse an SDP body.
+
+        Raises:
+            SdpError: a line is not ``x=value``, an ``m=`` line or port is malformed, or the
+                ``y=`` SSRC is not 10 digits ≤ 4294967295 (PROTOCOL.md §1.7 rule 3).
+        """
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "replace")
+        sdp = cls(origin="", name="")
+        current: Media | None = None
+        for raw in text.replace("\r\n", "\n").split("\n"):
+            line = raw.strip()
+            if not line:
+                continue
+            kind, eq, value = line.partition("=")
+            kind = kind.strip()
+            if not eq or len(kind) != 1:
+                raise SdpError(f"malformed SDP line {line[:60]!r}")
+            value = value.strip()
+            if kind == "m":
+                current = _media(value)
+                sdp.media.append(current)
+            elif kind == "a":
+                name, colon, aval = value.partition(":")
+                attr = (name.strip(), aval.strip() if colon else None)
+                if current is not None:
+                    current.attributes.append(attr)
+                else:
+                    sdp.extra.append(("a", value))
+            elif kind == "c":
+                address = _connection(value)
+                if current is not None:
+                    current.connection = address
+                else:
+                    sdp.connection = address
+            elif kind == "y":
+                sdp.ssrc = value
+                check_ssrc(value)
+            elif kind == "f":
+                sdp.format = value
+            elif kind == "o":
+                sdp.origin = value
+            elif kind == "s":
+                sdp.name = value
+            elif kind == "t":
+                sdp.time = value
+            elif kind == "u":
+                sdp.uri = value
+            elif kind == "v":
+                if value != "0":
+                    raise SdpError(f"unsupported SDP version {value[:10]!r}")
+            elif current is not None:
+                current.extra.append((kind, value))
+            else:
+                sdp.extra.append((kind, value))
+        if not sdp.media:
+            raise SdpError("SDP without an m= line")
+        return sdp
+
+    def serialize(self) -> str:
+        """The SDP text: CRLF line ends, ending in CRLF (devices want the last one)."""
+        lines = ["v=0", f"o={self.origin}", f"s={self.name}"]
+        if self.uri is not None:
+            lines.append(f"u={self.uri}")
+        if self.connection is not None:
+            lines.append(f"c=IN {'IP6' if ':' in self.connection else 'IP4'} {self.connection}")
+        lines.append(f"t={self.time}")
+        lines += [f"{k}={v}" for k, v in self.extra]
+        for m in self.media:
+            lines.append(f"m={m.media} {m.port} {m.proto} {' '.join(m.formats)}")
+            if m.connection is not None:
+                lines.append(f"c=IN {'IP6' if ':' in m.connection else 'IP4'} {m.connection}")
+            lines += [f"{k}={v}" for k, v in m.extra]
+            lines += [f"a={n}" if v is None else f"a={n}:{v}" for n, v in m.attributes]
+        if self.ssrc is not None:
+            lines.append(f"y={self.ssrc}")
+        if self.format is not None:
+            lines.append(f"f={self.format}")
+        return "\r\n".join(lines) + "\r\n"
+
+    __str__ = serialize
+
+    def video(self) -> Media | None:
+        """The first video section (GB live video always has one)."""
+        return next((m for m in self.media if m.media == "video"), None)
+
+    @property
+    def ssrc_value(self) -> int | None:
+        """The SSRC as the integer RTP carries (``0200000001`` → 200000001)."""
+        return int(self.ssrc) if self.ssrc else None
+
+    def media_address(self, m: Media) -> str | None:
+        """Where media of ``m`` goes (its own ``c=`` or the session's)."""
+        return m.connection or self.connection
+
+
+def _media(value: str) -> Media:
+    parts = value.split()
+    if len(parts) < 3:
+        raise SdpError(f"malformed m= line {value[:60]!r}")
+    port_text = parts[1].split("/", 1)[0]
+    if not port_text.isdigit() or int(port_text) > 65535:
+        raise SdpError(f"malformed m= port {parts[1][:20]!r}")
+    return Media(parts[0], int(port_text), parts[2], parts[3:])
+
+
+def _connection(value: str) -> str:
+    parts = value.split()
+    if len(parts) < 3 or parts[0].upper() != "IN":
+        raise SdpError(f"malformed c= line {value[:60]!r}")
+    return parts[2].split("/", 1)[0]
+
+
+def check_ssrc(value: str) -> int:
+    """A GB ``y=`` value must be 10 decimal digits and fit 32 bits; return its integer."""
+    if len(value) != 10 or not value.isdigit() or not value.isascii() or int(value) > MAX_SSRC:
+        raise SdpError(f"y= SSRC {value[:20]!r} is not 10 digits up to 4294967295")
+    return int(value)
+
+
+def play_offer(
+    *,
+    channel_id: str,
+    our_id: str,
+    media_ip: str,
+    port: int,
+    ssrc: str,
+    mode: StreamMode = StreamMode.UDP,
+) -> SessionDescription:
+    """The INVITE offer for live video (PROTOCOL.md §7.7): PS first, recvonly, our SSRC.
+
+    For TCP, ``a=setup`` says our role: passive (the device connects) or active (we do).
+    """
+    tcp = mode is not StreamMode.UDP
+    attrs: list[tuple[str, str | None]] = [("recvonly", None)]
+    if tcp:
+        attrs += [("setup", "passive" if mode is StreamMode.TCP_PASSIVE else "active"), ("connection", "new")]
+    attrs += [("rtpmap", "96 PS/90000"), ("rtpmap", "98 H264/90000"), ("rtpmap", "97 MPEG4/90000")]
+    return SessionDescription(
+        origin=f"{our_id} 0 0 IN IP4 {media_ip}",
+        name="Play",
+        connection=media_ip,
+        media=[Media("video", port, "TCP/RTP/AVP" if tcp else "RTP/AVP", ["96", "98", "97"], attributes=attrs)],
+        ssrc=ssrc,
+        format="",
+    )
+
+
+class SsrcAllocator:
+    """GB SSRCs (PROTOCOL.md §7.4.1): ``0``/``1`` (live/history) + digits 4-8 of our ID + a 4-digit sequence.
+
+    Args:
+        server_id: our 20-digit ID.
+        quarantine: seconds a released SSRC is not handed out again (media servers bind an SSRC
+            to a source address for a while, M3).
+    """
+
+    def __init__(self, server_id: str, *, quarantine: float = 15.0) -> None:
+        self.domain_part = server_id[3:8]
+        self.quarantine = quarantine
+        self._in_use: set[str] = set()
+        self._cooling: deque[tuple[float, str]] = deque()
+        self._next = {"0": 1, "1": 1}
+
+    def allocate(self, now: float, *, history: bool = False) -> str:
+        """A fresh SSRC string.
+
+        Raises:
+            SdpError: all 9,999 sequences of that kind are in use or cooling down.
+        """
+        while self._cooling and self._cooling[0][0] <= now:
+            self._in_use.discard(self._cooling.popleft()[1])
+        kind = "1" if history else "0"
+        for _ in range(9999):
+            seq = self._next[kind]
+            self._next[kind] = seq % 9999 + 1
+            ssrc = f"{kind}{self.domain_part}{seq:04d}"
+            if ssrc not in self._in_use:
+                self._in_use.add(ssrc)
+                return ssrc
+        raise SdpError("no free SSRC: 9,999 streams of this kind are active or cooling down")
+
+    def release(self, ssrc: str, now: float) -> None:
+        """Give ``ssrc`` back; it can be handed out again after the quarantine."""
+        if ssrc in self._in_use:
+            self._cooling.append((now + self.quarantine, ssrc))
+
+    def __len__(self) -> int:
+        return len(self._in_use)
