@@ -19,6 +19,8 @@ ALLOWED: dict[str, set[str]] = {
     "deadlines": set(),
     "sip": {"errors", "deadlines", "sip"},
     "manscdp": {"errors", "manscdp"},
+    "sdp": {"errors"},
+    "media": {"errors", "media"},
     "gb": {"errors", "ids", "deadlines", "sip", "manscdp", "gb"},
     "store": {"errors", "ids", "gb", "store"},
     "net": set(CORE) | {"net", "logs", "metrics"},
