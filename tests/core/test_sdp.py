@@ -28,7 +28,7 @@ def test_offer_is_what_protocol_md_shows() -> None:
         port=30000,
         ssrc="0200000001",
     )
-    assert str(offer) == OFFER
+    assert str(offer_) == OFFER
     assert str(SessionDescription.parse(OFFER)) == OFFER
 
 
