@@ -20,38 +20,26 @@ ANSWER_QUIRKY = (  # LF only, y= before m=, an i= line, double spaces, uppercase
 )
 
 
-def test_offer_is_what_protocol_md_shows() -> None:
-    offer = play_offer(
+def offer(port: int = 30000, mode: StreamMode = StreamMode.UDP) -> SessionDescription:
+    return play_offer(
         channel_id="34020000001310000001",
         our_id="34020000002000000001",
         media_ip="127.0.0.1",
-        port=30000,
+        port=port,
         ssrc="0200000001",
+        mode=mode,
     )
-    assert str(offer_) == OFFER
+
+
+def test_offer_is_what_protocol_md_shows() -> None:
+    assert str(offer()) == OFFER
     assert str(SessionDescription.parse(OFFER)) == OFFER
 
 
 def test_tcp_offers_say_our_role() -> None:
-    passive = play_offer(
-        channel_id="c",
-        our_id="34020000002000000001",
-        media_ip="127.0.0.1",
-        port=30100,
-        ssrc="0200000001",
-        mode=StreamMode.TCP_PASSIVE,
-    )
-    v = passive.video()
+    v = offer(30100, StreamMode.TCP_PASSIVE).video()
     assert v is not None and v.is_tcp and v.setup == "passive" and v.attribute("connection") == "new"
-    active = play_offer(
-        channel_id="c",
-        our_id="34020000002000000001",
-        media_ip="127.0.0.1",
-        port=9,
-        ssrc="0200000001",
-        mode=StreamMode.TCP_ACTIVE,
-    )
-    assert active.video().setup == "active"  # type: ignore[union-attr]
+    assert offer(9, StreamMode.TCP_ACTIVE).video().setup == "active"  # type: ignore[union-attr]
 
 
 def test_quirky_answer() -> None:
