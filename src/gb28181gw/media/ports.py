@@ -1,0 +1,68 @@
+"""Media port allocation from a configured range (sans-I/O; the shell binds them).
+
+RTP takes even ports and leaves the odd one above for RTCP (RFC 3550 §11). A released
+port is not handed out again for a quarantine period, so late packets of a finished
+stream do not land in a new one. Exhaustion is an error the caller turns into a 503.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from gb28181gw.errors import Gb28181Error
+
+
+class PortsExhausted(Gb28181Error):
+    """Every port of the range is in use or cooling down (answer 503 to the requester)."""
+
+
+class PortPool:
+    """Even ports in ``[first, last]``.
+
+    Args:
+        first / last: the range (inclusive); ``first`` is rounded up to even.
+        quarantine: seconds a released port rests before reuse.
+    """
+
+    def __init__(self, first: int, last: int, *, quarantine: float = 5.0) -> None:
+        if not 0 < first <= last <= 65535:
+            raise ValueError(f"bad port range {first}-{last}")
+        first += first % 2
+        self.first, self.last = first, last
+        self.quarantine = quarantine
+        self._free: deque[int] = deque(range(first, last, 2))
+        self._cooling: deque[tuple[float, int]] = deque()
+        self._used: set[int] = set()
+
+    @property
+    def capacity(self) -> int:
+        """How many ports the range holds."""
+        return len(range(self.first, self.last, 2))
+
+    def allocate(self, now: float) -> int:
+        """A free even port.
+
+        Raises:
+            PortsExhausted: with the range and how many are in use.
+        """
+        while self._cooling and self._cooling[0][0] <= now:
+            self._free.append(self._cooling.popleft()[1])
+        if not self._free:
+            raise PortsExhausted(
+                f"no free media port in {self.first}-{self.last}: {len(self._used)} in use, "
+                f"{len(self._cooling)} cooling down"
+            )
+        port = self._free.popleft()
+        self._used.add(port)
+        return port
+
+    def release(self, port: int, now: float) -> None:
+        """Give ``port`` back (ignored if it was not allocated: every teardown path may call it)."""
+        if port in self._used:
+            self._used.discard(port)
+            self._cooling.append((now + self.quarantine, port))
+
+    @property
+    def in_use(self) -> int:
+        """Ports allocated now."""
+        return len(self._used)
