@@ -21,7 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "manscdp": {"errors", "manscdp"},
     "sdp": {"errors"},
     "media": {"errors", "media"},
-    "gb": {"errors", "ids", "deadlines", "sip", "manscdp", "gb"},
+    "gb": {"errors", "ids", "deadlines", "sip", "sdp", "media", "manscdp", "gb"},
     "store": {"errors", "ids", "gb", "store"},
     "net": set(CORE) | {"net", "logs", "metrics"},
     "metrics": {"metrics"},
