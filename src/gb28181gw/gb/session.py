@@ -15,7 +15,9 @@ from enum import Enum, auto
 from gb28181gw.errors import SdpError
 from gb28181gw.sdp import SessionDescription, StreamMode, play_offer
 from gb28181gw.sip.headers import NameAddr
-from gb28181gw.sip.message import Request, Response, make_request
+from gb28181gw.sip.message import Request, Response
+
+from .outbound import addressed_uri, to_device
 
 
 class PlayState(Enum):
@@ -77,7 +79,7 @@ class PlaySession:
             raise ValueError("answered() takes a 2xx")
         self.remote_tag = response.to.tag or ""
         contact = response.headers.get("contact")
-        self.remote_target = NameAddr.parse(contact).uri if contact else f"sip:{self.channel_id}@{self.device_id[:10]}"
+        self.remote_target = NameAddr.parse(contact).uri if contact else addressed_uri(self.channel_id, self.device_id)
         ack = self._in_dialog("ACK", self.cseq)
         if not response.body.strip():
             raise SessionError("the device answered 200 with no SDP")
@@ -121,11 +123,13 @@ class PlaySession:
             return False
 
     def _in_dialog(self, method: str, cseq: int) -> Request:
-        return make_request(
+        return to_device(
             method,
-            self.remote_target or f"sip:{self.channel_id}@{self.device_id[:10]}",
-            from_addr=f"sip:{self.our_id}@{self.domain}",
-            to_addr=f"sip:{self.channel_id}@{self.device_id[:10]}",
+            self.remote_target or addressed_uri(self.channel_id, self.device_id),
+            our_id=self.our_id,
+            domain=self.domain,
+            device_id=self.device_id,
+            target_id=self.channel_id,
             call_id=self.call_id,
             cseq=cseq,
             from_tag=self.local_tag,
@@ -147,11 +151,13 @@ def invite(session: PlaySession, *, device_host: str, device_port: int, contact:
         ssrc=session.ssrc,
         mode=session.mode,
     )
-    return make_request(
+    return to_device(
         "INVITE",
         f"sip:{session.channel_id}@{device_host}:{device_port}",
-        from_addr=f"sip:{session.our_id}@{session.domain}",
-        to_addr=f"sip:{session.channel_id}@{session.device_id[:10]}",
+        our_id=session.our_id,
+        domain=session.domain,
+        device_id=session.device_id,
+        target_id=session.channel_id,
         call_id=session.call_id,
         cseq=session.cseq,
         from_tag=session.local_tag,

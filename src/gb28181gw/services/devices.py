@@ -14,17 +14,17 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Coroutine
 from dataclasses import dataclass
 
 from gb28181gw.gb.model import Alarm, Channel, Device
+from gb28181gw.gb.outbound import to_device
 from gb28181gw.gb.query import CatalogCollector, CatalogResult, SnAllocator
 from gb28181gw.manscdp.messages import CONTENT_TYPE, CmdType, Envelope, Fields, Root, encode, flat, list_items
 from gb28181gw.manscdp.ptz import PtzCmd
 from gb28181gw.metrics import Metrics
 from gb28181gw.net.stack import SipStack, SipTimeoutError, SipTransportError
+from gb28181gw.net.tasks import TaskSet
 from gb28181gw.sip.endpoint import Peer
-from gb28181gw.sip.message import make_request
 from gb28181gw.store.base import Store
 
 from .registrar import RegistrarService
@@ -82,7 +82,7 @@ class DeviceService:
         self._catalogs: dict[tuple[str, int], tuple[CatalogCollector, asyncio.Future[CatalogResult], CmdType]] = {}
         self.alarms: deque[dict[str, str]] = deque(maxlen=1000)
         self._reaper: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
         self.queries = metrics.counter(
             "gb28181gw_queries", "MANSCDP queries to devices by CmdType and result", ["cmd", "result"]
         )
@@ -116,8 +116,7 @@ class DeviceService:
         """Stop; pending queries fail."""
         if self._reaper is not None:
             self._reaper.cancel()
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel()
         waiting: list[asyncio.Future[Envelope] | asyncio.Future[CatalogResult]] = list(self._pending.values())
         waiting += [fut for _, fut, _ in self._catalogs.values()]
         for fut in waiting:
@@ -150,11 +149,13 @@ class DeviceService:
     async def send(self, device: Device, body: bytes) -> None:
         """Send a MANSCDP MESSAGE to ``device`` and wait for its 200 (the transaction's answer)."""
         target = f"sip:{device.device_id}@{device.host}:{device.port}"
-        req = make_request(
+        req = to_device(
             "MESSAGE",
             target,
-            from_addr=f"sip:{self.our_id}@{self.domain}",
-            to_addr=f"sip:{device.device_id}@{device.device_id[:10]}",
+            our_id=self.our_id,
+            domain=self.domain,
+            device_id=device.device_id,
+            target_id=device.device_id,
             call_id=self.stack.endpoint.new_call_id(),
             cseq=1,
             from_tag=self.stack.endpoint.new_tag(),
@@ -410,7 +411,7 @@ class DeviceService:
                 time.time(),
                 {k: v for k, v in alarm.items() if k not in known and k.lower() not in ("cmdtype", "sn")},
             )
-            self._spawn(self.store.save_alarms([record]))
+            self._tasks.spawn(self.store.save_alarms([record]))
             self.alarm_count[alarm.get("AlarmMethod", ""), alarm.get("AlarmType", "")] += 1
             log.info(
                 "alarm",
@@ -421,7 +422,7 @@ class DeviceService:
             body = encode(
                 Root.RESPONSE, CmdType.ALARM, env.sn, env.device_id, [("Result", "OK")], charset=device.charset
             )
-            self._spawn(self._send_quietly(device, body))
+            self._tasks.spawn(self._send_quietly(device, body))
         elif env.is_cmd(CmdType.MOBILE_POSITION):
             pos = flat(env)
             log.info(
@@ -438,11 +439,6 @@ class DeviceService:
             await self.send(device, body)
         except DeviceError as exc:
             log.info("answer to device failed", extra={"device": device.device_id, "error": str(exc)})
-
-    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def command(self, target: str, name: str, value: str | Fields, *, wait: bool) -> dict[str, str]:
         """A DeviceControl command other than PTZ (§5.6.1): ``TeleBoot``, ``RecordCmd``, ``GuardCmd``,
@@ -481,7 +477,7 @@ class DeviceService:
             except DeviceError as exc:
                 log.info("query after registration failed", extra={"device": device.device_id, "error": str(exc)})
 
-        self._spawn(after_register())
+        self._tasks.spawn(after_register())
 
     def _on_offline(self, device: Device, reason: str) -> None:
         # channels go OFF with their device, in the store too
@@ -490,7 +486,7 @@ class DeviceService:
             return
         for ch in chans.values():
             ch.status = "OFF"
-        self._spawn(self.store.replace_channels(device.device_id, list(chans.values())))
+        self._tasks.spawn(self.store.replace_channels(device.device_id, list(chans.values())))
 
     def _check_position(self, device_id: str, item_id: str, fields: dict[str, str]) -> None:
         """Drop coordinates that are not coordinates (C9: 0,0 means unknown), counting them."""

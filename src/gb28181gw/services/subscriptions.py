@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
 
 from gb28181gw.errors import ManscdpError
 from gb28181gw.gb.model import Channel, Device
+from gb28181gw.gb.outbound import to_device
 from gb28181gw.gb.registrar import from_user
 from gb28181gw.manscdp.messages import CONTENT_TYPE, CmdType, Root, decode, encode, list_items
 from gb28181gw.net.stack import SipStack, SipTimeoutError, SipTransportError
+from gb28181gw.net.tasks import TaskSet
 from gb28181gw.sip.endpoint import Peer, warning_header
 from gb28181gw.sip.events import RequestReceived
-from gb28181gw.sip.message import make_request, make_response
+from gb28181gw.sip.message import make_response
 
 from .devices import DeviceError, DeviceService, _status
 from .registrar import RegistrarService
@@ -66,7 +67,7 @@ class SubscriptionService:
         self.kinds = kinds
         self.expires = expires
         self.subs: dict[tuple[str, str], Subscription] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
         self.events = devices.metrics.counter(
             "gb28181gw_catalog_events", "Catalog NOTIFY item events by event", ["event"]
         )
@@ -79,14 +80,8 @@ class SubscriptionService:
         for sub in self.subs.values():
             if sub.refresh is not None:
                 sub.refresh.cancel()
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel()
         self.subs.clear()
-
-    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # --- SUBSCRIBE -------------------------------------------------------------------------
 
@@ -107,11 +102,13 @@ class SubscriptionService:
         sub.expires = self.expires if expires is None else expires
         sub.sn = self.devices.next_sn(device_id)
         host, port = ep.local_address(device.transport)
-        req = make_request(
+        req = to_device(
             "SUBSCRIBE",
             f"sip:{device_id}@{device.host}:{device.port}",
-            from_addr=f"sip:{self.devices.our_id}@{self.devices.domain}",
-            to_addr=f"sip:{device_id}@{device_id[:10]}",
+            our_id=self.devices.our_id,
+            domain=self.devices.domain,
+            device_id=device_id,
+            target_id=device_id,
             call_id=sub.call_id,
             cseq=sub.cseq,
             from_tag=sub.local_tag,
@@ -150,7 +147,7 @@ class SubscriptionService:
             except DeviceError as exc:
                 log.info("subscription refresh failed", extra={"device": device_id, "kind": kind, "error": str(exc)})
 
-        self._spawn(again())
+        self._tasks.spawn(again())
 
     def _on_registered(self, device: Device) -> None:
         async def subscribe_all() -> None:
@@ -162,7 +159,7 @@ class SubscriptionService:
                     log.info("subscription failed", extra={"device": device.device_id, "kind": kind, "error": str(exc)})
 
         if self.kinds:
-            self._spawn(subscribe_all())
+            self._tasks.spawn(subscribe_all())
 
     def _on_offline(self, device: Device, reason: str) -> None:
         for kind in list(PACKAGES):
@@ -230,7 +227,7 @@ class SubscriptionService:
                 continue
             changed = True
         if changed:
-            self._spawn(self._persist(device.device_id))
+            self._tasks.spawn(self._persist(device.device_id))
 
     async def _persist(self, device_id: str) -> None:
         await self.registrar.flush()
