@@ -17,6 +17,8 @@ from gb28181gw.errors import SipParseError
 from gb28181gw.sip.endpoint import Peer
 from gb28181gw.sip.framing import PING, PONG, StreamFramer
 
+from .tasks import TaskSet
+
 if TYPE_CHECKING:
     from .stack import SipStack
 
@@ -102,6 +104,7 @@ class TcpTransport:
         self._servers: list[asyncio.Server] = []
         self._conns: dict[tuple[str, int], SipConnection] = {}
         self._connecting: dict[tuple[str, int], list[bytes]] = {}
+        self._connects = TaskSet()  # the loop holds tasks weakly; an unheld connect could vanish mid-way
         self._sweeper = self.loop.create_task(self._sweep())
 
     @property
@@ -145,7 +148,7 @@ class TcpTransport:
             pending.append(data)
             return
         self._connecting[key] = [data]
-        self.loop.create_task(self._connect(peer))
+        self._connects.spawn(self._connect(peer))
 
     async def _connect(self, peer: Peer) -> None:
         key = (peer.host, peer.port)
@@ -173,6 +176,7 @@ class TcpTransport:
     async def close(self) -> None:
         """Stop listening and close every connection."""
         self._sweeper.cancel()
+        self._connects.cancel()
         for server in self._servers:
             server.close()
         for conn in list(self._conns.values()):
