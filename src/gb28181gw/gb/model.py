@@ -11,20 +11,16 @@ from enum import StrEnum
 from operator import attrgetter
 from typing import Any
 
+from gb28181gw.sdp import StreamMode
+
+__all__ = ["DEVICE_FIELDS", "Alarm", "Channel", "Device", "StreamMode", "Transport"]
+
 
 class Transport(StrEnum):
     """SIP transport a device uses (GB/T 28181-2022 §4.3.2)."""
 
     UDP = "UDP"
     TCP = "TCP"
-
-
-class StreamMode(StrEnum):
-    """How a device sends media (PROTOCOL.md §7.5)."""
-
-    UDP = "udp"
-    TCP_PASSIVE = "tcp-passive"
-    TCP_ACTIVE = "tcp-active"
 
 
 @dataclass(slots=True)

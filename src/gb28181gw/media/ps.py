@@ -156,27 +156,11 @@ class PsDemuxer:
         return out + ([last] if last is not None else [])
 
     def _psm(self, body: bytes) -> None:
-        if len(body) < 6:
+        mapping = parse_psm(body)
+        if mapping is None:
             self.stats.errors += 1
             return
-        info_len = (body[2] << 8) | body[3]
-        pos = 4 + info_len
-        if len(body) < pos + 2:
-            self.stats.errors += 1
-            return
-        map_len = (body[pos] << 8) | body[pos + 1]
-        pos += 2
-        end = min(len(body), pos + map_len)
-        while pos + 4 <= end:
-            stream_type, stream_id = body[pos], body[pos + 1]
-            es_info = (body[pos + 2] << 8) | body[pos + 3]
-            self.stats.stream_types[stream_id] = stream_type
-            name = STREAM_TYPES.get(stream_type, f"0x{stream_type:02x}")
-            if 0xE0 <= stream_id <= 0xEF:
-                self.stats.video_codec = name
-            elif 0xC0 <= stream_id <= 0xDF:
-                self.stats.audio_codec = name
-            pos += 4 + es_info
+        _learn(self.stats, mapping)
 
     def _video_pes(self, body: bytes) -> Frame | None:
         if len(body) < 3 or body[0] >> 6 != 2:
@@ -259,6 +243,102 @@ class PsDemuxer:
             s.key_frames += 1
         s.frames += 1
         return Frame(data, self._au_pts, key, codec)
+
+
+def parse_psm(body: bytes | bytearray) -> dict[int, int] | None:
+    """elementary_stream_id → stream_type from a PSM body (after its 6-byte start), or ``None`` if truncated."""
+    if len(body) < 6:
+        return None
+    info_len = (body[2] << 8) | body[3]
+    pos = 4 + info_len
+    if len(body) < pos + 2:
+        return None
+    map_len = (body[pos] << 8) | body[pos + 1]
+    pos += 2
+    end = min(len(body), pos + map_len)
+    mapping = {}
+    while pos + 4 <= end:
+        mapping[body[pos + 1]] = body[pos]
+        pos += 4 + ((body[pos + 2] << 8) | body[pos + 3])
+    return mapping
+
+
+def _learn(stats: PsStats, mapping: dict[int, int]) -> None:
+    for stream_id, stream_type in mapping.items():
+        stats.stream_types[stream_id] = stream_type
+        name = STREAM_TYPES.get(stream_type, f"0x{stream_type:02x}")
+        if 0xE0 <= stream_id <= 0xEF:
+            stats.video_codec = name
+        elif 0xC0 <= stream_id <= 0xDF:
+            stats.audio_codec = name
+
+
+_KEY_NALS = {"H264": frozenset({5, 7}), "H265": frozenset({16, 17, 18, 19, 20, 21, 32, 33})}
+
+
+class PsInspector:
+    """What the relay learns from a PS stream without demultiplexing it (the hot path).
+
+    The relay calls :meth:`frame_start` with the first RTP payload of each new timestamp
+    (one PS pack per frame, §8.2): it checks the pack header, learns the codec from a PSM,
+    tells video from audio packs by their first PES, and finds key frames by the NAL types
+    in that packet (SPS/IDR, VPS/SPS/IRAP). Nothing is copied but a PSM; nothing is changed.
+    A frame that does not begin with a pack header is counted in ``stats.errors`` (garbage or
+    truncated PS: still relayed as it is).
+    """
+
+    __slots__ = ("stats",)
+
+    def __init__(self) -> None:
+        self.stats = PsStats()
+
+    def frame_start(self, buf: bytes | bytearray, start: int, end: int) -> None:
+        """Inspect the payload ``buf[start:end]`` that opens a new frame."""
+        s = self.stats
+        if end - start < 14 or not buf.startswith(b"\x00\x00\x01\xba", start):
+            s.errors += 1
+            return
+        s.packs += 1
+        pos = start + (14 + (buf[start + 13] & 0x07) if buf[start + 4] >> 6 == 1 else 12)
+        video = False
+        while pos + 6 <= end and buf[pos] == 0 and buf[pos + 1] == 0 and buf[pos + 2] == 1:
+            code = buf[pos + 3]
+            length = (buf[pos + 4] << 8) | buf[pos + 5]
+            if code == PSM:
+                mapping = parse_psm(bytes(buf[pos + 6 : min(end, pos + 6 + length)]))
+                if mapping is None:
+                    s.errors += 1
+                else:
+                    _learn(s, mapping)
+            elif 0xE0 <= code <= 0xEF:
+                video = True
+                if pos + 9 <= end:
+                    self._video(buf, pos + 9 + buf[pos + 8], min(end, pos + 6 + length))
+                break
+            elif code != SYSTEM_HEADER:
+                break  # audio or private data first: not a video frame
+            pos += 6 + length
+        if video:
+            s.frames += 1
+
+    def _video(self, buf: bytes | bytearray, pos: int, end: int) -> None:
+        s = self.stats
+        codec = s.video_codec or "H264"
+        h265 = codec == "H265"
+        key_types = _KEY_NALS.get(codec, _KEY_NALS["H264"])
+        pos = buf.find(b"\x00\x00\x01", pos, end)
+        while 0 <= pos < end - 3:
+            b = buf[pos + 3]
+            t = (b >> 1) & 0x3F if h265 else b & 0x1F
+            if t in key_types:
+                if s.last_key_frame_index >= 0:
+                    s.key_frame_interval = s.frames - s.last_key_frame_index
+                s.last_key_frame_index = s.frames
+                s.key_frames += 1
+                return
+            if (t < 32) if h265 else t in (1, 5):
+                return  # a picture that is not a key frame
+            pos = buf.find(b"\x00\x00\x01", pos + 3, end)
 
 
 def _nal_types(data: bytes, h265: bool) -> list[int]:

@@ -21,36 +21,36 @@ def frame(packet: bytes) -> bytes:
     return struct.pack("!H", len(packet)) + packet
 
 
-class Rfc4571Reader:
-    """Feed TCP bytes, get RTP packets.
+class FrameScanner:
+    """Finds RFC 4571 (and ``$``-interleaved) frames in a caller's buffer without copying them.
+
+    :meth:`scan` returns where each whole packet lies; the relay forwards straight from the
+    buffer it received into, and the bytes just before each packet (its length prefix) are
+    free for the relay to rewrite as the prefix of an outgoing TCP frame.
 
     Attributes:
-        resyncs: times the stream was corrupted and the reader scanned for the next header.
+        resyncs: times the stream was corrupted and the scanner looked for the next header.
         skipped: bytes thrown away while resynchronising.
     """
 
+    __slots__ = ("_max", "resyncs", "skipped", "_skipping")
+
     def __init__(self, *, max_frame: int = MAX_FRAME) -> None:
-        self._buf = bytearray()
         self._max = max_frame
         self.resyncs = 0
         self.skipped = 0
         self._skipping = False
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """Add ``data``; return the whole packets now available."""
-        buf = self._buf
-        buf += data
-        out: list[bytes] = []
-        pos = 0
-        n = len(buf)
-        while n - pos >= 2:
-            if buf[pos] == 0x24 and n - pos >= 4 and self._plausible(buf, pos + 4, (buf[pos + 2] << 8) | buf[pos + 3]):
+    def scan(self, buf: bytes | bytearray, pos: int, end: int, out: list[tuple[int, int]]) -> int:
+        """Append (offset, length) of each whole packet in ``buf[pos:end]`` to ``out``; return where the rest starts."""
+        while end - pos >= 2:
+            if buf[pos] == 0x24 and end - pos >= 4 and self._plausible(buf, pos + 4, end, (buf[pos + 2] << 8) | buf[pos + 3]):
                 header, length = 4, (buf[pos + 2] << 8) | buf[pos + 3]  # '$' interleaved
             else:
                 header, length = 2, (buf[pos] << 8) | buf[pos + 1]
-                if not self._plausible(buf, pos + 2, length):
+                if not self._plausible(buf, pos + 2, end, length):
                     # corrupted: skip one byte and look for the next plausible frame
-                    if n - pos < 3:
+                    if end - pos < 3:
                         break
                     if not self._skipping:
                         self._skipping = True
@@ -58,20 +58,51 @@ class Rfc4571Reader:
                     pos += 1
                     self.skipped += 1
                     continue
-            if n - pos < header + length:
+            if end - pos < header + length:
                 break
             self._skipping = False
-            out.append(bytes(buf[pos + header : pos + header + length]))
+            out.append((pos + header, length))
             pos += header + length
+        return pos
+
+    def _plausible(self, buf: bytes | bytearray, start: int, end: int, length: int) -> bool:
+        # an RTP (or RTCP) packet: version 2, at least a header, not absurdly long
+        if length < 12 or length > self._max:
+            return False
+        return start >= end or buf[start] >> 6 == 2
+
+
+class Rfc4571Reader:
+    """Feed TCP bytes, get RTP packets (as copies; the relay uses :class:`FrameScanner` directly).
+
+    Attributes:
+        scanner: its scanner (``resyncs`` and ``skipped`` count corruption).
+    """
+
+    def __init__(self, *, max_frame: int = MAX_FRAME) -> None:
+        self._buf = bytearray()
+        self.scanner = FrameScanner(max_frame=max_frame)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add ``data``; return the whole packets now available."""
+        buf = self._buf
+        buf += data
+        spans: list[tuple[int, int]] = []
+        pos = self.scanner.scan(buf, 0, len(buf), spans)
+        out = [bytes(buf[start : start + length]) for start, length in spans]
         if pos:
             del buf[:pos]
         return out
 
-    def _plausible(self, buf: bytearray, start: int, length: int) -> bool:
-        # an RTP (or RTCP) packet: version 2, at least a header, not absurdly long
-        if length < 12 or length > self._max:
-            return False
-        return start >= len(buf) or buf[start] >> 6 == 2
+    @property
+    def resyncs(self) -> int:
+        """Times the stream was corrupted."""
+        return self.scanner.resyncs
+
+    @property
+    def skipped(self) -> int:
+        """Bytes skipped while resynchronising."""
+        return self.scanner.skipped
 
     @property
     def buffered(self) -> int:
