@@ -340,6 +340,11 @@ class SipStack:
                 self.pump()
             raise SipTimeoutError(f"no final answer to {request.method} from {peer} in {timeout} s") from exc
 
+    def send_ack(self, ack: Request, peer: Peer, response: Response) -> None:
+        """ACK the 2xx ``response`` to our INVITE, and again for each retransmission of it."""
+        self.endpoint.send_ack(ack, peer, self.endpoint.client_transaction(response))
+        self.pump()
+
     def _send(self, out: list[tuple[bytes, Peer]]) -> None:
         counters = self.counters
         wire = self.wire

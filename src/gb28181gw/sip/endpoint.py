@@ -390,10 +390,26 @@ class SipEndpoint:
             self._start(tx, Action.START_F, now)
         return tx
 
-    def send_ack(self, ack: Request, peer: Peer) -> None:
-        """Send an ACK for a 2xx: no transaction, a fresh branch (RFC 3261 §13.2.2.4, §17.1.1.3)."""
+    def send_ack(self, ack: Request, peer: Peer, tx: Transaction | None = None) -> None:
+        """Send an ACK for a 2xx: no transaction, a fresh branch (RFC 3261 §13.2.2.4, §17.1.1.3).
+
+        Given the INVITE's client transaction ``tx``, the same ACK is sent again for every
+        retransmission of the 2xx while the transaction is Accepted (RFC 6026 §8.4): the
+        device retransmits its 200 until an ACK reaches it, and a lost ACK must not end the call.
+        """
         self._add_via(ack, peer)
-        self._out.append((ack.serialize(), peer))
+        wire = ack.serialize()
+        if tx is not None and tx.client:
+            tx.ack = wire
+        self._out.append((wire, peer))
+
+    def client_transaction(self, response: Response) -> Transaction | None:
+        """The client transaction ``response`` belongs to, while it is still kept."""
+        try:
+            branch = response.top_via.params.get("branch") or ""
+            return self._client.get(client_key(branch, response.cseq.method))
+        except SipParseError:
+            return None
 
     def cancel(self, tx: Transaction, now: float) -> None:
         """CANCEL the INVITE of client transaction ``tx`` (RFC 3261 §9.1).
@@ -566,6 +582,9 @@ class SipEndpoint:
 
     def _act_pass_response(self, tx: Transaction, now: float, response: Response | None) -> None:
         assert response is not None
+        if tx.ack is not None and 200 <= response.status < 300:
+            self._out.append((tx.ack, tx.peer))  # a retransmitted 2xx we already acknowledged
+            return
         tx.response = response
         self._events.append(ResponseReceived(response, tx.peer, tx))
 
@@ -602,4 +621,5 @@ class SipEndpoint:
             deadline.cancel()
         tx.deadlines = []
         tx.wire = None
+        tx.ack = None
         tx.last_response = None

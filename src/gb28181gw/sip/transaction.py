@@ -224,6 +224,7 @@ class Transaction:
         last_response: the last response a server transaction sent, serialized.
         response: the last response a client transaction received.
         user_data: free for the transaction user (e.g. a future to resolve).
+        ack: the ACK the user sent for an INVITE's 2xx, serialized; resent for each retransmitted 2xx.
     """
 
     __slots__ = (
@@ -243,6 +244,7 @@ class Transaction:
         "deadlines",
         "cancel_pending",
         "user_data",
+        "ack",
     )
 
     def __init__(self, kind: Kind, key: TxKey, request: Request, peer: Peer, reliable: bool) -> None:
@@ -257,6 +259,7 @@ class Transaction:
         self.last_response: bytes | None = None
         self.last_status = 0
         self.response: Response | None = None
+        self.ack: bytes | None = None
         self.interval = 0.0
         self.reliable = reliable
         self.deadlines: list[Deadline[Any]] = []

@@ -244,6 +244,30 @@ class TestInviteClient:
         ep.handle_timer(clock.advance(32.1))  # Timer M
         assert ep.transactions_in_flight == 0
 
+    def test_acknowledged_2xx_retransmissions_get_the_same_ack(self) -> None:
+        ep, clock = new_endpoint(), FakeClock()
+        ep.send_request(_invite(ep), DEVICE_UDP, clock.now)
+        invite = parse_message(_sent(ep)[0])
+        ok_msg = make_response(invite, 200, to_tag="dev")  # type: ignore[arg-type]
+        ok = ok_msg.serialize()
+        (event,) = _rx(ep, ok, clock)
+        assert isinstance(event, ResponseReceived)
+        ack = make_request(
+            "ACK",
+            "sip:c@d",
+            from_addr="sip:a@b",
+            to_addr="sip:c@d",
+            call_id=invite.call_id,
+            cseq=1,
+            from_tag="x",
+            to_tag="dev",
+        )
+        ep.send_ack(ack, DEVICE_UDP, ep.client_transaction(event.response))
+        (first,) = _sent(ep)
+        for _ in range(3):
+            assert _rx(ep, ok, clock) == []  # answered here, not passed up again
+            assert _sent(ep) == [first]
+
     def test_cancel_waits_for_a_provisional_response(self) -> None:
         ep, clock = new_endpoint(), FakeClock()
         tx = ep.send_request(_invite(ep), DEVICE_UDP, clock.now)

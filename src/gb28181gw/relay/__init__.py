@@ -1,0 +1,1 @@
+"""The media relay: the forwarder and the workers it runs in (the asyncio shell around the media core)."""

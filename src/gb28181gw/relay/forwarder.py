@@ -1,0 +1,655 @@
+"""The media forwarder: receives a device's RTP and sends it to every consumer of the stream.
+
+One :class:`Forwarder` runs in each relay worker process (or in the gateway's own process
+when ``media.workers = 0``) and owns the sockets of its streams. Everything here is on the
+hot path, so it works on raw non-blocking sockets with ``loop.add_reader``:
+
+* each stream has one preallocated buffer; UDP packets are received into it at offset 2
+  with ``recvfrom_into``, TCP bytes are read into it with ``recv_into`` and framed in place
+  by :class:`~gb28181gw.media.tcp_framing.FrameScanner`; no packet is ever copied into a
+  new ``bytes`` object on the way through;
+* for each consumer the SSRC is rewritten in place and the packet is sent straight from
+  that buffer: ``sendto`` for UDP, ``send`` of the packet with its RFC 4571 length written
+  into the two bytes before it for TCP. Only when a TCP consumer's socket is full is the
+  unsent rest copied into that consumer's own bounded queue; beyond the bound its packets
+  are dropped and counted, so a slow consumer never stalls the others;
+* packets with the wrong SSRC or from another source than the first good one are dropped
+  and counted; a device that sends a single SSRC other than the negotiated one and nothing
+  else is followed after :data:`SSRC_LATCH_PACKETS` packets (PROTOCOL.md §11.5 M1).
+
+Stream events (first packet, media connection lost, TCP connect failed, consumer lost) go
+to ``on_event`` as plain dicts, so the same forwarder serves in-process and over a pipe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from gb28181gw.media.ps import PsInspector
+from gb28181gw.media.stats import StreamStats
+from gb28181gw.media.tcp_framing import MAX_FRAME, FrameScanner
+from gb28181gw.sdp import StreamMode
+
+log = logging.getLogger("gb28181gw.relay")
+
+Event = dict[str, Any]
+
+#: Packets taken from one socket per wake-up before others get their turn.
+BATCH = 256
+#: Packets of one foreign SSRC, with none of the negotiated one, after which the stream follows it.
+SSRC_LATCH_PACKETS = 50
+#: Size of a stream's receive buffer: room for the largest TCP frame, a read's worth more.
+BUFFER_SIZE = 2 + MAX_FRAME + 65536
+
+_HEAD = struct.Struct("!BBHII")
+_SSRC = struct.Struct("!I")
+_LEN = struct.Struct("!H")
+_RETRY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
+
+
+class RelayError(Exception):
+    """A relay request cannot be carried out (unknown stream, port taken …); the message says why."""
+
+
+class UdpOut:
+    """A consumer reached over UDP, sent from the stream's own port."""
+
+    __slots__ = ("id", "ssrc", "addr", "sock", "packets", "bytes", "dropped", "errors")
+    transport = "udp"
+
+    def __init__(self, consumer_id: str, ssrc: int, addr: tuple[str, int], sock: socket.socket) -> None:
+        self.id, self.ssrc, self.addr, self.sock = consumer_id, ssrc, addr, sock
+        self.packets = self.bytes = self.dropped = self.errors = 0
+
+    def send(self, buf: bytearray, view: memoryview, off: int, n: int) -> None:
+        _SSRC.pack_into(buf, off + 8, self.ssrc)
+        try:
+            self.sock.sendto(view[off : off + n], self.addr)
+        except BlockingIOError:
+            self.dropped += 1  # the socket's send buffer is full: losing one datagram beats waiting
+            return
+        except OSError:
+            self.errors += 1  # e.g. ICMP unreachable reported on a later send
+            return
+        self.packets += 1
+        self.bytes += n
+
+    def close(self) -> None:
+        """Nothing to close: the stream owns the socket."""
+
+
+class TcpOut:
+    """A consumer reached over TCP (RFC 4571 framing), with a bounded queue for when it is slow."""
+
+    __slots__ = ("id", "ssrc", "addr", "sock", "loop", "limit", "pending", "packets", "bytes", "dropped", "errors",
+                 "on_lost", "_writing")  # fmt: skip
+    transport = "tcp"
+
+    def __init__(
+        self,
+        consumer_id: str,
+        ssrc: int,
+        addr: tuple[str, int],
+        sock: socket.socket,
+        loop: asyncio.AbstractEventLoop,
+        limit: int,
+        on_lost: Callable[[TcpOut, str], None],
+    ) -> None:
+        self.id, self.ssrc, self.addr, self.sock, self.loop = consumer_id, ssrc, addr, sock, loop
+        self.limit = limit
+        self.pending = bytearray()
+        self.packets = self.bytes = self.dropped = self.errors = 0
+        self.on_lost = on_lost
+        self._writing = False
+        loop.add_reader(sock.fileno(), self._on_readable)
+
+    def send(self, buf: bytearray, view: memoryview, off: int, n: int) -> None:
+        if self.pending:
+            # behind already: queue a copy while the bound allows, else drop the packet
+            if len(self.pending) + n + 2 > self.limit:
+                self.dropped += 1
+                return
+            _SSRC.pack_into(buf, off + 8, self.ssrc)
+            _LEN.pack_into(buf, off - 2, n)
+            self.pending += view[off - 2 : off + n]
+            self.packets += 1
+            self.bytes += n
+            return
+        _SSRC.pack_into(buf, off + 8, self.ssrc)
+        _LEN.pack_into(buf, off - 2, n)
+        try:
+            sent = self.sock.send(view[off - 2 : off + n])
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self.errors += 1
+            self.on_lost(self, f"send failed: {exc.strerror or exc}")
+            return
+        if sent < n + 2:
+            self.pending += view[off - 2 + sent : off + n]
+            self._want_write()
+        self.packets += 1
+        self.bytes += n
+
+    def _want_write(self) -> None:
+        if not self._writing:
+            self._writing = True
+            self.loop.add_writer(self.sock.fileno(), self._flush)
+
+    def _flush(self) -> None:
+        try:
+            sent = self.sock.send(self.pending)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.on_lost(self, f"send failed: {exc.strerror or exc}")
+            return
+        del self.pending[:sent]
+        if not self.pending:
+            self._writing = False
+            self.loop.remove_writer(self.sock.fileno())
+
+    def _on_readable(self) -> None:
+        # consumers send nothing we use (RTCP at most); EOF or an error means they left
+        try:
+            data = self.sock.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.on_lost(self, f"connection error: {exc.strerror or exc}")
+            return
+        if not data:
+            self.on_lost(self, "the consumer closed the connection")
+
+    def close(self) -> None:
+        """Close the connection."""
+        fd = self.sock.fileno()
+        if fd >= 0:
+            self.loop.remove_reader(fd)
+            if self._writing:
+                self.loop.remove_writer(fd)
+        self._writing = False
+        self.sock.close()
+
+
+class RelayStream:
+    """One device stream: its sockets, what it expects, its consumers and its statistics."""
+
+    def __init__(self, stream_id: str, port: int, mode: StreamMode, ssrc: int, now: float) -> None:
+        self.id = stream_id
+        self.port = port
+        self.mode = mode
+        self.ssrc = ssrc
+        self.created = now
+        self.buf = bytearray(BUFFER_SIZE)
+        self.view = memoryview(self.buf)
+        self.udp: socket.socket | None = None
+        self.listener: socket.socket | None = None
+        self.conn: socket.socket | None = None
+        self.peer: tuple[str, int] | None = None
+        self.scanner = FrameScanner()
+        self.spans: list[tuple[int, int]] = []
+        self.fill = 2  # TCP: where the next read goes (the first two bytes stay free)
+        self.source: Any = None
+        self.consumers: list[UdpOut | TcpOut] = []
+        self.stats = StreamStats()
+        self.inspector = PsInspector()
+        self.last_ts = -1
+        self.first_at = 0.0
+        self.wrong_ssrc = 0
+        self.wrong_source = 0
+        self.malformed = 0
+        self.refused_connections = 0
+        self.foreign_ssrc = -1
+        self.foreign_count = 0
+        self.ssrc_latched = False
+        self.connect_task: asyncio.Task[None] | None = None
+
+
+class Forwarder:
+    """Streams of one relay worker.
+
+    Args:
+        host: the address media sockets bind to.
+        on_event: called with each stream event (a dict with ``event`` and ``stream``).
+        tcp_queue_limit: bytes a slow TCP consumer may have queued before its packets are dropped.
+        udp_receive_buffer: SO_RCVBUF asked for each stream's UDP socket.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "0.0.0.0",
+        on_event: Callable[[Event], None] | None = None,
+        tcp_queue_limit: int = 1024 * 1024,
+        udp_receive_buffer: int = 1024 * 1024,
+    ) -> None:
+        self.host = host
+        self.on_event = on_event or (lambda event: None)
+        self.tcp_queue_limit = tcp_queue_limit
+        self.udp_receive_buffer = udp_receive_buffer
+        self.streams: dict[str, RelayStream] = {}
+        self.totals: dict[str, int] = dict.fromkeys(
+            ("packets_in", "bytes_in", "packets_out", "bytes_out", "lost", "wrong_ssrc", "wrong_source", "malformed",
+             "slow_consumer", "send_errors", "ps_errors", "tcp_resyncs"), 0,
+        )  # fmt: skip
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    # --- commands ----------------------------------------------------------------------
+
+    def open(self, stream_id: str, port: int, mode: StreamMode, ssrc: int) -> None:
+        """Bind ``port`` for a new stream: UDP always (to receive, or to send to UDP consumers), and a TCP
+        listener for TCP passive — before the INVITE goes out, since devices may connect at once (§7.5).
+
+        Raises:
+            RelayError: the stream exists, or the port cannot be bound (the message names it).
+        """
+        if stream_id in self.streams:
+            raise RelayError(f"stream {stream_id} is already open")
+        loop = self.loop
+        st = RelayStream(stream_id, port, mode, ssrc, loop.time())
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        try:
+            udp = socket.socket(family, socket.SOCK_DGRAM)
+            st.udp = udp
+            udp.setblocking(False)
+            try:
+                udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.udp_receive_buffer)
+            except OSError:  # pragma: no cover - capped by the kernel, not fatal
+                pass
+            udp.bind((self.host, port))
+            if mode is StreamMode.TCP_PASSIVE:
+                listener = socket.socket(family, socket.SOCK_STREAM)
+                st.listener = listener
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                listener.setblocking(False)
+                listener.bind((self.host, port))
+                listener.listen(4)
+        except OSError as exc:
+            self._close_sockets(st)
+            raise RelayError(f"cannot bind media port {port}: {exc.strerror or exc}") from None
+        if mode is StreamMode.UDP:
+            loop.add_reader(udp.fileno(), self._on_udp, st)
+        else:
+            loop.add_reader(udp.fileno(), self._drain_udp, st)  # sockets must not fill up unread
+        if st.listener is not None:
+            loop.add_reader(st.listener.fileno(), self._on_accept, st)
+        self.streams[stream_id] = st
+
+    def expect(self, stream_id: str, ssrc: int) -> None:
+        """The SSRC to expect from now on (the device's answer may carry its own)."""
+        self._stream(stream_id).ssrc = ssrc
+
+    def connect(self, stream_id: str, host: str, port: int, *, attempts: int = 3, interval: float = 1.0) -> None:
+        """TCP active: connect to the device's media port, retrying (2022 Annex D: ≥ 3 times, ≥ 1 s apart).
+
+        A final failure is reported as a ``closed`` event.
+        """
+        st = self._stream(stream_id)
+        st.connect_task = self.loop.create_task(self._connect(st, host, port, attempts, interval))
+
+    def add_consumer(self, stream_id: str, consumer_id: str, transport: str, host: str, port: int, ssrc: int) -> None:
+        """Start sending the stream to a UDP consumer (at once). TCP consumers: :meth:`add_tcp_consumer`."""
+        st = self._stream(stream_id)
+        if transport != "udp":
+            raise RelayError("add_consumer() is for UDP consumers; TCP ones need add_tcp_consumer()")
+        self._remove(st, consumer_id)
+        assert st.udp is not None
+        st.consumers.append(UdpOut(consumer_id, ssrc, (host, port), st.udp))
+
+    async def add_tcp_consumer(
+        self, stream_id: str, consumer_id: str, host: str, port: int, ssrc: int, *, timeout: float = 5.0
+    ) -> None:
+        """Connect to a consumer listening on TCP and start sending it the stream (RFC 4571).
+
+        Raises:
+            RelayError: the connection could not be made (the message says why).
+        """
+        st = self._stream(stream_id)
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(self.loop.sock_connect(sock, (host, port)), timeout)
+        except (OSError, TimeoutError) as exc:
+            sock.close()
+            raise RelayError(
+                f"cannot connect to consumer {host}:{port}: {getattr(exc, 'strerror', None) or exc}"
+            ) from None
+        if self.streams.get(stream_id) is not st:
+            sock.close()
+            raise RelayError(f"stream {stream_id} closed while connecting to its consumer")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._remove(st, consumer_id)
+        st.consumers.append(
+            TcpOut(consumer_id, ssrc, (host, port), sock, self.loop, self.tcp_queue_limit, self._consumer_lost(st))
+        )
+
+    def remove_consumer(self, stream_id: str, consumer_id: str) -> None:
+        """Stop sending to a consumer (no error if it is already gone)."""
+        st = self.streams.get(stream_id)
+        if st is not None:
+            self._remove(st, consumer_id)
+
+    def close(self, stream_id: str) -> None:
+        """Close a stream and every socket it holds (no error if it is already closed)."""
+        st = self.streams.pop(stream_id, None)
+        if st is None:
+            return
+        if st.connect_task is not None:
+            st.connect_task.cancel()
+        for c in st.consumers:
+            c.close()
+        self._count_consumers(st.consumers)
+        st.consumers = []
+        self._close_sockets(st)
+
+    def close_all(self) -> None:
+        """Close every stream."""
+        for stream_id in list(self.streams):
+            self.close(stream_id)
+
+    # --- statistics --------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every stream's figures and the worker's running totals (JSON-friendly)."""
+        now = self.loop.time()
+        streams = {}
+        for st in self.streams.values():
+            s, ps = st.stats, st.inspector.stats
+            streams[st.id] = {
+                "port": st.port,
+                "mode": str(st.mode),
+                "ssrc": st.ssrc,
+                "ssrc_latched": st.ssrc_latched,
+                "source": list(st.source) if isinstance(st.source, tuple) else st.source,
+                "connected": st.conn is not None if st.mode is not StreamMode.UDP else None,
+                "packets": s.packets,
+                "bytes": s.bytes,
+                "bitrate": s.bitrate if now - s.last_packet_at < 2.0 else 0.0,
+                "lost": s.lost,
+                "reordered": s.reordered,
+                "duplicates": s.duplicates,
+                "idle": round(now - (s.last_packet_at if s.packets else st.created), 3),
+                "age": round(now - st.created, 3),
+                "wrong_ssrc": st.wrong_ssrc,
+                "wrong_source": st.wrong_source,
+                "malformed": st.malformed,
+                "refused_connections": st.refused_connections,
+                "tcp_resyncs": st.scanner.resyncs,
+                "ps": {
+                    "video_codec": ps.video_codec,
+                    "audio_codec": ps.audio_codec,
+                    "frames": ps.frames,
+                    "key_frames": ps.key_frames,
+                    "key_frame_interval": ps.key_frame_interval,
+                    "errors": ps.errors,
+                },
+                "consumers": {
+                    c.id: {
+                        "transport": c.transport,
+                        "address": list(c.addr),
+                        "ssrc": c.ssrc,
+                        "packets": c.packets,
+                        "bytes": c.bytes,
+                        "dropped": c.dropped,
+                        "errors": c.errors,
+                    }
+                    for c in st.consumers
+                },
+            }
+        return {"streams": streams, "totals": self._totals()}
+
+    def _totals(self) -> dict[str, int]:
+        t = dict(self.totals)
+        for st in self.streams.values():
+            t["packets_in"] += st.stats.packets
+            t["bytes_in"] += st.stats.bytes
+            t["lost"] += st.stats.lost
+            t["wrong_ssrc"] += st.wrong_ssrc
+            t["wrong_source"] += st.wrong_source
+            t["malformed"] += st.malformed
+            t["ps_errors"] += st.inspector.stats.errors
+            t["tcp_resyncs"] += st.scanner.resyncs
+            for c in st.consumers:
+                t["packets_out"] += c.packets
+                t["bytes_out"] += c.bytes
+                t["slow_consumer"] += c.dropped
+                t["send_errors"] += c.errors
+        return t
+
+    # --- the hot path ------------------------------------------------------------------
+
+    def _on_udp(self, st: RelayStream) -> None:
+        recv = st.udp.recvfrom_into  # type: ignore[union-attr]
+        target = st.view[2:]
+        buf, view = st.buf, st.view
+        now = self.loop.time()
+        relay = self._relay
+        for _ in range(BATCH):
+            try:
+                n, addr = recv(target)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # an ICMP error for something we sent earlier
+            relay(st, buf, view, 2, n, addr, now)
+
+    def _relay(
+        self, st: RelayStream, buf: bytearray, view: memoryview, off: int, n: int, addr: Any, now: float
+    ) -> None:
+        if n < 12 or buf[off] >> 6 != 2:
+            st.malformed += 1
+            return
+        b1, seq, ts, ssrc = _HEAD.unpack_from(buf, off)[1:]
+        if ssrc != st.ssrc and not self._foreign(st, ssrc):
+            return
+        if addr is not None:
+            if st.source is None:
+                st.source = addr
+            elif addr != st.source:
+                st.wrong_source += 1
+                return
+        stats = st.stats
+        stats.packet(seq, n, now)
+        if ts != st.last_ts:
+            st.last_ts = ts
+            start = off + 12 + 4 * (buf[off] & 0x0F)
+            if buf[off] & 0x10 and start + 4 <= off + n:
+                start += 4 + 4 * ((buf[start + 2] << 8) | buf[start + 3])
+            st.inspector.frame_start(buf, start, off + n)
+        if stats.packets == 1:
+            st.first_at = now
+            self.on_event({"event": "first-packet", "stream": st.id, "ssrc": ssrc})
+        for c in st.consumers:
+            c.send(buf, view, off, n)
+
+    def _foreign(self, st: RelayStream, ssrc: int) -> bool:
+        # A device that sends one SSRC of its own and never the negotiated one is followed
+        # (M1); once a stream has carried good packets, strangers are dropped.
+        if st.stats.packets == 0 and not st.ssrc_latched:
+            if ssrc == st.foreign_ssrc:
+                st.foreign_count += 1
+                if st.foreign_count >= SSRC_LATCH_PACKETS:
+                    log.warning(
+                        "device sends another SSRC than negotiated: following it",
+                        extra={"stream": st.id, "expected": st.ssrc, "actual": ssrc},
+                    )
+                    st.ssrc = ssrc
+                    st.ssrc_latched = True
+                    st.wrong_ssrc -= SSRC_LATCH_PACKETS - 1  # the counted ones were the device's stream after all
+                    return True
+            else:
+                st.foreign_ssrc, st.foreign_count = ssrc, 1
+        st.wrong_ssrc += 1
+        return False
+
+    def _drain_udp(self, st: RelayStream) -> None:
+        # TCP streams keep their UDP port only to send from; whatever arrives there is not theirs
+        for _ in range(BATCH):
+            try:
+                st.udp.recv_into(st.view[2:])  # type: ignore[union-attr]
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue
+            st.wrong_source += 1
+
+    def _on_tcp(self, st: RelayStream) -> None:
+        conn = st.conn
+        if conn is None:
+            return
+        buf, view = st.buf, st.view
+        try:
+            n = conn.recv_into(view[st.fill :])
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._media_lost(st, f"media connection error: {exc.strerror or exc}")
+            return
+        if n == 0:
+            self._media_lost(st, "the device closed the media connection")
+            return
+        end = st.fill + n
+        spans = st.spans
+        pos = st.scanner.scan(buf, 2, end, spans)
+        if spans:
+            now = self.loop.time()
+            relay = self._relay
+            for start, length in spans:
+                relay(st, buf, view, start, length, None, now)
+            spans.clear()
+        rest = end - pos
+        if rest and pos > 2:
+            buf[2 : 2 + rest] = view[pos:end]  # the unfinished frame moves to the front (once per read)
+        st.fill = 2 + rest
+        if st.fill >= len(buf) - 1024:  # pragma: no cover - the scanner bounds frames below this
+            st.fill = 2
+
+    def _on_accept(self, st: RelayStream) -> None:
+        listener = st.listener
+        if listener is None:
+            return
+        try:
+            conn, addr = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            return
+        if st.conn is not None:
+            # one media connection per session (§8.6): a second one is not the device's stream
+            st.refused_connections += 1
+            conn.close()
+            return
+        self._attach(st, conn, addr)
+
+    def _attach(self, st: RelayStream, conn: socket.socket, addr: tuple[str, int]) -> None:
+        conn.setblocking(False)
+        try:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.udp_receive_buffer)
+        except OSError:  # pragma: no cover
+            pass
+        st.conn = conn
+        st.peer = (addr[0], addr[1])
+        st.source = [addr[0], addr[1]]
+        self.loop.add_reader(conn.fileno(), self._on_tcp, st)
+        self.on_event({"event": "connected", "stream": st.id, "peer": list(st.peer)})
+
+    async def _connect(self, st: RelayStream, host: str, port: int, attempts: int, interval: float) -> None:
+        last = ""
+        for attempt in range(attempts):
+            if attempt:
+                await asyncio.sleep(interval)
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                await asyncio.wait_for(self.loop.sock_connect(sock, (host, port)), max(interval, 1.0) * 3)
+            except (OSError, TimeoutError) as exc:
+                sock.close()
+                last = getattr(exc, "strerror", None) or str(exc) or "timed out"
+                continue
+            if self.streams.get(st.id) is not st:
+                sock.close()
+                return
+            self._attach(st, sock, (host, port))
+            return
+        if self.streams.get(st.id) is st:
+            self._closed_event(
+                st, f"cannot connect to the device's media port {host}:{port} ({attempts} attempts): {last}"
+            )
+
+    def _media_lost(self, st: RelayStream, reason: str) -> None:
+        conn = st.conn
+        if conn is not None:
+            self.loop.remove_reader(conn.fileno())
+            conn.close()
+            st.conn = None
+        self._closed_event(st, reason)
+
+    def _closed_event(self, st: RelayStream, reason: str) -> None:
+        self.on_event({"event": "closed", "stream": st.id, "reason": reason})
+
+    def _consumer_lost(self, st: RelayStream) -> Callable[[TcpOut, str], None]:
+        def lost(consumer: TcpOut, reason: str) -> None:
+            if consumer in st.consumers:
+                self._remove(st, consumer.id)
+                self.on_event({"event": "consumer-lost", "stream": st.id, "consumer": consumer.id, "reason": reason})
+
+        return lost
+
+    # --- helpers -----------------------------------------------------------------------
+
+    def _stream(self, stream_id: str) -> RelayStream:
+        st = self.streams.get(stream_id)
+        if st is None:
+            raise RelayError(f"no stream {stream_id}")
+        return st
+
+    def _remove(self, st: RelayStream, consumer_id: str) -> None:
+        gone = [c for c in st.consumers if c.id == consumer_id]
+        if gone:
+            st.consumers = [c for c in st.consumers if c.id != consumer_id]
+            for c in gone:
+                c.close()
+            self._count_consumers(gone)
+
+    def _count_consumers(self, consumers: list[UdpOut | TcpOut]) -> None:
+        # a departing consumer's figures stay in the totals (counters never go backwards)
+        t = self.totals
+        for c in consumers:
+            t["packets_out"] += c.packets
+            t["bytes_out"] += c.bytes
+            t["slow_consumer"] += c.dropped
+            t["send_errors"] += c.errors
+
+    def _close_sockets(self, st: RelayStream) -> None:
+        t = self.totals
+        if st.stats.packets or st.wrong_ssrc or st.wrong_source or st.malformed:
+            t["packets_in"] += st.stats.packets
+            t["bytes_in"] += st.stats.bytes
+            t["lost"] += st.stats.lost
+            t["wrong_ssrc"] += st.wrong_ssrc
+            t["wrong_source"] += st.wrong_source
+            t["malformed"] += st.malformed
+            t["ps_errors"] += st.inspector.stats.errors
+            t["tcp_resyncs"] += st.scanner.resyncs
+        loop = self._loop
+        for sock in (st.udp, st.listener, st.conn):
+            if sock is None:
+                continue
+            fd = sock.fileno()
+            if fd >= 0 and loop is not None:
+                loop.remove_reader(fd)
+            sock.close()
+        st.udp = st.listener = st.conn = None
