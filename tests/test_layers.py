@@ -26,7 +26,8 @@ ALLOWED: dict[str, set[str]] = {
     "net": set(CORE) | {"net", "logs", "metrics"},
     "metrics": {"metrics"},
     "logs": set(),
-    "services": set(CORE) | {"net", "store", "metrics", "logs", "services"},
+    "relay": set(CORE) | {"relay", "logs"},
+    "services": set(CORE) | {"net", "relay", "store", "metrics", "logs", "services"},
     "config": {"errors", "ids"},
 }
 

@@ -21,8 +21,10 @@ from gb28181gw.gb.model import Device
 from gb28181gw.ids import GbId
 from gb28181gw.manscdp import ptz as ptz_codes
 from gb28181gw.metrics import Metrics
+from gb28181gw.sdp import StreamMode
 from gb28181gw.services.devices import DeviceError, DeviceService
 from gb28181gw.services.registrar import RegistrarService
+from gb28181gw.services.streams import StreamError, StreamService
 
 log = logging.getLogger("gb28181gw.admin")
 
@@ -119,11 +121,15 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
         charset = str(body.get("charset") or "")
         if charset and charset.upper() not in ("GB2312", "GB18030", "UTF-8"):
             return _error(400, "charset must be GB2312, GB18030 or UTF-8")
+        stream_mode = str(body.get("stream_mode") or "")
+        if stream_mode and stream_mode not in {m.value for m in StreamMode}:
+            return _error(400, "stream_mode must be udp, tcp-passive or tcp-active")
         device = await registrar.provision(
             device_id,
             password=str(body.get("password") or ""),
             name=str(body.get("name") or ""),
             charset=charset.upper(),
+            stream_mode=stream_mode,
         )
         return web.json_response(_device_json(registrar, device), status=201)
 
@@ -230,6 +236,87 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
     admin.add_route("POST", "/devices", add_device)
     admin.add_route("GET", "/devices/{device_id}", show_device)
     admin.add_route("DELETE", "/devices/{device_id}", remove_device)
+
+
+#: HTTP status for each StreamError status (SIP codes from the device are passed on as 502).
+_STREAM_HTTP = {400: 400, 404: 404, 480: 409, 486: 409, 488: 502, 502: 502, 503: 503, 504: 504}
+
+
+def add_stream_routes(admin: AdminServer, streams: StreamService) -> None:
+    """Live streams: list, open or join (a consumer), leave, stop."""
+
+    async def list_streams(request: web.Request) -> web.Response:
+        return web.json_response({"streams": streams.rows()})
+
+    async def show_stream(request: web.Request) -> web.Response:
+        st = streams.streams.get(request.match_info["stream_id"])
+        if st is None:
+            return _error(404, f"no stream {request.match_info['stream_id']}")
+        return web.json_response(streams.describe(st))
+
+    async def play(request: web.Request) -> web.Response:
+        usage = (
+            'the body must be JSON: {"channel_id": ..., "consumer": {"transport": "udp"|"tcp", '
+            '"host": ..., "port": ..., "ssrc": optional, "ttl": optional seconds, "label": optional}}'
+        )
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, usage)
+        if not isinstance(body, dict) or not isinstance(body.get("consumer"), dict):
+            return _error(400, usage)
+        channel_id = str(body.get("channel_id", ""))
+        try:
+            GbId.parse(channel_id)
+        except IdError as exc:
+            return _error(400, f"invalid channel ID: {exc}")
+        c = body["consumer"]
+        try:
+            host = str(c.get("host") or request.remote or "127.0.0.1")
+            port = int(c["port"])
+            ssrc = int(c["ssrc"]) if c.get("ssrc") is not None else None
+            ttl = float(c["ttl"]) if c.get("ttl") is not None else None
+        except (KeyError, TypeError, ValueError):
+            return _error(400, usage)
+        if ssrc is not None and not 0 <= ssrc <= 0xFFFFFFFF:
+            return _error(400, "consumer ssrc must fit 32 bits")
+        try:
+            st, consumer = await streams.play(
+                channel_id,
+                transport=str(c.get("transport") or "udp").lower(),
+                host=host,
+                port=port,
+                ssrc=ssrc,
+                label=str(c.get("label") or ""),
+                ttl=ttl,
+            )
+        except StreamError as exc:
+            return web.json_response(
+                {"error": str(exc), "sip_status": exc.status}, status=_STREAM_HTTP.get(exc.status, 502)
+            )
+        out = streams.describe(st)
+        out["consumer"] = next(x for x in out["consumers"] if x["id"] == consumer.id)
+        return web.json_response(out, status=201)
+
+    async def stop_stream(request: web.Request) -> web.Response:
+        try:
+            await streams.stop_stream(request.match_info["stream_id"])
+        except StreamError as exc:
+            return _error(404, str(exc))
+        return web.json_response({"stopped": request.match_info["stream_id"]})
+
+    async def leave(request: web.Request) -> web.Response:
+        try:
+            await streams.remove_consumer(request.match_info["stream_id"], request.match_info["consumer_id"])
+        except StreamError as exc:
+            return _error(404, str(exc))
+        return web.json_response({"removed": request.match_info["consumer_id"]})
+
+    admin.add_route("GET", "/streams", list_streams)
+    admin.add_route("POST", "/streams", play)
+    admin.add_route("GET", "/streams/{stream_id}", show_stream)
+    admin.add_route("DELETE", "/streams/{stream_id}", stop_stream)
+    admin.add_route("DELETE", "/streams/{stream_id}/consumers/{consumer_id}", leave)
 
 
 def _device_json(registrar: RegistrarService, device: Device) -> dict[str, Any]:

@@ -14,17 +14,22 @@ import logging
 import os
 import signal
 import time
+from dataclasses import replace
 from typing import Any
 
 from gb28181gw import __version__
-from gb28181gw.admin import AdminServer, add_device_routes
+from gb28181gw.admin import AdminServer, add_device_routes, add_stream_routes
 from gb28181gw.config import Config
 from gb28181gw.errors import StoreError
 from gb28181gw.gb.registrar import DateFormat, RegistrarPolicy, parse_networks
 from gb28181gw.metrics import Metrics
 from gb28181gw.net.stack import SipStack
+from gb28181gw.relay.forwarder import Forwarder
+from gb28181gw.relay.workers import LocalRelay, Relay, WorkerRelay
+from gb28181gw.sdp import StreamMode
 from gb28181gw.services.devices import DeviceService, DeviceSettings
 from gb28181gw.services.registrar import RegistrarService
+from gb28181gw.services.streams import MediaSettings, StreamService
 from gb28181gw.services.subscriptions import SubscriptionService
 from gb28181gw.sip.endpoint import SipEndpoint
 from gb28181gw.sip.message import Limits
@@ -87,6 +92,28 @@ class Gateway:
         self.subscriptions = SubscriptionService(
             self.stack, self.registrar, self.devices, kinds=list(d.subscribe), expires=d.subscribe_expires
         )
+        m = config.media
+        self.streams = StreamService(
+            self.stack,
+            self.registrar,
+            self.devices,
+            build_relays(config),
+            port_range=(m.port_min, m.port_max),
+            our_id=config.gateway.id,
+            domain=config.domain,
+            metrics=self.metrics,
+            settings=MediaSettings(
+                stream_mode=StreamMode(m.stream_mode),
+                invite_timeout=m.invite_timeout,
+                rtp_timeout=m.rtp_timeout,
+                linger=m.linger,
+                tcp_connect_attempts=m.tcp_connect_attempts,
+                tcp_connect_interval=m.tcp_connect_interval,
+                port_quarantine=m.port_quarantine,
+                ssrc_quarantine=m.ssrc_quarantine,
+                check_interval=min(1.0, m.stats_interval),
+            ),
+        )
         self.admin: AdminServer | None = None
         self.started_at = 0.0
         self._ready = False
@@ -124,6 +151,11 @@ class Gateway:
                 "registered": sum(1 for d in self.registrar.devices.values() if d.registered),
                 "online": sum(1 for d in self.registrar.devices.values() if d.online),
             },
+            "streams": {
+                "active": len(self.streams.streams),
+                "consumers": sum(len(st.consumers) for st in self.streams.streams.values()),
+                "relay_workers": len(self.streams.relays),
+            },
             "store": str(self.store.path),
             "uptime_seconds": round(time.monotonic() - self.started_at, 3) if self.started_at else 0.0,
             "pid": os.getpid(),
@@ -150,9 +182,14 @@ class Gateway:
             tcp_idle_timeout=c.sip.tcp_idle_timeout,
             tcp_max_connections=c.sip.tcp_max_connections,
         )
+        # the media address defaults to the one SIP advertises (a wildcard is no address for a device)
+        media_address = c.media.address or self.endpoint.local_address("UDP")[0]
+        self.streams.settings = replace(self.streams.settings, address=media_address)
+        await self.streams.start()
         if c.admin.enabled:
             self.admin = AdminServer(self.metrics, status=self.status, ready=lambda: self._ready)
             add_device_routes(self.admin, self.registrar, self.devices)
+            add_stream_routes(self.admin, self.streams)
             await self.admin.start(c.admin.listen, c.admin.port)
         self.started_at = time.monotonic()
         self._ready = True
@@ -170,6 +207,7 @@ class Gateway:
         self._ready = False
         if self.admin is not None:
             await self.admin.stop()
+        await self.streams.stop()  # BYE to every device while the stack still runs
         await self.stack.close(timeout=self.config.runtime.shutdown_timeout)
         await self.subscriptions.stop()
         await self.devices.stop()
@@ -205,6 +243,25 @@ class Gateway:
             for sig in installed:
                 loop.remove_signal_handler(sig)
             await self.stop()
+
+
+def build_relays(config: Config) -> list[Relay]:
+    """The relay workers ``media.workers`` asks for: -1 one per core, 0 the gateway's own loop."""
+    m = config.media
+    count = (os.cpu_count() or 1) if m.workers < 0 else m.workers
+    if count == 0:
+        forwarder = Forwarder(host=m.listen, tcp_queue_limit=m.tcp_queue, udp_receive_buffer=m.udp_receive_buffer)
+        return [LocalRelay(forwarder)]
+    return [
+        WorkerRelay(
+            i,
+            host=m.listen,
+            stats_interval=m.stats_interval,
+            tcp_queue_limit=m.tcp_queue,
+            udp_receive_buffer=m.udp_receive_buffer,
+        )
+        for i in range(count)
+    ]
 
 
 def registrar_policy(config: Config) -> RegistrarPolicy:

@@ -316,13 +316,27 @@ def device_show(admin: str, device_id: str) -> None:
 @click.option(
     "--charset", type=click.Choice(["GB2312", "GB18030", "UTF-8"]), default=None, help="Charset of its MANSCDP bodies."
 )
-def device_add(admin: str, device_id: str, password: str, name: str, charset: str | None) -> None:
-    """Provision DEVICE_ID (needed when registrar.require_provisioned is on)."""
+@click.option(
+    "--stream-mode",
+    type=click.Choice(["udp", "tcp-passive", "tcp-active"]),
+    default=None,
+    help="How it sends media: UDP, TCP to us (passive) or TCP from us (active). Default: media.stream_mode.",
+)
+def device_add(
+    admin: str, device_id: str, password: str, name: str, charset: str | None, stream_mode: str | None
+) -> None:
+    """Provision DEVICE_ID (needed when registrar.require_provisioned is on), or change its settings."""
     data = _api_send(
         admin,
         "POST",
         "/devices",
-        {"device_id": device_id, "password": password, "name": name, "charset": charset or ""},
+        {
+            "device_id": device_id,
+            "password": password,
+            "name": name,
+            "charset": charset or "",
+            "stream_mode": stream_mode or "",
+        },
     )
     console.print(f"added {data['device_id']}", highlight=False)
 

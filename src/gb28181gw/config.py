@@ -181,6 +181,42 @@ class DevicesSection:
     subscribe_expires: int = _opt(3600, "Expires asked for subscriptions (s); refreshed at 80 %", _at_least(60))
 
 
+def _workers(v: int) -> str | None:
+    return None if v >= -1 else "must be -1 (one per core), 0 (in the gateway's process) or a number of processes"
+
+
+@dataclass(frozen=True, slots=True)
+class MediaSection:
+    """Live streams: INVITE to devices and the RTP relay (PROTOCOL.md §7, §8)."""
+
+    address: str = _opt(
+        "", "media IP put in our SDP (where devices send); empty = sip.advertised_address or the listen address"
+    )
+    listen: str = _opt("0.0.0.0", "address media sockets bind to", _address)
+    port_min: int = _opt(30000, "first media port (RTP uses even ports)", _port)
+    port_max: int = _opt(31999, "last media port", _port)
+    workers: int = _opt(-1, "relay worker processes: -1 = one per core, 0 = in the gateway's process", _workers)
+    stream_mode: str = _opt(
+        "udp", "how devices without their own mode send media", _one_of("udp", "tcp-passive", "tcp-active")
+    )
+    invite_timeout: float = _opt(10.0, "seconds to wait for a device's final answer to INVITE (then CANCEL)", _positive)
+    rtp_timeout: float = _opt(15.0, "seconds without RTP after which a stream is closed (BYE)", _positive)
+    linger: float = _opt(5.0, "seconds a stream stays open after its last consumer leaves", _at_least(0))
+    tcp_connect_attempts: int = _opt(
+        3, "TCP active: connection attempts to the device (2022 Annex D: >= 3)", _at_least(1)
+    )
+    tcp_connect_interval: float = _opt(1.0, "TCP active: seconds between attempts (Annex D: >= 1)", _positive)
+    tcp_queue: int = _opt(
+        1024 * 1024, "bytes queued for a slow TCP consumer before its packets are dropped", _at_least(65536)
+    )
+    udp_receive_buffer: int = _opt(1024 * 1024, "SO_RCVBUF of each stream's socket (bytes)", _at_least(65536))
+    port_quarantine: float = _opt(5.0, "seconds a released port rests before reuse (late packets)", _at_least(0))
+    ssrc_quarantine: float = _opt(15.0, "seconds a released SSRC rests before reuse (M3)", _at_least(0))
+    stats_interval: float = _opt(
+        1.0, "seconds between relay workers' reports (bitrate, loss, media timeout)", _positive
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class StoreSection:
     """Where state is kept."""
@@ -224,6 +260,7 @@ class Config:
     sip: SipSection = field(default_factory=SipSection)
     registrar: RegistrarSection = field(default_factory=RegistrarSection)
     devices: DevicesSection = field(default_factory=DevicesSection)
+    media: MediaSection = field(default_factory=MediaSection)
     store: StoreSection = field(default_factory=StoreSection)
     admin: AdminSection = field(default_factory=AdminSection)
     log: LogSection = field(default_factory=LogSection)
@@ -240,6 +277,7 @@ SECTIONS: dict[str, Any] = {
     "sip": SipSection,
     "registrar": RegistrarSection,
     "devices": DevicesSection,
+    "media": MediaSection,
     "store": StoreSection,
     "admin": AdminSection,
     "log": LogSection,
@@ -362,6 +400,15 @@ def load_config(
     r = config.registrar
     if not r.expires_min <= r.expires_default <= r.expires_max:
         raise ConfigError("registrar.expires_default", "must lie between registrar.expires_min and expires_max")
+    m = config.media
+    if m.port_max - m.port_min < 1:
+        raise ConfigError(
+            "media.port_max", "must be above media.port_min (each stream takes an even port and the next)"
+        )
+    if m.address:
+        problem = _address(m.address)
+        if problem:
+            raise ConfigError("media.address", problem)
     return config
 
 

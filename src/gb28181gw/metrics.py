@@ -11,7 +11,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from gb28181gw import __version__
@@ -41,6 +47,34 @@ class SipCounters:
 LabeledGauge = Callable[[], dict[tuple[str, ...], float]]
 
 
+class Histogram:
+    """A histogram kept as plain counts, exported at scrape time."""
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = tuple(sorted(buckets))
+        self.counts = [0] * len(self.buckets)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        """Add one observation."""
+        self.count += 1
+        self.sum += value
+        for i, le in enumerate(self.buckets):
+            if value <= le:
+                self.counts[i] += 1
+                break
+
+    def family(self, name: str, help_text: str) -> HistogramMetricFamily:
+        """Cumulative buckets, as Prometheus wants them."""
+        cumulative, running = [], 0
+        for le, n in zip(self.buckets, self.counts, strict=True):
+            running += n
+            cumulative.append((repr(float(le)), running))
+        cumulative.append(("+Inf", self.count))
+        return HistogramMetricFamily(name, help_text, buckets=cumulative, sum_value=self.sum)
+
+
 class _SipCollector(Collector):
     def __init__(
         self,
@@ -48,8 +82,12 @@ class _SipCollector(Collector):
         gauges: dict[str, tuple[str, Callable[[], float]]],
         families: dict[str, tuple[str, list[str], Counter[tuple[str, ...]]]],
         labeled_gauges: dict[str, tuple[str, list[str], LabeledGauge]],
+        labeled_counters: dict[str, tuple[str, list[str], LabeledGauge]],
+        histograms: dict[str, tuple[str, Histogram]],
     ) -> None:
         self._c = counters
+        self._labeled_counters = labeled_counters
+        self._histograms = histograms
         self._gauges = gauges
         self._families = families
         self._labeled = labeled_gauges
@@ -96,6 +134,13 @@ class _SipCollector(Collector):
             for label_values, v in values_of().items():
                 g.add_metric(list(label_values), v)
             yield g
+        for name, (help_text, names, values_of) in self._labeled_counters.items():
+            fam = CounterMetricFamily(name, help_text, labels=names)
+            for label_values, v in values_of().items():
+                fam.add_metric(list(label_values), v)
+            yield fam
+        for name, (help_text, histogram) in self._histograms.items():
+            yield histogram.family(name, help_text)
         info = InfoMetricFamily("gb28181gw_build", "Version of the running gateway")
         info.add_metric([], {"version": __version__})
         yield info
@@ -113,7 +158,13 @@ class Metrics:
         self._gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self._families: dict[str, tuple[str, list[str], Counter[tuple[str, ...]]]] = {}
         self._labeled: dict[str, tuple[str, list[str], LabeledGauge]] = {}
-        self.registry.register(_SipCollector(self.sip, self._gauges, self._families, self._labeled))
+        self._labeled_counters: dict[str, tuple[str, list[str], LabeledGauge]] = {}
+        self._histograms: dict[str, tuple[str, Histogram]] = {}
+        self.registry.register(
+            _SipCollector(
+                self.sip, self._gauges, self._families, self._labeled, self._labeled_counters, self._histograms
+            )
+        )
 
     def counter(self, name: str, help_text: str, labels: list[str] | None = None) -> Counter[tuple[str, ...]]:
         """A counter family exported as ``name`` (``_total`` is added); increment ``c[(label, …)] += 1``."""
@@ -124,6 +175,16 @@ class Metrics:
     def labeled_gauge(self, name: str, help_text: str, labels: list[str], fn: LabeledGauge) -> None:
         """Export ``fn()`` (label values → value) as gauge family ``name`` at every scrape."""
         self._labeled[name] = (help_text, labels, fn)
+
+    def labeled_counter(self, name: str, help_text: str, labels: list[str], fn: LabeledGauge) -> None:
+        """Export ``fn()`` (label values → running total) as counter family ``name`` at every scrape."""
+        self._labeled_counters[name] = (help_text, labels, fn)
+
+    def histogram(self, name: str, help_text: str, buckets: tuple[float, ...]) -> Histogram:
+        """A histogram exported as ``name``; call ``observe(value)`` on it."""
+        histogram = Histogram(buckets)
+        self._histograms[name] = (help_text, histogram)
+        return histogram
 
     def gauge(self, name: str, help_text: str, fn: Callable[[], float]) -> None:
         """Export ``fn()`` as gauge ``name`` at every scrape."""

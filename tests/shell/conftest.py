@@ -29,6 +29,7 @@ async def start_gateway(**overrides: str) -> Gateway:
         "sip.t4": "0.5",
         "devices.catalog_on_register": "false",
         "devices.subscribe": "",
+        "media.workers": "0",
     }
     settings.update(overrides)
     gw = Gateway(load_config(env={}, overrides=settings))

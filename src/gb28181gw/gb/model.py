@@ -34,7 +34,7 @@ class Device:
             every request to it goes there (PROTOCOL.md §3.4, R3).
         local_host, local_port: our address it registered to (answers must come from it).
         charset: the charset to encode MANSCDP bodies for it (GB2312 by default).
-        stream_mode: how to ask it for media.
+        stream_mode: how to ask it for media (a :class:`StreamMode`; empty = the gateway's media.stream_mode).
         password: its own digest password; empty uses the global one.
         provisioned: created by an operator rather than by registering.
         registered: holds a registration (until Expires passes or it unregisters).
@@ -58,7 +58,7 @@ class Device:
     local_host: str = ""
     local_port: int = 0
     charset: str = "GB2312"
-    stream_mode: str = StreamMode.UDP
+    stream_mode: str = ""
     password: str = ""
     provisioned: bool = False
     registered: bool = False

@@ -74,13 +74,14 @@ class PlaySession:
 
         Raises:
             SessionError: no SDP, no video, port 0 (refused), a proprietary payload, or a bad SDP.
+                The dialog is known by then: send :meth:`ack`, then :meth:`bye`.
         """
         if not 200 <= response.status < 300:
             raise ValueError("answered() takes a 2xx")
         self.remote_tag = response.to.tag or ""
         contact = response.headers.get("contact")
         self.remote_target = NameAddr.parse(contact).uri if contact else addressed_uri(self.channel_id, self.device_id)
-        ack = self._in_dialog("ACK", self.cseq)
+        ack = self.ack()
         if not response.body.strip():
             raise SessionError("the device answered 200 with no SDP")
         try:
@@ -104,6 +105,10 @@ class PlaySession:
             raise SessionError("asked for TCP active, the device answered UDP")
         self.state = PlayState.ESTABLISHED
         return ack
+
+    def ack(self) -> Request:
+        """The ACK for the 2xx (RFC 3261 §13.2.2.4: a new transaction, the INVITE's CSeq number)."""
+        return self._in_dialog("ACK", self.cseq)
 
     def bye(self) -> Request:
         """The BYE that ends the session from our side."""

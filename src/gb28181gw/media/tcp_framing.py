@@ -44,7 +44,11 @@ class FrameScanner:
     def scan(self, buf: bytes | bytearray, pos: int, end: int, out: list[tuple[int, int]]) -> int:
         """Append (offset, length) of each whole packet in ``buf[pos:end]`` to ``out``; return where the rest starts."""
         while end - pos >= 2:
-            if buf[pos] == 0x24 and end - pos >= 4 and self._plausible(buf, pos + 4, end, (buf[pos + 2] << 8) | buf[pos + 3]):
+            if (
+                buf[pos] == 0x24
+                and end - pos >= 4
+                and self._plausible(buf, pos + 4, end, (buf[pos + 2] << 8) | buf[pos + 3])
+            ):
                 header, length = 4, (buf[pos + 2] << 8) | buf[pos + 3]  # '$' interleaved
             else:
                 header, length = 2, (buf[pos] << 8) | buf[pos + 1]

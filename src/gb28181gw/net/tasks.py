@@ -22,3 +22,13 @@ class TaskSet:
         """Cancel every task still running."""
         for task in list(self._tasks):
             task.cancel()
+
+    async def wait(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the running tasks (and any they spawn) to finish."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._tasks and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(list(self._tasks), timeout=left)
+
+    def __len__(self) -> int:
+        return len(self._tasks)

@@ -209,7 +209,7 @@ class RelayStream:
         self.foreign_ssrc = -1
         self.foreign_count = 0
         self.ssrc_latched = False
-        self.connect_task: asyncio.Task[None] | None = None
+        self.connect_task: asyncio.Task[str] | None = None
 
 
 class Forwarder:
@@ -280,7 +280,9 @@ class Forwarder:
         except OSError as exc:
             self._close_sockets(st)
             raise RelayError(f"cannot bind media port {port}: {exc.strerror or exc}") from None
-        if mode is StreamMode.UDP:
+        if mode is not StreamMode.TCP_ACTIVE:
+            # TCP passive too: some devices answer a TCP offer with RTP/AVP and send UDP (M4);
+            # whichever arrives first is the stream
             loop.add_reader(udp.fileno(), self._on_udp, st)
         else:
             loop.add_reader(udp.fileno(), self._drain_udp, st)  # sockets must not fill up unread
@@ -292,13 +294,25 @@ class Forwarder:
         """The SSRC to expect from now on (the device's answer may carry its own)."""
         self._stream(stream_id).ssrc = ssrc
 
-    def connect(self, stream_id: str, host: str, port: int, *, attempts: int = 3, interval: float = 1.0) -> None:
+    async def connect(self, stream_id: str, host: str, port: int, *, attempts: int = 3, interval: float = 1.0) -> None:
         """TCP active: connect to the device's media port, retrying (2022 Annex D: ≥ 3 times, ≥ 1 s apart).
 
-        A final failure is reported as a ``closed`` event.
+        Raises:
+            RelayError: every attempt failed (the message has the last reason), or the stream closed meanwhile.
         """
         st = self._stream(stream_id)
-        st.connect_task = self.loop.create_task(self._connect(st, host, port, attempts, interval))
+        task = st.connect_task = self.loop.create_task(self._connect(st, host, port, attempts, interval))
+        try:
+            error = await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            raise RelayError(f"stream {stream_id} closed while connecting to the device") from None
+        finally:
+            st.connect_task = None
+        if error:
+            raise RelayError(error)
 
     def add_consumer(self, stream_id: str, consumer_id: str, transport: str, host: str, port: int, ssrc: int) -> None:
         """Start sending the stream to a UDP consumer (at once). TCP consumers: :meth:`add_tcp_consumer`."""
@@ -547,8 +561,8 @@ class Forwarder:
             return
         except OSError:
             return
-        if st.conn is not None:
-            # one media connection per session (§8.6): a second one is not the device's stream
+        if st.conn is not None or st.source is not None:
+            # one media connection per session (§8.6), and none once the device sends UDP
             st.refused_connections += 1
             conn.close()
             return
@@ -563,10 +577,13 @@ class Forwarder:
         st.conn = conn
         st.peer = (addr[0], addr[1])
         st.source = [addr[0], addr[1]]
+        if st.udp is not None:
+            self.loop.remove_reader(st.udp.fileno())
+            self.loop.add_reader(st.udp.fileno(), self._drain_udp, st)
         self.loop.add_reader(conn.fileno(), self._on_tcp, st)
         self.on_event({"event": "connected", "stream": st.id, "peer": list(st.peer)})
 
-    async def _connect(self, st: RelayStream, host: str, port: int, attempts: int, interval: float) -> None:
+    async def _connect(self, st: RelayStream, host: str, port: int, attempts: int, interval: float) -> str:
         last = ""
         for attempt in range(attempts):
             if attempt:
@@ -579,15 +596,15 @@ class Forwarder:
                 sock.close()
                 last = getattr(exc, "strerror", None) or str(exc) or "timed out"
                 continue
+            except asyncio.CancelledError:
+                sock.close()
+                raise
             if self.streams.get(st.id) is not st:
                 sock.close()
-                return
+                return f"stream {st.id} closed while connecting"
             self._attach(st, sock, (host, port))
-            return
-        if self.streams.get(st.id) is st:
-            self._closed_event(
-                st, f"cannot connect to the device's media port {host}:{port} ({attempts} attempts): {last}"
-            )
+            return ""
+        return f"cannot connect to the device's media port {host}:{port} ({attempts} attempts): {last}"
 
     def _media_lost(self, st: RelayStream, reason: str) -> None:
         conn = st.conn

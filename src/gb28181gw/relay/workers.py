@@ -107,7 +107,7 @@ class LocalRelay(Relay):
         self.forwarder.expect(stream_id, ssrc)
 
     async def connect(self, stream_id: str, host: str, port: int, attempts: int, interval: float) -> None:
-        self.forwarder.connect(stream_id, host, port, attempts=attempts, interval=interval)
+        await self.forwarder.connect(stream_id, host, port, attempts=attempts, interval=interval)
 
     async def add_consumer(
         self, stream_id: str, consumer_id: str, transport: str, host: str, port: int, ssrc: int
@@ -351,7 +351,7 @@ async def _execute(f: Forwarder, op: str | None, m: dict[str, Any]) -> Any:
     elif op == "expect":
         f.expect(m["stream"], m["ssrc"])
     elif op == "connect":
-        f.connect(m["stream"], m["host"], m["port"], attempts=m["attempts"], interval=m["interval"])
+        await f.connect(m["stream"], m["host"], m["port"], attempts=m["attempts"], interval=m["interval"])
     elif op == "add_consumer":
         if m["transport"] == "tcp":
             await f.add_tcp_consumer(m["stream"], m["consumer"], m["host"], m["port"], m["ssrc"])

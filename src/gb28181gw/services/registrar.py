@@ -374,8 +374,10 @@ class RegistrarService:
         total = len(self.devices)
         return {("online",): online, ("offline",): total - online, ("registered",): registered, ("known",): total}
 
-    async def provision(self, device_id: str, *, password: str = "", name: str = "", charset: str = "") -> Device:
-        """Add (or update) a device by hand: its password, its name, the charset of its MANSCDP bodies."""
+    async def provision(
+        self, device_id: str, *, password: str = "", name: str = "", charset: str = "", stream_mode: str = ""
+    ) -> Device:
+        """Add (or update) a device by hand: its password, name, MANSCDP charset and media mode."""
         epoch = self._clock()
         device = self.devices.get(device_id)
         if device is None:
@@ -387,6 +389,8 @@ class RegistrarService:
             device.name = name
         if charset:
             device.charset = charset
+        if stream_mode:
+            device.stream_mode = stream_mode
         device.updated_at = epoch
         self.changed(device_id)
         await self.flush()

@@ -1,0 +1,696 @@
+"""Live streams: one INVITE per channel, fanned out to every consumer (PROTOCOL.md §7.5-7.7, §7.10).
+
+:meth:`StreamService.play` opens a channel's stream, or joins the one already open or
+being opened — the device sees one INVITE however many consumers come (Annex L) — and
+adds a consumer to it. Opening takes a port from the chosen relay worker's share of the
+range and a fresh SSRC, binds the port (and for TCP passive listens) *before* the INVITE,
+sends the INVITE with its offer and Subject, takes the device's answer (its ``y=`` wins,
+M1), ACKs it, and for TCP active has the relay connect to the device. The last consumer
+leaving starts the linger; after it the stream is closed with BYE.
+
+Every way a stream ends goes through :meth:`StreamService._close`, which sends BYE when
+the dialog is ours to end, closes the relay's sockets and gives back the port and every
+SSRC: the device's BYE, no RTP for ``media.rtp_timeout``, the device going offline or
+unregistering, a lost TCP media connection, an operator's ``stream stop``, shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from gb28181gw.errors import SdpError
+from gb28181gw.gb.model import Device
+from gb28181gw.gb.session import PlaySession, PlayState, SessionError, invite
+from gb28181gw.media.ports import PortPool, PortsExhausted
+from gb28181gw.metrics import Metrics
+from gb28181gw.net.stack import SipStack, SipTimeoutError, SipTransportError
+from gb28181gw.net.tasks import TaskSet
+from gb28181gw.relay.forwarder import RelayError
+from gb28181gw.relay.workers import Relay
+from gb28181gw.sdp import SsrcAllocator, StreamMode
+from gb28181gw.sip.endpoint import Peer
+from gb28181gw.sip.events import RequestReceived
+from gb28181gw.sip.message import make_response
+
+from .devices import DeviceError, DeviceService
+from .registrar import RegistrarService
+
+log = logging.getLogger("gb28181gw.streams")
+
+#: Buckets (seconds) of the INVITE-to-first-packet histogram.
+SETUP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0)
+
+
+class StreamError(Exception):
+    """A stream cannot be opened or found. ``status`` is the SIP-style code to pass on.
+
+    404 unknown channel, 480 device not registered, 486 device busy, 488 answer unusable,
+    502 device refused or failed, 503 no port or SSRC free, 504 device did not answer.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class MediaSettings:
+    """The ``[media]`` settings the service uses."""
+
+    address: str = "127.0.0.1"
+    stream_mode: StreamMode = StreamMode.UDP
+    invite_timeout: float = 10.0
+    rtp_timeout: float = 15.0
+    linger: float = 5.0
+    tcp_connect_attempts: int = 3
+    tcp_connect_interval: float = 1.0
+    port_quarantine: float = 5.0
+    ssrc_quarantine: float = 15.0
+    check_interval: float = 1.0
+
+
+@dataclass(slots=True)
+class Consumer:
+    """Someone the stream is sent to.
+
+    Attributes:
+        id: unique within its stream.
+        transport / host / port: where packets go (``udp`` or ``tcp``; for TCP we connect there).
+        ssrc: the SSRC it sees (its own, or one allocated for it).
+        label: who it is (``cli``, an upper platform's ID …).
+        expires_at: loop time after which it is dropped (a lease), or ``None``.
+        allocated: whether ``ssrc`` came from our allocator (given back when it leaves).
+    """
+
+    id: str
+    transport: str
+    host: str
+    port: int
+    ssrc: int
+    label: str = ""
+    created: float = 0.0
+    expires_at: float | None = None
+    allocated: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class Stream:
+    """One device stream and its consumers (see the module docstring)."""
+
+    id: str
+    channel_id: str
+    device_id: str
+    mode: StreamMode
+    port: int
+    relay: Relay
+    pool: PortPool
+    peer: Peer
+    session: PlaySession
+    ready: asyncio.Future[None]
+    state: str = "inviting"  # inviting → live → closed
+    consumers: dict[str, Consumer] = field(default_factory=dict)
+    created: float = 0.0
+    created_epoch: float = 0.0
+    invite_at: float = 0.0
+    first_packet_at: float = 0.0
+    close_reason: str = ""
+    abandoned: bool = False
+    linger: asyncio.TimerHandle | None = None
+    next_consumer: int = 1
+
+
+class StreamService:
+    """Live streams of registered devices' channels, relayed by ``relays``.
+
+    Args:
+        stack / registrar / devices: the SIP stack and the device services.
+        relays: the relay workers (one :class:`LocalRelay` for ``media.workers = 0``).
+        port_range: (first, last) media ports, split evenly between the relays.
+        our_id / domain: our platform ID and domain.
+        settings: the ``[media]`` settings.
+    """
+
+    def __init__(
+        self,
+        stack: SipStack,
+        registrar: RegistrarService,
+        devices: DeviceService,
+        relays: list[Relay],
+        *,
+        port_range: tuple[int, int],
+        our_id: str,
+        domain: str,
+        metrics: Metrics,
+        settings: MediaSettings | None = None,
+    ) -> None:
+        if not relays:
+            raise ValueError("at least one relay")
+        self.stack = stack
+        self.registrar = registrar
+        self.devices = devices
+        self.relays = relays
+        self.our_id = our_id
+        self.domain = domain
+        self.settings = s = settings or MediaSettings()
+        self.pools = _split(port_range, len(relays), s.port_quarantine)
+        self.ssrcs = SsrcAllocator(our_id, quarantine=s.ssrc_quarantine)
+        self.streams: dict[str, Stream] = {}
+        self.by_channel: dict[str, Stream] = {}
+        self._tasks = TaskSet()
+        self._checker: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.results = metrics.counter("gb28181gw_stream_setups", "Stream setups by result", ["result"])
+        self.closes = metrics.counter("gb28181gw_stream_closes", "Streams closed by cause", ["cause"])
+        self.setup_seconds = metrics.histogram(
+            "gb28181gw_stream_setup_seconds", "INVITE sent to first RTP packet relayed", SETUP_BUCKETS
+        )
+        metrics.gauge("gb28181gw_streams_active", "Live streams (and streams being set up)", lambda: len(self.streams))
+        metrics.gauge(
+            "gb28181gw_stream_consumers",
+            "Consumers of all streams",
+            lambda: float(sum(len(st.consumers) for st in self.streams.values())),
+        )
+        metrics.labeled_counter(
+            "gb28181gw_rtp_packets",
+            "RTP packets relayed",
+            ["direction"],
+            lambda: self._totals("packets_in", "packets_out"),
+        )
+        metrics.labeled_counter(
+            "gb28181gw_rtp_bytes", "RTP bytes relayed", ["direction"], lambda: self._totals("bytes_in", "bytes_out")
+        )
+        metrics.labeled_counter("gb28181gw_rtp_lost", "RTP packets lost on the way from devices", [], self._lost)
+        metrics.labeled_counter("gb28181gw_rtp_dropped", "RTP packets dropped, by reason", ["reason"], self._dropped)
+        metrics.labeled_gauge("gb28181gw_relay_streams", "Streams per relay worker", ["worker"], self._per_worker)
+        stack.route("BYE", self._on_bye)
+        registrar.on_offline(self._on_offline)
+        for relay in relays:
+            relay.on_event = self._on_event
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the relay workers and the health check."""
+        self._loop = asyncio.get_running_loop()
+        await asyncio.gather(*(relay.start() for relay in self.relays))
+        self._checker = self._loop.create_task(self._check_loop())
+
+    async def stop(self) -> None:
+        """Close every stream (BYE to each device) and stop the relays."""
+        if self._checker is not None:
+            self._checker.cancel()
+        streams = list(self.streams.values())
+        for st in streams:
+            self._close(st, "gateway shutting down")
+        await self._tasks.wait(timeout=3.0)
+        self._tasks.cancel()
+        await asyncio.gather(*(relay.stop() for relay in self.relays), return_exceptions=True)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    # --- opening -----------------------------------------------------------------------
+
+    async def play(
+        self,
+        channel_id: str,
+        *,
+        transport: str,
+        host: str,
+        port: int,
+        ssrc: int | None = None,
+        label: str = "",
+        ttl: float | None = None,
+    ) -> tuple[Stream, Consumer]:
+        """Send ``channel_id``'s live stream to a consumer, opening the stream if it is not open.
+
+        Raises:
+            StreamError: the channel is unknown, its device unreachable or unwilling, no port is free.
+        """
+        if transport not in ("udp", "tcp"):
+            raise StreamError(400, f"consumer transport must be udp or tcp, not {transport!r}")
+        if not 0 < port <= 65535:
+            raise StreamError(400, f"consumer port {port} is not a port number")
+        st = self.by_channel.get(channel_id)
+        if st is None:
+            st = self._open(channel_id)
+        await asyncio.shield(st.ready)
+        if st.state != "live":
+            raise StreamError(502, f"stream of {channel_id} closed: {st.close_reason}")
+        return st, await self._add_consumer(st, transport, host, port, ssrc, label, ttl)
+
+    def _open(self, channel_id: str) -> Stream:
+        try:
+            device = self.devices.device_of(channel_id)
+        except DeviceError as exc:
+            status = 480 if "not registered" in str(exc) else 404
+            self.results[("unknown-channel" if status == 404 else "not-registered",)] += 1
+            raise StreamError(status, str(exc)) from None
+        loop = self.loop
+        now = loop.time()
+        index = min(range(len(self.relays)), key=lambda i: self.pools[i].in_use)
+        relay, pool = self.relays[index], self.pools[index]
+        try:
+            port = pool.allocate(now)
+        except PortsExhausted as exc:
+            self.results[("no-port",)] += 1
+            raise StreamError(503, str(exc)) from None
+        try:
+            ssrc = self.ssrcs.allocate(now)
+        except SdpError as exc:
+            pool.release(port, now)
+            self.results[("no-ssrc",)] += 1
+            raise StreamError(503, str(exc)) from None
+        mode = StreamMode(device.stream_mode) if device.stream_mode else self.settings.stream_mode
+        endpoint = self.stack.endpoint
+        session = PlaySession(
+            channel_id,
+            device.device_id,
+            self.our_id,
+            self.domain,
+            self.settings.address,
+            port,
+            ssrc,
+            mode,
+            endpoint.new_call_id(),
+            endpoint.new_tag(),
+        )
+        st = Stream(
+            id=ssrc,
+            channel_id=channel_id,
+            device_id=device.device_id,
+            mode=mode,
+            port=port,
+            relay=relay,
+            pool=pool,
+            peer=Peer(device.transport, device.host, device.port),
+            session=session,
+            ready=loop.create_future(),
+            created=now,
+            created_epoch=time.time(),
+        )
+        self.streams[st.id] = st
+        self.by_channel[channel_id] = st
+        self._tasks.spawn(self._setup(st, device))
+        return st
+
+    async def _setup(self, st: Stream, device: Device) -> None:
+        s = self.settings
+        try:
+            await self._bind(st)
+        except StreamError as exc:
+            self._fail(st, exc, "bind-failed")
+            return
+        host, port = self.stack.endpoint.local_address(st.peer.transport)
+        request = invite(
+            st.session, device_host=device.host, device_port=device.port, contact=f"sip:{self.our_id}@{host}:{port}"
+        )
+        st.invite_at = self.loop.time()
+        log.info(
+            "INVITE", extra={"stream": st.id, "channel": st.channel_id, "device": st.device_id, "mode": str(st.mode)}
+        )
+        try:
+            response = await self.stack.request(request, st.peer, timeout=s.invite_timeout)
+        except SipTimeoutError:
+            self._fail(
+                st,
+                StreamError(504, f"device {st.device_id} did not answer the INVITE in {s.invite_timeout:g} s"),
+                "timeout",
+            )
+            return
+        except SipTransportError as exc:
+            self._fail(st, StreamError(502, f"cannot reach device {st.device_id}: {exc}"), "unreachable")
+            return
+        if response.status >= 300:
+            status = response.status if response.status in (404, 486, 488) else 502
+            self._fail(
+                st,
+                StreamError(status, f"device {st.device_id} answered the INVITE {response.status} {response.reason}"),
+                f"refused-{response.status}",
+            )
+            return
+        try:
+            ack = st.session.answered(response)
+        except SessionError as exc:
+            self.stack.send_ack(st.session.ack(), st.peer, response)
+            self._fail(st, StreamError(488, str(exc)), "bad-answer", bye=True)
+            return
+        self.stack.send_ack(ack, st.peer, response)
+        if st.abandoned or st.state == "closed":
+            self._close(st, st.close_reason or "closed while it was being set up", bye=True)
+            return
+        session = st.session
+        try:
+            if session.offered_ssrc != int(session.ssrc):
+                log.info("device answered with its own SSRC (M1)", extra={"stream": st.id, "ssrc": session.ssrc})
+            await st.relay.expect(st.id, int(session.ssrc))
+            if st.mode is StreamMode.TCP_ACTIVE:
+                if not session.media_host or not session.media_port:
+                    raise StreamError(488, "TCP active: the device's answer has no media address")
+                await st.relay.connect(
+                    st.id, session.media_host, session.media_port, s.tcp_connect_attempts, s.tcp_connect_interval
+                )
+        except (RelayError, StreamError) as exc:
+            err = exc if isinstance(exc, StreamError) else StreamError(502, str(exc))
+            self._fail(st, err, "relay-failed", bye=True)
+            return
+        st.state = "live"
+        self.results[("ok",)] += 1
+        if not st.ready.done():
+            st.ready.set_result(None)
+
+    async def _bind(self, st: Stream) -> None:
+        # a port of our range may be taken by another program: skip it (it rests in
+        # quarantine) and try the next, a few times
+        for _ in range(8):
+            try:
+                await st.relay.open(st.id, st.port, st.mode, int(st.id))
+                return
+            except RelayError as exc:
+                if "bind" not in str(exc):
+                    raise StreamError(502, str(exc)) from None
+                log.warning("media port taken, trying another", extra={"port": st.port, "reason": str(exc)})
+                now = self.loop.time()
+                st.pool.release(st.port, now)
+                try:
+                    st.port = st.pool.allocate(now)
+                except PortsExhausted as exhausted:
+                    st.port = 0
+                    raise StreamError(503, str(exhausted)) from None
+                st.session.port = st.port
+        raise StreamError(503, "no media port of the range could be bound")
+
+    def _fail(self, st: Stream, exc: StreamError, result: str, *, bye: bool = False) -> None:
+        self.results[(result,)] += 1
+        log.warning("stream setup failed", extra={"stream": st.id, "channel": st.channel_id, "reason": str(exc)})
+        if not st.ready.done():
+            st.ready.set_exception(exc)
+            st.ready.exception()  # seen: every waiter gets it through play()
+        self._close(st, str(exc), bye=bye, cause="setup-failed")
+
+    async def _add_consumer(
+        self, st: Stream, transport: str, host: str, port: int, ssrc: int | None, label: str, ttl: float | None
+    ) -> Consumer:
+        now = self.loop.time()
+        allocated = ssrc is None
+        if ssrc is None:
+            try:
+                ssrc = int(self.ssrcs.allocate(now))
+            except SdpError as exc:
+                raise StreamError(503, str(exc)) from None
+        consumer = Consumer(
+            id=f"c{st.next_consumer}",
+            transport=transport,
+            host=host,
+            port=port,
+            ssrc=ssrc,
+            label=label,
+            created=now,
+            expires_at=now + ttl if ttl else None,
+            allocated=allocated,
+        )
+        st.next_consumer += 1
+        try:
+            await st.relay.add_consumer(st.id, consumer.id, transport, host, port, ssrc)
+        except RelayError as exc:
+            if allocated:
+                self.ssrcs.release(f"{ssrc:010d}", self.loop.time())
+            self._maybe_linger(st)
+            raise StreamError(502, str(exc)) from None
+        if st.state != "live":  # closed while we connected to the consumer
+            if allocated:
+                self.ssrcs.release(f"{ssrc:010d}", self.loop.time())
+            raise StreamError(502, f"stream of {st.channel_id} closed: {st.close_reason}")
+        if st.linger is not None:
+            st.linger.cancel()
+            st.linger = None
+        st.consumers[consumer.id] = consumer
+        log.info(
+            "consumer added",
+            extra={"stream": st.id, "consumer": consumer.id, "to": f"{transport}:{host}:{port}", "label": label},
+        )
+        return consumer
+
+    # --- leaving and closing -----------------------------------------------------------
+
+    async def remove_consumer(self, stream_id: str, consumer_id: str) -> None:
+        """Stop sending to a consumer; the stream lingers, then closes, when it was the last.
+
+        Raises:
+            StreamError: 404 if there is no such stream or consumer.
+        """
+        st = self.streams.get(stream_id)
+        if st is None or consumer_id not in st.consumers:
+            raise StreamError(404, f"no consumer {consumer_id} of stream {stream_id}")
+        self._drop_consumer(st, consumer_id)
+
+    def _drop_consumer(self, st: Stream, consumer_id: str, *, tell_relay: bool = True) -> None:
+        consumer = st.consumers.pop(consumer_id, None)
+        if consumer is None:
+            return
+        if consumer.allocated:
+            self.ssrcs.release(f"{consumer.ssrc:010d}", self.loop.time())
+        if tell_relay:
+            self._tasks.spawn(self._quietly(st.relay.remove_consumer(st.id, consumer_id)))
+        self._maybe_linger(st)
+
+    def _maybe_linger(self, st: Stream) -> None:
+        if st.consumers or st.state != "live" or st.linger is not None:
+            return
+        if self.settings.linger <= 0:
+            self._close(st, "no consumers left")
+        else:
+            st.linger = self.loop.call_later(self.settings.linger, self._close, st, "no consumers left")
+
+    async def stop_stream(self, stream_id: str, reason: str = "stopped by operator") -> None:
+        """Close a stream now, whoever consumes it.
+
+        Raises:
+            StreamError: 404 if there is no such stream.
+        """
+        st = self.streams.get(stream_id)
+        if st is None:
+            raise StreamError(404, f"no stream {stream_id}")
+        self._close(st, reason)
+
+    def _close(self, st: Stream, reason: str, *, bye: bool = True, cause: str = "") -> None:
+        if st.state == "closed":
+            return
+        if st.state == "inviting" and not st.ready.done():
+            # the INVITE is in flight: its answer is taken, then the dialog ended (_setup sees this)
+            st.abandoned = True
+            st.close_reason = reason
+            st.ready.set_exception(StreamError(502, f"stream closed while being set up: {reason}"))
+            st.ready.exception()
+            return
+        previous = st.state
+        st.state = "closed"
+        st.close_reason = reason
+        self.closes[(cause or _cause(reason),)] += 1
+        if st.linger is not None:
+            st.linger.cancel()
+            st.linger = None
+        if self.streams.get(st.id) is st:
+            del self.streams[st.id]
+        if self.by_channel.get(st.channel_id) is st:
+            del self.by_channel[st.channel_id]
+        now = self.loop.time()
+        for consumer in st.consumers.values():
+            if consumer.allocated:
+                self.ssrcs.release(f"{consumer.ssrc:010d}", now)
+        st.consumers.clear()
+        self.ssrcs.release(st.id, now)
+        if bye and st.session.remote_tag and st.session.state is not PlayState.TERMINATED:
+            self._tasks.spawn(self._bye(st))
+        self._tasks.spawn(self._release(st))
+        log.info(
+            "stream closed",
+            extra={"stream": st.id, "channel": st.channel_id, "reason": reason, "was": previous},
+        )
+
+    async def _release(self, st: Stream) -> None:
+        try:
+            await st.relay.close(st.id)
+        except RelayError as exc:
+            log.warning("relay could not close a stream", extra={"stream": st.id, "reason": str(exc)})
+        finally:
+            if st.port:
+                st.pool.release(st.port, self.loop.time())
+
+    async def _bye(self, st: Stream) -> None:
+        try:
+            response = await self.stack.request(st.session.bye(), st.peer, timeout=5.0)
+        except (SipTimeoutError, SipTransportError) as exc:
+            log.info("BYE not answered", extra={"stream": st.id, "reason": str(exc)})
+            return
+        if response.status >= 300:
+            log.info("BYE refused", extra={"stream": st.id, "status": response.status})
+
+    @staticmethod
+    async def _quietly(coro: Any) -> None:
+        with contextlib.suppress(RelayError):
+            await coro
+
+    # --- what the device and the relay tell us ----------------------------------------------
+
+    def _on_bye(self, event: RequestReceived) -> None:
+        request = event.request
+        assert event.transaction is not None
+        for st in self.streams.values():
+            if st.session.matches(request):
+                st.session.state = PlayState.TERMINATED
+                self.stack.respond(event.transaction, make_response(request, 200))
+                self._close(st, "the device ended the stream (BYE)", bye=False, cause="device-bye")
+                return
+        self.stack.respond(event.transaction, make_response(request, 481, to_tag=self.stack.endpoint.new_tag()))
+
+    def _on_offline(self, device: Device, reason: str) -> None:
+        for st in [st for st in self.streams.values() if st.device_id == device.device_id]:
+            self._close(st, f"device offline: {reason}", cause="device-offline")
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "worker-lost":
+            index = event.get("worker")
+            for st in [st for st in self.streams.values() if st.relay.index == index]:
+                self._close(st, f"relay worker {index} is gone", cause="worker-lost")
+            return
+        found = self.streams.get(str(event.get("stream")))
+        if found is None:
+            return
+        st = found
+        if kind == "first-packet":
+            st.first_packet_at = self.loop.time()
+            if st.invite_at:
+                self.setup_seconds.observe(st.first_packet_at - st.invite_at)
+        elif kind == "closed":
+            self._close(st, str(event.get("reason", "media connection closed")), cause="media-lost")
+        elif kind == "consumer-lost":
+            consumer_id = str(event.get("consumer"))
+            log.info("consumer left", extra={"stream": st.id, "consumer": consumer_id, "reason": event.get("reason")})
+            self._drop_consumer(st, consumer_id, tell_relay=False)
+
+    async def _check_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.check_interval)
+            try:
+                self.check(self.loop.time())
+            except Exception:  # pragma: no cover - a bug here must not stop the health checks
+                log.exception("stream health check failed")
+
+    def check(self, now: float) -> None:
+        """Close streams without RTP for ``rtp_timeout``; drop consumers whose lease ran out."""
+        timeout = self.settings.rtp_timeout
+        snapshots = [relay.snapshot().get("streams", {}) for relay in self.relays]
+        for st in list(self.streams.values()):
+            if st.state != "live":
+                continue
+            figures = snapshots[self.relays.index(st.relay)].get(st.id)
+            if figures is not None and figures["idle"] >= timeout:
+                what = "no RTP" if figures["packets"] else "no RTP at all"
+                self._close(st, f"{what} for {figures['idle']:.0f} s", cause="media-timeout")
+                continue
+            for consumer in list(st.consumers.values()):
+                if consumer.expires_at is not None and consumer.expires_at <= now:
+                    log.info("consumer lease ran out", extra={"stream": st.id, "consumer": consumer.id})
+                    self._drop_consumer(st, consumer.id)
+
+    # --- the operator's view -------------------------------------------------------------
+
+    def describe(self, st: Stream) -> dict[str, Any]:
+        """A stream as the admin API and ``gb28181gw streams`` show it."""
+        figures = st.relay.snapshot().get("streams", {}).get(st.id, {})
+        now = self.loop.time()
+        consumers = []
+        for c in st.consumers.values():
+            sent = figures.get("consumers", {}).get(c.id, {})
+            consumers.append(
+                {
+                    "id": c.id,
+                    "transport": c.transport,
+                    "address": f"{c.host}:{c.port}",
+                    "ssrc": f"{c.ssrc:010d}",
+                    "label": c.label,
+                    "packets": sent.get("packets", 0),
+                    "bytes": sent.get("bytes", 0),
+                    "dropped": sent.get("dropped", 0),
+                    "expires_in": round(c.expires_at - now, 1) if c.expires_at is not None else None,
+                }
+            )
+        return {
+            "id": st.id,
+            "channel_id": st.channel_id,
+            "device_id": st.device_id,
+            "state": st.state,
+            "mode": str(st.mode),
+            "port": st.port,
+            "worker": st.relay.index,
+            "ssrc": st.session.ssrc,
+            "media_address": self.settings.address,
+            "device_media": f"{st.session.media_host}:{st.session.media_port}" if st.session.media_port else "",
+            "age": round(now - st.created, 1),
+            "setup_seconds": round(st.first_packet_at - st.invite_at, 3) if st.first_packet_at else None,
+            "consumers": consumers,
+            "relay": {k: v for k, v in figures.items() if k != "consumers"},
+        }
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every stream, oldest first."""
+        return [self.describe(st) for st in sorted(self.streams.values(), key=lambda st: st.created)]
+
+    def _snapshots(self) -> list[dict[str, Any]]:
+        return [relay.snapshot().get("totals", {}) for relay in self.relays]
+
+    def _totals(self, inbound: str, outbound: str) -> dict[tuple[str, ...], float]:
+        snaps = self._snapshots()
+        return {
+            ("in",): float(sum(t.get(inbound, 0) for t in snaps)),
+            ("out",): float(sum(t.get(outbound, 0) for t in snaps)),
+        }
+
+    def _lost(self) -> dict[tuple[str, ...], float]:
+        return {(): float(sum(t.get("lost", 0) for t in self._snapshots()))}
+
+    def _dropped(self) -> dict[tuple[str, ...], float]:
+        totals: Counter[str] = Counter()
+        for t in self._snapshots():
+            for reason in ("wrong_ssrc", "wrong_source", "malformed", "slow_consumer", "send_errors"):
+                totals[reason] += t.get(reason, 0)
+        return {(reason.replace("_", "-"),): float(n) for reason, n in totals.items()}
+
+    def _per_worker(self) -> dict[tuple[str, ...], float]:
+        counts = Counter(st.relay.index for st in self.streams.values())
+        return {(str(relay.index),): float(counts[relay.index]) for relay in self.relays}
+
+
+def _split(port_range: tuple[int, int], parts: int, quarantine: float) -> list[PortPool]:
+    """Each relay worker's share of the port range (even-aligned, at least one port each)."""
+    first, last = port_range
+    span = (last - first + 1) // parts
+    if span < 2:
+        raise ValueError(f"media port range {first}-{last} is too small for {parts} relay workers")
+    pools = []
+    for i in range(parts):
+        lo = first + i * span
+        hi = last if i == parts - 1 else lo + span - 1
+        pools.append(PortPool(lo, hi, quarantine=quarantine))
+    return pools
+
+
+def _cause(reason: str) -> str:
+    if reason.startswith("no consumers"):
+        return "no-consumers"
+    if reason.startswith("stopped"):
+        return "operator"
+    if reason.startswith("gateway"):
+        return "shutdown"
+    return "other"
