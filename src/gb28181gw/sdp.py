@@ -303,3 +303,8 @@ class SsrcAllocator:
 
     def __len__(self) -> int:
         return len(self._in_use)
+
+    @property
+    def active(self) -> int:
+        """SSRCs handed out and not given back (cooling ones excluded)."""
+        return len(self._in_use) - len(self._cooling)

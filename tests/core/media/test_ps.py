@@ -2,41 +2,14 @@
 
 from __future__ import annotations
 
-import io
-from fractions import Fraction
-
 import av
 import pytest
 
 from gb28181gw.media.ps import PsDemuxer
+from tests.media import h264_ps
 
 FRAMES = 50
 GOP = 10
-
-
-def h264_ps(frames: int = FRAMES, gop: int = GOP) -> bytes:
-    out = io.BytesIO()
-    with av.open(out, "w", format="vob") as container:
-        stream = container.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
-        stream.codec_context.gop_size = gop
-        stream.codec_context.options = {
-            "preset": "ultrafast",
-            "tune": "zerolatency",
-            "keyint_min": str(gop),
-            "sc_threshold": "0",
-        }
-        for i in range(frames):
-            frame = av.VideoFrame(320, 240, "yuv420p")
-            for plane_index, plane in enumerate(frame.planes):
-                plane.update(bytes([(i * 7 + plane_index * 40) % 256]) * plane.buffer_size)
-            frame.pts = i
-            frame.time_base = Fraction(1, 25)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return out.getvalue()
 
 
 @pytest.fixture(scope="module")
