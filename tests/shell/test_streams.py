@@ -385,3 +385,94 @@ async def test_port_range_exhausted_is_a_503_and_the_device_sees_no_invite(tmp_p
         udp.close()
         await gw.stop()  # BYE for the open stream
         await finished(device)
+
+
+class FastDevice(asyncio.DatagramProtocol):
+    """A device's SIP side for the leak test, quick enough for 10,000 calls: answers INVITE
+    (200 with SDP, 486, or 200 without SDP by the Call-ID's turn) and BYE."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.invites = 0
+        self.byes = 0
+        self.answered: dict[tuple[str, str], bytes] = {}  # a retransmitted request gets the same answer
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        from gb28181gw.sdp import SessionDescription
+        from gb28181gw.sip.message import Request, make_response, parse_message
+
+        msg = parse_message(data)
+        if not isinstance(msg, Request) or self.transport is None:
+            return
+        key = (msg.call_id, msg.method)
+        if key in self.answered:
+            self.transport.sendto(self.answered[key], addr)
+            return
+        if msg.method == "INVITE":
+            self.invites += 1
+            turn = self.invites % 4
+            if turn == 2:
+                resp = make_response(msg, 486, to_tag="busy")
+            else:
+                resp = make_response(msg, 200, to_tag=f"d{self.invites}")
+                resp.headers.add("Contact", f"<sip:{CH}@127.0.0.1:{self.transport.get_extra_info('sockname')[1]}>")
+                if turn != 3:
+                    offer = SessionDescription.parse(msg.body)
+                    resp.headers.add("Content-Type", "application/sdp")
+                    resp.body = answer(ssrc=offer.ssrc or "").replace("[local_ip]", "127.0.0.1").encode()
+        elif msg.method == "BYE":
+            self.byes += 1
+            resp = make_response(msg, 200)
+        else:
+            return
+        self.answered[key] = resp.serialize()
+        self.transport.sendto(self.answered[key], addr)
+
+
+async def test_ten_thousand_streams_leak_nothing(tmp_path: Path) -> None:
+    import os
+
+    gw = await start_gateway(
+        **{
+            "media.port_min": "42100",
+            "media.port_max": "42199",
+            "media.linger": "0",
+            "media.port_quarantine": "0",
+            "media.ssrc_quarantine": "0",
+        }
+    )
+    port = free_udp_port()
+    await register(gw, tmp_path, port)
+    gw.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
+    loop = asyncio.get_running_loop()
+    transport, device = await loop.create_datagram_endpoint(FastDevice, local_addr=("127.0.0.1", port))
+    fds = len(os.listdir("/proc/self/fd"))
+    tasks = len(asyncio.all_tasks())
+    streams = gw.streams
+    forwarder = streams.relays[0].forwarder  # type: ignore[attr-defined]
+    try:
+        for i in range(10_000):
+            try:
+                st, consumer = await streams.play(CH, transport="udp", host="127.0.0.1", port=9)
+            except StreamError as exc:
+                assert exc.status in (486, 488), exc
+                continue
+            if i % 2:
+                await streams.remove_consumer(st.id, consumer.id)
+            else:
+                await streams.stop_stream(st.id)
+            if i % 500 == 0:
+                await streams._tasks.wait(5)
+        await streams._tasks.wait(5)
+        await wait_for(lambda: device.byes == device.invites // 4 * 3 and not streams._tasks, 10)
+        assert device.invites == 10_000, (device.invites, device.byes)
+        assert not streams.streams and not streams.by_channel and not forwarder.streams
+        assert streams.pools[0].in_use == 0 and streams.ssrcs.active == 0
+        assert len(os.listdir("/proc/self/fd")) == fds  # every socket closed
+        assert len(asyncio.all_tasks()) == tasks
+    finally:
+        transport.close()
+        await gw.stop()

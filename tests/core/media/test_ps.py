@@ -65,3 +65,18 @@ def test_psm_teaches_the_codec() -> None:
     assert demux.feed(unit) == []
     assert demux.stats.video_codec == "H265" and demux.stats.audio_codec == "PCMA"
     assert demux.stats.stream_types == {0xE0: 0x24, 0xC0: 0x90}
+
+
+def test_inspector_learns_codec_and_key_frames_from_gb_packs() -> None:
+    from gb28181gw.media.ps import PsInspector
+    from tests.media import gb_ps, packs
+
+    inspector = PsInspector()
+    for pack in packs(gb_ps(30, 10)):
+        inspector.frame_start(pack, 0, len(pack))
+    s = inspector.stats
+    assert (s.video_codec, s.frames, s.key_frames, s.key_frame_interval, s.errors) == ("H264", 30, 3, 10, 0)
+    garbage = b"\x17" * 100
+    inspector.frame_start(garbage, 0, len(garbage))  # truncated or garbage PS is flagged, never raised
+    inspector.frame_start(b"\x00\x00\x01\xba", 0, 4)
+    assert s.errors == 2 and s.frames == 30
