@@ -193,8 +193,10 @@ class WorkerRelay(Relay):
 
     async def stop(self) -> None:
         if self._writer is not None:
+            stopping = self._call("stop")
+            self._lost = True  # its socket closing from now on is expected, not a lost worker
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._call("stop"), 2.0)
+                await asyncio.wait_for(stopping, 2.0)
             self._writer.close()
             self._writer = None
         if self._reader_task is not None:
@@ -232,14 +234,15 @@ class WorkerRelay(Relay):
                 self._pending.clear()
                 self.on_event({"event": "worker-lost", "worker": self.index})
 
-    async def _call(self, op: str, **args: Any) -> Any:
-        if self._writer is None or self._lost:
-            raise RelayError(f"relay worker {self.index} is not running")
-        call_id = next(self._ids)
+    def _call(self, op: str, **args: Any) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self._writer is None or self._lost:
+            fut.set_exception(RelayError(f"relay worker {self.index} is not running"))
+            return fut
+        call_id = next(self._ids)
         self._pending[call_id] = fut
         self._writer.write(_pack({"id": call_id, "op": op, **args}))
-        return await fut
+        return fut
 
     async def open(self, stream_id: str, port: int, mode: StreamMode, ssrc: int) -> None:
         await self._call("open", stream=stream_id, port=port, mode=str(mode), ssrc=ssrc)
@@ -265,6 +268,12 @@ class WorkerRelay(Relay):
 
     def snapshot(self) -> dict[str, Any]:
         return self._snapshot
+
+    async def fresh_snapshot(self) -> dict[str, Any]:
+        """Ask the worker for its figures now (benchmarks; the service uses the periodic ones)."""
+        snap: dict[str, Any] = await self._call("snapshot")
+        self._snapshot = snap
+        return snap
 
 
 # --- the worker process ------------------------------------------------------------------
