@@ -15,7 +15,7 @@ COPY conf/gateway.toml /etc/gb28181gw/gateway.toml
 USER gb
 WORKDIR /var/lib/gb28181gw
 # SIP (UDP and TCP), the RTP port range for media, the admin API (/metrics, /healthz)
-EXPOSE 5060/udp 5060/tcp 30000-30500/udp 30000-30500/tcp 8028/tcp
+EXPOSE 5060/udp 5060/tcp 30000-31999/udp 30000-31999/tcp 8028/tcp
 # Inside the container the admin API must listen beyond loopback to be published; publish it
 # to the host's loopback only (see the run line above), it has no authentication.
 ENV GB28181GW_CONFIG=/etc/gb28181gw/gateway.toml \

@@ -130,7 +130,11 @@ def packetize(ps: bytes, ssrc: int, *, mtu: int = 1400, seq: int = 1000, pt: int
 def decode_h264(ps: bytes) -> int:
     """How many pictures av decodes from the video of ``ps`` (through our demuxer)."""
     demuxer = PsDemuxer()
-    units = [f.data for f in demuxer.feed(ps)] + [f.data for f in demuxer.flush()]
+    return decode_units([f.data for f in demuxer.feed(ps)] + [f.data for f in demuxer.flush()])
+
+
+def decode_units(units: list[bytes]) -> int:
+    """How many pictures av decodes from H.264 access units."""
     codec = av.CodecContext.create("h264", "r")
     decoded = 0
     for data in units:

@@ -428,19 +428,9 @@ class Forwarder:
     def _totals(self) -> dict[str, int]:
         t = dict(self.totals)
         for st in self.streams.values():
-            t["packets_in"] += st.stats.packets
-            t["bytes_in"] += st.stats.bytes
-            t["lost"] += st.stats.lost
-            t["wrong_ssrc"] += st.wrong_ssrc
-            t["wrong_source"] += st.wrong_source
-            t["malformed"] += st.malformed
-            t["ps_errors"] += st.inspector.stats.errors
-            t["tcp_resyncs"] += st.scanner.resyncs
+            _add_stream(t, st)
             for c in st.consumers:
-                t["packets_out"] += c.packets
-                t["bytes_out"] += c.bytes
-                t["slow_consumer"] += c.dropped
-                t["send_errors"] += c.errors
+                _add_consumer(t, c)
         return t
 
     # --- the hot path ------------------------------------------------------------------
@@ -643,24 +633,11 @@ class Forwarder:
 
     def _count_consumers(self, consumers: list[UdpOut | TcpOut]) -> None:
         # a departing consumer's figures stay in the totals (counters never go backwards)
-        t = self.totals
         for c in consumers:
-            t["packets_out"] += c.packets
-            t["bytes_out"] += c.bytes
-            t["slow_consumer"] += c.dropped
-            t["send_errors"] += c.errors
+            _add_consumer(self.totals, c)
 
     def _close_sockets(self, st: RelayStream) -> None:
-        t = self.totals
-        if st.stats.packets or st.wrong_ssrc or st.wrong_source or st.malformed:
-            t["packets_in"] += st.stats.packets
-            t["bytes_in"] += st.stats.bytes
-            t["lost"] += st.stats.lost
-            t["wrong_ssrc"] += st.wrong_ssrc
-            t["wrong_source"] += st.wrong_source
-            t["malformed"] += st.malformed
-            t["ps_errors"] += st.inspector.stats.errors
-            t["tcp_resyncs"] += st.scanner.resyncs
+        _add_stream(self.totals, st)  # a closed stream's figures stay in the totals
         loop = self._loop
         for sock in (st.udp, st.listener, st.conn):
             if sock is None:
@@ -670,3 +647,21 @@ class Forwarder:
                 loop.remove_reader(fd)
             sock.close()
         st.udp = st.listener = st.conn = None
+
+
+def _add_stream(t: dict[str, int], st: RelayStream) -> None:
+    t["packets_in"] += st.stats.packets
+    t["bytes_in"] += st.stats.bytes
+    t["lost"] += st.stats.lost
+    t["wrong_ssrc"] += st.wrong_ssrc
+    t["wrong_source"] += st.wrong_source
+    t["malformed"] += st.malformed
+    t["ps_errors"] += st.inspector.stats.errors
+    t["tcp_resyncs"] += st.scanner.resyncs
+
+
+def _add_consumer(t: dict[str, int], c: UdpOut | TcpOut) -> None:
+    t["packets_out"] += c.packets
+    t["bytes_out"] += c.bytes
+    t["slow_consumer"] += c.dropped
+    t["send_errors"] += c.errors

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import av
 import pytest
 
 from gb28181gw.media.ps import PsDemuxer
-from tests.media import h264_ps
+from tests.media import decode_units, h264_ps
 
 FRAMES = 50
 GOP = 10
@@ -15,18 +14,6 @@ GOP = 10
 @pytest.fixture(scope="module")
 def ps() -> bytes:
     return h264_ps()
-
-
-def _decode_all(frames: list[bytes]) -> int:
-    codec = av.CodecContext.create("h264", "r")
-    decoded = 0
-    for data in frames:
-        for packet in codec.parse(data):
-            decoded += len(codec.decode(packet))
-    for packet in codec.parse(b""):
-        decoded += len(codec.decode(packet))
-    decoded += len(codec.decode(None))
-    return decoded
 
 
 @pytest.mark.parametrize("chunk", [1400, 1, 7777])
@@ -45,7 +32,7 @@ def test_frames_and_key_frames_in_any_chunking(ps: bytes, chunk: int) -> None:
     assert all(p is not None for p in pts) and pts == sorted(pts)  # type: ignore[type-var]
     assert demux.stats.errors == 0
     # what the demuxer hands out is decodable H.264, every frame of it
-    assert _decode_all([f.data for f in frames]) == FRAMES
+    assert decode_units([f.data for f in frames]) == FRAMES
 
 
 def test_garbage_is_skipped_and_counted(ps: bytes) -> None:
