@@ -110,30 +110,25 @@ class TcpOut:
         loop.add_reader(sock.fileno(), self._on_readable)
 
     def send(self, buf: bytearray, view: memoryview, off: int, n: int) -> None:
-        if self.pending:
-            # behind already: queue a copy while the bound allows, else drop the packet
-            if len(self.pending) + n + 2 > self.limit:
-                self.dropped += 1
-                return
-            _SSRC.pack_into(buf, off + 8, self.ssrc)
-            _LEN.pack_into(buf, off - 2, n)
-            self.pending += view[off - 2 : off + n]
-            self.packets += 1
-            self.bytes += n
+        if self.pending and len(self.pending) + n + 2 > self.limit:
+            self.dropped += 1  # behind by more than the bound: this packet is lost to it
             return
         _SSRC.pack_into(buf, off + 8, self.ssrc)
         _LEN.pack_into(buf, off - 2, n)
-        try:
-            sent = self.sock.send(view[off - 2 : off + n])
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            self.errors += 1
-            self.on_lost(self, f"send failed: {exc.strerror or exc}")
-            return
-        if sent < n + 2:
-            self.pending += view[off - 2 + sent : off + n]
-            self._want_write()
+        if self.pending:
+            self.pending += view[off - 2 : off + n]  # behind already: queue a copy, in order
+        else:
+            try:
+                sent = self.sock.send(view[off - 2 : off + n])
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self.errors += 1
+                self.on_lost(self, f"send failed: {exc.strerror or exc}")
+                return
+            if sent < n + 2:
+                self.pending += view[off - 2 + sent : off + n]
+                self._want_write()
         self.packets += 1
         self.bytes += n
 
@@ -235,7 +230,8 @@ class Forwarder:
         self.tcp_queue_limit = tcp_queue_limit
         self.udp_receive_buffer = udp_receive_buffer
         self.streams: dict[str, RelayStream] = {}
-        self.totals: dict[str, int] = dict.fromkeys(
+        # figures of streams and consumers that are gone, so the totals never go backwards
+        self._gone: dict[str, int] = dict.fromkeys(
             ("packets_in", "bytes_in", "packets_out", "bytes_out", "lost", "wrong_ssrc", "wrong_source", "malformed",
              "slow_consumer", "send_errors", "ps_errors", "tcp_resyncs"), 0,
         )  # fmt: skip
@@ -423,10 +419,11 @@ class Forwarder:
                     for c in st.consumers
                 },
             }
-        return {"streams": streams, "totals": self._totals()}
+        return {"streams": streams, "totals": self.totals()}
 
-    def _totals(self) -> dict[str, int]:
-        t = dict(self.totals)
+    def totals(self) -> dict[str, int]:
+        """Running totals over every stream and consumer, closed ones included (counters never go back)."""
+        t = dict(self._gone)
         for st in self.streams.values():
             _add_stream(t, st)
             for c in st.consumers:
@@ -456,7 +453,7 @@ class Forwarder:
         if n < 12 or buf[off] >> 6 != 2:
             st.malformed += 1
             return
-        b1, seq, ts, ssrc = _HEAD.unpack_from(buf, off)[1:]
+        _, _, seq, ts, ssrc = _HEAD.unpack_from(buf, off)
         if ssrc != st.ssrc and not self._foreign(st, ssrc):
             return
         if addr is not None:
@@ -634,10 +631,10 @@ class Forwarder:
     def _count_consumers(self, consumers: list[UdpOut | TcpOut]) -> None:
         # a departing consumer's figures stay in the totals (counters never go backwards)
         for c in consumers:
-            _add_consumer(self.totals, c)
+            _add_consumer(self._gone, c)
 
     def _close_sockets(self, st: RelayStream) -> None:
-        _add_stream(self.totals, st)  # a closed stream's figures stay in the totals
+        _add_stream(self._gone, st)  # a closed stream's figures stay in the totals
         loop = self._loop
         for sock in (st.udp, st.listener, st.conn):
             if sock is None:

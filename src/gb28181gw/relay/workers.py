@@ -87,6 +87,11 @@ class Relay:
         """The latest figures: ``{"streams": {id: {...}}, "totals": {...}}``."""
         raise NotImplementedError
 
+    def totals(self) -> dict[str, int]:
+        """The running totals alone (what metrics need)."""
+        totals: dict[str, int] = self.snapshot().get("totals", {})
+        return totals
+
 
 class LocalRelay(Relay):
     """The forwarder in the gateway's own event loop (``media.workers = 0``)."""
@@ -127,6 +132,9 @@ class LocalRelay(Relay):
         snap = self.forwarder.snapshot()
         snap["pid"] = self.pid
         return snap
+
+    def totals(self) -> dict[str, int]:
+        return self.forwarder.totals()
 
 
 def _pack(message: dict[str, Any]) -> bytes:

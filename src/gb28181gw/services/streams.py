@@ -120,6 +120,7 @@ class Stream:
     invite_at: float = 0.0
     first_packet_at: float = 0.0
     close_reason: str = ""
+    close_cause: str = ""
     abandoned: bool = False
     linger: asyncio.TimerHandle | None = None
     next_consumer: int = 1
@@ -207,7 +208,7 @@ class StreamService:
             self._checker.cancel()
         streams = list(self.streams.values())
         for st in streams:
-            self._close(st, "gateway shutting down")
+            self._close(st, "gateway shutting down", "shutdown")
         await self._tasks.wait(timeout=3.0)
         self._tasks.cancel()
         await asyncio.gather(*(relay.stop() for relay in self.relays), return_exceptions=True)
@@ -346,7 +347,7 @@ class StreamService:
             return
         self.stack.send_ack(ack, st.peer, response)
         if st.abandoned or st.state == "closed":
-            self._close(st, st.close_reason or "closed while it was being set up", bye=True)
+            self._close(st, st.close_reason or "closed while it was being set up", st.close_cause or "other")
             return
         session = st.session
         try:
@@ -395,7 +396,7 @@ class StreamService:
         if not st.ready.done():
             st.ready.set_exception(exc)
             st.ready.exception()  # seen: every waiter gets it through play()
-        self._close(st, str(exc), bye=bye, cause="setup-failed")
+        self._close(st, str(exc), "setup-failed", bye=bye)
 
     async def _add_consumer(
         self, st: Stream, transport: str, host: str, port: int, ssrc: int | None, label: str, ttl: float | None
@@ -467,9 +468,9 @@ class StreamService:
         if st.consumers or st.state != "live" or st.linger is not None:
             return
         if self.settings.linger <= 0:
-            self._close(st, "no consumers left")
+            self._close(st, "no consumers left", "no-consumers")
         else:
-            st.linger = self.loop.call_later(self.settings.linger, self._close, st, "no consumers left")
+            st.linger = self.loop.call_later(self.settings.linger, self._close, st, "no consumers left", "no-consumers")
 
     async def stop_stream(self, stream_id: str, reason: str = "stopped by operator") -> None:
         """Close a stream now, whoever consumes it.
@@ -480,22 +481,23 @@ class StreamService:
         st = self.streams.get(stream_id)
         if st is None:
             raise StreamError(404, f"no stream {stream_id}")
-        self._close(st, reason)
+        self._close(st, reason, "operator")
 
-    def _close(self, st: Stream, reason: str, *, bye: bool = True, cause: str = "") -> None:
+    def _close(self, st: Stream, reason: str, cause: str, *, bye: bool = True) -> None:
         if st.state == "closed":
             return
         if st.state == "inviting" and not st.ready.done():
             # the INVITE is in flight: its answer is taken, then the dialog ended (_setup sees this)
             st.abandoned = True
             st.close_reason = reason
+            st.close_cause = cause
             st.ready.set_exception(StreamError(502, f"stream closed while being set up: {reason}"))
             st.ready.exception()
             return
         previous = st.state
         st.state = "closed"
         st.close_reason = reason
-        self.closes[(cause or _cause(reason),)] += 1
+        self.closes[(cause,)] += 1
         if st.linger is not None:
             st.linger.cancel()
             st.linger = None
@@ -549,20 +551,20 @@ class StreamService:
             if st.session.matches(request):
                 st.session.state = PlayState.TERMINATED
                 self.stack.respond(event.transaction, make_response(request, 200))
-                self._close(st, "the device ended the stream (BYE)", bye=False, cause="device-bye")
+                self._close(st, "the device ended the stream (BYE)", "device-bye", bye=False)
                 return
         self.stack.respond(event.transaction, make_response(request, 481, to_tag=self.stack.endpoint.new_tag()))
 
     def _on_offline(self, device: Device, reason: str) -> None:
         for st in [st for st in self.streams.values() if st.device_id == device.device_id]:
-            self._close(st, f"device offline: {reason}", cause="device-offline")
+            self._close(st, f"device offline: {reason}", "device-offline")
 
     def _on_event(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
         if kind == "worker-lost":
             index = event.get("worker")
             for st in [st for st in self.streams.values() if st.relay.index == index]:
-                self._close(st, f"relay worker {index} is gone", cause="worker-lost")
+                self._close(st, f"relay worker {index} is gone", "worker-lost")
             return
         found = self.streams.get(str(event.get("stream")))
         if found is None:
@@ -573,7 +575,7 @@ class StreamService:
             if st.invite_at:
                 self.setup_seconds.observe(st.first_packet_at - st.invite_at)
         elif kind == "closed":
-            self._close(st, str(event.get("reason", "media connection closed")), cause="media-lost")
+            self._close(st, str(event.get("reason", "media connection closed")), "media-lost")
         elif kind == "consumer-lost":
             consumer_id = str(event.get("consumer"))
             log.info("consumer left", extra={"stream": st.id, "consumer": consumer_id, "reason": event.get("reason")})
@@ -597,7 +599,7 @@ class StreamService:
             figures = snapshots[self.relays.index(st.relay)].get(st.id)
             if figures is not None and figures["idle"] >= timeout:
                 what = "no RTP" if figures["packets"] else "no RTP at all"
-                self._close(st, f"{what} for {figures['idle']:.0f} s", cause="media-timeout")
+                self._close(st, f"{what} for {figures['idle']:.0f} s", "media-timeout")
                 continue
             for consumer in list(st.consumers.values()):
                 if consumer.expires_at is not None and consumer.expires_at <= now:
@@ -606,9 +608,9 @@ class StreamService:
 
     # --- the operator's view -------------------------------------------------------------
 
-    def describe(self, st: Stream) -> dict[str, Any]:
-        """A stream as the admin API and ``gb28181gw streams`` show it."""
-        figures = st.relay.snapshot().get("streams", {}).get(st.id, {})
+    def describe(self, st: Stream, snapshot: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A stream as the admin API and ``gb28181gw streams`` show it (``snapshot``: its relay's, if at hand)."""
+        figures = (snapshot or st.relay.snapshot()).get("streams", {}).get(st.id, {})
         now = self.loop.time()
         consumers = []
         for c in st.consumers.values():
@@ -645,10 +647,14 @@ class StreamService:
 
     def rows(self) -> list[dict[str, Any]]:
         """Every stream, oldest first."""
-        return [self.describe(st) for st in sorted(self.streams.values(), key=lambda st: st.created)]
+        snapshots = {relay.index: relay.snapshot() for relay in self.relays}
+        return [
+            self.describe(st, snapshots[st.relay.index])
+            for st in sorted(self.streams.values(), key=lambda st: st.created)
+        ]
 
-    def _snapshots(self) -> list[dict[str, Any]]:
-        return [relay.snapshot().get("totals", {}) for relay in self.relays]
+    def _snapshots(self) -> list[dict[str, int]]:
+        return [relay.totals() for relay in self.relays]
 
     def _totals(self, inbound: str, outbound: str) -> dict[tuple[str, ...], float]:
         snaps = self._snapshots()
@@ -684,13 +690,3 @@ def _split(port_range: tuple[int, int], parts: int, quarantine: float) -> list[P
         hi = last if i == parts - 1 else lo + span - 1
         pools.append(PortPool(lo, hi, quarantine=quarantine))
     return pools
-
-
-def _cause(reason: str) -> str:
-    if reason.startswith("no consumers"):
-        return "no-consumers"
-    if reason.startswith("stopped"):
-        return "operator"
-    if reason.startswith("gateway"):
-        return "shutdown"
-    return "other"
