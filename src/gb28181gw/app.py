@@ -124,13 +124,24 @@ class Gateway:
             lambda: float(self.endpoint.transactions_in_flight),
         )
         self.metrics.gauge(
+            "gb28181gw_store_writable",
+            "1 while the last store write succeeded, 0 while the store cannot be written",
+            lambda: float(self.store.writable),
+        )
+        self.metrics.labeled_counter(
+            "gb28181gw_store_write_failures",
+            "Failed store writes: store (could not write at all) or record (a value the store refuses)",
+            ["kind"],
+            lambda: {(k,): float(v) for k, v in self.store.write_failures.items()},
+        )
+        self.metrics.gauge(
             "gb28181gw_sip_tcp_connections", "Open SIP TCP connections", lambda: float(self.stack.tcp_connections)
         )
 
     @property
     def ready(self) -> bool:
-        """Listening and not shutting down."""
-        return self._ready
+        """Listening, not shutting down, and the store takes writes."""
+        return self._ready and self.store.writable
 
     def status(self) -> dict[str, Any]:
         """What ``/api/v1/status`` and ``gb28181gw status`` show."""
@@ -157,6 +168,8 @@ class Gateway:
                 "relay_workers": len(self.streams.relays),
             },
             "store": str(self.store.path),
+            "store_writable": self.store.writable,
+            "store_error": self.store.last_error,
             "uptime_seconds": round(time.monotonic() - self.started_at, 3) if self.started_at else 0.0,
             "pid": os.getpid(),
         }
@@ -187,7 +200,7 @@ class Gateway:
         self.streams.settings = replace(self.streams.settings, address=media_address)
         await self.streams.start()
         if c.admin.enabled:
-            self.admin = AdminServer(self.metrics, status=self.status, ready=lambda: self._ready)
+            self.admin = AdminServer(self.metrics, status=self.status, ready=lambda: self.ready)
             add_device_routes(self.admin, self.registrar, self.devices)
             add_stream_routes(self.admin, self.streams)
             await self.admin.start(c.admin.listen, c.admin.port)

@@ -18,7 +18,8 @@ a bug (the fuzz tests in ``tests/fuzz`` check exactly that).
     ├── IdError (ValueError)          a malformed 20-digit GB/T 28181 ID; says which digits and why
     ├── AuthError                     digest credentials that cannot even be parsed
     ├── ConfigError (ValueError)      a bad configuration value; names the key and where it came from
-    ├── StoreError                    the store cannot be opened or used (locked, corrupt, newer schema)
+    ├── StoreError                    the store cannot be opened or used (locked, corrupt, newer schema, disk)
+    │   └── StoreRecordError          one record cannot be stored (the store itself still works)
     └── ManscdpError (ValueError)     a MANSCDP XML body that cannot be decoded or parsed
 
 Local and remote errors are told apart so that the shell can answer a peer's
@@ -115,6 +116,14 @@ class ConfigError(Gb28181Error, ValueError):
 
 class StoreError(Gb28181Error):
     """The store cannot be opened or used; the message says what to do about it."""
+
+
+class StoreRecordError(StoreError):
+    """One record could not be stored, though the store works (a value it cannot hold).
+
+    Writers retry the other records of a failed batch one by one, so that one bad record
+    never holds back everyone else's.
+    """
 
 
 class ManscdpError(Gb28181Error, ValueError):

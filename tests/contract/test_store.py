@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gb28181gw.errors import StoreError
+from gb28181gw.errors import StoreError, StoreRecordError
 from gb28181gw.gb.model import Alarm, Channel, Device
 from gb28181gw.store.base import Store
 from gb28181gw.store.sqlite import SqliteStore
@@ -164,3 +164,53 @@ class TestSqliteFile:
         blocker.write_text("x")
         with pytest.raises(StoreError, match="cannot"):
             await SqliteStore(blocker / "sub" / "gw.db").open()
+
+
+# --- what devices send is stored as sent (hostile input, issue 10 defect 1) -------------
+
+#: "海康" in GB2312, as Chinese firmware puts it in User-Agent; the SIP layer keeps it as lone surrogates.
+GB2312_TEXT = "IPC 海康 V5".encode("gb2312").decode("utf-8", "surrogateescape")
+
+
+async def test_undecodable_device_text_round_trips(factory: Callable[[], Store]) -> None:
+    s = factory()
+    await s.open()
+    try:
+        await s.save_devices([device(1, user_agent=GB2312_TEXT, name=GB2312_TEXT), device(2, user_agent="plain")])
+        await s.replace_channels(
+            device(1).device_id, [Channel("34020000001310000001", device(1).device_id, GB2312_TEXT)]
+        )
+        await s.save_alarms(
+            [Alarm(device(1).device_id, device(1).device_id, description=GB2312_TEXT, extra={"x": GB2312_TEXT})]
+        )
+    finally:
+        await s.close()
+    s = factory()
+    await s.open()
+    try:
+        loaded = {d.device_id: d for d in await s.load_devices()}
+        assert loaded[device(1).device_id].user_agent == GB2312_TEXT
+        assert loaded[device(1).device_id].user_agent.encode("utf-8", "surrogateescape") == "IPC 海康 V5".encode(
+            "gb2312"
+        )
+        assert loaded[device(1).device_id].name == GB2312_TEXT
+        assert loaded[device(2).device_id].user_agent == "plain"
+        assert (await s.get_device(device(1).device_id)).user_agent == GB2312_TEXT  # type: ignore[union-attr]
+        assert [c.name for c in await s.load_channels()] == [GB2312_TEXT]
+        (alarm,) = await s.load_alarms()
+        assert alarm.description == GB2312_TEXT and alarm.extra == {"x": GB2312_TEXT}
+        assert s.writable and not s.write_failures
+    finally:
+        await s.close()
+
+
+async def test_a_record_the_store_refuses_leaves_it_working(store: Store) -> None:
+    # a lone surrogate that stands for no device byte cannot be stored in any form
+    with pytest.raises(StoreRecordError):
+        await store.save_devices([device(1), device(2, name="\ud800")])
+    with pytest.raises(StoreRecordError):
+        await store.save_devices([device(3, port=2**70)])  # more than SQLite's 64-bit integers
+    assert await store.count_devices() == 0  # nothing of either batch was half-written
+    await store.save_devices([device(1), device(3)])  # no transaction was left open
+    assert await store.count_devices() == 2
+    assert store.writable and store.write_failures["record"] == 2

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 from click.testing import CliRunner
 
 from gb28181gw.cli import main
 from tests.helpers import request
+from tests.process import free_port, http_get, serve, wait_ready
 
 
 def test_id_decode() -> None:
@@ -66,57 +61,18 @@ def test_id_check_strict_turns_warnings_into_errors(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "positions 1-2" in result.output
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _serve(*args: str, env: dict[str, str] | None = None, store: str | None = None) -> subprocess.Popen[str]:
-    store = store or str(Path(tempfile.mkdtemp(prefix="gb28181gw-cli-")) / "gw.db")
-    return subprocess.Popen(
-        [sys.executable, "-m", "gb28181gw", "serve", "--set", f"store.path={store}", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def _get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def _wait_ready(admin: str, proc: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(proc.stdout.read() if proc.stdout else "exited")
-        try:
-            if _get(admin + "/readyz")[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("gateway did not become ready")
-
-
 def test_serve_runs_answers_and_stops_on_sigterm() -> None:
-    sip_port, admin_port = _free_port(), _free_port()
-    proc = _serve("--listen", "127.0.0.1", "--port", str(sip_port), "--admin-port", str(admin_port))
+    sip_port, admin_port = free_port(), free_port()
+    proc = serve("--listen", "127.0.0.1", "--port", str(sip_port), "--admin-port", str(admin_port))
     admin = f"http://127.0.0.1:{admin_port}"
     try:
-        _wait_ready(admin, proc)
-        assert json.loads(_get(admin + "/healthz")[1])["status"] == "ok"
+        wait_ready(admin, proc)
+        assert json.loads(http_get(admin + "/healthz")[1])["status"] == "ok"
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(5)
             s.sendto(request("OPTIONS", "z9hG4bKcli"), ("127.0.0.1", sip_port))
             assert s.recv(65535).startswith(b"SIP/2.0 200 OK")
-        metrics = _get(admin + "/metrics")[1].decode()
+        metrics = http_get(admin + "/metrics")[1].decode()
         assert 'gb28181gw_sip_requests_total{direction="in",method="OPTIONS",transport="UDP"} 1.0' in metrics
         assert "process_resident_memory_bytes" in metrics
         status = CliRunner().invoke(main, ["status", "--admin", admin, "--json"])
@@ -130,22 +86,22 @@ def test_serve_runs_answers_and_stops_on_sigterm() -> None:
 
 
 def test_status_without_a_gateway_says_so() -> None:
-    result = CliRunner().invoke(main, ["status", "--admin", f"http://127.0.0.1:{_free_port()}"])
+    result = CliRunner().invoke(main, ["status", "--admin", f"http://127.0.0.1:{free_port()}"])
     assert result.exit_code == 1
     assert "cannot reach the gateway" in result.output
 
 
 def test_bad_config_stops_startup_naming_the_key(tmp_path: Path) -> None:
-    proc = _serve("--set", "sip.port=abc")
+    proc = serve("--set", "sip.port=abc")
     out, _ = proc.communicate(timeout=15)
     assert proc.returncode == 3
     assert "sip.port" in out and "integer" in out
     conf = tmp_path / "gw.toml"
     conf.write_text('[sip]\nlisten = ["nowhere"]\n')
-    proc = _serve("-c", str(conf))
+    proc = serve("-c", str(conf))
     out, _ = proc.communicate(timeout=15)
     assert proc.returncode == 3 and "sip.listen" in out and "not an IP address" in out
-    proc = _serve(env={"GB28181GW_LOG_LEVEL": "chatty"})
+    proc = serve(env={"GB28181GW_LOG_LEVEL": "chatty"})
     out, _ = proc.communicate(timeout=15)
     assert proc.returncode == 3 and "GB28181GW_LOG_LEVEL" in out
 
@@ -154,7 +110,7 @@ def test_port_in_use_is_a_startup_failure() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
         busy.bind(("127.0.0.1", 0))
         port = busy.getsockname()[1]
-        proc = _serve("--listen", "127.0.0.1", "--port", str(port), "--admin-port", str(_free_port()))
+        proc = serve("--listen", "127.0.0.1", "--port", str(port), "--admin-port", str(free_port()))
         out, _ = proc.communicate(timeout=15)
     assert proc.returncode == 3
     assert "start-up failed" in out
@@ -163,7 +119,7 @@ def test_port_in_use_is_a_startup_failure() -> None:
 def test_corrupt_store_is_a_clear_startup_error(tmp_path: Path) -> None:
     store = tmp_path / "gw.db"
     store.write_bytes(b"definitely not sqlite" * 50)
-    proc = _serve("--listen", "127.0.0.1", "--port", "0", "--admin-port", "0", store=str(store))
+    proc = serve("--listen", "127.0.0.1", "--port", "0", "--admin-port", "0", store=str(store))
     out, _ = proc.communicate(timeout=15)
     assert proc.returncode == 3
     assert "corrupt" in out and "left untouched" in out
@@ -172,15 +128,15 @@ def test_corrupt_store_is_a_clear_startup_error(tmp_path: Path) -> None:
 
 def test_store_in_use_by_another_gateway(tmp_path: Path) -> None:
     store = str(tmp_path / "gw.db")
-    admin_port = _free_port()
-    first = _serve("--listen", "127.0.0.1", "--port", "0", "--admin-port", str(admin_port), store=store)
+    admin_port = free_port()
+    first = serve("--listen", "127.0.0.1", "--port", "0", "--admin-port", str(admin_port), store=store)
     try:
-        _wait_ready(f"http://127.0.0.1:{admin_port}", first)
-        second = _serve("--listen", "127.0.0.1", "--port", "0", "--admin-port", "0", store=store)
+        wait_ready(f"http://127.0.0.1:{admin_port}", first)
+        second = serve("--listen", "127.0.0.1", "--port", "0", "--admin-port", "0", store=store)
         out, _ = second.communicate(timeout=15)
         assert second.returncode == 3
         assert "in use by another gb28181gw" in out
-        metrics = _get(f"http://127.0.0.1:{admin_port}/metrics")[1].decode()
+        metrics = http_get(f"http://127.0.0.1:{admin_port}/metrics")[1].decode()
         assert 'gb28181gw_devices{state="known"} 0.0' in metrics
     finally:
         first.send_signal(signal.SIGTERM)

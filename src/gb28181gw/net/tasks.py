@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Coroutine
+
+log = logging.getLogger("gb28181gw.tasks")
 
 
 class TaskSet:
@@ -16,7 +19,17 @@ class TaskSet:
         """Run ``coro`` in the background."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        # nobody awaits these tasks: an error they end with is told here or never
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error(
+                "background task failed",
+                exc_info=exc,
+                extra={"task": getattr(task.get_coro(), "__qualname__", task.get_name())},
+            )
 
     def cancel(self) -> None:
         """Cancel every task still running."""

@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from gb28181gw.errors import ManscdpError, StoreError
+from gb28181gw.errors import ManscdpError, StoreError, StoreRecordError
 from gb28181gw.gb.keepalive import Liveness, keepalive_timeout
 from gb28181gw.gb.model import Device
 from gb28181gw.gb.registrar import Outcome, Registrar, RegistrarPolicy, from_user
@@ -151,7 +151,11 @@ class RegistrarService:
             except asyncio.CancelledError:
                 pass
             self._flusher = None
-        await self.flush()
+        try:
+            await self.flush()
+        except StoreError as exc:
+            # shutting down goes on; the devices re-register with the next gateway
+            log.error("store write failed at shutdown", extra={"devices": len(self._dirty), "error": str(exc)})
 
     # --- persistence -------------------------------------------------------------------
 
@@ -160,17 +164,33 @@ class RegistrarService:
         self._dirty.add(device_id)
 
     async def flush(self, *, heartbeats: bool = True) -> None:
-        """Write changed devices now (one batch); with ``heartbeats``, keepalive times too."""
+        """Write changed devices now (one batch); with ``heartbeats``, keepalive times too.
+
+        A device the store refuses (:class:`StoreRecordError`) is logged and left out, never
+        holding back the others; when the store itself cannot be written every change is kept
+        for the next attempt and :class:`StoreError` is raised.
+        """
         dirty, self._dirty = self._dirty, set()
         if heartbeats:
             dirty |= self._heartbeats
             self._heartbeats = set()
         batch = [self.devices[i] for i in dirty if i in self.devices]
         try:
-            await self.store.save_devices(batch)
-        except StoreError:
+            try:
+                await self.store.save_devices(batch)
+            except StoreRecordError:
+                await self._save_one_by_one(batch)
+        except BaseException:
             self._dirty |= dirty  # keep them for the next attempt; nothing is lost
             raise
+
+    async def _save_one_by_one(self, batch: list[Device]) -> None:
+        for device in batch:
+            try:
+                await self.store.save_devices([device])
+            except StoreRecordError as exc:
+                # its next change tries again; everyone else is written meanwhile
+                log.error("device cannot be stored", extra={"device": device.device_id, "error": str(exc)})
 
     async def _flush_loop(self) -> None:
         loop = self._loop or asyncio.get_running_loop()
@@ -185,6 +205,9 @@ class RegistrarService:
                     await self.flush(heartbeats=heartbeats)
                 except StoreError as exc:
                     log.error("store write failed; will retry", extra={"error": str(exc)})
+                except Exception:
+                    # a bug; the flusher must outlive it, or nothing would be written again
+                    log.exception("writing devices failed; will retry")
 
     # --- REGISTER ----------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ than clever queries.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -15,7 +16,18 @@ from gb28181gw.gb.model import Alarm, Channel, Device
 
 
 class Store(Protocol):
-    """Async persistence of devices and channels."""
+    """Async persistence of devices and channels.
+
+    Attributes:
+        writable: whether the last write reached the store (``/readyz`` fails while it is false).
+        last_error: what the last failed write said ("" if none failed).
+        write_failures: failed writes by kind: ``store`` (the store could not be written) or
+            ``record`` (one batch held a value the store refuses, :class:`~gb28181gw.errors.StoreRecordError`).
+    """
+
+    writable: bool
+    last_error: str
+    write_failures: Counter[str]
 
     async def open(self) -> None:
         """Open (creating and migrating if needed); raise StoreError with advice if it cannot."""

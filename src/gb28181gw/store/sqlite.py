@@ -5,6 +5,12 @@ that owns the connection. WAL journaling keeps readers and the batched writer
 apart. The file is locked (``flock`` on ``<file>.lock``) so two gateways cannot
 share it, checked with ``PRAGMA quick_check`` when opened, and migrated by
 ``PRAGMA user_version``; a file from a newer gb28181gw is refused, never rewritten.
+
+Devices send text we cannot always decode (a GB2312 ``User-Agent``); the SIP layer keeps
+such bytes as lone surrogates (``surrogateescape``) so they survive byte for byte. SQLite
+text must be UTF-8, so such a value is stored as its original bytes (a BLOB in the TEXT
+column) and read back as the very same string. A write that fails is rolled back whatever
+the exception, so one bad value can never leave a transaction open behind it.
 """
 
 from __future__ import annotations
@@ -14,13 +20,14 @@ import fcntl
 import json
 import os
 import sqlite3
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gb28181gw.errors import StoreError
+from gb28181gw.errors import StoreError, StoreRecordError
 from gb28181gw.gb.model import DEVICE_FIELDS, Alarm, Channel, Device
 
 T = TypeVar("T")
@@ -98,6 +105,30 @@ _UPSERT_DEVICE = (
 )
 
 
+def _to_sql(value: object) -> object:
+    """``value`` as SQLite can hold it: text with undecodable device bytes goes in as those bytes."""
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            # lone surrogates from surrogateescape stand for the bytes the device sent
+            try:
+                return value.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                raise StoreRecordError(f"text {value!r} holds characters that cannot be stored") from None
+    return value
+
+
+def _from_sql(value: Any) -> Any:
+    """The inverse of :func:`_to_sql`."""
+    return value.decode("utf-8", "surrogateescape") if value.__class__ is bytes else value
+
+
+def _text(row: Sequence[Any], count: int) -> list[str]:
+    """The first ``count`` columns of ``row``, all text."""
+    return [_from_sql(v) for v in row[:count]]
+
+
 class SqliteStore:
     """:class:`~gb28181gw.store.base.Store` on a SQLite file.
 
@@ -110,6 +141,16 @@ class SqliteStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gb28181gw-sqlite")
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        self.writable = True
+        self.last_error = ""
+        self.write_failures: Counter[str] = Counter()
+
+    def _row(self, values: Sequence[object]) -> tuple[object, ...]:
+        try:
+            return tuple(_to_sql(v) for v in values)
+        except StoreRecordError:
+            self.write_failures["record"] += 1
+            raise
 
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
@@ -200,22 +241,40 @@ class SqliteStore:
         self._executor.shutdown(wait=True)
 
     def _in_transaction(self, work: Callable[[sqlite3.Connection], T], what: str) -> T:
-        """Run ``work`` in one transaction on the worker thread; roll back and explain on failure."""
+        """Run ``work`` in one transaction on the worker thread; roll back and explain on failure.
+
+        Raises:
+            StoreRecordError: a value in the records cannot be stored (the store is fine).
+            StoreError: the store itself cannot be written (disk full, I/O error, read-only).
+        """
         db = self._db()
-        db.execute("BEGIN")
         try:
+            db.execute("BEGIN")
             result = work(db)
             db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            db.execute("ROLLBACK")
-            raise StoreError(f"{what} in {self.path} failed: {exc}") from None
+        except BaseException as exc:
+            try:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # SQLite already rolled back (a full disk can do that) or the file is gone
+            if not isinstance(exc, Exception):
+                raise
+            if isinstance(exc, sqlite3.OperationalError | sqlite3.InternalError | sqlite3.ProgrammingError):
+                self.writable = False
+                self.last_error = f"{what} in {self.path} failed: {exc}"
+                self.write_failures["store"] += 1
+                raise StoreError(self.last_error) from None
+            self.write_failures["record"] += 1
+            raise StoreRecordError(f"{what} in {self.path} failed: {type(exc).__name__}: {exc}") from None
+        self.writable = True
         return result
 
     # --- devices ---------------------------------------------------------------------
 
     @staticmethod
     def _device(row: sqlite3.Row | tuple[Any, ...]) -> Device:
-        values = dict(zip(DEVICE_COLUMNS, row, strict=True))
+        values = dict(zip(DEVICE_COLUMNS, map(_from_sql, row), strict=True))
         for name in _BOOL_COLUMNS:
             values[name] = bool(values[name])
         return Device(**values)
@@ -238,7 +297,7 @@ class SqliteStore:
     async def save_devices(self, devices: Sequence[Device]) -> None:
         if not devices:
             return
-        rows = [d.row() for d in devices]  # snapshot now: callers go on changing the devices
+        rows = [self._row(d.row()) for d in devices]  # snapshot now: callers go on changing the devices
 
         def save(db: sqlite3.Connection) -> None:
             db.executemany(_UPSERT_DEVICE, rows)
@@ -258,7 +317,9 @@ class SqliteStore:
     # --- channels --------------------------------------------------------------------
 
     async def replace_channels(self, device_id: str, channels: Sequence[Channel]) -> None:
-        rows = [(c.channel_id, device_id, c.name, c.status, c.parent_id, json.dumps(c.extra)) for c in channels]
+        rows = [
+            self._row((c.channel_id, device_id, c.name, c.status, c.parent_id, json.dumps(c.extra))) for c in channels
+        ]
 
         def replace(db: sqlite3.Connection) -> None:
             db.execute("DELETE FROM channels WHERE device_id = ?", (device_id,))
@@ -276,12 +337,11 @@ class SqliteStore:
             if device_id is not None:
                 sql += " WHERE device_id = ?"
                 args = (device_id,)
-            return [
-                Channel(cid, did, name, status, parent, json.loads(extra))
-                for cid, did, name, status, parent, extra in self._db().execute(
-                    sql + " ORDER BY device_id, channel_id", args
-                )
-            ]
+            channels = []
+            for row in self._db().execute(sql + " ORDER BY device_id, channel_id", args):
+                cid, did, name, status, parent = _text(row, 5)
+                channels.append(Channel(cid, did, name, status, parent, json.loads(_from_sql(row[5]))))
+            return channels
 
         return await self._run(load)
 
@@ -289,8 +349,8 @@ class SqliteStore:
 
     async def save_alarms(self, alarms: Sequence[Alarm]) -> None:
         rows = [
-            (a.device_id, a.reported_by, a.priority, a.method, a.alarm_type, a.alarm_time, a.description, a.received_at,
-             json.dumps(a.extra, ensure_ascii=False))
+            self._row((a.device_id, a.reported_by, a.priority, a.method, a.alarm_type, a.alarm_time, a.description,
+                      a.received_at, json.dumps(a.extra, ensure_ascii=False)))
             for a in alarms
         ]  # fmt: skip
 
@@ -316,9 +376,10 @@ class SqliteStore:
                 sql += " WHERE device_id = ?"
                 args = (device_id, limit)
             rows = self._db().execute(sql + " ORDER BY id DESC LIMIT ?", args)
-            return [
-                Alarm(dev, by, prio, method, kind, at, desc, received, json.loads(extra))
-                for dev, by, prio, method, kind, at, desc, received, extra in rows
-            ]
+            alarms = []
+            for row in rows:
+                dev, by, prio, method, kind, at, desc = _text(row, 7)
+                alarms.append(Alarm(dev, by, prio, method, kind, at, desc, row[7], json.loads(_from_sql(row[8]))))
+            return alarms
 
         return await self._run(load)
