@@ -22,6 +22,7 @@ from gb28181gw.admin import AdminServer, add_device_routes, add_stream_routes
 from gb28181gw.config import Config
 from gb28181gw.errors import StoreError
 from gb28181gw.gb.registrar import DateFormat, RegistrarPolicy, parse_networks
+from gb28181gw.logs import RATE_LIMIT
 from gb28181gw.metrics import Metrics
 from gb28181gw.net.stack import SipStack
 from gb28181gw.relay.forwarder import Forwarder
@@ -122,6 +123,12 @@ class Gateway:
             "gb28181gw_sip_transactions_in_flight",
             "SIP transactions not yet terminated",
             lambda: float(self.endpoint.transactions_in_flight),
+        )
+        self.metrics.labeled_counter(
+            "gb28181gw_log_lines_suppressed",
+            "Log lines held back by the per-kind rate limit (a summary line says which)",
+            [],
+            lambda: {(): float(RATE_LIMIT.total_suppressed)},
         )
         self.metrics.gauge(
             "gb28181gw_store_writable",
@@ -249,13 +256,22 @@ class Gateway:
                 installed.append(sig)
             except (NotImplementedError, RuntimeError):  # pragma: no cover - not the main thread
                 pass
+        summaries = loop.create_task(_summarize_suppressed_logs())
         try:
             await self.start()
             await self._stop.wait()
         finally:
+            summaries.cancel()
             for sig in installed:
                 loop.remove_signal_handler(sig)
             await self.stop()
+
+
+async def _summarize_suppressed_logs() -> None:
+    """Say how many log lines the rate limit held back, once their burst is over."""
+    while True:
+        await asyncio.sleep(RATE_LIMIT.window)
+        RATE_LIMIT.summarize(time.time())
 
 
 def build_relays(config: Config) -> list[Relay]:

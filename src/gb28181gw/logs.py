@@ -4,6 +4,12 @@ Wire lines use the prefixes ``<`` received, ``>`` sent, ``x`` dropped, and are
 written at debug level to the ``gb28181gw.wire`` logger only when enabled.
 Digest ``response``, ``cnonce`` and any URI password are redacted, so a trace
 can be shared without handing out something a replay could use.
+
+What peers send reaches log lines (IDs, reasons, header values), so every line is
+defended against them: control characters and undecodable bytes are escaped, so a
+value cannot forge a second line or stop the handler (a lone surrogate would make
+the stream raise), and :class:`RateLimit` lets at most a burst of lines of one kind
+through per window, summing up the rest, so a flood of garbage cannot flood the disk.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import json
 import logging
 import re
 import sys
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +28,24 @@ _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
 _REDACT_RE = re.compile(r'(?im)((?:response|cnonce)\s*=\s*)("[^"]*"|[^,\s]+)')
 _AUTH_LINE_RE = re.compile(r"(?im)^((?:proxy-)?authorization\s*:.*)$")
 _URI_PASSWORD_RE = re.compile(r"(sips?:[^:@\s<>\"]+:)[^@\s<>\"]+@")
+
+
+# C0 controls, DEL, C1 controls and lone surrogates (undecodable bytes kept by surrogateescape)
+_UNSAFE_RE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# the wire trace keeps its line structure and tabs
+_UNSAFE_WIRE_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _escape_char(m: re.Match[str]) -> str:
+    c = ord(m.group())
+    if 0xDC80 <= c <= 0xDCFF:
+        return f"\\x{c - 0xDC00:02x}"  # the byte the peer sent
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def escape(text: str) -> str:
+    """``text`` with control characters and undecodable bytes written as ``\\xNN`` escapes."""
+    return _UNSAFE_RE.sub(_escape_char, text) if _UNSAFE_RE.search(text) else text
 
 
 def redact(text: str) -> str:
@@ -37,13 +62,85 @@ def _timestamp(record: logging.LogRecord) -> str:
     return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _message(record: logging.LogRecord) -> str:
+    text = record.getMessage()
+    if record.name == WIRE.name:
+        return _UNSAFE_WIRE_RE.sub(_escape_char, text)
+    return escape(text)
+
+
+class RateLimit(logging.Filter):
+    """Let at most ``burst`` lines of one kind through per ``window`` seconds; count the rest.
+
+    A kind is the logger and the message template (the values differ, the line does not),
+    so one peer's flood of garbage is logged a few times and then summed up: the first line
+    of a kind in a new window carries ``suppressed=N`` for the window before, and
+    :meth:`summarize` (called periodically by the gateway) logs the counts of kinds that
+    went quiet. The wire trace, asked for explicitly, is never limited.
+
+    Args:
+        burst: lines of one kind let through per window.
+        window: seconds.
+    """
+
+    def __init__(self, *, burst: int = 20, window: float = 10.0) -> None:
+        super().__init__()
+        self.burst = burst
+        self.window = window
+        self._windows: dict[tuple[str, str], tuple[float, int]] = {}  # kind → (window start, lines seen)
+        self.suppressed: Counter[tuple[str, str]] = Counter()  # not yet summed up
+        self.total_suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == WIRE.name or record.name == _SUMMARY.name:
+            return True
+        kind = (record.name, str(record.msg))
+        start, seen = self._windows.get(kind, (0.0, 0))
+        if record.created - start >= self.window:
+            if len(self._windows) >= _MAX_KINDS and kind not in self._windows:
+                self._forget(record.created)
+            self._windows[kind] = (record.created, 1)
+            if missed := self.suppressed.pop(kind, 0):
+                record.suppressed = missed
+            return True
+        self._windows[kind] = (start, seen + 1)
+        if seen < self.burst:
+            return True
+        self.suppressed[kind] += 1
+        self.total_suppressed += 1
+        return False
+
+    def _forget(self, now: float) -> None:
+        # bounded memory: kinds are message templates (few) but a caller might format its own
+        for kind, (start, _) in list(self._windows.items()):
+            if now - start >= self.window:
+                del self._windows[kind]
+
+    def summarize(self, now: float) -> None:
+        """Log the counts of lines suppressed in windows that have ended (and forget those windows)."""
+        for kind, count in list(self.suppressed.items()):
+            start, _ = self._windows.get(kind, (0.0, 0))
+            if now - start >= self.window:
+                del self.suppressed[kind]
+                self._windows.pop(kind, None)
+                _SUMMARY.warning(
+                    "log lines suppressed", extra={"logger_name": kind[0], "line": kind[1], "count": count}
+                )
+
+
+_SUMMARY = logging.getLogger("gb28181gw.logs")
+#: Kinds remembered before ended windows are forgotten.
+_MAX_KINDS = 4096
+RATE_LIMIT = RateLimit()
+
+
 class TextFormatter(logging.Formatter):
     """``ts LEVEL logger message key=value …`` on one line (wire traces keep their line breaks)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        parts = [_timestamp(record), record.levelname, record.name, record.getMessage()]
+        parts = [_timestamp(record), record.levelname, record.name, _message(record)]
         for key, value in _extras(record).items():
-            text = str(value)
+            text = escape(str(value))
             parts.append(f"{key}={json.dumps(text, ensure_ascii=False) if (' ' in text or not text) else text}")
         line = " ".join(parts)
         if record.exc_info:
@@ -59,10 +156,10 @@ class JsonFormatter(logging.Formatter):
             "ts": _timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": _message(record),
         }
         for key, value in _extras(record).items():
-            obj[key] = value if isinstance(value, int | float | bool | type(None)) else str(value)
+            obj[key] = value if isinstance(value, int | float | bool | type(None)) else escape(str(value))
         if record.exc_info:
             obj["exc"] = self.formatException(record.exc_info)
         return json.dumps(obj, ensure_ascii=False)
@@ -72,6 +169,7 @@ def setup_logging(level: str = "info", fmt: str = "text", *, wire: bool = False)
     """Configure the root logger for the gateway process."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(RATE_LIMIT)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -88,5 +186,5 @@ def setup_logging(level: str = "info", fmt: str = "text", *, wire: bool = False)
 
 def log_wire(prefix: str, peer: object, data: bytes) -> None:
     """Write one wire-trace entry (caller checks ``WIRE.isEnabledFor(DEBUG)`` first)."""
-    text = data.decode("utf-8", "replace")
+    text = data.decode("utf-8", "backslashreplace")
     WIRE.debug("%s %s %d bytes\n%s", prefix, peer, len(data), redact(text.rstrip("\r\n")))
