@@ -93,7 +93,11 @@ def bench_sync(channels: int, per_message: int) -> None:
 
         def refresh() -> None:
             t0 = time.perf_counter()
-            req = urllib.request.Request(f"http://127.0.0.1:{admin_port}/api/v1/devices/{NVR}/catalog", method="POST")
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{admin_port}/api/v1/devices/{NVR}/catalog",
+                method="POST",
+                headers={"Content-Type": "application/json"},
+            )
             with urllib.request.urlopen(req, timeout=60) as resp:
                 resp.read()
             result["seconds"] = time.perf_counter() - t0

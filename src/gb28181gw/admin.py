@@ -2,12 +2,22 @@
 
 Bound to 127.0.0.1 by default. The CLI talks to a running gateway through it;
 later services add their routes with :meth:`AdminServer.add_route`.
+
+It has no authentication yet, so it must not be reachable by the web pages a browser
+on the same host opens. Browsers send cross-site requests a page may make without
+asking (a form or ``text/plain`` POST, a body-less ``fetch``); every request that
+changes something must therefore be ``application/json`` (which a page can only send
+after a CORS preflight this API never grants) and carry no foreign ``Origin``. A page
+could still rename its own host to 127.0.0.1 (DNS rebinding): the ``Host`` header
+must be an IP address, ``localhost`` or a name listed in ``admin.allowed_hosts``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +40,12 @@ log = logging.getLogger("gb28181gw.admin")
 
 Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
 API_PREFIX = "/api/v1"
+#: Most rows one listing returns.
+MAX_LIST = 10_000
+#: Largest request body accepted (bytes).
+MAX_BODY = 64 * 1024
+#: Methods a page may not send cross-site unasked only if they are JSON (DELETE always needs a preflight).
+_CHANGING = frozenset({"POST", "PUT", "PATCH"})
 
 
 class AdminServer:
@@ -41,11 +57,19 @@ class AdminServer:
         ready: returns whether the gateway is ready to serve (``/readyz``).
     """
 
-    def __init__(self, metrics: Metrics, *, status: Callable[[], dict[str, Any]], ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        *,
+        status: Callable[[], dict[str, Any]],
+        ready: Callable[[], bool],
+        allowed_hosts: list[str],
+    ) -> None:
         self._metrics = metrics
         self._status = status
         self._ready = ready
-        self.app = web.Application()
+        self._names = {"localhost", *(h.lower().rstrip(".") for h in allowed_hosts)}
+        self.app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY)
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/readyz", self._readyz)
         self.app.router.add_get("/metrics", self._metrics_page)
@@ -73,6 +97,39 @@ class AdminServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Route) -> web.StreamResponse:
+        if not self._host_allowed(request.host):
+            return _error(403, f"host {request.host!r} is not this gateway's; add it to admin.allowed_hosts")
+        if request.method in _CHANGING:
+            origin = request.headers.get("Origin")
+            if origin is not None and origin.partition("://")[2] != request.host:
+                return _error(403, f"requests from web origin {origin!r} are refused")
+            if request.content_type != "application/json":
+                return _error(415, "requests that change something must be Content-Type: application/json")
+        try:
+            return await handler(request)
+        except RecursionError:
+            return _error(400, "the JSON body is nested too deeply")
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, f"the body is larger than {MAX_BODY} bytes")
+
+    def _host_allowed(self, host: str) -> bool:
+        if host.startswith("["):  # [IPv6]:port
+            name = host[1 : host.find("]")]
+        elif host.count(":") == 1:  # name:port
+            name = host.partition(":")[0]
+        else:  # a name, or a bare IPv6 address
+            name = host
+        name = name.lower().rstrip(".")
+        if name in self._names:
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "version": __version__})
@@ -109,11 +166,8 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
         return web.json_response(_device_json(registrar, device))
 
     async def add_device(request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-        except ValueError:
-            return _error(400, 'the body must be JSON: {"device_id": ..., "password": ..., "name": ...}')
-        device_id = str(body.get("device_id", "")) if isinstance(body, dict) else ""
+        body = await _json_object(request, 'the body must be JSON: {"device_id": ..., "password": ..., "name": ...}')
+        device_id = str(body.get("device_id", ""))
         try:
             GbId.parse(device_id)
         except IdError as exc:
@@ -170,8 +224,8 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
         return web.json_response(data)
 
     async def ptz(request: web.Request) -> web.Response:
+        body = await _json_object(request, 'the body must be JSON: {"channel_id": ..., "kind": ..., "action": ...}')
         try:
-            body = await request.json()
             kind = str(body.get("kind", "move"))
             if kind == "move":
                 cmd = ptz_codes.move(str(body["action"]), int(body.get("speed", 0x80)), int(body.get("zoom_speed", 5)))
@@ -209,8 +263,8 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
         return web.json_response({"records": items, "sum_num": result.sum_num, "complete": result.complete})
 
     async def command(request: web.Request) -> web.Response:
+        body = await _json_object(request, 'the body must be JSON: {"target": ..., "name": ..., "value": ...}')
         try:
-            body = await request.json()
             result = await devices.command(
                 str(body["target"]), str(body["name"]), str(body["value"]), wait=bool(body.get("wait", True))
             )
@@ -221,7 +275,10 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
         return web.json_response(result)
 
     async def alarms(request: web.Request) -> web.Response:
-        limit = int(request.query.get("limit", "100")) if request.query.get("limit", "100").isdigit() else 100
+        text = request.query.get("limit", "100")
+        if not text.isdigit() or not 1 <= int(text) <= MAX_LIST:
+            return _error(400, f"limit must be a whole number from 1 to {MAX_LIST}")
+        limit = int(text)
         stored = await devices.store.load_alarms(limit, request.query.get("device"))
         return web.json_response({"alarms": [dataclasses.asdict(a) for a in stored]})
 
@@ -326,6 +383,17 @@ def _device_json(registrar: RegistrarService, device: Device) -> dict[str, Any]:
     if loop_deadline is not None:
         out["offline_in"] = round(max(0.0, loop_deadline - asyncio.get_running_loop().time()), 1)
     return out
+
+
+async def _json_object(request: web.Request, usage: str) -> dict[str, Any]:
+    """The request's JSON body, which must be an object; else a 400 naming what is expected."""
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text=json.dumps({"error": usage}), content_type="application/json")
+    return body
 
 
 def _error(status: int, message: str) -> web.Response:

@@ -207,7 +207,9 @@ class Gateway:
         self.streams.settings = replace(self.streams.settings, address=media_address)
         await self.streams.start()
         if c.admin.enabled:
-            self.admin = AdminServer(self.metrics, status=self.status, ready=lambda: self.ready)
+            self.admin = AdminServer(
+                self.metrics, status=self.status, ready=lambda: self.ready, allowed_hosts=c.admin.allowed_hosts
+            )
             add_device_routes(self.admin, self.registrar, self.devices)
             add_stream_routes(self.admin, self.streams)
             await self.admin.start(c.admin.listen, c.admin.port)

@@ -407,7 +407,10 @@ def catalog_refresh(admin: str, device_id: str | None, all_devices: bool) -> Non
             progress.update(task, description=f"catalog {target}")
             url = admin.rstrip("/") + f"/api/v1/devices/{target}/catalog"
             try:
-                with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=300) as resp:
+                with urllib.request.urlopen(
+                    urllib.request.Request(url, method="POST", headers={"Content-Type": "application/json"}),
+                    timeout=300,
+                ) as resp:
                     r = json.loads(resp.read())
                 note = "" if r["complete"] else f" [yellow](partial: SumNum {r['sum_num']})[/yellow]"
                 console.print(f"{target}: {r['channels']} channels in {r['messages']} messages{note}", highlight=False)

@@ -233,6 +233,9 @@ class AdminSection:
     enabled: bool = _opt(True, "serve the admin API")
     listen: str = _opt("127.0.0.1", "address of the admin API (keep it on loopback or a management network)", _address)
     port: int = _opt(8028, "port of the admin API", _port)
+    allowed_hosts: list[str] = _opt(
+        [], "host names the API answers to besides localhost and IP addresses (DNS-rebinding guard)"
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,101 @@
+"""The admin API cannot be driven by a web page on the same host (issue 10, defects 7 and 14)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+from gb28181gw.app import Gateway
+from tests.hostile.conftest import start_gateway
+
+
+def call(
+    gw: Gateway, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, object]]:
+    assert gw.admin is not None
+    url = f"http://127.0.0.1:{gw.admin.port}{path}"
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+JSON = {"Content-Type": "application/json"}
+DEVICE = json.dumps({"device_id": "34020000001320000001", "password": "x"}).encode()
+
+
+async def test_a_cross_site_text_plain_post_is_refused(gateway: Gateway) -> None:
+    # what <form enctype="text/plain"> or fetch(no-cors) sends without any preflight
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        status, body = await asyncio.to_thread(
+            call, gateway, "POST", "/api/v1/devices", DEVICE, {"Content-Type": content_type}
+        )
+        assert status == 415 and "application/json" in str(body["error"])
+    status, _ = await asyncio.to_thread(call, gateway, "POST", "/api/v1/devices/34020000001320000001/catalog")
+    assert status == 415  # a body-less POST is a "simple" request too
+    assert "34020000001320000001" not in gateway.registrar.devices
+    # the CLI's way still works
+    status, _ = await asyncio.to_thread(call, gateway, "POST", "/api/v1/devices", DEVICE, JSON)
+    assert status == 201 and "34020000001320000001" in gateway.registrar.devices
+
+
+async def test_a_foreign_origin_is_refused_even_with_json(gateway: Gateway) -> None:
+    headers = {**JSON, "Origin": "http://evil.example"}
+    status, body = await asyncio.to_thread(call, gateway, "POST", "/api/v1/devices", DEVICE, headers)
+    assert status == 403 and "evil.example" in str(body["error"])
+    assert "34020000001320000001" not in gateway.registrar.devices
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8028", "127.0.0.1.evil.example"])
+async def test_a_rebound_host_name_is_refused(gateway: Gateway, host: str) -> None:
+    status, body = await asyncio.to_thread(call, gateway, "GET", "/api/v1/devices", None, {"Host": host})
+    assert status == 403 and "allowed_hosts" in str(body["error"])
+    status, _ = await asyncio.to_thread(call, gateway, "POST", "/api/v1/devices", DEVICE, {**JSON, "Host": host})
+    assert status == 403 and "34020000001320000001" not in gateway.registrar.devices
+
+
+@pytest.mark.parametrize("host", ["localhost", "LOCALHOST:8028", "127.0.0.1:8028", "[::1]:8028", "10.1.2.3"])
+async def test_addresses_and_localhost_are_served(gateway: Gateway, host: str) -> None:
+    assert (await asyncio.to_thread(call, gateway, "GET", "/api/v1/devices", None, {"Host": host}))[0] == 200
+
+
+async def test_a_configured_name_is_served() -> None:
+    gw = await start_gateway(**{"admin.allowed_hosts": "nvr-gw.site.local"})
+    try:
+        headers = {"Host": "nvr-gw.site.local:8028"}
+        assert (await asyncio.to_thread(call, gw, "GET", "/api/v1/devices", None, headers))[0] == 200
+    finally:
+        await gw.stop()
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/v1/ptz", b"[1, 2, 3]"),
+        ("/api/v1/control", b'"just a string"'),
+        ("/api/v1/devices", b"[]"),
+        ("/api/v1/ptz", b"[" * 30_000 + b"]" * 30_000),  # deeper than the parser can recurse
+        ("/api/v1/devices", b"{" * 50_000),
+    ],
+)
+async def test_odd_bodies_get_400_not_500(gateway: Gateway, path: str, body: bytes) -> None:
+    status, answer = await asyncio.to_thread(call, gateway, "POST", path, body, JSON)
+    assert status == 400 and answer["error"]
+
+
+async def test_an_oversized_body_is_413_json(gateway: Gateway) -> None:
+    status, answer = await asyncio.to_thread(call, gateway, "POST", "/api/v1/ptz", b" " * 100_000, JSON)
+    assert status == 413 and "bytes" in str(answer["error"])
+
+
+async def test_an_oversized_listing_limit_is_400(gateway: Gateway) -> None:
+    for limit in ("99999999999999999999999", "0", "-1", "ten"):
+        status, _ = await asyncio.to_thread(call, gateway, "GET", f"/api/v1/alarms?limit={limit}")
+        assert status == 400
+    assert (await asyncio.to_thread(call, gateway, "GET", "/api/v1/alarms?limit=10000"))[0] == 200
