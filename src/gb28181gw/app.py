@@ -27,7 +27,7 @@ from gb28181gw.net.stack import SipStack
 from gb28181gw.relay.forwarder import Forwarder
 from gb28181gw.relay.workers import LocalRelay, Relay, WorkerRelay
 from gb28181gw.sdp import StreamMode
-from gb28181gw.services.devices import DeviceService, DeviceSettings
+from gb28181gw.services.devices import DeviceService
 from gb28181gw.services.registrar import RegistrarService
 from gb28181gw.services.streams import MediaSettings, StreamService
 from gb28181gw.services.subscriptions import SubscriptionService
@@ -61,20 +61,14 @@ class Gateway:
         )
         self.stack = SipStack(self.endpoint, counters=self.metrics.sip)
         self.store = SqliteStore(config.store.path)
-        r = config.registrar
         self.registrar = RegistrarService(
             self.stack,
             self.store,
             registrar_policy(config),
             metrics=self.metrics,
-            digest_algorithm=r.digest_algorithm,
-            digest_qop=r.digest_qop,
-            nonce_lifetime=r.nonce_lifetime,
-            keepalive_interval=r.keepalive_interval,
-            keepalive_count=r.keepalive_count,
+            settings=config.registrar,
             flush_interval=config.store.flush_interval,
         )
-        d = config.devices
         self.devices = DeviceService(
             self.stack,
             self.store,
@@ -82,16 +76,9 @@ class Gateway:
             our_id=config.gateway.id,
             domain=config.domain,
             metrics=self.metrics,
-            settings=DeviceSettings(
-                query_timeout=d.query_timeout,
-                catalog_first_timeout=d.catalog_first_timeout,
-                catalog_idle_timeout=d.catalog_idle_timeout,
-                catalog_on_register=d.catalog_on_register,
-            ),
+            settings=config.devices,
         )
-        self.subscriptions = SubscriptionService(
-            self.stack, self.registrar, self.devices, kinds=list(d.subscribe), expires=d.subscribe_expires
-        )
+        self.subscriptions = SubscriptionService(self.stack, self.registrar, self.devices, settings=config.devices)
         m = config.media
         self.streams = StreamService(
             self.stack,
@@ -172,16 +159,7 @@ class Gateway:
                 "registration is open: devices without their own password are accepted without "
                 "authentication; set registrar.password"
             )
-        await self.stack.listen(
-            c.sip.listen,
-            c.sip.port,
-            udp="udp" in c.sip.transports,
-            tcp="tcp" in c.sip.transports,
-            advertised=c.sip.advertised_address,
-            udp_receive_buffer=c.sip.udp_receive_buffer,
-            tcp_idle_timeout=c.sip.tcp_idle_timeout,
-            tcp_max_connections=c.sip.tcp_max_connections,
-        )
+        await self.stack.listen(c.sip)
         # the media address defaults to the one SIP advertises (a wildcard is no address for a device)
         media_address = c.media.address or self.endpoint.local_address("UDP")[0]
         self.streams.settings = replace(self.streams.settings, address=media_address)

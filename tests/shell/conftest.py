@@ -6,13 +6,13 @@ import asyncio
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
 from gb28181gw.app import Gateway
-from gb28181gw.config import load_config
+from gb28181gw.config import SipSection, load_config
 
 SIPP_DIR = Path(__file__).parent / "sipp"
 SIPP = shutil.which("sipp")
@@ -35,6 +35,11 @@ async def start_gateway(**overrides: str) -> Gateway:
     gw = Gateway(load_config(env={}, overrides=settings))
     await gw.start()
     return gw
+
+
+def loopback_sip(hosts: list[str] | None = None, **overrides: object) -> SipSection:
+    """The ``[sip]`` section of config.py on ``hosts`` (default 127.0.0.1), port 0, for a bare SipStack."""
+    return replace(SipSection(), listen=hosts or ["127.0.0.1"], port=0, **overrides)  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ import logging
 import random
 import time
 from collections import deque
-from dataclasses import dataclass
 
+from gb28181gw.config import DevicesSection
 from gb28181gw.gb.model import Alarm, Channel, Device
 from gb28181gw.gb.outbound import to_device
 from gb28181gw.gb.query import CatalogCollector, CatalogResult, SnAllocator
@@ -44,18 +44,15 @@ class DeviceError(Exception):
     """A request to a device failed; the message says how (shown to operators as is)."""
 
 
-@dataclass(frozen=True, slots=True)
-class DeviceSettings:
-    """Timeouts and behaviour of device queries."""
-
-    query_timeout: float = 10.0
-    catalog_first_timeout: float = 120.0
-    catalog_idle_timeout: float = 5.0
-    catalog_on_register: bool = True
-
-
 class DeviceService:
-    """Queries, controls and catalogs of registered devices."""
+    """Queries, controls and catalogs of registered devices.
+
+    Args:
+        stack / store / registrar: the SIP stack, persistence and the registrar service.
+        our_id / domain: our platform ID and domain.
+        metrics: where to count.
+        settings: the ``[devices]`` section (query and catalog timeouts, catalog on register).
+    """
 
     def __init__(
         self,
@@ -66,7 +63,7 @@ class DeviceService:
         our_id: str,
         domain: str,
         metrics: Metrics,
-        settings: DeviceSettings | None = None,
+        settings: DevicesSection,
     ) -> None:
         self.stack = stack
         self.metrics = metrics
@@ -74,7 +71,7 @@ class DeviceService:
         self.registrar = registrar
         self.our_id = our_id
         self.domain = domain
-        self.settings = settings or DeviceSettings()
+        self.settings = settings
         self.channels: dict[str, dict[str, Channel]] = {}
         self.partial: set[str] = set()
         self._sn = SnAllocator(start=random.randint(1, 1_000_000))

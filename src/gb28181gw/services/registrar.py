@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from gb28181gw.config import RegistrarSection
 from gb28181gw.errors import ManscdpError, StoreError
 from gb28181gw.gb.keepalive import Liveness, keepalive_timeout
 from gb28181gw.gb.model import Device
@@ -49,8 +50,9 @@ class RegistrarService:
         store: persistence.
         policy: registration policy.
         metrics: where to count.
-        keepalive_interval / keepalive_count: defaults for devices whose own are unknown.
-        flush_interval: seconds between batched writes.
+        settings: the ``[registrar]`` section: digest options, and the keepalive interval and
+            count of devices whose own are unknown.
+        flush_interval: seconds between batched writes (``store.flush_interval``).
         clock: wall-clock epoch seconds (tests pass their own).
     """
 
@@ -61,12 +63,8 @@ class RegistrarService:
         policy: RegistrarPolicy,
         *,
         metrics: Metrics,
-        digest_algorithm: str = "MD5",
-        digest_qop: bool = False,
-        nonce_lifetime: float = 300.0,
-        keepalive_interval: int = 60,
-        keepalive_count: int = 3,
-        flush_interval: float = 0.5,
+        settings: RegistrarSection,
+        flush_interval: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.stack = stack
@@ -74,12 +72,17 @@ class RegistrarService:
         self.policy = policy
         self.registrar = Registrar(
             policy,
-            NonceStore(realm=policy.domain, algorithm=digest_algorithm, qop=digest_qop, lifetime=nonce_lifetime),
+            NonceStore(
+                realm=policy.domain,
+                algorithm=settings.digest_algorithm,
+                qop=settings.digest_qop,
+                lifetime=settings.nonce_lifetime,
+            ),
         )
         self.devices: dict[str, Device] = {}
         self.liveness = Liveness()
-        self.keepalive_interval = keepalive_interval
-        self.keepalive_count = keepalive_count
+        self.keepalive_interval = settings.keepalive_interval
+        self.keepalive_count = settings.keepalive_count
         self.flush_interval = flush_interval
         self._clock = clock
         self._dirty: set[str] = set()

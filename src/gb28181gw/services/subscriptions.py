@@ -13,6 +13,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from gb28181gw.config import DevicesSection
 from gb28181gw.errors import ManscdpError
 from gb28181gw.gb.model import Channel, Device
 from gb28181gw.gb.outbound import to_device
@@ -50,7 +51,13 @@ class Subscription:
 
 
 class SubscriptionService:
-    """Keeps the configured subscriptions alive and applies what they report."""
+    """Keeps the configured subscriptions alive and applies what they report.
+
+    Args:
+        stack / registrar / devices: the SIP stack and the device services.
+        settings: the ``[devices]`` section: which subscriptions (``subscribe``) and the
+            Expires asked for them (``subscribe_expires``).
+    """
 
     def __init__(
         self,
@@ -58,14 +65,13 @@ class SubscriptionService:
         registrar: RegistrarService,
         devices: DeviceService,
         *,
-        kinds: list[str],
-        expires: int = 3600,
+        settings: DevicesSection,
     ) -> None:
         self.stack = stack
         self.registrar = registrar
         self.devices = devices
-        self.kinds = kinds
-        self.expires = expires
+        self.kinds = list(settings.subscribe)
+        self.expires = settings.subscribe_expires
         self.subs: dict[tuple[str, str], Subscription] = {}
         self._tasks = TaskSet()
         self.events = devices.metrics.counter(
