@@ -22,7 +22,7 @@ from gb28181gw.admin import AdminServer, add_device_routes, add_stream_routes
 from gb28181gw.config import Config
 from gb28181gw.errors import StoreError
 from gb28181gw.gb.registrar import DateFormat, RegistrarPolicy, parse_networks
-from gb28181gw.metrics import Metrics
+from gb28181gw.metrics import SIP_TCP_CONNECTIONS, SIP_TRANSACTIONS_IN_FLIGHT, Metrics
 from gb28181gw.net.stack import SipStack
 from gb28181gw.relay.forwarder import Forwarder
 from gb28181gw.relay.workers import LocalRelay, Relay, WorkerRelay
@@ -105,14 +105,8 @@ class Gateway:
         self.started_at = 0.0
         self._ready = False
         self._stop = asyncio.Event()
-        self.metrics.gauge(
-            "gb28181gw_sip_transactions_in_flight",
-            "SIP transactions not yet terminated",
-            lambda: float(self.endpoint.transactions_in_flight),
-        )
-        self.metrics.gauge(
-            "gb28181gw_sip_tcp_connections", "Open SIP TCP connections", lambda: float(self.stack.tcp_connections)
-        )
+        self.metrics.gauge(SIP_TRANSACTIONS_IN_FLIGHT, lambda: float(self.endpoint.transactions_in_flight))
+        self.metrics.gauge(SIP_TCP_CONNECTIONS, lambda: float(self.stack.tcp_connections))
 
     @property
     def ready(self) -> bool:

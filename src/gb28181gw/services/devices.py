@@ -21,7 +21,15 @@ from gb28181gw.gb.outbound import to_device
 from gb28181gw.gb.query import CatalogCollector, CatalogResult, SnAllocator
 from gb28181gw.manscdp.messages import CONTENT_TYPE, CmdType, Envelope, Fields, Root, encode, flat, list_items
 from gb28181gw.manscdp.ptz import PtzCmd
-from gb28181gw.metrics import Metrics
+from gb28181gw.metrics import (
+    ALARMS,
+    CATALOG_SYNC_SECONDS,
+    CHANNELS,
+    INVALID_COORDINATES,
+    MANSCDP_UNMATCHED,
+    QUERIES,
+    Metrics,
+)
 from gb28181gw.net.stack import SipStack, SipTimeoutError, SipTransportError
 from gb28181gw.net.tasks import TaskSet
 from gb28181gw.sip.endpoint import Peer
@@ -80,25 +88,12 @@ class DeviceService:
         self.alarms: deque[dict[str, str]] = deque(maxlen=1000)
         self._reaper: asyncio.Task[None] | None = None
         self._tasks = TaskSet()
-        self.queries = metrics.counter(
-            "gb28181gw_queries", "MANSCDP queries to devices by CmdType and result", ["cmd", "result"]
-        )
-        self.unmatched = metrics.counter(
-            "gb28181gw_manscdp_unmatched", "Responses that matched no pending query", ["cmd"]
-        )
-        self.bad_positions = metrics.counter(
-            "gb28181gw_invalid_coordinates", "Catalog items whose coordinates were dropped"
-        )
-        self.alarm_count = metrics.counter(
-            "gb28181gw_alarms", "Alarms received by AlarmMethod and AlarmType", ["method", "type"]
-        )
-        self.catalog_seconds = metrics.counter("gb28181gw_catalog_sync_seconds", "Seconds spent assembling catalogs")
-        metrics.labeled_gauge(
-            "gb28181gw_channels",
-            "Catalog channels known",
-            ["state"],
-            lambda: {("known",): float(sum(map(len, self.channels.values())))},
-        )
+        self.queries = metrics.counter(QUERIES)
+        self.unmatched = metrics.counter(MANSCDP_UNMATCHED)
+        self.bad_positions = metrics.counter(INVALID_COORDINATES)
+        self.alarm_count = metrics.counter(ALARMS)
+        self.catalog_seconds = metrics.counter(CATALOG_SYNC_SECONDS)
+        metrics.labeled_gauge(CHANNELS, lambda: {("known",): float(sum(map(len, self.channels.values())))})
         registrar.on_manscdp(self.handle_manscdp)
         registrar.on_registered(self._on_registered)
         registrar.on_offline(self._on_offline)

@@ -26,7 +26,7 @@ from gb28181gw.gb.model import Device
 from gb28181gw.gb.registrar import Outcome, Registrar, RegistrarPolicy, from_user
 from gb28181gw.manscdp.codec import Element, child_text, parse_xml
 from gb28181gw.manscdp.messages import Envelope, envelope
-from gb28181gw.metrics import Metrics
+from gb28181gw.metrics import AUTH_FAILURES, BANS, DEVICES, KEEPALIVE_TIMEOUTS, KEEPALIVES, REGISTRATIONS, Metrics
 from gb28181gw.net.stack import SipStack
 from gb28181gw.net.timer import EarliestTimer
 from gb28181gw.sip.auth import NonceStore
@@ -97,14 +97,12 @@ class RegistrarService:
         self._registered_listeners: list[Callable[[Device], None]] = []
         self._manscdp_handlers: list[ManscdpHandler] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.registrations = metrics.counter(
-            "gb28181gw_registrations", "REGISTER requests by result", ["result", "reason"]
-        )
-        self.keepalives = metrics.counter("gb28181gw_keepalives", "Keepalive MESSAGEs by result", ["result"])
-        self.timeouts = metrics.counter("gb28181gw_keepalive_timeouts", "Devices gone offline by cause", ["cause"])
-        self.auth_failures = metrics.counter("gb28181gw_auth_failures", "Failed authentications by reason", ["reason"])
-        self.ban_count = metrics.counter("gb28181gw_bans", "Addresses or IDs banned for failed authentication")
-        metrics.labeled_gauge("gb28181gw_devices", "Devices by state", ["state"], self._states)
+        self.registrations = metrics.counter(REGISTRATIONS)
+        self.keepalives = metrics.counter(KEEPALIVES)
+        self.timeouts = metrics.counter(KEEPALIVE_TIMEOUTS)
+        self.auth_failures = metrics.counter(AUTH_FAILURES)
+        self.ban_count = metrics.counter(BANS)
+        metrics.labeled_gauge(DEVICES, self._states)
 
     # --- lifecycle ---------------------------------------------------------------------
 

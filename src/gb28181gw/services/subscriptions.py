@@ -19,6 +19,7 @@ from gb28181gw.gb.model import Channel, Device
 from gb28181gw.gb.outbound import to_device
 from gb28181gw.gb.registrar import from_user
 from gb28181gw.manscdp.messages import CONTENT_TYPE, CmdType, Root, decode, encode, list_items
+from gb28181gw.metrics import CATALOG_EVENTS
 from gb28181gw.net.stack import SipStack, SipTimeoutError, SipTransportError
 from gb28181gw.net.tasks import TaskSet
 from gb28181gw.sip.endpoint import Peer, warning_header
@@ -74,9 +75,7 @@ class SubscriptionService:
         self.expires = settings.subscribe_expires
         self.subs: dict[tuple[str, str], Subscription] = {}
         self._tasks = TaskSet()
-        self.events = devices.metrics.counter(
-            "gb28181gw_catalog_events", "Catalog NOTIFY item events by event", ["event"]
-        )
+        self.events = devices.metrics.counter(CATALOG_EVENTS)
         stack.route("NOTIFY", self._on_notify)
         registrar.on_registered(self._on_registered)
         registrar.on_offline(self._on_offline)
