@@ -38,9 +38,9 @@ async def start_gateway(**overrides: str) -> Gateway:
     return gw
 
 
-def loopback_sip(hosts: list[str] | None = None, **overrides: object) -> SipSection:
-    """The ``[sip]`` section of config.py on ``hosts`` (default 127.0.0.1), port 0, for a bare SipStack."""
-    return replace(SipSection(), listen=hosts or ["127.0.0.1"], port=0, **overrides)  # type: ignore[arg-type]
+def loopback_sip(hosts: list[str] | None = None) -> SipSection:
+    """config.py's ``[sip]`` section on ``hosts`` (default 127.0.0.1) and port 0, for a bare SipStack."""
+    return replace(SipSection(), listen=hosts or ["127.0.0.1"], port=0)
 
 
 @pytest.fixture
