@@ -23,12 +23,19 @@ from gb28181gw.config import Config
 from gb28181gw.errors import StoreError
 from gb28181gw.gb.registrar import DateFormat, RegistrarPolicy, parse_networks
 from gb28181gw.logs import RATE_LIMIT
-from gb28181gw.metrics import Metrics
+from gb28181gw.metrics import (
+    LOG_LINES_SUPPRESSED,
+    SIP_TCP_CONNECTIONS,
+    SIP_TRANSACTIONS_IN_FLIGHT,
+    STORE_WRITABLE,
+    STORE_WRITE_FAILURES,
+    Metrics,
+)
 from gb28181gw.net.stack import SipStack
 from gb28181gw.relay.forwarder import Forwarder
 from gb28181gw.relay.workers import LocalRelay, Relay, WorkerRelay
 from gb28181gw.sdp import StreamMode
-from gb28181gw.services.devices import DeviceService, DeviceSettings
+from gb28181gw.services.devices import DeviceService
 from gb28181gw.services.registrar import RegistrarService
 from gb28181gw.services.streams import MediaSettings, StreamService
 from gb28181gw.services.subscriptions import SubscriptionService
@@ -62,20 +69,14 @@ class Gateway:
         )
         self.stack = SipStack(self.endpoint, counters=self.metrics.sip)
         self.store = SqliteStore(config.store.path)
-        r = config.registrar
         self.registrar = RegistrarService(
             self.stack,
             self.store,
             registrar_policy(config),
             metrics=self.metrics,
-            digest_algorithm=r.digest_algorithm,
-            digest_qop=r.digest_qop,
-            nonce_lifetime=r.nonce_lifetime,
-            keepalive_interval=r.keepalive_interval,
-            keepalive_count=r.keepalive_count,
+            settings=config.registrar,
             flush_interval=config.store.flush_interval,
         )
-        d = config.devices
         self.devices = DeviceService(
             self.stack,
             self.store,
@@ -83,16 +84,9 @@ class Gateway:
             our_id=config.gateway.id,
             domain=config.domain,
             metrics=self.metrics,
-            settings=DeviceSettings(
-                query_timeout=d.query_timeout,
-                catalog_first_timeout=d.catalog_first_timeout,
-                catalog_idle_timeout=d.catalog_idle_timeout,
-                catalog_on_register=d.catalog_on_register,
-            ),
+            settings=config.devices,
         )
-        self.subscriptions = SubscriptionService(
-            self.stack, self.registrar, self.devices, kinds=list(d.subscribe), expires=d.subscribe_expires
-        )
+        self.subscriptions = SubscriptionService(self.stack, self.registrar, self.devices, settings=config.devices)
         m = config.media
         self.streams = StreamService(
             self.stack,
@@ -119,30 +113,12 @@ class Gateway:
         self.started_at = 0.0
         self._ready = False
         self._stop = asyncio.Event()
-        self.metrics.gauge(
-            "gb28181gw_sip_transactions_in_flight",
-            "SIP transactions not yet terminated",
-            lambda: float(self.endpoint.transactions_in_flight),
-        )
+        self.metrics.gauge(SIP_TRANSACTIONS_IN_FLIGHT, lambda: float(self.endpoint.transactions_in_flight))
+        self.metrics.gauge(SIP_TCP_CONNECTIONS, lambda: float(self.stack.tcp_connections))
+        self.metrics.labeled_counter(LOG_LINES_SUPPRESSED, lambda: {(): float(RATE_LIMIT.total_suppressed)})
+        self.metrics.gauge(STORE_WRITABLE, lambda: float(self.store.writable))
         self.metrics.labeled_counter(
-            "gb28181gw_log_lines_suppressed",
-            "Log lines held back by the per-kind rate limit (a summary line says which)",
-            [],
-            lambda: {(): float(RATE_LIMIT.total_suppressed)},
-        )
-        self.metrics.gauge(
-            "gb28181gw_store_writable",
-            "1 while the last store write succeeded, 0 while the store cannot be written",
-            lambda: float(self.store.writable),
-        )
-        self.metrics.labeled_counter(
-            "gb28181gw_store_write_failures",
-            "Failed store writes: store (could not write at all) or record (a value the store refuses)",
-            ["kind"],
-            lambda: {(k,): float(v) for k, v in self.store.write_failures.items()},
-        )
-        self.metrics.gauge(
-            "gb28181gw_sip_tcp_connections", "Open SIP TCP connections", lambda: float(self.stack.tcp_connections)
+            STORE_WRITE_FAILURES, lambda: {(k,): float(v) for k, v in self.store.write_failures.items()}
         )
 
     @property
@@ -192,16 +168,7 @@ class Gateway:
                 "registration is open: devices without their own password are accepted without "
                 "authentication; set registrar.password"
             )
-        await self.stack.listen(
-            c.sip.listen,
-            c.sip.port,
-            udp="udp" in c.sip.transports,
-            tcp="tcp" in c.sip.transports,
-            advertised=c.sip.advertised_address,
-            udp_receive_buffer=c.sip.udp_receive_buffer,
-            tcp_idle_timeout=c.sip.tcp_idle_timeout,
-            tcp_max_connections=c.sip.tcp_max_connections,
-        )
+        await self.stack.listen(c.sip)
         # the media address defaults to the one SIP advertises (a wildcard is no address for a device)
         media_address = c.media.address or self.endpoint.local_address("UDP")[0]
         self.streams.settings = replace(self.streams.settings, address=media_address)

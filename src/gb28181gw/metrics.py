@@ -1,5 +1,11 @@
 """Every Prometheus metric of the gateway (``gb28181gw_*``), on a registry per gateway.
 
+Every family — its name, type, help text and label names — is a :class:`Family`
+constant below (``FAMILIES`` lists them all); services only supply values: they
+register a family with a value source (a counter dictionary, a histogram, or a
+callback read at scrape time) and never name a metric themselves. Registering a
+family twice, or as the wrong type, is an error at start-up.
+
 Hot-path counters (one increment per SIP message) are plain dictionaries read
 by a collector at scrape time: a ``prometheus_client`` labelled increment costs
 more than parsing a small SIP header, and the scrape happens every few seconds.
@@ -9,6 +15,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.core import (
@@ -21,6 +29,118 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from gb28181gw import __version__
+
+
+class Kind(StrEnum):
+    """Prometheus metric types (the ``# TYPE`` line)."""
+
+    COUNTER = "counter"
+    GAUGE = "gauge"
+    HISTOGRAM = "histogram"
+    INFO = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """One metric family as a scrape shows it.
+
+    Attributes:
+        name: the family name; a counter's samples add ``_total``.
+        kind: its Prometheus type.
+        help: the ``# HELP`` text.
+        labels: label names, in the order a value source gives label values.
+        buckets: a histogram's upper bounds, in the family's unit.
+    """
+
+    name: str
+    kind: Kind
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()
+
+
+# --- the SIP shell (net/) ----------------------------------------------------------------
+SIP_REQUESTS = Family(
+    "gb28181gw_sip_requests", Kind.COUNTER, "SIP requests received and sent", ("direction", "transport", "method")
+)
+SIP_RESPONSES = Family(
+    "gb28181gw_sip_responses", Kind.COUNTER, "SIP responses received and sent", ("direction", "transport", "status")
+)
+SIP_PARSE_ERRORS = Family(
+    "gb28181gw_sip_parse_errors", Kind.COUNTER, "Unparseable SIP input, by the status answered", ("transport", "answer")
+)
+SIP_DROPPED = Family("gb28181gw_sip_dropped", Kind.COUNTER, "SIP input or output dropped, by reason", ("reason",))
+SIP_TRANSACTIONS_IN_FLIGHT = Family(
+    "gb28181gw_sip_transactions_in_flight", Kind.GAUGE, "SIP transactions not yet terminated"
+)
+SIP_TCP_CONNECTIONS = Family("gb28181gw_sip_tcp_connections", Kind.GAUGE, "Open SIP TCP connections")
+BUILD = Family("gb28181gw_build", Kind.INFO, "Version of the running gateway")
+LOG_LINES_SUPPRESSED = Family(
+    "gb28181gw_log_lines_suppressed",
+    Kind.COUNTER,
+    "Log lines held back by the per-kind rate limit (a summary line says which)",
+)
+STORE_WRITABLE = Family(
+    "gb28181gw_store_writable",
+    Kind.GAUGE,
+    "1 while the last store write succeeded, 0 while the store cannot be written",
+)
+STORE_WRITE_FAILURES = Family(
+    "gb28181gw_store_write_failures",
+    Kind.COUNTER,
+    "Failed store writes: store (could not write at all) or record (a value the store refuses)",
+    ("kind",),
+)
+
+# --- registration and keepalive (services/registrar.py) ---------------------------------
+REGISTRATIONS = Family("gb28181gw_registrations", Kind.COUNTER, "REGISTER requests by result", ("result", "reason"))
+KEEPALIVES = Family("gb28181gw_keepalives", Kind.COUNTER, "Keepalive MESSAGEs by result", ("result",))
+KEEPALIVE_TIMEOUTS = Family("gb28181gw_keepalive_timeouts", Kind.COUNTER, "Devices gone offline by cause", ("cause",))
+AUTH_FAILURES = Family("gb28181gw_auth_failures", Kind.COUNTER, "Failed authentications by reason", ("reason",))
+BANS = Family("gb28181gw_bans", Kind.COUNTER, "Addresses or IDs banned for failed authentication")
+DEVICES = Family("gb28181gw_devices", Kind.GAUGE, "Devices by state", ("state",))
+
+# --- queries, catalogs and subscriptions (services/devices.py, subscriptions.py) --------
+QUERIES = Family(
+    "gb28181gw_queries", Kind.COUNTER, "MANSCDP queries to devices by CmdType and result", ("cmd", "result")
+)
+MANSCDP_UNMATCHED = Family(
+    "gb28181gw_manscdp_unmatched", Kind.COUNTER, "Responses that matched no pending query", ("cmd",)
+)
+INVALID_COORDINATES = Family(
+    "gb28181gw_invalid_coordinates", Kind.COUNTER, "Catalog items whose coordinates were dropped"
+)
+ALARMS = Family("gb28181gw_alarms", Kind.COUNTER, "Alarms received by AlarmMethod and AlarmType", ("method", "type"))
+CATALOG_SYNC_SECONDS = Family("gb28181gw_catalog_sync_seconds", Kind.COUNTER, "Seconds spent assembling catalogs")
+CHANNELS = Family("gb28181gw_channels", Kind.GAUGE, "Catalog channels known", ("state",))
+CATALOG_EVENTS = Family("gb28181gw_catalog_events", Kind.COUNTER, "Catalog NOTIFY item events by event", ("event",))
+
+# --- live streams and the relay (services/streams.py) -----------------------------------
+STREAM_SETUPS = Family("gb28181gw_stream_setups", Kind.COUNTER, "Stream setups by result", ("result",))
+STREAM_CLOSES = Family("gb28181gw_stream_closes", Kind.COUNTER, "Streams closed by cause", ("cause",))
+STREAM_SETUP_SECONDS = Family(
+    "gb28181gw_stream_setup_seconds",
+    Kind.HISTOGRAM,
+    "INVITE sent to first RTP packet relayed",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0),
+)
+STREAMS_ACTIVE = Family("gb28181gw_streams_active", Kind.GAUGE, "Live streams (and streams being set up)")
+STREAM_CONSUMERS = Family("gb28181gw_stream_consumers", Kind.GAUGE, "Consumers of all streams")
+RTP_PACKETS = Family("gb28181gw_rtp_packets", Kind.COUNTER, "RTP packets relayed", ("direction",))
+RTP_BYTES = Family("gb28181gw_rtp_bytes", Kind.COUNTER, "RTP bytes relayed", ("direction",))
+RTP_LOST = Family("gb28181gw_rtp_lost", Kind.COUNTER, "RTP packets lost on the way from devices")
+RTP_DROPPED = Family("gb28181gw_rtp_dropped", Kind.COUNTER, "RTP packets dropped, by reason", ("reason",))
+RELAY_STREAMS = Family("gb28181gw_relay_streams", Kind.GAUGE, "Streams per relay worker", ("worker",))
+
+#: Every family the gateway exports, besides the process, platform and GC collectors'.
+FAMILIES: tuple[Family, ...] = (
+    SIP_REQUESTS, SIP_RESPONSES, SIP_PARSE_ERRORS, SIP_DROPPED, SIP_TRANSACTIONS_IN_FLIGHT, SIP_TCP_CONNECTIONS, BUILD,
+    LOG_LINES_SUPPRESSED, STORE_WRITABLE, STORE_WRITE_FAILURES,
+    REGISTRATIONS, KEEPALIVES, KEEPALIVE_TIMEOUTS, AUTH_FAILURES, BANS, DEVICES,
+    QUERIES, MANSCDP_UNMATCHED, INVALID_COORDINATES, ALARMS, CATALOG_SYNC_SECONDS, CHANNELS, CATALOG_EVENTS,
+    STREAM_SETUPS, STREAM_CLOSES, STREAM_SETUP_SECONDS, STREAMS_ACTIVE, STREAM_CONSUMERS,
+    RTP_PACKETS, RTP_BYTES, RTP_LOST, RTP_DROPPED, RELAY_STREAMS,
+)  # fmt: skip
 
 
 class SipCounters:
@@ -76,78 +196,68 @@ class Histogram:
 
 
 class _SipCollector(Collector):
-    def __init__(
-        self,
-        counters: SipCounters,
-        gauges: dict[str, tuple[str, Callable[[], float]]],
-        families: dict[str, tuple[str, list[str], Counter[tuple[str, ...]]]],
-        labeled_gauges: dict[str, tuple[str, list[str], LabeledGauge]],
-        labeled_counters: dict[str, tuple[str, list[str], LabeledGauge]],
-        histograms: dict[str, tuple[str, Histogram]],
-    ) -> None:
+    """Reads the plain counters and the registered value sources at scrape time."""
+
+    def __init__(self, counters: SipCounters) -> None:
         self._c = counters
-        self._labeled_counters = labeled_counters
-        self._histograms = histograms
-        self._gauges = gauges
-        self._families = families
-        self._labeled = labeled_gauges
+        self.counters: dict[Family, Counter[tuple[str, ...]]] = {}
+        self.gauges: dict[Family, Callable[[], float]] = {}
+        self.labeled_gauges: dict[Family, LabeledGauge] = {}
+        self.labeled_counters: dict[Family, LabeledGauge] = {}
+        self.histograms: dict[Family, Histogram] = {}
 
     def collect(self) -> Iterable[Metric]:
         c = self._c
-        req = CounterMetricFamily(
-            "gb28181gw_sip_requests", "SIP requests received and sent", labels=["direction", "transport", "method"]
-        )
+        req = CounterMetricFamily(SIP_REQUESTS.name, SIP_REQUESTS.help, labels=SIP_REQUESTS.labels)
         for labels, n in c.requests.items():
             req.add_metric(list(labels), n)
         for (transport, method), n in c.requests_out.items():
             req.add_metric(["out", transport, method.decode("ascii", "replace")], n)
         yield req
-        resp = CounterMetricFamily(
-            "gb28181gw_sip_responses", "SIP responses received and sent", labels=["direction", "transport", "status"]
-        )
+        resp = CounterMetricFamily(SIP_RESPONSES.name, SIP_RESPONSES.help, labels=SIP_RESPONSES.labels)
         for labels, n in c.responses.items():
             resp.add_metric(list(labels), n)
         for (transport, status), n in c.responses_out.items():
             resp.add_metric(["out", transport, status.decode("ascii", "replace")], n)
         yield resp
-        perr = CounterMetricFamily(
-            "gb28181gw_sip_parse_errors",
-            "Unparseable SIP input, by the status answered",
-            labels=["transport", "answer"],
-        )
+        perr = CounterMetricFamily(SIP_PARSE_ERRORS.name, SIP_PARSE_ERRORS.help, labels=SIP_PARSE_ERRORS.labels)
         for perr_labels, n in c.parse_errors.items():
             perr.add_metric(list(perr_labels), n)
         yield perr
-        drop = CounterMetricFamily("gb28181gw_sip_dropped", "SIP input or output dropped, by reason", labels=["reason"])
+        drop = CounterMetricFamily(SIP_DROPPED.name, SIP_DROPPED.help, labels=SIP_DROPPED.labels)
         for reason, n in c.dropped.items():
             drop.add_metric([reason], n)
         yield drop
-        for name, (help_text, value_of) in self._gauges.items():
-            yield GaugeMetricFamily(name, help_text, value=value_of())
-        for name, (help_text, names, counter) in self._families.items():
-            fam = CounterMetricFamily(name, help_text, labels=names)
+        for family, value_of in self.gauges.items():
+            yield GaugeMetricFamily(family.name, family.help, value=value_of())
+        for family, counter in self.counters.items():
+            fam = CounterMetricFamily(family.name, family.help, labels=family.labels)
             for label_values, n in counter.items():
                 fam.add_metric(list(label_values), n)
             yield fam
-        for name, (help_text, names, values_of) in self._labeled.items():
-            g = GaugeMetricFamily(name, help_text, labels=names)
+        for family, values_of in self.labeled_gauges.items():
+            g = GaugeMetricFamily(family.name, family.help, labels=family.labels)
             for label_values, v in values_of().items():
                 g.add_metric(list(label_values), v)
             yield g
-        for name, (help_text, names, values_of) in self._labeled_counters.items():
-            fam = CounterMetricFamily(name, help_text, labels=names)
+        for family, values_of in self.labeled_counters.items():
+            fam = CounterMetricFamily(family.name, family.help, labels=family.labels)
             for label_values, v in values_of().items():
                 fam.add_metric(list(label_values), v)
             yield fam
-        for name, (help_text, histogram) in self._histograms.items():
-            yield histogram.family(name, help_text)
-        info = InfoMetricFamily("gb28181gw_build", "Version of the running gateway")
+        for family, histogram in self.histograms.items():
+            yield histogram.family(family.name, family.help)
+        info = InfoMetricFamily(BUILD.name, BUILD.help)
         info.add_metric([], {"version": __version__})
         yield info
 
 
 class Metrics:
-    """The registry of one gateway and the counters its components update."""
+    """The registry of one gateway and the value sources its components register.
+
+    Each ``Family`` of this module is registered once, by the component that owns its
+    values, with the method of its kind; the SIP counters and the build info are built in.
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
@@ -155,40 +265,47 @@ class Metrics:
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
         self.sip = SipCounters()
-        self._gauges: dict[str, tuple[str, Callable[[], float]]] = {}
-        self._families: dict[str, tuple[str, list[str], Counter[tuple[str, ...]]]] = {}
-        self._labeled: dict[str, tuple[str, list[str], LabeledGauge]] = {}
-        self._labeled_counters: dict[str, tuple[str, list[str], LabeledGauge]] = {}
-        self._histograms: dict[str, tuple[str, Histogram]] = {}
-        self.registry.register(
-            _SipCollector(
-                self.sip, self._gauges, self._families, self._labeled, self._labeled_counters, self._histograms
-            )
-        )
+        self._collector = _SipCollector(self.sip)
+        self._registered: set[Family] = {SIP_REQUESTS, SIP_RESPONSES, SIP_PARSE_ERRORS, SIP_DROPPED, BUILD}
+        self.registry.register(self._collector)
 
-    def counter(self, name: str, help_text: str, labels: list[str] | None = None) -> Counter[tuple[str, ...]]:
-        """A counter family exported as ``name`` (``_total`` is added); increment ``c[(label, …)] += 1``."""
+    def _register(self, family: Family, kind: Kind, *, labelled: bool = True) -> None:
+        if family.kind is not kind:
+            raise ValueError(f"{family.name} is a {family.kind.value}, not a {kind.value}")
+        if not labelled and family.labels:
+            raise ValueError(f"{family.name} has labels ({', '.join(family.labels)}): give values per label set")
+        if family in self._registered:
+            raise ValueError(f"{family.name} is registered twice")
+        self._registered.add(family)
+
+    def counter(self, family: Family) -> Counter[tuple[str, ...]]:
+        """A counter for ``family``; increment ``c[(label value, …)] += 1`` in label order."""
+        self._register(family, Kind.COUNTER)
         counter: Counter[tuple[str, ...]] = Counter()
-        self._families[name] = (help_text, labels or [], counter)
+        self._collector.counters[family] = counter
         return counter
 
-    def labeled_gauge(self, name: str, help_text: str, labels: list[str], fn: LabeledGauge) -> None:
-        """Export ``fn()`` (label values → value) as gauge family ``name`` at every scrape."""
-        self._labeled[name] = (help_text, labels, fn)
+    def labeled_gauge(self, family: Family, fn: LabeledGauge) -> None:
+        """Export ``fn()`` (label values → value) as gauge ``family`` at every scrape."""
+        self._register(family, Kind.GAUGE)
+        self._collector.labeled_gauges[family] = fn
 
-    def labeled_counter(self, name: str, help_text: str, labels: list[str], fn: LabeledGauge) -> None:
-        """Export ``fn()`` (label values → running total) as counter family ``name`` at every scrape."""
-        self._labeled_counters[name] = (help_text, labels, fn)
+    def labeled_counter(self, family: Family, fn: LabeledGauge) -> None:
+        """Export ``fn()`` (label values → running total) as counter ``family`` at every scrape."""
+        self._register(family, Kind.COUNTER)
+        self._collector.labeled_counters[family] = fn
 
-    def histogram(self, name: str, help_text: str, buckets: tuple[float, ...]) -> Histogram:
-        """A histogram exported as ``name``; call ``observe(value)`` on it."""
-        histogram = Histogram(buckets)
-        self._histograms[name] = (help_text, histogram)
+    def histogram(self, family: Family) -> Histogram:
+        """A histogram with ``family``'s buckets; call ``observe(value)`` on it."""
+        self._register(family, Kind.HISTOGRAM)
+        histogram = Histogram(family.buckets)
+        self._collector.histograms[family] = histogram
         return histogram
 
-    def gauge(self, name: str, help_text: str, fn: Callable[[], float]) -> None:
-        """Export ``fn()`` as gauge ``name`` at every scrape."""
-        self._gauges[name] = (help_text, fn)
+    def gauge(self, family: Family, fn: Callable[[], float]) -> None:
+        """Export ``fn()`` as gauge ``family`` (one without labels) at every scrape."""
+        self._register(family, Kind.GAUGE, labelled=False)
+        self._collector.gauges[family] = fn
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import tomllib
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from gb28181gw.config import describe_options, load_config
+from gb28181gw.config import SECTIONS, Config, describe_options, load_config
 from gb28181gw.errors import ConfigError
 from tests.helpers import ROOT
 
@@ -27,6 +31,55 @@ def test_example_config_is_valid_and_documents_every_option() -> None:
         section, _, name = key.partition(".")
         assert f"[{section}]" in text
         assert f"\n{name} =" in text or f"\n# {name} =" in text, key
+
+
+def _documented(text: str) -> dict[str, dict[str, Any]]:
+    """Every ``key = value`` of a TOML file by section, commented-out ``# key = value`` lines too."""
+    documented: dict[str, dict[str, Any]] = {name: dict(table) for name, table in tomllib.loads(text).items()}
+    section = ""
+    for line in text.splitlines():
+        if header := re.fullmatch(r"\[(\w+)\]", line.strip()):
+            section = header[1]
+            documented.setdefault(section, {})
+        elif section and (commented := re.fullmatch(r"#\s*([a-z_][a-z0-9_]*\s*=.*)", line.strip())):
+            try:
+                value = tomllib.loads(commented[1])
+            except tomllib.TOMLDecodeError:
+                continue  # prose with an "=" in it
+            (key,) = value
+            assert key not in documented[section], f"{section}.{key} is documented twice"
+            documented[section].update(value)
+    return documented
+
+
+def test_example_config_states_exactly_the_defaults_of_config_py() -> None:
+    text = (ROOT / "conf" / "gateway.toml").read_text()
+    expected = {name: {f.name: getattr(cls(), f.name) for f in fields(cls)} for name, cls in SECTIONS.items()}
+    documented = _documented(text)
+    assert documented == expected
+    for section, table in expected.items():
+        for key, default in table.items():
+            # 8 and 8.0 compare equal, but a reader copying the file should see the type config.py takes
+            assert type(documented[section][key]) is type(default), f"{section}.{key}"
+    assert load_config(ROOT / "conf" / "gateway.toml", env={}) == Config()
+
+
+def test_commented_out_defaults_count_and_a_wrong_one_is_seen() -> None:
+    text = (ROOT / "conf" / "gateway.toml").read_text()
+    commented = text.replace("\nport = 5060\n", "\n# port = 5060\n")
+    assert _documented(commented) == _documented(text)
+    expected = {name: {f.name: getattr(cls(), f.name) for f in fields(cls)} for name, cls in SECTIONS.items()}
+    for wrong in (
+        text.replace("\nport = 5060\n", "\nport = 5070\n"),
+        text.replace("utc_offset_hours = 8.0", "utc_offset_hours = 8"),
+        text.replace("[log]\n", "[log]\n# colour = true\n"),
+        text.replace("\ntcp_max_connections = 20000\n", "\n"),
+    ):
+        documented = _documented(wrong)
+        same_types = all(
+            type(documented.get(s, {}).get(k)) is type(v) for s, table in expected.items() for k, v in table.items()
+        )
+        assert documented != expected or not same_types
 
 
 def test_precedence(tmp_path: Path) -> None:

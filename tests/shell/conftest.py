@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
 from gb28181gw.app import Gateway
-from gb28181gw.config import load_config
+from gb28181gw.config import SipSection, load_config
 
 SIPP_DIR = Path(__file__).parent / "sipp"
 SIPP = shutil.which("sipp")
@@ -37,6 +38,11 @@ async def start_gateway(**overrides: str) -> Gateway:
     return gw
 
 
+def loopback_sip(hosts: list[str] | None = None) -> SipSection:
+    """config.py's ``[sip]`` section on ``hosts`` (default 127.0.0.1) and port 0, for a bare SipStack."""
+    return replace(SipSection(), listen=hosts or ["127.0.0.1"], port=0)
+
+
 @pytest.fixture
 async def gateway() -> AsyncIterator[Gateway]:
     gw = await start_gateway()
@@ -44,6 +50,30 @@ async def gateway() -> AsyncIterator[Gateway]:
         yield gw
     finally:
         await gw.stop()
+
+
+_PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+
+
+def sipp_scenario(name: str, **values: object) -> str:
+    """The scenario (or part of one) ``tests/shell/sipp/<name>``, each ``{key}`` in it replaced by ``values[key]``.
+
+    Only a lower-case name in braces is a placeholder, so regex counts such as ``[0-9]{9}`` stay
+    as they are, and inserted values are not searched again. A placeholder without a value or a
+    value without a placeholder is an error: a typo would otherwise change what SIPp sends.
+    """
+    used: set[str] = set()
+
+    def fill(match: re.Match[str]) -> str:
+        if match[1] not in values:
+            raise KeyError(f"{name}: no value for {match[0]}")
+        used.add(match[1])
+        return str(values[match[1]])
+
+    text = _PLACEHOLDER.sub(fill, (SIPP_DIR / name).read_text(encoding="utf-8"))
+    if unused := set(values) - used:
+        raise KeyError(f"{name} has no placeholder for {', '.join(sorted(unused))}")
+    return text
 
 
 @dataclass

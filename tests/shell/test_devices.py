@@ -18,60 +18,16 @@ import pytest
 from gb28181gw.app import Gateway
 from gb28181gw.manscdp.ptz import move, preset
 
-from .conftest import run_sipp, start_gateway
+from .conftest import run_sipp, sipp_scenario, start_gateway
 
 pytestmark = pytest.mark.sipp
 
 NVR = "34020000001180000001"
 CH1, CH2 = "34020000001310000001", "34020000001310000002"
 
-REGISTER = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="register">
-  <send retrans="500"><![CDATA[
-REGISTER sip:34020000002000000001@3402000000 SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];rport;branch=[branch]
-From: <sip:{device}@3402000000>;tag=[pid]r
-To: <sip:{device}@3402000000>
-Call-ID: [call_id]
-CSeq: 1 REGISTER
-Contact: <sip:{device}@[local_ip]:[local_port]>
-Max-Forwards: 70
-Expires: 3600
-Content-Length: 0
-
-]]></send>
-  <recv response="200"/>
-</scenario>
-"""
-
-ANSWER_200 = """  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]d[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-]]></send>
-"""
-
 
 def response_message(cseq: int, body: str) -> str:
-    return f"""  <send retrans="500"><![CDATA[
-MESSAGE sip:34020000002000000001@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];rport;branch=[branch]
-From: <sip:{NVR}@3402000000>;tag=[pid]m{cseq}
-To: <sip:34020000002000000001@3402000000>
-Call-ID: [call_id]
-CSeq: {cseq} MESSAGE
-Content-Type: Application/MANSCDP+xml
-Max-Forwards: 70
-Content-Length: [len]
-
-{body}]]></send>
-  <recv response="200"/>
-"""
+    return sipp_scenario("parts/message_response.xml", device=NVR, cseq=cseq, body=body)
 
 
 def catalog_body(encoding: str, sn: str, item_id: str, name: str) -> str:
@@ -86,17 +42,9 @@ def catalog_body(encoding: str, sn: str, item_id: str, name: str) -> str:
 
 def device_scenario(parts: list[str], *, check: str | None = None) -> str:
     """A server scenario: take one MESSAGE (checking ``check`` in it), answer 200, then send ``parts``."""
-    action = '<ereg regexp="&lt;SN&gt;([0-9]+)&lt;/SN&gt;" search_in="body" check_it="true" assign_to="all,sn"/>'
-    if check:
-        action += f'<ereg regexp="{check}" search_in="body" check_it="true" assign_to="checked"/>'
+    action = f'<ereg regexp="{check}" search_in="body" check_it="true" assign_to="checked"/>' if check else ""
     refs = "all,sn" + (",checked" if check else "")
-    return (
-        '<?xml version="1.0" encoding="ISO-8859-1" ?>\n<scenario name="device">\n'
-        f'  <recv request="MESSAGE"><action>{action}</action></recv>\n'
-        + ANSWER_200
-        + "".join(parts)
-        + f'  <Reference variables="{refs}"/>\n</scenario>\n'
-    )
+    return sipp_scenario("message_uas.xml", check=action, parts="".join(parts), refs=refs)
 
 
 def free_udp_port() -> int:
@@ -107,7 +55,7 @@ def free_udp_port() -> int:
 
 async def register(gw: Gateway, tmp_path: Path, port: int, device: str = NVR) -> None:
     path = tmp_path / "register.xml"
-    path.write_text(REGISTER.format(device=device))
+    path.write_text(sipp_scenario("register_uac.xml", device=device, expires=3600))
     result = await run_sipp(str(path), gw.stack.port, tmp_path, extra=("-p", str(port)))
     assert result.ok, result.stdout
     assert gw.registrar.devices[device].port == port
@@ -322,68 +270,13 @@ async def test_alarm_is_answered_counted_and_kept(gw: Gateway) -> None:
         sock.close()
 
 
-SUBSCRIBE_DEVICE = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="device with a catalog subscription">
-  <recv request="SUBSCRIBE">
-    <action>
-      <ereg regexp=".*" search_in="hdr" header="From:" check_it="true" assign_to="gwfrom"/>
-      <ereg regexp="Catalog;id=[0-9]+" search_in="hdr" header="Event:" check_it="true" assign_to="event"/>
-    </action>
-  </recv>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]nvr
-[last_Call-ID:]
-[last_CSeq:]
-Contact: <sip:{nvr}@[local_ip]:[local_port]>
-Event: Catalog
-Expires: 60
-Content-Length: 0
-
-]]></send>
-  <pause milliseconds="100"/>
-  <send retrans="500"><![CDATA[
-NOTIFY sip:34020000002000000001@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];rport;branch=[branch]
-From: <sip:{nvr}@3402000000>;tag=[pid]nvr
-To: [$gwfrom]
-Call-ID: [call_id]
-CSeq: 1 NOTIFY
-Event: Catalog
-Subscription-State: active;expires=60
-Content-Type: Application/MANSCDP+xml
-Max-Forwards: 70
-Content-Length: [len]
-
-<?xml version="1.0" encoding="GB2312"?>
-<Notify>
-<CmdType>Catalog</CmdType>
-<SN>9</SN>
-<DeviceID>{nvr}</DeviceID>
-<SumNum>4</SumNum>
-<DeviceList Num="4">
-<Item><DeviceID>{ch1}</DeviceID><Event>OFF</Event></Item>
-<Item><DeviceID>{ch2}</DeviceID><Event>DEL</Event></Item>
-<Item><DeviceID>34020000001310000003</DeviceID><Name>{new_name}</Name><ParentID>{nvr}</ParentID><Status>ON</Status><Event>ADD</Event></Item>
-<Item><DeviceID>34020000001310000099</DeviceID><Event>ON</Event></Item>
-</DeviceList>
-</Notify>
-]]></send>
-  <recv response="200"/>
-  <Reference variables="gwfrom,event"/>
-</scenario>
-"""
-
-
 async def test_catalog_subscription_and_its_notify_events(gw: Gateway, tmp_path: Path) -> None:
     from gb28181gw.gb.model import Channel
 
     port = free_udp_port()
     await register(gw, tmp_path, port)
     gw.devices.channels[NVR] = {CH1: Channel(CH1, NVR, "大门口", "ON"), CH2: Channel(CH2, NVR, "停车场", "ON")}
-    scenario = SUBSCRIBE_DEVICE.format(nvr=NVR, ch1=CH1, ch2=CH2, new_name="新增通道").encode("gb2312")
+    scenario = sipp_scenario("subscribe_uas.xml", nvr=NVR, ch1=CH1, ch2=CH2, new_name="新增通道").encode("gb2312")
     proc = await play_device(scenario, port, tmp_path, "subscribe")
     sub = await gw.subscriptions.subscribe(NVR, "catalog")
     assert sub.expires == 60 and sub.remote_tag.endswith("nvr")
@@ -432,53 +325,16 @@ async def test_invalid_coordinates_are_dropped_and_channels_go_off_with_their_de
 
 async def register_expires_zero(gw: Gateway, tmp_path: Path, port: int) -> None:
     path = tmp_path / "unregister.xml"
-    path.write_text(REGISTER.format(device=NVR).replace("Expires: 3600", "Expires: 0"))
+    path.write_text(sipp_scenario("register_uac.xml", device=NVR, expires=0))
     result = await run_sipp(str(path), gw.stack.port, tmp_path, extra=("-p", str(port)))
     assert result.ok, result.stdout
     assert not gw.registrar.devices[NVR].registered
 
 
-REFRESH_DEVICE = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="device granting a short subscription">
-  <recv request="SUBSCRIBE"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]nvr
-[last_Call-ID:]
-[last_CSeq:]
-Contact: <sip:{nvr}@[local_ip]:[local_port]>
-Expires: 1
-Content-Length: 0
-
-]]></send>
-  <recv request="SUBSCRIBE">
-    <action>
-      <ereg regexp="tag=[0-9]+nvr" search_in="hdr" header="To:" check_it="true" assign_to="intag"/>
-      <ereg regexp="2 SUBSCRIBE" search_in="hdr" header="CSeq:" check_it="true" assign_to="cseq"/>
-    </action>
-  </recv>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Expires: 60
-Content-Length: 0
-
-]]></send>
-  <Reference variables="intag,cseq"/>
-</scenario>
-"""
-
-
 async def test_subscription_is_refreshed_inside_its_dialog_before_it_expires(gw: Gateway, tmp_path: Path) -> None:
     port = free_udp_port()
     await register(gw, tmp_path, port)
-    proc = await play_device(REFRESH_DEVICE.format(nvr=NVR).encode(), port, tmp_path, "refresh")
+    proc = await play_device(sipp_scenario("subscribe_refresh_uas.xml", nvr=NVR).encode(), port, tmp_path, "refresh")
     sub = await gw.subscriptions.subscribe(NVR, "catalog")
     assert sub.expires == 1
     await finished(proc)  # SIPp checked the refresh: same dialog (its To tag), CSeq 2

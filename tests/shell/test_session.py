@@ -12,73 +12,30 @@ from gb28181gw.gb.session import PlaySession, PlayState, invite
 from gb28181gw.sdp import StreamMode
 from gb28181gw.sip.endpoint import Peer
 
+from .conftest import sipp_scenario
 from .test_devices import finished, free_udp_port, play_device
+from .test_streams import answer
 
 pytestmark = pytest.mark.sipp
 
 CH = "34020000001310000001"
 NVR = "34020000001180000001"
 
-DEVICE = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="device answering a live INVITE">
-  <recv request="INVITE">
-    <action>
-      <ereg regexp="Subject: {ch}:0200000001,34020000002000000001:0" search_in="msg" check_it="true" assign_to="subject"/>
-      <ereg regexp="y=0200000001" search_in="body" check_it="true" assign_to="y"/>
-    </action>
-  </recv>
-  <send><![CDATA[
-SIP/2.0 100 Trying
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-]]></send>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]dev
-[last_Call-ID:]
-[last_CSeq:]
-Contact: <sip:{ch}@[local_ip]:[local_port]>
-Content-Type: application/sdp
-Content-Length: [len]
-
-v=0
-o={ch} 0 0 IN IP4 [local_ip]
-s=Play
-c=IN IP4 [local_ip]
-t=0 0
-m=video 15060 RTP/AVP 96
-a=sendonly
-a=rtpmap:96 PS/90000
-y=0200000042
-f=
-]]></send>
-  <recv request="ACK"/>
-  <recv request="BYE"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-]]></send>
-  <Reference variables="subject,y"/>
-</scenario>
-"""
+CHECKS = f"""<ereg regexp="Subject: {CH}:0200000001,34020000002000000001:0" search_in="msg" check_it="true" assign_to="subject"/>
+      <ereg regexp="y=0200000001" search_in="body" check_it="true" assign_to="y"/>"""
+DEVICE = sipp_scenario(
+    "invite_uas.xml",
+    checks=CHECKS,
+    ch=CH,
+    answer=answer(ssrc="0200000042"),
+    then=sipp_scenario("parts/bye_from_gateway.xml"),
+    refs="subject,y",
+)
 
 
 async def test_play_session_against_sipp(gateway: Gateway, tmp_path: Path) -> None:
     port = free_udp_port()
-    proc = await play_device(DEVICE.format(ch=CH).encode(), port, tmp_path, "invite")
+    proc = await play_device(DEVICE.encode(), port, tmp_path, "invite")
     ep = gateway.endpoint
     s = PlaySession(
         CH,

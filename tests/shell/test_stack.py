@@ -15,7 +15,7 @@ from gb28181gw.sip.message import make_request, make_response, parse_message
 from gb28181gw.sip.timers import TimerConfig
 from tests.helpers import REGISTER, request
 
-from .conftest import start_gateway
+from .conftest import loopback_sip, start_gateway
 
 
 def _options(ep: SipEndpoint, host: str = "127.0.0.1"):  # type: ignore[no-untyped-def]
@@ -32,7 +32,7 @@ def _options(ep: SipEndpoint, host: str = "127.0.0.1"):  # type: ignore[no-untyp
 
 async def _client(hosts: list[str] | None = None) -> SipStack:
     stack = SipStack(SipEndpoint(timers=TimerConfig(t1=0.1, t2=0.4, t4=0.5)))
-    await stack.listen(hosts or ["127.0.0.1"], 0)
+    await stack.listen(loopback_sip(hosts))
     return stack
 
 

@@ -25,7 +25,7 @@ from tests.media import (
     wait_for,
 )
 
-from .conftest import start_gateway
+from .conftest import sipp_scenario, start_gateway
 from .test_devices import finished, free_udp_port, play_device, register, register_expires_zero
 
 pytestmark = pytest.mark.sipp
@@ -35,73 +35,14 @@ CH = "34020000001310000001"
 FRAMES, GOP = 50, 10
 DEVICE_SSRC = 200000042  # the device answers with an SSRC of its own (M1)
 
-HEAD = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="device streaming a channel">
-  <recv request="INVITE">
-    <action>
-      <ereg regexp=".*" search_in="hdr" header="From:" check_it="true" assign_to="gwfrom"/>
+#: What SIPp checks in the gateway's INVITE (GB/T 28181 §9.2.2: Subject, the offer's m= line and y=).
+INVITE_CHECKS = """<ereg regexp=".*" search_in="hdr" header="From:" check_it="true" assign_to="gwfrom"/>
       <ereg regexp="Subject: {ch}:0[0-9]{{9}},34020000002000000001:0" search_in="msg" check_it="true" assign_to="subject"/>
       <ereg regexp="m=video [0-9]+ {proto} 96 98 97" search_in="body" check_it="true" assign_to="m"/>
       <ereg regexp="y=(0[0-9]{{9}})" search_in="body" check_it="true" assign_to="all,y"/>
-      {offer_check}
-    </action>
-  </recv>
-  <send><![CDATA[
-SIP/2.0 100 Trying
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-]]></send>
-  <send retrans="500"><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]dev
-[last_Call-ID:]
-[last_CSeq:]
-Contact: <sip:{ch}@[local_ip]:[local_port]>
-Content-Type: application/sdp
-Content-Length: [len]
-
-{answer}]]></send>
-  <recv request="ACK"/>
-"""
-
-WE_BYE = """  <recv request="BYE"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-]]></send>
-  <Reference variables="gwfrom,subject,m,all,y"/>
-</scenario>
-"""
-
-DEVICE_BYE = """  <pause milliseconds="{pause}"/>
-  <send retrans="500"><![CDATA[
-BYE sip:34020000002000000001@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];rport;branch=[branch]
-From: <sip:{ch}@3402000000>;tag=[pid]dev
-To: [$gwfrom]
-Call-ID: [call_id]
-CSeq: 2 BYE
-Max-Forwards: 70
-Content-Length: 0
-
-]]></send>
-  <recv response="200"/>
-  <Reference variables="gwfrom,subject,m,all,y"/>
-</scenario>
-"""
+      {offer_check}"""
+WE_BYE = sipp_scenario("parts/bye_from_gateway.xml")
+DEVICE_BYE = sipp_scenario("parts/bye_from_device.xml", ch=CH, pause=1500)
 
 
 def answer(*, proto: str = "RTP/AVP", port: int = 15060, setup: str = "", ssrc: str = "[$y]", extra: str = "") -> str:
@@ -123,10 +64,9 @@ def scenario(answer_sdp: str, *, proto: str = "RTP/AVP", offer_setup: str = "", 
         if offer_setup
         else ""
     )
-    text = HEAD.format(ch=CH, proto=proto, offer_check=check, answer=answer_sdp) + tail.format(ch=CH, pause=1500)
-    if offer_setup:
-        text = text.replace('variables="gwfrom,', 'variables="setup,gwfrom,')
-    return text.encode()
+    checks = INVITE_CHECKS.format(ch=CH, proto=proto, offer_check=check)
+    refs = ("setup," if offer_setup else "") + "gwfrom,subject,m,all,y"
+    return sipp_scenario("invite_uas.xml", checks=checks, ch=CH, answer=answer_sdp, then=tail, refs=refs).encode()
 
 
 @pytest.fixture(scope="module")

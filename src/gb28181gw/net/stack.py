@@ -20,6 +20,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from gb28181gw.config import SipSection
 from gb28181gw.errors import LocalProtocolError
 from gb28181gw.logs import WIRE, log_wire
 from gb28181gw.metrics import SipCounters
@@ -102,23 +103,18 @@ class SipStack:
         """What we answer to: the routes and the built-in methods."""
         return sorted(set(self._routes) | set(BUILTIN_METHODS))
 
-    async def listen(
-        self,
-        hosts: list[str],
-        port: int,
-        *,
-        udp: bool = True,
-        tcp: bool = True,
-        advertised: str = "",
-        udp_receive_buffer: int = 4 * 1024 * 1024,
-        tcp_idle_timeout: float = 600.0,
-        tcp_max_connections: int = 20000,
-    ) -> None:
-        """Bind UDP sockets and TCP listeners on ``hosts``:``port``.
+    async def listen(self, sip: SipSection) -> None:
+        """Bind UDP sockets and TCP listeners as the ``[sip]`` section says.
 
-        With port 0 the kernel picks one port for the first socket and the others
-        reuse it, so UDP and TCP share a number (what devices expect).
+        That is ``sip.listen``:``sip.port`` for each of ``sip.transports``, with the
+        socket limits of the section; ``sip.advertised_address`` goes into our Via and
+        Contact. With port 0 the kernel picks one port for the first socket and the
+        others reuse it, so UDP and TCP share a number (what devices expect).
         """
+        hosts, port, advertised = sip.listen, sip.port, sip.advertised_address
+        udp, tcp = "udp" in sip.transports, "tcp" in sip.transports
+        udp_receive_buffer = sip.udp_receive_buffer
+        tcp_idle_timeout, tcp_max_connections = sip.tcp_idle_timeout, sip.tcp_max_connections
         self._loop = asyncio.get_running_loop()
         bound_port = port
         for host in hosts:

@@ -14,14 +14,22 @@ import logging
 import random
 import time
 from collections import deque
-from dataclasses import dataclass
 
+from gb28181gw.config import DevicesSection
 from gb28181gw.gb.model import Alarm, Channel, Device
 from gb28181gw.gb.outbound import to_device
 from gb28181gw.gb.query import CatalogCollector, CatalogResult, SnAllocator
 from gb28181gw.manscdp.messages import CONTENT_TYPE, CmdType, Envelope, Fields, Root, encode, flat, list_items
 from gb28181gw.manscdp.ptz import PtzCmd
-from gb28181gw.metrics import Metrics
+from gb28181gw.metrics import (
+    ALARMS,
+    CATALOG_SYNC_SECONDS,
+    CHANNELS,
+    INVALID_COORDINATES,
+    MANSCDP_UNMATCHED,
+    QUERIES,
+    Metrics,
+)
 from gb28181gw.net.stack import SipStack, SipTimeoutError, SipTransportError
 from gb28181gw.net.tasks import TaskSet
 from gb28181gw.sip.endpoint import Peer
@@ -44,18 +52,15 @@ class DeviceError(Exception):
     """A request to a device failed; the message says how (shown to operators as is)."""
 
 
-@dataclass(frozen=True, slots=True)
-class DeviceSettings:
-    """Timeouts and behaviour of device queries."""
-
-    query_timeout: float = 10.0
-    catalog_first_timeout: float = 120.0
-    catalog_idle_timeout: float = 5.0
-    catalog_on_register: bool = True
-
-
 class DeviceService:
-    """Queries, controls and catalogs of registered devices."""
+    """Queries, controls and catalogs of registered devices.
+
+    Args:
+        stack / store / registrar: the SIP stack, persistence and the registrar service.
+        our_id / domain: our platform ID and domain.
+        metrics: where to count.
+        settings: the ``[devices]`` section (query and catalog timeouts, catalog on register).
+    """
 
     def __init__(
         self,
@@ -66,7 +71,7 @@ class DeviceService:
         our_id: str,
         domain: str,
         metrics: Metrics,
-        settings: DeviceSettings | None = None,
+        settings: DevicesSection,
     ) -> None:
         self.stack = stack
         self.metrics = metrics
@@ -74,7 +79,7 @@ class DeviceService:
         self.registrar = registrar
         self.our_id = our_id
         self.domain = domain
-        self.settings = settings or DeviceSettings()
+        self.settings = settings
         self.channels: dict[str, dict[str, Channel]] = {}
         self.partial: set[str] = set()
         self._sn = SnAllocator(start=random.randint(1, 1_000_000))
@@ -83,25 +88,12 @@ class DeviceService:
         self.alarms: deque[dict[str, str]] = deque(maxlen=1000)
         self._reaper: asyncio.Task[None] | None = None
         self._tasks = TaskSet()
-        self.queries = metrics.counter(
-            "gb28181gw_queries", "MANSCDP queries to devices by CmdType and result", ["cmd", "result"]
-        )
-        self.unmatched = metrics.counter(
-            "gb28181gw_manscdp_unmatched", "Responses that matched no pending query", ["cmd"]
-        )
-        self.bad_positions = metrics.counter(
-            "gb28181gw_invalid_coordinates", "Catalog items whose coordinates were dropped"
-        )
-        self.alarm_count = metrics.counter(
-            "gb28181gw_alarms", "Alarms received by AlarmMethod and AlarmType", ["method", "type"]
-        )
-        self.catalog_seconds = metrics.counter("gb28181gw_catalog_sync_seconds", "Seconds spent assembling catalogs")
-        metrics.labeled_gauge(
-            "gb28181gw_channels",
-            "Catalog channels known",
-            ["state"],
-            lambda: {("known",): float(sum(map(len, self.channels.values())))},
-        )
+        self.queries = metrics.counter(QUERIES)
+        self.unmatched = metrics.counter(MANSCDP_UNMATCHED)
+        self.bad_positions = metrics.counter(INVALID_COORDINATES)
+        self.alarm_count = metrics.counter(ALARMS)
+        self.catalog_seconds = metrics.counter(CATALOG_SYNC_SECONDS)
+        metrics.labeled_gauge(CHANNELS, lambda: {("known",): float(sum(map(len, self.channels.values())))})
         registrar.on_manscdp(self.handle_manscdp)
         registrar.on_registered(self._on_registered)
         registrar.on_offline(self._on_offline)

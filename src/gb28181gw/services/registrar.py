@@ -19,13 +19,14 @@ import sys
 import time
 from collections.abc import Callable
 
+from gb28181gw.config import RegistrarSection
 from gb28181gw.errors import ManscdpError, StoreError, StoreRecordError
 from gb28181gw.gb.keepalive import Liveness, keepalive_timeout
 from gb28181gw.gb.model import Device
 from gb28181gw.gb.registrar import Outcome, Registrar, RegistrarPolicy, from_user
 from gb28181gw.manscdp.codec import Element, child_text, parse_xml
 from gb28181gw.manscdp.messages import Envelope, envelope
-from gb28181gw.metrics import Metrics
+from gb28181gw.metrics import AUTH_FAILURES, BANS, DEVICES, KEEPALIVE_TIMEOUTS, KEEPALIVES, REGISTRATIONS, Metrics
 from gb28181gw.net.stack import SipStack
 from gb28181gw.net.timer import EarliestTimer
 from gb28181gw.sip.auth import NonceStore
@@ -49,8 +50,9 @@ class RegistrarService:
         store: persistence.
         policy: registration policy.
         metrics: where to count.
-        keepalive_interval / keepalive_count: defaults for devices whose own are unknown.
-        flush_interval: seconds between batched writes.
+        settings: the ``[registrar]`` section: digest options, and the keepalive interval and
+            count of devices whose own are unknown.
+        flush_interval: seconds between batched writes (``store.flush_interval``).
         clock: wall-clock epoch seconds (tests pass their own).
     """
 
@@ -61,12 +63,8 @@ class RegistrarService:
         policy: RegistrarPolicy,
         *,
         metrics: Metrics,
-        digest_algorithm: str = "MD5",
-        digest_qop: bool = False,
-        nonce_lifetime: float = 300.0,
-        keepalive_interval: int = 60,
-        keepalive_count: int = 3,
-        flush_interval: float = 0.5,
+        settings: RegistrarSection,
+        flush_interval: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.stack = stack
@@ -74,12 +72,17 @@ class RegistrarService:
         self.policy = policy
         self.registrar = Registrar(
             policy,
-            NonceStore(realm=policy.domain, algorithm=digest_algorithm, qop=digest_qop, lifetime=nonce_lifetime),
+            NonceStore(
+                realm=policy.domain,
+                algorithm=settings.digest_algorithm,
+                qop=settings.digest_qop,
+                lifetime=settings.nonce_lifetime,
+            ),
         )
         self.devices: dict[str, Device] = {}
         self.liveness = Liveness()
-        self.keepalive_interval = keepalive_interval
-        self.keepalive_count = keepalive_count
+        self.keepalive_interval = settings.keepalive_interval
+        self.keepalive_count = settings.keepalive_count
         self.flush_interval = flush_interval
         self._clock = clock
         self._dirty: set[str] = set()
@@ -94,14 +97,12 @@ class RegistrarService:
         self._registered_listeners: list[Callable[[Device], None]] = []
         self._manscdp_handlers: list[ManscdpHandler] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.registrations = metrics.counter(
-            "gb28181gw_registrations", "REGISTER requests by result", ["result", "reason"]
-        )
-        self.keepalives = metrics.counter("gb28181gw_keepalives", "Keepalive MESSAGEs by result", ["result"])
-        self.timeouts = metrics.counter("gb28181gw_keepalive_timeouts", "Devices gone offline by cause", ["cause"])
-        self.auth_failures = metrics.counter("gb28181gw_auth_failures", "Failed authentications by reason", ["reason"])
-        self.ban_count = metrics.counter("gb28181gw_bans", "Addresses or IDs banned for failed authentication")
-        metrics.labeled_gauge("gb28181gw_devices", "Devices by state", ["state"], self._states)
+        self.registrations = metrics.counter(REGISTRATIONS)
+        self.keepalives = metrics.counter(KEEPALIVES)
+        self.timeouts = metrics.counter(KEEPALIVE_TIMEOUTS)
+        self.auth_failures = metrics.counter(AUTH_FAILURES)
+        self.ban_count = metrics.counter(BANS)
+        metrics.labeled_gauge(DEVICES, self._states)
 
     # --- lifecycle ---------------------------------------------------------------------
 

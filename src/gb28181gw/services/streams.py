@@ -28,7 +28,19 @@ from gb28181gw.errors import SdpError
 from gb28181gw.gb.model import Device
 from gb28181gw.gb.session import PlaySession, PlayState, SessionError, invite
 from gb28181gw.media.ports import PortPool, PortsExhausted
-from gb28181gw.metrics import Metrics
+from gb28181gw.metrics import (
+    RELAY_STREAMS,
+    RTP_BYTES,
+    RTP_DROPPED,
+    RTP_LOST,
+    RTP_PACKETS,
+    STREAM_CLOSES,
+    STREAM_CONSUMERS,
+    STREAM_SETUP_SECONDS,
+    STREAM_SETUPS,
+    STREAMS_ACTIVE,
+    Metrics,
+)
 from gb28181gw.net.stack import SipStack, SipTimeoutError, SipTransportError
 from gb28181gw.net.tasks import TaskSet
 from gb28181gw.relay.forwarder import RelayError
@@ -42,9 +54,6 @@ from .devices import DeviceError, DeviceService
 from .registrar import RegistrarService
 
 log = logging.getLogger("gb28181gw.streams")
-
-#: Buckets (seconds) of the INVITE-to-first-packet histogram.
-SETUP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0)
 
 
 class StreamError(Exception):
@@ -166,29 +175,16 @@ class StreamService:
         self._tasks = TaskSet()
         self._checker: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.results = metrics.counter("gb28181gw_stream_setups", "Stream setups by result", ["result"])
-        self.closes = metrics.counter("gb28181gw_stream_closes", "Streams closed by cause", ["cause"])
-        self.setup_seconds = metrics.histogram(
-            "gb28181gw_stream_setup_seconds", "INVITE sent to first RTP packet relayed", SETUP_BUCKETS
-        )
-        metrics.gauge("gb28181gw_streams_active", "Live streams (and streams being set up)", lambda: len(self.streams))
-        metrics.gauge(
-            "gb28181gw_stream_consumers",
-            "Consumers of all streams",
-            lambda: float(sum(len(st.consumers) for st in self.streams.values())),
-        )
-        metrics.labeled_counter(
-            "gb28181gw_rtp_packets",
-            "RTP packets relayed",
-            ["direction"],
-            lambda: self._totals("packets_in", "packets_out"),
-        )
-        metrics.labeled_counter(
-            "gb28181gw_rtp_bytes", "RTP bytes relayed", ["direction"], lambda: self._totals("bytes_in", "bytes_out")
-        )
-        metrics.labeled_counter("gb28181gw_rtp_lost", "RTP packets lost on the way from devices", [], self._lost)
-        metrics.labeled_counter("gb28181gw_rtp_dropped", "RTP packets dropped, by reason", ["reason"], self._dropped)
-        metrics.labeled_gauge("gb28181gw_relay_streams", "Streams per relay worker", ["worker"], self._per_worker)
+        self.results = metrics.counter(STREAM_SETUPS)
+        self.closes = metrics.counter(STREAM_CLOSES)
+        self.setup_seconds = metrics.histogram(STREAM_SETUP_SECONDS)
+        metrics.gauge(STREAMS_ACTIVE, lambda: len(self.streams))
+        metrics.gauge(STREAM_CONSUMERS, lambda: float(sum(len(st.consumers) for st in self.streams.values())))
+        metrics.labeled_counter(RTP_PACKETS, lambda: self._totals("packets_in", "packets_out"))
+        metrics.labeled_counter(RTP_BYTES, lambda: self._totals("bytes_in", "bytes_out"))
+        metrics.labeled_counter(RTP_LOST, self._lost)
+        metrics.labeled_counter(RTP_DROPPED, self._dropped)
+        metrics.labeled_gauge(RELAY_STREAMS, self._per_worker)
         stack.route("BYE", self._on_bye)
         registrar.on_offline(self._on_offline)
         for relay in relays:

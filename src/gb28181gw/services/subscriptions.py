@@ -13,11 +13,13 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from gb28181gw.config import DevicesSection
 from gb28181gw.errors import ManscdpError
 from gb28181gw.gb.model import Channel, Device
 from gb28181gw.gb.outbound import to_device
 from gb28181gw.gb.registrar import from_user
 from gb28181gw.manscdp.messages import CONTENT_TYPE, CmdType, Root, decode, encode, list_items
+from gb28181gw.metrics import CATALOG_EVENTS
 from gb28181gw.net.stack import SipStack, SipTimeoutError, SipTransportError
 from gb28181gw.net.tasks import TaskSet
 from gb28181gw.sip.endpoint import Peer, warning_header
@@ -50,7 +52,13 @@ class Subscription:
 
 
 class SubscriptionService:
-    """Keeps the configured subscriptions alive and applies what they report."""
+    """Keeps the configured subscriptions alive and applies what they report.
+
+    Args:
+        stack / registrar / devices: the SIP stack and the device services.
+        settings: the ``[devices]`` section: which subscriptions (``subscribe``) and the
+            Expires asked for them (``subscribe_expires``).
+    """
 
     def __init__(
         self,
@@ -58,19 +66,16 @@ class SubscriptionService:
         registrar: RegistrarService,
         devices: DeviceService,
         *,
-        kinds: list[str],
-        expires: int = 3600,
+        settings: DevicesSection,
     ) -> None:
         self.stack = stack
         self.registrar = registrar
         self.devices = devices
-        self.kinds = kinds
-        self.expires = expires
+        self.kinds = list(settings.subscribe)
+        self.expires = settings.subscribe_expires
         self.subs: dict[tuple[str, str], Subscription] = {}
         self._tasks = TaskSet()
-        self.events = devices.metrics.counter(
-            "gb28181gw_catalog_events", "Catalog NOTIFY item events by event", ["event"]
-        )
+        self.events = devices.metrics.counter(CATALOG_EVENTS)
         stack.route("NOTIFY", self._on_notify)
         registrar.on_registered(self._on_registered)
         registrar.on_offline(self._on_offline)
