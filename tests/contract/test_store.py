@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gb28181gw.errors import StoreError
-from gb28181gw.gb.model import Alarm, Channel, Device
+from gb28181gw.gb.model import Alarm, Channel, Device, DeviceState
 from gb28181gw.store.base import Store
 from gb28181gw.store.sqlite import SqliteStore
 
@@ -51,8 +51,7 @@ async def test_save_load_every_field(store: Store) -> None:
         port=5060,
         password="p@ss",
         provisioned=True,
-        registered=True,
-        online=True,
+        state=DeviceState.ONLINE,
         expires=3600,
         registered_at=1.5,
         expires_at=3601.5,
@@ -67,7 +66,7 @@ async def test_save_load_every_field(store: Store) -> None:
 
 async def test_upsert_updates_in_place(store: Store) -> None:
     await store.save_devices([device(1, name="a"), device(2)])
-    await store.save_devices([device(1, name="b", online=True)])
+    await store.save_devices([device(1, name="b", state=DeviceState.ONLINE)])
     got = await store.get_device(device(1).device_id)
     assert got is not None and got.name == "b" and got.online
     assert await store.count_devices() == 2
@@ -122,7 +121,7 @@ async def test_bulk(store: Store) -> None:
 async def test_survives_reopen(factory: Callable[[], Store]) -> None:
     s = factory()
     await s.open()
-    await s.save_devices([device(i, registered=True) for i in range(10)])
+    await s.save_devices([device(i, state=DeviceState.OFFLINE) for i in range(10)])
     await s.close()
     s = factory()
     await s.open()
