@@ -183,7 +183,7 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
             password=str(body.get("password") or ""),
             name=str(body.get("name") or ""),
             charset=charset.upper(),
-            stream_mode=stream_mode,
+            stream_mode=StreamMode(stream_mode) if stream_mode else None,
         )
         return web.json_response(_device_json(registrar, device), status=201)
 

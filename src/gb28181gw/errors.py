@@ -20,6 +20,8 @@ a bug (the fuzz tests in ``tests/fuzz`` check exactly that).
     ├── ConfigError (ValueError)      a bad configuration value; names the key and where it came from
     ├── StoreError                    the store cannot be opened or used (locked, corrupt, newer schema, disk)
     │   └── StoreRecordError          one record cannot be stored (the store itself still works)
+    ├── DeviceError                   a request to a device cannot be made or failed; .status is the
+    │                                 SIP status hint (404 unknown, 480 not registered, 408 no answer …)
     └── ManscdpError (ValueError)     a MANSCDP XML body that cannot be decoded or parsed
 
 Local and remote errors are told apart so that the shell can answer a peer's
@@ -136,3 +138,24 @@ class SdpError(RemoteProtocolError):
 
 class RtpError(RemoteProtocolError):
     """An RTP packet or an RFC 4571 frame that cannot be parsed."""
+
+
+class DeviceError(Gb28181Error):
+    """A request to a device cannot be made, or the device did not do it; the message is for operators.
+
+    Attributes:
+        status: the SIP status that says it best to whoever asked (use it, never the message text):
+            404 no such device or channel, 480 the device is not registered (RFC 3261 §21.4.18
+            Temporarily Unavailable), 408 it did not answer in time, 503 it cannot be reached,
+            502 it answered with an error.
+    """
+
+    NOT_FOUND = 404
+    NOT_REGISTERED = 480
+    NO_ANSWER = 408
+    UNREACHABLE = 503
+    REFUSED = 502
+
+    def __init__(self, message: str, status: int = REFUSED) -> None:
+        super().__init__(message)
+        self.status = status

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from gb28181gw.errors import StoreError, StoreRecordError
-from gb28181gw.gb.model import Alarm, Channel, Device
+from gb28181gw.gb.model import Alarm, Channel, Device, DeviceState, StreamMode, Transport
 from gb28181gw.store.base import Store
-from gb28181gw.store.sqlite import SqliteStore
+from gb28181gw.store.sqlite import MIGRATIONS, SqliteStore
 
 BACKENDS: dict[str, Callable[[Path], Store]] = {"sqlite": lambda tmp: SqliteStore(tmp / "gw.db")}
 
@@ -51,8 +51,7 @@ async def test_save_load_every_field(store: Store) -> None:
         port=5060,
         password="p@ss",
         provisioned=True,
-        registered=True,
-        online=True,
+        state=DeviceState.ONLINE,
         expires=3600,
         registered_at=1.5,
         expires_at=3601.5,
@@ -67,7 +66,7 @@ async def test_save_load_every_field(store: Store) -> None:
 
 async def test_upsert_updates_in_place(store: Store) -> None:
     await store.save_devices([device(1, name="a"), device(2)])
-    await store.save_devices([device(1, name="b", online=True)])
+    await store.save_devices([device(1, name="b", state=DeviceState.ONLINE)])
     got = await store.get_device(device(1).device_id)
     assert got is not None and got.name == "b" and got.online
     assert await store.count_devices() == 2
@@ -114,6 +113,16 @@ async def test_alarms_newest_first_and_by_device(store: Store) -> None:
     assert len(await store.load_alarms(10, "34020000001310000001")) == 2
 
 
+async def test_enums_round_trip(store: Store) -> None:
+    default, chosen = device(1, state=DeviceState.OFFLINE), device(2, stream_mode=StreamMode.TCP_PASSIVE)
+    chosen.transport = Transport.TCP
+    await store.save_devices([default, chosen])
+    got = {d.device_id: d for d in await store.load_devices()}
+    assert got[default.device_id].stream_mode is None and got[default.device_id].state is DeviceState.OFFLINE
+    assert got[chosen.device_id].stream_mode is StreamMode.TCP_PASSIVE
+    assert got[chosen.device_id].transport is Transport.TCP
+
+
 async def test_bulk(store: Store) -> None:
     await store.save_devices([device(i) for i in range(5000)])
     assert await store.count_devices() == 5000
@@ -122,7 +131,7 @@ async def test_bulk(store: Store) -> None:
 async def test_survives_reopen(factory: Callable[[], Store]) -> None:
     s = factory()
     await s.open()
-    await s.save_devices([device(i, registered=True) for i in range(10)])
+    await s.save_devices([device(i, state=DeviceState.OFFLINE) for i in range(10)])
     await s.close()
     s = factory()
     await s.open()
@@ -164,6 +173,54 @@ class TestSqliteFile:
         blocker.write_text("x")
         with pytest.raises(StoreError, match="cannot"):
             await SqliteStore(blocker / "sub" / "gw.db").open()
+
+    async def test_schema_2_file_migrates_registered_and_online_to_state(self, tmp_path: Path) -> None:
+        # a store written before the state enum: registered and online columns
+        path = tmp_path / "gw.db"
+        conn = sqlite3.connect(path, isolation_level=None)
+        for migration in MIGRATIONS[:2]:
+            conn.executescript(migration)
+        conn.execute("PRAGMA user_version = 2")
+        rows = [("34020000001320000001", 1, 1, "udp"), ("34020000001320000002", 1, 0, ""),
+                ("34020000001320000003", 0, 0, "tcp-active")]  # fmt: skip
+        conn.executemany(
+            "INSERT INTO devices (device_id, registered, online, stream_mode, transport) VALUES (?, ?, ?, ?, 'TCP')",
+            rows,
+        )
+        conn.close()
+        store = SqliteStore(path)
+        await store.open()
+        try:
+            got = await store.load_devices()
+        finally:
+            await store.close()
+        assert [(d.state, d.registered, d.online) for d in got] == [
+            (DeviceState.ONLINE, True, True),
+            (DeviceState.OFFLINE, True, False),
+            (DeviceState.UNREGISTERED, False, False),
+        ]
+        assert [d.stream_mode for d in got] == [StreamMode.UDP, None, StreamMode.TCP_ACTIVE]
+        assert all(d.transport is Transport.TCP for d in got)
+        conn = sqlite3.connect(path)
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(devices)")}
+        conn.close()
+        assert "state" in columns and not columns & {"registered", "online"}
+
+    async def test_unknown_state_is_a_clear_error(self, tmp_path: Path) -> None:
+        store = SqliteStore(tmp_path / "gw.db")
+        await store.open()
+        await store.close()
+        conn = sqlite3.connect(tmp_path / "gw.db", isolation_level=None)
+        conn.execute("INSERT INTO devices (device_id, state) VALUES ('34020000001320000001', 'banned')")
+        conn.close()
+        store = SqliteStore(tmp_path / "gw.db")
+        await store.open()
+        try:
+            with pytest.raises(StoreError, match="device 34020000001320000001 .* cannot be read"):
+                await store.load_devices()
+        finally:
+            await store.close()
 
 
 # --- what devices send is stored as sent (hostile input, issue 10 defect 1) -------------

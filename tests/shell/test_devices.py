@@ -344,3 +344,23 @@ async def test_subscription_is_refreshed_inside_its_dialog_before_it_expires(gw:
         await asyncio.sleep(0.05)
     assert sub.cseq == 2 and sub.expires == 60
     await gw.subscriptions.stop()
+
+
+async def test_device_errors_carry_their_status(gw: Gateway) -> None:
+    """Callers read DeviceError.status (404 unknown, 480 not registered), never the message text."""
+    from gb28181gw.errors import DeviceError
+    from gb28181gw.services.streams import StreamError
+
+    await gw.registrar.provision(NVR, name="not yet registered")
+    with pytest.raises(DeviceError) as unregistered:
+        gw.devices.registered(NVR)
+    assert unregistered.value.status == DeviceError.NOT_REGISTERED == 480
+    with pytest.raises(DeviceError) as unknown:
+        gw.devices.device_of("34020000001310009999")
+    assert unknown.value.status == DeviceError.NOT_FOUND == 404
+    with pytest.raises(StreamError) as stream:
+        await gw.streams.play(NVR, transport="udp", host="127.0.0.1", port=9)
+    assert stream.value.status == 480
+    with pytest.raises(StreamError) as stream:
+        await gw.streams.play("34020000001310009999", transport="udp", host="127.0.0.1", port=9)
+    assert stream.value.status == 404

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from gb28181gw.app import Gateway
 from gb28181gw.cli import main
+from gb28181gw.gb.model import DeviceState
 from tests.helpers import KEEPALIVE_BODY, crlf
 
 from .conftest import run_sipp, start_gateway
@@ -235,3 +236,40 @@ async def test_device_on_tcp_goes_offline_when_its_connection_closes(gateway: Ga
     d = gateway.registrar.devices[device]
     assert not d.online and d.registered
     assert d.offline_reason.startswith("TCP connection closed")
+
+
+async def test_device_states_over_the_wire() -> None:
+    """ONLINE -> OFFLINE (keepalive timeout) -> ONLINE (keepalive) -> OFFLINE -> UNREGISTERED (registration ran out)."""
+    gw = await start_gateway(
+        **{"registrar.expires_min": "1", "registrar.keepalive_interval": "1", "registrar.keepalive_count": "1"}
+    )
+    device = "34020000001320000005"
+    released: list[str] = []
+    gw.registrar.on_offline(lambda d, reason: released.append(reason))
+    try:
+        port = gw.stack.port
+        assert (await _udp_exchange(port, _register(device, "z9hG4bKst1", expires=3))).startswith(b"SIP/2.0 200 ")
+        d = gw.registrar.devices[device]
+        assert d.state is DeviceState.ONLINE
+
+        async def until(state: DeviceState, limit: float) -> None:
+            for _ in range(int(limit / 0.05)):
+                if gw.registrar.devices[device].state is state:
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"{device} is {gw.registrar.devices[device].state}, not {state}")
+
+        await until(DeviceState.OFFLINE, 2.0)
+        assert d.offline_reason == "no keepalive for 1 s" and released == ["no keepalive for 1 s"]
+        ok = await _udp_exchange(port, _message(device, KEEPALIVE_BODY, "z9hG4bKst2"))
+        assert ok.startswith(b"SIP/2.0 200 ") and d.state is DeviceState.ONLINE and d.offline_reason == ""
+        await until(DeviceState.OFFLINE, 2.0)
+        await until(DeviceState.UNREGISTERED, 3.0)
+        assert d.offline_reason == "registration expired" and len(released) == 2  # released once per going offline
+        late = await _udp_exchange(port, _message(device, KEEPALIVE_BODY, "z9hG4bKst3"))
+        assert late.startswith(b"SIP/2.0 404 ")
+        await gw.registrar.flush()
+        stored = await gw.store.get_device(device)
+        assert stored is not None and stored.state is DeviceState.UNREGISTERED
+    finally:
+        await gw.stop()

@@ -13,7 +13,7 @@ from typing import Any
 
 from gb28181gw.sdp import StreamMode
 
-__all__ = ["DEVICE_FIELDS", "Alarm", "Channel", "Device", "StreamMode", "Transport"]
+__all__ = ["DEVICE_FIELDS", "Alarm", "Channel", "Device", "DeviceState", "StreamMode", "Transport"]
 
 
 class Transport(StrEnum):
@@ -21,6 +21,14 @@ class Transport(StrEnum):
 
     UDP = "UDP"
     TCP = "TCP"
+
+
+class DeviceState(StrEnum):
+    """Where a device stands; changed only by :func:`gb28181gw.gb.devices.transition` (the values are stored)."""
+
+    UNREGISTERED = "unregistered"  # known, holding no registration
+    ONLINE = "online"  # registered and heart-beating
+    OFFLINE = "offline"  # registered, but its keepalives stopped or its TCP connection closed
 
 
 @dataclass(slots=True)
@@ -34,11 +42,10 @@ class Device:
             every request to it goes there (PROTOCOL.md §3.4, R3).
         local_host, local_port: our address it registered to (answers must come from it).
         charset: the charset to encode MANSCDP bodies for it (GB2312 by default).
-        stream_mode: how to ask it for media (a :class:`StreamMode`; empty = the gateway's media.stream_mode).
+        stream_mode: how to ask it for media; ``None`` = the gateway's media.stream_mode.
         password: its own digest password; empty uses the global one.
         provisioned: created by an operator rather than by registering.
-        registered: holds a registration (until Expires passes or it unregisters).
-        online: registered and heart-beating.
+        state: its :class:`DeviceState`; :attr:`registered` and :attr:`online` are read from it.
         expires: the registration period granted, in seconds.
         registered_at / expires_at / last_keepalive: wall-clock epoch seconds (0 = never).
         keepalive_interval / keepalive_count: its heartbeat settings when known (0 = defaults).
@@ -52,17 +59,16 @@ class Device:
     manufacturer: str = ""
     model: str = ""
     firmware: str = ""
-    transport: str = Transport.UDP
+    transport: Transport = Transport.UDP
     host: str = ""
     port: int = 0
     local_host: str = ""
     local_port: int = 0
     charset: str = "GB2312"
-    stream_mode: str = ""
+    stream_mode: StreamMode | None = None
     password: str = ""
     provisioned: bool = False
-    registered: bool = False
-    online: bool = False
+    state: DeviceState = DeviceState.UNREGISTERED
     expires: int = 0
     registered_at: float = 0.0
     expires_at: float = 0.0
@@ -76,6 +82,16 @@ class Device:
     created_at: float = 0.0
     updated_at: float = 0.0
 
+    @property
+    def registered(self) -> bool:
+        """Holds a registration (until Expires passes or it unregisters): online or offline."""
+        return self.state is not DeviceState.UNREGISTERED
+
+    @property
+    def online(self) -> bool:
+        """Registered and heart-beating."""
+        return self.state is DeviceState.ONLINE
+
     def copy(self) -> Device:
         """A shallow copy (fields are immutable values)."""
         new = Device.__new__(Device)
@@ -84,12 +100,41 @@ class Device:
         return new
 
     def row(self) -> tuple[Any, ...]:
-        """Every field's value, in declaration order (what a store writes)."""
-        return _device_row(self)
+        """Every field's value, in declaration order, as plain values (what a store writes).
+
+        Enums are ``str`` already; an unset ``stream_mode`` is written as ``""``.
+        """
+        row = _device_row(self)
+        if self.stream_mode is None:
+            row = (*row[:_STREAM_MODE_INDEX], "", *row[_STREAM_MODE_INDEX + 1 :])
+        return row
+
+    @classmethod
+    def from_row(cls, values: dict[str, Any]) -> Device:
+        """The record a store wrote with :meth:`row`, by field name.
+
+        Raises:
+            ValueError: a state, transport or stream mode that is not one of ours.
+        """
+        values = dict(values)
+        values["state"] = DeviceState(values.get("state") or DeviceState.UNREGISTERED)
+        values["transport"] = Transport(values.get("transport") or Transport.UDP)
+        mode = values.get("stream_mode")
+        values["stream_mode"] = StreamMode(mode) if mode else None
+        values["provisioned"] = bool(values.get("provisioned"))
+        return cls(**values)
 
     def to_dict(self, *, secrets: bool = False) -> dict[str, Any]:
-        """A JSON-friendly dict; the password is shown only as set/unset unless ``secrets``."""
+        """A JSON-friendly dict; the password is shown only as set/unset unless ``secrets``.
+
+        Besides every field it has ``registered`` and ``online`` (read from ``state``), and
+        an unset ``stream_mode`` is ``""``, as in the JSON before the state enum.
+        """
         out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["registered"] = self.registered
+        out["online"] = self.online
+        if self.stream_mode is None:
+            out["stream_mode"] = ""
         if not secrets:
             out["password"] = bool(self.password)
         return out
@@ -98,6 +143,7 @@ class Device:
 DEVICE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Device))
 _DEVICE_SLOTS = DEVICE_FIELDS
 _device_row = attrgetter(*DEVICE_FIELDS)
+_STREAM_MODE_INDEX = DEVICE_FIELDS.index("stream_mode")
 
 
 @dataclass(slots=True)

@@ -27,6 +27,7 @@ from gb28181gw.sip.headers import NameAddr
 from gb28181gw.sip.message import Request, Response, make_response
 from gb28181gw.sip.uri import SipUri
 
+from .devices import Change, DeviceEvent, transition
 from .model import Device
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -103,6 +104,8 @@ class RegisterResult:
         device: the record to keep (a new or updated copy), or ``None`` if nothing changed.
         detail: a human sentence for the log.
         address_changed: the device now registers from another address than stored.
+        change: the device transition the REGISTER made (applied to ``device``), or ``None``
+            when nothing changed.
     """
 
     response: Response
@@ -111,6 +114,7 @@ class RegisterResult:
     device: Device | None = None
     detail: str = ""
     address_changed: bool = False
+    change: Change | None = None
 
 
 @dataclass(slots=True)
@@ -308,36 +312,23 @@ class Registrar:
         self.bans.succeed(f"id:{device_id}")
         record = device.copy() if device is not None else Device(device_id=device_id, created_at=epoch)
         was_registered = record.registered and record.expires_at > epoch
-        record.updated_at = epoch
         resp = make_response(request, 200, to_tag=tag)
         self._version(request, resp)
         if expires == 0:
-            record.registered = False
-            record.online = False
             record.expires = 0
             record.expires_at = epoch
-            record.offline_reason = "unregistered (Expires: 0)"
-            return RegisterResult(resp, Outcome.UNREGISTERED, "ok", record, "unregistered")
+            change = transition(record, DeviceEvent.UNREGISTERED, epoch=epoch, reason="unregistered (Expires: 0)")
+            return RegisterResult(resp, Outcome.UNREGISTERED, "ok", record, "unregistered", change=change)
 
-        moved = bool(record.host) and (record.host, record.port, record.transport) != (
-            peer.host,
-            peer.port,
-            peer.transport,
-        )
-        # interned: thousands of devices share these few values
-        record.transport = sys.intern(peer.transport)
-        record.host = sys.intern(peer.host)
-        record.port = peer.port
-        record.registered = True
-        record.online = True
         record.expires = expires
         record.registered_at = epoch
         record.expires_at = epoch + expires
-        record.last_keepalive = epoch
-        record.offline_reason = ""
+        # interned: thousands of devices share these few values
         record.user_agent = sys.intern(request.headers.get("user-agent") or record.user_agent)
         record.gb_version = sys.intern(request.headers.get("x-gb-ver") or record.gb_version)
         record.call_id = request.headers.get("call-id") or ""
+        event = DeviceEvent.REFRESHED if was_registered else DeviceEvent.REGISTERED
+        change = transition(record, event, epoch=epoch, peer=peer)
         resp.headers.add("Contact", f"<{contact.uri}>;expires={expires}")
         resp.headers.add("Expires", str(expires))
         date = format_date(epoch, p.date_format, p.utc_offset_hours)
@@ -347,7 +338,8 @@ class Registrar:
         if gid.warnings:
             detail += f" (ID warnings: {'; '.join(gid.warnings)})"
         outcome = Outcome.REFRESHED if was_registered else Outcome.REGISTERED
-        return RegisterResult(resp, outcome, "ok", record, detail, address_changed=moved and was_registered)
+        moved = change.moved_from is not None and was_registered
+        return RegisterResult(resp, outcome, "ok", record, detail, address_changed=moved, change=change)
 
     def _authenticate(
         self,

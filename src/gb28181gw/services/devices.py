@@ -16,10 +16,22 @@ import time
 from collections import deque
 
 from gb28181gw.config import DevicesSection
+from gb28181gw.errors import DeviceError
+from gb28181gw.gb.catalog import ChannelUpdate, Position, channel_from_item, channel_status
 from gb28181gw.gb.model import Alarm, Channel, Device
 from gb28181gw.gb.outbound import to_device
 from gb28181gw.gb.query import CatalogCollector, CatalogResult, SnAllocator
-from gb28181gw.manscdp.messages import CONTENT_TYPE, CmdType, Envelope, Fields, Root, encode, flat, list_items
+from gb28181gw.manscdp.messages import (
+    CONTENT_TYPE,
+    CatalogItem,
+    CmdType,
+    Envelope,
+    Fields,
+    Root,
+    encode,
+    flat,
+    list_items,
+)
 from gb28181gw.manscdp.ptz import PtzCmd
 from gb28181gw.metrics import (
     ALARMS,
@@ -39,17 +51,10 @@ from .registrar import RegistrarService
 
 log = logging.getLogger("gb28181gw.devices")
 
+__all__ = ["DeviceError", "DeviceService"]
 
-_STATUS = {"ON": "ON", "ONLINE": "ON", "1": "ON", "OK": "ON", "OFF": "OFF", "OFFLINE": "OFF", "0": "OFF"}
-
-
-def _status(text: str) -> str:
-    """Catalog Status as ON/OFF: devices send ONLINE, Online, 1 … (PROTOCOL.md §11.4 C8)."""
-    return _STATUS.get(text.strip().upper(), text.strip())
-
-
-class DeviceError(Exception):
-    """A request to a device failed; the message says how (shown to operators as is)."""
+#: Until services/subscriptions.py builds its channels with gb.catalog.channel_from_item.
+_status = channel_status
 
 
 class DeviceService:
@@ -120,9 +125,9 @@ class DeviceService:
         """The device, which must be registered (else :class:`DeviceError`)."""
         device = self.registrar.devices.get(device_id)
         if device is None:
-            raise DeviceError(f"no device {device_id}")
+            raise DeviceError(f"no device {device_id}", DeviceError.NOT_FOUND)
         if not device.registered or not device.host:
-            raise DeviceError(f"device {device_id} is not registered")
+            raise DeviceError(f"device {device_id} is not registered", DeviceError.NOT_REGISTERED)
         return device
 
     def device_of(self, target_id: str) -> Device:
@@ -132,7 +137,7 @@ class DeviceService:
         for device_id, chans in self.channels.items():
             if target_id in chans:
                 return self.registered(device_id)
-        raise DeviceError(f"no device or channel {target_id}")
+        raise DeviceError(f"no device or channel {target_id}", DeviceError.NOT_FOUND)
 
     def next_sn(self, device_id: str) -> int:
         """A fresh SN for a request to ``device_id``."""
@@ -157,11 +162,11 @@ class DeviceService:
         try:
             resp = await self.stack.request(req, Peer(device.transport, device.host, device.port))
         except SipTimeoutError:
-            raise DeviceError(f"device {device.device_id} did not answer the MESSAGE") from None
+            raise DeviceError(f"device {device.device_id} did not answer the MESSAGE", DeviceError.NO_ANSWER) from None
         except SipTransportError as exc:
-            raise DeviceError(f"cannot reach device {device.device_id}: {exc}") from None
+            raise DeviceError(f"cannot reach device {device.device_id}: {exc}", DeviceError.UNREACHABLE) from None
         if resp.status >= 300:
-            raise DeviceError(f"device {device.device_id} answered {resp.status} {resp.reason}")
+            raise DeviceError(f"device {device.device_id} answered {resp.status} {resp.reason}", DeviceError.REFUSED)
 
     async def query(
         self,
@@ -184,7 +189,8 @@ class DeviceService:
         except TimeoutError:
             self.queries[cmd.value, "timeout"] += 1
             raise DeviceError(
-                f"device {device_id} sent no {cmd.value} response within {self.settings.query_timeout:.0f} s"
+                f"device {device_id} sent no {cmd.value} response within {self.settings.query_timeout:.0f} s",
+                DeviceError.NO_ANSWER,
             ) from None
         except DeviceError:
             self.queries[cmd.value, "error"] += 1
@@ -197,13 +203,14 @@ class DeviceService:
     async def device_info(self, device_id: str) -> dict[str, str]:
         """DeviceInfo (§5.4.2); the device record learns its name, maker, model and firmware."""
         info = flat(await self.query(device_id, CmdType.DEVICE_INFO))
-        device = self.registrar.devices.get(device_id)
-        if device is not None and info.get("Result", "OK").upper() == "OK":
-            device.name = info.get("DeviceName") or device.name
-            device.manufacturer = info.get("Manufacturer") or device.manufacturer
-            device.model = info.get("Model") or device.model
-            device.firmware = info.get("Firmware") or device.firmware
-            self.registrar.changed(device_id)
+        if info.get("Result", "OK").upper() == "OK":
+            self.registrar.update_info(
+                device_id,
+                name=info.get("DeviceName", ""),
+                manufacturer=info.get("Manufacturer", ""),
+                model=info.get("Model", ""),
+                firmware=info.get("Firmware", ""),
+            )
         return info
 
     async def device_status(self, device_id: str) -> dict[str, str]:
@@ -245,16 +252,14 @@ class DeviceService:
             if isinstance(child.tag, str) and child.tag.lower() == config_type.lower():
                 section = child
         out = {c.tag: (c.text or "").strip() for c in section if isinstance(c.tag, str) and not len(c)}
-        device = self.registrar.devices.get(device_id)
-        if device is not None and config_type == "BasicParam":
+        if config_type == "BasicParam":
             # the device's own heartbeat settings drive its liveness deadline (PROTOCOL.md §4.1)
-            for field_name, attr in (
-                ("HeartBeatInterval", "keepalive_interval"),
-                ("HeartBeatCount", "keepalive_count"),
-            ):
-                if out.get(field_name, "").isdigit() and int(out[field_name]) > 0:
-                    setattr(device, attr, int(out[field_name]))
-            self.registrar.changed(device_id)
+            interval, count = out.get("HeartBeatInterval", ""), out.get("HeartBeatCount", "")
+            self.registrar.update_heartbeat(
+                device_id,
+                interval=int(interval) if interval.isdigit() else 0,
+                count=int(count) if count.isdigit() else 0,
+            )
         return out
 
     async def _multi(
@@ -294,19 +299,7 @@ class DeviceService:
     async def _store_catalog(self, result: CatalogResult) -> None:
         if not result.messages:
             return
-        for item in result.items.values():
-            self._check_position(result.device_id, item.device_id, item.fields)
-        chans = {
-            cid: Channel(
-                cid,
-                result.device_id,
-                item.name,
-                _status(item.fields.get("Status", "")),
-                item.fields.get("ParentID", ""),
-                {k: v for k, v in item.fields.items() if k not in ("Name", "Status", "ParentID")},
-            )
-            for cid, item in result.items.items()
-        }
+        chans = {cid: self.channel_from_item(result.device_id, item).channel for cid, item in result.items.items()}
         if not result.complete:
             # a partial answer never removes channels: keep what we knew and add what came
             old = self.channels.get(result.device_id, {})
@@ -455,7 +448,9 @@ class DeviceService:
                     if collector.result.messages:
                         fut.set_result(collector.result)  # partial: the device went quiet
                     else:
-                        fut.set_exception(DeviceError(f"device {collector.result.device_id} sent no catalog"))
+                        fut.set_exception(
+                            DeviceError(f"device {collector.result.device_id} sent no catalog", DeviceError.NO_ANSWER)
+                        )
 
     def _on_registered(self, device: Device) -> None:
         if not self.settings.catalog_on_register:
@@ -480,23 +475,16 @@ class DeviceService:
             ch.status = "OFF"
         self._tasks.spawn(self.store.replace_channels(device.device_id, list(chans.values())))
 
-    def _check_position(self, device_id: str, item_id: str, fields: dict[str, str]) -> None:
-        """Drop coordinates that are not coordinates (C9: 0,0 means unknown), counting them."""
-        lon, lat = fields.get("Longitude"), fields.get("Latitude")
-        if lon is None and lat is None:
-            return
-        try:
-            x, y = float(lon or "nan"), float(lat or "nan")
-            valid = -180.0 <= x <= 180.0 and -90.0 <= y <= 90.0
-        except ValueError:
-            valid = False
-        if valid and (x, y) != (0.0, 0.0):
-            return
-        if not valid:
+    def channel_from_item(
+        self, device_id: str, item: CatalogItem, *, previous: Channel | None = None, default_status: str = ""
+    ) -> ChannelUpdate:
+        """:func:`gb28181gw.gb.catalog.channel_from_item`, counting and logging coordinates it dropped."""
+        update = channel_from_item(device_id, item, previous=previous, default_status=default_status)
+        if update.position is Position.INVALID:
             self.bad_positions[()] += 1
             log.info(
                 "invalid coordinates dropped",
-                extra={"device": device_id, "channel": item_id, "longitude": lon, "latitude": lat},
-            )
-        fields.pop("Longitude", None)
-        fields.pop("Latitude", None)
+                extra={"device": device_id, "channel": item.device_id,
+                       "longitude": item.fields.get("Longitude"), "latitude": item.fields.get("Latitude")},
+            )  # fmt: skip
+        return update

@@ -1,7 +1,10 @@
 """The registrar service: REGISTER and keepalive over the SIP stack, device state, persistence.
 
-Working state is an in-memory table of :class:`~gb28181gw.gb.model.Device`; the
-store is written behind it (changed devices in one batch every
+Working state is the in-memory :class:`~gb28181gw.gb.devices.DeviceTable`: the
+registrar (REGISTER), :func:`~gb28181gw.gb.keepalive.decide` (MESSAGE) and the
+liveness deadlines turn what happens into device transitions, and this service
+applies the outputs of each (persist, watch, count, tell the listeners). The
+store is written behind the table (changed devices in one batch every
 ``store.flush_interval``), so a registration storm or 20,000 keepalives a second
 never wait for the disk. Liveness deadlines live in one
 :class:`~gb28181gw.gb.keepalive.Liveness` driven by one event-loop timer.
@@ -15,20 +18,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from collections.abc import Callable
 
 from gb28181gw.config import RegistrarSection
 from gb28181gw.errors import ManscdpError, StoreError, StoreRecordError
-from gb28181gw.gb.keepalive import Liveness, keepalive_timeout
-from gb28181gw.gb.model import Device
+from gb28181gw.gb.devices import Change, DeviceEvent, DeviceTable, Output
+from gb28181gw.gb.keepalive import (
+    Liveness,
+    MessageResult,
+    deadline_event,
+    decide,
+    keepalive_timeout,
+    liveness_timeout,
+)
+from gb28181gw.gb.model import Device, DeviceState
 from gb28181gw.gb.registrar import Outcome, Registrar, RegistrarPolicy, from_user
-from gb28181gw.manscdp.codec import Element, child_text, parse_xml
+from gb28181gw.manscdp.codec import Element
 from gb28181gw.manscdp.messages import Envelope, envelope
 from gb28181gw.metrics import AUTH_FAILURES, BANS, DEVICES, KEEPALIVE_TIMEOUTS, KEEPALIVES, REGISTRATIONS, Metrics
 from gb28181gw.net.stack import SipStack
 from gb28181gw.net.timer import EarliestTimer
+from gb28181gw.sdp import StreamMode
 from gb28181gw.sip.auth import NonceStore
 from gb28181gw.sip.endpoint import Peer, warning_header
 from gb28181gw.sip.events import RequestReceived
@@ -79,7 +90,7 @@ class RegistrarService:
                 lifetime=settings.nonce_lifetime,
             ),
         )
-        self.devices: dict[str, Device] = {}
+        self.devices = DeviceTable()
         self.liveness = Liveness()
         self.keepalive_interval = settings.keepalive_interval
         self.keepalive_count = settings.keepalive_count
@@ -123,17 +134,13 @@ class RegistrarService:
         self._loop = asyncio.get_running_loop()
         devices = await self.store.load_devices()
         now, epoch = self._loop.time(), self._clock()
-        changed = []
-        for device in devices:
-            self.devices[device.device_id] = device
-            if device.registered and device.expires_at > epoch:
-                self.liveness.touch(device.device_id, now, min(device.expires_at - epoch, self._timeout(device)))
-            elif device.registered or device.online:
-                device.registered = device.online = False
-                device.offline_reason = "registration expired while the gateway was down"
-                changed.append(device)
-        if changed:
-            await self.store.save_devices(changed)
+        expired = self.devices.load(devices, epoch=epoch)
+        for device in self.devices.values():
+            if device.registered:
+                # its heartbeats were lost while we were down, not missed: a full window
+                self._watch(device, now, epoch)
+        if expired:
+            await self.store.save_devices([self.devices[c.device_id] for c in expired])
         registered = sum(1 for d in self.devices.values() if d.registered)
         log.info("devices loaded", extra={"devices": len(self.devices), "registered": registered})
         self.stack.route("REGISTER", self._on_register)
@@ -239,36 +246,58 @@ class RegistrarService:
                 log.warning("authentication failed", extra=extra)
             else:
                 log.warning("registration refused", extra={**extra, "status": result.response.status})
-        device = result.device
-        if device is None:
+        device, change = result.device, result.change
+        if device is None or change is None:
             return
-        self.devices[device_id] = device
-        self.changed(device_id)
-        if result.outcome is Outcome.UNREGISTERED:
-            self.liveness.forget(device_id)
+        self.devices.adopt(device)
+        if change.event is DeviceEvent.UNREGISTERED:
             log.info("device unregistered", extra=extra)
-            self._went_offline(device, "unregistered")
-            return
-        if result.address_changed and existing is not None:
+        elif result.address_changed and change.moved_from is not None:
             log.warning(
                 "device registered from a new address (NAT rebinding, or two devices sharing one ID)",
-                extra={**extra, "old": f"{existing.transport} {existing.host}:{existing.port}"},
+                extra={**extra, "old": str(change.moved_from)},
             )
-        self.liveness.touch(device_id, now, min(float(device.expires), self._timeout(device)))
-        self._arm()
-        if result.outcome is Outcome.REGISTERED or (existing is not None and not existing.online):
+        if change.event is DeviceEvent.REGISTERED or change.went_online:
             log.info("device online", extra={**extra, "expires": device.expires, "transport": device.transport})
-        if result.outcome is Outcome.REGISTERED:
-            for listener in self._registered_listeners:
-                try:
-                    listener(device)
-                except Exception:
-                    log.exception("registered listener failed", extra={"device": device_id})
+        # the listeners are told "unregistered", the record keeps the longer offline_reason
+        self._apply(
+            change, device, now, epoch, reason="unregistered" if change.event is DeviceEvent.UNREGISTERED else ""
+        )
 
-    def _timeout(self, device: Device) -> float:
+    def _apply(self, change: Change, device: Device, now: float, epoch: float, *, reason: str = "") -> None:
+        """Carry out what a transition asks of the shell (:class:`~gb28181gw.gb.devices.Output`)."""
+        device_id = change.device_id
+        for output in change.outputs:
+            if output is Output.SAVE:
+                self.changed(device_id)
+            elif output is Output.HEARTBEAT:
+                if device_id not in self._dirty:
+                    self._heartbeats.add(device_id)
+            elif output is Output.WATCH:
+                self._watch(device, now, epoch)
+                self._arm()
+            elif output is Output.UNWATCH:
+                self.liveness.forget(device_id)
+            elif output is Output.ANNOUNCE:
+                for listener in self._registered_listeners:
+                    try:
+                        listener(device)
+                    except Exception:
+                        log.exception("registered listener failed", extra={"device": device_id})
+            elif output is Output.RELEASE:
+                self._went_offline(device, reason or change.reason)
+            elif output is Output.DELETE:
+                self._dirty.discard(device_id)
+                self._heartbeats.discard(device_id)
+
+    def _keepalive_timeout(self, device: Device) -> float:
         return keepalive_timeout(
             device.keepalive_interval or self.keepalive_interval, device.keepalive_count or self.keepalive_count
         )
+
+    def _watch(self, device: Device, now: float, epoch: float) -> None:
+        timeout = liveness_timeout(device, epoch, interval=self.keepalive_interval, count=self.keepalive_count)
+        self.liveness.touch(device.device_id, now, timeout)
 
     # --- MESSAGE (keepalive) -----------------------------------------------------------
 
@@ -276,70 +305,50 @@ class RegistrarService:
         tx = event.transaction
         assert tx is not None
         req = event.request
-        tag = self.stack.endpoint.new_tag()
         device_id = from_user(req)
         device = self.devices.get(device_id)
         now, epoch = self._now()
-        if device is None or not device.registered or device.expires_at <= epoch:
-            # PROTOCOL.md §4.1, K4: never 200 to an unregistered device, or it believes it is
-            # registered; 404 makes real devices register again
-            self.keepalives[("unregistered",)] += 1
-            resp = make_response(req, 404, to_tag=tag)
-            resp.headers.add("Warning", warning_header(f"device {device_id or '(no ID)'} is not registered here"))
-            self.stack.respond(tx, resp)
+        decision = decide(device, device_id, req.body, event.peer, epoch)
+        resp = make_response(req, decision.status, to_tag=self.stack.endpoint.new_tag())
+        if decision.warning:
+            resp.headers.add("Warning", warning_header(decision.warning))
+        self.stack.respond(tx, resp)
+        if decision.result is not MessageResult.OTHER:
+            self.keepalives[(decision.result.value,)] += 1
+        if decision.result is MessageResult.BAD_BODY:
+            log.info("unparseable MANSCDP body", extra={"device": device_id, "error": decision.warning})
+        if device is None:
             return
-        try:
-            root = parse_xml(req.body)
-        except ManscdpError as exc:
-            self.keepalives[("bad-body",)] += 1
-            resp = make_response(req, 400, to_tag=tag)
-            resp.headers.add("Warning", warning_header(str(exc)))
-            self.stack.respond(tx, resp)
-            log.info("unparseable MANSCDP body", extra={"device": device_id, "error": str(exc)})
+        if decision.root is not None:
+            self._dispatch_manscdp(device, decision.root)
+        if decision.event is None:
             return
-        cmd = child_text(root, "CmdType") or ""
-        self.stack.respond(tx, make_response(req, 200, to_tag=tag))
-        if cmd.lower() != "keepalive":
-            self._dispatch_manscdp(device, root)
-            return
-        self.keepalives[("ok",)] += 1
-        device.last_keepalive = epoch
-        device.updated_at = epoch
-        peer = event.peer
-        if (device.host, device.port, device.transport) != (peer.host, peer.port, peer.transport):
+        change = self.devices.apply(device_id, decision.event, epoch=epoch, peer=decision.peer)
+        if change.moved_from is not None:
             # K5: NAT rebinding shows up in keepalives first
             log.info(
                 "device address changed",
-                extra={"device": device_id, "old": f"{device.host}:{device.port}", "new": str(peer)},
-            )
-            device.host, device.port, device.transport = sys.intern(peer.host), peer.port, peer.transport
-            self.changed(device_id)
-        if not device.online:
-            device.online = True
-            device.offline_reason = ""
+                extra={"device": device_id, "old": f"{change.moved_from.host}:{change.moved_from.port}",
+                       "new": str(event.peer)},
+            )  # fmt: skip
+        if change.went_online:
             log.info("device online again", extra={"device": device_id, "reason": "keepalive"})
-            self.changed(device_id)
-        elif device_id not in self._dirty:
-            self._heartbeats.add(device_id)
-        self.liveness.touch(device_id, now, min(device.expires_at - epoch, self._timeout(device)))
-        self._arm()
+        self._apply(change, device, now, epoch)
 
     def _on_connection_lost(self, peer: Peer, reason: str) -> None:
         # GB/T 28181-2022 §9.1.1 f: a device that registered over TCP is reachable only on that
         # connection; when it closes the device is offline until it connects and registers again
         if peer.transport != "TCP":
             return
-        epoch = self._clock()
-        for device in self.devices.values():
-            if device.online and device.transport == "TCP" and device.host == peer.host and device.port == peer.port:
-                device.online = False
-                device.offline_reason = f"TCP connection closed ({reason})"
-                device.updated_at = epoch
-                self.liveness.forget(device.device_id)
-                self.timeouts[("connection closed",)] += 1
-                self.changed(device.device_id)
-                log.info("device offline", extra={"device": device.device_id, "reason": device.offline_reason})
-                self._went_offline(device, device.offline_reason)
+        loop = self._loop or asyncio.get_running_loop()
+        now, epoch = loop.time(), self._clock()
+        for device_id in self.devices.on_connection(peer):
+            change = self.devices.apply(
+                device_id, DeviceEvent.CONNECTION_LOST, epoch=epoch, reason=f"TCP connection closed ({reason})"
+            )
+            self.timeouts[("connection closed",)] += 1
+            log.info("device offline", extra={"device": device_id, "reason": change.reason})
+            self._apply(change, self.devices[device_id], now, epoch)
 
     def _dispatch_manscdp(self, device: Device, root: Element) -> None:
         # answered 200 already: a MANSCDP body we cannot use is logged, never an error to the device
@@ -363,24 +372,28 @@ class RegistrarService:
 
     def _on_deadline(self) -> None:
         loop = self._loop or asyncio.get_running_loop()
-        epoch = self._clock()
-        for device_id in self.liveness.due(loop.time()):
+        now, epoch = loop.time(), self._clock()
+        for device_id in self.liveness.due(now):
             device = self.devices.get(device_id)
-            if device is None or not device.online and not device.registered:
+            if device is None:
                 continue
-            if device.expires_at <= epoch + 0.5:
-                device.registered = False
-                reason = cause = "registration expired"
+            event = deadline_event(device, epoch)
+            if event is None:
+                if device.registered:
+                    self._watch(device, now, epoch)  # fired a little early: not yet
+                continue
+            if event is DeviceEvent.EXPIRED:
+                cause = reason = "registration expired"
             else:
                 cause = "keepalive timeout"
-                reason = f"no keepalive for {self._timeout(device):.0f} s"
-            self.timeouts[(cause,)] += 1
-            device.online = False
-            device.offline_reason = reason
-            device.updated_at = epoch
-            self.changed(device_id)
-            log.info("device offline", extra={"device": device_id, "reason": reason})
-            self._went_offline(device, reason)
+                reason = f"no keepalive for {self._keepalive_timeout(device):.0f} s"
+            change = self.devices.apply(device_id, event, epoch=epoch, reason=reason)
+            if change.went_offline:
+                self.timeouts[(cause,)] += 1
+                log.info("device offline", extra={"device": device_id, "reason": reason})
+            else:
+                log.info("device registration expired", extra={"device": device_id})
+            self._apply(change, device, now, epoch)
         self._arm()
 
     def _went_offline(self, device: Device, reason: str) -> None:
@@ -393,40 +406,50 @@ class RegistrarService:
     # --- operator surface --------------------------------------------------------------
 
     def _states(self) -> dict[tuple[str, ...], float]:
-        online = sum(1 for d in self.devices.values() if d.online)
-        registered = sum(1 for d in self.devices.values() if d.registered)
+        counts = self.devices.counts()
+        online = counts[DeviceState.ONLINE]
         total = len(self.devices)
+        registered = online + counts[DeviceState.OFFLINE]
         return {("online",): online, ("offline",): total - online, ("registered",): registered, ("known",): total}
 
     async def provision(
-        self, device_id: str, *, password: str = "", name: str = "", charset: str = "", stream_mode: str = ""
+        self,
+        device_id: str,
+        *,
+        password: str = "",
+        name: str = "",
+        charset: str = "",
+        stream_mode: StreamMode | None = None,
     ) -> Device:
         """Add (or update) a device by hand: its password, name, MANSCDP charset and media mode."""
-        epoch = self._clock()
-        device = self.devices.get(device_id)
-        if device is None:
-            device = self.devices[device_id] = Device(device_id=device_id, created_at=epoch)
-        device.provisioned = True
-        if password:
-            device.password = password
-        if name:
-            device.name = name
-        if charset:
-            device.charset = charset
-        if stream_mode:
-            device.stream_mode = stream_mode
-        device.updated_at = epoch
-        self.changed(device_id)
+        change = self.devices.provision(
+            device_id, epoch=self._clock(), password=password, name=name, charset=charset, stream_mode=stream_mode
+        )
+        device = self.devices[device_id]
+        now, epoch = self._now()
+        self._apply(change, device, now, epoch)
         await self.flush()
         return device
 
     async def remove(self, device_id: str) -> bool:
         """Forget a device entirely (it must register again)."""
-        device = self.devices.pop(device_id, None)
-        self.liveness.forget(device_id)
-        self._dirty.discard(device_id)
-        self._heartbeats.discard(device_id)
-        removed = await self.store.delete_device(device_id)
-        if device is not None and device.online:
-            self._went_offline(device, "removed by operator")
-        return removed or device is not None
+        now, epoch = self._now()
+        removed = self.devices.remove(device_id, epoch=epoch)
+        if removed is not None:
+            self._apply(removed[1], removed[0], now, epoch)
+        stored = await self.store.delete_device(device_id)
+        return stored or removed is not None
+
+    def update_info(
+        self, device_id: str, *, name: str = "", manufacturer: str = "", model: str = "", firmware: str = ""
+    ) -> None:
+        """Keep what the device said about itself (DeviceInfo); written with the next batch."""
+        if self.devices.describe(
+            device_id, epoch=self._clock(), name=name, manufacturer=manufacturer, model=model, firmware=firmware
+        ):
+            self.changed(device_id)
+
+    def update_heartbeat(self, device_id: str, *, interval: int = 0, count: int = 0) -> None:
+        """Keep the device's own heartbeat settings (they drive its liveness deadline from its next keepalive)."""
+        if self.devices.set_heartbeat(device_id, epoch=self._clock(), interval=interval, count=count):
+            self.changed(device_id)

@@ -249,7 +249,7 @@ class StreamService:
         try:
             device = self.devices.device_of(channel_id)
         except DeviceError as exc:
-            status = 480 if "not registered" in str(exc) else 404
+            status = exc.status
             self.results[("unknown-channel" if status == 404 else "not-registered",)] += 1
             raise StreamError(status, str(exc)) from None
         loop = self.loop

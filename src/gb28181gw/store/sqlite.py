@@ -23,7 +23,6 @@ import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,7 +32,6 @@ from gb28181gw.gb.model import DEVICE_FIELDS, Alarm, Channel, Device
 T = TypeVar("T")
 
 DEVICE_COLUMNS = list(DEVICE_FIELDS)
-_BOOL_COLUMNS = {f.name for f in fields(Device) if f.type in ("bool", bool)}
 
 #: Schema migrations; entry i brings user_version i to i + 1.
 MIGRATIONS: list[str] = [
@@ -93,6 +91,14 @@ MIGRATIONS: list[str] = [
         extra TEXT NOT NULL DEFAULT '{}'
     );
     CREATE INDEX alarms_by_device ON alarms(device_id, id);
+    """,
+    # the device state enum replaces the registered/online pair (registered and not online = offline)
+    """
+    ALTER TABLE devices ADD COLUMN state TEXT NOT NULL DEFAULT 'unregistered';
+    UPDATE devices SET state = CASE WHEN registered AND online THEN 'online' WHEN registered THEN 'offline'
+        ELSE 'unregistered' END;
+    ALTER TABLE devices DROP COLUMN registered;
+    ALTER TABLE devices DROP COLUMN online;
     """,
 ]
 #: Alarms kept; older ones are deleted as new ones come.
@@ -272,12 +278,12 @@ class SqliteStore:
 
     # --- devices ---------------------------------------------------------------------
 
-    @staticmethod
-    def _device(row: sqlite3.Row | tuple[Any, ...]) -> Device:
+    def _device(self, row: sqlite3.Row | tuple[Any, ...]) -> Device:
         values = dict(zip(DEVICE_COLUMNS, map(_from_sql, row), strict=True))
-        for name in _BOOL_COLUMNS:
-            values[name] = bool(values[name])
-        return Device(**values)
+        try:
+            return Device.from_row(values)
+        except ValueError as exc:
+            raise StoreError(f"device {values['device_id']} in {self.path} cannot be read: {exc}") from None
 
     async def load_devices(self) -> list[Device]:
         def load() -> list[Device]:

@@ -6,7 +6,8 @@ import ipaddress
 
 import pytest
 
-from gb28181gw.gb.model import Device
+from gb28181gw.gb.devices import DeviceEvent, Output
+from gb28181gw.gb.model import Device, DeviceState, Transport
 from gb28181gw.gb.registrar import DateFormat, Outcome, Registrar, RegistrarPolicy, format_date
 from gb28181gw.sip.auth import Challenge, NonceStore, authorization_for
 from gb28181gw.sip.endpoint import Peer
@@ -212,3 +213,53 @@ def test_date_formats() -> None:
     assert format_date(EPOCH, DateFormat.SECONDS, 0.0) == "2024-05-06T04:34:56"
     assert format_date(EPOCH, DateFormat.OFF) is None
     assert "date" not in handle(registrar(date_format=DateFormat.OFF), req()).response.headers
+
+
+class TestTransitions:
+    """Each accepted REGISTER is one named device transition, applied to the returned copy only."""
+
+    def test_register_refresh_unregister(self) -> None:
+        r = registrar()
+        first = handle(r, req())
+        assert first.change is not None and first.device is not None
+        assert (first.change.event, first.change.old, first.change.new) == (
+            DeviceEvent.REGISTERED,
+            DeviceState.UNREGISTERED,
+            DeviceState.ONLINE,
+        )
+        assert first.change.went_online and Output.ANNOUNCE in first.change.outputs
+        again = handle(r, req(), first.device, now=200.0)
+        assert again.change is not None and again.change.event is DeviceEvent.REFRESHED and again.change.nothing
+        assert first.device.registered_at == EPOCH  # the stored record is not touched
+        gone = handle(r, req(**{"Expires: 3600": "Expires: 0"}), again.device, now=300.0)
+        assert gone.change is not None and gone.change.event is DeviceEvent.UNREGISTERED
+        assert gone.change.went_offline and gone.change.reason == "unregistered (Expires: 0)"
+        assert gone.device is not None and gone.device.state is DeviceState.UNREGISTERED
+
+    def test_offline_device_refreshing_comes_back_online(self) -> None:
+        r = registrar()
+        dev = handle(r, req()).device
+        assert dev is not None
+        dev.state = DeviceState.OFFLINE
+        result = handle(r, req(), dev, now=200.0)
+        assert result.change is not None and result.change.event is DeviceEvent.REFRESHED
+        assert result.change.went_online and Output.ANNOUNCE not in result.change.outputs
+
+    def test_lapsed_registration_registers_anew(self) -> None:
+        r = registrar()
+        dev = handle(r, req()).device
+        result = handle(r, req(), dev, now=100.0 + 3601)
+        assert result.outcome is Outcome.REGISTERED
+        assert result.change is not None and result.change.event is DeviceEvent.REGISTERED
+        assert (result.change.old, result.change.new) == (DeviceState.ONLINE, DeviceState.ONLINE)
+
+    def test_new_address_is_in_the_change(self) -> None:
+        r = registrar()
+        dev = handle(r, req()).device
+        moved = handle(r, req(), dev, now=200.0, peer=Peer("TCP", "10.1.2.3", 40000))
+        assert moved.change is not None and moved.change.moved_from == PEER
+        assert moved.device is not None and moved.device.transport is Transport.TCP
+
+    def test_rejections_change_nothing(self) -> None:
+        result = handle(registrar(password="12345678"), req())
+        assert result.response.status == 401 and result.change is None and result.device is None

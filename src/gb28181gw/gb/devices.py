@@ -1,0 +1,351 @@
+"""The device table: one owner for every :class:`~gb28181gw.gb.model.Device`, named states, one transition table.
+
+A device is in one :class:`DeviceState`:
+
+- ``UNREGISTERED``: known (provisioned, or registered once) but holding no registration;
+- ``ONLINE``: registered and heart-beating (GB/T 28181 §9.1, §9.6);
+- ``OFFLINE``: still registered, but silent: its keepalives stopped (PROTOCOL.md §4.1 K3) or
+  its TCP connection closed (GB/T 28181-2022 §9.1.1 f). A keepalive or a REGISTER brings it
+  back; when its registration runs out it is ``UNREGISTERED``.
+
+Every change is a :class:`DeviceEvent` looked up in :data:`TRANSITIONS`, one
+``dict[(state, event)] -> (state, outputs)`` in the style of
+:mod:`gb28181gw.sip.transaction`. A pair the table does not list is a bug in the
+caller (a keepalive from a device without a registration must be answered 404 by
+:func:`gb28181gw.gb.keepalive.decide`, never applied) and raises
+:class:`~gb28181gw.errors.LocalProtocolError` naming the state.
+
+The :class:`Output` of a transition says what the shell must do — persist now or
+lazily, (re)start or stop the liveness deadline, tell the offline or registration
+listeners, delete the record — and every transition returns a :class:`Change`
+saying what happened (went online, went offline and why, moved to another address).
+
+Bans (failed digest authentication, PROTOCOL.md §3.6) are not a device state: they
+belong to a source address or an ID for a few minutes, whether or not a record
+exists, and are kept by :class:`gb28181gw.gb.registrar.BanList`.
+
+:func:`render_table` prints the table as a Graphviz graph.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator, Mapping, ValuesView
+from dataclasses import dataclass
+from enum import IntEnum, auto
+
+from gb28181gw.errors import LocalProtocolError
+from gb28181gw.sdp import StreamMode
+from gb28181gw.sip.endpoint import Peer
+
+from .model import Device, DeviceState, Transport
+
+__all__ = [
+    "TRANSITIONS",
+    "Change",
+    "DeviceEvent",
+    "DeviceState",
+    "DeviceTable",
+    "Output",
+    "render_table",
+    "transition",
+]
+
+
+class DeviceEvent(IntEnum):
+    """What can happen to a device."""
+
+    REGISTERED = auto()  # a REGISTER gave it a new registration (§9.1.2)
+    REFRESHED = auto()  # a REGISTER renewed a registration it held
+    KEEPALIVE = auto()  # a Keepalive MESSAGE from a registered device (§9.6)
+    TIMED_OUT = auto()  # no keepalive for interval × count (K3)
+    EXPIRED = auto()  # its registration ran out without a refresh
+    CONNECTION_LOST = auto()  # the TCP connection it registered over closed (2022 §9.1.1 f)
+    UNREGISTERED = auto()  # REGISTER with Expires: 0 (§9.1.2.2)
+    PROVISIONED = auto()  # an operator added it or changed its settings
+    REMOVED = auto()  # an operator deleted it
+
+
+class Output(IntEnum):
+    """What the shell does after a transition."""
+
+    SAVE = auto()  # write the record with the next batch
+    HEARTBEAT = auto()  # only a newer keepalive time: write it lazily
+    WATCH = auto()  # (re)start its liveness deadline (see keepalive.liveness_timeout)
+    UNWATCH = auto()  # stop its liveness deadline
+    ANNOUNCE = auto()  # tell the registration listeners (time to ask for its catalog)
+    RELEASE = auto()  # tell the offline listeners: streams, subscriptions, channel status go
+    DELETE = auto()  # delete the record from the store
+
+
+S = DeviceState
+E = DeviceEvent
+O = Output  # noqa: E741
+
+Table = dict[tuple[DeviceState, DeviceEvent], tuple[DeviceState, tuple[Output, ...]]]
+
+_NEW_REGISTRATION = (S.ONLINE, (O.WATCH, O.SAVE, O.ANNOUNCE))
+_UNREGISTER = (S.UNREGISTERED, (O.UNWATCH, O.SAVE, O.RELEASE))
+
+#: Every legal (state, event) pair. A keepalive from an ONLINE device only moves its
+#: deadline and is written lazily; one that moved address is saved at once (see :func:`transition`).
+TRANSITIONS: Table = {
+    (S.UNREGISTERED, E.REGISTERED): _NEW_REGISTRATION,
+    # Expires: 0 from a device we do not count as registered: still released, since a
+    # registration that lapsed while we were down may have left its channels ON
+    (S.UNREGISTERED, E.UNREGISTERED): _UNREGISTER,
+    (S.UNREGISTERED, E.PROVISIONED): (S.UNREGISTERED, (O.SAVE,)),
+    (S.UNREGISTERED, E.REMOVED): (S.UNREGISTERED, (O.UNWATCH, O.DELETE)),
+    # a registration that lapsed before the deadline fired is a new one
+    (S.ONLINE, E.REGISTERED): _NEW_REGISTRATION,
+    (S.ONLINE, E.REFRESHED): (S.ONLINE, (O.WATCH, O.SAVE)),
+    (S.ONLINE, E.KEEPALIVE): (S.ONLINE, (O.WATCH, O.HEARTBEAT)),
+    # offline but registered: watched again until the registration runs out
+    (S.ONLINE, E.TIMED_OUT): (S.OFFLINE, (O.WATCH, O.SAVE, O.RELEASE)),
+    (S.ONLINE, E.CONNECTION_LOST): (S.OFFLINE, (O.WATCH, O.SAVE, O.RELEASE)),
+    (S.ONLINE, E.EXPIRED): (S.UNREGISTERED, (O.SAVE, O.RELEASE)),
+    (S.ONLINE, E.UNREGISTERED): _UNREGISTER,
+    (S.ONLINE, E.PROVISIONED): (S.ONLINE, (O.SAVE,)),
+    (S.ONLINE, E.REMOVED): (S.UNREGISTERED, (O.UNWATCH, O.DELETE, O.RELEASE)),
+    (S.OFFLINE, E.REGISTERED): _NEW_REGISTRATION,
+    (S.OFFLINE, E.REFRESHED): (S.ONLINE, (O.WATCH, O.SAVE)),
+    (S.OFFLINE, E.KEEPALIVE): (S.ONLINE, (O.WATCH, O.SAVE)),  # back online (K5)
+    (S.OFFLINE, E.EXPIRED): (S.UNREGISTERED, (O.SAVE,)),  # released when it went offline
+    (S.OFFLINE, E.UNREGISTERED): _UNREGISTER,
+    (S.OFFLINE, E.PROVISIONED): (S.OFFLINE, (O.SAVE,)),
+    (S.OFFLINE, E.REMOVED): (S.UNREGISTERED, (O.UNWATCH, O.DELETE)),
+}
+
+_TRANSPORTS = {t.value: t for t in Transport}
+_MOVING_EVENTS = frozenset({E.REGISTERED, E.REFRESHED, E.KEEPALIVE})
+_HEARD_FROM = _MOVING_EVENTS
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What one transition did to a device.
+
+    Attributes:
+        device_id: the device.
+        event: what happened.
+        old / new: its state before and after.
+        outputs: what the shell must do (:class:`Output`).
+        reason: why it is no longer online (also its ``offline_reason``); empty otherwise.
+        moved_from: where it was before, when the event came from another address
+            (NAT rebinding, or two devices sharing one ID); ``None`` if it did not move.
+    """
+
+    device_id: str
+    event: DeviceEvent
+    old: DeviceState
+    new: DeviceState
+    outputs: tuple[Output, ...]
+    reason: str = ""
+    moved_from: Peer | None = None
+
+    @property
+    def went_online(self) -> bool:
+        """It was not online and now is."""
+        return self.new is S.ONLINE and self.old is not S.ONLINE
+
+    @property
+    def went_offline(self) -> bool:
+        """It was online and now is not."""
+        return self.old is S.ONLINE and self.new is not S.ONLINE
+
+    @property
+    def nothing(self) -> bool:
+        """Neither its state nor its address changed (a plain keepalive or refresh)."""
+        return self.old is self.new and self.moved_from is None
+
+
+def transition(
+    device: Device, event: DeviceEvent, *, epoch: float, reason: str = "", peer: Peer | None = None
+) -> Change:
+    """Apply ``event`` to ``device`` in place and say what changed.
+
+    Args:
+        device: the record to change (the table's own, or a copy the registrar proposes).
+        event: what happened.
+        epoch: wall-clock epoch seconds (``updated_at``, ``last_keepalive``).
+        reason: why it leaves the online state (stored as ``offline_reason``).
+        peer: where a REGISTER or keepalive came from: the device's address from now on
+            (PROTOCOL.md §3.4 R3, K5).
+
+    Raises:
+        LocalProtocolError: the table has no ``(device.state, event)``.
+    """
+    old = device.state
+    try:
+        new, outputs = TRANSITIONS[old, event]
+    except KeyError:
+        raise LocalProtocolError(
+            f"device {device.device_id}: {event.name} is not allowed in state {old.name}"
+        ) from None
+    moved_from = None
+    if peer is not None and event in _MOVING_EVENTS:
+        if device.host and (device.host, device.port, device.transport) != (peer.host, peer.port, peer.transport):
+            moved_from = Peer(device.transport, device.host, device.port)
+            if O.HEARTBEAT in outputs:
+                # a new address must reach the store, not wait for the lazy heartbeat write
+                outputs = tuple(O.SAVE if o is O.HEARTBEAT else o for o in outputs)
+        transport = _TRANSPORTS.get(peer.transport)
+        device.transport = transport if transport is not None else Transport(peer.transport)
+        device.host = sys.intern(peer.host)  # thousands of devices share a few NAT addresses
+        device.port = peer.port
+    if event in _HEARD_FROM:
+        device.last_keepalive = epoch
+    device.state = new
+    if new is S.ONLINE:
+        device.offline_reason = ""
+    elif reason:
+        device.offline_reason = reason
+    device.updated_at = epoch
+    return Change(device.device_id, event, old, new, outputs, reason if new is not S.ONLINE else "", moved_from)
+
+
+class DeviceTable(Mapping[str, Device]):
+    """Every device record, by ID; the only code that changes them.
+
+    It reads as a mapping (``table[id]``, ``table.get(id)``, ``in``, iteration over IDs):
+    services read records freely and change them only through these methods.
+    """
+
+    def __init__(self) -> None:
+        self._devices: dict[str, Device] = {}
+
+    def __getitem__(self, device_id: str) -> Device:
+        return self._devices[device_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._devices)
+
+    def __len__(self) -> int:
+        return len(self._devices)
+
+    def __contains__(self, device_id: object) -> bool:
+        return device_id in self._devices
+
+    def values(self) -> ValuesView[Device]:
+        """Every record (the underlying dict's view: iterating it costs no lookups)."""
+        return self._devices.values()
+
+    def get(self, device_id: str, default: Device | None = None) -> Device | None:  # type: ignore[override]
+        """The record of ``device_id``, or ``default``."""
+        return self._devices.get(device_id, default)
+
+    def load(self, devices: Iterable[Device], *, epoch: float) -> list[Change]:
+        """Take the stored records at start-up; registrations that ran out while we were down expire."""
+        changes = []
+        for device in devices:
+            self._devices[device.device_id] = device
+            if device.state is not S.UNREGISTERED and device.expires_at <= epoch:
+                changes.append(
+                    transition(device, E.EXPIRED, epoch=epoch, reason="registration expired while the gateway was down")
+                )
+        return changes
+
+    def adopt(self, device: Device) -> None:
+        """Keep ``device`` (the registrar's updated copy, already transitioned) as the record of its ID."""
+        self._devices[device.device_id] = device
+
+    def apply(
+        self, device_id: str, event: DeviceEvent, *, epoch: float, reason: str = "", peer: Peer | None = None
+    ) -> Change:
+        """Apply ``event`` to the record of ``device_id`` (see :func:`transition`).
+
+        Raises:
+            KeyError: no such device.
+            LocalProtocolError: the event is not allowed in its state.
+        """
+        return transition(self._devices[device_id], event, epoch=epoch, reason=reason, peer=peer)
+
+    def provision(
+        self,
+        device_id: str,
+        *,
+        epoch: float,
+        password: str = "",
+        name: str = "",
+        charset: str = "",
+        stream_mode: StreamMode | None = None,
+    ) -> Change:
+        """Add a device by hand, or change its settings; empty values keep what it had."""
+        device = self._devices.get(device_id)
+        if device is None:
+            device = self._devices[device_id] = Device(device_id=device_id, created_at=epoch)
+        device.provisioned = True
+        if password:
+            device.password = password
+        if name:
+            device.name = name
+        if charset:
+            device.charset = charset
+        if stream_mode is not None:
+            device.stream_mode = stream_mode
+        return transition(device, E.PROVISIONED, epoch=epoch)
+
+    def remove(self, device_id: str, *, epoch: float) -> tuple[Device, Change] | None:
+        """Forget ``device_id``; its last record and the change, or ``None`` if unknown."""
+        device = self._devices.pop(device_id, None)
+        if device is None:
+            return None
+        return device, transition(device, E.REMOVED, epoch=epoch, reason="removed by operator")
+
+    def describe(
+        self,
+        device_id: str,
+        *,
+        epoch: float,
+        name: str = "",
+        manufacturer: str = "",
+        model: str = "",
+        firmware: str = "",
+    ) -> bool:
+        """Learn what DeviceInfo (§9.5.3) said; empty values keep what it had. Whether the device is known."""
+        device = self._devices.get(device_id)
+        if device is None:
+            return False
+        device.name = name or device.name
+        device.manufacturer = manufacturer or device.manufacturer
+        device.model = model or device.model
+        device.firmware = firmware or device.firmware
+        device.updated_at = epoch
+        return True
+
+    def set_heartbeat(self, device_id: str, *, epoch: float, interval: int = 0, count: int = 0) -> bool:
+        """Learn the device's own heartbeat settings (BasicParam, §9.5.6); 0 keeps what it had."""
+        device = self._devices.get(device_id)
+        if device is None:
+            return False
+        if interval > 0:
+            device.keepalive_interval = interval
+        if count > 0:
+            device.keepalive_count = count
+        device.updated_at = epoch
+        return True
+
+    def on_connection(self, peer: Peer) -> list[str]:
+        """IDs of the online devices registered over ``peer``'s TCP connection."""
+        return [
+            d.device_id
+            for d in self._devices.values()
+            if d.state is S.ONLINE and d.transport == peer.transport and d.host == peer.host and d.port == peer.port
+        ]
+
+    def counts(self) -> dict[DeviceState, int]:
+        """How many devices are in each state."""
+        out = dict.fromkeys(DeviceState, 0)
+        for d in self._devices.values():
+            out[d.state] += 1
+        return out
+
+
+def render_table() -> str:
+    """:data:`TRANSITIONS` as a Graphviz ``digraph`` (for docs and reviews)."""
+    out = ["digraph devices {", "  rankdir=LR;"]
+    for (state, event), (new, outputs) in TRANSITIONS.items():
+        label = ", ".join(o.name for o in outputs)
+        out.append(f'  "{state.name}" -> "{new.name}" [label="{event.name}\\n{label}"];')
+    out.append("}")
+    return "\n".join(out)

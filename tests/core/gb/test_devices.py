@@ -1,0 +1,210 @@
+"""Device states and transitions (GB/T 28181 §9.1, §9.6; PROTOCOL.md §3-§4), as a table."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from gb28181gw.errors import LocalProtocolError
+from gb28181gw.gb.devices import (
+    TRANSITIONS,
+    Change,
+    DeviceEvent,
+    DeviceState,
+    DeviceTable,
+    Output,
+    render_table,
+    transition,
+)
+from gb28181gw.gb.model import Device, StreamMode, Transport
+from gb28181gw.sip.endpoint import Peer
+
+S, E, O = DeviceState, DeviceEvent, Output  # noqa: E741
+ID = "34020000001320000001"
+EPOCH = 1_714_970_000.0
+HERE = Peer("UDP", "10.0.0.5", 5060)
+THERE = Peer("TCP", "10.9.9.9", 40000)
+
+#: The whole machine, written out independently of the module: (state, event) -> (state, outputs).
+EXPECTED: dict[tuple[DeviceState, DeviceEvent], tuple[DeviceState, tuple[Output, ...]]] = {
+    (S.UNREGISTERED, E.REGISTERED): (S.ONLINE, (O.WATCH, O.SAVE, O.ANNOUNCE)),
+    (S.UNREGISTERED, E.UNREGISTERED): (S.UNREGISTERED, (O.UNWATCH, O.SAVE, O.RELEASE)),
+    (S.UNREGISTERED, E.PROVISIONED): (S.UNREGISTERED, (O.SAVE,)),
+    (S.UNREGISTERED, E.REMOVED): (S.UNREGISTERED, (O.UNWATCH, O.DELETE)),
+    (S.ONLINE, E.REGISTERED): (S.ONLINE, (O.WATCH, O.SAVE, O.ANNOUNCE)),
+    (S.ONLINE, E.REFRESHED): (S.ONLINE, (O.WATCH, O.SAVE)),
+    (S.ONLINE, E.KEEPALIVE): (S.ONLINE, (O.WATCH, O.HEARTBEAT)),
+    (S.ONLINE, E.TIMED_OUT): (S.OFFLINE, (O.WATCH, O.SAVE, O.RELEASE)),
+    (S.ONLINE, E.CONNECTION_LOST): (S.OFFLINE, (O.WATCH, O.SAVE, O.RELEASE)),
+    (S.ONLINE, E.EXPIRED): (S.UNREGISTERED, (O.SAVE, O.RELEASE)),
+    (S.ONLINE, E.UNREGISTERED): (S.UNREGISTERED, (O.UNWATCH, O.SAVE, O.RELEASE)),
+    (S.ONLINE, E.PROVISIONED): (S.ONLINE, (O.SAVE,)),
+    (S.ONLINE, E.REMOVED): (S.UNREGISTERED, (O.UNWATCH, O.DELETE, O.RELEASE)),
+    (S.OFFLINE, E.REGISTERED): (S.ONLINE, (O.WATCH, O.SAVE, O.ANNOUNCE)),
+    (S.OFFLINE, E.REFRESHED): (S.ONLINE, (O.WATCH, O.SAVE)),
+    (S.OFFLINE, E.KEEPALIVE): (S.ONLINE, (O.WATCH, O.SAVE)),
+    (S.OFFLINE, E.EXPIRED): (S.UNREGISTERED, (O.SAVE,)),
+    (S.OFFLINE, E.UNREGISTERED): (S.UNREGISTERED, (O.UNWATCH, O.SAVE, O.RELEASE)),
+    (S.OFFLINE, E.PROVISIONED): (S.OFFLINE, (O.SAVE,)),
+    (S.OFFLINE, E.REMOVED): (S.UNREGISTERED, (O.UNWATCH, O.DELETE)),
+}
+
+
+def device(state: DeviceState = S.UNREGISTERED, peer: Peer | None = HERE, **kw: object) -> Device:
+    d = Device(ID, state=state, **kw)  # type: ignore[arg-type]
+    if peer is not None:
+        d.transport, d.host, d.port = Transport(peer.transport), peer.host, peer.port
+    return d
+
+
+class TestTable:
+    """State × event → state, outputs, for every pair."""
+
+    def test_module_table_is_the_expected_table(self) -> None:
+        assert TRANSITIONS == EXPECTED
+
+    @pytest.mark.parametrize(("state", "event"), sorted(EXPECTED, key=lambda k: (k[0].value, k[1])))
+    def test_transition(self, state: DeviceState, event: DeviceEvent) -> None:
+        new, outputs = EXPECTED[state, event]
+        d = device(state)
+        change = transition(d, event, epoch=EPOCH, reason="why", peer=HERE)
+        assert (change.old, change.new, change.outputs) == (state, new, outputs)
+        assert d.state is new
+        assert change.event is event and change.device_id == ID
+        assert d.updated_at == EPOCH
+        assert change.went_online == (new is S.ONLINE and state is not S.ONLINE)
+        assert change.went_offline == (state is S.ONLINE and new is not S.ONLINE)
+        assert d.registered == (new is not S.UNREGISTERED) and d.online == (new is S.ONLINE)
+        if new is S.ONLINE:
+            assert d.offline_reason == "" and change.reason == ""
+        else:
+            assert d.offline_reason == "why" and change.reason == "why"
+
+    @pytest.mark.parametrize(
+        ("state", "event"), [p for p in itertools.product(DeviceState, DeviceEvent) if p not in EXPECTED]
+    )
+    def test_unlisted_pair_is_a_local_error_naming_the_state(self, state: DeviceState, event: DeviceEvent) -> None:
+        d = device(state)
+        with pytest.raises(LocalProtocolError, match=f"{event.name} is not allowed in state {state.name}"):
+            transition(d, event, epoch=EPOCH)
+        assert d.state is state and d.updated_at == 0.0  # untouched
+
+    def test_render_table_draws_every_edge(self) -> None:
+        dot = render_table()
+        assert dot.startswith("digraph devices {") and dot.endswith("}")
+        assert dot.count("->") == len(EXPECTED)
+        assert '"OFFLINE" -> "ONLINE" [label="KEEPALIVE\\nWATCH, SAVE"]' in dot
+
+
+class TestAddress:
+    """PROTOCOL.md §3.4 R3, K5: requests go where the device really is."""
+
+    def test_keepalive_from_the_same_address_is_nothing(self) -> None:
+        d = device(S.ONLINE)
+        change = transition(d, E.KEEPALIVE, epoch=EPOCH, peer=HERE)
+        assert change.nothing and change.moved_from is None
+        assert d.last_keepalive == EPOCH
+
+    def test_keepalive_from_another_address_moves_and_is_saved_at_once(self) -> None:
+        d = device(S.ONLINE)
+        change = transition(d, E.KEEPALIVE, epoch=EPOCH, peer=THERE)
+        assert change.moved_from == HERE and not change.nothing
+        assert change.outputs == (O.WATCH, O.SAVE)  # not the lazy heartbeat write
+        assert (d.transport, d.host, d.port) == (Transport.TCP, "10.9.9.9", 40000)
+        assert d.transport is Transport.TCP
+
+    def test_first_registration_is_not_a_move(self) -> None:
+        d = device(peer=None)
+        change = transition(d, E.REGISTERED, epoch=EPOCH, peer=HERE)
+        assert change.moved_from is None and (d.host, d.port) == ("10.0.0.5", 5060)
+
+    def test_events_without_a_peer_keep_the_address(self) -> None:
+        d = device(S.ONLINE)
+        transition(d, E.TIMED_OUT, epoch=EPOCH, reason="no keepalive for 180 s")
+        assert (d.host, d.port) == (HERE.host, HERE.port) and d.last_keepalive == 0.0
+
+    def test_reason_is_kept_when_an_event_gives_none(self) -> None:
+        d = device(S.ONLINE)
+        transition(d, E.TIMED_OUT, epoch=EPOCH, reason="no keepalive for 180 s")
+        transition(d, E.PROVISIONED, epoch=EPOCH + 1)
+        assert d.offline_reason == "no keepalive for 180 s"
+
+
+class TestDeviceTable:
+    def test_reads_as_a_mapping(self) -> None:
+        table = DeviceTable()
+        table.adopt(device(S.ONLINE))
+        assert ID in table and table[ID].online and table.get("x") is None and list(table) == [ID]
+        assert len(table) == 1 and [d.device_id for d in table.values()] == [ID]
+        assert table.counts() == {S.UNREGISTERED: 0, S.ONLINE: 1, S.OFFLINE: 0}
+
+    def test_load_expires_lapsed_registrations(self) -> None:
+        lapsed = device(S.ONLINE, expires_at=EPOCH - 1)
+        lapsed.device_id = "34020000001320000002"
+        live = device(S.OFFLINE, expires_at=EPOCH + 100)
+        table = DeviceTable()
+        changes = table.load([lapsed, live, device(S.UNREGISTERED, expires_at=0.0)], epoch=EPOCH)
+        assert [(c.device_id, c.event, c.new) for c in changes] == [("34020000001320000002", E.EXPIRED, S.UNREGISTERED)]
+        assert lapsed.offline_reason == "registration expired while the gateway was down"
+        assert table[ID].state is S.UNREGISTERED  # the third record replaced the second (same ID)
+
+    def test_apply_unknown_device_is_a_key_error(self) -> None:
+        with pytest.raises(KeyError):
+            DeviceTable().apply(ID, E.KEEPALIVE, epoch=EPOCH)
+
+    def test_provision_creates_then_updates(self) -> None:
+        table = DeviceTable()
+        change = table.provision(ID, epoch=EPOCH, password="p", name="gate", stream_mode=StreamMode.TCP_ACTIVE)
+        assert change == Change(ID, E.PROVISIONED, S.UNREGISTERED, S.UNREGISTERED, (O.SAVE,))
+        d = table[ID]
+        assert d.provisioned and d.password == "p" and d.created_at == EPOCH
+        assert d.stream_mode is StreamMode.TCP_ACTIVE
+        table.provision(ID, epoch=EPOCH + 1, charset="UTF-8")
+        assert (d.password, d.name, d.charset, d.stream_mode) == ("p", "gate", "UTF-8", StreamMode.TCP_ACTIVE)
+
+    def test_remove_online_device_releases(self) -> None:
+        table = DeviceTable()
+        table.adopt(device(S.ONLINE))
+        removed = table.remove(ID, epoch=EPOCH)
+        assert removed is not None
+        record, change = removed
+        assert O.RELEASE in change.outputs and O.DELETE in change.outputs and change.reason == "removed by operator"
+        assert ID not in table and table.remove(ID, epoch=EPOCH) is None
+
+    def test_describe_and_heartbeat_keep_unknown_values(self) -> None:
+        table = DeviceTable()
+        table.adopt(device(S.ONLINE, name="old", keepalive_interval=30))
+        assert table.describe(ID, epoch=EPOCH, manufacturer="Hikvision")
+        assert table.set_heartbeat(ID, epoch=EPOCH, count=5)
+        d = table[ID]
+        assert (d.name, d.manufacturer, d.keepalive_interval, d.keepalive_count) == ("old", "Hikvision", 30, 5)
+        assert not table.describe("x", epoch=EPOCH) and not table.set_heartbeat("x", epoch=EPOCH, interval=1)
+
+    def test_on_connection_finds_online_devices_of_that_connection(self) -> None:
+        table = DeviceTable()
+        table.adopt(device(S.ONLINE, peer=THERE))
+        other = device(S.OFFLINE, peer=THERE)
+        other.device_id = "34020000001320000002"
+        table.adopt(other)
+        assert table.on_connection(THERE) == [ID]
+        assert table.on_connection(Peer("TCP", "10.9.9.9", 40001)) == []
+
+
+class TestDeviceRecord:
+    def test_to_dict_keeps_registered_and_online(self) -> None:
+        out = device(S.OFFLINE, password="secret").to_dict()
+        assert out["state"] == "offline" and out["registered"] is True and out["online"] is False
+        assert out["stream_mode"] == "" and out["password"] is True and out["transport"] == "UDP"
+
+    def test_row_round_trip(self) -> None:
+        from gb28181gw.gb.model import DEVICE_FIELDS
+
+        for d in (device(S.ONLINE), device(S.OFFLINE, stream_mode=StreamMode.UDP, provisioned=True)):
+            row = d.row()
+            assert None not in row  # every column is NOT NULL
+            assert Device.from_row(dict(zip(DEVICE_FIELDS, row, strict=True))) == d
+
+    def test_from_row_rejects_unknown_values(self) -> None:
+        with pytest.raises(ValueError):
+            Device.from_row({"device_id": ID, "state": "banned"})
