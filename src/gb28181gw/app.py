@@ -269,6 +269,8 @@ def registrar_policy(config: Config) -> RegistrarPolicy:
         domain=config.domain,
         password=r.password,
         require_provisioned=r.require_provisioned,
+        gateway_id=config.gateway.id,
+        accept_platforms=r.accept_platforms,
         strict_ids=config.gateway.strict_ids,
         expires_min=r.expires_min,
         expires_max=r.expires_max,

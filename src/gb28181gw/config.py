@@ -141,6 +141,9 @@ class RegistrarSection:
 
     password: str = _opt("", "global digest password; empty with no per-device password = open registration")
     require_provisioned: bool = _opt(False, "refuse devices not added first (gb28181gw device add)")
+    accept_platforms: bool = _opt(
+        False, "let platform IDs (type 200) register as devices; lower platforms register by cascade"
+    )
     expires_min: int = _opt(60, "shortest registration accepted (s); shorter gets 423 Interval Too Brief", _at_least(1))
     expires_max: int = _opt(86400, "longest registration granted (s); longer is cut to this", _at_least(60))
     expires_default: int = _opt(3600, "registration period when the device names none (s)", _at_least(60))

@@ -16,7 +16,7 @@ import sys
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 from gb28181gw.errors import AuthError, IdError, SipParseError
@@ -44,6 +44,11 @@ class DateFormat(StrEnum):
     OFF = "off"  # no Date: the device keeps its own clock
 
 
+#: Type code of a platform's central signalling server (GB/T 28181-2016 Annex D).
+PLATFORM_TYPE = 200
+ALL_ZERO_ID = "0" * 20
+
+
 @dataclass(frozen=True, slots=True)
 class RegistrarPolicy:
     """What the registrar accepts.
@@ -62,6 +67,8 @@ class RegistrarPolicy:
             the window, from one address or for one ID, answer 403 for ban_seconds.
         allow_ids / deny_ids: ID prefixes (empty allow list = all allowed).
         allow_networks / deny_networks: source networks (empty allow list = all allowed).
+        gateway_id: our own ID, which no device may register with.
+        accept_platforms: let IDs of type 200 (platform SIP servers) register as devices.
     """
 
     domain: str
@@ -81,6 +88,8 @@ class RegistrarPolicy:
     deny_ids: tuple[str, ...] = ()
     allow_networks: tuple[IpNetwork, ...] = ()
     deny_networks: tuple[IpNetwork, ...] = ()
+    gateway_id: str = ""
+    accept_platforms: bool = False
 
 
 class Outcome(StrEnum):
@@ -117,55 +126,70 @@ class RegisterResult:
     change: Change | None = None
 
 
-@dataclass(slots=True)
-class _Failures:
-    times: deque[float] = field(default_factory=deque)
-    banned_until: float = 0.0
-
-
 class BanList:
-    """Failed-authentication counting and bans, per source address and per ID.
+    """Failed-authentication counting and bans (PROTOCOL.md §3.3), keyed by the caller.
 
-    Memory is bounded: at most ``max_keys`` keys are remembered, oldest first out.
+    The registrar counts per source address and per (ID, address) pair, never per ID
+    alone: a stranger's wrong passwords must not lock out the real device at its own
+    address. Memory is bounded without ever dropping an active ban: failure counters
+    are capped at ``max_keys`` (oldest forgotten first); bans are kept in the order they
+    expire (every ban lasts ``ban`` seconds) and leave only when they end, at most
+    ``max_bans`` at once (past that a new offender is refused but not remembered).
     """
 
-    def __init__(self, *, limit: int, window: float, ban: float, max_keys: int = 100_000) -> None:
+    def __init__(
+        self, *, limit: int, window: float, ban: float, max_keys: int = 100_000, max_bans: int = 200_000
+    ) -> None:
         self.limit = limit
         self.window = window
         self.ban = ban
         self._max = max_keys
-        self._keys: OrderedDict[str, _Failures] = OrderedDict()
+        self._max_bans = max_bans
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._bans: OrderedDict[str, float] = OrderedDict()  # key → banned until, in order of expiry
         self.bans = 0
 
     def banned(self, key: str, now: float) -> float:
         """Seconds left on ``key``'s ban, 0 if none."""
-        f = self._keys.get(key)
-        return max(0.0, f.banned_until - now) if f else 0.0
+        until = self._bans.get(key)
+        return max(0.0, until - now) if until is not None else 0.0
 
     def fail(self, key: str, now: float) -> bool:
         """Count a failure; return whether ``key`` is now banned."""
-        f = self._keys.get(key)
-        if f is None:
-            f = self._keys[key] = _Failures()
-            if len(self._keys) > self._max:
-                self._keys.popitem(last=False)
+        self._expire(now)
+        times = self._failures.get(key)
+        if times is None:
+            times = self._failures[key] = deque()
+            if len(self._failures) > self._max:
+                self._failures.popitem(last=False)
         else:
-            self._keys.move_to_end(key)
-        while f.times and now - f.times[0] > self.window:
-            f.times.popleft()
-        f.times.append(now)
-        if len(f.times) >= self.limit:
-            f.times.clear()
-            f.banned_until = now + self.ban
-            self.bans += 1
-            return True
-        return False
+            self._failures.move_to_end(key)
+        while times and now - times[0] > self.window:
+            times.popleft()
+        times.append(now)
+        if len(times) < self.limit:
+            return False
+        del self._failures[key]
+        if len(self._bans) < self._max_bans:
+            self._bans.pop(key, None)
+            self._bans[key] = now + self.ban
+        self.bans += 1
+        return True
+
+    def _expire(self, now: float) -> None:
+        bans = self._bans
+        while bans:
+            key, until = next(iter(bans.items()))
+            if until > now:
+                break
+            del bans[key]
 
     def succeed(self, key: str) -> None:
-        """Forget ``key``'s failures after a successful authentication."""
-        f = self._keys.get(key)
-        if f is not None and not f.banned_until:
-            del self._keys[key]
+        """Forget ``key``'s failures after a successful authentication (a ban stays until it ends)."""
+        self._failures.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._failures) + len(self._bans)
 
 
 _DATE_CACHE: dict[int, str] = {}
@@ -250,16 +274,25 @@ class Registrar:
             gid = GbId.parse(device_id, strict=p.strict_ids)
         except IdError as exc:
             return reject(403, "invalid-id", f"invalid device ID: {exc}")
+        if device_id == p.gateway_id:
+            return reject(403, "own-id", f"{device_id} is this gateway's own ID")
+        if device_id == ALL_ZERO_ID:
+            return reject(403, "invalid-id", "the all-zero ID is no device's")
+        if gid.type_code == PLATFORM_TYPE and not p.accept_platforms:
+            return reject(
+                403,
+                "platform-id",
+                f"{device_id} is a platform's ID (type {PLATFORM_TYPE}); set registrar.accept_platforms to let it register as a device",
+            )
         if any(device_id.startswith(prefix) for prefix in p.deny_ids):
             return reject(403, "denied-id", f"device ID {device_id} is denied")
         if p.allow_ids and not any(device_id.startswith(prefix) for prefix in p.allow_ids):
             return reject(403, "denied-id", f"device ID {device_id} is not in the allowed ID prefixes")
 
-        for key in (f"ip:{peer.host}", f"id:{device_id}"):
+        for key, what in ((f"ip:{peer.host}", "address"), (f"id:{device_id}@{peer.host}", "ID from this address")):
             left = self.bans.banned(key, now)
             if left:
-                what = "address" if key.startswith("ip:") else "ID"
-                return reject(403, "banned", f"too many failed authentications from this {what}; retry in {left:.0f} s")
+                return reject(403, "banned", f"too many failed authentications for this {what}; retry in {left:.0f} s")
 
         if p.check_request_domain:
             target = _uri_host(request.uri)
@@ -309,7 +342,7 @@ class Registrar:
         expires = min(expires, p.expires_max)
 
         self.bans.succeed(f"ip:{peer.host}")
-        self.bans.succeed(f"id:{device_id}")
+        self.bans.succeed(f"id:{device_id}@{peer.host}")
         record = device.copy() if device is not None else Device(device_id=device_id, created_at=epoch)
         was_registered = record.registered and record.expires_at > epoch
         resp = make_response(request, 200, to_tag=tag)
@@ -381,14 +414,16 @@ class Registrar:
             Verdict.BAD_ALGORITHM: f"digest algorithm {creds.algorithm} is not {self.nonces.algorithm}",
             Verdict.BAD_RESPONSE: "wrong password",
         }[verdict]
-        banned = self.bans.fail(f"ip:{peer.host}", now) | self.bans.fail(f"id:{device_id}", now)
+        if verdict is not Verdict.BAD_RESPONSE:
+            # a wrong realm or algorithm guesses no password: refuse it, count nothing
+            return reject(403, reason, detail)
+        # a wrong answer to a live nonce we gave this address: a real guess
+        banned = self.bans.fail(f"ip:{peer.host}", now) | self.bans.fail(f"id:{device_id}@{peer.host}", now)
         if banned:
             return reject(403, "banned", f"{detail}; too many failures: banned for {self.policy.ban_seconds:.0f} s")
-        if verdict is Verdict.BAD_RESPONSE:
-            # the issue's policy: wrong password is challenged again until the limit, then 403
-            result = challenge(False, reason, detail)
-            return RegisterResult(result.response, Outcome.REJECTED, reason, None, detail)
-        return reject(403, reason, detail)
+        # a wrong password is challenged again until the limit, then 403
+        result = challenge(False, reason, detail)
+        return RegisterResult(result.response, Outcome.REJECTED, reason, None, detail)
 
     @staticmethod
     def _version(request: Request, response: Response) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from gb28181gw.gb.devices import DeviceEvent, Output
 from gb28181gw.gb.model import Device, DeviceState, Transport
-from gb28181gw.gb.registrar import DateFormat, Outcome, Registrar, RegistrarPolicy, format_date
+from gb28181gw.gb.registrar import BanList, DateFormat, Outcome, Registrar, RegistrarPolicy, format_date
 from gb28181gw.sip.auth import Challenge, NonceStore, authorization_for
 from gb28181gw.sip.endpoint import Peer
 from gb28181gw.sip.message import Request, parse_message
@@ -100,6 +100,66 @@ def test_wrong_password_is_401_until_the_limit_then_403_and_banned() -> None:
     assert "retry in" in result.response.headers["warning"]
     # and free again after the ban
     assert handle(r, req(), now=200.0).response.status == 401
+
+
+class TestNoLockout:
+    """A stranger cannot lock a device out (issue 10, defect 4)."""
+
+    STRANGER = Peer("UDP", "10.6.6.6", 5060)
+
+    def guess(self, r: Registrar, peer: Peer, now: float, password: str = "bad") -> int:
+        ch = handle(r, req(), now=now, peer=peer)
+        if ch.response.status != 401:
+            return int(ch.response.status)
+        return int(handle(r, with_auth(req(), ch.response, password), now=now, peer=peer).response.status)
+
+    def test_a_strangers_wrong_passwords_ban_the_stranger_not_the_device(self) -> None:
+        r = registrar(password="12345678", max_auth_failures=3, ban_seconds=600)
+        assert [self.guess(r, self.STRANGER, 100.0 + i) for i in range(4)] == [401, 401, 403, 403]
+        # the real camera at its own address registers at once
+        assert self.guess(r, PEER, 105.0, password="12345678") == 200
+
+    def test_a_wrong_realm_guesses_nothing_and_counts_nothing(self) -> None:
+        r = registrar(password="12345678", max_auth_failures=2, ban_seconds=600)
+        bogus = 'Digest username="34020000001320000001", realm="9999999999", nonce="x", uri="sip:x", response="00"'
+        for i in range(50):
+            result = handle(r, self.with_header(bogus), now=100.0 + i, peer=PEER)
+            assert result.response.status == 403 and result.reason == "wrong-realm"
+        assert len(r.bans) == 0 and r.bans.bans == 0
+        assert self.guess(r, PEER, 200.0, password="12345678") == 200
+
+    @staticmethod
+    def with_header(authorization: str) -> Request:
+        request = req()
+        request.headers.add("Authorization", authorization)
+        return request
+
+    def test_the_ban_table_is_bounded_and_never_drops_an_active_ban(self) -> None:
+        bans = BanList(limit=2, window=60.0, ban=600.0, max_keys=100)
+        assert bans.fail("ip:10.0.0.1", 0.0) is False and bans.fail("ip:10.0.0.1", 1.0) is True
+        for i in range(10_000):  # a flood of one-off failures from everywhere
+            bans.fail(f"ip:10.1.{i // 256}.{i % 256}", 2.0)
+        assert len(bans) <= 101
+        assert bans.banned("ip:10.0.0.1", 3.0) > 0  # still banned
+        assert bans.banned("ip:10.0.0.1", 602.0) == 0  # until it ends
+        bans.fail("ip:10.2.0.1", 700.0)
+        assert "ip:10.0.0.1" not in bans._bans  # and then it is forgotten
+
+
+@pytest.mark.parametrize(
+    ("device_id", "reason"),
+    [
+        ("34020000002000000001", "own-id"),
+        ("00000000000000000000", "invalid-id"),
+        ("34020000002000000099", "platform-id"),
+    ],
+)
+def test_own_zero_and_platform_ids_do_not_register_as_devices(device_id: str, reason: str) -> None:
+    r = registrar(gateway_id="34020000002000000001")
+    result = handle(r, req(**{"34020000001320000001": device_id}))
+    assert (result.response.status, result.reason, result.device) == (403, reason, None)
+    allowed = registrar(gateway_id="34020000002000000001", accept_platforms=True)
+    assert handle(allowed, req(**{"34020000001320000001": "34020000002000000099"})).response.status == 200
 
 
 def test_replayed_nonce_is_401_stale() -> None:
