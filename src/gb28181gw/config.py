@@ -164,6 +164,9 @@ class RegistrarSection:
     deny_networks: list[str] = _opt([], "source networks refused (CIDR)", _networks)
     keepalive_interval: int = _opt(60, "expected heartbeat interval (s) when a device's own is unknown", _at_least(1))
     keepalive_count: int = _opt(3, "missed heartbeats before a device is offline", _at_least(1))
+    accept_port_change: bool = _opt(
+        True, "a MESSAGE from the registered IP but another port moves the device there (NAT rebinding)"
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,6 +67,7 @@ class MessageResult(StrEnum):
 
     OK = "ok"  # a keepalive from a registered device
     UNREGISTERED = "unregistered"  # 404: the sender holds no registration
+    WRONG_ADDRESS = "wrong-address"  # 404: not from where the device registered (it must register again)
     BAD_BODY = "bad-body"  # 400: the body is no MANSCDP XML
     OTHER = "other"  # 200, another CmdType: for the MANSCDP handlers
 
@@ -93,21 +94,33 @@ class MessageDecision:
     peer: Peer | None = None
 
 
-def decide(device: Device | None, device_id: str, body: bytes, peer: Peer, epoch: float) -> MessageDecision:
+def decide(
+    device: Device | None, device_id: str, body: bytes, peer: Peer, epoch: float, *, accept_port_change: bool
+) -> MessageDecision:
     """Decide the answer to a MESSAGE from ``device_id`` (GB/T 28181 §9.6, PROTOCOL.md §4.1).
 
     Args:
         device: its record, or ``None`` if unknown.
         device_id: the From user (for the Warning).
         body: the MESSAGE body.
-        peer: where it came from: a keepalive moves the device there (K5, NAT rebinding).
+        peer: where it came from. Only the address the device registered from is believed:
+            anyone can put a device's ID in a MESSAGE, and a keepalive that moved the device
+            would send its next query or INVITE to a stranger. From another address it is 404,
+            which real devices answer by registering again, with digest, from where they are.
         epoch: wall-clock epoch seconds.
+        accept_port_change: a new port on the registered IP moves the device there (K5, NAT rebinding).
     """
     if device is None or not device.registered or device.expires_at <= epoch:
         # K4: never 200 to an unregistered device, or it believes it is registered;
         # 404 makes real devices register again
         return MessageDecision(
             404, MessageResult.UNREGISTERED, f"device {device_id or '(no ID)'} is not registered here"
+        )
+    if peer.host != device.host or (peer.port != device.port and not accept_port_change):
+        return MessageDecision(
+            404,
+            MessageResult.WRONG_ADDRESS,
+            f"device {device_id} is registered from {device.host}:{device.port}; register again from here",
         )
     try:
         root = parse_xml(body)

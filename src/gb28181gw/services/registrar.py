@@ -92,6 +92,7 @@ class RegistrarService:
         )
         self.devices = DeviceTable()
         self.liveness = Liveness()
+        self.settings = settings
         self.keepalive_interval = settings.keepalive_interval
         self.keepalive_count = settings.keepalive_count
         self.flush_interval = flush_interval
@@ -308,7 +309,9 @@ class RegistrarService:
         device_id = from_user(req)
         device = self.devices.get(device_id)
         now, epoch = self._now()
-        decision = decide(device, device_id, req.body, event.peer, epoch)
+        decision = decide(
+            device, device_id, req.body, event.peer, epoch, accept_port_change=self.settings.accept_port_change
+        )
         resp = make_response(req, decision.status, to_tag=self.stack.endpoint.new_tag())
         if decision.warning:
             resp.headers.add("Warning", warning_header(decision.warning))

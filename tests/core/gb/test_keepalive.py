@@ -68,25 +68,30 @@ class TestDecide:
         ids=["unknown", "unregistered", "expired-just-now", "offline-expired"],
     )
     def test_not_registered_is_404(self, device: Device | None) -> None:
-        d = decide(device, ID, KEEPALIVE, HERE, EPOCH)
+        d = decide(device, ID, KEEPALIVE, HERE, EPOCH, accept_port_change=True)
         assert (d.status, d.result, d.event, d.root) == (404, MessageResult.UNREGISTERED, None, None)
         assert d.warning == f"device {ID} is not registered here"
 
     def test_no_id_says_so(self) -> None:
-        assert decide(None, "", KEEPALIVE, HERE, EPOCH).warning == "device (no ID) is not registered here"
+        assert (
+            decide(None, "", KEEPALIVE, HERE, EPOCH, accept_port_change=True).warning
+            == "device (no ID) is not registered here"
+        )
 
     def test_bad_body_is_400(self) -> None:
-        d = decide(registered(), ID, b"<Notify><CmdType>Keep", HERE, EPOCH)
+        d = decide(registered(), ID, b"<Notify><CmdType>Keep", HERE, EPOCH, accept_port_change=True)
         assert (d.status, d.result, d.event) == (400, MessageResult.BAD_BODY, None) and d.warning
 
     def test_other_cmd_is_200_with_the_body_and_no_transition(self) -> None:
-        d = decide(registered(), ID, ALARM, HERE, EPOCH)
+        d = decide(registered(), ID, ALARM, HERE, EPOCH, accept_port_change=True)
         assert (d.status, d.result, d.event) == (200, MessageResult.OTHER, None)
         assert d.root is not None and d.root.tag == "Notify"
 
     @pytest.mark.parametrize("state", [DeviceState.ONLINE, DeviceState.OFFLINE])
     def test_keepalive_is_200_and_a_keepalive_transition(self, state: DeviceState) -> None:
-        d = decide(registered(state), ID, KEEPALIVE.replace(b"Keepalive", b"keepalive"), HERE, EPOCH)
+        d = decide(
+            registered(state), ID, KEEPALIVE.replace(b"Keepalive", b"keepalive"), HERE, EPOCH, accept_port_change=True
+        )
         assert (d.status, d.result, d.event, d.peer, d.root) == (
             200,
             MessageResult.OK,
@@ -99,7 +104,7 @@ class TestDecide:
         table = DeviceTable()
         table.adopt(registered(DeviceState.OFFLINE, offline_reason="no keepalive for 180 s"))
         nat = Peer("UDP", "10.0.0.5", 61000)
-        d = decide(table.get(ID), ID, KEEPALIVE, nat, EPOCH)
+        d = decide(table.get(ID), ID, KEEPALIVE, nat, EPOCH, accept_port_change=True)
         assert d.event is not None
         change = table.apply(ID, d.event, epoch=EPOCH, peer=d.peer)
         assert change.went_online and change.moved_from == HERE
@@ -108,8 +113,26 @@ class TestDecide:
     def test_decide_changes_nothing(self) -> None:
         dev = registered()
         before = dev.copy()
-        decide(dev, ID, KEEPALIVE, Peer("TCP", "10.1.1.1", 1), EPOCH)
+        decide(dev, ID, KEEPALIVE, Peer("TCP", "10.1.1.1", 1), EPOCH, accept_port_change=True)
         assert dev == before
+
+
+class TestOnlyTheRegisteredAddress:
+    """Anyone can put a device's ID in a MESSAGE: only its registered address is believed (issue 10, defect 2)."""
+
+    @pytest.mark.parametrize("body", [KEEPALIVE, ALARM])
+    def test_another_ip_is_404_and_moves_nothing(self, body: bytes) -> None:
+        stranger = Peer("UDP", "10.6.6.6", 5060)
+        d = decide(registered(), ID, body, stranger, EPOCH, accept_port_change=True)
+        assert (d.status, d.result, d.event, d.root) == (404, MessageResult.WRONG_ADDRESS, None, None)
+        assert "register again" in d.warning
+
+    def test_a_new_port_on_the_same_ip_is_nat_rebinding_unless_refused(self) -> None:
+        rebound = Peer("UDP", HERE.host, 61000)
+        d = decide(registered(), ID, KEEPALIVE, rebound, EPOCH, accept_port_change=True)
+        assert (d.status, d.event, d.peer) == (200, DeviceEvent.KEEPALIVE, rebound)
+        d = decide(registered(), ID, KEEPALIVE, rebound, EPOCH, accept_port_change=False)
+        assert (d.status, d.result, d.event) == (404, MessageResult.WRONG_ADDRESS, None)
 
 
 class TestDeadlines:
