@@ -8,7 +8,7 @@ import pytest
 
 from gb28181gw.errors import ManscdpError
 from gb28181gw.gb.query import CatalogCollector, SnAllocator
-from gb28181gw.manscdp.codec import declared_encoding, decode_text, parse_xml
+from gb28181gw.manscdp.codec import REPLACEMENT, declared_encoding, decode_text, parse_xml, undecodable
 from gb28181gw.manscdp.messages import CatalogItem, CmdType, Root, catalog, decode, encode, envelope, flat
 from tests.helpers import ROOT
 
@@ -161,3 +161,31 @@ def test_record_info_and_alarm_fixtures(brand: str) -> None:
     alarm = decode((ROOT / "sdp_fixtures" / brand / "alarm.xml").read_bytes())
     assert alarm.root is Root.NOTIFY and alarm.is_cmd(CmdType.ALARM)
     assert flat(alarm)["AlarmDescription"] == "移动侦测"
+
+
+class TestOneBadByte:
+    """One byte no GB charset has loses one field's character, never the body (issue 10, defect 10)."""
+
+    def test_catalog_page_keeps_every_item_and_marks_the_bad_field(self) -> None:
+        good = (ROOT / "sdp_fixtures" / "hikvision" / "catalog.xml").read_bytes()
+        bad = good.replace(
+            "报警输入1".encode("gb18030"), "报警".encode("gb18030") + b"\xff" + "输入1".encode("gb18030")
+        )
+        assert bad != good
+        sum_num, items = catalog(decode(bad))
+        assert sum_num == 2 and len(items) == 2
+        assert items[0].name == "南门萳园&出口"
+        assert items[1].name == f"报警{REPLACEMENT}输入1"
+        assert undecodable(parse_xml(bad)) == ["Name"]
+        assert undecodable(parse_xml(good)) == []
+
+    @pytest.mark.parametrize("cut", [b"\x81", b"\xfe\x30", b"\x80"])
+    def test_keepalive_and_device_info_survive(self, cut: bytes) -> None:
+        body = (
+            b'<?xml version="1.0" encoding="GB2312"?><Response><CmdType>DeviceInfo</CmdType><SN>3</SN>'
+            b"<DeviceID>34020000001320000001</DeviceID><DeviceName>" + "大门".encode("gb2312") + cut +
+            b"</DeviceName><Manufacturer>Hikvision</Manufacturer><Result>OK</Result></Response>"
+        )  # fmt: skip
+        fields = flat(decode(body))
+        assert fields["Manufacturer"] == "Hikvision" and fields["DeviceName"].startswith("大门")
+        assert REPLACEMENT in fields["DeviceName"]

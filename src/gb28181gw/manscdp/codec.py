@@ -4,7 +4,7 @@ Real devices declare one charset and send another (PROTOCOL.md §5.2, §11.3):
 GB2312 declared with GBK/GB18030 bytes, UTF-8 declared with GB bytes, no prolog,
 lower-case element names, NUL padding, a bare ``&``. The decoder takes bytes,
 tries strict UTF-8 where it fits, falls back to GB18030 (a superset of GB2312 and
-GBK), and parses with a hardened parser: no entities, no DTD, no network, a
+GBK) — marking a byte even GB18030 lacks rather than losing the body — and parses with a hardened parser: no entities, no DTD, no network, a
 size cap — an XML bomb is an error, not an outage.
 """
 
@@ -17,7 +17,18 @@ from lxml.etree import _Element as Element  # re-exported: the element type of e
 
 from gb28181gw.errors import ManscdpError
 
-__all__ = ["Element", "MAX_BODY", "etree", "child_text", "decode_text", "declared_encoding", "parse_xml", "root_name"]
+__all__ = [
+    "Element",
+    "MAX_BODY",
+    "REPLACEMENT",
+    "etree",
+    "child_text",
+    "decode_text",
+    "declared_encoding",
+    "parse_xml",
+    "root_name",
+    "undecodable",
+]
 
 #: Bodies larger than this are refused (a catalog of 10,000 items is about 5 MB).
 MAX_BODY = 8 * 1024 * 1024
@@ -93,10 +104,27 @@ def parse_xml(body: bytes, *, max_size: int = MAX_BODY) -> Element:
         parser = _UTF8
     except UnicodeDecodeError:
         parser = _GB18030
+        try:
+            body.decode("gb18030")
+        except UnicodeDecodeError:
+            # a byte no GB charset has (firmware bugs, a cut multi-byte name): libxml2 would
+            # refuse the whole body, so decode here, mark each bad byte U+FFFD and keep every
+            # valid item; :func:`undecodable` names the fields that carry a mark
+            body = body.decode("gb18030", errors="replace").encode("utf-8")
+            parser = _UTF8
     try:
         return etree.fromstring(body, parser)
     except etree.XMLSyntaxError as exc:
         raise ManscdpError(f"MANSCDP body is not well-formed XML: {exc}") from None
+
+
+def undecodable(root: Element) -> list[str]:
+    """Names of the elements whose text holds bytes that could not be decoded (U+FFFD marks them)."""
+    return [str(e.tag) for e in root.iter() if isinstance(e.tag, str) and e.text and REPLACEMENT in e.text]
+
+
+#: What an undecodable byte becomes in a decoded body.
+REPLACEMENT = "\ufffd"
 
 
 def child_text(element: Element, name: str) -> str | None:
