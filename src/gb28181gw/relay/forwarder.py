@@ -320,7 +320,7 @@ class Forwarder:
         """The SSRC to expect from now on (the device's answer may carry its own)."""
         self._stream(stream_id).ssrc = ssrc
 
-    async def connect(self, stream_id: str, host: str, port: int, *, attempts: int = 3, interval: float = 1.0) -> None:
+    async def connect(self, stream_id: str, host: str, port: int, *, attempts: int, interval: float) -> None:
         """TCP active: connect to the device's media port, retrying (2022 Annex D: ≥ 3 times, ≥ 1 s apart).
 
         Raises:
