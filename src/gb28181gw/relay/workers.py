@@ -5,10 +5,13 @@ server carries. With ``media.workers = N`` the gateway starts N processes, each 
 :class:`~gb28181gw.relay.forwarder.Forwarder` on its own event loop and owning a share of
 the media port range; the signalling process sends them commands over a socket pair (a
 4-byte length, then JSON) and receives their events at once and their figures every
-``stats_interval``. ``media.workers = 0`` keeps the forwarder in the gateway's own loop for
+``stats_interval``, each in the wire form of its record (:mod:`.commands`, :mod:`.records`). ``media.workers = 0`` keeps the forwarder in the gateway's own loop for
 small sites. Both are a :class:`Relay`, so the stream service does not know which it has.
 
-A worker exits when its socket pair closes, so it never outlives the gateway.
+A worker exits when its socket pair closes, so it never outlives the gateway. It ignores
+SIGINT and SIGTERM, which a terminal or a service manager sends to the whole process group:
+the gateway stops it once its streams are closed, and only a worker that dies while the
+gateway runs is reported lost (an error, and its streams are closed).
 """
 
 from __future__ import annotations
