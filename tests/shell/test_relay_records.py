@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
-from gb28181gw.errors import Gb28181Error, RelayError, RelayFailure
+from gb28181gw import errors
+from gb28181gw.errors import Gb28181Error, RelayError, RelayFailure, StreamError
+from gb28181gw.media.ports import PortsExhausted
 from gb28181gw.relay.commands import (
     COMMANDS,
     AddConsumer,
@@ -129,10 +131,15 @@ async def test_a_snapshot_with_streams_and_consumers_round_trips() -> None:
         decode_snapshot([{"s1": [1, 2]}, [], 0, 0, 0.0])
 
 
-def test_relay_error_is_part_of_the_tree() -> None:
+def test_relay_stream_and_port_errors_are_part_of_the_tree() -> None:
     err = RelayError(RelayFailure.PORT_TAKEN, "cannot bind media port 30000: Address already in use")
     assert isinstance(err, Gb28181Error) and err.code is RelayFailure.PORT_TAKEN
     assert "PORT_TAKEN" in repr(err)
+    stream = StreamError(503, "no free media port")
+    assert isinstance(stream, Gb28181Error) and stream.status == 503 and str(stream) == "no free media port"
+    assert issubclass(PortsExhausted, Gb28181Error)
+    drawing = errors.__doc__ or ""
+    assert all(name in drawing for name in ("RelayError", "StreamError", "PortsExhausted"))
 
 
 async def expect_failure(relay: LocalRelay | WorkerRelay, taken: int) -> None:
