@@ -24,6 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from gb28181gw.relay.forwarder import RelaySettings
 from gb28181gw.relay.workers import WorkerRelay
 from gb28181gw.sdp import StreamMode
 
@@ -86,7 +87,8 @@ async def run_load(
 
 
 async def relay_with(flows: int, consumers_per_flow: int = 1, workers: int = 1) -> list[WorkerRelay]:
-    relays = [WorkerRelay(i, host="127.0.0.1", udp_receive_buffer=4 << 20) for i in range(workers)]
+    settings = RelaySettings(host="127.0.0.1", tcp_queue_limit=1 << 20, udp_receive_buffer=4 << 20, stats_interval=1.0)
+    relays = [WorkerRelay(i, settings) for i in range(workers)]
     await asyncio.gather(*(r.start() for r in relays))
     for i in range(flows):
         relay = relays[i % workers]
@@ -100,7 +102,7 @@ async def relay_with(flows: int, consumers_per_flow: int = 1, workers: int = 1) 
 
 async def cpu_of(relays: list[WorkerRelay]) -> float:
     snaps = [await r.fresh_snapshot() for r in relays]
-    return float(sum(snap["cpu_seconds"] for snap in snaps))
+    return float(sum(snap.cpu_seconds for snap in snaps))
 
 
 async def measure_ours(
@@ -111,10 +113,10 @@ async def measure_ours(
         cpu0 = await cpu_of(relays)
         sent, received, gaps = await run_load(rtpgen, flows, pps, seconds, flows * fanout)
         cpu = await cpu_of(relays) - cpu0
-        totals = [(await r.fresh_snapshot())["totals"] for r in relays]
+        totals = [(await r.fresh_snapshot()).totals for r in relays]
     finally:
         await asyncio.gather(*(r.stop() for r in relays))
-    relayed_in = sum(t["packets_in"] for t in totals)
+    relayed_in = sum(t.packets_in for t in totals)
     return {
         "offered_pps": sent / seconds,
         "out_pps": received / seconds,

@@ -31,10 +31,11 @@ from gb28181gw.gb.model import Device
 from gb28181gw.ids import GbId
 from gb28181gw.manscdp import ptz as ptz_codes
 from gb28181gw.metrics import Metrics
+from gb28181gw.relay.records import RelaySnapshot, StreamFigures
 from gb28181gw.sdp import StreamMode
 from gb28181gw.services.devices import DeviceError, DeviceService
 from gb28181gw.services.registrar import RegistrarService
-from gb28181gw.services.streams import StreamError, StreamService
+from gb28181gw.services.streams import Stream, StreamError, StreamService, StreamState
 
 log = logging.getLogger("gb28181gw.admin")
 
@@ -303,13 +304,13 @@ def add_stream_routes(admin: AdminServer, streams: StreamService) -> None:
     """Live streams: list, open or join (a consumer), leave, stop."""
 
     async def list_streams(request: web.Request) -> web.Response:
-        return web.json_response({"streams": streams.rows()})
+        return web.json_response({"streams": streams_json(streams)})
 
     async def show_stream(request: web.Request) -> web.Response:
         st = streams.streams.get(request.match_info["stream_id"])
         if st is None:
             return _error(404, f"no stream {request.match_info['stream_id']}")
-        return web.json_response(streams.describe(st))
+        return web.json_response(stream_json(streams, st))
 
     async def play(request: web.Request) -> web.Response:
         usage = (
@@ -351,7 +352,7 @@ def add_stream_routes(admin: AdminServer, streams: StreamService) -> None:
             return web.json_response(
                 {"error": str(exc), "sip_status": exc.status}, status=_STREAM_HTTP.get(exc.status, 502)
             )
-        out = streams.describe(st)
+        out = stream_json(streams, st)
         out["consumer"] = next(x for x in out["consumers"] if x["id"] == consumer.id)
         return web.json_response(out, status=201)
 
@@ -374,6 +375,79 @@ def add_stream_routes(admin: AdminServer, streams: StreamService) -> None:
     admin.add_route("GET", "/streams/{stream_id}", show_stream)
     admin.add_route("DELETE", "/streams/{stream_id}", stop_stream)
     admin.add_route("DELETE", "/streams/{stream_id}/consumers/{consumer_id}", leave)
+
+
+#: The state word of the JSON: three words since the first release (clients match on them), so
+#: a lingering stream is "live" and an abandoned one still "inviting".
+_STATE_JSON = {
+    StreamState.INVITING: "inviting",
+    StreamState.ABANDONED: "inviting",
+    StreamState.LIVE: "live",
+    StreamState.LINGERING: "live",
+    StreamState.CLOSED: "closed",
+}
+
+
+def stream_json(streams: StreamService, st: Stream, snapshot: RelaySnapshot | None = None) -> dict[str, Any]:
+    """A stream as the admin API (and so ``gb28181gw streams``) shows it.
+
+    Args:
+        streams: the service it belongs to (for the clock and the media address).
+        st: the stream.
+        snapshot: its relay's figures, if at hand (a listing takes one per relay).
+    """
+    figures = (snapshot or st.relay.snapshot()).streams.get(st.id)
+    now = streams.loop.time()
+    consumers = []
+    for c in st.consumers.values():
+        sent = figures.consumers.get(c.id) if figures is not None else None
+        consumers.append(
+            {
+                "id": c.id,
+                "transport": c.transport,
+                "address": f"{c.host}:{c.port}",
+                "ssrc": f"{c.ssrc:010d}",
+                "label": c.label,
+                "packets": sent.packets if sent else 0,
+                "bytes": sent.bytes if sent else 0,
+                "dropped": sent.dropped if sent else 0,
+                "expires_in": round(c.expires_at - now, 1) if c.expires_at is not None else None,
+            }
+        )
+    session = st.session
+    return {
+        "id": st.id,
+        "channel_id": st.channel_id,
+        "device_id": st.device_id,
+        "state": _STATE_JSON[st.state],
+        "mode": str(st.mode),
+        "port": st.port,
+        "worker": st.relay.index,
+        "ssrc": session.ssrc,
+        "media_address": streams.settings.address,
+        "device_media": f"{session.media_host}:{session.media_port}" if session.media_port else "",
+        "age": round(now - st.created, 1),
+        "setup_seconds": round(st.first_packet_at - st.invite_at, 3) if st.first_packet_at else None,
+        "consumers": consumers,
+        "relay": _relay_json(figures) if figures is not None else {},
+    }
+
+
+def streams_json(streams: StreamService) -> list[dict[str, Any]]:
+    """Every stream, oldest first (one snapshot per relay)."""
+    snapshots = {relay.index: relay.snapshot() for relay in streams.relays}
+    return [
+        stream_json(streams, st, snapshots[st.relay.index])
+        for st in sorted(streams.streams.values(), key=lambda st: st.created)
+    ]
+
+
+def _relay_json(f: StreamFigures) -> dict[str, Any]:
+    out = {name: getattr(f, name) for name in StreamFigures.__slots__ if name != "consumers"}
+    out["mode"] = str(f.mode)
+    out["source"] = list(f.source) if f.source is not None else None
+    out["ps"] = dataclasses.asdict(f.ps)
+    return out
 
 
 def _device_json(registrar: RegistrarService, device: Device) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from gb28181gw.metrics import (
     Metrics,
 )
 from gb28181gw.net.stack import SipStack
-from gb28181gw.relay.forwarder import Forwarder
+from gb28181gw.relay.forwarder import Forwarder, RelaySettings
 from gb28181gw.relay.workers import LocalRelay, Relay, WorkerRelay
 from gb28181gw.sdp import StreamMode
 from gb28181gw.services.devices import DeviceService
@@ -93,11 +93,12 @@ class Gateway:
             self.registrar,
             self.devices,
             build_relays(config),
-            port_range=(m.port_min, m.port_max),
             our_id=config.gateway.id,
             domain=config.domain,
             metrics=self.metrics,
             settings=MediaSettings(
+                address=m.address,  # set at start() when empty: the address SIP advertises
+                port_range=(m.port_min, m.port_max),
                 stream_mode=StreamMode(m.stream_mode),
                 invite_timeout=m.invite_timeout,
                 rtp_timeout=m.rtp_timeout,
@@ -247,19 +248,15 @@ def build_relays(config: Config) -> list[Relay]:
     """The relay workers ``media.workers`` asks for: -1 one per core, 0 the gateway's own loop."""
     m = config.media
     count = (os.cpu_count() or 1) if m.workers < 0 else m.workers
+    settings = RelaySettings(
+        host=m.listen,
+        tcp_queue_limit=m.tcp_queue,
+        udp_receive_buffer=m.udp_receive_buffer,
+        stats_interval=m.stats_interval,
+    )
     if count == 0:
-        forwarder = Forwarder(host=m.listen, tcp_queue_limit=m.tcp_queue, udp_receive_buffer=m.udp_receive_buffer)
-        return [LocalRelay(forwarder)]
-    return [
-        WorkerRelay(
-            i,
-            host=m.listen,
-            stats_interval=m.stats_interval,
-            tcp_queue_limit=m.tcp_queue,
-            udp_receive_buffer=m.udp_receive_buffer,
-        )
-        for i in range(count)
-    ]
+        return [LocalRelay(Forwarder(settings))]
+    return [WorkerRelay(i, settings) for i in range(count)]
 
 
 def registrar_policy(config: Config) -> RegistrarPolicy:

@@ -22,13 +22,21 @@ a bug (the fuzz tests in ``tests/fuzz`` check exactly that).
     │   └── StoreRecordError          one record cannot be stored (the store itself still works)
     ├── DeviceError                   a request to a device cannot be made or failed; .status is the
     │                                 SIP status hint (404 unknown, 480 not registered, 408 no answer …)
-    └── ManscdpError (ValueError)     a MANSCDP XML body that cannot be decoded or parsed
+    ├── ManscdpError (ValueError)     a MANSCDP XML body that cannot be decoded or parsed
+    ├── PortsExhausted                every media port of the range is in use or cooling down (answer 503);
+    │                                 defined in media/ports.py, beside the pool
+    ├── RelayError                    the media relay cannot carry out a command; .code (RelayFailure)
+    │                                 says which way, and survives the pipe to a relay worker
+    └── StreamError                   a live stream cannot be opened or found; .status is the SIP-style
+                                      code to pass on (404, 480, 486, 488, 502, 503, 504)
 
 Local and remote errors are told apart so that the shell can answer a peer's
 mistake and keep serving everyone else, while our own mistakes fail loudly.
 """
 
 from __future__ import annotations
+
+from enum import StrEnum
 
 
 class Gb28181Error(Exception):
@@ -157,5 +165,51 @@ class DeviceError(Gb28181Error):
     REFUSED = 502
 
     def __init__(self, message: str, status: int = REFUSED) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RelayFailure(StrEnum):
+    """Why a relay command failed: what callers branch on (the message is for people).
+
+    The values cross the socket pair to relay workers, so they are stable words.
+    """
+
+    EXISTS = "exists"  # the stream is already open
+    PORT_TAKEN = "port-taken"  # the media port cannot be bound (another program has it): try another
+    NO_STREAM = "no-stream"  # no such stream
+    CLOSED = "closed"  # the stream closed while the command waited
+    DEVICE_UNREACHABLE = "device-unreachable"  # TCP active: every connection attempt to the device failed
+    CONSUMER_UNREACHABLE = "consumer-unreachable"  # a TCP consumer could not be connected to
+    BAD_COMMAND = "bad-command"  # a command the relay does not take (a bug in the caller)
+    WORKER_GONE = "worker-gone"  # the relay worker process is not running (any more)
+    INTERNAL = "internal"  # a bug in the relay; the worker logged it
+
+
+class RelayError(Gb28181Error):
+    """A relay command cannot be carried out (unknown stream, port taken …).
+
+    Attributes:
+        code: which failure it is, for callers to branch on.
+    """
+
+    def __init__(self, code: RelayFailure, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+    def __repr__(self) -> str:
+        return f"RelayError({self.code.name}, {str(self)!r})"
+
+
+class StreamError(Gb28181Error):
+    """A live stream cannot be opened or found (PROTOCOL.md §7.5-7.7).
+
+    Attributes:
+        status: the SIP-style code to pass on: 400 bad request, 404 unknown channel or stream,
+            480 device not registered, 486 device busy, 488 answer unusable, 502 device refused
+            or failed, 503 no port or SSRC free, 504 device did not answer.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status

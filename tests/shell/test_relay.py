@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 
-from gb28181gw.relay.forwarder import Forwarder
+from gb28181gw.relay.forwarder import Forwarder, RelaySettings
+from gb28181gw.relay.records import RelayEvent
 from gb28181gw.sdp import StreamMode
 from tests.media import UdpConsumer, gb_ps, packetize, wait_for
 
@@ -13,8 +15,9 @@ from .test_devices import free_udp_port
 
 
 async def test_slow_tcp_consumer_gets_a_bounded_queue_and_drops() -> None:
-    events: list[dict[str, object]] = []
-    forwarder = Forwarder(host="127.0.0.1", on_event=events.append, tcp_queue_limit=65536)
+    events: list[RelayEvent] = []
+    settings = RelaySettings(host="127.0.0.1", tcp_queue_limit=65536, udp_receive_buffer=1 << 20, stats_interval=1.0)
+    forwarder = Forwarder(settings, on_event=events.append)
     port = free_udp_port() & ~1
     forwarder.open("s1", port, StreamMode.UDP, 1234)
     # a consumer that accepts the connection and never reads, with a small receive buffer
@@ -34,11 +37,11 @@ async def test_slow_tcp_consumer_gets_a_bounded_queue_and_drops() -> None:
                 await asyncio.sleep(0.001)
         sender.close()
         await wait_for(lambda: len(fast.got.packets) == len(packets))
-        figures = forwarder.snapshot()["streams"]["s1"]["consumers"]
+        figures = {k: dataclasses.asdict(v) for k, v in forwarder.snapshot().streams["s1"].consumers.items()}
         assert figures["fast"]["packets"] == len(packets) and figures["fast"]["dropped"] == 0
         assert figures["slow"]["dropped"] > 0  # beyond its 64 KiB queue
         assert figures["slow"]["packets"] + figures["slow"]["dropped"] == len(packets)
-        assert forwarder.snapshot()["totals"]["slow_consumer"] == figures["slow"]["dropped"]
+        assert forwarder.snapshot().totals.slow_consumer == figures["slow"]["dropped"]
     finally:
         fast.close()
         forwarder.close_all()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from gb28181gw.admin import stream_json
 from gb28181gw.app import Gateway
 from gb28181gw.gb.model import Channel
 from gb28181gw.services.streams import StreamError
@@ -123,8 +124,8 @@ async def test_udp_device_two_consumers_one_invite(tmp_path: Path, ps: bytes, wo
         assert udp.got.ssrcs == {a.ssrc} and tcp.got.ssrcs == {b.ssrc}
         check_received(udp.got.payload(), ps)
         check_received(tcp.got.payload(), ps)
-        await wait_for(lambda: gw.streams.describe(st)["relay"].get("packets") == len(packets), 3)
-        figures = gw.streams.describe(st)["relay"]
+        await wait_for(lambda: stream_json(gw.streams, st)["relay"].get("packets") == len(packets), 3)
+        figures = stream_json(gw.streams, st)["relay"]
         assert (figures["wrong_source"], figures["wrong_ssrc"], figures["malformed"]) == (1, 1, 1)
         assert figures["lost"] == 0 and figures["ps"]["video_codec"] == "H264"
         assert figures["ps"]["key_frames"] == FRAMES // GOP and figures["ps"]["key_frame_interval"] == GOP
@@ -163,7 +164,7 @@ async def test_tcp_passive_device_connects_to_us(tmp_path: Path, ps: bytes) -> N
         check_received(udp.got.payload(), ps)
         check_received(tcp.got.payload(), ps)
         assert udp.got.ssrcs == {a.ssrc} and tcp.got.ssrcs == {b.ssrc}
-        assert gw.streams.describe(st)["relay"]["refused_connections"] == 1
+        assert stream_json(gw.streams, st)["relay"]["refused_connections"] == 1
         writer.close()
         intruder.close()
         # the device closing its media connection ends the stream: BYE to SIPp

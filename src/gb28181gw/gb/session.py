@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
-from gb28181gw.errors import SdpError
+from gb28181gw.errors import LocalProtocolError, SdpError
 from gb28181gw.sdp import SessionDescription, StreamMode, play_offer
 from gb28181gw.sip.headers import NameAddr
 from gb28181gw.sip.message import Request, Response
@@ -68,6 +68,16 @@ class PlaySession:
     def offered_ssrc(self) -> int:
         """The SSRC we offered, as RTP carries it."""
         return int(self.ssrc)
+
+    def use_port(self, port: int) -> None:
+        """Offer ``port`` instead of the one first chosen (another program had bound it).
+
+        Raises:
+            LocalProtocolError: the device answered already: the offer is settled.
+        """
+        if self.state is not PlayState.INVITING:
+            raise LocalProtocolError(f"cannot change the media port of a session in state {self.state.name}")
+        self.port = port
 
     def answered(self, response: Response) -> Request:
         """Take the device's 2xx; return the ACK to send.

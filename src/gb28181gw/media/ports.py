@@ -21,10 +21,10 @@ class PortPool:
 
     Args:
         first / last: the range (inclusive); ``first`` is rounded up to even.
-        quarantine: seconds a released port rests before reuse.
+        quarantine: seconds a released port rests before reuse (``media.port_quarantine``).
     """
 
-    def __init__(self, first: int, last: int, *, quarantine: float = 5.0) -> None:
+    def __init__(self, first: int, last: int, *, quarantine: float) -> None:
         if not 0 < first <= last <= 65535:
             raise ValueError(f"bad port range {first}-{last}")
         first += first % 2

@@ -17,8 +17,10 @@ hot path, so it works on raw non-blocking sockets with ``loop.add_reader``:
   and counted; a device that sends a single SSRC other than the negotiated one and nothing
   else is followed after :data:`SSRC_LATCH_PACKETS` packets (PROTOCOL.md §11.5 M1).
 
-Stream events (first packet, media connection lost, TCP connect failed, consumer lost) go
-to ``on_event`` as plain dicts, so the same forwarder serves in-process and over a pipe.
+Stream events (first packet, media connection up or lost, consumer lost) go to ``on_event``
+and figures to :meth:`Forwarder.snapshot` as the frozen records of :mod:`.records`, which
+cross a worker's pipe in their wire form, so the same forwarder serves in-process and in a
+worker. Events and figures are built off the per-packet path (the first packet's event once).
 """
 
 from __future__ import annotations
@@ -26,19 +28,36 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
+import resource
 import socket
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from gb28181gw.errors import RelayError, RelayFailure
 from gb28181gw.media.ps import PsInspector
 from gb28181gw.media.stats import StreamStats
 from gb28181gw.media.tcp_framing import MAX_FRAME, FrameScanner
 from gb28181gw.sdp import StreamMode
 
-log = logging.getLogger("gb28181gw.relay")
+from .records import (
+    ConsumerFigures,
+    ConsumerLost,
+    FirstPacket,
+    MediaClosed,
+    MediaConnected,
+    PsFigures,
+    RelayEvent,
+    RelaySnapshot,
+    RelayTotals,
+    StreamFigures,
+)
 
-Event = dict[str, Any]
+__all__ = ["Forwarder", "RelayError", "RelayFailure", "RelaySettings"]
+
+log = logging.getLogger("gb28181gw.relay")
 
 #: Packets taken from one socket per wake-up before others get their turn.
 BATCH = 256
@@ -53,8 +72,21 @@ _LEN = struct.Struct("!H")
 _RETRY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 
 
-class RelayError(Exception):
-    """A relay request cannot be carried out (unknown stream, port taken …); the message says why."""
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
+    """How a relay runs, from the ``[media]`` section (built once, in ``app.build_relays``).
+
+    Attributes:
+        host: the address media sockets bind to.
+        tcp_queue_limit: bytes a slow TCP consumer may have queued before its packets are dropped.
+        udp_receive_buffer: SO_RCVBUF asked for each stream's UDP socket.
+        stats_interval: seconds between the figures a relay worker sends back.
+    """
+
+    host: str
+    tcp_queue_limit: int
+    udp_receive_buffer: int
+    stats_interval: float
 
 
 class UdpOut:
@@ -204,37 +236,35 @@ class RelayStream:
         self.foreign_ssrc = -1
         self.foreign_count = 0
         self.ssrc_latched = False
-        self.connect_task: asyncio.Task[str] | None = None
+        self.connect_task: asyncio.Task[tuple[RelayFailure, str] | None] | None = None
 
 
 class Forwarder:
     """Streams of one relay worker.
 
     Args:
-        host: the address media sockets bind to.
-        on_event: called with each stream event (a dict with ``event`` and ``stream``).
-        tcp_queue_limit: bytes a slow TCP consumer may have queued before its packets are dropped.
-        udp_receive_buffer: SO_RCVBUF asked for each stream's UDP socket.
+        settings: bind address, TCP queue bound, receive buffer size.
+        on_event: called with each stream event (a :class:`~.records.RelayEvent`).
+        worker: the relay's index, for its snapshots (0 for the in-process relay).
     """
 
     def __init__(
         self,
+        settings: RelaySettings,
         *,
-        host: str = "0.0.0.0",
-        on_event: Callable[[Event], None] | None = None,
-        tcp_queue_limit: int = 1024 * 1024,
-        udp_receive_buffer: int = 1024 * 1024,
+        on_event: Callable[[RelayEvent], None] | None = None,
+        worker: int = 0,
     ) -> None:
-        self.host = host
-        self.on_event = on_event or (lambda event: None)
-        self.tcp_queue_limit = tcp_queue_limit
-        self.udp_receive_buffer = udp_receive_buffer
+        self.settings = settings
+        self.host = settings.host
+        self.on_event: Callable[[RelayEvent], None] = on_event or (lambda event: None)
+        self.tcp_queue_limit = settings.tcp_queue_limit
+        self.udp_receive_buffer = settings.udp_receive_buffer
+        self.worker = worker
+        self.pid = os.getpid()
         self.streams: dict[str, RelayStream] = {}
         # figures of streams and consumers that are gone, so the totals never go backwards
-        self._gone: dict[str, int] = dict.fromkeys(
-            ("packets_in", "bytes_in", "packets_out", "bytes_out", "lost", "wrong_ssrc", "wrong_source", "malformed",
-             "slow_consumer", "send_errors", "ps_errors", "tcp_resyncs"), 0,
-        )  # fmt: skip
+        self._gone: dict[str, int] = dict.fromkeys(RelayTotals.__slots__, 0)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -253,7 +283,7 @@ class Forwarder:
             RelayError: the stream exists, or the port cannot be bound (the message names it).
         """
         if stream_id in self.streams:
-            raise RelayError(f"stream {stream_id} is already open")
+            raise RelayError(RelayFailure.EXISTS, f"stream {stream_id} is already open")
         loop = self.loop
         st = RelayStream(stream_id, port, mode, ssrc, loop.time())
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -275,7 +305,7 @@ class Forwarder:
                 listener.listen(4)
         except OSError as exc:
             self._close_sockets(st)
-            raise RelayError(f"cannot bind media port {port}: {exc.strerror or exc}") from None
+            raise RelayError(RelayFailure.PORT_TAKEN, f"cannot bind media port {port}: {exc.strerror or exc}") from None
         if mode is not StreamMode.TCP_ACTIVE:
             # TCP passive too: some devices answer a TCP offer with RTP/AVP and send UDP (M4);
             # whichever arrives first is the stream
@@ -290,31 +320,34 @@ class Forwarder:
         """The SSRC to expect from now on (the device's answer may carry its own)."""
         self._stream(stream_id).ssrc = ssrc
 
-    async def connect(self, stream_id: str, host: str, port: int, *, attempts: int = 3, interval: float = 1.0) -> None:
+    async def connect(self, stream_id: str, host: str, port: int, *, attempts: int, interval: float) -> None:
         """TCP active: connect to the device's media port, retrying (2022 Annex D: ≥ 3 times, ≥ 1 s apart).
 
         Raises:
             RelayError: every attempt failed (the message has the last reason), or the stream closed meanwhile.
         """
         st = self._stream(stream_id)
-        task = st.connect_task = self.loop.create_task(self._connect(st, host, port, attempts, interval))
+        task = self.loop.create_task(self._connect(st, host, port, attempts, interval))
+        st.connect_task = task
         try:
             error = await task
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise
-            raise RelayError(f"stream {stream_id} closed while connecting to the device") from None
+            raise RelayError(RelayFailure.CLOSED, f"stream {stream_id} closed while connecting to the device") from None
         finally:
             st.connect_task = None
         if error:
-            raise RelayError(error)
+            raise RelayError(*error)
 
     def add_consumer(self, stream_id: str, consumer_id: str, transport: str, host: str, port: int, ssrc: int) -> None:
         """Start sending the stream to a UDP consumer (at once). TCP consumers: :meth:`add_tcp_consumer`."""
         st = self._stream(stream_id)
         if transport != "udp":
-            raise RelayError("add_consumer() is for UDP consumers; TCP ones need add_tcp_consumer()")
+            raise RelayError(
+                RelayFailure.BAD_COMMAND, "add_consumer() is for UDP consumers; TCP ones need add_tcp_consumer()"
+            )
         self._remove(st, consumer_id)
         assert st.udp is not None
         st.consumers.append(UdpOut(consumer_id, ssrc, (host, port), st.udp))
@@ -335,11 +368,12 @@ class Forwarder:
         except (OSError, TimeoutError) as exc:
             sock.close()
             raise RelayError(
-                f"cannot connect to consumer {host}:{port}: {getattr(exc, 'strerror', None) or exc}"
+                RelayFailure.CONSUMER_UNREACHABLE,
+                f"cannot connect to consumer {host}:{port}: {getattr(exc, 'strerror', None) or exc}",
             ) from None
         if self.streams.get(stream_id) is not st:
             sock.close()
-            raise RelayError(f"stream {stream_id} closed while connecting to its consumer")
+            raise RelayError(RelayFailure.CLOSED, f"stream {stream_id} closed while connecting to its consumer")
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._remove(st, consumer_id)
         st.consumers.append(
@@ -372,63 +406,58 @@ class Forwarder:
 
     # --- statistics --------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
-        """Every stream's figures and the worker's running totals (JSON-friendly)."""
+    def snapshot(self) -> RelaySnapshot:
+        """Every stream's figures and the relay's running totals."""
         now = self.loop.time()
         streams = {}
         for st in self.streams.values():
             s, ps = st.stats, st.inspector.stats
-            streams[st.id] = {
-                "port": st.port,
-                "mode": str(st.mode),
-                "ssrc": st.ssrc,
-                "ssrc_latched": st.ssrc_latched,
-                "source": list(st.source) if isinstance(st.source, tuple) else st.source,
-                "connected": st.conn is not None if st.mode is not StreamMode.UDP else None,
-                "packets": s.packets,
-                "bytes": s.bytes,
-                "bitrate": s.bitrate if now - s.last_packet_at < 2.0 else 0.0,
-                "lost": s.lost,
-                "reordered": s.reordered,
-                "duplicates": s.duplicates,
-                "idle": round(now - (s.last_packet_at if s.packets else st.created), 3),
-                "age": round(now - st.created, 3),
-                "wrong_ssrc": st.wrong_ssrc,
-                "wrong_source": st.wrong_source,
-                "malformed": st.malformed,
-                "refused_connections": st.refused_connections,
-                "tcp_resyncs": st.scanner.resyncs,
-                "ps": {
-                    "video_codec": ps.video_codec,
-                    "audio_codec": ps.audio_codec,
-                    "frames": ps.frames,
-                    "key_frames": ps.key_frames,
-                    "key_frame_interval": ps.key_frame_interval,
-                    "errors": ps.errors,
-                },
-                "consumers": {
-                    c.id: {
-                        "transport": c.transport,
-                        "address": list(c.addr),
-                        "ssrc": c.ssrc,
-                        "packets": c.packets,
-                        "bytes": c.bytes,
-                        "dropped": c.dropped,
-                        "errors": c.errors,
-                    }
+            streams[st.id] = StreamFigures(
+                port=st.port,
+                mode=st.mode,
+                ssrc=st.ssrc,
+                ssrc_latched=st.ssrc_latched,
+                source=st.source,
+                connected=st.conn is not None if st.mode is not StreamMode.UDP else None,
+                packets=s.packets,
+                bytes=s.bytes,
+                bitrate=s.bitrate if now - s.last_packet_at < 2.0 else 0.0,
+                lost=s.lost,
+                reordered=s.reordered,
+                duplicates=s.duplicates,
+                idle=round(now - (s.last_packet_at if s.packets else st.created), 3),
+                age=round(now - st.created, 3),
+                wrong_ssrc=st.wrong_ssrc,
+                wrong_source=st.wrong_source,
+                malformed=st.malformed,
+                refused_connections=st.refused_connections,
+                tcp_resyncs=st.scanner.resyncs,
+                ps=PsFigures(
+                    video_codec=ps.video_codec,
+                    audio_codec=ps.audio_codec,
+                    frames=ps.frames,
+                    key_frames=ps.key_frames,
+                    key_frame_interval=ps.key_frame_interval,
+                    errors=ps.errors,
+                ),
+                consumers={
+                    c.id: ConsumerFigures(c.transport, c.addr, c.ssrc, c.packets, c.bytes, c.dropped, c.errors)
                     for c in st.consumers
                 },
-            }
-        return {"streams": streams, "totals": self.totals()}
+            )
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return RelaySnapshot(
+            streams, self.totals(), worker=self.worker, pid=self.pid, cpu_seconds=usage.ru_utime + usage.ru_stime
+        )
 
-    def totals(self) -> dict[str, int]:
+    def totals(self) -> RelayTotals:
         """Running totals over every stream and consumer, closed ones included (counters never go back)."""
         t = dict(self._gone)
         for st in self.streams.values():
             _add_stream(t, st)
             for c in st.consumers:
                 _add_consumer(t, c)
-        return t
+        return RelayTotals(**t)
 
     # --- the hot path ------------------------------------------------------------------
 
@@ -472,7 +501,7 @@ class Forwarder:
             st.inspector.frame_start(buf, start, off + n)
         if stats.packets == 1:
             st.first_at = now
-            self.on_event({"event": "first-packet", "stream": st.id, "ssrc": ssrc})
+            self.on_event(FirstPacket(st.id, ssrc))
         for c in st.consumers:
             c.send(buf, view, off, n)
 
@@ -563,14 +592,16 @@ class Forwarder:
             pass
         st.conn = conn
         st.peer = (addr[0], addr[1])
-        st.source = [addr[0], addr[1]]
+        st.source = st.peer
         if st.udp is not None:
             self.loop.remove_reader(st.udp.fileno())
             self.loop.add_reader(st.udp.fileno(), self._drain_udp, st)
         self.loop.add_reader(conn.fileno(), self._on_tcp, st)
-        self.on_event({"event": "connected", "stream": st.id, "peer": list(st.peer)})
+        self.on_event(MediaConnected(st.id, st.peer))
 
-    async def _connect(self, st: RelayStream, host: str, port: int, attempts: int, interval: float) -> str:
+    async def _connect(
+        self, st: RelayStream, host: str, port: int, attempts: int, interval: float
+    ) -> tuple[RelayFailure, str] | None:
         last = ""
         for attempt in range(attempts):
             if attempt:
@@ -588,10 +619,13 @@ class Forwarder:
                 raise
             if self.streams.get(st.id) is not st:
                 sock.close()
-                return f"stream {st.id} closed while connecting"
+                return RelayFailure.CLOSED, f"stream {st.id} closed while connecting"
             self._attach(st, sock, (host, port))
-            return ""
-        return f"cannot connect to the device's media port {host}:{port} ({attempts} attempts): {last}"
+            return None
+        return (
+            RelayFailure.DEVICE_UNREACHABLE,
+            f"cannot connect to the device's media port {host}:{port} ({attempts} attempts): {last}",
+        )
 
     def _media_lost(self, st: RelayStream, reason: str) -> None:
         conn = st.conn
@@ -602,13 +636,13 @@ class Forwarder:
         self._closed_event(st, reason)
 
     def _closed_event(self, st: RelayStream, reason: str) -> None:
-        self.on_event({"event": "closed", "stream": st.id, "reason": reason})
+        self.on_event(MediaClosed(st.id, reason))
 
     def _consumer_lost(self, st: RelayStream) -> Callable[[TcpOut, str], None]:
         def lost(consumer: TcpOut, reason: str) -> None:
             if consumer in st.consumers:
                 self._remove(st, consumer.id)
-                self.on_event({"event": "consumer-lost", "stream": st.id, "consumer": consumer.id, "reason": reason})
+                self.on_event(ConsumerLost(st.id, consumer.id, reason))
 
         return lost
 
@@ -617,7 +651,7 @@ class Forwarder:
     def _stream(self, stream_id: str) -> RelayStream:
         st = self.streams.get(stream_id)
         if st is None:
-            raise RelayError(f"no stream {stream_id}")
+            raise RelayError(RelayFailure.NO_STREAM, f"no stream {stream_id}")
         return st
 
     def _remove(self, st: RelayStream, consumer_id: str) -> None:

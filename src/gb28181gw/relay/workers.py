@@ -5,10 +5,13 @@ server carries. With ``media.workers = N`` the gateway starts N processes, each 
 :class:`~gb28181gw.relay.forwarder.Forwarder` on its own event loop and owning a share of
 the media port range; the signalling process sends them commands over a socket pair (a
 4-byte length, then JSON) and receives their events at once and their figures every
-``stats_interval``. ``media.workers = 0`` keeps the forwarder in the gateway's own loop for
+``stats_interval``, each in the wire form of its record (:mod:`.commands`, :mod:`.records`). ``media.workers = 0`` keeps the forwarder in the gateway's own loop for
 small sites. Both are a :class:`Relay`, so the stream service does not know which it has.
 
-A worker exits when its socket pair closes, so it never outlives the gateway.
+A worker exits when its socket pair closes, so it never outlives the gateway. It ignores
+SIGINT and SIGTERM, which a terminal or a service manager sends to the whole process group:
+the gateway stops it once its streams are closed, and only a worker that dies while the
+gateway runs is reported lost (an error, and its streams are closed).
 """
 
 from __future__ import annotations
@@ -19,16 +22,41 @@ import itertools
 import json
 import logging
 import multiprocessing
-import os
-import resource
+import signal
 import socket
 import struct
 from collections.abc import Callable
 from typing import Any
 
+from gb28181gw.errors import RelayError, RelayFailure
 from gb28181gw.sdp import StreamMode
 
-from .forwarder import Event, Forwarder, RelayError
+from .commands import (
+    AddConsumer,
+    Close,
+    Command,
+    Connect,
+    Expect,
+    Open,
+    Ping,
+    RemoveConsumer,
+    Snapshot,
+    Stop,
+    decode_command,
+    encode_command,
+    execute,
+)
+from .forwarder import Forwarder, RelaySettings
+from .records import (
+    RelayEvent,
+    RelaySnapshot,
+    RelayTotals,
+    WorkerLost,
+    decode_event,
+    decode_snapshot,
+    encode_event,
+    encode_snapshot,
+)
 
 log = logging.getLogger("gb28181gw.relay")
 
@@ -40,8 +68,12 @@ MAX_MESSAGE = 64 * 1024 * 1024
 class Relay:
     """What the stream service drives: one forwarder, here or in a worker process.
 
+    Every command goes through :meth:`call` as a :mod:`~.commands` record; the methods
+    below only build them.
+
     Attributes:
         index: which worker (0 for the in-process relay).
+        pid: the process the forwarder runs in.
         on_event: called with each stream event.
     """
 
@@ -49,7 +81,7 @@ class Relay:
     pid: int = 0
 
     def __init__(self) -> None:
-        self.on_event: Callable[[Event], None] = lambda event: None
+        self.on_event: Callable[[RelayEvent], None] = lambda event: None
 
     async def start(self) -> None:
         """Get ready to take streams."""
@@ -57,40 +89,47 @@ class Relay:
     async def stop(self) -> None:
         """Close every stream and stop."""
 
-    async def open(self, stream_id: str, port: int, mode: StreamMode, ssrc: int) -> None:
-        """Bind the stream's port(s); raises :class:`RelayError` if they cannot be bound."""
+    async def call(self, command: Command) -> RelaySnapshot | None:
+        """Run ``command`` on the forwarder.
+
+        Raises:
+            RelayError: it failed; ``code`` says how.
+        """
         raise NotImplementedError
+
+    async def open(self, stream_id: str, port: int, mode: StreamMode, ssrc: int) -> None:
+        """Bind the stream's port(s); :attr:`RelayFailure.PORT_TAKEN` if they cannot be bound."""
+        await self.call(Open(stream_id, port, mode, ssrc))
 
     async def expect(self, stream_id: str, ssrc: int) -> None:
         """The SSRC the device's answer announced."""
-        raise NotImplementedError
+        await self.call(Expect(stream_id, ssrc))
 
     async def connect(self, stream_id: str, host: str, port: int, attempts: int, interval: float) -> None:
         """TCP active: connect to the device's media port."""
-        raise NotImplementedError
+        await self.call(Connect(stream_id, host, port, attempts, interval))
 
     async def add_consumer(
         self, stream_id: str, consumer_id: str, transport: str, host: str, port: int, ssrc: int
     ) -> None:
         """Start sending to a consumer; raises :class:`RelayError` if it cannot be reached."""
-        raise NotImplementedError
+        await self.call(AddConsumer(stream_id, consumer_id, transport, host, port, ssrc))
 
     async def remove_consumer(self, stream_id: str, consumer_id: str) -> None:
         """Stop sending to a consumer."""
-        raise NotImplementedError
+        await self.call(RemoveConsumer(stream_id, consumer_id))
 
     async def close(self, stream_id: str) -> None:
         """Close a stream's sockets."""
+        await self.call(Close(stream_id))
+
+    def snapshot(self) -> RelaySnapshot:
+        """The latest figures."""
         raise NotImplementedError
 
-    def snapshot(self) -> dict[str, Any]:
-        """The latest figures: ``{"streams": {id: {...}}, "totals": {...}}``."""
-        raise NotImplementedError
-
-    def totals(self) -> dict[str, int]:
+    def totals(self) -> RelayTotals:
         """The running totals alone (what metrics need)."""
-        totals: dict[str, int] = self.snapshot().get("totals", {})
-        return totals
+        return self.snapshot().totals
 
 
 class LocalRelay(Relay):
@@ -100,40 +139,18 @@ class LocalRelay(Relay):
         super().__init__()
         self.forwarder = forwarder
         forwarder.on_event = lambda event: self.on_event(event)
-        self.pid = os.getpid()
+        self.pid = forwarder.pid
 
     async def stop(self) -> None:
-        self.forwarder.close_all()
+        await self.call(Stop())
 
-    async def open(self, stream_id: str, port: int, mode: StreamMode, ssrc: int) -> None:
-        self.forwarder.open(stream_id, port, mode, ssrc)
+    async def call(self, command: Command) -> RelaySnapshot | None:
+        return await execute(self.forwarder, command)
 
-    async def expect(self, stream_id: str, ssrc: int) -> None:
-        self.forwarder.expect(stream_id, ssrc)
+    def snapshot(self) -> RelaySnapshot:
+        return self.forwarder.snapshot()
 
-    async def connect(self, stream_id: str, host: str, port: int, attempts: int, interval: float) -> None:
-        await self.forwarder.connect(stream_id, host, port, attempts=attempts, interval=interval)
-
-    async def add_consumer(
-        self, stream_id: str, consumer_id: str, transport: str, host: str, port: int, ssrc: int
-    ) -> None:
-        if transport == "tcp":
-            await self.forwarder.add_tcp_consumer(stream_id, consumer_id, host, port, ssrc)
-        else:
-            self.forwarder.add_consumer(stream_id, consumer_id, transport, host, port, ssrc)
-
-    async def remove_consumer(self, stream_id: str, consumer_id: str) -> None:
-        self.forwarder.remove_consumer(stream_id, consumer_id)
-
-    async def close(self, stream_id: str) -> None:
-        self.forwarder.close(stream_id)
-
-    def snapshot(self) -> dict[str, Any]:
-        snap = self.forwarder.snapshot()
-        snap["pid"] = self.pid
-        return snap
-
-    def totals(self) -> dict[str, int]:
+    def totals(self) -> RelayTotals:
         return self.forwarder.totals()
 
 
@@ -153,43 +170,33 @@ async def _read(reader: asyncio.StreamReader) -> dict[str, Any]:
 class WorkerRelay(Relay):
     """A forwarder in a worker process.
 
+    Messages on the socket pair (each a 4-byte length, then a JSON object): ``{"id", "op"}``
+    a command (:func:`~.commands.encode_command`) and ``{"id", "result"}`` or ``{"id", "error",
+    "code"}`` its answer (``code`` a :class:`RelayFailure`); ``{"event"}`` an event and
+    ``{"snapshot"}`` the figures (:mod:`~.records` wire forms).
+
     Args:
         index: the worker's number (for logs and metrics).
-        host: the media address its sockets bind to.
-        stats_interval: seconds between the figures it sends back.
-        tcp_queue_limit / udp_receive_buffer: as for :class:`Forwarder`.
+        settings: bind address, queue bound, receive buffer, seconds between the figures it sends back.
     """
 
-    def __init__(
-        self,
-        index: int,
-        *,
-        host: str,
-        stats_interval: float = 1.0,
-        tcp_queue_limit: int = 1024 * 1024,
-        udp_receive_buffer: int = 1024 * 1024,
-    ) -> None:
+    def __init__(self, index: int, settings: RelaySettings) -> None:
         super().__init__()
         self.index = index
-        self._settings = {
-            "host": host,
-            "stats_interval": stats_interval,
-            "tcp_queue_limit": tcp_queue_limit,
-            "udp_receive_buffer": udp_receive_buffer,
-        }
+        self.settings = settings
         self._process: multiprocessing.process.BaseProcess | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._snapshot: dict[str, Any] = {"streams": {}, "totals": {}}
+        self._pending: dict[int, tuple[asyncio.Future[Any], Command]] = {}
+        self._snapshot = RelaySnapshot({}, RelayTotals(), worker=index)
         self._lost = False
 
     async def start(self) -> None:
         parent, child = socket.socketpair()
         ctx = multiprocessing.get_context("spawn")  # no inherited loop, sockets or threads
         self._process = ctx.Process(
-            target=worker_main, args=(child, self.index, self._settings), name=f"gb28181gw-relay-{self.index}"
+            target=worker_main, args=(child, self.index, self.settings), name=f"gb28181gw-relay-{self.index}"
         )
         self._process.daemon = True
         self._process.start()
@@ -197,11 +204,11 @@ class WorkerRelay(Relay):
         self.pid = self._process.pid or 0
         reader, self._writer = await asyncio.open_connection(sock=parent, limit=MAX_MESSAGE)
         self._reader_task = asyncio.get_running_loop().create_task(self._read_loop(reader))
-        await self._call("ping")
+        await self.call(Ping())
 
     async def stop(self) -> None:
         if self._writer is not None:
-            stopping = self._call("stop")
+            stopping = self._send(Stop())
             self._lost = True  # its socket closing from now on is expected, not a lost worker
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(stopping, 2.0)
@@ -222,76 +229,72 @@ class WorkerRelay(Relay):
             while True:
                 message = await _read(reader)
                 if "event" in message:
-                    self.on_event(message)
+                    self.on_event(decode_event(message["event"]))
                 elif "snapshot" in message:
-                    self._snapshot = message["snapshot"]
+                    self._snapshot = decode_snapshot(message["snapshot"])
                 else:
-                    fut = self._pending.pop(message.get("id", 0), None)
+                    fut, command = self._pending.pop(message.get("id", 0), (None, None))
                     if fut is not None and not fut.done():
                         if "error" in message:
-                            fut.set_exception(RelayError(message["error"]))
+                            fut.set_exception(RelayError(_failure(message.get("code")), message["error"]))
+                        elif isinstance(command, Snapshot):
+                            fut.set_result(decode_snapshot(message["result"]))
                         else:
-                            fut.set_result(message.get("result"))
+                            fut.set_result(None)
         except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
             if not self._lost:
                 self._lost = True
                 log.error("relay worker %d is gone: %s", self.index, exc or "closed")
-                for fut in self._pending.values():
+                for fut, _ in self._pending.values():
                     if not fut.done():
-                        fut.set_exception(RelayError(f"relay worker {self.index} is gone"))
+                        fut.set_exception(RelayError(RelayFailure.WORKER_GONE, f"relay worker {self.index} is gone"))
                 self._pending.clear()
-                self.on_event({"event": "worker-lost", "worker": self.index})
+                self.on_event(WorkerLost(self.index))
 
-    def _call(self, op: str, **args: Any) -> asyncio.Future[Any]:
+    async def call(self, command: Command) -> RelaySnapshot | None:
+        result: RelaySnapshot | None = await self._send(command)
+        return result
+
+    def _send(self, command: Command) -> asyncio.Future[Any]:
+        # sent at once (not when awaited): stop() relies on the order
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self._writer is None or self._lost:
-            fut.set_exception(RelayError(f"relay worker {self.index} is not running"))
+            fut.set_exception(RelayError(RelayFailure.WORKER_GONE, f"relay worker {self.index} is not running"))
             return fut
         call_id = next(self._ids)
-        self._pending[call_id] = fut
-        self._writer.write(_pack({"id": call_id, "op": op, **args}))
+        self._pending[call_id] = (fut, command)
+        self._writer.write(_pack({"id": call_id, "op": encode_command(command)}))
         return fut
 
-    async def open(self, stream_id: str, port: int, mode: StreamMode, ssrc: int) -> None:
-        await self._call("open", stream=stream_id, port=port, mode=str(mode), ssrc=ssrc)
-
-    async def expect(self, stream_id: str, ssrc: int) -> None:
-        await self._call("expect", stream=stream_id, ssrc=ssrc)
-
-    async def connect(self, stream_id: str, host: str, port: int, attempts: int, interval: float) -> None:
-        await self._call("connect", stream=stream_id, host=host, port=port, attempts=attempts, interval=interval)
-
-    async def add_consumer(
-        self, stream_id: str, consumer_id: str, transport: str, host: str, port: int, ssrc: int
-    ) -> None:
-        await self._call(
-            "add_consumer", stream=stream_id, consumer=consumer_id, transport=transport, host=host, port=port, ssrc=ssrc
-        )
-
-    async def remove_consumer(self, stream_id: str, consumer_id: str) -> None:
-        await self._call("remove_consumer", stream=stream_id, consumer=consumer_id)
-
-    async def close(self, stream_id: str) -> None:
-        await self._call("close", stream=stream_id)
-
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> RelaySnapshot:
         return self._snapshot
 
-    async def fresh_snapshot(self) -> dict[str, Any]:
+    async def fresh_snapshot(self) -> RelaySnapshot:
         """Ask the worker for its figures now (benchmarks; the service uses the periodic ones)."""
-        snap: dict[str, Any] = await self._call("snapshot")
+        snap = await self.call(Snapshot())
+        assert snap is not None
         self._snapshot = snap
         return snap
+
+
+def _failure(code: Any) -> RelayFailure:
+    try:
+        return RelayFailure(code)
+    except ValueError:
+        return RelayFailure.INTERNAL
 
 
 # --- the worker process ------------------------------------------------------------------
 
 
-def worker_main(sock: socket.socket, index: int, settings: dict[str, Any]) -> None:
+def worker_main(sock: socket.socket, index: int, settings: RelaySettings) -> None:
     """Entry point of a worker process: serve commands on ``sock`` until it closes."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the gateway stops us
+    # Ctrl-C, and SIGTERM from a service manager or `timeout`, reach the whole process group.
+    # The gateway stops its workers after it has closed their streams (BYE first); a worker
+    # that died of the signal first would look lost. It exits when its socket pair closes,
+    # so it never outlives the gateway; SIGKILL still ends it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         import uvloop
     except ImportError:  # pragma: no cover
@@ -300,40 +303,29 @@ def worker_main(sock: socket.socket, index: int, settings: dict[str, Any]) -> No
         uvloop.run(_serve(sock, index, settings))
 
 
-async def _serve(sock: socket.socket, index: int, settings: dict[str, Any]) -> None:
+async def _serve(sock: socket.socket, index: int, settings: RelaySettings) -> None:
     reader, writer = await asyncio.open_connection(sock=sock, limit=MAX_MESSAGE)
     forwarder = Forwarder(
-        host=settings["host"],
-        on_event=lambda event: writer.write(_pack(event)),
-        tcp_queue_limit=settings["tcp_queue_limit"],
-        udp_receive_buffer=settings["udp_receive_buffer"],
+        settings, on_event=lambda event: writer.write(_pack({"event": encode_event(event)})), worker=index
     )
     loop = asyncio.get_running_loop()
-    pid = os.getpid()
-
-    def snapshot() -> dict[str, Any]:
-        snap = forwarder.snapshot()
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        snap.update(pid=pid, worker=index, cpu_seconds=usage.ru_utime + usage.ru_stime)
-        return snap
 
     async def push_stats() -> None:
         while True:
-            await asyncio.sleep(settings["stats_interval"])
-            writer.write(_pack({"snapshot": snapshot()}))
+            await asyncio.sleep(settings.stats_interval)
+            writer.write(_pack({"snapshot": encode_snapshot(forwarder.snapshot())}))
 
-    async def handle(message: dict[str, Any]) -> None:
-        op = message.get("op")
-        reply: dict[str, Any] = {"id": message.get("id", 0)}
+    async def handle(call_id: int, command: Command) -> None:
+        reply: dict[str, Any] = {"id": call_id}
         try:
-            result = await _execute(forwarder, op, message)
+            result = await execute(forwarder, command)
         except RelayError as exc:
-            reply["error"] = str(exc)
+            reply["error"], reply["code"] = str(exc), exc.code.value
         except Exception as exc:  # a bug must not take every stream of the worker down
-            log.exception("relay worker %d: %s failed", index, op)
-            reply["error"] = f"internal error in relay worker: {exc}"
+            log.exception("relay worker %d: %r failed", index, command)
+            reply["error"], reply["code"] = f"internal error in relay worker: {exc}", RelayFailure.INTERNAL.value
         else:
-            reply["result"] = snapshot() if op == "snapshot" else result
+            reply["result"] = encode_snapshot(result) if result is not None else None
         writer.write(_pack(reply))
 
     pusher = loop.create_task(push_stats())
@@ -346,12 +338,18 @@ async def _serve(sock: socket.socket, index: int, settings: dict[str, Any]) -> N
                 message = await _read(reader)
             except (asyncio.IncompleteReadError, ConnectionError):
                 return
-            if message.get("op") == "stop":
-                forwarder.close_all()
-                writer.write(_pack({"id": message.get("id", 0), "result": None}))
+            call_id = message.get("id", 0)
+            try:
+                command = decode_command(message.get("op"))  # type: ignore[arg-type]
+            except RelayError as exc:
+                writer.write(_pack({"id": call_id, "error": str(exc), "code": exc.code.value}))
+                continue
+            if isinstance(command, Stop):
+                await execute(forwarder, command)
+                writer.write(_pack({"id": call_id, "result": None}))
                 await writer.drain()
                 return
-            task = loop.create_task(handle(message))
+            task = loop.create_task(handle(call_id, command))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
     finally:
@@ -360,26 +358,3 @@ async def _serve(sock: socket.socket, index: int, settings: dict[str, Any]) -> N
             task.cancel()
         forwarder.close_all()
         writer.close()
-
-
-async def _execute(f: Forwarder, op: str | None, m: dict[str, Any]) -> Any:
-    if op == "open":
-        f.open(m["stream"], m["port"], StreamMode(m["mode"]), m["ssrc"])
-    elif op == "expect":
-        f.expect(m["stream"], m["ssrc"])
-    elif op == "connect":
-        await f.connect(m["stream"], m["host"], m["port"], attempts=m["attempts"], interval=m["interval"])
-    elif op == "add_consumer":
-        if m["transport"] == "tcp":
-            await f.add_tcp_consumer(m["stream"], m["consumer"], m["host"], m["port"], m["ssrc"])
-        else:
-            f.add_consumer(m["stream"], m["consumer"], m["transport"], m["host"], m["port"], m["ssrc"])
-    elif op == "remove_consumer":
-        f.remove_consumer(m["stream"], m["consumer"])
-    elif op == "close":
-        f.close(m["stream"])
-    elif op in ("ping", "snapshot"):
-        pass
-    else:
-        raise RelayError(f"unknown relay command {op!r}")
-    return None

@@ -12,6 +12,20 @@ Every way a stream ends goes through :meth:`StreamService._close`, which sends B
 the dialog is ours to end, closes the relay's sockets and gives back the port and every
 SSRC: the device's BYE, no RTP for ``media.rtp_timeout``, the device going offline or
 unregistering, a lost TCP media connection, an operator's ``stream stop``, shutdown.
+
+A stream's life is a :class:`StreamState`, changed only by :meth:`StreamService._apply`
+through :data:`TRANSITIONS`, one ``(state, input) -> (state, actions)`` table in the manner
+of :mod:`gb28181gw.sip.transaction`::
+
+    INVITING ──ESTABLISHED──▶ LIVE ◀──CONSUMER_ADDED / LAST_CONSUMER_LEFT──▶ LINGERING
+      │   │                     │                                            │
+      │   └─CLOSE─▶ ABANDONED   └──────────────────CLOSE─────────────────────┤
+      │               │ ANSWERED / ESTABLISHED / FAILED                      │
+      └──FAILED──────▶└─────────────────────────▶ CLOSED ◀───────────────────┘
+
+ABANDONED: closed while the INVITE was out; its answer is awaited, then the dialog is ended.
+An input the table does not list for the state is a bug of this service and raises
+:class:`~gb28181gw.errors.LocalProtocolError` naming both. :func:`render_table` draws it.
 """
 
 from __future__ import annotations
@@ -21,10 +35,12 @@ import contextlib
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import IntEnum, auto
 from typing import Any
 
-from gb28181gw.errors import SdpError
+from gb28181gw.errors import LocalProtocolError, RelayError, RelayFailure, SdpError, StreamError
 from gb28181gw.gb.model import Device
 from gb28181gw.gb.session import PlaySession, PlayState, SessionError, invite
 from gb28181gw.media.ports import PortPool, PortsExhausted
@@ -43,7 +59,7 @@ from gb28181gw.metrics import (
 )
 from gb28181gw.net.stack import SipStack, SipTimeoutError, SipTransportError
 from gb28181gw.net.tasks import TaskSet
-from gb28181gw.relay.forwarder import RelayError
+from gb28181gw.relay.records import ConsumerLost, FirstPacket, MediaClosed, RelayEvent, RelayTotals, WorkerLost
 from gb28181gw.relay.workers import Relay
 from gb28181gw.sdp import SsrcAllocator, StreamMode
 from gb28181gw.sip.endpoint import Peer
@@ -53,35 +69,105 @@ from gb28181gw.sip.message import make_response
 from .devices import DeviceError, DeviceService
 from .registrar import RegistrarService
 
+__all__ = ["MediaSettings", "Stream", "StreamError", "StreamService", "StreamState"]
+
 log = logging.getLogger("gb28181gw.streams")
 
 
-class StreamError(Exception):
-    """A stream cannot be opened or found. ``status`` is the SIP-style code to pass on.
+class StreamState(IntEnum):
+    """Where a stream is."""
 
-    404 unknown channel, 480 device not registered, 486 device busy, 488 answer unusable,
-    502 device refused or failed, 503 no port or SSRC free, 504 device did not answer.
-    """
+    INVITING = auto()  # port bound or being bound, INVITE out, relay being set up
+    LIVE = auto()  # relaying, with consumers (or about to get the first)
+    LINGERING = auto()  # live without consumers: closes when ``media.linger`` runs out
+    ABANDONED = auto()  # closed while INVITING: the answer is awaited, then the dialog ended
+    CLOSED = auto()  # gone: BYE sent (or received), sockets closed, port and SSRCs given back
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+
+class StreamInput(IntEnum):
+    """What can happen to a stream."""
+
+    ESTABLISHED = auto()  # the device answered, ACK sent, the relay expects its media
+    ANSWERED = auto()  # the device's 2xx was taken and ACKed (the relay not yet ready)
+    FAILED = auto()  # setup failed: bind, INVITE refused or unanswered, bad answer, relay
+    CONSUMER_ADDED = auto()
+    LAST_CONSUMER_LEFT = auto()
+    CLOSE = auto()  # the device's BYE, media timeout or loss, offline, operator, linger over, shutdown
+
+
+class StreamAction(IntEnum):
+    """What :meth:`StreamService._apply` does on a transition."""
+
+    RESOLVE_WAITERS = auto()  # the setup future: every play() waiting goes on
+    FAIL_WAITERS = auto()  # the setup future fails: every play() waiting raises
+    REMEMBER_CAUSE = auto()  # keep why it closes (an abandoned stream is torn down later)
+    START_LINGER = auto()
+    CANCEL_LINGER = auto()
+    TEAR_DOWN = auto()  # forget it, give back SSRCs, BYE if the dialog is ours to end, close the relay
+
+
+SS, SI, SA = StreamState, StreamInput, StreamAction
+
+#: Every legal ``(state, input)`` of a stream and what follows.
+TRANSITIONS: dict[tuple[StreamState, StreamInput], tuple[StreamState, tuple[StreamAction, ...]]] = {
+    (SS.INVITING, SI.ANSWERED): (SS.INVITING, ()),
+    (SS.INVITING, SI.ESTABLISHED): (SS.LIVE, (SA.RESOLVE_WAITERS,)),
+    (SS.INVITING, SI.FAILED): (SS.CLOSED, (SA.FAIL_WAITERS, SA.REMEMBER_CAUSE, SA.TEAR_DOWN)),
+    (SS.INVITING, SI.CLOSE): (SS.ABANDONED, (SA.FAIL_WAITERS, SA.REMEMBER_CAUSE)),
+    # the first cause stays; the dialog the INVITE makes is ended as soon as it exists
+    (SS.ABANDONED, SI.CLOSE): (SS.ABANDONED, ()),
+    (SS.ABANDONED, SI.ANSWERED): (SS.CLOSED, (SA.TEAR_DOWN,)),
+    (SS.ABANDONED, SI.ESTABLISHED): (SS.CLOSED, (SA.TEAR_DOWN,)),
+    (SS.ABANDONED, SI.FAILED): (SS.CLOSED, (SA.TEAR_DOWN,)),
+    (SS.LIVE, SI.CONSUMER_ADDED): (SS.LIVE, ()),
+    (SS.LIVE, SI.LAST_CONSUMER_LEFT): (SS.LINGERING, (SA.START_LINGER,)),
+    (SS.LIVE, SI.CLOSE): (SS.CLOSED, (SA.REMEMBER_CAUSE, SA.TEAR_DOWN)),
+    (SS.LINGERING, SI.CONSUMER_ADDED): (SS.LIVE, (SA.CANCEL_LINGER,)),
+    (SS.LINGERING, SI.LAST_CONSUMER_LEFT): (SS.LINGERING, ()),
+    (SS.LINGERING, SI.CLOSE): (SS.CLOSED, (SA.CANCEL_LINGER, SA.REMEMBER_CAUSE, SA.TEAR_DOWN)),
+    # every teardown path may ask again; a consumer may fail to join a stream that just closed
+    (SS.CLOSED, SI.CLOSE): (SS.CLOSED, ()),
+    (SS.CLOSED, SI.LAST_CONSUMER_LEFT): (SS.CLOSED, ()),
+}
+
+
+def render_table() -> str:
+    """The stream state machine as a Graphviz ``digraph`` (for docs and reviews)."""
+    out = ["digraph stream {", "  rankdir=LR;"]
+    for (state, inp), (new, actions) in TRANSITIONS.items():
+        acts = ", ".join(a.name for a in actions)
+        out.append(f'  "{state.name}" -> "{new.name}" [label="{inp.name}\\n{acts}"];')
+    out.append("}")
+    return "\n".join(out)
 
 
 @dataclass(frozen=True, slots=True)
 class MediaSettings:
-    """The ``[media]`` settings the service uses."""
+    """The ``[media]`` settings the service uses, built from ``config.MediaSection`` in ``app.py``.
 
-    address: str = "127.0.0.1"
-    stream_mode: StreamMode = StreamMode.UDP
-    invite_timeout: float = 10.0
-    rtp_timeout: float = 15.0
-    linger: float = 5.0
-    tcp_connect_attempts: int = 3
-    tcp_connect_interval: float = 1.0
-    port_quarantine: float = 5.0
-    ssrc_quarantine: float = 15.0
-    check_interval: float = 1.0
+    No defaults here: ``config.py`` states them once.
+
+    Attributes:
+        address: the media IP put in our SDP offers.
+        port_range: (first, last) media ports, split evenly between the relays.
+        stream_mode: how devices without their own mode send media.
+        invite_timeout / rtp_timeout / linger: seconds (see ``config.MediaSection``).
+        tcp_connect_attempts / tcp_connect_interval: TCP active connection retries.
+        port_quarantine / ssrc_quarantine: seconds a released port / SSRC rests.
+        check_interval: seconds between health checks (media timeout, consumer leases).
+    """
+
+    address: str
+    port_range: tuple[int, int]
+    stream_mode: StreamMode
+    invite_timeout: float
+    rtp_timeout: float
+    linger: float
+    tcp_connect_attempts: int
+    tcp_connect_interval: float
+    port_quarantine: float
+    ssrc_quarantine: float
+    check_interval: float
 
 
 @dataclass(slots=True)
@@ -122,7 +208,7 @@ class Stream:
     peer: Peer
     session: PlaySession
     ready: asyncio.Future[None]
-    state: str = "inviting"  # inviting → live → closed
+    state: StreamState = StreamState.INVITING
     consumers: dict[str, Consumer] = field(default_factory=dict)
     created: float = 0.0
     created_epoch: float = 0.0
@@ -130,7 +216,6 @@ class Stream:
     first_packet_at: float = 0.0
     close_reason: str = ""
     close_cause: str = ""
-    abandoned: bool = False
     linger: asyncio.TimerHandle | None = None
     next_consumer: int = 1
 
@@ -141,7 +226,6 @@ class StreamService:
     Args:
         stack / registrar / devices: the SIP stack and the device services.
         relays: the relay workers (one :class:`LocalRelay` for ``media.workers = 0``).
-        port_range: (first, last) media ports, split evenly between the relays.
         our_id / domain: our platform ID and domain.
         settings: the ``[media]`` settings.
     """
@@ -153,11 +237,10 @@ class StreamService:
         devices: DeviceService,
         relays: list[Relay],
         *,
-        port_range: tuple[int, int],
         our_id: str,
         domain: str,
         metrics: Metrics,
-        settings: MediaSettings | None = None,
+        settings: MediaSettings,
     ) -> None:
         if not relays:
             raise ValueError("at least one relay")
@@ -167,8 +250,8 @@ class StreamService:
         self.relays = relays
         self.our_id = our_id
         self.domain = domain
-        self.settings = s = settings or MediaSettings()
-        self.pools = _split(port_range, len(relays), s.port_quarantine)
+        self.settings = s = settings
+        self.pools = _split(s.port_range, len(relays), s.port_quarantine)
         self.ssrcs = SsrcAllocator(our_id, quarantine=s.ssrc_quarantine)
         self.streams: dict[str, Stream] = {}
         self.by_channel: dict[str, Stream] = {}
@@ -180,8 +263,8 @@ class StreamService:
         self.setup_seconds = metrics.histogram(STREAM_SETUP_SECONDS)
         metrics.gauge(STREAMS_ACTIVE, lambda: len(self.streams))
         metrics.gauge(STREAM_CONSUMERS, lambda: float(sum(len(st.consumers) for st in self.streams.values())))
-        metrics.labeled_counter(RTP_PACKETS, lambda: self._totals("packets_in", "packets_out"))
-        metrics.labeled_counter(RTP_BYTES, lambda: self._totals("bytes_in", "bytes_out"))
+        metrics.labeled_counter(RTP_PACKETS, lambda: self._totals(lambda t: t.packets_in, lambda t: t.packets_out))
+        metrics.labeled_counter(RTP_BYTES, lambda: self._totals(lambda t: t.bytes_in, lambda t: t.bytes_out))
         metrics.labeled_counter(RTP_LOST, self._lost)
         metrics.labeled_counter(RTP_DROPPED, self._dropped)
         metrics.labeled_gauge(RELAY_STREAMS, self._per_worker)
@@ -241,7 +324,7 @@ class StreamService:
         if st is None:
             st = self._open(channel_id)
         await asyncio.shield(st.ready)
-        if st.state != "live":
+        if st.state is not StreamState.LIVE and st.state is not StreamState.LINGERING:
             raise StreamError(502, f"stream of {channel_id} closed: {st.close_reason}")
         return st, await self._add_consumer(st, transport, host, port, ssrc, label, ttl)
 
@@ -342,8 +425,8 @@ class StreamService:
             self._fail(st, StreamError(488, str(exc)), "bad-answer", bye=True)
             return
         self.stack.send_ack(ack, st.peer, response)
-        if st.abandoned or st.state == "closed":
-            self._close(st, st.close_reason or "closed while it was being set up", st.close_cause or "other")
+        self._apply(st, StreamInput.ANSWERED)
+        if st.state is StreamState.CLOSED:  # abandoned while the INVITE was out: BYE went with the teardown
             return
         session = st.session
         try:
@@ -360,10 +443,9 @@ class StreamService:
             err = exc if isinstance(exc, StreamError) else StreamError(502, str(exc))
             self._fail(st, err, "relay-failed", bye=True)
             return
-        st.state = "live"
-        self.results[("ok",)] += 1
-        if not st.ready.done():
-            st.ready.set_result(None)
+        self._apply(st, StreamInput.ESTABLISHED)
+        if st.state is StreamState.LIVE:
+            self.results[("ok",)] += 1
 
     async def _bind(self, st: Stream) -> None:
         # a port of our range may be taken by another program: skip it (it rests in
@@ -373,7 +455,7 @@ class StreamService:
                 await st.relay.open(st.id, st.port, st.mode, int(st.id))
                 return
             except RelayError as exc:
-                if "bind" not in str(exc):
+                if exc.code is not RelayFailure.PORT_TAKEN:
                     raise StreamError(502, str(exc)) from None
                 log.warning("media port taken, trying another", extra={"port": st.port, "reason": str(exc)})
                 now = self.loop.time()
@@ -383,16 +465,13 @@ class StreamService:
                 except PortsExhausted as exhausted:
                     st.port = 0
                     raise StreamError(503, str(exhausted)) from None
-                st.session.port = st.port
+                st.session.use_port(st.port)
         raise StreamError(503, "no media port of the range could be bound")
 
     def _fail(self, st: Stream, exc: StreamError, result: str, *, bye: bool = False) -> None:
         self.results[(result,)] += 1
         log.warning("stream setup failed", extra={"stream": st.id, "channel": st.channel_id, "reason": str(exc)})
-        if not st.ready.done():
-            st.ready.set_exception(exc)
-            st.ready.exception()  # seen: every waiter gets it through play()
-        self._close(st, str(exc), "setup-failed", bye=bye)
+        self._apply(st, StreamInput.FAILED, error=exc, reason=str(exc), cause="setup-failed", bye=bye)
 
     async def _add_consumer(
         self, st: Stream, transport: str, host: str, port: int, ssrc: int | None, label: str, ttl: float | None
@@ -423,14 +502,12 @@ class StreamService:
                 self.ssrcs.release(f"{ssrc:010d}", self.loop.time())
             self._maybe_linger(st)
             raise StreamError(502, str(exc)) from None
-        if st.state != "live":  # closed while we connected to the consumer
+        if st.state is StreamState.CLOSED:  # closed while we connected to the consumer
             if allocated:
                 self.ssrcs.release(f"{ssrc:010d}", self.loop.time())
             raise StreamError(502, f"stream of {st.channel_id} closed: {st.close_reason}")
-        if st.linger is not None:
-            st.linger.cancel()
-            st.linger = None
         st.consumers[consumer.id] = consumer
+        self._apply(st, StreamInput.CONSUMER_ADDED)
         log.info(
             "consumer added",
             extra={"stream": st.id, "consumer": consumer.id, "to": f"{transport}:{host}:{port}", "label": label},
@@ -461,12 +538,12 @@ class StreamService:
         self._maybe_linger(st)
 
     def _maybe_linger(self, st: Stream) -> None:
-        if st.consumers or st.state != "live" or st.linger is not None:
+        if st.consumers:
             return
-        if self.settings.linger <= 0:
+        if st.state is StreamState.LIVE and self.settings.linger <= 0:
             self._close(st, "no consumers left", "no-consumers")
         else:
-            st.linger = self.loop.call_later(self.settings.linger, self._close, st, "no consumers left", "no-consumers")
+            self._apply(st, StreamInput.LAST_CONSUMER_LEFT)
 
     async def stop_stream(self, stream_id: str, reason: str = "stopped by operator") -> None:
         """Close a stream now, whoever consumes it.
@@ -480,23 +557,57 @@ class StreamService:
         self._close(st, reason, "operator")
 
     def _close(self, st: Stream, reason: str, cause: str, *, bye: bool = True) -> None:
-        if st.state == "closed":
-            return
-        if st.state == "inviting" and not st.ready.done():
-            # the INVITE is in flight: its answer is taken, then the dialog ended (_setup sees this)
-            st.abandoned = True
-            st.close_reason = reason
-            st.close_cause = cause
-            st.ready.set_exception(StreamError(502, f"stream closed while being set up: {reason}"))
-            st.ready.exception()
-            return
-        previous = st.state
-        st.state = "closed"
-        st.close_reason = reason
-        self.closes[(cause,)] += 1
-        if st.linger is not None:
-            st.linger.cancel()
-            st.linger = None
+        self._apply(st, StreamInput.CLOSE, reason=reason, cause=cause, bye=bye)
+
+    # --- the state machine -------------------------------------------------------------
+
+    def _apply(
+        self,
+        st: Stream,
+        event: StreamInput,
+        *,
+        error: StreamError | None = None,
+        reason: str = "",
+        cause: str = "",
+        bye: bool = True,
+    ) -> None:
+        """Move ``st`` through :data:`TRANSITIONS` and carry out the actions.
+
+        ``error`` fails the waiters (else a 502 naming ``reason``); ``reason`` / ``cause`` say
+        why it closes (logs, the ``gb28181gw_stream_closes`` label); ``bye=False`` when the
+        dialog is not ours to end.
+
+        Raises:
+            LocalProtocolError: the table has no such transition (a bug in this service).
+        """
+        try:
+            new, actions = TRANSITIONS[(st.state, event)]
+        except KeyError:
+            raise LocalProtocolError(f"stream {st.id}: {event.name} in state {st.state.name}") from None
+        previous, st.state = st.state, new
+        for action in actions:
+            if action is StreamAction.RESOLVE_WAITERS:
+                if not st.ready.done():
+                    st.ready.set_result(None)
+            elif action is StreamAction.FAIL_WAITERS:
+                if not st.ready.done():
+                    st.ready.set_exception(error or StreamError(502, f"stream closed while being set up: {reason}"))
+                    st.ready.exception()  # seen: every waiter gets it through play()
+            elif action is StreamAction.REMEMBER_CAUSE:
+                st.close_reason, st.close_cause = reason, cause
+            elif action is StreamAction.START_LINGER:
+                st.linger = self.loop.call_later(
+                    self.settings.linger, self._close, st, "no consumers left", "no-consumers"
+                )
+            elif action is StreamAction.CANCEL_LINGER:
+                if st.linger is not None:
+                    st.linger.cancel()
+                    st.linger = None
+            elif action is StreamAction.TEAR_DOWN:
+                self._tear_down(st, previous, bye=bye)
+
+    def _tear_down(self, st: Stream, previous: StreamState, *, bye: bool) -> None:
+        self.closes[(st.close_cause or "other",)] += 1
         if self.streams.get(st.id) is st:
             del self.streams[st.id]
         if self.by_channel.get(st.channel_id) is st:
@@ -512,7 +623,7 @@ class StreamService:
         self._tasks.spawn(self._release(st))
         log.info(
             "stream closed",
-            extra={"stream": st.id, "channel": st.channel_id, "reason": reason, "was": previous},
+            extra={"stream": st.id, "channel": st.channel_id, "reason": st.close_reason, "was": previous.name.lower()},
         )
 
     async def _release(self, st: Stream) -> None:
@@ -555,27 +666,23 @@ class StreamService:
         for st in [st for st in self.streams.values() if st.device_id == device.device_id]:
             self._close(st, f"device offline: {reason}", "device-offline")
 
-    def _on_event(self, event: dict[str, Any]) -> None:
-        kind = event.get("event")
-        if kind == "worker-lost":
-            index = event.get("worker")
-            for st in [st for st in self.streams.values() if st.relay.index == index]:
-                self._close(st, f"relay worker {index} is gone", "worker-lost")
+    def _on_event(self, event: RelayEvent) -> None:
+        if isinstance(event, WorkerLost):
+            for lost in [st for st in self.streams.values() if st.relay.index == event.worker]:
+                self._close(lost, f"relay worker {event.worker} is gone", "worker-lost")
             return
-        found = self.streams.get(str(event.get("stream")))
-        if found is None:
+        st = self.streams.get(getattr(event, "stream", ""))
+        if st is None:
             return
-        st = found
-        if kind == "first-packet":
+        if isinstance(event, FirstPacket):
             st.first_packet_at = self.loop.time()
             if st.invite_at:
                 self.setup_seconds.observe(st.first_packet_at - st.invite_at)
-        elif kind == "closed":
-            self._close(st, str(event.get("reason", "media connection closed")), "media-lost")
-        elif kind == "consumer-lost":
-            consumer_id = str(event.get("consumer"))
-            log.info("consumer left", extra={"stream": st.id, "consumer": consumer_id, "reason": event.get("reason")})
-            self._drop_consumer(st, consumer_id, tell_relay=False)
+        elif isinstance(event, MediaClosed):
+            self._close(st, event.reason, "media-lost")
+        elif isinstance(event, ConsumerLost):
+            log.info("consumer left", extra={"stream": st.id, "consumer": event.consumer, "reason": event.reason})
+            self._drop_consumer(st, event.consumer, tell_relay=False)
 
     async def _check_loop(self) -> None:
         while True:
@@ -588,86 +695,43 @@ class StreamService:
     def check(self, now: float) -> None:
         """Close streams without RTP for ``rtp_timeout``; drop consumers whose lease ran out."""
         timeout = self.settings.rtp_timeout
-        snapshots = [relay.snapshot().get("streams", {}) for relay in self.relays]
+        snapshots = [relay.snapshot().streams for relay in self.relays]
         for st in list(self.streams.values()):
-            if st.state != "live":
+            if st.state is not StreamState.LIVE and st.state is not StreamState.LINGERING:
                 continue
             figures = snapshots[self.relays.index(st.relay)].get(st.id)
-            if figures is not None and figures["idle"] >= timeout:
-                what = "no RTP" if figures["packets"] else "no RTP at all"
-                self._close(st, f"{what} for {figures['idle']:.0f} s", "media-timeout")
+            if figures is not None and figures.idle >= timeout:
+                what = "no RTP" if figures.packets else "no RTP at all"
+                self._close(st, f"{what} for {figures.idle:.0f} s", "media-timeout")
                 continue
             for consumer in list(st.consumers.values()):
                 if consumer.expires_at is not None and consumer.expires_at <= now:
                     log.info("consumer lease ran out", extra={"stream": st.id, "consumer": consumer.id})
                     self._drop_consumer(st, consumer.id)
 
-    # --- the operator's view -------------------------------------------------------------
+    # --- figures for metrics -----------------------------------------------------------
 
-    def describe(self, st: Stream, snapshot: dict[str, Any] | None = None) -> dict[str, Any]:
-        """A stream as the admin API and ``gb28181gw streams`` show it (``snapshot``: its relay's, if at hand)."""
-        figures = (snapshot or st.relay.snapshot()).get("streams", {}).get(st.id, {})
-        now = self.loop.time()
-        consumers = []
-        for c in st.consumers.values():
-            sent = figures.get("consumers", {}).get(c.id, {})
-            consumers.append(
-                {
-                    "id": c.id,
-                    "transport": c.transport,
-                    "address": f"{c.host}:{c.port}",
-                    "ssrc": f"{c.ssrc:010d}",
-                    "label": c.label,
-                    "packets": sent.get("packets", 0),
-                    "bytes": sent.get("bytes", 0),
-                    "dropped": sent.get("dropped", 0),
-                    "expires_in": round(c.expires_at - now, 1) if c.expires_at is not None else None,
-                }
-            )
-        return {
-            "id": st.id,
-            "channel_id": st.channel_id,
-            "device_id": st.device_id,
-            "state": st.state,
-            "mode": str(st.mode),
-            "port": st.port,
-            "worker": st.relay.index,
-            "ssrc": st.session.ssrc,
-            "media_address": self.settings.address,
-            "device_media": f"{st.session.media_host}:{st.session.media_port}" if st.session.media_port else "",
-            "age": round(now - st.created, 1),
-            "setup_seconds": round(st.first_packet_at - st.invite_at, 3) if st.first_packet_at else None,
-            "consumers": consumers,
-            "relay": {k: v for k, v in figures.items() if k != "consumers"},
-        }
-
-    def rows(self) -> list[dict[str, Any]]:
-        """Every stream, oldest first."""
-        snapshots = {relay.index: relay.snapshot() for relay in self.relays}
-        return [
-            self.describe(st, snapshots[st.relay.index])
-            for st in sorted(self.streams.values(), key=lambda st: st.created)
-        ]
-
-    def _snapshots(self) -> list[dict[str, int]]:
+    def _relay_totals(self) -> list[RelayTotals]:
         return [relay.totals() for relay in self.relays]
 
-    def _totals(self, inbound: str, outbound: str) -> dict[tuple[str, ...], float]:
-        snaps = self._snapshots()
-        return {
-            ("in",): float(sum(t.get(inbound, 0) for t in snaps)),
-            ("out",): float(sum(t.get(outbound, 0) for t in snaps)),
-        }
+    def _totals(
+        self, inbound: Callable[[RelayTotals], int], outbound: Callable[[RelayTotals], int]
+    ) -> dict[tuple[str, ...], float]:
+        totals = self._relay_totals()
+        return {("in",): float(sum(map(inbound, totals))), ("out",): float(sum(map(outbound, totals)))}
 
     def _lost(self) -> dict[tuple[str, ...], float]:
-        return {(): float(sum(t.get("lost", 0) for t in self._snapshots()))}
+        return {(): float(sum(t.lost for t in self._relay_totals()))}
 
     def _dropped(self) -> dict[tuple[str, ...], float]:
         totals: Counter[str] = Counter()
-        for t in self._snapshots():
-            for reason in ("wrong_ssrc", "wrong_source", "malformed", "slow_consumer", "send_errors"):
-                totals[reason] += t.get(reason, 0)
-        return {(reason.replace("_", "-"),): float(n) for reason, n in totals.items()}
+        for t in self._relay_totals():
+            totals["wrong-ssrc"] += t.wrong_ssrc
+            totals["wrong-source"] += t.wrong_source
+            totals["malformed"] += t.malformed
+            totals["slow-consumer"] += t.slow_consumer
+            totals["send-errors"] += t.send_errors
+        return {(reason,): float(n) for reason, n in totals.items()}
 
     def _per_worker(self) -> dict[tuple[str, ...], float]:
         counts = Counter(st.relay.index for st in self.streams.values())
