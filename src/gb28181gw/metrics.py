@@ -132,6 +132,24 @@ RTP_LOST = Family("gb28181gw_rtp_lost", Kind.COUNTER, "RTP packets lost on the w
 RTP_DROPPED = Family("gb28181gw_rtp_dropped", Kind.COUNTER, "RTP packets dropped, by reason", ("reason",))
 RELAY_STREAMS = Family("gb28181gw_relay_streams", Kind.GAUGE, "Streams per relay worker", ("worker",))
 
+#: The label value for device-supplied text outside the values a family knows.
+OTHER = "other"
+
+
+def bounded_label(value: str, known: dict[str, str]) -> str:
+    """``value`` as a label only if ``known`` (lower-case → canonical) lists it, else :data:`OTHER`.
+
+    Devices choose what they send; a label per distinct value would let one device
+    create a time series per message. Unknown values are counted together instead.
+    """
+    return known.get(value.lower(), OTHER) if value else ""
+
+
+def code_label(value: str) -> str:
+    """A GB/T 28181 numeric code (AlarmMethod, AlarmType: 0-99) as a label, anything else :data:`OTHER`."""
+    return value if len(value) <= 2 and value.isdigit() and value.isascii() else (OTHER if value else "")
+
+
 #: Every family the gateway exports, besides the process, platform and GC collectors'.
 FAMILIES: tuple[Family, ...] = (
     SIP_REQUESTS, SIP_RESPONSES, SIP_PARSE_ERRORS, SIP_DROPPED, SIP_TRANSACTIONS_IN_FLIGHT, SIP_TCP_CONNECTIONS, BUILD,

@@ -41,6 +41,8 @@ from gb28181gw.metrics import (
     MANSCDP_UNMATCHED,
     QUERIES,
     Metrics,
+    bounded_label,
+    code_label,
 )
 from gb28181gw.net.stack import SipStack, SipTimeoutError, SipTransportError
 from gb28181gw.net.tasks import TaskSet
@@ -50,6 +52,9 @@ from gb28181gw.store.base import Store
 from .registrar import RegistrarService
 
 log = logging.getLogger("gb28181gw.devices")
+
+#: CmdTypes counted by name in metrics (any other is counted as "other").
+_CMD_LABELS = {c.value.lower(): c.value for c in CmdType}
 
 __all__ = ["DeviceError", "DeviceService"]
 
@@ -355,7 +360,7 @@ class DeviceService:
                 fut.set_result(collector.result)
             return
         if env.is_cmd(CmdType.CATALOG) or env.is_cmd(CmdType.RECORD_INFO):
-            self.unmatched[(env.cmd_type,)] += 1
+            self.unmatched[(bounded_label(env.cmd_type, _CMD_LABELS),)] += 1
             log.info(
                 "multi-part response matches no query",
                 extra={"device": device.device_id, "cmd": env.cmd_type, "sn": env.sn},
@@ -363,7 +368,7 @@ class DeviceService:
             return
         pending = self._pending.get((device.device_id, env.cmd_type.lower(), env.sn))
         if pending is None or pending.done():
-            self.unmatched[(env.cmd_type,)] += 1
+            self.unmatched[(bounded_label(env.cmd_type, _CMD_LABELS),)] += 1
             log.info("response matches no query", extra={"device": device.device_id, "cmd": env.cmd_type, "sn": env.sn})
             return
         pending.set_result(env)
@@ -397,7 +402,7 @@ class DeviceService:
                 {k: v for k, v in alarm.items() if k not in known and k.lower() not in ("cmdtype", "sn")},
             )
             self._tasks.spawn(self.store.save_alarms([record]))
-            self.alarm_count[alarm.get("AlarmMethod", ""), alarm.get("AlarmType", "")] += 1
+            self.alarm_count[code_label(alarm.get("AlarmMethod", "")), code_label(alarm.get("AlarmType", ""))] += 1
             log.info(
                 "alarm",
                 extra={"device": env.device_id, "method": alarm.get("AlarmMethod", ""), "type": alarm.get("AlarmType", ""),
