@@ -19,6 +19,7 @@ import dataclasses
 import ipaddress
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,6 +29,7 @@ from aiohttp import web
 from gb28181gw import __version__
 from gb28181gw.errors import IdError
 from gb28181gw.gb.model import Device
+from gb28181gw.gb.registrar import IpNetwork
 from gb28181gw.ids import GbId
 from gb28181gw.manscdp import ptz as ptz_codes
 from gb28181gw.metrics import Metrics
@@ -300,7 +302,7 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
 _STREAM_HTTP = {400: 400, 404: 404, 480: 409, 486: 409, 488: 502, 502: 502, 503: 503, 504: 504}
 
 
-def add_stream_routes(admin: AdminServer, streams: StreamService) -> None:
+def add_stream_routes(admin: AdminServer, streams: StreamService, *, consumer_networks: tuple[IpNetwork, ...]) -> None:
     """Live streams: list, open or join (a consumer), leave, stop."""
 
     async def list_streams(request: web.Request) -> web.Response:
@@ -334,8 +336,19 @@ def add_stream_routes(admin: AdminServer, streams: StreamService) -> None:
             port = int(c["port"])
             ssrc = int(c["ssrc"]) if c.get("ssrc") is not None else None
             ttl = float(c["ttl"]) if c.get("ttl") is not None else None
+            address = ipaddress.ip_address(host)
         except (KeyError, TypeError, ValueError):
             return _error(400, usage)
+        if ttl is not None and not (math.isfinite(ttl) and ttl > 0):
+            return _error(400, "consumer ttl must be a positive number of seconds")
+        if not 0 < port < 65536:
+            return _error(400, "consumer port must be 1-65535")
+        if not (
+            address.is_loopback
+            or host == request.remote
+            or any(address in net for net in consumer_networks if net.version == address.version)
+        ):
+            return _error(403, f"streams go to the requester's own address or media.consumer_networks, not {host}")
         if ssrc is not None and not 0 <= ssrc <= 0xFFFFFFFF:
             return _error(400, "consumer ssrc must fit 32 bits")
         try:

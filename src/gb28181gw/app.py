@@ -179,7 +179,7 @@ class Gateway:
                 self.metrics, status=self.status, ready=lambda: self.ready, allowed_hosts=c.admin.allowed_hosts
             )
             add_device_routes(self.admin, self.registrar, self.devices)
-            add_stream_routes(self.admin, self.streams)
+            add_stream_routes(self.admin, self.streams, consumer_networks=parse_networks(c.media.consumer_networks))
             await self.admin.start(c.admin.listen, c.admin.port)
         self.started_at = time.monotonic()
         self._ready = True

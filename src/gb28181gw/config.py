@@ -221,6 +221,9 @@ class MediaSection:
     stats_interval: float = _opt(
         1.0, "seconds between relay workers' reports (bitrate, loss, media timeout)", _positive
     )
+    consumer_networks: list[str] = _opt(
+        [], "networks (CIDR) the admin API may send streams to besides the requester's own address", _networks
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,3 +99,30 @@ async def test_an_oversized_listing_limit_is_400(gateway: Gateway) -> None:
         status, _ = await asyncio.to_thread(call, gateway, "GET", f"/api/v1/alarms?limit={limit}")
         assert status == 400
     assert (await asyncio.to_thread(call, gateway, "GET", "/api/v1/alarms?limit=10000"))[0] == 200
+
+
+def _play(host: str, ttl: object = None, port: int = 40000) -> bytes:
+    consumer: dict[str, object] = {"transport": "udp", "host": host, "port": port}
+    if ttl is not None:
+        consumer["ttl"] = ttl
+    return json.dumps({"channel_id": "34020000001310000001", "consumer": consumer}).encode()
+
+
+async def test_streams_go_only_to_the_requester_loopback_or_configured_networks(gateway: Gateway) -> None:
+    # 192.0.2.10 is a documentation address: the refusal comes before anything is sent anywhere
+    status, body = await asyncio.to_thread(call, gateway, "POST", "/api/v1/streams", _play("192.0.2.10"), JSON)
+    assert status == 403 and "consumer_networks" in str(body["error"])
+    # loopback (the requester here) passes the check and meets the next one: no such channel
+    assert (await asyncio.to_thread(call, gateway, "POST", "/api/v1/streams", _play("127.0.0.1"), JSON))[0] == 404
+    gw = await start_gateway(**{"media.consumer_networks": "192.0.2.0/24"})
+    try:
+        assert (await asyncio.to_thread(call, gw, "POST", "/api/v1/streams", _play("192.0.2.10"), JSON))[0] == 404
+    finally:
+        await gw.stop()
+
+
+@pytest.mark.parametrize(("ttl", "port"), [("nan", 40000), ("inf", 40000), (-5, 40000), (0, 40000), (None, 70000)])
+async def test_consumer_ttl_and_port_must_make_sense(gateway: Gateway, ttl: object, port: int) -> None:
+    body = _play("127.0.0.1", ttl, port)
+    status, answer = await asyncio.to_thread(call, gateway, "POST", "/api/v1/streams", body, JSON)
+    assert status == 400 and ("ttl" in str(answer["error"]) or "port" in str(answer["error"]))
