@@ -126,3 +126,22 @@ async def test_consumer_ttl_and_port_must_make_sense(gateway: Gateway, ttl: obje
     body = _play("127.0.0.1", ttl, port)
     status, answer = await asyncio.to_thread(call, gateway, "POST", "/api/v1/streams", body, JSON)
     assert status == 400 and ("ttl" in str(answer["error"]) or "port" in str(answer["error"]))
+
+
+async def test_control_of_a_device_that_never_answers_ends_at_the_query_timeout() -> None:
+    from tests.hostile.test_hijack import DEVICE, Peer
+    from tests.hostile.test_persistence import register
+
+    gw = await start_gateway(**{"devices.query_timeout": "1"})
+    camera = Peer("127.0.0.1")  # registers, then never answers anything
+    try:
+        assert (await asyncio.to_thread(camera.exchange, gw.stack.port, register(DEVICE, 1))).startswith(b"SIP/2.0 200")
+        body = json.dumps({"target": DEVICE, "name": "TeleBoot", "value": "Boot"}).encode()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        status, answer = await asyncio.to_thread(call, gw, "POST", "/api/v1/control", body, JSON)
+        assert status == 502 and "did not answer" in str(answer["error"])
+        assert loop.time() - started < 5  # not Timer F's 32 s
+    finally:
+        camera.close()
+        await gw.stop()

@@ -149,7 +149,7 @@ class DeviceService:
         return self._sn.next(device_id)
 
     async def send(self, device: Device, body: bytes) -> None:
-        """Send a MANSCDP MESSAGE to ``device`` and wait for its 200 (the transaction's answer)."""
+        """Send a MANSCDP MESSAGE to ``device`` and wait for its 200, at most ``devices.query_timeout``."""
         target = f"sip:{device.device_id}@{device.host}:{device.port}"
         req = to_device(
             "MESSAGE",
@@ -165,7 +165,10 @@ class DeviceService:
             body=body,
         )
         try:
-            resp = await self.stack.request(req, Peer(device.transport, device.host, device.port))
+            # bounded by query_timeout, not Timer F (32 s): an operator is waiting for this
+            resp = await self.stack.request(
+                req, Peer(device.transport, device.host, device.port), timeout=self.settings.query_timeout
+            )
         except SipTimeoutError:
             raise DeviceError(f"device {device.device_id} did not answer the MESSAGE", DeviceError.NO_ANSWER) from None
         except SipTransportError as exc:
@@ -188,9 +191,11 @@ class DeviceService:
         key = (device_id, cmd.value.lower(), sn)
         fut: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
         self._pending[key] = fut
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.query_timeout
         try:
             await self.send(device, encode(root, cmd, sn, target or device_id, fields, charset=device.charset))
-            env = await asyncio.wait_for(fut, self.settings.query_timeout)
+            env = await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))
         except TimeoutError:
             self.queries[cmd.value, "timeout"] += 1
             raise DeviceError(
