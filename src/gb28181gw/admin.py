@@ -43,6 +43,8 @@ log = logging.getLogger("gb28181gw.admin")
 
 Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
 API_PREFIX = "/api/v1"
+#: Rows of a streamed listing written between two yields to the event loop.
+_CHUNK = 1000
 #: Most rows one listing returns.
 MAX_LIST = 10_000
 #: Largest request body accepted (bytes).
@@ -196,16 +198,31 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
             return _error(404, f"no device {device_id}")
         return web.json_response({"removed": device_id})
 
-    async def channels(request: web.Request) -> web.Response:
+    async def channels(request: web.Request) -> web.StreamResponse:
         device_id = request.query.get("device")
         per_device = devices.channels if device_id is None else {device_id: devices.channels.get(device_id, {})}
-        out = [
-            {"channel_id": c.channel_id, "device_id": c.device_id, "name": c.name, "status": c.status,
-             "parent_id": c.parent_id, **c.extra}
-            for chans in per_device.values()
-            for c in sorted(chans.values(), key=lambda c: c.channel_id)
-        ]  # fmt: skip
-        return web.json_response({"channels": out, "partial": sorted(devices.partial)})
+        # streamed in chunks, yielding between them: a listing of a million channels must not
+        # stop the gateway from serving keepalives while it is written
+        resp = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
+        await resp.prepare(request)
+        await resp.write(b'{"channels": [')
+        first = True
+        for dev in list(per_device):
+            rows = sorted(per_device.get(dev, {}).values(), key=lambda c: c.channel_id)
+            for i in range(0, len(rows), _CHUNK):
+                chunk = ", ".join(
+                    json.dumps(
+                        {"channel_id": c.channel_id, "device_id": c.device_id, "name": c.name, "status": c.status,
+                         "parent_id": c.parent_id, **c.extra}
+                    )
+                    for c in rows[i : i + _CHUNK]
+                )  # fmt: skip
+                await resp.write(("" if first else ", ").encode() + chunk.encode())
+                first = False
+                await asyncio.sleep(0)
+        await resp.write(f'], "partial": {json.dumps(sorted(devices.partial))}}}'.encode())
+        await resp.write_eof()
+        return resp
 
     async def refresh_catalog(request: web.Request) -> web.Response:
         device_id = request.match_info["device_id"]

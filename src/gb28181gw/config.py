@@ -181,6 +181,12 @@ class DevicesSection:
     catalog_idle_timeout: float = _opt(
         5.0, "seconds of quiet after which a Catalog answer is taken as it is", _positive
     )
+    catalog_total_timeout: float = _opt(
+        900.0, "seconds after which a Catalog answer still arriving is cut and kept as partial", _positive
+    )
+    max_channels: int = _opt(
+        100_000, "channels kept per device (a city platform's catalog fits); more are refused", _at_least(1)
+    )
     subscribe: list[str] = _opt(
         ["catalog"], "subscriptions made when a device registers", _one_of("catalog", "alarm", "mobile-position")
     )

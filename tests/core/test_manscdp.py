@@ -127,21 +127,35 @@ class TestCatalogCollector:
         return CatalogItem(f"340200000013100{n:05d}", {"Name": str(n)})
 
     def test_complete_when_sumnum_items_arrive_in_any_split(self) -> None:
-        c = CatalogCollector("d", 1, now=0.0, first_timeout=120, idle_timeout=5)
+        c = CatalogCollector("d", 1, now=0.0, first_timeout=120, idle_timeout=5, total_timeout=900, max_items=10**6)
         assert not c.add(3, [self.item(1)], 1.0)
         assert not c.add(3, [self.item(1)], 1.5)  # a repeat does not count twice
         assert c.add(3, [self.item(2), self.item(3)], 2.0)
         assert c.result.complete and c.result.messages == 3
 
     def test_quiet_device_leaves_a_partial_answer(self) -> None:
-        c = CatalogCollector("d", 1, now=0.0, first_timeout=120, idle_timeout=5)
+        c = CatalogCollector("d", 1, now=0.0, first_timeout=120, idle_timeout=5, total_timeout=900, max_items=10**6)
         assert not c.expired(119.0)
         c.add(5, [self.item(1)], 10.0)
         assert not c.expired(14.0) and c.expired(15.0)
         assert not c.result.complete and len(c.result.items) == 1
 
+    def test_items_past_the_cap_are_counted_not_kept(self) -> None:
+        c = CatalogCollector("d", 1, now=0.0, first_timeout=120, idle_timeout=5, total_timeout=900, max_items=3)
+        c.add(1_000_000, [self.item(n) for n in range(10)], 1.0)
+        c.add(1_000_000, [self.item(1), self.item(11)], 2.0)  # an update of a kept item is taken
+        assert sorted(c.result.items) == [self.item(n).device_id for n in range(3)]
+        assert c.result.refused == 8 and not c.result.complete
+
+    def test_parts_cannot_extend_the_answer_past_its_total_timeout(self) -> None:
+        c = CatalogCollector("d", 1, now=0.0, first_timeout=120, idle_timeout=5, total_timeout=30, max_items=10**6)
+        for t in range(1, 29):
+            c.add(10**6, [self.item(t)], float(t))  # a part every second, for ever
+            assert not c.expired(float(t))
+        assert c.expired(30.0) and not c.result.complete
+
     def test_sumnum_zero(self) -> None:
-        c = CatalogCollector("d", 1, now=0.0, first_timeout=120, idle_timeout=5)
+        c = CatalogCollector("d", 1, now=0.0, first_timeout=120, idle_timeout=5, total_timeout=900, max_items=10**6)
         assert c.add(0, [], 1.0)
 
 

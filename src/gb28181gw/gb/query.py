@@ -38,6 +38,7 @@ class CatalogResult:
         items: the items by ID (a repeated ID keeps its last version).
         complete: SumNum items arrived; otherwise the device went quiet first.
         messages: how many response MESSAGEs made it.
+        refused: items left out because the answer reached its cap (``max_items``).
     """
 
     device_id: str
@@ -46,6 +47,7 @@ class CatalogResult:
     items: dict[str, CatalogItem] = field(default_factory=dict)
     complete: bool = False
     messages: int = 0
+    refused: int = 0
 
 
 class CatalogCollector:
@@ -58,6 +60,9 @@ class CatalogCollector:
         key_fields: fields that, with the item's ID, identify an item (empty: the ID alone).
         first_timeout: how long to wait for the first part (large lower platforms take minutes, C12).
         idle_timeout: how long to wait for the next part once parts are coming (C1).
+        total_timeout: when the answer ends however its parts keep coming (each part must not
+            extend it for ever).
+        max_items: items kept at most; later new items are counted in ``refused``, not kept.
     """
 
     def __init__(
@@ -68,13 +73,17 @@ class CatalogCollector:
         now: float,
         first_timeout: float,
         idle_timeout: float,
+        total_timeout: float,
+        max_items: int,
         key_fields: tuple[str, ...] = (),
     ) -> None:
         self.result = CatalogResult(device_id, sn)
         # catalog items are unique by ID; record items by these fields as well (many share the channel ID)
         self.key_fields = key_fields
         self.idle_timeout = idle_timeout
-        self.deadline = now + first_timeout
+        self.max_items = max_items
+        self.end = now + total_timeout
+        self.deadline = min(now + first_timeout, self.end)
 
     def add(self, sum_num: int, items: list[CatalogItem], now: float) -> bool:
         """Take one response message; return whether the answer is now complete."""
@@ -86,8 +95,11 @@ class CatalogCollector:
             key = item.device_id
             if self.key_fields:
                 key = "|".join([key, *(item.fields.get(f, "") for f in self.key_fields)])
+            if len(r.items) >= self.max_items and key not in r.items:
+                r.refused += 1
+                continue
             r.items[key] = item
-        self.deadline = now + self.idle_timeout
+        self.deadline = min(now + self.idle_timeout, self.end)
         r.complete = r.sum_num >= 0 and len(r.items) >= r.sum_num
         return r.complete
 

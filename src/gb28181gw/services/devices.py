@@ -10,6 +10,7 @@ Every request goes to the address and transport the device registered from.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
@@ -291,6 +292,8 @@ class DeviceService:
             now=loop.time(),
             first_timeout=s.catalog_first_timeout if cmd is CmdType.CATALOG else s.query_timeout,
             idle_timeout=s.catalog_idle_timeout,
+            total_timeout=s.catalog_total_timeout,
+            max_items=s.max_channels,
             key_fields=key_fields,
         )
         fut: asyncio.Future[CatalogResult] = loop.create_future()
@@ -304,6 +307,11 @@ class DeviceService:
         finally:
             self._catalogs.pop((device_id, sn), None)
         self.queries[cmd.value, "ok" if result.complete else "partial"] += 1
+        if result.refused:
+            log.warning(
+                "answer cut at devices.max_channels",
+                extra={"device": device_id, "cmd": cmd.value, "kept": len(result.items), "refused": result.refused},
+            )
         return result
 
     async def _store_catalog(self, result: CatalogResult) -> None:
@@ -313,7 +321,8 @@ class DeviceService:
         if not result.complete:
             # a partial answer never removes channels: keep what we knew and add what came
             old = self.channels.get(result.device_id, {})
-            chans = {**old, **chans}
+            room = max(0, self.settings.max_channels - len(chans))
+            chans = {**dict(itertools.islice((kv for kv in old.items() if kv[0] not in chans), room)), **chans}
             self.partial.add(result.device_id)
         else:
             self.partial.discard(result.device_id)
