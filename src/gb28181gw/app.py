@@ -226,22 +226,38 @@ class Gateway:
                 installed.append(sig)
             except (NotImplementedError, RuntimeError):  # pragma: no cover - not the main thread
                 pass
-        summaries = loop.create_task(_summarize_suppressed_logs())
+        chores = loop.create_task(_housekeeping())
         try:
             await self.start()
             await self._stop.wait()
         finally:
-            summaries.cancel()
+            chores.cancel()
             for sig in installed:
                 loop.remove_signal_handler(sig)
             await self.stop()
 
 
-async def _summarize_suppressed_logs() -> None:
-    """Say how many log lines the rate limit held back, once their burst is over."""
+#: Seconds between full garbage collections (see :func:`tune_gc`).
+FULL_COLLECTION_INTERVAL = 60.0
+
+
+async def _housekeeping() -> None:
+    """Periodic chores of a long-running process.
+
+    Say how many log lines the rate limit held back, once their burst is over; and run a
+    full garbage collection now and then. :func:`tune_gc` makes full collections rare, so
+    a reference cycle (none is known; parse errors used to make them) would otherwise keep
+    memory at a burst's high-water mark for hours. Everything from start-up is frozen, so a
+    full collection walks only what the gateway holds now: milliseconds.
+    """
+    loop = asyncio.get_running_loop()
+    next_collection = loop.time() + FULL_COLLECTION_INTERVAL
     while True:
         await asyncio.sleep(RATE_LIMIT.window)
         RATE_LIMIT.summarize(time.time())
+        if loop.time() >= next_collection:
+            gc.collect()
+            next_collection = loop.time() + FULL_COLLECTION_INTERVAL
 
 
 def build_relays(config: Config) -> list[Relay]:

@@ -246,8 +246,10 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
         try:
             msg = _parse_request_line(start, headers)
         except SipParseError as exc:
-            # keep reading the headers: with Via/From/To/Call-ID/CSeq the error can still be answered
-            start_error = exc
+            # keep reading the headers: with Via/From/To/Call-ID/CSeq the error can still be answered.
+            # Its traceback would hold this frame, which holds it: a reference cycle freed only by a
+            # rare full collection (memory stayed high after a flood of garbage), so it goes.
+            start_error = exc.with_traceback(None)
             msg = Request.__new__(Request)
             msg.method, msg.uri, msg.headers, msg.body, msg._via = start.split(" ", 1)[0], "", headers, b"", None
     if not lines:
@@ -268,19 +270,25 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
                 keys.append(header_key(n))
             except SipParseError as exc:
                 # keep the other headers so that the error can still be answered
-                name_error = name_error or exc
+                name_error = name_error or exc.with_traceback(None)  # no cycle: see start_error
                 keys.append("")
         if name_error is not None:
             headers._keys, headers._names, headers._values = keys, list(names), list(values)
             name_error.partial = _partial(msg)
-            raise name_error from None
+            try:
+                raise name_error from None
+            finally:
+                name_error = None  # no cycle: see start_error
     headers._keys, headers._names, headers._values = keys, list(names), list(values)
     if "" in seps:
         bad = next(n for n, sep in zip(names, seps, strict=True) if not sep)
         raise SipParseError(f"header line without a colon: {bad[:60]!r}", 400, _partial(msg))
     if start_error is not None:
         start_error.partial = msg
-        raise start_error
+        try:
+            raise start_error
+        finally:
+            start_error = None  # raised, its traceback holds this frame again
     if len(lines) > limits.max_headers:
         raise SipParseError(f"more than {limits.max_headers} header lines", 513, _partial(msg))
     if len(head) > limits.max_line_length:

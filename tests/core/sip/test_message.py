@@ -276,3 +276,32 @@ class TestRfc4475Valid:
     def test_noreason_empty_phrase(self) -> None:
         msg = parse_message(load_fixture("sip", "rfc4475", "valid", "noreason.sip"))
         assert isinstance(msg, Response) and msg.status == 100 and msg.reason == ""
+
+
+def test_parse_errors_leave_no_reference_cycles() -> None:
+    """A flood of garbage must be freed at once by reference counting, not by a rare full collection."""
+    import gc
+
+    from gb28181gw.sip.endpoint import Peer
+    from tests.helpers import drain_events, new_endpoint
+
+    ep = new_endpoint()
+    peer = Peer("UDP", "127.0.0.1", 5060)
+    garbage = [
+        b"INVITE \x00sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 1.2.3.4;branch=z9hG4bKa\r\n\r\n",  # bad start line
+        b"REGISTER sip:a SIP/2.0\r\nVia: SIP/2.0/UDP 1.2.3.4;branch=z9hG4bKb\r\nBad Name: x\r\n\r\n",  # bad header name
+        b"REGISTER sip:a SIP/2.0\r\nVia: SIP/2.0/UDP 1.2.3.4;branch=z9hG4bKc\r\nCSeq: abc\r\n\r\n",
+        b"SIP/2.0 200 OK\r\nVia: x\r\n\r\n",
+        b"garbage",
+    ]
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(200):
+            for data in garbage:
+                ep.receive(data, peer, 1.0 + i)
+            drain_events(ep)
+            ep.datagrams_to_send()
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
