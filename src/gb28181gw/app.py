@@ -12,6 +12,7 @@ import asyncio
 import gc
 import logging
 import os
+import resource
 import signal
 import time
 from dataclasses import replace
@@ -169,7 +170,7 @@ class Gateway:
                 "registration is open: devices without their own password are accepted without "
                 "authentication; set registrar.password"
             )
-        await self.stack.listen(c.sip)
+        await self.stack.listen(replace(c.sip, tcp_max_connections=tcp_connection_budget(c)))
         # the media address defaults to the one SIP advertises (a wildcard is no address for a device)
         media_address = c.media.address or self.endpoint.local_address("UDP")[0]
         self.streams.settings = replace(self.streams.settings, address=media_address)
@@ -299,6 +300,50 @@ def registrar_policy(config: Config) -> RegistrarPolicy:
         allow_networks=parse_networks(r.allow_networks),
         deny_networks=parse_networks(r.deny_networks),
     )
+
+
+#: Descriptors kept for everything but SIP TCP connections: the admin API and its clients, the
+#: store, relay worker pipes, logs, listening sockets.
+FD_RESERVE = 256
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft limit on open files to the hard limit; return the limit now in force.
+
+    Many distributions start services with a soft limit of 1,024, which a few hundred TCP
+    devices and streams exhaust; the hard limit is there to be asked for.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit", extra={"soft": soft, "hard": hard, "error": str(exc)})
+    return soft
+
+
+def tcp_connection_budget(config: Config) -> int:
+    """``sip.tcp_max_connections``, cut to what the open-file limit leaves (with a warning).
+
+    Past the limit, accept() fails and — worse — the admin API and the store cannot open
+    anything either; so SIP TCP gets what is left after every stream's media sockets
+    (two per port pair of the range: ours and a TCP consumer's or device's) and a reserve.
+    """
+    limit = raise_fd_limit()
+    media = config.media.port_max - config.media.port_min + 1
+    budget = max(16, limit - FD_RESERVE - media)
+    wanted = config.sip.tcp_max_connections
+    if wanted > budget:
+        log.warning(
+            "sip.tcp_max_connections cut to what the open-file limit allows",
+            extra={"configured": wanted, "allowed": budget, "open_file_limit": limit,
+                   "fix": "raise the limit (LimitNOFILE= in systemd, ulimit -n) or lower the setting"},
+        )  # fmt: skip
+        return budget
+    return wanted
 
 
 def tune_gc() -> None:
