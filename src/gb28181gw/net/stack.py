@@ -1,8 +1,9 @@
 """SipStack: the asyncio shell around :class:`~gb28181gw.sip.endpoint.SipEndpoint`.
 
 It owns the transports, pumps the endpoint (feed input → drain events → send
-output → re-arm the one timer), routes requests to handlers by method, and
-offers ``await request(...)`` for our own requests. It makes no protocol
+output → re-arm the one timer), hands requests to its :class:`~gb28181gw.net.router.Router`
+(dialogs by ID, other requests through consumer chains, MESSAGE by sender role and
+CmdType), and offers ``await request(...)`` for our own requests. It makes no protocol
 decisions: those are the endpoint's.
 
 Handlers take a :class:`RequestReceived` and may return ``None`` (answered
@@ -18,13 +19,14 @@ import functools
 import logging
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
-from gb28181gw.errors import LocalProtocolError
+from gb28181gw.errors import LocalProtocolError, SipTimeoutError, SipTransportError
 from gb28181gw.logs import WIRE, log_wire
 from gb28181gw.metrics import SipCounters
-from gb28181gw.sip.endpoint import Peer, SipEndpoint, warning_header
+from gb28181gw.sip.endpoint import SipEndpoint, warning_header
 from gb28181gw.sip.events import (
+    DropReason,
     MessageDropped,
     RequestCancelled,
     RequestReceived,
@@ -33,26 +35,17 @@ from gb28181gw.sip.events import (
     TransactionTimedOut,
 )
 from gb28181gw.sip.message import Request, Response, make_response
+from gb28181gw.sip.peer import Peer
 from gb28181gw.sip.transaction import Kind, Transaction
 
+from .router import PASS, Router
 from .sip_tcp import TcpTransport
 from .sip_udp import UdpTransport
 from .timer import EarliestTimer
 
 log = logging.getLogger("gb28181gw.sip")
 
-Handler = Callable[[RequestReceived], Awaitable[None] | None]
-
-#: Methods the stack itself takes care of, listed in Allow whatever the routes are.
-BUILTIN_METHODS = ("ACK", "CANCEL", "OPTIONS")
-
-
-class SipTimeoutError(TimeoutError):
-    """The peer never answered our request (Timer B or F)."""
-
-
-class SipTransportError(ConnectionError):
-    """Our request could not be delivered."""
+__all__ = ["SipStack", "SipTimeoutError", "SipTransportError"]  # the errors: re-exported from errors.py
 
 
 class SipStack:
@@ -61,14 +54,15 @@ class SipStack:
     Args:
         endpoint: the sans-I/O core to drive.
         counters: metric counters to update.
-        loop: the running loop (default: the current one).
+
+    Attributes:
+        router: where services register what they answer (see :mod:`gb28181gw.net.router`).
     """
 
     def __init__(self, endpoint: SipEndpoint, *, counters: SipCounters | None = None) -> None:
         self.endpoint = endpoint
         self.counters = counters or SipCounters()
-        self._routes: dict[str, Handler] = {}
-        self._ack_handler: Handler | None = None
+        self.router = Router(respond=self.respond, new_tag=endpoint.new_tag, run=self._run)
         self._cancel_handler: Callable[[RequestCancelled], None] | None = None
         self._connection_listeners: list[Callable[[Peer, str], None]] = []
         self._udp: list[UdpTransport] = []
@@ -80,18 +74,8 @@ class SipStack:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pumping = False
         self.wire = WIRE.isEnabledFor(logging.DEBUG)
-        self._allow = ", ".join(self.allowed_methods)
 
     # --- wiring ----------------------------------------------------------------------
-
-    def route(self, method: str, handler: Handler) -> None:
-        """Send requests of ``method`` to ``handler``."""
-        self._routes[method.upper()] = handler
-        self._allow = ", ".join(self.allowed_methods)
-
-    def on_ack(self, handler: Handler) -> None:
-        """Receive ACKs for 2xx (dialog usages need them)."""
-        self._ack_handler = handler
 
     def on_cancel(self, handler: Callable[[RequestCancelled], None]) -> None:
         """Be told when a pending INVITE was cancelled (already answered 487)."""
@@ -99,8 +83,8 @@ class SipStack:
 
     @property
     def allowed_methods(self) -> list[str]:
-        """What we answer to: the routes and the built-in methods."""
-        return sorted(set(self._routes) | set(BUILTIN_METHODS))
+        """What we answer to (the router's Allow)."""
+        return self.router.allowed_methods
 
     async def listen(
         self,
@@ -123,7 +107,7 @@ class SipStack:
         bound_port = port
         for host in hosts:
             if udp:
-                t = UdpTransport.bind(self, host, bound_port, receive_buffer=udp_receive_buffer)
+                t = UdpTransport.bind(self, host, bound_port, receive_buffer=udp_receive_buffer, counters=self.counters)
                 bound_port = t.port
                 self._udp.append(t)
                 if t.family == socket.AF_INET6:
@@ -131,7 +115,13 @@ class SipStack:
                 else:
                     self._udp4 = self._udp4 or t
         if tcp:
-            self._tcp = TcpTransport(self, idle_timeout=tcp_idle_timeout, max_connections=tcp_max_connections)
+            self._tcp = TcpTransport(
+                self,
+                limits=self.endpoint.limits,
+                counters=self.counters,
+                idle_timeout=tcp_idle_timeout,
+                max_connections=tcp_max_connections,
+            )
             for host in hosts:
                 bound_port = await self._tcp.listen(host, bound_port)
         self.port = bound_port
@@ -219,18 +209,7 @@ class SipStack:
         if isinstance(event, RequestReceived):
             req = event.request
             counters.requests["in", event.peer.transport, req.method] += 1
-            if event.transaction is None:
-                if self._ack_handler is not None:
-                    self._run(self._ack_handler, event)
-                return
-            handler = self._routes.get(req.method)
-            if handler is None:
-                if req.method == "OPTIONS":
-                    handler = self._options
-                else:
-                    self._method_not_allowed(event)
-                    return
-            self._run(handler, event)
+            self.router.dispatch(event)
         elif isinstance(event, ResponseReceived):
             counters.responses["in", event.peer.transport, str(event.response.status)] += 1
             fut = event.transaction.user_data
@@ -247,13 +226,17 @@ class SipStack:
             if self._cancel_handler is not None:
                 self._cancel_handler(event)
         elif isinstance(event, MessageDropped):
-            word = event.reason.split(":", 1)[0]
-            if word == "parse":
+            if event.reason is DropReason.PARSE:
                 counters.parse_errors[event.peer.transport, str(event.status) if event.status else "dropped"] += 1
             else:
-                counters.dropped[word] += 1
+                counters.dropped[event.reason.value] += 1
             log.info(
-                "dropped SIP input", extra={"peer": str(event.peer), "reason": event.reason, "answered": event.status}
+                "dropped SIP input",
+                extra={
+                    "peer": str(event.peer),
+                    "reason": f"{event.reason.value}: {event.detail}",
+                    "answered": event.status,
+                },
             )
 
     def _fail(self, tx: Transaction, exc: Exception) -> None:
@@ -265,17 +248,19 @@ class SipStack:
                 "server transaction ended without ACK or delivery", extra={"method": tx.method, "peer": str(tx.peer)}
             )
 
-    def _run(self, handler: Handler, event: RequestReceived) -> None:
+    def _run(self, handler: Callable[[Any], object], arg: Any, event: RequestReceived) -> object:
+        # the router's Runner: handler(arg) with a failure answered 500, an awaitable run as a task
         try:
-            result = handler(event)
+            result = handler(arg)
         except Exception:
             log.exception("SIP handler failed", extra={"method": event.request.method, "peer": str(event.peer)})
             self._internal_error(event)
-            return
-        if result is not None:
-            task = asyncio.ensure_future(result)
+            return None
+        if result is not None and result is not PASS:
+            task = asyncio.ensure_future(cast(Awaitable[Any], result))
             self._tasks.add(task)
             task.add_done_callback(functools.partial(self._task_done, event=event))
+        return result
 
     def _task_done(self, task: asyncio.Task[Any], event: RequestReceived) -> None:
         self._tasks.discard(task)
@@ -298,19 +283,6 @@ class SipStack:
                 self.respond(tx, response)
             except LocalProtocolError:
                 pass
-
-    def _options(self, event: RequestReceived) -> None:
-        # RFC 3261 §11.2: OPTIONS tells what we support
-        response = make_response(event.request, 200, to_tag=self.endpoint.new_tag())
-        response.headers.extend((("Allow", self._allow), ("Accept", "Application/MANSCDP+xml, application/sdp")))
-        assert event.transaction is not None
-        self.respond(event.transaction, response)
-
-    def _method_not_allowed(self, event: RequestReceived) -> None:
-        response = make_response(event.request, 405, to_tag=self.endpoint.new_tag())
-        response.headers.add("Allow", self._allow)
-        assert event.transaction is not None
-        self.respond(event.transaction, response)
 
     # --- output ----------------------------------------------------------------------
 

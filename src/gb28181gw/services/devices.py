@@ -17,14 +17,13 @@ from collections import deque
 from dataclasses import dataclass
 
 from gb28181gw.gb.model import Alarm, Channel, Device
-from gb28181gw.gb.outbound import to_device
+from gb28181gw.gb.outbound import device_peer, device_uri, to_device
 from gb28181gw.gb.query import CatalogCollector, CatalogResult, SnAllocator
 from gb28181gw.manscdp.messages import CONTENT_TYPE, CmdType, Envelope, Fields, Root, encode, flat, list_items
 from gb28181gw.manscdp.ptz import PtzCmd
 from gb28181gw.metrics import Metrics
 from gb28181gw.net.stack import SipStack, SipTimeoutError, SipTransportError
 from gb28181gw.net.tasks import TaskSet
-from gb28181gw.sip.endpoint import Peer
 from gb28181gw.store.base import Store
 
 from .registrar import RegistrarService
@@ -148,10 +147,9 @@ class DeviceService:
 
     async def send(self, device: Device, body: bytes) -> None:
         """Send a MANSCDP MESSAGE to ``device`` and wait for its 200 (the transaction's answer)."""
-        target = f"sip:{device.device_id}@{device.host}:{device.port}"
         req = to_device(
             "MESSAGE",
-            target,
+            device_uri(device.device_id, device),
             our_id=self.our_id,
             domain=self.domain,
             device_id=device.device_id,
@@ -163,7 +161,7 @@ class DeviceService:
             body=body,
         )
         try:
-            resp = await self.stack.request(req, Peer(device.transport, device.host, device.port))
+            resp = await self.stack.request(req, device_peer(device))
         except SipTimeoutError:
             raise DeviceError(f"device {device.device_id} did not answer the MESSAGE") from None
         except SipTransportError as exc:

@@ -23,15 +23,16 @@ from gb28181gw.errors import ManscdpError, StoreError
 from gb28181gw.gb.keepalive import Liveness, keepalive_timeout
 from gb28181gw.gb.model import Device
 from gb28181gw.gb.registrar import Outcome, Registrar, RegistrarPolicy, from_user
-from gb28181gw.manscdp.codec import Element, child_text, parse_xml
-from gb28181gw.manscdp.messages import Envelope, envelope
+from gb28181gw.manscdp.codec import Element
+from gb28181gw.manscdp.messages import CmdType, Envelope, envelope
 from gb28181gw.metrics import Metrics
+from gb28181gw.net.router import ANY, ManscdpRequest, Role
 from gb28181gw.net.stack import SipStack
 from gb28181gw.net.timer import EarliestTimer
 from gb28181gw.sip.auth import NonceStore
-from gb28181gw.sip.endpoint import Peer, warning_header
 from gb28181gw.sip.events import RequestReceived
 from gb28181gw.sip.message import make_response
+from gb28181gw.sip.peer import Peer
 from gb28181gw.store.base import Store
 
 log = logging.getLogger("gb28181gw.registrar")
@@ -135,8 +136,13 @@ class RegistrarService:
             await self.store.save_devices(changed)
         registered = sum(1 for d in self.devices.values() if d.registered)
         log.info("devices loaded", extra={"devices": len(self.devices), "registered": registered})
-        self.stack.route("REGISTER", self._on_register)
-        self.stack.route("MESSAGE", self._on_message)
+        router = self.stack.router
+        router.handle("REGISTER", self._on_register, owner="registrar")
+        # MESSAGE (PROTOCOL.md §4.1, §5): registered devices are DEVICEs; the router answers the others
+        router.add_role_resolver(self._role, owner="registrar")
+        router.on_message(Role.DEVICE, CmdType.KEEPALIVE, self._on_keepalive, owner="registrar")
+        router.on_message(Role.DEVICE, ANY, self._on_device_message, owner="registrar")
+        router.on_rejected(self._on_rejected)
         self.stack.on_connection_lost(self._on_connection_lost)
         self._flusher = self._loop.create_task(self._flush_loop())
         self._arm()
@@ -246,38 +252,41 @@ class RegistrarService:
             device.keepalive_interval or self.keepalive_interval, device.keepalive_count or self.keepalive_count
         )
 
-    # --- MESSAGE (keepalive) -----------------------------------------------------------
+    # --- MESSAGE (keepalive and what registered devices send) --------------------------------
 
-    def _on_message(self, event: RequestReceived) -> None:
+    def _role(self, sender: str, peer: Peer) -> Role | None:
+        # the router asks who sent a MESSAGE: a registered device, or (by the ID deny list) a refused one
+        device = self.devices.get(sender)
+        if device is not None and device.registered and device.expires_at > self._clock():
+            return Role.DEVICE
+        if sender and any(sender.startswith(prefix) for prefix in self.policy.deny_ids):
+            return Role.REFUSED
+        return None
+
+    def _on_rejected(self, event: RequestReceived, role: Role, status: int) -> None:
+        # the router answered 404/403 (sender not registered) or 400 (a registered device's bad body)
+        if role is Role.DEVICE:
+            if status == 400:
+                self.keepalives[("bad-body",)] += 1
+        elif role is not Role.PLATFORM:
+            self.keepalives[("unregistered",)] += 1
+
+    def _on_device_message(self, msg: ManscdpRequest) -> None:
+        tx = msg.event.transaction
+        assert tx is not None
+        self.stack.respond(tx, make_response(msg.event.request, 200, to_tag=self.stack.endpoint.new_tag()))
+        self._dispatch_manscdp(self.devices[msg.sender], msg.root)
+
+    def _on_keepalive(self, msg: ManscdpRequest) -> None:
+        event = msg.event
         tx = event.transaction
         assert tx is not None
         req = event.request
         tag = self.stack.endpoint.new_tag()
-        device_id = from_user(req)
-        device = self.devices.get(device_id)
+        device_id = msg.sender
+        device = self.devices[device_id]
         now, epoch = self._now()
-        if device is None or not device.registered or device.expires_at <= epoch:
-            # PROTOCOL.md §4.1, K4: never 200 to an unregistered device, or it believes it is
-            # registered; 404 makes real devices register again
-            self.keepalives[("unregistered",)] += 1
-            resp = make_response(req, 404, to_tag=tag)
-            resp.headers.add("Warning", warning_header(f"device {device_id or '(no ID)'} is not registered here"))
-            self.stack.respond(tx, resp)
-            return
-        try:
-            root = parse_xml(req.body)
-        except ManscdpError as exc:
-            self.keepalives[("bad-body",)] += 1
-            resp = make_response(req, 400, to_tag=tag)
-            resp.headers.add("Warning", warning_header(str(exc)))
-            self.stack.respond(tx, resp)
-            log.info("unparseable MANSCDP body", extra={"device": device_id, "error": str(exc)})
-            return
-        cmd = child_text(root, "CmdType") or ""
         self.stack.respond(tx, make_response(req, 200, to_tag=tag))
-        if cmd.lower() != "keepalive":
-            self._dispatch_manscdp(device, root)
-            return
         self.keepalives[("ok",)] += 1
         device.last_keepalive = epoch
         device.updated_at = epoch

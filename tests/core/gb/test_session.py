@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gb28181gw.gb.model import Device
 from gb28181gw.gb.session import PlaySession, PlayState, SessionError, invite
 from gb28181gw.sdp import SessionDescription, StreamMode
 from gb28181gw.sip.endpoint import Peer
@@ -22,8 +23,17 @@ ANSWER = (
 
 
 def session(mode: StreamMode = StreamMode.UDP) -> PlaySession:
-    return PlaySession(
-        CH, NVR, "34020000002000000001", "3402000000", "127.0.0.1", 30000, "0200000001", mode, "call-1", "gwtag"
+    return PlaySession.start(
+        CH,
+        Device(NVR, transport="UDP", host=DEV.host, port=DEV.port),
+        our_id="34020000002000000001",
+        domain="3402000000",
+        media_ip="127.0.0.1",
+        port=30000,
+        ssrc="0200000001",
+        mode=mode,
+        call_id="call-1",
+        local_tag="gwtag",
     )
 
 
@@ -33,11 +43,7 @@ def exchange(
     """INVITE from the gateway endpoint to a device endpoint, which answers ``status`` with ``body``."""
     gw, dev = new_endpoint(), new_endpoint()
     s = session(mode)
-    tx = gw.send_request(
-        invite(s, device_host=DEV.host, device_port=DEV.port, contact="sip:34020000002000000001@127.0.0.1:5060"),
-        DEV,
-        0.0,
-    )
+    tx = gw.send_request(invite(s, contact="sip:34020000002000000001@127.0.0.1:5060"), DEV, 0.0)
     ((wire, _),) = gw.datagrams_to_send()
     dev.receive(wire, GW, 0.0)
     (ev,) = drain_events(dev)
