@@ -215,3 +215,82 @@ async def test_two_owners_for_one_route_fail_at_start_up(tmp_path: Path) -> None
     router.add_dialog(dialog, lambda event: None, owner="streams")
     with pytest.raises(RouteConflict, match="dialog c .* owned by 'streams'; 'cascade'"):
         router.add_dialog(dialog, lambda event: None, owner="cascade")
+
+
+NOTIFY_FIRST_DEVICE = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="device whose NOTIFY overtakes its 200 to SUBSCRIBE">
+  <recv request="SUBSCRIBE">
+    <action>
+      <ereg regexp=".*" search_in="hdr" header="Via:" check_it="true" assign_to="via"/>
+      <ereg regexp=".*" search_in="hdr" header="From:" check_it="true" assign_to="gwfrom"/>
+      <ereg regexp=".*" search_in="hdr" header="To:" check_it="true" assign_to="gwto"/>
+      <ereg regexp=".*" search_in="hdr" header="CSeq:" check_it="true" assign_to="cseq"/>
+    </action>
+  </recv>
+  <send retrans="500"><![CDATA[
+NOTIFY sip:34020000002000000001@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];rport;branch=[branch]
+From: <sip:{nvr}@3402000000>;tag=[pid]nvr
+To: [$gwfrom]
+Call-ID: [call_id]
+CSeq: 1 NOTIFY
+Contact: <sip:{nvr}@[local_ip]:[local_port]>
+Event: Catalog
+Subscription-State: active;expires=60
+Content-Type: Application/MANSCDP+xml
+Max-Forwards: 70
+Content-Length: [len]
+
+<?xml version="1.0" encoding="GB2312"?>
+<Notify>
+<CmdType>Catalog</CmdType>
+<SN>9</SN>
+<DeviceID>{nvr}</DeviceID>
+<SumNum>1</SumNum>
+<DeviceList Num="1">
+<Item><DeviceID>{ch1}</DeviceID><Event>OFF</Event></Item>
+</DeviceList>
+</Notify>
+]]></send>
+  <recv response="200"/>
+  <send><![CDATA[
+SIP/2.0 200 OK
+Via: [$via]
+From: [$gwfrom]
+To: [$gwto];tag=[pid]nvr
+Call-ID: [call_id]
+CSeq: [$cseq]
+Contact: <sip:{nvr}@[local_ip]:[local_port]>
+Expires: 60
+Content-Length: 0
+
+]]></send>
+  <Reference variables="via,gwfrom,gwto,cseq"/>
+</scenario>
+"""
+
+
+@pytest.mark.sipp
+async def test_a_notify_that_overtakes_the_200_to_subscribe_reaches_its_subscription(tmp_path: Path) -> None:
+    from gb28181gw.gb.model import Channel
+    from gb28181gw.sip.dialog import DialogState
+
+    from .test_devices import CH1, NVR, finished, free_udp_port, play_device, register
+
+    gw = await start_gateway()
+    try:
+        port = free_udp_port()
+        await register(gw, tmp_path, port)
+        gw.devices.channels[NVR] = {CH1: Channel(CH1, NVR, "gate", "ON")}
+        proc = await play_device(NOTIFY_FIRST_DEVICE.format(nvr=NVR, ch1=CH1).encode(), port, tmp_path, "first")
+        sub = await gw.subscriptions.subscribe(NVR, "catalog")
+        await finished(proc)  # SIPp got 200 for its NOTIFY, sent before its 200 to the SUBSCRIBE
+        assert sub.dialog.state is DialogState.CONFIRMED and sub.remote_tag.endswith("nvr")
+        assert sub.dialog.remote_cseq == 1
+        assert gw.devices.channels[NVR][CH1].status == "OFF"
+        # the pending route is gone, the dialog's own stays until the subscription ends
+        assert gw.stack.router.dialog_count == 1
+        await gw.subscriptions.stop()
+        assert gw.stack.router.dialog_count == 0
+    finally:
+        await gw.stop()

@@ -407,7 +407,7 @@ class Dialog:
         UPDATE, SUBSCRIBE, NOTIFY) updates the remote target.
 
         Raises:
-            DialogError: status 500 when its CSeq is not higher than the last one (§12.2.2),
+            DialogError: status 500 when its CSeq is lower than the last one (§12.2.2),
                 481 when the dialog is terminated.
             SipParseError: its CSeq cannot be parsed.
         """
@@ -417,8 +417,10 @@ class Dialog:
         if self.state is S.TERMINATED:
             raise DialogError(f"dialog {self.call_id} has ended", 481)
         number = request.cseq.number
-        if self.remote_cseq is not None and number <= self.remote_cseq:
-            raise DialogError(f"CSeq {number} is not above {self.remote_cseq}", 500)
+        # only a lower number is out of order (§12.2.2); an equal one is let through, since some
+        # devices number every NOTIFY alike and their retransmissions never get here anyway
+        if self.remote_cseq is not None and number < self.remote_cseq:
+            raise DialogError(f"CSeq {number} is below {self.remote_cseq}", 500)
         self.remote_cseq = number
         if method in ("INVITE", "UPDATE", "SUBSCRIBE", "NOTIFY"):
             contact = request.headers.get("contact")
