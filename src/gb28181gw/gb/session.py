@@ -147,8 +147,8 @@ class PlaySession:
         self.state = PlayState.TERMINATED
         return self.dialog.request("BYE")
 
-    def device_ended(self, request: Request) -> None:
-        """The device's BYE (or another request of the dialog) arrived: check it (§12.2.2) and end on BYE.
+    def receive_request(self, request: Request) -> None:
+        """A request of the device in the dialog (its BYE): check it (§12.2.2); a BYE ends the session.
 
         Raises:
             DialogError: its CSeq is out of order (500) or the dialog has ended (481).

@@ -553,7 +553,7 @@ class StreamService:
         if event.transaction is None:
             return  # an ACK: we never answer INVITEs with 2xx, so nothing to do
         try:
-            st.session.device_ended(request)
+            st.session.receive_request(request)
         except DialogError as exc:
             response = make_response(request, exc.status)
             response.headers.add("Warning", warning_header(exc.reason))

@@ -96,7 +96,7 @@ class SubscriptionService:
         )
         stack.router.expect_in_dialog("NOTIFY")
         # a NOTIFY without a To tag belongs to no dialog; registered devices' ones are taken as before
-        stack.router.consume("NOTIFY", self._on_notify, owner="subscriptions")
+        stack.router.handle("NOTIFY", self._on_notify, owner="subscriptions")
         registrar.on_registered(self._on_registered)
         registrar.on_offline(self._on_offline)
 

@@ -123,3 +123,31 @@ def test_device_bye_matches_its_dialog() -> None:
     assert isinstance(msg, Request) and s.matches(msg)
     other = parse_message(bye.replace(b"call-1", b"call-2"))
     assert isinstance(other, Request) and not s.matches(other)
+
+
+def test_device_requests_in_the_dialog_are_checked_and_bye_ends_it() -> None:
+    from gb28181gw.errors import DialogError
+    from gb28181gw.sip.dialog import DialogId, DialogState, dialog_id_of
+
+    s, _, resp = exchange(ANSWER.format(ssrc="0200000001"))
+    s.answered(resp)  # type: ignore[arg-type]
+    assert s.dialog_id == DialogId("call-1", "gwtag", "devtag") and s.dialog.state is DialogState.CONFIRMED
+
+    def from_device(method: str, cseq: int) -> Request:
+        msg = parse_message(
+            (
+                f"{method} sip:34020000002000000001@127.0.0.1:5060 SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bK{method}{cseq}\r\n"
+                f"From: <sip:{CH}@3402000000>;tag=devtag\r\nTo: <sip:34020000002000000001@3402000000>;tag=gwtag\r\n"
+                f"Call-ID: call-1\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+            ).encode()
+        )
+        assert isinstance(msg, Request) and dialog_id_of(msg) == s.dialog_id
+        return msg
+
+    s.receive_request(from_device("INFO", 5))
+    with pytest.raises(DialogError) as err:
+        s.receive_request(from_device("BYE", 4))  # out of order (RFC 3261 §12.2.2)
+    assert err.value.status == 500 and s.state is PlayState.ESTABLISHED
+    s.receive_request(from_device("BYE", 6))
+    assert s.state is PlayState.TERMINATED and s.dialog.terminated
