@@ -7,7 +7,8 @@ their own.
 
 - UAC side (we sent the INVITE or SUBSCRIBE): :meth:`Dialog.uac` before sending, then
   :meth:`Dialog.request` builds the initial request, and :meth:`Dialog.receive_response`
-  takes the answers (a 1xx with a To tag makes it early, a 2xx confirms it, §12.1.2).
+  takes the answers (a 1xx with a To tag makes it early, a 2xx confirms it, §12.1.2);
+  or :meth:`Dialog.uac_from` from a request and its answer after the fact.
 - UAS side (they sent it): :meth:`Dialog.uas` from their request and our response (§12.1.1).
 - Either side then builds in-dialog requests (BYE, INFO, NOTIFY, re-SUBSCRIBE) with
   :meth:`Dialog.request`, each with the next local CSeq (§12.2.1.1), and the ACK for a 2xx
@@ -214,6 +215,36 @@ class Dialog:
             local_cseq=first_cseq - 1,  # request() counts it up to first_cseq
             secure=target.lower().startswith("sips:"),
         )
+
+    @classmethod
+    def uac_from(cls, request: Request, response: Response, peer: Peer) -> Dialog:
+        """The dialog that ``response`` (a 1xx with a To tag, or a 2xx) to our ``request`` creates (§12.1.2).
+
+        For a request that was built without :meth:`uac` (the usual way is :meth:`uac` before
+        sending, which keeps the dialog from the start).
+
+        Raises:
+            LocalProtocolError: ``response`` cannot create a dialog (no To tag, a final non-2xx).
+            SipParseError: the headers cannot be parsed.
+        """
+        status = response.status
+        if not response.to.tag or status < 101 or status >= 300:
+            raise LocalProtocolError(f"a {status} without a To tag cannot create a dialog")
+        from_ = request.from_
+        dialog = cls.uac(
+            call_id=request.call_id,
+            local_tag=from_.tag or "",
+            local_uri=from_.uri,
+            remote_uri=request.to.uri,
+            target=request.uri,
+            peer=peer,
+            first_cseq=request.cseq.number,
+        )
+        dialog.local_cseq += 1  # the request was sent
+        if request.method == "INVITE":
+            dialog.invite_cseq = dialog.local_cseq
+        dialog.receive_response(response)
+        return dialog
 
     @classmethod
     def uas(cls, request: Request, response: Response, peer: Peer) -> Dialog:

@@ -126,6 +126,22 @@ class TestUac:
         with pytest.raises(LocalProtocolError, match="TERMINATED"):
             d.request("INFO")
 
+    def test_from_a_request_and_its_answer(self) -> None:
+        pair = Pair()
+        invite = uac_dialog().request("INVITE")
+        invite.headers.set("CSeq", "7 INVITE")
+        ev = pair.to_device(invite)
+        ok = answer(ev, 200, contact=f"sip:{CH}@10.0.0.9:5070")
+        ok.headers.add("Record-Route", "<sip:p1.example;lr>")
+        ok.headers.add("Record-Route", "<sip:p2.example;lr>")
+        d = Dialog.uac_from(invite, pair.device_answers(ev, ok), DEV)
+        assert d.state is DialogState.CONFIRMED and d.is_uac and d.id == DialogId("call-1", "gwtag", "devtag")
+        assert (d.local_uri, d.remote_uri) == (OUR, f"sip:{CH}@3402000000")
+        assert d.remote_target == f"sip:{CH}@10.0.0.9:5070" and d.route_set[0] == "<sip:p2.example;lr>"
+        assert d.ack().cseq.number == 7 and d.request("BYE").cseq.number == 8
+        with pytest.raises(LocalProtocolError):
+            Dialog.uac_from(invite, make_response(ev.request, 486, to_tag="x"), DEV)
+
     def test_final_error_ends_a_pending_dialog(self) -> None:
         pair, d = Pair(), uac_dialog()
         ev = pair.to_device(d.request("INVITE"))
