@@ -294,3 +294,21 @@ async def test_a_notify_that_overtakes_the_200_to_subscribe_reaches_its_subscrip
         assert gw.stack.router.dialog_count == 0
     finally:
         await gw.stop()
+
+
+async def test_a_stray_response_is_counted_by_its_drop_reason(gateway: Gateway) -> None:
+    import asyncio
+    import socket
+
+    from gb28181gw.sip.events import DropReason
+
+    ep = SipEndpoint()
+    stray = make_response(_request(ep, "MESSAGE", STRANGER), 200, to_tag="x")
+    stray.headers.prepend("Via", "SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bKnobody")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(stray.serialize(), ("127.0.0.1", gateway.stack.port))
+        for _ in range(50):
+            if gateway.metrics.sip.dropped[DropReason.STRAY_RESPONSE.value]:
+                break
+            await asyncio.sleep(0.02)
+    assert gateway.metrics.sip.dropped["stray-response"] == 1
