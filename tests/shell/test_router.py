@@ -312,3 +312,25 @@ async def test_a_stray_response_is_counted_by_its_drop_reason(gateway: Gateway) 
                 break
             await asyncio.sleep(0.02)
     assert gateway.metrics.sip.dropped["stray-response"] == 1
+
+
+@pytest.mark.sipp
+@pytest.mark.parametrize("who", ["device", "gateway"])
+async def test_a_streams_dialog_is_routed_while_it_lives(tmp_path: Path, who: str) -> None:
+    from tests.media import UdpConsumer
+
+    from .test_devices import finished
+    from .test_streams import CH, DEVICE_BYE, WE_BYE, answer, gateway_with_device, scenario
+
+    gw, device = await gateway_with_device(tmp_path, scenario(answer(), tail=DEVICE_BYE if who == "device" else WE_BYE))
+    udp = await UdpConsumer.start()
+    try:
+        st, _ = await gw.streams.play(CH, transport="udp", host="127.0.0.1", port=udp.port)
+        assert gw.stack.router.dialog_count == 1 and st.session.remote_tag  # registered once answered
+        if who == "gateway":
+            await gw.streams.stop_stream(st.id)
+        await finished(device)  # the device's BYE got our 200, or ours reached it
+        assert not gw.streams.streams and gw.stack.router.dialog_count == 0
+    finally:
+        udp.close()
+        await gw.stop()
