@@ -12,9 +12,16 @@ a bug (the fuzz tests in ``tests/fuzz`` check exactly that).
     │   │   ├── SipParseError         a SIP message that cannot be parsed;
     │   │   │                         .status is the response to send (400, 413, 505, 513)
     │   │   ├── SdpError              an SDP body that cannot be used (answer 488 / BYE)
-    │   │   └── RtpError              an RTP packet or RFC 4571 frame that cannot be parsed (dropped, counted)
+    │   │   ├── RtpError              an RTP packet or RFC 4571 frame that cannot be parsed (dropped, counted)
+    │   │   ├── SessionError          a device's answer to our INVITE cannot be used; .status 488
+    │   │   └── DialogError           an in-dialog request out of order (.status 500) or for no
+    │   │                             dialog (.status 481), RFC 3261 §12.2.2
     │   └── LocalProtocolError        we were asked to do something illegal in the current
     │                                 state (a bug in our caller, not the peer's fault)
+    ├── SipTimeoutError (TimeoutError)        our request got no final answer (Timer B/F); .status 408
+    ├── SipTransportError (ConnectionError)   our request could not be delivered; .status 503
+    ├── RouteConflict                 two owners for one route (method, role + CmdType, dialog):
+    │                                 a wiring bug, raised at start-up and naming both owners
     ├── IdError (ValueError)          a malformed 20-digit GB/T 28181 ID; says which digits and why
     ├── AuthError                     digest credentials that cannot even be parsed
     ├── ConfigError (ValueError)      a bad configuration value; names the key and where it came from
@@ -213,3 +220,65 @@ class StreamError(Gb28181Error):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class SessionError(RemoteProtocolError):
+    """A device's answer to our INVITE cannot be used; the message says why.
+
+    The dialog exists by then: the caller ACKs, sends BYE and reports it (GB/T 28181 §9.2).
+
+    Attributes:
+        status: what to pass on to whoever asked for the stream: 488 Not Acceptable Here.
+    """
+
+    status = 488
+
+
+class DialogError(RemoteProtocolError):
+    """An in-dialog request that the dialog refuses (RFC 3261 §12.2.2).
+
+    Attributes:
+        status: the response to send: 500 for a CSeq lower than the last one,
+            481 when the request belongs to no dialog.
+    """
+
+    def __init__(self, reason: str, status: int = 500) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+class SipTimeoutError(Gb28181Error, TimeoutError):
+    """The peer never answered our request (Timer B or F, or the caller's own timeout).
+
+    Attributes:
+        status: the status to pass on upstream: 408 Request Timeout (RFC 3261 §8.1.3.1).
+    """
+
+    status = 408
+
+
+class SipTransportError(Gb28181Error, ConnectionError):
+    """Our request could not be delivered (connection refused or lost, RFC 3261 §8.1.3.1).
+
+    Attributes:
+        status: the status to pass on upstream: 503 Service Unavailable.
+    """
+
+    status = 503
+
+
+class RouteConflict(Gb28181Error):
+    """A second owner was registered for a route that has one (a wiring bug, found at start-up).
+
+    Attributes:
+        route: what both want, e.g. ``MESSAGE from DEVICE, CmdType Keepalive``.
+        owner: who has it.
+        newcomer: who asked for it too.
+    """
+
+    def __init__(self, route: str, owner: str, newcomer: str) -> None:
+        super().__init__(f"route conflict: {route} is owned by {owner!r}; {newcomer!r} cannot own it too")
+        self.route = route
+        self.owner = owner
+        self.newcomer = newcomer

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gb28181gw.app import Gateway
+from gb28181gw.gb.model import Device
 from gb28181gw.gb.session import PlaySession, PlayState, invite
 from gb28181gw.sdp import StreamMode
 from gb28181gw.sip.endpoint import Peer
@@ -37,22 +38,20 @@ async def test_play_session_against_sipp(gateway: Gateway, tmp_path: Path) -> No
     port = free_udp_port()
     proc = await play_device(DEVICE.encode(), port, tmp_path, "invite")
     ep = gateway.endpoint
-    s = PlaySession(
+    s = PlaySession.start(
         CH,
-        NVR,
-        "34020000002000000001",
-        "3402000000",
-        "127.0.0.1",
-        30000,
-        "0200000001",
-        StreamMode.UDP,
-        ep.new_call_id(),
-        ep.new_tag(),
+        Device(NVR, transport="UDP", host="127.0.0.1", port=port),
+        our_id="34020000002000000001",
+        domain="3402000000",
+        media_ip="127.0.0.1",
+        port=30000,
+        ssrc="0200000001",
+        mode=StreamMode.UDP,
+        call_id=ep.new_call_id(),
+        local_tag=ep.new_tag(),
     )
     device = Peer("UDP", "127.0.0.1", port)
-    req = invite(
-        s, device_host="127.0.0.1", device_port=port, contact=f"sip:34020000002000000001@127.0.0.1:{gateway.stack.port}"
-    )
+    req = invite(s, contact=f"sip:34020000002000000001@127.0.0.1:{gateway.stack.port}")
     resp = await gateway.stack.request(req, device)
     assert resp.status == 200
     ack = s.answered(resp)

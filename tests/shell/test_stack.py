@@ -199,8 +199,8 @@ async def test_handler_failure_is_answered_500_and_service_goes_on(gateway: Gate
         await asyncio.sleep(0.01)
         raise RuntimeError("boom later")
 
-    gateway.stack.route("MESSAGE", broken)
-    gateway.stack.route("INFO", slow_then_broken)
+    gateway.stack.router.consume("MESSAGE", broken, owner="test")
+    gateway.stack.router.handle("INFO", slow_then_broken, owner="test")
     client = await _client()
     try:
         target = Peer("UDP", "127.0.0.1", gateway.stack.port)
@@ -220,7 +220,7 @@ async def test_async_handler_answers_later(gateway: Gateway) -> None:
         assert event.transaction is not None
         gateway.stack.respond(event.transaction, make_response(event.request, 202, to_tag="x"))
 
-    gateway.stack.route("MESSAGE", later)
+    gateway.stack.router.consume("MESSAGE", later, owner="test")
     client = await _client()
     try:
         req = _options(client.endpoint)

@@ -11,6 +11,7 @@ import pytest
 
 from gb28181gw.app import Gateway
 from gb28181gw.errors import LocalProtocolError, StreamError
+from gb28181gw.gb.model import Device
 from gb28181gw.gb.session import PlaySession
 from gb28181gw.sdp import StreamMode
 from gb28181gw.services.streams import (
@@ -65,9 +66,10 @@ def new_stream(service: StreamService, state: StreamState = S.INVITING) -> Strea
     pool = service.pools[0]
     port, ssrc = pool.allocate(now), service.ssrcs.allocate(now)
     channel = f"3402000000131{int(ssrc) % 10_000_000:07d}"
-    session = PlaySession(
-        channel, "34020000001320000001", "34020000002000000001", "3402000000", "127.0.0.1", port, ssrc,
-        StreamMode.UDP, "call-1", "tag-1",
+    device = Device("34020000001320000001", host="127.0.0.1", port=9)
+    session = PlaySession.start(
+        channel, device, our_id="34020000002000000001", domain="3402000000", media_ip="127.0.0.1", port=port,
+        ssrc=ssrc, mode=StreamMode.UDP, call_id="call-1", local_tag="tag-1",
     )  # fmt: skip
     st = Stream(
         id=ssrc, channel_id=channel, device_id=session.device_id, mode=StreamMode.UDP, port=port,

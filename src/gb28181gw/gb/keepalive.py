@@ -6,21 +6,20 @@ deadline in a :class:`~gb28181gw.deadlines.TimerQueue`; touching it cancels the 
 entry (lazily) and schedules a new one. 10,000 cameras are ~170 keepalives/s: a
 few microseconds each, and no task or timer per device.
 
-:func:`decide` is the keepalive procedure beside :meth:`gb28181gw.gb.registrar.Registrar.handle`:
-a device MESSAGE in, the status to answer and the transition to apply out.
+:func:`check_sender` is the keepalive procedure beside :meth:`gb28181gw.gb.registrar.Registrar.handle`:
+whether a MESSAGE naming a device may be served — by what the router makes of the answer
+(404 to anyone but the registered device at its address) — and the device then takes
+:attr:`~gb28181gw.gb.devices.DeviceEvent.KEEPALIVE` through its transition table.
 :func:`liveness_timeout` and :func:`deadline_event` say when a device's deadline is
 and what it means when it passes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
 
 from gb28181gw.deadlines import Deadline, TimerQueue
-from gb28181gw.errors import ManscdpError
-from gb28181gw.manscdp.codec import Element, child_text, parse_xml
-from gb28181gw.sip.endpoint import Peer
+from gb28181gw.sip.peer import Peer
 
 from .devices import DeviceEvent
 from .model import Device, DeviceState
@@ -63,73 +62,37 @@ def deadline_event(device: Device, epoch: float) -> DeviceEvent | None:
 
 
 class MessageResult(StrEnum):
-    """What a device MESSAGE was (the ``result`` label of the keepalives metric)."""
+    """What became of a MESSAGE claiming a device's ID (the ``result`` label of the keepalives metric)."""
 
-    OK = "ok"  # a keepalive from a registered device
+    OK = "ok"  # from the registered device: served (a keepalive is answered 200)
     UNREGISTERED = "unregistered"  # 404: the sender holds no registration
     WRONG_ADDRESS = "wrong-address"  # 404: not from where the device registered (it must register again)
     BAD_BODY = "bad-body"  # 400: the body is no MANSCDP XML
-    OTHER = "other"  # 200, another CmdType: for the MANSCDP handlers
 
 
-@dataclass(frozen=True, slots=True)
-class MessageDecision:
-    """The answer to one MESSAGE from a device (PROTOCOL.md §4.1).
-
-    Attributes:
-        status: the SIP status to answer: 200, 404 (not registered, K4) or 400 (bad body).
-        result: what it was.
-        warning: the ``Warning`` text of a 4xx, empty for 200.
-        root: the parsed body, for MANSCDP other than a keepalive; ``None`` otherwise.
-        event: :attr:`DeviceEvent.KEEPALIVE` to apply to the device (moving its address to
-            ``peer`` and bringing it back online), or ``None``.
-        peer: where the MESSAGE came from.
-    """
-
-    status: int
-    result: MessageResult
-    warning: str = ""
-    root: Element | None = None
-    event: DeviceEvent | None = None
-    peer: Peer | None = None
-
-
-def decide(
-    device: Device | None, device_id: str, body: bytes, peer: Peer, epoch: float, *, accept_port_change: bool
-) -> MessageDecision:
-    """Decide the answer to a MESSAGE from ``device_id`` (GB/T 28181 §9.6, PROTOCOL.md §4.1).
+def check_sender(device: Device | None, peer: Peer, epoch: float, *, accept_port_change: bool) -> MessageResult:
+    """Whether a MESSAGE naming ``device`` in its From may be served (GB/T 28181 §9.6, PROTOCOL.md §4.1).
 
     Args:
-        device: its record, or ``None`` if unknown.
-        device_id: the From user (for the Warning).
-        body: the MESSAGE body.
-        peer: where it came from. Only the address the device registered from is believed:
-            anyone can put a device's ID in a MESSAGE, and a keepalive that moved the device
-            would send its next query or INVITE to a stranger. From another address it is 404,
-            which real devices answer by registering again, with digest, from where they are.
+        device: the record of the From user's ID, or ``None`` if unknown.
+        peer: where the MESSAGE came from. Only the address the device registered from is
+            believed: anyone can put a device's ID in a MESSAGE, and a keepalive that moved
+            the device would send its next query or INVITE to a stranger.
         epoch: wall-clock epoch seconds.
-        accept_port_change: a new port on the registered IP moves the device there (K5, NAT rebinding).
+        accept_port_change: a new port on the registered IP is the device (K5, NAT rebinding);
+            a keepalive then moves it there.
+
+    Returns:
+        :attr:`MessageResult.OK`; :attr:`~MessageResult.UNREGISTERED` (K4: never 200 to an
+        unregistered device, or it believes it is registered; 404 makes real devices register
+        again); or :attr:`~MessageResult.WRONG_ADDRESS` (404 too: a real device registers
+        again, with its password, from where it now is; a stranger cannot).
     """
     if device is None or not device.registered or device.expires_at <= epoch:
-        # K4: never 200 to an unregistered device, or it believes it is registered;
-        # 404 makes real devices register again
-        return MessageDecision(
-            404, MessageResult.UNREGISTERED, f"device {device_id or '(no ID)'} is not registered here"
-        )
+        return MessageResult.UNREGISTERED
     if peer.host != device.host or (peer.port != device.port and not accept_port_change):
-        return MessageDecision(
-            404,
-            MessageResult.WRONG_ADDRESS,
-            f"device {device_id} is registered from {device.host}:{device.port}; register again from here",
-        )
-    try:
-        root = parse_xml(body)
-    except ManscdpError as exc:
-        return MessageDecision(400, MessageResult.BAD_BODY, str(exc))
-    cmd = child_text(root, "CmdType") or ""
-    if cmd.lower() != "keepalive":
-        return MessageDecision(200, MessageResult.OTHER, root=root)
-    return MessageDecision(200, MessageResult.OK, event=DeviceEvent.KEEPALIVE, peer=peer)
+        return MessageResult.WRONG_ADDRESS
+    return MessageResult.OK
 
 
 class Liveness:

@@ -2,17 +2,52 @@
 
 From is our ID at our domain; To is the ID being addressed (the device itself, or one of
 its channels) at the device's domain, its first ten digits (GB/T 28181-2022 §6.1.2).
-MESSAGE, SUBSCRIBE, INVITE and the requests inside their dialogs all share this.
+The Request-URI is that ID at the address the device registered from, and requests go
+to that address over its transport (PROTOCOL.md §3.4, R3): :func:`device_uri` and
+:func:`device_peer` are the one place that says so. MESSAGE, SUBSCRIBE, INVITE and the
+requests inside their dialogs all share this.
 """
 
 from __future__ import annotations
 
+from gb28181gw.sip.dialog import Dialog
 from gb28181gw.sip.message import Request, make_request
+from gb28181gw.sip.peer import Peer
+
+from .model import Device
 
 
 def addressed_uri(target_id: str, device_id: str) -> str:
     """``sip:<target>@<device domain>``: the To URI for ``target_id`` on ``device_id``."""
     return f"sip:{target_id}@{device_id[:10]}"
+
+
+def device_peer(device: Device) -> Peer:
+    """Where requests to ``device`` go: the transport, host and port it registered from."""
+    return Peer(str(device.transport), device.host, device.port)
+
+
+def device_uri(target_id: str, device: Device) -> str:
+    """The Request-URI for ``target_id`` (the device or one of its channels) at ``device``'s address."""
+    host = f"[{device.host}]" if ":" in device.host else device.host
+    return f"sip:{target_id}@{host}:{device.port}"
+
+
+def our_uri(our_id: str, domain: str) -> str:
+    """Our From URI: ``sip:<our id>@<our domain>``."""
+    return f"sip:{our_id}@{domain}"
+
+
+def device_dialog(device: Device, target_id: str, *, our_id: str, domain: str, call_id: str, local_tag: str) -> Dialog:
+    """A UAC dialog (INVITE or SUBSCRIBE) from us to ``target_id`` on ``device``, not yet sent."""
+    return Dialog.uac(
+        call_id=call_id,
+        local_tag=local_tag,
+        local_uri=our_uri(our_id, domain),
+        remote_uri=addressed_uri(target_id, device.device_id),
+        target=device_uri(target_id, device),
+        peer=device_peer(device),
+    )
 
 
 def to_device(
@@ -32,11 +67,11 @@ def to_device(
     body: bytes = b"",
     content_type: str | None = None,
 ) -> Request:
-    """Build ``method`` from us (``our_id`` at ``domain``) to ``target_id`` on ``device_id``."""
+    """Build ``method`` from us (``our_id`` at ``domain``) to ``target_id`` on ``device_id``, outside dialogs."""
     return make_request(
         method,
         uri,
-        from_addr=f"sip:{our_id}@{domain}",
+        from_addr=our_uri(our_id, domain),
         to_addr=addressed_uri(target_id, device_id),
         call_id=call_id,
         cseq=cseq,

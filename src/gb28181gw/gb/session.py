@@ -1,10 +1,12 @@
 """Live-play INVITE sessions toward devices (GB/T 28181 §9.2, PROTOCOL.md §7.5-7.7, §7.10), without I/O.
 
-:func:`invite` builds the INVITE (SDP offer, Subject, Contact) for a :class:`PlaySession`;
-:meth:`PlaySession.answered` checks the device's 2xx — SDP present, a usable port, the
-SSRC to expect (the answer's ``y=`` wins, M1), the TCP role — and returns the ACK to send
-(RFC 3261 §13.2.2.4: a new transaction, same CSeq number); :meth:`PlaySession.bye` ends
-it from our side and :meth:`PlaySession.matches` recognises the device's BYE.
+:meth:`PlaySession.start` makes a session and its UAC :class:`~gb28181gw.sip.dialog.Dialog`
+(the one keeper of Call-ID, tags and CSeq); :func:`invite` builds the INVITE (SDP offer,
+Subject, Contact); :meth:`PlaySession.answered` checks the device's 2xx — SDP present, a
+usable port, the SSRC to expect (the answer's ``y=`` wins, M1), the TCP role — and returns
+the ACK to send (RFC 3261 §13.2.2.4: a new transaction, same CSeq number);
+:meth:`PlaySession.bye` ends it from our side and :meth:`PlaySession.matches` recognises
+requests of its dialog (the shell's router finds them by :attr:`PlaySession.dialog_id`).
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
-from gb28181gw.errors import LocalProtocolError, SdpError
+from gb28181gw.errors import LocalProtocolError, SdpError, SessionError, SipParseError
 from gb28181gw.sdp import SessionDescription, StreamMode, play_offer
-from gb28181gw.sip.headers import NameAddr
+from gb28181gw.sip.dialog import Dialog, DialogId, dialog_id_of
 from gb28181gw.sip.message import Request, Response
 
-from .outbound import addressed_uri, to_device
+from .model import Device
+from .outbound import device_dialog
+
+__all__ = ["PlaySession", "PlayState", "SessionError", "invite"]  # SessionError: re-exported from errors.py
 
 
 class PlayState(Enum):
@@ -26,10 +31,6 @@ class PlayState(Enum):
     INVITING = auto()
     ESTABLISHED = auto()
     TERMINATED = auto()
-
-
-class SessionError(Exception):
-    """The device's answer cannot be used; the message says why (the caller sends BYE and reports it)."""
 
 
 @dataclass(slots=True)
@@ -41,8 +42,8 @@ class PlaySession:
         our_id / domain: our platform ID and SIP domain.
         media_ip / port / mode: where we receive, and how (UDP, TCP passive or active).
         ssrc: the SSRC offered; after the answer, the one to expect.
-        call_id / local_tag / remote_tag / cseq: the dialog.
-        remote_target: the device's Contact URI (Request-URI of ACK and BYE).
+        dialog: the INVITE dialog: Call-ID, tags, CSeq, the device's Contact (Request-URI
+            of ACK and BYE) and where requests go.
         media_host / media_port: the device's media address from its answer (TCP active connects there).
     """
 
@@ -54,15 +55,45 @@ class PlaySession:
     port: int
     ssrc: str
     mode: StreamMode
-    call_id: str
-    local_tag: str
-    cseq: int = 1
-    remote_tag: str = ""
-    remote_target: str = ""
+    dialog: Dialog
     media_host: str = ""
     media_port: int = 0
     state: PlayState = PlayState.INVITING
     answer: SessionDescription | None = field(default=None, repr=False)
+
+    @classmethod
+    def start(
+        cls,
+        channel_id: str,
+        device: Device,
+        *,
+        our_id: str,
+        domain: str,
+        media_ip: str,
+        port: int,
+        ssrc: str,
+        mode: StreamMode,
+        call_id: str,
+        local_tag: str,
+    ) -> PlaySession:
+        """A session for ``channel_id`` of ``device``, with a fresh dialog (``call_id``, ``local_tag``)."""
+        dialog = device_dialog(device, channel_id, our_id=our_id, domain=domain, call_id=call_id, local_tag=local_tag)
+        return cls(channel_id, device.device_id, our_id, domain, media_ip, port, ssrc, mode, dialog)
+
+    @property
+    def dialog_id(self) -> DialogId:
+        """The dialog's ID (its remote tag is empty until the device answers)."""
+        return self.dialog.id
+
+    @property
+    def call_id(self) -> str:
+        """The dialog's Call-ID."""
+        return self.dialog.call_id
+
+    @property
+    def remote_tag(self) -> str:
+        """The device's tag; empty until it answers."""
+        return self.dialog.remote_tag
 
     @property
     def offered_ssrc(self) -> int:
@@ -88,9 +119,10 @@ class PlaySession:
         """
         if not 200 <= response.status < 300:
             raise ValueError("answered() takes a 2xx")
-        self.remote_tag = response.to.tag or ""
-        contact = response.headers.get("contact")
-        self.remote_target = NameAddr.parse(contact).uri if contact else addressed_uri(self.channel_id, self.device_id)
+        try:
+            self.dialog.receive_response(response)
+        except SipParseError as exc:
+            raise SessionError(f"the device's 200 cannot start a dialog: {exc.reason}") from None
         ack = self.ack()
         if not response.body.strip():
             raise SessionError("the device answered 200 with no SDP")
@@ -118,41 +150,32 @@ class PlaySession:
 
     def ack(self) -> Request:
         """The ACK for the 2xx (RFC 3261 §13.2.2.4: a new transaction, the INVITE's CSeq number)."""
-        return self._in_dialog("ACK", self.cseq)
+        return self.dialog.ack()
 
     def bye(self) -> Request:
-        """The BYE that ends the session from our side."""
-        self.cseq += 1
+        """The BYE that ends the session from our side (the next CSeq of the dialog, §15.1.1)."""
         self.state = PlayState.TERMINATED
-        return self._in_dialog("BYE", self.cseq)
+        return self.dialog.request("BYE")
+
+    def receive_request(self, request: Request) -> None:
+        """A request of the device in the dialog (its BYE): check it (§12.2.2); a BYE ends the session.
+
+        Raises:
+            DialogError: its CSeq is out of order (500) or the dialog has ended (481).
+        """
+        self.dialog.receive_request(request)
+        if request.method == "BYE":
+            self.state = PlayState.TERMINATED
 
     def matches(self, request: Request) -> bool:
         """Whether an in-dialog request (the device's BYE) belongs to this session."""
         try:
-            return (
-                request.call_id == self.call_id
-                and request.from_.tag == self.remote_tag
-                and request.to.tag == self.local_tag
-            )
-        except Exception:  # noqa: BLE001 - malformed headers simply do not match
+            return dialog_id_of(request) == self.dialog.id
+        except SipParseError:  # malformed headers simply do not match
             return False
 
-    def _in_dialog(self, method: str, cseq: int) -> Request:
-        return to_device(
-            method,
-            self.remote_target or addressed_uri(self.channel_id, self.device_id),
-            our_id=self.our_id,
-            domain=self.domain,
-            device_id=self.device_id,
-            target_id=self.channel_id,
-            call_id=self.call_id,
-            cseq=cseq,
-            from_tag=self.local_tag,
-            to_tag=self.remote_tag or None,
-        )
 
-
-def invite(session: PlaySession, *, device_host: str, device_port: int, contact: str) -> Request:
+def invite(session: PlaySession, *, contact: str) -> Request:
     """The INVITE for ``session`` (PROTOCOL.md §7.7), to the device at its registered address.
 
     Subject: ``<channel>:<ssrc>,<our id>:0`` — the sender's stream sequence is the SSRC, as
@@ -166,16 +189,8 @@ def invite(session: PlaySession, *, device_host: str, device_port: int, contact:
         ssrc=session.ssrc,
         mode=session.mode,
     )
-    return to_device(
+    return session.dialog.request(
         "INVITE",
-        f"sip:{session.channel_id}@{device_host}:{device_port}",
-        our_id=session.our_id,
-        domain=session.domain,
-        device_id=session.device_id,
-        target_id=session.channel_id,
-        call_id=session.call_id,
-        cseq=session.cseq,
-        from_tag=session.local_tag,
         contact=contact,
         extra=[("Subject", f"{session.channel_id}:{session.ssrc},{session.our_id}:0")],
         content_type="application/sdp",

@@ -11,16 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from gb28181gw.errors import SipParseError
-from gb28181gw.sip.endpoint import Peer
+from gb28181gw.metrics import SipCounters
 from gb28181gw.sip.framing import PING, PONG, StreamFramer
+from gb28181gw.sip.message import Limits
+from gb28181gw.sip.peer import Peer
 
 from .tasks import TaskSet
-
-if TYPE_CHECKING:
-    from .stack import SipStack
+from .transport import MessageSink
 
 log = logging.getLogger("gb28181gw.sip")
 
@@ -34,7 +34,7 @@ class SipConnection(asyncio.Protocol):
 
     def __init__(self, manager: TcpTransport) -> None:
         self._manager = manager
-        self._framer = StreamFramer(manager.stack.endpoint.limits)
+        self._framer = StreamFramer(manager.limits)
         self.transport: asyncio.Transport | None = None
         self.peer: Peer | None = None
         self.last_activity = 0.0
@@ -59,7 +59,7 @@ class SipConnection(asyncio.Protocol):
             messages = self._framer.feed(data)
         except SipParseError as exc:
             # framing is lost: nothing after this point can be trusted
-            stack.counters.parse_errors["TCP", "dropped"] += 1
+            self._manager.counters.parse_errors["TCP", "dropped"] += 1
             log.info("closing TCP connection: %s", exc.reason, extra={"peer": str(self.peer)})
             self.close()
             return
@@ -94,10 +94,20 @@ class SipConnection(asyncio.Protocol):
 
 
 class TcpTransport:
-    """TCP listeners and the connection table of a :class:`SipStack`."""
+    """TCP listeners and the connection table, feeding a :class:`~gb28181gw.net.transport.MessageSink`."""
 
-    def __init__(self, stack: SipStack, *, idle_timeout: float, max_connections: int) -> None:
+    def __init__(
+        self,
+        stack: MessageSink,
+        *,
+        limits: Limits,
+        counters: SipCounters,
+        idle_timeout: float,
+        max_connections: int,
+    ) -> None:
         self.stack = stack
+        self.limits = limits
+        self.counters = counters
         self.loop = asyncio.get_running_loop()
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
@@ -125,7 +135,7 @@ class TcpTransport:
     def register(self, conn: SipConnection) -> bool:
         assert conn.peer is not None
         if len(self._conns) >= self.max_connections:
-            self.stack.counters.dropped["tcp-connection-limit"] += 1
+            self.counters.dropped["tcp-connection-limit"] += 1
             log.warning("TCP connection limit reached; refusing", extra={"peer": str(conn.peer)})
             return False
         self._conns[conn.peer.host, conn.peer.port] = conn

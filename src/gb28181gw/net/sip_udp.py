@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import TYPE_CHECKING
 
-from gb28181gw.sip.endpoint import Peer
+from gb28181gw.metrics import SipCounters
+from gb28181gw.sip.peer import Peer
 
-if TYPE_CHECKING:
-    from .stack import SipStack
+from .transport import MessageSink
 
 log = logging.getLogger("gb28181gw.sip")
 
@@ -56,10 +55,11 @@ def _set_receive_buffer(sock: socket.socket, size: int) -> None:
 
 
 class UdpTransport:
-    """A bound UDP socket feeding a :class:`SipStack`."""
+    """A bound UDP socket feeding a :class:`~gb28181gw.net.transport.MessageSink` (the stack)."""
 
-    def __init__(self, stack: SipStack, sock: socket.socket) -> None:
+    def __init__(self, stack: MessageSink, sock: socket.socket, counters: SipCounters) -> None:
         self._stack = stack
+        self._counters = counters
         self._sock = sock
         self.family = sock.family
         self.port: int = sock.getsockname()[1]
@@ -70,7 +70,9 @@ class UdpTransport:
         self._loop.add_reader(sock.fileno(), self._readable)
 
     @classmethod
-    def bind(cls, stack: SipStack, host: str, port: int, *, receive_buffer: int) -> UdpTransport:
+    def bind(
+        cls, stack: MessageSink, host: str, port: int, *, receive_buffer: int, counters: SipCounters
+    ) -> UdpTransport:
         """Bind ``host``:``port`` (IPv6 when ``host`` has a colon)."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -85,7 +87,7 @@ class UdpTransport:
             sock.close()
             raise
         log.info("listening", extra={"transport": "UDP", "address": f"{host}:{sock.getsockname()[1]}"})
-        return cls(stack, sock)
+        return cls(stack, sock, counters)
 
     def _readable(self) -> None:
         sock = self._sock
@@ -117,9 +119,9 @@ class UdpTransport:
         try:
             self._sock.sendto(data, (peer.host, peer.port))
         except (BlockingIOError, InterruptedError):
-            self._stack.counters.dropped["udp-send-full"] += 1
+            self._counters.dropped["udp-send-full"] += 1
         except OSError as exc:
-            self._stack.counters.dropped["udp-send-error"] += 1
+            self._counters.dropped["udp-send-error"] += 1
             log.info("UDP send failed", extra={"peer": str(peer), "error": str(exc)})
 
     def close(self) -> None:

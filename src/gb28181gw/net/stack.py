@@ -1,8 +1,9 @@
 """SipStack: the asyncio shell around :class:`~gb28181gw.sip.endpoint.SipEndpoint`.
 
 It owns the transports, pumps the endpoint (feed input → drain events → send
-output → re-arm the one timer), routes requests to handlers by method, and
-offers ``await request(...)`` for our own requests. It makes no protocol
+output → re-arm the one timer), hands requests to its :class:`~gb28181gw.net.router.Router`
+(dialogs by ID, other requests through consumer chains, MESSAGE by sender role and
+CmdType), and offers ``await request(...)`` for our own requests. It makes no protocol
 decisions: those are the endpoint's.
 
 Handlers take a :class:`RequestReceived` and may return ``None`` (answered
@@ -14,18 +15,20 @@ everyone else is served on.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from gb28181gw.config import SipSection
-from gb28181gw.errors import LocalProtocolError
+from gb28181gw.errors import LocalProtocolError, SipTimeoutError, SipTransportError
 from gb28181gw.logs import WIRE, log_wire
 from gb28181gw.metrics import SipCounters
-from gb28181gw.sip.endpoint import Peer, SipEndpoint, warning_header
+from gb28181gw.sip.endpoint import SipEndpoint, warning_header
 from gb28181gw.sip.events import (
+    DropReason,
     MessageDropped,
     RequestCancelled,
     RequestReceived,
@@ -34,26 +37,20 @@ from gb28181gw.sip.events import (
     TransactionTimedOut,
 )
 from gb28181gw.sip.message import Request, Response, make_response
+from gb28181gw.sip.peer import Peer
 from gb28181gw.sip.transaction import Kind, Transaction
 
+from .router import PASS, Router
 from .sip_tcp import TcpTransport
 from .sip_udp import UdpTransport
 from .timer import EarliestTimer
 
 log = logging.getLogger("gb28181gw.sip")
 
-Handler = Callable[[RequestReceived], Awaitable[None] | None]
+#: Sets of sockets tried when port 0 lets the kernel choose (see :meth:`SipStack.listen`).
+_PORT_ATTEMPTS = 20
 
-#: Methods the stack itself takes care of, listed in Allow whatever the routes are.
-BUILTIN_METHODS = ("ACK", "CANCEL", "OPTIONS")
-
-
-class SipTimeoutError(TimeoutError):
-    """The peer never answered our request (Timer B or F)."""
-
-
-class SipTransportError(ConnectionError):
-    """Our request could not be delivered."""
+__all__ = ["SipStack", "SipTimeoutError", "SipTransportError"]  # the errors: re-exported from errors.py
 
 
 class SipStack:
@@ -62,14 +59,15 @@ class SipStack:
     Args:
         endpoint: the sans-I/O core to drive.
         counters: metric counters to update.
-        loop: the running loop (default: the current one).
+
+    Attributes:
+        router: where services register what they answer (see :mod:`gb28181gw.net.router`).
     """
 
     def __init__(self, endpoint: SipEndpoint, *, counters: SipCounters | None = None) -> None:
         self.endpoint = endpoint
         self.counters = counters or SipCounters()
-        self._routes: dict[str, Handler] = {}
-        self._ack_handler: Handler | None = None
+        self.router = Router(respond=self.respond, new_tag=endpoint.new_tag, run=self._run)
         self._cancel_handler: Callable[[RequestCancelled], None] | None = None
         self._connection_listeners: list[Callable[[Peer, str], None]] = []
         self._udp: list[UdpTransport] = []
@@ -81,18 +79,8 @@ class SipStack:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pumping = False
         self.wire = WIRE.isEnabledFor(logging.DEBUG)
-        self._allow = ", ".join(self.allowed_methods)
 
     # --- wiring ----------------------------------------------------------------------
-
-    def route(self, method: str, handler: Handler) -> None:
-        """Send requests of ``method`` to ``handler``."""
-        self._routes[method.upper()] = handler
-        self._allow = ", ".join(self.allowed_methods)
-
-    def on_ack(self, handler: Handler) -> None:
-        """Receive ACKs for 2xx (dialog usages need them)."""
-        self._ack_handler = handler
 
     def on_cancel(self, handler: Callable[[RequestCancelled], None]) -> None:
         """Be told when a pending INVITE was cancelled (already answered 487)."""
@@ -100,8 +88,8 @@ class SipStack:
 
     @property
     def allowed_methods(self) -> list[str]:
-        """What we answer to: the routes and the built-in methods."""
-        return sorted(set(self._routes) | set(BUILTIN_METHODS))
+        """What we answer to (the router's Allow)."""
+        return self.router.allowed_methods
 
     async def listen(self, sip: SipSection) -> None:
         """Bind UDP sockets and TCP listeners as the ``[sip]`` section says.
@@ -112,30 +100,57 @@ class SipStack:
         others reuse it, so UDP and TCP share a number (what devices expect).
         """
         hosts, port, advertised = sip.listen, sip.port, sip.advertised_address
-        udp, tcp = "udp" in sip.transports, "tcp" in sip.transports
-        udp_receive_buffer = sip.udp_receive_buffer
-        tcp_idle_timeout, tcp_max_connections = sip.tcp_idle_timeout, sip.tcp_max_connections
         self._loop = asyncio.get_running_loop()
-        bound_port = port
-        for host in hosts:
-            if udp:
-                t = UdpTransport.bind(self, host, bound_port, receive_buffer=udp_receive_buffer)
-                bound_port = t.port
-                self._udp.append(t)
-                if t.family == socket.AF_INET6:
-                    self._udp6 = self._udp6 or t
-                else:
-                    self._udp4 = self._udp4 or t
-        if tcp:
-            self._tcp = TcpTransport(self, idle_timeout=tcp_idle_timeout, max_connections=tcp_max_connections)
-            for host in hosts:
-                bound_port = await self._tcp.listen(host, bound_port)
+        # with port 0 the number the kernel gave the first socket may be taken for the others
+        # (an outgoing connection's ephemeral port): then the whole set is bound again
+        for attempt in range(1 if port else _PORT_ATTEMPTS):
+            try:
+                bound_port = await self._bind(sip, port)
+                break
+            except OSError as exc:
+                await self._unbind()
+                if port or exc.errno != errno.EADDRINUSE or attempt == _PORT_ATTEMPTS - 1:
+                    raise
         self.port = bound_port
         first = hosts[0]
         if not advertised:
             advertised = "127.0.0.1" if first in ("0.0.0.0", "::") else first
         for transport in ("UDP", "TCP"):
             self.endpoint.set_local_address(transport, advertised, bound_port)
+
+    async def _bind(self, sip: SipSection, port: int) -> int:
+        hosts, bound_port = sip.listen, port
+        for host in hosts:
+            if "udp" in sip.transports:
+                t = UdpTransport.bind(
+                    self, host, bound_port, receive_buffer=sip.udp_receive_buffer, counters=self.counters
+                )
+                bound_port = t.port
+                self._udp.append(t)
+                if t.family == socket.AF_INET6:
+                    self._udp6 = self._udp6 or t
+                else:
+                    self._udp4 = self._udp4 or t
+        if "tcp" in sip.transports:
+            self._tcp = TcpTransport(
+                self,
+                limits=self.endpoint.limits,
+                counters=self.counters,
+                idle_timeout=sip.tcp_idle_timeout,
+                max_connections=sip.tcp_max_connections,
+            )
+            for host in hosts:
+                bound_port = await self._tcp.listen(host, bound_port)
+        return bound_port
+
+    async def _unbind(self) -> None:
+        for t in self._udp:
+            t.close()
+        self._udp.clear()
+        self._udp4 = self._udp6 = None
+        if self._tcp is not None:
+            await self._tcp.close()
+            self._tcp = None
 
     @property
     def tcp_connections(self) -> int:
@@ -144,12 +159,7 @@ class SipStack:
 
     async def close(self, timeout: float = 5.0) -> None:
         """Stop listening, close connections, and wait for handler tasks up to ``timeout``."""
-        for t in self._udp:
-            t.close()
-        self._udp.clear()
-        self._udp4 = self._udp6 = None
-        if self._tcp is not None:
-            await self._tcp.close()
+        await self._unbind()
         if self._tasks:
             done, pending = await asyncio.wait(list(self._tasks), timeout=timeout)
             for task in pending:
@@ -215,18 +225,7 @@ class SipStack:
         if isinstance(event, RequestReceived):
             req = event.request
             counters.requests["in", event.peer.transport, req.method] += 1
-            if event.transaction is None:
-                if self._ack_handler is not None:
-                    self._run(self._ack_handler, event)
-                return
-            handler = self._routes.get(req.method)
-            if handler is None:
-                if req.method == "OPTIONS":
-                    handler = self._options
-                else:
-                    self._method_not_allowed(event)
-                    return
-            self._run(handler, event)
+            self.router.dispatch(event)
         elif isinstance(event, ResponseReceived):
             counters.responses["in", event.peer.transport, str(event.response.status)] += 1
             fut = event.transaction.user_data
@@ -243,13 +242,17 @@ class SipStack:
             if self._cancel_handler is not None:
                 self._cancel_handler(event)
         elif isinstance(event, MessageDropped):
-            word = event.reason.split(":", 1)[0]
-            if word == "parse":
+            if event.reason is DropReason.PARSE:
                 counters.parse_errors[event.peer.transport, str(event.status) if event.status else "dropped"] += 1
             else:
-                counters.dropped[word] += 1
+                counters.dropped[event.reason.value] += 1
             log.info(
-                "dropped SIP input", extra={"peer": str(event.peer), "reason": event.reason, "answered": event.status}
+                "dropped SIP input",
+                extra={
+                    "peer": str(event.peer),
+                    "reason": f"{event.reason.value}: {event.detail}",
+                    "answered": event.status,
+                },
             )
 
     def _fail(self, tx: Transaction, exc: Exception) -> None:
@@ -261,17 +264,19 @@ class SipStack:
                 "server transaction ended without ACK or delivery", extra={"method": tx.method, "peer": str(tx.peer)}
             )
 
-    def _run(self, handler: Handler, event: RequestReceived) -> None:
+    def _run(self, handler: Callable[[Any], object], arg: Any, event: RequestReceived) -> object:
+        # the router's Runner: handler(arg) with a failure answered 500, an awaitable run as a task
         try:
-            result = handler(event)
+            result = handler(arg)
         except Exception:
             log.exception("SIP handler failed", extra={"method": event.request.method, "peer": str(event.peer)})
             self._internal_error(event)
-            return
-        if result is not None:
-            task = asyncio.ensure_future(result)
+            return None
+        if result is not None and result is not PASS:
+            task = asyncio.ensure_future(cast(Awaitable[Any], result))
             self._tasks.add(task)
             task.add_done_callback(functools.partial(self._task_done, event=event))
+        return result
 
     def _task_done(self, task: asyncio.Task[Any], event: RequestReceived) -> None:
         self._tasks.discard(task)
@@ -294,19 +299,6 @@ class SipStack:
                 self.respond(tx, response)
             except LocalProtocolError:
                 pass
-
-    def _options(self, event: RequestReceived) -> None:
-        # RFC 3261 §11.2: OPTIONS tells what we support
-        response = make_response(event.request, 200, to_tag=self.endpoint.new_tag())
-        response.headers.extend((("Allow", self._allow), ("Accept", "Application/MANSCDP+xml, application/sdp")))
-        assert event.transaction is not None
-        self.respond(event.transaction, response)
-
-    def _method_not_allowed(self, event: RequestReceived) -> None:
-        response = make_response(event.request, 405, to_tag=self.endpoint.new_tag())
-        response.headers.add("Allow", self._allow)
-        assert event.transaction is not None
-        self.respond(event.transaction, response)
 
     # --- output ----------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from gb28181gw.config import DevicesSection
 from gb28181gw.errors import DeviceError
 from gb28181gw.gb.catalog import ChannelUpdate, Position, channel_from_item, channel_status
 from gb28181gw.gb.model import Alarm, Channel, Device
-from gb28181gw.gb.outbound import to_device
+from gb28181gw.gb.outbound import device_peer, device_uri, to_device
 from gb28181gw.gb.query import CatalogCollector, CatalogResult, SnAllocator
 from gb28181gw.manscdp.messages import (
     CONTENT_TYPE,
@@ -47,7 +47,6 @@ from gb28181gw.metrics import (
 )
 from gb28181gw.net.stack import SipStack, SipTimeoutError, SipTransportError
 from gb28181gw.net.tasks import TaskSet
-from gb28181gw.sip.endpoint import Peer
 from gb28181gw.store.base import Store
 
 from .registrar import RegistrarService
@@ -151,10 +150,9 @@ class DeviceService:
 
     async def send(self, device: Device, body: bytes) -> None:
         """Send a MANSCDP MESSAGE to ``device`` and wait for its 200, at most ``devices.query_timeout``."""
-        target = f"sip:{device.device_id}@{device.host}:{device.port}"
         req = to_device(
             "MESSAGE",
-            target,
+            device_uri(device.device_id, device),
             our_id=self.our_id,
             domain=self.domain,
             device_id=device.device_id,
@@ -167,9 +165,7 @@ class DeviceService:
         )
         try:
             # bounded by query_timeout, not Timer F (32 s): an operator is waiting for this
-            resp = await self.stack.request(
-                req, Peer(device.transport, device.host, device.port), timeout=self.settings.query_timeout
-            )
+            resp = await self.stack.request(req, device_peer(device), timeout=self.settings.query_timeout)
         except SipTimeoutError:
             raise DeviceError(f"device {device.device_id} did not answer the MESSAGE", DeviceError.NO_ANSWER) from None
         except SipTransportError as exc:

@@ -1,7 +1,7 @@
 """The registrar service: REGISTER and keepalive over the SIP stack, device state, persistence.
 
 Working state is the in-memory :class:`~gb28181gw.gb.devices.DeviceTable`: the
-registrar (REGISTER), :func:`~gb28181gw.gb.keepalive.decide` (MESSAGE) and the
+registrar (REGISTER), :func:`~gb28181gw.gb.keepalive.check_sender` (MESSAGE) and the
 liveness deadlines turn what happens into device transitions, and this service
 applies the outputs of each (persist, watch, count, tell the listeners). The
 store is written behind the table (changed devices in one batch every
@@ -27,23 +27,24 @@ from gb28181gw.gb.devices import Change, DeviceEvent, DeviceTable, Output
 from gb28181gw.gb.keepalive import (
     Liveness,
     MessageResult,
+    check_sender,
     deadline_event,
-    decide,
     keepalive_timeout,
     liveness_timeout,
 )
 from gb28181gw.gb.model import Device, DeviceState
 from gb28181gw.gb.registrar import Outcome, Registrar, RegistrarPolicy, from_user
 from gb28181gw.manscdp.codec import Element
-from gb28181gw.manscdp.messages import Envelope, envelope
+from gb28181gw.manscdp.messages import CmdType, Envelope, envelope
 from gb28181gw.metrics import AUTH_FAILURES, BANS, DEVICES, KEEPALIVE_TIMEOUTS, KEEPALIVES, REGISTRATIONS, Metrics
+from gb28181gw.net.router import ANY, ManscdpRequest, Role
 from gb28181gw.net.stack import SipStack
 from gb28181gw.net.timer import EarliestTimer
 from gb28181gw.sdp import StreamMode
 from gb28181gw.sip.auth import NonceStore
-from gb28181gw.sip.endpoint import Peer, warning_header
 from gb28181gw.sip.events import RequestReceived
 from gb28181gw.sip.message import make_response
+from gb28181gw.sip.peer import Peer
 from gb28181gw.store.base import Store
 
 log = logging.getLogger("gb28181gw.registrar")
@@ -144,8 +145,13 @@ class RegistrarService:
             await self.store.save_devices([self.devices[c.device_id] for c in expired])
         registered = sum(1 for d in self.devices.values() if d.registered)
         log.info("devices loaded", extra={"devices": len(self.devices), "registered": registered})
-        self.stack.route("REGISTER", self._on_register)
-        self.stack.route("MESSAGE", self._on_message)
+        router = self.stack.router
+        router.handle("REGISTER", self._on_register, owner="registrar")
+        # MESSAGE (PROTOCOL.md §4.1, §5): registered devices are DEVICEs; the router answers the others
+        router.add_role_resolver(self._role, owner="registrar")
+        router.on_message(Role.DEVICE, CmdType.KEEPALIVE, self._on_keepalive, owner="registrar")
+        router.on_message(Role.DEVICE, ANY, self._on_device_message, owner="registrar")
+        router.on_rejected(self._on_rejected)
         self.stack.on_connection_lost(self._on_connection_lost)
         self._flusher = self._loop.create_task(self._flush_loop())
         self._arm()
@@ -300,33 +306,50 @@ class RegistrarService:
         timeout = liveness_timeout(device, epoch, interval=self.keepalive_interval, count=self.keepalive_count)
         self.liveness.touch(device.device_id, now, timeout)
 
-    # --- MESSAGE (keepalive) -----------------------------------------------------------
+    # --- MESSAGE (keepalive and what registered devices send) --------------------------------
 
-    def _on_message(self, event: RequestReceived) -> None:
+    def _role(self, sender: str, peer: Peer) -> Role | None:
+        # the router asks who sent a MESSAGE: the registered device at its address, its ID from
+        # elsewhere, or (by the ID deny list) a refused sender
+        result = check_sender(
+            self.devices.get(sender), peer, self._clock(), accept_port_change=self.settings.accept_port_change
+        )
+        if result is MessageResult.OK:
+            return Role.DEVICE
+        if result is MessageResult.WRONG_ADDRESS:
+            return Role.MOVED
+        if sender and any(sender.startswith(prefix) for prefix in self.policy.deny_ids):
+            return Role.REFUSED
+        return None
+
+    def _on_rejected(self, event: RequestReceived, role: Role, status: int) -> None:
+        # the router answered 404/403 (sender not registered, or not from its address) or 400
+        # (a registered device's bad body)
+        if role is Role.DEVICE:
+            if status == 400:
+                self.keepalives[(MessageResult.BAD_BODY.value,)] += 1
+        elif role is Role.MOVED:
+            self.keepalives[(MessageResult.WRONG_ADDRESS.value,)] += 1
+        elif role is not Role.PLATFORM:
+            self.keepalives[(MessageResult.UNREGISTERED.value,)] += 1
+
+    def _on_device_message(self, msg: ManscdpRequest) -> None:
+        tx = msg.event.transaction
+        assert tx is not None
+        self.stack.respond(tx, make_response(msg.event.request, 200, to_tag=self.stack.endpoint.new_tag()))
+        self._dispatch_manscdp(self.devices[msg.sender], msg.root)
+
+    def _on_keepalive(self, msg: ManscdpRequest) -> None:
+        event = msg.event
         tx = event.transaction
         assert tx is not None
         req = event.request
-        device_id = from_user(req)
-        device = self.devices.get(device_id)
+        device_id = msg.sender
+        device = self.devices[device_id]
         now, epoch = self._now()
-        decision = decide(
-            device, device_id, req.body, event.peer, epoch, accept_port_change=self.settings.accept_port_change
-        )
-        resp = make_response(req, decision.status, to_tag=self.stack.endpoint.new_tag())
-        if decision.warning:
-            resp.headers.add("Warning", warning_header(decision.warning))
-        self.stack.respond(tx, resp)
-        if decision.result is not MessageResult.OTHER:
-            self.keepalives[(decision.result.value,)] += 1
-        if decision.result is MessageResult.BAD_BODY:
-            log.info("unparseable MANSCDP body", extra={"device": device_id, "error": decision.warning})
-        if device is None:
-            return
-        if decision.root is not None:
-            self._dispatch_manscdp(device, decision.root)
-        if decision.event is None:
-            return
-        change = self.devices.apply(device_id, decision.event, epoch=epoch, peer=decision.peer)
+        self.stack.respond(tx, make_response(req, 200, to_tag=self.stack.endpoint.new_tag()))
+        self.keepalives[(MessageResult.OK.value,)] += 1
+        change = self.devices.apply(device_id, DeviceEvent.KEEPALIVE, epoch=epoch, peer=event.peer)
         if change.moved_from is not None:
             # K5: NAT rebinding shows up in keepalives first
             log.info(

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter
@@ -40,9 +41,19 @@ from dataclasses import dataclass, field
 from enum import IntEnum, auto
 from typing import Any
 
-from gb28181gw.errors import LocalProtocolError, RelayError, RelayFailure, SdpError, StreamError
+from gb28181gw.errors import (
+    DialogError,
+    LocalProtocolError,
+    RelayError,
+    RelayFailure,
+    SdpError,
+    SessionError,
+    SipTimeoutError,
+    SipTransportError,
+    StreamError,
+)
 from gb28181gw.gb.model import Device
-from gb28181gw.gb.session import PlaySession, PlayState, SessionError, invite
+from gb28181gw.gb.session import PlaySession, PlayState, invite
 from gb28181gw.media.ports import PortPool, PortsExhausted
 from gb28181gw.metrics import (
     RELAY_STREAMS,
@@ -57,14 +68,15 @@ from gb28181gw.metrics import (
     STREAMS_ACTIVE,
     Metrics,
 )
-from gb28181gw.net.stack import SipStack, SipTimeoutError, SipTransportError
+from gb28181gw.net.stack import SipStack
 from gb28181gw.net.tasks import TaskSet
 from gb28181gw.relay.records import ConsumerLost, FirstPacket, MediaClosed, RelayEvent, RelayTotals, WorkerLost
 from gb28181gw.relay.workers import Relay
 from gb28181gw.sdp import SsrcAllocator, StreamMode
-from gb28181gw.sip.endpoint import Peer
+from gb28181gw.sip.endpoint import warning_header
 from gb28181gw.sip.events import RequestReceived
 from gb28181gw.sip.message import make_response
+from gb28181gw.sip.peer import Peer
 
 from .devices import DeviceError, DeviceService
 from .registrar import RegistrarService
@@ -268,7 +280,7 @@ class StreamService:
         metrics.labeled_counter(RTP_LOST, self._lost)
         metrics.labeled_counter(RTP_DROPPED, self._dropped)
         metrics.labeled_gauge(RELAY_STREAMS, self._per_worker)
-        stack.route("BYE", self._on_bye)
+        stack.router.expect_in_dialog("BYE")
         registrar.on_offline(self._on_offline)
         for relay in relays:
             relay.on_event = self._on_event
@@ -352,17 +364,17 @@ class StreamService:
             raise StreamError(503, str(exc)) from None
         mode = StreamMode(device.stream_mode) if device.stream_mode else self.settings.stream_mode
         endpoint = self.stack.endpoint
-        session = PlaySession(
+        session = PlaySession.start(
             channel_id,
-            device.device_id,
-            self.our_id,
-            self.domain,
-            self.settings.address,
-            port,
-            ssrc,
-            mode,
-            endpoint.new_call_id(),
-            endpoint.new_tag(),
+            device,
+            our_id=self.our_id,
+            domain=self.domain,
+            media_ip=self.settings.address,
+            port=port,
+            ssrc=ssrc,
+            mode=mode,
+            call_id=endpoint.new_call_id(),
+            local_tag=endpoint.new_tag(),
         )
         st = Stream(
             id=ssrc,
@@ -372,7 +384,7 @@ class StreamService:
             port=port,
             relay=relay,
             pool=pool,
-            peer=Peer(device.transport, device.host, device.port),
+            peer=session.dialog.peer,
             session=session,
             ready=loop.create_future(),
             created=now,
@@ -391,9 +403,7 @@ class StreamService:
             self._fail(st, exc, "bind-failed")
             return
         host, port = self.stack.endpoint.local_address(st.peer.transport)
-        request = invite(
-            st.session, device_host=device.host, device_port=device.port, contact=f"sip:{self.our_id}@{host}:{port}"
-        )
+        request = invite(st.session, contact=f"sip:{self.our_id}@{host}:{port}")
         st.invite_at = self.loop.time()
         log.info(
             "INVITE", extra={"stream": st.id, "channel": st.channel_id, "device": st.device_id, "mode": str(st.mode)}
@@ -429,6 +439,8 @@ class StreamService:
         if st.state is StreamState.CLOSED:  # abandoned while the INVITE was out: BYE went with the teardown
             return
         session = st.session
+        # from now on the device's BYE reaches this stream by its dialog ID (net/router.py)
+        self.stack.router.add_dialog(session.dialog_id, functools.partial(self._on_dialog_request, st), owner="streams")
         try:
             if session.offered_ssrc != int(session.ssrc):
                 log.info("device answered with its own SSRC (M1)", extra={"stream": st.id, "ssrc": session.ssrc})
@@ -636,6 +648,7 @@ class StreamService:
                 st.pool.release(st.port, self.loop.time())
 
     async def _bye(self, st: Stream) -> None:
+        self.stack.router.remove_dialog(st.session.dialog_id)
         try:
             response = await self.stack.request(st.session.bye(), st.peer, timeout=5.0)
         except (SipTimeoutError, SipTransportError) as exc:
@@ -651,16 +664,24 @@ class StreamService:
 
     # --- what the device and the relay tell us ----------------------------------------------
 
-    def _on_bye(self, event: RequestReceived) -> None:
+    def _on_dialog_request(self, st: Stream, event: RequestReceived) -> None:
+        # a request in the stream's INVITE dialog, found by the router by its dialog ID
         request = event.request
-        assert event.transaction is not None
-        for st in self.streams.values():
-            if st.session.matches(request):
-                st.session.state = PlayState.TERMINATED
-                self.stack.respond(event.transaction, make_response(request, 200))
-                self._close(st, "the device ended the stream (BYE)", "device-bye", bye=False)
-                return
-        self.stack.respond(event.transaction, make_response(request, 481, to_tag=self.stack.endpoint.new_tag()))
+        if event.transaction is None:
+            return  # an ACK: we never answer INVITEs with 2xx, so nothing to do
+        try:
+            st.session.receive_request(request)
+        except DialogError as exc:
+            response = make_response(request, exc.status)
+            response.headers.add("Warning", warning_header(exc.reason))
+            self.stack.respond(event.transaction, response)
+            return
+        if request.method != "BYE":
+            self.stack.respond(event.transaction, make_response(request, 405))
+            return
+        self.stack.router.remove_dialog(st.session.dialog_id)
+        self.stack.respond(event.transaction, make_response(request, 200))
+        self._close(st, "the device ended the stream (BYE)", "device-bye", bye=False)
 
     def _on_offline(self, device: Device, reason: str) -> None:
         for st in [st for st in self.streams.values() if st.device_id == device.device_id]:

@@ -1,8 +1,11 @@
 """Subscriptions toward devices (GB/T 28181 §9.11, PROTOCOL.md §6) and the NOTIFYs they bring.
 
-A SUBSCRIBE creates a dialog (Call-ID and both tags); the subscription is refreshed
-inside it at 80 % of the granted Expires, dropped when the device goes offline and made
-again when it registers. NOTIFYs for Catalog carry item events (ON, OFF, VLOST, DEFECT,
+A SUBSCRIBE creates a dialog (:class:`~gb28181gw.sip.dialog.Dialog`, RFC 6665 §4.1.2); the
+subscription is refreshed inside it at 80 % of the granted Expires, dropped when the device
+goes offline and made again when it registers. Each subscription registers its dialog with
+the stack's router, so the device's NOTIFYs reach it by dialog ID — also a NOTIFY that
+overtakes the 2xx to the SUBSCRIBE (RFC 6665 §4.1.2.4), which the router finds under the
+dialog's ID without remote tag. NOTIFYs for Catalog carry item events (ON, OFF, VLOST, DEFECT,
 ADD, DEL, UPDATE) applied to the stored channels; Alarm and MobilePosition NOTIFYs go
 where their MESSAGE twins go.
 """
@@ -10,19 +13,22 @@ where their MESSAGE twins go.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gb28181gw.config import DevicesSection
-from gb28181gw.errors import ManscdpError
+from gb28181gw.errors import DialogError, ManscdpError, SipParseError, SipTimeoutError, SipTransportError
 from gb28181gw.gb.model import Channel, Device
-from gb28181gw.gb.outbound import to_device
+from gb28181gw.gb.outbound import device_dialog
 from gb28181gw.gb.registrar import from_user
 from gb28181gw.manscdp.messages import CONTENT_TYPE, CmdType, Root, decode, encode, list_items
 from gb28181gw.metrics import CATALOG_EVENTS
-from gb28181gw.net.stack import SipStack, SipTimeoutError, SipTransportError
+from gb28181gw.net.stack import SipStack
 from gb28181gw.net.tasks import TaskSet
-from gb28181gw.sip.endpoint import Peer, warning_header
+from gb28181gw.sip.dialog import Dialog, DialogState
+from gb28181gw.sip.endpoint import warning_header
 from gb28181gw.sip.events import RequestReceived
 from gb28181gw.sip.message import make_response
 
@@ -36,19 +42,36 @@ log = logging.getLogger("gb28181gw.subscriptions")
 PACKAGES = {"catalog": ("Catalog", CmdType.CATALOG), "alarm": ("presence", CmdType.ALARM), "mobile-position": ("presence", CmdType.MOBILE_POSITION)}  # fmt: skip
 
 
-@dataclass(slots=True)
+@dataclass(eq=False, slots=True)
 class Subscription:
-    """One subscription dialog toward a device."""
+    """One subscription dialog toward a device.
+
+    Attributes:
+        device_id / kind: whose events, and which (a key of :data:`PACKAGES`).
+        dialog: the SUBSCRIBE dialog (Call-ID, tags, CSeq, where the device is).
+        expires: the period the device granted.
+        sn: the SN of the last SUBSCRIBE's body.
+        refresh: the timer of the next refresh.
+        handler: what the router calls with the dialog's requests.
+    """
 
     device_id: str
     kind: str
-    call_id: str
-    local_tag: str
-    remote_tag: str = ""
-    cseq: int = 1
+    dialog: Dialog
     expires: int = 3600
     sn: int = 0
     refresh: asyncio.TimerHandle | None = field(default=None, repr=False)
+    handler: Callable[[RequestReceived], None] | None = field(default=None, repr=False)
+
+    @property
+    def remote_tag(self) -> str:
+        """The device's tag (empty until it answers)."""
+        return self.dialog.remote_tag
+
+    @property
+    def cseq(self) -> int:
+        """The CSeq number of our last SUBSCRIBE."""
+        return self.dialog.local_cseq
 
 
 class SubscriptionService:
@@ -76,17 +99,28 @@ class SubscriptionService:
         self.subs: dict[tuple[str, str], Subscription] = {}
         self._tasks = TaskSet()
         self.events = devices.metrics.counter(CATALOG_EVENTS)
-        stack.route("NOTIFY", self._on_notify)
+        stack.router.expect_in_dialog("NOTIFY")
+        # a NOTIFY without a To tag belongs to no dialog; registered devices' ones are taken as before
+        stack.router.handle("NOTIFY", self._on_notify, owner="subscriptions")
         registrar.on_registered(self._on_registered)
         registrar.on_offline(self._on_offline)
 
     async def stop(self) -> None:
         """Forget every subscription (devices let them expire)."""
         for sub in self.subs.values():
-            if sub.refresh is not None:
-                sub.refresh.cancel()
+            self._forget(sub)
         self._tasks.cancel()
         self.subs.clear()
+
+    def _forget(self, sub: Subscription) -> None:
+        if sub.refresh is not None:
+            sub.refresh.cancel()
+            sub.refresh = None
+        router = self.stack.router
+        router.remove_dialog(sub.dialog.id)
+        router.remove_dialog(sub.dialog.id._replace(remote_tag=""))
+        if not sub.dialog.terminated:
+            sub.dialog.terminate()
 
     # --- SUBSCRIBE -------------------------------------------------------------------------
 
@@ -99,38 +133,49 @@ class SubscriptionService:
         device = self.devices.registered(device_id)
         package, cmd = PACKAGES[kind]
         ep = self.stack.endpoint
+        router = self.stack.router
         sub = self.subs.get((device_id, kind))
-        if sub is None:
-            sub = Subscription(device_id, kind, ep.new_call_id(), ep.new_tag())
-        else:
-            sub.cseq += 1
+        if sub is None or sub.dialog.terminated:
+            dialog = device_dialog(
+                device,
+                device_id,
+                our_id=self.devices.our_id,
+                domain=self.devices.domain,
+                call_id=ep.new_call_id(),
+                local_tag=ep.new_tag(),
+            )
+            sub = Subscription(device_id, kind, dialog)
+            sub.handler = functools.partial(self._on_dialog_request, sub)
+            # a NOTIFY may overtake the 2xx (RFC 6665 §4.1.2.4): route the dialog before it has a remote tag
+            router.add_dialog(dialog.id, sub.handler, owner="subscriptions")
         sub.expires = self.expires if expires is None else expires
         sub.sn = self.devices.next_sn(device_id)
-        host, port = ep.local_address(device.transport)
-        req = to_device(
+        host, port = ep.local_address(sub.dialog.peer.transport)
+        req = sub.dialog.request(
             "SUBSCRIBE",
-            f"sip:{device_id}@{device.host}:{device.port}",
-            our_id=self.devices.our_id,
-            domain=self.devices.domain,
-            device_id=device_id,
-            target_id=device_id,
-            call_id=sub.call_id,
-            cseq=sub.cseq,
-            from_tag=sub.local_tag,
-            to_tag=sub.remote_tag or None,
             contact=f"sip:{self.devices.our_id}@{host}:{port}",
             extra=[("Event", f"{package};id={sub.sn}"), ("Expires", str(sub.expires))],
             content_type=CONTENT_TYPE,
             body=encode(Root.QUERY, cmd, sub.sn, device_id, charset=device.charset),
         )
         try:
-            resp = await self.stack.request(req, Peer(device.transport, device.host, device.port))
+            resp = await self.stack.request(req, sub.dialog.peer)
         except (SipTimeoutError, SipTransportError) as exc:
+            if self.subs.get((device_id, kind)) is not sub:
+                self._forget(sub)
             raise DeviceError(f"SUBSCRIBE {kind} to {device_id}: {exc}") from None
-        if resp.status >= 300:
+        try:
+            sub.dialog.receive_response(resp)
+            refused = f"{resp.status} {resp.reason}" if resp.status >= 300 else ""
+        except SipParseError as exc:
+            refused = f"{resp.status} without a usable dialog ({exc.reason})"
+        if refused:
             self.subs.pop((device_id, kind), None)
-            raise DeviceError(f"device {device_id} refused the {kind} subscription: {resp.status} {resp.reason}")
-        sub.remote_tag = resp.to.tag or sub.remote_tag
+            self._forget(sub)
+            raise DeviceError(f"device {device_id} refused the {kind} subscription: {refused}")
+        router.remove_dialog(sub.dialog.id._replace(remote_tag=""))
+        assert sub.handler is not None
+        router.add_dialog(sub.dialog.id, sub.handler, owner="subscriptions")
         granted = (resp.headers.get("expires") or "").strip()
         if granted.isdigit():
             sub.expires = int(granted)
@@ -139,6 +184,7 @@ class SubscriptionService:
             sub.refresh = None
         if sub.expires == 0:
             self.subs.pop((device_id, kind), None)
+            self._forget(sub)
             return sub
         self.subs[device_id, kind] = sub
         sub.refresh = asyncio.get_running_loop().call_later(sub.expires * 0.8, self._refresh, device_id, kind)
@@ -169,16 +215,42 @@ class SubscriptionService:
     def _on_offline(self, device: Device, reason: str) -> None:
         for kind in list(PACKAGES):
             sub = self.subs.pop((device.device_id, kind), None)
-            if sub is not None and sub.refresh is not None:
-                sub.refresh.cancel()
+            if sub is not None:
+                self._forget(sub)
 
     # --- NOTIFY ----------------------------------------------------------------------------
 
+    def _on_dialog_request(self, sub: Subscription, event: RequestReceived) -> None:
+        # a request in a subscription's dialog, found by the router by its dialog ID
+        req, tx = event.request, event.transaction
+        if tx is None:
+            return  # an ACK has no business in a subscription
+        dialog = sub.dialog
+        try:
+            if dialog.state is DialogState.PENDING and req.method == "NOTIFY":
+                # the NOTIFY overtook the 2xx: it establishes the dialog (RFC 6665 §4.1.2.4)
+                dialog.receive_notify(req)
+                assert sub.handler is not None
+                self.stack.router.add_dialog(dialog.id, sub.handler, owner="subscriptions")
+            dialog.receive_request(req)
+        except DialogError as exc:
+            resp = make_response(req, exc.status)
+            resp.headers.add("Warning", warning_header(exc.reason))
+            self.stack.respond(tx, resp)
+            return
+        if req.method != "NOTIFY":
+            self.stack.respond(tx, make_response(req, 405))
+            return
+        self._notify(event, self.registrar.devices.get(sub.device_id))
+
     def _on_notify(self, event: RequestReceived) -> None:
+        # a NOTIFY outside any dialog (no To tag): taken from registered devices, as it always was
+        self._notify(event, self.registrar.devices.get(from_user(event.request)))
+
+    def _notify(self, event: RequestReceived, device: Device | None) -> None:
         req, tx = event.request, event.transaction
         assert tx is not None
         tag = self.stack.endpoint.new_tag()
-        device = self.registrar.devices.get(from_user(req))
         if device is None or not device.registered:
             resp = make_response(req, 481, to_tag=tag)
             resp.headers.add("Warning", warning_header("no subscription: the sender is not a registered device"))

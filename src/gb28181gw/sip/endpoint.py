@@ -21,12 +21,12 @@ import re
 import secrets
 from collections import deque
 from collections.abc import Callable
-from typing import NamedTuple
 
 from gb28181gw.deadlines import TimerQueue
 from gb28181gw.errors import LocalProtocolError, SipParseError
 
 from .events import (
+    DropReason,
     Event,
     MessageDropped,
     RequestCancelled,
@@ -37,6 +37,7 @@ from .events import (
 )
 from .headers import Headers, NameAddr, Via, canonical_name
 from .message import DEFAULT_LIMITS, Limits, Request, Response, make_response, parse_message
+from .peer import RELIABLE_TRANSPORTS, Peer
 from .timers import TimerConfig
 from .transaction import (
     MAGIC_COOKIE,
@@ -55,24 +56,7 @@ from .transaction import (
 _RPORT_RE = re.compile(r";\s*rport(?:\s*=\s*[^;,\s]*)?(?=\s*(?:;|$))", re.IGNORECASE)
 _RECEIVED_RE = re.compile(r";\s*received\s*=\s*[^;,\s]*", re.IGNORECASE)
 
-
-class Peer(NamedTuple):
-    """A remote SIP address: transport (``UDP``/``TCP``), host and port.
-
-    For TCP it also names the connection: answers go back on the connection
-    the request came in on.
-    """
-
-    transport: str
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.transport} {host}:{self.port}"
-
-
-RELIABLE_TRANSPORTS = frozenset({"TCP", "TLS", "WS", "WSS"})
+__all__ = ["RELIABLE_TRANSPORTS", "Peer", "SipEndpoint", "fast_token", "warning_header"]  # Peer: re-exported
 
 _WARN_OK = frozenset(" !#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[]^_`abcdefghijklmnopqrstuvwxyz{|}~")
 
@@ -218,9 +202,9 @@ class SipEndpoint:
             response = make_response(partial, exc.status, to_tag=self.new_tag())
             response.headers.add("Warning", warning_header(exc.reason))
             self._out.append((response.serialize(), peer))
-            self._events.append(MessageDropped(peer, f"parse: {exc.reason}", exc.status))
+            self._events.append(MessageDropped(peer, DropReason.PARSE, exc.status, exc.reason))
         else:
-            self._events.append(MessageDropped(peer, f"parse: {exc.reason}", 0))
+            self._events.append(MessageDropped(peer, DropReason.PARSE, 0, exc.reason))
 
     def _receive_request(self, request: Request, via: Via, peer: Peer, now: float) -> None:
         params = via.params
@@ -324,11 +308,12 @@ class SipEndpoint:
         try:
             method = response.cseq.method
         except SipParseError as exc:  # pragma: no cover - parse_message validated CSeq
-            self._events.append(MessageDropped(peer, f"parse: {exc.reason}"))
+            self._events.append(MessageDropped(peer, DropReason.PARSE, 0, exc.reason))
             return
         tx = self._client.get(client_key(branch, method))
         if tx is None:
-            self._events.append(MessageDropped(peer, f"stray-response: {response.status} {method} matches nothing"))
+            detail = f"{response.status} {method} matches nothing"
+            self._events.append(MessageDropped(peer, DropReason.STRAY_RESPONSE, 0, detail))
             return
         status = response.status
         if status < 200:

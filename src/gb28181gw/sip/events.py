@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from enum import StrEnum
 
 from .message import Request, Response
+from .peer import Peer
+from .transaction import Transaction
 
-if TYPE_CHECKING:
-    from .endpoint import Peer
-    from .transaction import Transaction
+
+class DropReason(StrEnum):
+    """Why :class:`MessageDropped` input was not passed up; the values are metric labels."""
+
+    PARSE = "parse"  # unparseable (answered 4xx/5xx statelessly when it could be addressed)
+    STRAY_RESPONSE = "stray-response"  # a response that matches no client transaction (§17.1.3)
+    STRAY_ACK = "stray-ack"  # an ACK that matches nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,11 +97,12 @@ class MessageDropped(Event):
 
     Attributes:
         peer: where it came from.
-        reason: why it was dropped; a short stable word first (``parse``,
-            ``stray-response``, ``stray-ack``), then details.
+        reason: why it was dropped (its value is the metric label).
         status: the status of the stateless answer we sent, or 0 if none could be addressed.
+        detail: what exactly was wrong, for the log.
     """
 
     peer: Peer
-    reason: str
+    reason: DropReason
     status: int = 0
+    detail: str = ""

@@ -18,14 +18,12 @@ and raises :class:`LocalProtocolError` naming the state.
 from __future__ import annotations
 
 from enum import IntEnum, auto
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from gb28181gw.deadlines import Deadline
 
 from .message import Request, Response
-
-if TYPE_CHECKING:
-    from gb28181gw.deadlines import Deadline
-
-    from .endpoint import Peer
+from .peer import Peer
 
 
 class State(IntEnum):

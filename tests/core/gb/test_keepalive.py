@@ -8,8 +8,8 @@ from gb28181gw.gb.devices import DeviceEvent, DeviceTable
 from gb28181gw.gb.keepalive import (
     Liveness,
     MessageResult,
+    check_sender,
     deadline_event,
-    decide,
     keepalive_timeout,
     liveness_timeout,
 )
@@ -47,11 +47,6 @@ def test_forget() -> None:
 ID = "34020000001320000001"
 EPOCH = 1_714_970_000.0
 HERE = Peer("UDP", "10.0.0.5", 5060)
-KEEPALIVE = (
-    b'<?xml version="1.0" encoding="GB2312"?>\r\n<Notify>\r\n<CmdType>Keepalive</CmdType>\r\n<SN>7</SN>\r\n'
-    b"<DeviceID>34020000001320000001</DeviceID>\r\n<Status>OK</Status>\r\n</Notify>\r\n"
-)
-ALARM = KEEPALIVE.replace(b"Keepalive", b"Alarm")
 
 
 def registered(state: DeviceState = DeviceState.ONLINE, **kw: object) -> Device:
@@ -59,80 +54,44 @@ def registered(state: DeviceState = DeviceState.ONLINE, **kw: object) -> Device:
     return Device(ID, state=state, **fields)  # type: ignore[arg-type]
 
 
-class TestDecide:
-    """K4: 404 to anyone without a registration; 400 for a body that is no MANSCDP; 200 otherwise."""
+class TestCheckSender:
+    """K4: only the registered device, at the address it registered from, is served (issue 10, defect 2)."""
 
     @pytest.mark.parametrize(
         "device",
         [None, Device(ID), registered(expires_at=EPOCH), registered(DeviceState.OFFLINE, expires_at=EPOCH - 1)],
         ids=["unknown", "unregistered", "expired-just-now", "offline-expired"],
     )
-    def test_not_registered_is_404(self, device: Device | None) -> None:
-        d = decide(device, ID, KEEPALIVE, HERE, EPOCH, accept_port_change=True)
-        assert (d.status, d.result, d.event, d.root) == (404, MessageResult.UNREGISTERED, None, None)
-        assert d.warning == f"device {ID} is not registered here"
-
-    def test_no_id_says_so(self) -> None:
-        assert (
-            decide(None, "", KEEPALIVE, HERE, EPOCH, accept_port_change=True).warning
-            == "device (no ID) is not registered here"
-        )
-
-    def test_bad_body_is_400(self) -> None:
-        d = decide(registered(), ID, b"<Notify><CmdType>Keep", HERE, EPOCH, accept_port_change=True)
-        assert (d.status, d.result, d.event) == (400, MessageResult.BAD_BODY, None) and d.warning
-
-    def test_other_cmd_is_200_with_the_body_and_no_transition(self) -> None:
-        d = decide(registered(), ID, ALARM, HERE, EPOCH, accept_port_change=True)
-        assert (d.status, d.result, d.event) == (200, MessageResult.OTHER, None)
-        assert d.root is not None and d.root.tag == "Notify"
+    def test_not_registered(self, device: Device | None) -> None:
+        assert check_sender(device, HERE, EPOCH, accept_port_change=True) is MessageResult.UNREGISTERED
 
     @pytest.mark.parametrize("state", [DeviceState.ONLINE, DeviceState.OFFLINE])
-    def test_keepalive_is_200_and_a_keepalive_transition(self, state: DeviceState) -> None:
-        d = decide(
-            registered(state), ID, KEEPALIVE.replace(b"Keepalive", b"keepalive"), HERE, EPOCH, accept_port_change=True
-        )
-        assert (d.status, d.result, d.event, d.peer, d.root) == (
-            200,
-            MessageResult.OK,
-            DeviceEvent.KEEPALIVE,
-            HERE,
-            None,
-        )
+    def test_the_registered_device_at_its_address(self, state: DeviceState) -> None:
+        assert check_sender(registered(state), HERE, EPOCH, accept_port_change=False) is MessageResult.OK
 
-    def test_offline_device_comes_back_from_its_new_address(self) -> None:
-        table = DeviceTable()
-        table.adopt(registered(DeviceState.OFFLINE, offline_reason="no keepalive for 180 s"))
-        nat = Peer("UDP", "10.0.0.5", 61000)
-        d = decide(table.get(ID), ID, KEEPALIVE, nat, EPOCH, accept_port_change=True)
-        assert d.event is not None
-        change = table.apply(ID, d.event, epoch=EPOCH, peer=d.peer)
-        assert change.went_online and change.moved_from == HERE
-        assert table[ID].port == 61000 and table[ID].offline_reason == ""
-
-    def test_decide_changes_nothing(self) -> None:
-        dev = registered()
-        before = dev.copy()
-        decide(dev, ID, KEEPALIVE, Peer("TCP", "10.1.1.1", 1), EPOCH, accept_port_change=True)
-        assert dev == before
-
-
-class TestOnlyTheRegisteredAddress:
-    """Anyone can put a device's ID in a MESSAGE: only its registered address is believed (issue 10, defect 2)."""
-
-    @pytest.mark.parametrize("body", [KEEPALIVE, ALARM])
-    def test_another_ip_is_404_and_moves_nothing(self, body: bytes) -> None:
+    def test_another_ip_is_not_the_device(self) -> None:
         stranger = Peer("UDP", "10.6.6.6", 5060)
-        d = decide(registered(), ID, body, stranger, EPOCH, accept_port_change=True)
-        assert (d.status, d.result, d.event, d.root) == (404, MessageResult.WRONG_ADDRESS, None, None)
-        assert "register again" in d.warning
+        assert check_sender(registered(), stranger, EPOCH, accept_port_change=True) is MessageResult.WRONG_ADDRESS
 
     def test_a_new_port_on_the_same_ip_is_nat_rebinding_unless_refused(self) -> None:
         rebound = Peer("UDP", HERE.host, 61000)
-        d = decide(registered(), ID, KEEPALIVE, rebound, EPOCH, accept_port_change=True)
-        assert (d.status, d.event, d.peer) == (200, DeviceEvent.KEEPALIVE, rebound)
-        d = decide(registered(), ID, KEEPALIVE, rebound, EPOCH, accept_port_change=False)
-        assert (d.status, d.result, d.event) == (404, MessageResult.WRONG_ADDRESS, None)
+        assert check_sender(registered(), rebound, EPOCH, accept_port_change=True) is MessageResult.OK
+        assert check_sender(registered(), rebound, EPOCH, accept_port_change=False) is MessageResult.WRONG_ADDRESS
+
+    def test_offline_device_comes_back_from_its_rebound_port(self) -> None:
+        table = DeviceTable()
+        table.adopt(registered(DeviceState.OFFLINE, offline_reason="no keepalive for 180 s"))
+        nat = Peer("UDP", "10.0.0.5", 61000)
+        assert check_sender(table.get(ID), nat, EPOCH, accept_port_change=True) is MessageResult.OK
+        change = table.apply(ID, DeviceEvent.KEEPALIVE, epoch=EPOCH, peer=nat)
+        assert change.went_online and change.moved_from == HERE
+        assert table[ID].port == 61000 and table[ID].offline_reason == ""
+
+    def test_checking_changes_nothing(self) -> None:
+        dev = registered()
+        before = dev.copy()
+        check_sender(dev, Peer("TCP", "10.1.1.1", 1), EPOCH, accept_port_change=True)
+        assert dev == before
 
 
 class TestDeadlines:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gb28181gw.gb.model import Device
 from gb28181gw.gb.session import PlaySession, PlayState, SessionError, invite
 from gb28181gw.sdp import SessionDescription, StreamMode
 from gb28181gw.sip.endpoint import Peer
@@ -22,8 +23,17 @@ ANSWER = (
 
 
 def session(mode: StreamMode = StreamMode.UDP) -> PlaySession:
-    return PlaySession(
-        CH, NVR, "34020000002000000001", "3402000000", "127.0.0.1", 30000, "0200000001", mode, "call-1", "gwtag"
+    return PlaySession.start(
+        CH,
+        Device(NVR, transport="UDP", host=DEV.host, port=DEV.port),
+        our_id="34020000002000000001",
+        domain="3402000000",
+        media_ip="127.0.0.1",
+        port=30000,
+        ssrc="0200000001",
+        mode=mode,
+        call_id="call-1",
+        local_tag="gwtag",
     )
 
 
@@ -33,11 +43,7 @@ def exchange(
     """INVITE from the gateway endpoint to a device endpoint, which answers ``status`` with ``body``."""
     gw, dev = new_endpoint(), new_endpoint()
     s = session(mode)
-    tx = gw.send_request(
-        invite(s, device_host=DEV.host, device_port=DEV.port, contact="sip:34020000002000000001@127.0.0.1:5060"),
-        DEV,
-        0.0,
-    )
+    tx = gw.send_request(invite(s, contact="sip:34020000002000000001@127.0.0.1:5060"), DEV, 0.0)
     ((wire, _),) = gw.datagrams_to_send()
     dev.receive(wire, GW, 0.0)
     (ev,) = drain_events(dev)
@@ -117,3 +123,31 @@ def test_device_bye_matches_its_dialog() -> None:
     assert isinstance(msg, Request) and s.matches(msg)
     other = parse_message(bye.replace(b"call-1", b"call-2"))
     assert isinstance(other, Request) and not s.matches(other)
+
+
+def test_device_requests_in_the_dialog_are_checked_and_bye_ends_it() -> None:
+    from gb28181gw.errors import DialogError
+    from gb28181gw.sip.dialog import DialogId, DialogState, dialog_id_of
+
+    s, _, resp = exchange(ANSWER.format(ssrc="0200000001"))
+    s.answered(resp)  # type: ignore[arg-type]
+    assert s.dialog_id == DialogId("call-1", "gwtag", "devtag") and s.dialog.state is DialogState.CONFIRMED
+
+    def from_device(method: str, cseq: int) -> Request:
+        msg = parse_message(
+            (
+                f"{method} sip:34020000002000000001@127.0.0.1:5060 SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bK{method}{cseq}\r\n"
+                f"From: <sip:{CH}@3402000000>;tag=devtag\r\nTo: <sip:34020000002000000001@3402000000>;tag=gwtag\r\n"
+                f"Call-ID: call-1\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+            ).encode()
+        )
+        assert isinstance(msg, Request) and dialog_id_of(msg) == s.dialog_id
+        return msg
+
+    s.receive_request(from_device("INFO", 5))
+    with pytest.raises(DialogError) as err:
+        s.receive_request(from_device("BYE", 4))  # out of order (RFC 3261 §12.2.2)
+    assert err.value.status == 500 and s.state is PlayState.ESTABLISHED
+    s.receive_request(from_device("BYE", 6))
+    assert s.state is PlayState.TERMINATED and s.dialog.terminated
