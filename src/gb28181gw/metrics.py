@@ -114,6 +114,9 @@ ALARMS = Family("gb28181gw_alarms", Kind.COUNTER, "Alarms received by AlarmMetho
 CATALOG_SYNC_SECONDS = Family("gb28181gw_catalog_sync_seconds", Kind.COUNTER, "Seconds spent assembling catalogs")
 CHANNELS = Family("gb28181gw_channels", Kind.GAUGE, "Catalog channels known", ("state",))
 CATALOG_EVENTS = Family("gb28181gw_catalog_events", Kind.COUNTER, "Catalog NOTIFY item events by event", ("event",))
+CATALOG_ITEMS_REFUSED = Family(
+    "gb28181gw_catalog_items_refused", Kind.COUNTER, "Catalog NOTIFY ADDs refused at devices.max_channels"
+)
 
 # --- live streams and the relay (services/streams.py) -----------------------------------
 STREAM_SETUPS = Family("gb28181gw_stream_setups", Kind.COUNTER, "Stream setups by result", ("result",))
@@ -155,7 +158,7 @@ FAMILIES: tuple[Family, ...] = (
     SIP_REQUESTS, SIP_RESPONSES, SIP_PARSE_ERRORS, SIP_DROPPED, SIP_TRANSACTIONS_IN_FLIGHT, SIP_TCP_CONNECTIONS, BUILD,
     LOG_LINES_SUPPRESSED, STORE_WRITABLE, STORE_WRITE_FAILURES,
     REGISTRATIONS, KEEPALIVES, KEEPALIVE_TIMEOUTS, AUTH_FAILURES, BANS, DEVICES,
-    QUERIES, MANSCDP_UNMATCHED, INVALID_COORDINATES, ALARMS, CATALOG_SYNC_SECONDS, CHANNELS, CATALOG_EVENTS,
+    QUERIES, MANSCDP_UNMATCHED, INVALID_COORDINATES, ALARMS, CATALOG_SYNC_SECONDS, CHANNELS, CATALOG_EVENTS, CATALOG_ITEMS_REFUSED,
     STREAM_SETUPS, STREAM_CLOSES, STREAM_SETUP_SECONDS, STREAMS_ACTIVE, STREAM_CONSUMERS,
     RTP_PACKETS, RTP_BYTES, RTP_LOST, RTP_DROPPED, RELAY_STREAMS,
 )  # fmt: skip

@@ -271,3 +271,19 @@ async def test_a_record_the_store_refuses_leaves_it_working(store: Store) -> Non
     await store.save_devices([device(1), device(3)])  # no transaction was left open
     assert await store.count_devices() == 2
     assert store.writable and store.write_failures["record"] == 2
+
+
+async def test_update_channels_touches_only_what_it_names(store: Store) -> None:
+    dev = device(1).device_id
+    await store.save_devices([device(1)])
+    chans = [Channel(f"340200000013100{n:05d}", dev, f"ch{n}", "ON") for n in range(5)]
+    await store.replace_channels(dev, chans)
+    await store.update_channels(
+        dev, [Channel(chans[1].channel_id, dev, "renamed", "OFF"), Channel("34020000001310099999", dev, "new")],
+        deletes=[chans[3].channel_id, "34020000001310088888"],  # an unknown ID is no error
+    )  # fmt: skip
+    got = {c.channel_id: (c.name, c.status) for c in await store.load_channels(dev)}
+    assert got == {
+        chans[0].channel_id: ("ch0", "ON"), chans[1].channel_id: ("renamed", "OFF"),
+        chans[2].channel_id: ("ch2", "ON"), chans[4].channel_id: ("ch4", "ON"), "34020000001310099999": ("new", ""),
+    }  # fmt: skip

@@ -59,3 +59,36 @@ async def test_a_strangers_keepalive_and_alarm_leave_the_device_where_it_was(gat
     finally:
         camera.close()
         stranger.close()
+
+
+def _notify(to_tag: str, branch: str) -> bytes:
+    body = (
+        b'<?xml version="1.0"?><Notify><CmdType>Catalog</CmdType><SN>5</SN><DeviceID>34020000001320000001</DeviceID>'
+        b'<SumNum>1</SumNum><DeviceList Num="1"><Item><DeviceID>34020000001310000001</DeviceID><Event>DEL</Event>'
+        b"</Item></DeviceList></Notify>"
+    )
+    to = f"<sip:34020000002000000001@3402000000>{';tag=' + to_tag if to_tag else ''}"
+    head = (
+        f"NOTIFY sip:34020000002000000001@3402000000 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;rport;branch={branch}\r\n"
+        f"From: <sip:{DEVICE}@3402000000>;tag=n1\r\nTo: {to}\r\nCall-ID: {branch}@127.0.0.1\r\nCSeq: 3 NOTIFY\r\n"
+        f"Event: Catalog\r\nSubscription-State: active\r\nContent-Type: Application/MANSCDP+xml\r\n"
+        f"Max-Forwards: 70\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def test_a_notify_outside_our_subscription_dialogs_changes_no_channel(gateway: Gateway) -> None:
+    from gb28181gw.gb.model import Channel
+
+    port = gateway.stack.port
+    camera = Peer("127.0.0.1")
+    try:
+        assert (await asyncio.to_thread(camera.exchange, port, register(DEVICE, 1))).startswith(b"SIP/2.0 200")
+        gateway.devices.channels[DEVICE] = {"34020000001310000001": Channel("34020000001310000001", DEVICE, "gate")}
+        # even from the registered device's own address: no To tag, or a tag of no dialog of ours
+        for n, tag in enumerate(("", "forged")):
+            answer = await asyncio.to_thread(camera.exchange, port, _notify(tag, f"z9hG4bKn{n}"))
+            assert answer.startswith(b"SIP/2.0 481")
+        assert "34020000001310000001" in gateway.devices.channels[DEVICE]
+    finally:
+        camera.close()

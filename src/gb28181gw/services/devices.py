@@ -18,7 +18,7 @@ from collections import deque
 
 from gb28181gw.config import DevicesSection
 from gb28181gw.errors import DeviceError
-from gb28181gw.gb.catalog import ChannelUpdate, Position, channel_from_item, channel_status
+from gb28181gw.gb.catalog import ChannelUpdate, Position, channel_from_item
 from gb28181gw.gb.model import Alarm, Channel, Device
 from gb28181gw.gb.outbound import device_peer, device_uri, to_device
 from gb28181gw.gb.query import CatalogCollector, CatalogResult, SnAllocator
@@ -57,9 +57,6 @@ log = logging.getLogger("gb28181gw.devices")
 _CMD_LABELS = {c.value.lower(): c.value for c in CmdType}
 
 __all__ = ["DeviceError", "DeviceService"]
-
-#: Until services/subscriptions.py builds its channels with gb.catalog.channel_from_item.
-_status = channel_status
 
 
 class DeviceService:

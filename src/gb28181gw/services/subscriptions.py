@@ -22,9 +22,8 @@ from gb28181gw.config import DevicesSection
 from gb28181gw.errors import DialogError, ManscdpError, SipParseError, SipTimeoutError, SipTransportError
 from gb28181gw.gb.model import Channel, Device
 from gb28181gw.gb.outbound import device_dialog
-from gb28181gw.gb.registrar import from_user
 from gb28181gw.manscdp.messages import CONTENT_TYPE, CmdType, Root, decode, encode, list_items
-from gb28181gw.metrics import CATALOG_EVENTS
+from gb28181gw.metrics import CATALOG_EVENTS, CATALOG_ITEMS_REFUSED, bounded_label
 from gb28181gw.net.stack import SipStack
 from gb28181gw.net.tasks import TaskSet
 from gb28181gw.sip.dialog import Dialog, DialogState
@@ -32,8 +31,11 @@ from gb28181gw.sip.endpoint import warning_header
 from gb28181gw.sip.events import RequestReceived
 from gb28181gw.sip.message import make_response
 
-from .devices import DeviceError, DeviceService, _status
+from .devices import DeviceError, DeviceService
 from .registrar import RegistrarService
+
+#: Catalog events of GB/T 28181-2016 §9.6.2 counted by name (any other as "other").
+_EVENT_LABELS = {e.lower(): e for e in ("ON", "OFF", "VLOST", "DEFECT", "ADD", "DEL", "UPDATE")}
 
 log = logging.getLogger("gb28181gw.subscriptions")
 
@@ -99,9 +101,13 @@ class SubscriptionService:
         self.subs: dict[tuple[str, str], Subscription] = {}
         self._tasks = TaskSet()
         self.events = devices.metrics.counter(CATALOG_EVENTS)
+        self.refused = devices.metrics.counter(CATALOG_ITEMS_REFUSED)
+        self.max_channels = settings.max_channels
+        self._persisting = asyncio.Lock()
         stack.router.expect_in_dialog("NOTIFY")
-        # a NOTIFY without a To tag belongs to no dialog; registered devices' ones are taken as before
-        stack.router.handle("NOTIFY", self._on_notify, owner="subscriptions")
+        # a NOTIFY belongs in a subscription dialog we made (RFC 6665 §4.1.3, PROTOCOL.md §6);
+        # the router answers 481 to any other, even from a registered device: anyone can put
+        # a device's ID in a NOTIFY, and one would add or delete its channels
         registrar.on_registered(self._on_registered)
         registrar.on_offline(self._on_offline)
 
@@ -243,10 +249,6 @@ class SubscriptionService:
             return
         self._notify(event, self.registrar.devices.get(sub.device_id))
 
-    def _on_notify(self, event: RequestReceived) -> None:
-        # a NOTIFY outside any dialog (no To tag): taken from registered devices, as it always was
-        self._notify(event, self.registrar.devices.get(from_user(event.request)))
-
     def _notify(self, event: RequestReceived, device: Device | None) -> None:
         req, tx = event.request, event.transaction
         assert tx is not None
@@ -270,12 +272,15 @@ class SubscriptionService:
             self.devices.handle_manscdp(device, env)
 
     def _apply_catalog_events(self, device: Device, env: object) -> None:
+        # each event changes one channel: only those are written (a device with thousands of
+        # channels sending ADDs must not make us rewrite all of them for each)
         _, items = list_items(env, "DeviceList")  # type: ignore[arg-type]
         chans = self.devices.channels.setdefault(device.device_id, {})
-        changed = False
+        upserts: dict[str, Channel] = {}
+        deletes: set[str] = set()
         for item in items:
             ev = item.fields.get("Event", "").upper()
-            self.events[(ev or "none",)] += 1
+            self.events[(bounded_label(ev, _EVENT_LABELS) or "none",)] += 1
             ch = chans.get(item.device_id)
             if ev in ("ON", "OFF", "VLOST", "DEFECT"):
                 if ch is None:
@@ -286,26 +291,32 @@ class SubscriptionService:
                     continue
                 ch.status = "ON" if ev == "ON" else "OFF"
                 ch.extra["LastEvent"] = ev
+                upserts[item.device_id] = ch
             elif ev in ("ADD", "UPDATE"):
-                fields = {k: v for k, v in item.fields.items() if k != "Event"}
-                chans[item.device_id] = Channel(
-                    item.device_id,
-                    device.device_id,
-                    fields.get("Name", ch.name if ch else ""),
-                    _status(fields.get("Status", "ON")),
-                    fields.get("ParentID", ch.parent_id if ch else ""),
-                    {k: v for k, v in fields.items() if k not in ("Name", "Status", "ParentID")},
-                )
+                if ch is None and len(chans) >= self.max_channels:
+                    self.refused[()] += 1
+                    log.warning(
+                        "catalog ADD past devices.max_channels refused",
+                        extra={"device": device.device_id, "channel": item.device_id, "channels": len(chans)},
+                    )
+                    continue
+                item.fields.pop("Event", None)
+                ch = self.devices.channel_from_item(device.device_id, item, previous=ch, default_status="ON").channel
+                chans[item.device_id] = upserts[item.device_id] = ch
+                deletes.discard(item.device_id)
             elif ev == "DEL":
                 if chans.pop(item.device_id, None) is None:
                     continue
+                upserts.pop(item.device_id, None)
+                deletes.add(item.device_id)
             else:
                 log.info("unknown catalog event", extra={"device": device.device_id, "event": ev})
-                continue
-            changed = True
-        if changed:
-            self._tasks.spawn(self._persist(device.device_id))
+        if upserts or deletes:
+            self._tasks.spawn(self._persist(device.device_id, list(upserts.values()), sorted(deletes)))
 
-    async def _persist(self, device_id: str) -> None:
-        await self.registrar.flush()
-        await self.devices.store.replace_channels(device_id, list(self.devices.channels.get(device_id, {}).values()))
+    async def _persist(self, device_id: str, upserts: list[Channel], deletes: list[str]) -> None:
+        # one at a time, in the order the events came: an ADD written after its DEL would
+        # bring the channel back in the store
+        async with self._persisting:
+            await self.registrar.flush()  # the device row first: channels reference it
+            await self.devices.store.update_channels(device_id, upserts, deletes)

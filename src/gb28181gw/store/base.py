@@ -56,6 +56,12 @@ class Store(Protocol):
     async def replace_channels(self, device_id: str, channels: Sequence[Channel]) -> None:
         """Make ``channels`` the device's whole channel list."""
 
+    async def update_channels(self, device_id: str, upserts: Sequence[Channel], deletes: Sequence[str] = ()) -> None:
+        """Insert or replace ``upserts`` and remove the channels ``deletes`` names, atomically.
+
+        What a catalog event changes, without rewriting the device's other channels.
+        """
+
     async def load_channels(self, device_id: str | None = None) -> list[Channel]:
         """Channels of one device, or of all."""
 

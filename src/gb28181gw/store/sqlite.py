@@ -135,6 +135,13 @@ def _text(row: Sequence[Any], count: int) -> list[str]:
     return [_from_sql(v) for v in row[:count]]
 
 
+_UPSERT_CHANNEL = (
+    "INSERT INTO channels (channel_id, device_id, name, status, parent_id, extra) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT(device_id, channel_id) DO UPDATE SET name = excluded.name, status = excluded.status, "
+    "parent_id = excluded.parent_id, extra = excluded.extra"
+)
+
+
 class SqliteStore:
     """:class:`~gb28181gw.store.base.Store` on a SQLite file.
 
@@ -322,19 +329,30 @@ class SqliteStore:
 
     # --- channels --------------------------------------------------------------------
 
-    async def replace_channels(self, device_id: str, channels: Sequence[Channel]) -> None:
-        rows = [
+    def _channel_rows(self, device_id: str, channels: Sequence[Channel]) -> list[tuple[object, ...]]:
+        return [
             self._row((c.channel_id, device_id, c.name, c.status, c.parent_id, json.dumps(c.extra))) for c in channels
         ]
 
+    async def replace_channels(self, device_id: str, channels: Sequence[Channel]) -> None:
+        rows = self._channel_rows(device_id, channels)
+
         def replace(db: sqlite3.Connection) -> None:
             db.execute("DELETE FROM channels WHERE device_id = ?", (device_id,))
-            db.executemany(
-                "INSERT INTO channels (channel_id, device_id, name, status, parent_id, extra) VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            db.executemany(_UPSERT_CHANNEL, rows)
 
         await self._run(lambda: self._in_transaction(replace, f"writing channels of {device_id}"))
+
+    async def update_channels(self, device_id: str, upserts: Sequence[Channel], deletes: Sequence[str] = ()) -> None:
+        rows = self._channel_rows(device_id, upserts)
+        gone = [(device_id, channel_id) for channel_id in deletes]
+
+        def update(db: sqlite3.Connection) -> None:
+            db.executemany("DELETE FROM channels WHERE device_id = ? AND channel_id = ?", gone)
+            db.executemany(_UPSERT_CHANNEL, rows)
+
+        if rows or gone:
+            await self._run(lambda: self._in_transaction(update, f"updating channels of {device_id}"))
 
     async def load_channels(self, device_id: str | None = None) -> list[Channel]:
         def load() -> list[Channel]:
