@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -61,7 +62,7 @@ from gb28181gw.net.stack import SipStack, SipTimeoutError, SipTransportError
 from gb28181gw.net.tasks import TaskSet
 from gb28181gw.relay.records import ConsumerLost, FirstPacket, MediaClosed, RelayEvent, RelayTotals, WorkerLost
 from gb28181gw.relay.workers import Relay
-from gb28181gw.sdp import SsrcAllocator, StreamMode
+from gb28181gw.sdp import SsrcAllocator, StreamMode, expected_media_host
 from gb28181gw.sip.endpoint import Peer
 from gb28181gw.sip.events import RequestReceived
 from gb28181gw.sip.message import make_response
@@ -228,6 +229,8 @@ class StreamService:
         relays: the relay workers (one :class:`LocalRelay` for ``media.workers = 0``).
         our_id / domain: our platform ID and domain.
         settings: the ``[media]`` settings.
+        rng: picks media ports and SSRC digits (default: :class:`random.SystemRandom`, so a
+            stranger cannot guess the next stream's port or SSRC).
     """
 
     def __init__(
@@ -241,6 +244,7 @@ class StreamService:
         domain: str,
         metrics: Metrics,
         settings: MediaSettings,
+        rng: random.Random | None = None,
     ) -> None:
         if not relays:
             raise ValueError("at least one relay")
@@ -251,8 +255,9 @@ class StreamService:
         self.our_id = our_id
         self.domain = domain
         self.settings = s = settings
-        self.pools = _split(s.port_range, len(relays), s.port_quarantine)
-        self.ssrcs = SsrcAllocator(our_id, quarantine=s.ssrc_quarantine)
+        rng = rng or random.SystemRandom()
+        self.pools = _split(s.port_range, len(relays), s.port_quarantine, rng)
+        self.ssrcs = SsrcAllocator(our_id, quarantine=s.ssrc_quarantine, rng=rng)
         self.streams: dict[str, Stream] = {}
         self.by_channel: dict[str, Stream] = {}
         self._tasks = TaskSet()
@@ -432,7 +437,9 @@ class StreamService:
         try:
             if session.offered_ssrc != int(session.ssrc):
                 log.info("device answered with its own SSRC (M1)", extra={"stream": st.id, "ssrc": session.ssrc})
-            await st.relay.expect(st.id, int(session.ssrc))
+            # media only from the device: a stranger spraying our ports must not win the stream
+            source = expected_media_host(session.media_host, st.peer.host)
+            await st.relay.expect(st.id, int(session.ssrc), source=source)
             if st.mode is StreamMode.TCP_ACTIVE:
                 if not session.media_host or not session.media_port:
                     raise StreamError(488, "TCP active: the device's answer has no media address")
@@ -452,7 +459,7 @@ class StreamService:
         # quarantine) and try the next, a few times
         for _ in range(8):
             try:
-                await st.relay.open(st.id, st.port, st.mode, int(st.id))
+                await st.relay.open(st.id, st.port, st.mode, int(st.id), source=st.peer.host)
                 return
             except RelayError as exc:
                 if exc.code is not RelayFailure.PORT_TAKEN:
@@ -738,7 +745,7 @@ class StreamService:
         return {(str(relay.index),): float(counts[relay.index]) for relay in self.relays}
 
 
-def _split(port_range: tuple[int, int], parts: int, quarantine: float) -> list[PortPool]:
+def _split(port_range: tuple[int, int], parts: int, quarantine: float, rng: random.Random) -> list[PortPool]:
     """Each relay worker's share of the port range (even-aligned, at least one port each)."""
     first, last = port_range
     span = (last - first + 1) // parts
@@ -748,5 +755,5 @@ def _split(port_range: tuple[int, int], parts: int, quarantine: float) -> list[P
     for i in range(parts):
         lo = first + i * span
         hi = last if i == parts - 1 else lo + span - 1
-        pools.append(PortPool(lo, hi, quarantine=quarantine))
+        pools.append(PortPool(lo, hi, quarantine=quarantine, rng=rng))
     return pools
