@@ -509,22 +509,21 @@ class Forwarder:
             st.malformed += 1
             return
         _, _, seq, ts, ssrc = _HEAD.unpack_from(buf, off)
-        # the source first, so that a stranger can neither win the stream nor make it follow its SSRC
-        latch = False
+        # the source before the SSRC, so that a stranger can neither win the stream nor make it
+        # follow its SSRC; once latched, one tuple comparison per packet
         if addr is not None:
             source = st.source
-            if source is None:
-                if st.source_host is not None and addr[0] != st.source_host:
+            if addr != source:
+                if source is not None or (st.source_host is not None and addr[0] != st.source_host):
                     st.wrong_source += 1
                     return
-                latch = True
-            elif addr != source:
-                st.wrong_source += 1
+                if ssrc != st.ssrc and not self._foreign(st, ssrc):
+                    return
+                st.source = addr  # the device's first good packet: its (host, port) from now on
+            elif ssrc != st.ssrc and not self._foreign(st, ssrc):
                 return
-        if ssrc != st.ssrc and not self._foreign(st, ssrc):
-            return
-        if latch:
-            st.source = addr
+        elif ssrc != st.ssrc and not self._foreign(st, ssrc):
+            return  # TCP: the connection was accepted from the device's host only
         stats = st.stats
         stats.packet(seq, n, now)
         if ts != st.last_ts:
