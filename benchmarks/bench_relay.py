@@ -93,7 +93,7 @@ async def relay_with(flows: int, consumers_per_flow: int = 1, workers: int = 1) 
     for i in range(flows):
         relay = relays[i % workers]
         port = STREAM_BASE + 2 * i
-        await relay.open(f"s{i}", port, StreamMode.UDP, port)
+        await relay.open(f"s{i}", port, StreamMode.UDP, port, source="127.0.0.1")  # the device-source check on
         for c in range(consumers_per_flow):
             sink = SINK_BASE + 2 * (i * consumers_per_flow + c)
             await relay.add_consumer(f"s{i}", f"c{c}", "udp", "127.0.0.1", sink, 0x0BEBC201)

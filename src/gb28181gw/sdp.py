@@ -4,11 +4,15 @@
 spaces, ``y=`` before ``m=``, empty ``f=``, unknown lines) and keeps every line it does
 not interpret, so a parsed SDP serializes back line for line. ``str()`` writes CRLF lines
 ending in CRLF. :class:`SsrcAllocator` hands out GB SSRCs (``D NNNNN SSSS``) unique among
-live streams and not reused for a quarantine period (time passed in).
+live streams, with the free ``SSSS`` digits picked at random (a random source passed in) so
+that the next stream's SSRC cannot be guessed, and not reused for a quarantine period (time
+passed in). :func:`expected_media_host` says which address a device's media must come from.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import random
 from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -263,20 +267,25 @@ def play_offer(
 
 
 class SsrcAllocator:
-    """GB SSRCs (PROTOCOL.md §7.4.1): ``0``/``1`` (live/history) + digits 4-8 of our ID + a 4-digit sequence.
+    """GB SSRCs (PROTOCOL.md §7.4.1): ``0``/``1`` (live/history) + digits 4-8 of our ID + 4 random digits.
+
+    The last four digits are picked at random among the free ones (O(1): a list of free
+    sequences, the chosen one swapped with the last), never ``0000``.
 
     Args:
         server_id: our 20-digit ID.
         quarantine: seconds a released SSRC is not handed out again (media servers bind an SSRC
             to a source address for a while, M3).
+        rng: the random source the digits are picked with (the shell passes :class:`random.SystemRandom`).
     """
 
-    def __init__(self, server_id: str, *, quarantine: float = 15.0) -> None:
+    def __init__(self, server_id: str, *, quarantine: float = 15.0, rng: random.Random) -> None:
         self.domain_part = server_id[3:8]
         self.quarantine = quarantine
-        self._in_use: set[str] = set()
+        self._rng = rng
+        self._live: set[str] = set()
         self._cooling: deque[tuple[float, str]] = deque()
-        self._next = {"0": 1, "1": 1}
+        self._free: dict[str, list[int]] = {"0": list(range(1, 10000)), "1": list(range(1, 10000))}
 
     def allocate(self, now: float, *, history: bool = False) -> str:
         """A fresh SSRC string.
@@ -285,26 +294,50 @@ class SsrcAllocator:
             SdpError: all 9,999 sequences of that kind are in use or cooling down.
         """
         while self._cooling and self._cooling[0][0] <= now:
-            self._in_use.discard(self._cooling.popleft()[1])
+            ssrc = self._cooling.popleft()[1]
+            self._free[ssrc[0]].append(int(ssrc[6:]))
         kind = "1" if history else "0"
-        for _ in range(9999):
-            seq = self._next[kind]
-            self._next[kind] = seq % 9999 + 1
-            ssrc = f"{kind}{self.domain_part}{seq:04d}"
-            if ssrc not in self._in_use:
-                self._in_use.add(ssrc)
-                return ssrc
-        raise SdpError("no free SSRC: 9,999 streams of this kind are active or cooling down")
+        free = self._free[kind]
+        if not free:
+            raise SdpError("no free SSRC: 9,999 streams of this kind are active or cooling down")
+        i = self._rng.randrange(len(free))
+        free[i], free[-1] = free[-1], free[i]
+        ssrc = f"{kind}{self.domain_part}{free.pop():04d}"
+        self._live.add(ssrc)
+        return ssrc
 
     def release(self, ssrc: str, now: float) -> None:
-        """Give ``ssrc`` back; it can be handed out again after the quarantine."""
-        if ssrc in self._in_use:
+        """Give ``ssrc`` back; it can be handed out again after the quarantine (ignored if not handed out)."""
+        if ssrc in self._live:
+            self._live.discard(ssrc)
             self._cooling.append((now + self.quarantine, ssrc))
 
     def __len__(self) -> int:
-        return len(self._in_use)
+        return len(self._live) + len(self._cooling)
 
     @property
     def active(self) -> int:
         """SSRCs handed out and not given back (cooling ones excluded)."""
-        return len(self._in_use) - len(self._cooling)
+        return len(self._live)
+
+
+def expected_media_host(answer_host: str, signalling_host: str) -> str:
+    """The host a device's media must come from: the one its SDP answer names (``c=``), or, when
+    that is not a usable unicast address or is a private one while the device reaches us from a
+    public address (it is behind NAT), the host its SIP came from.
+
+    Media from any other host is dropped, so a stranger cannot take a stream over (issue 10).
+    """
+    try:
+        named = ipaddress.ip_address(answer_host)
+    except ValueError:
+        return signalling_host  # empty, or a name we do not resolve on the signalling path
+    if named.is_unspecified or named.is_multicast or named.is_reserved:
+        return signalling_host
+    try:
+        sip = ipaddress.ip_address(signalling_host)
+    except ValueError:
+        return str(named)
+    if not named.is_global and sip.is_global:
+        return signalling_host
+    return str(named)

@@ -4,6 +4,7 @@ INVITE offers the next one; an unregistered device is 480, an unknown one 404.""
 
 from __future__ import annotations
 
+import random
 import socket
 from pathlib import Path
 
@@ -20,6 +21,13 @@ from .test_streams import CH, NVR, answer, gateway_with_device, scenario
 pytestmark = pytest.mark.sipp
 
 
+class InOrder(random.Random):
+    """A random source that makes a port pool hand out its ports in order."""
+
+    def randrange(self, n: int) -> int:  # type: ignore[override]
+        return n - 1
+
+
 @pytest.mark.parametrize("workers", ["0", "1"], ids=["in-process", "worker-process"])
 async def test_a_taken_media_port_is_skipped_and_the_offer_names_the_next(tmp_path: Path, workers: str) -> None:
     holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -29,6 +37,7 @@ async def test_a_taken_media_port_is_skipped_and_the_offer_names_the_next(tmp_pa
         scenario(answer()),
         **{"media.workers": workers, "media.port_min": "42600", "media.port_max": "42699"},
     )
+    gw.streams.pools[0].rng = InOrder()  # ports are random since issue 10: make the taken one come first
     udp = await UdpConsumer.start()
     try:
         st, _ = await gw.streams.play(CH, transport="udp", host="127.0.0.1", port=udp.port)

@@ -31,25 +31,32 @@ class Command:
 
 @dataclass(frozen=True, slots=True)
 class Open(Command):
-    """Bind a new stream's port(s) before the INVITE goes out (:meth:`Forwarder.open`)."""
+    """Bind a new stream's port(s) before the INVITE goes out (:meth:`Forwarder.open`).
+
+    ``source`` is the host media is accepted from (the device's SIP host until its answer
+    names another); ``None`` takes the first sender's.
+    """
 
     stream: str
     port: int
     mode: StreamMode
     ssrc: int
+    source: str | None = None
 
     @classmethod
     def from_wire(cls, values: list[Any]) -> Command:
-        stream, port, mode, ssrc = values
-        return cls(stream, port, StreamMode(mode), ssrc)
+        stream, port, mode, ssrc, source = values
+        return cls(stream, port, StreamMode(mode), ssrc, source)
 
 
 @dataclass(frozen=True, slots=True)
 class Expect(Command):
-    """The SSRC the device's answer announced (:meth:`Forwarder.expect`)."""
+    """The SSRC the device's answer announced and the host its media must come from
+    (:meth:`Forwarder.expect`; ``source`` ``None`` leaves the host as it was)."""
 
     stream: str
     ssrc: int
+    source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +113,11 @@ class Stop(Command):
 
 
 async def _open(f: Forwarder, c: Open) -> None:
-    f.open(c.stream, c.port, c.mode, c.ssrc)
+    f.open(c.stream, c.port, c.mode, c.ssrc, source=c.source)
 
 
 async def _expect(f: Forwarder, c: Expect) -> None:
-    f.expect(c.stream, c.ssrc)
+    f.expect(c.stream, c.ssrc, source=c.source)
 
 
 async def _connect(f: Forwarder, c: Connect) -> None:

@@ -13,9 +13,17 @@ hot path, so it works on raw non-blocking sockets with ``loop.add_reader``:
   into the two bytes before it for TCP. Only when a TCP consumer's socket is full is the
   unsent rest copied into that consumer's own bounded queue; beyond the bound its packets
   are dropped and counted, so a slow consumer never stalls the others;
+* media is taken only from the device's host (``source`` of :meth:`Forwarder.open` and
+  :meth:`Forwarder.expect`: its SIP host, then the one its answer names): packets from any
+  other host are dropped and counted (``wrong_source``) and TCP connections from one are
+  closed at once (``refused_connections``), so a stranger spraying our port range cannot
+  take a stream over before the device's first packet (issue 10). The source is checked
+  first, once per packet: against the expected host string until the first good packet,
+  then against that packet's stored ``(host, port)`` tuple;
 * packets with the wrong SSRC or from another source than the first good one are dropped
   and counted; a device that sends a single SSRC other than the negotiated one and nothing
-  else is followed after :data:`SSRC_LATCH_PACKETS` packets (PROTOCOL.md §11.5 M1).
+  else, from its own host, is followed after :data:`SSRC_LATCH_PACKETS` packets
+  (PROTOCOL.md §11.5 M1).
 
 Stream events (first packet, media connection up or lost, consumer lost) go to ``on_event``
 and figures to :meth:`Forwarder.snapshot` as the frozen records of :mod:`.records`, which
@@ -208,7 +216,9 @@ class TcpOut:
 class RelayStream:
     """One device stream: its sockets, what it expects, its consumers and its statistics."""
 
-    def __init__(self, stream_id: str, port: int, mode: StreamMode, ssrc: int, now: float) -> None:
+    def __init__(
+        self, stream_id: str, port: int, mode: StreamMode, ssrc: int, now: float, source_host: str | None = None
+    ) -> None:
         self.id = stream_id
         self.port = port
         self.mode = mode
@@ -224,6 +234,7 @@ class RelayStream:
         self.spans: list[tuple[int, int]] = []
         self.fill = 2  # TCP: where the next read goes (the first two bytes stay free)
         self.source: Any = None
+        self.source_host = source_host  # media only from this host (None: from the first sender)
         self.consumers: list[UdpOut | TcpOut] = []
         self.stats = StreamStats()
         self.inspector = PsInspector()
@@ -275,9 +286,11 @@ class Forwarder:
 
     # --- commands ----------------------------------------------------------------------
 
-    def open(self, stream_id: str, port: int, mode: StreamMode, ssrc: int) -> None:
+    def open(self, stream_id: str, port: int, mode: StreamMode, ssrc: int, *, source: str | None = None) -> None:
         """Bind ``port`` for a new stream: UDP always (to receive, or to send to UDP consumers), and a TCP
         listener for TCP passive — before the INVITE goes out, since devices may connect at once (§7.5).
+
+        ``source`` is the only host media and TCP connections are taken from (``None``: the first sender).
 
         Raises:
             RelayError: the stream exists, or the port cannot be bound (the message names it).
@@ -285,8 +298,8 @@ class Forwarder:
         if stream_id in self.streams:
             raise RelayError(RelayFailure.EXISTS, f"stream {stream_id} is already open")
         loop = self.loop
-        st = RelayStream(stream_id, port, mode, ssrc, loop.time())
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        st = RelayStream(stream_id, port, mode, ssrc, loop.time(), self._as_peer_host(source))
         try:
             udp = socket.socket(family, socket.SOCK_DGRAM)
             st.udp = udp
@@ -316,9 +329,22 @@ class Forwarder:
             loop.add_reader(st.listener.fileno(), self._on_accept, st)
         self.streams[stream_id] = st
 
-    def expect(self, stream_id: str, ssrc: int) -> None:
-        """The SSRC to expect from now on (the device's answer may carry its own)."""
-        self._stream(stream_id).ssrc = ssrc
+    def expect(self, stream_id: str, ssrc: int, *, source: str | None = None) -> None:
+        """The SSRC to expect from now on (the device's answer may carry its own) and, unless
+        ``source`` is ``None``, the only host to take media from (the one its answer names)."""
+        st = self._stream(stream_id)
+        st.ssrc = ssrc
+        host = self._as_peer_host(source)
+        if host is not None and host != st.source_host:
+            st.source_host = host
+            if st.conn is None and st.source is not None and st.source[0] != host:
+                st.source = None  # latched on the SIP host's packets; the answer names another
+
+    def _as_peer_host(self, host: str | None) -> str | None:
+        # an IPv6 socket reports IPv4 senders as IPv4-mapped addresses: compare like with like
+        if host is not None and ":" in self.host and ":" not in host:
+            return f"::ffff:{host}"
+        return host
 
     async def connect(self, stream_id: str, host: str, port: int, *, attempts: int, interval: float) -> None:
         """TCP active: connect to the device's media port, retrying (2022 Annex D: ≥ 3 times, ≥ 1 s apart).
@@ -483,14 +509,21 @@ class Forwarder:
             st.malformed += 1
             return
         _, _, seq, ts, ssrc = _HEAD.unpack_from(buf, off)
-        if ssrc != st.ssrc and not self._foreign(st, ssrc):
-            return
+        # the source before the SSRC, so that a stranger can neither win the stream nor make it
+        # follow its SSRC; once latched, one tuple comparison per packet
         if addr is not None:
-            if st.source is None:
-                st.source = addr
-            elif addr != st.source:
-                st.wrong_source += 1
+            source = st.source
+            if addr != source:
+                if source is not None or (st.source_host is not None and addr[0] != st.source_host):
+                    st.wrong_source += 1
+                    return
+                if ssrc != st.ssrc and not self._foreign(st, ssrc):
+                    return
+                st.source = addr  # the device's first good packet: its (host, port) from now on
+            elif ssrc != st.ssrc and not self._foreign(st, ssrc):
                 return
+        elif ssrc != st.ssrc and not self._foreign(st, ssrc):
+            return  # TCP: the connection was accepted from the device's host only
         stats = st.stats
         stats.packet(seq, n, now)
         if ts != st.last_ts:
@@ -577,8 +610,8 @@ class Forwarder:
             return
         except OSError:
             return
-        if st.conn is not None or st.source is not None:
-            # one media connection per session (§8.6), and none once the device sends UDP
+        if st.conn is not None or st.source is not None or (st.source_host is not None and addr[0] != st.source_host):
+            # one media connection per session (§8.6), none once the device sends UDP, none from strangers
             st.refused_connections += 1
             conn.close()
             return

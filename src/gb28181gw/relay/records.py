@@ -166,8 +166,10 @@ class StreamFigures:
         connected: TCP modes: whether the media connection is up; ``None`` for UDP.
         packets / bytes / bitrate / lost / reordered / duplicates: what arrived (bit/s over the last seconds).
         idle / age: seconds since the last packet (or since opening, before any), and since opening.
-        wrong_ssrc / wrong_source / malformed: packets dropped, by reason.
-        refused_connections: TCP connections refused (one media connection per session).
+        wrong_ssrc / wrong_source / malformed: packets dropped, by reason (``wrong_source``: from
+            another host than the device's, or another port than its first good packet's).
+        refused_connections: TCP connections refused (one media connection per session, and
+            none from another host than the device's).
         tcp_resyncs: times the RFC 4571 framing was lost and found again.
         ps: what the PS inspector saw.
         consumers: what went to each consumer, by consumer ID.

@@ -97,13 +97,16 @@ class Relay:
         """
         raise NotImplementedError
 
-    async def open(self, stream_id: str, port: int, mode: StreamMode, ssrc: int) -> None:
-        """Bind the stream's port(s); :attr:`RelayFailure.PORT_TAKEN` if they cannot be bound."""
-        await self.call(Open(stream_id, port, mode, ssrc))
+    async def open(self, stream_id: str, port: int, mode: StreamMode, ssrc: int, *, source: str | None = None) -> None:
+        """Bind the stream's port(s); :attr:`RelayFailure.PORT_TAKEN` if they cannot be bound.
 
-    async def expect(self, stream_id: str, ssrc: int) -> None:
-        """The SSRC the device's answer announced."""
-        await self.call(Expect(stream_id, ssrc))
+        ``source``: the only host media is taken from (``None``: the first sender's).
+        """
+        await self.call(Open(stream_id, port, mode, ssrc, source))
+
+    async def expect(self, stream_id: str, ssrc: int, *, source: str | None = None) -> None:
+        """The SSRC the device's answer announced, and the host its media must come from (``None``: unchanged)."""
+        await self.call(Expect(stream_id, ssrc, source))
 
     async def connect(self, stream_id: str, host: str, port: int, attempts: int, interval: float) -> None:
         """TCP active: connect to the device's media port."""

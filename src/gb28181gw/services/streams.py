@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import random
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -72,7 +73,7 @@ from gb28181gw.net.stack import SipStack
 from gb28181gw.net.tasks import TaskSet
 from gb28181gw.relay.records import ConsumerLost, FirstPacket, MediaClosed, RelayEvent, RelayTotals, WorkerLost
 from gb28181gw.relay.workers import Relay
-from gb28181gw.sdp import SsrcAllocator, StreamMode
+from gb28181gw.sdp import SsrcAllocator, StreamMode, expected_media_host
 from gb28181gw.sip.endpoint import warning_header
 from gb28181gw.sip.events import RequestReceived
 from gb28181gw.sip.message import make_response
@@ -240,6 +241,8 @@ class StreamService:
         relays: the relay workers (one :class:`LocalRelay` for ``media.workers = 0``).
         our_id / domain: our platform ID and domain.
         settings: the ``[media]`` settings.
+        rng: picks media ports and SSRC digits (default: :class:`random.SystemRandom`, so a
+            stranger cannot guess the next stream's port or SSRC).
     """
 
     def __init__(
@@ -253,6 +256,7 @@ class StreamService:
         domain: str,
         metrics: Metrics,
         settings: MediaSettings,
+        rng: random.Random | None = None,
     ) -> None:
         if not relays:
             raise ValueError("at least one relay")
@@ -263,8 +267,9 @@ class StreamService:
         self.our_id = our_id
         self.domain = domain
         self.settings = s = settings
-        self.pools = _split(s.port_range, len(relays), s.port_quarantine)
-        self.ssrcs = SsrcAllocator(our_id, quarantine=s.ssrc_quarantine)
+        rng = rng or random.SystemRandom()
+        self.pools = _split(s.port_range, len(relays), s.port_quarantine, rng)
+        self.ssrcs = SsrcAllocator(our_id, quarantine=s.ssrc_quarantine, rng=rng)
         self.streams: dict[str, Stream] = {}
         self.by_channel: dict[str, Stream] = {}
         self._tasks = TaskSet()
@@ -444,7 +449,9 @@ class StreamService:
         try:
             if session.offered_ssrc != int(session.ssrc):
                 log.info("device answered with its own SSRC (M1)", extra={"stream": st.id, "ssrc": session.ssrc})
-            await st.relay.expect(st.id, int(session.ssrc))
+            # media only from the device: a stranger spraying our ports must not win the stream
+            source = expected_media_host(session.media_host, st.peer.host)
+            await st.relay.expect(st.id, int(session.ssrc), source=source)
             if st.mode is StreamMode.TCP_ACTIVE:
                 if not session.media_host or not session.media_port:
                     raise StreamError(488, "TCP active: the device's answer has no media address")
@@ -464,7 +471,7 @@ class StreamService:
         # quarantine) and try the next, a few times
         for _ in range(8):
             try:
-                await st.relay.open(st.id, st.port, st.mode, int(st.id))
+                await st.relay.open(st.id, st.port, st.mode, int(st.id), source=st.peer.host)
                 return
             except RelayError as exc:
                 if exc.code is not RelayFailure.PORT_TAKEN:
@@ -759,7 +766,7 @@ class StreamService:
         return {(str(relay.index),): float(counts[relay.index]) for relay in self.relays}
 
 
-def _split(port_range: tuple[int, int], parts: int, quarantine: float) -> list[PortPool]:
+def _split(port_range: tuple[int, int], parts: int, quarantine: float, rng: random.Random) -> list[PortPool]:
     """Each relay worker's share of the port range (even-aligned, at least one port each)."""
     first, last = port_range
     span = (last - first + 1) // parts
@@ -769,5 +776,5 @@ def _split(port_range: tuple[int, int], parts: int, quarantine: float) -> list[P
     for i in range(parts):
         lo = first + i * span
         hi = last if i == parts - 1 else lo + span - 1
-        pools.append(PortPool(lo, hi, quarantine=quarantine))
+        pools.append(PortPool(lo, hi, quarantine=quarantine, rng=rng))
     return pools

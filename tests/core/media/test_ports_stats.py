@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from gb28181gw.media.ports import PortPool, PortsExhausted
@@ -9,10 +11,10 @@ from gb28181gw.media.stats import StreamStats
 
 
 def test_even_ports_quarantine_and_exhaustion() -> None:
-    pool = PortPool(30001, 30008, quarantine=5.0)
+    pool = PortPool(30001, 30008, quarantine=5.0, rng=random.Random(1))
     assert pool.capacity == 3
     ports = [pool.allocate(0.0) for _ in range(3)]
-    assert ports == [30002, 30004, 30006]
+    assert sorted(ports) == [30002, 30004, 30006]  # picked at random since issue 10
     with pytest.raises(PortsExhausted, match="3 in use"):
         pool.allocate(0.0)
     pool.release(30004, 1.0)
@@ -24,7 +26,7 @@ def test_even_ports_quarantine_and_exhaustion() -> None:
 
 
 def test_open_close_many_leaks_nothing() -> None:
-    pool = PortPool(30000, 30100, quarantine=0.0)
+    pool = PortPool(30000, 30100, quarantine=0.0, rng=random.Random(2))
     for i in range(10_000):
         pool.release(pool.allocate(float(i)), float(i))
     assert pool.in_use == 0
