@@ -204,6 +204,11 @@ def transition(
     return Change(device.device_id, event, old, new, outputs, reason if new is not S.ONLINE else "", moved_from)
 
 
+def _connection(device: Device) -> tuple[str, int] | None:
+    """The TCP connection a device is reached over, or ``None`` (UDP)."""
+    return (device.host, device.port) if device.transport == Transport.TCP else None
+
+
 class DeviceTable(Mapping[str, Device]):
     """Every device record, by ID; the only code that changes them.
 
@@ -213,6 +218,19 @@ class DeviceTable(Mapping[str, Device]):
 
     def __init__(self) -> None:
         self._devices: dict[str, Device] = {}
+        # devices on each TCP connection (host, port): a connection that closes finds its
+        # devices at once instead of walking every record
+        self._by_connection: dict[tuple[str, int], set[str]] = {}
+
+    def _move(self, device_id: str, old: tuple[str, int] | None, new: tuple[str, int] | None) -> None:
+        if old == new:
+            return
+        if old is not None and (ids := self._by_connection.get(old)) is not None:
+            ids.discard(device_id)
+            if not ids:
+                del self._by_connection[old]
+        if new is not None:
+            self._by_connection.setdefault(new, set()).add(device_id)
 
     def __getitem__(self, device_id: str) -> Device:
         return self._devices[device_id]
@@ -239,6 +257,7 @@ class DeviceTable(Mapping[str, Device]):
         changes = []
         for device in devices:
             self._devices[device.device_id] = device
+            self._move(device.device_id, None, _connection(device))
             if device.state is not S.UNREGISTERED and device.expires_at <= epoch:
                 changes.append(
                     transition(device, E.EXPIRED, epoch=epoch, reason="registration expired while the gateway was down")
@@ -247,7 +266,9 @@ class DeviceTable(Mapping[str, Device]):
 
     def adopt(self, device: Device) -> None:
         """Keep ``device`` (the registrar's updated copy, already transitioned) as the record of its ID."""
+        old = self._devices.get(device.device_id)
         self._devices[device.device_id] = device
+        self._move(device.device_id, _connection(old) if old is not None else None, _connection(device))
 
     def apply(
         self, device_id: str, event: DeviceEvent, *, epoch: float, reason: str = "", peer: Peer | None = None
@@ -258,7 +279,11 @@ class DeviceTable(Mapping[str, Device]):
             KeyError: no such device.
             LocalProtocolError: the event is not allowed in its state.
         """
-        return transition(self._devices[device_id], event, epoch=epoch, reason=reason, peer=peer)
+        device = self._devices[device_id]
+        before = _connection(device)
+        change = transition(device, event, epoch=epoch, reason=reason, peer=peer)
+        self._move(device_id, before, _connection(device))
+        return change
 
     def provision(
         self,
@@ -290,6 +315,7 @@ class DeviceTable(Mapping[str, Device]):
         device = self._devices.pop(device_id, None)
         if device is None:
             return None
+        self._move(device_id, _connection(device), None)
         return device, transition(device, E.REMOVED, epoch=epoch, reason="removed by operator")
 
     def describe(
@@ -327,10 +353,11 @@ class DeviceTable(Mapping[str, Device]):
 
     def on_connection(self, peer: Peer) -> list[str]:
         """IDs of the online devices registered over ``peer``'s TCP connection."""
+        ids = self._by_connection.get((peer.host, peer.port), ()) if peer.transport == Transport.TCP else ()
         return [
-            d.device_id
-            for d in self._devices.values()
-            if d.state is S.ONLINE and d.transport == peer.transport and d.host == peer.host and d.port == peer.port
+            i
+            for i in ids
+            if (d := self._devices.get(i)) is not None and d.state is S.ONLINE and d.transport == peer.transport
         ]
 
     def counts(self) -> dict[DeviceState, int]:

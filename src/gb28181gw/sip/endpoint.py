@@ -109,6 +109,8 @@ class SipEndpoint:
         self.user_agent = user_agent
         self._server: dict[TxKey, Transaction] = {}
         self._client: dict[TxKey, Transaction] = {}
+        # transactions over each reliable connection, for transport_error
+        self._on_connection: dict[Peer, set[Transaction]] = {}
         self._events: deque[Event] = deque()
         self._out: list[tuple[bytes, Peer]] = []
         self._queue: TimerQueue[tuple[Transaction, Input]] = TimerQueue()
@@ -245,6 +247,8 @@ class SipEndpoint:
         kind = Kind.INVITE_SERVER if method == "INVITE" else Kind.NON_INVITE_SERVER
         tx = Transaction(kind, key, request, peer, reliable)
         self._server[key] = tx
+        if reliable:
+            self._on_connection.setdefault(peer, set()).add(tx)
         if kind is Kind.INVITE_SERVER:
             # §17.2.1: answer 100 Trying at once so the client stops retransmitting; GB/T 28181
             # superiors time out if it takes longer than ~200 ms.
@@ -292,6 +296,8 @@ class SipEndpoint:
     def _receive_cancel(self, cancel: Request, key: TxKey, peer: Peer, reliable: bool, now: float) -> None:
         tx = Transaction(Kind.NON_INVITE_SERVER, key, cancel, peer, reliable)
         self._server[key] = tx
+        if reliable:
+            self._on_connection.setdefault(peer, set()).add(tx)
         invite = self._server.get((*key[:-1], "INVITE"))
         if invite is None:
             self._fire(tx, Input.TU_FINAL, now, make_response(cancel, 481, to_tag=self.new_tag()))
@@ -330,9 +336,21 @@ class SipEndpoint:
     def transport_error(self, peer: Peer, reason: str, now: float) -> None:
         """The transport to ``peer`` failed (connection lost, send refused): fail its transactions."""
         self._failure_reason = reason
-        for table in (self._client, self._server):
-            for tx in [t for t in table.values() if t.peer == peer]:
-                self._fire(tx, Input.TRANSPORT_ERROR, now, None)
+        if peer.transport in RELIABLE_TRANSPORTS:
+            # a connection's own transactions, found at once: thousands of connections closing
+            # must not each walk every transaction (it stalled the loop for seconds)
+            affected = list(self._on_connection.pop(peer, ()))
+        else:
+            affected = [t for table in (self._client, self._server) for t in table.values() if t.peer == peer]
+        for tx in affected:
+            self._fire(tx, Input.TRANSPORT_ERROR, now, None)
+
+    def _forget_connection(self, tx: Transaction) -> None:
+        txs = self._on_connection.get(tx.peer)
+        if txs is not None:
+            txs.discard(tx)
+            if not txs:
+                del self._on_connection[tx.peer]
 
     # --- output ----------------------------------------------------------------------
 
@@ -366,6 +384,8 @@ class SipEndpoint:
         tx = Transaction(kind, key, request, peer, reliable)
         tx.wire = request.serialize()
         self._client[key] = tx
+        if tx.reliable:
+            self._on_connection.setdefault(peer, set()).add(tx)
         self._out.append((tx.wire, peer))
         if kind is Kind.INVITE_CLIENT:
             self._start(tx, Action.START_A, now)
@@ -428,6 +448,8 @@ class SipEndpoint:
         ctx = Transaction(Kind.NON_INVITE_CLIENT, key, cancel, tx.peer, tx.reliable)
         ctx.wire = cancel.serialize()
         self._client[key] = ctx
+        if ctx.reliable:
+            self._on_connection.setdefault(ctx.peer, set()).add(ctx)
         self._out.append((ctx.wire, tx.peer))
         self._start(ctx, Action.START_E, now)
         self._start(ctx, Action.START_F, now)
@@ -518,6 +540,7 @@ class SipEndpoint:
             # hand over to the table of completed transactions (see __init__); the TU's
             # reference stays in COMPLETED, so a second answer is still refused
             del self._server[tx.key]
+            self._forget_connection(tx)
             self._completed[tx.key] = (tx.last_response, tx.peer)
             when = now + delay
             self._completed_fifo.append((when, tx.key))
@@ -602,6 +625,8 @@ class SipEndpoint:
         table = self._client if tx.client else self._server
         if table.get(tx.key) is tx:
             del table[tx.key]
+        if tx.reliable:
+            self._forget_connection(tx)
         for deadline in tx.deadlines:
             deadline.cancel()
         tx.deadlines = []

@@ -190,6 +190,26 @@ class TestDeviceTable:
         assert table.on_connection(THERE) == [ID]
         assert table.on_connection(Peer("TCP", "10.9.9.9", 40001)) == []
 
+    def test_the_connection_index_follows_every_move(self) -> None:
+        # issue 10, defect 9: a closing connection finds its devices by index, not by walking them all
+        table = DeviceTable()
+        table.adopt(device(S.ONLINE, peer=THERE))
+        udp = device(S.ONLINE, peer=Peer("UDP", THERE.host, THERE.port))
+        udp.device_id = "34020000001320000002"
+        table.adopt(udp)
+        assert table.on_connection(THERE) == [ID]  # a UDP device at the same host:port is not on it
+        moved = Peer("TCP", "10.0.0.8", 40002)
+        table.apply(ID, E.KEEPALIVE, epoch=EPOCH, peer=moved)
+        assert table.on_connection(THERE) == [] and table.on_connection(moved) == [ID]
+        again = device(S.ONLINE, peer=THERE)  # the registrar's copy after a REGISTER from the old connection
+        table.adopt(again)
+        assert table.on_connection(moved) == [] and table.on_connection(THERE) == [ID]
+        table.remove(ID, epoch=EPOCH)
+        assert table.on_connection(THERE) == [] and table._by_connection == {}
+        loaded = DeviceTable()
+        loaded.load([device(S.ONLINE, peer=THERE, expires_at=EPOCH + 60)], epoch=EPOCH)
+        assert loaded.on_connection(THERE) == [ID]
+
 
 class TestDeviceRecord:
     def test_to_dict_keeps_registered_and_online(self) -> None:

@@ -179,6 +179,25 @@ class TestNonInviteClient:
         assert isinstance(ev, TransactionFailed) and ev.transaction is tx and "refused" in ev.reason
         assert ep.transactions_in_flight == 0
 
+    def test_a_closing_connection_fails_only_its_own_transactions(self) -> None:
+        # found by the connection's index (issue 10, defect 9), not by walking every transaction
+        ep, clock = new_endpoint(), FakeClock()
+        other = Peer("TCP", DEVICE_TCP.host, DEVICE_TCP.port + 1)
+        mine = [ep.send_request(self._request(ep), DEVICE_TCP, clock.now) for _ in range(3)]
+        theirs = ep.send_request(self._request(ep), other, clock.now)
+        udp = ep.send_request(self._request(ep), Peer("UDP", DEVICE_TCP.host, DEVICE_TCP.port), clock.now)
+        ep.transport_error(DEVICE_TCP, "connection closed", clock.now)
+        failed = [ev.transaction for ev in drain_events(ep) if isinstance(ev, TransactionFailed)]
+        assert sorted(map(id, failed)) == sorted(map(id, mine))
+        assert (
+            ep.transactions_in_flight == 2
+            and theirs.state is not State.TERMINATED
+            and udp.state is not State.TERMINATED
+        )
+        assert ep._on_connection == {other: {theirs}}
+        ep.transport_error(DEVICE_TCP, "connection closed", clock.now)  # again: nothing left to fail
+        assert drain_events(ep) == []
+
 
 def _outgoing(ep, method: str, uri: str, **kw: object) -> Request:  # type: ignore[no-untyped-def]
     """A request from the gateway to a device, as the endpoint's TU would build it."""
