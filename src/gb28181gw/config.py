@@ -118,6 +118,14 @@ class SipSection:
     max_body_size: int = _opt(262144, "bytes of body in one SIP message", _at_least(0))
     tcp_idle_timeout: float = _opt(600.0, "close a TCP connection idle this long (s)", _positive)
     tcp_max_connections: int = _opt(20000, "TCP connections at once; more are refused", _at_least(1))
+    tcp_message_timeout: float = _opt(
+        30.0, "seconds a TCP peer has to finish a message it began; slower ones are closed (slowloris)", _positive
+    )
+    tcp_partial_budget: int = _opt(
+        64 * 1024 * 1024,
+        "bytes of unfinished messages held for all TCP peers; past it the slowest are closed",
+        _at_least(1024 * 1024),
+    )
     udp_receive_buffer: int = _opt(4 * 1024 * 1024, "SO_RCVBUF for the UDP socket (bytes)", _at_least(65536))
 
 

@@ -4,6 +4,14 @@ Responses go back on the connection the request came in on; requests to a
 peer reuse its open connection (a device behind NAT that registered over TCP is
 only reachable that way, GB/T 28181-2022 §9.1.1 f) and otherwise open one.
 Idle connections are closed by a periodic sweep, not a timer each.
+
+Unfinished messages are memory a peer makes us hold: each connection may hold up to
+``max_message_size`` bytes of one, and a slowloris peer trickles bytes to keep it held for
+ever. A message begun must therefore be finished within ``tcp_message_timeout``, and all
+unfinished messages together stay under ``tcp_partial_budget`` bytes; past it the
+connections whose messages have waited longest are closed first. Connections with an
+unfinished message are kept in the order their message began, so both checks look only
+at the oldest few.
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ class SipConnection(asyncio.Protocol):
         self.peer: Peer | None = None
         self.last_activity = 0.0
         self.closing = False
+        self.partial_bytes = 0  # of an unfinished message
+        self.partial_since = 0.0  # when that message began
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, hence the cast
@@ -64,6 +74,9 @@ class SipConnection(asyncio.Protocol):
             self.close()
             return
         assert self.peer is not None
+        buffered = self._framer.buffered
+        if buffered != self.partial_bytes or (buffered and messages):
+            self._manager.partial(self, buffered, new=bool(messages))
         for message in messages:
             if message is PING or message == PING:
                 self.write(PONG)
@@ -104,6 +117,8 @@ class TcpTransport:
         counters: SipCounters,
         idle_timeout: float,
         max_connections: int,
+        message_timeout: float,
+        partial_budget: int,
     ) -> None:
         self.stack = stack
         self.limits = limits
@@ -111,6 +126,10 @@ class TcpTransport:
         self.loop = asyncio.get_running_loop()
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
+        self.message_timeout = message_timeout
+        self.partial_budget = partial_budget
+        self.partial_total = 0
+        self._partial: dict[SipConnection, None] = {}  # connections with an unfinished message, oldest first
         self._servers: list[asyncio.Server] = []
         self._conns: dict[tuple[str, int], SipConnection] = {}
         self._connecting: dict[tuple[str, int], list[bytes]] = {}
@@ -142,8 +161,47 @@ class TcpTransport:
         return True
 
     def unregister(self, conn: SipConnection) -> None:
+        self._forget_partial(conn)
         if conn.peer is not None and self._conns.get((conn.peer.host, conn.peer.port)) is conn:
             del self._conns[conn.peer.host, conn.peer.port]
+
+    def partial(self, conn: SipConnection, buffered: int, *, new: bool) -> None:
+        """``conn`` now holds ``buffered`` bytes of an unfinished message (0: none); ``new``: a message
+        was finished, so these bytes begin another."""
+        self.partial_total += buffered - conn.partial_bytes
+        conn.partial_bytes = buffered
+        if new or not buffered:
+            self._partial.pop(conn, None)
+            if not buffered:
+                return
+        if conn not in self._partial:
+            conn.partial_since = self.loop.time()
+            self._partial[conn] = None
+        while self.partial_total > self.partial_budget and self._partial:
+            self._drop_slowest(
+                next(iter(self._partial)), "tcp-partial-budget", "unfinished messages over tcp_partial_budget"
+            )
+
+    def _forget_partial(self, conn: SipConnection) -> None:
+        self.partial_total -= conn.partial_bytes
+        conn.partial_bytes = 0
+        self._partial.pop(conn, None)
+
+    def _drop_slowest(self, conn: SipConnection, reason: str, why: str) -> None:
+        self.counters.dropped[reason] += 1
+        log.warning("closing TCP connection: %s", why, extra={"peer": str(conn.peer), "bytes": conn.partial_bytes})
+        self._forget_partial(conn)
+        conn.closing = True
+        if conn.transport is not None:
+            conn.transport.abort()
+
+    def _reap_slow(self, now: float) -> None:
+        deadline = now - self.message_timeout
+        while self._partial:
+            conn = next(iter(self._partial))
+            if conn.partial_since > deadline:
+                break
+            self._drop_slowest(conn, "tcp-message-timeout", "a message not finished within tcp_message_timeout")
 
     def send(self, data: bytes, peer: Peer) -> None:
         """Send on the peer's connection, opening one if there is none."""
@@ -176,9 +234,16 @@ class TcpTransport:
 
     async def _sweep(self) -> None:
         interval = max(1.0, min(30.0, self.idle_timeout / 4))
+        tick = min(1.0, self.message_timeout / 4)
+        next_idle_sweep = self.loop.time() + interval
         while True:
-            await asyncio.sleep(interval)
-            deadline = self.loop.time() - self.idle_timeout
+            await asyncio.sleep(tick)
+            now = self.loop.time()
+            self._reap_slow(now)
+            if now < next_idle_sweep:
+                continue
+            next_idle_sweep = now + interval
+            deadline = now - self.idle_timeout
             for conn in [c for c in self._conns.values() if c.last_activity < deadline]:
                 log.info("closing idle TCP connection", extra={"peer": str(conn.peer)})
                 conn.close()

@@ -138,6 +138,8 @@ class SipStack:
                 counters=self.counters,
                 idle_timeout=sip.tcp_idle_timeout,
                 max_connections=sip.tcp_max_connections,
+                message_timeout=sip.tcp_message_timeout,
+                partial_budget=sip.tcp_partial_budget,
             )
             for host in hosts:
                 bound_port = await self._tcp.listen(host, bound_port)
