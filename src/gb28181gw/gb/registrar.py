@@ -315,10 +315,11 @@ class Registrar:
             if auth is not None:
                 return auth
 
-        contacts = request.headers.get_all("contact")
-        if not contacts:
-            return reject(400, "no-contact", "REGISTER without a Contact header")
         try:
+            # splitting the list already parses quotes: an unterminated one is the device's error, not ours
+            contacts = request.headers.get_all("contact")
+            if not contacts:
+                return reject(400, "no-contact", "REGISTER without a Contact header")
             contact = NameAddr.parse(contacts[0])
         except SipParseError as exc:
             return reject(400, "bad-contact", f"malformed Contact: {exc.reason}")
