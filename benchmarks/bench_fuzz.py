@@ -41,6 +41,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gb28181gw.sip.auth import Challenge, authorization_for
+from gb28181gw.sip.message import Response, parse_message
+
 GATEWAY_ID = "34020000002000000001"
 DOMAIN = "3402000000"
 #: The well-behaved device: an ID the seed messages never use.
@@ -510,9 +513,13 @@ class GoodDevice(threading.Thread):
         self.stats = DeviceStats()
         self.stop_event = threading.Event()
         self.n = 1
+        self.answer = b""
 
     def exchange(self, data: bytes, branch: bytes) -> tuple[str, float] | None:
-        """Send, answer the gateway's own requests meanwhile, return (status, latency) or None."""
+        """Send, answer the gateway's own requests meanwhile, return (status, latency) or None.
+
+        The answer itself is kept in ``self.answer``.
+        """
         start = time.monotonic()
         self.sock.sendto(data, self.gw)
         while (left := start + KEEPALIVE_DEADLINE - time.monotonic()) > 0:
@@ -524,12 +531,26 @@ class GoodDevice(threading.Thread):
             if not packet.startswith(b"SIP/2.0"):
                 self.sock.sendto(ok_reply(packet), self.gw)
             elif branch in packet and not packet.startswith(b"SIP/2.0 1"):
+                self.answer = packet
                 return packet[8:11].decode(), time.monotonic() - start
         return None
 
-    def register(self) -> None:
+    def register(self, password: str = "") -> None:
         got = self.exchange(good_message("register", self.n, self.port), b"z9hG4bKgood%d" % self.n)
         self.n += 1
+        if got and got[0] == "401" and password:
+            # answer the digest challenge the way a camera does (RFC 2617)
+            challenge = parse_message(self.answer)
+            assert isinstance(challenge, Response)
+            creds = authorization_for(
+                Challenge.parse(challenge.headers["www-authenticate"]),
+                method="REGISTER", uri=GW_URI, username=GOOD_DEVICE, password=password,
+            )  # fmt: skip
+            retry = good_message("register", self.n, self.port).replace(
+                b"\r\nExpires:", f"\r\nAuthorization: {creds.serialize()}\r\nExpires:".encode(), 1
+            )
+            got = self.exchange(retry, b"z9hG4bKgood%d" % self.n)
+            self.n += 1
         if not got or got[0] != "200":
             raise SystemExit(f"the well-behaved device could not register: {got}")
 
@@ -687,12 +708,13 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    gw = Gateway(*args.set)
+    password = [f"registrar.password={args.password}"] if args.password else []
+    gw = Gateway(*password, *args.set)
     ok = True
     try:
         time.sleep(1.0)
         device = GoodDevice(gw.port, args.keepalive_period)
-        device.register()
+        device.register(args.password)
         device.start()
         time.sleep(2.0)
         rss_start = rss_peak = gw.rss_kib()
@@ -917,6 +939,12 @@ def main() -> int:
     p.add_argument("--keepalive-period", type=float, default=1.0)
     p.add_argument("--settle", type=float, default=70.0, help="seconds to wait after the flood before the last RSS")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a gateway setting (repeatable)")
+    p.add_argument(
+        "--password",
+        default="fuzz-secret-7",
+        help="registrar.password of the fuzzed gateway, as in production (empty: open registration, where "
+        "every fuzzed REGISTER with a new ID adds a device the gateway must keep)",
+    )
     p.add_argument("--max-log-bytes", type=int, default=MAX_LOG_BYTES)
     p.add_argument("--collect", metavar="DIR", help="write a minimised corpus of the distinct answers to DIR")
     p.add_argument("-v", "--verbose", action="store_true", help="list every distinct answer with its count")

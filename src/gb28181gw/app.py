@@ -9,12 +9,15 @@ API → ready. Shutdown (SIGINT/SIGTERM) reverses it, giving in-flight handlers
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import gc
 import logging
 import os
 import resource
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -258,7 +261,23 @@ async def _housekeeping() -> None:
         RATE_LIMIT.summarize(time.time())
         if loop.time() >= next_collection:
             gc.collect()
+            if _MALLOC_TRIM is not None:
+                # hand freed heap back to the system: after a burst, glibc keeps it otherwise
+                _MALLOC_TRIM(0)
             next_collection = loop.time() + FULL_COLLECTION_INTERVAL
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, where there is one."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+_MALLOC_TRIM = _malloc_trim()
 
 
 def build_relays(config: Config) -> list[Relay]:
