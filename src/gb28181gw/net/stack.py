@@ -25,7 +25,7 @@ from typing import Any, cast
 from gb28181gw.config import SipSection
 from gb28181gw.errors import LocalProtocolError, SipTimeoutError, SipTransportError
 from gb28181gw.logs import WIRE, log_wire
-from gb28181gw.metrics import SipCounters
+from gb28181gw.metrics import OTHER, SipCounters
 from gb28181gw.sip.endpoint import SipEndpoint, warning_header
 from gb28181gw.sip.events import (
     DropReason,
@@ -46,6 +46,14 @@ from .sip_udp import UdpTransport
 from .timer import EarliestTimer
 
 log = logging.getLogger("gb28181gw.sip")
+
+#: Request methods counted by name in gb28181gw_sip_requests_total (RFC 3261, 3262, 3265, 3311,
+#: 3428, 3515, 3903, 6086, 6665); any other counts as "other".
+_METHOD_LABELS = {
+    m: m
+    for m in ("ACK", "BYE", "CANCEL", "INFO", "INVITE", "MESSAGE", "NOTIFY", "OPTIONS", "PRACK", "PUBLISH",
+              "REFER", "REGISTER", "SUBSCRIBE", "UPDATE")
+}  # fmt: skip
 
 #: Sets of sockets tried when port 0 lets the kernel choose (see :meth:`SipStack.listen`).
 _PORT_ATTEMPTS = 20
@@ -226,7 +234,9 @@ class SipStack:
         counters = self.counters
         if isinstance(event, RequestReceived):
             req = event.request
-            counters.requests["in", event.peer.transport, req.method] += 1
+            # a method is any token: only the ones SIP defines are labels (a peer inventing
+            # methods must not make a time series per name)
+            counters.requests["in", event.peer.transport, _METHOD_LABELS.get(req.method, OTHER)] += 1
             self.router.dispatch(event)
         elif isinstance(event, ResponseReceived):
             counters.responses["in", event.peer.transport, str(event.response.status)] += 1

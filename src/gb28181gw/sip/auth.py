@@ -287,12 +287,15 @@ class Verdict(Enum):
         return self is Verdict.OK
 
 
+#: Hex digits of a nonce's stamp (issued time in ms, 48 bits; serial, 32 bits) and of its seal.
+_STAMP_HEX = 20
+_MAC_HEX = 32
+
+
 @dataclass(slots=True)
 class _NonceState:
-    issued: float
-    host: str
+    issued_ms: int  # when it was issued (its stamp: monotonic milliseconds, 48 bits)
     last_nc: int
-    used: bool
 
 
 def secure_token() -> Callable[[int], str]:
@@ -314,7 +317,15 @@ def secure_token() -> Callable[[int], str]:
 
 
 class NonceStore:
-    """Issues and checks server nonces.
+    """Issues and checks server nonces (RFC 7616 §3.3, §5.4).
+
+    A challenge keeps no state: its nonce carries when it was issued and a serial, sealed
+    with an HMAC over them and the client's address under a secret drawn at start-up. A
+    REGISTER flood therefore costs no memory (each challenge used to be remembered for the
+    nonce's lifetime, pinning the heap long after the flood). Only nonces that have
+    authenticated a request are remembered — consumed without qop, their ``nc`` with qop —
+    so a captured request cannot be replayed, and only a client knowing a password can make
+    that table grow.
 
     Args:
         realm: the realm to challenge with (GB/T 28181: the 10-digit SIP domain).
@@ -322,9 +333,10 @@ class NonceStore:
         algorithm: ``MD5`` (what devices speak), ``SHA-256``, or a ``-sess`` variant.
         qop: offer ``qop="auth"`` (many devices handle it; the safest universal
             challenge omits it, PROTOCOL.md §3.2).
-        max_nonces: nonces remembered at once; the oldest are forgotten first
-            (a forgotten nonce is answered ``stale``, so nothing breaks).
-        token: random source ``token(nbytes) -> hex`` (≥ 128-bit nonces).
+        max_nonces: used nonces remembered at once; past it the oldest are forgotten, and
+            every nonce issued before the last one forgotten is answered ``stale`` (the
+            client asks again), so forgetting never lets a replay through.
+        token: random source ``token(nbytes) -> hex``: the HMAC secret (256 bits).
     """
 
     def __init__(
@@ -344,18 +356,25 @@ class NonceStore:
         self.algorithm = algorithm.upper()
         self.qop = qop
         self._max = max_nonces
-        self._token = token or secure_token()
-        self._nonces: OrderedDict[str, _NonceState] = OrderedDict()
+        self._secret = bytes.fromhex((token or secure_token())(32))
+        self._serial = 0
+        self._used: OrderedDict[str, _NonceState] = OrderedDict()
+        self._horizon_ms = -1  # nonces issued at or before this were possibly used and forgotten
+
+    def _seal(self, stamp: str, host: str) -> str:
+        return hmac.new(self._secret, f"{stamp}:{host}".encode(), hashlib.sha256).hexdigest()[:_MAC_HEX]
 
     def challenge(self, host: str, now: float, *, stale: bool = False) -> Challenge:
         """Issue a fresh nonce for a client at ``host`` and return the challenge."""
-        self._expire(now)
-        nonce = self._token(16)
-        self._nonces[nonce] = _NonceState(now, host, 0, False)
-        while len(self._nonces) > self._max:
-            self._nonces.popitem(last=False)
+        self._serial = (self._serial + 1) & 0xFFFFFFFF
+        # issued time in ms and a serial: unique per challenge, readable back by verify()
+        stamp = f"{int(now * 1000) & 0xFFFFFFFFFFFF:012x}{self._serial:08x}"
         return Challenge(
-            realm=self.realm, nonce=nonce, algorithm=self.algorithm, qop="auth" if self.qop else None, stale=stale
+            realm=self.realm,
+            nonce=stamp + self._seal(stamp, host),
+            algorithm=self.algorithm,
+            qop="auth" if self.qop else None,
+            stale=stale,
         )
 
     def verify(self, credentials: Credentials, *, method: str, password: str, host: str, now: float) -> Verdict:
@@ -368,18 +387,25 @@ class NonceStore:
             return Verdict.WRONG_REALM
         if credentials.algorithm.upper() != self.algorithm:
             return Verdict.BAD_ALGORITHM
-        state = self._nonces.get(credentials.nonce)
-        if state is None or now - state.issued > self.lifetime or state.host != host:
+        nonce = credentials.nonce
+        stamp = nonce[:_STAMP_HEX]
+        if len(nonce) != _STAMP_HEX + _MAC_HEX or not hmac.compare_digest(nonce[_STAMP_HEX:], self._seal(stamp, host)):
+            return Verdict.STALE  # not ours, not for this address, or from before a restart
+        issued_ms = int(stamp[:12], 16)
+        age = ((int(now * 1000) - issued_ms) & 0xFFFFFFFFFFFF) / 1000  # ms in 48 bits wrap
+        if age > self.lifetime or issued_ms <= self._horizon_ms:
             return Verdict.STALE
+        self._expire(now)
+        state = self._used.get(nonce)
         nc = 0
         if credentials.qop is not None:
             try:
                 nc = int(credentials.nc or "", 16)
             except ValueError:
                 return Verdict.BAD_RESPONSE
-            if nc <= state.last_nc:
+            if state is not None and nc <= state.last_nc:
                 return Verdict.STALE
-        elif state.used:
+        elif state is not None:
             return Verdict.STALE
         try:
             expected = credentials.expected(password, method)
@@ -387,21 +413,24 @@ class NonceStore:
             return Verdict.BAD_ALGORITHM
         if not hmac.compare_digest(expected, credentials.response):
             return Verdict.BAD_RESPONSE
-        if credentials.qop is None:
-            # good for one request: forgetting it makes a replay unknown, hence stale
-            del self._nonces[credentials.nonce]
-        else:
-            state.used = True
-            state.last_nc = nc
+        if state is None:
+            state = self._used[nonce] = _NonceState(issued_ms, nc)
+            while len(self._used) > self._max:
+                _, forgotten = self._used.popitem(last=False)
+                self._horizon_ms = max(self._horizon_ms, forgotten.issued_ms)
+        state.last_nc = nc
         return Verdict.OK
 
     def _expire(self, now: float) -> None:
-        nonces = self._nonces
-        while nonces:
-            nonce, state = next(iter(nonces.items()))
-            if now - state.issued <= self.lifetime:
+        # kept in the order of first use, which follows issue within a nonce's lifetime
+        used = self._used
+        now_ms = int(now * 1000) & 0xFFFFFFFFFFFF
+        while used:
+            nonce, state = next(iter(used.items()))
+            if ((now_ms - state.issued_ms) & 0xFFFFFFFFFFFF) / 1000 <= self.lifetime:
                 break
-            del nonces[nonce]
+            del used[nonce]
 
     def __len__(self) -> int:
-        return len(self._nonces)
+        """Nonces remembered (those that have authenticated a request and not yet expired)."""
+        return len(self._used)

@@ -162,10 +162,41 @@ class TestNonceStore:
         creds = Credentials.parse(AUTH_HEADER)
         assert store.verify(creds, method="REGISTER", password="x", host="127.0.0.1", now=0.0) is Verdict.BAD_ALGORITHM
 
-    def test_store_is_bounded_and_expires(self) -> None:
+    def test_challenges_keep_no_state_and_used_nonces_are_bounded_and_expire(self) -> None:
+        # a REGISTER flood must cost no memory (issue 10): only authenticated nonces are kept
         store = NonceStore(realm="r", max_nonces=10, lifetime=5)
-        for i in range(50):
-            store.challenge("h", float(i) / 100)
+        for i in range(1000):
+            store.challenge("h", float(i) / 1000)
+        assert len(store) == 0
+        creds = [self._creds_r(store, i / 100) for i in range(50)]
+        for c in creds:
+            assert store.verify(c, method="REGISTER", password="12345678", host="h", now=0.6) is Verdict.OK
         assert len(store) == 10
-        store.challenge("h", 100.0)
-        assert len(store) == 1
+        # a replay is stale whether its nonce is still remembered or was forgotten to keep the bound
+        for c in (creds[-1], creds[0]):
+            assert store.verify(c, method="REGISTER", password="12345678", host="h", now=0.7) is Verdict.STALE
+        store.verify(self._creds_r(store, 100.0), method="REGISTER", password="12345678", host="h", now=100.0)
+        assert len(store) == 1  # the others expired
+
+    def test_a_forged_or_altered_nonce_is_stale(self) -> None:
+        store = NonceStore(realm="3402000000")
+        ch = store.challenge("127.0.0.1", 0.0)
+        later = f"{50_000:012x}" + ch.nonce[12:]  # the stamp moved forward, the seal kept
+        for nonce in (later, ch.nonce[:-1] + ("0" if ch.nonce[-1] != "0" else "1"), ch.nonce + "00", "x" * 52):
+            forged = Challenge(realm=ch.realm, nonce=nonce, algorithm=ch.algorithm)
+            creds = authorization_for(
+                forged, method="REGISTER", uri=VECTOR["uri"], username=VECTOR["username"], password="12345678"
+            )
+            assert store.verify(creds, method="REGISTER", password="12345678", host="127.0.0.1", now=1.0) is (
+                Verdict.STALE
+            )
+        # and a nonce from another gateway (another secret) is unknown here
+        other = NonceStore(realm="3402000000")
+        creds = self._creds(other, 0.0)
+        assert store.verify(creds, method="REGISTER", password="12345678", host="127.0.0.1", now=1.0) is Verdict.STALE
+
+    def _creds_r(self, store: NonceStore, now: float) -> Credentials:
+        ch = store.challenge("h", now)
+        return authorization_for(
+            ch, method="REGISTER", uri=VECTOR["uri"], username=VECTOR["username"], password="12345678"
+        )
