@@ -16,6 +16,8 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchmarks.bench_fuzz import answer_key as bench_answer_key
+
 from gb28181gw.app import Gateway
 from tests.helpers import KEEPALIVE_BODY
 from tests.hostile.test_persistence import register
@@ -26,23 +28,14 @@ DEVICE = "34020000001329999999"
 #: Seconds to wait for an answer before calling it "none".
 QUIET = 0.5
 
-_STATUS = re.compile(rb"^SIP/2\.0 (\d{3})")
-_WARNING = re.compile(rb'(?im)^Warning:[ \t]*\d+ \S+ "(.*?)"[ \t]*\r?$')
-_WORD = re.compile(r"^[A-Za-z][A-Za-z-]*[:,;]?$")
 _FINAL = re.compile(rb"(?=SIP/2\.0 [2-6]\d\d )")
 
 
 def answer_key(response: bytes) -> str:
-    """As in bench_fuzz.py: status plus the Warning's words, echoed values masked as …"""
-    m = _STATUS.match(response)
-    assert m, response[:80]
-    w = _WARNING.search(response)
-    text = ""
-    if w:
-        text = w.group(1).decode("ascii", "replace").split(" XML: ")[0]
-        words = [w if _WORD.match(w) else "…" for w in re.sub(r"'.*'", "…", text).split()]
-        text = re.sub(r"(… )+…", "…", " ".join(words))[:60]
-    return f"{m.group(1).decode()} {text}".strip()
+    """The benchmark's key of a final answer: status plus the Warning's words, echoed values masked."""
+    key = bench_answer_key(response)
+    assert key is not None, response[:80]
+    return key
 
 
 def variant(msg: bytes, tag: str) -> bytes:
