@@ -36,6 +36,6 @@ def test_garbage_datagrams_are_logged_a_few_times_then_counted() -> None:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=15)
     dropped = [line for line in out.splitlines() if "dropped SIP input" in line]
-    assert 1 <= len(dropped) <= 25, len(dropped)
+    assert 0 < len(dropped) <= 25, len(dropped)
     assert not any(line.startswith("ts ERROR forged") for line in out.splitlines())
     assert "\x00" not in out
