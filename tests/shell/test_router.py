@@ -20,7 +20,7 @@ from gb28181gw.sip.message import Request, make_request, make_response
 from gb28181gw.sip.peer import Peer
 from gb28181gw.sip.timers import TimerConfig
 
-from .conftest import loopback_sip, start_gateway
+from .conftest import loopback_sip, sipp_scenario, start_gateway
 
 PLATFORM = "34020000002000000009"  # a superior platform (cascade will configure these)
 STRANGER = "34020000002000000008"
@@ -217,59 +217,6 @@ async def test_two_owners_for_one_route_fail_at_start_up(tmp_path: Path) -> None
         router.add_dialog(dialog, lambda event: None, owner="cascade")
 
 
-NOTIFY_FIRST_DEVICE = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="device whose NOTIFY overtakes its 200 to SUBSCRIBE">
-  <recv request="SUBSCRIBE">
-    <action>
-      <ereg regexp=".*" search_in="hdr" header="Via:" check_it="true" assign_to="via"/>
-      <ereg regexp=".*" search_in="hdr" header="From:" check_it="true" assign_to="gwfrom"/>
-      <ereg regexp=".*" search_in="hdr" header="To:" check_it="true" assign_to="gwto"/>
-      <ereg regexp=".*" search_in="hdr" header="CSeq:" check_it="true" assign_to="cseq"/>
-    </action>
-  </recv>
-  <send retrans="500"><![CDATA[
-NOTIFY sip:34020000002000000001@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];rport;branch=[branch]
-From: <sip:{nvr}@3402000000>;tag=[pid]nvr
-To: [$gwfrom]
-Call-ID: [call_id]
-CSeq: 1 NOTIFY
-Contact: <sip:{nvr}@[local_ip]:[local_port]>
-Event: Catalog
-Subscription-State: active;expires=60
-Content-Type: Application/MANSCDP+xml
-Max-Forwards: 70
-Content-Length: [len]
-
-<?xml version="1.0" encoding="GB2312"?>
-<Notify>
-<CmdType>Catalog</CmdType>
-<SN>9</SN>
-<DeviceID>{nvr}</DeviceID>
-<SumNum>1</SumNum>
-<DeviceList Num="1">
-<Item><DeviceID>{ch1}</DeviceID><Event>OFF</Event></Item>
-</DeviceList>
-</Notify>
-]]></send>
-  <recv response="200"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-Via: [$via]
-From: [$gwfrom]
-To: [$gwto];tag=[pid]nvr
-Call-ID: [call_id]
-CSeq: [$cseq]
-Contact: <sip:{nvr}@[local_ip]:[local_port]>
-Expires: 60
-Content-Length: 0
-
-]]></send>
-  <Reference variables="via,gwfrom,gwto,cseq"/>
-</scenario>
-"""
-
-
 @pytest.mark.sipp
 async def test_a_notify_that_overtakes_the_200_to_subscribe_reaches_its_subscription(tmp_path: Path) -> None:
     from gb28181gw.gb.model import Channel
@@ -282,7 +229,9 @@ async def test_a_notify_that_overtakes_the_200_to_subscribe_reaches_its_subscrip
         port = free_udp_port()
         await register(gw, tmp_path, port)
         gw.devices.channels[NVR] = {CH1: Channel(CH1, NVR, "gate", "ON")}
-        proc = await play_device(NOTIFY_FIRST_DEVICE.format(nvr=NVR, ch1=CH1).encode(), port, tmp_path, "first")
+        proc = await play_device(
+            sipp_scenario("notify_first_uas.xml", nvr=NVR, ch1=CH1).encode(), port, tmp_path, "first"
+        )
         sub = await gw.subscriptions.subscribe(NVR, "catalog")
         await finished(proc)  # SIPp got 200 for its NOTIFY, sent before its 200 to the SUBSCRIBE
         assert sub.dialog.state is DialogState.CONFIRMED and sub.remote_tag.endswith("nvr")
