@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from enum import Enum, StrEnum
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from gb28181gw.errors import ManscdpError, RouteConflict, SipParseError
 from gb28181gw.gb.registrar import from_user
@@ -132,6 +132,12 @@ class _Owned(Generic[F]):
 Runner = Callable[[Callable[[Any], object], Any, RequestReceived], object]
 
 
+class Responder(Protocol):
+    """How the router answers: the stack's :meth:`~gb28181gw.net.stack.SipStack.respond`."""
+
+    def __call__(self, tx: Transaction, response: Response, *, stateless: bool = False) -> None: ...
+
+
 class Router:
     """Routes the requests of one :class:`~gb28181gw.net.stack.SipStack` (see the module docstring).
 
@@ -145,7 +151,7 @@ class Router:
     def __init__(
         self,
         *,
-        respond: Callable[[Transaction, Response], None],
+        respond: Responder,
         new_tag: Callable[[], str],
         run: Runner,
     ) -> None:
@@ -313,14 +319,15 @@ class Router:
             response = make_response(request, 405, to_tag=self._new_tag())
             response.headers.add("Allow", self._allow)
             assert event.transaction is not None
-            self._respond(event.transaction, response)
+            self._respond(event.transaction, response, stateless=True)
 
     def _answer(self, event: RequestReceived, status: int, warning: str | None = None) -> None:
         assert event.transaction is not None
         response = make_response(event.request, status, to_tag=self._new_tag())
         if warning:
             response.headers.add("Warning", warning_header(warning))
-        self._respond(event.transaction, response)
+        # the router's own answers are rejections that answering again repeats: no state kept
+        self._respond(event.transaction, response, stateless=True)
 
     def _message(self, event: RequestReceived) -> None:
         sender = from_user(event.request)

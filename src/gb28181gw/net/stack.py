@@ -314,10 +314,13 @@ class SipStack:
 
     # --- output ----------------------------------------------------------------------
 
-    def respond(self, tx: Transaction, response: Response) -> None:
-        """Send ``response`` in server transaction ``tx`` (from a handler or a task)."""
+    def respond(self, tx: Transaction, response: Response, *, stateless: bool = False) -> None:
+        """Send ``response`` in server transaction ``tx`` (from a handler or a task).
+
+        ``stateless``: a rejection sent once and forgotten (see :meth:`SipEndpoint.respond`).
+        """
         loop = self._loop or asyncio.get_running_loop()
-        self.endpoint.respond(tx, response, loop.time())
+        self.endpoint.respond(tx, response, loop.time(), stateless=stateless)
         self.pump()
 
     async def request(self, request: Request, peer: Peer, *, timeout: float | None = None) -> Response:

@@ -241,7 +241,9 @@ class RegistrarService:
         result = self.registrar.handle(
             req, event.peer, existing, now=now, epoch=epoch, tag=self.stack.endpoint.new_tag()
         )
-        self.stack.respond(tx, result.response)
+        # a challenge or a refusal keeps no transaction: a retransmitted REGISTER is answered
+        # again (a fresh challenge), and a flood of them holds nothing for 32 s
+        self.stack.respond(tx, result.response, stateless=result.response.status >= 300)
         self.registrations[result.outcome.value, result.reason] += 1
         if self.registrar.bans.bans != bans_before:
             self.ban_count[()] += self.registrar.bans.bans - bans_before

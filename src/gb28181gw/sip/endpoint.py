@@ -354,8 +354,13 @@ class SipEndpoint:
 
     # --- output ----------------------------------------------------------------------
 
-    def respond(self, tx: Transaction, response: Response, now: float) -> None:
+    def respond(self, tx: Transaction, response: Response, now: float, *, stateless: bool = False) -> None:
         """Send ``response`` in server transaction ``tx``.
+
+        With ``stateless``, a 300-699 is sent once and the transaction forgotten at once
+        (RFC 3261 §8.2.7): for rejections that answering again would repeat (405, a 404 to a
+        stranger, 481), so that a flood of them holds no state for Timer J's or H's 32 s.
+        A retransmitted request is then simply answered again.
 
         Raises:
             LocalProtocolError: if the transaction cannot send it in its state
@@ -366,7 +371,12 @@ class SipEndpoint:
         if self.user_agent and "server" not in response.headers._keys:
             response.headers.add("Server", self.user_agent)
         status = response.status
-        inp = Input.TU_1XX if status < 200 else Input.TU_2XX if status < 300 else Input.TU_FINAL
+        if status < 200:
+            inp = Input.TU_1XX
+        elif status < 300:
+            inp = Input.TU_2XX
+        else:
+            inp = Input.TU_REJECT if stateless else Input.TU_FINAL
         self._fire(tx, inp, now, response)
 
     def send_request(self, request: Request, peer: Peer, now: float) -> Transaction:

@@ -46,6 +46,7 @@ class Input(IntEnum):
     TU_1XX = auto()  # the TU sends a provisional response
     TU_2XX = auto()  # the TU sends a 2xx
     TU_FINAL = auto()  # the TU sends a 300-699 (or, for non-INVITE, any final) response
+    TU_REJECT = auto()  # the TU rejects statelessly: a 300-699 sent once, no state kept (§8.2.7)
     R_1XX = auto()  # a provisional response arrived (client)
     R_2XX = auto()  # a 2xx arrived (client)
     R_FINAL = auto()  # a 300-699 arrived (client INVITE), or any final (client non-INVITE)
@@ -156,6 +157,7 @@ INVITE_SERVER: Table = {
     (S.PROCEEDING, I.TU_1XX): (S.PROCEEDING, (A.SEND_RESPONSE,)),
     (S.PROCEEDING, I.TU_2XX): (S.ACCEPTED, (A.SEND_RESPONSE, A.START_L)),
     (S.PROCEEDING, I.TU_FINAL): (S.COMPLETED, (A.SEND_RESPONSE, A.START_G, A.START_H)),
+    (S.PROCEEDING, I.TU_REJECT): (S.TERMINATED, (A.SEND_RESPONSE, A.DELETE)),
     (S.PROCEEDING, I.TRANSPORT_ERROR): _FAIL,
     (S.ACCEPTED, I.REQUEST): (S.ACCEPTED, ()),
     (S.ACCEPTED, I.TU_2XX): (S.ACCEPTED, (A.SEND_RESPONSE,)),
@@ -176,11 +178,13 @@ NON_INVITE_SERVER: Table = {
     (S.TRYING, I.TU_1XX): (S.PROCEEDING, (A.SEND_RESPONSE,)),
     (S.TRYING, I.TU_2XX): (S.COMPLETED, (A.SEND_RESPONSE, A.START_J)),
     (S.TRYING, I.TU_FINAL): (S.COMPLETED, (A.SEND_RESPONSE, A.START_J)),
+    (S.TRYING, I.TU_REJECT): (S.TERMINATED, (A.SEND_RESPONSE, A.DELETE)),
     (S.TRYING, I.TRANSPORT_ERROR): _FAIL,
     (S.PROCEEDING, I.REQUEST): (S.PROCEEDING, (A.RESEND_RESPONSE,)),
     (S.PROCEEDING, I.TU_1XX): (S.PROCEEDING, (A.SEND_RESPONSE,)),
     (S.PROCEEDING, I.TU_2XX): (S.COMPLETED, (A.SEND_RESPONSE, A.START_J)),
     (S.PROCEEDING, I.TU_FINAL): (S.COMPLETED, (A.SEND_RESPONSE, A.START_J)),
+    (S.PROCEEDING, I.TU_REJECT): (S.TERMINATED, (A.SEND_RESPONSE, A.DELETE)),
     (S.PROCEEDING, I.TRANSPORT_ERROR): _FAIL,
     (S.COMPLETED, I.REQUEST): (S.COMPLETED, (A.RESEND_RESPONSE,)),
     (S.COMPLETED, I.TIMER_J): (S.TERMINATED, (A.DELETE,)),
@@ -202,7 +206,7 @@ INITIAL_STATE = {
 }
 
 TIMER_INPUTS = frozenset(i for i in Input if i.name.startswith("TIMER_"))
-TU_INPUTS = frozenset({Input.TU_1XX, Input.TU_2XX, Input.TU_FINAL})
+TU_INPUTS = frozenset({Input.TU_1XX, Input.TU_2XX, Input.TU_FINAL, Input.TU_REJECT})
 
 MAGIC_COOKIE = "z9hG4bK"
 

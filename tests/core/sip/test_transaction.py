@@ -124,6 +124,42 @@ class TestNonInviteServer:
         assert _sent(ep) == [first]
 
 
+class TestStatelessRejection:
+    """RFC 3261 §8.2.7: a rejection sent once, no transaction kept (what a flood of them costs: nothing)."""
+
+    def test_non_invite_rejection_keeps_nothing_and_a_retransmission_is_answered_again(self) -> None:
+        ep, clock = new_endpoint(), FakeClock()
+        (ev,) = _rx(ep, request("MESSAGE"), clock)
+        ep.respond(ev.transaction, make_response(ev.request, 404, to_tag="t"), clock.now, stateless=True)
+        (answer,) = _sent(ep)
+        assert answer.startswith(b"SIP/2.0 404")
+        assert ev.transaction.state is State.TERMINATED and ep.transactions_in_flight == 0
+        assert ep.get_timer() is None  # no Timer J
+        # the retransmission is a new request for the TU, which rejects it again
+        (again,) = _rx(ep, request("MESSAGE"), clock)
+        assert isinstance(again, RequestReceived) and again.transaction is not ev.transaction
+        with pytest.raises(LocalProtocolError):  # the forgotten transaction takes no second answer
+            ep.respond(ev.transaction, make_response(ev.request, 500, to_tag="t"), clock.now)
+
+    def test_invite_rejection_is_not_retransmitted_and_its_ack_is_nobodys(self) -> None:
+        ep, clock = new_endpoint(), FakeClock()
+        (ev,) = _rx(ep, request("INVITE", "z9hG4bKinv9"), clock)
+        _sent(ep)  # 100 Trying
+        ep.respond(ev.transaction, make_response(ev.request, 486, to_tag="t"), clock.now, stateless=True)
+        (busy,) = _sent(ep)
+        assert busy.startswith(b"SIP/2.0 486") and ep.transactions_in_flight == 0
+        assert _fire_until(ep, clock, 1000.0 + 40) == []  # no Timer G retransmissions, no Timer H
+        ack = request("INVITE", "z9hG4bKinv9").replace(b"INVITE sip", b"ACK sip").replace(b"1 INVITE", b"1 ACK")
+        (ack_ev,) = _rx(ep, ack, clock)
+        assert isinstance(ack_ev, RequestReceived) and ack_ev.transaction is None  # the TU ignores it
+
+    def test_provisional_and_2xx_are_never_stateless(self) -> None:
+        ep, clock = new_endpoint(), FakeClock()
+        (ev,) = _rx(ep, request("MESSAGE"), clock)
+        ep.respond(ev.transaction, make_response(ev.request, 200, to_tag="t"), clock.now, stateless=True)
+        assert ev.transaction.state is State.COMPLETED and ep.transactions_in_flight == 1  # Timer J kept
+
+
 class TestNonInviteClient:
     """§17.1.2."""
 
