@@ -322,10 +322,11 @@ class NonceStore:
     A challenge keeps no state: its nonce carries when it was issued and a serial, sealed
     with an HMAC over them and the client's address under a secret drawn at start-up. A
     REGISTER flood therefore costs no memory (each challenge used to be remembered for the
-    nonce's lifetime, pinning the heap long after the flood). Only nonces that have
-    authenticated a request are remembered — consumed without qop, their ``nc`` with qop —
-    so a captured request cannot be replayed, and only a client knowing a password can make
-    that table grow.
+    nonce's lifetime, pinning the heap long after the flood). A nonce is good for one request
+    without qop: a bit per serial in a sliding window marks it used, so a captured request
+    cannot be replayed and no object is kept per registration; a nonce older than the window
+    is stale (the client asks again). With qop its ``nc`` must increase: only those nonces
+    are remembered, and only a client knowing a password can add one.
 
     Args:
         realm: the realm to challenge with (GB/T 28181: the 10-digit SIP domain).
@@ -333,9 +334,11 @@ class NonceStore:
         algorithm: ``MD5`` (what devices speak), ``SHA-256``, or a ``-sess`` variant.
         qop: offer ``qop="auth"`` (many devices handle it; the safest universal
             challenge omits it, PROTOCOL.md §3.2).
-        max_nonces: used nonces remembered at once; past it the oldest are forgotten, and
+        max_nonces: qop nonces remembered at once; past it the oldest are forgotten, and
             every nonce issued before the last one forgotten is answered ``stale`` (the
             client asks again), so forgetting never lets a replay through.
+        window: challenges whose serials are tracked for one-time use (a power of two);
+            a nonce whose serial is older is stale.
         token: random source ``token(nbytes) -> hex``: the HMAC secret (256 bits).
     """
 
@@ -347,10 +350,13 @@ class NonceStore:
         algorithm: str = "MD5",
         qop: bool = False,
         max_nonces: int = 200_000,
+        window: int = 1 << 20,
         token: Callable[[int], str] | None = None,
     ) -> None:
         if algorithm.upper() not in ALGORITHMS:
             raise ValueError(f"unsupported digest algorithm {algorithm!r}")
+        if window < 8 or window & (window - 1) or window > 1 << 31:
+            raise ValueError("window must be a power of two from 8 to 2**31")
         self.realm = realm
         self.lifetime = lifetime
         self.algorithm = algorithm.upper()
@@ -358,17 +364,22 @@ class NonceStore:
         self._max = max_nonces
         self._secret = bytes.fromhex((token or secure_token())(32))
         self._serial = 0
-        self._used: OrderedDict[str, _NonceState] = OrderedDict()
-        self._horizon_ms = -1  # nonces issued at or before this were possibly used and forgotten
+        self._window = window
+        self._spent = bytearray(window // 8)  # bit per serial: used once already
+        self._used: OrderedDict[str, _NonceState] = OrderedDict()  # qop nonces and their last nc
+        self._horizon_ms = -1  # qop nonces issued at or before this were possibly used and forgotten
 
     def _seal(self, stamp: str, host: str) -> str:
-        return hmac.new(self._secret, f"{stamp}:{host}".encode(), hashlib.sha256).hexdigest()[:_MAC_HEX]
+        # hmac.digest is OpenSSL's one-shot HMAC
+        return hmac.digest(self._secret, f"{stamp}:{host}".encode(), "sha256").hex()[:_MAC_HEX]
 
     def challenge(self, host: str, now: float, *, stale: bool = False) -> Challenge:
         """Issue a fresh nonce for a client at ``host`` and return the challenge."""
-        self._serial = (self._serial + 1) & 0xFFFFFFFF
+        serial = self._serial = (self._serial + 1) & 0xFFFFFFFF
+        slot = serial & (self._window - 1)
+        self._spent[slot >> 3] &= ~(1 << (slot & 7)) & 0xFF  # the slot's previous serial left the window
         # issued time in ms and a serial: unique per challenge, readable back by verify()
-        stamp = f"{int(now * 1000) & 0xFFFFFFFFFFFF:012x}{self._serial:08x}"
+        stamp = f"{int(now * 1000) & 0xFFFFFFFFFFFF:012x}{serial:08x}"
         return Challenge(
             realm=self.realm,
             nonce=stamp + self._seal(stamp, host),
@@ -393,26 +404,34 @@ class NonceStore:
             return Verdict.STALE  # not ours, not for this address, or from before a restart
         issued_ms = int(stamp[:12], 16)
         age = ((int(now * 1000) - issued_ms) & 0xFFFFFFFFFFFF) / 1000  # ms in 48 bits wrap
-        if age > self.lifetime or issued_ms <= self._horizon_ms:
+        serial = int(stamp[12:], 16)
+        if age > self.lifetime or (self._serial - serial) & 0xFFFFFFFF >= self._window:
             return Verdict.STALE
-        self._expire(now)
-        state = self._used.get(nonce)
+        slot = serial & (self._window - 1)
         nc = 0
+        state: _NonceState | None = None
         if credentials.qop is not None:
+            if issued_ms <= self._horizon_ms:
+                return Verdict.STALE
+            self._expire(now)
+            state = self._used.get(nonce)
             try:
                 nc = int(credentials.nc or "", 16)
             except ValueError:
                 return Verdict.BAD_RESPONSE
             if state is not None and nc <= state.last_nc:
                 return Verdict.STALE
-        elif state is not None:
-            return Verdict.STALE
+        elif self._spent[slot >> 3] >> (slot & 7) & 1:
+            return Verdict.STALE  # used once already: a replay
         try:
             expected = credentials.expected(password, method)
         except AuthError:
             return Verdict.BAD_ALGORITHM
         if not hmac.compare_digest(expected, credentials.response):
             return Verdict.BAD_RESPONSE
+        if credentials.qop is None:
+            self._spent[slot >> 3] |= 1 << (slot & 7)
+            return Verdict.OK
         if state is None:
             state = self._used[nonce] = _NonceState(issued_ms, nc)
             while len(self._used) > self._max:
@@ -432,5 +451,5 @@ class NonceStore:
             del used[nonce]
 
     def __len__(self) -> int:
-        """Nonces remembered (those that have authenticated a request and not yet expired)."""
+        """Objects remembered: qop nonces in use (challenges and one-time nonces keep none)."""
         return len(self._used)

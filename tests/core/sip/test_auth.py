@@ -162,20 +162,39 @@ class TestNonceStore:
         creds = Credentials.parse(AUTH_HEADER)
         assert store.verify(creds, method="REGISTER", password="x", host="127.0.0.1", now=0.0) is Verdict.BAD_ALGORITHM
 
-    def test_challenges_keep_no_state_and_used_nonces_are_bounded_and_expire(self) -> None:
-        # a REGISTER flood must cost no memory (issue 10): only authenticated nonces are kept
-        store = NonceStore(realm="r", max_nonces=10, lifetime=5)
+    def test_challenges_and_one_time_nonces_keep_no_objects_and_a_replay_is_stale(self) -> None:
+        # a REGISTER flood must cost no memory (issue 10); used nonces are bits, not records
+        store = NonceStore(realm="r", lifetime=5)
         for i in range(1000):
             store.challenge("h", float(i) / 1000)
-        assert len(store) == 0
-        creds = [self._creds_r(store, i / 100) for i in range(50)]
+        creds = [self._creds_r(store, 1.0 + i / 100) for i in range(50)]
         for c in creds:
-            assert store.verify(c, method="REGISTER", password="12345678", host="h", now=0.6) is Verdict.OK
+            assert store.verify(c, method="REGISTER", password="12345678", host="h", now=1.6) is Verdict.OK
+        assert len(store) == 0
+        for c in (creds[0], creds[-1]):
+            assert store.verify(c, method="REGISTER", password="12345678", host="h", now=1.7) is Verdict.STALE
+
+    def test_a_nonce_older_than_the_window_is_stale(self) -> None:
+        store = NonceStore(realm="r", window=8)
+        first = self._creds_r(store, 0.0)
+        for _ in range(8):
+            store.challenge("h", 0.1)  # its slot is taken by a newer serial
+        assert store.verify(first, method="REGISTER", password="12345678", host="h", now=0.2) is Verdict.STALE
+        fresh = self._creds_r(store, 0.3)
+        assert store.verify(fresh, method="REGISTER", password="12345678", host="h", now=0.4) is Verdict.OK
+
+    def test_qop_nonces_are_bounded_and_expire_without_letting_a_replay_through(self) -> None:
+        store = NonceStore(realm="r", qop=True, max_nonces=10, lifetime=5)
+        args = {"method": "REGISTER", "uri": VECTOR["uri"], "username": VECTOR["username"], "password": "12345678"}
+        verify = {"method": "REGISTER", "password": "12345678", "host": "h"}
+        creds = [authorization_for(store.challenge("h", i / 100), nc=1, cnonce="c", **args) for i in range(50)]  # type: ignore[arg-type]
+        for c in creds:
+            assert store.verify(c, now=0.6, **verify) is Verdict.OK  # type: ignore[arg-type]
         assert len(store) == 10
-        # a replay is stale whether its nonce is still remembered or was forgotten to keep the bound
-        for c in (creds[-1], creds[0]):
-            assert store.verify(c, method="REGISTER", password="12345678", host="h", now=0.7) is Verdict.STALE
-        store.verify(self._creds_r(store, 100.0), method="REGISTER", password="12345678", host="h", now=100.0)
+        for c in (creds[0], creds[-1]):  # forgotten to keep the bound, or remembered: stale either way
+            assert store.verify(c, now=0.7, **verify) is Verdict.STALE  # type: ignore[arg-type]
+        late = authorization_for(store.challenge("h", 100.0), nc=1, cnonce="c", **args)  # type: ignore[arg-type]
+        assert store.verify(late, now=100.0, **verify) is Verdict.OK  # type: ignore[arg-type]
         assert len(store) == 1  # the others expired
 
     def test_a_forged_or_altered_nonce_is_stale(self) -> None:
