@@ -25,6 +25,7 @@ from gb28181gw import __version__
 from gb28181gw.admin import AdminServer, add_device_routes, add_stream_routes
 from gb28181gw.config import Config
 from gb28181gw.errors import StoreError
+from gb28181gw.gb.model import DeviceState
 from gb28181gw.gb.registrar import DateFormat, RegistrarPolicy, parse_networks
 from gb28181gw.logs import RATE_LIMIT
 from gb28181gw.metrics import (
@@ -134,6 +135,7 @@ class Gateway:
     def status(self) -> dict[str, Any]:
         """What ``/api/v1/status`` and ``gb28181gw status`` show."""
         c = self.config
+        counts = self.registrar.devices.counts()
         return {
             "version": __version__,
             "gateway_id": c.gateway.id,
@@ -147,8 +149,8 @@ class Gateway:
             },
             "devices": {
                 "known": len(self.registrar.devices),
-                "registered": sum(1 for d in self.registrar.devices.values() if d.registered),
-                "online": sum(1 for d in self.registrar.devices.values() if d.online),
+                "registered": counts[DeviceState.ONLINE] + counts[DeviceState.OFFLINE],
+                "online": counts[DeviceState.ONLINE],
             },
             "streams": {
                 "active": len(self.streams.streams),

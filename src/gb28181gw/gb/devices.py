@@ -37,6 +37,7 @@ from enum import IntEnum, auto
 from gb28181gw.errors import LocalProtocolError
 from gb28181gw.sdp import StreamMode
 from gb28181gw.sip.endpoint import Peer
+from gb28181gw.sip.transaction import render_digraph
 
 from .model import Device, DeviceState, Transport
 
@@ -370,9 +371,4 @@ class DeviceTable(Mapping[str, Device]):
 
 def render_table() -> str:
     """:data:`TRANSITIONS` as a Graphviz ``digraph`` (for docs and reviews)."""
-    out = ["digraph devices {", "  rankdir=LR;"]
-    for (state, event), (new, outputs) in TRANSITIONS.items():
-        label = ", ".join(o.name for o in outputs)
-        out.append(f'  "{state.name}" -> "{new.name}" [label="{event.name}\\n{label}"];')
-    out.append("}")
-    return "\n".join(out)
+    return render_digraph("devices", TRANSITIONS)

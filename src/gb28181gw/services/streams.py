@@ -78,6 +78,7 @@ from gb28181gw.sip.endpoint import warning_header
 from gb28181gw.sip.events import RequestReceived
 from gb28181gw.sip.message import make_response
 from gb28181gw.sip.peer import Peer
+from gb28181gw.sip.transaction import render_digraph
 
 from .devices import DeviceError, DeviceService
 from .registrar import RegistrarService
@@ -146,12 +147,7 @@ TRANSITIONS: dict[tuple[StreamState, StreamInput], tuple[StreamState, tuple[Stre
 
 def render_table() -> str:
     """The stream state machine as a Graphviz ``digraph`` (for docs and reviews)."""
-    out = ["digraph stream {", "  rankdir=LR;"]
-    for (state, inp), (new, actions) in TRANSITIONS.items():
-        acts = ", ".join(a.name for a in actions)
-        out.append(f'  "{state.name}" -> "{new.name}" [label="{inp.name}\\n{acts}"];')
-    out.append("}")
-    return "\n".join(out)
+    return render_digraph("stream", TRANSITIONS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ from gb28181gw.errors import DialogError, LocalProtocolError, SipParseError
 from .headers import NameAddr
 from .message import Request, Response, make_request
 from .peer import Peer
+from .transaction import render_digraph
 
 
 class DialogState(IntEnum):
@@ -467,8 +468,4 @@ class Dialog:
 
 def render_table() -> str:
     """The dialog machine as a Graphviz ``digraph`` (for docs and reviews)."""
-    out = ["digraph dialog {", "  rankdir=LR;"]
-    for (state, inp), new in TRANSITIONS.items():
-        out.append(f'  "{state.name}" -> "{new.name}" [label="{inp.name}"];')
-    out.append("}")
-    return "\n".join(out)
+    return render_digraph("dialog", TRANSITIONS)

@@ -17,6 +17,7 @@ and raises :class:`LocalProtocolError` naming the state.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import IntEnum, auto
 from typing import Any
 
@@ -298,6 +299,20 @@ def server_key(request: Request) -> TxKey:
 def client_key(branch: str, method: str) -> TxKey:
     """The key matching a response to its client transaction (RFC 3261 §17.1.3)."""
     return (branch, "INVITE" if method == "ACK" else method)
+
+
+def render_digraph(name: str, table: Mapping[tuple[Any, Any], Any]) -> str:
+    """A ``(state, input) → state`` or ``→ (state, actions)`` table as a Graphviz ``digraph``.
+
+    Every state machine of the package (dialogs, devices, streams) draws itself with this.
+    """
+    out = [f"digraph {name} {{", "  rankdir=LR;"]
+    for (state, inp), target in table.items():
+        new, actions = target if isinstance(target, tuple) else (target, ())
+        label = inp.name + ("\\n" + ", ".join(a.name for a in actions) if actions else "")
+        out.append(f'  "{state.name}" -> "{new.name}" [label="{label}"];')
+    out.append("}")
+    return "\n".join(out)
 
 
 def render_tables() -> str:
