@@ -291,7 +291,7 @@ def test_top_commands_are_what_ci_runs(readme: str) -> None:
     assert "README: `bash .ci/run`" in ci
     # the install line does what .ci/run does on a fresh Debian: python3-venv, a venv, pip install
     assert "python3 -m venv .venv" in ci and "python3 -m venv .venv" in install
-    assert "apt_install python3-venv" in ci and "apt-get install -y python3-venv" in install
+    assert "apt_install python3-venv" in ci and "apt-get update && sudo apt-get install -y python3-venv" in install
     assert ".venv/bin/pip install -q ." in install and install.strip().endswith(".venv/bin/gb28181gw serve")
     requires = re.search(r'requires-python = ">=([\d.]+)"', (ROOT / "pyproject.toml").read_text())
     assert requires and f"Python {requires.group(1)} or newer" in readme
