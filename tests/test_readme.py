@@ -282,6 +282,8 @@ def test_docker_run_publishes_what_the_config_uses(readme: str) -> None:
     assert f"-p 127.0.0.1:{DEFAULTS['admin.port']}:{DEFAULTS['admin.port']}" in run
     assert "-e GB28181GW_SIP_ADVERTISED_ADDRESS=" in run
     assert "--network host" in readme
+    expose = next(line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("EXPOSE"))
+    assert f"{low}-{high}/udp" in expose and f"{low}-{high}/tcp" in expose
 
 
 def test_top_commands_are_what_ci_runs(readme: str) -> None:
@@ -370,3 +372,13 @@ def test_log_line_check_rejects_a_message_the_code_does_not_write() -> None:
     assert log_line_problems([("INFO", "gb28181gw.registrar", "stream closed")])  # another logger's line
     assert log_line_problems([("INFO", "gb28181gw.streams", "stream setup failed")])  # a WARNING
     assert not log_line_problems([("WARNING", "gb28181gw.streams", "stream setup failed")])
+
+
+def test_checks_reject_the_real_readme_with_one_mistake(readme: str) -> None:
+    assert "`sip.advertised_address`" in readme and "`conf/gb28181gw.service`" in readme
+    typo = readme.replace("`sip.advertised_address`", "`sip.advertise_address`", 1)
+    assert config_keys(typo) - DEFAULTS.keys() == {"sip.advertise_address"}
+    moved = readme.replace("`conf/gb28181gw.service`", "`conf/gb28181gw.unit`", 1)
+    assert missing_paths(moved) == ["conf/gb28181gw.unit"]
+    old_range = readme.replace("| 30000–31999 |", "| 30000–30500 |")
+    assert firewall_ports(old_range)["media (RTP)"] == "30000-30500" != firewall_ports(readme)["media (RTP)"]
