@@ -60,10 +60,11 @@ def commands(text: str) -> list[list[str]]:
             if word.rsplit("/", 1)[-1] != "gb28181gw" or i + 1 >= len(words):
                 continue
             nxt = words[i + 1]
-            # `-u gb28181gw`, `--name gb28181gw`, `-g gb28181gw file`: a user or container, not the CLI
+            # `useradd … gb28181gw`, `journalctl -u gb28181gw -f`: no command word follows
             if not re.fullmatch(r"[a-z][a-z|-]*", nxt) or nxt == "gb28181gw":
                 continue
-            if i > 0 and words[i - 1].startswith("-") and words[i - 1] not in ("--",):
+            # `-g gb28181gw`, `docker run --rm gb28181gw config`: a user, group or image
+            if i > 0 and words[i - 1].startswith("-") and words[i - 1] != "--":
                 continue
             args = []
             for arg in words[i + 1 :]:
@@ -75,10 +76,12 @@ def commands(text: str) -> list[list[str]]:
 
 
 def _clean(word: str) -> str:
+    """A synopsis word without its brackets and repetition mark: ``[--listen`` → ``--listen``."""
     return word.strip("[]").removesuffix("...").strip("[]")
 
 
 def _is_placeholder(word: str) -> bool:
+    """``DEVICE``, ``34020000001320000001``, ``UTF-8``: a value to fill in, not a literal choice."""
     return not re.fullmatch(r"[a-z][a-z-]*(\|[a-z][a-z-]*)*", word)
 
 
