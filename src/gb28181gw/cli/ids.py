@@ -10,16 +10,14 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-import json
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
-from rich.table import Table
 
-from gb28181gw.cli.common import JSON_OPTION, console, err_console, fail, main, plural, print_json
+from gb28181gw.cli.common import JSON_OPTION, Column, emit, err_console, fail, main, plural, print_json, warn
 from gb28181gw.errors import IdError
 from gb28181gw.ids import GbId
 
@@ -32,33 +30,29 @@ def id_group() -> None:
 @id_group.command("decode")
 @click.argument("value")
 @click.option("--strict", is_flag=True, help="Treat structural oddities as errors.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON_OPTION
 def id_decode(value: str, strict: bool, as_json: bool) -> None:
     """Show what each part of an ID means."""
     try:
         gid = GbId.parse(value, strict=strict, allow_civil=True)
     except IdError as exc:
-        err_console.print(f"[red]invalid ID: {exc}[/red]", highlight=False)
-        sys.exit(1)
-    if as_json:
-        console.print_json(
-            json.dumps(
-                {
-                    "id": gid.value,
-                    "kind": gid.kind.value,
-                    "fields": [{"positions": p, "digits": d, "meaning": m} for p, d, m in gid.describe()],
-                    "warnings": list(gid.warnings),
-                },
-                ensure_ascii=False,
-            )
-        )
-        return
-    table = Table("positions", "digits", "meaning", title=f"{gid.value} ({gid.kind.value})")
-    for row in gid.describe():
-        table.add_row(*row)
-    console.print(table)
-    for w in gid.warnings:
-        console.print(f"[yellow]warning: {w}[/yellow]", highlight=False)
+        fail(f"invalid ID: {exc}")
+    fields = gid.describe()
+    emit(
+        fields,
+        [Column("positions", lambda r: r[0]), Column("digits", lambda r: r[1]), Column("meaning", lambda r: r[2])],
+        as_json=as_json,
+        title=f"{gid.value} ({gid.kind.value})",
+        json_rows={
+            "id": gid.value,
+            "kind": gid.kind.value,
+            "fields": [{"positions": p, "digits": d, "meaning": m} for p, d, m in fields],
+            "warnings": list(gid.warnings),
+        },
+    )
+    if not as_json:
+        for w in gid.warnings:
+            warn(w)
 
 
 # --- reading what spreadsheets write ---------------------------------------------------------
