@@ -304,6 +304,9 @@ class Config:
     #: Where each option set away from its default came from (``"sip.port"`` → ``"environment
     #: GB28181GW_SIP_PORT"``); absent keys are defaults. Not part of the configuration's value.
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    #: The file read (``None``: none) and its permission bits, so a readable secret can be warned about.
+    file: str | None = field(default=None, compare=False, repr=False)
+    file_mode: int = field(default=0, compare=False, repr=False)
 
     # Options whose empty (or -1) value means "derived" are derived here and nowhere else: the
     # gateway runs on these properties, and `gb28181gw config` shows them (see DERIVED).
@@ -504,10 +507,12 @@ def load_config(
     values: dict[str, dict[str, tuple[Any, str, bool]]] = {name: {} for name in SECTIONS}
     if path is None and env.get(ENV_PREFIX + "CONFIG"):
         path = env[ENV_PREFIX + "CONFIG"]
+    file, file_mode = None, 0
     if path is not None:
         p = Path(path)
         try:
             data = tomllib.loads(p.read_text(encoding="utf-8"))
+            file, file_mode = str(p), p.stat().st_mode & 0o777
         except FileNotFoundError:
             raise ConfigFileMissing("config", f"file {str(p)!r} does not exist") from None
         except (OSError, UnicodeDecodeError) as exc:
@@ -561,7 +566,7 @@ def load_config(
             kwargs[key] = coerced
             sources[dotted] = source
         built[section] = replace(defaults, **kwargs)
-    config = Config(**built, sources=sources)
+    config = Config(**built, sources=sources, file=file, file_mode=file_mode)
     if config.sip.t2 < config.sip.t1:
         raise ConfigError("sip.t2", "must not be smaller than sip.t1")
     r = config.registrar
@@ -663,6 +668,7 @@ class Concern(StrEnum):
     LISTEN_OVERLAP = "listen-overlap"
     PORT_CLASH = "port-clash"
     DIGEST_ALGORITHM = "digest-algorithm"
+    READABLE_SECRET = "readable-secret"
 
 
 @dataclass(frozen=True, slots=True)
@@ -796,6 +802,14 @@ def config_warnings(config: Config) -> list[ConfigWarning]:
             Concern.PORT_CLASH,
             "admin.port",
             f"admin.port and sip.port are both {sip.port}: SIP over TCP and the admin API cannot share it",
+        )
+    in_file = [s.key for s in effective_settings(c) if s.secret and s.configured and s.source == c.file]
+    if in_file and c.file_mode & 0o007:
+        warn(
+            Concern.READABLE_SECRET,
+            in_file[0],
+            f"{c.file} holds {', '.join(in_file)} and every user of this host can read it "
+            f"(mode {c.file_mode:o}): chmod 600, or 640 for the service's group",
         )
     if r.digest_algorithm != "MD5":
         warn(

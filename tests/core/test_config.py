@@ -341,3 +341,18 @@ def test_warnings_are_small_frozen_records() -> None:
     w = config_warnings(load_config(env={}))[0]
     with pytest.raises(AttributeError):
         w.key = "x"  # type: ignore[misc]
+
+
+def test_a_password_in_a_file_every_user_can_read_is_warned_about(tmp_path: Path) -> None:
+    f = tmp_path / "gw.toml"
+    f.write_text('[registrar]\npassword = "s3cret"\n')
+    f.chmod(0o644)
+    [warning] = config_warnings(load_config(f, env={}))
+    assert (warning.concern, warning.key) == (Concern.READABLE_SECRET, "registrar.password")
+    assert str(f) in warning.message and "chmod 600" in warning.message and "s3cret" not in warning.message
+    f.chmod(0o640)
+    assert config_warnings(load_config(f, env={})) == []
+    # the secret from the environment: the readable file holds none
+    f.write_text("[sip]\nport = 5070\n")
+    f.chmod(0o644)
+    assert config_warnings(load_config(f, env={"GB28181GW_REGISTRAR_PASSWORD": "x"})) == []

@@ -26,7 +26,7 @@ from gb28181gw.config import (
 )
 from gb28181gw.errors import ConfigError, ConfigFileMissing
 
-#: The options both commands take: (click option, the key it sets or None) in the order shown by --help.
+#: The shorthand flags of :func:`config_options`: parameter name → (flag, the option it sets).
 _SHORTHANDS = {
     "listen": ("--listen", "sip.listen"),
     "port": ("--port", "sip.port"),
