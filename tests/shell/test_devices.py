@@ -131,7 +131,14 @@ async def test_device_info_updates_the_device(gw: Gateway, tmp_path: Path) -> No
     await finished(proc)
     assert info["Channel"] == "16"
     d = gw.registrar.devices[NVR]
-    assert (d.name, d.manufacturer, d.model, d.firmware) == ("前门NVR", "Hikvision", "DS-7816N", "V4.30")
+    # issue 11 defect 6: the device's own name is its reported_name; name stays the operator's
+    assert (d.name, d.reported_name, d.manufacturer, d.model, d.firmware) == (
+        "",
+        "前门NVR",
+        "Hikvision",
+        "DS-7816N",
+        "V4.30",
+    )
 
 
 @pytest.mark.parametrize(
