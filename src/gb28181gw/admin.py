@@ -197,6 +197,7 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
         device_id = request.match_info["device_id"]
         if not await registrar.remove(device_id):
             return _error(404, f"no device {device_id}")
+        devices.forget(device_id)
         return web.json_response({"removed": device_id})
 
     async def channels(request: web.Request) -> web.StreamResponse:

@@ -176,6 +176,10 @@ class RegistrarService:
     async def stop(self) -> None:
         """Write everything still pending and stop the timers."""
         self._timer.cancel()
+        if self.persist_bans and self._loop is not None:
+            # once more, with the attempts each refused since it was written
+            for ban in self.registrar.bans.active(self._loop.time()):
+                self._bans_to_save[ban.key] = ban
         if self._flusher is not None:
             self._flusher.cancel()
             try:
