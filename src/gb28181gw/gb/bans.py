@@ -203,12 +203,16 @@ class BanList:
         return entry[1] if entry is not None and entry[0] > now else None
 
     def of_device(self, device_id: str, address: str, now: float) -> list[Ban]:
-        """The bans that refuse ``device_id``: its own, those it completed, and its ``address``'s."""
+        """The bans that refuse ``device_id``: its own, those it completed, and its ``address``'s.
+
+        The one ending last comes last; of two ending together, its own ID ban (the more telling).
+        """
         keys = set(self._by_id.get(device_id, ()))
         if address:
             keys.add(address_key(address))
         found = [entry for key in keys if (entry := self._bans.get(key)) is not None and entry[0] > now]
-        return [ban for _, ban in sorted(found, key=lambda e: e[0])]
+        found.sort(key=lambda e: (e[0], e[1].key.startswith("id:")))
+        return [ban for _, ban in found]
 
     def lift(self, key: str) -> Ban | None:
         """End the ban on ``key`` now (and forget its failures); the ban, or ``None`` if there was none."""

@@ -22,7 +22,7 @@ saying what happened (went online, went offline and why, moved to another addres
 
 Bans (failed digest authentication, PROTOCOL.md §3.6) are not a device state: they
 belong to a source address or an ID for a few minutes, whether or not a record
-exists, and are kept by :class:`gb28181gw.gb.registrar.BanList`.
+exists, and are kept by :class:`gb28181gw.gb.bans.BanList`.
 
 :func:`render_table` prints the table as a Graphviz graph.
 """

@@ -544,7 +544,7 @@ class RegistrarService:
         return ban
 
     def unban_device(self, device_id: str, *, why: str = "lifted by operator") -> list[Ban]:
-        """Lift every ban that refuses ``device_id``, from every address (see :meth:`BanList.lift_device`)."""
+        """Lift every ban that refuses ``device_id``, from every address (see :meth:`~gb28181gw.gb.bans.BanList.lift_device`)."""
         lifted = self.registrar.bans.lift_device(device_id)
         self._lifted(lifted, why)
         return lifted

@@ -97,6 +97,8 @@ class TestBanRecords:
             id_key(OTHER, "10.6.6.6"),
         }
         assert r.bans.of_device(OTHER, "", clock.now + 601) == []  # ended
+        # of two ending together, its own ID ban comes last (what `device show` picks)
+        assert r.bans.of_device(OTHER, "10.6.6.6", clock.now)[-1].key == id_key(OTHER, "10.6.6.6")
 
 
 class TestLifting:
