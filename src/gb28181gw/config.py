@@ -176,6 +176,7 @@ class RegistrarSection:
     max_auth_failures: int = _opt(5, "failures within failure_window that ban an address or ID", _at_least(1))
     failure_window: float = _opt(300.0, "seconds over which failures are counted", _positive)
     ban_seconds: float = _opt(600.0, "how long a ban lasts (s)", _positive)
+    persist_bans: bool = _opt(False, "keep bans in the store across restarts (off: a restart lifts every ban)")
     allow_ids: list[str] = _opt([], "ID prefixes allowed to register (empty = all)", _id_prefixes)
     deny_ids: list[str] = _opt([], "ID prefixes refused", _id_prefixes)
     allow_networks: list[str] = _opt([], "source networks allowed (CIDR; empty = all)", _networks)
