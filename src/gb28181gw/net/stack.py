@@ -40,6 +40,7 @@ from gb28181gw.sip.message import Request, Response, make_response
 from gb28181gw.sip.peer import Peer
 from gb28181gw.sip.transaction import Kind, Transaction
 
+from .addresses import RouteCache, is_wildcard
 from .router import PASS, Router
 from .sip_tcp import TcpTransport
 from .sip_udp import UdpTransport
@@ -82,6 +83,10 @@ class SipStack:
         self._udp4: UdpTransport | None = None
         self._udp6: UdpTransport | None = None
         self._tcp: TcpTransport | None = None
+        self.port = 0
+        self._advertised = ""
+        self._fixed: dict[bool, str] = {}  # the specific listen address per family (True: IPv6)
+        self._routes = RouteCache()
         self._timer = EarliestTimer(self._on_timer)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -103,11 +108,14 @@ class SipStack:
         """Bind UDP sockets and TCP listeners as the ``[sip]`` section says.
 
         That is ``sip.listen``:``sip.port`` for each of ``sip.transports``, with the
-        socket limits of the section; ``sip.advertised_address`` goes into our Via and
-        Contact. With port 0 the kernel picks one port for the first socket and the
-        others reuse it, so UDP and TCP share a number (what devices expect).
+        socket limits of the section. What goes into our Via and Contact toward each peer
+        is then :meth:`local_address`. With port 0 the kernel picks one port for the first
+        socket and the others reuse it, so UDP and TCP share a number (what devices expect).
+
+        Raises:
+            OSError: a socket cannot be bound; the message names transport and address.
         """
-        hosts, port, advertised = sip.listen, sip.port, sip.advertised_address
+        port = sip.port
         self._loop = asyncio.get_running_loop()
         # with port 0 the number the kernel gave the first socket may be taken for the others
         # (an outgoing connection's ephemeral port): then the whole set is bound again
@@ -120,11 +128,40 @@ class SipStack:
                 if port or exc.errno != errno.EADDRINUSE or attempt == _PORT_ATTEMPTS - 1:
                     raise
         self.port = bound_port
-        first = hosts[0]
-        if not advertised:
-            advertised = "127.0.0.1" if first in ("0.0.0.0", "::") else first
-        for transport in ("UDP", "TCP"):
-            self.endpoint.set_local_address(transport, advertised, bound_port)
+        self._advertised = sip.advertised_address
+        for host in sip.listen:
+            if not is_wildcard(host):
+                self._fixed.setdefault(":" in host, host)
+        static = self._advertised or self._fixed.get(False) or self._fixed.get(True)
+        if static:
+            for transport in ("UDP", "TCP"):
+                self.endpoint.set_local_address(transport, static, bound_port)
+        log.info(
+            "advertising",
+            extra={"address": static or "per device: the local address each device reaches us at"},
+        )
+
+    def local_address(self, peer: Peer) -> tuple[str, int]:
+        """The address and port to tell ``peer`` (Via sent-by, Contact, SDP): the one convention.
+
+        ``sip.advertised_address`` if set, else the listen address if it is not a wildcard,
+        else the local address ``peer`` last reached us at (its UDP datagrams' destination,
+        its TCP connection's local end), else the source address routing picks toward it
+        (see :mod:`gb28181gw.net.addresses`).
+        """
+        host = self._advertised
+        if not host:
+            v6 = ":" in peer.host
+            host = self._fixed.get(v6, "")
+            if not host:
+                learned: str | None = None
+                if peer.transport == "UDP":
+                    udp = self._udp6 if v6 else self._udp4
+                    learned = udp.local_host(peer) if udp is not None else None
+                elif self._tcp is not None:
+                    learned = self._tcp.local_host(peer)
+                host = learned or self._routes.source_for(peer.host, peer.port) or ("::1" if v6 else "127.0.0.1")
+        return host, self.port
 
     async def _bind(self, sip: SipSection, port: int) -> int:
         hosts, bound_port = sip.listen, port
@@ -332,7 +369,7 @@ class SipStack:
         """
         loop = self._loop or asyncio.get_running_loop()
         fut: asyncio.Future[Response] = loop.create_future()
-        tx = self.endpoint.send_request(request, peer, loop.time())
+        tx = self.endpoint.send_request(request, peer, loop.time(), local=self.local_address(peer))
         tx.user_data = fut
         self.pump()
         try:
@@ -345,7 +382,7 @@ class SipStack:
 
     def send_ack(self, ack: Request, peer: Peer, response: Response) -> None:
         """ACK the 2xx ``response`` to our INVITE, and again for each retransmission of it."""
-        self.endpoint.send_ack(ack, peer, self.endpoint.client_transaction(response))
+        self.endpoint.send_ack(ack, peer, self.endpoint.client_transaction(response), local=self.local_address(peer))
         self.pump()
 
     def _send(self, out: list[tuple[bytes, Peer]]) -> None:

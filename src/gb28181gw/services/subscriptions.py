@@ -156,7 +156,7 @@ class SubscriptionService:
             router.add_dialog(dialog.id, sub.handler, owner="subscriptions")
         sub.expires = self.expires if expires is None else expires
         sub.sn = self.devices.next_sn(device_id)
-        host, port = ep.local_address(sub.dialog.peer.transport)
+        host, port = self.stack.local_address(sub.dialog.peer)
         req = sub.dialog.request(
             "SUBSCRIBE",
             contact=f"sip:{self.devices.our_id}@{host}:{port}",
