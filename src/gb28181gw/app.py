@@ -295,6 +295,14 @@ def build_relays(config: Config) -> list[Relay]:
     return [WorkerRelay(i, settings) for i in range(count)]
 
 
+def startup_reason(exc: Exception) -> str:
+    """Why start-up failed, in words: an ``OSError``'s own sentence without its ``[Errno N]``
+    (``cannot listen on UDP 0.0.0.0:5060: address already in use``), unless it names a file."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is None:
+        return exc.strerror
+    return str(exc)
+
+
 def media_address(config: Config) -> str:
     """The media IP every SDP offer names, or ``""``: each device's own (``SipStack.local_address``).
 
@@ -414,6 +422,6 @@ def run(config: Config) -> int:
         else:
             asyncio.run(main())
     except (OSError, StoreError) as exc:
-        log.error("start-up failed: %s", exc)
+        log.error("start-up failed: %s", startup_reason(exc))
         return STARTUP_FAILURE
     return 0

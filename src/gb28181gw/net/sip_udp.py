@@ -93,13 +93,16 @@ class UdpTransport:
     ) -> UdpTransport:
         """Bind ``host``:``port`` (IPv6 when ``host`` has a colon).
 
+        No ``SO_REUSEADDR``: on Linux it lets a second process bind the same UDP port and take
+        the devices' datagrams from the first (issue 11), and UDP has no TIME_WAIT to need it.
+        Sharing a port between processes, if ever wanted, must be an explicit option.
+
         Raises:
             OSError: the port is taken or the address is not ours (see :func:`.addresses.bind_error`).
         """
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             _set_receive_buffer(sock, receive_buffer)
