@@ -144,6 +144,8 @@ class Gateway:
             "sip": {
                 "listen": c.sip.listen,
                 "port": self.stack.port or c.sip.port,
+                # what devices are told to reach us at (Via, Contact, SDP): see SipStack.local_address
+                "advertised": self.stack.advertised or "per device",
                 "transports": c.sip.transports,
                 "transactions_in_flight": self.endpoint.transactions_in_flight,
                 "tcp_connections": self.stack.tcp_connections,

@@ -218,6 +218,12 @@ async def test_answers_and_requests_leave_from_the_address_the_device_reached(tm
         assert _message_via(message).startswith(f"SIP/2.0/UDP 127.0.0.3:{gw.stack.port};")
         assert source == ("127.0.0.3", gw.stack.port)
         query.cancel()
+        subscribe = asyncio.ensure_future(gw.subscriptions.subscribe(_nvr(5), "catalog"))
+        request, _ = await asyncio.wait_for(loop.sock_recvfrom(udp, 65535), 5)
+        assert request.startswith(b"SUBSCRIBE ")
+        assert f"Via: SIP/2.0/UDP 127.0.0.3:{gw.stack.port};".encode() in request
+        assert f"Contact: <sip:{GW}@127.0.0.3:{gw.stack.port}>".encode() in request
+        subscribe.cancel()
 
         # over TCP: the connection's local end
         reader, writer = await asyncio.open_connection("127.0.0.5", gw.stack.port, local_addr=("127.0.0.6", 0))
@@ -248,6 +254,15 @@ async def test_advertised_address_and_media_address_still_win(tmp_path: Path) ->
     gw = await start_gateway(**{"sip.listen": "0.0.0.0", "sip.advertised_address": "192.0.2.10"})
     try:
         assert gw.streams.settings.address == "192.0.2.10"  # media follows the advertised address
+        assert gw.status()["sip"]["advertised"] == "192.0.2.10"
+    finally:
+        await gw.stop()
+    # a relay bound to one address receives nowhere else: that is the address devices are told
+    gw = await start_gateway(**{"sip.listen": "0.0.0.0", "media.listen": "127.0.0.1"})
+    try:
+        assert gw.streams.settings.address == "127.0.0.1"
+        assert gw.stack.local_address(Peer("UDP", "127.0.0.2", 5060)) == ("127.0.0.1", gw.stack.port)  # routed
+        assert gw.status()["sip"]["advertised"] == "per device"
     finally:
         await gw.stop()
 
@@ -326,4 +341,13 @@ async def test_media_timeout_is_a_warning_naming_where_the_device_was_told_to_se
         assert record.reason.startswith("no RTP at all for ")  # type: ignore[attr-defined]
     finally:
         consumer.close()
+        await gw.stop()
+
+
+async def test_ipv6_contact_is_bracketed() -> None:
+    gw = await start_gateway(**{"sip.listen": "0.0.0.0,::"})
+    try:
+        assert gw.stack.contact(GW, Peer("UDP", "::1", 5060)) == f"sip:{GW}@[::1]:{gw.stack.port}"
+        assert gw.stack.contact(GW, Peer("UDP", "127.0.0.9", 5060)) == f"sip:{GW}@127.0.0.1:{gw.stack.port}"
+    finally:
         await gw.stop()

@@ -132,7 +132,7 @@ class SipStack:
         for host in sip.listen:
             if not is_wildcard(host):
                 self._fixed.setdefault(":" in host, host)
-        static = self._advertised or self._fixed.get(False) or self._fixed.get(True)
+        static = self.advertised
         if static:
             for transport in ("UDP", "TCP"):
                 self.endpoint.set_local_address(transport, static, bound_port)
@@ -140,6 +140,20 @@ class SipStack:
             "advertising",
             extra={"address": static or "per device: the local address each device reaches us at"},
         )
+
+    def contact(self, user: str, peer: Peer) -> str:
+        """Our Contact URI toward ``peer``: ``sip:<user>@<local_address(peer)>`` (IPv6 bracketed)."""
+        host, port = self.local_address(peer)
+        return f"sip:{user}@[{host}]:{port}" if ":" in host else f"sip:{user}@{host}:{port}"
+
+    @property
+    def advertised(self) -> str:
+        """The one address every peer is told, or ``""`` when each is told its own (:meth:`local_address`).
+
+        With ``sip.listen`` holding a specific address of each family in use, that one
+        (IPv4 first) is what peers of its family are told.
+        """
+        return self._advertised or self._fixed.get(False) or self._fixed.get(True) or ""
 
     def local_address(self, peer: Peer) -> tuple[str, int]:
         """The address and port to tell ``peer`` (Via sent-by, Contact, SDP): the one convention.

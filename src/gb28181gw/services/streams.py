@@ -405,8 +405,7 @@ class StreamService:
         except StreamError as exc:
             self._fail(st, exc, "bind-failed")
             return
-        host, port = self.stack.local_address(st.peer)
-        request = invite(st.session, contact=f"sip:{self.our_id}@{host}:{port}")
+        request = invite(st.session, contact=self.stack.contact(self.our_id, st.peer))
         st.invite_at = self.loop.time()
         log.info(
             "INVITE", extra={"stream": st.id, "channel": st.channel_id, "device": st.device_id, "mode": str(st.mode)}
