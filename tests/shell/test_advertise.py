@@ -351,3 +351,27 @@ async def test_ipv6_contact_is_bracketed() -> None:
         assert gw.stack.contact(GW, Peer("UDP", "127.0.0.9", 5060)) == f"sip:{GW}@127.0.0.1:{gw.stack.port}"
     finally:
         await gw.stop()
+
+
+async def test_several_listen_addresses_each_device_is_served_on_the_one_it_reached() -> None:
+    # two sockets of one family: answers and requests to a device leave from the one it sent to
+    # (they used to leave from the first, 127.0.0.1, whatever the device had reached)
+    gw = await start_gateway(**{"sip.listen": "127.0.0.1,127.0.0.2", "sip.port": str(free_port())})
+    loop = asyncio.get_running_loop()
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.2", 0))
+    udp.setblocking(False)
+    try:
+        assert gw.status()["sip"]["advertised"] == "per device"
+        port = udp.getsockname()[1]
+        await loop.sock_sendto(udp, _register(_nvr(10), "127.0.0.2", port, "UDP"), ("127.0.0.2", gw.stack.port))
+        answer, source = await asyncio.wait_for(loop.sock_recvfrom(udp, 65535), 5)
+        assert answer.startswith(b"SIP/2.0 200 ") and source == ("127.0.0.2", gw.stack.port)
+        query = asyncio.ensure_future(gw.devices.device_info(_nvr(10)))
+        message, source = await asyncio.wait_for(loop.sock_recvfrom(udp, 65535), 5)
+        assert _message_via(message).startswith(f"SIP/2.0/UDP 127.0.0.2:{gw.stack.port};")
+        assert source == ("127.0.0.2", gw.stack.port)
+        query.cancel()
+    finally:
+        udp.close()
+        await gw.stop()

@@ -17,6 +17,7 @@ import asyncio
 import errno
 import logging
 import socket
+from typing import Any
 
 from gb28181gw.metrics import SipCounters
 from gb28181gw.sip.peer import Peer
@@ -77,8 +78,8 @@ class UdpTransport:
         self._bufs = [self._buf]
         self._view = memoryview(self._buf)
         self._loop = asyncio.get_running_loop()
-        # source address -> (its Peer, the pktinfo its last datagram carried)
-        self._peers: dict[tuple[str, int], tuple[Peer, bytes]] = {}
+        # source address (a 4-tuple for IPv6) -> (its Peer, the pktinfo its last datagram carried)
+        self._peers: dict[tuple[Any, ...], tuple[Peer, bytes]] = {}
         # (host, port) -> (the local address it sends to, the sendmsg ancillary data to answer from it)
         self._local: dict[tuple[str, int], tuple[str, list[tuple[int, int, bytes]]]] = {}
         if self.wildcard:
@@ -123,6 +124,11 @@ class UdpTransport:
             return self.host
         known = self._local.get((peer.host, peer.port))
         return known[0] if known is not None else None
+
+    def knows(self, peer: Peer) -> bool:
+        """Whether ``peer`` sent to this socket lately (it is in the source-address cache)."""
+        key = (peer.host, peer.port) if self.family == socket.AF_INET else (peer.host, peer.port, 0, 0)
+        return key in self._peers
 
     def _readable(self) -> None:
         sock = self._sock
@@ -176,7 +182,7 @@ class UdpTransport:
         if got:
             stack.pump()
 
-    def _learn(self, addr: tuple[str, int], pktinfo: bytes) -> tuple[Peer, bytes]:
+    def _learn(self, addr: tuple[Any, ...], pktinfo: bytes) -> tuple[Peer, bytes]:
         """A new source address, or one that now sends to another of our addresses."""
         peers = self._peers
         entry = peers.get(addr)

@@ -82,10 +82,12 @@ class SipStack:
         self._udp: list[UdpTransport] = []
         self._udp4: UdpTransport | None = None
         self._udp6: UdpTransport | None = None
+        self._several_udp = False  # more than one UDP socket of a family (see _udp_for)
         self._tcp: TcpTransport | None = None
         self.port = 0
         self._advertised = ""
-        self._fixed: dict[bool, str] = {}  # the specific listen address per family (True: IPv6)
+        self._fixed: dict[bool, str] = {}  # the first specific listen address per family (True: IPv6)
+        self._single = ""  # sip.listen when it is one specific address
         self._routes = RouteCache()
         self._timer = EarliestTimer(self._on_timer)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -132,6 +134,8 @@ class SipStack:
         for host in sip.listen:
             if not is_wildcard(host):
                 self._fixed.setdefault(":" in host, host)
+        if len(sip.listen) == 1 and self._fixed:
+            self._single = sip.listen[0]
         static = self.advertised
         if static:
             for transport in ("UDP", "TCP"):
@@ -148,12 +152,9 @@ class SipStack:
 
     @property
     def advertised(self) -> str:
-        """The one address every peer is told, or ``""`` when each is told its own (:meth:`local_address`).
-
-        With ``sip.listen`` holding a specific address of each family in use, that one
-        (IPv4 first) is what peers of its family are told.
-        """
-        return self._advertised or self._fixed.get(False) or self._fixed.get(True) or ""
+        """The one address every peer is told, or ``""`` when each is told its own (:meth:`local_address`):
+        ``sip.advertised_address``, else ``sip.listen`` when it is one specific address."""
+        return self._advertised or self._single
 
     def local_address(self, peer: Peer) -> tuple[str, int]:
         """The address and port to tell ``peer`` (Via sent-by, Contact, SDP): the one convention.
@@ -166,16 +167,35 @@ class SipStack:
         host = self._advertised
         if not host:
             v6 = ":" in peer.host
-            host = self._fixed.get(v6, "")
-            if not host:
-                learned: str | None = None
-                if peer.transport == "UDP":
-                    udp = self._udp6 if v6 else self._udp4
-                    learned = udp.local_host(peer) if udp is not None else None
-                elif self._tcp is not None:
-                    learned = self._tcp.local_host(peer)
-                host = learned or self._routes.source_for(peer.host, peer.port) or ("::1" if v6 else "127.0.0.1")
+            learned: str | None = None
+            if peer.transport == "UDP":
+                udp = self._udp_for(peer)
+                learned = udp.local_host(peer) if udp is not None else None
+            elif self._tcp is not None:
+                learned = self._tcp.local_host(peer)
+            host = (
+                learned
+                or self._fixed.get(v6)
+                or self._routes.source_for(peer.host, peer.port)
+                or ("::1" if v6 else "127.0.0.1")
+            )
         return host, self.port
+
+    def _udp_for(self, peer: Peer) -> UdpTransport | None:
+        """The UDP socket ``peer`` is served on: with several specific listen addresses of its
+        family, the one it sent to (else the one routing picks toward it), so that answers and
+        requests leave from the address it knows us at."""
+        v6 = ":" in peer.host
+        first = self._udp6 if v6 else self._udp4
+        if not self._several_udp or first is None:
+            return first
+        family = socket.AF_INET6 if v6 else socket.AF_INET
+        candidates = [t for t in self._udp if t.family == family]
+        for t in candidates:
+            if t.knows(peer):
+                return t
+        source = self._routes.source_for(peer.host, peer.port)
+        return next((t for t in candidates if t.host == source), first)
 
     async def _bind(self, sip: SipSection, port: int) -> int:
         hosts, bound_port = sip.listen, port
@@ -187,8 +207,10 @@ class SipStack:
                 bound_port = t.port
                 self._udp.append(t)
                 if t.family == socket.AF_INET6:
+                    self._several_udp |= self._udp6 is not None
                     self._udp6 = self._udp6 or t
                 else:
+                    self._several_udp |= self._udp4 is not None
                     self._udp4 = self._udp4 or t
         if "tcp" in sip.transports:
             self._tcp = TcpTransport(
@@ -209,6 +231,7 @@ class SipStack:
             t.close()
         self._udp.clear()
         self._udp4 = self._udp6 = None
+        self._several_udp = False
         if self._tcp is not None:
             await self._tcp.close()
             self._tcp = None
@@ -410,7 +433,7 @@ class SipStack:
             else:
                 counters.requests_out[peer.transport, data[: data.find(b" ")]] += 1
             if peer.transport == "UDP":
-                t = self._udp6 if ":" in peer.host else self._udp4
+                t = self._udp_for(peer) if self._several_udp else self._udp6 if ":" in peer.host else self._udp4
                 if t is not None:
                     t.send(data, peer)
                 else:
