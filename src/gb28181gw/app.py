@@ -173,11 +173,6 @@ class Gateway:
         await self.store.open()
         await self.registrar.start()
         await self.devices.start()
-        if not c.registrar.password:
-            log.warning(
-                "registration is open: devices without their own password are accepted without "
-                "authentication; set registrar.password"
-            )
         await self.stack.listen(replace(c.sip, tcp_max_connections=tcp_connection_budget(c)))
         await self.streams.start()
         if c.admin.enabled:
@@ -285,7 +280,7 @@ _MALLOC_TRIM = _malloc_trim()
 def build_relays(config: Config) -> list[Relay]:
     """The relay workers ``media.workers`` asks for: -1 one per core, 0 the gateway's own loop."""
     m = config.media
-    count = (os.cpu_count() or 1) if m.workers < 0 else m.workers
+    count = config.relay_workers
     settings = RelaySettings(
         host=m.listen,
         tcp_queue_limit=m.tcp_queue,
