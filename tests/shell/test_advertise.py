@@ -47,12 +47,6 @@ def _channel(n: int) -> str:
     return f"3402000000131000{n:04d}"
 
 
-def free_udp_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 async def wildcard_gateway() -> Gateway:
     return await start_gateway(
         **{
