@@ -526,7 +526,7 @@ def stream_json(streams: StreamService, st: Stream, snapshot: RelaySnapshot | No
         "port": st.port,
         "worker": st.relay.index,
         "ssrc": session.ssrc,
-        "media_address": streams.settings.address,
+        "media_address": session.media_ip,  # where the device was told to send (per device by default)
         "device_media": f"{session.media_host}:{session.media_port}" if session.media_port else "",
         "age": round(now - st.created, 1),
         "setup_seconds": round(st.first_packet_at - st.invite_at, 3) if st.first_packet_at else None,

@@ -36,6 +36,7 @@ from gb28181gw.metrics import (
     STORE_WRITE_FAILURES,
     Metrics,
 )
+from gb28181gw.net.addresses import is_wildcard
 from gb28181gw.net.stack import SipStack
 from gb28181gw.relay.forwarder import Forwarder, RelaySettings
 from gb28181gw.relay.workers import LocalRelay, Relay, WorkerRelay
@@ -102,7 +103,7 @@ class Gateway:
             domain=config.domain,
             metrics=self.metrics,
             settings=MediaSettings(
-                address=m.address,  # set at start() when empty: the address SIP advertises
+                address=media_address(config),
                 port_range=(m.port_min, m.port_max),
                 stream_mode=StreamMode(m.stream_mode),
                 invite_timeout=m.invite_timeout,
@@ -142,7 +143,9 @@ class Gateway:
             "domain": c.domain,
             "sip": {
                 "listen": c.sip.listen,
-                "port": getattr(self.stack, "port", c.sip.port),
+                "port": self.stack.port or c.sip.port,
+                # what devices are told to reach us at (Via, Contact, SDP): see SipStack.local_address
+                "advertised": self.stack.advertised or "per device",
                 "transports": c.sip.transports,
                 "transactions_in_flight": self.endpoint.transactions_in_flight,
                 "tcp_connections": self.stack.tcp_connections,
@@ -171,9 +174,6 @@ class Gateway:
         await self.registrar.start()
         await self.devices.start()
         await self.stack.listen(replace(c.sip, tcp_max_connections=tcp_connection_budget(c)))
-        # the media address defaults to the one SIP advertises (a wildcard is no address for a device)
-        media_address = c.media.address or self.endpoint.local_address("UDP")[0]
-        self.streams.settings = replace(self.streams.settings, address=media_address)
         await self.streams.start()
         if c.admin.enabled:
             self.admin = AdminServer(
@@ -292,6 +292,30 @@ def build_relays(config: Config) -> list[Relay]:
     return [WorkerRelay(i, settings) for i in range(count)]
 
 
+def startup_reason(exc: Exception) -> str:
+    """Why start-up failed, in words: an ``OSError``'s own sentence without its ``[Errno N]``
+    (``cannot listen on UDP 0.0.0.0:5060: address already in use``), unless it names a file."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is None:
+        return exc.strerror
+    return str(exc)
+
+
+def media_address(config: Config) -> str:
+    """The media IP every SDP offer names, or ``""``: each device's own (``SipStack.local_address``).
+
+    ``media.address``, else ``sip.advertised_address``, else ``media.listen`` when the relay
+    binds a specific address (it receives nowhere else); with the defaults (both empty, a
+    wildcard ``media.listen``) each device is told the address it reached our SIP port at,
+    where the wildcard-bound relay receives too.
+    """
+    m = config.media
+    if m.address:
+        return m.address
+    if config.sip.advertised_address:
+        return config.sip.advertised_address
+    return "" if is_wildcard(m.listen) else m.listen
+
+
 def registrar_policy(config: Config) -> RegistrarPolicy:
     """The registrar policy from the ``[registrar]`` section."""
     r = config.registrar
@@ -395,6 +419,6 @@ def run(config: Config) -> int:
         else:
             asyncio.run(main())
     except (OSError, StoreError) as exc:
-        log.error("start-up failed: %s", exc)
+        log.error("start-up failed: %s", startup_reason(exc))
         return STARTUP_FAILURE
     return 0

@@ -115,7 +115,9 @@ class SipSection:
     port: int = _opt(5060, "SIP port, UDP and TCP", _port)
     transports: list[str] = _opt(["udp", "tcp"], "transports to serve", _one_of("udp", "tcp"))
     advertised_address: str = _opt(
-        "", "address put in our Via/Contact; empty = the listen address, or for a wildcard the one each device reached"
+        "",
+        "address put in our Via/Contact and SDP; empty = the listen address, or for a wildcard "
+        "the local address each device reaches us at",
     )
     t1: float = _opt(0.5, "RFC 3261 T1 (s): RTT estimate", _positive)
     t2: float = _opt(4.0, "RFC 3261 T2 (s): maximum retransmit interval", _positive)
@@ -221,7 +223,9 @@ class MediaSection:
     """Live streams: INVITE to devices and the RTP relay (PROTOCOL.md §7, §8)."""
 
     address: str = _opt(
-        "", "media IP put in our SDP (where devices send); empty = the address SIP advertises to that device"
+        "",
+        "media IP put in our SDP (where devices send); empty = sip.advertised_address, else media.listen "
+        "if not a wildcard, else the address each device reached us at",
     )
     listen: str = _opt("0.0.0.0", "address media sockets bind to", _address)
     port_min: int = _opt(30000, "first media port (RTP uses even ports)", _port)
