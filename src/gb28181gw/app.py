@@ -36,7 +36,6 @@ from gb28181gw.metrics import (
     STORE_WRITE_FAILURES,
     Metrics,
 )
-from gb28181gw.net.addresses import is_wildcard
 from gb28181gw.net.stack import SipStack
 from gb28181gw.relay.forwarder import Forwarder, RelaySettings
 from gb28181gw.relay.workers import LocalRelay, Relay, WorkerRelay
@@ -103,7 +102,7 @@ class Gateway:
             domain=config.domain,
             metrics=self.metrics,
             settings=MediaSettings(
-                address=media_address(config),
+                address=config.media_address,
                 port_range=(m.port_min, m.port_max),
                 stream_mode=StreamMode(m.stream_mode),
                 invite_timeout=m.invite_timeout,
@@ -298,22 +297,6 @@ def startup_reason(exc: Exception) -> str:
     if isinstance(exc, OSError) and exc.strerror and exc.filename is None:
         return exc.strerror
     return str(exc)
-
-
-def media_address(config: Config) -> str:
-    """The media IP every SDP offer names, or ``""``: each device's own (``SipStack.local_address``).
-
-    ``media.address``, else ``sip.advertised_address``, else ``media.listen`` when the relay
-    binds a specific address (it receives nowhere else); with the defaults (both empty, a
-    wildcard ``media.listen``) each device is told the address it reached our SIP port at,
-    where the wildcard-bound relay receives too.
-    """
-    m = config.media
-    if m.address:
-        return m.address
-    if config.sip.advertised_address:
-        return config.sip.advertised_address
-    return "" if is_wildcard(m.listen) else m.listen
 
 
 def registrar_policy(config: Config) -> RegistrarPolicy:

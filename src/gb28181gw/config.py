@@ -331,12 +331,21 @@ class Config:
         if self.sip.advertised_address:
             return self.sip.advertised_address
         listen = self.sip.listen
-        return listen[0] if len(listen) == 1 and not _is_wildcard(listen[0]) else ""
+        return listen[0] if len(listen) == 1 and not is_wildcard(listen[0]) else ""
 
     @property
     def media_address(self) -> str:
-        """``media.address``: explicit, else the address SIP advertises (``""``: per device)."""
-        return self.media.address or self.advertised_address
+        """The media IP every SDP offer names; ``""`` means each device's own (``SipStack.local_address``).
+
+        ``media.address``, else ``sip.advertised_address``, else ``media.listen`` when the relay
+        binds a specific address (it receives nowhere else), else what SIP advertises: with the
+        defaults each device is told the address it reached our SIP port at, where the
+        wildcard-bound relay receives too.
+        """
+        m = self.media
+        if m.address or self.sip.advertised_address:
+            return m.address or self.sip.advertised_address
+        return self.advertised_address if is_wildcard(m.listen) else m.listen
 
     @property
     def relay_workers(self) -> int:
@@ -356,14 +365,18 @@ REDACTED = "********"
 PER_DEVICE = "per device"
 
 
-def _is_wildcard(address: str) -> bool:
+def is_wildcard(address: str) -> bool:
+    """Whether ``address`` is a wildcard listen address (``0.0.0.0``, ``::``, or empty)."""
+    if not address:
+        return True
     try:
         return ipaddress.ip_address(address).is_unspecified
     except ValueError:
         return False
 
 
-def _is_loopback(address: str) -> bool:
+def is_loopback(address: str) -> bool:
+    """Whether ``address`` is a loopback address (127.0.0.0/8, ``::1``): unreachable from any device."""
     try:
         return ipaddress.ip_address(address).is_loopback
     except ValueError:
@@ -707,21 +720,21 @@ def config_warnings(config: Config) -> list[ConfigWarning]:
             "device that knows our ID registers without a password (only devices added with their own password "
             "need one); set registrar.password, or require_provisioned and add devices with --password",
         )
-    wildcard_sip = [a for a in sip.listen if _is_wildcard(a)]
+    wildcard_sip = [a for a in sip.listen if is_wildcard(a)]
     for key, address, wildcards, follower in (
         ("sip.advertised_address", sip.advertised_address, wildcard_sip, "" if media.address else "media.address"),
-        ("media.address", media.address, [media.listen] if _is_wildcard(media.listen) else [], ""),
+        ("media.address", media.address, [media.listen] if is_wildcard(media.listen) else [], ""),
     ):
         if not address:
             continue  # derived per device
-        if _is_wildcard(address):
+        if is_wildcard(address):
             warn(
                 Concern.UNUSABLE_ADDRESS,
                 key,
                 f"{key} {address} is no address a device can send to; set the address devices reach us at, "
                 "or leave it empty to use the one each device reached",
             )
-        elif _is_loopback(address) and wildcards:
+        elif is_loopback(address) and wildcards:
             also = f" ({follower} follows it)" if follower else ""
             warn(
                 Concern.LOOPBACK_ADVERTISED,
@@ -737,7 +750,7 @@ def config_warnings(config: Config) -> list[ConfigWarning]:
                 f"sip.advertised_address {address!r} is not an IP address and media.address follows it, but "
                 "an SDP offer needs an IP: set media.address",
             )
-    if all(_is_loopback(a) for a in sip.listen):
+    if all(is_loopback(a) for a in sip.listen):
         warn(
             Concern.LOOPBACK_ONLY,
             "sip.listen",
@@ -770,7 +783,7 @@ def config_warnings(config: Config) -> list[ConfigWarning]:
                 else ""
             ),
         )
-    if c.admin.enabled and not _is_loopback(c.admin.listen):
+    if c.admin.enabled and not is_loopback(c.admin.listen):
         warn(
             Concern.ADMIN_EXPOSED,
             "admin.listen",
@@ -780,7 +793,7 @@ def config_warnings(config: Config) -> list[ConfigWarning]:
         )
     for family in (4, 6):
         addresses = [a for a in sip.listen if ipaddress.ip_address(a).version == family]
-        wild = [a for a in addresses if _is_wildcard(a)]
+        wild = [a for a in addresses if is_wildcard(a)]
         if wild and len(addresses) > 1 or len(set(addresses)) < len(addresses):
             warn(
                 Concern.LISTEN_OVERLAP,

@@ -24,14 +24,10 @@ The sans-I/O core only ever receives the chosen address as data
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 import socket
 import time
 from collections.abc import Callable
-
-#: Addresses that mean "every local address" in ``sip.listen`` and ``media.listen``.
-WILDCARDS = frozenset({"", "0.0.0.0", "::"})
 
 #: ``IP_PKTINFO`` (Linux ``<linux/in.h>``); the socket module only names it from Python 3.13.
 IP_PKTINFO: int = getattr(socket, "IP_PKTINFO", 8)
@@ -42,19 +38,6 @@ PKTINFO_SPACE = socket.CMSG_SPACE(20)
 ROUTE_TTL = 60.0
 #: Destinations whose routed source is remembered (the table is emptied when full).
 MAX_ROUTES = 10_000
-
-
-def is_wildcard(host: str) -> bool:
-    """Whether ``host`` is a wildcard listen address (``0.0.0.0``, ``::``)."""
-    return host in WILDCARDS
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is a loopback address (127.0.0.0/8, ``::1``): unreachable from any device."""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def enable_pktinfo(sock: socket.socket) -> None:

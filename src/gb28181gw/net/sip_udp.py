@@ -19,10 +19,11 @@ import logging
 import socket
 from typing import Any
 
+from gb28181gw.config import is_wildcard
 from gb28181gw.metrics import SipCounters
 from gb28181gw.sip.peer import Peer
 
-from .addresses import PKTINFO_SPACE, bind_error, enable_pktinfo, is_wildcard, pktinfo_local
+from .addresses import PKTINFO_SPACE, bind_error, enable_pktinfo, pktinfo_local
 from .transport import MessageSink
 
 log = logging.getLogger("gb28181gw.sip")

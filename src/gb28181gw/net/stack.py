@@ -22,7 +22,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
-from gb28181gw.config import SipSection
+from gb28181gw.config import SipSection, is_wildcard
 from gb28181gw.errors import LocalProtocolError, SipTimeoutError, SipTransportError
 from gb28181gw.logs import WIRE, log_wire
 from gb28181gw.metrics import OTHER, SipCounters
@@ -40,7 +40,7 @@ from gb28181gw.sip.message import Request, Response, make_response
 from gb28181gw.sip.peer import Peer
 from gb28181gw.sip.transaction import Kind, Transaction
 
-from .addresses import RouteCache, is_wildcard
+from .addresses import RouteCache
 from .router import PASS, Router
 from .sip_tcp import TcpTransport
 from .sip_udp import UdpTransport
