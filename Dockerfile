@@ -1,7 +1,22 @@
 # gb28181gw on a slim Python base, running as an unprivileged user.
 #   docker build -t gb28181gw .
-#   docker run --rm -p 5060:5060/udp -p 5060:5060/tcp -p 127.0.0.1:8028:8028 \
-#       -p 30000-30500:30000-30500/udp -v gb28181gw-data:/var/lib/gb28181gw gb28181gw
+#
+# On Docker's default bridge network: publish SIP, the whole media range of conf/gateway.toml
+# (media.port_min-port_max = 30000-31999, UDP and TCP; each relay worker streams from its own
+# share of it) on the same port numbers, and the admin API on the host's loopback only. Inside
+# the container the gateway sees only its bridge address (172.17.x.x), so pass the address
+# cameras reach the host at (here 192.168.1.10: put the host's LAN IP) as the advertised one:
+#   docker run --rm -e GB28181GW_SIP_ADVERTISED_ADDRESS=192.168.1.10 \
+#       -p 5060:5060/udp -p 5060:5060/tcp -p 127.0.0.1:8028:8028 \
+#       -p 30000-31999:30000-31999/udp -p 30000-31999:30000-31999/tcp \
+#       -v gb28181gw-data:/var/lib/gb28181gw gb28181gw
+# (Docker runs a proxy process per published port unless its daemon.json says
+# "userland-proxy": false; the host network below needs none.)
+#
+# On the host's network instead: nothing to publish, and each device is told the address it
+# reached the host at, as without Docker. The admin API must then stay on loopback:
+#   docker run --rm --network host -e GB28181GW_ADMIN_LISTEN=127.0.0.1 \
+#       -v gb28181gw-data:/var/lib/gb28181gw gb28181gw
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -17,7 +32,7 @@ WORKDIR /var/lib/gb28181gw
 # SIP (UDP and TCP), the RTP port range for media, the admin API (/metrics, /healthz)
 EXPOSE 5060/udp 5060/tcp 30000-31999/udp 30000-31999/tcp 8028/tcp
 # Inside the container the admin API must listen beyond loopback to be published; publish it
-# to the host's loopback only (see the run line above), it has no authentication.
+# to the host's loopback only (see the run lines above), it has no authentication.
 ENV GB28181GW_CONFIG=/etc/gb28181gw/gateway.toml \
     GB28181GW_ADMIN_LISTEN=0.0.0.0
 HEALTHCHECK --interval=15s --timeout=3s CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8028/readyz', timeout=2).status == 200 else 1)"

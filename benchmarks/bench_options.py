@@ -54,11 +54,13 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def start_server(sip_port: int, admin_port: int, cpu: int, *extra: str) -> subprocess.Popen[bytes]:
-    """``gb28181gw serve`` on 127.0.0.1 pinned to ``cpu``, once its /readyz says so."""
+def start_server(
+    sip_port: int, admin_port: int, cpu: int, *extra: str, listen: str = "127.0.0.1"
+) -> subprocess.Popen[bytes]:
+    """``gb28181gw serve`` on ``listen`` pinned to ``cpu``, once its /readyz says so."""
     store = Path(tempfile.mkdtemp(prefix="gb28181gw-bench-")) / "bench.db"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gb28181gw", "serve", "--listen", "127.0.0.1", "--port", str(sip_port),
+        [sys.executable, "-m", "gb28181gw", "serve", "--listen", listen, "--port", str(sip_port),
          "--admin-port", str(admin_port), "--log-level", "warning", "--set", f"store.path={store}", *extra],
         preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
     )  # fmt: skip
@@ -144,10 +146,15 @@ def main() -> None:
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--client-cpu", type=int, default=1)
     ap.add_argument("--json", action="store_true", help="also print the rows as JSON")
+    ap.add_argument(
+        "--listen",
+        default="127.0.0.1",
+        help="the gateway's sip.listen: 0.0.0.0 measures the wildcard path (destination address per datagram)",
+    )
     args = ap.parse_args()
 
     sip_port, admin_port = free_port(socket.SOCK_DGRAM), free_port()
-    server = start_server(sip_port, admin_port, args.server_cpu)
+    server = start_server(sip_port, admin_port, args.server_cpu, listen=args.listen)
     os.sched_setaffinity(0, {args.client_cpu})
     rows = []
     best = 0.0

@@ -28,6 +28,7 @@ from aiohttp import web
 
 from gb28181gw import __version__
 from gb28181gw.errors import IdError
+from gb28181gw.gb.bans import MAX_REFUSALS
 from gb28181gw.gb.model import Device
 from gb28181gw.gb.registrar import IpNetwork
 from gb28181gw.ids import GbId
@@ -196,6 +197,7 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
         device_id = request.match_info["device_id"]
         if not await registrar.remove(device_id):
             return _error(404, f"no device {device_id}")
+        devices.forget(device_id)
         return web.json_response({"removed": device_id})
 
     async def channels(request: web.Request) -> web.StreamResponse:
@@ -313,6 +315,76 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
     admin.add_route("POST", "/devices", add_device)
     admin.add_route("GET", "/devices/{device_id}", show_device)
     admin.add_route("DELETE", "/devices/{device_id}", remove_device)
+    add_housekeeping_routes(admin, registrar, devices)
+
+
+def add_housekeeping_routes(admin: AdminServer, registrar: RegistrarService, devices: DeviceService) -> None:
+    """Bans, refused devices and pruning (issue 11).
+
+    - ``GET /bans``: every active ban; ``DELETE /bans/{key}`` lifts one;
+      ``DELETE /devices/{device_id}/bans`` lifts every ban of a device, from every address.
+    - ``GET /refused``: IDs and addresses the gateway keeps refusing, the latest first.
+    - ``POST /devices/prune`` ``{"older_than": seconds, "dry_run": bool, "provisioned": bool}``:
+      removes (or with ``dry_run`` only lists) the devices not heard from for that long.
+    """
+
+    async def list_bans(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"bans": [b.to_dict() for b in registrar.bans()], "persisted": registrar.persist_bans},
+            dumps=_dumps,
+        )
+
+    async def lift_ban(request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        ban = registrar.unban(key)
+        if ban is None:
+            return _missing(f"no ban {key}", "see `gb28181gw bans` for the keys of the active bans")
+        await registrar.flush()
+        return web.json_response({"lifted": [ban.to_dict()]}, dumps=_dumps)
+
+    async def unban_device(request: web.Request) -> web.Response:
+        device_id = request.match_info["device_id"]
+        lifted = registrar.unban_device(device_id)
+        if not lifted and device_id not in registrar.devices:
+            return _missing(f"no device {device_id}", "see `gb28181gw devices`, or `gb28181gw bans` for banned IDs")
+        await registrar.flush()
+        return web.json_response({"device_id": device_id, "lifted": [b.to_dict() for b in lifted]}, dumps=_dumps)
+
+    async def refused(request: web.Request) -> web.Response:
+        log_ = registrar.registrar.refused
+        return web.json_response(
+            {"refused": [dataclasses.asdict(r) for r in log_.entries()], "forgotten": log_.forgotten,
+             "limit": MAX_REFUSALS},
+            dumps=_dumps,
+        )  # fmt: skip
+
+    async def prune(request: web.Request) -> web.Response:
+        usage = 'the body must be JSON: {"older_than": seconds, "dry_run": true|false, "provisioned": true|false}'
+        body = await _json_object(request, usage)
+        older_than = body.get("older_than")
+        if isinstance(older_than, bool) or not isinstance(older_than, int | float) or not math.isfinite(older_than):
+            return _error(400, usage)
+        if older_than <= 0:
+            return _error(400, "older_than must be a positive number of seconds")
+        dry_run, provisioned = body.get("dry_run", False), body.get("provisioned", False)
+        if not isinstance(dry_run, bool) or not isinstance(provisioned, bool):
+            return _error(400, usage)
+        if dry_run:
+            chosen = registrar.stale(float(older_than), provisioned=provisioned)
+        else:
+            chosen = await registrar.prune(float(older_than), provisioned=provisioned)
+            for device in chosen:
+                devices.forget(device.device_id)
+        return web.json_response(
+            {"devices": [_device_json(registrar, d) for d in chosen], "dry_run": dry_run, "older_than": older_than},
+            dumps=_dumps,
+        )
+
+    admin.add_route("GET", "/bans", list_bans)
+    admin.add_route("DELETE", "/bans/{key}", lift_ban)
+    admin.add_route("DELETE", "/devices/{device_id}/bans", unban_device)
+    admin.add_route("GET", "/refused", refused)
+    admin.add_route("POST", "/devices/prune", prune)
 
 
 #: HTTP status for each StreamError status (SIP codes from the device are passed on as 502).
@@ -454,7 +526,7 @@ def stream_json(streams: StreamService, st: Stream, snapshot: RelaySnapshot | No
         "port": st.port,
         "worker": st.relay.index,
         "ssrc": session.ssrc,
-        "media_address": streams.settings.address,
+        "media_address": session.media_ip,  # where the device was told to send (per device by default)
         "device_media": f"{session.media_host}:{session.media_port}" if session.media_port else "",
         "age": round(now - st.created, 1),
         "setup_seconds": round(st.first_packet_at - st.invite_at, 3) if st.first_packet_at else None,
@@ -486,6 +558,17 @@ def _device_json(registrar: RegistrarService, device: Device) -> dict[str, Any]:
     out["offline_in"] = None
     if loop_deadline is not None:
         out["offline_in"] = round(max(0.0, loop_deadline - asyncio.get_running_loop().time()), 1)
+    # the ban that refuses it longest (`gb28181gw bans` lists every one), and its last failed
+    # authentication: what an installer needs when a device "never registers"
+    bans = registrar.bans_of(device)
+    ban = bans[-1] if bans else None
+    out["banned_until"] = ban.until if ban is not None else None
+    out["ban_reason"] = ban.reason if ban is not None else ""
+    out["ban_address"] = ban.address if ban is not None else ""
+    failure = registrar.last_auth_failure(device.device_id)
+    out["last_auth_failure_at"] = failure.at if failure is not None else None
+    out["last_auth_failure_from"] = failure.address if failure is not None else ""
+    out["last_auth_failure_reason"] = failure.reason if failure is not None else ""
     return out
 
 
@@ -502,3 +585,13 @@ async def _json_object(request: web.Request, usage: str) -> dict[str, Any]:
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+def _missing(message: str, hint: str) -> web.Response:
+    """404 for something that does not exist, saying where to look."""
+    return web.json_response({"error": message, "hint": hint}, status=404, dumps=_dumps)
+
+
+def _dumps(data: Any) -> str:
+    # Chinese names stay readable in the JSON (issue 11)
+    return json.dumps(data, ensure_ascii=False)

@@ -102,7 +102,7 @@ class Gateway:
             domain=config.domain,
             metrics=self.metrics,
             settings=MediaSettings(
-                address=m.address,  # set at start() when empty: the address SIP advertises
+                address=config.media_address,
                 port_range=(m.port_min, m.port_max),
                 stream_mode=StreamMode(m.stream_mode),
                 invite_timeout=m.invite_timeout,
@@ -142,7 +142,9 @@ class Gateway:
             "domain": c.domain,
             "sip": {
                 "listen": c.sip.listen,
-                "port": getattr(self.stack, "port", c.sip.port),
+                "port": self.stack.port or c.sip.port,
+                # what devices are told to reach us at (Via, Contact, SDP): see SipStack.local_address
+                "advertised": self.stack.advertised or "per device",
                 "transports": c.sip.transports,
                 "transactions_in_flight": self.endpoint.transactions_in_flight,
                 "tcp_connections": self.stack.tcp_connections,
@@ -170,15 +172,7 @@ class Gateway:
         await self.store.open()
         await self.registrar.start()
         await self.devices.start()
-        if not c.registrar.password:
-            log.warning(
-                "registration is open: devices without their own password are accepted without "
-                "authentication; set registrar.password"
-            )
         await self.stack.listen(replace(c.sip, tcp_max_connections=tcp_connection_budget(c)))
-        # the media address defaults to the one SIP advertises (a wildcard is no address for a device)
-        media_address = c.media.address or self.endpoint.local_address("UDP")[0]
-        self.streams.settings = replace(self.streams.settings, address=media_address)
         await self.streams.start()
         if c.admin.enabled:
             self.admin = AdminServer(
@@ -285,7 +279,7 @@ _MALLOC_TRIM = _malloc_trim()
 def build_relays(config: Config) -> list[Relay]:
     """The relay workers ``media.workers`` asks for: -1 one per core, 0 the gateway's own loop."""
     m = config.media
-    count = (os.cpu_count() or 1) if m.workers < 0 else m.workers
+    count = config.relay_workers
     settings = RelaySettings(
         host=m.listen,
         tcp_queue_limit=m.tcp_queue,
@@ -295,6 +289,14 @@ def build_relays(config: Config) -> list[Relay]:
     if count == 0:
         return [LocalRelay(Forwarder(settings))]
     return [WorkerRelay(i, settings) for i in range(count)]
+
+
+def startup_reason(exc: Exception) -> str:
+    """Why start-up failed, in words: an ``OSError``'s own sentence without its ``[Errno N]``
+    (``cannot listen on UDP 0.0.0.0:5060: address already in use``), unless it names a file."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is None:
+        return exc.strerror
+    return str(exc)
 
 
 def registrar_policy(config: Config) -> RegistrarPolicy:
@@ -400,6 +402,6 @@ def run(config: Config) -> int:
         else:
             asyncio.run(main())
     except (OSError, StoreError) as exc:
-        log.error("start-up failed: %s", exc)
+        log.error("start-up failed: %s", startup_reason(exc))
         return STARTUP_FAILURE
     return 0

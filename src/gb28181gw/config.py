@@ -13,26 +13,34 @@ Environment variables are ``GB28181GW_<SECTION>_<KEY>`` in upper case, e.g.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from gb28181gw.errors import ConfigError, IdError
-from gb28181gw.ids import GbId
+from gb28181gw.errors import ConfigError, ConfigFileMissing, IdError
+from gb28181gw.ids import GbId, type_name
 
 ENV_PREFIX = "GB28181GW_"
-#: Variables with our prefix that are not settings: the config file and the CLI's admin URL.
-NOT_SETTINGS = frozenset({"GB28181GW_CONFIG", "GB28181GW_ADMIN_URL"})
+#: Variables with our prefix that are not settings: the config file, the CLI's admin URL and display zone.
+NOT_SETTINGS = frozenset({"GB28181GW_CONFIG", "GB28181GW_ADMIN_URL", "GB28181GW_TIME_ZONE"})
 
 
-def _opt(default: Any, help: str, check: Callable[[Any], str | None] | None = None) -> Any:
+def _opt(default: Any, help: str, check: Callable[[Any], str | None] | None = None, *, secret: bool = False) -> Any:
+    """One option: its default, help text, validity check, and whether its value is a secret.
+
+    A secret is never shown: ``gb28181gw config`` prints :data:`REDACTED` for it and a
+    :class:`ConfigError` about it does not quote the value.
+    """
+    metadata = {"help": help, "check": check, "secret": secret}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, "check": check})
-    return field(default=default, metadata={"help": help, "check": check})
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def _port(v: int) -> str | None:
@@ -107,7 +115,9 @@ class SipSection:
     port: int = _opt(5060, "SIP port, UDP and TCP", _port)
     transports: list[str] = _opt(["udp", "tcp"], "transports to serve", _one_of("udp", "tcp"))
     advertised_address: str = _opt(
-        "", "address put in our Via/Contact; empty = the listen address, or 127.0.0.1 for a wildcard"
+        "",
+        "address put in our Via/Contact and SDP; empty = the listen address, or for a wildcard "
+        "the local address each device reaches us at",
     )
     t1: float = _opt(0.5, "RFC 3261 T1 (s): RTT estimate", _positive)
     t2: float = _opt(4.0, "RFC 3261 T2 (s): maximum retransmit interval", _positive)
@@ -147,7 +157,9 @@ def _id_prefixes(v: list[str]) -> str | None:
 class RegistrarSection:
     """Device registration and liveness (GB/T 28181 §9.1, §9.6)."""
 
-    password: str = _opt("", "global digest password; empty with no per-device password = open registration")
+    password: str = _opt(
+        "", "global digest password; empty with no per-device password = open registration", secret=True
+    )
     require_provisioned: bool = _opt(False, "refuse devices not added first (gb28181gw device add)")
     accept_platforms: bool = _opt(
         False, "let platform IDs (type 200) register as devices; lower platforms register by cascade"
@@ -166,6 +178,7 @@ class RegistrarSection:
     max_auth_failures: int = _opt(5, "failures within failure_window that ban an address or ID", _at_least(1))
     failure_window: float = _opt(300.0, "seconds over which failures are counted", _positive)
     ban_seconds: float = _opt(600.0, "how long a ban lasts (s)", _positive)
+    persist_bans: bool = _opt(False, "keep bans in the store across restarts (off: a restart lifts every ban)")
     allow_ids: list[str] = _opt([], "ID prefixes allowed to register (empty = all)", _id_prefixes)
     deny_ids: list[str] = _opt([], "ID prefixes refused", _id_prefixes)
     allow_networks: list[str] = _opt([], "source networks allowed (CIDR; empty = all)", _networks)
@@ -210,7 +223,9 @@ class MediaSection:
     """Live streams: INVITE to devices and the RTP relay (PROTOCOL.md §7, §8)."""
 
     address: str = _opt(
-        "", "media IP put in our SDP (where devices send); empty = sip.advertised_address or the listen address"
+        "",
+        "media IP put in our SDP (where devices send); empty = sip.advertised_address, else media.listen "
+        "if not a wildcard, else the address each device reached us at",
     )
     listen: str = _opt("0.0.0.0", "address media sockets bind to", _address)
     port_min: int = _opt(30000, "first media port (RTP uses even ports)", _port)
@@ -291,11 +306,109 @@ class Config:
     admin: AdminSection = field(default_factory=AdminSection)
     log: LogSection = field(default_factory=LogSection)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
+    #: Where each option set away from its default came from (``"sip.port"`` → ``"environment
+    #: GB28181GW_SIP_PORT"``); absent keys are defaults. Not part of the configuration's value.
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    #: The file read (``None``: none) and its permission bits, so a readable secret can be warned about.
+    file: str | None = field(default=None, compare=False, repr=False)
+    file_mode: int = field(default=0, compare=False, repr=False)
+
+    # Options whose empty (or -1) value means "derived" are derived here and nowhere else: the
+    # gateway runs on these properties, and `gb28181gw config` shows them (see DERIVED).
 
     @property
     def domain(self) -> str:
-        """The SIP domain / realm: explicit, or the first 10 digits of our ID."""
+        """``gateway.domain``: the SIP domain and digest realm, explicit or the first 10 digits of our ID."""
         return self.gateway.domain or self.gateway.id[:10]
+
+    @property
+    def advertised_address(self) -> str:
+        """``sip.advertised_address``: explicit, else the one listen address; ``""`` means per device.
+
+        With a wildcard among the listen addresses (or several of them) no single address is
+        right for every device: each is told the local address it reached us on.
+        """
+        if self.sip.advertised_address:
+            return self.sip.advertised_address
+        listen = self.sip.listen
+        return listen[0] if len(listen) == 1 and not is_wildcard(listen[0]) else ""
+
+    @property
+    def media_address(self) -> str:
+        """The media IP every SDP offer names; ``""`` means each device's own (``SipStack.local_address``).
+
+        ``media.address``, else ``sip.advertised_address``, else ``media.listen`` when the relay
+        binds a specific address (it receives nowhere else), else what SIP advertises: with the
+        defaults each device is told the address it reached our SIP port at, where the
+        wildcard-bound relay receives too.
+        """
+        m = self.media
+        if m.address or self.sip.advertised_address:
+            return m.address or self.sip.advertised_address
+        return self.advertised_address if is_wildcard(m.listen) else m.listen
+
+    @property
+    def relay_workers(self) -> int:
+        """``media.workers``: explicit, ``0`` for the gateway's own loop, or one per core for ``-1``."""
+        return (os.cpu_count() or 1) if self.media.workers < 0 else self.media.workers
+
+    def source(self, key: str) -> str:
+        """Where option ``key`` (``section.name``) came from: ``default``, a file, a variable or a flag."""
+        return self.sources.get(key, DEFAULT_SOURCE)
+
+
+#: The source of an option nobody set.
+DEFAULT_SOURCE = "default"
+#: What is shown instead of a secret option's value (an empty secret is shown as empty: not set).
+REDACTED = "********"
+#: Shown for an address derived per device (see :attr:`Config.advertised_address`).
+PER_DEVICE = "per device"
+
+
+def is_wildcard(address: str) -> bool:
+    """Whether ``address`` is a wildcard listen address (``0.0.0.0``, ``::``, or empty)."""
+    if not address:
+        return True
+    try:
+        return ipaddress.ip_address(address).is_unspecified
+    except ValueError:
+        return False
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``address`` is a loopback address (127.0.0.0/8, ``::1``): unreachable from any device."""
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Derivation:
+    """How an option's empty (or -1) value is turned into the value the gateway runs with.
+
+    Attributes:
+        unset: the configured value that means "derive it".
+        value: the effective value, from the :class:`Config` property the gateway uses.
+        how: in words, for ``gb28181gw config``.
+    """
+
+    unset: Any
+    value: Callable[[Config], Any]
+    how: str
+
+
+#: Every option whose value is derived when left at ``unset``.
+DERIVED: dict[str, Derivation] = {
+    "gateway.domain": Derivation("", lambda c: c.domain, "the first 10 digits of gateway.id"),
+    "sip.advertised_address": Derivation(
+        "",
+        lambda c: c.advertised_address or PER_DEVICE,
+        "the listen address, or for a wildcard the address each device reached",
+    ),
+    "media.address": Derivation("", lambda c: c.media_address or PER_DEVICE, "what SIP advertises"),
+    "media.workers": Derivation(-1, lambda c: c.relay_workers, "one per core"),
+}
 
 
 SECTIONS: dict[str, Any] = {
@@ -311,9 +424,10 @@ SECTIONS: dict[str, Any] = {
 }
 
 
-def _coerce(key: str, value: Any, target: Any, source: str, text: bool) -> Any:
+def _coerce(key: str, value: Any, target: Any, source: str, text: bool, *, secret: bool = False) -> Any:
     """Turn ``value`` (typed from TOML, or ``text`` from env/flags) into ``target``'s type."""
     kind = type(target)
+    got = "(value not shown: a secret)" if secret else f"(got {value!r})"
     if text and isinstance(value, str) and kind is not str:
         stripped = value.strip()
         if kind is bool:
@@ -322,34 +436,69 @@ def _coerce(key: str, value: Any, target: Any, source: str, text: bool) -> Any:
                 return True
             if low in ("0", "false", "no", "off"):
                 return False
-            raise ConfigError(key, f"must be true or false (got {value!r})", source)
+            raise ConfigError(key, f"must be true or false {got}", source)
         if kind is int:
             try:
                 return int(stripped)
             except ValueError:
-                raise ConfigError(key, f"must be an integer (got {value!r})", source) from None
+                raise ConfigError(key, f"must be an integer {got}", source) from None
         if kind is float:
             try:
                 return float(stripped)
             except ValueError:
-                raise ConfigError(key, f"must be a number (got {value!r})", source) from None
+                raise ConfigError(key, f"must be a number {got}", source) from None
         if kind is list:
             return [part.strip() for part in stripped.split(",") if part.strip()]
     if kind is bool and not isinstance(value, bool):
-        raise ConfigError(key, f"must be true or false (got {value!r})", source)
+        raise ConfigError(key, f"must be true or false {got}", source)
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(key, f"must be an integer (got {value!r})", source)
+        raise ConfigError(key, f"must be an integer {got}", source)
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(key, f"must be a number (got {value!r})", source)
+            raise ConfigError(key, f"must be a number {got}", source)
         return float(value)
     if kind is str and not isinstance(value, str):
-        raise ConfigError(key, f"must be a string (got {value!r})", source)
+        raise ConfigError(key, f"must be a string {got}", source)
     if kind is list:
         if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
-            raise ConfigError(key, f"must be a list of strings (got {value!r})", source)
+            raise ConfigError(key, f"must be a list of strings {got}", source)
         return list(value)
     return value
+
+
+def all_keys() -> list[str]:
+    """Every option as ``section.name``, in the order of the sections and their fields."""
+    return [f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in fields(cls)]
+
+
+def env_name(key: str) -> str:
+    """The environment variable of option ``key``: ``sip.port`` → ``GB28181GW_SIP_PORT``."""
+    return ENV_PREFIX + key.replace(".", "_").upper()
+
+
+def suggest_key(unknown: str) -> str | None:
+    """The option an unknown ``section.name`` most likely meant (a typo, or the right name in the wrong section)."""
+    section, _, name = unknown.partition(".")
+    keys = all_keys()
+    if section in SECTIONS and name:
+        # a typo inside a known section is likelier than the same typo elsewhere
+        own = [k.partition(".")[2] for k in keys if k.startswith(section + ".")]
+        close = difflib.get_close_matches(name, own, n=1, cutoff=0.7)
+        if close:
+            return f"{section}.{close[0]}"
+    moved = [k for k in keys if k.partition(".")[2] == name]
+    if len(moved) == 1:
+        return moved[0]
+    close = difflib.get_close_matches(unknown, keys, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def _unknown(key: str, known: str, source: str, *, as_env: bool = False) -> ConfigError:
+    """The error for an unknown setting, with the nearest real one in the form it was written in."""
+    guess = suggest_key(key)
+    if guess is None:
+        return ConfigError(key, f"unknown setting (known: {known})", source)
+    return ConfigError(key, f"unknown setting — did you mean {env_name(guess) if as_env else guess}?", source)
 
 
 def load_config(
@@ -357,6 +506,7 @@ def load_config(
     *,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, str] | None = None,
+    flags: Mapping[str, str] | None = None,
 ) -> Config:
     """Build the configuration from defaults, a TOML file, the environment and overrides.
 
@@ -364,27 +514,34 @@ def load_config(
         path: TOML file; ``None`` uses ``GB28181GW_CONFIG`` if set, else defaults only.
         env: environment to read (default ``os.environ``).
         overrides: ``{"section.key": "value"}`` from the command line; highest precedence.
+        flags: the flag each override came from (``{"sip.port": "--port"}``), for
+            :attr:`Config.sources`; ``--set`` when absent.
 
     Raises:
-        ConfigError: naming the first bad key, why, and where the value came from.
+        ConfigError: naming the first bad key, why, and where the value came from; an
+            unknown key names the nearest real one.
     """
     env = os.environ if env is None else env
     values: dict[str, dict[str, tuple[Any, str, bool]]] = {name: {} for name in SECTIONS}
     if path is None and env.get(ENV_PREFIX + "CONFIG"):
         path = env[ENV_PREFIX + "CONFIG"]
+    file, file_mode = None, 0
     if path is not None:
         p = Path(path)
         try:
             data = tomllib.loads(p.read_text(encoding="utf-8"))
+            file, file_mode = str(p), p.stat().st_mode & 0o777
         except FileNotFoundError:
-            raise ConfigError("config", f"file {str(p)!r} does not exist") from None
+            raise ConfigFileMissing("config", f"file {str(p)!r} does not exist") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError("config", f"cannot read {str(p)!r}: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("config", f"{str(p)!r} is not valid TOML: {exc}") from None
         for section, table in data.items():
             if section not in SECTIONS:
-                raise ConfigError(section, f"unknown section (known: {', '.join(SECTIONS)})", str(p))
+                close = difflib.get_close_matches(section, list(SECTIONS), n=1, cutoff=0.6)
+                guess = f"did you mean [{close[0]}]?" if close else f"known: {', '.join(SECTIONS)}"
+                raise ConfigError(section, f"unknown section ({guess})", str(p))
             if not isinstance(table, dict):
                 raise ConfigError(section, "must be a table", str(p))
             for key, value in table.items():
@@ -395,15 +552,21 @@ def load_config(
         rest = name[len(ENV_PREFIX) :].lower()
         env_section = next((s for s in SECTIONS if rest.startswith(s + "_")), None)
         if env_section is None:
-            raise ConfigError(name, f"unknown setting (sections: {', '.join(SECTIONS)})", "environment")
+            close = difflib.get_close_matches(name, [env_name(k) for k in all_keys()], n=1, cutoff=0.75)
+            guess = f"did you mean {close[0]}?" if close else f"sections: {', '.join(SECTIONS)}"
+            raise ConfigError(name, f"unknown setting ({guess})", "environment")
         values[env_section][rest[len(env_section) + 1 :]] = (value, f"environment {name}", True)
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
-        if section not in SECTIONS or not key:
-            raise ConfigError(dotted, "expected section.key", "command line")
-        values[section][key] = (value, "command line", True)
+        flag = (flags or {}).get(dotted, "--set")
+        if not key:
+            raise ConfigError(dotted, "expected section.key", f"command line {flag}")
+        if section not in SECTIONS:
+            raise _unknown(dotted, f"sections {', '.join(SECTIONS)}", f"command line {flag}")
+        values[section][key] = (value, f"command line {flag}", True)
 
     built: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for section, cls in SECTIONS.items():
         defaults = cls()
         known = {f.name: f for f in fields(cls)}
@@ -412,15 +575,16 @@ def load_config(
             f = known.get(key)
             dotted = f"{section}.{key}"
             if f is None:
-                raise ConfigError(dotted, f"unknown setting (known: {', '.join(known)})", source)
-            coerced = _coerce(dotted, value, getattr(defaults, key), source, is_text)
+                raise _unknown(dotted, ", ".join(known), source, as_env=source.startswith("environment"))
+            coerced = _coerce(dotted, value, getattr(defaults, key), source, is_text, secret=f.metadata["secret"])
             check = f.metadata.get("check")
             problem = check(coerced) if check else None
             if problem:
                 raise ConfigError(dotted, problem, source)
             kwargs[key] = coerced
+            sources[dotted] = source
         built[section] = replace(defaults, **kwargs)
-    config = Config(**built)
+    config = Config(**built, sources=sources, file=file, file_mode=file_mode)
     if config.sip.t2 < config.sip.t1:
         raise ConfigError("sip.t2", "must not be smaller than sip.t1")
     r = config.registrar
@@ -434,7 +598,17 @@ def load_config(
     if m.address:
         problem = _address(m.address)
         if problem:
-            raise ConfigError("media.address", problem)
+            raise ConfigError("media.address", problem, config.source("media.address"))
+    pairs, workers = (m.port_max - m.port_min + 1) // 2, config.relay_workers
+    if workers > pairs:
+        # each worker owns a share of the range: with fewer pairs than workers start-up cannot split it
+        per_core = " (media.workers = -1: one per core)" if m.workers < 0 else ""
+        raise ConfigError(
+            "media.port_max",
+            f"the range {m.port_min}-{m.port_max} holds {pairs} port pairs, fewer than the "
+            f"{workers} relay workers{per_core}: widen the range or set media.workers",
+            config.source("media.port_max"),
+        )
     return config
 
 
@@ -446,3 +620,220 @@ def describe_options() -> list[tuple[str, Any, str]]:
         for f in fields(cls):
             rows.append((f"{section}.{f.name}", getattr(defaults, f.name), f.metadata.get("help", "")))
     return rows
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One option as the gateway will run with it (what ``gb28181gw config`` shows).
+
+    Attributes:
+        key: ``section.name``.
+        value: the effective value: derived when the option is left to derive
+            (:data:`DERIVED`), :data:`REDACTED` for a secret that is set.
+        configured: the value as configured (redacted likewise).
+        source: ``default``, the file's path, ``environment GB28181GW_…`` or ``command line --…``.
+        derived: how ``value`` was derived, or ``None`` when it is the configured value.
+        secret: whether the option is a secret.
+        help: what the option means.
+    """
+
+    key: str
+    value: Any
+    configured: Any
+    source: str
+    derived: str | None
+    secret: bool
+    help: str
+
+
+def effective_settings(config: Config) -> list[Setting]:
+    """Every option of ``config`` with its effective value and source, secrets redacted."""
+    rows = []
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            key = f"{section}.{f.name}"
+            configured = getattr(getattr(config, section), f.name)
+            secret = bool(f.metadata.get("secret"))
+            if secret and configured:
+                configured = REDACTED
+            rule = DERIVED.get(key)
+            derived = rule is not None and configured == rule.unset
+            rows.append(
+                Setting(
+                    key=key,
+                    value=rule.value(config) if rule is not None and derived else configured,
+                    configured=configured,
+                    source=config.source(key),
+                    derived=rule.how if rule is not None and derived else None,
+                    secret=secret,
+                    help=f.metadata.get("help", ""),
+                )
+            )
+    return rows
+
+
+class Concern(StrEnum):
+    """What a :class:`ConfigWarning` is about (stable names for tests and ``--json``)."""
+
+    OPEN_REGISTRATION = "open-registration"
+    LOOPBACK_ADVERTISED = "loopback-advertised"
+    UNUSABLE_ADDRESS = "unusable-address"
+    LOOPBACK_ONLY = "loopback-only"
+    GATEWAY_ID_TYPE = "gateway-id-type"
+    GATEWAY_ID_ODDITY = "gateway-id-oddity"
+    DOMAIN_MISMATCH = "domain-mismatch"
+    ADMIN_EXPOSED = "admin-exposed"
+    LISTEN_OVERLAP = "listen-overlap"
+    PORT_CLASH = "port-clash"
+    DIGEST_ALGORITHM = "digest-algorithm"
+    READABLE_SECRET = "readable-secret"
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigWarning:
+    """A configuration that loads but will probably not do what its author wants.
+
+    Attributes:
+        concern: what kind of problem.
+        key: the option to look at.
+        message: what will happen and what to do, in words.
+    """
+
+    concern: Concern
+    key: str
+    message: str
+
+
+def config_warnings(config: Config) -> list[ConfigWarning]:
+    """Everything in ``config`` worth a warning; pure, for ``gb28181gw config`` and ``serve``'s start-up log."""
+    out: list[ConfigWarning] = []
+
+    def warn(concern: Concern, key: str, message: str) -> None:
+        out.append(ConfigWarning(concern, key, message))
+
+    c, sip, media, r = config, config.sip, config.media, config.registrar
+    if not r.password and not r.require_provisioned:
+        warn(
+            Concern.OPEN_REGISTRATION,
+            "registrar.password",
+            "registration is open: no registrar.password and registrar.require_provisioned is false, so any "
+            "device that knows our ID registers without a password (only devices added with their own password "
+            "need one); set registrar.password, or require_provisioned and add devices with --password",
+        )
+    wildcard_sip = [a for a in sip.listen if is_wildcard(a)]
+    for key, address, wildcards, follower in (
+        ("sip.advertised_address", sip.advertised_address, wildcard_sip, "" if media.address else "media.address"),
+        ("media.address", media.address, [media.listen] if is_wildcard(media.listen) else [], ""),
+    ):
+        if not address:
+            continue  # derived per device
+        if is_wildcard(address):
+            warn(
+                Concern.UNUSABLE_ADDRESS,
+                key,
+                f"{key} {address} is no address a device can send to; set the address devices reach us at, "
+                "or leave it empty to use the one each device reached",
+            )
+        elif is_loopback(address) and wildcards:
+            also = f" ({follower} follows it)" if follower else ""
+            warn(
+                Concern.LOOPBACK_ADVERTISED,
+                key,
+                f"{key} {address} is a loopback address while listening on {', '.join(wildcards)}: devices on "
+                f"other hosts are told to send to themselves{also}; set the address they reach us at, or leave "
+                "it empty to use the one each device reached",
+            )
+        elif key == "sip.advertised_address" and _address(address) and not media.address:
+            warn(
+                Concern.UNUSABLE_ADDRESS,
+                "media.address",
+                f"sip.advertised_address {address!r} is not an IP address and media.address follows it, but "
+                "an SDP offer needs an IP: set media.address",
+            )
+    if all(is_loopback(a) for a in sip.listen):
+        warn(
+            Concern.LOOPBACK_ONLY,
+            "sip.listen",
+            f"SIP listens only on {', '.join(sip.listen)}: devices on other hosts cannot reach it; "
+            "listen on 0.0.0.0 (and :: for IPv6) or on the address devices use",
+        )
+    try:
+        gid = GbId.parse(c.gateway.id)
+    except IdError:  # pragma: no cover - load_config checked it
+        gid = None
+    if gid is not None:
+        if gid.type_code != 200:
+            warn(
+                Concern.GATEWAY_ID_TYPE,
+                "gateway.id",
+                f"gateway.id {gid.value} has type {gid.value[10:13]} ({type_name(gid.type_code)}), not 200 (SIP "
+                "server): devices and upper platforms expect a platform's ID; digits 11-13 should be 200",
+            )
+        for oddity in gid.warnings:
+            warn(Concern.GATEWAY_ID_ODDITY, "gateway.id", f"gateway.id {gid.value}: {oddity}")
+    if c.gateway.domain and c.gateway.domain != c.gateway.id[:10]:
+        warn(
+            Concern.DOMAIN_MISMATCH,
+            "gateway.domain",
+            f"gateway.domain {c.gateway.domain} is not the first 10 digits of gateway.id ({c.gateway.id[:10]}): "
+            "devices must be given this domain, not the one their ID form suggests"
+            + (
+                ", and REGISTERs for the other are refused (registrar.check_request_domain)"
+                if r.check_request_domain
+                else ""
+            ),
+        )
+    if c.admin.enabled and not is_loopback(c.admin.listen):
+        warn(
+            Concern.ADMIN_EXPOSED,
+            "admin.listen",
+            f"the admin API listens on {c.admin.listen}:{c.admin.port} and has no authentication: whoever "
+            "reaches it can add devices and pull their video; keep it on 127.0.0.1 or a management network "
+            "behind a firewall",
+        )
+    for family in (4, 6):
+        addresses = [a for a in sip.listen if ipaddress.ip_address(a).version == family]
+        wild = [a for a in addresses if is_wildcard(a)]
+        if wild and len(addresses) > 1 or len(set(addresses)) < len(addresses):
+            warn(
+                Concern.LISTEN_OVERLAP,
+                "sip.listen",
+                f"sip.listen has {', '.join(addresses)}: "
+                + (f"{wild[0]} already covers every IPv{family} address" if wild else "an address twice")
+                + f", so binding port {sip.port} twice fails start-up (address already in use); list it once",
+            )
+    in_range = range(media.port_min, media.port_max + 1)
+    if sip.port in in_range:
+        warn(
+            Concern.PORT_CLASH,
+            "media.port_min",
+            f"the media range {media.port_min}-{media.port_max} includes sip.port {sip.port}: move one of them",
+        )
+    if c.admin.enabled and c.admin.port in in_range:
+        warn(
+            Concern.PORT_CLASH,
+            "media.port_min",
+            f"the media range {media.port_min}-{media.port_max} includes admin.port {c.admin.port}: move one of them",
+        )
+    if c.admin.enabled and c.admin.port == sip.port and c.admin.port != 0 and "tcp" in sip.transports:
+        warn(
+            Concern.PORT_CLASH,
+            "admin.port",
+            f"admin.port and sip.port are both {sip.port}: SIP over TCP and the admin API cannot share it",
+        )
+    in_file = [s.key for s in effective_settings(c) if s.secret and s.configured and s.source == c.file]
+    if in_file and c.file_mode & 0o007:
+        warn(
+            Concern.READABLE_SECRET,
+            in_file[0],
+            f"{c.file} holds {', '.join(in_file)} and every user of this host can read it "
+            f"(mode {c.file_mode:o}): chmod 600, or 640 for the service's group",
+        )
+    if r.digest_algorithm != "MD5":
+        warn(
+            Concern.DIGEST_ALGORITHM,
+            "registrar.digest_algorithm",
+            f"registrar.digest_algorithm is {r.digest_algorithm}: most cameras and NVRs answer only MD5 "
+            "challenges and will fail to register",
+        )
+    return out

@@ -25,6 +25,7 @@ a bug (the fuzz tests in ``tests/fuzz`` check exactly that).
     ├── IdError (ValueError)          a malformed 20-digit GB/T 28181 ID; says which digits and why
     ├── AuthError                     digest credentials that cannot even be parsed
     ├── ConfigError (ValueError)      a bad configuration value; names the key and where it came from
+    │   └── ConfigFileMissing         the configuration file named (-c, GB28181GW_CONFIG) does not exist
     ├── StoreError                    the store cannot be opened or used (locked, corrupt, newer schema, disk)
     │   └── StoreRecordError          one record cannot be stored (the store itself still works)
     ├── DeviceError                   a request to a device cannot be made or failed; .status is the
@@ -129,6 +130,10 @@ class ConfigError(Gb28181Error, ValueError):
         self.key = key
         self.reason = reason
         self.source = source
+
+
+class ConfigFileMissing(ConfigError):
+    """The configuration file named with ``-c`` or ``GB28181GW_CONFIG`` does not exist (key ``config``)."""
 
 
 class StoreError(Gb28181Error):

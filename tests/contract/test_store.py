@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gb28181gw.errors import StoreError, StoreRecordError
-from gb28181gw.gb.model import Alarm, Channel, Device, DeviceState, StreamMode, Transport
+from gb28181gw.gb.model import Alarm, Ban, Channel, Device, DeviceState, StreamMode, Transport
 from gb28181gw.store.base import Store
 from gb28181gw.store.sqlite import MIGRATIONS, SqliteStore
 
@@ -45,6 +45,7 @@ async def test_save_load_every_field(store: Store) -> None:
     d = device(
         1,
         name="南门 IPC",
+        reported_name="IPC-7A2F",
         manufacturer="Hikvision",
         transport="TCP",
         host="10.0.0.5",
@@ -142,6 +143,67 @@ async def test_survives_reopen(factory: Callable[[], Store]) -> None:
         await s.close()
 
 
+async def test_alarms_of_a_device_are_those_it_raised_or_reported(store: Store) -> None:
+    nvr, channel = "34020000001110000001", "34020000001310000001"
+    await store.save_alarms(
+        [Alarm(channel, nvr, description="channel"), Alarm(nvr, nvr, description="nvr"),
+         Alarm("34020000001310000009", "34020000001110000009", description="other")]
+    )  # fmt: skip
+    assert [a.description for a in await store.load_alarms(10, nvr)] == ["nvr", "channel"]
+    assert [a.description for a in await store.load_alarms(10, channel)] == ["channel"]
+    assert [a.description for a in await store.load_alarms(1, nvr)] == ["nvr"]
+
+
+# --- bans (issue 11 defect 5: kept across restarts when registrar.persist_bans is on) ------
+
+
+def ban(n: int, until: float, **kw: object) -> Ban:
+    return Ban(f"ip:10.0.0.{n}", f"10.0.0.{n}", until=until, **kw)  # type: ignore[arg-type]
+
+
+async def test_bans_round_trip_every_field_in_order_of_ending(store: Store) -> None:
+    assert await store.load_bans() == []
+    b1 = Ban("id:34020000001320000001@10.0.0.5", "10.0.0.5", "34020000001320000001", 100.5, 700.5,
+             "5 wrong passwords within 300 s", 5, 2)  # fmt: skip
+    b2 = ban(2, 650.0, reason="密码错误")
+    await store.save_bans([b1, b2])
+    assert await store.load_bans() == [b2, b1]
+
+
+async def test_bans_are_replaced_by_key_and_deleted_by_key(store: Store) -> None:
+    await store.save_bans([ban(1, 100.0), ban(2, 200.0)])
+    await store.save_bans([ban(1, 300.0, failures=7)])
+    assert [(b.key, b.until, b.failures) for b in await store.load_bans()] == [
+        ("ip:10.0.0.2", 200.0, 0),
+        ("ip:10.0.0.1", 300.0, 7),
+    ]
+    await store.delete_bans(["ip:10.0.0.1", "ip:10.9.9.9"])  # an unknown key is no error
+    assert [b.key for b in await store.load_bans()] == ["ip:10.0.0.2"]
+    await store.delete_bans([])
+
+
+async def test_a_write_deletes_the_bans_that_ended(store: Store) -> None:
+    # the stored table never holds more than the active bans and the ones ended since the last write
+    await store.save_bans([ban(n, float(n * 100)) for n in range(1, 6)])
+    await store.save_bans([ban(9, 1000.0)], ended_before=300.0)
+    assert [b.key for b in await store.load_bans()] == ["ip:10.0.0.3", "ip:10.0.0.4", "ip:10.0.0.5", "ip:10.0.0.9"]
+    await store.save_bans([], ended_before=2000.0)
+    assert await store.load_bans() == []
+
+
+async def test_bans_survive_reopen(factory: Callable[[], Store]) -> None:
+    s = factory()
+    await s.open()
+    await s.save_bans([ban(1, 100.0, device_id="34020000001320000001")])
+    await s.close()
+    s = factory()
+    await s.open()
+    try:
+        assert await s.load_bans() == [ban(1, 100.0, device_id="34020000001320000001")]
+    finally:
+        await s.close()
+
+
 class TestSqliteFile:
     async def test_second_opener_is_refused(self, tmp_path: Path) -> None:
         first = SqliteStore(tmp_path / "gw.db")
@@ -206,6 +268,28 @@ class TestSqliteFile:
         columns = {row[1] for row in conn.execute("PRAGMA table_info(devices)")}
         conn.close()
         assert "state" in columns and not columns & {"registered", "online"}
+
+    async def test_schema_4_file_splits_device_names(self, tmp_path: Path) -> None:
+        # issue 11 defect 6: before, one name column held the operator's name or, once DeviceInfo
+        # had overwritten it, the device's. A device that registered by itself never had an
+        # operator's name; a provisioned one keeps its name as the operator's
+        path = tmp_path / "gw.db"
+        conn = sqlite3.connect(path, isolation_level=None)
+        for migration in MIGRATIONS[:4]:
+            conn.executescript(migration)
+        conn.execute("PRAGMA user_version = 4")
+        conn.executemany(
+            "INSERT INTO devices (device_id, name, provisioned) VALUES (?, ?, ?)",
+            [("34020000001320000001", "南门", 1), ("34020000001320000002", "IPC-7A2F", 0)],
+        )
+        conn.close()
+        store = SqliteStore(path)
+        await store.open()
+        try:
+            got = [(d.name, d.reported_name) for d in await store.load_devices()]
+        finally:
+            await store.close()
+        assert got == [("南门", ""), ("", "IPC-7A2F")]
 
     async def test_unknown_state_is_a_clear_error(self, tmp_path: Path) -> None:
         store = SqliteStore(tmp_path / "gw.db")

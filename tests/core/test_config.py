@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import fields
@@ -10,7 +11,21 @@ from typing import Any
 
 import pytest
 
-from gb28181gw.config import SECTIONS, Config, describe_options, load_config
+from gb28181gw.config import (
+    DEFAULT_SOURCE,
+    DERIVED,
+    PER_DEVICE,
+    REDACTED,
+    SECTIONS,
+    Concern,
+    Config,
+    ConfigWarning,
+    config_warnings,
+    describe_options,
+    effective_settings,
+    load_config,
+    suggest_key,
+)
 from gb28181gw.errors import ConfigError
 from tests.helpers import ROOT
 
@@ -153,3 +168,191 @@ def test_bad_files(tmp_path: Path, text: str, key: str, fragment: str) -> None:
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("/nonexistent/gw.toml", env={})
+
+
+# --- what `gb28181gw config` checks (issue 11, defect 10) ------------------------------------
+
+
+def test_sources_name_the_default_the_file_the_variable_and_the_flag(tmp_path: Path) -> None:
+    f = tmp_path / "gw.toml"
+    f.write_text('[sip]\nport = 5070\n[log]\nlevel = "debug"\n')
+    c = load_config(
+        f,
+        env={"GB28181GW_LOG_LEVEL": "warning", "GB28181GW_SIP_T1": "0.25"},
+        overrides={"log.level": "error", "admin.port": "9000"},
+        flags={"admin.port": "--admin-port"},
+    )
+    assert c.source("sip.port") == str(f)
+    assert c.source("sip.t1") == "environment GB28181GW_SIP_T1"
+    assert c.source("log.level") == "command line --set"
+    assert c.source("admin.port") == "command line --admin-port"
+    assert c.source("sip.listen") == DEFAULT_SOURCE
+    by_key = {s.key: s for s in effective_settings(c)}
+    assert by_key["sip.port"].source == str(f) and by_key["sip.port"].value == 5070
+
+
+def test_every_derived_option_shows_the_value_the_gateway_runs_with() -> None:
+    c = load_config(env={})
+    by_key = {s.key: s for s in effective_settings(c)}
+    assert set(DERIVED) <= set(by_key)
+    domain = by_key["gateway.domain"]
+    assert (domain.configured, domain.value, domain.source) == ("", "3402000000", "default")
+    assert domain.derived and "gateway.id" in domain.derived
+    workers = by_key["media.workers"]
+    assert workers.configured == -1 and workers.value == c.relay_workers == (os.cpu_count() or 1)
+    # a wildcard listen address: each device is told the address it reached
+    assert c.advertised_address == "" and by_key["sip.advertised_address"].value == PER_DEVICE
+    assert by_key["media.address"].value == PER_DEVICE
+    # one specific listen address is the advertised one, and media follows SIP
+    c = load_config(env={}, overrides={"sip.listen": "192.0.2.7", "gateway.id": "44030000002000000001"})
+    by_key = {s.key: s for s in effective_settings(c)}
+    assert by_key["sip.advertised_address"].value == c.advertised_address == "192.0.2.7"
+    assert by_key["media.address"].value == c.media_address == "192.0.2.7"
+    assert by_key["gateway.domain"].value == c.domain == "4403000000"
+    # set explicitly: shown as set, nothing derived
+    c = load_config(
+        env={}, overrides={"gateway.domain": "4403000000", "media.workers": "2", "media.address": "192.0.2.9"}
+    )
+    by_key = {s.key: s for s in effective_settings(c)}
+    assert all(by_key[k].derived is None for k in ("gateway.domain", "media.workers", "media.address"))
+    assert c.relay_workers == 2 and c.media_address == "192.0.2.9"
+
+
+def test_secrets_are_marked_in_the_metadata_and_never_shown() -> None:
+    secret = {f"{name}.{f.name}" for name, cls in SECTIONS.items() for f in fields(cls) if f.metadata["secret"]}
+    assert "registrar.password" in secret
+    c = load_config(env={"GB28181GW_REGISTRAR_PASSWORD": "hunter2"})
+    assert c.registrar.password == "hunter2"  # the gateway still gets it
+    shown = {s.key: s for s in effective_settings(c)}["registrar.password"]
+    assert shown.value == shown.configured == REDACTED and shown.secret
+    assert "hunter2" not in repr(effective_settings(c))
+    # not set: shown as empty, which is no secret
+    assert {s.key: s for s in effective_settings(load_config(env={}))}["registrar.password"].value == ""
+
+
+def test_an_error_about_a_secret_does_not_quote_it(tmp_path: Path) -> None:
+    f = tmp_path / "gw.toml"
+    f.write_text("[registrar]\npassword = 12345678\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(f, env={})
+    assert exc.value.key == "registrar.password" and "must be a string" in str(exc.value)
+    assert "12345678" not in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("where", "setting", "suggestion"),
+    [
+        ("file", "[sip]\nprot = 5070\n", "did you mean sip.port?"),
+        ("file", '[sip]\npassword = "x"\n', "did you mean registrar.password?"),
+        ("file", '[gatway]\nid = "34020000002000000001"\n', "did you mean [gateway]?"),
+        ("env", {"GB28181GW_SIP_PROT": "5070"}, "did you mean GB28181GW_SIP_PORT?"),
+        ("env", {"GB28181GW_GATWAY_ID": "34020000002000000001"}, "did you mean GB28181GW_GATEWAY_ID?"),
+        ("set", {"sip.prot": "5070"}, "did you mean sip.port?"),
+        ("set", {"media.worker": "2"}, "did you mean media.workers?"),
+        ("set", {"gatway.id": "34020000002000000001"}, "did you mean gateway.id?"),
+    ],
+)
+def test_an_unknown_key_names_the_nearest_one(tmp_path: Path, where: str, setting: Any, suggestion: str) -> None:
+    f = tmp_path / "gw.toml"
+    with pytest.raises(ConfigError) as exc:
+        if where == "file":
+            f.write_text(setting)
+            load_config(f, env={})
+        elif where == "env":
+            load_config(env=setting)
+        else:
+            load_config(env={}, overrides=setting)
+    assert suggestion in str(exc.value)
+    assert suggest_key("sip.zzzzzz") is None  # nothing near: the known keys are listed instead
+
+
+def test_the_display_zone_variable_is_no_setting() -> None:
+    load_config(env={"GB28181GW_TIME_ZONE": "UTC", "GB28181GW_ADMIN_URL": "127.0.0.1:8028"})
+
+
+def test_a_port_range_too_small_for_the_relay_workers_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="fewer than the 4 relay workers"):
+        load_config(env={}, overrides={"media.port_min": "30000", "media.port_max": "30005", "media.workers": "4"})
+    load_config(env={}, overrides={"media.port_min": "30000", "media.port_max": "30007", "media.workers": "4"})
+
+
+def _concerns(**overrides: str) -> list[Concern]:
+    return [w.concern for w in config_warnings(load_config(env={}, overrides=overrides))]
+
+
+PROTECTED = {"registrar.password": "secret"}
+
+
+def test_the_defaults_warn_only_about_open_registration() -> None:
+    assert _concerns() == [Concern.OPEN_REGISTRATION]
+    assert _concerns(**PROTECTED) == []
+    assert _concerns(**{"registrar.require_provisioned": "true"}) == []
+    warning = config_warnings(load_config(env={}))[0]
+    assert warning.key == "registrar.password" and "registration is open" in warning.message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "concern", "key"),
+    [
+        ({"sip.advertised_address": "127.0.0.1"}, Concern.LOOPBACK_ADVERTISED, "sip.advertised_address"),
+        ({"sip.advertised_address": "::1", "sip.listen": "::"}, Concern.LOOPBACK_ADVERTISED, "sip.advertised_address"),
+        ({"sip.advertised_address": "127.0.0.2"}, Concern.LOOPBACK_ADVERTISED, "sip.advertised_address"),
+        ({"media.address": "127.0.0.1"}, Concern.LOOPBACK_ADVERTISED, "media.address"),
+        ({"sip.advertised_address": "0.0.0.0"}, Concern.UNUSABLE_ADDRESS, "sip.advertised_address"),
+        ({"sip.advertised_address": "gw.example.com"}, Concern.UNUSABLE_ADDRESS, "media.address"),
+        ({"sip.listen": "127.0.0.1"}, Concern.LOOPBACK_ONLY, "sip.listen"),
+        ({"gateway.id": "34020000001320000001"}, Concern.GATEWAY_ID_TYPE, "gateway.id"),
+        ({"gateway.id": "99020000002000000001"}, Concern.GATEWAY_ID_ODDITY, "gateway.id"),
+        ({"gateway.domain": "3402000001"}, Concern.DOMAIN_MISMATCH, "gateway.domain"),
+        ({"admin.listen": "0.0.0.0"}, Concern.ADMIN_EXPOSED, "admin.listen"),
+        ({"admin.listen": "192.0.2.1"}, Concern.ADMIN_EXPOSED, "admin.listen"),
+        ({"sip.listen": "0.0.0.0,192.0.2.1"}, Concern.LISTEN_OVERLAP, "sip.listen"),
+        ({"sip.listen": "192.0.2.1,192.0.2.1"}, Concern.LISTEN_OVERLAP, "sip.listen"),
+        ({"sip.port": "30002"}, Concern.PORT_CLASH, "media.port_min"),
+        ({"admin.port": "5060"}, Concern.PORT_CLASH, "admin.port"),
+        ({"registrar.digest_algorithm": "SHA-256"}, Concern.DIGEST_ALGORITHM, "registrar.digest_algorithm"),
+    ],
+)
+def test_each_warning(overrides: dict[str, str], concern: Concern, key: str) -> None:
+    warnings = config_warnings(load_config(env={}, overrides={**PROTECTED, **overrides}))
+    assert [(w.concern, w.key) for w in warnings] == [(concern, key)]
+    assert all(isinstance(w, ConfigWarning) and w.message for w in warnings)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"sip.advertised_address": ""},  # derived per device: fine
+        {"sip.advertised_address": "192.0.2.1"},
+        {"sip.listen": "127.0.0.1,192.0.2.1", "sip.advertised_address": "127.0.0.1"},  # not a wildcard
+        {"media.address": "127.0.0.1", "media.listen": "127.0.0.1"},
+        {"sip.listen": "0.0.0.0,::"},
+        {"admin.listen": "::1"},
+        {"admin.listen": "0.0.0.0", "admin.enabled": "false"},
+        {"gateway.id": "44030000002000000001"},
+        {"gateway.domain": "3402000000"},
+    ],
+)
+def test_no_warning_where_nothing_is_wrong(overrides: dict[str, str]) -> None:
+    assert config_warnings(load_config(env={}, overrides={**PROTECTED, **overrides})) == []
+
+
+def test_warnings_are_small_frozen_records() -> None:
+    w = config_warnings(load_config(env={}))[0]
+    with pytest.raises(AttributeError):
+        w.key = "x"  # type: ignore[misc]
+
+
+def test_a_password_in_a_file_every_user_can_read_is_warned_about(tmp_path: Path) -> None:
+    f = tmp_path / "gw.toml"
+    f.write_text('[registrar]\npassword = "s3cret"\n')
+    f.chmod(0o644)
+    [warning] = config_warnings(load_config(f, env={}))
+    assert (warning.concern, warning.key) == (Concern.READABLE_SECRET, "registrar.password")
+    assert str(f) in warning.message and "chmod 600" in warning.message and "s3cret" not in warning.message
+    f.chmod(0o640)
+    assert config_warnings(load_config(f, env={})) == []
+    # the secret from the environment: the readable file holds none
+    f.write_text("[sip]\nport = 5070\n")
+    f.chmod(0o644)
+    assert config_warnings(load_config(f, env={"GB28181GW_REGISTRAR_PASSWORD": "x"})) == []

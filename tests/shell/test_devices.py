@@ -17,6 +17,7 @@ import pytest
 
 from gb28181gw.app import Gateway
 from gb28181gw.manscdp.ptz import move, preset
+from tests.process import http_get
 
 from .conftest import run_sipp, sipp_scenario, start_gateway
 
@@ -131,7 +132,37 @@ async def test_device_info_updates_the_device(gw: Gateway, tmp_path: Path) -> No
     await finished(proc)
     assert info["Channel"] == "16"
     d = gw.registrar.devices[NVR]
-    assert (d.name, d.manufacturer, d.model, d.firmware) == ("前门NVR", "Hikvision", "DS-7816N", "V4.30")
+    # issue 11 defect 6: the device's own name is its reported_name; name stays the operator's
+    assert (d.name, d.reported_name, d.manufacturer, d.model, d.firmware) == (
+        "",
+        "前门NVR",
+        "Hikvision",
+        "DS-7816N",
+        "V4.30",
+    )
+
+
+async def test_device_info_keeps_the_operators_name_apart(gw: Gateway, tmp_path: Path) -> None:
+    # issue 11 defect 6: the name given with `device add --name` survives the device's DeviceInfo
+    await gw.registrar.provision(NVR, name="南门 NVR")
+    port = free_udp_port()
+    await register(gw, tmp_path, port)
+    body = (
+        '<?xml version="1.0" encoding="GB2312"?>\r\n<Response>\r\n<CmdType>DeviceInfo</CmdType>\r\n<SN>[$sn]</SN>\r\n'
+        f"<DeviceID>{NVR}</DeviceID>\r\n<DeviceName>IPC-7A2F</DeviceName>\r\n<Result>OK</Result>\r\n</Response>\r\n"
+    )
+    proc = await play_device(device_scenario([response_message(40, body)]).encode("gb2312"), port, tmp_path, "info")
+    await gw.devices.device_info(NVR)
+    await finished(proc)
+    d = gw.registrar.devices[NVR]
+    assert (d.name, d.reported_name) == ("南门 NVR", "IPC-7A2F")
+    await gw.registrar.flush()
+    stored = await gw.store.get_device(NVR)
+    assert stored is not None and (stored.name, stored.reported_name) == ("南门 NVR", "IPC-7A2F")
+    assert gw.admin is not None
+    status, text = await asyncio.to_thread(http_get, f"http://127.0.0.1:{gw.admin.port}/api/v1/devices/{NVR}")
+    data = json.loads(text)
+    assert status == 200 and (data["name"], data["reported_name"]) == ("南门 NVR", "IPC-7A2F")
 
 
 @pytest.mark.parametrize(

@@ -37,12 +37,14 @@ def status(admin: str, as_json: bool) -> None:
     console.print(table)
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @ADMIN_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--online/--offline", "online", default=None, help="Only online (or offline) devices.")
 def devices(admin: str, as_json: bool, online: bool | None) -> None:
     """List the devices the gateway knows."""
+    if click.get_current_context().invoked_subcommand is not None:
+        return  # devices prune / refused (cli/housekeeping.py)
     query = "" if online is None else f"?state={'online' if online else 'offline'}"
     data = _api(admin, f"/devices{query}")["devices"]
     if as_json:

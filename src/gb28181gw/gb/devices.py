@@ -22,7 +22,7 @@ saying what happened (went online, went offline and why, moved to another addres
 
 Bans (failed digest authentication, PROTOCOL.md §3.6) are not a device state: they
 belong to a source address or an ID for a few minutes, whether or not a record
-exists, and are kept by :class:`gb28181gw.gb.registrar.BanList`.
+exists, and are kept by :class:`gb28181gw.gb.bans.BanList`.
 
 :func:`render_table` prints the table as a Graphviz graph.
 """
@@ -324,16 +324,20 @@ class DeviceTable(Mapping[str, Device]):
         device_id: str,
         *,
         epoch: float,
-        name: str = "",
+        reported_name: str = "",
         manufacturer: str = "",
         model: str = "",
         firmware: str = "",
     ) -> bool:
-        """Learn what DeviceInfo (§9.5.3) said; empty values keep what it had. Whether the device is known."""
+        """Learn what DeviceInfo (§9.5.3) said; empty values keep what it had. Whether the device is known.
+
+        The device's own name goes to ``reported_name``: ``name`` is the operator's and only
+        :meth:`provision` changes it.
+        """
         device = self._devices.get(device_id)
         if device is None:
             return False
-        device.name = name or device.name
+        device.reported_name = reported_name or device.reported_name
         device.manufacturer = manufacturer or device.manufacturer
         device.model = model or device.model
         device.firmware = firmware or device.firmware
@@ -360,6 +364,23 @@ class DeviceTable(Mapping[str, Device]):
             for i in ids
             if (d := self._devices.get(i)) is not None and d.state is S.ONLINE and d.transport == peer.transport
         ]
+
+    def stale(self, *, before: float, provisioned: bool = False) -> list[Device]:
+        """The devices not heard from since ``before`` (wall-clock epoch seconds), by ID: what pruning removes.
+
+        "Heard from" is the last REGISTER or keepalive (:attr:`Device.last_seen`); a device never
+        heard from counts from when its record was made, so a device added yesterday is not stale.
+        A device holding a registration (online or offline) is never stale, whatever its times say,
+        and one an operator added is stale only with ``provisioned``.
+        """
+        out = []
+        for d in self._devices.values():
+            if d.state is not S.UNREGISTERED or (d.provisioned and not provisioned):
+                continue
+            if (d.last_seen or d.created_at) < before:
+                out.append(d)
+        out.sort(key=lambda d: d.device_id)
+        return out
 
     def counts(self) -> dict[DeviceState, int]:
         """How many devices are in each state."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from gb28181gw.sdp import StreamMode
 
-__all__ = ["DEVICE_FIELDS", "Alarm", "Channel", "Device", "DeviceState", "StreamMode", "Transport"]
+__all__ = ["BAN_FIELDS", "DEVICE_FIELDS", "Alarm", "Ban", "Channel", "Device", "DeviceState", "StreamMode", "Transport"]
 
 
 class Transport(StrEnum):
@@ -37,7 +37,9 @@ class Device:
 
     Attributes:
         device_id: its 20-digit ID, exactly as it registered.
-        name / manufacturer / model / firmware: from DeviceInfo (later) or provisioning.
+        name: the operator's name for it (``device add --name``); the device never changes it.
+        reported_name: the name the device gives itself (DeviceInfo ``DeviceName``).
+        manufacturer / model / firmware: from DeviceInfo.
         transport, host, port: where it really is (source address after received/rport);
             every request to it goes there (PROTOCOL.md §3.4, R3).
         local_host, local_port: our address it registered to (answers must come from it).
@@ -56,6 +58,7 @@ class Device:
 
     device_id: str
     name: str = ""
+    reported_name: str = ""
     manufacturer: str = ""
     model: str = ""
     firmware: str = ""
@@ -81,6 +84,20 @@ class Device:
     offline_reason: str = ""
     created_at: float = 0.0
     updated_at: float = 0.0
+
+    @property
+    def display_name(self) -> str:
+        """The operator's name, else the one the device reported ("" if neither)."""
+        return self.name or self.reported_name
+
+    @property
+    def last_seen(self) -> float:
+        """When it was last heard from (a REGISTER or keepalive; wall-clock epoch seconds, 0 = never).
+
+        ``last_keepalive`` is stamped by every REGISTER and keepalive (see
+        :func:`gb28181gw.gb.devices.transition`); ``registered_at`` covers records written before that.
+        """
+        return max(self.last_keepalive, self.registered_at)
 
     @property
     def registered(self) -> bool:
@@ -190,3 +207,37 @@ class Alarm:
     description: str = ""
     received_at: float = 0.0
     extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Ban:
+    """A ban after repeated failed digest authentication (PROTOCOL.md §3.3).
+
+    Kept by :class:`gb28181gw.gb.bans.BanList`; persisted only when ``registrar.persist_bans`` is on.
+
+    Attributes:
+        key: what is banned: ``ip:<address>`` (every REGISTER from that address) or
+            ``id:<device ID>@<address>`` (that ID from that address).
+        address: the source address it applies to.
+        device_id: the banned ID; for an address ban, the ID whose failure completed it.
+        since / until: wall-clock epoch seconds it began and ends.
+        reason: why, in words.
+        failures: the failed authentications that led to it.
+        attempts: REGISTERs refused because of it since it began.
+    """
+
+    key: str
+    address: str
+    device_id: str = ""
+    since: float = 0.0
+    until: float = 0.0
+    reason: str = ""
+    failures: int = 0
+    attempts: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict of every field."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+BAN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Ban))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import ipaddress
 import sys
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -27,8 +26,22 @@ from gb28181gw.sip.headers import NameAddr
 from gb28181gw.sip.message import Request, Response, make_response
 from gb28181gw.sip.uri import SipUri
 
+from .bans import BanList, RefusalLog, address_key, id_key
 from .devices import Change, DeviceEvent, transition
 from .model import Device
+
+__all__ = [
+    "BanList",
+    "DateFormat",
+    "Outcome",
+    "RefusalLog",
+    "RegisterResult",
+    "Registrar",
+    "RegistrarPolicy",
+    "format_date",
+    "from_user",
+    "parse_networks",
+]
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -126,72 +139,6 @@ class RegisterResult:
     change: Change | None = None
 
 
-class BanList:
-    """Failed-authentication counting and bans (PROTOCOL.md §3.3), keyed by the caller.
-
-    The registrar counts per source address and per (ID, address) pair, never per ID
-    alone: a stranger's wrong passwords must not lock out the real device at its own
-    address. Memory is bounded without ever dropping an active ban: failure counters
-    are capped at ``max_keys`` (oldest forgotten first); bans are kept in the order they
-    expire (every ban lasts ``ban`` seconds) and leave only when they end, at most
-    ``max_bans`` at once (past that a new offender is refused but not remembered).
-    """
-
-    def __init__(
-        self, *, limit: int, window: float, ban: float, max_keys: int = 100_000, max_bans: int = 200_000
-    ) -> None:
-        self.limit = limit
-        self.window = window
-        self.ban = ban
-        self._max = max_keys
-        self._max_bans = max_bans
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
-        self._bans: OrderedDict[str, float] = OrderedDict()  # key → banned until, in order of expiry
-        self.bans = 0
-
-    def banned(self, key: str, now: float) -> float:
-        """Seconds left on ``key``'s ban, 0 if none."""
-        until = self._bans.get(key)
-        return max(0.0, until - now) if until is not None else 0.0
-
-    def fail(self, key: str, now: float) -> bool:
-        """Count a failure; return whether ``key`` is now banned."""
-        self._expire(now)
-        times = self._failures.get(key)
-        if times is None:
-            times = self._failures[key] = deque()
-            if len(self._failures) > self._max:
-                self._failures.popitem(last=False)
-        else:
-            self._failures.move_to_end(key)
-        while times and now - times[0] > self.window:
-            times.popleft()
-        times.append(now)
-        if len(times) < self.limit:
-            return False
-        del self._failures[key]
-        if len(self._bans) < self._max_bans:
-            self._bans.pop(key, None)
-            self._bans[key] = now + self.ban
-        self.bans += 1
-        return True
-
-    def _expire(self, now: float) -> None:
-        bans = self._bans
-        while bans:
-            key, until = next(iter(bans.items()))
-            if until > now:
-                break
-            del bans[key]
-
-    def succeed(self, key: str) -> None:
-        """Forget ``key``'s failures after a successful authentication (a ban stays until it ends)."""
-        self._failures.pop(key, None)
-
-    def __len__(self) -> int:
-        return len(self._failures) + len(self._bans)
-
-
 _DATE_CACHE: dict[int, str] = {}
 
 
@@ -217,6 +164,10 @@ def format_date(epoch: float, fmt: DateFormat, utc_offset_hours: float = 8.0) ->
 class Registrar:
     """The REGISTER procedure.
 
+    Besides answering, it keeps who failed to authenticate and who is banned
+    (:attr:`bans`), and who it refused (:attr:`refused`: every REJECTED outcome, by ID
+    and address, until that ID registers from that address).
+
     Args:
         policy: what to accept.
         nonces: issues and checks digest nonces (realm = ``policy.domain``).
@@ -226,6 +177,7 @@ class Registrar:
         self.policy = policy
         self.nonces = nonces
         self.bans = BanList(limit=policy.max_auth_failures, window=policy.failure_window, ban=policy.ban_seconds)
+        self.refused = RefusalLog()
 
     def handle(
         self,
@@ -247,6 +199,25 @@ class Registrar:
             epoch: wall-clock epoch seconds (stored times, the Date header).
             tag: a fresh To tag.
         """
+        device_id = from_user(request)
+        result = self._handle(request, peer, device, device_id, now=now, epoch=epoch, tag=tag)
+        if result.outcome is Outcome.REJECTED:
+            self.refused.record(device_id, peer.host, result.reason, result.detail, epoch)
+        elif result.device is not None and result.outcome is not Outcome.UNREGISTERED:
+            self.refused.forget(device_id, peer.host)
+        return result
+
+    def _handle(
+        self,
+        request: Request,
+        peer: Peer,
+        device: Device | None,
+        device_id: str,
+        *,
+        now: float,
+        epoch: float,
+        tag: str,
+    ) -> RegisterResult:
         p = self.policy
 
         def reject(status: int, reason: str, detail: str, outcome: Outcome = Outcome.REJECTED) -> RegisterResult:
@@ -255,7 +226,6 @@ class Registrar:
             self._version(request, resp)
             return RegisterResult(resp, outcome, reason, None, detail)
 
-        device_id = from_user(request)
         if not device_id:
             try:
                 request.from_  # noqa: B018 - to say what is wrong with it
@@ -289,9 +259,10 @@ class Registrar:
         if p.allow_ids and not any(device_id.startswith(prefix) for prefix in p.allow_ids):
             return reject(403, "denied-id", f"device ID {device_id} is not in the allowed ID prefixes")
 
-        for key, what in ((f"ip:{peer.host}", "address"), (f"id:{device_id}@{peer.host}", "ID from this address")):
-            left = self.bans.banned(key, now)
-            if left:
+        for key, what in ((address_key(peer.host), "address"), (id_key(device_id, peer.host), "ID from this address")):
+            ban = self.bans.check(key, now)
+            if ban is not None:
+                left = self.bans.banned(key, now)
                 return reject(403, "banned", f"too many failed authentications for this {what}; retry in {left:.0f} s")
 
         if p.check_request_domain:
@@ -311,7 +282,7 @@ class Registrar:
         # authenticate before examining the rest: an unauthenticated REGISTER learns nothing more
         password = device.password if device is not None and device.password else p.password
         if password:
-            auth = self._authenticate(request, peer, device_id, password, now, tag, reject)
+            auth = self._authenticate(request, peer, device_id, password, now, epoch, tag, reject)
             if auth is not None:
                 return auth
 
@@ -342,8 +313,8 @@ class Registrar:
             return result
         expires = min(expires, p.expires_max)
 
-        self.bans.succeed(f"ip:{peer.host}")
-        self.bans.succeed(f"id:{device_id}@{peer.host}")
+        self.bans.succeed(address_key(peer.host))
+        self.bans.succeed(id_key(device_id, peer.host))
         record = device.copy() if device is not None else Device(device_id=device_id, created_at=epoch)
         was_registered = record.registered and record.expires_at > epoch
         resp = make_response(request, 200, to_tag=tag)
@@ -382,6 +353,7 @@ class Registrar:
         device_id: str,
         password: str,
         now: float,
+        epoch: float,
         tag: str,
         reject: Callable[[int, str, str], RegisterResult],
     ) -> RegisterResult | None:
@@ -415,11 +387,20 @@ class Registrar:
             Verdict.BAD_ALGORITHM: f"digest algorithm {creds.algorithm} is not {self.nonces.algorithm}",
             Verdict.BAD_RESPONSE: "wrong password",
         }[verdict]
+        self.bans.note_failure(device_id, peer.host, detail, epoch)
         if verdict is not Verdict.BAD_RESPONSE:
             # a wrong realm or algorithm guesses no password: refuse it, count nothing
             return reject(403, reason, detail)
         # a wrong answer to a live nonce we gave this address: a real guess
-        banned = self.bans.fail(f"ip:{peer.host}", now) | self.bans.fail(f"id:{device_id}@{peer.host}", now)
+        limit, window = self.policy.max_auth_failures, self.policy.failure_window
+        why = f"{limit} wrong passwords within {window:.0f} s"
+        banned = self.bans.fail(
+            address_key(peer.host), now, epoch=epoch, address=peer.host, device_id=device_id,
+            reason=f"{why} from this address",
+        ) | self.bans.fail(
+            id_key(device_id, peer.host), now, epoch=epoch, address=peer.host, device_id=device_id,
+            reason=f"{why} for this ID from this address",
+        )  # fmt: skip
         if banned:
             return reject(403, "banned", f"{detail}; too many failures: banned for {self.policy.ban_seconds:.0f} s")
         # a wrong password is challenged again until the limit, then 403

@@ -27,6 +27,7 @@ from gb28181gw.sip.framing import PING, PONG, StreamFramer
 from gb28181gw.sip.message import Limits
 from gb28181gw.sip.peer import Peer
 
+from .addresses import bind_error
 from .tasks import TaskSet
 from .transport import MessageSink
 
@@ -49,12 +50,16 @@ class SipConnection(asyncio.Protocol):
         self.closing = False
         self.partial_bytes = 0  # of an unfinished message
         self.partial_since = 0.0  # when that message began
+        self.local_host = ""  # our end of the connection: the address the peer reached us at
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, hence the cast
         self.transport = cast(asyncio.Transport, transport)
         addr = transport.get_extra_info("peername")
         self.peer = Peer("TCP", addr[0], addr[1])
+        sockname = transport.get_extra_info("sockname")
+        if sockname:
+            self.local_host = str(sockname[0])
         self.last_activity = self._manager.loop.time()
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -142,14 +147,28 @@ class TcpTransport:
         return len(self._conns)
 
     async def listen(self, host: str, port: int) -> int:
-        """Listen on ``host``:``port``; return the bound port."""
-        server = await self.loop.create_server(
-            lambda: SipConnection(self), host, port, reuse_address=True, backlog=1024
-        )
+        """Listen on ``host``:``port``; return the bound port.
+
+        Raises:
+            OSError: the port is taken or the address is not ours (see :func:`.addresses.bind_error`).
+        """
+        try:
+            # SO_REUSEADDR so that a restart can listen again while the last run's connections
+            # are in TIME_WAIT; on TCP it never lets a second listener share the port (unlike UDP)
+            server = await self.loop.create_server(
+                lambda: SipConnection(self), host, port, reuse_address=True, backlog=1024
+            )
+        except OSError as exc:
+            raise bind_error(exc, "TCP", host, port) from None
         self._servers.append(server)
         bound = int(server.sockets[0].getsockname()[1])
         log.info("listening", extra={"transport": "TCP", "address": f"{host}:{bound}"})
         return bound
+
+    def local_host(self, peer: Peer) -> str | None:
+        """Our address on ``peer``'s open connection (``None``: no connection)."""
+        conn = self._conns.get((peer.host, peer.port))
+        return conn.local_host or None if conn is not None else None
 
     def register(self, conn: SipConnection) -> bool:
         assert conn.peer is not None

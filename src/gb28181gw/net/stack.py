@@ -22,7 +22,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
-from gb28181gw.config import SipSection
+from gb28181gw.config import SipSection, is_wildcard
 from gb28181gw.errors import LocalProtocolError, SipTimeoutError, SipTransportError
 from gb28181gw.logs import WIRE, log_wire
 from gb28181gw.metrics import OTHER, SipCounters
@@ -40,6 +40,7 @@ from gb28181gw.sip.message import Request, Response, make_response
 from gb28181gw.sip.peer import Peer
 from gb28181gw.sip.transaction import Kind, Transaction
 
+from .addresses import RouteCache
 from .router import PASS, Router
 from .sip_tcp import TcpTransport
 from .sip_udp import UdpTransport
@@ -81,7 +82,13 @@ class SipStack:
         self._udp: list[UdpTransport] = []
         self._udp4: UdpTransport | None = None
         self._udp6: UdpTransport | None = None
+        self._several_udp = False  # more than one UDP socket of a family (see _udp_for)
         self._tcp: TcpTransport | None = None
+        self.port = 0
+        self._advertised = ""
+        self._fixed: dict[bool, str] = {}  # the first specific listen address per family (True: IPv6)
+        self._single = ""  # sip.listen when it is one specific address
+        self._routes = RouteCache()
         self._timer = EarliestTimer(self._on_timer)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -103,11 +110,14 @@ class SipStack:
         """Bind UDP sockets and TCP listeners as the ``[sip]`` section says.
 
         That is ``sip.listen``:``sip.port`` for each of ``sip.transports``, with the
-        socket limits of the section; ``sip.advertised_address`` goes into our Via and
-        Contact. With port 0 the kernel picks one port for the first socket and the
-        others reuse it, so UDP and TCP share a number (what devices expect).
+        socket limits of the section. What goes into our Via and Contact toward each peer
+        is then :meth:`local_address`. With port 0 the kernel picks one port for the first
+        socket and the others reuse it, so UDP and TCP share a number (what devices expect).
+
+        Raises:
+            OSError: a socket cannot be bound; the message names transport and address.
         """
-        hosts, port, advertised = sip.listen, sip.port, sip.advertised_address
+        port = sip.port
         self._loop = asyncio.get_running_loop()
         # with port 0 the number the kernel gave the first socket may be taken for the others
         # (an outgoing connection's ephemeral port): then the whole set is bound again
@@ -120,11 +130,72 @@ class SipStack:
                 if port or exc.errno != errno.EADDRINUSE or attempt == _PORT_ATTEMPTS - 1:
                     raise
         self.port = bound_port
-        first = hosts[0]
-        if not advertised:
-            advertised = "127.0.0.1" if first in ("0.0.0.0", "::") else first
-        for transport in ("UDP", "TCP"):
-            self.endpoint.set_local_address(transport, advertised, bound_port)
+        self._advertised = sip.advertised_address
+        for host in sip.listen:
+            if not is_wildcard(host):
+                self._fixed.setdefault(":" in host, host)
+        if len(sip.listen) == 1 and self._fixed:
+            self._single = sip.listen[0]
+        static = self.advertised
+        if static:
+            for transport in ("UDP", "TCP"):
+                self.endpoint.set_local_address(transport, static, bound_port)
+        log.info(
+            "advertising",
+            extra={"address": static or "per device: the local address each device reaches us at"},
+        )
+
+    def contact(self, user: str, peer: Peer) -> str:
+        """Our Contact URI toward ``peer``: ``sip:<user>@<local_address(peer)>`` (IPv6 bracketed)."""
+        host, port = self.local_address(peer)
+        return f"sip:{user}@[{host}]:{port}" if ":" in host else f"sip:{user}@{host}:{port}"
+
+    @property
+    def advertised(self) -> str:
+        """The one address every peer is told, or ``""`` when each is told its own (:meth:`local_address`):
+        ``sip.advertised_address``, else ``sip.listen`` when it is one specific address."""
+        return self._advertised or self._single
+
+    def local_address(self, peer: Peer) -> tuple[str, int]:
+        """The address and port to tell ``peer`` (Via sent-by, Contact, SDP): the one convention.
+
+        ``sip.advertised_address`` if set, else the listen address if it is not a wildcard,
+        else the local address ``peer`` last reached us at (its UDP datagrams' destination,
+        its TCP connection's local end), else the source address routing picks toward it
+        (see :mod:`gb28181gw.net.addresses`).
+        """
+        host = self._advertised
+        if not host:
+            v6 = ":" in peer.host
+            learned: str | None = None
+            if peer.transport == "UDP":
+                udp = self._udp_for(peer)
+                learned = udp.local_host(peer) if udp is not None else None
+            elif self._tcp is not None:
+                learned = self._tcp.local_host(peer)
+            host = (
+                learned
+                or self._fixed.get(v6)
+                or self._routes.source_for(peer.host, peer.port)
+                or ("::1" if v6 else "127.0.0.1")
+            )
+        return host, self.port
+
+    def _udp_for(self, peer: Peer) -> UdpTransport | None:
+        """The UDP socket ``peer`` is served on: with several specific listen addresses of its
+        family, the one it sent to (else the one routing picks toward it), so that answers and
+        requests leave from the address it knows us at."""
+        v6 = ":" in peer.host
+        first = self._udp6 if v6 else self._udp4
+        if not self._several_udp or first is None:
+            return first
+        family = socket.AF_INET6 if v6 else socket.AF_INET
+        candidates = [t for t in self._udp if t.family == family]
+        for t in candidates:
+            if t.knows(peer):
+                return t
+        source = self._routes.source_for(peer.host, peer.port)
+        return next((t for t in candidates if t.host == source), first)
 
     async def _bind(self, sip: SipSection, port: int) -> int:
         hosts, bound_port = sip.listen, port
@@ -136,8 +207,10 @@ class SipStack:
                 bound_port = t.port
                 self._udp.append(t)
                 if t.family == socket.AF_INET6:
+                    self._several_udp |= self._udp6 is not None
                     self._udp6 = self._udp6 or t
                 else:
+                    self._several_udp |= self._udp4 is not None
                     self._udp4 = self._udp4 or t
         if "tcp" in sip.transports:
             self._tcp = TcpTransport(
@@ -158,6 +231,7 @@ class SipStack:
             t.close()
         self._udp.clear()
         self._udp4 = self._udp6 = None
+        self._several_udp = False
         if self._tcp is not None:
             await self._tcp.close()
             self._tcp = None
@@ -332,7 +406,7 @@ class SipStack:
         """
         loop = self._loop or asyncio.get_running_loop()
         fut: asyncio.Future[Response] = loop.create_future()
-        tx = self.endpoint.send_request(request, peer, loop.time())
+        tx = self.endpoint.send_request(request, peer, loop.time(), local=self.local_address(peer))
         tx.user_data = fut
         self.pump()
         try:
@@ -345,7 +419,7 @@ class SipStack:
 
     def send_ack(self, ack: Request, peer: Peer, response: Response) -> None:
         """ACK the 2xx ``response`` to our INVITE, and again for each retransmission of it."""
-        self.endpoint.send_ack(ack, peer, self.endpoint.client_transaction(response))
+        self.endpoint.send_ack(ack, peer, self.endpoint.client_transaction(response), local=self.local_address(peer))
         self.pump()
 
     def _send(self, out: list[tuple[bytes, Peer]]) -> None:
@@ -359,7 +433,7 @@ class SipStack:
             else:
                 counters.requests_out[peer.transport, data[: data.find(b" ")]] += 1
             if peer.transport == "UDP":
-                t = self._udp6 if ":" in peer.host else self._udp4
+                t = self._udp_for(peer) if self._several_udp else self._udp6 if ":" in peer.host else self._udp4
                 if t is not None:
                     t.send(data, peer)
                 else:

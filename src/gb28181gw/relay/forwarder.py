@@ -312,6 +312,9 @@ class Forwarder:
             if mode is StreamMode.TCP_PASSIVE:
                 listener = socket.socket(family, socket.SOCK_STREAM)
                 st.listener = listener
+                # SO_REUSEADDR: the port's last stream may have left connections in TIME_WAIT, which
+                # would refuse the bind for minutes; on TCP it never lets two listeners share a port.
+                # The UDP socket above has none: there it would let another socket share the port.
                 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 listener.setblocking(False)
                 listener.bind((self.host, port))

@@ -28,6 +28,8 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+import setproctitle
+
 from gb28181gw.errors import RelayError, RelayFailure
 from gb28181gw.sdp import StreamMode
 
@@ -199,7 +201,7 @@ class WorkerRelay(Relay):
         parent, child = socket.socketpair()
         ctx = multiprocessing.get_context("spawn")  # no inherited loop, sockets or threads
         self._process = ctx.Process(
-            target=worker_main, args=(child, self.index, self.settings), name=f"gb28181gw-relay-{self.index}"
+            target=worker_main, args=(child, self.index, self.settings), name=worker_title(self.index)
         )
         self._process.daemon = True
         self._process.start()
@@ -290,8 +292,16 @@ def _failure(code: Any) -> RelayFailure:
 # --- the worker process ------------------------------------------------------------------
 
 
+def worker_title(index: int) -> str:
+    """What ``ps``, ``top`` and ``/proc/PID/cmdline`` show for worker ``index`` (as in its log lines)."""
+    return f"gb28181gw relay worker {index}"
+
+
 def worker_main(sock: socket.socket, index: int, settings: RelaySettings) -> None:
     """Entry point of a worker process: serve commands on ``sock`` until it closes."""
+    # Without a title every worker shows as `python -c from multiprocessing.spawn import ...`:
+    # an operator looking at `ps` or `top` for the process eating a core could not tell which.
+    setproctitle.setproctitle(worker_title(index))
     # Ctrl-C, and SIGTERM from a service manager or `timeout`, reach the whole process group.
     # The gateway stops its workers after it has closed their streams (BYE first); a worker
     # that died of the signal first would look lost. It exits when its socket pair closes,

@@ -141,6 +141,11 @@ class DeviceService:
                 return self.registered(device_id)
         raise DeviceError(f"no device or channel {target_id}", DeviceError.NOT_FOUND)
 
+    def forget(self, device_id: str) -> None:
+        """Drop what is kept in memory of a removed device (its channels)."""
+        self.channels.pop(device_id, None)
+        self.partial.discard(device_id)
+
     def next_sn(self, device_id: str) -> int:
         """A fresh SN for a request to ``device_id``."""
         return self._sn.next(device_id)
@@ -210,7 +215,7 @@ class DeviceService:
         if info.get("Result", "OK").upper() == "OK":
             self.registrar.update_info(
                 device_id,
-                name=info.get("DeviceName", ""),
+                reported_name=info.get("DeviceName", ""),
                 manufacturer=info.get("Manufacturer", ""),
                 model=info.get("Model", ""),
                 firmware=info.get("Firmware", ""),

@@ -12,6 +12,12 @@ never wait for the disk. Liveness deadlines live in one
 On start-up every stored device is loaded; one whose registration has not expired
 is still registered and gets a full keepalive window (interval × count) to show it
 is alive — its heartbeats were lost while we were down, not missed.
+
+Bans (:class:`~gb28181gw.gb.bans.BanList`) live in memory; with ``registrar.persist_bans``
+new and lifted ones are written with the device batch and the active ones are taken
+back at start-up. The registrar also keeps who it refused
+(:class:`~gb28181gw.gb.bans.RefusalLog`): REGISTERs it rejected and MESSAGEs from IDs
+that are not registered, for the operator's ``devices refused``.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from collections.abc import Callable
 
 from gb28181gw.config import RegistrarSection
 from gb28181gw.errors import ManscdpError, StoreError, StoreRecordError
+from gb28181gw.gb.bans import AuthFailure
 from gb28181gw.gb.devices import Change, DeviceEvent, DeviceTable, Output
 from gb28181gw.gb.keepalive import (
     Liveness,
@@ -32,7 +39,7 @@ from gb28181gw.gb.keepalive import (
     keepalive_timeout,
     liveness_timeout,
 )
-from gb28181gw.gb.model import Device, DeviceState
+from gb28181gw.gb.model import Ban, Device, DeviceState
 from gb28181gw.gb.registrar import Outcome, Registrar, RegistrarPolicy, from_user
 from gb28181gw.manscdp.codec import Element
 from gb28181gw.manscdp.messages import CmdType, Envelope, envelope
@@ -104,6 +111,9 @@ class RegistrarService:
         self._heartbeats: set[str] = set()
         self.keepalive_flush_interval = max(flush_interval, 30.0)
         self._deleted: set[str] = set()
+        self.persist_bans = settings.persist_bans
+        self._bans_to_save: dict[str, Ban] = {}
+        self._bans_to_delete: set[str] = set()
         self._flusher: asyncio.Task[None] | None = None
         self._timer = EarliestTimer(self._on_deadline)
         self._offline_listeners: list[OfflineListener] = []
@@ -136,6 +146,13 @@ class RegistrarService:
         self._loop = asyncio.get_running_loop()
         devices = await self.store.load_devices()
         now, epoch = self._loop.time(), self._clock()
+        if self.persist_bans:
+            ended = self.registrar.bans.restore(await self.store.load_bans(), now=now, epoch=epoch)
+            if ended:
+                await self.store.save_bans([], ended_before=epoch)
+            kept = len(self.registrar.bans.active(now))
+            if kept:
+                log.info("bans restored", extra={"bans": kept, "ended": len(ended)})
         expired = self.devices.load(devices, epoch=epoch)
         for device in self.devices.values():
             if device.registered:
@@ -159,6 +176,10 @@ class RegistrarService:
     async def stop(self) -> None:
         """Write everything still pending and stop the timers."""
         self._timer.cancel()
+        if self.persist_bans and self._loop is not None:
+            # once more, with the attempts each refused since it was written
+            for ban in self.registrar.bans.active(self._loop.time()):
+                self._bans_to_save[ban.key] = ban
         if self._flusher is not None:
             self._flusher.cancel()
             try:
@@ -185,6 +206,7 @@ class RegistrarService:
         holding back the others; when the store itself cannot be written every change is kept
         for the next attempt and :class:`StoreError` is raised.
         """
+        await self._flush_bans()
         dirty, self._dirty = self._dirty, set()
         if heartbeats:
             dirty |= self._heartbeats
@@ -197,6 +219,20 @@ class RegistrarService:
                 await self._save_one_by_one(batch)
         except BaseException:
             self._dirty |= dirty  # keep them for the next attempt; nothing is lost
+            raise
+
+    async def _flush_bans(self) -> None:
+        if not (self._bans_to_save or self._bans_to_delete):
+            return
+        save, self._bans_to_save = self._bans_to_save, {}
+        delete, self._bans_to_delete = self._bans_to_delete, set()
+        try:
+            await self.store.delete_bans(sorted(delete))
+            await self.store.save_bans(list(save.values()), ended_before=self._clock())
+        except BaseException:
+            # kept for the next attempt, unless lifted or banned again meanwhile
+            self._bans_to_save = {**save, **self._bans_to_save}
+            self._bans_to_delete |= delete - self._bans_to_save.keys()
             raise
 
     async def _save_one_by_one(self, batch: list[Device]) -> None:
@@ -215,7 +251,7 @@ class RegistrarService:
             heartbeats = loop.time() >= next_heartbeats
             if heartbeats:
                 next_heartbeats = loop.time() + self.keepalive_flush_interval
-            if self._dirty or (heartbeats and self._heartbeats):
+            if self._dirty or (heartbeats and self._heartbeats) or self._bans_to_save or self._bans_to_delete:
                 try:
                     await self.flush(heartbeats=heartbeats)
                 except StoreError as exc:
@@ -247,6 +283,15 @@ class RegistrarService:
         self.registrations[result.outcome.value, result.reason] += 1
         if self.registrar.bans.bans != bans_before:
             self.ban_count[()] += self.registrar.bans.bans - bans_before
+            for ban in self.registrar.bans.take_added():
+                log.warning(
+                    "banned",
+                    extra={"key": ban.key, "device": ban.device_id, "peer": ban.address, "reason": ban.reason,
+                           "seconds": round(ban.until - ban.since)},
+                )  # fmt: skip
+                if self.persist_bans:
+                    self._bans_to_save[ban.key] = ban
+                    self._bans_to_delete.discard(ban.key)
         if result.reason in ("bad-password", "wrong-realm", "bad-algorithm", "banned"):
             self.auth_failures[(result.reason,)] += 1
         extra = {"device": device_id, "peer": event.peer, "reason": result.detail}
@@ -330,10 +375,23 @@ class RegistrarService:
         if role is Role.DEVICE:
             if status == 400:
                 self.keepalives[(MessageResult.BAD_BODY.value,)] += 1
-        elif role is Role.MOVED:
+            return
+        if role is Role.PLATFORM:
+            return
+        if role is Role.MOVED:
             self.keepalives[(MessageResult.WRONG_ADDRESS.value,)] += 1
-        elif role is not Role.PLATFORM:
+            reason, detail = (
+                "wrong-address",
+                f"MESSAGE from another address than it registered from (answered {status})",
+            )
+        else:
             self.keepalives[(MessageResult.UNREGISTERED.value,)] += 1
+            reason, detail = "not-registered", f"MESSAGE from a device that is not registered (answered {status})"
+            if role is Role.REFUSED:
+                reason, detail = "denied-id", f"MESSAGE from a refused ID (answered {status})"
+        # a device that keeps knocking: one that believes it is registered (our store was lost,
+        # or it registered to another gateway), or a stranger
+        self.registrar.refused.record(from_user(event.request), event.peer.host, reason, detail, self._clock())
 
     def _on_device_message(self, msg: ManscdpRequest) -> None:
         tx = msg.event.transaction
@@ -449,15 +507,72 @@ class RegistrarService:
         charset: str = "",
         stream_mode: StreamMode | None = None,
     ) -> Device:
-        """Add (or update) a device by hand: its password, name, MANSCDP charset and media mode."""
+        """Add (or update) a device by hand: its password, name, MANSCDP charset and media mode.
+
+        A new password lifts the device's bans: they were earned with the old one.
+        """
         change = self.devices.provision(
             device_id, epoch=self._clock(), password=password, name=name, charset=charset, stream_mode=stream_mode
         )
         device = self.devices[device_id]
         now, epoch = self._now()
         self._apply(change, device, now, epoch)
+        if password:
+            self.unban_device(device_id, why="password changed")
         await self.flush()
         return device
+
+    # --- bans and refusals -------------------------------------------------------------------
+
+    def bans(self) -> list[Ban]:
+        """Every active ban, the one ending first first."""
+        return self.registrar.bans.active(self._now()[0])
+
+    def bans_of(self, device: Device) -> list[Ban]:
+        """The active bans that refuse ``device`` (its own, from any address, and its address's)."""
+        return self.registrar.bans.of_device(device.device_id, device.host, self._now()[0])
+
+    def last_auth_failure(self, device_id: str) -> AuthFailure | None:
+        """The device ID's last failed digest authentication, if remembered."""
+        return self.registrar.bans.last_failure(device_id)
+
+    def unban(self, key: str) -> Ban | None:
+        """Lift the ban on ``key`` (``ip:<address>`` or ``id:<ID>@<address>``); the ban, or ``None``."""
+        ban = self.registrar.bans.lift(key)
+        if ban is not None:
+            self._lifted([ban], "lifted by operator")
+        return ban
+
+    def unban_device(self, device_id: str, *, why: str = "lifted by operator") -> list[Ban]:
+        """Lift every ban that refuses ``device_id``, from every address (see :meth:`~gb28181gw.gb.bans.BanList.lift_device`)."""
+        lifted = self.registrar.bans.lift_device(device_id)
+        self._lifted(lifted, why)
+        return lifted
+
+    def _lifted(self, bans: list[Ban], why: str) -> None:
+        for ban in bans:
+            log.info("ban lifted", extra={"key": ban.key, "device": ban.device_id, "reason": why})
+            if self.persist_bans:
+                self._bans_to_save.pop(ban.key, None)
+                self._bans_to_delete.add(ban.key)
+
+    # --- housekeeping ------------------------------------------------------------------
+
+    def stale(self, older_than: float, *, provisioned: bool = False) -> list[Device]:
+        """Devices not heard from for ``older_than`` seconds (see :meth:`DeviceTable.stale`)."""
+        return self.devices.stale(before=self._clock() - older_than, provisioned=provisioned)
+
+    async def prune(self, older_than: float, *, provisioned: bool = False) -> list[Device]:
+        """Remove the devices not heard from for ``older_than`` seconds; the removed ones.
+
+        Never a device holding a registration (see :meth:`DeviceTable.stale`).
+        """
+        pruned = self.stale(older_than, provisioned=provisioned)
+        for device in pruned:
+            await self.remove(device.device_id)
+        if pruned:
+            log.info("devices pruned", extra={"devices": len(pruned), "older_than": older_than})
+        return pruned
 
     async def remove(self, device_id: str) -> bool:
         """Forget a device entirely (it must register again)."""
@@ -469,11 +584,19 @@ class RegistrarService:
         return stored or removed is not None
 
     def update_info(
-        self, device_id: str, *, name: str = "", manufacturer: str = "", model: str = "", firmware: str = ""
+        self, device_id: str, *, reported_name: str = "", manufacturer: str = "", model: str = "", firmware: str = ""
     ) -> None:
-        """Keep what the device said about itself (DeviceInfo); written with the next batch."""
+        """Keep what the device said about itself (DeviceInfo); written with the next batch.
+
+        Its name is kept as ``reported_name``, beside the operator's ``name``.
+        """
         if self.devices.describe(
-            device_id, epoch=self._clock(), name=name, manufacturer=manufacturer, model=model, firmware=firmware
+            device_id,
+            epoch=self._clock(),
+            reported_name=reported_name,
+            manufacturer=manufacturer,
+            model=model,
+            firmware=firmware,
         ):
             self.changed(device_id)
 

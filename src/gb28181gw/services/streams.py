@@ -54,6 +54,7 @@ from gb28181gw.errors import (
     StreamError,
 )
 from gb28181gw.gb.model import Device
+from gb28181gw.gb.outbound import device_peer
 from gb28181gw.gb.session import PlaySession, PlayState, invite
 from gb28181gw.media.ports import PortPool, PortsExhausted
 from gb28181gw.metrics import (
@@ -157,7 +158,8 @@ class MediaSettings:
     No defaults here: ``config.py`` states them once.
 
     Attributes:
-        address: the media IP put in our SDP offers.
+        address: the media IP put in our SDP offers; empty: the address each device reached
+            us at (``SipStack.local_address``), where the wildcard-bound relay receives too.
         port_range: (first, last) media ports, split evenly between the relays.
         stream_mode: how devices without their own mode send media.
         invite_timeout / rtp_timeout / linger: seconds (see ``config.MediaSection``).
@@ -370,7 +372,7 @@ class StreamService:
             device,
             our_id=self.our_id,
             domain=self.domain,
-            media_ip=self.settings.address,
+            media_ip=self.settings.address or self.stack.local_address(device_peer(device))[0],
             port=port,
             ssrc=ssrc,
             mode=mode,
@@ -403,8 +405,7 @@ class StreamService:
         except StreamError as exc:
             self._fail(st, exc, "bind-failed")
             return
-        host, port = self.stack.endpoint.local_address(st.peer.transport)
-        request = invite(st.session, contact=f"sip:{self.our_id}@{host}:{port}")
+        request = invite(st.session, contact=self.stack.contact(self.our_id, st.peer))
         st.invite_at = self.loop.time()
         log.info(
             "INVITE", extra={"stream": st.id, "channel": st.channel_id, "device": st.device_id, "mode": str(st.mode)}
@@ -726,6 +727,22 @@ class StreamService:
             figures = snapshots[self.relays.index(st.relay)].get(st.id)
             if figures is not None and figures.idle >= timeout:
                 what = "no RTP" if figures.packets else "no RTP at all"
+                # what the operator needs when video never arrives: where the device was told to send
+                session = st.session
+                told = (
+                    f"{session.media_ip}:{st.port} ({st.mode})"
+                    if st.mode is not StreamMode.TCP_ACTIVE
+                    else f"our TCP connection to {session.media_host}:{session.media_port} (tcp-active)"
+                )
+                log.warning(
+                    "media timeout",
+                    extra={
+                        "stream": st.id,
+                        "device": st.device_id,
+                        "reason": f"{what} for {figures.idle:.0f} s",
+                        "told_to_send_to": told,
+                    },
+                )
                 self._close(st, f"{what} for {figures.idle:.0f} s", "media-timeout")
                 continue
             for consumer in list(st.consumers.values()):

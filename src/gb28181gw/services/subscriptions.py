@@ -156,10 +156,9 @@ class SubscriptionService:
             router.add_dialog(dialog.id, sub.handler, owner="subscriptions")
         sub.expires = self.expires if expires is None else expires
         sub.sn = self.devices.next_sn(device_id)
-        host, port = ep.local_address(sub.dialog.peer.transport)
         req = sub.dialog.request(
             "SUBSCRIBE",
-            contact=f"sip:{self.devices.our_id}@{host}:{port}",
+            contact=self.stack.contact(self.devices.our_id, sub.dialog.peer),
             extra=[("Event", f"{package};id={sub.sn}"), ("Expires", str(sub.expires))],
             content_type=CONTENT_TYPE,
             body=encode(Root.QUERY, cmd, sub.sn, device_id, charset=device.charset),

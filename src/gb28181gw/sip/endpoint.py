@@ -154,11 +154,15 @@ class SipEndpoint:
     # --- configuration ---------------------------------------------------------------
 
     def set_local_address(self, transport: str, host: str, port: int) -> None:
-        """Tell the endpoint the sent-by (address and port) to put in our Via for ``transport``."""
+        """Tell the endpoint the default sent-by (address and port) for our Via over ``transport``.
+
+        It is used when :meth:`send_request` is not given the ``local`` address of the peer
+        (the shell passes the address each peer reached us on: see ``net/local.py``).
+        """
         self._local[transport.upper()] = (host, port)
 
     def local_address(self, transport: str) -> tuple[str, int]:
-        """Our sent-by for ``transport`` (``0.0.0.0:5060`` until told)."""
+        """Our default sent-by for ``transport`` (``0.0.0.0:5060`` until told)."""
         return self._local.get(transport.upper(), ("0.0.0.0", 5060))
 
     def new_tag(self) -> str:
@@ -379,15 +383,19 @@ class SipEndpoint:
             inp = Input.TU_REJECT if stateless else Input.TU_FINAL
         self._fire(tx, inp, now, response)
 
-    def send_request(self, request: Request, peer: Peer, now: float) -> Transaction:
+    def send_request(
+        self, request: Request, peer: Peer, now: float, *, local: tuple[str, int] | None = None
+    ) -> Transaction:
         """Start a client transaction for ``request`` toward ``peer``.
 
-        A Via with a fresh branch is put on top; Max-Forwards is added if missing.
+        A Via with a fresh branch is put on top, its sent-by ``local`` (the address and port
+        ``peer`` reaches us at, RFC 3261 §18.1.1) or else the default of
+        :meth:`set_local_address`; Max-Forwards is added if missing.
         ACK is not sent this way: use :meth:`send_ack`.
         """
         if request.method == "ACK":
             raise LocalProtocolError("ACK has no client transaction: use send_ack()")
-        branch = self._add_via(request, peer)
+        branch = self._add_via(request, peer, local)
         reliable = peer.transport in RELIABLE_TRANSPORTS
         kind = Kind.INVITE_CLIENT if request.method == "INVITE" else Kind.NON_INVITE_CLIENT
         key = client_key(branch, request.method)
@@ -405,14 +413,17 @@ class SipEndpoint:
             self._start(tx, Action.START_F, now)
         return tx
 
-    def send_ack(self, ack: Request, peer: Peer, tx: Transaction | None = None) -> None:
+    def send_ack(
+        self, ack: Request, peer: Peer, tx: Transaction | None = None, *, local: tuple[str, int] | None = None
+    ) -> None:
         """Send an ACK for a 2xx: no transaction, a fresh branch (RFC 3261 §13.2.2.4, §17.1.1.3).
 
         Given the INVITE's client transaction ``tx``, the same ACK is sent again for every
         retransmission of the 2xx while the transaction is Accepted (RFC 6026 §8.4): the
         device retransmits its 200 until an ACK reaches it, and a lost ACK must not end the call.
+        ``local``: the Via sent-by, as for :meth:`send_request`.
         """
-        self._add_via(ack, peer)
+        self._add_via(ack, peer, local)
         wire = ack.serialize()
         if tx is not None and tx.client:
             tx.ack = wire
@@ -464,8 +475,8 @@ class SipEndpoint:
         self._start(ctx, Action.START_E, now)
         self._start(ctx, Action.START_F, now)
 
-    def _add_via(self, request: Request, peer: Peer) -> str:
-        host, port = self.local_address(peer.transport)
+    def _add_via(self, request: Request, peer: Peer, local: tuple[str, int] | None) -> str:
+        host, port = local or self.local_address(peer.transport)
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
         branch = MAGIC_COOKIE + self._token(10)

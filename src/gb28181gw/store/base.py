@@ -12,11 +12,11 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol
 
-from gb28181gw.gb.model import Alarm, Channel, Device
+from gb28181gw.gb.model import Alarm, Ban, Channel, Device
 
 
 class Store(Protocol):
-    """Async persistence of devices and channels.
+    """Async persistence of devices, channels, alarms and bans.
 
     Attributes:
         writable: whether the last write reached the store (``/readyz`` fails while it is false).
@@ -69,4 +69,16 @@ class Store(Protocol):
         """Keep these alarms (the oldest beyond the backend's limit may be dropped)."""
 
     async def load_alarms(self, limit: int = 100, device_id: str | None = None) -> list[Alarm]:
-        """The newest ``limit`` alarms, newest first, of one source device or all."""
+        """The newest ``limit`` alarms, newest first, of all, or of one device: raised by it
+        (its ``device_id``) or reported by it (``reported_by``: an NVR for its channels)."""
+
+    async def save_bans(self, bans: Sequence[Ban], *, ended_before: float = 0.0) -> None:
+        """Insert or replace these bans (by key), and delete every stored ban that ended before
+        ``ended_before`` (wall-clock epoch seconds): the table never holds more than the active bans
+        and the ones ended since the last write."""
+
+    async def load_bans(self) -> list[Ban]:
+        """Every stored ban, the one ending first first (ended ones too: the caller knows the time)."""
+
+    async def delete_bans(self, keys: Sequence[str]) -> None:
+        """Remove the bans with these keys (lifted by an operator); unknown keys are no error."""

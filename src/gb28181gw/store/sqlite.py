@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gb28181gw.errors import StoreError, StoreRecordError
-from gb28181gw.gb.model import DEVICE_FIELDS, Alarm, Channel, Device
+from gb28181gw.gb.model import BAN_FIELDS, DEVICE_FIELDS, Alarm, Ban, Channel, Device
 
 T = TypeVar("T")
 
@@ -100,6 +100,30 @@ MIGRATIONS: list[str] = [
     ALTER TABLE devices DROP COLUMN registered;
     ALTER TABLE devices DROP COLUMN online;
     """,
+    # bans kept across restarts (registrar.persist_bans); bounded by the registrar's own bound on
+    # active bans, and ended ones are deleted with every write
+    """
+    CREATE TABLE bans (
+        key TEXT PRIMARY KEY,
+        address TEXT NOT NULL DEFAULT '',
+        device_id TEXT NOT NULL DEFAULT '',
+        since REAL NOT NULL DEFAULT 0,
+        until REAL NOT NULL DEFAULT 0,
+        reason TEXT NOT NULL DEFAULT '',
+        failures INTEGER NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX bans_by_until ON bans(until);
+    """,
+    # the operator's name and the device's own are kept apart: a device that registered by itself
+    # never had an operator's name, so what it holds is the device's; a provisioned device keeps
+    # its name as the operator's (its next DeviceInfo fills reported_name). Alarms are also found
+    # by the device that reported them (an NVR for its channels).
+    """
+    ALTER TABLE devices ADD COLUMN reported_name TEXT NOT NULL DEFAULT '';
+    UPDATE devices SET reported_name = name, name = '' WHERE NOT provisioned;
+    CREATE INDEX alarms_by_reporter ON alarms(reported_by, id);
+    """,
 ]
 #: Alarms kept; older ones are deleted as new ones come.
 MAX_ALARMS = 100_000
@@ -134,6 +158,11 @@ def _text(row: Sequence[Any], count: int) -> list[str]:
     """The first ``count`` columns of ``row``, all text."""
     return [_from_sql(v) for v in row[:count]]
 
+
+_UPSERT_BAN = (
+    f"INSERT INTO bans ({', '.join(BAN_FIELDS)}) VALUES ({', '.join('?' for _ in BAN_FIELDS)}) "
+    f"ON CONFLICT(key) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in BAN_FIELDS[1:])}"
+)
 
 _UPSERT_CHANNEL = (
     "INSERT INTO channels (channel_id, device_id, name, status, parent_id, extra) VALUES (?, ?, ?, ?, ?, ?) "
@@ -397,8 +426,9 @@ class SqliteStore:
             )
             args: tuple[object, ...] = (limit,)
             if device_id is not None:
-                sql += " WHERE device_id = ?"
-                args = (device_id, limit)
+                # of the device itself (or channel), or reported by it (an NVR's channels); each side has its index
+                sql += " WHERE device_id = ? OR reported_by = ?"
+                args = (device_id, device_id, limit)
             rows = self._db().execute(sql + " ORDER BY id DESC LIMIT ?", args)
             alarms = []
             for row in rows:
@@ -407,3 +437,30 @@ class SqliteStore:
             return alarms
 
         return await self._run(load)
+
+    # --- bans ------------------------------------------------------------------------
+
+    async def save_bans(self, bans: Sequence[Ban], *, ended_before: float = 0.0) -> None:
+        rows = [self._row(tuple(getattr(b, f) for f in BAN_FIELDS)) for b in bans]
+
+        def save(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM bans WHERE until < ?", (ended_before,))
+            db.executemany(_UPSERT_BAN, rows)
+
+        await self._run(lambda: self._in_transaction(save, f"writing {len(rows)} bans"))
+
+    async def load_bans(self) -> list[Ban]:
+        def load() -> list[Ban]:
+            rows = self._db().execute(f"SELECT {', '.join(BAN_FIELDS)} FROM bans ORDER BY until")
+            return [Ban(*map(_from_sql, row)) for row in rows]
+
+        return await self._run(load)
+
+    async def delete_bans(self, keys: Sequence[str]) -> None:
+        gone = [(key,) for key in keys]
+
+        def delete(db: sqlite3.Connection) -> None:
+            db.executemany("DELETE FROM bans WHERE key = ?", gone)
+
+        if gone:
+            await self._run(lambda: self._in_transaction(delete, f"deleting {len(gone)} bans"))

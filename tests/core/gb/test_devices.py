@@ -51,6 +51,13 @@ EXPECTED: dict[tuple[DeviceState, DeviceEvent], tuple[DeviceState, tuple[Output,
 }
 
 
+def transition_copy(d: Device) -> Device:
+    """``d`` registered (a copy, as the registrar proposes it)."""
+    new = d.copy()
+    transition(new, E.REGISTERED, epoch=EPOCH, peer=HERE)
+    return new
+
+
 def device(state: DeviceState = S.UNREGISTERED, peer: Peer | None = HERE, **kw: object) -> Device:
     d = Device(ID, state=state, **kw)  # type: ignore[arg-type]
     if peer is not None:
@@ -180,6 +187,42 @@ class TestDeviceTable:
         d = table[ID]
         assert (d.name, d.manufacturer, d.keepalive_interval, d.keepalive_count) == ("old", "Hikvision", 30, 5)
         assert not table.describe("x", epoch=EPOCH) and not table.set_heartbeat("x", epoch=EPOCH, interval=1)
+
+    def test_the_operators_name_and_the_reported_name_are_kept_apart(self) -> None:
+        # issue 11 defect 6: DeviceInfo used to overwrite the name the operator gave
+        table = DeviceTable()
+        table.provision(ID, epoch=EPOCH, name="南门")
+        table.adopt(transition_copy(table[ID]))
+        assert table.describe(ID, epoch=EPOCH, reported_name="IPC-7A2F")
+        d = table[ID]
+        assert (d.name, d.reported_name, d.display_name) == ("南门", "IPC-7A2F", "南门")
+        table.provision(ID, epoch=EPOCH, password="p")  # no name given: the operator's stays
+        assert table.describe(ID, epoch=EPOCH, manufacturer="Hikvision")  # no name reported: kept
+        assert (table[ID].name, table[ID].reported_name) == ("南门", "IPC-7A2F")
+        unnamed = Device("34020000001320000002", reported_name="IPC-1")
+        assert unnamed.display_name == "IPC-1"
+
+    def test_stale_is_not_heard_from_never_registered_now_and_not_provisioned_unless_asked(self) -> None:
+        day = 86400.0
+        now = EPOCH + 100 * day
+        table = DeviceTable()
+
+        def add(n: int, state: DeviceState = S.UNREGISTERED, **kw: object) -> None:
+            d = Device(f"340200000013200000{n:02d}", state=state, **kw)  # type: ignore[arg-type]
+            table.adopt(d)
+
+        add(1, last_keepalive=now - 31 * day, created_at=EPOCH)  # silent 31 days: stale
+        add(2, last_keepalive=now - 29 * day, created_at=EPOCH)  # 29 days: not yet
+        add(3, registered_at=now - 40 * day, created_at=EPOCH)  # an old record's only time
+        add(4, created_at=now - 40 * day)  # never heard from, made 40 days ago
+        add(5, created_at=now - day)  # never heard from, made yesterday
+        add(6, S.OFFLINE, last_keepalive=now - 60 * day)  # still registered: never
+        add(7, S.ONLINE, last_keepalive=now - 60 * day)  # online: never
+        add(8, provisioned=True, last_keepalive=now - 60 * day)  # an operator's: only if asked
+        stale = [d.device_id[-2:] for d in table.stale(before=now - 30 * day)]
+        assert stale == ["01", "03", "04"]
+        with_provisioned = [d.device_id[-2:] for d in table.stale(before=now - 30 * day, provisioned=True)]
+        assert with_provisioned == ["01", "03", "04", "08"]
 
     def test_on_connection_finds_online_devices_of_that_connection(self) -> None:
         table = DeviceTable()

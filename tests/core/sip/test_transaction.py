@@ -177,6 +177,21 @@ class TestNonInviteClient:
         assert isinstance(ev, TransactionTimedOut) and ev.transaction is tx
         assert ep.transactions_in_flight == 0
 
+    def test_via_sent_by_is_the_local_address_the_shell_gives(self) -> None:
+        # §18.1.1: the sent-by is where the peer reaches us; the shell knows it per peer (issue 11)
+        ep, clock = new_endpoint(), FakeClock()
+        ep.send_request(self._request(ep), DEVICE_UDP, clock.now, local=("192.0.2.7", 5070))
+        ep.send_request(self._request(ep), DEVICE_UDP, clock.now)
+        given, default = (parse_message(wire).top_via for wire in _sent(ep))
+        assert (given.host, given.port) == ("192.0.2.7", 5070)
+        assert (default.host, default.port) == ("127.0.0.1", 5060)  # set_local_address's
+        ack = make_request(
+            "ACK", "sip:x@127.0.0.1", from_addr="sip:a@b", to_addr="sip:c@d", call_id="c", cseq=1, from_tag="f"
+        )
+        ep.send_ack(ack, DEVICE_UDP, local=("2001:db8::7", 5070))
+        (wire,) = _sent(ep)
+        assert wire.split(b"\r\n")[1].startswith(b"Via: SIP/2.0/UDP [2001:db8::7]:5070;")
+
     def test_no_retransmission_over_tcp(self) -> None:
         ep, clock = new_endpoint(), FakeClock()
         ep.send_request(self._request(ep), DEVICE_TCP, clock.now)
