@@ -20,8 +20,8 @@ import pytest
 from gb28181gw import config
 from gb28181gw.app import FD_RESERVE
 from gb28181gw.cli import main
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 UNIT = ROOT / "conf" / "gb28181gw.service"
 SRC = ROOT / "src" / "gb28181gw"
