@@ -71,7 +71,7 @@ def test_commented_out_defaults_count_and_a_wrong_one_is_seen() -> None:
     expected = {name: {f.name: getattr(cls(), f.name) for f in fields(cls)} for name, cls in SECTIONS.items()}
     for wrong in (
         text.replace("\nport = 5060\n", "\nport = 5070\n"),
-        text.replace("utc_offset_hours = 8.0", "utc_offset_hours = 8"),
+        text.replace("query_timeout = 10.0", "query_timeout = 10"),
         text.replace("[log]\n", "[log]\n# colour = true\n"),
         text.replace("\ntcp_max_connections = 20000\n", "\n"),
     ):

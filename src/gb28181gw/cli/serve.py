@@ -47,6 +47,7 @@ def serve(
 ) -> None:
     """Run the gateway (defaults: SIP on 0.0.0.0:5060 UDP+TCP, admin API on 127.0.0.1:8028)."""
     from gb28181gw.app import STARTUP_FAILURE, run
+    from gb28181gw.config import parse_time_zone
     from gb28181gw.logs import setup_logging
 
     try:
@@ -67,7 +68,9 @@ def serve(
     except ConfigError as exc:
         err_console.print(f"[red]{exc}[/red]", highlight=False)
         sys.exit(STARTUP_FAILURE)
-    setup_logging(config.log.level, config.log.format, wire=config.log.wire)
+    setup_logging(
+        config.log.level, config.log.format, wire=config.log.wire, time_zone=parse_time_zone(config.gateway.time_zone)
+    )
     sys.exit(run(config))
 
 
