@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import tomllib
 from dataclasses import fields
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gb28181gw.config import SECTIONS, Config, describe_options, load_config
+from gb28181gw.config import SECTIONS, Config, describe_options, load_config, parse_time_zone
 from gb28181gw.errors import ConfigError
 from tests.helpers import ROOT
 
@@ -153,3 +154,17 @@ def test_bad_files(tmp_path: Path, text: str, key: str, fragment: str) -> None:
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("/nonexistent/gw.toml", env={})
+
+
+def test_time_zone_names_offsets_and_mistakes() -> None:
+    assert load_config(env={}).gateway.time_zone == "Asia/Shanghai"
+    assert parse_time_zone("Asia/Shanghai").utcoffset(None) == dt.timedelta(hours=8)  # without a tz database
+    assert parse_time_zone("UTC+8").utcoffset(None) == dt.timedelta(hours=8)
+    assert parse_time_zone("-05:30").utcoffset(None) == -dt.timedelta(hours=5, minutes=30)
+    assert parse_time_zone("utc") is dt.UTC
+    c = load_config(env={"GB28181GW_GATEWAY_TIME_ZONE": "Europe/Berlin"})
+    assert c.gateway.time_zone == "Europe/Berlin"
+    with pytest.raises(ConfigError, match=r"gateway\.time_zone.*unknown time zone 'Mars/Olympus'.*UTC\+8"):
+        load_config(env={}, overrides={"gateway.time_zone": "Mars/Olympus"})
+    with pytest.raises(ConfigError, match="registrar.utc_offset_hours"):  # replaced by gateway.time_zone
+        load_config(env={}, overrides={"registrar.utc_offset_hours": "8"})
