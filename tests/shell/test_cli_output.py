@@ -36,18 +36,23 @@ from tests.process import free_port, http_get, serve, wait_ready
 BIN = str(Path(sys.executable).parent / "gb28181gw")
 DEVICE = "34020000001320000001"
 UNKNOWN = "34020000001320009999"
+NVR = "34020000001180000007"
+CHANNELS = ("34020000001310000071", "34020000001310000072")
 QUERY_TIMEOUT = 6  # longer than the 5 s the CLI used to give up after
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 class QuietDevice:
-    """Registers from a loopback socket, then answers every MESSAGE 200 OK and nothing more."""
+    """Registers from a loopback socket, then answers every MESSAGE 200 OK and nothing more
+    (but a Catalog query, when it is given ``channels`` to answer with)."""
 
-    def __init__(self, gw_port: int) -> None:
+    def __init__(self, gw_port: int, device_id: str = DEVICE, *, channels: tuple[str, ...] = ()) -> None:
+        self.device_id = device_id
+        self.channels = channels
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(5)
-        self.sock.sendto(register(DEVICE, 1), ("127.0.0.1", gw_port))
+        self.sock.sendto(register(device_id, int(device_id[-4:])), ("127.0.0.1", gw_port))
         assert self.sock.recv(65535).startswith(b"SIP/2.0 200")
         self.sock.settimeout(0.2)
         self.messages: list[bytes] = []  # bodies of the MESSAGEs the gateway sent
@@ -67,6 +72,30 @@ class QuietDevice:
             if isinstance(msg, Request) and msg.method == "MESSAGE":
                 self.messages.append(msg.body)
                 self.sock.sendto(make_response(msg, 200, to_tag="quiet").serialize(), addr)
+                sn = re.search(rb"<SN>(\d+)</SN>", msg.body)
+                if self.channels and b"<CmdType>Catalog</CmdType>" in msg.body and sn:
+                    self.sock.sendto(self._catalog(int(sn[1])), addr)
+
+    def _catalog(self, sn: int) -> bytes:
+        items = "".join(
+            f"<Item><DeviceID>{ch}</DeviceID><Name>大门口</Name><Status>ON</Status>"
+            f"<ParentID>{self.device_id}</ParentID></Item>"
+            for ch in self.channels
+        )
+        body = (
+            f'<?xml version="1.0" encoding="GB2312"?>\r\n<Response><CmdType>Catalog</CmdType><SN>{sn}</SN>'
+            f"<DeviceID>{self.device_id}</DeviceID><SumNum>{len(self.channels)}</SumNum>"
+            f'<DeviceList Num="{len(self.channels)}">{items}</DeviceList></Response>\r\n'
+        ).encode("gb2312")
+        port = self.sock.getsockname()[1]
+        head = (
+            f"MESSAGE sip:34020000002000000001@3402000000 SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{port};rport;branch=z9hG4bKcat{sn}\r\n"
+            f"From: <sip:{self.device_id}@3402000000>;tag=cat{sn}\r\nTo: <sip:34020000002000000001@3402000000>\r\n"
+            f"Call-ID: catalog-{sn}@127.0.0.1\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\n"
+            f"Content-Type: Application/MANSCDP+xml\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        return head.encode() + body
 
     def close(self) -> None:
         self._stop.set()
@@ -77,7 +106,8 @@ class QuietDevice:
 @dataclass
 class Gw:
     admin: str
-    device: QuietDevice
+    device: QuietDevice  # never answers a query
+    nvr: QuietDevice  # answers a Catalog query with its channels
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +119,14 @@ def gw() -> Iterator[Gw]:
         "--set", "devices.catalog_on_register=false", "--set", "devices.subscribe=", "--set", "media.workers=0",
     )  # fmt: skip
     admin = f"http://127.0.0.1:{admin_port}"
-    device = None
+    devices: list[QuietDevice] = []
     try:
         wait_ready(admin, proc)
-        device = QuietDevice(sip_port)
-        yield Gw(admin, device)
+        devices.append(QuietDevice(sip_port))
+        devices.append(QuietDevice(sip_port, NVR, channels=CHANNELS))
+        yield Gw(admin, *devices)
     finally:
-        if device is not None:
+        for device in devices:
             device.close()
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=15)
@@ -288,7 +319,7 @@ def test_a_narrow_terminal_never_cuts_an_id(gw: Gw) -> None:
         assert any(DEVICE in line or "34020000002000000001" in line for line in lines), lines
     lines = tty(gw, "devices", columns=40)
     assert any(DEVICE in line for line in lines) and any("34020000001320000002" in line for line in lines)
-    assert "2 devices" in lines
+    assert "3 devices" in lines
     wide = tty(gw, "devices", columns=200)
     assert any(DEVICE in line and "│" in line for line in wide)  # a table where there is room
     cli(gw, "device", "remove", "34020000001320000002")
@@ -361,16 +392,22 @@ def test_device_add_twice_says_updated_and_stream_mode_default_resets(gw: Gw) ->
     cli(gw, "device", "remove", other)
 
 
-def test_channel_status_filter_is_case_insensitive(gw: Gw) -> None:
-    for word in ("on", "ON", "Off"):
-        r = cli(gw, "channels", DEVICE, "--status", word, "--json")
-        assert r.code == 0 and json.loads(r.out) == []
-
-
 def test_catalog_refresh_all_reports_each_device_and_fails_at_the_end(gw: Gw) -> None:
     r = cli(gw, "catalog", "refresh", "--all")
     assert r.code == 1
-    assert f"[1/1] error: device {DEVICE} sent no Catalog response within 1 s" in r.err
-    assert r.out == "0 catalogs refreshed, 1 failed\n"
-    lines = tty(gw, "devices", columns=120)
-    assert any(line.strip() == "1 device" for line in lines)
+    assert r.out == f"[1/2] {NVR}: 2 channels in 1 message\n1 catalog refreshed, 1 failed\n"
+    assert r.err == f"[2/2] error: device {DEVICE} sent no Catalog response within 1 s\n"
+    one = cli(gw, "catalog", "refresh", NVR)
+    assert (one.code, one.out) == (0, f"{NVR}: 2 channels in 1 message\n")
+
+
+def test_channels_piped_narrow_and_filtered_case_insensitively(gw: Gw) -> None:
+    cli(gw, "catalog", "refresh", NVR)
+    header, *rows = cli(gw, "channels", NVR).out.splitlines()
+    assert header.split("\t")[:3] == ["channel", "name", "device"]
+    assert [row.split("\t")[:4] for row in rows] == [[ch, "大门口", NVR, "ON"] for ch in CHANNELS]
+    lines = tty(gw, "channels", NVR, columns=40)
+    assert "2 channels" in lines and all(any(ch in line for line in lines) for ch in (*CHANNELS, NVR))
+    for word, count in (("on", 2), ("ON", 2), ("Off", 0)):
+        r = cli(gw, "channels", NVR, "--status", word, "--json")
+        assert r.code == 0 and len(json.loads(r.out)) == count

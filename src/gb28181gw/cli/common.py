@@ -112,7 +112,8 @@ def display_zone(admin: str | None = None) -> _dt.tzinfo:
     ask = admin or _last_admin
     if not name and _gateway_zone is None and ask is not None:
         try:  # the site's zone is the gateway's setting: ask it (once)
-            _gateway_zone = str(call(ask, "GET", "/status", timeout=CONNECT_TIMEOUT).get("time_zone") or "")
+            answer = call(ask, "GET", "/status", timeout=CONNECT_TIMEOUT)
+            _gateway_zone = str(answer.get("time_zone") or "") if isinstance(answer, dict) else ""
         except AdminApiError:
             _gateway_zone = ""
     if not name:

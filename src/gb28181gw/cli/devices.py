@@ -239,7 +239,8 @@ def catalog_refresh(admin: str, device_id: str | None, all_devices: bool, as_jso
     targets = [d["device_id"] for d in request(admin, "GET", "/devices?state=online")["devices"]]
     results: list[dict[str, Any]] = []
     failed = 0
-    with Progress(console=console, transient=True, disable=not is_terminal() or as_json) as progress:
+    live = is_terminal() and not as_json
+    with Progress(console=console, transient=True, disable=not live) as progress:
         task = progress.add_task("catalog", total=len(targets))
         for i, target in enumerate(targets, 1):
             step = f"[{i}/{len(targets)}]"
@@ -251,12 +252,16 @@ def catalog_refresh(admin: str, device_id: str | None, all_devices: bool, as_jso
                     fail(exc.message, exc.hint)
                 failed += 1
                 results.append({"device_id": target, "error": exc.message})
-                if not as_json:
+                if live:  # above the progress bar, which owns the terminal
+                    progress.console.print(f"{step} [red]error:[/red] {escape(exc.message)}", highlight=False)
+                elif not as_json:
                     click.echo(f"{step} error: {exc.message}", err=True)
             else:
                 results.append(r)
-                if not as_json:
+                if live:
                     progress.console.print(f"{step} {escape(_catalog_line(r))}", highlight=False, crop=False)
+                elif not as_json:
+                    click.echo(f"{step} {_catalog_line(r)}")
             progress.advance(task)
     if as_json:
         print_json(results)
