@@ -523,8 +523,21 @@ async def _json_object(request: web.Request, usage: str) -> dict[str, Any]:
     return body
 
 
-#: JSON as every answer writes it: Chinese names stay readable (``大门口``, not ``\\u5927…``).
-_dumps = functools.partial(json.dumps, ensure_ascii=False)
+_readable = functools.partial(json.dumps, ensure_ascii=False)
+
+
+def _dumps(data: Any) -> str:
+    """JSON as every answer writes it: Chinese names stay readable (``大门口``, not ``\\u5927…``).
+
+    A header a device sent with undecodable bytes (a GB2312 User-Agent) holds them as lone
+    surrogates, which UTF-8 cannot carry: such an answer keeps ``\\u`` escapes, still valid JSON.
+    """
+    text = _readable(data)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(data)
+    return text
 
 
 def json_response(data: Any, *, status: int = 200) -> web.Response:

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from gb28181gw.sip.message import Request, make_response, parse_message
-from tests.hostile.test_persistence import register
+from tests.hostile.test_persistence import GB2312_AGENT, register
 from tests.process import free_port, http_get, serve, wait_ready
 
 BIN = str(Path(sys.executable).parent / "gb28181gw")
@@ -106,6 +106,7 @@ class QuietDevice:
 @dataclass
 class Gw:
     admin: str
+    sip_port: int
     device: QuietDevice  # never answers a query
     nvr: QuietDevice  # answers a Catalog query with its channels
 
@@ -124,7 +125,7 @@ def gw() -> Iterator[Gw]:
         wait_ready(admin, proc)
         devices.append(QuietDevice(sip_port))
         devices.append(QuietDevice(sip_port, NVR, channels=CHANNELS))
-        yield Gw(admin, *devices)
+        yield Gw(admin, sip_port, *devices)
     finally:
         for device in devices:
             device.close()
@@ -411,3 +412,19 @@ def test_channels_piped_narrow_and_filtered_case_insensitively(gw: Gw) -> None:
     for word, count in (("on", 2), ("ON", 2), ("Off", 0)):
         r = cli(gw, "channels", NVR, "--status", word, "--json")
         assert r.code == 0 and len(json.loads(r.out)) == count
+
+
+def test_a_device_whose_user_agent_is_not_utf8_is_listed_and_shown(gw: Gw) -> None:
+    odd = "34020000001320000004"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        s.sendto(register(odd, 4, GB2312_AGENT), ("127.0.0.1", gw.sip_port))
+        assert s.recv(65535).startswith(b"SIP/2.0 200")
+    status, body = http_get(gw.admin + f"/api/v1/devices/{odd}")
+    assert status == 200 and json.loads(body)["user_agent"].encode("utf-8", "surrogateescape") == GB2312_AGENT
+    listed = cli(gw, "devices", "--json")
+    assert listed.code == 0 and odd in listed.out
+    shown = cli(gw, "device", "show", odd)
+    assert shown.code == 0 and "user_agent\t\\xba\\xa3\\xbf\\xb5" in shown.out
+    assert cli(gw, "device", "show", odd, "--json").code == 0
+    cli(gw, "device", "remove", odd)

@@ -231,7 +231,17 @@ class Column:
         raw = row.get(self.value, "") if isinstance(self.value, str) else self.value(row)
         if raw is None or raw == "":
             return "-"
-        return str(raw)
+        return printable(str(raw))
+
+
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """``text`` with the bytes a device sent undecodable (lone surrogates) shown as ``\\xNN``."""
+    if not _SURROGATE_RE.search(text):
+        return text
+    return _SURROGATE_RE.sub(lambda m: f"\\x{(ord(m[0]) - 0xDC00) & 0xFF:02x}", text)
 
 
 _TIME_SUFFIXES = ("_at", "_until", "_since")
@@ -257,8 +267,8 @@ def field_text(key: str, value: Any) -> str:
     if value is None or value == "":
         return "-"
     if isinstance(value, list | tuple):
-        return ", ".join(str(v) for v in value) or "-"
-    return str(value)
+        return printable(", ".join(str(v) for v in value)) or "-"
+    return printable(str(value))
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -273,8 +283,11 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def print_json(data: Any) -> None:
-    """JSON on stdout, Chinese kept readable."""
-    click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+    """JSON on stdout, Chinese kept readable (``\\u`` escapes only for bytes a device sent undecodable)."""
+    text = json.dumps(data, ensure_ascii=False, indent=2)
+    if _SURROGATE_RE.search(text):
+        text = json.dumps(data, indent=2)
+    click.echo(text)
 
 
 def is_terminal() -> bool:
