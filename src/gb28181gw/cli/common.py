@@ -2,9 +2,9 @@
 
 Conventions (issue 11; every command follows them, new ones too):
 
-- **IDs are never truncated.** Tables are printed with :func:`emit`, which folds or wraps any
-  column but an ID column, whatever the terminal width (a table too wide for the terminal is
-  printed wider, and the terminal wraps it, rather than cut an ID).
+- **IDs are never truncated.** Tables are printed with :func:`emit` (mark ID columns
+  ``Column(..., is_id=True)``), which folds any column but an ID column; on a terminal too narrow
+  for the table with its IDs whole, each row becomes a block of ``title value`` lines, ID first.
 - **Piped output is plain**: when stdout is not a terminal, :func:`emit` and :func:`emit_fields`
   print tab-separated rows (a header line first) with no colour, box or title, so
   ``gb28181gw devices | grep 3402…`` and ``cut -f1`` work.
@@ -25,6 +25,10 @@ Conventions (issue 11; every command follows them, new ones too):
   ``last_*``, ``*_until`` are times, ``*_seconds`` durations, ``*_in`` countdowns), so a field
   the API adds later is shown right without touching the command.
 - **Counts** through :func:`plural` ("1 device", "2 devices").
+- **Times an operator types** (``--from``/``--to``) are a :class:`TimeParam`, read by
+  :func:`parse_time` in the site's zone: checked before any request.
+- **Bytes a device sent undecodable** (lone surrogates in its header text) are shown as
+  ``\\xNN`` (:func:`printable`), never a crash.
 """
 
 from __future__ import annotations
@@ -64,10 +68,17 @@ TIME_ZONE_ENV = ENV_PREFIX + "GATEWAY_TIME_ZONE"
 CHINA_STANDARD_TIME = BEIJING
 
 
+_zone: _dt.tzinfo | None = None
+_gateway_zone: str | None = None  # what the gateway said in /status
+_last_admin: str | None = None  # the gateway this command talks to
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gb28181gw")
 def main() -> None:
     """gb28181gw: GB/T 28181 signalling gateway and device registrar."""
+    global _zone, _gateway_zone, _last_admin
+    _zone = _gateway_zone = _last_admin = None  # each invocation learns its gateway's zone afresh
 
 
 # --- errors --------------------------------------------------------------------------------
@@ -93,11 +104,6 @@ def plural(count: int, word: str, many: str | None = None) -> str:
 
 
 # --- times ---------------------------------------------------------------------------------
-
-
-_zone: _dt.tzinfo | None = None
-_gateway_zone: str | None = None  # what the gateway said in /status
-_last_admin: str | None = None  # the gateway this command talks to
 
 
 def display_zone(admin: str | None = None) -> _dt.tzinfo:
