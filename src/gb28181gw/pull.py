@@ -33,8 +33,8 @@ from gb28181gw.media.tcp_framing import Rfc4571Reader
 
 #: What ``play -o`` writes, by file extension.
 RECORDING_FORMATS = {
-    ".ps": "the PS exactly as the device sent it, video and audio",
-    ".mp4": "the video remuxed to MP4 (H.264/H.265, no re-encoding)",
+    ".ps": "exactly as the device sent it, video and audio",
+    ".mp4": "the video, remuxed without re-encoding; plays anywhere",
 }
 #: PTS clock of PS and RTP video (ISO/IEC 13818-1 §2.4.3.7).
 PTS_HZ = 90_000

@@ -18,7 +18,7 @@ import av
 import pytest
 
 from gb28181gw.app import Gateway
-from gb28181gw.services.streams import Stream
+from gb28181gw.services.streams import Consumer, Stream
 from tests.media import decode_h264, gb_ps, packetize, packs, send_udp, wait_for
 
 from .conftest import sipp_scenario
@@ -134,8 +134,8 @@ async def test_bad_arguments_are_refused_before_any_invite(tmp_path: Path) -> No
         refused = [
             (["--seconds", "0", "-o", str(tmp_path / "a.mp4")], "--seconds"),
             (["--seconds", "-3", "-o", str(tmp_path / "a.ps")], "--seconds"),
-            (["-o", str(tmp_path / "a.avi")], "must end in .ps or .mp4"),
-            (["-o", str(tmp_path / "noextension")], "must end in .ps or .mp4"),
+            (["-o", str(tmp_path / "a.avi")], "the file name must end in .ps"),
+            (["-o", str(tmp_path / "noextension")], "the file name must end in .ps"),
         ]
         for args, said in refused:
             proc = await cli(gw, "play", CH, *args)
@@ -245,3 +245,72 @@ def read_all(fd: int) -> bytes:
         if not chunk:
             return data
         data += chunk
+
+
+@pytest.mark.parametrize(
+    ("ending", "transport", "said"),
+    [("operator", "tcp", "ended: stopped by operator"), ("media-timeout", "udp", "ended: no RTP for ")],
+)
+async def test_the_gateway_ending_the_stream_is_said_in_words(
+    tmp_path: Path, ending: str, transport: str, said: str
+) -> None:
+    ps = gb_ps(50, 10)
+    gw, device = await gateway_with_device(tmp_path, scenario(answer()), **{"media.rtp_timeout": "2"})
+    try:
+        out = tmp_path / "out.ps"
+        proc = await cli(gw, "play", CH, "-o", str(out), "--transport", transport)
+        st = await consumed(gw)
+        await send_live(ps, st, fps=100)  # then the device falls silent
+        if ending == "operator":
+            await output(await cli(gw, "stream", "stop", st.id))
+        raw, _ = await asyncio.wait_for(proc.communicate(), 15)
+        text = raw.decode()
+        assert proc.returncode == 1, text
+        assert f"error: stream {st.id} {said}" in text
+        assert out.read_bytes() == ps
+        await finished(device)
+    finally:
+        await gw.stop()
+
+
+async def test_the_cli_renews_its_lease_and_hears_the_end(tmp_path: Path) -> None:
+    from gb28181gw.cli.media import LEASE, _Consumer
+
+    from .test_stream_states import I, new_stream
+
+    gw = await start_with_device(tmp_path)
+    try:
+        assert gw.admin is not None
+        service = gw.streams
+        st = new_stream(service)
+        service._apply(st, I.ESTABLISHED)
+        lease = service.loop.time() + 5
+        st.consumers["c1"] = Consumer("c1", "udp", "127.0.0.1", 9, ssrc=1, label="cli", expires_at=lease)
+        consumer = _Consumer(f"127.0.0.1:{gw.admin.port}", {"id": st.id, "consumer": {"id": "c1"}})
+        consumer._next_renew = 0  # due
+        assert await asyncio.to_thread(consumer.check, 1e9) is None  # polled: still ours
+        assert (st.consumers["c1"].expires_at or 0) > service.loop.time() + LEASE - 5  # renewed
+        service._close(st, "device offline: keepalive missed 3 times", "device-offline")
+        heard = await asyncio.to_thread(consumer.check, 0.0, now_please=True)
+        assert heard == f"stream {st.id} ended: device offline: keepalive missed 3 times"
+    finally:
+        await gw.stop()
+
+
+async def test_even_a_killed_play_leaves_an_mp4_that_plays(tmp_path: Path) -> None:
+    ps = gb_ps(250, 10)
+    gw, device = await gateway_with_device(tmp_path, scenario(answer()))
+    try:
+        out = tmp_path / "out.mp4"
+        proc = await cli(gw, "play", CH, "-o", str(out))
+        st = await consumed(gw)
+        sender = asyncio.create_task(send_live(ps, st, fps=50))
+        await wait_for(lambda: out.exists() and out.stat().st_size > 50_000, 10)
+        proc.kill()  # no trailer, no goodbye: the fragments written so far still play
+        await proc.wait()
+        sender.cancel()
+        assert mp4_frames(out) >= 20
+        assert st.consumers  # not released: its lease (30 s) will drop it; here the shutdown does
+    finally:
+        await gw.stop()
+    await finished(device)

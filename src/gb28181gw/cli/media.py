@@ -262,8 +262,15 @@ def _check_output(_ctx: click.Context, _param: click.Parameter, value: Path) -> 
     from gb28181gw.pull import RECORDING_FORMATS
 
     if value.suffix.lower() not in RECORDING_FORMATS:
-        kinds = "; ".join(f"{suffix} {what}" for suffix, what in RECORDING_FORMATS.items())
-        raise click.BadParameter(f"{value.name}: the file name must end in {' or '.join(RECORDING_FORMATS)} ({kinds})")
+        kinds = " or ".join(f"{suffix} ({what})" for suffix, what in RECORDING_FORMATS.items())
+        raise click.BadParameter(f"{value.name}: the file name must end in {kinds}")
+    return value
+
+
+def _check_seconds(_ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not value > 0:  # also NaN
+        unlimited = ", or leave it out to go on until Ctrl-C" if param.default is None else ""
+        raise click.BadParameter(f"{value:g} is not a number of seconds more than 0{unlimited}")
     return value
 
 
@@ -290,8 +297,9 @@ def _progress_line(elapsed: float, frames: int, pulled: Any, size: int) -> str:
 )
 @click.option(
     "--seconds",
-    type=click.FloatRange(min=0, min_open=True),
+    type=float,
     default=None,
+    callback=_check_seconds,
     help="Stop after this many seconds.  [default: record until Ctrl-C or until the stream ends]",
 )
 @click.option("--transport", type=click.Choice(["udp", "tcp"]), default="udp", show_default=True)
@@ -309,7 +317,8 @@ def play(
 
     Exit status: 0 when stopped by Ctrl-C or --seconds; 1 when the stream ended first (the
     reason is printed: the device hung up, sent no video, the gateway stopped it …) or no
-    video came; what did come is in the file either way.
+    video came; what did come is in the file either way. Even a killed play leaves an .mp4
+    that plays up to its last second, and the gateway stops sending within 30 s.
     """
     from gb28181gw.pull import Pulled, UnsupportedCodec, open_recording
 
@@ -361,7 +370,7 @@ def play(
         )
     _summary(output, recording, pulled, outcome, consumer, as_json)
     if outcome.ended is not None:
-        fail(f"{outcome.ended} (after {duration(outcome.elapsed)})", f"what came before is in {output}")
+        fail(f"{outcome.ended}, {duration(outcome.elapsed)} into the recording", f"what came before is in {output}")
 
 
 def _summary(output: Path, recording: Any, pulled: Any, outcome: _Pull, consumer: _Consumer, as_json: bool) -> None:
@@ -407,7 +416,8 @@ def _summary(output: Path, recording: Any, pulled: Any, outcome: _Pull, consumer
 @click.option(
     "--timeout",
     "seconds",
-    type=click.FloatRange(min=0, min_open=True),
+    type=float,
+    callback=_check_seconds,
     default=15.0,
     show_default=True,
     help="Seconds to wait for a key frame.",
