@@ -412,7 +412,27 @@ _STREAM_HTTP = {400: 400, 404: 404, 480: 409, 486: 409, 488: 502, 502: 502, 503:
 
 
 def add_stream_routes(admin: AdminServer, streams: StreamService, *, consumer_networks: tuple[IpNetwork, ...]) -> None:
-    """Live streams: list, open or join (a consumer), leave, stop."""
+    """Live streams: list, open or join (a consumer), renew a consumer's lease, leave, stop.
+
+    A stream that ended lately answers 410 with why (``{"error": "stream … ended: <reason>",
+    "reason", "cause", "ended_at"}``), one never known 404: a client polling its stream learns
+    why it is gone.
+    """
+
+    def missing(stream_id: str) -> web.Response:
+        ended = streams.ended_stream(stream_id)
+        if ended is None:
+            return error_response(404, f"no stream {stream_id}", "see `gb28181gw streams`")
+        return json_response(
+            {
+                "error": f"stream {stream_id} ended: {ended.reason}",
+                "reason": ended.reason,
+                "cause": ended.cause,
+                "channel_id": ended.channel_id,
+                "ended_at": round(ended.ended_at, 3),
+            },
+            status=410,
+        )
 
     async def list_streams(request: web.Request) -> web.Response:
         return json_response({"streams": streams_json(streams)})
@@ -420,7 +440,7 @@ def add_stream_routes(admin: AdminServer, streams: StreamService, *, consumer_ne
     async def show_stream(request: web.Request) -> web.Response:
         st = streams.streams.get(request.match_info["stream_id"])
         if st is None:
-            return error_response(404, f"no stream {request.match_info['stream_id']}", "see `gb28181gw streams`")
+            return missing(request.match_info["stream_id"])
         return json_response(stream_json(streams, st))
 
     async def play(request: web.Request) -> web.Response:
@@ -481,15 +501,35 @@ def add_stream_routes(admin: AdminServer, streams: StreamService, *, consumer_ne
         return json_response(out, status=201)
 
     async def stop_stream(request: web.Request) -> web.Response:
+        stream_id = request.match_info["stream_id"]
+        if stream_id not in streams.streams:
+            return missing(stream_id)
+        await streams.stop_stream(stream_id)
+        return json_response({"stopped": stream_id})
+
+    async def renew(request: web.Request) -> web.Response:
+        body = await _json_object(request, 'the body must be JSON: {"ttl": seconds}')
         try:
-            await streams.stop_stream(request.match_info["stream_id"])
+            ttl = float(body["ttl"])
+        except (KeyError, TypeError, ValueError):
+            ttl = math.nan
+        if not (math.isfinite(ttl) and ttl > 0):
+            return error_response(400, "ttl must be a positive number of seconds")
+        stream_id, consumer_id = request.match_info["stream_id"], request.match_info["consumer_id"]
+        if stream_id not in streams.streams:
+            return missing(stream_id)
+        try:
+            streams.renew_consumer(stream_id, consumer_id, ttl)
         except StreamError as exc:
             return error_response(404, str(exc))
-        return json_response({"stopped": request.match_info["stream_id"]})
+        return json_response({"renewed": consumer_id, "expires_in": ttl})
 
     async def leave(request: web.Request) -> web.Response:
+        stream_id = request.match_info["stream_id"]
+        if stream_id not in streams.streams:
+            return missing(stream_id)
         try:
-            await streams.remove_consumer(request.match_info["stream_id"], request.match_info["consumer_id"])
+            await streams.remove_consumer(stream_id, request.match_info["consumer_id"])
         except StreamError as exc:
             return error_response(404, str(exc))
         return json_response({"removed": request.match_info["consumer_id"]})
@@ -498,6 +538,7 @@ def add_stream_routes(admin: AdminServer, streams: StreamService, *, consumer_ne
     admin.add_route("POST", "/streams", play)
     admin.add_route("GET", "/streams/{stream_id}", show_stream)
     admin.add_route("DELETE", "/streams/{stream_id}", stop_stream)
+    admin.add_route("PATCH", "/streams/{stream_id}/consumers/{consumer_id}", renew)
     admin.add_route("DELETE", "/streams/{stream_id}/consumers/{consumer_id}", leave)
 
 

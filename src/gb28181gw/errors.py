@@ -190,13 +190,17 @@ class AdminApiError(Gb28181Error):
         message: what went wrong, in the gateway's own words when it answered.
         hint: what to do about it, if the gateway (or the client) knows.
         status: the HTTP status of the answer; ``None`` when the gateway was not reached or timed out.
+        unreachable: the connection itself was refused or failed (no gateway there), not merely slow.
     """
 
-    def __init__(self, message: str, hint: str | None = None, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, hint: str | None = None, status: int | None = None, *, unreachable: bool = False
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
         self.status = status
+        self.unreachable = unreachable
 
 
 class RelayFailure(StrEnum):

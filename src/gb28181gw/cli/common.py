@@ -441,7 +441,7 @@ def call(admin: str, method: str, path: str, body: Any = None, *, timeout: float
         except TimeoutError:
             raise AdminApiError(f"cannot reach {where}: no answer within {CONNECT_TIMEOUT:g} s", _REACH_HINT) from None
         except OSError as exc:
-            raise AdminApiError(f"cannot reach {where}: {exc.strerror or exc}", _REACH_HINT) from None
+            raise AdminApiError(f"cannot reach {where}: {exc.strerror or exc}", _REACH_HINT, unreachable=True) from None
         assert conn.sock is not None
         conn.sock.settimeout(timeout)
         try:
@@ -491,32 +491,8 @@ def request(admin: str, method: str, path: str, body: Any = None, *, timeout: fl
         fail(exc.message, exc.hint)
 
 
-# Transitional: the names the commands used before the conventions; delete once nothing uses them.
-
-
-def _api(admin: str, path: str) -> Any:
-    """GET through :func:`request` (kept while the commands move over to it)."""
-    return request(admin, "GET", path)
-
-
-def _api_send(
-    admin: str, method: str, path: str, body: dict[str, Any] | None = None, *, timeout: float = QUERY_HTTP_TIMEOUT
-) -> Any:
-    """Any method through :func:`request` (kept while the commands move over to it)."""
-    return request(admin, method, path, body, timeout=timeout)
-
-
-_ago = ago
-
-
-def _print_fields(title: str, data: dict[str, Any]) -> None:
-    table = Table("field", "value", show_header=False, title=title)
-    for key, value in data.items():
-        table.add_row(key, str(value))
-    console.print(table)
-
-
-def _rate(bits_per_second: float) -> str:
+def rate_text(bits_per_second: float) -> str:
+    """``850 kbit/s``, ``4.1 Mbit/s``."""
     if bits_per_second >= 1e6:
         return f"{bits_per_second / 1e6:.1f} Mbit/s"
     return f"{bits_per_second / 1e3:.0f} kbit/s"
