@@ -537,8 +537,18 @@ def suggest_key(unknown: str) -> str | None:
     return close[0] if close else None
 
 
+#: Settings that were replaced, and what to write instead: a file written for an older release
+#: gets told what changed rather than a guess.
+REPLACED: dict[str, str] = {
+    "registrar.utc_offset_hours": 'gateway.time_zone (e.g. "Asia/Shanghai" or "UTC+8"), which sets the devices\' '
+    "Date header, the log timestamps and the times the CLI shows",
+}
+
+
 def _unknown(key: str, known: str, source: str, *, as_env: bool = False) -> ConfigError:
     """The error for an unknown setting, with the nearest real one in the form it was written in."""
+    if key in REPLACED:
+        return ConfigError(key, f"no longer a setting: use {REPLACED[key]}", source)
     guess = suggest_key(key)
     if guess is None:
         return ConfigError(key, f"unknown setting (known: {known})", source)

@@ -372,3 +372,14 @@ def test_time_zone_names_offsets_and_mistakes() -> None:
         load_config(env={}, overrides={"gateway.time_zone": "Mars/Olympus"})
     with pytest.raises(ConfigError, match="registrar.utc_offset_hours"):  # replaced by gateway.time_zone
         load_config(env={}, overrides={"registrar.utc_offset_hours": "8"})
+
+
+def test_a_replaced_setting_says_what_replaced_it(tmp_path: Path) -> None:
+    f = tmp_path / "gw.toml"
+    f.write_text("[registrar]\nutc_offset_hours = 8\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(f, env={})
+    assert "use gateway.time_zone" in str(exc.value)
+    with pytest.raises(ConfigError) as exc:
+        load_config(env={"GB28181GW_REGISTRAR_UTC_OFFSET_HOURS": "8"})
+    assert "use gateway.time_zone" in str(exc.value)
