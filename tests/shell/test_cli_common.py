@@ -67,4 +67,7 @@ def test_fields_read_by_their_names(monkeypatch: pytest.MonkeyPatch) -> None:
     assert field_text("port", 5060) == "5060" and field_text("device_id", "34020000001320000001") == (
         "34020000001320000001"
     )
+    # a device that never registered has no port or registration figures yet, not zeros
+    assert [field_text(k, 0) for k in ("port", "local_port", "expires", "keepalive_interval")] == ["-"] * 4
+    assert field_text("keepalive_count", 3) == "3" and field_text("devices.known", 0) == "0"
     assert flatten({"sip": {"port": 1, "listen": []}, "pid": 2}) == [("sip.port", 1), ("sip.listen", []), ("pid", 2)]

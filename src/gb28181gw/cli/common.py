@@ -253,12 +253,16 @@ def printable(text: str) -> str:
 _TIME_SUFFIXES = ("_at", "_until", "_since")
 
 
+#: Numeric fields whose 0 means "not known yet" (a device that never registered), shown as "-".
+_UNSET_WHEN_ZERO = frozenset({"expires", "keepalive_interval", "keepalive_count"})
+
+
 def field_text(key: str, value: Any) -> str:
     """A record's field as people read it, chosen by the field's name (see Conventions).
 
     ``*_at``, ``*_until``, ``*_since``, ``last_*`` and ``time`` holding a number are epoch times
     (:func:`when`), ``*_seconds`` durations, ``*_in`` countdowns; booleans are yes/no, lists are
-    joined, unset values are "-" (or "never" for a time).
+    joined, unset values are "-" (or "never" for a time; a port or registration figure of 0 too).
     """
     name = key.rsplit(".", 1)[-1]
     number = isinstance(value, int | float) and not isinstance(value, bool)
@@ -270,7 +274,7 @@ def field_text(key: str, value: Any) -> str:
         return "-" if value is None else f"in {duration(value)}"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if value is None or value == "":
+    if value is None or value == "" or (value == 0 and (name.endswith("port") or name in _UNSET_WHEN_ZERO)):
         return "-"
     if isinstance(value, list | tuple):
         return printable(", ".join(str(v) for v in value)) or "-"
