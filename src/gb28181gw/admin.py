@@ -10,12 +10,22 @@ changes something must therefore be ``application/json`` (which a page can only 
 after a CORS preflight this API never grants) and carry no foreign ``Origin``. A page
 could still rename its own host to 127.0.0.1 (DNS rebinding): the ``Host`` header
 must be an IP address, ``localhost`` or a name listed in ``admin.allowed_hosts``.
+
+Every answer is JSON written by :func:`json_response` (UTF-8, Chinese kept readable, never
+``\\u`` escapes). Every failure is :func:`error_response`: ``{"error": what went wrong,
+"hint": what to do}`` with a status that says whose fault it is: 400 a bad request, 404 an ID
+that names nothing (every route that takes an ID), 409 a device that is known but not
+registered, 502 a device that answered with an error or cannot be reached, 504 a device that
+did not answer within the gateway's own bound (``devices.query_timeout`` …): clients wait longer
+than that and show the gateway's reason. A :class:`DeviceError` becomes one through
+:func:`device_error_response`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import ipaddress
 import json
 import logging
@@ -107,19 +117,24 @@ class AdminServer:
     @web.middleware
     async def _guard(self, request: web.Request, handler: Route) -> web.StreamResponse:
         if not self._host_allowed(request.host):
-            return _error(403, f"host {request.host!r} is not this gateway's; add it to admin.allowed_hosts")
+            return error_response(403, f"host {request.host!r} is not this gateway's; add it to admin.allowed_hosts")
         if request.method in _CHANGING:
             origin = request.headers.get("Origin")
             if origin is not None and origin.partition("://")[2] != request.host:
-                return _error(403, f"requests from web origin {origin!r} are refused")
+                return error_response(403, f"requests from web origin {origin!r} are refused")
             if request.content_type != "application/json":
-                return _error(415, "requests that change something must be Content-Type: application/json")
+                return error_response(415, "requests that change something must be Content-Type: application/json")
         try:
             return await handler(request)
         except RecursionError:
-            return _error(400, "the JSON body is nested too deeply")
+            return error_response(400, "the JSON body is nested too deeply")
         except web.HTTPRequestEntityTooLarge:
-            return _error(413, f"the body is larger than {MAX_BODY} bytes")
+            return error_response(413, f"the body is larger than {MAX_BODY} bytes")
+        except web.HTTPException as exc:
+            if exc.status < 400 or exc.content_type == "application/json":
+                raise
+            # aiohttp's own answers (no such route, wrong method) in the one error form
+            return error_response(exc.status, f"{request.method} {request.path}: {exc.reason}")
 
     def _host_allowed(self, host: str) -> bool:
         if host.startswith("["):  # [IPv6]:port
@@ -138,11 +153,11 @@ class AdminServer:
         return True
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "version": __version__})
+        return json_response({"status": "ok", "version": __version__})
 
     async def _readyz(self, request: web.Request) -> web.Response:
         ready = self._ready()
-        return web.json_response({"ready": ready}, status=200 if ready else 503)
+        return json_response({"ready": ready}, status=200 if ready else 503)
 
     async def _metrics_page(self, request: web.Request) -> web.Response:
         return web.Response(body=self._metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
@@ -150,7 +165,7 @@ class AdminServer:
     async def _status_page(self, request: web.Request) -> web.Response:
         body = self._status()
         body.setdefault("time", time.time())
-        return web.json_response(body)
+        return json_response(body)
 
 
 def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: DeviceService) -> None:
@@ -163,13 +178,13 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
             devices = [d for d in devices if d.online]
         elif state == "offline":
             devices = [d for d in devices if not d.online]
-        return web.json_response({"devices": [_device_json(registrar, d) for d in devices]})
+        return json_response({"devices": [_device_json(registrar, d) for d in devices]})
 
     async def show_device(request: web.Request) -> web.Response:
         device = registrar.devices.get(request.match_info["device_id"])
         if device is None:
-            return _error(404, f"no device {request.match_info['device_id']}")
-        return web.json_response(_device_json(registrar, device))
+            return _no_device(request.match_info["device_id"])
+        return json_response(_device_json(registrar, device))
 
     async def add_device(request: web.Request) -> web.Response:
         body = await _json_object(request, 'the body must be JSON: {"device_id": ..., "password": ..., "name": ...}')
@@ -177,31 +192,41 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
         try:
             GbId.parse(device_id)
         except IdError as exc:
-            return _error(400, f"invalid device ID: {exc}")
+            return error_response(400, f"invalid device ID: {exc}")
         charset = str(body.get("charset") or "")
         if charset and charset.upper() not in ("GB2312", "GB18030", "UTF-8"):
-            return _error(400, "charset must be GB2312, GB18030 or UTF-8")
+            return error_response(400, "charset must be GB2312, GB18030 or UTF-8")
         stream_mode = str(body.get("stream_mode") or "")
-        if stream_mode and stream_mode not in {m.value for m in StreamMode}:
-            return _error(400, "stream_mode must be udp, tcp-passive or tcp-active")
+        if stream_mode and stream_mode != "default" and stream_mode not in {m.value for m in StreamMode}:
+            return error_response(
+                400, "stream_mode must be udp, tcp-passive, tcp-active or default (media.stream_mode)"
+            )
+        created = device_id not in registrar.devices
         device = await registrar.provision(
             device_id,
             password=str(body.get("password") or ""),
             name=str(body.get("name") or ""),
             charset=charset.upper(),
-            stream_mode=StreamMode(stream_mode) if stream_mode else None,
+            stream_mode=StreamMode(stream_mode) if stream_mode and stream_mode != "default" else None,
         )
-        return web.json_response(_device_json(registrar, device), status=201)
+        if stream_mode == "default" and device.stream_mode is not None:
+            device.stream_mode = None  # back to following media.stream_mode ("" keeps what it had)
+            registrar.changed(device_id)
+            await registrar.flush()
+        # 201 for a new device, 200 for one that was changed; "created" says it to clients that see only the body
+        return json_response({**_device_json(registrar, device), "created": created}, status=201 if created else 200)
 
     async def remove_device(request: web.Request) -> web.Response:
         device_id = request.match_info["device_id"]
         if not await registrar.remove(device_id):
-            return _error(404, f"no device {device_id}")
+            return _no_device(device_id)
         devices.forget(device_id)
-        return web.json_response({"removed": device_id})
+        return json_response({"removed": device_id})
 
     async def channels(request: web.Request) -> web.StreamResponse:
         device_id = request.query.get("device")
+        if device_id is not None and device_id not in registrar.devices and device_id not in devices.channels:
+            return _no_device(device_id)
         per_device = devices.channels if device_id is None else {device_id: devices.channels.get(device_id, {})}
         # streamed in chunks, yielding between them: a listing of a million channels must not
         # stop the gateway from serving keepalives while it is written
@@ -213,7 +238,7 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
             rows = sorted(per_device.get(dev, {}).values(), key=lambda c: c.channel_id)
             for i in range(0, len(rows), _CHUNK):
                 chunk = ", ".join(
-                    json.dumps(
+                    _dumps(
                         {"channel_id": c.channel_id, "device_id": c.device_id, "name": c.name, "status": c.status,
                          "parent_id": c.parent_id, **c.extra}
                     )
@@ -222,7 +247,7 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
                 await resp.write(("" if first else ", ").encode() + chunk.encode())
                 first = False
                 await asyncio.sleep(0)
-        await resp.write(f'], "partial": {json.dumps(sorted(devices.partial))}}}'.encode())
+        await resp.write(f'], "partial": {_dumps(sorted(devices.partial))}}}'.encode())
         await resp.write_eof()
         return resp
 
@@ -231,8 +256,8 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
         try:
             result = await devices.catalog(device_id)
         except DeviceError as exc:
-            return _error(502, str(exc))
-        return web.json_response(
+            return device_error_response(exc)
+        return json_response(
             {"device_id": device_id, "channels": len(result.items), "sum_num": result.sum_num,
              "complete": result.complete, "messages": result.messages}
         )  # fmt: skip
@@ -242,8 +267,8 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
         try:
             data = await (devices.device_info(device_id) if what == "info" else devices.device_status(device_id))
         except DeviceError as exc:
-            return _error(502, str(exc))
-        return web.json_response(data)
+            return device_error_response(exc)
+        return json_response(data)
 
     async def ptz(request: web.Request) -> web.Response:
         body = await _json_object(request, 'the body must be JSON: {"channel_id": ..., "kind": ..., "action": ...}')
@@ -260,13 +285,13 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
             elif kind == "scan":
                 cmd = ptz_codes.scan(str(body["action"]), int(body["group"]), int(body.get("value", 0)))
             else:
-                return _error(400, f"unknown PTZ kind {kind!r}")
+                return error_response(400, f"unknown PTZ kind {kind!r}")
             await devices.ptz(str(body["channel_id"]), cmd)
         except (ValueError, KeyError, TypeError) as exc:
-            return _error(400, f"bad PTZ request: {exc}")
+            return error_response(400, f"bad PTZ request: {exc}")
         except DeviceError as exc:
-            return _error(502, str(exc))
-        return web.json_response({"sent": cmd.encode()})
+            return device_error_response(exc)
+        return json_response({"sent": cmd.encode()})
 
     async def records(request: web.Request) -> web.Response:
         q = request.query
@@ -275,14 +300,14 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
                 request.match_info["channel_id"], q["from"], q["to"], record_type=q.get("type", "all")
             )
         except KeyError:
-            return _error(400, "from and to are required (YYYY-MM-DDTHH:MM:SS)")
+            return error_response(400, "from and to are required (YYYY-MM-DDTHH:MM:SS)")
         except DeviceError as exc:
-            return _error(502, str(exc))
+            return device_error_response(exc)
         items = sorted(
             ({"channel_id": i.device_id, **i.fields} for i in result.items.values()),
             key=lambda r: r.get("StartTime", ""),
         )
-        return web.json_response({"records": items, "sum_num": result.sum_num, "complete": result.complete})
+        return json_response({"records": items, "sum_num": result.sum_num, "complete": result.complete})
 
     async def command(request: web.Request) -> web.Response:
         body = await _json_object(request, 'the body must be JSON: {"target": ..., "name": ..., "value": ...}')
@@ -291,18 +316,18 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
                 str(body["target"]), str(body["name"]), str(body["value"]), wait=bool(body.get("wait", True))
             )
         except (ValueError, KeyError, TypeError) as exc:
-            return _error(400, f"bad command: {exc}")
+            return error_response(400, f"bad command: {exc}")
         except DeviceError as exc:
-            return _error(502, str(exc))
-        return web.json_response(result)
+            return device_error_response(exc)
+        return json_response(result)
 
     async def alarms(request: web.Request) -> web.Response:
         text = request.query.get("limit", "100")
         if not text.isdigit() or not 1 <= int(text) <= MAX_LIST:
-            return _error(400, f"limit must be a whole number from 1 to {MAX_LIST}")
+            return error_response(400, f"limit must be a whole number from 1 to {MAX_LIST}")
         limit = int(text)
         stored = await devices.store.load_alarms(limit, request.query.get("device"))
-        return web.json_response({"alarms": [dataclasses.asdict(a) for a in stored]})
+        return json_response({"alarms": [dataclasses.asdict(a) for a in stored]})
 
     admin.add_route("GET", "/channels/{channel_id}/records", records)
     admin.add_route("POST", "/control", command)
@@ -329,55 +354,50 @@ def add_housekeeping_routes(admin: AdminServer, registrar: RegistrarService, dev
     """
 
     async def list_bans(request: web.Request) -> web.Response:
-        return web.json_response(
-            {"bans": [b.to_dict() for b in registrar.bans()], "persisted": registrar.persist_bans},
-            dumps=_dumps,
-        )
+        return json_response({"bans": [b.to_dict() for b in registrar.bans()], "persisted": registrar.persist_bans})
 
     async def lift_ban(request: web.Request) -> web.Response:
         key = request.match_info["key"]
         ban = registrar.unban(key)
         if ban is None:
-            return _missing(f"no ban {key}", "see `gb28181gw bans` for the keys of the active bans")
+            return error_response(404, f"no ban {key}", "see `gb28181gw bans` for the keys of the active bans")
         await registrar.flush()
-        return web.json_response({"lifted": [ban.to_dict()]}, dumps=_dumps)
+        return json_response({"lifted": [ban.to_dict()]})
 
     async def unban_device(request: web.Request) -> web.Response:
         device_id = request.match_info["device_id"]
         lifted = registrar.unban_device(device_id)
         if not lifted and device_id not in registrar.devices:
-            return _missing(f"no device {device_id}", "see `gb28181gw devices`, or `gb28181gw bans` for banned IDs")
+            return error_response(
+                404, f"no device {device_id}", "see `gb28181gw devices`, or `gb28181gw bans` for banned IDs"
+            )
         await registrar.flush()
-        return web.json_response({"device_id": device_id, "lifted": [b.to_dict() for b in lifted]}, dumps=_dumps)
+        return json_response({"device_id": device_id, "lifted": [b.to_dict() for b in lifted]})
 
     async def refused(request: web.Request) -> web.Response:
         log_ = registrar.registrar.refused
-        return web.json_response(
-            {"refused": [dataclasses.asdict(r) for r in log_.entries()], "forgotten": log_.forgotten,
-             "limit": MAX_REFUSALS},
-            dumps=_dumps,
-        )  # fmt: skip
+        entries = [dataclasses.asdict(r) for r in log_.entries()]
+        return json_response({"refused": entries, "forgotten": log_.forgotten, "limit": MAX_REFUSALS})
 
     async def prune(request: web.Request) -> web.Response:
         usage = 'the body must be JSON: {"older_than": seconds, "dry_run": true|false, "provisioned": true|false}'
         body = await _json_object(request, usage)
         older_than = body.get("older_than")
         if isinstance(older_than, bool) or not isinstance(older_than, int | float) or not math.isfinite(older_than):
-            return _error(400, usage)
+            return error_response(400, usage)
         if older_than <= 0:
-            return _error(400, "older_than must be a positive number of seconds")
+            return error_response(400, "older_than must be a positive number of seconds")
         dry_run, provisioned = body.get("dry_run", False), body.get("provisioned", False)
         if not isinstance(dry_run, bool) or not isinstance(provisioned, bool):
-            return _error(400, usage)
+            return error_response(400, usage)
         if dry_run:
             chosen = registrar.stale(float(older_than), provisioned=provisioned)
         else:
             chosen = await registrar.prune(float(older_than), provisioned=provisioned)
             for device in chosen:
                 devices.forget(device.device_id)
-        return web.json_response(
-            {"devices": [_device_json(registrar, d) for d in chosen], "dry_run": dry_run, "older_than": older_than},
-            dumps=_dumps,
+        return json_response(
+            {"devices": [_device_json(registrar, d) for d in chosen], "dry_run": dry_run, "older_than": older_than}
         )
 
     admin.add_route("GET", "/bans", list_bans)
@@ -392,16 +412,36 @@ _STREAM_HTTP = {400: 400, 404: 404, 480: 409, 486: 409, 488: 502, 502: 502, 503:
 
 
 def add_stream_routes(admin: AdminServer, streams: StreamService, *, consumer_networks: tuple[IpNetwork, ...]) -> None:
-    """Live streams: list, open or join (a consumer), leave, stop."""
+    """Live streams: list, open or join (a consumer), renew a consumer's lease, leave, stop.
+
+    A stream that ended lately answers 410 with why (``{"error": "stream … ended: <reason>",
+    "reason", "cause", "ended_at"}``), one never known 404: a client polling its stream learns
+    why it is gone.
+    """
+
+    def missing(stream_id: str) -> web.Response:
+        ended = streams.ended_stream(stream_id)
+        if ended is None:
+            return error_response(404, f"no stream {stream_id}", "see `gb28181gw streams`")
+        return json_response(
+            {
+                "error": f"stream {stream_id} ended: {ended.reason}",
+                "reason": ended.reason,
+                "cause": ended.cause,
+                "channel_id": ended.channel_id,
+                "ended_at": round(ended.ended_at, 3),
+            },
+            status=410,
+        )
 
     async def list_streams(request: web.Request) -> web.Response:
-        return web.json_response({"streams": streams_json(streams)})
+        return json_response({"streams": streams_json(streams)})
 
     async def show_stream(request: web.Request) -> web.Response:
         st = streams.streams.get(request.match_info["stream_id"])
         if st is None:
-            return _error(404, f"no stream {request.match_info['stream_id']}")
-        return web.json_response(stream_json(streams, st))
+            return missing(request.match_info["stream_id"])
+        return json_response(stream_json(streams, st))
 
     async def play(request: web.Request) -> web.Response:
         usage = (
@@ -411,14 +451,14 @@ def add_stream_routes(admin: AdminServer, streams: StreamService, *, consumer_ne
         try:
             body = await request.json()
         except ValueError:
-            return _error(400, usage)
+            return error_response(400, usage)
         if not isinstance(body, dict) or not isinstance(body.get("consumer"), dict):
-            return _error(400, usage)
+            return error_response(400, usage)
         channel_id = str(body.get("channel_id", ""))
         try:
             GbId.parse(channel_id)
         except IdError as exc:
-            return _error(400, f"invalid channel ID: {exc}")
+            return error_response(400, f"invalid channel ID: {exc}")
         c = body["consumer"]
         try:
             host = str(c.get("host") or request.remote or "127.0.0.1")
@@ -427,19 +467,21 @@ def add_stream_routes(admin: AdminServer, streams: StreamService, *, consumer_ne
             ttl = float(c["ttl"]) if c.get("ttl") is not None else None
             address = ipaddress.ip_address(host)
         except (KeyError, TypeError, ValueError):
-            return _error(400, usage)
+            return error_response(400, usage)
         if ttl is not None and not (math.isfinite(ttl) and ttl > 0):
-            return _error(400, "consumer ttl must be a positive number of seconds")
+            return error_response(400, "consumer ttl must be a positive number of seconds")
         if not 0 < port < 65536:
-            return _error(400, "consumer port must be 1-65535")
+            return error_response(400, "consumer port must be 1-65535")
         if not (
             address.is_loopback
             or host == request.remote
             or any(address in net for net in consumer_networks if net.version == address.version)
         ):
-            return _error(403, f"streams go to the requester's own address or media.consumer_networks, not {host}")
+            return error_response(
+                403, f"streams go to the requester's own address or media.consumer_networks, not {host}"
+            )
         if ssrc is not None and not 0 <= ssrc <= 0xFFFFFFFF:
-            return _error(400, "consumer ssrc must fit 32 bits")
+            return error_response(400, "consumer ssrc must fit 32 bits")
         try:
             st, consumer = await streams.play(
                 channel_id,
@@ -451,31 +493,52 @@ def add_stream_routes(admin: AdminServer, streams: StreamService, *, consumer_ne
                 ttl=ttl,
             )
         except StreamError as exc:
-            return web.json_response(
+            return json_response(
                 {"error": str(exc), "sip_status": exc.status}, status=_STREAM_HTTP.get(exc.status, 502)
             )
         out = stream_json(streams, st)
         out["consumer"] = next(x for x in out["consumers"] if x["id"] == consumer.id)
-        return web.json_response(out, status=201)
+        return json_response(out, status=201)
 
     async def stop_stream(request: web.Request) -> web.Response:
+        stream_id = request.match_info["stream_id"]
+        if stream_id not in streams.streams:
+            return missing(stream_id)
+        await streams.stop_stream(stream_id)
+        return json_response({"stopped": stream_id})
+
+    async def renew(request: web.Request) -> web.Response:
+        body = await _json_object(request, 'the body must be JSON: {"ttl": seconds}')
         try:
-            await streams.stop_stream(request.match_info["stream_id"])
+            ttl = float(body["ttl"])
+        except (KeyError, TypeError, ValueError):
+            ttl = math.nan
+        if not (math.isfinite(ttl) and ttl > 0):
+            return error_response(400, "ttl must be a positive number of seconds")
+        stream_id, consumer_id = request.match_info["stream_id"], request.match_info["consumer_id"]
+        if stream_id not in streams.streams:
+            return missing(stream_id)
+        try:
+            streams.renew_consumer(stream_id, consumer_id, ttl)
         except StreamError as exc:
-            return _error(404, str(exc))
-        return web.json_response({"stopped": request.match_info["stream_id"]})
+            return error_response(404, str(exc))
+        return json_response({"renewed": consumer_id, "expires_in": ttl})
 
     async def leave(request: web.Request) -> web.Response:
+        stream_id = request.match_info["stream_id"]
+        if stream_id not in streams.streams:
+            return missing(stream_id)
         try:
-            await streams.remove_consumer(request.match_info["stream_id"], request.match_info["consumer_id"])
+            await streams.remove_consumer(stream_id, request.match_info["consumer_id"])
         except StreamError as exc:
-            return _error(404, str(exc))
-        return web.json_response({"removed": request.match_info["consumer_id"]})
+            return error_response(404, str(exc))
+        return json_response({"removed": request.match_info["consumer_id"]})
 
     admin.add_route("GET", "/streams", list_streams)
     admin.add_route("POST", "/streams", play)
     admin.add_route("GET", "/streams/{stream_id}", show_stream)
     admin.add_route("DELETE", "/streams/{stream_id}", stop_stream)
+    admin.add_route("PATCH", "/streams/{stream_id}/consumers/{consumer_id}", renew)
     admin.add_route("DELETE", "/streams/{stream_id}/consumers/{consumer_id}", leave)
 
 
@@ -579,19 +642,58 @@ async def _json_object(request: web.Request, usage: str) -> dict[str, Any]:
     except ValueError:
         body = None
     if not isinstance(body, dict):
-        raise web.HTTPBadRequest(text=json.dumps({"error": usage}), content_type="application/json")
+        raise web.HTTPBadRequest(text=_dumps({"error": usage}), content_type="application/json")
     return body
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
-
-
-def _missing(message: str, hint: str) -> web.Response:
-    """404 for something that does not exist, saying where to look."""
-    return web.json_response({"error": message, "hint": hint}, status=404, dumps=_dumps)
+_readable = functools.partial(json.dumps, ensure_ascii=False)
 
 
 def _dumps(data: Any) -> str:
-    # Chinese names stay readable in the JSON (issue 11)
-    return json.dumps(data, ensure_ascii=False)
+    """JSON as every answer writes it: Chinese names stay readable (``大门口``, not ``\\u5927…``).
+
+    A header a device sent with undecodable bytes (a GB2312 User-Agent) holds them as lone
+    surrogates, which UTF-8 cannot carry: such an answer keeps ``\\u`` escapes, still valid JSON.
+    """
+    text = _readable(data)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(data)
+    return text
+
+
+def json_response(data: Any, *, status: int = 200) -> web.Response:
+    """The one way an admin route answers with JSON (UTF-8, no ``\\u`` escapes)."""
+    return web.json_response(data, status=status, dumps=_dumps)
+
+
+def error_response(status: int, message: str, hint: str | None = None) -> web.Response:
+    """The one error answer: ``{"error": message, "hint": hint}`` (see the module docstring for statuses)."""
+    body: dict[str, Any] = {"error": message}
+    if hint:
+        body["hint"] = hint
+    return json_response(body, status=status)
+
+
+#: HTTP status and hint for each :class:`DeviceError` status.
+_DEVICE_HTTP: dict[int, tuple[int, str | None]] = {
+    DeviceError.NOT_FOUND: (404, "see `gb28181gw devices` and `gb28181gw channels`"),
+    DeviceError.NOT_REGISTERED: (409, "it must register first; `gb28181gw device show ID` says when it last did"),
+    DeviceError.NO_ANSWER: (
+        504,
+        "is it online (`gb28181gw devices`) and can it reach the gateway? devices.query_timeout sets the wait",
+    ),
+    DeviceError.UNREACHABLE: (502, "is it online (`gb28181gw devices`)?"),
+    DeviceError.REFUSED: (502, None),
+}
+
+
+def device_error_response(exc: DeviceError) -> web.Response:
+    """A failed request to a device, with the status that says whose fault it is (504 when it timed out)."""
+    status, hint = _DEVICE_HTTP.get(exc.status, (502, None))
+    return error_response(status, str(exc), hint)
+
+
+def _no_device(device_id: str) -> web.Response:
+    return error_response(404, f"no device {device_id}", "see `gb28181gw devices`")

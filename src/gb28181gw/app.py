@@ -23,7 +23,7 @@ from typing import Any
 
 from gb28181gw import __version__
 from gb28181gw.admin import AdminServer, add_device_routes, add_stream_routes
-from gb28181gw.config import Config
+from gb28181gw.config import Config, parse_time_zone
 from gb28181gw.errors import StoreError
 from gb28181gw.gb.model import DeviceState
 from gb28181gw.gb.registrar import DateFormat, RegistrarPolicy, parse_networks
@@ -140,6 +140,7 @@ class Gateway:
             "version": __version__,
             "gateway_id": c.gateway.id,
             "domain": c.domain,
+            "time_zone": c.gateway.time_zone,
             "sip": {
                 "listen": c.sip.listen,
                 "port": self.stack.port or c.sip.port,
@@ -313,7 +314,7 @@ def registrar_policy(config: Config) -> RegistrarPolicy:
         expires_max=r.expires_max,
         expires_default=r.expires_default,
         date_format=DateFormat(r.date_header),
-        utc_offset_hours=r.utc_offset_hours,
+        time_zone=parse_time_zone(config.gateway.time_zone),
         check_request_domain=r.check_request_domain,
         max_auth_failures=r.max_auth_failures,
         failure_window=r.failure_window,

@@ -13,10 +13,13 @@ Environment variables are ``GB28181GW_<SECTION>_<KEY>`` in upper case, e.g.
 
 from __future__ import annotations
 
+import datetime as _dt
 import difflib
 import ipaddress
 import os
+import re
 import tomllib
+import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
@@ -97,6 +100,43 @@ def _domain(v: str) -> str | None:
     )
 
 
+#: Zones that are Beijing time (UTC+8 all year): fixed, so no time-zone database is needed for them
+#: (a slim container may have none).
+_BEIJING_NAMES = frozenset({"asia/shanghai", "prc", "asia/chongqing", "asia/chungking", "asia/harbin", "cst"})
+BEIJING = _dt.timezone(_dt.timedelta(hours=8), "CST")
+_OFFSET_RE = re.compile(r"(?:UTC|GMT)?([+-])(\d{1,2})(?::?(\d{2}))?")
+
+
+def parse_time_zone(name: str) -> _dt.tzinfo:
+    """The zone ``name`` stands for: an IANA name (``Asia/Shanghai``), ``UTC`` or an offset (``UTC+8``, ``+05:30``).
+
+    Raises:
+        ValueError: saying what is accepted.
+    """
+    text = name.strip()
+    if text.lower() in _BEIJING_NAMES:
+        return BEIJING
+    if text.upper() in ("UTC", "Z", "GMT", "ETC/UTC"):
+        return _dt.UTC
+    if m := _OFFSET_RE.fullmatch(text.upper()):
+        minutes = int(m[2]) * 60 + int(m[3] or 0)
+        if minutes < 24 * 60:
+            return _dt.timezone(_dt.timedelta(minutes=minutes if m[1] == "+" else -minutes))
+    try:
+        return zoneinfo.ZoneInfo(text)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        pass
+    raise ValueError(f"unknown time zone {name!r}: use an IANA name (Asia/Shanghai), UTC or an offset (UTC+8)")
+
+
+def _time_zone(v: str) -> str | None:
+    try:
+        parse_time_zone(v)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class GatewaySection:
     """Who we are."""
@@ -105,6 +145,11 @@ class GatewaySection:
     domain: str = _opt("", "SIP domain and digest realm; empty = first 10 digits of id", _domain)
     user_agent: str = _opt("gb28181gw", "User-Agent / Server header text")
     strict_ids: bool = _opt(False, "reject IDs with structural oddities (unknown province, undefined type code)")
+    time_zone: str = _opt(
+        "Asia/Shanghai",
+        "the site's time zone: devices' clocks (Date header), log timestamps and the CLI's times",
+        _time_zone,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +215,6 @@ class RegistrarSection:
     date_header: str = _opt(
         "milliseconds", "Date in the 200 OK for time sync", _one_of("milliseconds", "seconds", "off")
     )
-    utc_offset_hours: float = _opt(8.0, "time zone of the Date header (Beijing time is +8)")
     check_request_domain: bool = _opt(True, "refuse a REGISTER addressed to another 10-digit domain")
     digest_algorithm: str = _opt("MD5", "MD5 (what devices speak) or SHA-256", _one_of("MD5", "SHA-256"))
     digest_qop: bool = _opt(False, "offer qop=auth in challenges (the safest universal challenge has none)")
@@ -493,8 +537,18 @@ def suggest_key(unknown: str) -> str | None:
     return close[0] if close else None
 
 
+#: Settings that were replaced, and what to write instead: a file written for an older release
+#: gets told what changed rather than a guess.
+REPLACED: dict[str, str] = {
+    "registrar.utc_offset_hours": 'gateway.time_zone (e.g. "Asia/Shanghai" or "UTC+8"), which sets the devices\' '
+    "Date header, the log timestamps and the times the CLI shows",
+}
+
+
 def _unknown(key: str, known: str, source: str, *, as_env: bool = False) -> ConfigError:
     """The error for an unknown setting, with the nearest real one in the form it was written in."""
+    if key in REPLACED:
+        return ConfigError(key, f"no longer a setting: use {REPLACED[key]}", source)
     guess = suggest_key(key)
     if guess is None:
         return ConfigError(key, f"unknown setting (known: {known})", source)

@@ -30,6 +30,8 @@ a bug (the fuzz tests in ``tests/fuzz`` check exactly that).
     │   └── StoreRecordError          one record cannot be stored (the store itself still works)
     ├── DeviceError                   a request to a device cannot be made or failed; .status is the
     │                                 SIP status hint (404 unknown, 480 not registered, 408 no answer …)
+    ├── AdminApiError                 the CLI's call to the admin API failed: the gateway's own words
+    │                                 (.message, .hint) and its HTTP .status (None: not reached)
     ├── ManscdpError (ValueError)     a MANSCDP XML body that cannot be decoded or parsed
     ├── PortsExhausted                every media port of the range is in use or cooling down (answer 503);
     │                                 defined in media/ports.py, beside the pool
@@ -179,6 +181,26 @@ class DeviceError(Gb28181Error):
     def __init__(self, message: str, status: int = REFUSED) -> None:
         super().__init__(message)
         self.status = status
+
+
+class AdminApiError(Gb28181Error):
+    """A call to a running gateway's admin API failed (raised by the CLI's client).
+
+    Attributes:
+        message: what went wrong, in the gateway's own words when it answered.
+        hint: what to do about it, if the gateway (or the client) knows.
+        status: the HTTP status of the answer; ``None`` when the gateway was not reached or timed out.
+        unreachable: the connection itself was refused or failed (no gateway there), not merely slow.
+    """
+
+    def __init__(
+        self, message: str, hint: str | None = None, status: int | None = None, *, unreachable: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.status = status
+        self.unreachable = unreachable
 
 
 class RelayFailure(StrEnum):

@@ -19,7 +19,7 @@ import logging
 import re
 import sys
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any
 
 WIRE = logging.getLogger("gb28181gw.wire")
@@ -58,8 +58,13 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
 
 
+#: The zone of log timestamps: the site's (``gateway.time_zone``), set by :func:`setup_logging`.
+#: Each timestamp carries its offset (``2026-12-02T15:04:05.123+08:00``), so lines stay unambiguous.
+_zone: tzinfo = timezone(timedelta(hours=8))
+
+
 def _timestamp(record: logging.LogRecord) -> str:
-    return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(record.created, _zone).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _message(record: logging.LogRecord) -> str:
@@ -165,8 +170,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(obj, ensure_ascii=False)
 
 
-def setup_logging(level: str = "info", fmt: str = "text", *, wire: bool = False) -> None:
-    """Configure the root logger for the gateway process."""
+def setup_logging(
+    level: str = "info", fmt: str = "text", *, wire: bool = False, time_zone: tzinfo | None = None
+) -> None:
+    """Configure the root logger for the gateway process; timestamps in ``time_zone`` (default Beijing)."""
+    global _zone
+    if time_zone is not None:
+        _zone = time_zone
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(RATE_LIMIT)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import tomllib
@@ -24,6 +25,7 @@ from gb28181gw.config import (
     describe_options,
     effective_settings,
     load_config,
+    parse_time_zone,
     suggest_key,
 )
 from gb28181gw.errors import ConfigError
@@ -86,7 +88,7 @@ def test_commented_out_defaults_count_and_a_wrong_one_is_seen() -> None:
     expected = {name: {f.name: getattr(cls(), f.name) for f in fields(cls)} for name, cls in SECTIONS.items()}
     for wrong in (
         text.replace("\nport = 5060\n", "\nport = 5070\n"),
-        text.replace("utc_offset_hours = 8.0", "utc_offset_hours = 8"),
+        text.replace("query_timeout = 10.0", "query_timeout = 10"),
         text.replace("[log]\n", "[log]\n# colour = true\n"),
         text.replace("\ntcp_max_connections = 20000\n", "\n"),
     ):
@@ -356,3 +358,28 @@ def test_a_password_in_a_file_every_user_can_read_is_warned_about(tmp_path: Path
     f.write_text("[sip]\nport = 5070\n")
     f.chmod(0o644)
     assert config_warnings(load_config(f, env={"GB28181GW_REGISTRAR_PASSWORD": "x"})) == []
+
+
+def test_time_zone_names_offsets_and_mistakes() -> None:
+    assert load_config(env={}).gateway.time_zone == "Asia/Shanghai"
+    assert parse_time_zone("Asia/Shanghai").utcoffset(None) == dt.timedelta(hours=8)  # without a tz database
+    assert parse_time_zone("UTC+8").utcoffset(None) == dt.timedelta(hours=8)
+    assert parse_time_zone("-05:30").utcoffset(None) == -dt.timedelta(hours=5, minutes=30)
+    assert parse_time_zone("utc") is dt.UTC
+    c = load_config(env={"GB28181GW_GATEWAY_TIME_ZONE": "Europe/Berlin"})
+    assert c.gateway.time_zone == "Europe/Berlin"
+    with pytest.raises(ConfigError, match=r"gateway\.time_zone.*unknown time zone 'Mars/Olympus'.*UTC\+8"):
+        load_config(env={}, overrides={"gateway.time_zone": "Mars/Olympus"})
+    with pytest.raises(ConfigError, match="registrar.utc_offset_hours"):  # replaced by gateway.time_zone
+        load_config(env={}, overrides={"registrar.utc_offset_hours": "8"})
+
+
+def test_a_replaced_setting_says_what_replaced_it(tmp_path: Path) -> None:
+    f = tmp_path / "gw.toml"
+    f.write_text("[registrar]\nutc_offset_hours = 8\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(f, env={})
+    assert "use gateway.time_zone" in str(exc.value)
+    with pytest.raises(ConfigError) as exc:
+        load_config(env={"GB28181GW_REGISTRAR_UTC_OFFSET_HOURS": "8"})
+    assert "use gateway.time_zone" in str(exc.value)

@@ -50,7 +50,9 @@ async def test_play_records_the_stream(tmp_path: Path, suffix: str) -> None:
         proc = await cli(gw, "play", CH, "--seconds", "2.5", "-o", str(out))
         await stream_media_when_consumed(gw, ps)
         listing = await output(await cli(gw, "streams"))
-        assert CH in listing and "udp" in listing and "1 streams" in listing
+        header, *rows = listing.splitlines()  # piped: plain tab-separated rows (issue 11)
+        assert header.startswith("stream\tchannel\t") and len(rows) == 1
+        assert f"\t{CH}\t" in rows[0] and "udp" in rows[0]
         text = await output(proc)
         assert "0 lost" in text
         if suffix == "ps":

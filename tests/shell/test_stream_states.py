@@ -16,6 +16,7 @@ from gb28181gw.gb.session import PlaySession
 from gb28181gw.sdp import StreamMode
 from gb28181gw.services.streams import (
     TRANSITIONS,
+    Consumer,
     Stream,
     StreamAction,
     StreamInput,
@@ -148,3 +149,69 @@ async def test_setup_failure_closes_at_once_with_the_error(gw: Gateway) -> None:
     assert st.state is S.CLOSED and service.closes[("setup-failed",)] == 1 and service.results[("timeout",)] == 1
     with pytest.raises(StreamError, match="did not answer"):
         await st.ready
+
+
+async def test_an_ended_stream_answers_410_with_its_reason_for_a_while_then_404(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aiohttp
+
+    from gb28181gw.services import streams as streams_module
+
+    service = gw.streams
+    assert gw.admin is not None
+    api = f"http://127.0.0.1:{gw.admin.port}/api/v1/streams/"
+    st = new_stream(service)
+    service._apply(st, I.ESTABLISHED)
+    service._close(st, "the device ended the stream (BYE)", "device-bye", bye=False)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(api + st.id) as resp:
+            assert resp.status == 410
+            answer = await resp.json()
+        assert answer["error"] == f"stream {st.id} ended: the device ended the stream (BYE)"
+        assert (answer["cause"], answer["channel_id"]) == ("device-bye", st.channel_id)
+        assert abs(answer["ended_at"] - time.time()) < 5
+        async with http.delete(api + st.id) as resp:  # stopping it again says the same
+            assert resp.status == 410 and "ended: the device ended" in (await resp.json())["error"]
+        async with http.get(api + "0999999999") as resp:  # never known
+            assert resp.status == 404 and (await resp.json())["error"] == "no stream 0999999999"
+        # bounded in number …
+        monkeypatch.setattr(streams_module, "ENDED_KEPT", 3)
+        later = [new_stream(service) for _ in range(4)]
+        for other in later:
+            service._close(other, "stopped by operator", "operator")
+            await asyncio.sleep(0)  # ABANDONED → needs the answer
+            service._apply(other, I.ANSWERED)
+        assert list(service.ended) == [s.id for s in later[1:]]
+        assert service.ended_stream(st.id) is None
+        # … and in time
+        monkeypatch.setattr(streams_module, "ENDED_KEPT_SECONDS", 0.0)
+        await asyncio.sleep(0.01)
+        async with http.get(api + later[-1].id) as resp:
+            assert resp.status == 404
+        assert not service.ended
+
+
+async def test_a_consumer_lease_is_renewed_over_the_admin_api(gw: Gateway) -> None:
+    import aiohttp
+
+    service = gw.streams
+    assert gw.admin is not None
+    st = new_stream(service)
+    service._apply(st, I.ESTABLISHED)
+    now = service.loop.time()
+    consumer = Consumer("c1", "udp", "127.0.0.1", 9, ssrc=1, label="cli", created=now, expires_at=now + 5)
+    st.consumers[consumer.id] = consumer  # as _add_consumer leaves it (the relay is not involved here)
+    api = f"http://127.0.0.1:{gw.admin.port}/api/v1/streams/{st.id}/consumers/"
+    headers = {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        async with http.patch(api + consumer.id, json={"ttl": 120}) as resp:
+            assert resp.status == 200
+        assert consumer.expires_at is not None and consumer.expires_at - service.loop.time() > 100
+        async with http.patch(api + consumer.id, json={"ttl": 0}) as resp:
+            assert resp.status == 400
+        async with http.patch(api + "c99", json={"ttl": 30}) as resp:
+            assert resp.status == 404
+        service._close(st, "stopped by operator", "operator")
+        async with http.patch(api + consumer.id, json={"ttl": 30}) as resp:
+            assert resp.status == 410 and (await resp.json())["error"].endswith("ended: stopped by operator")

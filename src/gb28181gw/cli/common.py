@@ -2,57 +2,83 @@
 
 Conventions (issue 11; every command follows them, new ones too):
 
-- **IDs are never truncated.** Tables are printed with :func:`emit`, which folds or wraps any
-  column but an ID column, whatever the terminal width.
-- **Piped output is plain**: when stdout is not a terminal, :func:`emit` prints tab-separated rows
-  (a header line first) with no colour, box or title, so ``gb28181gw devices | grep 3402…`` and
-  ``cut -f1`` work.
+- **IDs are never truncated.** Tables are printed with :func:`emit` (mark ID columns
+  ``Column(..., is_id=True)``), which folds any column but an ID column; on a terminal too narrow
+  for the table with its IDs whole, each row becomes a block of ``title value`` lines, ID first.
+- **Piped output is plain**: when stdout is not a terminal, :func:`emit` and :func:`emit_fields`
+  print tab-separated rows (a header line first) with no colour, box or title, so
+  ``gb28181gw devices | grep 3402…`` and ``cut -f1`` work.
 - **``--json`` on every command that shows something** (:data:`JSON_OPTION`); JSON keeps Chinese
-  readable (``ensure_ascii=False``) and is the rows the API gave, not the table's text.
+  readable (``ensure_ascii=False``) and is what the API gave, not the table's text.
 - **One error style**: :func:`fail` prints ``error: <what>`` (and ``hint: <what to do>``) on stderr
-  and exits 1; the admin client turns every HTTP and network failure into that, quoting the
-  gateway's own message. Usage errors stay click's (exit 2).
-- **Times** go through :func:`when`, :func:`ago` and :func:`duration`: one display zone (Beijing by
-  default, ``GB28181GW_TIME_ZONE`` to change it) with its offset shown, future times as "in …",
-  unset values as "never" or "-".
+  and exits 1; :func:`request` turns every HTTP and network failure into that, quoting the
+  gateway's own message and hint (:func:`call` raises :class:`AdminApiError` instead, for a
+  command that goes on after one failure). Usage errors stay click's (exit 2), raised before
+  any request.
+- **Waiting on a device**: a command whose request waits for a device passes ``timeout=None``:
+  the gateway bounds every device wait itself (``devices.query_timeout``, the catalog timeouts)
+  and answers 504 with its reason, which the CLI prints; the CLI never gives up first.
+- **Times** go through :func:`when`, :func:`ago` and :func:`duration`: one display zone, the
+  site's (``gateway.time_zone``, Beijing by default; ``GB28181GW_GATEWAY_TIME_ZONE`` overrides,
+  else the running gateway's), with its offset shown, future times as "in …", unset values as
+  "never" or "-". :func:`field_text` applies them to a record's fields by name (``*_at``,
+  ``last_*``, ``*_until`` are times, ``*_seconds`` durations, ``*_in`` countdowns), so a field
+  the API adds later is shown right without touching the command.
 - **Counts** through :func:`plural` ("1 device", "2 devices").
+- **Times an operator types** (``--from``/``--to``) are a :class:`TimeParam`, read by
+  :func:`parse_time` in the site's zone: checked before any request.
+- **Bytes a device sent undecodable** (lone surrogates in its header text) are shown as
+  ``\\xNN`` (:func:`printable`), never a crash.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import http.client
 import json
 import os
+import re
 import sys
 import time as _time
-import urllib.error
 import urllib.parse
-import urllib.request
-import zoneinfo
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gb28181gw import __version__
+from gb28181gw.config import BEIJING, ENV_PREFIX, parse_time_zone
+from gb28181gw.errors import AdminApiError
 
 console = Console()
 err_console = Console(stderr=True)
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8028"
-# Longer than any wait the gateway itself bounds (devices.query_timeout, catalog_total_timeout are
-# configurable): a slow device must come back as the gateway's reason, never as "cannot reach".
+#: Read timeout of a call that does not wait on a device (the gateway answers those at once).
 QUERY_HTTP_TIMEOUT = 330.0
-CHINA_STANDARD_TIME = _dt.timezone(_dt.timedelta(hours=8), "CST")
+#: How long to try to connect to the admin API.
+CONNECT_TIMEOUT = 5.0
+#: The variable the gateway reads ``gateway.time_zone`` from; the CLI honours it too.
+TIME_ZONE_ENV = ENV_PREFIX + "GATEWAY_TIME_ZONE"
+#: Beijing time (UTC+8 all year).
+CHINA_STANDARD_TIME = BEIJING
+
+
+_zone: _dt.tzinfo | None = None
+_gateway_zone: str | None = None  # what the gateway said in /status
+_last_admin: str | None = None  # the gateway this command talks to
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gb28181gw")
 def main() -> None:
     """gb28181gw: GB/T 28181 signalling gateway and device registrar."""
+    global _zone, _gateway_zone, _last_admin
+    _zone = _gateway_zone = _last_admin = None  # each invocation learns its gateway's zone afresh
 
 
 # --- errors --------------------------------------------------------------------------------
@@ -60,7 +86,8 @@ def main() -> None:
 
 def fail(message: str, hint: str | None = None, *, code: int = 1) -> NoReturn:
     """Say what went wrong (and what to do) in the one style every command uses, and exit."""
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, markup=True, soft_wrap=True)
+    # the message is the gateway's or a device's words: never markup
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
     if hint:
         err_console.print(f"hint: {hint}", highlight=False, markup=False, soft_wrap=True)
     sys.exit(code)
@@ -68,7 +95,7 @@ def fail(message: str, hint: str | None = None, *, code: int = 1) -> NoReturn:
 
 def warn(message: str) -> None:
     """A warning on stderr, in the same style as :func:`fail`."""
-    err_console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def plural(count: int, word: str, many: str | None = None) -> str:
@@ -79,23 +106,29 @@ def plural(count: int, word: str, many: str | None = None) -> str:
 # --- times ---------------------------------------------------------------------------------
 
 
-def display_zone() -> _dt.tzinfo:
-    """The zone times are shown in: ``GB28181GW_TIME_ZONE`` (an IANA name or ``UTC+8``), else Beijing."""
-    name = os.environ.get("GB28181GW_TIME_ZONE", "").strip()
-    if not name or name in ("Asia/Shanghai", "PRC"):
-        return CHINA_STANDARD_TIME  # fixed: no tz database needed, China has no daylight saving
-    upper = name.upper()
-    if upper in ("UTC", "Z", "GMT"):
-        return _dt.UTC
-    if upper.startswith(("UTC+", "UTC-", "GMT+", "GMT-")):
-        try:
-            return _dt.timezone(_dt.timedelta(hours=float(upper[3:])))
-        except ValueError:
-            pass
+def display_zone(admin: str | None = None) -> _dt.tzinfo:
+    """The site's zone, times are shown and read in: ``GB28181GW_GATEWAY_TIME_ZONE``, else the
+    running gateway's ``gateway.time_zone`` (asked of ``admin``, or of the gateway this command
+    talked to), else Beijing."""
+    global _zone, _gateway_zone
+    if _zone is not None:
+        return _zone
+    name = os.environ.get(TIME_ZONE_ENV, "").strip()
+    source = TIME_ZONE_ENV
+    ask = admin or _last_admin
+    if not name and _gateway_zone is None and ask is not None:
+        try:  # the site's zone is the gateway's setting: ask it (once)
+            answer = call(ask, "GET", "/status", timeout=CONNECT_TIMEOUT)
+            _gateway_zone = str(answer.get("time_zone") or "") if isinstance(answer, dict) else ""
+        except AdminApiError:
+            _gateway_zone = ""
+    if not name:
+        name, source = _gateway_zone or "", "the gateway's gateway.time_zone"
     try:
-        return zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        fail(f"unknown time zone {name!r} in GB28181GW_TIME_ZONE", "use an IANA name (Asia/Shanghai) or UTC+8")
+        _zone = parse_time_zone(name) if name else BEIJING
+    except ValueError as exc:
+        fail(f"{exc} (from {source})")
+    return _zone
 
 
 def when(epoch: float | None, *, relative: bool = True) -> str:
@@ -103,8 +136,59 @@ def when(epoch: float | None, *, relative: bool = True) -> str:
     if not epoch:
         return "never"
     stamp = _dt.datetime.fromtimestamp(epoch, display_zone())
-    text = stamp.strftime("%Y-%m-%d %H:%M:%S ") + stamp.strftime("%z")[:3] + ":" + stamp.strftime("%z")[3:]
+    offset = stamp.strftime("%z")
+    text = stamp.strftime("%Y-%m-%d %H:%M:%S ") + offset[:3] + ":" + offset[3:5]
     return f"{text} ({ago(epoch)})" if relative else text
+
+
+_RELATIVE_RE = re.compile(r"-(\d{1,6})\s*([smhd])")
+_RELATIVE_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_TIME_FORMATS = ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M")
+TIME_FORMS = "YYYY-MM-DD[THH:MM[:SS]], today, yesterday, now, or -90s/-30m/-2h/-7d"
+
+
+def parse_time(text: str, *, now: _dt.datetime, end_of_day: bool = False) -> _dt.datetime:
+    """A time an operator typed, as a naive datetime in the site's zone (what devices speak).
+
+    Accepts :data:`TIME_FORMS`. A bare day (``2024-05-06``, ``today``, ``yesterday``) is its
+    first second, or its last with ``end_of_day`` (so ``--from D --to D`` is the whole day).
+
+    Raises:
+        ValueError: naming the forms accepted.
+    """
+    value = text.strip().lower()
+    if value == "now":
+        return now
+    day: _dt.date | None = None
+    if value in ("today", "yesterday"):
+        day = now.date() - _dt.timedelta(days=value == "yesterday")
+    elif m := _RELATIVE_RE.fullmatch(value):
+        return now - _dt.timedelta(seconds=int(m[1]) * _RELATIVE_UNIT[m[2]])
+    else:
+        try:
+            day = _dt.datetime.strptime(value, "%Y-%m-%d").date()
+        except ValueError:
+            for fmt in _TIME_FORMATS:
+                try:
+                    return _dt.datetime.strptime(value.upper(), fmt)
+                except ValueError:
+                    continue
+            raise ValueError(f"{text!r} is not a time: use {TIME_FORMS}") from None
+    return _dt.datetime.combine(day, _dt.time(23, 59, 59) if end_of_day else _dt.time())
+
+
+class TimeParam(click.ParamType[str, Any]):
+    """A ``--from``/``--to`` option: checked when parsed (a usage error, exit 2, before any request);
+    the command turns it into a time with :func:`parse_time` once it knows the site's zone."""
+
+    name = "TIME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            parse_time(str(value), now=_dt.datetime(2000, 1, 1))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        return str(value)
 
 
 def ago(epoch: float | None, *, now: float | None = None) -> str:
@@ -153,12 +237,67 @@ class Column:
         raw = row.get(self.value, "") if isinstance(self.value, str) else self.value(row)
         if raw is None or raw == "":
             return "-"
-        return str(raw)
+        return printable(str(raw))
+
+
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """``text`` with the bytes a device sent undecodable (lone surrogates) shown as ``\\xNN``."""
+    if not _SURROGATE_RE.search(text):
+        return text
+    return _SURROGATE_RE.sub(lambda m: f"\\x{(ord(m[0]) - 0xDC00) & 0xFF:02x}", text)
+
+
+_TIME_SUFFIXES = ("_at", "_until", "_since")
+
+
+#: Numeric fields whose 0 means "not known yet" (a device that never registered), shown as "-".
+_UNSET_WHEN_ZERO = frozenset({"expires", "keepalive_interval", "keepalive_count"})
+
+
+def field_text(key: str, value: Any) -> str:
+    """A record's field as people read it, chosen by the field's name (see Conventions).
+
+    ``*_at``, ``*_until``, ``*_since``, ``last_*`` and ``time`` holding a number are epoch times
+    (:func:`when`), ``*_seconds`` durations, ``*_in`` countdowns; booleans are yes/no, lists are
+    joined, unset values are "-" (or "never" for a time; a port or registration figure of 0 too).
+    """
+    name = key.rsplit(".", 1)[-1]
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if number and (name.endswith(_TIME_SUFFIXES) or name.startswith("last_") or name == "time"):
+        return when(value)
+    if name.endswith("_seconds") and (number or value is None):
+        return duration(value)
+    if name.endswith("_in") and (number or value is None):
+        return "-" if value is None else f"in {duration(value)}"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None or value == "" or (value == 0 and (name.endswith("port") or name in _UNSET_WHEN_ZERO)):
+        return "-"
+    if isinstance(value, list | tuple):
+        return printable(", ".join(str(v) for v in value)) or "-"
+    return printable(str(value))
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``{"sip": {"port": 5060}}`` → ``[("sip.port", 5060)]``: nested records as dotted fields."""
+    out: list[tuple[str, Any]] = []
+    for key, value in data.items():
+        if isinstance(value, Mapping) and value:
+            out += flatten(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
 
 
 def print_json(data: Any) -> None:
-    """JSON on stdout, Chinese kept readable."""
-    click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+    """JSON on stdout, Chinese kept readable (``\\u`` escapes only for bytes a device sent undecodable)."""
+    text = json.dumps(data, ensure_ascii=False, indent=2)
+    if _SURROGATE_RE.search(text):
+        text = json.dumps(data, indent=2)
+    click.echo(text)
 
 
 def is_terminal() -> bool:
@@ -188,11 +327,35 @@ def emit(
         return
     table = Table(title=title, title_justify="left", expand=False)
     for c in columns:
-        # an ID keeps all 20 digits on one line; every other column may fold
-        table.add_column(c.title, no_wrap=c.is_id, min_width=20 if c.is_id else None, overflow="fold")
+        # an ID keeps all its digits on one line; every other column may fold
+        if c.is_id:
+            least = max((len(c.text(row)) for row in rows), default=0)
+        else:  # folded, but never so far that its title breaks inside a word
+            least = max(len(word) for word in c.title.split() or [""])
+        table.add_column(c.title, no_wrap=c.is_id, min_width=least, overflow="fold")
     for row in rows:
-        table.add_row(*[(c.style(row) if c.style else c.text(row)) for c in columns])
-    console.print(table, highlight=False, crop=False)
+        table.add_row(*[(c.style(row) if c.style else escape(c.text(row))) for c in columns])
+    if _fits(table):
+        console.print(table, highlight=False, crop=False)
+        return
+    # rich would shrink every column, IDs too, to fit a narrow terminal: one block per row instead
+    if title:
+        console.print(title, style="italic", highlight=False, markup=False)
+    width = max(len(c.title) for c in columns[1:]) if len(columns) > 1 else 0
+    for row in rows:
+        console.print(columns[0].text(row), style="bold", highlight=False, markup=False, soft_wrap=True)
+        for c in columns[1:]:
+            console.print(f"  {c.title:<{width}}  {c.text(row)}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _fits(table: Table) -> bool:
+    """Whether ``table`` fits the terminal with its ``min_width`` columns (IDs) whole.
+
+    rich narrows a table to the terminal by folding the other columns first, but once that is
+    not enough it cuts every column, IDs too.
+    """
+    need = sum((c.min_width or 1) + 3 for c in table.columns) + 1
+    return need <= console.width
 
 
 def emit_fields(
@@ -202,22 +365,32 @@ def emit_fields(
     title: str | None = None,
     json_data: Any = None,
 ) -> None:
-    """Print one record's fields (``name value`` pairs) in the same three forms as :func:`emit`."""
-    pairs = list(fields.items()) if isinstance(fields, Mapping) else list(fields)
+    """Print one record's fields (``name value`` pairs) in the same three forms as :func:`emit`.
+
+    A mapping's nested records become dotted fields, and values are shown by :func:`field_text`
+    (an ID, a value without spaces, is never folded).
+    """
     if as_json:
-        print_json(dict(pairs) if json_data is None else json_data)
+        print_json((dict(fields) if isinstance(fields, Mapping) else dict(fields)) if json_data is None else json_data)
         return
-    text = [(str(k), "-" if v is None or v == "" else str(v)) for k, v in pairs]
+    pairs = flatten(fields) if isinstance(fields, Mapping) else list(fields)
+    text = [(str(k), field_text(str(k), v)) for k, v in pairs]
     if not is_terminal():
         for k, v in text:
             click.echo(f"{k}\t{_plain(v)}")
         return
     table = Table(show_header=False, title=title, title_justify="left")
-    table.add_column("field", no_wrap=True, style="bold")
-    table.add_column("value", overflow="fold", min_width=20)
+    table.add_column("field", no_wrap=True, style="bold", min_width=max((len(k) for k, _ in text), default=1))
+    table.add_column("value", overflow="fold", min_width=min(20, max((len(v) for _, v in text), default=1)))
     for k, v in text:
         table.add_row(k, v)
-    console.print(table, highlight=False, markup=False, crop=False)
+    if _fits(table):
+        console.print(table, highlight=False, markup=False, crop=False)
+        return
+    if title:  # too narrow for two columns: a line per field, which the terminal may wrap
+        console.print(title, style="italic", highlight=False, markup=False)
+    for k, v in text:
+        console.print(f"{k}: {v}", highlight=False, markup=False, soft_wrap=True)
 
 
 # --- the admin API client ------------------------------------------------------------------
@@ -248,57 +421,82 @@ ADMIN_OPTION = click.option(
 )
 
 
-def request(admin: str, method: str, path: str, body: Any = None, *, timeout: float = QUERY_HTTP_TIMEOUT) -> Any:
-    """One admin API call; every failure ends in :func:`fail` with the gateway's own words."""
-    url = admin_url(admin) + "/api/v1" + path
+def call(admin: str, method: str, path: str, body: Any = None, *, timeout: float | None = QUERY_HTTP_TIMEOUT) -> Any:
+    """One admin API call, returning its JSON; raises :class:`AdminApiError` with the gateway's own words.
+
+    Args:
+        admin: the admin API's address (``host:port`` or a URL).
+        method / path: e.g. ``GET``, ``/devices`` (under ``/api/v1``).
+        body: sent as JSON.
+        timeout: seconds to wait for the answer once connected; ``None`` for a request that
+            waits on a device (the gateway bounds that wait itself and says why it ended).
+    """
+    global _last_admin
+    base = urllib.parse.urlsplit(admin_url(admin))
+    _last_admin = admin
+    connection = http.client.HTTPSConnection if base.scheme == "https" else http.client.HTTPConnection
+    conn = connection(base.hostname or "", base.port, timeout=CONNECT_TIMEOUT)
     data = json.dumps(body, ensure_ascii=False).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    where = f"the gateway at {admin}"
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read().decode("utf-8"))
-    except urllib.error.HTTPError as exc:
         try:
-            answer = json.loads(exc.read().decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            answer = {}
+            conn.connect()
+        except TimeoutError:
+            raise AdminApiError(f"cannot reach {where}: no answer within {CONNECT_TIMEOUT:g} s", _REACH_HINT) from None
+        except OSError as exc:
+            raise AdminApiError(f"cannot reach {where}: {exc.strerror or exc}", _REACH_HINT, unreachable=True) from None
+        assert conn.sock is not None
+        conn.sock.settimeout(timeout)
+        try:
+            conn.request(method, base.path + "/api/v1" + path, body=data, headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+        except TimeoutError:
+            raise AdminApiError(f"{where} did not answer {method} {path} within {timeout:g} s") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise AdminApiError(f"{where} broke off {method} {path}: {exc}", _REACH_HINT) from None
+    finally:
+        conn.close()
+    try:
+        answer = json.loads(raw.decode("utf-8")) if raw else None
+    except (ValueError, UnicodeDecodeError):
+        answer = None
+    if resp.status >= 400:
         message = answer.get("error") if isinstance(answer, dict) else None
         hint = answer.get("hint") if isinstance(answer, dict) else None
-        fail(message or f"the gateway answered {exc.code} {exc.reason} to {method} {path}", hint)
-    except TimeoutError:
-        fail(f"the gateway at {admin} did not answer {method} {path} within {timeout:g} s")
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        if isinstance(reason, TimeoutError):
-            fail(f"the gateway at {admin} did not answer {method} {path} within {timeout:g} s")
-        fail(
-            f"cannot reach the gateway at {admin}: {reason}",
-            "is `gb28181gw serve` running? (--admin or GB28181GW_ADMIN_URL name another one)",
+        raise AdminApiError(
+            str(message or f"the gateway answered {resp.status} {resp.reason} to {method} {path}"),
+            str(hint) if hint else None,
+            resp.status,
         )
+    if answer is None and raw:
+        raise AdminApiError(
+            f"the answer of {admin} to {method} {path} is not JSON", "is --admin the gateway's admin API?", resp.status
+        )
+    if path == "/status" and isinstance(answer, dict) and answer.get("time_zone"):
+        _remember_zone(str(answer["time_zone"]))
+    return answer
 
 
-def _api(admin: str, path: str) -> Any:
-    """GET through :func:`request` (kept while the commands move over to it)."""
-    return request(admin, "GET", path)
+_REACH_HINT = "is `gb28181gw serve` running? (--admin or GB28181GW_ADMIN_URL name another one)"
 
 
-def _api_send(
-    admin: str, method: str, path: str, body: dict[str, Any] | None = None, *, timeout: float = QUERY_HTTP_TIMEOUT
-) -> Any:
-    """Any method through :func:`request` (kept while the commands move over to it)."""
-    return request(admin, method, path, body, timeout=timeout)
+def _remember_zone(name: str) -> None:
+    global _gateway_zone
+    _gateway_zone = name
 
 
-_ago = ago
+def request(admin: str, method: str, path: str, body: Any = None, *, timeout: float | None = QUERY_HTTP_TIMEOUT) -> Any:
+    """:func:`call`, ending in :func:`fail` (exit 1) with the gateway's own words on any failure."""
+    try:
+        return call(admin, method, path, body, timeout=timeout)
+    except AdminApiError as exc:
+        fail(exc.message, exc.hint)
 
 
-def _print_fields(title: str, data: dict[str, Any]) -> None:
-    table = Table("field", "value", show_header=False, title=title)
-    for key, value in data.items():
-        table.add_row(key, str(value))
-    console.print(table)
-
-
-def _rate(bits_per_second: float) -> str:
+def rate_text(bits_per_second: float) -> str:
+    """``850 kbit/s``, ``4.1 Mbit/s``."""
     if bits_per_second >= 1e6:
         return f"{bits_per_second / 1e6:.1f} Mbit/s"
     return f"{bits_per_second / 1e3:.0f} kbit/s"

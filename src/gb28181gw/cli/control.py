@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
-import json
+import datetime as _dt
+from typing import Any
 
 import click
-from rich.table import Table
 
-from gb28181gw.cli.common import ADMIN_OPTION, _api, _api_send, console, main
+from gb28181gw.cli.common import (
+    ADMIN_OPTION,
+    JSON_OPTION,
+    TIME_FORMS,
+    Column,
+    TimeParam,
+    display_zone,
+    emit,
+    main,
+    parse_time,
+    plural,
+    print_json,
+    request,
+    warn,
+)
 
 PTZ_ACTIONS = [
     "left",
@@ -24,81 +38,124 @@ PTZ_ACTIONS = [
 ]
 
 
+def _sent(answer: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(answer)
+    else:
+        click.echo(f"sent PTZCmd {answer['sent']}")
+
+
 @main.command()
 @ADMIN_OPTION
+@JSON_OPTION
 @click.argument("channel_id")
-@click.argument("action", type=click.Choice(PTZ_ACTIONS))
+@click.argument("action", type=click.Choice(PTZ_ACTIONS, case_sensitive=False))
 @click.option("--speed", type=click.IntRange(0, 255), default=0x80, show_default=True, help="Pan/tilt speed.")
 @click.option("--zoom-speed", type=click.IntRange(0, 15), default=5, show_default=True)
-def ptz(admin: str, channel_id: str, action: str, speed: int, zoom_speed: int) -> None:
+def ptz(admin: str, channel_id: str, action: str, speed: int, zoom_speed: int, as_json: bool) -> None:
     """Move a PTZ camera (send `stop` to stop it)."""
-    r = _api_send(
-        admin,
-        "POST",
-        "/ptz",
-        {"kind": "move", "channel_id": channel_id, "action": action, "speed": speed, "zoom_speed": zoom_speed},
-    )
-    console.print(f"sent PTZCmd {r['sent']}", highlight=False)
+    body = {"kind": "move", "channel_id": channel_id, "action": action, "speed": speed, "zoom_speed": zoom_speed}
+    _sent(request(admin, "POST", "/ptz", body, timeout=None), as_json)
 
 
 @main.command()
 @ADMIN_OPTION
+@JSON_OPTION
 @click.argument("channel_id")
-@click.argument("action", type=click.Choice(["set", "call", "delete"]))
+@click.argument("action", type=click.Choice(["set", "call", "delete"], case_sensitive=False))
 @click.argument("number", type=click.IntRange(1, 255))
-def preset(admin: str, channel_id: str, action: str, number: int) -> None:
+def preset(admin: str, channel_id: str, action: str, number: int, as_json: bool) -> None:
     """Set, call or delete preset NUMBER of a PTZ camera."""
-    r = _api_send(
-        admin, "POST", "/ptz", {"kind": "preset", "channel_id": channel_id, "action": action, "number": number}
-    )
-    console.print(f"sent PTZCmd {r['sent']}", highlight=False)
+    body = {"kind": "preset", "channel_id": channel_id, "action": action, "number": number}
+    _sent(request(admin, "POST", "/ptz", body, timeout=None), as_json)
 
 
-@main.command()
-@ADMIN_OPTION
-@click.argument("channel_id")
-@click.option("--from", "start", required=True, help="Start, YYYY-MM-DDTHH:MM:SS (local time).")
-@click.option("--to", "end", required=True, help="End, YYYY-MM-DDTHH:MM:SS.")
-@click.option(
-    "--type", "record_type", type=click.Choice(["all", "time", "alarm", "manual"]), default="all", show_default=True
+def _size(text: Any) -> str:
+    """A FileSize (bytes, as the device wrote it) in MiB/GiB; anything else as it came."""
+    try:
+        n = int(str(text))
+    except ValueError:
+        return str(text or "")
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+RECORD_COLUMNS = (
+    Column("start", "StartTime"),
+    Column("end", "EndTime"),
+    Column("type", "Type"),
+    Column("size", lambda r: _size(r.get("FileSize", ""))),
+    Column("file", "FilePath"),
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+GB_TIME = "%Y-%m-%dT%H:%M:%S"
+
+
+@main.command(
+    epilog=f"TIME is {TIME_FORMS}, in the site's time zone (gateway.time_zone, Beijing by default): "
+    "devices keep their recordings in local time. A bare day in --to means its end: "
+    "--from 2024-05-06 --to 2024-05-06 is that whole day."
+)
+@ADMIN_OPTION
+@JSON_OPTION
+@click.argument("channel_id")
+@click.option("--from", "start", required=True, type=TimeParam(), help="Start of the search.")
+@click.option("--to", "end", default="now", show_default=True, type=TimeParam(), help="End of the search.")
+@click.option(
+    "--type",
+    "record_type",
+    type=click.Choice(["all", "time", "alarm", "manual"], case_sensitive=False),
+    default="all",
+    show_default=True,
+)
 def records(admin: str, channel_id: str, start: str, end: str, record_type: str, as_json: bool) -> None:
-    """Search the recordings of CHANNEL_ID (RecordInfo)."""
-    data = _api(admin, f"/channels/{channel_id}/records?from={start}&to={end}&type={record_type}")
-    if as_json:
-        console.print_json(json.dumps(data, ensure_ascii=False))
-        return
-    table = Table("start", "end", "type", "size", "file", title=f"{len(data['records'])} recordings of {channel_id}")
-    for r in data["records"]:
-        table.add_row(
-            r.get("StartTime", ""),
-            r.get("EndTime", ""),
-            r.get("Type", ""),
-            r.get("FileSize", ""),
-            r.get("FilePath", ""),
+    """Search the recordings of CHANNEL_ID (RecordInfo).
+
+    Waits as long as the gateway does (devices.query_timeout for the first answer).
+    """
+    now = _dt.datetime.now(display_zone(admin)).replace(tzinfo=None, microsecond=0)
+    since, until = parse_time(start, now=now), parse_time(end, now=now, end_of_day=True)
+    if since >= until:
+        raise click.BadParameter(
+            f"{since.strftime(GB_TIME)} is not before --to {until.strftime(GB_TIME)}", param_hint="'--from'"
         )
-    console.print(table)
-    if not data["complete"]:
-        console.print(f"[yellow]partial: the device said {data['sum_num']} and went quiet[/yellow]")
+    query = f"?from={since.strftime(GB_TIME)}&to={until.strftime(GB_TIME)}&type={record_type.lower()}"
+    data = request(admin, "GET", f"/channels/{channel_id}/records{query}", timeout=None)
+    rows = data["records"]
+    emit(
+        rows,
+        RECORD_COLUMNS,
+        as_json=as_json,
+        title=f"{plural(len(rows), 'recording')} of {channel_id}",
+        json_rows=data,
+    )
+    if not data["complete"] and not as_json:
+        warn(f"partial: the device announced {data['sum_num']} and went quiet after {len(rows)}")
+
+
+CONTROL_COMMANDS = {
+    "reboot": ("TeleBoot", "Boot", False),
+    "record-start": ("RecordCmd", "Record", True),
+    "record-stop": ("RecordCmd", "StopRecord", True),
+    "guard": ("GuardCmd", "SetGuard", True),
+    "unguard": ("GuardCmd", "ResetGuard", True),
+    "alarm-reset": ("AlarmCmd", "ResetAlarm", True),
+    "iframe": ("IFameCmd", "Send", False),
+}
 
 
 @main.command("control")
 @ADMIN_OPTION
+@JSON_OPTION
 @click.argument("target")
-@click.argument(
-    "command", type=click.Choice(["reboot", "record-start", "record-stop", "guard", "unguard", "alarm-reset", "iframe"])
-)
-def control_cmd(admin: str, target: str, command: str) -> None:
+@click.argument("command", type=click.Choice(list(CONTROL_COMMANDS), case_sensitive=False))
+def control_cmd(admin: str, target: str, command: str, as_json: bool) -> None:
     """Send a DeviceControl command to a device or channel and print its result."""
-    name, value, wait = {
-        "reboot": ("TeleBoot", "Boot", False),
-        "record-start": ("RecordCmd", "Record", True),
-        "record-stop": ("RecordCmd", "StopRecord", True),
-        "guard": ("GuardCmd", "SetGuard", True),
-        "unguard": ("GuardCmd", "ResetGuard", True),
-        "alarm-reset": ("AlarmCmd", "ResetAlarm", True),
-        "iframe": ("IFameCmd", "Send", False),
-    }[command]
-    result = _api_send(admin, "POST", "/control", {"target": target, "name": name, "value": value, "wait": wait})
-    console.print(f"{command}: {result.get('Result', 'sent')}", highlight=False)
+    name, value, wait = CONTROL_COMMANDS[command]
+    body = {"target": target, "name": name, "value": value, "wait": wait}
+    result = request(admin, "POST", "/control", body, timeout=None)
+    if as_json:
+        print_json(result)
+    else:
+        click.echo(f"{command}: {result.get('Result', 'sent')}")

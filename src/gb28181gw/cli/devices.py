@@ -2,39 +2,63 @@
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import sys
-import time as _time
-import urllib.error
-import urllib.request
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.progress import Progress
-from rich.table import Table
 from rich.tree import Tree
 
-from gb28181gw.cli.common import ADMIN_OPTION, _ago, _api, _api_send, _print_fields, console, main
+from gb28181gw.cli.common import (
+    ADMIN_OPTION,
+    JSON_OPTION,
+    Column,
+    ago,
+    call,
+    console,
+    emit,
+    emit_fields,
+    fail,
+    is_terminal,
+    main,
+    plural,
+    print_json,
+    request,
+    warn,
+)
+from gb28181gw.errors import AdminApiError
 
 
 @main.command()
 @ADMIN_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON_OPTION
 def status(admin: str, as_json: bool) -> None:
     """Show the running gateway's status."""
-    data = _api(admin, "/status")
-    if as_json:
-        console.print_json(json.dumps(data))
-        return
-    table = Table("key", "value", show_header=False)
-    for key, value in data.items():
-        if isinstance(value, dict):
-            for k, v in value.items():
-                table.add_row(f"{key}.{k}", str(v))
-        else:
-            table.add_row(key, str(value))
-    console.print(table)
+    emit_fields(request(admin, "GET", "/status"), as_json=as_json, title="gateway")
+
+
+def _state(d: dict[str, Any]) -> str:
+    return "online" if d.get("online") else f"offline {d.get('offline_reason') or ''}".strip()
+
+
+def _state_style(d: dict[str, Any]) -> str:
+    return "[green]online[/green]" if d.get("online") else f"[red]offline[/red] {escape(d.get('offline_reason') or '')}"
+
+
+def _expires(d: dict[str, Any]) -> str:
+    return ago(d.get("expires_at")) if d.get("registered") and d.get("expires_at") else "-"
+
+
+DEVICE_COLUMNS = (
+    Column("ID", "device_id", is_id=True),
+    # the operator's name, else the one the device reports for itself
+    Column("name", lambda d: d.get("name") or d.get("reported_name", "")),
+    Column("address", lambda d: f"{d.get('transport', '')} {d['host']}:{d['port']}" if d.get("host") else ""),
+    Column("online", _state, style=_state_style),
+    Column("keepalive", lambda d: ago(d.get("last_keepalive"))),
+    Column("expires", _expires),
+)
 
 
 @main.group(invoke_without_command=True)
@@ -46,21 +70,8 @@ def devices(admin: str, as_json: bool, online: bool | None) -> None:
     if click.get_current_context().invoked_subcommand is not None:
         return  # devices prune / refused (cli/housekeeping.py)
     query = "" if online is None else f"?state={'online' if online else 'offline'}"
-    data = _api(admin, f"/devices{query}")["devices"]
-    if as_json:
-        console.print_json(json.dumps(data, ensure_ascii=False))
-        return
-    table = Table(
-        "ID", "name", "address", "transport", "online", "last keepalive", "expires", title=f"{len(data)} devices"
-    )
-    for d in data:
-        address = f"{d['host']}:{d['port']}" if d["host"] else "-"
-        state = "[green]online[/green]" if d["online"] else f"[red]offline[/red] {d['offline_reason']}".strip()
-        expires = "-"
-        if d["registered"] and d["expires_at"]:
-            expires = f"in {max(0, int(d['expires_at'] - _time.time()))} s"
-        table.add_row(d["device_id"], d["name"], address, d["transport"], state, _ago(d["last_keepalive"]), expires)
-    console.print(table)
+    rows = request(admin, "GET", f"/devices{query}")["devices"]
+    emit(rows, DEVICE_COLUMNS, as_json=as_json, title=plural(len(rows), "device"))
 
 
 @main.group()
@@ -70,92 +81,131 @@ def device() -> None:
 
 @device.command("show")
 @ADMIN_OPTION
+@JSON_OPTION
 @click.argument("device_id")
-def device_show(admin: str, device_id: str) -> None:
+def device_show(admin: str, device_id: str, as_json: bool) -> None:
     """Everything the gateway knows about DEVICE_ID."""
-    data = _api(admin, f"/devices/{device_id}")
-    table = Table("field", "value", show_header=False, title=device_id)
-    for key, value in data.items():
-        if key in ("registered_at", "expires_at", "last_keepalive", "created_at", "updated_at") and value:
-            value = f"{_dt.datetime.fromtimestamp(value).isoformat(timespec='seconds')} ({_ago(value)})"
-        table.add_row(key, str(value))
-    console.print(table)
+    data = request(admin, "GET", f"/devices/{device_id}")
+    shown = dict(data)
+    # the few fields whose name does not say how to read them (the rest: common.field_text)
+    if shown.get("stream_mode") == "":
+        shown["stream_mode"] = "default (media.stream_mode)"
+    if isinstance(shown.get("password"), bool):
+        shown["password"] = "set" if shown["password"] else "not set (registrar.password applies)"
+    if isinstance(shown.get("expires"), int) and shown["expires"]:
+        shown["expires"] = f"{shown['expires']} s"
+    emit_fields(shown, as_json=as_json, title=device_id, json_data=data)
+
+
+STREAM_MODES = ["udp", "tcp-passive", "tcp-active", "default"]
 
 
 @device.command("add")
 @ADMIN_OPTION
+@JSON_OPTION
 @click.argument("device_id")
 @click.option("--password", default="", help="Its own digest password (overrides registrar.password).")
 @click.option("--name", default="", help="A name for it.")
 @click.option(
-    "--charset", type=click.Choice(["GB2312", "GB18030", "UTF-8"]), default=None, help="Charset of its MANSCDP bodies."
+    "--charset",
+    type=click.Choice(["GB2312", "GB18030", "UTF-8"], case_sensitive=False),
+    default=None,
+    help="Charset of its MANSCDP bodies.",
 )
 @click.option(
     "--stream-mode",
-    type=click.Choice(["udp", "tcp-passive", "tcp-active"]),
+    type=click.Choice(STREAM_MODES, case_sensitive=False),
     default=None,
-    help="How it sends media: UDP, TCP to us (passive) or TCP from us (active). Default: media.stream_mode.",
+    help="How it sends media: UDP, TCP to us (passive) or TCP from us (active); "
+    "`default` follows media.stream_mode again.",
 )
 def device_add(
-    admin: str, device_id: str, password: str, name: str, charset: str | None, stream_mode: str | None
+    admin: str,
+    device_id: str,
+    password: str,
+    name: str,
+    charset: str | None,
+    stream_mode: str | None,
+    as_json: bool,
 ) -> None:
-    """Provision DEVICE_ID (needed when registrar.require_provisioned is on), or change its settings."""
-    data = _api_send(
-        admin,
-        "POST",
-        "/devices",
-        {
-            "device_id": device_id,
-            "password": password,
-            "name": name,
-            "charset": charset or "",
-            "stream_mode": stream_mode or "",
-        },
-    )
-    console.print(f"added {data['device_id']}", highlight=False)
+    """Provision DEVICE_ID (needed when registrar.require_provisioned is on), or change its settings.
+
+    Options left out keep what the device had.
+    """
+    body = {
+        "device_id": device_id,
+        "password": password,
+        "name": name,
+        "charset": charset or "",
+        "stream_mode": stream_mode or "",
+    }
+    data = request(admin, "POST", "/devices", body)
+    if as_json:
+        print_json(data)
+        return
+    click.echo(f"{'added' if data.get('created', True) else 'updated'} {data['device_id']}")
 
 
 @device.command("remove")
 @ADMIN_OPTION
+@JSON_OPTION
 @click.argument("device_id")
-def device_remove(admin: str, device_id: str) -> None:
+def device_remove(admin: str, device_id: str, as_json: bool) -> None:
     """Forget DEVICE_ID; it has to register again."""
-    _api_send(admin, "DELETE", f"/devices/{device_id}")
-    console.print(f"removed {device_id}", highlight=False)
+    data = request(admin, "DELETE", f"/devices/{device_id}")
+    if as_json:
+        print_json(data)
+        return
+    click.echo(f"removed {device_id}")
+
+
+@device.command("info")
+@ADMIN_OPTION
+@JSON_OPTION
+@click.argument("device_id")
+def device_info(admin: str, device_id: str, as_json: bool) -> None:
+    """Ask DEVICE_ID for its DeviceInfo (waits as long as the gateway does: devices.query_timeout)."""
+    emit_fields(request(admin, "GET", f"/devices/{device_id}/info", timeout=None), as_json=as_json, title=device_id)
+
+
+@device.command("status")
+@ADMIN_OPTION
+@JSON_OPTION
+@click.argument("device_id")
+def device_status(admin: str, device_id: str, as_json: bool) -> None:
+    """Ask DEVICE_ID for its DeviceStatus (waits as long as the gateway does: devices.query_timeout)."""
+    emit_fields(request(admin, "GET", f"/devices/{device_id}/status", timeout=None), as_json=as_json, title=device_id)
+
+
+CHANNEL_COLUMNS = (
+    Column("channel", "channel_id", is_id=True),
+    Column("name", "name"),
+    Column("device", "device_id", is_id=True),
+    Column("status", "status"),
+    Column("parent", "parent_id", is_id=True),
+    Column("PTZ", "PTZType"),
+    Column("address", "Address"),
+)
 
 
 @main.command()
 @ADMIN_OPTION
 @click.argument("device_id", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--status", type=click.Choice(["ON", "OFF"]), help="Only channels in this status.")
+@JSON_OPTION
+@click.option("--status", type=click.Choice(["ON", "OFF"], case_sensitive=False), help="Only channels in this status.")
 @click.option("--tree", is_flag=True, help="Show the catalog tree (ParentID / BusinessGroupID).")
 def channels(admin: str, device_id: str | None, as_json: bool, status: str | None, tree: bool) -> None:
     """List catalog channels (of one device, or all)."""
-    data = _api(admin, "/channels" + (f"?device={device_id}" if device_id else ""))
-    rows = [c for c in data["channels"] if status is None or c["status"].upper() == status]
+    data = request(admin, "GET", "/channels" + (f"?device={device_id}" if device_id else ""))
+    rows = [c for c in data["channels"] if status is None or str(c["status"]).upper() == status.upper()]
     if as_json:
-        console.print_json(json.dumps(rows, ensure_ascii=False))
-        return
-    if tree:
-        console.print(_channel_tree(rows))
-        return
-    table = Table("channel", "name", "device", "status", "parent", "PTZ", "address", title=f"{len(rows)} channels")
-    for c in rows:
-        table.add_row(
-            c["channel_id"],
-            c["name"],
-            c["device_id"],
-            c["status"],
-            c["parent_id"],
-            c.get("PTZType", ""),
-            c.get("Address", ""),
-        )
-    console.print(table)
+        print_json(rows)
+    elif tree:
+        console.print(_channel_tree(rows), highlight=False, crop=False, soft_wrap=True)
+    else:
+        emit(rows, CHANNEL_COLUMNS, title=plural(len(rows), "channel"))
     if data["partial"]:
-        console.print(
-            f"[yellow]partial catalogs (device went quiet before SumNum): {', '.join(data['partial'])}[/yellow]"
-        )
+        warn(f"partial catalogs (the device went quiet before SumNum): {', '.join(data['partial'])}")
 
 
 @main.group()
@@ -163,52 +213,69 @@ def catalog() -> None:
     """Catalog of devices."""
 
 
+def _catalog_line(r: dict[str, Any]) -> str:
+    note = "" if r["complete"] else f" (partial: the device announced {r['sum_num']})"
+    return f"{r['device_id']}: {plural(r['channels'], 'channel')} in {plural(r['messages'], 'message')}{note}"
+
+
 @catalog.command("refresh")
 @ADMIN_OPTION
+@JSON_OPTION
 @click.argument("device_id", required=False)
-@click.option("--all", "all_devices", is_flag=True, help="Every online device.")
-def catalog_refresh(admin: str, device_id: str | None, all_devices: bool) -> None:
-    """Ask DEVICE_ID (or --all online devices) for its catalog and store it."""
+@click.option("--all", "all_devices", is_flag=True, help="Every online device, one after the other.")
+def catalog_refresh(admin: str, device_id: str | None, all_devices: bool, as_json: bool) -> None:
+    """Ask DEVICE_ID (or --all online devices) for its catalog and store it.
+
+    Waits as long as the gateway does (devices.catalog_first_timeout, catalog_total_timeout).
+    With --all, a device that fails is reported and the others are still asked; the exit
+    status is 1 if any failed.
+    """
     if all_devices == bool(device_id):
         raise click.UsageError("give a DEVICE_ID or --all")
-    targets = [device_id] if device_id else [d["device_id"] for d in _api(admin, "/devices?state=online")["devices"]]
+    if device_id:
+        r = request(admin, "POST", f"/devices/{device_id}/catalog", {}, timeout=None)
+        if as_json:
+            print_json(r)
+        else:
+            click.echo(_catalog_line(r))
+        return
+    targets = [d["device_id"] for d in request(admin, "GET", "/devices?state=online")["devices"]]
+    results: list[dict[str, Any]] = []
     failed = 0
-    with Progress(console=console, transient=True) as progress:
+    live = is_terminal() and not as_json
+    with Progress(console=console, transient=True, disable=not live) as progress:
         task = progress.add_task("catalog", total=len(targets))
-        for target in targets:
-            progress.update(task, description=f"catalog {target}")
-            url = admin.rstrip("/") + f"/api/v1/devices/{target}/catalog"
+        for i, target in enumerate(targets, 1):
+            step = f"[{i}/{len(targets)}]"
+            progress.update(task, description=f"{step} catalog of {target}")
             try:
-                with urllib.request.urlopen(
-                    urllib.request.Request(url, method="POST", headers={"Content-Type": "application/json"}),
-                    timeout=300,
-                ) as resp:
-                    r = json.loads(resp.read())
-                note = "" if r["complete"] else f" [yellow](partial: SumNum {r['sum_num']})[/yellow]"
-                console.print(f"{target}: {r['channels']} channels in {r['messages']} messages{note}", highlight=False)
-            except urllib.error.HTTPError as exc:
+                r = call(admin, "POST", f"/devices/{target}/catalog", {}, timeout=None)
+            except AdminApiError as exc:
+                if exc.status is None:  # the gateway itself is gone: the others would fail the same way
+                    fail(exc.message, exc.hint)
                 failed += 1
-                console.print(
-                    f"[red]{target}: {json.loads(exc.read() or b'{}').get('error', exc.reason)}[/red]", highlight=False
-                )
+                results.append({"device_id": target, "error": exc.message})
+                if live:  # above the progress bar, which owns the terminal
+                    progress.console.print(f"{step} [red]error:[/red] {escape(exc.message)}", highlight=False)
+                elif not as_json:
+                    click.echo(f"{step} error: {exc.message}", err=True)
+            else:
+                results.append(r)
+                if live:
+                    progress.console.print(f"{step} {escape(_catalog_line(r))}", highlight=False, crop=False)
+                elif not as_json:
+                    click.echo(f"{step} {_catalog_line(r)}")
             progress.advance(task)
+    if as_json:
+        print_json(results)
+    else:
+        done = len(targets) - failed
+        click.echo(
+            f"{plural(done, 'catalog')} refreshed, {failed} failed"
+            if targets
+            else "no device is online: nothing to refresh"
+        )
     sys.exit(1 if failed else 0)
-
-
-@device.command("info")
-@ADMIN_OPTION
-@click.argument("device_id")
-def device_info(admin: str, device_id: str) -> None:
-    """Ask DEVICE_ID for its DeviceInfo."""
-    _print_fields(device_id, _api(admin, f"/devices/{device_id}/info"))
-
-
-@device.command("status")
-@ADMIN_OPTION
-@click.argument("device_id")
-def device_status(admin: str, device_id: str) -> None:
-    """Ask DEVICE_ID for its DeviceStatus."""
-    _print_fields(device_id, _api(admin, f"/devices/{device_id}/status"))
 
 
 def _channel_tree(rows: list[dict[str, Any]]) -> Tree:
@@ -220,14 +287,14 @@ def _channel_tree(rows: list[dict[str, Any]]) -> Tree:
         if parent not in ids and parent != r["device_id"]:
             parent = r["device_id"]  # a parent we do not know (often our own ID, C4): hang it under its device
         children.setdefault(parent, []).append(r)
-    root = Tree(f"{len(rows)} channels")
+    root = Tree(plural(len(rows), "channel"))
 
     def add(node: Tree, key: str, seen: set[str]) -> None:
         for r in sorted(children.get(key, []), key=lambda r: r["channel_id"]):
             if r["channel_id"] in seen:
                 continue
             colour = "green" if r["status"] == "ON" else "red"
-            branch = node.add(f"{r['channel_id']} {r['name']} [{colour}]{r['status']}[/{colour}]")
+            branch = node.add(f"{r['channel_id']} {escape(r['name'])} [{colour}]{escape(r['status'])}[/{colour}]")
             add(branch, r["channel_id"], seen | {r["channel_id"]})
 
     for device in sorted({r["device_id"] for r in rows}):

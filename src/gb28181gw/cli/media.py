@@ -1,18 +1,56 @@
-"""Live streams: play, snapshot, list and stop."""
+"""Live streams: play, snapshot, list and stop.
+
+``play`` and ``snapshot`` make this process a consumer of a channel's stream (:class:`_Consumer`):
+the gateway relays the stream to a local socket (``POST /streams``), the consumer's lease is
+renewed while we run (``PATCH``; a killed CLI is dropped by the gateway when it runs out), the
+stream is polled so that its end is noticed and told in words (the gateway answers 410 with
+the reason of a stream that ended), and the consumer leaves (``DELETE``) when we are done.
+Ctrl-C and SIGTERM do not kill the pull: they stop it at the next check (:class:`_StopOnSignal`),
+so the file is finalised and the gateway told before we exit.
+"""
 
 from __future__ import annotations
 
-import json
+import signal
 import socket
 import sys
+import time
+import urllib.error
 import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import click
-from rich.table import Table
 
-from gb28181gw.cli.common import ADMIN_OPTION, _api, _api_send, _rate, console, err_console, main
+from gb28181gw.cli.common import (
+    ADMIN_OPTION,
+    JSON_OPTION,
+    Column,
+    call,
+    duration,
+    emit,
+    fail,
+    main,
+    plural,
+    print_json,
+    rate_text,
+    request,
+)
+from gb28181gw.errors import AdminApiError
+
+#: Seconds the gateway keeps sending to us without hearing from us (it drops a killed CLI).
+LEASE = 30.0
+#: Seconds between lease renewals, stream polls, and progress-line updates.
+RENEW_EVERY = 10.0
+POLL_EVERY = 1.0
+PROGRESS_EVERY = 0.5
+#: Seconds one poll or renewal may take before it is skipped (the next one tries again).
+POLL_TIMEOUT = 3.0
 
 
 def _local_address_toward(admin: str) -> str:
@@ -25,14 +63,38 @@ def _local_address_toward(admin: str) -> str:
         return str(probe.getsockname()[0])
 
 
-def _pull(
-    admin: str, channel_id: str, transport: str, host: str | None, seconds: float, *, until_key_frame: bool = False
-) -> tuple[Any, Any, dict[str, Any]]:
-    from gb28181gw.pull import Receiver, collect
+def _call(admin: str, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+    """An admin API call made while a pull runs, which must not end it: (HTTP status, JSON answer).
 
-    receiver = Receiver(transport)
+    Status 0 means nothing answers at the gateway's address, -1 that it did not answer within
+    :data:`POLL_TIMEOUT`; an error answer is ``{"error": its words}``.
+    """
     try:
-        opened = _api_send(
+        answer = call(admin, method, path, body, timeout=POLL_TIMEOUT)
+    except AdminApiError as exc:
+        if exc.status is None:
+            return (0 if exc.unreachable else -1), {"error": exc.message}
+        return exc.status, {"error": exc.message}
+    return 200, answer if isinstance(answer, dict) else {}
+
+
+class _Consumer:
+    """This process as a consumer of a stream on the gateway (see the module docstring)."""
+
+    def __init__(self, admin: str, opened: dict[str, Any]) -> None:
+        self.admin = admin
+        self.stream_id: str = opened["id"]
+        self.consumer_id: str = opened["consumer"]["id"]
+        self.opened = opened
+        now = time.monotonic()
+        self._next_poll = now + POLL_EVERY
+        self._next_renew = now + RENEW_EVERY
+        self._left = False
+
+    @classmethod
+    def open(cls, admin: str, channel_id: str, transport: str, host: str | None, port: int) -> _Consumer:
+        """Ask the gateway to relay ``channel_id`` to us (it opens the stream or joins the open one)."""
+        opened = request(
             admin,
             "POST",
             "/streams",
@@ -41,124 +103,395 @@ def _pull(
                 "consumer": {
                     "transport": transport,
                     "host": host or _local_address_toward(admin),
-                    "port": receiver.port,
-                    "ttl": seconds + 30,  # the gateway drops us by itself if we die
+                    "port": port,
+                    "ttl": LEASE,
                     "label": "cli",
                 },
             },
             timeout=60,
         )
-        err_console.print(
+        click.echo(
             f"stream {opened['id']} ({opened['mode']}, worker {opened['worker']}): receiving as "
             f"{opened['consumer']['id']} with SSRC {opened['consumer']['ssrc']}",
-            highlight=False,
+            err=True,
         )
+        return cls(admin, opened)
+
+    def check(self, now: float, *, now_please: bool = False) -> str | None:
+        """Renew the lease and poll the stream when due; why the stream ended for us, or ``None``."""
+        path = f"/streams/{self.stream_id}"
+        if now >= self._next_renew:
+            self._next_renew = now + RENEW_EVERY
+            _call(self.admin, "PATCH", f"{path}/consumers/{self.consumer_id}", {"ttl": LEASE})
+        if not now_please and now < self._next_poll:
+            return None
+        self._next_poll = now + POLL_EVERY
+        status, answer = _call(self.admin, "GET", path)
+        if status == 200:
+            if any(c.get("id") == self.consumer_id for c in answer.get("consumers", [])):
+                return None
+            return f"the gateway stopped sending stream {self.stream_id} to us (consumer {self.consumer_id} dropped)"
+        if status == 410:
+            return str(answer.get("error") or f"stream {self.stream_id} ended")
+        if status == 404:
+            return f"stream {self.stream_id} is no longer on the gateway (was the gateway restarted?)"
+        if status == 0:
+            return f"the gateway at {self.admin} stopped answering (was it stopped?)"
+        return None  # slow or unsure: ask again at the next poll
+
+    def leave(self) -> None:
+        """Tell the gateway to stop sending to us (the stream lingers, then closes, if we were the last)."""
+        if not self._left:
+            self._left = True
+            _call(self.admin, "DELETE", f"/streams/{self.stream_id}/consumers/{self.consumer_id}")
+
+
+class _StopOnSignal:
+    """Ctrl-C (SIGINT) and SIGTERM ask the pull to stop instead of killing it; a second Ctrl-C interrupts.
+
+    Attributes:
+        signal: the name of the signal that came, or ``None``.
+    """
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopOnSignal:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def _handle(self, number: int, _frame: FrameType | None) -> None:
+        self.signal = "Ctrl-C" if number == signal.SIGINT else signal.Signals(number).name
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __exit__(self, *_exc: object) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+
+@dataclass
+class _Pull:
+    """How a pull went: why it stopped and what came."""
+
+    elapsed: float = 0.0
+    stopped: str = ""  # "time", "done", "ended", or the signal's name
+    ended: str | None = None  # why the stream ended for us, in words
+
+
+@contextmanager
+def _consuming(admin: str, channel_id: str, transport: str, host: str | None) -> Iterator[tuple[Any, _Consumer]]:
+    """A receiver socket, and this process as a consumer sending to it; left and closed at exit."""
+    from gb28181gw.pull import Receiver
+
+    receiver = Receiver(transport)
+    try:
+        consumer = _Consumer.open(admin, channel_id, transport, host, receiver.port)
         try:
-            pulled, key = collect(receiver, seconds, until_key_frame=until_key_frame)
+            yield receiver, consumer
         finally:
-            try:
-                _api_send(admin, "DELETE", f"/streams/{opened['id']}/consumers/{opened['consumer']['id']}")
-            except SystemExit:
-                pass  # the stream ended on the gateway's side already
+            consumer.leave()
     finally:
         receiver.close()
-    return pulled, key, opened
+
+
+def _pull(
+    receiver: Any,
+    consumer: _Consumer,
+    stop: _StopOnSignal,
+    pulled: Any,
+    on_payload: Callable[[bytes], bool],
+    *,
+    seconds: float | None,
+    tick: Callable[[float], None] = lambda _elapsed: None,
+) -> _Pull:
+    """Receive until ``seconds`` run out, a signal, ``on_payload`` returns True, or the stream ends."""
+    start = time.monotonic()
+    deadline = start + seconds if seconds is not None else None
+    next_tick = start
+    out = _Pull()
+    while True:
+        now = time.monotonic()
+        out.elapsed = now - start
+        if stop.signal is not None:
+            out.stopped = stop.signal
+            break
+        if deadline is not None and now >= deadline:
+            out.stopped = "time"
+            break
+        wait = min(0.25, deadline - now) if deadline is not None else 0.25
+        done = False
+        for data in receiver.wait(wait):
+            payload = pulled.rtp(data, time.monotonic())
+            if payload is not None and on_payload(payload):
+                done = True
+                break
+        if done:
+            out.stopped = "done"
+            break
+        now = time.monotonic()
+        ended = consumer.check(now, now_please=receiver.closed)
+        if ended is None and receiver.closed:
+            ended = "the gateway closed the media connection"
+        if ended is not None:
+            out.stopped, out.ended = "ended", ended
+            break
+        if now >= next_tick:
+            next_tick = now + PROGRESS_EVERY
+            tick(now - start)
+    out.elapsed = time.monotonic() - start
+    return out
+
+
+# --- play ------------------------------------------------------------------------------------
+
+
+def _check_output(_ctx: click.Context, _param: click.Parameter, value: Path) -> Path:
+    from gb28181gw.pull import RECORDING_FORMATS
+
+    if value.suffix.lower() not in RECORDING_FORMATS:
+        kinds = " or ".join(f"{suffix} ({what})" for suffix, what in RECORDING_FORMATS.items())
+        raise click.BadParameter(f"{value.name}: the file name must end in {kinds}")
+    return value
+
+
+def _check_seconds(_ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not value > 0:  # also NaN
+        unlimited = ", or leave it out to go on until Ctrl-C" if param.default is None else ""
+        raise click.BadParameter(f"{value:g} is not a number of seconds more than 0{unlimited}")
+    return value
+
+
+def _progress_line(elapsed: float, frames: int, pulled: Any, size: int) -> str:
+    clock = f"{int(elapsed) // 3600}:{int(elapsed) % 3600 // 60:02d}:{int(elapsed) % 60:02d}"
+    if not pulled.packets:
+        return f"{clock}  waiting for video…  (Ctrl-C stops)"
+    idle = time.monotonic() - pulled.stats.last_packet_at
+    rate = "no RTP for " + duration(idle) if idle >= 2 else rate_text(pulled.stats.bitrate)
+    return f"{clock}  {plural(frames, 'frame')}  {rate}  {pulled.stats.lost} lost  {size / 1e6:.1f} MB  (Ctrl-C stops)"
 
 
 @main.command()
 @ADMIN_OPTION
 @click.argument("channel_id")
-@click.option("--seconds", type=float, default=10.0, show_default=True, help="How long to record.")
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False),
+    type=click.Path(dir_okay=False, path_type=Path),
     required=True,
-    help="File to write: .ps as received, .mp4 remuxed.",
+    callback=_check_output,
+    help="File written as the stream arrives: .ps exactly as the device sent it (video and audio), "
+    ".mp4 the video remuxed without re-encoding (plays anywhere).",
+)
+@click.option(
+    "--seconds",
+    type=float,
+    default=None,
+    callback=_check_seconds,
+    help="Stop after this many seconds.  [default: record until Ctrl-C or until the stream ends]",
 )
 @click.option("--transport", type=click.Choice(["udp", "tcp"]), default="udp", show_default=True)
 @click.option("--host", default=None, help="Address the gateway sends to (default: ours toward the gateway).")
-def play(admin: str, channel_id: str, seconds: float, output: str, transport: str, host: str | None) -> None:
-    """Record CHANNEL_ID's live stream: the gateway opens it (or joins the open one) and relays it here."""
-    pulled, _, _ = _pull(admin, channel_id, transport, host, seconds)
-    path = Path(output)
-    if not pulled.packets:
-        err_console.print(f"[red]no RTP received in {seconds:g} s[/red]")
-        sys.exit(1)
-    if path.suffix.lower() == ".mp4":
-        from gb28181gw.pull import remux_mp4
+@JSON_OPTION
+def play(
+    admin: str, channel_id: str, seconds: float | None, output: Path, transport: str, host: str | None, as_json: bool
+) -> None:
+    """Record CHANNEL_ID's live stream to a file, written to disk as it arrives.
 
+    The gateway opens the stream (or joins the one already open) and relays it here. Ctrl-C
+    (or --seconds running out) stops: the file is finalised and plays at once, and the
+    gateway stops sending. A progress line shows while recording on a terminal; a summary
+    follows.
+
+    Exit status: 0 when stopped by Ctrl-C or --seconds; 1 when the stream ended first (the
+    reason is printed: the device hung up, sent no video, the gateway stopped it …) or no
+    video came; what did come is in the file either way. Even a killed play leaves an .mp4
+    that plays up to its last second, and the gateway stops sending within 30 s.
+    """
+    from gb28181gw.pull import Pulled, UnsupportedCodec, open_recording
+
+    try:
+        recording = open_recording(output)
+    except OSError as exc:
+        fail(f"cannot write {output}: {exc.strerror or exc}")
+    pulled = Pulled()
+    live = sys.stderr.isatty()
+    unsupported: str | None = None
+
+    def feed(payload: bytes) -> bool:
+        nonlocal unsupported
         try:
-            frames = remux_mp4(bytes(pulled.ps), path)
-        except Exception as exc:  # av reports broken input in many ways; say what and keep the PS
-            fallback = path.with_suffix(".ps")
-            fallback.write_bytes(pulled.ps)
-            err_console.print(f"[red]cannot remux to MP4 ({exc}); the PS is in {fallback}[/red]", highlight=False)
-            sys.exit(1)
-        what = f"{frames} video frames"
-    else:
-        path.write_bytes(pulled.ps)
-        what = f"{len(pulled.ps)} bytes of PS"
+            recording.feed(payload)
+        except UnsupportedCodec as exc:
+            unsupported = str(exc)
+            return True
+        return False
+
+    def tick(elapsed: float) -> None:
+        recording.flush()
+        if live:
+            click.echo(
+                "\r\x1b[K" + _progress_line(elapsed, recording.frames, pulled, recording.size()), nl=False, err=True
+            )
+
+    with _StopOnSignal() as stop:
+        try:
+            with _consuming(admin, channel_id, transport, host) as (receiver, consumer):
+                if stop.signal is not None:  # Ctrl-C while the stream was being opened
+                    outcome = _Pull(stopped=stop.signal)
+                else:
+                    outcome = _pull(receiver, consumer, stop, pulled, feed, seconds=seconds, tick=tick)
+                if live:
+                    click.echo("\r\x1b[K", nl=False, err=True)
+                recording.close()  # before leaving: the file is what matters most
+        finally:
+            recording.close()
+    if unsupported is not None:
+        fail(
+            f"channel {channel_id} sends {unsupported} video, which an .mp4 cannot hold",
+            f"record it as it comes with -o {output.with_suffix('.ps').name}",
+        )
+    if not pulled.packets:
+        fail(
+            outcome.ended or f"no video came in {duration(outcome.elapsed)}",
+            "see the stream's figures in `gb28181gw streams` while it runs, and the gateway's log",
+        )
+    _summary(output, recording, pulled, outcome, consumer, as_json)
+    if outcome.ended is not None:
+        fail(f"{outcome.ended}, {duration(outcome.elapsed)} into the recording", f"what came before is in {output}")
+
+
+def _summary(output: Path, recording: Any, pulled: Any, outcome: _Pull, consumer: _Consumer, as_json: bool) -> None:
     s = pulled.stats
-    console.print(
-        f"{path}: {what}; {pulled.packets} packets, {pulled.bytes} bytes, {s.lost} lost, {s.reordered} reordered",
-        highlight=False,
+    rate = pulled.bytes * 8 / outcome.elapsed if outcome.elapsed > 0 else 0.0
+    if as_json:
+        print_json(
+            {
+                "output": str(output),
+                "stream_id": consumer.stream_id,
+                "consumer_id": consumer.consumer_id,
+                "codec": recording.codec,
+                "frames": recording.frames,
+                "seconds": round(outcome.elapsed, 3),
+                "bytes_written": recording.size(),
+                "packets": pulled.packets,
+                "bytes": pulled.bytes,
+                "lost": s.lost,
+                "reordered": s.reordered,
+                "duplicates": s.duplicates,
+                "not_rtp": pulled.bad,
+                "stopped": outcome.stopped,
+                "ended": outcome.ended,
+            }
+        )
+        return
+    codec = f" ({recording.codec})" if recording.codec else ""
+    click.echo(
+        f"{output}: {plural(recording.frames, 'frame')}{codec} in {outcome.elapsed:.1f} s, {rate_text(rate)}; "
+        f"{plural(pulled.packets, 'packet')}, {s.lost} lost, {s.reordered} reordered"
     )
+
+
+# --- snapshot --------------------------------------------------------------------------------
 
 
 @main.command()
 @ADMIN_OPTION
 @click.argument("channel_id")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="JPEG file to write.")
 @click.option(
-    "--timeout", "seconds", type=float, default=15.0, show_default=True, help="Seconds to wait for a key frame."
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JPEG file to write."
+)
+@click.option(
+    "--timeout",
+    "seconds",
+    type=float,
+    callback=_check_seconds,
+    default=15.0,
+    show_default=True,
+    help="Seconds to wait for a key frame.",
 )
 @click.option("--transport", type=click.Choice(["udp", "tcp"]), default="udp", show_default=True)
 @click.option("--host", default=None, help="Address the gateway sends to (default: ours toward the gateway).")
-def snapshot(admin: str, channel_id: str, output: str, seconds: float, transport: str, host: str | None) -> None:
+@JSON_OPTION
+def snapshot(
+    admin: str, channel_id: str, output: Path, seconds: float, transport: str, host: str | None, as_json: bool
+) -> None:
     """Save the first key frame of CHANNEL_ID's live stream as a JPEG."""
-    from gb28181gw.pull import jpeg_of
+    from gb28181gw.media.ps import Frame, PsDemuxer
+    from gb28181gw.pull import Pulled, jpeg_of
 
-    pulled, key, _ = _pull(admin, channel_id, transport, host, seconds, until_key_frame=True)
-    if key is None:
-        err_console.print(f"[red]no key frame in {seconds:g} s ({pulled.packets} packets received)[/red]")
-        sys.exit(1)
+    pulled = Pulled()
+    demuxer = PsDemuxer()
+    key: list[Frame] = []
+
+    def feed(payload: bytes) -> bool:
+        key.extend(frame for frame in demuxer.feed(payload) if frame.key)
+        return bool(key)
+
+    with _StopOnSignal() as stop, _consuming(admin, channel_id, transport, host) as (receiver, consumer):
+        outcome = _pull(receiver, consumer, stop, pulled, feed, seconds=seconds)
+    if not key:
+        got = f"{plural(pulled.packets, 'packet')} received"
+        if outcome.ended is not None:
+            fail(f"{outcome.ended}, before a key frame came ({got})")
+        if outcome.stopped not in ("time", "done"):
+            fail(f"stopped ({outcome.stopped}) before a key frame came ({got})")
+        fail(
+            f"no key frame in {duration(seconds)} ({got})",
+            "a camera sends one every GOP (often 2-4 s, some 10 s or more): try a longer --timeout",
+        )
     try:
-        Path(output).write_bytes(jpeg_of(key))
+        data = jpeg_of(key[0])
+        output.write_bytes(data)
     except ValueError as exc:
-        err_console.print(f"[red]{exc}[/red]")
-        sys.exit(1)
-    console.print(f"{output}: key frame ({key.codec}) after {pulled.packets} packets", highlight=False)
+        fail(f"the key frame of {channel_id} ({key[0].codec}) did not decode: {exc}")
+    except OSError as exc:
+        fail(f"cannot write {output}: {exc.strerror or exc}")
+    if as_json:
+        print_json(
+            {
+                "output": str(output),
+                "stream_id": consumer.stream_id,
+                "codec": key[0].codec,
+                "bytes": len(data),
+                "packets": pulled.packets,
+                "seconds": round(outcome.elapsed, 3),
+            }
+        )
+        return
+    click.echo(f"{output}: key frame ({key[0].codec}) after {plural(pulled.packets, 'packet')}")
+
+
+# --- streams, stream stop --------------------------------------------------------------------
+
+
+def _consumers_text(row: dict[str, Any]) -> str:
+    return ", ".join(f"{c['id']} {c['transport']} {c['address']}" for c in row.get("consumers", [])) or "-"
+
+
+STREAM_COLUMNS = [
+    Column("stream", "id", is_id=True),
+    Column("channel", "channel_id", is_id=True),
+    Column("state", "state"),
+    Column("mode", "mode"),
+    Column("worker", "worker"),
+    Column("consumers", _consumers_text),
+    Column("bitrate", lambda r: rate_text(r.get("relay", {}).get("bitrate", 0.0))),
+    Column("packets", lambda r: r.get("relay", {}).get("packets", 0)),
+    Column("lost", lambda r: r.get("relay", {}).get("lost", 0)),
+    Column("codec", lambda r: r.get("relay", {}).get("ps", {}).get("video_codec")),
+    Column("age", lambda r: duration(r.get("age"))),
+]
 
 
 @main.command()
 @ADMIN_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON_OPTION
 def streams(admin: str, as_json: bool) -> None:
     """List live streams: channel, mode, consumers, bitrate, loss, age."""
-    rows = _api(admin, "/streams")["streams"]
-    if as_json:
-        console.print_json(json.dumps(rows))
-        return
-    table = Table("id", "channel", "state", "mode", "worker", "consumers", "bitrate", "packets", "lost", "codec", "age")
-    for r in rows:
-        relay = r.get("relay", {})
-        ps = relay.get("ps", {})
-        table.add_row(
-            r["id"],
-            r["channel_id"],
-            r["state"],
-            r["mode"],
-            str(r["worker"]),
-            ", ".join(f"{c['id']} {c['transport']} {c['address']}" for c in r["consumers"]) or "-",
-            _rate(relay.get("bitrate", 0.0)),
-            str(relay.get("packets", 0)),
-            str(relay.get("lost", 0)),
-            ps.get("video_codec") or "-",
-            f"{r['age']:.0f} s",
-        )
-    console.print(table)
-    console.print(f"{len(rows)} streams", highlight=False)
+    rows = request(admin, "GET", "/streams")["streams"]
+    emit(rows, STREAM_COLUMNS, as_json=as_json, title=plural(len(rows), "live stream"))
 
 
 @main.group()
@@ -169,7 +502,11 @@ def stream() -> None:
 @stream.command("stop")
 @ADMIN_OPTION
 @click.argument("stream_id")
-def stream_stop(admin: str, stream_id: str) -> None:
+@JSON_OPTION
+def stream_stop(admin: str, stream_id: str, as_json: bool) -> None:
     """Close STREAM_ID now (BYE to the device), whoever consumes it."""
-    _api_send(admin, "DELETE", f"/streams/{stream_id}")
-    console.print(f"stopped {stream_id}", highlight=False)
+    answer = request(admin, "DELETE", f"/streams/{stream_id}")
+    if as_json:
+        print_json(answer)
+        return
+    click.echo(f"stopped {stream_id}")

@@ -97,10 +97,13 @@ def load(config_path: str | None, sets: tuple[str, ...], **shorthands: Any) -> C
 def serve(config_path: str | None, sets: tuple[str, ...], **shorthands: Any) -> None:
     """Run the gateway (defaults: SIP on 0.0.0.0:5060 UDP+TCP, admin API on 127.0.0.1:8028)."""
     from gb28181gw.app import run
+    from gb28181gw.config import parse_time_zone
     from gb28181gw.logs import setup_logging
 
     config = load(config_path, sets, **shorthands)
-    setup_logging(config.log.level, config.log.format, wire=config.log.wire)
+    setup_logging(
+        config.log.level, config.log.format, wire=config.log.wire, time_zone=parse_time_zone(config.gateway.time_zone)
+    )
     log = logging.getLogger("gb28181gw.config")
     for w in config_warnings(config):
         log.warning(w.message, extra={"key": w.key, "concern": w.concern.value})

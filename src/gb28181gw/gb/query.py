@@ -80,6 +80,7 @@ class CatalogCollector:
         self.result = CatalogResult(device_id, sn)
         # catalog items are unique by ID; record items by these fields as well (many share the channel ID)
         self.key_fields = key_fields
+        self.first_timeout = min(first_timeout, total_timeout)
         self.idle_timeout = idle_timeout
         self.max_items = max_items
         self.end = now + total_timeout

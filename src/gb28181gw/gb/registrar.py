@@ -11,6 +11,7 @@ installer looking at a capture knows what to fix on the device.
 
 from __future__ import annotations
 
+import datetime as _dt
 import ipaddress
 import sys
 import time
@@ -74,7 +75,7 @@ class RegistrarPolicy:
         expires_min / expires_max / expires_default: bounds on the registration period;
             below min is 423 with Min-Expires, above max is granted max.
         date_format: the Date header of a successful REGISTER.
-        utc_offset_hours: its time zone (GB/T 28181 uses Beijing time, +8).
+        time_zone: its time zone, the site's (``gateway.time_zone``; GB/T 28181 sites use Beijing time).
         check_request_domain: refuse a REGISTER addressed to another 10-digit domain.
         max_auth_failures / failure_window / ban_seconds: after that many failures within
             the window, from one address or for one ID, answer 403 for ban_seconds.
@@ -92,7 +93,7 @@ class RegistrarPolicy:
     expires_max: int = 86400
     expires_default: int = 3600
     date_format: DateFormat = DateFormat.MILLISECONDS
-    utc_offset_hours: float = 8.0
+    time_zone: _dt.tzinfo = _dt.timezone(_dt.timedelta(hours=8))
     check_request_domain: bool = True
     max_auth_failures: int = 5
     failure_window: float = 300.0
@@ -142,14 +143,20 @@ class RegisterResult:
 _DATE_CACHE: dict[int, str] = {}
 
 
-def format_date(epoch: float, fmt: DateFormat, utc_offset_hours: float = 8.0) -> str | None:
+def format_date(epoch: float, fmt: DateFormat, zone: _dt.tzinfo | float = 8.0) -> str | None:
     """The GB/T 28181 Date header value for ``epoch`` in local time (Beijing: +8, no zone).
 
-    ``None`` when the Date is switched off. The seconds part is formatted once per second.
+    ``zone`` is the site's zone, or its offset east of UTC in hours. ``None`` when the Date
+    is switched off. The seconds part is formatted once per second.
     """
     if fmt is DateFormat.OFF:
         return None
-    local = epoch + utc_offset_hours * 3600
+    if isinstance(zone, _dt.tzinfo):
+        # asked of the instant, so a zone with daylight saving gets the offset of that day
+        offset = _dt.datetime.fromtimestamp(epoch, zone).utcoffset() or _dt.timedelta()
+        local = epoch + offset.total_seconds()
+    else:
+        local = epoch + zone * 3600
     second = int(local // 1)
     text = _DATE_CACHE.get(second)
     if text is None:
@@ -336,7 +343,7 @@ class Registrar:
         change = transition(record, event, epoch=epoch, peer=peer)
         resp.headers.add("Contact", f"<{contact.uri}>;expires={expires}")
         resp.headers.add("Expires", str(expires))
-        date = format_date(epoch, p.date_format, p.utc_offset_hours)
+        date = format_date(epoch, p.date_format, p.time_zone)
         if date is not None:
             resp.headers.add("Date", date)
         detail = "registered" if not was_registered else "refreshed"

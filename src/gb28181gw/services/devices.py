@@ -169,7 +169,10 @@ class DeviceService:
             # bounded by query_timeout, not Timer F (32 s): an operator is waiting for this
             resp = await self.stack.request(req, device_peer(device), timeout=self.settings.query_timeout)
         except SipTimeoutError:
-            raise DeviceError(f"device {device.device_id} did not answer the MESSAGE", DeviceError.NO_ANSWER) from None
+            raise DeviceError(
+                f"device {device.device_id} did not answer the MESSAGE within {self.settings.query_timeout:g} s",
+                DeviceError.NO_ANSWER,
+            ) from None
         except SipTransportError as exc:
             raise DeviceError(f"cannot reach device {device.device_id}: {exc}", DeviceError.UNREACHABLE) from None
         if resp.status >= 300:
@@ -198,7 +201,7 @@ class DeviceService:
         except TimeoutError:
             self.queries[cmd.value, "timeout"] += 1
             raise DeviceError(
-                f"device {device_id} sent no {cmd.value} response within {self.settings.query_timeout:.0f} s",
+                f"device {device_id} sent no {cmd.value} response within {self.settings.query_timeout:g} s",
                 DeviceError.NO_ANSWER,
             ) from None
         except DeviceError:
@@ -299,8 +302,9 @@ class DeviceService:
         try:
             await self.send(device, encode(Root.QUERY, cmd, sn, target or device_id, fields, charset=device.charset))
             result = await fut
-        except DeviceError:
-            self.queries[cmd.value, "error"] += 1
+        except DeviceError as exc:
+            if exc.status != DeviceError.NO_ANSWER or not fut.done():
+                self.queries[cmd.value, "error"] += 1  # a timeout was counted where it was seen
             raise
         finally:
             self._catalogs.pop((device_id, sn), None)
@@ -460,13 +464,19 @@ class DeviceService:
         while True:
             await asyncio.sleep(0.5)
             now = loop.time()
-            for collector, fut, _ in list(self._catalogs.values()):
+            for collector, fut, cmd in list(self._catalogs.values()):
                 if collector.expired(now) and not fut.done():
                     if collector.result.messages:
                         fut.set_result(collector.result)  # partial: the device went quiet
                     else:
+                        # each query kind names itself: a RecordInfo that times out is no "catalog"
+                        self.queries[cmd.value, "timeout"] += 1
                         fut.set_exception(
-                            DeviceError(f"device {collector.result.device_id} sent no catalog", DeviceError.NO_ANSWER)
+                            DeviceError(
+                                f"device {collector.result.device_id} sent no {cmd.value} response "
+                                f"within {collector.first_timeout:g} s",
+                                DeviceError.NO_ANSWER,
+                            )
                         )
 
     def _on_registered(self, device: Device) -> None:

@@ -12,6 +12,8 @@ Every way a stream ends goes through :meth:`StreamService._close`, which sends B
 the dialog is ours to end, closes the relay's sockets and gives back the port and every
 SSRC: the device's BYE, no RTP for ``media.rtp_timeout``, the device going offline or
 unregistering, a lost TCP media connection, an operator's ``stream stop``, shutdown.
+What ended it is kept for a while afterwards (:meth:`StreamService.ended_stream`), so a
+client that polls a stream it consumes learns why it is gone, not just that it is.
 
 A stream's life is a :class:`StreamState`, changed only by :meth:`StreamService._apply`
 through :data:`TRANSITIONS`, one ``(state, input) -> (state, actions)`` table in the manner
@@ -36,7 +38,7 @@ import functools
 import logging
 import random
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum, auto
@@ -84,9 +86,14 @@ from gb28181gw.sip.transaction import render_digraph
 from .devices import DeviceError, DeviceService
 from .registrar import RegistrarService
 
-__all__ = ["MediaSettings", "Stream", "StreamError", "StreamService", "StreamState"]
+__all__ = ["EndedStream", "MediaSettings", "Stream", "StreamError", "StreamService", "StreamState"]
 
 log = logging.getLogger("gb28181gw.streams")
+
+#: How many ended streams are remembered, and for how long (seconds): enough for every client
+#: polling once a second to learn why its stream ended, bounded whatever the churn.
+ENDED_KEPT = 1000
+ENDED_KEPT_SECONDS = 600.0
 
 
 class StreamState(IntEnum):
@@ -231,6 +238,26 @@ class Stream:
     next_consumer: int = 1
 
 
+@dataclass(frozen=True, slots=True)
+class EndedStream:
+    """A stream that closed recently, as :meth:`StreamService.ended_stream` tells it.
+
+    Attributes:
+        id / channel_id: the stream and its channel.
+        reason: why it closed, in words ("the device ended the stream (BYE)", "no RTP for 16 s" …).
+        cause: the same as a ``gb28181gw_stream_closes`` label (``device-bye``, ``media-timeout`` …).
+        ended_at: when, in seconds since the epoch.
+        at: when, in loop time (for forgetting it).
+    """
+
+    id: str
+    channel_id: str
+    reason: str
+    cause: str
+    ended_at: float
+    at: float
+
+
 class StreamService:
     """Live streams of registered devices' channels, relayed by ``relays``.
 
@@ -270,6 +297,7 @@ class StreamService:
         self.ssrcs = SsrcAllocator(our_id, quarantine=s.ssrc_quarantine, rng=rng)
         self.streams: dict[str, Stream] = {}
         self.by_channel: dict[str, Stream] = {}
+        self.ended: OrderedDict[str, EndedStream] = OrderedDict()
         self._tasks = TaskSet()
         self._checker: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -572,6 +600,24 @@ class StreamService:
             raise StreamError(404, f"no stream {stream_id}")
         self._close(st, reason, "operator")
 
+    def renew_consumer(self, stream_id: str, consumer_id: str, ttl: float) -> None:
+        """Extend a consumer's lease to ``ttl`` seconds from now (a client that is still there says so).
+
+        Raises:
+            StreamError: 404 if there is no such stream or consumer.
+        """
+        st = self.streams.get(stream_id)
+        if st is None or consumer_id not in st.consumers:
+            raise StreamError(404, f"no consumer {consumer_id} of stream {stream_id}")
+        st.consumers[consumer_id].expires_at = self.loop.time() + ttl
+
+    def ended_stream(self, stream_id: str) -> EndedStream | None:
+        """Why ``stream_id`` closed, if it did in the last :data:`ENDED_KEPT_SECONDS` (and is not live again)."""
+        horizon = self.loop.time() - ENDED_KEPT_SECONDS
+        while self.ended and next(iter(self.ended.values())).at < horizon:
+            self.ended.popitem(last=False)
+        return None if stream_id in self.streams else self.ended.get(stream_id)
+
     def _close(self, st: Stream, reason: str, cause: str, *, bye: bool = True) -> None:
         self._apply(st, StreamInput.CLOSE, reason=reason, cause=cause, bye=bye)
 
@@ -629,6 +675,10 @@ class StreamService:
         if self.by_channel.get(st.channel_id) is st:
             del self.by_channel[st.channel_id]
         now = self.loop.time()
+        self.ended.pop(st.id, None)
+        self.ended[st.id] = EndedStream(st.id, st.channel_id, st.close_reason, st.close_cause, time.time(), now)
+        while len(self.ended) > ENDED_KEPT:
+            self.ended.popitem(last=False)
         for consumer in st.consumers.values():
             if consumer.allocated:
                 self.ssrcs.release(f"{consumer.ssrc:010d}", now)

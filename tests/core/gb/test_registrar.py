@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
+import zoneinfo
 
 import pytest
 
@@ -273,6 +275,16 @@ def test_date_formats() -> None:
     assert format_date(EPOCH, DateFormat.SECONDS, 0.0) == "2024-05-06T04:34:56"
     assert format_date(EPOCH, DateFormat.OFF) is None
     assert "date" not in handle(registrar(date_format=DateFormat.OFF), req()).response.headers
+
+
+def test_the_date_is_in_the_sites_time_zone() -> None:
+    # gateway.time_zone reaches the Date header as a zone: an offset, UTC, or one with daylight saving
+    assert format_date(EPOCH, DateFormat.SECONDS, dt.timezone(dt.timedelta(hours=-5))) == "2024-05-05T23:34:56"
+    assert format_date(EPOCH, DateFormat.MILLISECONDS, dt.UTC) == "2024-05-06T04:34:56.789"
+    berlin = zoneinfo.ZoneInfo("Europe/Berlin")
+    assert format_date(EPOCH, DateFormat.SECONDS, berlin) == "2024-05-06T06:34:56"  # summer: +2
+    assert format_date(EPOCH - 180 * 86400, DateFormat.SECONDS, berlin) == "2023-11-08T05:34:56"  # winter: +1
+    assert handle(registrar(time_zone=dt.UTC), req()).response.headers.get("date") == "2024-05-06T04:34:56.789"
 
 
 class TestTransitions:
