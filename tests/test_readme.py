@@ -216,6 +216,27 @@ def quoted_log_lines(text: str) -> list[tuple[str, str, str]]:
     return [m.groups() for block in code_blocks(body) for line in block.splitlines() if (m := LOG_LINE_RE.match(line))]
 
 
+QUOTED_REASON_RE = re.compile(r' reason="([^"]*)"')
+STRING_RE = re.compile(r'(?:\bf)?"((?:[^"\\\n]|\\.)*)"')
+
+
+def quoted_reasons(text: str) -> list[str]:
+    """The ``reason="…"`` values of the log lines quoted in the logs section."""
+    body = section(text, "When video does not arrive")
+    return [r for block in code_blocks(body) for r in QUOTED_REASON_RE.findall(block)]
+
+
+def reason_problems(reasons: list[str]) -> list[str]:
+    """Reasons no string in ``src/`` can produce (an f-string's fields match any text)."""
+    patterns = set()
+    for path in SRC.rglob("*.py"):
+        for literal in STRING_RE.findall(path.read_text(encoding="utf-8")):
+            parts = re.split(r"\{[^{}]*\}", literal)
+            if sum(len(part.strip()) for part in parts) >= 4:  # "{what} for {n} s", not "{x}: {y}"
+                patterns.add(re.compile(".+".join(map(re.escape, parts))))
+    return [r for r in reasons if not any(p.fullmatch(r) for p in patterns)]
+
+
 def log_line_problems(lines: list[tuple[str, str, str]]) -> list[str]:
     """Which quoted lines no ``log.<level>("<message>"`` call in a module of that logger writes."""
     sources = {path: path.read_text(encoding="utf-8") for path in SRC.rglob("*.py")}
@@ -307,6 +328,9 @@ def test_quoted_log_lines_are_logged(readme: str) -> None:
     lines = quoted_log_lines(readme)
     assert len(lines) >= 5
     assert not log_line_problems(lines), "\n".join(log_line_problems(lines))
+    reasons = quoted_reasons(readme)
+    assert len(reasons) >= 4
+    assert not reason_problems(reasons), f"reasons the code does not write: {reason_problems(reasons)}"
 
 
 def test_systemd_unit_runs_what_the_readme_says(readme: str) -> None:
@@ -371,6 +395,11 @@ def test_path_check_rejects_a_missing_file() -> None:
 def test_port_check_reads_the_table() -> None:
     table = "## Firewall\n\n| what | port | protocol |\n|---|---|---|\n| media (RTP) | 30000–30500 | UDP |\n"
     assert firewall_ports(table) == {"media (RTP)": "30000-30500"}
+
+
+def test_reason_check_rejects_a_reason_the_code_does_not_write() -> None:
+    assert reason_problems(["no RTP at all for 16 s", "wrong password", "no keepalive for 180 s"]) == []
+    assert reason_problems(["video lost after 16 s", "bad password"]) == ["video lost after 16 s", "bad password"]
 
 
 def test_log_line_check_rejects_a_message_the_code_does_not_write() -> None:
