@@ -163,7 +163,10 @@ def parse_time(text: str, *, now: _dt.datetime, end_of_day: bool = False) -> _dt
     if value in ("today", "yesterday"):
         day = now.date() - _dt.timedelta(days=value == "yesterday")
     elif m := _RELATIVE_RE.fullmatch(value):
-        return now - _dt.timedelta(seconds=int(m[1]) * _RELATIVE_UNIT[m[2]])
+        try:
+            return now - _dt.timedelta(seconds=int(m[1]) * _RELATIVE_UNIT[m[2]])
+        except OverflowError:  # -999999d: before year 1
+            raise ValueError(f"{text!r} is too far back: use {TIME_FORMS}") from None
     else:
         try:
             day = _dt.datetime.strptime(value, "%Y-%m-%d").date()
