@@ -294,6 +294,18 @@ def test_admin_without_a_scheme_and_a_gateway_that_is_not_there() -> None:
     assert cli("ftp://127.0.0.1:1", "devices").code == 2  # a usage error, before any request
 
 
+def test_an_admin_address_that_accepts_but_never_answers_is_an_error_not_an_endless_wait() -> None:
+    # e.g. --admin naming the SIP port: a device request (which waits as long as the gateway
+    # bounds it) must first learn that a gateway answers at all
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        started = time.monotonic()
+        r = cli(f"127.0.0.1:{silent.getsockname()[1]}", "device", "status", DEVICE)
+    assert r.code == 1 and "did not answer GET /healthz within 5 s" in r.err, r.err
+    assert "not its SIP port?" in r.err and time.monotonic() - started < 30
+
+
 def test_admin_host_port_reaches_the_gateway(gw: Gw) -> None:
     r = cli(gw.admin.removeprefix("http://"), "devices", "--json")
     assert r.code == 0 and DEVICE in r.out

@@ -17,7 +17,9 @@ Conventions (issue 11; every command follows them, new ones too):
   any request.
 - **Waiting on a device**: a command whose request waits for a device passes ``timeout=None``:
   the gateway bounds every device wait itself (``devices.query_timeout``, the catalog timeouts)
-  and answers 504 with its reason, which the CLI prints; the CLI never gives up first.
+  and answers 504 with its reason, which the CLI prints; the CLI never gives up first. It asks
+  ``/healthz`` first (:data:`CONNECT_TIMEOUT`), so an ``--admin`` that accepts but never answers
+  (the SIP port, a hung process) is an error, not an endless wait.
 - **Times** go through :func:`when`, :func:`ago` and :func:`duration`: one display zone, the
   site's (``gateway.time_zone``, Beijing by default; ``GB28181GW_GATEWAY_TIME_ZONE`` overrides,
   else the running gateway's), with its offset shown, future times as "in …", unset values as
@@ -59,7 +61,7 @@ err_console = Console(stderr=True)
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8028"
 #: Read timeout of a call that does not wait on a device (the gateway answers those at once).
-QUERY_HTTP_TIMEOUT = 330.0
+QUERY_HTTP_TIMEOUT = 30.0
 #: How long to try to connect to the admin API.
 CONNECT_TIMEOUT = 5.0
 #: The variable the gateway reads ``gateway.time_zone`` from; the CLI honours it too.
@@ -450,13 +452,22 @@ def call(admin: str, method: str, path: str, body: Any = None, *, timeout: float
         except OSError as exc:
             raise AdminApiError(f"cannot reach {where}: {exc.strerror or exc}", _REACH_HINT, unreachable=True) from None
         assert conn.sock is not None
+        if timeout is None:
+            # an answer may take as long as the gateway's own bound on the device: first make sure
+            # a gateway is answering at all, or a wrong --admin (the SIP port, a hung process)
+            # would be waited on forever
+            _probe(conn, where)
+            if conn.sock is None:  # the probe's answer closed the connection
+                conn.connect()
         conn.sock.settimeout(timeout)
         try:
             conn.request(method, base.path + "/api/v1" + path, body=data, headers=headers)
             resp = conn.getresponse()
             raw = resp.read()
         except TimeoutError:
-            raise AdminApiError(f"{where} did not answer {method} {path} within {timeout:g} s") from None
+            raise AdminApiError(
+                f"{where} did not answer {method} {path} within {timeout:g} s", _NOT_GATEWAY_HINT
+            ) from None
         except (OSError, http.client.HTTPException) as exc:
             raise AdminApiError(f"{where} broke off {method} {path}: {exc}", _REACH_HINT) from None
     finally:
@@ -483,6 +494,25 @@ def call(admin: str, method: str, path: str, body: Any = None, *, timeout: float
 
 
 _REACH_HINT = "is `gb28181gw serve` running? (--admin or GB28181GW_ADMIN_URL name another one)"
+_NOT_GATEWAY_HINT = "is --admin the gateway's admin API (admin.port, 8028 by default), not its SIP port?"
+
+
+def _probe(conn: http.client.HTTPConnection, where: str) -> None:
+    """Ask ``/healthz`` on the open ``conn`` (kept open) and raise :class:`AdminApiError` unless
+    a gateway answers it within :data:`CONNECT_TIMEOUT`."""
+    assert conn.sock is not None
+    conn.sock.settimeout(CONNECT_TIMEOUT)
+    hint = _NOT_GATEWAY_HINT
+    try:
+        conn.request("GET", "/healthz", headers={"Accept": "application/json"})
+        resp = conn.getresponse()
+        answer = json.loads(resp.read().decode("utf-8"))
+    except TimeoutError:
+        raise AdminApiError(f"{where} did not answer GET /healthz within {CONNECT_TIMEOUT:g} s", hint) from None
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        raise AdminApiError(f"{where} does not answer as a gateway: {exc}", hint) from None
+    if not isinstance(answer, dict) or answer.get("status") != "ok":
+        raise AdminApiError(f"{where} does not answer as a gateway (GET /healthz: {resp.status})", hint)
 
 
 def _remember_zone(name: str) -> None:
