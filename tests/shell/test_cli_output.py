@@ -306,6 +306,20 @@ def test_an_admin_address_that_accepts_but_never_answers_is_an_error_not_an_endl
     assert "not its SIP port?" in r.err and time.monotonic() - started < 30
 
 
+def test_control_characters_a_stranger_sends_never_reach_the_terminal(gw: Gw) -> None:
+    # an unauthenticated REGISTER whose "ID" sets the operator's window title and rewrites the line
+    evil = "\x1b]0;pwned\x07\r"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(5)
+        data = register(DEVICE, 4242).replace(f"sip:{DEVICE}@".encode(), f"sip:{evil}@".encode())
+        s.sendto(data, ("127.0.0.1", gw.sip_port))
+        assert s.recv(65535).startswith(b"SIP/2.0 403")
+    r = cli(gw, "devices", "refused")
+    assert r.code == 0 and "\\x1b]0;pwned\\x07\\x0d" in r.out, r.out
+    assert not any(ch in r.out for ch in "\x1b\x07\r")
+
+
 def test_admin_host_port_reaches_the_gateway(gw: Gw) -> None:
     r = cli(gw.admin.removeprefix("http://"), "devices", "--json")
     assert r.code == 0 and DEVICE in r.out

@@ -29,8 +29,10 @@ Conventions (issue 11; every command follows them, new ones too):
 - **Counts** through :func:`plural` ("1 device", "2 devices").
 - **Times an operator types** (``--from``/``--to``) are a :class:`TimeParam`, read by
   :func:`parse_time` in the site's zone: checked before any request.
-- **Bytes a device sent undecodable** (lone surrogates in its header text) are shown as
-  ``\\xNN`` (:func:`printable`), never a crash.
+- **Bytes a device sent undecodable** (lone surrogates in its header text) and **control
+  characters** (a stranger's REGISTER can carry ESC sequences in its ID) are shown as ``\\xNN``
+  (:func:`printable`, applied by :class:`Column`, :func:`field_text` and :func:`fail`), never a
+  crash and never obeyed by the operator's terminal.
 """
 
 from __future__ import annotations
@@ -89,15 +91,15 @@ def main() -> None:
 def fail(message: str, hint: str | None = None, *, code: int = 1) -> NoReturn:
     """Say what went wrong (and what to do) in the one style every command uses, and exit."""
     # the message is the gateway's or a device's words: never markup
-    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
+    err_console.print(f"[red]error:[/red] {escape(printable(message))}", highlight=False, markup=True, soft_wrap=True)
     if hint:
-        err_console.print(f"hint: {hint}", highlight=False, markup=False, soft_wrap=True)
+        err_console.print(f"hint: {printable(hint)}", highlight=False, markup=False, soft_wrap=True)
     sys.exit(code)
 
 
 def warn(message: str) -> None:
     """A warning on stderr, in the same style as :func:`fail`."""
-    err_console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/yellow] {escape(printable(message))}", highlight=False, soft_wrap=True)
 
 
 def plural(count: int, word: str, many: str | None = None) -> str:
@@ -246,13 +248,22 @@ class Column:
 
 
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
+# control characters (C0, DEL, C1) and lone surrogates
+_UNPRINTABLE_RE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _hex(m: re.Match[str]) -> str:
+    code = ord(m[0])
+    return f"\\x{(code - 0xDC00) & 0xFF if code >= 0xD800 else code:02x}"
 
 
 def printable(text: str) -> str:
-    """``text`` with the bytes a device sent undecodable (lone surrogates) shown as ``\\xNN``."""
-    if not _SURROGATE_RE.search(text):
+    """``text`` with what a terminal must not be given shown as ``\\xNN``: the bytes a device sent
+    undecodable (lone surrogates), and control characters, which anyone who sends a REGISTER could
+    otherwise aim at the operator's terminal (colours, cursor moves, a window title, ``\\r``)."""
+    if not _UNPRINTABLE_RE.search(text):
         return text
-    return _SURROGATE_RE.sub(lambda m: f"\\x{(ord(m[0]) - 0xDC00) & 0xFF:02x}", text)
+    return _UNPRINTABLE_RE.sub(_hex, text)
 
 
 _TIME_SUFFIXES = ("_at", "_until", "_since")

@@ -24,6 +24,7 @@ from gb28181gw.cli.common import (
     main,
     plural,
     print_json,
+    printable,
     request,
     warn,
 )
@@ -294,7 +295,8 @@ def _channel_tree(rows: list[dict[str, Any]]) -> Tree:
             if r["channel_id"] in seen:
                 continue
             colour = "green" if r["status"] == "ON" else "red"
-            branch = node.add(f"{r['channel_id']} {escape(r['name'])} [{colour}]{escape(r['status'])}[/{colour}]")
+            name, status = escape(printable(str(r["name"]))), escape(printable(str(r["status"])))
+            branch = node.add(f"{r['channel_id']} {name} [{colour}]{status}[/{colour}]")
             add(branch, r["channel_id"], seen | {r["channel_id"]})
 
     for device in sorted({r["device_id"] for r in rows}):
