@@ -320,6 +320,17 @@ def test_control_characters_a_stranger_sends_never_reach_the_terminal(gw: Gw) ->
     assert not any(ch in r.out for ch in "\x1b\x07\r")
 
 
+def test_a_name_typed_in_a_gbk_terminal_is_an_error_not_a_traceback(gw: Gw) -> None:
+    # 大门 in GBK, given to a UTF-8 locale: Python holds the bytes as lone surrogates
+    done = subprocess.run(
+        [BIN, "device", "add", UNKNOWN, "--name", b"\xb4\xf3\xc3\xc5", "--admin", gw.admin],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "LC_ALL": "C.UTF-8"},
+    )  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "not UTF-8 text (\\xb4\\xf3\\xc3\\xc5)" in done.stderr and "hint: set the terminal to UTF-8" in done.stderr
+    assert cli(gw, "device", "show", UNKNOWN).code == 1  # nothing was added
+
+
 def test_admin_host_port_reaches_the_gateway(gw: Gw) -> None:
     r = cli(gw.admin.removeprefix("http://"), "devices", "--json")
     assert r.code == 0 and DEVICE in r.out

@@ -452,7 +452,14 @@ def call(admin: str, method: str, path: str, body: Any = None, *, timeout: float
     _last_admin = admin
     connection = http.client.HTTPSConnection if base.scheme == "https" else http.client.HTTPConnection
     conn = connection(base.hostname or "", base.port, timeout=CONNECT_TIMEOUT)
-    data = json.dumps(body, ensure_ascii=False).encode() if body is not None else None
+    try:
+        data = json.dumps(body, ensure_ascii=False).encode() if body is not None else None
+    except UnicodeEncodeError as exc:  # an argument typed in a terminal that is not UTF-8 (GBK bytes)
+        bad = printable(exc.object[exc.start : exc.end]) if isinstance(exc.object, str) else "?"
+        raise AdminApiError(
+            f"an argument holds bytes that are not UTF-8 text ({bad})",
+            "set the terminal to UTF-8 (LANG=zh_CN.UTF-8 or C.UTF-8) and type it again",
+        ) from None
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     where = f"the gateway at {admin}"
     try:
