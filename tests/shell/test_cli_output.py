@@ -331,6 +331,15 @@ def test_a_name_typed_in_a_gbk_terminal_is_an_error_not_a_traceback(gw: Gw) -> N
     assert cli(gw, "device", "show", UNKNOWN).code == 1  # nothing was added
 
 
+def test_an_id_with_a_slash_names_nothing_never_another_route(gw: Gw) -> None:
+    # `device remove ID/bans` used to send DELETE /devices/ID/bans (lift its bans) and say "removed"
+    r = cli(gw, "device", "remove", f"{DEVICE}/bans")
+    assert r.code == 1 and f"no device {DEVICE}/bans" in r.err, r.out + r.err
+    r = cli(gw, "device", "show", "..")
+    assert r.code == 1 and "no device .." in r.err
+    assert cli(gw, "device", "show", DEVICE).code == 0
+
+
 def test_admin_host_port_reaches_the_gateway(gw: Gw) -> None:
     r = cli(gw.admin.removeprefix("http://"), "devices", "--json")
     assert r.code == 0 and DEVICE in r.out

@@ -437,6 +437,12 @@ ADMIN_OPTION = click.option(
 )
 
 
+def segment(value: str) -> str:
+    """``value`` (an ID the operator typed) as one segment of an API path: every command builds its
+    paths with it, so ``ID/bans`` or ``..`` names nothing rather than another route."""
+    return urllib.parse.quote(value, safe="")
+
+
 def call(admin: str, method: str, path: str, body: Any = None, *, timeout: float | None = QUERY_HTTP_TIMEOUT) -> Any:
     """One admin API call, returning its JSON; raises :class:`AdminApiError` with the gateway's own words.
 
