@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import functools
 import ipaddress
 import json
@@ -295,12 +296,18 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
 
     async def records(request: web.Request) -> web.Response:
         q = request.query
+        usage = "from and to are required, from before to (YYYY-MM-DDTHH:MM:SS, the site's time)"
+        try:
+            # checked here, not by the device: what it makes of "yesterday" is anyone's guess
+            since, until = (datetime.datetime.strptime(q[k], "%Y-%m-%dT%H:%M:%S") for k in ("from", "to"))
+        except (KeyError, ValueError):
+            return error_response(400, usage)
+        if since >= until:
+            return error_response(400, usage)
         try:
             result = await devices.records(
                 request.match_info["channel_id"], q["from"], q["to"], record_type=q.get("type", "all")
             )
-        except KeyError:
-            return error_response(400, "from and to are required (YYYY-MM-DDTHH:MM:SS)")
         except DeviceError as exc:
             return device_error_response(exc)
         items = sorted(

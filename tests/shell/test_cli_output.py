@@ -217,6 +217,14 @@ def test_record_dates_are_checked_before_anything_reaches_the_device(gw: Gw, arg
     assert len(gw.device.messages) == before
 
 
+@pytest.mark.parametrize(
+    "query", ["from=yesterday&to=now", "from=2024-05-06T00:00:00&to=2024-05-01T00:00:00", "from=2024-05-06T00:00:00"]
+)
+def test_the_api_checks_record_dates_too_before_the_device_sees_them(gw: Gw, query: str) -> None:
+    status, body = http_get(f"{gw.admin}/api/v1/channels/{DEVICE}/records?{query}")
+    assert status == 400 and "YYYY-MM-DDTHH:MM:SS" in json.loads(body)["error"], body
+
+
 def test_relative_record_times_are_the_sites_clock(gw: Gw) -> None:
     before = len(gw.device.messages)
     cli(gw, "records", DEVICE, "--from", "-2h")
