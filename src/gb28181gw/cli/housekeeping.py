@@ -204,6 +204,7 @@ def devices_prune(admin: str, as_json: bool, older_than: float, dry_run: bool, p
         "POST",
         "/devices/prune",
         {"older_than": older_than, "dry_run": dry_run, "provisioned": provisioned},
+        timeout=None,  # a store deletes tens of thousands of devices one by one: as long as it takes
     )
     rows = data["devices"]
     verb = "would remove" if dry_run else "removed"
