@@ -136,6 +136,12 @@ class AdminServer:
                 raise
             # aiohttp's own answers (no such route, wrong method) in the one error form
             return error_response(exc.status, f"{request.method} {request.path}: {exc.reason}")
+        except Exception:
+            # a bug: still the one error form (aiohttp would answer text/plain), the traceback in the log
+            log.exception("admin API request failed", extra={"method": request.method, "path": request.path})
+            return error_response(
+                500, f"{request.method} {request.path} failed inside the gateway", "a bug: the gateway's log says more"
+            )
 
     def _host_allowed(self, host: str) -> bool:
         if host.startswith("["):  # [IPv6]:port
@@ -390,17 +396,23 @@ def add_housekeeping_routes(admin: AdminServer, registrar: RegistrarService, dev
         usage = 'the body must be JSON: {"older_than": seconds, "dry_run": true|false, "provisioned": true|false}'
         body = await _json_object(request, usage)
         older_than = body.get("older_than")
-        if isinstance(older_than, bool) or not isinstance(older_than, int | float) or not math.isfinite(older_than):
+        if isinstance(older_than, bool) or not isinstance(older_than, int | float):
             return error_response(400, usage)
-        if older_than <= 0:
+        try:
+            seconds = float(older_than)
+        except OverflowError:  # an integer of 400 digits
+            return error_response(400, usage)
+        if not math.isfinite(seconds):
+            return error_response(400, usage)
+        if seconds <= 0:
             return error_response(400, "older_than must be a positive number of seconds")
         dry_run, provisioned = body.get("dry_run", False), body.get("provisioned", False)
         if not isinstance(dry_run, bool) or not isinstance(provisioned, bool):
             return error_response(400, usage)
         if dry_run:
-            chosen = registrar.stale(float(older_than), provisioned=provisioned)
+            chosen = registrar.stale(seconds, provisioned=provisioned)
         else:
-            chosen = await registrar.prune(float(older_than), provisioned=provisioned)
+            chosen = await registrar.prune(seconds, provisioned=provisioned)
             for device in chosen:
                 devices.forget(device.device_id)
         return json_response(
@@ -518,7 +530,7 @@ def add_stream_routes(admin: AdminServer, streams: StreamService, *, consumer_ne
         body = await _json_object(request, 'the body must be JSON: {"ttl": seconds}')
         try:
             ttl = float(body["ttl"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             ttl = math.nan
         if not (math.isfinite(ttl) and ttl > 0):
             return error_response(400, "ttl must be a positive number of seconds")
