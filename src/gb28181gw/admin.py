@@ -336,7 +336,7 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
 
     async def alarms(request: web.Request) -> web.Response:
         text = request.query.get("limit", "100")
-        if not text.isdigit() or not 1 <= int(text) <= MAX_LIST:
+        if not text.isdigit() or len(text) > 6 or not 1 <= int(text) <= MAX_LIST:
             return error_response(400, f"limit must be a whole number from 1 to {MAX_LIST}")
         limit = int(text)
         stored = await devices.store.load_alarms(limit, request.query.get("device"))
@@ -485,7 +485,7 @@ def add_stream_routes(admin: AdminServer, streams: StreamService, *, consumer_ne
             ssrc = int(c["ssrc"]) if c.get("ssrc") is not None else None
             ttl = float(c["ttl"]) if c.get("ttl") is not None else None
             address = ipaddress.ip_address(host)
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             return error_response(400, usage)
         if ttl is not None and not (math.isfinite(ttl) and ttl > 0):
             return error_response(400, "consumer ttl must be a positive number of seconds")

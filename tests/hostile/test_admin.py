@@ -166,3 +166,13 @@ async def test_a_bug_in_a_route_is_still_the_one_json_error(gateway: Gateway, mo
     assert (
         status == 500 and body["error"] == "GET /api/v1/bans failed inside the gateway" and "log" in str(body["hint"])
     )
+
+
+async def test_a_huge_consumer_ttl_or_alarm_limit_is_400(gateway: Gateway) -> None:
+    play = json.dumps({"channel_id": "34020000001310000001", "consumer": {"port": 9000}}).replace(
+        '"port": 9000', '"port": 9000, "ttl": ' + "9" * 400
+    )
+    status, body = await asyncio.to_thread(call, gateway, "POST", "/api/v1/streams", play.encode(), JSON)
+    assert status == 400, body
+    status, body = await asyncio.to_thread(call, gateway, "GET", "/api/v1/alarms?limit=" + "9" * 5000)
+    assert status == 400 and "limit" in str(body["error"])
