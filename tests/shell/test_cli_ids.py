@@ -136,3 +136,11 @@ def test_damaged_files_and_a_column_past_the_last_are_errors_not_tracebacks(tmp_
     narrow.write_bytes(csv_bytes(LEDGER, "utf-8"))
     code, out, err = check(narrow, "--column", "9")
     assert code == 2 and "no column 9: the widest row has 3" in err, err
+
+
+def test_a_header_row_is_shown_without_its_control_characters(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.csv"
+    ledger.write_bytes(b"\x1b]0;pwned\x07ID,name\r\n34020000001320000001,a\r\n")
+    code, out, err = check(ledger, "--column", "1")
+    assert code == 0, out + err
+    assert "skipped as a header: \\x1b]0;pwned\\x07ID" in out and "\x1b" not in out

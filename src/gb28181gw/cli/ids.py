@@ -17,7 +17,18 @@ from pathlib import Path
 
 import click
 
-from gb28181gw.cli.common import JSON_OPTION, Column, emit, err_console, fail, main, plural, print_json, warn
+from gb28181gw.cli.common import (
+    JSON_OPTION,
+    Column,
+    emit,
+    err_console,
+    fail,
+    main,
+    plural,
+    print_json,
+    printable,
+    warn,
+)
 from gb28181gw.errors import IdError
 from gb28181gw.ids import GbId
 
@@ -235,7 +246,7 @@ def id_check(file: str, column: str | None, strict: bool, allow_civil: bool, as_
     if encoding not in ("utf-8", "utf-8-sig"):
         err_console.print(f"reading {name} as {encoding.upper()}", highlight=False, markup=False)
     if skipped and header is not None:
-        click.echo(f"line {header[0]}: skipped as a header: {header[1]}")
+        click.echo(f"line {header[0]}: skipped as a header: {printable(header[1])}")
     colour = {"invalid": "red", "duplicate": "red", "warning": "yellow"}
     for p in problems:
         # click drops the colour when stdout is not a terminal; one problem is one line, never wrapped
