@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import functools
 import ipaddress
 import json
@@ -135,6 +136,12 @@ class AdminServer:
                 raise
             # aiohttp's own answers (no such route, wrong method) in the one error form
             return error_response(exc.status, f"{request.method} {request.path}: {exc.reason}")
+        except Exception:
+            # a bug: still the one error form (aiohttp would answer text/plain), the traceback in the log
+            log.exception("admin API request failed", extra={"method": request.method, "path": request.path})
+            return error_response(
+                500, f"{request.method} {request.path} failed inside the gateway", "a bug: the gateway's log says more"
+            )
 
     def _host_allowed(self, host: str) -> bool:
         if host.startswith("["):  # [IPv6]:port
@@ -295,12 +302,18 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
 
     async def records(request: web.Request) -> web.Response:
         q = request.query
+        usage = "from and to are required, from before to (YYYY-MM-DDTHH:MM:SS, the site's time)"
+        try:
+            # checked here, not by the device: what it makes of "yesterday" is anyone's guess
+            since, until = (datetime.datetime.strptime(q[k], "%Y-%m-%dT%H:%M:%S") for k in ("from", "to"))
+        except (KeyError, ValueError):
+            return error_response(400, usage)
+        if since >= until:
+            return error_response(400, usage)
         try:
             result = await devices.records(
                 request.match_info["channel_id"], q["from"], q["to"], record_type=q.get("type", "all")
             )
-        except KeyError:
-            return error_response(400, "from and to are required (YYYY-MM-DDTHH:MM:SS)")
         except DeviceError as exc:
             return device_error_response(exc)
         items = sorted(
@@ -323,7 +336,7 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
 
     async def alarms(request: web.Request) -> web.Response:
         text = request.query.get("limit", "100")
-        if not text.isdigit() or not 1 <= int(text) <= MAX_LIST:
+        if not text.isdigit() or len(text) > 6 or not 1 <= int(text) <= MAX_LIST:
             return error_response(400, f"limit must be a whole number from 1 to {MAX_LIST}")
         limit = int(text)
         stored = await devices.store.load_alarms(limit, request.query.get("device"))
@@ -383,17 +396,23 @@ def add_housekeeping_routes(admin: AdminServer, registrar: RegistrarService, dev
         usage = 'the body must be JSON: {"older_than": seconds, "dry_run": true|false, "provisioned": true|false}'
         body = await _json_object(request, usage)
         older_than = body.get("older_than")
-        if isinstance(older_than, bool) or not isinstance(older_than, int | float) or not math.isfinite(older_than):
+        if isinstance(older_than, bool) or not isinstance(older_than, int | float):
             return error_response(400, usage)
-        if older_than <= 0:
+        try:
+            seconds = float(older_than)
+        except OverflowError:  # an integer of 400 digits
+            return error_response(400, usage)
+        if not math.isfinite(seconds):
+            return error_response(400, usage)
+        if seconds <= 0:
             return error_response(400, "older_than must be a positive number of seconds")
         dry_run, provisioned = body.get("dry_run", False), body.get("provisioned", False)
         if not isinstance(dry_run, bool) or not isinstance(provisioned, bool):
             return error_response(400, usage)
         if dry_run:
-            chosen = registrar.stale(float(older_than), provisioned=provisioned)
+            chosen = registrar.stale(seconds, provisioned=provisioned)
         else:
-            chosen = await registrar.prune(float(older_than), provisioned=provisioned)
+            chosen = await registrar.prune(seconds, provisioned=provisioned)
             for device in chosen:
                 devices.forget(device.device_id)
         return json_response(
@@ -466,7 +485,7 @@ def add_stream_routes(admin: AdminServer, streams: StreamService, *, consumer_ne
             ssrc = int(c["ssrc"]) if c.get("ssrc") is not None else None
             ttl = float(c["ttl"]) if c.get("ttl") is not None else None
             address = ipaddress.ip_address(host)
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             return error_response(400, usage)
         if ttl is not None and not (math.isfinite(ttl) and ttl > 0):
             return error_response(400, "consumer ttl must be a positive number of seconds")
@@ -511,7 +530,7 @@ def add_stream_routes(admin: AdminServer, streams: StreamService, *, consumer_ne
         body = await _json_object(request, 'the body must be JSON: {"ttl": seconds}')
         try:
             ttl = float(body["ttl"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             ttl = math.nan
         if not (math.isfinite(ttl) and ttl > 0):
             return error_response(400, "ttl must be a positive number of seconds")

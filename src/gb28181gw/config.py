@@ -73,6 +73,18 @@ def _address(v: str) -> str | None:
     return _addresses([v])
 
 
+_HOSTNAME_RE = re.compile(r"(?=.{1,253}$)([A-Za-z0-9-]{1,63}\.)*[A-Za-z0-9-]{1,63}")
+
+
+def _address_or_host(v: str) -> str | None:
+    # a Via and Contact may carry a host name; a typo like 192.168.1.300 is neither
+    if not v or not _address(v):
+        return None
+    if v.replace(".", "").isdigit() or not _HOSTNAME_RE.fullmatch(v):
+        return f"{v!r} is not an IP address (nor a host name)"
+    return None
+
+
 def _one_of(*choices: str) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         values = v if isinstance(v, list) else [v]
@@ -163,6 +175,7 @@ class SipSection:
         "",
         "address put in our Via/Contact and SDP; empty = the listen address, or for a wildcard "
         "the local address each device reaches us at",
+        _address_or_host,
     )
     t1: float = _opt(0.5, "RFC 3261 T1 (s): RTT estimate", _positive)
     t2: float = _opt(4.0, "RFC 3261 T2 (s): maximum retransmit interval", _positive)

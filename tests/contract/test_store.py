@@ -371,3 +371,21 @@ async def test_update_channels_touches_only_what_it_names(store: Store) -> None:
         chans[0].channel_id: ("ch0", "ON"), chans[1].channel_id: ("renamed", "OFF"),
         chans[2].channel_id: ("ch2", "ON"), chans[4].channel_id: ("ch4", "ON"), "34020000001310099999": ("new", ""),
     }  # fmt: skip
+
+
+async def test_a_damaged_stored_ban_is_dropped_not_a_failed_start(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "gw.db")
+    await s.open()
+    await s.save_bans([ban(1, 100.0), ban(2, 200.0), ban(3, 300.0)])
+    await s.close()
+    db = sqlite3.connect(tmp_path / "gw.db")
+    db.execute("UPDATE bans SET until = 'garbage' WHERE key = 'ip:10.0.0.1'")
+    db.execute("UPDATE bans SET failures = 'x' WHERE key = 'ip:10.0.0.2'")
+    db.commit()
+    db.close()
+    s = SqliteStore(tmp_path / "gw.db")
+    await s.open()
+    try:
+        assert await s.load_bans() == [ban(3, 300.0)]
+    finally:
+        await s.close()

@@ -147,6 +147,16 @@ def test_bad_values_name_the_key(env: dict[str, str], key: str, fragment: str) -
         assert "environment" in str(exc.value)
 
 
+@pytest.mark.parametrize("value", ["192.168.1.300", "192.168.1", "camera lan", "gw_1.example.com"])
+def test_an_advertised_address_must_be_an_ip_or_a_host_name(value: str) -> None:
+    # a typo here starts a gateway that tells every camera to send its video nowhere
+    with pytest.raises(ConfigError) as exc:
+        load_config(env={"GB28181GW_SIP_ADVERTISED_ADDRESS": value})
+    assert exc.value.key == "sip.advertised_address" and "not an IP address" in str(exc.value)
+    for fine in ("", "192.168.1.10", "fe80::1", "gw.example.com"):
+        assert load_config(env={"GB28181GW_SIP_ADVERTISED_ADDRESS": fine}).sip.advertised_address == fine
+
+
 @pytest.mark.parametrize(
     ("text", "key", "fragment"),
     [

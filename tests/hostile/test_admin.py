@@ -145,3 +145,34 @@ async def test_control_of_a_device_that_never_answers_ends_at_the_query_timeout(
     finally:
         camera.close()
         await gw.stop()
+
+
+async def test_numbers_too_big_for_a_float_are_400_json_not_500_text(gateway: Gateway) -> None:
+    big = "9" * 400  # valid JSON: an integer no float holds
+    prune = f'{{"older_than": {big}, "dry_run": true}}'.encode()
+    status, body = await asyncio.to_thread(call, gateway, "POST", "/api/v1/devices/prune", prune, JSON)
+    assert status == 400 and "older_than" in str(body["error"])
+    renew = f'{{"ttl": {big}}}'.encode()
+    status, body = await asyncio.to_thread(call, gateway, "PATCH", "/api/v1/streams/s1/consumers/c1", renew, JSON)
+    assert status == 400 and "ttl" in str(body["error"])
+
+
+async def test_a_bug_in_a_route_is_still_the_one_json_error(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken() -> list[object]:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(gateway.registrar, "bans", broken)
+    status, body = await asyncio.to_thread(call, gateway, "GET", "/api/v1/bans")
+    assert (
+        status == 500 and body["error"] == "GET /api/v1/bans failed inside the gateway" and "log" in str(body["hint"])
+    )
+
+
+async def test_a_huge_consumer_ttl_or_alarm_limit_is_400(gateway: Gateway) -> None:
+    play = json.dumps({"channel_id": "34020000001310000001", "consumer": {"port": 9000}}).replace(
+        '"port": 9000', '"port": 9000, "ttl": ' + "9" * 400
+    )
+    status, body = await asyncio.to_thread(call, gateway, "POST", "/api/v1/streams", play.encode(), JSON)
+    assert status == 400, body
+    status, body = await asyncio.to_thread(call, gateway, "GET", "/api/v1/alarms?limit=" + "9" * 5000)
+    assert status == 400 and "limit" in str(body["error"])

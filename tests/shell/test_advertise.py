@@ -236,6 +236,28 @@ async def test_answers_and_requests_leave_from_the_address_the_device_reached(tm
         await gw.stop()
 
 
+async def test_a_device_record_shows_the_address_it_is_told(tmp_path: Path) -> None:
+    # `device show` (local_host, local_port): what the installer compares with the camera's settings
+    gw = await wildcard_gateway()
+    loop = asyncio.get_running_loop()
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.3", 0))
+    udp.setblocking(False)
+    try:
+        port = udp.getsockname()[1]
+        await loop.sock_sendto(udp, _register(_nvr(8), "127.0.0.3", port, "UDP"), ("127.0.0.4", gw.stack.port))
+        answer, _ = await asyncio.wait_for(loop.sock_recvfrom(udp, 65535), 5)
+        assert answer.startswith(b"SIP/2.0 200 ")
+        device = gw.registrar.devices[_nvr(8)]
+        assert (device.local_host, device.local_port) == ("127.0.0.4", gw.stack.port)
+        await gw.registrar.flush()
+        stored = await gw.registrar.store.get_device(_nvr(8))
+        assert stored is not None and (stored.local_host, stored.local_port) == ("127.0.0.4", gw.stack.port)
+    finally:
+        udp.close()
+        await gw.stop()
+
+
 async def test_advertised_address_and_media_address_still_win(tmp_path: Path) -> None:
     gw = await start_gateway(
         **{"sip.listen": "0.0.0.0", "sip.advertised_address": "192.0.2.10", "media.address": "192.0.2.20"}

@@ -38,6 +38,11 @@ def test_what_is_not_a_time_says_what_is(text: str) -> None:
         parse_time(text, now=NOW)
 
 
+def test_a_relative_time_before_year_one_is_refused_not_a_crash() -> None:
+    with pytest.raises(ValueError, match="too far back"):
+        parse_time("-999999d", now=NOW)
+
+
 def test_durations_past_and_future_and_unset() -> None:
     assert [duration(s) for s in (None, 0, 59, 119, 120, 3599, 7200, 7260, 172800, 180000)] == [
         "-", "0 s", "59 s", "119 s", "2 min", "59 min", "2 h", "2 h 1 min", "2 d", "2 d 2 h",

@@ -121,3 +121,26 @@ def test_a_workbook_instead_of_its_csv_is_refused_in_words(tmp_path: Path) -> No
     code, out, err = check(path, "--column", "1")
     assert code == 1
     assert "is a spreadsheet workbook, not text" in err and "hint: " in err and "CSV" in err
+
+
+def test_damaged_files_and_a_column_past_the_last_are_errors_not_tracebacks(tmp_path: Path) -> None:
+    cut = tmp_path / "cut-utf16.txt"
+    cut.write_bytes(b"\xff\xfe" + "34020000001320000001\r\n".encode("utf-16-le") + b"\x00")  # one byte short
+    code, out, err = check(cut)
+    assert code == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    huge = tmp_path / "huge-cell.csv"
+    huge.write_text('"' + "1" * 200_000 + '"\n')
+    code, out, err = check(huge, "--column", "1")
+    assert code == 1 and "is not a CSV file: line 1" in err and "Traceback" not in err, err
+    narrow = tmp_path / "two-columns.csv"
+    narrow.write_bytes(csv_bytes(LEDGER, "utf-8"))
+    code, out, err = check(narrow, "--column", "9")
+    assert code == 2 and "no column 9: the widest row has 3" in err, err
+
+
+def test_a_header_row_is_shown_without_its_control_characters(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.csv"
+    ledger.write_bytes(b"\x1b]0;pwned\x07ID,name\r\n34020000001320000001,a\r\n")
+    code, out, err = check(ledger, "--column", "1")
+    assert code == 0, out + err
+    assert "skipped as a header: \\x1b]0;pwned\\x07ID" in out and "\x1b" not in out

@@ -217,6 +217,14 @@ def test_record_dates_are_checked_before_anything_reaches_the_device(gw: Gw, arg
     assert len(gw.device.messages) == before
 
 
+@pytest.mark.parametrize(
+    "query", ["from=yesterday&to=now", "from=2024-05-06T00:00:00&to=2024-05-01T00:00:00", "from=2024-05-06T00:00:00"]
+)
+def test_the_api_checks_record_dates_too_before_the_device_sees_them(gw: Gw, query: str) -> None:
+    status, body = http_get(f"{gw.admin}/api/v1/channels/{DEVICE}/records?{query}")
+    assert status == 400 and "YYYY-MM-DDTHH:MM:SS" in json.loads(body)["error"], body
+
+
 def test_relative_record_times_are_the_sites_clock(gw: Gw) -> None:
     before = len(gw.device.messages)
     cli(gw, "records", DEVICE, "--from", "-2h")
@@ -292,6 +300,52 @@ def test_admin_without_a_scheme_and_a_gateway_that_is_not_there() -> None:
     assert r.code == 1 and r.err.startswith(f"error: cannot reach the gateway at http://127.0.0.1:{port}")
     assert "hint: is `gb28181gw serve` running?" in r.err
     assert cli("ftp://127.0.0.1:1", "devices").code == 2  # a usage error, before any request
+
+
+def test_an_admin_address_that_accepts_but_never_answers_is_an_error_not_an_endless_wait() -> None:
+    # e.g. --admin naming the SIP port: a device request (which waits as long as the gateway
+    # bounds it) must first learn that a gateway answers at all
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        started = time.monotonic()
+        r = cli(f"127.0.0.1:{silent.getsockname()[1]}", "device", "status", DEVICE)
+    assert r.code == 1 and "did not answer GET /healthz within 5 s" in r.err, r.err
+    assert "not its SIP port?" in r.err and time.monotonic() - started < 30
+
+
+def test_control_characters_a_stranger_sends_never_reach_the_terminal(gw: Gw) -> None:
+    # an unauthenticated REGISTER whose "ID" sets the operator's window title and rewrites the line
+    evil = "\x1b]0;pwned\x07\r"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(5)
+        data = register(DEVICE, 4242).replace(f"sip:{DEVICE}@".encode(), f"sip:{evil}@".encode())
+        s.sendto(data, ("127.0.0.1", gw.sip_port))
+        assert s.recv(65535).startswith(b"SIP/2.0 403")
+    r = cli(gw, "devices", "refused")
+    assert r.code == 0 and "\\x1b]0;pwned\\x07\\x0d" in r.out, r.out
+    assert not any(ch in r.out for ch in "\x1b\x07\r")
+
+
+def test_a_name_typed_in_a_gbk_terminal_is_an_error_not_a_traceback(gw: Gw) -> None:
+    # 大门 in GBK, given to a UTF-8 locale: Python holds the bytes as lone surrogates
+    done = subprocess.run(
+        [BIN, "device", "add", UNKNOWN, "--name", b"\xb4\xf3\xc3\xc5", "--admin", gw.admin],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "LC_ALL": "C.UTF-8"},
+    )  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "not UTF-8 text (\\xb4\\xf3\\xc3\\xc5)" in done.stderr and "hint: set the terminal to UTF-8" in done.stderr
+    assert cli(gw, "device", "show", UNKNOWN).code == 1  # nothing was added
+
+
+def test_an_id_with_a_slash_names_nothing_never_another_route(gw: Gw) -> None:
+    # `device remove ID/bans` used to send DELETE /devices/ID/bans (lift its bans) and say "removed"
+    r = cli(gw, "device", "remove", f"{DEVICE}/bans")
+    assert r.code == 1 and f"no device {DEVICE}/bans" in r.err, r.out + r.err
+    r = cli(gw, "device", "show", "..")
+    assert r.code == 1 and "no device .." in r.err
+    assert cli(gw, "device", "show", DEVICE).code == 0
 
 
 def test_admin_host_port_reaches_the_gateway(gw: Gw) -> None:

@@ -17,7 +17,9 @@ Conventions (issue 11; every command follows them, new ones too):
   any request.
 - **Waiting on a device**: a command whose request waits for a device passes ``timeout=None``:
   the gateway bounds every device wait itself (``devices.query_timeout``, the catalog timeouts)
-  and answers 504 with its reason, which the CLI prints; the CLI never gives up first.
+  and answers 504 with its reason, which the CLI prints; the CLI never gives up first. It asks
+  ``/healthz`` first (:data:`CONNECT_TIMEOUT`), so an ``--admin`` that accepts but never answers
+  (the SIP port, a hung process) is an error, not an endless wait.
 - **Times** go through :func:`when`, :func:`ago` and :func:`duration`: one display zone, the
   site's (``gateway.time_zone``, Beijing by default; ``GB28181GW_GATEWAY_TIME_ZONE`` overrides,
   else the running gateway's), with its offset shown, future times as "in …", unset values as
@@ -27,8 +29,10 @@ Conventions (issue 11; every command follows them, new ones too):
 - **Counts** through :func:`plural` ("1 device", "2 devices").
 - **Times an operator types** (``--from``/``--to``) are a :class:`TimeParam`, read by
   :func:`parse_time` in the site's zone: checked before any request.
-- **Bytes a device sent undecodable** (lone surrogates in its header text) are shown as
-  ``\\xNN`` (:func:`printable`), never a crash.
+- **Bytes a device sent undecodable** (lone surrogates in its header text) and **control
+  characters** (a stranger's REGISTER can carry ESC sequences in its ID) are shown as ``\\xNN``
+  (:func:`printable`, applied by :class:`Column`, :func:`field_text` and :func:`fail`), never a
+  crash and never obeyed by the operator's terminal.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ err_console = Console(stderr=True)
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8028"
 #: Read timeout of a call that does not wait on a device (the gateway answers those at once).
-QUERY_HTTP_TIMEOUT = 330.0
+QUERY_HTTP_TIMEOUT = 30.0
 #: How long to try to connect to the admin API.
 CONNECT_TIMEOUT = 5.0
 #: The variable the gateway reads ``gateway.time_zone`` from; the CLI honours it too.
@@ -87,15 +91,15 @@ def main() -> None:
 def fail(message: str, hint: str | None = None, *, code: int = 1) -> NoReturn:
     """Say what went wrong (and what to do) in the one style every command uses, and exit."""
     # the message is the gateway's or a device's words: never markup
-    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
+    err_console.print(f"[red]error:[/red] {escape(printable(message))}", highlight=False, markup=True, soft_wrap=True)
     if hint:
-        err_console.print(f"hint: {hint}", highlight=False, markup=False, soft_wrap=True)
+        err_console.print(f"hint: {printable(hint)}", highlight=False, markup=False, soft_wrap=True)
     sys.exit(code)
 
 
 def warn(message: str) -> None:
     """A warning on stderr, in the same style as :func:`fail`."""
-    err_console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/yellow] {escape(printable(message))}", highlight=False, soft_wrap=True)
 
 
 def plural(count: int, word: str, many: str | None = None) -> str:
@@ -163,7 +167,10 @@ def parse_time(text: str, *, now: _dt.datetime, end_of_day: bool = False) -> _dt
     if value in ("today", "yesterday"):
         day = now.date() - _dt.timedelta(days=value == "yesterday")
     elif m := _RELATIVE_RE.fullmatch(value):
-        return now - _dt.timedelta(seconds=int(m[1]) * _RELATIVE_UNIT[m[2]])
+        try:
+            return now - _dt.timedelta(seconds=int(m[1]) * _RELATIVE_UNIT[m[2]])
+        except OverflowError:  # -999999d: before year 1
+            raise ValueError(f"{text!r} is too far back: use {TIME_FORMS}") from None
     else:
         try:
             day = _dt.datetime.strptime(value, "%Y-%m-%d").date()
@@ -241,13 +248,22 @@ class Column:
 
 
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
+# control characters (C0, DEL, C1) and lone surrogates
+_UNPRINTABLE_RE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _hex(m: re.Match[str]) -> str:
+    code = ord(m[0])
+    return f"\\x{(code - 0xDC00) & 0xFF if code >= 0xD800 else code:02x}"
 
 
 def printable(text: str) -> str:
-    """``text`` with the bytes a device sent undecodable (lone surrogates) shown as ``\\xNN``."""
-    if not _SURROGATE_RE.search(text):
+    """``text`` with what a terminal must not be given shown as ``\\xNN``: the bytes a device sent
+    undecodable (lone surrogates), and control characters, which anyone who sends a REGISTER could
+    otherwise aim at the operator's terminal (colours, cursor moves, a window title, ``\\r``)."""
+    if not _UNPRINTABLE_RE.search(text):
         return text
-    return _SURROGATE_RE.sub(lambda m: f"\\x{(ord(m[0]) - 0xDC00) & 0xFF:02x}", text)
+    return _UNPRINTABLE_RE.sub(_hex, text)
 
 
 _TIME_SUFFIXES = ("_at", "_until", "_since")
@@ -421,6 +437,12 @@ ADMIN_OPTION = click.option(
 )
 
 
+def segment(value: str) -> str:
+    """``value`` (an ID the operator typed) as one segment of an API path: every command builds its
+    paths with it, so ``ID/bans`` or ``..`` names nothing rather than another route."""
+    return urllib.parse.quote(value, safe="")
+
+
 def call(admin: str, method: str, path: str, body: Any = None, *, timeout: float | None = QUERY_HTTP_TIMEOUT) -> Any:
     """One admin API call, returning its JSON; raises :class:`AdminApiError` with the gateway's own words.
 
@@ -436,7 +458,14 @@ def call(admin: str, method: str, path: str, body: Any = None, *, timeout: float
     _last_admin = admin
     connection = http.client.HTTPSConnection if base.scheme == "https" else http.client.HTTPConnection
     conn = connection(base.hostname or "", base.port, timeout=CONNECT_TIMEOUT)
-    data = json.dumps(body, ensure_ascii=False).encode() if body is not None else None
+    try:
+        data = json.dumps(body, ensure_ascii=False).encode() if body is not None else None
+    except UnicodeEncodeError as exc:  # an argument typed in a terminal that is not UTF-8 (GBK bytes)
+        bad = printable(exc.object[exc.start : exc.end]) if isinstance(exc.object, str) else "?"
+        raise AdminApiError(
+            f"an argument holds bytes that are not UTF-8 text ({bad})",
+            "set the terminal to UTF-8 (LANG=zh_CN.UTF-8 or C.UTF-8) and type it again",
+        ) from None
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     where = f"the gateway at {admin}"
     try:
@@ -447,13 +476,22 @@ def call(admin: str, method: str, path: str, body: Any = None, *, timeout: float
         except OSError as exc:
             raise AdminApiError(f"cannot reach {where}: {exc.strerror or exc}", _REACH_HINT, unreachable=True) from None
         assert conn.sock is not None
+        if timeout is None:
+            # an answer may take as long as the gateway's own bound on the device: first make sure
+            # a gateway is answering at all, or a wrong --admin (the SIP port, a hung process)
+            # would be waited on forever
+            _probe(conn, where)
+            if conn.sock is None:  # the probe's answer closed the connection
+                conn.connect()
         conn.sock.settimeout(timeout)
         try:
             conn.request(method, base.path + "/api/v1" + path, body=data, headers=headers)
             resp = conn.getresponse()
             raw = resp.read()
         except TimeoutError:
-            raise AdminApiError(f"{where} did not answer {method} {path} within {timeout:g} s") from None
+            raise AdminApiError(
+                f"{where} did not answer {method} {path} within {timeout:g} s", _NOT_GATEWAY_HINT
+            ) from None
         except (OSError, http.client.HTTPException) as exc:
             raise AdminApiError(f"{where} broke off {method} {path}: {exc}", _REACH_HINT) from None
     finally:
@@ -480,6 +518,25 @@ def call(admin: str, method: str, path: str, body: Any = None, *, timeout: float
 
 
 _REACH_HINT = "is `gb28181gw serve` running? (--admin or GB28181GW_ADMIN_URL name another one)"
+_NOT_GATEWAY_HINT = "is --admin the gateway's admin API (admin.port, 8028 by default), not its SIP port?"
+
+
+def _probe(conn: http.client.HTTPConnection, where: str) -> None:
+    """Ask ``/healthz`` on the open ``conn`` (kept open) and raise :class:`AdminApiError` unless
+    a gateway answers it within :data:`CONNECT_TIMEOUT`."""
+    assert conn.sock is not None
+    conn.sock.settimeout(CONNECT_TIMEOUT)
+    hint = _NOT_GATEWAY_HINT
+    try:
+        conn.request("GET", "/healthz", headers={"Accept": "application/json"})
+        resp = conn.getresponse()
+        answer = json.loads(resp.read().decode("utf-8"))
+    except TimeoutError:
+        raise AdminApiError(f"{where} did not answer GET /healthz within {CONNECT_TIMEOUT:g} s", hint) from None
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        raise AdminApiError(f"{where} does not answer as a gateway: {exc}", hint) from None
+    if not isinstance(answer, dict) or answer.get("status") != "ok":
+        raise AdminApiError(f"{where} does not answer as a gateway (GET /healthz: {resp.status})", hint)
 
 
 def _remember_zone(name: str) -> None:

@@ -20,6 +20,7 @@ from gb28181gw.cli.common import (
     plural,
     print_json,
     request,
+    segment,
     warn,
 )
 
@@ -121,7 +122,7 @@ def records(admin: str, channel_id: str, start: str, end: str, record_type: str,
             f"{since.strftime(GB_TIME)} is not before --to {until.strftime(GB_TIME)}", param_hint="'--from'"
         )
     query = f"?from={since.strftime(GB_TIME)}&to={until.strftime(GB_TIME)}&type={record_type.lower()}"
-    data = request(admin, "GET", f"/channels/{channel_id}/records{query}", timeout=None)
+    data = request(admin, "GET", f"/channels/{segment(channel_id)}/records{query}", timeout=None)
     rows = data["records"]
     emit(
         rows,

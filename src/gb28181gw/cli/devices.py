@@ -24,7 +24,9 @@ from gb28181gw.cli.common import (
     main,
     plural,
     print_json,
+    printable,
     request,
+    segment,
     warn,
 )
 from gb28181gw.errors import AdminApiError
@@ -85,7 +87,7 @@ def device() -> None:
 @click.argument("device_id")
 def device_show(admin: str, device_id: str, as_json: bool) -> None:
     """Everything the gateway knows about DEVICE_ID."""
-    data = request(admin, "GET", f"/devices/{device_id}")
+    data = request(admin, "GET", f"/devices/{segment(device_id)}")
     shown = dict(data)
     # the few fields whose name does not say how to read them (the rest: common.field_text)
     if shown.get("stream_mode") == "":
@@ -152,7 +154,7 @@ def device_add(
 @click.argument("device_id")
 def device_remove(admin: str, device_id: str, as_json: bool) -> None:
     """Forget DEVICE_ID; it has to register again."""
-    data = request(admin, "DELETE", f"/devices/{device_id}")
+    data = request(admin, "DELETE", f"/devices/{segment(device_id)}")
     if as_json:
         print_json(data)
         return
@@ -165,7 +167,9 @@ def device_remove(admin: str, device_id: str, as_json: bool) -> None:
 @click.argument("device_id")
 def device_info(admin: str, device_id: str, as_json: bool) -> None:
     """Ask DEVICE_ID for its DeviceInfo (waits as long as the gateway does: devices.query_timeout)."""
-    emit_fields(request(admin, "GET", f"/devices/{device_id}/info", timeout=None), as_json=as_json, title=device_id)
+    emit_fields(
+        request(admin, "GET", f"/devices/{segment(device_id)}/info", timeout=None), as_json=as_json, title=device_id
+    )
 
 
 @device.command("status")
@@ -174,7 +178,9 @@ def device_info(admin: str, device_id: str, as_json: bool) -> None:
 @click.argument("device_id")
 def device_status(admin: str, device_id: str, as_json: bool) -> None:
     """Ask DEVICE_ID for its DeviceStatus (waits as long as the gateway does: devices.query_timeout)."""
-    emit_fields(request(admin, "GET", f"/devices/{device_id}/status", timeout=None), as_json=as_json, title=device_id)
+    emit_fields(
+        request(admin, "GET", f"/devices/{segment(device_id)}/status", timeout=None), as_json=as_json, title=device_id
+    )
 
 
 CHANNEL_COLUMNS = (
@@ -196,7 +202,7 @@ CHANNEL_COLUMNS = (
 @click.option("--tree", is_flag=True, help="Show the catalog tree (ParentID / BusinessGroupID).")
 def channels(admin: str, device_id: str | None, as_json: bool, status: str | None, tree: bool) -> None:
     """List catalog channels (of one device, or all)."""
-    data = request(admin, "GET", "/channels" + (f"?device={device_id}" if device_id else ""))
+    data = request(admin, "GET", "/channels" + (f"?device={segment(device_id)}" if device_id else ""))
     rows = [c for c in data["channels"] if status is None or str(c["status"]).upper() == status.upper()]
     if as_json:
         print_json(rows)
@@ -233,7 +239,7 @@ def catalog_refresh(admin: str, device_id: str | None, all_devices: bool, as_jso
     if all_devices == bool(device_id):
         raise click.UsageError("give a DEVICE_ID or --all")
     if device_id:
-        r = request(admin, "POST", f"/devices/{device_id}/catalog", {}, timeout=None)
+        r = request(admin, "POST", f"/devices/{segment(device_id)}/catalog", {}, timeout=None)
         if as_json:
             print_json(r)
         else:
@@ -249,7 +255,7 @@ def catalog_refresh(admin: str, device_id: str | None, all_devices: bool, as_jso
             step = f"[{i}/{len(targets)}]"
             progress.update(task, description=f"{step} catalog of {target}")
             try:
-                r = call(admin, "POST", f"/devices/{target}/catalog", {}, timeout=None)
+                r = call(admin, "POST", f"/devices/{segment(target)}/catalog", {}, timeout=None)
             except AdminApiError as exc:
                 if exc.status is None:  # the gateway itself is gone: the others would fail the same way
                     fail(exc.message, exc.hint)
@@ -294,7 +300,8 @@ def _channel_tree(rows: list[dict[str, Any]]) -> Tree:
             if r["channel_id"] in seen:
                 continue
             colour = "green" if r["status"] == "ON" else "red"
-            branch = node.add(f"{r['channel_id']} {escape(r['name'])} [{colour}]{escape(r['status'])}[/{colour}]")
+            name, status = escape(printable(str(r["name"]))), escape(printable(str(r["status"])))
+            branch = node.add(f"{r['channel_id']} {name} [{colour}]{status}[/{colour}]")
             add(branch, r["channel_id"], seen | {r["channel_id"]})
 
     for device in sorted({r["device_id"] for r in rows}):

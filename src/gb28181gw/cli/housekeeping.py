@@ -25,6 +25,7 @@ from gb28181gw.cli.common import (
     plural,
     print_json,
     request,
+    segment,
     warn,
     when,
 )
@@ -129,7 +130,7 @@ def bans_lift(admin: str, as_json: bool, key: str) -> None:
 @click.argument("device_id", callback=_device_id)
 def device_unban(admin: str, as_json: bool, device_id: str) -> None:
     """Lift every ban of DEVICE_ID, from every address (and the address bans its failures made)."""
-    data = request(admin, "DELETE", f"/devices/{device_id}/bans")
+    data = request(admin, "DELETE", f"/devices/{segment(device_id)}/bans")
     if as_json:
         print_json(data)
         return
@@ -203,6 +204,7 @@ def devices_prune(admin: str, as_json: bool, older_than: float, dry_run: bool, p
         "POST",
         "/devices/prune",
         {"older_than": older_than, "dry_run": dry_run, "provisioned": provisioned},
+        timeout=None,  # a store deletes tens of thousands of devices one by one: as long as it takes
     )
     rows = data["devices"]
     verb = "would remove" if dry_run else "removed"

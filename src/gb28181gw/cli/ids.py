@@ -17,7 +17,18 @@ from pathlib import Path
 
 import click
 
-from gb28181gw.cli.common import JSON_OPTION, Column, emit, err_console, fail, main, plural, print_json, warn
+from gb28181gw.cli.common import (
+    JSON_OPTION,
+    Column,
+    emit,
+    err_console,
+    fail,
+    main,
+    plural,
+    print_json,
+    printable,
+    warn,
+)
 from gb28181gw.errors import IdError
 from gb28181gw.ids import GbId
 
@@ -74,7 +85,13 @@ def decode_user_text(data: bytes, name: str) -> tuple[str, str]:
         fail(f"{name} is a spreadsheet workbook, not text", "in Excel: File → Save As → CSV (comma delimited)")
     for bom, encoding in _BOMS:
         if data.startswith(bom):
-            return data.decode(encoding), encoding
+            try:
+                return data.decode(encoding), encoding
+            except UnicodeDecodeError as exc:  # a UTF-16 file cut short, or binary behind a BOM
+                fail(
+                    f"{name} starts as {encoding.upper()} text but is not ({exc.reason} at offset {exc.start})",
+                    "save it again as CSV or as plain text",
+                )
     try:
         return data.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
@@ -146,11 +163,15 @@ def check_rows(rows: list[tuple[int, str]], *, strict: bool, allow_civil: bool) 
     return problems
 
 
-def _records(text: str) -> list[list[str]]:
+def _records(text: str, name: str) -> list[list[str]]:
     first_line = text.split("\n", 1)[0]
     # Excel's "Unicode text" is tab-separated; its CSV is comma-separated
     delimiter = "\t" if "\t" in first_line and "," not in first_line else ","
-    return list(csv.reader(io.StringIO(text), delimiter=delimiter))
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    try:
+        return list(reader)
+    except csv.Error as exc:  # a cell of more than 128 KiB: not a ledger
+        fail(f"{name} is not a CSV file: line {reader.line_num}: {exc}", "give one ID per line, or a CSV column")
 
 
 @id_group.command("check")
@@ -174,7 +195,7 @@ def id_check(file: str, column: str | None, strict: bool, allow_civil: bool, as_
     if column is None:
         rows = [(n, line.rstrip("\r")) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
     else:
-        records = _records(text)
+        records = _records(text, name)
         first = 1
         if column.isdigit():
             index = int(column) - 1
@@ -190,6 +211,9 @@ def id_check(file: str, column: str | None, strict: bool, allow_civil: bool, as_
             header = (1, column)
             records = records[1:]
             first = 2
+        widest = max(map(len, records), default=0)
+        if index >= widest:
+            raise click.BadParameter(f"no column {index + 1}: the widest row has {widest}", param_hint="--column")
         for n, record in enumerate(records, first):
             if not any(cell.strip() for cell in record):
                 continue
@@ -222,7 +246,7 @@ def id_check(file: str, column: str | None, strict: bool, allow_civil: bool, as_
     if encoding not in ("utf-8", "utf-8-sig"):
         err_console.print(f"reading {name} as {encoding.upper()}", highlight=False, markup=False)
     if skipped and header is not None:
-        click.echo(f"line {header[0]}: skipped as a header: {header[1]}")
+        click.echo(f"line {header[0]}: skipped as a header: {printable(header[1])}")
     colour = {"invalid": "red", "duplicate": "red", "warning": "yellow"}
     for p in problems:
         # click drops the colour when stdout is not a terminal; one problem is one line, never wrapped

@@ -40,6 +40,7 @@ from gb28181gw.cli.common import (
     print_json,
     rate_text,
     request,
+    segment,
 )
 from gb28181gw.errors import AdminApiError
 
@@ -505,7 +506,7 @@ def stream() -> None:
 @JSON_OPTION
 def stream_stop(admin: str, stream_id: str, as_json: bool) -> None:
     """Close STREAM_ID now (BYE to the device), whoever consumes it."""
-    answer = request(admin, "DELETE", f"/streams/{stream_id}")
+    answer = request(admin, "DELETE", f"/streams/{segment(stream_id)}")
     if as_json:
         print_json(answer)
         return

@@ -6,6 +6,8 @@ the shell converts them to the event loop's monotonic clock for deadlines.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from operator import attrgetter
@@ -238,6 +240,19 @@ class Ban:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict of every field."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_row(cls, values: Sequence[Any]) -> Ban:
+        """The ban a store wrote, its values in :data:`BAN_FIELDS` order.
+
+        Raises:
+            ValueError: a value of the wrong kind (a hand-edited or damaged row).
+        """
+        key, address, device_id, since, until, reason, failures, attempts = values
+        begun, ends = float(since), float(until)
+        if not (math.isfinite(begun) and math.isfinite(ends)) or not isinstance(key, str) or not key:
+            raise ValueError(f"not a ban: {tuple(values)!r}")
+        return cls(key, str(address), str(device_id), begun, ends, str(reason), int(failures), int(attempts))
 
 
 BAN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Ban))

@@ -304,6 +304,13 @@ class RegistrarService:
         if device is None or change is None:
             return
         self.devices.adopt(device)
+        if change.event is not DeviceEvent.UNREGISTERED:
+            # the address it is told (Via, Contact, SDP): `device show` says it, for the installer
+            # whose camera sends its video nowhere
+            local = self.stack.local_address(event.peer)
+            if (device.local_host, device.local_port) != local:
+                device.local_host, device.local_port = local
+                self.changed(device.device_id)
         if change.event is DeviceEvent.UNREGISTERED:
             log.info("device unregistered", extra=extra)
         elif result.address_changed and change.moved_from is not None:

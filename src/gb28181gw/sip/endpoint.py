@@ -157,7 +157,8 @@ class SipEndpoint:
         """Tell the endpoint the default sent-by (address and port) for our Via over ``transport``.
 
         It is used when :meth:`send_request` is not given the ``local`` address of the peer
-        (the shell passes the address each peer reached us on: see ``net/local.py``).
+        (the shell passes the address each peer reached us on: ``SipStack.local_address``, see
+        ``net/addresses.py``).
         """
         self._local[transport.upper()] = (host, port)
 

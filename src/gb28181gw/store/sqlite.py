@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import json
+import logging
 import os
 import sqlite3
 from collections import Counter
@@ -30,6 +31,7 @@ from gb28181gw.errors import StoreError, StoreRecordError
 from gb28181gw.gb.model import BAN_FIELDS, DEVICE_FIELDS, Alarm, Ban, Channel, Device
 
 T = TypeVar("T")
+log = logging.getLogger("gb28181gw.store")
 
 DEVICE_COLUMNS = list(DEVICE_FIELDS)
 
@@ -452,7 +454,16 @@ class SqliteStore:
     async def load_bans(self) -> list[Ban]:
         def load() -> list[Ban]:
             rows = self._db().execute(f"SELECT {', '.join(BAN_FIELDS)} FROM bans ORDER BY until")
-            return [Ban(*map(_from_sql, row)) for row in rows]
+            bans = []
+            for row in rows:
+                try:
+                    bans.append(Ban.from_row([_from_sql(v) for v in row]))
+                except (TypeError, ValueError) as exc:
+                    # a damaged ban must not stop the gateway from starting: it is only dropped
+                    log.warning(
+                        "stored ban cannot be read; dropped", extra={"store": str(self.path), "error": str(exc)}
+                    )
+            return bans
 
         return await self._run(load)
 
