@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.process import free_port, serve, wait_ready
+
+SIPP_DIR = Path(__file__).parent / "sipp"
 
 SITE = "34020000002000000001"
 DISTRICT = "34010000002000000001"
@@ -118,3 +122,96 @@ def test_site_registers_to_district_and_again_after_the_district_restarts(tmp_pa
                 proc.communicate()
             except ValueError:
                 pass  # already read to the end
+
+
+def test_sipp_superior_challenges_gets_keepalives_probes_and_sees_us_unregister(tmp_path: Path) -> None:
+    """A SIPp superior (tests/shell/sipp/superior_uas.xml) checks every message of ours."""
+    sipp = shutil.which("sipp")
+    assert sipp is not None, "sipp is not installed: .ci/run installs it (apt-get install sip-tester)"
+    sup_port, a_sip, a_admin = free_udp_port(), free_port(), free_port()
+    trace = tmp_path / "superior.msg"
+    superior = subprocess.Popen(
+        [sipp, "-sf", str(SIPP_DIR / "superior_uas.xml"), "-i", "127.0.0.1", "-p", str(sup_port),
+         "-timeout", "60s", "-nostdin", "-trace_msg", "-message_file", str(trace),
+         "-trace_err", "-error_file", str(tmp_path / "superior.err")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    time.sleep(0.3)  # let it bind
+    config = tmp_path / "site.toml"
+    config.write_text(
+        "[[upstream]]\n"
+        'name = "district"\n'
+        f'id = "{DISTRICT}"\n'
+        'domain = "3401000000"\n'
+        'host = "127.0.0.1"\n'
+        f"port = {sup_port}\n"
+        'password = "upper-pass"\n'
+        'gb_version = "3.0"\n'
+        "keepalive_interval = 1\n"
+    )
+    config.chmod(0o600)
+    a = serve(
+        "-c", str(config), "--id", SITE, "--listen", "127.0.0.1", "--port", str(a_sip), "--admin-port", str(a_admin),
+        "--set", "media.workers=0", store=str(tmp_path / "a.db"),
+    )  # fmt: skip
+    a_url = f"http://127.0.0.1:{a_admin}"
+    try:
+        wait_ready(a_url, a)
+        until(lambda: bool(cli(a_url, "upstreams")[0]["last_keepalive"]), 15, "a keepalive answered")
+        until(lambda: "CSeq: 1 OPTIONS" in received(trace), 10, "our 200 to the superior's OPTIONS")
+        (row,) = cli(a_url, "upstreams")
+        assert row["state"] == "registered" and row["clock_offset"] < -1e7  # its Date says 2024
+        a.send_signal(signal.SIGTERM)
+        out = a.communicate(timeout=15)[0]
+        assert "unregistered upward" in out, out[-3000:]
+        superior.send_signal(signal.SIGUSR1)  # SIPp: stop gracefully; exit 0 only if every call passed
+        sipp_out = superior.communicate(timeout=15)[0]
+        assert superior.returncode == 0, sipp_out[-3000:] + (tmp_path / "superior.err").read_text(errors="replace")
+        assert "Expires: 0" in trace.read_text(errors="replace")
+    finally:
+        for proc in (a, superior):
+            if proc.poll() is None:
+                proc.kill()
+            try:
+                proc.communicate(timeout=10)
+            except ValueError:
+                pass
+
+
+def received(trace: Path) -> str:
+    """The responses SIPp received (its -trace_msg file), to find our answer to its OPTIONS."""
+    text = trace.read_text(errors="replace") if trace.exists() else ""
+    blocks = text.split("message received")
+    return "\n".join(
+        b.split("-----", 1)[0] for b in blocks[1:] if b.lstrip(" [0123456789]bytes:\n").startswith("SIP/2.0 200")
+    )
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_config_command_shows_each_superior_with_its_password_redacted(tmp_path: Path) -> None:
+    config = tmp_path / "site.toml"
+    config.write_text(
+        '[[upstream]]\nname = "district"\nid = "34010000002000000001"\nhost = "192.0.2.1"\npassword = "upper-pass"\n'
+        '[[upstream]]\nname = "city"\nid = "34000000002000000001"\nhost = "192.0.2.2"\nport = 5070\n'
+    )
+    config.chmod(0o600)
+    done = subprocess.run(
+        [sys.executable, "-m", "gb28181gw", "config", "-c", str(config)], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    rows = {line.split("\t")[0]: line.split("\t") for line in done.stdout.splitlines()}
+    assert rows["upstream.district.password"][1] == "********"
+    assert "upper-pass" not in done.stdout
+    assert rows["upstream.city.port"][1] == "5070"
+    assert rows["upstream.city.local_id"][1] == "34020000002000000001"  # derived: gateway.id
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[upstream]]\nname = "city"\nid = "34000000002000000001"\nhost = "192.0.2.2"\nport = 0.5\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "gb28181gw", "config", "-c", str(bad)], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 3 and "upstream.city.port" in done.stderr, done.stderr
