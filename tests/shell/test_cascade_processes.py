@@ -161,6 +161,16 @@ def test_sipp_superior_challenges_gets_keepalives_probes_and_sees_us_unregister(
         until(lambda: "CSeq: 1 OPTIONS" in received(trace), 10, "our 200 to the superior's OPTIONS")
         (row,) = cli(a_url, "upstreams")
         assert row["state"] == "registered" and row["clock_offset"] < -1e7  # its Date says 2024
+        plain = subprocess.run(
+            [sys.executable, "-m", "gb28181gw", "upstreams", "--admin", a_url],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        header, line = plain.stdout.splitlines()
+        assert header.split("\t")[:4] == ["name", "ID", "address", "state"]
+        assert line.split("\t")[:4] == ["district", DISTRICT, f"udp:127.0.0.1:{sup_port}", "registered"]
+        assert "s ago" in line or "now" in line
         a.send_signal(signal.SIGTERM)
         out = a.communicate(timeout=15)[0]
         assert "unregistered upward" in out, out[-3000:]

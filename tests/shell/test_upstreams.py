@@ -21,6 +21,8 @@ from gb28181gw.config import load_config
 from gb28181gw.sip.auth import Challenge, Credentials
 from gb28181gw.sip.message import Request, Response, make_response, parse_message
 
+from .conftest import start_gateway
+
 UPPER = "34010000002000000001"
 OURS = "34020000002000000001"
 PASSWORD = "upper-pass"
@@ -276,3 +278,27 @@ async def test_keepalives_unanswered_mean_lost_then_register_again(tmp_path: Pat
         assert link.keepalive_failures >= 2
     finally:
         await gw.stop()
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_registers_to_another_gateway_over_udp_and_tcp(tmp_path: Path, transport: str) -> None:
+    district = await start_gateway(
+        **{
+            "gateway.id": UPPER,
+            "registrar.accept_platforms": "true",
+            "registrar.password": PASSWORD,
+        }
+    )
+    try:
+        site = await gateway_under(tmp_path, district.stack.port, transport=transport)
+        try:
+            link = site.upstreams.links["district"]
+            await until(lambda: link.last_keepalive is not None)
+            record = district.registrar.devices.get(OURS)
+            assert record is not None and record.online and str(record.transport) == transport.upper()
+        finally:
+            await site.stop()
+        record = district.registrar.devices.get(OURS)
+        assert record is not None and not record.online  # we unregistered on the way out
+    finally:
+        await district.stop()
