@@ -376,9 +376,11 @@ class UpstreamSection:
         3, "keepalives unanswered in a row that mean it is lost (register again)", _at_least(1)
     )
     retry_interval: float = _opt(
-        60.0, "seconds before registering again after a failure; doubles per failure", _positive
+        60.0,
+        "seconds before registering again after a failure; doubles per failure (plus up to 20 % jitter)",
+        _positive,
     )
-    retry_max: float = _opt(600.0, "longest wait between registration attempts (s)", _positive)
+    retry_max: float = _opt(600.0, "longest back-off between registration attempts, before jitter (s)", _positive)
     gb_version: str = _opt("", "X-GB-ver sent to it: empty = none, 2.0 (2016) or 3.0 (2022)", _one_of("", "2.0", "3.0"))
     charset: str = _opt("GB2312", "encoding of the XML bodies sent to it", _one_of("GB2312", "GBK", "GB18030", "UTF-8"))
     catalog_batch: int = _opt(4, "catalog items per MESSAGE (1, 2, 4, 8 …)", _power_of_two)

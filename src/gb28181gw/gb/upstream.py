@@ -25,9 +25,9 @@ What the procedure does, and why:
   close); the refresh is challenged like the first registration.
 - **Back-off**: a REGISTER refused (403, 404, anything final that is not a success, a
   challenge or a usable redirect) or unanswered waits ``retry_interval × 2^(n-1)``, at most
-  ``retry_max``, shortened by up to :data:`JITTER` at random so that gateways cut off
+  ``retry_max``, lengthened by up to :data:`JITTER` at random so that gateways cut off
   together do not come back together (GB/T 28181-2022 §7.1 c "random delay"). Never a tight
-  loop: the shortest wait is ``retry_interval × (1 - JITTER)``.
+  loop, and never sooner than ``retry_interval`` (GB/T 28181 §9.1.1 c: normally ≥ 60 s).
 - **Keepalive** (§9.6, PROTOCOL.md §4.1): a ``Keepalive`` Notify every ``keepalive_interval``
   while registered. ``keepalive_misses`` consecutive failures (no answer, or a final answer
   that is not 2xx) mean the superior is lost; a 403 or 404 means it forgot us, lost at once.
@@ -92,7 +92,7 @@ __all__ = [
 
 #: Share of the granted Expires after which we refresh (PROTOCOL.md §9.2: 70–80 %).
 REFRESH_FRACTION = 0.8
-#: Largest share of a back-off delay the jitter takes away.
+#: Largest share of a back-off delay the jitter adds.
 JITTER = 0.2
 #: 302 hops followed in one registration attempt (GB/T 28181-2022 §9.1.2.3).
 MAX_REDIRECTS = 3
@@ -241,11 +241,11 @@ def render_table() -> str:
 def backoff_delay(failures: int, *, base: float, cap: float, random: float) -> float:
     """Seconds to wait after ``failures`` failures in a row (1 for the first).
 
-    ``base × 2^(failures-1)``, at most ``cap``, less up to :data:`JITTER` of it as ``random``
-    (in [0, 1)) says: never below ``base × (1 - JITTER)``, never above ``cap``.
+    ``base × 2^(failures-1)``, at most ``cap``, plus up to :data:`JITTER` of it as ``random``
+    (in [0, 1)) says: never below ``base``, never above ``cap × (1 + JITTER)``.
     """
     exponent = min(max(failures, 1) - 1, 32)  # 2**32 × any sane base is past any cap
-    return min(cap, base * 2.0**exponent) * (1.0 - JITTER * random)
+    return min(cap, base * 2.0**exponent) * (1.0 + JITTER * random)
 
 
 _GB_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?")

@@ -383,8 +383,9 @@ class TestBackoff:
     def test_delay_grows_and_is_capped(self) -> None:
         delays = [backoff_delay(n, base=60, cap=600, random=0.0) for n in range(1, 8)]
         assert delays == [60, 120, 240, 480, 600, 600, 600]
-        assert backoff_delay(1, base=60, cap=600, random=0.999) == pytest.approx(60 * (1 - JITTER * 0.999))
-        assert backoff_delay(10_000, base=60, cap=600, random=0.5) <= 600
+        assert backoff_delay(1, base=60, cap=600, random=0.999) == pytest.approx(60 * (1 + JITTER * 0.999))
+        assert backoff_delay(10_000, base=60, cap=600, random=0.999) <= 600 * (1 + JITTER)
+        assert min(backoff_delay(1, base=60, cap=600, random=r / 10) for r in range(10)) == 60  # never sooner
 
     def test_403_backs_off_and_grows_to_the_cap(self) -> None:
         rig = Rig(retry_interval=10.0, retry_max=50.0, random=0.5)
@@ -401,7 +402,7 @@ class TestBackoff:
             before = rig.clock.now
             waits.append(rig.advance_to_timer() - before)
             assert rig.up.state is S.REGISTERING
-        f = 1 - JITTER * 0.5
+        f = 1 + JITTER * 0.5
         assert waits == pytest.approx([10 * f, 20 * f, 40 * f, 50 * f, 50 * f, 50 * f])
         assert rig.up.failures == 6
 
@@ -420,10 +421,11 @@ class TestBackoff:
         rig.up.receive_failure(rig.one(Purpose.REGISTER).ref, "Timer F", rig.clock.now)
         (failed,) = rig.drain()
         assert isinstance(failed, RegisterFailed) and failed.reason is Failure.TIMEOUT and failed.status is None
-        assert failed.retry_in == 5.0
+        assert failed.retry_in == 5.0  # random 0: no jitter
+        rig.random = 0.5
         rig.advance_to_timer()
         rig.up.receive_failure(rig.one(Purpose.REGISTER).ref, "Timer F", rig.clock.now)
-        assert rig.drain()[0].retry_in == 10.0  # type: ignore[union-attr]
+        assert rig.drain()[0].retry_in == pytest.approx(10.0 * (1 + JITTER * 0.5))  # type: ignore[union-attr]
         rig.advance_to_timer()
         rig.answer(rig.one(Purpose.REGISTER), 200)
         assert rig.up.failures == 0 and rig.up.last_failure is None
