@@ -302,3 +302,23 @@ async def test_registers_to_another_gateway_over_udp_and_tcp(tmp_path: Path, tra
         assert record is not None and not record.online  # we unregistered on the way out
     finally:
         await district.stop()
+
+
+async def test_302_redirect_is_followed_to_the_assigned_server(tmp_path: Path) -> None:
+    assigned = await superior(digest_superior())
+    redirector = await superior(
+        status(302, ("Contact", f"<sip:34010000002000000002@127.0.0.1:{assigned.port}>"), ("Expires", "3600"))
+    )
+    gw = await gateway_under(tmp_path, redirector.port)
+    try:
+        link = gw.upstreams.links["district"]
+        await until(lambda: link.last_keepalive is not None)
+        assert len(redirector.registers()) == 1
+        assert [r.uri for r in assigned.registers()] == [f"sip:34010000002000000002@127.0.0.1:{assigned.port}"] * 2
+        (row,) = await asyncio.to_thread(api_upstreams, gw)
+        assert row["state"] == "registered" and row["id"] == "34010000002000000002"
+        assert row["address"] == f"udp:127.0.0.1:{assigned.port}"
+        assert any(r.method == "MESSAGE" for _, r in assigned.requests)
+    finally:
+        await gw.stop()
+    assert assigned.registers()[-1].headers.get("expires") == "0"
