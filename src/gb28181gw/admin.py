@@ -50,6 +50,7 @@ from gb28181gw.sdp import StreamMode
 from gb28181gw.services.devices import DeviceError, DeviceService
 from gb28181gw.services.registrar import RegistrarService
 from gb28181gw.services.streams import Stream, StreamError, StreamService, StreamState
+from gb28181gw.services.upstreams import UpstreamService
 
 log = logging.getLogger("gb28181gw.admin")
 
@@ -173,6 +174,15 @@ class AdminServer:
         body = self._status()
         body.setdefault("time", time.time())
         return json_response(body)
+
+
+def add_upstream_routes(admin: AdminServer, upstreams: UpstreamService) -> None:
+    """``GET /api/v1/upstreams``: every superior, its registration state and health (issue 12)."""
+
+    async def list_upstreams(request: web.Request) -> web.Response:
+        return json_response({"upstreams": upstreams.listing()})
+
+    admin.add_route("GET", "/upstreams", list_upstreams)
 
 
 def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: DeviceService) -> None:

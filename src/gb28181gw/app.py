@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import Any
 
 from gb28181gw import __version__
-from gb28181gw.admin import AdminServer, add_device_routes, add_stream_routes
+from gb28181gw.admin import AdminServer, add_device_routes, add_stream_routes, add_upstream_routes
 from gb28181gw.config import Config, parse_time_zone
 from gb28181gw.errors import StoreError
 from gb28181gw.gb.model import DeviceState
@@ -44,6 +44,7 @@ from gb28181gw.services.devices import DeviceService
 from gb28181gw.services.registrar import RegistrarService
 from gb28181gw.services.streams import MediaSettings, StreamService
 from gb28181gw.services.subscriptions import SubscriptionService
+from gb28181gw.services.upstreams import UpstreamService
 from gb28181gw.sip.endpoint import SipEndpoint
 from gb28181gw.sip.message import Limits
 from gb28181gw.sip.timers import TimerConfig
@@ -115,6 +116,9 @@ class Gateway:
                 check_interval=min(1.0, m.stats_interval),
             ),
         )
+        self.upstreams = UpstreamService(
+            self.stack, config, metrics=self.metrics, zone=parse_time_zone(config.gateway.time_zone)
+        )
         self.admin: AdminServer | None = None
         self.started_at = 0.0
         self._ready = False
@@ -175,12 +179,14 @@ class Gateway:
         await self.devices.start()
         await self.stack.listen(replace(c.sip, tcp_max_connections=tcp_connection_budget(c)))
         await self.streams.start()
+        await self.upstreams.start()  # once listening: the superiors answer to our SIP port
         if c.admin.enabled:
             self.admin = AdminServer(
                 self.metrics, status=self.status, ready=lambda: self.ready, allowed_hosts=c.admin.allowed_hosts
             )
             add_device_routes(self.admin, self.registrar, self.devices)
             add_stream_routes(self.admin, self.streams, consumer_networks=parse_networks(c.media.consumer_networks))
+            add_upstream_routes(self.admin, self.upstreams)
             await self.admin.start(c.admin.listen, c.admin.port)
         self.started_at = time.monotonic()
         self._ready = True
@@ -199,6 +205,7 @@ class Gateway:
         if self.admin is not None:
             await self.admin.stop()
         await self.streams.stop()  # BYE to every device while the stack still runs
+        await self.upstreams.stop()  # Expires: 0 to every superior while the stack still runs
         await self.stack.close(timeout=self.config.runtime.shutdown_timeout)
         await self.subscriptions.stop()
         await self.devices.stop()

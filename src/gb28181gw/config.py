@@ -350,6 +350,68 @@ class RuntimeSection:
     uvloop: bool = _opt(True, "use uvloop when it is installed")
 
 
+def _optional_id(v: str) -> str | None:
+    return None if v == "" else _gb_id(v)
+
+
+def _share(v: Any) -> str | None:
+    if v == "all":
+        return None
+    if not isinstance(v, list):
+        return 'must be "all" or a list of device IDs, channel IDs or ID prefixes'
+    return _id_prefixes(v)
+
+
+def _power_of_two(v: int) -> str | None:
+    return None if v >= 1 and v & (v - 1) == 0 else "must be 1, 2, 4, 8 … (items per MESSAGE)"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSection:
+    """One superior platform we register to (cascade, GB/T 28181 §9.1, PROTOCOL.md §9): one ``[[upstream]]`` table.
+
+    Any number of them, each independent. Unlike the other sections it is a TOML array of
+    tables, so it is set in the file only (not from the environment or ``--set``).
+    """
+
+    name: str = _opt("", "the operator's handle for this superior, unique (logs, metrics, CLI)")
+    id: str = _opt("", "the superior's 20-digit platform ID", _gb_id)
+    domain: str = _opt("", "its SIP domain and digest realm; empty = first 10 digits of its id", _domain)
+    host: str = _opt("", "its IP address", _address)
+    port: int = _opt(5060, "its SIP port", _port)
+    transport: str = _opt("udp", "udp or tcp", _one_of("udp", "tcp"))
+    local_id: str = _opt("", "our ID toward it; empty = gateway.id", _optional_id)
+    username: str = _opt("", "digest username; empty = local_id")
+    password: str = _opt("", "digest password", secret=True)
+    expires: int = _opt(3600, "registration period asked for (s); refreshed at 80 %", _at_least(60))
+    keepalive_interval: int = _opt(60, "seconds between keepalives", _at_least(1))
+    keepalive_misses: int = _opt(
+        3, "keepalives unanswered in a row that mean it is lost (register again)", _at_least(1)
+    )
+    retry_interval: float = _opt(
+        60.0,
+        "seconds before registering again after a failure; doubles per failure (plus up to 20 % jitter)",
+        _positive,
+    )
+    retry_max: float = _opt(600.0, "longest back-off between registration attempts, before jitter (s)", _positive)
+    gb_version: str = _opt("", "X-GB-ver sent to it: empty = none, 2.0 (2016) or 3.0 (2022)", _one_of("", "2.0", "3.0"))
+    charset: str = _opt("GB2312", "encoding of the XML bodies sent to it", _one_of("GB2312", "GBK", "GB18030", "UTF-8"))
+    catalog_batch: int = _opt(4, "catalog items per MESSAGE (1, 2, 4, 8 …)", _power_of_two)
+    share: Any = _opt("all", 'what it may see: "all", or a list of device IDs, channel IDs or ID prefixes', _share)
+
+    def label(self, index: int) -> str:
+        """How errors and listings name this entry: ``upstream.<name>``, or its position before it has a name."""
+        return f"upstream.{self.name}" if self.name else f"upstream[{index}]"
+
+
+#: Options of ``[[upstream]]`` derived from others when left empty: (how, from what).
+UPSTREAM_DERIVED = {
+    "domain": "the first 10 digits of its id",
+    "local_id": "gateway.id",
+    "username": "local_id",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration."""
@@ -363,6 +425,8 @@ class Config:
     admin: AdminSection = field(default_factory=AdminSection)
     log: LogSection = field(default_factory=LogSection)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
+    #: The superiors we register to (``[[upstream]]`` tables), in file order.
+    upstreams: tuple[UpstreamSection, ...] = ()
     #: Where each option set away from its default came from (``"sip.port"`` → ``"environment
     #: GB28181GW_SIP_PORT"``); absent keys are defaults. Not part of the configuration's value.
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -408,6 +472,22 @@ class Config:
     def relay_workers(self) -> int:
         """``media.workers``: explicit, ``0`` for the gateway's own loop, or one per core for ``-1``."""
         return (os.cpu_count() or 1) if self.media.workers < 0 else self.media.workers
+
+    def upstream_domain(self, up: UpstreamSection) -> str:
+        """``domain`` of an ``[[upstream]]``: explicit, or the first 10 digits of its ID."""
+        return up.domain or up.id[:10]
+
+    def upstream_local_id(self, up: UpstreamSection) -> str:
+        """``local_id`` of an ``[[upstream]]``: explicit, or ``gateway.id``."""
+        return up.local_id or self.gateway.id
+
+    def upstream_local_domain(self, up: UpstreamSection) -> str:
+        """Our domain toward a superior: ours when we use our own ID, else the first 10 digits of ``local_id``."""
+        return self.domain if not up.local_id or up.local_id == self.gateway.id else up.local_id[:10]
+
+    def upstream_username(self, up: UpstreamSection) -> str:
+        """``username`` of an ``[[upstream]]``: explicit, or its local ID."""
+        return up.username or self.upstream_local_id(up)
 
     def source(self, key: str) -> str:
         """Where option ``key`` (``section.name``) came from: ``default``, a file, a variable or a flag."""
@@ -590,6 +670,7 @@ def load_config(
     """
     env = os.environ if env is None else env
     values: dict[str, dict[str, tuple[Any, str, bool]]] = {name: {} for name in SECTIONS}
+    upstreams: tuple[UpstreamSection, ...] = ()
     if path is None and env.get(ENV_PREFIX + "CONFIG"):
         path = env[ENV_PREFIX + "CONFIG"]
     file, file_mode = None, 0
@@ -605,6 +686,9 @@ def load_config(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("config", f"{str(p)!r} is not valid TOML: {exc}") from None
         for section, table in data.items():
+            if section == "upstream":
+                upstreams = _load_upstreams(table, str(p))
+                continue
             if section not in SECTIONS:
                 close = difflib.get_close_matches(section, list(SECTIONS), n=1, cutoff=0.6)
                 guess = f"did you mean [{close[0]}]?" if close else f"known: {', '.join(SECTIONS)}"
@@ -651,7 +735,7 @@ def load_config(
             kwargs[key] = coerced
             sources[dotted] = source
         built[section] = replace(defaults, **kwargs)
-    config = Config(**built, sources=sources, file=file, file_mode=file_mode)
+    config = Config(**built, upstreams=upstreams, sources=sources, file=file, file_mode=file_mode)
     if config.sip.t2 < config.sip.t1:
         raise ConfigError("sip.t2", "must not be smaller than sip.t1")
     r = config.registrar
@@ -677,6 +761,46 @@ def load_config(
             config.source("media.port_max"),
         )
     return config
+
+
+def _load_upstreams(tables: Any, source: str) -> tuple[UpstreamSection, ...]:
+    """The ``[[upstream]]`` tables of a file, each checked; errors name the entry and the key."""
+    if not isinstance(tables, list):
+        raise ConfigError("upstream", "must be an array of tables: write each superior as [[upstream]]", source)
+    known = {f.name: f for f in fields(UpstreamSection)}
+    defaults = UpstreamSection()
+    out: list[UpstreamSection] = []
+    names: set[str] = set()
+    for index, table in enumerate(tables):
+        if not isinstance(table, dict):
+            raise ConfigError(f"upstream[{index}]", "must be a table", source)
+        raw_name = table.get("name")
+        label = f"upstream.{raw_name}" if isinstance(raw_name, str) and raw_name else f"upstream[{index}]"
+        kwargs: dict[str, Any] = {}
+        for key, value in table.items():
+            f = known.get(key)
+            dotted = f"{label}.{key}"
+            if f is None:
+                close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.7)
+                hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(known)}"
+                raise ConfigError(dotted, f"unknown setting ({hint})", source)
+            if key == "share":
+                coerced = value
+            else:
+                coerced = _coerce(dotted, value, getattr(defaults, key), source, False, secret=f.metadata["secret"])
+            check = f.metadata.get("check")
+            problem = check(coerced) if check else None
+            if problem:
+                raise ConfigError(dotted, problem, source)
+            kwargs[key] = coerced
+        for required in ("name", "id", "host"):
+            if not kwargs.get(required):
+                raise ConfigError(f"{label}.{required}", "is required", source)
+        if kwargs["name"] in names:
+            raise ConfigError(f"{label}.name", "is used by another [[upstream]]: names must be unique", source)
+        names.add(kwargs["name"])
+        out.append(replace(defaults, **kwargs))
+    return tuple(out)
 
 
 def describe_options() -> list[tuple[str, Any, str]]:
@@ -732,6 +856,29 @@ def effective_settings(config: Config) -> list[Setting]:
                     configured=configured,
                     source=config.source(key),
                     derived=rule.how if rule is not None and derived else None,
+                    secret=secret,
+                    help=f.metadata.get("help", ""),
+                )
+            )
+    derive = {
+        "domain": config.upstream_domain,
+        "local_id": config.upstream_local_id,
+        "username": config.upstream_username,
+    }
+    for index, up in enumerate(config.upstreams):
+        for f in fields(UpstreamSection):
+            configured = getattr(up, f.name)
+            secret = bool(f.metadata.get("secret"))
+            if secret and configured:
+                configured = REDACTED
+            how = UPSTREAM_DERIVED.get(f.name) if configured == "" else None
+            rows.append(
+                Setting(
+                    key=f"{up.label(index)}.{f.name}",
+                    value=derive[f.name](up) if how else configured,
+                    configured=configured,
+                    source=config.file or DEFAULT_SOURCE,
+                    derived=how,
                     secret=secret,
                     help=f.metadata.get("help", ""),
                 )

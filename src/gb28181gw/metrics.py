@@ -135,6 +135,23 @@ RTP_LOST = Family("gb28181gw_rtp_lost", Kind.COUNTER, "RTP packets lost on the w
 RTP_DROPPED = Family("gb28181gw_rtp_dropped", Kind.COUNTER, "RTP packets dropped, by reason", ("reason",))
 RELAY_STREAMS = Family("gb28181gw_relay_streams", Kind.GAUGE, "Streams per relay worker", ("worker",))
 
+# --- superiors (services/upstreams.py) ------------------------------------------------------
+UPSTREAM_REGISTERED = Family(
+    "gb28181gw_upstream_registered", Kind.GAUGE, "Whether we are registered with each superior (0/1)", ("upstream",)
+)
+UPSTREAM_REGISTER_FAILURES = Family(
+    "gb28181gw_upstream_register_failures",
+    Kind.COUNTER,
+    "Failed registrations to superiors by reason",
+    ("upstream", "reason"),
+)
+UPSTREAM_KEEPALIVE_FAILURES = Family(
+    "gb28181gw_upstream_keepalive_failures",
+    Kind.COUNTER,
+    "Keepalives to superiors unanswered or refused",
+    ("upstream",),
+)
+
 #: The label value for device-supplied text outside the values a family knows.
 OTHER = "other"
 
@@ -161,6 +178,7 @@ FAMILIES: tuple[Family, ...] = (
     QUERIES, MANSCDP_UNMATCHED, INVALID_COORDINATES, ALARMS, CATALOG_SYNC_SECONDS, CHANNELS, CATALOG_EVENTS, CATALOG_ITEMS_REFUSED,
     STREAM_SETUPS, STREAM_CLOSES, STREAM_SETUP_SECONDS, STREAMS_ACTIVE, STREAM_CONSUMERS,
     RTP_PACKETS, RTP_BYTES, RTP_LOST, RTP_DROPPED, RELAY_STREAMS,
+    UPSTREAM_REGISTERED, UPSTREAM_REGISTER_FAILURES, UPSTREAM_KEEPALIVE_FAILURES,
 )  # fmt: skip
 
 

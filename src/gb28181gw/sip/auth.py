@@ -7,7 +7,9 @@ expires after a lifetime (the answer is then a fresh challenge with
 replayed: without qop it is good for one request; with qop each ``nc`` must
 be higher than the last one seen.
 
-Client side: :func:`authorization_for` answers a challenge.
+Client side: :func:`choose_challenge` picks the challenge to answer out of a 401's
+``WWW-Authenticate`` (or a 407's ``Proxy-Authenticate``) values, :func:`authorization_for`
+answers it, and :func:`credentials_header` names the header the answer goes in.
 
 Time (``now``) and randomness are passed in; nothing here reads a clock.
 """
@@ -270,6 +272,38 @@ def authorization_for(
         cnonce=cn,
         opaque=challenge.opaque,
     )
+
+
+#: Client preference among the algorithms a server offers (RFC 8760 §2.4: the strongest it supports).
+_CLIENT_PREFERENCE = ("SHA-256", "SHA-256-SESS", "MD5", "MD5-SESS")
+
+
+def choose_challenge(values: list[str]) -> Challenge | None:
+    """The digest challenge to answer among a response's challenge header values (client side).
+
+    A server may offer one challenge per algorithm (RFC 8760 §2.4); the strongest we
+    support wins (SHA-256 before MD5). Values that are not digest challenges, or whose
+    algorithm we cannot compute, are skipped. ``None`` when nothing can be answered.
+    """
+    usable: list[Challenge] = []
+    for value in values:
+        try:
+            challenge = Challenge.parse(value)
+        except AuthError:
+            continue
+        if challenge.algorithm.upper() in ALGORITHMS:
+            usable.append(challenge)
+    if not usable:
+        return None
+    rank = {name: i for i, name in enumerate(_CLIENT_PREFERENCE)}
+    return min(usable, key=lambda c: rank.get(c.algorithm.upper(), len(rank)))
+
+
+def credentials_header(status: int) -> tuple[str, str]:
+    """(challenge header, credentials header) for a 401 or a 407 (RFC 3261 §22.2, §22.3)."""
+    if status == 407:
+        return "Proxy-Authenticate", "Proxy-Authorization"
+    return "WWW-Authenticate", "Authorization"
 
 
 class Verdict(Enum):

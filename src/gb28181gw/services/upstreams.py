@@ -1,0 +1,328 @@
+"""Upward registration to every configured superior (cascade, PROTOCOL.md §9.2): the shell around :mod:`gb28181gw.gb.upstream`.
+
+One :class:`~gb28181gw.gb.upstream.Upstream` machine per ``[[upstream]]`` table, each
+independent of the others. This module only pumps them: it sends the requests a machine
+queues through the :class:`~gb28181gw.net.stack.SipStack` (which owns retransmission and
+Timer F), feeds back each final response or failure with the loop's time, re-arms one
+``call_at`` per machine at its :meth:`~gb28181gw.gb.upstream.Upstream.get_timer`, and turns
+the machine's events into log lines, metrics and listener calls. Every protocol decision
+(challenge, refresh, back-off, keepalive misses, redirect) is the machine's.
+
+A configured superior's MESSAGEs are claimed as :attr:`~gb28181gw.net.router.Role.PLATFORM`
+(when they come from its address), so that they are not told to register (404) like an
+unknown device; its OPTIONS probes get the router's 200 (PROTOCOL.md §11.6: superiors drop a
+platform that leaves them unanswered).
+
+:meth:`UpstreamService.on_lost` tells the stream side when a superior is lost (keepalives
+unanswered, refresh refused, shutdown): what is served to it must be released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gb28181gw.config import Config, UpstreamSection
+from gb28181gw.errors import SipTimeoutError, SipTransportError
+from gb28181gw.gb.upstream import (
+    KeepaliveAnswered,
+    KeepaliveMissed,
+    Lost,
+    Outgoing,
+    Redirected,
+    Registered,
+    RegisterFailed,
+    Stopped,
+    Upstream,
+    UpstreamSettings,
+    UpstreamState,
+)
+from gb28181gw.metrics import UPSTREAM_KEEPALIVE_FAILURES, UPSTREAM_REGISTER_FAILURES, UPSTREAM_REGISTERED, Metrics
+from gb28181gw.net.router import Role
+from gb28181gw.net.stack import SipStack
+from gb28181gw.net.tasks import TaskSet
+from gb28181gw.sip.peer import Peer
+
+log = logging.getLogger("gb28181gw.upstream")
+
+#: Seconds a clean shutdown waits for the superiors to confirm our Expires: 0.
+UNREGISTER_TIMEOUT = 5.0
+
+#: Listener told that a superior was lost: (its name, why).
+LostListener = Callable[[str, str], None]
+
+
+def upstream_settings(config: Config, up: UpstreamSection) -> UpstreamSettings:
+    """The machine's view of one ``[[upstream]]`` table, derived values worked out."""
+    return UpstreamSettings(
+        name=up.name,
+        server_id=up.id,
+        domain=config.upstream_domain(up),
+        peer=Peer(up.transport.upper(), up.host, up.port),
+        local_id=config.upstream_local_id(up),
+        local_domain=config.upstream_local_domain(up),
+        username=config.upstream_username(up),
+        password=up.password,
+        expires=up.expires,
+        keepalive_interval=float(up.keepalive_interval),
+        keepalive_misses=up.keepalive_misses,
+        retry_interval=up.retry_interval,
+        retry_max=up.retry_max,
+        charset=up.charset,
+        gb_version=up.gb_version,
+        user_agent=config.gateway.user_agent,
+    )
+
+
+@dataclass(eq=False, slots=True)
+class Link:
+    """One superior: its machine and what the shell keeps about it.
+
+    Attributes:
+        machine: the registration state machine.
+        timer: the armed ``call_at``, if any.
+        last_register / last_keepalive: wall-clock epoch of the last success (``None``: never).
+        register_failures / keepalive_failures: totals since start.
+        last_error: why the last attempt failed (``""`` once registered).
+    """
+
+    machine: Upstream
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    last_register: float | None = None
+    last_keepalive: float | None = None
+    register_failures: int = 0
+    keepalive_failures: int = 0
+    last_error: str = ""
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class UpstreamService:
+    """Keeps this gateway registered with every configured superior.
+
+    Args:
+        stack: the SIP stack.
+        config: the configuration (its ``upstreams`` and our identity).
+        metrics: where the per-superior families go.
+        zone: the site's time zone (a superior's Date carries no zone).
+        rng: jitter source in [0, 1) (tests pass a fixed one).
+    """
+
+    def __init__(
+        self,
+        stack: SipStack,
+        config: Config,
+        *,
+        metrics: Metrics,
+        zone: _dt.tzinfo = _dt.UTC,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.stack = stack
+        self.links: dict[str, Link] = {}
+        self._tasks = TaskSet()
+        self._lost: list[LostListener] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        for up in config.upstreams:
+            machine = Upstream(upstream_settings(config, up), token=secrets.token_hex, random=rng, zone=zone)
+            self.links[up.name] = Link(machine)
+        self._register_failures = metrics.counter(UPSTREAM_REGISTER_FAILURES)
+        self._keepalive_failures = metrics.counter(UPSTREAM_KEEPALIVE_FAILURES)
+        metrics.labeled_gauge(
+            UPSTREAM_REGISTERED,
+            lambda: {(name,): float(link.machine.registered) for name, link in self.links.items()},
+        )
+        stack.router.add_role_resolver(self._role, owner="upstreams")
+
+    def on_lost(self, listener: LostListener) -> None:
+        """Be told when a superior is lost (keepalives unanswered, refresh refused, shutdown)."""
+        self._lost.append(listener)
+
+    def _role(self, sender: str, peer: Peer) -> Role | None:
+        for link in self.links.values():
+            m = link.machine
+            if sender == m.server_id and peer.host == m.peer.host:
+                return Role.PLATFORM
+        return None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Send the first REGISTER to every superior (the stack must be listening)."""
+        self._loop = asyncio.get_running_loop()
+        for link in self.links.values():
+            s = link.machine.settings
+            log.info(
+                "registering upward",
+                extra={"upstream": s.name, "server": s.server_id, "peer": str(s.peer), "local_id": s.local_id},
+            )
+            self._locate(link.machine)
+            link.machine.start(self._loop.time())
+            self._pump(link)
+
+    async def stop(self, timeout: float = UNREGISTER_TIMEOUT) -> None:
+        """Unregister from every superior we are registered with (Expires: 0), waiting at most ``timeout``."""
+        loop = self._loop
+        if loop is None:
+            return
+        for link in self.links.values():
+            self._locate(link.machine)
+            link.machine.stop(loop.time())
+            self._pump(link)
+        waits = [asyncio.create_task(link.stopped.wait()) for link in self.links.values()]
+        if waits:
+            done, pending = await asyncio.wait(waits, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("superiors did not confirm our unregistration in time", extra={"waiting": len(pending)})
+        for link in self.links.values():
+            if link.timer is not None:
+                link.timer.cancel()
+                link.timer = None
+        self._tasks.cancel()
+
+    # --- pumping ---------------------------------------------------------------------------
+
+    def _pump(self, link: Link) -> None:
+        """Send what the machine queued, handle its events, re-arm its timer."""
+        loop = self._loop
+        assert loop is not None
+        m = link.machine
+        for out in m.requests_to_send():
+            self._tasks.spawn(self._send(link, out))
+        while (event := m.next_event()) is not None:
+            self._on_event(link, event)
+        if link.timer is not None:
+            link.timer.cancel()
+            link.timer = None
+        when = m.get_timer()
+        if when is not None:
+            link.timer = loop.call_at(when, self._on_timer, link)
+
+    def _locate(self, m: Upstream) -> None:
+        # before every input: a REGISTER it queues names, as Contact, the address the superior
+        # reaches us at (SipStack.local_address, the one convention; a redirect changes the peer)
+        m.set_local_address(*self.stack.local_address(m.peer))
+
+    def _on_timer(self, link: Link) -> None:
+        link.timer = None
+        assert self._loop is not None
+        m = link.machine
+        self._locate(m)
+        m.handle_timer(self._loop.time())
+        self._pump(link)
+
+    async def _send(self, link: Link, out: Outgoing) -> None:
+        assert self._loop is not None
+        m = link.machine
+        try:
+            response = await self.stack.request(out.request, out.peer)
+        except (SipTimeoutError, SipTransportError) as exc:
+            self._locate(m)
+            m.receive_failure(out.ref, str(exc), self._loop.time())
+        else:
+            self._locate(m)
+            m.receive_response(out.ref, response, self._loop.time(), wall=time.time())
+        self._pump(link)
+
+    # --- events ----------------------------------------------------------------------------
+
+    def _on_event(self, link: Link, event: object) -> None:
+        name = link.machine.settings.name
+        if isinstance(event, Registered):
+            link.last_register = time.time()
+            link.last_error = ""
+            extra: dict[str, Any] = {"upstream": name, "expires": event.expires, "peer": str(event.peer)}
+            if event.clock_offset is not None:
+                extra["clock_offset"] = round(event.clock_offset, 3)
+            if event.refreshed:
+                log.debug("registration refreshed", extra=extra)
+            else:
+                log.info("registered upward", extra=extra)
+            if event.clock_offset is not None and abs(event.clock_offset) >= 1.0:
+                log.warning(
+                    "our clock differs from the superior's",
+                    extra={"upstream": name, "clock_offset": round(event.clock_offset, 3)},
+                )
+        elif isinstance(event, RegisterFailed):
+            link.register_failures += 1
+            link.last_error = event.detail
+            self._register_failures[(name, event.reason.value)] += 1
+            log.warning(
+                "upward registration failed",
+                extra={
+                    "upstream": name,
+                    "reason": event.reason.value,
+                    "status": event.status,
+                    "detail": event.detail,
+                    "failures": event.failures,
+                    "retry_in": round(event.retry_in, 1),
+                },
+            )
+        elif isinstance(event, KeepaliveAnswered):
+            link.last_keepalive = time.time()
+        elif isinstance(event, KeepaliveMissed):
+            link.keepalive_failures += 1
+            self._keepalive_failures[(name,)] += 1
+            log.info("keepalive unanswered", extra={"upstream": name, "misses": event.misses, "detail": event.detail})
+        elif isinstance(event, Lost):
+            log.warning("superior lost", extra={"upstream": name, "reason": event.reason})
+            for listener in self._lost:
+                try:
+                    listener(name, event.reason)
+                except Exception:
+                    log.exception("superior-lost listener failed", extra={"upstream": name})
+        elif isinstance(event, Redirected):
+            log.info(
+                "registration redirected", extra={"upstream": name, "peer": str(event.peer), "server": event.server_id}
+            )
+        elif isinstance(event, Stopped):
+            log.info(
+                "unregistered upward" if event.unregistered else "upward registration stopped", extra={"upstream": name}
+            )
+            link.stopped.set()
+
+    # --- what the operator sees ------------------------------------------------------------
+
+    def listing(self) -> list[dict[str, Any]]:
+        """Every superior as ``gb28181gw upstreams`` and ``GET /api/v1/upstreams`` show it."""
+        rows = []
+        for name, link in self.links.items():
+            m = link.machine
+            s = m.settings
+            rows.append(
+                {
+                    "name": name,
+                    "id": m.server_id,
+                    "address": f"{m.peer.transport.lower()}:{m.peer.host}:{m.peer.port}",
+                    "local_id": s.local_id,
+                    "state": _STATE_NAMES[m.state],
+                    "registered": m.registered,
+                    "expires": m.granted if m.registered else None,
+                    "last_register": link.last_register,
+                    "last_keepalive": link.last_keepalive,
+                    "clock_offset": None if m.clock_offset is None else round(m.clock_offset, 3),
+                    "register_failures": link.register_failures,
+                    "keepalive_failures": link.keepalive_failures,
+                    "failures_in_a_row": m.failures,
+                    "last_error": link.last_error,
+                }
+            )
+        return rows
+
+
+_STATE_NAMES = {
+    UpstreamState.IDLE: "idle",
+    UpstreamState.REGISTERING: "registering",
+    UpstreamState.REGISTERED: "registered",
+    UpstreamState.REFRESHING: "registered",  # a refresh under way is still registered
+    UpstreamState.BACKOFF: "backing-off",
+    UpstreamState.UNREGISTERING: "unregistering",
+    UpstreamState.STOPPED: "stopped",
+}
