@@ -308,6 +308,14 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
+def done(answer: Any, as_json: bool, text: str) -> None:
+    """What a command that changed something prints: the API's answer with ``--json``, else one line."""
+    if as_json:
+        print_json(answer)
+    else:
+        click.echo(printable(text))
+
+
 def print_json(data: Any) -> None:
     """JSON on stdout, Chinese kept readable (``\\u`` escapes only for bytes a device sent undecodable)."""
     text = json.dumps(data, ensure_ascii=False, indent=2)

@@ -14,11 +14,11 @@ from gb28181gw.cli.common import (
     Column,
     TimeParam,
     display_zone,
+    done,
     emit,
     main,
     parse_time,
     plural,
-    print_json,
     request,
     segment,
     warn,
@@ -40,10 +40,7 @@ PTZ_ACTIONS = [
 
 
 def _sent(answer: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print_json(answer)
-    else:
-        click.echo(f"sent PTZCmd {answer['sent']}")
+    done(answer, as_json, f"sent PTZCmd {answer['sent']}")
 
 
 @main.command()
@@ -156,7 +153,4 @@ def control_cmd(admin: str, target: str, command: str, as_json: bool) -> None:
     name, value, wait = CONTROL_COMMANDS[command]
     body = {"target": target, "name": name, "value": value, "wait": wait}
     result = request(admin, "POST", "/control", body, timeout=None)
-    if as_json:
-        print_json(result)
-    else:
-        click.echo(f"{command}: {result.get('Result', 'sent')}")
+    done(result, as_json, f"{command}: {result.get('Result', 'sent')}")

@@ -17,6 +17,7 @@ from gb28181gw.cli.common import (
     ago,
     call,
     console,
+    done,
     emit,
     emit_fields,
     fail,
@@ -142,10 +143,7 @@ def device_add(
         "stream_mode": stream_mode or "",
     }
     data = request(admin, "POST", "/devices", body)
-    if as_json:
-        print_json(data)
-        return
-    click.echo(f"{'added' if data.get('created', True) else 'updated'} {data['device_id']}")
+    done(data, as_json, f"{'added' if data.get('created', True) else 'updated'} {data['device_id']}")
 
 
 @device.command("remove")
@@ -155,10 +153,7 @@ def device_add(
 def device_remove(admin: str, device_id: str, as_json: bool) -> None:
     """Forget DEVICE_ID; it has to register again."""
     data = request(admin, "DELETE", f"/devices/{segment(device_id)}")
-    if as_json:
-        print_json(data)
-        return
-    click.echo(f"removed {device_id}")
+    done(data, as_json, f"removed {device_id}")
 
 
 @device.command("info")

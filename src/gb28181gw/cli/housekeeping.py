@@ -20,6 +20,7 @@ from gb28181gw.cli.common import (
     JSON_OPTION,
     Column,
     ago,
+    done,
     emit,
     main,
     plural,
@@ -118,10 +119,7 @@ def bans(ctx: click.Context, admin: str, as_json: bool) -> None:
 def bans_lift(admin: str, as_json: bool, key: str) -> None:
     """Lift the ban KEY (ip:ADDRESS or id:DEVICE_ID@ADDRESS, as `gb28181gw bans` lists it)."""
     data = request(admin, "DELETE", "/bans/" + urllib.parse.quote(key, safe=":@"))
-    if as_json:
-        print_json(data)
-        return
-    click.echo(f"lifted {key}")
+    done(data, as_json, f"lifted {key}")
 
 
 @device.command("unban")

@@ -32,6 +32,7 @@ from gb28181gw.cli.common import (
     JSON_OPTION,
     Column,
     call,
+    done,
     duration,
     emit,
     fail,
@@ -507,7 +508,4 @@ def stream() -> None:
 def stream_stop(admin: str, stream_id: str, as_json: bool) -> None:
     """Close STREAM_ID now (BYE to the device), whoever consumes it."""
     answer = request(admin, "DELETE", f"/streams/{segment(stream_id)}")
-    if as_json:
-        print_json(answer)
-        return
-    click.echo(f"stopped {stream_id}")
+    done(answer, as_json, f"stopped {stream_id}")
