@@ -320,9 +320,12 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
             return error_response(400, usage)
         if since >= until:
             return error_response(400, usage)
+        record_type = q.get("type", "all")
+        if record_type not in RECORD_TYPES:
+            return error_response(400, f"type must be one of {', '.join(RECORD_TYPES)}, not {record_type!r}")
         try:
             result = await devices.records(
-                request.match_info["channel_id"], q["from"], q["to"], record_type=q.get("type", "all")
+                request.match_info["channel_id"], q["from"], q["to"], record_type=record_type
             )
         except DeviceError as exc:
             return device_error_response(exc)
@@ -434,6 +437,10 @@ def add_housekeeping_routes(admin: AdminServer, registrar: RegistrarService, dev
     admin.add_route("DELETE", "/devices/{device_id}/bans", unban_device)
     admin.add_route("GET", "/refused", refused)
     admin.add_route("POST", "/devices/prune", prune)
+
+
+#: RecordInfo's Type values (GB/T 28181 A.2.4.8): anything else is the caller's mistake, not the device's.
+RECORD_TYPES = ("all", "time", "alarm", "manual")
 
 
 #: HTTP status for each StreamError status (SIP codes from the device are passed on as 502).

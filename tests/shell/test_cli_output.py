@@ -294,6 +294,13 @@ def test_the_api_answers_404_in_json_for_what_does_not_exist(gw: Gw, path: str) 
     assert answer["error"]
 
 
+def test_the_api_refuses_a_record_type_the_standard_does_not_have(gw: Gw) -> None:
+    status, body = http_get(
+        gw.admin + f"/api/v1/channels/{UNKNOWN}/records?from=2024-05-06T00:00:00&to=2024-05-06T01:00:00&type=motion"
+    )
+    assert status == 400 and "type must be one of all, time, alarm, manual" in json.loads(body)["error"]
+
+
 def test_admin_without_a_scheme_and_a_gateway_that_is_not_there() -> None:
     port = free_port()
     r = cli(f"127.0.0.1:{port}", "devices")
