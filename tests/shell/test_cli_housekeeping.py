@@ -20,10 +20,9 @@ from typing import Any
 
 import pytest
 
-from gb28181gw.sip.auth import Challenge, authorization_for
-from gb28181gw.sip.message import Response, parse_message
 from tests.helpers import KEEPALIVE_BODY
 from tests.hostile.test_hijack import ALARM_BODY
+from tests.hostile.test_lockout import attempt
 from tests.hostile.test_persistence import register
 from tests.process import free_port, http_get, serve, wait_ready
 
@@ -32,7 +31,6 @@ from .test_registrar import _message, _register
 CAMERA = "34020000001320000001"
 NVR = "34020000001110000001"
 STRANGER = "34020000001320000077"
-URI = "sip:34020000002000000001@3402000000"
 
 
 @dataclass
@@ -111,27 +109,6 @@ def send(port: int, data: bytes, source: str = "127.0.0.1") -> bytes:
         s.settimeout(5)
         s.sendto(data, ("127.0.0.1", port))
         return s.recv(65535)
-
-
-def attempt(port: int, device_id: str, password: str, n: int, source: str = "127.0.0.1") -> int:
-    """REGISTER, and answer its challenge with ``password``: the final status."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((source, 0))
-        s.settimeout(5)
-        s.sendto(register(device_id, n), ("127.0.0.1", port))
-        first = parse_message(s.recv(65535))
-        assert isinstance(first, Response)
-        if first.status != 401:
-            return first.status
-        ch = Challenge.parse(first.headers["www-authenticate"])
-        creds = authorization_for(ch, method="REGISTER", uri=URI, username=device_id, password=password)
-        retry = register(device_id, n + 1000).replace(
-            b"Content-Length: 0", f"Authorization: {creds.serialize()}\r\nContent-Length: 0".encode()
-        )
-        s.sendto(retry, ("127.0.0.1", port))
-        answer = parse_message(s.recv(65535))
-        assert isinstance(answer, Response)
-        return answer.status
 
 
 def rows(text: str) -> list[list[str]]:
