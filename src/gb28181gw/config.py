@@ -398,6 +398,20 @@ class UpstreamSection:
     charset: str = _opt("GB2312", "encoding of the XML bodies sent to it", _one_of("GB2312", "GBK", "GB18030", "UTF-8"))
     catalog_batch: int = _opt(4, "catalog items per MESSAGE (1, 2, 4, 8 …)", _power_of_two)
     share: Any = _opt("all", 'what it may see: "all", or a list of device IDs, channel IDs or ID prefixes', _share)
+    catalog_push: bool = _opt(
+        False, "NOTIFY it of catalog changes even when it holds no catalog subscription (many superiors expect it)"
+    )
+    platform_item: bool = _opt(
+        True, "the catalog sent to it starts with our platform as an item (GB/T 28181-2022 Annex H)"
+    )
+    ssrc: str = _opt(
+        "echo", "SSRC of the media sent to it: echo its y=, or own (ours, returned in our y=)", _one_of("echo", "own")
+    )
+    allow_commands: list[str] = _opt(
+        [],
+        "commands that can take a site down it may send (refused with 403 otherwise)",
+        _one_of("TeleBoot", "DeviceConfig", "DeviceUpgrade", "FormatSDCard"),
+    )
 
     def label(self, index: int) -> str:
         """How errors and listings name this entry: ``upstream.<name>``, or its position before it has a name."""

@@ -151,6 +151,24 @@ UPSTREAM_KEEPALIVE_FAILURES = Family(
     "Keepalives to superiors unanswered or refused",
     ("upstream",),
 )
+UPSTREAM_CATALOG_ITEMS = Family(
+    "gb28181gw_upstream_catalog_items",
+    Kind.COUNTER,
+    "Catalog items sent to superiors (query answers and NOTIFYs)",
+    ("upstream",),
+)
+UPSTREAM_NOTIFIES = Family(
+    "gb28181gw_upstream_notifies", Kind.COUNTER, "Catalog NOTIFYs sent to superiors", ("upstream",)
+)
+UPSTREAM_STREAMS = Family(
+    "gb28181gw_upstream_streams", Kind.GAUGE, "Streams served to each superior now", ("upstream",)
+)
+UPSTREAM_REQUESTS = Family(
+    "gb28181gw_upstream_requests",
+    Kind.COUNTER,
+    "Requests received from superiors, by method or MANSCDP CmdType, and how they ended",
+    ("upstream", "request", "result"),
+)
 
 #: The label value for device-supplied text outside the values a family knows.
 OTHER = "other"
@@ -179,6 +197,7 @@ FAMILIES: tuple[Family, ...] = (
     STREAM_SETUPS, STREAM_CLOSES, STREAM_SETUP_SECONDS, STREAMS_ACTIVE, STREAM_CONSUMERS,
     RTP_PACKETS, RTP_BYTES, RTP_LOST, RTP_DROPPED, RELAY_STREAMS,
     UPSTREAM_REGISTERED, UPSTREAM_REGISTER_FAILURES, UPSTREAM_KEEPALIVE_FAILURES,
+    UPSTREAM_CATALOG_ITEMS, UPSTREAM_NOTIFIES, UPSTREAM_STREAMS, UPSTREAM_REQUESTS,
 )  # fmt: skip
 
 

@@ -485,11 +485,16 @@ class DeviceService:
 
         async def after_register() -> None:
             await asyncio.sleep(0.2)  # let the device see its 200 OK first
-            try:
-                await self.device_info(device.device_id)
-                await self.catalog(device.device_id)
-            except DeviceError as exc:
-                log.info("query after registration failed", extra={"device": device.device_id, "error": str(exc)})
+            # each on its own: a lower platform (or a terse NVR) that never answers DeviceInfo
+            # still has its catalog read (issue 12 item 6)
+            for name, query in (("DeviceInfo", self.device_info), ("Catalog", self.catalog)):
+                try:
+                    await query(device.device_id)
+                except DeviceError as exc:
+                    log.info(
+                        "query after registration failed",
+                        extra={"device": device.device_id, "query": name, "error": str(exc)},
+                    )
 
         self._tasks.spawn(after_register())
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from gb28181gw.config import Config, UpstreamSection
 from gb28181gw.errors import SipTimeoutError, SipTransportError
+from gb28181gw.gb.share import ShareRule
 from gb28181gw.gb.upstream import (
     KeepaliveAnswered,
     KeepaliveMissed,
@@ -87,6 +88,8 @@ class Link:
 
     Attributes:
         machine: the registration state machine.
+        section: its ``[[upstream]]`` table (charset, catalog_batch, catalog_push …).
+        rule: what it may see (:mod:`gb28181gw.gb.share`).
         timer: the armed ``call_at``, if any.
         last_register / last_keepalive: wall-clock epoch of the last success (``None``: never).
         register_failures / keepalive_failures: totals since start.
@@ -94,6 +97,8 @@ class Link:
     """
 
     machine: Upstream
+    section: UpstreamSection
+    rule: ShareRule
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
     last_register: float | None = None
     last_keepalive: float | None = None
@@ -130,7 +135,7 @@ class UpstreamService:
         self._loop: asyncio.AbstractEventLoop | None = None
         for up in config.upstreams:
             machine = Upstream(upstream_settings(config, up), token=secrets.token_hex, random=rng, zone=zone)
-            self.links[up.name] = Link(machine)
+            self.links[up.name] = Link(machine, up, ShareRule.from_config(up.share))
         self._register_failures = metrics.counter(UPSTREAM_REGISTER_FAILURES)
         self._keepalive_failures = metrics.counter(UPSTREAM_KEEPALIVE_FAILURES)
         metrics.labeled_gauge(
@@ -144,11 +149,20 @@ class UpstreamService:
         self._lost.append(listener)
 
     def _role(self, sender: str, peer: Peer) -> Role | None:
+        return Role.PLATFORM if self.superior(sender, peer) is not None else None
+
+    def superior(self, sender: str, peer: Peer) -> Link | None:
+        """The superior a request comes from: its ID (From user) at its configured (or redirected) host."""
         for link in self.links.values():
             m = link.machine
             if sender == m.server_id and peer.host == m.peer.host:
-                return Role.PLATFORM
+                return link
         return None
+
+    def may_see(self, name: str, *ids: str) -> bool:
+        """Whether superior ``name`` may see the item with ``ids`` (a channel's and its device's)."""
+        link = self.links.get(name)
+        return link is not None and link.rule.allows(*ids)
 
     # --- lifecycle -------------------------------------------------------------------------
 
