@@ -45,7 +45,13 @@ from gb28181gw.gb.upstream import (
     UpstreamSettings,
     UpstreamState,
 )
-from gb28181gw.metrics import UPSTREAM_KEEPALIVE_FAILURES, UPSTREAM_REGISTER_FAILURES, UPSTREAM_REGISTERED, Metrics
+from gb28181gw.metrics import (
+    UPSTREAM_KEEPALIVE_FAILURES,
+    UPSTREAM_REGISTER_FAILURES,
+    UPSTREAM_REGISTERED,
+    UPSTREAM_REQUESTS,
+    Metrics,
+)
 from gb28181gw.net.router import Role
 from gb28181gw.net.stack import SipStack
 from gb28181gw.net.tasks import TaskSet
@@ -138,6 +144,7 @@ class UpstreamService:
             self.links[up.name] = Link(machine, up, ShareRule.from_config(up.share))
         self._register_failures = metrics.counter(UPSTREAM_REGISTER_FAILURES)
         self._keepalive_failures = metrics.counter(UPSTREAM_KEEPALIVE_FAILURES)
+        self._requests = metrics.counter(UPSTREAM_REQUESTS)
         metrics.labeled_gauge(
             UPSTREAM_REGISTERED,
             lambda: {(name,): float(link.machine.registered) for name, link in self.links.items()},
@@ -158,6 +165,10 @@ class UpstreamService:
             if sender == m.server_id and peer.host == m.peer.host:
                 return link
         return None
+
+    def count_request(self, name: str, request: str, result: str) -> None:
+        """Count a request from superior ``name`` (a method or CmdType) and how it ended (``ok``, ``403`` …)."""
+        self._requests[(name, request, result)] += 1
 
     def may_see(self, name: str, *ids: str) -> bool:
         """Whether superior ``name`` may see the item with ``ids`` (a channel's and its device's)."""
