@@ -40,6 +40,7 @@ from gb28181gw.net.stack import SipStack
 from gb28181gw.relay.forwarder import Forwarder, RelaySettings
 from gb28181gw.relay.workers import LocalRelay, Relay, WorkerRelay
 from gb28181gw.sdp import StreamMode
+from gb28181gw.services.cascade_requests import CascadeRequestService
 from gb28181gw.services.devices import DeviceService
 from gb28181gw.services.registrar import RegistrarService
 from gb28181gw.services.streams import MediaSettings, StreamService
@@ -116,8 +117,10 @@ class Gateway:
                 check_interval=min(1.0, m.stats_interval),
             ),
         )
-        self.upstreams = UpstreamService(
-            self.stack, config, metrics=self.metrics, zone=parse_time_zone(config.gateway.time_zone)
+        zone = parse_time_zone(config.gateway.time_zone)
+        self.upstreams = UpstreamService(self.stack, config, metrics=self.metrics, zone=zone)
+        self.cascade_requests = CascadeRequestService(
+            self.stack, self.upstreams, self.devices, gateway_id=config.gateway.id, zone=zone
         )
         self.admin: AdminServer | None = None
         self.started_at = 0.0
@@ -206,6 +209,7 @@ class Gateway:
             await self.admin.stop()
         await self.streams.stop()  # BYE to every device while the stack still runs
         await self.upstreams.stop()  # Expires: 0 to every superior while the stack still runs
+        await self.cascade_requests.stop()
         await self.stack.close(timeout=self.config.runtime.shutdown_timeout)
         await self.subscriptions.stop()
         await self.devices.stop()

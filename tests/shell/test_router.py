@@ -24,6 +24,7 @@ from .conftest import loopback_sip, sipp_scenario, start_gateway
 
 PLATFORM = "34020000002000000009"  # a superior platform (cascade will configure these)
 STRANGER = "34020000002000000008"
+STRANGER_DEVICE = "34020000001320000008"
 CATALOG_QUERY = (
     b'<?xml version="1.0" encoding="GB2312"?>\r\n<Query>\r\n<CmdType>Catalog</CmdType>\r\n<SN>17</SN>\r\n'
     b"<DeviceID>34020000002000000001</DeviceID>\r\n</Query>\r\n"
@@ -80,15 +81,21 @@ async def test_a_platforms_catalog_query_reaches_its_owner_and_a_strangers_gets_
         (msg,) = got
         assert (msg.role, msg.sender, msg.cmd_type) == (Role.PLATFORM, PLATFORM, "Catalog")
         assert msg.root.tag == "Query" and msg.event.peer.port == client.port
-        # the same query from a sender nobody claims: 404, as an unregistered device's keepalive gets
+        # the same query from a device nobody claims: 404, as an unregistered device's keepalive gets
+        resp = await client.request(_request(client.endpoint, "MESSAGE", STRANGER_DEVICE, body=CATALOG_QUERY), target)
+        assert resp.status == 404 and STRANGER_DEVICE in (resp.headers.get("warning") or "")
+        # from a platform that is not our superior (and could not register here): 403 (issue 12)
         resp = await client.request(_request(client.endpoint, "MESSAGE", STRANGER, body=CATALOG_QUERY), target)
-        assert resp.status == 404 and STRANGER in (resp.headers.get("warning") or "")
+        assert resp.status == 403 and STRANGER in (resp.headers.get("warning") or "")
         assert len(got) == 1
-        assert gateway.registrar.keepalives[("unregistered",)] == 1
-        # a CmdType the platform's owner does not take has no owner: 501, not a silent 200
+        assert gateway.registrar.keepalives[("unregistered",)] == 2
+        refused = gateway.registrar.registrar.refused.entries()
+        assert [r.reason for r in refused if r.device_id == STRANGER] == ["platform-id"]
+        # a CmdType the Catalog owner does not take goes to the cascade's other requests, which serve
+        # configured superiors only: this resolver's platform is none
         info = CATALOG_QUERY.replace(b"Catalog", b"DeviceInfo")
         resp = await client.request(_request(client.endpoint, "MESSAGE", PLATFORM, body=info), target)
-        assert resp.status == 501
+        assert resp.status == 403 and "not a superior" in (resp.headers.get("warning") or "")
         # an unparseable body from a known sender: 400
         resp = await client.request(_request(client.endpoint, "MESSAGE", PLATFORM, body=b"<Query"), target)
         assert resp.status == 400 and len(got) == 1
@@ -120,7 +127,7 @@ async def test_requests_for_unknown_dialogs_get_481_from_the_router(gateway: Gat
         resp = await client.request(_request(client.endpoint, "INFO", STRANGER), target)
         assert resp.status == 405 and "BYE" in (resp.headers.get("allow") or "")
         # a tagged MESSAGE is taken as it always was (404 for a sender that is not registered)
-        tagged = _request(client.endpoint, "MESSAGE", STRANGER, body=CATALOG_QUERY, to_tag="x")
+        tagged = _request(client.endpoint, "MESSAGE", STRANGER_DEVICE, body=CATALOG_QUERY, to_tag="x")
         assert (await client.request(tagged, target)).status == 404
     finally:
         await client.close()

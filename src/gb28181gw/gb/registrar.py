@@ -32,6 +32,7 @@ from .devices import Change, DeviceEvent, transition
 from .model import Device
 
 __all__ = [
+    "PLATFORM_TYPE",
     "BanList",
     "DateFormat",
     "Outcome",
@@ -41,6 +42,7 @@ __all__ = [
     "RegistrarPolicy",
     "format_date",
     "from_user",
+    "is_platform_id",
     "parse_networks",
 ]
 
@@ -61,6 +63,11 @@ class DateFormat(StrEnum):
 #: Type code of a platform's central signalling server (GB/T 28181-2016 Annex D).
 PLATFORM_TYPE = 200
 ALL_ZERO_ID = "0" * 20
+
+
+def is_platform_id(text: str) -> bool:
+    """Whether ``text`` is a 20-digit ID of type 200 (a platform's central signalling server)."""
+    return len(text) == 20 and text.isdigit() and int(text[10:13]) == PLATFORM_TYPE
 
 
 @dataclass(frozen=True, slots=True)

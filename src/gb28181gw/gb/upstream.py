@@ -825,11 +825,19 @@ class Upstream:
         s = self.settings
         self._ka_sn += 1
         body = encode(Root.NOTIFY, CmdType.KEEPALIVE, self._ka_sn, s.local_id, [("Status", "OK")], charset=s.charset)
+        ref = self._next_ref()
+        self._keepalive_refs.add(ref)
+        self._requests.append(Outgoing(ref, Purpose.KEEPALIVE, self.message(body), self.peer))
+
+    def message(self, body: bytes) -> Request:
+        """A MANSCDP MESSAGE from us to the superior, outside any dialog, to send to :attr:`peer`:
+        keepalives, and the Responses and Notifies the cascade sends up (PROTOCOL.md §9.4, §9.8)."""
+        s = self.settings
         target = f"sip:{self.server_id}@{self.settings.domain}" if self.peer == s.peer else self._uri
         extra = [("User-Agent", s.user_agent)]
         if s.gb_version:
             extra.append(("X-GB-ver", s.gb_version))
-        request = make_request(
+        return make_request(
             "MESSAGE",
             target,
             from_addr=self._local_uri(),
@@ -841,6 +849,3 @@ class Upstream:
             body=body,
             content_type=CONTENT_TYPE,
         )
-        ref = self._next_ref()
-        self._keepalive_refs.add(ref)
-        self._requests.append(Outgoing(ref, Purpose.KEEPALIVE, request, self.peer))

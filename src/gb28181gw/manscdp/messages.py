@@ -9,6 +9,7 @@ peer's charset, with a byte-accurate prolog.
 
 from __future__ import annotations
 
+from copy import deepcopy
 from dataclasses import dataclass, field
 from enum import StrEnum
 from xml.sax.saxutils import escape
@@ -114,15 +115,75 @@ def encode(
             the gb18030 codec, so characters outside GB2312 survive (PROTOCOL.md §5.2);
             UTF-8 is written as UTF-8.
     """
-    lines = [f'<?xml version="1.0" encoding="{charset}"?>', f"<{root.value}>"]
-    lines.append(f"<CmdType>{escape(str(cmd))}</CmdType>")
-    lines.append(f"<SN>{sn}</SN>")
-    lines.append(f"<DeviceID>{escape(device_id)}</DeviceID>")
+    lines = _head(root, cmd, sn, device_id)
     _write_fields(lines, fields or [])
+    return _finish(lines, root, charset)
+
+
+def encode_list(
+    cmd: CmdType | str,
+    sn: int,
+    device_id: str,
+    head: Fields,
+    list_name: str,
+    items: list[Fields],
+    *,
+    sum_num: int,
+    charset: str = "GB2312",
+) -> bytes:
+    """Write one part of a multi-message ``<Response>`` (Annex M, PROTOCOL.md §5.5.5).
+
+    ``head`` comes after DeviceID, then ``<SumNum>sum_num</SumNum>`` and, unless ``items`` is
+    empty (no results: no list, 2022 Annex M), ``<list_name Num="n">`` with one ``Item`` each.
+    """
+    lines = _head(Root.RESPONSE, cmd, sn, device_id)
+    _write_fields(lines, head)
+    lines.append(f"<SumNum>{sum_num}</SumNum>")
+    if items:
+        lines.append(f'<{list_name} Num="{len(items)}">')
+        for item in items:
+            lines.append("<Item>")
+            _write_fields(lines, item)
+            lines.append("</Item>")
+        lines.append(f"</{list_name}>")
+    return _finish(lines, Root.RESPONSE, charset)
+
+
+def restamp(element: Element, sn: int, *, charset: str = "GB2312") -> bytes:
+    """``element`` (a parsed body) written again with SN ``sn``, in ``charset``; all else unchanged.
+
+    How a body crosses a cascade hop (PROTOCOL.md §9.4, §9.7): SNs are per hop, while the
+    DeviceID and the command's payload (a PTZCmd's hex, a RecordList's items, attributes
+    included) go on exactly as they came.
+    """
+    copy = deepcopy(element)
+    sn_element = _child(copy, "SN")
+    if sn_element is None:
+        raise ManscdpError("MANSCDP body without SN")
+    sn_element.text = str(sn)
+    copy.tail = None
+    text = etree.tostring(copy, encoding="unicode")
+    return f'<?xml version="1.0" encoding="{charset}"?>\r\n{text}\r\n'.encode(_codec(charset))
+
+
+def _head(root: Root, cmd: CmdType | str, sn: int, device_id: str) -> list[str]:
+    return [
+        f"<{root.value}>",
+        f"<CmdType>{escape(str(cmd))}</CmdType>",
+        f"<SN>{sn}</SN>",
+        f"<DeviceID>{escape(device_id)}</DeviceID>",
+    ]
+
+
+def _finish(lines: list[str], root: Root, charset: str) -> bytes:
+    lines.insert(0, f'<?xml version="1.0" encoding="{charset}"?>')
     lines.append(f"</{root.value}>")
-    text = "\r\n".join(lines) + "\r\n"
-    codec = "utf-8" if charset.upper().replace("_", "-") in ("UTF-8", "UTF8") else "gb18030"
-    return text.encode(codec)
+    return ("\r\n".join(lines) + "\r\n").encode(_codec(charset))
+
+
+def _codec(charset: str) -> str:
+    # GB2312 and GB18030 are written with gb18030, so characters outside GB2312 survive (§5.2)
+    return "utf-8" if charset.upper().replace("_", "-") in ("UTF-8", "UTF8") else "gb18030"
 
 
 def _write_fields(lines: list[str], fields: Fields) -> None:

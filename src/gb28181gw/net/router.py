@@ -21,7 +21,9 @@ MESSAGE bodies are MANSCDP. The sender's role comes from the resolvers services 
 (:meth:`Router.add_role_resolver`: the registrar knows registered devices; cascade will know
 configured platforms); a sender nobody claims is :attr:`Role.UNKNOWN` and gets 404 — a
 device that is not registered registers again on it (PROTOCOL.md §4.1, K4) — or 403 when a
-resolver says :attr:`Role.REFUSED`. The body is parsed once, its CmdType read once, and the
+resolver says :attr:`Role.REFUSED` and none claims it (a claim wins over a refusal, in whatever
+order the resolvers were added: the registrar refuses platform IDs it would not register, and
+the cascade claims the configured superiors among them). The body is parsed once, its CmdType read once, and the
 request goes to the owner of (role, CmdType), else of (role, :data:`ANY`).
 
 Registering a second owner for a method, a (role, CmdType) or a dialog raises
@@ -212,7 +214,8 @@ class Router:
         self._update_allow()
 
     def add_role_resolver(self, resolver: RoleResolver, *, owner: str) -> None:
-        """Ask ``resolver`` who MESSAGE senders are; the first that knows wins, in registration order."""
+        """Ask ``resolver`` who MESSAGE senders are; the first that claims one wins, in registration order
+        (:attr:`Role.REFUSED` only when none claims it)."""
         self._resolvers.append(_Owned(resolver, owner))
 
     def on_rejected(self, listener: RejectListener) -> None:
@@ -333,8 +336,11 @@ class Router:
         sender = from_user(event.request)
         role: Role | None = None
         for resolver in self._resolvers:
-            role = resolver.fn(sender, event.peer)
-            if role is not None:
+            said = resolver.fn(sender, event.peer)
+            if said is Role.REFUSED:
+                role = said  # unless another resolver claims it: a configured superior is no stranger
+            elif said is not None:
+                role = said
                 break
         if role is None or role is Role.UNKNOWN or role is Role.REFUSED or role is Role.MOVED:
             if role is Role.REFUSED:

@@ -15,6 +15,7 @@ import logging
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 
 from gb28181gw.config import DevicesSection
 from gb28181gw.errors import DeviceError
@@ -56,7 +57,14 @@ log = logging.getLogger("gb28181gw.devices")
 #: CmdTypes counted by name in metrics (any other is counted as "other").
 _CMD_LABELS = {c.value.lower(): c.value for c in CmdType}
 
-__all__ = ["DeviceError", "DeviceService"]
+__all__ = ["RECORD_KEYS", "AlarmListener", "BodyBuilder", "DeviceError", "DeviceService"]
+
+#: What, with its DeviceID, tells one recording of a RecordInfo answer from another (many share the channel).
+RECORD_KEYS = ("StartTime", "EndTime", "FilePath")
+#: Writes a request's body for the device given the SN we chose and the device's charset.
+BodyBuilder = Callable[[int, str], bytes]
+#: Told of every alarm a device reports (after it is recorded): (the device, the Notify).
+AlarmListener = Callable[[Device, Envelope], None]
 
 
 class DeviceService:
@@ -93,6 +101,7 @@ class DeviceService:
         self._pending: dict[tuple[str, str, int], asyncio.Future[Envelope]] = {}
         self._catalogs: dict[tuple[str, int], tuple[CatalogCollector, asyncio.Future[CatalogResult], CmdType]] = {}
         self.alarms: deque[dict[str, str]] = deque(maxlen=1000)
+        self._alarm_listeners: list[AlarmListener] = []
         self._reaper: asyncio.Task[None] | None = None
         self._tasks = TaskSet()
         self.queries = metrics.counter(QUERIES)
@@ -186,8 +195,13 @@ class DeviceService:
         *,
         target: str | None = None,
         root: Root = Root.QUERY,
+        body: BodyBuilder | None = None,
     ) -> Envelope:
-        """Send a ``<Query>`` (or another ``root``) and return the device's ``<Response>`` (one message)."""
+        """Send a ``<Query>`` (or another ``root``) and return the device's ``<Response>`` (one message).
+
+        ``body`` writes the request instead (a superior's request passed on, PROTOCOL.md §9.4):
+        ``fields``, ``target`` and ``root`` are then unused.
+        """
         device = self.registered(device_id)
         sn = self.next_sn(device_id)
         key = (device_id, cmd.value.lower(), sn)
@@ -196,7 +210,10 @@ class DeviceService:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.query_timeout
         try:
-            await self.send(device, encode(root, cmd, sn, target or device_id, fields, charset=device.charset))
+            if body is not None:
+                await self.send(device, body(sn, device.charset))
+            else:
+                await self.send(device, encode(root, cmd, sn, target or device_id, fields, charset=device.charset))
             env = await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))
         except TimeoutError:
             self.queries[cmd.value, "timeout"] += 1
@@ -247,7 +264,7 @@ class DeviceService:
             CmdType.RECORD_INFO,
             fields,
             target=channel_id,
-            key_fields=("StartTime", "EndTime", "FilePath"),
+            key_fields=RECORD_KEYS,
         )
 
     async def presets(self, channel_id: str) -> list[dict[str, str]]:
@@ -274,6 +291,13 @@ class DeviceService:
             )
         return out
 
+    async def collect(
+        self, device_id: str, cmd: CmdType, body: BodyBuilder, *, key_fields: tuple[str, ...] = RECORD_KEYS
+    ) -> CatalogResult:
+        """Send the request ``body`` writes and gather its multi-message answer (RecordInfo passed
+        on from a superior, PROTOCOL.md §9.4), as :meth:`records` does."""
+        return await self._multi(device_id, cmd, None, key_fields=key_fields, body=body)
+
     async def _multi(
         self,
         device_id: str,
@@ -282,6 +306,7 @@ class DeviceService:
         *,
         target: str | None = None,
         key_fields: tuple[str, ...] = (),
+        body: BodyBuilder | None = None,
     ) -> CatalogResult:
         device = self.registered(device_id)
         loop = asyncio.get_running_loop()
@@ -300,7 +325,12 @@ class DeviceService:
         fut: asyncio.Future[CatalogResult] = loop.create_future()
         self._catalogs[device_id, sn] = (collector, fut, cmd)
         try:
-            await self.send(device, encode(Root.QUERY, cmd, sn, target or device_id, fields, charset=device.charset))
+            if body is not None:
+                await self.send(device, body(sn, device.charset))
+            else:
+                await self.send(
+                    device, encode(Root.QUERY, cmd, sn, target or device_id, fields, charset=device.charset)
+                )
             result = await fut
         except DeviceError as exc:
             if exc.status != DeviceError.NO_ANSWER or not fut.done():
@@ -357,6 +387,11 @@ class DeviceService:
         await self.control(device.device_id, channel_id, [("PTZCmd", cmd.encode()), ("Info", [("ControlPriority", 5)])])
 
     # --- receiving ---------------------------------------------------------------------
+
+    def on_alarm(self, listener: AlarmListener) -> None:
+        """Be told of every alarm a device reports, by MESSAGE or in a subscription's NOTIFY
+        (the cascade passes them up to superiors, PROTOCOL.md §9.8)."""
+        self._alarm_listeners.append(listener)
 
     def handle_manscdp(self, device: Device, env: Envelope) -> None:
         """Take a MANSCDP body from a registered device: a Response to match, or a Notify."""
@@ -429,6 +464,11 @@ class DeviceService:
                 Root.RESPONSE, CmdType.ALARM, env.sn, env.device_id, [("Result", "OK")], charset=device.charset
             )
             self._tasks.spawn(self._send_quietly(device, body))
+            for listener in self._alarm_listeners:
+                try:
+                    listener(device, env)
+                except Exception:
+                    log.exception("alarm listener failed", extra={"device": device.device_id})
         elif env.is_cmd(CmdType.MOBILE_POSITION):
             pos = flat(env)
             log.info(

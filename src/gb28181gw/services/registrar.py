@@ -40,7 +40,7 @@ from gb28181gw.gb.keepalive import (
     liveness_timeout,
 )
 from gb28181gw.gb.model import Ban, Device, DeviceState
-from gb28181gw.gb.registrar import Outcome, Registrar, RegistrarPolicy, from_user
+from gb28181gw.gb.registrar import Outcome, Registrar, RegistrarPolicy, from_user, is_platform_id
 from gb28181gw.manscdp.codec import Element
 from gb28181gw.manscdp.messages import CmdType, Envelope, envelope
 from gb28181gw.metrics import AUTH_FAILURES, BANS, DEVICES, KEEPALIVE_TIMEOUTS, KEEPALIVES, REGISTRATIONS, Metrics
@@ -374,6 +374,10 @@ class RegistrarService:
             return Role.MOVED
         if sender and any(sender.startswith(prefix) for prefix in self.policy.deny_ids):
             return Role.REFUSED
+        if is_platform_id(sender) and not self.policy.accept_platforms:
+            # a platform that is none of our superiors (their resolver claimed those) and that
+            # could not register here: 404 would tell it to register, so it is refused (issue 12)
+            return Role.REFUSED
         return None
 
     def _on_rejected(self, event: RequestReceived, role: Role, status: int) -> None:
@@ -394,7 +398,9 @@ class RegistrarService:
         else:
             self.keepalives[(MessageResult.UNREGISTERED.value,)] += 1
             reason, detail = "not-registered", f"MESSAGE from a device that is not registered (answered {status})"
-            if role is Role.REFUSED:
+            if role is Role.REFUSED and is_platform_id(from_user(event.request)):
+                reason, detail = "platform-id", f"MESSAGE from a platform that is not our superior (answered {status})"
+            elif role is Role.REFUSED:
                 reason, detail = "denied-id", f"MESSAGE from a refused ID (answered {status})"
         # a device that keeps knocking: one that believes it is registered (our store was lost,
         # or it registered to another gateway), or a stranger
