@@ -62,13 +62,15 @@ async def register(gw: Gateway, tmp_path: Path, port: int, device: str = NVR) ->
     assert gw.registrar.devices[device].port == port
 
 
-async def play_device(scenario: bytes, port: int, tmp_path: Path, name: str) -> asyncio.subprocess.Process:
+async def play_device(
+    scenario: bytes, port: int, tmp_path: Path, name: str, *, calls: int = 1
+) -> asyncio.subprocess.Process:
     path = tmp_path / f"{name}.xml"
     path.write_bytes(scenario)
     sipp = shutil.which("sipp")
     assert sipp is not None
     proc = await asyncio.create_subprocess_exec(
-        sipp, "-sf", str(path), "-i", "127.0.0.1", "-p", str(port), "-m", "1", "-timeout", "15s", "-timeout_error",
+        sipp, "-sf", str(path), "-i", "127.0.0.1", "-p", str(port), "-m", str(calls), "-timeout", "15s", "-timeout_error",
         "-nostdin", "-trace_msg", "-message_file", str(tmp_path / f"{name}.msg"),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp_path,
     )  # fmt: skip

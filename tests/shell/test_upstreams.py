@@ -116,7 +116,7 @@ def digest_superior(password: str = PASSWORD, *, keepalive: int = 200) -> Policy
     return answer
 
 
-async def gateway_under(tmp_path: Path, port: int, **upstream: object) -> Gateway:
+async def gateway_under(tmp_path: Path, port: int, *, settings: dict[str, str] | None = None, **upstream: object) -> Gateway:
     table = {
         "name": "district",
         "id": UPPER,
@@ -144,6 +144,7 @@ async def gateway_under(tmp_path: Path, port: int, **upstream: object) -> Gatewa
         "devices.catalog_on_register": "false",
         "devices.subscribe": "",
         "media.workers": "0",
+        **(settings or {}),
     }
     gw = Gateway(load_config(path, env={}, overrides=overrides))
     await gw.start()
