@@ -116,7 +116,9 @@ def digest_superior(password: str = PASSWORD, *, keepalive: int = 200) -> Policy
     return answer
 
 
-async def gateway_under(tmp_path: Path, port: int, *, settings: dict[str, str] | None = None, **upstream: object) -> Gateway:
+async def gateway_under(
+    tmp_path: Path, port: int, *, settings: dict[str, str] | None = None, **upstream: object
+) -> Gateway:
     table = {
         "name": "district",
         "id": UPPER,
