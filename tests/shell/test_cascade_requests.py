@@ -335,3 +335,27 @@ async def test_an_alarm_reaches_the_superior_and_its_response_in_the_200_is_take
         await until(lambda: any(r.getMessage() == "superior answered our alarm" for r in caplog.records))
     await s.close()
     assert s.wire_up.count(b"<CmdType>Alarm</CmdType>") == 2  # our Notify and the superior's Response in its 200
+
+
+async def test_the_superiors_response_message_to_our_alarm_is_matched_by_our_sn(
+    site: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = await site(["<Notify>", "<CmdType>Alarm</CmdType>", f"<DeviceID>{CH1}</DeviceID>"], 1)
+    alarm = query("Notify", "Alarm", 302, CH1, "<AlarmPriority>1</AlarmPriority>\r\n<AlarmMethod>2</AlarmMethod>\r\n"
+                  "<AlarmTime>2024-05-06T12:40:01</AlarmTime>\r\n")  # fmt: skip
+    (s.tmp_path / "alarm.xml").write_text(sipp_scenario("alarm_uac.xml", device=NVR, body=alarm))
+    result = await run_sipp(
+        str(s.tmp_path / "alarm.xml"), s.gw.stack.port, s.tmp_path, extra=("-p", str(s.device_port))
+    )
+    assert result.ok, result.stdout
+    await until(lambda: (s.tmp_path / "superior.msg").exists() and b"<CmdType>Alarm</CmdType>" in s.wire_up)
+    (ours,) = re.findall(rb"<SN>([0-9]+)</SN>", s.wire_up.split(b"<CmdType>Alarm</CmdType>")[1])
+    assert int(ours) != 302  # our own SN upward
+    with caplog.at_level(logging.INFO, logger="gb28181gw.upstream"):
+        # a Response with another SN matches nothing; then the right one (the standard two-step answer)
+        await s.ask(response("Alarm", CH1, "<Result>OK</Result>\r\n", sn=str(int(ours) + 1)), 200, "wrong")
+        await s.ask(response("Alarm", CH1, "<Result>OK</Result>\r\n", sn=ours.decode()), 200, "right")
+        await until(lambda: any(r.getMessage() == "superior answered our alarm" for r in caplog.records))
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.count("superior's Response matches nothing we sent") == 1
+    await s.close()
