@@ -234,6 +234,27 @@ async def test_ptz_is_forwarded_with_the_ptzcmd_bytes_unchanged(site: Make) -> N
     assert s.our_sn() != 7004
 
 
+async def test_config_download_of_two_types_is_asked_one_type_at_a_time(site: Make) -> None:
+    # a device answers each ConfigType in its own Response with one SN: asked one type at a time,
+    # each answer is matched for sure, and both go up with the superior's SN. The device (one SIPp
+    # call per query) answers the type it was asked, echoing it.
+    s = await site(["<CmdType>ConfigDownload</CmdType>", "<SN>7014</SN>", "<Result>OK</Result>", "<Echo>"], 2)
+    echo = response("ConfigDownload", NVR, "<Result>OK</Result>\r\n<[$type]>\r\n<Echo>[$type]</Echo>\r\n</[$type]>\r\n")
+    action = (f'<ereg regexp="{xml("<SN>([0-9]+)</SN>")}" search_in="body" check_it="true" assign_to="all,sn"/>'
+              f'<ereg regexp="{xml("<ConfigType>([A-Za-z]+)</ConfigType>")}" search_in="body" check_it="true" assign_to="whole,type"/>')  # fmt: skip
+    scenario = sipp_scenario("message_uas.xml", check=action, parts=response_message(71, echo), refs="all,whole,type")
+    dev = await play_device(scenario.encode(), s.device_port, s.tmp_path, "device", calls=2)
+    await s.ask(
+        query("Query", "ConfigDownload", 7014, NVR, "<ConfigType>BasicParam/VideoParamOpt</ConfigType>\r\n"), 200
+    )
+    await finished(dev)
+    await until(lambda: s.counted("ConfigDownload", "ok") == 1)
+    await s.close()
+    up = s.wire_up
+    assert b"<Echo>BasicParam</Echo>" in up and b"<Echo>VideoParamOpt</Echo>" in up
+    assert s.wire_down.count("<ConfigType>") == 2 and "BasicParam/" not in s.wire_down
+
+
 async def test_a_control_with_a_response_relays_the_devices_result(site: Make) -> None:
     s = await site(["<CmdType>DeviceControl</CmdType>", "<SN>7005</SN>", "<Result>OK</Result>"], 1)
     dev = await s.device([response_message(61, response("DeviceControl", CH1, "<Result>OK</Result>\r\n"))],
