@@ -52,10 +52,18 @@ _CONTROLS_WITH_RESPONSE = frozenset({"recordcmd", "guardcmd", "alarmcmd", "homep
 _DANGEROUS_CONTROLS = {"teleboot": "TeleBoot", "deviceupgrade": "DeviceUpgrade", "formatsdcard": "FormatSDCard"}
 #: What is relayed to devices: the queries and controls of PROTOCOL.md §9.4 and §9.7.
 _RELAYED = {
-    Root.QUERY: frozenset(c.value.lower() for c in (CmdType.DEVICE_INFO, CmdType.DEVICE_STATUS, CmdType.RECORD_INFO,
-                                                    CmdType.CONFIG_DOWNLOAD, CmdType.PRESET_QUERY)),
+    Root.QUERY: frozenset(
+        c.value.lower()
+        for c in (
+            CmdType.DEVICE_INFO,
+            CmdType.DEVICE_STATUS,
+            CmdType.RECORD_INFO,
+            CmdType.CONFIG_DOWNLOAD,
+            CmdType.PRESET_QUERY,
+        )
+    ),
     Root.CONTROL: frozenset(c.value.lower() for c in (CmdType.DEVICE_CONTROL, CmdType.DEVICE_CONFIG)),
-}  # fmt: skip
+}
 #: Elements of every envelope, never a sub-command.
 _ENVELOPE = frozenset({"cmdtype", "sn", "deviceid", "extrainfo", "info"})
 
@@ -140,14 +148,19 @@ def decide(env: Envelope, target: Target, *, allowed: frozenset[str] | tuple[str
         if env.root is Root.QUERY and (env.is_cmd(CmdType.DEVICE_INFO) or env.is_cmd(CmdType.DEVICE_STATUS)):
             return Verdict(Action.ANSWER, command=command)
         if command == "TeleBoot":
-            return Verdict(Action.TAKE, reason="the gateway does not restart on a superior's request", command=command,
-                           response=False)  # fmt: skip
+            return Verdict(
+                Action.TAKE,
+                reason="the gateway does not restart on a superior's request",
+                command=command,
+                response=False,
+            )
         if response:
             return Verdict(
                 Action.ANSWER, reason=f"{env.cmd_type} is not served for the platform itself", command=command
             )
-        return Verdict(Action.TAKE, reason=f"{env.cmd_type} is not served for the platform itself", command=command,
-                       response=False)  # fmt: skip
+        return Verdict(
+            Action.TAKE, reason=f"{env.cmd_type} is not served for the platform itself", command=command, response=False
+        )
     if env.root is Root.QUERY and env.is_cmd(CmdType.RECORD_INFO):
         return Verdict(Action.FORWARD_RECORDS, command=command)
     if env.root is Root.QUERY and env.is_cmd(CmdType.CONFIG_DOWNLOAD):
@@ -173,7 +186,7 @@ def record_parts(
     return [
         encode_list(
             CmdType.RECORD_INFO, sn, device_id, head or [], "RecordList", chunk, sum_num=len(bodies), charset=charset
-        )  # fmt: skip
+        )
         for chunk in chunks
     ]
 

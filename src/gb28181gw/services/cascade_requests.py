@@ -109,18 +109,22 @@ class CascadeRequestService:
         extra = {"upstream": name, "superior": msg.sender, "cmd": env.cmd_type, "target": env.device_id, "sn": env.sn}
         if verdict.action is Action.REJECT:
             if verdict.status == 403:
-                log.warning("superior's command refused", extra={**extra, "command": verdict.command,
-                                                                  "reason": verdict.reason})  # fmt: skip
+                log.warning(
+                    "superior's command refused", extra={**extra, "command": verdict.command, "reason": verdict.reason}
+                )
             else:
-                log.info("superior's request refused", extra={**extra, "status": verdict.status,
-                                                               "reason": verdict.reason})  # fmt: skip
+                log.info(
+                    "superior's request refused", extra={**extra, "status": verdict.status, "reason": verdict.reason}
+                )
             self._answer(msg, verdict.status, verdict.reason)
             self.upstreams.count_request(name, label, str(verdict.status))
             return
         self._answer(msg, 200)
         if verdict.command:
-            log.warning("superior's command allowed by allow_commands", extra={**extra, "command": verdict.command,
-                                                                             "note": verdict.reason})  # fmt: skip
+            log.warning(
+                "superior's command allowed by allow_commands",
+                extra={**extra, "command": verdict.command, "note": verdict.reason},
+            )
         if verdict.action is Action.TAKE:
             if env.root is Root.RESPONSE:
                 self._alarm_answered(link, env)
@@ -161,8 +165,10 @@ class CascadeRequestService:
             if verdict.response:
                 await self._send_up(link, self._offline_answer(link, env, device))
             self.upstreams.count_request(name, label, "offline")
-            log.info("superior's request for an offline device answered by us",
-                     extra={"upstream": name, "cmd": env.cmd_type, "target": env.device_id, "device": device_id})  # fmt: skip
+            log.info(
+                "superior's request for an offline device answered by us",
+                extra={"upstream": name, "cmd": env.cmd_type, "target": env.device_id, "device": device_id},
+            )
             return
         try:
             if verdict.action is Action.FORWARD_RECORDS:
@@ -181,9 +187,16 @@ class CascadeRequestService:
         except DeviceError as exc:
             result = "timeout" if exc.status == DeviceError.NO_ANSWER else "error"
             self.upstreams.count_request(name, label, result)
-            log.info("superior's request failed at the device",
-                     extra={"upstream": name, "cmd": env.cmd_type, "target": env.device_id, "device": device_id,
-                            "error": str(exc)})  # fmt: skip
+            log.info(
+                "superior's request failed at the device",
+                extra={
+                    "upstream": name,
+                    "cmd": env.cmd_type,
+                    "target": env.device_id,
+                    "device": device_id,
+                    "error": str(exc),
+                },
+            )
             if verdict.response:
                 await self._send_up(link, _error_answer(link, env))
             return
@@ -196,8 +209,9 @@ class CascadeRequestService:
         result = await self.devices.collect(
             device_id, CmdType.RECORD_INFO, lambda sn, charset: restamp(env.element, sn, charset=charset)
         )
-        channel = next((c for c in self.devices.channels.get(device_id, {}).values()
-                        if c.channel_id == env.device_id), None)  # fmt: skip
+        channel = next(
+            (c for c in self.devices.channels.get(device_id, {}).values() if c.channel_id == env.device_id), None
+        )
         head: Fields = [("Name", channel.name)] if channel is not None and channel.name else []
         parts = record_parts(
             env.device_id,
@@ -237,8 +251,14 @@ class CascadeRequestService:
                 for channel_id in chans
                 if self.upstreams.may_see(name, channel_id, device_id)
             )
-            fields = [("DeviceName", self.name), ("Result", "OK"), ("Manufacturer", "gb28181gw"),
-                      ("Model", "GB/T 28181 gateway"), ("Firmware", __version__), ("Channel", shared)]  # fmt: skip
+            fields = [
+                ("DeviceName", self.name),
+                ("Result", "OK"),
+                ("Manufacturer", "gb28181gw"),
+                ("Model", "GB/T 28181 gateway"),
+                ("Firmware", __version__),
+                ("Channel", shared),
+            ]
         elif env.is_cmd(CmdType.DEVICE_STATUS):
             now = _dt.datetime.now(self.zone).strftime("%Y-%m-%dT%H:%M:%S")
             fields = [("Result", "OK"), ("Online", "ONLINE"), ("Status", "OK"), ("DeviceTime", now)]
@@ -262,8 +282,10 @@ class CascadeRequestService:
             log.info("MESSAGE to superior failed", extra={"upstream": m.settings.name, "error": str(exc)})
             return None
         if response.status >= 300:
-            log.info("superior refused our MESSAGE",
-                     extra={"upstream": m.settings.name, "status": response.status, "reason": response.reason})  # fmt: skip
+            log.info(
+                "superior refused our MESSAGE",
+                extra={"upstream": m.settings.name, "status": response.status, "reason": response.reason},
+            )
             return None
         return response
 
@@ -302,11 +324,15 @@ class CascadeRequestService:
         name = link.machine.settings.name
         target = self._alarms.pop((name, env.sn), None) if env.is_cmd(CmdType.ALARM) else None
         if target is None:
-            log.info("superior's Response matches nothing we sent",
-                     extra={"upstream": name, "cmd": env.cmd_type, "sn": env.sn})  # fmt: skip
+            log.info(
+                "superior's Response matches nothing we sent",
+                extra={"upstream": name, "cmd": env.cmd_type, "sn": env.sn},
+            )
             return
-        log.info("superior answered our alarm",
-                 extra={"upstream": name, "sn": env.sn, "target": target, "result": env.text("Result") or ""})  # fmt: skip
+        log.info(
+            "superior answered our alarm",
+            extra={"upstream": name, "sn": env.sn, "target": target, "result": env.text("Result") or ""},
+        )
 
     def _alarm_expired(self, name: str, sn: int) -> None:
         target = self._alarms.pop((name, sn), None)
