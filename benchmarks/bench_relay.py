@@ -87,7 +87,9 @@ async def run_load(
 
 
 async def relay_with(flows: int, consumers_per_flow: int = 1, workers: int = 1) -> list[WorkerRelay]:
-    settings = RelaySettings(host="127.0.0.1", tcp_queue_limit=1 << 20, udp_receive_buffer=4 << 20, stats_interval=1.0)
+    settings = RelaySettings(
+        host="127.0.0.1", tcp_queue_limit=1 << 20, udp_receive_buffer=4 << 20, stats_interval=1.0, gop_cache=1 << 20
+    )
     relays = [WorkerRelay(i, settings) for i in range(workers)]
     await asyncio.gather(*(r.start() for r in relays))
     for i in range(flows):
