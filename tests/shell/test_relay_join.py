@@ -17,7 +17,6 @@ import av
 import pytest
 
 from gb28181gw.app import Gateway
-from gb28181gw.gb.model import Channel
 from gb28181gw.media.ps import PsDemuxer, PsInspector
 from gb28181gw.media.rtp import RtpPacket
 from gb28181gw.media.tcp_framing import Rfc4571Reader
@@ -35,9 +34,8 @@ from tests.media import (
     wait_for,
 )
 
-from .conftest import start_gateway
-from .test_devices import finished, free_udp_port, play_device, register
-from .test_streams import CH, DEVICE_BYE, NVR, answer, scenario
+from .test_devices import finished
+from .test_streams import CH, DEVICE_BYE, answer, gateway_with_device, scenario
 
 pytestmark = pytest.mark.sipp
 
@@ -61,19 +59,15 @@ class Gone:
     def __call__(self, stream_id: str, consumer: Consumer, reason: str) -> None:
         self.calls.append((stream_id, consumer.id, reason))
 
-    def ids(self) -> list[str]:
-        return [c for _, c, _ in self.calls]
 
-
-async def gateway(tmp_path: Path, *, tail: str | None = None, **overrides: str) -> tuple[Gateway, object]:
-    settings = {"media.port_min": "42100", "media.port_max": "42199", "media.linger": "0"}
-    settings.update(overrides)
-    gw = await start_gateway(**settings)
-    port = free_udp_port()
-    await register(gw, tmp_path, port)
-    gw.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
+async def gateway(
+    tmp_path: Path, *, tail: str | None = None, **overrides: str
+) -> tuple[Gateway, asyncio.subprocess.Process]:
+    """A gateway with the SIPp device of test_streams registered, on a port range of its own."""
     sc = scenario(answer()) if tail is None else scenario(answer(), tail=tail)
-    return gw, await play_device(sc, port, tmp_path, "device")
+    return await gateway_with_device(
+        tmp_path, sc, **{"media.port_min": "42100", "media.port_max": "42199", **overrides}
+    )
 
 
 def figure(gw: Gateway, st: Stream, name: str) -> object:
@@ -154,6 +148,25 @@ def assert_continuous(packets: list[RtpPacket], ssrc: int) -> None:
     assert {p.ssrc for p in packets} == {ssrc}
 
 
+async def rest_arrives_after_the_key_frame(
+    st: Stream, after: list[bytes], device_media: socket.socket, expected: bytes, *pairs: tuple[Received, int]
+) -> None:
+    """Feed the rest of the stream; each (what a consumer got, its SSRC) must be the device's
+    packets from the last key frame before it joined on: continuous, none twice, none missing."""
+    await feed(st, after, device_media)
+    await wait_for(lambda: all(got.payload() == expected for got, _ in pairs))
+    for got, ssrc in pairs:
+        assert_continuous(in_order(got), ssrc)
+
+
+async def cleanup(gw: Gateway, device: asyncio.subprocess.Process, *closables: object) -> None:
+    """Close the test's sockets and consumers, stop the gateway (BYE) and check SIPp saw it all."""
+    for c in closables:
+        c.close()  # type: ignore[attr-defined]
+    await gw.stop()
+    await finished(device)
+
+
 @WORKERS
 @pytest.mark.parametrize("transport", ["udp", "tcp-passive"])
 @pytest.mark.parametrize("cache", ["on", "off"])
@@ -205,11 +218,7 @@ async def test_consumer_joining_mid_stream_decodes_at_once(
         # the first consumer saw the device's stream untouched
         assert first.got.payload() == ps
     finally:
-        device_media.close()
-        first.close()
-        second.close()
-        await gw.stop()
-        await finished(device)
+        await cleanup(gw, device, device_media, first, second)
 
 
 @WORKERS
@@ -224,15 +233,9 @@ async def test_keyframe_cache_joins_over_tcp_active_too(tmp_path: Path, ps: byte
         await wait_for(lambda: len(first.got.packets) == len(before))
         _, b = await gw.streams.play(CH, transport="tcp", host="127.0.0.1", port=second.port)
         assert b.local_port == 0
-        await feed(st, after, device_media)
-        await wait_for(lambda: second.got.payload() == expected)
-        assert_continuous(in_order(second.got), b.ssrc)
+        await rest_arrives_after_the_key_frame(st, after, device_media, expected, (second.got, b.ssrc))
     finally:
-        device_media.close()
-        first.close()
-        second.close()
-        await gw.stop()
-        await finished(device)
+        await cleanup(gw, device, device_media, first, second)
 
 
 @WORKERS
@@ -312,17 +315,11 @@ async def test_paused_consumers_get_nothing_until_started(tmp_path: Path, ps: by
         await gw.streams.start_consumer(st.id, b.id)
         await gw.streams.start_consumer(st.id, b.id)  # twice: no harm
         assert not a.paused and not b.paused
-        await feed(st, after, device_media)
         # started mid-GOP: both begin at the last key frame and decode
-        await wait_for(lambda: udp.got.payload() == expected and passive.got.payload() == expected)
-        assert_continuous(in_order(udp.got), a.ssrc)
-        assert_continuous(in_order(passive.got), b.ssrc)
+        pairs = ((udp.got, a.ssrc), (passive.got, b.ssrc))
+        await rest_arrives_after_the_key_frame(st, after, device_media, expected, *pairs)
     finally:
-        device_media.close()
-        udp.close()
-        passive.close()
-        await gw.stop()
-        await finished(device)
+        await cleanup(gw, device, device_media, udp, passive)
 
 
 @WORKERS
