@@ -35,9 +35,9 @@ hot path, so it works on raw non-blocking sockets with ``loop.add_reader``:
   stream with media but no copy is reported (:class:`~.records.KeyFrameWanted`);
 * a TCP-passive consumer (a superior that connects to us, §7.5, §9.5) gets its own listening
   port: one connection is taken, from its host only (others are closed and counted in
-  ``refused_connections``); none within its timeout drops it (``ConsumerLost``). Such a
-  consumer, like any other, may be added paused: it is sent nothing until
-  :meth:`Forwarder.start_consumer` (the superior's ACK, §9.5 step 6).
+  ``refused_connections``); none within its timeout drops it (``ConsumerLost``). It may be
+  added paused: connected or not, it is sent nothing until :meth:`Forwarder.start_consumer`
+  (the superior's ACK, §9.5 step 6). Other consumers added paused are not here until started.
 
 Stream events (first packet, media connection up or lost, consumer lost) go to ``on_event``
 and figures to :meth:`Forwarder.snapshot` as the frozen records of :mod:`.records`, which
@@ -234,8 +234,8 @@ class TcpOut:
 
 
 class Waiting:
-    """A consumer not sent to yet: paused (added before the superior's ACK) and, for TCP passive,
-    listening for its connection (``listener``) or connected (``out``)."""
+    """A TCP-passive consumer not sent to yet: listening for its connection (``listener``), or
+    connected (``out``) but not ``started`` (added before the superior's ACK)."""
 
     __slots__ = ("id", "host", "ssrc", "listener", "timer", "out", "started")
 
