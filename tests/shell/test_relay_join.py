@@ -21,7 +21,7 @@ from gb28181gw.media.ps import PsDemuxer, PsInspector
 from gb28181gw.media.rtp import RtpPacket
 from gb28181gw.media.tcp_framing import Rfc4571Reader
 from gb28181gw.services import streams as streams_module
-from gb28181gw.services.streams import Consumer, Stream
+from gb28181gw.services.streams import Consumer, Stream, StreamError
 from tests.media import (
     Received,
     TcpConsumer,
@@ -34,13 +34,16 @@ from tests.media import (
     wait_for,
 )
 
+from .conftest import sipp_scenario
 from .test_devices import finished
-from .test_streams import CH, DEVICE_BYE, answer, gateway_with_device, scenario
+from .test_streams import CH, answer, gateway_with_device, scenario
 
 pytestmark = pytest.mark.sipp
 
 FRAMES, GOP = 50, 10
 JOIN_AT = 25  # frames the device has sent when the second consumer joins: mid-GOP (key frame 20)
+#: The device ends the stream 3 s after its ACK: time for leases and pauses to run out first.
+DEVICE_BYE = sipp_scenario("parts/bye_from_device.xml", ch=CH, pause=3000)
 WORKERS = pytest.mark.parametrize("workers", ["0", "1"], ids=["in-process", "worker-process"])
 
 
@@ -299,27 +302,32 @@ async def test_passive_consumer_that_never_connects_is_dropped_and_its_port_free
 @WORKERS
 async def test_paused_consumers_get_nothing_until_started(tmp_path: Path, ps: bytes, workers: str) -> None:
     gw, device = await gateway(tmp_path, **{"media.workers": workers})
-    udp, passive = await UdpConsumer.start(), PassiveClient()
+    udp, passive, active = await UdpConsumer.start(), PassiveClient(), await TcpConsumer.start()
     device_media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         st, a = await gw.streams.play(CH, transport="udp", host="127.0.0.1", port=udp.port, paused=True)
         _, b = await gw.streams.play(CH, transport="tcp-passive", host="127.0.0.1", port=0, paused=True)
-        assert a.paused and b.paused
+        _, c = await gw.streams.play(CH, transport="tcp", host="127.0.0.1", port=active.port, paused=True)
+        assert a.paused and b.paused and c.paused
         await passive.connect(b.local_port)  # connected before the ACK: still sent nothing
         before, after, expected = split(ps, int(st.session.ssrc))
         await feed(st, before, device_media)
         await wait_for(lambda: figure(gw, st, "packets") == len(before), 3)
         await asyncio.sleep(0.2)
         assert not udp.got.packets and not passive.got.packets
-        await gw.streams.start_consumer(st.id, a.id)
-        await gw.streams.start_consumer(st.id, b.id)
-        await gw.streams.start_consumer(st.id, b.id)  # twice: no harm
-        assert not a.paused and not b.paused
-        # started mid-GOP: both begin at the last key frame and decode
-        pairs = ((udp.got, a.ssrc), (passive.got, b.ssrc))
+        assert not active.connected.is_set()  # TCP active: not even connected before the start
+        for consumer in (a, b, c, b):  # twice: no harm
+            await gw.streams.start_consumer(st.id, consumer.id)
+        assert not a.paused and not b.paused and not c.paused
+        await asyncio.wait_for(active.connected.wait(), 3)  # (its accept may run after our start returns)
+        with pytest.raises(StreamError) as missing:
+            await gw.streams.start_consumer(st.id, "c99")
+        assert missing.value.status == 404
+        # started mid-GOP: all begin at the last key frame and decode
+        pairs = ((udp.got, a.ssrc), (passive.got, b.ssrc), (active.got, c.ssrc))
         await rest_arrives_after_the_key_frame(st, after, device_media, expected, *pairs)
     finally:
-        await cleanup(gw, device, device_media, udp, passive)
+        await cleanup(gw, device, device_media, udp, passive, active)
 
 
 @WORKERS
@@ -339,7 +347,7 @@ async def test_consumer_gone_on_every_path(tmp_path: Path, workers: str, monkeyp
         assert sorted(gone.calls) == sorted(
             [(st.id, leased.id, "its lease ran out"), (st.id, paused.id, "not started within 0.5 s")]
         )
-        await finished(device)  # the device's BYE (1.5 s in) closes the stream: the last consumer goes
+        await finished(device)  # the device's BYE (3 s in) closes the stream: the last consumer goes
         await wait_for(lambda: len(gone.calls) == 3)
         assert gone.calls[2] == (st.id, kept.id, "the device ended the stream (BYE)")
     finally:
