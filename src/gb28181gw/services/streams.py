@@ -390,7 +390,8 @@ class StreamService:
         """Call ``listener(stream_id, consumer, reason)`` whenever a consumer goes for any reason other
         than its owner's own :meth:`remove_consumer`: its stream closed (device BYE, media timeout,
         device offline, operator, shutdown …), its lease ran out, its TCP connection was lost or,
-        TCP passive, never made, or it was paused and never started."""
+        TCP passive, never made, or it was paused and never started. The consumer is gone when it is
+        called (removing it again is a 404); a listener that raises is logged, the others still hear."""
         self._gone_listeners.append(listener)
 
     # --- opening -----------------------------------------------------------------------
