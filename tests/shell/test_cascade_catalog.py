@@ -26,8 +26,8 @@ from gb28181gw.app import Gateway
 from gb28181gw.manscdp.messages import CmdType, catalog, decode
 from gb28181gw.sip.message import Request, Response, make_response, parse_message
 
-from .conftest import run_sipp, sipp_scenario
-from .test_devices import finished, free_udp_port, play_device, register, response_message
+from .conftest import sipp_scenario
+from .test_devices import finished, free_udp_port, play_device, register, register_expires_zero, response_message
 from .test_upstreams import OURS, UPPER, Policy, Superior, _close_superiors, gateway_under, superior, until
 
 pytestmark = pytest.mark.sipp
@@ -275,9 +275,7 @@ async def test_shares_subscription_and_refusals(tmp_path: Path) -> None:
         assert [i.device_id for i in catalog(decode(dele.body))[1]] == [CH3]
 
         # the NVR unregisters: its channels go OFF, and the superior is told
-        unreg = tmp_path / "unregister.xml"
-        unreg.write_text(sipp_scenario("register_uac.xml", device=NVR, expires=0))
-        assert (await run_sipp(str(unreg), gw.stack.port, tmp_path, extra=("-p", str(nvr_port)))).ok
+        await register_expires_zero(gw, tmp_path, nvr_port)
         await until(lambda: any(b"<Event>OFF</Event>" in r.body for r in drive.requests("NOTIFY")))
         offs = [r for r in drive.requests("NOTIFY") if b"<Event>OFF</Event>" in r.body]
         got = [(i.device_id, i.fields["Event"]) for r in offs for i in catalog(decode(r.body))[1]]
@@ -308,5 +306,61 @@ async def test_shares_subscription_and_refusals(tmp_path: Path) -> None:
             data = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(other, 65536), 5)
             answer = parse_message(data)
         assert isinstance(answer, Response) and answer.status == 403
+    finally:
+        await gw.stop()
+
+
+async def test_catalog_push_without_a_subscription(tmp_path: Path) -> None:
+    sup = await superior(answering())
+    gw = await gateway_under(tmp_path, sup.port, catalog_batch=8, keepalive_interval=60, catalog_push=True)
+    drive = Driver(sup, gw)
+    try:
+        await until(lambda: gw.upstreams.links["district"].machine.registered)
+        port = await nvr_with_channels(gw, tmp_path)
+        # the catalog read is pushed as ADDs, parents first
+        await until(lambda: bool(drive.requests("NOTIFY")))
+        (add,) = drive.requests("NOTIFY")
+        items = catalog(decode(add.body))[1]
+        assert [(i.device_id, i.fields["Event"]) for i in items] == [(i, "ADD") for i in TREE[1:]]
+        assert add.headers.get("event") == "Catalog" and add.headers.get("subscription-state") == "active"
+        assert add.to.tag  # a dialog of our making (wvp's auto push), not an out-of-dialog NOTIFY
+        await register_expires_zero(gw, tmp_path, port)
+        await until(lambda: len(drive.requests("NOTIFY")) == 2)
+        off = drive.requests("NOTIFY")[1]
+        assert [(i.device_id, i.fields["Event"]) for i in catalog(decode(off.body))[1]] == [
+            (CH1, "OFF"),
+            (CH2, "OFF"),
+            (CH3, "OFF"),
+        ]
+        assert off.call_id == add.call_id and off.cseq.number == add.cseq.number + 1
+    finally:
+        await gw.stop()
+
+
+async def test_subscription_starts_with_what_is_offline_is_refreshed_and_expires(tmp_path: Path) -> None:
+    sup = await superior(answering())
+    gw = await gateway_under(tmp_path, sup.port, catalog_batch=2, keepalive_interval=60)
+    drive = Driver(sup, gw)
+    try:
+        await until(lambda: gw.upstreams.links["district"].machine.registered)
+        port = await nvr_with_channels(gw, tmp_path)
+        await register_expires_zero(gw, tmp_path, port)
+        # Monibuca sends no Event header (PROTOCOL.md §11.6 P5): a Catalog body is enough
+        call = drive.send("SUBSCRIBE", body=SUBSCRIBE_BODY, headers="Expires: 2\r\n")
+        ok = await drive.response(call)
+        assert ok.status == 200 and ok.headers.get("expires") == "2" and ok.headers.get("event") == "Catalog"
+        # 2022 N.2.1.2.1: the subscriber assumes all online; the offline ones are NOTIFYd at once
+        await until(lambda: len(drive.requests("NOTIFY")) == 2)
+        got = [i.device_id for r in drive.requests("NOTIFY") for i in catalog(decode(r.body))[1]]
+        assert got == [CH1, CH2, CH3]
+        drive.send_raw("SUBSCRIBE", call, body=SUBSCRIBE_BODY, headers="Expires: 3\r\n", to_tag=ok.to.tag or "", cseq=2)
+        refreshed = await drive.response(call, cseq=2)
+        assert refreshed.status == 200 and refreshed.headers.get("expires") == "3"
+        feed = gw.cascade_catalog.feeds["district"]
+        assert feed.subscription is not None
+        await until(lambda: feed.subscription is None, timeout=6)  # not refreshed again: it ends
+        # a re-SUBSCRIBE in the ended dialog is no longer ours
+        drive.send_raw("SUBSCRIBE", call, body=SUBSCRIBE_BODY, headers="Expires: 3\r\n", to_tag=ok.to.tag or "", cseq=3)
+        assert (await drive.response(call, cseq=3)).status == 481
     finally:
         await gw.stop()
