@@ -11,6 +11,7 @@ NOTIFYd when the NVR goes offline (OFF) and when a channel is unshared (DEL).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -199,6 +201,18 @@ class Driver:
         return [i for _, part in parts() for i in part]
 
 
+@contextlib.asynccontextmanager
+async def site(tmp_path: Path, **upstream: object) -> AsyncIterator[tuple[Gateway, Driver, int]]:
+    """A gateway registered to a superior the test drives, with the NVR and its channels; the NVR's port."""
+    sup = await superior(answering())
+    gw = await gateway_under(tmp_path, sup.port, keepalive_interval=60, **upstream)
+    try:
+        await until(lambda: gw.upstreams.links["district"].machine.registered)
+        yield gw, Driver(sup, gw), await nvr_with_channels(gw, tmp_path)
+    finally:
+        await gw.stop()
+
+
 def cli(gw: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
     assert gw.admin is not None
     return subprocess.run(
@@ -224,12 +238,7 @@ SUBSCRIBE_BODY = (
 
 
 async def test_shares_subscription_and_refusals(tmp_path: Path) -> None:
-    sup = await superior(answering())
-    gw = await gateway_under(tmp_path, sup.port, catalog_batch=4, keepalive_interval=60)
-    drive = Driver(sup, gw)
-    try:
-        await until(lambda: gw.upstreams.links["district"].machine.registered)
-        nvr_port = await nvr_with_channels(gw, tmp_path)
+    async with site(tmp_path, catalog_batch=4) as (gw, drive, nvr_port):
         assert await drive.query(OURS, 1) == TREE
 
         # the operator takes one channel back, and shares it again, with the CLI
@@ -306,17 +315,10 @@ async def test_shares_subscription_and_refusals(tmp_path: Path) -> None:
             data = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(other, 65536), 5)
             answer = parse_message(data)
         assert isinstance(answer, Response) and answer.status == 403
-    finally:
-        await gw.stop()
 
 
 async def test_catalog_push_without_a_subscription(tmp_path: Path) -> None:
-    sup = await superior(answering())
-    gw = await gateway_under(tmp_path, sup.port, catalog_batch=8, keepalive_interval=60, catalog_push=True)
-    drive = Driver(sup, gw)
-    try:
-        await until(lambda: gw.upstreams.links["district"].machine.registered)
-        port = await nvr_with_channels(gw, tmp_path)
+    async with site(tmp_path, catalog_batch=8, catalog_push=True) as (gw, drive, port):
         # the catalog read is pushed as ADDs, parents first
         await until(lambda: bool(drive.requests("NOTIFY")))
         (add,) = drive.requests("NOTIFY")
@@ -333,17 +335,10 @@ async def test_catalog_push_without_a_subscription(tmp_path: Path) -> None:
             (CH3, "OFF"),
         ]
         assert off.call_id == add.call_id and off.cseq.number == add.cseq.number + 1
-    finally:
-        await gw.stop()
 
 
 async def test_subscription_starts_with_what_is_offline_is_refreshed_and_expires(tmp_path: Path) -> None:
-    sup = await superior(answering())
-    gw = await gateway_under(tmp_path, sup.port, catalog_batch=2, keepalive_interval=60)
-    drive = Driver(sup, gw)
-    try:
-        await until(lambda: gw.upstreams.links["district"].machine.registered)
-        port = await nvr_with_channels(gw, tmp_path)
+    async with site(tmp_path, catalog_batch=2) as (gw, drive, port):
         await register_expires_zero(gw, tmp_path, port)
         # Monibuca sends no Event header (PROTOCOL.md §11.6 P5): a Catalog body is enough
         call = drive.send("SUBSCRIBE", body=SUBSCRIBE_BODY, headers="Expires: 2\r\n")
@@ -362,5 +357,3 @@ async def test_subscription_starts_with_what_is_offline_is_refreshed_and_expires
         # a re-SUBSCRIBE in the ended dialog is no longer ours
         drive.send_raw("SUBSCRIBE", call, body=SUBSCRIBE_BODY, headers="Expires: 3\r\n", to_tag=ok.to.tag or "", cseq=3)
         assert (await drive.response(call, cseq=3)).status == 481
-    finally:
-        await gw.stop()

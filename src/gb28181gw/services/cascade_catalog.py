@@ -55,7 +55,7 @@ from gb28181gw.net.tasks import TaskSet
 from gb28181gw.sip.dialog import Dialog, DialogState
 from gb28181gw.sip.endpoint import warning_header
 from gb28181gw.sip.events import RequestReceived
-from gb28181gw.sip.message import Request, Response, make_request, make_response
+from gb28181gw.sip.message import Request, Response, make_response
 
 from .devices import DeviceService
 from .registrar import RegistrarService
@@ -261,26 +261,7 @@ class CascadeCatalogService:
         self.stack.respond(event.transaction, response)
 
     async def _message(self, link: Link, body: bytes) -> int | None:
-        m = link.machine
-        s = m.settings
-        target = f"sip:{m.server_id}@{s.domain}"
-        ep = self.stack.endpoint
-        extra = [("User-Agent", s.user_agent)]
-        if s.gb_version:
-            extra.append(("X-GB-ver", s.gb_version))
-        request = make_request(
-            "MESSAGE",
-            target,
-            from_addr=f"sip:{s.local_id}@{s.local_domain}",
-            to_addr=target,
-            call_id=ep.new_call_id(),
-            cseq=1,
-            from_tag=ep.new_tag(),
-            extra=extra,
-            body=body,
-            content_type=CONTENT_TYPE,
-        )
-        return await self._send(request, link)
+        return await self._send(link.machine.message(body), link)
 
     async def _send(self, request: Request, link: Link, dialog: Dialog | None = None) -> int | None:
         try:
