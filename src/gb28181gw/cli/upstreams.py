@@ -64,8 +64,10 @@ def upstream() -> None:
     """Change what one superior sees: shares and channel overrides."""
 
 
-def _shares_text(data: dict[str, Any]) -> str:
-    return f"{data['upstream']} now sees: {data['share']}"
+def _shares(admin: str, method: str, name: str, as_json: bool, ids: tuple[str, ...] | None = None) -> None:
+    """Show or change what superior ``name`` sees, and print what it sees now."""
+    data = request(admin, method, f"/upstreams/{segment(name)}/shares", None if ids is None else {"ids": list(ids)})
+    done(data, as_json, f"{data['upstream']} now sees: {data['share']}")
 
 
 @upstream.command("share")
@@ -79,8 +81,7 @@ def upstream_share(admin: str, name: str, ids: tuple[str, ...], as_json: bool) -
     It is sent the channels that become visible (catalog NOTIFY ADD) when it subscribes or has
     catalog_push on; the change is stored and outlasts a restart.
     """
-    data = request(admin, "POST", f"/upstreams/{segment(name)}/shares", {"ids": list(ids)})
-    done(data, as_json, _shares_text(data))
+    _shares(admin, "POST", name, as_json, ids)
 
 
 @upstream.command("unshare")
@@ -90,8 +91,7 @@ def upstream_share(admin: str, name: str, ids: tuple[str, ...], as_json: bool) -
 @click.argument("ids", nargs=-1, required=True)
 def upstream_unshare(admin: str, name: str, ids: tuple[str, ...], as_json: bool) -> None:
     """Take device IDs, channel IDs or ID prefixes back from superior NAME (it is told: catalog NOTIFY DEL)."""
-    data = request(admin, "DELETE", f"/upstreams/{segment(name)}/shares", {"ids": list(ids)})
-    done(data, as_json, _shares_text(data))
+    _shares(admin, "DELETE", name, as_json, ids)
 
 
 @upstream.command("shares")
@@ -100,8 +100,7 @@ def upstream_unshare(admin: str, name: str, ids: tuple[str, ...], as_json: bool)
 @click.argument("name")
 def upstream_shares(admin: str, name: str, as_json: bool) -> None:
     """What superior NAME may see: the configured share with every share and unshare applied."""
-    data = request(admin, "GET", f"/upstreams/{segment(name)}/shares")
-    done(data, as_json, _shares_text(data))
+    _shares(admin, "GET", name, as_json)
 
 
 OVERRIDE_COLUMNS = (
