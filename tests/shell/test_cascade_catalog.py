@@ -357,3 +357,33 @@ async def test_subscription_starts_with_what_is_offline_is_refreshed_and_expires
         # a re-SUBSCRIBE in the ended dialog is no longer ours
         drive.send_raw("SUBSCRIBE", call, body=SUBSCRIBE_BODY, headers="Expires: 3\r\n", to_tag=ok.to.tag or "", cseq=3)
         assert (await drive.response(call, cseq=3)).status == 481
+
+
+async def test_shares_and_overrides_outlast_a_restart(tmp_path: Path) -> None:
+    sup = await superior(answering())
+    gw = await gateway_under(tmp_path, sup.port, keepalive_interval=60, share=[NVR])
+    try:
+        assert (await asyncio.to_thread(cli, gw, "upstream", "unshare", "district", CH2)).returncode == 0
+        done = await asyncio.to_thread(
+            cli, gw, "upstream", "override", "district", CH1, "--civil-code", "340203", "--parent", OURS
+        )
+        assert done.returncode == 0, done.stderr
+        bad = await asyncio.to_thread(cli, gw, "upstream", "override", "district", CH1, "--civil-code", "34020")
+        assert bad.returncode != 0 and "civil code '34020' is not 2, 4, 6 or 8 digits" in bad.stderr
+        nothing = await asyncio.to_thread(cli, gw, "upstream", "override", "district", CH3, "--clear")
+        assert nothing.returncode != 0 and "no override of" in nothing.stderr
+    finally:
+        await gw.stop()
+    gw = await gateway_under(tmp_path, sup.port, keepalive_interval=60, share=[NVR])
+    try:
+        link = gw.upstreams.links["district"]
+        assert link.rule.describe() == f"{NVR} except {CH2}"
+        assert link.overrides[CH1].civil_code == "340203" and link.overrides[CH1].parent_id == OURS
+        listed = json.loads((await asyncio.to_thread(cli, gw, "upstream", "overrides", "district", "--json")).stdout)
+        assert listed == [
+            {"upstream": "district", "channel_id": CH1, "name": "", "civil_code": "340203", "parent_id": OURS}
+        ]
+        assert (await asyncio.to_thread(cli, gw, "upstream", "override", "district", CH1, "--clear")).returncode == 0
+        assert CH1 not in link.overrides
+    finally:
+        await gw.stop()
