@@ -387,3 +387,33 @@ async def test_shares_and_overrides_outlast_a_restart(tmp_path: Path) -> None:
         assert CH1 not in link.overrides
     finally:
         await gw.stop()
+
+
+async def test_an_answer_under_way_stops_when_the_superior_is_lost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def forgetful(req: Request) -> bytes | None:
+        # takes our registration, never answers the catalog parts, and forgets us (403 to a keepalive)
+        if req.method == "REGISTER":
+            return answering()(req)
+        if b"<CmdType>Keepalive</CmdType>" in req.body:
+            return bytes(make_response(req, 403, to_tag="sup1"))
+        return None
+
+    sup = await superior(forgetful)
+    gw = await gateway_under(tmp_path, sup.port, keepalive_interval=1, catalog_batch=1)
+    drive = Driver(sup, gw)
+    try:
+        await until(lambda: gw.upstreams.links["district"].machine.registered)
+        await nvr_with_channels(gw, tmp_path)
+        with caplog.at_level("INFO", logger="gb28181gw.upstream.catalog"):
+            call = drive.send("MESSAGE", body=query_body(OURS, 88))
+            assert (await drive.response(call)).status == 200
+            await until(lambda: "catalog messages to a superior stopped" in caplog.text)
+        (line,) = [r for r in caplog.records if r.getMessage() == "catalog messages to a superior stopped"]
+        assert str(getattr(line, "reason", "")).startswith("superior lost")
+        parts = {r.call_id for r in drive.requests("MESSAGE") if b"<SN>88</SN>" in r.body}  # not retransmissions
+        # unanswered, each went 0.5 s after the one before (the fallback pace) until the loss
+        assert 1 <= len(parts) < len(TREE) and getattr(line, "unsent", 0) == len(TREE) - len(parts)
+    finally:
+        await gw.stop()

@@ -86,6 +86,10 @@ class _Stream:
         self.pacer.push(len(bodies))
         self.wake.set()
 
+    def stop(self, reason: str) -> None:
+        self.pacer.lose(reason)
+        self.wake.set()  # its sender is waiting for an answer or a timer: let it see the end
+
 
 @dataclass(eq=False, slots=True)
 class CatalogSubscription:
@@ -149,6 +153,7 @@ class CascadeCatalogService:
         self._tasks = TaskSet()
         self._pending: asyncio.TimerHandle | None = None
         self._answers: set[_Stream] = set()
+        self._drains: set[asyncio.Task[None]] = set()
         self._items = metrics.counter(UPSTREAM_CATALOG_ITEMS)
         self._notifies = metrics.counter(UPSTREAM_NOTIFIES)
         router = stack.router
@@ -174,10 +179,12 @@ class CascadeCatalogService:
         for feed in self.feeds.values():
             if feed.subscription is not None:
                 self._end(feed, "shutting down")
-            feed.notifies.pacer.lose("shutting down")
+            feed.notifies.stop("shutting down")
         for stream in self._answers:
-            stream.pacer.lose("shutting down")
+            stream.stop("shutting down")
         self._tasks.cancel()
+        for task in list(self._drains):
+            task.cancel()
 
     # --- the tree ---------------------------------------------------------------------------
 
@@ -285,7 +292,9 @@ class CascadeCatalogService:
         done: Callable[[_Stream], None] | None = None,
     ) -> None:
         if stream.task is None or stream.task.done():
-            stream.task = asyncio.get_running_loop().create_task(self._drain(stream, link, send, done))
+            task = stream.task = asyncio.get_running_loop().create_task(self._drain(stream, link, send, done))
+            self._drains.add(task)
+            task.add_done_callback(self._drains.discard)
 
     async def _drain(
         self,
@@ -466,7 +475,7 @@ class CascadeCatalogService:
         self.stack.router.remove_dialog(sub.dialog.id)
         if sub.dialog.state is not DialogState.TERMINATED:
             sub.dialog.terminate()
-        feed.notifies.pacer.lose(reason)
+        feed.notifies.stop(reason)
         feed.shown = self.view(feed.link) if feed.link.section.catalog_push else None
         log.info("catalog subscription ended", extra={"upstream": feed.link.machine.settings.name, "reason": reason})
 
@@ -475,10 +484,10 @@ class CascadeCatalogService:
         if feed is None:
             return
         self._end(feed, f"superior lost: {reason}")
-        feed.notifies.pacer.lose(f"superior lost: {reason}")
+        feed.notifies.stop(f"superior lost: {reason}")
         for stream in list(self._answers):
             if stream.owner == name:
-                stream.pacer.lose(f"superior lost: {reason}")
+                stream.stop(f"superior lost: {reason}")
 
     # --- changes ----------------------------------------------------------------------------
 
