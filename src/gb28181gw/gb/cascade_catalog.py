@@ -137,11 +137,14 @@ class Identity:
         name: our name in its tree.
         platform_item: whether the tree starts with our platform item (``[[upstream]] platform_item``).
         manufacturer / model: what our platform item says we are.
+        single_parent: write one ParentID value, the innermost (the virtual org rather than the
+            device): 2016 superiors expect one; 2022 allows several joined by ``/`` (§9.3).
     """
 
     local_id: str
     name: str
     platform_item: bool = True
+    single_parent: bool = False
     manufacturer: str = "gb28181gw"
     model: str = "gb28181gw"
 
@@ -258,6 +261,8 @@ def build_view(
 
     def parents_of(reported: str, *, fallback: str | None) -> tuple[str, ...]:
         kept = tuple(p for p in reported.split("/") if p in ids)
+        if identity.single_parent:
+            kept = kept[-1:]
         return kept or ((fallback,) if fallback else ())
 
     def civil_of(ch: Channel, override: Override | None) -> str:

@@ -198,7 +198,12 @@ class CascadeCatalogService:
             return device is not None and device.online
 
         view = build_view(
-            Identity(settings.local_id, self.name, platform_item=link.section.platform_item),
+            Identity(
+                settings.local_id,
+                self.name,
+                platform_item=link.section.platform_item,
+                single_parent=settings.gb_version != "3.0",  # 2016 superiors (or unsaid) take one ParentID
+            ),
             (ch for chans in self.devices.channels.values() for ch in chans.values()),
             online=online,
             rule=link.rule,

@@ -102,6 +102,13 @@ class TestTree:
     def test_channel_in_a_virtual_org_keeps_only_the_parent_in_the_tree(self) -> None:
         assert dict(view().items[BACK].fields)["ParentID"] == ORG
 
+    def test_several_parents_in_the_tree_are_kept_for_2022_and_the_innermost_for_2016(self) -> None:
+        chans = nvr_catalog()
+        chans[4].parent_id = f"{GATE}/{ORG}"  # under another shared item and in a virtual org
+        for single, parent in ((False, f"{GATE}/{ORG}"), (True, ORG)):
+            v = build_view(Identity(US, "gw", single_parent=single), chans, online=lambda d: True, rule=ShareRule())
+            assert dict(v.items[BACK].fields)["ParentID"] == parent
+
     def test_channel_of_an_offline_device_is_off(self) -> None:
         v = view(online=frozenset({IPC}))
         assert dict(v.items[GATE].fields)["Status"] == "OFF"
