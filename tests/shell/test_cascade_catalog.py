@@ -417,3 +417,22 @@ async def test_an_answer_under_way_stops_when_the_superior_is_lost(
         assert 1 <= len(parts) < len(TREE) and getattr(line, "unsent", 0) == len(TREE) - len(parts)
     finally:
         await gw.stop()
+
+
+async def test_a_devices_catalog_events_reach_the_subscribed_superior(tmp_path: Path) -> None:
+    async with site(tmp_path, catalog_batch=8) as (gw, drive, nvr_port):
+        call = drive.send("SUBSCRIBE", body=SUBSCRIBE_BODY, headers="Event: Catalog;id=7\r\nExpires: 600\r\n")
+        assert (await drive.response(call)).status == 200
+        # the NVR's own catalog subscription brings CH1 OFF, CH2 DEL, CH3 again (ADD, without
+        # its civil code) and an event for a channel it never reported
+        scenario = sipp_scenario("subscribe_uas.xml", nvr=NVR, ch1=CH1, ch2=CH2, new_name="新车库")
+        proc = await play_device(scenario.encode("gb2312"), nvr_port, tmp_path, "nvr-events")
+        await gw.subscriptions.subscribe(NVR, "catalog")
+        await finished(proc)
+        await until(lambda: bool(drive.requests("NOTIFY")))
+        (notify,) = drive.requests("NOTIFY")
+        got = [(i.device_id, i.fields["Event"]) for i in catalog(decode(notify.body))[1]]
+        assert got == [("340200", "ADD"), (CH1, "OFF"), (CH3, "UPDATE"), (CH2, "DEL")]
+        (update,) = [i for i in catalog(decode(notify.body))[1] if i.device_id == CH3]
+        assert update.fields["Name"] == "新车库" and update.fields["CivilCode"] == "340200"  # ours, as it has none
+        await gw.subscriptions.stop()
