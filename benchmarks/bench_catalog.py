@@ -66,6 +66,56 @@ def sip(method: str, uri: str, port: int, n: int, body: bytes = b"", extra: str 
     return head.encode() + body
 
 
+def register_device(dev: socket.socket, dest: tuple[str, int]) -> None:
+    """The NVR registers (open registration) from ``dev``."""
+    port = dev.getsockname()[1]
+    contact = f"Contact: <sip:{NVR}@127.0.0.1:{port}>\r\nExpires: 3600\r\n"
+    dev.sendto(sip("REGISTER", "sip:34020000002000000001@3402000000", port, 1, extra=contact), dest)
+    assert dev.recv(65535).startswith(b"SIP/2.0 200")
+
+
+def load_catalog(dev: socket.socket, dest: tuple[str, int], admin_port: int, channels: int, per_message: int) -> float:
+    """Ask the gateway (admin API) for the NVR's catalog and answer it from ``dev``; seconds to stored."""
+    port = dev.getsockname()[1]
+    result: dict[str, float] = {}
+
+    def refresh() -> None:
+        t0 = time.perf_counter()
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{admin_port}/api/v1/devices/{NVR}/catalog",
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            resp.read()
+        result["seconds"] = time.perf_counter() - t0
+
+    api = threading.Thread(target=refresh)
+    api.start()
+    query = dev.recv(65535)
+    sn = int(re.search(rb"<SN>(\d+)</SN>", query).group(1))  # type: ignore[union-attr]
+    dev.sendto(ok_for(query), dest)
+    for m in range(channels // per_message):
+        body = catalog_body(sn, m * per_message + 1, per_message, channels)
+        dev.sendto(sip("MESSAGE", "sip:34020000002000000001@3402000000", port, 100 + m, body), dest)
+    answered = 0
+    while answered < channels // per_message:
+        if dev.recv(65535).startswith(b"SIP/2.0 200"):
+            answered += 1
+    api.join()
+    return result["seconds"]
+
+
+def ok_for(request: bytes, tag: str = "dev") -> bytes:
+    """A 200 OK to ``request`` (its Via, From, To with ``tag``, Call-ID and CSeq)."""
+    head = request.split(b"\r\n\r\n", 1)[0].decode()
+    hdr = {line.split(":", 1)[0].lower(): line.split(":", 1)[1].strip() for line in head.split("\r\n")[1:]}
+    return (
+        f"SIP/2.0 200 OK\r\nVia: {hdr['via']}\r\nFrom: {hdr['from']}\r\nTo: {hdr['to']};tag={tag}\r\n"
+        f"Call-ID: {hdr['call-id']}\r\nCSeq: {hdr['cseq']}\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
 def bench_sync(channels: int, per_message: int) -> None:
     os.sched_setaffinity(0, {1})
     sip_port, admin_port = free_port(socket.SOCK_DGRAM), free_port()
@@ -75,58 +125,15 @@ def bench_sync(channels: int, per_message: int) -> None:
     dev = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     dev.bind(("127.0.0.1", 0))
     dev.settimeout(10)
-    port = dev.getsockname()[1]
     dest = ("127.0.0.1", sip_port)
     try:
-        dev.sendto(
-            sip(
-                "REGISTER",
-                "sip:34020000002000000001@3402000000",
-                port,
-                1,
-                extra=f"Contact: <sip:{NVR}@127.0.0.1:{port}>\r\nExpires: 3600\r\n",
-            ),
-            dest,
-        )
-        assert dev.recv(65535).startswith(b"SIP/2.0 200")
-        result: dict[str, float] = {}
-
-        def refresh() -> None:
-            t0 = time.perf_counter()
-            req = urllib.request.Request(
-                f"http://127.0.0.1:{admin_port}/api/v1/devices/{NVR}/catalog",
-                method="POST",
-                headers={"Content-Type": "application/json"},
-            )
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                resp.read()
-            result["seconds"] = time.perf_counter() - t0
-
+        register_device(dev, dest)
         c0 = cpu_seconds(proc.pid)
-        api = threading.Thread(target=refresh)
-        api.start()
-        query = dev.recv(65535)
-        sn = int(re.search(rb"<SN>(\d+)</SN>", query).group(1))  # type: ignore[union-attr]
-        via = re.search(rb"\r\nVia: ([^\r]+)", query).group(1).decode()  # type: ignore[union-attr]
-        head = query.split(b"\r\n\r\n", 1)[0].decode()
-        hdr = {line.split(":", 1)[0].lower(): line.split(":", 1)[1].strip() for line in head.split("\r\n")[1:]}
-        ok = (
-            f"SIP/2.0 200 OK\r\nVia: {via}\r\nFrom: {hdr['from']}\r\nTo: {hdr['to']};tag=dev\r\nCall-ID: {hdr['call-id']}\r\n"
-            f"CSeq: {hdr['cseq']}\r\nContent-Length: 0\r\n\r\n"
-        )
-        dev.sendto(ok.encode(), dest)
-        for m in range(channels // per_message):
-            body = catalog_body(sn, m * per_message + 1, per_message, channels)
-            dev.sendto(sip("MESSAGE", "sip:34020000002000000001@3402000000", port, 100 + m, body), dest)
-        answered = 0
-        while answered < channels // per_message:
-            if dev.recv(65535).startswith(b"SIP/2.0 200"):
-                answered += 1
-        api.join()
+        seconds = load_catalog(dev, dest, admin_port, channels, per_message)
         with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/api/v1/channels?device={NVR}", timeout=10) as resp:
             stored = resp.read().count(b'"channel_id"')
         print(
-            f"catalog of {channels} channels in {channels // per_message} MESSAGEs: {result['seconds']:.3f} s from query to stored "
+            f"catalog of {channels} channels in {channels // per_message} MESSAGEs: {seconds:.3f} s from query to stored "
             f"({stored} channels listed), gateway CPU {cpu_seconds(proc.pid) - c0:.2f} s"
         )
     finally:

@@ -38,9 +38,9 @@ from typing import Any
 from aiohttp import web
 
 from gb28181gw import __version__
-from gb28181gw.errors import IdError
+from gb28181gw.errors import IdError, UpstreamError
 from gb28181gw.gb.bans import MAX_REFUSALS
-from gb28181gw.gb.model import Device
+from gb28181gw.gb.model import Device, Override
 from gb28181gw.gb.registrar import IpNetwork
 from gb28181gw.ids import GbId
 from gb28181gw.manscdp import ptz as ptz_codes
@@ -177,12 +177,91 @@ class AdminServer:
 
 
 def add_upstream_routes(admin: AdminServer, upstreams: UpstreamService) -> None:
-    """``GET /api/v1/upstreams``: every superior, its registration state and health (issue 12)."""
+    """``/api/v1/upstreams``: every superior, its registration state and health; what each may see
+    (``…/{name}/shares``: GET, POST and DELETE with ``{"ids": [...]}``) and its channel overrides
+    (``…/{name}/overrides``: GET; PUT and DELETE ``…/overrides/{channel_id}``) (issue 12)."""
 
     async def list_upstreams(request: web.Request) -> web.Response:
         return json_response({"upstreams": upstreams.listing()})
 
+    def shares_of(name: str) -> dict[str, Any]:
+        rule = upstreams.link(name).rule
+        return {
+            "upstream": name,
+            "share": rule.describe(),
+            "everything": rule.everything,
+            "shared": sorted(rule.shared),
+            "unshared": sorted(rule.unshared),
+        }
+
+    async def ids_of(request: web.Request) -> list[str]:
+        body = await _json_object(request, 'the body must be JSON: {"ids": ["34020000001310000001", "340202", ...]}')
+        ids = body.get("ids")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise UpstreamError('"ids" must be a list of IDs or ID prefixes (strings)')
+        return ids
+
+    async def show_shares(request: web.Request) -> web.Response:
+        try:
+            return json_response(shares_of(request.match_info["name"]))
+        except UpstreamError as exc:
+            return _upstream_error(exc)
+
+    async def change_shares(request: web.Request) -> web.Response:
+        # POST shares them, DELETE takes them back; the body names them either way
+        name = request.match_info["name"]
+        try:
+            upstreams.link(name)
+            await upstreams.share(name, await ids_of(request), shared=request.method == "POST")
+            return json_response(shares_of(name))
+        except UpstreamError as exc:
+            return _upstream_error(exc)
+
+    async def list_overrides(request: web.Request) -> web.Response:
+        try:
+            link = upstreams.link(request.match_info["name"])
+        except UpstreamError as exc:
+            return _upstream_error(exc)
+        return json_response({"overrides": [o.to_dict() for _, o in sorted(link.overrides.items())]})
+
+    async def put_override(request: web.Request) -> web.Response:
+        name, channel = request.match_info["name"], request.match_info["channel_id"]
+        try:
+            upstreams.link(name)
+            body = await _json_object(
+                request, 'the body must be JSON: {"name": ..., "civil_code": ..., "parent_id": ...}'
+            )
+            values = {k: body.get(k) or "" for k in ("name", "civil_code", "parent_id")}
+            if not all(isinstance(v, str) for v in values.values()):
+                raise UpstreamError("name, civil_code and parent_id must be strings")
+            override = await upstreams.set_override(Override(name, channel, **values))
+        except UpstreamError as exc:
+            return _upstream_error(exc)
+        return json_response(override.to_dict())
+
+    async def delete_override(request: web.Request) -> web.Response:
+        name, channel = request.match_info["name"], request.match_info["channel_id"]
+        try:
+            had = await upstreams.clear_override(name, channel)
+        except UpstreamError as exc:
+            return _upstream_error(exc)
+        if not had:
+            return error_response(
+                404, f"no override of {channel} for {name}", "`gb28181gw upstream overrides NAME` lists them"
+            )
+        return json_response({"upstream": name, "channel_id": channel, "cleared": True})
+
     admin.add_route("GET", "/upstreams", list_upstreams)
+    admin.add_route("GET", "/upstreams/{name}/shares", show_shares)
+    admin.add_route("POST", "/upstreams/{name}/shares", change_shares)
+    admin.add_route("DELETE", "/upstreams/{name}/shares", change_shares)
+    admin.add_route("GET", "/upstreams/{name}/overrides", list_overrides)
+    admin.add_route("PUT", "/upstreams/{name}/overrides/{channel_id}", put_override)
+    admin.add_route("DELETE", "/upstreams/{name}/overrides/{channel_id}", delete_override)
+
+
+def _upstream_error(exc: UpstreamError) -> web.Response:
+    return error_response(exc.status, str(exc), exc.hint)
 
 
 def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: DeviceService) -> None:

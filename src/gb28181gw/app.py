@@ -40,6 +40,7 @@ from gb28181gw.net.stack import SipStack
 from gb28181gw.relay.forwarder import Forwarder, RelaySettings
 from gb28181gw.relay.workers import LocalRelay, Relay, WorkerRelay
 from gb28181gw.sdp import StreamMode
+from gb28181gw.services.cascade_catalog import CascadeCatalogService
 from gb28181gw.services.cascade_requests import CascadeRequestService
 from gb28181gw.services.devices import DeviceService
 from gb28181gw.services.registrar import RegistrarService
@@ -120,9 +121,17 @@ class Gateway:
             ),
         )
         zone = parse_time_zone(config.gateway.time_zone)
-        self.upstreams = UpstreamService(self.stack, config, metrics=self.metrics, zone=zone)
+        self.upstreams = UpstreamService(self.stack, config, metrics=self.metrics, zone=zone, store=self.store)
         self.cascade_requests = CascadeRequestService(
             self.stack, self.upstreams, self.devices, gateway_id=config.gateway.id, zone=zone
+        )
+        self.cascade_catalog = CascadeCatalogService(
+            self.stack,
+            self.upstreams,
+            self.registrar,
+            self.devices,
+            metrics=self.metrics,
+            name=config.gateway.user_agent or "gb28181gw",
         )
         self.admin: AdminServer | None = None
         self.started_at = 0.0
@@ -185,6 +194,7 @@ class Gateway:
         await self.stack.listen(replace(c.sip, tcp_max_connections=tcp_connection_budget(c)))
         await self.streams.start()
         await self.upstreams.start()  # once listening: the superiors answer to our SIP port
+        await self.cascade_catalog.start()
         if c.admin.enabled:
             self.admin = AdminServer(
                 self.metrics, status=self.status, ready=lambda: self.ready, allowed_hosts=c.admin.allowed_hosts
@@ -210,6 +220,7 @@ class Gateway:
         if self.admin is not None:
             await self.admin.stop()
         await self.streams.stop()  # BYE to every device while the stack still runs
+        await self.cascade_catalog.stop()
         await self.upstreams.stop()  # Expires: 0 to every superior while the stack still runs
         await self.cascade_requests.stop()
         await self.stack.close(timeout=self.config.runtime.shutdown_timeout)

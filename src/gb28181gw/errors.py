@@ -37,8 +37,10 @@ a bug (the fuzz tests in ``tests/fuzz`` check exactly that).
     │                                 defined in media/ports.py, beside the pool
     ├── RelayError                    the media relay cannot carry out a command; .code (RelayFailure)
     │                                 says which way, and survives the pipe to a relay worker
-    └── StreamError                   a live stream cannot be opened or found; .status is the SIP-style
-                                      code to pass on (404, 480, 486, 488, 502, 503, 504)
+    ├── StreamError                   a live stream cannot be opened or found; .status is the SIP-style
+    │                                 code to pass on (404, 480, 486, 488, 502, 503, 504)
+    └── UpstreamError                 an operator's change to a superior cannot be made; .status is the
+                                      HTTP-style hint (404 no such superior, 400 a bad ID)
 
 Local and remote errors are told apart so that the shell can answer a peer's
 mistake and keep serving everyone else, while our own mistakes fail loudly.
@@ -309,3 +311,20 @@ class RouteConflict(Gb28181Error):
         self.route = route
         self.owner = owner
         self.newcomer = newcomer
+
+
+class UpstreamError(Gb28181Error):
+    """An operator's change to what a superior sees (share, unshare, override) cannot be made.
+
+    Attributes:
+        status: 404 (no superior of that name) or 400 (an ID or value that is not one).
+        hint: what to do about it.
+    """
+
+    NOT_FOUND = 404
+    BAD_VALUE = 400
+
+    def __init__(self, message: str, status: int = BAD_VALUE, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.hint = hint

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gb28181gw.errors import StoreError, StoreRecordError
-from gb28181gw.gb.model import Alarm, Ban, Channel, Device, DeviceState, StreamMode, Transport
+from gb28181gw.gb.model import Alarm, Ban, Channel, Device, DeviceState, Override, ShareEntry, StreamMode, Transport
 from gb28181gw.store.base import Store
 from gb28181gw.store.sqlite import MIGRATIONS, SqliteStore
 
@@ -387,5 +387,47 @@ async def test_a_damaged_stored_ban_is_dropped_not_a_failed_start(tmp_path: Path
     await s.open()
     try:
         assert await s.load_bans() == [ban(3, 300.0)]
+    finally:
+        await s.close()
+
+
+async def test_share_entries_keep_the_last_word_per_superior_and_entry(store: Store) -> None:
+    await store.save_shares([ShareEntry("district", "3402", True), ShareEntry("city", "3402", False)])
+    await store.save_shares(
+        [ShareEntry("district", "3402", False), ShareEntry("district", "34020000001310000001", True)]
+    )
+    assert await store.load_shares() == [
+        ShareEntry("city", "3402", False),
+        ShareEntry("district", "3402", False),
+        ShareEntry("district", "34020000001310000001", True),
+    ]
+
+
+async def test_overrides_are_replaced_by_superior_and_channel_and_deleted(store: Store) -> None:
+    first = Override("district", "34020000001310000001", name="南门", civil_code="340202")
+    await store.save_override(first)
+    await store.save_override(Override("city", "34020000001310000001", parent_id="34020000002160000001"))
+    changed = Override("district", "34020000001310000001", name="北门")
+    await store.save_override(changed)
+    assert await store.load_overrides() == [
+        Override("city", "34020000001310000001", parent_id="34020000002160000001"),
+        changed,
+    ]
+    assert await store.delete_override("district", "34020000001310000001") is True
+    assert await store.delete_override("district", "34020000001310000001") is False
+    assert [o.upstream for o in await store.load_overrides()] == ["city"]
+
+
+async def test_shares_and_overrides_survive_reopen(factory: Callable[[], Store]) -> None:
+    s = factory()
+    await s.open()
+    await s.save_shares([ShareEntry("district", "340202", True)])
+    await s.save_override(Override("district", "34020000001310000001", name="大门"))
+    await s.close()
+    s = factory()
+    await s.open()
+    try:
+        assert await s.load_shares() == [ShareEntry("district", "340202", True)]
+        assert (await s.load_overrides())[0].name == "大门"
     finally:
         await s.close()

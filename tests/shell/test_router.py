@@ -10,7 +10,6 @@ import pytest
 from gb28181gw.app import Gateway
 from gb28181gw.config import load_config
 from gb28181gw.errors import RouteConflict
-from gb28181gw.manscdp.messages import CmdType
 from gb28181gw.net.router import PASS, ManscdpRequest, Role
 from gb28181gw.net.stack import SipStack
 from gb28181gw.sip.dialog import DialogId
@@ -62,24 +61,26 @@ def _request(
     )
 
 
-async def test_a_platforms_catalog_query_reaches_its_owner_and_a_strangers_gets_404(gateway: Gateway) -> None:
+async def test_a_platforms_query_reaches_its_owner_and_a_strangers_gets_404(gateway: Gateway) -> None:
     router = gateway.stack.router
     got: list[ManscdpRequest] = []
 
-    def platform_catalog(msg: ManscdpRequest) -> None:
+    def platform_query(msg: ManscdpRequest) -> None:
         got.append(msg)
         assert msg.event.transaction is not None
         gateway.stack.respond(msg.event.transaction, make_response(msg.event.request, 200, to_tag="cascade"))
 
     router.add_role_resolver(lambda sender, peer: Role.PLATFORM if sender == PLATFORM else None, owner="cascade")
-    router.on_message(Role.PLATFORM, CmdType.CATALOG, platform_catalog, owner="cascade")
+    # a CmdType of its own: the gateway's cascade services own the real ones (Catalog, DeviceInfo …)
+    router.on_message(Role.PLATFORM, "TestQuery", platform_query, owner="cascade")
+    query = CATALOG_QUERY.replace(b"Catalog", b"TestQuery")
     client = await _client()
     target = Peer("UDP", "127.0.0.1", gateway.stack.port)
     try:
-        resp = await client.request(_request(client.endpoint, "MESSAGE", PLATFORM, body=CATALOG_QUERY), target)
+        resp = await client.request(_request(client.endpoint, "MESSAGE", PLATFORM, body=query), target)
         assert resp.status == 200 and resp.to.tag == "cascade"
         (msg,) = got
-        assert (msg.role, msg.sender, msg.cmd_type) == (Role.PLATFORM, PLATFORM, "Catalog")
+        assert (msg.role, msg.sender, msg.cmd_type) == (Role.PLATFORM, PLATFORM, "TestQuery")
         assert msg.root.tag == "Query" and msg.event.peer.port == client.port
         # the same query from a device nobody claims: 404, as an unregistered device's keepalive gets
         resp = await client.request(_request(client.endpoint, "MESSAGE", STRANGER_DEVICE, body=CATALOG_QUERY), target)
@@ -91,7 +92,7 @@ async def test_a_platforms_catalog_query_reaches_its_owner_and_a_strangers_gets_
         assert gateway.registrar.keepalives[("unregistered",)] == 2
         refused = gateway.registrar.registrar.refused.entries()
         assert [r.reason for r in refused if r.device_id == STRANGER] == ["platform-id"]
-        # a CmdType the Catalog owner does not take goes to the cascade's other requests, which serve
+        # a CmdType with no owner of its own goes to the cascade's other requests, which serve
         # configured superiors only: this resolver's platform is none
         info = CATALOG_QUERY.replace(b"Catalog", b"DeviceInfo")
         resp = await client.request(_request(client.endpoint, "MESSAGE", PLATFORM, body=info), target)

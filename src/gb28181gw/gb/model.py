@@ -15,7 +15,19 @@ from typing import Any
 
 from gb28181gw.sdp import StreamMode
 
-__all__ = ["BAN_FIELDS", "DEVICE_FIELDS", "Alarm", "Ban", "Channel", "Device", "DeviceState", "StreamMode", "Transport"]
+__all__ = [
+    "BAN_FIELDS",
+    "DEVICE_FIELDS",
+    "Alarm",
+    "Ban",
+    "Channel",
+    "Device",
+    "DeviceState",
+    "Override",
+    "ShareEntry",
+    "StreamMode",
+    "Transport",
+]
 
 
 class Transport(StrEnum):
@@ -256,3 +268,44 @@ class Ban:
 
 
 BAN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Ban))
+
+
+@dataclass(frozen=True, slots=True)
+class ShareEntry:
+    """An operator's ``gb28181gw upstream share|unshare`` for one superior (cascade, PROTOCOL.md §9.3).
+
+    Applied over the configured ``share`` of that ``[[upstream]]`` (:class:`gb28181gw.gb.share.ShareRule`);
+    the last word on an entry is the one kept.
+
+    Attributes:
+        upstream: the superior's name (``[[upstream]] name``).
+        entry: a device ID, channel ID or ID prefix.
+        shared: shared (``True``) or taken back (``False``).
+    """
+
+    upstream: str
+    entry: str
+    shared: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """What one superior is told of a channel instead of what its device reported (PROTOCOL.md §9.3).
+
+    Never its ID (§9.9): only its name, civil code and parent. An empty field is not overridden.
+
+    Attributes:
+        upstream: the superior's name.
+        channel_id: the channel.
+        name / civil_code / parent_id: the values that superior sees.
+    """
+
+    upstream: str
+    channel_id: str
+    name: str = ""
+    civil_code: str = ""
+    parent_id: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        """A JSON-friendly dict of every field."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}

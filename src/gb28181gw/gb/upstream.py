@@ -821,17 +821,11 @@ class Upstream:
         purpose = Purpose.UNREGISTER if expires == 0 else Purpose.REGISTER
         self._requests.append(Outgoing(ref, purpose, request, self.peer))
 
-    def _send_keepalive(self) -> None:
-        s = self.settings
-        self._ka_sn += 1
-        body = encode(Root.NOTIFY, CmdType.KEEPALIVE, self._ka_sn, s.local_id, [("Status", "OK")], charset=s.charset)
-        ref = self._next_ref()
-        self._keepalive_refs.add(ref)
-        self._requests.append(Outgoing(ref, Purpose.KEEPALIVE, self.message(body), self.peer))
-
     def message(self, body: bytes) -> Request:
-        """A MANSCDP MESSAGE from us to the superior, outside any dialog, to send to :attr:`peer`:
-        keepalives, and the Responses and Notifies the cascade sends up (PROTOCOL.md §9.4, §9.8)."""
+        """A MANSCDP MESSAGE to the superior (out of dialog, fresh Call-ID and tag): send it to :attr:`peer`.
+
+        Keepalives, and the shell's catalog answers and notifications, all go this way.
+        """
         s = self.settings
         target = f"sip:{self.server_id}@{self.settings.domain}" if self.peer == s.peer else self._uri
         extra = [("User-Agent", s.user_agent)]
@@ -849,3 +843,12 @@ class Upstream:
             body=body,
             content_type=CONTENT_TYPE,
         )
+
+    def _send_keepalive(self) -> None:
+        s = self.settings
+        self._ka_sn += 1
+        body = encode(Root.NOTIFY, CmdType.KEEPALIVE, self._ka_sn, s.local_id, [("Status", "OK")], charset=s.charset)
+        request = self.message(body)
+        ref = self._next_ref()
+        self._keepalive_refs.add(ref)
+        self._requests.append(Outgoing(ref, Purpose.KEEPALIVE, request, self.peer))

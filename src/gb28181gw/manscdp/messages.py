@@ -110,7 +110,8 @@ def encode(
 
     Args:
         fields: (element, value) pairs after DeviceID, in order; a value that is a list
-            of pairs becomes nested elements.
+            of pairs becomes nested elements. An element name may carry attributes
+            (``'DeviceList Num="4"'``): they go in the start tag only.
         charset: declared encoding. GB2312 (the 2016 default) and GB18030 are written with
             the gb18030 codec, so characters outside GB2312 survive (PROTOCOL.md §5.2);
             UTF-8 is written as UTF-8.
@@ -191,7 +192,7 @@ def _write_fields(lines: list[str], fields: Fields) -> None:
         if isinstance(value, list):
             lines.append(f"<{name}>")
             _write_fields(lines, value)
-            lines.append(f"</{name}>")
+            lines.append(f"</{name.split(' ', 1)[0]}>")
         else:
             lines.append(f"<{name}>{escape(str(value))}</{name}>")
 

@@ -104,6 +104,7 @@ class DeviceService:
         self._alarm_listeners: list[AlarmListener] = []
         self._reaper: asyncio.Task[None] | None = None
         self._tasks = TaskSet()
+        self._channel_listeners: list[Callable[[str], None]] = []
         self.queries = metrics.counter(QUERIES)
         self.unmatched = metrics.counter(MANSCDP_UNMATCHED)
         self.bad_positions = metrics.counter(INVALID_COORDINATES)
@@ -113,6 +114,19 @@ class DeviceService:
         registrar.on_manscdp(self.handle_manscdp)
         registrar.on_registered(self._on_registered)
         registrar.on_offline(self._on_offline)
+
+    def on_channels_changed(self, listener: Callable[[str], None]) -> None:
+        """Be told (with the device ID) whenever the channels kept of a device change: a catalog
+        stored, catalog events applied, the device gone offline (what superiors see follows them)."""
+        self._channel_listeners.append(listener)
+
+    def channels_changed(self, device_id: str) -> None:
+        """Tell the :meth:`on_channels_changed` listeners that the channels of ``device_id`` changed."""
+        for listener in self._channel_listeners:
+            try:
+                listener(device_id)
+            except Exception:
+                log.exception("channel listener failed", extra={"device": device_id})
 
     async def start(self) -> None:
         """Load stored channels and start expiring quiet catalog answers."""
@@ -154,6 +168,7 @@ class DeviceService:
         """Drop what is kept in memory of a removed device (its channels)."""
         self.channels.pop(device_id, None)
         self.partial.discard(device_id)
+        self.channels_changed(device_id)
 
     def next_sn(self, device_id: str) -> int:
         """A fresh SN for a request to ``device_id``."""
@@ -359,6 +374,7 @@ class DeviceService:
         else:
             self.partial.discard(result.device_id)
         self.channels[result.device_id] = chans
+        self.channels_changed(result.device_id)
         await self.registrar.flush()  # the device row first: channels reference it
         await self.store.replace_channels(result.device_id, list(chans.values()))
         log.info(
@@ -545,6 +561,7 @@ class DeviceService:
             return
         for ch in chans.values():
             ch.status = "OFF"
+        self.channels_changed(device.device_id)
         self._tasks.spawn(self.store.replace_channels(device.device_id, list(chans.values())))
 
     def channel_from_item(

@@ -311,6 +311,7 @@ class SubscriptionService:
             else:
                 log.info("unknown catalog event", extra={"device": device.device_id, "event": ev})
         if upserts or deletes:
+            self.devices.channels_changed(device.device_id)
             self._tasks.spawn(self._persist(device.device_id, list(upserts.values()), sorted(deletes)))
 
     async def _persist(self, device_id: str, upserts: list[Channel], deletes: list[str]) -> None:

@@ -25,12 +25,13 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from gb28181gw.config import Config, UpstreamSection
-from gb28181gw.errors import SipTimeoutError, SipTransportError
+from gb28181gw.errors import SipTimeoutError, SipTransportError, UpstreamError
+from gb28181gw.gb.model import Override, ShareEntry
 from gb28181gw.gb.share import ShareRule
 from gb28181gw.gb.upstream import (
     KeepaliveAnswered,
@@ -56,6 +57,7 @@ from gb28181gw.net.router import Role
 from gb28181gw.net.stack import SipStack
 from gb28181gw.net.tasks import TaskSet
 from gb28181gw.sip.peer import Peer
+from gb28181gw.store.base import Store
 
 log = logging.getLogger("gb28181gw.upstream")
 
@@ -64,6 +66,8 @@ UNREGISTER_TIMEOUT = 5.0
 
 #: Listener told that a superior was lost: (its name, why).
 LostListener = Callable[[str, str], None]
+#: Listener told that what a superior may see changed by the operator's hand (its name).
+ViewListener = Callable[[str], None]
 
 
 def upstream_settings(config: Config, up: UpstreamSection) -> UpstreamSettings:
@@ -95,7 +99,9 @@ class Link:
     Attributes:
         machine: the registration state machine.
         section: its ``[[upstream]]`` table (charset, catalog_batch, catalog_push …).
-        rule: what it may see (:mod:`gb28181gw.gb.share`).
+        rule: what it may see (:mod:`gb28181gw.gb.share`): the configured ``share`` with the
+            operator's stored share/unshare entries applied.
+        overrides: what it is told of a channel instead of what the device reported, by channel ID.
         timer: the armed ``call_at``, if any.
         last_register / last_keepalive: wall-clock epoch of the last success (``None``: never).
         register_failures / keepalive_failures: totals since start.
@@ -105,6 +111,7 @@ class Link:
     machine: Upstream
     section: UpstreamSection
     rule: ShareRule
+    overrides: dict[str, Override] = field(default_factory=dict)
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
     last_register: float | None = None
     last_keepalive: float | None = None
@@ -123,6 +130,7 @@ class UpstreamService:
         metrics: where the per-superior families go.
         zone: the site's time zone (a superior's Date carries no zone).
         rng: jitter source in [0, 1) (tests pass a fixed one).
+        store: where the operator's shares and overrides are kept (``None``: in memory only).
     """
 
     def __init__(
@@ -133,8 +141,12 @@ class UpstreamService:
         metrics: Metrics,
         zone: _dt.tzinfo = _dt.UTC,
         rng: Callable[[], float] = random.random,
+        store: Store | None = None,
     ) -> None:
         self.stack = stack
+        self.store = store
+        self._view_listeners: list[ViewListener] = []
+        self._channel_ids: Callable[[], Iterable[tuple[str, str]]] = lambda: ()
         self.links: dict[str, Link] = {}
         self._tasks = TaskSet()
         self._lost: list[LostListener] = []
@@ -156,7 +168,12 @@ class UpstreamService:
         self._lost.append(listener)
 
     def _role(self, sender: str, peer: Peer) -> Role | None:
-        return Role.PLATFORM if self.superior(sender, peer) is not None else None
+        if self.superior(sender, peer) is not None:
+            return Role.PLATFORM
+        if any(sender == link.machine.server_id for link in self.links.values()):
+            # a superior's ID from another address: not our superior, whatever it claims (403)
+            return Role.REFUSED
+        return None
 
     def superior(self, sender: str, peer: Peer) -> Link | None:
         """The superior a request comes from: its ID (From user) at its configured (or redirected) host."""
@@ -175,11 +192,130 @@ class UpstreamService:
         link = self.links.get(name)
         return link is not None and link.rule.allows(*ids)
 
+    # --- what each superior sees -------------------------------------------------------------
+
+    def on_view_changed(self, listener: ViewListener) -> None:
+        """Be told when the operator changes what a superior sees (share, unshare, override)."""
+        self._view_listeners.append(listener)
+
+    def set_channel_source(self, source: Callable[[], Iterable[tuple[str, str]]]) -> None:
+        """Where the (channel ID, device ID) pairs counted as "channels shared" come from."""
+        self._channel_ids = source
+
+    def link(self, name: str) -> Link:
+        """The superior called ``name``.
+
+        Raises:
+            UpstreamError: there is none (404).
+        """
+        link = self.links.get(name)
+        if link is None:
+            known = ", ".join(sorted(self.links)) or "none configured"
+            raise UpstreamError(
+                f"no superior named {name!r}",
+                UpstreamError.NOT_FOUND,
+                f"superiors are the [[upstream]] tables of the configuration ({known}); see `gb28181gw upstreams`",
+            )
+        return link
+
+    async def share(self, name: str, entries: Iterable[str], *, shared: bool = True) -> ShareRule:
+        """Share ``entries`` (device IDs, channel IDs or ID prefixes) with superior ``name``, or take them back.
+
+        Kept in the store, so that it outlasts a restart; the superior is sent the NOTIFYs it implies.
+
+        Raises:
+            UpstreamError: no such superior (404) or an entry that is no ID or prefix (400).
+        """
+        link = self.link(name)
+        wanted = list(dict.fromkeys(entries))
+        bad = [e for e in wanted if not (e.isascii() and e.isdigit() and 1 <= len(e) <= 20)]
+        if bad or not wanted:
+            raise UpstreamError(
+                f"not a device ID, channel ID or ID prefix: {', '.join(bad)}" if bad else "no ID given",
+                UpstreamError.BAD_VALUE,
+                "IDs and prefixes are 1-20 digits (a 20-digit ID, or e.g. 340202 for a district)",
+            )
+        if self.store is not None:
+            await self.store.save_shares([ShareEntry(name, e, shared) for e in wanted])
+        link.rule = link.rule.share(wanted) if shared else link.rule.unshare(wanted)
+        log.info(
+            "shared with superior" if shared else "unshared from superior",
+            extra={"upstream": name, "entries": wanted, "rule": link.rule.describe()},
+        )
+        self._view_changed(name)
+        return link.rule
+
+    async def set_override(self, override: Override) -> Override:
+        """Tell superior ``override.upstream`` a channel's name, civil code or parent instead of the reported ones.
+
+        Raises:
+            UpstreamError: no such superior (404), or a bad channel ID, civil code or parent (400).
+        """
+        link = self.link(override.upstream)
+        problems = []
+        if not _digits(override.channel_id, (20,)):
+            problems.append(f"channel {override.channel_id!r} is not a 20-digit ID")
+        if override.civil_code and not _digits(override.civil_code, (2, 4, 6, 8)):
+            problems.append(f"civil code {override.civil_code!r} is not 2, 4, 6 or 8 digits")
+        if override.parent_id and not all(_digits(p, (20,)) for p in override.parent_id.split("/")):
+            problems.append(f"parent {override.parent_id!r} is not a 20-digit ID (or several joined by /)")
+        if problems:
+            raise UpstreamError("; ".join(problems), UpstreamError.BAD_VALUE)
+        if not (override.name or override.civil_code or override.parent_id):
+            raise UpstreamError(
+                "an override needs a name, a civil code or a parent", UpstreamError.BAD_VALUE, "clear it instead"
+            )
+        if self.store is not None:
+            await self.store.save_override(override)
+        link.overrides[override.channel_id] = override
+        log.info("override set", extra={"upstream": override.upstream, **override.to_dict()})
+        self._view_changed(override.upstream)
+        return override
+
+    async def clear_override(self, name: str, channel_id: str) -> bool:
+        """Tell superior ``name`` what the device reported of ``channel_id`` again; whether there was an override.
+
+        Raises:
+            UpstreamError: no such superior (404).
+        """
+        link = self.link(name)
+        had = link.overrides.pop(channel_id, None) is not None
+        if self.store is not None:
+            had = await self.store.delete_override(name, channel_id) or had
+        if had:
+            log.info("override cleared", extra={"upstream": name, "channel": channel_id})
+            self._view_changed(name)
+        return had
+
+    def _view_changed(self, name: str) -> None:
+        for listener in self._view_listeners:
+            try:
+                listener(name)
+            except Exception:
+                log.exception("view listener failed", extra={"upstream": name})
+
+    async def _load(self) -> None:
+        """Apply the stored shares and overrides (of superiors still configured)."""
+        if self.store is None:
+            return
+        shares: dict[str, dict[bool, list[str]]] = {}
+        for entry in await self.store.load_shares():
+            shares.setdefault(entry.upstream, {}).setdefault(entry.shared, []).append(entry.entry)
+        for o in await self.store.load_overrides():
+            if o.upstream in self.links:
+                self.links[o.upstream].overrides[o.channel_id] = o
+        for name, by_kind in shares.items():
+            link = self.links.get(name)
+            if link is not None:
+                link.rule = link.rule.share(by_kind.get(True, ())).unshare(by_kind.get(False, ()))
+
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Send the first REGISTER to every superior (the stack must be listening)."""
+        """Apply the stored shares and overrides, then send the first REGISTER to every superior
+        (the stack must be listening)."""
         self._loop = asyncio.get_running_loop()
+        await self._load()
         for link in self.links.values():
             s = link.machine.settings
             log.info(
@@ -318,6 +454,7 @@ class UpstreamService:
     def listing(self) -> list[dict[str, Any]]:
         """Every superior as ``gb28181gw upstreams`` and ``GET /api/v1/upstreams`` show it."""
         rows = []
+        pairs = list(self._channel_ids())
         for name, link in self.links.items():
             m = link.machine
             s = m.settings
@@ -337,9 +474,16 @@ class UpstreamService:
                     "keepalive_failures": link.keepalive_failures,
                     "failures_in_a_row": m.failures,
                     "last_error": link.last_error,
+                    "share": link.rule.describe(),
+                    "channels_shared": sum(1 for c, d in pairs if link.rule.allows(c, d)),
+                    "overrides": len(link.overrides),
                 }
             )
         return rows
+
+
+def _digits(text: str, lengths: tuple[int, ...]) -> bool:
+    return len(text) in lengths and text.isascii() and text.isdigit()
 
 
 _STATE_NAMES = {

@@ -12,11 +12,11 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol
 
-from gb28181gw.gb.model import Alarm, Ban, Channel, Device
+from gb28181gw.gb.model import Alarm, Ban, Channel, Device, Override, ShareEntry
 
 
 class Store(Protocol):
-    """Async persistence of devices, channels, alarms and bans.
+    """Async persistence of devices, channels, alarms, bans, and superiors' shares and overrides.
 
     Attributes:
         writable: whether the last write reached the store (``/readyz`` fails while it is false).
@@ -82,3 +82,18 @@ class Store(Protocol):
 
     async def delete_bans(self, keys: Sequence[str]) -> None:
         """Remove the bans with these keys (lifted by an operator); unknown keys are no error."""
+
+    async def save_shares(self, entries: Sequence[ShareEntry]) -> None:
+        """Keep these share/unshare entries; one for the same (upstream, entry) replaces it."""
+
+    async def load_shares(self) -> list[ShareEntry]:
+        """Every share/unshare entry of every superior, by superior and entry."""
+
+    async def save_override(self, override: Override) -> None:
+        """Insert or replace the override of (its upstream, its channel)."""
+
+    async def delete_override(self, upstream: str, channel_id: str) -> bool:
+        """Remove the override of ``channel_id`` for ``upstream``; whether there was one."""
+
+    async def load_overrides(self) -> list[Override]:
+        """Every override of every superior, by superior and channel."""

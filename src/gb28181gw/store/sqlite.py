@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gb28181gw.errors import StoreError, StoreRecordError
-from gb28181gw.gb.model import BAN_FIELDS, DEVICE_FIELDS, Alarm, Ban, Channel, Device
+from gb28181gw.gb.model import BAN_FIELDS, DEVICE_FIELDS, Alarm, Ban, Channel, Device, Override, ShareEntry
 
 T = TypeVar("T")
 log = logging.getLogger("gb28181gw.store")
@@ -125,6 +125,24 @@ MIGRATIONS: list[str] = [
     ALTER TABLE devices ADD COLUMN reported_name TEXT NOT NULL DEFAULT '';
     UPDATE devices SET reported_name = name, name = '' WHERE NOT provisioned;
     CREATE INDEX alarms_by_reporter ON alarms(reported_by, id);
+    """,
+    # what the operator shared with or took back from each superior, and what it is told of a
+    # channel instead of what the device reported (cascade, issue 12)
+    """
+    CREATE TABLE upstream_shares (
+        upstream TEXT NOT NULL,
+        entry TEXT NOT NULL,
+        shared INTEGER NOT NULL,
+        PRIMARY KEY (upstream, entry)
+    );
+    CREATE TABLE upstream_overrides (
+        upstream TEXT NOT NULL,
+        channel_id TEXT NOT NULL,
+        name TEXT NOT NULL DEFAULT '',
+        civil_code TEXT NOT NULL DEFAULT '',
+        parent_id TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (upstream, channel_id)
+    );
     """,
 ]
 #: Alarms kept; older ones are deleted as new ones come.
@@ -475,3 +493,56 @@ class SqliteStore:
 
         if gone:
             await self._run(lambda: self._in_transaction(delete, f"deleting {len(gone)} bans"))
+
+    # --- superiors: shares and overrides -------------------------------------------------
+
+    async def save_shares(self, entries: Sequence[ShareEntry]) -> None:
+        rows = [self._row((e.upstream, e.entry, int(e.shared))) for e in entries]
+
+        def save(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT INTO upstream_shares (upstream, entry, shared) VALUES (?, ?, ?) "
+                "ON CONFLICT(upstream, entry) DO UPDATE SET shared = excluded.shared",
+                rows,
+            )
+
+        if rows:
+            await self._run(lambda: self._in_transaction(save, f"writing {len(rows)} share entries"))
+
+    async def load_shares(self) -> list[ShareEntry]:
+        def load() -> list[ShareEntry]:
+            rows = self._db().execute("SELECT upstream, entry, shared FROM upstream_shares ORDER BY upstream, entry")
+            return [ShareEntry(_from_sql(r[0]), _from_sql(r[1]), bool(r[2])) for r in rows]
+
+        return await self._run(load)
+
+    async def save_override(self, override: Override) -> None:
+        o = override
+        row = self._row((o.upstream, o.channel_id, o.name, o.civil_code, o.parent_id))
+
+        def save(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO upstream_overrides (upstream, channel_id, name, civil_code, parent_id) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(upstream, channel_id) DO UPDATE SET name = excluded.name, "
+                "civil_code = excluded.civil_code, parent_id = excluded.parent_id",
+                row,
+            )
+
+        await self._run(lambda: self._in_transaction(save, f"writing the override of {o.channel_id}"))
+
+    async def delete_override(self, upstream: str, channel_id: str) -> bool:
+        def delete(db: sqlite3.Connection) -> bool:
+            sql = "DELETE FROM upstream_overrides WHERE upstream = ? AND channel_id = ?"
+            return bool(db.execute(sql, (upstream, channel_id)).rowcount)
+
+        return await self._run(lambda: self._in_transaction(delete, f"deleting the override of {channel_id}"))
+
+    async def load_overrides(self) -> list[Override]:
+        def load() -> list[Override]:
+            rows = self._db().execute(
+                "SELECT upstream, channel_id, name, civil_code, parent_id FROM upstream_overrides "
+                "ORDER BY upstream, channel_id"
+            )
+            return [Override(*_text(r, 5)) for r in rows]
+
+        return await self._run(load)
