@@ -6,7 +6,8 @@
   the previous one's 2xx (:class:`~gb28181gw.gb.cascade_catalog.Pacer`). A DeviceID we do not
   have is answered 404 with a Warning, not a ``Result ERROR`` Response: the superior's
   transaction ends at once with the reason, where a Response without SumNum leaves a
-  superior that collects by SN (wvp, §5.5.6) waiting for parts until its timeout.
+  superior that collects by SN (wvp, §5.5.6) waiting for parts until its timeout. The same
+  DeviceID asked again stops the answer still under way: the superior waits for the new SN only.
 - **Catalog SUBSCRIBE** from a superior (``Event: Catalog``; one without Event but with a
   Catalog body is taken too: Monibuca, §11.6 P5): 200 with Expires and a ``Result OK`` body, a
   UAS dialog, the offline items as the first NOTIFY (2022 N.2.1.2.1), refreshes and
@@ -76,6 +77,7 @@ class _Stream:
     """One serial stream of messages to a superior: a query's answer, or its NOTIFYs."""
 
     owner: str = ""  # the superior's name
+    target: str = ""  # the DeviceID a query's answer is for ("": NOTIFYs)
     pacer: Pacer = field(default_factory=Pacer)
     queue: deque[tuple[bytes, int]] = field(default_factory=deque)  # (body, items in it)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -255,7 +257,12 @@ class CascadeCatalogService:
             items, sn=env.sn, device_id=env.device_id, batch=batch, charset=link.machine.settings.charset
         )
         sizes = [min(batch, len(items) - i * batch) for i in range(len(bodies))] if items else [0]
-        stream = _Stream(name)
+        for under_way in self._answers:
+            if under_way.owner == name and under_way.target == env.device_id:
+                # the superior asks again (its sync timer ran out): it waits for this answer only,
+                # and two answers paced side by side would each take twice as long
+                under_way.stop(f"replaced by the query with SN {env.sn}")
+        stream = _Stream(name, env.device_id)
         self._answers.add(stream)
         stream.push(list(zip(bodies, sizes, strict=True)))
         log.info(

@@ -245,19 +245,13 @@ class CascadeRequestService:
         name = link.machine.settings.name
         fields: Fields
         if env.is_cmd(CmdType.DEVICE_INFO):
-            shared = sum(
-                1
-                for device_id, chans in self.devices.channels.items()
-                for channel_id in chans
-                if self.upstreams.may_see(name, channel_id, device_id)
-            )
             fields = [
                 ("DeviceName", self.name),
                 ("Result", "OK"),
                 ("Manufacturer", "gb28181gw"),
                 ("Model", "GB/T 28181 gateway"),
                 ("Firmware", __version__),
-                ("Channel", shared),
+                ("Channel", self.upstreams.channels_shared(name)),  # channels, not regions or groups
             ]
         elif env.is_cmd(CmdType.DEVICE_STATUS):
             now = _dt.datetime.now(self.zone).strftime("%Y-%m-%dT%H:%M:%S")

@@ -202,6 +202,11 @@ class UpstreamService:
         """Where the (channel ID, device ID) pairs counted as "channels shared" come from."""
         self._channel_ids = source
 
+    def channels_shared(self, name: str) -> int:
+        """How many channels (no regions, groups or organisations) superior ``name`` may see."""
+        link = self.links.get(name)
+        return 0 if link is None else sum(1 for c, d in self._channel_ids() if link.rule.allows(c, d))
+
     def link(self, name: str) -> Link:
         """The superior called ``name``.
 
@@ -454,7 +459,6 @@ class UpstreamService:
     def listing(self) -> list[dict[str, Any]]:
         """Every superior as ``gb28181gw upstreams`` and ``GET /api/v1/upstreams`` show it."""
         rows = []
-        pairs = list(self._channel_ids())
         for name, link in self.links.items():
             m = link.machine
             s = m.settings
@@ -475,7 +479,7 @@ class UpstreamService:
                     "failures_in_a_row": m.failures,
                     "last_error": link.last_error,
                     "share": link.rule.describe(),
-                    "channels_shared": sum(1 for c, d in pairs if link.rule.allows(c, d)),
+                    "channels_shared": self.channels_shared(name),
                     "overrides": len(link.overrides),
                 }
             )

@@ -1,0 +1,79 @@
+"""Faults a superior causes in the field, toward our catalog and requests (issue 12 items 3, 4), over real 127.0.0.1 sockets.
+
+The superiors here misbehave the way real ones do: one asks for the catalog again while
+the previous answer is still being paced out (wvp and Hikvision platforms re-query when their
+sync timer runs out), one asks our DeviceInfo while devices reported regions and groups
+among their channels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from gb28181gw.gb.model import Channel
+from gb28181gw.manscdp.messages import CmdType, decode
+from gb28181gw.sip.message import Request
+
+from .test_cascade_catalog import TREE, Driver, answering, nvr_with_channels, query_body
+from .test_cascade_requests import NVR, OURS, Make, query, site
+from .test_devices import CH1, CH2
+from .test_upstreams import _close_superiors, gateway_under, superior, until
+
+pytestmark = pytest.mark.sipp
+__all__ = ["_close_superiors", "site"]  # fixtures used here
+
+
+def _catalog_parts(drive: Driver, sn: int) -> set[str]:
+    """Call-IDs of the catalog Response MESSAGEs with ``sn`` the superior received (not retransmissions)."""
+    return {
+        r.call_id
+        for r in drive.requests("MESSAGE")
+        if r.body and decode(r.body).is_cmd(CmdType.CATALOG) and decode(r.body).sn == sn
+    }
+
+
+async def test_a_catalog_query_asked_again_replaces_the_answer_under_way(tmp_path: Path) -> None:
+    # the superior takes our registration and keepalives but leaves the catalog parts unanswered,
+    # so they go at the fallback pace; it asks again (same DeviceID, new SN) while the first
+    # answer is under way. Two answers interleaved halve the pace of the one it waits for, and
+    # a superior whose sync timer runs out again asks again: answers pile up without end.
+    def slow(req: Request) -> bytes | None:
+        if req.method == "MESSAGE" and b"<CmdType>Catalog</CmdType>" in req.body:
+            return None
+        return answering()(req)
+
+    sup = await superior(slow)
+    gw = await gateway_under(tmp_path, sup.port, keepalive_interval=60, catalog_batch=1)
+    drive = Driver(sup, gw)
+    try:
+        await until(lambda: gw.upstreams.links["district"].machine.registered)
+        await nvr_with_channels(gw, tmp_path)
+        first = drive.send("MESSAGE", body=query_body(OURS, 1))
+        assert (await drive.response(first)).status == 200
+        await until(lambda: len(_catalog_parts(drive, 1)) == 1)
+        again = drive.send("MESSAGE", body=query_body(OURS, 2))
+        assert (await drive.response(again)).status == 200
+        await until(lambda: len(_catalog_parts(drive, 2)) == len(TREE), timeout=15)
+        await asyncio.sleep(0.6)  # one fallback pace more: a first answer still going would send again
+        assert len(_catalog_parts(drive, 1)) < len(TREE)  # the first answer stopped
+        assert not gw.cascade_catalog._answers  # nothing left under way
+    finally:
+        await gw.stop()
+
+
+async def test_device_info_of_our_platform_counts_shared_channels_not_regions_or_groups(site: Make) -> None:
+    # PROTOCOL.md §9.4: Channel = the number of shared channels. NVRs and lower platforms report
+    # their civil-code regions, business groups and virtual organisations among their catalog
+    # items; they are no channels (`gb28181gw upstreams` does not count them either)
+    s = await site(["<CmdType>DeviceInfo</CmdType>", "<SN>7101</SN>", "<Channel>2</Channel>"], 1)
+    chans = s.gw.devices.channels[NVR]
+    for item_id, name in (("340202", "示例区"), ("34020000002150000001", "治安"), ("34020000002160000001", "园区")):
+        chans[item_id] = Channel(item_id, NVR, name)
+    await s.ask(query("Query", "DeviceInfo", 7101, OURS), 200)
+    await until(lambda: s.counted("DeviceInfo", "ok") == 1)
+    (row,) = s.gw.upstreams.listing()
+    assert row["channels_shared"] == 2 and {CH1, CH2} <= set(chans)
+    await s.close()
