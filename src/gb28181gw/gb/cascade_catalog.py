@@ -9,9 +9,10 @@ Sans-I/O: records in, items and body bytes out.
   business groups (215) and virtual organisations (216) devices reported, then the shared
   channels with Parental, ParentID and a Status that is ``OFF`` whenever their device is
   offline. IDs are never changed (§9.9); an override changes only a name, civil code or
-  parent. A ParentID naming something the superior does not see becomes our platform ID
-  (the system that owns the channel, §9.3), since a dangling parent makes superiors
-  misplace or miscount the item (§5.5.3 step 4).
+  parent (an overridden parent brings its group or organisation along, as a reported one
+  does). A ParentID naming something the superior does not see, reported or overridden,
+  becomes our platform ID (the system that owns the channel, §9.3), since a dangling parent
+  makes superiors misplace or miscount the item (§5.5.3 step 4).
 - :meth:`View.scope` is the answer to a Catalog query for one DeviceID (§5.5.4): our ID
   gives everything, a region, group, organisation or item its subtree, a device of ours
   its shared channels, anything else ``None`` (the shell answers 404).
@@ -249,18 +250,23 @@ def build_view(
     # groups and organisations: those shared, and those a shared channel (or organisation) hangs under
     wanted: set[str] = {g for g, ch in groups.items() if rule.allows(g, ch.device_id)}
     wanted |= {o for o, ch in orgs.items() if rule.allows(o, ch.device_id)}
-    todo = [*wanted, *(p for ch in shared for p in _references(ch))]
+
+    def references(ch: Channel) -> list[str]:
+        # an overridden parent is one too: the operator's org comes along like a reported one
+        return [*_references(ch), *_parents(overrides.get(ch.channel_id))]
+
+    todo = [*wanted, *(p for ch in shared for p in references(ch))]
     while todo:
         ref = todo.pop()
         holder = groups.get(ref) or orgs.get(ref)
         if holder is None:
             continue
         wanted.add(ref)
-        todo.extend(p for p in _references(holder) if p not in wanted)
+        todo.extend(p for p in references(holder) if p not in wanted)
     ids = wanted | {ch.channel_id for ch in shared}
 
-    def parents_of(reported: str, *, fallback: str | None) -> tuple[str, ...]:
-        kept = tuple(p for p in reported.split("/") if p in ids)
+    def parents_of(ch: Channel, override: Override | None, *, fallback: str | None) -> tuple[str, ...]:
+        kept = tuple(p for p in (_parents(override) or ch.parent_id.split("/")) if p in ids)
         if identity.single_parent:
             kept = kept[-1:]
         return kept or ((fallback,) if fallback else ())
@@ -288,7 +294,7 @@ def build_view(
         ch = groups[gid]
         override = overrides.get(gid)
         civil = civil_of(ch, override)
-        parents = _parents(override) or parents_of(ch.parent_id, fallback=local_id)
+        parents = parents_of(ch, override, fallback=local_id)
         body.append(
             Item(
                 gid,
@@ -303,7 +309,7 @@ def build_view(
     for oid in sorted(o for o in wanted if o in orgs):
         ch = orgs[oid]
         override = overrides.get(oid)
-        parents = _parents(override) or parents_of(ch.parent_id, fallback=None)
+        parents = parents_of(ch, override, fallback=None)
         fields: Fields = [("Name", _name(ch, override))]
         if parents:
             fields.append(("ParentID", "/".join(parents)))
@@ -317,7 +323,7 @@ def build_view(
         cid = ch.channel_id
         override = overrides.get(cid)
         civil = civil_of(ch, override)
-        parents = _parents(override) or parents_of(ch.parent_id, fallback=local_id)
+        parents = parents_of(ch, override, fallback=local_id)
         status = "ON" if online(ch.device_id) and ch.status in ("", "ON") else "OFF"
         values = dict(ch.extra)
         values.update(CivilCode=civil, ParentID="/".join(parents), Status=status)

@@ -146,6 +146,22 @@ class TestTree:
         )
         assert "340104" in v.items and "3401" in v.items
 
+    def test_an_overridden_parent_is_in_the_tree_or_falls_back_to_us(self) -> None:
+        # the operator moves the shared IPC under the NVR's virtual org (not shared by itself):
+        # the org and its group come along, as for a parent the device reported; a parent we do
+        # not have at all (a typo, an org the device since dropped) is no dangling ParentID (§5.5.3)
+        lost = "34020000002160009999"
+        for parent, expected, tree in ((ORG, ORG, [GROUP, ORG]), (lost, US, []), (f"{lost}/{ORG}", ORG, [GROUP, ORG])):
+            v = build_view(
+                Identity(US, "gw"),
+                nvr_catalog(),
+                online=lambda d: True,
+                rule=ShareRule.from_config([IPC]),
+                overrides={IPC: Override("district", IPC, parent_id=parent)},
+            )
+            assert dict(v.items[IPC].fields)["ParentID"] == expected
+            assert [i for i in v.items if i[10:13] in ("215", "216")] == tree
+
 
 class TestScope:
     """What a Catalog query for one DeviceID returns (§5.5.4)."""
