@@ -17,7 +17,8 @@ from gb28181gw.gb.model import Channel
 from gb28181gw.manscdp.messages import CmdType, decode
 from gb28181gw.sip.message import Request
 
-from .test_cascade_catalog import TREE, Driver, answering, nvr_with_channels, query_body
+from .test_cascade_catalog import TREE, Driver, answering, cli, nvr_with_channels, query_body
+from .test_cascade_catalog import site as catalog_site
 from .test_cascade_requests import NVR, OURS, Make, query, site
 from .test_devices import CH1, CH2
 from .test_upstreams import _close_superiors, gateway_under, superior, until
@@ -77,3 +78,13 @@ async def test_device_info_of_our_platform_counts_shared_channels_not_regions_or
     (row,) = s.gw.upstreams.listing()
     assert row["channels_shared"] == 2 and {CH1, CH2} <= set(chans)
     await s.close()
+
+
+async def test_an_override_name_xml_cannot_carry_is_refused(tmp_path: Path) -> None:
+    # a name pasted from a spreadsheet with a control character in it: written into the catalog
+    # answer as is, it makes the superior's XML parser drop the whole part (and the items with it)
+    async with catalog_site(tmp_path, catalog_batch=8) as (gw, drive, _):
+        bad = await asyncio.to_thread(cli, gw, "upstream", "override", "district", CH1, "--name", "大门\x08口")
+        assert bad.returncode != 0 and "name" in bad.stderr
+        assert CH1 not in gw.upstreams.links["district"].overrides
+        assert await drive.query(OURS, 3) == TREE  # every part still XML

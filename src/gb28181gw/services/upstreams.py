@@ -262,6 +262,9 @@ class UpstreamService:
             problems.append(f"channel {override.channel_id!r} is not a 20-digit ID")
         if override.civil_code and not _digits(override.civil_code, (2, 4, 6, 8)):
             problems.append(f"civil code {override.civil_code!r} is not 2, 4, 6 or 8 digits")
+        if any(_not_xml(c) for c in override.name):
+            # the superior's parser would drop the whole catalog part the name is written into
+            problems.append(f"name {override.name!r} has characters XML cannot carry (control characters)")
         if override.parent_id and not all(_digits(p, (20,)) for p in override.parent_id.split("/")):
             problems.append(f"parent {override.parent_id!r} is not a 20-digit ID (or several joined by /)")
         if problems:
@@ -484,6 +487,11 @@ class UpstreamService:
                 }
             )
         return rows
+
+
+def _not_xml(c: str) -> bool:
+    # XML 1.0 Char: no C0 control but tab, LF and CR; no surrogates, U+FFFE or U+FFFF
+    return (c < " " and c not in "\t\n\r") or "\ud800" <= c <= "\udfff" or c in "\ufffe\uffff"
 
 
 def _digits(text: str, lengths: tuple[int, ...]) -> bool:
