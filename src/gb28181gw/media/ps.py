@@ -326,7 +326,7 @@ class PsInspector:
 
     def _video(self, buf: bytes | bytearray, pos: int, end: int) -> bool:
         s = self.stats
-        codec = s.video_codec or "H264"
+        codec = s.video_codec or _codec_of(buf, pos, end) or "H264"
         h265 = codec == "H265"
         key_types = _KEY_NALS.get(codec, _KEY_NALS["H264"])
         pos = buf.find(b"\x00\x00\x01", pos, end)
@@ -343,6 +343,21 @@ class PsInspector:
                 return False  # a picture that is not a key frame
             pos = buf.find(b"\x00\x00\x01", pos + 3, end)
         return False
+
+
+def _codec_of(buf: bytes | bytearray, pos: int, end: int) -> str:
+    # No PSM seen: an H.265 VPS/SPS/PPS header byte (0x40/0x42/0x44; as H.264 these are types
+    # 0, 2 and 4, which cameras never send) says H.265; read as H.264 its IRAP pictures never
+    # look like key frames. Checked only while no PSM has named the codec.
+    pos = buf.find(b"\x00\x00\x01", pos, end)
+    while 0 <= pos < end - 3:
+        b = buf[pos + 3]
+        if b in (0x40, 0x42, 0x44):
+            return "H265"
+        if b & 0x1F in (1, 5, 7, 8, 9):
+            return "H264"
+        pos = buf.find(b"\x00\x00\x01", pos + 3, end)
+    return ""
 
 
 def _nal_types(data: bytes, h265: bool) -> list[int]:

@@ -147,8 +147,8 @@ class UdpOut:
 class TcpOut:
     """A consumer reached over TCP (RFC 4571 framing), with a bounded queue for when it is slow."""
 
-    __slots__ = ("id", "ssrc", "addr", "sock", "loop", "limit", "pending", "packets", "bytes", "dropped", "errors",
-                 "on_lost", "_writing")  # fmt: skip
+    __slots__ = ("id", "ssrc", "addr", "sock", "loop", "limit", "base_limit", "pending", "packets", "bytes", "dropped",
+                 "errors", "on_lost", "_writing")  # fmt: skip
     transport = "tcp"
 
     def __init__(
@@ -162,7 +162,7 @@ class TcpOut:
         on_lost: Callable[[TcpOut, str], None],
     ) -> None:
         self.id, self.ssrc, self.addr, self.sock, self.loop = consumer_id, ssrc, addr, sock, loop
-        self.limit = limit
+        self.limit = self.base_limit = limit  # limit: raised for a join's burst until it is sent
         self.pending = bytearray()
         self.packets = self.bytes = self.dropped = self.errors = 0
         self.on_lost = on_lost
@@ -207,6 +207,7 @@ class TcpOut:
             return
         del self.pending[:sent]
         if not self.pending:
+            self.limit = self.base_limit  # a join's burst is out: back to media.tcp_queue
             self._writing = False
             self.loop.remove_writer(self.sock.fileno())
 
@@ -802,6 +803,8 @@ class Forwarder:
                 n = len(packet)
                 scratch[2 : 2 + n] = packet
                 out.send(scratch, view, 2, n)
+            if isinstance(out, TcpOut) and not out.pending:
+                out.limit = out.base_limit  # sent at once: no queue needs the room
         elif st.stats.packets:
             self.on_event(KeyFrameWanted(st.id))
         st.consumers.append(out)
