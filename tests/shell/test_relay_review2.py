@@ -91,6 +91,21 @@ def test_h265_key_frames_are_found_without_a_psm() -> None:
     assert not inspector.frame_start(PACK_HEADER + p_pes, 0, len(PACK_HEADER + p_pes))
 
 
+@pytest.mark.parametrize("code", [0xBD, 0xBE], ids=["private-data", "padding"])
+def test_key_frame_with_private_data_or_padding_before_its_video_is_found(code: int) -> None:
+    # Hikvision puts private data in 0xBD PES (PROTOCOL §8.3); a padding PES (0xBE) is plain ISO 13818-1
+    pack = packs(gb_ps(1, 1))[0]
+    video = pack.find(b"\x00\x00\x01\xe0")
+    other = b"\x00\x00\x01" + bytes([code]) + struct.pack("!H", 16) + b"\x80\x00\x00" + b"\xff" * 13
+    pack = pack[:video] + other + pack[video:]
+    inspector = PsInspector()
+    assert inspector.frame_start(pack, 0, min(len(pack), 1400))
+    assert inspector.stats.frames == 1 and inspector.stats.key_frames == 1
+    # a pack that opens with audio is still no video frame
+    audio = AUDIO_PACK
+    assert not inspector.frame_start(audio, 0, len(audio)) and inspector.stats.frames == 1
+
+
 async def test_paused_tcp_consumer_removed_while_its_start_connects_is_not_left_in_the_relay(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -317,8 +317,8 @@ class PsInspector:
                 if pos + 9 <= end:
                     key = self._video(buf, pos + 9 + buf[pos + 8], min(end, pos + 6 + length))
                 break
-            elif code != SYSTEM_HEADER:
-                break  # audio or private data first: not a video frame
+            elif code != SYSTEM_HEADER and code != 0xBD and code not in _SKIPPED_WITH_LENGTH:
+                break  # audio first: not a video frame (private data and padding may precede the video)
             pos += 6 + length
         if video:
             s.frames += 1
