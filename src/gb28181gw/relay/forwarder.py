@@ -162,7 +162,7 @@ class TcpOut:
         on_lost: Callable[[TcpOut, str], None],
     ) -> None:
         self.id, self.ssrc, self.addr, self.sock, self.loop = consumer_id, ssrc, addr, sock, loop
-        self.limit = self.base_limit = limit  # limit: raised for a join's burst until it is sent
+        self.limit = self.base_limit = limit  # limit: raised for a join's burst while it is queued
         self.pending = bytearray()
         self.packets = self.bytes = self.dropped = self.errors = 0
         self.on_lost = on_lost
@@ -206,8 +206,9 @@ class TcpOut:
             self.on_lost(self, f"send failed: {exc.strerror or exc}")
             return
         del self.pending[:sent]
+        if self.limit > self.base_limit:  # the room made for a join's burst shrinks as it goes out
+            self.limit = max(self.base_limit, self.limit - sent)
         if not self.pending:
-            self.limit = self.base_limit  # a join's burst is out: back to media.tcp_queue
             self._writing = False
             self.loop.remove_writer(self.sock.fileno())
 
@@ -803,8 +804,8 @@ class Forwarder:
                 n = len(packet)
                 scratch[2 : 2 + n] = packet
                 out.send(scratch, view, 2, n)
-            if isinstance(out, TcpOut) and not out.pending:
-                out.limit = out.base_limit  # sent at once: no queue needs the room
+            if isinstance(out, TcpOut):
+                out.limit = out.base_limit + len(out.pending)  # room for what of it is still queued
         elif st.stats.packets:
             self.on_event(KeyFrameWanted(st.id))
         st.consumers.append(out)
