@@ -106,6 +106,35 @@ def test_key_frame_with_private_data_or_padding_before_its_video_is_found(code: 
     assert not inspector.frame_start(audio, 0, len(audio)) and inspector.stats.frames == 1
 
 
+def _with_es_prefix(pack: bytes, prefix: bytes) -> bytes:
+    """``pack`` with ``prefix`` put before its video PES's elementary stream (PES length fixed)."""
+    pes = pack.find(b"\x00\x00\x01\xe0")
+    length = struct.unpack_from("!H", pack, pes + 4)[0]
+    es = pes + 9 + pack[pes + 8]
+    return pack[: pes + 4] + struct.pack("!H", length + len(prefix)) + pack[pes + 6 : es] + prefix + pack[es:]
+
+
+def test_sps_and_pps_before_every_frame_do_not_make_every_frame_a_key_frame() -> None:
+    # encoders that repeat SPS+PPS before every picture (§8.5 asks for them before every I frame,
+    # not only there): the cache must start at the IDR, else a joining decoder starts on a P frame
+    all_packs = packs(gb_ps(30, 10))
+    key_es = all_packs[0][all_packs[0].find(b"\x00\x00\x01\xe0") :]
+    # x264's key frames: SPS, PPS, SEI, IDR; its other frames: slices only
+    headers = key_es[key_es.find(b"\x00\x00\x01\x67") : key_es.find(b"\x00\x00\x01\x06")]
+    assert b"\x00\x00\x01\x68" in headers
+    stream = [pack if i % 10 == 0 else _with_es_prefix(pack, headers) for i, pack in enumerate(all_packs)]
+    packets: list[bytes] = []
+    key_at = 0
+    for i, pack in enumerate(stream[:25]):
+        if i == 20:
+            key_at = len(packets)
+        packets += _rtp([pack[j : j + 1000] for j in range(0, len(pack), 1000)], 3600 * i, 1000 + len(packets))
+    forwarder, st = _stream()
+    _feed(forwarder, st, packets)
+    assert st.gop is not None and st.gop[0] == packets[key_at]  # frame 20, the last IDR
+    assert st.inspector.stats.key_frames == 3
+
+
 async def test_paused_tcp_consumer_removed_while_its_start_connects_is_not_left_in_the_relay(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -330,19 +330,23 @@ class PsInspector:
         h265 = codec == "H265"
         key_types = _KEY_NALS.get(codec, _KEY_NALS["H264"])
         pos = buf.find(b"\x00\x00\x01", pos, end)
+        key = False
         while 0 <= pos < end - 3:
             b = buf[pos + 3]
             t = (b >> 1) & 0x3F if h265 else b & 0x1F
             if t in key_types:
-                if s.last_key_frame_index >= 0:
-                    s.key_frame_interval = s.frames - s.last_key_frame_index
-                s.last_key_frame_index = s.frames
-                s.key_frames += 1
-                return True
-            if (t < 32) if h265 else t in (1, 5):
-                return False  # a picture that is not a key frame
+                key = True
+                if (t < 32) if h265 else t == 5:
+                    break  # the IDR/IRAP picture itself
+            elif (t < 32) if h265 else t == 1:
+                return False  # a picture that is not a key frame (some encoders send SPS+PPS before every one)
             pos = buf.find(b"\x00\x00\x01", pos + 3, end)
-        return False
+        if key:  # the picture, or parameter sets with the picture in a later packet
+            if s.last_key_frame_index >= 0:
+                s.key_frame_interval = s.frames - s.last_key_frame_index
+            s.last_key_frame_index = s.frames
+            s.key_frames += 1
+        return key
 
 
 def _codec_of(buf: bytes | bytearray, pos: int, end: int) -> str:
