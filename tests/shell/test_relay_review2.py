@@ -229,3 +229,21 @@ async def test_udp_consumer_joining_a_large_gop_gets_all_of_it() -> None:
     finally:
         consumer.close()
         forwarder.close_all()
+
+
+@pytest.mark.xfail(
+    strict=True, reason="review: the API's stream JSON does not say which port a tcp-passive consumer connects to"
+)
+async def test_the_api_tells_a_tcp_passive_consumer_its_port(tmp_path: Path) -> None:
+    # POST /api/v1/streams passes any transport to play(), tcp-passive included; the answer is
+    # built by stream_json, whose consumers carry no local port: the consumer cannot connect
+    from gb28181gw.admin import stream_json
+
+    gw, device = await gateway(tmp_path, **{"media.workers": "0"})
+    try:
+        st, c = await gw.streams.play(CH, transport="tcp-passive", host="127.0.0.1", port=40000)
+        entry = next(x for x in stream_json(gw.streams, st)["consumers"] if x["id"] == c.id)
+        assert c.local_port and c.local_port in entry.values()
+    finally:
+        await gw.stop()
+        await finished(device)
