@@ -290,6 +290,8 @@ async def test_passive_consumer_that_never_connects_is_dropped_and_its_port_free
         assert set(st.consumers) == {keep.id}
         await wait_for(lambda: gw.streams.pools[0].in_use == 1)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            # SO_REUSEADDR: an earlier test's connection on this port may be in TIME_WAIT; a listener still refuses it
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("0.0.0.0", c.local_port))  # nobody listens there any more (in whichever process)
         await gw.streams.remove_consumer(st.id, keep.id)
         await finished(device)

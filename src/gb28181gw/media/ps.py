@@ -317,8 +317,8 @@ class PsInspector:
                 if pos + 9 <= end:
                     key = self._video(buf, pos + 9 + buf[pos + 8], min(end, pos + 6 + length))
                 break
-            elif code != SYSTEM_HEADER:
-                break  # audio or private data first: not a video frame
+            elif code != SYSTEM_HEADER and code != 0xBD and code not in _SKIPPED_WITH_LENGTH:
+                break  # audio first: not a video frame (private data and padding may precede the video)
             pos += 6 + length
         if video:
             s.frames += 1
@@ -326,23 +326,42 @@ class PsInspector:
 
     def _video(self, buf: bytes | bytearray, pos: int, end: int) -> bool:
         s = self.stats
-        codec = s.video_codec or "H264"
+        codec = s.video_codec or _codec_of(buf, pos, end) or "H264"
         h265 = codec == "H265"
         key_types = _KEY_NALS.get(codec, _KEY_NALS["H264"])
         pos = buf.find(b"\x00\x00\x01", pos, end)
+        key = False
         while 0 <= pos < end - 3:
             b = buf[pos + 3]
             t = (b >> 1) & 0x3F if h265 else b & 0x1F
             if t in key_types:
-                if s.last_key_frame_index >= 0:
-                    s.key_frame_interval = s.frames - s.last_key_frame_index
-                s.last_key_frame_index = s.frames
-                s.key_frames += 1
-                return True
-            if (t < 32) if h265 else t in (1, 5):
-                return False  # a picture that is not a key frame
+                key = True
+                if (t < 32) if h265 else t == 5:
+                    break  # the IDR/IRAP picture itself
+            elif (t < 32) if h265 else t == 1:
+                return False  # a picture that is not a key frame (some encoders send SPS+PPS before every one)
             pos = buf.find(b"\x00\x00\x01", pos + 3, end)
-        return False
+        if key:  # the picture, or parameter sets with the picture in a later packet
+            if s.last_key_frame_index >= 0:
+                s.key_frame_interval = s.frames - s.last_key_frame_index
+            s.last_key_frame_index = s.frames
+            s.key_frames += 1
+        return key
+
+
+def _codec_of(buf: bytes | bytearray, pos: int, end: int) -> str:
+    # No PSM seen: an H.265 VPS/SPS/PPS header byte (0x40/0x42/0x44; as H.264 these are types
+    # 0, 2 and 4, which cameras never send) says H.265; read as H.264 its IRAP pictures never
+    # look like key frames. Checked only while no PSM has named the codec.
+    pos = buf.find(b"\x00\x00\x01", pos, end)
+    while 0 <= pos < end - 3:
+        b = buf[pos + 3]
+        if b in (0x40, 0x42, 0x44):
+            return "H265"
+        if b & 0x1F in (1, 5, 7, 8, 9):
+            return "H264"
+        pos = buf.find(b"\x00\x00\x01", pos + 3, end)
+    return ""
 
 
 def _nal_types(data: bytes, h265: bool) -> list[int]:

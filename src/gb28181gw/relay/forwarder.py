@@ -147,8 +147,8 @@ class UdpOut:
 class TcpOut:
     """A consumer reached over TCP (RFC 4571 framing), with a bounded queue for when it is slow."""
 
-    __slots__ = ("id", "ssrc", "addr", "sock", "loop", "limit", "pending", "packets", "bytes", "dropped", "errors",
-                 "on_lost", "_writing")  # fmt: skip
+    __slots__ = ("id", "ssrc", "addr", "sock", "loop", "limit", "base_limit", "pending", "packets", "bytes", "dropped",
+                 "errors", "on_lost", "_writing")  # fmt: skip
     transport = "tcp"
 
     def __init__(
@@ -162,7 +162,7 @@ class TcpOut:
         on_lost: Callable[[TcpOut, str], None],
     ) -> None:
         self.id, self.ssrc, self.addr, self.sock, self.loop = consumer_id, ssrc, addr, sock, loop
-        self.limit = limit
+        self.limit = self.base_limit = limit  # limit: raised for a join's burst while it is queued
         self.pending = bytearray()
         self.packets = self.bytes = self.dropped = self.errors = 0
         self.on_lost = on_lost
@@ -206,6 +206,8 @@ class TcpOut:
             self.on_lost(self, f"send failed: {exc.strerror or exc}")
             return
         del self.pending[:sent]
+        if self.limit > self.base_limit:  # the room made for a join's burst shrinks as it goes out
+            self.limit = max(self.base_limit, self.limit - sent)
         if not self.pending:
             self._writing = False
             self.loop.remove_writer(self.sock.fileno())
@@ -802,6 +804,8 @@ class Forwarder:
                 n = len(packet)
                 scratch[2 : 2 + n] = packet
                 out.send(scratch, view, 2, n)
+            if isinstance(out, TcpOut):
+                out.limit = out.base_limit + len(out.pending)  # room for what of it is still queued
         elif st.stats.packets:
             self.on_event(KeyFrameWanted(st.id))
         st.consumers.append(out)

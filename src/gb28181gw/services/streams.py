@@ -687,6 +687,11 @@ class StreamService:
             if st.consumers.get(consumer_id) is consumer:
                 self._drop_consumer(st, consumer_id)
             raise StreamError(502, str(exc)) from None
+        if st.consumers.get(consumer_id) is not consumer:
+            # removed (or its lease ran out) while we connected to it: its removal reached the
+            # relay before the consumer did, so take it out again
+            await self._quietly(st.relay.remove_consumer(st.id, consumer_id))
+            raise StreamError(404, f"consumer {consumer_id} of stream {stream_id} was removed while starting")
         log.info("consumer started", extra={"stream": st.id, "consumer": consumer.id})
 
     # --- leaving and closing -----------------------------------------------------------
