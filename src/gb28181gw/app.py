@@ -40,6 +40,7 @@ from gb28181gw.net.stack import SipStack
 from gb28181gw.relay.forwarder import Forwarder, RelaySettings
 from gb28181gw.relay.workers import LocalRelay, Relay, WorkerRelay
 from gb28181gw.sdp import StreamMode
+from gb28181gw.services.cascade_media import CascadeMediaService
 from gb28181gw.services.devices import DeviceService
 from gb28181gw.services.registrar import RegistrarService
 from gb28181gw.services.streams import MediaSettings, StreamService
@@ -119,6 +120,15 @@ class Gateway:
         self.upstreams = UpstreamService(
             self.stack, config, metrics=self.metrics, zone=parse_time_zone(config.gateway.time_zone)
         )
+        self.cascade_media = CascadeMediaService(
+            self.stack,
+            self.upstreams,
+            self.streams,
+            self.registrar,
+            metrics=self.metrics,
+            media_address=config.media_address,
+            invite_timeout=m.invite_timeout,
+        )
         self.admin: AdminServer | None = None
         self.started_at = 0.0
         self._ready = False
@@ -179,6 +189,7 @@ class Gateway:
         await self.devices.start()
         await self.stack.listen(replace(c.sip, tcp_max_connections=tcp_connection_budget(c)))
         await self.streams.start()
+        await self.cascade_media.start()
         await self.upstreams.start()  # once listening: the superiors answer to our SIP port
         if c.admin.enabled:
             self.admin = AdminServer(
@@ -204,6 +215,7 @@ class Gateway:
         self._ready = False
         if self.admin is not None:
             await self.admin.stop()
+        await self.cascade_media.stop()  # BYE in every superior's dialog, first: its consumers go
         await self.streams.stop()  # BYE to every device while the stack still runs
         await self.upstreams.stop()  # Expires: 0 to every superior while the stack still runs
         await self.stack.close(timeout=self.config.runtime.shutdown_timeout)

@@ -1,0 +1,359 @@
+"""A superior's live INVITE over real sockets (issue 12 item 5, PROTOCOL.md §9.5).
+
+SIPp plays the superior (``superior_invite_uac.xml``) and the device (``invite_uas.xml``),
+registered on the gateway; the test sends the device's media (real H.264 in PS over RTP)
+and receives what the gateway sends the superior at the address of the superior's SDP,
+decoding it with ``av``. Failure paths: each refusal and what it answers, nothing left over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from gb28181gw.app import Gateway
+from gb28181gw.config import load_config
+from gb28181gw.gb.model import Channel
+from gb28181gw.gb.superior_invite import ServedState
+from tests.media import TcpConsumer, UdpConsumer, decode_h264, gb_ps, packetize, send_udp, wait_for
+
+from .conftest import SippResult, run_sipp, sipp_scenario
+from .test_devices import finished, free_udp_port, play_device, register
+from .test_streams import DEVICE_BYE, DEVICE_SSRC, WE_BYE, answer, scenario
+
+pytestmark = pytest.mark.sipp
+
+SUPERIOR = "34010000002000000001"
+OURS = "34020000002000000001"
+NVR = "34020000001180000001"
+CH = "34020000001310000001"
+SUPERIOR_SSRC = "0100000077"
+FRAMES, GOP = 50, 10
+
+
+@pytest.fixture(scope="module")
+def ps() -> bytes:
+    return gb_ps(FRAMES, GOP)
+
+
+async def cascade_gateway(tmp_path: Path, **upstream: object) -> Gateway:
+    """A gateway with one superior, ``district``, whose registrar nobody runs: its INVITEs are what matter."""
+    table = {
+        "name": "district",
+        "id": SUPERIOR,
+        "host": "127.0.0.1",
+        "port": free_udp_port(),
+        "password": "upper-pass",
+        "retry_interval": 600.0,
+        **upstream,
+    }
+    path = tmp_path / "gw.toml"
+    path.write_text("\n".join(["[[upstream]]"] + [f"{k} = {json.dumps(v)}" for k, v in table.items()]) + "\n")
+    overrides = {
+        "store.path": str(tmp_path / "gw.db"),
+        "gateway.id": OURS,
+        "sip.listen": "127.0.0.1",
+        "sip.port": "0",
+        "admin.port": "0",
+        "sip.t1": "0.1",
+        "sip.t2": "0.4",
+        "sip.t4": "0.5",
+        "devices.catalog_on_register": "false",
+        "devices.subscribe": "",
+        "media.workers": "0",
+        "media.port_min": "42200",
+        "media.port_max": "42299",
+        "media.linger": "0",
+        "media.invite_timeout": "5",
+    }
+    gw = Gateway(load_config(path, env={}, overrides=overrides))
+    await gw.start()
+    return gw
+
+
+async def with_device(gw: Gateway, tmp_path: Path, device_scenario: bytes | None) -> asyncio.subprocess.Process | None:
+    """Register the NVR with channel CH; with a scenario, SIPp then answers the gateway's INVITE as it says."""
+    port = free_udp_port()
+    await register(gw, tmp_path, port)
+    gw.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)  # as its catalog would have it
+    if device_scenario is None:
+        return None
+    return await play_device(device_scenario, port, tmp_path, "device")
+
+
+def offer(
+    port: int,
+    *,
+    proto: str = "RTP/AVP",
+    setup: str = "",
+    ssrc: str = SUPERIOR_SSRC,
+    name: str = "Play",
+    ps: bool = True,
+) -> str:
+    lines = ["v=0", f"o={SUPERIOR} 0 0 IN IP4 127.0.0.1", f"s={name}", "c=IN IP4 127.0.0.1", "t=0 0"]
+    lines += [f"m=video {port} {proto} {'96' if ps else '98'}", "a=recvonly"]
+    lines.append("a=rtpmap:96 PS/90000" if ps else "a=rtpmap:98 H264/90000")
+    if setup:
+        lines += [f"a=setup:{setup}", "a=connection:new"]
+    if ssrc:
+        lines.append(f"y={ssrc}")
+    lines.append("f=")
+    return "\r\n".join(lines) + "\r\n"
+
+
+def content(sdp: str | None) -> str:
+    if sdp is None:
+        return "Content-Length: 0\r\n\r\n"
+    return f"Content-Type: application/sdp\r\nContent-Length: [len]\r\n\r\n{sdp}"
+
+
+def ok(*, proto: str = "RTP/AVP", ssrc: str = SUPERIOR_SSRC, setup: str = "", ch: str = CH) -> str:
+    checks = f'<ereg regexp="a=setup:{setup}" search_in="body" check_it="true" assign_to="setup"/>' if setup else ""
+    return sipp_scenario("parts/superior_ok.xml", ch=ch, superior=SUPERIOR, proto=proto, ssrc=ssrc, checks=checks)
+
+
+OK_REFS = "m,dir,map,o,c,y"
+
+
+def superior_bye(pause: int = 3000) -> str:
+    return sipp_scenario("parts/superior_bye.xml", ch=CH, superior=SUPERIOR, pause=pause)
+
+
+def superior_gets_bye(timeout: int = 10000) -> str:
+    return sipp_scenario("parts/superior_gets_bye.xml", timeout=timeout)
+
+
+def refused(status: int, warning: str, *, ch: str = CH) -> str:
+    return sipp_scenario("parts/superior_refused.xml", ch=ch, superior=SUPERIOR, status=status, warning=warning)
+
+
+async def superior(
+    gw: Gateway,
+    tmp_path: Path,
+    body: str,
+    expect: str,
+    *,
+    then: str = "",
+    refs: str = "",
+    ch: str = CH,
+    name: str = "superior",
+) -> SippResult:
+    text = sipp_scenario(
+        "superior_invite_uac.xml", ch=ch, superior=SUPERIOR, content=body, expect=expect, then=then, refs=refs
+    )
+    path = tmp_path / f"{name}.xml"
+    path.write_text(text)
+    return await run_sipp(str(path), gw.stack.port, tmp_path, timeout=20)
+
+
+def sending(gw: Gateway, n: int = 1) -> bool:
+    return sum(s.state is ServedState.SENDING for s in gw.cascade_media.dialogs.values()) == n
+
+
+async def nothing_left(gw: Gateway) -> None:
+    await wait_for(
+        lambda: (
+            not gw.streams.streams
+            and gw.streams.pools[0].in_use == 0
+            and gw.streams.ssrcs.active == 0
+            and not gw.cascade_media.dialogs
+            and not gw.cascade_media.pending
+            and not gw.cascade_media.by_consumer
+            and gw.stack.router.dialog_count == 0
+        ),
+        5,
+    )
+
+
+def upstream_metrics(gw: Gateway) -> str:
+    return "\n".join(
+        line for line in gw.metrics.render().decode().splitlines() if line.startswith("gb28181gw_upstream_")
+    )
+
+
+# --- media reaches the superior ------------------------------------------------------------
+
+
+async def test_udp_superior_gets_decodable_ps_with_its_ssrc(tmp_path: Path, ps: bytes) -> None:
+    gw = await cascade_gateway(tmp_path)
+    device = await with_device(gw, tmp_path, scenario(answer(ssrc=f"{DEVICE_SSRC:010d}")))
+    assert device is not None
+    receiver = await UdpConsumer.start()
+    try:
+        sup = asyncio.create_task(
+            superior(gw, tmp_path, content(offer(receiver.port)), ok(), then=superior_bye(), refs=OK_REFS)
+        )
+        await wait_for(lambda: sending(gw), 10)
+        assert 'gb28181gw_upstream_streams{upstream="district"} 1.0' in upstream_metrics(gw)
+        (st,) = gw.streams.streams.values()
+        packets = packetize(ps, DEVICE_SSRC, mtu=1000)
+        await send_udp(packets, st.port)
+        await wait_for(lambda: len(receiver.got.packets) == len(packets))
+        assert receiver.got.ssrcs == {int(SUPERIOR_SSRC)}  # its y= echoed (ssrc = "echo")
+        assert receiver.got.payload() == ps and decode_h264(receiver.got.payload()) == FRAMES
+        result = await sup
+        assert result.ok, result.stdout + result.messages
+        # its BYE: the consumer goes, linger 0 closes the stream, the device gets our BYE
+        await finished(device)
+        await nothing_left(gw)
+        metrics = upstream_metrics(gw)
+        assert 'gb28181gw_upstream_streams{upstream="district"} 0.0' in metrics
+        assert 'gb28181gw_upstream_requests_total{request="INVITE",result="ok",upstream="district"} 1.0' in metrics
+    finally:
+        receiver.close()
+        await gw.stop()
+
+
+async def test_tcp_we_connect_to_a_passive_superior(tmp_path: Path, ps: bytes) -> None:
+    # its a=setup:passive: it listens at c=:m=, we connect (answer a=setup:active); own SSRC
+    gw = await cascade_gateway(tmp_path, ssrc="own")
+    device = await with_device(gw, tmp_path, scenario(answer(ssrc=f"{DEVICE_SSRC:010d}")))
+    assert device is not None
+    receiver = await TcpConsumer.start()
+    try:
+        sdp = offer(receiver.port, proto="TCP/RTP/AVP", setup="passive")
+        expect = ok(proto="TCP/RTP/AVP", ssrc="0[0-9]{9}", setup="active")
+        sup = asyncio.create_task(
+            superior(gw, tmp_path, content(sdp), expect, then=superior_bye(), refs=OK_REFS + ",setup")
+        )
+        await wait_for(lambda: sending(gw), 10)
+        (served,) = gw.cascade_media.dialogs.values()
+        assert served.ssrc != int(SUPERIOR_SSRC) and f"{served.ssrc:010d}".startswith("020000")  # ours: §7.4.1
+        (st,) = gw.streams.streams.values()
+        packets = packetize(ps, DEVICE_SSRC, mtu=1000)
+        await asyncio.wait_for(receiver.connected.wait(), 5)
+        await send_udp(packets, st.port)
+        await wait_for(lambda: len(receiver.got.packets) == len(packets))
+        assert receiver.got.ssrcs == {served.ssrc}
+        assert receiver.got.payload() == ps and decode_h264(receiver.got.payload()) == FRAMES
+        result = await sup
+        assert result.ok, result.stdout + result.messages
+        await finished(device)
+        await nothing_left(gw)
+        await asyncio.wait_for(receiver.closed.wait(), 5)  # our connection to it is closed too
+    finally:
+        receiver.close()
+        await gw.stop()
+
+
+# --- either side ends it -------------------------------------------------------------------
+
+
+async def test_device_bye_reaches_the_superior(tmp_path: Path) -> None:
+    gw = await cascade_gateway(tmp_path)
+    device = await with_device(gw, tmp_path, scenario(answer(), tail=DEVICE_BYE))
+    assert device is not None
+    receiver = await UdpConsumer.start()
+    try:
+        result = await superior(
+            gw, tmp_path, content(offer(receiver.port)), ok(), then=superior_gets_bye(), refs=OK_REFS
+        )
+        assert result.ok, result.stdout + result.messages
+        await finished(device)
+        await nothing_left(gw)
+    finally:
+        receiver.close()
+        await gw.stop()
+
+
+async def test_superior_lost_loses_its_streams(tmp_path: Path) -> None:
+    gw = await cascade_gateway(tmp_path)
+    device = await with_device(gw, tmp_path, scenario(answer()))
+    assert device is not None
+    receiver = await UdpConsumer.start()
+    try:
+        sup = asyncio.create_task(
+            superior(gw, tmp_path, content(offer(receiver.port)), ok(), then=superior_gets_bye(), refs=OK_REFS)
+        )
+        await wait_for(lambda: sending(gw), 10)
+        for listener in gw.upstreams._lost:  # what UpstreamService does when keepalives go unanswered
+            listener("district", "keepalives unanswered")
+        result = await sup
+        assert result.ok, result.stdout + result.messages  # it got our BYE
+        await finished(device)  # and the device, its stream no longer watched
+        await nothing_left(gw)
+    finally:
+        receiver.close()
+        await gw.stop()
+
+
+# --- refusals ------------------------------------------------------------------------------
+
+UNKNOWN = "34020000001310000099"
+
+
+@pytest.mark.parametrize(
+    ("case", "body", "status", "warning", "ch"),
+    [
+        ("unknown-channel", offer(30000), 404, "no channel", UNKNOWN),
+        ("no-sdp", None, 488, "without an SDP offer", CH),
+        ("port-0", offer(0), 488, "port 0", CH),
+        ("no-ps", offer(30000, ps=False), 488, "no PS", CH),
+        ("playback", offer(30000, name="Playback"), 501, "not implemented", CH),
+        ("bad-sdp", offer(30000, ssrc="12345"), 400, "SDP cannot be used", CH),
+    ],
+)
+async def test_refused(tmp_path: Path, case: str, body: str | None, status: int, warning: str, ch: str) -> None:
+    gw = await cascade_gateway(tmp_path)
+    await with_device(gw, tmp_path, None)
+    try:
+        result = await superior(gw, tmp_path, content(body), refused(status, warning, ch=ch), refs="warning", ch=ch)
+        assert result.ok, result.stdout + result.messages
+        assert not gw.streams.streams  # no device was INVITEd
+        assert f'result="{status}",upstream="district"' in upstream_metrics(gw)
+        await nothing_left(gw)
+    finally:
+        await gw.stop()
+
+
+async def test_unshared_channel_is_404(tmp_path: Path) -> None:
+    gw = await cascade_gateway(tmp_path, share=["34020000001180000002"])  # another NVR only
+    await with_device(gw, tmp_path, None)
+    try:
+        result = await superior(gw, tmp_path, content(offer(30000)), refused(404, "no channel"), refs="warning")
+        assert result.ok, result.stdout + result.messages
+        assert not gw.streams.streams
+    finally:
+        await gw.stop()
+
+
+async def test_unregistered_device_is_480(tmp_path: Path) -> None:
+    gw = await cascade_gateway(tmp_path)
+    gw.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)  # known from the store, never registered
+    try:
+        result = await superior(gw, tmp_path, content(offer(30000)), refused(480, "not registered"), refs="warning")
+        assert result.ok, result.stdout + result.messages
+    finally:
+        await gw.stop()
+
+
+async def test_device_busy_is_passed_up(tmp_path: Path) -> None:
+    gw = await cascade_gateway(tmp_path)
+    busy = sipp_scenario("invite_refused_uas.xml", status=486, reason="Busy Here").encode()
+    device = await with_device(gw, tmp_path, busy)
+    assert device is not None
+    try:
+        result = await superior(gw, tmp_path, content(offer(30000)), refused(486, "486"), refs="warning")
+        assert result.ok, result.stdout + result.messages
+        await finished(device)
+        await nothing_left(gw)
+    finally:
+        await gw.stop()
+
+
+async def test_unreachable_tcp_target_leaves_nothing(tmp_path: Path) -> None:
+    gw = await cascade_gateway(tmp_path)
+    device = await with_device(gw, tmp_path, scenario(answer()))
+    assert device is not None
+    closed = free_udp_port()  # nobody listens on TCP there either
+    try:
+        sdp = offer(closed, proto="TCP/RTP/AVP", setup="passive")
+        result = await superior(gw, tmp_path, content(sdp), refused(502, "connect"), refs="warning")
+        assert result.ok, result.stdout + result.messages
+        await finished(device)  # the stream it opened for nobody is closed again: BYE
+        await nothing_left(gw)
+    finally:
+        await gw.stop()
