@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from tests.media import TcpConsumer, UdpConsumer, decode_h264, gb_ps, packetize,
 
 from .conftest import SippResult, run_sipp, sipp_scenario
 from .test_devices import finished, free_udp_port, play_device, register
-from .test_streams import DEVICE_BYE, DEVICE_SSRC, WE_BYE, answer, scenario
+from .test_streams import DEVICE_BYE, DEVICE_SSRC, answer, scenario
 
 pytestmark = pytest.mark.sipp
 
@@ -142,11 +143,21 @@ async def superior(
     name: str = "superior",
 ) -> SippResult:
     text = sipp_scenario(
-        "superior_invite_uac.xml", ch=ch, superior=SUPERIOR, content=body, expect=expect, then=then, refs=refs
+        "superior_invite_uac.xml",
+        ch=ch,
+        superior=SUPERIOR,
+        content=body,
+        expect=expect,
+        then=then,
+        refs=reference(refs),
     )
     path = tmp_path / f"{name}.xml"
     path.write_text(text)
     return await run_sipp(str(path), gw.stack.port, tmp_path, timeout=20)
+
+
+def reference(refs: str) -> str:
+    return f'  <Reference variables="{refs}"/>\n' if refs else ""
 
 
 def sending(gw: Gateway, n: int = 1) -> bool:
@@ -357,3 +368,124 @@ async def test_unreachable_tcp_target_leaves_nothing(tmp_path: Path) -> None:
         await nothing_left(gw)
     finally:
         await gw.stop()
+
+
+async def test_stranger_is_403(tmp_path: Path) -> None:
+    gw = await cascade_gateway(tmp_path)
+    await with_device(gw, tmp_path, None)
+    try:
+        text = sipp_scenario(
+            "superior_invite_uac.xml",
+            ch=CH,
+            superior="34090000002000000001",  # not our superior: devices never INVITE us either
+            content=content(offer(30000)),
+            expect=sipp_scenario(
+                "parts/superior_refused.xml", ch=CH, superior="34090000002000000001", status=403, warning="superior"
+            ),
+            then="",
+            refs=reference("warning"),
+        )
+        path = tmp_path / "stranger.xml"
+        path.write_text(text)
+        result = await run_sipp(str(path), gw.stack.port, tmp_path, timeout=10)
+        assert result.ok, result.stdout + result.messages
+        assert not gw.streams.streams
+    finally:
+        await gw.stop()
+
+
+# --- the superior changes its mind; a second viewer; re-INVITE; shutdown -------------------
+
+
+async def test_cancel_before_our_200_releases_the_late_consumer(tmp_path: Path) -> None:
+    gw = await cascade_gateway(tmp_path)
+    late = sipp_scenario("invite_late_uas.xml", ch=CH, pause=1500, answer=answer(ssrc=f"{DEVICE_SSRC:010d}"))
+    device = await with_device(gw, tmp_path, late.encode())
+    assert device is not None
+    try:
+        cancel = sipp_scenario("parts/superior_cancel.xml", ch=CH, superior=SUPERIOR, pause=300)
+        result = await superior(gw, tmp_path, content(offer(30000)), cancel)
+        assert result.ok, result.stdout + result.messages  # 200 to its CANCEL, 487 to its INVITE
+        # the device answers after all: the consumer it brings is released, the stream closed (BYE)
+        await finished(device)
+        await nothing_left(gw)
+        assert 'result="cancelled",upstream="district"' in upstream_metrics(gw)
+    finally:
+        await gw.stop()
+
+
+async def test_superior_bye_ends_only_its_consumer(tmp_path: Path, ps: bytes) -> None:
+    gw = await cascade_gateway(tmp_path)
+    device = await with_device(gw, tmp_path, scenario(answer(ssrc=f"{DEVICE_SSRC:010d}")))
+    assert device is not None
+    receiver, local = await UdpConsumer.start(), await UdpConsumer.start()
+    try:
+        st, viewer = await gw.streams.play(CH, transport="udp", host="127.0.0.1", port=local.port)
+        sup = asyncio.create_task(
+            superior(gw, tmp_path, content(offer(receiver.port)), ok(), then=superior_bye(1500), refs=OK_REFS)
+        )
+        await wait_for(lambda: sending(gw), 10)
+        assert len(gw.streams.streams) == 1  # joined: the device saw one INVITE (SIPp takes only one)
+        packets = packetize(ps, DEVICE_SSRC, mtu=1000)
+        half = len(packets) // 2
+        device_media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # one source: the relay latches it
+        await send_udp(packets[:half], st.port, sock=device_media)
+        await wait_for(lambda: len(receiver.got.packets) == half and len(local.got.packets) == half)
+        result = await sup
+        assert result.ok, result.stdout + result.messages
+        await wait_for(lambda: not gw.cascade_media.dialogs)
+        assert set(st.consumers) == {viewer.id}  # the local viewer stays
+        await send_udp(packets[half:], st.port, sock=device_media)
+        device_media.close()
+        await wait_for(lambda: len(local.got.packets) == len(packets))
+        assert len(receiver.got.packets) == half  # nothing more to the superior
+        assert local.got.payload() == ps and decode_h264(local.got.payload()) == FRAMES
+        await gw.streams.remove_consumer(st.id, viewer.id)
+        await finished(device)
+        await nothing_left(gw)
+    finally:
+        receiver.close()
+        local.close()
+        await gw.stop()
+
+
+async def test_no_ack_means_bye(tmp_path: Path) -> None:
+    gw = await cascade_gateway(tmp_path)  # T1 0.1 s: 64*T1 is 6.4 s
+    device = await with_device(gw, tmp_path, scenario(answer()))
+    assert device is not None
+    try:
+        no_ack = sipp_scenario("parts/superior_no_ack.xml", timeout=12000)
+        result = await superior(gw, tmp_path, content(offer(30000)), no_ack)
+        assert result.ok, result.stdout + result.messages
+        assert result.messages.count("SIP/2.0 200 OK") >= 3  # our 200 was retransmitted meanwhile
+        await finished(device)
+        await nothing_left(gw)
+    finally:
+        await gw.stop()
+
+
+async def test_reinvite_gets_the_same_answer_and_shutdown_byes(tmp_path: Path) -> None:
+    gw = await cascade_gateway(tmp_path)
+    device = await with_device(gw, tmp_path, scenario(answer()))
+    assert device is not None
+    try:
+        again = sipp_scenario(
+            "parts/superior_reinvite.xml",
+            ch=CH,
+            superior=SUPERIOR,
+            pause=300,
+            content=content(offer(30000)),
+            ssrc=SUPERIOR_SSRC,
+        )
+        sup = asyncio.create_task(
+            superior(gw, tmp_path, content(offer(30000)), ok(), then=again + superior_gets_bye(), refs=OK_REFS + ",y2")
+        )
+        await wait_for(lambda: sending(gw), 10)
+        (served,) = gw.cascade_media.dialogs.values()
+        assert served.dialog is not None
+        await wait_for(lambda: served.dialog is not None and served.dialog.remote_cseq == 21, 5)
+    finally:
+        await gw.stop()  # BYE to the superior, then to the device
+    result = await sup
+    assert result.ok, result.stdout + result.messages
+    await finished(device)
