@@ -19,6 +19,8 @@ from gb28181gw.app import Gateway
 from gb28181gw.config import load_config
 from gb28181gw.gb.model import Channel
 from gb28181gw.gb.superior_invite import ServedState
+from gb28181gw.media.rtp import RtpPacket
+from gb28181gw.media.tcp_framing import Rfc4571Reader
 from tests.media import TcpConsumer, UdpConsumer, decode_h264, gb_ps, packetize, send_udp, wait_for
 
 from .conftest import SippResult, run_sipp, sipp_scenario
@@ -247,6 +249,48 @@ async def test_tcp_we_connect_to_a_passive_superior(tmp_path: Path, ps: bytes) -
         await asyncio.wait_for(receiver.closed.wait(), 5)  # our connection to it is closed too
     finally:
         receiver.close()
+        await gw.stop()
+
+
+async def test_tcp_superior_connects_to_us(tmp_path: Path, ps: bytes) -> None:
+    # its a=setup:active: it connects to the port of our answer's m= (our a=setup:passive)
+    gw = await cascade_gateway(tmp_path)
+    device = await with_device(gw, tmp_path, scenario(answer(ssrc=f"{DEVICE_SSRC:010d}")))
+    assert device is not None
+    got: list[bytes] = []
+    try:
+        sdp = offer(9, proto="TCP/RTP/AVP", setup="active")
+        expect = ok(proto="TCP/RTP/AVP", setup="passive")
+        sup = asyncio.create_task(
+            superior(gw, tmp_path, content(sdp), expect, then=superior_bye(), refs=OK_REFS + ",setup")
+        )
+        await wait_for(lambda: sending(gw), 10)
+        (served,) = gw.cascade_media.dialogs.values()
+        (st,) = gw.streams.streams.values()
+        listening = st.consumers[served.consumer_id].local_port
+        assert f"m=video {listening} TCP/RTP/AVP 96".encode() in served.answer
+        reader, writer = await asyncio.open_connection("127.0.0.1", listening)
+        frames = Rfc4571Reader()
+
+        async def read() -> None:
+            while data := await reader.read(65536):
+                got.extend(frames.feed(data))
+
+        reading = asyncio.create_task(read())
+        packets = packetize(ps, DEVICE_SSRC, mtu=1000)
+        await asyncio.sleep(0.2)  # the relay accepts the connection and starts sending to it
+        await send_udp(packets, st.port)
+        await wait_for(lambda: len(got) == len(packets))
+        payload = b"".join(RtpPacket.parse(p).payload for p in got)
+        assert {RtpPacket.parse(p).ssrc for p in got} == {int(SUPERIOR_SSRC)}
+        assert payload == ps and decode_h264(payload) == FRAMES
+        result = await sup
+        assert result.ok, result.stdout + result.messages
+        await finished(device)
+        await nothing_left(gw)
+        await asyncio.wait_for(reading, 5)  # we closed our end
+        writer.close()
+    finally:
         await gw.stop()
 
 
