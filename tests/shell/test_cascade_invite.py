@@ -11,19 +11,19 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 
 import pytest
 
 from gb28181gw.app import Gateway
-from gb28181gw.config import load_config
 from gb28181gw.gb.model import Channel
 from gb28181gw.gb.superior_invite import ServedState
 from gb28181gw.media.rtp import RtpPacket
 from gb28181gw.media.tcp_framing import Rfc4571Reader
 from tests.media import TcpConsumer, UdpConsumer, decode_h264, gb_ps, packetize, send_udp, wait_for
 
-from .conftest import SippResult, run_sipp, sipp_scenario
+from .conftest import SippResult, run_sipp, sipp_scenario, start_gateway_from
 from .test_devices import finished, free_udp_port, play_device, register
 from .test_streams import DEVICE_BYE, DEVICE_SSRC, answer, scenario
 
@@ -42,6 +42,23 @@ def ps() -> bytes:
     return gb_ps(FRAMES, GOP)
 
 
+_RUNNING: list[asyncio.Task[SippResult]] = []
+
+
+def in_background(superior_run: Coroutine[object, object, SippResult]) -> asyncio.Task[SippResult]:
+    """Run a SIPp superior while the test goes on; it is waited for even when the test fails."""
+    task = asyncio.ensure_future(superior_run)
+    _RUNNING.append(task)
+    return task
+
+
+@pytest.fixture(autouse=True)
+async def _superiors_finish() -> AsyncIterator[None]:
+    yield
+    while _RUNNING:
+        await asyncio.wait({_RUNNING.pop()}, timeout=30)  # SIPp ends by its own -timeout
+
+
 async def cascade_gateway(tmp_path: Path, **upstream: object) -> Gateway:
     """A gateway with one superior, ``district``, whose registrar nobody runs: its INVITEs are what matter."""
     table = {
@@ -55,26 +72,8 @@ async def cascade_gateway(tmp_path: Path, **upstream: object) -> Gateway:
     }
     path = tmp_path / "gw.toml"
     path.write_text("\n".join(["[[upstream]]"] + [f"{k} = {json.dumps(v)}" for k, v in table.items()]) + "\n")
-    overrides = {
-        "store.path": str(tmp_path / "gw.db"),
-        "gateway.id": OURS,
-        "sip.listen": "127.0.0.1",
-        "sip.port": "0",
-        "admin.port": "0",
-        "sip.t1": "0.1",
-        "sip.t2": "0.4",
-        "sip.t4": "0.5",
-        "devices.catalog_on_register": "false",
-        "devices.subscribe": "",
-        "media.workers": "0",
-        "media.port_min": "42200",
-        "media.port_max": "42299",
-        "media.linger": "0",
-        "media.invite_timeout": "5",
-    }
-    gw = Gateway(load_config(path, env={}, overrides=overrides))
-    await gw.start()
-    return gw
+    media = {"media.port_min": "42200", "media.port_max": "42299", "media.linger": "0", "media.invite_timeout": "5"}
+    return await start_gateway_from(path, media)
 
 
 async def with_device(gw: Gateway, tmp_path: Path, device_scenario: bytes | None) -> asyncio.subprocess.Process | None:
@@ -196,7 +195,7 @@ async def test_udp_superior_gets_decodable_ps_with_its_ssrc(tmp_path: Path, ps: 
     assert device is not None
     receiver = await UdpConsumer.start()
     try:
-        sup = asyncio.create_task(
+        sup = in_background(
             superior(gw, tmp_path, content(offer(receiver.port)), ok(), then=superior_bye(), refs=OK_REFS)
         )
         await wait_for(lambda: sending(gw), 10)
@@ -229,9 +228,7 @@ async def test_tcp_we_connect_to_a_passive_superior(tmp_path: Path, ps: bytes) -
     try:
         sdp = offer(receiver.port, proto="TCP/RTP/AVP", setup="passive")
         expect = ok(proto="TCP/RTP/AVP", ssrc="0[0-9]{9}", setup="active")
-        sup = asyncio.create_task(
-            superior(gw, tmp_path, content(sdp), expect, then=superior_bye(), refs=OK_REFS + ",setup")
-        )
+        sup = in_background(superior(gw, tmp_path, content(sdp), expect, then=superior_bye(), refs=OK_REFS + ",setup"))
         await wait_for(lambda: sending(gw), 10)
         (served,) = gw.cascade_media.dialogs.values()
         assert served.ssrc != int(SUPERIOR_SSRC) and f"{served.ssrc:010d}".startswith("020000")  # ours: §7.4.1
@@ -261,13 +258,11 @@ async def test_tcp_superior_connects_to_us(tmp_path: Path, ps: bytes) -> None:
     try:
         sdp = offer(9, proto="TCP/RTP/AVP", setup="active")
         expect = ok(proto="TCP/RTP/AVP", setup="passive")
-        sup = asyncio.create_task(
-            superior(gw, tmp_path, content(sdp), expect, then=superior_bye(), refs=OK_REFS + ",setup")
-        )
+        sup = in_background(superior(gw, tmp_path, content(sdp), expect, then=superior_bye(), refs=OK_REFS + ",setup"))
         await wait_for(lambda: sending(gw), 10)
         (served,) = gw.cascade_media.dialogs.values()
         (st,) = gw.streams.streams.values()
-        listening = st.consumers[served.consumer_id].local_port
+        listening = getattr(st.consumers[served.consumer_id], "local_port")  # noqa: B009 - c12-relay adds it
         assert f"m=video {listening} TCP/RTP/AVP 96".encode() in served.answer
         reader, writer = await asyncio.open_connection("127.0.0.1", listening)
         frames = Rfc4571Reader()
@@ -320,7 +315,7 @@ async def test_superior_lost_loses_its_streams(tmp_path: Path) -> None:
     assert device is not None
     receiver = await UdpConsumer.start()
     try:
-        sup = asyncio.create_task(
+        sup = in_background(
             superior(gw, tmp_path, content(offer(receiver.port)), ok(), then=superior_gets_bye(), refs=OK_REFS)
         )
         await wait_for(lambda: sending(gw), 10)
@@ -465,7 +460,7 @@ async def test_superior_bye_ends_only_its_consumer(tmp_path: Path, ps: bytes) ->
     receiver, local = await UdpConsumer.start(), await UdpConsumer.start()
     try:
         st, viewer = await gw.streams.play(CH, transport="udp", host="127.0.0.1", port=local.port)
-        sup = asyncio.create_task(
+        sup = in_background(
             superior(gw, tmp_path, content(offer(receiver.port)), ok(), then=superior_bye(1500), refs=OK_REFS)
         )
         await wait_for(lambda: sending(gw), 10)
@@ -521,7 +516,7 @@ async def test_reinvite_gets_the_same_answer_and_shutdown_byes(tmp_path: Path) -
             content=content(offer(30000)),
             ssrc=SUPERIOR_SSRC,
         )
-        sup = asyncio.create_task(
+        sup = in_background(
             superior(gw, tmp_path, content(offer(30000)), ok(), then=again + superior_gets_bye(), refs=OK_REFS + ",y2")
         )
         await wait_for(lambda: sending(gw), 10)
