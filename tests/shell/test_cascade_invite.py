@@ -21,6 +21,7 @@ from gb28181gw.gb.model import Channel
 from gb28181gw.gb.superior_invite import ServedState
 from gb28181gw.media.rtp import RtpPacket
 from gb28181gw.media.tcp_framing import Rfc4571Reader
+from gb28181gw.sip.message import Request, Response, make_response, parse_message
 from tests.media import TcpConsumer, UdpConsumer, decode_h264, gb_ps, packetize, send_udp, wait_for
 
 from .conftest import SippResult, run_sipp, sipp_scenario, start_gateway_from
@@ -530,4 +531,67 @@ async def test_reinvite_gets_the_same_answer_and_shutdown_byes(tmp_path: Path) -
         await gw.stop()  # BYE to the superior, then to the device
     result = await sup
     assert result.ok, result.stdout + result.messages
+    await finished(device)
+
+
+class RawSuperior(asyncio.DatagramProtocol):
+    """The superior as a bare UDP socket: sends what the test says, keeps what comes back."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.got: list[Request | Response] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        msg = parse_message(data)
+        self.got.append(msg)
+        if isinstance(msg, Request) and msg.method == "BYE" and self.transport is not None:
+            self.transport.sendto(bytes(make_response(msg, 200)), addr)
+
+    def send(self, gw: Gateway, method: str, call_id: str, *, to_tag: str = "", body: str = "") -> None:
+        assert self.transport is not None
+        port = self.transport.get_extra_info("sockname")[1]
+        text = (
+            f"{method} sip:{CH}@127.0.0.1:{gw.stack.port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{port};rport;branch=z9hG4bK{method}{call_id}\r\n"
+            f"From: <sip:{SUPERIOR}@3401000000>;tag=up-{call_id}\r\n"
+            f"To: <sip:{CH}@3402000000>{';tag=' + to_tag if to_tag else ''}\r\n"
+            f"Call-ID: {call_id}\r\nCSeq: 20 {method}\r\nContact: <sip:{SUPERIOR}@127.0.0.1:{port}>\r\n"
+            f"Subject: {CH}:0100000077,{SUPERIOR}:0\r\nMax-Forwards: 70\r\n"
+            f"{'Content-Type: application/sdp' + chr(13) + chr(10) if body else ''}"
+            f"Content-Length: {len(body.encode())}\r\n\r\n{body}"
+        )
+        self.transport.sendto(text.encode(), ("127.0.0.1", gw.stack.port))
+
+    def final(self, call_id: str) -> Response | None:
+        return next((m for m in self.got if isinstance(m, Response) and m.status >= 200 and m.call_id == call_id), None)
+
+    def byes(self) -> list[str]:
+        return [m.call_id for m in self.got if isinstance(m, Request) and m.method == "BYE"]
+
+
+async def test_same_subject_again_replaces_the_old_sender(tmp_path: Path) -> None:
+    # Annex K c: a new INVITE for the stream it is already sent (same Subject sender part) replaces it
+    gw = await cascade_gateway(tmp_path)
+    device = await with_device(gw, tmp_path, scenario(answer()))
+    assert device is not None
+    loop = asyncio.get_running_loop()
+    transport, sup = await loop.create_datagram_endpoint(RawSuperior, local_addr=("127.0.0.1", 0))
+    try:
+        for call_id in ("first", "second"):
+            sup.send(gw, "INVITE", call_id, body=offer(30000))
+            await wait_for(lambda call_id=call_id: sup.final(call_id) is not None, 10)  # type: ignore[misc]
+            ok_ = sup.final(call_id)
+            assert ok_ is not None and ok_.status == 200
+            sup.send(gw, "ACK", call_id, to_tag=ok_.to.tag or "")
+        await wait_for(lambda: sup.byes() == ["first"])
+        (served,) = gw.cascade_media.dialogs.values()
+        assert served.request.call_id == "second"
+        assert len(gw.streams.streams) == 1 and len(next(iter(gw.streams.streams.values())).consumers) == 1
+    finally:
+        await gw.stop()  # the second dialog ends with BYE too, and the device's stream
+        transport.close()
+    assert sup.byes() == ["first", "second"]
     await finished(device)
