@@ -1,6 +1,6 @@
 """Relay throughput, fan-out, worker scaling and INVITE setup latency on loopback.
 
-    python benchmarks/bench_relay.py [--seconds 4] [--only blast,paced,fanout,workers,setup]
+    python benchmarks/bench_relay.py [--seconds 4] [--only blast,paced,fanout,workers,setup] [--keyframes]
 
 The load comes from ``rtpgen`` (benchmarks/rtpgen.c, built here with gcc: sendmmsg and
 recvmmsg, so the generator costs far less CPU than what it measures). The relay is the
@@ -8,7 +8,9 @@ gateway's own relay worker process (``WorkerRelay``: the forwarder on uvloop), d
 the stream service drives it; its CPU time comes from the worker itself (getrusage). A
 bare relay loop (uvloop, ``recvfrom_into`` into one buffer, ``sendto``; no statistics,
 no SSRC check or rewrite, no PS inspection) runs under the same load in the same run.
-Packets are 1,400 bytes. "0 loss" means the sink saw every packet the sender handed to
+Packets are 1,400 bytes; with ``--keyframes`` every packet that starts a timestamp opens a
+key frame (an SPS), so the relay also keeps a copy of every packet for consumers that join
+(``media.gop_cache``), its costliest case. "0 loss" means the sink saw every packet the sender handed to
 the kernel. CPU µs per packet = relay CPU seconds / packets relayed.
 """
 
@@ -30,6 +32,8 @@ from gb28181gw.sdp import StreamMode
 
 HERE = Path(__file__).resolve().parent
 SIZE = 1400
+#: "key" makes rtpgen send key frames (--keyframes), "" plain pack headers.
+KEY = ""
 STREAM_BASE, SINK_BASE = 50000, 54000
 PPS_4MBIT = 4_000_000 / 8 / SIZE  # ≈ 357 packets/s per 4 Mbit/s stream
 
@@ -78,7 +82,7 @@ async def run_load(
     assert sink.stdout is not None
     await sink.stdout.readline()  # ready
     sender = await asyncio.create_subprocess_exec(
-        rtpgen, "send", str(STREAM_BASE), str(flows), str(pps), str(seconds), str(SIZE), stdout=subprocess.PIPE
+        rtpgen, "send", str(STREAM_BASE), str(flows), str(pps), str(seconds), str(SIZE), KEY, stdout=subprocess.PIPE
     )
     sent_out, _ = await sender.communicate()
     sink_out, _ = await sink.communicate()
@@ -87,7 +91,9 @@ async def run_load(
 
 
 async def relay_with(flows: int, consumers_per_flow: int = 1, workers: int = 1) -> list[WorkerRelay]:
-    settings = RelaySettings(host="127.0.0.1", tcp_queue_limit=1 << 20, udp_receive_buffer=4 << 20, stats_interval=1.0)
+    settings = RelaySettings(
+        host="127.0.0.1", tcp_queue_limit=1 << 20, udp_receive_buffer=4 << 20, stats_interval=1.0, gop_cache=4 << 20
+    )
     relays = [WorkerRelay(i, settings) for i in range(workers)]
     await asyncio.gather(*(r.start() for r in relays))
     for i in range(flows):
@@ -235,11 +241,14 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--only", default="blast,paced,fanout,workers,setup")
+    parser.add_argument("--keyframes", action="store_true", help="every frame a key frame: the GOP cache copies all")
     args = parser.parse_args()
+    global KEY
+    KEY = "key" if args.keyframes else ""
     only = set(args.only.split(","))
     rtpgen = build_rtpgen()
     s = args.seconds
-    print(f"bench_relay: {os.cpu_count()} cores, {SIZE}-byte RTP packets, {s:g} s per run")
+    print(f"bench_relay: {os.cpu_count()} cores, {SIZE}-byte RTP packets, {s:g} s per run{', key frames' * bool(KEY)}")
     if "blast" in only:
         print("one blasting flow, one consumer:")
         for pps in (100_000, 150_000, 200_000):

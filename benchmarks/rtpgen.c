@@ -17,7 +17,7 @@
 #define BATCH 32
 static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9; }
 
-static int do_send(int first, int n, double pps, double seconds, int size) {
+static int do_send(int first, int n, double pps, double seconds, int size, int key) {
   int fd = socket(AF_INET, SOCK_DGRAM, 0);
   int sndbuf = 4 << 20; setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
   unsigned char *bufs = calloc(n, size);
@@ -27,6 +27,9 @@ static int do_send(int first, int n, double pps, double seconds, int size) {
     unsigned char *b = bufs + (size_t)i * size;
     b[0] = 0x80; b[1] = 96; uint32_t ssrc = htonl(first + 2 * i); memcpy(b + 8, &ssrc, 4);
     memcpy(b + 12, "\x00\x00\x01\xba", 4);
+    /* "key": a video PES opening with an SPS after the (MPEG-1 sized) pack header, so every new
+       timestamp is a key frame and the relay keeps (copies) every packet for joining consumers */
+    if (key) memcpy(b + 24, "\x00\x00\x01\xe0\x00\x20\x80\x00\x00\x00\x00\x00\x01\x67", 14);
     to[i].sin_family = AF_INET; to[i].sin_port = htons(first + 2 * i); to[i].sin_addr.s_addr = htonl(0x7f000001);
   }
   struct mmsghdr msgs[BATCH]; struct iovec iov[BATCH];
@@ -88,7 +91,7 @@ static int do_sink(int first, int n, double seconds) {
 }
 
 int main(int argc, char **argv) {
-  if (argc >= 7 && !strcmp(argv[1], "send")) return do_send(atoi(argv[2]), atoi(argv[3]), atof(argv[4]), atof(argv[5]), atoi(argv[6]));
+  if (argc >= 7 && !strcmp(argv[1], "send")) return do_send(atoi(argv[2]), atoi(argv[3]), atof(argv[4]), atof(argv[5]), atoi(argv[6]), argc >= 8 && !strcmp(argv[7], "key"));
   if (argc >= 5 && !strcmp(argv[1], "sink")) return do_sink(atoi(argv[2]), atoi(argv[3]), atof(argv[4]));
   fprintf(stderr, "usage: rtpgen send FIRST N PPS SECONDS SIZE | sink FIRST N SECONDS\n");
   return 2;

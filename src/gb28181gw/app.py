@@ -112,6 +112,8 @@ class Gateway:
                 linger=m.linger,
                 tcp_connect_attempts=m.tcp_connect_attempts,
                 tcp_connect_interval=m.tcp_connect_interval,
+                consumer_connect_timeout=m.consumer_connect_timeout,
+                keyframe_request=m.keyframe_request,
                 port_quarantine=m.port_quarantine,
                 ssrc_quarantine=m.ssrc_quarantine,
                 check_interval=min(1.0, m.stats_interval),
@@ -305,6 +307,7 @@ def build_relays(config: Config) -> list[Relay]:
         tcp_queue_limit=m.tcp_queue,
         udp_receive_buffer=m.udp_receive_buffer,
         stats_interval=m.stats_interval,
+        gop_cache=m.gop_cache,
     )
     if count == 0:
         return [LocalRelay(Forwarder(settings))]

@@ -302,6 +302,18 @@ class MediaSection:
         1024 * 1024, "bytes queued for a slow TCP consumer before its packets are dropped", _at_least(65536)
     )
     udp_receive_buffer: int = _opt(1024 * 1024, "SO_RCVBUF of each stream's socket (bytes)", _at_least(65536))
+    gop_cache: int = _opt(
+        4 * 1024 * 1024,
+        "bytes of a stream's packets since its last key frame kept, so a consumer that joins gets a picture "
+        "at once (a 4 Mbit/s camera with a key frame every 8 s); 0 = keep none",
+        _at_least(0),
+    )
+    keyframe_request: bool = _opt(
+        True, "ask the device for a key frame (IFameCmd) when a consumer joins a stream with nothing kept"
+    )
+    consumer_connect_timeout: float = _opt(
+        10.0, "seconds a TCP-passive consumer (a superior) has to connect to its port (PROTOCOL §8.6: 10-60)", _positive
+    )
     port_quarantine: float = _opt(5.0, "seconds a released port rests before reuse (late packets)", _at_least(0))
     ssrc_quarantine: float = _opt(15.0, "seconds a released SSRC rests before reuse (M3)", _at_least(0))
     stats_interval: float = _opt(

@@ -1,13 +1,18 @@
-"""The forwarder on its own over real sockets: a slow TCP consumer never stalls the others."""
+"""The forwarder on its own: a slow TCP consumer never stalls the others (real sockets); the packets
+kept since the last key frame for joining consumers, and their bounds (bytes fed to the per-packet path)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import socket
+import struct
 
-from gb28181gw.relay.forwarder import Forwarder, RelaySettings
-from gb28181gw.relay.records import RelayEvent
+import pytest
+
+from gb28181gw.relay import forwarder as forwarder_module
+from gb28181gw.relay.forwarder import Forwarder, RelaySettings, RelayStream
+from gb28181gw.relay.records import KeyFrameWanted, RelayEvent
 from gb28181gw.sdp import StreamMode
 from tests.media import UdpConsumer, gb_ps, packetize, wait_for
 
@@ -16,7 +21,9 @@ from .test_devices import free_udp_port
 
 async def test_slow_tcp_consumer_gets_a_bounded_queue_and_drops() -> None:
     events: list[RelayEvent] = []
-    settings = RelaySettings(host="127.0.0.1", tcp_queue_limit=65536, udp_receive_buffer=1 << 20, stats_interval=1.0)
+    settings = RelaySettings(
+        host="127.0.0.1", tcp_queue_limit=65536, udp_receive_buffer=1 << 20, stats_interval=1.0, gop_cache=1 << 20
+    )
     forwarder = Forwarder(settings, on_event=events.append)
     port = free_udp_port() & ~1
     forwarder.open("s1", port, StreamMode.UDP, 1234)
@@ -47,3 +54,78 @@ async def test_slow_tcp_consumer_gets_a_bounded_queue_and_drops() -> None:
         forwarder.close_all()
         listener.close()
     assert not forwarder.streams
+
+
+class Recorder:
+    """A consumer that keeps what it is sent (the hot path's ``send`` signature)."""
+
+    transport = "udp"
+
+    def __init__(self, consumer_id: str, ssrc: int = 77) -> None:
+        self.id, self.ssrc, self.sent = consumer_id, ssrc, []
+
+    def send(self, buf: bytearray, view: memoryview, off: int, n: int) -> None:
+        struct.pack_into("!I", buf, off + 8, self.ssrc)  # in place, as UdpOut and TcpOut do
+        self.sent.append(bytes(view[off : off + n]))
+
+    def close(self) -> None:
+        pass
+
+
+def _first_of(packets: list[bytes], frame: int) -> int:
+    """Index of the first RTP packet of ``frame`` (packetize stamps frame i with 3600·i)."""
+    return next(i for i, p in enumerate(packets) if struct.unpack_from("!I", p, 4)[0] == 3600 * frame)
+
+
+def _stream_fed(gop_cache: int, packets: list[bytes]) -> tuple[Forwarder, RelayStream, list[Recorder]]:
+    """Packets fed to the forwarder's per-packet path as bytes, no sockets (the cache is what is tested)."""
+    settings = RelaySettings("127.0.0.1", 65536, 1 << 20, 1.0, gop_cache)
+    forwarder = Forwarder(settings)
+    st = RelayStream("s1", 0, StreamMode.UDP, 1234, 0.0, "127.0.0.1")
+    joined = []
+    for i, p in enumerate(packets):
+        st.buf[2 : 2 + len(p)] = p
+        forwarder._relay(st, st.buf, st.view, 2, len(p), ("127.0.0.1", 9), float(i))
+    return forwarder, st, joined
+
+
+def test_packets_since_the_last_key_frame_are_kept_and_sent_first_to_a_joining_consumer() -> None:
+    ps = gb_ps(50, 10)
+    packets = packetize(ps, 1234, mtu=500)
+    first_of_40 = _first_of(packets, 40)
+    forwarder, st, _ = _stream_fed(1 << 20, packets[:-3])
+    assert st.gop == packets[first_of_40:-3] and st.gop_bytes == sum(map(len, st.gop))
+    late = Recorder("late")
+    forwarder._join(st, late)
+    for i, p in enumerate(packets[-3:]):
+        st.buf[2 : 2 + len(p)] = p
+        forwarder._relay(st, st.buf, st.view, 2, len(p), ("127.0.0.1", 9), 100.0 + i)
+    # the device's packets from the key frame on, each once, in order, with the consumer's SSRC
+    assert [p[:8] + p[12:] for p in late.sent] == [p[:8] + p[12:] for p in packets[first_of_40:]]
+    assert {struct.unpack_from("!I", p, 8)[0] for p in late.sent} == {77}
+    assert st.gop is not None and {struct.unpack_from("!I", p, 8)[0] for p in st.gop} == {1234}  # kept untouched
+
+
+def test_the_cache_is_dropped_past_its_bounds_until_the_next_key_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    packets = packetize(gb_ps(30, 10), 1234, mtu=500)
+    starts = [_first_of(packets, frame) for frame in (0, 10, 20)]
+    gop_bytes = sum(map(len, packets[starts[1] : starts[2]]))
+    # bytes: one GOP more than fits → dropped; the next key frame starts it again
+    forwarder, st, _ = _stream_fed(gop_bytes - 1, packets[: starts[2]])
+    assert st.gop is None
+    forwarder, st, _ = _stream_fed(gop_bytes - 1, packets[: starts[2] + 1])
+    assert st.gop == [packets[starts[2]]]
+    # no key frame at all: nothing kept, a joining consumer is reported (the device is asked for one)
+    events: list[RelayEvent] = []
+    forwarder, st, _ = _stream_fed(1 << 20, packets[1 : starts[1]])
+    assert st.gop is None
+    forwarder.on_event = events.append
+    forwarder._join(st, Recorder("x"))
+    assert events == [KeyFrameWanted("s1")]
+    # packets: a stream of many small packets is bounded by count too
+    monkeypatch.setattr(forwarder_module, "GOP_CACHE_PACKETS", 4)
+    forwarder, st, _ = _stream_fed(1 << 20, packets[: starts[1]])
+    assert starts[1] > 4 and st.gop is None
+    # gop_cache 0: nothing is ever kept
+    forwarder, st, _ = _stream_fed(0, packets)
+    assert st.gop is None

@@ -49,7 +49,9 @@ from tests.media import UdpConsumer, gb_ps, packetize, wait_for
 
 from .test_devices import free_udp_port
 
-SETTINGS = RelaySettings(host="127.0.0.1", tcp_queue_limit=1 << 20, udp_receive_buffer=1 << 20, stats_interval=0.1)
+SETTINGS = RelaySettings(
+    host="127.0.0.1", tcp_queue_limit=1 << 20, udp_receive_buffer=1 << 20, stats_interval=0.1, gop_cache=1 << 20
+)
 
 
 def through_json(data: Any) -> Any:

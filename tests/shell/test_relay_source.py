@@ -23,7 +23,9 @@ FRAMES = 20
 
 
 def _forwarder(events: list[RelayEvent] | None = None) -> Forwarder:
-    settings = RelaySettings(host="127.0.0.1", tcp_queue_limit=1 << 20, udp_receive_buffer=1 << 20, stats_interval=1.0)
+    settings = RelaySettings(
+        host="127.0.0.1", tcp_queue_limit=1 << 20, udp_receive_buffer=1 << 20, stats_interval=1.0, gop_cache=1 << 20
+    )
     return Forwarder(settings, on_event=(events.append if events is not None else None))
 
 

@@ -282,7 +282,9 @@ class PsInspector:
     The relay calls :meth:`frame_start` with the first RTP payload of each new timestamp
     (one PS pack per frame, §8.2): it checks the pack header, learns the codec from a PSM,
     tells video from audio packs by their first PES, and finds key frames by the NAL types
-    in that packet (SPS/IDR, VPS/SPS/IRAP). Nothing is copied but a PSM; nothing is changed.
+    in that packet (SPS/IDR, VPS/SPS/IRAP; both editions put SPS+PPS before every I frame, F.2.2),
+    and says so, so the relay knows where to start the packets it keeps for joining consumers.
+    Nothing is copied but a PSM; nothing is changed.
     A frame that does not begin with a pack header is counted in ``stats.errors`` (garbage or
     truncated PS: still relayed as it is).
     """
@@ -292,15 +294,15 @@ class PsInspector:
     def __init__(self) -> None:
         self.stats = PsStats()
 
-    def frame_start(self, buf: bytes | bytearray, start: int, end: int) -> None:
-        """Inspect the payload ``buf[start:end]`` that opens a new frame."""
+    def frame_start(self, buf: bytes | bytearray, start: int, end: int) -> bool:
+        """Inspect the payload ``buf[start:end]`` that opens a new frame; whether it opens a key frame."""
         s = self.stats
         if end - start < 14 or not buf.startswith(b"\x00\x00\x01\xba", start):
             s.errors += 1
-            return
+            return False
         s.packs += 1
         pos = start + (14 + (buf[start + 13] & 0x07) if buf[start + 4] >> 6 == 1 else 12)
-        video = False
+        video = key = False
         while pos + 6 <= end and buf[pos] == 0 and buf[pos + 1] == 0 and buf[pos + 2] == 1:
             code = buf[pos + 3]
             length = (buf[pos + 4] << 8) | buf[pos + 5]
@@ -313,15 +315,16 @@ class PsInspector:
             elif 0xE0 <= code <= 0xEF:
                 video = True
                 if pos + 9 <= end:
-                    self._video(buf, pos + 9 + buf[pos + 8], min(end, pos + 6 + length))
+                    key = self._video(buf, pos + 9 + buf[pos + 8], min(end, pos + 6 + length))
                 break
             elif code != SYSTEM_HEADER:
                 break  # audio or private data first: not a video frame
             pos += 6 + length
         if video:
             s.frames += 1
+        return key
 
-    def _video(self, buf: bytes | bytearray, pos: int, end: int) -> None:
+    def _video(self, buf: bytes | bytearray, pos: int, end: int) -> bool:
         s = self.stats
         codec = s.video_codec or "H264"
         h265 = codec == "H265"
@@ -335,10 +338,11 @@ class PsInspector:
                     s.key_frame_interval = s.frames - s.last_key_frame_index
                 s.last_key_frame_index = s.frames
                 s.key_frames += 1
-                return
+                return True
             if (t < 32) if h265 else t in (1, 5):
-                return  # a picture that is not a key frame
+                return False  # a picture that is not a key frame
             pos = buf.find(b"\x00\x00\x01", pos + 3, end)
+        return False
 
 
 def _nal_types(data: bytes, h265: bool) -> list[int]:

@@ -83,6 +83,28 @@ class AddConsumer(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class AddPassiveConsumer(Command):
+    """Listen on ``port`` for a TCP-passive consumer's one connection, from ``host`` only; dropped if
+    it has not connected in ``timeout`` seconds; sent to once ``started`` (or :class:`StartConsumer`)."""
+
+    stream: str
+    consumer: str
+    host: str
+    port: int
+    ssrc: int
+    timeout: float
+    started: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StartConsumer(Command):
+    """Start sending to a paused TCP-passive consumer (:meth:`Forwarder.start_consumer`)."""
+
+    stream: str
+    consumer: str
+
+
+@dataclass(frozen=True, slots=True)
 class RemoveConsumer(Command):
     """Stop sending to a consumer (no error if it is gone)."""
 
@@ -131,6 +153,14 @@ async def _add_consumer(f: Forwarder, c: AddConsumer) -> None:
         f.add_consumer(c.stream, c.consumer, c.transport, c.host, c.port, c.ssrc)
 
 
+async def _add_passive_consumer(f: Forwarder, c: AddPassiveConsumer) -> None:
+    f.add_passive_consumer(c.stream, c.consumer, c.host, c.port, c.ssrc, timeout=c.timeout, started=c.started)
+
+
+async def _start_consumer(f: Forwarder, c: StartConsumer) -> None:
+    f.start_consumer(c.stream, c.consumer)
+
+
 async def _remove_consumer(f: Forwarder, c: RemoveConsumer) -> None:
     f.remove_consumer(c.stream, c.consumer)
 
@@ -159,6 +189,8 @@ COMMANDS: dict[type[Command], tuple[str, Handler]] = {
     Expect: ("expect", _expect),
     Connect: ("connect", _connect),
     AddConsumer: ("add_consumer", _add_consumer),
+    AddPassiveConsumer: ("add_passive_consumer", _add_passive_consumer),
+    StartConsumer: ("start_consumer", _start_consumer),
     RemoveConsumer: ("remove_consumer", _remove_consumer),
     Close: ("close", _close),
     Ping: ("ping", _ping),

@@ -23,7 +23,21 @@ hot path, so it works on raw non-blocking sockets with ``loop.add_reader``:
 * packets with the wrong SSRC or from another source than the first good one are dropped
   and counted; a device that sends a single SSRC other than the negotiated one and nothing
   else, from its own host, is followed after :data:`SSRC_LATCH_PACKETS` packets
-  (PROTOCOL.md §11.5 M1).
+  (PROTOCOL.md §11.5 M1);
+* a consumer joining an open stream gets a picture at once (issue 12): each stream keeps a
+  copy of its packets since the last key frame (``gop_cache`` bytes and
+  :data:`GOP_CACHE_PACKETS` packets at most; past either bound the copy is dropped until the
+  next key frame). Only the first packet of each new RTP timestamp is inspected
+  (:meth:`~gb28181gw.media.ps.PsInspector.frame_start`, which already ran for the
+  statistics); other packets cost one copy and one append. A joining consumer is sent the
+  copy, with its SSRC, and put among the live consumers in the same step, with no await in
+  between, so it sees the device's packets in order with none twice or missing. Joining a
+  stream with media but no copy is reported (:class:`~.records.KeyFrameWanted`);
+* a TCP-passive consumer (a superior that connects to us, §7.5, §9.5) gets its own listening
+  port: one connection is taken, from its host only (others are closed and counted in
+  ``refused_connections``); none within its timeout drops it (``ConsumerLost``). It may be
+  added paused: connected or not, it is sent nothing until :meth:`Forwarder.start_consumer`
+  (the superior's ACK, §9.5 step 6). Other consumers added paused are not here until started.
 
 Stream events (first packet, media connection up or lost, consumer lost) go to ``on_event``
 and figures to :meth:`Forwarder.snapshot` as the frozen records of :mod:`.records`, which
@@ -54,6 +68,7 @@ from .records import (
     ConsumerFigures,
     ConsumerLost,
     FirstPacket,
+    KeyFrameWanted,
     MediaClosed,
     MediaConnected,
     PsFigures,
@@ -73,6 +88,9 @@ BATCH = 256
 SSRC_LATCH_PACKETS = 50
 #: Size of a stream's receive buffer: room for the largest TCP frame, a read's worth more.
 BUFFER_SIZE = 2 + MAX_FRAME + 65536
+#: Packets kept since the last key frame, at most, whatever their size: the byte bound
+#: (``media.gop_cache``) alone would let a stream of tiny packets grow a long list.
+GOP_CACHE_PACKETS = 8192
 
 _HEAD = struct.Struct("!BBHII")
 _SSRC = struct.Struct("!I")
@@ -89,12 +107,14 @@ class RelaySettings:
         tcp_queue_limit: bytes a slow TCP consumer may have queued before its packets are dropped.
         udp_receive_buffer: SO_RCVBUF asked for each stream's UDP socket.
         stats_interval: seconds between the figures a relay worker sends back.
+        gop_cache: bytes of a stream's packets since its last key frame kept for joining consumers (0: none).
     """
 
     host: str
     tcp_queue_limit: int
     udp_receive_buffer: int
     stats_interval: float
+    gop_cache: int
 
 
 class UdpOut:
@@ -213,6 +233,30 @@ class TcpOut:
         self.sock.close()
 
 
+class Waiting:
+    """A TCP-passive consumer not sent to yet: listening for its connection (``listener``), or
+    connected (``out``) but not ``started`` (added before the superior's ACK)."""
+
+    __slots__ = ("id", "host", "ssrc", "listener", "timer", "out", "started")
+
+    def __init__(self, consumer_id: str, host: str, ssrc: int, listener: socket.socket, started: bool) -> None:
+        self.id, self.host, self.ssrc, self.listener, self.started = consumer_id, host, ssrc, listener, started
+        self.timer: asyncio.TimerHandle | None = None
+        self.out: TcpOut | None = None
+
+    def close(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        fd = self.listener.fileno()
+        if fd >= 0:
+            if loop is not None:
+                loop.remove_reader(fd)
+            self.listener.close()
+        if self.out is not None:
+            self.out.close()
+
+
 class RelayStream:
     """One device stream: its sockets, what it expects, its consumers and its statistics."""
 
@@ -236,6 +280,9 @@ class RelayStream:
         self.source: Any = None
         self.source_host = source_host  # media only from this host (None: from the first sender)
         self.consumers: list[UdpOut | TcpOut] = []
+        self.waiting: dict[str, Waiting] = {}  # TCP-passive consumers not connected or not started
+        self.gop: list[bytes] | None = None  # the packets since the last key frame (None: no key frame)
+        self.gop_bytes = 0
         self.stats = StreamStats()
         self.inspector = PsInspector()
         self.last_ts = -1
@@ -271,6 +318,7 @@ class Forwarder:
         self.on_event: Callable[[RelayEvent], None] = on_event or (lambda event: None)
         self.tcp_queue_limit = settings.tcp_queue_limit
         self.udp_receive_buffer = settings.udp_receive_buffer
+        self.gop_limit = settings.gop_cache
         self.worker = worker
         self.pid = os.getpid()
         self.streams: dict[str, RelayStream] = {}
@@ -379,7 +427,7 @@ class Forwarder:
             )
         self._remove(st, consumer_id)
         assert st.udp is not None
-        st.consumers.append(UdpOut(consumer_id, ssrc, (host, port), st.udp))
+        self._join(st, UdpOut(consumer_id, ssrc, (host, port), st.udp))
 
     async def add_tcp_consumer(
         self, stream_id: str, consumer_id: str, host: str, port: int, ssrc: int, *, timeout: float = 5.0
@@ -405,9 +453,55 @@ class Forwarder:
             raise RelayError(RelayFailure.CLOSED, f"stream {stream_id} closed while connecting to its consumer")
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._remove(st, consumer_id)
-        st.consumers.append(
-            TcpOut(consumer_id, ssrc, (host, port), sock, self.loop, self.tcp_queue_limit, self._consumer_lost(st))
+        self._join(
+            st, TcpOut(consumer_id, ssrc, (host, port), sock, self.loop, self.tcp_queue_limit, self._consumer_lost(st))
         )
+
+    def add_passive_consumer(
+        self, stream_id: str, consumer_id: str, host: str, port: int, ssrc: int, *, timeout: float, started: bool
+    ) -> None:
+        """Listen on ``port`` for one TCP connection from ``host`` and send the stream over it (RFC 4571);
+        paused (``started`` false) until :meth:`start_consumer`. No connection within ``timeout`` seconds:
+        the consumer is dropped (:class:`~.records.ConsumerLost`).
+
+        Raises:
+            RelayError: no such stream, or the port cannot be bound (:attr:`RelayFailure.PORT_TAKEN`).
+        """
+        st = self._stream(stream_id)
+        self._remove(st, consumer_id)
+        listener = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT of the port's last use
+            listener.setblocking(False)
+            listener.bind((self.host, port))
+            listener.listen(4)
+        except OSError as exc:
+            listener.close()
+            raise RelayError(
+                RelayFailure.PORT_TAKEN, f"cannot listen on media port {port}: {exc.strerror or exc}"
+            ) from None
+        w = Waiting(consumer_id, self._as_peer_host(host) or host, ssrc, listener, started)
+        loop = self.loop
+        loop.add_reader(listener.fileno(), self._on_consumer_accept, st, w)
+        w.timer = loop.call_later(timeout, self._never_connected, st, w, timeout)
+        st.waiting[consumer_id] = w
+
+    def start_consumer(self, stream_id: str, consumer_id: str) -> None:
+        """Start sending to a paused TCP-passive consumer (at once if it is connected, else once it is).
+
+        Raises:
+            RelayError: no such stream or waiting consumer (:attr:`RelayFailure.NO_STREAM`).
+        """
+        st = self._stream(stream_id)
+        w = st.waiting.get(consumer_id)
+        if w is None:
+            if any(c.id == consumer_id for c in st.consumers):
+                return  # started already
+            raise RelayError(RelayFailure.NO_STREAM, f"no consumer {consumer_id} of stream {stream_id}")
+        w.started = True
+        if w.out is not None:
+            del st.waiting[consumer_id]
+            self._join(st, w.out)
 
     def remove_consumer(self, stream_id: str, consumer_id: str) -> None:
         """Stop sending to a consumer (no error if it is already gone)."""
@@ -426,6 +520,10 @@ class Forwarder:
             c.close()
         self._count_consumers(st.consumers)
         st.consumers = []
+        for w in st.waiting.values():
+            w.close(self._loop)
+        st.waiting.clear()
+        st.gop = None
         self._close_sockets(st)
 
     def close_all(self) -> None:
@@ -534,7 +632,16 @@ class Forwarder:
             start = off + 12 + 4 * (buf[off] & 0x0F)
             if buf[off] & 0x10 and start + 4 <= off + n:
                 start += 4 + 4 * ((buf[start + 2] << 8) | buf[start + 3])
-            st.inspector.frame_start(buf, start, off + n)
+            if st.inspector.frame_start(buf, start, off + n) and self.gop_limit:
+                st.gop, st.gop_bytes = [], 0  # a key frame: what a joining consumer needs starts here
+        gop = st.gop
+        if gop is not None:
+            # copied before the consumers' SSRCs are written into the buffer
+            st.gop_bytes += n
+            if st.gop_bytes > self.gop_limit or len(gop) >= GOP_CACHE_PACKETS:
+                st.gop = None  # no key frame for too long: keep nothing until the next one
+            else:
+                gop.append(bytes(view[off : off + n]))
         if stats.packets == 1:
             st.first_at = now
             self.on_event(FirstPacket(st.id, ssrc))
@@ -676,11 +783,55 @@ class Forwarder:
 
     def _consumer_lost(self, st: RelayStream) -> Callable[[TcpOut, str], None]:
         def lost(consumer: TcpOut, reason: str) -> None:
-            if consumer in st.consumers:
+            waiting = st.waiting.get(consumer.id)
+            if consumer in st.consumers or (waiting is not None and waiting.out is consumer):
                 self._remove(st, consumer.id)
                 self.on_event(ConsumerLost(st.id, consumer.id, reason))
 
         return lost
+
+    def _join(self, st: RelayStream, out: UdpOut | TcpOut) -> None:
+        # The copy and the live packets in one step: no packet can arrive in between.
+        gop = st.gop
+        if gop:
+            if isinstance(out, TcpOut):
+                out.limit += st.gop_bytes  # the copy is bounded already; its burst must not be dropped
+            scratch = bytearray(2 + MAX_FRAME)
+            view = memoryview(scratch)
+            for packet in gop:
+                n = len(packet)
+                scratch[2 : 2 + n] = packet
+                out.send(scratch, view, 2, n)
+        elif st.stats.packets:
+            self.on_event(KeyFrameWanted(st.id))
+        st.consumers.append(out)
+
+    def _on_consumer_accept(self, st: RelayStream, w: Waiting) -> None:
+        try:
+            conn, addr = w.listener.accept()
+        except OSError:  # BlockingIOError, InterruptedError, ECONNABORTED …
+            return
+        if addr[0] != w.host:
+            st.refused_connections += 1  # only the consumer we were told of may connect
+            conn.close()
+            return
+        self.loop.remove_reader(w.listener.fileno())
+        w.listener.close()  # one connection per consumer (§8.6): the port is closed to anyone else
+        if w.timer is not None:
+            w.timer.cancel()
+            w.timer = None
+        conn.setblocking(False)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        w.out = TcpOut(w.id, w.ssrc, (addr[0], addr[1]), conn, self.loop, self.tcp_queue_limit, self._consumer_lost(st))
+        if w.started:
+            del st.waiting[w.id]
+            self._join(st, w.out)
+
+    def _never_connected(self, st: RelayStream, w: Waiting, timeout: float) -> None:
+        w.timer = None
+        if st.waiting.get(w.id) is w and w.out is None:
+            self._remove(st, w.id)
+            self.on_event(ConsumerLost(st.id, w.id, f"the consumer did not connect within {timeout:g} s"))
 
     # --- helpers -----------------------------------------------------------------------
 
@@ -691,6 +842,11 @@ class Forwarder:
         return st
 
     def _remove(self, st: RelayStream, consumer_id: str) -> None:
+        w = st.waiting.pop(consumer_id, None)
+        if w is not None:
+            w.close(self._loop)
+            if w.out is not None:
+                self._count_consumers([w.out])
         gone = [c for c in st.consumers if c.id == consumer_id]
         if gone:
             st.consumers = [c for c in st.consumers if c.id != consumer_id]

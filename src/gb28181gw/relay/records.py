@@ -65,7 +65,8 @@ class MediaClosed(RelayEvent):
 
 @dataclass(frozen=True, slots=True)
 class ConsumerLost(RelayEvent):
-    """A TCP consumer closed its connection or could not be sent to; the relay dropped it.
+    """A TCP consumer closed its connection, could not be sent to, or (TCP passive) never
+    connected in time; the relay dropped it.
 
     Attributes:
         stream: the stream's ID.
@@ -76,6 +77,18 @@ class ConsumerLost(RelayEvent):
     stream: str
     consumer: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyFrameWanted(RelayEvent):
+    """A consumer joined a stream that has media but no packets kept since a key frame (none seen
+    yet, or the cache bound was passed): it sees no picture until the device sends one.
+
+    Attributes:
+        stream: the stream's ID.
+    """
+
+    stream: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +108,7 @@ EVENT_KINDS: dict[type[RelayEvent], str] = {
     MediaConnected: "connected",
     MediaClosed: "closed",
     ConsumerLost: "consumer-lost",
+    KeyFrameWanted: "keyframe-wanted",
     WorkerLost: "worker-lost",
 }
 _EVENT_CLASSES = {kind: cls for cls, kind in EVENT_KINDS.items()}

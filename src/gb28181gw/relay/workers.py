@@ -35,6 +35,7 @@ from gb28181gw.sdp import StreamMode
 
 from .commands import (
     AddConsumer,
+    AddPassiveConsumer,
     Close,
     Command,
     Connect,
@@ -43,6 +44,7 @@ from .commands import (
     Ping,
     RemoveConsumer,
     Snapshot,
+    StartConsumer,
     Stop,
     decode_command,
     encode_command,
@@ -119,6 +121,17 @@ class Relay:
     ) -> None:
         """Start sending to a consumer; raises :class:`RelayError` if it cannot be reached."""
         await self.call(AddConsumer(stream_id, consumer_id, transport, host, port, ssrc))
+
+    async def add_passive_consumer(
+        self, stream_id: str, consumer_id: str, host: str, port: int, ssrc: int, *, timeout: float, started: bool
+    ) -> None:
+        """Listen on ``port`` for a TCP-passive consumer at ``host`` (:attr:`RelayFailure.PORT_TAKEN` if it
+        cannot be bound); it is dropped (``ConsumerLost``) if it does not connect in ``timeout`` seconds."""
+        await self.call(AddPassiveConsumer(stream_id, consumer_id, host, port, ssrc, timeout, started))
+
+    async def start_consumer(self, stream_id: str, consumer_id: str) -> None:
+        """Start sending to a paused TCP-passive consumer."""
+        await self.call(StartConsumer(stream_id, consumer_id))
 
     async def remove_consumer(self, stream_id: str, consumer_id: str) -> None:
         """Stop sending to a consumer."""

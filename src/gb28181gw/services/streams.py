@@ -15,6 +15,17 @@ unregistering, a lost TCP media connection, an operator's ``stream stop``, shutd
 What ended it is kept for a while afterwards (:meth:`StreamService.ended_stream`), so a
 client that polls a stream it consumes learns why it is gone, not just that it is.
 
+Consumers are reached over ``udp``, ``tcp`` (we connect, RFC 4571 framing) or
+``tcp-passive`` (we listen on a port of the stream's relay share and the consumer's host
+alone may connect; a superior's ``a=setup:active``, §9.5). A consumer may be added paused
+and started later (:meth:`StreamService.start_consumer`: the superior's ACK, §9.5 step 6);
+one never started is dropped after :data:`PAUSED_TIMEOUT`. Whoever owns a consumer learns
+from :meth:`StreamService.on_consumer_gone` when it goes for any reason but its owner's own
+:meth:`~StreamService.remove_consumer` (the stream closed, its lease ran out, its TCP
+connection was lost or never made, it was never started). A consumer joining a stream with
+nothing kept since a key frame (relay/forwarder.py) makes us ask the device for one
+(``IFameCmd``, ``media.keyframe_request``), at most every :data:`KEYFRAME_REQUEST_INTERVAL`.
+
 A stream's life is a :class:`StreamState`, changed only by :meth:`StreamService._apply`
 through :data:`TRANSITIONS`, one ``(state, input) -> (state, actions)`` table in the manner
 of :mod:`gb28181gw.sip.transaction`::
@@ -74,7 +85,15 @@ from gb28181gw.metrics import (
 )
 from gb28181gw.net.stack import SipStack
 from gb28181gw.net.tasks import TaskSet
-from gb28181gw.relay.records import ConsumerLost, FirstPacket, MediaClosed, RelayEvent, RelayTotals, WorkerLost
+from gb28181gw.relay.records import (
+    ConsumerLost,
+    FirstPacket,
+    KeyFrameWanted,
+    MediaClosed,
+    RelayEvent,
+    RelayTotals,
+    WorkerLost,
+)
 from gb28181gw.relay.workers import Relay
 from gb28181gw.sdp import SsrcAllocator, StreamMode, expected_media_host
 from gb28181gw.sip.endpoint import warning_header
@@ -86,7 +105,7 @@ from gb28181gw.sip.transaction import render_digraph
 from .devices import DeviceError, DeviceService
 from .registrar import RegistrarService
 
-__all__ = ["EndedStream", "MediaSettings", "Stream", "StreamError", "StreamService", "StreamState"]
+__all__ = ["Consumer", "EndedStream", "MediaSettings", "Stream", "StreamError", "StreamService", "StreamState"]
 
 log = logging.getLogger("gb28181gw.streams")
 
@@ -94,6 +113,17 @@ log = logging.getLogger("gb28181gw.streams")
 #: polling once a second to learn why its stream ended, bounded whatever the churn.
 ENDED_KEPT = 1000
 ENDED_KEPT_SECONDS = 600.0
+#: Seconds a paused consumer waits for :meth:`StreamService.start_consumer` before it is dropped:
+#: a superior that has not ACKed our 200 in 64·T1 = 32 s never will (RFC 3261 Timer H; §9.5 step 6).
+PAUSED_TIMEOUT = 32.0
+#: Seconds between two key-frame requests for one stream: viewers joining in a burst must not
+#: flood the device with IFameCmd MESSAGEs, and one key frame serves them all.
+KEYFRAME_REQUEST_INTERVAL = 5.0
+#: Consumer transports: UDP, TCP we connect (``tcp-active`` is the same), TCP the consumer connects to.
+TRANSPORTS = {"udp": "udp", "tcp": "tcp", "tcp-active": "tcp", "tcp-passive": "tcp-passive"}
+
+#: ``listener(stream_id, consumer, reason)``: a consumer went for another reason than its owner's removal.
+ConsumerGoneListener = Callable[[str, "Consumer", str], None]
 
 
 class StreamState(IntEnum):
@@ -171,6 +201,8 @@ class MediaSettings:
         stream_mode: how devices without their own mode send media.
         invite_timeout / rtp_timeout / linger: seconds (see ``config.MediaSection``).
         tcp_connect_attempts / tcp_connect_interval: TCP active connection retries.
+        consumer_connect_timeout: seconds a TCP-passive consumer has to connect to us.
+        keyframe_request: ask the device for a key frame when a consumer joins with nothing cached.
         port_quarantine / ssrc_quarantine: seconds a released port / SSRC rests.
         check_interval: seconds between health checks (media timeout, consumer leases).
     """
@@ -183,6 +215,8 @@ class MediaSettings:
     linger: float
     tcp_connect_attempts: int
     tcp_connect_interval: float
+    consumer_connect_timeout: float
+    keyframe_request: bool
     port_quarantine: float
     ssrc_quarantine: float
     check_interval: float
@@ -194,11 +228,17 @@ class Consumer:
 
     Attributes:
         id: unique within its stream.
-        transport / host / port: where packets go (``udp`` or ``tcp``; for TCP we connect there).
+        transport / host / port: where packets go: ``udp``; ``tcp``, we connect to ``host``:``port``;
+            ``tcp-passive``, ``host`` connects to us (``port`` unused).
         ssrc: the SSRC it sees (its own, or one allocated for it).
         label: who it is (``cli``, an upper platform's ID …).
         expires_at: loop time after which it is dropped (a lease), or ``None``.
         allocated: whether ``ssrc`` came from our allocator (given back when it leaves).
+        local_port: our end: ``tcp-passive``, the port we listen on (from the stream's relay share,
+            given back when it leaves); ``udp``, the port we send from (the stream's media port);
+            ``tcp``, 0 (we connect from a port the kernel picks; an SDP puts 9 there, RFC 4145 §4).
+        paused: added but sent nothing until :meth:`StreamService.start_consumer`.
+        start_by: loop time after which a paused consumer is dropped, or ``None``.
     """
 
     id: str
@@ -210,6 +250,9 @@ class Consumer:
     created: float = 0.0
     expires_at: float | None = None
     allocated: bool = False
+    local_port: int = 0
+    paused: bool = False
+    start_by: float | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -236,6 +279,7 @@ class Stream:
     close_cause: str = ""
     linger: asyncio.TimerHandle | None = None
     next_consumer: int = 1
+    keyframe_asked_at: float = float("-inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +343,7 @@ class StreamService:
         self.by_channel: dict[str, Stream] = {}
         self.ended: OrderedDict[str, EndedStream] = OrderedDict()
         self._tasks = TaskSet()
+        self._gone_listeners: list[ConsumerGoneListener] = []
         self._checker: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.results = metrics.counter(STREAM_SETUPS)
@@ -341,6 +386,14 @@ class StreamService:
             self._loop = asyncio.get_running_loop()
         return self._loop
 
+    def on_consumer_gone(self, listener: ConsumerGoneListener) -> None:
+        """Call ``listener(stream_id, consumer, reason)`` whenever a consumer goes for any reason other
+        than its owner's own :meth:`remove_consumer`: its stream closed (device BYE, media timeout,
+        device offline, operator, shutdown …), its lease ran out, its TCP connection was lost or,
+        TCP passive, never made, or it was paused and never started. The consumer is gone when it is
+        called (removing it again is a 404); a listener that raises is logged, the others still hear."""
+        self._gone_listeners.append(listener)
+
     # --- opening -----------------------------------------------------------------------
 
     async def play(
@@ -353,15 +406,23 @@ class StreamService:
         ssrc: int | None = None,
         label: str = "",
         ttl: float | None = None,
+        paused: bool = False,
     ) -> tuple[Stream, Consumer]:
         """Send ``channel_id``'s live stream to a consumer, opening the stream if it is not open.
+
+        ``transport``: ``udp``; ``tcp`` (or ``tcp-active``), we connect to ``host``:``port``;
+        ``tcp-passive``, we listen (before returning; :attr:`Consumer.local_port`) for one
+        connection from ``host`` (``port`` is not used), dropping the consumer if none comes in
+        ``media.consumer_connect_timeout``. ``paused``: send nothing (and for ``tcp`` do not
+        connect) until :meth:`start_consumer`, at most :data:`PAUSED_TIMEOUT` seconds.
 
         Raises:
             StreamError: the channel is unknown, its device unreachable or unwilling, no port is free.
         """
-        if transport not in ("udp", "tcp"):
-            raise StreamError(400, f"consumer transport must be udp or tcp, not {transport!r}")
-        if not 0 < port <= 65535:
+        kind = TRANSPORTS.get(transport)
+        if kind is None:
+            raise StreamError(400, f"consumer transport must be udp, tcp or tcp-passive, not {transport!r}")
+        if kind != "tcp-passive" and not 0 < port <= 65535:
             raise StreamError(400, f"consumer port {port} is not a port number")
         st = self.by_channel.get(channel_id)
         if st is None:
@@ -369,7 +430,7 @@ class StreamService:
         await asyncio.shield(st.ready)
         if st.state is not StreamState.LIVE and st.state is not StreamState.LINGERING:
             raise StreamError(502, f"stream of {channel_id} closed: {st.close_reason}")
-        return st, await self._add_consumer(st, transport, host, port, ssrc, label, ttl)
+        return st, await self._add_consumer(st, kind, host, port, ssrc, label, ttl, paused)
 
     def _open(self, channel_id: str) -> Stream:
         try:
@@ -518,7 +579,15 @@ class StreamService:
         self._apply(st, StreamInput.FAILED, error=exc, reason=str(exc), cause="setup-failed", bye=bye)
 
     async def _add_consumer(
-        self, st: Stream, transport: str, host: str, port: int, ssrc: int | None, label: str, ttl: float | None
+        self,
+        st: Stream,
+        transport: str,
+        host: str,
+        port: int,
+        ssrc: int | None,
+        label: str,
+        ttl: float | None,
+        paused: bool,
     ) -> Consumer:
         now = self.loop.time()
         allocated = ssrc is None
@@ -537,18 +606,26 @@ class StreamService:
             created=now,
             expires_at=now + ttl if ttl else None,
             allocated=allocated,
+            local_port=st.port if transport == "udp" else 0,
+            paused=paused,
+            start_by=now + PAUSED_TIMEOUT if paused else None,
         )
         st.next_consumer += 1
         try:
-            await st.relay.add_consumer(st.id, consumer.id, transport, host, port, ssrc)
-        except RelayError as exc:
+            if transport == "tcp-passive":
+                await self._listen(st, consumer)
+            elif not paused:
+                await st.relay.add_consumer(st.id, consumer.id, transport, host, port, ssrc)
+        except (RelayError, StreamError) as exc:
             if allocated:
                 self.ssrcs.release(f"{ssrc:010d}", self.loop.time())
             self._maybe_linger(st)
-            raise StreamError(502, str(exc)) from None
+            raise exc if isinstance(exc, StreamError) else StreamError(502, str(exc)) from None
         if st.state is StreamState.CLOSED:  # closed while we connected to the consumer
             if allocated:
                 self.ssrcs.release(f"{ssrc:010d}", self.loop.time())
+            if consumer.local_port and transport == "tcp-passive":
+                st.pool.release(consumer.local_port, self.loop.time())  # the relay closed its listener with the stream
             raise StreamError(502, f"stream of {st.channel_id} closed: {st.close_reason}")
         st.consumers[consumer.id] = consumer
         self._apply(st, StreamInput.CONSUMER_ADDED)
@@ -557,6 +634,60 @@ class StreamService:
             extra={"stream": st.id, "consumer": consumer.id, "to": f"{transport}:{host}:{port}", "label": label},
         )
         return consumer
+
+    async def _listen(self, st: Stream, consumer: Consumer) -> None:
+        # a port of the stream's relay share; one another program holds is skipped, like the stream's own
+        for _ in range(8):
+            try:
+                consumer.local_port = st.pool.allocate(self.loop.time())
+            except PortsExhausted as exc:
+                raise StreamError(503, str(exc)) from None
+            try:
+                await st.relay.add_passive_consumer(
+                    st.id,
+                    consumer.id,
+                    consumer.host,
+                    consumer.local_port,
+                    consumer.ssrc,
+                    timeout=self.settings.consumer_connect_timeout,
+                    started=not consumer.paused,
+                )
+                return
+            except RelayError as exc:
+                st.pool.release(consumer.local_port, self.loop.time())
+                consumer.local_port = 0
+                if exc.code is not RelayFailure.PORT_TAKEN:
+                    raise
+                log.warning("media port taken, trying another", extra={"stream": st.id, "reason": str(exc)})
+        raise StreamError(503, "no media port of the range could be bound")
+
+    async def start_consumer(self, stream_id: str, consumer_id: str) -> None:
+        """Start sending to a consumer added paused (no-op if it is sending already): at once over UDP,
+        once connected for ``tcp-passive``, after connecting to it for ``tcp``.
+
+        Raises:
+            StreamError: 404 if there is no such stream or consumer; 502 if it cannot be reached
+                (``tcp``: it is then dropped, without a call to the :meth:`on_consumer_gone` listeners).
+        """
+        st = self.streams.get(stream_id)
+        consumer = st.consumers.get(consumer_id) if st is not None else None
+        if st is None or consumer is None:
+            raise StreamError(404, f"no consumer {consumer_id} of stream {stream_id}")
+        if not consumer.paused:
+            return
+        consumer.paused, consumer.start_by = False, None
+        try:
+            if consumer.transport == "tcp-passive":
+                await st.relay.start_consumer(st.id, consumer.id)
+            else:
+                await st.relay.add_consumer(
+                    st.id, consumer.id, consumer.transport, consumer.host, consumer.port, consumer.ssrc
+                )
+        except RelayError as exc:
+            if st.consumers.get(consumer_id) is consumer:
+                self._drop_consumer(st, consumer_id)
+            raise StreamError(502, str(exc)) from None
+        log.info("consumer started", extra={"stream": st.id, "consumer": consumer.id})
 
     # --- leaving and closing -----------------------------------------------------------
 
@@ -571,15 +702,38 @@ class StreamService:
             raise StreamError(404, f"no consumer {consumer_id} of stream {stream_id}")
         self._drop_consumer(st, consumer_id)
 
-    def _drop_consumer(self, st: Stream, consumer_id: str, *, tell_relay: bool = True) -> None:
+    def _drop_consumer(self, st: Stream, consumer_id: str, *, tell_relay: bool = True, reason: str = "") -> None:
+        """Forget a consumer; ``reason`` (why it went, unless its owner removed it) goes to the
+        :meth:`on_consumer_gone` listeners."""
         consumer = st.consumers.pop(consumer_id, None)
         if consumer is None:
             return
         if consumer.allocated:
             self.ssrcs.release(f"{consumer.ssrc:010d}", self.loop.time())
+        port = consumer.local_port if consumer.transport == "tcp-passive" else 0
         if tell_relay:
-            self._tasks.spawn(self._quietly(st.relay.remove_consumer(st.id, consumer_id)))
+            self._tasks.spawn(self._leave(st, consumer_id, port))
+        elif port:
+            st.pool.release(port, self.loop.time())  # the relay closed it already
+        if reason:
+            self._tell_gone(st, consumer, reason)
         self._maybe_linger(st)
+
+    async def _leave(self, st: Stream, consumer_id: str, port: int) -> None:
+        try:
+            await st.relay.remove_consumer(st.id, consumer_id)
+        except RelayError:
+            pass
+        finally:
+            if port:  # given back once the relay no longer listens on it
+                st.pool.release(port, self.loop.time())
+
+    def _tell_gone(self, st: Stream, consumer: Consumer, reason: str) -> None:
+        for listener in self._gone_listeners:
+            try:
+                listener(st.id, consumer, reason)
+            except Exception:  # one listener's bug must not keep the others from hearing
+                log.exception("consumer-gone listener failed", extra={"stream": st.id, "consumer": consumer.id})
 
     def _maybe_linger(self, st: Stream) -> None:
         if st.consumers:
@@ -679,27 +833,33 @@ class StreamService:
         self.ended[st.id] = EndedStream(st.id, st.channel_id, st.close_reason, st.close_cause, time.time(), now)
         while len(self.ended) > ENDED_KEPT:
             self.ended.popitem(last=False)
-        for consumer in st.consumers.values():
+        gone = list(st.consumers.values())
+        for consumer in gone:
             if consumer.allocated:
                 self.ssrcs.release(f"{consumer.ssrc:010d}", now)
         st.consumers.clear()
         self.ssrcs.release(st.id, now)
         if bye and st.session.remote_tag and st.session.state is not PlayState.TERMINATED:
             self._tasks.spawn(self._bye(st))
-        self._tasks.spawn(self._release(st))
+        ports = [c.local_port for c in gone if c.transport == "tcp-passive" and c.local_port]
+        self._tasks.spawn(self._release(st, ports))
+        for consumer in gone:
+            self._tell_gone(st, consumer, st.close_reason or "the stream closed")
         log.info(
             "stream closed",
             extra={"stream": st.id, "channel": st.channel_id, "reason": st.close_reason, "was": previous.name.lower()},
         )
 
-    async def _release(self, st: Stream) -> None:
+    async def _release(self, st: Stream, consumer_ports: list[int]) -> None:
         try:
             await st.relay.close(st.id)
         except RelayError as exc:
             log.warning("relay could not close a stream", extra={"stream": st.id, "reason": str(exc)})
         finally:
-            if st.port:
-                st.pool.release(st.port, self.loop.time())
+            now = self.loop.time()
+            for port in [st.port, *consumer_ports]:
+                if port:
+                    st.pool.release(port, now)
 
     async def _bye(self, st: Stream) -> None:
         self.stack.router.remove_dialog(st.session.dialog_id)
@@ -757,7 +917,24 @@ class StreamService:
             self._close(st, event.reason, "media-lost")
         elif isinstance(event, ConsumerLost):
             log.info("consumer left", extra={"stream": st.id, "consumer": event.consumer, "reason": event.reason})
-            self._drop_consumer(st, event.consumer, tell_relay=False)
+            self._drop_consumer(st, event.consumer, tell_relay=False, reason=event.reason)
+        elif isinstance(event, KeyFrameWanted):
+            self._want_keyframe(st)
+
+    def _want_keyframe(self, st: Stream) -> None:
+        now = self.loop.time()
+        if not self.settings.keyframe_request or now - st.keyframe_asked_at < KEYFRAME_REQUEST_INTERVAL:
+            return
+        st.keyframe_asked_at = now
+        self._tasks.spawn(self._ask_keyframe(st))
+
+    async def _ask_keyframe(self, st: Stream) -> None:
+        try:
+            await self.devices.command(st.channel_id, "IFameCmd", "Send", wait=False)
+        except DeviceError as exc:
+            log.info("key frame request failed", extra={"stream": st.id, "reason": str(exc)})
+        else:
+            log.info("key frame asked for (a consumer joined)", extra={"stream": st.id, "channel": st.channel_id})
 
     async def _check_loop(self) -> None:
         while True:
@@ -798,7 +975,10 @@ class StreamService:
             for consumer in list(st.consumers.values()):
                 if consumer.expires_at is not None and consumer.expires_at <= now:
                     log.info("consumer lease ran out", extra={"stream": st.id, "consumer": consumer.id})
-                    self._drop_consumer(st, consumer.id)
+                    self._drop_consumer(st, consumer.id, reason="its lease ran out")
+                elif consumer.start_by is not None and consumer.start_by <= now:
+                    log.info("paused consumer never started", extra={"stream": st.id, "consumer": consumer.id})
+                    self._drop_consumer(st, consumer.id, reason=f"not started within {PAUSED_TIMEOUT:g} s")
 
     # --- figures for metrics -----------------------------------------------------------
 

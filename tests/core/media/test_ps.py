@@ -67,3 +67,33 @@ def test_inspector_learns_codec_and_key_frames_from_gb_packs() -> None:
     inspector.frame_start(garbage, 0, len(garbage))  # truncated or garbage PS is flagged, never raised
     inspector.frame_start(b"\x00\x00\x01\xba", 0, 4)
     assert s.errors == 2 and s.frames == 30
+
+
+def test_frame_start_says_which_rtp_packet_opens_a_key_frame() -> None:
+    # the relay inspects only the first packet of each timestamp; it must name key frames from it alone
+    from gb28181gw.media.ps import PsInspector
+    from gb28181gw.media.rtp import RtpPacket
+    from tests.media import gb_ps, packetize
+
+    inspector = PsInspector()
+    keys, last_ts = [], -1
+    for raw in packetize(gb_ps(30, 10), 1, mtu=400):
+        p = RtpPacket.parse(raw)
+        if p.timestamp != last_ts:
+            last_ts = p.timestamp
+            keys.append(inspector.frame_start(p.payload, 0, len(p.payload)))
+    assert [i for i, key in enumerate(keys) if key] == [0, 10, 20]
+
+
+def test_a_psm_on_a_frame_that_is_not_a_key_frame_is_only_a_hint() -> None:
+    # some devices send a system header and PSM with every frame (§8.5): the NAL types decide
+    from gb28181gw.media.ps import PsInspector
+    from tests.media import gb_ps, packs
+
+    key_pack, p_pack = packs(gb_ps(2, 10))
+    headers_end = key_pack.index(b"\x00\x00\x01\xe0")
+    with_psm = key_pack[:headers_end] + p_pack[14:]  # the key pack's headers, then a P frame's PES
+    inspector = PsInspector()
+    assert not inspector.frame_start(with_psm, 0, len(with_psm))
+    assert inspector.frame_start(key_pack, 0, len(key_pack))
+    assert not inspector.frame_start(b"\x00" * 40, 0, 40)  # not PS at all
