@@ -191,7 +191,6 @@ class Gateway:
         await self.devices.start()
         await self.stack.listen(replace(c.sip, tcp_max_connections=tcp_connection_budget(c)))
         await self.streams.start()
-        await self.cascade_media.start()
         await self.upstreams.start()  # once listening: the superiors answer to our SIP port
         if c.admin.enabled:
             self.admin = AdminServer(

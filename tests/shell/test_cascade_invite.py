@@ -263,7 +263,7 @@ async def test_tcp_superior_connects_to_us(tmp_path: Path, ps: bytes) -> None:
         await wait_for(lambda: sending(gw), 10)
         (served,) = gw.cascade_media.dialogs.values()
         (st,) = gw.streams.streams.values()
-        listening = getattr(st.consumers[served.consumer_id], "local_port")  # noqa: B009 - c12-relay adds it
+        listening = st.consumers[served.consumer_id].local_port
         assert f"m=video {listening} TCP/RTP/AVP 96".encode() in served.answer
         reader, writer = await asyncio.open_connection("127.0.0.1", listening)
         frames = Rfc4571Reader()

@@ -35,10 +35,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import inspect
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +51,6 @@ from gb28181gw.errors import (
 )
 from gb28181gw.gb.registrar import from_user
 from gb28181gw.gb.superior_invite import (
-    ConsumerTransport,
     ServedInput,
     ServedState,
     SuperiorOffer,
@@ -86,8 +84,6 @@ UPWARD = {400: 500, 404: 404, 408: 408, 480: 480, 486: 486, 488: 488, 502: 502, 
 
 #: Seconds a BYE to a superior is given (best effort: when it is lost it cannot answer).
 BYE_TIMEOUT = 5.0
-#: Seconds between looks for consumers gone, while the stream service cannot tell us itself.
-GONE_POLL_INTERVAL = 0.5
 
 
 @dataclass(eq=False, slots=True)
@@ -128,53 +124,6 @@ class Served:
         self.state = next_state(self.state, event)
 
 
-class _Streams:
-    """The stream service as this module uses it.
-
-    The relay work of issue 12 (branch c12-relay) gives :meth:`StreamService.play` the
-    ``tcp-passive`` transport and ``paused``, consumers a ``local_port``, and adds
-    ``start_consumer`` and ``on_consumer_gone``. Until that is merged this adapter does what
-    can be done without them: consumers start at once, ``tcp-passive`` is refused 488, the
-    UDP sending port is the stream's own port, and consumers gone are found by looking.
-    Once merged, every branch here but the first is dead and this class can go.
-    """
-
-    def __init__(self, streams: StreamService) -> None:
-        self.service = streams
-        self.pausable = "paused" in inspect.signature(streams.play).parameters
-        self.tells_gone = hasattr(streams, "on_consumer_gone")
-
-    async def play(
-        self, channel_id: str, *, transport: ConsumerTransport, host: str, port: int, ssrc: int | None, label: str
-    ) -> tuple[Stream, Consumer]:
-        if self.pausable:
-            play: Any = self.service.play
-            result: tuple[Stream, Consumer] = await play(
-                channel_id, transport=str(transport), host=host, port=port, ssrc=ssrc, label=label, paused=True
-            )
-            return result
-        if transport is ConsumerTransport.TCP_PASSIVE:
-            raise StreamError(488, "sending over TCP while the superior connects (its a=setup:active) is not available")
-        return await self.service.play(
-            channel_id, transport=str(transport), host=host, port=port, ssrc=ssrc, label=label
-        )
-
-    async def start(self, stream_id: str, consumer_id: str) -> None:
-        if self.pausable:
-            result = getattr(self.service, "start_consumer")(stream_id, consumer_id)  # noqa: B009 - see the docstring
-            if inspect.isawaitable(result):
-                await result
-
-    def local_port(self, st: Stream, consumer: Consumer) -> int:
-        return int(getattr(consumer, "local_port", 0) or st.port)
-
-    def on_gone(self, listener: Callable[[str, Consumer, str], None]) -> bool:
-        """Register ``listener`` when the service can tell; whether it could."""
-        if self.tells_gone:
-            getattr(self.service, "on_consumer_gone")(listener)  # noqa: B009 - see the docstring
-        return self.tells_gone
-
-
 class CascadeMediaService:
     """Serves superiors' live INVITEs (see the module docstring).
 
@@ -198,7 +147,7 @@ class CascadeMediaService:
     ) -> None:
         self.stack = stack
         self.upstreams = upstreams
-        self.streams = _Streams(streams)
+        self.streams = streams
         self.registrar = registrar
         self.media_address = media_address
         self.invite_timeout = invite_timeout
@@ -206,25 +155,17 @@ class CascadeMediaService:
         self.dialogs: dict[DialogId, Served] = {}
         self.by_consumer: dict[tuple[str, str], Served] = {}
         self._tasks = TaskSet()
-        self._poller: asyncio.Task[None] | None = None
         stack.router.handle("INVITE", self._on_invite, owner="cascade-media")
         stack.router.expect_in_dialog("BYE")
         stack.on_cancel(self._on_cancel)
         upstreams.on_lost(self._on_lost)
-        self._polls = not self.streams.on_gone(self._on_consumer_gone)
+        streams.on_consumer_gone(self._on_consumer_gone)
         metrics.labeled_gauge(UPSTREAM_STREAMS, self._per_upstream)
 
     # --- lifecycle ---------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Start looking for consumers gone, when the stream service cannot tell."""
-        if self._polls:
-            self._poller = asyncio.get_running_loop().create_task(self._poll_gone())
-
     async def stop(self) -> None:
         """Refuse INVITEs still waiting (503), BYE every superior dialog, release every consumer."""
-        if self._poller is not None:
-            self._poller.cancel()
         for served in list(self.pending.values()):
             self._stop_waiting(served, 503)
         for served in list(self.dialogs.values()):
@@ -264,11 +205,12 @@ class CascadeMediaService:
         play = asyncio.ensure_future(
             self.streams.play(
                 offer.channel_id,
-                transport=offer.transport,
+                transport=str(offer.transport),
                 host=offer.host,
                 port=offer.port,
                 ssrc=ssrc,
                 label=f"upstream:{name}",
+                paused=True,  # nothing before its ACK (and for tcp no connection)
             )
         )
         assert served.stop_waiting is not None
@@ -314,7 +256,7 @@ class CascadeMediaService:
     def _owner(self, channel_id: str) -> str | None:
         if channel_id in self.registrar.devices:
             return channel_id  # an IPC is its own channel
-        for device_id, channels in self.streams.service.devices.channels.items():
+        for device_id, channels in self.streams.devices.channels.items():
             if channel_id in channels:
                 return device_id
         return None
@@ -327,7 +269,8 @@ class CascadeMediaService:
             offer,
             channel_id=offer.channel_id,
             media_ip=media_ip,
-            port=self.streams.local_port(st, consumer),
+            # UDP: our sending port; tcp-passive: where we listen; tcp: nominal (RFC 4145, we connect)
+            port=consumer.local_port or st.port,
             ssrc=consumer.ssrc,
         )
         served.answer = sdp.serialize().encode()
@@ -410,7 +353,7 @@ class CascadeMediaService:
 
     async def _start(self, served: Served) -> None:
         try:
-            await self.streams.start(served.stream_id, served.consumer_id)
+            await self.streams.start_consumer(served.stream_id, served.consumer_id)
         except StreamError as exc:
             self._end(served, f"sending could not start: {exc}", bye=True)
 
@@ -422,7 +365,7 @@ class CascadeMediaService:
 
     async def _remove(self, stream_id: str, consumer_id: str) -> None:
         with contextlib.suppress(StreamError):  # gone already
-            await self.streams.service.remove_consumer(stream_id, consumer_id)
+            await self.streams.remove_consumer(stream_id, consumer_id)
 
     def _refuse(self, event: RequestReceived, status: int, warning: str) -> None:
         tx = event.transaction
@@ -484,15 +427,6 @@ class CascadeMediaService:
         served = self.by_consumer.get((stream_id, consumer.id))
         if served is not None:
             self._end(served, reason or "its consumer is gone", bye=True, remove=False)
-
-    async def _poll_gone(self) -> None:
-        streams = self.streams.service.streams
-        while True:
-            await asyncio.sleep(GONE_POLL_INTERVAL)
-            for (stream_id, consumer_id), served in list(self.by_consumer.items()):
-                st = streams.get(stream_id)
-                if st is None or consumer_id not in st.consumers:
-                    self._end(served, "the stream ended or dropped this consumer", bye=True, remove=False)
 
     def _on_lost(self, name: str, reason: str) -> None:
         for served in [s for s in self.pending.values() if s.upstream == name]:
