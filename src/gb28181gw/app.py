@@ -41,6 +41,7 @@ from gb28181gw.relay.forwarder import Forwarder, RelaySettings
 from gb28181gw.relay.workers import LocalRelay, Relay, WorkerRelay
 from gb28181gw.sdp import StreamMode
 from gb28181gw.services.cascade_catalog import CascadeCatalogService
+from gb28181gw.services.cascade_media import CascadeMediaService
 from gb28181gw.services.cascade_requests import CascadeRequestService
 from gb28181gw.services.devices import DeviceService
 from gb28181gw.services.registrar import RegistrarService
@@ -133,6 +134,15 @@ class Gateway:
             metrics=self.metrics,
             name=config.gateway.user_agent or "gb28181gw",
         )
+        self.cascade_media = CascadeMediaService(
+            self.stack,
+            self.upstreams,
+            self.streams,
+            self.registrar,
+            metrics=self.metrics,
+            media_address=config.media_address,
+            invite_timeout=m.invite_timeout,
+        )
         self.admin: AdminServer | None = None
         self.started_at = 0.0
         self._ready = False
@@ -219,6 +229,7 @@ class Gateway:
         self._ready = False
         if self.admin is not None:
             await self.admin.stop()
+        await self.cascade_media.stop()  # BYE in every superior's dialog, first: its consumers go
         await self.streams.stop()  # BYE to every device while the stack still runs
         await self.cascade_catalog.stop()
         await self.upstreams.stop()  # Expires: 0 to every superior while the stack still runs

@@ -14,6 +14,8 @@ a bug (the fuzz tests in ``tests/fuzz`` check exactly that).
     │   │   ├── SdpError              an SDP body that cannot be used (answer 488 / BYE)
     │   │   ├── RtpError              an RTP packet or RFC 4571 frame that cannot be parsed (dropped, counted)
     │   │   ├── SessionError          a device's answer to our INVITE cannot be used; .status 488
+    │   │   ├── OfferError            a superior's INVITE we cannot serve as offered; .status is the
+    │   │   │                         answer (400 bad SDP, 488 no usable offer, 501 playback)
     │   │   └── DialogError           an in-dialog request out of order (.status 500) or for no
     │   │                             dialog (.status 481), RFC 3261 §12.2.2
     │   └── LocalProtocolError        we were asked to do something illegal in the current
@@ -261,6 +263,20 @@ class SessionError(RemoteProtocolError):
     """
 
     status = 488
+
+
+class OfferError(RemoteProtocolError):
+    """A superior's INVITE (PROTOCOL.md §9.5) that cannot be served as offered; the message says why.
+
+    Attributes:
+        status: the final answer to send: 400 (an SDP that cannot be parsed or names no media
+            address), 488 (no offer, no video, port 0, no PS), 501 (a session kind we do not
+            relay yet: Playback, Download).
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class DialogError(RemoteProtocolError):

@@ -20,6 +20,12 @@ SIPP = shutil.which("sipp")
 
 
 async def start_gateway(**overrides: str) -> Gateway:
+    """A gateway on 127.0.0.1 with fast SIP timers, started."""
+    return await start_gateway_from(None, overrides)
+
+
+async def start_gateway_from(config_file: Path | None, overrides: dict[str, str]) -> Gateway:
+    """:func:`start_gateway` with a configuration file, for what only a file sets (``[[upstream]]``)."""
     settings = {
         "store.path": str(Path(tempfile.mkdtemp(prefix="gb28181gw-test-")) / "gw.db"),
         "sip.listen": "127.0.0.1",
@@ -33,7 +39,7 @@ async def start_gateway(**overrides: str) -> Gateway:
         "media.workers": "0",
     }
     settings.update(overrides)
-    gw = Gateway(load_config(env={}, overrides=settings))
+    gw = Gateway(load_config(config_file, env={}, overrides=settings))
     await gw.start()
     return gw
 

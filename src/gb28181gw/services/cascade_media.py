@@ -1,0 +1,482 @@
+"""Live video for superiors (cascade, PROTOCOL.md §9.5): the shell around :mod:`gb28181gw.gb.superior_invite`.
+
+A superior's INVITE becomes one *consumer* of the channel's device stream, opened or joined
+through :class:`~gb28181gw.services.streams.StreamService` (the device sees one INVITE
+however many superiors and local viewers watch, Annex L). In order:
+
+1. The endpoint has sent 100 Trying already (:mod:`gb28181gw.sip.endpoint`). An INVITE from
+   anyone but a configured superior is refused 403 (devices never INVITE us).
+2. The offer is read (:func:`~gb28181gw.gb.superior_invite.parse_offer`: 400/488/501), then
+   the channel checked: unknown or not shared with that superior 404, its device not online
+   480, no PS offered 488.
+3. The consumer is added *paused* (nothing is sent before the ACK) toward the superior's
+   ``c=``:``m=``: UDP, TCP where we connect, or TCP where we listen. Its SSRC is the
+   superior's ``y=`` when ``[[upstream]] ssrc = "echo"`` and it sent one, else ours.
+   :meth:`StreamService.play` returns once the device answered (or the joined stream is live);
+   its errors go up mapped (:data:`UPWARD`). Past ``media.invite_timeout`` we answer 408, a
+   CANCEL has been answered 487 by the endpoint; either way whatever ``play`` still yields
+   is released when it does (no port, SSRC, consumer or task is left).
+4. 200 with our SDP creates a UAS dialog (:meth:`Dialog.uas`, routed by the router); over UDP
+   the 200 is retransmitted until the ACK (RFC 3261 §13.3.1.4: T1 doubling to T2). The ACK
+   starts the consumer. No ACK in 64*T1: BYE.
+5. In the dialog: BYE → 200 and only that consumer goes (the stream lingers or serves
+   others); a re-INVITE gets 200 with the same SDP; a new INVITE with the same Subject sender
+   part from the same superior replaces the old one (Annex K c). A consumer gone for any
+   other reason (the stream ended, the device went offline, its TCP connection dropped) →
+   BYE to the superior. A superior lost (:meth:`UpstreamService.on_lost`) loses all its
+   consumers and dialogs; shutdown sends BYE in every dialog.
+
+The life of one served INVITE is a :class:`~gb28181gw.gb.superior_invite.ServedState`
+changed only through :func:`~gb28181gw.gb.superior_invite.next_state`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections import Counter
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gb28181gw.errors import (
+    DialogError,
+    LocalProtocolError,
+    OfferError,
+    SipTimeoutError,
+    SipTransportError,
+    StreamError,
+)
+from gb28181gw.gb.registrar import from_user
+from gb28181gw.gb.superior_invite import (
+    ServedInput,
+    ServedState,
+    SuperiorOffer,
+    answer_sdp,
+    next_state,
+    parse_offer,
+)
+from gb28181gw.metrics import UPSTREAM_STREAMS, Metrics
+from gb28181gw.net.stack import SipStack
+from gb28181gw.net.tasks import TaskSet
+from gb28181gw.sip.dialog import Dialog, DialogId
+from gb28181gw.sip.endpoint import warning_header
+from gb28181gw.sip.events import RequestCancelled, RequestReceived
+from gb28181gw.sip.message import Request, Response, make_response
+from gb28181gw.sip.peer import Peer
+from gb28181gw.sip.transaction import Transaction
+
+from .registrar import RegistrarService
+from .streams import Consumer, Stream, StreamService
+from .upstreams import Link, UpstreamService
+
+__all__ = ["UPWARD", "CascadeMediaService", "Served"]
+
+log = logging.getLogger("gb28181gw.cascade")
+
+#: A :class:`StreamError` status → what the superior is answered. The device's own 404, 486
+#: and 488 pass as they are; its silence (504) is 408 (PROTOCOL.md §7.10); a bad consumer
+#: request of ours is our fault (500); 502 (refused otherwise, or our TCP connection to the
+#: superior failed) and 503 (no port or SSRC free) stay.
+UPWARD = {400: 500, 404: 404, 408: 408, 480: 480, 486: 486, 488: 488, 502: 502, 503: 503, 504: 408}
+
+#: Seconds a BYE to a superior is given (best effort: when it is lost it cannot answer).
+BYE_TIMEOUT = 5.0
+
+
+@dataclass(eq=False, slots=True)
+class Served:
+    """One superior INVITE and the consumer serving it.
+
+    Attributes:
+        upstream: the superior's name.
+        offer: what it asked for.
+        request / transaction: its INVITE and server transaction.
+        peer: where our requests in its dialog go: where its INVITE came from.
+        state: changed only through :func:`~gb28181gw.gb.superior_invite.next_state`.
+        stream_id / consumer_id / ssrc: the consumer, once added.
+        dialog: the UAS dialog, once answered 200.
+        answer: our SDP (a re-INVITE gets it again).
+        unacked: the 2xx being retransmitted until an ACK (RFC 3261 §13.3.1.4).
+        stop_waiting: resolved with a status when the wait for the stream must end (CANCEL: 487,
+            superior lost, shutdown).
+    """
+
+    upstream: str
+    offer: SuperiorOffer
+    request: Request
+    transaction: Transaction
+    peer: Peer
+    state: ServedState = ServedState.PROCEEDING
+    stream_id: str = ""
+    consumer_id: str = ""
+    ssrc: int = 0
+    dialog: Dialog | None = None
+    answer: bytes = b""
+    unacked: tuple[Transaction, Response] | None = None
+    retransmit: asyncio.TimerHandle | None = None
+    ack_timer: asyncio.TimerHandle | None = None
+    stop_waiting: asyncio.Future[int] | None = field(default=None, repr=False)
+
+    def fire(self, event: ServedInput) -> None:
+        self.state = next_state(self.state, event)
+
+
+class CascadeMediaService:
+    """Serves superiors' live INVITEs (see the module docstring).
+
+    Args:
+        stack / upstreams / streams / registrar: the SIP stack and the services it builds on.
+        metrics: where ``gb28181gw_upstream_streams`` goes.
+        media_address: ``Config.media_address`` (``""``: the address each superior reached us at).
+        invite_timeout: ``media.invite_timeout``: the longest a superior waits for our 200.
+    """
+
+    def __init__(
+        self,
+        stack: SipStack,
+        upstreams: UpstreamService,
+        streams: StreamService,
+        registrar: RegistrarService,
+        *,
+        metrics: Metrics,
+        media_address: str,
+        invite_timeout: float,
+    ) -> None:
+        self.stack = stack
+        self.upstreams = upstreams
+        self.streams = streams
+        self.registrar = registrar
+        self.media_address = media_address
+        self.invite_timeout = invite_timeout
+        self.pending: dict[Transaction, Served] = {}
+        self.dialogs: dict[DialogId, Served] = {}
+        self.by_consumer: dict[tuple[str, str], Served] = {}
+        self._tasks = TaskSet()
+        stack.router.handle("INVITE", self._on_invite, owner="cascade-media")
+        stack.router.expect_in_dialog("BYE")
+        stack.on_cancel(self._on_cancel)
+        upstreams.on_lost(self._on_lost)
+        streams.on_consumer_gone(self._on_consumer_gone)
+        metrics.labeled_gauge(UPSTREAM_STREAMS, self._per_upstream)
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Refuse INVITEs still waiting (503), BYE every superior dialog, release every consumer."""
+        for served in list(self.pending.values()):
+            self._stop_waiting(served, 503)
+        for served in list(self.dialogs.values()):
+            self._end(served, "gateway shutting down", bye=True)
+        await self._tasks.wait(timeout=BYE_TIMEOUT)
+        self._tasks.cancel()
+
+    # --- the INVITE --------------------------------------------------------------------
+
+    def _on_invite(self, event: RequestReceived) -> Awaitable[None] | None:
+        request = event.request
+        link = self.upstreams.superior(from_user(request), event.peer)
+        if link is None:
+            log.info("INVITE from a stranger refused", extra={"peer": str(event.peer), "from": from_user(request)})
+            self._refuse(event, 403, "only a configured superior may INVITE this gateway")
+            return None
+        return self._serve(event, link)
+
+    async def _serve(self, event: RequestReceived, link: Link) -> None:
+        request, tx = event.request, event.transaction
+        assert tx is not None
+        name = link.machine.settings.name
+        try:
+            offer = parse_offer(request)
+            self._check_channel(name, offer.channel_id)
+            offer.require_ps()
+        except (OfferError, StreamError) as exc:
+            log.info("superior INVITE refused", extra={"upstream": name, "status": exc.status, "reason": str(exc)})
+            self._refuse(event, exc.status, str(exc))
+            self.upstreams.count_request(name, "INVITE", str(exc.status))
+            return
+        loop = asyncio.get_running_loop()
+        # our requests in its dialog go where its INVITE came from: its SIP socket, found through NAT too
+        served = Served(name, offer, request, tx, event.peer, stop_waiting=loop.create_future())
+        self.pending[tx] = served
+        ssrc = offer.ssrc if link.section.ssrc == "echo" else None
+        play = asyncio.ensure_future(
+            self.streams.play(
+                offer.channel_id,
+                transport=str(offer.transport),
+                host=offer.host,
+                port=offer.port,
+                ssrc=ssrc,
+                label=f"upstream:{name}",
+                paused=True,  # nothing before its ACK (and for tcp no connection)
+            )
+        )
+        assert served.stop_waiting is not None
+        waits: set[asyncio.Future[Any]] = {play, served.stop_waiting}
+        try:
+            done, _ = await asyncio.wait(waits, timeout=self.invite_timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.pending.pop(tx, None)
+        if play not in done or served.stop_waiting.done():
+            # whatever play() still yields is released when it comes (nothing leaks)
+            play.add_done_callback(self._release_late)
+            if served.stop_waiting.done():
+                status = served.stop_waiting.result()
+                if status != 487:  # the endpoint answered the CANCEL's INVITE itself
+                    self._refuse(event, status, "the superior is lost" if status == 480 else "gateway shutting down")
+            else:
+                status = 408
+                self._refuse(event, 408, f"the stream of {offer.channel_id} was not ready in {self.invite_timeout:g} s")
+            served.fire(ServedInput.REFUSED)
+            self.upstreams.count_request(name, "INVITE", "cancelled" if status == 487 else str(status))
+            return
+        try:
+            st, consumer = play.result()
+        except StreamError as exc:
+            status = UPWARD.get(exc.status, 502)
+            log.info("superior INVITE failed", extra={"upstream": name, "status": status, "reason": str(exc)})
+            self._refuse(event, status, str(exc))
+            served.fire(ServedInput.REFUSED)
+            self.upstreams.count_request(name, "INVITE", str(status))
+            return
+        self._answer(served, event, link, st, consumer)
+
+    def _check_channel(self, name: str, channel_id: str) -> None:
+        device_id = self._owner(channel_id)
+        if device_id is None or not self.upstreams.may_see(name, channel_id, device_id):
+            # an unshared channel is not told apart from an unknown one (wvp answers 404 too)
+            raise StreamError(404, f"no channel {channel_id} here")
+        device = self.registrar.devices.get(device_id)
+        if device is None or not device.online:
+            state = "not registered" if device is None or not device.registered else "offline"
+            raise StreamError(480, f"the device of channel {channel_id} is {state}")
+
+    def _owner(self, channel_id: str) -> str | None:
+        if channel_id in self.registrar.devices:
+            return channel_id  # an IPC is its own channel
+        for device_id, channels in self.streams.devices.channels.items():
+            if channel_id in channels:
+                return device_id
+        return None
+
+    def _answer(self, served: Served, event: RequestReceived, link: Link, st: Stream, consumer: Consumer) -> None:
+        request, tx, offer = event.request, served.transaction, served.offer
+        served.stream_id, served.consumer_id, served.ssrc = st.id, consumer.id, consumer.ssrc
+        media_ip = self.media_address or self.stack.local_address(event.peer)[0]
+        sdp = answer_sdp(
+            offer,
+            channel_id=offer.channel_id,
+            media_ip=media_ip,
+            # UDP: our sending port; tcp-passive: where we listen; tcp: nominal (RFC 4145, we connect)
+            port=consumer.local_port or st.port,
+            ssrc=consumer.ssrc,
+        )
+        served.answer = sdp.serialize().encode()
+        response = self._ok(served, request, to_tag=self.stack.endpoint.new_tag(), event=event)
+        dialog = Dialog.uas(request, response, served.peer)
+        served.dialog = dialog
+        self.dialogs[dialog.id] = served
+        self.by_consumer[(st.id, consumer.id)] = served
+        self.stack.router.add_dialog(
+            dialog.id, functools.partial(self._on_dialog_request, served), owner="cascade-media"
+        )
+        self.stack.respond(tx, response)
+        served.fire(ServedInput.ANSWERED)
+        self._await_ack(served, tx, response, event.peer)
+        self.upstreams.count_request(served.upstream, "INVITE", "ok")
+        log.info(
+            "serving a superior",
+            extra={
+                "upstream": served.upstream,
+                "channel": offer.channel_id,
+                "stream": st.id,
+                "consumer": consumer.id,
+                "to": f"{offer.transport}:{offer.host}:{offer.port}",
+                "ssrc": f"{consumer.ssrc:010d}",
+            },
+        )
+        if offer.subject:
+            # Annex K c: the same stream asked for again replaces the one being sent
+            for old in [s for s in self.dialogs.values() if s is not served and s.upstream == served.upstream]:
+                if old.offer.subject == offer.subject:
+                    self._end(old, "replaced by a new INVITE for the same stream (Annex K c)", bye=True)
+
+    def _ok(self, served: Served, request: Request, *, to_tag: str | None, event: RequestReceived) -> Response:
+        response = make_response(request, 200, to_tag=to_tag)
+        # the channel answers, as devices do (PROTOCOL.md §9.5): its ID in Contact, like in o=
+        response.headers.add("Contact", f"<{self.stack.contact(served.offer.channel_id, event.peer)}>")
+        response.headers.add("Content-Type", "application/sdp")
+        response.body = served.answer
+        return response
+
+    def _await_ack(self, served: Served, tx: Transaction, response: Response, via: Peer) -> None:
+        loop = asyncio.get_running_loop()
+        timers = self.stack.endpoint.timers
+        served.unacked = (tx, response)
+        if served.ack_timer is None:
+            served.ack_timer = loop.call_later(64 * timers.t1, self._no_ack, served)
+        if via.transport == "UDP":
+            served.retransmit = loop.call_later(timers.t1, self._retransmit, served, timers.t1)
+
+    def _retransmit(self, served: Served, interval: float) -> None:
+        served.retransmit = None
+        if served.unacked is None:
+            return
+        tx, response = served.unacked
+        try:
+            self.stack.respond(tx, response)
+        except LocalProtocolError:
+            return  # the transaction is over (Timer L): the ACK timer decides
+        interval = min(interval * 2, self.stack.endpoint.timers.t2)
+        served.retransmit = asyncio.get_running_loop().call_later(interval, self._retransmit, served, interval)
+
+    def _no_ack(self, served: Served) -> None:
+        served.ack_timer = None
+        if served.state is ServedState.ACCEPTED:
+            self._end(served, "no ACK to our 200 (RFC 3261 §13.3.1.4)", bye=True)
+
+    def _acked(self, served: Served) -> None:
+        served.unacked = None
+        if served.retransmit is not None:
+            served.retransmit.cancel()
+            served.retransmit = None
+        if served.state is ServedState.ACCEPTED:
+            if served.ack_timer is not None:
+                served.ack_timer.cancel()
+                served.ack_timer = None
+            served.fire(ServedInput.ACKED)
+            self._tasks.spawn(self._start(served))
+        else:
+            served.fire(ServedInput.ACKED)
+
+    async def _start(self, served: Served) -> None:
+        try:
+            await self.streams.start_consumer(served.stream_id, served.consumer_id)
+        except StreamError as exc:
+            self._end(served, f"sending could not start: {exc}", bye=True)
+
+    def _release_late(self, play: asyncio.Future[tuple[Stream, Consumer]]) -> None:
+        if play.cancelled() or play.exception() is not None:
+            return
+        st, consumer = play.result()
+        self._tasks.spawn(self._remove(st.id, consumer.id))
+
+    async def _remove(self, stream_id: str, consumer_id: str) -> None:
+        with contextlib.suppress(StreamError):  # gone already
+            await self.streams.remove_consumer(stream_id, consumer_id)
+
+    def _refuse(self, event: RequestReceived, status: int, warning: str) -> None:
+        tx = event.transaction
+        if tx is None or tx.last_status >= 200:
+            return  # answered already (487 to a CANCEL)
+        response = make_response(event.request, status, to_tag=self.stack.endpoint.new_tag())
+        response.headers.add("Warning", warning_header(warning))
+        self.stack.respond(tx, response)
+
+    # --- CANCEL, the dialog, and ending ------------------------------------------------
+
+    def _on_cancel(self, event: RequestCancelled) -> None:
+        served = self.pending.get(event.transaction)
+        if served is not None:
+            log.info("superior cancelled its INVITE", extra={"upstream": served.upstream})
+            self._stop_waiting(served, 487)
+
+    @staticmethod
+    def _stop_waiting(served: Served, status: int) -> None:
+        if served.stop_waiting is not None and not served.stop_waiting.done():
+            served.stop_waiting.set_result(status)
+
+    def _on_dialog_request(self, served: Served, event: RequestReceived) -> None:
+        request, tx = event.request, event.transaction
+        if tx is None:  # the ACK of our 2xx (or of a re-INVITE's)
+            if request.method == "ACK":
+                self._acked(served)
+            return
+        dialog = served.dialog
+        assert dialog is not None
+        try:
+            dialog.receive_request(request)
+        except DialogError as exc:
+            response = make_response(request, exc.status)
+            response.headers.add("Warning", warning_header(exc.reason))
+            self.stack.respond(tx, response)
+            return
+        method = request.method
+        if method == "BYE":
+            self.stack.respond(tx, make_response(request, 200))
+            self._end(served, "the superior ended it (BYE)", bye=False)
+        elif method == "INVITE":
+            # a re-INVITE (session refresh, or the same Subject again, Annex K c): the media
+            # goes on as it was, and the answer says so
+            if served.state is ServedState.ENDED:
+                self.stack.respond(tx, make_response(request, 481))
+                return
+            response = self._ok(served, request, to_tag=None, event=event)
+            self.stack.respond(tx, response)
+            self._await_ack(served, tx, response, event.peer)
+        elif method == "OPTIONS":
+            self.stack.respond(tx, make_response(request, 200))
+        else:
+            response = make_response(request, 405)
+            response.headers.add("Allow", "ACK, BYE, INVITE, OPTIONS")
+            self.stack.respond(tx, response)
+
+    def _on_consumer_gone(self, stream_id: str, consumer: Consumer, reason: str) -> None:
+        served = self.by_consumer.get((stream_id, consumer.id))
+        if served is not None:
+            self._end(served, reason or "its consumer is gone", bye=True, remove=False)
+
+    def _on_lost(self, name: str, reason: str) -> None:
+        for served in [s for s in self.pending.values() if s.upstream == name]:
+            self._stop_waiting(served, 480)
+        for served in [s for s in self.dialogs.values() if s.upstream == name]:
+            self._end(served, f"the superior is lost: {reason}", bye=True)
+
+    def _end(self, served: Served, reason: str, *, bye: bool, remove: bool = True) -> None:
+        """End ``served``: its consumer removed (unless gone already), BYE when ``bye`` and ours to send."""
+        if served.state is ServedState.ENDED:
+            return
+        served.fire(ServedInput.END)
+        served.unacked = None
+        for handle in (served.retransmit, served.ack_timer):
+            if handle is not None:
+                handle.cancel()
+        served.retransmit = served.ack_timer = None
+        key = (served.stream_id, served.consumer_id)
+        if self.by_consumer.get(key) is served:
+            del self.by_consumer[key]
+        dialog = served.dialog
+        if dialog is not None:
+            self.dialogs.pop(dialog.id, None)
+            self.stack.router.remove_dialog(dialog.id)
+            if bye and not dialog.terminated:
+                self._tasks.spawn(self._bye(served, dialog))
+            elif not dialog.terminated:
+                dialog.terminate()
+        if remove and served.consumer_id:
+            self._tasks.spawn(self._remove(served.stream_id, served.consumer_id))
+        log.info(
+            "superior stream ended",
+            extra={"upstream": served.upstream, "channel": served.offer.channel_id, "reason": reason},
+        )
+
+    async def _bye(self, served: Served, dialog: Dialog) -> None:
+        try:
+            response = await self.stack.request(dialog.request("BYE"), served.peer, timeout=BYE_TIMEOUT)
+        except (SipTimeoutError, SipTransportError) as exc:
+            log.info("BYE to the superior not answered", extra={"upstream": served.upstream, "reason": str(exc)})
+            return
+        if response.status >= 300:
+            log.info("BYE refused by the superior", extra={"upstream": served.upstream, "status": response.status})
+
+    # --- figures -----------------------------------------------------------------------
+
+    def _per_upstream(self) -> dict[tuple[str, ...], float]:
+        counts = Counter(s.upstream for s in self.dialogs.values())
+        return {(name,): float(counts[name]) for name in self.upstreams.links}
+
+    def served_to(self, name: str) -> int:
+        """Streams served to superior ``name`` now (answered, not ended)."""
+        return sum(1 for s in self.dialogs.values() if s.upstream == name)
