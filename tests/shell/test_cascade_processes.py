@@ -59,6 +59,25 @@ def start_district(sip: int, admin: int, store: str) -> subprocess.Popen[str]:
     return proc
 
 
+def site_config(tmp_path: Path, district_port: int) -> Path:
+    """Site A's config: district B as its superior, with keepalives and retries quick enough for a test."""
+    config = tmp_path / "site.toml"
+    config.write_text(
+        "[[upstream]]\n"
+        'name = "district"\n'
+        f'id = "{DISTRICT}"\n'
+        'host = "127.0.0.1"\n'
+        f"port = {district_port}\n"
+        f'password = "{PASSWORD}"\n'
+        "keepalive_interval = 1\n"
+        "keepalive_misses = 2\n"
+        "retry_interval = 1.0\n"
+        "retry_max = 2.0\n"
+    )
+    config.chmod(0o600)
+    return config
+
+
 def site_online(admin: str) -> bool:
     devices = cli(admin, "devices")
     return any(d["device_id"] == SITE and d.get("online") for d in devices)
@@ -67,20 +86,7 @@ def site_online(admin: str) -> bool:
 def test_site_registers_to_district_and_again_after_the_district_restarts(tmp_path: Path) -> None:
     b_sip, b_admin, a_sip, a_admin = free_port(), free_port(), free_port(), free_port()
     b_url, a_url = f"http://127.0.0.1:{b_admin}", f"http://127.0.0.1:{a_admin}"
-    config = tmp_path / "site.toml"
-    config.write_text(
-        "[[upstream]]\n"
-        'name = "district"\n'
-        f'id = "{DISTRICT}"\n'
-        'host = "127.0.0.1"\n'
-        f"port = {b_sip}\n"
-        f'password = "{PASSWORD}"\n'
-        "keepalive_interval = 1\n"
-        "keepalive_misses = 2\n"
-        "retry_interval = 1.0\n"
-        "retry_max = 2.0\n"
-    )
-    config.chmod(0o600)
+    config = site_config(tmp_path, b_sip)
     b_store = str(tmp_path / "b.db")
     b = start_district(b_sip, b_admin, b_store)
     a = serve(
