@@ -143,6 +143,7 @@ class Gateway:
             media_address=config.media_address,
             invite_timeout=m.invite_timeout,
         )
+        self.upstreams.count_streams(self.cascade_media.served_to)
         self.admin: AdminServer | None = None
         self.started_at = 0.0
         self._ready = False

@@ -164,12 +164,14 @@ def play_through_b(tmp: Path, a: Node, b: Node, dev_port: int, name: str) -> int
         )  # fmt: skip
         try:
             send_ps(a, 3.0)
+            assert cli(a.url, "upstreams")[0]["streams_served"] == 1  # B is one consumer of A's stream
             text = player.communicate(timeout=30)[0]
         finally:
             if player.poll() is None:
                 player.kill()
                 player.communicate()
         assert player.returncode == 0, text + a.log() + b.log()
+    until(lambda: cli(a.url, "upstreams")[0]["streams_served"] == 0, 10, "B's BYE to end what A serves it")
     with av.open(str(out)) as container:
         return sum(1 for _ in container.decode(video=0))
 

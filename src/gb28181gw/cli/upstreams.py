@@ -45,6 +45,7 @@ UPSTREAM_COLUMNS = (
     Column("last keepalive", lambda r: ago(r.get("last_keepalive"))),
     Column("clock offset", _offset),
     Column("channels shared", "channels_shared"),
+    Column("streams", "streams_served"),
     Column("failures", _failures),
     Column("last error", "last_error"),
 )

@@ -157,6 +157,7 @@ class UpstreamService:
         self._register_failures = metrics.counter(UPSTREAM_REGISTER_FAILURES)
         self._keepalive_failures = metrics.counter(UPSTREAM_KEEPALIVE_FAILURES)
         self._requests = metrics.counter(UPSTREAM_REQUESTS)
+        self._streams_served: Callable[[str], int] = lambda name: 0
         metrics.labeled_gauge(
             UPSTREAM_REGISTERED,
             lambda: {(name,): float(link.machine.registered) for name, link in self.links.items()},
@@ -182,6 +183,10 @@ class UpstreamService:
             if sender == m.server_id and peer.host == m.peer.host:
                 return link
         return None
+
+    def count_streams(self, served: Callable[[str], int]) -> None:
+        """Say how many streams are served to a superior now (the INVITE side knows; listings show it)."""
+        self._streams_served = served
 
     def count_request(self, name: str, request: str, result: str) -> None:
         """Count a request from superior ``name`` (a method or CmdType) and how it ended (``ok``, ``403`` …)."""
@@ -484,6 +489,7 @@ class UpstreamService:
                     "share": link.rule.describe(),
                     "channels_shared": self.channels_shared(name),
                     "overrides": len(link.overrides),
+                    "streams_served": self._streams_served(name),
                 }
             )
         return rows
