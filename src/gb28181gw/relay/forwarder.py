@@ -54,6 +54,7 @@ import os
 import resource
 import socket
 import struct
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -91,6 +92,20 @@ BUFFER_SIZE = 2 + MAX_FRAME + 65536
 #: Packets kept since the last key frame, at most, whatever their size: the byte bound
 #: (``media.gop_cache``) alone would let a stream of tiny packets grow a long list.
 GOP_CACHE_PACKETS = 8192
+#: PS packs looked into per RTP timestamp: a video frame and the audio pack or the frame before that
+#: share its timestamp; more packs of one timestamp are the pieces of a frame cut into several.
+PACKS_PER_TIMESTAMP = 4
+#: Packets of a frame looked into, and bytes of them kept to look into, before deciding that it
+#: is no key frame (a pack header, system header and PSM alone, then the video: two suffice).
+PROBE_PACKETS, PROBE_BYTES = 4, 8192
+#: A joining UDP consumer's backlog (the kept packets, then what arrives meanwhile) goes out in
+#: ticks of CATCH_UP_TICK seconds at CATCH_UP_FACTOR times the stream's own rate, and at least
+#: at the rate that sends the kept packets in CATCH_UP_SECONDS: a 4 Mbit/s camera with a key frame
+#: every 2 s is caught up in 0.7 s, 20 KB a tick (a tenth of a default receive buffer), where
+#: all at once (1 MB) overflows receivers and holds the loop.
+CATCH_UP_TICK, CATCH_UP_FACTOR, CATCH_UP_SECONDS = 0.01, 4, 0.5
+CATCH_UP_MIN_RATE = 250_000  # bytes/s (2 Mbit/s): the floor before the stream's rate is known
+_PACK_START = b"\x00\x00\x01\xba"
 
 _HEAD = struct.Struct("!BBHII")
 _SSRC = struct.Struct("!I")
@@ -108,6 +123,8 @@ class RelaySettings:
         udp_receive_buffer: SO_RCVBUF asked for each stream's UDP socket.
         stats_interval: seconds between the figures a relay worker sends back.
         gop_cache: bytes of a stream's packets since its last key frame kept for joining consumers (0: none).
+        gop_cache_total: bytes kept that way by all of the relay's streams together (0: no bound);
+            past it the largest stream's packets are let go.
     """
 
     host: str
@@ -115,6 +132,7 @@ class RelaySettings:
     udp_receive_buffer: int
     stats_interval: float
     gop_cache: int
+    gop_cache_total: int = 0
 
 
 class UdpOut:
@@ -142,6 +160,61 @@ class UdpOut:
 
     def close(self) -> None:
         """Nothing to close: the stream owns the socket."""
+
+
+class CatchingUp:
+    """A UDP consumer that joined a stream with packets kept: in the stream's consumers in its place
+    until its backlog (the kept packets, then the live ones queued behind them) has gone out, paced
+    by :meth:`Forwarder._catch_up`; then the consumer itself takes its place."""
+
+    __slots__ = ("out", "backlog", "rate", "allowance", "last", "timer")
+    transport = "udp"
+
+    def __init__(self, out: UdpOut, backlog: deque[bytes], rate: float, now: float) -> None:
+        self.out, self.backlog, self.rate, self.last = out, backlog, rate, now
+        self.allowance = rate * CATCH_UP_TICK  # bytes it may be sent now
+        self.timer: asyncio.TimerHandle | None = None
+
+    @property
+    def id(self) -> str:
+        return self.out.id
+
+    @property
+    def ssrc(self) -> int:
+        return self.out.ssrc
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        return self.out.addr
+
+    @property
+    def packets(self) -> int:
+        return self.out.packets
+
+    @property
+    def bytes(self) -> int:
+        return self.out.bytes
+
+    @property
+    def dropped(self) -> int:
+        return self.out.dropped
+
+    @property
+    def errors(self) -> int:
+        return self.out.errors
+
+    def send(self, buf: bytearray, view: memoryview, off: int, n: int) -> None:
+        if len(self.backlog) >= GOP_CACHE_PACKETS:
+            self.out.dropped += 1  # the stream outruns the pace (not expected: it is a multiple of it)
+            return
+        self.backlog.append(bytes(view[off : off + n]))  # behind the kept packets, in order
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.backlog.clear()
+        self.out.close()
 
 
 class TcpOut:
@@ -281,13 +354,22 @@ class RelayStream:
         self.fill = 2  # TCP: where the next read goes (the first two bytes stay free)
         self.source: Any = None
         self.source_host = source_host  # media only from this host (None: from the first sender)
-        self.consumers: list[UdpOut | TcpOut] = []
+        self.consumers: list[UdpOut | TcpOut | CatchingUp] = []
         self.waiting: dict[str, Waiting] = {}  # TCP-passive consumers not connected or not started
         self.gop: list[bytes] | None = None  # the packets since the last key frame (None: no key frame)
         self.gop_bytes = 0
+        self.gop_evictions = 0
         self.stats = StreamStats()
         self.inspector = PsInspector()
         self.last_ts = -1
+        self.ts_packs = 0  # PS packs looked into at this timestamp
+        self.ts_keyed = False  # a key frame found at this timestamp: its other packs are pieces of it
+        # a frame not yet told key or not: its bytes so far, packets left to look into, where it
+        # starts among the kept packets (index, bytes before), or its packets when none are kept
+        self.probe: bytearray | None = None
+        self.probe_left = 0
+        self.frame_at = self.frame_bytes = 0
+        self.spare: list[bytes] | None = None
         self.first_at = 0.0
         self.wrong_ssrc = 0
         self.wrong_source = 0
@@ -321,6 +403,11 @@ class Forwarder:
         self.tcp_queue_limit = settings.tcp_queue_limit
         self.udp_receive_buffer = settings.udp_receive_buffer
         self.gop_limit = settings.gop_cache
+        self.gop_budget = settings.gop_cache_total or 1 << 62
+        self.gop_held = 0  # bytes kept by all streams (exact after each eviction)
+        self.gop_evictions = 0
+        self._scratch = bytearray(2 + MAX_FRAME)  # kept packets are copied here to be sent
+        self._scratch_view = memoryview(self._scratch)
         self.worker = worker
         self.pid = os.getpid()
         self.streams: dict[str, RelayStream] = {}
@@ -525,7 +612,7 @@ class Forwarder:
         for w in st.waiting.values():
             w.close(self._loop)
         st.waiting.clear()
-        st.gop = None
+        self._drop_gop(st)
         self._close_sockets(st)
 
     def close_all(self) -> None:
@@ -582,6 +669,7 @@ class Forwarder:
     def totals(self) -> RelayTotals:
         """Running totals over every stream and consumer, closed ones included (counters never go back)."""
         t = dict(self._gone)
+        t["gop_evictions"] += self.gop_evictions
         for st in self.streams.values():
             _add_stream(t, st)
             for c in st.consumers:
@@ -611,7 +699,7 @@ class Forwarder:
         if n < 12 or buf[off] >> 6 != 2:
             st.malformed += 1
             return
-        _, _, seq, ts, ssrc = _HEAD.unpack_from(buf, off)
+        b0, _, seq, ts, ssrc = _HEAD.unpack_from(buf, off)
         # the source before the SSRC, so that a stranger can neither win the stream nor make it
         # follow its SSRC; once latched, one tuple comparison per packet
         if addr is not None:
@@ -629,26 +717,117 @@ class Forwarder:
             return  # TCP: the connection was accepted from the device's host only
         stats = st.stats
         stats.packet(seq, n, now)
-        if ts != st.last_ts:
-            st.last_ts = ts
-            start = off + 12 + 4 * (buf[off] & 0x0F)
-            if buf[off] & 0x10 and start + 4 <= off + n:
-                start += 4 + 4 * ((buf[start + 2] << 8) | buf[start + 3])
-            if st.inspector.frame_start(buf, start, off + n) and self.gop_limit:
-                st.gop, st.gop_bytes = [], 0  # a key frame: what a joining consumer needs starts here
+        end = off + n
+        start = off + 12 + 4 * (b0 & 0x0F)
+        if b0 & 0x10 and start + 4 <= end:
+            start += 4 + 4 * ((buf[start + 2] << 8) | buf[start + 3])
+        # a frame starts at a new timestamp or a PS pack (audio first, key frames that keep the
+        # timestamp of the frame before): one byte compared on other packets
+        if ts != st.last_ts or (start + 4 <= end and buf[start + 3] == 0xBA and buf.startswith(_PACK_START, start)):
+            self._frame(st, buf, view, start, end, ts)
+        elif st.probe is not None:
+            self._probe(st, view, start, end)
         gop = st.gop
         if gop is not None:
             # copied before the consumers' SSRCs are written into the buffer
             st.gop_bytes += n
-            if st.gop_bytes > self.gop_limit or len(gop) >= GOP_CACHE_PACKETS:
-                st.gop = None  # no key frame for too long: keep nothing until the next one
+            held = self.gop_held = self.gop_held + n
+            if st.gop_bytes > self.gop_limit or len(gop) >= GOP_CACHE_PACKETS or held > self.gop_budget:
+                self._gop_full(st, view, off, n)
             else:
-                gop.append(bytes(view[off : off + n]))
+                gop.append(bytes(view[off:end]))
+        elif st.spare is not None:
+            st.spare.append(bytes(view[off:end]))  # a frame being looked into while nothing is kept
         if stats.packets == 1:
             st.first_at = now
             self.on_event(FirstPacket(st.id, ssrc))
         for c in st.consumers:
             c.send(buf, view, off, n)
+
+    def _frame(self, st: RelayStream, buf: bytearray, view: memoryview, start: int, end: int, ts: int) -> None:
+        # A frame starts in this packet: note where among the kept packets, and tell whether it is
+        # a key frame, from this packet or (PSM alone, pack header cut short …) the next few.
+        if st.probe is not None:
+            self._probe_done(st, st.inspector.frame_start(st.probe, 0, len(st.probe)))
+        if ts != st.last_ts:
+            st.last_ts, st.ts_packs, st.ts_keyed = ts, 0, False
+        elif st.ts_keyed or st.ts_packs >= PACKS_PER_TIMESTAMP:
+            return  # a piece of the key frame found at this timestamp, or of a frame cut into packs
+        st.ts_packs += 1
+        gop = st.gop
+        if gop is not None:
+            st.frame_at, st.frame_bytes = len(gop), st.gop_bytes
+        elif self.gop_limit:
+            st.spare = []
+        key = st.inspector.inspect(buf, start, end)
+        if key is None:
+            st.probe, st.probe_left = bytearray(view[start : min(end, start + PROBE_BYTES)]), PROBE_PACKETS - 1
+        else:
+            self._probe_done(st, key)
+
+    def _probe(self, st: RelayStream, view: memoryview, start: int, end: int) -> None:
+        # the next packet of a frame not told yet: look at its bytes so far
+        probe = st.probe
+        assert probe is not None
+        probe += view[start : max(start, min(end, start + PROBE_BYTES - len(probe)))]
+        st.probe_left -= 1
+        if st.probe_left and len(probe) < PROBE_BYTES:
+            key = st.inspector.inspect(probe, 0, len(probe))
+            if key is None:
+                return
+        else:
+            key = st.inspector.frame_start(probe, 0, len(probe))  # what was seen is all there will be
+        self._probe_done(st, key)
+
+    def _probe_done(self, st: RelayStream, key: bool) -> None:
+        st.probe = None
+        spare, st.spare = st.spare, None
+        if not key:
+            return
+        st.ts_keyed = True
+        if not self.gop_limit:
+            return
+        # a key frame: what a joining consumer needs starts where it started
+        gop = st.gop
+        if gop is not None:
+            del gop[: st.frame_at]
+            st.gop_bytes -= st.frame_bytes
+            self.gop_held -= st.frame_bytes
+        elif spare is not None:
+            st.gop, st.gop_bytes = spare, sum(map(len, spare))
+            self.gop_held += st.gop_bytes
+        # else: the packets kept were let go after the frame started; its start is lost with them
+
+    def _gop_full(self, st: RelayStream, view: memoryview, off: int, n: int) -> None:
+        gop = st.gop
+        assert gop is not None
+        if st.gop_bytes > self.gop_limit or len(gop) >= GOP_CACHE_PACKETS:
+            self._drop_gop(st)  # no key frame for too long: keep nothing until the next one
+            return
+        self._evict(st)
+        if st.gop is not None:
+            st.gop.append(bytes(view[off : off + n]))
+
+    def _drop_gop(self, st: RelayStream) -> None:
+        if st.gop is not None:
+            self.gop_held -= st.gop_bytes
+        st.gop, st.gop_bytes, st.spare = None, 0, None
+
+    def _evict(self, st: RelayStream) -> None:
+        # The relay's streams keep more than media.gop_cache_total together: the largest caches go
+        # (their streams' next joiners wait for a key frame, asked of the device) until they fit.
+        held = {s: s.gop_bytes for s in (*self.streams.values(), st) if s.gop is not None}
+        total = sum(held.values())
+        while total > self.gop_budget and held:
+            victim = max(held, key=held.__getitem__)
+            total -= held.pop(victim)
+            victim.gop, victim.gop_bytes = None, 0
+            victim.gop_evictions += 1
+            self.gop_evictions += 1
+            log.info(
+                "packets kept for joining consumers let go: over media.gop_cache_total", extra={"stream": victim.id}
+            )
+        self.gop_held = total
 
     def _foreign(self, st: RelayStream, ssrc: int) -> bool:
         # A device that sends one SSRC of its own and never the negotiated one is followed
@@ -795,20 +974,48 @@ class Forwarder:
     def _join(self, st: RelayStream, out: UdpOut | TcpOut) -> None:
         # The copy and the live packets in one step: no packet can arrive in between.
         gop = st.gop
-        if gop:
-            if isinstance(out, TcpOut):
-                out.limit += st.gop_bytes  # the copy is bounded already; its burst must not be dropped
-            scratch = bytearray(2 + MAX_FRAME)
-            view = memoryview(scratch)
+        if not gop:
+            if st.stats.packets:
+                self.on_event(KeyFrameWanted(st.id))
+            st.consumers.append(out)
+        elif isinstance(out, TcpOut):
+            # TCP paces itself: the socket takes what the consumer reads, the rest waits in its queue
+            out.limit += st.gop_bytes  # the copy is bounded already; its burst must not be dropped
             for packet in gop:
-                n = len(packet)
-                scratch[2 : 2 + n] = packet
-                out.send(scratch, view, 2, n)
-            if isinstance(out, TcpOut):
-                out.limit = out.base_limit + len(out.pending)  # room for what of it is still queued
-        elif st.stats.packets:
-            self.on_event(KeyFrameWanted(st.id))
-        st.consumers.append(out)
+                self._send_copy(out, packet)
+            out.limit = out.base_limit + len(out.pending)  # room for what of it is still queued
+            st.consumers.append(out)
+        else:
+            rate = max(CATCH_UP_FACTOR * st.stats.bitrate / 8, st.gop_bytes / CATCH_UP_SECONDS, CATCH_UP_MIN_RATE)
+            catching = CatchingUp(out, deque(gop), rate, self.loop.time())
+            st.consumers.append(catching)
+            self._catch_up(st, catching)
+
+    def _catch_up(self, st: RelayStream, c: CatchingUp) -> None:
+        # one tick of a joining UDP consumer's backlog: what the pace allows since the last one
+        # (a late tick sends at most four ticks' worth), BATCH packets at most
+        c.timer = None
+        if not any(x is c for x in st.consumers):
+            return  # removed meanwhile
+        now = self.loop.time()
+        c.allowance = min(c.allowance + (now - c.last) * c.rate, 4 * CATCH_UP_TICK * c.rate)
+        c.last = now
+        backlog, out = c.backlog, c.out
+        for _ in range(BATCH):
+            if not backlog or c.allowance <= 0:
+                break
+            packet = backlog.popleft()
+            c.allowance -= len(packet)
+            self._send_copy(out, packet)
+        if backlog:
+            c.timer = self.loop.call_later(CATCH_UP_TICK, self._catch_up, st, c)
+        else:  # caught up: from the next packet on it is sent to directly, like the others
+            st.consumers = [out if x is c else x for x in st.consumers]
+
+    def _send_copy(self, out: UdpOut | TcpOut, packet: bytes) -> None:
+        n = len(packet)
+        self._scratch[2 : 2 + n] = packet
+        out.send(self._scratch, self._scratch_view, 2, n)
 
     def _on_consumer_accept(self, st: RelayStream, w: Waiting) -> None:
         try:
@@ -858,7 +1065,7 @@ class Forwarder:
                 c.close()
             self._count_consumers(gone)
 
-    def _count_consumers(self, consumers: list[UdpOut | TcpOut]) -> None:
+    def _count_consumers(self, consumers: list[UdpOut | TcpOut | CatchingUp]) -> None:
         # a departing consumer's figures stay in the totals (counters never go backwards)
         for c in consumers:
             _add_consumer(self._gone, c)
@@ -887,7 +1094,7 @@ def _add_stream(t: dict[str, int], st: RelayStream) -> None:
     t["tcp_resyncs"] += st.scanner.resyncs
 
 
-def _add_consumer(t: dict[str, int], c: UdpOut | TcpOut) -> None:
+def _add_consumer(t: dict[str, int], c: UdpOut | TcpOut | CatchingUp) -> None:
     t["packets_out"] += c.packets
     t["bytes_out"] += c.bytes
     t["slow_consumer"] += c.dropped
