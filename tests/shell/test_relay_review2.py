@@ -365,31 +365,42 @@ async def test_a_udp_consumer_that_leaves_while_catching_up_is_sent_nothing_more
         forwarder.close_all()
 
 
+def _gop_frames(frames: int, ts: int = 0, seq: int = 1) -> list[bytes]:
+    """A key frame then ``frames - 1`` others, 10 packets of ≈ 1,400 bytes each."""
+    out = _key_gop(10, ts, seq)
+    for i in range(1, frames):
+        out += _rtp([b"\x33" * 1388] * 10, ts + 3600 * i, seq + len(out))
+    return out
+
+
 def test_the_relay_keeps_its_streams_caches_within_its_total_budget() -> None:
-    # media.gop_cache_total: past it the largest cache goes; that stream keeps nothing until its
-    # next key frame, counted in the relay's totals
+    # media.gop_cache_total: past it (checked once a frame) the largest cache goes; that stream
+    # keeps nothing until its next key frame, counted in the relay's totals
     forwarder = Forwarder(RelaySettings("127.0.0.1", 65536, 1 << 20, 1.0, 1 << 22, 1_000_000))
     streams = [RelayStream(f"s{i}", 0, StreamMode.UDP, 1234, 0.0, "127.0.0.1") for i in range(3)]
     for st in streams:
         forwarder.streams[st.id] = st
-    _feed(forwarder, streams[0], _key_gop(400))  # ≈ 560 KB
-    _feed(forwarder, streams[1], _key_gop(200))  # ≈ 280 KB
-    assert forwarder.gop_held == streams[0].gop_bytes + streams[1].gop_bytes < 1_000_000
-    assert forwarder.totals().gop_evictions == 0
-    _feed(forwarder, streams[2], _key_gop(150))  # ≈ 210 KB: over the budget, the largest goes
+    _feed(forwarder, streams[0], _gop_frames(40))  # ≈ 560 KB
+    _feed(forwarder, streams[1], _gop_frames(20))  # ≈ 280 KB
+    assert forwarder.gop_held < 1_000_000 and forwarder.totals().gop_evictions == 0
+    _feed(forwarder, streams[2], _gop_frames(15))  # ≈ 210 KB: over the budget, the largest goes
     assert streams[0].gop is None and streams[0].gop_evictions == 1
-    assert streams[1].gop is not None and len(streams[2].gop or []) == 150
-    assert forwarder.gop_held == streams[1].gop_bytes + streams[2].gop_bytes <= 1_000_000
-    assert forwarder.totals().gop_evictions == 1
+    assert streams[1].gop is not None and streams[2].gop is not None and len(streams[2].gop) == 150
+    assert forwarder.gop_held <= 1_000_000 and forwarder.totals().gop_evictions == 1
     # its next key frame starts it again
-    _feed(forwarder, streams[0], _key_gop(10, ts=3600, seq=500))
-    assert streams[0].gop is not None and len(streams[0].gop) == 10
-    # the budget stays exact through key frames and closes
-    _feed(forwarder, streams[1], _key_gop(5, ts=3600, seq=300))
-    assert forwarder.gop_held == sum(st.gop_bytes for st in streams if st.gop is not None)
-    forwarder.streams.clear()  # (no sockets: close() would find none to close)
+    _feed(forwarder, streams[0], _gop_frames(2, ts=3600 * 100, seq=1000))
+    assert streams[0].gop is not None and len(streams[0].gop) == 20
+    # the total follows key frames (the caches start again smaller) and closes
+    _feed(forwarder, streams[1], _gop_frames(2, ts=3600 * 100, seq=1000))
+    _feed(forwarder, streams[2], _gop_frames(2, ts=3600 * 100, seq=1000))
+    kept = sum(st.gop_bytes for st in streams)
+    for st in streams:
+        _feed(forwarder, st, _rtp([b"\x33"], 3600 * 200, 2000))  # a frame starts: each brought up to date
+    assert forwarder.gop_held == kept < 100_000
+    forwarder._drop_gop(streams[0])
+    assert forwarder.gop_held == streams[1].gop_counted + streams[2].gop_counted and streams[0].gop is None
     # 0: no total bound
     forwarder = Forwarder(RelaySettings("127.0.0.1", 65536, 1 << 20, 1.0, 1 << 22, 0))
     st = RelayStream("s", 0, StreamMode.UDP, 1234, 0.0, "127.0.0.1")
-    _feed(forwarder, st, _key_gop(2000))
-    assert st.gop is not None and len(st.gop) == 2000
+    _feed(forwarder, st, _gop_frames(200))
+    assert st.gop is not None and len(st.gop) == 2000 and forwarder.gop_evictions == 0

@@ -359,11 +359,12 @@ class RelayStream:
         self.gop: list[bytes] | None = None  # the packets since the last key frame (None: no key frame)
         self.gop_bytes = 0
         self.gop_evictions = 0
+        self.gop_counted = 0  # what of gop_bytes the relay's total holds (brought up to date once a frame)
         self.stats = StreamStats()
         self.inspector = PsInspector()
         self.last_ts = -1
         self.ts_packs = 0  # PS packs looked into at this timestamp
-        self.ts_keyed = False  # a key frame found at this timestamp: its other packs are pieces of it
+        self.ts_open = True  # packs at this timestamp still looked into (no key frame found, not too many)
         # a frame not yet told key or not: its bytes so far, packets left to look into, where it
         # starts among the kept packets (index, bytes before), or its packets when none are kept
         self.probe: bytearray | None = None
@@ -404,7 +405,7 @@ class Forwarder:
         self.udp_receive_buffer = settings.udp_receive_buffer
         self.gop_limit = settings.gop_cache
         self.gop_budget = settings.gop_cache_total or 1 << 62
-        self.gop_held = 0  # bytes kept by all streams (exact after each eviction)
+        self.gop_held = 0  # bytes kept by all streams, brought up to date once a frame (exact after evictions)
         self.gop_evictions = 0
         self._scratch = bytearray(2 + MAX_FRAME)  # kept packets are copied here to be sent
         self._scratch_view = memoryview(self._scratch)
@@ -717,43 +718,46 @@ class Forwarder:
             return  # TCP: the connection was accepted from the device's host only
         stats = st.stats
         stats.packet(seq, n, now)
-        end = off + n
-        start = off + 12 + 4 * (b0 & 0x0F)
-        if b0 & 0x10 and start + 4 <= end:
-            start += 4 + 4 * ((buf[start + 2] << 8) | buf[start + 3])
-        # a frame starts at a new timestamp or a PS pack (audio first, key frames that keep the
-        # timestamp of the frame before): one byte compared on other packets
-        if ts != st.last_ts or (start + 4 <= end and buf[start + 3] == 0xBA and buf.startswith(_PACK_START, start)):
-            self._frame(st, buf, view, start, end, ts)
+        # A frame starts at a new timestamp or at a PS pack (audio first, key frames that keep the
+        # timestamp of the frame before): other packets cost one byte compared (without a header
+        # extension: with one, _frame finds where the payload starts), while the timestamp's
+        # frame is not yet known for a key frame; or the next step of one not yet told.
+        if ts != st.last_ts or (st.ts_open and (b0 & 0x10 or buf[off + 15 + 4 * (b0 & 0x0F)] == 0xBA)):
+            self._frame(st, buf, view, b0, off, n, ts)
         elif st.probe is not None:
-            self._probe(st, view, start, end)
+            self._probe(st, view, _payload(buf, b0, off, n), off + n)
         gop = st.gop
         if gop is not None:
             # copied before the consumers' SSRCs are written into the buffer
             st.gop_bytes += n
-            held = self.gop_held = self.gop_held + n
-            if st.gop_bytes > self.gop_limit or len(gop) >= GOP_CACHE_PACKETS or held > self.gop_budget:
-                self._gop_full(st, view, off, n)
+            if st.gop_bytes > self.gop_limit or len(gop) >= GOP_CACHE_PACKETS:
+                st.gop = None  # no key frame for too long: keep nothing until the next one
             else:
-                gop.append(bytes(view[off:end]))
+                gop.append(bytes(view[off : off + n]))
         elif st.spare is not None:
-            st.spare.append(bytes(view[off:end]))  # a frame being looked into while nothing is kept
+            st.spare.append(bytes(view[off : off + n]))  # a frame being looked into while nothing is kept
         if stats.packets == 1:
             st.first_at = now
             self.on_event(FirstPacket(st.id, ssrc))
         for c in st.consumers:
             c.send(buf, view, off, n)
 
-    def _frame(self, st: RelayStream, buf: bytearray, view: memoryview, start: int, end: int, ts: int) -> None:
-        # A frame starts in this packet: note where among the kept packets, and tell whether it is
-        # a key frame, from this packet or (PSM alone, pack header cut short …) the next few.
+    def _frame(self, st: RelayStream, buf: bytearray, view: memoryview, b0: int, off: int, n: int, ts: int) -> None:
+        # A frame may start in this packet: note where among the kept packets, and tell whether it
+        # is a key frame, from this packet or (PSM alone, pack header cut short …) the next few.
+        start, end = _payload(buf, b0, off, n), off + n
+        new = ts != st.last_ts
+        if not new and not (start + 4 <= end and buf.startswith(_PACK_START, start)):
+            if st.probe is not None:  # not a pack after all: the next step of the frame being told
+                self._probe(st, view, start, end)
+            return
         if st.probe is not None:
             self._probe_done(st, st.inspector.frame_start(st.probe, 0, len(st.probe)))
-        if ts != st.last_ts:
-            st.last_ts, st.ts_packs, st.ts_keyed = ts, 0, False
-        elif st.ts_keyed or st.ts_packs >= PACKS_PER_TIMESTAMP:
-            return  # a piece of the key frame found at this timestamp, or of a frame cut into packs
+        if new:
+            st.last_ts, st.ts_packs, st.ts_open = ts, 0, True
+            self._account(st)
         st.ts_packs += 1
+        st.ts_open = st.ts_packs < PACKS_PER_TIMESTAMP  # more are pieces of a frame cut into packs
         gop = st.gop
         if gop is not None:
             st.frame_at, st.frame_bytes = len(gop), st.gop_bytes
@@ -784,7 +788,7 @@ class Forwarder:
         spare, st.spare = st.spare, None
         if not key:
             return
-        st.ts_keyed = True
+        st.ts_open = False  # this timestamp's other packs are pieces of its key frame
         if not self.gop_limit:
             return
         # a key frame: what a joining consumer needs starts where it started
@@ -792,36 +796,33 @@ class Forwarder:
         if gop is not None:
             del gop[: st.frame_at]
             st.gop_bytes -= st.frame_bytes
-            self.gop_held -= st.frame_bytes
         elif spare is not None:
             st.gop, st.gop_bytes = spare, sum(map(len, spare))
-            self.gop_held += st.gop_bytes
         # else: the packets kept were let go after the frame started; its start is lost with them
 
-    def _gop_full(self, st: RelayStream, view: memoryview, off: int, n: int) -> None:
-        gop = st.gop
-        assert gop is not None
-        if st.gop_bytes > self.gop_limit or len(gop) >= GOP_CACHE_PACKETS:
-            self._drop_gop(st)  # no key frame for too long: keep nothing until the next one
-            return
-        self._evict(st)
-        if st.gop is not None:
-            st.gop.append(bytes(view[off : off + n]))
+    def _account(self, st: RelayStream) -> None:
+        # Once a frame (not a packet): what the stream keeps now, in the relay's total; past
+        # media.gop_cache_total the largest caches go (each stream overshoots by a frame at most).
+        kept = st.gop_bytes if st.gop is not None else 0
+        held = self.gop_held = self.gop_held + kept - st.gop_counted
+        st.gop_counted = kept
+        if held > self.gop_budget:
+            self._evict(st)
 
     def _drop_gop(self, st: RelayStream) -> None:
-        if st.gop is not None:
-            self.gop_held -= st.gop_bytes
-        st.gop, st.gop_bytes, st.spare = None, 0, None
+        self.gop_held -= st.gop_counted
+        st.gop, st.gop_bytes, st.gop_counted, st.spare = None, 0, 0, None
 
     def _evict(self, st: RelayStream) -> None:
-        # The relay's streams keep more than media.gop_cache_total together: the largest caches go
-        # (their streams' next joiners wait for a key frame, asked of the device) until they fit.
-        held = {s: s.gop_bytes for s in (*self.streams.values(), st) if s.gop is not None}
+        # their streams' next joiners wait for a key frame, asked of the device
+        held = {s: s.gop_bytes if s.gop is not None else 0 for s in (*self.streams.values(), st)}
+        for s, kept in held.items():
+            s.gop_counted = kept
         total = sum(held.values())
-        while total > self.gop_budget and held:
+        while total > self.gop_budget:
             victim = max(held, key=held.__getitem__)
             total -= held.pop(victim)
-            victim.gop, victim.gop_bytes = None, 0
+            victim.gop, victim.gop_bytes, victim.gop_counted = None, 0, 0
             victim.gop_evictions += 1
             self.gop_evictions += 1
             log.info(
@@ -1081,6 +1082,14 @@ class Forwarder:
                 loop.remove_reader(fd)
             sock.close()
         st.udp = st.listener = st.conn = None
+
+
+def _payload(buf: bytearray, b0: int, off: int, n: int) -> int:
+    """Where the payload of the RTP packet ``buf[off:off+n]`` (first byte ``b0``) starts."""
+    start = off + 12 + 4 * (b0 & 0x0F)
+    if b0 & 0x10 and start + 4 <= off + n:
+        start += 4 + 4 * ((buf[start + 2] << 8) | buf[start + 3])
+    return start
 
 
 def _add_stream(t: dict[str, int], st: RelayStream) -> None:
