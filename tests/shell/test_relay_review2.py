@@ -404,3 +404,23 @@ def test_the_relay_keeps_its_streams_caches_within_its_total_budget() -> None:
     st = RelayStream("s", 0, StreamMode.UDP, 1234, 0.0, "127.0.0.1")
     _feed(forwarder, st, _gop_frames(200))
     assert st.gop is not None and len(st.gop) == 2000 and forwarder.gop_evictions == 0
+
+
+def test_a_key_frame_cut_into_several_packs_is_kept_from_its_first() -> None:
+    # devices that put a pack header before each PES of a large I frame: the later packs, with
+    # the frame's timestamp and IDR slices of their own, are pieces of it, not new key frames
+    all_packs = packs(gb_ps(25, 10))
+    header = bytes([0x80, 0x80, 5, 0x21, 0x00, 0x01, 0x00, 0x01])
+    slice_ = b"\x00\x00\x01\x65\x00" + b"\xaa" * 900  # another slice of the IDR picture
+    piece = PACK_HEADER + b"\x00\x00\x01\xe0" + struct.pack("!H", len(header) + len(slice_)) + header + slice_
+    packets: list[bytes] = []
+    key_at = 0
+    for i, pack in enumerate(all_packs):
+        if i == 20:
+            key_at = len(packets)
+        pieces = [pack[j : j + 1000] for j in range(0, len(pack), 1000)]
+        packets += _rtp(pieces + ([piece, piece] if i % 10 == 0 else []), 3600 * i, 1000 + len(packets))
+    forwarder, st = _stream()
+    _feed(forwarder, st, packets)
+    assert st.gop is not None and st.gop[0] == packets[key_at]
+    assert st.inspector.stats.key_frames == 3

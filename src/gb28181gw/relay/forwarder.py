@@ -27,12 +27,19 @@ hot path, so it works on raw non-blocking sockets with ``loop.add_reader``:
 * a consumer joining an open stream gets a picture at once (issue 12): each stream keeps a
   copy of its packets since the last key frame (``gop_cache`` bytes and
   :data:`GOP_CACHE_PACKETS` packets at most; past either bound the copy is dropped until the
-  next key frame). Only the first packet of each new RTP timestamp is inspected
-  (:meth:`~gb28181gw.media.ps.PsInspector.frame_start`, which already ran for the
-  statistics); other packets cost one copy and one append. A joining consumer is sent the
-  copy, with its SSRC, and put among the live consumers in the same step, with no await in
-  between, so it sees the device's packets in order with none twice or missing. Joining a
-  stream with media but no copy is reported (:class:`~.records.KeyFrameWanted`);
+  next key frame; past ``gop_cache_total`` for all streams together, checked once a frame, the
+  largest copies go). A frame starts at a new RTP timestamp or at a PS pack header (audio
+  packs and key frames may share a timestamp with what came before): such a packet is
+  inspected (:meth:`~gb28181gw.media.ps.PsInspector.inspect`, which also feeds the
+  statistics), and when it ends before the video's first NAL units say whether it is a key
+  frame (a PSM alone, a pack header cut short), so are the next few packets of that frame; a
+  key frame restarts the copy where the frame started. Other packets cost one byte compared,
+  one copy and one append. A joining consumer is sent the copy, with its SSRC, and put among
+  the live consumers in the same step, with no await in between, so it sees the device's
+  packets in order with none twice or missing: a TCP one at once (the socket and its queue
+  pace it), a UDP one paced (:class:`CatchingUp`, at a multiple of the stream's rate: one
+  burst overflows receivers), the live packets queued behind until it has caught up. Joining
+  a stream with media but no copy is reported (:class:`~.records.KeyFrameWanted`);
 * a TCP-passive consumer (a superior that connects to us, §7.5, §9.5) gets its own listening
   port: one connection is taken, from its host only (others are closed and counted in
   ``refused_connections``); none within its timeout drops it (``ConsumerLost``). It may be
@@ -751,8 +758,10 @@ class Forwarder:
             if st.probe is not None:  # not a pack after all: the next step of the frame being told
                 self._probe(st, view, start, end)
             return
-        if st.probe is not None:
+        if st.probe is not None:  # the frame before is all seen: told with what it showed
             self._probe_done(st, st.inspector.frame_start(st.probe, 0, len(st.probe)))
+            if not new and not st.ts_open:
+                return  # it was a key frame: this pack is a piece of it
         if new:
             st.last_ts, st.ts_packs, st.ts_open = ts, 0, True
             self._account(st)
