@@ -292,88 +292,90 @@ class PsInspector:
     (garbage or truncated PS: still relayed as it is).
     """
 
-    __slots__ = ("stats",)
+    __slots__ = ("stats", "units")
 
     def __init__(self) -> None:
         self.stats = PsStats()
+        self.units = False
 
     def frame_start(self, buf: bytes | bytearray, start: int, end: int) -> bool:
         """Whether the frame whose bytes from its start are ``buf[start:end]`` is a key frame,
         deciding with them (no more of it will be inspected)."""
-        verdict, video = self._scan(buf, start, end, True)
-        self._count(buf, start, end, bool(verdict), video)
-        return bool(verdict)
+        return bool(self.inspect(buf, start, end, final=True))
 
-    def inspect(self, buf: bytes | bytearray, start: int, end: int) -> bool | None:
+    def inspect(self, buf: bytes | bytearray, start: int, end: int, *, final: bool = False) -> bool | None:
         """Like :meth:`frame_start`, but ``None`` while the bytes end before its video's first NAL
-        units tell: then call again with more of the same frame's bytes (or :meth:`frame_start` with
-        all there will be). The figures count each frame once, when told."""
-        verdict, video = self._scan(buf, start, end, False)
-        if verdict is not None:
-            self._count(buf, start, end, verdict, video)
-        return verdict
-
-    def _count(self, buf: bytes | bytearray, start: int, end: int, key: bool, video: bool) -> None:
-        s = self.stats
+        units tell (unless ``final``): then call again with more of the same frame's bytes. The
+        figures count each frame once, when told; :attr:`units` is false when a pack header was
+        followed by no PS unit (nothing in this pack to follow)."""
+        # one method, not a chain of them: it runs once a frame on the relay's hot path
+        verdict: bool | None = False
+        video = sps = told = False  # told: by a picture
+        self.units = True
         size = end - start
+        if size < 14 and (size < 4 or buf.startswith(_PACK_START, start)):
+            # a pack header cut short, the rest in the next packet (or garbage)
+            if size >= 4 or _PACK_START.startswith(bytes(buf[start:end])):
+                verdict = None
+        elif buf.startswith(_PACK_START, start):
+            pos = start + (14 + (buf[start + 13] & 0x07) if buf[start + 4] >> 6 == 1 else 12)
+            self.units = False
+            while True:
+                if pos + 6 > end:
+                    # the payload ends before a picture: a pack header, system header and PSM sent
+                    # alone, or parameter sets with the picture in the next packet
+                    if pos + 4 > end or buf.startswith(b"\x00\x00\x01", pos):
+                        self.units = True
+                        verdict = None
+                    break
+                if buf[pos] != 0 or buf[pos + 1] != 0 or buf[pos + 2] != 1:
+                    break
+                self.units = True
+                code = buf[pos + 3]
+                length = (buf[pos + 4] << 8) | buf[pos + 5]
+                if code == PSM:
+                    if pos + 6 + length <= end:  # a PSM cut short is read once the rest has come
+                        mapping = parse_psm(bytes(buf[pos + 6 : pos + 6 + length]))
+                        if mapping is None:
+                            self.stats.errors += 1
+                        else:
+                            _learn(self.stats, mapping)
+                elif 0xE0 <= code <= 0xEF:
+                    video = True
+                    if pos + 9 > end:
+                        verdict = None
+                        break
+                    pes_end = pos + 6 + length
+                    found = self._video(buf, pos + 9 + buf[pos + 8], min(end, pes_end))
+                    if found is _PICTURE or found is _KEY_PICTURE:
+                        verdict, told = found is _KEY_PICTURE, True
+                        break
+                    sps = sps or found is _PARAMETER_SETS
+                    if pes_end > end:
+                        verdict = None  # the picture is later in this PES
+                        break
+                elif code != SYSTEM_HEADER and code != 0xBD and code not in _SKIPPED_WITH_LENGTH:
+                    break  # audio first: not a video frame (private data and padding may precede the video)
+                pos += 6 + length
+        if verdict is None:
+            if not final:
+                return None
+            verdict = sps  # all there is: parameter sets of a key frame are taken for one
+        elif not told:
+            verdict = sps
+        s = self.stats
         if size < 5 or not buf.startswith(_PACK_START, start) or size < (14 if buf[start + 4] >> 6 == 1 else 12):
             s.errors += 1  # garbage, or a pack header cut short
-            return
+            return False
         s.packs += 1
         if video:
             s.frames += 1
-        if key:
+        if verdict:
             if s.last_key_frame_index >= 0:
                 s.key_frame_interval = s.frames - 1 - s.last_key_frame_index
             s.last_key_frame_index = s.frames - 1
             s.key_frames += 1
-
-    def _scan(self, buf: bytes | bytearray, start: int, end: int, final: bool) -> tuple[bool | None, bool]:
-        # (key frame? None: cannot tell yet, video seen?); ``final``: no more of the frame will come
-        more = None if not final else False
-        if end - start < 14:
-            if end - start < 4:
-                return (more if _PACK_START.startswith(bytes(buf[start:end])) else False), False
-            if not buf.startswith(_PACK_START, start):
-                return False, False
-            if end - start < 5 or buf[start + 4] >> 6 == 1:
-                return more, False  # the pack header goes on in the next packet
-        elif not buf.startswith(_PACK_START, start):
-            return False, False
-        pos = start + (14 + (buf[start + 13] & 0x07) if buf[start + 4] >> 6 == 1 else 12)
-        video = sps = False
-        while True:
-            if pos + 6 > end:
-                # the payload ends before a picture: a pack header, system header and PSM sent alone,
-                # or parameter sets with the picture in the next packet
-                if pos + 4 > end or buf.startswith(b"\x00\x00\x01", pos):
-                    return (None if not final else sps), video
-                return sps, video
-            if buf[pos] != 0 or buf[pos + 1] != 0 or buf[pos + 2] != 1:
-                return sps, video
-            code = buf[pos + 3]
-            length = (buf[pos + 4] << 8) | buf[pos + 5]
-            if code == PSM:
-                if pos + 6 + length <= end:  # a PSM cut short is read once the rest has come
-                    mapping = parse_psm(bytes(buf[pos + 6 : pos + 6 + length]))
-                    if mapping is None:
-                        self.stats.errors += 1
-                    else:
-                        _learn(self.stats, mapping)
-            elif 0xE0 <= code <= 0xEF:
-                video = True
-                if pos + 9 > end:
-                    return (None if not final else sps), video
-                pes_end = pos + 6 + length
-                found = self._video(buf, pos + 9 + buf[pos + 8], min(end, pes_end))
-                if found is _PICTURE or found is _KEY_PICTURE:
-                    return found is _KEY_PICTURE, video
-                sps = sps or found is _PARAMETER_SETS
-                if pes_end > end:
-                    return (None if not final else sps), video  # the picture is later in this PES
-            elif code != SYSTEM_HEADER and code != 0xBD and code not in _SKIPPED_WITH_LENGTH:
-                return sps, video  # audio first: not a video frame (private data and padding may precede the video)
-            pos += 6 + length
+        return verdict
 
     def _video(self, buf: bytes | bytearray, pos: int, end: int) -> object:
         # what the first NAL units of buf[pos:end] say: a key picture, another picture, the

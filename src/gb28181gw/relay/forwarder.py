@@ -732,7 +732,7 @@ class Forwarder:
         if ts != st.last_ts or (st.ts_open and (b0 & 0x10 or buf[off + 15 + 4 * (b0 & 0x0F)] == 0xBA)):
             self._frame(st, buf, view, b0, off, n, ts)
         elif st.probe is not None:
-            self._probe(st, view, _payload(buf, b0, off, n), off + n)
+            self._probe(st, view, _payload(buf, b0, off, n), off + n)  # (once a frame or so)
         gop = st.gop
         if gop is not None:
             # copied before the consumers' SSRCs are written into the buffer
@@ -752,7 +752,10 @@ class Forwarder:
     def _frame(self, st: RelayStream, buf: bytearray, view: memoryview, b0: int, off: int, n: int, ts: int) -> None:
         # A frame may start in this packet: note where among the kept packets, and tell whether it
         # is a key frame, from this packet or (PSM alone, pack header cut short …) the next few.
-        start, end = _payload(buf, b0, off, n), off + n
+        # Once a frame, so written out rather than split into calls.
+        start, end = off + 12 + 4 * (b0 & 0x0F), off + n
+        if b0 & 0x10 and start + 4 <= end:
+            start += 4 + 4 * ((buf[start + 2] << 8) | buf[start + 3])
         new = ts != st.last_ts
         if not new and not (start + 4 <= end and buf.startswith(_PACK_START, start)):
             if st.probe is not None:  # not a pack after all: the next step of the frame being told
@@ -762,21 +765,33 @@ class Forwarder:
             self._probe_done(st, st.inspector.frame_start(st.probe, 0, len(st.probe)))
             if not new and not st.ts_open:
                 return  # it was a key frame: this pack is a piece of it
+        gop = st.gop
         if new:
-            st.last_ts, st.ts_packs, st.ts_open = ts, 0, True
-            self._account(st)
+            st.last_ts, st.ts_packs = ts, 0
+            # the relay's total of kept bytes, brought up to date once a frame (not a packet)
+            kept = st.gop_bytes if gop is not None else 0
+            if kept != st.gop_counted:
+                held = self.gop_held = self.gop_held + kept - st.gop_counted
+                st.gop_counted = kept
+                if held > self.gop_budget:
+                    self._evict(st)  # each stream overshoots by a frame at most
+                    gop = st.gop
         st.ts_packs += 1
         st.ts_open = st.ts_packs < PACKS_PER_TIMESTAMP  # more are pieces of a frame cut into packs
-        gop = st.gop
         if gop is not None:
             st.frame_at, st.frame_bytes = len(gop), st.gop_bytes
         elif self.gop_limit:
             st.spare = []
-        key = st.inspector.inspect(buf, start, end)
+        inspector = st.inspector
+        key = inspector.inspect(buf, start, end)
         if key is None:
             st.probe, st.probe_left = bytearray(view[start : min(end, start + PROBE_BYTES)]), PROBE_PACKETS - 1
-        else:
+        elif key:
             self._probe_done(st, key)
+        else:
+            st.spare = None
+            if not inspector.units:
+                st.ts_open = False  # no PS unit in this pack (or no pack): nothing here to follow
 
     def _probe(self, st: RelayStream, view: memoryview, start: int, end: int) -> None:
         # the next packet of a frame not told yet: look at its bytes so far
@@ -808,15 +823,6 @@ class Forwarder:
         elif spare is not None:
             st.gop, st.gop_bytes = spare, sum(map(len, spare))
         # else: the packets kept were let go after the frame started; its start is lost with them
-
-    def _account(self, st: RelayStream) -> None:
-        # Once a frame (not a packet): what the stream keeps now, in the relay's total; past
-        # media.gop_cache_total the largest caches go (each stream overshoots by a frame at most).
-        kept = st.gop_bytes if st.gop is not None else 0
-        held = self.gop_held = self.gop_held + kept - st.gop_counted
-        st.gop_counted = kept
-        if held > self.gop_budget:
-            self._evict(st)
 
     def _drop_gop(self, st: RelayStream) -> None:
         self.gop_held -= st.gop_counted
