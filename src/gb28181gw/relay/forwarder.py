@@ -182,33 +182,8 @@ class CatchingUp:
         self.allowance = rate * CATCH_UP_TICK  # bytes it may be sent now
         self.timer: asyncio.TimerHandle | None = None
 
-    @property
-    def id(self) -> str:
-        return self.out.id
-
-    @property
-    def ssrc(self) -> int:
-        return self.out.ssrc
-
-    @property
-    def addr(self) -> tuple[str, int]:
-        return self.out.addr
-
-    @property
-    def packets(self) -> int:
-        return self.out.packets
-
-    @property
-    def bytes(self) -> int:
-        return self.out.bytes
-
-    @property
-    def dropped(self) -> int:
-        return self.out.dropped
-
-    @property
-    def errors(self) -> int:
-        return self.out.errors
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.out, name)  # id, ssrc, addr and its figures: the consumer's own
 
     def send(self, buf: bytearray, view: memoryview, off: int, n: int) -> None:
         if len(self.backlog) >= GOP_CACHE_PACKETS:
