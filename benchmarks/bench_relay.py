@@ -92,8 +92,9 @@ async def run_load(
 
 async def relay_with(flows: int, consumers_per_flow: int = 1, workers: int = 1) -> list[WorkerRelay]:
     settings = RelaySettings(
-        host="127.0.0.1", tcp_queue_limit=1 << 20, udp_receive_buffer=4 << 20, stats_interval=1.0, gop_cache=4 << 20
-    )
+        host="127.0.0.1", tcp_queue_limit=1 << 20, udp_receive_buffer=4 << 20, stats_interval=1.0,
+        gop_cache=4 << 20, gop_cache_total=512 << 20,
+    )  # fmt: skip
     relays = [WorkerRelay(i, settings) for i in range(workers)]
     await asyncio.gather(*(r.start() for r in relays))
     for i in range(flows):

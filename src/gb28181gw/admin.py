@@ -560,8 +560,9 @@ def add_stream_routes(admin: AdminServer, streams: StreamService, *, consumer_ne
 
     async def play(request: web.Request) -> web.Response:
         usage = (
-            'the body must be JSON: {"channel_id": ..., "consumer": {"transport": "udp"|"tcp", '
-            '"host": ..., "port": ..., "ssrc": optional, "ttl": optional seconds, "label": optional}}'
+            'the body must be JSON: {"channel_id": ..., "consumer": {"transport": "udp"|"tcp"|"tcp-passive", '
+            '"host": ..., "port": ... (not for tcp-passive: it connects to the local_port answered), '
+            '"ssrc": optional, "ttl": optional seconds, "label": optional}}'
         )
         try:
             body = await request.json()
@@ -575,9 +576,11 @@ def add_stream_routes(admin: AdminServer, streams: StreamService, *, consumer_ne
         except IdError as exc:
             return error_response(400, f"invalid channel ID: {exc}")
         c = body["consumer"]
+        transport = str(c.get("transport") or "udp").lower()
+        passive = transport == "tcp-passive"
         try:
             host = str(c.get("host") or request.remote or "127.0.0.1")
-            port = int(c["port"])
+            port = int(c["port"]) if not passive or c.get("port") is not None else 0
             ssrc = int(c["ssrc"]) if c.get("ssrc") is not None else None
             ttl = float(c["ttl"]) if c.get("ttl") is not None else None
             address = ipaddress.ip_address(host)
@@ -585,7 +588,7 @@ def add_stream_routes(admin: AdminServer, streams: StreamService, *, consumer_ne
             return error_response(400, usage)
         if ttl is not None and not (math.isfinite(ttl) and ttl > 0):
             return error_response(400, "consumer ttl must be a positive number of seconds")
-        if not 0 < port < 65536:
+        if not 0 < port < 65536 and not (passive and port == 0):
             return error_response(400, "consumer port must be 1-65535")
         if not (
             address.is_loopback
@@ -600,7 +603,7 @@ def add_stream_routes(admin: AdminServer, streams: StreamService, *, consumer_ne
         try:
             st, consumer = await streams.play(
                 channel_id,
-                transport=str(c.get("transport") or "udp").lower(),
+                transport=transport,
                 host=host,
                 port=port,
                 ssrc=ssrc,
@@ -686,6 +689,8 @@ def stream_json(streams: StreamService, st: Stream, snapshot: RelaySnapshot | No
                 "id": c.id,
                 "transport": c.transport,
                 "address": f"{c.host}:{c.port}",
+                "local_port": c.local_port,  # tcp-passive: the port it connects to; udp: the one we send from
+                "paused": c.paused,
                 "ssrc": f"{c.ssrc:010d}",
                 "label": c.label,
                 "packets": sent.packets if sent else 0,

@@ -323,6 +323,7 @@ def build_relays(config: Config) -> list[Relay]:
         udp_receive_buffer=m.udp_receive_buffer,
         stats_interval=m.stats_interval,
         gop_cache=m.gop_cache,
+        gop_cache_total=m.gop_cache_total,
     )
     if count == 0:
         return [LocalRelay(Forwarder(settings))]

@@ -308,6 +308,12 @@ class MediaSection:
         "at once (a 4 Mbit/s camera with a key frame every 8 s); 0 = keep none",
         _at_least(0),
     )
+    gop_cache_total: int = _opt(
+        512 * 1024 * 1024,
+        "bytes kept that way by all streams of one relay worker together; past it the largest stream's are "
+        "let go (its next joiner gets a key frame asked of the device); 0 = no bound",
+        _at_least(0),
+    )
     keyframe_request: bool = _opt(
         True, "ask the device for a key frame (IFameCmd) when a consumer joins a stream with nothing kept"
     )

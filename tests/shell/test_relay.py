@@ -89,17 +89,18 @@ def _stream_fed(gop_cache: int, packets: list[bytes]) -> tuple[Forwarder, RelayS
     return forwarder, st, joined
 
 
-def test_packets_since_the_last_key_frame_are_kept_and_sent_first_to_a_joining_consumer() -> None:
+async def test_packets_since_the_last_key_frame_are_kept_and_sent_first_to_a_joining_consumer() -> None:
     ps = gb_ps(50, 10)
     packets = packetize(ps, 1234, mtu=500)
     first_of_40 = _first_of(packets, 40)
     forwarder, st, _ = _stream_fed(1 << 20, packets[:-3])
     assert st.gop == packets[first_of_40:-3] and st.gop_bytes == sum(map(len, st.gop))
     late = Recorder("late")
-    forwarder._join(st, late)
-    for i, p in enumerate(packets[-3:]):
+    forwarder._join(st, late)  # type: ignore[arg-type]
+    for i, p in enumerate(packets[-3:]):  # live packets while it catches up (UDP: paced)
         st.buf[2 : 2 + len(p)] = p
         forwarder._relay(st, st.buf, st.view, 2, len(p), ("127.0.0.1", 9), 100.0 + i)
+    await wait_for(lambda: late in st.consumers, 2)  # caught up: sent to directly from now on
     # the device's packets from the key frame on, each once, in order, with the consumer's SSRC
     assert [p[:8] + p[12:] for p in late.sent] == [p[:8] + p[12:] for p in packets[first_of_40:]]
     assert {struct.unpack_from("!I", p, 8)[0] for p in late.sent} == {77}

@@ -45,7 +45,6 @@ def _stream(gop_cache: int = 1 << 22, tcp_queue: int = 65536) -> tuple[Forwarder
 AUDIO_PACK = PACK_HEADER + b"\x00\x00\x01\xc0\x00\x48\x80\x80\x05\x21\x00\x01\x00\x01" + b"\xd5" * 64
 
 
-@pytest.mark.xfail(strict=True, reason="review: a key frame is looked for only in the first packet of a new timestamp")
 @pytest.mark.parametrize("device", ["psm-alone", "pack-header-split", "audio-first", "same-timestamp"])
 def test_key_frames_the_first_packet_of_a_timestamp_does_not_show_are_kept(device: str) -> None:
     # psm-alone: the pack header, system header and PSM of an I frame in one small RTP packet, the
@@ -207,7 +206,6 @@ async def test_tcp_consumer_queue_bound_comes_back_after_the_burst() -> None:
         theirs.close()
 
 
-@pytest.mark.xfail(strict=True, reason="review: the kept packets go to a UDP consumer in one unpaced burst")
 async def test_udp_consumer_joining_a_large_gop_gets_all_of_it() -> None:
     # 1,000 packets of 1,400 bytes kept (a 4 Mbit/s camera, key frame every 3 s) go out in one
     # loop turn: a receiver with the kernel's default buffer (212 KB) keeps 92 of them, the
@@ -231,9 +229,6 @@ async def test_udp_consumer_joining_a_large_gop_gets_all_of_it() -> None:
         forwarder.close_all()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="review: the API's stream JSON does not say which port a tcp-passive consumer connects to"
-)
 async def test_the_api_tells_a_tcp_passive_consumer_its_port(tmp_path: Path) -> None:
     # POST /api/v1/streams passes any transport to play(), tcp-passive included; the answer is
     # built by stream_json, whose consumers carry no local port: the consumer cannot connect
@@ -247,3 +242,185 @@ async def test_the_api_tells_a_tcp_passive_consumer_its_port(tmp_path: Path) -> 
     finally:
         await gw.stop()
         await finished(device)
+
+
+async def test_a_tcp_passive_consumer_asked_over_the_api_is_told_its_port_and_listed_with_it(tmp_path: Path) -> None:
+    import aiohttp
+
+    from .test_cli_streams import cli, output
+
+    gw, device = await gateway(tmp_path, **{"media.workers": "0"})
+    assert gw.admin is not None
+    api = f"http://127.0.0.1:{gw.admin.port}/api/v1/streams"
+    try:
+        async with aiohttp.ClientSession() as http:
+            # no port: it connects to ours
+            body = {"channel_id": CH, "consumer": {"transport": "tcp-passive", "host": "127.0.0.1"}}
+            async with http.post(api, json=body) as resp:
+                assert resp.status == 201, await resp.text()
+                answer = await resp.json()
+            consumer = answer["consumer"]
+            assert consumer["transport"] == "tcp-passive" and consumer["paused"] is False
+            assert 42100 <= consumer["local_port"] <= 42199 and consumer["local_port"] != answer["port"]
+            # the others still need a port, and the usage names tcp-passive; 0 is no port for it either
+            body = {"channel_id": CH, "consumer": {"transport": "udp", "host": "127.0.0.1"}}
+            async with http.post(api, json=body) as resp:
+                assert resp.status == 400 and "tcp-passive" in (await resp.json())["error"]
+            body = {"channel_id": CH, "consumer": {"transport": "tcp-passive", "host": "127.0.0.1", "port": 0}}
+            async with http.post(api, json=body) as resp:
+                assert resp.status == 201
+        # the port named is the one listening for it
+        _, writer = await asyncio.open_connection("127.0.0.1", consumer["local_port"])
+        listing = await output(await cli(gw, "streams"))
+        assert f"tcp-passive 127.0.0.1 connects to port {consumer['local_port']}" in listing
+        writer.close()
+    finally:
+        await gw.stop()
+        await finished(device)
+
+
+def test_the_stream_listing_shows_where_each_consumer_is() -> None:
+    from gb28181gw.cli.media import _consumers_text
+
+    row = {
+        "consumers": [
+            {"id": "c1", "transport": "udp", "address": "10.0.0.5:4000", "local_port": 42100, "paused": False},
+            {"id": "c2", "transport": "tcp-passive", "address": "10.0.0.6:9", "local_port": 42102, "paused": True},
+            {"id": "c3", "transport": "tcp-passive", "address": "10.0.0.7:9"},  # an older gateway: no port said
+        ]
+    }
+    assert _consumers_text(row) == (
+        "c1 udp 10.0.0.5:4000, c2 tcp-passive 10.0.0.6 connects to port 42102 (paused), c3 tcp-passive 10.0.0.7"
+    )
+    assert _consumers_text({"consumers": []}) == "-"
+
+
+def _key_gop(count: int, ts: int = 0, seq: int = 1) -> list[bytes]:
+    key = (
+        PACK_HEADER
+        + b"\x00\x00\x01\xbc\x00\x0e\xe0\xff\x00\x00\x00\x04\x1b\xe0\x00\x00\x00\x00\x00\x00"
+        + b"\x00\x00\x01\xe0\x05\x00\x80\x80\x05\x21\x00\x01\x00\x01\x00\x00\x00\x01\x67"
+        + b"\x01" * 1200
+    )
+    return _rtp([key] + [b"\x33" * 1388] * (count - 1), ts, seq)
+
+
+async def test_a_joining_udp_consumer_is_paced_then_sent_to_directly_in_order() -> None:
+    from gb28181gw.relay import forwarder as forwarder_module
+    from gb28181gw.relay.forwarder import CatchingUp
+
+    forwarder, _ = _stream()
+    port = free_udp_port() & ~1
+    forwarder.open("s1", port, StreamMode.UDP, 1234)
+    st = forwarder.streams["s1"]
+    kept = _key_gop(600)
+    _feed(forwarder, st, kept)
+    consumer = await UdpConsumer.start()
+    try:
+        forwarder.add_consumer("s1", "late", "udp", "127.0.0.1", consumer.port, 77)
+        catching = st.consumers[0]
+        assert isinstance(catching, CatchingUp)
+        # the first tick: a share of the kept packets (they go in 0.5 s at most), not all of them
+        first = catching.packets
+        assert 0 < first <= len(kept) * forwarder_module.CATCH_UP_TICK / forwarder_module.CATCH_UP_SECONDS + 1
+        assert forwarder.snapshot().streams["s1"].consumers["late"].packets == first  # counted as its own
+        live = _rtp([b"\x44" * 1388] * 50, 3600, 1 + len(kept))
+        for p in live:  # the device goes on meanwhile
+            _feed(forwarder, st, [p])
+            await asyncio.sleep(0.002)
+        await wait_for(lambda: len(consumer.got.packets) == len(kept) + len(live), 3)
+        assert st.consumers[0] is not catching  # caught up: sent to directly
+        got = [RtpPacket.parse(p) for p in consumer.got.packets]
+        assert [p.sequence for p in got] == [RtpPacket.parse(p).sequence for p in kept + live]  # in order, once each
+        assert {p.ssrc for p in got} == {77}
+        after = _rtp([b"\x55" * 100], 7200, 1 + len(kept) + len(live))
+        _feed(forwarder, st, after)
+        await wait_for(lambda: len(consumer.got.packets) == len(kept) + len(live) + 1, 2)
+    finally:
+        consumer.close()
+        forwarder.close_all()
+
+
+async def test_a_udp_consumer_that_leaves_while_catching_up_is_sent_nothing_more() -> None:
+    forwarder, _ = _stream()
+    port = free_udp_port() & ~1
+    forwarder.open("s1", port, StreamMode.UDP, 1234)
+    st = forwarder.streams["s1"]
+    _feed(forwarder, st, _key_gop(1000))
+    consumer = await UdpConsumer.start()
+    try:
+        forwarder.add_consumer("s1", "late", "udp", "127.0.0.1", consumer.port, 77)
+        catching = st.consumers[0]
+        forwarder.remove_consumer("s1", "late")
+        assert not st.consumers and catching.timer is None  # type: ignore[union-attr]
+        sent = forwarder.totals().packets_out
+        await asyncio.sleep(0.1)
+        assert forwarder.totals().packets_out == sent < 1000  # its figures stay in the totals, none added
+        # a stream closed under a consumer catching up
+        forwarder.add_consumer("s1", "again", "udp", "127.0.0.1", consumer.port, 77)
+        forwarder.close("s1")
+        await asyncio.sleep(0.05)
+    finally:
+        consumer.close()
+        forwarder.close_all()
+
+
+def _gop_frames(frames: int, ts: int = 0, seq: int = 1) -> list[bytes]:
+    """A key frame then ``frames - 1`` others, 10 packets of ≈ 1,400 bytes each."""
+    out = _key_gop(10, ts, seq)
+    for i in range(1, frames):
+        out += _rtp([b"\x33" * 1388] * 10, ts + 3600 * i, seq + len(out))
+    return out
+
+
+def test_the_relay_keeps_its_streams_caches_within_its_total_budget() -> None:
+    # media.gop_cache_total: past it (checked once a frame) the largest cache goes; that stream
+    # keeps nothing until its next key frame, counted in the relay's totals
+    forwarder = Forwarder(RelaySettings("127.0.0.1", 65536, 1 << 20, 1.0, 1 << 22, 1_000_000))
+    streams = [RelayStream(f"s{i}", 0, StreamMode.UDP, 1234, 0.0, "127.0.0.1") for i in range(3)]
+    for st in streams:
+        forwarder.streams[st.id] = st
+    _feed(forwarder, streams[0], _gop_frames(40))  # ≈ 560 KB
+    _feed(forwarder, streams[1], _gop_frames(20))  # ≈ 280 KB
+    assert forwarder.gop_held < 1_000_000 and forwarder.totals().gop_evictions == 0
+    _feed(forwarder, streams[2], _gop_frames(15))  # ≈ 210 KB: over the budget, the largest goes
+    assert streams[0].gop is None and streams[0].gop_evictions == 1
+    assert streams[1].gop is not None and streams[2].gop is not None and len(streams[2].gop) == 150
+    assert forwarder.gop_held <= 1_000_000 and forwarder.totals().gop_evictions == 1
+    # its next key frame starts it again
+    _feed(forwarder, streams[0], _gop_frames(2, ts=3600 * 100, seq=1000))
+    assert streams[0].gop is not None and len(streams[0].gop) == 20
+    # the total follows key frames (the caches start again smaller) and closes
+    _feed(forwarder, streams[1], _gop_frames(2, ts=3600 * 100, seq=1000))
+    _feed(forwarder, streams[2], _gop_frames(2, ts=3600 * 100, seq=1000))
+    kept = sum(st.gop_bytes for st in streams)
+    for st in streams:
+        _feed(forwarder, st, _rtp([b"\x33"], 3600 * 200, 2000))  # a frame starts: each brought up to date
+    assert forwarder.gop_held == kept < 100_000
+    forwarder._drop_gop(streams[0])
+    assert forwarder.gop_held == streams[1].gop_counted + streams[2].gop_counted and streams[0].gop is None
+    # 0: no total bound
+    forwarder = Forwarder(RelaySettings("127.0.0.1", 65536, 1 << 20, 1.0, 1 << 22, 0))
+    st = RelayStream("s", 0, StreamMode.UDP, 1234, 0.0, "127.0.0.1")
+    _feed(forwarder, st, _gop_frames(200))
+    assert st.gop is not None and len(st.gop) == 2000 and forwarder.gop_evictions == 0
+
+
+def test_a_key_frame_cut_into_several_packs_is_kept_from_its_first() -> None:
+    # devices that put a pack header before each PES of a large I frame: the later packs, with
+    # the frame's timestamp and IDR slices of their own, are pieces of it, not new key frames
+    all_packs = packs(gb_ps(25, 10))
+    header = bytes([0x80, 0x80, 5, 0x21, 0x00, 0x01, 0x00, 0x01])
+    slice_ = b"\x00\x00\x01\x65\x00" + b"\xaa" * 900  # another slice of the IDR picture
+    piece = PACK_HEADER + b"\x00\x00\x01\xe0" + struct.pack("!H", len(header) + len(slice_)) + header + slice_
+    packets: list[bytes] = []
+    key_at = 0
+    for i, pack in enumerate(all_packs):
+        if i == 20:
+            key_at = len(packets)
+        pieces = [pack[j : j + 1000] for j in range(0, len(pack), 1000)]
+        packets += _rtp(pieces + ([piece, piece] if i % 10 == 0 else []), 3600 * i, 1000 + len(packets))
+    forwarder, st = _stream()
+    _feed(forwarder, st, packets)
+    assert st.gop is not None and st.gop[0] == packets[key_at]
+    assert st.inspector.stats.key_frames == 3

@@ -468,8 +468,17 @@ def snapshot(
 # --- streams, stream stop --------------------------------------------------------------------
 
 
+def _consumer_text(c: dict[str, Any]) -> str:
+    if c["transport"] == "tcp-passive":  # it connects to us: the port it must connect to is what matters
+        host = c["address"].rsplit(":", 1)[0]
+        where = f"{host} connects to port {c['local_port']}" if c.get("local_port") else host
+    else:
+        where = c["address"]
+    return f"{c['id']} {c['transport']} {where}" + (" (paused)" if c.get("paused") else "")
+
+
 def _consumers_text(row: dict[str, Any]) -> str:
-    return ", ".join(f"{c['id']} {c['transport']} {c['address']}" for c in row.get("consumers", [])) or "-"
+    return ", ".join(map(_consumer_text, row.get("consumers", []))) or "-"
 
 
 STREAM_COLUMNS = [

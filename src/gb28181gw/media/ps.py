@@ -31,6 +31,7 @@ PACK = 0xBA
 SYSTEM_HEADER = 0xBB
 PSM = 0xBC
 END = 0xB9
+_PACK_START = b"\x00\x00\x01\xba"
 _SKIPPED_WITH_LENGTH = {0xBE, 0xBF, 0xF0, 0xF1, 0xF2, 0xF8, 0xFF}  # padding, private 2, ECM/EMM/DSMCC …
 
 
@@ -279,74 +280,126 @@ _KEY_NALS = {"H264": frozenset({5, 7}), "H265": frozenset({16, 17, 18, 19, 20, 2
 class PsInspector:
     """What the relay learns from a PS stream without demultiplexing it (the hot path).
 
-    The relay calls :meth:`frame_start` with the first RTP payload of each new timestamp
-    (one PS pack per frame, §8.2): it checks the pack header, learns the codec from a PSM,
-    tells video from audio packs by their first PES, and finds key frames by the NAL types
-    in that packet (SPS/IDR, VPS/SPS/IRAP; both editions put SPS+PPS before every I frame, F.2.2),
-    and says so, so the relay knows where to start the packets it keeps for joining consumers.
-    Nothing is copied but a PSM; nothing is changed.
-    A frame that does not begin with a pack header is counted in ``stats.errors`` (garbage or
-    truncated PS: still relayed as it is).
+    The relay calls :meth:`inspect` with the payload that opens a frame (the first RTP payload of
+    a new timestamp, or one that starts a PS pack): it checks the pack header, learns the codec
+    from a PSM, tells video from audio packs by their first PES, and finds key frames by the first
+    NAL types of the video (SPS/IDR, VPS/SPS/IRAP; both editions put SPS+PPS before every I frame,
+    F.2.2), so the relay knows where to start the packets it keeps for joining consumers. When
+    the payload ends before that (a pack header, system header and PSM sent alone, a pack header
+    cut short, parameter sets with the picture in the next packet), it says so (``None``) and the
+    relay calls it again with the frame's bytes so far. Nothing is copied but a PSM; nothing is
+    changed. A frame that does not begin with a pack header is counted in ``stats.errors``
+    (garbage or truncated PS: still relayed as it is).
     """
 
-    __slots__ = ("stats",)
+    __slots__ = ("stats", "units")
 
     def __init__(self) -> None:
         self.stats = PsStats()
+        self.units = False
 
     def frame_start(self, buf: bytes | bytearray, start: int, end: int) -> bool:
-        """Inspect the payload ``buf[start:end]`` that opens a new frame; whether it opens a key frame."""
+        """Whether the frame whose bytes from its start are ``buf[start:end]`` is a key frame,
+        deciding with them (no more of it will be inspected)."""
+        return bool(self.inspect(buf, start, end, final=True))
+
+    def inspect(self, buf: bytes | bytearray, start: int, end: int, *, final: bool = False) -> bool | None:
+        """Like :meth:`frame_start`, but ``None`` while the bytes end before its video's first NAL
+        units tell (unless ``final``): then call again with more of the same frame's bytes. The
+        figures count each frame once, when told; :attr:`units` is false when a pack header was
+        followed by no PS unit (nothing in this pack to follow)."""
+        # one method, not a chain of them: it runs once a frame on the relay's hot path
+        verdict: bool | None = False
+        video = sps = told = False  # told: by a picture
+        self.units = True
+        size = end - start
+        if size < 14 and (size < 4 or buf.startswith(_PACK_START, start)):
+            # a pack header cut short, the rest in the next packet (or garbage)
+            if size >= 4 or _PACK_START.startswith(bytes(buf[start:end])):
+                verdict = None
+        elif buf.startswith(_PACK_START, start):
+            pos = start + (14 + (buf[start + 13] & 0x07) if buf[start + 4] >> 6 == 1 else 12)
+            self.units = False
+            while True:
+                if pos + 6 > end:
+                    # the payload ends before a picture: a pack header, system header and PSM sent
+                    # alone, or parameter sets with the picture in the next packet
+                    if pos + 4 > end or buf.startswith(b"\x00\x00\x01", pos):
+                        self.units = True
+                        verdict = None
+                    break
+                if buf[pos] != 0 or buf[pos + 1] != 0 or buf[pos + 2] != 1:
+                    break
+                self.units = True
+                code = buf[pos + 3]
+                length = (buf[pos + 4] << 8) | buf[pos + 5]
+                if code == PSM:
+                    if pos + 6 + length <= end:  # a PSM cut short is read once the rest has come
+                        mapping = parse_psm(bytes(buf[pos + 6 : pos + 6 + length]))
+                        if mapping is None:
+                            self.stats.errors += 1
+                        else:
+                            _learn(self.stats, mapping)
+                elif 0xE0 <= code <= 0xEF:
+                    video = True
+                    if pos + 9 > end:
+                        verdict = None
+                        break
+                    pes_end = pos + 6 + length
+                    found = self._video(buf, pos + 9 + buf[pos + 8], min(end, pes_end))
+                    if found is _PICTURE or found is _KEY_PICTURE:
+                        verdict, told = found is _KEY_PICTURE, True
+                        break
+                    sps = sps or found is _PARAMETER_SETS
+                    if pes_end > end:
+                        verdict = None  # the picture is later in this PES
+                        break
+                elif code != SYSTEM_HEADER and code != 0xBD and code not in _SKIPPED_WITH_LENGTH:
+                    break  # audio first: not a video frame (private data and padding may precede the video)
+                pos += 6 + length
+        if verdict is None:
+            if not final:
+                return None
+            verdict = sps  # all there is: parameter sets of a key frame are taken for one
+        elif not told:
+            verdict = sps
         s = self.stats
-        if end - start < 14 or not buf.startswith(b"\x00\x00\x01\xba", start):
-            s.errors += 1
+        if size < 5 or not buf.startswith(_PACK_START, start) or size < (14 if buf[start + 4] >> 6 == 1 else 12):
+            s.errors += 1  # garbage, or a pack header cut short
             return False
         s.packs += 1
-        pos = start + (14 + (buf[start + 13] & 0x07) if buf[start + 4] >> 6 == 1 else 12)
-        video = key = False
-        while pos + 6 <= end and buf[pos] == 0 and buf[pos + 1] == 0 and buf[pos + 2] == 1:
-            code = buf[pos + 3]
-            length = (buf[pos + 4] << 8) | buf[pos + 5]
-            if code == PSM:
-                mapping = parse_psm(bytes(buf[pos + 6 : min(end, pos + 6 + length)]))
-                if mapping is None:
-                    s.errors += 1
-                else:
-                    _learn(s, mapping)
-            elif 0xE0 <= code <= 0xEF:
-                video = True
-                if pos + 9 <= end:
-                    key = self._video(buf, pos + 9 + buf[pos + 8], min(end, pos + 6 + length))
-                break
-            elif code != SYSTEM_HEADER and code != 0xBD and code not in _SKIPPED_WITH_LENGTH:
-                break  # audio first: not a video frame (private data and padding may precede the video)
-            pos += 6 + length
         if video:
             s.frames += 1
-        return key
+        if verdict:
+            if s.last_key_frame_index >= 0:
+                s.key_frame_interval = s.frames - 1 - s.last_key_frame_index
+            s.last_key_frame_index = s.frames - 1
+            s.key_frames += 1
+        return verdict
 
-    def _video(self, buf: bytes | bytearray, pos: int, end: int) -> bool:
+    def _video(self, buf: bytes | bytearray, pos: int, end: int) -> object:
+        # what the first NAL units of buf[pos:end] say: a key picture, another picture, the
+        # parameter sets of a key frame (its picture further on), or nothing yet
         s = self.stats
         codec = s.video_codec or _codec_of(buf, pos, end) or "H264"
         h265 = codec == "H265"
         key_types = _KEY_NALS.get(codec, _KEY_NALS["H264"])
         pos = buf.find(b"\x00\x00\x01", pos, end)
-        key = False
+        found = _NOTHING
         while 0 <= pos < end - 3:
             b = buf[pos + 3]
             t = (b >> 1) & 0x3F if h265 else b & 0x1F
             if t in key_types:
-                key = True
                 if (t < 32) if h265 else t == 5:
-                    break  # the IDR/IRAP picture itself
+                    return _KEY_PICTURE  # the IDR/IRAP picture itself
+                found = _PARAMETER_SETS
             elif (t < 32) if h265 else t == 1:
-                return False  # a picture that is not a key frame (some encoders send SPS+PPS before every one)
+                return _PICTURE  # a picture that is not a key frame (some encoders send SPS+PPS before every one)
             pos = buf.find(b"\x00\x00\x01", pos + 3, end)
-        if key:  # the picture, or parameter sets with the picture in a later packet
-            if s.last_key_frame_index >= 0:
-                s.key_frame_interval = s.frames - s.last_key_frame_index
-            s.last_key_frame_index = s.frames
-            s.key_frames += 1
-        return key
+        return found
+
+
+_KEY_PICTURE, _PICTURE, _PARAMETER_SETS, _NOTHING = object(), object(), object(), object()
 
 
 def _codec_of(buf: bytes | bytearray, pos: int, end: int) -> str:

@@ -27,12 +27,19 @@ hot path, so it works on raw non-blocking sockets with ``loop.add_reader``:
 * a consumer joining an open stream gets a picture at once (issue 12): each stream keeps a
   copy of its packets since the last key frame (``gop_cache`` bytes and
   :data:`GOP_CACHE_PACKETS` packets at most; past either bound the copy is dropped until the
-  next key frame). Only the first packet of each new RTP timestamp is inspected
-  (:meth:`~gb28181gw.media.ps.PsInspector.frame_start`, which already ran for the
-  statistics); other packets cost one copy and one append. A joining consumer is sent the
-  copy, with its SSRC, and put among the live consumers in the same step, with no await in
-  between, so it sees the device's packets in order with none twice or missing. Joining a
-  stream with media but no copy is reported (:class:`~.records.KeyFrameWanted`);
+  next key frame; past ``gop_cache_total`` for all streams together, checked once a frame, the
+  largest copies go). A frame starts at a new RTP timestamp or at a PS pack header (audio
+  packs and key frames may share a timestamp with what came before): such a packet is
+  inspected (:meth:`~gb28181gw.media.ps.PsInspector.inspect`, which also feeds the
+  statistics), and when it ends before the video's first NAL units say whether it is a key
+  frame (a PSM alone, a pack header cut short), so are the next few packets of that frame; a
+  key frame restarts the copy where the frame started. Other packets cost one byte compared,
+  one copy and one append. A joining consumer is sent the copy, with its SSRC, and put among
+  the live consumers in the same step, with no await in between, so it sees the device's
+  packets in order with none twice or missing: a TCP one at once (the socket and its queue
+  pace it), a UDP one paced (:class:`CatchingUp`, at a multiple of the stream's rate: one
+  burst overflows receivers), the live packets queued behind until it has caught up. Joining
+  a stream with media but no copy is reported (:class:`~.records.KeyFrameWanted`);
 * a TCP-passive consumer (a superior that connects to us, §7.5, §9.5) gets its own listening
   port: one connection is taken, from its host only (others are closed and counted in
   ``refused_connections``); none within its timeout drops it (``ConsumerLost``). It may be
@@ -54,6 +61,7 @@ import os
 import resource
 import socket
 import struct
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -91,6 +99,20 @@ BUFFER_SIZE = 2 + MAX_FRAME + 65536
 #: Packets kept since the last key frame, at most, whatever their size: the byte bound
 #: (``media.gop_cache``) alone would let a stream of tiny packets grow a long list.
 GOP_CACHE_PACKETS = 8192
+#: PS packs looked into per RTP timestamp: a video frame and the audio pack or the frame before that
+#: share its timestamp; more packs of one timestamp are the pieces of a frame cut into several.
+PACKS_PER_TIMESTAMP = 4
+#: Packets of a frame looked into, and bytes of them kept to look into, before deciding that it
+#: is no key frame (a pack header, system header and PSM alone, then the video: two suffice).
+PROBE_PACKETS, PROBE_BYTES = 4, 8192
+#: A joining UDP consumer's backlog (the kept packets, then what arrives meanwhile) goes out in
+#: ticks of CATCH_UP_TICK seconds at CATCH_UP_FACTOR times the stream's own rate, and at least
+#: at the rate that sends the kept packets in CATCH_UP_SECONDS: a 4 Mbit/s camera with a key frame
+#: every 2 s is caught up in 0.7 s, 20 KB a tick (a tenth of a default receive buffer), where
+#: all at once (1 MB) overflows receivers and holds the loop.
+CATCH_UP_TICK, CATCH_UP_FACTOR, CATCH_UP_SECONDS = 0.01, 4, 0.5
+CATCH_UP_MIN_RATE = 250_000  # bytes/s (2 Mbit/s): the floor before the stream's rate is known
+_PACK_START = b"\x00\x00\x01\xba"
 
 _HEAD = struct.Struct("!BBHII")
 _SSRC = struct.Struct("!I")
@@ -108,6 +130,8 @@ class RelaySettings:
         udp_receive_buffer: SO_RCVBUF asked for each stream's UDP socket.
         stats_interval: seconds between the figures a relay worker sends back.
         gop_cache: bytes of a stream's packets since its last key frame kept for joining consumers (0: none).
+        gop_cache_total: bytes kept that way by all of the relay's streams together (0: no bound);
+            past it the largest stream's packets are let go.
     """
 
     host: str
@@ -115,6 +139,7 @@ class RelaySettings:
     udp_receive_buffer: int
     stats_interval: float
     gop_cache: int
+    gop_cache_total: int = 0
 
 
 class UdpOut:
@@ -142,6 +167,36 @@ class UdpOut:
 
     def close(self) -> None:
         """Nothing to close: the stream owns the socket."""
+
+
+class CatchingUp:
+    """A UDP consumer that joined a stream with packets kept: in the stream's consumers in its place
+    until its backlog (the kept packets, then the live ones queued behind them) has gone out, paced
+    by :meth:`Forwarder._catch_up`; then the consumer itself takes its place."""
+
+    __slots__ = ("out", "backlog", "rate", "allowance", "last", "timer")
+    transport = "udp"
+
+    def __init__(self, out: UdpOut, backlog: deque[bytes], rate: float, now: float) -> None:
+        self.out, self.backlog, self.rate, self.last = out, backlog, rate, now
+        self.allowance = rate * CATCH_UP_TICK  # bytes it may be sent now
+        self.timer: asyncio.TimerHandle | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.out, name)  # id, ssrc, addr and its figures: the consumer's own
+
+    def send(self, buf: bytearray, view: memoryview, off: int, n: int) -> None:
+        if len(self.backlog) >= GOP_CACHE_PACKETS:
+            self.out.dropped += 1  # the stream outruns the pace (not expected: it is a multiple of it)
+            return
+        self.backlog.append(bytes(view[off : off + n]))  # behind the kept packets, in order
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.backlog.clear()
+        self.out.close()
 
 
 class TcpOut:
@@ -281,13 +336,23 @@ class RelayStream:
         self.fill = 2  # TCP: where the next read goes (the first two bytes stay free)
         self.source: Any = None
         self.source_host = source_host  # media only from this host (None: from the first sender)
-        self.consumers: list[UdpOut | TcpOut] = []
+        self.consumers: list[UdpOut | TcpOut | CatchingUp] = []
         self.waiting: dict[str, Waiting] = {}  # TCP-passive consumers not connected or not started
         self.gop: list[bytes] | None = None  # the packets since the last key frame (None: no key frame)
         self.gop_bytes = 0
+        self.gop_evictions = 0
+        self.gop_counted = 0  # what of gop_bytes the relay's total holds (brought up to date once a frame)
         self.stats = StreamStats()
         self.inspector = PsInspector()
         self.last_ts = -1
+        self.ts_packs = 0  # PS packs looked into at this timestamp
+        self.ts_open = True  # packs at this timestamp still looked into (no key frame found, not too many)
+        # a frame not yet told key or not: its bytes so far, packets left to look into, where it
+        # starts among the kept packets (index, bytes before), or its packets when none are kept
+        self.probe: bytearray | None = None
+        self.probe_left = 0
+        self.frame_at = self.frame_bytes = 0
+        self.spare: list[bytes] | None = None
         self.first_at = 0.0
         self.wrong_ssrc = 0
         self.wrong_source = 0
@@ -321,6 +386,11 @@ class Forwarder:
         self.tcp_queue_limit = settings.tcp_queue_limit
         self.udp_receive_buffer = settings.udp_receive_buffer
         self.gop_limit = settings.gop_cache
+        self.gop_budget = settings.gop_cache_total or 1 << 62
+        self.gop_held = 0  # bytes kept by all streams, brought up to date once a frame (exact after evictions)
+        self.gop_evictions = 0
+        self._scratch = bytearray(2 + MAX_FRAME)  # kept packets are copied here to be sent
+        self._scratch_view = memoryview(self._scratch)
         self.worker = worker
         self.pid = os.getpid()
         self.streams: dict[str, RelayStream] = {}
@@ -525,7 +595,7 @@ class Forwarder:
         for w in st.waiting.values():
             w.close(self._loop)
         st.waiting.clear()
-        st.gop = None
+        self._drop_gop(st)
         self._close_sockets(st)
 
     def close_all(self) -> None:
@@ -582,6 +652,7 @@ class Forwarder:
     def totals(self) -> RelayTotals:
         """Running totals over every stream and consumer, closed ones included (counters never go back)."""
         t = dict(self._gone)
+        t["gop_evictions"] += self.gop_evictions
         for st in self.streams.values():
             _add_stream(t, st)
             for c in st.consumers:
@@ -611,7 +682,7 @@ class Forwarder:
         if n < 12 or buf[off] >> 6 != 2:
             st.malformed += 1
             return
-        _, _, seq, ts, ssrc = _HEAD.unpack_from(buf, off)
+        b0, _, seq, ts, ssrc = _HEAD.unpack_from(buf, off)
         # the source before the SSRC, so that a stranger can neither win the stream nor make it
         # follow its SSRC; once latched, one tuple comparison per packet
         if addr is not None:
@@ -629,13 +700,14 @@ class Forwarder:
             return  # TCP: the connection was accepted from the device's host only
         stats = st.stats
         stats.packet(seq, n, now)
-        if ts != st.last_ts:
-            st.last_ts = ts
-            start = off + 12 + 4 * (buf[off] & 0x0F)
-            if buf[off] & 0x10 and start + 4 <= off + n:
-                start += 4 + 4 * ((buf[start + 2] << 8) | buf[start + 3])
-            if st.inspector.frame_start(buf, start, off + n) and self.gop_limit:
-                st.gop, st.gop_bytes = [], 0  # a key frame: what a joining consumer needs starts here
+        # A frame starts at a new timestamp or at a PS pack (audio first, key frames that keep the
+        # timestamp of the frame before): other packets cost one byte compared (without a header
+        # extension: with one, _frame finds where the payload starts), while the timestamp's
+        # frame is not yet known for a key frame; or the next step of one not yet told.
+        if ts != st.last_ts or (st.ts_open and (b0 & 0x10 or buf[off + 15 + 4 * (b0 & 0x0F)] == 0xBA)):
+            self._frame(st, buf, view, b0, off, n, ts)
+        elif st.probe is not None:
+            self._probe(st, view, _payload(buf, b0, off, n), off + n)  # (once a frame or so)
         gop = st.gop
         if gop is not None:
             # copied before the consumers' SSRCs are written into the buffer
@@ -644,11 +716,109 @@ class Forwarder:
                 st.gop = None  # no key frame for too long: keep nothing until the next one
             else:
                 gop.append(bytes(view[off : off + n]))
+        elif st.spare is not None:
+            st.spare.append(bytes(view[off : off + n]))  # a frame being looked into while nothing is kept
         if stats.packets == 1:
             st.first_at = now
             self.on_event(FirstPacket(st.id, ssrc))
         for c in st.consumers:
             c.send(buf, view, off, n)
+
+    def _frame(self, st: RelayStream, buf: bytearray, view: memoryview, b0: int, off: int, n: int, ts: int) -> None:
+        # A frame may start in this packet: note where among the kept packets, and tell whether it
+        # is a key frame, from this packet or (PSM alone, pack header cut short …) the next few.
+        # Once a frame, so written out rather than split into calls.
+        start, end = off + 12 + 4 * (b0 & 0x0F), off + n
+        if b0 & 0x10 and start + 4 <= end:
+            start += 4 + 4 * ((buf[start + 2] << 8) | buf[start + 3])
+        new = ts != st.last_ts
+        if not new and not (start + 4 <= end and buf.startswith(_PACK_START, start)):
+            if st.probe is not None:  # not a pack after all: the next step of the frame being told
+                self._probe(st, view, start, end)
+            return
+        if st.probe is not None:  # the frame before is all seen: told with what it showed
+            self._probe_done(st, st.inspector.frame_start(st.probe, 0, len(st.probe)))
+            if not new and not st.ts_open:
+                return  # it was a key frame: this pack is a piece of it
+        gop = st.gop
+        if new:
+            st.last_ts, st.ts_packs = ts, 0
+            # the relay's total of kept bytes, brought up to date once a frame (not a packet)
+            kept = st.gop_bytes if gop is not None else 0
+            if kept != st.gop_counted:
+                held = self.gop_held = self.gop_held + kept - st.gop_counted
+                st.gop_counted = kept
+                if held > self.gop_budget:
+                    self._evict(st)  # each stream overshoots by a frame at most
+                    gop = st.gop
+        st.ts_packs += 1
+        st.ts_open = st.ts_packs < PACKS_PER_TIMESTAMP  # more are pieces of a frame cut into packs
+        if gop is not None:
+            st.frame_at, st.frame_bytes = len(gop), st.gop_bytes
+        elif self.gop_limit:
+            st.spare = []
+        inspector = st.inspector
+        key = inspector.inspect(buf, start, end)
+        if key is None:
+            st.probe, st.probe_left = bytearray(view[start : min(end, start + PROBE_BYTES)]), PROBE_PACKETS - 1
+        elif key:
+            self._probe_done(st, key)
+        else:
+            st.spare = None
+            if not inspector.units:
+                st.ts_open = False  # no PS unit in this pack (or no pack): nothing here to follow
+
+    def _probe(self, st: RelayStream, view: memoryview, start: int, end: int) -> None:
+        # the next packet of a frame not told yet: look at its bytes so far
+        probe = st.probe
+        assert probe is not None
+        probe += view[start : max(start, min(end, start + PROBE_BYTES - len(probe)))]
+        st.probe_left -= 1
+        if st.probe_left and len(probe) < PROBE_BYTES:
+            key = st.inspector.inspect(probe, 0, len(probe))
+            if key is None:
+                return
+        else:
+            key = st.inspector.frame_start(probe, 0, len(probe))  # what was seen is all there will be
+        self._probe_done(st, key)
+
+    def _probe_done(self, st: RelayStream, key: bool) -> None:
+        st.probe = None
+        spare, st.spare = st.spare, None
+        if not key:
+            return
+        st.ts_open = False  # this timestamp's other packs are pieces of its key frame
+        if not self.gop_limit:
+            return
+        # a key frame: what a joining consumer needs starts where it started
+        gop = st.gop
+        if gop is not None:
+            del gop[: st.frame_at]
+            st.gop_bytes -= st.frame_bytes
+        elif spare is not None:
+            st.gop, st.gop_bytes = spare, sum(map(len, spare))
+        # else: the packets kept were let go after the frame started; its start is lost with them
+
+    def _drop_gop(self, st: RelayStream) -> None:
+        self.gop_held -= st.gop_counted
+        st.gop, st.gop_bytes, st.gop_counted, st.spare = None, 0, 0, None
+
+    def _evict(self, st: RelayStream) -> None:
+        # their streams' next joiners wait for a key frame, asked of the device
+        held = {s: s.gop_bytes if s.gop is not None else 0 for s in (*self.streams.values(), st)}
+        for s, kept in held.items():
+            s.gop_counted = kept
+        total = sum(held.values())
+        while total > self.gop_budget:
+            victim = max(held, key=held.__getitem__)
+            total -= held.pop(victim)
+            victim.gop, victim.gop_bytes, victim.gop_counted = None, 0, 0
+            victim.gop_evictions += 1
+            self.gop_evictions += 1
+            log.info(
+                "packets kept for joining consumers let go: over media.gop_cache_total", extra={"stream": victim.id}
+            )
+        self.gop_held = total
 
     def _foreign(self, st: RelayStream, ssrc: int) -> bool:
         # A device that sends one SSRC of its own and never the negotiated one is followed
@@ -795,20 +965,48 @@ class Forwarder:
     def _join(self, st: RelayStream, out: UdpOut | TcpOut) -> None:
         # The copy and the live packets in one step: no packet can arrive in between.
         gop = st.gop
-        if gop:
-            if isinstance(out, TcpOut):
-                out.limit += st.gop_bytes  # the copy is bounded already; its burst must not be dropped
-            scratch = bytearray(2 + MAX_FRAME)
-            view = memoryview(scratch)
+        if not gop:
+            if st.stats.packets:
+                self.on_event(KeyFrameWanted(st.id))
+            st.consumers.append(out)
+        elif isinstance(out, TcpOut):
+            # TCP paces itself: the socket takes what the consumer reads, the rest waits in its queue
+            out.limit += st.gop_bytes  # the copy is bounded already; its burst must not be dropped
             for packet in gop:
-                n = len(packet)
-                scratch[2 : 2 + n] = packet
-                out.send(scratch, view, 2, n)
-            if isinstance(out, TcpOut):
-                out.limit = out.base_limit + len(out.pending)  # room for what of it is still queued
-        elif st.stats.packets:
-            self.on_event(KeyFrameWanted(st.id))
-        st.consumers.append(out)
+                self._send_copy(out, packet)
+            out.limit = out.base_limit + len(out.pending)  # room for what of it is still queued
+            st.consumers.append(out)
+        else:
+            rate = max(CATCH_UP_FACTOR * st.stats.bitrate / 8, st.gop_bytes / CATCH_UP_SECONDS, CATCH_UP_MIN_RATE)
+            catching = CatchingUp(out, deque(gop), rate, self.loop.time())
+            st.consumers.append(catching)
+            self._catch_up(st, catching)
+
+    def _catch_up(self, st: RelayStream, c: CatchingUp) -> None:
+        # one tick of a joining UDP consumer's backlog: what the pace allows since the last one
+        # (a late tick sends at most four ticks' worth), BATCH packets at most
+        c.timer = None
+        if not any(x is c for x in st.consumers):
+            return  # removed meanwhile
+        now = self.loop.time()
+        c.allowance = min(c.allowance + (now - c.last) * c.rate, 4 * CATCH_UP_TICK * c.rate)
+        c.last = now
+        backlog, out = c.backlog, c.out
+        for _ in range(BATCH):
+            if not backlog or c.allowance <= 0:
+                break
+            packet = backlog.popleft()
+            c.allowance -= len(packet)
+            self._send_copy(out, packet)
+        if backlog:
+            c.timer = self.loop.call_later(CATCH_UP_TICK, self._catch_up, st, c)
+        else:  # caught up: from the next packet on it is sent to directly, like the others
+            st.consumers = [out if x is c else x for x in st.consumers]
+
+    def _send_copy(self, out: UdpOut | TcpOut, packet: bytes) -> None:
+        n = len(packet)
+        self._scratch[2 : 2 + n] = packet
+        out.send(self._scratch, self._scratch_view, 2, n)
 
     def _on_consumer_accept(self, st: RelayStream, w: Waiting) -> None:
         try:
@@ -858,7 +1056,7 @@ class Forwarder:
                 c.close()
             self._count_consumers(gone)
 
-    def _count_consumers(self, consumers: list[UdpOut | TcpOut]) -> None:
+    def _count_consumers(self, consumers: list[UdpOut | TcpOut | CatchingUp]) -> None:
         # a departing consumer's figures stay in the totals (counters never go backwards)
         for c in consumers:
             _add_consumer(self._gone, c)
@@ -876,6 +1074,14 @@ class Forwarder:
         st.udp = st.listener = st.conn = None
 
 
+def _payload(buf: bytearray, b0: int, off: int, n: int) -> int:
+    """Where the payload of the RTP packet ``buf[off:off+n]`` (first byte ``b0``) starts."""
+    start = off + 12 + 4 * (b0 & 0x0F)
+    if b0 & 0x10 and start + 4 <= off + n:
+        start += 4 + 4 * ((buf[start + 2] << 8) | buf[start + 3])
+    return start
+
+
 def _add_stream(t: dict[str, int], st: RelayStream) -> None:
     t["packets_in"] += st.stats.packets
     t["bytes_in"] += st.stats.bytes
@@ -887,7 +1093,7 @@ def _add_stream(t: dict[str, int], st: RelayStream) -> None:
     t["tcp_resyncs"] += st.scanner.resyncs
 
 
-def _add_consumer(t: dict[str, int], c: UdpOut | TcpOut) -> None:
+def _add_consumer(t: dict[str, int], c: UdpOut | TcpOut | CatchingUp) -> None:
     t["packets_out"] += c.packets
     t["bytes_out"] += c.bytes
     t["slow_consumer"] += c.dropped

@@ -216,7 +216,9 @@ class StreamFigures:
 class RelayTotals:
     """Running totals of one relay over every stream and consumer, closed ones included.
 
-    They never go backwards (Prometheus counters are built on them).
+    They never go backwards (Prometheus counters are built on them). ``gop_evictions``: times a
+    stream's packets kept for joining consumers were let go to keep the relay within
+    ``media.gop_cache_total``.
     """
 
     packets_in: int = 0
@@ -231,6 +233,7 @@ class RelayTotals:
     send_errors: int = 0
     ps_errors: int = 0
     tcp_resyncs: int = 0
+    gop_evictions: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,3 +97,29 @@ def test_a_psm_on_a_frame_that_is_not_a_key_frame_is_only_a_hint() -> None:
     assert not inspector.frame_start(with_psm, 0, len(with_psm))
     assert inspector.frame_start(key_pack, 0, len(key_pack))
     assert not inspector.frame_start(b"\x00" * 40, 0, 40)  # not PS at all
+
+
+def test_inspect_waits_for_the_video_of_a_frame_spread_over_packets() -> None:
+    # the relay feeds the frame's bytes so far until its first NAL units tell (None until then)
+    from gb28181gw.media.ps import PsInspector
+    from tests.media import gb_ps, packs
+
+    all_packs = packs(gb_ps(11, 10))
+    key, other = all_packs[0], all_packs[1]
+    video = key.find(b"\x00\x00\x01\xe0")
+    sps = key.find(b"\x00\x00\x01\x67", video)
+    inspector = PsInspector()
+    for cut in (2, 10, 13, video - 3, video, video + 8, sps + 2):  # inside the pack header, PSM, PES header …
+        assert inspector.inspect(key, 0, cut) is None, cut
+    assert inspector.stats.frames == 0 and inspector.stats.errors == 0  # nothing counted before it is told
+    assert inspector.inspect(key, 0, len(key)) is True
+    assert inspector.inspect(other, 0, len(other)) is False
+    assert (inspector.stats.frames, inspector.stats.key_frames, inspector.stats.packs) == (2, 1, 2)
+    # told with what there is: a pack header cut short is an error, parameter sets alone a key frame
+    assert inspector.frame_start(key, 0, 10) is False and inspector.stats.errors == 1
+    assert inspector.frame_start(key, 0, sps + 8) is True
+    # not PS, or not video: told at once
+    assert inspector.inspect(b"\x17" * 40, 0, 40) is False
+    assert inspector.inspect(b"\x00\x00\x02", 0, 3) is False
+    audio = key[:14] + b"\x00\x00\x01\xc0\x00\x10" + b"\x80" * 16
+    assert inspector.inspect(audio, 0, len(audio)) is False
