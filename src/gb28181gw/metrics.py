@@ -133,6 +133,11 @@ RTP_PACKETS = Family("gb28181gw_rtp_packets", Kind.COUNTER, "RTP packets relayed
 RTP_BYTES = Family("gb28181gw_rtp_bytes", Kind.COUNTER, "RTP bytes relayed", ("direction",))
 RTP_LOST = Family("gb28181gw_rtp_lost", Kind.COUNTER, "RTP packets lost on the way from devices")
 RTP_DROPPED = Family("gb28181gw_rtp_dropped", Kind.COUNTER, "RTP packets dropped, by reason", ("reason",))
+GOP_EVICTIONS = Family(
+    "gb28181gw_relay_gop_evictions",
+    Kind.COUNTER,
+    "Key-frame caches dropped because media.gop_cache_total was reached (joiners then wait for a key frame)",
+)
 RELAY_STREAMS = Family("gb28181gw_relay_streams", Kind.GAUGE, "Streams per relay worker", ("worker",))
 
 # --- superiors (services/upstreams.py) ------------------------------------------------------
@@ -195,7 +200,7 @@ FAMILIES: tuple[Family, ...] = (
     REGISTRATIONS, KEEPALIVES, KEEPALIVE_TIMEOUTS, AUTH_FAILURES, BANS, DEVICES,
     QUERIES, MANSCDP_UNMATCHED, INVALID_COORDINATES, ALARMS, CATALOG_SYNC_SECONDS, CHANNELS, CATALOG_EVENTS, CATALOG_ITEMS_REFUSED,
     STREAM_SETUPS, STREAM_CLOSES, STREAM_SETUP_SECONDS, STREAMS_ACTIVE, STREAM_CONSUMERS,
-    RTP_PACKETS, RTP_BYTES, RTP_LOST, RTP_DROPPED, RELAY_STREAMS,
+    RTP_PACKETS, RTP_BYTES, RTP_LOST, RTP_DROPPED, RELAY_STREAMS, GOP_EVICTIONS,
     UPSTREAM_REGISTERED, UPSTREAM_REGISTER_FAILURES, UPSTREAM_KEEPALIVE_FAILURES,
     UPSTREAM_CATALOG_ITEMS, UPSTREAM_NOTIFIES, UPSTREAM_STREAMS, UPSTREAM_REQUESTS,
 )  # fmt: skip

@@ -71,6 +71,7 @@ from gb28181gw.gb.outbound import device_peer
 from gb28181gw.gb.session import PlaySession, PlayState, invite
 from gb28181gw.media.ports import PortPool, PortsExhausted
 from gb28181gw.metrics import (
+    GOP_EVICTIONS,
     RELAY_STREAMS,
     RTP_BYTES,
     RTP_DROPPED,
@@ -355,6 +356,7 @@ class StreamService:
         metrics.labeled_counter(RTP_BYTES, lambda: self._totals(lambda t: t.bytes_in, lambda t: t.bytes_out))
         metrics.labeled_counter(RTP_LOST, self._lost)
         metrics.labeled_counter(RTP_DROPPED, self._dropped)
+        metrics.labeled_counter(GOP_EVICTIONS, lambda: {(): float(sum(t.gop_evictions for t in self._relay_totals()))})
         metrics.labeled_gauge(RELAY_STREAMS, self._per_worker)
         stack.router.expect_in_dialog("BYE")
         registrar.on_offline(self._on_offline)
