@@ -129,12 +129,6 @@ class TestTree:
         v = view(rule=ShareRule().unshare([NVR]))
         assert list(v.items) == [US, "34", "3402", "340200", IPC]
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="review: an unshared entry wins over a more specific shared one, so `upstream share` of one "
-        "channel of an unshared NVR or ID prefix succeeds and changes nothing; the most specific entry should "
-        "win (on a tie, the one on the item's own ID)",
-    )
     def test_one_channel_shared_back_from_an_unshared_device_or_district_is_seen(self) -> None:
         # the operator hides an NVR (or a whole ID prefix), then shows one of its cameras again
         for hidden in (NVR, "3402000000"):
