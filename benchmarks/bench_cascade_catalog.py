@@ -25,6 +25,7 @@ import argparse
 import os
 import re
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -52,21 +53,30 @@ def query(sip_port: int, port: int, sn: int) -> bytes:
     ).encode() + body
 
 
-def bench(channels: int, batch: int) -> None:
-    os.sched_setaffinity(0, {1})
-    sup = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sup.bind(("127.0.0.1", 0))
-    sup.settimeout(30)
+def _gateway(superiors: list[tuple[str, str, int]], batch: int) -> tuple[int, int, subprocess.Popen[bytes]]:
+    """``gb28181gw serve`` with one ``[[upstream]]`` per (name, ID, UDP port): its SIP and admin ports."""
     config = Path(tempfile.mkdtemp(prefix="gb28181gw-bench-")) / "gw.toml"
     config.write_text(
-        f'[[upstream]]\nname = "district"\nid = "{SUPERIOR}"\nhost = "127.0.0.1"\nport = {sup.getsockname()[1]}\n'
-        f"catalog_batch = {batch}\nkeepalive_interval = 3600\n"
+        "".join(
+            f'[[upstream]]\nname = "{name}"\nid = "{sid}"\nhost = "127.0.0.1"\nport = {port}\n'
+            f"catalog_batch = {batch}\nkeepalive_interval = 3600\n"
+            for name, sid, port in superiors
+        )
     )
     sip_port, admin_port = free_port(socket.SOCK_DGRAM), free_port()
     proc = start_server(
         sip_port, admin_port, 0, "-c", str(config), "--set", "devices.catalog_on_register=false",
         "--set", "devices.subscribe=",
     )  # fmt: skip
+    return sip_port, admin_port, proc
+
+
+def bench(channels: int, batch: int) -> None:
+    os.sched_setaffinity(0, {1})
+    sup = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sup.bind(("127.0.0.1", 0))
+    sup.settimeout(30)
+    sip_port, admin_port, proc = _gateway([("district", SUPERIOR, sup.getsockname()[1])], batch)
     dest = ("127.0.0.1", sip_port)
     dev = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     dev.bind(("127.0.0.1", 0))
@@ -223,19 +233,7 @@ def bench_stalls(channels: int, devices: int, batch: int) -> None:
             peer.sock.sendto(message.replace(NVR_ID, device.encode(), 1), peer.dest)  # From: the NVR
 
     district, city, dev = _Peer(), _Peer(), _Peer(device_side)
-    config = Path(tempfile.mkdtemp(prefix="gb28181gw-bench-")) / "gw.toml"
-    config.write_text(
-        "".join(
-            f'[[upstream]]\nname = "{name}"\nid = "{sid}"\nhost = "127.0.0.1"\nport = {peer.port}\n'
-            f"catalog_batch = {batch}\nkeepalive_interval = 3600\n"
-            for name, sid, peer in (("district", SUPERIOR, district), ("city", CITY, city))
-        )
-    )
-    sip_port, admin_port = free_port(socket.SOCK_DGRAM), free_port()
-    proc = start_server(
-        sip_port, admin_port, 0, "-c", str(config), "--set", "devices.catalog_on_register=false",
-        "--set", "devices.subscribe=",
-    )  # fmt: skip
+    sip_port, admin_port, proc = _gateway([("district", SUPERIOR, district.port), ("city", CITY, city.port)], batch)
     dest = ("127.0.0.1", sip_port)
     for peer in (district, city, dev):
         peer.dest = dest

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import pytest
 
 from gb28181gw.errors import LocalProtocolError
@@ -13,6 +15,7 @@ from gb28181gw.gb.cascade_catalog import (
     Kind,
     Pacer,
     PacerState,
+    Steps,
     View,
     body_limit,
     build_view,
@@ -27,6 +30,7 @@ from gb28181gw.gb.model import Channel, Override
 from gb28181gw.gb.share import ShareRule
 from gb28181gw.manscdp.messages import catalog, decode
 
+T = TypeVar("T")
 US = "34020000002000000009"
 NVR = "34020000001180000001"
 IPC = "34020000001320000007"
@@ -227,6 +231,17 @@ class TestResponseBodies:
         assert b"<SumNum>0</SumNum>" in body and b"DeviceList" not in body
 
 
+def drain(steps: Steps[T]) -> tuple[int, T]:
+    """How many times a stepped computation yields, and its result."""
+    yields = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return yields, stop.value
+        yields += 1
+
+
 class TestSplitBySize:
     """A batch too big for one message (a UDP datagram) goes in several, none lost unsaid (§5.5.5, Annex M)."""
 
@@ -291,15 +306,9 @@ class TestSplitBySize:
         assert all(catalog(decode(b))[0] == c for b, c in zip(parts.bodies, parts.counts, strict=True))
 
     def test_split_yields_between_steps(self) -> None:
-        steps = split_parts(list(range(3 * STEP)), lambda chunk, total, i: bytes(len(chunk)), batch=8, limit=None)
-        yields = 0
-        while True:
-            try:
-                next(steps)
-                yields += 1
-            except StopIteration as stop:
-                parts = stop.value
-                break
+        yields, parts = drain(
+            split_parts(list(range(3 * STEP)), lambda chunk, total, i: bytes(len(chunk)), batch=8, limit=None)
+        )
         assert yields == 3 and sum(parts.counts) == 3 * STEP
 
 
@@ -308,15 +317,7 @@ class TestIncremental:
 
     def test_build_in_steps_is_the_same_tree(self) -> None:
         chans = TestSplitBySize.many(3 * STEP)
-        steps = build_view_steps(Identity(US, "gw"), chans, online=lambda d: True, rule=ShareRule())
-        yields = 0
-        while True:
-            try:
-                next(steps)
-                yields += 1
-            except StopIteration as stop:
-                stepped = stop.value
-                break
+        yields, stepped = drain(build_view_steps(Identity(US, "gw"), chans, online=lambda d: True, rule=ShareRule()))
         assert yields >= 6  # classifying and building, a step each STEP channels
         assert stepped.items == build_view(Identity(US, "gw"), chans, online=lambda d: True, rule=ShareRule()).items
 
