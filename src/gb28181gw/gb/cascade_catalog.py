@@ -28,9 +28,10 @@ Sans-I/O: records in, items and body bytes out.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum, auto
+from typing import TypeVar
 
 from gb28181gw.errors import LocalProtocolError
 from gb28181gw.manscdp.messages import CmdType, Fields, Root, encode
@@ -40,6 +41,9 @@ from .share import ShareRule
 
 __all__ = [
     "FALLBACK_PACE",
+    "HEADER_ROOM",
+    "STEP",
+    "UDP_BODY_LIMIT",
     "Change",
     "Event",
     "Identity",
@@ -47,12 +51,21 @@ __all__ = [
     "Kind",
     "Pacer",
     "PacerState",
+    "Parts",
+    "Steps",
     "View",
+    "body_limit",
     "build_view",
+    "build_view_steps",
     "diff",
+    "diff_steps",
     "notify_bodies",
+    "notify_steps",
     "offline_changes",
     "response_bodies",
+    "response_steps",
+    "run_steps",
+    "split_parts",
 ]
 
 #: Seconds after which the next message goes although the previous one is unanswered (wvp
@@ -94,6 +107,37 @@ _INFO_FIELDS = (
     "InstallTime", "ManagementUnit", "ContactInfo", "RecordSaveDays", "IndustrialClassification",
 )  # fmt: skip
 _REGION_LENGTHS = (2, 4, 6, 8)
+
+#: Items a stepped build, diff or encoding handles between two yields. An item costs 10-20 µs
+#: per step (build, diff, encode), so a step is a few milliseconds: the shell's loop, which
+#: drives the steps, never holds SIP traffic back longer than that, whatever the catalog size.
+STEP = 256
+
+#: Largest body sent to a superior over UDP (bytes). The hard ceiling is a UDP datagram
+#: (65,507 bytes), but every fragment of an IP-fragmented datagram must arrive for any of it
+#: to, and stacks that size their buffers for what GB devices send (2-8 KB MESSAGEs over UDP,
+#: PROTOCOL.md §2.2, R6; pjsip's default packet limit is 4,000) drop larger ones. 8 KiB keeps
+#: us within what superiors already take from devices; ``catalog_batch`` stays the knob for
+#: smaller messages (PROTOCOL.md §2.2: 1-4 items to stay under the MTU), and the default
+#: batch of 4 is far below this limit, so it only splits a batch an operator made too big.
+UDP_BODY_LIMIT = 8192
+#: Room left in a message for its start line and headers (a MESSAGE or an in-dialog NOTIFY
+#: has 500-700 bytes of them).
+HEADER_ROOM = 1024
+
+T = TypeVar("T")
+#: A stepped computation: a generator that yields (``None``) between steps of :data:`STEP`
+#: items and returns its result (``StopIteration.value``); :func:`run_steps` runs one whole.
+Steps = Generator[None, None, T]
+
+
+def run_steps(steps: Steps[T]) -> T:
+    """The result of a stepped computation, run at once."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
 
 
 class Kind(StrEnum):
@@ -170,6 +214,9 @@ class View:
     local_id: str
     items: dict[str, Item]
     _children: dict[str, list[str]] | None = field(default=None, repr=False)
+    # the IDs in the tree a parent may name (groups, organisations, channels): a later build
+    # reuses this view's channel items only while these are the same (see build_view_steps)
+    _ids: frozenset[str] | set[str] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -216,6 +263,8 @@ def build_view(
     online: Callable[[str], bool],
     rule: ShareRule,
     overrides: Mapping[str, Override] | None = None,
+    previous: View | None = None,
+    changed: Collection[str] = (),
 ) -> View:
     """The tree the superior may see (see the module docstring).
 
@@ -225,6 +274,39 @@ def build_view(
         online: whether a device is online (a channel of an offline device is OFF).
         rule: what it may see.
         overrides: its overrides by channel ID.
+        previous / changed: reuse of an earlier build (:func:`build_view_steps`).
+    """
+    return run_steps(
+        build_view_steps(
+            identity, channels, online=online, rule=rule, overrides=overrides, previous=previous, changed=changed
+        )
+    )
+
+
+def build_view_steps(
+    identity: Identity,
+    channels: Iterable[Channel],
+    *,
+    online: Callable[[str], bool],
+    rule: ShareRule,
+    overrides: Mapping[str, Override] | None = None,
+    previous: View | None = None,
+    changed: Collection[str] = (),
+) -> Steps[View]:
+    """:func:`build_view` in steps of :data:`STEP` channels (a 10,000-channel tree takes ~150 ms).
+
+    ``channels`` is read as the steps go: pass a list (the stored dicts may change between
+    steps), and the channels as they are when read are what the view shows; a change made
+    meanwhile is the next build's.
+
+    Args:
+        previous: the view last built for this superior with the same ``identity``, ``rule``
+            and ``overrides``. Its channel items are reused for every device not in
+            ``changed``, as long as the IDs a parent may name are the same (a channel's
+            ParentID depends on them): a device going offline or re-reporting its catalog
+            among 10,000 channels builds 100 items, not 10,000 (and leaves no 10,000 new
+            objects for the garbage collector to walk).
+        changed: the devices whose channels or liveness changed since ``previous``.
     """
     overrides = overrides or {}
     local_id = identity.local_id
@@ -233,7 +315,9 @@ def build_view(
     groups: dict[str, Channel] = {}
     orgs: dict[str, Channel] = {}
     shared: list[Channel] = []
-    for ch in channels:
+    for n, ch in enumerate(channels, 1):
+        if not n % STEP:
+            yield
         cid = ch.channel_id
         if _is_region(cid):
             region_names.setdefault(cid, ch.name)
@@ -245,7 +329,9 @@ def build_view(
             orgs[cid] = ch
         elif rule.allows(cid, ch.device_id) and cid != local_id:
             shared.append(ch)
+    yield
     shared.sort(key=lambda c: (c.device_id, c.channel_id))
+    yield
 
     # groups and organisations: those shared, and those a shared channel (or organisation) hangs under
     wanted: set[str] = {g for g, ch in groups.items() if rule.allows(g, ch.device_id)}
@@ -255,7 +341,11 @@ def build_view(
         # an overridden parent is one too: the operator's org comes along like a reported one
         return [*_references(ch), *_parents(overrides.get(ch.channel_id))]
 
-    todo = [*wanted, *(p for ch in shared for p in references(ch))]
+    todo = list(wanted)
+    for n, ch in enumerate(shared, 1):
+        if not n % STEP:
+            yield
+        todo += references(ch)
     while todo:
         ref = todo.pop()
         holder = groups.get(ref) or orgs.get(ref)
@@ -263,6 +353,7 @@ def build_view(
             continue
         wanted.add(ref)
         todo.extend(p for p in references(holder) if p not in wanted)
+    yield
     ids = wanted | {ch.channel_id for ch in shared}
 
     def parents_of(ch: Channel, override: Override | None, *, fallback: str | None) -> tuple[str, ...]:
@@ -319,8 +410,17 @@ def build_view(
         body.append(
             Item(oid, Kind.ORG, fields, parents=(*parents, *((group,) if group in ids else ())), owner=ch.device_id)
         )
-    for ch in shared:
+    reuse = previous.items if previous is not None and previous._ids == ids else {}
+    for n, ch in enumerate(shared, 1):
+        if not n % STEP:
+            yield
         cid = ch.channel_id
+        if ch.device_id not in changed:
+            prior = reuse.get(cid)
+            if prior is not None and prior.kind is Kind.CHANNEL and prior.owner == ch.device_id:
+                body.append(prior)
+                used_regions.add(prior.civil_code)
+                continue
         override = overrides.get(cid)
         civil = civil_of(ch, override)
         parents = parents_of(ch, override, fallback=local_id)
@@ -352,7 +452,7 @@ def build_view(
         items[code] = Item(code, Kind.REGION, [("Name", region_names.get(code) or code)])
     for item in body:
         items[item.device_id] = item
-    return View(local_id, items)
+    return View(local_id, items, _ids=ids)
 
 
 def _references(ch: Channel) -> list[str]:
@@ -376,8 +476,91 @@ def _parents(override: Override | None) -> tuple[str, ...]:
 # --- bodies ------------------------------------------------------------------------------
 
 
-def response_bodies(items: list[Item], *, sn: int, device_id: str, batch: int, charset: str) -> list[bytes]:
-    """The Response MESSAGE bodies of a Catalog answer (§5.5.5): ``batch`` items each, one body when empty.
+def body_limit(transport: str, max_message_size: int) -> int:
+    """The largest body we send a superior over ``transport`` (``UDP``/``TCP``).
+
+    ``max_message_size`` is ``sip.max_message_size``: what we take from peers is what we
+    send them (a gb28181gw superior refuses more); over UDP also :data:`UDP_BODY_LIMIT`.
+    """
+    limit = max_message_size - HEADER_ROOM
+    return min(limit, UDP_BODY_LIMIT) if transport.upper() == "UDP" else limit
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """A multi-message answer or notification, split to fit (:func:`split_parts`).
+
+    Attributes:
+        bodies: the message bodies, in order.
+        counts: the items in each body.
+        skipped: the items too big for any message (the shell logs them by ID), in order.
+    """
+
+    bodies: list[bytes]
+    counts: list[int]
+    skipped: list[object] = field(default_factory=list)
+
+
+def split_parts(
+    items: Sequence[T], encode: Callable[[Sequence[T], int, int], bytes], *, batch: int, limit: int | None
+) -> Steps[Parts]:
+    """Split ``items`` into message bodies of at most ``batch`` items and ``limit`` bytes (§5.5.5, Annex M).
+
+    The one splitting of every multi-message answer we send up (a catalog, its NOTIFYs, a
+    relayed RecordInfo). A batch over ``limit`` is written again with fewer items (as many
+    as its size says fit), and later batches keep that smaller size; an item too big on its
+    own is skipped and named in :attr:`Parts.skipped`, never sent half or lost unsaid. The
+    total passed to ``encode`` (a ``SumNum``) counts the items sent, so a superior that
+    collects by SumNum is never left waiting for a skipped one.
+
+    Args:
+        items: what to send.
+        encode: ``(chunk, total, index) -> body`` for part ``index`` (0-based; a part written
+            again keeps its index, so an SN drawn per index is drawn once).
+        batch: items per message at most (``catalog_batch``).
+        limit: bytes per body at most (:func:`body_limit`), or ``None``.
+    """
+    total, size = len(items), max(1, batch)
+    chunks: list[tuple[int, int]] = []  # (start, count) of each part
+    bodies: list[bytes] = []
+    skipped: list[int] = []
+    start = done = 0
+    while start < total:
+        count = min(size, total - start)
+        body = encode(items[start : start + count], total, len(bodies))
+        if limit is not None and len(body) > limit:
+            if count == 1:
+                skipped.append(start)
+                start += 1
+            else:
+                size = max(1, min(count - 1, count * limit // len(body)))
+            continue
+        chunks.append((start, count))
+        bodies.append(body)
+        start += count
+        done += count
+        if done >= STEP:
+            done = 0
+            yield
+    if skipped:  # SumNum must count what is sent: written again with the right total
+        sent = total - len(skipped)
+        for index, (first, count) in enumerate(chunks):
+            bodies[index] = encode(items[first : first + count], sent, index)
+            if not (index + 1) % (STEP // max(1, count) or 1):
+                yield
+    if not bodies:
+        bodies.append(encode(items[:0], 0, 0))
+        chunks.append((0, 0))
+    return Parts(bodies, [c for _, c in chunks], [items[i] for i in skipped])
+
+
+def response_steps(
+    items: list[Item], *, sn: int, device_id: str, batch: int, charset: str, limit: int | None = None
+) -> Steps[Parts]:
+    """The Response MESSAGE bodies of a Catalog answer (§5.5.5), split by :func:`split_parts`.
+
+    ``batch`` items each (fewer when ``limit`` says so), the query's SN in every part, SumNum
+    the items sent; one body with SumNum 0 and no list when there is nothing.
 
     Args:
         items: what :meth:`View.scope` returned.
@@ -385,16 +568,27 @@ def response_bodies(items: list[Item], *, sn: int, device_id: str, batch: int, c
         device_id: the queried DeviceID.
         batch: items per message (``[[upstream]] catalog_batch``).
         charset: the superior's charset.
+        limit: bytes per body at most (:func:`body_limit`).
     """
-    total = len(items)
-    if not total:
-        return [encode(Root.RESPONSE, CmdType.CATALOG, sn, device_id, [("SumNum", 0)], charset=charset)]
-    bodies = []
-    for start in range(0, total, batch):
-        part = items[start : start + batch]
-        fields: Fields = [("SumNum", total), (f'DeviceList Num="{len(part)}"', [("Item", _item(i)) for i in part])]
-        bodies.append(encode(Root.RESPONSE, CmdType.CATALOG, sn, device_id, fields, charset=charset))
-    return bodies
+
+    def encode(chunk: Sequence[Item], total: int, index: int) -> bytes:
+        return _list_body(Root.RESPONSE, sn, device_id, [_item(i) for i in chunk], total, charset)
+
+    return split_parts(items, encode, batch=batch, limit=limit)
+
+
+def response_bodies(
+    items: list[Item], *, sn: int, device_id: str, batch: int, charset: str, limit: int | None = None
+) -> Parts:
+    """:func:`response_steps` run at once."""
+    return run_steps(response_steps(items, sn=sn, device_id=device_id, batch=batch, charset=charset, limit=limit))
+
+
+def _list_body(root: Root, sn: int, device_id: str, listed: list[Fields], sum_num: int, charset: str) -> bytes:
+    fields: Fields = [("SumNum", sum_num)]
+    if listed:  # nothing: SumNum 0 and no list (2022 Annex M)
+        fields.append((f'DeviceList Num="{len(listed)}"', [("Item", i) for i in listed]))
+    return encode(root, CmdType.CATALOG, sn, device_id, fields, charset=charset)
 
 
 def _item(item: Item, event: Event | None = None) -> Fields:
@@ -429,7 +623,12 @@ class Change:
 
 
 def diff(old: View, new: View) -> list[Change]:
-    """What a superior that saw ``old`` must be told so that it sees ``new``.
+    """What a superior that saw ``old`` must be told so that it sees ``new`` (:func:`diff_steps` run at once)."""
+    return run_steps(diff_steps(old, new))
+
+
+def diff_steps(old: View, new: View) -> Steps[list[Change]]:
+    """What a superior that saw ``old`` must be told so that it sees ``new``, in steps of :data:`STEP` items.
 
     New items are ADDs and vanished ones DELs; an item whose only change is its Status is
     ON or OFF, any other change an UPDATE. ADDs and changes come in tree order (parents
@@ -437,8 +636,12 @@ def diff(old: View, new: View) -> list[Change]:
     """
     changes: list[Change] = []
     before = old.items
-    for item_id, item in new.items.items():
+    for n, (item_id, item) in enumerate(new.items.items(), 1):
+        if not n % STEP:
+            yield
         prior = before.get(item_id)
+        if prior is item:
+            continue  # reused by an incremental build: unchanged
         if prior is None:
             changes.append(Change(Event.ADD, item))
         elif prior != item:
@@ -460,24 +663,47 @@ def offline_changes(view: View) -> list[Change]:
     return [Change(Event.OFF, i) for i in view.items.values() if i.status == "OFF"]
 
 
-def notify_bodies(
-    changes: list[Change], *, next_sn: Callable[[], int], device_id: str, batch: int, charset: str
-) -> list[bytes]:
-    """NOTIFY bodies for ``changes``, ``batch`` events each (``SumNum`` = ``Num``, 2022 Annex N).
+def notify_steps(
+    changes: list[Change],
+    *,
+    next_sn: Callable[[], int],
+    device_id: str,
+    batch: int,
+    charset: str,
+    limit: int | None = None,
+) -> Steps[Parts]:
+    """NOTIFY bodies for ``changes``, ``batch`` events each (``SumNum`` = ``Num``, 2022 Annex N), split by :func:`split_parts`.
 
     Args:
-        next_sn: a fresh SN for each body.
+        next_sn: a fresh SN for each body (drawn once per body sent).
         device_id: our ID toward the superior.
+        limit: bytes per body at most (:func:`body_limit`).
     """
-    bodies = []
-    for start in range(0, len(changes), batch):
-        part = changes[start : start + batch]
-        fields: Fields = [
-            ("SumNum", len(part)),
-            (f'DeviceList Num="{len(part)}"', [("Item", _item(c.item, c.event)) for c in part]),
-        ]
-        bodies.append(encode(Root.NOTIFY, CmdType.CATALOG, next_sn(), device_id, fields, charset=charset))
-    return bodies
+    sns: list[int] = []
+
+    def encode(chunk: Sequence[Change], total: int, index: int) -> bytes:
+        while len(sns) <= index:
+            sns.append(next_sn())
+        return _list_body(
+            Root.NOTIFY, sns[index], device_id, [_item(c.item, c.event) for c in chunk], len(chunk), charset
+        )
+
+    return split_parts(changes, encode, batch=batch, limit=limit)
+
+
+def notify_bodies(
+    changes: list[Change],
+    *,
+    next_sn: Callable[[], int],
+    device_id: str,
+    batch: int,
+    charset: str,
+    limit: int | None = None,
+) -> Parts:
+    """:func:`notify_steps` run at once."""
+    return run_steps(
+        notify_steps(changes, next_sn=next_sn, device_id=device_id, batch=batch, charset=charset, limit=limit)
+    )
 
 
 # --- pacing ------------------------------------------------------------------------------

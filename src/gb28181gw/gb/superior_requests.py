@@ -27,10 +27,13 @@ to do (:class:`Verdict`), in this order:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum, auto
 
 from gb28181gw.manscdp.messages import CatalogItem, CmdType, Envelope, Fields, Root, encode_list
+
+from .cascade_catalog import Parts, run_steps, split_parts
 
 __all__ = [
     "DANGEROUS_COMMANDS",
@@ -176,19 +179,20 @@ def record_parts(
     batch: int,
     charset: str,
     head: Fields | None = None,
-) -> list[bytes]:
-    """A RecordInfo answer written again for the superior: ``batch`` items per message, its SN,
-    and SumNum the number of items sent in all (consistent across the parts, whatever the device
-    claimed: PROTOCOL.md §9.4). No items: one message with SumNum 0 and no list (Annex M)."""
+    limit: int | None = None,
+) -> Parts:
+    """A RecordInfo answer written again for the superior: ``batch`` items per message (fewer when
+    a body would exceed ``limit`` bytes), its SN, and SumNum the number of items sent in all
+    (consistent across the parts, whatever the device claimed: PROTOCOL.md §9.4). No items: one
+    message with SumNum 0 and no list (Annex M). Split as a catalog is (:func:`split_parts`)."""
     bodies: list[Fields] = [[("DeviceID", item.device_id), *item.fields.items()] for item in items]
-    size = max(1, batch)
-    chunks = [bodies[i : i + size] for i in range(0, len(bodies), size)] or [[]]
-    return [
-        encode_list(
-            CmdType.RECORD_INFO, sn, device_id, head or [], "RecordList", chunk, sum_num=len(bodies), charset=charset
+
+    def encode(chunk: Sequence[Fields], total: int, index: int) -> bytes:
+        return encode_list(
+            CmdType.RECORD_INFO, sn, device_id, head or [], "RecordList", list(chunk), sum_num=total, charset=charset
         )
-        for chunk in chunks
-    ]
+
+    return run_steps(split_parts(bodies, encode, batch=batch, limit=limit))
 
 
 def _relayed(env: Envelope) -> bool:

@@ -32,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from gb28181gw.errors import DialogError, ManscdpError, SipParseError, SipTimeoutError, SipTransportError
 from gb28181gw.gb.cascade_catalog import (
@@ -39,12 +40,16 @@ from gb28181gw.gb.cascade_catalog import (
     Identity,
     Pacer,
     PacerState,
+    Parts,
+    Steps,
     View,
-    build_view,
-    diff,
-    notify_bodies,
+    body_limit,
+    build_view_steps,
+    diff_steps,
+    notify_steps,
     offline_changes,
-    response_bodies,
+    response_steps,
+    run_steps,
 )
 from gb28181gw.gb.registrar import from_user
 from gb28181gw.manscdp.codec import parse_xml
@@ -70,6 +75,22 @@ CHANGE_DELAY = 0.2
 DEFAULT_EXPIRES = 600
 #: Longest subscription granted (s); a superior asking more is told this in the 200.
 MAX_EXPIRES = 86400
+
+T = TypeVar("T")
+
+
+async def _stepped(steps: Steps[T]) -> T:
+    """Run a stepped core computation, letting the loop handle other work between steps.
+
+    A 10,000-channel tree is built, diffed and encoded in ~150 ms per superior; in steps of
+    :data:`~gb28181gw.gb.cascade_catalog.STEP` items no SIP message waits more than a few ms.
+    """
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        await asyncio.sleep(0)
 
 
 @dataclass(eq=False, slots=True)
@@ -119,6 +140,12 @@ class _Feed:
     subscription: CatalogSubscription | None = None
     push_dialog: Dialog | None = None
     shown: View | None = None  # what it was last told (None: nothing to compare with yet)
+    # the whole tree it may see as last built (None: build anew), the devices changed since
+    # (with the number of the change, so that a build only clears what it saw), and the
+    # number of share or override changes (a build from before one is not kept)
+    built: View | None = None
+    dirty: dict[str, int] = field(default_factory=dict)
+    epoch: int = 0
     notifies: _Stream = field(default_factory=_Stream)
     sn: int = 0
 
@@ -154,6 +181,9 @@ class CascadeCatalogService:
         self.feeds = {n: _Feed(link, notifies=_Stream(n)) for n, link in upstreams.links.items()}
         self._tasks = TaskSet()
         self._pending: asyncio.TimerHandle | None = None
+        self._flushing: asyncio.Task[None] | None = None
+        self._again = False  # changes came in while a flush was running
+        self._change_count = 0
         self._answers: set[_Stream] = set()
         self._drains: set[asyncio.Task[None]] = set()
         self._items = metrics.counter(UPSTREAM_CATALOG_ITEMS)
@@ -178,6 +208,8 @@ class CascadeCatalogService:
         """Stop sending; subscriptions are forgotten (superiors subscribe again)."""
         if self._pending is not None:
             self._pending.cancel()
+        if self._flushing is not None:
+            self._flushing.cancel()
         for feed in self.feeds.values():
             if feed.subscription is not None:
                 self._end(feed, "shutting down")
@@ -192,6 +224,17 @@ class CascadeCatalogService:
 
     def view(self, link: Link, target: str | None = None) -> View:
         """What superior ``link`` may see now; with ``target``, only that subtree."""
+        return run_steps(self._view_steps(link, target))
+
+    async def view_async(self, link: Link, target: str | None = None) -> View:
+        """:meth:`view`, built in steps that let the loop serve SIP between them."""
+        return await _stepped(self._view_steps(link, target))
+
+    def _view_steps(self, link: Link, target: str | None) -> Steps[View]:
+        # built from the last whole tree of this superior: only the devices changed since
+        # are built again (gb.cascade_catalog.build_view_steps)
+        feed = self.feeds.get(link.machine.settings.name)
+        previous, changed, epoch = (feed.built, dict(feed.dirty), feed.epoch) if feed is not None else (None, {}, 0)
         settings = link.machine.settings
         devices = self.registrar.devices
 
@@ -199,18 +242,27 @@ class CascadeCatalogService:
             device = devices.get(device_id)
             return device is not None and device.online
 
-        view = build_view(
+        # a list: the stored dicts may change between steps
+        channels = [ch for chans in self.devices.channels.values() for ch in chans.values()]
+        view = yield from build_view_steps(
             Identity(
                 settings.local_id,
                 self.name,
                 platform_item=link.section.platform_item,
                 single_parent=settings.gb_version != "3.0",  # 2016 superiors (or unsaid) take one ParentID
             ),
-            (ch for chans in self.devices.channels.values() for ch in chans.values()),
+            channels,
             online=online,
             rule=link.rule,
             overrides=link.overrides,
+            previous=previous,
+            changed=changed,
         )
+        if feed is not None and feed.epoch == epoch:
+            feed.built = view
+            for device_id, change in changed.items():
+                if feed.dirty.get(device_id) == change:  # not changed again while this was built
+                    del feed.dirty[device_id]
         if target is None or target == view.local_id:
             return view
         return View(view.local_id, {i.device_id: i for i in view.scope(target) or ()})
@@ -244,7 +296,13 @@ class CascadeCatalogService:
             self.upstreams.count_request(name, "Catalog", "400")
             self._answer(event, 400, f"a Catalog {env.root.value} is not a query")
             return
-        items = self.view(link).scope(env.device_id)
+        # the tree is built and encoded in steps (a big one takes 100s of ms): the transaction
+        # absorbs the superior's retransmissions meanwhile
+        self._tasks.spawn(self._answer_query(event, link, env))
+
+    async def _answer_query(self, event: RequestReceived, link: Link, env: Envelope) -> None:
+        name = link.machine.settings.name
+        items = (await self.view_async(link)).scope(env.device_id)
         if items is None:
             self.upstreams.count_request(name, "Catalog", "404")
             self._answer(event, 404, f"no catalog item {env.device_id} here")
@@ -252,11 +310,17 @@ class CascadeCatalogService:
             return
         self._answer(event, 200)
         self.upstreams.count_request(name, "Catalog", "ok")
-        batch = link.section.catalog_batch
-        bodies = response_bodies(
-            items, sn=env.sn, device_id=env.device_id, batch=batch, charset=link.machine.settings.charset
+        parts = await _stepped(
+            response_steps(
+                items,
+                sn=env.sn,
+                device_id=env.device_id,
+                batch=link.section.catalog_batch,
+                charset=link.machine.settings.charset,
+                limit=self._limit(link),
+            )
         )
-        sizes = [min(batch, len(items) - i * batch) for i in range(len(bodies))] if items else [0]
+        self._skipped(link, parts)
         for under_way in self._answers:
             if under_way.owner == name and under_way.target == env.device_id:
                 # the superior asks again (its sync timer ran out): it waits for this answer only,
@@ -264,11 +328,11 @@ class CascadeCatalogService:
                 under_way.stop(f"replaced by the query with SN {env.sn}")
         stream = _Stream(name, env.device_id)
         self._answers.add(stream)
-        stream.push(list(zip(bodies, sizes, strict=True)))
+        stream.push(list(zip(parts.bodies, parts.counts, strict=True)))
         log.info(
             "catalog query answered",
             extra={"upstream": name, "target": env.device_id, "sn": env.sn, "items": len(items),
-                   "messages": len(bodies)},
+                   "messages": len(parts.bodies)},
         )  # fmt: skip
         self._start(stream, link, lambda body: self._message(link, body), done=self._answers.discard)
 
@@ -279,14 +343,26 @@ class CascadeCatalogService:
             response.headers.add("Warning", warning_header(warning))
         self.stack.respond(event.transaction, response)
 
+    def _limit(self, link: Link) -> int:
+        return body_limit(link.machine.peer.transport, self.stack.endpoint.limits.max_message_size)
+
+    def _skipped(self, link: Link, parts: Parts) -> None:
+        if parts.skipped:
+            ids = [getattr(getattr(x, "item", x), "device_id", "") for x in parts.skipped]
+            log.warning(
+                "catalog items too big for any message to a superior skipped",
+                extra={"upstream": link.machine.settings.name, "items": ids, "limit": self._limit(link)},
+            )
+
     async def _message(self, link: Link, body: bytes) -> int | None:
         return await self._send(link.machine.message(body), link)
 
     async def _send(self, request: Request, link: Link, dialog: Dialog | None = None) -> int | None:
+        """The final status, or ``None`` when nothing came (the caller logs what was lost)."""
         try:
             response = await self.stack.request(request, dialog.peer if dialog is not None else link.machine.peer)
         except (SipTimeoutError, SipTransportError) as exc:
-            log.info(
+            log.debug(
                 "superior did not take a catalog message",
                 extra={"upstream": link.machine.settings.name, "method": request.method, "error": str(exc)},
             )
@@ -356,6 +432,12 @@ class CascadeCatalogService:
         status = await send(body)
         if status is not None and status < 300:
             self._items[(link.machine.settings.name,)] += count
+        elif status is None:
+            # a constant message: the log's rate limit (logs.RATE_LIMIT) sums up a dead superior's flood
+            log.warning(
+                "catalog message to a superior lost",
+                extra={"upstream": link.machine.settings.name, "items": count, "stream": stream.target or "NOTIFY"},
+            )
         stream.pacer.receive(index, status)
         stream.wake.set()
 
@@ -393,32 +475,47 @@ class CascadeCatalogService:
             return None
         local_id = link.machine.settings.local_id
         target = (body.device_id if body is not None else "") or local_id
-        if target != local_id and self.view(link).scope(target) is None:
+        # the tree is built in steps (the transaction absorbs retransmissions meanwhile)
+        self._tasks.spawn(self._subscribe(event, feed, header or "Catalog", expires, target, body.sn if body else 0))
+        return None
+
+    async def _subscribe(
+        self, event: RequestReceived, feed: _Feed, header: str, expires: int, target: str, sn: int
+    ) -> None:
+        req, tx = event.request, event.transaction
+        assert tx is not None
+        link = feed.link
+        name = link.machine.settings.name
+        view = await self.view_async(link, target)
+        if target != view.local_id and not view.items:
             self.upstreams.count_request(name, "SUBSCRIBE", "404")
             self._answer(event, 404, f"no catalog item {target} here")
-            return None
-        response = self._subscribe_response(event, link, header or "Catalog", expires, body.sn if body else 0)
+            return
+        response = self._subscribe_response(event, link, header, expires, sn)
         self.upstreams.count_request(name, "SUBSCRIBE", "ok")
         if expires == 0:
             self.stack.respond(tx, response)
-            return None
+            return
         try:
             dialog = Dialog.uas(req, response, event.peer)
         except SipParseError as exc:
             self._answer(event, 400, exc.reason)
-            return None
+            return
         self.stack.respond(tx, response)
         if feed.subscription is not None:
             self._end(feed, "replaced by a new SUBSCRIBE")
         loop = asyncio.get_running_loop()
-        sub = CatalogSubscription(dialog, header or "Catalog", target, loop.time() + expires)
+        sub = CatalogSubscription(dialog, header, target, loop.time() + expires)
         feed.subscription = sub
         self.stack.router.add_dialog(dialog.id, lambda ev: self._in_dialog(feed, sub, ev), owner="cascade-catalog")
         self._arm(feed, sub, expires)
-        feed.shown = self.view(link, target)
+        feed.shown = view
         log.info("superior subscribed to our catalog", extra={"upstream": name, "target": target, "expires": expires})
-        self._notify(feed, offline_changes(feed.shown))
-        return None
+        changes = offline_changes(view)
+        if changes:
+            parts = await _stepped(self._notify_steps(feed, changes))
+            if feed.subscription is sub:
+                self._push_notifies(feed, parts, len(changes))
 
     def _expires(self, req: Request) -> int | None:
         text = (req.headers.get("expires") or "").strip()
@@ -504,40 +601,70 @@ class CascadeCatalogService:
     # --- changes ----------------------------------------------------------------------------
 
     def _changed(self, device_id: str) -> None:
+        self._change_count += 1
+        for feed in self.feeds.values():
+            if device_id:
+                feed.dirty[device_id] = self._change_count
+            else:  # a share or override: everything may look different
+                feed.built = None
+                feed.dirty.clear()
+                feed.epoch += 1
         if self._pending is None and any(f.subscription or f.link.section.catalog_push for f in self.feeds.values()):
             self._pending = asyncio.get_running_loop().call_later(CHANGE_DELAY, self._flush)
 
     def _flush(self) -> None:
         self._pending = None
-        for feed in self.feeds.values():
-            sub = feed.subscription
-            pushing = sub is None and feed.link.section.catalog_push
-            if sub is None and not pushing:
-                continue
-            new = self.view(feed.link, sub.target if sub is not None else None)
-            old, feed.shown = feed.shown, new
-            if old is None or (pushing and not feed.link.machine.registered):
-                continue  # it learns the state from its next query
-            self._notify(feed, diff(old, new))
-
-    def _notify(self, feed: _Feed, changes: list[Change]) -> None:
-        if not changes:
+        if self._flushing is not None and not self._flushing.done():
+            self._again = True  # the running flush goes once more when it is done
             return
+        self._flushing = asyncio.get_running_loop().create_task(self._flush_all())
+
+    async def _flush_all(self) -> None:
+        # one flush at a time, each feed in steps; changes meanwhile make it go once more, so
+        # every superior ends up told the last state
+        while True:
+            self._again = False
+            for feed in self.feeds.values():
+                await self._flush_feed(feed)
+            if not self._again:
+                return
+
+    async def _flush_feed(self, feed: _Feed) -> None:
+        sub = feed.subscription
+        pushing = sub is None and feed.link.section.catalog_push
+        if sub is None and not pushing:
+            return
+        new = await self.view_async(feed.link, sub.target if sub is not None else None)
+        if feed.subscription is not sub:
+            return  # subscribed, ended or replaced meanwhile: that set what it was shown
+        old, feed.shown = feed.shown, new
+        if old is None or (pushing and not feed.link.machine.registered):
+            return  # it learns the state from its next query
+        changes = await _stepped(diff_steps(old, new))
+        if changes:
+            parts = await _stepped(self._notify_steps(feed, changes))
+            self._push_notifies(feed, parts, len(changes))
+
+    def _notify_steps(self, feed: _Feed, changes: list[Change]) -> Steps[Parts]:
         link = feed.link
         s = link.machine.settings
-        batch = link.section.catalog_batch
-        bodies = notify_bodies(
+        return notify_steps(
             changes,
             next_sn=feed.next_sn,
             device_id=s.local_id,
-            batch=batch,
+            batch=link.section.catalog_batch,
             charset=s.charset,
+            limit=self._limit(link),
         )
-        sizes = [min(batch, len(changes) - i * batch) for i in range(len(bodies))]
+
+    def _push_notifies(self, feed: _Feed, parts: Parts, events: int) -> None:
+        link = feed.link
+        s = link.machine.settings
+        self._skipped(link, parts)
         if feed.notifies.pacer.state is PacerState.STOPPED:
             feed.notifies = _Stream(s.name)
-        feed.notifies.push(list(zip(bodies, sizes, strict=True)))
-        log.info("catalog changes for a superior", extra={"upstream": s.name, "events": len(changes)})
+        feed.notifies.push(list(zip(parts.bodies, parts.counts, strict=True)))
+        log.info("catalog changes for a superior", extra={"upstream": s.name, "events": events})
         self._start(feed.notifies, link, lambda body: self._notify_one(feed, body))
 
     async def _notify_one(self, feed: _Feed, body: bytes) -> int | None:

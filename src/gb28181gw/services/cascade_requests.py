@@ -28,6 +28,7 @@ import random
 
 from gb28181gw import __version__
 from gb28181gw.errors import DeviceError, ManscdpError, SipTimeoutError, SipTransportError
+from gb28181gw.gb.cascade_catalog import body_limit
 from gb28181gw.gb.model import Device
 from gb28181gw.gb.query import SnAllocator
 from gb28181gw.gb.superior_requests import Action, Target, Verdict, decide, record_parts
@@ -220,8 +221,15 @@ class CascadeRequestService:
             batch=link.section.catalog_batch,
             charset=link.section.charset,
             head=head,
+            limit=body_limit(link.machine.peer.transport, self.stack.endpoint.limits.max_message_size),
         )
-        for body in parts:
+        if parts.skipped:
+            log.warning(
+                "records too big for any MESSAGE to a superior skipped",
+                extra={"upstream": link.machine.settings.name, "target": env.device_id,
+                       "items": [f[0][1] for f in parts.skipped if isinstance(f, list)]},
+            )  # fmt: skip
+        for body in parts.bodies:
             if not await self._send_up(link, body):
                 break
 

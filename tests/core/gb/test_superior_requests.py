@@ -177,7 +177,7 @@ class TestRecordParts:
         ]
 
     def test_batches_carry_one_sum_num_and_every_item_once(self) -> None:
-        parts = [decode(p) for p in record_parts(CH, 17433, self.items(5), batch=2, charset="GB2312")]
+        parts = [decode(p) for p in record_parts(CH, 17433, self.items(5), batch=2, charset="GB2312").bodies]
         assert [p.sn for p in parts] == [17433] * 3
         counts = [list_items(p, "RecordList") for p in parts]
         assert [c[0] for c in counts] == [5, 5, 5] and [len(c[1]) for c in counts] == [2, 2, 1]
@@ -185,8 +185,15 @@ class TestRecordParts:
         assert all(p.device_id == CH for p in parts)
         assert [p.element.find("RecordList").get("Num") for p in parts] == ["2", "2", "1"]  # type: ignore[union-attr]
 
+    def test_split_by_size_like_a_catalog(self) -> None:
+        # a catalog_batch of 64 over UDP: the same splitting as the catalog (gb.cascade_catalog.split_parts)
+        parts = record_parts(CH, 9, self.items(64), batch=64, charset="GB2312", limit=2048)
+        assert len(parts.bodies) > 1 and all(len(b) <= 2048 for b in parts.bodies) and sum(parts.counts) == 64
+        assert {list_items(decode(b), "RecordList")[0] for b in parts.bodies} == {64}
+        assert [decode(b).sn for b in parts.bodies] == [9] * len(parts.bodies)
+
     def test_no_recordings_is_one_message_with_sum_num_0_and_no_list(self) -> None:
-        (part,) = record_parts(CH, 5, [], batch=4, charset="UTF-8", head=[("Name", "大门口")])
+        (part,) = record_parts(CH, 5, [], batch=4, charset="UTF-8", head=[("Name", "大门口")]).bodies
         env = decode(part)
         assert env.text("SumNum") == "0" and env.text("Name") == "大门口" and b"RecordList" not in part
 
