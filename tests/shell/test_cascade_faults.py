@@ -147,7 +147,9 @@ async def _one_change_among_20000(tmp_path: Path) -> None:
         await asyncio.sleep(0.6)  # CHANGE_DELAY, the flush, and some
         running = False
         await task
-        assert max(lags) < 0.02, f"the loop was blocked {max(lags) * 1000:.0f} ms"
+        # a coarse bound, far from the ~300 ms a whole-tree rebuild on the loop took here: the figure
+        # itself is the benchmark's (bench_cascade_catalog.py --stalls), not a timed test's
+        assert max(lags) < 0.1, f"the loop was blocked {max(lags) * 1000:.0f} ms"
 
 
 async def test_a_big_catalog_batch_over_udp_still_reaches_the_superior(tmp_path: Path) -> None:
