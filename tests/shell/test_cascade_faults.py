@@ -159,3 +159,13 @@ async def test_a_big_catalog_batch_over_udp_still_reaches_the_superior(tmp_path:
             cid = f"340200000013200{c:05d}"
             chans[cid] = Channel(cid, NVR, f"示例路{c}号通道", "ON", NVR, {"CivilCode": "340200", "Address": "示例路"})
         assert len(await drive.query(OURS, 4)) == len(TREE) + 300 + 1  # 340200 too
+
+
+async def test_a_superiors_alarm_subscription_is_answered_489_not_405(tmp_path: Path) -> None:
+    # wvp subscribes to alarms and positions with Event: presence (PROTOCOL.md §11.6 P1); we serve
+    # SUBSCRIBE (catalog), so a 405 would contradict our Allow: RFC 6665 §4.2.1.1 says 489
+    async with catalog_site(tmp_path) as (_, drive, _):
+        body = query_body(OURS, 5).replace("Catalog", "Alarm")
+        call = drive.send("SUBSCRIBE", body=body, headers="Event: presence\r\nExpires: 3600\r\n")
+        resp = await drive.response(call)
+        assert resp.status == 489 and "presence" in (resp.headers.get("warning") or "")

@@ -318,6 +318,11 @@ class Router:
             self._respond(event.transaction, response)
         elif method in DIALOG_METHODS and method in self._in_dialog:
             self._answer(event, 481, "no such dialog")
+        elif method == "SUBSCRIBE" and chain:
+            # SUBSCRIBE is served, but no consumer takes this event package (a superior's Alarm or
+            # MobilePosition subscription): RFC 6665 §4.2.1.1 says 489, listing the ones we take
+            event_name = (request.headers.get("event") or "").split(";")[0].strip() or "none"
+            self._answer(event, 489, f"event package {event_name!r} is not served here")
         else:
             response = make_response(request, 405, to_tag=self._new_tag())
             response.headers.add("Allow", self._allow)
