@@ -1,0 +1,135 @@
+"""Review of the superior's live INVITE (issue 12 item 5): paths a WVP/Hikvision/Dahua superior takes.
+
+Each test is a defect found in review; see tests/shell/test_cascade_invite.py for the helpers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from gb28181gw.sip.message import Response
+from tests.media import wait_for
+
+from .conftest import sipp_scenario
+from .test_cascade_invite import (
+    CH,
+    SUPERIOR,
+    RawSuperior,
+    cascade_gateway,
+    content,
+    nothing_left,
+    offer,
+    refused,
+    sending,
+    superior,
+    with_device,
+)
+from .test_devices import finished
+from .test_streams import answer, scenario
+
+pytestmark = pytest.mark.sipp
+
+
+@pytest.mark.parametrize(("status", "reason"), [(480, "Temporarily Unavailable"), (408, "Request Timeout")])
+async def test_device_refusal_is_passed_up_as_it_is(tmp_path: Path, status: int, reason: str) -> None:
+    # an NVR whose camera is offline answers 480 (Hikvision, Dahua); the superior must hear 480, not 502
+    gw = await cascade_gateway(tmp_path)
+    device = await with_device(
+        gw, tmp_path, sipp_scenario("invite_refused_uas.xml", status=status, reason=reason).encode()
+    )
+    assert device is not None
+    try:
+        result = await superior(gw, tmp_path, content(offer(30000)), refused(status, str(status)), refs="warning")
+        assert result.ok, result.stdout + result.messages
+        await finished(device)
+        await nothing_left(gw)
+    finally:
+        await gw.stop()
+
+
+def in_dialog(sup: RawSuperior, gw_port: int, method: str, call_id: str, cseq: int, to_tag: str, body: str) -> None:
+    """A request in the dialog with its own branch and CSeq (RawSuperior.send reuses the INVITE's)."""
+    assert sup.transport is not None
+    port = sup.transport.get_extra_info("sockname")[1]
+    text = (
+        f"{method} sip:{CH}@127.0.0.1:{gw_port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{port};rport;branch=z9hG4bK{method}{call_id}{cseq}\r\n"
+        f"From: <sip:{SUPERIOR}@3401000000>;tag=up-{call_id}\r\nTo: <sip:{CH}@3402000000>;tag={to_tag}\r\n"
+        f"Call-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContact: <sip:{SUPERIOR}@127.0.0.1:{port}>\r\n"
+        f"Max-Forwards: 70\r\n{'Content-Type: application/sdp' + chr(13) + chr(10) if body else ''}"
+        f"Content-Length: {len(body.encode())}\r\n\r\n{body}"
+    )
+    sup.transport.sendto(text.encode(), ("127.0.0.1", gw_port))
+
+
+async def test_reinvite_moving_the_media_is_not_answered_as_if_it_were_followed(tmp_path: Path) -> None:
+    # a re-INVITE whose offer names a new port: a 200 with the unchanged answer tells the superior
+    # media now goes to its new port while it still goes to the old one (RFC 3264 §8); refusing it
+    # (488, RFC 3261 §14.2) leaves the session as it was and says so
+    gw = await cascade_gateway(tmp_path)
+    device = await with_device(gw, tmp_path, scenario(answer()))
+    assert device is not None
+    loop = asyncio.get_running_loop()
+    transport, sup = await loop.create_datagram_endpoint(RawSuperior, local_addr=("127.0.0.1", 0))
+    try:
+        sup.send(gw, "INVITE", "move", body=offer(30000))
+        await wait_for(lambda: sup.final("move") is not None, 10)
+        ok_ = sup.final("move")
+        assert ok_ is not None and ok_.status == 200
+        tag = ok_.to.tag or ""
+        sup.send(gw, "ACK", "move", to_tag=tag)
+        await wait_for(lambda: sending(gw), 5)
+        in_dialog(sup, gw.stack.port, "INVITE", "move", 21, tag, offer(30002))
+
+        def reinvite_answer() -> Response | None:
+            return next(
+                (m for m in sup.got if isinstance(m, Response) and m.cseq.number == 21 and m.status >= 200), None
+            )
+
+        await wait_for(lambda: reinvite_answer() is not None, 5)
+        reply = reinvite_answer()
+        assert reply is not None and reply.status == 488, reply
+        (served,) = gw.cascade_media.dialogs.values()
+        (st,) = gw.streams.streams.values()
+        assert st.consumers[served.consumer_id].port == 30000  # still sent where it was
+        assert sending(gw)
+    finally:
+        await gw.stop()
+        transport.close()
+    await finished(device)
+
+
+@pytest.mark.xfail(
+    strict=True, reason="review: tcp-passive accepts only the c= host; a NATed superior connects from elsewhere"
+)
+async def test_tcp_superior_behind_nat_connects_from_its_sip_address(tmp_path: Path) -> None:
+    # its a=setup:active, c= its private address (127.0.0.2 here): the connection comes from where
+    # NAT puts it, the address its SIP comes from (127.0.0.1); the relay accepts only c=
+    gw = await cascade_gateway(tmp_path)
+    device = await with_device(gw, tmp_path, scenario(answer()))
+    assert device is not None
+    loop = asyncio.get_running_loop()
+    transport, sup = await loop.create_datagram_endpoint(RawSuperior, local_addr=("127.0.0.1", 0))
+    writer = None
+    try:
+        sdp = offer(9, proto="TCP/RTP/AVP", setup="active").replace("c=IN IP4 127.0.0.1", "c=IN IP4 127.0.0.2")
+        sup.send(gw, "INVITE", "nat", body=sdp)
+        await wait_for(lambda: sup.final("nat") is not None, 10)
+        ok_ = sup.final("nat")
+        assert ok_ is not None and ok_.status == 200
+        sup.send(gw, "ACK", "nat", to_tag=ok_.to.tag or "")
+        await wait_for(lambda: sending(gw), 5)
+        (served,) = gw.cascade_media.dialogs.values()
+        (st,) = gw.streams.streams.values()
+        _, writer = await asyncio.open_connection("127.0.0.1", st.consumers[served.consumer_id].local_port)
+        relay = gw.streams.relays[0]
+        await wait_for(lambda: served.consumer_id in relay.snapshot().streams[st.id].consumers, 3)
+    finally:
+        if writer is not None:
+            writer.close()
+        await gw.stop()
+        transport.close()
+    await finished(device)
