@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from gb28181gw.app import Gateway
 from gb28181gw.sip.message import Response
 from tests.media import wait_for
 
-from .conftest import sipp_scenario
+from .conftest import run_sipp, sipp_scenario
 from .test_cascade_invite import (
     CH,
     SUPERIOR,
@@ -25,10 +26,11 @@ from .test_cascade_invite import (
     refused,
     sending,
     superior,
+    upstream_metrics,
     with_device,
 )
 from .test_devices import finished
-from .test_streams import answer, scenario
+from .test_streams import DEVICE_SSRC, answer, scenario
 
 pytestmark = pytest.mark.sipp
 
@@ -50,15 +52,19 @@ async def test_device_refusal_is_passed_up_as_it_is(tmp_path: Path, status: int,
         await gw.stop()
 
 
-def in_dialog(sup: RawSuperior, gw_port: int, method: str, call_id: str, cseq: int, to_tag: str, body: str) -> None:
-    """A request in the dialog with its own branch and CSeq (RawSuperior.send reuses the INVITE's)."""
+def in_dialog(
+    sup: RawSuperior, gw_port: int, method: str, call_id: str, cseq: int, to_tag: str, body: str, *, subject: str = ""
+) -> None:
+    """A request with its own branch and CSeq (RawSuperior.send reuses the INVITE's), a To tag if given."""
     assert sup.transport is not None
     port = sup.transport.get_extra_info("sockname")[1]
     text = (
         f"{method} sip:{CH}@127.0.0.1:{gw_port} SIP/2.0\r\n"
         f"Via: SIP/2.0/UDP 127.0.0.1:{port};rport;branch=z9hG4bK{method}{call_id}{cseq}\r\n"
-        f"From: <sip:{SUPERIOR}@3401000000>;tag=up-{call_id}\r\nTo: <sip:{CH}@3402000000>;tag={to_tag}\r\n"
+        f"From: <sip:{SUPERIOR}@3401000000>;tag=up-{call_id}\r\n"
+        f"To: <sip:{CH}@3402000000>{';tag=' + to_tag if to_tag else ''}\r\n"
         f"Call-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContact: <sip:{SUPERIOR}@127.0.0.1:{port}>\r\n"
+        f"{'Subject: ' + subject + chr(13) + chr(10) if subject else ''}"
         f"Max-Forwards: 70\r\n{'Content-Type: application/sdp' + chr(13) + chr(10) if body else ''}"
         f"Content-Length: {len(body.encode())}\r\n\r\n{body}"
     )
@@ -133,3 +139,130 @@ async def test_tcp_superior_behind_nat_connects_from_its_sip_address(tmp_path: P
         await gw.stop()
         transport.close()
     await finished(device)
+
+
+async def pending_invite(
+    tmp_path: Path, pause: int = 2500
+) -> tuple[Gateway, asyncio.subprocess.Process, RawSuperior, asyncio.DatagramTransport]:
+    """A gateway whose device answers late, and a superior whose INVITE waits for it."""
+    gw = await cascade_gateway(tmp_path)
+    late = sipp_scenario("invite_late_uas.xml", ch=CH, pause=pause, answer=answer(ssrc=f"{DEVICE_SSRC:010d}"))
+    device = await with_device(gw, tmp_path, late.encode())
+    assert device is not None
+    loop = asyncio.get_running_loop()
+    transport, sup = await loop.create_datagram_endpoint(RawSuperior, local_addr=("127.0.0.1", 0))
+    sup.send(gw, "INVITE", "waiting", body=offer(30000))
+    await wait_for(lambda: bool(gw.cascade_media.pending), 5)
+    return gw, device, sup, transport
+
+
+async def test_superior_lost_while_its_invite_waits_is_480_and_leaves_nothing(tmp_path: Path) -> None:
+    gw, device, sup, transport = await pending_invite(tmp_path)
+    try:
+        for listener in gw.upstreams._lost:
+            listener("district", "keepalives unanswered")
+        await wait_for(lambda: sup.final("waiting") is not None, 5)
+        final = sup.final("waiting")
+        assert final is not None and final.status == 480
+        await finished(device)  # it answers late: the consumer it brings is released, the stream closed
+        await nothing_left(gw)
+        assert 'result="480",upstream="district"' in upstream_metrics(gw)
+        assert 'gb28181gw_upstream_streams{upstream="district"} 0' in upstream_metrics(gw)
+    finally:
+        await gw.stop()
+        transport.close()
+
+
+async def test_shutdown_while_an_invite_waits_answers_503(tmp_path: Path) -> None:
+    gw, device, sup, transport = await pending_invite(tmp_path)
+    try:
+        await gw.stop()
+        await wait_for(lambda: sup.final("waiting") is not None, 5)
+        final = sup.final("waiting")
+        assert final is not None and final.status == 503
+    finally:
+        transport.close()
+        if device.returncode is None:
+            device.kill()
+            await device.wait()
+
+
+async def test_two_invites_while_the_device_is_being_invited_share_one_device_invite(tmp_path: Path) -> None:
+    # the same superior, two Subjects (two of its viewers), both before the device answered:
+    # both get 200 (one device INVITE: SIPp takes only one), both ACKed are sent to
+    gw, device, sup, transport = await pending_invite(tmp_path, pause=1500)
+    try:
+        in_dialog(sup, gw.stack.port, "INVITE", "second", 20, "", offer(30002), subject=f"{CH}:0100000078,{SUPERIOR}:0")
+        await wait_for(lambda: len(gw.cascade_media.pending) == 2, 5)
+        await wait_for(lambda: sup.final("waiting") is not None and sup.final("second") is not None, 10)
+        for call_id in ("waiting", "second"):
+            final = sup.final(call_id)
+            assert final is not None and final.status == 200, final
+        sup.send(gw, "ACK", "waiting", to_tag=sup.final("waiting").to.tag or "")  # type: ignore[union-attr]
+        in_dialog(sup, gw.stack.port, "ACK", "second", 20, sup.final("second").to.tag or "", "")  # type: ignore[union-attr]
+        await wait_for(lambda: sending(gw, 2), 5)
+        (st,) = gw.streams.streams.values()
+        assert sorted(c.port for c in st.consumers.values()) == [30000, 30002]
+        assert 'gb28181gw_upstream_streams{upstream="district"} 2' in upstream_metrics(gw)
+    finally:
+        await gw.stop()
+        transport.close()
+    await finished(device)
+
+
+async def test_invite_over_sip_tcp_no_2xx_retransmission_and_bye_on_its_connection(tmp_path: Path) -> None:
+    # over TCP the 2xx is sent once (RFC 3261 §13.3.1.4 retransmits over unreliable transports only);
+    # with no ACK our BYE still comes, on its connection
+    gw = await cascade_gateway(tmp_path)
+    device = await with_device(gw, tmp_path, scenario(answer()))
+    assert device is not None
+    try:
+        text = sipp_scenario(
+            "superior_invite_uac.xml",
+            ch=CH,
+            superior=SUPERIOR,
+            content=content(offer(30000)),
+            expect=sipp_scenario("parts/superior_no_ack.xml", timeout=12000),
+            then="",
+            refs="",
+        )
+        path = tmp_path / "tcp.xml"
+        path.write_text(text)
+        result = await run_sipp(str(path), gw.stack.port, tmp_path, transport="t1", timeout=20)
+        assert result.ok, result.stdout + result.messages
+        assert result.messages.count("CSeq: 20 INVITE") == 3, result.messages  # INVITE, 100, one 200
+        await finished(device)
+        await nothing_left(gw)
+    finally:
+        await gw.stop()
+
+
+async def test_superior_tcp_connection_gone_while_its_invite_waits_leaves_nothing(tmp_path: Path) -> None:
+    # a superior over SIP TCP restarts while the device is being invited: its INVITE transaction dies
+    # with the connection; when the device answers, nothing may be kept for a 200 nobody can get
+    gw = await cascade_gateway(tmp_path)
+    late = sipp_scenario("invite_late_uas.xml", ch=CH, pause=1500, answer=answer(ssrc=f"{DEVICE_SSRC:010d}"))
+    device = await with_device(gw, tmp_path, late.encode())
+    assert device is not None
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.stack.port)
+        port = writer.get_extra_info("sockname")[1]
+        body = offer(30000)
+        writer.write(
+            (
+                f"INVITE sip:{CH}@127.0.0.1:{gw.stack.port} SIP/2.0\r\n"
+                f"Via: SIP/2.0/TCP 127.0.0.1:{port};rport;branch=z9hG4bKtcpgone\r\n"
+                f"From: <sip:{SUPERIOR}@3401000000>;tag=up-gone\r\nTo: <sip:{CH}@3402000000>\r\n"
+                f"Call-ID: gone\r\nCSeq: 20 INVITE\r\nContact: <sip:{SUPERIOR}@127.0.0.1:{port};transport=tcp>\r\n"
+                f"Subject: {CH}:0100000077,{SUPERIOR}:0\r\nMax-Forwards: 70\r\n"
+                f"Content-Type: application/sdp\r\nContent-Length: {len(body.encode())}\r\n\r\n{body}"
+            ).encode()
+        )
+        await writer.drain()
+        await wait_for(lambda: bool(gw.cascade_media.pending), 5)
+        writer.close()
+        await finished(device)  # it answered: the consumer it brought is released, the stream closed
+        await nothing_left(gw)
+        assert 'gb28181gw_upstream_streams{upstream="district"} 0' in upstream_metrics(gw)
+    finally:
+        await gw.stop()

@@ -282,7 +282,14 @@ class CascadeMediaService:
         self.stack.router.add_dialog(
             dialog.id, functools.partial(self._on_dialog_request, served), owner="cascade-media"
         )
-        self.stack.respond(tx, response)
+        try:
+            self.stack.respond(tx, response)
+        except LocalProtocolError:
+            # its transaction died while we waited (its SIP TCP connection went): nobody gets
+            # the 200, so nothing may wait 32 s for an ACK that cannot come
+            self._end(served, "its INVITE transaction is gone (connection lost)", bye=False)
+            self.upstreams.count_request(served.upstream, "INVITE", "lost")
+            return
         served.fire(ServedInput.ANSWERED)
         self._await_ack(served, tx, response, event.peer)
         self.upstreams.count_request(served.upstream, "INVITE", "ok")
