@@ -266,3 +266,33 @@ async def test_superior_tcp_connection_gone_while_its_invite_waits_leaves_nothin
         assert 'gb28181gw_upstream_streams{upstream="district"} 0' in upstream_metrics(gw)
     finally:
         await gw.stop()
+
+
+async def test_bye_before_the_ack_ends_it_and_stops_the_200(tmp_path: Path) -> None:
+    # its ACK lost and its user hanging up at once: the BYE (no ACK yet) ends it, our 200 stops
+    gw = await cascade_gateway(tmp_path)
+    device = await with_device(gw, tmp_path, scenario(answer()))
+    assert device is not None
+    loop = asyncio.get_running_loop()
+    transport, sup = await loop.create_datagram_endpoint(RawSuperior, local_addr=("127.0.0.1", 0))
+    try:
+        sup.send(gw, "INVITE", "early-bye", body=offer(30000))
+        await wait_for(lambda: sup.final("early-bye") is not None, 10)
+        ok_ = sup.final("early-bye")
+        assert ok_ is not None and ok_.status == 200
+        in_dialog(sup, gw.stack.port, "BYE", "early-bye", 21, ok_.to.tag or "", "")
+        await wait_for(lambda: any(isinstance(m, Response) and m.cseq.method == "BYE" for m in sup.got), 5)
+        bye_ok = next(m for m in sup.got if isinstance(m, Response) and m.cseq.method == "BYE")
+        assert bye_ok.status == 200
+        await finished(device)
+        await nothing_left(gw)
+        count = sum(1 for m in sup.got if isinstance(m, Response) and m.status == 200 and m.cseq.method == "INVITE")
+        await asyncio.sleep(1.0)  # T1 is 0.1 s: a retransmission still running would show by now
+        assert (
+            sum(1 for m in sup.got if isinstance(m, Response) and m.status == 200 and m.cseq.method == "INVITE")
+            == count
+        )
+        assert 'gb28181gw_upstream_streams{upstream="district"} 0' in upstream_metrics(gw)
+    finally:
+        await gw.stop()
+        transport.close()
