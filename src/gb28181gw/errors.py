@@ -40,7 +40,7 @@ a bug (the fuzz tests in ``tests/fuzz`` check exactly that).
     ├── RelayError                    the media relay cannot carry out a command; .code (RelayFailure)
     │                                 says which way, and survives the pipe to a relay worker
     ├── StreamError                   a live stream cannot be opened or found; .status is the SIP-style
-    │                                 code to pass on (404, 480, 486, 488, 502, 503, 504)
+    │                                 code to pass on (404, 408, 480, 486, 488, 502, 503, 504)
     └── UpstreamError                 an operator's change to a superior cannot be made; .status is the
                                       HTTP-style hint (404 no such superior, 400 a bad ID)
 

@@ -20,7 +20,7 @@ however many superiors and local viewers watch, Annex L). In order:
    the 200 is retransmitted until the ACK (RFC 3261 §13.3.1.4: T1 doubling to T2). The ACK
    starts the consumer. No ACK in 64*T1: BYE.
 5. In the dialog: BYE → 200 and only that consumer goes (the stream lingers or serves
-   others); a re-INVITE gets 200 with the same SDP; a new INVITE with the same Subject sender
+   others); a re-INVITE gets 200 with the same SDP (488 if its offer moves the media); a new INVITE with the same Subject sender
    part from the same superior replaces the old one (Annex K c). A consumer gone for any
    other reason (the stream ended, the device went offline, its TCP connection dropped) →
    BYE to the superior. A superior lost (:meth:`UpstreamService.on_lost`) loses all its
@@ -282,7 +282,14 @@ class CascadeMediaService:
         self.stack.router.add_dialog(
             dialog.id, functools.partial(self._on_dialog_request, served), owner="cascade-media"
         )
-        self.stack.respond(tx, response)
+        try:
+            self.stack.respond(tx, response)
+        except LocalProtocolError:
+            # its transaction died while we waited (its SIP TCP connection went): nobody gets
+            # the 200, so nothing may wait 32 s for an ACK that cannot come
+            self._end(served, "its INVITE transaction is gone (connection lost)", bye=False)
+            self.upstreams.count_request(served.upstream, "INVITE", "lost")
+            return
         served.fire(ServedInput.ANSWERED)
         self._await_ack(served, tx, response, event.peer)
         self.upstreams.count_request(served.upstream, "INVITE", "ok")
@@ -413,6 +420,14 @@ class CascadeMediaService:
             if served.state is ServedState.ENDED:
                 self.stack.respond(tx, make_response(request, 481))
                 return
+            moved = self._moved(served, request)
+            if moved:
+                # our unchanged answer would say we follow it (RFC 3264 §8): refused, the
+                # session goes on as it was (RFC 3261 §14.2)
+                response = make_response(request, 488)
+                response.headers.add("Warning", warning_header(moved))
+                self.stack.respond(tx, response)
+                return
             response = self._ok(served, request, to_tag=None, event=event)
             self.stack.respond(tx, response)
             self._await_ack(served, tx, response, event.peer)
@@ -422,6 +437,23 @@ class CascadeMediaService:
             response = make_response(request, 405)
             response.headers.add("Allow", "ACK, BYE, INVITE, OPTIONS")
             self.stack.respond(tx, response)
+
+    @staticmethod
+    def _moved(served: Served, request: Request) -> str:
+        """Why a re-INVITE's offer cannot be answered as before (``""``: it can, or it has none)."""
+        if not request.body.strip():
+            return ""
+        try:
+            offer = parse_offer(request)
+        except OfferError as exc:
+            return str(exc)
+        was = served.offer
+        if (offer.transport, offer.host, offer.port) != (was.transport, was.host, was.port):
+            return (
+                f"a re-INVITE moving the media ({was.transport}:{was.host}:{was.port} to "
+                f"{offer.transport}:{offer.host}:{offer.port}) is not supported: INVITE anew"
+            )
+        return ""
 
     def _on_consumer_gone(self, stream_id: str, consumer: Consumer, reason: str) -> None:
         served = self.by_consumer.get((stream_id, consumer.id))

@@ -514,7 +514,8 @@ class StreamService:
             self._fail(st, StreamError(502, f"cannot reach device {st.device_id}: {exc}"), "unreachable")
             return
         if response.status >= 300:
-            status = response.status if response.status in (404, 486, 488) else 502
+            # the device's own answer passes: an NVR's offline camera is 480, not our 502
+            status = response.status if response.status in (404, 408, 480, 486, 488) else 502
             self._fail(
                 st,
                 StreamError(status, f"device {st.device_id} answered the INVITE {response.status} {response.reason}"),
