@@ -345,7 +345,7 @@ UNKNOWN = "34020000001310000099"
         ("port-0", offer(0), 488, "port 0", CH),
         ("no-ps", offer(30000, ps=False), 488, "no PS", CH),
         ("playback", offer(30000, name="Playback"), 501, "not implemented", CH),
-        ("bad-sdp", offer(30000, ssrc="12345"), 400, "SDP cannot be used", CH),
+        ("bad-sdp", offer(30000).replace("m=video 30000", "m=video notaport"), 400, "SDP cannot be used", CH),
     ],
 )
 async def test_refused(tmp_path: Path, case: str, body: str | None, status: int, warning: str, ch: str) -> None:

@@ -19,6 +19,8 @@ The answers chosen where the standard leaves a choice (documented in the README)
 ============================================  ======  ==================================================
 What is wrong                                 Answer  Why
 ============================================  ======  ==================================================
+a ``y=`` that is no GB SSRC (9 or 11 digits)  served  ignored (``ignored_ssrc``): we send with our own
+                                                      SSRC and say so in our ``y=``
 no SDP (a delayed offer)                      488     valid SIP, but we never make the offer (GB superiors
                                                       always do); 488 says the negotiation is refused
 SDP that cannot be parsed, or no ``c=``       400     the request itself is malformed
@@ -43,6 +45,7 @@ of :mod:`gb28181gw.sip.transaction`.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum, auto
 
@@ -62,6 +65,7 @@ __all__ = [
     "next_state",
     "parse_offer",
     "subject_sender",
+    "target_candidates",
     "target_channel",
 ]
 
@@ -94,6 +98,10 @@ class SuperiorOffer:
         payload_type: the payload type the superior gave PS (``None``: PS not offered).
         ssrc: its ``y=`` as RTP carries it; ``None`` when absent or zero (M2, wvp PR #817).
         sdp: the whole offer.
+        candidates: every channel ID the request names, in :func:`target_channel`'s order
+            (the shell plays the first it knows: a superior that fills Subject wrongly still
+            names the channel in its Request-URI).
+        ignored_ssrc: a ``y=`` that is no GB SSRC (not 10 digits), ignored: we send with ours.
     """
 
     channel_id: str
@@ -105,6 +113,8 @@ class SuperiorOffer:
     payload_type: int | None
     ssrc: int | None
     sdp: SessionDescription = field(repr=False, compare=False)
+    candidates: tuple[str, ...] = ()
+    ignored_ssrc: str = ""
 
     def require_ps(self) -> int:
         """The PS payload type to answer with.
@@ -132,16 +142,19 @@ def target_channel(subject: str | None, request_uri: str, sdp_uri: str | None) -
     The Subject's first ID (``<channel>:<seq>,<receiver>:<seq>``), else the Request-URI's
     user, else the ID before ``:`` in ``u=`` (``<channel>:<type>``); ``""`` when none names one.
     """
+    candidates = target_candidates(subject, request_uri, sdp_uri)
+    return candidates[0] if candidates else ""
+
+
+def target_candidates(subject: str | None, request_uri: str, sdp_uri: str | None) -> tuple[str, ...]:
+    """Every channel ID the request names, in :func:`target_channel`'s order, each once."""
     sender = subject_sender(subject).split(":", 1)[0].strip()
-    if sender:
-        return sender
     try:
         user = SipUri.parse(request_uri).user or ""
     except SipParseError:
         user = ""
-    if user:
-        return user
-    return (sdp_uri or "").split(":", 1)[0].strip() if sdp_uri and "/" not in sdp_uri else ""
+    named = (sdp_uri or "").split(":", 1)[0].strip() if sdp_uri and "/" not in sdp_uri else ""
+    return tuple(dict.fromkeys(x for x in (sender, user.strip(), named) if x))
 
 
 def parse_offer(request: Request) -> SuperiorOffer:
@@ -152,11 +165,22 @@ def parse_offer(request: Request) -> SuperiorOffer:
     """
     if not request.body.strip():
         raise OfferError(488, "INVITE without an SDP offer: this gateway does not make the offer")
+    ignored_ssrc = ""
     try:
         sdp = SessionDescription.parse(request.body)
     except SdpError as exc:
-        raise OfferError(400, f"SDP cannot be used: {exc}") from None
-    channel = target_channel(request.headers.get("subject"), request.uri, sdp.uri)
+        # a y= that is no GB SSRC (9 or 11 digits, letters) costs the superior its own SSRC, not
+        # the call: we send with ours and say so in our answer's y=
+        bad = _y_line.search(request.body)
+        if bad is None:
+            raise OfferError(400, f"SDP cannot be used: {exc}") from None
+        try:
+            sdp = SessionDescription.parse(_y_line.sub(b"", request.body))
+        except SdpError as again:
+            raise OfferError(400, f"SDP cannot be used: {again}") from None
+        ignored_ssrc = bad.group(1).decode("ascii", "replace").strip()
+    candidates = target_candidates(request.headers.get("subject"), request.uri, sdp.uri)
+    channel = candidates[0] if candidates else ""
     if not channel:
         raise OfferError(400, "no channel ID in Subject, Request-URI or u=")
     if sdp.name.strip().lower() in PLAYBACK_NAMES:
@@ -167,19 +191,28 @@ def parse_offer(request: Request) -> SuperiorOffer:
     if video.port == 0:
         raise OfferError(488, "the offer refuses video (m=video port 0)")
     host = sdp.media_address(video)
+    transport = _transport(video)
     if not host or _unusable(host):
-        raise OfferError(400, f"the offer names no usable media address (c={host or ''})")
+        if transport is not ConsumerTransport.TCP_PASSIVE:
+            raise OfferError(400, f"the offer names no usable media address (c={host or ''})")
+        host = ""  # it connects to us (a=setup:active): its c= is not used; the shell expects its SIP host
     return SuperiorOffer(
         channel_id=channel,
         subject=subject_sender(request.headers.get("subject")),
         kind=sdp.name,
-        transport=_transport(video),
+        transport=transport,
         host=host,
         port=video.port,
         payload_type=_ps_payload_type(video),
         ssrc=sdp.ssrc_value or None,
         sdp=sdp,
+        candidates=candidates,
+        ignored_ssrc=ignored_ssrc,
     )
+
+
+#: A ``y=`` line of an SDP body (its value in group 1).
+_y_line = re.compile(rb"^y=([^\r\n]*)\r?\n?", re.MULTILINE)
 
 
 def _unusable(host: str) -> bool:

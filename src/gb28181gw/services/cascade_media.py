@@ -35,10 +35,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import logging
+import socket
 from collections import Counter
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gb28181gw.errors import (
@@ -51,6 +53,7 @@ from gb28181gw.errors import (
 )
 from gb28181gw.gb.registrar import from_user
 from gb28181gw.gb.superior_invite import (
+    ConsumerTransport,
     ServedInput,
     ServedState,
     SuperiorOffer,
@@ -189,7 +192,7 @@ class CascadeMediaService:
         assert tx is not None
         name = link.machine.settings.name
         try:
-            offer = parse_offer(request)
+            offer = await self._settle(parse_offer(request), event)
             self._check_channel(name, offer.channel_id)
             offer.require_ps()
         except (OfferError, StreamError) as exc:
@@ -242,6 +245,30 @@ class CascadeMediaService:
             self.upstreams.count_request(name, "INVITE", str(status))
             return
         self._answer(served, event, link, st, consumer)
+
+    async def _settle(self, offer: SuperiorOffer, event: RequestReceived) -> SuperiorOffer:
+        """The offer as we serve it: the channel we know among those it names, a host to send to."""
+        known = [c for c in offer.candidates if self._owner(c) is not None]
+        if known and known[0] != offer.channel_id:
+            # Subject names a channel we do not have, the Request-URI one we do (a superior
+            # that fills Subject its own way): serve what it can only mean
+            offer = replace(offer, channel_id=known[0])
+        if offer.ignored_ssrc:
+            log.info(
+                "superior's y= is no GB SSRC: sending with ours",
+                extra={"peer": str(event.peer), "y": offer.ignored_ssrc[:20]},
+            )
+        host = offer.host or event.peer.host  # it connects to us and named no address: its SIP host
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            # a name in c=: resolved once here, not by the relay at every packet sent
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+            except OSError as exc:
+                raise OfferError(488, f"the offer's media host {host[:60]!r} cannot be resolved: {exc}") from None
+            host = str(infos[0][4][0])
+        return replace(offer, host=host) if host != offer.host else offer
 
     def _check_channel(self, name: str, channel_id: str) -> None:
         device_id = self._owner(channel_id)
@@ -448,7 +475,15 @@ class CascadeMediaService:
         except OfferError as exc:
             return str(exc)
         was = served.offer
-        if (offer.transport, offer.host, offer.port) != (was.transport, was.host, was.port):
+        # when it connects to us, its c= and m= are nominal: only the direction could move
+        where = (
+            (offer.transport,)
+            if offer.transport is ConsumerTransport.TCP_PASSIVE
+            else (offer.transport, offer.host, offer.port)
+        )
+        if where != (
+            (was.transport,) if was.transport is ConsumerTransport.TCP_PASSIVE else (was.transport, was.host, was.port)
+        ):
             return (
                 f"a re-INVITE moving the media ({was.transport}:{was.host}:{was.port} to "
                 f"{offer.transport}:{offer.host}:{offer.port}) is not supported: INVITE anew"

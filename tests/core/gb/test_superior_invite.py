@@ -13,6 +13,7 @@ from gb28181gw.gb.superior_invite import (
     next_state,
     parse_offer,
     render_table,
+    target_candidates,
     target_channel,
 )
 from gb28181gw.sip.message import Request, parse_message
@@ -96,7 +97,6 @@ class TestOffer:
         [
             ("", 488, "without an SDP offer"),
             ("v=0\r\nnonsense\r\n", 400, "SDP cannot be used"),
-            (OFFER.replace("y=0100000077", "y=12"), 400, "SDP cannot be used"),
             (OFFER.replace("s=Play", "s=Playback"), 501, "not implemented"),
             (OFFER.replace("s=Play", "s=Download"), 501, "not implemented"),
             (OFFER.replace("m=video", "m=audio"), 488, "no m=video"),
@@ -110,6 +110,26 @@ class TestOffer:
         with pytest.raises(OfferError) as info:
             parse_offer(invite(body))
         assert info.value.status == status and words in str(info.value)
+
+    @pytest.mark.parametrize("y", ["12", "123456789", "01000000771", "0a00000077", "4294967296"])
+    def test_a_y_that_is_no_gb_ssrc_is_ignored_not_fatal(self, y: str) -> None:
+        offer = parse_offer(invite(OFFER.replace("y=0100000077", f"y={y}")))
+        assert offer.ssrc is None and offer.ignored_ssrc == y  # we send with ours and answer it
+        assert (offer.channel_id, offer.port) == (CH, 40000)
+
+    def test_a_bad_y_does_not_hide_another_fault(self) -> None:
+        with pytest.raises(OfferError) as info:
+            parse_offer(invite("v=0\r\nnonsense\r\ny=12\r\n"))
+        assert info.value.status == 400
+
+    def test_no_address_is_fine_when_it_connects_to_us(self) -> None:
+        active = OFFER.replace("a=setup:passive", "a=setup:active")
+        for body in (
+            active.replace("c=IN IP4 127.0.0.1", "c=IN IP4 0.0.0.0"),
+            active.replace("c=IN IP4 127.0.0.1\r\n", ""),
+        ):
+            offer = parse_offer(invite(body))
+            assert offer.transport is ConsumerTransport.TCP_PASSIVE and offer.host == ""  # the shell takes its SIP host
 
     def test_no_ps_is_488_naming_what_was_offered(self) -> None:
         h264 = OFFER.replace("TCP/RTP/AVP 96", "TCP/RTP/AVP 98").replace("96 PS/90000", "98 H264/90000")
@@ -127,6 +147,12 @@ class TestChannel:
         assert target_channel(None, "not a uri", None) == ""
         # u= in its normal (URL) form names a file, not a channel
         assert target_channel(None, "sip:3402000000", "http://storage/a/b") == ""
+
+    def test_every_channel_named_is_a_candidate_in_order(self) -> None:
+        other = "34020000001310000002"
+        assert target_candidates(f"{other}:0100000077,{UPPER}:0", f"sip:{CH}@3402000000", f"{CH}:0") == (other, CH)
+        offer = parse_offer(invite(subject=f"Subject: {other}:0100000077,{UPPER}:0\r\n"))
+        assert offer.channel_id == other and offer.candidates == (other, CH)
 
     def test_subject_wins_over_the_request_uri(self) -> None:
         offer = parse_offer(invite(uri=f"sip:{UPPER}@127.0.0.1:5060"))
