@@ -232,3 +232,12 @@ async def test_async_handler_answers_later(gateway: Gateway) -> None:
         assert parse_message(resp.serialize()).status == 202  # type: ignore[union-attr]
     finally:
         await client.close()
+
+
+async def test_a_second_cancel_owner_is_a_wiring_bug_found_at_once() -> None:
+    from gb28181gw.errors import RouteConflict
+
+    stack = SipStack(SipEndpoint())
+    stack.on_cancel(lambda event: None, owner="first")
+    with pytest.raises(RouteConflict, match="first"):
+        stack.on_cancel(lambda event: None, owner="second")

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from gb28181gw.config import SipSection, is_wildcard
-from gb28181gw.errors import LocalProtocolError, SipTimeoutError, SipTransportError
+from gb28181gw.errors import LocalProtocolError, RouteConflict, SipTimeoutError, SipTransportError
 from gb28181gw.logs import WIRE, log_wire
 from gb28181gw.metrics import OTHER, SipCounters
 from gb28181gw.sip.endpoint import SipEndpoint, warning_header
@@ -78,6 +78,7 @@ class SipStack:
         self.counters = counters or SipCounters()
         self.router = Router(respond=self.respond, new_tag=endpoint.new_tag, run=self._run)
         self._cancel_handler: Callable[[RequestCancelled], None] | None = None
+        self._cancel_owner = ""
         self._connection_listeners: list[Callable[[Peer, str], None]] = []
         self._udp: list[UdpTransport] = []
         self._udp4: UdpTransport | None = None
@@ -97,9 +98,16 @@ class SipStack:
 
     # --- wiring ----------------------------------------------------------------------
 
-    def on_cancel(self, handler: Callable[[RequestCancelled], None]) -> None:
-        """Be told when a pending INVITE was cancelled (already answered 487)."""
+    def on_cancel(self, handler: Callable[[RequestCancelled], None], *, owner: str = "") -> None:
+        """Be told when a pending INVITE was cancelled (already answered 487).
+
+        One owner, like the INVITEs it serves: a second would silently take the first one's
+        cancellations, so it raises :class:`~gb28181gw.errors.RouteConflict` instead.
+        """
+        if self._cancel_handler is not None:
+            raise RouteConflict("CANCEL of pending INVITEs", self._cancel_owner, owner or repr(handler))
         self._cancel_handler = handler
+        self._cancel_owner = owner or repr(handler)
 
     @property
     def allowed_methods(self) -> list[str]:

@@ -160,7 +160,7 @@ class CascadeMediaService:
         self._tasks = TaskSet()
         stack.router.handle("INVITE", self._on_invite, owner="cascade-media")
         stack.router.expect_in_dialog("BYE")
-        stack.on_cancel(self._on_cancel)
+        stack.on_cancel(self._on_cancel, owner="cascade-media")
         upstreams.on_lost(self._on_lost)
         streams.on_consumer_gone(self._on_consumer_gone)
         metrics.labeled_gauge(UPSTREAM_STREAMS, self._per_upstream)
