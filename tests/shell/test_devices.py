@@ -397,3 +397,39 @@ async def test_device_errors_carry_their_status(gw: Gateway) -> None:
     with pytest.raises(StreamError) as stream:
         await gw.streams.play("34020000001310009999", transport="udp", host="127.0.0.1", port=9)
     assert stream.value.status == 404
+
+
+async def test_catalog_is_read_even_when_deviceinfo_goes_unanswered(tmp_path: Path) -> None:
+    # a lower platform (or a terse NVR) that takes DeviceInfo with 200 and never answers it still
+    # has its catalog read (issue 12 item 6); the device here is a bare socket on its SIP port
+    from gb28181gw.manscdp.messages import decode
+    from gb28181gw.sip.message import Request, make_response, parse_message
+    from tests.media import wait_for
+
+    gw = await start_gateway(**{"devices.catalog_on_register": "true", "devices.query_timeout": "1"})
+    port = free_udp_port()
+    asked: list[str] = []
+
+    class Silent(asyncio.DatagramProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+            msg = parse_message(data)
+            if isinstance(msg, Request) and msg.method == "MESSAGE":
+                if not asked or asked[-1] != msg.call_id:
+                    asked.append(msg.call_id)
+                    cmds.append(decode(msg.body).cmd_type)
+                self.transport.sendto(bytes(make_response(msg, 200)), addr)  # type: ignore[attr-defined]
+
+    cmds: list[str] = []
+    try:
+        await register(gw, tmp_path, port)
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(Silent, local_addr=("127.0.0.1", port))
+        try:
+            await wait_for(lambda: "Catalog" in cmds, 10)
+        finally:
+            transport.close()
+        assert cmds[:2] == ["DeviceInfo", "Catalog"]
+    finally:
+        await gw.stop()
