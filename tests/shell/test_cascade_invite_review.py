@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from gb28181gw.app import Gateway
-from gb28181gw.sip.message import Response
+from gb28181gw.services import streams as streams_module
+from gb28181gw.sip.message import Request, Response
 from tests.media import wait_for
 
 from .conftest import run_sipp, sipp_scenario
@@ -30,6 +31,7 @@ from .test_cascade_invite import (
     with_device,
 )
 from .test_devices import finished
+from .test_relay_join import PassiveClient
 from .test_streams import DEVICE_SSRC, answer, scenario
 
 pytestmark = pytest.mark.sipp
@@ -108,34 +110,73 @@ async def test_reinvite_moving_the_media_is_not_answered_as_if_it_were_followed(
     await finished(device)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="review: tcp-passive accepts only the c= host; a NATed superior connects from elsewhere"
-)
-async def test_tcp_superior_behind_nat_connects_from_its_sip_address(tmp_path: Path) -> None:
-    # its a=setup:active, c= its private address (127.0.0.2 here): the connection comes from where
-    # NAT puts it, the address its SIP comes from (127.0.0.1); the relay accepts only c=
+async def answered_invite(
+    tmp_path: Path, call_id: str, sdp: str
+) -> tuple[Gateway, asyncio.subprocess.Process, RawSuperior, asyncio.DatagramTransport, Response]:
+    """A gateway whose device answers, and a superior whose INVITE with ``sdp`` got our 200 (not ACKed yet)."""
     gw = await cascade_gateway(tmp_path)
     device = await with_device(gw, tmp_path, scenario(answer()))
     assert device is not None
     loop = asyncio.get_running_loop()
     transport, sup = await loop.create_datagram_endpoint(RawSuperior, local_addr=("127.0.0.1", 0))
+    sup.send(gw, "INVITE", call_id, body=sdp)
+    await wait_for(lambda: sup.final(call_id) is not None, 10)
+    ok_ = sup.final(call_id)
+    assert ok_ is not None and ok_.status == 200
+    return gw, device, sup, transport, ok_
+
+
+@pytest.mark.parametrize("source", ["127.0.0.1", "127.0.0.2"], ids=["from-its-sip-address", "from-c="])
+async def test_tcp_superior_behind_nat_connects_from_its_sip_address(tmp_path: Path, source: str) -> None:
+    # its a=setup:active, c= its private address (127.0.0.2 here): the connection comes from where
+    # NAT puts it, the address its SIP comes from (127.0.0.1); or, a media server on another host
+    # than its SIP (WVP with ZLMediaKit), from c=. Both are taken; a third host is not.
+    sdp = offer(9, proto="TCP/RTP/AVP", setup="active").replace("c=IN IP4 127.0.0.1", "c=IN IP4 127.0.0.2")
+    gw, device, sup, transport, ok_ = await answered_invite(tmp_path, "nat", sdp)
+    stranger = PassiveClient()
     writer = None
     try:
-        sdp = offer(9, proto="TCP/RTP/AVP", setup="active").replace("c=IN IP4 127.0.0.1", "c=IN IP4 127.0.0.2")
-        sup.send(gw, "INVITE", "nat", body=sdp)
-        await wait_for(lambda: sup.final("nat") is not None, 10)
-        ok_ = sup.final("nat")
-        assert ok_ is not None and ok_.status == 200
         sup.send(gw, "ACK", "nat", to_tag=ok_.to.tag or "")
         await wait_for(lambda: sending(gw), 5)
         (served,) = gw.cascade_media.dialogs.values()
         (st,) = gw.streams.streams.values()
-        _, writer = await asyncio.open_connection("127.0.0.1", st.consumers[served.consumer_id].local_port)
+        port = st.consumers[served.consumer_id].local_port
+        await stranger.connect(port, source="127.0.0.3")  # neither its SIP address nor c=: closed at once
+        await asyncio.wait_for(stranger.closed.wait(), 3)
+        _, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
         relay = gw.streams.relays[0]
         await wait_for(lambda: served.consumer_id in relay.snapshot().streams[st.id].consumers, 3)
+        assert relay.snapshot().streams[st.id].refused_connections == 1
+        assert sending(gw)
     finally:
+        stranger.close()
         if writer is not None:
             writer.close()
+        await gw.stop()
+        transport.close()
+    await finished(device)
+
+
+async def test_paused_consumer_waits_as_long_as_the_ack_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the consumer waiting for the superior's ACK must last the 64*T1 the ACK is waited for, whatever
+    # T1 is: here the stream service's own default (shortened) is far below it (with sip.t1 above
+    # 0.5 s, 32 s was), and an ACK that comes after it but within 64*T1 still starts the media
+    monkeypatch.setattr(streams_module, "PAUSED_TIMEOUT", 0.5)
+    gw, device, sup, transport, ok_ = await answered_invite(tmp_path, "slow", offer(30000))
+    try:
+        (served,) = gw.cascade_media.dialogs.values()
+        (st,) = gw.streams.streams.values()
+        consumer = st.consumers[served.consumer_id]
+        ack_wait = 64 * gw.stack.endpoint.timers.t1
+        assert consumer.start_by is not None
+        assert consumer.start_by - consumer.created == pytest.approx(ack_wait)
+        await asyncio.sleep(2.0)  # the superior is slow to ACK: past 0.5 s and a health check (1 s), within 6.4 s
+        assert st.consumers.get(served.consumer_id) is consumer and not any(
+            isinstance(m, Request) and m.method == "BYE" for m in sup.got
+        )
+        sup.send(gw, "ACK", "slow", to_tag=ok_.to.tag or "")
+        await wait_for(lambda: sending(gw), 5)
+    finally:
         await gw.stop()
         transport.close()
     await finished(device)

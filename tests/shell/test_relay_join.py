@@ -277,6 +277,35 @@ async def test_tcp_passive_consumer_refuses_strangers_and_takes_one_connection(
 
 
 @WORKERS
+async def test_tcp_passive_consumer_connects_from_a_host_allowed_with_it_and_no_third(
+    tmp_path: Path, ps: bytes, workers: str
+) -> None:
+    # a superior behind NAT: its c= (127.0.0.2) is not where its connection comes from (127.0.0.3)
+    gw, device = await gateway(tmp_path, **{"media.workers": workers})
+    client, stranger = PassiveClient(), PassiveClient()
+    device_media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        with pytest.raises(StreamError) as not_passive:
+            await gw.streams.play(CH, transport="udp", host="127.0.0.1", port=9, also_from=("127.0.0.3",))
+        assert not_passive.value.status == 400
+        st, c = await gw.streams.play(
+            CH, transport="tcp-passive", host="127.0.0.2", port=0, also_from=("127.0.0.3",), paused=True
+        )
+        assert c.host == "127.0.0.2" and c.also_from == ("127.0.0.3",)
+        await stranger.connect(c.local_port, source="127.0.0.4")  # a third host: closed at once
+        await asyncio.wait_for(stranger.closed.wait(), 3)
+        await client.connect(c.local_port, source="127.0.0.3")
+        await gw.streams.start_consumer(st.id, c.id)
+        packets = packetize(ps, int(st.session.ssrc), mtu=1400)
+        await feed(st, packets, device_media)
+        await wait_for(lambda: len(client.got.packets) == len(packets))
+        assert client.got.payload() == ps and not stranger.got.packets
+        await wait_for(lambda: figure(gw, st, "refused_connections") == 1, 3)
+    finally:
+        await cleanup(gw, device, device_media, client, stranger)
+
+
+@WORKERS
 async def test_passive_consumer_that_never_connects_is_dropped_and_its_port_freed(tmp_path: Path, workers: str) -> None:
     gw, device = await gateway(tmp_path, **{"media.workers": workers, "media.consumer_connect_timeout": "0.5"})
     gone = Gone(gw)

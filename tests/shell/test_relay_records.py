@@ -16,6 +16,7 @@ from gb28181gw.media.ports import PortsExhausted
 from gb28181gw.relay.commands import (
     COMMANDS,
     AddConsumer,
+    AddPassiveConsumer,
     Close,
     Connect,
     Expect,
@@ -88,6 +89,8 @@ def test_every_event_class_has_a_wire_name_and_junk_is_refused() -> None:
         Expect("0100000001", 7),
         Connect("0100000001", "127.0.0.1", 15060, 3, 1.0),
         AddConsumer("0100000001", "c1", "tcp", "127.0.0.1", 9000, 42),
+        AddPassiveConsumer("0100000001", "c1", "10.0.0.2", 30002, 42, 10.0, False, ("203.0.113.7",)),
+        AddPassiveConsumer("0100000001", "c2", "127.0.0.1", 30004, 43, 10.0, True),
         RemoveConsumer("0100000001", "c1"),
         Close("0100000001"),
         Ping(),
@@ -102,7 +105,7 @@ def test_commands_round_trip_through_json(command: Any) -> None:
 
 def test_one_table_knows_every_command_and_unknown_ones_are_bad_commands() -> None:
     assert len({op for op, _ in COMMANDS.values()}) == len(COMMANDS)
-    for data in (["no_such_op"], [], ["open", "s1"]):
+    for data in (["no_such_op"], [], ["open", "s1"], ["add_passive_consumer", "s1", "c1", "h", 1, 2, 3.0, True, 7]):
         with pytest.raises(RelayError) as info:
             decode_command(data)
         assert info.value.code is RelayFailure.BAD_COMMAND

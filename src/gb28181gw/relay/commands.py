@@ -84,8 +84,9 @@ class AddConsumer(Command):
 
 @dataclass(frozen=True, slots=True)
 class AddPassiveConsumer(Command):
-    """Listen on ``port`` for a TCP-passive consumer's one connection, from ``host`` only; dropped if
-    it has not connected in ``timeout`` seconds; sent to once ``started`` (or :class:`StartConsumer`)."""
+    """Listen on ``port`` for a TCP-passive consumer's one connection, from ``host`` or one of
+    ``also_from`` only; dropped if it has not connected in ``timeout`` seconds; sent to once
+    ``started`` (or :class:`StartConsumer`)."""
 
     stream: str
     consumer: str
@@ -94,6 +95,12 @@ class AddPassiveConsumer(Command):
     ssrc: int
     timeout: float
     started: bool
+    also_from: tuple[str, ...] = ()
+
+    @classmethod
+    def from_wire(cls, values: list[Any]) -> Command:
+        stream, consumer, host, port, ssrc, timeout, started, also_from = values
+        return cls(stream, consumer, host, port, ssrc, timeout, started, tuple(also_from))  # JSON made it a list
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +161,9 @@ async def _add_consumer(f: Forwarder, c: AddConsumer) -> None:
 
 
 async def _add_passive_consumer(f: Forwarder, c: AddPassiveConsumer) -> None:
-    f.add_passive_consumer(c.stream, c.consumer, c.host, c.port, c.ssrc, timeout=c.timeout, started=c.started)
+    f.add_passive_consumer(
+        c.stream, c.consumer, c.host, c.port, c.ssrc, timeout=c.timeout, started=c.started, also_from=c.also_from
+    )
 
 
 async def _start_consumer(f: Forwarder, c: StartConsumer) -> None:

@@ -41,7 +41,8 @@ hot path, so it works on raw non-blocking sockets with ``loop.add_reader``:
   burst overflows receivers), the live packets queued behind until it has caught up. Joining
   a stream with media but no copy is reported (:class:`~.records.KeyFrameWanted`);
 * a TCP-passive consumer (a superior that connects to us, §7.5, §9.5) gets its own listening
-  port: one connection is taken, from its host only (others are closed and counted in
+  port: one connection is taken, from its host or the few others allowed with it (a superior
+  behind NAT connects from its SIP source, not its ``c=``; others are closed and counted in
   ``refused_connections``); none within its timeout drops it (``ConsumerLost``). It may be
   added paused: connected or not, it is sent nothing until :meth:`Forwarder.start_consumer`
   (the superior's ACK, §9.5 step 6). Other consumers added paused are not here until started.
@@ -294,10 +295,12 @@ class Waiting:
     """A TCP-passive consumer not sent to yet: listening for its connection (``listener``), or
     connected (``out``) but not ``started`` (added before the superior's ACK)."""
 
-    __slots__ = ("id", "host", "ssrc", "listener", "timer", "out", "started")
+    __slots__ = ("id", "hosts", "ssrc", "listener", "timer", "out", "started")
 
-    def __init__(self, consumer_id: str, host: str, ssrc: int, listener: socket.socket, started: bool) -> None:
-        self.id, self.host, self.ssrc, self.listener, self.started = consumer_id, host, ssrc, listener, started
+    def __init__(
+        self, consumer_id: str, hosts: frozenset[str], ssrc: int, listener: socket.socket, started: bool
+    ) -> None:
+        self.id, self.hosts, self.ssrc, self.listener, self.started = consumer_id, hosts, ssrc, listener, started
         self.timer: asyncio.TimerHandle | None = None
         self.out: TcpOut | None = None
 
@@ -530,11 +533,20 @@ class Forwarder:
         )
 
     def add_passive_consumer(
-        self, stream_id: str, consumer_id: str, host: str, port: int, ssrc: int, *, timeout: float, started: bool
+        self,
+        stream_id: str,
+        consumer_id: str,
+        host: str,
+        port: int,
+        ssrc: int,
+        *,
+        timeout: float,
+        started: bool,
+        also_from: tuple[str, ...] = (),
     ) -> None:
-        """Listen on ``port`` for one TCP connection from ``host`` and send the stream over it (RFC 4571);
-        paused (``started`` false) until :meth:`start_consumer`. No connection within ``timeout`` seconds:
-        the consumer is dropped (:class:`~.records.ConsumerLost`).
+        """Listen on ``port`` for one TCP connection from ``host`` (or one of ``also_from``) and send the
+        stream over it (RFC 4571); paused (``started`` false) until :meth:`start_consumer`. No connection
+        within ``timeout`` seconds: the consumer is dropped (:class:`~.records.ConsumerLost`).
 
         Raises:
             RelayError: no such stream, or the port cannot be bound (:attr:`RelayFailure.PORT_TAKEN`).
@@ -552,7 +564,8 @@ class Forwarder:
             raise RelayError(
                 RelayFailure.PORT_TAKEN, f"cannot listen on media port {port}: {exc.strerror or exc}"
             ) from None
-        w = Waiting(consumer_id, self._as_peer_host(host) or host, ssrc, listener, started)
+        hosts = frozenset(self._as_peer_host(h) or h for h in (host, *also_from))
+        w = Waiting(consumer_id, hosts, ssrc, listener, started)
         loop = self.loop
         loop.add_reader(listener.fileno(), self._on_consumer_accept, st, w)
         w.timer = loop.call_later(timeout, self._never_connected, st, w, timeout)
@@ -1013,7 +1026,7 @@ class Forwarder:
             conn, addr = w.listener.accept()
         except OSError:  # BlockingIOError, InterruptedError, ECONNABORTED …
             return
-        if addr[0] != w.host:
+        if addr[0] not in w.hosts:
             st.refused_connections += 1  # only the consumer we were told of may connect
             conn.close()
             return

@@ -123,11 +123,21 @@ class Relay:
         await self.call(AddConsumer(stream_id, consumer_id, transport, host, port, ssrc))
 
     async def add_passive_consumer(
-        self, stream_id: str, consumer_id: str, host: str, port: int, ssrc: int, *, timeout: float, started: bool
+        self,
+        stream_id: str,
+        consumer_id: str,
+        host: str,
+        port: int,
+        ssrc: int,
+        *,
+        timeout: float,
+        started: bool,
+        also_from: tuple[str, ...] = (),
     ) -> None:
-        """Listen on ``port`` for a TCP-passive consumer at ``host`` (:attr:`RelayFailure.PORT_TAKEN` if it
-        cannot be bound); it is dropped (``ConsumerLost``) if it does not connect in ``timeout`` seconds."""
-        await self.call(AddPassiveConsumer(stream_id, consumer_id, host, port, ssrc, timeout, started))
+        """Listen on ``port`` for a TCP-passive consumer at ``host`` or one of ``also_from``
+        (:attr:`RelayFailure.PORT_TAKEN` if it cannot be bound); it is dropped (``ConsumerLost``) if it
+        does not connect in ``timeout`` seconds."""
+        await self.call(AddPassiveConsumer(stream_id, consumer_id, host, port, ssrc, timeout, started, also_from))
 
     async def start_consumer(self, stream_id: str, consumer_id: str) -> None:
         """Start sending to a paused TCP-passive consumer."""

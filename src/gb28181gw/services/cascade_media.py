@@ -214,6 +214,9 @@ class CascadeMediaService:
                 ssrc=ssrc,
                 label=f"upstream:{name}",
                 paused=True,  # nothing before its ACK (and for tcp no connection)
+                start_within=self.stack.endpoint.timers.h,  # as long as we wait for that ACK
+                # behind NAT it connects from its SIP source; a media server apart from it, from c=
+                also_from=(event.peer.host,) if offer.transport == "tcp-passive" else (),
             )
         )
         assert served.stop_waiting is not None
@@ -350,7 +353,7 @@ class CascadeMediaService:
         timers = self.stack.endpoint.timers
         served.unacked = (tx, response)
         if served.ack_timer is None:
-            served.ack_timer = loop.call_later(64 * timers.t1, self._no_ack, served)
+            served.ack_timer = loop.call_later(timers.h, self._no_ack, served)
         if via.transport == "UDP":
             served.retransmit = loop.call_later(timers.t1, self._retransmit, served, timers.t1)
 

@@ -17,14 +17,16 @@ client that polls a stream it consumes learns why it is gone, not just that it i
 
 Consumers are reached over ``udp``, ``tcp`` (we connect, RFC 4571 framing) or
 ``tcp-passive`` (we listen on a port of the stream's relay share and the consumer's host
-alone may connect; a superior's ``a=setup:active``, §9.5). A consumer may be added paused
-and started later (:meth:`StreamService.start_consumer`: the superior's ACK, §9.5 step 6);
-one never started is dropped after :data:`PAUSED_TIMEOUT`. Whoever owns a consumer learns
-from :meth:`StreamService.on_consumer_gone` when it goes for any reason but its owner's own
-:meth:`~StreamService.remove_consumer` (the stream closed, its lease ran out, its TCP
-connection was lost or never made, it was never started). A consumer joining a stream with
-nothing kept since a key frame (relay/forwarder.py) makes us ask the device for one
-(``IFameCmd``, ``media.keyframe_request``), at most every :data:`KEYFRAME_REQUEST_INTERVAL`.
+alone may connect, or the few others named with it: a superior's ``a=setup:active``, §9.5,
+connects from its NAT address). A consumer may be added paused and started later
+(:meth:`StreamService.start_consumer`: the superior's ACK, §9.5 step 6); one never started
+is dropped after the wait its owner gave (its ACK wait), :data:`PAUSED_TIMEOUT` by default.
+Whoever owns a consumer learns from :meth:`StreamService.on_consumer_gone` when it goes for
+any reason but its owner's own :meth:`~StreamService.remove_consumer` (the stream closed,
+its lease ran out, its TCP connection was lost or never made, it was never started). A
+consumer joining a stream with nothing kept since a key frame (relay/forwarder.py) makes us
+ask the device for one (``IFameCmd``, ``media.keyframe_request``), at most every
+:data:`KEYFRAME_REQUEST_INTERVAL`.
 
 A stream's life is a :class:`StreamState`, changed only by :meth:`StreamService._apply`
 through :data:`TRANSITIONS`, one ``(state, input) -> (state, actions)`` table in the manner
@@ -114,8 +116,9 @@ log = logging.getLogger("gb28181gw.streams")
 #: polling once a second to learn why its stream ended, bounded whatever the churn.
 ENDED_KEPT = 1000
 ENDED_KEPT_SECONDS = 600.0
-#: Seconds a paused consumer waits for :meth:`StreamService.start_consumer` before it is dropped:
-#: a superior that has not ACKed our 200 in 64·T1 = 32 s never will (RFC 3261 Timer H; §9.5 step 6).
+#: Seconds a paused consumer waits for :meth:`StreamService.start_consumer` before it is dropped,
+#: unless its owner gives its own wait: a superior that has not ACKed our 200 in 64·T1 = 32 s
+#: (default T1) never will (RFC 3261 Timer H; §9.5 step 6).
 PAUSED_TIMEOUT = 32.0
 #: Seconds between two key-frame requests for one stream: viewers joining in a burst must not
 #: flood the device with IFameCmd MESSAGEs, and one key frame serves them all.
@@ -231,6 +234,7 @@ class Consumer:
         id: unique within its stream.
         transport / host / port: where packets go: ``udp``; ``tcp``, we connect to ``host``:``port``;
             ``tcp-passive``, ``host`` connects to us (``port`` unused).
+        also_from: ``tcp-passive``: other hosts it may connect from (behind NAT: its SIP source).
         ssrc: the SSRC it sees (its own, or one allocated for it).
         label: who it is (``cli``, an upper platform's ID …).
         expires_at: loop time after which it is dropped (a lease), or ``None``.
@@ -254,6 +258,7 @@ class Consumer:
     local_port: int = 0
     paused: bool = False
     start_by: float | None = None
+    also_from: tuple[str, ...] = ()
 
 
 @dataclass(eq=False, slots=True)
@@ -409,14 +414,17 @@ class StreamService:
         label: str = "",
         ttl: float | None = None,
         paused: bool = False,
+        start_within: float | None = None,
+        also_from: tuple[str, ...] = (),
     ) -> tuple[Stream, Consumer]:
         """Send ``channel_id``'s live stream to a consumer, opening the stream if it is not open.
 
         ``transport``: ``udp``; ``tcp`` (or ``tcp-active``), we connect to ``host``:``port``;
         ``tcp-passive``, we listen (before returning; :attr:`Consumer.local_port`) for one
-        connection from ``host`` (``port`` is not used), dropping the consumer if none comes in
-        ``media.consumer_connect_timeout``. ``paused``: send nothing (and for ``tcp`` do not
-        connect) until :meth:`start_consumer`, at most :data:`PAUSED_TIMEOUT` seconds.
+        connection from ``host`` or one of ``also_from`` (``port`` is not used), dropping the
+        consumer if none comes in ``media.consumer_connect_timeout``. ``paused``: send nothing (and
+        for ``tcp`` do not connect) until :meth:`start_consumer`, at most ``start_within`` seconds
+        (:data:`PAUSED_TIMEOUT` if ``None``), after which the consumer is dropped.
 
         Raises:
             StreamError: the channel is unknown, its device unreachable or unwilling, no port is free.
@@ -426,13 +434,16 @@ class StreamService:
             raise StreamError(400, f"consumer transport must be udp, tcp or tcp-passive, not {transport!r}")
         if kind != "tcp-passive" and not 0 < port <= 65535:
             raise StreamError(400, f"consumer port {port} is not a port number")
+        if also_from and kind != "tcp-passive":
+            raise StreamError(400, f"only a tcp-passive consumer connects from somewhere, not a {transport} one")
         st = self.by_channel.get(channel_id)
         if st is None:
             st = self._open(channel_id)
         await asyncio.shield(st.ready)
         if st.state is not StreamState.LIVE and st.state is not StreamState.LINGERING:
             raise StreamError(502, f"stream of {channel_id} closed: {st.close_reason}")
-        return st, await self._add_consumer(st, kind, host, port, ssrc, label, ttl, paused)
+        wait = (PAUSED_TIMEOUT if start_within is None else start_within) if paused else None
+        return st, await self._add_consumer(st, kind, host, port, ssrc, label, ttl, wait, also_from)
 
     def _open(self, channel_id: str) -> Stream:
         try:
@@ -590,7 +601,8 @@ class StreamService:
         ssrc: int | None,
         label: str,
         ttl: float | None,
-        paused: bool,
+        start_within: float | None,
+        also_from: tuple[str, ...],
     ) -> Consumer:
         now = self.loop.time()
         allocated = ssrc is None
@@ -610,14 +622,15 @@ class StreamService:
             expires_at=now + ttl if ttl else None,
             allocated=allocated,
             local_port=st.port if transport == "udp" else 0,
-            paused=paused,
-            start_by=now + PAUSED_TIMEOUT if paused else None,
+            paused=start_within is not None,
+            start_by=now + start_within if start_within is not None else None,
+            also_from=also_from,
         )
         st.next_consumer += 1
         try:
             if transport == "tcp-passive":
                 await self._listen(st, consumer)
-            elif not paused:
+            elif not consumer.paused:
                 await st.relay.add_consumer(st.id, consumer.id, transport, host, port, ssrc)
         except (RelayError, StreamError) as exc:
             if allocated:
@@ -654,6 +667,7 @@ class StreamService:
                     consumer.ssrc,
                     timeout=self.settings.consumer_connect_timeout,
                     started=not consumer.paused,
+                    also_from=consumer.also_from,
                 )
                 return
             except RelayError as exc:
@@ -986,7 +1000,8 @@ class StreamService:
                     self._drop_consumer(st, consumer.id, reason="its lease ran out")
                 elif consumer.start_by is not None and consumer.start_by <= now:
                     log.info("paused consumer never started", extra={"stream": st.id, "consumer": consumer.id})
-                    self._drop_consumer(st, consumer.id, reason=f"not started within {PAUSED_TIMEOUT:g} s")
+                    waited = consumer.start_by - consumer.created
+                    self._drop_consumer(st, consumer.id, reason=f"not started within {waited:g} s")
 
     # --- figures for metrics -----------------------------------------------------------
 
