@@ -281,10 +281,11 @@ class CascadeRequestService:
         try:
             response = await self.stack.request(m.message(body), m.peer)
         except (SipTimeoutError, SipTransportError) as exc:
-            log.info("MESSAGE to superior failed", extra={"upstream": m.settings.name, "error": str(exc)})
+            # the superior never gets this answer or alarm: worth an operator's attention
+            log.warning("MESSAGE to superior failed", extra={"upstream": m.settings.name, "error": str(exc)})
             return None
         if response.status >= 300:
-            log.info(
+            log.warning(
                 "superior refused our MESSAGE",
                 extra={"upstream": m.settings.name, "status": response.status, "reason": response.reason},
             )
