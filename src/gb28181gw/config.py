@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from gb28181gw.errors import ConfigError, ConfigFileMissing, IdError
-from gb28181gw.ids import GbId, type_name
+from gb28181gw.ids import GbId, is_id_prefix, type_name
 
 ENV_PREFIX = "GB28181GW_"
 #: Variables with our prefix that are not settings: the config file, the CLI's admin URL and display zone.
@@ -207,7 +207,7 @@ def _networks(v: list[str]) -> str | None:
 
 
 def _id_prefixes(v: list[str]) -> str | None:
-    bad = [x for x in v if not (x.isdigit() and x.isascii() and 1 <= len(x) <= 20)]
+    bad = [x for x in v if not is_id_prefix(x)]
     return f"ID prefixes must be 1-20 digits (got {', '.join(bad)})" if bad else None
 
 

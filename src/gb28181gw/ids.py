@@ -320,6 +320,14 @@ def _check_centre(centre: str, strict: bool, significant: int) -> list[str]:
     return warnings
 
 
+def is_id_prefix(text: str) -> bool:
+    """Whether ``text`` can begin an ID: 1-20 ASCII digits (a whole ID, or a region such as 340202).
+
+    What ID filters and a superior's shares accept.
+    """
+    return 1 <= len(text) <= 20 and text.isascii() and text.isdigit()
+
+
 def parse_id(text: str, *, strict: bool = False) -> GbId:
     """Shorthand for ``GbId.parse(text, strict=strict)`` (20 digits only)."""
     return GbId.parse(text, strict=strict)

@@ -46,6 +46,7 @@ from gb28181gw.gb.upstream import (
     UpstreamSettings,
     UpstreamState,
 )
+from gb28181gw.ids import is_id_prefix
 from gb28181gw.metrics import (
     UPSTREAM_KEEPALIVE_FAILURES,
     UPSTREAM_REGISTER_FAILURES,
@@ -238,7 +239,7 @@ class UpstreamService:
         """
         link = self.link(name)
         wanted = list(dict.fromkeys(entries))
-        bad = [e for e in wanted if not (e.isascii() and e.isdigit() and 1 <= len(e) <= 20)]
+        bad = [e for e in wanted if not is_id_prefix(e)]
         if bad or not wanted:
             raise UpstreamError(
                 f"not a device ID, channel ID or ID prefix: {', '.join(bad)}" if bad else "no ID given",
