@@ -251,7 +251,7 @@ class CascadeMediaService:
 
     async def _settle(self, offer: SuperiorOffer, event: RequestReceived) -> SuperiorOffer:
         """The offer as we serve it: the channel we know among those it names, a host to send to."""
-        known = [c for c in offer.candidates if self._owner(c) is not None]
+        known = [c for c in offer.candidates if self.streams.devices.owner_of(c) is not None]
         if known and known[0] != offer.channel_id:
             # Subject names a channel we do not have, the Request-URI one we do (a superior
             # that fills Subject its own way): serve what it can only mean
@@ -274,7 +274,7 @@ class CascadeMediaService:
         return replace(offer, host=host) if host != offer.host else offer
 
     def _check_channel(self, name: str, channel_id: str) -> None:
-        device_id = self._owner(channel_id)
+        device_id = self.streams.devices.owner_of(channel_id)
         if device_id is None or not self.upstreams.may_see(name, channel_id, device_id):
             # an unshared channel is not told apart from an unknown one (wvp answers 404 too)
             raise StreamError(404, f"no channel {channel_id} here")
@@ -282,14 +282,6 @@ class CascadeMediaService:
         if device is None or not device.online:
             state = "not registered" if device is None or not device.registered else "offline"
             raise StreamError(480, f"the device of channel {channel_id} is {state}")
-
-    def _owner(self, channel_id: str) -> str | None:
-        if channel_id in self.registrar.devices:
-            return channel_id  # an IPC is its own channel
-        for device_id, channels in self.streams.devices.channels.items():
-            if channel_id in channels:
-                return device_id
-        return None
 
     def _answer(self, served: Served, event: RequestReceived, link: Link, st: Stream, consumer: Consumer) -> None:
         request, tx, offer = event.request, served.transaction, served.offer

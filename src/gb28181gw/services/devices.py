@@ -156,13 +156,20 @@ class DeviceService:
         return device
 
     def device_of(self, target_id: str) -> Device:
-        """The device a device ID or channel ID belongs to."""
+        """The device a device ID or channel ID belongs to, which must be registered."""
+        device_id = self.owner_of(target_id)
+        if device_id is None:
+            raise DeviceError(f"no device or channel {target_id}", DeviceError.NOT_FOUND)
+        return self.registered(device_id)
+
+    def owner_of(self, target_id: str) -> str | None:
+        """The ID of the device a device ID (itself) or channel ID belongs to, registered or not."""
         if target_id in self.registrar.devices:
-            return self.registered(target_id)
+            return target_id  # a device, or an IPC that is its own channel
         for device_id, chans in self.channels.items():
             if target_id in chans:
-                return self.registered(device_id)
-        raise DeviceError(f"no device or channel {target_id}", DeviceError.NOT_FOUND)
+                return device_id
+        return None
 
     def forget(self, device_id: str) -> None:
         """Drop what is kept in memory of a removed device (its channels)."""
