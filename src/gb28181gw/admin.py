@@ -38,15 +38,18 @@ from typing import Any
 from aiohttp import web
 
 from gb28181gw import __version__
-from gb28181gw.errors import IdError, UpstreamError
+from gb28181gw.errors import IdError, MansrtspError, UpstreamError
+from gb28181gw.gb import mansrtsp
 from gb28181gw.gb.bans import MAX_REFUSALS
+from gb28181gw.gb.mansrtsp import RtspResponse
 from gb28181gw.gb.model import Device, Override
+from gb28181gw.gb.playback import Span
 from gb28181gw.gb.registrar import IpNetwork
 from gb28181gw.ids import GbId
 from gb28181gw.manscdp import ptz as ptz_codes
 from gb28181gw.metrics import Metrics
 from gb28181gw.relay.records import RelaySnapshot, StreamFigures
-from gb28181gw.sdp import StreamMode
+from gb28181gw.sdp import SessionKind, StreamMode
 from gb28181gw.services.devices import DeviceError, DeviceService
 from gb28181gw.services.registrar import RegistrarService
 from gb28181gw.services.streams import Stream, StreamError, StreamService, StreamState
@@ -523,15 +526,96 @@ RECORD_TYPES = ("all", "time", "alarm", "manual")
 
 
 #: HTTP status for each StreamError status (SIP codes from the device are passed on as 502).
-_STREAM_HTTP = {400: 400, 404: 404, 480: 409, 486: 409, 488: 502, 502: 502, 503: 503, 504: 504}
+_STREAM_HTTP = {400: 400, 404: 404, 409: 409, 480: 409, 486: 409, 488: 502, 502: 502, 503: 503, 504: 504}
+_CONSUMER_USAGE = (
+    '"consumer": {"transport": "udp"|"tcp"|"tcp-passive", "host": ..., "port": ... (not for tcp-passive: it '
+    'connects to the local_port answered), "ssrc": optional, "ttl": optional seconds, "label": optional}'
+)
+#: What ``POST /streams/{id}/control`` takes: its ``action`` and the MANSRTSP request it makes (§7.9).
+CONTROL_ACTIONS = ("pause", "resume", "seek", "speed", "teardown")
 
 
-def add_stream_routes(admin: AdminServer, streams: StreamService, *, consumer_networks: tuple[IpNetwork, ...]) -> None:
-    """Live streams: list, open or join (a consumer), renew a consumer's lease, leave, stop.
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ConsumerArgs:
+    transport: str
+    host: str
+    port: int
+    ssrc: int | None
+    ttl: float | None
+    label: str
+
+
+def _consumer_args(
+    request: web.Request, c: Any, consumer_networks: tuple[IpNetwork, ...], usage: str
+) -> _ConsumerArgs | web.Response:
+    """The consumer a request names, checked (an error answer otherwise)."""
+    if not isinstance(c, dict):
+        return error_response(400, usage)
+    transport = str(c.get("transport") or "udp").lower()
+    passive = transport == "tcp-passive"
+    try:
+        host = str(c.get("host") or request.remote or "127.0.0.1")
+        port = int(c["port"]) if not passive or c.get("port") is not None else 0
+        ssrc = int(c["ssrc"]) if c.get("ssrc") is not None else None
+        ttl = float(c["ttl"]) if c.get("ttl") is not None else None
+        address = ipaddress.ip_address(host)
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return error_response(400, usage)
+    if ttl is not None and not (math.isfinite(ttl) and ttl > 0):
+        return error_response(400, "consumer ttl must be a positive number of seconds")
+    if not 0 < port < 65536 and not (passive and port == 0):
+        return error_response(400, "consumer port must be 1-65535")
+    if not (
+        address.is_loopback
+        or host == request.remote
+        or any(address in net for net in consumer_networks if net.version == address.version)
+    ):
+        return error_response(403, f"streams go to the requester's own address or media.consumer_networks, not {host}")
+    if ssrc is not None and not 0 <= ssrc <= 0xFFFFFFFF:
+        return error_response(400, "consumer ssrc must fit 32 bits")
+    return _ConsumerArgs(transport, host, port, ssrc, ttl, str(c.get("label") or ""))
+
+
+def _stream_error(exc: StreamError) -> web.Response:
+    return json_response({"error": str(exc), "sip_status": exc.status}, status=_STREAM_HTTP.get(exc.status, 502))
+
+
+def parse_moment(value: Any, zone: datetime.tzinfo) -> datetime.datetime:
+    """A time of a span as the API takes it: ISO 8601 (``2024-05-06T08:00:00``; without an offset, in
+    the site's zone, ``gateway.time_zone``) or seconds since the epoch.
+
+    Raises:
+        ValueError: saying what is accepted.
+    """
+    if isinstance(value, bool):
+        raise ValueError("a time is ISO 8601 text or epoch seconds, not true/false")
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{value!r} is not epoch seconds")
+        return datetime.datetime.fromtimestamp(value, datetime.UTC)
+    if not isinstance(value, str):
+        raise ValueError("a time is ISO 8601 text (2024-05-06T08:00:00) or epoch seconds")
+    try:
+        moment = datetime.datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(f"{value[:40]!r} is not a time: use ISO 8601 (2024-05-06T08:00:00) or epoch seconds") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=zone)
+
+
+def add_stream_routes(
+    admin: AdminServer,
+    streams: StreamService,
+    *,
+    consumer_networks: tuple[IpNetwork, ...],
+    zone: datetime.tzinfo = datetime.UTC,
+) -> None:
+    """Streams: list, open (live, or a playback or download of a span), join, control, renew a
+    consumer's lease, leave, stop.
 
     A stream that ended lately answers 410 with why (``{"error": "stream … ended: <reason>",
-    "reason", "cause", "ended_at"}``), one never known 404: a client polling its stream learns
-    why it is gone.
+    "reason", "cause", "ended_at", "kind", "complete", "position"}``), one never known 404: a
+    client polling its stream learns why it is gone (and a download's client whether it is whole).
+    ``zone`` is the site's (``gateway.time_zone``): span times without an offset are read in it.
     """
 
     def missing(stream_id: str) -> web.Response:
@@ -545,9 +629,17 @@ def add_stream_routes(admin: AdminServer, streams: StreamService, *, consumer_ne
                 "cause": ended.cause,
                 "channel_id": ended.channel_id,
                 "ended_at": round(ended.ended_at, 3),
+                "kind": ended.kind.word,
+                "complete": ended.complete,
+                "position": ended.position,
             },
             status=410,
         )
+
+    def opened(st: Stream, consumer_id: str) -> web.Response:
+        out = stream_json(streams, st)
+        out["consumer"] = next(x for x in out["consumers"] if x["id"] == consumer_id)
+        return json_response(out, status=201)
 
     async def list_streams(request: web.Request) -> web.Response:
         return json_response({"streams": streams_json(streams)})
@@ -559,64 +651,159 @@ def add_stream_routes(admin: AdminServer, streams: StreamService, *, consumer_ne
         return json_response(stream_json(streams, st))
 
     async def play(request: web.Request) -> web.Response:
-        usage = (
-            'the body must be JSON: {"channel_id": ..., "consumer": {"transport": "udp"|"tcp"|"tcp-passive", '
-            '"host": ..., "port": ... (not for tcp-passive: it connects to the local_port answered), '
-            '"ssrc": optional, "ttl": optional seconds, "label": optional}}'
-        )
+        usage = f'the body must be JSON: {{"channel_id": ..., {_CONSUMER_USAGE}}}'
         try:
             body = await request.json()
         except ValueError:
             return error_response(400, usage)
-        if not isinstance(body, dict) or not isinstance(body.get("consumer"), dict):
+        if not isinstance(body, dict):
             return error_response(400, usage)
         channel_id = str(body.get("channel_id", ""))
         try:
             GbId.parse(channel_id)
         except IdError as exc:
             return error_response(400, f"invalid channel ID: {exc}")
-        c = body["consumer"]
-        transport = str(c.get("transport") or "udp").lower()
-        passive = transport == "tcp-passive"
-        try:
-            host = str(c.get("host") or request.remote or "127.0.0.1")
-            port = int(c["port"]) if not passive or c.get("port") is not None else 0
-            ssrc = int(c["ssrc"]) if c.get("ssrc") is not None else None
-            ttl = float(c["ttl"]) if c.get("ttl") is not None else None
-            address = ipaddress.ip_address(host)
-        except (KeyError, TypeError, ValueError, OverflowError):
-            return error_response(400, usage)
-        if ttl is not None and not (math.isfinite(ttl) and ttl > 0):
-            return error_response(400, "consumer ttl must be a positive number of seconds")
-        if not 0 < port < 65536 and not (passive and port == 0):
-            return error_response(400, "consumer port must be 1-65535")
-        if not (
-            address.is_loopback
-            or host == request.remote
-            or any(address in net for net in consumer_networks if net.version == address.version)
-        ):
-            return error_response(
-                403, f"streams go to the requester's own address or media.consumer_networks, not {host}"
-            )
-        if ssrc is not None and not 0 <= ssrc <= 0xFFFFFFFF:
-            return error_response(400, "consumer ssrc must fit 32 bits")
+        c = _consumer_args(request, body.get("consumer"), consumer_networks, usage)
+        if isinstance(c, web.Response):
+            return c
         try:
             st, consumer = await streams.play(
-                channel_id,
-                transport=transport,
-                host=host,
-                port=port,
-                ssrc=ssrc,
-                label=str(c.get("label") or ""),
-                ttl=ttl,
+                channel_id, transport=c.transport, host=c.host, port=c.port, ssrc=c.ssrc, label=c.label, ttl=c.ttl
             )
         except StreamError as exc:
-            return json_response(
-                {"error": str(exc), "sip_status": exc.status}, status=_STREAM_HTTP.get(exc.status, 502)
+            return _stream_error(exc)
+        return opened(st, consumer.id)
+
+    async def open_recorded(request: web.Request) -> web.Response:
+        usage = (
+            'the body must be JSON: {"channel_id": ..., "kind": "playback"|"download", "start": TIME, "end": TIME, '
+            '"speed": optional (download: a=downloadspeed; playback: the Scale to play at), '
+            f"{_CONSUMER_USAGE}}}; TIME is ISO 8601 (in the site's zone without an offset) or epoch seconds"
+        )
+        try:
+            body = await request.json()
+        except ValueError:
+            return error_response(400, usage)
+        if not isinstance(body, dict):
+            return error_response(400, usage)
+        channel_id = str(body.get("channel_id", ""))
+        try:
+            GbId.parse(channel_id)
+        except IdError as exc:
+            return error_response(400, f"invalid channel ID: {exc}")
+        kind = SessionKind.of(str(body.get("kind") or ""))
+        if kind is None or not kind.recorded:
+            return error_response(400, 'kind must be "playback" or "download"', usage)
+        try:
+            span = Span.from_local(parse_moment(body.get("start"), zone), parse_moment(body.get("end"), zone), zone)
+        except ValueError as exc:
+            return error_response(400, f"start/end: {exc}", usage)
+        speed = body.get("speed")
+        if speed is not None:
+            if isinstance(speed, bool) or not isinstance(speed, int | float) or not math.isfinite(speed) or speed <= 0:
+                return error_response(400, f"speed must be a number more than 0, not {speed!r}")
+            if kind is SessionKind.DOWNLOAD and (speed != int(speed) or speed > 256):
+                return error_response(
+                    400, f"a download's speed is a whole number 1-256 (a=downloadspeed), not {speed!r}"
+                )
+        c = _consumer_args(request, body.get("consumer"), consumer_networks, usage)
+        if isinstance(c, web.Response):
+            return c
+        try:
+            st, consumer = await streams.open_recorded(
+                channel_id,
+                kind=kind,
+                span=span,
+                download_speed=int(speed) if kind is SessionKind.DOWNLOAD and speed is not None else None,
+                transport=c.transport,
+                host=c.host,
+                port=c.port,
+                ssrc=c.ssrc,
+                label=c.label,
+                ttl=c.ttl,
             )
-        out = stream_json(streams, st)
-        out["consumer"] = next(x for x in out["consumers"] if x["id"] == consumer.id)
-        return json_response(out, status=201)
+        except StreamError as exc:
+            return _stream_error(exc)
+        if kind is SessionKind.PLAYBACK and speed is not None and speed != 1:
+            # the INVITE plays at 1x: the speed asked for is the first control (§7.9)
+            try:
+                result = await streams.control(st.id, mansrtsp.speed(0, float(speed)))
+            except StreamError as exc:
+                log.warning("playback opened, its speed not set", extra={"stream": st.id, "reason": str(exc)})
+            else:
+                if not result.ok:
+                    log.warning(
+                        "playback opened, its speed refused", extra={"stream": st.id, "answer": result.describe()}
+                    )
+        return opened(st, consumer.id)
+
+    async def join(request: web.Request) -> web.Response:
+        usage = f"the body must be JSON: {{{_CONSUMER_USAGE}}}"
+        stream_id = request.match_info["stream_id"]
+        if stream_id not in streams.streams:
+            return missing(stream_id)
+        try:
+            body = await request.json()
+        except ValueError:
+            return error_response(400, usage)
+        c = _consumer_args(
+            request, body.get("consumer", body) if isinstance(body, dict) else None, consumer_networks, usage
+        )
+        if isinstance(c, web.Response):
+            return c
+        try:
+            st, consumer = await streams.join(
+                stream_id, transport=c.transport, host=c.host, port=c.port, ssrc=c.ssrc, label=c.label, ttl=c.ttl
+            )
+        except StreamError as exc:
+            return _stream_error(exc)
+        return opened(st, consumer.id)
+
+    async def control(request: web.Request) -> web.Response:
+        usage = (
+            'the body must be JSON: {"action": "pause"|"resume"|"seek"|"speed"|"teardown", '
+            '"position": seconds from the span\'s start (seek), "scale": 0.25|0.5|1|2|4 … (speed)}'
+        )
+        stream_id = request.match_info["stream_id"]
+        if stream_id not in streams.streams:
+            return missing(stream_id)
+        body = await _json_object(request, usage)
+        action = str(body.get("action") or "").lower()
+        try:
+            if action == "pause":
+                rtsp = mansrtsp.pause(0)
+            elif action == "resume":
+                rtsp = mansrtsp.resume(0)
+            elif action == "seek":
+                rtsp = mansrtsp.seek(0, float(body["position"]))
+            elif action == "speed":
+                rtsp = mansrtsp.speed(0, float(body["scale"]))
+            elif action == "teardown":
+                rtsp = mansrtsp.teardown(0)
+            else:
+                return error_response(400, f"unknown action {action!r}: one of {', '.join(CONTROL_ACTIONS)}", usage)
+        except (KeyError, TypeError, ValueError, OverflowError, MansrtspError) as exc:
+            words = str(exc) if isinstance(exc, MansrtspError) else f"{action} needs a number"
+            return error_response(400, words, usage)
+        try:
+            result = await streams.control(stream_id, rtsp)
+        except StreamError as exc:
+            return _stream_error(exc)
+        answer = {
+            "control": result.request.describe(),
+            "cseq": result.request.cseq,
+            "device_status": result.status,
+            "device_reason": result.reason,
+            "rtsp": _rtsp_json(result.answer),
+        }
+        st = streams.streams.get(stream_id)
+        if st is not None:
+            answer["stream"] = stream_json(streams, st)
+        if not result.ok:
+            answer["error"] = f"device answered {result.request.describe()} with {result.describe()}"
+            answer["hint"] = "the session goes on as it was; some NVRs refuse speed or seek (PROTOCOL.md §11.5 M10)"
+            return json_response(answer, status=502)
+        return json_response(answer)
 
     async def stop_stream(request: web.Request) -> web.Response:
         stream_id = request.match_info["stream_id"]
@@ -654,10 +841,19 @@ def add_stream_routes(admin: AdminServer, streams: StreamService, *, consumer_ne
 
     admin.add_route("GET", "/streams", list_streams)
     admin.add_route("POST", "/streams", play)
+    admin.add_route("POST", "/playbacks", open_recorded)
     admin.add_route("GET", "/streams/{stream_id}", show_stream)
     admin.add_route("DELETE", "/streams/{stream_id}", stop_stream)
+    admin.add_route("POST", "/streams/{stream_id}/consumers", join)
+    admin.add_route("POST", "/streams/{stream_id}/control", control)
     admin.add_route("PATCH", "/streams/{stream_id}/consumers/{consumer_id}", renew)
     admin.add_route("DELETE", "/streams/{stream_id}/consumers/{consumer_id}", leave)
+
+
+def _rtsp_json(answer: RtspResponse | None) -> dict[str, Any] | None:
+    if answer is None:
+        return None
+    return {"status": answer.status, "reason": answer.reason, "cseq": answer.cseq, "headers": dict(answer.headers)}
 
 
 #: The state word of the JSON: three words since the first release (clients match on them), so
@@ -715,6 +911,25 @@ def stream_json(streams: StreamService, st: Stream, snapshot: RelaySnapshot | No
         "setup_seconds": round(st.first_packet_at - st.invite_at, 3) if st.first_packet_at else None,
         "consumers": consumers,
         "relay": _relay_json(figures) if figures is not None else {},
+        "kind": st.kind.word,
+        **(_recorded_json(st) if st.span is not None else {}),
+    }
+
+
+def _recorded_json(st: Stream) -> dict[str, Any]:
+    """A playback's or download's span, where it is, and how it plays."""
+    assert st.span is not None and st.control is not None
+    span, control, session = st.span, st.control, st.session
+    position = control.clock.position
+    return {
+        "span": {"start": span.start, "end": span.end, "seconds": span.seconds},
+        "position": round(position, 1),
+        "progress": round(min(1.0, position / span.seconds), 4) if span.seconds else None,
+        "paused": control.paused,
+        "scale": control.scale,
+        "download_speed": session.download_speed,
+        "file_size": session.file_size,
+        "complete": st.complete,
     }
 
 

@@ -120,6 +120,7 @@ class Gateway:
                 ssrc_quarantine=m.ssrc_quarantine,
                 check_interval=min(1.0, m.stats_interval),
             ),
+            playback=config.playback,
         )
         zone = parse_time_zone(config.gateway.time_zone)
         self.upstreams = UpstreamService(self.stack, config, metrics=self.metrics, zone=zone, store=self.store)
@@ -211,7 +212,12 @@ class Gateway:
                 self.metrics, status=self.status, ready=lambda: self.ready, allowed_hosts=c.admin.allowed_hosts
             )
             add_device_routes(self.admin, self.registrar, self.devices)
-            add_stream_routes(self.admin, self.streams, consumer_networks=parse_networks(c.media.consumer_networks))
+            add_stream_routes(
+                self.admin,
+                self.streams,
+                consumer_networks=parse_networks(c.media.consumer_networks),
+                zone=parse_time_zone(c.gateway.time_zone),
+            )
             add_upstream_routes(self.admin, self.upstreams)
             await self.admin.start(c.admin.listen, c.admin.port)
         self.started_at = time.monotonic()

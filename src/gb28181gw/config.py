@@ -331,6 +331,24 @@ class MediaSection:
 
 
 @dataclass(frozen=True, slots=True)
+class PlaybackSection:
+    """Playback and download of recordings (PROTOCOL.md §7.8-7.9, §9.6)."""
+
+    max_span: float = _opt(
+        86400.0, "longest span (seconds) a playback or download may ask for; 0 = no bound", _at_least(0)
+    )
+    download_speed: int = _opt(
+        4, "a=downloadspeed asked of the device when the operator gives none (1 = real time)", _at_least(1)
+    )
+    control_timeout: float = _opt(
+        5.0, "seconds to wait for a device's answer to a playback control (INFO: pause, seek, speed)", _positive
+    )
+    end_grace: float = _opt(
+        10.0, "seconds of video past a span's end after which a session still streaming is ended (BYE)", _at_least(0)
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class StoreSection:
     """Where state is kept."""
 
@@ -453,6 +471,7 @@ class Config:
     registrar: RegistrarSection = field(default_factory=RegistrarSection)
     devices: DevicesSection = field(default_factory=DevicesSection)
     media: MediaSection = field(default_factory=MediaSection)
+    playback: PlaybackSection = field(default_factory=PlaybackSection)
     store: StoreSection = field(default_factory=StoreSection)
     admin: AdminSection = field(default_factory=AdminSection)
     log: LogSection = field(default_factory=LogSection)
@@ -586,6 +605,7 @@ SECTIONS: dict[str, Any] = {
     "registrar": RegistrarSection,
     "devices": DevicesSection,
     "media": MediaSection,
+    "playback": PlaybackSection,
     "store": StoreSection,
     "admin": AdminSection,
     "log": LogSection,

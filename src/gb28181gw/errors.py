@@ -13,9 +13,10 @@ a bug (the fuzz tests in ``tests/fuzz`` check exactly that).
     │   │   │                         .status is the response to send (400, 413, 505, 513)
     │   │   ├── SdpError              an SDP body that cannot be used (answer 488 / BYE)
     │   │   ├── RtpError              an RTP packet or RFC 4571 frame that cannot be parsed (dropped, counted)
+    │   │   ├── MansrtspError         a playback-control body (MANSRTSP over INFO) that cannot be parsed (400)
     │   │   ├── SessionError          a device's answer to our INVITE cannot be used; .status 488
     │   │   ├── OfferError            a superior's INVITE we cannot serve as offered; .status is the
-    │   │   │                         answer (400 bad SDP, 488 no usable offer, 501 playback)
+    │   │   │                         answer (400 bad SDP or t=, 488 no usable offer)
     │   │   └── DialogError           an in-dialog request out of order (.status 500) or for no
     │   │                             dialog (.status 481), RFC 3261 §12.2.2
     │   └── LocalProtocolError        we were asked to do something illegal in the current
@@ -35,6 +36,8 @@ a bug (the fuzz tests in ``tests/fuzz`` check exactly that).
     ├── AdminApiError                 the CLI's call to the admin API failed: the gateway's own words
     │                                 (.message, .hint) and its HTTP .status (None: not reached)
     ├── ManscdpError (ValueError)     a MANSCDP XML body that cannot be decoded or parsed
+    ├── SpanError (ValueError)        a playback/download span that cannot be asked for (end before start,
+    │                                 in the future, longer than playback.max_span): 400, before any INVITE
     ├── PortsExhausted                every media port of the range is in use or cooling down (answer 503);
     │                                 defined in media/ports.py, beside the pool
     ├── RelayError                    the media relay cannot carry out a command; .code (RelayFailure)
@@ -160,6 +163,19 @@ class ManscdpError(Gb28181Error, ValueError):
 
 class SdpError(RemoteProtocolError):
     """An SDP body that is malformed or cannot be satisfied (PROTOCOL.md §7.3)."""
+
+
+class MansrtspError(RemoteProtocolError):
+    """A MANSRTSP body (playback control carried by INFO, PROTOCOL.md §7.9) that cannot be parsed
+    or asks for what cannot be done (answered 400 to whoever sent it)."""
+
+
+class SpanError(Gb28181Error, ValueError):
+    """A playback or download span that cannot be asked for; the message says why.
+
+    Raised before any INVITE: the end not after the start, a start in the future, a span longer
+    than ``playback.max_span``, or a ``t=`` line that is not two epoch seconds (answered 400).
+    """
 
 
 class RtpError(RemoteProtocolError):

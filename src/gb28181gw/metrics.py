@@ -127,6 +127,30 @@ STREAM_SETUP_SECONDS = Family(
     "INVITE sent to first RTP packet relayed",
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0),
 )
+MEDIA_SESSIONS_ACTIVE = Family(
+    "gb28181gw_media_sessions_active",
+    Kind.GAUGE,
+    "Device media sessions open, by kind (live, playback, download)",
+    ("kind",),
+)
+MEDIA_SESSIONS = Family(
+    "gb28181gw_media_sessions",
+    Kind.COUNTER,
+    "Device media sessions ended or failed, by kind and result (ok, refused, timeout, incomplete …)",
+    ("kind", "result"),
+)
+PLAYBACK_CONTROLS = Family(
+    "gb28181gw_playback_controls",
+    Kind.COUNTER,
+    "Playback controls sent to devices (MANSRTSP over INFO), by verb and result",
+    ("verb", "result"),
+)
+DOWNLOAD_BYTES = Family(
+    "gb28181gw_download_bytes", Kind.COUNTER, "RTP bytes received from devices in Download sessions"
+)
+DOWNLOADS = Family(
+    "gb28181gw_downloads", Kind.COUNTER, "Downloads ended, by result (complete, incomplete)", ("result",)
+)
 STREAMS_ACTIVE = Family("gb28181gw_streams_active", Kind.GAUGE, "Live streams (and streams being set up)")
 STREAM_CONSUMERS = Family("gb28181gw_stream_consumers", Kind.GAUGE, "Consumers of all streams")
 RTP_PACKETS = Family("gb28181gw_rtp_packets", Kind.COUNTER, "RTP packets relayed", ("direction",))
@@ -201,6 +225,7 @@ FAMILIES: tuple[Family, ...] = (
     QUERIES, MANSCDP_UNMATCHED, INVALID_COORDINATES, ALARMS, CATALOG_SYNC_SECONDS, CHANNELS, CATALOG_EVENTS, CATALOG_ITEMS_REFUSED,
     STREAM_SETUPS, STREAM_CLOSES, STREAM_SETUP_SECONDS, STREAMS_ACTIVE, STREAM_CONSUMERS,
     RTP_PACKETS, RTP_BYTES, RTP_LOST, RTP_DROPPED, RELAY_STREAMS, GOP_EVICTIONS,
+    MEDIA_SESSIONS_ACTIVE, MEDIA_SESSIONS, PLAYBACK_CONTROLS, DOWNLOAD_BYTES, DOWNLOADS,
     UPSTREAM_REGISTERED, UPSTREAM_REGISTER_FAILURES, UPSTREAM_KEEPALIVE_FAILURES,
     UPSTREAM_CATALOG_ITEMS, UPSTREAM_NOTIFIES, UPSTREAM_STREAMS, UPSTREAM_REQUESTS,
 )  # fmt: skip

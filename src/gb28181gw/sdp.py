@@ -22,6 +22,30 @@ from gb28181gw.errors import SdpError
 MAX_SSRC = 0xFFFFFFFF
 
 
+class SessionKind(StrEnum):
+    """What a media session carries: its ``s=`` (PROTOCOL.md §7.1), as we write it."""
+
+    PLAY = "Play"  # live
+    PLAYBACK = "Playback"  # a recorded span at the pace the receiver controls (INFO, §7.9)
+    DOWNLOAD = "Download"  # a recorded span sent as fast as ``a=downloadspeed`` asks, then MediaStatus 121
+
+    @classmethod
+    def of(cls, name: str) -> SessionKind | None:
+        """The kind an ``s=`` names, compared case-insensitively (platforms write ``playback``); ``None`` if none."""
+        folded = name.strip().lower()
+        return next((kind for kind in cls if kind.value.lower() == folded), None)
+
+    @property
+    def recorded(self) -> bool:
+        """Whether it carries a recorded span (``t=`` start and end, ``u=``, a history SSRC)."""
+        return self is not SessionKind.PLAY
+
+    @property
+    def word(self) -> str:
+        """Its name in lower case, as the admin API, metrics and logs write it."""
+        return self.value.lower()
+
+
 class StreamMode(StrEnum):
     """How media reaches us (receiver's view, as wvp names it, §7.5)."""
 
@@ -246,24 +270,68 @@ def play_offer(
     port: int,
     ssrc: str,
     mode: StreamMode = StreamMode.UDP,
+    kind: SessionKind = SessionKind.PLAY,
+    span: tuple[int, int] = (0, 0),
+    download_speed: int | None = None,
+    format: str = "",
 ) -> SessionDescription:
-    """The INVITE offer for live video (PROTOCOL.md §7.7): PS first, recvonly, our SSRC.
+    """The INVITE offer (PROTOCOL.md §7.7, §7.8): PS first, recvonly, our SSRC.
 
-    For TCP, ``a=setup`` says our role: passive (the device connects) or active (we do).
+    For TCP, ``a=setup`` says our role: passive (the device connects) or active (we do). A
+    recorded kind adds ``u=CHANNEL:0`` and ``t=START END`` (epoch seconds); Download adds
+    ``a=downloadspeed:N`` (after the rtpmaps, before ``y=``, as §7.8.2 shows). ``format`` is the
+    ``f=`` value (empty by default: devices take it).
     """
     tcp = mode is not StreamMode.UDP
     attrs: list[tuple[str, str | None]] = [("recvonly", None)]
     if tcp:
         attrs += [("setup", "passive" if mode is StreamMode.TCP_PASSIVE else "active"), ("connection", "new")]
     attrs += [("rtpmap", "96 PS/90000"), ("rtpmap", "98 H264/90000"), ("rtpmap", "97 MPEG4/90000")]
+    if kind is SessionKind.DOWNLOAD:
+        attrs.append(("downloadspeed", str(download_speed or 1)))
     return SessionDescription(
         origin=f"{our_id} 0 0 IN IP4 {media_ip}",
-        name="Play",
+        name=kind.value,
         connection=media_ip,
+        time=f"{span[0]} {span[1]}" if kind.recorded else "0 0",
+        uri=f"{channel_id}:0" if kind.recorded else None,
         media=[Media("video", port, "TCP/RTP/AVP" if tcp else "RTP/AVP", ["96", "98", "97"], attributes=attrs)],
         ssrc=ssrc,
-        format="",
+        format=format,
     )
+
+
+def span_of(time: str) -> tuple[int, int]:
+    """The (start, end) epoch seconds of a recorded session's ``t=`` value.
+
+    Raises:
+        SdpError: not two whole numbers, or the end not after the start.
+    """
+    parts = time.split()
+    if len(parts) != 2 or not all(p.isdigit() and len(p) <= 12 for p in parts):
+        raise SdpError(f"t={time[:40]!r} is not two epoch seconds (START END)")
+    start, end = int(parts[0]), int(parts[1])
+    if end <= start:
+        raise SdpError(f"t={time[:40]!r}: the end is not after the start")
+    return start, end
+
+
+def file_size(sdp: SessionDescription) -> int | None:
+    """The ``a=filesize`` of a Download answer in bytes; ``None`` when absent, negative (Hikvision's ``-1``, M8) or malformed."""
+    video = sdp.video()
+    value = (video.attribute("filesize") if video is not None else None) or next(
+        (v.partition(":")[2] for k, v in sdp.extra if k == "a" and v.startswith("filesize:")), None
+    )
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value.strip())
+
+
+def download_speed(sdp: SessionDescription) -> int:
+    """The ``a=downloadspeed`` of a Download offer: 1 when absent or unreadable (§7.3); at least 1."""
+    video = sdp.video()
+    value = (video.attribute("downloadspeed") if video is not None else None) or ""
+    return max(1, int(value)) if value.strip().isdigit() and len(value.strip()) <= 4 else 1
 
 
 class SsrcAllocator:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from enum import Enum, auto
 
 from gb28181gw.errors import LocalProtocolError, SdpError, SessionError, SipParseError
-from gb28181gw.sdp import SessionDescription, StreamMode, play_offer
+from gb28181gw.sdp import SessionDescription, SessionKind, StreamMode, file_size, play_offer
 from gb28181gw.sip.dialog import Dialog, DialogId, dialog_id_of
 from gb28181gw.sip.message import Request, Response
 
@@ -45,6 +45,11 @@ class PlaySession:
         dialog: the INVITE dialog: Call-ID, tags, CSeq, the device's Contact (Request-URI
             of ACK and BYE) and where requests go.
         media_host / media_port: the device's media address from its answer (TCP active connects there).
+        kind: live, Playback or Download (PROTOCOL.md §7.8): a recorded kind offers ``u=``, ``t=``
+            ``span`` and a history SSRC (the caller allocates it), Download ``a=downloadspeed``.
+        span: (start, end) epoch seconds of a recorded kind; (0, 0) for live.
+        download_speed: Download's ``a=downloadspeed``.
+        file_size: Download: the answer's ``a=filesize`` in bytes, ``None`` when unknown (M8).
     """
 
     channel_id: str
@@ -60,6 +65,10 @@ class PlaySession:
     media_port: int = 0
     state: PlayState = PlayState.INVITING
     answer: SessionDescription | None = field(default=None, repr=False)
+    kind: SessionKind = SessionKind.PLAY
+    span: tuple[int, int] = (0, 0)
+    download_speed: int | None = None
+    file_size: int | None = None
 
     @classmethod
     def start(
@@ -75,10 +84,26 @@ class PlaySession:
         mode: StreamMode,
         call_id: str,
         local_tag: str,
+        kind: SessionKind = SessionKind.PLAY,
+        span: tuple[int, int] = (0, 0),
+        download_speed: int | None = None,
     ) -> PlaySession:
         """A session for ``channel_id`` of ``device``, with a fresh dialog (``call_id``, ``local_tag``)."""
         dialog = device_dialog(device, channel_id, our_id=our_id, domain=domain, call_id=call_id, local_tag=local_tag)
-        return cls(channel_id, device.device_id, our_id, domain, media_ip, port, ssrc, mode, dialog)
+        return cls(
+            channel_id,
+            device.device_id,
+            our_id,
+            domain,
+            media_ip,
+            port,
+            ssrc,
+            mode,
+            dialog,
+            kind=kind,
+            span=span,
+            download_speed=download_speed,
+        )
 
     @property
     def dialog_id(self) -> DialogId:
@@ -143,6 +168,8 @@ class PlaySession:
         self.media_port = video.port
         if sdp.ssrc:
             self.ssrc = sdp.ssrc  # M1: the answer's y= wins
+        if self.kind is SessionKind.DOWNLOAD:
+            self.file_size = file_size(sdp)
         if self.mode is StreamMode.TCP_ACTIVE and not video.is_tcp:
             raise SessionError("asked for TCP active, the device answered UDP")
         self.state = PlayState.ESTABLISHED
@@ -157,6 +184,16 @@ class PlaySession:
         self.state = PlayState.TERMINATED
         return self.dialog.request("BYE")
 
+    def info(self, body: bytes, content_type: str = "Application/MANSRTSP") -> Request:
+        """An INFO in the dialog carrying ``body`` (playback control, PROTOCOL.md §7.9).
+
+        Raises:
+            LocalProtocolError: the session is not established (or has ended).
+        """
+        if self.state is not PlayState.ESTABLISHED:
+            raise LocalProtocolError(f"cannot send INFO in a session in state {self.state.name}")
+        return self.dialog.request("INFO", content_type=content_type, body=body)
+
     def receive_request(self, request: Request) -> None:
         """A request of the device in the dialog (its BYE): check it (§12.2.2); a BYE ends the session.
 
@@ -168,7 +205,7 @@ class PlaySession:
             self.state = PlayState.TERMINATED
 
     def matches(self, request: Request) -> bool:
-        """Whether an in-dialog request (the device's BYE) belongs to this session."""
+        """Whether an in-dialog request (the device's BYE, INFO or MediaStatus) belongs to this session."""
         try:
             return dialog_id_of(request) == self.dialog.id
         except SipParseError:  # malformed headers simply do not match
@@ -176,10 +213,11 @@ class PlaySession:
 
 
 def invite(session: PlaySession, *, contact: str) -> Request:
-    """The INVITE for ``session`` (PROTOCOL.md §7.7), to the device at its registered address.
+    """The INVITE for ``session`` (PROTOCOL.md §7.7, §7.8), to the device at its registered address.
 
     Subject: ``<channel>:<ssrc>,<our id>:0`` — the sender's stream sequence is the SSRC, as
-    wvp and Monibuca do, so a device seeing the same Subject twice knows it is one stream.
+    wvp and Monibuca do, so a device seeing the same Subject twice knows it is one stream (a
+    history SSRC starts with 1, so a playback's Subject does too, §7.8.1).
     """
     offer = play_offer(
         channel_id=session.channel_id,
@@ -188,6 +226,9 @@ def invite(session: PlaySession, *, contact: str) -> Request:
         port=session.port,
         ssrc=session.ssrc,
         mode=session.mode,
+        kind=session.kind,
+        span=session.span,
+        download_speed=session.download_speed,
     )
     return session.dialog.request(
         "INVITE",

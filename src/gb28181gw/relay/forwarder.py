@@ -652,6 +652,7 @@ class Forwarder:
                     key_frame_interval=ps.key_frame_interval,
                     errors=ps.errors,
                 ),
+                timestamp=st.last_ts,
                 consumers={
                     c.id: ConsumerFigures(c.transport, c.addr, c.ssrc, c.packets, c.bytes, c.dropped, c.errors)
                     for c in st.consumers

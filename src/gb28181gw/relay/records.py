@@ -186,6 +186,8 @@ class StreamFigures:
             none from another host than the device's).
         tcp_resyncs: times the RFC 4571 framing was lost and found again.
         ps: what the PS inspector saw.
+        timestamp: the RTP timestamp of the last frame that began (-1 before any): where a
+            recorded stream is (:class:`~gb28181gw.gb.playback.MediaClock`).
         consumers: what went to each consumer, by consumer ID.
     """
 
@@ -208,6 +210,7 @@ class StreamFigures:
     malformed: int
     refused_connections: int
     tcp_resyncs: int
+    timestamp: int
     ps: PsFigures
     consumers: dict[str, ConsumerFigures] = field(default_factory=dict)
 

@@ -57,23 +57,35 @@ from dataclasses import dataclass, field
 from enum import IntEnum, auto
 from typing import Any
 
+from gb28181gw.config import PlaybackSection
 from gb28181gw.errors import (
     DialogError,
     LocalProtocolError,
+    ManscdpError,
+    MansrtspError,
     RelayError,
     RelayFailure,
     SdpError,
     SessionError,
     SipTimeoutError,
     SipTransportError,
+    SpanError,
     StreamError,
 )
+from gb28181gw.gb.mansrtsp import RtspRequest, RtspResponse, is_mansrtsp, parse_response
 from gb28181gw.gb.model import Device
 from gb28181gw.gb.outbound import device_peer
+from gb28181gw.gb.playback import Control, ControlState, Span, next_control
 from gb28181gw.gb.session import PlaySession, PlayState, invite
+from gb28181gw.manscdp.codec import child_text, parse_xml
 from gb28181gw.media.ports import PortPool, PortsExhausted
 from gb28181gw.metrics import (
+    DOWNLOAD_BYTES,
+    DOWNLOADS,
     GOP_EVICTIONS,
+    MEDIA_SESSIONS,
+    MEDIA_SESSIONS_ACTIVE,
+    PLAYBACK_CONTROLS,
     RELAY_STREAMS,
     RTP_BYTES,
     RTP_DROPPED,
@@ -86,6 +98,7 @@ from gb28181gw.metrics import (
     STREAMS_ACTIVE,
     Metrics,
 )
+from gb28181gw.net.router import PASS, Passed
 from gb28181gw.net.stack import SipStack
 from gb28181gw.net.tasks import TaskSet
 from gb28181gw.relay.records import (
@@ -95,10 +108,11 @@ from gb28181gw.relay.records import (
     MediaClosed,
     RelayEvent,
     RelayTotals,
+    StreamFigures,
     WorkerLost,
 )
 from gb28181gw.relay.workers import Relay
-from gb28181gw.sdp import SsrcAllocator, StreamMode, expected_media_host
+from gb28181gw.sdp import SessionKind, SsrcAllocator, StreamMode, expected_media_host
 from gb28181gw.sip.endpoint import warning_header
 from gb28181gw.sip.events import RequestReceived
 from gb28181gw.sip.message import make_response
@@ -108,7 +122,16 @@ from gb28181gw.sip.transaction import render_digraph
 from .devices import DeviceError, DeviceService
 from .registrar import RegistrarService
 
-__all__ = ["Consumer", "EndedStream", "MediaSettings", "Stream", "StreamError", "StreamService", "StreamState"]
+__all__ = [
+    "Consumer",
+    "ControlResult",
+    "EndedStream",
+    "MediaSettings",
+    "Stream",
+    "StreamError",
+    "StreamService",
+    "StreamState",
+]
 
 log = logging.getLogger("gb28181gw.streams")
 
@@ -126,8 +149,16 @@ KEYFRAME_REQUEST_INTERVAL = 5.0
 #: Consumer transports: UDP, TCP we connect (``tcp-active`` is the same), TCP the consumer connects to.
 TRANSPORTS = {"udp": "udp", "tcp": "tcp", "tcp-active": "tcp", "tcp-passive": "tcp-passive"}
 
+#: Seconds between the device's MediaStatus 121 and our BYE: RTP sent just before the MESSAGE may
+#: still be on its way (another socket, another queue), and a download must not lose its last frames.
+COMPLETE_DRAIN = 0.5
+#: A recorded session that stopped within this many seconds of its span's end sent the whole span.
+END_SLACK = 2.0
+
 #: ``listener(stream_id, consumer, reason)``: a consumer went for another reason than its owner's removal.
 ConsumerGoneListener = Callable[[str, "Consumer", str], None]
+#: ``listener(stream)``: a recorded stream's device said it has sent everything (MediaStatus 121).
+MediaStatusListener = Callable[["Stream"], None]
 
 
 class StreamState(IntEnum):
@@ -286,6 +317,55 @@ class Stream:
     linger: asyncio.TimerHandle | None = None
     next_consumer: int = 1
     keyframe_asked_at: float = float("-inf")
+    kind: SessionKind = SessionKind.PLAY
+    span: Span | None = None
+    control: Control | None = None  # recorded kinds: playing or paused, speed, body CSeq, position
+    complete: bool = False  # recorded kinds: MediaStatus 121 came, or the whole span was sent
+    result: str = ""  # why setup failed (a gb28181gw_stream_setups result), empty once established
+    bytes_seen: int = 0  # Download: bytes counted into gb28181gw_download_bytes so far
+
+    @property
+    def position(self) -> float | None:
+        """Recorded kinds: seconds of the span sent so far (as of the last health check); ``None`` for live."""
+        return self.control.clock.position if self.control is not None else None
+
+    def reached_end(self) -> bool:
+        """Whether a recorded stream has sent its span, to within :data:`END_SLACK` seconds."""
+        return (
+            self.span is not None
+            and self.control is not None
+            and (self.complete or self.control.clock.position >= self.span.seconds - END_SLACK)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ControlResult:
+    """How a device answered a playback control (:meth:`StreamService.control`).
+
+    Attributes:
+        request: what was sent, with the body CSeq of the device's dialog.
+        status / reason: the device's SIP answer to the INFO.
+        answer: the MANSRTSP answer in its body, or ``None`` (an empty 200, or one we could not read).
+        body: the body as it came (relayed as it is when it could not be read).
+    """
+
+    request: RtspRequest
+    status: int
+    reason: str
+    answer: RtspResponse | None
+    body: bytes
+
+    @property
+    def ok(self) -> bool:
+        """The device accepted it: a 2xx, and no refusal in the body."""
+        return 200 <= self.status < 300 and (self.answer is None or self.answer.status < 300)
+
+    def describe(self) -> str:
+        """The device's answer in words, for the operator."""
+        said = f"{self.status} {self.reason}".strip()
+        if self.answer is not None and self.answer.status >= 300:
+            said += f" ({self.answer.status} {self.answer.reason} in the body)".replace("  ", " ")
+        return said
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +378,10 @@ class EndedStream:
         cause: the same as a ``gb28181gw_stream_closes`` label (``device-bye``, ``media-timeout`` …).
         ended_at: when, in seconds since the epoch.
         at: when, in loop time (for forgetting it).
+        kind: live, playback or download.
+        complete: recorded kinds: whether the whole span was sent (MediaStatus 121, or media up to its
+            end); ``None`` for live.
+        position: recorded kinds: seconds of the span sent when it ended.
     """
 
     id: str
@@ -306,6 +390,9 @@ class EndedStream:
     cause: str
     ended_at: float
     at: float
+    kind: SessionKind = SessionKind.PLAY
+    complete: bool | None = None
+    position: float | None = None
 
 
 class StreamService:
@@ -316,6 +403,7 @@ class StreamService:
         relays: the relay workers (one :class:`LocalRelay` for ``media.workers = 0``).
         our_id / domain: our platform ID and domain.
         settings: the ``[media]`` settings.
+        playback: the ``[playback]`` settings (spans, controls, the end of a recorded session).
         rng: picks media ports and SSRC digits (default: :class:`random.SystemRandom`, so a
             stranger cannot guess the next stream's port or SSRC).
     """
@@ -331,6 +419,7 @@ class StreamService:
         domain: str,
         metrics: Metrics,
         settings: MediaSettings,
+        playback: PlaybackSection,
         rng: random.Random | None = None,
     ) -> None:
         if not relays:
@@ -342,20 +431,29 @@ class StreamService:
         self.our_id = our_id
         self.domain = domain
         self.settings = s = settings
+        self.playback = playback
         rng = rng or random.SystemRandom()
         self.pools = _split(s.port_range, len(relays), s.port_quarantine, rng)
         self.ssrcs = SsrcAllocator(our_id, quarantine=s.ssrc_quarantine, rng=rng)
         self.streams: dict[str, Stream] = {}
-        self.by_channel: dict[str, Stream] = {}
+        self.by_channel: dict[str, Stream] = {}  # live streams: one per channel, shared
+        self.by_call_id: dict[str, Stream] = {}  # recorded streams: MediaStatus 121 is matched by Call-ID (M11)
         self.ended: OrderedDict[str, EndedStream] = OrderedDict()
         self._tasks = TaskSet()
         self._gone_listeners: list[ConsumerGoneListener] = []
+        self._status_listeners: list[MediaStatusListener] = []
         self._checker: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.results = metrics.counter(STREAM_SETUPS)
         self.closes = metrics.counter(STREAM_CLOSES)
         self.setup_seconds = metrics.histogram(STREAM_SETUP_SECONDS)
         metrics.gauge(STREAMS_ACTIVE, lambda: len(self.streams))
+        self.sessions = metrics.counter(MEDIA_SESSIONS)
+        self.controls = metrics.counter(PLAYBACK_CONTROLS)
+        self.downloads = metrics.counter(DOWNLOADS)
+        self.download_bytes = 0
+        metrics.labeled_gauge(MEDIA_SESSIONS_ACTIVE, self._per_kind)
+        metrics.labeled_counter(DOWNLOAD_BYTES, lambda: {(): float(self.download_bytes)})
         metrics.gauge(STREAM_CONSUMERS, lambda: float(sum(len(st.consumers) for st in self.streams.values())))
         metrics.labeled_counter(RTP_PACKETS, lambda: self._totals(lambda t: t.packets_in, lambda t: t.packets_out))
         metrics.labeled_counter(RTP_BYTES, lambda: self._totals(lambda t: t.bytes_in, lambda t: t.bytes_out))
@@ -364,6 +462,8 @@ class StreamService:
         metrics.labeled_counter(GOP_EVICTIONS, lambda: {(): float(sum(t.gop_evictions for t in self._relay_totals()))})
         metrics.labeled_gauge(RELAY_STREAMS, self._per_worker)
         stack.router.expect_in_dialog("BYE")
+        stack.router.expect_in_dialog("INFO")  # a control for a session we no longer have: 481
+        stack.router.consume("MESSAGE", self._media_status_by_call_id, owner="streams")
         registrar.on_offline(self._on_offline)
         for relay in relays:
             relay.on_event = self._on_event
@@ -401,6 +501,12 @@ class StreamService:
         called (removing it again is a 404); a listener that raises is logged, the others still hear."""
         self._gone_listeners.append(listener)
 
+    def on_media_status(self, listener: MediaStatusListener) -> None:
+        """Call ``listener(stream)`` when a recorded stream's device says it has sent the whole span
+        (MediaStatus 121, PROTOCOL.md §5.7.2), before the stream is closed (a moment later, with BYE).
+        A listener that raises is logged, the others still hear."""
+        self._status_listeners.append(listener)
+
     # --- opening -----------------------------------------------------------------------
 
     async def play(
@@ -429,23 +535,106 @@ class StreamService:
         Raises:
             StreamError: the channel is unknown, its device unreachable or unwilling, no port is free.
         """
-        kind = TRANSPORTS.get(transport)
-        if kind is None:
-            raise StreamError(400, f"consumer transport must be udp, tcp or tcp-passive, not {transport!r}")
-        if kind != "tcp-passive" and not 0 < port <= 65535:
-            raise StreamError(400, f"consumer port {port} is not a port number")
-        if also_from and kind != "tcp-passive":
-            raise StreamError(400, f"only a tcp-passive consumer connects from somewhere, not a {transport} one")
+        kind = _consumer_transport(transport, port, also_from)
         st = self.by_channel.get(channel_id)
         if st is None:
             st = self._open(channel_id)
+        return st, await self._consume(st, kind, host, port, ssrc, label, ttl, paused, start_within, also_from)
+
+    async def open_recorded(
+        self,
+        channel_id: str,
+        *,
+        kind: SessionKind,
+        span: Span,
+        download_speed: int | None = None,
+        transport: str,
+        host: str,
+        port: int,
+        ssrc: int | None = None,
+        label: str = "",
+        ttl: float | None = None,
+        paused: bool = False,
+        start_within: float | None = None,
+        also_from: tuple[str, ...] = (),
+    ) -> tuple[Stream, Consumer]:
+        """Open a Playback or Download session of ``span`` for a consumer (PROTOCOL.md §7.8).
+
+        Always a new INVITE and a stream of its own (two viewers of different spans are two
+        sessions); others may join it with :meth:`join`. The span is checked first
+        (:meth:`Span.check` against ``playback.max_span``): a bad one is refused before any INVITE.
+        ``download_speed``: Download's ``a=downloadspeed`` (``playback.download_speed`` if ``None``).
+        The consumer arguments are those of :meth:`play`. The session ends at BYE from either side,
+        MediaStatus 121 (a moment after, :data:`COMPLETE_DRAIN`), media past the span's end by
+        ``playback.end_grace``, or ``media.rtp_timeout`` without RTP while it is not paused.
+
+        Raises:
+            StreamError: 400 a bad span or consumer; else as :meth:`play`.
+        """
+        if not kind.recorded:
+            raise ValueError("open_recorded() opens Playback or Download: play() opens live streams")
+        consumer_kind = _consumer_transport(transport, port, also_from)
+        try:
+            span.check(now=time.time(), max_span=self.playback.max_span)
+        except SpanError as exc:
+            self.results[("bad-span",)] += 1
+            raise StreamError(400, str(exc)) from None
+        if kind is SessionKind.DOWNLOAD:
+            download_speed = max(1, download_speed or self.playback.download_speed)
+        else:
+            download_speed = None
+        st = self._open(channel_id, kind=kind, span=span, download_speed=download_speed)
+        return st, await self._consume(st, consumer_kind, host, port, ssrc, label, ttl, paused, start_within, also_from)
+
+    async def join(
+        self,
+        stream_id: str,
+        *,
+        transport: str,
+        host: str,
+        port: int,
+        ssrc: int | None = None,
+        label: str = "",
+        ttl: float | None = None,
+    ) -> tuple[Stream, Consumer]:
+        """Add a consumer to stream ``stream_id``, of any kind (a second viewer of one playback).
+
+        Raises:
+            StreamError: 404 no such stream; else as :meth:`play`.
+        """
+        consumer_kind = _consumer_transport(transport, port, ())
+        st = self.streams.get(stream_id)
+        if st is None:
+            raise StreamError(404, f"no stream {stream_id}")
+        return st, await self._consume(st, consumer_kind, host, port, ssrc, label, ttl, False, None, ())
+
+    async def _consume(
+        self,
+        st: Stream,
+        transport: str,
+        host: str,
+        port: int,
+        ssrc: int | None,
+        label: str,
+        ttl: float | None,
+        paused: bool,
+        start_within: float | None,
+        also_from: tuple[str, ...],
+    ) -> Consumer:
         await asyncio.shield(st.ready)
         if st.state is not StreamState.LIVE and st.state is not StreamState.LINGERING:
-            raise StreamError(502, f"stream of {channel_id} closed: {st.close_reason}")
+            raise StreamError(502, f"stream of {st.channel_id} closed: {st.close_reason}")
         wait = (PAUSED_TIMEOUT if start_within is None else start_within) if paused else None
-        return st, await self._add_consumer(st, kind, host, port, ssrc, label, ttl, wait, also_from)
+        return await self._add_consumer(st, transport, host, port, ssrc, label, ttl, wait, also_from)
 
-    def _open(self, channel_id: str) -> Stream:
+    def _open(
+        self,
+        channel_id: str,
+        *,
+        kind: SessionKind = SessionKind.PLAY,
+        span: Span | None = None,
+        download_speed: int | None = None,
+    ) -> Stream:
         try:
             device = self.devices.device_of(channel_id)
         except DeviceError as exc:
@@ -462,7 +651,7 @@ class StreamService:
             self.results[("no-port",)] += 1
             raise StreamError(503, str(exc)) from None
         try:
-            ssrc = self.ssrcs.allocate(now)
+            ssrc = self.ssrcs.allocate(now, history=kind.recorded)  # y= starting with 1 (§7.4.1)
         except SdpError as exc:
             pool.release(port, now)
             self.results[("no-ssrc",)] += 1
@@ -480,6 +669,9 @@ class StreamService:
             mode=mode,
             call_id=endpoint.new_call_id(),
             local_tag=endpoint.new_tag(),
+            kind=kind,
+            span=(span.start, span.end) if span is not None else (0, 0),
+            download_speed=download_speed,
         )
         st = Stream(
             id=ssrc,
@@ -494,9 +686,15 @@ class StreamService:
             ready=loop.create_future(),
             created=now,
             created_epoch=time.time(),
+            kind=kind,
+            span=span,
+            control=Control(quiet_since=now) if kind.recorded else None,
         )
         self.streams[st.id] = st
-        self.by_channel[channel_id] = st
+        if kind.recorded:
+            self.by_call_id[session.call_id] = st
+        else:
+            self.by_channel[channel_id] = st
         self._tasks.spawn(self._setup(st, device))
         return st
 
@@ -509,9 +707,10 @@ class StreamService:
             return
         request = invite(st.session, contact=self.stack.contact(self.our_id, st.peer))
         st.invite_at = self.loop.time()
-        log.info(
-            "INVITE", extra={"stream": st.id, "channel": st.channel_id, "device": st.device_id, "mode": str(st.mode)}
-        )
+        extra = {"stream": st.id, "channel": st.channel_id, "device": st.device_id, "mode": str(st.mode)}
+        if st.span is not None:
+            extra.update(kind=st.kind.word, span=st.span.sdp_time)
+        log.info("INVITE", extra=extra)
         try:
             response = await self.stack.request(request, st.peer, timeout=s.invite_timeout)
         except SipTimeoutError:
@@ -589,6 +788,7 @@ class StreamService:
 
     def _fail(self, st: Stream, exc: StreamError, result: str, *, bye: bool = False) -> None:
         self.results[(result,)] += 1
+        st.result = result
         log.warning("stream setup failed", extra={"stream": st.id, "channel": st.channel_id, "reason": str(exc)})
         self._apply(st, StreamInput.FAILED, error=exc, reason=str(exc), cause="setup-failed", bye=bye)
 
@@ -850,9 +1050,25 @@ class StreamService:
             del self.streams[st.id]
         if self.by_channel.get(st.channel_id) is st:
             del self.by_channel[st.channel_id]
+        if self.by_call_id.get(st.session.call_id) is st:
+            del self.by_call_id[st.session.call_id]
         now = self.loop.time()
+        complete = st.reached_end() if st.kind.recorded else None
+        self.sessions[(st.kind.word, st.result or st.close_cause or "other")] += 1
+        if st.kind is SessionKind.DOWNLOAD and not st.result:
+            self.downloads[("complete" if complete else "incomplete",)] += 1
         self.ended.pop(st.id, None)
-        self.ended[st.id] = EndedStream(st.id, st.channel_id, st.close_reason, st.close_cause, time.time(), now)
+        self.ended[st.id] = EndedStream(
+            st.id,
+            st.channel_id,
+            st.close_reason,
+            st.close_cause,
+            time.time(),
+            now,
+            kind=st.kind,
+            complete=complete,
+            position=round(st.position, 3) if st.position is not None else None,
+        )
         while len(self.ended) > ENDED_KEPT:
             self.ended.popitem(last=False)
         gone = list(st.consumers.values())
@@ -912,12 +1128,122 @@ class StreamService:
             response.headers.add("Warning", warning_header(exc.reason))
             self.stack.respond(event.transaction, response)
             return
+        if request.method == "MESSAGE":
+            self._media_message(st, event)
+            return
+        if request.method == "INFO":
+            # the device controls nothing of ours; still, every INFO gets its answer
+            status = 200 if is_mansrtsp(request.headers.get("content-type")) else 415
+            self.stack.respond(event.transaction, make_response(request, status))
+            return
         if request.method != "BYE":
             self.stack.respond(event.transaction, make_response(request, 405))
             return
         self.stack.router.remove_dialog(st.session.dialog_id)
         self.stack.respond(event.transaction, make_response(request, 200))
         self._close(st, "the device ended the stream (BYE)", "device-bye", bye=False)
+
+    def _media_status_by_call_id(self, event: RequestReceived) -> Passed | None:
+        # MediaStatus of a recorded stream whose tags do not find the dialog: Hikvision puts the
+        # channel, not itself, in From (M11); its Call-ID still says which session it ends
+        st = self.by_call_id.get(event.request.headers.get("call-id") or "")
+        if st is None or event.transaction is None:
+            return PASS
+        self._media_message(st, event)
+        return None
+
+    def _media_message(self, st: Stream, event: RequestReceived) -> None:
+        assert event.transaction is not None
+        request = event.request
+        try:
+            root = parse_xml(request.body)
+        except ManscdpError as exc:
+            response = make_response(request, 400)
+            response.headers.add("Warning", warning_header(f"unreadable MANSCDP body: {exc}"))
+            self.stack.respond(event.transaction, response)
+            return
+        self.stack.respond(event.transaction, make_response(request, 200))
+        cmd, notify = child_text(root, "CmdType"), child_text(root, "NotifyType")
+        if (cmd or "").lower() != "mediastatus" or notify != "121":
+            log.info("message in a media dialog ignored", extra={"stream": st.id, "cmd_type": cmd, "notify": notify})
+            return
+        self.media_complete(st)
+
+    def media_complete(self, st: Stream) -> None:
+        """The device has sent the whole span (MediaStatus 121): tell the listeners, close a moment later."""
+        if st.complete or st.state is StreamState.CLOSED:
+            return
+        st.complete = True
+        log.info(
+            "recording sent (MediaStatus 121)",
+            extra={"stream": st.id, "channel": st.channel_id, "kind": st.kind.word, "position": st.position},
+        )
+        for listener in self._status_listeners:
+            try:
+                listener(st)
+            except Exception:  # one listener's bug must not keep the others from hearing
+                log.exception("media-status listener failed", extra={"stream": st.id})
+        self.loop.call_later(
+            COMPLETE_DRAIN, self._close, st, f"the device sent the whole {st.kind.word} (MediaStatus 121)", "complete"
+        )
+
+    # --- playback control ----------------------------------------------------------------
+
+    async def control(self, stream_id: str, request: RtspRequest) -> ControlResult:
+        """Send a playback control (MANSRTSP over INFO, PROTOCOL.md §7.9) in the device's dialog.
+
+        ``request`` is renumbered with the next body CSeq of the device's dialog (its own CSeq is
+        not kept: a relay maps the device's answer back to its asker's). On the device's 2xx the
+        session's state follows (paused, speed, position after a seek); any answer is returned for
+        the asker to see. A 481 means the device no longer has the session: it is closed.
+
+        Raises:
+            StreamError: 404 no such stream; 400 a live stream (nothing to control); 409 not
+                established yet or already torn down; 504 the device did not answer within
+                ``playback.control_timeout``; 502 it cannot be reached. The session stays open
+                (but for 481).
+        """
+        st = self.streams.get(stream_id)
+        if st is None:
+            raise StreamError(404, f"no stream {stream_id}")
+        control = st.control
+        if control is None:
+            raise StreamError(400, f"stream {stream_id} is live: only playback and download sessions take controls")
+        if st.state not in (StreamState.LIVE, StreamState.LINGERING) or control.state is ControlState.ENDED:
+            raise StreamError(409, f"stream {stream_id} is not playing (it is {st.state.name.lower()})")
+        verb = request.verb.lower()
+        sent = request.with_cseq(control.next_cseq())
+        info = st.session.info(sent.serialize())
+        try:
+            response = await self.stack.request(info, st.peer, timeout=self.playback.control_timeout)
+        except SipTimeoutError:
+            self.controls[(verb, "timeout")] += 1
+            raise StreamError(
+                504, f"device {st.device_id} did not answer {sent.describe()} in {self.playback.control_timeout:g} s"
+            ) from None
+        except SipTransportError as exc:
+            self.controls[(verb, "unreachable")] += 1
+            raise StreamError(502, f"cannot reach device {st.device_id}: {exc}") from None
+        answer: RtspResponse | None = None
+        if response.body.strip():
+            try:
+                answer = parse_response(response.body)
+            except MansrtspError as exc:
+                log.info("control answer unreadable", extra={"stream": st.id, "reason": str(exc)})
+        result = ControlResult(sent, response.status, response.reason, answer, response.body)
+        if result.ok:
+            with contextlib.suppress(LocalProtocolError):  # torn down by another control meanwhile
+                next_control(control, sent, now=self.loop.time())
+            self.controls[(verb, "ok")] += 1
+        else:
+            self.controls[(verb, f"refused-{response.status}")] += 1
+        log.info(
+            "playback control",
+            extra={"stream": st.id, "control": sent.describe(), "answer": result.describe(), "cseq": sent.cseq},
+        )
+        if response.status == 481:
+            self._close(st, "the device no longer has the session (481 to a control)", "device-gone", bye=False)
+        return result
 
     def _on_offline(self, device: Device, reason: str) -> None:
         for st in [st for st in self.streams.values() if st.device_id == device.device_id]:
@@ -974,7 +1300,17 @@ class StreamService:
             if st.state is not StreamState.LIVE and st.state is not StreamState.LINGERING:
                 continue
             figures = snapshots[self.relays.index(st.relay)].get(st.id)
-            if figures is not None and figures.idle >= timeout:
+            control = st.control
+            if figures is not None and control is not None and self._check_recorded(st, figures, now):
+                continue
+            idle = figures.idle if figures is not None else 0.0
+            if control is not None:
+                # a pause is no media timeout, however long it lasts, and counts for nothing after the resume
+                idle = 0.0 if control.paused else min(idle, now - control.quiet_since)
+            if figures is not None and idle >= timeout:
+                if st.reached_end():
+                    self._close(st, f"the {st.kind.word} sent its span (no RTP since)", "span-end")
+                    continue
                 what = "no RTP" if figures.packets else "no RTP at all"
                 # what the operator needs when video never arrives: where the device was told to send
                 session = st.session
@@ -988,11 +1324,11 @@ class StreamService:
                     extra={
                         "stream": st.id,
                         "device": st.device_id,
-                        "reason": f"{what} for {figures.idle:.0f} s",
+                        "reason": f"{what} for {idle:.0f} s",
                         "told_to_send_to": told,
                     },
                 )
-                self._close(st, f"{what} for {figures.idle:.0f} s", "media-timeout")
+                self._close(st, f"{what} for {idle:.0f} s", "media-timeout")
                 continue
             for consumer in list(st.consumers.values()):
                 if consumer.expires_at is not None and consumer.expires_at <= now:
@@ -1002,6 +1338,24 @@ class StreamService:
                     log.info("paused consumer never started", extra={"stream": st.id, "consumer": consumer.id})
                     waited = consumer.start_by - consumer.created
                     self._drop_consumer(st, consumer.id, reason=f"not started within {waited:g} s")
+
+    def _check_recorded(self, st: Stream, figures: StreamFigures, now: float) -> bool:
+        """Follow a recorded stream's position; whether it was closed (streamed past its span's end)."""
+        assert st.control is not None and st.span is not None
+        position = st.control.clock.read(figures.timestamp)
+        if st.kind is SessionKind.DOWNLOAD:
+            self.download_bytes += max(0, figures.bytes - st.bytes_seen)
+            st.bytes_seen = figures.bytes
+        if position >= st.span.seconds + self.playback.end_grace and not st.complete:
+            log.info(
+                "media past the span's end",
+                extra={"stream": st.id, "position": round(position, 1), "span_seconds": st.span.seconds},
+            )
+            self._close(
+                st, f"the device went on past the span's end ({position:.0f} s of {st.span.seconds} s)", "span-end"
+            )
+            return True
+        return False
 
     # --- figures for metrics -----------------------------------------------------------
 
@@ -1027,9 +1381,29 @@ class StreamService:
             totals["send-errors"] += t.send_errors
         return {(reason,): float(n) for reason, n in totals.items()}
 
+    def _per_kind(self) -> dict[tuple[str, ...], float]:
+        counts = Counter(st.kind.word for st in self.streams.values())
+        return {(kind.word,): float(counts[kind.word]) for kind in SessionKind}
+
     def _per_worker(self) -> dict[tuple[str, ...], float]:
         counts = Counter(st.relay.index for st in self.streams.values())
         return {(str(relay.index),): float(counts[relay.index]) for relay in self.relays}
+
+
+def _consumer_transport(transport: str, port: int, also_from: tuple[str, ...]) -> str:
+    """The consumer transport ``transport`` names (:data:`TRANSPORTS`), checked with its port.
+
+    Raises:
+        StreamError: 400 an unknown transport, a port that is not one, ``also_from`` but for tcp-passive.
+    """
+    kind = TRANSPORTS.get(transport)
+    if kind is None:
+        raise StreamError(400, f"consumer transport must be udp, tcp or tcp-passive, not {transport!r}")
+    if kind != "tcp-passive" and not 0 < port <= 65535:
+        raise StreamError(400, f"consumer port {port} is not a port number")
+    if also_from and kind != "tcp-passive":
+        raise StreamError(400, f"only a tcp-passive consumer connects from somewhere, not a {transport} one")
+    return kind
 
 
 def _split(port_range: tuple[int, int], parts: int, quarantine: float, rng: random.Random) -> list[PortPool]:

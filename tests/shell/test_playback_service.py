@@ -1,0 +1,160 @@
+"""Playback and download sessions toward a device, at the service: SIPp plays the device's SIP side
+(it checks the INVITE's s=, u=, t= and history y=, and the MANSRTSP bodies of the controls), the
+test sends real H.264 in PS over RTP as the device's media and a UDP consumer decodes what comes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from gb28181gw.errors import StreamError
+from gb28181gw.gb import mansrtsp
+from gb28181gw.gb.playback import Span
+from gb28181gw.sdp import SessionKind
+from tests.media import UdpConsumer, decode_h264, gb_ps, packetize, send_udp, wait_for
+
+from .conftest import sipp_scenario
+from .test_devices import finished
+from .test_streams import CH, gateway_with_device
+
+pytestmark = pytest.mark.sipp
+
+#: 2024-05-06 08:00:00-08:10:00 Beijing time (PROTOCOL.md §7.8.1).
+SPAN = Span(1714953600, 1714954200)
+
+
+def recorded_checks(kind: str, span: Span) -> str:
+    """What SIPp checks in a Playback or Download INVITE (§7.8): s=, u=CHANNEL:0, t=START END, y=1…."""
+    return f"""<ereg regexp=".*" search_in="hdr" header="From:" check_it="true" assign_to="gwfrom"/>
+      <ereg regexp="Subject: {CH}:1[0-9]{{9}},34020000002000000001:0" search_in="msg" check_it="true" assign_to="subject"/>
+      <ereg regexp="s={kind}" search_in="body" check_it="true" assign_to="s"/>
+      <ereg regexp="u={CH}:0" search_in="body" check_it="true" assign_to="u"/>
+      <ereg regexp="t={span.start} {span.end}" search_in="body" check_it="true" assign_to="t"/>
+      <ereg regexp="y=(1[0-9]{{9}})" search_in="body" check_it="true" assign_to="all,y"/>"""
+
+
+def recorded_answer(kind: str, span: Span, *, extra: str = "") -> str:
+    lines = ["v=0", f"o={CH} 0 0 IN IP4 [local_ip]", f"s={kind}", "c=IN IP4 [local_ip]", f"t={span.start} {span.end}"]
+    lines += ["m=video 15060 RTP/AVP 96", "a=sendonly", "a=rtpmap:96 PS/90000"]
+    if extra:
+        lines.append(extra)
+    lines += ["y=[$y]", "f="]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def info_part(body_regexp: str, *, status: str = "200 OK", answer: str = "", name: str = "info") -> str:
+    checks = f'<ereg regexp="{body_regexp}" search_in="body" check_it="true" assign_to="{name}"/>'
+    return sipp_scenario(
+        "parts/info_answer.xml",
+        checks=checks,
+        status=status,
+        content_type="Content-Type: Application/MANSRTSP\r\n" if answer else "",
+        body=answer,
+    )
+
+
+def device_scenario(kind: str, then: str, refs: str) -> bytes:
+    return sipp_scenario(
+        "invite_uas.xml",
+        checks=recorded_checks(kind, SPAN),
+        ch=CH,
+        answer=recorded_answer(kind, SPAN, extra="a=filesize:1234567" if kind == "Download" else ""),
+        then=then,
+        refs="gwfrom,subject,s,u,t,all,y" + (f",{refs}" if refs else ""),
+    ).encode()
+
+
+async def test_playback_pause_resume_then_media_status_ends_it(tmp_path: Path) -> None:
+    then = (
+        info_part("^PAUSE RTSP/1.0..CSeq: 1..PauseTime: now..$", answer="RTSP/1.0 200 OK\r\nCSeq: 1\r\n", name="p1")
+        + info_part("^PLAY RTSP/1.0..CSeq: 2..Range: npt=now-..$", name="p2")
+        + sipp_scenario("parts/media_status.xml", pause=300, sender=CH, from_tag="[pid]dev")
+    )
+    gw, device = await gateway_with_device(tmp_path, device_scenario("Playback", then, "p1,p2"))
+    udp = await UdpConsumer.start()
+    gone: list[str] = []
+    gw.streams.on_media_status(lambda st: gone.append(st.id))
+    try:
+        st, consumer = await gw.streams.open_recorded(
+            CH, kind=SessionKind.PLAYBACK, span=SPAN, transport="udp", host="127.0.0.1", port=udp.port
+        )
+        assert st.id.startswith("1") and st.kind is SessionKind.PLAYBACK and CH not in gw.streams.by_channel
+        ps = gb_ps(50, 10)
+        with socket.socket(type=socket.SOCK_DGRAM) as media:
+            await send_udp(packetize(ps, int(st.session.ssrc), mtu=400), st.port, sock=media)
+        await wait_for(lambda: len(udp.got.packets) > 0)
+        result = await gw.streams.control(st.id, mansrtsp.pause(0))
+        assert result.ok and result.answer is not None and result.answer.cseq == 1
+        assert st.control is not None and st.control.paused
+        result = await gw.streams.control(st.id, mansrtsp.resume(0))
+        assert result.ok and not st.control.paused
+        await finished(device)  # MediaStatus answered 200, then our BYE
+        assert gone == [st.id]
+        await wait_for(lambda: st.id not in gw.streams.streams)
+        ended = gw.streams.ended_stream(st.id)
+        assert ended is not None and ended.cause == "complete" and ended.complete
+        assert decode_h264(udp.got.payload()) == 50
+        await wait_for(lambda: gw.streams.pools[0].in_use == 0 and gw.streams.ssrcs.active == 0)
+    finally:
+        udp.close()
+        await gw.stop()
+
+
+async def test_download_offer_and_file_size(tmp_path: Path) -> None:
+    then = sipp_scenario("parts/media_status.xml", pause=200, sender=CH, from_tag="other-tag")  # M11: by Call-ID
+    scenario = device_scenario("Download", then, "")
+    scenario = scenario.replace(
+        b'assign_to="t"/>',
+        b'assign_to="t"/>\n      <ereg regexp="a=downloadspeed:4" search_in="body" check_it="true" assign_to="ds"/>',
+    )
+    scenario = (
+        scenario.replace(b'refs="', b'refs="ds,')
+        if b'refs="' in scenario
+        else scenario.replace(b'variables="', b'variables="ds,')
+    )
+    gw, device = await gateway_with_device(tmp_path, scenario)
+    udp = await UdpConsumer.start()
+    try:
+        st, _ = await gw.streams.open_recorded(
+            CH, kind=SessionKind.DOWNLOAD, span=SPAN, transport="udp", host="127.0.0.1", port=udp.port
+        )
+        assert st.session.file_size == 1234567 and st.session.download_speed == 4
+        await finished(device)
+        await wait_for(lambda: st.id not in gw.streams.streams)
+        ended = gw.streams.ended_stream(st.id)
+        assert ended is not None and ended.cause == "complete"
+    finally:
+        udp.close()
+        await gw.stop()
+
+
+async def test_bad_spans_are_refused_before_any_invite(tmp_path: Path) -> None:
+    gw, device = await gateway_with_device(tmp_path, device_scenario("Playback", "", ""))
+    try:
+        now = int(time.time())
+        for span, words in [
+            (Span(SPAN.end, SPAN.start), "before it starts"),
+            (Span(now + 3600, now + 7200), "in the future"),
+            (Span(SPAN.start, SPAN.start + 3 * 86400), "playback.max_span"),
+        ]:
+            with pytest.raises(StreamError, match=words) as err:
+                await gw.streams.open_recorded(
+                    CH, kind=SessionKind.PLAYBACK, span=span, transport="udp", host="127.0.0.1", port=9
+                )
+            assert err.value.status == 400
+        assert not gw.streams.streams
+        local = Span.from_local(
+            dt.datetime(2024, 5, 6, 8), dt.datetime(2024, 5, 6, 8, 10), dt.timezone(dt.timedelta(hours=8))
+        )
+        assert local == SPAN
+    finally:
+        device.kill()
+        await device.wait()
+        await gw.stop()
+        await asyncio.sleep(0)
