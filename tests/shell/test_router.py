@@ -123,10 +123,12 @@ async def test_requests_for_unknown_dialogs_get_481_from_the_router(gateway: Gat
         for method in ("BYE", "NOTIFY", "INFO"):
             resp = await client.request(_request(client.endpoint, method, STRANGER, to_tag="nosuchdialog"), target)
             assert resp.status == 481, method
-        # outside any dialog: BYE is a method we take (in dialogs), INFO is not one we take at all
-        assert (await client.request(_request(client.endpoint, "BYE", STRANGER), target)).status == 481
-        resp = await client.request(_request(client.endpoint, "INFO", STRANGER), target)
-        assert resp.status == 405 and "BYE" in (resp.headers.get("allow") or "")
+        # outside any dialog: BYE and INFO (playback control) are methods we take in dialogs only,
+        # UPDATE not at all
+        for method in ("BYE", "INFO"):
+            assert (await client.request(_request(client.endpoint, method, STRANGER), target)).status == 481, method
+        resp = await client.request(_request(client.endpoint, "UPDATE", STRANGER), target)
+        assert resp.status == 405 and "INFO" in (resp.headers.get("allow") or "")
         # a tagged MESSAGE is taken as it always was (404 for a sender that is not registered)
         tagged = _request(client.endpoint, "MESSAGE", STRANGER_DEVICE, body=CATALOG_QUERY, to_tag="x")
         assert (await client.request(tagged, target)).status == 404
