@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gb28181gw.errors import LocalProtocolError, OfferError
+from gb28181gw.gb.playback import Span
 from gb28181gw.gb.superior_invite import (
     ConsumerTransport,
     ServedInput,
@@ -16,7 +17,6 @@ from gb28181gw.gb.superior_invite import (
     target_candidates,
     target_channel,
 )
-from gb28181gw.gb.playback import Span
 from gb28181gw.sdp import SessionDescription, SessionKind, file_size_text
 from gb28181gw.sip.message import Request, parse_message
 
