@@ -318,13 +318,23 @@ def span_of(time: str) -> tuple[int, int]:
 
 def file_size(sdp: SessionDescription) -> int | None:
     """The ``a=filesize`` of a Download answer in bytes; ``None`` when absent, negative (Hikvision's ``-1``, M8) or malformed."""
+    value = file_size_text(sdp)
+    if value is None or not value.isdigit():
+        return None
+    return int(value)
+
+
+def file_size_text(sdp: SessionDescription) -> str | None:
+    """The ``a=filesize`` value as the answer wrote it, when a whole number (``-1`` included, M8), else ``None``.
+
+    A relay passes up what the device said, unknown included (PROTOCOL.md §9.6).
+    """
     video = sdp.video()
     value = (video.attribute("filesize") if video is not None else None) or next(
         (v.partition(":")[2] for k, v in sdp.extra if k == "a" and v.startswith("filesize:")), None
     )
-    if value is None or not value.strip().isdigit():
-        return None
-    return int(value.strip())
+    text = (value or "").strip()
+    return text if text.removeprefix("-").isdigit() and len(text) <= 20 else None
 
 
 def download_speed(sdp: SessionDescription) -> int:

@@ -60,8 +60,9 @@ async def _superiors_finish() -> AsyncIterator[None]:
         await asyncio.wait({_RUNNING.pop()}, timeout=30)  # SIPp ends by its own -timeout
 
 
-async def cascade_gateway(tmp_path: Path, **upstream: object) -> Gateway:
-    """A gateway with one superior, ``district``, whose registrar nobody runs: its INVITEs are what matter."""
+async def cascade_gateway(tmp_path: Path, settings: dict[str, str] | None = None, **upstream: object) -> Gateway:
+    """A gateway with one superior, ``district``, whose registrar nobody runs: its INVITEs are what matter.
+    ``settings``: more overrides (``playback.control_timeout`` …)."""
     table = {
         "name": "district",
         "id": SUPERIOR,
@@ -74,7 +75,7 @@ async def cascade_gateway(tmp_path: Path, **upstream: object) -> Gateway:
     path = tmp_path / "gw.toml"
     path.write_text("\n".join(["[[upstream]]"] + [f"{k} = {json.dumps(v)}" for k, v in table.items()]) + "\n")
     media = {"media.port_min": "42200", "media.port_max": "42299", "media.linger": "0", "media.invite_timeout": "5"}
-    return await start_gateway_from(path, media)
+    return await start_gateway_from(path, media | (settings or {}))
 
 
 async def with_device(gw: Gateway, tmp_path: Path, device_scenario: bytes | None) -> asyncio.subprocess.Process | None:
@@ -344,7 +345,7 @@ UNKNOWN = "34020000001310000099"
         ("no-sdp", None, 488, "without an SDP offer", CH),
         ("port-0", offer(0), 488, "port 0", CH),
         ("no-ps", offer(30000, ps=False), 488, "no PS", CH),
-        ("playback", offer(30000, name="Playback"), 501, "not implemented", CH),
+        ("playback-live-t", offer(30000, name="Playback"), 400, "not after the start", CH),  # t=0 0: no span
         ("bad-sdp", offer(30000).replace("m=video 30000", "m=video notaport"), 400, "SDP cannot be used", CH),
     ],
 )

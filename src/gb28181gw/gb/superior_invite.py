@@ -5,14 +5,18 @@ request and writes our answer; the shell (:mod:`gb28181gw.services.cascade_media
 joins the device stream and sends the media.
 
 - :func:`target_channel`: which channel: the Subject's sender ID (Annex K/L), else the
-  Request-URI user, else the SDP ``u=`` (what playback names, §7.1).
+  Request-URI user, else the SDP ``u=``; for ``s=Playback`` / ``Download`` ``u=`` first (it
+  names the recorded channel, §7.1), then the Subject, then the Request-URI.
 - :func:`parse_offer`: the offer as a :class:`SuperiorOffer`: where media goes (``c=``,
   ``m=``), how (UDP, or TCP with the roles of RFC 4145 ``a=setup``, §7.5), the SSRC it wants
-  (``y=``, §7.4.1) and whether PS is offered. What cannot be served raises
+  (``y=``, §7.4.1), whether PS is offered, and for a recorded kind (PROTOCOL.md §9.6) its
+  span (``t=``) and ``a=downloadspeed`` (1 when absent). What cannot be served raises
   :class:`~gb28181gw.errors.OfferError` carrying the answer to send.
 - :func:`answer_sdp`: our 200's SDP: ``o=`` the channel ID, ``c=`` our media address,
   ``a=sendonly``, PS, the TCP role opposite to the superior's, ``y=`` the SSRC we send
-  with, ``f=``; CRLF lines ending in CRLF (:meth:`SessionDescription.serialize`).
+  with, ``f=``; CRLF lines ending in CRLF (:meth:`SessionDescription.serialize`). A recorded
+  kind echoes ``s=`` as the superior wrote it, ``t=`` and ``u=``, and passes up the device's
+  ``a=filesize`` as the device wrote it (``-1`` included, M8).
 
 The answers chosen where the standard leaves a choice (documented in the README):
 
@@ -24,8 +28,8 @@ a ``y=`` that is no GB SSRC (9 or 11 digits)  served  ignored (``ignored_ssrc``)
 no SDP (a delayed offer)                      488     valid SIP, but we never make the offer (GB superiors
                                                       always do); 488 says the negotiation is refused
 SDP that cannot be parsed, or no ``c=``       400     the request itself is malformed
-``s=Playback`` / ``Download``                 501     playback relay is not built yet (issue 13): the
-                                                      function is missing, not the offer unacceptable
+``s=Playback`` / ``Download`` with a ``t=``    400     the request is malformed (a span is its
+that is not two epoch seconds, end > start            subject)
 no ``m=video``, port 0, unknown transport     488     RFC 3261 §21.4.26, PROTOCOL.md §7.10
 no PS (PT 96 ``PS/90000``)                    488     wvp answers 415, but 415 is about the body's
                                                       Content-Type (§21.4.13); an SDP we read and cannot
@@ -49,8 +53,9 @@ import re
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum, auto
 
-from gb28181gw.errors import LocalProtocolError, OfferError, SdpError, SipParseError
-from gb28181gw.sdp import Media, SessionDescription
+from gb28181gw.errors import LocalProtocolError, OfferError, SdpError, SipParseError, SpanError
+from gb28181gw.gb.playback import Span
+from gb28181gw.sdp import Media, SessionDescription, SessionKind, download_speed
 from gb28181gw.sip.message import Request
 from gb28181gw.sip.transaction import render_digraph
 from gb28181gw.sip.uri import SipUri
@@ -69,8 +74,6 @@ __all__ = [
     "target_channel",
 ]
 
-#: Session names (``s=``) of historical sessions, relayed by issue 13's playback work.
-PLAYBACK_NAMES = frozenset({"playback", "download"})
 #: The payload type GB/T 28181 gives PS (Annex C.1), assumed when the offer has no rtpmap for it (M6).
 PS_PAYLOAD_TYPE = 96
 
@@ -91,7 +94,7 @@ class SuperiorOffer:
         channel_id: the channel to play (:func:`target_channel`).
         subject: the Subject's sender part (``channel:seq``), ``""`` without one; the same
             value on a new INVITE means the same stream (Annex K c).
-        kind: ``s=`` as sent (``Play``).
+        kind: ``s=`` as sent (``Play``, ``playback`` …); :attr:`session` is what it means.
         transport: how we send (:class:`ConsumerTransport`).
         host / port: the superior's media address (``c=`` and ``m=``); for ``tcp-passive``
             the port is nominal.
@@ -102,6 +105,9 @@ class SuperiorOffer:
             (the shell plays the first it knows: a superior that fills Subject wrongly still
             names the channel in its Request-URI).
         ignored_ssrc: a ``y=`` that is no GB SSRC (not 10 digits), ignored: we send with ours.
+        session: live, playback or download (:meth:`SessionKind.of` of ``s=``; live when it names none).
+        span: a recorded kind's ``t=``; ``None`` for live.
+        download_speed: Download's ``a=downloadspeed`` (1 when absent); ``None`` otherwise.
     """
 
     channel_id: str
@@ -115,6 +121,9 @@ class SuperiorOffer:
     sdp: SessionDescription = field(repr=False, compare=False)
     candidates: tuple[str, ...] = ()
     ignored_ssrc: str = ""
+    session: SessionKind = SessionKind.PLAY
+    span: Span | None = None
+    download_speed: int | None = None
 
     def require_ps(self) -> int:
         """The PS payload type to answer with.
@@ -146,15 +155,19 @@ def target_channel(subject: str | None, request_uri: str, sdp_uri: str | None) -
     return candidates[0] if candidates else ""
 
 
-def target_candidates(subject: str | None, request_uri: str, sdp_uri: str | None) -> tuple[str, ...]:
-    """Every channel ID the request names, in :func:`target_channel`'s order, each once."""
+def target_candidates(
+    subject: str | None, request_uri: str, sdp_uri: str | None, *, recorded: bool = False
+) -> tuple[str, ...]:
+    """Every channel ID the request names, in :func:`target_channel`'s order, each once;
+    ``recorded`` (``s=Playback`` / ``Download``) puts ``u=`` first."""
     sender = subject_sender(subject).split(":", 1)[0].strip()
     try:
         user = SipUri.parse(request_uri).user or ""
     except SipParseError:
         user = ""
     named = (sdp_uri or "").split(":", 1)[0].strip() if sdp_uri and "/" not in sdp_uri else ""
-    return tuple(dict.fromkeys(x for x in (sender, user.strip(), named) if x))
+    order = (named, sender, user.strip()) if recorded else (sender, user.strip(), named)
+    return tuple(dict.fromkeys(x for x in order if x))
 
 
 def parse_offer(request: Request) -> SuperiorOffer:
@@ -179,12 +192,17 @@ def parse_offer(request: Request) -> SuperiorOffer:
         except SdpError as again:
             raise OfferError(400, f"SDP cannot be used: {again}") from None
         ignored_ssrc = bad.group(1).decode("ascii", "replace").strip()
-    candidates = target_candidates(request.headers.get("subject"), request.uri, sdp.uri)
+    session = SessionKind.of(sdp.name) or SessionKind.PLAY
+    candidates = target_candidates(request.headers.get("subject"), request.uri, sdp.uri, recorded=session.recorded)
     channel = candidates[0] if candidates else ""
     if not channel:
         raise OfferError(400, "no channel ID in Subject, Request-URI or u=")
-    if sdp.name.strip().lower() in PLAYBACK_NAMES:
-        raise OfferError(501, f"s={sdp.name}: playback and download relay to superiors is not implemented yet")
+    span: Span | None = None
+    if session.recorded:
+        try:
+            span = Span.from_sdp(sdp.time)
+        except SpanError as exc:
+            raise OfferError(400, f"s={sdp.name}: {exc}") from None
     video = sdp.video()
     if video is None:
         raise OfferError(488, "the offer has no m=video")
@@ -208,6 +226,9 @@ def parse_offer(request: Request) -> SuperiorOffer:
         sdp=sdp,
         candidates=candidates,
         ignored_ssrc=ignored_ssrc,
+        session=session,
+        span=span,
+        download_speed=download_speed(sdp) if session is SessionKind.DOWNLOAD else None,
     )
 
 
@@ -245,8 +266,10 @@ def _ps_payload_type(video: Media) -> int | None:
     return None
 
 
-def answer_sdp(offer: SuperiorOffer, *, channel_id: str, media_ip: str, port: int, ssrc: int) -> SessionDescription:
-    """Our 200's SDP for ``offer`` (PROTOCOL.md §9.5 step 5).
+def answer_sdp(
+    offer: SuperiorOffer, *, channel_id: str, media_ip: str, port: int, ssrc: int, file_size: str | None = None
+) -> SessionDescription:
+    """Our 200's SDP for ``offer`` (PROTOCOL.md §9.5 step 5, §9.6).
 
     Args:
         channel_id: the channel sent (``o=``: the SDP's author is the channel, as devices write it).
@@ -254,6 +277,7 @@ def answer_sdp(offer: SuperiorOffer, *, channel_id: str, media_ip: str, port: in
         port: our sending port (UDP), our listening port (``tcp-passive``), or our nominal
             port when we connect (``tcp``; RFC 4145 lets an active side put any).
         ssrc: the SSRC the media carries (``y=``, §7.4.1).
+        file_size: a recorded kind's ``a=filesize`` as the device's answer wrote it (``None``: none).
 
     Raises:
         OfferError: 488, the offer has no PS.
@@ -264,11 +288,17 @@ def answer_sdp(offer: SuperiorOffer, *, channel_id: str, media_ip: str, port: in
     if tcp:
         role = "passive" if offer.transport is ConsumerTransport.TCP_PASSIVE else "active"
         attributes += [("setup", role), ("connection", "new")]
+    recorded = offer.span is not None
+    if recorded and file_size is not None:
+        attributes.append(("filesize", file_size))
     family = "IP6" if ":" in media_ip else "IP4"
     return SessionDescription(
         origin=f"{channel_id} 0 0 IN {family} {media_ip}",
-        name="Play",
+        # a recorded kind's s= as the superior wrote it (some match their own spelling), t= and u= echoed
+        name=offer.kind.strip() if recorded else "Play",
         connection=media_ip,
+        time=offer.span.sdp_time if offer.span is not None else "0 0",
+        uri=(offer.sdp.uri or f"{channel_id}:0") if recorded else None,
         media=[Media("video", port, "TCP/RTP/AVP" if tcp else "RTP/AVP", [str(pt)], attributes=attributes)],
         ssrc=f"{ssrc:010d}",
         format="",

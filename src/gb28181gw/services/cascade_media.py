@@ -1,4 +1,5 @@
-"""Live video for superiors (cascade, PROTOCOL.md §9.5): the shell around :mod:`gb28181gw.gb.superior_invite`.
+"""Live video and recordings for superiors (cascade, PROTOCOL.md §9.5, §9.6): the shell around
+:mod:`gb28181gw.gb.superior_invite`.
 
 A superior's INVITE becomes one *consumer* of the channel's device stream, opened or joined
 through :class:`~gb28181gw.services.streams.StreamService` (the device sees one INVITE
@@ -6,13 +7,16 @@ however many superiors and local viewers watch, Annex L). In order:
 
 1. The endpoint has sent 100 Trying already (:mod:`gb28181gw.sip.endpoint`). An INVITE from
    anyone but a configured superior is refused 403 (devices never INVITE us).
-2. The offer is read (:func:`~gb28181gw.gb.superior_invite.parse_offer`: 400/488/501), then
+2. The offer is read (:func:`~gb28181gw.gb.superior_invite.parse_offer`: 400/488), then
    the channel checked: unknown or not shared with that superior 404, its device not online
-   480, no PS offered 488.
+   480, no PS offered 488; a recorded span that cannot be asked for (in the future, longer
+   than ``playback.max_span``) 400.
 3. The consumer is added *paused* (nothing is sent before the ACK) toward the superior's
    ``c=``:``m=``: UDP, TCP where we connect, or TCP where we listen. Its SSRC is the
    superior's ``y=`` when ``[[upstream]] ssrc = "echo"`` and it sent one, else ours.
    :meth:`StreamService.play` returns once the device answered (or the joined stream is live);
+   ``s=Playback`` / ``Download`` opens a device session of its own for the same span
+   (:meth:`StreamService.open_recorded`: one device dialog per superior dialog, never shared);
    its errors go up mapped (:data:`UPWARD`). Past ``media.invite_timeout`` we answer 408, a
    CANCEL has been answered 487 by the endpoint; either way whatever ``play`` still yields
    is released when it does (no port, SSRC, consumer or task is left).
@@ -25,6 +29,14 @@ however many superiors and local viewers watch, Annex L). In order:
    other reason (the stream ended, the device went offline, its TCP connection dropped) →
    BYE to the superior. A superior lost (:meth:`UpstreamService.on_lost`) loses all its
    consumers and dialogs; shutdown sends BYE in every dialog.
+6. Recorded kinds (§9.6): the superior's INFO (MANSRTSP; another Content-Type 415, a body we
+   cannot read 400) is relayed in the device's dialog (:meth:`StreamService.control` numbers
+   it there) and answered once the device answered: its SIP status (2xx as 200) and its RTSP
+   answer numbered with the superior's own body CSeq; the device silent 408 (as its silence to
+   an INVITE, :data:`UPWARD`), the session gone 481. The device's MediaStatus 121 becomes our
+   own MediaStatus MESSAGE in the superior's dialog; a BYE of ours that follows (the device
+   session closes a moment after) waits for that MESSAGE's answer, so the superior hears the
+   end of the recording before the end of the call. Its dialog ending stops the device session.
 
 The life of one served INVITE is a :class:`~gb28181gw.gb.superior_invite.ServedState`
 changed only through :func:`~gb28181gw.gb.superior_invite.next_state`.
@@ -36,8 +48,10 @@ import asyncio
 import contextlib
 import functools
 import ipaddress
+import itertools
 import logging
 import socket
+import time
 from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
@@ -46,11 +60,14 @@ from typing import Any
 from gb28181gw.errors import (
     DialogError,
     LocalProtocolError,
+    MansrtspError,
     OfferError,
     SipTimeoutError,
     SipTransportError,
+    SpanError,
     StreamError,
 )
+from gb28181gw.gb import mansrtsp
 from gb28181gw.gb.registrar import from_user
 from gb28181gw.gb.superior_invite import (
     ConsumerTransport,
@@ -61,9 +78,12 @@ from gb28181gw.gb.superior_invite import (
     next_state,
     parse_offer,
 )
+from gb28181gw.manscdp.messages import CONTENT_TYPE as MANSCDP_TYPE
+from gb28181gw.manscdp.messages import CmdType, Root, encode
 from gb28181gw.metrics import UPSTREAM_STREAMS, Metrics
 from gb28181gw.net.stack import SipStack
 from gb28181gw.net.tasks import TaskSet
+from gb28181gw.sdp import file_size_text
 from gb28181gw.sip.dialog import Dialog, DialogId
 from gb28181gw.sip.endpoint import warning_header
 from gb28181gw.sip.events import RequestCancelled, RequestReceived
@@ -85,6 +105,11 @@ log = logging.getLogger("gb28181gw.cascade")
 #: superior failed) and 503 (no port or SSRC free) stay.
 UPWARD = {400: 500, 404: 404, 408: 408, 480: 480, 486: 486, 488: 488, 502: 502, 503: 503, 504: 408}
 
+#: A :class:`StreamError` of :meth:`StreamService.control` → what the superior's INFO is
+#: answered: the session gone or torn down 481 (RFC 3261 §12.2.2), the device silent 408 (as
+#: :data:`UPWARD` says for an INVITE), unreachable 502.
+CONTROL_UPWARD = {404: 481, 409: 481, 502: 502, 504: 408}
+
 #: Seconds a BYE to a superior is given (best effort: when it is lost it cannot answer).
 BYE_TIMEOUT = 5.0
 
@@ -105,6 +130,8 @@ class Served:
         unacked: the 2xx being retransmitted until an ACK (RFC 3261 §13.3.1.4).
         stop_waiting: resolved with a status when the wait for the stream must end (CANCEL: 487,
             superior lost, shutdown).
+        notified: recorded kinds: done once our MediaStatus MESSAGE is answered (or given up);
+            our BYE waits for it.
     """
 
     upstream: str
@@ -122,6 +149,7 @@ class Served:
     retransmit: asyncio.TimerHandle | None = None
     ack_timer: asyncio.TimerHandle | None = None
     stop_waiting: asyncio.Future[int] | None = field(default=None, repr=False)
+    notified: asyncio.Future[None] | None = field(default=None, repr=False)
 
     def fire(self, event: ServedInput) -> None:
         self.state = next_state(self.state, event)
@@ -158,11 +186,14 @@ class CascadeMediaService:
         self.dialogs: dict[DialogId, Served] = {}
         self.by_consumer: dict[tuple[str, str], Served] = {}
         self._tasks = TaskSet()
+        self._sn = itertools.count(1)
         stack.router.handle("INVITE", self._on_invite, owner="cascade-media")
         stack.router.expect_in_dialog("BYE")
+        stack.router.expect_in_dialog("INFO")  # a control for a dialog we no longer have: 481
         stack.on_cancel(self._on_cancel, owner="cascade-media")
         upstreams.on_lost(self._on_lost)
         streams.on_consumer_gone(self._on_consumer_gone)
+        streams.on_media_status(self._on_media_status)
         metrics.labeled_gauge(UPSTREAM_STREAMS, self._per_upstream)
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -195,6 +226,11 @@ class CascadeMediaService:
             offer = await self._settle(parse_offer(request), event)
             self._check_channel(name, offer.channel_id)
             offer.require_ps()
+            if offer.span is not None:
+                try:
+                    offer.span.check(now=time.time(), max_span=self.streams.playback.max_span)
+                except SpanError as exc:
+                    raise OfferError(400, str(exc)) from None
         except (OfferError, StreamError) as exc:
             log.info("superior INVITE refused", extra={"upstream": name, "status": exc.status, "reason": str(exc)})
             self._refuse(event, exc.status, str(exc))
@@ -205,20 +241,25 @@ class CascadeMediaService:
         served = Served(name, offer, request, tx, event.peer, stop_waiting=loop.create_future())
         self.pending[tx] = served
         ssrc = offer.ssrc if link.section.ssrc == "echo" else None
-        play = asyncio.ensure_future(
-            self.streams.play(
-                offer.channel_id,
-                transport=str(offer.transport),
-                host=offer.host,
-                port=offer.port,
-                ssrc=ssrc,
-                label=f"upstream:{name}",
-                paused=True,  # nothing before its ACK (and for tcp no connection)
-                start_within=self.stack.endpoint.timers.h,  # as long as we wait for that ACK
-                # behind NAT it connects from its SIP source; a media server apart from it, from c=
-                also_from=(event.peer.host,) if offer.transport == "tcp-passive" else (),
+        to: dict[str, Any] = {
+            "transport": str(offer.transport),
+            "host": offer.host,
+            "port": offer.port,
+            "ssrc": ssrc,
+            "label": f"upstream:{name}",
+            "paused": True,  # nothing before its ACK (and for tcp no connection)
+            "start_within": self.stack.endpoint.timers.h,  # as long as we wait for that ACK
+            # behind NAT it connects from its SIP source; a media server apart from it, from c=
+            "also_from": (event.peer.host,) if offer.transport == "tcp-passive" else (),
+        }
+        if offer.span is not None:
+            # a session of its own: another superior's (or viewer's) pauses and seeks are not its
+            opening = self.streams.open_recorded(
+                offer.channel_id, kind=offer.session, span=offer.span, download_speed=offer.download_speed, **to
             )
-        )
+        else:
+            opening = self.streams.play(offer.channel_id, **to)
+        play = asyncio.ensure_future(opening)
         assert served.stop_waiting is not None
         waits: set[asyncio.Future[Any]] = {play, served.stop_waiting}
         try:
@@ -294,6 +335,7 @@ class CascadeMediaService:
             # UDP: our sending port; tcp-passive: where we listen; tcp: nominal (RFC 4145, we connect)
             port=consumer.local_port or st.port,
             ssrc=consumer.ssrc,
+            file_size=file_size_text(st.session.answer) if st.session.answer is not None else None,
         )
         served.answer = sdp.serialize().encode()
         response = self._ok(served, request, to_tag=self.stack.endpoint.new_tag(), event=event)
@@ -322,6 +364,7 @@ class CascadeMediaService:
                 "channel": offer.channel_id,
                 "stream": st.id,
                 "consumer": consumer.id,
+                "kind": offer.session.word,
                 "to": f"{offer.transport}:{offer.host}:{offer.port}",
                 "ssrc": f"{consumer.ssrc:010d}",
             },
@@ -392,9 +435,13 @@ class CascadeMediaService:
         st, consumer = play.result()
         self._tasks.spawn(self._remove(st.id, consumer.id))
 
-    async def _remove(self, stream_id: str, consumer_id: str) -> None:
+    async def _remove(self, stream_id: str, consumer_id: str, *, recorded: bool = False) -> None:
         with contextlib.suppress(StreamError):  # gone already
             await self.streams.remove_consumer(stream_id, consumer_id)
+        st = self.streams.streams.get(stream_id)
+        if recorded and st is not None and not st.consumers:
+            # its own device session: nobody else watches it, and a lingering one would hold the device's dialog
+            await self.streams.stop_stream(stream_id, "the superior's playback ended")
 
     def _refuse(self, event: RequestReceived, status: int, warning: str) -> None:
         tx = event.transaction
@@ -455,10 +502,102 @@ class CascadeMediaService:
             self._await_ack(served, tx, response, event.peer)
         elif method == "OPTIONS":
             self.stack.respond(tx, make_response(request, 200))
+        elif method == "INFO" and served.offer.span is not None:
+            self._on_info(served, event)
         else:
             response = make_response(request, 405)
-            response.headers.add("Allow", "ACK, BYE, INVITE, OPTIONS")
+            allow = "ACK, BYE, INFO, INVITE, OPTIONS" if served.offer.span is not None else "ACK, BYE, INVITE, OPTIONS"
+            response.headers.add("Allow", allow)
             self.stack.respond(tx, response)
+
+    # --- recorded kinds: controls and the end of the recording -------------------------
+
+    def _on_info(self, served: Served, event: RequestReceived) -> None:
+        request, tx = event.request, event.transaction
+        assert tx is not None
+        if not mansrtsp.is_mansrtsp(request.headers.get("content-type")):
+            response = make_response(request, 415)
+            response.headers.add("Accept", mansrtsp.CONTENT_TYPE)
+            self.stack.respond(tx, response)
+            self.upstreams.count_request(served.upstream, "INFO", "415")
+            return
+        try:
+            rtsp = mansrtsp.parse_request(request.body)
+        except MansrtspError as exc:
+            response = make_response(request, 400)
+            response.headers.add("Warning", warning_header(f"unreadable MANSRTSP body: {exc}"))
+            self.stack.respond(tx, response)
+            self.upstreams.count_request(served.upstream, "INFO", "400")
+            return
+        self._tasks.spawn(self._relay_control(served, tx, request, rtsp))
+
+    async def _relay_control(
+        self, served: Served, tx: Transaction, request: Request, rtsp: mansrtsp.RtspRequest
+    ) -> None:
+        """The superior's control to the device, then the device's answer to the superior's INFO."""
+        try:
+            result = await self.streams.control(served.stream_id, rtsp)
+        except StreamError as exc:
+            status = CONTROL_UPWARD.get(exc.status, 500)
+            response = make_response(request, status)
+            response.headers.add("Warning", warning_header(str(exc)))
+        else:
+            status = 200 if 200 <= result.status < 300 else result.status
+            response = make_response(request, status, None if status == 200 else result.reason or None)
+            # the device's answer, numbered as the superior numbered its request
+            body = result.answer.with_cseq(rtsp.cseq).serialize() if result.answer is not None else result.body
+            if body.strip():
+                response.headers.add("Content-Type", mansrtsp.CONTENT_TYPE)
+                response.body = body
+        try:
+            self.stack.respond(tx, response)
+        except LocalProtocolError:
+            return  # its transaction is gone (its connection dropped): nobody to tell
+        self.upstreams.count_request(served.upstream, "INFO", "ok" if status == 200 else str(status))
+        log.info(
+            "superior's playback control relayed",
+            extra={
+                "upstream": served.upstream,
+                "stream": served.stream_id,
+                "control": rtsp.describe(),
+                "status": status,
+            },
+        )
+
+    def _on_media_status(self, st: Stream) -> None:
+        for served in [s for s in self.dialogs.values() if s.stream_id == st.id]:
+            dialog = served.dialog
+            if dialog is None or dialog.terminated or served.notified is not None:
+                continue
+            link = self.upstreams.links.get(served.upstream)
+            charset = link.section.charset if link is not None else "GB2312"
+            body = encode(
+                Root.NOTIFY,
+                CmdType.MEDIA_STATUS,
+                next(self._sn),
+                served.offer.channel_id,  # IDs go up unchanged (PROTOCOL.md §9.9)
+                [("NotifyType", "121")],
+                charset=charset,
+            )
+            # built now, so its CSeq comes before that of any BYE of ours that follows
+            message = dialog.request("MESSAGE", body=body, content_type=MANSCDP_TYPE)
+            served.notified = asyncio.get_running_loop().create_future()
+            self._tasks.spawn(self._notify(served, message, served.notified))
+
+    async def _notify(self, served: Served, message: Request, done: asyncio.Future[None]) -> None:
+        try:
+            response = await self.stack.request(message, served.peer, timeout=BYE_TIMEOUT)
+        except (SipTimeoutError, SipTransportError) as exc:
+            log.warning(
+                "MediaStatus to the superior not answered", extra={"upstream": served.upstream, "reason": str(exc)}
+            )
+        else:
+            log.info(
+                "recording end told to the superior (MediaStatus 121)",
+                extra={"upstream": served.upstream, "stream": served.stream_id, "status": response.status},
+            )
+        finally:
+            done.set_result(None)
 
     @staticmethod
     def _moved(served: Served, request: Request) -> str:
@@ -518,13 +657,18 @@ class CascadeMediaService:
             elif not dialog.terminated:
                 dialog.terminate()
         if remove and served.consumer_id:
-            self._tasks.spawn(self._remove(served.stream_id, served.consumer_id))
+            self._tasks.spawn(
+                self._remove(served.stream_id, served.consumer_id, recorded=served.offer.span is not None)
+            )
         log.info(
             "superior stream ended",
             extra={"upstream": served.upstream, "channel": served.offer.channel_id, "reason": reason},
         )
 
     async def _bye(self, served: Served, dialog: Dialog) -> None:
+        if served.notified is not None:
+            # the end of the recording first, then the end of the call (PROTOCOL.md §9.6)
+            await asyncio.wait({served.notified}, timeout=BYE_TIMEOUT)
         try:
             response = await self.stack.request(dialog.request("BYE"), served.peer, timeout=BYE_TIMEOUT)
         except (SipTimeoutError, SipTransportError) as exc:

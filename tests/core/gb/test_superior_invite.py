@@ -1,10 +1,11 @@
-"""A superior's live INVITE read and answered with bytes (PROTOCOL.md §9.5, §7.3-7.5)."""
+"""A superior's live, playback and download INVITE read and answered with bytes (PROTOCOL.md §9.5, §9.6, §7.3-7.8)."""
 
 from __future__ import annotations
 
 import pytest
 
 from gb28181gw.errors import LocalProtocolError, OfferError
+from gb28181gw.gb.playback import Span
 from gb28181gw.gb.superior_invite import (
     ConsumerTransport,
     ServedInput,
@@ -16,6 +17,7 @@ from gb28181gw.gb.superior_invite import (
     target_candidates,
     target_channel,
 )
+from gb28181gw.sdp import SessionDescription, SessionKind, file_size_text
 from gb28181gw.sip.message import Request, parse_message
 
 CH, UPPER = "34020000001310000001", "34010000002000000001"
@@ -97,8 +99,10 @@ class TestOffer:
         [
             ("", 488, "without an SDP offer"),
             ("v=0\r\nnonsense\r\n", 400, "SDP cannot be used"),
-            (OFFER.replace("s=Play", "s=Playback"), 501, "not implemented"),
-            (OFFER.replace("s=Play", "s=Download"), 501, "not implemented"),
+            (OFFER.replace("s=Play", "s=Playback"), 400, "the end is not after the start"),  # t=0 0
+            (OFFER.replace("s=Play", "s=Download").replace("t=0 0", "t=now later"), 400, "not two epoch seconds"),
+            (OFFER.replace("s=Play", "s=playback").replace("t=0 0", "t=1714954200 1714953600"), 400, "not after"),
+            (OFFER.replace("s=Play", "s=Playback").replace("t=0 0\r\n", ""), 400, "s=Playback"),
             (OFFER.replace("m=video", "m=audio"), 488, "no m=video"),
             (OFFER.replace("40000", "0"), 488, "port 0"),
             (OFFER.replace("c=IN IP4 127.0.0.1", "c=IN IP4 0.0.0.0"), 400, "no usable media address"),
@@ -137,6 +141,56 @@ class TestOffer:
         with pytest.raises(OfferError) as info:
             offer.require_ps()
         assert info.value.status == 488 and "H264" in str(info.value)
+
+
+#: A superior's Playback offer (PROTOCOL.md §7.8.1): u= names another channel than Subject and Request-URI.
+RECORDED = (
+    OFFER.replace("s=Play", "s=playback")
+    .replace("t=0 0\r\n", "u=34020000001310000002:0\r\nt=1714953600 1714954200\r\n")
+    .replace("y=0100000077", "y=1100000077")
+)
+
+
+class TestRecorded:
+    def test_playback_span_and_u_first(self) -> None:
+        offer = parse_offer(invite(RECORDED))
+        assert offer.session is SessionKind.PLAYBACK and offer.kind == "playback"
+        assert offer.span == Span(1714953600, 1714954200) and offer.download_speed is None
+        assert offer.channel_id == "34020000001310000002" and offer.candidates == ("34020000001310000002", CH)
+        assert offer.ssrc == 1100000077
+
+    def test_download_speed_one_when_absent(self) -> None:
+        download = RECORDED.replace("s=playback", "s=DOWNLOAD")
+        offer = parse_offer(invite(download))
+        assert offer.session is SessionKind.DOWNLOAD and offer.download_speed == 1
+        faster = download.replace("a=rtpmap:96 PS/90000\r\n", "a=rtpmap:96 PS/90000\r\na=downloadspeed:4\r\n")
+        assert parse_offer(invite(faster)).download_speed == 4
+
+    def test_answer_echoes_s_t_u_and_passes_the_file_size_up(self) -> None:
+        offer = parse_offer(invite(RECORDED.replace("s=playback", "s=Download")))
+        sdp = answer_sdp(offer, channel_id=CH, media_ip="192.0.2.7", port=30100, ssrc=1100000077, file_size="-1")
+        assert sdp.serialize().encode() == (
+            b"v=0\r\no=34020000001310000001 0 0 IN IP4 192.0.2.7\r\ns=Download\r\n"
+            b"u=34020000001310000002:0\r\nc=IN IP4 192.0.2.7\r\nt=1714953600 1714954200\r\n"
+            b"m=video 30100 TCP/RTP/AVP 96\r\na=sendonly\r\na=rtpmap:96 PS/90000\r\na=setup:active\r\n"
+            b"a=connection:new\r\na=filesize:-1\r\ny=1100000077\r\nf=\r\n"
+        )
+        plain = str(answer_sdp(offer, channel_id=CH, media_ip="192.0.2.7", port=1, ssrc=1))
+        assert "filesize" not in plain and "s=Download\r\n" in plain
+
+    def test_live_answer_has_no_u_and_the_file_size_is_not_for_it(self) -> None:
+        text = str(
+            answer_sdp(parse_offer(invite()), channel_id=CH, media_ip="127.0.0.1", port=1, ssrc=1, file_size="9")
+        )
+        assert "u=" not in text and "filesize" not in text and "t=0 0\r\n" in text
+
+    def test_file_size_text_keeps_what_the_device_said(self) -> None:
+        def answer(line: str) -> SessionDescription:
+            return SessionDescription.parse(f"v=0\r\ns=Download\r\nt=0 0\r\nm=video 1 RTP/AVP 96\r\n{line}")
+
+        assert file_size_text(answer("a=filesize:-1\r\n")) == "-1"
+        assert file_size_text(answer("a=filesize: 536870912\r\n")) == "536870912"
+        assert file_size_text(answer("a=filesize:big\r\n")) is None and file_size_text(answer("")) is None
 
 
 class TestChannel:

@@ -1,0 +1,327 @@
+"""A superior's Playback and Download through cascade over real sockets (issue 13 item 5, PROTOCOL.md §9.6).
+
+SIPp plays the superior (``superior_invite_uac.xml`` with an ``s=Playback`` / ``Download`` offer,
+its INFO and BYE from ``parts/superior_in_dialog.xml``) and the device (``invite_uas.xml`` with
+the recorded checks of :mod:`tests.shell.test_playback_service`: ``s=``, ``u=``, ``t=``, a history
+``y=``; its INFO checks and MediaStatus from the parts used there). The test sends the device's
+media (real H.264 in PS over RTP) and decodes what reaches the superior's ``m=`` port.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from gb28181gw.app import Gateway
+from tests.media import UdpConsumer, decode_h264, gb_ps, packetize, send_udp, wait_for
+
+from .conftest import sipp_scenario
+from .test_cascade_invite import (
+    CH,
+    FRAMES,
+    GOP,
+    SUPERIOR,
+    _superiors_finish,  # noqa: F401 - its autouse fixture waits for in_background() here too
+    cascade_gateway,
+    in_background,
+    nothing_left,
+    offer,
+    refused,
+    sending,
+    superior,
+    superior_gets_bye,
+    upstream_metrics,
+    with_device,
+)
+from .test_devices import finished
+from .test_playback_service import SPAN, info_part, recorded_answer, recorded_checks
+from .test_streams import DEVICE_BYE, WE_BYE
+
+pytestmark = pytest.mark.sipp
+
+#: The superior's y= for a recorded session (history: 1…, PROTOCOL.md §7.4.1), echoed to it.
+HISTORY_SSRC = "1100000077"
+MANSRTSP = "Application/MANSRTSP"
+
+
+def recorded_offer(
+    port: int, kind: str = "Playback", *, time_line: str = f"t={SPAN.start} {SPAN.end}", extra: str = ""
+) -> str:
+    """The superior's offer: ``u=CH:0`` and ``t=`` instead of live's ``t=0 0``."""
+    sdp = offer(port, name=kind, ssrc=HISTORY_SSRC).replace("t=0 0\r\n", f"u={CH}:0\r\n{time_line}\r\n")
+    return sdp.replace("a=rtpmap:96 PS/90000\r\n", f"a=rtpmap:96 PS/90000\r\n{extra}") if extra else sdp
+
+
+def body(content_type: str, text: str) -> str:
+    return f"Content-Type: {content_type}\r\nContent-Length: [len]\r\n\r\n{text}"
+
+
+def sdp_body(sdp: str) -> str:
+    return body("application/sdp", sdp)
+
+
+def ereg(regexp: str, name: str, where: str = "body") -> str:
+    """A SIPp check: ``regexp`` (XML-escaped here) must match the ``body`` or the whole ``msg``."""
+    escaped = regexp.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+    return f'<ereg regexp="{escaped}" search_in="{where}" check_it="true" assign_to="{name}"/>'
+
+
+def recorded_ok(kind: str, extra_checks: str = "") -> str:
+    """Our 200 as the superior checks it: live's checks plus s=, u= and t= echoed."""
+    checks = ereg(f"s={kind}", "s") + ereg(f"u={CH}:0", "u") + ereg(f"t={SPAN.start} {SPAN.end}", "t") + extra_checks
+    return sipp_scenario(
+        "parts/superior_ok.xml", ch=CH, superior=SUPERIOR, proto="RTP/AVP", ssrc=HISTORY_SSRC, checks=checks
+    )
+
+
+OK_REFS = "m,dir,map,o,c,y,s,u,t"
+
+
+def in_dialog(method: str, cseq: int, content: str, status: int, checks: str = "", *, pause: int = 0) -> str:
+    return sipp_scenario(
+        "parts/superior_in_dialog.xml",
+        method=method,
+        cseq=cseq,
+        content=content,
+        status=status,
+        checks=checks,
+        pause=pause,
+        superior=SUPERIOR,
+        ch=CH,
+    )
+
+
+def info(cseq: int, rtsp: str, status: int = 200, checks: str = "", *, pause: int = 0) -> str:
+    return in_dialog("INFO", cseq, body(MANSRTSP, rtsp), status, checks, pause=pause)
+
+
+def bye(cseq: int, *, pause: int = 0) -> str:
+    return in_dialog("BYE", cseq, "Content-Length: 0\r\n\r\n", 200, pause=pause)
+
+
+def device(kind: str, then: str, refs: str = "", *, checks: str = "", answer_extra: str = "") -> bytes:
+    """The device's scenario: the recorded INVITE checked (s=, u=, t=, y=1…), answered, then ``then``."""
+    return sipp_scenario(
+        "invite_uas.xml",
+        checks=recorded_checks(kind, SPAN) + checks,
+        ch=CH,
+        answer=recorded_answer(kind, SPAN, extra=answer_extra),
+        then=then,
+        refs="gwfrom,subject,s,u,t,all,y" + (f",{refs}" if refs else ""),
+    ).encode()
+
+
+async def stream_to_superior(gw: Gateway, receiver: UdpConsumer) -> None:
+    """Send the device's media once the superior's consumer started; check it decoded, its SSRC echoed."""
+    await wait_for(lambda: sending(gw), 10)
+    (st,) = gw.streams.streams.values()
+    ps = gb_ps(FRAMES, GOP)
+    packets = packetize(ps, int(st.session.ssrc), mtu=1000)
+    await send_udp(packets, st.port)
+    await wait_for(lambda: len(receiver.got.packets) == len(packets))
+    assert receiver.got.ssrcs == {int(HISTORY_SSRC)}
+    assert receiver.got.payload() == ps and decode_h264(receiver.got.payload()) == FRAMES  # relayed untouched
+
+
+async def session(
+    tmp_path: Path,
+    device_scenario: bytes,
+    steps: str,
+    *,
+    kind: str = "Playback",
+    expect: str = "",
+    refs: str = "",
+    extra: str = "",
+    settings: dict[str, str] | None = None,
+    during: Callable[[Gateway, UdpConsumer], Awaitable[None]] | None = None,
+) -> Gateway:
+    """A recorded session from the superior's INVITE to its end, both SIPp sides succeeding and
+    nothing left open; ``during`` runs while it goes on. Returns the (stopped) gateway to inspect."""
+    gw = await cascade_gateway(tmp_path, settings=settings)
+    dev = await with_device(gw, tmp_path, device_scenario)
+    assert dev is not None
+    receiver = await UdpConsumer.start()
+    try:
+        sdp = recorded_offer(receiver.port, kind, extra=extra)
+        run = superior(gw, tmp_path, sdp_body(sdp), expect or recorded_ok(kind), then=steps, refs=OK_REFS + refs)
+        sup = in_background(run)
+        if during is not None:
+            await during(gw, receiver)
+        result = await sup
+        assert result.ok, result.stdout + result.messages
+        await finished(dev)
+        await nothing_left(gw)
+        return gw
+    finally:
+        receiver.close()
+        await gw.stop()
+
+
+# --- the happy paths -----------------------------------------------------------------------
+
+
+async def test_playback_pause_and_play_reach_the_device_in_its_dialog(tmp_path: Path) -> None:
+    # the device's dialog numbers bodies 1, 2; the superior numbered them 7, 8 and gets 7, 8 back
+    then = (
+        info_part("^PAUSE RTSP/1.0..CSeq: 1..PauseTime: now..$", answer="RTSP/1.0 200 OK\r\nCSeq: 1\r\n", name="p1")
+        + info_part(
+            "^PLAY RTSP/1.0..CSeq: 2..Range: npt=now-..$",
+            answer="RTSP/1.0 200 OK\r\nCSeq: 2\r\nRTP-Info: seq=10;rtptime=900\r\n",
+            name="p2",
+        )
+        + WE_BYE  # both INFOs checked, then our BYE
+    )
+    steps = (
+        info(
+            21,
+            "PAUSE MANSRTSP/1.0\r\nCSeq: 7\r\nPauseTime: now\r\n",
+            checks=ereg("^RTSP/1.0 200 OK..CSeq: 7..$", "a1"),
+            pause=1500,
+        )
+        + info(
+            22,
+            "PLAY RTSP/1.0\r\nCSeq: 8\r\nRange: npt=now-\r\n",
+            checks=ereg("CSeq: 8..RTP-Info: seq=10;rtptime=900", "a2") + ereg(f"Content-Type: {MANSRTSP}", "ct", "msg"),
+        )
+        + bye(23, pause=300)
+    )
+
+    async def during(gw: Gateway, receiver: UdpConsumer) -> None:
+        await stream_to_superior(gw, receiver)
+        (st,) = gw.streams.streams.values()
+        assert st.kind.word == "playback" and st.span == SPAN
+        assert CH not in gw.streams.by_channel  # its own session: no live viewer joins it
+        assert 'gb28181gw_upstream_streams{upstream="district"} 1.0' in upstream_metrics(gw)
+
+    # linger 30 s: its own device session still ends with the superior's BYE (nobody else watches it)
+    gw = await session(
+        tmp_path,
+        device("Playback", then, "p1,p2"),
+        steps,
+        refs=",a1,a2,ct",
+        during=during,
+        settings={"media.linger": "30"},
+    )
+    metrics = upstream_metrics(gw)
+    assert 'request="INFO",result="ok",upstream="district"} 2.0' in metrics
+    assert 'gb28181gw_upstream_streams{upstream="district"} 0.0' in metrics
+
+
+async def test_download_media_status_reaches_the_superior_in_its_dialog(tmp_path: Path) -> None:
+    then = sipp_scenario("parts/media_status.xml", pause=1500, sender=CH, from_tag="[pid]dev")  # then our BYE
+    answer = "a=filesize:1234567"
+    dev = device("Download", then, "ds", checks=ereg("a=downloadspeed:4", "ds"), answer_extra=answer)  # passed down
+    told = (
+        ereg("<CmdType>MediaStatus</CmdType>", "cmd")
+        + ereg("<NotifyType>121</NotifyType>", "nt")
+        + ereg(f"<DeviceID>{CH}</DeviceID>", "id")
+        + ereg('encoding="GB2312"', "enc")
+        # in its dialog: its tag in To, ours in From, the first CSeq of ours in the dialog
+        + ereg(f"To: <sip:{SUPERIOR}@3401000000>;tag=[0-9]+up", "to", "msg")
+        + ereg(f"From: <sip:{CH}@3402000000>;tag=[0-9a-z]+", "from", "msg")
+        + ereg("CSeq: 1 MESSAGE", "cseq", "msg")
+    )
+    steps = sipp_scenario("parts/superior_gets_message.xml", timeout=10000, checks=told, pause=0) + bye(21)
+    seen: list[str] = []
+
+    async def during(gw: Gateway, receiver: UdpConsumer) -> None:
+        await wait_for(lambda: sending(gw), 10)
+        (served,) = gw.cascade_media.dialogs.values()
+        assert served.offer.download_speed == 4
+        seen.append(served.stream_id)
+
+    expect = recorded_ok("Download", ereg(answer, "fs"))
+    refs = ",fs,cmd,nt,id,enc,to,from,cseq"
+    gw = await session(
+        tmp_path, dev, steps, kind="Download", expect=expect, refs=refs, extra="a=downloadspeed:4\r\n", during=during
+    )
+    ended = gw.streams.ended_stream(seen[0])
+    assert ended is not None and ended.complete and ended.kind.word == "download"
+
+
+async def test_our_bye_waits_for_the_media_status_answer(tmp_path: Path) -> None:
+    # the superior answers our MediaStatus only after the device session closed (0.5 s after it,
+    # COMPLETE_DRAIN) and never BYEs: our BYE comes, but after its 200 to the MESSAGE
+    then = sipp_scenario("parts/media_status.xml", pause=1000, sender=CH, from_tag="other-tag")  # M11: by Call-ID
+    told = sipp_scenario(
+        "parts/superior_gets_message.xml", timeout=10000, checks=ereg("<NotifyType>121</NotifyType>", "nt"), pause=1500
+    )
+    expect = recorded_ok("Download", ereg("a=filesize:-1", "fs"))  # unknown, as the device said (M8)
+    dev = device("Download", then, answer_extra="a=filesize:-1")
+    await session(tmp_path, dev, told + superior_gets_bye(), kind="Download", expect=expect, refs=",fs,nt")
+
+
+# --- failure paths -------------------------------------------------------------------------
+
+NOT_FOUND = sipp_scenario("invite_refused_uas.xml", status=404, reason="Not Found").encode()
+SPAN_T = f"t={SPAN.start} {SPAN.end}"
+
+
+@pytest.mark.parametrize(
+    ("case", "time_line", "share", "dev", "status", "warning"),
+    [
+        ("not-numbers", "t=yesterday today", None, None, 400, "not two epoch seconds"),
+        ("end-first", f"t={SPAN.end} {SPAN.start}", None, None, 400, "not after the start"),
+        ("no-t", "", None, None, 400, "not after the start"),  # t= absent: SDP's 0 0
+        ("future", f"t={int(time.time()) + 7200} {int(time.time()) + 9000}", None, None, 400, "in the future"),
+        ("too-long", f"t={SPAN.start} {SPAN.start + 3 * 86400}", None, None, 400, "playback.max_span"),
+        ("unshared", SPAN_T, ["34020000001180000002"], None, 404, "no channel"),  # another NVR only: as live
+        ("device-404", SPAN_T, None, NOT_FOUND, 404, "404"),  # no recordings there: passed up
+    ],
+)
+async def test_refused(
+    tmp_path: Path, case: str, time_line: str, share: list[str] | None, dev: bytes | None, status: int, warning: str
+) -> None:
+    gw = await cascade_gateway(tmp_path, **({"share": share} if share else {}))
+    device_run = await with_device(gw, tmp_path, dev)
+    try:
+        sdp = recorded_offer(30000, time_line=time_line)
+        if not time_line:
+            sdp = sdp.replace("\r\n\r\n", "\r\n")
+        result = await superior(gw, tmp_path, sdp_body(sdp), refused(status, warning), refs="warning")
+        assert result.ok, result.stdout + result.messages
+        if device_run is None:
+            assert not gw.streams.streams  # refused before any device INVITE
+        else:
+            await finished(device_run)
+        await nothing_left(gw)
+    finally:
+        await gw.stop()
+
+
+async def test_info_after_the_dialog_ended_is_481(tmp_path: Path) -> None:
+    steps = bye(21, pause=500) + info(22, "PAUSE RTSP/1.0\r\nCSeq: 3\r\n", 481)
+    await session(tmp_path, device("Playback", WE_BYE), steps)
+
+
+async def test_info_not_mansrtsp_is_415_and_unreadable_is_400_the_session_stays(tmp_path: Path) -> None:
+    plain = body("text/plain", "PAUSE RTSP/1.0\r\nCSeq: 3\r\n")
+    steps = (
+        in_dialog("INFO", 21, plain, 415, ereg(f"Accept: {MANSRTSP}", "acc", "msg"), pause=300)
+        + info(22, "JUMP RTSP/1.0\r\nCSeq: 4\r\n", 400, ereg("Warning: 399 gb28181gw", "w", "msg"))
+        + info(23, "PLAY RTSP/1.0\r\nCSeq: 5\r\nScale: fast\r\n", 400)
+        + bye(24)
+    )
+    # no INFO reaches the device: only our BYE after the superior's
+    gw = await session(tmp_path, device("Playback", WE_BYE), steps, refs=",acc,w")
+    assert 'request="INFO",result="415",upstream="district"} 1.0' in upstream_metrics(gw)
+
+
+async def test_device_silent_to_info_is_408_and_the_session_stays(tmp_path: Path) -> None:
+    silent = sipp_scenario("parts/device_info_silent.xml", checks=ereg("^PAUSE RTSP/1.0..CSeq: 1..", "p1"))
+    steps = info(21, "PAUSE RTSP/1.0\r\nCSeq: 3\r\n", 408, ereg("did not answer", "w", "msg"), pause=300)
+
+    async def during(gw: Gateway, receiver: UdpConsumer) -> None:
+        await wait_for(lambda: 'request="INFO",result="408"' in upstream_metrics(gw), 10)
+        assert sending(gw) and len(gw.streams.streams) == 1  # the session stays
+
+    dev = device("Playback", silent, "p1")
+    settings = {"playback.control_timeout": "1"}
+    await session(tmp_path, dev, steps + bye(22, pause=300), refs=",w", settings=settings, during=during)
+
+
+async def test_device_bye_mid_playback_reaches_the_superior(tmp_path: Path) -> None:
+    await session(tmp_path, device("Playback", DEVICE_BYE), superior_gets_bye())
