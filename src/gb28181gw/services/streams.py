@@ -240,6 +240,7 @@ class MediaSettings:
         keyframe_request: ask the device for a key frame when a consumer joins with nothing cached.
         port_quarantine / ssrc_quarantine: seconds a released port / SSRC rests.
         check_interval: seconds between health checks (media timeout, consumer leases).
+        offer_format: the ``f=`` of every offer, live and recorded (``media.offer_format``).
     """
 
     address: str
@@ -255,6 +256,7 @@ class MediaSettings:
     port_quarantine: float
     ssrc_quarantine: float
     check_interval: float
+    offer_format: str
 
 
 @dataclass(slots=True)
@@ -672,6 +674,7 @@ class StreamService:
             kind=kind,
             span=(span.start, span.end) if span is not None else (0, 0),
             download_speed=download_speed,
+            format=self.settings.offer_format,
         )
         st = Stream(
             id=ssrc,
