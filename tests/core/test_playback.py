@@ -72,6 +72,16 @@ def test_clock_counts_steps_and_ignores_none_yet() -> None:
     assert clock.read(-1) == pytest.approx(1.5)
 
 
+def test_clock_counts_from_the_streams_first_timestamp_once() -> None:
+    # a download bursts 3 s before the first reading: they count; after a seek the first is no anchor
+    clock = MediaClock()
+    assert clock.read(-1, -1) == 0.0 and not clock.started
+    assert clock.read(ts(3, 7), first=ts(0, 7)) == pytest.approx(3.0)
+    clock.seek(100)
+    assert clock.read(ts(500, 7), first=ts(0, 7)) == 100
+    assert clock.read(ts(501, 7), first=ts(0, 7)) == pytest.approx(101)
+
+
 def test_clock_wraps_at_32_bits() -> None:
     clock = MediaClock()
     base = (1 << 32) - RTP_HZ  # one second before the wrap

@@ -357,6 +357,7 @@ class RelayStream:
         self.frame_at = self.frame_bytes = 0
         self.spare: list[bytes] | None = None
         self.first_at = 0.0
+        self.first_ts = -1
         self.wrong_ssrc = 0
         self.wrong_source = 0
         self.malformed = 0
@@ -653,6 +654,7 @@ class Forwarder:
                     errors=ps.errors,
                 ),
                 timestamp=st.last_ts,
+                first_timestamp=st.first_ts,
                 consumers={
                     c.id: ConsumerFigures(c.transport, c.addr, c.ssrc, c.packets, c.bytes, c.dropped, c.errors)
                     for c in st.consumers
@@ -733,7 +735,7 @@ class Forwarder:
         elif st.spare is not None:
             st.spare.append(bytes(view[off : off + n]))  # a frame being looked into while nothing is kept
         if stats.packets == 1:
-            st.first_at = now
+            st.first_at, st.first_ts = now, ts
             self.on_event(FirstPacket(st.id, ssrc))
         for c in st.consumers:
             c.send(buf, view, off, n)
