@@ -1067,7 +1067,7 @@ class StreamService:
             self._follow(st, st.relay.snapshot().streams.get(st.id))
         complete = st.reached_end() if st.kind.recorded else None
         result = st.result or st.close_cause or "other"
-        self.sessions[(st.kind.word, result)] += 1
+        self.sessions[(_kind_label(st.kind), result)] += 1
         if st.kind is SessionKind.DOWNLOAD and not st.result:
             self.downloads[("complete" if complete else "incomplete",)] += 1
         self.ended.pop(st.id, None)
@@ -1099,7 +1099,7 @@ class StreamService:
         extra: dict[str, Any] = {
             "stream": st.id,
             "channel": st.channel_id,
-            "kind": st.kind.word,
+            "kind": _kind_label(st.kind),
             "result": result,
             "reason": st.close_reason,
             "was": previous.name.lower(),
@@ -1391,7 +1391,7 @@ class StreamService:
         if st.kind is SessionKind.DOWNLOAD:
             self.download_bytes += max(0, figures.bytes - st.bytes_seen)
             st.bytes_seen = max(st.bytes_seen, figures.bytes)
-        return st.control.clock.read(figures.timestamp)
+        return st.control.clock.read(figures.timestamp, figures.first_timestamp)
 
     # --- figures for metrics -----------------------------------------------------------
 
@@ -1418,12 +1418,17 @@ class StreamService:
         return {(reason,): float(n) for reason, n in totals.items()}
 
     def _per_kind(self) -> dict[tuple[str, ...], float]:
-        counts = Counter(st.kind.word for st in self.streams.values())
-        return {(kind.word,): float(counts[kind.word]) for kind in SessionKind}
+        counts = Counter(st.kind for st in self.streams.values())
+        return {(_kind_label(kind),): float(counts[kind]) for kind in SessionKind}
 
     def _per_worker(self) -> dict[tuple[str, ...], float]:
         counts = Counter(st.relay.index for st in self.streams.values())
         return {(str(relay.index),): float(counts[relay.index]) for relay in self.relays}
+
+
+def _kind_label(kind: SessionKind) -> str:
+    """A session kind as metrics and the close log name it: ``live``, ``playback``, ``download``."""
+    return "live" if kind is SessionKind.PLAY else kind.word
 
 
 def _consumer_transport(transport: str, port: int, also_from: tuple[str, ...]) -> str:
