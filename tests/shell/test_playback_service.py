@@ -72,13 +72,16 @@ def device_scenario(kind: str, then: str, refs: str) -> bytes:
     ).encode()
 
 
-async def test_playback_pause_resume_then_media_status_ends_it(tmp_path: Path) -> None:
+async def test_playback_pause_resume_then_media_status_ends_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     then = (
         info_part("^PAUSE RTSP/1.0..CSeq: 1..PauseTime: now..$", answer="RTSP/1.0 200 OK\r\nCSeq: 1\r\n", name="p1")
         + info_part("^PLAY RTSP/1.0..CSeq: 2..Range: npt=now-..$", name="p2")
         + sipp_scenario("parts/media_status.xml", pause=300, sender=CH, from_tag="[pid]dev")
     )
     gw, device = await gateway_with_device(tmp_path, device_scenario("Playback", then, "p1,p2"))
+    caplog.set_level("INFO", logger="gb28181gw.streams")
     udp = await UdpConsumer.start()
     gone: list[str] = []
     gw.streams.on_media_status(lambda st: gone.append(st.id))
@@ -103,6 +106,12 @@ async def test_playback_pause_resume_then_media_status_ends_it(tmp_path: Path) -
         assert ended is not None and ended.cause == "complete" and ended.complete
         assert decode_h264(udp.got.payload()) == 50
         await wait_for(lambda: gw.streams.pools[0].in_use == 0 and gw.streams.ssrcs.active == 0)
+        # a log line per control (what was asked, what the device said) and one at the end (kind, result)
+        controls = [(r.control, r.answer, r.cseq) for r in caplog.records if r.getMessage() == "playback control"]
+        assert controls == [("PAUSE", "200 OK", 1), ("PLAY Range npt=now-", "200 OK", 2)]
+        closed = [r for r in caplog.records if r.getMessage() == "stream closed"]
+        assert [(r.kind, r.result, r.complete) for r in closed] == [("playback", "complete", True)]
+        assert "MediaStatus 121" in closed[0].reason
     finally:
         udp.close()
         await gw.stop()
@@ -113,7 +122,7 @@ async def test_download_offer_and_file_size(tmp_path: Path) -> None:
     scenario = device_scenario("Download", then, "")
     scenario = scenario.replace(
         b'assign_to="t"/>',
-        b'assign_to="t"/>\n      <ereg regexp="a=downloadspeed:4" search_in="body" check_it="true" assign_to="ds"/>',
+        b'assign_to="t"/>\n      <ereg regexp="a=downloadspeed:3" search_in="body" check_it="true" assign_to="ds"/>',
     )
     scenario = (
         scenario.replace(b'refs="', b'refs="ds,')
@@ -123,14 +132,32 @@ async def test_download_offer_and_file_size(tmp_path: Path) -> None:
     gw, device = await gateway_with_device(tmp_path, scenario)
     udp = await UdpConsumer.start()
     try:
-        st, _ = await gw.streams.open_recorded(
-            CH, kind=SessionKind.DOWNLOAD, span=SPAN, transport="udp", host="127.0.0.1", port=udp.port
-        )
-        assert st.session.file_size == 1234567 and st.session.download_speed == 4
-        await finished(device)
-        await wait_for(lambda: st.id not in gw.streams.streams)
-        ended = gw.streams.ended_stream(st.id)
-        assert ended is not None and ended.cause == "complete"
+        assert gw.admin is not None
+        base = f"http://127.0.0.1:{gw.admin.port}"
+        body = {  # the operator's local times, in the site's zone (gateway.time_zone: Asia/Shanghai)
+            "channel_id": CH,
+            "kind": "download",
+            "start": "2024-05-06T08:00:00",
+            "end": "2024-05-06T08:10:00",
+            "speed": 3,
+            "consumer": {"transport": "udp", "host": "127.0.0.1", "port": udp.port},
+        }
+        async with aiohttp.ClientSession() as http:
+            async with http.post(base + "/api/v1/playbacks", json=body) as resp:
+                opened = await resp.json()
+                assert resp.status == 201, opened
+            assert opened["kind"] == "download" and opened["span"]["start"] == SPAN.start
+            assert (opened["download_speed"], opened["file_size"], opened["complete"]) == (3, 1234567, False)
+            st = gw.streams.streams[opened["id"]]
+            await finished(device)
+            await wait_for(lambda: st.id not in gw.streams.streams)
+            ended = gw.streams.ended_stream(st.id)
+            assert ended is not None and ended.cause == "complete" and ended.complete
+            async with http.get(base + "/metrics") as resp:
+                text = await resp.text()
+        assert 'gb28181gw_downloads_total{result="complete"} 1.0' in text
+        assert 'gb28181gw_media_sessions_total{kind="download",result="complete"} 1.0' in text
+        assert 'gb28181gw_media_sessions_active{kind="download"} 0.0' in text
     finally:
         udp.close()
         await gw.stop()
