@@ -8,6 +8,7 @@ import pytest
 
 from gb28181gw.errors import LocalProtocolError, SpanError
 from gb28181gw.gb import mansrtsp
+from gb28181gw.gb.mansrtsp import Verb
 from gb28181gw.gb.playback import (
     CLOCK_SLACK,
     CONTROL_TRANSITIONS,
@@ -19,7 +20,6 @@ from gb28181gw.gb.playback import (
     Span,
     next_control,
 )
-from gb28181gw.gb.mansrtsp import Verb
 
 NOW = 1_714_960_000.0  # 2024-05-06 09:46:40 Beijing time
 SPAN = Span(1714953600, 1714954200)

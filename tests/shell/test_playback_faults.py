@@ -23,6 +23,7 @@ from gb28181gw.errors import StreamError
 from gb28181gw.gb import mansrtsp
 from gb28181gw.gb.playback import Span
 from gb28181gw.sdp import SessionKind
+from gb28181gw.services.streams import Stream
 from tests.media import UdpConsumer, decode_h264, gb_ps, packetize, send_udp, wait_for
 
 from .conftest import sipp_scenario, start_gateway
@@ -50,6 +51,12 @@ def retimed(packets: list[bytes], *, seconds: float, seq: int) -> list[bytes]:
         ts = (struct.unpack_from("!I", p, 4)[0] + int(seconds * 90_000)) % (1 << 32)
         out.append(p[:2] + struct.pack("!HI", (seq + i) & 0xFFFF, ts) + p[8:])
     return out
+
+
+async def open_session(gw: Gateway, port: int, kind: SessionKind, span: Span) -> Stream:
+    """A recorded session of ``span`` sent to a UDP consumer on ``port``."""
+    st, _ = await gw.streams.open_recorded(CH, kind=kind, span=span, transport="udp", host="127.0.0.1", port=port)
+    return st
 
 
 def api(gw: Gateway, path: str) -> str:
@@ -110,9 +117,7 @@ async def test_controls_refused_unanswered_and_481_surface_and_count(tmp_path: P
     dialogs = gw.stack.router.dialog_count
     udp = await UdpConsumer.start()
     try:
-        st, _ = await gw.streams.open_recorded(
-            CH, kind=SessionKind.PLAYBACK, span=SPAN, transport="udp", host="127.0.0.1", port=udp.port
-        )
+        st = await open_session(gw, udp.port, SessionKind.PLAYBACK, SPAN)
         assert gw.stack.router.dialog_count == dialogs + 1 and gw.streams.by_call_id
         with socket.socket(type=socket.SOCK_DGRAM) as media:
             await send_udp(packetize(ps, int(st.session.ssrc), mtu=1400), st.port, sock=media)
@@ -187,9 +192,7 @@ async def test_every_info_from_the_device_is_answered(tmp_path: Path) -> None:
     dialogs = gw.stack.router.dialog_count
     udp = await UdpConsumer.start()
     try:
-        st, _ = await gw.streams.open_recorded(
-            CH, kind=SessionKind.PLAYBACK, span=SPAN, transport="udp", host="127.0.0.1", port=udp.port
-        )
+        st = await open_session(gw, udp.port, SessionKind.PLAYBACK, SPAN)
         await asyncio.sleep(0.5)  # the three INFOs go and come back (SIPp checks each answer)
         assert st.id in gw.streams.streams  # none of them ended the session
         await gw.streams.stop_stream(st.id)
@@ -214,9 +217,7 @@ async def test_a_pause_longer_than_rtp_timeout_and_a_seek_jump_keep_the_session(
     )
     udp = await UdpConsumer.start()
     try:
-        st, _ = await gw.streams.open_recorded(
-            CH, kind=SessionKind.PLAYBACK, span=SPAN, transport="udp", host="127.0.0.1", port=udp.port
-        )
+        st = await open_session(gw, udp.port, SessionKind.PLAYBACK, SPAN)
         packets = packetize(ps, int(st.session.ssrc), mtu=1400)
         media = socket.socket(type=socket.SOCK_DGRAM)
         await send_udp(packets, st.port, sock=media)
@@ -266,19 +267,23 @@ async def send_span(
     return seq
 
 
+async def short_download(
+    tmp_path: Path, tail: str, **overrides: str
+) -> tuple[Gateway, asyncio.subprocess.Process, UdpConsumer, socket.socket]:
+    """A gateway, a SIPp device answering a Download of :data:`SHORT` (then ``tail``), a consumer
+    and the device's media socket."""
+    scenario = device_scenario("Download", tail, "").replace(str(SPAN.end).encode(), str(SHORT.end).encode())
+    settings = {"media.rtp_timeout": "1", "media.stats_interval": "0.1", **overrides}
+    gw, device = await gateway_with_device(tmp_path, scenario, **settings)
+    return gw, device, await UdpConsumer.start(), socket.socket(type=socket.SOCK_DGRAM)
+
+
 async def test_download_to_the_span_end_then_silence_is_complete(tmp_path: Path, ps: bytes) -> None:
     # no MediaStatus: media up to the span's end, then nothing → closed "span-end" at rtp_timeout, complete
-    scenario = device_scenario("Download", WE_BYE, "").replace(str(SPAN.end).encode(), str(SHORT.end).encode())
-    gw, device = await gateway_with_device(
-        tmp_path, scenario, **{"media.rtp_timeout": "1", "media.stats_interval": "0.1"}
-    )
+    gw, device, udp, media = await short_download(tmp_path, WE_BYE)
     dialogs = gw.stack.router.dialog_count
-    udp = await UdpConsumer.start()
     try:
-        st, _ = await gw.streams.open_recorded(
-            CH, kind=SessionKind.DOWNLOAD, span=SHORT, transport="udp", host="127.0.0.1", port=udp.port
-        )
-        media = socket.socket(type=socket.SOCK_DGRAM)
+        st = await open_session(gw, udp.port, SessionKind.DOWNLOAD, SHORT)
         async with aiohttp.ClientSession() as http:
             await send_span(media, st.port, ps, int(st.session.ssrc), 4)
             await wait_for(lambda: st.position is not None and st.position > 3.9)
@@ -308,18 +313,10 @@ async def test_download_to_the_span_end_then_silence_is_complete(tmp_path: Path,
 
 
 async def test_download_going_on_past_the_span_is_ended_by_end_grace(tmp_path: Path, ps: bytes) -> None:
-    scenario = device_scenario("Download", WE_BYE, "").replace(str(SPAN.end).encode(), str(SHORT.end).encode())
-    gw, device = await gateway_with_device(
-        tmp_path,
-        scenario,
-        **{"media.rtp_timeout": "5", "media.stats_interval": "0.1", "playback.end_grace": "2"},
-    )
-    udp = await UdpConsumer.start()
+    overrides = {"media.rtp_timeout": "5", "playback.end_grace": "2"}
+    gw, device, udp, media = await short_download(tmp_path, WE_BYE, **overrides)
     try:
-        st, _ = await gw.streams.open_recorded(
-            CH, kind=SessionKind.DOWNLOAD, span=SHORT, transport="udp", host="127.0.0.1", port=udp.port
-        )
-        media = socket.socket(type=socket.SOCK_DGRAM)
+        st = await open_session(gw, udp.port, SessionKind.DOWNLOAD, SHORT)
         seq = await send_span(media, st.port, ps, int(st.session.ssrc), 10)
         await asyncio.sleep(0.3)
         assert st.id in gw.streams.streams  # at the span's end, within the grace
@@ -338,17 +335,10 @@ async def test_download_going_on_past_the_span_is_ended_by_end_grace(tmp_path: P
 @pytest.mark.parametrize("how", ["device-bye", "media-stops"])
 async def test_a_download_that_stops_halfway_is_incomplete(tmp_path: Path, ps: bytes, how: str) -> None:
     tail = sipp_scenario("parts/bye_from_device.xml", ch=CH, pause=300) if how == "device-bye" else WE_BYE
-    scenario = device_scenario("Download", tail, "").replace(str(SPAN.end).encode(), str(SHORT.end).encode())
-    gw, device = await gateway_with_device(
-        tmp_path, scenario, **{"media.rtp_timeout": "1", "media.stats_interval": "0.1"}
-    )
+    gw, device, udp, media = await short_download(tmp_path, tail)
     dialogs = gw.stack.router.dialog_count
-    udp = await UdpConsumer.start()
     try:
-        st, _ = await gw.streams.open_recorded(
-            CH, kind=SessionKind.DOWNLOAD, span=SHORT, transport="udp", host="127.0.0.1", port=udp.port
-        )
-        media = socket.socket(type=socket.SOCK_DGRAM)
+        st = await open_session(gw, udp.port, SessionKind.DOWNLOAD, SHORT)
         await send_span(media, st.port, ps, int(st.session.ssrc), 4)
         await finished(device)
         ended = gw.streams.ended_stream(st.id)
@@ -375,9 +365,7 @@ async def test_media_status_after_the_stream_closed_does_nothing_harmful(tmp_pat
     dialogs = gw.stack.router.dialog_count
     udp = await UdpConsumer.start()
     try:
-        st, _ = await gw.streams.open_recorded(
-            CH, kind=SessionKind.DOWNLOAD, span=SPAN, transport="udp", host="127.0.0.1", port=udp.port
-        )
+        st = await open_session(gw, udp.port, SessionKind.DOWNLOAD, SPAN)
         await finished(device)
         await asyncio.sleep(0.8)  # past COMPLETE_DRAIN
         ended = gw.streams.ended_stream(st.id)
@@ -397,9 +385,7 @@ async def test_a_keepalive_with_the_sessions_call_id_reaches_the_device_service(
     udp = await UdpConsumer.start()
     try:
         before = gw.registrar.devices[NVR].last_keepalive
-        st, _ = await gw.streams.open_recorded(
-            CH, kind=SessionKind.PLAYBACK, span=SPAN, transport="udp", host="127.0.0.1", port=udp.port
-        )
+        st = await open_session(gw, udp.port, SessionKind.PLAYBACK, SPAN)
         await wait_for(lambda: gw.registrar.devices[NVR].last_keepalive > before)
         assert st.id in gw.streams.streams and not st.complete
         await gw.streams.stop_stream(st.id)
@@ -409,20 +395,23 @@ async def test_a_keepalive_with_the_sessions_call_id_reaches_the_device_service(
         await gw.stop()
 
 
+#: A good POST /api/v1/playbacks body: SPAN in the site's zone (Asia/Shanghai).
+PLAYBACK = {
+    "channel_id": CH,
+    "kind": "playback",
+    "start": "2024-05-06T08:00:00",
+    "end": "2024-05-06T08:10:00",
+    "consumer": {"transport": "udp", "host": "127.0.0.1", "port": 9},
+}
+
+
 async def test_a_span_without_recordings(tmp_path: Path) -> None:
     # the device refuses with 404: a clear error, nothing left; over the admin API the same words
     refused = sipp_scenario("invite_refused_uas.xml", status=404, reason="Not Found").encode()
     gw, device = await gateway_with_device(tmp_path, refused)
     dialogs = gw.stack.router.dialog_count
     try:
-        body = {
-            "channel_id": CH,
-            "kind": "playback",
-            "start": "2024-05-06T08:00:00",
-            "end": "2024-05-06T08:10:00",
-            "consumer": {"transport": "udp", "host": "127.0.0.1", "port": 9},
-        }
-        async with aiohttp.ClientSession() as http, http.post(api(gw, "/playbacks"), json=body) as resp:
+        async with aiohttp.ClientSession() as http, http.post(api(gw, "/playbacks"), json=PLAYBACK) as resp:
             answer = await resp.json()
         assert resp.status == 404 and "answered the INVITE 404 Not Found" in answer["error"], answer
         await finished(device)
@@ -438,9 +427,7 @@ async def test_a_device_that_answers_and_never_sends_media(tmp_path: Path) -> No
     )
     dialogs = gw.stack.router.dialog_count
     try:
-        st, _ = await gw.streams.open_recorded(
-            CH, kind=SessionKind.PLAYBACK, span=SPAN, transport="udp", host="127.0.0.1", port=9
-        )
+        st = await open_session(gw, 9, SessionKind.PLAYBACK, SPAN)
         await finished(device)
         ended = gw.streams.ended_stream(st.id)
         assert ended is not None and ended.cause == "media-timeout" and ended.reason.startswith("no RTP at all")
@@ -476,13 +463,7 @@ BAD_BODIES: list[tuple[Any, str]] = [
 
 async def test_bad_admin_bodies_are_400_with_words_before_any_invite() -> None:
     gw = await start_gateway()  # no device at all: nothing may be sent anywhere
-    good = {
-        "channel_id": CH,
-        "kind": "playback",
-        "start": "2024-05-06T08:00:00",
-        "end": "2024-05-06T08:10:00",
-        "consumer": {"transport": "udp", "host": "127.0.0.1", "port": 9},
-    }
+    good = PLAYBACK
     try:
         async with aiohttp.ClientSession() as http:
             for change, words in BAD_BODIES:
