@@ -77,6 +77,7 @@ async def no_leaks(gw: Gateway, dialogs: int) -> None:
     )
     assert gw.stack.router.dialog_count == dialogs
     assert not service.by_call_id and not service.by_channel
+    assert all(not relay.snapshot().streams for relay in service.relays)  # its sockets closed
 
 
 def metric(text: str, line_start: str) -> float:
@@ -124,6 +125,17 @@ async def test_controls_refused_unanswered_and_481_surface_and_count(tmp_path: P
         await wait_for(lambda: decode_h264(udp.got.payload()) == FRAMES)
         url = api(gw, f"/streams/{st.id}/control")
         async with aiohttp.ClientSession() as http:
+            for bad, words in [
+                ({"action": "rewind"}, "unknown action 'rewind'"),
+                ({}, "unknown action ''"),
+                ({"action": "seek"}, "seek needs a number"),
+                ({"action": "seek", "position": -3}, "cannot seek to -3.0"),
+                ({"action": "speed", "scale": "fast"}, "speed needs a number"),
+                ({"action": "speed", "scale": 0}, "cannot play at speed 0.0"),
+            ]:
+                async with http.post(url, json=bad) as resp:  # refused here: no INFO, no CSeq taken
+                    answer = await resp.json()
+                    assert resp.status == 400 and words in answer["error"], (bad, answer)
             async with http.post(url, json={"action": "pause"}) as resp:
                 body = await resp.json()
                 assert resp.status == 200, body
