@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import pytest
@@ -20,6 +21,9 @@ from gb28181gw.gb.playback import (
     Span,
     next_control,
 )
+from gb28181gw.gb.session import invite
+from gb28181gw.sdp import SessionKind
+from tests.core.gb.test_session import session as live_session
 
 NOW = 1_714_960_000.0  # 2024-05-06 09:46:40 Beijing time
 SPAN = Span(1714953600, 1714954200)
@@ -140,3 +144,15 @@ def test_pause_resume_speed_seek_teardown() -> None:
     assert next_control(control, mansrtsp.teardown(5), now=50.0) is ControlState.ENDED
     with pytest.raises(LocalProtocolError):
         next_control(control, mansrtsp.resume(6), now=60.0)
+
+
+@pytest.mark.parametrize("kind", list(SessionKind))
+def test_the_configured_f_line_is_in_every_offer(kind: SessionKind) -> None:
+    def offer(format: str) -> bytes:
+        recorded = {"span": (SPAN.start, SPAN.end), "ssrc": "1200000001"} if kind.recorded else {"ssrc": "1200000001"}
+        speed = 4 if kind is SessionKind.DOWNLOAD else None
+        session = dataclasses.replace(live_session(), kind=kind, download_speed=speed, format=format, **recorded)
+        return invite(session, contact="<sip:34020000002000000001@127.0.0.1:5060>").body
+
+    assert offer("v/2/6/25/1/4096a///").endswith(b"y=1200000001\r\nf=v/2/6/25/1/4096a///\r\n")
+    assert offer("").endswith(b"y=1200000001\r\nf=\r\n")  # the default: f= with nothing
