@@ -86,6 +86,22 @@ def test_clock_counts_from_the_streams_first_timestamp_once() -> None:
     assert clock.read(ts(501, 7), first=ts(0, 7)) == pytest.approx(101)
 
 
+def test_clock_counts_from_where_the_relay_saw_a_jump() -> None:
+    # a seek read late: what came after the jump counts from the seek, whenever the reading comes
+    clock = MediaClock()
+    clock.read(ts(0), first=ts(0))
+    clock.read(ts(10))
+    clock.seek(300)
+    assert clock.read(ts(11)) == 300  # old media still arriving: anchored there, nothing counted
+    assert clock.read(ts(5003), jumps=1, jump=ts(5000)) == pytest.approx(303)  # 3 s since the jump
+    assert clock.read(ts(5004), jumps=1, jump=ts(5000)) == pytest.approx(304)  # the same jump again: a step
+    # a jump without a seek (a device restart, back to 0): nothing for the jump, what followed counts
+    assert clock.read(ts(2), jumps=2, jump=ts(0)) == pytest.approx(306)
+    # a jump in the burst before the first reading: counted from the jump
+    fresh = MediaClock()
+    assert fresh.read(ts(7002), first=ts(0), jumps=1, jump=ts(7000)) == pytest.approx(2)
+
+
 def test_clock_wraps_at_32_bits() -> None:
     clock = MediaClock()
     base = (1 << 32) - RTP_HZ  # one second before the wrap

@@ -248,13 +248,10 @@ async def test_a_pause_longer_than_rtp_timeout_and_a_seek_jump_keep_the_session(
         assert st.position == 300
         await send_udp(retimed(packets, seconds=5000.0, seq=40000), st.port, sock=media)
         await wait_for(lambda: len(udp.got.packets) == 3 * len(packets))
-        await wait_for(lambda: st.control is not None and st.control.clock.last is not None)  # anchored anew
-        assert st.position is not None and 300 <= st.position < 302.1
-        await send_udp(retimed(packets, seconds=5002.0, seq=40000 + len(packets)), st.port, sock=media)
-        await wait_for(lambda: len(udp.got.packets) == 4 * len(packets))
+        # the relay saw the jump: the 2 s after it count from the seek, read however late
         await wait_for(lambda: st.position is not None and st.position > 301.9)
-        assert st.position is not None and st.position < 304.1
-        assert decode_h264(udp.got.payload()) == 4 * FRAMES
+        assert st.position is not None and st.position < 302.1
+        assert decode_h264(udp.got.payload()) == 3 * FRAMES
         media.close()
         assert st.id in gw.streams.streams
         await gw.streams.stop_stream(st.id)

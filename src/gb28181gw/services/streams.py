@@ -1391,7 +1391,7 @@ class StreamService:
         if st.kind is SessionKind.DOWNLOAD:
             self.download_bytes += max(0, figures.bytes - st.bytes_seen)
             st.bytes_seen = max(st.bytes_seen, figures.bytes)
-        return st.control.clock.read(figures.timestamp, figures.first_timestamp)
+        return st.control.clock.read(figures.timestamp, figures.first_timestamp, figures.jumps, figures.jump_timestamp)
 
     # --- figures for metrics -----------------------------------------------------------
 
