@@ -119,6 +119,7 @@ class Gateway:
                 port_quarantine=m.port_quarantine,
                 ssrc_quarantine=m.ssrc_quarantine,
                 check_interval=min(1.0, m.stats_interval),
+                offer_format=m.offer_format,
             ),
             playback=config.playback,
         )

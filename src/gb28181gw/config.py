@@ -271,6 +271,17 @@ class DevicesSection:
     subscribe_expires: int = _opt(3600, "Expires asked for subscriptions (s); refreshed at 80 %", _at_least(60))
 
 
+#: ``f=`` of §7.4.2, loosely: ``v/`` and five fields (digits, or ``WxH`` for the resolution), then
+#: ``a/`` and three; either block may be absent, every field empty (``v/2/6/25/1/4096a///``).
+_OFFER_FORMAT = re.compile(r"(v(/[0-9xX]*){5})?(a(/[0-9]*){3})?")
+
+
+def _offer_format(v: str) -> str | None:
+    if re.fullmatch(_OFFER_FORMAT, v):
+        return None
+    return "must be empty or an f= of GB/T 28181 §7.4.2, e.g. v/2/6/25/1/4096a/1/8/1 or v/2/////a///"
+
+
 def _workers(v: int) -> str | None:
     return None if v >= -1 else "must be -1 (one per core), 0 (in the gateway's process) or a number of processes"
 
@@ -290,6 +301,9 @@ class MediaSection:
     workers: int = _opt(-1, "relay worker processes: -1 = one per core, 0 = in the gateway's process", _workers)
     stream_mode: str = _opt(
         "udp", "how devices without their own mode send media", _one_of("udp", "tcp-passive", "tcp-active")
+    )
+    offer_format: str = _opt(
+        "", "f= of our INVITE offers, live and recorded (empty = f= with nothing, what devices take)", _offer_format
     )
     invite_timeout: float = _opt(10.0, "seconds to wait for a device's final answer to INVITE (then CANCEL)", _positive)
     rtp_timeout: float = _opt(15.0, "seconds without RTP after which a stream is closed (BYE)", _positive)

@@ -393,3 +393,16 @@ def test_a_replaced_setting_says_what_replaced_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_config(env={"GB28181GW_REGISTRAR_UTC_OFFSET_HOURS": "8"})
     assert "use gateway.time_zone" in str(exc.value)
+
+
+@pytest.mark.parametrize("value", ["", "v/2/6/25/1/4096a///", "v/////a/1/8/1", "v/2/2560x1440/25/2/8192", "a/1/8/1"])
+def test_offer_format_takes_the_f_line_grammar(value: str) -> None:
+    assert load_config(None, env={}, overrides={"media.offer_format": value}).media.offer_format == value
+
+
+@pytest.mark.parametrize(
+    "value", ["H264", "v/2/6/25", "v/2/6/25/1/4096a/1", "f=v/2/6/25/1/4096a///", "v/2/6/25/1/4096a///\r\nx=1"]
+)
+def test_offer_format_refuses_what_is_no_f_line(value: str) -> None:
+    with pytest.raises(ConfigError, match="media.offer_format"):
+        load_config(None, env={}, overrides={"media.offer_format": value})

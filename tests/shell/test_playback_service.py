@@ -7,21 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 import socket
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from gb28181gw.errors import StreamError
 from gb28181gw.gb import mansrtsp
 from gb28181gw.gb.playback import Span
 from gb28181gw.sdp import SessionKind
-from tests.media import UdpConsumer, decode_h264, gb_ps, packetize, send_udp, wait_for
+from tests.media import TcpConsumer, UdpConsumer, decode_h264, gb_ps, packetize, send_tcp, send_udp, wait_for
 
 from .conftest import sipp_scenario
 from .test_devices import finished
-from .test_streams import CH, gateway_with_device
+from .test_streams import CH, WE_BYE, gateway_with_device
 
 pytestmark = pytest.mark.sipp
 
@@ -70,13 +72,16 @@ def device_scenario(kind: str, then: str, refs: str) -> bytes:
     ).encode()
 
 
-async def test_playback_pause_resume_then_media_status_ends_it(tmp_path: Path) -> None:
+async def test_playback_pause_resume_then_media_status_ends_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     then = (
         info_part("^PAUSE RTSP/1.0..CSeq: 1..PauseTime: now..$", answer="RTSP/1.0 200 OK\r\nCSeq: 1\r\n", name="p1")
         + info_part("^PLAY RTSP/1.0..CSeq: 2..Range: npt=now-..$", name="p2")
         + sipp_scenario("parts/media_status.xml", pause=300, sender=CH, from_tag="[pid]dev")
     )
     gw, device = await gateway_with_device(tmp_path, device_scenario("Playback", then, "p1,p2"))
+    caplog.set_level("INFO", logger="gb28181gw.streams")
     udp = await UdpConsumer.start()
     gone: list[str] = []
     gw.streams.on_media_status(lambda st: gone.append(st.id))
@@ -101,6 +106,12 @@ async def test_playback_pause_resume_then_media_status_ends_it(tmp_path: Path) -
         assert ended is not None and ended.cause == "complete" and ended.complete
         assert decode_h264(udp.got.payload()) == 50
         await wait_for(lambda: gw.streams.pools[0].in_use == 0 and gw.streams.ssrcs.active == 0)
+        # a log line per control (what was asked, what the device said) and one at the end (kind, result)
+        controls = [(r.control, r.answer, r.cseq) for r in caplog.records if r.getMessage() == "playback control"]
+        assert controls == [("PAUSE", "200 OK", 1), ("PLAY Range npt=now-", "200 OK", 2)]
+        closed = [r for r in caplog.records if r.getMessage() == "stream closed"]
+        assert [(r.kind, r.result, r.complete) for r in closed] == [("playback", "complete", True)]
+        assert "MediaStatus 121" in closed[0].reason
     finally:
         udp.close()
         await gw.stop()
@@ -111,7 +122,7 @@ async def test_download_offer_and_file_size(tmp_path: Path) -> None:
     scenario = device_scenario("Download", then, "")
     scenario = scenario.replace(
         b'assign_to="t"/>',
-        b'assign_to="t"/>\n      <ereg regexp="a=downloadspeed:4" search_in="body" check_it="true" assign_to="ds"/>',
+        b'assign_to="t"/>\n      <ereg regexp="a=downloadspeed:3" search_in="body" check_it="true" assign_to="ds"/>',
     )
     scenario = (
         scenario.replace(b'refs="', b'refs="ds,')
@@ -121,14 +132,32 @@ async def test_download_offer_and_file_size(tmp_path: Path) -> None:
     gw, device = await gateway_with_device(tmp_path, scenario)
     udp = await UdpConsumer.start()
     try:
-        st, _ = await gw.streams.open_recorded(
-            CH, kind=SessionKind.DOWNLOAD, span=SPAN, transport="udp", host="127.0.0.1", port=udp.port
-        )
-        assert st.session.file_size == 1234567 and st.session.download_speed == 4
-        await finished(device)
-        await wait_for(lambda: st.id not in gw.streams.streams)
-        ended = gw.streams.ended_stream(st.id)
-        assert ended is not None and ended.cause == "complete"
+        assert gw.admin is not None
+        base = f"http://127.0.0.1:{gw.admin.port}"
+        body = {  # the operator's local times, in the site's zone (gateway.time_zone: Asia/Shanghai)
+            "channel_id": CH,
+            "kind": "download",
+            "start": "2024-05-06T08:00:00",
+            "end": "2024-05-06T08:10:00",
+            "speed": 3,
+            "consumer": {"transport": "udp", "host": "127.0.0.1", "port": udp.port},
+        }
+        async with aiohttp.ClientSession() as http:
+            async with http.post(base + "/api/v1/playbacks", json=body) as resp:
+                opened = await resp.json()
+                assert resp.status == 201, opened
+            assert opened["kind"] == "download" and opened["span"]["start"] == SPAN.start
+            assert (opened["download_speed"], opened["file_size"], opened["complete"]) == (3, 1234567, False)
+            st = gw.streams.streams[opened["id"]]
+            await finished(device)
+            await wait_for(lambda: st.id not in gw.streams.streams)
+            ended = gw.streams.ended_stream(st.id)
+            assert ended is not None and ended.cause == "complete" and ended.complete
+            async with http.get(base + "/metrics") as resp:
+                text = await resp.text()
+        assert 'gb28181gw_downloads_total{result="complete"} 1.0' in text
+        assert 'gb28181gw_media_sessions_total{kind="download",result="complete"} 1.0' in text
+        assert 'gb28181gw_media_sessions_active{kind="download"} 0.0' in text
     finally:
         udp.close()
         await gw.stop()
@@ -158,3 +187,125 @@ async def test_bad_spans_are_refused_before_any_invite(tmp_path: Path) -> None:
         await device.wait()
         await gw.stop()
         await asyncio.sleep(0)
+
+
+#: A second span, right after the first: another INVITE, another stream.
+LATER = Span(SPAN.end, SPAN.end + 600)
+OFFER_FORMAT = "v/2/6/25/1/4096a///"
+
+
+def tcp_answer(kind: str, span: Span, *, port: int, setup: str) -> str:
+    """The device's answer over TCP: ``setup`` is the device's role (active: it connects to us)."""
+    sdp = recorded_answer(kind, span).replace("m=video 15060 RTP/AVP 96", f"m=video {port} TCP/RTP/AVP 96")
+    return sdp.replace("a=sendonly", f"a=sendonly\r\na=setup:{setup}\r\na=connection:new")
+
+
+@pytest.mark.parametrize("mode", ["tcp-passive", "tcp-active"])
+async def test_playback_over_tcp_with_a_configured_f_line(tmp_path: Path, mode: str) -> None:
+    # the device's media over TCP either way; the offer carries media.offer_format as its f= line
+    accepted: asyncio.Queue[asyncio.StreamWriter] = asyncio.Queue()
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await accepted.put(writer)
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    ours = "passive" if mode == "tcp-passive" else "active"
+    checks = recorded_checks("Playback", SPAN) + (
+        f'\n      <ereg regexp="m=video [0-9]+ TCP/RTP/AVP 96 98 97" search_in="body" check_it="true" assign_to="m"/>'
+        f'\n      <ereg regexp="a=setup:{ours}" search_in="body" check_it="true" assign_to="setup"/>'
+        f'\n      <ereg regexp="f={re.escape(OFFER_FORMAT)}\\r" search_in="body" check_it="true" assign_to="f"/>'
+    )
+    scenario = sipp_scenario(
+        "invite_uas.xml",
+        checks=checks,
+        ch=CH,
+        answer=tcp_answer(
+            "Playback",
+            SPAN,
+            port=server.sockets[0].getsockname()[1],
+            setup="active" if mode == "tcp-passive" else "passive",
+        ),
+        then=WE_BYE,
+        refs="gwfrom,subject,s,u,t,all,y,m,setup,f",
+    ).encode()
+    gw, device = await gateway_with_device(
+        tmp_path, scenario, **{"media.stream_mode": mode, "media.offer_format": OFFER_FORMAT}
+    )
+    tcp = await TcpConsumer.start()
+    writer: asyncio.StreamWriter | None = None
+    try:
+        st, consumer = await gw.streams.open_recorded(
+            CH, kind=SessionKind.PLAYBACK, span=SPAN, transport="tcp", host="127.0.0.1", port=tcp.port
+        )
+        assert st.session.format == OFFER_FORMAT
+        if mode == "tcp-passive":
+            _, writer = await asyncio.open_connection("127.0.0.1", st.port)  # the device connects to us
+        else:
+            writer = await asyncio.wait_for(accepted.get(), 5)  # we connected to the device
+        ps = gb_ps(50, 10)
+        await send_tcp(packetize(ps, int(st.session.ssrc)), writer)
+        await wait_for(lambda: decode_h264(tcp.got.payload()) == 50)
+        assert tcp.got.ssrcs == {consumer.ssrc}
+        await gw.streams.stop_stream(st.id)
+        await finished(device)
+        await wait_for(lambda: gw.streams.pools[0].in_use == 0 and gw.streams.ssrcs.active == 0)
+    finally:
+        if writer is not None:
+            writer.close()
+        server.close()
+        tcp.close()
+        await gw.stop()
+
+
+async def test_two_spans_are_two_sessions_and_a_second_viewer_joins_one(tmp_path: Path) -> None:
+    # two viewers of different spans: two INVITEs, two streams; a third viewer joins the first
+    # over the admin API: no INVITE, the same media
+    checks = recorded_checks("Playback", SPAN).replace(
+        f"t={SPAN.start} {SPAN.end}", f"t=({SPAN.start} {SPAN.end}|{LATER.start} {LATER.end})"
+    )
+    scenario = sipp_scenario(
+        "invite_uas.xml",
+        checks=checks,
+        ch=CH,
+        answer=recorded_answer("Playback", SPAN),  # t= of the first span for both: not held against the device
+        then=WE_BYE,
+        refs="gwfrom,subject,s,u,t,all,y",
+    ).encode()
+    gw, device = await gateway_with_device(tmp_path, scenario, calls=2)
+    one, two, three = await UdpConsumer.start(), await UdpConsumer.start(), await UdpConsumer.start()
+    try:
+        first, a = await gw.streams.open_recorded(
+            CH, kind=SessionKind.PLAYBACK, span=SPAN, transport="udp", host="127.0.0.1", port=one.port
+        )
+        second, _ = await gw.streams.open_recorded(
+            CH, kind=SessionKind.PLAYBACK, span=LATER, transport="udp", host="127.0.0.1", port=two.port
+        )
+        assert first is not second and first.port != second.port and first.session.call_id != second.session.call_id
+        assert first.id[0] == second.id[0] == "1" and len(gw.streams.by_call_id) == 2
+        assert gw.admin is not None
+        url = f"http://127.0.0.1:{gw.admin.port}/api/v1/streams/{first.id}/consumers"
+        async with aiohttp.ClientSession() as http:
+            join = {"consumer": {"transport": "udp", "host": "127.0.0.1", "port": three.port, "label": "second"}}
+            async with http.post(url, json=join) as resp:
+                joined = await resp.json()
+                assert resp.status == 201, joined
+            assert joined["id"] == first.id and joined["kind"] == "playback" and len(joined["consumers"]) == 2
+            assert joined["span"] == {"start": SPAN.start, "end": SPAN.end, "seconds": 600}
+            async with http.post(url, json={"consumer": {"transport": "udp", "port": 0}}) as resp:
+                assert resp.status == 400 and "port" in (await resp.json())["error"]
+        assert len(gw.streams.streams) == 2  # no third INVITE
+        ps = gb_ps(50, 10)
+        with socket.socket(type=socket.SOCK_DGRAM) as media:
+            await send_udp(packetize(ps, int(first.session.ssrc), mtu=1400), first.port, sock=media)
+        await wait_for(lambda: decode_h264(one.got.payload()) == 50 and decode_h264(three.got.payload()) == 50)
+        assert not two.got.packets  # the other span's viewer sees nothing of it
+        assert one.got.ssrcs == {a.ssrc} and len(three.got.ssrcs) == 1 and three.got.ssrcs != {a.ssrc}
+        await gw.streams.stop_stream(first.id)
+        await gw.streams.stop_stream(second.id)
+        await finished(device)  # both calls ended with our BYE
+        await wait_for(lambda: gw.streams.pools[0].in_use == 0 and gw.streams.ssrcs.active == 0)
+        assert not gw.streams.by_call_id
+    finally:
+        for consumer in (one, two, three):
+            consumer.close()
+        await gw.stop()

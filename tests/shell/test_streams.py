@@ -76,7 +76,7 @@ def ps() -> bytes:
 
 
 async def gateway_with_device(
-    tmp_path: Path, scenario_bytes: bytes, **overrides: str
+    tmp_path: Path, scenario_bytes: bytes, *, calls: int = 1, **overrides: str
 ) -> tuple[Gateway, asyncio.subprocess.Process]:
     settings = {"media.port_min": "42000", "media.port_max": "42099", "media.linger": "0"}
     settings.update(overrides)
@@ -84,7 +84,7 @@ async def gateway_with_device(
     port = free_udp_port()
     await register(gw, tmp_path, port)
     gw.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)  # as its catalog would have it
-    proc = await play_device(scenario_bytes, port, tmp_path, "device")
+    proc = await play_device(scenario_bytes, port, tmp_path, "device", calls=calls)
     return gw, proc
 
 

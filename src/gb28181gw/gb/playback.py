@@ -6,9 +6,12 @@ read off a ``t=`` line (:meth:`Span.from_sdp`), and checked before any INVITE
 (:meth:`Span.check`: end after start, not in the future, not longer than the maximum).
 
 :class:`MediaClock` follows where a playback is from the RTP timestamps the relay saw (90 kHz,
-which devices derive from the recording's own clock whatever the speed): each reading adds
-the step since the one before; a seek sets the position; a jump back or of more than
-:data:`MAX_STEP` (a seek's discontinuity, a device restart) adds nothing.
+which devices derive from the recording's own clock whatever the speed): the first reading
+counts from the stream's first timestamp (a download bursts ahead of the readings), each
+reading adds the step since the one before; a seek sets the position; a jump back or of more
+than :data:`MAX_STEP` (a seek's discontinuity, a device restart) adds nothing. When the relay
+saw the jump itself, what came after it counts from the timestamp it jumped to, so a seek's
+new position is exact however late the first reading after it comes.
 
 :class:`Control` is a playback's control state — playing or paused, at which speed — changed
 only by :func:`next_control` through :data:`CONTROL_TRANSITIONS` once the device said 2xx.
@@ -119,15 +122,28 @@ class MediaClock:
     Attributes:
         position: seconds of the span played so far (from the start, or from the last seek).
         last: the RTP timestamp last read, or ``None`` before the first (and after a seek).
+        started: a reading was taken (after it, the stream's first timestamp is no anchor: a seek
+            starts counting at the next reading instead).
+        jumps: the relay's count of timestamp jumps as of the last reading.
     """
 
     position: float = 0.0
     last: int | None = None
+    started: bool = False
+    jumps: int = 0
 
-    def read(self, timestamp: int) -> float:
-        """Take the latest RTP timestamp the relay saw (``-1``: none yet); return the position."""
+    def read(self, timestamp: int, first: int = -1, jumps: int = 0, jump: int = -1) -> float:
+        """Take the latest RTP timestamp the relay saw (``-1``: none yet), the stream's first
+        (``-1``: unknown) and its jumps so far with the timestamp of the last (``-1``: none);
+        return the position."""
         if timestamp < 0:
             return self.position
+        if jumps > self.jumps and jump >= 0:
+            self.last = jump  # the jump adds nothing; what followed it counts (after a seek: from the seek)
+        self.jumps = max(self.jumps, jumps)
+        if self.last is None and not self.started and first >= 0:
+            self.last = first
+        self.started = True
         if self.last is not None:
             step = ((timestamp - self.last) % (1 << 32)) / RTP_HZ
             if 0 < step <= MAX_STEP:

@@ -50,6 +50,7 @@ class PlaySession:
         span: (start, end) epoch seconds of a recorded kind; (0, 0) for live.
         download_speed: Download's ``a=downloadspeed``.
         file_size: Download: the answer's ``a=filesize`` in bytes, ``None`` when unknown (M8).
+        format: the offer's ``f=`` value (``media.offer_format``; empty: ``f=`` alone).
     """
 
     channel_id: str
@@ -69,6 +70,7 @@ class PlaySession:
     span: tuple[int, int] = (0, 0)
     download_speed: int | None = None
     file_size: int | None = None
+    format: str = ""
 
     @classmethod
     def start(
@@ -87,6 +89,7 @@ class PlaySession:
         kind: SessionKind = SessionKind.PLAY,
         span: tuple[int, int] = (0, 0),
         download_speed: int | None = None,
+        format: str = "",
     ) -> PlaySession:
         """A session for ``channel_id`` of ``device``, with a fresh dialog (``call_id``, ``local_tag``)."""
         dialog = device_dialog(device, channel_id, our_id=our_id, domain=domain, call_id=call_id, local_tag=local_tag)
@@ -103,6 +106,7 @@ class PlaySession:
             kind=kind,
             span=span,
             download_speed=download_speed,
+            format=format,
         )
 
     @property
@@ -229,6 +233,7 @@ def invite(session: PlaySession, *, contact: str) -> Request:
         kind=session.kind,
         span=session.span,
         download_speed=session.download_speed,
+        format=session.format,
     )
     return session.dialog.request(
         "INVITE",

@@ -103,6 +103,9 @@ GOP_CACHE_PACKETS = 8192
 #: PS packs looked into per RTP timestamp: a video frame and the audio pack or the frame before that
 #: share its timestamp; more packs of one timestamp are the pieces of a frame cut into several.
 PACKS_PER_TIMESTAMP = 4
+#: RTP ticks between two frames' timestamps (back, or ahead by more: 10 s at 90 kHz) that are a jump in
+#: the recording, not its pace: a playback's seek or a device's restart (the position counts from it).
+JUMP_TICKS = 10 * 90_000
 #: Packets of a frame looked into, and bytes of them kept to look into, before deciding that it
 #: is no key frame (a pack header, system header and PSM alone, then the video: two suffice).
 PROBE_PACKETS, PROBE_BYTES = 4, 8192
@@ -357,6 +360,9 @@ class RelayStream:
         self.frame_at = self.frame_bytes = 0
         self.spare: list[bytes] | None = None
         self.first_at = 0.0
+        self.first_ts = -1
+        self.jumps = 0  # timestamp jumps seen (JUMP_TICKS), and the timestamp the last one jumped to
+        self.jump_ts = -1
         self.wrong_ssrc = 0
         self.wrong_source = 0
         self.malformed = 0
@@ -653,6 +659,9 @@ class Forwarder:
                     errors=ps.errors,
                 ),
                 timestamp=st.last_ts,
+                first_timestamp=st.first_ts,
+                jumps=st.jumps,
+                jump_timestamp=st.jump_ts,
                 consumers={
                     c.id: ConsumerFigures(c.transport, c.addr, c.ssrc, c.packets, c.bytes, c.dropped, c.errors)
                     for c in st.consumers
@@ -733,7 +742,7 @@ class Forwarder:
         elif st.spare is not None:
             st.spare.append(bytes(view[off : off + n]))  # a frame being looked into while nothing is kept
         if stats.packets == 1:
-            st.first_at = now
+            st.first_at, st.first_ts = now, ts
             self.on_event(FirstPacket(st.id, ssrc))
         for c in st.consumers:
             c.send(buf, view, off, n)
@@ -756,6 +765,8 @@ class Forwarder:
                 return  # it was a key frame: this pack is a piece of it
         gop = st.gop
         if new:
+            if st.last_ts >= 0 and (ts - st.last_ts) & 0xFFFFFFFF > JUMP_TICKS:
+                st.jumps, st.jump_ts = st.jumps + 1, ts
             st.last_ts, st.ts_packs = ts, 0
             # the relay's total of kept bytes, brought up to date once a frame (not a packet)
             kept = st.gop_bytes if gop is not None else 0

@@ -188,6 +188,10 @@ class StreamFigures:
         ps: what the PS inspector saw.
         timestamp: the RTP timestamp of the last frame that began (-1 before any): where a
             recorded stream is (:class:`~gb28181gw.gb.playback.MediaClock`).
+        first_timestamp: the RTP timestamp of the first packet (-1 before any): where a recorded
+            stream began, so a burst sent before the first reading counts (a download at 4x).
+        jumps / jump_timestamp: timestamp jumps seen (back, or ahead by more than 10 s between two
+            frames: a seek, a device restart), and the timestamp the last one jumped to (-1: none).
         consumers: what went to each consumer, by consumer ID.
     """
 
@@ -211,6 +215,9 @@ class StreamFigures:
     refused_connections: int
     tcp_resyncs: int
     timestamp: int
+    first_timestamp: int
+    jumps: int
+    jump_timestamp: int
     ps: PsFigures
     consumers: dict[str, ConsumerFigures] = field(default_factory=dict)
 

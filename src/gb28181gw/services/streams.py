@@ -240,6 +240,7 @@ class MediaSettings:
         keyframe_request: ask the device for a key frame when a consumer joins with nothing cached.
         port_quarantine / ssrc_quarantine: seconds a released port / SSRC rests.
         check_interval: seconds between health checks (media timeout, consumer leases).
+        offer_format: the ``f=`` of every offer, live and recorded (``media.offer_format``).
     """
 
     address: str
@@ -255,6 +256,7 @@ class MediaSettings:
     port_quarantine: float
     ssrc_quarantine: float
     check_interval: float
+    offer_format: str
 
 
 @dataclass(slots=True)
@@ -323,6 +325,7 @@ class Stream:
     complete: bool = False  # recorded kinds: MediaStatus 121 came, or the whole span was sent
     result: str = ""  # why setup failed (a gb28181gw_stream_setups result), empty once established
     bytes_seen: int = 0  # Download: bytes counted into gb28181gw_download_bytes so far
+    drain: asyncio.TimerHandle | None = None  # the close COMPLETE_DRAIN after MediaStatus 121
 
     @property
     def position(self) -> float | None:
@@ -672,6 +675,7 @@ class StreamService:
             kind=kind,
             span=(span.start, span.end) if span is not None else (0, 0),
             download_speed=download_speed,
+            format=self.settings.offer_format,
         )
         st = Stream(
             id=ssrc,
@@ -1052,9 +1056,18 @@ class StreamService:
             del self.by_channel[st.channel_id]
         if self.by_call_id.get(st.session.call_id) is st:
             del self.by_call_id[st.session.call_id]
+        # whatever closed it (a 481 to a control, our BYE, the device's), its dialog is routed no more
+        self.stack.router.remove_dialog(st.session.dialog_id)
+        if st.drain is not None:
+            st.drain.cancel()
+            st.drain = None
         now = self.loop.time()
+        if st.control is not None and previous is not StreamState.INVITING:
+            # media since the last health check counts: a download that ends at once reports it all
+            self._follow(st, st.relay.snapshot().streams.get(st.id))
         complete = st.reached_end() if st.kind.recorded else None
-        self.sessions[(st.kind.word, st.result or st.close_cause or "other")] += 1
+        result = st.result or st.close_cause or "other"
+        self.sessions[(_kind_label(st.kind), result)] += 1
         if st.kind is SessionKind.DOWNLOAD and not st.result:
             self.downloads[("complete" if complete else "incomplete",)] += 1
         self.ended.pop(st.id, None)
@@ -1083,10 +1096,17 @@ class StreamService:
         self._tasks.spawn(self._release(st, ports))
         for consumer in gone:
             self._tell_gone(st, consumer, st.close_reason or "the stream closed")
-        log.info(
-            "stream closed",
-            extra={"stream": st.id, "channel": st.channel_id, "reason": st.close_reason, "was": previous.name.lower()},
-        )
+        extra: dict[str, Any] = {
+            "stream": st.id,
+            "channel": st.channel_id,
+            "kind": _kind_label(st.kind),
+            "result": result,
+            "reason": st.close_reason,
+            "was": previous.name.lower(),
+        }
+        if st.control is not None and st.span is not None:
+            extra.update(complete=complete, position=round(st.control.clock.position, 1), span_seconds=st.span.seconds)
+        log.info("stream closed", extra=extra)
 
     async def _release(self, st: Stream, consumer_ports: list[int]) -> None:
         try:
@@ -1146,8 +1166,16 @@ class StreamService:
     def _media_status_by_call_id(self, event: RequestReceived) -> Passed | None:
         # MediaStatus of a recorded stream whose tags do not find the dialog: Hikvision puts the
         # channel, not itself, in From (M11); its Call-ID still says which session it ends
+        # — but only a MediaStatus: a device that reuses the INVITE's Call-ID for its keepalives or
+        # answers must still be heard by the services that own those
         st = self.by_call_id.get(event.request.headers.get("call-id") or "")
         if st is None or event.transaction is None:
+            return PASS
+        try:
+            root = parse_xml(event.request.body)
+        except ManscdpError:
+            return PASS
+        if (child_text(root, "CmdType") or "").lower() != "mediastatus":
             return PASS
         self._media_message(st, event)
         return None
@@ -1183,7 +1211,8 @@ class StreamService:
                 listener(st)
             except Exception:  # one listener's bug must not keep the others from hearing
                 log.exception("media-status listener failed", extra={"stream": st.id})
-        self.loop.call_later(
+        # the teardown cancels it: a stream closed meanwhile (the device's BYE) keeps its own cause
+        st.drain = self.loop.call_later(
             COMPLETE_DRAIN, self._close, st, f"the device sent the whole {st.kind.word} (MediaStatus 121)", "complete"
         )
 
@@ -1342,10 +1371,7 @@ class StreamService:
     def _check_recorded(self, st: Stream, figures: StreamFigures, now: float) -> bool:
         """Follow a recorded stream's position; whether it was closed (streamed past its span's end)."""
         assert st.control is not None and st.span is not None
-        position = st.control.clock.read(figures.timestamp)
-        if st.kind is SessionKind.DOWNLOAD:
-            self.download_bytes += max(0, figures.bytes - st.bytes_seen)
-            st.bytes_seen = figures.bytes
+        position = self._follow(st, figures)
         if position >= st.span.seconds + self.playback.end_grace and not st.complete:
             log.info(
                 "media past the span's end",
@@ -1356,6 +1382,16 @@ class StreamService:
             )
             return True
         return False
+
+    def _follow(self, st: Stream, figures: StreamFigures | None) -> float:
+        """Take a recorded stream's latest figures: its position, a download's bytes; return the position."""
+        assert st.control is not None
+        if figures is None:
+            return st.control.clock.position
+        if st.kind is SessionKind.DOWNLOAD:
+            self.download_bytes += max(0, figures.bytes - st.bytes_seen)
+            st.bytes_seen = max(st.bytes_seen, figures.bytes)
+        return st.control.clock.read(figures.timestamp, figures.first_timestamp, figures.jumps, figures.jump_timestamp)
 
     # --- figures for metrics -----------------------------------------------------------
 
@@ -1382,12 +1418,17 @@ class StreamService:
         return {(reason,): float(n) for reason, n in totals.items()}
 
     def _per_kind(self) -> dict[tuple[str, ...], float]:
-        counts = Counter(st.kind.word for st in self.streams.values())
-        return {(kind.word,): float(counts[kind.word]) for kind in SessionKind}
+        counts = Counter(st.kind for st in self.streams.values())
+        return {(_kind_label(kind),): float(counts[kind]) for kind in SessionKind}
 
     def _per_worker(self) -> dict[tuple[str, ...], float]:
         counts = Counter(st.relay.index for st in self.streams.values())
         return {(str(relay.index),): float(counts[relay.index]) for relay in self.relays}
+
+
+def _kind_label(kind: SessionKind) -> str:
+    """A session kind as metrics and the close log name it: ``live``, ``playback``, ``download``."""
+    return "live" if kind is SessionKind.PLAY else kind.word
 
 
 def _consumer_transport(transport: str, port: int, also_from: tuple[str, ...]) -> str:
