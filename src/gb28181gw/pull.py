@@ -145,6 +145,8 @@ class Recording:
         path: the file.
         frames: video frames written so far.
         codec: the video codec seen (``H264``, ``H265`` …), ``""`` before the first frame.
+        timeline: the frames' PS PTS made increasing from 0 (:class:`Timeline`): the recording's
+            own clock, whatever speed it was sent at.
     """
 
     def __init__(self, path: Path) -> None:
@@ -152,6 +154,12 @@ class Recording:
         self.frames = 0
         self.codec = ""
         self.demuxer = PsDemuxer()
+        self.timeline = Timeline()
+
+    @property
+    def seconds(self) -> float:
+        """Seconds of video written, by the recording's clock (its PTS), not by the wall clock."""
+        return self.timeline.duration / PTS_HZ
 
     def feed(self, payload: bytes) -> None:
         """Write one RTP payload's worth of PS."""
@@ -191,6 +199,7 @@ class PsRecording(Recording):
     def _count(self, frame: Frame) -> None:
         self.frames += 1
         self.codec = self.codec or frame.codec
+        self.timeline.next(frame.pts)
 
     def flush(self) -> None:
         if self._file is not None:
@@ -223,7 +232,6 @@ class Mp4Recording(Recording):
 
         super().__init__(path)
         self.skipped = 0
-        self._timeline = Timeline()
         # av opens the file only at the first packet: create it now, so that an unwritable
         # path fails before the stream is asked for
         path.open("wb").close()
@@ -255,7 +263,7 @@ class Mp4Recording(Recording):
                 return
             self._start(frame)
         packet = av.Packet(frame.data)
-        packet.pts = packet.dts = self._timeline.next(frame.pts)
+        packet.pts = packet.dts = self.timeline.next(frame.pts)
         packet.time_base = Fraction(1, PTS_HZ)
         packet.is_keyframe = frame.key
         packet.stream = self._stream
@@ -337,6 +345,11 @@ class Timeline:
             self._raw += self._step
         self.last = out
         return out
+
+    @property
+    def duration(self) -> int:
+        """90 kHz ticks the frames so far cover: up to the last one's PTS, and one frame interval more."""
+        return self.last + self._step if self.last >= 0 else 0
 
 
 def parameter_sets(data: bytes, *, h265: bool = False) -> bytes:

@@ -53,6 +53,8 @@ POLL_EVERY = 1.0
 PROGRESS_EVERY = 0.5
 #: Seconds one poll or renewal may take before it is skipped (the next one tries again).
 POLL_TIMEOUT = 3.0
+#: Most batches read from the socket once the stream ended (bounded: the gateway sends no more).
+_DRAIN_ROUNDS = 100
 
 
 def _local_address_toward(admin: str) -> str:
@@ -76,41 +78,47 @@ def _call(admin: str, method: str, path: str, body: Any = None) -> tuple[int, di
     except AdminApiError as exc:
         if exc.status is None:
             return (0 if exc.unreachable else -1), {"error": exc.message}
-        return exc.status, {"error": exc.message}
+        return exc.status, {**exc.answer, "error": exc.message}
     return 200, answer if isinstance(answer, dict) else {}
 
 
 class _Consumer:
-    """This process as a consumer of a stream on the gateway (see the module docstring)."""
+    """This process as a consumer of a stream on the gateway (see the module docstring).
+
+    Attributes:
+        opened: the gateway's answer when we became a consumer (the stream's JSON).
+        gone: the gateway's 410 answer once the stream ended (its ``reason``, ``cause``, and for
+            a playback or download ``complete`` and ``position``); empty before.
+    """
 
     def __init__(self, admin: str, opened: dict[str, Any]) -> None:
         self.admin = admin
         self.stream_id: str = opened["id"]
         self.consumer_id: str = opened["consumer"]["id"]
         self.opened = opened
+        self.gone: dict[str, Any] = {}
         now = time.monotonic()
         self._next_poll = now + POLL_EVERY
         self._next_renew = now + RENEW_EVERY
         self._left = False
 
     @classmethod
-    def open(cls, admin: str, channel_id: str, transport: str, host: str | None, port: int) -> _Consumer:
-        """Ask the gateway to relay ``channel_id`` to us (it opens the stream or joins the open one)."""
+    def open(
+        cls, admin: str, path: str, body: dict[str, Any], transport: str, host: str | None, port: int
+    ) -> _Consumer:
+        """Ask the gateway to relay a stream to us: ``POST path`` with ``body`` and us as its ``consumer``
+        (``/streams``: a channel's live stream, opened or joined; ``/playbacks``: a span of a recording)."""
+        consumer = {
+            "transport": transport,
+            "host": host or _local_address_toward(admin),
+            "port": port,
+            "ttl": LEASE,
+            "label": "cli",
+        }
+        # a live INVITE is bounded by the gateway's SIP timers; a playback's waits on the device as
+        # a query does (the gateway bounds it and says why)
         opened = request(
-            admin,
-            "POST",
-            "/streams",
-            {
-                "channel_id": channel_id,
-                "consumer": {
-                    "transport": transport,
-                    "host": host or _local_address_toward(admin),
-                    "port": port,
-                    "ttl": LEASE,
-                    "label": "cli",
-                },
-            },
-            timeout=60,
+            admin, "POST", path, {**body, "consumer": consumer}, timeout=60 if path == "/streams" else None
         )
         click.echo(
             f"stream {opened['id']} ({opened['mode']}, worker {opened['worker']}): receiving as "
@@ -134,6 +142,7 @@ class _Consumer:
                 return None
             return f"the gateway stopped sending stream {self.stream_id} to us (consumer {self.consumer_id} dropped)"
         if status == 410:
+            self.gone = answer
             return str(answer.get("error") or f"stream {self.stream_id} ended")
         if status == 404:
             return f"stream {self.stream_id} is no longer on the gateway (was the gateway restarted?)"
@@ -183,13 +192,16 @@ class _Pull:
 
 
 @contextmanager
-def _consuming(admin: str, channel_id: str, transport: str, host: str | None) -> Iterator[tuple[Any, _Consumer]]:
-    """A receiver socket, and this process as a consumer sending to it; left and closed at exit."""
+def _consuming(
+    admin: str, transport: str, host: str | None, path: str, body: dict[str, Any]
+) -> Iterator[tuple[Any, _Consumer]]:
+    """A receiver socket, and this process as a consumer sending to it (:meth:`_Consumer.open`); left and
+    closed at exit."""
     from gb28181gw.pull import Receiver
 
     receiver = Receiver(transport)
     try:
-        consumer = _Consumer.open(admin, channel_id, transport, host, receiver.port)
+        consumer = _Consumer.open(admin, path, body, transport, host, receiver.port)
         try:
             yield receiver, consumer
         finally:
@@ -238,6 +250,15 @@ def _pull(
             ended = "the gateway closed the media connection"
         if ended is not None:
             out.stopped, out.ended = "ended", ended
+            # what the gateway sent before it closed may still wait in our socket: a download's last frames
+            for _ in range(_DRAIN_ROUNDS):
+                batch = receiver.wait(0.05)
+                if not batch:
+                    break
+                for data in batch:
+                    payload = pulled.rtp(data, time.monotonic())
+                    if payload is not None:
+                        on_payload(payload)
             break
         if now >= next_tick:
             next_tick = now + PROGRESS_EVERY
@@ -339,7 +360,10 @@ def play(
 
     with _StopOnSignal() as stop:
         try:
-            with _consuming(admin, channel_id, transport, host) as (receiver, consumer):
+            with _consuming(admin, transport, host, "/streams", {"channel_id": channel_id}) as (
+                receiver,
+                consumer,
+            ):
                 if stop.signal is not None:  # Ctrl-C while the stream was being opened
                     outcome = _Pull(stopped=stop.signal)
                 else:
@@ -431,7 +455,10 @@ def snapshot(
         key.extend(frame for frame in demuxer.feed(payload) if frame.key)
         return bool(key)
 
-    with _StopOnSignal() as stop, _consuming(admin, channel_id, transport, host) as (receiver, consumer):
+    with (
+        _StopOnSignal() as stop,
+        _consuming(admin, transport, host, "/streams", {"channel_id": channel_id}) as (receiver, consumer),
+    ):
         outcome = _pull(receiver, consumer, stop, pulled, feed, seconds=seconds)
     if not key:
         got = f"{plural(pulled.packets, 'packet')} received"
@@ -481,9 +508,35 @@ def _consumers_text(row: dict[str, Any]) -> str:
     return ", ".join(map(_consumer_text, row.get("consumers", []))) or "-"
 
 
+def clock(seconds: float) -> str:
+    """``03:12``, ``1:03:12``: a position in a recording."""
+    s = max(0, int(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
+
+
+def _position_text(row: dict[str, Any]) -> str:
+    """A playback's or download's ``position/span`` (``03:12/10:00``); ``-`` for a live stream."""
+    span = row.get("span")
+    if not span or row.get("position") is None:
+        return "-"
+    return f"{clock(row['position'])}/{clock(span['seconds'])}"
+
+
+def _speed_text(row: dict[str, Any]) -> str:
+    """A playback's Scale (``x2``, ``paused``) or a download's a=downloadspeed (``x4``); ``-`` for live."""
+    if row.get("kind") == "download":
+        return f"x{row.get('download_speed') or 1}"
+    if row.get("kind") == "playback":
+        return "paused" if row.get("paused") else f"x{row.get('scale', 1):g}"
+    return "-"
+
+
 STREAM_COLUMNS = [
     Column("stream", "id", is_id=True),
     Column("channel", "channel_id", is_id=True),
+    Column("kind", lambda r: "live" if r.get("kind", "play") == "play" else r["kind"]),
+    Column("position", _position_text),
+    Column("speed", _speed_text),
     Column("state", "state"),
     Column("mode", "mode"),
     Column("worker", "worker"),
@@ -500,14 +553,15 @@ STREAM_COLUMNS = [
 @ADMIN_OPTION
 @JSON_OPTION
 def streams(admin: str, as_json: bool) -> None:
-    """List live streams: channel, mode, consumers, bitrate, loss, age."""
+    """List streams: live ones, playbacks and downloads (position in the span, speed), with
+    channel, mode, consumers, bitrate, loss, age."""
     rows = request(admin, "GET", "/streams")["streams"]
-    emit(rows, STREAM_COLUMNS, as_json=as_json, title=plural(len(rows), "live stream"))
+    emit(rows, STREAM_COLUMNS, as_json=as_json, title=plural(len(rows), "stream"))
 
 
 @main.group()
 def stream() -> None:
-    """One live stream."""
+    """One stream: stop it; pause, resume, seek or change the speed of a playback."""
 
 
 @stream.command("stop")
