@@ -58,6 +58,7 @@ class Pulled:
     stats: StreamStats = field(default_factory=StreamStats)
     ssrcs: set[int] = field(default_factory=set)
     bad: int = 0
+    first_packet_at: float = 0.0
 
     def rtp(self, data: _Bytes, now: float) -> _Bytes | None:
         """Account for one datagram; its payload, or ``None`` if it is not RTP."""
@@ -66,6 +67,8 @@ class Pulled:
         except RtpError:
             self.bad += 1
             return None
+        if not self.packets:
+            self.first_packet_at = now
         self.packets += 1
         self.bytes += len(data)
         self.ssrcs.add(packet.ssrc)

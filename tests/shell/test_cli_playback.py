@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import os
 import re
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -68,6 +69,16 @@ async def send_frames(frames: list[list[bytes]], port: int, *, fps: float, sock:
     for group in frames:
         await send_udp(group, port, sock=sock)
         await asyncio.sleep(1 / fps)
+
+
+async def download_some(
+    gw: Gateway, out: Path, frames: int, media: socket.socket
+) -> tuple[asyncio.subprocess.Process, Stream]:
+    """``gb28181gw download --json`` of :data:`SPAN` into ``out``, and the first ``frames`` frames sent at 4x."""
+    proc = await run(gw, "download", CH, "--from", FROM, "--to", TO, "-o", str(out), "--json")
+    st = await consumed(gw)
+    await send_frames(frames_of(gb_ps(FRAMES, 10), int(st.session.ssrc))[:frames], st.port, fps=4 * FPS, sock=media)
+    return proc, st
 
 
 async def run(gw: Gateway, *args: str) -> asyncio.subprocess.Process:
@@ -199,9 +210,7 @@ async def test_the_device_hanging_up_halfway_is_an_incomplete_download(tmp_path:
     media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         out = tmp_path / "out.ps"
-        proc = await run(gw, "download", CH, "--from", FROM, "--to", TO, "-o", str(out), "--json")
-        st = await consumed(gw)
-        await send_frames(frames_of(gb_ps(FRAMES, 10), int(st.session.ssrc))[:100], st.port, fps=4 * FPS, sock=media)
+        proc, st = await download_some(gw, out, 100, media)
         code, summary, stderr = await ended(proc)
         assert code == 1, stderr
         assert summary["complete"] is False and summary["cause"] == "device-bye"
@@ -282,4 +291,25 @@ async def test_a_refused_control_shows_the_devices_answer(tmp_path: Path) -> Non
         assert proc.returncode == 1 and "INCOMPLETE playback" in stderr and "stopped by operator" in stderr, stderr
         await finished(sipp)
     finally:
+        await gw.stop()
+
+
+async def test_ctrl_c_is_an_incomplete_download_with_a_playable_file(tmp_path: Path) -> None:
+    gw, sipp = await gateway_with_device(tmp_path, device("Download", WE_BYE), **FAST)
+    media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        out = tmp_path / "out.mp4"
+        proc, _ = await download_some(gw, out, 60, media)
+        await wait_for(lambda: out.stat().st_size > 10_000, 10)
+        proc.send_signal(signal.SIGINT)
+        code, summary, stderr = await ended(proc)
+        assert code == 130, stderr
+        assert summary["complete"] is False and summary["stopped"] == "Ctrl-C" and summary["recorded_seconds"] < 8
+        assert "error: INCOMPLETE download: stopped by Ctrl-C at 00:02 of 00:08" in stderr, stderr
+        assert mp4_video(out)[0] == summary["frames"] > 0
+        await finished(sipp)  # our BYE: the CLI left, the download was not left running
+        await wait_for(lambda: not gw.streams.streams)
+        assert gw.streams.downloads[("incomplete",)] == 1
+    finally:
+        media.close()
         await gw.stop()

@@ -267,6 +267,80 @@ def _pull(
     return out
 
 
+@dataclass
+class _Recorded:
+    """A stream written to a file (:func:`_record`): the file, what came, how the pull ended."""
+
+    recording: Any
+    pulled: Any
+    outcome: _Pull
+    consumer: _Consumer
+
+
+def _record(
+    output: Path,
+    admin: str,
+    transport: str,
+    host: str | None,
+    path: str,
+    body: dict[str, Any],
+    *,
+    seconds: float | None,
+    progress: Callable[[float, Any, Any], str] | None,
+    terminal: bool,
+    on_open: Callable[[_Consumer], None] = lambda _consumer: None,
+) -> _Recorded:
+    """Write the stream the gateway relays to us (``POST path`` with ``body``) to ``output`` as it comes,
+    until ``seconds`` run out, Ctrl-C or its end; the file is finalised before we leave the stream.
+
+    ``progress(elapsed, recording, pulled)`` is shown twice a second when given: in place on a
+    ``terminal``, else a line each time. ``on_open`` sees the consumer once the gateway answered.
+    """
+    from gb28181gw.pull import Pulled, UnsupportedCodec, open_recording
+
+    try:
+        recording = open_recording(output)
+    except OSError as exc:
+        fail(f"cannot write {output}: {exc.strerror or exc}")
+    pulled = Pulled()
+    unsupported: str | None = None
+
+    def feed(payload: bytes) -> bool:
+        nonlocal unsupported
+        try:
+            recording.feed(payload)
+        except UnsupportedCodec as exc:
+            unsupported = str(exc)
+            return True
+        return False
+
+    def tick(elapsed: float) -> None:
+        recording.flush()
+        if progress is not None:
+            text = progress(elapsed, recording, pulled)
+            click.echo("\r\x1b[K" + text if terminal else text, nl=not terminal, err=True)
+
+    with _StopOnSignal() as stop:
+        try:
+            with _consuming(admin, transport, host, path, body) as (receiver, consumer):
+                on_open(consumer)
+                if stop.signal is not None:  # Ctrl-C while the stream was being opened
+                    outcome = _Pull(stopped=stop.signal)
+                else:
+                    outcome = _pull(receiver, consumer, stop, pulled, feed, seconds=seconds, tick=tick)
+                if progress is not None and terminal:
+                    click.echo("\r\x1b[K", nl=False, err=True)
+                recording.close()  # before leaving: the file is what matters most
+        finally:
+            recording.close()
+    if unsupported is not None:
+        fail(
+            f"channel {body.get('channel_id')} sends {unsupported} video, which an .mp4 cannot hold",
+            f"record it as it comes with -o {output.with_suffix('.ps').name}",
+        )
+    return _Recorded(recording, pulled, outcome, consumer)
+
+
 # --- play ------------------------------------------------------------------------------------
 
 
@@ -295,17 +369,24 @@ def _progress_line(elapsed: float, frames: int, pulled: Any, size: int) -> str:
     return f"{clock}  {plural(frames, 'frame')}  {rate}  {pulled.stats.lost} lost  {size / 1e6:.1f} MB  (Ctrl-C stops)"
 
 
+def output_option(help: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """``-o FILE``, its extension one of :data:`~gb28181gw.pull.RECORDING_FORMATS`."""
+    return click.option(
+        "-o",
+        "--output",
+        type=click.Path(dir_okay=False, path_type=Path),
+        required=True,
+        callback=_check_output,
+        help=help,
+    )
+
+
 @main.command()
 @ADMIN_OPTION
 @click.argument("channel_id")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    callback=_check_output,
-    help="File written as the stream arrives: .ps exactly as the device sent it (video and audio), "
-    ".mp4 the video remuxed without re-encoding (plays anywhere).",
+@output_option(
+    "File written as the stream arrives: .ps exactly as the device sent it (video and audio), "
+    ".mp4 the video remuxed without re-encoding (plays anywhere)."
 )
 @click.option(
     "--seconds",
@@ -332,85 +413,62 @@ def play(
     video came; what did come is in the file either way. Even a killed play leaves an .mp4
     that plays up to its last second, and the gateway stops sending within 30 s.
     """
-    from gb28181gw.pull import Pulled, UnsupportedCodec, open_recording
-
-    try:
-        recording = open_recording(output)
-    except OSError as exc:
-        fail(f"cannot write {output}: {exc.strerror or exc}")
-    pulled = Pulled()
     live = sys.stderr.isatty()
-    unsupported: str | None = None
 
-    def feed(payload: bytes) -> bool:
-        nonlocal unsupported
-        try:
-            recording.feed(payload)
-        except UnsupportedCodec as exc:
-            unsupported = str(exc)
-            return True
-        return False
+    def progress(elapsed: float, recording: Any, pulled: Any) -> str:
+        return _progress_line(elapsed, recording.frames, pulled, recording.size())
 
-    def tick(elapsed: float) -> None:
-        recording.flush()
-        if live:
-            click.echo(
-                "\r\x1b[K" + _progress_line(elapsed, recording.frames, pulled, recording.size()), nl=False, err=True
-            )
-
-    with _StopOnSignal() as stop:
-        try:
-            with _consuming(admin, transport, host, "/streams", {"channel_id": channel_id}) as (
-                receiver,
-                consumer,
-            ):
-                if stop.signal is not None:  # Ctrl-C while the stream was being opened
-                    outcome = _Pull(stopped=stop.signal)
-                else:
-                    outcome = _pull(receiver, consumer, stop, pulled, feed, seconds=seconds, tick=tick)
-                if live:
-                    click.echo("\r\x1b[K", nl=False, err=True)
-                recording.close()  # before leaving: the file is what matters most
-        finally:
-            recording.close()
-    if unsupported is not None:
-        fail(
-            f"channel {channel_id} sends {unsupported} video, which an .mp4 cannot hold",
-            f"record it as it comes with -o {output.with_suffix('.ps').name}",
-        )
+    got = _record(
+        output,
+        admin,
+        transport,
+        host,
+        "/streams",
+        {"channel_id": channel_id},
+        seconds=seconds,
+        progress=progress if live else None,
+        terminal=True,
+    )
+    pulled, outcome = got.pulled, got.outcome
     if not pulled.packets:
         fail(
             outcome.ended or f"no video came in {duration(outcome.elapsed)}",
             "see the stream's figures in `gb28181gw streams` while it runs, and the gateway's log",
         )
-    _summary(output, recording, pulled, outcome, consumer, as_json)
+    _summary(got, output, as_json)
     if outcome.ended is not None:
         fail(f"{outcome.ended}, {duration(outcome.elapsed)} into the recording", f"what came before is in {output}")
 
 
-def _summary(output: Path, recording: Any, pulled: Any, outcome: _Pull, consumer: _Consumer, as_json: bool) -> None:
+def summary_json(got: _Recorded, output: Path) -> dict[str, Any]:
+    """The ``--json`` summary of a stream written to a file (``play``, ``playback``, ``download``)."""
+    recording, pulled, outcome, consumer = got.recording, got.pulled, got.outcome, got.consumer
+    s = pulled.stats
+    return {
+        "output": str(output),
+        "stream_id": consumer.stream_id,
+        "consumer_id": consumer.consumer_id,
+        "codec": recording.codec,
+        "frames": recording.frames,
+        "seconds": round(outcome.elapsed, 3),
+        "bytes_written": recording.size(),
+        "packets": pulled.packets,
+        "bytes": pulled.bytes,
+        "lost": s.lost,
+        "reordered": s.reordered,
+        "duplicates": s.duplicates,
+        "not_rtp": pulled.bad,
+        "stopped": outcome.stopped,
+        "ended": outcome.ended,
+    }
+
+
+def _summary(got: _Recorded, output: Path, as_json: bool) -> None:
+    recording, pulled, outcome = got.recording, got.pulled, got.outcome
     s = pulled.stats
     rate = pulled.bytes * 8 / outcome.elapsed if outcome.elapsed > 0 else 0.0
     if as_json:
-        print_json(
-            {
-                "output": str(output),
-                "stream_id": consumer.stream_id,
-                "consumer_id": consumer.consumer_id,
-                "codec": recording.codec,
-                "frames": recording.frames,
-                "seconds": round(outcome.elapsed, 3),
-                "bytes_written": recording.size(),
-                "packets": pulled.packets,
-                "bytes": pulled.bytes,
-                "lost": s.lost,
-                "reordered": s.reordered,
-                "duplicates": s.duplicates,
-                "not_rtp": pulled.bad,
-                "stopped": outcome.stopped,
-                "ended": outcome.ended,
-            }
-        )
+        print_json(summary_json(got, output))
         return
     codec = f" ({recording.codec})" if recording.codec else ""
     click.echo(

@@ -45,15 +45,7 @@ from gb28181gw.cli.common import (
     segment,
     warn,
 )
-from gb28181gw.cli.media import (
-    _check_output,
-    _consuming,
-    _Pull,
-    _pull,
-    _StopOnSignal,
-    clock,
-    stream,
-)
+from gb28181gw.cli.media import _record, _Recorded, clock, output_option, stream, summary_json
 from gb28181gw.errors import AdminApiError
 
 #: The speeds (MANSRTSP Scale) every device is asked to honour (§7.9); others are passed on as they are.
@@ -91,15 +83,10 @@ def _recorded_command(speed: Callable[[Any], Any]) -> Callable[[Callable[..., No
         click.option("--from", "start", required=True, type=TimeParam(), help="Start of the span."),
         click.option("--to", "end", required=True, type=TimeParam(), help="End of the span."),
         speed,
-        click.option(
-            "-o",
-            "--output",
-            type=click.Path(dir_okay=False, path_type=Path),
-            required=True,
-            callback=_check_output,
-            help="File written as the span arrives: .ps exactly as the device sent it, .mp4 the video "
-            "remuxed without re-encoding, timed by the recording's own clock (plays at normal speed "
-            "whatever speed it came at).",
+        output_option(
+            "File written as the span arrives: .ps exactly as the device sent it, .mp4 the video remuxed "
+            "without re-encoding, timed by the recording's own clock (plays at normal speed whatever "
+            "speed it came at)."
         ),
         click.option("--transport", type=click.Choice(["udp", "tcp"]), default="udp", show_default=True),
         click.option("--host", default=None, help="Address the gateway sends to (default: ours toward it)."),
@@ -155,16 +142,15 @@ class _Progress:
 
     def __init__(self, span_seconds: float) -> None:
         self.span = span_seconds
-        self.first_frame_at: float | None = None
 
-    def line(self, recording: Any, pulled: Any) -> str:
+    def line(self, _elapsed: float, recording: Any, pulled: Any) -> str:
         done = min(recording.seconds, self.span)
         fraction = done / self.span if self.span > 0 else 0.0
         filled = int(fraction * _BAR)
         head = f"[{'#' * filled}{'.' * (_BAR - filled)}] {fraction * 100:3.0f}%  {clock(done)}/{clock(self.span)}"
-        if not recording.frames or self.first_frame_at is None:
+        if not recording.frames:
             return f"{head}  waiting for video…  (Ctrl-C stops)"
-        took = time.monotonic() - self.first_frame_at
+        took = time.monotonic() - pulled.first_packet_at
         pace = recording.seconds / took if took > 0 else 0.0
         eta = f"ETA {clock((self.span - done) / pace)}" if pace > 0 else "ETA -"
         return (
@@ -186,8 +172,6 @@ def _recorded(
     progress: bool | None,
     as_json: bool,
 ) -> None:
-    from gb28181gw.pull import Pulled, UnsupportedCodec, open_recording
-
     zone = display_zone(admin)
     now = _dt.datetime.now(zone).replace(tzinfo=None, microsecond=0)
     since, until = parse_time(start, now=now), parse_time(end, now=now, end_of_day=True)
@@ -210,57 +194,24 @@ def _recorded(
     }
     if speed is not None:
         body["speed"] = speed
-    try:
-        recording = open_recording(output)
-    except OSError as exc:
-        fail(f"cannot write {output}: {exc.strerror or exc}")
-    pulled = Pulled()
-    shown = _Progress(span_seconds)
     terminal = sys.stderr.isatty()
-    lines = terminal if progress is None else progress
-    unsupported: str | None = None
-
-    def feed(payload: bytes) -> bool:
-        nonlocal unsupported
-        try:
-            recording.feed(payload)
-        except UnsupportedCodec as exc:
-            unsupported = str(exc)
-            return True
-        if shown.first_frame_at is None and recording.frames:
-            shown.first_frame_at = time.monotonic()
-        return False
-
-    def tick(_elapsed: float) -> None:
-        recording.flush()
-        if lines:
-            text = shown.line(recording, pulled)
-            click.echo("\r\x1b[K" + text if terminal else text, nl=not terminal, err=True)
-
-    with _StopOnSignal() as stop:
-        try:
-            with _consuming(admin, transport, host, "/playbacks", body) as (receiver, consumer):
-                _said_speed(kind, speed, consumer.opened)
-                if stop.signal is not None:  # Ctrl-C while the device was being asked
-                    outcome = _Pull(stopped=stop.signal)
-                else:
-                    outcome = _pull(receiver, consumer, stop, pulled, feed, seconds=None, tick=tick)
-                if lines and terminal:
-                    click.echo("\r\x1b[K", nl=False, err=True)
-                elif lines:
-                    click.echo(shown.line(recording, pulled), err=True)  # where it ended
-                recording.close()  # before leaving: the file is what matters most
-        finally:
-            recording.close()
-    if unsupported is not None:
-        fail(
-            f"channel {channel_id} sends {unsupported} video, which an .mp4 cannot hold",
-            f"record it as it comes with -o {output.with_suffix('.ps').name}",
-        )
-    gone = consumer.gone
+    shown = terminal if progress is None else progress
+    got = _record(
+        output,
+        admin,
+        transport,
+        host,
+        "/playbacks",
+        body,
+        seconds=None,
+        progress=_Progress(span_seconds).line if shown else None,
+        terminal=terminal,
+        on_open=lambda consumer: _said_speed(kind, speed, consumer.opened),
+    )
+    recording, pulled, outcome, gone = got.recording, got.pulled, got.outcome, got.consumer.gone
     complete = outcome.stopped == "ended" and gone.get("complete") is True
     position = gone["position"] if isinstance(gone.get("position"), int | float) else recording.seconds
-    _summary(kind, output, recording, pulled, outcome, consumer, span_seconds, complete, position, as_json)
+    _summary(kind, got, output, span_seconds, complete, position, as_json)
     if complete:
         return
     where = f"at {clock(position)} of {clock(span_seconds)}"
@@ -279,46 +230,23 @@ def _said_speed(kind: str, speed: float | None, opened: dict[str, Any]) -> None:
 
 
 def _summary(
-    kind: str,
-    output: Path,
-    recording: Any,
-    pulled: Any,
-    outcome: _Pull,
-    consumer: Any,
-    span_seconds: float,
-    complete: bool,
-    position: float,
-    as_json: bool,
+    kind: str, got: _Recorded, output: Path, span_seconds: float, complete: bool, position: float, as_json: bool
 ) -> None:
-    s = pulled.stats
-    opened = consumer.opened
+    recording, pulled, outcome, opened = got.recording, got.pulled, got.outcome, got.consumer.opened
     if as_json:
         print_json(
             {
-                "output": str(output),
+                **summary_json(got, output),
                 "kind": kind,
-                "stream_id": consumer.stream_id,
-                "consumer_id": consumer.consumer_id,
                 "complete": complete,
                 "position": round(position, 3),
                 "span_seconds": span_seconds,
                 "recorded_seconds": round(recording.seconds, 3),
                 "progress": round(min(1.0, recording.seconds / span_seconds), 4) if span_seconds else None,
-                "cause": consumer.gone.get("cause"),
-                "ended": outcome.ended,
-                "stopped": outcome.stopped,
+                "cause": got.consumer.gone.get("cause"),
                 "scale": opened.get("scale"),
                 "download_speed": opened.get("download_speed"),
                 "file_size": opened.get("file_size"),
-                "codec": recording.codec,
-                "frames": recording.frames,
-                "seconds": round(outcome.elapsed, 3),
-                "bytes_written": recording.size(),
-                "packets": pulled.packets,
-                "bytes": pulled.bytes,
-                "lost": s.lost,
-                "reordered": s.reordered,
-                "not_rtp": pulled.bad,
             }
         )
         return
@@ -328,7 +256,7 @@ def _summary(
     click.echo(
         f"{output}: {state} {kind}, {clock(recording.seconds)} of {clock(span_seconds)} recorded, "
         f"{plural(recording.frames, 'frame')}{codec} in {outcome.elapsed:.1f} s, {rate_text(rate)}; "
-        f"{plural(pulled.packets, 'packet')}, {s.lost} lost"
+        f"{plural(pulled.packets, 'packet')}, {pulled.stats.lost} lost"
     )
 
 
