@@ -1,4 +1,5 @@
-"""Pulling a live stream into the operator's terminal: the consumer side of ``gb28181gw play`` and ``snapshot``.
+"""Pulling a stream into the operator's terminal: the consumer side of ``gb28181gw play``, ``snapshot``,
+``playback`` and ``download``.
 
 The CLI opens a socket (UDP, or a TCP listener the gateway connects to), asks the running
 gateway to add it as a consumer of the channel, and receives RTP. What arrives goes to disk
@@ -13,6 +14,10 @@ keeps everything received:
   muxer then holds at most one fragment, never an index of the whole recording, and a file
   whose writer was killed still plays up to its last fragment; :meth:`Mp4Recording.close`
   writes the last fragment and the trailer. Audio (G.711 in most cameras) stays in ``.ps``.
+
+Either way the frames' PS timestamps are followed (:class:`Timeline`): they are the recording's
+own clock, so :attr:`Recording.seconds` says how much of a span has come however fast it was
+sent, and an ``.mp4`` of a download sent at 4x plays at normal speed (its timestamps are those).
 
 A snapshot is the first key frame decoded and encoded as JPEG (:func:`jpeg_of`).
 """

@@ -27,7 +27,7 @@ from gb28181gw.services.streams import Stream
 from tests.media import gb_ps, packetize, send_udp, wait_for
 
 from .conftest import sipp_scenario
-from .test_cli_play import consumed, start_with_device
+from .test_cli_play import consumed, read_all, start_with_device
 from .test_cli_streams import cli, output
 from .test_devices import finished
 from .test_playback_service import info_part, recorded_answer, recorded_checks
@@ -233,7 +233,8 @@ async def test_a_refused_invite_is_a_clear_error_and_leaves_nothing_open(tmp_pat
         raw, _ = await asyncio.wait_for(proc.communicate(), 30)
         text = raw.decode()
         assert proc.returncode == 1, text
-        assert "error: " in text and "404" in text, text
+        assert "error: device 34020000001180000001 answered the INVITE 404 Not Found" in text, text
+        assert f"hint: is anything recorded then? gb28181gw records {CH} --from {FROM} --to {TO}" in text
         await finished(sipp)
         assert not gw.streams.streams and not gw.streams.by_call_id
         assert gw.streams.pools[0].in_use == 0 and gw.streams.ssrcs.active == 0
@@ -311,5 +312,34 @@ async def test_ctrl_c_is_an_incomplete_download_with_a_playable_file(tmp_path: P
         await wait_for(lambda: not gw.streams.streams)
         assert gw.streams.downloads[("incomplete",)] == 1
     finally:
+        media.close()
+        await gw.stop()
+
+
+async def test_a_terminal_gets_the_progress_bar_in_place(tmp_path: Path) -> None:
+    then = sipp_scenario("parts/media_status.xml", pause=3000, sender=CH, from_tag="[pid]dev")
+    gw, sipp = await gateway_with_device(tmp_path, device("Download", then), **FAST)
+    media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    master, slave = os.openpty()
+    try:
+        assert gw.admin is not None
+        out = tmp_path / "out.ps"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gb28181gw", "download", CH, "--from", FROM, "--to", TO, "-o", str(out), "--json",
+            "--admin", f"127.0.0.1:{gw.admin.port}", stdout=asyncio.subprocess.PIPE, stderr=slave,
+        )  # fmt: skip
+        os.close(slave)
+        terminal = asyncio.create_task(asyncio.to_thread(read_all, master))
+        st = await consumed(gw)
+        await send_frames(frames_of(gb_ps(FRAMES, 10), int(st.session.ssrc)), st.port, fps=4 * FPS, sock=media)
+        stdout, _ = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0 and json.loads(stdout)["complete"] is True
+        shown = (await asyncio.wait_for(terminal, 5)).decode(errors="replace")
+        bars = [part for part in shown.split("\r\x1b[K") if re.match(r"\[[#.]{24}\] +\d+%", part)]
+        assert len(bars) >= 3 and all("\n" not in bar for bar in bars), shown  # redrawn in place
+        assert "ETA " in bars[-1] and "x" in bars[-1] and "100%" in bars[-1], shown
+        await finished(sipp)
+    finally:
+        os.close(master)
         media.close()
         await gw.stop()

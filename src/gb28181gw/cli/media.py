@@ -104,10 +104,19 @@ class _Consumer:
 
     @classmethod
     def open(
-        cls, admin: str, path: str, body: dict[str, Any], transport: str, host: str | None, port: int
+        cls,
+        admin: str,
+        path: str,
+        body: dict[str, Any],
+        transport: str,
+        host: str | None,
+        port: int,
+        *,
+        hint: str | None = None,
     ) -> _Consumer:
         """Ask the gateway to relay a stream to us: ``POST path`` with ``body`` and us as its ``consumer``
-        (``/streams``: a channel's live stream, opened or joined; ``/playbacks``: a span of a recording)."""
+        (``/streams``: a channel's live stream, opened or joined; ``/playbacks``: a span of a recording).
+        A refusal ends the command in the gateway's words, with ``hint`` when it gives none."""
         consumer = {
             "transport": transport,
             "host": host or _local_address_toward(admin),
@@ -117,9 +126,12 @@ class _Consumer:
         }
         # a live INVITE is bounded by the gateway's SIP timers; a playback's waits on the device as
         # a query does (the gateway bounds it and says why)
-        opened = request(
-            admin, "POST", path, {**body, "consumer": consumer}, timeout=60 if path == "/streams" else None
-        )
+        try:
+            opened = call(
+                admin, "POST", path, {**body, "consumer": consumer}, timeout=60 if path == "/streams" else None
+            )
+        except AdminApiError as exc:
+            fail(exc.message, exc.hint or hint)
         click.echo(
             f"stream {opened['id']} ({opened['mode']}, worker {opened['worker']}): receiving as "
             f"{opened['consumer']['id']} with SSRC {opened['consumer']['ssrc']}",
@@ -193,7 +205,7 @@ class _Pull:
 
 @contextmanager
 def _consuming(
-    admin: str, transport: str, host: str | None, path: str, body: dict[str, Any]
+    admin: str, transport: str, host: str | None, path: str, body: dict[str, Any], *, hint: str | None = None
 ) -> Iterator[tuple[Any, _Consumer]]:
     """A receiver socket, and this process as a consumer sending to it (:meth:`_Consumer.open`); left and
     closed at exit."""
@@ -201,7 +213,7 @@ def _consuming(
 
     receiver = Receiver(transport)
     try:
-        consumer = _Consumer.open(admin, path, body, transport, host, receiver.port)
+        consumer = _Consumer.open(admin, path, body, transport, host, receiver.port, hint=hint)
         try:
             yield receiver, consumer
         finally:
@@ -289,12 +301,14 @@ def _record(
     progress: Callable[[float, Any, Any], str] | None,
     terminal: bool,
     on_open: Callable[[_Consumer], None] = lambda _consumer: None,
+    refused_hint: str | None = None,
 ) -> _Recorded:
     """Write the stream the gateway relays to us (``POST path`` with ``body``) to ``output`` as it comes,
     until ``seconds`` run out, Ctrl-C or its end; the file is finalised before we leave the stream.
 
     ``progress(elapsed, recording, pulled)`` is shown twice a second when given: in place on a
-    ``terminal``, else a line each time. ``on_open`` sees the consumer once the gateway answered.
+    ``terminal``, else a line each time. ``on_open`` sees the consumer once the gateway answered;
+    ``refused_hint`` follows a refusal the gateway gave no hint for.
     """
     from gb28181gw.pull import Pulled, UnsupportedCodec, open_recording
 
@@ -322,7 +336,7 @@ def _record(
 
     with _StopOnSignal() as stop:
         try:
-            with _consuming(admin, transport, host, path, body) as (receiver, consumer):
+            with _consuming(admin, transport, host, path, body, hint=refused_hint) as (receiver, consumer):
                 on_open(consumer)
                 if stop.signal is not None:  # Ctrl-C while the stream was being opened
                     outcome = _Pull(stopped=stop.signal)

@@ -207,6 +207,8 @@ def _recorded(
         progress=_Progress(span_seconds).line if shown else None,
         terminal=terminal,
         on_open=lambda consumer: _said_speed(kind, speed, consumer.opened),
+        refused_hint=f"is anything recorded then? gb28181gw records {channel_id} --from {body['start']} "
+        f"--to {body['end']}",
     )
     recording, pulled, outcome, gone = got.recording, got.pulled, got.outcome, got.consumer.gone
     complete = outcome.stopped == "ended" and gone.get("complete") is True
