@@ -28,6 +28,16 @@ def test_timeline_unwraps_33_bits_and_bridges_gaps_jumps_and_missing_pts() -> No
     assert t.next(3605 + 3600 * 25 * 60) == 18000  # a jump of a minute is not time passing
 
 
+@pytest.mark.parametrize("suffix", [".ps", ".mp4"])
+def test_a_recordings_seconds_are_its_own_clock_not_how_fast_it_came(tmp_path: Path, suffix: str) -> None:
+    assert Timeline().duration == 0
+    recording = open_recording(tmp_path / f"out{suffix}")
+    assert recording.seconds == 0
+    recording.feed(gb_ps(50, 10))  # 50 frames at 25 fps, fed at once (a download at any speed)
+    recording.close()
+    assert recording.frames == 50 and recording.seconds == 2.0
+
+
 def test_parameter_sets_are_the_sps_and_pps_of_the_key_frame() -> None:
     key = h264_frames(1, 1)[0][0]
     sets = parameter_sets(key)

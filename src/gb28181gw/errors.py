@@ -211,16 +211,25 @@ class AdminApiError(Gb28181Error):
         hint: what to do about it, if the gateway (or the client) knows.
         status: the HTTP status of the answer; ``None`` when the gateway was not reached or timed out.
         unreachable: the connection itself was refused or failed (no gateway there), not merely slow.
+        answer: the gateway's JSON answer (``{}`` if none): a 410 of an ended stream says more
+            than its words (a download's ``complete``, ``position``, ``cause``).
     """
 
     def __init__(
-        self, message: str, hint: str | None = None, status: int | None = None, *, unreachable: bool = False
+        self,
+        message: str,
+        hint: str | None = None,
+        status: int | None = None,
+        *,
+        unreachable: bool = False,
+        answer: dict[str, object] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
         self.status = status
         self.unreachable = unreachable
+        self.answer = answer or {}
 
 
 class RelayFailure(StrEnum):

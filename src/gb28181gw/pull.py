@@ -1,4 +1,5 @@
-"""Pulling a live stream into the operator's terminal: the consumer side of ``gb28181gw play`` and ``snapshot``.
+"""Pulling a stream into the operator's terminal: the consumer side of ``gb28181gw play``, ``snapshot``,
+``playback`` and ``download``.
 
 The CLI opens a socket (UDP, or a TCP listener the gateway connects to), asks the running
 gateway to add it as a consumer of the channel, and receives RTP. What arrives goes to disk
@@ -13,6 +14,10 @@ keeps everything received:
   muxer then holds at most one fragment, never an index of the whole recording, and a file
   whose writer was killed still plays up to its last fragment; :meth:`Mp4Recording.close`
   writes the last fragment and the trailer. Audio (G.711 in most cameras) stays in ``.ps``.
+
+Either way the frames' PS timestamps are followed (:class:`Timeline`): they are the recording's
+own clock, so :attr:`Recording.seconds` says how much of a span has come however fast it was
+sent, and an ``.mp4`` of a download sent at 4x plays at normal speed (its timestamps are those).
 
 A snapshot is the first key frame decoded and encoded as JPEG (:func:`jpeg_of`).
 """
@@ -58,6 +63,7 @@ class Pulled:
     stats: StreamStats = field(default_factory=StreamStats)
     ssrcs: set[int] = field(default_factory=set)
     bad: int = 0
+    first_packet_at: float = 0.0
 
     def rtp(self, data: _Bytes, now: float) -> _Bytes | None:
         """Account for one datagram; its payload, or ``None`` if it is not RTP."""
@@ -66,6 +72,8 @@ class Pulled:
         except RtpError:
             self.bad += 1
             return None
+        if not self.packets:
+            self.first_packet_at = now
         self.packets += 1
         self.bytes += len(data)
         self.ssrcs.add(packet.ssrc)
@@ -145,6 +153,8 @@ class Recording:
         path: the file.
         frames: video frames written so far.
         codec: the video codec seen (``H264``, ``H265`` …), ``""`` before the first frame.
+        timeline: the frames' PS PTS made increasing from 0 (:class:`Timeline`): the recording's
+            own clock, whatever speed it was sent at.
     """
 
     def __init__(self, path: Path) -> None:
@@ -152,6 +162,12 @@ class Recording:
         self.frames = 0
         self.codec = ""
         self.demuxer = PsDemuxer()
+        self.timeline = Timeline()
+
+    @property
+    def seconds(self) -> float:
+        """Seconds of video written, by the recording's clock (its PTS), not by the wall clock."""
+        return self.timeline.duration / PTS_HZ
 
     def feed(self, payload: bytes) -> None:
         """Write one RTP payload's worth of PS."""
@@ -191,6 +207,7 @@ class PsRecording(Recording):
     def _count(self, frame: Frame) -> None:
         self.frames += 1
         self.codec = self.codec or frame.codec
+        self.timeline.next(frame.pts)
 
     def flush(self) -> None:
         if self._file is not None:
@@ -223,7 +240,6 @@ class Mp4Recording(Recording):
 
         super().__init__(path)
         self.skipped = 0
-        self._timeline = Timeline()
         # av opens the file only at the first packet: create it now, so that an unwritable
         # path fails before the stream is asked for
         path.open("wb").close()
@@ -255,7 +271,7 @@ class Mp4Recording(Recording):
                 return
             self._start(frame)
         packet = av.Packet(frame.data)
-        packet.pts = packet.dts = self._timeline.next(frame.pts)
+        packet.pts = packet.dts = self.timeline.next(frame.pts)
         packet.time_base = Fraction(1, PTS_HZ)
         packet.is_keyframe = frame.key
         packet.stream = self._stream
@@ -337,6 +353,11 @@ class Timeline:
             self._raw += self._step
         self.last = out
         return out
+
+    @property
+    def duration(self) -> int:
+        """90 kHz ticks the frames so far cover: up to the last one's PTS, and one frame interval more."""
+        return self.last + self._step if self.last >= 0 else 0
 
 
 def parameter_sets(data: bytes, *, h265: bool = False) -> bytes:

@@ -7,7 +7,16 @@ One module per group of commands; :mod:`.common` holds the root group, the admin
 client and the output conventions every command follows.
 """
 
-from gb28181gw.cli import control, devices, housekeeping, ids, media, serve, upstreams  # noqa: F401  (registers the commands)
+from gb28181gw.cli import (  # noqa: F401  (registers the commands)
+    control,
+    devices,
+    housekeeping,
+    ids,
+    media,
+    playback,
+    serve,
+    upstreams,
+)
 from gb28181gw.cli.common import main
 from gb28181gw.cli.devices import _channel_tree
 

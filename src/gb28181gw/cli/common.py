@@ -515,6 +515,7 @@ def call(admin: str, method: str, path: str, body: Any = None, *, timeout: float
             str(message or f"the gateway answered {resp.status} {resp.reason} to {method} {path}"),
             str(hint) if hint else None,
             resp.status,
+            answer=answer if isinstance(answer, dict) else None,
         )
     if answer is None and raw:
         raise AdminApiError(

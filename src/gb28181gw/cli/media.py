@@ -53,6 +53,8 @@ POLL_EVERY = 1.0
 PROGRESS_EVERY = 0.5
 #: Seconds one poll or renewal may take before it is skipped (the next one tries again).
 POLL_TIMEOUT = 3.0
+#: Most batches read from the socket once the stream ended (bounded: the gateway sends no more).
+_DRAIN_ROUNDS = 100
 
 
 def _local_address_toward(admin: str) -> str:
@@ -76,42 +78,60 @@ def _call(admin: str, method: str, path: str, body: Any = None) -> tuple[int, di
     except AdminApiError as exc:
         if exc.status is None:
             return (0 if exc.unreachable else -1), {"error": exc.message}
-        return exc.status, {"error": exc.message}
+        return exc.status, {**exc.answer, "error": exc.message}
     return 200, answer if isinstance(answer, dict) else {}
 
 
 class _Consumer:
-    """This process as a consumer of a stream on the gateway (see the module docstring)."""
+    """This process as a consumer of a stream on the gateway (see the module docstring).
+
+    Attributes:
+        opened: the gateway's answer when we became a consumer (the stream's JSON).
+        gone: the gateway's 410 answer once the stream ended (its ``reason``, ``cause``, and for
+            a playback or download ``complete`` and ``position``); empty before.
+    """
 
     def __init__(self, admin: str, opened: dict[str, Any]) -> None:
         self.admin = admin
         self.stream_id: str = opened["id"]
         self.consumer_id: str = opened["consumer"]["id"]
         self.opened = opened
+        self.gone: dict[str, Any] = {}
         now = time.monotonic()
         self._next_poll = now + POLL_EVERY
         self._next_renew = now + RENEW_EVERY
         self._left = False
 
     @classmethod
-    def open(cls, admin: str, channel_id: str, transport: str, host: str | None, port: int) -> _Consumer:
-        """Ask the gateway to relay ``channel_id`` to us (it opens the stream or joins the open one)."""
-        opened = request(
-            admin,
-            "POST",
-            "/streams",
-            {
-                "channel_id": channel_id,
-                "consumer": {
-                    "transport": transport,
-                    "host": host or _local_address_toward(admin),
-                    "port": port,
-                    "ttl": LEASE,
-                    "label": "cli",
-                },
-            },
-            timeout=60,
-        )
+    def open(
+        cls,
+        admin: str,
+        path: str,
+        body: dict[str, Any],
+        transport: str,
+        host: str | None,
+        port: int,
+        *,
+        hint: str | None = None,
+    ) -> _Consumer:
+        """Ask the gateway to relay a stream to us: ``POST path`` with ``body`` and us as its ``consumer``
+        (``/streams``: a channel's live stream, opened or joined; ``/playbacks``: a span of a recording).
+        A refusal ends the command in the gateway's words, with ``hint`` when it gives none."""
+        consumer = {
+            "transport": transport,
+            "host": host or _local_address_toward(admin),
+            "port": port,
+            "ttl": LEASE,
+            "label": "cli",
+        }
+        # a live INVITE is bounded by the gateway's SIP timers; a playback's waits on the device as
+        # a query does (the gateway bounds it and says why)
+        try:
+            opened = call(
+                admin, "POST", path, {**body, "consumer": consumer}, timeout=60 if path == "/streams" else None
+            )
+        except AdminApiError as exc:
+            fail(exc.message, exc.hint or hint)
         click.echo(
             f"stream {opened['id']} ({opened['mode']}, worker {opened['worker']}): receiving as "
             f"{opened['consumer']['id']} with SSRC {opened['consumer']['ssrc']}",
@@ -134,6 +154,7 @@ class _Consumer:
                 return None
             return f"the gateway stopped sending stream {self.stream_id} to us (consumer {self.consumer_id} dropped)"
         if status == 410:
+            self.gone = answer
             return str(answer.get("error") or f"stream {self.stream_id} ended")
         if status == 404:
             return f"stream {self.stream_id} is no longer on the gateway (was the gateway restarted?)"
@@ -183,13 +204,16 @@ class _Pull:
 
 
 @contextmanager
-def _consuming(admin: str, channel_id: str, transport: str, host: str | None) -> Iterator[tuple[Any, _Consumer]]:
-    """A receiver socket, and this process as a consumer sending to it; left and closed at exit."""
+def _consuming(
+    admin: str, transport: str, host: str | None, path: str, body: dict[str, Any], *, hint: str | None = None
+) -> Iterator[tuple[Any, _Consumer]]:
+    """A receiver socket, and this process as a consumer sending to it (:meth:`_Consumer.open`); left and
+    closed at exit."""
     from gb28181gw.pull import Receiver
 
     receiver = Receiver(transport)
     try:
-        consumer = _Consumer.open(admin, channel_id, transport, host, receiver.port)
+        consumer = _Consumer.open(admin, path, body, transport, host, receiver.port, hint=hint)
         try:
             yield receiver, consumer
         finally:
@@ -238,12 +262,97 @@ def _pull(
             ended = "the gateway closed the media connection"
         if ended is not None:
             out.stopped, out.ended = "ended", ended
+            # what the gateway sent before it closed may still wait in our socket: a download's last frames
+            for _ in range(_DRAIN_ROUNDS):
+                batch = receiver.wait(0.05)
+                if not batch:
+                    break
+                for data in batch:
+                    payload = pulled.rtp(data, time.monotonic())
+                    if payload is not None:
+                        on_payload(payload)
             break
         if now >= next_tick:
             next_tick = now + PROGRESS_EVERY
             tick(now - start)
     out.elapsed = time.monotonic() - start
     return out
+
+
+@dataclass
+class _Recorded:
+    """A stream written to a file (:func:`_record`): the file, what came, how the pull ended."""
+
+    recording: Any
+    pulled: Any
+    outcome: _Pull
+    consumer: _Consumer
+
+
+def _record(
+    output: Path,
+    admin: str,
+    transport: str,
+    host: str | None,
+    path: str,
+    body: dict[str, Any],
+    *,
+    seconds: float | None,
+    progress: Callable[[float, Any, Any], str] | None,
+    terminal: bool,
+    on_open: Callable[[_Consumer], None] = lambda _consumer: None,
+    refused_hint: str | None = None,
+) -> _Recorded:
+    """Write the stream the gateway relays to us (``POST path`` with ``body``) to ``output`` as it comes,
+    until ``seconds`` run out, Ctrl-C or its end; the file is finalised before we leave the stream.
+
+    ``progress(elapsed, recording, pulled)`` is shown twice a second when given: in place on a
+    ``terminal``, else a line each time. ``on_open`` sees the consumer once the gateway answered;
+    ``refused_hint`` follows a refusal the gateway gave no hint for.
+    """
+    from gb28181gw.pull import Pulled, UnsupportedCodec, open_recording
+
+    try:
+        recording = open_recording(output)
+    except OSError as exc:
+        fail(f"cannot write {output}: {exc.strerror or exc}")
+    pulled = Pulled()
+    unsupported: str | None = None
+
+    def feed(payload: bytes) -> bool:
+        nonlocal unsupported
+        try:
+            recording.feed(payload)
+        except UnsupportedCodec as exc:
+            unsupported = str(exc)
+            return True
+        return False
+
+    def tick(elapsed: float) -> None:
+        recording.flush()
+        if progress is not None:
+            text = progress(elapsed, recording, pulled)
+            click.echo("\r\x1b[K" + text if terminal else text, nl=not terminal, err=True)
+
+    with _StopOnSignal() as stop:
+        try:
+            with _consuming(admin, transport, host, path, body, hint=refused_hint) as (receiver, consumer):
+                on_open(consumer)
+                if stop.signal is not None:  # Ctrl-C while the stream was being opened
+                    outcome = _Pull(stopped=stop.signal)
+                else:
+                    outcome = _pull(receiver, consumer, stop, pulled, feed, seconds=seconds, tick=tick)
+                if progress is not None and terminal:
+                    click.echo("\r\x1b[K", nl=False, err=True)
+                recording.close()  # before leaving: the file is what matters most
+        finally:
+            recording.close()
+    if unsupported is not None:
+        fail(
+            f"channel {body.get('channel_id')} sends {unsupported} video, which an .mp4 cannot hold",
+            f"record it as it comes with -o {output.with_suffix('.ps').name}",
+        )
+    return _Recorded(recording, pulled, outcome, consumer)
 
 
 # --- play ------------------------------------------------------------------------------------
@@ -274,17 +383,24 @@ def _progress_line(elapsed: float, frames: int, pulled: Any, size: int) -> str:
     return f"{clock}  {plural(frames, 'frame')}  {rate}  {pulled.stats.lost} lost  {size / 1e6:.1f} MB  (Ctrl-C stops)"
 
 
+def output_option(help: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """``-o FILE``, its extension one of :data:`~gb28181gw.pull.RECORDING_FORMATS`."""
+    return click.option(
+        "-o",
+        "--output",
+        type=click.Path(dir_okay=False, path_type=Path),
+        required=True,
+        callback=_check_output,
+        help=help,
+    )
+
+
 @main.command()
 @ADMIN_OPTION
 @click.argument("channel_id")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    callback=_check_output,
-    help="File written as the stream arrives: .ps exactly as the device sent it (video and audio), "
-    ".mp4 the video remuxed without re-encoding (plays anywhere).",
+@output_option(
+    "File written as the stream arrives: .ps exactly as the device sent it (video and audio), "
+    ".mp4 the video remuxed without re-encoding (plays anywhere)."
 )
 @click.option(
     "--seconds",
@@ -311,82 +427,62 @@ def play(
     video came; what did come is in the file either way. Even a killed play leaves an .mp4
     that plays up to its last second, and the gateway stops sending within 30 s.
     """
-    from gb28181gw.pull import Pulled, UnsupportedCodec, open_recording
-
-    try:
-        recording = open_recording(output)
-    except OSError as exc:
-        fail(f"cannot write {output}: {exc.strerror or exc}")
-    pulled = Pulled()
     live = sys.stderr.isatty()
-    unsupported: str | None = None
 
-    def feed(payload: bytes) -> bool:
-        nonlocal unsupported
-        try:
-            recording.feed(payload)
-        except UnsupportedCodec as exc:
-            unsupported = str(exc)
-            return True
-        return False
+    def progress(elapsed: float, recording: Any, pulled: Any) -> str:
+        return _progress_line(elapsed, recording.frames, pulled, recording.size())
 
-    def tick(elapsed: float) -> None:
-        recording.flush()
-        if live:
-            click.echo(
-                "\r\x1b[K" + _progress_line(elapsed, recording.frames, pulled, recording.size()), nl=False, err=True
-            )
-
-    with _StopOnSignal() as stop:
-        try:
-            with _consuming(admin, channel_id, transport, host) as (receiver, consumer):
-                if stop.signal is not None:  # Ctrl-C while the stream was being opened
-                    outcome = _Pull(stopped=stop.signal)
-                else:
-                    outcome = _pull(receiver, consumer, stop, pulled, feed, seconds=seconds, tick=tick)
-                if live:
-                    click.echo("\r\x1b[K", nl=False, err=True)
-                recording.close()  # before leaving: the file is what matters most
-        finally:
-            recording.close()
-    if unsupported is not None:
-        fail(
-            f"channel {channel_id} sends {unsupported} video, which an .mp4 cannot hold",
-            f"record it as it comes with -o {output.with_suffix('.ps').name}",
-        )
+    got = _record(
+        output,
+        admin,
+        transport,
+        host,
+        "/streams",
+        {"channel_id": channel_id},
+        seconds=seconds,
+        progress=progress if live else None,
+        terminal=True,
+    )
+    pulled, outcome = got.pulled, got.outcome
     if not pulled.packets:
         fail(
             outcome.ended or f"no video came in {duration(outcome.elapsed)}",
             "see the stream's figures in `gb28181gw streams` while it runs, and the gateway's log",
         )
-    _summary(output, recording, pulled, outcome, consumer, as_json)
+    _summary(got, output, as_json)
     if outcome.ended is not None:
         fail(f"{outcome.ended}, {duration(outcome.elapsed)} into the recording", f"what came before is in {output}")
 
 
-def _summary(output: Path, recording: Any, pulled: Any, outcome: _Pull, consumer: _Consumer, as_json: bool) -> None:
+def summary_json(got: _Recorded, output: Path) -> dict[str, Any]:
+    """The ``--json`` summary of a stream written to a file (``play``, ``playback``, ``download``)."""
+    recording, pulled, outcome, consumer = got.recording, got.pulled, got.outcome, got.consumer
+    s = pulled.stats
+    return {
+        "output": str(output),
+        "stream_id": consumer.stream_id,
+        "consumer_id": consumer.consumer_id,
+        "codec": recording.codec,
+        "frames": recording.frames,
+        "seconds": round(outcome.elapsed, 3),
+        "bytes_written": recording.size(),
+        "packets": pulled.packets,
+        "bytes": pulled.bytes,
+        "lost": s.lost,
+        "reordered": s.reordered,
+        "duplicates": s.duplicates,
+        "not_rtp": pulled.bad,
+        "stopped": outcome.stopped,
+        "ended": outcome.ended,
+    }
+
+
+def _summary(got: _Recorded, output: Path, as_json: bool) -> None:
+    recording, pulled, outcome = got.recording, got.pulled, got.outcome
     s = pulled.stats
     rate = pulled.bytes * 8 / outcome.elapsed if outcome.elapsed > 0 else 0.0
     if as_json:
-        print_json(
-            {
-                "output": str(output),
-                "stream_id": consumer.stream_id,
-                "consumer_id": consumer.consumer_id,
-                "codec": recording.codec,
-                "frames": recording.frames,
-                "seconds": round(outcome.elapsed, 3),
-                "bytes_written": recording.size(),
-                "packets": pulled.packets,
-                "bytes": pulled.bytes,
-                "lost": s.lost,
-                "reordered": s.reordered,
-                "duplicates": s.duplicates,
-                "not_rtp": pulled.bad,
-                "stopped": outcome.stopped,
-                "ended": outcome.ended,
-            }
-        )
+        print_json(summary_json(got, output))
         return
     codec = f" ({recording.codec})" if recording.codec else ""
     click.echo(
@@ -431,7 +527,10 @@ def snapshot(
         key.extend(frame for frame in demuxer.feed(payload) if frame.key)
         return bool(key)
 
-    with _StopOnSignal() as stop, _consuming(admin, channel_id, transport, host) as (receiver, consumer):
+    with (
+        _StopOnSignal() as stop,
+        _consuming(admin, transport, host, "/streams", {"channel_id": channel_id}) as (receiver, consumer),
+    ):
         outcome = _pull(receiver, consumer, stop, pulled, feed, seconds=seconds)
     if not key:
         got = f"{plural(pulled.packets, 'packet')} received"
@@ -481,9 +580,35 @@ def _consumers_text(row: dict[str, Any]) -> str:
     return ", ".join(map(_consumer_text, row.get("consumers", []))) or "-"
 
 
+def clock(seconds: float) -> str:
+    """``03:12``, ``1:03:12``: a position in a recording."""
+    s = max(0, int(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
+
+
+def _position_text(row: dict[str, Any]) -> str:
+    """A playback's or download's ``position/span`` (``03:12/10:00``); ``-`` for a live stream."""
+    span = row.get("span")
+    if not span or row.get("position") is None:
+        return "-"
+    return f"{clock(row['position'])}/{clock(span['seconds'])}"
+
+
+def _speed_text(row: dict[str, Any]) -> str:
+    """A playback's Scale (``x2``, ``paused``) or a download's a=downloadspeed (``x4``); ``-`` for live."""
+    if row.get("kind") == "download":
+        return f"x{row.get('download_speed') or 1}"
+    if row.get("kind") == "playback":
+        return "paused" if row.get("paused") else f"x{row.get('scale', 1):g}"
+    return "-"
+
+
 STREAM_COLUMNS = [
     Column("stream", "id", is_id=True),
     Column("channel", "channel_id", is_id=True),
+    Column("kind", lambda r: "live" if r.get("kind", "play") == "play" else r["kind"]),
+    Column("position", _position_text),
+    Column("speed", _speed_text),
     Column("state", "state"),
     Column("mode", "mode"),
     Column("worker", "worker"),
@@ -500,14 +625,15 @@ STREAM_COLUMNS = [
 @ADMIN_OPTION
 @JSON_OPTION
 def streams(admin: str, as_json: bool) -> None:
-    """List live streams: channel, mode, consumers, bitrate, loss, age."""
+    """List streams: live ones, playbacks and downloads (position in the span, speed), with
+    channel, mode, consumers, bitrate, loss, age."""
     rows = request(admin, "GET", "/streams")["streams"]
-    emit(rows, STREAM_COLUMNS, as_json=as_json, title=plural(len(rows), "live stream"))
+    emit(rows, STREAM_COLUMNS, as_json=as_json, title=plural(len(rows), "stream"))
 
 
 @main.group()
 def stream() -> None:
-    """One live stream."""
+    """One stream: stop it; pause, resume, seek or change the speed of a playback."""
 
 
 @stream.command("stop")

@@ -1,0 +1,345 @@
+"""``gb28181gw playback``, ``download`` and ``stream pause|resume|seek|speed`` as real processes against
+a gateway with a SIPp device (issue 13): SIPp checks the Playback/Download INVITE (s=, u=, t=, a
+history y=) and the MANSRTSP bodies of the controls, the test sends real H.264 in PS over RTP as
+the device's media, and the file written decodes whole, timed by the recording's own clock. A
+download that stops early is said INCOMPLETE and exits 1; bad spans never reach the device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import re
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import av
+import pytest
+
+from gb28181gw.app import Gateway
+from gb28181gw.gb.playback import Span
+from gb28181gw.media.rtp import RtpPacket
+from gb28181gw.services.streams import Stream
+from tests.media import gb_ps, packetize, send_udp, wait_for
+
+from .conftest import sipp_scenario
+from .test_cli_play import consumed, read_all, start_with_device
+from .test_cli_streams import cli, output
+from .test_devices import finished
+from .test_playback_service import info_part, recorded_answer, recorded_checks
+from .test_streams import CH, NVR, WE_BYE, gateway_with_device
+
+pytestmark = pytest.mark.sipp
+
+#: 2024-05-06 08:00:00-08:00:08 Beijing time: 8 s of recording, 200 frames at 25 fps.
+FROM, TO = "2024-05-06T08:00:00", "2024-05-06T08:00:08"
+SPAN = Span.from_local(dt.datetime(2024, 5, 6, 8), dt.datetime(2024, 5, 6, 8, 0, 8), dt.timezone(dt.timedelta(hours=8)))
+FRAMES, FPS = 200, 25
+#: Health checks (which follow a playback's position) five times a second, and no RTP for 2 s ends it.
+FAST = {"media.stats_interval": "0.2", "media.rtp_timeout": "2"}
+
+
+def device(kind: str, then: str, refs: str = "", *, extra_check: str = "") -> bytes:
+    """A SIPp device answering a ``kind`` INVITE for :data:`SPAN`, checking it, then doing ``then``."""
+    return sipp_scenario(
+        "invite_uas.xml",
+        checks=recorded_checks(kind, SPAN) + extra_check,
+        ch=CH,
+        answer=recorded_answer(kind, SPAN),
+        then=then,
+        refs="gwfrom,subject,s,u,t,all,y" + (f",{refs}" if refs else ""),
+    ).encode()
+
+
+def frames_of(ps: bytes, ssrc: int) -> list[list[bytes]]:
+    """The RTP packets of ``ps``, grouped by frame (one RTP timestamp each), in order."""
+    groups: dict[int, list[bytes]] = {}
+    for packet in packetize(ps, ssrc):
+        groups.setdefault(RtpPacket.parse(packet).timestamp, []).append(packet)
+    return list(groups.values())
+
+
+async def send_frames(frames: list[list[bytes]], port: int, *, fps: float, sock: socket.socket) -> None:
+    """Frames as a device sends a recording: one every 1/``fps`` s (``fps`` 100 is 4x real time), all from
+    ``sock`` (the gateway takes a stream's media from one source address only)."""
+    for group in frames:
+        await send_udp(group, port, sock=sock)
+        await asyncio.sleep(1 / fps)
+
+
+async def download_some(
+    gw: Gateway, out: Path, frames: int, media: socket.socket
+) -> tuple[asyncio.subprocess.Process, Stream]:
+    """``gb28181gw download --json`` of :data:`SPAN` into ``out``, and the first ``frames`` frames sent at 4x."""
+    proc = await run(gw, "download", CH, "--from", FROM, "--to", TO, "-o", str(out), "--json")
+    st = await consumed(gw)
+    await send_frames(frames_of(gb_ps(FRAMES, 10), int(st.session.ssrc))[:frames], st.port, fps=4 * FPS, sock=media)
+    return proc, st
+
+
+async def run(gw: Gateway, *args: str) -> asyncio.subprocess.Process:
+    """The CLI with stdout (the --json summary) and stderr (progress, errors) apart."""
+    assert gw.admin is not None
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gb28181gw", *args, "--admin", f"http://127.0.0.1:{gw.admin.port}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, "COLUMNS": "250"},
+    )  # fmt: skip
+
+
+async def ended(proc: asyncio.subprocess.Process, timeout: float = 30) -> tuple[int, dict[str, object], str]:
+    """Exit status, the JSON summary and stderr of a ``--json`` run."""
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert out, err.decode()
+    return proc.returncode or 0, json.loads(out), err.decode(errors="replace")
+
+
+def progress_percents(stderr: str) -> list[int]:
+    """The percentages of the progress lines the CLI printed."""
+    return [int(m[1]) for m in re.finditer(r"\] +(\d+)%  \d\d:\d\d/00:08", stderr)]
+
+
+def mp4_video(path: Path) -> tuple[int, float]:
+    """Frames av decodes from the MP4, and its duration by its own timestamps (seconds)."""
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        assert video.codec_context.name == "h264"
+        pictures = list(container.decode(video=0))
+        last = max(p.pts for p in pictures if p.pts is not None)
+        assert video.time_base is not None
+        return len(pictures), float(last * video.time_base) + 1 / FPS
+
+
+def info_bodies(trace: Path) -> list[bytes]:
+    """The bodies of the INFO requests in SIPp's message trace, as they were on the wire."""
+    data = trace.read_bytes()
+    bodies = []
+    for m in re.finditer(rb"INFO sip:[^\r\n]* SIP/2\.0\r\n(.*?)\r\n\r\n", data, re.S):
+        length = int(re.search(rb"Content-Length: *(\d+)", m[1], re.I)[1])  # type: ignore[index]
+        bodies.append(data[m.end() : m.end() + length])
+    return bodies
+
+
+async def test_playback_paused_sought_and_sped_up_into_an_mp4_that_decodes_whole(tmp_path: Path) -> None:
+    then = (
+        info_part("^PAUSE RTSP/1.0..CSeq: 1..PauseTime: now..$", name="p1")
+        + info_part("^PLAY RTSP/1.0..CSeq: 2..Range: npt=4-..$", name="p2")
+        + info_part("^PLAY RTSP/1.0..CSeq: 3..Scale: 2.0..$", name="p3")
+        + WE_BYE
+    )
+    gw, sipp = await gateway_with_device(tmp_path, device("Playback", then, "p1,p2,p3"), **FAST)
+    media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        out = tmp_path / "out.mp4"
+        proc = await run(gw, "playback", CH, "--from", FROM, "--to", TO, "-o", str(out), "--json", "--progress")
+        st = await consumed(gw)
+        assert st.kind.word == "playback" and st.span == SPAN
+        frames = frames_of(gb_ps(FRAMES, 10), int(st.session.ssrc))
+        # the operator pauses while the first 4 s play (at 1x); what the device sent meanwhile still comes
+        pause = await cli(gw, "stream", "pause", st.id)
+        await send_frames(frames[:100], st.port, fps=FPS, sock=media)
+        said = await output(pause)
+        assert f"{st.id}: paused at " in said and "(device: 200 OK)" in said
+        said = await output(await cli(gw, "stream", "seek", st.id, "0:04"))
+        assert f"{st.id}: playing from 00:04 at 00:04/00:08" in said
+        rest = asyncio.create_task(
+            send_frames(frames[100:], st.port, fps=FPS, sock=media)
+        )  # it plays again: media comes
+        said = await output(await cli(gw, "stream", "speed", st.id, "2"))
+        assert f"{st.id}: playing at x2" in said
+        listing = await output(await cli(gw, "streams"))
+        row = next(line for line in listing.splitlines() if st.id in line)
+        assert re.search(r"playback\s+00:0\d/00:08\s+x2\s", row), row
+        assert not rest.done()
+        await rest  # then 2 s without RTP: the span has been sent
+        code, summary, stderr = await ended(proc)
+        assert code == 0, stderr
+        assert summary["complete"] is True and summary["cause"] == "span-end" and summary["kind"] == "playback"
+        assert summary["frames"] == FRAMES and summary["recorded_seconds"] == 8.0 and summary["span_seconds"] == 8
+        percents = progress_percents(stderr)
+        assert percents and percents == sorted(percents) and percents[-1] == 100, stderr
+        assert mp4_video(out) == (FRAMES, pytest.approx(8.0, abs=0.05))
+        await finished(sipp)  # it checked the INVITE and the three INFO bodies, then had our BYE
+        assert info_bodies(tmp_path / "device.msg") == [
+            b"PAUSE RTSP/1.0\r\nCSeq: 1\r\nPauseTime: now\r\n",
+            b"PLAY RTSP/1.0\r\nCSeq: 2\r\nRange: npt=4-\r\n",
+            b"PLAY RTSP/1.0\r\nCSeq: 3\r\nScale: 2.0\r\n",
+        ]
+        await wait_for(lambda: not gw.streams.streams and gw.streams.pools[0].in_use == 0)
+    finally:
+        media.close()
+        await gw.stop()
+
+
+async def test_download_faster_than_real_time_completes_at_normal_speed(tmp_path: Path) -> None:
+    then = sipp_scenario("parts/media_status.xml", pause=3500, sender=CH, from_tag="[pid]dev")
+    speed = '<ereg regexp="a=downloadspeed:4" search_in="body" check_it="true" assign_to="ds"/>'
+    gw, sipp = await gateway_with_device(tmp_path, device("Download", then, "ds", extra_check=speed), **FAST)
+    media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        out = tmp_path / "out.mp4"
+        proc = await run(
+            gw, "download", CH, "--from", FROM, "--to", TO, "--speed", "4", "-o", str(out), "--json", "--progress"
+        )
+        st = await consumed(gw)
+        assert st.kind.word == "download" and st.session.download_speed == 4
+        await send_frames(frames_of(gb_ps(FRAMES, 10), int(st.session.ssrc)), st.port, fps=4 * FPS, sock=media)
+        code, summary, stderr = await ended(proc)
+        assert code == 0, stderr
+        assert summary["complete"] is True and summary["cause"] == "complete" and summary["download_speed"] == 4
+        assert summary["frames"] == FRAMES and summary["recorded_seconds"] == 8.0
+        assert summary["seconds"] < 7  # sent faster than real time …
+        pictures, seconds = mp4_video(out)
+        assert pictures == FRAMES and seconds == pytest.approx(8.0, abs=0.05)  # … and plays at normal speed
+        percents = progress_percents(stderr)
+        assert len(percents) >= 3 and percents == sorted(percents) and percents[-1] == 100, stderr
+        assert re.search(r"x[3-5]\.\d  ", stderr), stderr  # the pace: about 4x
+        await finished(sipp)  # MediaStatus 121 answered, then our BYE
+        await wait_for(lambda: not gw.streams.streams and gw.streams.ssrcs.active == 0)
+    finally:
+        media.close()
+        await gw.stop()
+
+
+async def test_the_device_hanging_up_halfway_is_an_incomplete_download(tmp_path: Path) -> None:
+    hang_up = sipp_scenario("parts/bye_from_device.xml", ch=CH, pause=2500)
+    gw, sipp = await gateway_with_device(tmp_path, device("Download", hang_up), **FAST)
+    media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        out = tmp_path / "out.ps"
+        proc, st = await download_some(gw, out, 100, media)
+        code, summary, stderr = await ended(proc)
+        assert code == 1, stderr
+        assert summary["complete"] is False and summary["cause"] == "device-bye"
+        assert summary["frames"] == 100 and summary["recorded_seconds"] == 4.0
+        assert f"error: INCOMPLETE download: stream {st.id} ended: the device ended the stream (BYE), at 00:0" in stderr
+        assert f"what came is in {out}" in stderr and "complete" not in stderr.replace("INCOMPLETE", "")
+        assert out.stat().st_size > 0
+        await finished(sipp)
+    finally:
+        media.close()
+        await gw.stop()
+
+
+async def test_a_refused_invite_is_a_clear_error_and_leaves_nothing_open(tmp_path: Path) -> None:
+    refused = sipp_scenario("invite_refused_uas.xml", status=404, reason="Not Found").encode()
+    gw, sipp = await gateway_with_device(tmp_path, refused, **FAST)
+    try:
+        out = tmp_path / "out.mp4"
+        proc = await cli(gw, "playback", CH, "--from", FROM, "--to", TO, "-o", str(out))
+        raw, _ = await asyncio.wait_for(proc.communicate(), 30)
+        text = raw.decode()
+        assert proc.returncode == 1, text
+        assert "error: device 34020000001180000001 answered the INVITE 404 Not Found" in text, text
+        assert f"hint: is anything recorded then? gb28181gw records {CH} --from {FROM} --to {TO}" in text
+        await finished(sipp)
+        assert not gw.streams.streams and not gw.streams.by_call_id
+        assert gw.streams.pools[0].in_use == 0 and gw.streams.ssrcs.active == 0
+        assert not out.exists()  # nothing came: no empty file left behind
+    finally:
+        await gw.stop()
+
+
+async def test_bad_spans_and_speeds_are_refused_before_any_invite(tmp_path: Path) -> None:
+    gw = await start_with_device(tmp_path)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", gw.registrar.devices[NVR].port))  # the device: any INVITE would land here
+    listener.setblocking(False)
+    future = (dt.datetime.now(dt.timezone(dt.timedelta(hours=8))) + dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
+    try:
+        refused = [
+            ("playback", ["--from", TO, "--to", FROM], 2, f"Invalid value for '--to': {FROM} is not after --from {TO}"),
+            ("download", ["--from", FROM, "--to", FROM], 2, "is not after --from"),
+            ("playback", ["--from", future, "--to", future + ":30"], 2, "is in the future"),
+            ("download", ["--from", FROM, "--to", TO, "--speed", "0"], 2, "0 is not in the range x>=1"),
+            ("download", ["--from", FROM, "--to", TO, "--speed", "1.5"], 2, "'1.5' is not a valid integer"),
+            ("playback", ["--from", FROM, "--to", TO, "--speed", "-1"], 2, "-1 is not a speed"),
+            ("playback", ["--from", "yesterday-ish", "--to", TO], 2, "is not a time"),
+            # the gateway's bound: its words
+            ("download", ["--from", "2024-05-01", "--to", TO], 1, "more than playback.max_span (24 h)"),
+        ]
+        for command, args, status, said in refused:
+            proc = await cli(gw, command, CH, *args, "-o", str(tmp_path / "a.mp4"))
+            raw, _ = await asyncio.wait_for(proc.communicate(), 30)
+            text = " ".join(raw.decode().split())
+            assert proc.returncode == status and said in text, (args, text)
+        with pytest.raises(BlockingIOError):
+            listener.recv(65536)
+        assert not gw.streams.streams and not gw.streams.ended
+        assert not list(tmp_path.glob("a.*"))
+    finally:
+        listener.close()
+        await gw.stop()
+
+
+async def test_a_refused_control_shows_the_devices_answer(tmp_path: Path) -> None:
+    then = info_part("^PLAY RTSP/1.0..CSeq: 1..Scale: 4.0..$", status="400 Bad Request", name="p1") + WE_BYE
+    gw, sipp = await gateway_with_device(tmp_path, device("Playback", then, "p1"), **FAST)
+    try:
+        proc = await run(gw, "playback", CH, "--from", FROM, "--to", TO, "-o", str(tmp_path / "out.ps"))
+        st: Stream = await consumed(gw)
+        said = await cli(gw, "stream", "speed", st.id, "4")
+        raw, _ = await asyncio.wait_for(said.communicate(), 30)
+        text = raw.decode()
+        assert said.returncode == 1 and "error: device answered PLAY" in text and "400 Bad Request" in text, text
+        assert st.id in gw.streams.streams  # the session goes on
+        await output(await cli(gw, "stream", "stop", st.id))
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        stderr = err.decode()
+        assert proc.returncode == 1 and "INCOMPLETE playback" in stderr and "stopped by operator" in stderr, stderr
+        await finished(sipp)
+    finally:
+        await gw.stop()
+
+
+async def test_ctrl_c_is_an_incomplete_download_with_a_playable_file(tmp_path: Path) -> None:
+    gw, sipp = await gateway_with_device(tmp_path, device("Download", WE_BYE), **FAST)
+    media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        out = tmp_path / "out.mp4"
+        proc, _ = await download_some(gw, out, 60, media)
+        await wait_for(lambda: out.stat().st_size > 10_000, 10)
+        proc.send_signal(signal.SIGINT)
+        code, summary, stderr = await ended(proc)
+        assert code == 130, stderr
+        assert summary["complete"] is False and summary["stopped"] == "Ctrl-C" and summary["recorded_seconds"] < 8
+        assert "error: INCOMPLETE download: stopped by Ctrl-C at 00:02 of 00:08" in stderr, stderr
+        assert mp4_video(out)[0] == summary["frames"] > 0
+        await finished(sipp)  # our BYE: the CLI left, the download was not left running
+        await wait_for(lambda: not gw.streams.streams)
+        assert gw.streams.downloads[("incomplete",)] == 1
+    finally:
+        media.close()
+        await gw.stop()
+
+
+async def test_a_terminal_gets_the_progress_bar_in_place(tmp_path: Path) -> None:
+    then = sipp_scenario("parts/media_status.xml", pause=3000, sender=CH, from_tag="[pid]dev")
+    gw, sipp = await gateway_with_device(tmp_path, device("Download", then), **FAST)
+    media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    master, slave = os.openpty()
+    try:
+        assert gw.admin is not None
+        out = tmp_path / "out.ps"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gb28181gw", "download", CH, "--from", FROM, "--to", TO, "-o", str(out), "--json",
+            "--admin", f"127.0.0.1:{gw.admin.port}", stdout=asyncio.subprocess.PIPE, stderr=slave,
+        )  # fmt: skip
+        os.close(slave)
+        terminal = asyncio.create_task(asyncio.to_thread(read_all, master))
+        st = await consumed(gw)
+        await send_frames(frames_of(gb_ps(FRAMES, 10), int(st.session.ssrc)), st.port, fps=4 * FPS, sock=media)
+        stdout, _ = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0 and json.loads(stdout)["complete"] is True
+        shown = (await asyncio.wait_for(terminal, 5)).decode(errors="replace")
+        bars = [part for part in shown.split("\r\x1b[K") if re.match(r"\[[#.]{24}\] +\d+%", part)]
+        assert len(bars) >= 3 and all("\n" not in bar for bar in bars), shown  # redrawn in place
+        assert "ETA " in bars[-1] and "x" in bars[-1] and "100%" in bars[-1], shown
+        await finished(sipp)
+    finally:
+        os.close(master)
+        media.close()
+        await gw.stop()
