@@ -341,6 +341,40 @@ async def test_a_joining_udp_consumer_is_paced_then_sent_to_directly_in_order() 
         forwarder.close_all()
 
 
+async def test_a_consumer_joining_a_stream_faster_than_its_first_pace_still_catches_up() -> None:
+    # a download at 4x joined in its first second: no rate known yet and a few packets kept, so the
+    # first pace is the floor (2 Mbit/s); the device sends ~6 Mbit/s. Paced at the floor for good,
+    # the backlog would grow as long as the stream lasts and its tail be lost when it closes.
+    from gb28181gw.relay import forwarder as forwarder_module
+    from gb28181gw.relay.forwarder import CatchingUp
+
+    forwarder, _ = _stream()
+    port = free_udp_port() & ~1
+    forwarder.open("s1", port, StreamMode.UDP, 1234)
+    st = forwarder.streams["s1"]
+    kept = _key_gop(4)
+    _feed(forwarder, st, kept)
+    consumer = await UdpConsumer.start()
+    try:
+        forwarder.add_consumer("s1", "late", "udp", "127.0.0.1", consumer.port, 77)
+        catching = st.consumers[0]
+        assert isinstance(catching, CatchingUp) and catching.rate == forwarder_module.CATCH_UP_MIN_RATE
+        live = _rtp([b"\x44" * 1388] * 400, 3600, 1 + len(kept))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for k in range(0, len(live), 4):  # 4 packets every 5 ms: ~1.1 MB/s, more than 4x the floor
+            _feed(forwarder, st, live[k : k + 4])
+            await asyncio.sleep(max(0.0, start + (k + 4) / 800 - loop.time()))
+        # caught up while the device was still sending, or just after: not 2 s of backlog behind it
+        await wait_for(lambda: len(consumer.got.packets) == len(kept) + len(live), 0.3)
+        assert st.consumers[0] is not catching
+        got = [RtpPacket.parse(p).sequence for p in consumer.got.packets]
+        assert got == [RtpPacket.parse(p).sequence for p in kept + live]  # in order, once each
+    finally:
+        consumer.close()
+        forwarder.close_all()
+
+
 async def test_a_udp_consumer_that_leaves_while_catching_up_is_sent_nothing_more() -> None:
     forwarder, _ = _stream()
     port = free_udp_port() & ~1
