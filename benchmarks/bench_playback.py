@@ -57,9 +57,11 @@ from gb28181gw.sip.message import Request, Response, make_response, parse_messag
 
 OURS, DOMAIN = "34020000002000000001", "3402000000"
 FPS = 25
-#: The writer's sockets (and the bare forwarder's) on fixed ports, so the bare forwarder can map them.
-WRITER_BASE, BARE_BASE = 45000, 47000
-MEDIA_RANGE = (42000, 43999)
+#: The writer's sockets (and the bare forwarder's) on fixed ports, so the bare forwarder can map them;
+#: these and the gateway's media ports below the kernel's ephemeral range (32768-) and the ranges the
+#: tests use (42000-43199), so that nothing else running on the machine holds one.
+WRITER_BASE, BARE_BASE = 23000, 25000
+MEDIA_RANGE = (21000, 21999)
 
 
 def device_id(n: int) -> str:
