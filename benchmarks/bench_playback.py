@@ -7,7 +7,7 @@ and from the ACK on sends a recorded span as RTP: real H.264 in PS (``tests/medi
 1280×720 at about 3 Mbit/s, a key frame every 2 s), one pack per frame cut into 1,400-byte
 payloads, paced at ``--speed`` times real time. After the last packet it sends MediaStatus 121
 in the dialog and answers the gateway's BYE. The writer is a second process on CPU 1 that does
-what ``gb28181gw download -o x.mp4`` does with each stream: :class:`gb28181gw.pull.Receiver`
+what the CLI does with a download into an ``.mp4``: :class:`gb28181gw.pull.Receiver`
 (UDP), :class:`gb28181gw.pull.Pulled` (RTP figures: loss from sequence numbers) and
 :class:`gb28181gw.pull.Mp4Recording`.
 
@@ -257,7 +257,7 @@ async def stream(
 def writer_main() -> None:
     """Commands on stdin, one JSON line each: ``open N`` (N receivers on WRITER_BASE + 2i, an MP4
     each), ``end I`` (drain stream I, close its MP4, print its figures), ``cpu`` (print CPU
-    seconds and RSS). Each stream is received and written as ``gb28181gw download -o`` does."""
+    seconds and RSS). Each stream is received and written as the CLI does it."""
     sel = selectors.DefaultSelector()
     commands: TextIO = sys.stdin
     sel.register(commands, selectors.EVENT_READ)
