@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import json
 import os
 import resource
@@ -53,7 +52,7 @@ from bench_relay import BARE  # noqa: E402
 from gb28181gw.media.rtp import RtpPacket  # noqa: E402
 from gb28181gw.pull import Mp4Recording, Pulled, Receiver  # noqa: E402
 from gb28181gw.sdp import SessionDescription  # noqa: E402
-from gb28181gw.sip.message import Request, Response, make_response, parse_message  # noqa: E402
+from gb28181gw.sip.message import Request, make_response, parse_message  # noqa: E402
 
 OURS, DOMAIN = "34020000002000000001", "3402000000"
 FPS = 25
@@ -138,8 +137,14 @@ class Device(asyncio.DatagramProtocol):
         assert self.transport is not None
         return int(self.transport.get_extra_info("sockname")[1])
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    @classmethod
+    async def start(cls, n: int, gateway: tuple[str, int], recording: Recording, speed: float) -> Device:
+        """Device ``n`` on a socket of its own."""
+        transport, device = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: cls(n, gateway, recording, speed), local_addr=("127.0.0.1", 0)
+        )
+        device.transport = transport
+        return device
 
     def send(self, data: bytes) -> None:
         assert self.transport is not None
@@ -157,27 +162,27 @@ class Device(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         msg = parse_message(data)
-        if isinstance(msg, Response):
-            if msg.cseq.method == "REGISTER" and msg.status == 200:
-                self.registered.set()
-            return
-        assert isinstance(msg, Request)
-        if msg.method == "INVITE":
-            self._answer(msg)
-        elif msg.method == "ACK":
-            s = self.sessions.get(msg.call_id)
-            if s is not None and s.pump is None:
-                s.acked_at = time.perf_counter()
-                s.pump = asyncio.ensure_future(self._pump(s))
-        elif msg.method == "BYE":
-            self.send(bytes(make_response(msg, 200)))
-            s = self.sessions.pop(msg.call_id, None)
-            if s is not None:
-                if s.pump is not None:
-                    s.pump.cancel()
-                s.ended.set()
-        else:
-            self.send(bytes(make_response(msg, 200)))
+        if isinstance(msg, Request):
+            {"INVITE": self._answer, "ACK": self._start, "BYE": self._end}.get(msg.method, self._ok)(msg)
+        elif msg.cseq.method == "REGISTER" and msg.status == 200:
+            self.registered.set()
+
+    def _ok(self, request: Request) -> None:
+        self.send(bytes(make_response(request, 200)))
+
+    def _start(self, ack: Request) -> None:
+        s = self.sessions.get(ack.call_id)
+        if s is not None and s.pump is None:
+            s.acked_at = time.perf_counter()
+            s.pump = asyncio.ensure_future(self._pump(s))
+
+    def _end(self, bye: Request) -> None:
+        self._ok(bye)
+        s = self.sessions.pop(bye.call_id, None)
+        if s is not None:
+            if s.pump is not None:
+                s.pump.cancel()
+            s.ended.set()
 
     def _answer(self, invite: Request) -> None:
         offer = SessionDescription.parse(invite.body)
@@ -570,16 +575,12 @@ async def run(args: argparse.Namespace) -> None:
     quiet = ["--set", "devices.catalog_on_register=false", "--set", "devices.subscribe=", "--set", "media.linger=0"]
     media = ["--set", "media.workers=0", "--set", f"media.port_min={MEDIA_RANGE[0]}", "--set", f"media.port_max={MEDIA_RANGE[1]}"]  # fmt: skip
     gateway = start_server(sip_port, admin_port, args.gateway_cpu, *quiet, *media)
-    loop = asyncio.get_running_loop()
     devices: list[Device] = []
     now = int(time.time())
     span = (now - 86400, now - 86400 + args.span)
     try:
         for n in range(1, max(counts) + 1):
-            _, dev = await loop.create_datagram_endpoint(
-                functools.partial(Device, n, ("127.0.0.1", sip_port), recording, args.speed),
-                local_addr=("127.0.0.1", 0),
-            )
+            dev = await Device.start(n, ("127.0.0.1", sip_port), recording, args.speed)
             devices.append(dev)
             dev.register()
         await asyncio.wait_for(asyncio.gather(*(d.registered.wait() for d in devices)), 10)
