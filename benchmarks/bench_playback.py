@@ -36,6 +36,7 @@ import json
 import os
 import resource
 import selectors
+import shutil
 import socket
 import subprocess
 import sys
@@ -601,6 +602,8 @@ async def run(args: argparse.Namespace) -> None:
                 d.transport.close()
         gateway.terminate()
         gateway.wait(15)
+        store = next(str(a) for a in gateway.args if str(a).startswith("store.path="))  # type: ignore[union-attr]
+        shutil.rmtree(Path(store.split("=", 1)[1]).parent, ignore_errors=True)  # start_server's own temp dir
 
 
 async def downloads_table(b: Bench, counts: list[int]) -> None:
