@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import random
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -43,8 +44,14 @@ def h264_ps(frames: int = 50, gop: int = 10, size: tuple[int, int] = (320, 240))
     return out.getvalue()
 
 
-def h264_frames(frames: int = 50, gop: int = 10, size: tuple[int, int] = (320, 240)) -> list[tuple[bytes, bool]]:
-    """(Annex B access unit, key frame?) for each of ``frames`` pictures, SPS/PPS in-band before each IDR."""
+def h264_frames(
+    frames: int = 50, gop: int = 10, size: tuple[int, int] = (320, 240), *, bit_rate: int | None = None
+) -> list[tuple[bytes, bool]]:
+    """(Annex B access unit, key frame?) for each of ``frames`` pictures, SPS/PPS in-band before each IDR.
+
+    ``bit_rate`` (bits/s at 25 frames/s): a textured picture that moves, coded at about that rate
+    (a camera's recording, for the benchmarks); else flat pictures, as small as H.264 makes them.
+    """
     width, height = size
     ctx = av.CodecContext.create("libx264", "w")
     ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
@@ -52,11 +59,19 @@ def h264_frames(frames: int = 50, gop: int = 10, size: tuple[int, int] = (320, 2
     ctx.framerate = Fraction(25, 1)
     ctx.gop_size = gop
     ctx.options = {"preset": "ultrafast", "tune": "zerolatency", "keyint_min": str(gop), "sc_threshold": "0"}
+    texture = random.Random(gop).randbytes(width * height) if bit_rate else b""
+    if bit_rate:  # a camera's CBR: a one-second VBV buffer keeps every second near the rate
+        ctx.bit_rate = bit_rate
+        ctx.options = {**ctx.options, "x264-params": f"vbv-maxrate={bit_rate // 1000}:vbv-bufsize={bit_rate // 1000}"}
     out = []
     for i in range(frames):
         picture = av.VideoFrame(width, height, "yuv420p")
         for plane_index, plane in enumerate(picture.planes):
-            plane.update(bytes([(i * 7 + plane_index * 40) % 256]) * plane.buffer_size)
+            if texture:  # the texture slides 2 pixels a frame: P-frames predict it, as a panning camera
+                shift = (2 * i) % plane.buffer_size
+                plane.update((texture[shift:] + texture[:shift])[: plane.buffer_size])
+            else:
+                plane.update(bytes([(i * 7 + plane_index * 40) % 256]) * plane.buffer_size)
         picture.pts = i
         out += [(bytes(p), bool(p.is_keyframe)) for p in ctx.encode(picture)]
     out += [(bytes(p), bool(p.is_keyframe)) for p in ctx.encode(None)]
@@ -75,11 +90,12 @@ def _timestamp(prefix: int, t: int) -> bytes:
     )
 
 
-def gb_ps(frames: int = 50, gop: int = 10) -> bytes:
+def gb_ps(frames: int = 50, gop: int = 10, size: tuple[int, int] = (320, 240), *, bit_rate: int | None = None) -> bytes:
     """H.264 in PS the way GB devices send it (Annex C): one pack per frame; key-frame packs carry a
-    system header and a PSM (stream_type 0x1B); PES of at most 65,535 bytes with a PTS."""
+    system header and a PSM (stream_type 0x1B); PES of at most 65,535 bytes with a PTS.
+    ``size`` and ``bit_rate`` as for :func:`h264_frames`."""
     out = bytearray()
-    for i, (au, key) in enumerate(h264_frames(frames, gop)):
+    for i, (au, key) in enumerate(h264_frames(frames, gop, size, bit_rate=bit_rate)):
         pts = 3600 * i
         scr = pts
         out += b"\x00\x00\x01\xba" + bytes(

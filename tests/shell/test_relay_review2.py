@@ -12,7 +12,7 @@ import pytest
 
 from gb28181gw.media.ps import PsInspector
 from gb28181gw.media.rtp import RtpPacket
-from gb28181gw.relay.forwarder import Forwarder, RelaySettings, RelayStream, TcpOut
+from gb28181gw.relay.forwarder import CatchingUp, Forwarder, RelaySettings, RelayStream, TcpOut
 from gb28181gw.sdp import StreamMode
 from gb28181gw.services.streams import StreamError
 from tests.media import TcpConsumer, UdpConsumer, gb_ps, packs, wait_for
@@ -305,21 +305,25 @@ def _key_gop(count: int, ts: int = 0, seq: int = 1) -> list[bytes]:
     return _rtp([key] + [b"\x33" * 1388] * (count - 1), ts, seq)
 
 
-async def test_a_joining_udp_consumer_is_paced_then_sent_to_directly_in_order() -> None:
-    from gb28181gw.relay import forwarder as forwarder_module
-    from gb28181gw.relay.forwarder import CatchingUp
-
+async def _joining(kept: list[bytes]) -> tuple[Forwarder, RelayStream, UdpConsumer, CatchingUp]:
+    """A stream that has relayed ``kept`` (a key frame first), and a UDP consumer joining it late."""
     forwarder, _ = _stream()
-    port = free_udp_port() & ~1
-    forwarder.open("s1", port, StreamMode.UDP, 1234)
+    forwarder.open("s1", free_udp_port() & ~1, StreamMode.UDP, 1234)
     st = forwarder.streams["s1"]
-    kept = _key_gop(600)
     _feed(forwarder, st, kept)
     consumer = await UdpConsumer.start()
+    forwarder.add_consumer("s1", "late", "udp", "127.0.0.1", consumer.port, 77)
+    catching = st.consumers[0]
+    assert isinstance(catching, CatchingUp)
+    return forwarder, st, consumer, catching
+
+
+async def test_a_joining_udp_consumer_is_paced_then_sent_to_directly_in_order() -> None:
+    from gb28181gw.relay import forwarder as forwarder_module
+
+    kept = _key_gop(600)
+    forwarder, st, consumer, catching = await _joining(kept)
     try:
-        forwarder.add_consumer("s1", "late", "udp", "127.0.0.1", consumer.port, 77)
-        catching = st.consumers[0]
-        assert isinstance(catching, CatchingUp)
         # the first tick: a share of the kept packets (they go in 0.5 s at most), not all of them
         first = catching.packets
         assert 0 < first <= len(kept) * forwarder_module.CATCH_UP_TICK / forwarder_module.CATCH_UP_SECONDS + 1
@@ -336,6 +340,32 @@ async def test_a_joining_udp_consumer_is_paced_then_sent_to_directly_in_order() 
         after = _rtp([b"\x55" * 100], 7200, 1 + len(kept) + len(live))
         _feed(forwarder, st, after)
         await wait_for(lambda: len(consumer.got.packets) == len(kept) + len(live) + 1, 2)
+    finally:
+        consumer.close()
+        forwarder.close_all()
+
+
+async def test_a_consumer_joining_a_stream_faster_than_its_first_pace_still_catches_up() -> None:
+    # a download at 4x joined in its first second: no rate known yet and a few packets kept, so the
+    # first pace is the floor (2 Mbit/s); the device sends ~6 Mbit/s. Paced at the floor for good,
+    # the backlog would grow as long as the stream lasts and its tail be lost when it closes.
+    from gb28181gw.relay import forwarder as forwarder_module
+
+    kept = _key_gop(4)
+    forwarder, st, consumer, catching = await _joining(kept)
+    try:
+        assert catching.rate == forwarder_module.CATCH_UP_MIN_RATE
+        live = _rtp([b"\x44" * 1388] * 400, 3600, 1 + len(kept))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for k in range(0, len(live), 4):  # 4 packets every 5 ms: ~1.1 MB/s, more than 4x the floor
+            _feed(forwarder, st, live[k : k + 4])
+            await asyncio.sleep(max(0.0, start + (k + 4) / 800 - loop.time()))
+        # caught up while the device was still sending, or just after: not 2 s of backlog behind it
+        await wait_for(lambda: len(consumer.got.packets) == len(kept) + len(live), 0.3)
+        assert st.consumers[0] is not catching
+        got = [RtpPacket.parse(p).sequence for p in consumer.got.packets]
+        assert got == [RtpPacket.parse(p).sequence for p in kept + live]  # in order, once each
     finally:
         consumer.close()
         forwarder.close_all()

@@ -113,7 +113,9 @@ PROBE_PACKETS, PROBE_BYTES = 4, 8192
 #: ticks of CATCH_UP_TICK seconds at CATCH_UP_FACTOR times the stream's own rate, and at least
 #: at the rate that sends the kept packets in CATCH_UP_SECONDS: a 4 Mbit/s camera with a key frame
 #: every 2 s is caught up in 0.7 s, 20 KB a tick (a tenth of a default receive buffer), where
-#: all at once (1 MB) overflows receivers and holds the loop.
+#: all at once (1 MB) overflows receivers and holds the loop. The pace also follows what joins the
+#: backlog meanwhile (CATCH_UP_FACTOR times it, averaged over CATCH_UP_SECONDS at least): a stream
+#: joined before its rate is known (a download at 4x, in its first second) would else outrun it.
 CATCH_UP_TICK, CATCH_UP_FACTOR, CATCH_UP_SECONDS = 0.01, 4, 0.5
 CATCH_UP_MIN_RATE = 250_000  # bytes/s (2 Mbit/s): the floor before the stream's rate is known
 _PACK_START = b"\x00\x00\x01\xba"
@@ -178,13 +180,14 @@ class CatchingUp:
     until its backlog (the kept packets, then the live ones queued behind them) has gone out, paced
     by :meth:`Forwarder._catch_up`; then the consumer itself takes its place."""
 
-    __slots__ = ("out", "backlog", "rate", "allowance", "last", "timer")
+    __slots__ = ("out", "backlog", "rate", "allowance", "last", "timer", "since", "queued")
     transport = "udp"
 
     def __init__(self, out: UdpOut, backlog: deque[bytes], rate: float, now: float) -> None:
         self.out, self.backlog, self.rate, self.last = out, backlog, rate, now
         self.allowance = rate * CATCH_UP_TICK  # bytes it may be sent now
         self.timer: asyncio.TimerHandle | None = None
+        self.since, self.queued = now, 0  # live bytes queued behind the kept ones since it joined
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.out, name)  # id, ssrc, addr and its figures: the consumer's own
@@ -194,6 +197,7 @@ class CatchingUp:
             self.out.dropped += 1  # the stream outruns the pace (not expected: it is a multiple of it)
             return
         self.backlog.append(bytes(view[off : off + n]))  # behind the kept packets, in order
+        self.queued += n
 
     def close(self) -> None:
         if self.timer is not None:
@@ -1014,6 +1018,7 @@ class Forwarder:
         if not any(x is c for x in st.consumers):
             return  # removed meanwhile
         now = self.loop.time()
+        c.rate = max(c.rate, CATCH_UP_FACTOR * c.queued / max(now - c.since, CATCH_UP_SECONDS))
         c.allowance = min(c.allowance + (now - c.last) * c.rate, 4 * CATCH_UP_TICK * c.rate)
         c.last = now
         backlog, out = c.backlog, c.out
