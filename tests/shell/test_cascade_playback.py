@@ -268,6 +268,7 @@ SPAN_T = f"t={SPAN.start} {SPAN.end}"
         ("no-t", "", None, None, 400, "not after the start"),  # t= absent: SDP's 0 0
         ("future", f"t={int(time.time()) + 7200} {int(time.time()) + 9000}", None, None, 400, "in the future"),
         ("too-long", f"t={SPAN.start} {SPAN.start + 3 * 86400}", None, None, 400, "playback.max_span"),
+        ("year-33658", "t=999999999998 999999999999", None, None, 400, "in the future"),  # no crash, no silence
         ("unshared", SPAN_T, ["34020000001180000002"], None, 404, "no channel"),  # another NVR only: as live
         ("device-404", SPAN_T, None, NOT_FOUND, 404, "404"),  # no recordings there: passed up
     ],
