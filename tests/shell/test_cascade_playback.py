@@ -326,3 +326,22 @@ async def test_device_silent_to_info_is_408_and_the_session_stays(tmp_path: Path
 
 async def test_device_bye_mid_playback_reaches_the_superior(tmp_path: Path) -> None:
     await session(tmp_path, device("Playback", DEVICE_BYE), superior_gets_bye())
+
+
+async def test_cancel_before_the_device_answered_stops_its_own_session_at_once(tmp_path: Path) -> None:
+    # the device answers after the superior's CANCEL: the session opened for that superior alone
+    # is closed then (BYE), not left streaming for media.linger (30 s here) with nobody to see it
+    gw = await cascade_gateway(tmp_path, settings={"media.linger": "30"})
+    answer = recorded_answer("Playback", SPAN).replace("[$y]", "1200000099")
+    late = sipp_scenario("invite_late_uas.xml", ch=CH, pause=1500, answer=answer)
+    dev = await with_device(gw, tmp_path, late.encode())
+    assert dev is not None
+    try:
+        cancel = sipp_scenario("parts/superior_cancel.xml", ch=CH, superior=SUPERIOR, pause=300)
+        result = await superior(gw, tmp_path, sdp_body(recorded_offer(30000)), cancel)
+        assert result.ok, result.stdout + result.messages  # 200 to its CANCEL, 487 to its INVITE
+        await nothing_left(gw)
+        await finished(dev)
+        assert 'result="cancelled",upstream="district"' in upstream_metrics(gw)
+    finally:
+        await gw.stop()

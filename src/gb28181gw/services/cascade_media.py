@@ -268,7 +268,7 @@ class CascadeMediaService:
             self.pending.pop(tx, None)
         if play not in done or served.stop_waiting.done():
             # whatever play() still yields is released when it comes (nothing leaks)
-            play.add_done_callback(self._release_late)
+            play.add_done_callback(functools.partial(self._release_late, recorded=offer.span is not None))
             if served.stop_waiting.done():
                 status = served.stop_waiting.result()
                 if status != 487:  # the endpoint answered the CANCEL's INVITE itself
@@ -429,11 +429,12 @@ class CascadeMediaService:
         except StreamError as exc:
             self._end(served, f"sending could not start: {exc}", bye=True)
 
-    def _release_late(self, play: asyncio.Future[tuple[Stream, Consumer]]) -> None:
+    def _release_late(self, play: asyncio.Future[tuple[Stream, Consumer]], *, recorded: bool) -> None:
         if play.cancelled() or play.exception() is not None:
             return
         st, consumer = play.result()
-        self._tasks.spawn(self._remove(st.id, consumer.id))
+        # a recorded session was opened for this INVITE alone: stopped, not left to linger
+        self._tasks.spawn(self._remove(st.id, consumer.id, recorded=recorded))
 
     async def _remove(self, stream_id: str, consumer_id: str, *, recorded: bool = False) -> None:
         with contextlib.suppress(StreamError):  # gone already
