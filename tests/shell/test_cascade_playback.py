@@ -345,3 +345,32 @@ async def test_cancel_before_the_device_answered_stops_its_own_session_at_once(t
         assert 'result="cancelled",upstream="district"' in upstream_metrics(gw)
     finally:
         await gw.stop()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="StreamService._add_consumer allocates a consumer's own SSRC as a live one (0…) whatever the "
+    "stream's kind: the fix is ssrcs.allocate(now, history=st.kind.recorded) in services/streams.py",
+)
+async def test_our_own_ssrc_toward_a_superior_playback_is_a_history_one(tmp_path: Path) -> None:
+    # ssrc = "own" (or a superior sending no y=, M2): our answer's y= names a playback, so it starts with 1 (§7.4.1)
+    gw = await cascade_gateway(tmp_path, ssrc="own")
+    dev = await with_device(gw, tmp_path, device("Playback", WE_BYE))
+    assert dev is not None
+    try:
+        expect = sipp_scenario(
+            "parts/superior_ok.xml", ch=CH, superior=SUPERIOR, proto="RTP/AVP", ssrc="[0-9]{10}", checks=""
+        )
+        sup = in_background(
+            superior(gw, tmp_path, sdp_body(recorded_offer(30000)), expect, then=bye(21, pause=500), refs="m,dir,map,o,c,y")
+        )
+        await wait_for(lambda: sending(gw), 10)
+        (served,) = gw.cascade_media.dialogs.values()
+        ours = f"{served.ssrc:010d}"
+        result = await sup
+        assert result.ok, result.stdout + result.messages
+        await finished(dev)
+        await nothing_left(gw)
+        assert ours.startswith("1"), f"y={ours} for a playback"
+    finally:
+        await gw.stop()
