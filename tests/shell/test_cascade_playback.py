@@ -9,6 +9,7 @@ media (real H.264 in PS over RTP) and decodes what reaches the superior's ``m=``
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from gb28181gw.app import Gateway
+from gb28181gw.gb.model import Channel
 from tests.media import UdpConsumer, decode_h264, gb_ps, packetize, send_udp, wait_for
 
 from .conftest import sipp_scenario
@@ -23,7 +25,9 @@ from .test_cascade_invite import (
     CH,
     FRAMES,
     GOP,
+    NVR,
     SUPERIOR,
+    RawSuperior,
     _superiors_finish,  # noqa: F401 - its autouse fixture waits for in_background() here too
     cascade_gateway,
     in_background,
@@ -36,9 +40,10 @@ from .test_cascade_invite import (
     upstream_metrics,
     with_device,
 )
-from .test_devices import finished
+from .test_devices import finished, free_udp_port, play_device, register
 from .test_playback_service import SPAN, info_part, recorded_answer, recorded_checks
 from .test_streams import DEVICE_BYE, WE_BYE
+from .test_streams import answer as live_answer
 
 pytestmark = pytest.mark.sipp
 
@@ -374,3 +379,32 @@ async def test_our_own_ssrc_toward_a_superior_playback_is_a_history_one(tmp_path
         assert ours.startswith("1"), f"y={ours} for a playback"
     finally:
         await gw.stop()
+
+
+async def test_a_playback_with_the_subject_of_a_live_view_does_not_replace_it(tmp_path: Path) -> None:
+    # a superior that writes one Subject for all it asks of a channel (CH:0100000077 here) plays it
+    # back while watching it live: two streams, not the same one asked again (Annex K c), so the
+    # live view is not ended by the playback
+    gw = await cascade_gateway(tmp_path)
+    any_y = '<ereg regexp="y=([01][0-9]{9})" search_in="body" check_it="true" assign_to="all,y"/>'
+    both = sipp_scenario("invite_uas.xml", checks=any_y, ch=CH, answer=live_answer(), then=WE_BYE, refs="all,y")
+    port = free_udp_port()
+    await register(gw, tmp_path, port)
+    gw.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
+    dev = await play_device(both.encode(), port, tmp_path, "device", calls=2)
+    loop = asyncio.get_running_loop()
+    transport, sup = await loop.create_datagram_endpoint(RawSuperior, local_addr=("127.0.0.1", 0))
+    try:
+        for call_id, sdp in (("live", offer(30000)), ("playback", recorded_offer(30002))):
+            sup.send(gw, "INVITE", call_id, body=sdp)
+            await wait_for(lambda call_id=call_id: sup.final(call_id) is not None, 10)  # type: ignore[misc]
+            ok_ = sup.final(call_id)
+            assert ok_ is not None and ok_.status == 200
+            sup.send(gw, "ACK", call_id, to_tag=ok_.to.tag or "")
+        await wait_for(lambda: sending(gw, 2), 5)
+        assert sup.byes() == []
+        assert sorted(s.offer.session.word for s in gw.cascade_media.dialogs.values()) == ["play", "playback"]
+    finally:
+        await gw.stop()
+        transport.close()
+    await finished(dev)

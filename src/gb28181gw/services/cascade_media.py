@@ -25,7 +25,7 @@ however many superiors and local viewers watch, Annex L). In order:
    starts the consumer. No ACK in 64*T1: BYE.
 5. In the dialog: BYE → 200 and only that consumer goes (the stream lingers or serves
    others); a re-INVITE gets 200 with the same SDP (488 if its offer moves the media); a new INVITE with the same Subject sender
-   part from the same superior replaces the old one (Annex K c). A consumer gone for any
+   part from the same superior, for the same kind and span, replaces the old one (Annex K c). A consumer gone for any
    other reason (the stream ended, the device went offline, its TCP connection dropped) →
    BYE to the superior. A superior lost (:meth:`UpstreamService.on_lost`) loses all its
    consumers and dialogs; shutdown sends BYE in every dialog.
@@ -370,9 +370,12 @@ class CascadeMediaService:
             },
         )
         if offer.subject:
-            # Annex K c: the same stream asked for again replaces the one being sent
+            # Annex K c: the same stream asked for again replaces the one being sent; a superior
+            # that writes one Subject for all it asks of a channel does not ask for its live view
+            # again by playing a span back (nor for one span by another)
             for old in [s for s in self.dialogs.values() if s is not served and s.upstream == served.upstream]:
-                if old.offer.subject == offer.subject:
+                was = old.offer
+                if (was.subject, was.session, was.span) == (offer.subject, offer.session, offer.span):
                     self._end(old, "replaced by a new INVITE for the same stream (Annex K c)", bye=True)
 
     def _ok(self, served: Served, request: Request, *, to_tag: str | None, event: RequestReceived) -> Response:
