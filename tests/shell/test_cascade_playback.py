@@ -408,3 +408,20 @@ async def test_a_playback_with_the_subject_of_a_live_view_does_not_replace_it(tm
         await gw.stop()
         transport.close()
     await finished(dev)
+
+
+async def test_u_naming_an_unshared_channel_is_404_whatever_the_subject_names(tmp_path: Path) -> None:
+    # u= names the recorded channel (§9.6): a Subject and Request-URI naming a shared camera of the
+    # same NVR do not open the unshared one's recordings, nor play the shared one instead
+    shared = "34020000001310000002"
+    gw = await cascade_gateway(tmp_path, share=[shared])
+    await with_device(gw, tmp_path, None)
+    gw.devices.channels[NVR][shared] = Channel(shared, NVR)
+    try:
+        sdp = recorded_offer(30000)  # u=CH:0
+        result = await superior(gw, tmp_path, sdp_body(sdp), refused(404, "no channel", ch=shared), refs="warning", ch=shared)
+        assert result.ok, result.stdout + result.messages
+        assert not gw.streams.streams
+        await nothing_left(gw)
+    finally:
+        await gw.stop()
