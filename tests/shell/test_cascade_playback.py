@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from gb28181gw.app import Gateway
+from gb28181gw.gb import mansrtsp
 from gb28181gw.gb.model import Channel
+from gb28181gw.sip.message import Request, Response, make_response, parse_message
 from tests.media import UdpConsumer, decode_h264, gb_ps, packetize, send_udp, wait_for
 
 from .conftest import sipp_scenario
@@ -367,7 +369,9 @@ async def test_our_own_ssrc_toward_a_superior_playback_is_a_history_one(tmp_path
             "parts/superior_ok.xml", ch=CH, superior=SUPERIOR, proto="RTP/AVP", ssrc="[0-9]{10}", checks=""
         )
         sup = in_background(
-            superior(gw, tmp_path, sdp_body(recorded_offer(30000)), expect, then=bye(21, pause=500), refs="m,dir,map,o,c,y")
+            superior(
+                gw, tmp_path, sdp_body(recorded_offer(30000)), expect, then=bye(21, pause=500), refs="m,dir,map,o,c,y"
+            )
         )
         await wait_for(lambda: sending(gw), 10)
         (served,) = gw.cascade_media.dialogs.values()
@@ -419,9 +423,111 @@ async def test_u_naming_an_unshared_channel_is_404_whatever_the_subject_names(tm
     gw.devices.channels[NVR][shared] = Channel(shared, NVR)
     try:
         sdp = recorded_offer(30000)  # u=CH:0
-        result = await superior(gw, tmp_path, sdp_body(sdp), refused(404, "no channel", ch=shared), refs="warning", ch=shared)
+        result = await superior(
+            gw, tmp_path, sdp_body(sdp), refused(404, "no channel", ch=shared), refs="warning", ch=shared
+        )
         assert result.ok, result.stdout + result.messages
         assert not gw.streams.streams
         await nothing_left(gw)
     finally:
         await gw.stop()
+
+
+class RawDevice(asyncio.DatagramProtocol):
+    """The NVR as a bare UDP socket: answers the Playback INVITE, keeps every INFO, and answers
+    them only once ``hold`` have come, the last first (a device may answer in any order)."""
+
+    def __init__(self, hold: int) -> None:
+        self.hold = hold
+        self.transport: asyncio.DatagramTransport | None = None
+        self.infos: list[tuple[Request, tuple[str, int]]] = []
+        self.byes = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        msg = parse_message(data)
+        if not isinstance(msg, Request) or msg.method == "ACK" or self.transport is None:
+            return
+        if msg.method == "INVITE":
+            host, port = self.transport.get_extra_info("sockname")[:2]
+            response = make_response(msg, 200, to_tag="rawdev")
+            response.headers.add("Contact", f"<sip:{CH}@{host}:{port}>")
+            response.headers.add("Content-Type", "application/sdp")
+            response.body = (
+                recorded_answer("Playback", SPAN).replace("[local_ip]", host).replace("[$y]", "1200000099").encode()
+            )
+        elif msg.method == "INFO":
+            self.infos.append((msg, addr))
+            if len(self.infos) == self.hold:
+                for info, to in reversed(self.infos):
+                    cseq = mansrtsp.parse_request(info.body).cseq
+                    answer = make_response(info, 200)
+                    answer.headers.add("Content-Type", MANSRTSP)
+                    answer.body = f"RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\n".encode()
+                    self.transport.sendto(bytes(answer), to)
+            return
+        else:
+            self.byes += msg.method == "BYE"
+            response = make_response(msg, 200)
+        self.transport.sendto(bytes(response), addr)
+
+
+def superior_request(
+    sup: RawSuperior, gw: Gateway, ok_: Response, cseq: int, rtsp: str = "", method: str = "INFO"
+) -> None:
+    """A request in the dialog ``ok_`` answered, CSeq ``cseq``, a branch of its own; INFO carries ``rtsp``."""
+    assert sup.transport is not None
+    port = sup.transport.get_extra_info("sockname")[1]
+    text = (
+        f"{method} sip:{CH}@127.0.0.1:{gw.stack.port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{port};rport;branch=z9hG4bK{method}{cseq}\r\n"
+        f"From: {ok_.headers['from']}\r\nTo: {ok_.headers['to']}\r\nCall-ID: {ok_.call_id}\r\n"
+        f"CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\n{'Content-Type: ' + MANSRTSP + chr(13) + chr(10) if rtsp else ''}"
+        f"Content-Length: {len(rtsp)}\r\n\r\n{rtsp}"
+    )
+    sup.transport.sendto(text.encode(), ("127.0.0.1", gw.stack.port))
+
+
+async def test_a_burst_of_info_maps_each_answer_to_its_own_request(tmp_path: Path) -> None:
+    # ten PAUSE / PLAY at once, none waiting for its answer (SIP CSeq 21…30, body CSeq 100…109):
+    # the device gets them in order in its dialog, numbered 1…10, answers them the last first,
+    # and each answer goes back to its own INFO with the body CSeq the superior gave that one
+    n = 10
+    gw = await cascade_gateway(tmp_path)
+    port = free_udp_port()
+    await register(gw, tmp_path, port)
+    gw.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
+    loop = asyncio.get_running_loop()
+    dev_transport, dev = await loop.create_datagram_endpoint(lambda: RawDevice(n), local_addr=("127.0.0.1", port))
+    sup_transport, sup = await loop.create_datagram_endpoint(RawSuperior, local_addr=("127.0.0.1", 0))
+    verbs = ["PAUSE" if i % 2 == 0 else "PLAY" for i in range(n)]
+    try:
+        sup.send(gw, "INVITE", "burst", body=recorded_offer(30000))
+        await wait_for(lambda: sup.final("burst") is not None, 10)
+        ok_ = sup.final("burst")
+        assert ok_ is not None and ok_.status == 200
+        sup.send(gw, "ACK", "burst", to_tag=ok_.to.tag or "")
+        for i, verb in enumerate(verbs):
+            superior_request(sup, gw, ok_, 21 + i, f"{verb} RTSP/1.0\r\nCSeq: {100 + i}\r\n")
+
+        def answers() -> dict[int, bytes]:
+            return {m.cseq.number: m.body for m in sup.got if isinstance(m, Response) and m.cseq.method == "INFO"}
+
+        await wait_for(lambda: len(answers()) == n, 10)
+        got = answers()
+        for i in range(n):
+            assert got[21 + i] == f"RTSP/1.0 200 OK\r\nCSeq: {100 + i}\r\n".encode(), (i, got[21 + i])
+        sent = [mansrtsp.parse_request(info.body) for info, _ in dev.infos]
+        assert [(r.verb, r.cseq) for r in sent] == [(verb, i + 1) for i, verb in enumerate(verbs)]
+        assert [info.cseq.number for info, _ in dev.infos] == sorted(info.cseq.number for info, _ in dev.infos)
+        metrics = upstream_metrics(gw)
+        assert f'request="INFO",result="ok",upstream="district"}} {n}.0' in metrics
+        superior_request(sup, gw, ok_, 21 + n, method="BYE")
+        await nothing_left(gw)
+        await wait_for(lambda: dev.byes == 1)
+    finally:
+        await gw.stop()
+        dev_transport.close()
+        sup_transport.close()
