@@ -42,6 +42,7 @@ from .test_cascade_invite import (
     upstream_metrics,
     with_device,
 )
+from .test_cascade_invite_review import in_dialog as raw_in_dialog
 from .test_devices import finished, free_udp_port, play_device, register
 from .test_playback_service import SPAN, info_part, recorded_answer, recorded_checks
 from .test_streams import DEVICE_BYE, WE_BYE
@@ -400,11 +401,7 @@ async def test_a_playback_with_the_subject_of_a_live_view_does_not_replace_it(tm
     transport, sup = await loop.create_datagram_endpoint(RawSuperior, local_addr=("127.0.0.1", 0))
     try:
         for call_id, sdp in (("live", offer(30000)), ("playback", recorded_offer(30002))):
-            sup.send(gw, "INVITE", call_id, body=sdp)
-            await wait_for(lambda call_id=call_id: sup.final(call_id) is not None, 10)  # type: ignore[misc]
-            ok_ = sup.final(call_id)
-            assert ok_ is not None and ok_.status == 200
-            sup.send(gw, "ACK", call_id, to_tag=ok_.to.tag or "")
+            await sup.answered(gw, call_id, sdp)
         await wait_for(lambda: sending(gw, 2), 5)
         assert sup.byes() == []
         assert sorted(s.offer.session.word for s in gw.cascade_media.dialogs.values()) == ["play", "playback"]
@@ -474,22 +471,6 @@ class RawDevice(asyncio.DatagramProtocol):
         self.transport.sendto(bytes(response), addr)
 
 
-def superior_request(
-    sup: RawSuperior, gw: Gateway, ok_: Response, cseq: int, rtsp: str = "", method: str = "INFO"
-) -> None:
-    """A request in the dialog ``ok_`` answered, CSeq ``cseq``, a branch of its own; INFO carries ``rtsp``."""
-    assert sup.transport is not None
-    port = sup.transport.get_extra_info("sockname")[1]
-    text = (
-        f"{method} sip:{CH}@127.0.0.1:{gw.stack.port} SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP 127.0.0.1:{port};rport;branch=z9hG4bK{method}{cseq}\r\n"
-        f"From: {ok_.headers['from']}\r\nTo: {ok_.headers['to']}\r\nCall-ID: {ok_.call_id}\r\n"
-        f"CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\n{'Content-Type: ' + MANSRTSP + chr(13) + chr(10) if rtsp else ''}"
-        f"Content-Length: {len(rtsp)}\r\n\r\n{rtsp}"
-    )
-    sup.transport.sendto(text.encode(), ("127.0.0.1", gw.stack.port))
-
-
 async def test_a_burst_of_info_maps_each_answer_to_its_own_request(tmp_path: Path) -> None:
     # ten PAUSE / PLAY at once, none waiting for its answer (SIP CSeq 21…30, body CSeq 100…109):
     # the device gets them in order in its dialog, numbered 1…10, answers them the last first,
@@ -504,13 +485,10 @@ async def test_a_burst_of_info_maps_each_answer_to_its_own_request(tmp_path: Pat
     sup_transport, sup = await loop.create_datagram_endpoint(RawSuperior, local_addr=("127.0.0.1", 0))
     verbs = ["PAUSE" if i % 2 == 0 else "PLAY" for i in range(n)]
     try:
-        sup.send(gw, "INVITE", "burst", body=recorded_offer(30000))
-        await wait_for(lambda: sup.final("burst") is not None, 10)
-        ok_ = sup.final("burst")
-        assert ok_ is not None and ok_.status == 200
-        sup.send(gw, "ACK", "burst", to_tag=ok_.to.tag or "")
+        tag = await sup.answered(gw, "burst", recorded_offer(30000))
         for i, verb in enumerate(verbs):
-            superior_request(sup, gw, ok_, 21 + i, f"{verb} RTSP/1.0\r\nCSeq: {100 + i}\r\n")
+            rtsp = f"{verb} RTSP/1.0\r\nCSeq: {100 + i}\r\n"
+            raw_in_dialog(sup, gw.stack.port, "INFO", "burst", 21 + i, tag, rtsp, content_type=MANSRTSP)
 
         def answers() -> dict[int, bytes]:
             return {m.cseq.number: m.body for m in sup.got if isinstance(m, Response) and m.cseq.method == "INFO"}
@@ -524,7 +502,7 @@ async def test_a_burst_of_info_maps_each_answer_to_its_own_request(tmp_path: Pat
         assert [info.cseq.number for info, _ in dev.infos] == sorted(info.cseq.number for info, _ in dev.infos)
         metrics = upstream_metrics(gw)
         assert f'request="INFO",result="ok",upstream="district"}} {n}.0' in metrics
-        superior_request(sup, gw, ok_, 21 + n, method="BYE")
+        raw_in_dialog(sup, gw.stack.port, "BYE", "burst", 21 + n, tag, "")
         await nothing_left(gw)
         await wait_for(lambda: dev.byes == 1)
     finally:
