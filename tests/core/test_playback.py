@@ -59,6 +59,9 @@ def test_span_check_edges() -> None:
     assert Span(int(NOW + CLOCK_SLACK), int(NOW + 600)).check(now=NOW, max_span=0)
     with pytest.raises(SpanError, match="in the future"):
         Span(int(NOW + CLOCK_SLACK) + 1, int(NOW + 600)).check(now=NOW, max_span=0)
+    # a start past year 9999 (t= takes 12 digits) is refused in words too, not a ValueError
+    with pytest.raises(SpanError, match="999999999998 s since the epoch"):
+        Span.from_sdp("999999999998 999999999999").check(now=NOW, max_span=0)
     # a span ending after now (still recording) but starting before is asked for
     assert Span(int(NOW - 60), int(NOW + 600)).check(now=NOW, max_span=0)
 

@@ -566,6 +566,16 @@ class RawSuperior(asyncio.DatagramProtocol):
         )
         self.transport.sendto(text.encode(), ("127.0.0.1", gw.stack.port))
 
+    async def answered(self, gw: Gateway, call_id: str, body: str) -> str:
+        """INVITE with offer ``body``, its 200 awaited and ACKed; our To tag."""
+        self.send(gw, "INVITE", call_id, body=body)
+        await wait_for(lambda: self.final(call_id) is not None, 10)
+        ok_ = self.final(call_id)
+        assert ok_ is not None and ok_.status == 200, ok_
+        tag = ok_.to.tag or ""
+        self.send(gw, "ACK", call_id, to_tag=tag)
+        return tag
+
     def final(self, call_id: str) -> Response | None:
         return next((m for m in self.got if isinstance(m, Response) and m.status >= 200 and m.call_id == call_id), None)
 

@@ -55,7 +55,16 @@ async def test_device_refusal_is_passed_up_as_it_is(tmp_path: Path, status: int,
 
 
 def in_dialog(
-    sup: RawSuperior, gw_port: int, method: str, call_id: str, cseq: int, to_tag: str, body: str, *, subject: str = ""
+    sup: RawSuperior,
+    gw_port: int,
+    method: str,
+    call_id: str,
+    cseq: int,
+    to_tag: str,
+    body: str,
+    *,
+    subject: str = "",
+    content_type: str = "application/sdp",
 ) -> None:
     """A request with its own branch and CSeq (RawSuperior.send reuses the INVITE's), a To tag if given."""
     assert sup.transport is not None
@@ -67,7 +76,7 @@ def in_dialog(
         f"To: <sip:{CH}@3402000000>{';tag=' + to_tag if to_tag else ''}\r\n"
         f"Call-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContact: <sip:{SUPERIOR}@127.0.0.1:{port}>\r\n"
         f"{'Subject: ' + subject + chr(13) + chr(10) if subject else ''}"
-        f"Max-Forwards: 70\r\n{'Content-Type: application/sdp' + chr(13) + chr(10) if body else ''}"
+        f"Max-Forwards: 70\r\n{'Content-Type: ' + content_type + chr(13) + chr(10) if body else ''}"
         f"Content-Length: {len(body.encode())}\r\n\r\n{body}"
     )
     sup.transport.sendto(text.encode(), ("127.0.0.1", gw_port))

@@ -9,6 +9,7 @@ media (real H.264 in PS over RTP) and decodes what reaches the superior's ``m=``
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,6 +17,9 @@ from pathlib import Path
 import pytest
 
 from gb28181gw.app import Gateway
+from gb28181gw.gb import mansrtsp
+from gb28181gw.gb.model import Channel
+from gb28181gw.sip.message import Request, Response, make_response, parse_message
 from tests.media import UdpConsumer, decode_h264, gb_ps, packetize, send_udp, wait_for
 
 from .conftest import sipp_scenario
@@ -23,7 +27,9 @@ from .test_cascade_invite import (
     CH,
     FRAMES,
     GOP,
+    NVR,
     SUPERIOR,
+    RawSuperior,
     _superiors_finish,  # noqa: F401 - its autouse fixture waits for in_background() here too
     cascade_gateway,
     in_background,
@@ -36,9 +42,11 @@ from .test_cascade_invite import (
     upstream_metrics,
     with_device,
 )
-from .test_devices import finished
+from .test_cascade_invite_review import in_dialog as raw_in_dialog
+from .test_devices import finished, free_udp_port, play_device, register
 from .test_playback_service import SPAN, info_part, recorded_answer, recorded_checks
 from .test_streams import DEVICE_BYE, WE_BYE
+from .test_streams import answer as live_answer
 
 pytestmark = pytest.mark.sipp
 
@@ -268,6 +276,7 @@ SPAN_T = f"t={SPAN.start} {SPAN.end}"
         ("no-t", "", None, None, 400, "not after the start"),  # t= absent: SDP's 0 0
         ("future", f"t={int(time.time()) + 7200} {int(time.time()) + 9000}", None, None, 400, "in the future"),
         ("too-long", f"t={SPAN.start} {SPAN.start + 3 * 86400}", None, None, 400, "playback.max_span"),
+        ("year-33658", "t=999999999998 999999999999", None, None, 400, "in the future"),  # no crash, no silence
         ("unshared", SPAN_T, ["34020000001180000002"], None, 404, "no channel"),  # another NVR only: as live
         ("device-404", SPAN_T, None, NOT_FOUND, 404, "404"),  # no recordings there: passed up
     ],
@@ -325,3 +334,178 @@ async def test_device_silent_to_info_is_408_and_the_session_stays(tmp_path: Path
 
 async def test_device_bye_mid_playback_reaches_the_superior(tmp_path: Path) -> None:
     await session(tmp_path, device("Playback", DEVICE_BYE), superior_gets_bye())
+
+
+async def test_cancel_before_the_device_answered_stops_its_own_session_at_once(tmp_path: Path) -> None:
+    # the device answers after the superior's CANCEL: the session opened for that superior alone
+    # is closed then (BYE), not left streaming for media.linger (30 s here) with nobody to see it
+    gw = await cascade_gateway(tmp_path, settings={"media.linger": "30"})
+    answer = recorded_answer("Playback", SPAN).replace("[$y]", "1200000099")
+    late = sipp_scenario("invite_late_uas.xml", ch=CH, pause=1500, answer=answer)
+    dev = await with_device(gw, tmp_path, late.encode())
+    assert dev is not None
+    try:
+        cancel = sipp_scenario("parts/superior_cancel.xml", ch=CH, superior=SUPERIOR, pause=300)
+        result = await superior(gw, tmp_path, sdp_body(recorded_offer(30000)), cancel)
+        assert result.ok, result.stdout + result.messages  # 200 to its CANCEL, 487 to its INVITE
+        await nothing_left(gw)
+        await finished(dev)
+        assert 'result="cancelled",upstream="district"' in upstream_metrics(gw)
+    finally:
+        await gw.stop()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="StreamService._add_consumer allocates a consumer's own SSRC as a live one (0…) whatever the "
+    "stream's kind: the fix is ssrcs.allocate(now, history=st.kind.recorded) in services/streams.py",
+)
+async def test_our_own_ssrc_toward_a_superior_playback_is_a_history_one(tmp_path: Path) -> None:
+    # ssrc = "own" (or a superior sending no y=, M2): our answer's y= names a playback, so it starts with 1 (§7.4.1)
+    gw = await cascade_gateway(tmp_path, ssrc="own")
+    dev = await with_device(gw, tmp_path, device("Playback", WE_BYE))
+    assert dev is not None
+    try:
+        expect = sipp_scenario(
+            "parts/superior_ok.xml", ch=CH, superior=SUPERIOR, proto="RTP/AVP", ssrc="[0-9]{10}", checks=""
+        )
+        sup = in_background(
+            superior(
+                gw, tmp_path, sdp_body(recorded_offer(30000)), expect, then=bye(21, pause=500), refs="m,dir,map,o,c,y"
+            )
+        )
+        await wait_for(lambda: sending(gw), 10)
+        (served,) = gw.cascade_media.dialogs.values()
+        ours = f"{served.ssrc:010d}"
+        result = await sup
+        assert result.ok, result.stdout + result.messages
+        await finished(dev)
+        await nothing_left(gw)
+        assert ours.startswith("1"), f"y={ours} for a playback"
+    finally:
+        await gw.stop()
+
+
+async def test_a_playback_with_the_subject_of_a_live_view_does_not_replace_it(tmp_path: Path) -> None:
+    # a superior that writes one Subject for all it asks of a channel (CH:0100000077 here) plays it
+    # back while watching it live: two streams, not the same one asked again (Annex K c), so the
+    # live view is not ended by the playback
+    gw = await cascade_gateway(tmp_path)
+    any_y = '<ereg regexp="y=([01][0-9]{9})" search_in="body" check_it="true" assign_to="all,y"/>'
+    both = sipp_scenario("invite_uas.xml", checks=any_y, ch=CH, answer=live_answer(), then=WE_BYE, refs="all,y")
+    port = free_udp_port()
+    await register(gw, tmp_path, port)
+    gw.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
+    dev = await play_device(both.encode(), port, tmp_path, "device", calls=2)
+    loop = asyncio.get_running_loop()
+    transport, sup = await loop.create_datagram_endpoint(RawSuperior, local_addr=("127.0.0.1", 0))
+    try:
+        for call_id, sdp in (("live", offer(30000)), ("playback", recorded_offer(30002))):
+            await sup.answered(gw, call_id, sdp)
+        await wait_for(lambda: sending(gw, 2), 5)
+        assert sup.byes() == []
+        assert sorted(s.offer.session.word for s in gw.cascade_media.dialogs.values()) == ["play", "playback"]
+    finally:
+        await gw.stop()
+        transport.close()
+    await finished(dev)
+
+
+async def test_u_naming_an_unshared_channel_is_404_whatever_the_subject_names(tmp_path: Path) -> None:
+    # u= names the recorded channel (§9.6): a Subject and Request-URI naming a shared camera of the
+    # same NVR do not open the unshared one's recordings, nor play the shared one instead
+    shared = "34020000001310000002"
+    gw = await cascade_gateway(tmp_path, share=[shared])
+    await with_device(gw, tmp_path, None)
+    gw.devices.channels[NVR][shared] = Channel(shared, NVR)
+    try:
+        sdp = recorded_offer(30000)  # u=CH:0
+        result = await superior(
+            gw, tmp_path, sdp_body(sdp), refused(404, "no channel", ch=shared), refs="warning", ch=shared
+        )
+        assert result.ok, result.stdout + result.messages
+        assert not gw.streams.streams
+        await nothing_left(gw)
+    finally:
+        await gw.stop()
+
+
+class RawDevice(asyncio.DatagramProtocol):
+    """The NVR as a bare UDP socket: answers the Playback INVITE, keeps every INFO, and answers
+    them only once ``hold`` have come, the last first (a device may answer in any order)."""
+
+    def __init__(self, hold: int) -> None:
+        self.hold = hold
+        self.transport: asyncio.DatagramTransport | None = None
+        self.infos: list[tuple[Request, tuple[str, int]]] = []
+        self.byes = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        msg = parse_message(data)
+        if not isinstance(msg, Request) or msg.method == "ACK" or self.transport is None:
+            return
+        if msg.method == "INVITE":
+            host, port = self.transport.get_extra_info("sockname")[:2]
+            response = make_response(msg, 200, to_tag="rawdev")
+            response.headers.add("Contact", f"<sip:{CH}@{host}:{port}>")
+            response.headers.add("Content-Type", "application/sdp")
+            response.body = (
+                recorded_answer("Playback", SPAN).replace("[local_ip]", host).replace("[$y]", "1200000099").encode()
+            )
+        elif msg.method == "INFO":
+            self.infos.append((msg, addr))
+            if len(self.infos) == self.hold:
+                for info, to in reversed(self.infos):
+                    cseq = mansrtsp.parse_request(info.body).cseq
+                    answer = make_response(info, 200)
+                    answer.headers.add("Content-Type", MANSRTSP)
+                    answer.body = f"RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\n".encode()
+                    self.transport.sendto(bytes(answer), to)
+            return
+        else:
+            self.byes += msg.method == "BYE"
+            response = make_response(msg, 200)
+        self.transport.sendto(bytes(response), addr)
+
+
+async def test_a_burst_of_info_maps_each_answer_to_its_own_request(tmp_path: Path) -> None:
+    # ten PAUSE / PLAY at once, none waiting for its answer (SIP CSeq 21…30, body CSeq 100…109):
+    # the device gets them in order in its dialog, numbered 1…10, answers them the last first,
+    # and each answer goes back to its own INFO with the body CSeq the superior gave that one
+    n = 10
+    gw = await cascade_gateway(tmp_path)
+    port = free_udp_port()
+    await register(gw, tmp_path, port)
+    gw.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
+    loop = asyncio.get_running_loop()
+    dev_transport, dev = await loop.create_datagram_endpoint(lambda: RawDevice(n), local_addr=("127.0.0.1", port))
+    sup_transport, sup = await loop.create_datagram_endpoint(RawSuperior, local_addr=("127.0.0.1", 0))
+    verbs = ["PAUSE" if i % 2 == 0 else "PLAY" for i in range(n)]
+    try:
+        tag = await sup.answered(gw, "burst", recorded_offer(30000))
+        for i, verb in enumerate(verbs):
+            rtsp = f"{verb} RTSP/1.0\r\nCSeq: {100 + i}\r\n"
+            raw_in_dialog(sup, gw.stack.port, "INFO", "burst", 21 + i, tag, rtsp, content_type=MANSRTSP)
+
+        def answers() -> dict[int, bytes]:
+            return {m.cseq.number: m.body for m in sup.got if isinstance(m, Response) and m.cseq.method == "INFO"}
+
+        await wait_for(lambda: len(answers()) == n, 10)
+        got = answers()
+        for i in range(n):
+            assert got[21 + i] == f"RTSP/1.0 200 OK\r\nCSeq: {100 + i}\r\n".encode(), (i, got[21 + i])
+        sent = [mansrtsp.parse_request(info.body) for info, _ in dev.infos]
+        assert [(r.verb, r.cseq) for r in sent] == [(verb, i + 1) for i, verb in enumerate(verbs)]
+        assert [info.cseq.number for info, _ in dev.infos] == sorted(info.cseq.number for info, _ in dev.infos)
+        metrics = upstream_metrics(gw)
+        assert f'request="INFO",result="ok",upstream="district"}} {n}.0' in metrics
+        raw_in_dialog(sup, gw.stack.port, "BYE", "burst", 21 + n, tag, "")
+        await nothing_left(gw)
+        await wait_for(lambda: dev.byes == 1)
+    finally:
+        await gw.stop()
+        dev_transport.close()
+        sup_transport.close()

@@ -103,7 +103,11 @@ class Span:
 
 
 def _words(epoch: int) -> str:
-    return _dt.datetime.fromtimestamp(epoch, _dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:
+        return _dt.datetime.fromtimestamp(epoch, _dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (ValueError, OverflowError, OSError):
+        # beyond year 9999 (t= allows 12 digits): still an answer, not a crash of whoever asked
+        return f"{epoch} s since the epoch"
 
 
 def _length(seconds: float) -> str:

@@ -25,7 +25,7 @@ however many superiors and local viewers watch, Annex L). In order:
    starts the consumer. No ACK in 64*T1: BYE.
 5. In the dialog: BYE → 200 and only that consumer goes (the stream lingers or serves
    others); a re-INVITE gets 200 with the same SDP (488 if its offer moves the media); a new INVITE with the same Subject sender
-   part from the same superior replaces the old one (Annex K c). A consumer gone for any
+   part from the same superior, for the same kind and span, replaces the old one (Annex K c). A consumer gone for any
    other reason (the stream ended, the device went offline, its TCP connection dropped) →
    BYE to the superior. A superior lost (:meth:`UpstreamService.on_lost`) loses all its
    consumers and dialogs; shutdown sends BYE in every dialog.
@@ -268,7 +268,7 @@ class CascadeMediaService:
             self.pending.pop(tx, None)
         if play not in done or served.stop_waiting.done():
             # whatever play() still yields is released when it comes (nothing leaks)
-            play.add_done_callback(self._release_late)
+            play.add_done_callback(functools.partial(self._release_late, recorded=offer.span is not None))
             if served.stop_waiting.done():
                 status = served.stop_waiting.result()
                 if status != 487:  # the endpoint answered the CANCEL's INVITE itself
@@ -370,9 +370,12 @@ class CascadeMediaService:
             },
         )
         if offer.subject:
-            # Annex K c: the same stream asked for again replaces the one being sent
+            # Annex K c: the same stream asked for again replaces the one being sent; a superior
+            # that writes one Subject for all it asks of a channel does not ask for its live view
+            # again by playing a span back (nor for one span by another)
             for old in [s for s in self.dialogs.values() if s is not served and s.upstream == served.upstream]:
-                if old.offer.subject == offer.subject:
+                was = old.offer
+                if (was.subject, was.session, was.span) == (offer.subject, offer.session, offer.span):
                     self._end(old, "replaced by a new INVITE for the same stream (Annex K c)", bye=True)
 
     def _ok(self, served: Served, request: Request, *, to_tag: str | None, event: RequestReceived) -> Response:
@@ -429,11 +432,12 @@ class CascadeMediaService:
         except StreamError as exc:
             self._end(served, f"sending could not start: {exc}", bye=True)
 
-    def _release_late(self, play: asyncio.Future[tuple[Stream, Consumer]]) -> None:
+    def _release_late(self, play: asyncio.Future[tuple[Stream, Consumer]], *, recorded: bool) -> None:
         if play.cancelled() or play.exception() is not None:
             return
         st, consumer = play.result()
-        self._tasks.spawn(self._remove(st.id, consumer.id))
+        # a recorded session was opened for this INVITE alone: stopped, not left to linger
+        self._tasks.spawn(self._remove(st.id, consumer.id, recorded=recorded))
 
     async def _remove(self, stream_id: str, consumer_id: str, *, recorded: bool = False) -> None:
         with contextlib.suppress(StreamError):  # gone already
