@@ -88,8 +88,12 @@ class Span:
         """This span, if it can be asked for at ``now`` (epoch seconds); ``max_span`` 0 means no bound.
 
         Raises:
-            SpanError: the end is not after the start, it starts in the future, or it is longer than ``max_span``.
+            SpanError: the end is not after the start, it starts before 1970 or in the future, or it is
+                longer than ``max_span``.
         """
+        if self.start < 0:
+            # t= is two unsigned numbers (§7.8): a negative one is no time any device has recorded
+            raise SpanError(f"the span starts before 1970 ({self.start} s since the epoch): nothing is recorded then")
         if self.end <= self.start:
             raise SpanError(f"the span ends ({_words(self.end)}) before it starts ({_words(self.start)})")
         if self.start > now + CLOCK_SLACK:
