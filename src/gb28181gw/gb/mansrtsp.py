@@ -261,7 +261,9 @@ def parse_response(body: bytes | str) -> RtspResponse:
     lines = _lines(body)
     version, _, rest = lines[0].partition(" ")
     code, _, reason = rest.strip().partition(" ")
-    if version.upper() not in _VERSIONS or not (len(code) == 3 and code.isascii() and code.isdigit() and code[0] in "123456"):
+    if version.upper() not in _VERSIONS or not (
+        len(code) == 3 and code.isascii() and code.isdigit() and code[0] in "123456"
+    ):
         raise MansrtspError(f"not a MANSRTSP status line: {lines[0][:60]!r}")
     headers = _headers(lines[1:])
     return RtspResponse(
@@ -298,7 +300,9 @@ def speed(cseq: int, scale: float) -> RtspRequest:
         MansrtspError: zero, a non-finite number, or beyond :data:`MAX_SCALE` either way.
     """
     if not math.isfinite(scale) or not 1 / MAX_SCALE <= abs(scale) <= MAX_SCALE:
-        raise MansrtspError(f"cannot play at speed {scale!r}: a speed is 1/{MAX_SCALE:g} to {MAX_SCALE:g} times (or minus)")
+        raise MansrtspError(
+            f"cannot play at speed {scale!r}: a speed is 1/{MAX_SCALE:g} to {MAX_SCALE:g} times (or minus)"
+        )
     return RtspRequest(Verb.PLAY, cseq, (("Scale", format_scale(scale)),))
 
 

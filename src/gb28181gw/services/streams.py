@@ -72,7 +72,7 @@ from gb28181gw.errors import (
     SpanError,
     StreamError,
 )
-from gb28181gw.gb.mansrtsp import RtspRequest, RtspResponse, is_mansrtsp, parse_response
+from gb28181gw.gb.mansrtsp import RtspRequest, RtspResponse, Verb, is_mansrtsp, parse_response
 from gb28181gw.gb.model import Device
 from gb28181gw.gb.outbound import device_peer
 from gb28181gw.gb.playback import Control, ControlState, Span, next_control
@@ -1224,10 +1224,12 @@ class StreamService:
         ``request`` is renumbered with the next body CSeq of the device's dialog (its own CSeq is
         not kept: a relay maps the device's answer back to its asker's). On the device's 2xx the
         session's state follows (paused, speed, position after a seek); any answer is returned for
-        the asker to see. A 481 means the device no longer has the session: it is closed.
+        the asker to see. A 481 means the device no longer has the session: it is closed; so is one
+        whose TEARDOWN the device accepted (with our BYE, cause ``teardown``).
 
         Raises:
-            StreamError: 404 no such stream; 400 a live stream (nothing to control); 409 not
+            StreamError: 404 no such stream; 400 a live stream (nothing to control), a seek in a
+                download or past the span's end (nothing is sent); 409 not
                 established yet or already torn down; 504 the device did not answer within
                 ``playback.control_timeout``; 502 it cannot be reached. The session stays open
                 (but for 481).
@@ -1240,6 +1242,14 @@ class StreamService:
             raise StreamError(400, f"stream {stream_id} is live: only playback and download sessions take controls")
         if st.state not in (StreamState.LIVE, StreamState.LINGERING) or control.state is ControlState.ENDED:
             raise StreamError(409, f"stream {stream_id} is not playing (it is {st.state.name.lower()})")
+        start = request.range_start
+        if start is not None and st.span is not None:
+            # refused before the INFO: the clock would take the seek as media sent, and a download
+            # seeked to its end would count complete with its middle never sent
+            if st.kind is SessionKind.DOWNLOAD:
+                raise StreamError(400, f"stream {stream_id} is a download: it is sent whole and takes no seek")
+            if start >= st.span.seconds:
+                raise StreamError(400, f"cannot seek to {start:g} s: the span is {st.span.seconds} s long")
         verb = request.verb.lower()
         sent = request.with_cseq(control.next_cseq())
         info = st.session.info(sent.serialize())
@@ -1272,6 +1282,9 @@ class StreamService:
         )
         if response.status == 481:
             self._close(st, "the device no longer has the session (481 to a control)", "device-gone", bye=False)
+        elif result.ok and sent.verb is Verb.TEARDOWN:
+            # the asker ended the playback: the session ends now (our BYE), not at the media timeout
+            self._close(st, f"torn down ({sent.describe()} answered {result.describe()})", "teardown")
         return result
 
     def _on_offline(self, device: Device, reason: str) -> None:

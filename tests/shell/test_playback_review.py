@@ -1,0 +1,121 @@
+"""Recorded sessions as a hostile device, operator or integrator would push them, over real sockets:
+a SIPp device (its SIP side) and the admin API.
+
+A Download answer whose ``a=filesize`` holds Unicode digits; seeks a download or past the span's
+end (refused before any INFO); a TEARDOWN the device accepts (the session ends at once, with our
+BYE); admin bodies with times no clock has (epoch 1e20, year 1) and speeds no device reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gb28181gw.errors import StreamError
+from gb28181gw.gb import mansrtsp
+from gb28181gw.sdp import SessionKind
+from tests.media import UdpConsumer
+
+from .conftest import sipp_scenario, start_gateway
+from .test_devices import finished
+from .test_playback_faults import PLAYBACK, api, no_leaks, open_session
+from .test_playback_service import SPAN, device_scenario, info_part, recorded_answer, recorded_checks
+from .test_streams import CH, WE_BYE, gateway_with_device
+
+pytestmark = pytest.mark.sipp
+
+
+async def test_a_download_answer_with_odd_digits_is_taken_and_a_seek_in_it_refused(tmp_path: Path) -> None:
+    # "²" is a digit to str.isdigit() and a ValueError to int(): it killed the INVITE's task, so
+    # open_recorded() never returned and the stream, its port and SSRC were never given back
+    scenario = sipp_scenario(
+        "invite_uas.xml",
+        checks=recorded_checks("Download", SPAN),
+        ch=CH,
+        answer=recorded_answer("Download", SPAN, extra="a=filesize:\u00b2\u00b3"),
+        then=WE_BYE,  # no INFO: a seek in a download is refused before it is sent
+        refs="gwfrom,subject,s,u,t,all,y",
+    ).encode()
+    gw, device = await gateway_with_device(tmp_path, scenario)
+    dialogs = gw.stack.router.dialog_count
+    udp = await UdpConsumer.start()
+    try:
+        st = await asyncio.wait_for(open_session(gw, udp.port, SessionKind.DOWNLOAD, SPAN), 5)
+        assert st.session.file_size is None  # unknown, as Hikvision's -1 is
+        with pytest.raises(StreamError, match="download") as refused:
+            await gw.streams.control(st.id, mansrtsp.seek(0, 100))
+        assert refused.value.status == 400
+        assert st.control is not None and st.control.cseq == 0 and st.position == 0  # nothing sent, nothing moved
+        await gw.streams.stop_stream(st.id)
+        await finished(device)
+        ended = gw.streams.ended_stream(st.id)
+        assert ended is not None and ended.complete is False
+        await no_leaks(gw, dialogs)
+    finally:
+        udp.close()
+        await gw.stop()
+
+
+async def test_a_teardown_the_device_accepts_ends_the_session_with_our_bye(tmp_path: Path) -> None:
+    # a seek past the span's end is refused before the INFO (the clock would take it as media
+    # sent: span-end, complete); the TEARDOWN goes, and its 200 ends the session at once — not
+    # at media.rtp_timeout with a media-timeout cause, a consumer left staring at nothing
+    then = info_part("^TEARDOWN RTSP/1.0..CSeq: 1..$", name="t1") + WE_BYE
+    gw, device = await gateway_with_device(
+        tmp_path, device_scenario("Playback", then, "t1"), **{"media.rtp_timeout": "30"}
+    )
+    dialogs = gw.stack.router.dialog_count
+    udp = await UdpConsumer.start()
+    try:
+        st = await open_session(gw, udp.port, SessionKind.PLAYBACK, SPAN)
+        with pytest.raises(StreamError, match="the span is 600 s long") as refused:
+            await gw.streams.control(st.id, mansrtsp.seek(0, SPAN.seconds + 100))
+        assert refused.value.status == 400 and st.position == 0
+        async with aiohttp.ClientSession() as http:
+            async with http.post(api(gw, f"/streams/{st.id}/control"), json={"action": "teardown"}) as resp:
+                answer = await resp.json()
+                assert resp.status == 200, answer
+            assert answer["cseq"] == 1 and answer["device_status"] == 200
+            await asyncio.wait_for(finished(device), 5)  # our BYE came at once
+            async with http.get(api(gw, f"/streams/{st.id}")) as resp:
+                assert resp.status == 410
+                gone = await resp.json()
+            assert gone["cause"] == "teardown" and gone["complete"] is False
+            async with http.post(api(gw, f"/streams/{st.id}/control"), json={"action": "resume"}) as resp:
+                assert resp.status == 410  # gone, and it says why
+        assert gw.streams.closes[("teardown",)] == 1
+        assert gw.streams.controls[("teardown", "ok")] == 1
+        await no_leaks(gw, dialogs)
+    finally:
+        udp.close()
+        await gw.stop()
+
+
+BAD_BODIES: list[tuple[dict[str, Any], str]] = [
+    ({"start": 1e20}, "is not epoch seconds"),  # beyond time_t: an OverflowError, a 500 before
+    ({"end": 2**64}, "is not epoch seconds"),
+    ({"start": "0001-01-01T00:00:00", "end": "0001-01-01T01:00:00"}, "before 1970"),
+    ({"start": "1960-01-01T00:00:00+14:00", "end": "1960-01-01T01:00:00+14:00"}, "before 1970"),
+    ({"start": "9999-12-31T22:00:00", "end": "9999-12-31T23:59:59"}, "in the future"),
+    ({"speed": 1e300}, "a playback's speed is 1/256 to 256"),  # its Scale control could not be written
+    ({"speed": 0.001}, "a playback's speed is 1/256 to 256"),
+]
+
+
+async def test_times_and_speeds_no_clock_or_device_has_are_400_before_any_invite() -> None:
+    gw = await start_gateway()  # no device at all: nothing may be sent anywhere
+    try:
+        async with aiohttp.ClientSession() as http:
+            for change, words in BAD_BODIES:
+                async with http.post(api(gw, "/playbacks"), json={**PLAYBACK, **change}) as resp:
+                    assert resp.status == 400, (change, await resp.text())
+                    answer = await resp.json()
+                assert words in answer["error"], (change, answer)
+        assert not gw.streams.streams and gw.streams.ssrcs.active == 0
+        assert gw.streams.results[("bad-span",)] == 3  # the span's checks; the times themselves before them
+    finally:
+        await gw.stop()
