@@ -18,13 +18,14 @@ import pytest
 from gb28181gw.errors import StreamError
 from gb28181gw.gb import mansrtsp
 from gb28181gw.sdp import SessionKind
-from tests.media import UdpConsumer
+from gb28181gw.services.streams import COMPLETE_DRAIN
+from tests.media import UdpConsumer, wait_for
 
 from .conftest import sipp_scenario, start_gateway
-from .test_devices import finished
+from .test_devices import finished, free_udp_port, register_expires_zero
 from .test_playback_faults import PLAYBACK, api, no_leaks, open_session
 from .test_playback_service import SPAN, device_scenario, info_part, recorded_answer, recorded_checks
-from .test_streams import CH, WE_BYE, gateway_with_device
+from .test_streams import CH, WE_BYE, answer, gateway_with_device, scenario
 
 pytestmark = pytest.mark.sipp
 
@@ -90,6 +91,51 @@ async def test_a_teardown_the_device_accepts_ends_the_session_with_our_bye(tmp_p
         assert gw.streams.closes[("teardown",)] == 1
         assert gw.streams.controls[("teardown", "ok")] == 1
         await no_leaks(gw, dialogs)
+    finally:
+        udp.close()
+        await gw.stop()
+
+
+async def test_a_paused_session_whose_device_goes_offline_ends(tmp_path: Path) -> None:
+    # a pause never times out (media.rtp_timeout counts from the resume); a device gone must still end it
+    then = info_part("^PAUSE RTSP/1.0..CSeq: 1..PauseTime: now..$", name="p1") + WE_BYE
+    gw, device = await gateway_with_device(
+        tmp_path, device_scenario("Playback", then, "p1"), **{"media.rtp_timeout": "1"}
+    )
+    dialogs = gw.stack.router.dialog_count
+    udp = await UdpConsumer.start()
+    try:
+        st = await open_session(gw, udp.port, SessionKind.PLAYBACK, SPAN)
+        assert (await gw.streams.control(st.id, mansrtsp.pause(0))).ok
+        await asyncio.sleep(1.5)  # longer than media.rtp_timeout with no RTP at all: still there
+        assert st.id in gw.streams.streams
+        await register_expires_zero(gw, tmp_path, free_udp_port())
+        await finished(device)  # our BYE
+        ended = gw.streams.ended_stream(st.id)
+        assert ended is not None and ended.cause == "device-offline" and ended.complete is False
+        await no_leaks(gw, dialogs)
+    finally:
+        udp.close()
+        await gw.stop()
+
+
+async def test_media_status_in_a_live_dialog_does_not_end_the_live_stream(tmp_path: Path) -> None:
+    # MediaStatus 121 says a recording was sent: a live stream has none, and closed "complete" a
+    # moment later (telling a superior its live view had "ended")
+    tail = sipp_scenario("parts/media_status.xml", pause=100, sender=CH, from_tag="[pid]dev")  # then our BYE
+    gw, device = await gateway_with_device(tmp_path, scenario(answer(), tail=tail))
+    told: list[str] = []
+    gw.streams.on_media_status(lambda st: told.append(st.id))
+    udp = await UdpConsumer.start()
+    oks = gw.stack.counters.responses_out["UDP", b"200"]
+    try:
+        st, _ = await gw.streams.play(CH, transport="udp", host="127.0.0.1", port=udp.port)
+        await wait_for(lambda: gw.stack.counters.responses_out["UDP", b"200"] > oks)  # the MESSAGE answered
+        await asyncio.sleep(COMPLETE_DRAIN + 0.3)  # when a recorded stream would have closed
+        assert st.id in gw.streams.streams and not st.complete and not told
+        await gw.streams.stop_stream(st.id)
+        await finished(device)
+        assert gw.streams.closes[("operator",)] == 1 and gw.streams.closes[("complete",)] == 0
     finally:
         udp.close()
         await gw.stop()

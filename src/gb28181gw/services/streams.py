@@ -1192,7 +1192,8 @@ class StreamService:
             return
         self.stack.respond(event.transaction, make_response(request, 200))
         cmd, notify = child_text(root, "CmdType"), child_text(root, "NotifyType")
-        if (cmd or "").lower() != "mediastatus" or notify != "121":
+        # a live stream has no end to reach: a device saying so (a firmware bug) must not close it
+        if (cmd or "").lower() != "mediastatus" or notify != "121" or not st.kind.recorded:
             log.info("message in a media dialog ignored", extra={"stream": st.id, "cmd_type": cmd, "notify": notify})
             return
         self.media_complete(st)
