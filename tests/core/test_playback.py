@@ -200,3 +200,13 @@ def test_odd_digits_in_a_download_answer_or_offer_are_unknown_not_a_crash(value:
     )
     assert file_size(sdp) is None and file_size_text(sdp) is None
     assert download_speed(sdp) == 1
+
+
+def test_clock_counts_a_fast_downloads_long_steps_as_progress() -> None:
+    # a download at 256x sends 256 s of recording between two readings a second apart: not a jump
+    clock = MediaClock()
+    assert clock.read(ts(256, 5_000_000), first=ts(0, 5_000_000), pace=256) == pytest.approx(256)
+    assert clock.read(ts(512, 5_000_000), pace=256) == pytest.approx(512)
+    assert clock.read(ts(512 + 256 * MAX_STEP + 1, 5_000_000), pace=256) == pytest.approx(512)  # beyond it: a jump
+    slow = MediaClock()  # at 1x the same step is a jump, as before
+    assert slow.read(ts(256, 5_000_000), first=ts(0, 5_000_000)) == 0

@@ -9,6 +9,8 @@ BYE); admin bodies with times no clock has (epoch 1e20, year 1) and speeds no de
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,10 @@ import pytest
 
 from gb28181gw.errors import StreamError
 from gb28181gw.gb import mansrtsp
+from gb28181gw.gb.playback import Span
 from gb28181gw.sdp import SessionKind
 from gb28181gw.services.streams import COMPLETE_DRAIN
-from tests.media import UdpConsumer, wait_for
+from tests.media import UdpConsumer, gb_ps, packetize, send_udp, wait_for
 
 from .conftest import sipp_scenario, start_gateway
 from .test_devices import finished, free_udp_port, register_expires_zero
@@ -137,6 +140,53 @@ async def test_media_status_in_a_live_dialog_does_not_end_the_live_stream(tmp_pa
         await finished(device)
         assert gw.streams.closes[("operator",)] == 1 and gw.streams.closes[("complete",)] == 0
     finally:
+        udp.close()
+        await gw.stop()
+
+
+def stretched(packets: list[bytes], factor: int) -> list[bytes]:
+    """``packets`` with the time between their RTP timestamps ``factor`` times longer: the same
+    frames as a fast download sends them (each frame further on in the recording; under the
+    relay's 10 s jump between two frames)."""
+    first = struct.unpack_from("!I", packets[0], 4)[0]
+    out = []
+    for p in packets:
+        ts = struct.unpack_from("!I", p, 4)[0]
+        out.append(p[:4] + struct.pack("!I", (first + (ts - first) * factor) % (1 << 32)) + p[8:])
+    return out
+
+
+async def test_a_fast_download_that_sent_its_span_is_complete(tmp_path: Path) -> None:
+    # at a=downloadspeed 256, minutes of recording come between two readings of the clock: a step
+    # over 120 s was taken for a jump, the position stayed at 0 and a whole download ended
+    # "media-timeout", incomplete
+    span = Span(SPAN.start, SPAN.start + 198)
+    scenario = device_scenario("Download", WE_BYE, "").replace(str(SPAN.end).encode(), str(span.end).encode())
+    gw, device = await gateway_with_device(tmp_path, scenario, **{"media.rtp_timeout": "1"})
+    dialogs = gw.stack.router.dialog_count
+    udp = await UdpConsumer.start()
+    media = socket.socket(type=socket.SOCK_DGRAM)
+    try:
+        st, _ = await gw.streams.open_recorded(
+            CH,
+            kind=SessionKind.DOWNLOAD,
+            span=span,
+            download_speed=256,
+            transport="udp",
+            host="127.0.0.1",
+            port=udp.port,
+        )
+        # 50 frames 4 s apart in the recording (the last at 196 s), sent at once
+        packets = stretched(packetize(gb_ps(50, 10), int(st.session.ssrc), mtu=1400), 100)
+        await send_udp(packets, st.port, sock=media)
+        await finished(device)  # silence for rtp_timeout once the span is sent: our BYE
+        ended = gw.streams.ended_stream(st.id)
+        assert ended is not None and ended.position is not None and ended.position > 195, ended
+        assert ended.cause == "span-end" and ended.complete is True
+        assert gw.streams.downloads[("complete",)] == 1
+        await no_leaks(gw, dialogs)
+    finally:
+        media.close()
         udp.close()
         await gw.stop()
 

@@ -9,7 +9,7 @@ read off a ``t=`` line (:meth:`Span.from_sdp`), and checked before any INVITE
 which devices derive from the recording's own clock whatever the speed): the first reading
 counts from the stream's first timestamp (a download bursts ahead of the readings), each
 reading adds the step since the one before; a seek sets the position; a jump back or of more
-than :data:`MAX_STEP` (a seek's discontinuity, a device restart) adds nothing. When the relay
+than :data:`MAX_STEP` times the pace (a seek's discontinuity, a device restart) adds nothing. When the relay
 saw the jump itself, what came after it counts from the timestamp it jumped to, so a seek's
 new position is exact however late the first reading after it comes.
 
@@ -136,10 +136,13 @@ class MediaClock:
     started: bool = False
     jumps: int = 0
 
-    def read(self, timestamp: int, first: int = -1, jumps: int = 0, jump: int = -1) -> float:
+    def read(
+        self, timestamp: int, first: int = -1, jumps: int = 0, jump: int = -1, *, pace: float = 1.0
+    ) -> float:
         """Take the latest RTP timestamp the relay saw (``-1``: none yet), the stream's first
         (``-1``: unknown) and its jumps so far with the timestamp of the last (``-1``: none);
-        return the position."""
+        return the position. ``pace``: seconds of recording sent per second (a download's speed,
+        a playback's Scale): a step up to :data:`MAX_STEP` times it is progress, not a jump."""
         if timestamp < 0:
             return self.position
         if jumps > self.jumps and jump >= 0:
@@ -150,7 +153,8 @@ class MediaClock:
         self.started = True
         if self.last is not None:
             step = ((timestamp - self.last) % (1 << 32)) / RTP_HZ
-            if 0 < step <= MAX_STEP:
+            # a download at 256x sends minutes of recording between two readings: progress still
+            if 0 < step <= MAX_STEP * max(1.0, pace):
                 self.position += step
         self.last = timestamp
         return self.position

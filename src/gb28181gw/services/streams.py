@@ -1405,7 +1405,10 @@ class StreamService:
         if st.kind is SessionKind.DOWNLOAD:
             self.download_bytes += max(0, figures.bytes - st.bytes_seen)
             st.bytes_seen = max(st.bytes_seen, figures.bytes)
-        return st.control.clock.read(figures.timestamp, figures.first_timestamp, figures.jumps, figures.jump_timestamp)
+        pace = max(abs(st.control.scale), st.session.download_speed or 1)
+        return st.control.clock.read(
+            figures.timestamp, figures.first_timestamp, figures.jumps, figures.jump_timestamp, pace=pace
+        )
 
     # --- figures for metrics -----------------------------------------------------------
 
