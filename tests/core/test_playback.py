@@ -210,3 +210,19 @@ def test_clock_counts_a_fast_downloads_long_steps_as_progress() -> None:
     assert clock.read(ts(512 + 256 * MAX_STEP + 1, 5_000_000), pace=256) == pytest.approx(512)  # beyond it: a jump
     slow = MediaClock()  # at 1x the same step is a jump, as before
     assert slow.read(ts(256, 5_000_000), first=ts(0, 5_000_000)) == 0
+
+
+def test_an_answer_that_comes_after_a_later_requests_changes_nothing() -> None:
+    # pause (1) and resume (2) sent at once; the device answers 2 first: it plays, and a late
+    # answer to 1 must not mark it paused (a paused session never times out)
+    control = Control(quiet_since=1.0)
+    pause, resume = mansrtsp.pause(control.next_cseq()), mansrtsp.resume(control.next_cseq())
+    next_control(control, resume, now=5.0)
+    assert next_control(control, pause, now=6.0) is ControlState.PLAYING and not control.paused
+    seek, speed = mansrtsp.seek(control.next_cseq(), 100), mansrtsp.speed(control.next_cseq(), 2)
+    next_control(control, speed, now=7.0)
+    control.clock.read(ts(0))
+    control.clock.read(ts(5))
+    next_control(control, seek, now=8.0)  # stale: the position goes on, not back to 100
+    assert control.scale == 2.0 and control.clock.position == pytest.approx(5)
+    assert control.applied == speed.cseq

@@ -136,9 +136,7 @@ class MediaClock:
     started: bool = False
     jumps: int = 0
 
-    def read(
-        self, timestamp: int, first: int = -1, jumps: int = 0, jump: int = -1, *, pace: float = 1.0
-    ) -> float:
+    def read(self, timestamp: int, first: int = -1, jumps: int = 0, jump: int = -1, *, pace: float = 1.0) -> float:
         """Take the latest RTP timestamp the relay saw (``-1``: none yet), the stream's first
         (``-1``: unknown) and its jumps so far with the timestamp of the last (``-1``: none);
         return the position. ``pace``: seconds of recording sent per second (a download's speed,
@@ -197,6 +195,8 @@ class Control:
         clock: where it is.
         quiet_since: a time (the caller's clock) the media inactivity is counted from at the
             earliest: the last resume, so the pause before it counts for nothing.
+        applied: the body CSeq of the last request applied (answers of earlier ones that come
+            after it are stale: the device did what came later after them).
     """
 
     state: ControlState = ControlState.PLAYING
@@ -204,6 +204,7 @@ class Control:
     cseq: int = 0
     clock: MediaClock = field(default_factory=MediaClock)
     quiet_since: float = 0.0
+    applied: int = 0
 
     @property
     def paused(self) -> bool:
@@ -216,7 +217,8 @@ class Control:
 
 
 def next_control(control: Control, request: RtspRequest, *, now: float) -> ControlState:
-    """Apply ``request``, which the device answered 2xx, to ``control`` (``now``: the caller's clock).
+    """Apply ``request``, which the device answered 2xx, to ``control`` (``now``: the caller's clock);
+    an answer that comes after that of a later request (a lower body CSeq) changes nothing.
 
     Raises:
         LocalProtocolError: the session has ended: nothing more may be sent.
@@ -225,6 +227,11 @@ def next_control(control: Control, request: RtspRequest, *, now: float) -> Contr
         new = CONTROL_TRANSITIONS[(control.state, request.verb)]
     except KeyError:
         raise LocalProtocolError(f"{request.verb} after the playback {control.state.name.lower()}") from None
+    if request.cseq <= control.applied:
+        # a PAUSE answered after the PLAY sent behind it: the device plays; taking it would stop the
+        # media timeout of a session that is not paused (and the clock would seek back)
+        return control.state
+    control.applied = request.cseq
     if request.verb is Verb.PLAY:
         scale = request.scale
         if scale is not None:
