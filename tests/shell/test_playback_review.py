@@ -191,6 +191,36 @@ async def test_a_fast_download_that_sent_its_span_is_complete(tmp_path: Path) ->
         await gw.stop()
 
 
+async def test_a_download_the_device_ends_with_bye_right_after_its_burst_is_complete(tmp_path: Path) -> None:
+    # a relay worker reports its figures every media.stats_interval: the verdict at the device's
+    # BYE took the last report, from before the download's final burst, and called it incomplete
+    tail = sipp_scenario("parts/bye_from_device.xml", ch=CH, pause=400)
+    span = Span(SPAN.start, SPAN.start + 10)
+    scenario = device_scenario("Download", tail, "").replace(str(SPAN.end).encode(), str(span.end).encode())
+    gw, device = await gateway_with_device(tmp_path, scenario, **{"media.workers": "1", "media.stats_interval": "60"})
+    dialogs = gw.stack.router.dialog_count
+    udp = await UdpConsumer.start()
+    media = socket.socket(type=socket.SOCK_DGRAM)
+    try:
+        st = await open_session(gw, udp.port, SessionKind.DOWNLOAD, span)
+        # 50 frames 0.2 s apart in the recording (the last at 9.8 s), sent at once
+        packets = stretched(packetize(gb_ps(50, 10), int(st.session.ssrc), mtu=1400), 5)
+        await send_udp(packets, st.port, sock=media)
+        await finished(device)
+        ended = gw.streams.ended_stream(st.id)
+        assert ended is not None and ended.cause == "device-bye", ended
+        assert ended.complete is True and ended.position is not None and ended.position > 9.7, ended
+        assert gw.streams.downloads[("complete",)] == 1
+        await wait_for(lambda: all(pool.in_use == 0 for pool in gw.streams.pools))  # the relay closed it
+        for relay in gw.streams.relays:  # its report every 60 s would be late for no_leaks
+            await relay.fresh_snapshot()
+        await no_leaks(gw, dialogs)
+    finally:
+        media.close()
+        udp.close()
+        await gw.stop()
+
+
 BAD_BODIES: list[tuple[dict[str, Any], str]] = [
     ({"start": 1e20}, "is not epoch seconds"),  # beyond time_t: an OverflowError, a 500 before
     ({"end": 2**64}, "is not epoch seconds"),
