@@ -17,11 +17,12 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gb28181gw.app import Gateway
 from gb28181gw.errors import StreamError
 from gb28181gw.gb import mansrtsp
 from gb28181gw.gb.playback import Span
 from gb28181gw.sdp import SessionKind
-from gb28181gw.services.streams import COMPLETE_DRAIN
+from gb28181gw.services.streams import COMPLETE_DRAIN, Stream
 from tests.media import UdpConsumer, gb_ps, packetize, send_udp, wait_for
 
 from .conftest import sipp_scenario, start_gateway
@@ -64,18 +65,24 @@ async def test_a_download_answer_with_odd_digits_is_taken_and_a_seek_in_it_refus
         await gw.stop()
 
 
+async def playback(
+    tmp_path: Path, then: str, refs: str, **overrides: str
+) -> tuple[Gateway, asyncio.subprocess.Process, int, UdpConsumer, Stream]:
+    """A gateway, a SIPp device answering a Playback of :data:`SPAN` (then ``then``), the gateway's
+    dialogs before it, a consumer and the session open toward it."""
+    gw, device = await gateway_with_device(tmp_path, device_scenario("Playback", then, refs), **overrides)
+    dialogs = gw.stack.router.dialog_count
+    udp = await UdpConsumer.start()
+    return gw, device, dialogs, udp, await open_session(gw, udp.port, SessionKind.PLAYBACK, SPAN)
+
+
 async def test_a_teardown_the_device_accepts_ends_the_session_with_our_bye(tmp_path: Path) -> None:
     # a seek past the span's end is refused before the INFO (the clock would take it as media
     # sent: span-end, complete); the TEARDOWN goes, and its 200 ends the session at once — not
     # at media.rtp_timeout with a media-timeout cause, a consumer left staring at nothing
     then = info_part("^TEARDOWN RTSP/1.0..CSeq: 1..$", name="t1") + WE_BYE
-    gw, device = await gateway_with_device(
-        tmp_path, device_scenario("Playback", then, "t1"), **{"media.rtp_timeout": "30"}
-    )
-    dialogs = gw.stack.router.dialog_count
-    udp = await UdpConsumer.start()
+    gw, device, dialogs, udp, st = await playback(tmp_path, then, "t1", **{"media.rtp_timeout": "30"})
     try:
-        st = await open_session(gw, udp.port, SessionKind.PLAYBACK, SPAN)
         with pytest.raises(StreamError, match="the span is 600 s long") as refused:
             await gw.streams.control(st.id, mansrtsp.seek(0, SPAN.seconds + 100))
         assert refused.value.status == 400 and st.position == 0
@@ -102,13 +109,8 @@ async def test_a_teardown_the_device_accepts_ends_the_session_with_our_bye(tmp_p
 async def test_a_paused_session_whose_device_goes_offline_ends(tmp_path: Path) -> None:
     # a pause never times out (media.rtp_timeout counts from the resume); a device gone must still end it
     then = info_part("^PAUSE RTSP/1.0..CSeq: 1..PauseTime: now..$", name="p1") + WE_BYE
-    gw, device = await gateway_with_device(
-        tmp_path, device_scenario("Playback", then, "p1"), **{"media.rtp_timeout": "1"}
-    )
-    dialogs = gw.stack.router.dialog_count
-    udp = await UdpConsumer.start()
+    gw, device, dialogs, udp, st = await playback(tmp_path, then, "p1", **{"media.rtp_timeout": "1"})
     try:
-        st = await open_session(gw, udp.port, SessionKind.PLAYBACK, SPAN)
         assert (await gw.streams.control(st.id, mansrtsp.pause(0))).ok
         await asyncio.sleep(1.5)  # longer than media.rtp_timeout with no RTP at all: still there
         assert st.id in gw.streams.streams
