@@ -209,6 +209,7 @@ async def test_a_download_the_device_ends_with_bye_right_after_its_burst_is_comp
         packets = stretched(packetize(gb_ps(50, 10), int(st.session.ssrc), mtu=1400), 5)
         await send_udp(packets, st.port, sock=media)
         await finished(device)
+        await wait_for(lambda: gw.streams.ended_stream(st.id) is not None)  # closed once the worker's figures came
         ended = gw.streams.ended_stream(st.id)
         assert ended is not None and ended.cause == "device-bye", ended
         assert ended.complete is True and ended.position is not None and ended.position > 9.7, ended

@@ -111,7 +111,7 @@ from gb28181gw.relay.records import (
     StreamFigures,
     WorkerLost,
 )
-from gb28181gw.relay.workers import Relay
+from gb28181gw.relay.workers import Relay, WorkerRelay
 from gb28181gw.sdp import SessionKind, SsrcAllocator, StreamMode, expected_media_host
 from gb28181gw.sip.endpoint import warning_header
 from gb28181gw.sip.events import RequestReceived
@@ -1163,9 +1163,9 @@ class StreamService:
             return
         self.stack.router.remove_dialog(st.session.dialog_id)
         self.stack.respond(event.transaction, make_response(request, 200))
-        if st.control is not None:
+        if st.control is not None and isinstance(st.relay, WorkerRelay):
             # a download's last burst may be missing from a relay worker's last report: the verdict
-            # (complete or not) waits for the figures as of now
+            # (complete or not) waits for the figures as of now (in-process ones are always current)
             self._tasks.spawn(self._close_with_figures(st, "the device ended the stream (BYE)", "device-bye"))
             return
         self._close(st, "the device ended the stream (BYE)", "device-bye", bye=False)
