@@ -592,7 +592,10 @@ def parse_moment(value: Any, zone: datetime.tzinfo) -> datetime.datetime:
     if isinstance(value, int | float):
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"{value!r} is not epoch seconds")
-        return datetime.datetime.fromtimestamp(value, datetime.UTC)
+        try:
+            return datetime.datetime.fromtimestamp(value, datetime.UTC)
+        except (OverflowError, OSError, ValueError):  # beyond year 9999 or the platform's time_t
+            raise ValueError(f"{value!r} is not epoch seconds (after year 9999)") from None
     if not isinstance(value, str):
         raise ValueError("a time is ISO 8601 text (2024-05-06T08:00:00) or epoch seconds")
     try:
@@ -696,7 +699,7 @@ def add_stream_routes(
             return error_response(400, 'kind must be "playback" or "download"', usage)
         try:
             span = Span.from_local(parse_moment(body.get("start"), zone), parse_moment(body.get("end"), zone), zone)
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:
             return error_response(400, f"start/end: {exc}", usage)
         speed = body.get("speed")
         if speed is not None:
@@ -706,6 +709,9 @@ def add_stream_routes(
                 return error_response(
                     400, f"a download's speed is a whole number 1-256 (a=downloadspeed), not {speed!r}"
                 )
+            if kind is SessionKind.PLAYBACK and not 1 / mansrtsp.MAX_SCALE <= speed <= mansrtsp.MAX_SCALE:
+                # refused before the INVITE: the Scale control after it could not be written
+                return error_response(400, f"a playback's speed is 1/256 to 256 (Scale), not {speed!r}")
         c = _consumer_args(request, body.get("consumer"), consumer_networks, usage)
         if isinstance(c, web.Response):
             return c

@@ -308,7 +308,7 @@ def span_of(time: str) -> tuple[int, int]:
         SdpError: not two whole numbers, or the end not after the start.
     """
     parts = time.split()
-    if len(parts) != 2 or not all(p.isdigit() and len(p) <= 12 for p in parts):
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() and len(p) <= 12 for p in parts):
         raise SdpError(f"t={time[:40]!r} is not two epoch seconds (START END)")
     start, end = int(parts[0]), int(parts[1])
     if end <= start:
@@ -319,7 +319,7 @@ def span_of(time: str) -> tuple[int, int]:
 def file_size(sdp: SessionDescription) -> int | None:
     """The ``a=filesize`` of a Download answer in bytes; ``None`` when absent, negative (Hikvision's ``-1``, M8) or malformed."""
     value = file_size_text(sdp)
-    if value is None or not value.isdigit():
+    if value is None or not value.isdigit():  # file_size_text's digits are ASCII: int() takes them
         return None
     return int(value)
 
@@ -334,14 +334,17 @@ def file_size_text(sdp: SessionDescription) -> str | None:
         (v.partition(":")[2] for k, v in sdp.extra if k == "a" and v.startswith("filesize:")), None
     )
     text = (value or "").strip()
-    return text if text.removeprefix("-").isdigit() and len(text) <= 20 else None
+    digits = text.removeprefix("-")
+    # ASCII only: "²" is a digit to isdigit() and a ValueError to int() (a device's answer must not crash us)
+    return text if digits.isascii() and digits.isdigit() and len(text) <= 20 else None
 
 
 def download_speed(sdp: SessionDescription) -> int:
     """The ``a=downloadspeed`` of a Download offer: 1 when absent or unreadable (§7.3); at least 1."""
     video = sdp.video()
     value = (video.attribute("downloadspeed") if video is not None else None) or ""
-    return max(1, int(value)) if value.strip().isdigit() and len(value.strip()) <= 4 else 1
+    value = value.strip()
+    return max(1, int(value)) if value.isascii() and value.isdigit() and len(value) <= 4 else 1
 
 
 class SsrcAllocator:

@@ -156,3 +156,42 @@ def test_answer_without_reason_and_describe() -> None:
 )
 def test_is_mansrtsp(content_type: str | None, expected: bool) -> None:
     assert is_mansrtsp(content_type) is expected
+
+
+# --- a hostile reviewer's cases: what a stranger's body or an operator's number may hold ---------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "RTSP/1.0 200 OK\r\nCSeq: \u00b2\r\n",  # "²" is a digit to str.isdigit(), not to int()
+        "RTSP/1.0 \u00b200 OK\r\nCSeq: 1\r\n",
+        "RTSP/1.0 099 OK\r\nCSeq: 1\r\n",  # no status class: a 0xx must not read as a success
+        "RTSP/1.0 000 OK\r\nCSeq: 1\r\n",
+    ],
+)
+def test_unicode_digits_and_classless_codes_are_refused_not_crashed_on(body: str) -> None:
+    with pytest.raises(MansrtspError):
+        parse_response(body.encode())
+    with pytest.raises(MansrtspError):
+        parse_request(b"PLAY RTSP/1.0\r\nCSeq: \xc2\xb2\r\n")
+
+
+@pytest.mark.parametrize("scale", [1e300, 1e16, 1e-7, -1e300, 300.0])
+def test_speed_refuses_scales_no_device_could_read(scale: float) -> None:
+    # repr() wrote 1e+16 as "1e+16.0": a body no device reads
+    with pytest.raises(MansrtspError, match="cannot play at speed"):
+        mansrtsp.speed(1, scale)
+
+
+@pytest.mark.parametrize(
+    ("scale", "text"), [(256.0, "256.0"), (-4.0, "-4.0"), (1 / 3, "0.333333"), (1 / 256, "0.003906"), (0.5, "0.5")]
+)
+def test_scales_are_written_in_fixed_notation(scale: float, text: str) -> None:
+    assert mansrtsp.speed(1, scale).header("Scale") == text
+    assert parse_request(mansrtsp.speed(1, scale).serialize()).scale == pytest.approx(scale, rel=1e-3)
+
+
+def test_a_seek_below_a_millisecond_is_written_as_a_number() -> None:
+    assert mansrtsp.seek(1, 0.0001).header("Range") == "npt=0-"  # not "npt=0.-"
+    assert mansrtsp.seek(1, 7.0004).header("Range") == "npt=7-"

@@ -22,7 +22,7 @@ from gb28181gw.gb.playback import (
     next_control,
 )
 from gb28181gw.gb.session import invite
-from gb28181gw.sdp import SessionKind
+from gb28181gw.sdp import SessionDescription, SessionKind, download_speed, file_size, file_size_text
 from tests.core.gb.test_session import session as live_session
 
 NOW = 1_714_960_000.0  # 2024-05-06 09:46:40 Beijing time
@@ -175,3 +175,57 @@ def test_the_configured_f_line_is_in_every_offer(kind: SessionKind) -> None:
 
     assert offer("v/2/6/25/1/4096a///").endswith(b"y=1200000001\r\nf=v/2/6/25/1/4096a///\r\n")
     assert offer("").endswith(b"y=1200000001\r\nf=\r\n")  # the default: f= with nothing
+
+
+def test_a_span_before_1970_is_refused() -> None:
+    # an ISO time of year 1 (or 1960) gives negative epoch seconds: t= holds unsigned numbers
+    with pytest.raises(SpanError, match="before 1970"):
+        Span(-3600, 60).check(now=NOW, max_span=0)
+    with pytest.raises(SpanError, match="before 1970"):
+        Span.from_local(dt.datetime(1, 1, 1), dt.datetime(1, 1, 1, 1), dt.timezone(dt.timedelta(hours=8))).check(
+            now=NOW, max_span=0
+        )
+
+
+@pytest.mark.parametrize("time", ["\u00b2 3", "1 \u00b2\u00b2", "-1 5"])
+def test_a_t_line_of_odd_digits_is_an_error_not_a_crash(time: str) -> None:
+    with pytest.raises(SpanError):
+        Span.from_sdp(time)
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "1\u00b2", "\u00b9\u00b2\u00b3"])
+def test_odd_digits_in_a_download_answer_or_offer_are_unknown_not_a_crash(value: str) -> None:
+    sdp = SessionDescription.parse(
+        (
+            "v=0\r\no=x 0 0 IN IP4 1.2.3.4\r\ns=Download\r\nc=IN IP4 1.2.3.4\r\nt=1 2\r\n"
+            f"m=video 9 RTP/AVP 96\r\na=rtpmap:96 PS/90000\r\na=filesize:{value}\r\na=downloadspeed:{value}\r\n"
+        ).encode()
+    )
+    assert file_size(sdp) is None and file_size_text(sdp) is None
+    assert download_speed(sdp) == 1
+
+
+def test_clock_counts_a_fast_downloads_long_steps_as_progress() -> None:
+    # a download at 256x sends 256 s of recording between two readings a second apart: not a jump
+    clock = MediaClock()
+    assert clock.read(ts(256, 5_000_000), first=ts(0, 5_000_000), pace=256) == pytest.approx(256)
+    assert clock.read(ts(512, 5_000_000), pace=256) == pytest.approx(512)
+    assert clock.read(ts(512 + 256 * MAX_STEP + 1, 5_000_000), pace=256) == pytest.approx(512)  # beyond it: a jump
+    slow = MediaClock()  # at 1x the same step is a jump, as before
+    assert slow.read(ts(256, 5_000_000), first=ts(0, 5_000_000)) == 0
+
+
+def test_an_answer_that_comes_after_a_later_requests_changes_nothing() -> None:
+    # pause (1) and resume (2) sent at once; the device answers 2 first: it plays, and a late
+    # answer to 1 must not mark it paused (a paused session never times out)
+    control = Control(quiet_since=1.0)
+    pause, resume = mansrtsp.pause(control.next_cseq()), mansrtsp.resume(control.next_cseq())
+    next_control(control, resume, now=5.0)
+    assert next_control(control, pause, now=6.0) is ControlState.PLAYING and not control.paused
+    seek, speed = mansrtsp.seek(control.next_cseq(), 100), mansrtsp.speed(control.next_cseq(), 2)
+    next_control(control, speed, now=7.0)
+    control.clock.read(ts(0))
+    control.clock.read(ts(5))
+    next_control(control, seek, now=8.0)  # stale: the position goes on, not back to 100
+    assert control.scale == 2.0 and control.clock.position == pytest.approx(5)
+    assert control.applied == speed.cseq

@@ -26,6 +26,7 @@ from gb28181gw.errors import MansrtspError
 
 __all__ = [
     "CONTENT_TYPE",
+    "MAX_SCALE",
     "SCALES",
     "RtspRequest",
     "RtspResponse",
@@ -45,6 +46,8 @@ __all__ = [
 CONTENT_TYPE = "Application/MANSRTSP"
 #: The speeds every device must take (Annex B.2.4); others are passed on for the device to judge.
 SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
+#: The fastest speed asked for (and 1/MAX_SCALE the slowest): devices go to 32 or 64 at most.
+MAX_SCALE = 256.0
 #: Longest body read: a control request is a few lines.
 MAX_BODY = 4096
 _VERSIONS = ("RTSP/1.0", "MANSRTSP/1.0")
@@ -64,9 +67,10 @@ def is_mansrtsp(content_type: str | None) -> bool:
 
 
 def format_scale(scale: float) -> str:
-    """A Scale value as devices take it: ``2.0``, ``0.25``, ``-1.0`` (shortest exact form, at least one decimal)."""
-    text = repr(float(scale))
-    return text if "." in text else text + ".0"
+    """A Scale value as devices take it: ``2.0``, ``0.25``, ``-1.0`` (at most six decimals, at least one)."""
+    # fixed notation: repr() writes 1e+16, which no device reads as a number
+    text = f"{float(scale):.6f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
 
 
 def _lines(body: bytes | str) -> list[str]:
@@ -100,7 +104,7 @@ def _cseq(headers: tuple[tuple[str, str], ...]) -> int:
     value = next((v for n, v in headers if n.lower() == "cseq"), None)
     if value is None:
         raise MansrtspError("MANSRTSP body without CSeq")
-    if not value.isdigit() or len(value) > 10:
+    if not (value.isascii() and value.isdigit()) or len(value) > 10:  # "²" is a digit to isdigit(), not to int()
         raise MansrtspError(f"MANSRTSP CSeq {value[:20]!r} is not a number")
     return int(value)
 
@@ -257,7 +261,9 @@ def parse_response(body: bytes | str) -> RtspResponse:
     lines = _lines(body)
     version, _, rest = lines[0].partition(" ")
     code, _, reason = rest.strip().partition(" ")
-    if version.upper() not in _VERSIONS or len(code) != 3 or not code.isdigit():
+    if version.upper() not in _VERSIONS or not (
+        len(code) == 3 and code.isascii() and code.isdigit() and code[0] in "123456"
+    ):
         raise MansrtspError(f"not a MANSRTSP status line: {lines[0][:60]!r}")
     headers = _headers(lines[1:])
     return RtspResponse(
@@ -283,7 +289,7 @@ def seek(cseq: int, seconds: float) -> RtspRequest:
     """
     if not math.isfinite(seconds) or seconds < 0:
         raise MansrtspError(f"cannot seek to {seconds!r}: a position is seconds from the start, 0 or more")
-    text = str(int(seconds)) if float(seconds).is_integer() else f"{seconds:.3f}".rstrip("0")
+    text = str(int(seconds)) if float(seconds).is_integer() else f"{seconds:.3f}".rstrip("0").rstrip(".")
     return RtspRequest(Verb.PLAY, cseq, (("Range", f"npt={text}-"),))
 
 
@@ -291,10 +297,12 @@ def speed(cseq: int, scale: float) -> RtspRequest:
     """Play at ``scale`` (``Scale: 2.0``; only Scale, no Range).
 
     Raises:
-        MansrtspError: zero or a non-finite number.
+        MansrtspError: zero, a non-finite number, or beyond :data:`MAX_SCALE` either way.
     """
-    if not math.isfinite(scale) or scale == 0:
-        raise MansrtspError(f"cannot play at speed {scale!r}")
+    if not math.isfinite(scale) or not 1 / MAX_SCALE <= abs(scale) <= MAX_SCALE:
+        raise MansrtspError(
+            f"cannot play at speed {scale!r}: a speed is 1/{MAX_SCALE:g} to {MAX_SCALE:g} times (or minus)"
+        )
     return RtspRequest(Verb.PLAY, cseq, (("Scale", format_scale(scale)),))
 
 

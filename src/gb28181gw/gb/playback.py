@@ -9,7 +9,7 @@ read off a ``t=`` line (:meth:`Span.from_sdp`), and checked before any INVITE
 which devices derive from the recording's own clock whatever the speed): the first reading
 counts from the stream's first timestamp (a download bursts ahead of the readings), each
 reading adds the step since the one before; a seek sets the position; a jump back or of more
-than :data:`MAX_STEP` (a seek's discontinuity, a device restart) adds nothing. When the relay
+than :data:`MAX_STEP` times the pace (a seek's discontinuity, a device restart) adds nothing. When the relay
 saw the jump itself, what came after it counts from the timestamp it jumped to, so a seek's
 new position is exact however late the first reading after it comes.
 
@@ -88,8 +88,12 @@ class Span:
         """This span, if it can be asked for at ``now`` (epoch seconds); ``max_span`` 0 means no bound.
 
         Raises:
-            SpanError: the end is not after the start, it starts in the future, or it is longer than ``max_span``.
+            SpanError: the end is not after the start, it starts before 1970 or in the future, or it is
+                longer than ``max_span``.
         """
+        if self.start < 0:
+            # t= is two unsigned numbers (§7.8): a negative one is no time any device has recorded
+            raise SpanError(f"the span starts before 1970 ({self.start} s since the epoch): nothing is recorded then")
         if self.end <= self.start:
             raise SpanError(f"the span ends ({_words(self.end)}) before it starts ({_words(self.start)})")
         if self.start > now + CLOCK_SLACK:
@@ -136,10 +140,11 @@ class MediaClock:
     started: bool = False
     jumps: int = 0
 
-    def read(self, timestamp: int, first: int = -1, jumps: int = 0, jump: int = -1) -> float:
+    def read(self, timestamp: int, first: int = -1, jumps: int = 0, jump: int = -1, *, pace: float = 1.0) -> float:
         """Take the latest RTP timestamp the relay saw (``-1``: none yet), the stream's first
         (``-1``: unknown) and its jumps so far with the timestamp of the last (``-1``: none);
-        return the position."""
+        return the position. ``pace``: seconds of recording sent per second (a download's speed,
+        a playback's Scale): a step up to :data:`MAX_STEP` times it is progress, not a jump."""
         if timestamp < 0:
             return self.position
         if jumps > self.jumps and jump >= 0:
@@ -150,7 +155,8 @@ class MediaClock:
         self.started = True
         if self.last is not None:
             step = ((timestamp - self.last) % (1 << 32)) / RTP_HZ
-            if 0 < step <= MAX_STEP:
+            # a download at 256x sends minutes of recording between two readings: progress still
+            if 0 < step <= MAX_STEP * max(1.0, pace):
                 self.position += step
         self.last = timestamp
         return self.position
@@ -193,6 +199,8 @@ class Control:
         clock: where it is.
         quiet_since: a time (the caller's clock) the media inactivity is counted from at the
             earliest: the last resume, so the pause before it counts for nothing.
+        applied: the body CSeq of the last request applied (answers of earlier ones that come
+            after it are stale: the device did what came later after them).
     """
 
     state: ControlState = ControlState.PLAYING
@@ -200,6 +208,7 @@ class Control:
     cseq: int = 0
     clock: MediaClock = field(default_factory=MediaClock)
     quiet_since: float = 0.0
+    applied: int = 0
 
     @property
     def paused(self) -> bool:
@@ -212,7 +221,8 @@ class Control:
 
 
 def next_control(control: Control, request: RtspRequest, *, now: float) -> ControlState:
-    """Apply ``request``, which the device answered 2xx, to ``control`` (``now``: the caller's clock).
+    """Apply ``request``, which the device answered 2xx, to ``control`` (``now``: the caller's clock);
+    an answer that comes after that of a later request (a lower body CSeq) changes nothing.
 
     Raises:
         LocalProtocolError: the session has ended: nothing more may be sent.
@@ -221,6 +231,11 @@ def next_control(control: Control, request: RtspRequest, *, now: float) -> Contr
         new = CONTROL_TRANSITIONS[(control.state, request.verb)]
     except KeyError:
         raise LocalProtocolError(f"{request.verb} after the playback {control.state.name.lower()}") from None
+    if request.cseq <= control.applied:
+        # a PAUSE answered after the PLAY sent behind it: the device plays; taking it would stop the
+        # media timeout of a session that is not paused (and the clock would seek back)
+        return control.state
+    control.applied = request.cseq
     if request.verb is Verb.PLAY:
         scale = request.scale
         if scale is not None:

@@ -155,6 +155,10 @@ class Relay:
         """The latest figures."""
         raise NotImplementedError
 
+    async def fresh_snapshot(self) -> RelaySnapshot:
+        """The figures as of now (a worker's are otherwise up to ``stats_interval`` old)."""
+        return self.snapshot()
+
     def totals(self) -> RelayTotals:
         """The running totals alone (what metrics need)."""
         return self.snapshot().totals
@@ -298,7 +302,7 @@ class WorkerRelay(Relay):
         return self._snapshot
 
     async def fresh_snapshot(self) -> RelaySnapshot:
-        """Ask the worker for its figures now (benchmarks; the service uses the periodic ones)."""
+        """Ask the worker for its figures now (benchmarks; the service at a recorded session's device BYE)."""
         snap = await self.call(Snapshot())
         assert snap is not None
         self._snapshot = snap
