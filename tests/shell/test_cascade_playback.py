@@ -319,6 +319,13 @@ async def test_info_not_mansrtsp_is_415_and_unreadable_is_400_the_session_stays(
     assert 'request="INFO",result="415",upstream="district"} 1.0' in upstream_metrics(gw)
 
 
+async def test_a_seek_past_the_span_is_400_and_never_reaches_the_device(tmp_path: Path) -> None:
+    # the device-side refusal (StreamService.control's 400) reaches the superior as 400, not our 500
+    steps = info(21, f"PLAY RTSP/1.0\r\nCSeq: 3\r\nRange: npt={SPAN.seconds + 60}-\r\n", 400, pause=300) + bye(22)
+    gw = await session(tmp_path, device("Playback", WE_BYE), steps)
+    assert 'request="INFO",result="400",upstream="district"} 1.0' in upstream_metrics(gw)
+
+
 async def test_device_silent_to_info_is_408_and_the_session_stays(tmp_path: Path) -> None:
     silent = sipp_scenario("parts/device_info_silent.xml", checks=ereg("^PAUSE RTSP/1.0..CSeq: 1..", "p1"))
     steps = info(21, "PAUSE RTSP/1.0\r\nCSeq: 3\r\n", 408, ereg("did not answer", "w", "msg"), pause=300)
@@ -355,11 +362,6 @@ async def test_cancel_before_the_device_answered_stops_its_own_session_at_once(t
         await gw.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="StreamService._add_consumer allocates a consumer's own SSRC as a live one (0…) whatever the "
-    "stream's kind: the fix is ssrcs.allocate(now, history=st.kind.recorded) in services/streams.py",
-)
 async def test_our_own_ssrc_toward_a_superior_playback_is_a_history_one(tmp_path: Path) -> None:
     # ssrc = "own" (or a superior sending no y=, M2): our answer's y= names a playback, so it starts with 1 (§7.4.1)
     gw = await cascade_gateway(tmp_path, ssrc="own")

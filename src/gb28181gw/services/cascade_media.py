@@ -106,9 +106,10 @@ log = logging.getLogger("gb28181gw.cascade")
 UPWARD = {400: 500, 404: 404, 408: 408, 480: 480, 486: 486, 488: 488, 502: 502, 503: 503, 504: 408}
 
 #: A :class:`StreamError` of :meth:`StreamService.control` → what the superior's INFO is
-#: answered: the session gone or torn down 481 (RFC 3261 §12.2.2), the device silent 408 (as
+#: answered: a control the session cannot take (a seek past the span's end, or in a download)
+#: 400, the session gone or torn down 481 (RFC 3261 §12.2.2), the device silent 408 (as
 #: :data:`UPWARD` says for an INVITE), unreachable 502.
-CONTROL_UPWARD = {404: 481, 409: 481, 502: 502, 504: 408}
+CONTROL_UPWARD = {400: 400, 404: 481, 409: 481, 502: 502, 504: 408}
 
 #: Seconds a BYE to a superior is given (best effort: when it is lost it cannot answer).
 BYE_TIMEOUT = 5.0

@@ -814,8 +814,10 @@ class StreamService:
         allocated = ssrc is None
         if ssrc is None:
             try:
-                ssrc = int(self.ssrcs.allocate(now))
+                # a consumer's own SSRC names the same kind of stream as the device's (§7.4.1: 1 for history)
+                ssrc = int(self.ssrcs.allocate(now, history=st.kind.recorded))
             except SdpError as exc:
+                self._maybe_linger(st)  # a stream just opened for this consumer must not stay open without one
                 raise StreamError(503, str(exc)) from None
         consumer = Consumer(
             id=f"c{st.next_consumer}",
@@ -1294,7 +1296,9 @@ class StreamService:
                 next_control(control, sent, now=self.loop.time())
             self.controls[(verb, "ok")] += 1
         else:
-            self.controls[(verb, f"refused-{response.status}")] += 1
+            # a 2xx whose body refuses is counted by the body's status (the device's own word)
+            refused = result.answer.status if 200 <= response.status < 300 and result.answer else response.status
+            self.controls[(verb, f"refused-{refused}")] += 1
         log.info(
             "playback control",
             extra={"stream": st.id, "control": sent.describe(), "answer": result.describe(), "cseq": sent.cseq},
