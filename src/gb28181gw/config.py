@@ -357,6 +357,11 @@ class PlaybackSection:
     control_timeout: float = _opt(
         5.0, "seconds to wait for a device's answer to a playback control (INFO: pause, seek, speed)", _positive
     )
+    pause_limit: float = _opt(
+        3600.0,
+        "seconds a playback may stay paused before it is ended (BYE): a pause has no media timeout; 0 = no bound",
+        _at_least(0),
+    )
     end_grace: float = _opt(
         10.0, "seconds of video past a span's end after which a session still streaming is ended (BYE)", _at_least(0)
     )

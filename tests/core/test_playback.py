@@ -154,15 +154,18 @@ def test_pause_resume_speed_seek_teardown() -> None:
     assert (control.next_cseq(), control.next_cseq()) == (1, 2)
     assert next_control(control, mansrtsp.pause(1), now=10.0) is ControlState.PAUSED and control.paused
     assert control.quiet_since == 1.0  # pausing does not move it: the pause itself is never idle
-    assert next_control(control, mansrtsp.speed(2, 4), now=20.0) is ControlState.PLAYING
+    assert control.paused_since == 10.0  # what playback.pause_limit counts from
+    next_control(control, mansrtsp.pause(2), now=15.0)
+    assert control.paused_since == 10.0  # a second PAUSE does not lengthen the bound
+    assert next_control(control, mansrtsp.speed(3, 4), now=20.0) is ControlState.PLAYING
     assert control.scale == 4.0 and control.quiet_since == 20.0  # the pause counts for nothing
-    next_control(control, mansrtsp.resume(3), now=30.0)
+    next_control(control, mansrtsp.resume(4), now=30.0)
     assert control.scale == 4.0 and control.quiet_since == 20.0  # resuming while playing: nothing to forget
-    next_control(control, mansrtsp.seek(4, 120), now=40.0)
+    next_control(control, mansrtsp.seek(5, 120), now=40.0)
     assert control.clock.position == 120 and control.scale == 4.0
-    assert next_control(control, mansrtsp.teardown(5), now=50.0) is ControlState.ENDED
+    assert next_control(control, mansrtsp.teardown(6), now=50.0) is ControlState.ENDED
     with pytest.raises(LocalProtocolError):
-        next_control(control, mansrtsp.resume(6), now=60.0)
+        next_control(control, mansrtsp.resume(7), now=60.0)
 
 
 @pytest.mark.parametrize("kind", list(SessionKind))

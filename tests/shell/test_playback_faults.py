@@ -263,6 +263,29 @@ async def test_a_pause_longer_than_rtp_timeout_and_a_seek_jump_keep_the_session(
         await gw.stop()
 
 
+async def test_a_pause_past_pause_limit_ends_the_session_with_bye(tmp_path: Path, ps: bytes) -> None:
+    # a pause has no media timeout; a session nobody resumes (a superior that forgot its dialog)
+    # must still end, and its device hear our BYE
+    then = info_part("^PAUSE RTSP/1.0..CSeq: 1..PauseTime: now..$", name="p1") + WE_BYE
+    gw, device = await gateway_with_device(
+        tmp_path,
+        device_scenario("Playback", then, "p1"),
+        **{"media.rtp_timeout": "5", "media.stats_interval": "0.1", "playback.pause_limit": "1"},
+    )
+    dialogs = gw.stack.router.dialog_count
+    udp = await UdpConsumer.start()
+    try:
+        st = await open_session(gw, udp.port, SessionKind.PLAYBACK, SPAN)
+        assert (await gw.streams.control(st.id, mansrtsp.pause(0))).ok
+        await finished(device)  # our BYE came, long before media.rtp_timeout
+        ended = gw.streams.ended_stream(st.id)
+        assert ended is not None and ended.cause == "pause-limit" and "playback.pause_limit" in ended.reason
+        await no_leaks(gw, dialogs)
+    finally:
+        udp.close()
+        await gw.stop()
+
+
 async def send_span(
     media: socket.socket, port: int, ps: bytes, ssrc: int, seconds: int, *, at: int = 0, seq: int = 1000
 ) -> int:

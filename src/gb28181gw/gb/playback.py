@@ -201,6 +201,8 @@ class Control:
             earliest: the last resume, so the pause before it counts for nothing.
         applied: the body CSeq of the last request applied (answers of earlier ones that come
             after it are stale: the device did what came later after them).
+        paused_since: when (the caller's clock) it was last paused: a pause has no media timeout,
+            so ``playback.pause_limit`` bounds it instead.
     """
 
     state: ControlState = ControlState.PLAYING
@@ -209,6 +211,7 @@ class Control:
     clock: MediaClock = field(default_factory=MediaClock)
     quiet_since: float = 0.0
     applied: int = 0
+    paused_since: float = 0.0
 
     @property
     def paused(self) -> bool:
@@ -245,5 +248,7 @@ def next_control(control: Control, request: RtspRequest, *, now: float) -> Contr
             control.clock.seek(start)
         if control.state is ControlState.PAUSED:
             control.quiet_since = now
+    elif request.verb is Verb.PAUSE and control.state is ControlState.PLAYING:
+        control.paused_since = now
     control.state = new
     return new

@@ -1368,6 +1368,11 @@ class StreamService:
             control = st.control
             if figures is not None and control is not None and self._check_recorded(st, figures, now):
                 continue
+            limit = self.playback.pause_limit
+            if control is not None and control.paused and limit and now - control.paused_since >= limit:
+                # nobody came back to it (a superior that forgot its dialog has no lease to run out)
+                self._close(st, f"paused for more than {limit:g} s (playback.pause_limit)", "pause-limit")
+                continue
             idle = figures.idle if figures is not None else 0.0
             if control is not None:
                 # a pause is no media timeout, however long it lasts, and counts for nothing after the resume
