@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -343,3 +344,19 @@ async def test_a_terminal_gets_the_progress_bar_in_place(tmp_path: Path) -> None
         os.close(master)
         media.close()
         await gw.stop()
+
+
+def test_an_existing_output_is_neither_overwritten_nor_lost(tmp_path: Path) -> None:
+    # the file is opened before the stream is asked for and removed when nothing came: re-running a
+    # download into the same name (with a span the gateway refuses, or no gateway at all) lost the
+    # earlier recording
+    earlier = tmp_path / "cam1.mp4"
+    earlier.write_bytes(b"yesterday's download")
+    done = subprocess.run(
+        [sys.executable, "-m", "gb28181gw", "download", CH, "--from", FROM, "--to", TO, "-o", str(earlier),
+         "--admin", "http://127.0.0.1:1"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 2 and f"{earlier} exists: remove it or choose another name" in done.stderr, done.stderr
+    assert earlier.read_bytes() == b"yesterday's download"
+
