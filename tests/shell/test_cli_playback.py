@@ -22,15 +22,16 @@ import av
 import pytest
 
 from gb28181gw.app import Gateway
+from gb28181gw.gb.model import Channel
 from gb28181gw.gb.playback import Span
 from gb28181gw.media.rtp import RtpPacket
 from gb28181gw.services.streams import Stream
 from tests.media import gb_ps, packetize, send_udp, wait_for
 
-from .conftest import sipp_scenario
+from .conftest import sipp_scenario, start_gateway
 from .test_cli_play import consumed, read_all, start_with_device
 from .test_cli_streams import cli, output
-from .test_devices import finished
+from .test_devices import finished, free_udp_port, register
 from .test_playback_service import info_part, recorded_answer, recorded_checks
 from .test_streams import CH, NVR, WE_BYE, gateway_with_device
 
@@ -360,3 +361,47 @@ def test_an_existing_output_is_neither_overwritten_nor_lost(tmp_path: Path) -> N
     assert done.returncode == 2 and f"{earlier} exists: remove it or choose another name" in done.stderr, done.stderr
     assert earlier.read_bytes() == b"yesterday's download"
 
+
+async def invite_span(tmp_path: Path, *args: str, zone: str, env: dict[str, str]) -> Span:
+    """The span of the INVITE a ``playback`` CLI run with ``args`` makes a gateway in ``zone`` send, read
+    off the wire where the device would be."""
+    gw = await start_gateway(**{"gateway.time_zone": zone})
+    port = free_udp_port()
+    await register(gw, tmp_path, port)
+    gw.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", port))
+    listener.setblocking(False)
+    assert gw.admin is not None
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gb28181gw", "playback", CH, *args, "-o", str(tmp_path / "out.ps"),
+        "--admin", f"http://127.0.0.1:{gw.admin.port}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, **env},
+    )  # fmt: skip
+    try:
+        invite = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(listener, 65536), 30)
+        m = re.search(rb"\r\nt=(\d+) (\d+)\r\n", invite)
+        assert m is not None, invite
+        return Span(int(m[1]), int(m[2]))
+    finally:
+        proc.kill()
+        await proc.communicate()
+        listener.close()
+        await gw.stop()
+
+
+async def test_times_are_read_in_the_zone_the_cli_says_whatever_the_gateways(tmp_path: Path) -> None:
+    # the CLI reads --from/--to in GB28181GW_GATEWAY_TIME_ZONE when set (and says so in its help); a
+    # gateway started with another gateway.time_zone took the same words as its own local time
+    span = await invite_span(
+        tmp_path, "--from", FROM, "--to", TO, zone="UTC", env={"GB28181GW_GATEWAY_TIME_ZONE": "Asia/Shanghai"}
+    )
+    assert span == SPAN
+
+
+async def test_a_span_ending_in_the_future_ends_now(tmp_path: Path) -> None:
+    # `--to today` is "so far": a span past now is never whole (no MediaStatus, no media to its end),
+    # so a download of it could only end INCOMPLETE
+    span = await invite_span(tmp_path, "--from", "-1h", "--to", "today", zone="Asia/Shanghai", env={})
+    now = dt.datetime.now(dt.UTC).timestamp()
+    assert span.seconds == pytest.approx(3600, abs=5) and span.end == pytest.approx(now, abs=10)

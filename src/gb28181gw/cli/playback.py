@@ -185,12 +185,22 @@ def _recorded(
             "recorded yet",
             param_hint="'--from'",
         )
-    span_seconds = (until - since).total_seconds()
+    if until > now:
+        # `--to today` means "so far": nothing after now is recorded, and a span past it would
+        # never be whole (no MediaStatus, no media up to its end)
+        warn(f"--to {until.strftime(_LOCAL)} is in the future: the span ends now, {now.strftime(_LOCAL)}")
+        until = now
+        if until <= since:
+            raise click.BadParameter(f"{since.strftime(_LOCAL)} is now: nothing is recorded yet", param_hint="'--from'")
+    # with the zone's offset, so that the gateway takes the times the operator meant whatever its
+    # own gateway.time_zone; the span's length in real seconds (a DST change is not 1 h of video)
+    first, last = since.replace(tzinfo=zone), until.replace(tzinfo=zone)
+    span_seconds = last.timestamp() - first.timestamp()
     body: dict[str, Any] = {
         "channel_id": channel_id,
         "kind": kind,
-        "start": since.strftime(_LOCAL),
-        "end": until.strftime(_LOCAL),
+        "start": first.isoformat(),
+        "end": last.isoformat(),
     }
     if speed is not None:
         body["speed"] = speed
@@ -207,8 +217,8 @@ def _recorded(
         progress=_Progress(span_seconds).line if shown else None,
         terminal=terminal,
         on_open=lambda consumer: _said_speed(kind, speed, consumer.opened),
-        refused_hint=f"is anything recorded then? gb28181gw records {channel_id} --from {body['start']} "
-        f"--to {body['end']}",
+        refused_hint=f"is anything recorded then? gb28181gw records {channel_id} --from {since.strftime(_LOCAL)} "
+        f"--to {until.strftime(_LOCAL)}",
     )
     recording, pulled, outcome, gone = got.recording, got.pulled, got.outcome, got.consumer.gone
     complete = outcome.stopped == "ended" and gone.get("complete") is True
