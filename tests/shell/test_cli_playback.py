@@ -405,3 +405,22 @@ async def test_a_span_ending_in_the_future_ends_now(tmp_path: Path) -> None:
     span = await invite_span(tmp_path, "--from", "-1h", "--to", "today", zone="Asia/Shanghai", env={})
     now = dt.datetime.now(dt.UTC).timestamp()
     assert span.seconds == pytest.approx(3600, abs=5) and span.end == pytest.approx(now, abs=10)
+
+
+async def test_sigterm_is_an_incomplete_download_exiting_143(tmp_path: Path) -> None:
+    # 130 is Ctrl-C's; a supervisor's SIGTERM said 130 too, so timeout(1) or systemd could not tell
+    # a stop they asked for from an operator's
+    gw, sipp = await gateway_with_device(tmp_path, device("Download", WE_BYE), **FAST)
+    media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        out = tmp_path / "out.ps"
+        proc, _ = await download_some(gw, out, 60, media)
+        await wait_for(lambda: out.exists() and out.stat().st_size > 10_000, 10)
+        proc.send_signal(signal.SIGTERM)
+        code, summary, stderr = await ended(proc)
+        assert code == 143 and summary["stopped"] == "SIGTERM" and summary["complete"] is False, stderr
+        assert "error: INCOMPLETE download: stopped by SIGTERM at 00:0" in stderr, stderr
+        await finished(sipp)
+    finally:
+        media.close()
+        await gw.stop()

@@ -50,8 +50,10 @@ from gb28181gw.errors import AdminApiError
 
 #: The speeds (MANSRTSP Scale) every device is asked to honour (§7.9); others are passed on as they are.
 SPEEDS = (0.25, 0.5, 1.0, 2.0, 4.0)
-#: Exit status of a playback or download stopped by Ctrl-C or SIGTERM before its end (128 + SIGINT).
+#: Exit status of a playback or download stopped by Ctrl-C before its end (128 + SIGINT).
 STOPPED_EXIT = 130
+#: Exit status of one stopped by SIGTERM (128 + SIGTERM).
+TERMINATED_EXIT = 143
 #: Width of the progress bar, in characters.
 _BAR = 24
 _LOCAL = "%Y-%m-%dT%H:%M:%S"
@@ -61,7 +63,7 @@ _EPILOG = (
     "keep their recordings in local time. Exit status: 0 when the whole span came (the device's "
     "MediaStatus 121, or media up to the span's end); 1 when it stopped early (the device hung up, "
     f"sent no video, the gateway stopped it: INCOMPLETE is said, with how far it got); {STOPPED_EXIT} "
-    "after Ctrl-C (also INCOMPLETE). What came is in the file either way."
+    f"after Ctrl-C, {TERMINATED_EXIT} after SIGTERM (also INCOMPLETE). What came is in the file either way."
 )
 
 
@@ -230,7 +232,9 @@ def _recorded(
     kept = f"what came is in {output}" if pulled.packets and recording.frames else None
     if outcome.stopped == "ended":
         fail(f"INCOMPLETE {kind}: {outcome.ended}, {where}", kept)
-    fail(f"INCOMPLETE {kind}: stopped by {outcome.stopped} {where}", kept, code=STOPPED_EXIT)
+    # 128 + the signal, as a shell says a process it stopped (timeout(1), systemd tell the two apart)
+    code = TERMINATED_EXIT if outcome.stopped == "SIGTERM" else STOPPED_EXIT
+    fail(f"INCOMPLETE {kind}: stopped by {outcome.stopped} {where}", kept, code=code)
 
 
 def _said_speed(kind: str, speed: float | None, opened: dict[str, Any]) -> None:
