@@ -424,3 +424,16 @@ async def test_sigterm_is_an_incomplete_download_exiting_143(tmp_path: Path) -> 
     finally:
         media.close()
         await gw.stop()
+
+
+def test_the_progress_line_says_100_only_at_the_end() -> None:
+    from types import SimpleNamespace
+
+    from gb28181gw.cli.playback import _Progress
+
+    def line(seconds: float) -> str:
+        return _Progress(8).line(0, SimpleNamespace(seconds=seconds, frames=0), None)
+
+    assert " 99%  00:07/00:08" in line(7.96)  # was "100%" a frame before the end
+    assert "100%  00:08/00:08" in line(8.0) and "100%" in line(9.0)
+    assert "  0%  00:00/00:08" in line(0)
