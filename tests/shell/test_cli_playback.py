@@ -469,3 +469,22 @@ def test_the_progress_line_says_100_only_at_the_end() -> None:
     assert " 99%  00:07/00:08" in line(7.96)  # was "100%" a frame before the end
     assert "100%  00:08/00:08" in line(8.0) and "100%" in line(9.0)
     assert "  0%  00:00/00:08" in line(0)
+
+
+async def test_a_ps_download_is_byte_for_byte_what_the_device_sent(tmp_path: Path) -> None:
+    then = sipp_scenario("parts/media_status.xml", pause=3500, sender=CH, from_tag="[pid]dev")
+    gw, sipp = await gateway_with_device(tmp_path, device("Download", then), **FAST)
+    media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        out = tmp_path / "out.ps"
+        proc = await run(gw, "download", CH, "--from", FROM, "--to", TO, "-o", str(out), "--json")
+        st = await consumed(gw)
+        ps = gb_ps(FRAMES, 10)
+        await send_frames(frames_of(ps, int(st.session.ssrc)), st.port, fps=4 * FPS, sock=media)
+        code, summary, stderr = await ended(proc)
+        assert code == 0 and summary["complete"] is True, stderr
+        assert out.read_bytes() == ps and summary["bytes_written"] == len(ps)
+        await finished(sipp)
+    finally:
+        media.close()
+        await gw.stop()
