@@ -488,3 +488,38 @@ async def test_a_ps_download_is_byte_for_byte_what_the_device_sent(tmp_path: Pat
     finally:
         media.close()
         await gw.stop()
+
+
+async def seek_past_the_end(tmp_path: Path) -> tuple[asyncio.subprocess.Process, str, int, str]:
+    """A playback of :data:`SPAN` (no media sent) sought to 99 s: the seek's exit status and words, the
+    playback's exit status and stderr."""
+    then = info_part("^PLAY RTSP/1.0..CSeq: 1..Range: npt=99-..$", name="p1") + WE_BYE
+    gw, sipp = await gateway_with_device(tmp_path, device("Playback", then, "p1"), **FAST)
+    try:
+        proc = await run(gw, "playback", CH, "--from", FROM, "--to", TO, "-o", str(tmp_path / "out.ps"))
+        st = await consumed(gw)
+        said = await cli(gw, "stream", "seek", st.id, "99")
+        raw, _ = await asyncio.wait_for(said.communicate(), 30)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        await finished(sipp)
+        return said, raw.decode(), proc.returncode or 0, err.decode()
+    finally:
+        await gw.stop()
+
+
+async def test_a_playback_that_got_no_video_is_never_complete(tmp_path: Path) -> None:
+    # the gateway ends a session sought past its span's end as "span-end", complete: the CLI said
+    # "complete playback, 00:00 of 00:08 recorded, 0 frames" and exited 0
+    _, _, code, stderr = await seek_past_the_end(tmp_path)
+    assert code == 1 and "INCOMPLETE playback" in stderr, stderr
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="POST /streams/{id}/control (admin.py, not the CLI's) sends a seek past the span's end to the "
+    "device (Range: npt=99-), the CLI says 'playing from 01:39' of an 8 s span, and the gateway then "
+    "ends the session as complete ('span-end': the device went on past the span's end (99 s of 8 s))",
+)
+async def test_a_seek_past_the_spans_end_is_refused(tmp_path: Path) -> None:
+    said, text, _, _ = await seek_past_the_end(tmp_path)
+    assert said.returncode != 0 and "00:08" in text, text  # refused, naming the span's length

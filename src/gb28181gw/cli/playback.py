@@ -224,7 +224,8 @@ def _recorded(
         f"--to {until.strftime(_LOCAL)}",
     )
     recording, pulled, outcome, gone = got.recording, got.pulled, got.outcome, got.consumer.gone
-    complete = outcome.stopped == "ended" and gone.get("complete") is True
+    # no video is never a whole span, whatever ended the session (a seek past its end is "span-end")
+    complete = outcome.stopped == "ended" and gone.get("complete") is True and recording.frames > 0
     position = gone["position"] if isinstance(gone.get("position"), int | float) else recording.seconds
     _summary(kind, got, output, span_seconds, complete, position, as_json)
     if complete:
