@@ -458,19 +458,6 @@ async def test_progress_after_a_seek_back_follows_the_position(tmp_path: Path) -
         await gw.stop()
 
 
-def test_the_progress_line_says_100_only_at_the_end() -> None:
-    from types import SimpleNamespace
-
-    from gb28181gw.cli.playback import _Progress
-
-    def line(seconds: float) -> str:
-        return _Progress(8).line(0, SimpleNamespace(seconds=seconds, frames=0), None)
-
-    assert " 99%  00:07/00:08" in line(7.96)  # was "100%" a frame before the end
-    assert "100%  00:08/00:08" in line(8.0) and "100%" in line(9.0)
-    assert "  0%  00:00/00:08" in line(0)
-
-
 async def test_a_ps_download_is_byte_for_byte_what_the_device_sent(tmp_path: Path) -> None:
     then = sipp_scenario("parts/media_status.xml", pause=3500, sender=CH, from_tag="[pid]dev")
     gw, sipp = await gateway_with_device(tmp_path, device("Download", then), **FAST)

@@ -149,8 +149,7 @@ class _Progress:
         done = min(recording.seconds, self.span)
         fraction = done / self.span if self.span > 0 else 0.0
         filled = int(fraction * _BAR)
-        # floored like the bar: 99.5% is not "100%" with a second still to come
-        head = f"[{'#' * filled}{'.' * (_BAR - filled)}] {int(fraction * 100):3d}%  {clock(done)}/{clock(self.span)}"
+        head = f"[{'#' * filled}{'.' * (_BAR - filled)}] {fraction * 100:3.0f}%  {clock(done)}/{clock(self.span)}"
         if not recording.frames:
             return f"{head}  waiting for video…  (Ctrl-C stops)"
         took = time.monotonic() - pulled.first_packet_at
