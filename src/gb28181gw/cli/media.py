@@ -364,6 +364,10 @@ def _check_output(_ctx: click.Context, _param: click.Parameter, value: Path) -> 
     if value.suffix.lower() not in RECORDING_FORMATS:
         kinds = " or ".join(f"{suffix} ({what})" for suffix, what in RECORDING_FORMATS.items())
         raise click.BadParameter(f"{value.name}: the file name must end in {kinds}")
+    if value.exists():
+        # a file is opened before the stream is asked for and removed when nothing came: an
+        # earlier recording of that name would be lost to a refused or empty attempt
+        raise click.BadParameter(f"{value} exists: remove it or choose another name")
     return value
 
 

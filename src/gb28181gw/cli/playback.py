@@ -50,8 +50,10 @@ from gb28181gw.errors import AdminApiError
 
 #: The speeds (MANSRTSP Scale) every device is asked to honour (§7.9); others are passed on as they are.
 SPEEDS = (0.25, 0.5, 1.0, 2.0, 4.0)
-#: Exit status of a playback or download stopped by Ctrl-C or SIGTERM before its end (128 + SIGINT).
+#: Exit status of a playback or download stopped by Ctrl-C before its end (128 + SIGINT).
 STOPPED_EXIT = 130
+#: Exit status of one stopped by SIGTERM (128 + SIGTERM).
+TERMINATED_EXIT = 143
 #: Width of the progress bar, in characters.
 _BAR = 24
 _LOCAL = "%Y-%m-%dT%H:%M:%S"
@@ -61,7 +63,7 @@ _EPILOG = (
     "keep their recordings in local time. Exit status: 0 when the whole span came (the device's "
     "MediaStatus 121, or media up to the span's end); 1 when it stopped early (the device hung up, "
     f"sent no video, the gateway stopped it: INCOMPLETE is said, with how far it got); {STOPPED_EXIT} "
-    "after Ctrl-C (also INCOMPLETE). What came is in the file either way."
+    f"after Ctrl-C, {TERMINATED_EXIT} after SIGTERM (also INCOMPLETE). What came is in the file either way."
 )
 
 
@@ -185,12 +187,22 @@ def _recorded(
             "recorded yet",
             param_hint="'--from'",
         )
-    span_seconds = (until - since).total_seconds()
+    if until > now:
+        # `--to today` means "so far": nothing after now is recorded, and a span past it would
+        # never be whole (no MediaStatus, no media up to its end)
+        warn(f"--to {until.strftime(_LOCAL)} is in the future: the span ends now, {now.strftime(_LOCAL)}")
+        until = now
+        if until <= since:
+            raise click.BadParameter(f"{since.strftime(_LOCAL)} is now: nothing is recorded yet", param_hint="'--from'")
+    # with the zone's offset, so that the gateway takes the times the operator meant whatever its
+    # own gateway.time_zone; the span's length in real seconds (a DST change is not 1 h of video)
+    first, last = since.replace(tzinfo=zone), until.replace(tzinfo=zone)
+    span_seconds = last.timestamp() - first.timestamp()
     body: dict[str, Any] = {
         "channel_id": channel_id,
         "kind": kind,
-        "start": since.strftime(_LOCAL),
-        "end": until.strftime(_LOCAL),
+        "start": first.isoformat(),
+        "end": last.isoformat(),
     }
     if speed is not None:
         body["speed"] = speed
@@ -207,11 +219,12 @@ def _recorded(
         progress=_Progress(span_seconds).line if shown else None,
         terminal=terminal,
         on_open=lambda consumer: _said_speed(kind, speed, consumer.opened),
-        refused_hint=f"is anything recorded then? gb28181gw records {channel_id} --from {body['start']} "
-        f"--to {body['end']}",
+        refused_hint=f"is anything recorded then? gb28181gw records {channel_id} --from {since.strftime(_LOCAL)} "
+        f"--to {until.strftime(_LOCAL)}",
     )
     recording, pulled, outcome, gone = got.recording, got.pulled, got.outcome, got.consumer.gone
-    complete = outcome.stopped == "ended" and gone.get("complete") is True
+    # no video is never a whole span, whatever ended the session (a seek past its end is "span-end")
+    complete = outcome.stopped == "ended" and gone.get("complete") is True and recording.frames > 0
     position = gone["position"] if isinstance(gone.get("position"), int | float) else recording.seconds
     _summary(kind, got, output, span_seconds, complete, position, as_json)
     if complete:
@@ -220,7 +233,9 @@ def _recorded(
     kept = f"what came is in {output}" if pulled.packets and recording.frames else None
     if outcome.stopped == "ended":
         fail(f"INCOMPLETE {kind}: {outcome.ended}, {where}", kept)
-    fail(f"INCOMPLETE {kind}: stopped by {outcome.stopped} {where}", kept, code=STOPPED_EXIT)
+    # 128 + the signal, as a shell says a process it stopped (timeout(1), systemd tell the two apart)
+    code = TERMINATED_EXIT if outcome.stopped == "SIGTERM" else STOPPED_EXIT
+    fail(f"INCOMPLETE {kind}: stopped by {outcome.stopped} {where}", kept, code=code)
 
 
 def _said_speed(kind: str, speed: float | None, opened: dict[str, Any]) -> None:
