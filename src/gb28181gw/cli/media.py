@@ -89,6 +89,7 @@ class _Consumer:
         opened: the gateway's answer when we became a consumer (the stream's JSON).
         gone: the gateway's 410 answer once the stream ended (its ``reason``, ``cause``, and for
             a playback or download ``complete`` and ``position``); empty before.
+        seen: the stream's JSON at the last poll (a playback's ``position`` after a seek); ``opened`` before.
     """
 
     def __init__(self, admin: str, opened: dict[str, Any]) -> None:
@@ -97,6 +98,7 @@ class _Consumer:
         self.consumer_id: str = opened["consumer"]["id"]
         self.opened = opened
         self.gone: dict[str, Any] = {}
+        self.seen = opened
         now = time.monotonic()
         self._next_poll = now + POLL_EVERY
         self._next_renew = now + RENEW_EVERY
@@ -150,6 +152,7 @@ class _Consumer:
         self._next_poll = now + POLL_EVERY
         status, answer = _call(self.admin, "GET", path)
         if status == 200:
+            self.seen = answer
             if any(c.get("id") == self.consumer_id for c in answer.get("consumers", [])):
                 return None
             return f"the gateway stopped sending stream {self.stream_id} to us (consumer {self.consumer_id} dropped)"

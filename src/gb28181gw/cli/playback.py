@@ -139,14 +139,44 @@ def download(**options: Any) -> None:
     _recorded("download", **options)
 
 
-class _Progress:
-    """Where a playback or download is, for the progress line: the recording's seconds against the span."""
+#: Seconds by which the gateway's position must differ from ours (beyond its lag) to be a seek.
+SEEK_SEEN = 3.0
 
-    def __init__(self, span_seconds: float) -> None:
+
+class _Progress:
+    """Where a playback or download is, for the progress line: the recording's seconds against the span.
+
+    A seek (``gb28181gw stream seek`` from another terminal, or a superior's own) moves a playback
+    without this process knowing: the position the gateway follows, polled once a second
+    (:attr:`_Consumer.seen`), is taken when it strays from ours by more than its own lag could
+    explain (it is read from the RTP timestamps once a second, so it trails by a second or two
+    of media at the playback's speed), and the seconds written after it are added to it. A
+    download takes no seek: its line is the seconds written.
+    """
+
+    def __init__(self, span_seconds: float, *, follow_seeks: bool) -> None:
         self.span = span_seconds
+        self.follow_seeks = follow_seeks
+        self.consumer: Any = None
+        self._offset = 0.0  # the gateway's position minus ours, at the last seek seen
+
+    def follow(self, consumer: Any) -> None:
+        """Take the gateway's position from ``consumer``'s polls."""
+        self.consumer = consumer
+
+    def where(self, recording: Any) -> float:
+        """Seconds into the span."""
+        ours = float(recording.seconds)
+        seen = self.consumer.seen if self.follow_seeks and self.consumer is not None else {}
+        position, scale = seen.get("position"), seen.get("scale")
+        if isinstance(position, int | float) and not isinstance(position, bool):
+            speed = float(scale) if isinstance(scale, int | float) and not isinstance(scale, bool) else 1.0
+            if abs(position - (ours + self._offset)) > SEEK_SEEN + 2.5 * max(1.0, abs(speed)):
+                self._offset = position - ours
+        return ours + self._offset
 
     def line(self, _elapsed: float, recording: Any, pulled: Any) -> str:
-        done = min(recording.seconds, self.span)
+        done = max(0.0, min(self.where(recording), self.span))
         fraction = done / self.span if self.span > 0 else 0.0
         filled = int(fraction * _BAR)
         head = f"[{'#' * filled}{'.' * (_BAR - filled)}] {fraction * 100:3.0f}%  {clock(done)}/{clock(self.span)}"
@@ -208,6 +238,12 @@ def _recorded(
         body["speed"] = speed
     terminal = sys.stderr.isatty()
     shown = terminal if progress is None else progress
+    progressing = _Progress(span_seconds, follow_seeks=kind == "playback")
+
+    def opened(consumer: Any) -> None:
+        progressing.follow(consumer)
+        _said_speed(kind, speed, consumer.opened)
+
     got = _record(
         output,
         admin,
@@ -216,9 +252,9 @@ def _recorded(
         "/playbacks",
         body,
         seconds=None,
-        progress=_Progress(span_seconds).line if shown else None,
+        progress=progressing.line if shown else None,
         terminal=terminal,
-        on_open=lambda consumer: _said_speed(kind, speed, consumer.opened),
+        on_open=opened,
         refused_hint=f"is anything recorded then? gb28181gw records {channel_id} --from {since.strftime(_LOCAL)} "
         f"--to {until.strftime(_LOCAL)}",
     )
