@@ -19,9 +19,11 @@ import sys
 from pathlib import Path
 
 import av
+import click
 import pytest
 
 from gb28181gw.app import Gateway
+from gb28181gw.cli.playback import PositionParam
 from gb28181gw.gb.model import Channel
 from gb28181gw.gb.playback import Span
 from gb28181gw.media.rtp import RtpPacket
@@ -502,3 +504,14 @@ async def test_a_playback_that_got_no_video_is_never_complete(tmp_path: Path) ->
         assert proc.returncode == 1 and "INCOMPLETE playback" in err.decode(), err.decode()
     finally:
         await gw.stop()
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90", 90.0), ("1:30", 90.0), ("1:00:05", 3605.0), ("2.5", 2.5)])
+def test_a_position_is_seconds_or_clock_time(text: str, seconds: float) -> None:
+    assert PositionParam().convert(text, None, None) == seconds
+
+
+@pytest.mark.parametrize("text", ["90:99", "1:60:00", "1:2:3:4", "-5", "soon"])
+def test_a_position_that_is_no_clock_time_is_refused(text: str) -> None:
+    with pytest.raises(click.BadParameter):
+        PositionParam().convert(text, None, None)

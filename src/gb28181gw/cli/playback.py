@@ -182,6 +182,8 @@ class _Progress:
         head = f"[{'#' * filled}{'.' * (_BAR - filled)}] {fraction * 100:3.0f}%  {clock(done)}/{clock(self.span)}"
         if not recording.frames:
             return f"{head}  waiting for video…  (Ctrl-C stops)"
+        if self.consumer is not None and self.consumer.seen.get("paused") is True:
+            return f"{head}  paused (gb28181gw stream resume {self.consumer.stream_id})  (Ctrl-C stops)"
         took = time.monotonic() - pulled.first_packet_at
         pace = recording.seconds / took if took > 0 else 0.0
         eta = f"ETA {clock((self.span - done) / pace)}" if pace > 0 else "ETA -"
@@ -330,6 +332,8 @@ class PositionParam(click.ParamType[float, Any]):
         if m is None:
             self.fail(f"{value!r} is not a position: seconds from the span's start (90) or MM:SS / H:MM:SS", param, ctx)
         parts = [float(x) for x in m.groups() if x is not None]
+        if any(part >= 60 for part in parts[1:]):
+            self.fail(f"{value!r} is not a position: minutes and seconds after a colon are below 60", param, ctx)
         seconds = 0.0
         for part in parts:
             seconds = seconds * 60 + part
