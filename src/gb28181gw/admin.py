@@ -576,6 +576,22 @@ def _consumer_args(
     return _ConsumerArgs(transport, host, port, ssrc, ttl, str(c.get("label") or ""))
 
 
+async def _channel_body(request: web.Request, usage: str) -> tuple[dict[str, Any], str] | web.Response:
+    """A JSON object naming a ``channel_id`` that is a valid ID: (the object, the ID), or the 400 to answer."""
+    try:
+        body = await request.json()
+    except ValueError:
+        return error_response(400, usage)
+    if not isinstance(body, dict):
+        return error_response(400, usage)
+    channel_id = str(body.get("channel_id", ""))
+    try:
+        GbId.parse(channel_id)
+    except IdError as exc:
+        return error_response(400, f"invalid channel ID: {exc}")
+    return body, channel_id
+
+
 def _stream_error(exc: StreamError) -> web.Response:
     return json_response({"error": str(exc), "sip_status": exc.status}, status=_STREAM_HTTP.get(exc.status, 502))
 
@@ -655,17 +671,10 @@ def add_stream_routes(
 
     async def play(request: web.Request) -> web.Response:
         usage = f'the body must be JSON: {{"channel_id": ..., {_CONSUMER_USAGE}}}'
-        try:
-            body = await request.json()
-        except ValueError:
-            return error_response(400, usage)
-        if not isinstance(body, dict):
-            return error_response(400, usage)
-        channel_id = str(body.get("channel_id", ""))
-        try:
-            GbId.parse(channel_id)
-        except IdError as exc:
-            return error_response(400, f"invalid channel ID: {exc}")
+        asked = await _channel_body(request, usage)
+        if isinstance(asked, web.Response):
+            return asked
+        body, channel_id = asked
         c = _consumer_args(request, body.get("consumer"), consumer_networks, usage)
         if isinstance(c, web.Response):
             return c
@@ -683,17 +692,10 @@ def add_stream_routes(
             '"speed": optional (download: a=downloadspeed; playback: the Scale to play at), '
             f"{_CONSUMER_USAGE}}}; TIME is ISO 8601 (in the site's zone without an offset) or epoch seconds"
         )
-        try:
-            body = await request.json()
-        except ValueError:
-            return error_response(400, usage)
-        if not isinstance(body, dict):
-            return error_response(400, usage)
-        channel_id = str(body.get("channel_id", ""))
-        try:
-            GbId.parse(channel_id)
-        except IdError as exc:
-            return error_response(400, f"invalid channel ID: {exc}")
+        asked = await _channel_body(request, usage)
+        if isinstance(asked, web.Response):
+            return asked
+        body, channel_id = asked
         kind = SessionKind.of(str(body.get("kind") or ""))
         if kind is None or not kind.recorded:
             return error_response(400, 'kind must be "playback" or "download"', usage)

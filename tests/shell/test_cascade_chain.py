@@ -176,35 +176,47 @@ def play_through_b(tmp: Path, a: Node, b: Node, dev_port: int, name: str) -> int
         return sum(1 for _ in container.decode(video=0))
 
 
-@pytest.mark.skipif(SIPP is None, reason="sipp is not installed")
-def test_district_lists_plays_and_moves_a_device_behind_the_site_and_again_after_a_restart(tmp_path: Path) -> None:
+def site_and_district(tmp: Path, media: int) -> tuple[Node, Node]:
+    """Site A (registering to B) and district B (taking lower platforms), not started; media ports
+    from ``media`` (B: 100 ports, A: the next 100)."""
     from tests.process import free_port
 
     b = Node(
-        tmp_path, "district", free_port(), free_port(),
+        tmp, "district", free_port(), free_port(),
         "--id", DISTRICT, "--set", "registrar.accept_platforms=true", "--set", f"registrar.password={PASSWORD}",
-        "--set", "devices.catalog_on_register=true", "--set", "media.port_min=43000", "--set", "media.port_max=43099",
+        "--set", "devices.catalog_on_register=true",
+        "--set", f"media.port_min={media}", "--set", f"media.port_max={media + 99}",
     )  # fmt: skip
-    config = site_config(tmp_path, b.sip)
     a = Node(
-        tmp_path, "site", free_port(), free_port(),
-        "-c", str(config), "--id", SITE, "--set", "devices.catalog_on_register=false",
-        "--set", "media.port_min=43100", "--set", "media.port_max=43199",
+        tmp, "site", free_port(), free_port(),
+        "-c", str(site_config(tmp, b.sip)), "--id", SITE, "--set", "devices.catalog_on_register=false",
+        "--set", f"media.port_min={media + 100}", "--set", f"media.port_max={media + 199}",
     )  # fmt: skip
+    return a, b
+
+
+def device_behind_the_site(tmp: Path, a: Node, b: Node) -> int:
+    """Once A registered with B: a SIPp device registers on A with one channel in its catalog, and B
+    reads A's catalog; the device's SIP port."""
+    until(lambda: cli(a.url, "upstreams")[0]["state"] == "registered", 20, "A registered with B")
+    dev_port = free_udp_port()
+    register_device(tmp, a, dev_port)
+    body = catalog_body("GB2312", "[$sn]", CH1, "大门口").replace("<SumNum>2</SumNum>", "<SumNum>1</SumNum>")
+    with device(tmp, dev_port, "catalog", device_scenario([response_message(1, body)])):
+        cli(a.url, "catalog", "refresh", NVR)
+    cli(b.url, "catalog", "refresh", SITE)
+    return dev_port
+
+
+@pytest.mark.skipif(SIPP is None, reason="sipp is not installed")
+def test_district_lists_plays_and_moves_a_device_behind_the_site_and_again_after_a_restart(tmp_path: Path) -> None:
+    a, b = site_and_district(tmp_path, 43000)
     try:
         b.start()
         a.start()
-        until(lambda: cli(a.url, "upstreams")[0]["state"] == "registered", 20, "A registered with B")
+        dev_port = device_behind_the_site(tmp_path, a, b)
 
-        # a device on A, with one channel in its catalog
-        dev_port = free_udp_port()
-        register_device(tmp_path, a, dev_port)
-        body = catalog_body("GB2312", "[$sn]", CH1, "大门口").replace("<SumNum>2</SumNum>", "<SumNum>1</SumNum>")
-        with device(tmp_path, dev_port, "catalog", device_scenario([response_message(1, body)])):
-            cli(a.url, "catalog", "refresh", NVR)
-
-        # B reads A's catalog: the channel arrives with its own ID, under A
-        cli(b.url, "catalog", "refresh", SITE)
+        # B has read A's catalog: the channel arrives with its own ID, under A
         channels = cli(b.url, "channels")
         (row,) = [c for c in channels if c["channel_id"] == CH1]
         assert row["device_id"] == SITE

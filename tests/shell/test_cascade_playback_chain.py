@@ -31,9 +31,9 @@ from gb28181gw.gb.playback import Span
 from tests.media import gb_ps, packetize, packs
 
 from .conftest import sipp_scenario
-from .test_cascade_chain import SIPP, Node, device, register_device
-from .test_cascade_processes import DISTRICT, PASSWORD, SITE, cli, site_config, until
-from .test_devices import CH1, NVR, catalog_body, device_scenario, free_udp_port, response_message
+from .test_cascade_chain import SIPP, Node, device, device_behind_the_site, site_and_district
+from .test_cascade_processes import SITE, cli, until
+from .test_devices import CH1
 from .test_playback_service import info_part
 
 pytestmark = pytest.mark.sipp
@@ -108,28 +108,11 @@ def decoded(path: Path) -> tuple[int, float]:
 
 @pytest.mark.skipif(SIPP is None, reason="sipp is not installed")
 def test_district_plays_back_and_downloads_a_span_of_a_device_behind_the_site(tmp_path: Path) -> None:
-    from tests.process import free_port
-
-    b = Node(
-        tmp_path, "district", free_port(), free_port(),
-        "--id", DISTRICT, "--set", "registrar.accept_platforms=true", "--set", f"registrar.password={PASSWORD}",
-        "--set", "media.port_min=43200", "--set", "media.port_max=43299",
-    )  # fmt: skip
-    a = Node(
-        tmp_path, "site", free_port(), free_port(),
-        "-c", str(site_config(tmp_path, b.sip)), "--id", SITE, "--set", "devices.catalog_on_register=false",
-        "--set", "media.port_min=43300", "--set", "media.port_max=43399",
-    )  # fmt: skip
+    a, b = site_and_district(tmp_path, 43200)
     try:
         b.start()
         a.start()
-        until(lambda: cli(a.url, "upstreams")[0]["state"] == "registered", 20, "A registered with B")
-        dev_port = free_udp_port()
-        register_device(tmp_path, a, dev_port)
-        body = catalog_body("GB2312", "[$sn]", CH1, "大门口").replace("<SumNum>2</SumNum>", "<SumNum>1</SumNum>")
-        with device(tmp_path, dev_port, "catalog", device_scenario([response_message(1, body)])):
-            cli(a.url, "catalog", "refresh", NVR)
-        cli(b.url, "catalog", "refresh", SITE)
+        dev_port = device_behind_the_site(tmp_path, a, b)
         assert any(c["channel_id"] == CH1 for c in cli(b.url, "channels"))
 
         # playback on B, paused and resumed from B: the INFOs reach the device in its own dialog,
