@@ -52,7 +52,7 @@ from gb28181gw.relay.records import RelaySnapshot, StreamFigures
 from gb28181gw.sdp import SessionKind, StreamMode
 from gb28181gw.services.devices import DeviceError, DeviceService
 from gb28181gw.services.registrar import RegistrarService
-from gb28181gw.services.streams import Stream, StreamError, StreamService, StreamState
+from gb28181gw.services.streams import Consumer, Stream, StreamError, StreamService, StreamState
 from gb28181gw.services.upstreams import UpstreamService
 
 log = logging.getLogger("gb28181gw.admin")
@@ -660,6 +660,14 @@ def add_stream_routes(
         out["consumer"] = next(x for x in out["consumers"] if x["id"] == consumer_id)
         return json_response(out, status=201)
 
+    async def consume(opening: Awaitable[tuple[Stream, Consumer]]) -> web.Response:
+        """The stream a consumer was added to (201 with it), or why not."""
+        try:
+            st, consumer = await opening
+        except StreamError as exc:
+            return _stream_error(exc)
+        return opened(st, consumer.id)
+
     async def list_streams(request: web.Request) -> web.Response:
         return json_response({"streams": streams_json(streams)})
 
@@ -678,13 +686,11 @@ def add_stream_routes(
         c = _consumer_args(request, body.get("consumer"), consumer_networks, usage)
         if isinstance(c, web.Response):
             return c
-        try:
-            st, consumer = await streams.play(
+        return await consume(
+            streams.play(
                 channel_id, transport=c.transport, host=c.host, port=c.port, ssrc=c.ssrc, label=c.label, ttl=c.ttl
             )
-        except StreamError as exc:
-            return _stream_error(exc)
-        return opened(st, consumer.id)
+        )
 
     async def open_recorded(request: web.Request) -> web.Response:
         usage = (
@@ -759,13 +765,11 @@ def add_stream_routes(
         )
         if isinstance(c, web.Response):
             return c
-        try:
-            st, consumer = await streams.join(
+        return await consume(
+            streams.join(
                 stream_id, transport=c.transport, host=c.host, port=c.port, ssrc=c.ssrc, label=c.label, ttl=c.ttl
             )
-        except StreamError as exc:
-            return _stream_error(exc)
-        return opened(st, consumer.id)
+        )
 
     async def control(request: web.Request) -> web.Response:
         usage = (
