@@ -401,6 +401,14 @@ async def test_times_are_read_in_the_zone_the_cli_says_whatever_the_gateways(tmp
     assert span == SPAN
 
 
+async def test_a_bare_day_is_the_whole_day_to_the_next_midnight(tmp_path: Path) -> None:
+    # `--from D --to D`: the day's 86,400 seconds, t= ending at the next midnight (not 23:59:59,
+    # which left the day's last second out)
+    span = await invite_span(tmp_path, "--from", "2024-05-06", "--to", "2024-05-06", zone="Asia/Shanghai", env={})
+    day = Span.from_local(dt.datetime(2024, 5, 6), dt.datetime(2024, 5, 7), dt.timezone(dt.timedelta(hours=8)))
+    assert span == day and span.seconds == 86400
+
+
 async def test_a_span_ending_in_the_future_ends_now(tmp_path: Path) -> None:
     # `--to today` is "so far": a span past now is never whole (no MediaStatus, no media to its end),
     # so a download of it could only end INCOMPLETE

@@ -61,12 +61,12 @@ def info_part(body_regexp: str, *, status: str = "200 OK", answer: str = "", nam
     )
 
 
-def device_scenario(kind: str, then: str, refs: str) -> bytes:
+def device_scenario(kind: str, then: str, refs: str, *, answered: Span = SPAN) -> bytes:
     return sipp_scenario(
         "invite_uas.xml",
         checks=recorded_checks(kind, SPAN),
         ch=CH,
-        answer=recorded_answer(kind, SPAN, extra="a=filesize:1234567" if kind == "Download" else ""),
+        answer=recorded_answer(kind, answered, extra="a=filesize:1234567" if kind == "Download" else ""),
         then=then,
         refs="gwfrom,subject,s,u,t,all,y" + (f",{refs}" if refs else ""),
     ).encode()
@@ -158,6 +158,26 @@ async def test_download_offer_and_file_size(tmp_path: Path) -> None:
         assert 'gb28181gw_downloads_total{result="complete"} 1.0' in text
         assert 'gb28181gw_media_sessions_total{kind="download",result="complete"} 1.0' in text
         assert 'gb28181gw_media_sessions_active{kind="download"} 0.0' in text
+    finally:
+        udp.close()
+        await gw.stop()
+
+
+async def test_a_device_answering_another_span_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # what it sends is what it found (an NVR clipping the span to its recordings): the session
+    # goes on, and the operator reads which span was asked and which answered
+    other = Span(SPAN.start + 60, SPAN.end)
+    gw, device = await gateway_with_device(tmp_path, device_scenario("Playback", WE_BYE, "", answered=other))
+    caplog.set_level("INFO", logger="gb28181gw.streams")
+    udp = await UdpConsumer.start()
+    try:
+        st, _ = await gw.streams.open_recorded(
+            CH, kind=SessionKind.PLAYBACK, span=SPAN, transport="udp", host="127.0.0.1", port=udp.port
+        )
+        (said,) = [r for r in caplog.records if r.getMessage() == "device answered another span"]
+        assert (said.asked, said.answered) == (SPAN.sdp_time, other.sdp_time)  # type: ignore[attr-defined]
+        await gw.streams.stop_stream(st.id)
+        await finished(device)
     finally:
         udp.close()
         await gw.stop()

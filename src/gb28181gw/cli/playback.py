@@ -209,6 +209,10 @@ def _recorded(
     zone = display_zone(admin)
     now = _dt.datetime.now(zone).replace(tzinfo=None, microsecond=0)
     since, until = parse_time(start, now=now), parse_time(end, now=now, end_of_day=True)
+    if until != parse_time(end, now=now):
+        # a bare day: its last second included, so the span ends at the next midnight (t= END is
+        # where the recording stops, not its last second)
+        until += _dt.timedelta(seconds=1)
     if until <= since:
         raise click.BadParameter(
             f"{until.strftime(_LOCAL)} is not after --from {since.strftime(_LOCAL)}", param_hint="'--to'"

@@ -754,6 +754,13 @@ class StreamService:
         try:
             if session.offered_ssrc != int(session.ssrc):
                 log.info("device answered with its own SSRC (M1)", extra={"stream": st.id, "ssrc": session.ssrc})
+            answered_time = " ".join((session.answer.time if session.answer is not None else "").split())
+            if st.span is not None and answered_time not in ("", "0 0", st.span.sdp_time):
+                # what it sends is what it found: the operator should know it is not the span asked for
+                log.warning(
+                    "device answered another span",
+                    extra={"stream": st.id, "asked": st.span.sdp_time, "answered": answered_time},
+                )
             # media only from the device: a stranger spraying our ports must not win the stream
             source = expected_media_host(session.media_host, st.peer.host)
             await st.relay.expect(st.id, int(session.ssrc), source=source)
