@@ -544,6 +544,10 @@ class _ConsumerArgs:
     ttl: float | None
     label: str
 
+    def keywords(self) -> dict[str, Any]:
+        """As the keyword arguments of StreamService.play, open_recorded and join."""
+        return dataclasses.asdict(self)
+
 
 def _consumer_args(
     request: web.Request, c: Any, consumer_networks: tuple[IpNetwork, ...], usage: str
@@ -686,11 +690,7 @@ def add_stream_routes(
         c = _consumer_args(request, body.get("consumer"), consumer_networks, usage)
         if isinstance(c, web.Response):
             return c
-        return await consume(
-            streams.play(
-                channel_id, transport=c.transport, host=c.host, port=c.port, ssrc=c.ssrc, label=c.label, ttl=c.ttl
-            )
-        )
+        return await consume(streams.play(channel_id, **c.keywords()))
 
     async def open_recorded(request: web.Request) -> web.Response:
         usage = (
@@ -729,12 +729,7 @@ def add_stream_routes(
                 kind=kind,
                 span=span,
                 download_speed=int(speed) if kind is SessionKind.DOWNLOAD and speed is not None else None,
-                transport=c.transport,
-                host=c.host,
-                port=c.port,
-                ssrc=c.ssrc,
-                label=c.label,
-                ttl=c.ttl,
+                **c.keywords(),
             )
         except StreamError as exc:
             return _stream_error(exc)
@@ -765,11 +760,7 @@ def add_stream_routes(
         )
         if isinstance(c, web.Response):
             return c
-        return await consume(
-            streams.join(
-                stream_id, transport=c.transport, host=c.host, port=c.port, ssrc=c.ssrc, label=c.label, ttl=c.ttl
-            )
-        )
+        return await consume(streams.join(stream_id, **c.keywords()))
 
     async def control(request: web.Request) -> web.Response:
         usage = (

@@ -441,19 +441,28 @@ async def test_stranger_is_403(tmp_path: Path) -> None:
 # --- the superior changes its mind; a second viewer; re-INVITE; shutdown -------------------
 
 
-async def test_cancel_before_our_200_releases_the_late_consumer(tmp_path: Path) -> None:
-    gw = await cascade_gateway(tmp_path)
-    late = sipp_scenario("invite_late_uas.xml", ch=CH, pause=1500, answer=answer(ssrc=f"{DEVICE_SSRC:010d}"))
+async def cancelled_while_the_device_is_late(gw: Gateway, tmp_path: Path, device_answer: str, body: str) -> None:
+    """The superior CANCELs its INVITE (``body``) while the device has not answered; the device
+    answers (``device_answer``) 1.5 s later: 200 to the CANCEL, 487 to the INVITE, and once the
+    device answered, nothing is left (the consumer it brings released, the device session ended
+    with BYE)."""
+    late = sipp_scenario("invite_late_uas.xml", ch=CH, pause=1500, answer=device_answer)
     device = await with_device(gw, tmp_path, late.encode())
     assert device is not None
+    cancel = sipp_scenario("parts/superior_cancel.xml", ch=CH, superior=SUPERIOR, pause=300)
+    result = await superior(gw, tmp_path, body, cancel)
+    assert result.ok, result.stdout + result.messages  # 200 to its CANCEL, 487 to its INVITE
+    await finished(device)
+    await nothing_left(gw)
+    assert 'result="cancelled",upstream="district"' in upstream_metrics(gw)
+
+
+async def test_cancel_before_our_200_releases_the_late_consumer(tmp_path: Path) -> None:
+    gw = await cascade_gateway(tmp_path)
     try:
-        cancel = sipp_scenario("parts/superior_cancel.xml", ch=CH, superior=SUPERIOR, pause=300)
-        result = await superior(gw, tmp_path, content(offer(30000)), cancel)
-        assert result.ok, result.stdout + result.messages  # 200 to its CANCEL, 487 to its INVITE
-        # the device answers after all: the consumer it brings is released, the stream closed (BYE)
-        await finished(device)
-        await nothing_left(gw)
-        assert 'result="cancelled",upstream="district"' in upstream_metrics(gw)
+        await cancelled_while_the_device_is_late(
+            gw, tmp_path, answer(ssrc=f"{DEVICE_SSRC:010d}"), content(offer(30000))
+        )
     finally:
         await gw.stop()
 

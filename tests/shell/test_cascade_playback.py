@@ -31,6 +31,7 @@ from .test_cascade_invite import (
     SUPERIOR,
     RawSuperior,
     _superiors_finish,  # noqa: F401 - its autouse fixture waits for in_background() here too
+    cancelled_while_the_device_is_late,
     cascade_gateway,
     in_background,
     nothing_left,
@@ -348,16 +349,8 @@ async def test_cancel_before_the_device_answered_stops_its_own_session_at_once(t
     # is closed then (BYE), not left streaming for media.linger (30 s here) with nobody to see it
     gw = await cascade_gateway(tmp_path, settings={"media.linger": "30"})
     answer = recorded_answer("Playback", SPAN).replace("[$y]", "1200000099")
-    late = sipp_scenario("invite_late_uas.xml", ch=CH, pause=1500, answer=answer)
-    dev = await with_device(gw, tmp_path, late.encode())
-    assert dev is not None
     try:
-        cancel = sipp_scenario("parts/superior_cancel.xml", ch=CH, superior=SUPERIOR, pause=300)
-        result = await superior(gw, tmp_path, sdp_body(recorded_offer(30000)), cancel)
-        assert result.ok, result.stdout + result.messages  # 200 to its CANCEL, 487 to its INVITE
-        await nothing_left(gw)
-        await finished(dev)
-        assert 'result="cancelled",upstream="district"' in upstream_metrics(gw)
+        await cancelled_while_the_device_is_late(gw, tmp_path, answer, sdp_body(recorded_offer(30000)))
     finally:
         await gw.stop()
 

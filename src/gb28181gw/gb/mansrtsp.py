@@ -119,8 +119,19 @@ def _serialize(first: str, cseq: int, headers: tuple[tuple[str, str], ...]) -> b
     return ("\r\n".join(lines) + "\r\n").encode()
 
 
+class _Headers:
+    """What requests and answers share: their header lines, looked up by name."""
+
+    __slots__ = ()
+    headers: tuple[tuple[str, str], ...]
+
+    def header(self, name: str) -> str | None:
+        """The value of header ``name`` (case-insensitive), or ``None``."""
+        return _header(self.headers, name)
+
+
 @dataclass(frozen=True, slots=True)
-class RtspRequest:
+class RtspRequest(_Headers):
     """A control request.
 
     Attributes:
@@ -134,10 +145,6 @@ class RtspRequest:
     cseq: int
     headers: tuple[tuple[str, str], ...] = ()
     version: str = "RTSP/1.0"
-
-    def header(self, name: str) -> str | None:
-        """The value of header ``name`` (case-insensitive), or ``None``."""
-        return _header(self.headers, name)
 
     @property
     def scale(self) -> float | None:
@@ -197,7 +204,7 @@ class RtspRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class RtspResponse:
+class RtspResponse(_Headers):
     """A device's answer to a control request (the body of its 200 to the INFO).
 
     Attributes:
@@ -212,10 +219,6 @@ class RtspResponse:
     cseq: int
     headers: tuple[tuple[str, str], ...] = ()
     version: str = "RTSP/1.0"
-
-    def header(self, name: str) -> str | None:
-        """The value of header ``name`` (case-insensitive), or ``None``."""
-        return _header(self.headers, name)
 
     @property
     def rtp_info(self) -> str | None:

@@ -1373,7 +1373,7 @@ class StreamService:
                 continue
             figures = snapshots[self.relays.index(st.relay)].get(st.id)
             control = st.control
-            if figures is not None and control is not None and self._check_recorded(st, figures, now):
+            if figures is not None and control is not None and self._check_recorded(st, figures):
                 continue
             limit = self.playback.pause_limit
             if control is not None and control.paused and limit and now - control.paused_since >= limit:
@@ -1416,7 +1416,7 @@ class StreamService:
                     waited = consumer.start_by - consumer.created
                     self._drop_consumer(st, consumer.id, reason=f"not started within {waited:g} s")
 
-    def _check_recorded(self, st: Stream, figures: StreamFigures, now: float) -> bool:
+    def _check_recorded(self, st: Stream, figures: StreamFigures) -> bool:
         """Follow a recorded stream's position; whether it was closed (streamed past its span's end)."""
         assert st.control is not None and st.span is not None
         position = self._follow(st, figures)
