@@ -7,7 +7,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "src" / "gb28181gw"
 
-CORE = ("errors", "ids", "deadlines", "sip", "sdp", "media", "manscdp", "gb")
+CORE = ("errors", "divisions", "ids", "deadlines", "sip", "sdp", "media", "manscdp", "gb")
 FORBIDDEN_IN_CORE = {
     "asyncio", "socket", "selectors", "threading", "sqlite3", "redis", "aiohttp",
     "prometheus_client", "click", "typer", "rich", "av",
@@ -16,20 +16,21 @@ FORBIDDEN_IN_CORE = {
 # imports only errors and ids, so the shell takes its sections from it and no default is restated
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
-    "ids": {"errors"},
+    "divisions": set(),
+    "ids": {"errors", "divisions"},
     "deadlines": set(),
     "sip": {"errors", "deadlines", "sip"},
     "manscdp": {"errors", "manscdp"},
     "sdp": {"errors"},
     "media": {"errors", "media"},
-    "gb": {"errors", "ids", "deadlines", "sip", "sdp", "media", "manscdp", "gb"},
+    "gb": {"errors", "divisions", "ids", "deadlines", "sip", "sdp", "media", "manscdp", "gb"},
     "store": {"errors", "ids", "gb", "store"},
     "net": set(CORE) | {"net", "logs", "metrics", "config"},
     "metrics": {"metrics"},
     "logs": set(),
     "relay": set(CORE) | {"relay", "logs"},
     "services": set(CORE) | {"net", "relay", "store", "metrics", "logs", "services", "config"},
-    "config": {"errors", "ids"},
+    "config": {"errors", "ids", "divisions"},
 }
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from gb28181gw import __version__
 from gb28181gw.admin import AdminServer, add_device_routes, add_stream_routes, add_upstream_routes
+from gb28181gw.admin.ledger import add_ledger_routes
 from gb28181gw.config import Config, parse_time_zone
 from gb28181gw.errors import StoreError
 from gb28181gw.gb.model import DeviceState
@@ -44,6 +45,7 @@ from gb28181gw.services.cascade_catalog import CascadeCatalogService
 from gb28181gw.services.cascade_media import CascadeMediaService
 from gb28181gw.services.cascade_requests import CascadeRequestService
 from gb28181gw.services.devices import DeviceService
+from gb28181gw.services.ledger import LedgerService
 from gb28181gw.services.registrar import RegistrarService
 from gb28181gw.services.streams import MediaSettings, StreamService
 from gb28181gw.services.subscriptions import SubscriptionService
@@ -146,6 +148,7 @@ class Gateway:
             invite_timeout=m.invite_timeout,
         )
         self.upstreams.count_streams(self.cascade_media.served_to)
+        self.ledger = LedgerService(config, self.registrar, self.devices, self.store)
         self.admin: AdminServer | None = None
         self.started_at = 0.0
         self._ready = False
@@ -204,6 +207,7 @@ class Gateway:
         await self.store.open()
         await self.registrar.start()
         await self.devices.start()
+        await self.ledger.start()
         await self.stack.listen(replace(c.sip, tcp_max_connections=tcp_connection_budget(c)))
         await self.streams.start()
         await self.upstreams.start()  # once listening: the superiors answer to our SIP port
@@ -220,6 +224,7 @@ class Gateway:
                 zone=parse_time_zone(c.gateway.time_zone),
             )
             add_upstream_routes(self.admin, self.upstreams)
+            add_ledger_routes(self.admin, self.ledger)
             await self.admin.start(c.admin.listen, c.admin.port)
         self.started_at = time.monotonic()
         self._ready = True

@@ -367,6 +367,29 @@ class PlaybackSection:
     )
 
 
+def _digits(n: int) -> Callable[[str], str | None]:
+    return lambda v: (
+        None if v == "" or (len(v) == n and v.isascii() and v.isdigit()) else f"must be {n} digits or empty"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerSection:
+    """The camera ledger (一机一档) and the authorities' forms it is exported in."""
+
+    industry: str = _opt(
+        "",
+        "the site's industry code (ID positions 9-10), checked on every exported camera; empty = not checked",
+        _digits(2),
+    )
+    network: str = _opt(
+        "",
+        "the site's network code (ID position 14), checked on every exported camera; empty = not checked",
+        _digits(1),
+    )
+    forms: str = _opt("", "a directory of the integrator's own form files (*.toml), besides the shipped forms")
+
+
 @dataclass(frozen=True, slots=True)
 class StoreSection:
     """Where state is kept."""
@@ -491,6 +514,7 @@ class Config:
     devices: DevicesSection = field(default_factory=DevicesSection)
     media: MediaSection = field(default_factory=MediaSection)
     playback: PlaybackSection = field(default_factory=PlaybackSection)
+    ledger: LedgerSection = field(default_factory=LedgerSection)
     store: StoreSection = field(default_factory=StoreSection)
     admin: AdminSection = field(default_factory=AdminSection)
     log: LogSection = field(default_factory=LogSection)
@@ -625,6 +649,7 @@ SECTIONS: dict[str, Any] = {
     "devices": DevicesSection,
     "media": MediaSection,
     "playback": PlaybackSection,
+    "ledger": LedgerSection,
     "store": StoreSection,
     "admin": AdminSection,
     "log": LogSection,

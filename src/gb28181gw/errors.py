@@ -44,8 +44,11 @@ a bug (the fuzz tests in ``tests/fuzz`` check exactly that).
     │                                 says which way, and survives the pipe to a relay worker
     ├── StreamError                   a live stream cannot be opened or found; .status is the SIP-style
     │                                 code to pass on (404, 408, 480, 486, 488, 502, 503, 504)
-    └── UpstreamError                 an operator's change to a superior cannot be made; .status is the
-                                      HTTP-style hint (404 no such superior, 400 a bad ID)
+    ├── UpstreamError                 an operator's change to a superior cannot be made; .status is the
+    │                                 HTTP-style hint (404 no such superior, 400 a bad ID)
+    └── LedgerError                   a change to the camera ledger cannot be made; .status 404 / 400
+        ├── LedgerValueError (ValueError)  a value a ledger field cannot take; .field names it, .reason says why
+        └── FormError                 a ledger form file that cannot be used; names the file and key at fault
 
 Local and remote errors are told apart so that the shell can answer a peer's
 mistake and keep serving everyone else, while our own mistakes fail loudly.
@@ -369,3 +372,39 @@ class UpstreamError(Gb28181Error):
         super().__init__(message)
         self.status = status
         self.hint = hint
+
+
+class LedgerError(Gb28181Error):
+    """A change to the camera ledger cannot be made.
+
+    Attributes:
+        status: 404 (no channel, device or entry with that ID) or 400 (a value, row or file
+            that is not acceptable).
+        hint: what to do about it.
+    """
+
+    NOT_FOUND = 404
+    BAD_VALUE = 400
+
+    def __init__(self, message: str, status: int = BAD_VALUE, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.hint = hint
+
+
+class LedgerValueError(LedgerError, ValueError):
+    """A value written into a ledger field cannot be read (a date, a coordinate, a yes/no …).
+
+    Attributes:
+        field: the field's key.
+        reason: why, in words.
+    """
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class FormError(LedgerError):
+    """A ledger form file cannot be used; the message names the file and the key (sheet, column) at fault."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from gb28181gw.divisions import division_name
 from gb28181gw.errors import IdError
 
 PROVINCES: dict[str, str] = {
@@ -271,24 +272,29 @@ class GbId:
         return type_kind(self.type_code)
 
     def describe(self) -> list[tuple[str, str, str]]:
-        """Rows of (positions, digits, meaning) explaining every field."""
+        """Rows of (positions, digits, meaning) explaining every field; divisions named (GB/T 2260)."""
         v = self.value
+        centre = v[:8]
+        province = division_name(v[:2]) or PROVINCES.get(v[:2])
+        rows = [("1-2", v[:2], f"province {province or '(unknown code)'}")]
+        levels = (("3-4", 4, "city", "provincial centre"), ("5-6", 6, "district/county", "city-level centre"))
+        for positions, size, level, none in levels:
+            if len(centre) < size:
+                break
+            digits = centre[size - 2 : size]
+            if digits == "00":
+                rows.append((positions, digits, f"{level}: none ({none})"))
+                continue
+            name = division_name(centre[:size])
+            rows.append((positions, digits, f"{level} {name}" if name else f"{level} (not in GB/T 2260)"))
+        if len(centre) == 8:
+            base = centre[6:8]
+            rows.append(("7-8", base, "grassroots unit" if base != "00" else "grassroots unit: none"))
         if self.is_civil_code:
-            rows = [("1-2", v[:2], f"province {PROVINCES.get(v[:2], '(unknown)')}")]
-            if len(v) >= 4:
-                rows.append(("3-4", v[2:4], "city"))
-            if len(v) >= 6:
-                rows.append(("5-6", v[4:6], "district/county"))
-            if len(v) >= 8:
-                rows.append(("7-8", v[6:8], "grassroots unit"))
             rows.append(("kind", str(len(v)), f"civil-code node ({CIVIL_LEVELS[len(v)]} level)"))
             return rows
-        city, district, base = v[2:4], v[4:6], v[6:8]
         return [
-            ("1-2", v[:2], f"province {PROVINCES.get(v[:2], '(unknown code)')}"),
-            ("3-4", city, "city" if city != "00" else "city: none (provincial centre)"),
-            ("5-6", district, "district/county" if district != "00" else "district: none (city-level centre)"),
-            ("7-8", base, "grassroots unit" if base != "00" else "grassroots unit: none"),
+            *rows,
             ("9-10", v[8:10], f"industry {industry_name(v[8:10])}"),
             ("11-13", v[10:13], f"type {type_name(self.type_code)} [{self.kind.value}]"),
             ("14", v[13], f"network {NETWORKS_2022[v[13]]} (2016: {NETWORKS_2016[v[13]]})"),

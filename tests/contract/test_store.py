@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from gb28181gw.errors import StoreError, StoreRecordError
+from gb28181gw.gb.ledger import LedgerEntry
 from gb28181gw.gb.model import Alarm, Ban, Channel, Device, DeviceState, Override, ShareEntry, StreamMode, Transport
 from gb28181gw.store.base import Store
 from gb28181gw.store.sqlite import MIGRATIONS, SqliteStore
@@ -291,6 +292,53 @@ class TestSqliteFile:
             await store.close()
         assert got == [("南门", ""), ("", "IPC-7A2F")]
 
+    async def test_a_store_of_the_last_release_upgrades_in_place_and_keeps_its_data(self, tmp_path: Path) -> None:
+        # issue 14: the ledger table arrives by migration; the devices, channels and overrides of a
+        # gateway that ran the previous schema are all still there after it
+        path = tmp_path / "gw.db"
+        conn = sqlite3.connect(path, isolation_level=None)
+        for migration in MIGRATIONS[:-1]:
+            conn.executescript(migration)
+        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) - 1}")
+        conn.execute(
+            "INSERT INTO devices (device_id, name, state) VALUES ('34020000001180000001', '北门NVR', 'online')"
+        )
+        conn.execute(
+            "INSERT INTO channels (channel_id, device_id, name) VALUES ('34020000001310000001', '34020000001180000001', '大门')"
+        )
+        conn.execute(
+            "INSERT INTO upstream_overrides (upstream, channel_id, name) VALUES ('city', '34020000001310000001', '东门')"
+        )
+        conn.close()
+        store = SqliteStore(path)
+        await store.open()
+        try:
+            assert [d.name for d in await store.load_devices()] == ["北门NVR"]
+            assert [c.name for c in await store.load_channels()] == ["大门"]
+            assert [o.name for o in await store.load_overrides()] == ["东门"]
+            assert await store.load_ledger() == []
+            await store.save_ledger([LedgerEntry("34020000001310000001", {"location": "北门岗亭"}, 1.0)])
+        finally:
+            await store.close()
+        conn = sqlite3.connect(path)
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        conn.close()
+
+    async def test_a_damaged_ledger_entry_is_a_clear_error(self, tmp_path: Path) -> None:
+        store = SqliteStore(tmp_path / "gw.db")
+        await store.open()
+        await store.close()
+        conn = sqlite3.connect(tmp_path / "gw.db", isolation_level=None)
+        conn.execute("INSERT INTO ledger (id, fields) VALUES ('34020000001310000001', '[1, 2')")
+        conn.close()
+        store = SqliteStore(tmp_path / "gw.db")
+        await store.open()
+        try:
+            with pytest.raises(StoreError, match="ledger entry 34020000001310000001"):
+                await store.load_ledger()
+        finally:
+            await store.close()
+
     async def test_unknown_state_is_a_clear_error(self, tmp_path: Path) -> None:
         store = SqliteStore(tmp_path / "gw.db")
         await store.open()
@@ -429,5 +477,42 @@ async def test_shares_and_overrides_survive_reopen(factory: Callable[[], Store])
     try:
         assert await s.load_shares() == [ShareEntry("district", "340202", True)]
         assert (await s.load_overrides())[0].name == "大门"
+    finally:
+        await s.close()
+
+
+async def test_ledger_entries_are_replaced_by_id_and_deleted(store: Store) -> None:
+    a = LedgerEntry("34020000001310000001", {"location": "北门岗亭", "built": "2020-03", "leased": "no"}, 10.0)
+    b = LedgerEntry("34020000001310000002", {"police_station": "镜湖派出所"}, 11.0)
+    await store.save_ledger([a, b])
+    assert await store.load_ledger() == [a, b]
+    changed = LedgerEntry(a.id, {"location": "南门"}, 12.0)
+    await store.save_ledger([changed])
+    assert await store.load_ledger() == [changed, b]
+    await store.delete_ledger([b.id, "34020000001310000099"])
+    assert await store.load_ledger() == [changed]
+
+
+async def test_the_ledger_survives_a_catalog_refresh_and_the_device_s_removal(store: Store) -> None:
+    # the ledger is the integrator's work: a device re-sending its catalog (or being re-added) must not lose it
+    await store.save_devices([device(1)])
+    await store.replace_channels(device(1).device_id, [Channel("34020000001310000001", device(1).device_id)])
+    entry = LedgerEntry("34020000001310000001", {"location": "北门岗亭"}, 1.0)
+    await store.save_ledger([entry])
+    await store.replace_channels(device(1).device_id, [])
+    await store.delete_device(device(1).device_id)
+    assert await store.load_ledger() == [entry]
+
+
+async def test_ledger_survives_reopen(factory: Callable[[], Store]) -> None:
+    s = factory()
+    await s.open()
+    entry = LedgerEntry("34020000001310000001", {"osd": "镜湖区-北门-01", "longitude": "118.376451"}, 5.5)
+    await s.save_ledger([entry])
+    await s.close()
+    s = factory()
+    await s.open()
+    try:
+        assert await s.load_ledger() == [entry]
     finally:
         await s.close()

@@ -12,11 +12,12 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol
 
+from gb28181gw.gb.ledger import LedgerEntry
 from gb28181gw.gb.model import Alarm, Ban, Channel, Device, Override, ShareEntry
 
 
 class Store(Protocol):
-    """Async persistence of devices, channels, alarms, bans, and superiors' shares and overrides.
+    """Async persistence of devices, channels, alarms, bans, superiors' shares and overrides, and the ledger.
 
     Attributes:
         writable: whether the last write reached the store (``/readyz`` fails while it is false).
@@ -97,3 +98,13 @@ class Store(Protocol):
 
     async def load_overrides(self) -> list[Override]:
         """Every override of every superior, by superior and channel."""
+
+    async def save_ledger(self, entries: Sequence[LedgerEntry]) -> None:
+        """Insert or replace these ledger entries (by ID), atomically as one batch: an import is
+        applied whole or not at all."""
+
+    async def delete_ledger(self, ids: Sequence[str]) -> None:
+        """Remove the ledger entries of these IDs; unknown IDs are no error."""
+
+    async def load_ledger(self) -> list[LedgerEntry]:
+        """Every ledger entry, by ID. Fields a newer gb28181gw wrote are kept as they are."""

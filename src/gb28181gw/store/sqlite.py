@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gb28181gw.errors import StoreError, StoreRecordError
+from gb28181gw.gb.ledger import LedgerEntry
 from gb28181gw.gb.model import BAN_FIELDS, DEVICE_FIELDS, Alarm, Ban, Channel, Device, Override, ShareEntry
 
 T = TypeVar("T")
@@ -142,6 +143,17 @@ MIGRATIONS: list[str] = [
         civil_code TEXT NOT NULL DEFAULT '',
         parent_id TEXT NOT NULL DEFAULT '',
         PRIMARY KEY (upstream, channel_id)
+    );
+    """,
+    # the camera ledger (一机一档, issue 14): what the authorities' forms ask of each ID besides what the
+    # device reports. Its own table, keyed by the 20-digit ID alone: a catalog refresh rewrites the
+    # channels and must not take the ledger with it; the fields are JSON so a new form's field needs no
+    # migration
+    """
+    CREATE TABLE ledger (
+        id TEXT PRIMARY KEY,
+        fields TEXT NOT NULL DEFAULT '{}',
+        updated_at REAL NOT NULL DEFAULT 0
     );
     """,
 ]
@@ -544,5 +556,44 @@ class SqliteStore:
                 "ORDER BY upstream, channel_id"
             )
             return [Override(*_text(r, 5)) for r in rows]
+
+        return await self._run(load)
+
+    # --- the camera ledger --------------------------------------------------------------
+
+    async def save_ledger(self, entries: Sequence[LedgerEntry]) -> None:
+        rows = [self._row((e.id, json.dumps(dict(e.values), ensure_ascii=False), e.updated_at)) for e in entries]
+
+        def save(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT INTO ledger (id, fields, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET fields = excluded.fields, updated_at = excluded.updated_at",
+                rows,
+            )
+
+        if rows:
+            await self._run(lambda: self._in_transaction(save, f"writing {len(rows)} ledger entries"))
+
+    async def delete_ledger(self, ids: Sequence[str]) -> None:
+        gone = [(i,) for i in ids]
+
+        def delete(db: sqlite3.Connection) -> None:
+            db.executemany("DELETE FROM ledger WHERE id = ?", gone)
+
+        if gone:
+            await self._run(lambda: self._in_transaction(delete, f"deleting {len(gone)} ledger entries"))
+
+    async def load_ledger(self) -> list[LedgerEntry]:
+        def load() -> list[LedgerEntry]:
+            entries = []
+            for row in self._db().execute("SELECT id, fields, updated_at FROM ledger ORDER BY id"):
+                try:
+                    values = json.loads(_from_sql(row[1]))
+                    if not isinstance(values, dict):
+                        raise ValueError("fields are not an object")
+                except ValueError as exc:
+                    raise StoreError(f"ledger entry {row[0]} in {self.path} cannot be read: {exc}") from None
+                entries.append(LedgerEntry(_from_sql(row[0]), {str(k): str(v) for k, v in values.items()}, row[2]))
+            return entries
 
         return await self._run(load)

@@ -198,7 +198,7 @@ def add_upstream_routes(admin: AdminServer, upstreams: UpstreamService) -> None:
         }
 
     async def ids_of(request: web.Request) -> list[str]:
-        body = await _json_object(request, 'the body must be JSON: {"ids": ["34020000001310000001", "340202", ...]}')
+        body = await json_object(request, 'the body must be JSON: {"ids": ["34020000001310000001", "340202", ...]}')
         ids = body.get("ids")
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise UpstreamError('"ids" must be a list of IDs or ID prefixes (strings)')
@@ -231,7 +231,7 @@ def add_upstream_routes(admin: AdminServer, upstreams: UpstreamService) -> None:
         name, channel = request.match_info["name"], request.match_info["channel_id"]
         try:
             upstreams.link(name)
-            body = await _json_object(
+            body = await json_object(
                 request, 'the body must be JSON: {"name": ..., "civil_code": ..., "parent_id": ...}'
             )
             values = {k: body.get(k) or "" for k in ("name", "civil_code", "parent_id")}
@@ -286,7 +286,7 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
         return json_response(_device_json(registrar, device))
 
     async def add_device(request: web.Request) -> web.Response:
-        body = await _json_object(request, 'the body must be JSON: {"device_id": ..., "password": ..., "name": ...}')
+        body = await json_object(request, 'the body must be JSON: {"device_id": ..., "password": ..., "name": ...}')
         device_id = str(body.get("device_id", ""))
         try:
             GbId.parse(device_id)
@@ -370,7 +370,7 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
         return json_response(data)
 
     async def ptz(request: web.Request) -> web.Response:
-        body = await _json_object(request, 'the body must be JSON: {"channel_id": ..., "kind": ..., "action": ...}')
+        body = await json_object(request, 'the body must be JSON: {"channel_id": ..., "kind": ..., "action": ...}')
         try:
             kind = str(body.get("kind", "move"))
             if kind == "move":
@@ -418,7 +418,7 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
         return json_response({"records": items, "sum_num": result.sum_num, "complete": result.complete})
 
     async def command(request: web.Request) -> web.Response:
-        body = await _json_object(request, 'the body must be JSON: {"target": ..., "name": ..., "value": ...}')
+        body = await json_object(request, 'the body must be JSON: {"target": ..., "name": ..., "value": ...}')
         try:
             result = await devices.command(
                 str(body["target"]), str(body["name"]), str(body["value"]), wait=bool(body.get("wait", True))
@@ -489,7 +489,7 @@ def add_housekeeping_routes(admin: AdminServer, registrar: RegistrarService, dev
 
     async def prune(request: web.Request) -> web.Response:
         usage = 'the body must be JSON: {"older_than": seconds, "dry_run": true|false, "provisioned": true|false}'
-        body = await _json_object(request, usage)
+        body = await json_object(request, usage)
         older_than = body.get("older_than")
         if isinstance(older_than, bool) or not isinstance(older_than, int | float):
             return error_response(400, usage)
@@ -770,7 +770,7 @@ def add_stream_routes(
         stream_id = request.match_info["stream_id"]
         if stream_id not in streams.streams:
             return missing(stream_id)
-        body = await _json_object(request, usage)
+        body = await json_object(request, usage)
         action = str(body.get("action") or "").lower()
         try:
             if action == "pause":
@@ -816,7 +816,7 @@ def add_stream_routes(
         return json_response({"stopped": stream_id})
 
     async def renew(request: web.Request) -> web.Response:
-        body = await _json_object(request, 'the body must be JSON: {"ttl": seconds}')
+        body = await json_object(request, 'the body must be JSON: {"ttl": seconds}')
         try:
             ttl = float(body["ttl"])
         except (KeyError, TypeError, ValueError, OverflowError):
@@ -973,7 +973,7 @@ def _device_json(registrar: RegistrarService, device: Device) -> dict[str, Any]:
     return out
 
 
-async def _json_object(request: web.Request, usage: str) -> dict[str, Any]:
+async def json_object(request: web.Request, usage: str) -> dict[str, Any]:
     """The request's JSON body, which must be an object; else a 400 naming what is expected."""
     try:
         body = await request.json()

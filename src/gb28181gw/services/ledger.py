@@ -1,0 +1,265 @@
+"""The camera ledger (一机一档) service: entries kept in memory and in the store, edited whole or not at all.
+
+Every 20-digit ID the gateway knows may have a ledger entry: a channel (a camera, the rows of
+most forms), a device (an NVR), or the gateway itself (the platform sheet of the integration list).
+An edit names IDs and field values as people write them; it is checked in full (every ID known,
+every value readable) before anything is written, then written in one store transaction, so an
+import is applied whole or not at all. :meth:`LedgerService.row` gives what a form prints: the
+ledger over what the device reports (``gb/ledger.py`` :func:`~gb28181gw.gb.ledger.merge`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+from gb28181gw.config import Config
+from gb28181gw.divisions import area_of
+from gb28181gw.errors import IdError, LedgerError, LedgerValueError
+from gb28181gw.gb.ledger import Change, LedgerEntry, diff, merge, normalise_all
+from gb28181gw.gb.model import Channel, Device
+from gb28181gw.ids import GbId, type_name
+from gb28181gw.services.devices import DeviceService
+from gb28181gw.services.registrar import RegistrarService
+from gb28181gw.store.base import Store
+
+log = logging.getLogger("gb28181gw.ledger")
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Why one edit (an import's row, an API call's entry) cannot be applied.
+
+    Attributes:
+        id: the ID it names ("" if it names none).
+        field: the field at fault ("" for the whole row: an unknown ID).
+        reason: in words.
+        line: the row of the file it came from (0 when not from a file).
+    """
+
+    id: str
+    field: str
+    reason: str
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Edit:
+    """Values for one ID as people write them (``""`` clears a field).
+
+    Attributes:
+        id: the 20-digit ID.
+        values: field key → text.
+        line: the row of the file it came from (0 when not from a file).
+    """
+
+    id: str
+    values: Mapping[str, str]
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EditResult:
+    """What :meth:`LedgerService.apply` did or would do.
+
+    Attributes:
+        changes: every field changed (or that would change), in the order of the edits.
+        problems: every edit that cannot be applied, with its reason.
+        applied: whether the changes were written (not on a dry run, not when there are problems
+            under ``strict``).
+    """
+
+    changes: list[Change]
+    problems: list[Problem]
+    applied: bool
+
+
+class LedgerService:
+    """Keeps the ledger; see the module docstring.
+
+    Args:
+        config: the gateway's configuration (its own ID is the platform entry's).
+        registrar: the devices.
+        devices: their channels.
+        store: where entries are kept.
+        clock: wall-clock epoch seconds (``updated_at``).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        registrar: RegistrarService,
+        devices: DeviceService,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.registrar = registrar
+        self.devices = devices
+        self.store = store
+        self._clock = clock
+        self.entries: dict[str, LedgerEntry] = {}
+
+    async def start(self) -> None:
+        """Load every entry."""
+        self.entries = {e.id: e for e in await self.store.load_ledger()}
+        log.info("ledger loaded", extra={"entries": len(self.entries)})
+
+    # --- what there is ----------------------------------------------------------------------
+
+    @property
+    def platform_id(self) -> str:
+        """The gateway's own ID: the entry the platform sheet of a form is filled from."""
+        return self.config.gateway.id
+
+    def channel(self, channel_id: str) -> Channel | None:
+        """The channel of that ID, of whichever device reported it."""
+        owner = self.devices.owner_of(channel_id)
+        if owner is None or owner == channel_id:
+            return None
+        return self.devices.channels.get(owner, {}).get(channel_id)
+
+    def kind_of(self, id_: str) -> str:
+        """``channel``, ``device`` or ``platform`` (the gateway itself); "" for an ID the gateway does not know."""
+        if id_ == self.platform_id:
+            return "platform"
+        if id_ in self.registrar.devices:
+            return "device"
+        return "channel" if self.channel(id_) is not None else ""
+
+    def channels(self) -> Iterator[Channel]:
+        """Every channel of every device that is a 20-digit ID (civil-code and group nodes are not rows)."""
+        for device_id in sorted(self.devices.channels):
+            for channel_id, ch in sorted(self.devices.channels[device_id].items()):
+                if len(channel_id) == 20:
+                    yield ch
+
+    def entry(self, id_: str) -> LedgerEntry:
+        """The entry of ``id_`` (empty if none was written)."""
+        return self.entries.get(id_) or LedgerEntry(id_)
+
+    def reported(self, id_: str) -> dict[str, str]:
+        """What the gateway knows of ``id_`` by itself (:data:`~gb28181gw.gb.ledger.REPORTED`)."""
+        kind = self.kind_of(id_)
+        out = {"id": id_, "kind": kind}
+        try:
+            out["type"] = type_name(GbId.parse(id_).type_code)
+        except IdError:
+            pass
+        if kind == "device":
+            d = self.registrar.devices[id_]
+            out.update(self._device_values(d))
+            out["status"] = "online" if d.online else "offline"
+            out["reported_name"] = d.reported_name or d.name
+            out["civil_code"] = id_[:6]
+        elif kind == "channel":
+            ch = self.channel(id_)
+            assert ch is not None
+            device = self.registrar.devices.get(ch.device_id)
+            if device is not None:
+                out.update(self._device_values(device))
+            x = ch.extra
+            civil = x.get("CivilCode", "")
+            out.update(
+                status=ch.status,
+                reported_name=ch.name,
+                civil_code=civil if civil.isdigit() and len(civil) in (2, 4, 6, 8) else id_[:6],
+                manufacturer=x.get("Manufacturer", "") or out.get("manufacturer", ""),
+                reported_model=x.get("Model", "") or out.get("reported_model", ""),
+                address=x.get("Address", ""),
+                reported_ip=x.get("IPAddress", ""),
+                reported_port=x.get("Port", ""),
+                reported_longitude=x.get("Longitude", ""),
+                reported_latitude=x.get("Latitude", ""),
+            )
+        elif kind == "platform":
+            out.update(device_id=id_, civil_code=id_[:6], status="online")
+        return out
+
+    @staticmethod
+    def _device_values(d: Device) -> dict[str, str]:
+        return {
+            "device_id": d.device_id,
+            "device_name": d.name or d.reported_name,
+            "manufacturer": d.manufacturer,
+            "reported_model": d.model,
+            "reported_ip": d.host,
+            "reported_port": str(d.port) if d.port else "",
+        }
+
+    def row(self, id_: str) -> dict[str, str]:
+        """What a form prints for ``id_``: the ledger over what the gateway knows, with area names."""
+        reported = self.reported(id_)
+        area = area_of(reported.get("civil_code", "") or id_)
+        return merge(self.entry(id_).values, reported, (area.province, area.city, area.district))
+
+    # --- changing it --------------------------------------------------------------------------
+
+    async def edit(self, id_: str, values: Mapping[str, str]) -> list[Change]:
+        """Change one entry; the fields it changed.
+
+        Raises:
+            LedgerError: the ID is unknown (404) or a value cannot be read (400, a LedgerValueError).
+        """
+        result = await self.apply([Edit(id_, values)], strict=True)
+        if result.problems:
+            p = result.problems[0]
+            if not p.field:
+                raise LedgerError(p.reason, LedgerError.NOT_FOUND, "see `gb28181gw channels` for the IDs there are")
+            raise LedgerValueError(p.field, p.reason)
+        return result.changes
+
+    def check(self, edits: list[Edit]) -> tuple[dict[str, dict[str, str]], list[Problem]]:
+        """Read ``edits``: the kept values per ID (later edits of an ID over earlier ones), and every problem."""
+        kept: dict[str, dict[str, str]] = {}
+        problems: list[Problem] = []
+        first: dict[str, int] = {}
+        for e in edits:
+            if e.line and e.id in first:
+                # two rows of one file for one camera: which is meant cannot be told
+                problems.append(Problem(e.id, "", f"{e.id} is also on line {first[e.id]}", e.line))
+                continue
+            first.setdefault(e.id, e.line)
+            if not self.kind_of(e.id):
+                problems.append(Problem(e.id, "", f"{e.id} is not a channel or device of this gateway", e.line))
+                continue
+            values: dict[str, str] = {}
+            for key, text in e.values.items():
+                try:
+                    values.update(normalise_all({key: text}))
+                except LedgerValueError as exc:
+                    problems.append(Problem(e.id, exc.field, exc.reason, e.line))
+            kept.setdefault(e.id, {}).update(values)
+        return kept, problems
+
+    async def apply(self, edits: list[Edit], *, strict: bool = False, dry_run: bool = False) -> EditResult:
+        """Check ``edits`` and, unless ``dry_run`` (or ``strict`` and any problem), write their changes at once.
+
+        Without ``strict`` the edits that can be read are applied and the others reported; a value
+        that cannot be read leaves its whole edit (its row) out, never half a row.
+
+        Raises:
+            StoreError: the store cannot be written (nothing changed in memory either).
+        """
+        kept, problems = self.check(edits)
+        bad = {p.id for p in problems}  # an ID with any problem is left out whole
+        changes: list[Change] = []
+        entries: dict[str, LedgerEntry] = {}
+        now = self._clock()
+        for id_, values in kept.items():
+            if id_ in bad:
+                continue
+            entry = self.entry(id_)
+            found = diff(entry, values)
+            if found:
+                changes.extend(found)
+                entries[id_] = entry.changed({c.field: c.new for c in found}, now)
+        if dry_run or (strict and problems) or not entries:
+            return EditResult(changes, problems, applied=False)
+        await self.store.save_ledger(list(entries.values()))
+        self.entries.update(entries)
+        log.info("ledger changed", extra={"entries": len(entries), "fields": len(changes)})
+        return EditResult(changes, problems, applied=True)
