@@ -20,6 +20,7 @@ from gb28181gw.gb.ledger import (
     normalise,
     normalise_all,
     parse_date,
+    same_value,
 )
 from gb28181gw.ids import GbId
 
@@ -182,3 +183,16 @@ class TestDivisions:
             and rows["3-4"] == "city 芜湖市"
             and rows["5-6"] == "district/county 镜湖区"
         )
+
+
+class TestSameValue:
+    def test_what_the_row_shows_is_no_change(self) -> None:
+        assert same_value("name", "Camera 01", "", "Camera 01")
+        assert same_value("built", "2020-03", "2020-03-15", "2020-03-15")  # a form prints the month only
+        assert same_value("ip", "192.168.1.64", "", "192.168.1.64")
+
+    def test_real_changes_are_changes(self) -> None:
+        assert not same_value("name", "北门", "", "Camera 01")
+        assert not same_value("built", "2020-04", "2020-03-15", "2020-03-15")
+        assert not same_value("location", "", "北门岗亭", "北门岗亭")  # clearing
+        assert not same_value("built", "2020-03-15", "2020-03", "2020-03")  # more precise

@@ -12,6 +12,7 @@ from gb28181gw.cli import (  # noqa: F401  (registers the commands)
     devices,
     housekeeping,
     ids,
+    ledger,
     media,
     playback,
     serve,

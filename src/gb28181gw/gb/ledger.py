@@ -434,3 +434,29 @@ def merge(values: Mapping[str, str], reported: Mapping[str, str], area: tuple[st
         row[key] = row[key] or name
     row["area"] = " ".join(row[k] for k in ("province", "city", "district", "township") if row[k])
     return row
+
+
+def same_value(key: str, new: str, kept: str, shown: str) -> bool:
+    """Whether writing kept value ``new`` into field ``key`` changes nothing.
+
+    ``kept`` is what the ledger holds ("" if nothing), ``shown`` what the row shows (the ledger, or
+    the device's own value it falls back to). A value equal to what is shown is no change, and
+    neither is a date given less precisely than the one kept (2020-03 where 2020-03-15 is kept):
+    forms print dates to the month, and a file exported and read back must change nothing.
+    """
+    if new == kept:
+        return True
+    if not new:
+        return False  # clearing a kept value is a change
+    current = kept or shown
+    if new == current:
+        return True
+    f = FIELD_BY_KEY.get(key)
+    if f is not None and f.kind is Kind.DATE and kept:
+        return kept.startswith(new + "-")
+    if f is not None and shown and not kept:
+        try:
+            return normalise(f, shown) == new
+        except LedgerValueError:
+            return False
+    return False

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from gb28181gw.config import Config
 from gb28181gw.divisions import area_of
 from gb28181gw.errors import IdError, LedgerError, LedgerValueError
-from gb28181gw.gb.ledger import Change, LedgerEntry, diff, merge, normalise_all
+from gb28181gw.gb.ledger import Change, LedgerEntry, diff, merge, normalise_all, same_value
 from gb28181gw.gb.model import Channel, Device
 from gb28181gw.ids import GbId, type_name
 from gb28181gw.services.devices import DeviceService
@@ -253,6 +253,12 @@ class LedgerService:
             if id_ in bad:
                 continue
             entry = self.entry(id_)
+            shown = self.row(id_)
+            # what the row already shows is no change: a file exported and imported again (the
+            # device's own name, a date written to the month only) must leave the ledger as it was
+            values = {
+                k: v for k, v in values.items() if not same_value(k, v, entry.values.get(k, ""), shown.get(k, ""))
+            }
             found = diff(entry, values)
             if found:
                 changes.extend(found)
