@@ -504,12 +504,28 @@ def stream_lines(admin: str, method: str, path: str, body: Any = None) -> Iterat
             raise _refusal(resp, _json_of(_reading(admin, method, path, None, resp.read)), method, path)
 
         def lines() -> Iterator[bytes]:
-            while line := _reading(admin, method, path, None, lambda: resp.readline(MAX_STREAM_LINE + 1)):
-                if len(line) > MAX_STREAM_LINE:
+            # read1, not readline: http.client's readline takes a chunked answer cut short for its end
+            buffer = b""
+            while True:
+                cut = buffer.find(b"\n") + 1
+                if cut:
+                    yield buffer[:cut]
+                    buffer = buffer[cut:]
+                    continue
+                if len(buffer) > MAX_STREAM_LINE:
                     raise AdminApiError(
                         f"a line of the answer to {method} {path} is longer than {MAX_STREAM_LINE} bytes"
                     )
-                yield line
+                data = _reading(admin, method, path, None, lambda: resp.read1(65536))
+                if not data:
+                    if resp.length:  # a Content-Length the connection did not carry
+                        raise AdminApiError(
+                            f"the gateway at {admin} broke off {method} {path}: the answer is cut short"
+                        )
+                    if buffer:
+                        yield buffer
+                    return
+                buffer += data
 
         yield lines()
     finally:
