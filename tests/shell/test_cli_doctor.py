@@ -11,16 +11,11 @@ SIPp devices come with it.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
-import os
-import pty
 import re
 import signal
-import struct
 import subprocess
 import sys
-import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -34,10 +29,9 @@ from aiohttp import web
 
 from gb28181gw.gb.doctor import CHECKS, CheckResult, DoctorReport, Outcome, event
 from gb28181gw.gb.doctor_report import read_json
-from tests.process import free_port
+from tests.process import free_port, on_terminal
 
 BIN = str(Path(sys.executable).parent / "gb28181gw")
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 
 GOOD = "34020000001180000001"  # every check passes (one warns, PTZ is skipped)
 BAD = "34020000001180000002"  # Catalog fails
@@ -189,26 +183,9 @@ def cli(gw: FakeGateway, *args: str, cwd: Path | None = None) -> Run:
 
 
 def tty(gw: FakeGateway, *args: str, columns: int = 160) -> tuple[int, str]:
-    """The binary on a pseudo-terminal: its exit status and what it showed, colour codes removed."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
-    env = {**os.environ, "COLUMNS": str(columns), "TERM": "xterm-256color"}
-    env.pop("NO_COLOR", None)
-    proc = subprocess.Popen(
-        [BIN, "doctor", *args, "--admin", gw.admin], stdin=slave, stdout=slave, stderr=slave, env=env
-    )
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # EIO: the child is gone
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(master)
-    return proc.wait(30), _ANSI.sub("", b"".join(chunks).decode()).replace("\r", "\n")
+    """The binary on a pseudo-terminal: its exit status and what it showed, a line per redraw."""
+    code, shown = on_terminal([BIN, "doctor", *args, "--admin", gw.admin], columns=columns)
+    return code, shown.replace("\r", "\n")
 
 
 def _rows(text: str) -> list[list[str]]:

@@ -266,10 +266,12 @@ def _row(cells: Sequence[str], *, header: bool = False) -> str:
     return "<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>"
 
 
-def _table(head: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
+def _table(head: Sequence[tuple[str, str]], rows: Sequence[Sequence[str]], cls: str = "") -> str:
+    """A table whose columns are titled (Chinese, English) by ``head``."""
     attr = f' class="{cls}"' if cls else ""
     body = "\n".join(_row(r) for r in rows)
-    return f"<table{attr}>\n<thead>{_row(head, header=True)}</thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+    titles = [_label(zh, en) for zh, en in head]
+    return f"<table{attr}>\n<thead>{_row(titles, header=True)}</thead>\n<tbody>\n{body}\n</tbody>\n</table>"
 
 
 def _address(device: Mapping[str, str]) -> str:
@@ -311,13 +313,13 @@ def _device_section(number: int, report: DoctorReport, zone: _dt.tzinfo) -> str:
         for i, r in enumerate(report.results, 1)
     ]
     head = [
-        _label("序号", "No."),
-        _label("检测项", "Check"),
-        _label("标准条款", "Clause (GB/T 28181-2022)"),
-        _label("结果", "Result"),
-        _label("检测所见", "Observed"),
-        _label("原因", "Reason"),
-        _label("用时（秒）", "Seconds"),
+        ("序号", "No."),
+        ("检测项", "Check"),
+        ("标准条款", "Clause (GB/T 28181-2022)"),
+        ("结果", "Result"),
+        ("检测所见", "Observed"),
+        ("原因", "Reason"),
+        ("用时（秒）", "Seconds"),
     ]
     counts = {o: sum(r.outcome is o for r in report.results) for o in Outcome}
     tally = "，".join(f"{MARKS[o][1]} {counts[o]}" for o in MARKS) + (
@@ -371,12 +373,12 @@ def _summary(site: SiteReport) -> str:
         for i, n in enumerate(site.not_run, 1)
     ]
     head = [
-        _label("序号", "No."),
-        _label("设备编码", "Device ID"),
-        _label("设备名称", "Name"),
-        _label("型号", "Model"),
-        _label("结论", "Verdict"),
-        _label("不通过项 / 原因", "Failed checks / reason"),
+        ("序号", "No."),
+        ("设备编码", "Device ID"),
+        ("设备名称", "Name"),
+        ("型号", "Model"),
+        ("结论", "Verdict"),
+        ("不通过项 / 原因", "Failed checks / reason"),
     ]
     overall = (
         _label("全部设备检测通过", "Every device passed")
@@ -423,7 +425,7 @@ def render_html(site: SiteReport, zone: _dt.tzinfo) -> str:
             [
                 f'<section id="not-run"><h2>{_label("未检测设备", "Devices not checked")}</h2>',
                 _table(
-                    [_label("设备编码", "Device ID"), _label("设备名称", "Name"), _label("原因", "Reason")],
+                    [("设备编码", "Device ID"), ("设备名称", "Name"), ("原因", "Reason")],
                     [
                         [f'<span class="id">{_h(n.device_id)}</span>', _h(n.device.get("name", "")), _h(n.reason)]
                         for n in site.not_run
