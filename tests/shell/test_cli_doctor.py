@@ -41,6 +41,7 @@ JUNK = "34020000001180000005"  # a line that is not an event
 SLOW = "34020000001180000006"  # waits until the client leaves (Ctrl-C)
 ERROR = "34020000001180000007"  # the gateway gives up with an error event
 SILENT_END = "34020000001180000008"  # the answer ends cleanly, without a report
+ODD_RESULT = "34020000001180000010"  # an event that is JSON but not a check result
 UNKNOWN = "34020000001189999999"
 GATEWAY_ID = "34020000002000000001"
 CATALOG_REASON = "SumNum 13 in every message but 12 channels came"
@@ -96,6 +97,10 @@ class FakeGateway:
             await asyncio.sleep(self.pace)
             if device_id == JUNK:
                 await response.write(b"<html>502 Bad Gateway</html>\n")
+                return response
+            if device_id == ODD_RESULT:
+                await response.write(event("start", checks=5))  # ignored: the bar counts no checks
+                await response.write(event("result", result={"key": check["key"], "outcome": "great"}))
                 return response
             if device_id == SLOW:
                 self.running.set()
@@ -269,6 +274,13 @@ def test_a_line_that_is_not_an_event_is_named_not_a_traceback(gw: FakeGateway) -
     assert r.code == 1
     assert "error: the gateway's answer cannot be read: line 3 of the doctor's answer for" in r.err
     assert "is not JSON" in r.err and "502 Bad Gateway" in r.err and "Traceback" not in r.err
+
+
+def test_an_event_whose_result_is_not_a_check_result_is_named(gw: FakeGateway) -> None:
+    r = cli(gw, ODD_RESULT)
+    assert r.code == 1
+    assert "error: the gateway's answer cannot be read: not a doctor check result" in r.err, r.err
+    assert "'great' is not a valid Outcome" in r.err and "Traceback" not in r.err
 
 
 def test_ctrl_c_stops_with_130_and_closes_the_request(gw: FakeGateway) -> None:

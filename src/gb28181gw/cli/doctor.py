@@ -77,9 +77,9 @@ class _Bar:
         self.step, self.titles, self.done = step, {}, 0
         self.progress.reset(self.checks, total=None, description=escape(printable(f"{step}starting")))
 
-    def start(self, checks: Sequence[Any]) -> None:
+    def start(self, checks: Any) -> None:
         self.titles = {}
-        for c in checks:
+        for c in checks if isinstance(checks, list) else ():
             if isinstance(c, dict) and isinstance(c.get("key"), str):
                 self.titles[c["key"]] = str(c.get("title") or c["key"])
         self.done = 0
@@ -130,7 +130,7 @@ def _run(admin: str, device_id: str, body: dict[str, Any], bar: _Bar) -> DoctorR
             for event in _events(lines, what):
                 kind = event["event"]
                 if kind == "start":
-                    bar.start(event.get("checks") or [])
+                    bar.start(event.get("checks"))
                 elif kind == "running":
                     bar.running(str(event.get("key", "")))
                 elif kind == "result":
