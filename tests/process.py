@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
+import re
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 import urllib.error
 import urllib.request
@@ -50,3 +55,28 @@ def wait_ready(admin: str, proc: subprocess.Popen[str]) -> None:
             pass
         time.sleep(0.1)
     raise AssertionError("gateway did not become ready")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def on_terminal(argv: list[str], *, columns: int, timeout: float = 30) -> tuple[int, str]:
+    """Run ``argv`` on a pseudo-terminal ``columns`` wide (so rich draws its tables and progress
+    bars): its exit status and everything it showed, colour codes removed (``\\r`` kept)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    env = {**os.environ, "COLUMNS": str(columns), "TERM": "xterm-256color"}
+    env.pop("NO_COLOR", None)
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child is gone
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    return proc.wait(timeout), _ANSI.sub("", b"".join(chunks).decode())

@@ -9,17 +9,13 @@ pseudo-terminal (rich's tables), where all 20 digits of an ID must stay on one l
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import pty
 import re
 import signal
 import socket
-import struct
 import subprocess
 import sys
-import termios
 import threading
 import time
 import urllib.request
@@ -31,7 +27,7 @@ import pytest
 
 from gb28181gw.sip.message import Request, make_response, parse_message
 from tests.hostile.test_persistence import GB2312_AGENT, register
-from tests.process import free_port, http_get, serve, wait_ready
+from tests.process import free_port, http_get, on_terminal, serve, wait_ready
 
 BIN = str(Path(sys.executable).parent / "gb28181gw")
 DEVICE = "34020000001320000001"
@@ -39,7 +35,6 @@ UNKNOWN = "34020000001320009999"
 NVR = "34020000001180000007"
 CHANNELS = ("34020000001310000071", "34020000001310000072")
 QUERY_TIMEOUT = 6  # longer than the 5 s the CLI used to give up after
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 class QuietDevice:
@@ -151,24 +146,9 @@ def cli(gw: Gw | str, *args: str, env: dict[str, str] | None = None) -> Run:
 
 def tty(gw: Gw, *args: str, columns: int = 40) -> list[str]:
     """The binary on a pseudo-terminal ``columns`` wide; its lines without colour codes."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
-    env = {**os.environ, "COLUMNS": str(columns), "TERM": "xterm-256color"}
-    env.pop("NO_COLOR", None)
-    proc = subprocess.Popen([BIN, *args, "--admin", gw.admin], stdin=slave, stdout=slave, stderr=slave, env=env)
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # EIO: the child is gone
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(master)
-    assert proc.wait(30) == 0, b"".join(chunks).decode(errors="replace")
-    return _ANSI.sub("", b"".join(chunks).decode()).replace("\r", "").splitlines()
+    code, shown = on_terminal([BIN, *args, "--admin", gw.admin], columns=columns)
+    assert code == 0, shown
+    return shown.replace("\r", "").splitlines()
 
 
 # --- defect 3: a slow device is the device's fault, in the gateway's words ----------------
