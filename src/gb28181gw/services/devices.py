@@ -23,6 +23,7 @@ from gb28181gw.gb.catalog import ChannelUpdate, Position, channel_from_item
 from gb28181gw.gb.model import Alarm, Channel, Device
 from gb28181gw.gb.outbound import device_peer, device_uri, to_device
 from gb28181gw.gb.query import CatalogCollector, CatalogResult, SnAllocator
+from gb28181gw.manscdp.codec import charset_problem
 from gb28181gw.manscdp.messages import (
     CONTENT_TYPE,
     CatalogItem,
@@ -430,7 +431,11 @@ class DeviceService:
         if entry is not None and env.is_cmd(entry[2]):
             collector, fut, cmd = entry
             sum_num, items = list_items(env, "DeviceList" if cmd is CmdType.CATALOG else "RecordList")
-            if collector.add(sum_num, items, asyncio.get_running_loop().time()) and not fut.done():
+            problem = charset_problem(env.body) if env.body else ""
+            if (
+                collector.add(sum_num, items, asyncio.get_running_loop().time(), charset_problem=problem)
+                and not fut.done()
+            ):
                 fut.set_result(collector.result)
             return
         if env.is_cmd(CmdType.CATALOG) or env.is_cmd(CmdType.RECORD_INFO):

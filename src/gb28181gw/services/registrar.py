@@ -410,7 +410,7 @@ class RegistrarService:
         tx = msg.event.transaction
         assert tx is not None
         self.stack.respond(tx, make_response(msg.event.request, 200, to_tag=self.stack.endpoint.new_tag()))
-        self._dispatch_manscdp(self.devices[msg.sender], msg.root)
+        self._dispatch_manscdp(self.devices[msg.sender], msg.root, msg.event.request.body)
 
     def _on_keepalive(self, msg: ManscdpRequest) -> None:
         event = msg.event
@@ -449,10 +449,10 @@ class RegistrarService:
             log.info("device offline", extra={"device": device_id, "reason": change.reason})
             self._apply(change, self.devices[device_id], now, epoch)
 
-    def _dispatch_manscdp(self, device: Device, root: Element) -> None:
+    def _dispatch_manscdp(self, device: Device, root: Element, body: bytes) -> None:
         # answered 200 already: a MANSCDP body we cannot use is logged, never an error to the device
         try:
-            env = envelope(root)
+            env = envelope(root, body=body)
         except ManscdpError as exc:
             log.info("MANSCDP message ignored", extra={"device": device.device_id, "error": str(exc)})
             return
