@@ -568,7 +568,13 @@ class StreamService:
         """
         kind = _consumer_transport(transport, port, ())
         st = self._open(channel_id, mode=mode, shared=False)
-        return st, await self._consume(st, kind, host, port, None, label, None, False, None, ())
+        try:
+            return st, await self._consume(st, kind, host, port, None, label, None, False, None, ())
+        except BaseException:
+            # no one else can join it: a caller that failed or was cancelled leaves no stream behind
+            if st.state is not StreamState.CLOSED:
+                self._close(st, "its only consumer gave up", "no-consumers")
+            raise
 
     async def open_recorded(
         self,
