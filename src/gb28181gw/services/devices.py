@@ -58,7 +58,7 @@ log = logging.getLogger("gb28181gw.devices")
 #: CmdTypes counted by name in metrics (any other is counted as "other").
 _CMD_LABELS = {c.value.lower(): c.value for c in CmdType}
 
-__all__ = ["RECORD_KEYS", "AlarmListener", "BodyBuilder", "DeviceError", "DeviceService"]
+__all__ = ["RECORD_KEYS", "AlarmListener", "BodyBuilder", "DeviceError", "DeviceService", "config_section"]
 
 #: What, with its DeviceID, tells one recording of a RecordInfo answer from another (many share the channel).
 RECORD_KEYS = ("StartTime", "EndTime", "FilePath")
@@ -66,6 +66,16 @@ RECORD_KEYS = ("StartTime", "EndTime", "FilePath")
 BodyBuilder = Callable[[int, str], bytes]
 #: Told of every alarm a device reports (after it is recorded): (the device, the Notify).
 AlarmListener = Callable[[Device, Envelope], None]
+
+
+def config_section(env: Envelope, config_type: str) -> dict[str, str]:
+    """The fields of a ConfigDownload answer's ``config_type`` section (``BasicParam`` …), or of the
+    answer itself when it has no such section."""
+    section = env.element
+    for child in env.element:
+        if isinstance(child.tag, str) and child.tag.lower() == config_type.lower():
+            section = child
+    return {c.tag: (c.text or "").strip() for c in section if isinstance(c.tag, str) and not len(c)}
 
 
 class DeviceService:
@@ -299,11 +309,7 @@ class DeviceService:
     async def config(self, device_id: str, config_type: str = "BasicParam") -> dict[str, str]:
         """ConfigDownload (§5.4.6), e.g. BasicParam: HeartBeatInterval, HeartBeatCount, Expiration …"""
         env = await self.query(device_id, CmdType.CONFIG_DOWNLOAD, [("ConfigType", config_type)])
-        section = env.element
-        for child in env.element:
-            if isinstance(child.tag, str) and child.tag.lower() == config_type.lower():
-                section = child
-        out = {c.tag: (c.text or "").strip() for c in section if isinstance(c.tag, str) and not len(c)}
+        out = config_section(env, config_type)
         if config_type == "BasicParam":
             # the device's own heartbeat settings drive its liveness deadline (PROTOCOL.md §4.1)
             interval, count = out.get("HeartBeatInterval", ""), out.get("HeartBeatCount", "")
