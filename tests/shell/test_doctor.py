@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import datetime
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from tests.media import gb_ps, packetize, send_tcp, send_udp, wait_for
 
 from .conftest import run_sipp, sipp_scenario, start_gateway
 from .test_devices import finished, free_udp_port, play_device
+from .test_devices import register as register_openly
 
 pytestmark = pytest.mark.sipp
 
@@ -64,8 +66,9 @@ def catalog(items: list[tuple[str, int]]) -> str:
 GOOD_CATALOG = [(CH, 2), (CH2, 2)]
 
 
-def device(catalog_items: list[tuple[str, int]] = GOOD_CATALOG) -> bytes:
-    now = datetime.datetime.now(BEIJING).strftime("%Y-%m-%dT%H:%M:%S")  # a clock in step, as the Date set it
+def device(catalog_items: list[tuple[str, int]] = GOOD_CATALOG, *, clock_offset: float = 0.0) -> bytes:
+    # a clock in step, as the Date of our 200 OK set it (or off by clock_offset seconds)
+    now = (datetime.datetime.now(BEIJING) + datetime.timedelta(seconds=clock_offset)).strftime("%Y-%m-%dT%H:%M:%S")
     status = "<Result>OK</Result>\r\n<Online>ONLINE</Online>\r\n<Status>OK</Status>\r\n"
     status += f"<Encode>ON</Encode>\r\n<Record>ON</Record>\r\n<DeviceTime>{now}</DeviceTime>\r\n"
     info = "<DeviceName>NVR</DeviceName>\r\n<Result>OK</Result>\r\n<Manufacturer>Vendor</Manufacturer>\r\n"
@@ -256,3 +259,50 @@ async def test_one_run_per_device_and_a_client_that_leaves_cancels_its_run(gw: G
     await wait_for(lambda: not gw.doctor.running and not gw.streams.streams)
     await finished(sipp)  # the stream was closed with BYE
     assert gw.doctor.counts["live_udp", Outcome.FAIL.value] == 0  # cancelled, not failed
+
+
+async def test_a_clock_out_of_step_fails_the_time_check(gw: Gateway, tmp_path: Path) -> None:
+    port = await register(gw, tmp_path)
+    sipp = await play_device(device(clock_offset=-3600), port, tmp_path, "doctor-clock", calls=1)
+    status, lines = await doctor(gw, {"checks": ["time", "device_status"]})
+    await finished(sipp)  # one DeviceStatus answers both
+    got = results(lines)
+    assert got["time"]["outcome"] == "fail" and got["time"]["figures"]["offset"] < -3590
+    # DeviceTime is to the second and was written a moment before it was asked for
+    assert re.fullmatch(
+        r"device clock 36\d\d\.\d s behind ours \(tolerance 5 s\): it did not take the Date of our REGISTER 200 OK",
+        got["time"]["reason"],
+    ), got["time"]["reason"]
+    assert got["device_status"]["outcome"] == "pass"
+
+
+async def test_open_registration_warns_and_a_device_without_keepalives_fails(tmp_path: Path) -> None:
+    gw = await start_gateway(**{"registrar.keepalive_interval": "1"})
+    try:
+        await register_openly(gw, tmp_path, free_udp_port())  # no password, no keepalive after
+        status, lines = await doctor(gw, {"checks": ["register", "keepalive"]})
+        got = results(lines)
+        assert (
+            got["register"]["outcome"] == "warn"
+            and "digest authentication was not exercised" in got["register"]["reason"]
+        )
+        assert (got["keepalive"]["outcome"], got["keepalive"]["reason"]) == ("fail", "no keepalive within 6 s")
+        assert not DoctorReport.from_json(lines[-1]["report"]).passed
+    finally:
+        await gw.stop()
+
+
+async def test_a_device_that_goes_away_mid_run_has_the_rest_skipped(gw: Gateway, tmp_path: Path) -> None:
+    port = await register(gw, tmp_path)
+    sipp = await play_device(device(), port, tmp_path, "doctor-gone", calls=1)
+    gw.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
+    run = asyncio.create_task(doctor(gw, {"checks": ["live_udp", "ptz", "record_info"]}))
+    await wait_for(lambda: any(s.consumers for s in gw.streams.streams.values()))
+    await gw.registrar.remove(NVR)  # an operator's `device remove` while it is being checked
+    status, lines = await run
+    await finished(sipp)  # its session was ended with BYE
+    got = results(lines)
+    assert got["live_udp"]["outcome"] == "fail"
+    assert got["live_udp"]["reason"].startswith("the stream ended before a key frame: device offline")
+    for key in ("ptz", "record_info"):  # both come after live_udp
+        assert (got[key]["outcome"], got[key]["reason"]) == ("skip", "device went offline (removed)")

@@ -361,7 +361,7 @@ class DoctorService:
     async def _time(self, run: _Run) -> _Done:
         policy = self.registrar.policy
         if policy.date_format is DateFormat.OFF:
-            raise _Skip("the gateway sends no Date in its 200 OK (registrar.date_format = off)")
+            raise _Skip("the gateway sends no Date in its 200 OK (registrar.date_header = off)")
         status = await self._status(run)
         text = status.get("DeviceTime", "")
         if not text:
