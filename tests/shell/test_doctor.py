@@ -23,7 +23,7 @@ from gb28181gw.gb.doctor import CHECKS, DoctorReport, Outcome
 from gb28181gw.gb.model import Channel
 from gb28181gw.sdp import StreamMode
 from gb28181gw.services.streams import Stream
-from tests.media import gb_ps, packetize, send_tcp, send_udp, wait_for
+from tests.media import UdpConsumer, gb_ps, packetize, send_tcp, send_udp, wait_for
 
 from .conftest import run_sipp, sipp_scenario, start_gateway
 from .test_devices import finished, free_udp_port, play_device
@@ -306,3 +306,25 @@ async def test_a_device_that_goes_away_mid_run_has_the_rest_skipped(gw: Gateway,
     assert got["live_udp"]["reason"].startswith("the stream ended before a key frame: device offline")
     for key in ("ptz", "record_info"):  # both come after live_udp
         assert (got[key]["outcome"], got[key]["reason"]) == ("skip", "device went offline (removed)")
+
+
+async def test_the_doctors_invite_is_its_own_and_a_shared_stream_is_left_alone(gw: Gateway, tmp_path: Path) -> None:
+    port = await register(gw, tmp_path)
+    sipp = await play_device(device(), port, tmp_path, "doctor-own", calls=2)
+    gw.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
+    viewer = await UdpConsumer.start()
+    media = asyncio.create_task(send_media(gw, gb_ps(FRAMES, GOP)))
+    try:
+        shared, consumer = await gw.streams.play(CH, transport="udp", host="127.0.0.1", port=viewer.port)
+        status, lines = await doctor(gw, {"checks": ["live_tcp"]})
+        assert results(lines)["live_tcp"]["outcome"] == "pass"  # over TCP though the device's mode is UDP
+        # a second INVITE of its own, closed after; the viewer's stream is still the channel's
+        assert list(gw.streams.streams) == [shared.id] and gw.streams.by_channel[CH] is shared
+        assert shared.mode is StreamMode.UDP and list(shared.consumers) == [consumer.id]
+        await gw.streams.remove_consumer(shared.id, consumer.id)
+        await finished(sipp)  # two INVITEs, two BYEs
+    finally:
+        media.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await media
+        viewer.close()
