@@ -264,7 +264,7 @@ class DoctorService:
 
     async def _one(self, run: _Run, key: str) -> CheckResult:
         try:
-            async with asyncio.timeout(self._bound(key)):
+            async with asyncio.timeout(self._bound(key, run.device_id)):
                 done = await self._checks[key](run)
         except _Skip as skip:
             return CheckResult(key, Outcome.SKIP, reason=skip.reason)
@@ -275,16 +275,16 @@ class DoctorService:
         except StreamError as exc:
             return CheckResult(key, Outcome.FAIL, reason=f"{exc} ({exc.status})")
         except TimeoutError:
-            return CheckResult(key, Outcome.FAIL, reason=f"no result within {self._bound(key):g} s")
+            return CheckResult(key, Outcome.FAIL, reason=f"no result within {self._bound(key, run.device_id):g} s")
         return CheckResult(
             key, Outcome.WARN if done.reason else Outcome.PASS, done.detail, done.reason, 0.0, done.figures
         )
 
-    def _bound(self, key: str) -> float:
+    def _bound(self, key: str, device_id: str) -> float:
         """The most a check may take (each waits less itself; this catches what hangs)."""
         s = self.devices.settings
         if key == "keepalive":
-            return self.registrar.keepalive_interval + KEEPALIVE_MARGIN + 10
+            return self._keepalive_expected(device_id)[0] + KEEPALIVE_MARGIN + 10
         if key == "catalog":
             return s.catalog_total_timeout + 10
         if key.startswith("live_"):
@@ -325,9 +325,7 @@ class DoctorService:
         return _Done(f"digest verified, {detail}", figures)
 
     async def _keepalive(self, run: _Run) -> _Done:
-        device = self.devices.registered(run.device_id)
-        expected = float(device.keepalive_interval or self.registrar.keepalive_interval)
-        source = "its HeartBeatInterval" if device.keepalive_interval else "registrar.keepalive_interval"
+        expected, source = self._keepalive_expected(run.device_id)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + expected + KEEPALIVE_MARGIN
         arrivals = self.registrar.keepalive_arrivals.get(run.device_id, ())
@@ -351,6 +349,14 @@ class DoctorService:
         if interval > expected + KEEPALIVE_MARGIN:
             raise _Fail(f"keepalive every {interval:.1f} s, later than {source} ({expected:g} s)", detail, figures)
         return _Done(detail, figures)
+
+    def _keepalive_expected(self, device_id: str) -> tuple[float, str]:
+        """The interval keepalives should come at, and where it comes from."""
+        device = self.registrar.devices.get(device_id)
+        own = device.keepalive_interval if device is not None else 0
+        if own:
+            return float(own), "its HeartBeatInterval"
+        return float(self.registrar.keepalive_interval), "registrar.keepalive_interval"
 
     async def _status(self, run: _Run) -> dict[str, str]:
         if run.status is None:
@@ -557,7 +563,7 @@ class _MediaWatcher:
             while chunk := await reader.read(256 * 1024):
                 for data in framing.feed(chunk):
                     self._packet(data)
-        except (ConnectionError, asyncio.CancelledError):
+        except ConnectionError:
             pass
         finally:
             writer.close()
