@@ -328,3 +328,25 @@ async def test_the_doctors_invite_is_its_own_and_a_shared_stream_is_left_alone(g
         with contextlib.suppress(asyncio.CancelledError):
             await media
         viewer.close()
+
+
+async def test_keepalives_that_come_during_the_check_are_awaited(tmp_path: Path) -> None:
+    gw = await start_gateway(**{"registrar.keepalive_interval": "3"})
+    try:
+        port = free_udp_port()
+        await register_openly(gw, tmp_path, port)  # no keepalive yet
+        run = asyncio.create_task(doctor(gw, {"checks": ["keepalive"]}))
+        await wait_for(lambda: NVR in gw.doctor.running)
+        inf = tmp_path / "keepalive.csv"
+        inf.write_text(f"SEQUENTIAL\n{NVR};\n")
+        # two keepalives from the address it registered from, half a second apart
+        result = await run_sipp(
+            "keepalive_uac.xml", gw.stack.port, tmp_path, calls=2, rate=2, extra=("-inf", str(inf), "-p", str(port))
+        )
+        assert result.ok, result.stdout
+        _, lines = await run
+        got = results(lines)["keepalive"]
+        assert got["outcome"] == "pass" and got["figures"]["seen"] == 2 and got["figures"]["expected"] == 3
+        assert 0.2 < got["figures"]["interval"] < 3
+    finally:
+        await gw.stop()
