@@ -23,6 +23,7 @@ from typing import Any
 
 from gb28181gw import __version__
 from gb28181gw.admin import AdminServer, add_device_routes, add_stream_routes, add_upstream_routes
+from gb28181gw.admin.doctor import add_doctor_routes
 from gb28181gw.admin.ledger import add_ledger_routes
 from gb28181gw.config import Config, parse_time_zone
 from gb28181gw.errors import StoreError
@@ -38,6 +39,7 @@ from gb28181gw.metrics import (
     Metrics,
 )
 from gb28181gw.net.stack import SipStack
+from gb28181gw.pull import picture_size
 from gb28181gw.relay.forwarder import Forwarder, RelaySettings
 from gb28181gw.relay.workers import LocalRelay, Relay, WorkerRelay
 from gb28181gw.sdp import StreamMode
@@ -45,6 +47,7 @@ from gb28181gw.services.cascade_catalog import CascadeCatalogService
 from gb28181gw.services.cascade_media import CascadeMediaService
 from gb28181gw.services.cascade_requests import CascadeRequestService
 from gb28181gw.services.devices import DeviceService
+from gb28181gw.services.doctor import DoctorService
 from gb28181gw.services.ledger import LedgerService
 from gb28181gw.services.registrar import RegistrarService
 from gb28181gw.services.streams import MediaSettings, StreamService
@@ -149,6 +152,14 @@ class Gateway:
         )
         self.upstreams.count_streams(self.cascade_media.served_to)
         self.ledger = LedgerService(config, self.registrar, self.devices, self.store)
+        self.doctor = DoctorService(
+            self.registrar,
+            self.devices,
+            self.streams,
+            our_id=config.gateway.id,
+            metrics=self.metrics,
+            decode=picture_size,
+        )
         self.admin: AdminServer | None = None
         self.started_at = 0.0
         self._ready = False
@@ -225,6 +236,7 @@ class Gateway:
             )
             add_upstream_routes(self.admin, self.upstreams)
             add_ledger_routes(self.admin, self.ledger)
+            add_doctor_routes(self.admin, self.doctor)
             await self.admin.start(c.admin.listen, c.admin.port)
         self.started_at = time.monotonic()
         self._ready = True
@@ -240,6 +252,7 @@ class Gateway:
     async def stop(self) -> None:
         """Shut down in reverse order of start-up."""
         self._ready = False
+        await self.doctor.stop()  # its streams close while the stack still runs
         if self.admin is not None:
             await self.admin.stop()
         await self.cascade_media.stop()  # BYE in every superior's dialog, first: its consumers go

@@ -46,6 +46,7 @@ a bug (the fuzz tests in ``tests/fuzz`` check exactly that).
     │                                 code to pass on (404, 408, 480, 486, 488, 502, 503, 504)
     ├── UpstreamError                 an operator's change to a superior cannot be made; .status is the
     │                                 HTTP-style hint (404 no such superior, 400 a bad ID)
+    ├── DoctorError                   a conformance run cannot start; .status 404 / 409 / 400, .hint
     └── LedgerError                   a change to the camera ledger cannot be made; .status 404 / 400
         ├── LedgerValueError (ValueError)  a value a ledger field cannot take; .field names it, .reason says why
         └── FormError                 a ledger form file that cannot be used; names the file and key at fault
@@ -408,3 +409,22 @@ class LedgerValueError(LedgerError, ValueError):
 
 class FormError(LedgerError):
     """A ledger form file cannot be used; the message names the file and the key (sheet, column) at fault."""
+
+
+class DoctorError(Gb28181Error):
+    """A conformance run (the doctor) cannot start for a device.
+
+    Attributes:
+        status: 404 no such device or channel, 409 the device is not registered or is being run
+            already, 400 a check that does not exist.
+        hint: what to do about it.
+    """
+
+    NOT_FOUND = 404
+    CONFLICT = 409
+    BAD_REQUEST = 400
+
+    def __init__(self, message: str, status: int, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.hint = hint

@@ -199,6 +199,14 @@ UPSTREAM_REQUESTS = Family(
     ("upstream", "request", "result"),
 )
 
+# --- the conformance doctor (services/doctor.py) ------------------------------------------
+DOCTOR_CHECKS = Family(
+    "gb28181gw_doctor_checks",
+    Kind.COUNTER,
+    "Conformance checks the doctor ran on devices, by check and outcome",
+    ("check", "outcome"),
+)
+
 #: The label value for device-supplied text outside the values a family knows.
 OTHER = "other"
 
@@ -228,6 +236,7 @@ FAMILIES: tuple[Family, ...] = (
     MEDIA_SESSIONS_ACTIVE, MEDIA_SESSIONS, PLAYBACK_CONTROLS, DOWNLOAD_BYTES, DOWNLOADS,
     UPSTREAM_REGISTERED, UPSTREAM_REGISTER_FAILURES, UPSTREAM_KEEPALIVE_FAILURES,
     UPSTREAM_CATALOG_ITEMS, UPSTREAM_NOTIFIES, UPSTREAM_STREAMS, UPSTREAM_REQUESTS,
+    DOCTOR_CHECKS,
 )  # fmt: skip
 
 

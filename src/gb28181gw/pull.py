@@ -376,6 +376,15 @@ def parameter_sets(data: bytes, *, h265: bool = False) -> bytes:
     return b"".join(out)
 
 
+def picture_size(key: Frame) -> tuple[int, int]:
+    """Decode one key frame (H.264, or H.265 when its codec says so); its width and height.
+
+    Raises:
+        ValueError: it does not decode.
+    """
+    return _picture_size(key, "hevc" if key.codec == "H265" else "h264")
+
+
 def _picture_size(key: Frame, codec: str) -> tuple[int, int]:
     picture = _decode(key.data, codec)
     return picture.width, picture.height

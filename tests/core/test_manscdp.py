@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gb28181gw.errors import ManscdpError
-from gb28181gw.gb.query import CatalogCollector, SnAllocator
+from gb28181gw.gb.query import CatalogCollector, CatalogResult, SnAllocator, catalog_problems
 from gb28181gw.manscdp.codec import REPLACEMENT, declared_encoding, decode_text, parse_xml, undecodable
 from gb28181gw.manscdp.messages import CatalogItem, CmdType, Root, catalog, decode, encode, envelope, flat
 from tests.helpers import ROOT
@@ -203,3 +203,93 @@ class TestOneBadByte:
         fields = flat(decode(body))
         assert fields["Manufacturer"] == "Hikvision" and fields["DeviceName"].startswith("大门")
         assert REPLACEMENT in fields["DeviceName"]
+
+
+class TestCatalogDiagnostics:
+    """What the conformance doctor reads of a Catalog answer (GB/T 28181-2022 Annex M, PROTOCOL.md §5.5, §11.3)."""
+
+    NVR = "34020000001180000001"
+
+    def body(self, sum_num: str, ids: list[str], *, declared: str = "GB2312", names: list[str] | None = None) -> bytes:
+        names = names or ["x"] * len(ids)
+        items = "".join(
+            f"<Item><DeviceID>{i}</DeviceID><Name>{n}</Name></Item>" for i, n in zip(ids, names, strict=True)
+        )
+        sum_el = f"<SumNum>{sum_num}</SumNum>" if sum_num else ""
+        text = (
+            f'<?xml version="1.0" encoding="{declared}"?><Response><CmdType>Catalog</CmdType><SN>7</SN>'
+            f"<DeviceID>{self.NVR}</DeviceID>{sum_el}<DeviceList Num='{len(ids)}'>{items}</DeviceList></Response>"
+        )
+        return text.encode("utf-8")
+
+    def collect(self, *bodies: bytes) -> CatalogResult:
+        from gb28181gw.manscdp.codec import charset_problem
+        from gb28181gw.manscdp.messages import list_items
+
+        c = CatalogCollector(self.NVR, 7, now=0.0, first_timeout=9, idle_timeout=5, total_timeout=90, max_items=100)
+        for t, body in enumerate(bodies):
+            sum_num, items = list_items(decode(body), "DeviceList")
+            c.add(sum_num, items, float(t), charset_problem=charset_problem(body))
+        return c.result
+
+    def test_a_conforming_answer_has_no_problems(self) -> None:
+        r = self.collect(
+            self.body("2", ["34020000001310000001"], declared="UTF-8", names=["大门"]),
+            self.body("2", ["34020000001310000002"], declared="UTF-8"),
+        )
+        assert r.sum_nums == [2, 2] and r.complete and catalog_problems(r) == []
+
+    def test_sumnum_that_differs_between_messages(self) -> None:
+        r = self.collect(self.body("2", ["34020000001310000001"]), self.body("3", ["34020000001310000002"]))
+        assert r.sum_nums == [2, 3]
+        assert catalog_problems(r) == ["SumNum differs between messages: 2, 3"]
+
+    def test_sumnum_that_does_not_count_what_came(self) -> None:
+        r = self.collect(self.body("3", ["34020000001310000001"]), self.body("3", ["34020000001310000002"]))
+        assert catalog_problems(r) == ["SumNum 3 but 2 items came in 2 messages"]
+
+    def test_a_message_without_sumnum(self) -> None:
+        r = self.collect(self.body("1", ["34020000001310000001"]), self.body("", []))
+        assert r.sum_nums == [1, -1]
+        assert catalog_problems(r) == ["1 of 2 messages have no SumNum"]
+
+    def test_ids_neither_20_digits_nor_civil_codes_are_skipped_and_named(self) -> None:
+        r = self.collect(self.body("3", ["34020000001310000001", "3402000000131000001", "34020000001310000X02"]))
+        assert list(r.items) == ["34020000001310000001"]  # C5: skipped, not stored
+        assert [i for i, _ in r.skipped] == ["3402000000131000001", "34020000001310000X02"]
+        problems = catalog_problems(r)
+        assert problems[0].startswith("item skipped: '3402000000131000001': has 19 digits")
+        assert "'X' is not a digit" in problems[1] and len(problems) == 2  # SumNum 3 counts the skipped ones
+
+    def test_civil_codes_are_kept_and_a_20_digit_id_with_an_undefined_type_is_named(self) -> None:
+        r = self.collect(self.body("2", ["340200", "34020000001000000001"]))
+        assert sorted(r.items) == ["340200", "34020000001000000001"] and not r.skipped
+        (problem,) = catalog_problems(r)
+        assert "34020000001000000001" in problem and "type code 100 is not defined" in problem
+
+    @pytest.mark.parametrize(
+        ("declared", "name", "codec", "problem"),
+        [
+            ("GB2312", "大门", "gb2312", ""),
+            ("GB2312", "镕", "gbk", "declares GB2312 but holds characters only GBK has"),
+            ("UTF-8", "大门", "gbk", "declares UTF-8 but is in a GB charset (GBK/GB18030)"),
+            ("GB2312", "大门", "utf-8", "declares GB2312 but is in UTF-8"),
+            ("GBK", "大门\x80", "raw", "declares GBK but holds bytes no charset has"),
+        ],
+        ids=["clean", "gb2312-with-gbk", "utf8-with-gbk", "gb2312-with-utf8", "undecodable"],
+    )
+    def test_charset(self, declared: str, name: str, codec: str, problem: str) -> None:
+        from gb28181gw.manscdp.codec import charset_problem
+
+        text = f'<?xml version="1.0" encoding="{declared}"?><Response><Name>NAME</Name></Response>'
+        if codec == "raw":
+            body = text.encode().replace(b"NAME", "大门".encode("gbk") + b"\xff\xff")
+        else:
+            body = text.encode().replace(b"NAME", name.encode(codec))
+        assert charset_problem(body) == problem
+
+    def test_charset_problems_of_an_answer_are_named_once(self) -> None:
+        gbk = self.body("2", ["34020000001310000001"], declared="UTF-8").replace(b"<Name>x", "<Name>大门".encode("gbk"))
+        r = self.collect(gbk, gbk.replace(b"1310000001<", b"1310000002<"))
+        assert r.charset == ["declares UTF-8 but is in a GB charset (GBK/GB18030)"]
+        assert catalog_problems(r) == ["charset: declares UTF-8 but is in a GB charset (GBK/GB18030)"]

@@ -4,12 +4,16 @@ Answers are matched on (device, CmdType, SN), never on Call-ID: each Response is
 MESSAGE transaction. A Catalog answer comes in many MESSAGEs; :class:`CatalogCollector`
 gathers them by SN until SumNum items arrived — or until the device goes quiet, since
 SumNum lies in both directions in the field (C1) — keeping a partial result flagged.
+What a conformance check needs of the answer is kept as it comes (the SumNum of every part,
+the items skipped and why, each part's charset problem) and judged by :func:`catalog_problems`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gb28181gw.errors import IdError
+from gb28181gw.ids import GbId
 from gb28181gw.manscdp.messages import CatalogItem
 
 
@@ -39,6 +43,11 @@ class CatalogResult:
         complete: SumNum items arrived; otherwise the device went quiet first.
         messages: how many response MESSAGEs made it.
         refused: items left out because the answer reached its cap (``max_items``).
+        sum_nums: the SumNum of every message, in arrival order (-1 for one that had none).
+        skipped: items left out for their ID, which is neither 20 digits nor a civil code
+            (C5): (the ID as sent, why).
+        charset: each message's charset problem (:func:`~gb28181gw.manscdp.codec.charset_problem`)
+            once, in arrival order; empty when every body was in the charset it declared.
     """
 
     device_id: str
@@ -48,6 +57,9 @@ class CatalogResult:
     complete: bool = False
     messages: int = 0
     refused: int = 0
+    sum_nums: list[int] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    charset: list[str] = field(default_factory=list)
 
 
 class CatalogCollector:
@@ -86,13 +98,24 @@ class CatalogCollector:
         self.end = now + total_timeout
         self.deadline = min(now + first_timeout, self.end)
 
-    def add(self, sum_num: int, items: list[CatalogItem], now: float) -> bool:
-        """Take one response message; return whether the answer is now complete."""
+    def add(self, sum_num: int, items: list[CatalogItem], now: float, *, charset_problem: str = "") -> bool:
+        """Take one response message; return whether the answer is now complete.
+
+        ``charset_problem``: how the message's bytes differ from the charset it declares ("" if not).
+        """
         r = self.result
         r.messages += 1
+        r.sum_nums.append(sum_num)
+        if charset_problem and charset_problem not in r.charset:
+            r.charset.append(charset_problem)
         if sum_num >= 0:
             r.sum_num = sum_num
         for item in items:
+            try:
+                GbId.parse(item.device_id, allow_civil=True)
+            except IdError as exc:
+                r.skipped.append((item.device_id, str(exc)))
+                continue
             key = item.device_id
             if self.key_fields:
                 key = "|".join([key, *(item.fields.get(f, "") for f in self.key_fields)])
@@ -107,3 +130,29 @@ class CatalogCollector:
     def expired(self, now: float) -> bool:
         """Whether the device went quiet before completing."""
         return now >= self.deadline
+
+
+def catalog_problems(result: CatalogResult) -> list[str]:
+    """What in a Catalog answer does not conform (GB/T 28181-2022 §9.5.2, Annex M), in words.
+
+    The SumNum of every message must be the same and equal the items sent; every item's ID must be
+    a valid 20-digit ID or civil code (:meth:`GbId.parse`, strict); every body must be in the
+    charset it declares. Empty when the answer conforms.
+    """
+    problems: list[str] = []
+    said = sorted({n for n in result.sum_nums if n >= 0})
+    if len(said) > 1:
+        problems.append(f"SumNum differs between messages: {', '.join(map(str, said))}")
+    if -1 in result.sum_nums:
+        problems.append(f"{result.sum_nums.count(-1)} of {result.messages} messages have no SumNum")
+    sent = len(result.items) + len(result.skipped) + result.refused
+    if len(said) == 1 and said[0] != sent:
+        problems.append(f"SumNum {said[0]} but {sent} items came in {result.messages} messages")
+    problems += [f"item skipped: {reason}" for _, reason in result.skipped]
+    for item in result.items.values():
+        try:
+            GbId.parse(item.device_id, strict=True, allow_civil=True)
+        except IdError as exc:
+            problems.append(f"item {exc}")
+    problems += [f"charset: {c}" for c in result.charset]
+    return problems

@@ -22,6 +22,7 @@ __all__ = [
     "MAX_BODY",
     "REPLACEMENT",
     "etree",
+    "charset_problem",
     "child_text",
     "decode_text",
     "declared_encoding",
@@ -116,6 +117,43 @@ def parse_xml(body: bytes, *, max_size: int = MAX_BODY) -> Element:
         return etree.fromstring(body, parser)
     except etree.XMLSyntaxError as exc:
         raise ManscdpError(f"MANSCDP body is not well-formed XML: {exc}") from None
+
+
+def charset_problem(body: bytes) -> str:
+    """Why ``body``'s bytes are not what its prolog declares, in words; ``""`` when they are.
+
+    :func:`parse_xml` reads every such body anyway (§11.3); an acceptance test reports them:
+    GB2312 declared with characters only GBK/GB18030 have, UTF-8 (or no prolog, which means
+    UTF-8) with GB bytes, a GB charset declared with UTF-8 bytes, bytes no charset has.
+    """
+    body = body.strip(b"\x00 \t\r\n").removeprefix(b"\xef\xbb\xbf")
+    if body.isascii():
+        return ""
+    declared = declared_encoding(body) or "UTF-8 (no encoding declared)"
+    try:
+        body.decode("utf-8")
+        utf8 = True
+    except UnicodeDecodeError:
+        utf8 = False
+    if declared.startswith("UTF"):
+        if utf8:
+            return ""
+        try:
+            body.decode("gb18030")
+        except UnicodeDecodeError:
+            return f"declares {declared} but holds bytes no charset has"
+        return f"declares {declared} but is in a GB charset (GBK/GB18030)"
+    if utf8:
+        return f"declares {declared} but is in UTF-8"
+    for charset in ("gb2312", "gbk", "gb18030"):
+        try:
+            body.decode(charset)
+        except UnicodeDecodeError:
+            continue
+        if declared in ("GB2312", "GB_2312-80", "EUC-CN") and charset != "gb2312":
+            return f"declares {declared} but holds characters only {charset.upper()} has"
+        return ""
+    return f"declares {declared} but holds bytes no charset has"
 
 
 def undecodable(root: Element) -> list[str]:

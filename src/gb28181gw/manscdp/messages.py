@@ -59,6 +59,7 @@ class Envelope:
         sn: the sequence number.
         device_id: the DeviceID.
         element: the parsed root element, for the command-specific readers.
+        body: the bytes it was parsed from, when the receiver kept them (a charset check reads them).
     """
 
     root: Root
@@ -66,6 +67,7 @@ class Envelope:
     sn: int
     device_id: str
     element: Element = field(repr=False, compare=False)
+    body: bytes = field(default=b"", repr=False, compare=False)
 
     def is_cmd(self, cmd: CmdType) -> bool:
         """Whether this is ``cmd`` (case-insensitive: devices send ``catalog``)."""
@@ -85,8 +87,8 @@ def decode(body: bytes) -> Envelope:
     return envelope(parse_xml(body))
 
 
-def envelope(element: Element) -> Envelope:
-    """:func:`decode` for an already parsed body."""
+def envelope(element: Element, *, body: bytes = b"") -> Envelope:
+    """:func:`decode` for an already parsed body (``body``: its bytes, kept in :attr:`Envelope.body`)."""
     tag = element.tag if isinstance(element.tag, str) else ""
     root = _ROOTS.get(tag.lower())
     if root is None:
@@ -97,7 +99,7 @@ def envelope(element: Element) -> Envelope:
     sn_text = child_text(element, "SN") or ""
     if not sn_text.isdigit():
         raise ManscdpError(f"MANSCDP SN {sn_text[:20]!r} is not a number")
-    return Envelope(root, cmd, int(sn_text), child_text(element, "DeviceID") or "", element)
+    return Envelope(root, cmd, int(sn_text), child_text(element, "DeviceID") or "", element, body)
 
 
 Fields = list[tuple[str, "str | int | Fields"]]

@@ -23,6 +23,7 @@ from gb28181gw.gb.catalog import ChannelUpdate, Position, channel_from_item
 from gb28181gw.gb.model import Alarm, Channel, Device
 from gb28181gw.gb.outbound import device_peer, device_uri, to_device
 from gb28181gw.gb.query import CatalogCollector, CatalogResult, SnAllocator
+from gb28181gw.manscdp.codec import charset_problem
 from gb28181gw.manscdp.messages import (
     CONTENT_TYPE,
     CatalogItem,
@@ -57,7 +58,7 @@ log = logging.getLogger("gb28181gw.devices")
 #: CmdTypes counted by name in metrics (any other is counted as "other").
 _CMD_LABELS = {c.value.lower(): c.value for c in CmdType}
 
-__all__ = ["RECORD_KEYS", "AlarmListener", "BodyBuilder", "DeviceError", "DeviceService"]
+__all__ = ["RECORD_KEYS", "AlarmListener", "BodyBuilder", "DeviceError", "DeviceService", "config_section"]
 
 #: What, with its DeviceID, tells one recording of a RecordInfo answer from another (many share the channel).
 RECORD_KEYS = ("StartTime", "EndTime", "FilePath")
@@ -65,6 +66,16 @@ RECORD_KEYS = ("StartTime", "EndTime", "FilePath")
 BodyBuilder = Callable[[int, str], bytes]
 #: Told of every alarm a device reports (after it is recorded): (the device, the Notify).
 AlarmListener = Callable[[Device, Envelope], None]
+
+
+def config_section(env: Envelope, config_type: str) -> dict[str, str]:
+    """The fields of a ConfigDownload answer's ``config_type`` section (``BasicParam`` …), or of the
+    answer itself when it has no such section."""
+    section = env.element
+    for child in env.element:
+        if isinstance(child.tag, str) and child.tag.lower() == config_type.lower():
+            section = child
+    return {c.tag: (c.text or "").strip() for c in section if isinstance(c.tag, str) and not len(c)}
 
 
 class DeviceService:
@@ -298,11 +309,7 @@ class DeviceService:
     async def config(self, device_id: str, config_type: str = "BasicParam") -> dict[str, str]:
         """ConfigDownload (§5.4.6), e.g. BasicParam: HeartBeatInterval, HeartBeatCount, Expiration …"""
         env = await self.query(device_id, CmdType.CONFIG_DOWNLOAD, [("ConfigType", config_type)])
-        section = env.element
-        for child in env.element:
-            if isinstance(child.tag, str) and child.tag.lower() == config_type.lower():
-                section = child
-        out = {c.tag: (c.text or "").strip() for c in section if isinstance(c.tag, str) and not len(c)}
+        out = config_section(env, config_type)
         if config_type == "BasicParam":
             # the device's own heartbeat settings drive its liveness deadline (PROTOCOL.md §4.1)
             interval, count = out.get("HeartBeatInterval", ""), out.get("HeartBeatCount", "")
@@ -430,7 +437,11 @@ class DeviceService:
         if entry is not None and env.is_cmd(entry[2]):
             collector, fut, cmd = entry
             sum_num, items = list_items(env, "DeviceList" if cmd is CmdType.CATALOG else "RecordList")
-            if collector.add(sum_num, items, asyncio.get_running_loop().time()) and not fut.done():
+            problem = charset_problem(env.body) if env.body else ""
+            if (
+                collector.add(sum_num, items, asyncio.get_running_loop().time(), charset_problem=problem)
+                and not fut.done()
+            ):
                 fut.set_result(collector.result)
             return
         if env.is_cmd(CmdType.CATALOG) or env.is_cmd(CmdType.RECORD_INFO):

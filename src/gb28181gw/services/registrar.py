@@ -57,6 +57,8 @@ from gb28181gw.store.base import Store
 log = logging.getLogger("gb28181gw.registrar")
 
 OfflineListener = Callable[[Device, str], None]
+#: Keepalive arrival times kept per device (a tuple of floats each: small for 100,000 devices).
+KEEPALIVES_KEPT = 4
 #: Called with the device and the decoded body of every MANSCDP MESSAGE other than a keepalive.
 ManscdpHandler = Callable[[Device, Envelope], None]
 
@@ -120,6 +122,8 @@ class RegistrarService:
         self._registered_listeners: list[Callable[[Device], None]] = []
         self._manscdp_handlers: list[ManscdpHandler] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: loop times of each device's last :data:`KEEPALIVES_KEPT` keepalives (the doctor measures the interval)
+        self.keepalive_arrivals: dict[str, tuple[float, ...]] = {}
         self.registrations = metrics.counter(REGISTRATIONS)
         self.keepalives = metrics.counter(KEEPALIVES)
         self.timeouts = metrics.counter(KEEPALIVE_TIMEOUTS)
@@ -410,7 +414,7 @@ class RegistrarService:
         tx = msg.event.transaction
         assert tx is not None
         self.stack.respond(tx, make_response(msg.event.request, 200, to_tag=self.stack.endpoint.new_tag()))
-        self._dispatch_manscdp(self.devices[msg.sender], msg.root)
+        self._dispatch_manscdp(self.devices[msg.sender], msg.root, msg.event.request.body)
 
     def _on_keepalive(self, msg: ManscdpRequest) -> None:
         event = msg.event
@@ -422,6 +426,7 @@ class RegistrarService:
         now, epoch = self._now()
         self.stack.respond(tx, make_response(req, 200, to_tag=self.stack.endpoint.new_tag()))
         self.keepalives[(MessageResult.OK.value,)] += 1
+        self.keepalive_arrivals[device_id] = (*self.keepalive_arrivals.get(device_id, ())[1 - KEEPALIVES_KEPT :], now)
         change = self.devices.apply(device_id, DeviceEvent.KEEPALIVE, epoch=epoch, peer=event.peer)
         if change.moved_from is not None:
             # K5: NAT rebinding shows up in keepalives first
@@ -449,10 +454,10 @@ class RegistrarService:
             log.info("device offline", extra={"device": device_id, "reason": change.reason})
             self._apply(change, self.devices[device_id], now, epoch)
 
-    def _dispatch_manscdp(self, device: Device, root: Element) -> None:
+    def _dispatch_manscdp(self, device: Device, root: Element, body: bytes) -> None:
         # answered 200 already: a MANSCDP body we cannot use is logged, never an error to the device
         try:
-            env = envelope(root)
+            env = envelope(root, body=body)
         except ManscdpError as exc:
             log.info("MANSCDP message ignored", extra={"device": device.device_id, "error": str(exc)})
             return
@@ -591,6 +596,7 @@ class RegistrarService:
         """Forget a device entirely (it must register again)."""
         now, epoch = self._now()
         removed = self.devices.remove(device_id, epoch=epoch)
+        self.keepalive_arrivals.pop(device_id, None)
         if removed is not None:
             self._apply(removed[1], removed[0], now, epoch)
         stored = await self.store.delete_device(device_id)

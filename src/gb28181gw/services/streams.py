@@ -2,7 +2,8 @@
 
 :meth:`StreamService.play` opens a channel's stream, or joins the one already open or
 being opened — the device sees one INVITE however many consumers come (Annex L) — and
-adds a consumer to it. Opening takes a port from the chosen relay worker's share of the
+adds a consumer to it (:meth:`StreamService.play_own` opens one no one joins, in a transport the
+caller picks: the doctor's test INVITE). Opening takes a port from the chosen relay worker's share of the
 range and a fresh SSRC, binds the port (and for TCP passive listens) *before* the INVITE,
 sends the INVITE with its offer and Subject, takes the device's answer (its ``y=`` wins,
 M1), ACKs it, and for TCP active has the relay connect to the device. The last consumer
@@ -546,6 +547,35 @@ class StreamService:
             st = self._open(channel_id)
         return st, await self._consume(st, kind, host, port, ssrc, label, ttl, paused, start_within, also_from)
 
+    async def play_own(
+        self,
+        channel_id: str,
+        *,
+        mode: StreamMode | None = None,
+        transport: str,
+        host: str,
+        port: int,
+        label: str = "",
+    ) -> tuple[Stream, Consumer]:
+        """Open a live stream of ``channel_id`` of its own for one consumer: a fresh INVITE asking the
+        device for ``mode`` (default: the device's own, as :meth:`play`), never joining the channel's
+        shared stream nor joined by later :meth:`play` calls. A conformance test of the device (the
+        doctor) needs its own INVITE in a transport of its choosing; the stored ``stream_mode`` stays.
+        The consumer arguments are those of :meth:`play`; close it with :meth:`stop_stream`.
+
+        Raises:
+            StreamError: as :meth:`play`.
+        """
+        kind = _consumer_transport(transport, port, ())
+        st = self._open(channel_id, mode=mode, shared=False)
+        try:
+            return st, await self._consume(st, kind, host, port, None, label, None, False, None, ())
+        except BaseException:
+            # no one else can join it: a caller that failed or was cancelled leaves no stream behind
+            if st.state is not StreamState.CLOSED:
+                self._close(st, "its only consumer gave up", "no-consumers")
+            raise
+
     async def open_recorded(
         self,
         channel_id: str,
@@ -639,6 +669,8 @@ class StreamService:
         kind: SessionKind = SessionKind.PLAY,
         span: Span | None = None,
         download_speed: int | None = None,
+        mode: StreamMode | None = None,
+        shared: bool = True,
     ) -> Stream:
         try:
             device = self.devices.device_of(channel_id)
@@ -661,7 +693,8 @@ class StreamService:
             pool.release(port, now)
             self.results[("no-ssrc",)] += 1
             raise StreamError(503, str(exc)) from None
-        mode = StreamMode(device.stream_mode) if device.stream_mode else self.settings.stream_mode
+        if mode is None:
+            mode = StreamMode(device.stream_mode) if device.stream_mode else self.settings.stream_mode
         endpoint = self.stack.endpoint
         session = PlaySession.start(
             channel_id,
@@ -699,7 +732,7 @@ class StreamService:
         self.streams[st.id] = st
         if kind.recorded:
             self.by_call_id[session.call_id] = st
-        else:
+        elif shared:
             self.by_channel[channel_id] = st
         self._tasks.spawn(self._setup(st, device))
         return st
