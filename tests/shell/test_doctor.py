@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import datetime
 import json
+import os
 import re
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -350,3 +352,45 @@ async def test_keepalives_that_come_during_the_check_are_awaited(tmp_path: Path)
         assert 0.2 < got["figures"]["interval"] < 3
     finally:
         await gw.stop()
+
+
+async def cli_doctor(gw: Gateway, *args: str) -> tuple[int, str]:
+    """The real ``gb28181gw doctor`` against this gateway (the loop goes on serving while it runs)."""
+    assert gw.admin is not None
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "gb28181gw"), "doctor", *args, "--admin", f"http://127.0.0.1:{gw.admin.port}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def test_the_command_passes_a_conforming_device_and_writes_the_report(gw: Gateway, tmp_path: Path) -> None:
+    port = await register(gw, tmp_path)
+    sipp = await play_device(device(), port, tmp_path, "doctor-cli", calls=8)
+    media = asyncio.create_task(send_media(gw, gb_ps(FRAMES, GOP)))
+    report = tmp_path / "report.html"
+    try:
+        status, out = await cli_doctor(gw, NVR, "-o", str(report))
+    finally:
+        media.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await media
+    assert status == 0, out
+    await finished(sipp)
+    page = report.read_text(encoding="utf-8")
+    for check in CHECKS:
+        assert check.standard in page
+    assert NVR in page and "Vendor" in page and "H264" in page
+
+
+async def test_the_command_fails_a_device_with_a_lying_catalog_and_says_why(gw: Gateway, tmp_path: Path) -> None:
+    port = await register(gw, tmp_path)
+    sipp = await play_device(device([(CH, 3), (CH2, 3)]), port, tmp_path, "doctor-cli-bad", calls=1)
+    status, out = await cli_doctor(gw, NVR, "--check", "catalog", "--json")
+    await finished(sipp)
+    assert status == 1, out
+    report = DoctorReport.from_json(json.loads(out))
+    (result,) = report.results
+    assert result.outcome is Outcome.FAIL and "SumNum 3 but 2 items came in 2 messages" in result.reason
