@@ -23,6 +23,7 @@ from typing import Any
 
 from gb28181gw import __version__
 from gb28181gw.admin import AdminServer, add_device_routes, add_stream_routes, add_upstream_routes
+from gb28181gw.admin.forms import add_form_routes
 from gb28181gw.admin.ledger import add_ledger_routes
 from gb28181gw.config import Config, parse_time_zone
 from gb28181gw.errors import StoreError
@@ -45,6 +46,7 @@ from gb28181gw.services.cascade_catalog import CascadeCatalogService
 from gb28181gw.services.cascade_media import CascadeMediaService
 from gb28181gw.services.cascade_requests import CascadeRequestService
 from gb28181gw.services.devices import DeviceService
+from gb28181gw.services.forms import FormService
 from gb28181gw.services.ledger import LedgerService
 from gb28181gw.services.registrar import RegistrarService
 from gb28181gw.services.streams import MediaSettings, StreamService
@@ -149,6 +151,7 @@ class Gateway:
         )
         self.upstreams.count_streams(self.cascade_media.served_to)
         self.ledger = LedgerService(config, self.registrar, self.devices, self.store)
+        self.forms = FormService(config, self.ledger)
         self.admin: AdminServer | None = None
         self.started_at = 0.0
         self._ready = False
@@ -208,6 +211,7 @@ class Gateway:
         await self.registrar.start()
         await self.devices.start()
         await self.ledger.start()
+        self.forms.start()
         await self.stack.listen(replace(c.sip, tcp_max_connections=tcp_connection_budget(c)))
         await self.streams.start()
         await self.upstreams.start()  # once listening: the superiors answer to our SIP port
@@ -225,6 +229,7 @@ class Gateway:
             )
             add_upstream_routes(self.admin, self.upstreams)
             add_ledger_routes(self.admin, self.ledger)
+            add_form_routes(self.admin, self.forms)
             await self.admin.start(c.admin.listen, c.admin.port)
         self.started_at = time.monotonic()
         self._ready = True
