@@ -37,6 +37,7 @@ Conventions (issue 11; every command follows them, new ones too):
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import http.client
 import json
@@ -45,9 +46,9 @@ import re
 import sys
 import time as _time
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
@@ -461,6 +462,65 @@ def call(admin: str, method: str, path: str, body: Any = None, *, timeout: float
         timeout: seconds to wait for the answer once connected; ``None`` for a request that
             waits on a device (the gateway bounds that wait itself and says why it ended).
     """
+    conn, resp = _send(admin, method, path, body, timeout=timeout)
+    try:
+        raw = _reading(admin, method, path, timeout, resp.read)
+    finally:
+        conn.close()
+    answer = _json_of(raw)
+    if resp.status >= 400:
+        raise _refusal(resp, answer, method, path)
+    if answer is None and raw:
+        raise AdminApiError(
+            f"the answer of {admin} to {method} {path} is not JSON", "is --admin the gateway's admin API?", resp.status
+        )
+    if path == "/status" and isinstance(answer, dict) and answer.get("time_zone"):
+        _remember_zone(str(answer["time_zone"]))
+    return answer
+
+
+_T = TypeVar("_T")
+
+#: The longest line :func:`stream_lines` reads (a whole report is one line).
+MAX_STREAM_LINE = 8 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def stream_lines(admin: str, method: str, path: str, body: Any = None) -> Iterator[Iterator[bytes]]:
+    """An admin API call whose answer is read a line at a time as the gateway writes it (NDJSON).
+
+    Waits on the gateway as long as it goes on (``timeout=None``: it bounds the device waits
+    itself). Leaving the ``with`` block closes the connection, which is how an interrupted
+    command (Ctrl-C) tells the gateway to stop the work it streams.
+
+    Raises:
+        AdminApiError: as :func:`call` before the answer begins (a refusal in the gateway's words);
+            while iterating, when the connection breaks or a line is longer than
+            :data:`MAX_STREAM_LINE`. A clean end of the answer just ends the iteration.
+    """
+    conn, resp = _send(admin, method, path, body, timeout=None)
+    try:
+        if resp.status >= 400:
+            raise _refusal(resp, _json_of(_reading(admin, method, path, None, resp.read)), method, path)
+
+        def lines() -> Iterator[bytes]:
+            while line := _reading(admin, method, path, None, lambda: resp.readline(MAX_STREAM_LINE + 1)):
+                if len(line) > MAX_STREAM_LINE:
+                    raise AdminApiError(
+                        f"a line of the answer to {method} {path} is longer than {MAX_STREAM_LINE} bytes"
+                    )
+                yield line
+
+        yield lines()
+    finally:
+        conn.close()
+
+
+def _send(
+    admin: str, method: str, path: str, body: Any, *, timeout: float | None
+) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    """Connect (asking ``/healthz`` first when ``timeout`` is ``None``), send, and read the answer's
+    head; the caller reads the body and closes the connection."""
     global _last_admin
     base = urllib.parse.urlsplit(admin_url(admin))
     _last_admin = admin
@@ -492,38 +552,47 @@ def call(admin: str, method: str, path: str, body: Any = None, *, timeout: float
             if conn.sock is None:  # the probe's answer closed the connection
                 conn.connect()
         conn.sock.settimeout(timeout)
-        try:
+
+        def answer() -> http.client.HTTPResponse:
             conn.request(method, base.path + "/api/v1" + path, body=data, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read()
-        except TimeoutError:
-            raise AdminApiError(
-                f"{where} did not answer {method} {path} within {timeout:g} s", _NOT_GATEWAY_HINT
-            ) from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise AdminApiError(f"{where} broke off {method} {path}: {exc}", _REACH_HINT) from None
-    finally:
+            return conn.getresponse()
+
+        return conn, _reading(admin, method, path, timeout, answer)
+    except BaseException:
         conn.close()
+        raise
+
+
+def _reading(admin: str, method: str, path: str, timeout: float | None, step: Callable[[], _T]) -> _T:
+    """``step()`` (a part of the exchange with the gateway), its failures as :class:`AdminApiError`."""
+    where = f"the gateway at {admin}"
     try:
-        answer = json.loads(raw.decode("utf-8")) if raw else None
+        return step()
+    except TimeoutError:
+        raise AdminApiError(
+            f"{where} did not answer {method} {path} within {timeout or 0:g} s", _NOT_GATEWAY_HINT
+        ) from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise AdminApiError(f"{where} broke off {method} {path}: {exc}", _REACH_HINT) from None
+
+
+def _json_of(raw: bytes) -> Any:
+    try:
+        return json.loads(raw.decode("utf-8")) if raw else None
     except (ValueError, UnicodeDecodeError):
-        answer = None
-    if resp.status >= 400:
-        message = answer.get("error") if isinstance(answer, dict) else None
-        hint = answer.get("hint") if isinstance(answer, dict) else None
-        raise AdminApiError(
-            str(message or f"the gateway answered {resp.status} {resp.reason} to {method} {path}"),
-            str(hint) if hint else None,
-            resp.status,
-            answer=answer if isinstance(answer, dict) else None,
-        )
-    if answer is None and raw:
-        raise AdminApiError(
-            f"the answer of {admin} to {method} {path} is not JSON", "is --admin the gateway's admin API?", resp.status
-        )
-    if path == "/status" and isinstance(answer, dict) and answer.get("time_zone"):
-        _remember_zone(str(answer["time_zone"]))
-    return answer
+        return None
+
+
+def _refusal(resp: http.client.HTTPResponse, answer: Any, method: str, path: str) -> AdminApiError:
+    """The gateway's refusal (an answer of 400 or more) in its own words."""
+    message = answer.get("error") if isinstance(answer, dict) else None
+    hint = answer.get("hint") if isinstance(answer, dict) else None
+    return AdminApiError(
+        str(message or f"the gateway answered {resp.status} {resp.reason} to {method} {path}"),
+        str(hint) if hint else None,
+        resp.status,
+        answer=answer if isinstance(answer, dict) else None,
+    )
 
 
 _REACH_HINT = "is `gb28181gw serve` running? (--admin or GB28181GW_ADMIN_URL name another one)"
