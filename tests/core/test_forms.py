@@ -7,7 +7,7 @@ from importlib import resources
 import pytest
 
 from gb28181gw.errors import FormError
-from gb28181gw.gb.forms import Form, RowProblem, Site, build, check_rows, parse_form
+from gb28181gw.gb.forms import Form, RowProblem, Site, build, check_rows, import_titles, parse_form
 
 CAM = "34020000001310000001"
 CAM2 = "34020000001320000002"
@@ -250,3 +250,26 @@ class TestChecks:
         assert [p.column for p in table.problems] == ["名称", "经度", "建设时间"]
         assert table.reasons(1).count("；") == 2 and table.reasons(2) == ""
         assert table.rows[0][6] == "soon"  # an unreadable date is shown as it is, and said why
+
+
+def shipped() -> list[Form]:
+    return [
+        parse_form((resources.files("gb28181gw") / "forms" / f"{n}.toml").read_text(encoding="utf-8"), n)
+        for n in sorted(SHIPPED)
+    ]
+
+
+def test_a_form_read_back_knows_every_column_it_printed() -> None:
+    titles = import_titles(shipped())
+    every = {t for sheets in SHIPPED.values() for _, _, columns in sheets for t in columns}
+    assert set(titles) == every | {"校验问题"}
+    assert titles["20位编码"] == "id" and titles["建设时间"] == "built" and titles["立杆高度"] == "pole_height"
+    assert titles["联网设备名称"] == "name" and titles["端口号"] == "port"
+    for derived in ("序号", "所在市、县（区）、乡镇（街道）", "管理员密码", "校验问题"):
+        assert titles[derived] is None, derived
+
+
+def test_a_title_two_forms_use_differently_is_left_to_the_import() -> None:
+    other = parse_form(SMALL.replace('title = "编码"', 'title = "品牌"', 1), "other.toml")
+    titles = import_titles([*shipped(), other])
+    assert "品牌" not in titles and titles["型号"] == "model"

@@ -327,6 +327,9 @@ async def test_a_custom_form_is_listed_and_exported_and_a_broken_one_said(tmp_pa
             [FIVE, "停车场入口", NVR],
             [ALARM, "周界报警", NVR],
         ]
+        # read back, its titles are known: the import maps them (a broken form adds none)
+        titles = gw.forms.import_titles()
+        assert (titles["点位名称"], titles["所属设备"], titles["20位编码"]) == ("name", None, "id")
         status, body, _ = await get(gw, "/ledger/export?form=broken&format=xlsx")
         assert status == 400 and "polestation" in json.loads(body)["error"]
     finally:

@@ -61,7 +61,7 @@ import difflib
 import re
 import string
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -381,6 +381,27 @@ def _toml_type(value: object) -> str:
     return {bool: "true/false", int: "a number", float: "a number", list: "a list", dict: "a table"}.get(
         type(value), type(value).__name__
     )
+
+
+def import_titles(forms: Iterable[Form]) -> dict[str, str | None]:
+    """What each column title of ``forms`` means when a filled-in form is read back (an import).
+
+    A column showing one ledger field (or the ID) gives that key; one that is derived or fixed
+    (序号, a joined 所在市、县（区）、乡镇（街道）, a reported value, the empty password column) and
+    :data:`PROBLEM_COLUMN` give ``None``: known, not imported. A title two forms use for different
+    things is left out (the import's own title matching decides).
+    """
+    found: dict[str, str | None] = {PROBLEM_COLUMN: None}
+    clashes: set[str] = set()
+    for form in forms:
+        for sheet in form.sheets:
+            for c in sheet.columns:
+                key = c.values[0] if len(c.values) == 1 and c.text is None else None
+                meaning = key if key == "id" or key in FIELD_BY_KEY else None
+                if c.title in found and found[c.title] != meaning:
+                    clashes.add(c.title)
+                found.setdefault(c.title, meaning)
+    return {t: m for t, m in found.items() if t not in clashes}
 
 
 # --- laying a sheet out and checking its rows -----------------------------------------------------

@@ -49,6 +49,7 @@ from gb28181gw.gb.forms import (
     Site,
     Table,
     build,
+    import_titles,
     parse_form,
 )
 from gb28181gw.services.ledger import LedgerService
@@ -182,6 +183,10 @@ class FormService:
     def forms(self) -> list[FormFile]:
         """Every form (read now: see the module docstring)."""
         return load_forms(self.config.ledger.forms)
+
+    def import_titles(self) -> dict[str, str | None]:
+        """Every usable form's column titles and what each means read back (for the import's ``extra_titles``)."""
+        return import_titles(f.form for f in self.forms() if f.form is not None)
 
     def form(self, name: str) -> Form:
         """The form called ``name``.
