@@ -302,7 +302,9 @@ async def test_a_custom_form_is_listed_and_exported_and_a_broken_one_said(tmp_pa
     try:
         code, stdout, err = await cli(gw, "ledger", "forms", "--json")
         assert code == 0, err
-        listed = {f["source"].rpartition("/")[2]: f for f in json.loads(stdout)["forms"]}
+        answer = json.loads(stdout)
+        listed = {f["source"].rpartition("/")[2]: f for f in answer["forms"]}
+        assert answer["import_titles"]["点位名称"] == "name" and answer["import_titles"]["序号"] is None
         assert set(listed) == {
             "integration-list.toml",
             "camera-survey.toml",

@@ -1,7 +1,9 @@
 """``/api/v1/ledger/forms``, ``/check`` and ``/export``: the camera ledger in the authorities' forms.
 
 ``GET /ledger/forms`` lists every form (shipped and ``[ledger] forms``): name, title, sheets with
-their columns, the file it came from, and for a file that cannot be used ``broken`` and why.
+their columns, the file it came from, and for a file that cannot be used ``broken`` and why;
+``import_titles``: what each column title means when a filled-in form is read back (a field
+key, ``id``, or ``null``: known, not imported), for ``ledger import``.
 ``GET /ledger/check?form=NAME[&sheet=S]`` answers every row that fails the checks
 (``{"problems": [{"sheet", "row", "id", "column", "reason"}]}``).
 ``GET /ledger/export?form=NAME&format=xlsx|csv[&sheet=S][&strict=1]`` answers the file itself
@@ -60,7 +62,7 @@ def add_form_routes(admin: AdminServer, forms: FormService) -> None:
         return error_response(exc.status, str(exc), exc.hint)
 
     async def list_forms(request: web.Request) -> web.Response:
-        return json_response({"forms": [form_json(f) for f in forms.forms()]})
+        return json_response({"forms": [form_json(f) for f in forms.forms()], "import_titles": forms.import_titles()})
 
     async def check(request: web.Request) -> web.Response:
         name = request.query.get("form", "")
