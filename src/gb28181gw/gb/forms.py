@@ -252,6 +252,18 @@ class _Reader:
             raise self.fail(f"{where}{key}", f"must be text, not {_toml_type(value)}")
         return value
 
+    def flag(self, data: Mapping[str, Any], key: str, where: str, *, default: bool) -> bool:
+        value = data.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(f"{where}{key}", f"must be true or false, not {_toml_type(value)}")
+        return value
+
+    def unique(self, names: list[str], key: str, what: str) -> None:
+        """Refuse the second of two equal ``names`` (``key`` formatted with its index)."""
+        for i, n in enumerate(names):
+            if n in names[:i]:
+                raise self.fail(key.format(i), f"{n!r} is the {what}")
+
     def unknown(self, data: Mapping[str, Any], known: set[str], where: str) -> None:
         for key in data:
             if key not in known:
@@ -270,11 +282,7 @@ class _Reader:
         if not isinstance(sheets, list) or not sheets:
             raise self.fail("sheets", "a form needs at least one [[sheets]]")
         parsed = tuple(self.sheet(s, f"sheets[{i}].") for i, s in enumerate(sheets))
-        seen: set[str] = set()
-        for i, s in enumerate(parsed):
-            if s.name in seen:
-                raise self.fail(f"sheets[{i}].name", f"{s.name!r} is the name of another sheet")
-            seen.add(s.name)
+        self.unique([s.name for s in parsed], "sheets[{}].name", "name of another sheet")
         return Form(name, title, parsed, self.text(data, "description", "", default=""), date_format)
 
     def sheet(self, data: Any, where: str) -> Sheet:
@@ -295,19 +303,13 @@ class _Reader:
         types = data.get("types", sorted(DEFAULT_TYPES[rows]))
         if not isinstance(types, list) or not types or not all(isinstance(t, int) and 0 <= t <= 999 for t in types):
             raise self.fail(f"{where}types", "must be a list of type codes (0-999), e.g. [131, 132]")
-        check_site = data.get("check_site", rows == "cameras")
-        if not isinstance(check_site, bool):
-            raise self.fail(f"{where}check_site", f"must be true or false, not {_toml_type(check_site)}")
+        check_site = self.flag(data, "check_site", where, default=rows == "cameras")
         columns = data.get("columns")
         if not isinstance(columns, list) or not columns:
             raise self.fail(f"{where}columns", "a sheet needs at least one [[sheets.columns]]")
         parsed = tuple(self.column(c, f"{where}columns[{i}].") for i, c in enumerate(columns))
-        seen: set[str] = set()
-        for i, c in enumerate(parsed):
-            if c.title in seen:
-                raise self.fail(f"{where}columns[{i}].title", f"{c.title!r} is the title of another column")
-            seen.add(c.title)
-        if PROBLEM_COLUMN in seen:
+        self.unique([c.title for c in parsed], where + "columns[{}].title", "title of another column")
+        if PROBLEM_COLUMN in (c.title for c in parsed):
             raise self.fail(f"{where}columns", f"{PROBLEM_COLUMN} is the column the export adds for failing rows")
         return Sheet(name, rows, parsed, tuple(titles), frozenset(types), check_site)
 
@@ -347,9 +349,7 @@ class _Reader:
         width = data.get("width", 0)
         if isinstance(width, bool) or not isinstance(width, int | float) or not 0 <= width <= 255:
             raise self.fail(f"{where}width", "must be a number of characters, 0-255")
-        required = data.get("required", False)
-        if not isinstance(required, bool):
-            raise self.fail(f"{where}required", f"must be true or false, not {_toml_type(required)}")
+        required = self.flag(data, "required", where, default=False)
         if required and has_text:
             raise self.fail(f"{where}required", "a fixed text is never missing")
         return Column(
