@@ -391,3 +391,23 @@ def test_configured_forms_replace_shipped_ones_and_bad_files_are_each_said(tmp_p
     assert found["gulou.toml"].error == f"gulou.toml: has the name 'nanjing-gulou' of {tmp_path / 'again.toml'}"
     assert found["gbk.toml"].error == "gbk.toml: not UTF-8 text"
     assert found["huge.toml"].error == "huge.toml: larger than a form"
+
+
+async def test_a_lower_platform_is_on_the_platform_sheet_and_a_networked_device(tmp_path: Path) -> None:
+    lower = "34020000002000000099"
+    gw = await populated(tmp_path, **{"registrar.accept_platforms": "true"})
+    try:
+        await register(gw, tmp_path, free_udp_port(), lower)
+        done = await gw.forms.export("integration-list", "csv", sheet="平台")
+        rows = list(csv.reader(io.StringIO(done.data.decode("utf-8-sig"))))
+        assert [r[:2] for r in rows[1:]] == [["1", "鼓楼小区视频监控平台"], ["2", ""]]
+        assert [(p.row, p.column) for p in done.problems] == [(2, "名称")]  # its name is for the operator to set
+        status, body, _ = await get(gw, "/ledger/check?form=network-registration")
+        answer = json.loads(body)
+        assert status == 200 and answer["sheets"] == [{"name": "联网设备", "rows": 2}]
+        # its type code (200) is a networked device's: only the name it has not been given is missing
+        assert [(p["id"], p["column"], p["reason"]) for p in answer["problems"]] == [
+            (lower, "联网设备名称", "required, but empty")
+        ]
+    finally:
+        await gw.stop()

@@ -83,7 +83,7 @@ def add_form_routes(admin: AdminServer, forms: FormService) -> None:
             return error_response(400, f"no format {fmt!r}", "format=xlsx or format=csv")
         strict = q.get("strict", "") in ("1", "true", "yes")
         try:
-            done = forms.export(name, fmt, sheet=q.get("sheet", ""), strict=strict)
+            done = await forms.export(name, fmt, sheet=q.get("sheet", ""), strict=strict)
         except LedgerError as exc:
             return failed(exc)
         problems = done.problems

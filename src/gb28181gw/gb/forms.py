@@ -38,7 +38,7 @@ What a sheet lists (``rows``):
   code is not a camera's is listed and *flagged*, not left out: a camera its NVR numbered wrongly
   must show up on the form with the reason, or nobody would notice it is missing. ``types``
   lists the type codes a sheet accepts (default 131, 132).
-- ``devices``: every registered device (NVRs, and IPCs that register themselves).
+- ``devices``: every registered device (NVRs, IPCs that register themselves, lower platforms).
 - ``platforms``: the gateway's own entry (its ID: set its name and the platform fields with
   ``gb28181gw ledger set``) and every registered lower platform (type code 200-299).
 
@@ -84,8 +84,9 @@ ROW_KINDS = ("cameras", "devices", "platforms")
 #: Type codes each kind of row accepts unless the sheet says otherwise (PROTOCOL.md §1.4).
 DEFAULT_TYPES: dict[str, frozenset[int]] = {
     "cameras": CAMERA_TYPES,
-    "devices": frozenset(range(111, 133)),  # DVR/NVR/encoder … and an IPC registering by itself
-    "platforms": frozenset(set(range(200, 300)) - {215, 216}),
+    # DVR/NVR/encoder …, an IPC registering by itself, and a lower platform registered as a device
+    "devices": frozenset({*range(111, 133), *range(200, 215), *range(217, 300)}),
+    "platforms": frozenset({*range(200, 215), *range(217, 300)}),
 }
 #: Type codes of directory nodes in a catalog: never a row.
 DIRECTORY_TYPES = frozenset({215, 216})

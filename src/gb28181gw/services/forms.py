@@ -19,6 +19,7 @@ a BOM so Excel reads the Chinese, the header first and no title rows, so the fil
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime as _dt
 import io
@@ -238,13 +239,17 @@ class FormService:
             LedgerError: see :meth:`form`; FormError for a sheet it does not have.
         """
         form = self.form(name)
-        site = self.site()
-        sheets = [form.sheet(sheet)] if sheet else list(form.sheets)
-        return form, [self.table(form, s, site) for s in sheets]
+        return form, self._tables(form, sheet)
 
-    def export(self, name: str, fmt: str, *, sheet: str = "", strict: bool = False) -> Export:
+    def _tables(self, form: Form, sheet: str) -> list[Table]:
+        site = self.site()
+        return [self.table(form, s, site) for s in ([form.sheet(sheet)] if sheet else form.sheets)]
+
+    async def export(self, name: str, fmt: str, *, sheet: str = "", strict: bool = False) -> Export:
         """Form ``name`` filled in as ``fmt`` (``xlsx``: every sheet, or the one named; ``csv``: one sheet).
 
+        The rows are read here, on the loop (the ledger and the devices change on it); the file is
+        written in a thread, so a site of thousands of cameras does not hold up SIP meanwhile.
         Under ``strict`` a form with any failing row is not written (:attr:`Export.data` is empty).
 
         Raises:
@@ -255,12 +260,14 @@ class FormService:
         form = self.form(name)
         if fmt == "csv" and not sheet:
             sheet = form.sheet().name  # one sheet in a CSV: the cameras by default
-        form, tables = self.check(name, sheet)
-        site = self.site()
-        filename = f"{form.name}-{site.date}.{fmt}"
+        tables = self._tables(form, sheet)
+        filename = f"{form.name}-{self.site().date}.{fmt}"
         if strict and any(t.problems for t in tables):
             return Export(form, tables, fmt, b"", filename)
-        data = workbook_bytes(form, tables) if fmt == "xlsx" else csv_bytes(tables[0])
+        if fmt == "xlsx":
+            data = await asyncio.to_thread(workbook_bytes, form, tables)
+        else:
+            data = csv_bytes(tables[0])
         return Export(form, tables, fmt, data, filename)
 
 
