@@ -24,6 +24,7 @@ from typing import Any
 from gb28181gw import __version__
 from gb28181gw.admin import AdminServer, add_device_routes, add_stream_routes, add_upstream_routes
 from gb28181gw.admin.doctor import add_doctor_routes
+from gb28181gw.admin.forms import add_form_routes
 from gb28181gw.admin.ledger import add_ledger_routes
 from gb28181gw.config import Config, parse_time_zone
 from gb28181gw.errors import StoreError
@@ -48,6 +49,7 @@ from gb28181gw.services.cascade_media import CascadeMediaService
 from gb28181gw.services.cascade_requests import CascadeRequestService
 from gb28181gw.services.devices import DeviceService
 from gb28181gw.services.doctor import DoctorService
+from gb28181gw.services.forms import FormService
 from gb28181gw.services.ledger import LedgerService
 from gb28181gw.services.registrar import RegistrarService
 from gb28181gw.services.streams import MediaSettings, StreamService
@@ -160,6 +162,7 @@ class Gateway:
             metrics=self.metrics,
             decode=picture_size,
         )
+        self.forms = FormService(config, self.ledger)
         self.admin: AdminServer | None = None
         self.started_at = 0.0
         self._ready = False
@@ -219,6 +222,7 @@ class Gateway:
         await self.registrar.start()
         await self.devices.start()
         await self.ledger.start()
+        self.forms.start()
         await self.stack.listen(replace(c.sip, tcp_max_connections=tcp_connection_budget(c)))
         await self.streams.start()
         await self.upstreams.start()  # once listening: the superiors answer to our SIP port
@@ -237,6 +241,7 @@ class Gateway:
             add_upstream_routes(self.admin, self.upstreams)
             add_ledger_routes(self.admin, self.ledger)
             add_doctor_routes(self.admin, self.doctor)
+            add_form_routes(self.admin, self.forms)
             await self.admin.start(c.admin.listen, c.admin.port)
         self.started_at = time.monotonic()
         self._ready = True

@@ -13,6 +13,7 @@ from gb28181gw.gb.ledger import (
     LedgerEntry,
     check_coordinate,
     check_id,
+    codes_text,
     diff,
     field_named,
     format_date,
@@ -196,3 +197,12 @@ class TestSameValue:
         assert not same_value("built", "2020-04", "2020-03-15", "2020-03-15")
         assert not same_value("location", "", "北门岗亭", "北门岗亭")  # clearing
         assert not same_value("built", "2020-03-15", "2020-03", "2020-03")  # more precise
+
+
+def test_expected_type_codes_are_said_as_ranges() -> None:
+    assert codes_text(frozenset({131, 132})) == "131/132"
+    assert codes_text(frozenset({*range(111, 133), *range(200, 215)})) == "111-132/200-214"
+    assert codes_text(frozenset({7, 131, 132, 133})) == "007/131-133"
+    assert check_id("34020000002000000001", types=frozenset(range(111, 133))) == [
+        "type code 200 (platform) is not 111-132"
+    ]

@@ -14,6 +14,7 @@ from gb28181gw.cli import (  # noqa: F401  (registers the commands)
     housekeeping,
     ids,
     ledger,
+    ledger_export,
     media,
     playback,
     serve,

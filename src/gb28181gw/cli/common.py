@@ -479,6 +479,22 @@ def call(admin: str, method: str, path: str, body: Any = None, *, timeout: float
     return answer
 
 
+def call_file(admin: str, path: str) -> tuple[bytes, dict[str, str]]:
+    """``GET`` a file the admin API answers (a ledger export): its bytes and its headers (lower-case names).
+
+    Raises:
+        AdminApiError: as :func:`call`, in the gateway's own words, its JSON answer kept (a 422's problems).
+    """
+    conn, resp = _send(admin, "GET", path, None, timeout=QUERY_HTTP_TIMEOUT)
+    try:
+        raw = _reading(admin, "GET", path, QUERY_HTTP_TIMEOUT, resp.read)
+    finally:
+        conn.close()
+    if resp.status >= 400:
+        raise _refusal(resp, _json_of(raw), "GET", path)
+    return raw, {k.lower(): v for k, v in resp.getheaders()}
+
+
 _T = TypeVar("_T")
 
 #: The longest line :func:`stream_lines` reads (a whole report is one line).

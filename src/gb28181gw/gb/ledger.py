@@ -310,6 +310,17 @@ def normalise_all(values: Mapping[str, str]) -> dict[str, str]:
 CAMERA_TYPES = frozenset({131, 132})
 
 
+def codes_text(codes: frozenset[int]) -> str:
+    """Type codes as people read them: ``131/132``, ``111-132/200-214/217-299`` (runs of 3 or more as ranges)."""
+    runs: list[list[int]] = []
+    for code in sorted(codes):
+        if runs and code == runs[-1][-1] + 1:
+            runs[-1].append(code)
+        else:
+            runs.append([code])
+    return "/".join(f"{r[0]:03d}-{r[-1]:03d}" if len(r) > 2 else "/".join(f"{c:03d}" for c in r) for r in runs)
+
+
 def check_id(
     value: str, *, types: frozenset[int] | None = CAMERA_TYPES, industry: str = "", network: str = ""
 ) -> list[str]:
@@ -325,8 +336,7 @@ def check_id(
         return [str(exc)]
     reasons: list[str] = []
     if types is not None and gid.type_code not in types:
-        wanted = "/".join(str(t) for t in sorted(types))
-        reasons.append(f"type code {gid.type_code:03d} ({gid.kind.value}) is not {wanted}")
+        reasons.append(f"type code {gid.type_code:03d} ({gid.kind.value}) is not {codes_text(types)}")
     if gid.kind is IdKind.UNDEFINED and types is None:
         reasons.append(f"type code {gid.type_code:03d} is not defined")
     if industry and gid.industry != industry:

@@ -1,0 +1,413 @@
+"""The camera ledger exported in the authorities' forms (issue 14 items 3 and 4), from a real gateway state.
+
+A SIPp device registers and answers the Catalog in GB2312 (three cameras, one of them an alarm
+input numbered as a channel, and a business-group node); the forms are then fetched over the
+admin API and written by the real ``gb28181gw ledger`` commands, and the files opened with
+openpyxl and the csv module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+import sys
+import urllib.parse
+from collections.abc import AsyncIterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import openpyxl
+import pytest
+
+from gb28181gw.app import Gateway
+from gb28181gw.gb.forms import MAX_FORM_BYTES, Site, build, parse_form
+from gb28181gw.services.forms import csv_bytes, load_forms, workbook_bytes
+from gb28181gw.services.ledger import Edit
+from tests.core.test_forms import CAMERA_COLUMNS, PLATFORM_COLUMNS, REGISTRATION_COLUMNS, SURVEY_COLUMNS
+from tests.process import http_get
+
+from .conftest import start_gateway
+from .test_devices import NVR, device_scenario, finished, free_udp_port, play_device, register, response_message
+
+pytestmark = pytest.mark.sipp
+
+GOOD, FIVE, ALARM = "34020000001310000001", "34020000001320000002", "34020000001340000003"
+GROUP = "34020000002150000001"
+HEADERS = {
+    ("integration-list", "平台"): PLATFORM_COLUMNS,
+    ("integration-list", "摄像机"): CAMERA_COLUMNS,
+    ("camera-survey", "调研表"): SURVEY_COLUMNS,
+    ("network-registration", "联网设备"): REGISTRATION_COLUMNS,
+}
+
+
+def item(id_: str, name: str, *, civil: str = "320106", lon: str = "", lat: str = "") -> str:
+    position = f"<Longitude>{lon}</Longitude>\r\n<Latitude>{lat}</Latitude>\r\n" if lon else ""
+    return (
+        f"<Item>\r\n<DeviceID>{id_}</DeviceID>\r\n<Name>{name}</Name>\r\n<Manufacturer>海康威视</Manufacturer>\r\n"
+        f"<Model>DS-2CD</Model>\r\n<CivilCode>{civil}</CivilCode>\r\n<Parental>0</Parental>\r\n"
+        f"<ParentID>{NVR}</ParentID>\r\n<Status>ON</Status>\r\n{position}</Item>\r\n"
+    )
+
+
+CATALOG = (
+    '<?xml version="1.0" encoding="GB2312"?>\r\n<Response>\r\n<CmdType>Catalog</CmdType>\r\n<SN>[$sn]</SN>\r\n'
+    f'<DeviceID>{NVR}</DeviceID>\r\n<SumNum>4</SumNum>\r\n<DeviceList Num="4">\r\n'
+    + item(GOOD, "大门口", lon="118.776451", lat="32.053457")
+    + item(FIVE, "停车场入口", lon="118.77645", lat="32.053457")  # 5 decimals
+    + item(ALARM, "周界报警")  # an alarm input: not a camera, no position
+    + item(GROUP, "东区")  # a business group: a directory node, never a row
+    + "</DeviceList>\r\n</Response>\r\n"
+)
+
+
+async def populated(tmp_path: Path, **overrides: str) -> Gateway:
+    """A gateway with one NVR registered by SIPp whose GB2312 catalog it has read."""
+    gw = await start_gateway(**overrides)
+    port = free_udp_port()
+    await register(gw, tmp_path, port)
+    proc = await play_device(device_scenario([response_message(31, CATALOG)]).encode("gb2312"), port, tmp_path, "cat")
+    result = await gw.devices.catalog(NVR)
+    await finished(proc)
+    assert result.complete and result.sum_num == 4
+    # the platform sheet's entry (the gateway itself) and a camera's ledger, as an operator sets them
+    result = await gw.ledger.apply(
+        [
+            Edit(gw.ledger.platform_id, {"name": "鼓楼小区视频监控平台", "vendor": "某科技", "conforms": "是"}),
+            Edit(
+                GOOD, {"built": "2020/3/15", "leased": "否", "state": "在用", "plan": "保留", "township": "宁海路街道"}
+            ),
+            Edit(NVR, {"name": "东门NVR"}),
+        ],
+        strict=True,
+    )
+    assert result.applied, result.problems
+    return gw
+
+
+@pytest.fixture
+async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
+    gateway = await populated(tmp_path)
+    yield gateway
+    await gateway.stop()
+
+
+def admin(gw: Gateway) -> str:
+    assert gw.admin is not None
+    return f"http://127.0.0.1:{gw.admin.port}"
+
+
+async def get(gw: Gateway, path: str) -> tuple[int, bytes, dict[str, str]]:
+    """GET on the admin API from a thread (the gateway runs on this loop), with the answer's headers."""
+
+    def fetch() -> tuple[int, bytes, dict[str, str]]:
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(admin(gw) + "/api/v1" + path, timeout=10) as resp:
+                return resp.status, resp.read(), {k.lower(): v for k, v in resp.headers.items()}
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read(), {k.lower(): v for k, v in exc.headers.items()}
+
+    return await asyncio.to_thread(fetch)
+
+
+async def cli(gw: Gateway, *args: str) -> tuple[int, str, str]:
+    """The real ``gb28181gw`` command (a process), against this gateway."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gb28181gw", *args, "--admin", admin(gw),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "250"},
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+def sheet_rows(ws: Any) -> list[list[str]]:
+    return [["" if v is None else str(v) for v in r] for r in ws.iter_rows(values_only=True)]
+
+
+async def test_every_shipped_form_exports_to_an_xlsx_a_person_expects(gw: Gateway, tmp_path: Path) -> None:
+    for form in ("integration-list", "camera-survey", "network-registration"):
+        out = tmp_path / f"{form}.xlsx"
+        code, stdout, err = await cli(gw, "ledger", "export", "--form", form, "-o", str(out))
+        assert code == 0, err
+        wb = openpyxl.load_workbook(out)
+        for ws in wb.worksheets:
+            rows = sheet_rows(ws)
+            columns = HEADERS[(form, ws.title)]
+            # two title rows, each merged across the columns (and the problem column, if any)
+            merged = {str(r) for r in ws.merged_cells.ranges}
+            width = len(rows[2])
+            assert merged == {f"A{n}:{openpyxl.utils.get_column_letter(width)}{n}" for n in (1, 2)}
+            assert rows[0][0].endswith(("清单", "调研表", "登记表")) and rows[0][0].startswith("鼓楼小区视频监控平台")
+            assert rows[1][0].startswith("填报日期：20")
+            header = rows[2]
+            assert header[: len(columns)] == columns
+            assert header[len(columns) :] in ([], ["校验问题"])
+            assert all(ws.cell(3, c).font.b for c in range(1, width + 1))
+            assert ws.freeze_panes == "A4"
+            for c, title in enumerate(columns, 1):
+                assert ws.column_dimensions[openpyxl.utils.get_column_letter(c)].width >= 6, title
+            if "20位编码" in columns:
+                col = columns.index("20位编码") + 1
+                ids = [ws.cell(r, col) for r in range(4, ws.max_row + 1)]
+                assert [c.value for c in ids] == [GOOD, FIVE, ALARM]  # the group node is not a row
+                assert all(c.data_type == "s" and c.number_format == "@" for c in ids)
+                names = [r[columns.index("名称")] for r in rows[3:]]
+                assert names == ["大门口", "停车场入口", "周界报警"]  # GB2312 on the wire, read right
+    wb = openpyxl.load_workbook(tmp_path / "integration-list.xlsx")
+    platform = sheet_rows(wb["平台"])
+    assert platform[3][:4] == ["1", "鼓楼小区视频监控平台", "某科技", "是"]
+    cameras = sheet_rows(wb["摄像机"])
+    good = dict(zip(cameras[2], cameras[3], strict=True))
+    assert good["所在市、县（区）、乡镇（街道）"] == "南京市鼓楼区宁海路街道"
+    assert (good["建设时间"], good["是否以租代建"], good["状态"], good["计划整合方式"]) == (
+        "2020.03",
+        "否",
+        "在用",
+        "保留",
+    )
+    assert (good["品牌"], good["经度"], good["校验问题"]) == ("海康威视", "118.776451", "")
+    devices = sheet_rows(openpyxl.load_workbook(tmp_path / "network-registration.xlsx")["联网设备"])
+    assert devices[3][1] == "东门NVR" and devices[3][5] == ""  # the password column: left to the operator
+
+
+async def test_failing_rows_are_marked_in_the_file_and_listed(gw: Gateway, tmp_path: Path) -> None:
+    out = tmp_path / "list.xlsx"
+    code, stdout, err = await cli(gw, "ledger", "export", "--form", "integration-list", "-o", str(out))
+    assert code == 0, err
+    ws = openpyxl.load_workbook(out)["摄像机"]
+    rows = sheet_rows(ws)
+    reasons = {r[1]: r[-1] for r in rows[3:]}
+    assert reasons[GOOD] == ""
+    assert "经度: longitude 118.77645 has 5 decimals" in reasons[FIVE]
+    assert "type code 134" in reasons[ALARM] and "经度: required, but empty" in reasons[ALARM]
+    fills = {ws.cell(r, 2).value: ws.cell(r, 3).fill.fgColor.rgb for r in range(4, 7)}
+    assert fills[FIVE].endswith("FFC7CE") and fills[ALARM].endswith("FFC7CE") and not fills[GOOD].endswith("FFC7CE")
+    # the terminal lists each failing row (stdout piped: tab-separated) and says where they are marked
+    assert f"摄像机\t2\t{FIVE}\t经度\t" in stdout and f"摄像机\t3\t{ALARM}\t20位编码\t" in stdout
+    assert "problems: the rows are marked in" in err
+    # the same problems over the API and from `ledger check`, which exits 1
+    status, body, _ = await get(gw, "/ledger/check?form=integration-list")
+    problems = json.loads(body)["problems"]
+    assert status == 200 and {(p["row"], p["id"]) for p in problems} == {(2, FIVE), (3, ALARM)}
+    code, stdout, _ = await cli(gw, "ledger", "check", "--form", "integration-list", "--json")
+    assert code == 1 and json.loads(stdout)["problems"] == problems
+    code, stdout, _ = await cli(gw, "ledger", "check", "--form", "integration-list", "--sheet", "平台")
+    assert code == 0 and "no problems" in stdout
+
+
+async def test_csv_has_a_bom_the_camera_sheet_and_the_header_first(gw: Gateway, tmp_path: Path) -> None:
+    out = tmp_path / "list.csv"
+    code, _, err = await cli(gw, "ledger", "export", "--form", "integration-list", "-o", str(out))
+    assert code == 0, err
+    data = out.read_bytes()
+    assert data.startswith(b"\xef\xbb\xbf")
+    rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+    assert rows[0] == [*CAMERA_COLUMNS, "校验问题"]
+    assert [r[1] for r in rows[1:]] == [GOOD, FIVE, ALARM] and rows[1][2] == "大门口"
+    # only the camera sheet's problems are listed: that is what the file holds
+    assert "平台\t" not in err
+    status, body, headers = await get(
+        gw, "/ledger/export?form=integration-list&format=csv&sheet=" + urllib.parse.quote("平台")
+    )
+    assert status == 200 and headers["content-type"].startswith("text/csv")
+    assert urllib.parse.unquote(headers["x-ledger-sheets"]) == "平台" and headers["x-ledger-problems"] == "0"
+    assert list(csv.reader(io.StringIO(body.decode("utf-8-sig"))))[0] == PLATFORM_COLUMNS
+
+
+async def test_strict_writes_nothing_while_a_row_fails(gw: Gateway, tmp_path: Path) -> None:
+    out = tmp_path / "strict.xlsx"
+    code, stdout, err = await cli(gw, "ledger", "export", "--form", "camera-survey", "-o", str(out), "--strict")
+    assert code == 1 and not out.exists() and not list(tmp_path.glob(".strict*"))
+    assert "not written" in err and FIVE in stdout
+    status, body, _ = await get(gw, "/ledger/export?form=camera-survey&format=xlsx&strict=1")
+    answer = json.loads(body)
+    assert status == 422 and "nothing exported" in answer["error"]
+    assert {p["column"] for p in answer["problems"]} >= {"20位编码", "经度", "所属派出所"}
+    # the registration list has no failing row: strict writes it
+    out = tmp_path / "devices.xlsx"
+    code, _, err = await cli(gw, "ledger", "export", "--form", "network-registration", "-o", str(out), "--strict")
+    assert code == 0 and out.exists(), err
+
+
+async def test_the_export_refuses_what_it_cannot_do(gw: Gateway, tmp_path: Path) -> None:
+    out = tmp_path / "there.xlsx"
+    out.write_bytes(b"mine")
+    code, _, err = await cli(gw, "ledger", "export", "--form", "camera-survey", "-o", str(out))
+    assert code == 1 and "exists" in err and out.read_bytes() == b"mine"
+    code, _, err = await cli(gw, "ledger", "export", "--form", "camera-survey", "-o", str(out), "--force")
+    assert code == 0 and out.read_bytes().startswith(b"PK"), err
+    code, _, err = await cli(gw, "ledger", "export", "--form", "camera-survey", "-o", str(tmp_path / "x.txt"))
+    assert code == 2 and "--format" in err
+    code, _, err = await cli(gw, "ledger", "export", "--form", "nope", "-o", str(tmp_path / "n.csv"))
+    assert code == 1 and "no form 'nope'" in err and not (tmp_path / "n.csv").exists()
+    status, body, _ = await get(gw, "/ledger/export?form=integration-list&format=csv&sheet=x")
+    assert status == 400 and "no sheet 'x'" in json.loads(body)["error"]
+    status, body, _ = await get(gw, "/ledger/export?form=integration-list&format=pdf")
+    assert status == 400
+    status, body, _ = await get(gw, "/ledger/check")
+    assert status == 400
+
+
+async def test_the_site_s_codes_are_checked(tmp_path: Path) -> None:
+    gw = await populated(tmp_path, **{"ledger.industry": "01", "ledger.network": "5"})
+    try:
+        status, body, _ = await get(gw, "/ledger/check?form=camera-survey")
+        reasons = {(p["id"], p["reason"]) for p in json.loads(body)["problems"]}
+        assert (GOOD, "industry code (positions 9-10) is 00, the site's is 01") in reasons
+        assert (GOOD, "network code (position 14) is 0, the site's is 5") in reasons
+        # devices are not checked against the site (the rules ask it of cameras)
+        status, body, _ = await get(gw, "/ledger/check?form=network-registration")
+        assert json.loads(body)["problems"] == []
+    finally:
+        await gw.stop()
+
+
+CUSTOM = """
+name = "nanjing-gulou"
+title = "鼓楼区点位表"
+
+[[sheets]]
+name = "点位"
+rows = "cameras"
+types = [131, 132, 134]
+
+[[sheets.columns]]
+title = "编号"
+value = "id"
+
+[[sheets.columns]]
+title = "点位名称"
+value = "name"
+
+[[sheets.columns]]
+title = "所属设备"
+value = "device_id"
+"""
+
+
+async def test_a_custom_form_is_listed_and_exported_and_a_broken_one_said(tmp_path: Path) -> None:
+    forms = tmp_path / "forms"
+    forms.mkdir()
+    (forms / "gulou.toml").write_text(CUSTOM, encoding="utf-8")
+    (forms / "broken.toml").write_text(CUSTOM.replace('"device_id"', '"polestation"'), encoding="utf-8")
+    gw = await populated(tmp_path, **{"ledger.forms": str(forms)})  # a broken form never stops the gateway
+    try:
+        code, stdout, err = await cli(gw, "ledger", "forms", "--json")
+        assert code == 0, err
+        answer = json.loads(stdout)
+        listed = {f["source"].rpartition("/")[2]: f for f in answer["forms"]}
+        assert answer["import_titles"]["点位名称"] == "name" and answer["import_titles"]["序号"] is None
+        assert set(listed) == {
+            "integration-list.toml",
+            "camera-survey.toml",
+            "network-registration.toml",
+            "gulou.toml",
+            "broken.toml",
+        }
+        assert listed["gulou.toml"]["name"] == "nanjing-gulou" and not listed["gulou.toml"]["broken"]
+        assert listed["broken.toml"]["broken"]
+        assert listed["broken.toml"]["error"].startswith(
+            'broken.toml: sheets[0].columns[2].value: no field "polestation"'
+        )
+        code, stdout, _ = await cli(gw, "ledger", "forms")
+        assert "nanjing-gulou\t鼓楼区点位表" in stdout and "broken: broken.toml" in stdout
+        out = tmp_path / "gulou.csv"
+        code, _, err = await cli(gw, "ledger", "export", "--form", "nanjing-gulou", "-o", str(out), "--strict")
+        assert code == 0, err
+        rows = list(csv.reader(io.StringIO(out.read_text(encoding="utf-8-sig"))))
+        assert rows == [
+            ["编号", "点位名称", "所属设备"],
+            [GOOD, "大门口", NVR],
+            [FIVE, "停车场入口", NVR],
+            [ALARM, "周界报警", NVR],
+        ]
+        # read back, its titles are known: the import maps them (a broken form adds none)
+        titles = gw.forms.import_titles()
+        assert (titles["点位名称"], titles["所属设备"], titles["20位编码"]) == ("name", None, "id")
+        status, body, _ = await get(gw, "/ledger/export?form=broken&format=xlsx")
+        assert status == 400 and "polestation" in json.loads(body)["error"]
+    finally:
+        await gw.stop()
+
+
+async def test_a_missing_forms_directory_is_listed_broken(tmp_path: Path) -> None:
+    gw = await start_gateway(**{"ledger.forms": str(tmp_path / "nowhere")})
+    try:
+        status, body = await asyncio.to_thread(http_get, admin(gw) + "/api/v1/ledger/forms")
+        forms = json.loads(body)["forms"]
+        assert status == 200 and len(forms) == 4
+        [broken] = [f for f in forms if f["broken"]]
+        assert "is not a directory" in broken["error"]
+    finally:
+        await gw.stop()
+
+
+def test_what_a_device_names_itself_never_becomes_a_formula_or_breaks_the_file() -> None:
+    # names come from devices (anyone who registers): a formula, control characters, undecodable bytes
+    text = (resources.files("gb28181gw") / "forms" / "camera-survey.toml").read_text(encoding="utf-8")
+    form = parse_form(text, "camera-survey.toml")
+    sheet = form.sheets[0]
+    names = ['=HYPERLINK("http://x","点我")', "门\x01口\x1b[31m", "坏\udcb9字", "-1+2", "-12.5"]
+    rows = [{"id": f"3402000000131000000{n}", "name": name} for n, name in enumerate(names, 1)]
+    table = build(form, sheet, rows, Site("2026-12-02"))
+    ws = openpyxl.load_workbook(io.BytesIO(workbook_bytes(form, [table])))[sheet.name]
+    col = sheet.header.index("名称") + 1
+    cells = [ws.cell(r, col) for r in range(4, 4 + len(names))]
+    assert all(c.data_type == "s" for c in cells)
+    assert [c.value for c in cells] == ['=HYPERLINK("http://x","点我")', "门口[31m", "坏\ufffd字", "-1+2", "-12.5"]
+    lines = list(csv.reader(io.StringIO(csv_bytes(table).decode("utf-8-sig"))))
+    assert [r[col - 1] for r in lines[1:]] == [
+        '\'=HYPERLINK("http://x","点我")',
+        "门口[31m",
+        "坏\ufffd字",
+        "'-1+2",
+        "-12.5",
+    ]
+
+
+def test_configured_forms_replace_shipped_ones_and_bad_files_are_each_said(tmp_path: Path) -> None:
+    survey = (resources.files("gb28181gw") / "forms" / "camera-survey.toml").read_text(encoding="utf-8")
+    (tmp_path / "my-survey.toml").write_text(survey.replace('title = "摄像机调研表"', 'title = "本市调研表"'), "utf-8")
+    (tmp_path / "again.toml").write_text(CUSTOM, "utf-8")
+    (tmp_path / "gulou.toml").write_text(CUSTOM, "utf-8")
+    (tmp_path / "gbk.toml").write_bytes(CUSTOM.encode("gbk"))
+    (tmp_path / "huge.toml").write_text("#" * (MAX_FORM_BYTES + 1), "utf-8")
+    (tmp_path / "notes.txt").write_text("not a form", "utf-8")
+    found = {f.source.rpartition("/")[2]: f for f in load_forms(str(tmp_path))}
+    assert set(found) == {
+        "integration-list.toml", "network-registration.toml", "my-survey.toml", "again.toml", "gulou.toml",
+        "gbk.toml", "huge.toml",
+    }  # fmt: skip
+    assert found["my-survey.toml"].form is not None and found["my-survey.toml"].form.title == "本市调研表"
+    assert found["again.toml"].form is not None  # the first of two files of one name (sorted) wins
+    assert found["gulou.toml"].error == f"gulou.toml: has the name 'nanjing-gulou' of {tmp_path / 'again.toml'}"
+    assert found["gbk.toml"].error == "gbk.toml: not UTF-8 text"
+    assert found["huge.toml"].error == "huge.toml: larger than a form"
+
+
+async def test_a_lower_platform_is_on_the_platform_sheet_and_a_networked_device(tmp_path: Path) -> None:
+    lower = "34020000002000000099"
+    gw = await populated(tmp_path, **{"registrar.accept_platforms": "true"})
+    try:
+        await register(gw, tmp_path, free_udp_port(), lower)
+        done = await gw.forms.export("integration-list", "csv", sheet="平台")
+        rows = list(csv.reader(io.StringIO(done.data.decode("utf-8-sig"))))
+        assert [r[:2] for r in rows[1:]] == [["1", "鼓楼小区视频监控平台"], ["2", ""]]
+        assert [(p.row, p.column) for p in done.problems] == [(2, "名称")]  # its name is for the operator to set
+        status, body, _ = await get(gw, "/ledger/check?form=network-registration")
+        answer = json.loads(body)
+        assert status == 200 and answer["sheets"] == [{"name": "联网设备", "rows": 2}]
+        # its type code (200) is a networked device's: only the name it has not been given is missing
+        assert [(p["id"], p["column"], p["reason"]) for p in answer["problems"]] == [
+            (lower, "联网设备名称", "required, but empty")
+        ]
+    finally:
+        await gw.stop()
