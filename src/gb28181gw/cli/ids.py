@@ -106,6 +106,7 @@ def decode_user_text(data: bytes, name: str) -> tuple[str, str]:
 
 # --- checking --------------------------------------------------------------------------------
 
+
 def _id_like(cell: str) -> bool:
     """Whether a first row's cell reads as an ID (to check) rather than a column title (to skip)."""
     text = cell.strip()
