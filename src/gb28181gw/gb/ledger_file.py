@@ -13,9 +13,9 @@ Rules, chosen for tables made by hand in Excel:
   ID that names no other field). Rows above it are a form's title rows and are skipped.
 - **Columns** are mapped by :func:`~gb28181gw.gb.ledger.field_named` (key, Chinese label, alias),
   after the caller's ``extra_titles`` (a shipped form's own titles; ``None`` for a column known
-  but not imported, such as 序号). A title that names nothing is reported, never silently
-  dropped; two columns naming one field are reported and neither is read (which one is meant
-  cannot be told).
+  but not imported, such as a form's derived area column) and :data:`NOT_IMPORTED` (序号). A
+  title that names nothing is reported, never silently dropped; two columns naming one field are
+  reported and neither is read (which one is meant cannot be told).
 - **Empty cells give no value**: a blank cell (or a filler: ``-``, ``/``, ``—``) leaves the field
   as it is. Forms are handed in with blanks and dashes in columns nobody fills, and an export read
   back must change nothing, so neither can mean "clear". To clear a field write
@@ -55,6 +55,8 @@ ID_TITLES: tuple[str, ...] = tuple(
         "国标ID", "通道ID", "设备国标编码", "设备编码", "设备ID", "编码", "ID", "DeviceID", "ChannelID",
     )
 )  # fmt: skip
+#: Titles every table may have that are known and not imported (a row's number).
+NOT_IMPORTED: tuple[str, ...] = ("序号", "行号", "No.", "#")
 _REMARK = re.compile(r"\([^)]*\)|\[[^\]]*\]")  # 20位编码（必填） is an ID title too
 _NOT_ID = ("区划", "行政", "邮政", "序号")  # 行政区划编码 is a civil code, not an ID
 
@@ -183,7 +185,8 @@ def read_table(
         extra_titles: column title → field key (:data:`ID` for the ID column), or ``None`` for a
             known column that is not imported (序号, a form's derived 所在市、县（区）、乡镇（街道）).
     """
-    extra = {title_key(t): k for t, k in (extra_titles or {}).items()}
+    extra: dict[str, str | None] = dict.fromkeys(map(title_key, NOT_IMPORTED), None)
+    extra.update((title_key(t), k) for t, k in (extra_titles or {}).items())
     rows = iter(rows)
     seen: list[tuple[int, Sequence[str]]] = []
     header: tuple[int, Sequence[str]] | None = None
