@@ -7,9 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator
@@ -20,9 +18,11 @@ import openpyxl
 import pytest
 
 from gb28181gw.app import Gateway
+from gb28181gw.cli.ledger import cell_text
 from gb28181gw.gb.model import Channel
 
 from .conftest import start_gateway
+from .test_cascade_catalog import cli
 from .test_devices import (
     CH1,
     CH2,
@@ -39,18 +39,6 @@ from .test_devices import (
 pytestmark = pytest.mark.sipp
 
 UNKNOWN = "34020000001310000099"
-
-
-def cli(gw: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
-    """``gb28181gw ARGS --admin …`` as a process, stdout piped (plain rows)."""
-    assert gw.admin is not None
-    return subprocess.run(
-        [sys.executable, "-m", "gb28181gw", *args, "--admin", f"127.0.0.1:{gw.admin.port}"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "GB28181GW_TIME_ZONE": "UTC+8"},
-    )
 
 
 async def run(gw: Gateway, *args: str, code: int | None = 0) -> subprocess.CompletedProcess[str]:
@@ -393,3 +381,40 @@ async def test_ten_thousand_rows(tmp_path: Path) -> None:
         assert len(listed) == 10_000 and listed[-1]["row"]["location"] == "位置9999"
     finally:
         await gw.stop()
+
+
+async def test_an_import_over_the_limit_says_the_limit(site: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gb28181gw.admin import ledger as routes
+
+    monkeypatch.setattr(routes, "MAX_IMPORT_BODY", 4096)
+    body = json.dumps({"rows": [{"id": CH1, "values": {"remarks": "x" * 5000}}]}).encode()
+    status, answer = await asyncio.to_thread(post, site, "/ledger/import", body)
+    assert status == 413 and answer["error"] == "the import is larger than 4,096 bytes"
+    # other routes keep the admin API's own limit
+    status, answer = await asyncio.to_thread(post, site, "/devices", b'{"device_id": "' + b"1" * 70_000 + b'"}')
+    assert status == 413 and "65536 bytes" in answer["error"]
+
+
+@pytest.mark.parametrize(
+    ("value", "number_format", "text"),
+    [
+        (118.376451, "General", "118.376451"),
+        (118.37645100000001, "General", "118.376451"),  # a double's noise is not a decimal anyone typed
+        (118.37645, "0.000000", "118.376450"),  # shown with a 6th 0: read so, and reported so
+        (31.5, "0.00", "31.50"),
+        (5.0, "General", "5"),
+        (12, "General", "12"),
+        (34020000001310000001, "General", "34020000001310000001"),  # an integer in the file: exact
+        (3.4020000001310003e19, "General", "3.402000000131E+19"),  # what Excel stored: shown as Excel shows it
+        (3.4020000001310003e19, "0", "3.402000000131E+19"),
+        (dt.datetime(2020, 3, 1), "yyyy.mm", "2020-03"),
+        (dt.datetime(2020, 3, 15), "yyyy/m/d", "2020-03-15"),
+        (dt.datetime(2020, 3, 15, 0, 0), "General", "2020-03-15"),
+        (dt.date(2021, 5, 1), 'yyyy"年"m"月"', "2021-05"),
+        (True, "General", "是"),
+        (None, "General", ""),
+        ("北门", "@", "北门"),
+    ],
+)
+def test_cells_read_as_people_see_them(value: object, number_format: str, text: str) -> None:
+    assert cell_text(value, number_format) == text

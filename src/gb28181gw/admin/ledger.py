@@ -163,11 +163,7 @@ def add_ledger_routes(admin: AdminServer, ledger: LedgerService) -> None:
         try:
             body = await json_object(big, _IMPORT_USAGE)
         except web.HTTPRequestEntityTooLarge:
-            return error_response(
-                413,
-                f"the import is larger than {MAX_IMPORT_BODY // (1024 * 1024)} MiB ({MAX_IMPORT_BODY} bytes)",
-                "split the file",
-            )
+            return error_response(413, f"the import is larger than {MAX_IMPORT_BODY:,} bytes", "split the file")
         try:
             edits = import_edits(body)
         except LedgerError as exc:
