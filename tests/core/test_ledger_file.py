@@ -67,6 +67,10 @@ class TestHeader:
             (1, "column A (设备编码): a second ID column, not read (the IDs are taken from column B (通道编码))")
         ]
 
+    def test_a_note_naming_the_id_is_not_the_header(self) -> None:
+        t = table(["填写说明：国标编码须填写20位数字"], ["国标编码", "品牌"], [CH1, "海康"])
+        assert t.header_line == 2 and t.rows == [FileRow(3, CH1, {"brand": "海康"})]
+
     def test_no_id_column(self) -> None:
         t = table(["名称", "品牌"], ["南门", "海康"], first=3)
         assert t.header_line == 0 and t.rows == []

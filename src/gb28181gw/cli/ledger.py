@@ -16,7 +16,7 @@ import datetime as _dt
 import io
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,19 +203,24 @@ class LedgerFile:
     sheet: str = ""
 
 
-def read_ledger_file(path: Path, *, sheet: str | None = None) -> LedgerFile:
-    """Read a CSV or XLSX ledger (see the module docstring); ends in :func:`fail` if it cannot be read at all."""
+def read_ledger_file(
+    path: Path, *, sheet: str | None = None, extra_titles: Mapping[str, str | None] | None = None
+) -> LedgerFile:
+    """Read a CSV or XLSX ledger (see the module docstring); ends in :func:`fail` if it cannot be read at all.
+
+    ``extra_titles`` are passed to :func:`~gb28181gw.gb.ledger_file.read_table` (a form's own titles).
+    """
     data = path.read_bytes()
     if data.startswith(_OLE_MAGIC):
         fail(f"{path} is an old Excel .xls workbook", "in Excel: File → Save As → Excel Workbook (.xlsx) or CSV")
     if data.startswith(_ZIP_MAGIC):
-        return _read_xlsx(data, path, sheet)
+        return _read_xlsx(data, path, sheet, extra_titles)
     if sheet is not None:
         raise click.BadParameter(f"{path} is a CSV file, which has no sheets", param_hint="--sheet")
-    return _read_csv(data, path)
+    return _read_csv(data, path, extra_titles)
 
 
-def _read_csv(data: bytes, path: Path) -> LedgerFile:
+def _read_csv(data: bytes, path: Path, extra_titles: Mapping[str, str | None] | None) -> LedgerFile:
     text, encoding = decode_user_text(data, str(path))
     head = text.split("\n", 10)[:10]
     # Excel's "Unicode text" is tab-separated, its CSV comma-separated; a title row may have neither
@@ -233,7 +238,7 @@ def _read_csv(data: bytes, path: Path) -> LedgerFile:
         fail(f"{path} is not a CSV file: line {reader.line_num}: {exc}", "save it from the spreadsheet as CSV")
     name = {"\t": "tab-separated", ",": "comma-separated"}[delimiter]
     how = f"CSV, {encoding.upper().removesuffix('-SIG')}{' with BOM' if encoding == 'utf-8-sig' else ''}, {name}"
-    return LedgerFile(read_table(rows), how, encoding=encoding)
+    return LedgerFile(read_table(rows, extra_titles=extra_titles), how, encoding=encoding)
 
 
 def cell_text(value: Any, number_format: str = "General") -> str:
@@ -262,7 +267,7 @@ def cell_text(value: Any, number_format: str = "General") -> str:
     return str(value)
 
 
-def _read_xlsx(data: bytes, path: Path, sheet: str | None) -> LedgerFile:
+def _read_xlsx(data: bytes, path: Path, sheet: str | None, extra_titles: Mapping[str, str | None] | None) -> LedgerFile:
     import openpyxl  # only an import of an XLSX pays for loading it
     from openpyxl.utils.exceptions import InvalidFileException
 
@@ -283,7 +288,7 @@ def _read_xlsx(data: bytes, path: Path, sheet: str | None) -> LedgerFile:
             for row in each.iter_rows()
             if row and isinstance(row[0].row, int)
         ]
-        found = read_table(rows)
+        found = read_table(rows, extra_titles=extra_titles)
         first = first or (each, found)
         if found.header_line:
             chosen = (each, found)
@@ -305,12 +310,15 @@ def _read_xlsx(data: bytes, path: Path, sheet: str | None) -> LedgerFile:
 # --- import ---------------------------------------------------------------------------------
 
 
-def _where(table: LedgerTable, problem: dict[str, Any]) -> str:
-    """``line 5, column H (经度): `` for a problem (the column found from its field when the gateway named one)."""
+def _column(table: LedgerTable, key: str) -> str:
+    """The column (``H (经度)``) that field ``key`` was read from, for a problem the gateway found in it."""
+    col = table.column_of(key) if key else None
+    return col.where if col is not None else ""
+
+
+def _where(problem: dict[str, Any]) -> str:
+    """``line 5, column H (经度)``: where a problem is."""
     column = problem.get("column") or ""
-    if not column and problem.get("field"):
-        col = table.column_of(problem["field"])
-        column = col.where if col is not None else ""
     where = f"line {problem['line']}" if problem.get("line") else "file"
     return f"{where}, column {column}" if column else where
 
@@ -351,7 +359,8 @@ def ledger_import(admin: str, file: Path, strict: bool, dry_run: bool, sheet: st
             if exc.status != 422 or not exc.answer:
                 fail(exc.message, exc.hint)
             answer = dict(exc.answer)
-    problems = sorted(local + list(answer["problems"]), key=lambda p: p.get("line") or 0)
+    found = [{**p, "column": _column(table, p.get("field", ""))} for p in answer["problems"]]
+    problems = sorted(local + found, key=lambda p: p.get("line") or 0)
     changes = answer["changes"]
     if as_json:
         print_json(
@@ -378,7 +387,7 @@ def ledger_import(admin: str, file: Path, strict: bool, dry_run: bool, sheet: st
         markup=False,
     )
     for p in problems:
-        click.echo(printable(f"{_where(table, p)}: {p['reason']}"))
+        click.echo(printable(f"{_where(p)}: {p['reason']}"))
     if changes:
         click.echo("would change:" if not answer["applied"] else "changed:")
         for line in _change_lines(changes, with_id=True):

@@ -58,6 +58,7 @@ ID_TITLES: tuple[str, ...] = tuple(
 #: Titles every table may have that are known and not imported (a row's number).
 NOT_IMPORTED: tuple[str, ...] = ("序号", "行号", "No.", "#")
 _REMARK = re.compile(r"\([^)]*\)|\[[^\]]*\]")  # 20位编码（必填） is an ID title too
+_ID_TITLE_MAX = 12  # characters
 _NOT_ID = ("区划", "行政", "邮政", "序号")  # 行政区划编码 is a civil code, not an ID
 
 
@@ -161,7 +162,8 @@ def _id_rank(title: str, extra: Mapping[str, str | None]) -> int | None:
     for rank, known in enumerate(ID_TITLES):
         if bare == known:
             return rank
-    if bare.endswith(("编码", "id")) or "国标" in bare:
+    # a short title only: a form's note row (国标编码须填写20位数字) is not a header
+    if len(bare) <= _ID_TITLE_MAX and (bare.endswith(("编码", "id")) or "国标" in bare):
         return len(ID_TITLES)
     return None
 
