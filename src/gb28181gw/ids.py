@@ -24,6 +24,7 @@ Errors (:class:`gb28181gw.errors.IdError`) name the wrong positions and why.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -332,6 +333,24 @@ def is_id_prefix(text: str) -> bool:
     What ID filters and a superior's shares accept.
     """
     return 1 <= len(text) <= 20 and text.isascii() and text.isdigit()
+
+
+# what Excel makes of a 20-digit ID in a General-format cell: 3.402E+19 (the digits are gone)
+_SCIENTIFIC = re.compile(r"\d(?:\.\d+)?[eE]\+\d+")
+
+
+def spreadsheet_mangled(text: str) -> str | None:
+    """Why ``text`` is an ID a spreadsheet turned into a number (``3.402E+19``), or ``None``.
+
+    A 20-digit ID typed into a General-format cell is kept as a floating-point number: it shows
+    in scientific notation and keeps 15 significant digits, so the ID cannot be read back.
+    """
+    if not _SCIENTIFIC.fullmatch(text):
+        return None
+    return (
+        f"{text!r}: a spreadsheet turned this ID into a number and lost its digits; "
+        "format the column as Text and enter the IDs again"
+    )
 
 
 def parse_id(text: str, *, strict: bool = False) -> GbId:

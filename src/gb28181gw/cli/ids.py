@@ -10,7 +10,6 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from gb28181gw.cli.common import (
     warn,
 )
 from gb28181gw.errors import IdError
-from gb28181gw.ids import GbId
+from gb28181gw.ids import GbId, spreadsheet_mangled
 
 
 @main.group("id")
@@ -107,9 +106,6 @@ def decode_user_text(data: bytes, name: str) -> tuple[str, str]:
 
 # --- checking --------------------------------------------------------------------------------
 
-# what Excel makes of a 20-digit ID in a General-format cell: 3.402E+19 (the digits are gone)
-_SCIENTIFIC = re.compile(r"\d(?:\.\d+)?[eE]\+\d+")
-
 
 def _id_like(cell: str) -> bool:
     """Whether a first row's cell reads as an ID (to check) rather than a column title (to skip)."""
@@ -142,11 +138,9 @@ def check_rows(rows: list[tuple[int, str]], *, strict: bool, allow_civil: bool) 
     problems: list[IdProblem] = []
     seen: dict[str, int] = {}
     for line, value in rows:
-        if _SCIENTIFIC.fullmatch(value):
-            problems.append(
-                IdProblem(line, value, "invalid", f"{value!r}: a spreadsheet turned this ID into a number and lost "
-                          "its digits; format the column as Text and enter the IDs again")
-            )  # fmt: skip
+        mangled = spreadsheet_mangled(value)
+        if mangled:
+            problems.append(IdProblem(line, value, "invalid", mangled))
             continue
         try:
             gid = GbId.parse(value, strict=strict, allow_civil=allow_civil)

@@ -150,6 +150,11 @@ def field_named(title: str) -> LedgerField | None:
     return _BY_TITLE.get(_folded(title))
 
 
+def title_key(title: str) -> str:
+    """A column title as :func:`field_named` compares it (spaces and full-width forms folded), for other title tables."""
+    return _folded(title)
+
+
 # --- reading values -------------------------------------------------------------------------
 
 _DATE = re.compile(
