@@ -411,3 +411,24 @@ async def test_a_lower_platform_is_on_the_platform_sheet_and_a_networked_device(
         ]
     finally:
         await gw.stop()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
+async def test_an_exported_camera_sheet_read_back_changes_nothing(gw: Gateway, tmp_path: Path, suffix: str) -> None:
+    # the round trip: what the gateway printed (the device's own names and a 5-decimal position it
+    # reported, 是/否 and 在用, a date to the month, the joined area column) is what it holds
+    out = tmp_path / f"cameras{suffix}"
+    code, _, err = await cli(gw, "ledger", "export", "--form", "integration-list", "--sheet", "摄像机", "-o", str(out))
+    assert code == 0, err
+    before = dict(gw.ledger.entries)
+    code, stdout, err = await cli(gw, "ledger", "import", str(out), "--strict", "--json")
+    answer = json.loads(stdout)
+    assert code == 0 and answer["problems"] == [] and answer["changes"] == [], (stdout, err)
+    assert answer["rows"] == 3 and gw.ledger.entries == before
+    # and an edit in the file is exactly one change
+    if suffix == ".csv":
+        text = out.read_text(encoding="utf-8-sig").replace("2020.03", "2021.06")
+        out.write_text(text, encoding="utf-8-sig")
+        code, stdout, err = await cli(gw, "ledger", "import", str(out), "--json")
+        assert code == 0, (stdout, err)
+        assert json.loads(stdout)["changes"] == [{"id": GOOD, "field": "built", "old": "2020-03-15", "new": "2021-06"}]

@@ -339,7 +339,10 @@ def ledger_import(admin: str, file: Path, strict: bool, dry_run: bool, sheet: st
     ID the gateway does not know, a duplicate, a value that cannot be read) is left out whole;
     with --strict nothing is applied if any row has one. Exit status 1 if there was any problem.
     """
-    read = read_ledger_file(file, sheet=sheet)
+    # the gateway's forms (its city's own among them) say what their columns mean read back: a form
+    # exported and filled in imports without its derived columns (所在市、县（区）、乡镇（街道）) in the way
+    titles = request(admin, "GET", "/ledger/forms").get("import_titles") or {}
+    read = read_ledger_file(file, sheet=sheet, extra_titles=titles)
     table = read.table
     local = [
         {"line": p.line, "id": p.id, "field": p.field, "column": p.column, "reason": p.reason} for p in table.problems

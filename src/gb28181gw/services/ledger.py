@@ -227,7 +227,12 @@ class LedgerService:
                 problems.append(Problem(e.id, "", f"{e.id} is not a channel or device of this gateway", e.line))
                 continue
             values: dict[str, str] = {}
+            entry, shown = self.entry(e.id), self.row(e.id)
             for key, text in e.values.items():
+                if text.strip() and text.strip() == shown.get(key) and not entry.values.get(key):
+                    # what the device reports, exported and read back: not the ledger's to judge (a
+                    # camera's own 5-decimal position is flagged on export, never a failed import)
+                    continue
                 try:
                     values.update(normalise_all({key: text}))
                 except LedgerValueError as exc:
