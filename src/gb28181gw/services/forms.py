@@ -67,7 +67,9 @@ _BAD_FILL = PatternFill("solid", start_color="FFC7CE", end_color="FFC7CE")
 _HEADER_FILL = PatternFill("solid", start_color="D9D9D9", end_color="D9D9D9")
 #: Type codes of a platform (PROTOCOL.md §1.4): a lower platform registered as a device.
 PLATFORM_TYPES = DEFAULT_TYPES["platforms"]
-_SURROGATES = re.compile("[\ud800-\udfff]")
+# what XML 1.0 cannot hold besides C0 controls (openpyxl's ILLEGAL_CHARACTERS_RE): lone surrogates
+# (undecodable bytes a device sent) and the non-characters U+FFFE/U+FFFF, which fail the whole file
+_NOT_XML = re.compile("[\ud800-\udfff\ufffe\uffff]")
 # a cell a spreadsheet would run as a formula (=, +, -, @ first; -12.5 is a number): kept as text
 _FORMULA = re.compile(r"[=+\-@\t\r]")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -280,7 +282,7 @@ def _type_code(id_: str) -> int:
 
 def _clean(text: str) -> str:
     """What a file may hold: no control characters (XLSX refuses them), no undecodable bytes a device sent."""
-    return _SURROGATES.sub("\ufffd", ILLEGAL_CHARACTERS_RE.sub("", text))
+    return _NOT_XML.sub("\ufffd", ILLEGAL_CHARACTERS_RE.sub("", text))
 
 
 def csv_bytes(table: Table) -> bytes:
