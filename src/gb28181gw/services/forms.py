@@ -324,6 +324,7 @@ def _write_sheet(ws: Worksheet, table: Table) -> None:
     for i, title in enumerate(table.titles):
         row += 1
         cell = ws.cell(row, 1, _clean(title))
+        cell.data_type = "s"  # {site} is an operator's text: "=…" there is no formula either
         cell.font = Font(bold=i == 0, size=14 if i == 0 else 11)
         cell.alignment = Alignment(horizontal="center" if i == 0 else "left", vertical="center")
         if width > 1:
