@@ -235,6 +235,9 @@ def parse_form(text: str, source: str) -> Form:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise FormError(f"{source}: not TOML: {exc}") from None
+    except RecursionError:
+        # tomllib recurses per nested array or inline table: a few KB of [[[[… exhaust the stack
+        raise FormError(f"{source}: nested too deeply to be a form") from None
     return _Reader(source).form(data)
 
 
