@@ -133,10 +133,17 @@ def load_forms(directory: str) -> list[FormFile]:
             found[str(where)] = FormFile(where.name, str(where), None, f"[ledger] forms: {where} is not a directory")
         else:
             mine: dict[str, str] = {}
-            for path in sorted(where.glob("*.toml")):
+            try:
+                # not glob(): it reads a directory it may not list as an empty one, and says nothing
+                paths = sorted(p for p in where.iterdir() if p.suffix == ".toml")
+            except OSError as exc:
+                paths = []
+                found[str(where)] = FormFile(
+                    where.name, str(where), None, f"[ledger] forms: {where} cannot be read: {exc.strerror or exc}"
+                )
+            for path in paths:
                 try:
-                    data = path.read_bytes() if path.stat().st_size <= MAX_FORM_BYTES else b""
-                    f = _read(path.stem, str(path), data) if data else _broken(path, "larger than a form")
+                    f = _read_file(path)
                 except OSError as exc:
                     f = _broken(path, f"cannot be read: {exc.strerror or exc}")
                 if f.form is not None and f.name in mine:
@@ -145,6 +152,17 @@ def load_forms(directory: str) -> list[FormFile]:
                     mine[f.name] = str(path)
                 found[f.name if f.form is not None else str(path)] = f
     return sorted(found.values(), key=lambda f: (f.name, f.source))
+
+
+def _read_file(path: Path) -> FormFile:
+    """A form file of the directory; never more than a form's bytes, never a FIFO or device that blocks or never ends."""
+    if not path.is_file():
+        return _broken(path, "not a regular file")
+    with path.open("rb") as file:
+        data = file.read(MAX_FORM_BYTES + 1)
+    if len(data) > MAX_FORM_BYTES:
+        return _broken(path, "larger than a form")
+    return _read(path.stem, str(path), data)
 
 
 def _broken(path: Path, reason: str) -> FormFile:
