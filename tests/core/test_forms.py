@@ -379,21 +379,11 @@ class TestDateStyles:
     @pytest.mark.parametrize(
         ("style", "kept", "shown"),
         [
-            pytest.param(
-                "YYYY年MM月DD日", "2020-03", "2020年03月", marks=pytest.mark.xfail(strict=True, reason="format_date")
-            ),  # was 2020年03: the 月 went with the missing day
-            pytest.param(
-                "YYYY年M月D日", "2020-03", "2020年3月", marks=pytest.mark.xfail(strict=True, reason="format_date")
-            ),
-            pytest.param(
-                "YYYY年MM月DD日", "2020", "2020年", marks=pytest.mark.xfail(strict=True, reason="format_date")
-            ),
-            pytest.param(
-                "MM/YYYY", "2020", "2020", marks=pytest.mark.xfail(strict=True, reason="format_date")
-            ),  # was "": a year-only date vanished from the form
-            pytest.param(
-                "DD.MM.YYYY", "2020-03", "03.2020", marks=pytest.mark.xfail(strict=True, reason="format_date")
-            ),  # was .03.2020
+            ("YYYY年MM月DD日", "2020-03", "2020年03月"),  # was 2020年03: the 月 went with the missing day
+            ("YYYY年M月D日", "2020-03", "2020年3月"),
+            ("YYYY年MM月DD日", "2020", "2020年"),
+            ("MM/YYYY", "2020", "2020"),  # was "": a year-only date vanished from the form
+            ("DD.MM.YYYY", "2020-03", "03.2020"),  # was .03.2020
             ("YYYY.MM.DD", "2020-03", "2020.03"),
             ("YYYY-MM-DD", "2020-03-15", "2020-03-15"),
         ],

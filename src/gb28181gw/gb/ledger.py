@@ -196,22 +196,41 @@ def parse_date(text: str) -> str:
     return f"{year:04d}-{month:02d}-{day:02d}"
 
 
+_STYLE_TOKEN = re.compile(r"YYYY|MM|M|DD|D|[^YMD]+|[YMD]")
+_UNITS = re.compile(r"^.*[年月日]")  # 年 after the year, 月 after the month: they go with it
+
+
 def format_date(kept: str, style: str) -> str:
     """A kept date written in a form's ``style``: ``YYYY.MM``, ``YYYY-MM-DD``, ``YYYY年MM月`` …
 
-    The style's ``YYYY``, ``MM`` and ``DD`` are replaced (``M``/``D`` without padding); a style
-    asking for a day the kept date does not have drops the day and the separator before it.
+    The style's ``YYYY``, ``MM`` and ``DD`` are replaced (``M``/``D`` without padding). A style
+    asking for a part the kept date does not have drops it with what belongs to it: its unit
+    (年, 月, 日 after it) and a separator next to it (2020-03 in ``YYYY年MM月DD日`` is 2020年03月,
+    in ``DD.MM.YYYY`` 03.2020).
     """
     parts = kept.split("-")
     year, month, day = parts[0], parts[1] if len(parts) > 1 else "", parts[2] if len(parts) > 2 else ""
-    out = style
-    if not day:
-        out = re.sub(r"[^YMD]*D{1,2}[^YMD]*$", "", out)
-    if not month:
-        out = re.sub(r"[^YMD]*M{1,2}.*$", "", out)
-    out = out.replace("YYYY", year).replace("MM", month).replace("DD", day)
-    out = re.sub(r"(?<![0-9])M(?![0-9])", str(int(month)) if month else "", out)
-    return re.sub(r"(?<![0-9])D(?![0-9])", str(int(day)) if day else "", out)
+    values = {"YYYY": year, "MM": month, "M": str(int(month)) if month else "", "DD": day}
+    values["D"] = str(int(day)) if day else ""
+    # the style as [value, text after it]: a unit goes with the value before it
+    pieces: list[tuple[str, str]] = [("", "")]  # text before the first value
+    for token in _STYLE_TOKEN.findall(style):
+        if token in values:
+            pieces.append((token, ""))
+        else:
+            pieces[-1] = (pieces[-1][0], pieces[-1][1] + token)
+    out: list[str] = []
+    shown = [not key or bool(values[key]) for key, _ in pieces]
+    for n, (key, text) in enumerate(pieces):
+        if not shown[n]:
+            continue
+        unit = _UNITS.match(text) if key else None
+        own, between = (unit.group(), text[unit.end() :]) if unit else ("", text)
+        later = next((shown[m] for m in range(n + 1, len(pieces))), None)
+        # a separator stays between two values shown (and at either end, beside one shown)
+        out.append(values[key] if key else "")
+        out.append(own + (between if later is not False else ""))
+    return "".join(out)
 
 
 def check_coordinate(kind: Kind, text: str) -> str | None:
