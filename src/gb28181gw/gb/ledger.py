@@ -161,7 +161,8 @@ _DATE = re.compile(
     r"(?P<y>\d{4})\s*(?:[.\-/年]\s*(?P<m>\d{1,2})\s*(?:[.\-/月]\s*(?:(?P<d>\d{1,2})\s*日?)?|月)?)?"
     r"|(?P<y8>\d{4})(?P<m8>\d{2})(?P<d8>\d{2})?"
 )
-_DECIMAL = re.compile(r"[+-]?\d+(?:\.\d+)?")
+# ASCII digits only: \\d and float() also take full-width (１１８) and Arabic-Indic digits, no authority's tool does
+_DECIMAL = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?")
 
 
 def parse_date(text: str) -> str:
