@@ -400,14 +400,12 @@ class TestHostileRows:
     def check(self, *rows: dict[str, str]) -> list[RowProblem]:
         return check_rows(small().sheets[0], list(rows))
 
-    @pytest.mark.xfail(strict=True, reason="\\d takes any digits")
     @pytest.mark.parametrize("value", ["１１８.３７６４５１", "١١٨.٣٧٦٤٥١"])
     def test_a_coordinate_in_other_digits_is_flagged(self, value: str) -> None:
         # Python's \\d and float() take full-width and Arabic-Indic digits; no authority's tool does
         [p] = self.check(row(longitude=value))
         assert p.column == "经度" and "not a decimal number" in p.reason
 
-    @pytest.mark.xfail(strict=True, reason="blanks count as filled")
     @pytest.mark.parametrize("name", [" ", "\u3000", "\t"])
     def test_a_required_cell_of_blanks_is_empty(self, name: str) -> None:
         [p] = self.check(row(name=name))

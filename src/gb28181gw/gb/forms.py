@@ -525,7 +525,7 @@ def check_rows(
         for c in sheet.columns:
             if c.text is not None:
                 continue
-            if c.required and not c.cell(row, number):
+            if c.required and not c.cell(row, number).strip():  # a name of blanks is no name
                 add(c.title, "required, but empty")
             for key in c.values:
                 f = FIELD_BY_KEY.get(key)
