@@ -411,13 +411,12 @@ class TestHostileRows:
         [p] = self.check(row(name=name))
         assert (p.column, p.reason) == ("名称", "required, but empty")
 
-    @pytest.mark.xfail(strict=True, reason="reserved codes pass")
     @pytest.mark.parametrize(
         ("id_", "reason"),
         [
             ("34020000001319000001", "network code (position 14) 9 is reserved"),
-            ("34020020001310000001", "industry code (positions 9-10) 20 is reserved"),
-            ("34020070001310000001", "industry code (positions 9-10) 70 is reserved"),
+            ("34020000201310000001", "industry code (positions 9-10) 20 is reserved"),
+            ("34020000701310000001", "industry code (positions 9-10) 70 is reserved"),
         ],
     )
     def test_industry_and_network_must_be_valid_codes_even_with_no_site_codes(self, id_: str, reason: str) -> None:

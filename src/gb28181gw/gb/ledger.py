@@ -161,7 +161,7 @@ _DATE = re.compile(
     r"(?P<y>\d{4})\s*(?:[.\-/年]\s*(?P<m>\d{1,2})\s*(?:[.\-/月]\s*(?:(?P<d>\d{1,2})\s*日?)?|月)?)?"
     r"|(?P<y8>\d{4})(?P<m8>\d{2})(?P<d8>\d{2})?"
 )
-# ASCII digits only: \\d and float() also take full-width (１１８) and Arabic-Indic digits, no authority's tool does
+# ASCII digits only: \d and float() also take full-width (１１８) and Arabic-Indic digits, no authority's tool does
 _DECIMAL = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?")
 
 
@@ -346,12 +346,19 @@ def codes_text(codes: frozenset[int]) -> str:
     return "/".join(f"{r[0]:03d}-{r[-1]:03d}" if len(r) > 2 else "/".join(f"{c:03d}" for c in r) for r in runs)
 
 
+def _reserved_industry(code: str) -> bool:
+    """Whether an industry code is reserved in both editions (PROTOCOL.md §1.3: 15-39, 60-89), so no valid code."""
+    n = int(code)
+    return 15 <= n <= 39 or 60 <= n <= 89
+
+
 def check_id(
     value: str, *, types: frozenset[int] | None = CAMERA_TYPES, industry: str = "", network: str = ""
 ) -> list[str]:
     """Why ``value`` cannot stand in a ledger row, or ``[]``.
 
-    The ID is 20 digits; its type code is one of ``types`` (``None``: any); positions 9-10 equal
+    The ID is 20 digits; its type code is one of ``types`` (``None``: any); its industry and network
+    codes are not reserved (codes no edition assigns: the rules ask valid codes); positions 9-10 equal
     ``industry`` and position 14 equals ``network`` when those are given (the site's expectation:
     the rules say both reflect the camera's real ownership and never change once assigned).
     """
@@ -364,6 +371,10 @@ def check_id(
         reasons.append(f"type code {gid.type_code:03d} ({gid.kind.value}) is not {codes_text(types)}")
     if gid.kind is IdKind.UNDEFINED and types is None:
         reasons.append(f"type code {gid.type_code:03d} is not defined")
+    if _reserved_industry(gid.industry):
+        reasons.append(f"industry code (positions 9-10) {gid.industry} is reserved")
+    if gid.network == "9":
+        reasons.append("network code (position 14) 9 is reserved")
     if industry and gid.industry != industry:
         reasons.append(f"industry code (positions 9-10) is {gid.industry}, the site's is {industry}")
     if network and gid.network != network:
