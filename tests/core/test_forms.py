@@ -363,6 +363,20 @@ class TestAnIntegratorsForm:
         assert message in str(caught.value) and str(caught.value).startswith("nanjing.toml: ")
 
 
+def test_a_form_asking_millions_of_cells_is_refused_by_key() -> None:
+    # 3,000 columns fit in a form file's 256 KB; with 5,000 cameras that is 15 million cells
+    many = SMALL
+    columns = "".join(f'[[sheets.columns]]\ntitle = "c{i}"\nvalue = "row_number"\n' for i in range(3000))
+    with pytest.raises(FormError, match=r"^small.toml: sheets\[0\].columns: 3010 columns; a sheet has at most 256$"):
+        parse_form(many + columns, "small.toml")
+    sheets = "".join(SMALL[SMALL.index("[[sheets]]") :].replace('name = "摄像机"', f'name = "s{i}"') for i in range(20))
+    with pytest.raises(FormError, match=r"^small.toml: sheets: 20 sheets; a form has at most 16$"):
+        parse_form('name = "small"\ntitle = "x"\n' + sheets, "small.toml")
+    titles = SMALL.replace('titles = ["{site}清单", ', "titles = [" + '"t", ' * 30)
+    with pytest.raises(FormError, match=r"sheets\[0\].titles: 31 title rows; at most 16$"):
+        parse_form(titles, "small.toml")
+
+
 class TestDateStyles:
     """Dates are read in any of the issue's forms and written in the column's own style."""
 
