@@ -273,3 +273,170 @@ def test_a_title_two_forms_use_differently_is_left_to_the_import() -> None:
     other = parse_form(SMALL.replace('title = "编码"', 'title = "品牌"', 1), "other.toml")
     titles = import_titles([*shipped(), other])
     assert "品牌" not in titles and titles["型号"] == "model"
+
+
+# --- hostile review (issue 14 items 3 and 4) ----------------------------------------------------
+
+# a city's own form as an integrator writes it: another layout, the area split in columns, a
+# date style 2020年03月, and 所属派出所 required
+CITY = """
+name = "nanjing-points"
+title = "南京市视频监控点位登记表"
+
+[[sheets]]
+name = "点位登记"
+rows = "cameras"
+titles = ["南京市公安局", "{site}视频监控点位登记表", "填报日期：{date}"]
+
+[[sheets.columns]]
+title = "点位编号"
+value = "id"
+
+[[sheets.columns]]
+title = "点位名称"
+value = "name"
+required = true
+
+[[sheets.columns]]
+title = "区（县）"
+value = "district"
+
+[[sheets.columns]]
+title = "街道"
+value = "township"
+
+[[sheets.columns]]
+title = "所属派出所"
+value = "police_station"
+required = true
+
+[[sheets.columns]]
+title = "经纬度"
+value = ["longitude", "latitude"]
+separator = ","
+
+[[sheets.columns]]
+title = "建设年月"
+value = "built"
+format = "YYYY年MM月"
+
+[[sheets.columns]]
+title = "序号"
+value = "row_number"
+"""
+
+
+class TestAnIntegratorsForm:
+    def test_a_city_form_with_its_own_layout_works_without_code(self) -> None:
+        form = parse_form(CITY, "nanjing.toml")
+        sheet = form.sheets[0]
+        rows = [
+            row(district="鼓楼区", township="宁海路街道", police_station="宁海路派出所", built="2020-03-15"),
+            row(CAM2, district="鼓楼区", built="2020-03"),
+        ]
+        table = build(form, sheet, rows, Site("2026-12-02", "鼓楼小区"))
+        assert table.titles == ["南京市公安局", "鼓楼小区视频监控点位登记表", "填报日期：2026年12月02日"]
+        assert table.rows == [
+            [CAM, "北门", "鼓楼区", "宁海路街道", "宁海路派出所", "118.376451,31.123457", "2020年03月", "1"],
+            [CAM2, "北门", "鼓楼区", "", "", "118.376451,31.123457", "2020年03月", "2"],
+        ]
+        assert [(p.row, p.column, p.reason) for p in table.problems] == [(2, "所属派出所", "required, but empty")]
+
+    @pytest.mark.parametrize(
+        ("change", "message"),
+        [
+            (('value = "police_station"', 'value = "所属派出所"'),
+             'sheets[0].columns[4].value: no field "所属派出所" (did you mean police_station?'),
+            (('value = "police_station"', 'value = "police_staion"'), "did you mean police_station?"),
+            (('format = "YYYY年MM月"', 'format = "yyyy年mm月"'), "sheets[0].columns[6].format: 'yyyy年mm月'"),
+            (('[[sheets]]', '[[sheet]]'), "nanjing.toml: sheet: unknown key"),
+            (('title = "街道"', 'titel = "街道"'), "sheets[0].columns[3].titel: unknown key"),
+            (('title = "街道"', 'title = "街道"\nnote = ' + "[" * 2000 + "]" * 2000),
+             "nanjing.toml: nested too deeply to be a form"),
+        ],
+    )  # fmt: skip
+    def test_every_mistake_in_it_is_named_with_its_key(self, change: tuple[str, str], message: str) -> None:
+        old, new = change
+        assert old in CITY
+        with pytest.raises(FormError) as caught:
+            parse_form(CITY.replace(old, new, 1), "nanjing.toml")
+        assert message in str(caught.value) and str(caught.value).startswith("nanjing.toml: ")
+
+
+def test_a_form_asking_millions_of_cells_is_refused_by_key() -> None:
+    # 3,000 columns fit in a form file's 256 KB; with 5,000 cameras that is 15 million cells
+    many = SMALL
+    columns = "".join(f'[[sheets.columns]]\ntitle = "c{i}"\nvalue = "row_number"\n' for i in range(3000))
+    with pytest.raises(FormError, match=r"^small.toml: sheets\[0\].columns: 3010 columns; a sheet has at most 256$"):
+        parse_form(many + columns, "small.toml")
+    sheets = "".join(SMALL[SMALL.index("[[sheets]]") :].replace('name = "摄像机"', f'name = "s{i}"') for i in range(20))
+    with pytest.raises(FormError, match=r"^small.toml: sheets: 20 sheets; a form has at most 16$"):
+        parse_form('name = "small"\ntitle = "x"\n' + sheets, "small.toml")
+    titles = SMALL.replace('titles = ["{site}清单", ', "titles = [" + '"t", ' * 30)
+    with pytest.raises(FormError, match=r"sheets\[0\].titles: 31 title rows; at most 16$"):
+        parse_form(titles, "small.toml")
+
+
+class TestDateStyles:
+    """Dates are read in any of the issue's forms and written in the column's own style."""
+
+    @pytest.mark.parametrize("written", ["2020.03", "2020-03", "2020-03-15", "2020/3"])
+    @pytest.mark.parametrize(("style", "shown"), [("YYYY.MM", "2020.03"), ("YYYY年MM月", "2020年03月")])
+    def test_each_written_form_is_shown_in_the_style(self, written: str, style: str, shown: str) -> None:
+        from gb28181gw.gb.ledger import FIELD_BY_KEY, normalise
+
+        form = parse_form(SMALL.replace('format = "YYYY.MM"', f'format = "{style}"'), "small.toml")
+        kept = normalise(FIELD_BY_KEY["built"], written)
+        table = build(form, form.sheets[0], [row(built=kept)], Site("2026-12-02"))
+        assert table.rows[0][6] == shown and table.problems == []
+
+    @pytest.mark.parametrize(
+        ("style", "kept", "shown"),
+        [
+            ("YYYY年MM月DD日", "2020-03", "2020年03月"),  # was 2020年03: the 月 went with the missing day
+            ("YYYY年M月D日", "2020-03", "2020年3月"),
+            ("YYYY年MM月DD日", "2020", "2020年"),
+            ("MM/YYYY", "2020", "2020"),  # was "": a year-only date vanished from the form
+            ("DD.MM.YYYY", "2020-03", "03.2020"),  # was .03.2020
+            ("YYYY.MM.DD", "2020-03", "2020.03"),
+            ("YYYY-MM-DD", "2020-03-15", "2020-03-15"),
+        ],
+    )
+    def test_a_style_asking_more_than_is_known_drops_only_the_missing_parts(
+        self, style: str, kept: str, shown: str
+    ) -> None:
+        from gb28181gw.gb.ledger import format_date
+
+        assert format_date(kept, style) == shown
+
+
+class TestHostileRows:
+    def check(self, *rows: dict[str, str]) -> list[RowProblem]:
+        return check_rows(small().sheets[0], list(rows))
+
+    @pytest.mark.parametrize("value", ["１１８.３７６４５１", "١١٨.٣٧٦٤٥١"])
+    def test_a_coordinate_in_other_digits_is_flagged(self, value: str) -> None:
+        # Python's \\d and float() take full-width and Arabic-Indic digits; no authority's tool does
+        [p] = self.check(row(longitude=value))
+        assert p.column == "经度" and "not a decimal number" in p.reason
+
+    @pytest.mark.parametrize("name", [" ", "\u3000", "\t"])
+    def test_a_required_cell_of_blanks_is_empty(self, name: str) -> None:
+        [p] = self.check(row(name=name))
+        assert (p.column, p.reason) == ("名称", "required, but empty")
+
+    @pytest.mark.parametrize(
+        ("id_", "reason"),
+        [
+            ("34020000001319000001", "network code (position 14) 9 is reserved"),
+            ("34020000201310000001", "industry code (positions 9-10) 20 is reserved"),
+            ("34020000701310000001", "industry code (positions 9-10) 70 is reserved"),
+        ],
+    )
+    def test_industry_and_network_must_be_valid_codes_even_with_no_site_codes(self, id_: str, reason: str) -> None:
+        [p] = self.check(row(id_))
+        assert p.column == "编码" and p.reason == reason
+
+    def test_every_defined_industry_and_network_code_passes(self) -> None:
+        ids = [f"34020000{i:02d}131{n}000001" for i in (*range(15), *range(40, 60), *range(90, 100)) for n in range(9)]
+        assert self.check(*(row(i) for i in ids)) == []

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import urllib.parse
+import zipfile
 from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
@@ -25,6 +26,7 @@ import pytest
 
 from gb28181gw.app import Gateway
 from gb28181gw.gb.forms import MAX_FORM_BYTES, Site, build, parse_form
+from gb28181gw.gb.model import Channel
 from gb28181gw.services.forms import csv_bytes, load_forms, workbook_bytes
 from gb28181gw.services.ledger import Edit
 from tests.core.test_forms import CAMERA_COLUMNS, PLATFORM_COLUMNS, REGISTRATION_COLUMNS, SURVEY_COLUMNS
@@ -432,3 +434,166 @@ async def test_an_exported_camera_sheet_read_back_changes_nothing(gw: Gateway, t
         code, stdout, err = await cli(gw, "ledger", "import", str(out), "--json")
         assert code == 0, (stdout, err)
         assert json.loads(stdout)["changes"] == [{"id": GOOD, "field": "built", "old": "2020-03-15", "new": "2021-06"}]
+
+
+# --- hostile review (issue 14 items 3 and 4) ----------------------------------------------------
+
+
+def survey() -> tuple[Any, Any]:
+    text = (resources.files("gb28181gw") / "forms" / "camera-survey.toml").read_text(encoding="utf-8")
+    form = parse_form(text, "camera-survey.toml")
+    return form, form.sheets[0]
+
+
+def test_characters_xml_cannot_hold_never_fail_the_workbook() -> None:
+    # U+FFFE and U+FFFF are not XML characters: one camera named with them (a device, or a remark
+    # imported from a CSV) made every XLSX export of its form fail
+    form, sheet = survey()
+    names = ["门\ufffe口", "门\uffff口"]
+    rows = [{"id": f"3402000000131000000{n}", "name": name} for n, name in enumerate(names, 1)]
+    table = build(form, sheet, rows, Site("2026-12-02"))
+    ws = openpyxl.load_workbook(io.BytesIO(workbook_bytes(form, [table])))[sheet.name]
+    col = sheet.header.index("名称") + 1
+    assert [ws.cell(r, col).value for r in (4, 5)] == ["门\ufffd口", "门\ufffd口"]
+
+
+def test_a_title_row_is_never_a_formula() -> None:
+    # {site} is the name on the gateway's own entry: "=…" there made the first title row a formula
+    form, sheet = survey()
+    table = build(form, sheet, [], Site("2026-12-02", name='=HYPERLINK("http://x","点我")'))
+    ws = openpyxl.load_workbook(io.BytesIO(workbook_bytes(form, [table])))[sheet.name]
+    assert ws.cell(1, 1).data_type == "s" and ws.cell(1, 1).value.startswith("=HYPERLINK")
+
+
+async def test_a_forms_directory_of_traps_never_hangs_or_stops_the_gateway(tmp_path: Path) -> None:
+    forms = tmp_path / "forms"
+    forms.mkdir()
+    (forms / "deep.toml").write_text('name = "deep"\nx = ' + "[" * 5000 + "]" * 5000, "utf-8")  # < MAX_FORM_BYTES
+    os.mkfifo(forms / "pipe.toml")  # read_bytes() of a FIFO waits for a writer forever
+    (forms / "zero.toml").symlink_to("/dev/zero")  # size 0, and endless
+    gw = await asyncio.wait_for(start_gateway(**{"ledger.forms": str(forms)}), 20)
+    try:
+        status, body, _ = await asyncio.wait_for(get(gw, "/ledger/forms"), 20)
+        broken = {f["source"].rpartition("/")[2]: f["error"] for f in json.loads(body)["forms"] if f["broken"]}
+        assert status == 200 and set(broken) == {"deep.toml", "pipe.toml", "zero.toml"}, broken
+        assert broken["deep.toml"].startswith("deep.toml: ")
+        assert broken["pipe.toml"] == broken["zero.toml"].replace("zero", "pipe") == "pipe.toml: not a regular file"
+    finally:
+        await gw.stop()
+
+
+def test_an_unreadable_forms_directory_is_said(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # chmod 000 does not stop root (the tests' user here), so the directory's listing is refused
+    # the way the kernel refuses it; it used to read as an empty directory, with nothing said
+    where = tmp_path / "forms"
+    where.mkdir()
+    (where / "mine.toml").write_text(CUSTOM, "utf-8")
+    real_scandir, real_listdir = os.scandir, os.listdir
+
+    def refused(real: Any) -> Any:
+        def call(path: Any = ".") -> Any:
+            if Path(path) == where:
+                raise PermissionError(13, "Permission denied", str(path))
+            return real(path)
+
+        return call
+
+    monkeypatch.setattr(os, "scandir", refused(real_scandir))
+    monkeypatch.setattr(os, "listdir", refused(real_listdir))
+    [broken] = [f for f in load_forms(str(where)) if f.form is None]
+    assert broken.error == f"[ledger] forms: {where} cannot be read: Permission denied"
+
+
+async def test_secrets_are_never_exported(tmp_path: Path) -> None:
+    gw = await start_gateway(**{"registrar.password": "Reg1strar-s3cret"})
+    try:
+        await gw.registrar.provision(NVR, password="Dev1ce-pa55word", name="东门NVR")
+        gw.devices.channels[NVR] = {GOOD: Channel(GOOD, NVR, "大门口", "ON", NVR, {"Password": "Ch4nnel-pa55"})}
+        for form in ("integration-list", "camera-survey", "network-registration"):
+            for fmt in ("xlsx", "csv"):
+                status, body, _ = await get(gw, f"/ledger/export?form={form}&format={fmt}")
+                assert status == 200
+                text = body
+                if fmt == "xlsx":
+                    with zipfile.ZipFile(io.BytesIO(body)) as z:
+                        text = b"".join(z.read(n) for n in z.namelist())
+                assert b"Dev1ce" not in text and b"Reg1strar" not in text and b"Ch4nnel" not in text, (form, fmt)
+        status, body, _ = await get(gw, "/ledger/check?form=network-registration")
+        assert status == 200 and b"pa55" not in body
+    finally:
+        await gw.stop()
+
+
+async def test_an_export_of_5000_cameras_never_stalls_the_loop(tmp_path: Path) -> None:
+    # every row failing (no police station, no position): the most a file holds; measured on the
+    # gateway's own loop with a probe task, as SIP would see it. It was ~1 s for a CSV (built on
+    # the loop, each row's reasons searched among all 15,000 problems) and ~0.25 s for an XLSX.
+    # What is left is the garbage collector's full passes over openpyxl's cells (~0.1-0.15 s).
+    gw = await start_gateway()
+    try:
+        ids = [f"3402000000132{i:07d}" for i in range(5000)]
+        gw.devices.channels[NVR] = {
+            i: Channel(i, NVR, f"摄像机{i[-4:]}", "ON", NVR, {"CivilCode": "320106"}) for i in ids
+        }
+        gaps: list[float] = []
+        running = True
+
+        async def probe() -> None:
+            loop = asyncio.get_running_loop()
+            last = loop.time()
+            while running:
+                await asyncio.sleep(0.002)
+                now = loop.time()
+                gaps.append(now - last)
+                last = now
+
+        task = asyncio.create_task(probe())
+        await asyncio.sleep(0.05)
+        for fmt in ("csv", "xlsx"):
+            gaps.clear()
+            done = await gw.forms.export("camera-survey", fmt)
+            assert len(done.tables[0].rows) == 5000 and len(done.problems) == 15000
+            assert gaps and max(gaps) < 0.3, (fmt, max(gaps or [0]))
+        gaps.clear()
+        both = await asyncio.gather(
+            gw.forms.export("camera-survey", "xlsx"), gw.forms.export("integration-list", "csv")
+        )
+        assert [len(d.data) > 100_000 for d in both] == [True, True]
+        assert gaps and max(gaps) < 0.3, max(gaps or [0])
+        running = False
+        await task
+    finally:
+        await gw.stop()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the import (gb/ledger_file.py, not this review's) keeps the ' the export puts before a formula-like "
+    "cell, so the device's name read back is a change to '=…",
+)
+async def test_a_formula_like_name_exported_as_csv_reads_back_as_no_change(tmp_path: Path) -> None:
+    gw = await start_gateway()
+    try:
+        await gw.registrar.provision(NVR, name="东门NVR")
+        extra = {"CivilCode": "320106", "Longitude": "118.776451", "Latitude": "32.053457"}
+        gw.devices.channels[NVR] = {GOOD: Channel(GOOD, NVR, "=1+1 大门", "ON", NVR, extra)}
+        out = tmp_path / "cameras.csv"
+        code, _, err = await cli(gw, "ledger", "export", "--form", "integration-list", "-o", str(out))
+        assert code == 0, err
+        assert "'=1+1 大门" in out.read_text(encoding="utf-8-sig")  # escaped for Excel
+        code, stdout, err = await cli(gw, "ledger", "import", str(out), "--dry-run", "--json")
+        assert code == 0 and json.loads(stdout)["changes"] == [], (stdout, err)
+    finally:
+        await gw.stop()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a CSV's 20-digit IDs are bare numbers: Excel, which the BOM is for, shows 3.402E+19 and keeps 15 digits",
+)
+def test_a_csv_opened_in_excel_keeps_its_ids() -> None:
+    form, sheet = survey()
+    table = build(form, sheet, [{"id": GOOD, "name": "大门"}], Site("2026-12-02"))
+    lines = list(csv.reader(io.StringIO(csv_bytes(table).decode("utf-8-sig"))))
+    cell = lines[1][sheet.header.index("20位编码")]
+    assert GOOD in cell and not cell.isdigit()  # e.g. ="34020000001310000001", which the import reads back

@@ -69,7 +69,7 @@ def add_form_routes(admin: AdminServer, forms: FormService) -> None:
         if not name:
             return error_response(400, "which form? ?form=NAME", "`gb28181gw ledger forms` lists them")
         try:
-            form, tables = forms.check(name, request.query.get("sheet", ""))
+            form, tables = await forms.check(name, request.query.get("sheet", ""))
         except LedgerError as exc:
             return failed(exc)
         return json_response({"form": form.name, **_checked(tables)})

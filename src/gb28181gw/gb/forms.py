@@ -100,6 +100,11 @@ DEFAULT_DATE_FORMAT = "YYYY.MM"
 PROBLEM_COLUMN = "校验问题"
 #: A form file larger than this is not a form.
 MAX_FORM_BYTES = 256 * 1024
+#: More than these is not a form either (a few KB of TOML can ask thousands of columns of each of
+#: 5,000 rows: cells by the hundred million, in the gateway's memory).
+MAX_SHEETS = 16
+MAX_COLUMNS = 256
+MAX_TITLES = 16
 #: Excel allows at most 31 characters in a sheet name, and none of these.
 _SHEET_NAME_FORBIDDEN = set("[]:*?/\\")
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -235,6 +240,9 @@ def parse_form(text: str, source: str) -> Form:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise FormError(f"{source}: not TOML: {exc}") from None
+    except RecursionError:
+        # tomllib recurses per nested array or inline table: a few KB of [[[[… exhaust the stack
+        raise FormError(f"{source}: nested too deeply to be a form") from None
     return _Reader(source).form(data)
 
 
@@ -282,6 +290,8 @@ class _Reader:
         sheets = data.get("sheets")
         if not isinstance(sheets, list) or not sheets:
             raise self.fail("sheets", "a form needs at least one [[sheets]]")
+        if len(sheets) > MAX_SHEETS:
+            raise self.fail("sheets", f"{len(sheets)} sheets; a form has at most {MAX_SHEETS}")
         parsed = tuple(self.sheet(s, f"sheets[{i}].") for i, s in enumerate(sheets))
         self.unique([s.name for s in parsed], "sheets[{}].name", "name of another sheet")
         return Form(name, title, parsed, self.text(data, "description", "", default=""), date_format)
@@ -299,6 +309,8 @@ class _Reader:
         titles = data.get("titles", [])
         if not isinstance(titles, list) or not all(isinstance(t, str) for t in titles):
             raise self.fail(f"{where}titles", "must be a list of texts")
+        if len(titles) > MAX_TITLES:
+            raise self.fail(f"{where}titles", f"{len(titles)} title rows; at most {MAX_TITLES}")
         for i, t in enumerate(titles):
             self.placeholders(t, f"{where}titles[{i}]")
         types = data.get("types", sorted(DEFAULT_TYPES[rows]))
@@ -308,6 +320,8 @@ class _Reader:
         columns = data.get("columns")
         if not isinstance(columns, list) or not columns:
             raise self.fail(f"{where}columns", "a sheet needs at least one [[sheets.columns]]")
+        if len(columns) > MAX_COLUMNS:
+            raise self.fail(f"{where}columns", f"{len(columns)} columns; a sheet has at most {MAX_COLUMNS}")
         parsed = tuple(self.column(c, f"{where}columns[{i}].") for i, c in enumerate(columns))
         self.unique([c.title for c in parsed], where + "columns[{}].title", "title of another column")
         if PROBLEM_COLUMN in (c.title for c in parsed):
@@ -449,7 +463,15 @@ class Table:
 
     def reasons(self, number: int) -> str:
         """The problems of row ``number`` (from 1) as one cell's text ("" when it has none)."""
-        return "；".join(f"{p.column}: {p.reason}" if p.column else p.reason for p in self.problems if p.row == number)
+        return self.every_reason().get(number, "")
+
+    def every_reason(self) -> dict[int, str]:
+        """:meth:`reasons` of every failing row, by row number: in one pass (a file asks for each of
+        thousands of rows, and searching every problem for each was quadratic)."""
+        by_row: dict[int, list[str]] = {}
+        for p in self.problems:
+            by_row.setdefault(p.row, []).append(f"{p.column}: {p.reason}" if p.column else p.reason)
+        return {row: "；".join(texts) for row, texts in by_row.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -514,7 +536,7 @@ def check_rows(
         for c in sheet.columns:
             if c.text is not None:
                 continue
-            if c.required and not c.cell(row, number):
+            if c.required and not c.cell(row, number).strip():  # a name of blanks is no name
                 add(c.title, "required, but empty")
             for key in c.values:
                 f = FIELD_BY_KEY.get(key)

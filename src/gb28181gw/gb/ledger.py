@@ -161,7 +161,8 @@ _DATE = re.compile(
     r"(?P<y>\d{4})\s*(?:[.\-/年]\s*(?P<m>\d{1,2})\s*(?:[.\-/月]\s*(?:(?P<d>\d{1,2})\s*日?)?|月)?)?"
     r"|(?P<y8>\d{4})(?P<m8>\d{2})(?P<d8>\d{2})?"
 )
-_DECIMAL = re.compile(r"[+-]?\d+(?:\.\d+)?")
+# ASCII digits only: \d and float() also take full-width (１１８) and Arabic-Indic digits, no authority's tool does
+_DECIMAL = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?")
 
 
 def parse_date(text: str) -> str:
@@ -196,22 +197,41 @@ def parse_date(text: str) -> str:
     return f"{year:04d}-{month:02d}-{day:02d}"
 
 
+_STYLE_TOKEN = re.compile(r"YYYY|MM|M|DD|D|[^YMD]+|[YMD]")
+_UNITS = re.compile(r"^.*[年月日]")  # 年 after the year, 月 after the month: they go with it
+
+
 def format_date(kept: str, style: str) -> str:
     """A kept date written in a form's ``style``: ``YYYY.MM``, ``YYYY-MM-DD``, ``YYYY年MM月`` …
 
-    The style's ``YYYY``, ``MM`` and ``DD`` are replaced (``M``/``D`` without padding); a style
-    asking for a day the kept date does not have drops the day and the separator before it.
+    The style's ``YYYY``, ``MM`` and ``DD`` are replaced (``M``/``D`` without padding). A style
+    asking for a part the kept date does not have drops it with what belongs to it: its unit
+    (年, 月, 日 after it) and a separator next to it (2020-03 in ``YYYY年MM月DD日`` is 2020年03月,
+    in ``DD.MM.YYYY`` 03.2020).
     """
     parts = kept.split("-")
     year, month, day = parts[0], parts[1] if len(parts) > 1 else "", parts[2] if len(parts) > 2 else ""
-    out = style
-    if not day:
-        out = re.sub(r"[^YMD]*D{1,2}[^YMD]*$", "", out)
-    if not month:
-        out = re.sub(r"[^YMD]*M{1,2}.*$", "", out)
-    out = out.replace("YYYY", year).replace("MM", month).replace("DD", day)
-    out = re.sub(r"(?<![0-9])M(?![0-9])", str(int(month)) if month else "", out)
-    return re.sub(r"(?<![0-9])D(?![0-9])", str(int(day)) if day else "", out)
+    values = {"YYYY": year, "MM": month, "M": str(int(month)) if month else "", "DD": day}
+    values["D"] = str(int(day)) if day else ""
+    # the style as [value, text after it]: a unit goes with the value before it
+    pieces: list[tuple[str, str]] = [("", "")]  # text before the first value
+    for token in _STYLE_TOKEN.findall(style):
+        if token in values:
+            pieces.append((token, ""))
+        else:
+            pieces[-1] = (pieces[-1][0], pieces[-1][1] + token)
+    out: list[str] = []
+    shown = [not key or bool(values[key]) for key, _ in pieces]
+    for n, (key, text) in enumerate(pieces):
+        if not shown[n]:
+            continue
+        unit = _UNITS.match(text) if key else None
+        own, between = (unit.group(), text[unit.end() :]) if unit else ("", text)
+        later = next((shown[m] for m in range(n + 1, len(pieces))), None)
+        # a separator stays between two values shown (and at either end, beside one shown)
+        out.append(values[key] if key else "")
+        out.append(own + (between if later is not False else ""))
+    return "".join(out)
 
 
 def check_coordinate(kind: Kind, text: str) -> str | None:
@@ -326,12 +346,19 @@ def codes_text(codes: frozenset[int]) -> str:
     return "/".join(f"{r[0]:03d}-{r[-1]:03d}" if len(r) > 2 else "/".join(f"{c:03d}" for c in r) for r in runs)
 
 
+def _reserved_industry(code: str) -> bool:
+    """Whether an industry code is reserved in both editions (PROTOCOL.md §1.3: 15-39, 60-89), so no valid code."""
+    n = int(code)
+    return 15 <= n <= 39 or 60 <= n <= 89
+
+
 def check_id(
     value: str, *, types: frozenset[int] | None = CAMERA_TYPES, industry: str = "", network: str = ""
 ) -> list[str]:
     """Why ``value`` cannot stand in a ledger row, or ``[]``.
 
-    The ID is 20 digits; its type code is one of ``types`` (``None``: any); positions 9-10 equal
+    The ID is 20 digits; its type code is one of ``types`` (``None``: any); its industry and network
+    codes are not reserved (codes no edition assigns: the rules ask valid codes); positions 9-10 equal
     ``industry`` and position 14 equals ``network`` when those are given (the site's expectation:
     the rules say both reflect the camera's real ownership and never change once assigned).
     """
@@ -344,6 +371,10 @@ def check_id(
         reasons.append(f"type code {gid.type_code:03d} ({gid.kind.value}) is not {codes_text(types)}")
     if gid.kind is IdKind.UNDEFINED and types is None:
         reasons.append(f"type code {gid.type_code:03d} is not defined")
+    if _reserved_industry(gid.industry):
+        reasons.append(f"industry code (positions 9-10) {gid.industry} is reserved")
+    if gid.network == "9":
+        reasons.append("network code (position 14) 9 is reserved")
     if industry and gid.industry != industry:
         reasons.append(f"industry code (positions 9-10) is {gid.industry}, the site's is {industry}")
     if network and gid.network != network:

@@ -67,10 +67,14 @@ _BAD_FILL = PatternFill("solid", start_color="FFC7CE", end_color="FFC7CE")
 _HEADER_FILL = PatternFill("solid", start_color="D9D9D9", end_color="D9D9D9")
 #: Type codes of a platform (PROTOCOL.md §1.4): a lower platform registered as a device.
 PLATFORM_TYPES = DEFAULT_TYPES["platforms"]
-_SURROGATES = re.compile("[\ud800-\udfff]")
+# what XML 1.0 cannot hold besides C0 controls (openpyxl's ILLEGAL_CHARACTERS_RE): lone surrogates
+# (undecodable bytes a device sent) and the non-characters U+FFFE/U+FFFF, which fail the whole file
+_NOT_XML = re.compile("[\ud800-\udfff\ufffe\uffff]")
 # a cell a spreadsheet would run as a formula (=, +, -, @ first; -12.5 is a number): kept as text
 _FORMULA = re.compile(r"[=+\-@\t\r]")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+#: Rows read from the ledger between two turns of the loop.
+_ROWS_PER_SLICE = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,10 +135,17 @@ def load_forms(directory: str) -> list[FormFile]:
             found[str(where)] = FormFile(where.name, str(where), None, f"[ledger] forms: {where} is not a directory")
         else:
             mine: dict[str, str] = {}
-            for path in sorted(where.glob("*.toml")):
+            try:
+                # not glob(): it reads a directory it may not list as an empty one, and says nothing
+                paths = sorted(p for p in where.iterdir() if p.suffix == ".toml")
+            except OSError as exc:
+                paths = []
+                found[str(where)] = FormFile(
+                    where.name, str(where), None, f"[ledger] forms: {where} cannot be read: {exc.strerror or exc}"
+                )
+            for path in paths:
                 try:
-                    data = path.read_bytes() if path.stat().st_size <= MAX_FORM_BYTES else b""
-                    f = _read(path.stem, str(path), data) if data else _broken(path, "larger than a form")
+                    f = _read_file(path)
                 except OSError as exc:
                     f = _broken(path, f"cannot be read: {exc.strerror or exc}")
                 if f.form is not None and f.name in mine:
@@ -143,6 +154,17 @@ def load_forms(directory: str) -> list[FormFile]:
                     mine[f.name] = str(path)
                 found[f.name if f.form is not None else str(path)] = f
     return sorted(found.values(), key=lambda f: (f.name, f.source))
+
+
+def _read_file(path: Path) -> FormFile:
+    """A form file of the directory; never more than a form's bytes, never a FIFO or device that blocks or never ends."""
+    if not path.is_file():
+        return _broken(path, "not a regular file")
+    with path.open("rb") as file:
+        data = file.read(MAX_FORM_BYTES + 1)
+    if len(data) > MAX_FORM_BYTES:
+        return _broken(path, "larger than a form")
+    return _read(path.stem, str(path), data)
 
 
 def _broken(path: Path, reason: str) -> FormFile:
@@ -227,29 +249,39 @@ class FormService:
         name = self.ledger.row(self.ledger.platform_id).get("name", "")
         return Site(day.date().isoformat(), name, ledger.industry, ledger.network)
 
-    def table(self, form: Form, sheet: Sheet, site: Site | None = None) -> Table:
-        """One sheet of ``form`` laid out from the ledger, its rows checked."""
-        rows = [self.ledger.row(id_) for id_ in self.ids(sheet.rows)]
-        return build(form, sheet, rows, site or self.site())
+    async def table(self, form: Form, sheet: Sheet, site: Site | None = None) -> Table:
+        """One sheet of ``form`` laid out from the ledger, its rows checked.
 
-    def check(self, name: str, sheet: str = "") -> tuple[Form, list[Table]]:
+        The rows are read on the loop (the ledger and the devices change there), a slice at a time
+        so that SIP runs between slices; they are laid out and checked in a thread.
+        """
+        site = site or self.site()
+        ids = list(self.ids(sheet.rows))
+        rows: list[dict[str, str]] = []
+        for start in range(0, len(ids), _ROWS_PER_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            rows.extend(self.ledger.row(id_) for id_ in ids[start : start + _ROWS_PER_SLICE])
+        return await asyncio.to_thread(build, form, sheet, rows, site)
+
+    async def check(self, name: str, sheet: str = "") -> tuple[Form, list[Table]]:
         """Every sheet of form ``name`` (or the one named) laid out and checked.
 
         Raises:
             LedgerError: see :meth:`form`; FormError for a sheet it does not have.
         """
         form = self.form(name)
-        return form, self._tables(form, sheet)
+        return form, await self._tables(form, sheet)
 
-    def _tables(self, form: Form, sheet: str) -> list[Table]:
+    async def _tables(self, form: Form, sheet: str) -> list[Table]:
         site = self.site()
-        return [self.table(form, s, site) for s in ([form.sheet(sheet)] if sheet else form.sheets)]
+        return [await self.table(form, s, site) for s in ([form.sheet(sheet)] if sheet else form.sheets)]
 
     async def export(self, name: str, fmt: str, *, sheet: str = "", strict: bool = False) -> Export:
         """Form ``name`` filled in as ``fmt`` (``xlsx``: every sheet, or the one named; ``csv``: one sheet).
 
-        The rows are read here, on the loop (the ledger and the devices change on it); the file is
-        written in a thread, so a site of thousands of cameras does not hold up SIP meanwhile.
+        The rows are read on the loop (the ledger and the devices change on it), laid out, checked
+        and written in a thread, so a site of thousands of cameras does not hold up SIP meanwhile.
         Under ``strict`` a form with any failing row is not written (:attr:`Export.data` is empty).
 
         Raises:
@@ -260,14 +292,14 @@ class FormService:
         form = self.form(name)
         if fmt == "csv" and not sheet:
             sheet = form.sheet().name  # one sheet in a CSV: the cameras by default
-        tables = self._tables(form, sheet)
+        tables = await self._tables(form, sheet)
         filename = f"{form.name}-{self.site().date}.{fmt}"
         if strict and any(t.problems for t in tables):
             return Export(form, tables, fmt, b"", filename)
         if fmt == "xlsx":
             data = await asyncio.to_thread(workbook_bytes, form, tables)
         else:
-            data = csv_bytes(tables[0])
+            data = await asyncio.to_thread(csv_bytes, tables[0])
         return Export(form, tables, fmt, data, filename)
 
 
@@ -280,7 +312,7 @@ def _type_code(id_: str) -> int:
 
 def _clean(text: str) -> str:
     """What a file may hold: no control characters (XLSX refuses them), no undecodable bytes a device sent."""
-    return _SURROGATES.sub("\ufffd", ILLEGAL_CHARACTERS_RE.sub("", text))
+    return _NOT_XML.sub("\ufffd", ILLEGAL_CHARACTERS_RE.sub("", text))
 
 
 def csv_bytes(table: Table) -> bytes:
@@ -288,10 +320,11 @@ def csv_bytes(table: Table) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     marked = bool(table.problems)
+    reasons = table.every_reason()
     writer.writerow(table.header + ([PROBLEM_COLUMN] if marked else []))
     for number, cells in enumerate(table.rows, 1):
         row = [_csv_cell(c) for c in cells]
-        writer.writerow(row + ([_clean(table.reasons(number))] if marked else []))
+        writer.writerow(row + ([_clean(reasons.get(number, ""))] if marked else []))
     return b"\xef\xbb\xbf" + out.getvalue().encode("utf-8")
 
 
@@ -317,11 +350,13 @@ def workbook_bytes(form: Form, tables: list[Table]) -> bytes:
 def _write_sheet(ws: Worksheet, table: Table) -> None:
     columns = table.sheet.columns
     marked = bool(table.problems)
+    every_reason = table.every_reason()
     width = len(columns) + marked
     row = 0
     for i, title in enumerate(table.titles):
         row += 1
         cell = ws.cell(row, 1, _clean(title))
+        cell.data_type = "s"  # {site} is an operator's text: "=…" there is no formula either
         cell.font = Font(bold=i == 0, size=14 if i == 0 else 11)
         cell.alignment = Alignment(horizontal="center" if i == 0 else "left", vertical="center")
         if width > 1:
@@ -337,7 +372,7 @@ def _write_sheet(ws: Worksheet, table: Table) -> None:
             cell.comment = Comment(columns[col - 1].note, "gb28181gw")
     for number, cells in enumerate(table.rows, 1):
         row += 1
-        reasons = table.reasons(number)
+        reasons = every_reason.get(number, "")
         for col, text in enumerate(cells + ([reasons] if marked else []), 1):
             data = ws.cell(row, col)
             data.value = _clean(text)
