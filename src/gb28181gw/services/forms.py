@@ -330,6 +330,10 @@ def csv_bytes(table: Table) -> bytes:
 
 def _csv_cell(text: str) -> str:
     text = _clean(text)
+    if len(text) >= 12 and text.isascii() and text.isdigit():
+        # a 20-digit ID: Excel (which the BOM is for) shows a bare one as 3.402E+19 and keeps 15 digits,
+        # and a file saved back has lost them; ="…" is text to Excel and WPS, and the import reads it
+        return f'="{text}"'
     # a name a device reports (=HYPERLINK(…)) must not become a formula in the operator's Excel
     return "'" + text if _FORMULA.match(text) and not _NUMBER.fullmatch(text) else text
 
