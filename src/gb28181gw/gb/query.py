@@ -114,7 +114,8 @@ class CatalogCollector:
             try:
                 GbId.parse(item.device_id, allow_civil=True)
             except IdError as exc:
-                r.skipped.append((item.device_id, str(exc)))
+                if not any(skipped == item.device_id for skipped, _ in r.skipped):
+                    r.skipped.append((item.device_id, str(exc)))
                 continue
             key = item.device_id
             if self.key_fields:
@@ -124,7 +125,9 @@ class CatalogCollector:
                 continue
             r.items[key] = item
         self.deadline = min(now + self.idle_timeout, self.end)
-        r.complete = r.sum_num >= 0 and len(r.items) >= r.sum_num
+        # a skipped item came all the same: SumNum counts it, and an answer left waiting for it would
+        # be partial, which never removes a channel
+        r.complete = r.sum_num >= 0 and len(r.items) + len(r.skipped) >= r.sum_num
         return r.complete
 
     def expired(self, now: float) -> bool:
