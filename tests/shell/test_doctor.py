@@ -332,6 +332,31 @@ async def test_the_doctors_invite_is_its_own_and_a_shared_stream_is_left_alone(g
         viewer.close()
 
 
+async def test_the_media_checks_use_a_video_channel_that_is_on_and_ptz_goes_to_a_ptz_bullet(
+    gw: Gateway, tmp_path: Path
+) -> None:
+    port = await register(gw, tmp_path)
+    sipp = await play_device(device(), port, tmp_path, "doctor-choice", calls=1)
+    # an NVR's catalog: channel 1 empty (OFF), an alarm input (134), channel 2 a PTZ bullet (4, 遥控枪机)
+    gw.devices.channels[NVR] = {
+        CH: Channel(CH, NVR, status="OFF", extra={"PTZType": "1"}),
+        "34020000001340000001": Channel("34020000001340000001", NVR, status="ON"),
+        CH2: Channel(CH2, NVR, status="ON", extra={"PTZType": "4"}),
+    }
+    status, lines = await doctor(gw, {"checks": ["ptz"]})
+    await finished(sipp)  # the PTZ stop came and was answered
+    got = results(lines)["ptz"]
+    assert got["outcome"] == "pass" and got["figures"] == {"channel": CH2, "ptz_type": "4"}, got
+
+
+async def test_a_fixed_bullet_camera_is_not_sent_ptz(gw: Gateway, tmp_path: Path) -> None:
+    await register(gw, tmp_path)
+    gw.devices.channels[NVR] = {CH: Channel(CH, NVR, status="ON", extra={"PTZType": "3"})}  # 固定枪机
+    status, lines = await doctor(gw, {"checks": ["ptz"]})
+    got = results(lines)["ptz"]
+    assert got["outcome"] == "skip" and "PTZType 3" in got["reason"], got
+
+
 async def test_keepalives_that_come_during_the_check_are_awaited(tmp_path: Path) -> None:
     gw = await start_gateway(**{"registrar.keepalive_interval": "3"})
     try:

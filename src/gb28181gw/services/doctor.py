@@ -19,10 +19,10 @@ What each check does:
 - ``catalog``: answered; SumNum the same in every message and equal to the items sent, every ID
   valid, every body in the charset it declares (:func:`~gb28181gw.gb.query.catalog_problems`).
 - ``live_udp``, ``live_tcp``: an INVITE of its own (:meth:`StreamService.play_own`) for the first
-  video channel, asking for UDP, then TCP passive (the device connects to us); the first key frame
+  video channel that is ON, asking for UDP, then TCP passive (the device connects to us); the first key frame
   within :data:`KEY_FRAME_WAIT` decoded (off the event loop), codec, size and key-frame interval
   reported; the session closed afterwards whatever happened.
-- ``ptz``: for a PTZ camera (catalog PTZType 1-3), a PTZ stop accepted (the MESSAGE answered 200).
+- ``ptz``: for a PTZ camera (catalog PTZType 1, 4 or 5), a PTZ stop accepted (the MESSAGE answered 200).
 - ``record_info``: RecordInfo of the last 24 hours answered (no recordings is a pass, noted).
 """
 
@@ -71,8 +71,9 @@ KEEPALIVE_MARGIN = 5.0
 KEY_FRAME_WAIT = 10.0
 #: Seconds to wait after the first key frame for the next (the key-frame interval).
 NEXT_KEY_FRAME_WAIT = 6.0
-#: Catalog PTZType values of PTZ cameras (1 dome, 2 half-dome, 3 fixed with PTZ; §A.2.1).
-PTZ_TYPES = ("1", "2", "3")
+#: Catalog PTZType values of PTZ cameras (§A.2.1, PROTOCOL.md §5.5): 1 dome, 4 PTZ bullet (遥控枪机),
+#: 5 PTZ half-dome (2022); 2 half-dome and 3 fixed bullet (固定枪机) have no PTZ.
+PTZ_TYPES = ("1", "4", "5")
 #: Type codes of video channels (131 camera, 132 IPC; PROTOCOL.md §1.4, C10).
 VIDEO_TYPES = (131, 132)
 #: DeviceStatus elements the standard makes mandatory (§A.2.6.7).
@@ -450,13 +451,18 @@ class DoctorService:
     # --- the channel's live video, PTZ and recordings --------------------------------------------
 
     def _channel(self, run: _Run) -> str:
-        """The channel the media checks use: the one asked for, else the first video channel."""
+        """The channel the media checks use: the one asked for, else the first video channel that is
+        ON (an NVR's empty channels are OFF: they would fail the live checks for nothing), else the
+        first whose status is unknown, else the first video channel."""
         if run.channel:
             return run.channel
-        for channel_id in sorted(self.devices.channels.get(run.device_id, {})):
-            if _is_video(channel_id):
-                run.channel = channel_id
-                return channel_id
+        known = self.devices.channels.get(run.device_id, {})
+        videos = sorted(
+            (c.status != "ON", c.status == "OFF", channel_id) for channel_id, c in known.items() if _is_video(channel_id)
+        )
+        if videos:
+            run.channel = videos[0][2]
+            return run.channel
         if _is_video(run.device_id):
             run.channel = run.device_id  # an IPC is its own channel
             return run.device_id
@@ -510,7 +516,7 @@ class DoctorService:
         ptz_type = known.extra.get("PTZType", "") if known is not None else ""
         if ptz_type not in PTZ_TYPES:
             said = f"PTZType {ptz_type}" if ptz_type else "no PTZType in its catalog"
-            raise _Skip(f"{channel}: {said}, not a PTZ camera (1-3 are)")
+            raise _Skip(f"{channel}: {said}, not a PTZ camera (1, 4 and 5 are)")
         await self.devices.ptz(channel, move("stop"))
         return _Done(f"PTZ stop to {channel} answered 200", {"channel": channel, "ptz_type": ptz_type})
 
