@@ -357,6 +357,18 @@ async def test_a_fixed_bullet_camera_is_not_sent_ptz(gw: Gateway, tmp_path: Path
     assert got["outcome"] == "skip" and "PTZType 3" in got["reason"], got
 
 
+async def test_keepalive_gaps_before_a_reboot_are_not_measured(gw: Gateway, tmp_path: Path) -> None:
+    # the engineer reboots the NVR before the acceptance run: its keepalives stop for minutes, then
+    # it registers again (a refresh, as it never timed out) and keeps alive at its interval
+    await register(gw, tmp_path)
+    now = asyncio.get_running_loop().time()
+    gw.registrar.keepalive_arrivals[NVR] = (now - 400, now - 340)  # before the reboot
+    await register(gw, tmp_path)  # REGISTER and two keepalives, as after the reboot
+    status, lines = await doctor(gw, {"checks": ["keepalive"]})
+    got = results(lines)["keepalive"]
+    assert got["outcome"] == "pass" and got["figures"]["seen"] == 2, got
+
+
 async def test_keepalives_that_come_during_the_check_are_awaited(tmp_path: Path) -> None:
     gw = await start_gateway(**{"registrar.keepalive_interval": "3"})
     try:
@@ -375,6 +387,28 @@ async def test_keepalives_that_come_during_the_check_are_awaited(tmp_path: Path)
         got = results(lines)["keepalive"]
         assert got["outcome"] == "pass" and got["figures"]["seen"] == 2 and got["figures"]["expected"] == 3
         assert 0.2 < got["figures"]["interval"] < 3
+    finally:
+        await gw.stop()
+
+
+async def test_a_first_keepalive_late_in_the_wait_is_given_its_interval_for_the_next(tmp_path: Path) -> None:
+    # none seen when the run starts (it just registered): the first comes near the end of an
+    # interval, the next one interval later: on time, though after the first wait ran out
+    gw = await start_gateway(**{"registrar.keepalive_interval": "2"})
+    try:
+        port = free_udp_port()
+        await register_openly(gw, tmp_path, port)
+        run = asyncio.create_task(doctor(gw, {"checks": ["keepalive"]}))
+        await wait_for(lambda: NVR in gw.doctor.running)
+        inf = tmp_path / "keepalive.csv"
+        inf.write_text(f"SEQUENTIAL\n{NVR};\n")
+        for pause in (5.5, 2.0):  # the device's own timing: 5.5 s of the 7 s wait, then its 2 s interval
+            await asyncio.sleep(pause)
+            sent = await run_sipp("keepalive_uac.xml", gw.stack.port, tmp_path, extra=("-inf", str(inf), "-p", str(port)))
+            assert sent.ok, sent.stdout
+        _, lines = await run
+        got = results(lines)["keepalive"]
+        assert got["outcome"] == "pass" and got["figures"]["seen"] == 2, got
     finally:
         await gw.stop()
 

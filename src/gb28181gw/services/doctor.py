@@ -10,7 +10,8 @@ What each check does:
 
 - ``register``: registered, with digest (unless registration is open here), for the expiry granted.
 - ``keepalive``: the interval between its last keepalives (their arrival times, kept by the
-  registrar; with fewer than two, the next is awaited for its interval and a margin), against its
+  registrar since it last registered; with fewer than two, the next is awaited for its interval and
+  a margin after the last one seen), against its
   HeartBeatInterval when known, else ``registrar.keepalive_interval``.
 - ``time``: the device's clock (DeviceStatus ``DeviceTime``) against ours, within
   :data:`TIME_TOLERANCE`: a device that took the Date of our REGISTER 200 OK is in step (§3.5).
@@ -285,7 +286,7 @@ class DoctorService:
         """The most a check may take (each waits less itself; this catches what hangs)."""
         s = self.devices.settings
         if key == "keepalive":
-            return self._keepalive_expected(device_id)[0] + KEEPALIVE_MARGIN + 10
+            return 2 * (self._keepalive_expected(device_id)[0] + KEEPALIVE_MARGIN) + 10  # none seen yet: two
         if key == "catalog":
             return s.catalog_total_timeout + 10
         if key.startswith("live_"):
@@ -328,18 +329,20 @@ class DoctorService:
     async def _keepalive(self, run: _Run) -> _Done:
         expected, source = self._keepalive_expected(run.device_id)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + expected + KEEPALIVE_MARGIN
+        wait = expected + KEEPALIVE_MARGIN
+        started = loop.time()
         arrivals = self.registrar.keepalive_arrivals.get(run.device_id, ())
-        while len(arrivals) < 2 and loop.time() < deadline:
-            # fewer than two since we started: wait for the next (polled: keepalives are rare)
+        # fewer than two since it registered: wait for the next, an interval after the last one seen
+        # (or after we started), polled: keepalives are rare
+        while len(arrivals) < 2 and loop.time() < max((started, *arrivals)) + wait:
             await asyncio.sleep(0.2)
             arrivals = self.registrar.keepalive_arrivals.get(run.device_id, ())
         figures: dict[str, Any] = {"expected": expected, "seen": len(arrivals)}
         if not arrivals:
-            raise _Fail(f"no keepalive within {expected + KEEPALIVE_MARGIN:g} s", figures=figures)
+            raise _Fail(f"no keepalive within {wait:g} s", figures=figures)
         if len(arrivals) < 2:
             raise _Fail(
-                f"one keepalive, then none for {expected + KEEPALIVE_MARGIN:g} s (expected every {expected:g} s)",
+                f"one keepalive, then none for {wait:g} s (expected every {expected:g} s)",
                 figures=figures,
             )
         gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
