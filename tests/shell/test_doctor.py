@@ -68,9 +68,15 @@ def catalog(items: list[tuple[str, int]]) -> str:
 GOOD_CATALOG = [(CH, 2), (CH2, 2)]
 
 
-def device(catalog_items: list[tuple[str, int]] = GOOD_CATALOG, *, clock_offset: float = 0.0) -> bytes:
+def device(
+    catalog_items: list[tuple[str, int]] = GOOD_CATALOG,
+    *,
+    clock_offset: float = 0.0,
+    time_format: str = "%Y-%m-%dT%H:%M:%S",
+    zone: datetime.tzinfo = BEIJING,
+) -> bytes:
     # a clock in step, as the Date of our 200 OK set it (or off by clock_offset seconds)
-    now = (datetime.datetime.now(BEIJING) + datetime.timedelta(seconds=clock_offset)).strftime("%Y-%m-%dT%H:%M:%S")
+    now = (datetime.datetime.now(zone) + datetime.timedelta(seconds=clock_offset)).strftime(time_format)
     status = "<Result>OK</Result>\r\n<Online>ONLINE</Online>\r\n<Status>OK</Status>\r\n"
     status += f"<Encode>ON</Encode>\r\n<Record>ON</Record>\r\n<DeviceTime>{now}</DeviceTime>\r\n"
     info = "<DeviceName>NVR</DeviceName>\r\n<Result>OK</Result>\r\n<Manufacturer>Vendor</Manufacturer>\r\n"
@@ -276,6 +282,28 @@ async def test_a_clock_out_of_step_fails_the_time_check(gw: Gateway, tmp_path: P
         got["time"]["reason"],
     ), got["time"]["reason"]
     assert got["device_status"]["outcome"] == "pass"
+
+
+@pytest.mark.parametrize(
+    ("time_format", "zone", "outcome", "reason"),
+    [
+        ("%Y-%m-%dT%H:%M:%S.%f", BEIJING, "pass", ""),  # milliseconds (and more): an xs:dateTime
+        ("%Y-%m-%dT%H:%M:%S+08:00", BEIJING, "pass", ""),  # its zone said: an xs:dateTime
+        ("%Y-%m-%dT%H:%M:%SZ", datetime.UTC, "pass", ""),  # in step, in UTC, and saying so
+        ("%Y-%m-%d %H:%M:%S", BEIJING, "warn", "not a GB/T 28181 dateTime"),  # X8: read, and named
+    ],
+    ids=["milliseconds", "offset", "utc", "no-T"],
+)
+async def test_a_device_time_in_another_form_is_read(
+    gw: Gateway, tmp_path: Path, time_format: str, zone: datetime.tzinfo, outcome: str, reason: str
+) -> None:
+    port = await register(gw, tmp_path)
+    sipp = await play_device(device(time_format=time_format, zone=zone), port, tmp_path, "doctor-time", calls=1)
+    status, lines = await doctor(gw, {"checks": ["time"]})
+    await finished(sipp)
+    got = results(lines)["time"]
+    assert got["outcome"] == outcome and reason in got["reason"], got
+    assert abs(got["figures"]["offset"]) < 5
 
 
 async def test_open_registration_warns_and_a_device_without_keepalives_fails(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -84,6 +85,8 @@ INFO_FIELDS = ("Manufacturer", "Model", "Firmware")
 #: BasicParam elements the liveness and registration depend on.
 BASIC_FIELDS = ("Expiration", "HeartBeatInterval", "HeartBeatCount")
 _GB_TIME = "%Y-%m-%dT%H:%M:%S"
+#: A dateTime as GB/T 28181 writes it (xs:dateTime: a fraction of a second and a zone may follow).
+_XS_DATE_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)?")
 
 
 @dataclass(slots=True)
@@ -377,15 +380,20 @@ class DoctorService:
         if not text:
             raise _Skip("the device reports no DeviceTime in DeviceStatus: its clock cannot be read")
         try:
-            device_time = _dt.datetime.strptime(text.split(".")[0], _GB_TIME).replace(tzinfo=policy.time_zone)
+            # X8: milliseconds, a zone (then it counts, not ours), a space for the T are all read
+            device_time = _dt.datetime.fromisoformat(text)
         except ValueError:
             raise _Fail(f"DeviceTime {text!r} is not a GB/T 28181 dateTime (YYYY-MM-DDThh:mm:ss)") from None
+        if device_time.tzinfo is None:
+            device_time = device_time.replace(tzinfo=policy.time_zone)
         offset = device_time.timestamp() - run.status_at
         figures = {"offset": round(offset, 3), "tolerance": TIME_TOLERANCE, "device_time": text}
         way = "ahead of" if offset > 0 else "behind"
         detail = f"device clock {abs(offset):.1f} s {way} ours (tolerance {TIME_TOLERANCE:g} s)"
         if abs(offset) > TIME_TOLERANCE:
             raise _Fail(f"{detail}: it did not take the Date of our REGISTER 200 OK", detail, figures)
+        if not _XS_DATE_TIME.fullmatch(text):
+            return _Done(detail, figures, f"DeviceTime {text!r} is not a GB/T 28181 dateTime (YYYY-MM-DDThh:mm:ss)")
         return _Done(detail, figures)
 
     # --- queries -----------------------------------------------------------------------------
