@@ -74,6 +74,7 @@ def device(
     clock_offset: float = 0.0,
     time_format: str = "%Y-%m-%dT%H:%M:%S",
     zone: datetime.tzinfo = BEIJING,
+    tcp_setup: str = "active",
 ) -> bytes:
     # a clock in step, as the Date of our 200 OK set it (or off by clock_offset seconds)
     now = (datetime.datetime.now(zone) + datetime.timedelta(seconds=clock_offset)).strftime(time_format)
@@ -87,6 +88,7 @@ def device(
     return sipp_scenario(
         "doctor_device_uas.xml",
         ch=CH,
+        tcp_setup=tcp_setup,
         catalog=catalog(catalog_items),
         info=part(50, response("DeviceInfo", info)),
         status=part(51, response("DeviceStatus", status)),
@@ -336,6 +338,21 @@ async def test_a_device_that_goes_away_mid_run_has_the_rest_skipped(gw: Gateway,
     assert got["live_udp"]["reason"].startswith("the stream ended before a key frame: device offline")
     for key in ("ptz", "record_info"):  # both come after live_udp
         assert (got[key]["outcome"], got[key]["reason"]) == ("skip", "device went offline (removed)")
+
+
+async def test_a_tcp_answer_in_the_wrong_role_is_named_when_no_media_comes(gw: Gateway, tmp_path: Path) -> None:
+    # M4: asked for TCP passive (the device connects), it answers a=setup:passive and waits for us
+    port = await register(gw, tmp_path)
+    sipp = await play_device(device(tcp_setup="passive"), port, tmp_path, "doctor-role", calls=1)
+    gw.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR, status="ON")
+    status, lines = await doctor(gw, {"checks": ["live_tcp"]})
+    await finished(sipp)
+    got = results(lines)["live_tcp"]
+    assert got["outcome"] == "fail", got
+    assert got["reason"] == (
+        "asked for TCP passive (the device connects), the device answered a=setup:passive; no media within 10 s"
+    )
+    assert not gw.streams.streams
 
 
 async def test_the_doctors_invite_is_its_own_and_a_shared_stream_is_left_alone(gw: Gateway, tmp_path: Path) -> None:

@@ -51,7 +51,7 @@ from gb28181gw.media.ps import Frame, PsDemuxer
 from gb28181gw.media.rtp import RtpPacket
 from gb28181gw.media.tcp_framing import Rfc4571Reader
 from gb28181gw.metrics import DOCTOR_CHECKS, Metrics
-from gb28181gw.sdp import StreamMode
+from gb28181gw.sdp import SessionDescription, StreamMode
 
 from .devices import DeviceService, config_section
 from .registrar import RegistrarService
@@ -490,13 +490,16 @@ class DoctorService:
                 channel, mode=mode, transport="tcp", host="127.0.0.1", port=port, label="doctor"
             )
             stream_id = st.id
+            # M4: a device may answer another transport or TCP role; if it also sends nothing, say why
+            mismatch = _transport_mismatch(st.session.answer, mode)
+            said = f"{mismatch}; " if mismatch else ""
             key = await watcher.first_key_frame(KEY_FRAME_WAIT)
             if key is None:
                 ended = self.streams.ended_stream(stream_id)
                 if ended is not None:
                     raise _Fail(f"the stream ended before a key frame: {ended.reason}", figures=watcher.figures())
                 if not watcher.packets:
-                    raise _Fail(f"no media within {KEY_FRAME_WAIT:g} s", figures=watcher.figures())
+                    raise _Fail(f"{said}no media within {KEY_FRAME_WAIT:g} s", figures=watcher.figures())
                 raise _Fail(
                     f"{watcher.packets} RTP packets but no key frame within {KEY_FRAME_WAIT:g} s",
                     figures=watcher.figures(),
@@ -519,7 +522,8 @@ class DoctorService:
             every = f"key frame every {gop} frames" + (f" ({seconds:.1f} s)" if seconds else "")
         else:
             every = f"no second key frame within {NEXT_KEY_FRAME_WAIT:g} s"
-        return _Done(f"{key.codec} {width}x{height}, {every}", figures)
+        # the video came all the same (the labels were inverted): a warning, not a failure
+        return _Done(f"{key.codec} {width}x{height}, {every}", figures, mismatch)
 
     async def _ptz(self, run: _Run) -> _Done:
         channel = self._channel(run)
@@ -548,6 +552,20 @@ def _result_ok(answer: dict[str, str], what: str) -> None:
         raise _Fail(f"{what} answer has no Result (mandatory)")
     if result.upper() != "OK":
         raise _Fail(f"{what} answered Result {result}")
+
+
+def _transport_mismatch(answer: SessionDescription | None, mode: StreamMode) -> str:
+    """How the device's SDP answer differs from the transport asked for (M4), in words; "" if not."""
+    video = answer.video() if answer is not None else None
+    if video is None:
+        return ""
+    if mode is StreamMode.UDP:
+        return f"asked for UDP, the device answered {video.proto}" if video.is_tcp else ""
+    if not video.is_tcp:
+        return f"asked for TCP passive (the device connects), the device answered {video.proto}"
+    if video.setup not in (None, "active"):
+        return f"asked for TCP passive (the device connects), the device answered a=setup:{video.setup}"
+    return ""
 
 
 def _is_video(channel_id: str) -> bool:
