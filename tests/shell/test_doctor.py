@@ -75,6 +75,7 @@ def device(
     time_format: str = "%Y-%m-%dT%H:%M:%S",
     zone: datetime.tzinfo = BEIJING,
     tcp_setup: str = "active",
+    heartbeat: int = 60,
 ) -> bytes:
     # a clock in step, as the Date of our 200 OK set it (or off by clock_offset seconds)
     now = (datetime.datetime.now(zone) + datetime.timedelta(seconds=clock_offset)).strftime(time_format)
@@ -83,7 +84,7 @@ def device(
     info = "<DeviceName>NVR</DeviceName>\r\n<Result>OK</Result>\r\n<Manufacturer>Vendor</Manufacturer>\r\n"
     info += "<Model>N1</Model>\r\n<Firmware>V1.0</Firmware>\r\n<Channel>2</Channel>\r\n"
     config = "<Result>OK</Result>\r\n<BasicParam>\r\n<Name>NVR</Name>\r\n<Expiration>3600</Expiration>\r\n"
-    config += "<HeartBeatInterval>60</HeartBeatInterval>\r\n<HeartBeatCount>3</HeartBeatCount>\r\n</BasicParam>\r\n"
+    config += f"<HeartBeatInterval>{heartbeat}</HeartBeatInterval>\r\n<HeartBeatCount>3</HeartBeatCount>\r\n</BasicParam>\r\n"
     records = '<Name>NVR</Name>\r\n<SumNum>0</SumNum>\r\n<RecordList Num="0">\r\n</RecordList>\r\n'
     return sipp_scenario(
         "doctor_device_uas.xml",
@@ -432,6 +433,23 @@ async def test_keepalives_that_come_during_the_check_are_awaited(tmp_path: Path)
         got = results(lines)["keepalive"]
         assert got["outcome"] == "pass" and got["figures"]["seen"] == 2 and got["figures"]["expected"] == 3
         assert 0.2 < got["figures"]["interval"] < 3
+    finally:
+        await gw.stop()
+
+
+async def test_keepalives_are_measured_against_the_devices_own_heartbeat_interval(tmp_path: Path) -> None:
+    # configured for a keepalive every 30 s (BasicParam), not yet asked: the check asks before it judges
+    gw = await start_gateway(**{"registrar.password": PASSWORD, "registrar.keepalive_interval": "10"})
+    try:
+        port = await register(gw, tmp_path)
+        sipp = await play_device(device(heartbeat=30), port, tmp_path, "doctor-heartbeat", calls=1)
+        now = asyncio.get_running_loop().time()
+        gw.registrar.keepalive_arrivals[NVR] = (now - 25, now)  # every 25 s: on time for it
+        status, lines = await doctor(gw, {"checks": ["keepalive"]})
+        await finished(sipp)  # its ConfigDownload was asked and answered
+        got = results(lines)["keepalive"]
+        assert got["outcome"] == "pass" and got["figures"]["expected"] == 30, got
+        assert got["detail"].endswith("its HeartBeatInterval is 30 s"), got
     finally:
         await gw.stop()
 

@@ -11,8 +11,8 @@ What each check does:
 - ``register``: registered, with digest (unless registration is open here), for the expiry granted.
 - ``keepalive``: the interval between its last keepalives (their arrival times, kept by the
   registrar since it last registered; with fewer than two, the next is awaited for its interval and
-  a margin after the last one seen), against its
-  HeartBeatInterval when known, else ``registrar.keepalive_interval``.
+  a margin after the last one seen), against its HeartBeatInterval (asked for with ConfigDownload
+  when not known yet), else ``registrar.keepalive_interval``.
 - ``time``: the device's clock (DeviceStatus ``DeviceTime``) against ours, within
   :data:`TIME_TOLERANCE`: a device that took the Date of our REGISTER 200 OK is in step (§3.5).
 - ``device_info``, ``device_status``, ``config_download`` (BasicParam): answered, Result OK, the
@@ -30,6 +30,7 @@ What each check does:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as _dt
 import logging
 import re
@@ -289,7 +290,8 @@ class DoctorService:
         """The most a check may take (each waits less itself; this catches what hangs)."""
         s = self.devices.settings
         if key == "keepalive":
-            return 2 * (self._keepalive_expected(device_id)[0] + KEEPALIVE_MARGIN) + 10  # none seen yet: two
+            # its BasicParam asked first, then none seen yet: two intervals
+            return s.query_timeout + 2 * (self._keepalive_expected(device_id)[0] + KEEPALIVE_MARGIN) + 10
         if key == "catalog":
             return s.catalog_total_timeout + 10
         if key.startswith("live_"):
@@ -330,6 +332,11 @@ class DoctorService:
         return _Done(f"digest verified, {detail}", figures)
 
     async def _keepalive(self, run: _Run) -> _Done:
+        device = self.registrar.devices.get(run.device_id)
+        if device is not None and not device.keepalive_interval:
+            # its own HeartBeatInterval (a device set to 120 s is on time at 120 s), not yet asked for
+            with contextlib.suppress(DeviceError):
+                await self.devices.config(run.device_id)
         expected, source = self._keepalive_expected(run.device_id)
         loop = asyncio.get_running_loop()
         wait = expected + KEEPALIVE_MARGIN
