@@ -102,7 +102,14 @@ def device(
 async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
     """A gateway with a digest password and the NVR registered (with digest) and two keepalives seen."""
     gateway = await start_gateway(
-        **{"registrar.password": PASSWORD, "media.port_min": "43000", "media.port_max": "43099", "media.linger": "0"}
+        **{
+            "registrar.password": PASSWORD,
+            "media.port_min": "43000",
+            "media.port_max": "43099",
+            "media.linger": "0",
+            # the doctor takes a catalog until the device is quiet this long: SIPp's devices have 15 s
+            "devices.catalog_idle_timeout": "1",
+        }
     )
     try:
         yield gateway
@@ -165,8 +172,9 @@ def results(lines: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 async def test_a_conforming_device_passes_every_check(gw: Gateway, tmp_path: Path) -> None:
     port = await register(gw, tmp_path)
-    # the time check reads DeviceStatus, the device_status check reuses it: 7 MESSAGEs and 2 INVITEs
-    sipp = await play_device(device(), port, tmp_path, "doctor-device", calls=8)
+    # the keepalive check asks for its HeartBeatInterval (ConfigDownload, asked again by config_download), the time
+    # check reads DeviceStatus, the device_status check reuses it: 7 MESSAGEs and 2 INVITEs
+    sipp = await play_device(device(), port, tmp_path, "doctor-device", calls=9)
     media = asyncio.create_task(send_media(gw, gb_ps(FRAMES, GOP)))
     try:
         status, lines = await doctor(gw)
@@ -217,6 +225,17 @@ async def test_a_bad_catalog_fails_with_the_reason(
     (result,) = results(lines).values()
     assert result["outcome"] == "fail" and reason in result["reason"], result
     assert not DoctorReport.from_json(lines[-1]["report"]).passed
+
+
+async def test_a_sumnum_smaller_than_what_came_fails_and_every_channel_is_kept(gw: Gateway, tmp_path: Path) -> None:
+    # C1: SumNum counts the items of its own message; the answer is not cut at the first one
+    port = await register(gw, tmp_path)
+    sipp = await play_device(device([(CH, 1), (CH2, 1)]), port, tmp_path, "doctor-small-sumnum", calls=1)
+    status, lines = await doctor(gw, {"checks": ["catalog"]})
+    await finished(sipp)
+    got = results(lines)["catalog"]
+    assert got["outcome"] == "fail" and "SumNum 1 but 2 items came in 2 messages" in got["reason"], got
+    assert sorted(gw.devices.channels[NVR]) == [CH, CH2]  # the refresh it made stored both
 
 
 async def test_a_device_that_never_sends_media_fails_live_udp_and_its_stream_is_closed(
@@ -490,7 +509,7 @@ async def cli_doctor(gw: Gateway, *args: str) -> tuple[int, str]:
 
 async def test_the_command_passes_a_conforming_device_and_writes_the_report(gw: Gateway, tmp_path: Path) -> None:
     port = await register(gw, tmp_path)
-    sipp = await play_device(device(), port, tmp_path, "doctor-cli", calls=8)
+    sipp = await play_device(device(), port, tmp_path, "doctor-cli", calls=9)
     media = asyncio.create_task(send_media(gw, gb_ps(FRAMES, GOP)))
     report = tmp_path / "report.html"
     try:

@@ -75,6 +75,8 @@ class CatalogCollector:
         total_timeout: when the answer ends however its parts keep coming (each part must not
             extend it for ever).
         max_items: items kept at most; later new items are counted in ``refused``, not kept.
+        linger: never done at SumNum, only once the device goes quiet: parts past a SumNum that
+            is too small are taken too (the conformance doctor measures it, C1).
     """
 
     def __init__(
@@ -88,8 +90,10 @@ class CatalogCollector:
         total_timeout: float,
         max_items: int,
         key_fields: tuple[str, ...] = (),
+        linger: bool = False,
     ) -> None:
         self.result = CatalogResult(device_id, sn)
+        self.linger = linger
         # catalog items are unique by ID; record items by these fields as well (many share the channel ID)
         self.key_fields = key_fields
         self.first_timeout = min(first_timeout, total_timeout)
@@ -128,7 +132,7 @@ class CatalogCollector:
         # a skipped item came all the same: SumNum counts it, and an answer left waiting for it would
         # be partial, which never removes a channel
         r.complete = r.sum_num >= 0 and len(r.items) + len(r.skipped) >= r.sum_num
-        return r.complete
+        return r.complete and not self.linger
 
     def expired(self, now: float) -> bool:
         """Whether the device went quiet before completing."""
