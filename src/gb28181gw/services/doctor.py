@@ -457,7 +457,7 @@ class DoctorService:
             "channels": len(result.items),
             "messages": result.messages,
             "sum_num": said[0] if len(said) == 1 else said,
-            "skipped": len(result.skipped),
+            "skipped": result.skipped_count,
             "complete": result.complete,
         }
         detail = f"{len(result.items)} channels in {result.messages} messages, SumNum {'/'.join(map(str, said)) or '-'}"
