@@ -344,6 +344,26 @@ async def test_open_registration_warns_and_a_device_without_keepalives_fails(tmp
         await gw.stop()
 
 
+async def test_a_gateway_that_stops_mid_run_says_so_and_closes_the_stream(tmp_path: Path) -> None:
+    gw = await start_gateway(**{"registrar.password": PASSWORD, "media.linger": "0"})
+    stopped = False
+    try:
+        port = await register(gw, tmp_path)
+        sipp = await play_device(device(), port, tmp_path, "doctor-stop", calls=1)
+        gw.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR, status="ON")
+        run = asyncio.create_task(doctor(gw, {"checks": ["live_udp"]}))
+        await wait_for(lambda: any(s.consumers for s in gw.streams.streams.values()))  # waiting for media
+        await gw.stop()  # the operator restarts the service mid-run
+        stopped = True
+        status, lines = await run
+        assert lines[-1]["event"] == "error", lines
+        assert "the gateway is stopping" in lines[-1]["message"]
+        await finished(sipp)  # the device's session ended with BYE before the stack went
+    finally:
+        if not stopped:
+            await gw.stop()
+
+
 async def test_a_device_that_goes_away_mid_run_has_the_rest_skipped(gw: Gateway, tmp_path: Path) -> None:
     port = await register(gw, tmp_path)
     sipp = await play_device(device(), port, tmp_path, "doctor-gone", calls=1)
