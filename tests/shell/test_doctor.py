@@ -84,7 +84,9 @@ def device(
     info = "<DeviceName>NVR</DeviceName>\r\n<Result>OK</Result>\r\n<Manufacturer>Vendor</Manufacturer>\r\n"
     info += "<Model>N1</Model>\r\n<Firmware>V1.0</Firmware>\r\n<Channel>2</Channel>\r\n"
     config = "<Result>OK</Result>\r\n<BasicParam>\r\n<Name>NVR</Name>\r\n<Expiration>3600</Expiration>\r\n"
-    config += f"<HeartBeatInterval>{heartbeat}</HeartBeatInterval>\r\n<HeartBeatCount>3</HeartBeatCount>\r\n</BasicParam>\r\n"
+    config += (
+        f"<HeartBeatInterval>{heartbeat}</HeartBeatInterval>\r\n<HeartBeatCount>3</HeartBeatCount>\r\n</BasicParam>\r\n"
+    )
     records = '<Name>NVR</Name>\r\n<SumNum>0</SumNum>\r\n<RecordList Num="0">\r\n</RecordList>\r\n'
     return sipp_scenario(
         "doctor_device_uas.xml",
@@ -506,7 +508,9 @@ async def test_a_first_keepalive_late_in_the_wait_is_given_its_interval_for_the_
         inf.write_text(f"SEQUENTIAL\n{NVR};\n")
         for pause in (5.5, 2.0):  # the device's own timing: 5.5 s of the 7 s wait, then its 2 s interval
             await asyncio.sleep(pause)
-            sent = await run_sipp("keepalive_uac.xml", gw.stack.port, tmp_path, extra=("-inf", str(inf), "-p", str(port)))
+            sent = await run_sipp(
+                "keepalive_uac.xml", gw.stack.port, tmp_path, extra=("-inf", str(inf), "-p", str(port))
+            )
             assert sent.ok, sent.stdout
         _, lines = await run
         got = results(lines)["keepalive"]

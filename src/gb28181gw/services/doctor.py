@@ -477,7 +477,9 @@ class DoctorService:
             return run.channel
         known = self.devices.channels.get(run.device_id, {})
         videos = sorted(
-            (c.status != "ON", c.status == "OFF", channel_id) for channel_id, c in known.items() if _is_video(channel_id)
+            (c.status != "ON", c.status == "OFF", channel_id)
+            for channel_id, c in known.items()
+            if _is_video(channel_id)
         )
         if videos:
             run.channel = videos[0][2]
