@@ -261,6 +261,28 @@ class TestCatalogDiagnostics:
         assert problems[0].startswith("item skipped: '3402000000131000001': has 19 digits")
         assert "'X' is not a digit" in problems[1] and len(problems) == 2  # SumNum 3 counts the skipped ones
 
+    def test_an_answer_whose_sumnum_counts_a_skipped_item_is_complete(self) -> None:
+        # a normal refresh, not only the doctor: a partial answer never removes channels, so one bad
+        # item must not keep the NVR's catalog partial (waiting the idle timeout, then flagged) for ever
+        r = self.collect(
+            self.body("2", ["34020000001310000001"]),
+            self.body("2", ["3402000000131000002"]),
+            self.body("2", ["3402000000131000002"]),  # sent again: counted once
+        )
+        assert r.complete and len(r.skipped) == 1
+        assert catalog_problems(r)[0].startswith("item skipped: '3402000000131000002'")
+
+    def test_a_hostile_answer_of_bad_ids_is_counted_not_kept(self) -> None:
+        # every refresh keeps the skipped items: a device sending bad IDs for 15 minutes must not
+        # grow it (nor the doctor's reason, one line of its progress stream) without bound
+        bad = [f"1{n:018d}" for n in range(3000)]  # 19 digits each
+        odd = [f"340200000010{n:08d}" for n in range(90)]  # type code 100: kept, but named
+        r = self.collect(self.body("3090", bad[:1500]), self.body("3090", bad[1500:] + odd))
+        assert r.complete and len(r.skipped) <= 100 and r.skipped_count == 3000
+        problems = catalog_problems(r)
+        assert len(problems) <= 50 and sum(len(p) for p in problems) < 20_000
+        assert "2980 more items skipped" in problems and "70 more items with odd IDs" in problems, problems[-3:]
+
     def test_civil_codes_are_kept_and_a_20_digit_id_with_an_undefined_type_is_named(self) -> None:
         r = self.collect(self.body("2", ["340200", "34020000001000000001"]))
         assert sorted(r.items) == ["340200", "34020000001000000001"] and not r.skipped

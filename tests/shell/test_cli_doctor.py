@@ -42,6 +42,7 @@ SLOW = "34020000001180000006"  # waits until the client leaves (Ctrl-C)
 ERROR = "34020000001180000007"  # the gateway gives up with an error event
 SILENT_END = "34020000001180000008"  # the answer ends cleanly, without a report
 ODD_RESULT = "34020000001180000010"  # an event that is JSON but not a check result
+DOWN = "34020000001180000012"  # the gateway stops during its run (cut, then nothing listens)
 UNKNOWN = "34020000001189999999"
 GATEWAY_ID = "34020000002000000001"
 CATALOG_REASON = "SumNum 13 in every message but 12 channels came"
@@ -68,6 +69,7 @@ class FakeGateway:
     posts: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     left: threading.Event = field(default_factory=threading.Event)  # the client of a SLOW run went away
     running: threading.Event = field(default_factory=threading.Event)  # a SLOW run is under way
+    site: web.TCPSite | None = None
 
     @property
     def admin(self) -> str:
@@ -114,6 +116,11 @@ class FakeGateway:
             result = _result(check["key"], device_id)
             results.append(result)
             await response.write(event("result", result=result.to_json()))
+            if device_id == DOWN:
+                assert self.site is not None and request.transport is not None
+                asyncio.get_running_loop().create_task(self.site.stop())  # a restart: the port is closed
+                request.transport.close()
+                return response
             if device_id == CUT:
                 assert request.transport is not None
                 request.transport.close()  # no last chunk: the answer is cut short
@@ -155,7 +162,8 @@ class FakeGateway:
         app.router.add_post("/api/v1/devices/{id}/doctor", self.doctor)
         runner = web.AppRunner(app)
         loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+        self.site = web.TCPSite(runner, "127.0.0.1", self.port)
+        loop.run_until_complete(self.site.start())
         thread = threading.Thread(target=loop.run_forever, daemon=True)
         thread.start()
         try:
@@ -396,3 +404,18 @@ def test_all_stops_when_the_gateway_is_gone(tmp_path: Path) -> None:
     gone = FakeGateway()  # never served: nothing listens on its port
     r = cli(gone, "--all")
     assert r.code == 1 and f"error: cannot reach the gateway at {gone.admin}" in r.err
+
+
+def test_all_keeps_what_it_checked_when_the_gateway_goes_away_mid_way(gw: FakeGateway, tmp_path: Path) -> None:
+    # two hours into 200 devices the gateway restarts: the devices checked are not thrown away
+    gw.listed = [GOOD, DOWN, BAD]
+    target = tmp_path / "site.json"
+    r = cli(gw, "--all", "-o", str(target))
+    assert r.code == 1, r.err
+    rows = {row[0]: row for row in _rows(r.out)}
+    assert rows[GOOD][3] == "passed"
+    assert rows[DOWN][3] == rows[BAD][3] == "not checked"
+    assert "cannot reach the gateway" in rows[BAD][4], rows[BAD]
+    assert "1 passed, 0 failed, 2 not checked" in r.out
+    site = read_json(target.read_text(encoding="utf-8"))
+    assert [x.device_id for x in site.reports] == [GOOD] and [n.device_id for n in site.not_run] == [DOWN, BAD]

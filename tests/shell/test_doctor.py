@@ -68,19 +68,30 @@ def catalog(items: list[tuple[str, int]]) -> str:
 GOOD_CATALOG = [(CH, 2), (CH2, 2)]
 
 
-def device(catalog_items: list[tuple[str, int]] = GOOD_CATALOG, *, clock_offset: float = 0.0) -> bytes:
+def device(
+    catalog_items: list[tuple[str, int]] = GOOD_CATALOG,
+    *,
+    clock_offset: float = 0.0,
+    time_format: str = "%Y-%m-%dT%H:%M:%S",
+    zone: datetime.tzinfo = BEIJING,
+    tcp_setup: str = "active",
+    heartbeat: int = 60,
+) -> bytes:
     # a clock in step, as the Date of our 200 OK set it (or off by clock_offset seconds)
-    now = (datetime.datetime.now(BEIJING) + datetime.timedelta(seconds=clock_offset)).strftime("%Y-%m-%dT%H:%M:%S")
+    now = (datetime.datetime.now(zone) + datetime.timedelta(seconds=clock_offset)).strftime(time_format)
     status = "<Result>OK</Result>\r\n<Online>ONLINE</Online>\r\n<Status>OK</Status>\r\n"
     status += f"<Encode>ON</Encode>\r\n<Record>ON</Record>\r\n<DeviceTime>{now}</DeviceTime>\r\n"
     info = "<DeviceName>NVR</DeviceName>\r\n<Result>OK</Result>\r\n<Manufacturer>Vendor</Manufacturer>\r\n"
     info += "<Model>N1</Model>\r\n<Firmware>V1.0</Firmware>\r\n<Channel>2</Channel>\r\n"
     config = "<Result>OK</Result>\r\n<BasicParam>\r\n<Name>NVR</Name>\r\n<Expiration>3600</Expiration>\r\n"
-    config += "<HeartBeatInterval>60</HeartBeatInterval>\r\n<HeartBeatCount>3</HeartBeatCount>\r\n</BasicParam>\r\n"
+    config += (
+        f"<HeartBeatInterval>{heartbeat}</HeartBeatInterval>\r\n<HeartBeatCount>3</HeartBeatCount>\r\n</BasicParam>\r\n"
+    )
     records = '<Name>NVR</Name>\r\n<SumNum>0</SumNum>\r\n<RecordList Num="0">\r\n</RecordList>\r\n'
     return sipp_scenario(
         "doctor_device_uas.xml",
         ch=CH,
+        tcp_setup=tcp_setup,
         catalog=catalog(catalog_items),
         info=part(50, response("DeviceInfo", info)),
         status=part(51, response("DeviceStatus", status)),
@@ -93,7 +104,14 @@ def device(catalog_items: list[tuple[str, int]] = GOOD_CATALOG, *, clock_offset:
 async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
     """A gateway with a digest password and the NVR registered (with digest) and two keepalives seen."""
     gateway = await start_gateway(
-        **{"registrar.password": PASSWORD, "media.port_min": "43000", "media.port_max": "43099", "media.linger": "0"}
+        **{
+            "registrar.password": PASSWORD,
+            "media.port_min": "43000",
+            "media.port_max": "43099",
+            "media.linger": "0",
+            # the doctor takes a catalog until the device is quiet this long: SIPp's devices have 15 s
+            "devices.catalog_idle_timeout": "1",
+        }
     )
     try:
         yield gateway
@@ -156,8 +174,9 @@ def results(lines: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 async def test_a_conforming_device_passes_every_check(gw: Gateway, tmp_path: Path) -> None:
     port = await register(gw, tmp_path)
-    # the time check reads DeviceStatus, the device_status check reuses it: 7 MESSAGEs and 2 INVITEs
-    sipp = await play_device(device(), port, tmp_path, "doctor-device", calls=8)
+    # the keepalive check asks for its HeartBeatInterval (ConfigDownload, asked again by config_download), the time
+    # check reads DeviceStatus, the device_status check reuses it: 7 MESSAGEs and 2 INVITEs
+    sipp = await play_device(device(), port, tmp_path, "doctor-device", calls=9)
     media = asyncio.create_task(send_media(gw, gb_ps(FRAMES, GOP)))
     try:
         status, lines = await doctor(gw)
@@ -208,6 +227,17 @@ async def test_a_bad_catalog_fails_with_the_reason(
     (result,) = results(lines).values()
     assert result["outcome"] == "fail" and reason in result["reason"], result
     assert not DoctorReport.from_json(lines[-1]["report"]).passed
+
+
+async def test_a_sumnum_smaller_than_what_came_fails_and_every_channel_is_kept(gw: Gateway, tmp_path: Path) -> None:
+    # C1: SumNum counts the items of its own message; the answer is not cut at the first one
+    port = await register(gw, tmp_path)
+    sipp = await play_device(device([(CH, 1), (CH2, 1)]), port, tmp_path, "doctor-small-sumnum", calls=1)
+    status, lines = await doctor(gw, {"checks": ["catalog"]})
+    await finished(sipp)
+    got = results(lines)["catalog"]
+    assert got["outcome"] == "fail" and "SumNum 1 but 2 items came in 2 messages" in got["reason"], got
+    assert sorted(gw.devices.channels[NVR]) == [CH, CH2]  # the refresh it made stored both
 
 
 async def test_a_device_that_never_sends_media_fails_live_udp_and_its_stream_is_closed(
@@ -278,6 +308,28 @@ async def test_a_clock_out_of_step_fails_the_time_check(gw: Gateway, tmp_path: P
     assert got["device_status"]["outcome"] == "pass"
 
 
+@pytest.mark.parametrize(
+    ("time_format", "zone", "outcome", "reason"),
+    [
+        ("%Y-%m-%dT%H:%M:%S.%f", BEIJING, "pass", ""),  # milliseconds (and more): an xs:dateTime
+        ("%Y-%m-%dT%H:%M:%S+08:00", BEIJING, "pass", ""),  # its zone said: an xs:dateTime
+        ("%Y-%m-%dT%H:%M:%SZ", datetime.UTC, "pass", ""),  # in step, in UTC, and saying so
+        ("%Y-%m-%d %H:%M:%S", BEIJING, "warn", "not a GB/T 28181 dateTime"),  # X8: read, and named
+    ],
+    ids=["milliseconds", "offset", "utc", "no-T"],
+)
+async def test_a_device_time_in_another_form_is_read(
+    gw: Gateway, tmp_path: Path, time_format: str, zone: datetime.tzinfo, outcome: str, reason: str
+) -> None:
+    port = await register(gw, tmp_path)
+    sipp = await play_device(device(time_format=time_format, zone=zone), port, tmp_path, "doctor-time", calls=1)
+    status, lines = await doctor(gw, {"checks": ["time"]})
+    await finished(sipp)
+    got = results(lines)["time"]
+    assert got["outcome"] == outcome and reason in got["reason"], got
+    assert abs(got["figures"]["offset"]) < 5
+
+
 async def test_open_registration_warns_and_a_device_without_keepalives_fails(tmp_path: Path) -> None:
     gw = await start_gateway(**{"registrar.keepalive_interval": "1"})
     try:
@@ -294,6 +346,26 @@ async def test_open_registration_warns_and_a_device_without_keepalives_fails(tmp
         await gw.stop()
 
 
+async def test_a_gateway_that_stops_mid_run_says_so_and_closes_the_stream(tmp_path: Path) -> None:
+    gw = await start_gateway(**{"registrar.password": PASSWORD, "media.linger": "0"})
+    stopped = False
+    try:
+        port = await register(gw, tmp_path)
+        sipp = await play_device(device(), port, tmp_path, "doctor-stop", calls=1)
+        gw.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR, status="ON")
+        run = asyncio.create_task(doctor(gw, {"checks": ["live_udp"]}))
+        await wait_for(lambda: any(s.consumers for s in gw.streams.streams.values()))  # waiting for media
+        await gw.stop()  # the operator restarts the service mid-run
+        stopped = True
+        status, lines = await run
+        assert lines[-1]["event"] == "error", lines
+        assert "the gateway is stopping" in lines[-1]["message"]
+        await finished(sipp)  # the device's session ended with BYE before the stack went
+    finally:
+        if not stopped:
+            await gw.stop()
+
+
 async def test_a_device_that_goes_away_mid_run_has_the_rest_skipped(gw: Gateway, tmp_path: Path) -> None:
     port = await register(gw, tmp_path)
     sipp = await play_device(device(), port, tmp_path, "doctor-gone", calls=1)
@@ -308,6 +380,21 @@ async def test_a_device_that_goes_away_mid_run_has_the_rest_skipped(gw: Gateway,
     assert got["live_udp"]["reason"].startswith("the stream ended before a key frame: device offline")
     for key in ("ptz", "record_info"):  # both come after live_udp
         assert (got[key]["outcome"], got[key]["reason"]) == ("skip", "device went offline (removed)")
+
+
+async def test_a_tcp_answer_in_the_wrong_role_is_named_when_no_media_comes(gw: Gateway, tmp_path: Path) -> None:
+    # M4: asked for TCP passive (the device connects), it answers a=setup:passive and waits for us
+    port = await register(gw, tmp_path)
+    sipp = await play_device(device(tcp_setup="passive"), port, tmp_path, "doctor-role", calls=1)
+    gw.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR, status="ON")
+    status, lines = await doctor(gw, {"checks": ["live_tcp"]})
+    await finished(sipp)
+    got = results(lines)["live_tcp"]
+    assert got["outcome"] == "fail", got
+    assert got["reason"] == (
+        "asked for TCP passive (the device connects), the device answered a=setup:passive; no media within 10 s"
+    )
+    assert not gw.streams.streams
 
 
 async def test_the_doctors_invite_is_its_own_and_a_shared_stream_is_left_alone(gw: Gateway, tmp_path: Path) -> None:
@@ -332,6 +419,43 @@ async def test_the_doctors_invite_is_its_own_and_a_shared_stream_is_left_alone(g
         viewer.close()
 
 
+async def test_the_media_checks_use_a_video_channel_that_is_on_and_ptz_goes_to_a_ptz_bullet(
+    gw: Gateway, tmp_path: Path
+) -> None:
+    port = await register(gw, tmp_path)
+    sipp = await play_device(device(), port, tmp_path, "doctor-choice", calls=1)
+    # an NVR's catalog: channel 1 empty (OFF), an alarm input (134), channel 2 a PTZ bullet (4, 遥控枪机)
+    gw.devices.channels[NVR] = {
+        CH: Channel(CH, NVR, status="OFF", extra={"PTZType": "1"}),
+        "34020000001340000001": Channel("34020000001340000001", NVR, status="ON"),
+        CH2: Channel(CH2, NVR, status="ON", extra={"PTZType": "4"}),
+    }
+    status, lines = await doctor(gw, {"checks": ["ptz"]})
+    await finished(sipp)  # the PTZ stop came and was answered
+    got = results(lines)["ptz"]
+    assert got["outcome"] == "pass" and got["figures"] == {"channel": CH2, "ptz_type": "4"}, got
+
+
+async def test_a_fixed_bullet_camera_is_not_sent_ptz(gw: Gateway, tmp_path: Path) -> None:
+    await register(gw, tmp_path)
+    gw.devices.channels[NVR] = {CH: Channel(CH, NVR, status="ON", extra={"PTZType": "3"})}  # 固定枪机
+    status, lines = await doctor(gw, {"checks": ["ptz"]})
+    got = results(lines)["ptz"]
+    assert got["outcome"] == "skip" and "PTZType 3" in got["reason"], got
+
+
+async def test_keepalive_gaps_before_a_reboot_are_not_measured(gw: Gateway, tmp_path: Path) -> None:
+    # the engineer reboots the NVR before the acceptance run: its keepalives stop for minutes, then
+    # it registers again (a refresh, as it never timed out) and keeps alive at its interval
+    await register(gw, tmp_path)
+    now = asyncio.get_running_loop().time()
+    gw.registrar.keepalive_arrivals[NVR] = (now - 400, now - 340)  # before the reboot
+    await register(gw, tmp_path)  # REGISTER and two keepalives, as after the reboot
+    status, lines = await doctor(gw, {"checks": ["keepalive"]})
+    got = results(lines)["keepalive"]
+    assert got["outcome"] == "pass" and got["figures"]["seen"] == 2, got
+
+
 async def test_keepalives_that_come_during_the_check_are_awaited(tmp_path: Path) -> None:
     gw = await start_gateway(**{"registrar.keepalive_interval": "3"})
     try:
@@ -354,6 +478,47 @@ async def test_keepalives_that_come_during_the_check_are_awaited(tmp_path: Path)
         await gw.stop()
 
 
+async def test_keepalives_are_measured_against_the_devices_own_heartbeat_interval(tmp_path: Path) -> None:
+    # configured for a keepalive every 30 s (BasicParam), not yet asked: the check asks before it judges
+    gw = await start_gateway(**{"registrar.password": PASSWORD, "registrar.keepalive_interval": "10"})
+    try:
+        port = await register(gw, tmp_path)
+        sipp = await play_device(device(heartbeat=30), port, tmp_path, "doctor-heartbeat", calls=1)
+        now = asyncio.get_running_loop().time()
+        gw.registrar.keepalive_arrivals[NVR] = (now - 25, now)  # every 25 s: on time for it
+        status, lines = await doctor(gw, {"checks": ["keepalive"]})
+        await finished(sipp)  # its ConfigDownload was asked and answered
+        got = results(lines)["keepalive"]
+        assert got["outcome"] == "pass" and got["figures"]["expected"] == 30, got
+        assert got["detail"].endswith("its HeartBeatInterval is 30 s"), got
+    finally:
+        await gw.stop()
+
+
+async def test_a_first_keepalive_late_in_the_wait_is_given_its_interval_for_the_next(tmp_path: Path) -> None:
+    # none seen when the run starts (it just registered): the first comes near the end of an
+    # interval, the next one interval later: on time, though after the first wait ran out
+    gw = await start_gateway(**{"registrar.keepalive_interval": "2"})
+    try:
+        port = free_udp_port()
+        await register_openly(gw, tmp_path, port)
+        run = asyncio.create_task(doctor(gw, {"checks": ["keepalive"]}))
+        await wait_for(lambda: NVR in gw.doctor.running)
+        inf = tmp_path / "keepalive.csv"
+        inf.write_text(f"SEQUENTIAL\n{NVR};\n")
+        for pause in (5.5, 2.0):  # the device's own timing: 5.5 s of the 7 s wait, then its 2 s interval
+            await asyncio.sleep(pause)
+            sent = await run_sipp(
+                "keepalive_uac.xml", gw.stack.port, tmp_path, extra=("-inf", str(inf), "-p", str(port))
+            )
+            assert sent.ok, sent.stdout
+        _, lines = await run
+        got = results(lines)["keepalive"]
+        assert got["outcome"] == "pass" and got["figures"]["seen"] == 2, got
+    finally:
+        await gw.stop()
+
+
 async def cli_doctor(gw: Gateway, *args: str) -> tuple[int, str]:
     """The real ``gb28181gw doctor`` against this gateway (the loop goes on serving while it runs)."""
     assert gw.admin is not None
@@ -368,7 +533,7 @@ async def cli_doctor(gw: Gateway, *args: str) -> tuple[int, str]:
 
 async def test_the_command_passes_a_conforming_device_and_writes_the_report(gw: Gateway, tmp_path: Path) -> None:
     port = await register(gw, tmp_path)
-    sipp = await play_device(device(), port, tmp_path, "doctor-cli", calls=8)
+    sipp = await play_device(device(), port, tmp_path, "doctor-cli", calls=9)
     media = asyncio.create_task(send_media(gw, gb_ps(FRAMES, GOP)))
     report = tmp_path / "report.html"
     try:

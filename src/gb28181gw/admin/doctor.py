@@ -61,7 +61,16 @@ def add_doctor_routes(admin: AdminServer, doctor: DoctorService) -> None:
                     return resp
                 await asyncio.wait({task}, timeout=CLIENT_POLL)
             try:
-                task.result()
+                if task.cancelled():  # not by us: the gateway is stopping (DoctorService.stop)
+                    await resp.write(
+                        event(
+                            "error",
+                            message="the gateway is stopping: the run was cancelled, its streams closed",
+                            hint="run it again once the gateway is back",
+                        )
+                    )
+                else:
+                    task.result()
             except DoctorError as exc:  # it changed between the check and the start (a run began)
                 await resp.write(event("error", message=str(exc), hint=exc.hint or ""))
             except ConnectionError:

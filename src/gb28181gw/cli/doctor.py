@@ -372,18 +372,22 @@ def _every(admin: str, body: dict[str, Any], *, as_json: bool, output: Path | No
     with _progress(live) as progress:
         devices = progress.add_task("devices", total=len(targets))
         bar = _Bar(progress, progress.add_task("checks", total=None))
+        gone: AdminApiError | None = None  # no gateway there any more: the rest are not checked
         for i, row in enumerate(targets, 1):
             target = str(row["device_id"])
             known = {k: str(row.get(k) or "") for k in ("manufacturer", "model", "firmware", "transport")}
             known["name"] = str(row.get("name") or row.get("reported_name") or "")
             bar.begin(f"[{i}/{len(targets)}] {target} ")
             progress.update(devices, description=escape(printable(f"device {i} of {len(targets)}: {target}")))
-            try:
-                outcome = _run(admin, target, body, bar)
-            except AdminApiError as exc:
-                if exc.status is None:  # no gateway there any more: the others would fail the same way
-                    fail(exc.message, exc.hint)
-                outcome = _Stopped(exc.message, exc.hint)  # gone offline, removed, a run already going
+            if gone is not None:
+                outcome: DoctorReport | _Stopped = _Stopped(gone.message, gone.hint)
+            else:
+                try:
+                    outcome = _run(admin, target, body, bar)
+                except AdminApiError as exc:
+                    if exc.status is None:  # the others would fail the same way; those checked are kept
+                        gone = exc
+                    outcome = _Stopped(exc.message, exc.hint)  # gone offline, removed, a run already going
             item = NotRun(target, outcome.message, known) if isinstance(outcome, _Stopped) else outcome
             done.append(item)
             line = _step_line(i, len(targets), item)

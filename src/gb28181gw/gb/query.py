@@ -45,7 +45,8 @@ class CatalogResult:
         refused: items left out because the answer reached its cap (``max_items``).
         sum_nums: the SumNum of every message, in arrival order (-1 for one that had none).
         skipped: items left out for their ID, which is neither 20 digits nor a civil code
-            (C5): (the ID as sent, why).
+            (C5): (the ID as sent, why); the first :data:`SKIPPED_KEPT`.
+        skipped_count: how many items were left out so (all of them).
         charset: each message's charset problem (:func:`~gb28181gw.manscdp.codec.charset_problem`)
             once, in arrival order; empty when every body was in the charset it declared.
     """
@@ -60,6 +61,13 @@ class CatalogResult:
     sum_nums: list[int] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     charset: list[str] = field(default_factory=list)
+    skipped_count: int = 0
+
+
+#: Items skipped for their ID kept (with why) per answer; the rest are counted.
+SKIPPED_KEPT = 100
+#: Problems of one kind :func:`catalog_problems` names one by one; the rest are counted.
+PROBLEMS_NAMED = 20
 
 
 class CatalogCollector:
@@ -75,6 +83,8 @@ class CatalogCollector:
         total_timeout: when the answer ends however its parts keep coming (each part must not
             extend it for ever).
         max_items: items kept at most; later new items are counted in ``refused``, not kept.
+        linger: never done at SumNum, only once the device goes quiet: parts past a SumNum that
+            is too small are taken too (the conformance doctor measures it, C1).
     """
 
     def __init__(
@@ -88,8 +98,10 @@ class CatalogCollector:
         total_timeout: float,
         max_items: int,
         key_fields: tuple[str, ...] = (),
+        linger: bool = False,
     ) -> None:
         self.result = CatalogResult(device_id, sn)
+        self.linger = linger
         # catalog items are unique by ID; record items by these fields as well (many share the channel ID)
         self.key_fields = key_fields
         self.first_timeout = min(first_timeout, total_timeout)
@@ -114,7 +126,11 @@ class CatalogCollector:
             try:
                 GbId.parse(item.device_id, allow_civil=True)
             except IdError as exc:
-                r.skipped.append((item.device_id, str(exc)))
+                if len(r.skipped) >= SKIPPED_KEPT:
+                    r.skipped_count += 1  # a hostile device's flood is counted, not kept
+                elif not any(skipped == item.device_id for skipped, _ in r.skipped):
+                    r.skipped.append((item.device_id, str(exc)))
+                    r.skipped_count += 1
                 continue
             key = item.device_id
             if self.key_fields:
@@ -124,8 +140,10 @@ class CatalogCollector:
                 continue
             r.items[key] = item
         self.deadline = min(now + self.idle_timeout, self.end)
-        r.complete = r.sum_num >= 0 and len(r.items) >= r.sum_num
-        return r.complete
+        # a skipped item came all the same: SumNum counts it, and an answer left waiting for it would
+        # be partial, which never removes a channel
+        r.complete = r.sum_num >= 0 and len(r.items) + r.skipped_count >= r.sum_num
+        return r.complete and not self.linger
 
     def expired(self, now: float) -> bool:
         """Whether the device went quiet before completing."""
@@ -145,14 +163,21 @@ def catalog_problems(result: CatalogResult) -> list[str]:
         problems.append(f"SumNum differs between messages: {', '.join(map(str, said))}")
     if -1 in result.sum_nums:
         problems.append(f"{result.sum_nums.count(-1)} of {result.messages} messages have no SumNum")
-    sent = len(result.items) + len(result.skipped) + result.refused
+    sent = len(result.items) + result.skipped_count + result.refused
     if len(said) == 1 and said[0] != sent:
         problems.append(f"SumNum {said[0]} but {sent} items came in {result.messages} messages")
-    problems += [f"item skipped: {reason}" for _, reason in result.skipped]
+    problems += [f"item skipped: {reason}" for _, reason in result.skipped[:PROBLEMS_NAMED]]
+    if result.skipped_count > PROBLEMS_NAMED:
+        problems.append(f"{result.skipped_count - PROBLEMS_NAMED} more items skipped")
+    odd = 0
     for item in result.items.values():
         try:
             GbId.parse(item.device_id, strict=True, allow_civil=True)
         except IdError as exc:
-            problems.append(f"item {exc}")
+            odd += 1
+            if odd <= PROBLEMS_NAMED:
+                problems.append(f"item {exc}")
+    if odd > PROBLEMS_NAMED:
+        problems.append(f"{odd - PROBLEMS_NAMED} more items with odd IDs")
     problems += [f"charset: {c}" for c in result.charset]
     return problems

@@ -279,11 +279,15 @@ class DeviceService:
         """DeviceStatus (§5.4.3)."""
         return flat(await self.query(device_id, CmdType.DEVICE_STATUS))
 
-    async def catalog(self, device_id: str) -> CatalogResult:
-        """Ask for the whole catalog, assemble it, store it, and return it."""
+    async def catalog(self, device_id: str, *, linger: bool = False) -> CatalogResult:
+        """Ask for the whole catalog, assemble it, store it, and return it.
+
+        ``linger``: take parts until the device goes quiet (``catalog_idle_timeout``), not only
+        until SumNum items came (see :class:`CatalogCollector`).
+        """
         loop = asyncio.get_running_loop()
         started = loop.time()
-        result = await self._multi(device_id, CmdType.CATALOG, None)
+        result = await self._multi(device_id, CmdType.CATALOG, None, linger=linger)
         self.catalog_seconds[()] += round(loop.time() - started, 3)  # type: ignore[assignment]  # a float counter
         await self._store_catalog(result)
         return result
@@ -336,6 +340,7 @@ class DeviceService:
         target: str | None = None,
         key_fields: tuple[str, ...] = (),
         body: BodyBuilder | None = None,
+        linger: bool = False,
     ) -> CatalogResult:
         device = self.registered(device_id)
         loop = asyncio.get_running_loop()
@@ -350,6 +355,7 @@ class DeviceService:
             total_timeout=s.catalog_total_timeout,
             max_items=s.max_channels,
             key_fields=key_fields,
+            linger=linger,
         )
         fut: asyncio.Future[CatalogResult] = loop.create_future()
         self._catalogs[device_id, sn] = (collector, fut, cmd)

@@ -10,8 +10,9 @@ What each check does:
 
 - ``register``: registered, with digest (unless registration is open here), for the expiry granted.
 - ``keepalive``: the interval between its last keepalives (their arrival times, kept by the
-  registrar; with fewer than two, the next is awaited for its interval and a margin), against its
-  HeartBeatInterval when known, else ``registrar.keepalive_interval``.
+  registrar since it last registered; with fewer than two, the next is awaited for its interval and
+  a margin after the last one seen), against its HeartBeatInterval (asked for with ConfigDownload
+  when not known yet), else ``registrar.keepalive_interval``.
 - ``time``: the device's clock (DeviceStatus ``DeviceTime``) against ours, within
   :data:`TIME_TOLERANCE`: a device that took the Date of our REGISTER 200 OK is in step (§3.5).
 - ``device_info``, ``device_status``, ``config_download`` (BasicParam): answered, Result OK, the
@@ -19,18 +20,20 @@ What each check does:
 - ``catalog``: answered; SumNum the same in every message and equal to the items sent, every ID
   valid, every body in the charset it declares (:func:`~gb28181gw.gb.query.catalog_problems`).
 - ``live_udp``, ``live_tcp``: an INVITE of its own (:meth:`StreamService.play_own`) for the first
-  video channel, asking for UDP, then TCP passive (the device connects to us); the first key frame
+  video channel that is ON, asking for UDP, then TCP passive (the device connects to us); the first key frame
   within :data:`KEY_FRAME_WAIT` decoded (off the event loop), codec, size and key-frame interval
   reported; the session closed afterwards whatever happened.
-- ``ptz``: for a PTZ camera (catalog PTZType 1-3), a PTZ stop accepted (the MESSAGE answered 200).
+- ``ptz``: for a PTZ camera (catalog PTZType 1, 4 or 5), a PTZ stop accepted (the MESSAGE answered 200).
 - ``record_info``: RecordInfo of the last 24 hours answered (no recordings is a pass, noted).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as _dt
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -49,7 +52,7 @@ from gb28181gw.media.ps import Frame, PsDemuxer
 from gb28181gw.media.rtp import RtpPacket
 from gb28181gw.media.tcp_framing import Rfc4571Reader
 from gb28181gw.metrics import DOCTOR_CHECKS, Metrics
-from gb28181gw.sdp import StreamMode
+from gb28181gw.sdp import SessionDescription, StreamMode
 
 from .devices import DeviceService, config_section
 from .registrar import RegistrarService
@@ -71,8 +74,9 @@ KEEPALIVE_MARGIN = 5.0
 KEY_FRAME_WAIT = 10.0
 #: Seconds to wait after the first key frame for the next (the key-frame interval).
 NEXT_KEY_FRAME_WAIT = 6.0
-#: Catalog PTZType values of PTZ cameras (1 dome, 2 half-dome, 3 fixed with PTZ; §A.2.1).
-PTZ_TYPES = ("1", "2", "3")
+#: Catalog PTZType values of PTZ cameras (§A.2.1, PROTOCOL.md §5.5): 1 dome, 4 PTZ bullet (遥控枪机),
+#: 5 PTZ half-dome (2022); 2 half-dome and 3 fixed bullet (固定枪机) have no PTZ.
+PTZ_TYPES = ("1", "4", "5")
 #: Type codes of video channels (131 camera, 132 IPC; PROTOCOL.md §1.4, C10).
 VIDEO_TYPES = (131, 132)
 #: DeviceStatus elements the standard makes mandatory (§A.2.6.7).
@@ -82,6 +86,8 @@ INFO_FIELDS = ("Manufacturer", "Model", "Firmware")
 #: BasicParam elements the liveness and registration depend on.
 BASIC_FIELDS = ("Expiration", "HeartBeatInterval", "HeartBeatCount")
 _GB_TIME = "%Y-%m-%dT%H:%M:%S"
+#: A dateTime as GB/T 28181 writes it (xs:dateTime: a fraction of a second and a zone may follow).
+_XS_DATE_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)?")
 
 
 @dataclass(slots=True)
@@ -284,7 +290,8 @@ class DoctorService:
         """The most a check may take (each waits less itself; this catches what hangs)."""
         s = self.devices.settings
         if key == "keepalive":
-            return self._keepalive_expected(device_id)[0] + KEEPALIVE_MARGIN + 10
+            # its BasicParam asked first, then none seen yet: two intervals
+            return s.query_timeout + 2 * (self._keepalive_expected(device_id)[0] + KEEPALIVE_MARGIN) + 10
         if key == "catalog":
             return s.catalog_total_timeout + 10
         if key.startswith("live_"):
@@ -325,20 +332,27 @@ class DoctorService:
         return _Done(f"digest verified, {detail}", figures)
 
     async def _keepalive(self, run: _Run) -> _Done:
+        device = self.registrar.devices.get(run.device_id)
+        if device is not None and not device.keepalive_interval:
+            # its own HeartBeatInterval (a device set to 120 s is on time at 120 s), not yet asked for
+            with contextlib.suppress(DeviceError):
+                await self.devices.config(run.device_id)
         expected, source = self._keepalive_expected(run.device_id)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + expected + KEEPALIVE_MARGIN
+        wait = expected + KEEPALIVE_MARGIN
+        started = loop.time()
         arrivals = self.registrar.keepalive_arrivals.get(run.device_id, ())
-        while len(arrivals) < 2 and loop.time() < deadline:
-            # fewer than two since we started: wait for the next (polled: keepalives are rare)
+        # fewer than two since it registered: wait for the next, an interval after the last one seen
+        # (or after we started), polled: keepalives are rare
+        while len(arrivals) < 2 and loop.time() < max((started, *arrivals)) + wait:
             await asyncio.sleep(0.2)
             arrivals = self.registrar.keepalive_arrivals.get(run.device_id, ())
         figures: dict[str, Any] = {"expected": expected, "seen": len(arrivals)}
         if not arrivals:
-            raise _Fail(f"no keepalive within {expected + KEEPALIVE_MARGIN:g} s", figures=figures)
+            raise _Fail(f"no keepalive within {wait:g} s", figures=figures)
         if len(arrivals) < 2:
             raise _Fail(
-                f"one keepalive, then none for {expected + KEEPALIVE_MARGIN:g} s (expected every {expected:g} s)",
+                f"one keepalive, then none for {wait:g} s (expected every {expected:g} s)",
                 figures=figures,
             )
         gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
@@ -373,15 +387,20 @@ class DoctorService:
         if not text:
             raise _Skip("the device reports no DeviceTime in DeviceStatus: its clock cannot be read")
         try:
-            device_time = _dt.datetime.strptime(text.split(".")[0], _GB_TIME).replace(tzinfo=policy.time_zone)
+            # X8: milliseconds, a zone (then it counts, not ours), a space for the T are all read
+            device_time = _dt.datetime.fromisoformat(text)
         except ValueError:
             raise _Fail(f"DeviceTime {text!r} is not a GB/T 28181 dateTime (YYYY-MM-DDThh:mm:ss)") from None
+        if device_time.tzinfo is None:
+            device_time = device_time.replace(tzinfo=policy.time_zone)
         offset = device_time.timestamp() - run.status_at
         figures = {"offset": round(offset, 3), "tolerance": TIME_TOLERANCE, "device_time": text}
         way = "ahead of" if offset > 0 else "behind"
         detail = f"device clock {abs(offset):.1f} s {way} ours (tolerance {TIME_TOLERANCE:g} s)"
         if abs(offset) > TIME_TOLERANCE:
             raise _Fail(f"{detail}: it did not take the Date of our REGISTER 200 OK", detail, figures)
+        if not _XS_DATE_TIME.fullmatch(text):
+            return _Done(detail, figures, f"DeviceTime {text!r} is not a GB/T 28181 dateTime (YYYY-MM-DDThh:mm:ss)")
         return _Done(detail, figures)
 
     # --- queries -----------------------------------------------------------------------------
@@ -430,14 +449,15 @@ class DoctorService:
         return _Done(detail, figures)
 
     async def _catalog(self, run: _Run) -> _Done:
-        result = await self.devices.catalog(run.device_id)
+        # until it goes quiet: a SumNum smaller than what it sends is seen, and nothing it sent is lost
+        result = await self.devices.catalog(run.device_id, linger=True)
         run.catalog = result
         said = sorted({n for n in result.sum_nums if n >= 0})
         figures: dict[str, Any] = {
             "channels": len(result.items),
             "messages": result.messages,
             "sum_num": said[0] if len(said) == 1 else said,
-            "skipped": len(result.skipped),
+            "skipped": result.skipped_count,
             "complete": result.complete,
         }
         detail = f"{len(result.items)} channels in {result.messages} messages, SumNum {'/'.join(map(str, said)) or '-'}"
@@ -450,13 +470,20 @@ class DoctorService:
     # --- the channel's live video, PTZ and recordings --------------------------------------------
 
     def _channel(self, run: _Run) -> str:
-        """The channel the media checks use: the one asked for, else the first video channel."""
+        """The channel the media checks use: the one asked for, else the first video channel that is
+        ON (an NVR's empty channels are OFF: they would fail the live checks for nothing), else the
+        first whose status is unknown, else the first video channel."""
         if run.channel:
             return run.channel
-        for channel_id in sorted(self.devices.channels.get(run.device_id, {})):
-            if _is_video(channel_id):
-                run.channel = channel_id
-                return channel_id
+        known = self.devices.channels.get(run.device_id, {})
+        videos = sorted(
+            (c.status != "ON", c.status == "OFF", channel_id)
+            for channel_id, c in known.items()
+            if _is_video(channel_id)
+        )
+        if videos:
+            run.channel = videos[0][2]
+            return run.channel
         if _is_video(run.device_id):
             run.channel = run.device_id  # an IPC is its own channel
             return run.device_id
@@ -473,13 +500,16 @@ class DoctorService:
                 channel, mode=mode, transport="tcp", host="127.0.0.1", port=port, label="doctor"
             )
             stream_id = st.id
+            # M4: a device may answer another transport or TCP role; if it also sends nothing, say why
+            mismatch = _transport_mismatch(st.session.answer, mode)
+            said = f"{mismatch}; " if mismatch else ""
             key = await watcher.first_key_frame(KEY_FRAME_WAIT)
             if key is None:
                 ended = self.streams.ended_stream(stream_id)
                 if ended is not None:
                     raise _Fail(f"the stream ended before a key frame: {ended.reason}", figures=watcher.figures())
                 if not watcher.packets:
-                    raise _Fail(f"no media within {KEY_FRAME_WAIT:g} s", figures=watcher.figures())
+                    raise _Fail(f"{said}no media within {KEY_FRAME_WAIT:g} s", figures=watcher.figures())
                 raise _Fail(
                     f"{watcher.packets} RTP packets but no key frame within {KEY_FRAME_WAIT:g} s",
                     figures=watcher.figures(),
@@ -502,7 +532,8 @@ class DoctorService:
             every = f"key frame every {gop} frames" + (f" ({seconds:.1f} s)" if seconds else "")
         else:
             every = f"no second key frame within {NEXT_KEY_FRAME_WAIT:g} s"
-        return _Done(f"{key.codec} {width}x{height}, {every}", figures)
+        # the video came all the same (the labels were inverted): a warning, not a failure
+        return _Done(f"{key.codec} {width}x{height}, {every}", figures, mismatch)
 
     async def _ptz(self, run: _Run) -> _Done:
         channel = self._channel(run)
@@ -510,7 +541,7 @@ class DoctorService:
         ptz_type = known.extra.get("PTZType", "") if known is not None else ""
         if ptz_type not in PTZ_TYPES:
             said = f"PTZType {ptz_type}" if ptz_type else "no PTZType in its catalog"
-            raise _Skip(f"{channel}: {said}, not a PTZ camera (1-3 are)")
+            raise _Skip(f"{channel}: {said}, not a PTZ camera (1, 4 and 5 are)")
         await self.devices.ptz(channel, move("stop"))
         return _Done(f"PTZ stop to {channel} answered 200", {"channel": channel, "ptz_type": ptz_type})
 
@@ -531,6 +562,20 @@ def _result_ok(answer: dict[str, str], what: str) -> None:
         raise _Fail(f"{what} answer has no Result (mandatory)")
     if result.upper() != "OK":
         raise _Fail(f"{what} answered Result {result}")
+
+
+def _transport_mismatch(answer: SessionDescription | None, mode: StreamMode) -> str:
+    """How the device's SDP answer differs from the transport asked for (M4), in words; "" if not."""
+    video = answer.video() if answer is not None else None
+    if video is None:
+        return ""
+    if mode is StreamMode.UDP:
+        return f"asked for UDP, the device answered {video.proto}" if video.is_tcp else ""
+    if not video.is_tcp:
+        return f"asked for TCP passive (the device connects), the device answered {video.proto}"
+    if video.setup not in (None, "active"):
+        return f"asked for TCP passive (the device connects), the device answered a=setup:{video.setup}"
+    return ""
 
 
 def _is_video(channel_id: str) -> bool:

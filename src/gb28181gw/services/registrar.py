@@ -307,6 +307,9 @@ class RegistrarService:
         device, change = result.device, result.change
         if device is None or change is None:
             return
+        # a REGISTER (a rebooted device's comes as a refresh) starts its keepalives again: the gap
+        # before it is no interval of theirs
+        self.keepalive_arrivals.pop(device_id, None)
         self.devices.adopt(device)
         if change.event is not DeviceEvent.UNREGISTERED:
             # the address it is told (Via, Contact, SDP): `device show` says it, for the installer
@@ -350,6 +353,7 @@ class RegistrarService:
                     except Exception:
                         log.exception("registered listener failed", extra={"device": device_id})
             elif output is Output.RELEASE:
+                self.keepalive_arrivals.pop(device_id, None)  # its silence is no keepalive interval
                 self._went_offline(device, reason or change.reason)
             elif output is Output.DELETE:
                 self._dirty.discard(device_id)
