@@ -34,7 +34,8 @@ class Outcome(StrEnum):
     FAIL = "fail"
     #: not applicable (PTZ of a fixed camera) or impossible after an earlier failure; never a failure
     SKIP = "skip"
-    #: passed with something an engineer should look at (a SumNum that counts the device itself)
+    #: passed with something an engineer should look at (open registration, a video that came over another
+    #: transport than asked, a DeviceTime without its T)
     WARN = "warn"
 
     @property
