@@ -44,12 +44,13 @@ a bug (the fuzz tests in ``tests/fuzz`` check exactly that).
     │                                 says which way, and survives the pipe to a relay worker
     ├── StreamError                   a live stream cannot be opened or found; .status is the SIP-style
     │                                 code to pass on (404, 408, 480, 486, 488, 502, 503, 504)
-    ├── UpstreamError                 an operator's change to a superior cannot be made; .status is the
-    │                                 HTTP-style hint (404 no such superior, 400 a bad ID)
-    ├── DoctorError                   a conformance run cannot start; .status 404 / 409 / 400, .hint
-    └── LedgerError                   a change to the camera ledger cannot be made; .status 404 / 400
-        ├── LedgerValueError (ValueError)  a value a ledger field cannot take; .field names it, .reason says why
-        └── FormError                 a ledger form file that cannot be used; names the file and key at fault
+    └── RequestRefused                an operator's request that cannot be carried out; .status is the
+        │                             HTTP-style answer, .hint what to do
+        ├── UpstreamError             a change to what a superior sees (404 no such superior, 400 a bad ID)
+        ├── DoctorError               a conformance run cannot start (404 / 409 / 400)
+        └── LedgerError               a change to the camera ledger cannot be made (404 / 400)
+            ├── LedgerValueError (ValueError)  a value a ledger field cannot take; .field, .reason
+            └── FormError             a ledger form file that cannot be used; names the file and key at fault
 
 Local and remote errors are told apart so that the shell can answer a peer's
 mistake and keep serving everyone else, while our own mistakes fail loudly.
@@ -358,15 +359,16 @@ class RouteConflict(Gb28181Error):
         self.newcomer = newcomer
 
 
-class UpstreamError(Gb28181Error):
-    """An operator's change to what a superior sees (share, unshare, override) cannot be made.
+class RequestRefused(Gb28181Error):
+    """An operator's request (admin API, CLI) that cannot be carried out, with what to answer.
 
     Attributes:
-        status: 404 (no superior of that name) or 400 (an ID or value that is not one).
+        status: the HTTP-style answer (404 not found, 409 conflict, 400 a bad value …).
         hint: what to do about it.
     """
 
     NOT_FOUND = 404
+    CONFLICT = 409
     BAD_VALUE = 400
 
     def __init__(self, message: str, status: int = BAD_VALUE, hint: str | None = None) -> None:
@@ -375,22 +377,21 @@ class UpstreamError(Gb28181Error):
         self.hint = hint
 
 
-class LedgerError(Gb28181Error):
+class UpstreamError(RequestRefused):
+    """An operator's change to what a superior sees (share, unshare, override) cannot be made.
+
+    Attributes:
+        status: 404 (no superior of that name) or 400 (an ID or value that is not one).
+    """
+
+
+class LedgerError(RequestRefused):
     """A change to the camera ledger cannot be made.
 
     Attributes:
         status: 404 (no channel, device or entry with that ID) or 400 (a value, row or file
             that is not acceptable).
-        hint: what to do about it.
     """
-
-    NOT_FOUND = 404
-    BAD_VALUE = 400
-
-    def __init__(self, message: str, status: int = BAD_VALUE, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.hint = hint
 
 
 class LedgerValueError(LedgerError, ValueError):
@@ -411,20 +412,10 @@ class FormError(LedgerError):
     """A ledger form file cannot be used; the message names the file and the key (sheet, column) at fault."""
 
 
-class DoctorError(Gb28181Error):
+class DoctorError(RequestRefused):
     """A conformance run (the doctor) cannot start for a device.
 
     Attributes:
         status: 404 no such device or channel, 409 the device is not registered or is being run
             already, 400 a check that does not exist.
-        hint: what to do about it.
     """
-
-    NOT_FOUND = 404
-    CONFLICT = 409
-    BAD_REQUEST = 400
-
-    def __init__(self, message: str, status: int, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.hint = hint

@@ -191,7 +191,7 @@ class DoctorService:
         unknown = [k for k in checks or () if k not in CHECK_BY_KEY]
         if unknown:
             raise DoctorError(
-                f"no check {', '.join(unknown)}", DoctorError.BAD_REQUEST, f"checks are {', '.join(CHECK_BY_KEY)}"
+                f"no check {', '.join(unknown)}", DoctorError.BAD_VALUE, f"checks are {', '.join(CHECK_BY_KEY)}"
             )
         if channel and channel != device_id and channel not in self.devices.channels.get(device_id, {}):
             raise DoctorError(
