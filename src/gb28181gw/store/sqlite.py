@@ -344,6 +344,15 @@ class SqliteStore:
         self.writable = True
         return result
 
+    async def _many(self, sql: str, rows: list[tuple[object, ...]], what: str) -> None:
+        """``sql`` once per row, in one transaction; nothing to do for no rows."""
+
+        def work(db: sqlite3.Connection) -> None:
+            db.executemany(sql, rows)
+
+        if rows:
+            await self._run(lambda: self._in_transaction(work, what))
+
     # --- devices ---------------------------------------------------------------------
 
     def _device(self, row: sqlite3.Row | tuple[Any, ...]) -> Device:
@@ -498,28 +507,17 @@ class SqliteStore:
         return await self._run(load)
 
     async def delete_bans(self, keys: Sequence[str]) -> None:
-        gone = [(key,) for key in keys]
-
-        def delete(db: sqlite3.Connection) -> None:
-            db.executemany("DELETE FROM bans WHERE key = ?", gone)
-
-        if gone:
-            await self._run(lambda: self._in_transaction(delete, f"deleting {len(gone)} bans"))
+        await self._many("DELETE FROM bans WHERE key = ?", [(key,) for key in keys], f"deleting {len(keys)} bans")
 
     # --- superiors: shares and overrides -------------------------------------------------
 
     async def save_shares(self, entries: Sequence[ShareEntry]) -> None:
-        rows = [self._row((e.upstream, e.entry, int(e.shared))) for e in entries]
-
-        def save(db: sqlite3.Connection) -> None:
-            db.executemany(
-                "INSERT INTO upstream_shares (upstream, entry, shared) VALUES (?, ?, ?) "
-                "ON CONFLICT(upstream, entry) DO UPDATE SET shared = excluded.shared",
-                rows,
-            )
-
-        if rows:
-            await self._run(lambda: self._in_transaction(save, f"writing {len(rows)} share entries"))
+        await self._many(
+            "INSERT INTO upstream_shares (upstream, entry, shared) VALUES (?, ?, ?) "
+            "ON CONFLICT(upstream, entry) DO UPDATE SET shared = excluded.shared",
+            [self._row((e.upstream, e.entry, int(e.shared))) for e in entries],
+            f"writing {len(entries)} share entries",
+        )
 
     async def load_shares(self) -> list[ShareEntry]:
         def load() -> list[ShareEntry]:
@@ -562,26 +560,15 @@ class SqliteStore:
     # --- the camera ledger --------------------------------------------------------------
 
     async def save_ledger(self, entries: Sequence[LedgerEntry]) -> None:
-        rows = [self._row((e.id, json.dumps(dict(e.values), ensure_ascii=False), e.updated_at)) for e in entries]
-
-        def save(db: sqlite3.Connection) -> None:
-            db.executemany(
-                "INSERT INTO ledger (id, fields, updated_at) VALUES (?, ?, ?) "
-                "ON CONFLICT(id) DO UPDATE SET fields = excluded.fields, updated_at = excluded.updated_at",
-                rows,
-            )
-
-        if rows:
-            await self._run(lambda: self._in_transaction(save, f"writing {len(rows)} ledger entries"))
+        await self._many(
+            "INSERT INTO ledger (id, fields, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET fields = excluded.fields, updated_at = excluded.updated_at",
+            [self._row((e.id, json.dumps(dict(e.values), ensure_ascii=False), e.updated_at)) for e in entries],
+            f"writing {len(entries)} ledger entries",
+        )
 
     async def delete_ledger(self, ids: Sequence[str]) -> None:
-        gone = [(i,) for i in ids]
-
-        def delete(db: sqlite3.Connection) -> None:
-            db.executemany("DELETE FROM ledger WHERE id = ?", gone)
-
-        if gone:
-            await self._run(lambda: self._in_transaction(delete, f"deleting {len(gone)} ledger entries"))
+        await self._many("DELETE FROM ledger WHERE id = ?", [(i,) for i in ids], f"deleting {len(ids)} ledger entries")
 
     async def load_ledger(self) -> list[LedgerEntry]:
         def load() -> list[LedgerEntry]:
