@@ -10,6 +10,7 @@ ledger over what the device reports (``gb/ledger.py`` :func:`~gb28181gw.gb.ledge
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -102,6 +103,9 @@ class LedgerService:
         self.store = store
         self._clock = clock
         self.entries: dict[str, LedgerEntry] = {}
+        # an entry is written whole, computed from what memory holds: two edits of one ID must not
+        # both start from the same old entry while the first is still being stored (a lost field)
+        self._writing = asyncio.Lock()
 
     async def start(self) -> None:
         """Load every entry."""
@@ -249,6 +253,10 @@ class LedgerService:
         Raises:
             StoreError: the store cannot be written (nothing changed in memory either).
         """
+        async with self._writing:
+            return await self._apply(edits, strict=strict, dry_run=dry_run)
+
+    async def _apply(self, edits: list[Edit], *, strict: bool, dry_run: bool) -> EditResult:
         kept, problems = self.check(edits)
         bad = {p.id for p in problems}  # an ID with any problem is left out whole
         changes: list[Change] = []
