@@ -61,3 +61,25 @@ async def test_an_import_racing_an_edit_loses_neither(ledger: LedgerService) -> 
     stored = {e.id: dict(e.values) for e in await ledger.store.load_ledger()}
     assert stored[CH2] == {"brand": "海康威视", "remarks": "新装"}
     assert {k: dict(v.values) for k, v in ledger.entries.items()} == stored
+
+
+def test_a_cell_merged_down_a_column_fills_every_row_it_spans(tmp_path: Path) -> None:
+    # police bureaus merge 所属派出所 over the cameras of one station: every one of them has it, as seen
+    book = openpyxl.Workbook()
+    ws = book.active
+    assert ws is not None
+    ws.append(["XX区视频监控点位调研表"])
+    ws.merge_cells("A1:D1")
+    ws.append(["20位编码", "所属派出所", "备注", "品牌"])
+    ws.append([CH1, "城东派出所", "同一立杆", None])
+    ws.append([CH2, None, None, None])
+    ws.append([CH3, None, None, None])
+    ws.merge_cells("B3:B5")
+    ws.merge_cells("C3:D4")  # across and down: the value is the first column's, not 品牌's
+    book.save(tmp_path / "merged.xlsx")
+    rows = read_ledger_file(tmp_path / "merged.xlsx").table.rows
+    assert [(r.id, r.values) for r in rows] == [
+        (CH1, {"police_station": "城东派出所", "remarks": "同一立杆"}),
+        (CH2, {"police_station": "城东派出所", "remarks": "同一立杆"}),
+        (CH3, {"police_station": "城东派出所"}),
+    ]

@@ -283,12 +283,7 @@ def _read_xlsx(data: bytes, path: Path, sheet: str | None, extra_titles: Mapping
     for each in [book[sheet]] if sheet is not None else book.worksheets:
         if each.max_row > MAX_FILE_ROWS:
             fail(f"sheet {each.title} of {path} has {each.max_row} rows: not a ledger", "split it")
-        rows = [
-            (row[0].row, [cell_text(c.value, c.number_format) for c in row])
-            for row in each.iter_rows()
-            if row and isinstance(row[0].row, int)
-        ]
-        found = read_table(rows, extra_titles=extra_titles)
+        found = read_table(sorted(_sheet_rows(each).items()), extra_titles=extra_titles)
         first = first or (each, found)
         if found.header_line:
             chosen = (each, found)
@@ -304,7 +299,36 @@ def _read_xlsx(data: bytes, path: Path, sheet: str | None, extra_titles: Mapping
                 f"sheet {ws.title} of {path}: the header (row {table.header_line}) has merged cells {', '.join(merged)}",
                 "unmerge them so each column has its own title in one row (Home → Merge & Center → Unmerge Cells)",
             )
+        below = [r for r in ws.merged_cells.ranges if r.min_row > table.header_line and r.max_row > r.min_row]
+        if below:
+            table = read_table(_filled_down(ws, below), extra_titles=extra_titles)
     return LedgerFile(table, f"XLSX, sheet {ws.title}", sheet=ws.title)
+
+
+def _sheet_rows(ws: Any) -> dict[int, list[str]]:
+    """Each row of ``ws`` by its number: its cells as text."""
+    return {
+        row[0].row: [cell_text(c.value, c.number_format) for c in row]
+        for row in ws.iter_rows()
+        if row and isinstance(row[0].row, int)
+    }
+
+
+def _filled_down(ws: Any, ranges: Sequence[Any]) -> list[tuple[int, list[str]]]:
+    """``ws``'s rows with each range merged down a column read in every row it spans.
+
+    A bureau merges 所属派出所 over the cameras of one station: each of them has it, as a person
+    sees it. Only the range's first column is filled: a value merged across belongs to that column.
+    """
+    rows = _sheet_rows(ws)
+    for r in ranges:
+        top = rows.get(r.min_row, [])
+        text = top[r.min_col - 1] if r.min_col - 1 < len(top) else ""
+        for n in range(r.min_row + 1, r.max_row + 1):
+            cells = rows.get(n)
+            if cells is not None and r.min_col - 1 < len(cells):
+                cells[r.min_col - 1] = text
+    return sorted(rows.items())
 
 
 # --- import ---------------------------------------------------------------------------------
