@@ -206,3 +206,24 @@ def test_expected_type_codes_are_said_as_ranges() -> None:
     assert check_id("34020000002000000001", types=frozenset(range(111, 133))) == [
         "type code 200 (platform) is not 111-132"
     ]
+
+
+@pytest.mark.parametrize(
+    ("key", "written", "kept"),
+    [
+        ("longitude", "１１８.１２３４５６", "118.123456"),  # full-width digits, as a Chinese IME types them
+        ("latitude", "３２．１２３４５６", "32.123456"),
+        ("pole_height", "１２.５", "12.5"),
+        ("port", "５０６０", "5060"),
+        ("ip", "１９２.１６８.１.６４", "192.168.1.64"),
+    ],
+)
+def test_full_width_digits_are_kept_as_ascii(key: str, written: str, kept: str) -> None:
+    # kept as typed they would be exported so, and no authority's system reads ３２ as a number
+    assert normalise(FIELD_BY_KEY[key], written) == kept
+
+
+@pytest.mark.parametrize(("key", "written"), [("latitude", "٣٢.١٢٣٤٥٦"), ("cost", "١٢")])
+def test_digits_of_other_scripts_are_not_numbers(key: str, written: str) -> None:
+    with pytest.raises(LedgerValueError, match="not"):
+        normalise(FIELD_BY_KEY[key], written)

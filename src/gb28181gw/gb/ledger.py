@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -161,7 +162,7 @@ _DATE = re.compile(
     r"(?P<y>\d{4})\s*(?:[.\-/年]\s*(?P<m>\d{1,2})\s*(?:[.\-/月]\s*(?:(?P<d>\d{1,2})\s*日?)?|月)?)?"
     r"|(?P<y8>\d{4})(?P<m8>\d{2})(?P<d8>\d{2})?"
 )
-_DECIMAL = re.compile(r"[+-]?\d+(?:\.\d+)?")
+_DECIMAL = re.compile(r"[+-]?\d+(?:\.\d+)?", re.ASCII)  # ٣٢ is a digit to Python, not to a form
 
 
 def parse_date(text: str) -> str:
@@ -248,6 +249,9 @@ def normalise(f: LedgerField, text: str) -> str:
         raise LedgerValueError(f.key, f"{len(value)} characters; at most {MAX_TEXT}")
     if any(ord(ch) < 32 and ch not in "\n\t" for ch in value):
         raise LedgerValueError(f.key, "holds control characters")
+    if f.kind is not Kind.TEXT:
+        # a Chinese IME types full-width digits and points (１１８．１２３４５６): the same number, kept in ASCII
+        value = unicodedata.normalize("NFKC", value)
     try:
         return _read(f, value)
     except ValueError as exc:
