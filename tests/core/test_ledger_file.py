@@ -145,10 +145,14 @@ class TestRows:
         t = table(["20位编码"], [f"'{CH1}"], [f'="{CH2}"'], [f" {CH3}\t"])
         assert [r.id for r in t.rows] == [CH1, CH2, CH3] and not t.problems
 
-    def test_a_duplicate_id_is_reported_on_the_later_line(self) -> None:
-        t = table(["20位编码", "品牌"], [CH1, "海康"], [CH2, "大华"], [CH1, "宇视"])
-        assert reasons(t) == [(4, f"{CH1} is also on line 2: which row is meant cannot be told")]
-        assert [r.line for r in t.rows] == [2, 3]
+    def test_a_duplicate_id_is_reported_on_the_later_line_and_neither_row_applied(self) -> None:
+        # the gateway leaves out both rows of an ID given twice; the file's reader must not pass it the first
+        t = table(["20位编码", "品牌"], [CH1, "海康"], [CH2, "大华"], [CH1, "宇视"], [CH1, "华为"])
+        assert reasons(t) == [
+            (4, f"{CH1} is also on line 2: which row is meant cannot be told; neither is applied"),
+            (5, f"{CH1} is also on line 2: which row is meant cannot be told; neither is applied"),
+        ]
+        assert [r.line for r in t.rows] == [3]
 
     def test_more_cells_than_the_header(self) -> None:
         t = table(["20位编码", "品牌"], [CH1, "海康", "多余"], [CH2, "大华", "", "-"])

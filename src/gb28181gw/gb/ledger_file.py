@@ -21,7 +21,7 @@ Rules, chosen for tables made by hand in Excel:
   back must change nothing, so neither can mean "clear". To clear a field write
   :data:`CLEAR_MARK` (``（清空）``, ASCII parentheses too): a word nobody types by accident.
 - **Rows**: blank rows are skipped; a row whose ID cell is not a 20-digit ID (Excel's
-  ``3.402E+19`` included), repeats an earlier row's ID, or holds a value in a column without a
+  ``3.402E+19`` included), repeats an earlier row's ID (both are left out), or holds a value in a column without a
   title (more cells than the header) is reported and left out whole: never half a row.
 
 Pure: no I/O.
@@ -295,8 +295,9 @@ def _read_rows(
         elif problem:
             problems.append(FileProblem(line, problem, "", id_col.where))
         elif value in first:
-            reason = f"{value} is also on line {first[value]}: which row is meant cannot be told"
+            reason = f"{value} is also on line {first[value]}: which row is meant cannot be told; neither is applied"
             problems.append(FileProblem(line, reason, value, id_col.where))
+            read = [r for r in read if r.id != value]  # the earlier row may be the stale one
         if problem or stray or value in first:
             continue
         first[value] = line
