@@ -4,6 +4,7 @@ edits racing each other, merged cells below the header, a duplicate ID, digits t
 from __future__ import annotations
 
 import asyncio
+import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,6 +13,7 @@ from typing import Any
 import openpyxl
 import pytest
 
+from gb28181gw.cli import ledger as ledger_cli
 from gb28181gw.cli.ledger import read_ledger_file
 from gb28181gw.config import Config
 from gb28181gw.gb.model import Channel, Device
@@ -83,3 +85,46 @@ def test_a_cell_merged_down_a_column_fills_every_row_it_spans(tmp_path: Path) ->
         (CH2, {"police_station": "城东派出所", "remarks": "同一立杆"}),
         (CH3, {"police_station": "城东派出所"}),
     ]
+
+
+def test_an_xlsx_that_unpacks_to_more_than_a_ledger_is_refused_before_it_is_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a zip bomb, or a sheet with a million formatted empty rows: openpyxl would build every cell in
+    # memory (a 28 MB file took more than 3 GB) before any row count could refuse it
+    book = openpyxl.Workbook()
+    ws = book.active
+    assert ws is not None
+    ws.append(["20位编码", "安装位置"])
+    ws.append([CH1, "北门"])
+    book.save(tmp_path / "small.xlsx")
+    assert read_ledger_file(tmp_path / "small.xlsx").table.rows  # a ledger is read
+    with zipfile.ZipFile(tmp_path / "small.xlsx") as z, zipfile.ZipFile(tmp_path / "bomb.xlsx", "w") as out:
+        for item in z.infolist():
+            data = z.read(item.filename)
+            if item.filename == "xl/worksheets/sheet1.xml":
+                data = data.replace(b"</sheetData>", b" " * 3_000_000 + b"</sheetData>")
+            out.writestr(item.filename, data, zipfile.ZIP_DEFLATED)
+    assert (tmp_path / "bomb.xlsx").stat().st_size < 100_000
+    monkeypatch.setattr(ledger_cli, "MAX_XLSX_UNPACKED", 2_000_000)
+    loaded: list[object] = []
+    monkeypatch.setattr(openpyxl, "load_workbook", lambda *a, **k: loaded.append(a))
+    with pytest.raises(SystemExit) as exit_:
+        read_ledger_file(tmp_path / "bomb.xlsx")
+    assert exit_.value.code == 1 and loaded == []
+    err = " ".join(capsys.readouterr().err.split())
+    assert "bomb.xlsx unpacks to 3.0 MB, more than a ledger (at most 2.0 MB)" in err
+    assert "delete the empty rows below the table" in err
+
+
+def test_a_cut_off_xlsx_is_an_error_not_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # half a download, a mail attachment cut short: it starts as a zip and is not one
+    book = openpyxl.Workbook()
+    book.save(tmp_path / "whole.xlsx")
+    (tmp_path / "cut.xlsx").write_bytes((tmp_path / "whole.xlsx").read_bytes()[:3000])
+    with pytest.raises(SystemExit) as exit_:
+        read_ledger_file(tmp_path / "cut.xlsx")
+    assert exit_.value.code == 1
+    assert "cut.xlsx is not an XLSX workbook (a damaged or cut-off zip file" in " ".join(
+        capsys.readouterr().err.split()
+    )

@@ -16,6 +16,7 @@ import datetime as _dt
 import io
 import re
 import sys
+import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,6 +184,10 @@ _OLE_MAGIC = b"\xd0\xcf\x11\xe0"  # the old binary .xls
 _ZIP_MAGIC = b"PK\x03\x04"
 #: The rows a sheet or CSV may hold before it is refused as not a ledger.
 MAX_FILE_ROWS = 200_000
+#: The most an XLSX may unpack to (bytes), checked before openpyxl loads it: a loaded sheet takes
+#: about ten times its XML in memory, and a zip bomb or a million formatted empty rows unpack to
+#: hundreds of MB from a small file. 50,000 rows of every field are about 80 MB.
+MAX_XLSX_UNPACKED = 128 * 1024 * 1024
 _DECIMALS = re.compile(r"0\.(0+)")
 
 
@@ -271,11 +276,23 @@ def _read_xlsx(data: bytes, path: Path, sheet: str | None, extra_titles: Mapping
     import openpyxl  # only an import of an XLSX pays for loading it
     from openpyxl.utils.exceptions import InvalidFileException
 
+    unreadable = "save it again from the spreadsheet"
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            unpacked = sum(item.file_size for item in archive.infolist())  # read capped at these sizes
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        fail(f"{path} is not an XLSX workbook (a damaged or cut-off zip file: {exc})", unreadable)
+    if unpacked > MAX_XLSX_UNPACKED:
+        fail(
+            f"{path} unpacks to {unpacked / 1e6:.1f} MB, more than a ledger (at most {MAX_XLSX_UNPACKED / 1e6:.1f} MB)",
+            "if a sheet has formatted empty rows, delete the empty rows below the table (select them → Delete) and "
+            "save again; or save the ledger's sheet as CSV",
+        )
     try:
         # not read-only: merged cells are only known to a fully loaded sheet; cached formula values
         book = openpyxl.load_workbook(io.BytesIO(data), data_only=True)
-    except (InvalidFileException, KeyError, ValueError, OSError) as exc:
-        fail(f"{path} is not an XLSX workbook openpyxl can read: {exc}", "save it again from the spreadsheet")
+    except (InvalidFileException, zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+        fail(f"{path} is not an XLSX workbook openpyxl can read: {exc}", unreadable)
     if sheet is not None and sheet not in book.sheetnames:
         raise click.BadParameter(f"{path} has no sheet {sheet!r} (sheets: {', '.join(book.sheetnames)})")
     chosen: tuple[Any, LedgerTable] | None = None
