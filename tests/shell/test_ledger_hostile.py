@@ -16,7 +16,9 @@ import pytest
 from gb28181gw.cli import ledger as ledger_cli
 from gb28181gw.cli.ledger import read_ledger_file
 from gb28181gw.config import Config
+from gb28181gw.gb.ledger_file import read_table
 from gb28181gw.gb.model import Channel, Device
+from gb28181gw.services import forms as forms_service
 from gb28181gw.services.ledger import Edit, LedgerService
 from gb28181gw.store.sqlite import SqliteStore
 
@@ -128,3 +130,12 @@ def test_a_cut_off_xlsx_is_an_error_not_a_traceback(tmp_path: Path, capsys: pyte
     assert "cut.xlsx is not an XLSX workbook (a damaged or cut-off zip file" in " ".join(
         capsys.readouterr().err.split()
     )
+
+
+@pytest.mark.parametrize("value", ["-1F停车场", "=HYPERLINK(1)", "+86 0551 1234567", "@北门"])
+def test_a_value_the_csv_export_guarded_against_excel_reads_back_as_it_was(value: str) -> None:
+    # the CSV export writes '-1F停车场 so Excel keeps it text; reading the file back must not keep the '
+    exported = forms_service._csv_cell(value)
+    assert exported == "'" + value
+    t = read_table([(1, ["20位编码", "安装位置"]), (2, [CH1, exported])])
+    assert [r.values for r in t.rows] == [{"location": value}]

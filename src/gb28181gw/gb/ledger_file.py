@@ -20,6 +20,8 @@ Rules, chosen for tables made by hand in Excel:
   as it is. Forms are handed in with blanks and dashes in columns nobody fills, and an export read
   back must change nothing, so neither can mean "clear". To clear a field write
   :data:`CLEAR_MARK` (``（清空）``, ASCII parentheses too): a word nobody types by accident.
+  A ``'`` before ``=``, ``+``, ``-`` or ``@`` is dropped: it is what a CSV export puts there so that
+  Excel keeps the cell text, not part of the value.
 - **Rows**: blank rows are skipped; a row whose ID cell is not a 20-digit ID (Excel's
   ``3.402E+19`` included), repeats an earlier row's ID (both are left out), or holds a value in a column without a
   title (more cells than the header) is reported and left out whole: never half a row.
@@ -59,6 +61,8 @@ ID_TITLES: tuple[str, ...] = tuple(
 NOT_IMPORTED: tuple[str, ...] = ("序号", "行号", "No.", "#")
 _REMARK = re.compile(r"\([^)]*\)|\[[^\]]*\]")  # 20位编码（必填） is an ID title too
 _ID_TITLE_MAX = 12  # characters
+#: A cell a CSV export kept from becoming a formula ('=…, '-…): the ' is not part of the value.
+_GUARDED = re.compile(r"'[=+\-@]")
 _NOT_ID = ("区划", "行政", "邮政", "序号")  # 行政区划编码 is a civil code, not an ID
 
 
@@ -308,6 +312,8 @@ def _read_rows(
             text = cells[col.index].strip()
             if not text or text in FILLERS:
                 continue
+            if _GUARDED.match(text):
+                text = text[1:]  # '-1F停车场: the CSV export's guard against Excel reading a formula
             values[col.field] = "" if title_key(text) in _CLEAR else text
         read.append(FileRow(line, value, values))
     return read, problems, blank
