@@ -16,6 +16,7 @@ import pytest
 from gb28181gw.cli import ledger as ledger_cli
 from gb28181gw.cli.ledger import read_ledger_file
 from gb28181gw.config import Config
+from gb28181gw.errors import StoreError
 from gb28181gw.gb.ledger_file import read_table
 from gb28181gw.gb.model import Channel, Device
 from gb28181gw.services import forms as forms_service
@@ -48,7 +49,7 @@ async def ledger(tmp_path: Path) -> AsyncIterator[LedgerService]:
     try:
         yield service
     finally:
-        await store.close()
+        await service.store.close()
 
 
 async def test_two_edits_of_one_camera_at_once_both_stay(ledger: LedgerService) -> None:
@@ -139,3 +140,29 @@ def test_a_value_the_csv_export_guarded_against_excel_reads_back_as_it_was(value
     assert exported == "'" + value
     t = read_table([(1, ["20位编码", "安装位置"]), (2, [CH1, exported])])
     assert [r.values for r in t.rows] == [{"location": value}]
+
+
+async def test_a_store_failing_mid_import_leaves_memory_as_the_disk_is(
+    ledger: LedgerService, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    await ledger.edit(CH1, {"location": "北门岗亭"})
+
+    async def disk_full(entries: Any) -> None:
+        raise StoreError("database or disk is full")
+
+    monkeypatch.setattr(ledger.store, "save_ledger", disk_full)
+    rows = [Edit(CH1, {"location": "南门"}, 2), Edit(CH2, {"brand": "大华"}, 3)]
+    with pytest.raises(StoreError):
+        await ledger.apply(rows)
+    monkeypatch.undo()
+    assert {k: dict(v.values) for k, v in ledger.entries.items()} == {CH1: {"location": "北门岗亭"}}
+    # and a gateway started again on that file finds the same
+    await ledger.store.close()
+    again = SqliteStore(tmp_path / "gw.db")
+    await again.open()
+    try:
+        assert {e.id: dict(e.values) for e in await again.load_ledger()} == {CH1: {"location": "北门岗亭"}}
+    finally:
+        await again.close()
+    ledger.store = SlowStore(tmp_path / "gw.db")
+    await ledger.store.open()
