@@ -34,12 +34,16 @@ class TestDates:
             ("2020/3/5", "2020-03-05"), ("2020年3月", "2020-03"), ("2020年3月15日", "2020-03-15"),
             ("202003", "2020-03"), ("20200315", "2020-03-15"), ("2020-03-15 00:00:00", "2020-03-15"),
             (" 2020.3 ", "2020-03"), ("2020", "2020"), ("2024-02-29", "2024-02-29"),
+            # a date cell saved as CSV by Excel or WPS in a Chinese locale, and a year alone in words
+            ("2020/3/15 0:00", "2020-03-15"), ("2020/3/15 00:00:00", "2020-03-15"), ("2020年", "2020"),
         ],
     )  # fmt: skip
     def test_the_ways_people_write_them_are_read(self, text: str, kept: str) -> None:
         assert parse_date(text) == kept
 
-    @pytest.mark.parametrize("text", ["2020.13", "2023-02-29", "03/2020", "去年", "2020-3-32", "1899", "2020..03"])
+    @pytest.mark.parametrize(
+        "text", ["2020.13", "2023-02-29", "03/2020", "去年", "2020-3-32", "1899", "2020..03", "2020/3/15 8:30"]
+    )
     def test_what_is_not_a_date_says_so(self, text: str) -> None:
         with pytest.raises(ValueError, match=r"date|month|day|year"):
             parse_date(text)

@@ -162,6 +162,7 @@ _DATE = re.compile(
     r"(?P<y>\d{4})\s*(?:[.\-/年]\s*(?P<m>\d{1,2})\s*(?:[.\-/月]\s*(?:(?P<d>\d{1,2})\s*日?)?|月)?)?"
     r"|(?P<y8>\d{4})(?P<m8>\d{2})(?P<d8>\d{2})?"
 )
+_MIDNIGHT = re.compile(r"(?:\s+|T)0?0:00(?::00)?$")
 _DECIMAL = re.compile(r"[+-]?\d+(?:\.\d+)?", re.ASCII)  # ٣٢ is a digit to Python, not to a form
 
 
@@ -169,12 +170,13 @@ def parse_date(text: str) -> str:
     """A construction date as kept: ``YYYY-MM`` or ``YYYY-MM-DD`` (or ``YYYY`` alone).
 
     Reads 2020.03, 2020-03, 2020-03-15, 2020/3, 2020/3/15, 2020年3月15日, 202003, 20200315, and
-    a spreadsheet's date-time (2020-03-15 00:00:00).
+    a spreadsheet's date-time at midnight (2020-03-15 00:00:00, 2020/3/15 0:00).
 
     Raises:
         ValueError: saying what is accepted.
     """
-    text = text.strip().removesuffix(" 00:00:00").removesuffix("T00:00:00")
+    # a date cell as a spreadsheet writes it with its (zero) time: 2020-03-15 00:00:00, 2020/3/15 0:00
+    text = _MIDNIGHT.sub("", text.strip()).removesuffix("年")
     m = _DATE.fullmatch(text)
     if not m:
         raise ValueError(f"{text!r} is not a date: write 2020.03, 2020-03 or 2020-03-15")
