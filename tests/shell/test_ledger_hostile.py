@@ -166,3 +166,24 @@ async def test_a_store_failing_mid_import_leaves_memory_as_the_disk_is(
         await again.close()
     ledger.store = SlowStore(tmp_path / "gw.db")
     await ledger.store.open()
+
+
+def test_a_second_sheet_with_ids_is_named_not_silently_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    book = openpyxl.Workbook()
+    first = book.active
+    assert first is not None
+    first.title = "说明"
+    first.append(["填表说明：每路摄像机一行"])
+    for name, camera in (("城东", CH1), ("城西", CH2), ("城南", CH3)):
+        ws = book.create_sheet(name)
+        ws.append(["20位编码", "安装位置"])
+        ws.append([camera, f"{name}路口"])
+    book.save(tmp_path / "streets.xlsx")
+    read = read_ledger_file(tmp_path / "streets.xlsx")
+    assert read.sheet == "城东" and [r.id for r in read.table.rows] == [CH1]
+    err = " ".join(capsys.readouterr().err.split())
+    assert "only sheet 城东 is read; 城西, 城南 also have an ID column: import each with --sheet NAME" in err
+    read_ledger_file(tmp_path / "streets.xlsx", sheet="城西")
+    assert capsys.readouterr().err == ""  # the sheet asked for: nothing to warn of

@@ -38,11 +38,12 @@ from gb28181gw.cli.common import (
     printable,
     request,
     segment,
+    warn,
 )
 from gb28181gw.cli.ids import decode_user_text
 from gb28181gw.errors import AdminApiError
 from gb28181gw.gb.ledger import FIELD_BY_KEY, FIELDS, field_named
-from gb28181gw.gb.ledger_file import LedgerTable, column_letter, read_table
+from gb28181gw.gb.ledger_file import HEADER_SEARCH_ROWS, LedgerTable, column_letter, read_table
 
 #: How long the gateway may take to check and store a large import (seconds).
 IMPORT_HTTP_TIMEOUT = 300.0
@@ -319,7 +320,22 @@ def _read_xlsx(data: bytes, path: Path, sheet: str | None, extra_titles: Mapping
         below = [r for r in ws.merged_cells.ranges if r.min_row > table.header_line and r.max_row > r.min_row]
         if below:
             table = read_table(_filled_down(ws, below), extra_titles=extra_titles)
+    if chosen is not None and sheet is None:
+        # a bureau's workbook with one sheet per street or station: the others must not pass unnoticed
+        rest = book.worksheets[book.worksheets.index(ws) + 1 :]
+        also = [s.title for s in rest if read_table(_head_rows(s), extra_titles=extra_titles).header_line]
+        if also:
+            warn(
+                f"{path}: only sheet {ws.title} is read; {', '.join(also)} also "
+                f"{'has' if len(also) == 1 else 'have'} an ID column: import each with --sheet NAME"
+            )
     return LedgerFile(table, f"XLSX, sheet {ws.title}", sheet=ws.title)
+
+
+def _head_rows(ws: Any) -> list[tuple[int, list[str]]]:
+    """The top of ``ws``, where a header would be."""
+    rows = ws.iter_rows(max_row=HEADER_SEARCH_ROWS * 5)
+    return [(row[0].row, [cell_text(c.value, c.number_format) for c in row]) for row in rows if row]
 
 
 def _sheet_rows(ws: Any) -> dict[int, list[str]]:
