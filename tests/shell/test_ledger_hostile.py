@@ -4,6 +4,9 @@ edits racing each other, merged cells below the header, a duplicate ID, digits t
 from __future__ import annotations
 
 import asyncio
+import json
+import urllib.error
+import urllib.request
 import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,6 +25,8 @@ from gb28181gw.gb.model import Channel, Device
 from gb28181gw.services import forms as forms_service
 from gb28181gw.services.ledger import Edit, LedgerService
 from gb28181gw.store.sqlite import SqliteStore
+
+from .conftest import start_gateway
 
 NVR = "34020000001110000001"
 CH1, CH2, CH3 = (f"3402000000131000000{n}" for n in (1, 2, 3))
@@ -187,3 +192,41 @@ def test_a_second_sheet_with_ids_is_named_not_silently_skipped(
     assert "only sheet 城东 is read; 城西, 城南 also have an ID column: import each with --sheet NAME" in err
     read_ledger_file(tmp_path / "streets.xlsx", sheet="城西")
     assert capsys.readouterr().err == ""  # the sheet asked for: nothing to warn of
+
+
+async def test_a_store_that_cannot_be_written_is_said_so_not_called_a_bug(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gw = await start_gateway(**{"store.path": str(tmp_path / "gw.db")})
+    try:
+        own = gw.ledger.platform_id
+
+        async def disk_full(entries: Any) -> None:
+            raise StoreError("writing 1 ledger entries: database or disk is full")
+
+        monkeypatch.setattr(gw.store, "save_ledger", disk_full)
+        body = {"rows": [{"line": 2, "id": own, "values": {"vendor": "某厂"}}]}
+        for method, path, sent in (
+            ("PATCH", f"/ledger/{own}", {"fields": {"vendor": "某厂"}}),
+            ("POST", "/ledger/import", body),
+        ):
+            status, answer = await asyncio.to_thread(admin_call, gw, method, path, sent)
+            assert status == 503, answer
+            assert "database or disk is full" in answer["error"] and "nothing was changed" in answer["error"]
+        assert gw.ledger.entries == {}
+    finally:
+        await gw.stop()
+
+
+def admin_call(gw: Any, method: str, path: str, body: object) -> tuple[int, Any]:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{gw.admin.port}/api/v1{path}",
+        json.dumps(body).encode(),
+        {"Content-Type": "application/json"},
+        method=method,
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
