@@ -111,6 +111,16 @@ class TestHeader:
         assert not t.problems and t.rows == [FileRow(2, CH1, {})]
 
 
+def test_a_title_with_a_note_in_brackets_names_its_field() -> None:
+    # a bureau's template marks what must be filled and how: 安装位置（必填）, 经度(WGS-84)
+    t = table(
+        ["20位编码", "安装位置（必填）", "经度(WGS-84)", "建设时间（格式：2020.03）", "*所属派出所"],
+        [CH1, "北门", "", "", ""],
+    )
+    assert [c.field for c in t.columns] == ["id", "location", "longitude", "built", "police_station"]
+    assert not t.problems
+
+
 class TestRows:
     def test_blank_rows_are_skipped_and_counted(self) -> None:
         t = table(["20位编码", "品牌"], [CH1, "海康"], ["", " "], [], [CH2, "大华"])

@@ -11,7 +11,8 @@ Rules, chosen for tables made by hand in Excel:
 - **The header** is the first of the first :data:`HEADER_SEARCH_ROWS` non-blank rows that holds an
   ID column title (20位编码, 国标编码, 设备编码, 通道编码, 编码, ID …; any title ending in 编码 or
   ID that names no other field). Rows above it are a form's title rows and are skipped.
-- **Columns** are mapped by :func:`~gb28181gw.gb.ledger.field_named` (key, Chinese label, alias),
+- **Columns** are mapped by :func:`~gb28181gw.gb.ledger.field_named` (key, Chinese label, alias;
+  a note in brackets, 安装位置（必填）, is ignored when the whole title names nothing),
   after the caller's ``extra_titles`` (a shipped form's own titles; ``None`` for a column known
   but not imported, such as a form's derived area column) and :data:`NOT_IMPORTED` (序号). A
   title that names nothing is reported, never silently dropped; two columns naming one field are
@@ -241,7 +242,8 @@ def _header(line: int, titles: Sequence[str], extra: Mapping[str, str | None]) -
             # a form's column filled from what the gateway knows (名称 of the device …) is not read back
             given = extra[key]
             columns.append(FileColumn(i, title, given if given in FIELD_BY_KEY else None))
-        elif (f := field_named(title)) is not None:
+        elif (f := field_named(title) or field_named(_REMARK.sub("", key))) is not None:
+            # 安装位置（必填）, 经度(WGS-84): a template's note on the title does not change the field
             columns.append(FileColumn(i, title, f.key))
         else:
             col = FileColumn(i, title, None, known=False)
