@@ -231,3 +231,8 @@ def test_full_width_digits_are_kept_as_ascii(key: str, written: str, kept: str) 
 def test_digits_of_other_scripts_are_not_numbers(key: str, written: str) -> None:
     with pytest.raises(LedgerValueError, match="not"):
         normalise(FIELD_BY_KEY[key], written)
+
+
+def test_a_line_break_written_with_a_carriage_return_is_a_line_break() -> None:
+    # Windows tools write a cell's line break as CR LF (and Excel's XLSX as _x000D_): not a control character
+    assert normalise(FIELD_BY_KEY["remarks"], "第一行\r\n第二行\r第三行") == "第一行\n第二行\n第三行"

@@ -244,7 +244,7 @@ def normalise(f: LedgerField, text: str) -> str:
     Raises:
         LedgerValueError: naming the field and why.
     """
-    value = text.strip()
+    value = text.strip().replace("\r\n", "\n").replace("\r", "\n")  # a line break as Windows writes it
     if not value:
         return ""
     if len(value) > MAX_TEXT:
