@@ -4,6 +4,7 @@ edits racing each other, merged cells below the header, a duplicate ID, digits t
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import time
 import urllib.error
@@ -263,3 +264,12 @@ async def test_a_large_import_does_not_hold_the_event_loop(tmp_path: Path) -> No
         assert max(b - a for a, b in zip(ticks, ticks[1:], strict=False)) < 0.3
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize(
+    "number_format",
+    ['[DBNum1][$-804]yyyy"年"m"月"', "[$-zh-CN]yyyy.mm;[Red]@", '"date: "yyyy.mm', "yyyy-mm"],
+)
+def test_a_date_shown_to_the_month_is_read_to_the_month_whatever_its_format_says_besides(number_format: str) -> None:
+    # WPS's Chinese-numeral month (二〇二〇年三月) is [DBNum1]: its d is not a day
+    assert ledger_cli.cell_text(dt.datetime(2020, 3, 1), number_format) == "2020-03"

@@ -190,6 +190,7 @@ MAX_FILE_ROWS = 200_000
 #: hundreds of MB from a small file. 50,000 rows of every field are about 80 MB.
 MAX_XLSX_UNPACKED = 128 * 1024 * 1024
 _DECIMALS = re.compile(r"0\.(0+)")
+_FORMAT_WORDS = re.compile(r'\[[^\]]*\]|"[^"]*"')  # a number format's [modifiers] and "literal text"
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +257,8 @@ def cell_text(value: Any, number_format: str = "General") -> str:
     if isinstance(value, _dt.datetime | _dt.date):
         day = value.date() if isinstance(value, _dt.datetime) else value
         # a cell showing 2020.03 (yyyy.mm) holds 2020-03-01: the day was never given
-        shows_day = "d" in number_format.lower() or number_format == "General"
+        # ([DBNum1], [Red] and "quoted text" are not a day: 二〇二〇年三月 is [DBNum1]yyyy"年"m"月")
+        shows_day = "d" in _FORMAT_WORDS.sub("", number_format).lower() or number_format == "General"
         return day.isoformat() if shows_day else day.isoformat()[:7]
     if isinstance(value, int):
         return str(value)  # an integer literal in the file: its digits are all there
