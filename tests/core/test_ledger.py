@@ -236,3 +236,9 @@ def test_digits_of_other_scripts_are_not_numbers(key: str, written: str) -> None
 def test_a_line_break_written_with_a_carriage_return_is_a_line_break() -> None:
     # Windows tools write a cell's line break as CR LF (and Excel's XLSX as _x000D_): not a control character
     assert normalise(FIELD_BY_KEY["remarks"], "第一行\r\n第二行\r第三行") == "第一行\n第二行\n第三行"
+
+
+def test_an_excel_date_number_says_what_it_is() -> None:
+    # a date column saved to CSV while formatted as a number: 43900 is 2020-03-10 to Excel, to nobody else
+    with pytest.raises(ValueError, match=r"'43900' is a spreadsheet's date number \(2020-03-10\?\)"):
+        parse_date("43900")

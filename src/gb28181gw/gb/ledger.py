@@ -18,6 +18,7 @@ Pure: no I/O, no clock (``updated_at`` is passed in).
 
 from __future__ import annotations
 
+import datetime as _dt
 import ipaddress
 import re
 import unicodedata
@@ -162,6 +163,7 @@ _DATE = re.compile(
     r"(?P<y>\d{4})\s*(?:[.\-/年]\s*(?P<m>\d{1,2})\s*(?:[.\-/月]\s*(?:(?P<d>\d{1,2})\s*日?)?|月)?)?"
     r"|(?P<y8>\d{4})(?P<m8>\d{2})(?P<d8>\d{2})?"
 )
+_SERIAL_EPOCH = _dt.date(1899, 12, 30)  # Excel's day 0 (as its 1900 leap-year bug has it)
 _MIDNIGHT = re.compile(r"(?:\s+|T)0?0:00(?::00)?$")
 _DECIMAL = re.compile(r"[+-]?\d+(?:\.\d+)?", re.ASCII)  # ٣٢ is a digit to Python, not to a form
 
@@ -178,6 +180,13 @@ def parse_date(text: str) -> str:
     # a date cell as a spreadsheet writes it with its (zero) time: 2020-03-15 00:00:00, 2020/3/15 0:00
     text = _MIDNIGHT.sub("", text.strip()).removesuffix("年")
     m = _DATE.fullmatch(text)
+    if not m and text.isascii() and text.isdigit() and 20_000 <= int(text) <= 80_000:
+        # not read as that day: a number in a date column may be anything, the day is the person's to say
+        day = _SERIAL_EPOCH + _dt.timedelta(days=int(text))
+        raise ValueError(
+            f"{text!r} is a spreadsheet's date number ({day.isoformat()}?): format the column as a date and save "
+            "again, or write 2020.03"
+        )
     if not m:
         raise ValueError(f"{text!r} is not a date: write 2020.03, 2020-03 or 2020-03-15")
     year = int(m["y"] or m["y8"])
