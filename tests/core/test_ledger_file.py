@@ -155,6 +155,12 @@ class TestRows:
         t = table(["20位编码"], [f"'{CH1}"], [f'="{CH2}"'], [f" {CH3}\t"])
         assert [r.id for r in t.rows] == [CH1, CH2, CH3] and not t.problems
 
+    def test_an_id_typed_in_full_width_digits_is_that_id(self) -> None:
+        # a Chinese IME in full-width mode: the same digits, not another ID; NBSP and U+3000 around it too
+        wide = CH1.translate({ord("0") + d: 0xFF10 + d for d in range(10)})
+        t = table(["20位编码"], [wide], [f"\u3000{CH2}\u00a0"])
+        assert [r.id for r in t.rows] == [CH1, CH2] and not t.problems
+
     def test_a_duplicate_id_is_reported_on_the_later_line_and_neither_row_applied(self) -> None:
         # the gateway leaves out both rows of an ID given twice; the file's reader must not pass it the first
         t = table(["20位编码", "品牌"], [CH1, "海康"], [CH2, "大华"], [CH1, "宇视"], [CH1, "华为"])

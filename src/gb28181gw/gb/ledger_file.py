@@ -64,6 +64,7 @@ _REMARK = re.compile(r"\([^)]*\)|\[[^\]]*\]")  # 20位编码（必填） is an I
 _ID_TITLE_MAX = 12  # characters
 #: A cell a CSV export kept from becoming a formula ('=…, '-…): the ' is not part of the value.
 _GUARDED = re.compile(r"'[=+\-@]")
+_WIDE_DIGITS = {0xFF10 + d: ord("0") + d for d in range(10)}
 _NOT_ID = ("区划", "行政", "邮政", "序号")  # 行政区划编码 is a civil code, not an ID
 
 
@@ -174,11 +175,12 @@ def _id_rank(title: str, extra: Mapping[str, str | None]) -> int | None:
 
 
 def _clean_id(cell: str) -> str:
-    """An ID cell without what people add to keep Excel from making it a number: ``'`` or ``="…"``."""
+    """An ID cell without what people add to keep Excel from making it a number (``'``, ``="…"``), in ASCII digits."""
     text = cell.strip()
     if text.startswith('="') and text.endswith('"'):
         text = text[2:-1]
-    return text.lstrip("'").strip()
+    # a Chinese IME in full-width mode types ３４０２…: the same digits (only digits: nothing else is folded)
+    return text.lstrip("'").strip().translate(_WIDE_DIGITS)
 
 
 def read_table(
