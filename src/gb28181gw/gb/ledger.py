@@ -182,9 +182,9 @@ def parse_date(text: str) -> str:
     m = _DATE.fullmatch(text)
     if not m and text.isascii() and text.isdigit() and 20_000 <= int(text) <= 80_000:
         # not read as that day: a number in a date column may be anything, the day is the person's to say
-        day = _SERIAL_EPOCH + _dt.timedelta(days=int(text))
+        serial = _SERIAL_EPOCH + _dt.timedelta(days=int(text))
         raise ValueError(
-            f"{text!r} is a spreadsheet's date number ({day.isoformat()}?): format the column as a date and save "
+            f"{text!r} is a spreadsheet's date number ({serial.isoformat()}?): format the column as a date and save "
             "again, or write 2020.03"
         )
     if not m:
