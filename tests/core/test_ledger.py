@@ -242,3 +242,10 @@ def test_an_excel_date_number_says_what_it_is() -> None:
     # a date column saved to CSV while formatted as a number: 43900 is 2020-03-10 to Excel, to nobody else
     with pytest.raises(ValueError, match=r"'43900' is a spreadsheet's date number \(2020-03-10\?\)"):
         parse_date("43900")
+
+
+def test_a_lone_surrogate_is_a_value_error_not_a_store_failure() -> None:
+    # {"remarks": "\\ud800"} is valid JSON and no text: refused with its field, before the store sees it
+    with pytest.raises(LedgerValueError, match="lone surrogate") as exc:
+        normalise(FIELD_BY_KEY["remarks"], "北门\ud800")
+    assert exc.value.field == "remarks"

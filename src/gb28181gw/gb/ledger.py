@@ -260,6 +260,8 @@ def normalise(f: LedgerField, text: str) -> str:
         raise LedgerValueError(f.key, f"{len(value)} characters; at most {MAX_TEXT}")
     if any(ord(ch) < 32 and ch not in "\n\t" for ch in value):
         raise LedgerValueError(f.key, "holds control characters")
+    if any(0xD800 <= ord(ch) <= 0xDFFF for ch in value):  # JSON's "\ud800" alone: no character at all
+        raise LedgerValueError(f.key, "holds a lone surrogate (\\ud800-\\udfff), which is no character")
     if f.kind is not Kind.TEXT:
         # a Chinese IME types full-width digits and points (１１８．１２３４５６): the same number, kept in ASCII
         value = unicodedata.normalize("NFKC", value)
