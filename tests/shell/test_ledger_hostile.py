@@ -235,7 +235,7 @@ def admin_call(gw: Any, method: str, path: str, body: object) -> tuple[int, Any]
 
 
 async def test_a_large_import_does_not_hold_the_event_loop(tmp_path: Path) -> None:
-    # keepalives, registrations and relayed media share the loop: 20,000 rows held it 1.5 s in one piece
+    # keepalives, registrations and relayed media share the loop: 20,000 rows held it over a second in one piece
     ids = [f"3402000000131{n:07d}" for n in range(20_000)]
     channels = {i: Channel(i, NVR, f"通道{n}") for n, i in enumerate(ids)}
     registrar: Any = SimpleNamespace(devices={NVR: Device(device_id=NVR)})
@@ -261,7 +261,8 @@ async def test_a_large_import_does_not_hold_the_event_loop(tmp_path: Path) -> No
         await asyncio.sleep(0.02)
         ticker.cancel()
         assert result.applied and len(result.changes) == 60_000
-        assert max(b - a for a, b in zip(ticks, ticks[1:], strict=False)) < 0.3
+        # 0.1 s idle once it yields (the store write and a GC pass); a shared machine under load triples that
+        assert max(b - a for a, b in zip(ticks, ticks[1:], strict=False)) < 0.6
     finally:
         await store.close()
 
