@@ -34,12 +34,16 @@ class TestDates:
             ("2020/3/5", "2020-03-05"), ("2020年3月", "2020-03"), ("2020年3月15日", "2020-03-15"),
             ("202003", "2020-03"), ("20200315", "2020-03-15"), ("2020-03-15 00:00:00", "2020-03-15"),
             (" 2020.3 ", "2020-03"), ("2020", "2020"), ("2024-02-29", "2024-02-29"),
+            # a date cell saved as CSV by Excel or WPS in a Chinese locale, and a year alone in words
+            ("2020/3/15 0:00", "2020-03-15"), ("2020/3/15 00:00:00", "2020-03-15"), ("2020年", "2020"),
         ],
     )  # fmt: skip
     def test_the_ways_people_write_them_are_read(self, text: str, kept: str) -> None:
         assert parse_date(text) == kept
 
-    @pytest.mark.parametrize("text", ["2020.13", "2023-02-29", "03/2020", "去年", "2020-3-32", "1899", "2020..03"])
+    @pytest.mark.parametrize(
+        "text", ["2020.13", "2023-02-29", "03/2020", "去年", "2020-3-32", "1899", "2020..03", "2020/3/15 8:30"]
+    )
     def test_what_is_not_a_date_says_so(self, text: str) -> None:
         with pytest.raises(ValueError, match=r"date|month|day|year"):
             parse_date(text)
@@ -206,3 +210,42 @@ def test_expected_type_codes_are_said_as_ranges() -> None:
     assert check_id("34020000002000000001", types=frozenset(range(111, 133))) == [
         "type code 200 (platform) is not 111-132"
     ]
+
+
+@pytest.mark.parametrize(
+    ("key", "written", "kept"),
+    [
+        ("longitude", "１１８.１２３４５６", "118.123456"),  # full-width digits, as a Chinese IME types them
+        ("latitude", "３２．１２３４５６", "32.123456"),
+        ("pole_height", "１２.５", "12.5"),
+        ("port", "５０６０", "5060"),
+        ("ip", "１９２.１６８.１.６４", "192.168.1.64"),
+    ],
+)
+def test_full_width_digits_are_kept_as_ascii(key: str, written: str, kept: str) -> None:
+    # kept as typed they would be exported so, and no authority's system reads ３２ as a number
+    assert normalise(FIELD_BY_KEY[key], written) == kept
+
+
+@pytest.mark.parametrize(("key", "written"), [("latitude", "٣٢.١٢٣٤٥٦"), ("cost", "١٢")])
+def test_digits_of_other_scripts_are_not_numbers(key: str, written: str) -> None:
+    with pytest.raises(LedgerValueError, match="not"):
+        normalise(FIELD_BY_KEY[key], written)
+
+
+def test_a_line_break_written_with_a_carriage_return_is_a_line_break() -> None:
+    # Windows tools write a cell's line break as CR LF (and Excel's XLSX as _x000D_): not a control character
+    assert normalise(FIELD_BY_KEY["remarks"], "第一行\r\n第二行\r第三行") == "第一行\n第二行\n第三行"
+
+
+def test_an_excel_date_number_says_what_it_is() -> None:
+    # a date column saved to CSV while formatted as a number: 43900 is 2020-03-10 to Excel, to nobody else
+    with pytest.raises(ValueError, match=r"'43900' is a spreadsheet's date number \(2020-03-10\?\)"):
+        parse_date("43900")
+
+
+def test_a_lone_surrogate_is_a_value_error_not_a_store_failure() -> None:
+    # {"remarks": "\\ud800"} is valid JSON and no text: refused with its field, before the store sees it
+    with pytest.raises(LedgerValueError, match="lone surrogate") as exc:
+        normalise(FIELD_BY_KEY["remarks"], "北门\ud800")
+    assert exc.value.field == "remarks"

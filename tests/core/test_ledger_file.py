@@ -111,6 +111,16 @@ class TestHeader:
         assert not t.problems and t.rows == [FileRow(2, CH1, {})]
 
 
+def test_a_title_with_a_note_in_brackets_names_its_field() -> None:
+    # a bureau's template marks what must be filled and how: 安装位置（必填）, 经度(WGS-84)
+    t = table(
+        ["20位编码", "安装位置（必填）", "经度(WGS-84)", "建设时间（格式：2020.03）", "*所属派出所"],
+        [CH1, "北门", "", "", ""],
+    )
+    assert [c.field for c in t.columns] == ["id", "location", "longitude", "built", "police_station"]
+    assert not t.problems
+
+
 class TestRows:
     def test_blank_rows_are_skipped_and_counted(self) -> None:
         t = table(["20位编码", "品牌"], [CH1, "海康"], ["", " "], [], [CH2, "大华"])
@@ -145,10 +155,20 @@ class TestRows:
         t = table(["20位编码"], [f"'{CH1}"], [f'="{CH2}"'], [f" {CH3}\t"])
         assert [r.id for r in t.rows] == [CH1, CH2, CH3] and not t.problems
 
-    def test_a_duplicate_id_is_reported_on_the_later_line(self) -> None:
-        t = table(["20位编码", "品牌"], [CH1, "海康"], [CH2, "大华"], [CH1, "宇视"])
-        assert reasons(t) == [(4, f"{CH1} is also on line 2: which row is meant cannot be told")]
-        assert [r.line for r in t.rows] == [2, 3]
+    def test_an_id_typed_in_full_width_digits_is_that_id(self) -> None:
+        # a Chinese IME in full-width mode: the same digits, not another ID; NBSP and U+3000 around it too
+        wide = CH1.translate({ord("0") + d: 0xFF10 + d for d in range(10)})
+        t = table(["20位编码"], [wide], [f"\u3000{CH2}\u00a0"])
+        assert [r.id for r in t.rows] == [CH1, CH2] and not t.problems
+
+    def test_a_duplicate_id_is_reported_on_the_later_line_and_neither_row_applied(self) -> None:
+        # the gateway leaves out both rows of an ID given twice; the file's reader must not pass it the first
+        t = table(["20位编码", "品牌"], [CH1, "海康"], [CH2, "大华"], [CH1, "宇视"], [CH1, "华为"])
+        assert reasons(t) == [
+            (4, f"{CH1} is also on line 2: which row is meant cannot be told; neither is applied"),
+            (5, f"{CH1} is also on line 2: which row is meant cannot be told; neither is applied"),
+        ]
+        assert [r.line for r in t.rows] == [3]
 
     def test_more_cells_than_the_header(self) -> None:
         t = table(["20位编码", "品牌"], [CH1, "海康", "多余"], [CH2, "大华", "", "-"])

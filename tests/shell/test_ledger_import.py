@@ -181,12 +181,12 @@ BAD_FILE = "\r\n".join(
         "单位：XX小区,,,,,,",
         "20位编码,名称,经度,纬度,建设时间,状态,颜色",
         f"{CH1},北门,118.376451,31.123457,2020.03,在用,红",  # 3: good (颜色 reported once, on the header)
-        f"{CH1},北门二,118.376451,31.123457,2020.03,在用,",  # 4: duplicate ID
+        ",北门二,118.376451,31.123457,2020.03,在用,",  # 4: no ID
         f"{UNKNOWN},不存在,118.376451,31.123457,2020.03,在用,",  # 5: not in the gateway
         f"{CH2},南门,118.37645,31.123457,2020.03,在用,",  # 6: 5 decimals
         ",,,,,,",  # 7: blank, skipped
-        f"{CH2},南门,118.376451,31.123450,2020.03,在用,",  # 8: … but CH2 is line 6 already
-        f"{NVR},录像机,,,2020.13,在用,",  # 9: a month that does not exist
+        f"{CH2},南门,118.376451,31.123450,2020.03,在用,",  # 8: … but CH2 is line 6 already: neither is read
+        f"{NVR},录像机,118.37645,,2020.13,在用,",  # 9: 5 decimals, a month that does not exist
         "3.402E+19,丢了,,,,,",  # 10: Excel's number
         f"{NVR},录像机,,,,在用,,多余",  # 11: more cells than the header (and NVR on line 9)
     ]
@@ -204,18 +204,19 @@ class TestBadInput:
         assert lines[:8] == [
             "line 2, column G (颜色): column G (颜色) names no ledger field and is not imported: rename it "
             "(`gb28181gw ledger set --help` lists the fields) or delete it",
-            f"line 4, column A (20位编码): {CH1} is also on line 3: which row is meant cannot be told",
+            "line 4, column A (20位编码): no ID: the ID column is empty on this row",
             f"line 5: {UNKNOWN} is not a channel or device of this gateway",
-            "line 6, column C (经度): longitude 118.37645 has 5 decimals; at least 6 are required",
-            f"line 8, column A (20位编码): {CH2} is also on line 6: which row is meant cannot be told",
+            f"line 8, column A (20位编码): {CH2} is also on line 6: which row is meant cannot be told; neither is "
+            "applied",
+            "line 9, column C (经度): longitude 118.37645 has 5 decimals; at least 6 are required",
             "line 9, column E (建设时间): '2020.13': month 13 does not exist",
             "line 10, column A (20位编码): '3.402E+19': a spreadsheet turned this ID into a number and lost its "
             "digits; format the column as Text and enter the IDs again",
             "line 11, column H: column H holds '多余' but has no title in the header (line 2); give the column a "
             "title or delete the value",
         ]
-        # rows read: those sent to the gateway (3, 5, 6, 9); it found 5 and 6 and 9 wrong
-        assert lines[-1] == "4 rows read, 8 problems; 5 fields of 1 entry changed"
+        # rows read: those sent to the gateway (3, 5, 9); it found 5 and 9 wrong
+        assert lines[-1] == "3 rows read, 8 problems; 5 fields of 1 entry changed"
         # only the good row: nothing of a bad row, not even its good values (NVR's state)
         assert await stored(site) == {
             CH1: {"name": "北门", "longitude": "118.376451", "latitude": "31.123457", "built": "2020-03",

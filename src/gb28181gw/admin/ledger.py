@@ -27,7 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from gb28181gw.admin import AdminServer, _dumps, error_response, json_object, json_response
-from gb28181gw.errors import LedgerError
+from gb28181gw.errors import LedgerError, StoreError
 from gb28181gw.gb.ledger import Change
 from gb28181gw.services.ledger import Edit, LedgerService, Problem
 
@@ -64,6 +64,11 @@ def entry_json(ledger: LedgerService, id_: str) -> dict[str, Any]:
 
 def ledger_error(exc: LedgerError) -> web.Response:
     return error_response(exc.status, str(exc), exc.hint)
+
+
+def store_error(exc: StoreError) -> web.Response:
+    """A store that cannot be written (disk full, read-only): the operator's to fix, not a bug."""
+    return error_response(503, f"the ledger could not be stored: {exc}; nothing was changed", "see the gateway's log")
 
 
 def problem_json(p: Problem) -> dict[str, Any]:
@@ -135,6 +140,8 @@ def add_ledger_routes(admin: AdminServer, ledger: LedgerService) -> None:
             changes = await ledger.edit(id_, fields)
         except LedgerError as exc:
             return ledger_error(exc)
+        except StoreError as exc:
+            return store_error(exc)
         return json_response({**entry_json(ledger, id_), "changes": [change_json(c) for c in changes]})
 
     async def listing(request: web.Request) -> web.StreamResponse:
@@ -169,7 +176,10 @@ def add_ledger_routes(admin: AdminServer, ledger: LedgerService) -> None:
         except LedgerError as exc:
             return ledger_error(exc)
         strict, dry_run = body.get("strict", False), body.get("dry_run", False)
-        result = await ledger.apply(edits, strict=strict, dry_run=dry_run)
+        try:
+            result = await ledger.apply(edits, strict=strict, dry_run=dry_run)
+        except StoreError as exc:
+            return store_error(exc)
         source = body.get("source")
         log.info(
             "ledger import",

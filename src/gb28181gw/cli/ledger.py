@@ -16,6 +16,7 @@ import datetime as _dt
 import io
 import re
 import sys
+import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,11 +38,12 @@ from gb28181gw.cli.common import (
     printable,
     request,
     segment,
+    warn,
 )
 from gb28181gw.cli.ids import decode_user_text
 from gb28181gw.errors import AdminApiError
 from gb28181gw.gb.ledger import FIELD_BY_KEY, FIELDS, field_named
-from gb28181gw.gb.ledger_file import LedgerTable, column_letter, read_table
+from gb28181gw.gb.ledger_file import HEADER_SEARCH_ROWS, LedgerTable, column_letter, read_table
 
 #: How long the gateway may take to check and store a large import (seconds).
 IMPORT_HTTP_TIMEOUT = 300.0
@@ -183,7 +185,12 @@ _OLE_MAGIC = b"\xd0\xcf\x11\xe0"  # the old binary .xls
 _ZIP_MAGIC = b"PK\x03\x04"
 #: The rows a sheet or CSV may hold before it is refused as not a ledger.
 MAX_FILE_ROWS = 200_000
+#: The most an XLSX may unpack to (bytes), checked before openpyxl loads it: a loaded sheet takes
+#: about ten times its XML in memory, and a zip bomb or a million formatted empty rows unpack to
+#: hundreds of MB from a small file. 50,000 rows of every field are about 80 MB.
+MAX_XLSX_UNPACKED = 128 * 1024 * 1024
 _DECIMALS = re.compile(r"0\.(0+)")
+_FORMAT_WORDS = re.compile(r'\[[^\]]*\]|"[^"]*"')  # a number format's [modifiers] and "literal text"
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +257,8 @@ def cell_text(value: Any, number_format: str = "General") -> str:
     if isinstance(value, _dt.datetime | _dt.date):
         day = value.date() if isinstance(value, _dt.datetime) else value
         # a cell showing 2020.03 (yyyy.mm) holds 2020-03-01: the day was never given
-        shows_day = "d" in number_format.lower() or number_format == "General"
+        # ([DBNum1], [Red] and "quoted text" are not a day: 二〇二〇年三月 is [DBNum1]yyyy"年"m"月")
+        shows_day = "d" in _FORMAT_WORDS.sub("", number_format).lower() or number_format == "General"
         return day.isoformat() if shows_day else day.isoformat()[:7]
     if isinstance(value, int):
         return str(value)  # an integer literal in the file: its digits are all there
@@ -271,11 +279,23 @@ def _read_xlsx(data: bytes, path: Path, sheet: str | None, extra_titles: Mapping
     import openpyxl  # only an import of an XLSX pays for loading it
     from openpyxl.utils.exceptions import InvalidFileException
 
+    unreadable = "save it again from the spreadsheet"
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            unpacked = sum(item.file_size for item in archive.infolist())  # read capped at these sizes
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        fail(f"{path} is not an XLSX workbook (a damaged or cut-off zip file: {exc})", unreadable)
+    if unpacked > MAX_XLSX_UNPACKED:
+        fail(
+            f"{path} unpacks to {unpacked / 1e6:.1f} MB, more than a ledger (at most {MAX_XLSX_UNPACKED / 1e6:.1f} MB)",
+            "if a sheet has formatted empty rows, delete the empty rows below the table (select them → Delete) and "
+            "save again; or save the ledger's sheet as CSV",
+        )
     try:
         # not read-only: merged cells are only known to a fully loaded sheet; cached formula values
         book = openpyxl.load_workbook(io.BytesIO(data), data_only=True)
-    except (InvalidFileException, KeyError, ValueError, OSError) as exc:
-        fail(f"{path} is not an XLSX workbook openpyxl can read: {exc}", "save it again from the spreadsheet")
+    except (InvalidFileException, zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+        fail(f"{path} is not an XLSX workbook openpyxl can read: {exc}", unreadable)
     if sheet is not None and sheet not in book.sheetnames:
         raise click.BadParameter(f"{path} has no sheet {sheet!r} (sheets: {', '.join(book.sheetnames)})")
     chosen: tuple[Any, LedgerTable] | None = None
@@ -283,12 +303,7 @@ def _read_xlsx(data: bytes, path: Path, sheet: str | None, extra_titles: Mapping
     for each in [book[sheet]] if sheet is not None else book.worksheets:
         if each.max_row > MAX_FILE_ROWS:
             fail(f"sheet {each.title} of {path} has {each.max_row} rows: not a ledger", "split it")
-        rows = [
-            (row[0].row, [cell_text(c.value, c.number_format) for c in row])
-            for row in each.iter_rows()
-            if row and isinstance(row[0].row, int)
-        ]
-        found = read_table(rows, extra_titles=extra_titles)
+        found = read_table(sorted(_sheet_rows(each).items()), extra_titles=extra_titles)
         first = first or (each, found)
         if found.header_line:
             chosen = (each, found)
@@ -304,7 +319,51 @@ def _read_xlsx(data: bytes, path: Path, sheet: str | None, extra_titles: Mapping
                 f"sheet {ws.title} of {path}: the header (row {table.header_line}) has merged cells {', '.join(merged)}",
                 "unmerge them so each column has its own title in one row (Home → Merge & Center → Unmerge Cells)",
             )
+        below = [r for r in ws.merged_cells.ranges if r.min_row > table.header_line and r.max_row > r.min_row]
+        if below:
+            table = read_table(_filled_down(ws, below), extra_titles=extra_titles)
+    if chosen is not None and sheet is None:
+        # a bureau's workbook with one sheet per street or station: the others must not pass unnoticed
+        rest = book.worksheets[book.worksheets.index(ws) + 1 :]
+        also = [s.title for s in rest if read_table(_head_rows(s), extra_titles=extra_titles).header_line]
+        if also:
+            warn(
+                f"{path}: only sheet {ws.title} is read; {', '.join(also)} also "
+                f"{'has' if len(also) == 1 else 'have'} an ID column: import each with --sheet NAME"
+            )
     return LedgerFile(table, f"XLSX, sheet {ws.title}", sheet=ws.title)
+
+
+def _head_rows(ws: Any) -> list[tuple[int, list[str]]]:
+    """The top of ``ws``, where a header would be."""
+    rows = ws.iter_rows(max_row=HEADER_SEARCH_ROWS * 5)
+    return [(row[0].row, [cell_text(c.value, c.number_format) for c in row]) for row in rows if row]
+
+
+def _sheet_rows(ws: Any) -> dict[int, list[str]]:
+    """Each row of ``ws`` by its number: its cells as text."""
+    return {
+        row[0].row: [cell_text(c.value, c.number_format) for c in row]
+        for row in ws.iter_rows()
+        if row and isinstance(row[0].row, int)
+    }
+
+
+def _filled_down(ws: Any, ranges: Sequence[Any]) -> list[tuple[int, list[str]]]:
+    """``ws``'s rows with each range merged down a column read in every row it spans.
+
+    A bureau merges 所属派出所 over the cameras of one station: each of them has it, as a person
+    sees it. Only the range's first column is filled: a value merged across belongs to that column.
+    """
+    rows = _sheet_rows(ws)
+    for r in ranges:
+        top = rows.get(r.min_row, [])
+        text = top[r.min_col - 1] if r.min_col - 1 < len(top) else ""
+        for n in range(r.min_row + 1, r.max_row + 1):
+            cells = rows.get(n)
+            if cells is not None and r.min_col - 1 < len(cells):
+                cells[r.min_col - 1] = text
+    return sorted(rows.items())
 
 
 # --- import ---------------------------------------------------------------------------------

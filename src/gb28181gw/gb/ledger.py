@@ -18,8 +18,10 @@ Pure: no I/O, no clock (``updated_at`` is passed in).
 
 from __future__ import annotations
 
+import datetime as _dt
 import ipaddress
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -161,21 +163,30 @@ _DATE = re.compile(
     r"(?P<y>\d{4})\s*(?:[.\-/年]\s*(?P<m>\d{1,2})\s*(?:[.\-/月]\s*(?:(?P<d>\d{1,2})\s*日?)?|月)?)?"
     r"|(?P<y8>\d{4})(?P<m8>\d{2})(?P<d8>\d{2})?"
 )
-# ASCII digits only: \d and float() also take full-width (１１８) and Arabic-Indic digits, no authority's tool does
-_DECIMAL = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?")
+_SERIAL_EPOCH = _dt.date(1899, 12, 30)  # Excel's day 0 (as its 1900 leap-year bug has it)
+_MIDNIGHT = re.compile(r"(?:\s+|T)0?0:00(?::00)?$")
+_DECIMAL = re.compile(r"[+-]?\d+(?:\.\d+)?", re.ASCII)  # ٣٢ is a digit to Python, not to a form
 
 
 def parse_date(text: str) -> str:
     """A construction date as kept: ``YYYY-MM`` or ``YYYY-MM-DD`` (or ``YYYY`` alone).
 
     Reads 2020.03, 2020-03, 2020-03-15, 2020/3, 2020/3/15, 2020年3月15日, 202003, 20200315, and
-    a spreadsheet's date-time (2020-03-15 00:00:00).
+    a spreadsheet's date-time at midnight (2020-03-15 00:00:00, 2020/3/15 0:00).
 
     Raises:
         ValueError: saying what is accepted.
     """
-    text = text.strip().removesuffix(" 00:00:00").removesuffix("T00:00:00")
+    # a date cell as a spreadsheet writes it with its (zero) time: 2020-03-15 00:00:00, 2020/3/15 0:00
+    text = _MIDNIGHT.sub("", text.strip()).removesuffix("年")
     m = _DATE.fullmatch(text)
+    if not m and text.isascii() and text.isdigit() and 20_000 <= int(text) <= 80_000:
+        # not read as that day: a number in a date column may be anything, the day is the person's to say
+        serial = _SERIAL_EPOCH + _dt.timedelta(days=int(text))
+        raise ValueError(
+            f"{text!r} is a spreadsheet's date number ({serial.isoformat()}?): format the column as a date and save "
+            "again, or write 2020.03"
+        )
     if not m:
         raise ValueError(f"{text!r} is not a date: write 2020.03, 2020-03 or 2020-03-15")
     year = int(m["y"] or m["y8"])
@@ -261,13 +272,18 @@ def normalise(f: LedgerField, text: str) -> str:
     Raises:
         LedgerValueError: naming the field and why.
     """
-    value = text.strip()
+    value = text.strip().replace("\r\n", "\n").replace("\r", "\n")  # a line break as Windows writes it
     if not value:
         return ""
     if len(value) > MAX_TEXT:
         raise LedgerValueError(f.key, f"{len(value)} characters; at most {MAX_TEXT}")
     if any(ord(ch) < 32 and ch not in "\n\t" for ch in value):
         raise LedgerValueError(f.key, "holds control characters")
+    if any(0xD800 <= ord(ch) <= 0xDFFF for ch in value):  # JSON's "\ud800" alone: no character at all
+        raise LedgerValueError(f.key, "holds a lone surrogate (\\ud800-\\udfff), which is no character")
+    if f.kind is not Kind.TEXT:
+        # a Chinese IME types full-width digits and points (１１８．１２３４５６): the same number, kept in ASCII
+        value = unicodedata.normalize("NFKC", value)
     try:
         return _read(f, value)
     except ValueError as exc:

@@ -11,7 +11,8 @@ Rules, chosen for tables made by hand in Excel:
 - **The header** is the first of the first :data:`HEADER_SEARCH_ROWS` non-blank rows that holds an
   ID column title (20位编码, 国标编码, 设备编码, 通道编码, 编码, ID …; any title ending in 编码 or
   ID that names no other field). Rows above it are a form's title rows and are skipped.
-- **Columns** are mapped by :func:`~gb28181gw.gb.ledger.field_named` (key, Chinese label, alias),
+- **Columns** are mapped by :func:`~gb28181gw.gb.ledger.field_named` (key, Chinese label, alias;
+  a note in brackets, 安装位置（必填）, is ignored when the whole title names nothing),
   after the caller's ``extra_titles`` (a shipped form's own titles; ``None`` for a column known
   but not imported, such as a form's derived area column) and :data:`NOT_IMPORTED` (序号). A
   title that names nothing is reported, never silently dropped; two columns naming one field are
@@ -20,8 +21,10 @@ Rules, chosen for tables made by hand in Excel:
   as it is. Forms are handed in with blanks and dashes in columns nobody fills, and an export read
   back must change nothing, so neither can mean "clear". To clear a field write
   :data:`CLEAR_MARK` (``（清空）``, ASCII parentheses too): a word nobody types by accident.
+  A ``'`` before ``=``, ``+``, ``-`` or ``@`` is dropped: it is what a CSV export puts there so that
+  Excel keeps the cell text, not part of the value.
 - **Rows**: blank rows are skipped; a row whose ID cell is not a 20-digit ID (Excel's
-  ``3.402E+19`` included), repeats an earlier row's ID, or holds a value in a column without a
+  ``3.402E+19`` included), repeats an earlier row's ID (both are left out), or holds a value in a column without a
   title (more cells than the header) is reported and left out whole: never half a row.
 
 Pure: no I/O.
@@ -59,6 +62,9 @@ ID_TITLES: tuple[str, ...] = tuple(
 NOT_IMPORTED: tuple[str, ...] = ("序号", "行号", "No.", "#")
 _REMARK = re.compile(r"\([^)]*\)|\[[^\]]*\]")  # 20位编码（必填） is an ID title too
 _ID_TITLE_MAX = 12  # characters
+#: A cell a CSV export kept from becoming a formula ('=…, '-…): the ' is not part of the value.
+_GUARDED = re.compile(r"'[=+\-@]")
+_WIDE_DIGITS = {0xFF10 + d: ord("0") + d for d in range(10)}
 _NOT_ID = ("区划", "行政", "邮政", "序号")  # 行政区划编码 is a civil code, not an ID
 
 
@@ -169,11 +175,12 @@ def _id_rank(title: str, extra: Mapping[str, str | None]) -> int | None:
 
 
 def _clean_id(cell: str) -> str:
-    """An ID cell without what people add to keep Excel from making it a number: ``'`` or ``="…"``."""
+    """An ID cell without what people add to keep Excel from making it a number (``'``, ``="…"``), in ASCII digits."""
     text = cell.strip()
     if text.startswith('="') and text.endswith('"'):
         text = text[2:-1]
-    return text.lstrip("'").strip()
+    # a Chinese IME in full-width mode types ３４０２…: the same digits (only digits: nothing else is folded)
+    return text.lstrip("'").strip().translate(_WIDE_DIGITS)
 
 
 def read_table(
@@ -237,7 +244,8 @@ def _header(line: int, titles: Sequence[str], extra: Mapping[str, str | None]) -
             # a form's column filled from what the gateway knows (名称 of the device …) is not read back
             given = extra[key]
             columns.append(FileColumn(i, title, given if given in FIELD_BY_KEY else None))
-        elif (f := field_named(title)) is not None:
+        elif (f := field_named(title) or field_named(_REMARK.sub("", key))) is not None:
+            # 安装位置（必填）, 经度(WGS-84): a template's note on the title does not change the field
             columns.append(FileColumn(i, title, f.key))
         else:
             col = FileColumn(i, title, None, known=False)
@@ -295,8 +303,9 @@ def _read_rows(
         elif problem:
             problems.append(FileProblem(line, problem, "", id_col.where))
         elif value in first:
-            reason = f"{value} is also on line {first[value]}: which row is meant cannot be told"
+            reason = f"{value} is also on line {first[value]}: which row is meant cannot be told; neither is applied"
             problems.append(FileProblem(line, reason, value, id_col.where))
+            read = [r for r in read if r.id != value]  # the earlier row may be the stale one
         if problem or stray or value in first:
             continue
         first[value] = line
@@ -307,6 +316,8 @@ def _read_rows(
             text = cells[col.index].strip()
             if not text or text in FILLERS:
                 continue
+            if _GUARDED.match(text):
+                text = text[1:]  # '-1F停车场: the CSV export's guard against Excel reading a formula
             values[col.field] = "" if title_key(text) in _CLEAR else text
         read.append(FileRow(line, value, values))
     return read, problems, blank

@@ -10,6 +10,7 @@ ledger over what the device reports (``gb/ledger.py`` :func:`~gb28181gw.gb.ledge
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -26,6 +27,9 @@ from gb28181gw.services.registrar import RegistrarService
 from gb28181gw.store.base import Store
 
 log = logging.getLogger("gb28181gw.ledger")
+
+#: Edits checked between two yields to the event loop.
+_CHUNK = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +106,9 @@ class LedgerService:
         self.store = store
         self._clock = clock
         self.entries: dict[str, LedgerEntry] = {}
+        # an entry is written whole, computed from what memory holds: two edits of one ID must not
+        # both start from the same old entry while the first is still being stored (a lost field)
+        self._writing = asyncio.Lock()
 
     async def start(self) -> None:
         """Load every entry."""
@@ -216,8 +223,15 @@ class LedgerService:
         """Read ``edits``: the kept values per ID (later edits of an ID over earlier ones), and every problem."""
         kept: dict[str, dict[str, str]] = {}
         problems: list[Problem] = []
+        for _ in self._checking(edits, kept, problems):
+            pass
+        return kept, problems
+
+    def _checking(self, edits: list[Edit], kept: dict[str, dict[str, str]], problems: list[Problem]) -> Iterator[None]:
+        """:meth:`check`, pausing after each edit (so :meth:`apply` can let the event loop run)."""
         first: dict[str, int] = {}
         for e in edits:
+            yield
             if e.line and e.id in first:
                 # two rows of one file for one camera: which is meant cannot be told
                 problems.append(Problem(e.id, "", f"{e.id} is also on line {first[e.id]}", e.line))
@@ -238,7 +252,6 @@ class LedgerService:
                 except LedgerValueError as exc:
                     problems.append(Problem(e.id, exc.field, exc.reason, e.line))
             kept.setdefault(e.id, {}).update(values)
-        return kept, problems
 
     async def apply(self, edits: list[Edit], *, strict: bool = False, dry_run: bool = False) -> EditResult:
         """Check ``edits`` and, unless ``dry_run`` (or ``strict`` and any problem), write their changes at once.
@@ -249,12 +262,23 @@ class LedgerService:
         Raises:
             StoreError: the store cannot be written (nothing changed in memory either).
         """
-        kept, problems = self.check(edits)
+        async with self._writing:
+            return await self._apply(edits, strict=strict, dry_run=dry_run)
+
+    async def _apply(self, edits: list[Edit], *, strict: bool, dry_run: bool) -> EditResult:
+        kept: dict[str, dict[str, str]] = {}
+        problems: list[Problem] = []
+        # thousands of rows are seconds of work: keepalives and relayed media share this loop
+        for n, _ in enumerate(self._checking(edits, kept, problems), 1):
+            if n % _CHUNK == 0:
+                await asyncio.sleep(0)
         bad = {p.id for p in problems}  # an ID with any problem is left out whole
         changes: list[Change] = []
         entries: dict[str, LedgerEntry] = {}
         now = self._clock()
-        for id_, values in kept.items():
+        for n, (id_, values) in enumerate(kept.items(), 1):
+            if n % _CHUNK == 0:
+                await asyncio.sleep(0)
             if id_ in bad:
                 continue
             entry = self.entry(id_)
