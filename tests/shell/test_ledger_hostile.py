@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -248,21 +247,21 @@ async def test_a_large_import_does_not_hold_the_event_loop(tmp_path: Path) -> No
             Edit(i, {"location": f"位置{n}", "built": "2020.03", "longitude": "118.376451"}, n + 2)
             for n, i in enumerate(ids)
         ]
-        ticks: list[float] = []
+        turns = 0
 
-        async def tick() -> None:
+        async def probe() -> None:
+            nonlocal turns
             while True:
-                ticks.append(time.monotonic())
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0)
+                turns += 1
 
-        ticker = asyncio.create_task(tick())
-        await asyncio.sleep(0.02)
+        prober = asyncio.create_task(probe())
+        await asyncio.sleep(0)
         result = await ledger.apply(edits)
-        await asyncio.sleep(0.02)
-        ticker.cancel()
+        prober.cancel()
         assert result.applied and len(result.changes) == 60_000
-        # 0.1 s idle once it yields (the store write and a GC pass); a shared machine under load triples that
-        assert max(b - a for a, b in zip(ticks, ticks[1:], strict=False)) < 0.6
+        # let run at least once every 500 rows (how long it waits is benchmarks/bench_ledger.py's to measure)
+        assert turns >= len(edits) // 500, turns
     finally:
         await store.close()
 
