@@ -355,6 +355,22 @@ class TestEditByHand:
             await again.stop()
 
 
+async def test_an_entry_whose_channel_is_gone_is_kept_listed_as_orphaned_and_removable(site: Gateway) -> None:
+    # an NVR renumbers its channels when a camera is re-added (PROTOCOL.md §11.4 C11): the integrator's
+    # entry of the old ID is not lost with the channel, and can be found and forgotten
+    await run(site, "ledger", "set", CH2, "--location", "停车场", "--police-station", "城东派出所")
+    site.devices.channels[NVR].pop(CH2)  # as a catalog refresh without it leaves them
+    listed = json.loads((await run(site, "ledger", "list", "--kind", "orphaned", "--json")).stdout)
+    assert (
+        [e["id"] for e in listed] == [CH2] and listed[0]["kind"] == "" and listed[0]["fields"]["location"] == "停车场"
+    )
+    done = await run(site, "ledger", "remove", CH2)
+    assert done.stdout.strip() == f"ledger entry of {CH2} removed (2 fields)"
+    assert CH2 not in await stored(site)
+    assert "no ledger entry" in (await run(site, "ledger", "remove", CH2, code=1)).stderr
+    assert json.loads((await run(site, "ledger", "list", "--kind", "orphaned", "--json")).stdout) == []
+
+
 async def test_ten_thousand_rows(tmp_path: Path) -> None:
     """A large site's file in one import (the request is far beyond the admin API's usual body limit)."""
     store = str(tmp_path / "gw.db")

@@ -38,7 +38,7 @@ from typing import Any
 from aiohttp import web
 
 from gb28181gw import __version__
-from gb28181gw.errors import IdError, MansrtspError, UpstreamError
+from gb28181gw.errors import IdError, MansrtspError, RequestRefused, UpstreamError
 from gb28181gw.gb import mansrtsp
 from gb28181gw.gb.bans import MAX_REFUSALS
 from gb28181gw.gb.mansrtsp import RtspResponse
@@ -208,7 +208,7 @@ def add_upstream_routes(admin: AdminServer, upstreams: UpstreamService) -> None:
         try:
             return json_response(shares_of(request.match_info["name"]))
         except UpstreamError as exc:
-            return _upstream_error(exc)
+            return refused_response(exc)
 
     async def change_shares(request: web.Request) -> web.Response:
         # POST shares them, DELETE takes them back; the body names them either way
@@ -218,13 +218,13 @@ def add_upstream_routes(admin: AdminServer, upstreams: UpstreamService) -> None:
             await upstreams.share(name, await ids_of(request), shared=request.method == "POST")
             return json_response(shares_of(name))
         except UpstreamError as exc:
-            return _upstream_error(exc)
+            return refused_response(exc)
 
     async def list_overrides(request: web.Request) -> web.Response:
         try:
             link = upstreams.link(request.match_info["name"])
         except UpstreamError as exc:
-            return _upstream_error(exc)
+            return refused_response(exc)
         return json_response({"overrides": [o.to_dict() for _, o in sorted(link.overrides.items())]})
 
     async def put_override(request: web.Request) -> web.Response:
@@ -239,7 +239,7 @@ def add_upstream_routes(admin: AdminServer, upstreams: UpstreamService) -> None:
                 raise UpstreamError("name, civil_code and parent_id must be strings")
             override = await upstreams.set_override(Override(name, channel, **values))
         except UpstreamError as exc:
-            return _upstream_error(exc)
+            return refused_response(exc)
         return json_response(override.to_dict())
 
     async def delete_override(request: web.Request) -> web.Response:
@@ -247,7 +247,7 @@ def add_upstream_routes(admin: AdminServer, upstreams: UpstreamService) -> None:
         try:
             had = await upstreams.clear_override(name, channel)
         except UpstreamError as exc:
-            return _upstream_error(exc)
+            return refused_response(exc)
         if not had:
             return error_response(
                 404, f"no override of {channel} for {name}", "`gb28181gw upstream overrides NAME` lists them"
@@ -263,7 +263,8 @@ def add_upstream_routes(admin: AdminServer, upstreams: UpstreamService) -> None:
     admin.add_route("DELETE", "/upstreams/{name}/overrides/{channel_id}", delete_override)
 
 
-def _upstream_error(exc: UpstreamError) -> web.Response:
+def refused_response(exc: RequestRefused) -> web.Response:
+    """An operator's request that cannot be carried out: its status, its words, its hint."""
     return error_response(exc.status, str(exc), exc.hint)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gb28181gw.admin import AdminServer, error_response, json_object
+from gb28181gw.admin import AdminServer, error_response, json_object, refused_response
 from gb28181gw.errors import DoctorError
 from gb28181gw.gb.doctor import event
 from gb28181gw.services.doctor import DoctorService
@@ -43,7 +43,7 @@ def add_doctor_routes(admin: AdminServer, doctor: DoctorService) -> None:
         try:
             doctor.check_start(device_id, channel=channel, checks=checks)
         except DoctorError as exc:
-            return error_response(exc.status, str(exc), exc.hint)
+            return refused_response(exc)
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson; charset=utf-8"})
         await resp.prepare(request)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gb28181gw.admin import AdminServer, error_response, json_response
+from gb28181gw.admin import AdminServer, error_response, json_response, refused_response
 from gb28181gw.errors import LedgerError
 from gb28181gw.gb.forms import RowProblem, Table
 from gb28181gw.services.forms import FORMATS, FormFile, FormService
@@ -59,7 +59,7 @@ def add_form_routes(admin: AdminServer, forms: FormService) -> None:
     """The form routes (see the module docstring)."""
 
     def failed(exc: LedgerError) -> web.Response:
-        return error_response(exc.status, str(exc), exc.hint)
+        return refused_response(exc)
 
     async def list_forms(request: web.Request) -> web.Response:
         return json_response({"forms": [form_json(f) for f in forms.forms()], "import_titles": forms.import_titles()})

@@ -6,8 +6,9 @@ reports) and what the ledger itself holds (``fields``); ``PATCH /ledger/{id}`` w
 answers the changes, 400 naming the field whose value cannot be read, 404 for an ID the gateway
 does not know.
 
-``GET /ledger`` lists every channel's entry the same way (``?kind=device``, ``platform`` or
-``all``; ``?device=ID`` for one device's channels), streamed like ``/channels``.
+``GET /ledger`` lists every channel's entry the same way (``?kind=device``, ``platform``, ``all``,
+or ``orphaned``: entries of IDs the gateway no longer has; ``?device=ID`` for one device's
+channels), streamed like ``/channels``. ``DELETE /ledger/{id}`` forgets an entry (an orphaned one too).
 
 ``POST /ledger/import`` applies a file's rows (read by the CLI, ``gb/ledger_file.py``):
 ``{"rows": [{"line": 2, "id": "3402…", "values": {"location": "北门岗亭"}}], "strict": false,
@@ -26,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gb28181gw.admin import AdminServer, _dumps, error_response, json_object, json_response
+from gb28181gw.admin import AdminServer, _dumps, error_response, json_object, json_response, refused_response
 from gb28181gw.errors import LedgerError, StoreError
 from gb28181gw.gb.ledger import Change
 from gb28181gw.services.ledger import Edit, LedgerService, Problem
@@ -39,7 +40,7 @@ MAX_IMPORT_BODY = 32 * 1024 * 1024
 MAX_IMPORT_ROWS = 50_000
 #: Entries of a listing written between two yields to the event loop.
 _CHUNK = 500
-_KINDS = ("channel", "device", "platform", "all")
+_KINDS = ("channel", "device", "platform", "all", "orphaned")
 _IMPORT_USAGE = (
     'the body must be JSON: {"rows": [{"line": 2, "id": "34020000001310000001", "values": {"location": "北门岗亭"}}], '
     '"strict": false, "dry_run": false, "source": "ledger.csv"}'
@@ -60,10 +61,6 @@ def entry_json(ledger: LedgerService, id_: str) -> dict[str, Any]:
         "updated_at": entry.updated_at or None,
         "row": ledger.row(id_),
     }
-
-
-def ledger_error(exc: LedgerError) -> web.Response:
-    return error_response(exc.status, str(exc), exc.hint)
 
 
 def store_error(exc: StoreError) -> web.Response:
@@ -118,6 +115,8 @@ def _ids(ledger: LedgerService, kind: str, device: str | None) -> Iterator[str]:
         yield from (d for d in sorted(ledger.registrar.devices) if device in (None, d))
     if kind in ("channel", "all"):
         yield from (ch.channel_id for ch in ledger.channels() if device in (None, ch.device_id))
+    if kind == "orphaned" and device is None:
+        yield from ledger.orphans()
 
 
 def add_ledger_routes(admin: AdminServer, ledger: LedgerService) -> None:
@@ -139,10 +138,21 @@ def add_ledger_routes(admin: AdminServer, ledger: LedgerService) -> None:
         try:
             changes = await ledger.edit(id_, fields)
         except LedgerError as exc:
-            return ledger_error(exc)
+            return refused_response(exc)
         except StoreError as exc:
             return store_error(exc)
         return json_response({**entry_json(ledger, id_), "changes": [change_json(c) for c in changes]})
+
+    async def remove(request: web.Request) -> web.Response:
+        # also of an ID the gateway no longer has: that is what an orphaned entry is
+        id_ = request.match_info["id"]
+        try:
+            entry = await ledger.remove(id_)
+        except StoreError as exc:
+            return store_error(exc)
+        if entry is None:
+            return error_response(404, f"no ledger entry for {id_}", "`gb28181gw ledger list --kind orphaned`")
+        return json_response({"id": id_, "removed": True, "fields": dict(entry.values)})
 
     async def listing(request: web.Request) -> web.StreamResponse:
         kind = request.query.get("kind", "channel")
@@ -174,7 +184,7 @@ def add_ledger_routes(admin: AdminServer, ledger: LedgerService) -> None:
         try:
             edits = import_edits(body)
         except LedgerError as exc:
-            return ledger_error(exc)
+            return refused_response(exc)
         strict, dry_run = body.get("strict", False), body.get("dry_run", False)
         try:
             result = await ledger.apply(edits, strict=strict, dry_run=dry_run)
@@ -200,3 +210,4 @@ def add_ledger_routes(admin: AdminServer, ledger: LedgerService) -> None:
     admin.add_route("POST", "/ledger/import", import_rows)
     admin.add_route("GET", "/ledger/{id:[0-9]{20}}", show)
     admin.add_route("PATCH", "/ledger/{id:[0-9]{20}}", edit)
+    admin.add_route("DELETE", "/ledger/{id:[0-9]{20}}", remove)

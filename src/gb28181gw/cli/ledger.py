@@ -29,6 +29,7 @@ from gb28181gw.cli.common import (
     JSON_OPTION,
     Column,
     call,
+    done,
     emit,
     err_console,
     fail,
@@ -107,10 +108,11 @@ LIST_COLUMNS = [
 @click.option("--device", default=None, help="Only this device's channels (or, with --kind device, the device).")
 @click.option(
     "--kind",
-    type=click.Choice(["channel", "device", "platform", "all"]),
+    type=click.Choice(["channel", "device", "platform", "all", "orphaned"]),
     default="channel",
     show_default=True,
-    help="Channels (a form's camera rows), devices, the gateway itself (the platform sheet), or all.",
+    help="Channels (a form's camera rows), devices, the gateway itself (the platform sheet), all, or orphaned: "
+    "entries of IDs the gateway no longer has (channels renumbered, devices removed).",
 )
 def ledger_list(admin: str, device: str | None, kind: str, as_json: bool) -> None:
     """One line per channel: its ledger's key fields ("set": how many the ledger holds itself)."""
@@ -138,6 +140,16 @@ def _field_options(command: Callable[..., None]) -> Callable[..., None]:
         option = click.option(f"--{f.key.replace('_', '-')}", f.key, default=None, help=f"{f.label}: {f.english}.")
         command = option(command)
     return command
+
+
+@ledger_group.command("remove")
+@ADMIN_OPTION
+@JSON_OPTION
+@click.argument("id_", metavar="ID")
+def ledger_remove(admin: str, id_: str, as_json: bool) -> None:
+    """Forget the ledger entry of ID: a channel's, or one the gateway no longer has (`ledger list --kind orphaned`)."""
+    answer = request(admin, "DELETE", f"/ledger/{segment(id_)}")
+    done(answer, as_json, f"ledger entry of {id_} removed ({plural(len(answer['fields']), 'field')})")
 
 
 @ledger_group.command("set")

@@ -253,6 +253,26 @@ class LedgerService:
                     problems.append(Problem(e.id, exc.field, exc.reason, e.line))
             kept.setdefault(e.id, {}).update(values)
 
+    def orphans(self) -> list[str]:
+        """IDs whose ledger entry names no channel or device the gateway has now (an NVR's channels
+        renumbered when cameras were re-added, a device removed): kept until removed, never lost."""
+        return sorted(id_ for id_ in self.entries if not self.kind_of(id_))
+
+    async def remove(self, id_: str) -> LedgerEntry | None:
+        """Forget the entry of ``id_``; what it held, or ``None`` if there was none.
+
+        Raises:
+            StoreError: the store cannot be written (the entry is kept in memory too).
+        """
+        async with self._writing:
+            entry = self.entries.get(id_)
+            if entry is None:
+                return None
+            await self.store.delete_ledger([id_])
+            del self.entries[id_]
+            log.info("ledger entry removed", extra={"id": id_, "fields": len(entry.values)})
+            return entry
+
     async def apply(self, edits: list[Edit], *, strict: bool = False, dry_run: bool = False) -> EditResult:
         """Check ``edits`` and, unless ``dry_run`` (or ``strict`` and any problem), write their changes at once.
 
