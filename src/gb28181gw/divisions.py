@@ -17,7 +17,7 @@ from importlib import resources
 
 #: Entries at city level that name no city: the districts of a municipality ("市辖区"), its counties
 #: ("县"), or counties ruled directly by the province ("省直辖县级行政区划"). An area shows no city then.
-_NO_CITY = frozenset({"市辖区", "县", "省直辖县级行政区划", "自治区直辖县级行政区划"})
+NO_CITY = frozenset({"市辖区", "县", "省直辖县级行政区划", "自治区直辖县级行政区划"})
 
 
 @functools.cache
@@ -76,7 +76,7 @@ def area_of(code: str) -> Area:
         if name is None:
             unknown = part
             break
-        names[level] = "" if level == 1 and name in _NO_CITY else name
+        names[level] = "" if level == 1 and name in NO_CITY else name
     return Area(digits, names[0], names[1], names[2], unknown)
 
 

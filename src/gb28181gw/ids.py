@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 
-from gb28181gw.divisions import division_name
+from gb28181gw.divisions import NO_CITY, division_name
 from gb28181gw.errors import IdError
 
 PROVINCES: dict[str, str] = {
@@ -287,6 +287,8 @@ class GbId:
                 rows.append((positions, digits, f"{level}: none ({none})"))
                 continue
             name = division_name(centre[:size])
+            if name in NO_CITY:  # a municipality's districts, or counties the province rules itself
+                name = f"{name} (no city between: ruled by the province)"
             rows.append((positions, digits, f"{level} {name}" if name else f"{level} (not in GB/T 2260)"))
         if len(centre) == 8:
             base = centre[6:8]
