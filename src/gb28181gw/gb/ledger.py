@@ -347,7 +347,7 @@ def normalise_all(values: Mapping[str, str]) -> dict[str, str]:
 
 # --- the ID's rules -------------------------------------------------------------------------
 
-#: Type codes of a camera (a video channel): 131 camera, 132 IPC (PROTOCOL.md §1.4).
+#: Type codes of a camera (a video channel): 131 camera, 132 IPC (PROTOCOL.md §1.4); the doctor plays only these.
 CAMERA_TYPES = frozenset({131, 132})
 
 

@@ -42,6 +42,7 @@ from typing import Any
 from gb28181gw import __version__
 from gb28181gw.errors import DeviceError, DoctorError, RtpError, StreamError
 from gb28181gw.gb.doctor import CHECK_BY_KEY, CHECKS, CheckResult, DoctorReport, Outcome, event
+from gb28181gw.gb.ledger import CAMERA_TYPES
 from gb28181gw.gb.model import Device
 from gb28181gw.gb.query import CatalogResult, catalog_problems
 from gb28181gw.gb.registrar import DateFormat
@@ -77,8 +78,6 @@ NEXT_KEY_FRAME_WAIT = 6.0
 #: Catalog PTZType values of PTZ cameras (§A.2.1, PROTOCOL.md §5.5): 1 dome, 4 PTZ bullet (遥控枪机),
 #: 5 PTZ half-dome (2022); 2 half-dome and 3 fixed bullet (固定枪机) have no PTZ.
 PTZ_TYPES = ("1", "4", "5")
-#: Type codes of video channels (131 camera, 132 IPC; PROTOCOL.md §1.4, C10).
-VIDEO_TYPES = (131, 132)
 #: DeviceStatus elements the standard makes mandatory (§A.2.6.7).
 STATUS_FIELDS = ("Online", "Status")
 #: DeviceInfo elements that are optional but that an acceptance record lists.
@@ -583,7 +582,7 @@ def _is_video(channel_id: str) -> bool:
         gb = GbId.parse(channel_id)
     except ValueError:
         return False
-    return gb.type_code in VIDEO_TYPES
+    return gb.type_code in CAMERA_TYPES
 
 
 class _MediaWatcher:
