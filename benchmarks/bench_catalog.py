@@ -12,13 +12,17 @@ sync   `gb28181gw serve` pinned to CPU 0; a device on CPU 1 registers, is asked 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import socket
+import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -116,7 +120,19 @@ def ok_for(request: bytes, tag: str = "dev") -> bytes:
     ).encode()
 
 
-def bench_sync(channels: int, per_message: int) -> None:
+@dataclass
+class Site:
+    """A gateway pinned to CPU 0 and an NVR (this process, CPU 1) registered with it."""
+
+    proc: subprocess.Popen[bytes]
+    dev: socket.socket
+    dest: tuple[str, int]
+    admin_port: int
+
+
+@contextlib.contextmanager
+def nvr_site() -> Iterator[Site]:
+    """:class:`Site` with the NVR registered; the gateway stopped after."""
     os.sched_setaffinity(0, {1})
     sip_port, admin_port = free_port(socket.SOCK_DGRAM), free_port()
     proc = start_server(
@@ -128,18 +144,24 @@ def bench_sync(channels: int, per_message: int) -> None:
     dest = ("127.0.0.1", sip_port)
     try:
         register_device(dev, dest)
-        c0 = cpu_seconds(proc.pid)
-        seconds = load_catalog(dev, dest, admin_port, channels, per_message)
-        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/api/v1/channels?device={NVR}", timeout=10) as resp:
-            stored = resp.read().count(b'"channel_id"')
-        print(
-            f"catalog of {channels} channels in {channels // per_message} MESSAGEs: {seconds:.3f} s from query to stored "
-            f"({stored} channels listed), gateway CPU {cpu_seconds(proc.pid) - c0:.2f} s"
-        )
+        yield Site(proc, dev, dest, admin_port)
     finally:
         dev.close()
         proc.terminate()
         proc.wait(15)
+
+
+def bench_sync(channels: int, per_message: int) -> None:
+    with nvr_site() as site:
+        c0 = cpu_seconds(site.proc.pid)
+        seconds = load_catalog(site.dev, site.dest, site.admin_port, channels, per_message)
+        url = f"http://127.0.0.1:{site.admin_port}/api/v1/channels?device={NVR}"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            stored = resp.read().count(b'"channel_id"')
+        print(
+            f"catalog of {channels} channels in {channels // per_message} MESSAGEs: {seconds:.3f} s from query to stored "
+            f"({stored} channels listed), gateway CPU {cpu_seconds(site.proc.pid) - c0:.2f} s"
+        )
 
 
 def main() -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import socket
 import statistics
 import subprocess
@@ -34,8 +33,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "src")]
-from bench_catalog import NVR, load_catalog, register_device, sip  # noqa: E402
-from bench_options import cpu_seconds, free_port, rss_mib, start_server  # noqa: E402
+from bench_catalog import NVR, load_catalog, nvr_site, sip  # noqa: E402
+from bench_options import cpu_seconds, rss_mib  # noqa: E402
 
 OURS = "34020000002000000001"
 
@@ -117,19 +116,10 @@ def bare_xlsx(rows: list[list[str]]) -> float:
 
 
 def bench(channels: int) -> None:
-    os.sched_setaffinity(0, {1})
-    sip_port, admin_port = free_port(socket.SOCK_DGRAM), free_port()
-    proc = start_server(
-        sip_port, admin_port, 0, "--set", "devices.catalog_on_register=false", "--set", "devices.subscribe="
-    )
-    admin = f"http://127.0.0.1:{admin_port}"
-    dev = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    dev.bind(("127.0.0.1", 0))
-    dev.settimeout(10)
-    dest = ("127.0.0.1", sip_port)
-    try:
-        register_device(dev, dest)
-        seconds = load_catalog(dev, dest, admin_port, channels, 10)
+    with nvr_site() as site:
+        proc, dest = site.proc, site.dest
+        admin = f"http://127.0.0.1:{site.admin_port}"
+        seconds = load_catalog(site.dev, dest, site.admin_port, channels, 10)
         print(f"{channels} cameras in the catalog ({seconds:.2f} s); gateway RSS {rss_mib(proc.pid):.1f} MiB")
         keepalives = Keepalives(dest)
         idle = keepalives.during(None, 3.0)
@@ -183,10 +173,6 @@ def bench(channels: int) -> None:
         )
         print(f"  SIP latency meanwhile: {latency_text(during)}")
         print(f"  baseline: the csv module reading the same {len(rows) - 1} rows: {bare * 1000:.1f} ms")
-    finally:
-        dev.close()
-        proc.terminate()
-        proc.wait(15)
 
 
 def main() -> None:
