@@ -7,7 +7,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "src" / "gb28181gw"
 
-CORE = ("errors", "divisions", "ids", "deadlines", "sip", "sdp", "media", "manscdp", "gb")
+CORE = ("errors", "divisions", "ids", "deadlines", "access", "audit", "sip", "sdp", "media", "manscdp", "gb")
 FORBIDDEN_IN_CORE = {
     "asyncio", "socket", "selectors", "threading", "sqlite3", "redis", "aiohttp",
     "prometheus_client", "click", "typer", "rich", "av",
@@ -19,12 +19,14 @@ ALLOWED: dict[str, set[str]] = {
     "divisions": set(),
     "ids": {"errors", "divisions"},
     "deadlines": set(),
+    "access": {"errors"},
+    "audit": set(),
     "sip": {"errors", "deadlines", "sip"},
     "manscdp": {"errors", "manscdp"},
     "sdp": {"errors"},
     "media": {"errors", "media"},
     "gb": {"errors", "divisions", "ids", "deadlines", "sip", "sdp", "media", "manscdp", "gb"},
-    "store": {"errors", "ids", "gb", "store"},
+    "store": {"errors", "ids", "access", "audit", "gb", "store"},
     "net": set(CORE) | {"net", "logs", "metrics", "config"},
     "metrics": {"metrics"},
     "logs": set(),

@@ -44,6 +44,7 @@ from gb28181gw.pull import picture_size
 from gb28181gw.relay.forwarder import Forwarder, RelaySettings
 from gb28181gw.relay.workers import LocalRelay, Relay, WorkerRelay
 from gb28181gw.sdp import StreamMode
+from gb28181gw.services.audit import AuditService
 from gb28181gw.services.cascade_catalog import CascadeCatalogService
 from gb28181gw.services.cascade_media import CascadeMediaService
 from gb28181gw.services.cascade_requests import CascadeRequestService
@@ -85,6 +86,7 @@ class Gateway:
         )
         self.stack = SipStack(self.endpoint, counters=self.metrics.sip)
         self.store = SqliteStore(config.store.path)
+        self.audit = AuditService(self.store, self.metrics, retention_days=config.audit.retention_days)
         self.registrar = RegistrarService(
             self.stack,
             self.store,
@@ -219,6 +221,7 @@ class Gateway:
         """Open the store and bind everything; raises ``StoreError`` or ``OSError`` when it cannot."""
         c = self.config
         await self.store.open()
+        await self.audit.start()
         await self.registrar.start()
         await self.devices.start()
         await self.ledger.start()
@@ -269,6 +272,7 @@ class Gateway:
         await self.subscriptions.stop()
         await self.devices.stop()
         await self.registrar.stop()
+        await self.audit.stop()  # last: everything before it may still have recorded an action
         await self.store.close()
         log.info("gateway stopped")
 

@@ -409,6 +409,38 @@ class AdminSection:
     allowed_hosts: list[str] = _opt(
         [], "host names the API answers to besides localhost and IP addresses (DNS-rebinding guard)"
     )
+    require_tokens: bool = _opt(
+        False,
+        "ask every caller for a token even on loopback (beyond loopback tokens are always required, "
+        "and start-up needs an admin token: gb28181gw token create NAME --role admin)",
+    )
+    open_metrics: bool = _opt(True, "serve /metrics without a token (/healthz and /readyz are always open)")
+    tls_cert: str = _opt("", "PEM certificate (chain) file: serve the admin API over HTTPS; empty = plain HTTP")
+    tls_key: str = _opt("", "PEM private key file of tls_cert")
+
+
+@dataclass(frozen=True, slots=True)
+class AuditSection:
+    """The audit trail of every action that changes something or reaches a camera."""
+
+    retention_days: int = _opt(366, "days audit records are kept (the rules ask for at least a year)", _at_least(1))
+
+
+@dataclass(frozen=True, slots=True)
+class FloodSection:
+    """Per-address limits on SIP requests (like Kamailio's pike): who sends too fast is banned a while."""
+
+    enabled: bool = _opt(True, "limit SIP requests per source address")
+    window: float = _opt(2.0, "seconds over which requests are counted", _positive)
+    limit: int = _opt(100, "requests per window from an address the gateway does not know", _at_least(1))
+    known_limit: int = _opt(
+        2000, "requests per window from the address of a registered device or a configured superior", _at_least(1)
+    )
+    ban: float = _opt(300.0, "seconds an address over its limit is ignored", _positive)
+    exempt: list[str] = _opt([], "networks (CIDR) never limited (a trusted proxy in front of many devices)", _networks)
+    log_interval: float = _opt(
+        60.0, "seconds between log lines about one kind of malformed input (the rest are counted and summed)", _positive
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,6 +549,8 @@ class Config:
     ledger: LedgerSection = field(default_factory=LedgerSection)
     store: StoreSection = field(default_factory=StoreSection)
     admin: AdminSection = field(default_factory=AdminSection)
+    audit: AuditSection = field(default_factory=AuditSection)
+    flood: FloodSection = field(default_factory=FloodSection)
     log: LogSection = field(default_factory=LogSection)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
     #: The superiors we register to (``[[upstream]]`` tables), in file order.
@@ -652,6 +686,8 @@ SECTIONS: dict[str, Any] = {
     "ledger": LedgerSection,
     "store": StoreSection,
     "admin": AdminSection,
+    "audit": AuditSection,
+    "flood": FloodSection,
     "log": LogSection,
     "runtime": RuntimeSection,
 }

@@ -48,6 +48,11 @@ a bug (the fuzz tests in ``tests/fuzz`` check exactly that).
         │                             HTTP-style answer, .hint what to do
         ├── UpstreamError             a change to what a superior sees (404 no such superior, 400 a bad ID)
         ├── DoctorError               a conformance run cannot start (404 / 409 / 400)
+        ├── AccessDenied              an admin API caller without a valid token (.status 401) or whose
+        │                             token's role is too small for the route (.status 403)
+        ├── TokenError                a token that cannot be made, found or read (400 / 404 / 409);
+        │                             never quotes a secret
+        ├── AuditError                an audit listing that cannot be made (a bad filter: 400)
         └── LedgerError               a change to the camera ledger cannot be made (404 / 400)
             ├── LedgerValueError (ValueError)  a value a ledger field cannot take; .field, .reason
             └── FormError             a ledger form file that cannot be used; names the file and key at fault
@@ -419,3 +424,33 @@ class DoctorError(RequestRefused):
         status: 404 no such device or channel, 409 the device is not registered or is being run
             already, 400 a check that does not exist.
     """
+
+
+class AccessDenied(RequestRefused):
+    """An admin API request refused for who makes it.
+
+    Attributes:
+        status: 401 (no token, or one that is malformed, unknown or revoked) or 403 (a valid
+            token whose role may not do this).
+        reason: a stable word for the metric: ``missing``, ``malformed``, ``unknown``, ``revoked``,
+            ``query-string`` (a token sent in the URL), ``role``.
+    """
+
+    UNAUTHENTICATED = 401
+    FORBIDDEN = 403
+
+    def __init__(self, message: str, status: int, reason: str, hint: str | None = None) -> None:
+        super().__init__(message, status, hint)
+        self.reason = reason
+
+
+class TokenError(RequestRefused):
+    """A token that cannot be made, found or read. Its message never holds a secret.
+
+    Attributes:
+        status: 400 (a bad name, role or header), 404 (no token of that name), 409 (the name is taken).
+    """
+
+
+class AuditError(RequestRefused):
+    """An audit listing or check that cannot be made (a filter that is not one: 400)."""

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from gb28181gw.access import Role, Token, digest_of, new_secret
+from gb28181gw.audit import Action, Anchor, AuditEntry, AuditQuery, Result, verify
 from gb28181gw.errors import StoreError, StoreRecordError
 from gb28181gw.gb.ledger import LedgerEntry
 from gb28181gw.gb.model import Alarm, Ban, Channel, Device, DeviceState, Override, ShareEntry, StreamMode, Transport
@@ -516,3 +520,89 @@ async def test_ledger_survives_reopen(factory: Callable[[], Store]) -> None:
         assert await s.load_ledger() == [entry]
     finally:
         await s.close()
+
+
+# --- tokens and the audit trail (issue 15) ---------------------------------------------------
+
+
+async def test_tokens_are_replaced_by_name_and_survive_reopen(factory: Callable[[], Store]) -> None:
+    s = factory()
+    await s.open()
+    t = Token("ops", Role.OPERATOR, digest_of(new_secret()), 10.0)
+    await s.save_token(t)
+    await s.save_token(Token("grafana", Role.VIEWER, digest_of(new_secret()), 11.0))
+    await s.save_token(replace(t, revoked=20.0, last_used=15.0))
+    await s.close()
+    s = factory()
+    await s.open()
+    try:
+        tokens = await s.load_tokens()
+        assert [x.name for x in tokens] == ["grafana", "ops"]
+        assert tokens[1] == replace(t, revoked=20.0, last_used=15.0) and not tokens[1].active
+    finally:
+        await s.close()
+
+
+def _entry(n: int, **kw: Any) -> AuditEntry:
+    base: dict[str, Any] = dict(
+        time=1000.0 + n, actor="token:ops", source="127.0.0.1", action=Action.PTZ, target=f"340200000013200{n:05d}"
+    )
+    return AuditEntry(**(base | kw))
+
+
+async def test_audit_records_are_numbered_chained_and_survive_reopen(factory: Callable[[], Store]) -> None:
+    s = factory()
+    await s.open()
+    first = await s.append_audit([_entry(1, params={"command": "左转", "speed": 5}), _entry(2)])
+    second = await s.append_audit([_entry(3, result=Result.REFUSED, detail="role")])
+    await s.close()
+    s = factory()
+    await s.open()
+    try:
+        assert [r.seq for r in first + second] == [1, 2, 3]
+        stored = await s.audit_chain()
+        assert stored == first + second
+        assert verify(stored) == []
+        assert stored[0].entry.params == {"command": "左转", "speed": 5}
+        assert await s.audit_ends() == (Anchor(), 3)
+    finally:
+        await s.close()
+
+
+async def test_audit_listing_filters(store: Store) -> None:
+    await store.append_audit(
+        [
+            _entry(1),
+            _entry(2, actor="superior:34020000002000000002", action=Action.STREAM_OPEN),
+            _entry(3, action=Action.STREAM_CLOSE, result=Result.FAILED),
+            _entry(4, actor="local", target="34020000001310000009"),
+        ]
+    )
+
+    async def seqs(**kw: Any) -> list[int]:
+        return [r.seq for r in await store.load_audit(AuditQuery(**kw))]
+
+    assert await seqs() == [1, 2, 3, 4]
+    assert await seqs(actor="token:") == [1, 3]
+    assert await seqs(actor="local") == [4]
+    assert await seqs(action="stream.") == [2, 3]
+    assert await seqs(action="stream.close") == [3]
+    assert await seqs(target="3402000000131000*") == [4]
+    assert await seqs(since=1002.0, until=1003.0) == [2, 3]
+    assert await seqs(result="failed") == [3]
+    assert await seqs(after=2, limit=1) == [3]
+    for query in (AuditQuery(actor="token:"), AuditQuery(action="stream."), AuditQuery(target="3402000000131000*")):
+        every = await store.load_audit(AuditQuery())
+        assert await store.load_audit(query) == [r for r in every if query.matches(r)]
+
+
+async def test_audit_retention_removes_from_the_front_and_keeps_the_chain_checkable(store: Store) -> None:
+    await store.append_audit([_entry(n) for n in range(1, 6)])
+    assert await store.prune_audit(before=1003.0) == 2  # records at 1001, 1002
+    anchor, head = await store.audit_ends()
+    remaining = await store.audit_chain()
+    assert anchor.seq == 2 and head == 5 and [r.seq for r in remaining] == [3, 4, 5]
+    assert verify(remaining, anchor) == []
+    assert await store.prune_audit(before=0.0) == 0
+    await store.append_audit([_entry(6)])
+    assert verify(await store.audit_chain(), anchor) == []

@@ -12,6 +12,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol
 
+from gb28181gw.access import Token
+from gb28181gw.audit import Anchor, AuditEntry, AuditQuery, AuditRecord
 from gb28181gw.gb.ledger import LedgerEntry
 from gb28181gw.gb.model import Alarm, Ban, Channel, Device, Override, ShareEntry
 
@@ -108,3 +110,27 @@ class Store(Protocol):
 
     async def load_ledger(self) -> list[LedgerEntry]:
         """Every ledger entry, by ID. Fields a newer gb28181gw wrote are kept as they are."""
+
+    async def save_token(self, token: Token) -> None:
+        """Insert or replace the token of ``token.name`` (a revocation is a save with ``revoked`` set)."""
+
+    async def load_tokens(self) -> list[Token]:
+        """Every token, revoked ones too, by name."""
+
+    async def append_audit(self, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
+        """Append ``entries`` in order, numbered after the last record and chained to it
+        (:func:`~gb28181gw.audit.chain_hash`), atomically: all of them or none."""
+
+    async def load_audit(self, query: AuditQuery) -> list[AuditRecord]:
+        """The records ``query`` selects (:meth:`~gb28181gw.audit.AuditQuery.matches`), oldest first."""
+
+    async def audit_chain(self, after: int = 0, limit: int = 10_000) -> list[AuditRecord]:
+        """Up to ``limit`` records numbered above ``after``, in order: the chain read page by page."""
+
+    async def audit_ends(self) -> tuple[Anchor, int]:
+        """Where the stored chain starts (the last record retention removed) and the number of
+        the last record written."""
+
+    async def prune_audit(self, before: float) -> int:
+        """Remove the records older than ``before`` (epoch seconds) from the front of the chain,
+        keeping the last removed one as the anchor; how many were removed."""

@@ -1,0 +1,258 @@
+"""The audit trail: who did what, recorded without ever making the action wait for the store.
+
+Services call :meth:`AuditService.record` where an action is carried out (or refused); the actor
+comes from :data:`ACTOR`, a context variable the admin API sets for each request from its token
+(:func:`acting`), the cascade services set for a superior's request, and which otherwise names
+the gateway itself. Records are queued and written in order by one task, batched; a record the
+store could not take stays queued (up to :data:`MAX_UNWRITTEN`) and is written when it can be.
+The store numbers and chains them (``gb28181gw.audit``), so one writer per store keeps the chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from gb28181gw.audit import (
+    GATEWAY,
+    Action,
+    Actor,
+    Anchor,
+    AuditEntry,
+    AuditQuery,
+    AuditRecord,
+    ChainProblem,
+    Result,
+    redact,
+    verify,
+)
+from gb28181gw.errors import StoreError
+from gb28181gw.metrics import AUDIT_RECORDS, AUDIT_UNWRITTEN, Metrics
+from gb28181gw.store.base import Store
+
+__all__ = ["ACTOR", "MAX_UNWRITTEN", "AuditService", "ChainReport", "acting"]
+
+log = logging.getLogger("gb28181gw.audit")
+
+#: Who the current task acts for (set per admin API request, per superior's request).
+ACTOR: ContextVar[Actor] = ContextVar("gb28181gw_actor", default=GATEWAY)
+#: Records held while the store cannot take them; past it the oldest are dropped, counted and logged.
+MAX_UNWRITTEN = 100_000
+#: Seconds between retention sweeps.
+_SWEEP_INTERVAL = 3600.0
+_DAY = 86_400.0
+#: Records read per page while verifying.
+_PAGE = 10_000
+
+
+@contextlib.contextmanager
+def acting(actor: Actor) -> Iterator[None]:
+    """Run the block (and the tasks it starts) on behalf of ``actor``."""
+    token = ACTOR.set(actor)
+    try:
+        yield
+    finally:
+        ACTOR.reset(token)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainReport:
+    """The outcome of checking the whole stored chain.
+
+    Attributes:
+        records: how many records were checked.
+        anchor: where the stored chain starts (records before it were removed by retention).
+        head: the last record's number and hash as stored: copy them elsewhere to detect a rollback.
+        problems: every break found, empty if the chain is whole.
+    """
+
+    records: int
+    anchor: Anchor
+    head_seq: int
+    head_hash: str
+    problems: list[ChainProblem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "records": self.records,
+            "anchor": {"seq": self.anchor.seq, "hash": self.anchor.hash},
+            "head": {"seq": self.head_seq, "hash": self.head_hash},
+            "problems": [{"seq": p.seq, "problem": p.problem} for p in self.problems],
+        }
+
+
+class AuditService:
+    """Records actions in the store's audit trail, lists them and checks the chain.
+
+    Args:
+        store: where records are kept.
+        metrics: counts records by action and result, and the unwritten ones.
+        retention_days: records older than this are removed (a daily sweep).
+        clock: wall-clock epoch seconds (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        metrics: Metrics | None = None,
+        *,
+        retention_days: int = 366,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.retention = retention_days * _DAY
+        self._clock = clock
+        self._pending: deque[AuditEntry] = deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.dropped = 0
+        self._counts = metrics.counter(AUDIT_RECORDS) if metrics else None
+        if metrics is not None:
+            metrics.gauge(AUDIT_UNWRITTEN, lambda: len(self._pending))
+
+    # --- recording ----------------------------------------------------------------------
+
+    def record(
+        self,
+        action: Action,
+        target: str = "",
+        params: Mapping[str, Any] | None = None,
+        *,
+        result: Result = Result.OK,
+        detail: str = "",
+        actor: Actor | None = None,
+    ) -> AuditEntry:
+        """Queue one record (never blocks); the actor is :data:`ACTOR` unless given."""
+        who = actor or ACTOR.get()
+        entry = AuditEntry(
+            self._clock(), who.name, who.source, action, target, redact(params or {}), result, detail[:1000]
+        )
+        if len(self._pending) >= MAX_UNWRITTEN:
+            self._pending.popleft()
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 10_000 == 0:
+                log.error("audit records dropped: the store has not taken them", extra={"dropped": self.dropped})
+        self._pending.append(entry)
+        if self._counts is not None:
+            self._counts[str(action), str(result)] += 1
+        self._idle.clear()
+        self._wake.set()
+        return entry
+
+    async def start(self) -> None:
+        """Start the writer and the retention sweep."""
+        self._tasks = [
+            asyncio.create_task(self._writer(), name="audit-writer"),
+            asyncio.create_task(self._sweeper(), name="audit-retention"),
+        ]
+
+    async def stop(self) -> None:
+        """Write what is queued (as far as the store takes it) and stop."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        try:
+            await self._write_pending()
+        except StoreError as exc:
+            log.error(
+                "audit records left unwritten at shutdown", extra={"records": len(self._pending), "error": str(exc)}
+            )
+
+    async def flush(self) -> None:
+        """Wait until everything recorded so far is written (or the store refused it)."""
+        if self._tasks:
+            await self._idle.wait()
+        else:
+            await self._write_pending()
+
+    async def _writer(self) -> None:
+        backoff = 0.5
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._write_pending()
+                backoff = 0.5
+            except StoreError as exc:
+                log.warning("audit records not written yet", extra={"records": len(self._pending), "error": str(exc)})
+                self._idle.set()  # flush() must not hang on a broken store
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                self._wake.set()
+
+    async def _write_pending(self) -> None:
+        while self._pending:
+            batch = list(self._pending)[:1000]
+            await self.store.append_audit(batch)
+            for _ in batch:
+                self._pending.popleft()
+        self._idle.set()
+
+    # --- reading ------------------------------------------------------------------------
+
+    async def query(self, query: AuditQuery) -> list[AuditRecord]:
+        """The records ``query`` selects, including every one recorded before this call."""
+        await self.flush()
+        return await self.store.load_audit(query)
+
+    async def verify(self) -> ChainReport:
+        """Check the whole stored chain, page by page."""
+        await self.flush()
+        anchor, head = await self.store.audit_ends()
+        problems: list[ChainProblem] = []
+        checked, after, previous = 0, anchor.seq, anchor
+        last_hash = anchor.hash
+        while True:
+            page = await self.store.audit_chain(after, _PAGE)
+            if not page:
+                break
+            problems += verify(page, previous)
+            checked += len(page)
+            after = page[-1].seq
+            last_hash = page[-1].hash
+            previous = Anchor(page[-1].seq, page[-1].hash)
+        if head > after:
+            problems.append(ChainProblem(after + 1, f"records {after + 1} to {head} missing from the end"))
+        elif head < after:
+            problems.append(ChainProblem(head + 1, f"records {head + 1} to {after} were added outside the gateway"))
+        return ChainReport(checked, anchor, head, last_hash, problems)
+
+    # --- retention ----------------------------------------------------------------------
+
+    async def prune(self) -> int:
+        """Remove records past the retention now; the removal is itself recorded."""
+        await self.flush()
+        removed = await self.store.prune_audit(self._clock() - self.retention)
+        if removed:
+            self.record(
+                Action.AUDIT_PRUNE,
+                params={"removed": removed, "retention_days": round(self.retention / _DAY)},
+                actor=GATEWAY,
+            )
+            log.info("audit records past their retention removed", extra={"removed": removed})
+        return removed
+
+    async def _sweeper(self) -> None:
+        while True:
+            try:
+                await self.prune()
+            except StoreError as exc:
+                log.warning("audit retention sweep failed", extra={"error": str(exc)})
+            await asyncio.sleep(_SWEEP_INTERVAL)
