@@ -208,29 +208,12 @@ DOCTOR_CHECKS = Family(
 )
 
 # --- who may do what: the admin API's tokens, the audit trail, SIP flood limits (issue 15) --
-ADMIN_REFUSED = Family(
-    "gb28181gw_admin_refused",
-    Kind.COUNTER,
-    "Admin API requests refused for who made them: 401 (no valid token) or 403 (role too small), by reason",
-    ("status", "reason"),
-)
 AUDIT_RECORDS = Family(
     "gb28181gw_audit_records", Kind.COUNTER, "Audit records written, by action and result", ("action", "result")
 )
 AUDIT_UNWRITTEN = Family(
     "gb28181gw_audit_unwritten", Kind.GAUGE, "Audit records waiting for the store (they are kept until written)"
 )
-SIP_FLOOD_BANS = Family(
-    "gb28181gw_sip_flood_bans",
-    Kind.COUNTER,
-    "Source addresses banned for sending SIP requests too fast, by whether the gateway knew them",
-    ("kind",),
-)
-SIP_FLOOD_DROPPED = Family(
-    "gb28181gw_sip_flood_dropped", Kind.COUNTER, "SIP input dropped from flood-banned addresses", ("transport",)
-)
-SIP_FLOOD_BANNED = Family("gb28181gw_sip_flood_banned", Kind.GAUGE, "Source addresses flood-banned now")
-
 #: The label value for device-supplied text outside the values a family knows.
 OTHER = "other"
 
