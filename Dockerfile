@@ -13,6 +13,15 @@
 # (Docker runs a proxy process per published port unless its daemon.json says
 # "userland-proxy": false; the host network below needs none.)
 #
+# Inside the container the admin API listens on 0.0.0.0 (to be published at all), so every caller
+# needs a token and the gateway refuses to start until an admin token exists. Make the first one
+# once, with the gateway's container stopped: no gateway answers, so the command writes it into
+# the store in the volume (the token is printed once; keep it):
+#   docker run --rm -v gb28181gw-data:/var/lib/gb28181gw gb28181gw token create admin --role admin
+# then call the API with it: GB28181GW_TOKEN=gbgw_… gb28181gw devices (from the host), or
+# docker exec -e GB28181GW_TOKEN=gbgw_… CONTAINER gb28181gw devices. The HEALTHCHECK keeps working
+# without one: /healthz and /readyz are always open (and /metrics while admin.open_metrics is true).
+#
 # On the host's network instead: nothing to publish, and each device is told the address it
 # reached the host at, as without Docker. The admin API must then stay on loopback:
 #   docker run --rm --network host -e GB28181GW_ADMIN_LISTEN=127.0.0.1 \
@@ -31,8 +40,9 @@ USER gb
 WORKDIR /var/lib/gb28181gw
 # SIP (UDP and TCP), the RTP port range for media, the admin API (/metrics, /healthz)
 EXPOSE 5060/udp 5060/tcp 30000-31999/udp 30000-31999/tcp 8028/tcp
-# Inside the container the admin API must listen beyond loopback to be published; publish it
-# to the host's loopback only (see the run lines above), it has no authentication.
+# Inside the container the admin API must listen beyond loopback to be published: it then asks
+# every caller for a token (start-up needs an admin token, see above); still publish it to the
+# host's loopback only, its plain HTTP carries the tokens in clear (admin.tls_cert for HTTPS).
 ENV GB28181GW_CONFIG=/etc/gb28181gw/gateway.toml \
     GB28181GW_ADMIN_LISTEN=0.0.0.0
 HEALTHCHECK --interval=15s --timeout=3s CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8028/readyz', timeout=2).status == 200 else 1)"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from gb28181gw.config import load_config
+from gb28181gw.config import is_loopback, load_config
 from tests.helpers import ROOT
 
 DOCKERFILE = ROOT / "Dockerfile"
@@ -44,7 +44,7 @@ def parse_publish(spec: str) -> Published:
     return Published(_range(host), _range(container), proto or "tcp", ip)
 
 
-def run_lines() -> list[list[str]]:
+def all_run_lines() -> list[list[str]]:
     """Every ``docker run`` command in the Dockerfile's comments, as argument lists."""
     commands: list[list[str]] = []
     current = ""
@@ -65,6 +65,11 @@ def run_lines() -> list[list[str]]:
             commands.append(shlex.split(current))
             current = ""
     return commands
+
+
+def run_lines() -> list[list[str]]:
+    """The ``docker run`` commands that run the gateway (not the one-off ``token create``)."""
+    return [a for a in all_run_lines() if "token" not in a]
 
 
 def options(argv: list[str], flag: str) -> list[str]:
@@ -132,3 +137,18 @@ def test_run_lines_set_real_settings_and_the_bridge_one_advertises_the_hosts_add
     assert "COPY conf/gateway.toml " + image_env["GB28181GW_CONFIG"] in DOCKERFILE.read_text()
     image_env["GB28181GW_CONFIG"] = str(ROOT / "conf" / "gateway.toml")  # what the image copies there
     assert load_config(env={**image_env, **env_of(host)}).admin.listen == "127.0.0.1"
+
+
+def test_the_image_asks_for_tokens_and_says_how_to_make_the_first_in_the_volume() -> None:
+    image_env = dict(re.findall(r"(GB28181GW_\w+)=(\S+)", DOCKERFILE.read_text().split("\nENV ", 1)[1]))
+    image_env["GB28181GW_CONFIG"] = str(ROOT / "conf" / "gateway.toml")
+    # beyond loopback: the gateway requires tokens and refuses to start without an admin token
+    assert not is_loopback(load_config(env=image_env).admin.listen)
+    (make,) = [a for a in all_run_lines() if "token" in a]
+    assert make[make.index("token") :] == ["token", "create", "admin", "--role", "admin"]
+    assert make[make.index("token") - 1] == "gb28181gw"  # the image, whose entry point is gb28181gw
+    (bridge,) = [a for a in run_lines() if "--network" not in a]
+    assert options(make, "-v") == options(bridge, "-v")  # the store the gateway will read
+    # the health check needs no token: it asks an open page
+    check = re.search(r"^HEALTHCHECK .*$", DOCKERFILE.read_text(), re.M)
+    assert check is not None and "/readyz" in check[0] and "Authorization" not in check[0]

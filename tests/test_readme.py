@@ -295,7 +295,7 @@ def test_firewall_ports_are_the_defaults(readme: str) -> None:
         "admin API": str(DEFAULTS["admin.port"]),
     }
     assert DEFAULTS["admin.listen"] == "127.0.0.1"
-    assert "no authentication" in section(readme, "Firewall")
+    assert "token" in section(readme, "Firewall") and "in clear" in section(readme, "Firewall")
 
 
 def test_docker_run_publishes_what_the_config_uses(readme: str) -> None:

@@ -16,6 +16,7 @@ import logging
 import os
 import resource
 import signal
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -26,8 +27,9 @@ from gb28181gw.admin import AdminServer, add_device_routes, add_stream_routes, a
 from gb28181gw.admin.doctor import add_doctor_routes
 from gb28181gw.admin.forms import add_form_routes
 from gb28181gw.admin.ledger import add_ledger_routes
-from gb28181gw.config import Config, parse_time_zone
-from gb28181gw.errors import StoreError
+from gb28181gw.admin.tokens import add_token_routes
+from gb28181gw.config import Config, is_loopback, parse_time_zone
+from gb28181gw.errors import ConfigError, StoreError
 from gb28181gw.gb.model import DeviceState
 from gb28181gw.gb.registrar import DateFormat, RegistrarPolicy, parse_networks
 from gb28181gw.logs import RATE_LIMIT
@@ -44,6 +46,7 @@ from gb28181gw.pull import picture_size
 from gb28181gw.relay.forwarder import Forwarder, RelaySettings
 from gb28181gw.relay.workers import LocalRelay, Relay, WorkerRelay
 from gb28181gw.sdp import StreamMode
+from gb28181gw.services.access import AccessService
 from gb28181gw.services.audit import AuditService
 from gb28181gw.services.cascade_catalog import CascadeCatalogService
 from gb28181gw.services.cascade_media import CascadeMediaService
@@ -87,6 +90,7 @@ class Gateway:
         self.stack = SipStack(self.endpoint, counters=self.metrics.sip)
         self.store = SqliteStore(config.store.path)
         self.audit = AuditService(self.store, self.metrics, retention_days=config.audit.retention_days)
+        self.access = AccessService(self.store, self.audit)
         self.registrar = RegistrarService(
             self.stack,
             self.store,
@@ -222,6 +226,8 @@ class Gateway:
         c = self.config
         await self.store.open()
         await self.audit.start()
+        await self.access.start()
+        admin_tls = self._admin_preflight()  # before binding anything: a refusal leaves no port taken
         await self.registrar.start()
         await self.devices.start()
         await self.ledger.start()
@@ -232,7 +238,14 @@ class Gateway:
         await self.cascade_catalog.start()
         if c.admin.enabled:
             self.admin = AdminServer(
-                self.metrics, status=self.status, ready=lambda: self.ready, allowed_hosts=c.admin.allowed_hosts
+                self.metrics,
+                status=self.status,
+                ready=lambda: self.ready,
+                allowed_hosts=c.admin.allowed_hosts,
+                access=self.access,
+                audit=self.audit,
+                require_tokens=c.admin.require_tokens,
+                open_metrics=c.admin.open_metrics,
             )
             add_device_routes(self.admin, self.registrar, self.devices)
             add_stream_routes(
@@ -245,13 +258,49 @@ class Gateway:
             add_ledger_routes(self.admin, self.ledger)
             add_doctor_routes(self.admin, self.doctor)
             add_form_routes(self.admin, self.forms)
-            await self.admin.start(c.admin.listen, c.admin.port)
+            add_token_routes(self.admin, self.access)
+            await self.admin.start(c.admin.listen, c.admin.port, ssl_context=admin_tls)
         self.started_at = time.monotonic()
         self._ready = True
         log.info(
             "gateway started",
             extra={"id": c.gateway.id, "domain": c.domain, "sip_port": self.stack.port, "version": __version__},
         )
+
+    def _admin_preflight(self) -> ssl.SSLContext | None:
+        """Refuse to serve an admin API nobody could administer, and load its TLS certificate.
+
+        Where every caller needs a token (beyond loopback, or ``admin.require_tokens``) and no
+        active admin token exists, the API would lock everyone out, or (before tokens existed)
+        tempt a reader to turn authentication off: start-up stops and says how to make one.
+
+        Raises:
+            ConfigError: no admin token where one is needed; a certificate or key that cannot be loaded.
+        """
+        a = self.config.admin
+        if not a.enabled:
+            return None
+        if (a.require_tokens or not is_loopback(a.listen)) and not self.access.has_admin():
+            why = "admin.require_tokens is true" if a.require_tokens else f"it listens on {a.listen}, beyond loopback"
+            raise ConfigError(
+                "admin.listen" if not a.require_tokens else "admin.require_tokens",
+                f"the admin API needs tokens ({why}) and no active admin token exists: make one with "
+                "`gb28181gw token create NAME --role admin` (same config: -c or GB28181GW_CONFIG) while the "
+                "gateway is stopped (it then writes to the store file), or while it listens on loopback without "
+                "admin.require_tokens; then start it again",
+            )
+        if not a.tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(a.tls_cert, a.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                "admin.tls_cert",
+                f"cannot load the certificate {a.tls_cert!r} with the key {a.tls_key!r}: "
+                f"{getattr(exc, 'strerror', None) or exc} (both must be readable PEM files and belong together)",
+            ) from None
+        return context
 
     def request_stop(self) -> None:
         """Ask :meth:`serve` to shut down."""
@@ -474,7 +523,7 @@ def run(config: Config) -> int:
                 uvloop.run(main())
         else:
             asyncio.run(main())
-    except (OSError, StoreError) as exc:
+    except (OSError, StoreError, ConfigError) as exc:
         log.error("start-up failed: %s", startup_reason(exc))
         return STARTUP_FAILURE
     return 0

@@ -31,7 +31,9 @@ from gb28181gw.ids import GbId, is_id_prefix, type_name
 
 ENV_PREFIX = "GB28181GW_"
 #: Variables with our prefix that are not settings: the config file, the CLI's admin URL and display zone.
-NOT_SETTINGS = frozenset({"GB28181GW_CONFIG", "GB28181GW_ADMIN_URL", "GB28181GW_TIME_ZONE"})
+NOT_SETTINGS = frozenset(
+    {"GB28181GW_CONFIG", "GB28181GW_ADMIN_URL", "GB28181GW_TIME_ZONE", "GB28181GW_TOKEN", "GB28181GW_CA_FILE"}
+)
 
 
 def _opt(default: Any, help: str, check: Callable[[Any], str | None] | None = None, *, secret: bool = False) -> Any:
@@ -868,6 +870,11 @@ def load_config(
             sources[dotted] = source
         built[section] = replace(defaults, **kwargs)
     config = Config(**built, upstreams=upstreams, sources=sources, file=file, file_mode=file_mode)
+    if bool(config.admin.tls_cert) != bool(config.admin.tls_key):
+        missing, given = (
+            ("admin.tls_key", "admin.tls_cert") if config.admin.tls_cert else ("admin.tls_cert", "admin.tls_key")
+        )
+        raise ConfigError(missing, f"is needed with {given}: HTTPS takes both the certificate and its key, or neither")
     if config.sip.t2 < config.sip.t1:
         raise ConfigError("sip.t2", "must not be smaller than sip.t1")
     r = config.registrar
@@ -1129,13 +1136,13 @@ def config_warnings(config: Config) -> list[ConfigWarning]:
                 else ""
             ),
         )
-    if c.admin.enabled and not is_loopback(c.admin.listen):
+    if c.admin.enabled and not is_loopback(c.admin.listen) and not c.admin.tls_cert:
         warn(
             Concern.ADMIN_EXPOSED,
             "admin.listen",
-            f"the admin API listens on {c.admin.listen}:{c.admin.port} and has no authentication: whoever "
-            "reaches it can add devices and pull their video; keep it on 127.0.0.1 or a management network "
-            "behind a firewall",
+            f"the admin API listens on {c.admin.listen}:{c.admin.port} over plain HTTP: its tokens cross the "
+            "network in clear, and whoever sees one can use it; set admin.tls_cert and admin.tls_key, or keep "
+            "it on 127.0.0.1 or a management network behind a firewall",
         )
     for family in (4, 6):
         addresses = [a for a in sip.listen if ipaddress.ip_address(a).version == family]

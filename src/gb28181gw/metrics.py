@@ -214,6 +214,12 @@ AUDIT_RECORDS = Family(
 AUDIT_UNWRITTEN = Family(
     "gb28181gw_audit_unwritten", Kind.GAUGE, "Audit records waiting for the store (they are kept until written)"
 )
+ADMIN_REFUSED = Family(
+    "gb28181gw_admin_refused",
+    Kind.COUNTER,
+    "Admin API requests refused for who made them: 401 (no valid token) or 403 (role too small), by reason",
+    ("status", "reason"),
+)
 #: The label value for device-supplied text outside the values a family knows.
 OTHER = "other"
 
@@ -244,7 +250,7 @@ FAMILIES: tuple[Family, ...] = (
     UPSTREAM_REGISTERED, UPSTREAM_REGISTER_FAILURES, UPSTREAM_KEEPALIVE_FAILURES,
     UPSTREAM_CATALOG_ITEMS, UPSTREAM_NOTIFIES, UPSTREAM_STREAMS, UPSTREAM_REQUESTS,
     DOCTOR_CHECKS,
-    AUDIT_RECORDS, AUDIT_UNWRITTEN,
+    AUDIT_RECORDS, AUDIT_UNWRITTEN, ADMIN_REFUSED,
 )  # fmt: skip
 
 

@@ -1,10 +1,21 @@
 """The HTTP admin API: health, readiness, Prometheus metrics and JSON status.
 
 Bound to 127.0.0.1 by default. The CLI talks to a running gateway through it;
-later services add their routes with :meth:`AdminServer.add_route`.
+later services add their routes with :meth:`AdminServer.add_route`, each stating the
+:class:`Role` that may call it.
 
-It has no authentication yet, so it must not be reachable by the web pages a browser
-on the same host opens. Browsers send cross-site requests a page may make without
+Who calls (``_guard``, before any handler): ``/healthz`` and ``/readyz`` are open, ``/metrics``
+too unless ``admin.open_metrics`` is false; everything else needs ``Authorization: Bearer
+<token>`` (:mod:`gb28181gw.access`) whose role allows the route's, except that a caller
+without the header is let through as ``local`` (with an admin's rights) while the API listens
+on loopback and ``admin.require_tokens`` is false. A header is checked whenever it is sent; a
+token in the query string is refused (URLs end up in logs and browser histories). A refusal is
+401 (no valid token: counted, logged at a bounded rate, not audited, or a flood would fill the
+trail) or 403 (a valid token, a role too small: also audited). The handler then runs as its
+caller (:func:`gb28181gw.services.audit.acting`), so the audit records it makes name them.
+
+Even with tokens, the API must not be usable by the web pages a browser on the same host
+opens (a loopback caller needs no token). Browsers send cross-site requests a page may make without
 asking (a form or ``text/plain`` POST, a body-less ``fetch``); every request that
 changes something must therefore be ``application/json`` (which a page can only send
 after a CORS preflight this API never grants) and carry no foreign ``Origin``. A page
@@ -31,6 +42,7 @@ import ipaddress
 import json
 import logging
 import math
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -38,7 +50,10 @@ from typing import Any
 from aiohttp import web
 
 from gb28181gw import __version__
-from gb28181gw.errors import IdError, MansrtspError, RequestRefused, UpstreamError
+from gb28181gw.access import Role
+from gb28181gw.audit import Action, Actor, Result
+from gb28181gw.config import is_loopback
+from gb28181gw.errors import AccessDenied, IdError, MansrtspError, RequestRefused, UpstreamError
 from gb28181gw.gb import mansrtsp
 from gb28181gw.gb.bans import MAX_REFUSALS
 from gb28181gw.gb.mansrtsp import RtspResponse
@@ -47,9 +62,11 @@ from gb28181gw.gb.playback import Span
 from gb28181gw.gb.registrar import IpNetwork
 from gb28181gw.ids import GbId
 from gb28181gw.manscdp import ptz as ptz_codes
-from gb28181gw.metrics import Metrics
+from gb28181gw.metrics import ADMIN_REFUSED, Metrics
 from gb28181gw.relay.records import RelaySnapshot, StreamFigures
 from gb28181gw.sdp import SessionKind, StreamMode
+from gb28181gw.services.access import AccessService
+from gb28181gw.services.audit import AuditService, acting
 from gb28181gw.services.devices import DeviceError, DeviceService
 from gb28181gw.services.registrar import RegistrarService
 from gb28181gw.services.streams import Consumer, Stream, StreamError, StreamService, StreamState
@@ -67,6 +84,11 @@ MAX_LIST = 10_000
 MAX_BODY = 64 * 1024
 #: Methods a page may not send cross-site unasked only if they are JSON (DELETE always needs a preflight).
 _CHANGING = frozenset({"POST", "PUT", "PATCH"})
+#: Query parameters that would carry a token in the URL (refused: URLs are logged and kept in histories).
+_TOKEN_PARAMETERS = frozenset({"token", "access_token", "api_key", "apikey", "api-key", "key", "auth", "bearer"})
+_OPEN = frozenset({"/healthz", "/readyz"})
+#: The realm a 401 names in its ``WWW-Authenticate`` header.
+REALM = "gb28181gw"
 
 
 class AdminServer:
@@ -76,6 +98,10 @@ class AdminServer:
         metrics: the gateway's metrics.
         status: returns the JSON body of ``/api/v1/status``.
         ready: returns whether the gateway is ready to serve (``/readyz``).
+        access: the tokens (``None``: no token is known, only a loopback caller gets in).
+        audit: records refusals of a role too small.
+        require_tokens: ask every caller for a token, loopback ones too (``admin.require_tokens``).
+        open_metrics: serve ``/metrics`` without a token (``admin.open_metrics``).
     """
 
     def __init__(
@@ -85,33 +111,65 @@ class AdminServer:
         status: Callable[[], dict[str, Any]],
         ready: Callable[[], bool],
         allowed_hosts: list[str],
+        access: AccessService | None = None,
+        audit: AuditService | None = None,
+        require_tokens: bool = False,
+        open_metrics: bool = True,
     ) -> None:
         self._metrics = metrics
         self._status = status
         self._ready = ready
         self._names = {"localhost", *(h.lower().rstrip(".") for h in allowed_hosts)}
+        self.access = access
+        self._audit = audit
+        self.require_tokens = require_tokens
+        self.open_metrics = open_metrics
+        self._loopback = False  # known at start(): a token-less caller is "local" only on loopback
+        self._refused = metrics.counter(ADMIN_REFUSED)
+        self._roles: dict[web.AbstractRoute, Role] = {}
+        self._listing: list[tuple[str, str, Role]] = []
         self.app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY)
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/readyz", self._readyz)
         self.app.router.add_get("/metrics", self._metrics_page)
-        self.app.router.add_get(f"{API_PREFIX}/status", self._status_page)
+        self.add_route("GET", "/status", self._status_page, role=Role.VIEWER)
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self.scheme = "http"
 
-    def add_route(self, method: str, path: str, handler: Route) -> None:
-        """Add an API route under ``/api/v1`` (before :meth:`start`)."""
-        self.app.router.add_route(method, f"{API_PREFIX}{path}", handler)
+    def add_route(self, method: str, path: str, handler: Route, *, role: Role) -> None:
+        """Add an API route under ``/api/v1`` (before :meth:`start`) that ``role`` and above may call."""
+        route = self.app.router.add_route(method, f"{API_PREFIX}{path}", handler)
+        self._roles[route] = role
+        self._listing.append((method, f"{API_PREFIX}{path}", role))
 
-    async def start(self, host: str, port: int) -> None:
-        """Serve on ``host``:``port`` (0 picks a free port, see :attr:`port`)."""
+    def routes(self) -> list[tuple[str, str, Role]]:
+        """Every API route: method, full path, the role it needs (in the order added)."""
+        return list(self._listing)
+
+    @property
+    def auth_required(self) -> bool:
+        """Whether every caller needs a token (beyond loopback, or ``require_tokens``)."""
+        return self.require_tokens or not self._loopback
+
+    async def start(self, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None) -> None:
+        """Serve on ``host``:``port`` (0 picks a free port, see :attr:`port`), over HTTPS with ``ssl_context``."""
+        self._loopback = is_loopback(host)
+        self.scheme = "https" if ssl_context is not None else "http"
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        site = web.TCPSite(self._runner, host, port, reuse_address=True, ssl_context=ssl_context)
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = int(sockets[0].getsockname()[1]) if sockets else port
-        log.info("admin API listening", extra={"address": f"http://{host}:{self.port}"})
+        log.info(
+            "admin API listening",
+            extra={
+                "address": f"{self.scheme}://{host}:{self.port}",
+                "tokens": "required" if self.auth_required else "optional",
+            },
+        )
 
     async def stop(self) -> None:
         """Stop serving."""
@@ -123,6 +181,10 @@ class AdminServer:
     async def _guard(self, request: web.Request, handler: Route) -> web.StreamResponse:
         if not self._host_allowed(request.host):
             return error_response(403, f"host {request.host!r} is not this gateway's; add it to admin.allowed_hosts")
+        try:
+            actor = self._caller(request)
+        except AccessDenied as exc:
+            return self._refuse(request, exc)
         if request.method in _CHANGING:
             origin = request.headers.get("Origin")
             if origin is not None and origin.partition("://")[2] != request.host:
@@ -130,7 +192,10 @@ class AdminServer:
             if request.content_type != "application/json":
                 return error_response(415, "requests that change something must be Content-Type: application/json")
         try:
-            return await handler(request)
+            if actor is None:
+                return await handler(request)
+            with acting(actor):
+                return await handler(request)
         except RecursionError:
             return error_response(400, "the JSON body is nested too deeply")
         except web.HTTPRequestEntityTooLarge:
@@ -146,6 +211,60 @@ class AdminServer:
             return error_response(
                 500, f"{request.method} {request.path} failed inside the gateway", "a bug: the gateway's log says more"
             )
+
+    def _caller(self, request: web.Request) -> Actor | None:
+        """Who makes ``request`` (``None`` for the open pages); :class:`AccessDenied` if they may not."""
+        path = request.path
+        if path in _OPEN:
+            return None
+        if any(k.lower() in _TOKEN_PARAMETERS for k in request.query):
+            raise AccessDenied(
+                "a token in the URL is refused: URLs are logged and kept in histories",
+                401,
+                "query-string",
+                "send it in the header 'Authorization: Bearer <token>' instead, and revoke this one "
+                "(`gb28181gw token revoke NAME`): it may have been seen",
+            )
+        if path == "/metrics" and self.open_metrics:
+            return None
+        peer = request.remote or ""
+        header = request.headers.get("Authorization")
+        if header is None and not self.auth_required:
+            return Actor("local", peer)
+        if self.access is None:
+            raise AccessDenied("this request needs a token", 401, "missing" if header is None else "unknown")
+        token = self.access.authenticate(header)
+        needed = self._roles.get(request.match_info.route, Role.VIEWER)
+        actor = Actor.token(token.name, peer)
+        if not token.role.allows(needed):
+            if self._audit is not None:
+                self._audit.record(
+                    Action.ACCESS_REFUSED,
+                    request.path,
+                    {"method": request.method, "path": request.path, "role": str(needed)},
+                    result=Result.REFUSED,
+                    detail=f"the token's role is {token.role}",
+                    actor=actor,
+                )
+            raise AccessDenied(
+                f"{request.method} {request.path} needs the role {needed}; the token {token.name!r} is {token.role}",
+                403,
+                "role",
+                f"ask an admin for a token with the role {needed}",
+            )
+        return actor
+
+    def _refuse(self, request: web.Request, exc: AccessDenied) -> web.Response:
+        self._refused[str(exc.status), exc.reason] += 1
+        log.warning(
+            "admin API request refused",
+            extra={"status": exc.status, "reason": exc.reason, "method": request.method, "path": request.path,
+                   "peer": request.remote or ""},
+        )  # fmt: skip
+        response = refused_response(exc)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = f'Bearer realm="{REALM}"'
+        return response
 
     def _host_allowed(self, host: str) -> bool:
         if host.startswith("["):  # [IPv6]:port
@@ -254,13 +373,13 @@ def add_upstream_routes(admin: AdminServer, upstreams: UpstreamService) -> None:
             )
         return json_response({"upstream": name, "channel_id": channel, "cleared": True})
 
-    admin.add_route("GET", "/upstreams", list_upstreams)
-    admin.add_route("GET", "/upstreams/{name}/shares", show_shares)
-    admin.add_route("POST", "/upstreams/{name}/shares", change_shares)
-    admin.add_route("DELETE", "/upstreams/{name}/shares", change_shares)
-    admin.add_route("GET", "/upstreams/{name}/overrides", list_overrides)
-    admin.add_route("PUT", "/upstreams/{name}/overrides/{channel_id}", put_override)
-    admin.add_route("DELETE", "/upstreams/{name}/overrides/{channel_id}", delete_override)
+    admin.add_route("GET", "/upstreams", list_upstreams, role=Role.VIEWER)
+    admin.add_route("GET", "/upstreams/{name}/shares", show_shares, role=Role.VIEWER)
+    admin.add_route("POST", "/upstreams/{name}/shares", change_shares, role=Role.ADMIN)
+    admin.add_route("DELETE", "/upstreams/{name}/shares", change_shares, role=Role.ADMIN)
+    admin.add_route("GET", "/upstreams/{name}/overrides", list_overrides, role=Role.VIEWER)
+    admin.add_route("PUT", "/upstreams/{name}/overrides/{channel_id}", put_override, role=Role.ADMIN)
+    admin.add_route("DELETE", "/upstreams/{name}/overrides/{channel_id}", delete_override, role=Role.ADMIN)
 
 
 def refused_response(exc: RequestRefused) -> web.Response:
@@ -438,17 +557,17 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
         stored = await devices.store.load_alarms(limit, request.query.get("device"))
         return json_response({"alarms": [dataclasses.asdict(a) for a in stored]})
 
-    admin.add_route("GET", "/channels/{channel_id}/records", records)
-    admin.add_route("POST", "/control", command)
-    admin.add_route("GET", "/alarms", alarms)
-    admin.add_route("GET", "/channels", channels)
-    admin.add_route("POST", "/devices/{device_id}/catalog", refresh_catalog)
-    admin.add_route("GET", "/devices/{device_id}/{what:info|status}", query)
-    admin.add_route("POST", "/ptz", ptz)
-    admin.add_route("GET", "/devices", list_devices)
-    admin.add_route("POST", "/devices", add_device)
-    admin.add_route("GET", "/devices/{device_id}", show_device)
-    admin.add_route("DELETE", "/devices/{device_id}", remove_device)
+    admin.add_route("GET", "/channels/{channel_id}/records", records, role=Role.OPERATOR)
+    admin.add_route("POST", "/control", command, role=Role.OPERATOR)
+    admin.add_route("GET", "/alarms", alarms, role=Role.VIEWER)
+    admin.add_route("GET", "/channels", channels, role=Role.VIEWER)
+    admin.add_route("POST", "/devices/{device_id}/catalog", refresh_catalog, role=Role.OPERATOR)
+    admin.add_route("GET", "/devices/{device_id}/{what:info|status}", query, role=Role.OPERATOR)
+    admin.add_route("POST", "/ptz", ptz, role=Role.OPERATOR)
+    admin.add_route("GET", "/devices", list_devices, role=Role.VIEWER)
+    admin.add_route("POST", "/devices", add_device, role=Role.ADMIN)
+    admin.add_route("GET", "/devices/{device_id}", show_device, role=Role.VIEWER)
+    admin.add_route("DELETE", "/devices/{device_id}", remove_device, role=Role.ADMIN)
     add_housekeeping_routes(admin, registrar, devices)
 
 
@@ -515,11 +634,11 @@ def add_housekeeping_routes(admin: AdminServer, registrar: RegistrarService, dev
             {"devices": [_device_json(registrar, d) for d in chosen], "dry_run": dry_run, "older_than": older_than}
         )
 
-    admin.add_route("GET", "/bans", list_bans)
-    admin.add_route("DELETE", "/bans/{key}", lift_ban)
-    admin.add_route("DELETE", "/devices/{device_id}/bans", unban_device)
-    admin.add_route("GET", "/refused", refused)
-    admin.add_route("POST", "/devices/prune", prune)
+    admin.add_route("GET", "/bans", list_bans, role=Role.VIEWER)
+    admin.add_route("DELETE", "/bans/{key}", lift_ban, role=Role.ADMIN)
+    admin.add_route("DELETE", "/devices/{device_id}/bans", unban_device, role=Role.ADMIN)
+    admin.add_route("GET", "/refused", refused, role=Role.VIEWER)
+    admin.add_route("POST", "/devices/prune", prune, role=Role.ADMIN)
 
 
 #: RecordInfo's Type values (GB/T 28181 A.2.4.8): anything else is the caller's mistake, not the device's.
@@ -843,15 +962,15 @@ def add_stream_routes(
             return error_response(404, str(exc))
         return json_response({"removed": request.match_info["consumer_id"]})
 
-    admin.add_route("GET", "/streams", list_streams)
-    admin.add_route("POST", "/streams", play)
-    admin.add_route("POST", "/playbacks", open_recorded)
-    admin.add_route("GET", "/streams/{stream_id}", show_stream)
-    admin.add_route("DELETE", "/streams/{stream_id}", stop_stream)
-    admin.add_route("POST", "/streams/{stream_id}/consumers", join)
-    admin.add_route("POST", "/streams/{stream_id}/control", control)
-    admin.add_route("PATCH", "/streams/{stream_id}/consumers/{consumer_id}", renew)
-    admin.add_route("DELETE", "/streams/{stream_id}/consumers/{consumer_id}", leave)
+    admin.add_route("GET", "/streams", list_streams, role=Role.VIEWER)
+    admin.add_route("POST", "/streams", play, role=Role.OPERATOR)
+    admin.add_route("POST", "/playbacks", open_recorded, role=Role.OPERATOR)
+    admin.add_route("GET", "/streams/{stream_id}", show_stream, role=Role.VIEWER)
+    admin.add_route("DELETE", "/streams/{stream_id}", stop_stream, role=Role.OPERATOR)
+    admin.add_route("POST", "/streams/{stream_id}/consumers", join, role=Role.OPERATOR)
+    admin.add_route("POST", "/streams/{stream_id}/control", control, role=Role.OPERATOR)
+    admin.add_route("PATCH", "/streams/{stream_id}/consumers/{consumer_id}", renew, role=Role.OPERATOR)
+    admin.add_route("DELETE", "/streams/{stream_id}/consumers/{consumer_id}", leave, role=Role.OPERATOR)
 
 
 def _rtsp_json(answer: RtspResponse | None) -> dict[str, Any] | None:

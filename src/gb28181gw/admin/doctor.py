@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gb28181gw.access import Role
 from gb28181gw.admin import AdminServer, error_response, json_object, refused_response
 from gb28181gw.errors import DoctorError
 from gb28181gw.gb.doctor import event
@@ -84,4 +85,4 @@ def add_doctor_routes(admin: AdminServer, doctor: DoctorService) -> None:
         await resp.write_eof()
         return resp
 
-    admin.add_route("POST", "/devices/{id:[0-9]{20}}/doctor", run)
+    admin.add_route("POST", "/devices/{id:[0-9]{20}}/doctor", run, role=Role.OPERATOR)

@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gb28181gw.access import Role
 from gb28181gw.admin import AdminServer, error_response, json_response, refused_response
 from gb28181gw.errors import LedgerError
 from gb28181gw.gb.forms import RowProblem, Table
@@ -106,6 +107,6 @@ def add_form_routes(admin: AdminServer, forms: FormService) -> None:
             },
         )
 
-    admin.add_route("GET", "/ledger/forms", list_forms)
-    admin.add_route("GET", "/ledger/check", check)
-    admin.add_route("GET", "/ledger/export", export)
+    admin.add_route("GET", "/ledger/forms", list_forms, role=Role.VIEWER)
+    admin.add_route("GET", "/ledger/check", check, role=Role.VIEWER)
+    admin.add_route("GET", "/ledger/export", export, role=Role.VIEWER)

@@ -27,6 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gb28181gw.access import Role
 from gb28181gw.admin import AdminServer, _dumps, error_response, json_object, json_response, refused_response
 from gb28181gw.errors import LedgerError, StoreError
 from gb28181gw.gb.ledger import Change
@@ -206,8 +207,8 @@ def add_ledger_routes(admin: AdminServer, ledger: LedgerService) -> None:
             return json_response(answer, status=422)
         return json_response(answer)
 
-    admin.add_route("GET", "/ledger", listing)
-    admin.add_route("POST", "/ledger/import", import_rows)
-    admin.add_route("GET", "/ledger/{id:[0-9]{20}}", show)
-    admin.add_route("PATCH", "/ledger/{id:[0-9]{20}}", edit)
-    admin.add_route("DELETE", "/ledger/{id:[0-9]{20}}", remove)
+    admin.add_route("GET", "/ledger", listing, role=Role.VIEWER)
+    admin.add_route("POST", "/ledger/import", import_rows, role=Role.ADMIN)
+    admin.add_route("GET", "/ledger/{id:[0-9]{20}}", show, role=Role.VIEWER)
+    admin.add_route("PATCH", "/ledger/{id:[0-9]{20}}", edit, role=Role.ADMIN)
+    admin.add_route("DELETE", "/ledger/{id:[0-9]{20}}", remove, role=Role.ADMIN)

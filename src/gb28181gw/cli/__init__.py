@@ -18,6 +18,7 @@ from gb28181gw.cli import (  # noqa: F401  (registers the commands)
     media,
     playback,
     serve,
+    tokens,
     upstreams,
 )
 from gb28181gw.cli.common import main

@@ -43,6 +43,7 @@ import http.client
 import json
 import os
 import re
+import ssl
 import sys
 import time as _time
 import urllib.parse
@@ -76,14 +77,17 @@ CHINA_STANDARD_TIME = BEIJING
 _zone: _dt.tzinfo | None = None
 _gateway_zone: str | None = None  # what the gateway said in /status
 _last_admin: str | None = None  # the gateway this command talks to
+_token: str | None = None  # --token / GB28181GW_TOKEN
+_ca_file: str | None = None  # --ca-file / GB28181GW_CA_FILE
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gb28181gw")
 def main() -> None:
     """gb28181gw: GB/T 28181 signalling gateway and device registrar."""
-    global _zone, _gateway_zone, _last_admin
+    global _zone, _gateway_zone, _last_admin, _token, _ca_file
     _zone = _gateway_zone = _last_admin = None  # each invocation learns its gateway's zone afresh
+    _token = _ca_file = None
 
 
 # --- errors --------------------------------------------------------------------------------
@@ -436,14 +440,51 @@ def _admin_callback(_ctx: click.Context, _param: click.Parameter, value: str) ->
     return admin_url(value)
 
 
-ADMIN_OPTION = click.option(
+_admin_option = click.option(
     "--admin",
     envvar="GB28181GW_ADMIN_URL",
     default=DEFAULT_ADMIN_URL,
     show_default=True,
     callback=_admin_callback,
-    help="Admin API of the running gateway (host:port or URL).",
+    help="Admin API of the running gateway (host:port or URL; https:// with admin.tls_cert).",
 )
+#: The variable the CLI reads its admin API token from (``--token`` overrides it).
+TOKEN_ENV = ENV_PREFIX + "TOKEN"
+#: The variable naming a CA bundle (PEM) to trust for an ``https://`` admin URL (``--ca-file``).
+CA_FILE_ENV = ENV_PREFIX + "CA_FILE"
+
+
+def _token_callback(_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    global _token
+    _token = (value or "").strip() or None
+
+
+def _ca_callback(_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    global _ca_file
+    _ca_file = value or None
+
+
+_token_option = click.option(
+    "--token",
+    envvar=TOKEN_ENV,
+    expose_value=False,
+    callback=_token_callback,
+    help=f"Admin API token, sent as 'Authorization: Bearer' (default ${TOKEN_ENV}; prefer the variable: "
+    "a command line is visible to other users).",
+)
+_ca_option = click.option(
+    "--ca-file",
+    envvar=CA_FILE_ENV,
+    expose_value=False,
+    callback=_ca_callback,
+    type=click.Path(exists=True, dir_okay=False),
+    help=f"CA certificate(s) (PEM) to trust for an https:// --admin with a private CA (default ${CA_FILE_ENV}).",
+)
+
+
+def ADMIN_OPTION(command: Callable[..., Any]) -> Callable[..., Any]:  # noqa: N802 (used as @ADMIN_OPTION)
+    """``--admin``, ``--token`` and ``--ca-file``: what every command that calls the admin API takes."""
+    return _admin_option(_token_option(_ca_option(command)))
 
 
 def segment(value: str) -> str:
@@ -556,8 +597,12 @@ def _send(
     global _last_admin
     base = urllib.parse.urlsplit(admin_url(admin))
     _last_admin = admin
-    connection = http.client.HTTPSConnection if base.scheme == "https" else http.client.HTTPConnection
-    conn = connection(base.hostname or "", base.port, timeout=CONNECT_TIMEOUT)
+    conn: http.client.HTTPConnection
+    if base.scheme == "https":
+        context = ssl.create_default_context(cafile=_ca_file)
+        conn = http.client.HTTPSConnection(base.hostname or "", base.port, timeout=CONNECT_TIMEOUT, context=context)
+    else:
+        conn = http.client.HTTPConnection(base.hostname or "", base.port, timeout=CONNECT_TIMEOUT)
     try:
         data = json.dumps(body, ensure_ascii=False).encode() if body is not None else None
     except UnicodeEncodeError as exc:  # an argument typed in a terminal that is not UTF-8 (GBK bytes)
@@ -567,12 +612,16 @@ def _send(
             "set the terminal to UTF-8 (LANG=zh_CN.UTF-8 or C.UTF-8) and type it again",
         ) from None
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if _token:
+        headers["Authorization"] = f"Bearer {_token}"
     where = f"the gateway at {admin}"
     try:
         try:
             conn.connect()
         except TimeoutError:
             raise AdminApiError(f"cannot reach {where}: no answer within {CONNECT_TIMEOUT:g} s", _REACH_HINT) from None
+        except ssl.SSLError as exc:
+            raise AdminApiError(f"cannot reach {where} over HTTPS: {exc.reason or exc}", _TLS_HINT) from None
         except OSError as exc:
             raise AdminApiError(f"cannot reach {where}: {exc.strerror or exc}", _REACH_HINT, unreachable=True) from None
         assert conn.sock is not None
@@ -619,6 +668,13 @@ def _refusal(resp: http.client.HTTPResponse, answer: Any, method: str, path: str
     """The gateway's refusal (an answer of 400 or more) in its own words."""
     message = answer.get("error") if isinstance(answer, dict) else None
     hint = answer.get("hint") if isinstance(answer, dict) else None
+    if resp.status == 401:
+        hint = (
+            f"{'the token given is not accepted: ' if _token else ''}set {TOKEN_ENV} (or --token) to a valid "
+            "token; an admin makes one with `gb28181gw token create NAME --role viewer|operator|admin`"
+        )
+    elif resp.status == 403:
+        hint = f"{hint + '; ' if hint else ''}`gb28181gw token list` (as an admin) shows each token's role"
     return AdminApiError(
         str(message or f"the gateway answered {resp.status} {resp.reason} to {method} {path}"),
         str(hint) if hint else None,
@@ -627,6 +683,10 @@ def _refusal(resp: http.client.HTTPResponse, answer: Any, method: str, path: str
     )
 
 
+_TLS_HINT = (
+    f"is the certificate trusted? A private CA's certificate goes in --ca-file or {CA_FILE_ENV}; "
+    "the host of --admin must be one the certificate names"
+)
 _REACH_HINT = "is `gb28181gw serve` running? (--admin or GB28181GW_ADMIN_URL name another one)"
 _NOT_GATEWAY_HINT = "is --admin the gateway's admin API (admin.port, 8028 by default), not its SIP port?"
 
