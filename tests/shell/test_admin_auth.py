@@ -238,26 +238,26 @@ async def test_start_up_needs_an_admin_token_where_tokens_are_required() -> None
     store = str(Path(tempfile.mkdtemp(prefix="gb28181gw-test-")) / "gw.db")
     settings = {"store.path": store, "sip.listen": "127.0.0.1", "sip.port": "0", "admin.port": "0",
                 "media.workers": "0", "admin.require_tokens": "true"}  # fmt: skip
-    gw = Gateway(load_config(None, env={}, overrides=settings))
-    with pytest.raises(ConfigError, match=r"gb28181gw token create NAME --role admin"):
-        await gw.start()
-    await gw.stop()
-    # a viewer's token is not enough; an admin's is
-    gw = Gateway(load_config(None, env={}, overrides=settings))
-    await gw.store.open()
-    await gw.access.create("v", Role.VIEWER)
-    await gw.store.close()
-    gw = Gateway(load_config(None, env={}, overrides=settings))
-    with pytest.raises(ConfigError, match="no active admin token"):
-        await gw.start()
-    await gw.stop()
-    gw = Gateway(load_config(None, env={}, overrides=settings))
-    await gw.store.open()
-    await gw.access.create("boss", Role.ADMIN)
-    await gw.store.close()
-    gw = Gateway(load_config(None, env={}, overrides=settings))
-    await gw.start()
-    await gw.stop()
+
+    async def start_with(*tokens: tuple[str, Role]) -> Gateway:
+        if tokens:  # put them in the store as `token create` does with the gateway stopped
+            gw = Gateway(load_config(None, env={}, overrides=settings))
+            await gw.store.open()
+            for name, role in tokens:
+                await gw.access.create(name, role)
+            await gw.store.close()
+        gw = Gateway(load_config(None, env={}, overrides=settings))
+        try:
+            await gw.start()
+        finally:
+            await gw.stop()
+        return gw
+
+    with pytest.raises(ConfigError, match=r"no active admin token.*gb28181gw token create NAME --role admin"):
+        await start_with()
+    with pytest.raises(ConfigError, match="no active admin token"):  # a viewer's is not enough
+        await start_with(("v", Role.VIEWER))
+    await start_with(("boss", Role.ADMIN))
 
 
 def test_tls_needs_both_files() -> None:
