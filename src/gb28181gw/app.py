@@ -26,6 +26,7 @@ from gb28181gw.admin import AdminServer, add_device_routes, add_stream_routes, a
 from gb28181gw.admin.doctor import add_doctor_routes
 from gb28181gw.admin.forms import add_form_routes
 from gb28181gw.admin.ledger import add_ledger_routes
+from gb28181gw.admin.openapi import add_openapi_route
 from gb28181gw.config import Config, parse_time_zone
 from gb28181gw.errors import StoreError
 from gb28181gw.gb.model import DeviceState
@@ -245,6 +246,7 @@ class Gateway:
             add_ledger_routes(self.admin, self.ledger)
             add_doctor_routes(self.admin, self.doctor)
             add_form_routes(self.admin, self.forms)
+            add_openapi_route(self.admin)
             await self.admin.start(c.admin.listen, c.admin.port)
         self.started_at = time.monotonic()
         self._ready = True
