@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import tomllib
 import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from referencing.jsonschema import DRAFT202012
 from gb28181gw.admin.openapi import document
 from gb28181gw.app import Gateway
 from gb28181gw.sip.message import Request, make_response, parse_message
+from tests.helpers import ROOT
 from tests.hostile.test_persistence import register
 
 from .conftest import start_gateway_from
@@ -239,6 +241,11 @@ async def test_the_gateway_serves_the_document(site: Site) -> None:
     status, body = await call(site, "GET", "/api/v1/openapi.json", "/api/v1/openapi.json")
     assert status == 200 and body == DOC
     assert body["openapi"].startswith("3.1")
+
+
+def test_the_wheel_ships_the_document() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "admin/openapi.json" in project["tool"]["setuptools"]["package-data"]["gb28181gw"]
 
 
 def test_the_document_is_valid_openapi_and_says_who_may_do_what() -> None:
