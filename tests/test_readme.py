@@ -1,7 +1,7 @@
 """The README is what an integrator on site follows: every command, config key, path, port and
 log line it names must exist, or it sends them after something that is not there.
 
-Each check reads the README (and ``conf/gb28181gw.service``) as text and holds it against the
+Each check reads the README (and ``conf/systemd/gb28181gw.service``) as text and holds it against the
 code: the click command tree, :func:`gb28181gw.config.describe_options`, the repository's files,
 the config defaults, ``.ci/run`` and the log calls in ``src/``. The ``*_rejects_*`` tests feed
 each check a README with one thing wrong, so a check that cannot fail is caught too.
@@ -23,7 +23,7 @@ from gb28181gw.cli import main
 from tests.helpers import ROOT
 
 README = ROOT / "README.md"
-UNIT = ROOT / "conf" / "gb28181gw.service"
+UNIT = ROOT / "conf" / "systemd" / "gb28181gw.service"
 SRC = ROOT / "src" / "gb28181gw"
 
 DEFAULTS = {key: default for key, default, _ in config.describe_options()}
@@ -276,7 +276,7 @@ def test_every_config_key_exists(readme: str) -> None:
 
 
 def test_every_cited_path_exists(readme: str) -> None:
-    assert {"conf/gateway.toml", "conf/gb28181gw.service", ".ci/run"} <= cited_paths(readme)
+    assert {"conf/gateway.toml", "conf/systemd/gb28181gw.service", ".ci/run"} <= cited_paths(readme)
     assert not missing_paths(readme), f"cited but not in the repository: {missing_paths(readme)}"
 
 
@@ -410,11 +410,11 @@ def test_log_line_check_rejects_a_message_the_code_does_not_write() -> None:
 
 
 def test_checks_reject_the_real_readme_with_one_mistake(readme: str) -> None:
-    assert "`sip.advertised_address`" in readme and "`conf/gb28181gw.service`" in readme
+    assert "`sip.advertised_address`" in readme and "`conf/systemd/gb28181gw.service`" in readme
     typo = readme.replace("`sip.advertised_address`", "`sip.advertise_address`", 1)
     assert "sip.advertise_address" in config_keys(typo) - config_keys(readme)
     assert "sip.advertise_address" not in DEFAULTS
-    moved = readme.replace("`conf/gb28181gw.service`", "`conf/gb28181gw.unit`", 1)
-    assert missing_paths(moved) == ["conf/gb28181gw.unit"]
+    moved = readme.replace("`conf/systemd/gb28181gw.service`", "`conf/systemd/gb28181gw.unit`", 1)
+    assert missing_paths(moved) == ["conf/systemd/gb28181gw.unit"]
     old_range = readme.replace("| 30000–31999 |", "| 30000–30500 |")
     assert firewall_ports(old_range)["media (RTP)"] == "30000-30500" != firewall_ports(readme)["media (RTP)"]

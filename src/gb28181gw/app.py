@@ -27,6 +27,7 @@ from gb28181gw.admin import AdminServer, add_device_routes, add_stream_routes, a
 from gb28181gw.admin.doctor import add_doctor_routes
 from gb28181gw.admin.forms import add_form_routes
 from gb28181gw.admin.ledger import add_ledger_routes
+from gb28181gw.admin.openapi import add_openapi_route
 from gb28181gw.admin.tokens import add_token_routes
 from gb28181gw.config import Config, is_loopback, parse_time_zone
 from gb28181gw.errors import ConfigError, StoreError
@@ -259,6 +260,7 @@ class Gateway:
             add_doctor_routes(self.admin, self.doctor)
             add_form_routes(self.admin, self.forms)
             add_token_routes(self.admin, self.access)
+            add_openapi_route(self.admin)
             await self.admin.start(c.admin.listen, c.admin.port, ssl_context=admin_tls)
         self.started_at = time.monotonic()
         self._ready = True
