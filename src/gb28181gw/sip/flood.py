@@ -55,8 +55,8 @@ class SourceBan:
         host: the source address.
         kind: whether the gateway knew it.
         since, until: monotonic seconds.
-        sent: what it sent in the window that got it banned.
-        dropped: what has been dropped from it since.
+        sent: what it sent in the window that got it banned (the last one over the limit).
+        dropped: what has been dropped from it since, that last one included.
     """
 
     host: str
@@ -184,7 +184,9 @@ class FloodGuard:
         kind = FloodKind.STRANGER if limit == self.limit else FloodKind.KNOWN
         if len(self._bans) >= self.max_bans:
             self._end(next(iter(self._bans.values())), forgotten=True)
-        ban = self._bans[host] = SourceBan(host, kind, now, now + self.ban_seconds, int(entry[1]))
+        # the request that passed the limit is the ban's first drop
+        ban = self._bans[host] = SourceBan(host, kind, now, now + self.ban_seconds, int(entry[1]), dropped=1)
+        self.dropped += 1
         del self._counts[host]
         self.bans_begun[kind] += 1
         self._events.append(FloodBanned(ban, limit))
