@@ -17,6 +17,7 @@ registration and keepalive success and latency percentiles, and the gateway's CP
 
     python benchmarks/bench_flood.py
     python benchmarks/bench_flood.py --flood-rate 20000 --seconds 5
+    python benchmarks/bench_flood.py --unprotected    # the same floods with flood.enabled=false
 """
 
 from __future__ import annotations
@@ -168,12 +169,22 @@ def main() -> None:
     ap.add_argument("--flood-rate", type=float, default=10_000, help="flood datagrams/s")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--kinds", default=",".join(KINDS))
+    ap.add_argument("--unprotected", action="store_true", help="flood.enabled=false: what the limits spare")
     args = ap.parse_args()
     os.sched_setaffinity(0, {1})
     sip_port, admin_port = free_port(socket.SOCK_DGRAM), free_port()
     quiet = ("--set", "devices.catalog_on_register=false", "--set", "devices.subscribe=")
     proc = start_server(
-        sip_port, admin_port, 0, "--set", f"registrar.password={PASSWORD}", "--set", "flood.exempt=", *quiet
+        sip_port,
+        admin_port,
+        0,
+        "--set",
+        f"registrar.password={PASSWORD}",
+        "--set",
+        "flood.exempt=",
+        "--set",
+        f"flood.enabled={'false' if args.unprotected else 'true'}",
+        *quiet,
     )
     pid = proc.pid
     devs = Devices(DEVICE_HOSTS)
