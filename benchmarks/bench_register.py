@@ -80,15 +80,16 @@ HA2 = md5(f"REGISTER:{URI}")
 
 
 class Devices:
-    """The generator's sockets."""
+    """The generator's sockets, bound to ``hosts`` in turn (loopback has every 127.x.y.z: several
+    source addresses play devices behind as many NATs, each under a per-address flood limit)."""
 
-    def __init__(self) -> None:
+    def __init__(self, hosts: tuple[str, ...] = ("127.0.0.1",)) -> None:
         self.sel = selectors.DefaultSelector()
         self.socks = []
-        for _ in range(SOCKETS):
+        for i in range(SOCKETS):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-            s.bind(("127.0.0.1", 0))
+            s.bind((hosts[i % len(hosts)], 0))
             s.setblocking(False)
             self.socks.append(s)
             self.sel.register(s, selectors.EVENT_READ)

@@ -36,6 +36,9 @@ from gb28181gw.gb.registrar import DateFormat, RegistrarPolicy, parse_networks
 from gb28181gw.logs import RATE_LIMIT
 from gb28181gw.metrics import (
     LOG_LINES_SUPPRESSED,
+    SIP_FLOOD_BANNED,
+    SIP_FLOOD_BANS,
+    SIP_FLOOD_DROPPED,
     SIP_TCP_CONNECTIONS,
     SIP_TRANSACTIONS_IN_FLIGHT,
     STORE_WRITABLE,
@@ -61,6 +64,7 @@ from gb28181gw.services.streams import MediaSettings, StreamService
 from gb28181gw.services.subscriptions import SubscriptionService
 from gb28181gw.services.upstreams import UpstreamService
 from gb28181gw.sip.endpoint import SipEndpoint
+from gb28181gw.sip.flood import FloodGuard, parse_exempt
 from gb28181gw.sip.message import Limits
 from gb28181gw.sip.timers import TimerConfig
 from gb28181gw.store.sqlite import SqliteStore
@@ -88,7 +92,15 @@ class Gateway:
             ),
             user_agent=config.gateway.user_agent or None,
         )
-        self.stack = SipStack(self.endpoint, counters=self.metrics.sip)
+        self.flood = build_flood_guard(config, known=self._known_address)
+        self.stack = SipStack(
+            self.endpoint,
+            counters=self.metrics.sip,
+            flood=self.flood,
+            log_interval=config.flood.log_interval,
+            tcp_per_address=config.flood.tcp_per_address if config.flood.enabled else 0,
+        )
+        self._superior_hosts = frozenset(up.host for up in config.upstreams)
         self.store = SqliteStore(config.store.path)
         self.audit = AuditService(self.store, self.metrics, retention_days=config.audit.retention_days)
         self.access = AccessService(self.store, self.audit)
@@ -177,10 +189,23 @@ class Gateway:
         self.metrics.gauge(SIP_TRANSACTIONS_IN_FLIGHT, lambda: float(self.endpoint.transactions_in_flight))
         self.metrics.gauge(SIP_TCP_CONNECTIONS, lambda: float(self.stack.tcp_connections))
         self.metrics.labeled_counter(LOG_LINES_SUPPRESSED, lambda: {(): float(RATE_LIMIT.total_suppressed)})
+        self.metrics.labeled_counter(SIP_FLOOD_BANS, self._flood_bans)
+        self.metrics.labeled_counter(
+            SIP_FLOOD_DROPPED, lambda: {(k,): float(v) for k, v in self.metrics.sip.flood_dropped.items()}
+        )
+        self.metrics.gauge(SIP_FLOOD_BANNED, lambda: float(self.flood.banned_count if self.flood else 0))
         self.metrics.gauge(STORE_WRITABLE, lambda: float(self.store.writable))
         self.metrics.labeled_counter(
             STORE_WRITE_FAILURES, lambda: {(k,): float(v) for k, v in self.store.write_failures.items()}
         )
+
+    def _known_address(self, host: str) -> bool:
+        # asked only when an address passes the strangers' limit within a window
+        return host in self._superior_hosts or self.registrar.knows_address(host)
+
+    def _flood_bans(self) -> dict[tuple[str, ...], float]:
+        begun = self.flood.bans_begun if self.flood is not None else {}
+        return {(kind.value,): float(n) for kind, n in begun.items()}
 
     @property
     def ready(self) -> bool:
@@ -421,6 +446,21 @@ def startup_reason(exc: Exception) -> str:
     if isinstance(exc, OSError) and exc.strerror and exc.filename is None:
         return exc.strerror
     return str(exc)
+
+
+def build_flood_guard(config: Config, *, known: Callable[[str], bool]) -> FloodGuard | None:
+    """The per-address request limits of the ``[flood]`` section (``None`` when disabled)."""
+    f = config.flood
+    if not f.enabled:
+        return None
+    return FloodGuard(
+        window=f.window,
+        limit=f.limit,
+        known_limit=f.known_limit,
+        ban=f.ban,
+        exempt=parse_exempt(f.exempt),
+        known=known,
+    )
 
 
 def registrar_policy(config: Config) -> RegistrarPolicy:

@@ -439,7 +439,14 @@ class FloodSection:
         2000, "requests per window from the address of a registered device or a configured superior", _at_least(1)
     )
     ban: float = _opt(300.0, "seconds an address over its limit is ignored", _positive)
-    exempt: list[str] = _opt([], "networks (CIDR) never limited (a trusted proxy in front of many devices)", _networks)
+    exempt: list[str] = _opt(
+        ["127.0.0.0/8", "::1/128"],
+        "networks (CIDR) never limited (a trusted proxy in front of many devices; loopback: this host's own)",
+        _networks,
+    )
+    tcp_per_address: int = _opt(
+        100, "TCP connections open at once from one address (exempt networks excepted); more are refused", _at_least(1)
+    )
     log_interval: float = _opt(
         60.0, "seconds between log lines about one kind of malformed input (the rest are counted and summed)", _positive
     )

@@ -133,6 +133,48 @@ class RateLimit(logging.Filter):
                 )
 
 
+class Throttle:
+    """At most one log line per kind per ``interval`` seconds, with a count of what was held back.
+
+    For input a peer controls (unparseable datagrams, broken TCP framing, oversized messages):
+    it is counted always (metrics) and described now and then. :meth:`allow` says whether to
+    log this one and how many of its kind were held back since the last line; :meth:`summaries`
+    hands out the counts of kinds that went quiet, for one summary line each. Time comes in as
+    ``now``. Kinds are few fixed words; past ``max_kinds`` the quiet ones are forgotten.
+    """
+
+    def __init__(self, interval: float, *, max_kinds: int = 256) -> None:
+        self.interval = interval
+        self.max_kinds = max_kinds
+        self._last: dict[str, float] = {}  # kind → when its last line was let through
+        self._held: Counter[str] = Counter()  # kind → lines held back since
+        #: lines held back in all, ever
+        self.total_held = 0
+
+    def allow(self, kind: str, now: float) -> int | None:
+        """``None``: hold this line back (it is counted); else log it, saying this many were held back."""
+        last = self._last.get(kind)
+        if last is not None and now - last < self.interval:
+            self._held[kind] += 1
+            self.total_held += 1
+            return None
+        if last is None and len(self._last) >= self.max_kinds:
+            self._last = {k: t for k, t in self._last.items() if now - t < self.interval or self._held[k]}
+        self._last[kind] = now
+        return self._held.pop(kind, 0)
+
+    def summaries(self, now: float, *, everything: bool = False) -> list[tuple[str, int]]:
+        """(kind, lines held back) for each kind whose interval ended with lines held back
+        (``everything``: each kind with lines held back, as at shutdown)."""
+        out = []
+        for kind, held in list(self._held.items()):
+            if everything or now - self._last.get(kind, 0.0) >= self.interval:
+                del self._held[kind]
+                self._last[kind] = now  # the summary is that interval's line
+                out.append((kind, held))
+        return out
+
+
 _SUMMARY = logging.getLogger("gb28181gw.logs")
 #: Kinds remembered before ended windows are forgotten.
 _MAX_KINDS = 4096

@@ -220,6 +220,16 @@ ADMIN_REFUSED = Family(
     "Admin API requests refused for who made them: 401 (no valid token) or 403 (role too small), by reason",
     ("status", "reason"),
 )
+SIP_FLOOD_BANS = Family(
+    "gb28181gw_sip_flood_bans",
+    Kind.COUNTER,
+    "Source addresses banned for sending SIP requests too fast, by whether the gateway knew them",
+    ("kind",),
+)
+SIP_FLOOD_DROPPED = Family(
+    "gb28181gw_sip_flood_dropped", Kind.COUNTER, "SIP input dropped from flood-banned addresses", ("transport",)
+)
+SIP_FLOOD_BANNED = Family("gb28181gw_sip_flood_banned", Kind.GAUGE, "Source addresses flood-banned now")
 #: The label value for device-supplied text outside the values a family knows.
 OTHER = "other"
 
@@ -250,7 +260,7 @@ FAMILIES: tuple[Family, ...] = (
     UPSTREAM_REGISTERED, UPSTREAM_REGISTER_FAILURES, UPSTREAM_KEEPALIVE_FAILURES,
     UPSTREAM_CATALOG_ITEMS, UPSTREAM_NOTIFIES, UPSTREAM_STREAMS, UPSTREAM_REQUESTS,
     DOCTOR_CHECKS,
-    AUDIT_RECORDS, AUDIT_UNWRITTEN, ADMIN_REFUSED,
+    AUDIT_RECORDS, AUDIT_UNWRITTEN, ADMIN_REFUSED, SIP_FLOOD_BANS, SIP_FLOOD_DROPPED, SIP_FLOOD_BANNED,
 )  # fmt: skip
 
 
@@ -263,6 +273,7 @@ class SipCounters:
         requests_out / responses_out: (transport, method or status as bytes) → count, for what we send.
         parse_errors: (transport, status answered or "dropped") → count.
         dropped: reason word → count (stray responses, unanswerable garbage, send failures).
+        flood_dropped: transport → input dropped unread from flood-banned addresses.
     """
 
     def __init__(self) -> None:
@@ -273,6 +284,7 @@ class SipCounters:
         self.requests_out: Counter[tuple[str, bytes]] = Counter()
         self.responses_out: Counter[tuple[str, bytes]] = Counter()
         self.dropped: Counter[str] = Counter()
+        self.flood_dropped: Counter[str] = Counter()
 
 
 LabeledGauge = Callable[[], dict[tuple[str, ...], float]]

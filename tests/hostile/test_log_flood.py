@@ -1,4 +1,4 @@
-"""A flood of garbage cannot flood the log (issue 10, defect 12)."""
+"""A flood of garbage cannot flood the log (issue 10, defect 12; issue 15: a handful of lines, not thousands)."""
 
 from __future__ import annotations
 
@@ -27,15 +27,19 @@ def test_garbage_datagrams_are_logged_a_few_times_then_counted() -> None:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             metrics = http_get(admin + "/metrics")[1].decode()
-            m = re.search(r"^gb28181gw_log_lines_suppressed_total (\S+)$", metrics, re.M)
-            if m and float(m.group(1)) >= GARBAGE - 100:
+            parsed = sum(
+                float(n) for n in re.findall(r"^gb28181gw_sip_parse_errors_total\{[^}]*\} (\S+)$", metrics, re.M)
+            )
+            if parsed >= GARBAGE - 100:
                 break
             time.sleep(0.2)
-        assert m and float(m.group(1)) >= GARBAGE - 100, metrics
+        assert parsed >= GARBAGE - 100, metrics  # every one counted (a few may be lost in the socket buffer)
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=15)
     dropped = [line for line in out.splitlines() if "dropped SIP input" in line]
-    assert 0 < len(dropped) <= 25, len(dropped)
+    # one line per kind per flood.log_interval, and one summing up the rest (issue 15)
+    assert 0 < len(dropped) <= 2, len(dropped)
+    assert any("SIP input dropped meanwhile" in line for line in out.splitlines())
     assert not any(line.startswith("ts ERROR forged") for line in out.splitlines())
     assert "\x00" not in out

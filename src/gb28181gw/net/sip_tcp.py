@@ -12,6 +12,11 @@ unfinished messages together stay under ``tcp_partial_budget`` bytes; past it th
 connections whose messages have waited longest are closed first. Connections with an
 unfinished message are kept in the order their message began, so both checks look only
 at the oldest few.
+
+A peer opening connection after connection is held to ``per_address`` open at once
+(``flood.tcp_per_address``; past it refused at accept, counted, logged once per
+``log_interval``), besides the global ``max_connections``. A flood-banned address is
+refused at accept, and a connection whose address gets banned is closed.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ import socket
 from typing import cast
 
 from gb28181gw.errors import SipParseError
+from gb28181gw.logs import Throttle
 from gb28181gw.metrics import SipCounters
+from gb28181gw.sip.flood import FloodGuard
 from gb28181gw.sip.framing import PING, PONG, StreamFramer
 from gb28181gw.sip.message import Limits
 from gb28181gw.sip.peer import Peer
@@ -51,6 +58,7 @@ class SipConnection(asyncio.Protocol):
         self.partial_bytes = 0  # of an unfinished message
         self.partial_since = 0.0  # when that message began
         self.local_host = ""  # our end of the connection: the address the peer reached us at
+        self.counted = False  # in the transport's connections per address
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, hence the cast
@@ -68,23 +76,34 @@ class SipConnection(asyncio.Protocol):
             self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
-        stack = self._manager.stack
-        self.last_activity = self._manager.loop.time()
+        manager = self._manager
+        stack = manager.stack
+        now = self.last_activity = manager.loop.time()
         try:
             messages = self._framer.feed(data)
         except SipParseError as exc:
             # framing is lost: nothing after this point can be trusted
-            self._manager.counters.parse_errors["TCP", "dropped"] += 1
-            log.info("closing TCP connection: %s", exc.reason, extra={"peer": str(self.peer)})
+            manager.counters.parse_errors["TCP", "dropped"] += 1
+            held = manager.quiet.allow("tcp-framing", now)
+            if held is not None:
+                log.info("closing TCP connection: %s", exc.reason, extra={"peer": str(self.peer), "held_back": held})
             self.close()
             return
         assert self.peer is not None
         buffered = self._framer.buffered
         if buffered != self.partial_bytes or (buffered and messages):
             self._manager.partial(self, buffered, new=bool(messages))
-        for message in messages:
+        admit = manager.admit
+        for i, message in enumerate(messages):
             if message is PING or message == PING:
                 self.write(PONG)
+            elif admit is not None and not admit(self.peer.host, now):
+                # banned (and logged so) by now: what is left of this read goes unread, with the connection
+                manager.counters.flood_dropped["TCP"] += len(messages) - i
+                self.closing = True
+                if self.transport is not None:
+                    self.transport.abort()
+                break
             else:
                 stack.feed(message, self.peer)
         if messages:
@@ -124,8 +143,16 @@ class TcpTransport:
         max_connections: int,
         message_timeout: float,
         partial_budget: int,
+        flood: FloodGuard | None = None,
+        per_address: int = 0,
+        quiet: Throttle | None = None,
     ) -> None:
         self.stack = stack
+        self.flood = flood
+        self.admit = flood.admit if flood is not None else None
+        self.per_address = per_address
+        self.quiet = quiet or Throttle(60.0)
+        self._per_host: dict[str, int] = {}
         self.limits = limits
         self.counters = counters
         self.loop = asyncio.get_running_loop()
@@ -172,15 +199,46 @@ class TcpTransport:
 
     def register(self, conn: SipConnection) -> bool:
         assert conn.peer is not None
-        if len(self._conns) >= self.max_connections:
-            self.counters.dropped["tcp-connection-limit"] += 1
-            log.warning("TCP connection limit reached; refusing", extra={"peer": str(conn.peer)})
+        host = conn.peer.host
+        now = self.loop.time()
+        if self.flood is not None and self.flood.banned(host, now):
+            self.counters.flood_dropped["TCP"] += 1  # the ban was logged as it began
             return False
-        self._conns[conn.peer.host, conn.peer.port] = conn
+        if len(self._conns) >= self.max_connections:
+            self._refuse(conn, "tcp-connection-limit", "TCP connection limit reached; refusing", now)
+            return False
+        open_here = self._per_host.get(host, 0)
+        if (
+            self.per_address
+            and open_here >= self.per_address
+            and not (self.flood is not None and self.flood.is_exempt(host))
+        ):
+            self._refuse(conn, "tcp-address-limit", "TCP connections from one address over the cap; refusing", now)
+            return False
+        self._conns[host, conn.peer.port] = conn
+        self._per_host[host] = open_here + 1
+        conn.counted = True
         return True
+
+    def _refuse(self, conn: SipConnection, reason: str, why: str, now: float) -> None:
+        self.counters.dropped[reason] += 1
+        held = self.quiet.allow(reason, now)
+        if held is not None:
+            log.warning(why, extra={"peer": str(conn.peer), "held_back": held})
+
+    def connections_from(self, host: str) -> int:
+        """Connections open from ``host``."""
+        return self._per_host.get(host, 0)
 
     def unregister(self, conn: SipConnection) -> None:
         self._forget_partial(conn)
+        if conn.counted and conn.peer is not None:
+            conn.counted = False
+            left = self._per_host[conn.peer.host] - 1
+            if left:
+                self._per_host[conn.peer.host] = left
+            else:
+                del self._per_host[conn.peer.host]
         if conn.peer is not None and self._conns.get((conn.peer.host, conn.peer.port)) is conn:
             del self._conns[conn.peer.host, conn.peer.port]
 

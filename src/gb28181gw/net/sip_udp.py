@@ -9,6 +9,9 @@ A socket bound to a wildcard (``0.0.0.0``, ``::``) reads with ``recvmsg_into`` i
 learn the address each peer sent to (``IP_PKTINFO``): that is the address we advertise to
 the peer and send to it from (see :mod:`.addresses`). It costs about a microsecond per
 datagram; the per-peer entry is rewritten only when that address changes.
+
+A datagram from a flood-banned address (:class:`~gb28181gw.sip.flood.FloodGuard`) is
+dropped right after ``recvfrom``: not copied, not parsed, only counted.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 from gb28181gw.config import is_wildcard
 from gb28181gw.metrics import SipCounters
+from gb28181gw.sip.flood import FloodGuard
 from gb28181gw.sip.peer import Peer
 
 from .addresses import PKTINFO_SPACE, bind_error, enable_pktinfo, pktinfo_local
@@ -66,9 +70,12 @@ def _set_receive_buffer(sock: socket.socket, size: int) -> None:
 class UdpTransport:
     """A bound UDP socket feeding a :class:`~gb28181gw.net.transport.MessageSink` (the stack)."""
 
-    def __init__(self, stack: MessageSink, sock: socket.socket, counters: SipCounters) -> None:
+    def __init__(
+        self, stack: MessageSink, sock: socket.socket, counters: SipCounters, flood: FloodGuard | None = None
+    ) -> None:
         self._stack = stack
         self._counters = counters
+        self._admit = flood.admit if flood is not None else None
         self._sock = sock
         self.family = sock.family
         self.host: str = sock.getsockname()[0]
@@ -91,7 +98,14 @@ class UdpTransport:
 
     @classmethod
     def bind(
-        cls, stack: MessageSink, host: str, port: int, *, receive_buffer: int, counters: SipCounters
+        cls,
+        stack: MessageSink,
+        host: str,
+        port: int,
+        *,
+        receive_buffer: int,
+        counters: SipCounters,
+        flood: FloodGuard | None = None,
     ) -> UdpTransport:
         """Bind ``host``:``port`` (IPv6 when ``host`` has a colon).
 
@@ -117,7 +131,7 @@ class UdpTransport:
             sock.close()
             raise
         log.info("listening", extra={"transport": "UDP", "address": f"{host}:{sock.getsockname()[1]}"})
-        return cls(stack, sock, counters)
+        return cls(stack, sock, counters, flood)
 
     def local_host(self, peer: Peer) -> str | None:
         """The local address ``peer`` sent its last datagram to (``None``: not heard from)."""
@@ -136,7 +150,9 @@ class UdpTransport:
         view = self._view
         stack = self._stack
         peers = self._peers
+        admit = self._admit
         got = False
+        banned = 0
         now = self._loop.time()
         for _ in range(BATCH):
             try:
@@ -148,12 +164,17 @@ class UdpTransport:
                 log.debug("UDP receive error: %s", exc)
                 continue
             got = True
+            if admit is not None and not admit(addr[0], now):
+                banned += 1
+                continue
             entry = peers.get(addr)
             if entry is None:
                 if len(peers) >= MAX_PEER_CACHE:
                     peers.clear()
                 entry = peers[addr] = (Peer("UDP", addr[0], addr[1]), b"")
             stack.feed(bytes(view[:n]), entry[0], now)
+        if banned:
+            self._counters.flood_dropped["UDP"] += banned
         if got:
             stack.pump()
 
@@ -164,7 +185,9 @@ class UdpTransport:
         view = self._view
         stack = self._stack
         peers = self._peers
+        admit = self._admit
         got = False
+        banned = 0
         now = self._loop.time()
         for _ in range(BATCH):
             try:
@@ -175,11 +198,16 @@ class UdpTransport:
                 log.debug("UDP receive error: %s", exc)
                 continue
             got = True
+            if admit is not None and not admit(addr[0], now):
+                banned += 1
+                continue
             pktinfo = ancillary[0][2] if ancillary else b""
             entry = peers.get(addr)
             if entry is None or entry[1] != pktinfo:
                 entry = self._learn(addr, pktinfo)
             stack.feed(bytes(view[:n]), entry[0], now)
+        if banned:
+            self._counters.flood_dropped["UDP"] += banned
         if got:
             stack.pump()
 

@@ -10,6 +10,12 @@ Handlers take a :class:`RequestReceived` and may return ``None`` (answered
 synchronously through :meth:`SipStack.respond`) or an awaitable, which runs as
 a task; a handler that raises gets its request answered 500 and logged, and
 everyone else is served on.
+
+Its :class:`~gb28181gw.sip.flood.FloodGuard` (``flood``), if any, is asked by the
+transports before a datagram or TCP message is even copied: a flood-banned address is
+dropped unread. Bans are logged once as they begin and once as they end (with what they
+dropped); malformed input is counted always and logged at most once per kind per
+``log_interval`` (:class:`~gb28181gw.logs.Throttle`), with a line summing up the rest.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Any, cast
 
 from gb28181gw.config import SipSection, is_wildcard
 from gb28181gw.errors import LocalProtocolError, RouteConflict, SipTimeoutError, SipTransportError
-from gb28181gw.logs import WIRE, log_wire
+from gb28181gw.logs import WIRE, Throttle, log_wire
 from gb28181gw.metrics import OTHER, SipCounters
 from gb28181gw.sip.endpoint import SipEndpoint, warning_header
 from gb28181gw.sip.events import (
@@ -36,6 +42,7 @@ from gb28181gw.sip.events import (
     TransactionFailed,
     TransactionTimedOut,
 )
+from gb28181gw.sip.flood import FloodBanEnded, FloodBanned, FloodGuard
 from gb28181gw.sip.message import Request, Response, make_response
 from gb28181gw.sip.peer import Peer
 from gb28181gw.sip.transaction import Kind, Transaction
@@ -58,6 +65,8 @@ _METHOD_LABELS = {
 
 #: Sets of sockets tried when port 0 lets the kernel choose (see :meth:`SipStack.listen`).
 _PORT_ATTEMPTS = 20
+#: Seconds between ending the flood bans that ran out and summing up held-back log lines.
+CHORE_INTERVAL = 1.0
 
 __all__ = ["SipStack", "SipTimeoutError", "SipTransportError"]  # the errors: re-exported from errors.py
 
@@ -68,14 +77,31 @@ class SipStack:
     Args:
         endpoint: the sans-I/O core to drive.
         counters: metric counters to update.
+        flood: the per-address request limits (``None``: none).
+        log_interval: seconds between log lines about one kind of malformed input.
+        tcp_per_address: TCP connections open at once from one address (0: no cap; the
+            flood guard's exempt networks are not capped).
 
     Attributes:
         router: where services register what they answer (see :mod:`gb28181gw.net.router`).
+        flood: the flood guard: its bans (``flood.bans()``) are what an admin listing shows.
     """
 
-    def __init__(self, endpoint: SipEndpoint, *, counters: SipCounters | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: SipEndpoint,
+        *,
+        counters: SipCounters | None = None,
+        flood: FloodGuard | None = None,
+        log_interval: float = 60.0,
+        tcp_per_address: int = 0,
+    ) -> None:
         self.endpoint = endpoint
         self.counters = counters or SipCounters()
+        self.flood = flood
+        self.quiet = Throttle(log_interval)
+        self.tcp_per_address = tcp_per_address
+        self._chores: asyncio.Task[None] | None = None
         self.router = Router(respond=self.respond, new_tag=endpoint.new_tag, run=self._run)
         self._cancel_handler: Callable[[RequestCancelled], None] | None = None
         self._cancel_owner = ""
@@ -152,6 +178,7 @@ class SipStack:
             "advertising",
             extra={"address": static or "per device: the local address each device reaches us at"},
         )
+        self._chores = self._loop.create_task(self._chore_loop())
 
     def contact(self, user: str, peer: Peer) -> str:
         """Our Contact URI toward ``peer``: ``sip:<user>@<local_address(peer)>`` (IPv6 bracketed)."""
@@ -210,7 +237,12 @@ class SipStack:
         for host in hosts:
             if "udp" in sip.transports:
                 t = UdpTransport.bind(
-                    self, host, bound_port, receive_buffer=sip.udp_receive_buffer, counters=self.counters
+                    self,
+                    host,
+                    bound_port,
+                    receive_buffer=sip.udp_receive_buffer,
+                    counters=self.counters,
+                    flood=self.flood,
                 )
                 bound_port = t.port
                 self._udp.append(t)
@@ -229,6 +261,9 @@ class SipStack:
                 max_connections=sip.tcp_max_connections,
                 message_timeout=sip.tcp_message_timeout,
                 partial_budget=sip.tcp_partial_budget,
+                flood=self.flood,
+                per_address=self.tcp_per_address,
+                quiet=self.quiet,
             )
             for host in hosts:
                 bound_port = await self._tcp.listen(host, bound_port)
@@ -251,6 +286,10 @@ class SipStack:
 
     async def close(self, timeout: float = 5.0) -> None:
         """Stop listening, close connections, and wait for handler tasks up to ``timeout``."""
+        if self._chores is not None:
+            self._chores.cancel()
+            self._chores = None
+            self.chores((self._loop or asyncio.get_running_loop()).time(), final=True)
         await self._unbind()
         if self._tasks:
             done, pending = await asyncio.wait(list(self._tasks), timeout=timeout)
@@ -296,6 +335,8 @@ class SipStack:
         """Drain events, send what is queued and re-arm the timer."""
         if self._pumping:
             return
+        if self.flood is not None and self.flood.has_events:
+            self._flood_events()
         self._pumping = True
         try:
             endpoint = self.endpoint
@@ -340,14 +381,54 @@ class SipStack:
                 counters.parse_errors[event.peer.transport, str(event.status) if event.status else "dropped"] += 1
             else:
                 counters.dropped[event.reason.value] += 1
+            # counted always; described once per kind per log_interval (a flood of garbage is one line)
+            held = self.quiet.allow(event.reason.value, (self._loop or asyncio.get_running_loop()).time())
+            if held is not None:
+                log.info(
+                    "dropped SIP input",
+                    extra={
+                        "peer": str(event.peer),
+                        "reason": f"{event.reason.value}: {event.detail}",
+                        "answered": event.status,
+                        "held_back": held,
+                    },
+                )
+
+    # --- flood bans and held-back log lines ---------------------------------------------
+
+    async def _chore_loop(self) -> None:
+        loop = self._loop or asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(CHORE_INTERVAL)
+            self.chores(loop.time())
+
+    def chores(self, now: float, *, final: bool = False) -> None:
+        """End the flood bans that ran out and sum up the log lines held back (every second;
+        ``final``: at shutdown, every count held back)."""
+        if self.flood is not None:
+            self.flood.expire(now)
+            self._flood_events()
+        for kind, held in self.quiet.summaries(now, everything=final):
             log.info(
-                "dropped SIP input",
-                extra={
-                    "peer": str(event.peer),
-                    "reason": f"{event.reason.value}: {event.detail}",
-                    "answered": event.status,
-                },
+                "SIP input dropped meanwhile",
+                extra={"kind": kind, "lines_held_back": held, "interval": self.quiet.interval},
             )
+
+    def _flood_events(self) -> None:
+        assert self.flood is not None
+        for event in self.flood.take_events():
+            ban = event.ban
+            if isinstance(event, FloodBanned):
+                log.warning(
+                    "flood: address banned",
+                    extra={"address": ban.host, "kind": ban.kind.value, "sent": ban.sent,
+                           "window": self.flood.window, "limit": event.limit, "seconds": self.flood.ban_seconds},
+                )  # fmt: skip
+            elif isinstance(event, FloodBanEnded):
+                log.warning(
+                    "flood: ban forgotten (too many bans at once)" if event.forgotten else "flood: ban ended",
+                    extra={"address": ban.host, "kind": ban.kind.value, "dropped": ban.dropped},
+                )
 
     def _fail(self, tx: Transaction, exc: Exception) -> None:
         fut = tx.user_data

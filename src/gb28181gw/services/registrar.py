@@ -124,6 +124,8 @@ class RegistrarService:
         self._loop: asyncio.AbstractEventLoop | None = None
         #: loop times of each device's last :data:`KEEPALIVES_KEPT` keepalives (the doctor measures the interval)
         self.keepalive_arrivals: dict[str, tuple[float, ...]] = {}
+        self._hosts: frozenset[str] = frozenset()  # of registered devices, as of _hosts_at (see knows_address)
+        self._hosts_at = float("-inf")
         self.registrations = metrics.counter(REGISTRATIONS)
         self.keepalives = metrics.counter(KEEPALIVES)
         self.timeouts = metrics.counter(KEEPALIVE_TIMEOUTS)
@@ -543,6 +545,18 @@ class RegistrarService:
             self.unban_device(device_id, why="password changed")
         await self.flush()
         return device
+
+    def knows_address(self, host: str) -> bool:
+        """Whether a registered device sends from ``host`` (the flood guard's higher limit).
+
+        A walk of the table, at most once a second: the guard asks only when an address passes
+        the strangers' limit within a window, and a flood of them shares one walk.
+        """
+        now = self._now()[0]
+        if now - self._hosts_at >= 1.0:
+            self._hosts = frozenset(d.host for d in self.devices.values() if d.registered)
+            self._hosts_at = now
+        return host in self._hosts
 
     # --- bans and refusals -------------------------------------------------------------------
 
