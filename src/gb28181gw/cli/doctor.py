@@ -337,7 +337,7 @@ def doctor(
             _every(admin, body, as_json=as_json, output=output, force=force, live=live)
     except KeyboardInterrupt:
         # the request is closed by now (stream_lines), and the gateway cancels the run with it
-        err_console.print("stopped: the doctor's run was cancelled", highlight=False, markup=False)
+        err_console.print("stopped: the doctor's run was cancelled", highlight=False, markup=False, soft_wrap=True)
         sys.exit(INTERRUPTED)
 
 

@@ -238,7 +238,7 @@ def id_check(file: str, column: str | None, strict: bool, allow_civil: bool, as_
         )
         sys.exit(1 if failed else 0)
     if encoding not in ("utf-8", "utf-8-sig"):
-        err_console.print(f"reading {name} as {encoding.upper()}", highlight=False, markup=False)
+        err_console.print(f"reading {name} as {encoding.upper()}", highlight=False, markup=False, soft_wrap=True)
     if skipped and header is not None:
         click.echo(f"line {header[0]}: skipped as a header: {printable(header[1])}")
     colour = {"invalid": "red", "duplicate": "red", "warning": "yellow"}

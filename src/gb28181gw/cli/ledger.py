@@ -459,6 +459,7 @@ def ledger_import(admin: str, file: Path, strict: bool, dry_run: bool, sheet: st
         f"reading {file} ({read.how})" + (f": header on line {table.header_line}" if table.header_line else ""),
         highlight=False,
         markup=False,
+        soft_wrap=True,  # a file's path broken across lines cannot be copied
     )
     for p in problems:
         click.echo(printable(f"{_where(p)}: {p['reason']}"))
