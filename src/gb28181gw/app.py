@@ -273,7 +273,7 @@ class Gateway:
                 require_tokens=c.admin.require_tokens,
                 open_metrics=c.admin.open_metrics,
             )
-            add_device_routes(self.admin, self.registrar, self.devices)
+            add_device_routes(self.admin, self.registrar, self.devices, self.flood)
             add_stream_routes(
                 self.admin,
                 self.streams,

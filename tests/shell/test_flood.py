@@ -14,6 +14,7 @@ import random
 import socket
 import time
 
+import aiohttp
 import pytest
 from benchmarks.bench_flood import DEVICE_HOSTS, flood_datagram
 from benchmarks.bench_register import PASSWORD, Devices, storm
@@ -141,4 +142,24 @@ async def test_tcp_connections_from_one_address_are_capped(caplog: pytest.LogCap
     finally:
         for w in writers:
             w.close()
+        await gw.stop()
+
+
+async def test_an_operator_sees_a_flood_ban_and_lifts_it() -> None:
+    gw = await start_gateway(**{"flood.exempt": "", "flood.limit": "10"})
+    assert gw.admin is not None
+    base = f"http://127.0.0.1:{gw.admin.port}/api/v1"
+    try:
+        await asyncio.to_thread(send_flood, "garbage", "127.0.0.4", gw.stack.port, 50)
+        await until(lambda: gw.flood is not None and gw.flood.banned_count == 1, "the flooder is banned")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/bans") as resp:
+                (ban,) = (await resp.json())["flood"]
+            assert ban["key"] == "flood:127.0.0.4" and ban["kind"] == "stranger" and ban["dropped"] > 0
+            async with http.delete(f"{base}/bans/flood:127.0.0.4") as resp:
+                assert resp.status == 200
+            await until(lambda: gw.flood is not None and gw.flood.banned_count == 0, "the ban is lifted")
+            async with http.delete(f"{base}/bans/flood:127.0.0.4") as resp:
+                assert resp.status == 404
+    finally:
         await gw.stop()

@@ -71,6 +71,7 @@ from gb28181gw.services.devices import DeviceError, DeviceService
 from gb28181gw.services.registrar import RegistrarService
 from gb28181gw.services.streams import Consumer, Stream, StreamError, StreamService, StreamState
 from gb28181gw.services.upstreams import UpstreamService
+from gb28181gw.sip.flood import FloodGuard
 
 log = logging.getLogger("gb28181gw.admin")
 
@@ -83,6 +84,8 @@ MAX_LIST = 10_000
 #: Largest request body accepted (bytes).
 MAX_BODY = 64 * 1024
 #: Methods a page may not send cross-site unasked only if they are JSON (DELETE always needs a preflight).
+#: The key of a flood ban in /bans: ``flood:ADDRESS``.
+FLOOD_KEY = "flood:"
 _CHANGING = frozenset({"POST", "PUT", "PATCH"})
 #: Query parameters that would carry a token in the URL (refused: URLs are logged and kept in histories).
 _TOKEN_PARAMETERS = frozenset({"token", "access_token", "api_key", "apikey", "api-key", "key", "auth", "bearer"})
@@ -387,8 +390,11 @@ def refused_response(exc: RequestRefused) -> web.Response:
     return error_response(exc.status, str(exc), exc.hint)
 
 
-def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: DeviceService) -> None:
-    """``/api/v1/devices``: list, show, add (provision) and remove devices."""
+def add_device_routes(
+    admin: AdminServer, registrar: RegistrarService, devices: DeviceService, flood: FloodGuard | None = None
+) -> None:
+    """``/api/v1/devices``: list, show, add (provision) and remove devices; ``/api/v1/bans``: the
+    registrar's bans for failed authentication and ``flood``'s bans of addresses that sent too fast."""
 
     async def list_devices(request: web.Request) -> web.Response:
         devices = sorted(registrar.devices.values(), key=lambda d: d.device_id)
@@ -568,10 +574,12 @@ def add_device_routes(admin: AdminServer, registrar: RegistrarService, devices: 
     admin.add_route("POST", "/devices", add_device, role=Role.ADMIN)
     admin.add_route("GET", "/devices/{device_id}", show_device, role=Role.VIEWER)
     admin.add_route("DELETE", "/devices/{device_id}", remove_device, role=Role.ADMIN)
-    add_housekeeping_routes(admin, registrar, devices)
+    add_housekeeping_routes(admin, registrar, devices, flood)
 
 
-def add_housekeeping_routes(admin: AdminServer, registrar: RegistrarService, devices: DeviceService) -> None:
+def add_housekeeping_routes(
+    admin: AdminServer, registrar: RegistrarService, devices: DeviceService, flood: FloodGuard | None = None
+) -> None:
     """Bans, refused devices and pruning (issue 11).
 
     - ``GET /bans``: every active ban; ``DELETE /bans/{key}`` lifts one;
@@ -582,10 +590,22 @@ def add_housekeeping_routes(admin: AdminServer, registrar: RegistrarService, dev
     """
 
     async def list_bans(request: web.Request) -> web.Response:
-        return json_response({"bans": [b.to_dict() for b in registrar.bans()], "persisted": registrar.persist_bans})
+        now = asyncio.get_running_loop().time()
+        return json_response(
+            {
+                "bans": [b.to_dict() for b in registrar.bans()],
+                "persisted": registrar.persist_bans,
+                "flood": [b.as_dict(now) | {"key": FLOOD_KEY + b.host} for b in (flood.bans() if flood else ())],
+            }
+        )
 
     async def lift_ban(request: web.Request) -> web.Response:
         key = request.match_info["key"]
+        if key.startswith(FLOOD_KEY):
+            lifted = flood.lift(key.removeprefix(FLOOD_KEY)) if flood is not None else None
+            if lifted is None:
+                return error_response(404, f"no ban {key}", "see `gb28181gw bans` for the keys of the active bans")
+            return json_response({"lifted": [lifted.as_dict(asyncio.get_running_loop().time()) | {"key": key}]})
         ban = registrar.unban(key)
         if ban is None:
             return error_response(404, f"no ban {key}", "see `gb28181gw bans` for the keys of the active bans")

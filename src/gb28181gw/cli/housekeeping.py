@@ -21,6 +21,7 @@ from gb28181gw.cli.common import (
     Column,
     ago,
     done,
+    duration,
     emit,
     main,
     plural,
@@ -90,26 +91,41 @@ BAN_COLUMNS = (
     Column("refused since", "attempts"),
 )
 
+FLOOD_COLUMNS = (
+    Column("key", "key"),
+    Column("known", lambda b: "yes" if b.get("kind") == "known" else "no"),
+    Column("ends in", lambda b: duration(b.get("seconds_left"))),
+    Column("sent", "sent"),
+    Column("dropped", "dropped"),
+)
+
 
 @main.group(invoke_without_command=True)
 @ADMIN_OPTION
 @JSON_OPTION
 @click.pass_context
 def bans(ctx: click.Context, admin: str, as_json: bool) -> None:
-    """List the active bans (after registrar.max_auth_failures wrong passwords).
+    """List the active bans (after registrar.max_auth_failures wrong passwords), and the addresses
+    banned for sending SIP requests too fast (flood.limit, flood.known_limit).
 
     An address ban (ip:ADDRESS) refuses every REGISTER from that address; an ID ban
     (id:DEVICE_ID@ADDRESS) refuses that ID from that address. `bans lift KEY` lifts one,
     `device unban DEVICE_ID` every ban of a device; a new password (`device add --password`)
-    lifts them too.
+    lifts them too. A flood ban (flood:ADDRESS) drops everything from that address until it ends.
     """
     if ctx.invoked_subcommand is not None:
         return
     data = request(admin, "GET", "/bans")
+    if as_json:  # one list: every ban has a key and an address, a flood ban a kind instead of a reason
+        print_json(data["bans"] + data.get("flood", []))
+        return
     rows = data["bans"]
-    emit(rows, BAN_COLUMNS, as_json=as_json, title=plural(len(rows), "ban"))
-    if rows and not data.get("persisted") and not as_json:
+    emit(rows, BAN_COLUMNS, as_json=False, title=plural(len(rows), "ban"))
+    if rows and not data.get("persisted"):
         warn("bans end when the gateway restarts (registrar.persist_bans = false)")
+    flooders = data.get("flood", [])
+    if flooders:
+        emit(flooders, FLOOD_COLUMNS, as_json=False, title=plural(len(flooders), "address") + " banned for flooding")
 
 
 @bans.command("lift")
@@ -117,7 +133,7 @@ def bans(ctx: click.Context, admin: str, as_json: bool) -> None:
 @JSON_OPTION
 @click.argument("key")
 def bans_lift(admin: str, as_json: bool, key: str) -> None:
-    """Lift the ban KEY (ip:ADDRESS or id:DEVICE_ID@ADDRESS, as `gb28181gw bans` lists it)."""
+    """Lift the ban KEY (ip:ADDRESS, id:DEVICE_ID@ADDRESS or flood:ADDRESS, as `gb28181gw bans` lists it)."""
     data = request(admin, "DELETE", "/bans/" + urllib.parse.quote(key, safe=":@"))
     done(data, as_json, f"lifted {key}")
 
