@@ -94,6 +94,7 @@ class Gateway:
             metrics=self.metrics,
             settings=config.registrar,
             flush_interval=config.store.flush_interval,
+            audit=self.audit,
         )
         self.devices = DeviceService(
             self.stack,
@@ -103,6 +104,7 @@ class Gateway:
             domain=config.domain,
             metrics=self.metrics,
             settings=config.devices,
+            audit=self.audit,
         )
         self.subscriptions = SubscriptionService(self.stack, self.registrar, self.devices, settings=config.devices)
         m = config.media
@@ -131,11 +133,14 @@ class Gateway:
                 offer_format=m.offer_format,
             ),
             playback=config.playback,
+            audit=self.audit,
         )
         zone = parse_time_zone(config.gateway.time_zone)
-        self.upstreams = UpstreamService(self.stack, config, metrics=self.metrics, zone=zone, store=self.store)
+        self.upstreams = UpstreamService(
+            self.stack, config, metrics=self.metrics, zone=zone, store=self.store, audit=self.audit
+        )
         self.cascade_requests = CascadeRequestService(
-            self.stack, self.upstreams, self.devices, gateway_id=config.gateway.id, zone=zone
+            self.stack, self.upstreams, self.devices, gateway_id=config.gateway.id, zone=zone, audit=self.audit
         )
         self.cascade_catalog = CascadeCatalogService(
             self.stack,
@@ -153,9 +158,10 @@ class Gateway:
             metrics=self.metrics,
             media_address=config.media_address,
             invite_timeout=m.invite_timeout,
+            audit=self.audit,
         )
         self.upstreams.count_streams(self.cascade_media.served_to)
-        self.ledger = LedgerService(config, self.registrar, self.devices, self.store)
+        self.ledger = LedgerService(config, self.registrar, self.devices, self.store, audit=self.audit)
         self.doctor = DoctorService(
             self.registrar,
             self.devices,
@@ -163,6 +169,7 @@ class Gateway:
             our_id=config.gateway.id,
             metrics=self.metrics,
             decode=picture_size,
+            audit=self.audit,
         )
         self.forms = FormService(config, self.ledger)
         self.admin: AdminServer | None = None
