@@ -23,6 +23,7 @@ from typing import Any
 
 from gb28181gw import __version__
 from gb28181gw.admin import AdminServer, add_device_routes, add_stream_routes, add_upstream_routes
+from gb28181gw.admin.audit import add_audit_routes
 from gb28181gw.admin.doctor import add_doctor_routes
 from gb28181gw.admin.forms import add_form_routes
 from gb28181gw.admin.ledger import add_ledger_routes
@@ -252,6 +253,7 @@ class Gateway:
             add_ledger_routes(self.admin, self.ledger)
             add_doctor_routes(self.admin, self.doctor)
             add_form_routes(self.admin, self.forms)
+            add_audit_routes(self.admin, self.audit)
             await self.admin.start(c.admin.listen, c.admin.port)
         self.started_at = time.monotonic()
         self._ready = True

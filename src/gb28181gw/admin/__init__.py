@@ -38,6 +38,7 @@ from typing import Any
 from aiohttp import web
 
 from gb28181gw import __version__
+from gb28181gw.access import Role
 from gb28181gw.errors import IdError, MansrtspError, RequestRefused, UpstreamError
 from gb28181gw.gb import mansrtsp
 from gb28181gw.gb.bans import MAX_REFUSALS
@@ -98,7 +99,7 @@ class AdminServer:
         self._runner: web.AppRunner | None = None
         self.port = 0
 
-    def add_route(self, method: str, path: str, handler: Route) -> None:
+    def add_route(self, method: str, path: str, handler: Route, *, role: Role | None = None) -> None:
         """Add an API route under ``/api/v1`` (before :meth:`start`)."""
         self.app.router.add_route(method, f"{API_PREFIX}{path}", handler)
 

@@ -124,6 +124,11 @@ class AuditService:
         if metrics is not None:
             metrics.gauge(AUDIT_UNWRITTEN, lambda: len(self._pending))
 
+    @property
+    def unwritten(self) -> int:
+        """Records queued that the store has not taken yet."""
+        return len(self._pending)
+
     # --- recording ----------------------------------------------------------------------
 
     def record(
