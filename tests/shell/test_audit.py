@@ -10,6 +10,8 @@ service-level cases after it need no SIPp.
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import os
 import sqlite3
@@ -124,6 +126,13 @@ async def test_each_action_has_its_actor_and_verify_finds_a_row_altered_by_hand(
         closed = find(records, "stream.close", cause="no-consumers")  # the linger's end: the gateway's doing
         assert closed["actor"] == "gateway" and closed["params"]["stream"] == stream_id
         assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+
+        superiors = await asyncio.to_thread(cli, gw.admin.port, "audit", "--csv", "--actor", "superior:")
+        rows = list(csv.DictReader(io.StringIO(superiors.stdout)))
+        assert {(r["actor"], r["action"]) for r in rows} == {
+            (f"superior:{SUPERIOR}", a) for a in ("stream.open", "stream.close")
+        }
+        assert json.loads(rows[0]["params"])["label"] == "upstream:district" and rows[0]["time"].endswith("+08:00")
 
         check = await asyncio.to_thread(cli, gw.admin.port, "audit", "verify")
         assert check.returncode == 0, check.stdout + check.stderr
