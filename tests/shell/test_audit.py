@@ -13,10 +13,7 @@ import asyncio
 import csv
 import io
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,21 +32,12 @@ from gb28181gw.store.sqlite import SqliteStore
 from tests.media import UdpConsumer, wait_for
 
 from .conftest import sipp_scenario, start_gateway
+from .test_cascade_catalog import cli
 from .test_cascade_invite import CH, NVR, OK_REFS, SUPERIOR, cascade_gateway, content, offer, ok, superior, superior_bye
 from .test_devices import finished, free_udp_port, play_device, register
 from .test_streams import answer, scenario
 
 UNKNOWN = "34020000001310009999"
-
-
-def cli(admin_port: int, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gb28181gw", *args, "--admin", f"127.0.0.1:{admin_port}"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": "src"},
-    )
 
 
 def find(records: list[dict[str, Any]], action: str, **fields: Any) -> dict[str, Any]:
@@ -105,7 +93,7 @@ async def test_each_action_has_its_actor_and_verify_finds_a_row_altered_by_hand(
             async with http.get(f"{api}/audit", params={"action": "nothing.", "since": "x"}) as r:
                 assert r.status == 400 and "since" in (await r.json())["error"]
 
-        listing = await asyncio.to_thread(cli, gw.admin.port, "audit", "--json")
+        listing = await asyncio.to_thread(cli, gw, "audit", "--json")
         assert listing.returncode == 0, listing.stderr
         records = json.loads(listing.stdout)["records"]
         # until the admin API names its caller (admin authentication, issue 15 item 1) it acts as the gateway
@@ -127,14 +115,14 @@ async def test_each_action_has_its_actor_and_verify_finds_a_row_altered_by_hand(
         assert closed["actor"] == "gateway" and closed["params"]["stream"] == stream_id
         assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
 
-        superiors = await asyncio.to_thread(cli, gw.admin.port, "audit", "--csv", "--actor", "superior:")
+        superiors = await asyncio.to_thread(cli, gw, "audit", "--csv", "--actor", "superior:")
         rows = list(csv.DictReader(io.StringIO(superiors.stdout)))
         assert {(r["actor"], r["action"]) for r in rows} == {
             (f"superior:{SUPERIOR}", a) for a in ("stream.open", "stream.close")
         }
         assert json.loads(rows[0]["params"])["label"] == "upstream:district" and rows[0]["time"].endswith("+08:00")
 
-        check = await asyncio.to_thread(cli, gw.admin.port, "audit", "verify")
+        check = await asyncio.to_thread(cli, gw, "audit", "verify")
         assert check.returncode == 0, check.stdout + check.stderr
         assert f"{len(records)} records checked: the chain is whole" in check.stdout
         assert f"head: record {len(records)}, hash {records[-1]['hash']}" in check.stdout
@@ -149,11 +137,11 @@ async def test_each_action_has_its_actor_and_verify_finds_a_row_altered_by_hand(
     gw = await start_gateway(**{"store.path": store_path})
     try:
         assert gw.admin is not None
-        check = await asyncio.to_thread(cli, gw.admin.port, "audit", "verify")
+        check = await asyncio.to_thread(cli, gw, "audit", "verify")
         assert check.returncode == 1, check.stdout + check.stderr
         assert "BROKEN" in check.stdout
         assert f"problem at record {victim}: record {victim} does not match its hash: altered" in check.stdout
-        as_json = json.loads((await asyncio.to_thread(cli, gw.admin.port, "audit", "verify", "--json")).stdout)
+        as_json = json.loads((await asyncio.to_thread(cli, gw, "audit", "verify", "--json")).stdout)
         assert not as_json["ok"] and [p["seq"] for p in as_json["problems"]] == [victim]
     finally:
         await gw.stop()
