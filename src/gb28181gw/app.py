@@ -24,6 +24,7 @@ from typing import Any
 
 from gb28181gw import __version__
 from gb28181gw.admin import AdminServer, add_device_routes, add_stream_routes, add_upstream_routes
+from gb28181gw.admin.audit import add_audit_routes
 from gb28181gw.admin.doctor import add_doctor_routes
 from gb28181gw.admin.forms import add_form_routes
 from gb28181gw.admin.ledger import add_ledger_routes
@@ -111,6 +112,7 @@ class Gateway:
             metrics=self.metrics,
             settings=config.registrar,
             flush_interval=config.store.flush_interval,
+            audit=self.audit,
         )
         self.devices = DeviceService(
             self.stack,
@@ -120,6 +122,7 @@ class Gateway:
             domain=config.domain,
             metrics=self.metrics,
             settings=config.devices,
+            audit=self.audit,
         )
         self.subscriptions = SubscriptionService(self.stack, self.registrar, self.devices, settings=config.devices)
         m = config.media
@@ -148,11 +151,14 @@ class Gateway:
                 offer_format=m.offer_format,
             ),
             playback=config.playback,
+            audit=self.audit,
         )
         zone = parse_time_zone(config.gateway.time_zone)
-        self.upstreams = UpstreamService(self.stack, config, metrics=self.metrics, zone=zone, store=self.store)
+        self.upstreams = UpstreamService(
+            self.stack, config, metrics=self.metrics, zone=zone, store=self.store, audit=self.audit
+        )
         self.cascade_requests = CascadeRequestService(
-            self.stack, self.upstreams, self.devices, gateway_id=config.gateway.id, zone=zone
+            self.stack, self.upstreams, self.devices, gateway_id=config.gateway.id, zone=zone, audit=self.audit
         )
         self.cascade_catalog = CascadeCatalogService(
             self.stack,
@@ -170,9 +176,10 @@ class Gateway:
             metrics=self.metrics,
             media_address=config.media_address,
             invite_timeout=m.invite_timeout,
+            audit=self.audit,
         )
         self.upstreams.count_streams(self.cascade_media.served_to)
-        self.ledger = LedgerService(config, self.registrar, self.devices, self.store)
+        self.ledger = LedgerService(config, self.registrar, self.devices, self.store, audit=self.audit)
         self.doctor = DoctorService(
             self.registrar,
             self.devices,
@@ -180,6 +187,7 @@ class Gateway:
             our_id=config.gateway.id,
             metrics=self.metrics,
             decode=picture_size,
+            audit=self.audit,
         )
         self.forms = FormService(config, self.ledger)
         self.admin: AdminServer | None = None
@@ -286,6 +294,7 @@ class Gateway:
             add_form_routes(self.admin, self.forms)
             add_token_routes(self.admin, self.access)
             add_openapi_route(self.admin)
+            add_audit_routes(self.admin, self.audit)
             await self.admin.start(c.admin.listen, c.admin.port, ssl_context=admin_tls)
         self.started_at = time.monotonic()
         self._ready = True

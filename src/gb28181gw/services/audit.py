@@ -33,11 +33,11 @@ from gb28181gw.audit import (
     redact,
     verify,
 )
-from gb28181gw.errors import StoreError
+from gb28181gw.errors import RequestRefused, StoreError
 from gb28181gw.metrics import AUDIT_RECORDS, AUDIT_UNWRITTEN, Metrics
 from gb28181gw.store.base import Store
 
-__all__ = ["ACTOR", "MAX_UNWRITTEN", "AuditService", "ChainReport", "acting"]
+__all__ = ["ACTOR", "MAX_UNWRITTEN", "AuditService", "ChainReport", "acting", "audited", "result_of"]
 
 log = logging.getLogger("gb28181gw.audit")
 
@@ -123,6 +123,11 @@ class AuditService:
         self._counts = metrics.counter(AUDIT_RECORDS) if metrics else None
         if metrics is not None:
             metrics.gauge(AUDIT_UNWRITTEN, lambda: len(self._pending))
+
+    @property
+    def unwritten(self) -> int:
+        """Records queued that the store has not taken yet."""
+        return len(self._pending)
 
     # --- recording ----------------------------------------------------------------------
 
@@ -256,3 +261,33 @@ class AuditService:
             except StoreError as exc:
                 log.warning("audit retention sweep failed", extra={"error": str(exc)})
             await asyncio.sleep(_SWEEP_INTERVAL)
+
+
+#: Statuses of a refusal (the request could not be carried out as asked: nothing was done),
+#: as opposed to a failure of the device or the gateway.
+_REFUSED_STATUSES = frozenset({400, 401, 403, 404, 409, 480})
+
+
+def result_of(exc: BaseException) -> Result:
+    """Whether ``exc`` refused an action (nothing was done) or the action failed."""
+    if isinstance(exc, RequestRefused):
+        return Result.REFUSED
+    status = getattr(exc, "status", None)
+    return Result.REFUSED if status in _REFUSED_STATUSES else Result.FAILED
+
+
+@contextlib.contextmanager
+def audited(
+    audit: AuditService | None, action: Action, target: str = "", params: Mapping[str, Any] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Record ``action`` once the block ends: ok, or refused / failed with the exception's words
+    (re-raised). The block may add what came of it to the yielded parameters."""
+    kept = dict(params or {})
+    try:
+        yield kept
+    except Exception as exc:
+        if audit is not None:
+            audit.record(action, target, kept, result=result_of(exc), detail=str(exc))
+        raise
+    if audit is not None:
+        audit.record(action, target, kept)

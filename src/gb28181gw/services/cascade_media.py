@@ -57,6 +57,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from gb28181gw.audit import Action, Actor
 from gb28181gw.errors import (
     DialogError,
     LocalProtocolError,
@@ -91,6 +92,7 @@ from gb28181gw.sip.message import Request, Response, make_response
 from gb28181gw.sip.peer import Peer
 from gb28181gw.sip.transaction import Transaction
 
+from .audit import AuditService, acting, result_of
 from .registrar import RegistrarService
 from .streams import Consumer, Stream, StreamService
 from .upstreams import Link, UpstreamService
@@ -164,6 +166,8 @@ class CascadeMediaService:
         metrics: where ``gb28181gw_upstream_streams`` goes.
         media_address: ``Config.media_address`` (``""``: the address each superior reached us at).
         invite_timeout: ``media.invite_timeout``: the longest a superior waits for our 200.
+        audit: where INVITEs refused before any stream is asked for are recorded (the stream
+            service records the rest; both under the superior's name: :func:`acting`).
     """
 
     def __init__(
@@ -176,8 +180,10 @@ class CascadeMediaService:
         metrics: Metrics,
         media_address: str,
         invite_timeout: float,
+        audit: AuditService | None = None,
     ) -> None:
         self.stack = stack
+        self.audit = audit
         self.upstreams = upstreams
         self.streams = streams
         self.registrar = registrar
@@ -220,6 +226,10 @@ class CascadeMediaService:
         return self._serve(event, link)
 
     async def _serve(self, event: RequestReceived, link: Link) -> None:
+        with acting(_superior(event.request, event.peer)):  # the streams it opens name it
+            await self._serve_invite(event, link)
+
+    async def _serve_invite(self, event: RequestReceived, link: Link) -> None:
         request, tx = event.request, event.transaction
         assert tx is not None
         name = link.machine.settings.name
@@ -234,6 +244,9 @@ class CascadeMediaService:
                     raise OfferError(400, str(exc)) from None
         except (OfferError, StreamError) as exc:
             log.info("superior INVITE refused", extra={"upstream": name, "status": exc.status, "reason": str(exc)})
+            if self.audit is not None:
+                asked = {"upstream": name, "status": exc.status}
+                self.audit.record(Action.STREAM_OPEN, "", asked, result=result_of(exc), detail=str(exc))
             self._refuse(event, exc.status, str(exc))
             self.upstreams.count_request(name, "INVITE", str(exc.status))
             return
@@ -470,6 +483,10 @@ class CascadeMediaService:
             served.stop_waiting.set_result(status)
 
     def _on_dialog_request(self, served: Served, event: RequestReceived) -> None:
+        with acting(_superior(served.request, event.peer)):  # its BYE closes, its INFO controls, in its name
+            self._dialog_request(served, event)
+
+    def _dialog_request(self, served: Served, event: RequestReceived) -> None:
         request, tx = event.request, event.transaction
         if tx is None:  # the ACK of our 2xx (or of a re-INVITE's)
             if request.method == "ACK":
@@ -691,3 +708,8 @@ class CascadeMediaService:
     def served_to(self, name: str) -> int:
         """Streams served to superior ``name`` now (answered, not ended)."""
         return sum(1 for s in self.dialogs.values() if s.upstream == name)
+
+
+def _superior(request: Request, peer: Peer) -> Actor:
+    """The superior a request came from, as the audit trail names it."""
+    return Actor.superior(from_user(request), f"{peer.host}:{peer.port}")

@@ -27,6 +27,8 @@ import logging
 import random
 
 from gb28181gw import __version__
+from gb28181gw.audit import Action as AuditAction
+from gb28181gw.audit import Actor, Result
 from gb28181gw.errors import DeviceError, ManscdpError, SipTimeoutError, SipTransportError
 from gb28181gw.gb.cascade_catalog import body_limit
 from gb28181gw.gb.model import Device
@@ -39,6 +41,7 @@ from gb28181gw.net.tasks import TaskSet
 from gb28181gw.sip.endpoint import warning_header
 from gb28181gw.sip.message import Response, make_response
 
+from .audit import AuditService, acting, result_of
 from .devices import DeviceService
 from .upstreams import Link, UpstreamService
 
@@ -61,6 +64,8 @@ class CascadeRequestService:
         gateway_id: our platform ID (``gateway.id``); a superior may also use the ``local_id`` we register with.
         name: the DeviceName we give for our platform.
         zone: the site's time zone (DeviceTime).
+        audit: where the queries, controls and PTZ commands passed on to our devices, and those
+            refused, are recorded in the superior's name.
     """
 
     def __init__(
@@ -72,7 +77,9 @@ class CascadeRequestService:
         gateway_id: str,
         name: str = "gb28181gw",
         zone: _dt.tzinfo = _dt.UTC,
+        audit: AuditService | None = None,
     ) -> None:
+        self.audit = audit
         self.stack = stack
         self.upstreams = upstreams
         self.devices = devices
@@ -97,6 +104,11 @@ class CascadeRequestService:
         if link is None:  # a PLATFORM some other resolver claimed: not a superior of ours
             self._answer(msg, 403, f"{msg.sender} is not a superior of this gateway")
             return
+        # what it asks of our devices is recorded in its name, in the tasks started here too
+        with acting(Actor.superior(msg.sender, f"{event.peer.host}:{event.peer.port}")):
+            self._on_request(msg, link)
+
+    def _on_request(self, msg: ManscdpRequest, link: Link) -> None:
         name = link.machine.settings.name
         try:
             env = envelope(msg.root)
@@ -119,6 +131,7 @@ class CascadeRequestService:
                 )
             self._answer(msg, verdict.status, verdict.reason)
             self.upstreams.count_request(name, label, str(verdict.status))
+            self._audit(env, name, Result.REFUSED, verdict.reason)
             return
         self._answer(msg, 200)
         if verdict.command:
@@ -166,6 +179,7 @@ class CascadeRequestService:
             if verdict.response:
                 await self._send_up(link, self._offline_answer(link, env, device))
             self.upstreams.count_request(name, label, "offline")
+            self._audit(env, name, Result.REFUSED, f"the device {device_id or env.device_id} is offline")
             log.info(
                 "superior's request for an offline device answered by us",
                 extra={"upstream": name, "cmd": env.cmd_type, "target": env.device_id, "device": device_id},
@@ -188,6 +202,7 @@ class CascadeRequestService:
         except DeviceError as exc:
             result = "timeout" if exc.status == DeviceError.NO_ANSWER else "error"
             self.upstreams.count_request(name, label, result)
+            self._audit(env, name, result_of(exc), str(exc))
             log.info(
                 "superior's request failed at the device",
                 extra={
@@ -202,6 +217,23 @@ class CascadeRequestService:
                 await self._send_up(link, _error_answer(link, env))
             return
         self.upstreams.count_request(name, label, "ok")
+        self._audit(env, name, Result.OK)
+
+    def _audit(self, env: Envelope, upstream: str, result: Result, detail: str = "") -> None:
+        """Record the superior's request ``env`` passed on to a device (or refused)."""
+        if self.audit is None or env.root not in (Root.QUERY, Root.CONTROL):
+            return
+        commands = {
+            str(child.tag): (child.text or "").strip()
+            for child in env.element
+            if isinstance(child.tag, str) and child.tag.lower() not in _ENVELOPE_TAGS
+        }
+        if env.root is Root.QUERY:
+            action = AuditAction.DEVICE_QUERY
+        else:
+            action = AuditAction.PTZ if "PTZCmd" in commands else AuditAction.DEVICE_CONTROL
+        params = {"upstream": upstream, "cmd": env.cmd_type, **commands}
+        self.audit.record(action, env.device_id, params, result=result, detail=detail)
 
     async def _relay_records(self, link: Link, env: Envelope, device_id: str) -> None:
         # the device's parts are collected whole (its SumNum is often wrong, C1) and sent up
@@ -341,6 +373,10 @@ class CascadeRequestService:
         target = self._alarms.pop((name, sn), None)
         if target is not None:
             log.info("superior never answered our alarm", extra={"upstream": name, "sn": sn, "target": target})
+
+
+#: Children of a MANSCDP body that are its envelope, not what it asks.
+_ENVELOPE_TAGS = frozenset({"cmdtype", "sn", "deviceid"})
 
 
 def _cmd(env: Envelope) -> CmdType:

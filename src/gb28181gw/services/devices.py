@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from gb28181gw.audit import Action
 from gb28181gw.config import DevicesSection
 from gb28181gw.errors import DeviceError
 from gb28181gw.gb.catalog import ChannelUpdate, Position, channel_from_item
@@ -51,6 +52,7 @@ from gb28181gw.net.stack import SipStack, SipTimeoutError, SipTransportError
 from gb28181gw.net.tasks import TaskSet
 from gb28181gw.store.base import Store
 
+from .audit import AuditService, audited
 from .registrar import RegistrarService
 
 log = logging.getLogger("gb28181gw.devices")
@@ -86,6 +88,7 @@ class DeviceService:
         our_id / domain: our platform ID and domain.
         metrics: where to count.
         settings: the ``[devices]`` section (query and catalog timeouts, catalog on register).
+        audit: where queries, controls and PTZ commands sent to devices are recorded.
     """
 
     def __init__(
@@ -98,8 +101,10 @@ class DeviceService:
         domain: str,
         metrics: Metrics,
         settings: DevicesSection,
+        audit: AuditService | None = None,
     ) -> None:
         self.stack = stack
+        self.audit = audit
         self.metrics = metrics
         self.store = store
         self.registrar = registrar
@@ -264,7 +269,8 @@ class DeviceService:
 
     async def device_info(self, device_id: str) -> dict[str, str]:
         """DeviceInfo (§5.4.2); the device record learns its name, maker, model and firmware."""
-        info = flat(await self.query(device_id, CmdType.DEVICE_INFO))
+        with audited(self.audit, Action.DEVICE_QUERY, device_id, {"query": "DeviceInfo"}):
+            info = flat(await self.query(device_id, CmdType.DEVICE_INFO))
         if info.get("Result", "OK").upper() == "OK":
             self.registrar.update_info(
                 device_id,
@@ -277,7 +283,8 @@ class DeviceService:
 
     async def device_status(self, device_id: str) -> dict[str, str]:
         """DeviceStatus (§5.4.3)."""
-        return flat(await self.query(device_id, CmdType.DEVICE_STATUS))
+        with audited(self.audit, Action.DEVICE_QUERY, device_id, {"query": "DeviceStatus"}):
+            return flat(await self.query(device_id, CmdType.DEVICE_STATUS))
 
     async def catalog(self, device_id: str, *, linger: bool = False) -> CatalogResult:
         """Ask for the whole catalog, assemble it, store it, and return it.
@@ -287,7 +294,9 @@ class DeviceService:
         """
         loop = asyncio.get_running_loop()
         started = loop.time()
-        result = await self._multi(device_id, CmdType.CATALOG, None, linger=linger)
+        with audited(self.audit, Action.DEVICE_QUERY, device_id, {"query": "Catalog"}) as done:
+            result = await self._multi(device_id, CmdType.CATALOG, None, linger=linger)
+            done.update(items=len(result.items), complete=result.complete)
         self.catalog_seconds[()] += round(loop.time() - started, 3)  # type: ignore[assignment]  # a float counter
         await self._store_catalog(result)
         return result
@@ -296,23 +305,25 @@ class DeviceService:
         """RecordInfo (§5.4.4): the recordings of ``channel_id`` between two GB dateTimes."""
         device = self.device_of(channel_id)
         fields: Fields = [("StartTime", start), ("EndTime", end), ("Secrecy", 0), ("Type", record_type)]
-        return await self._multi(
-            device.device_id,
-            CmdType.RECORD_INFO,
-            fields,
-            target=channel_id,
-            key_fields=RECORD_KEYS,
-        )
+        asked = {"query": "RecordInfo", "start": start, "end": end, "type": record_type}
+        with audited(self.audit, Action.DEVICE_QUERY, channel_id, asked) as done:
+            result = await self._multi(
+                device.device_id, CmdType.RECORD_INFO, fields, target=channel_id, key_fields=RECORD_KEYS
+            )
+            done.update(items=len(result.items))
+            return result
 
     async def presets(self, channel_id: str) -> list[dict[str, str]]:
         """PresetQuery (§5.4.7): the presets of a PTZ camera."""
         device = self.device_of(channel_id)
-        env = await self.query(device.device_id, CmdType.PRESET_QUERY, target=channel_id)
+        with audited(self.audit, Action.DEVICE_QUERY, channel_id, {"query": "PresetQuery"}):
+            env = await self.query(device.device_id, CmdType.PRESET_QUERY, target=channel_id)
         return [{"PresetID": i.device_id, **i.fields} for i in list_items(env, "PresetList")[1]]
 
     async def config(self, device_id: str, config_type: str = "BasicParam") -> dict[str, str]:
         """ConfigDownload (§5.4.6), e.g. BasicParam: HeartBeatInterval, HeartBeatCount, Expiration …"""
-        env = await self.query(device_id, CmdType.CONFIG_DOWNLOAD, [("ConfigType", config_type)])
+        with audited(self.audit, Action.DEVICE_QUERY, device_id, {"query": "ConfigDownload", "type": config_type}):
+            env = await self.query(device_id, CmdType.CONFIG_DOWNLOAD, [("ConfigType", config_type)])
         out = config_section(env, config_type)
         if config_type == "BasicParam":
             # the device's own heartbeat settings drive its liveness deadline (PROTOCOL.md §4.1)
@@ -419,8 +430,11 @@ class DeviceService:
 
     async def ptz(self, channel_id: str, cmd: PtzCmd) -> None:
         """Send a PTZCmd to the channel (or device) ``channel_id``."""
-        device = self.device_of(channel_id)
-        await self.control(device.device_id, channel_id, [("PTZCmd", cmd.encode()), ("Info", [("ControlPriority", 5)])])
+        with audited(self.audit, Action.PTZ, channel_id, {"ptz": cmd.encode()}):
+            device = self.device_of(channel_id)
+            await self.control(
+                device.device_id, channel_id, [("PTZCmd", cmd.encode()), ("Info", [("ControlPriority", 5)])]
+            )
 
     # --- receiving ---------------------------------------------------------------------
 
@@ -530,14 +544,18 @@ class DeviceService:
         """A DeviceControl command other than PTZ (§5.6.1): ``TeleBoot``, ``RecordCmd``, ``GuardCmd``,
         ``AlarmCmd``, ``IFameCmd``, ``HomePosition`` … With ``wait`` the device's Response (its Result)
         is awaited and returned."""
-        device = self.device_of(target)
-        if not wait:
-            await self.control(device.device_id, target, [(name, value)])
-            return {}
-        env = await self.query(
-            device.device_id, CmdType.DEVICE_CONTROL, [(name, value)], target=target, root=Root.CONTROL
-        )
-        return flat(env)
+        asked = {"command": name, "value": value if isinstance(value, str) else dict(value)}
+        with audited(self.audit, Action.DEVICE_CONTROL, target, asked) as done:
+            device = self.device_of(target)
+            if not wait:
+                await self.control(device.device_id, target, [(name, value)])
+                return {}
+            env = await self.query(
+                device.device_id, CmdType.DEVICE_CONTROL, [(name, value)], target=target, root=Root.CONTROL
+            )
+            answer = flat(env)
+            done["answer"] = answer.get("Result", "")
+            return answer
 
     async def _reap(self) -> None:
         loop = asyncio.get_running_loop()

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gb28181gw import __version__
+from gb28181gw.audit import Action
 from gb28181gw.errors import DeviceError, DoctorError, RtpError, StreamError
 from gb28181gw.gb.doctor import CHECK_BY_KEY, CHECKS, CheckResult, DoctorReport, Outcome, event
 from gb28181gw.gb.ledger import CAMERA_TYPES
@@ -55,6 +56,7 @@ from gb28181gw.media.tcp_framing import Rfc4571Reader
 from gb28181gw.metrics import DOCTOR_CHECKS, Metrics
 from gb28181gw.sdp import SessionDescription, StreamMode
 
+from .audit import AuditService, audited
 from .devices import DeviceService, config_section
 from .registrar import RegistrarService
 from .streams import StreamService
@@ -138,6 +140,8 @@ class DoctorService:
         our_id: the gateway's ID (the report names who ran it).
         metrics: where ``gb28181gw_doctor_checks`` is counted.
         decode: decodes a key frame (``av``, run in an executor thread).
+        audit: where each run (and a run refused) is recorded; the streams, queries and PTZ of its
+            checks are recorded by the services they go through.
     """
 
     def __init__(
@@ -149,7 +153,9 @@ class DoctorService:
         our_id: str,
         metrics: Metrics,
         decode: Decoder,
+        audit: AuditService | None = None,
     ) -> None:
+        self.audit = audit
         self.registrar = registrar
         self.devices = devices
         self.streams = streams
@@ -212,14 +218,18 @@ class DoctorService:
             DoctorError: 404 no such device or channel, 409 not registered or being run already,
                 400 an unknown check.
         """
-        self.check_start(device_id, channel=channel, checks=checks)
-        task = asyncio.current_task()
-        assert task is not None
-        self.running[device_id] = task
-        try:
-            return await self._run(device_id, emit, channel, checks)
-        finally:
-            del self.running[device_id]
+        asked = {"channel": channel, "checks": list(checks or ())}
+        with audited(self.audit, Action.DOCTOR_RUN, device_id, asked) as done:
+            self.check_start(device_id, channel=channel, checks=checks)
+            task = asyncio.current_task()
+            assert task is not None
+            self.running[device_id] = task
+            try:
+                report = await self._run(device_id, emit, channel, checks)
+            finally:
+                del self.running[device_id]
+            done.update(passed=report.passed, failed=len(report.failures))
+            return report
 
     async def stop(self) -> None:
         """Cancel the runs going on (their streams close) and wait for them."""

@@ -15,13 +15,16 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from gb28181gw.audit import Action, Result
 from gb28181gw.config import Config
 from gb28181gw.divisions import area_of
 from gb28181gw.errors import IdError, LedgerError, LedgerValueError
 from gb28181gw.gb.ledger import Change, LedgerEntry, diff, merge, normalise_all, same_value
 from gb28181gw.gb.model import Channel, Device
 from gb28181gw.ids import GbId, type_name
+from gb28181gw.services.audit import AuditService
 from gb28181gw.services.devices import DeviceService
 from gb28181gw.services.registrar import RegistrarService
 from gb28181gw.store.base import Store
@@ -89,6 +92,7 @@ class LedgerService:
         devices: their channels.
         store: where entries are kept.
         clock: wall-clock epoch seconds (``updated_at``).
+        audit: where edits, imports (one record each, with counts) and removals are recorded.
     """
 
     def __init__(
@@ -99,7 +103,9 @@ class LedgerService:
         store: Store,
         *,
         clock: Callable[[], float] = time.time,
+        audit: AuditService | None = None,
     ) -> None:
+        self.audit = audit
         self.config = config
         self.registrar = registrar
         self.devices = devices
@@ -211,12 +217,16 @@ class LedgerService:
         Raises:
             LedgerError: the ID is unknown (404) or a value cannot be read (400, a LedgerValueError).
         """
-        result = await self.apply([Edit(id_, values)], strict=True)
+        async with self._writing:
+            result = await self._apply([Edit(id_, values)], strict=True, dry_run=False)
+        changed = {c.field: c.new for c in result.changes}
         if result.problems:
             p = result.problems[0]
+            self._audit(Action.LEDGER_EDIT, id_, {"fields": sorted(values)}, result=Result.REFUSED, detail=p.reason)
             if not p.field:
                 raise LedgerError(p.reason, LedgerError.NOT_FOUND, "see `gb28181gw channels` for the IDs there are")
             raise LedgerValueError(p.field, p.reason)
+        self._audit(Action.LEDGER_EDIT, id_, {"changed": changed})
         return result.changes
 
     def check(self, edits: list[Edit]) -> tuple[dict[str, dict[str, str]], list[Problem]]:
@@ -267,10 +277,12 @@ class LedgerService:
         async with self._writing:
             entry = self.entries.get(id_)
             if entry is None:
+                self._audit(Action.LEDGER_REMOVE, id_, result=Result.REFUSED, detail=f"no ledger entry {id_}")
                 return None
             await self.store.delete_ledger([id_])
             del self.entries[id_]
             log.info("ledger entry removed", extra={"id": id_, "fields": len(entry.values)})
+            self._audit(Action.LEDGER_REMOVE, id_, {"fields": sorted(entry.values)})
             return entry
 
     async def apply(self, edits: list[Edit], *, strict: bool = False, dry_run: bool = False) -> EditResult:
@@ -283,7 +295,23 @@ class LedgerService:
             StoreError: the store cannot be written (nothing changed in memory either).
         """
         async with self._writing:
-            return await self._apply(edits, strict=strict, dry_run=dry_run)
+            result = await self._apply(edits, strict=strict, dry_run=dry_run)
+        if not dry_run:  # one record for the whole file, however many rows it had
+            counts = {
+                "rows": len(edits),
+                "entries": len({c.id for c in result.changes}) if result.applied else 0,
+                "fields": len(result.changes) if result.applied else 0,
+                "problems": len(result.problems),
+                "strict": strict,
+            }
+            how = Result.OK if result.applied or not result.problems else Result.REFUSED
+            detail = result.problems[0].reason if result.problems else ""
+            self._audit(Action.LEDGER_IMPORT, "", counts, result=how, detail=detail)
+        return result
+
+    def _audit(self, action: Action, target: str, params: dict[str, Any] | None = None, **how: Any) -> None:
+        if self.audit is not None:
+            self.audit.record(action, target, params, **how)
 
     async def _apply(self, edits: list[Edit], *, strict: bool, dry_run: bool) -> EditResult:
         kept: dict[str, dict[str, str]] = {}

@@ -26,7 +26,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
+from gb28181gw.audit import GATEWAY, Action, Result
 from gb28181gw.config import RegistrarSection
 from gb28181gw.errors import ManscdpError, StoreError, StoreRecordError
 from gb28181gw.gb.bans import AuthFailure
@@ -54,6 +56,8 @@ from gb28181gw.sip.message import make_response
 from gb28181gw.sip.peer import Peer
 from gb28181gw.store.base import Store
 
+from .audit import AuditService
+
 log = logging.getLogger("gb28181gw.registrar")
 
 OfflineListener = Callable[[Device, str], None]
@@ -75,6 +79,7 @@ class RegistrarService:
             count of devices whose own are unknown.
         flush_interval: seconds between batched writes (``store.flush_interval``).
         clock: wall-clock epoch seconds (tests pass their own).
+        audit: where devices added, removed and pruned, and bans set and lifted, are recorded.
     """
 
     def __init__(
@@ -87,9 +92,11 @@ class RegistrarService:
         settings: RegistrarSection,
         flush_interval: float,
         clock: Callable[[], float] = time.time,
+        audit: AuditService | None = None,
     ) -> None:
         self.stack = stack
         self.store = store
+        self.audit = audit
         self.policy = policy
         self.registrar = Registrar(
             policy,
@@ -295,6 +302,8 @@ class RegistrarService:
                     extra={"key": ban.key, "device": ban.device_id, "peer": ban.address, "reason": ban.reason,
                            "seconds": round(ban.until - ban.since)},
                 )  # fmt: skip
+                seconds = round(ban.until - ban.since)
+                self._audit(Action.DEVICE_BAN, _ban_target(ban), {"ban": ban.key, "reason": ban.reason, "seconds": seconds}, actor=GATEWAY)  # fmt: skip
                 if self.persist_bans:
                     self._bans_to_save[ban.key] = ban
                     self._bans_to_delete.discard(ban.key)
@@ -535,6 +544,9 @@ class RegistrarService:
 
         A new password lifts the device's bans: they were earned with the old one.
         """
+        created = device_id not in self.devices
+        asked = {"name": name, "charset": charset, "stream_mode": stream_mode or "", "digest_changed": bool(password)}
+        self._audit(Action.DEVICE_ADD, device_id, {**asked, "created": created})
         change = self.devices.provision(
             device_id, epoch=self._clock(), password=password, name=name, charset=charset, stream_mode=stream_mode
         )
@@ -577,6 +589,8 @@ class RegistrarService:
         ban = self.registrar.bans.lift(key)
         if ban is not None:
             self._lifted([ban], "lifted by operator")
+        else:
+            self._audit(Action.DEVICE_UNBAN, key, {"ban": key}, result=Result.REFUSED, detail=f"no ban {key}")
         return ban
 
     def unban_device(self, device_id: str, *, why: str = "lifted by operator") -> list[Ban]:
@@ -588,6 +602,7 @@ class RegistrarService:
     def _lifted(self, bans: list[Ban], why: str) -> None:
         for ban in bans:
             log.info("ban lifted", extra={"key": ban.key, "device": ban.device_id, "reason": why})
+            self._audit(Action.DEVICE_UNBAN, _ban_target(ban), {"ban": ban.key, "reason": why})
             if self.persist_bans:
                 self._bans_to_save.pop(ban.key, None)
                 self._bans_to_delete.add(ban.key)
@@ -605,13 +620,23 @@ class RegistrarService:
         """
         pruned = self.stale(older_than, provisioned=provisioned)
         for device in pruned:
-            await self.remove(device.device_id)
+            await self._remove(device.device_id)
         if pruned:
             log.info("devices pruned", extra={"devices": len(pruned), "older_than": older_than})
+        asked = {"older_than": older_than, "provisioned": provisioned}
+        self._audit(
+            Action.DEVICE_PRUNE, "", {**asked, "removed": len(pruned), "devices": [d.device_id for d in pruned]}
+        )
         return pruned
 
     async def remove(self, device_id: str) -> bool:
         """Forget a device entirely (it must register again)."""
+        removed = await self._remove(device_id)
+        detail = "" if removed else f"no device {device_id}"
+        self._audit(Action.DEVICE_REMOVE, device_id, result=Result.OK if removed else Result.REFUSED, detail=detail)
+        return removed
+
+    async def _remove(self, device_id: str) -> bool:
         now, epoch = self._now()
         removed = self.devices.remove(device_id, epoch=epoch)
         self.keepalive_arrivals.pop(device_id, None)
@@ -619,6 +644,10 @@ class RegistrarService:
             self._apply(removed[1], removed[0], now, epoch)
         stored = await self.store.delete_device(device_id)
         return stored or removed is not None
+
+    def _audit(self, action: Action, target: str, params: dict[str, object] | None = None, **how: Any) -> None:
+        if self.audit is not None:
+            self.audit.record(action, target, params, **how)
 
     def update_info(
         self, device_id: str, *, reported_name: str = "", manufacturer: str = "", model: str = "", firmware: str = ""
@@ -641,3 +670,8 @@ class RegistrarService:
         """Keep the device's own heartbeat settings (they drive its liveness deadline from its next keepalive)."""
         if self.devices.set_heartbeat(device_id, epoch=self._clock(), interval=interval, count=count):
             self.changed(device_id)
+
+
+def _ban_target(ban: Ban) -> str:
+    """What a ban refuses, as the audit trail names it: the device ID, or the address for an address ban."""
+    return ban.device_id if ban.key.startswith("id:") else ban.address

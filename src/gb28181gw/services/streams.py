@@ -48,16 +48,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import random
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum, auto
 from typing import Any
 
+from gb28181gw.audit import GATEWAY, Action, Result
 from gb28181gw.config import PlaybackSection
 from gb28181gw.errors import (
     DialogError,
@@ -120,6 +122,7 @@ from gb28181gw.sip.message import make_response
 from gb28181gw.sip.peer import Peer
 from gb28181gw.sip.transaction import render_digraph
 
+from .audit import AuditService, audited, result_of
 from .devices import DeviceError, DeviceService
 from .registrar import RegistrarService
 
@@ -412,6 +415,7 @@ class StreamService:
         playback: the ``[playback]`` settings (spans, controls, the end of a recorded session).
         rng: picks media ports and SSRC digits (default: :class:`random.SystemRandom`, so a
             stranger cannot guess the next stream's port or SSRC).
+        audit: where streams opened and closed, consumers leaving and playback controls are recorded.
     """
 
     def __init__(
@@ -427,9 +431,11 @@ class StreamService:
         settings: MediaSettings,
         playback: PlaybackSection,
         rng: random.Random | None = None,
+        audit: AuditService | None = None,
     ) -> None:
         if not relays:
             raise ValueError("at least one relay")
+        self.audit = audit
         self.stack = stack
         self.registrar = registrar
         self.devices = devices
@@ -541,11 +547,14 @@ class StreamService:
         Raises:
             StreamError: the channel is unknown, its device unreachable or unwilling, no port is free.
         """
-        kind = _consumer_transport(transport, port, also_from)
-        st = self.by_channel.get(channel_id)
-        if st is None:
-            st = self._open(channel_id)
-        return st, await self._consume(st, kind, host, port, ssrc, label, ttl, paused, start_within, also_from)
+        with self._opening(channel_id, SessionKind.PLAY, transport, host, port, label) as opened:
+            kind = _consumer_transport(transport, port, also_from)
+            st = self.by_channel.get(channel_id)
+            if st is None:
+                st = self._open(channel_id)
+            consumer = await self._consume(st, kind, host, port, ssrc, label, ttl, paused, start_within, also_from)
+            opened.update(stream=st.id, consumer=consumer.id)
+            return st, consumer
 
     async def play_own(
         self,
@@ -566,15 +575,18 @@ class StreamService:
         Raises:
             StreamError: as :meth:`play`.
         """
-        kind = _consumer_transport(transport, port, ())
-        st = self._open(channel_id, mode=mode, shared=False)
-        try:
-            return st, await self._consume(st, kind, host, port, None, label, None, False, None, ())
-        except BaseException:
-            # no one else can join it: a caller that failed or was cancelled leaves no stream behind
-            if st.state is not StreamState.CLOSED:
-                self._close(st, "its only consumer gave up", "no-consumers")
-            raise
+        with self._opening(channel_id, SessionKind.PLAY, transport, host, port, label) as opened:
+            kind = _consumer_transport(transport, port, ())
+            st = self._open(channel_id, mode=mode, shared=False)
+            try:
+                consumer = await self._consume(st, kind, host, port, None, label, None, False, None, ())
+            except BaseException:
+                # no one else can join it: a caller that failed or was cancelled leaves no stream behind
+                if st.state is not StreamState.CLOSED:
+                    self._close(st, "its only consumer gave up", "no-consumers")
+                raise
+            opened.update(stream=st.id, consumer=consumer.id, mode=st.mode.value)
+            return st, consumer
 
     async def open_recorded(
         self,
@@ -608,18 +620,23 @@ class StreamService:
         """
         if not kind.recorded:
             raise ValueError("open_recorded() opens Playback or Download: play() opens live streams")
-        consumer_kind = _consumer_transport(transport, port, also_from)
-        try:
-            span.check(now=time.time(), max_span=self.playback.max_span)
-        except SpanError as exc:
-            self.results[("bad-span",)] += 1
-            raise StreamError(400, str(exc)) from None
-        if kind is SessionKind.DOWNLOAD:
-            download_speed = max(1, download_speed or self.playback.download_speed)
-        else:
-            download_speed = None
-        st = self._open(channel_id, kind=kind, span=span, download_speed=download_speed)
-        return st, await self._consume(st, consumer_kind, host, port, ssrc, label, ttl, paused, start_within, also_from)
+        with self._opening(channel_id, kind, transport, host, port, label, span=span) as opened:
+            consumer_kind = _consumer_transport(transport, port, also_from)
+            try:
+                span.check(now=time.time(), max_span=self.playback.max_span)
+            except SpanError as exc:
+                self.results[("bad-span",)] += 1
+                raise StreamError(400, str(exc)) from None
+            if kind is SessionKind.DOWNLOAD:
+                download_speed = max(1, download_speed or self.playback.download_speed)
+            else:
+                download_speed = None
+            st = self._open(channel_id, kind=kind, span=span, download_speed=download_speed)
+            consumer = await self._consume(
+                st, consumer_kind, host, port, ssrc, label, ttl, paused, start_within, also_from
+            )
+            opened.update(stream=st.id, consumer=consumer.id)
+            return st, consumer
 
     async def join(
         self,
@@ -637,11 +654,40 @@ class StreamService:
         Raises:
             StreamError: 404 no such stream; else as :meth:`play`.
         """
-        consumer_kind = _consumer_transport(transport, port, ())
         st = self.streams.get(stream_id)
-        if st is None:
-            raise StreamError(404, f"no stream {stream_id}")
-        return st, await self._consume(st, consumer_kind, host, port, ssrc, label, ttl, False, None, ())
+        kind = st.kind if st is not None else SessionKind.PLAY
+        with self._opening(st.channel_id if st else "", kind, transport, host, port, label, stream=stream_id) as opened:
+            consumer_kind = _consumer_transport(transport, port, ())
+            if st is None:
+                raise StreamError(404, f"no stream {stream_id}")
+            consumer = await self._consume(st, consumer_kind, host, port, ssrc, label, ttl, False, None, ())
+            opened.update(consumer=consumer.id)
+            return st, consumer
+
+    @contextlib.contextmanager
+    def _opening(
+        self,
+        channel_id: str,
+        kind: SessionKind,
+        transport: str,
+        host: str,
+        port: int,
+        label: str,
+        *,
+        span: Span | None = None,
+        stream: str = "",
+    ) -> Iterator[dict[str, Any]]:
+        """Record a stream opened for a consumer (or joined), refused or failed, once the block ends."""
+        to = f"{transport} {host}" if transport == "tcp-passive" else f"{transport} {host}:{port}"
+        params: dict[str, Any] = {"kind": _kind_label(kind), "channel": channel_id, "to": to}
+        if label:
+            params["label"] = label
+        if span is not None:
+            params["span"] = f"{span.start}-{span.end}"
+        if stream:
+            params.update(stream=stream, join=True)
+        with audited(self.audit, Action.STREAM_OPEN, channel_id or stream, params) as opened:
+            yield opened
 
     async def _consume(
         self,
@@ -968,9 +1014,10 @@ class StreamService:
             StreamError: 404 if there is no such stream or consumer.
         """
         st = self.streams.get(stream_id)
-        if st is None or consumer_id not in st.consumers:
-            raise StreamError(404, f"no consumer {consumer_id} of stream {stream_id}")
-        self._drop_consumer(st, consumer_id)
+        with audited(self.audit, Action.STREAM_CLOSE, stream_id, {"stream": stream_id, "consumer": consumer_id}):
+            if st is None or consumer_id not in st.consumers:
+                raise StreamError(404, f"no consumer {consumer_id} of stream {stream_id}")
+            self._drop_consumer(st, consumer_id)
 
     def _drop_consumer(self, st: Stream, consumer_id: str, *, tell_relay: bool = True, reason: str = "") -> None:
         """Forget a consumer; ``reason`` (why it went, unless its owner removed it) goes to the
@@ -1021,7 +1068,11 @@ class StreamService:
         """
         st = self.streams.get(stream_id)
         if st is None:
-            raise StreamError(404, f"no stream {stream_id}")
+            error = StreamError(404, f"no stream {stream_id}")
+            self._record(
+                Action.STREAM_CLOSE, stream_id, {"stream": stream_id}, result=Result.REFUSED, detail=str(error)
+            )
+            raise error
         self._close(st, reason, "operator")
 
     def renew_consumer(self, stream_id: str, consumer_id: str, ttl: float) -> None:
@@ -1082,8 +1133,13 @@ class StreamService:
             elif action is StreamAction.REMEMBER_CAUSE:
                 st.close_reason, st.close_cause = reason, cause
             elif action is StreamAction.START_LINGER:
-                st.linger = self.loop.call_later(
-                    self.settings.linger, self._close, st, "no consumers left", "no-consumers"
+                st.linger = self.loop.call_later(  # a fresh context: the gateway closes it, not who left last
+                    self.settings.linger,
+                    self._close,
+                    st,
+                    "no consumers left",
+                    "no-consumers",
+                    context=contextvars.Context(),
                 )
             elif action is StreamAction.CANCEL_LINGER:
                 if st.linger is not None:
@@ -1151,6 +1207,10 @@ class StreamService:
         if st.control is not None and st.span is not None:
             extra.update(complete=complete, position=round(st.control.clock.position, 1), span_seconds=st.span.seconds)
         log.info("stream closed", extra=extra)
+        if previous is not StreamState.INVITING:  # a failed setup was recorded as its open's failure
+            params = {"kind": extra["kind"], "channel": st.channel_id, "stream": st.id, "cause": st.close_cause}
+            actor = None if st.close_cause in _ASKED_CLOSES else GATEWAY
+            self._record(Action.STREAM_CLOSE, st.channel_id, params, detail=st.close_reason, actor=actor)
 
     async def _release(self, st: Stream, consumer_ports: list[int]) -> None:
         try:
@@ -1291,6 +1351,22 @@ class StreamService:
                 ``playback.control_timeout``; 502 it cannot be reached. The session stays open
                 (but for 481).
         """
+        asked = {"stream": stream_id, "control": request.describe()}
+        try:
+            result = await self._control(stream_id, request)
+        except StreamError as exc:
+            self._record(Action.STREAM_CONTROL, stream_id, asked, result=result_of(exc), detail=str(exc))
+            raise
+        # a device that answers no is a refusal: the session goes on as it was
+        how = Result.OK if result.ok else Result.REFUSED
+        self._record(Action.STREAM_CONTROL, stream_id, {**asked, "answer": result.describe()}, result=how)
+        return result
+
+    def _record(self, action: Action, target: str, params: dict[str, Any], **how: Any) -> None:
+        if self.audit is not None:
+            self.audit.record(action, target, params, **how)
+
+    async def _control(self, stream_id: str, request: RtspRequest) -> ControlResult:
         st = self.streams.get(stream_id)
         if st is None:
             raise StreamError(404, f"no stream {stream_id}")
@@ -1508,6 +1584,11 @@ class StreamService:
     def _per_worker(self) -> dict[tuple[str, ...], float]:
         counts = Counter(st.relay.index for st in self.streams.values())
         return {(str(relay.index),): float(counts[relay.index]) for relay in self.relays}
+
+
+#: Close causes that someone asked for (the actor of the request that caused them closes the stream);
+#: every other close is the gateway's own (a timeout, the device's BYE, shutdown …).
+_ASKED_CLOSES = frozenset({"operator", "teardown", "no-consumers"})
 
 
 def _kind_label(kind: SessionKind) -> str:

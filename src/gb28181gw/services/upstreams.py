@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gb28181gw.audit import Action
 from gb28181gw.config import Config, UpstreamSection
 from gb28181gw.errors import SipTimeoutError, SipTransportError, UpstreamError
 from gb28181gw.gb.model import Override, ShareEntry
@@ -59,6 +60,8 @@ from gb28181gw.net.stack import SipStack
 from gb28181gw.net.tasks import TaskSet
 from gb28181gw.sip.peer import Peer
 from gb28181gw.store.base import Store
+
+from .audit import AuditService, audited
 
 log = logging.getLogger("gb28181gw.upstream")
 
@@ -132,6 +135,7 @@ class UpstreamService:
         zone: the site's time zone (a superior's Date carries no zone).
         rng: jitter source in [0, 1) (tests pass a fixed one).
         store: where the operator's shares and overrides are kept (``None``: in memory only).
+        audit: where share and override changes are recorded.
     """
 
     def __init__(
@@ -143,7 +147,9 @@ class UpstreamService:
         zone: _dt.tzinfo = _dt.UTC,
         rng: Callable[[], float] = random.random,
         store: Store | None = None,
+        audit: AuditService | None = None,
     ) -> None:
+        self.audit = audit
         self.stack = stack
         self.store = store
         self._view_listeners: list[ViewListener] = []
@@ -237,24 +243,25 @@ class UpstreamService:
         Raises:
             UpstreamError: no such superior (404) or an entry that is no ID or prefix (400).
         """
-        link = self.link(name)
         wanted = list(dict.fromkeys(entries))
-        bad = [e for e in wanted if not is_id_prefix(e)]
-        if bad or not wanted:
-            raise UpstreamError(
-                f"not a device ID, channel ID or ID prefix: {', '.join(bad)}" if bad else "no ID given",
-                UpstreamError.BAD_VALUE,
-                "IDs and prefixes are 1-20 digits (a 20-digit ID, or e.g. 340202 for a district)",
+        with audited(self.audit, Action.SHARE_CHANGE, name, {"entries": wanted, "shared": shared}):
+            link = self.link(name)
+            bad = [e for e in wanted if not is_id_prefix(e)]
+            if bad or not wanted:
+                raise UpstreamError(
+                    f"not a device ID, channel ID or ID prefix: {', '.join(bad)}" if bad else "no ID given",
+                    UpstreamError.BAD_VALUE,
+                    "IDs and prefixes are 1-20 digits (a 20-digit ID, or e.g. 340202 for a district)",
+                )
+            if self.store is not None:
+                await self.store.save_shares([ShareEntry(name, e, shared) for e in wanted])
+            link.rule = link.rule.share(wanted) if shared else link.rule.unshare(wanted)
+            log.info(
+                "shared with superior" if shared else "unshared from superior",
+                extra={"upstream": name, "entries": wanted, "rule": link.rule.describe()},
             )
-        if self.store is not None:
-            await self.store.save_shares([ShareEntry(name, e, shared) for e in wanted])
-        link.rule = link.rule.share(wanted) if shared else link.rule.unshare(wanted)
-        log.info(
-            "shared with superior" if shared else "unshared from superior",
-            extra={"upstream": name, "entries": wanted, "rule": link.rule.describe()},
-        )
-        self._view_changed(name)
-        return link.rule
+            self._view_changed(name)
+            return link.rule
 
     async def set_override(self, override: Override) -> Override:
         """Tell superior ``override.upstream`` a channel's name, civil code or parent instead of the reported ones.
@@ -262,29 +269,31 @@ class UpstreamService:
         Raises:
             UpstreamError: no such superior (404), or a bad channel ID, civil code or parent (400).
         """
-        link = self.link(override.upstream)
-        problems = []
-        if not _digits(override.channel_id, (20,)):
-            problems.append(f"channel {override.channel_id!r} is not a 20-digit ID")
-        if override.civil_code and not _digits(override.civil_code, (2, 4, 6, 8)):
-            problems.append(f"civil code {override.civil_code!r} is not 2, 4, 6 or 8 digits")
-        if any(_not_xml(c) for c in override.name):
-            # the superior's parser would drop the whole catalog part the name is written into
-            problems.append(f"name {override.name!r} has characters XML cannot carry (control characters)")
-        if override.parent_id and not all(_digits(p, (20,)) for p in override.parent_id.split("/")):
-            problems.append(f"parent {override.parent_id!r} is not a 20-digit ID (or several joined by /)")
-        if problems:
-            raise UpstreamError("; ".join(problems), UpstreamError.BAD_VALUE)
-        if not (override.name or override.civil_code or override.parent_id):
-            raise UpstreamError(
-                "an override needs a name, a civil code or a parent", UpstreamError.BAD_VALUE, "clear it instead"
-            )
-        if self.store is not None:
-            await self.store.save_override(override)
-        link.overrides[override.channel_id] = override
-        log.info("override set", extra={"upstream": override.upstream, **override.to_dict()})
-        self._view_changed(override.upstream)
-        return override
+        asked = {"upstream": override.upstream, **override.to_dict()}
+        with audited(self.audit, Action.OVERRIDE_SET, override.channel_id, asked):
+            link = self.link(override.upstream)
+            problems = []
+            if not _digits(override.channel_id, (20,)):
+                problems.append(f"channel {override.channel_id!r} is not a 20-digit ID")
+            if override.civil_code and not _digits(override.civil_code, (2, 4, 6, 8)):
+                problems.append(f"civil code {override.civil_code!r} is not 2, 4, 6 or 8 digits")
+            if any(_not_xml(c) for c in override.name):
+                # the superior's parser would drop the whole catalog part the name is written into
+                problems.append(f"name {override.name!r} has characters XML cannot carry (control characters)")
+            if override.parent_id and not all(_digits(p, (20,)) for p in override.parent_id.split("/")):
+                problems.append(f"parent {override.parent_id!r} is not a 20-digit ID (or several joined by /)")
+            if problems:
+                raise UpstreamError("; ".join(problems), UpstreamError.BAD_VALUE)
+            if not (override.name or override.civil_code or override.parent_id):
+                raise UpstreamError(
+                    "an override needs a name, a civil code or a parent", UpstreamError.BAD_VALUE, "clear it instead"
+                )
+            if self.store is not None:
+                await self.store.save_override(override)
+            link.overrides[override.channel_id] = override
+            log.info("override set", extra={"upstream": override.upstream, **override.to_dict()})
+            self._view_changed(override.upstream)
+            return override
 
     async def clear_override(self, name: str, channel_id: str) -> bool:
         """Tell superior ``name`` what the device reported of ``channel_id`` again; whether there was an override.
@@ -292,14 +301,16 @@ class UpstreamService:
         Raises:
             UpstreamError: no such superior (404).
         """
-        link = self.link(name)
-        had = link.overrides.pop(channel_id, None) is not None
-        if self.store is not None:
-            had = await self.store.delete_override(name, channel_id) or had
-        if had:
-            log.info("override cleared", extra={"upstream": name, "channel": channel_id})
-            self._view_changed(name)
-        return had
+        with audited(self.audit, Action.OVERRIDE_REMOVE, channel_id, {"upstream": name}) as done:
+            link = self.link(name)
+            had = link.overrides.pop(channel_id, None) is not None
+            if self.store is not None:
+                had = await self.store.delete_override(name, channel_id) or had
+            if had:
+                log.info("override cleared", extra={"upstream": name, "channel": channel_id})
+                self._view_changed(name)
+            done["had"] = had
+            return had
 
     def _view_changed(self, name: str) -> None:
         for listener in self._view_listeners:
