@@ -27,7 +27,7 @@ from gb28181gw.errors import DeviceError, StoreError
 from gb28181gw.gb.ledger import LedgerEntry
 from gb28181gw.gb.model import Channel
 from gb28181gw.metrics import Metrics
-from gb28181gw.services.audit import AuditService, acting
+from gb28181gw.services.audit import AuditService, acting, audited
 from gb28181gw.services.ledger import Edit
 from gb28181gw.store.sqlite import SqliteStore
 from tests.media import UdpConsumer, wait_for
@@ -252,4 +252,26 @@ async def test_retention_removes_old_records_daily_and_keeps_the_chain_checkable
         assert report.ok and report.anchor.seq == 3 and report.records == 2
     finally:
         await audit.stop()
+        await store.close()
+
+
+async def test_the_gateway_s_own_upkeep_is_not_recorded(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "gw.db")
+    await store.open()
+    audit = AuditService(store)
+    try:
+        with audited(audit, Action.DEVICE_QUERY, CH, {"query": "Catalog"}):  # after a registration
+            pass
+        with audited(audit, Action.DEVICE_CONTROL, CH, {"control": "IFrameCmd"}):
+            pass
+        with acting(Actor("local", "127.0.0.1")), audited(audit, Action.DEVICE_QUERY, CH, {"query": "Catalog"}):
+            pass
+        with audited(audit, Action.STREAM_CLOSE, "s1", {"cause": "no-rtp"}):  # the gateway's doing, recorded
+            pass
+        records = await audit.query(AuditQuery())
+        assert [(r.entry.actor, r.entry.action) for r in records] == [
+            ("local", "device.query"),
+            ("gateway", "stream.close"),
+        ]
+    finally:
         await store.close()

@@ -276,12 +276,23 @@ def result_of(exc: BaseException) -> Result:
     return Result.REFUSED if status in _REFUSED_STATUSES else Result.FAILED
 
 
+#: Actions that are upkeep when the gateway does them on its own (see :func:`audited`).
+_UPKEEP = frozenset({Action.DEVICE_QUERY, Action.DEVICE_CONTROL})
+
+
 @contextlib.contextmanager
 def audited(
     audit: AuditService | None, action: Action, target: str = "", params: Mapping[str, Any] | None = None
 ) -> Iterator[dict[str, Any]]:
     """Record ``action`` once the block ends: ok, or refused / failed with the exception's words
-    (re-raised). The block may add what came of it to the yielded parameters."""
+    (re-raised). The block may add what came of it to the yielded parameters.
+
+    The gateway's own upkeep is not recorded: the catalog query after each registration, the
+    keyframe asked for when a viewer joins a stream. A site of 10,000 cameras would otherwise
+    write tens of thousands of records a day that no one asked for, burying the ones someone did.
+    """
+    if action in _UPKEEP and ACTOR.get() is GATEWAY:
+        audit = None
     kept = dict(params or {})
     try:
         yield kept
