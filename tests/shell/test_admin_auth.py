@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import multidict
 import pytest
 
 from gb28181gw.access import Role, new_secret
@@ -482,3 +483,34 @@ def test_an_offline_token_command_on_a_store_a_gateway_holds_says_what_to_do(tmp
         assert "if a gateway is running on that store" in result.stderr and "--admin" in result.stderr, result.stderr
     finally:
         asyncio.run(store.close())
+
+
+async def test_two_authorization_headers_are_refused(locked: tuple[Gateway, Client, dict[str, str]]) -> None:
+    gw, client, secrets = locked
+    for first, second in ((secrets["viewer"], secrets["admin"]), (secrets["admin"], secrets["viewer"])):
+        headers = [("Authorization", f"Bearer {first}"), ("Authorization", f"Bearer {second}")]
+        async with client.session.get(client.base + "/api/v1/tokens", headers=multidict.CIMultiDict(headers)) as resp:
+            assert resp.status == 401 and "one Authorization header" in (await resp.json())["error"]
+    assert refused(gw)[("401", "malformed")] == 2
+
+
+async def test_two_tokens_made_at_once_under_one_name_are_not_both_made(
+    locked: tuple[Gateway, Client, dict[str, str]],
+) -> None:
+    gw, client, secrets = locked
+    body = {"name": "twin", "role": "viewer"}
+    answers = await asyncio.gather(
+        *(client.ask("POST", "/api/v1/tokens", secrets["admin"], body=body) for _ in range(2))
+    )
+    assert sorted(status for status, _, _ in answers) == [201, 409]
+    (made,) = [answer["token"] for status, answer, _ in answers if status == 201]
+    assert (await client.ask("DELETE", "/api/v1/tokens/twin", secrets["admin"]))[0] == 200
+    assert (await client.ask("GET", "/api/v1/whoami", made))[0] == 401
+    # nor are the last two admin tokens both revoked at once where every caller needs one
+    _, boss2 = await gw.access.create("boss2", Role.ADMIN)
+    answers = await asyncio.gather(
+        client.ask("DELETE", "/api/v1/tokens/t-admin", secrets["admin"]),
+        client.ask("DELETE", "/api/v1/tokens/boss2", boss2),
+    )
+    assert sorted(status for status, _, _ in answers) == [200, 409]
+    assert gw.access.has_admin()

@@ -237,7 +237,11 @@ class AdminServer:
         if path == "/metrics" and self.open_metrics:
             return None
         peer = request.remote or ""
-        header = request.headers.get("Authorization")
+        headers = request.headers.getall("Authorization", [])
+        if len(headers) > 1:
+            # which one counts would depend on who reads them (a proxy may take the last): none does
+            raise AccessDenied("send one Authorization header, not several", 401, "malformed", CREATE_HINT)
+        header = headers[0] if headers else None
         if header is None and not self.auth_required:
             if any(name in request.headers for name in _PROXY_HEADERS):
                 # a reverse proxy on this host would make every remote user it forwards "local"

@@ -10,6 +10,7 @@ memory only and written with the token's next change.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import Callable
@@ -57,6 +58,9 @@ class AccessService:
         self._clock = clock
         self._by_digest: dict[str, Token] = {}
         self._by_name: dict[str, Token] = {}
+        # one change at a time: a name checked free, or an admin token checked not the last, stays so
+        # across the store write (two tokens under one name would leave one working but unstored)
+        self._changing = asyncio.Lock()
 
     async def start(self) -> None:
         """Load the stored tokens."""
@@ -113,6 +117,10 @@ class AccessService:
             check_name(name)
         except TokenError as exc:
             raise TokenError(str(exc), 400) from None
+        async with self._changing:
+            return await self._create(name, role)
+
+    async def _create(self, name: str, role: Role) -> tuple[Token, str]:
         if name in self._by_name:
             raise TokenError(
                 f"a token named {name!r} exists already" + ("" if self._by_name[name].active else " (revoked)"),
@@ -136,6 +144,10 @@ class AccessService:
         Raises:
             TokenError: 404 no token of that name; 409 the last admin token with ``keep_an_admin``.
         """
+        async with self._changing:
+            return await self._revoke(name, keep_an_admin)
+
+    async def _revoke(self, name: str, keep_an_admin: bool) -> Token:
         token = self._by_name.get(name)
         if token is None:
             raise TokenError(f"no token named {name!r}", 404, "`gb28181gw token list` lists them")
