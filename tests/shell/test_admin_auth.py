@@ -514,3 +514,19 @@ async def test_two_tokens_made_at_once_under_one_name_are_not_both_made(
     )
     assert sorted(status for status, _, _ in answers) == [200, 409]
     assert gw.access.has_admin()
+
+
+async def test_a_token_in_the_path_is_refused_and_not_logged(
+    locked: tuple[Gateway, Client, dict[str, str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    gw, client, secrets = locked
+    for who in ("viewer", "admin"):  # `token revoke <secret>` instead of its name
+        status, answer, _ = await client.ask("DELETE", f"/api/v1/tokens/{secrets['operator']}", secrets[who])
+        assert status == 401 and secrets["operator"] not in json.dumps(answer), who
+    assert secrets["operator"] not in caplog.text
+    records = await gw.audit.query(AuditQuery(limit=1000))
+    assert secrets["operator"] not in json.dumps([r.as_dict() for r in records])
+    assert (await client.ask("GET", "/api/v1/whoami", secrets["operator"]))[0] == 200  # not revoked either
+    result = cli("token", "revoke", secrets["operator"], "--admin", f"127.0.0.1:{free_port()}")
+    assert result.returncode != 0 and "not its name" in result.stderr and "token list" in result.stderr
+    assert secrets["operator"] not in result.stderr + result.stdout and "no gateway answers" not in result.stderr

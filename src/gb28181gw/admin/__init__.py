@@ -44,6 +44,7 @@ import ipaddress
 import json
 import logging
 import math
+import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -93,6 +94,8 @@ _CHANGING = frozenset({"POST", "PUT", "PATCH"})
 #: Query parameters that would carry a token in the URL (refused: URLs are logged and kept in histories).
 _TOKEN_PARAMETERS = frozenset({"token", "access_token", "api_key", "apikey", "api-key", "key", "auth", "bearer"})
 _OPEN = frozenset({"/healthz", "/readyz"})
+#: What a token's secret may look like, to keep it out of the log (the form check is the core's).
+_SECRETS = re.compile(re.escape(PREFIX) + r"[A-Za-z0-9_-]*")
 #: Headers a reverse proxy adds: such a request came from elsewhere, whatever its peer address.
 _PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP", "X-Forwarded-Host")
 #: The realm a 401 names in its ``WWW-Authenticate`` header.
@@ -226,7 +229,11 @@ class AdminServer:
         path = request.path
         if path in _OPEN:
             return None
-        if any(k.lower() in _TOKEN_PARAMETERS for k in request.query) or PREFIX in request.query_string:
+        if (
+            any(k.lower() in _TOKEN_PARAMETERS for k in request.query)
+            or PREFIX in request.query_string
+            or PREFIX in path  # `token revoke <secret>` instead of its name: a path is logged and audited
+        ):
             raise AccessDenied(
                 "a token in the URL is refused: URLs are logged and kept in histories",
                 401,
@@ -265,7 +272,7 @@ class AdminServer:
                 self._audit.record(
                     Action.ACCESS_REFUSED,
                     request.path,
-                    {"method": request.method, "path": request.path, "role": str(needed)},
+                    {"method": request.method, "path": _SECRETS.sub(PREFIX + "…", request.path), "role": str(needed)},
                     result=Result.REFUSED,
                     detail=f"the token's role is {token.role}",
                     actor=actor,
@@ -282,7 +289,7 @@ class AdminServer:
         self._refused[str(exc.status), exc.reason] += 1
         log.warning(
             "admin API request refused",
-            extra={"status": exc.status, "reason": exc.reason, "method": request.method, "path": request.path,
+            extra={"status": exc.status, "reason": exc.reason, "method": request.method, "path": _SECRETS.sub(PREFIX + "…", request.path),
                    "peer": request.remote or ""},
         )  # fmt: skip
         response = refused_response(exc)

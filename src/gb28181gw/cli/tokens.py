@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
-from gb28181gw.access import Role
+from gb28181gw.access import Role, looks_like_token
 from gb28181gw.audit import Actor
 from gb28181gw.cli.common import (
     ADMIN_OPTION,
@@ -167,6 +167,12 @@ def listing(config_path: str | None, sets: tuple[str, ...], admin: str, as_json:
 @JSON_OPTION
 def revoke(name: str, config_path: str | None, sets: tuple[str, ...], admin: str, as_json: bool) -> None:
     """Revoke the token NAME: it is refused from its next request on (its name stays used)."""
+    if looks_like_token(name):
+        fail(
+            "that is a token's secret, not its name (it is not sent anywhere)",
+            "`gb28181gw token list` shows the names; revoke this one by its name: whoever saw this command "
+            "line (shell history, process list) may have seen the secret",
+        )
     answer, config = _api_or_store(admin, config_path, sets, "DELETE", f"/tokens/{segment(name)}")
     if config is not None:
 
