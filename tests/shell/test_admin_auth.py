@@ -530,3 +530,19 @@ async def test_a_token_in_the_path_is_refused_and_not_logged(
     result = cli("token", "revoke", secrets["operator"], "--admin", f"127.0.0.1:{free_port()}")
     assert result.returncode != 0 and "not its name" in result.stderr and "token list" in result.stderr
     assert secrets["operator"] not in result.stderr + result.stdout and "no gateway answers" not in result.stderr
+
+
+async def test_a_web_pages_request_is_not_taken_for_a_local_caller() -> None:
+    gw = await start_gateway()
+    try:
+        assert gw.admin is not None and not gw.admin.auth_required
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{gw.admin.port}/api/v1/channels/{ANY_ID}/records"  # reaches a camera
+            for site in ("cross-site", "same-site"):  # what a browser adds to an <img src=...> of a page
+                async with session.get(url, headers={"Sec-Fetch-Site": site}) as resp:
+                    assert resp.status == 401 and "web page" in (await resp.json())["error"], site
+            async with session.get(url.replace("channels", "devices"), headers={"Sec-Fetch-Site": "none"}) as resp:
+                assert resp.status not in (401, 403)  # typed in the address bar: the user's own
+        assert refused(gw)[("401", "cross-site")] == 2
+    finally:
+        await gw.stop()

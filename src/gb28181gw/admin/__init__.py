@@ -9,7 +9,7 @@ too unless ``admin.open_metrics`` is false; everything else needs ``Authorizatio
 <token>`` (:mod:`gb28181gw.access`) whose role allows the route's, except that a caller
 without the header is let through as ``local`` (with an admin's rights) while the API listens
 on loopback and ``admin.require_tokens`` is false and no proxy header (``X-Forwarded-For`` …) says
-the request came from elsewhere. A header is checked whenever it is sent; a token in the query
+the request came from elsewhere, nor ``Sec-Fetch-Site`` that a web page made it. A header is checked whenever it is sent; a token in the query
 string, under any name, is refused (URLs end up in logs and browser histories). A route added
 to the app past :meth:`add_route` has no role stated and is the admin's. A refusal is
 401 (no valid token: counted, logged at a bounded rate, not audited, or a flood would fill the
@@ -258,6 +258,9 @@ class AdminServer:
                     "proxied",
                     CREATE_HINT,
                 )
+            if request.headers.get("Sec-Fetch-Site", "").lower() in ("cross-site", "same-site"):
+                # a web page's request (an <img>, a link) rides on the browser's host being loopback
+                raise AccessDenied("a request made by a web page needs a token", 401, "cross-site", CREATE_HINT)
             return Actor("local", peer)
         if self.access is None:
             raise AccessDenied("this request needs a token", 401, "missing" if header is None else "unknown")
