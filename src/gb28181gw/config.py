@@ -414,7 +414,8 @@ class AdminSection:
     require_tokens: bool = _opt(
         False,
         "ask every caller for a token even on loopback (beyond loopback tokens are always required, "
-        "and start-up needs an admin token: gb28181gw token create NAME --role admin)",
+        "and start-up needs an admin token: gb28181gw token create NAME --role admin); set it behind a "
+        "reverse proxy or tunnel on this host, which would make every user it forwards a loopback caller",
     )
     open_metrics: bool = _opt(True, "serve /metrics without a token (/healthz and /readyz are always open)")
     tls_cert: str = _opt("", "PEM certificate (chain) file: serve the admin API over HTTPS; empty = plain HTTP")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import multidict
 import pytest
 
 from gb28181gw.access import Role, new_secret
@@ -355,3 +356,193 @@ def test_beyond_loopback_only_plain_http_is_warned_about() -> None:
     assert "in clear" in warning.message and "admin.tls_cert" in warning.message
     tls = load_config(None, env={}, overrides={"admin.listen": "0.0.0.0", "admin.tls_cert": "c", "admin.tls_key": "k"})
     assert not [w for w in config_warnings(tls) if w.concern is Concern.ADMIN_EXPOSED]
+
+
+# --- a hostile review's findings (each failed before its fix) --------------------------------
+
+
+async def test_a_token_in_the_query_string_is_refused_under_any_name(
+    locked: tuple[Gateway, Client, dict[str, str]],
+) -> None:
+    gw, client, secrets = locked
+    for query in (f"?t={secrets['admin']}", f"?state=online&x=Bearer%20{secrets['viewer']}", f"?{secrets['admin']}"):
+        status, answer, _ = await client.ask("GET", "/api/v1/devices" + query, secrets["admin"])
+        assert status == 401 and "Authorization" in answer["hint"], query
+        assert secrets["admin"] not in json.dumps(answer)
+    assert refused(gw)[("401", "query-string")] == 3
+
+
+async def test_a_route_added_behind_add_routes_back_needs_the_admin_role(
+    locked: tuple[Gateway, Client, dict[str, str]],
+) -> None:
+    from gb28181gw.admin import AdminServer, json_response
+    from gb28181gw.metrics import Metrics
+
+    gw, _, secrets = locked
+    admin = AdminServer(Metrics(), status=dict, ready=lambda: True, allowed_hosts=[], access=gw.access)
+
+    async def sneaky(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        return json_response({"secret": "stuff"})
+
+    admin.app.router.add_get("/api/v1/sneaky", sneaky)  # no role stated: only an admin may call it
+    await admin.start("127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = Client(session, f"http://127.0.0.1:{admin.port}")
+            assert (await client.ask("GET", "/api/v1/sneaky", secrets["viewer"]))[0] == 403
+            assert (await client.ask("GET", "/api/v1/sneaky", secrets["operator"]))[0] == 403
+            assert (await client.ask("GET", "/api/v1/sneaky", secrets["admin"]))[0] == 200
+            # a path that names nothing is still 404 to any valid token, not 403
+            assert (await client.ask("GET", "/api/v1/nothing-here", secrets["viewer"]))[0] == 404
+            assert (await client.ask("GET", "/api/v1//status", secrets["viewer"]))[0] == 404
+    finally:
+        await admin.stop()
+
+
+async def test_a_proxied_request_without_a_token_is_not_taken_for_a_local_caller() -> None:
+    gw = await start_gateway()
+    try:
+        assert gw.admin is not None and not gw.admin.auth_required
+        _, secret = await gw.access.create("v", Role.VIEWER)
+        async with aiohttp.ClientSession() as session:
+            client = Client(session, f"http://127.0.0.1:{gw.admin.port}")
+            for name, value in (("X-Forwarded-For", "203.0.113.9"), ("Forwarded", "for=203.0.113.9"),
+                                ("X-Real-IP", "203.0.113.9")):  # fmt: skip
+                async with session.get(client.base + "/api/v1/whoami", headers={name: value}) as resp:
+                    answer = await resp.json()
+                    assert resp.status == 401 and "proxy" in answer["error"], name
+                headers = {name: value, "Authorization": f"Bearer {secret}"}
+                async with session.get(client.base + "/api/v1/whoami", headers=headers) as resp:
+                    assert resp.status == 200 and (await resp.json())["name"] == "v", name
+        assert refused(gw)[("401", "proxied")] == 3
+    finally:
+        await gw.stop()
+
+
+async def test_the_last_admin_token_is_not_revoked_over_the_api_where_tokens_are_required(
+    locked: tuple[Gateway, Client, dict[str, str]],
+) -> None:
+    gw, client, secrets = locked
+    boss = secrets["admin"]
+    status, answer, _ = await client.ask("DELETE", "/api/v1/tokens/t-admin", boss)
+    assert status == 409 and "last admin token" in answer["error"] and "token create" in answer["hint"]
+    assert (await client.ask("GET", "/api/v1/whoami", boss))[0] == 200
+    status, made, _ = await client.ask("POST", "/api/v1/tokens", boss, body={"name": "boss2", "role": "admin"})
+    assert status == 201
+    assert (await client.ask("DELETE", "/api/v1/tokens/t-admin", made["token"]))[0] == 200
+    assert (await client.ask("DELETE", "/api/v1/tokens/boss2", made["token"]))[0] == 409
+
+
+async def test_a_store_that_fails_leaves_tokens_as_they_were_and_says_so(
+    locked: tuple[Gateway, Client, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gb28181gw.errors import StoreError
+
+    gw, client, secrets = locked
+
+    async def broken(token: Any) -> None:
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(gw.store, "save_token", broken)
+    status, answer, _ = await client.ask("DELETE", "/api/v1/tokens/t-viewer", secrets["admin"])
+    assert status == 503 and "disk full" in answer["error"] and "not revoked" in answer["error"]
+    assert (await client.ask("GET", "/api/v1/whoami", secrets["viewer"]))[0] == 200  # as the store says
+    status, answer, _ = await client.ask(
+        "POST", "/api/v1/tokens", secrets["admin"], body={"name": "n", "role": "viewer"}
+    )
+    assert status == 503 and "not made" in answer["error"] and "token" not in answer
+    assert "n" not in {t.name for t in gw.access.listing()}
+
+
+def test_the_cli_refuses_a_malformed_token_before_any_request() -> None:
+    port = free_port()
+    for bad in ("gbgw_short", "gbgw_" + "a" * 40 + "\nSECRETPART", "jeton-é" + "a" * 44):
+        result = cli("status", "--admin", f"127.0.0.1:{port}", env={"GB28181GW_TOKEN": bad})
+        assert result.returncode != 0, bad
+        assert "GB28181GW_TOKEN" in result.stderr and "cannot reach" not in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and "SECRETPART" not in result.stderr + result.stdout
+    result = cli("status", "--admin", f"127.0.0.1:{port}", "--token", "nope", env={"GB28181GW_TOKEN": new_secret()})
+    assert "--token" in result.stderr and "cannot reach" not in result.stderr, result.stderr
+
+
+def test_an_offline_token_command_on_a_store_a_gateway_holds_says_what_to_do(tmp_path: Path) -> None:
+    from gb28181gw.store.sqlite import SqliteStore
+
+    store = SqliteStore(tmp_path / "gw.db")
+
+    async def hold() -> None:
+        await store.open()
+
+    asyncio.run(hold())
+    try:
+        port = free_port()
+        result = cli("token", "create", "boss", "--role", "admin", "--admin", f"127.0.0.1:{port}",
+                     "--set", f"store.path={tmp_path / 'gw.db'}")  # fmt: skip
+        assert result.returncode != 0
+        assert "in use by another gb28181gw" in result.stderr, result.stderr
+        assert "if a gateway is running on that store" in result.stderr and "--admin" in result.stderr, result.stderr
+    finally:
+        asyncio.run(store.close())
+
+
+async def test_two_authorization_headers_are_refused(locked: tuple[Gateway, Client, dict[str, str]]) -> None:
+    gw, client, secrets = locked
+    for first, second in ((secrets["viewer"], secrets["admin"]), (secrets["admin"], secrets["viewer"])):
+        headers = [("Authorization", f"Bearer {first}"), ("Authorization", f"Bearer {second}")]
+        async with client.session.get(client.base + "/api/v1/tokens", headers=multidict.CIMultiDict(headers)) as resp:
+            assert resp.status == 401 and "one Authorization header" in (await resp.json())["error"]
+    assert refused(gw)[("401", "malformed")] == 2
+
+
+async def test_two_tokens_made_at_once_under_one_name_are_not_both_made(
+    locked: tuple[Gateway, Client, dict[str, str]],
+) -> None:
+    gw, client, secrets = locked
+    body = {"name": "twin", "role": "viewer"}
+    answers = await asyncio.gather(
+        *(client.ask("POST", "/api/v1/tokens", secrets["admin"], body=body) for _ in range(2))
+    )
+    assert sorted(status for status, _, _ in answers) == [201, 409]
+    (made,) = [answer["token"] for status, answer, _ in answers if status == 201]
+    assert (await client.ask("DELETE", "/api/v1/tokens/twin", secrets["admin"]))[0] == 200
+    assert (await client.ask("GET", "/api/v1/whoami", made))[0] == 401
+    # nor are the last two admin tokens both revoked at once where every caller needs one
+    _, boss2 = await gw.access.create("boss2", Role.ADMIN)
+    answers = await asyncio.gather(
+        client.ask("DELETE", "/api/v1/tokens/t-admin", secrets["admin"]),
+        client.ask("DELETE", "/api/v1/tokens/boss2", boss2),
+    )
+    assert sorted(status for status, _, _ in answers) == [200, 409]
+    assert gw.access.has_admin()
+
+
+async def test_a_token_in_the_path_is_refused_and_not_logged(
+    locked: tuple[Gateway, Client, dict[str, str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    gw, client, secrets = locked
+    for who in ("viewer", "admin"):  # `token revoke <secret>` instead of its name
+        status, answer, _ = await client.ask("DELETE", f"/api/v1/tokens/{secrets['operator']}", secrets[who])
+        assert status == 401 and secrets["operator"] not in json.dumps(answer), who
+    assert secrets["operator"] not in caplog.text
+    records = await gw.audit.query(AuditQuery(limit=1000))
+    assert secrets["operator"] not in json.dumps([r.as_dict() for r in records])
+    assert (await client.ask("GET", "/api/v1/whoami", secrets["operator"]))[0] == 200  # not revoked either
+    result = cli("token", "revoke", secrets["operator"], "--admin", f"127.0.0.1:{free_port()}")
+    assert result.returncode != 0 and "not its name" in result.stderr and "token list" in result.stderr
+    assert secrets["operator"] not in result.stderr + result.stdout and "no gateway answers" not in result.stderr
+
+
+async def test_a_web_pages_request_is_not_taken_for_a_local_caller() -> None:
+    gw = await start_gateway()
+    try:
+        assert gw.admin is not None and not gw.admin.auth_required
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{gw.admin.port}/api/v1/channels/{ANY_ID}/records"  # reaches a camera
+            for site in ("cross-site", "same-site"):  # what a browser adds to an <img src=...> of a page
+                async with session.get(url, headers={"Sec-Fetch-Site": site}) as resp:
+                    assert resp.status == 401 and "web page" in (await resp.json())["error"], site
+            async with session.get(url.replace("channels", "devices"), headers={"Sec-Fetch-Site": "none"}) as resp:
+                assert resp.status not in (401, 403)  # typed in the address bar: the user's own
+        assert refused(gw)[("401", "cross-site")] == 2
+    finally:
+        await gw.stop()

@@ -8,8 +8,10 @@ Who calls (``_guard``, before any handler): ``/healthz`` and ``/readyz`` are ope
 too unless ``admin.open_metrics`` is false; everything else needs ``Authorization: Bearer
 <token>`` (:mod:`gb28181gw.access`) whose role allows the route's, except that a caller
 without the header is let through as ``local`` (with an admin's rights) while the API listens
-on loopback and ``admin.require_tokens`` is false. A header is checked whenever it is sent; a
-token in the query string is refused (URLs end up in logs and browser histories). A refusal is
+on loopback and ``admin.require_tokens`` is false and no proxy header (``X-Forwarded-For`` …) says
+the request came from elsewhere, nor ``Sec-Fetch-Site`` that a web page made it. A header is checked whenever it is sent; a token in the query
+string, under any name, is refused (URLs end up in logs and browser histories). A route added
+to the app past :meth:`add_route` has no role stated and is the admin's. A refusal is
 401 (no valid token: counted, logged at a bounded rate, not audited, or a flood would fill the
 trail) or 403 (a valid token, a role too small: also audited). The handler then runs as its
 caller (:func:`gb28181gw.services.audit.acting`), so the audit records it makes name them.
@@ -42,15 +44,17 @@ import ipaddress
 import json
 import logging
 import math
+import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_urldispatcher import SystemRoute
 
 from gb28181gw import __version__
-from gb28181gw.access import Role
+from gb28181gw.access import PREFIX, Role
 from gb28181gw.audit import Action, Actor, Result
 from gb28181gw.config import is_loopback
 from gb28181gw.errors import AccessDenied, IdError, MansrtspError, RequestRefused, UpstreamError
@@ -65,7 +69,7 @@ from gb28181gw.manscdp import ptz as ptz_codes
 from gb28181gw.metrics import ADMIN_REFUSED, Metrics
 from gb28181gw.relay.records import RelaySnapshot, StreamFigures
 from gb28181gw.sdp import SessionKind, StreamMode
-from gb28181gw.services.access import AccessService
+from gb28181gw.services.access import CREATE_HINT, AccessService
 from gb28181gw.services.audit import AuditService, acting
 from gb28181gw.services.devices import DeviceError, DeviceService
 from gb28181gw.services.registrar import RegistrarService
@@ -90,6 +94,10 @@ _CHANGING = frozenset({"POST", "PUT", "PATCH"})
 #: Query parameters that would carry a token in the URL (refused: URLs are logged and kept in histories).
 _TOKEN_PARAMETERS = frozenset({"token", "access_token", "api_key", "apikey", "api-key", "key", "auth", "bearer"})
 _OPEN = frozenset({"/healthz", "/readyz"})
+#: What a token's secret may look like, to keep it out of the log (the form check is the core's).
+_SECRETS = re.compile(re.escape(PREFIX) + r"[A-Za-z0-9_-]*")
+#: Headers a reverse proxy adds: such a request came from elsewhere, whatever its peer address.
+_PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP", "X-Forwarded-Host")
 #: The realm a 401 names in its ``WWW-Authenticate`` header.
 REALM = "gb28181gw"
 
@@ -132,9 +140,10 @@ class AdminServer:
         self._roles: dict[web.AbstractRoute, Role] = {}
         self._listing: list[tuple[str, str, Role]] = []
         self.app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY)
-        self.app.router.add_get("/healthz", self._healthz)
-        self.app.router.add_get("/readyz", self._readyz)
-        self.app.router.add_get("/metrics", self._metrics_page)
+        for path, page in (("/healthz", self._healthz), ("/readyz", self._readyz), ("/metrics", self._metrics_page)):
+            resource = self.app.router.add_resource(path)
+            for method in ("GET", "HEAD"):  # open, or (/metrics with open_metrics false) any token's
+                self._roles[resource.add_route(method, page)] = Role.VIEWER
         self.add_route("GET", "/status", self._status_page, role=Role.VIEWER)
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -220,7 +229,11 @@ class AdminServer:
         path = request.path
         if path in _OPEN:
             return None
-        if any(k.lower() in _TOKEN_PARAMETERS for k in request.query):
+        if (
+            any(k.lower() in _TOKEN_PARAMETERS for k in request.query)
+            or PREFIX in request.query_string
+            or PREFIX in path  # `token revoke <secret>` instead of its name: a path is logged and audited
+        ):
             raise AccessDenied(
                 "a token in the URL is refused: URLs are logged and kept in histories",
                 401,
@@ -231,20 +244,38 @@ class AdminServer:
         if path == "/metrics" and self.open_metrics:
             return None
         peer = request.remote or ""
-        header = request.headers.get("Authorization")
+        headers = request.headers.getall("Authorization", [])
+        if len(headers) > 1:
+            # which one counts would depend on who reads them (a proxy may take the last): none does
+            raise AccessDenied("send one Authorization header, not several", 401, "malformed", CREATE_HINT)
+        header = headers[0] if headers else None
         if header is None and not self.auth_required:
+            if any(name in request.headers for name in _PROXY_HEADERS):
+                # a reverse proxy on this host would make every remote user it forwards "local"
+                raise AccessDenied(
+                    "a request forwarded by a proxy needs a token: only a caller on this host is let in without one",
+                    401,
+                    "proxied",
+                    CREATE_HINT,
+                )
+            if request.headers.get("Sec-Fetch-Site", "").lower() in ("cross-site", "same-site"):
+                # a web page's request (an <img>, a link) rides on the browser's host being loopback
+                raise AccessDenied("a request made by a web page needs a token", 401, "cross-site", CREATE_HINT)
             return Actor("local", peer)
         if self.access is None:
             raise AccessDenied("this request needs a token", 401, "missing" if header is None else "unknown")
         token = self.access.authenticate(header)
-        needed = self._roles.get(request.match_info.route, Role.VIEWER)
+        route = request.match_info.route
+        # a route of the app's own added past add_route (no role decided) is the admin's; aiohttp's
+        # answers for a path or method that names nothing (404, 405) are anyone's
+        needed = self._roles.get(route, Role.VIEWER if isinstance(route, SystemRoute) else Role.ADMIN)
         actor = Actor.token(token.name, peer)
         if not token.role.allows(needed):
             if self._audit is not None:
                 self._audit.record(
                     Action.ACCESS_REFUSED,
                     request.path,
-                    {"method": request.method, "path": request.path, "role": str(needed)},
+                    {"method": request.method, "path": _SECRETS.sub(PREFIX + "…", request.path), "role": str(needed)},
                     result=Result.REFUSED,
                     detail=f"the token's role is {token.role}",
                     actor=actor,
@@ -261,7 +292,7 @@ class AdminServer:
         self._refused[str(exc.status), exc.reason] += 1
         log.warning(
             "admin API request refused",
-            extra={"status": exc.status, "reason": exc.reason, "method": request.method, "path": request.path,
+            extra={"status": exc.status, "reason": exc.reason, "method": request.method, "path": _SECRETS.sub(PREFIX + "…", request.path),
                    "peer": request.remote or ""},
         )  # fmt: skip
         response = refused_response(exc)

@@ -5,12 +5,14 @@ from __future__ import annotations
 from aiohttp import web
 
 from gb28181gw.access import Role
-from gb28181gw.admin import AdminServer, json_object, json_response, refused_response
-from gb28181gw.errors import TokenError
+from gb28181gw.admin import AdminServer, error_response, json_object, json_response, refused_response
+from gb28181gw.errors import StoreError, TokenError
 from gb28181gw.services.access import AccessService, token_json
 from gb28181gw.services.audit import ACTOR
 
 __all__ = ["add_token_routes"]
+
+_STORE_HINT = "the gateway's log says more (a full disk, a store file not writable); try again once it is fixed"
 
 
 def add_token_routes(admin: AdminServer, access: AccessService) -> None:
@@ -28,16 +30,22 @@ def add_token_routes(admin: AdminServer, access: AccessService) -> None:
             token, secret = await access.create(name, Role.parse(role))
         except TokenError as exc:
             return refused_response(exc)
+        except StoreError as exc:
+            return error_response(503, f"the token {name!r} was not made: the store failed: {exc}", _STORE_HINT)
         shown = token_json(token)
         return json_response(
             {"name": shown["name"], "role": shown["role"], "created": shown["created"], "token": secret}, status=201
         )
 
     async def revoke(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
         try:
-            token = await access.revoke(request.match_info["name"])
+            token = await access.revoke(name, keep_an_admin=admin.auth_required)
         except TokenError as exc:
             return refused_response(exc)
+        except StoreError as exc:
+            # not revoked in memory either: the token works exactly as long as the store says it does
+            return error_response(503, f"the token {name!r} was not revoked: the store failed: {exc}", _STORE_HINT)
         return json_response({"name": token.name, "revoked": token.revoked})
 
     async def whoami(request: web.Request) -> web.Response:

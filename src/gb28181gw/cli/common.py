@@ -57,6 +57,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from gb28181gw import __version__
+from gb28181gw.access import PREFIX, looks_like_token
 from gb28181gw.config import BEIJING, ENV_PREFIX, parse_time_zone
 from gb28181gw.errors import AdminApiError
 
@@ -454,9 +455,17 @@ TOKEN_ENV = ENV_PREFIX + "TOKEN"
 CA_FILE_ENV = ENV_PREFIX + "CA_FILE"
 
 
-def _token_callback(_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+def _token_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     global _token
     _token = (value or "").strip() or None
+    if _token is not None and not looks_like_token(_token):
+        # before any request, and never quoted: it may be a real secret pasted with a stray character
+        source = ctx.get_parameter_source(param.name or "")
+        given = TOKEN_ENV if source is click.core.ParameterSource.ENVIRONMENT else "--token"
+        fail(
+            f"{given} is not a token: a token is {PREFIX} and 43 more letters, digits, '-' or '_'",
+            "copy it again exactly as `gb28181gw token create` printed it (one line, nothing around it)",
+        )
 
 
 def _ca_callback(_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
-from gb28181gw.access import Role
+from gb28181gw.access import Role, looks_like_token
 from gb28181gw.audit import Actor
 from gb28181gw.cli.common import (
     ADMIN_OPTION,
@@ -56,7 +56,7 @@ def _store_options(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
-def _offline(config: Config, work: Callable[[Any], Awaitable[_T]]) -> _T:
+def _offline(config: Config, admin: str, work: Callable[[Any], Awaitable[_T]]) -> _T:
     """Run ``work(access)`` on the store file itself, recording the audit as ``cli``."""
     from gb28181gw.services.access import AccessService
     from gb28181gw.services.audit import AuditService, acting
@@ -81,7 +81,12 @@ def _offline(config: Config, work: Callable[[Any], Awaitable[_T]]) -> _T:
     except TokenError as exc:
         fail(str(exc), exc.hint)
     except StoreError as exc:
-        fail(f"cannot use the store {config.store.path!r}: {exc}", "is -c (or GB28181GW_CONFIG) the gateway's config?")
+        fail(
+            f"no gateway answers at {admin}, and the store {str(config.store.path)!r} cannot be used: {exc}",
+            "if a gateway is running on that store, its admin API is elsewhere or disabled: name it with --admin "
+            "(or GB28181GW_ADMIN_URL), or set admin.enabled; tokens are changed on the store itself only with the "
+            "gateway stopped. Is -c (or GB28181GW_CONFIG) the gateway's config?",
+        )
 
 
 def _api_or_store(
@@ -113,7 +118,7 @@ def create(name: str, role: str, config_path: str | None, sets: tuple[str, ...],
             made, secret = await access.create(name, Role.parse(role))
             return {"name": made.name, "role": str(made.role), "created": made.created, "token": secret}
 
-        answer = _offline(config, make)
+        answer = _offline(config, admin, make)
     if as_json:
         print_json(answer)
         return
@@ -138,7 +143,7 @@ def listing(config_path: str | None, sets: tuple[str, ...], admin: str, as_json:
         async def read(access: Any) -> dict[str, Any]:
             return {"tokens": [token_json(t) for t in access.listing()]}
 
-        answer = _offline(config, read)
+        answer = _offline(config, admin, read)
     rows = answer["tokens"]
     emit(
         rows,
@@ -162,6 +167,12 @@ def listing(config_path: str | None, sets: tuple[str, ...], admin: str, as_json:
 @JSON_OPTION
 def revoke(name: str, config_path: str | None, sets: tuple[str, ...], admin: str, as_json: bool) -> None:
     """Revoke the token NAME: it is refused from its next request on (its name stays used)."""
+    if looks_like_token(name):
+        fail(
+            "that is a token's secret, not its name (it is not sent anywhere)",
+            "`gb28181gw token list` shows the names; revoke this one by its name: whoever saw this command "
+            "line (shell history, process list) may have seen the secret",
+        )
     answer, config = _api_or_store(admin, config_path, sets, "DELETE", f"/tokens/{segment(name)}")
     if config is not None:
 
@@ -169,5 +180,5 @@ def revoke(name: str, config_path: str | None, sets: tuple[str, ...], admin: str
             gone = await access.revoke(name)
             return {"name": gone.name, "revoked": gone.revoked}
 
-        answer = _offline(config, drop)
+        answer = _offline(config, admin, drop)
     done(answer, as_json, f"token {answer['name']} revoked")

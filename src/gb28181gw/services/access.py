@@ -10,6 +10,7 @@ memory only and written with the token's next change.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import Callable
@@ -57,6 +58,9 @@ class AccessService:
         self._clock = clock
         self._by_digest: dict[str, Token] = {}
         self._by_name: dict[str, Token] = {}
+        # one change at a time: a name checked free, or an admin token checked not the last, stays so
+        # across the store write (two tokens under one name would leave one working but unstored)
+        self._changing = asyncio.Lock()
 
     async def start(self) -> None:
         """Load the stored tokens."""
@@ -113,6 +117,10 @@ class AccessService:
             check_name(name)
         except TokenError as exc:
             raise TokenError(str(exc), 400) from None
+        async with self._changing:
+            return await self._create(name, role)
+
+    async def _create(self, name: str, role: Role) -> tuple[Token, str]:
         if name in self._by_name:
             raise TokenError(
                 f"a token named {name!r} exists already" + ("" if self._by_name[name].active else " (revoked)"),
@@ -126,15 +134,33 @@ class AccessService:
         self._record(Action.TOKEN_CREATE, token)
         return token, secret
 
-    async def revoke(self, name: str) -> Token:
+    async def revoke(self, name: str, *, keep_an_admin: bool = False) -> Token:
         """Revoke the token ``name`` (at once: its next request is refused); revoking twice is harmless.
 
+        Args:
+            keep_an_admin: refuse to revoke the last active admin token (where every caller needs a
+                token, nobody could make another one through the API).
+
         Raises:
-            TokenError: 404 no token of that name.
+            TokenError: 404 no token of that name; 409 the last admin token with ``keep_an_admin``.
         """
+        async with self._changing:
+            return await self._revoke(name, keep_an_admin)
+
+    async def _revoke(self, name: str, keep_an_admin: bool) -> Token:
         token = self._by_name.get(name)
         if token is None:
             raise TokenError(f"no token named {name!r}", 404, "`gb28181gw token list` lists them")
+        if keep_an_admin and token.active and token.role is Role.ADMIN:
+            if not any(t.active and t.role is Role.ADMIN and t.name != name for t in self._by_name.values()):
+                raise TokenError(
+                    f"{name!r} is the last admin token, and the admin API asks every caller for a token: "
+                    "without it nobody could manage tokens through the API",
+                    409,
+                    "make another first (`gb28181gw token create NAME --role admin`), then revoke this one; "
+                    "or stop the gateway and revoke it on the store (`gb28181gw token revoke NAME` with no gateway "
+                    "answering)",
+                )
         if token.active:
             token = dataclasses.replace(token, revoked=self._clock())
             await self.store.save_token(token)
