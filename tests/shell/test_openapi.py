@@ -326,6 +326,17 @@ def test_the_wheel_ships_the_document() -> None:
     assert "admin/openapi.json" in project["tool"]["setuptools"]["package-data"]["gb28181gw"]
 
 
+def test_the_document_is_valid_openapi_3_1() -> None:
+    from openapi_spec_validator import OpenAPIV31SpecValidator
+
+    assert [str(e)[:300] for e in OpenAPIV31SpecValidator(DOC).iter_errors()] == []
+    # and it can fail: an answer without its description, an operation with a status that is no status
+    broken = json.loads(document())
+    del broken["paths"]["/healthz"]["get"]["responses"]["200"]["description"]
+    broken["paths"]["/readyz"]["get"]["responses"]["2000"] = {"description": "no such status"}
+    assert len(list(OpenAPIV31SpecValidator(broken).iter_errors())) >= 2
+
+
 def test_the_document_is_valid_openapi_and_says_who_may_do_what() -> None:
     Draft202012Validator.check_schema({"$defs": DOC["components"]["schemas"]})
     roles = {"viewer", "operator", "admin"}
