@@ -114,6 +114,23 @@ def test_the_alerts_cover_what_the_issue_asks() -> None:
         "SipFloodBans", "AdminRefusalsBurst", "StoreNotWritable",
     } <= alerts  # fmt: skip
     assert 'up{job="gb28181gw"} == 0' in ALERTS.read_text(encoding="utf-8")
+    # up == 0 needs an up series: a lost target or a missing job has none
+    assert 'absent(up{job="gb28181gw"})' in ALERTS.read_text(encoding="utf-8")
+
+
+def _alert_cases(text: str) -> dict[str, set[bool]]:
+    """alertname → whether alerts_test.yml expects it firing (True), quiet (False), or both."""
+    cases: dict[str, set[bool]] = {}
+    for name, expected in re.findall(r"alertname: (\w+)\n\s*exp_alerts:(.*)", text):
+        cases.setdefault(name, set()).add(expected.strip() != "[]")
+    return cases
+
+
+def test_every_alert_is_tested_firing_and_quiet() -> None:
+    alerts = re.findall(r"^\s*- alert: (\w+)$", ALERTS.read_text(encoding="utf-8"), re.M)
+    cases = _alert_cases(ALERT_TESTS.read_text(encoding="utf-8"))
+    assert {name: cases.get(name, set()) for name in alerts} == {name: {True, False} for name in alerts}
+    assert _alert_cases("alertname: A\n  exp_alerts: []\nalertname: A\n  exp_alerts:\n - x") == {"A": {False, True}}
 
 
 def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
