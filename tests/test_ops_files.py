@@ -59,24 +59,62 @@ def _alert_names() -> set[str]:
     return set(_NAME.findall(text))
 
 
-async def _exported() -> set[str]:
+async def _exported() -> dict[str, str]:
+    """Every sample name a running gateway exports → the type of its family."""
     gw = await start_gateway()
     try:
         text = gw.metrics.render().decode()
     finally:
         await gw.stop()
-    names = set()
+    names = {}
     for fam in text_string_to_metric_families(text):
-        names.add(fam.name)
-        names.update(fam.name + suffix for suffix in _SUFFIXES.get(fam.type, ()))
-        names.update(s.name for s in fam.samples)
+        for name in (
+            fam.name,
+            *(fam.name + suffix for suffix in _SUFFIXES.get(fam.type, ())),
+            *(s.name for s in fam.samples),
+        ):
+            names[name] = fam.type
     return names
 
 
+#: rate(), irate() and increase() applied to a series: only a counter's (or a histogram's) make sense
+_RATE = re.compile(r"\b(?:rate|irate|increase)\((gb28181gw_\w+)")
+
+
+def _misused(exprs: str, types: dict[str, str]) -> list[str]:
+    """What is wrong in ``exprs``: a gauge's rate, a counter read without a rate, a quantile not by le."""
+    wrong = [f"rate of the gauge {n}" for n in _RATE.findall(exprs) if types.get(n) not in ("counter", "histogram")]
+    rated = set(_RATE.findall(exprs))
+    wrong += [
+        f"{n} without rate() or increase()"
+        for n in set(_NAME.findall(exprs))
+        if n.endswith(("_total", "_bucket")) and n not in rated
+    ]
+    for quantile in re.findall(r"histogram_quantile\(.*", exprs):
+        if "_bucket" not in quantile or not re.search(r"by \([^)]*\ble\b", quantile):
+            wrong.append(f"a quantile not over _bucket by le: {quantile}")
+    return wrong
+
+
 async def test_every_metric_the_dashboard_and_the_alerts_name_is_exported() -> None:
-    exported = await _exported()
+    types = await _exported()
     referenced = _dashboard_names() | _alert_names()
-    assert referenced - exported == set(), "names no gateway exports"
+    assert referenced - types.keys() == set(), "names no gateway exports"
+    dashboard = _dashboard()
+    exprs = "\n".join(t["expr"] for p in _panels(dashboard) for t in p["targets"])
+    alerts = "\n".join(line for line in ALERTS.read_text(encoding="utf-8").splitlines() if "#" not in line)
+    assert _misused(exprs, types) == [] and _misused(alerts, types) == []
+    # and it can fail
+    assert _misused(
+        "rate(gb28181gw_devices[5m])\nsum(gb28181gw_rtp_lost_total)\n"
+        "histogram_quantile(0.9, sum by (instance) (rate(gb28181gw_stream_setup_seconds_bucket[5m])))",
+        types,
+    ) == [
+        "rate of the gauge gb28181gw_devices",
+        "gb28181gw_rtp_lost_total without rate() or increase()",
+        "a quantile not over _bucket by le: histogram_quantile(0.9, sum by (instance) "
+        "(rate(gb28181gw_stream_setup_seconds_bucket[5m])))",
+    ]
     # what the issue asks them to show
     for name in (
         "gb28181gw_devices", "gb28181gw_registrations_total", "gb28181gw_keepalive_timeouts_total",
@@ -94,6 +132,9 @@ def test_the_name_check_can_fail() -> None:
 
 def test_the_dashboard_is_importable_and_every_panel_has_a_query() -> None:
     dashboard = _dashboard()
+    # provisioned from a file nothing replaces ${DS_...} inputs: the datasource variable chooses
+    assert "__inputs" not in dashboard and "DS_PROMETHEUS" not in DASHBOARD.read_text(encoding="utf-8")
+    assert 10 <= dashboard["schemaVersion"] <= 41  # type: ignore[operator]
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}  # type: ignore[index]
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
     panels = _panels(dashboard)
@@ -114,6 +155,23 @@ def test_the_alerts_cover_what_the_issue_asks() -> None:
         "SipFloodBans", "AdminRefusalsBurst", "StoreNotWritable",
     } <= alerts  # fmt: skip
     assert 'up{job="gb28181gw"} == 0' in ALERTS.read_text(encoding="utf-8")
+    # up == 0 needs an up series: a lost target or a missing job has none
+    assert 'absent(up{job="gb28181gw"})' in ALERTS.read_text(encoding="utf-8")
+
+
+def _alert_cases(text: str) -> dict[str, set[bool]]:
+    """alertname → whether alerts_test.yml expects it firing (True), quiet (False), or both."""
+    cases: dict[str, set[bool]] = {}
+    for name, expected in re.findall(r"alertname: (\w+)\n\s*exp_alerts:(.*)", text):
+        cases.setdefault(name, set()).add(expected.strip() != "[]")
+    return cases
+
+
+def test_every_alert_is_tested_firing_and_quiet() -> None:
+    alerts = re.findall(r"^\s*- alert: (\w+)$", ALERTS.read_text(encoding="utf-8"), re.M)
+    cases = _alert_cases(ALERT_TESTS.read_text(encoding="utf-8"))
+    assert {name: cases.get(name, set()) for name in alerts} == {name: {True, False} for name in alerts}
+    assert _alert_cases("alertname: A\n  exp_alerts: []\nalertname: A\n  exp_alerts:\n - x") == {"A": {False, True}}
 
 
 def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -149,6 +207,8 @@ def test_the_unit_runs_unprivileged_hardened_and_restarts_instead_of_reloading()
     unit = _unit()
     assert unit["User"] != "root" and unit["StateDirectory"] == "gb28181gw"
     assert unit["ConfigurationDirectory"] == "gb28181gw"
+    # root owns a configuration directory systemd creates: the service's user must enter it
+    assert int(unit.get("ConfigurationDirectoryMode", "0755"), 8) & 0o005 == 0o005
     assert unit["WorkingDirectory"] == "/var/lib/gb28181gw"  # the relative default store.path lands there
     assert unit["CapabilityBoundingSet"] == "" and unit["AmbientCapabilities"] == ""
     assert unit["NoNewPrivileges"] == "yes" and unit["ProtectSystem"] == "strict"
@@ -168,3 +228,10 @@ def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:
         ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60, cwd=tmp_path
     )
     assert done.returncode == 0 and "gb28181gw.service" not in done.stderr, done.stderr
+
+    # and its exposure stays what the hardening gives ("OK", 2.9 here; 9.0 without the sandboxing)
+    done = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--threshold=35", str(unit)],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr

@@ -10,6 +10,7 @@ ask of it (Catalog, DeviceInfo, DeviceStatus, RecordInfo, DeviceControl, INVITE,
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import re
 import tomllib
@@ -26,8 +27,12 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from gb28181gw.access import Role
+from gb28181gw.admin import MAX_BODY
+from gb28181gw.admin.ledger import MAX_IMPORT_BODY
 from gb28181gw.admin.openapi import document
 from gb28181gw.app import Gateway
+from gb28181gw.gb.model import Alarm
 from gb28181gw.sip.message import Request, make_response, parse_message
 from tests.helpers import ROOT
 from tests.hostile.test_persistence import register
@@ -43,7 +48,40 @@ PROVISIONED = "34020000001320000002"  # added by the API, never registers
 UNKNOWN = "34020000001320009999"
 DOC = json.loads(document())
 _URI = "urn:gb28181gw:openapi"
-_REGISTRY = Registry().with_resource(_URI, Resource.from_contents(DOC, default_specification=DRAFT202012))
+
+
+def strict(doc: Any) -> Any:
+    """``doc`` with every object schema closed (``additionalProperties: false``), for checking answers.
+
+    The published document leaves objects open, so a client validating with it accepts fields a
+    later version adds; this test must not: an answer's renamed or undocumented field fails it.
+    ``allOf: [{$ref: X}, {more properties}]`` is merged into one object first, or X, closed, would
+    refuse the properties the second part adds.
+    """
+    schemas = doc.get("components", {}).get("schemas", {})
+
+    def close(node: Any) -> Any:
+        if isinstance(node, list):
+            return [close(n) for n in node]
+        if not isinstance(node, dict):
+            return node
+        node = {k: close(v) for k, v in node.items()}
+        if "allOf" in node and all("$ref" in p or "properties" in p for p in node["allOf"]):
+            merged: dict[str, Any] = {"type": "object", "properties": {}, "required": []}
+            for part in node.pop("allOf"):
+                if "$ref" in part:
+                    part = close(schemas[part["$ref"].rsplit("/", 1)[1]])
+                merged["properties"].update(part.get("properties", {}))
+                merged["required"] += part.get("required", [])
+            node.update(merged)
+        if "properties" in node and "additionalProperties" not in node and "patternProperties" not in node:
+            node["additionalProperties"] = False
+        return node
+
+    return close(doc)
+
+
+_REGISTRY = Registry().with_resource(_URI, Resource.from_contents(strict(DOC), default_specification=DRAFT202012))
 
 
 def _operations() -> set[tuple[str, str]]:
@@ -64,6 +102,9 @@ class FakeDevice(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.registered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.sent = 0
+        #: CmdTypes answered 403 (the gateway's 502), and answered 200 but never with a Response (504)
+        self.refuse: set[str] = set()
+        self.mute: set[str] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -76,8 +117,13 @@ class FakeDevice(asyncio.DatagramProtocol):
                 self.registered.set_result(None)
             return
         if msg.method == "MESSAGE":
+            kind = re.search(rb"<CmdType>(\w+)</CmdType>", msg.body)
+            kind_name = kind[1].decode() if kind else ""
+            if kind_name in self.refuse:
+                self.transport.sendto(make_response(msg, 403, to_tag="fake").serialize(), addr)
+                return
             self.transport.sendto(make_response(msg, 200, to_tag="fake").serialize(), addr)
-            answer = self._answer(msg.body)
+            answer = self._answer(msg.body) if kind_name not in self.mute else ""
             if answer:
                 self.transport.sendto(self._message(answer), addr)
         elif msg.method == "INVITE":
@@ -146,6 +192,7 @@ class Site:
     gw: Gateway
     http: aiohttp.ClientSession
     base: str
+    device: FakeDevice
     #: (method, route) → statuses seen, for the coverage check
     seen: dict[tuple[str, str], set[int]] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
@@ -159,7 +206,14 @@ async def site(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Site]:
     config.write_text('[[upstream]]\nname = "district"\nid = "34020000002000000009"\nhost = "127.0.0.1"\nport = 9\n')
     gw = await start_gateway_from(
         config,
-        {"store.path": str(tmp / "gw.db"), "media.port_min": "43000", "media.port_max": "43099", "media.linger": "0"},
+        {
+            "store.path": str(tmp / "gw.db"),
+            "media.port_min": "43000",
+            "media.port_max": "43099",
+            "media.linger": "0",
+            # the 504 below waits this long for a muted device
+            "devices.query_timeout": "1",
+        },
     )
     loop = asyncio.get_running_loop()
     transport, device = await loop.create_datagram_endpoint(FakeDevice, local_addr=("127.0.0.1", 0))
@@ -168,7 +222,7 @@ async def site(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Site]:
     assert gw.admin is not None
     http = aiohttp.ClientSession()
     try:
-        yield Site(gw, http, f"http://127.0.0.1:{gw.admin.port}")
+        yield Site(gw, http, f"http://127.0.0.1:{gw.admin.port}", device)
     finally:
         await http.close()
         await gw.stop()
@@ -195,14 +249,28 @@ def _schema_pointer(method: str, route: str, status: int, content_type: str) -> 
 
 
 async def call(
-    site: Site, method: str, route: str, path: str, body: Any = None, *, raw: bytes | None = None, ctype: str = ""
+    site: Site,
+    method: str,
+    route: str,
+    path: str,
+    body: Any = None,
+    *,
+    raw: bytes | None = None,
+    ctype: str = "",
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
     """Send one request of the operation ``method`` ``route``; check its answer against the document."""
-    headers = {"Content-Type": ctype or "application/json"} if body is not None or raw is not None else {}
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    headers = dict(headers or {})
+    if body is not None or raw is not None:
+        headers["Content-Type"] = ctype or "application/json"
+    data: Any = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    if data is not None and len(data) > 1024 * 1024:
+        data = io.BytesIO(data)  # aiohttp warns of a large bytes body (it could block the loop)
     async with site.http.request(method, site.base + path, data=data, headers=headers) as resp:
         content = await resp.read()
         status, content_type = resp.status, resp.content_type
+        if status == 401 and "WWW-Authenticate" not in resp.headers:
+            site.failures.append(f"{method} {path} → 401 without WWW-Authenticate")
     site.seen.setdefault((method, route), set()).add(status)
     try:
         pointer = _schema_pointer(method, route, status, content_type)
@@ -250,6 +318,17 @@ async def test_the_gateway_serves_the_document(site: Site) -> None:
 def test_the_wheel_ships_the_document() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     assert "admin/openapi.json" in project["tool"]["setuptools"]["package-data"]["gb28181gw"]
+
+
+def test_the_document_is_valid_openapi_3_1() -> None:
+    from openapi_spec_validator import OpenAPIV31SpecValidator
+
+    assert [str(e)[:300] for e in OpenAPIV31SpecValidator(DOC).iter_errors()] == []
+    # and it can fail: an answer without its description, an operation with a status that is no status
+    broken = json.loads(document())
+    del broken["paths"]["/healthz"]["get"]["responses"]["200"]["description"]
+    broken["paths"]["/readyz"]["get"]["responses"]["2000"] = {"description": "no such status"}
+    assert len(list(OpenAPIV31SpecValidator(broken).iter_errors())) >= 2
 
 
 def test_the_document_is_valid_openapi_and_says_who_may_do_what() -> None:
@@ -301,6 +380,13 @@ async def test_every_route_answers_as_documented(site: Site) -> None:
     assert (await call(site, "GET", r, f"/api/v1/devices/{NVR}/info"))[0] == 200
     assert (await call(site, "GET", r, f"/api/v1/devices/{NVR}/status"))[0] == 200
     assert (await call(site, "GET", r, f"/api/v1/devices/{UNKNOWN}/info"))[0] == 404
+    # a device that refuses (502) or never answers (504)
+    site.device.refuse, site.device.mute = {"DeviceInfo", "DeviceControl"}, {"DeviceStatus"}
+    assert (await call(site, "GET", r, f"/api/v1/devices/{NVR}/info"))[0] == 502
+    assert (await call(site, "GET", r, f"/api/v1/devices/{NVR}/status"))[0] == 504
+    control = {"target": NVR, "name": "GuardCmd", "value": "SetGuard"}
+    assert (await call(site, "POST", "/api/v1/control", "/api/v1/control", control))[0] == 502
+    site.device.refuse, site.device.mute = set(), set()
     r = "/api/v1/channels"
     assert (await call(site, "GET", r, r))[0] == 200
     assert (await call(site, "GET", r, f"{r}?device={NVR}"))[0] == 200
@@ -316,7 +402,11 @@ async def test_every_route_answers_as_documented(site: Site) -> None:
     assert (await call(site, "POST", r, r, {"channel_id": CH, "kind": "move", "action": "left"}))[0] == 200
     assert (await call(site, "POST", r, r, {"channel_id": CH, "kind": "somersault"}))[0] == 400
     r = "/api/v1/alarms"
-    assert (await call(site, "GET", r, r))[0] == 200
+    await gw.store.save_alarms(
+        [Alarm(CH, NVR, "1", "5", "2", "2024-05-06T08:00:00", "越界", 1.7e9, {"Longitude": "0"})]
+    )
+    status, listed = await call(site, "GET", r, r)
+    assert status == 200 and listed["alarms"], listed  # an empty list would check no alarm's schema
     assert (await call(site, "GET", r, r + "?limit=0"))[0] == 400
     r = "/api/v1/devices/{id}/doctor"
     assert (await call(site, "POST", r, f"/api/v1/devices/{NVR}/doctor", {"checks": ["device_info"]}))[0] == 200
@@ -449,3 +539,58 @@ async def test_every_route_answers_as_documented(site: Site) -> None:
         op = DOC["paths"][route][method.lower()]
         if op.get("requestBody") or any(p["required"] for p in op.get("parameters", [])):
             assert any(400 <= s < 500 for s in statuses), f"{method} {route}: no invalid request ({statuses})"
+
+
+#: A value for each path placeholder: names that exist, so that a handler reaching its body
+#: reads it (the refusals below happen before any handler looks the names up).
+_PLACEHOLDERS = {
+    "device_id": NVR, "id": NVR, "channel_id": CH, "what": "info", "stream_id": "nope",
+    "consumer_id": "nope", "name": "district", "key": "ip:192.0.2.99",
+}  # fmt: skip
+
+
+def _path(route: str) -> str:
+    return re.sub(r"\{(\w+)\}", lambda m: _PLACEHOLDERS[m[1]], route)
+
+
+@shared_loop
+async def test_every_refusal_of_the_guard_is_documented_where_it_occurs(site: Site) -> None:
+    """413 and 415 on every route with a body, 403 for a foreign Host on every route, and, tokens
+    required, 401 without a token and 403 for each role below the route's ``x-role`` (and only
+    then: the document's roles are the ones the router enforces)."""
+    admin, access = site.gw.admin, site.gw.access
+    assert admin is not None
+    tokens = {}
+    for role in (Role.VIEWER, Role.OPERATOR):
+        token, secret = await access.create(f"openapi-{role}", role)
+        tokens[role] = {"Authorization": f"Bearer {secret}"}
+    routes = sorted(_routes(site.gw))
+    for method, route in routes:
+        op = DOC["paths"][route][method.lower()]
+        if "requestBody" in op:
+            limit = MAX_IMPORT_BODY if route == "/api/v1/ledger/import" else MAX_BODY
+            big = json.dumps({"pad": "x" * limit}).encode()
+            # no stream is open: the stream routes answer 404 before they read the body
+            expected = {413, 404} if "{stream_id}" in route else {413}
+            assert (await call(site, method, route, _path(route), raw=big))[0] in expected, (method, route)
+            if method != "DELETE":  # a DELETE is never sent cross-site unasked (it needs a preflight)
+                assert (await call(site, method, route, _path(route), raw=b"{}", ctype="text/plain"))[0] == 415
+        status, _ = await call(site, method, route, _path(route), headers={"Host": "gw.evil.example"})
+        assert status == 403, (method, route)
+    admin.require_tokens, admin.open_metrics = True, False
+    try:
+        for method, route in routes:
+            op = DOC["paths"][route][method.lower()]
+            if route in ("/healthz", "/readyz"):
+                continue
+            assert (await call(site, method, route, _path(route)))[0] == 401, (method, route)
+            needed = Role.parse(op["x-role"])
+            for role, header in tokens.items():
+                # no body: what a role may do is refused as 415 (or 400/404 for these names), never 403
+                status, _ = await call(site, method, route, _path(route), headers=header)
+                assert (status == 403) == (not role.allows(needed)), (method, route, str(role), status)
+    finally:
+        admin.require_tokens, admin.open_metrics = False, True
+        for role in tokens:
+            await access.revoke(f"openapi-{role}")
+    assert site.failures == [], "\n".join(site.failures)
