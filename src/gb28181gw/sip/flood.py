@@ -30,6 +30,7 @@ This is separate from the REGISTER digest brute-force bans (:mod:`gb28181gw.gb.b
 from __future__ import annotations
 
 import ipaddress
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -149,10 +150,12 @@ class FloodGuard:
         self.known = known
         self.max_addresses = max_addresses
         self.max_bans = max_bans
+        # OrderedDicts, not dicts: both are emptied from the front, and a dict's next(iter(d)) walks
+        # the slots left by every earlier deletion (21 µs a datagram under a spoofing flood, not 0.3)
         # host -> [window start, requests in it, its limit]; oldest window first
-        self._counts: dict[str, list[float]] = {}
+        self._counts: OrderedDict[str, list[float]] = OrderedDict()
         # host -> ban, in the order they end (every ban lasts ban_seconds on a monotonic clock)
-        self._bans: dict[str, SourceBan] = {}
+        self._bans: OrderedDict[str, SourceBan] = OrderedDict()
         self._events: list[FloodEvent] = []
         #: bans begun (strangers) and throttles begun (known addresses), by kind (the metric)
         self.bans_begun: dict[FloodKind, int] = dict.fromkeys(FloodKind, 0)
@@ -184,7 +187,7 @@ class FloodGuard:
         counts = self._counts
         # moved to the end, so that the first entry is always the one counted longest ago
         if counts.pop(host, None) is None and len(counts) >= self.max_addresses:
-            del counts[next(iter(counts))]
+            counts.popitem(last=False)
         counts[host] = [now, 1, self.limit]
 
     def _over(self, host: str, entry: list[float], now: float) -> bool:
