@@ -883,6 +883,10 @@ def load_config(
             ("admin.tls_key", "admin.tls_cert") if config.admin.tls_cert else ("admin.tls_cert", "admin.tls_key")
         )
         raise ConfigError(missing, f"is needed with {given}: HTTPS takes both the certificate and its key, or neither")
+    if config.flood.known_limit < config.flood.limit:
+        raise ConfigError(
+            "flood.known_limit", "must not be smaller than flood.limit (known devices and superiors get more, not less)"
+        )
     if config.sip.t2 < config.sip.t1:
         raise ConfigError("sip.t2", "must not be smaller than sip.t1")
     r = config.registrar

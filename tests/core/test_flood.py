@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
+from gb28181gw.config import load_config
+from gb28181gw.errors import ConfigError
 from gb28181gw.logs import Throttle
-from gb28181gw.sip.flood import FloodBanEnded, FloodBanned, FloodGuard, FloodKind, parse_exempt
+from gb28181gw.sip.flood import FloodBanEnded, FloodBanned, FloodGuard, FloodKind, FloodThrottled, parse_exempt
 
 STRANGER = "198.51.100.7"
 DEVICE = "192.0.2.10"
@@ -121,9 +125,23 @@ class TestKnown:
         assert asked == [DEVICE]  # asked once, when the strangers' limit was passed
         assert send(g, DEVICE, 5, 0.1) == 0
         (event,) = g.take_events()
-        assert isinstance(event, FloodBanned)
-        assert event.ban.kind is FloodKind.KNOWN and event.limit == 50
+        assert isinstance(event, FloodThrottled)
+        assert event.host == DEVICE and event.limit == 50 and event.since == 0.0
         assert g.bans_begun == {FloodKind.STRANGER: 0, FloodKind.KNOWN: 1}
+        assert g.dropped == 5
+
+    def test_a_known_address_is_throttled_never_banned(self) -> None:
+        # a spoofer sending from a superior's (or a site router's) address must not buy it a ban
+        g = guard(known=lambda host: host == DEVICE)
+        assert send(g, DEVICE, 10_000, 0.0) == 50
+        assert g.banned_count == 0 and not g.banned(DEVICE, 0.5)
+        assert send(g, DEVICE, 1, 2.0) == 1  # the next window: the real peer is heard again
+        assert g.bans_begun[FloodKind.KNOWN] == 1  # one event for the window, not one per drop
+        assert len(g.take_events()) == 1
+
+    def test_a_known_address_is_trusted_by_the_tcp_cap(self) -> None:
+        g = guard(known=lambda host: host == DEVICE, exempt=parse_exempt(["10.0.0.0/8"]))
+        assert g.trusted(DEVICE) and g.trusted("10.0.0.1") and not g.trusted(STRANGER)
 
     def test_a_stranger_keeps_the_lower_limit(self) -> None:
         g = guard(known=lambda host: host == DEVICE)
@@ -149,6 +167,12 @@ class TestExempt:
     def test_others_still_are(self) -> None:
         g = guard(exempt=parse_exempt(["10.0.0.0/8"]))
         assert send(g, "11.0.0.1", 20, 0.0) == 10
+
+    def test_ipv4_mapped_addresses_match_ipv4_networks(self) -> None:
+        # a dual-stack socket names an IPv4 peer ::ffff:a.b.c.d
+        g = guard(exempt=parse_exempt(["127.0.0.0/8"]))
+        assert send(g, "::ffff:127.0.0.1", 100, 0.0) == 100
+        assert send(g, "::ffff:198.51.100.7", 100, 0.0) == 10
 
     def test_an_address_that_is_not_one_is_a_stranger(self) -> None:
         g = guard(exempt=parse_exempt(["0.0.0.0/0"]))
@@ -223,3 +247,9 @@ class TestThrottle:
         for i in range(1000):
             t.allow(f"kind-{i}", float(i))
         assert len(t._last) <= 11
+
+
+class TestConfig:
+    def test_known_limit_below_limit_is_refused(self) -> None:
+        with pytest.raises(ConfigError, match="flood.known_limit.*not be smaller than flood.limit"):
+            load_config(env={}, overrides={"flood.limit": "500", "flood.known_limit": "100"})

@@ -163,3 +163,45 @@ async def test_an_operator_sees_a_flood_ban_and_lifts_it() -> None:
                 assert resp.status == 404
     finally:
         await gw.stop()
+
+
+async def test_bans_of_many_addresses_write_a_bounded_number_of_lines(caplog: pytest.LogCaptureFixture) -> None:
+    # a spoofer gets an address banned per limit+1 datagrams: one line each would fill the disk
+    caplog.set_level(logging.INFO, logger="gb28181gw")
+    gw = await start_gateway(**{"flood.exempt": "", "flood.limit": "5", "flood.known_limit": "5"})
+    hosts = [f"127.0.2.{i}" for i in range(1, 41)]
+    try:
+        for host in hosts:
+            await asyncio.to_thread(send_flood, "garbage", host, gw.stack.port, 6)
+        assert gw.flood is not None
+        flood = gw.flood
+        await until(lambda: flood.banned_count == len(hosts), "every address banned")
+    finally:
+        await gw.stop()
+    assert 1 <= len(records(caplog, "flood: address banned")) <= 5
+    summed = [r for r in records(caplog, "SIP input dropped meanwhile") if r.kind == "flood-banned"]  # type: ignore[attr-defined]
+    assert len(records(caplog, "flood: address banned")) + sum(r.lines_held_back for r in summed) == len(hosts)  # type: ignore[attr-defined]
+
+
+async def test_a_device_just_registered_is_known_at_once() -> None:
+    # an NVR answers the catalog query after its registration with a burst: it must not be a stranger
+    gw = await start_gateway(**{"flood.exempt": "", "flood.limit": "5", "flood.known_limit": "1000"})
+    site = "127.0.3.1"
+    try:
+        await asyncio.to_thread(send_flood, "garbage", "127.0.3.9", gw.stack.port, 10)  # a stranger: asked
+        assert gw.flood is not None
+        flood = gw.flood
+        await until(lambda: flood.banned("127.0.3.9", asyncio.get_running_loop().time()), "the stranger banned")
+        devs = Devices((site,))
+        try:
+            await asyncio.to_thread(storm, devs, gw.stack.port, 0, 1, 100, step=1, wait=1.0)
+        finally:
+            for s in devs.socks:
+                s.close()
+        assert online(gw) >= 1
+        await asyncio.to_thread(send_flood, "register", site, gw.stack.port, 50)
+        counters = gw.metrics.sip
+        await until(lambda: counters.requests["in", "UDP", "REGISTER"] >= 51, "the burst handled")
+        assert not flood.banned(site, asyncio.get_running_loop().time())
+    finally:
+        await gw.stop()

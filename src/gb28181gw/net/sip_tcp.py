@@ -13,8 +13,9 @@ connections whose messages have waited longest are closed first. Connections wit
 unfinished message are kept in the order their message began, so both checks look only
 at the oldest few.
 
-A peer opening connection after connection is held to ``per_address`` open at once
-(``flood.tcp_per_address``; past it refused at accept, counted, logged once per
+A stranger opening connection after connection is held to ``per_address`` open at once
+(``flood.tcp_per_address``; exempt and known addresses are not: a site's router may carry
+hundreds of cameras' connections; past it refused at accept, counted, logged once per
 ``log_interval``), besides the global ``max_connections``. A flood-banned address is
 refused at accept, and a connection whose address gets banned is closed.
 """
@@ -98,6 +99,10 @@ class SipConnection(asyncio.Protocol):
             if message is PING or message == PING:
                 self.write(PONG)
             elif admit is not None and not admit(self.peer.host, now):
+                assert manager.flood is not None
+                if not manager.flood.banned(self.peer.host, now):
+                    manager.counters.flood_dropped["TCP"] += 1  # a known address throttled: this one only
+                    continue
                 # banned (and logged so) by now: what is left of this read goes unread, with the connection
                 manager.counters.flood_dropped["TCP"] += len(messages) - i
                 self.closing = True
@@ -211,7 +216,7 @@ class TcpTransport:
         if (
             self.per_address
             and open_here >= self.per_address
-            and not (self.flood is not None and self.flood.is_exempt(host))
+            and not (self.flood is not None and self.flood.trusted(host))
         ):
             self._refuse(conn, "tcp-address-limit", "TCP connections from one address over the cap; refusing", now)
             return False

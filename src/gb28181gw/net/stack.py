@@ -42,7 +42,7 @@ from gb28181gw.sip.events import (
     TransactionFailed,
     TransactionTimedOut,
 )
-from gb28181gw.sip.flood import FloodBanEnded, FloodBanned, FloodGuard
+from gb28181gw.sip.flood import FloodBanEnded, FloodBanned, FloodGuard, FloodThrottled
 from gb28181gw.sip.message import Request, Response, make_response
 from gb28181gw.sip.peer import Peer
 from gb28181gw.sip.transaction import Kind, Transaction
@@ -67,6 +67,8 @@ _METHOD_LABELS = {
 _PORT_ATTEMPTS = 20
 #: Seconds between ending the flood bans that ran out and summing up held-back log lines.
 CHORE_INTERVAL = 1.0
+#: Seconds between lines about flood bans (of each: begun, ended); the rest are summed up.
+BAN_LINE_INTERVAL = 1.0
 
 __all__ = ["SipStack", "SipTimeoutError", "SipTransportError"]  # the errors: re-exported from errors.py
 
@@ -100,6 +102,8 @@ class SipStack:
         self.counters = counters or SipCounters()
         self.flood = flood
         self.quiet = Throttle(log_interval)
+        #: lines about flood bans begun and ended: each ban's own, unless more than one a second
+        self.ban_lines = Throttle(BAN_LINE_INTERVAL)
         self.tcp_per_address = tcp_per_address
         self._chores: asyncio.Task[None] | None = None
         self.router = Router(respond=self.respond, new_tag=endpoint.new_tag, run=self._run)
@@ -408,7 +412,8 @@ class SipStack:
         if self.flood is not None:
             self.flood.expire(now)
             self._flood_events()
-        for kind, held in self.quiet.summaries(now, everything=final):
+        summaries = self.quiet.summaries(now, everything=final) + self.ban_lines.summaries(now, everything=final)
+        for kind, held in summaries:
             log.info(
                 "SIP input dropped meanwhile",
                 extra={"kind": kind, "lines_held_back": held, "interval": self.quiet.interval},
@@ -417,18 +422,36 @@ class SipStack:
     def _flood_events(self) -> None:
         assert self.flood is not None
         for event in self.flood.take_events():
-            ban = event.ban
+            # a spoofer can have an address banned per ~limit datagrams: lines about bans are bounded too
+            now = (self._loop or asyncio.get_running_loop()).time()
             if isinstance(event, FloodBanned):
+                ban = event.ban
+                held = self.ban_lines.allow("flood-banned", now)
+                if held is None:
+                    continue
                 log.warning(
                     "flood: address banned",
                     extra={"address": ban.host, "kind": ban.kind.value, "sent": ban.sent,
-                           "window": self.flood.window, "limit": event.limit, "seconds": self.flood.ban_seconds},
+                           "window": self.flood.window, "limit": event.limit, "seconds": self.flood.ban_seconds,
+                           "held_back": held},
                 )  # fmt: skip
+            elif isinstance(event, FloodThrottled):
+                # once per window at most per address, and a spoofer may vary the address: bounded like garbage
+                held = self.quiet.allow("flood-throttled", now)
+                if held is not None:
+                    log.warning(
+                        "flood: known address over its limit; the rest of its window dropped, not banned",
+                        extra={"address": event.host, "window": self.flood.window, "limit": event.limit,
+                               "held_back": held},
+                    )  # fmt: skip
             elif isinstance(event, FloodBanEnded):
-                log.warning(
-                    "flood: ban forgotten (too many bans at once)" if event.forgotten else "flood: ban ended",
-                    extra={"address": ban.host, "kind": ban.kind.value, "dropped": ban.dropped},
-                )
+                held = self.ban_lines.allow("flood-ban-ended", now)
+                if held is not None:
+                    log.warning(
+                        "flood: ban forgotten (too many bans at once)" if event.forgotten else "flood: ban ended",
+                        extra={"address": event.ban.host, "kind": event.ban.kind.value, "dropped": event.ban.dropped,
+                               "held_back": held},
+                    )  # fmt: skip
 
     def _fail(self, tx: Transaction, exc: Exception) -> None:
         fut = tx.user_data
