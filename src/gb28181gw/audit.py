@@ -272,7 +272,8 @@ def verify(records: Iterable[AuditRecord], anchor: Anchor = Anchor(), *, head: i
             problems.append(ChainProblem(r.seq, f"record {r.seq} does not match its hash: altered"))
         previous, expected = r.hash, r.seq + 1
     if head is not None and head >= expected:
-        problems.append(ChainProblem(expected, f"records {expected} to {head} missing from the end"))
+        missing = f"record {expected}" if head == expected else f"records {expected} to {head}"
+        problems.append(ChainProblem(expected, f"{missing} missing from the end"))
     return problems
 
 

@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -275,3 +276,84 @@ async def test_the_gateway_s_own_upkeep_is_not_recorded(tmp_path: Path) -> None:
         ]
     finally:
         await store.close()
+
+
+class SlowStore(SqliteStore):
+    """A store whose writes, once committed, wait on its thread until told to go on."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.writing = threading.Event()
+        self.go_on = threading.Event()
+
+    def _in_transaction(self, work: Any, what: str) -> Any:
+        result = super()._in_transaction(work, what)
+        self.writing.set()
+        self.go_on.wait(10)
+        return result
+
+
+async def test_stop_while_a_batch_is_being_written_writes_it_once(tmp_path: Path) -> None:
+    # the writer cancelled mid-write must not leave its batch queued for stop() to write again
+    store = SlowStore(str(tmp_path / "gw.db"))
+    await store.open()
+    audit = AuditService(store, Metrics())
+    await audit.start()
+    try:
+        audit.record(Action.DEVICE_REMOVE, NVR, actor=GATEWAY)
+        await asyncio.to_thread(store.writing.wait, 10)
+        stopping = asyncio.ensure_future(audit.stop())
+        await asyncio.sleep(0)
+        store.go_on.set()
+        await stopping
+        records = await store.audit_chain()
+        assert [r.seq for r in records] == [1]
+        assert audit.unwritten == 0
+    finally:
+        await store.close()
+
+
+async def test_verify_compares_the_stored_head_hash(tmp_path: Path) -> None:
+    # the last record rewritten with a hash recomputed for it: only the stored head can tell
+    path = tmp_path / "gw.db"
+    store = SqliteStore(str(path))
+    await store.open()
+    audit = AuditService(store, Metrics())
+    audit.record(Action.PTZ, CH, {"ptz": "left"}, actor=GATEWAY)
+    audit.record(Action.PTZ, CH, {"ptz": "right"}, actor=GATEWAY)
+    await audit.flush()
+    (first, last) = await store.audit_chain()
+    await store.close()
+    forged = AuditEntry(last.entry.time, last.entry.actor, "", "ptz", CH, {"ptz": "up"})
+    from gb28181gw.audit import chain_hash
+
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "UPDATE audit SET params = ?, hash = ? WHERE seq = 2", ('{"ptz": "up"}', chain_hash(first.hash, 2, forged))
+        )
+    store = SqliteStore(str(path))
+    await store.open()
+    try:
+        report = await AuditService(store, Metrics()).verify()
+        assert not report.ok
+        assert [p.seq for p in report.problems] == [2]
+        assert "head" in report.problems[0].problem
+        assert report.head_hash == last.hash  # the head as stored, not as the records now say
+    finally:
+        await store.close()
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_escaped(capsys: pytest.CaptureFixture[str]) -> None:
+    from gb28181gw.cli.audit import _write_csv
+
+    row = {
+        "seq": 1, "time": 1_700_000_000.0, "actor": "superior:34020000002000000001", "source": "10.0.0.1:5060",
+        "action": "ptz", "target": "=HYPERLINK(\"http://x\")", "result": "failed", "params": {"名": "左,转\n"},
+        "detail": "@SUM(1+1)", "hash": "ab",
+    }  # fmt: skip
+    _write_csv([row, {**row, "target": "+1", "detail": "-2"}, {**row, "target": "\tx", "detail": "ok"}])
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["target"], r["detail"]) for r in rows] == [
+        ("'=HYPERLINK(\"http://x\")", "'@SUM(1+1)"), ("'+1", "'-2"), ("'\tx", "ok")
+    ]  # fmt: skip
+    assert json.loads(rows[0]["params"]) == {"名": "左,转\n"}

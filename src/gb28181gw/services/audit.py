@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import deque
@@ -69,7 +70,8 @@ class ChainReport:
     Attributes:
         records: how many records were checked.
         anchor: where the stored chain starts (records before it were removed by retention).
-        head: the last record's number and hash as stored: copy them elsewhere to detect a rollback.
+        head_seq, head_hash: the last record's number and hash as the gateway stored them when it
+            wrote it: copy them elsewhere to detect a rollback.
         problems: every break found, empty if the chain is whole.
     """
 
@@ -119,6 +121,7 @@ class AuditService:
         self._idle = asyncio.Event()
         self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._writing: asyncio.Future[None] | None = None  # the batch being written
         self.dropped = 0
         self._counts = metrics.counter(AUDIT_RECORDS) if metrics else None
         if metrics is not None:
@@ -203,12 +206,24 @@ class AuditService:
                 self._wake.set()
 
     async def _write_pending(self) -> None:
-        while self._pending:
-            batch = list(self._pending)[:1000]
-            await self.store.append_audit(batch)
-            for _ in batch:
-                self._pending.popleft()
+        while self._pending or self._writing is not None:
+            if self._writing is None:
+                self._writing = asyncio.ensure_future(self._write_batch())
+            # shielded: a caller cancelled meanwhile (the writer at stop()) leaves the batch to be
+            # written and taken off the queue once, not written again by the next caller
+            await asyncio.shield(self._writing)
         self._idle.set()
+
+    async def _write_batch(self) -> None:
+        try:
+            batch = list(itertools.islice(self._pending, 1000))
+            dropped = self.dropped
+            await self.store.append_audit(batch)
+            # records dropped from a full queue meanwhile came from this batch's front (and were written)
+            for _ in range(max(0, len(batch) - (self.dropped - dropped))):
+                self._pending.popleft()
+        finally:
+            self._writing = None
 
     # --- reading ------------------------------------------------------------------------
 
@@ -223,7 +238,6 @@ class AuditService:
         anchor, head = await self.store.audit_ends()
         problems: list[ChainProblem] = []
         checked, after, previous = 0, anchor.seq, anchor
-        last_hash = anchor.hash
         while True:
             page = await self.store.audit_chain(after, _PAGE)
             if not page:
@@ -231,13 +245,20 @@ class AuditService:
             problems += verify(page, previous)
             checked += len(page)
             after = page[-1].seq
-            last_hash = page[-1].hash
             previous = Anchor(page[-1].seq, page[-1].hash)
-        if head > after:
-            problems.append(ChainProblem(after + 1, f"records {after + 1} to {head} missing from the end"))
-        elif head < after:
-            problems.append(ChainProblem(head + 1, f"records {head + 1} to {after} were added outside the gateway"))
-        return ChainReport(checked, anchor, head, last_hash, problems)
+        if head.seq > after:
+            missing = f"record {after + 1}" if head.seq == after + 1 else f"records {after + 1} to {head.seq}"
+            problems.append(ChainProblem(after + 1, f"{missing} missing from the end"))
+        elif head.seq < after:
+            added = f"record {head.seq + 1} was" if after == head.seq + 1 else f"records {head.seq + 1} to {after} were"
+            problems.append(ChainProblem(head.seq + 1, f"{added} added outside the gateway"))
+        elif previous.hash != head.hash:
+            # the records agree with each other but not with the head the gateway wrote: they were
+            # rewritten and re-hashed by hand (or the head was edited)
+            problems.append(
+                ChainProblem(head.seq, f"record {head.seq} does not match the stored head's hash: rewritten")
+            )
+        return ChainReport(checked, anchor, head.seq, head.hash, problems)
 
     # --- retention ----------------------------------------------------------------------
 
