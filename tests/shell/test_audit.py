@@ -357,3 +357,28 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_escaped(capsys: pytest.Captu
         ("'=HYPERLINK(\"http://x\")", "'@SUM(1+1)"), ("'+1", "'-2"), ("'\tx", "ok")
     ]  # fmt: skip
     assert json.loads(rows[0]["params"]) == {"名": "左,转\n"}
+
+
+def test_verify_waits_for_the_whole_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    import gb28181gw.cli.audit as cli_audit
+    from gb28181gw.cli.common import main
+
+    asked: list[Any] = []
+    report = {
+        "ok": True,
+        "records": 0,
+        "anchor": {"seq": 0, "hash": "0"},
+        "head": {"seq": 0, "hash": "0"},
+        "problems": [],
+    }
+
+    def request(admin: str, method: str, path: str, body: Any = None, **kw: Any) -> Any:
+        asked.append(kw)
+        return report
+
+    monkeypatch.setattr(cli_audit, "request", request)
+    result = CliRunner().invoke(main, ["audit", "verify"])
+    assert result.exit_code == 0, result.output
+    assert asked == [{"timeout": None}]  # not the 30 s query timeout: a million records take longer
