@@ -13,6 +13,7 @@ import asyncio
 import csv
 import io
 import json
+import socket
 import sqlite3
 import threading
 from pathlib import Path
@@ -31,12 +32,13 @@ from gb28181gw.metrics import Metrics
 from gb28181gw.services.audit import AuditService, acting, audited
 from gb28181gw.services.ledger import Edit
 from gb28181gw.store.sqlite import SqliteStore
-from tests.media import UdpConsumer, wait_for
+from tests.media import UdpConsumer, gb_ps, packetize, wait_for
 
 from .conftest import sipp_scenario, start_gateway
 from .test_cascade_catalog import cli
 from .test_cascade_invite import CH, NVR, OK_REFS, SUPERIOR, cascade_gateway, content, offer, ok, superior, superior_bye
 from .test_devices import finished, free_udp_port, play_device, register
+from .test_streams import CH as CH_JOIN
 from .test_streams import answer, scenario
 
 UNKNOWN = "34020000001310009999"
@@ -382,3 +384,37 @@ def test_verify_waits_for_the_whole_check(monkeypatch: pytest.MonkeyPatch) -> No
     result = CliRunner().invoke(main, ["audit", "verify"])
     assert result.exit_code == 0, result.output
     assert asked == [{"timeout": None}]  # not the 30 s query timeout: a million records take longer
+
+
+@pytest.mark.sipp
+async def test_a_key_frame_asked_for_a_joining_viewer_is_not_recorded_in_anyone_s_name(tmp_path: Path) -> None:
+    # the gateway's upkeep, though a viewer's join (in the viewer's context) set it off: recorded as
+    # that viewer's device control it would put words in their mouth and bury what they did ask
+    from .test_relay_join import FRAMES, GOP, feed, gateway
+
+    data = gb_ps(FRAMES, GOP)
+    gw, device = await gateway(tmp_path, **{"media.workers": "0", "media.gop_cache": "0"})
+    sent: list[object] = []
+
+    async def control(device_id: str, target: str, fields: object) -> None:  # the SIPp device does not answer
+        sent.append(fields)
+
+    gw.devices.control = control  # type: ignore[method-assign]
+    udp = await UdpConsumer.start()
+    device_media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        with acting(Actor.token("alice", "10.0.0.5")):
+            st, _ = await gw.streams.play(CH_JOIN, transport="udp", host="127.0.0.1", port=udp.port)
+        await feed(st, packetize(data, int(st.session.ssrc))[:30], device_media)
+        await wait_for(lambda: len(udp.got.packets) == 30)
+        with acting(Actor.token("bob", "10.0.0.6")):
+            await gw.streams.play(CH_JOIN, transport="udp", host="127.0.0.1", port=udp.port)
+        await wait_for(lambda: sent != [])
+        await asyncio.sleep(0)  # the control's record is made as it returns
+        entries = await recorded(gw)
+        assert [(e.actor, e.action) for e in entries] == [("token:alice", "stream.open"), ("token:bob", "stream.open")]
+    finally:
+        device_media.close()
+        udp.close()
+        await gw.stop()
+        await finished(device)
