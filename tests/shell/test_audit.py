@@ -170,15 +170,21 @@ async def test_a_refused_control_is_recorded_refused() -> None:
         await gw.stop()
 
 
-async def test_a_stream_closed_by_the_gateway_names_the_gateway() -> None:
-    # the stream's device never answers its INVITE? No: a stream that lingers out, asked for by an operator
-    gw = await start_gateway(**{"media.linger": "0.05"})
+async def test_each_pruned_device_is_found_by_its_id() -> None:
+    # one summary listed 50 IDs at most, with target "": `audit --target ID` found no removal
+    gw = await start_gateway()
     try:
-        from .test_streams import live_stream  # noqa: PLC0415  (a set-up of its own)
-
-        del live_stream
-    except ImportError:
-        pass
+        ids = [f"3402000000132{n:07d}" for n in range(60)]
+        for id_ in ids:
+            await gw.registrar.provision(id_)
+        with acting(Actor.token("ops", "10.0.0.5")):
+            pruned = await gw.registrar.prune(-1.0, provisioned=True)
+        assert len(pruned) == 60
+        (last,) = await recorded(gw, target=ids[-1], action="device.remove")
+        assert (last.actor, last.result, last.params) == ("token:ops", Result.OK, {"pruned": True})
+        assert len(await recorded(gw, action="device.remove")) == 60
+        (summary,) = await recorded(gw, action="device.prune")
+        assert summary.params["removed"] == 60 and summary.actor == "token:ops"
     finally:
         await gw.stop()
 
