@@ -9,9 +9,10 @@ inserted by hand breaks the chain where it was touched (:func:`verify`). Records
 retention are removed from the front only; the store then keeps the last removed record's number
 and hash as the chain's :class:`Anchor`.
 
-What the chain cannot show: records cut from the end together with the stored head (someone who
-can write the database can also roll it back to an older copy). Copying the head hash elsewhere
-(``gb28181gw audit verify`` prints it) closes that gap.
+What the chain cannot show: the hash has no key, so someone who can write the database can re-hash
+every record after one they altered and store the new head, cut records from the end together with
+the stored head, or roll the file back to an older copy. Copying the head hash elsewhere
+(``gb28181gw audit verify`` prints it) closes those gaps.
 """
 
 from __future__ import annotations

@@ -424,3 +424,28 @@ async def test_a_key_frame_asked_for_a_joining_viewer_is_not_recorded_in_anyone_
         udp.close()
         await gw.stop()
         await finished(device)
+
+
+async def test_verify_finds_the_anchor_moved_over_records_still_there(tmp_path: Path) -> None:
+    # the anchor moved by hand onto record 2 would leave records 1 and 2 unchecked: free to alter
+    path = tmp_path / "gw.db"
+    store = SqliteStore(str(path))
+    await store.open()
+    audit = AuditService(store, Metrics())
+    for n in range(4):
+        audit.record(Action.PTZ, CH, {"n": n}, actor=GATEWAY)
+    await audit.flush()
+    second = (await store.audit_chain())[1]
+    await store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE audit_chain SET anchor_seq = 2, anchor_hash = ?", (second.hash,))
+        db.execute("""UPDATE audit SET params = '{"n": 9}' WHERE seq = 1""")
+    store = SqliteStore(str(path))
+    await store.open()
+    try:
+        report = await AuditService(store, Metrics()).verify()
+        assert [(p.seq, p.problem) for p in report.problems] == [
+            (1, "records 1 to 2 are kept behind the chain's anchor (record 2): the anchor was moved by hand")
+        ]
+    finally:
+        await store.close()

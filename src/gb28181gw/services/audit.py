@@ -237,6 +237,21 @@ class AuditService:
         await self.flush()
         anchor, head = await self.store.audit_ends()
         problems: list[ChainProblem] = []
+        first = await self.store.audit_chain(0, 1)
+        if first and first[0].seq <= anchor.seq:
+            # retention deletes what it anchors past: records left behind the anchor were put out
+            # of the check's reach, free to be altered
+            kept = (
+                f"record {anchor.seq} is"
+                if first[0].seq == anchor.seq
+                else f"records {first[0].seq} to {anchor.seq} are"
+            )
+            problems.append(
+                ChainProblem(
+                    first[0].seq,
+                    f"{kept} kept behind the chain's anchor (record {anchor.seq}): the anchor was moved by hand",
+                )
+            )
         checked, after, previous = 0, anchor.seq, anchor
         while True:
             page = await self.store.audit_chain(after, _PAGE)
