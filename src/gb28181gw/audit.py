@@ -39,6 +39,7 @@ __all__ = [
     "Result",
     "chain_hash",
     "redact",
+    "storable",
     "verify",
 ]
 
@@ -282,6 +283,17 @@ def verify(records: Iterable[AuditRecord], anchor: Anchor = Anchor(), *, head: i
     return problems
 
 
+def storable(text: str) -> str:
+    """``text`` as a store can keep it: a lone surrogate that stands for no byte a device sent
+    (``surrogateescape`` makes U+DC80 to U+DCFF; JSON's ``\\ud800`` makes any) becomes U+FFFD."""
+    if text.isascii() or not _FOREIGN_SURROGATE.search(text):
+        return text
+    return _FOREIGN_SURROGATE.sub("\ufffd", text)
+
+
+_FOREIGN_SURROGATE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
+
+
 def redact(params: Mapping[str, Any]) -> dict[str, Any]:
     """``params`` fit to keep: secrets replaced by ``***``, long values cut, at most
     :data:`MAX_PARAMS` of them, nested mappings and lists redacted the same way, and about
@@ -295,7 +307,7 @@ def _mapping(params: Mapping[str, Any], budget: list[int]) -> dict[str, Any]:
         if i >= MAX_PARAMS or budget[0] <= 0:
             out["…"] = f"{len(params) - i} more" + ("" if i >= MAX_PARAMS else " (cut: the record's limit)")
             break
-        name = str(key)[:100]
+        name = storable(str(key)[:100])
         budget[0] -= len(name)
         out[name] = REDACTED if _SECRET_KEY.search(name) else _value(value, budget)
     return out
@@ -318,7 +330,7 @@ def _value(value: Any, budget: list[int]) -> Any:
     elif value is None or isinstance(value, (bool, int, float)):
         budget[0] -= 8
         return value
-    text = str(value)
+    text = storable(str(value))
     if len(text) > MAX_VALUE:
         text = text[:MAX_VALUE] + f"… ({len(text)} characters)"
     budget[0] -= len(text)

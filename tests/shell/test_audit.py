@@ -25,7 +25,7 @@ import pytest
 from gb28181gw.access import Role
 from gb28181gw.app import Gateway
 from gb28181gw.audit import GATEWAY, Action, Actor, AuditEntry, AuditQuery, Result
-from gb28181gw.errors import DeviceError, StoreError
+from gb28181gw.errors import DeviceError, StoreError, StoreRecordError
 from gb28181gw.gb.ledger import LedgerEntry
 from gb28181gw.gb.model import Channel
 from gb28181gw.metrics import Metrics
@@ -448,4 +448,64 @@ async def test_verify_finds_the_anchor_moved_over_records_still_there(tmp_path: 
             (1, "records 1 to 2 are kept behind the chain's anchor (record 2): the anchor was moved by hand")
         ]
     finally:
+        await store.close()
+
+
+async def test_text_the_store_cannot_hold_does_not_block_the_trail(tmp_path: Path) -> None:
+    # a lone surrogate that is no device byte (JSON's "\ud800" in an admin API body) cannot be
+    # stored: retried forever, it held every later record back until they were dropped
+    path = tmp_path / "gw.db"
+    store = SqliteStore(str(path))
+    await store.open()
+    audit = AuditService(store, Metrics())
+    await audit.start()
+    try:
+        with acting(Actor.token("ops\ud800", "10.0.0.5")):
+            audit.record(
+                Action.LEDGER_EDIT, CH + "\udfff", {"name\ud800": "门\ud800", "raw": "\udcff"}, detail="x\ud800"
+            )
+        audit.record(Action.PTZ, CH, actor=GATEWAY)
+        await audit.flush()
+        assert audit.unwritten == 0
+        first, second = await audit.query(AuditQuery())
+        assert (first.entry.actor, first.entry.target, first.entry.detail) == (
+            "token:ops\ufffd",
+            CH + "\ufffd",
+            "x\ufffd",
+        )
+        assert first.entry.params == {"name\ufffd": "门\ufffd", "raw": "\udcff"}  # a device's byte is kept as it is
+        assert second.entry.action == "ptz"
+    finally:
+        await audit.stop()
+        await store.close()
+    store = SqliteStore(str(path))
+    await store.open()
+    try:
+        assert (await AuditService(store, Metrics()).verify()).ok
+    finally:
+        await store.close()
+
+
+class PickyStore(SqliteStore):
+    """A store that refuses one record (not for its text: a value of a kind it cannot hold)."""
+
+    async def append_audit(self, entries: Any) -> Any:
+        if any(e.target == "refused" for e in entries):
+            raise StoreRecordError("cannot hold it")
+        return await super().append_audit(entries)
+
+
+async def test_a_record_the_store_refuses_is_left_out_and_the_rest_written(tmp_path: Path) -> None:
+    store = PickyStore(str(tmp_path / "gw.db"))
+    await store.open()
+    audit = AuditService(store, Metrics())
+    await audit.start()
+    try:
+        for target in ("a", "refused", "b"):
+            audit.record(Action.PTZ, target, actor=GATEWAY)
+        await audit.flush()
+        assert [r.entry.target for r in await audit.query(AuditQuery())] == ["a", "b"]
+        assert audit.unwritten == 0 and audit.unstorable == 1
+    finally:
+        await audit.stop()
         await store.close()

@@ -32,9 +32,10 @@ from gb28181gw.audit import (
     ChainProblem,
     Result,
     redact,
+    storable,
     verify,
 )
-from gb28181gw.errors import RequestRefused, StoreError
+from gb28181gw.errors import RequestRefused, StoreError, StoreRecordError
 from gb28181gw.metrics import AUDIT_RECORDS, AUDIT_UNWRITTEN, Metrics
 from gb28181gw.store.base import Store
 
@@ -123,6 +124,7 @@ class AuditService:
         self._tasks: list[asyncio.Task[None]] = []
         self._writing: asyncio.Future[None] | None = None  # the batch being written
         self.dropped = 0
+        self.unstorable = 0  # records the store refused (the store itself fine): left out, logged
         self._counts = metrics.counter(AUDIT_RECORDS) if metrics else None
         if metrics is not None:
             metrics.gauge(AUDIT_UNWRITTEN, lambda: len(self._pending))
@@ -147,7 +149,14 @@ class AuditService:
         """Queue one record (never blocks); the actor is :data:`ACTOR` unless given."""
         who = actor or ACTOR.get()
         entry = AuditEntry(
-            self._clock(), who.name, who.source, action, target, redact(params or {}), result, detail[:1000]
+            self._clock(),
+            storable(who.name),
+            storable(who.source),
+            action,
+            storable(target[:1000]),
+            redact(params or {}),
+            result,
+            storable(detail[:1000]),
         )
         if len(self._pending) >= MAX_UNWRITTEN:
             self._pending.popleft()
@@ -218,12 +227,27 @@ class AuditService:
         try:
             batch = list(itertools.islice(self._pending, 1000))
             dropped = self.dropped
-            await self.store.append_audit(batch)
+            try:
+                await self.store.append_audit(batch)
+            except StoreRecordError:
+                await self._write_one_by_one(batch)
             # records dropped from a full queue meanwhile came from this batch's front (and were written)
             for _ in range(max(0, len(batch) - (self.dropped - dropped))):
                 self._pending.popleft()
         finally:
             self._writing = None
+
+    async def _write_one_by_one(self, batch: list[AuditEntry]) -> None:
+        # a record the store refuses (the store itself is fine) must not hold back every later one
+        for entry in batch:
+            try:
+                await self.store.append_audit([entry])
+            except StoreRecordError as exc:
+                self.unstorable += 1
+                log.error(
+                    "an audit record the store cannot hold was left out",
+                    extra={"action": str(entry.action), "target": entry.target, "error": str(exc)},
+                )
 
     # --- reading ------------------------------------------------------------------------
 
