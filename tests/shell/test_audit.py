@@ -509,3 +509,27 @@ async def test_a_record_the_store_refuses_is_left_out_and_the_rest_written(tmp_p
     finally:
         await audit.stop()
         await store.close()
+
+
+@pytest.mark.sipp
+async def test_a_stream_closed_by_the_gateway_names_the_gateway(tmp_path: Path) -> None:
+    # opened and left by alice; its linger ends it: the gateway's doing, not the last one to leave
+    from .test_relay_join import gateway
+
+    gw, device = await gateway(tmp_path, **{"media.workers": "0", "media.linger": "0.05"})
+    udp = await UdpConsumer.start()
+    try:
+        with acting(Actor.token("alice", "10.0.0.5")):
+            st, consumer = await gw.streams.play(CH_JOIN, transport="udp", host="127.0.0.1", port=udp.port)
+            await gw.streams.remove_consumer(st.id, consumer.id)
+        await wait_for(lambda: st.id not in gw.streams.streams)
+        entries = await recorded(gw, action="stream.")
+        assert [(e.actor, e.action, e.params.get("cause")) for e in entries] == [
+            ("token:alice", "stream.open", None),
+            ("token:alice", "stream.close", None),  # her consumer
+            ("gateway", "stream.close", "no-consumers"),
+        ]
+    finally:
+        udp.close()
+        await gw.stop()
+        await finished(device)
