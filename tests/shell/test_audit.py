@@ -533,3 +533,32 @@ async def test_a_stream_closed_by_the_gateway_names_the_gateway(tmp_path: Path) 
         udp.close()
         await gw.stop()
         await finished(device)
+
+
+class BusyStore(SqliteStore):
+    """A store during whose every write another action is recorded (a gateway under load)."""
+
+    audit: AuditService
+    writes = 0
+
+    async def append_audit(self, entries: Any) -> Any:
+        self.writes += 1
+        if self.writes < 200:
+            self.audit.record(Action.DEVICE_QUERY, CH, {"n": self.writes}, actor=Actor("superior:x"))
+        return await super().append_audit(entries)
+
+
+async def test_a_listing_waits_for_what_was_recorded_before_it_not_for_a_quiet_moment(tmp_path: Path) -> None:
+    # flush() waited for an empty queue: under a steady flow of records, GET /audit waited on and on
+    store = BusyStore(str(tmp_path / "gw.db"))
+    await store.open()
+    audit = store.audit = AuditService(store, Metrics())
+    await audit.start()
+    try:
+        audit.record(Action.PTZ, CH, actor=GATEWAY)
+        records = await audit.query(AuditQuery())
+        assert records[0].entry.action == "ptz"
+        assert store.writes < 10  # not the 200 writes it took the flow to stop
+    finally:
+        await audit.stop()
+        await store.close()

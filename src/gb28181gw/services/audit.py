@@ -119,8 +119,12 @@ class AuditService:
         self._clock = clock
         self._pending: deque[AuditEntry] = deque()
         self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        # flush() waits for the records queued before it, not for an empty queue (a busy gateway
+        # may never have one): records queued in all, and of those written, dropped or left out
+        self._queued = 0
+        self._settled = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._failing = False  # the store refused the last write: flush() does not wait for it
         self._tasks: list[asyncio.Task[None]] = []
         self._writing: asyncio.Future[None] | None = None  # the batch being written
         self.dropped = 0
@@ -161,12 +165,13 @@ class AuditService:
         if len(self._pending) >= MAX_UNWRITTEN:
             self._pending.popleft()
             self.dropped += 1
+            self._settle(1)
             if self.dropped == 1 or self.dropped % 10_000 == 0:
                 log.error("audit records dropped: the store has not taken them", extra={"dropped": self.dropped})
         self._pending.append(entry)
+        self._queued += 1
         if self._counts is not None:
             self._counts[str(action), str(result)] += 1
-        self._idle.clear()
         self._wake.set()
         return entry
 
@@ -191,11 +196,16 @@ class AuditService:
             log.error(
                 "audit records left unwritten at shutdown", extra={"records": len(self._pending), "error": str(exc)}
             )
+        finally:
+            self._release(self._queued)
 
     async def flush(self) -> None:
         """Wait until everything recorded so far is written (or the store refused it)."""
         if self._tasks:
-            await self._idle.wait()
+            if self._settled < self._queued and not self._failing:
+                waiter = asyncio.get_running_loop().create_future()
+                self._waiters.append((self._queued, waiter))
+                await waiter
         else:
             await self._write_pending()
 
@@ -206,10 +216,11 @@ class AuditService:
             self._wake.clear()
             try:
                 await self._write_pending()
-                backoff = 0.5
+                backoff, self._failing = 0.5, False
             except StoreError as exc:
+                self._failing = True
                 log.warning("audit records not written yet", extra={"records": len(self._pending), "error": str(exc)})
-                self._idle.set()  # flush() must not hang on a broken store
+                self._release(self._queued)  # flush() must not hang on a broken store
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
                 self._wake.set()
@@ -221,7 +232,6 @@ class AuditService:
             # shielded: a caller cancelled meanwhile (the writer at stop()) leaves the batch to be
             # written and taken off the queue once, not written again by the next caller
             await asyncio.shield(self._writing)
-        self._idle.set()
 
     async def _write_batch(self) -> None:
         try:
@@ -232,10 +242,26 @@ class AuditService:
             except StoreRecordError:
                 await self._write_one_by_one(batch)
             # records dropped from a full queue meanwhile came from this batch's front (and were written)
-            for _ in range(max(0, len(batch) - (self.dropped - dropped))):
+            written = max(0, len(batch) - (self.dropped - dropped))
+            for _ in range(written):
                 self._pending.popleft()
+            self._settle(written)
         finally:
             self._writing = None
+
+    def _settle(self, count: int) -> None:
+        self._settled += count
+        self._release(self._settled)
+
+    def _release(self, upto: int) -> None:
+        """Let the flushes waiting for records up to ``upto`` go on."""
+        waiting = []
+        for target, waiter in self._waiters:
+            if target > upto:
+                waiting.append((target, waiter))
+            elif not waiter.done():
+                waiter.set_result(None)
+        self._waiters = waiting
 
     async def _write_one_by_one(self, batch: list[AuditEntry]) -> None:
         # a record the store refuses (the store itself is fine) must not hold back every later one
