@@ -10,12 +10,14 @@ service-level cases after it need no SIPp.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
 import socket
 import sqlite3
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ from gb28181gw.errors import DeviceError, StoreError, StoreRecordError
 from gb28181gw.gb.ledger import LedgerEntry
 from gb28181gw.gb.model import Channel
 from gb28181gw.metrics import Metrics
-from gb28181gw.services.audit import AuditService, acting, audited
+from gb28181gw.services.audit import AuditService, ChainReport, acting, audited
 from gb28181gw.services.ledger import Edit
 from gb28181gw.store.sqlite import SqliteStore
 from tests.media import UdpConsumer, gb_ps, packetize, wait_for
@@ -209,6 +211,26 @@ async def test_a_ledger_import_is_one_record_with_counts() -> None:
         await gw.stop()
 
 
+@contextlib.asynccontextmanager
+async def trail(store: SqliteStore, *, start: bool = True) -> AsyncIterator[AuditService]:
+    """``store`` opened with an audit service on it (its writer started unless ``start`` is false)."""
+    await store.open()
+    audit = AuditService(store, Metrics())
+    if start:
+        await audit.start()
+    try:
+        yield audit
+    finally:
+        await audit.stop()  # whether started here or by the test
+        await store.close()
+
+
+async def reopened(path: Path) -> ChainReport:
+    """The chain of the store at ``path`` checked, as a restarted gateway would."""
+    async with trail(SqliteStore(str(path)), start=False) as audit:
+        return await audit.verify()
+
+
 class FlakyStore(SqliteStore):
     """A store whose audit writes fail until told otherwise."""
 
@@ -304,34 +326,26 @@ class SlowStore(SqliteStore):
 async def test_stop_while_a_batch_is_being_written_writes_it_once(tmp_path: Path) -> None:
     # the writer cancelled mid-write must not leave its batch queued for stop() to write again
     store = SlowStore(str(tmp_path / "gw.db"))
-    await store.open()
-    audit = AuditService(store, Metrics())
-    await audit.start()
-    try:
+    async with trail(store, start=False) as audit:
+        await audit.start()
         audit.record(Action.DEVICE_REMOVE, NVR, actor=GATEWAY)
         await asyncio.to_thread(store.writing.wait, 10)
         stopping = asyncio.ensure_future(audit.stop())
         await asyncio.sleep(0)
         store.go_on.set()
         await stopping
-        records = await store.audit_chain()
-        assert [r.seq for r in records] == [1]
+        assert [r.seq for r in await store.audit_chain()] == [1]
         assert audit.unwritten == 0
-    finally:
-        await store.close()
 
 
 async def test_verify_compares_the_stored_head_hash(tmp_path: Path) -> None:
     # the last record rewritten with a hash recomputed for it: only the stored head can tell
     path = tmp_path / "gw.db"
-    store = SqliteStore(str(path))
-    await store.open()
-    audit = AuditService(store, Metrics())
-    audit.record(Action.PTZ, CH, {"ptz": "left"}, actor=GATEWAY)
-    audit.record(Action.PTZ, CH, {"ptz": "right"}, actor=GATEWAY)
-    await audit.flush()
-    (first, last) = await store.audit_chain()
-    await store.close()
+    async with trail(SqliteStore(str(path)), start=False) as audit:
+        audit.record(Action.PTZ, CH, {"ptz": "left"}, actor=GATEWAY)
+        audit.record(Action.PTZ, CH, {"ptz": "right"}, actor=GATEWAY)
+        await audit.flush()
+        (first, last) = await audit.store.audit_chain()
     forged = AuditEntry(last.entry.time, last.entry.actor, "", "ptz", CH, {"ptz": "up"})
     from gb28181gw.audit import chain_hash
 
@@ -339,16 +353,9 @@ async def test_verify_compares_the_stored_head_hash(tmp_path: Path) -> None:
         db.execute(
             "UPDATE audit SET params = ?, hash = ? WHERE seq = 2", ('{"ptz": "up"}', chain_hash(first.hash, 2, forged))
         )
-    store = SqliteStore(str(path))
-    await store.open()
-    try:
-        report = await AuditService(store, Metrics()).verify()
-        assert not report.ok
-        assert [p.seq for p in report.problems] == [2]
-        assert "head" in report.problems[0].problem
-        assert report.head_hash == last.hash  # the head as stored, not as the records now say
-    finally:
-        await store.close()
+    report = await reopened(path)
+    assert [p.seq for p in report.problems] == [2] and "head" in report.problems[0].problem
+    assert report.head_hash == last.hash  # the head as stored, not as the records now say
 
 
 def test_csv_cells_that_a_spreadsheet_would_run_are_escaped(capsys: pytest.CaptureFixture[str]) -> None:
@@ -429,37 +436,25 @@ async def test_a_key_frame_asked_for_a_joining_viewer_is_not_recorded_in_anyone_
 async def test_verify_finds_the_anchor_moved_over_records_still_there(tmp_path: Path) -> None:
     # the anchor moved by hand onto record 2 would leave records 1 and 2 unchecked: free to alter
     path = tmp_path / "gw.db"
-    store = SqliteStore(str(path))
-    await store.open()
-    audit = AuditService(store, Metrics())
-    for n in range(4):
-        audit.record(Action.PTZ, CH, {"n": n}, actor=GATEWAY)
-    await audit.flush()
-    second = (await store.audit_chain())[1]
-    await store.close()
+    async with trail(SqliteStore(str(path)), start=False) as audit:
+        for n in range(4):
+            audit.record(Action.PTZ, CH, {"n": n}, actor=GATEWAY)
+        await audit.flush()
+        second = (await audit.store.audit_chain())[1]
     with sqlite3.connect(path) as db:
         db.execute("UPDATE audit_chain SET anchor_seq = 2, anchor_hash = ?", (second.hash,))
         db.execute("""UPDATE audit SET params = '{"n": 9}' WHERE seq = 1""")
-    store = SqliteStore(str(path))
-    await store.open()
-    try:
-        report = await AuditService(store, Metrics()).verify()
-        assert [(p.seq, p.problem) for p in report.problems] == [
-            (1, "records 1 to 2 are kept behind the chain's anchor (record 2): the anchor was moved by hand")
-        ]
-    finally:
-        await store.close()
+    report = await reopened(path)
+    assert [(p.seq, p.problem) for p in report.problems] == [
+        (1, "records 1 to 2 are kept behind the chain's anchor (record 2): the anchor was moved by hand")
+    ]
 
 
 async def test_text_the_store_cannot_hold_does_not_block_the_trail(tmp_path: Path) -> None:
     # a lone surrogate that is no device byte (JSON's "\ud800" in an admin API body) cannot be
     # stored: retried forever, it held every later record back until they were dropped
     path = tmp_path / "gw.db"
-    store = SqliteStore(str(path))
-    await store.open()
-    audit = AuditService(store, Metrics())
-    await audit.start()
-    try:
+    async with trail(SqliteStore(str(path))) as audit:
         with acting(Actor.token("ops\ud800", "10.0.0.5")):
             audit.record(
                 Action.LEDGER_EDIT, CH + "\udfff", {"name\ud800": "门\ud800", "raw": "\udcff"}, detail="x\ud800"
@@ -475,15 +470,7 @@ async def test_text_the_store_cannot_hold_does_not_block_the_trail(tmp_path: Pat
         )
         assert first.entry.params == {"name\ufffd": "门\ufffd", "raw": "\udcff"}  # a device's byte is kept as it is
         assert second.entry.action == "ptz"
-    finally:
-        await audit.stop()
-        await store.close()
-    store = SqliteStore(str(path))
-    await store.open()
-    try:
-        assert (await AuditService(store, Metrics()).verify()).ok
-    finally:
-        await store.close()
+    assert (await reopened(path)).ok
 
 
 class PickyStore(SqliteStore):
@@ -496,19 +483,12 @@ class PickyStore(SqliteStore):
 
 
 async def test_a_record_the_store_refuses_is_left_out_and_the_rest_written(tmp_path: Path) -> None:
-    store = PickyStore(str(tmp_path / "gw.db"))
-    await store.open()
-    audit = AuditService(store, Metrics())
-    await audit.start()
-    try:
+    async with trail(PickyStore(str(tmp_path / "gw.db"))) as audit:
         for target in ("a", "refused", "b"):
             audit.record(Action.PTZ, target, actor=GATEWAY)
         await audit.flush()
         assert [r.entry.target for r in await audit.query(AuditQuery())] == ["a", "b"]
         assert audit.unwritten == 0 and audit.unstorable == 1
-    finally:
-        await audit.stop()
-        await store.close()
 
 
 @pytest.mark.sipp
@@ -551,14 +531,10 @@ class BusyStore(SqliteStore):
 async def test_a_listing_waits_for_what_was_recorded_before_it_not_for_a_quiet_moment(tmp_path: Path) -> None:
     # flush() waited for an empty queue: under a steady flow of records, GET /audit waited on and on
     store = BusyStore(str(tmp_path / "gw.db"))
-    await store.open()
-    audit = store.audit = AuditService(store, Metrics())
-    await audit.start()
-    try:
+    async with trail(store, start=False) as audit:
+        store.audit = audit
+        await audit.start()
         audit.record(Action.PTZ, CH, actor=GATEWAY)
         records = await audit.query(AuditQuery())
         assert records[0].entry.action == "ptz"
         assert store.writes < 10  # not the 200 writes it took the flow to stop
-    finally:
-        await audit.stop()
-        await store.close()
