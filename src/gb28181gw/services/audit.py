@@ -126,7 +126,8 @@ class AuditService:
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._failing = False  # the store refused the last write: flush() does not wait for it
         self._tasks: list[asyncio.Task[None]] = []
-        self._writing: asyncio.Future[None] | None = None  # the batch being written
+        self._writing = False  # the writer is waiting for the store to take a batch
+        self._stopping = False
         self.dropped = 0
         self.unstorable = 0  # records the store refused (the store itself fine): left out, logged
         self._counts = metrics.counter(AUDIT_RECORDS) if metrics else None
@@ -184,8 +185,13 @@ class AuditService:
 
     async def stop(self) -> None:
         """Write what is queued (as far as the store takes it) and stop."""
+        self._stopping = True
+        self._wake.set()
         for task in self._tasks:
-            task.cancel()
+            # a writer in the middle of a batch finishes it and the rest, then ends by itself:
+            # cancelled, its batch would stay queued though the store has it
+            if task.get_name() != "audit-writer" or not self._writing:
+                task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -219,35 +225,33 @@ class AuditService:
                 backoff, self._failing = 0.5, False
             except StoreError as exc:
                 self._failing = True
+                if self._stopping:
+                    return
                 log.warning("audit records not written yet", extra={"records": len(self._pending), "error": str(exc)})
                 self._release(self._queued)  # flush() must not hang on a broken store
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
                 self._wake.set()
+            if self._stopping:
+                return
 
     async def _write_pending(self) -> None:
-        while self._pending or self._writing is not None:
-            if self._writing is None:
-                self._writing = asyncio.ensure_future(self._write_batch())
-            # shielded: a caller cancelled meanwhile (the writer at stop()) leaves the batch to be
-            # written and taken off the queue once, not written again by the next caller
-            await asyncio.shield(self._writing)
-
-    async def _write_batch(self) -> None:
-        try:
+        while self._pending:
             batch = list(itertools.islice(self._pending, 1000))
             dropped = self.dropped
+            self._writing = True  # stop() does not cancel the writer now: the batch would be written twice
             try:
-                await self.store.append_audit(batch)
-            except StoreRecordError:
-                await self._write_one_by_one(batch)
+                try:
+                    await self.store.append_audit(batch)
+                except StoreRecordError:
+                    await self._write_one_by_one(batch)
+            finally:
+                self._writing = False
             # records dropped from a full queue meanwhile came from this batch's front (and were written)
             written = max(0, len(batch) - (self.dropped - dropped))
             for _ in range(written):
                 self._pending.popleft()
             self._settle(written)
-        finally:
-            self._writing = None
 
     def _settle(self, count: int) -> None:
         self._settled += count
