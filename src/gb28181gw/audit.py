@@ -9,15 +9,17 @@ inserted by hand breaks the chain where it was touched (:func:`verify`). Records
 retention are removed from the front only; the store then keeps the last removed record's number
 and hash as the chain's :class:`Anchor`.
 
-What the chain cannot show: records cut from the end together with the stored head (someone who
-can write the database can also roll it back to an older copy). Copying the head hash elsewhere
-(``gb28181gw audit verify`` prints it) closes that gap.
+What the chain cannot show: the hash has no key, so someone who can write the database can re-hash
+every record after one they altered and store the new head, cut records from the end together with
+the stored head, or roll the file back to an older copy. Copying the head hash elsewhere
+(``gb28181gw audit verify`` prints it) closes those gaps.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ from typing import Any
 
 __all__ = [
     "GENESIS",
+    "MAX_TOTAL",
     "Action",
     "Actor",
     "Anchor",
@@ -36,6 +39,7 @@ __all__ = [
     "Result",
     "chain_hash",
     "redact",
+    "storable",
     "verify",
 ]
 
@@ -47,6 +51,8 @@ REDACTED = "***"
 #: Longest text kept of one parameter value, and most parameters kept of one entry.
 MAX_VALUE = 500
 MAX_PARAMS = 50
+#: About the most characters kept of one entry's parameters in all.
+MAX_TOTAL = 20_000
 
 
 class Action(StrEnum):
@@ -272,30 +278,60 @@ def verify(records: Iterable[AuditRecord], anchor: Anchor = Anchor(), *, head: i
             problems.append(ChainProblem(r.seq, f"record {r.seq} does not match its hash: altered"))
         previous, expected = r.hash, r.seq + 1
     if head is not None and head >= expected:
-        problems.append(ChainProblem(expected, f"records {expected} to {head} missing from the end"))
+        missing = f"record {expected}" if head == expected else f"records {expected} to {head}"
+        problems.append(ChainProblem(expected, f"{missing} missing from the end"))
     return problems
+
+
+def storable(text: str) -> str:
+    """``text`` as a store can keep it: a lone surrogate that stands for no byte a device sent
+    (``surrogateescape`` makes U+DC80 to U+DCFF; JSON's ``\\ud800`` makes any) becomes U+FFFD."""
+    if text.isascii() or not _FOREIGN_SURROGATE.search(text):
+        return text
+    return _FOREIGN_SURROGATE.sub("\ufffd", text)
+
+
+_FOREIGN_SURROGATE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
 
 
 def redact(params: Mapping[str, Any]) -> dict[str, Any]:
     """``params`` fit to keep: secrets replaced by ``***``, long values cut, at most
-    :data:`MAX_PARAMS` of them, nested mappings and lists redacted the same way."""
+    :data:`MAX_PARAMS` of them, nested mappings and lists redacted the same way, and about
+    :data:`MAX_TOTAL` characters in all (nesting would otherwise multiply the other bounds)."""
+    return _mapping(params, [MAX_TOTAL])
+
+
+def _mapping(params: Mapping[str, Any], budget: list[int]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for i, (key, value) in enumerate(params.items()):
-        if i >= MAX_PARAMS:
-            out["…"] = f"{len(params) - MAX_PARAMS} more"
+        if i >= MAX_PARAMS or budget[0] <= 0:
+            out["…"] = f"{len(params) - i} more" + ("" if i >= MAX_PARAMS else " (cut: the record's limit)")
             break
-        out[str(key)[:100]] = REDACTED if _SECRET_KEY.search(str(key)) else _value(value)
+        name = storable(str(key)[:100])
+        budget[0] -= len(name)
+        out[name] = REDACTED if _SECRET_KEY.search(name) else _value(value, budget)
     return out
 
 
-def _value(value: Any) -> Any:
+def _value(value: Any, budget: list[int]) -> Any:
     if isinstance(value, Mapping):
-        return redact(value)
+        return _mapping(value, budget)
     if isinstance(value, (list, tuple, set, frozenset)):
         items = list(value)
-        kept = [_value(v) for v in items[:MAX_PARAMS]]
-        return kept + [f"… {len(items) - MAX_PARAMS} more"] if len(items) > MAX_PARAMS else kept
-    if value is None or isinstance(value, (bool, int, float)):
+        kept = []
+        for i, v in enumerate(items):
+            if i >= MAX_PARAMS or budget[0] <= 0:
+                kept.append(f"… {len(items) - i} more" + ("" if i >= MAX_PARAMS else " (cut: the record's limit)"))
+                break
+            kept.append(_value(v, budget))
+        return kept
+    if isinstance(value, float) and not math.isfinite(value):
+        value = str(value)  # JSON has no NaN or infinity: an answer holding them is not JSON
+    elif value is None or isinstance(value, (bool, int, float)):
+        budget[0] -= 8
         return value
-    text = str(value)
-    return text if len(text) <= MAX_VALUE else text[:MAX_VALUE] + f"… ({len(text)} characters)"
+    text = storable(str(value))
+    if len(text) > MAX_VALUE:
+        text = text[:MAX_VALUE] + f"… ({len(text)} characters)"
+    budget[0] -= len(text)
+    return text

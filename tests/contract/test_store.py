@@ -564,7 +564,7 @@ async def test_audit_records_are_numbered_chained_and_survive_reopen(factory: Ca
         assert stored == first + second
         assert verify(stored) == []
         assert stored[0].entry.params == {"command": "左转", "speed": 5}
-        assert await s.audit_ends() == (Anchor(), 3)
+        assert await s.audit_ends() == (Anchor(), Anchor(3, stored[-1].hash))
     finally:
         await s.close()
 
@@ -601,7 +601,7 @@ async def test_audit_retention_removes_from_the_front_and_keeps_the_chain_checka
     assert await store.prune_audit(before=1003.0) == 2  # records at 1001, 1002
     anchor, head = await store.audit_ends()
     remaining = await store.audit_chain()
-    assert anchor.seq == 2 and head == 5 and [r.seq for r in remaining] == [3, 4, 5]
+    assert anchor.seq == 2 and head == Anchor(5, remaining[-1].hash) and [r.seq for r in remaining] == [3, 4, 5]
     assert verify(remaining, anchor) == []
     assert await store.prune_audit(before=0.0) == 0
     await store.append_audit([_entry(6)])

@@ -3,11 +3,14 @@ the listing's filters (gb28181gw.audit, issue 15 item 2)."""
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import replace
 from typing import Any
 
 from gb28181gw.audit import (
     GENESIS,
+    MAX_TOTAL,
     REDACTED,
     Action,
     Anchor,
@@ -144,6 +147,19 @@ class TestRedact:
         kept = redact({"a": "x" * 10_000, **{f"k{i}": i for i in range(100)}})
         assert len(kept["a"]) < 600 and "10000 characters" in kept["a"]
         assert len(kept) == 51 and kept["…"] == "51 more"
+
+    def test_nested_values_are_bounded_in_total(self) -> None:
+        # 50 lists of 50 lists of 50 long texts are 62 MB: one record must not hold that
+        nested = {"rows": [[["y" * 500] * 50] * 50] * 50, "more": "z" * 400}
+        kept = redact(nested)
+        assert len(json.dumps(kept)) <= MAX_TOTAL + 1000
+        assert kept["…"] == "1 more (cut: the record's limit)"  # what did not fit is named
+        assert redact({"small": "z" * 400}) == {"small": "z" * 400}
+
+    def test_values_json_cannot_carry_are_kept_as_text(self) -> None:
+        kept = redact({"nan": math.nan, "inf": -math.inf, "ok": 1.5, "none": None})
+        assert kept == {"nan": "nan", "inf": "-inf", "ok": 1.5, "none": None}
+        json.dumps(kept, allow_nan=False)
 
 
 class TestQuery:

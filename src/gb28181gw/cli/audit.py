@@ -126,7 +126,18 @@ def _write_csv(records: list[dict[str, Any]]) -> None:
     for r in records:
         stamp = _dt.datetime.fromtimestamp(r["time"], display_zone()).isoformat()
         params = json.dumps(r["params"], ensure_ascii=False, sort_keys=True)
-        out.writerow([r["seq"], stamp, r["actor"], r["source"], r["action"], r["target"], r["result"], params, r["detail"], r["hash"]])  # fmt: skip
+        text = [_cell(r[k]) for k in ("actor", "source", "action", "target", "result")]
+        out.writerow([r["seq"], stamp, *text, params, _cell(r["detail"]), r["hash"]])
+
+
+#: What a spreadsheet takes for the start of a formula. Targets, details and names can come from
+#: devices and superiors: a cell such as =HYPERLINK(...) would run when the export is opened.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(text: str) -> str:
+    """``text`` for a CSV cell: a leading ' keeps a spreadsheet from reading it as a formula."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 @audit.command("verify")
@@ -138,7 +149,9 @@ def verify(admin: str, as_json: bool) -> None:
     Prints the head (the last record's number and hash): copy it elsewhere, so that a later check
     can tell the database was not rolled back to an older copy.
     """
-    report = request(admin, "GET", "/audit/verify")
+    # a year of records takes a while to hash (about 20 s a million): the query timeout would
+    # end a check that is going well, with the same exit status as a broken chain
+    report = request(admin, "GET", "/audit/verify", timeout=None)
     if as_json:
         print_json(report)
     else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import deque
@@ -31,9 +32,10 @@ from gb28181gw.audit import (
     ChainProblem,
     Result,
     redact,
+    storable,
     verify,
 )
-from gb28181gw.errors import RequestRefused, StoreError
+from gb28181gw.errors import RequestRefused, StoreError, StoreRecordError
 from gb28181gw.metrics import AUDIT_RECORDS, AUDIT_UNWRITTEN, Metrics
 from gb28181gw.store.base import Store
 
@@ -69,7 +71,8 @@ class ChainReport:
     Attributes:
         records: how many records were checked.
         anchor: where the stored chain starts (records before it were removed by retention).
-        head: the last record's number and hash as stored: copy them elsewhere to detect a rollback.
+        head_seq, head_hash: the last record's number and hash as the gateway stored them when it
+            wrote it: copy them elsewhere to detect a rollback.
         problems: every break found, empty if the chain is whole.
     """
 
@@ -116,10 +119,17 @@ class AuditService:
         self._clock = clock
         self._pending: deque[AuditEntry] = deque()
         self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        # flush() waits for the records queued before it, not for an empty queue (a busy gateway
+        # may never have one): records queued in all, and of those written, dropped or left out
+        self._queued = 0
+        self._settled = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._failing = False  # the store refused the last write: flush() does not wait for it
         self._tasks: list[asyncio.Task[None]] = []
+        self._writing = False  # the writer is waiting for the store to take a batch
+        self._stopping = False
         self.dropped = 0
+        self.unstorable = 0  # records the store refused (the store itself fine): left out, logged
         self._counts = metrics.counter(AUDIT_RECORDS) if metrics else None
         if metrics is not None:
             metrics.gauge(AUDIT_UNWRITTEN, lambda: len(self._pending))
@@ -144,17 +154,25 @@ class AuditService:
         """Queue one record (never blocks); the actor is :data:`ACTOR` unless given."""
         who = actor or ACTOR.get()
         entry = AuditEntry(
-            self._clock(), who.name, who.source, action, target, redact(params or {}), result, detail[:1000]
+            self._clock(),
+            storable(who.name),
+            storable(who.source),
+            action,
+            storable(target[:1000]),
+            redact(params or {}),
+            result,
+            storable(detail[:1000]),
         )
         if len(self._pending) >= MAX_UNWRITTEN:
             self._pending.popleft()
             self.dropped += 1
+            self._settle(1)
             if self.dropped == 1 or self.dropped % 10_000 == 0:
                 log.error("audit records dropped: the store has not taken them", extra={"dropped": self.dropped})
         self._pending.append(entry)
+        self._queued += 1
         if self._counts is not None:
             self._counts[str(action), str(result)] += 1
-        self._idle.clear()
         self._wake.set()
         return entry
 
@@ -167,8 +185,13 @@ class AuditService:
 
     async def stop(self) -> None:
         """Write what is queued (as far as the store takes it) and stop."""
+        self._stopping = True
+        self._wake.set()
         for task in self._tasks:
-            task.cancel()
+            # a writer in the middle of a batch finishes it and the rest, then ends by itself:
+            # cancelled, its batch would stay queued though the store has it
+            if task.get_name() != "audit-writer" or not self._writing:
+                task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -179,11 +202,16 @@ class AuditService:
             log.error(
                 "audit records left unwritten at shutdown", extra={"records": len(self._pending), "error": str(exc)}
             )
+        finally:
+            self._release(self._queued)
 
     async def flush(self) -> None:
         """Wait until everything recorded so far is written (or the store refused it)."""
         if self._tasks:
-            await self._idle.wait()
+            if self._settled < self._queued and not self._failing:
+                waiter = asyncio.get_running_loop().create_future()
+                self._waiters.append((self._queued, waiter))
+                await waiter
         else:
             await self._write_pending()
 
@@ -194,21 +222,62 @@ class AuditService:
             self._wake.clear()
             try:
                 await self._write_pending()
-                backoff = 0.5
+                backoff, self._failing = 0.5, False
             except StoreError as exc:
+                self._failing = True
+                if self._stopping:
+                    return
                 log.warning("audit records not written yet", extra={"records": len(self._pending), "error": str(exc)})
-                self._idle.set()  # flush() must not hang on a broken store
+                self._release(self._queued)  # flush() must not hang on a broken store
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
                 self._wake.set()
+            if self._stopping:
+                return
 
     async def _write_pending(self) -> None:
         while self._pending:
-            batch = list(self._pending)[:1000]
-            await self.store.append_audit(batch)
-            for _ in batch:
+            batch = list(itertools.islice(self._pending, 1000))
+            dropped = self.dropped
+            self._writing = True  # stop() does not cancel the writer now: the batch would be written twice
+            try:
+                try:
+                    await self.store.append_audit(batch)
+                except StoreRecordError:
+                    await self._write_one_by_one(batch)
+            finally:
+                self._writing = False
+            # records dropped from a full queue meanwhile came from this batch's front (and were written)
+            written = max(0, len(batch) - (self.dropped - dropped))
+            for _ in range(written):
                 self._pending.popleft()
-        self._idle.set()
+            self._settle(written)
+
+    def _settle(self, count: int) -> None:
+        self._settled += count
+        self._release(self._settled)
+
+    def _release(self, upto: int) -> None:
+        """Let the flushes waiting for records up to ``upto`` go on."""
+        waiting = []
+        for target, waiter in self._waiters:
+            if target > upto:
+                waiting.append((target, waiter))
+            elif not waiter.done():
+                waiter.set_result(None)
+        self._waiters = waiting
+
+    async def _write_one_by_one(self, batch: list[AuditEntry]) -> None:
+        # a record the store refuses (the store itself is fine) must not hold back every later one
+        for entry in batch:
+            try:
+                await self.store.append_audit([entry])
+            except StoreRecordError as exc:
+                self.unstorable += 1
+                log.error(
+                    "an audit record the store cannot hold was left out",
+                    extra={"action": str(entry.action), "target": entry.target, "error": str(exc)},
+                )
 
     # --- reading ------------------------------------------------------------------------
 
@@ -222,8 +291,22 @@ class AuditService:
         await self.flush()
         anchor, head = await self.store.audit_ends()
         problems: list[ChainProblem] = []
+        first = await self.store.audit_chain(0, 1)
+        if first and first[0].seq <= anchor.seq:
+            # retention deletes what it anchors past: records left behind the anchor were put out
+            # of the check's reach, free to be altered
+            kept = (
+                f"record {anchor.seq} is"
+                if first[0].seq == anchor.seq
+                else f"records {first[0].seq} to {anchor.seq} are"
+            )
+            problems.append(
+                ChainProblem(
+                    first[0].seq,
+                    f"{kept} kept behind the chain's anchor (record {anchor.seq}): the anchor was moved by hand",
+                )
+            )
         checked, after, previous = 0, anchor.seq, anchor
-        last_hash = anchor.hash
         while True:
             page = await self.store.audit_chain(after, _PAGE)
             if not page:
@@ -231,13 +314,20 @@ class AuditService:
             problems += verify(page, previous)
             checked += len(page)
             after = page[-1].seq
-            last_hash = page[-1].hash
             previous = Anchor(page[-1].seq, page[-1].hash)
-        if head > after:
-            problems.append(ChainProblem(after + 1, f"records {after + 1} to {head} missing from the end"))
-        elif head < after:
-            problems.append(ChainProblem(head + 1, f"records {head + 1} to {after} were added outside the gateway"))
-        return ChainReport(checked, anchor, head, last_hash, problems)
+        if head.seq > after:
+            missing = f"record {after + 1}" if head.seq == after + 1 else f"records {after + 1} to {head.seq}"
+            problems.append(ChainProblem(after + 1, f"{missing} missing from the end"))
+        elif head.seq < after:
+            added = f"record {head.seq + 1} was" if after == head.seq + 1 else f"records {head.seq + 1} to {after} were"
+            problems.append(ChainProblem(head.seq + 1, f"{added} added outside the gateway"))
+        elif previous.hash != head.hash:
+            # the records agree with each other but not with the head the gateway wrote: they were
+            # rewritten and re-hashed by hand (or the head was edited)
+            problems.append(
+                ChainProblem(head.seq, f"record {head.seq} does not match the stored head's hash: rewritten")
+            )
+        return ChainReport(checked, anchor, head.seq, head.hash, problems)
 
     # --- retention ----------------------------------------------------------------------
 

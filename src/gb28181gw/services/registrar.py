@@ -635,6 +635,8 @@ class RegistrarService:
         pruned = self.stale(older_than, provisioned=provisioned)
         for device in pruned:
             await self._remove(device.device_id)
+            # one record each: `audit --target ID` finds the removal (the summary can name only so many)
+            self._audit(Action.DEVICE_REMOVE, device.device_id, {"pruned": True})
         if pruned:
             log.info("devices pruned", extra={"devices": len(pruned), "older_than": older_than})
         asked = {"older_than": older_than, "provisioned": provisioned}

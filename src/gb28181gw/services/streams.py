@@ -122,7 +122,7 @@ from gb28181gw.sip.message import make_response
 from gb28181gw.sip.peer import Peer
 from gb28181gw.sip.transaction import render_digraph
 
-from .audit import AuditService, audited, result_of
+from .audit import AuditService, acting, audited, result_of
 from .devices import DeviceError, DeviceService
 from .registrar import RegistrarService
 
@@ -1431,6 +1431,12 @@ class StreamService:
             self._close(st, f"device offline: {reason}", "device-offline")
 
     def _on_event(self, event: RelayEvent) -> None:
+        # what the relay saw is the gateway's to act on: its sockets' callbacks run in the context
+        # of the request that opened the stream, which must not sign what follows from them
+        with acting(GATEWAY):
+            self._relay_event(event)
+
+    def _relay_event(self, event: RelayEvent) -> None:
         if isinstance(event, WorkerLost):
             for lost in [st for st in self.streams.values() if st.relay.index == event.worker]:
                 self._close(lost, f"relay worker {event.worker} is gone", "worker-lost")
@@ -1459,7 +1465,10 @@ class StreamService:
 
     async def _ask_keyframe(self, st: Stream) -> None:
         try:
-            await self.devices.command(st.channel_id, "IFameCmd", "Send", wait=False)
+            # the gateway's upkeep (not recorded), though the viewer whose join set it off is the
+            # context this task was started in
+            with acting(GATEWAY):
+                await self.devices.command(st.channel_id, "IFameCmd", "Send", wait=False)
         except DeviceError as exc:
             log.info("key frame request failed", extra={"stream": st.id, "reason": str(exc)})
         else:

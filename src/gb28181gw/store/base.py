@@ -127,9 +127,9 @@ class Store(Protocol):
     async def audit_chain(self, after: int = 0, limit: int = 10_000) -> list[AuditRecord]:
         """Up to ``limit`` records numbered above ``after``, in order: the chain read page by page."""
 
-    async def audit_ends(self) -> tuple[Anchor, int]:
-        """Where the stored chain starts (the last record retention removed) and the number of
-        the last record written."""
+    async def audit_ends(self) -> tuple[Anchor, Anchor]:
+        """Where the stored chain starts (the last record retention removed) and ends (the number
+        and hash of the last record written)."""
 
     async def prune_audit(self, before: float) -> int:
         """Remove the records older than ``before`` (epoch seconds) from the front of the chain,

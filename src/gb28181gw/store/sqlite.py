@@ -710,12 +710,11 @@ class SqliteStore:
         sql = f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?"
         return await self._run(lambda: [self._audit(r) for r in self._db().execute(sql, (after, limit))])
 
-    async def audit_ends(self) -> tuple[Anchor, int]:
-        def ends() -> tuple[Anchor, int]:
-            row = (
-                self._db().execute("SELECT anchor_seq, anchor_hash, head_seq FROM audit_chain WHERE id = 1").fetchone()
-            )
-            return Anchor(row[0], row[1]), row[2]
+    async def audit_ends(self) -> tuple[Anchor, Anchor]:
+        def ends() -> tuple[Anchor, Anchor]:
+            sql = "SELECT anchor_seq, anchor_hash, head_seq, head_hash FROM audit_chain WHERE id = 1"
+            row = self._db().execute(sql).fetchone()
+            return Anchor(row[0], row[1]), Anchor(row[2], row[3])
 
         return await self._run(ends)
 
