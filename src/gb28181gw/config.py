@@ -60,6 +60,10 @@ def _at_least(n: int) -> Callable[[int], str | None]:
     return lambda v: None if v >= n else f"must be at least {n}"
 
 
+def _between(low: int, high: int) -> Callable[[int], str | None]:
+    return lambda v: None if low <= v <= high else f"must be from {low} to {high}"
+
+
 def _addresses(v: list[str]) -> str | None:
     if not v:
         return "needs at least one address"
@@ -426,7 +430,9 @@ class AdminSection:
 class AuditSection:
     """The audit trail of every action that changes something or reaches a camera."""
 
-    retention_days: int = _opt(366, "days audit records are kept (the rules ask for at least a year)", _at_least(1))
+    retention_days: int = _opt(
+        366, "days audit records are kept (the rules ask for at least a year)", _between(1, 36_500)
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -433,7 +433,9 @@ class AccessDenied(RequestRefused):
         status: 401 (no token, or one that is malformed, unknown or revoked) or 403 (a valid
             token whose role may not do this).
         reason: a stable word for the metric: ``missing``, ``malformed``, ``unknown``, ``revoked``,
-            ``query-string`` (a token sent in the URL), ``role``.
+            ``query-string`` (a token sent in the URL), ``proxied`` (no token, and the request came
+            through a proxy: the loopback exemption is for local callers), ``cross-site`` (no token,
+            and a browser says another site sent it), ``role``.
     """
 
     UNAUTHENTICATED = 401

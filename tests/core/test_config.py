@@ -136,6 +136,9 @@ def test_lists_from_environment() -> None:
         ({"GB28181GW_ADMIN_ENABLED": "maybe"}, "admin.enabled", "true or false"),
         ({"GB28181GW_SIP_NOPE": "1"}, "sip.nope", "unknown setting"),
         ({"GB28181GW_NOPE_X": "1"}, "GB28181GW_NOPE_X", "unknown setting"),
+        ({"GB28181GW_AUDIT_RETENTION_DAYS": "0"}, "audit.retention_days", "from 1 to 36500"),
+        # past a hundred years the pruning cut-off falls before year 1 and the gateway would crash at its first pass
+        ({"GB28181GW_AUDIT_RETENTION_DAYS": "1000000000"}, "audit.retention_days", "from 1 to 36500"),
     ],
 )
 def test_bad_values_name_the_key(env: dict[str, str], key: str, fragment: str) -> None:

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -24,9 +25,10 @@ import pytest
 
 from gb28181gw.access import Role, new_secret
 from gb28181gw.app import STARTUP_FAILURE, Gateway
-from gb28181gw.audit import Action, AuditQuery
+from gb28181gw.audit import Action, AuditQuery, Result
 from gb28181gw.config import Concern, config_warnings, load_config
 from gb28181gw.errors import ConfigError
+from tests.helpers import ROOT
 from tests.process import free_port, serve, wait_ready
 from tests.shell.conftest import start_gateway
 
@@ -211,8 +213,20 @@ async def test_tokens_are_made_listed_and_revoked_through_the_api(
     # the changes are audited, by whom, without the secret
     records = await gw.audit.query(AuditQuery(action="token.", limit=100))
     mine = [r.entry for r in records if r.entry.target == "grafana"]
-    assert [e.action for e in mine] == [Action.TOKEN_CREATE, Action.TOKEN_REVOKE]
-    assert all(e.actor == "token:t-admin" and e.params == {"name": "grafana", "role": "viewer"} for e in mine)
+    assert [(e.action, e.result) for e in mine] == [
+        (Action.TOKEN_CREATE, Result.OK),
+        (Action.TOKEN_CREATE, Result.REFUSED),  # the name taken: refused changes are recorded too
+        (Action.TOKEN_REVOKE, Result.OK),
+    ]
+    assert all(e.actor == "token:t-admin" for e in mine)
+    assert [e.params for e in mine] == [
+        {"name": "grafana", "role": "viewer"},
+        {"name": "grafana", "role": "admin"},
+        {"name": "grafana", "role": "viewer"},
+    ]
+    assert "exists already" in mine[1].detail
+    (probe,) = [r.entry for r in records if r.entry.target == "nobody"]
+    assert probe.action == Action.TOKEN_REVOKE and probe.result == Result.REFUSED
     assert made["token"] not in json.dumps([r.as_dict() for r in records])
 
 
@@ -546,3 +560,26 @@ async def test_a_web_pages_request_is_not_taken_for_a_local_caller() -> None:
         assert refused(gw)[("401", "cross-site")] == 2
     finally:
         await gw.stop()
+
+
+def healthcheck(port: int) -> int:
+    """Run the Dockerfile's HEALTHCHECK command (through a shell, as Docker does) against ``port``."""
+    line = next(t for t in (ROOT / "Dockerfile").read_text().splitlines() if t.startswith("HEALTHCHECK "))
+    command = line.split(" CMD ", 1)[1].replace("127.0.0.1:8028", f"127.0.0.1:{port}")
+    assert command.startswith("python ")
+    command = shlex.quote(sys.executable) + command.removeprefix("python")
+    return subprocess.run(["sh", "-c", command], capture_output=True, timeout=30).returncode
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+async def test_the_docker_health_check_passes_over_http_and_https_and_fails_on_nothing(tmp_path: Path) -> None:
+    # with admin.tls_cert the port speaks only TLS: a check asking plain HTTP would call a healthy gateway dead
+    cert, key = self_signed(tmp_path)
+    for settings in ({}, {"admin.tls_cert": str(cert), "admin.tls_key": str(key)}):
+        gw = await start_gateway(**settings)
+        try:
+            assert gw.admin is not None
+            assert await asyncio.to_thread(healthcheck, gw.admin.port) == 0, settings
+        finally:
+            await gw.stop()
+    assert await asyncio.to_thread(healthcheck, free_port()) == 1

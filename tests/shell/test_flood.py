@@ -20,6 +20,7 @@ from benchmarks.bench_flood import DEVICE_HOSTS, flood_datagram
 from benchmarks.bench_register import PASSWORD, Devices, storm
 
 from gb28181gw.app import Gateway
+from gb28181gw.audit import AuditQuery, Result
 from gb28181gw.gb.model import DeviceState
 from gb28181gw.sip.flood import FloodKind
 from tests.shell.conftest import start_gateway
@@ -161,6 +162,12 @@ async def test_an_operator_sees_a_flood_ban_and_lifts_it() -> None:
             await until(lambda: gw.flood is not None and gw.flood.banned_count == 0, "the ban is lifted")
             async with http.delete(f"{base}/bans/flood:127.0.0.4") as resp:
                 assert resp.status == 404
+        # who let a flooding address back in is in the trail, and so is the lift of no ban
+        lifts = await gw.audit.query(AuditQuery(action="device.unban", target="flood:127.0.0.4", limit=10))
+        assert [(r.entry.actor, r.entry.result) for r in lifts] == [
+            ("local", Result.OK),
+            ("local", Result.REFUSED),
+        ]
     finally:
         await gw.stop()
 

@@ -634,6 +634,15 @@ def add_housekeeping_routes(
         key = request.match_info["key"]
         if key.startswith(FLOOD_KEY):
             lifted = flood.lift(key.removeprefix(FLOOD_KEY)) if flood is not None else None
+            # recorded like the registrar's bans: who let a flooding address back in is worth knowing
+            if registrar.audit is not None:
+                registrar.audit.record(
+                    Action.DEVICE_UNBAN,
+                    key,
+                    {"ban": key, "reason": "lifted by operator"},
+                    result=Result.OK if lifted is not None else Result.REFUSED,
+                    detail="" if lifted is not None else f"no ban {key}",
+                )
             if lifted is None:
                 return error_response(404, f"no ban {key}", "see `gb28181gw bans` for the keys of the active bans")
             return json_response({"lifted": [lifted.as_dict(asyncio.get_running_loop().time()) | {"key": key}]})

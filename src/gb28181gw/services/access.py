@@ -18,7 +18,7 @@ from typing import Any
 
 from gb28181gw.access import Role, Token, check_name, digest_of, new_secret, parse_authorization, same_digest
 from gb28181gw.audit import Action, Result
-from gb28181gw.errors import AccessDenied, TokenError
+from gb28181gw.errors import AccessDenied, StoreError, TokenError
 from gb28181gw.services.audit import AuditService
 from gb28181gw.store.base import Store
 
@@ -114,11 +114,15 @@ class AccessService:
                 keep theirs: the audit trail names them).
         """
         try:
-            check_name(name)
-        except TokenError as exc:
-            raise TokenError(str(exc), 400) from None
-        async with self._changing:
-            return await self._create(name, role)
+            try:
+                check_name(name)
+            except TokenError as exc:
+                raise TokenError(str(exc), 400) from None
+            async with self._changing:
+                return await self._create(name, role)
+        except (TokenError, StoreError) as exc:
+            self._refused(Action.TOKEN_CREATE, name[:100], {"name": name[:100], "role": str(role)}, exc)
+            raise
 
     async def _create(self, name: str, role: Role) -> tuple[Token, str]:
         if name in self._by_name:
@@ -144,8 +148,12 @@ class AccessService:
         Raises:
             TokenError: 404 no token of that name; 409 the last admin token with ``keep_an_admin``.
         """
-        async with self._changing:
-            return await self._revoke(name, keep_an_admin)
+        try:
+            async with self._changing:
+                return await self._revoke(name, keep_an_admin)
+        except (TokenError, StoreError) as exc:
+            self._refused(Action.TOKEN_REVOKE, name[:100], {"name": name[:100]}, exc)
+            raise
 
     async def _revoke(self, name: str, keep_an_admin: bool) -> Token:
         token = self._by_name.get(name)
@@ -167,6 +175,13 @@ class AccessService:
             self._keep(token)
             self._record(Action.TOKEN_REVOKE, token)
         return token
+
+    def _refused(self, action: Action, target: str, params: dict[str, object], exc: TokenError | StoreError) -> None:
+        # a refused token change is an abnormal operation the rules ask to see (someone probing names,
+        # or trying to revoke the last admin token); a store failure is a failed one
+        if self.audit is not None:
+            result = Result.REFUSED if isinstance(exc, TokenError) else Result.FAILED
+            self.audit.record(action, target, params, result=result, detail=str(exc))
 
     def _record(self, action: Action, token: Token) -> None:
         if self.audit is not None:
