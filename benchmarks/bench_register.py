@@ -280,7 +280,10 @@ def main() -> None:
     )
     args = ap.parse_args()
     os.sched_setaffinity(0, {1})
-    targets = ["gateway", "bare"] if args.target == "both" and args.mode != "memory" else [args.target]
+    if args.mode == "memory":
+        targets = ["gateway"]  # the bare responder keeps no devices
+    else:
+        targets = ["gateway", "bare"] if args.target == "both" else [args.target]
     best: dict[str, tuple[float, float]] = {}
     for target in targets:
         best[target] = run_target(args, target)

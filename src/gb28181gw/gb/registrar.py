@@ -63,6 +63,8 @@ class DateFormat(StrEnum):
 #: Type code of a platform's central signalling server (GB/T 28181-2016 Annex D).
 PLATFORM_TYPE = 200
 ALL_ZERO_ID = "0" * 20
+#: IDs remembered as having passed the policy's ID checks (see :meth:`Registrar._check_id`).
+PASSED_IDS_KEPT = 4096
 
 
 def is_platform_id(text: str) -> bool:
@@ -192,6 +194,7 @@ class Registrar:
         self.nonces = nonces
         self.bans = BanList(limit=policy.max_auth_failures, window=policy.failure_window, ban=policy.ban_seconds)
         self.refused = RefusalLog()
+        self._passed_ids: dict[str, GbId] = {}
 
     def handle(
         self,
@@ -202,6 +205,7 @@ class Registrar:
         now: float,
         epoch: float,
         tag: str,
+        device_id: str | None = None,
     ) -> RegisterResult:
         """Answer one REGISTER.
 
@@ -212,8 +216,10 @@ class Registrar:
             now: monotonic seconds (nonces, bans).
             epoch: wall-clock epoch seconds (stored times, the Date header).
             tag: a fresh To tag.
+            device_id: :func:`from_user` of ``request``, if the caller has it already.
         """
-        device_id = from_user(request)
+        if device_id is None:
+            device_id = from_user(request)
         result = self._handle(request, peer, device, device_id, now=now, epoch=epoch, tag=tag)
         if result.outcome is Outcome.REJECTED:
             self.refused.record(device_id, peer.host, result.reason, result.detail, epoch)
@@ -254,24 +260,10 @@ class Registrar:
             if p.allow_networks and not any(source in net for net in p.allow_networks):
                 return reject(403, "denied-address", f"source address {peer.host} is not in the allowed networks")
 
-        try:
-            gid = GbId.parse(device_id, strict=p.strict_ids)
-        except IdError as exc:
-            return reject(403, "invalid-id", f"invalid device ID: {exc}")
-        if device_id == p.gateway_id:
-            return reject(403, "own-id", f"{device_id} is this gateway's own ID")
-        if device_id == ALL_ZERO_ID:
-            return reject(403, "invalid-id", "the all-zero ID is no device's")
-        if gid.type_code == PLATFORM_TYPE and not p.accept_platforms:
-            return reject(
-                403,
-                "platform-id",
-                f"{device_id} is a platform's ID (type {PLATFORM_TYPE}); set registrar.accept_platforms to let it register as a device",
-            )
-        if any(device_id.startswith(prefix) for prefix in p.deny_ids):
-            return reject(403, "denied-id", f"device ID {device_id} is denied")
-        if p.allow_ids and not any(device_id.startswith(prefix) for prefix in p.allow_ids):
-            return reject(403, "denied-id", f"device ID {device_id} is not in the allowed ID prefixes")
+        checked = self._check_id(device_id)
+        if not isinstance(checked, GbId):
+            return reject(*checked)
+        gid = checked
 
         for key, what in ((address_key(peer.host), "address"), (id_key(device_id, peer.host), "ID from this address")):
             ban = self.bans.check(key, now)
@@ -359,6 +351,40 @@ class Registrar:
         outcome = Outcome.REFRESHED if was_registered else Outcome.REGISTERED
         moved = change.moved_from is not None and was_registered
         return RegisterResult(resp, outcome, "ok", record, detail, address_changed=moved, change=change)
+
+    def _check_id(self, device_id: str) -> GbId | tuple[int, str, str]:
+        """The policy's checks of an ID: the ID, or (status, reason, detail) to refuse it.
+
+        An ID that passes is remembered (a few thousand at most): the challenge and the
+        authenticated retry of one registration come milliseconds apart, and the policy
+        cannot change meanwhile (it is fixed for the registrar's life).
+        """
+        gid = self._passed_ids.get(device_id)
+        if gid is not None:
+            return gid
+        p = self.policy
+        try:
+            gid = GbId.parse(device_id, strict=p.strict_ids)
+        except IdError as exc:
+            return 403, "invalid-id", f"invalid device ID: {exc}"
+        if device_id == p.gateway_id:
+            return 403, "own-id", f"{device_id} is this gateway's own ID"
+        if device_id == ALL_ZERO_ID:
+            return 403, "invalid-id", "the all-zero ID is no device's"
+        if gid.type_code == PLATFORM_TYPE and not p.accept_platforms:
+            return (
+                403,
+                "platform-id",
+                f"{device_id} is a platform's ID (type {PLATFORM_TYPE}); set registrar.accept_platforms to let it register as a device",
+            )
+        if any(device_id.startswith(prefix) for prefix in p.deny_ids):
+            return 403, "denied-id", f"device ID {device_id} is denied"
+        if p.allow_ids and not any(device_id.startswith(prefix) for prefix in p.allow_ids):
+            return 403, "denied-id", f"device ID {device_id} is not in the allowed ID prefixes"
+        if len(self._passed_ids) >= PASSED_IDS_KEPT:
+            self._passed_ids.clear()
+        self._passed_ids[device_id] = gid
+        return gid
 
     def _authenticate(
         self,

@@ -292,7 +292,7 @@ class RegistrarService:
         existing = self.devices.get(device_id)
         bans_before = self.registrar.bans.bans
         result = self.registrar.handle(
-            req, event.peer, existing, now=now, epoch=epoch, tag=self.stack.endpoint.new_tag()
+            req, event.peer, existing, now=now, epoch=epoch, tag=self.stack.endpoint.new_tag(), device_id=device_id
         )
         # a challenge or a refusal keeps no transaction: a retransmitted REGISTER is answered
         # again (a fresh challenge), and a flood of them holds nothing for 32 s

@@ -269,6 +269,27 @@ def test_allow_and_deny_lists() -> None:
     assert handle(registrar(allow_networks=net), req()).response.status == 200
 
 
+@pytest.mark.parametrize(
+    "policy",
+    [
+        {},
+        {"gateway_id": "34020000001320000001"},
+        {"deny_ids": ("3402000000132",)},
+        {"allow_ids": ("4403",)},
+        {"strict_ids": True},
+    ],
+)
+@pytest.mark.parametrize("device_id", ["34020000001320000001", "00000000000000000000", "34020000002000000099", "3402x"])
+def test_remembered_id_checks_answer_as_the_first_pass(policy: dict[str, object], device_id: str) -> None:
+    # the second REGISTER of an ID takes the remembered result of the ID checks: it must be
+    # what a registrar that never saw the ID answers
+    seen = registrar(**policy)
+    handle(seen, req(**{"34020000001320000001": device_id}))
+    again = handle(seen, req(**{"34020000001320000001": device_id}))
+    fresh = handle(registrar(**policy), req(**{"34020000001320000001": device_id}))
+    assert (again.response.status, again.reason, again.detail) == (fresh.response.status, fresh.reason, fresh.detail)
+
+
 def test_date_formats() -> None:
     assert format_date(EPOCH, DateFormat.MILLISECONDS) == "2024-05-06T12:34:56.789"
     assert format_date(EPOCH, DateFormat.SECONDS) == "2024-05-06T12:34:56"
