@@ -64,7 +64,7 @@ class DateFormat(StrEnum):
 PLATFORM_TYPE = 200
 ALL_ZERO_ID = "0" * 20
 #: IDs remembered as having passed the policy's ID checks (see :meth:`Registrar._check_id`).
-PASSED_IDS_KEPT = 4096
+PASSED_IDS_KEPT = 16384
 
 
 def is_platform_id(text: str) -> bool:
