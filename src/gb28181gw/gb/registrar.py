@@ -150,6 +150,7 @@ class RegisterResult:
 
 
 _DATE_CACHE: dict[int, str] = {}
+_OFFSET_CACHE: dict[_dt.tzinfo, tuple[int, float]] = {}
 
 
 def format_date(epoch: float, fmt: DateFormat, zone: _dt.tzinfo | float = 8.0) -> str | None:
@@ -161,9 +162,16 @@ def format_date(epoch: float, fmt: DateFormat, zone: _dt.tzinfo | float = 8.0) -
     if fmt is DateFormat.OFF:
         return None
     if isinstance(zone, _dt.tzinfo):
-        # asked of the instant, so a zone with daylight saving gets the offset of that day
-        offset = _dt.datetime.fromtimestamp(epoch, zone).utcoffset() or _dt.timedelta()
-        local = epoch + offset.total_seconds()
+        # asked of the instant, so a zone with daylight saving gets the offset of that day; once
+        # per second and zone (an offset changes on a whole second), not per REGISTER
+        whole = int(epoch // 1)
+        cached = _OFFSET_CACHE.get(zone)
+        if cached is None or cached[0] != whole:
+            offset = _dt.datetime.fromtimestamp(whole, zone).utcoffset() or _dt.timedelta()
+            if len(_OFFSET_CACHE) > 64:
+                _OFFSET_CACHE.clear()
+            cached = _OFFSET_CACHE[zone] = (whole, offset.total_seconds())
+        local = epoch + cached[1]
     else:
         local = epoch + zone * 3600
     second = int(local // 1)
@@ -195,6 +203,7 @@ class Registrar:
         self.bans = BanList(limit=policy.max_auth_failures, window=policy.failure_window, ban=policy.ban_seconds)
         self.refused = RefusalLog()
         self._passed_ids: dict[str, GbId] = {}
+        self._passed_uris: set[str] = set()
 
     def handle(
         self,
@@ -271,7 +280,7 @@ class Registrar:
                 left = self.bans.banned(key, now)
                 return reject(403, "banned", f"too many failed authentications for this {what}; retry in {left:.0f} s")
 
-        if p.check_request_domain:
+        if p.check_request_domain and request.uri not in self._passed_uris:
             target = _uri_host(request.uri)
             if target is None:
                 try:
@@ -281,6 +290,10 @@ class Registrar:
             domain = target.split(".", 1)[0] if target.endswith(".spvmn.cn") else target
             if len(domain) == 10 and domain.isdigit() and domain != p.domain:
                 return reject(403, "foreign-domain", f"this REGISTER is for domain {domain}; this server is {p.domain}")
+            # devices of a site all send the same Request-URI: checked once (see _check_id)
+            if len(self._passed_uris) >= PASSED_IDS_KEPT:
+                self._passed_uris.clear()
+            self._passed_uris.add(request.uri)
 
         if p.require_provisioned and (device is None or not device.provisioned):
             return reject(403, "not-provisioned", f"device {device_id} has not been added to this gateway")
