@@ -64,7 +64,7 @@ class DateFormat(StrEnum):
 PLATFORM_TYPE = 200
 ALL_ZERO_ID = "0" * 20
 #: IDs remembered as having passed the policy's ID checks (see :meth:`Registrar._check_id`).
-PASSED_IDS_KEPT = 16384
+PASSED_IDS_KEPT = 8192
 
 
 def is_platform_id(text: str) -> bool:
@@ -203,6 +203,7 @@ class Registrar:
         self.bans = BanList(limit=policy.max_auth_failures, window=policy.failure_window, ban=policy.ban_seconds)
         self.refused = RefusalLog()
         self._passed_ids: dict[str, GbId] = {}
+        self._passed_before: dict[str, GbId] = {}
         self._passed_uris: set[str] = set()
 
     def handle(
@@ -368,11 +369,11 @@ class Registrar:
     def _check_id(self, device_id: str) -> GbId | tuple[int, str, str]:
         """The policy's checks of an ID: the ID, or (status, reason, detail) to refuse it.
 
-        An ID that passes is remembered (a few thousand at most): the challenge and the
+        An ID that passes is remembered (the last 8,192 to 16,384): the challenge and the
         authenticated retry of one registration come milliseconds apart, and the policy
         cannot change meanwhile (it is fixed for the registrar's life).
         """
-        gid = self._passed_ids.get(device_id)
+        gid = self._passed_ids.get(device_id) or self._passed_before.get(device_id)
         if gid is not None:
             return gid
         p = self.policy
@@ -395,7 +396,8 @@ class Registrar:
         if p.allow_ids and not any(device_id.startswith(prefix) for prefix in p.allow_ids):
             return 403, "denied-id", f"device ID {device_id} is not in the allowed ID prefixes"
         if len(self._passed_ids) >= PASSED_IDS_KEPT:
-            self._passed_ids.clear()
+            # two generations: an ID checked just before the turn is still found after it
+            self._passed_before, self._passed_ids = self._passed_ids, {}
         self._passed_ids[device_id] = gid
         return gid
 
