@@ -288,3 +288,27 @@ async def test_one_wake_up_reads_one_datagram_or_drains_a_burst(host: str) -> No
                     assert len(sink.fed) == count
     finally:
         udp.close()
+
+
+async def test_timers_fire_on_ticks_at_most_one_tick_late() -> None:
+    # the endpoint's exact earliest deadline, rounded up to the next TIMER_TICK: wake-ups for
+    # many deadlines close together (Timer J of every request) are taken together
+    from gb28181gw.net.stack import TIMER_TICK
+
+    client = await _client()
+    quiet = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    quiet.bind(("127.0.0.1", 0))
+    try:
+        task = asyncio.ensure_future(
+            client.request(_options(client.endpoint), Peer("UDP", "127.0.0.1", quiet.getsockname()[1]))
+        )
+        await asyncio.sleep(0)
+        exact = client.endpoint.get_timer()
+        assert exact is not None and client._timer.armed
+        assert exact <= client._timer.when < exact + TIMER_TICK + 1e-9
+        ticks = client._timer.when / TIMER_TICK
+        assert abs(ticks - round(ticks)) < 1e-6
+        task.cancel()
+    finally:
+        quiet.close()
+        await client.close()
