@@ -289,12 +289,12 @@ def main() -> None:
         best[target] = run_target(args, target)
     if len(best) == 2 and best["bare"][0]:
         (gw, gw_cpu), (bare, bare_cpu) = best["gateway"], best["bare"]
-        print(f"highest step with < 1 % failures: gateway {gw:,.0f}/s at {gw_cpu:.1f} µs CPU each, "
+        print(f"fastest step with < 1 % failures: gateway {gw:,.0f}/s at {gw_cpu:.1f} µs CPU each, "
               f"bare responder {bare:,.0f}/s at {bare_cpu:.1f} µs: {gw / bare:.2f}x")  # fmt: skip
 
 
 def run_target(args: argparse.Namespace, target: str) -> tuple[float, float]:
-    """Run ``args.mode`` against ``target``; return the best step's rate and CPU µs per item."""
+    """Run ``args.mode`` against ``target``; return the fastest step's rate (< 1 % failures) and its CPU µs per item."""
     sip_port, admin_port = free_port(socket.SOCK_DGRAM), free_port()
     proc = start_target(target, sip_port, admin_port)
     pid = proc.pid
@@ -321,7 +321,8 @@ def run_target(args: argparse.Namespace, target: str) -> tuple[float, float]:
                       f"{r['generator_cpu_pct']:>9.0f}")  # fmt: skip
                 if r["failure_pct"] >= 1.0:
                     break
-                best = (r["registrations_per_s"], cpu)
+                if r["registrations_per_s"] > best[0]:
+                    best = (r["registrations_per_s"], cpu)
                 time.sleep(2)
         elif args.mode == "keepalive":
             n = args.devices or 10_000
@@ -337,7 +338,8 @@ def run_target(args: argparse.Namespace, target: str) -> tuple[float, float]:
                 )
                 if k["failure_pct"] >= 1.0:
                     break
-                best = (k["keepalives_per_s"], cpu)
+                if k["keepalives_per_s"] > best[0]:
+                    best = (k["keepalives_per_s"], cpu)
                 time.sleep(1)
         else:
             n = args.devices or 100_000
