@@ -241,3 +241,74 @@ async def test_a_second_cancel_owner_is_a_wiring_bug_found_at_once() -> None:
     stack.on_cancel(lambda event: None, owner="first")
     with pytest.raises(RouteConflict, match="first"):
         stack.on_cancel(lambda event: None, owner="second")
+
+
+class _Sink:
+    """A MessageSink that only counts: what one wake-up of the UDP reader hands up."""
+
+    def __init__(self) -> None:
+        self.fed: list[bytes] = []
+        self.pumps = 0
+
+    def feed(self, data: bytes, peer: Peer, now: float | None = None) -> None:
+        self.fed.append(data)
+
+    def pump(self) -> None:
+        self.pumps += 1
+
+    def transport_failed(self, peer: Peer, reason: str) -> None:  # pragma: no cover - UDP has no connections
+        pass
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+async def test_one_wake_up_reads_one_datagram_or_drains_a_burst(host: str) -> None:
+    # after the first datagram the reader asks the kernel whether another waits (FIONREAD)
+    # instead of reading until EAGAIN: a burst must still be read in one wake-up, in order
+    from gb28181gw.metrics import SipCounters
+    from gb28181gw.net.sip_udp import BATCH, UdpTransport
+
+    sink = _Sink()
+    udp = UdpTransport.bind(sink, host, 0, receive_buffer=1 << 20, counters=SipCounters())
+    asyncio.get_running_loop().remove_reader(udp._sock.fileno())  # we play the loop's wake-ups
+    readable = udp._readable_learning if udp.wildcard else udp._readable
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            for count in (1, 5, 1, 0, 3, 200):
+                sink.fed.clear()
+                pumps = sink.pumps
+                for n in range(count):
+                    peer.sendto(b"datagram %d" % n, ("127.0.0.1", udp.port))
+                await asyncio.sleep(0.02)  # loopback delivers at once
+                readable()
+                first = min(count, BATCH)  # the rest waits for the next wake-up
+                assert sink.fed == [b"datagram %d" % n for n in range(first)]
+                assert sink.pumps == pumps + (1 if count else 0)
+                if count > first:
+                    readable()
+                    assert len(sink.fed) == count
+    finally:
+        udp.close()
+
+
+async def test_timers_fire_on_ticks_at_most_one_tick_late() -> None:
+    # the endpoint's exact earliest deadline, rounded up to the next TIMER_TICK: wake-ups for
+    # many deadlines close together (Timer J of every request) are taken together
+    from gb28181gw.net.stack import TIMER_TICK
+
+    client = await _client()
+    quiet = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    quiet.bind(("127.0.0.1", 0))
+    try:
+        task = asyncio.ensure_future(
+            client.request(_options(client.endpoint), Peer("UDP", "127.0.0.1", quiet.getsockname()[1]))
+        )
+        await asyncio.sleep(0)
+        exact = client.endpoint.get_timer()
+        assert exact is not None and client._timer.armed
+        assert exact <= client._timer.when < exact + TIMER_TICK + 1e-9
+        ticks = client._timer.when / TIMER_TICK
+        assert abs(ticks - round(ticks)) < 1e-6
+        task.cancel()
+    finally:
+        quiet.close()
+        await client.close()

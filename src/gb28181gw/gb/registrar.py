@@ -63,6 +63,8 @@ class DateFormat(StrEnum):
 #: Type code of a platform's central signalling server (GB/T 28181-2016 Annex D).
 PLATFORM_TYPE = 200
 ALL_ZERO_ID = "0" * 20
+#: IDs remembered as having passed the policy's ID checks (see :meth:`Registrar._check_id`).
+PASSED_IDS_KEPT = 8192
 
 
 def is_platform_id(text: str) -> bool:
@@ -148,6 +150,7 @@ class RegisterResult:
 
 
 _DATE_CACHE: dict[int, str] = {}
+_OFFSET_CACHE: dict[_dt.tzinfo, tuple[int, float]] = {}
 
 
 def format_date(epoch: float, fmt: DateFormat, zone: _dt.tzinfo | float = 8.0) -> str | None:
@@ -159,9 +162,16 @@ def format_date(epoch: float, fmt: DateFormat, zone: _dt.tzinfo | float = 8.0) -
     if fmt is DateFormat.OFF:
         return None
     if isinstance(zone, _dt.tzinfo):
-        # asked of the instant, so a zone with daylight saving gets the offset of that day
-        offset = _dt.datetime.fromtimestamp(epoch, zone).utcoffset() or _dt.timedelta()
-        local = epoch + offset.total_seconds()
+        # asked of the instant, so a zone with daylight saving gets the offset of that day; once
+        # per second and zone (an offset changes on a whole second), not per REGISTER
+        whole = int(epoch // 1)
+        cached = _OFFSET_CACHE.get(zone)
+        if cached is None or cached[0] != whole:
+            offset = _dt.datetime.fromtimestamp(whole, zone).utcoffset() or _dt.timedelta()
+            if len(_OFFSET_CACHE) > 64:
+                _OFFSET_CACHE.clear()
+            cached = _OFFSET_CACHE[zone] = (whole, offset.total_seconds())
+        local = epoch + cached[1]
     else:
         local = epoch + zone * 3600
     second = int(local // 1)
@@ -192,6 +202,9 @@ class Registrar:
         self.nonces = nonces
         self.bans = BanList(limit=policy.max_auth_failures, window=policy.failure_window, ban=policy.ban_seconds)
         self.refused = RefusalLog()
+        self._passed_ids: dict[str, GbId] = {}
+        self._passed_before: dict[str, GbId] = {}
+        self._passed_uris: set[str] = set()
 
     def handle(
         self,
@@ -202,6 +215,7 @@ class Registrar:
         now: float,
         epoch: float,
         tag: str,
+        device_id: str | None = None,
     ) -> RegisterResult:
         """Answer one REGISTER.
 
@@ -212,8 +226,10 @@ class Registrar:
             now: monotonic seconds (nonces, bans).
             epoch: wall-clock epoch seconds (stored times, the Date header).
             tag: a fresh To tag.
+            device_id: :func:`from_user` of ``request``, if the caller has it already.
         """
-        device_id = from_user(request)
+        if device_id is None:
+            device_id = from_user(request)
         result = self._handle(request, peer, device, device_id, now=now, epoch=epoch, tag=tag)
         if result.outcome is Outcome.REJECTED:
             self.refused.record(device_id, peer.host, result.reason, result.detail, epoch)
@@ -254,24 +270,10 @@ class Registrar:
             if p.allow_networks and not any(source in net for net in p.allow_networks):
                 return reject(403, "denied-address", f"source address {peer.host} is not in the allowed networks")
 
-        try:
-            gid = GbId.parse(device_id, strict=p.strict_ids)
-        except IdError as exc:
-            return reject(403, "invalid-id", f"invalid device ID: {exc}")
-        if device_id == p.gateway_id:
-            return reject(403, "own-id", f"{device_id} is this gateway's own ID")
-        if device_id == ALL_ZERO_ID:
-            return reject(403, "invalid-id", "the all-zero ID is no device's")
-        if gid.type_code == PLATFORM_TYPE and not p.accept_platforms:
-            return reject(
-                403,
-                "platform-id",
-                f"{device_id} is a platform's ID (type {PLATFORM_TYPE}); set registrar.accept_platforms to let it register as a device",
-            )
-        if any(device_id.startswith(prefix) for prefix in p.deny_ids):
-            return reject(403, "denied-id", f"device ID {device_id} is denied")
-        if p.allow_ids and not any(device_id.startswith(prefix) for prefix in p.allow_ids):
-            return reject(403, "denied-id", f"device ID {device_id} is not in the allowed ID prefixes")
+        checked = self._check_id(device_id)
+        if not isinstance(checked, GbId):
+            return reject(*checked)
+        gid = checked
 
         for key, what in ((address_key(peer.host), "address"), (id_key(device_id, peer.host), "ID from this address")):
             ban = self.bans.check(key, now)
@@ -279,7 +281,7 @@ class Registrar:
                 left = self.bans.banned(key, now)
                 return reject(403, "banned", f"too many failed authentications for this {what}; retry in {left:.0f} s")
 
-        if p.check_request_domain:
+        if p.check_request_domain and request.uri not in self._passed_uris:
             target = _uri_host(request.uri)
             if target is None:
                 try:
@@ -289,6 +291,10 @@ class Registrar:
             domain = target.split(".", 1)[0] if target.endswith(".spvmn.cn") else target
             if len(domain) == 10 and domain.isdigit() and domain != p.domain:
                 return reject(403, "foreign-domain", f"this REGISTER is for domain {domain}; this server is {p.domain}")
+            # devices of a site all send the same Request-URI: checked once (see _check_id)
+            if len(self._passed_uris) >= PASSED_IDS_KEPT:
+                self._passed_uris.clear()
+            self._passed_uris.add(request.uri)
 
         if p.require_provisioned and (device is None or not device.provisioned):
             return reject(403, "not-provisioned", f"device {device_id} has not been added to this gateway")
@@ -359,6 +365,41 @@ class Registrar:
         outcome = Outcome.REFRESHED if was_registered else Outcome.REGISTERED
         moved = change.moved_from is not None and was_registered
         return RegisterResult(resp, outcome, "ok", record, detail, address_changed=moved, change=change)
+
+    def _check_id(self, device_id: str) -> GbId | tuple[int, str, str]:
+        """The policy's checks of an ID: the ID, or (status, reason, detail) to refuse it.
+
+        An ID that passes is remembered (the last 8,192 to 16,384): the challenge and the
+        authenticated retry of one registration come milliseconds apart, and the policy
+        cannot change meanwhile (it is fixed for the registrar's life).
+        """
+        gid = self._passed_ids.get(device_id) or self._passed_before.get(device_id)
+        if gid is not None:
+            return gid
+        p = self.policy
+        try:
+            gid = GbId.parse(device_id, strict=p.strict_ids)
+        except IdError as exc:
+            return 403, "invalid-id", f"invalid device ID: {exc}"
+        if device_id == p.gateway_id:
+            return 403, "own-id", f"{device_id} is this gateway's own ID"
+        if device_id == ALL_ZERO_ID:
+            return 403, "invalid-id", "the all-zero ID is no device's"
+        if gid.type_code == PLATFORM_TYPE and not p.accept_platforms:
+            return (
+                403,
+                "platform-id",
+                f"{device_id} is a platform's ID (type {PLATFORM_TYPE}); set registrar.accept_platforms to let it register as a device",
+            )
+        if any(device_id.startswith(prefix) for prefix in p.deny_ids):
+            return 403, "denied-id", f"device ID {device_id} is denied"
+        if p.allow_ids and not any(device_id.startswith(prefix) for prefix in p.allow_ids):
+            return 403, "denied-id", f"device ID {device_id} is not in the allowed ID prefixes"
+        if len(self._passed_ids) >= PASSED_IDS_KEPT:
+            # two generations: an ID checked just before the turn is still found after it
+            self._passed_before, self._passed_ids = self._passed_ids, {}
+        self._passed_ids[device_id] = gid
+        return gid
 
     def _authenticate(
         self,

@@ -3,7 +3,8 @@
 asyncio's datagram transport reads every datagram into a fresh 256 KiB buffer
 (an mmap/munmap per packet); reading into one preallocated 64 KiB buffer and
 copying out only the datagram's bytes is several times cheaper, and draining
-up to a batch of datagrams per wake-up lets the stack pump once per batch.
+up to a batch of datagrams per wake-up lets the stack pump once per batch. Whether more than
+one waits is asked of the kernel (``FIONREAD``) rather than learnt from an empty read.
 
 A socket bound to a wildcard (``0.0.0.0``, ``::``) reads with ``recvmsg_into`` instead, to
 learn the address each peer sent to (``IP_PKTINFO``): that is the address we advertise to
@@ -18,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import logging
 import socket
+import termios
 from typing import Any
 
 from gb28181gw.config import is_wildcard
@@ -83,6 +86,8 @@ class UdpTransport:
         #: bound to a wildcard: each peer's local address is learned from its datagrams
         self.wildcard = is_wildcard(self.host)
         self._buf = bytearray(MAX_DATAGRAM)
+        self._fd = sock.fileno()
+        self._pending = bytearray(4)  # FIONREAD's answer (see _queued)
         self._bufs = [self._buf]
         self._view = memoryview(self._buf)
         self._loop = asyncio.get_running_loop()
@@ -154,7 +159,9 @@ class UdpTransport:
         got = False
         banned = 0
         now = self._loop.time()
-        for _ in range(BATCH):
+        for i in range(BATCH):
+            if i == 1 and not self._queued():
+                break  # the usual wake-up: one datagram (see _queued)
             try:
                 n, addr = sock.recvfrom_into(self._buf)
             except (BlockingIOError, InterruptedError):
@@ -189,7 +196,9 @@ class UdpTransport:
         got = False
         banned = 0
         now = self._loop.time()
-        for _ in range(BATCH):
+        for i in range(BATCH):
+            if i == 1 and not self._queued():
+                break
             try:
                 n, ancillary, _flags, addr = sock.recvmsg_into(bufs, PKTINFO_SPACE)
             except (BlockingIOError, InterruptedError):
@@ -210,6 +219,20 @@ class UdpTransport:
             self._counters.flood_dropped["UDP"] += banned
         if got:
             stack.pump()
+
+    def _queued(self) -> bool:
+        """Whether another datagram waits (``FIONREAD``: the size of the next one).
+
+        Asked once, after the first datagram of a wake-up: most wake-ups bring one datagram,
+        and reading on until the socket says EAGAIN cost an empty ``recvfrom_into`` and a
+        Python exception each time (1.5 µs; this asks in 0.6). A waiting datagram of zero bytes
+        reads as none: it is read on the next wake-up (the reader is level-triggered).
+        """
+        try:
+            fcntl.ioctl(self._fd, termios.FIONREAD, self._pending)
+        except OSError:
+            return True  # read on, as before
+        return self._pending != b"\0\0\0\0"
 
     def _learn(self, addr: tuple[Any, ...], pktinfo: bytes) -> tuple[Peer, bytes]:
         """A new source address, or one that now sends to another of our addresses."""

@@ -63,6 +63,8 @@ log = logging.getLogger("gb28181gw.registrar")
 OfflineListener = Callable[[Device, str], None]
 #: Keepalive arrival times kept per device (a tuple of floats each: small for 100,000 devices).
 KEEPALIVES_KEPT = 4
+#: Registration reasons counted as authentication failures.
+_AUTH_FAILURES = frozenset({"bad-password", "wrong-realm", "bad-algorithm", "banned"})
 #: Seconds between walks of the table for :meth:`RegistrarService.knows_address` once a device has
 #: registered, per device in it: a walk costs ~0.1 µs a device, so walks take at most ~10 % of the loop.
 KNOWN_RECHECK = 1e-6
@@ -292,7 +294,7 @@ class RegistrarService:
         existing = self.devices.get(device_id)
         bans_before = self.registrar.bans.bans
         result = self.registrar.handle(
-            req, event.peer, existing, now=now, epoch=epoch, tag=self.stack.endpoint.new_tag()
+            req, event.peer, existing, now=now, epoch=epoch, tag=self.stack.endpoint.new_tag(), device_id=device_id
         )
         # a challenge or a refusal keeps no transaction: a retransmitted REGISTER is answered
         # again (a fresh challenge), and a flood of them holds nothing for 32 s
@@ -311,10 +313,13 @@ class RegistrarService:
                 if self.persist_bans:
                     self._bans_to_save[ban.key] = ban
                     self._bans_to_delete.discard(ban.key)
-        if result.reason in ("bad-password", "wrong-realm", "bad-algorithm", "banned"):
+        if result.reason in _AUTH_FAILURES:
             self.auth_failures[(result.reason,)] += 1
+        outcome = result.outcome
+        if outcome is Outcome.CHALLENGED:
+            return  # the first half of every registration: nothing to log, nothing changed
         extra = {"device": device_id, "peer": event.peer, "reason": result.detail}
-        if result.outcome is Outcome.REJECTED:
+        if outcome is Outcome.REJECTED:
             if result.response.status == 401:
                 log.warning("authentication failed", extra=extra)
             else:

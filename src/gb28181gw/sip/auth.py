@@ -102,12 +102,47 @@ def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
     rest = rest.strip()
     if not scheme or not rest:
         raise AuthError(f"malformed authentication header {value[:80]!r}")
-    params = {name.lower(): unquote(val) for name, val in _AUTH_PARAM_RE.findall(rest)}
+    params = _plain_params(rest)
+    if params is None:
+        params = {name.lower(): unquote(val) for name, val in _AUTH_PARAM_RE.findall(rest)}
     if not params:
         raise AuthError(f"malformed authentication parameters {rest[:80]!r}")
     # junk between well-formed parameters is ignored, not fatal: what matters is that the
     # mandatory ones are there and that the digest verifies
     return scheme, params
+
+
+_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.!%*+`'~-")
+
+
+def _plain_params(rest: str) -> dict[str, str] | None:
+    """The fast path of :func:`parse_auth_params`: ``k="v",k=v`` split at its commas.
+
+    What devices send (``username="…",realm="…",nonce="…",uri="…",response="…",algorithm=MD5``)
+    is parsed with ``str.split`` instead of the regex, 3-4 times faster. Anything else — an
+    escape, a comma or quote inside a value, white space inside an unquoted one, an empty item,
+    a name or an unquoted value that is no token — returns ``None``, and the regex decides; both give the same
+    result on what this accepts (``tests/core/sip/test_auth.py`` compares them).
+    """
+    if "\\" in rest:
+        return None
+    params: dict[str, str] = {}
+    for item in rest.split(","):
+        name, eq, value = item.partition("=")
+        if not eq:
+            return None
+        name = name.strip()
+        value = value.strip()
+        if not name or not _TOKEN_CHARS.issuperset(name):
+            return None
+        if value[:1] == '"':
+            if len(value) < 2 or value[-1] != '"' or '"' in value[1:-1]:
+                return None
+            value = value[1:-1]
+        elif not _TOKEN_CHARS.issuperset(value):
+            return None
+        params[name.lower()] = value
+    return params
 
 
 @dataclass(frozen=True, slots=True)

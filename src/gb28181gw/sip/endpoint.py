@@ -25,6 +25,7 @@ from collections.abc import Callable
 from gb28181gw.deadlines import TimerQueue
 from gb28181gw.errors import LocalProtocolError, SipParseError
 
+from .completed import CompletedResponses
 from .events import (
     DropReason,
     Event,
@@ -145,10 +146,10 @@ class SipEndpoint:
         self._failure_reason = ""
         # Completed non-INVITE server transactions only absorb retransmissions (§17.2.2) until
         # Timer J. They are by far the most numerous (every keepalive MESSAGE, REGISTER, OPTIONS
-        # lives 32 s in this state over UDP), so they are kept as (answer, peer) in a table with a
-        # FIFO of deadlines: no object per transaction for the garbage collector to walk.
-        self._completed: dict[TxKey, tuple[bytes, Peer]] = {}
-        self._completed_fifo: deque[tuple[float, TxKey]] = deque()
+        # lives 32 s in this state over UDP), so only (key, answer, peer) is kept, in memory maps
+        # that are given back once Timer J passed (see .completed): no object per transaction for
+        # the garbage collector to walk, and no high-water mark left on the heap.
+        self._completed = CompletedResponses()
         self._new_deadline: float | None = None
 
     # --- configuration ---------------------------------------------------------------
@@ -515,19 +516,14 @@ class SipEndpoint:
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` should next be called, or ``None``."""
         when = self._queue.next_deadline()
-        if self._completed_fifo:
-            head = self._completed_fifo[0][0]
-            if when is None or head < when:
-                return head
+        head = self._completed.next_deadline()
+        if head is not None and (when is None or head < when):
+            return head
         return when
 
     def handle_timer(self, now: float) -> None:
         """Fire every timer due at ``now``."""
-        fifo = self._completed_fifo
-        completed = self._completed
-        while fifo and fifo[0][0] <= now:
-            # Timer J: the completed transaction terminates
-            completed.pop(fifo.popleft()[1], None)
+        self._completed.expire(now)  # Timer J: the completed transactions terminate
         for tx, inp in self._queue.pop_due(now):
             self._fire(tx, inp, now, None)
 
@@ -563,9 +559,8 @@ class SipEndpoint:
             # reference stays in COMPLETED, so a second answer is still refused
             del self._server[tx.key]
             self._forget_connection(tx)
-            self._completed[tx.key] = (tx.last_response, tx.peer)
             when = now + delay
-            self._completed_fifo.append((when, tx.key))
+            self._completed.add(tx.key, tx.last_response, tx.peer, when)
             if self._new_deadline is None or when < self._new_deadline:
                 self._new_deadline = when
             tx.request = None

@@ -7,6 +7,8 @@ import ipaddress
 import zoneinfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gb28181gw.gb.devices import DeviceEvent, Output
 from gb28181gw.gb.model import Device, DeviceState, Transport
@@ -267,6 +269,56 @@ def test_allow_and_deny_lists() -> None:
     assert handle(registrar(deny_networks=net), req()).reason == "denied-address"
     assert handle(registrar(allow_networks=(ipaddress.ip_network("10.0.0.0/8"),)), req()).reason == "denied-address"
     assert handle(registrar(allow_networks=net), req()).response.status == 200
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        {},
+        {"gateway_id": "34020000001320000001"},
+        {"deny_ids": ("3402000000132",)},
+        {"allow_ids": ("4403",)},
+        {"strict_ids": True},
+    ],
+)
+@pytest.mark.parametrize("device_id", ["34020000001320000001", "00000000000000000000", "34020000002000000099", "3402x"])
+def test_remembered_id_checks_answer_as_the_first_pass(policy: dict[str, object], device_id: str) -> None:
+    # the second REGISTER of an ID takes the remembered result of the ID checks: it must be
+    # what a registrar that never saw the ID answers
+    seen = registrar(**policy)
+    handle(seen, req(**{"34020000001320000001": device_id}))
+    again = handle(seen, req(**{"34020000001320000001": device_id}))
+    fresh = handle(registrar(**policy), req(**{"34020000001320000001": device_id}))
+    assert (again.response.status, again.reason, again.detail) == (fresh.response.status, fresh.reason, fresh.detail)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "sip:34020000002000000001@3402000000",
+        "sip:34010000002000000001@3401000000",
+        "sip:34020000002000000001@3401000000.spvmn.cn",
+        "sip:34020000002000000001@[::1]",
+        "sip:bad@",
+    ],
+)
+def test_remembered_request_uris_answer_as_the_first_pass(uri: str) -> None:
+    seen = registrar()
+    request = "REGISTER sip:34020000002000000001@3402000000"
+    handle(seen, req(**{request: f"REGISTER {uri}"}))
+    again = handle(seen, req(**{request: f"REGISTER {uri}"}))
+    fresh = handle(registrar(), req(**{request: f"REGISTER {uri}"}))
+    assert (again.response.status, again.reason, again.detail) == (fresh.response.status, fresh.reason, fresh.detail)
+
+
+@given(st.floats(min_value=0, max_value=4e9), st.sampled_from(["Europe/Berlin", "America/New_York", "Asia/Shanghai"]))
+def test_the_offset_remembered_per_second_is_the_instants(epoch: float, zone_name: str) -> None:
+    zone = zoneinfo.ZoneInfo(zone_name)
+    offset = (dt.datetime.fromtimestamp(epoch, zone).utcoffset() or dt.timedelta()).total_seconds()
+    expected = format_date(epoch, DateFormat.MILLISECONDS, offset / 3600)
+    format_date(epoch - 0.5, DateFormat.MILLISECONDS, zone)  # the second before, possibly remembered
+    assert format_date(epoch, DateFormat.MILLISECONDS, zone) == expected
+    assert format_date(epoch, DateFormat.MILLISECONDS, zone) == expected  # and now from the cache
 
 
 def test_date_formats() -> None:

@@ -5,9 +5,21 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gb28181gw.errors import AuthError
-from gb28181gw.sip.auth import Challenge, Credentials, NonceStore, Verdict, authorization_for, digest_response
+from gb28181gw.sip.auth import (
+    _AUTH_PARAM_RE,
+    Challenge,
+    Credentials,
+    NonceStore,
+    Verdict,
+    _plain_params,
+    authorization_for,
+    digest_response,
+)
+from gb28181gw.sip.params import unquote
 
 VECTOR = {
     "username": "34020000001320000001",
@@ -91,6 +103,47 @@ class TestHeaders:
     def test_malformed_credentials(self, value: str) -> None:
         with pytest.raises(AuthError):
             Credentials.parse(value)
+
+
+def _regex_params(rest: str) -> dict[str, str]:
+    # the general path of parse_auth_params, which the fast path must agree with
+    return {name.lower(): unquote(val) for name, val in _AUTH_PARAM_RE.findall(rest)}
+
+
+_PARAM_TEXT = st.text(alphabet=st.sampled_from(list('aZ09_-.= ,"\\\t\u3000é')), max_size=30)
+
+
+class TestFastParams:
+    """``_plain_params`` (split at commas) beside the regex it stands in for."""
+
+    def test_what_devices_send_takes_the_fast_path(self) -> None:
+        rest = AUTH_HEADER.partition(" ")[2]
+        fast = _plain_params(rest)
+        assert fast is not None and fast == _regex_params(rest)
+
+    @pytest.mark.parametrize(
+        "rest",
+        [
+            'username="a,b",realm="r"',  # a comma inside quotes
+            'username="a\\"b"',  # an escape
+            "username=a b",  # white space inside a token
+            'username="a",',  # an empty item
+            'a="x"y=1',  # junk after a quoted value
+            "a=b=c",
+        ],
+    )
+    def test_odd_shapes_go_to_the_regex(self, rest: str) -> None:
+        assert _plain_params(rest) is None
+
+    @given(st.lists(st.tuples(_PARAM_TEXT, _PARAM_TEXT, st.booleans()), min_size=1, max_size=6), _PARAM_TEXT)
+    def test_same_result_as_the_regex(self, items: list[tuple[str, str, bool]], junk: str) -> None:
+        for rest in (
+            ",".join(f'{n}="{v}"' if q else f"{n}={v}" for n, v, q in items),
+            ",".join(f'{n}="{v}"' if q else f"{n}={v}" for n, v, q in items) + junk,
+        ):
+            fast = _plain_params(rest)
+            if fast is not None:
+                assert fast == _regex_params(rest), rest
 
 
 class TestNonceStore:

@@ -1,0 +1,133 @@
+"""Completed non-INVITE server transactions, kept only to absorb retransmissions (RFC 3261 §17.2.2).
+
+Over UDP a non-INVITE server transaction stays COMPLETED for Timer J (64·T1 = 32 s) after its
+final response, and all it does then is send that response again when the request comes again.
+So all that is kept is what that needs: the request's transaction key, the response's bytes and
+where it went. Every keepalive, REGISTER and OPTIONS passes through here, so at 3,000 requests a
+second about 100,000 of them are held at once.
+
+Held as Python objects (a key tuple and its strings, the response ``bytes``, a value tuple and a
+FIFO entry: ~850 bytes each) they were scattered through the heap between the long-lived objects
+created at the same time (the devices that registered), and CPython cannot give an arena back
+while one object in it lives: after a registration storm the process kept the high-water mark of
+this table for good (2.6 KiB per device registered at 3,000/s, 1.1 KiB at 500/s). Here the
+response bytes go into anonymous memory maps of :data:`CHUNK_BYTES`, filled in order; Timer J is
+the same for all of them, so they expire in that order too, and a chunk whose entries have all
+expired is unmapped, its memory returned to the system. What stays on the Python heap per entry
+is the key (one string) and one small int locating the entry.
+"""
+
+from __future__ import annotations
+
+import mmap
+from array import array
+from collections import deque
+
+from .peer import Peer
+
+__all__ = ["CHUNK_BYTES", "CompletedResponses"]
+
+#: Bytes of responses per memory map (about 600 REGISTER 200s).
+CHUNK_BYTES = 256 * 1024
+#: Entries of one chunk are numbered in the low bits of their locator, the chunk in the high ones.
+_INDEX_BITS = 24
+
+
+class _Chunk:
+    """Responses completed one after the other, their keys, peers and expiry times."""
+
+    __slots__ = ("serial", "memory", "used", "ends", "keys", "peers", "until", "head")
+
+    def __init__(self, serial: int, size: int) -> None:
+        self.serial = serial
+        self.memory = mmap.mmap(-1, size)
+        self.used = 0
+        self.ends = array("L")  # where each entry's bytes end (the next one starts there)
+        self.keys: list[str] = []
+        self.peers: list[Peer] = []
+        self.until = array("d")  # its Timer J deadline
+        self.head = 0  # first entry not yet expired
+
+    def room(self, n: int) -> bool:
+        return self.used + n <= len(self.memory) and len(self.keys) < 1 << _INDEX_BITS
+
+
+class CompletedResponses:
+    """Transaction key → (response bytes, peer) until a deadline, deadlines added in order.
+
+    Deadlines must not decrease from one :meth:`add` to the next (they are ``now`` plus the
+    one Timer J of unreliable transports); :meth:`expire` drops what is due.
+    """
+
+    __slots__ = ("_index", "_chunks", "_next_serial")
+
+    def __init__(self) -> None:
+        self._index: dict[str, int] = {}
+        self._chunks: deque[_Chunk] = deque()
+        self._next_serial = 0
+
+    @staticmethod
+    def key(tx_key: tuple[str, ...]) -> str:
+        """One string for a transaction key: a single object on the heap rather than a tuple of several."""
+        return "\x00".join(tx_key)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def add(self, tx_key: tuple[str, ...], data: bytes, peer: Peer, until: float) -> None:
+        """Remember ``data`` sent to ``peer`` as the answer for ``tx_key`` until ``until``."""
+        key = self.key(tx_key)
+        chunks = self._chunks
+        chunk = chunks[-1] if chunks else None
+        if chunk is None or not chunk.room(len(data)):
+            chunk = _Chunk(self._next_serial, max(CHUNK_BYTES, len(data)))
+            self._next_serial += 1
+            chunks.append(chunk)
+        start = chunk.used
+        end = start + len(data)
+        chunk.memory[start:end] = data
+        chunk.used = end
+        # a second answer for one key (RFC 2543 keys can repeat) replaces the first: expire()
+        # then leaves the newer one in the index when the older one's time comes
+        self._index[key] = chunk.serial << _INDEX_BITS | len(chunk.keys)
+        chunk.ends.append(end)
+        chunk.keys.append(key)
+        chunk.peers.append(peer)
+        chunk.until.append(until)
+
+    def get(self, tx_key: tuple[str, ...]) -> tuple[bytes, Peer] | None:
+        """The answer kept for ``tx_key`` and where it went, or ``None``."""
+        where = self._index.get(self.key(tx_key))
+        if where is None:
+            return None
+        chunk = self._chunks[(where >> _INDEX_BITS) - self._chunks[0].serial]
+        i = where & ((1 << _INDEX_BITS) - 1)
+        start = chunk.ends[i - 1] if i else 0
+        return chunk.memory[start : chunk.ends[i]], chunk.peers[i]
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline kept, or ``None``."""
+        for chunk in self._chunks:
+            if chunk.head < len(chunk.keys):
+                return chunk.until[chunk.head]
+        return None
+
+    def expire(self, now: float) -> None:
+        """Drop every entry whose deadline is ``now`` or earlier; unmap the chunks emptied."""
+        chunks = self._chunks
+        index = self._index
+        while chunks:
+            chunk = chunks[0]
+            keys, until = chunk.keys, chunk.until
+            i, n = chunk.head, len(keys)
+            first = chunk.serial << _INDEX_BITS
+            while i < n and until[i] <= now:
+                key = keys[i]
+                if index.get(key) == first | i:  # not replaced by a newer answer since
+                    del index[key]
+                i += 1
+            chunk.head = i
+            if i < n:
+                return
+            chunks.popleft()
+            chunk.memory.close()

@@ -1,0 +1,77 @@
+"""The table of completed non-INVITE server transactions (RFC 3261 §17.2.2, Timer J)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gb28181gw.sip.completed import CHUNK_BYTES, CompletedResponses
+from gb28181gw.sip.peer import Peer
+
+PEERS = [Peer("UDP", "127.0.0.1", 5060 + i) for i in range(3)]
+
+
+class Model:
+    """What the table stands in for: a dict and a FIFO of deadlines (the endpoint's former table)."""
+
+    def __init__(self) -> None:
+        self.table: dict[tuple[str, ...], tuple[bytes, Peer]] = {}
+        self.fifo: list[tuple[float, tuple[str, ...], bytes]] = []
+
+    def add(self, key: tuple[str, ...], data: bytes, peer: Peer, until: float) -> None:
+        self.table[key] = (data, peer)
+        self.fifo.append((until, key, data))
+
+    def expire(self, now: float) -> None:
+        while self.fifo and self.fifo[0][0] <= now:
+            _, key, data = self.fifo.pop(0)
+            if self.table.get(key, (None,))[0] is data:
+                del self.table[key]
+
+
+# (key number, response size, peer, time step) or an expiry at some time ahead
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.integers(0, 30), st.integers(0, 70_000), st.integers(0, 2), st.floats(0, 3)),
+        st.tuples(st.just("expire"), st.floats(0, 40)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops)
+def test_same_answers_as_a_dict_with_a_fifo(script: list[tuple]) -> None:  # type: ignore[type-arg]
+    table, model = CompletedResponses(), Model()
+    now = 0.0
+    for n, op in enumerate(script):
+        if op[0] == "add":
+            _, k, size, p, step = op
+            now += step
+            key = ("z9hG4bK" + str(k), "127.0.0.1:5060", "REGISTER")
+            data = bytes([n % 251]) * size
+            table.add(key, data, PEERS[p], now + 32.0)
+            model.add(key, data, PEERS[p], now + 32.0)
+        else:
+            table.expire(now + op[1])
+            model.expire(now + op[1])
+        assert len(table) == len(model.table)
+        for key, (data, peer) in model.table.items():
+            assert table.get(key) == (data, peer)
+        deadlines = [until for until, key, data in model.fifo]
+        # the earliest pending Timer J, counting a replaced answer's (the former FIFO did too)
+        assert table.next_deadline() == (min(deadlines) if deadlines else None)
+
+
+def test_expired_chunks_are_unmapped() -> None:
+    table = CompletedResponses()
+    answer = b"SIP/2.0 200 OK\r\n" + b"x" * 400
+    count = 3 * CHUNK_BYTES // len(answer)
+    for n in range(count):
+        table.add((f"z9hG4bK{n}", "127.0.0.1:5060", "REGISTER"), answer, PEERS[0], 32.0 + n / 1000)
+    assert len(table._chunks) >= 3
+    table.expire(32.0 + count / 2000)  # about half
+    assert 1 <= len(table._chunks) < 3 and 0 < len(table) < count
+    table.expire(1e9)
+    assert len(table) == 0 and not table._chunks and table.next_deadline() is None
+    assert table.get(("z9hG4bK0", "127.0.0.1:5060", "REGISTER")) is None
