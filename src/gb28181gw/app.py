@@ -36,6 +36,8 @@ from gb28181gw.gb.model import DeviceState
 from gb28181gw.gb.registrar import DateFormat, RegistrarPolicy, parse_networks
 from gb28181gw.logs import RATE_LIMIT
 from gb28181gw.metrics import (
+    EVENT_LOOP_LAG,
+    GC_PAUSES,
     LOG_LINES_SUPPRESSED,
     SIP_FLOOD_BANNED,
     SIP_FLOOD_BANS,
@@ -47,6 +49,7 @@ from gb28181gw.metrics import (
     Metrics,
 )
 from gb28181gw.net.stack import SipStack
+from gb28181gw.net.timer import LagProbe
 from gb28181gw.pull import picture_size
 from gb28181gw.relay.forwarder import Forwarder, RelaySettings
 from gb28181gw.relay.workers import LocalRelay, Relay, WorkerRelay
@@ -206,6 +209,8 @@ class Gateway:
         self.metrics.labeled_counter(
             STORE_WRITE_FAILURES, lambda: {(k,): float(v) for k, v in self.store.write_failures.items()}
         )
+        self.lag_probe = LagProbe(LAG_PROBE_INTERVAL, self.metrics.histogram(EVENT_LOOP_LAG).observe)
+        self.gc_timer = GcTimer(self.metrics.histogram(GC_PAUSES).observe)
 
     def _known_address(self, host: str) -> bool:
         # asked only when an address passes the strangers' limit within a window
@@ -297,6 +302,8 @@ class Gateway:
             add_audit_routes(self.admin, self.audit)
             await self.admin.start(c.admin.listen, c.admin.port, ssl_context=admin_tls)
         self.started_at = time.monotonic()
+        self.lag_probe.start()
+        self.gc_timer.install()
         self._ready = True
         log.info(
             "gateway started",
@@ -345,6 +352,8 @@ class Gateway:
     async def stop(self) -> None:
         """Shut down in reverse order of start-up."""
         self._ready = False
+        self.lag_probe.stop()
+        self.gc_timer.remove()
         await self.doctor.stop()  # its streams close while the stack still runs
         if self.admin is not None:
             await self.admin.stop()
@@ -391,6 +400,36 @@ class Gateway:
             for sig in installed:
                 loop.remove_signal_handler(sig)
             await self.stop()
+
+
+#: Seconds between runs of the event-loop stall probe (50 wake-ups a second: nothing to a busy
+#: loop, and a stall of 20 ms or more cannot slip between two of them).
+LAG_PROBE_INTERVAL = 0.02
+
+
+class GcTimer:
+    """Times every garbage collection (``gc.callbacks``): the collector runs on the loop's thread,
+    so each collection is a stall of the event loop, and this says which stalls it causes."""
+
+    def __init__(self, observe: Callable[[float], None]) -> None:
+        self._observe = observe
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started:
+            self._observe(time.perf_counter() - self._started)
+
+    def install(self) -> None:
+        """Start timing (collections in this process, by whatever thread)."""
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def remove(self) -> None:
+        """Stop timing."""
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
 
 
 #: Seconds between full garbage collections (see :func:`tune_gc`).
