@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from array import array
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -204,23 +205,36 @@ def storm(
     }
 
 
-def _count_answers(datagrams: list[bytes], answered: bytearray) -> int:
-    """Mark 200s to keepalives by their request number; return how many were new."""
+def _count_answers(
+    datagrams: list[bytes], answered: bytearray, sent_at: array, latencies: list[float], base: int
+) -> int:
+    """Mark 200s to keepalives by their request number, noting each one's latency; return how many were new."""
     new = 0
+    now = time.perf_counter()
     for data in datagrams:
         if data.startswith(b"SIP/2.0 200"):
-            n = int(_field(data, b"branch=z9hG4bK-k-", b"-"))
-            if not answered[n]:
+            n = int(_field(data, b"branch=z9hG4bK-k-", b"-")) - base
+            if 0 <= n < len(answered) and not answered[n]:
                 answered[n] = 1
+                latencies.append(now - sent_at[n])
                 new += 1
     return new
 
 
-def keepalives(devs: Devices, port: int, first: int, count: int, rate: float, seconds: float) -> dict[str, float]:
-    """Send keepalives from devices first..first+count-1 (round robin) at ``rate``/s."""
+def keepalives(
+    devs: Devices, port: int, first: int, count: int, rate: float, seconds: float, *, base: int = 0
+) -> dict[str, float]:
+    """Send keepalives from devices first..first+count-1 (round robin) at ``rate``/s.
+
+    Request ``i`` is number ``base + i`` (its branch and Call-ID): each step needs a ``base`` of its
+    own, or its keepalives are retransmissions of the previous step's, which the gateway absorbs
+    (it answers again from its completed transactions, for 32 s) without handling them.
+    Latency is from the send to the 200's arrival, per keepalive (answered ones only)."""
     dest = ("127.0.0.1", port)
     total = int(rate * seconds)
     answered = bytearray(total)
+    sent_at = array("d", bytes(8 * total))
+    latencies: list[float] = []
     ok = 0
     sent = 0
     t0 = time.perf_counter()
@@ -230,23 +244,31 @@ def keepalives(devs: Devices, port: int, first: int, count: int, rate: float, se
             d = sent % count
             dev = device_id(first + d)
             body = KEEPALIVE_BODY.format(sn=sent, dev=dev)
-            msg = MESSAGE.format(uri=URI, lport=devs.ports[d % SOCKETS], n=sent, dev=dev, length=len(body), body=body)
+            msg = MESSAGE.format(
+                uri=URI, lport=devs.ports[d % SOCKETS], n=base + sent, dev=dev, length=len(body), body=body
+            )
+            sent_at[sent] = time.perf_counter()
             try:
                 devs.socks[d % SOCKETS].sendto(msg.encode(), dest)
             except BlockingIOError:
                 pass
             sent += 1
-        ok += _count_answers(devs.recv_all(0), answered)
+        ok += _count_answers(devs.recv_all(0), answered, sent_at, latencies, base)
     span = time.perf_counter() - t0
     end = time.perf_counter() + 3
     while ok < total and time.perf_counter() < end:
-        ok += _count_answers(devs.recv_all(0.05), answered)
+        ok += _count_answers(devs.recv_all(0.05), answered, sent_at, latencies, base)
+    latencies.sort()
+    nan = float("nan")
     return {
         "offered": rate,
         "sent": total,
         "answered": ok,
         "failure_pct": 100.0 * (total - ok) / total,
         "keepalives_per_s": ok / span,
+        "p50_ms": latencies[len(latencies) // 2] * 1000 if latencies else nan,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000 if latencies else nan,
+        "max_ms": latencies[-1] * 1000 if latencies else nan,
     }
 
 
@@ -263,6 +285,42 @@ def start_target(target: str, sip_port: int, admin_port: int) -> subprocess.Pope
     # the registrar alone: no catalog queries or subscriptions toward the generator's devices
     quiet = ("--set", "devices.catalog_on_register=false", "--set", "devices.subscribe=")
     return start_server(sip_port, admin_port, 0, "--set", f"registrar.password={PASSWORD}", *quiet, *EXTRA)
+
+
+def histograms(admin_port: int, *names: str) -> dict[str, list[tuple[float, float]]]:
+    """Cumulative buckets (upper bound, count) of the gateway's histograms ``names``, from /metrics,
+    sorted; the first item is (-1, the sum of the observations)."""
+    out: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            for name in names:
+                if line.startswith(name + '_bucket{le="'):
+                    le = line[len(name) + 12 : line.index('"', len(name) + 12)]
+                    out[name].append((float(le), float(line.rsplit(" ", 1)[1])))
+                elif line.startswith(name + "_sum "):
+                    out[name].append((-1.0, float(line.rsplit(" ", 1)[1])))
+    return {name: sorted(buckets) for name, buckets in out.items()}
+
+
+def worst(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> str:
+    """The bucket of the longest observation between two scrapes of a histogram, in ms ("-" if none)."""
+    diff = [(le, a - b) for (le, a), (_, b) in zip(after[1:], before[1:], strict=True)]
+    if not diff or diff[-1][1] == 0:
+        return "-"
+    lower = 0.0
+    for le, n in diff:
+        if n == diff[-1][1]:
+            return f"{lower * 1000:g}-{le * 1000:g}" if le != float("inf") else f">{lower * 1000:g}"
+        lower = le
+    return "-"  # pragma: no cover - the +Inf bucket holds every observation
+
+
+def total_ms(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> float:
+    """Milliseconds observed by a histogram between two scrapes (its sum's growth)."""
+    return (after[0][1] - before[0][1]) * 1000 if after else float("nan")
+
+
+LAG, GC = "gb28181gw_event_loop_lag_seconds", "gb28181gw_gc_pause_seconds"
 
 
 def main() -> None:
@@ -328,14 +386,21 @@ def run_target(args: argparse.Namespace, target: str) -> tuple[float, float]:
             n = args.devices or 10_000
             r = storm(devs, sip_port, 0, n, 2000, step=0)
             print(f"{r['completed']:.0f} of {n} devices registered; keepalives from them, round robin:")
-            print(f"{'offered/s':>10} {'answered':>9} {'fail %':>7} {'keepalives/s':>13} {'CPU µs/each':>12}")
-            for rate in (float(x) for x in (args.rates or "5000,10000,15000,18000,20000,22000").split(",")):
+            print("(loop stall, GC pause: the bucket of the longest, in ms, from the gateway's own histograms;")
+            print(" GC ms: the time it spent collecting garbage during the step)")
+            print(f"{'offered/s':>10} {'answered':>9} {'fail %':>7} {'keepalives/s':>13} {'CPU µs/each':>12} "
+                  f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'loop stall':>10} {'GC pause':>9} {'GC ms':>6}")  # fmt: skip
+            rates = [float(x) for x in (args.rates or "5000,10000,15000,18000,20000,22000").split(",")]
+            for step, rate in enumerate(rates):
+                # the bare responder has no /metrics: its stall columns stay "-"
+                h0 = histograms(admin_port, LAG, GC) if target == "gateway" else {LAG: [], GC: []}
                 c0 = cpu_seconds(pid)
-                k = keepalives(devs, sip_port, 0, n, rate, args.seconds)
+                k = keepalives(devs, sip_port, 0, n, rate, args.seconds, base=step * 100_000_000)
                 cpu = (cpu_seconds(pid) - c0) / max(k["answered"], 1) * 1e6
-                print(
-                    f"{rate:>10.0f} {k['answered']:>9.0f} {k['failure_pct']:>7.2f} {k['keepalives_per_s']:>13.0f} {cpu:>12.1f}"
-                )
+                h1 = histograms(admin_port, LAG, GC) if target == "gateway" else h0
+                print(f"{rate:>10.0f} {k['answered']:>9.0f} {k['failure_pct']:>7.2f} {k['keepalives_per_s']:>13.0f} "
+                      f"{cpu:>12.1f} {k['p50_ms']:>7.2f} {k['p99_ms']:>7.2f} {k['max_ms']:>7.1f} "
+                      f"{worst(h0[LAG], h1[LAG]):>10} {worst(h0[GC], h1[GC]):>9} {total_ms(h0[GC], h1[GC]):>6.0f}")  # fmt: skip
                 if k["failure_pct"] >= 1.0:
                     break
                 if k["keepalives_per_s"] > best[0]:

@@ -92,6 +92,22 @@ STORE_WRITE_FAILURES = Family(
     ("kind",),
 )
 
+# --- the process: event-loop stalls and what causes them (app.py) -----------------------
+#: Bounds of the stall histograms: a keepalive's answer waits for every stall in its way.
+STALL_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+EVENT_LOOP_LAG = Family(
+    "gb28181gw_event_loop_lag_seconds",
+    Kind.HISTOGRAM,
+    "How late a callback due every 20 ms ran: the event loop's stalls (everything waits for them)",
+    buckets=STALL_BUCKETS,
+)
+GC_PAUSES = Family(
+    "gb28181gw_gc_pause_seconds",
+    Kind.HISTOGRAM,
+    "Garbage collections by how long they held the event loop",
+    buckets=STALL_BUCKETS,
+)
+
 # --- registration and keepalive (services/registrar.py) ---------------------------------
 REGISTRATIONS = Family("gb28181gw_registrations", Kind.COUNTER, "REGISTER requests by result", ("result", "reason"))
 KEEPALIVES = Family("gb28181gw_keepalives", Kind.COUNTER, "Keepalive MESSAGEs by result", ("result",))
@@ -251,7 +267,7 @@ def code_label(value: str) -> str:
 #: Every family the gateway exports, besides the process, platform and GC collectors'.
 FAMILIES: tuple[Family, ...] = (
     SIP_REQUESTS, SIP_RESPONSES, SIP_PARSE_ERRORS, SIP_DROPPED, SIP_TRANSACTIONS_IN_FLIGHT, SIP_TCP_CONNECTIONS, BUILD,
-    LOG_LINES_SUPPRESSED, STORE_WRITABLE, STORE_WRITE_FAILURES,
+    LOG_LINES_SUPPRESSED, STORE_WRITABLE, STORE_WRITE_FAILURES, EVENT_LOOP_LAG, GC_PAUSES,
     REGISTRATIONS, KEEPALIVES, KEEPALIVE_TIMEOUTS, AUTH_FAILURES, BANS, DEVICES,
     QUERIES, MANSCDP_UNMATCHED, INVALID_COORDINATES, ALARMS, CATALOG_SYNC_SECONDS, CHANNELS, CATALOG_EVENTS, CATALOG_ITEMS_REFUSED,
     STREAM_SETUPS, STREAM_CLOSES, STREAM_SETUP_SECONDS, STREAMS_ACTIVE, STREAM_CONSUMERS,

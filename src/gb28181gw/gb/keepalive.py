@@ -2,9 +2,8 @@
 
 A device is offline when neither a keepalive nor a REGISTER refresh arrived within
 ``min(registration left, interval × count)``. Each device has at most one live
-deadline in a :class:`~gb28181gw.deadlines.TimerQueue`; touching it cancels the old
-entry (lazily) and schedules a new one. 10,000 cameras are ~170 keepalives/s: a
-few microseconds each, and no task or timer per device.
+entry in a :class:`~gb28181gw.deadlines.TimerQueue`; a keepalive moves its deadline
+without touching the queue (see :class:`Liveness`). No task or timer per device.
 
 :func:`check_sender` is the keepalive procedure beside :meth:`gb28181gw.gb.registrar.Registrar.handle`:
 whether a MESSAGE naming a device may be served — by what the router makes of the answer
@@ -96,41 +95,70 @@ def check_sender(device: Device | None, peer: Peer, epoch: float, *, accept_port
 
 
 class Liveness:
-    """One deadline per device; :meth:`due` says whose passed."""
+    """One deadline per device; :meth:`due` says whose passed.
+
+    A keepalive moves its device's deadline later, thousands of times a second at a large
+    site. Rescheduling a queue entry each time cost an allocation, a cancelled entry left in
+    the queue for the whole keepalive window (millions of them under load, each walked by the
+    garbage collector) and a new earliest-deadline search. So a keepalive only notes the
+    wanted deadline when the queued entry fires no later than it: that entry fires, :meth:`due`
+    finds the device heard from since and queues it again for the rest of its time, once per
+    window rather than once per keepalive. A deadline moved earlier (a registration about to
+    end) is queued at once. What :meth:`due` reports, and when, is what exact rescheduling gave.
+    """
 
     def __init__(self) -> None:
         self._queue: TimerQueue[str] = TimerQueue(resolution=1.0)
         self._entries: dict[str, Deadline[str]] = {}
+        self._wanted: dict[str, float] = {}
+        self._next: float | None = None
+        self._stale = False  # the queue changed since _next was read from it
 
     def touch(self, device_id: str, now: float, timeout: float) -> float:
         """(Re)start ``device_id``'s deadline at ``now + timeout``; return it."""
+        when = now + max(timeout, 0.0)
+        self._wanted[device_id] = when
         old = self._entries.get(device_id)
-        if old is not None:
+        if old is not None and old.alive:
+            if old.when <= when:
+                return when  # the queued entry fires first and queues the rest (see the class)
             old.cancel()
-        entry = self._queue.schedule(now, max(timeout, 0.0), device_id)
-        self._entries[device_id] = entry
-        return entry.when
+        self._entries[device_id] = self._queue.schedule(now, when - now, device_id)
+        self._stale = True
+        return when
 
     def forget(self, device_id: str) -> None:
         """Stop watching ``device_id``."""
+        self._wanted.pop(device_id, None)
         entry = self._entries.pop(device_id, None)
         if entry is not None:
             entry.cancel()
+            self._stale = True
 
     def deadline(self, device_id: str) -> float | None:
         """When ``device_id`` goes offline unless touched, or ``None``."""
-        entry = self._entries.get(device_id)
-        return entry.when if entry is not None else None
+        return self._wanted.get(device_id)
 
     def next_deadline(self) -> float | None:
-        """The earliest deadline, for the shell's one timer."""
-        return self._queue.next_deadline()
+        """The earliest queued entry, for the shell's one timer: no later than the earliest
+        deadline (earlier when that entry only queues the rest of a device's time)."""
+        if self._stale:
+            self._next = self._queue.next_deadline()
+            self._stale = False
+        return self._next
 
     def due(self, now: float) -> list[str]:
         """Devices whose deadline passed; they are no longer watched."""
         out = []
         for device_id in self._queue.pop_due(now):
+            self._stale = True
+            wanted = self._wanted.get(device_id, now)
+            if wanted > now:
+                # heard from since this entry was queued: watch it for the rest of its time
+                self._entries[device_id] = self._queue.schedule(now, wanted - now, device_id)
+                continue
             self._entries.pop(device_id, None)
+            self._wanted.pop(device_id, None)
             out.append(device_id)
         return out
 

@@ -11,6 +11,7 @@ size cap — an XML bomb is an error, not an outage.
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 from lxml import etree
 from lxml.etree import _Element as Element  # re-exported: the element type of every parsed body
@@ -19,10 +20,12 @@ from gb28181gw.errors import ManscdpError
 
 __all__ = [
     "Element",
+    "Keepalive",
     "MAX_BODY",
     "REPLACEMENT",
     "etree",
     "charset_problem",
+    "keepalive_fast",
     "child_text",
     "decode_text",
     "declared_encoding",
@@ -178,3 +181,46 @@ def child_text(element: Element, name: str) -> str | None:
 def root_name(element: Element) -> str:
     """The root element's name (``Query``, ``Response``, ``Notify``, ``Control``)."""
     return str(element.tag)
+
+
+class Keepalive(NamedTuple):
+    """What a Keepalive Notify says (GB/T 28181 §9.6, A.2.5): the fields :func:`keepalive_fast` reads."""
+
+    sn: int
+    device_id: str
+    status: str
+
+
+# A Keepalive Notify as devices send it, byte for byte: an optional prolog declaring GB2312 or
+# UTF-8 (either case), the four elements in their order with nothing but blank space between
+# them, and texts of plain ASCII letters and digits. Whatever else a body holds (attributes,
+# comments, entities, CDATA, other elements or charsets, a BOM) is left to lxml.
+_KEEPALIVE_RE = re.compile(
+    rb"[\x00 \t\r\n]*"
+    rb"""(?:<\?xml version=["']1\.0["'](?: encoding=["'](?:GB2312|gb2312|UTF-8|utf-8)["'])?\?>[ \t\r\n]*)?"""
+    rb"<Notify>[ \t\r\n]*"
+    rb"<CmdType>Keepalive</CmdType>[ \t\r\n]*"
+    rb"<SN>([0-9]{1,18})</SN>[ \t\r\n]*"
+    rb"<DeviceID>([0-9A-Za-z]{1,32})</DeviceID>[ \t\r\n]*"
+    rb"<Status>([A-Za-z]{1,16})</Status>[ \t\r\n]*"
+    rb"</Notify>[\x00 \t\r\n]*"
+)
+
+
+def keepalive_fast(body: bytes) -> Keepalive | None:
+    """The fields of a plain Keepalive Notify, read without building a tree; ``None`` for any
+    other body, which :func:`parse_xml` then reads.
+
+    Why: a gateway of 10,000 devices takes tens of thousands of keepalives a second at its
+    peak, and parsing each into an lxml tree cost ~7 µs of the ~60 µs a keepalive took, for
+    four short fields. This reads only bodies whose every byte the pattern accounts for, and
+    gives exactly what :func:`parse_xml` and :func:`child_text` would (a property test holds
+    them to it); anything unusual declines and takes the general path.
+    """
+    if len(body) > 512:
+        return None
+    m = _KEEPALIVE_RE.fullmatch(body)
+    if m is None:
+        return None
+    sn, device_id, status = m.groups()
+    return Keepalive(int(sn), device_id.decode("ascii"), status.decode("ascii"))

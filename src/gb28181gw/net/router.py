@@ -40,7 +40,7 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from gb28181gw.errors import ManscdpError, RouteConflict, SipParseError
 from gb28181gw.gb.registrar import from_user
-from gb28181gw.manscdp.codec import Element, child_text, parse_xml
+from gb28181gw.manscdp.codec import Element, child_text, keepalive_fast, parse_xml
 from gb28181gw.sip.dialog import DialogId, dialog_id_of
 from gb28181gw.sip.endpoint import warning_header
 from gb28181gw.sip.events import RequestReceived
@@ -97,15 +97,21 @@ class ManscdpRequest(NamedTuple):
         event: the request event (its transaction is to be answered by the owner).
         role: the sender's role.
         sender: the sender's ID (the user part of From).
-        root: the parsed body.
+        parsed: the parsed body, or ``None`` when the router read a plain keepalive without
+            building a tree (:func:`~gb28181gw.manscdp.codec.keepalive_fast`): read :attr:`root`.
         cmd_type: the CmdType as sent (compare case-insensitively).
     """
 
     event: RequestReceived
     role: Role
     sender: str
-    root: Element
+    parsed: Element | None
     cmd_type: str
+
+    @property
+    def root(self) -> Element:
+        """The parsed body (a plain keepalive is parsed now, at each call: its owner never asks)."""
+        return self.parsed if self.parsed is not None else parse_xml(self.event.request.body)
 
 
 #: The owner of a (role, CmdType).
@@ -364,13 +370,19 @@ class Router:
                 # registered; 404 makes real devices register again
                 self._reject(event, Role.UNKNOWN, 404, f"device {sender or '(no ID)'} is not registered here")
             return
-        try:
-            root = parse_xml(event.request.body)
-        except ManscdpError as exc:
-            log.info("unparseable MANSCDP body", extra={"device": sender, "error": str(exc)})
-            self._reject(event, role, 400, str(exc))
-            return
-        cmd_type = child_text(root, "CmdType") or ""
+        body = event.request.body
+        # most MESSAGEs are keepalives, whose owner needs no tree: read them without lxml
+        root: Element | None = None
+        if keepalive_fast(body) is not None:
+            cmd_type = "Keepalive"
+        else:
+            try:
+                root = parse_xml(body)
+            except ManscdpError as exc:
+                log.info("unparseable MANSCDP body", extra={"device": sender, "error": str(exc)})
+                self._reject(event, role, 400, str(exc))
+                return
+            cmd_type = child_text(root, "CmdType") or ""
         messages = self._messages
         owned = messages.get((role, cmd_type.lower())) or messages.get((role, ANY))
         if owned is None:

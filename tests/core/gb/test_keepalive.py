@@ -35,6 +35,30 @@ def test_touch_moves_the_deadline_and_due_reports_once() -> None:
     assert live.due(1000.0) == [] and len(live) == 0
 
 
+def test_keepalives_leave_one_queued_entry_per_device() -> None:
+    # a keepalive only notes the later deadline; the queued entry fires and queues the rest
+    live = Liveness()
+    for t in range(1000):
+        live.touch("a", float(t), 180.0)
+        live.touch("b", float(t), 180.0)
+    assert len(live._queue) == 2 and len(live) == 2
+    assert live.deadline("a") == 1179.0
+    assert live.next_deadline() == 180.0  # the first entries: no later than any deadline
+    assert live.due(180.5) == []  # both heard from since: queued again for the rest
+    assert live.next_deadline() == 1179.0
+    assert live.due(1178.9) == [] and live.due(1179.0) == ["a", "b"]
+    assert len(live._queue) == 0 and live.next_deadline() is None
+
+
+def test_a_deadline_moved_earlier_is_queued_at_once() -> None:
+    # a registration about to end: min(registration left, keepalive window) shrinks
+    live = Liveness()
+    live.touch("a", 0.0, 180.0)
+    live.touch("a", 10.0, 5.0)
+    assert live.deadline("a") == 15.0 and live.next_deadline() == 15.0
+    assert live.due(14.9) == [] and live.due(15.0) == ["a"]
+
+
 def test_forget() -> None:
     live = Liveness()
     live.touch("a", 0.0, 10.0)

@@ -1,0 +1,179 @@
+"""The keepalive fast path (:func:`gb28181gw.manscdp.codec.keepalive_fast`) beside the general parser.
+
+It must either decline a body or read exactly what :func:`parse_xml` and :func:`child_text` read
+from it: never a keepalive the general path would refuse, never another SN, DeviceID or Status.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gb28181gw.errors import ManscdpError
+from gb28181gw.manscdp.codec import Keepalive, child_text, keepalive_fast, parse_xml
+
+DEV = "34020000001320000001"
+PLAIN = (
+    '<?xml version="1.0" encoding="GB2312"?>\r\n<Notify>\r\n<CmdType>Keepalive</CmdType>\r\n<SN>43</SN>\r\n'
+    f"<DeviceID>{DEV}</DeviceID>\r\n<Status>OK</Status>\r\n</Notify>\r\n"
+).encode()
+
+
+def general(body: bytes) -> Keepalive | None:
+    """What the general path reads from ``body``: a keepalive's fields, or ``None``."""
+    try:
+        root = parse_xml(body)
+    except ManscdpError:
+        return None
+    sn = child_text(root, "SN") or ""
+    if root.tag != "Notify" or child_text(root, "CmdType") != "Keepalive" or not sn.isdigit():
+        return None
+    return Keepalive(int(sn), child_text(root, "DeviceID") or "", child_text(root, "Status") or "")
+
+
+def agrees(body: bytes) -> None:
+    fast = keepalive_fast(body)
+    if fast is not None:
+        assert general(body) == fast
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        PLAIN,
+        PLAIN.replace(b"\r\n", b"\n"),
+        PLAIN.replace(b"\r\n", b""),
+        PLAIN.replace(b"GB2312", b"UTF-8"),
+        PLAIN.replace(b' encoding="GB2312"', b""),
+        PLAIN.split(b"\r\n", 1)[1],  # no prolog
+        PLAIN.replace(b"\r\n<", b"\r\n  <") + b"\x00\x00",  # indented, NUL padding
+    ],
+)
+def test_plain_keepalives_take_the_fast_path(body: bytes) -> None:
+    assert keepalive_fast(body) == Keepalive(43, DEV, "OK") == general(body)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        (b"<Notify>", b'<Notify xmlns="urn:x">'),  # attributes
+        (b"<Notify>", b"<notify>"),  # lower-case names (the general path takes them)
+        (b"</Notify>", b"<Info>x</Info></Notify>"),  # another element
+        (b"<Status>OK</Status>", b"<Status><![CDATA[OK]]></Status>"),
+        (b"<Status>OK</Status>", b"<Status>&#79;K</Status>"),  # a character reference
+        (b"<SN>43</SN>", b"<SN> 43 </SN>"),  # blank space inside a text
+        (b"<SN>43</SN>", b"<!-- x --><SN>43</SN>"),
+        (b"GB2312", b"GBK"),
+        (b'version="1.0"', b'version="1.0" standalone="yes"'),
+        (b"<?xml", b"\xef\xbb\xbf<?xml"),  # a byte-order mark
+        (b"<CmdType>Keepalive</CmdType>\r\n<SN>43</SN>", b"<SN>43</SN>\r\n<CmdType>Keepalive</CmdType>"),
+    ],
+)
+def test_anything_unusual_is_left_to_lxml(change: tuple[bytes, bytes]) -> None:
+    body = PLAIN.replace(*change)
+    assert body != PLAIN
+    assert keepalive_fast(body) is None
+
+
+def test_a_broken_keepalive_is_declined_and_refused_by_the_general_path() -> None:
+    body = PLAIN.replace(b"</Notify>", b"</Notfy>")
+    assert keepalive_fast(body) is None and general(body) is None
+
+
+# pieces a keepalive is made of, and variations devices (or fuzzers) make of them
+_BLANK = st.sampled_from([b"", b"\r\n", b"\n", b" ", b"\t", b"  \r\n", b"\x00", b"\xef\xbb\xbf", b"x"])
+_PROLOG = st.sampled_from(
+    [b"", b'<?xml version="1.0"?>', b'<?xml version="1.0" encoding="GB2312"?>', b"<?xml version='1.0' encoding='utf-8'?>",
+     b'<?xml version="1.0" encoding="GBK"?>', b'<?xml version="1.1"?>', b"<?xml?>", b'<?xml version="1.0" encoding="UTF-8"']
+)  # fmt: skip
+_TEXT = st.one_of(
+    st.from_regex(rb"\A[0-9A-Za-z]{0,40}\Z", fullmatch=True),
+    st.binary(max_size=12),
+    st.sampled_from(
+        [b"&amp;", b"&lt;", b"<![CDATA[1]]>", b"\xe4\xb8\x80", b"\xd2\xbb", b"\xef\xbc\x91", b"1 2", b" 7"]
+    ),
+)
+_TAG = st.sampled_from([b"Notify", b"notify", b"CmdType", b"SN", b"DeviceID", b"Status", b"Query", b"X"])
+
+
+_OK_BLANK = st.sampled_from([b"", b"\r\n", b"\n", b" ", b"\t", b"\r\n  "])
+_OK_PROLOG = st.sampled_from(
+    [
+        b"",
+        b'<?xml version="1.0"?>',
+        b'<?xml version="1.0" encoding="GB2312"?>',
+        b"<?xml version='1.0' encoding='utf-8'?>",
+    ]
+)
+#: How each piece of a keepalive may vary: a plain keepalive with one or two of them changed is
+#: the boundary the fast path must get right.
+_VARIANTS: dict[str, st.SearchStrategy[bytes]] = {
+    "lead": _BLANK,
+    "prolog": _PROLOG,
+    "root": st.sampled_from([b"notify", b"Response", b"Notify ", b'Notify a="1"']),
+    "cmd": st.sampled_from([b"keepalive", b"Catalog", b"Keepalive "]) | _TEXT,
+    "sn": _TEXT | st.from_regex(rb"\A[0-9]{19,25}\Z", fullmatch=True),
+    "dev": _TEXT,
+    "status": _TEXT,
+    "gap": _BLANK,
+    "close": _TAG,
+    "extra": _TAG,
+    "order": st.just(b"swap"),
+    "trail": _BLANK,
+}
+
+
+@st.composite
+def keepalive_bodies(draw: st.DrawFn) -> bytes:
+    piece = {
+        "lead": draw(_OK_BLANK),
+        "prolog": draw(_OK_PROLOG),
+        "root": b"Notify",
+        "cmd": b"Keepalive",
+        "sn": draw(st.from_regex(rb"\A[0-9]{1,18}\Z", fullmatch=True)),
+        "dev": draw(st.from_regex(rb"\A[0-9A-Za-z]{1,32}\Z", fullmatch=True)),
+        "status": draw(st.sampled_from([b"OK", b"ERROR", b"ok", b"Online"])),
+        "gap": draw(_OK_BLANK),
+        "close": b"",
+        "extra": b"",
+        "order": b"",
+        "trail": draw(_OK_BLANK),
+    }
+    for name in draw(st.lists(st.sampled_from(sorted(_VARIANTS)), max_size=2, unique=True)):
+        piece[name] = draw(_VARIANTS[name])
+    fields = [
+        (b"CmdType", piece["cmd"]),
+        (b"SN", piece["sn"]),
+        (b"DeviceID", piece["dev"]),
+        (b"Status", piece["status"]),
+    ]
+    if piece["order"]:
+        fields.reverse()
+    if piece["extra"]:
+        fields.insert(2, (piece["extra"], b"1"))
+    gap = piece["gap"]
+    body = [piece["lead"], piece["prolog"], gap, b"<" + piece["root"] + b">"]
+    for i, (name, text) in enumerate(fields):
+        close = piece["close"] if piece["close"] and i == 1 else name
+        body += [gap, b"<" + name + b">" + text + b"</" + close + b">"]
+    body += [gap, b"</" + piece["root"].split(b" ")[0] + b">", piece["trail"]]
+    return b"".join(body)
+
+
+@settings(max_examples=500)
+@given(keepalive_bodies())
+def test_the_fast_path_declines_or_agrees_with_the_general_parser(body: bytes) -> None:
+    agrees(body)
+
+
+@given(st.binary(max_size=300))
+def test_the_fast_path_declines_or_agrees_on_any_bytes(body: bytes) -> None:
+    agrees(body)
+
+
+@given(st.data())
+def test_one_byte_changed_in_a_plain_keepalive_declines_or_agrees(data: st.DataObject) -> None:
+    i = data.draw(st.integers(0, len(PLAIN) - 1))
+    byte = data.draw(st.integers(0, 255))
+    agrees(PLAIN[:i] + bytes([byte]) + PLAIN[i + 1 :])
