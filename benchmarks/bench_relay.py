@@ -34,7 +34,10 @@ HERE = Path(__file__).resolve().parent
 SIZE = 1400
 #: "key" makes rtpgen send key frames (--keyframes), "" plain pack headers.
 KEY = ""
-STREAM_BASE, SINK_BASE = 50000, 54000
+#: Below the kernel's range for automatically assigned ports (32768-60999 on Linux), where
+#: another program's ephemeral socket could hold one of ours; clear of the media range default
+#: (30000-31999) and of bench_playback's 23000/25000.
+STREAM_BASE, SINK_BASE = 26000, 27000
 PPS_4MBIT = 4_000_000 / 8 / SIZE  # ≈ 357 packets/s per 4 Mbit/s stream
 
 BARE = r"""
@@ -173,7 +176,7 @@ async def bench_setup(count: int) -> list[float]:
             overrides={
                 "store.path": str(store), "sip.listen": "127.0.0.1", "sip.port": "0", "admin.enabled": "false",
                 "devices.catalog_on_register": "false", "devices.subscribe": "", "media.workers": "1",
-                "media.linger": "0", "media.port_min": "46000", "media.port_max": "46999",
+                "media.linger": "0", "media.port_min": "28000", "media.port_max": "28999",
             },
         )
     )  # fmt: skip
