@@ -227,9 +227,11 @@ class Batch:
             self._restore(count)
             return count, total, 0, 0
         sent = done = dropped = errors = nbytes = 0
+        again = False  # the first call's answer is in m already
         while done < count:
-            if done:
+            if again:
                 m = self.libc.sendmmsg(fd, self._sptr + done * _HDR, count - done, socket.MSG_DONTWAIT)
+            again = True
             if m > 0:
                 nbytes += sum(self.send_iov[2 * j + 1] for j in range(done, done + m))
                 sent += m
