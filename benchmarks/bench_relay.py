@@ -100,7 +100,7 @@ async def main():
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20); s.bind(("127.0.0.1", first + 2 * i))
         dst = ctypes.create_string_buffer(socket.AF_INET.to_bytes(2, sys.byteorder) + (sink + 2 * i).to_bytes(2, "big") + socket.inet_aton("127.0.0.1") + bytes(8), 16)
         dst = (dst, ctypes.addressof(dst))
-        def on_read(fd=s.fileno(), dst=dst[1], keep=dst):
+        def on_read(fd=s.fileno(), dst=dst[1], keep=(dst, s)):
             for _ in range(8):
                 memmove(rh, fresh, len(fresh))
                 k = recvmmsg(fd, rh, V, socket.MSG_DONTWAIT, None)
@@ -183,6 +183,9 @@ async def measure_ours(
     finally:
         await asyncio.gather(*(r.stop() for r in relays))
     relayed_in = sum(t.packets_in for t in totals)
+    if os.environ.get("BENCH_RELAY_DEBUG"):
+        print("    in", relayed_in, "out", sum(t.packets_out for t in totals), "dropped", sum(t.slow_consumer for t in totals),
+              "errors", sum(t.send_errors for t in totals), "sent", sent, "received", received, "cpu", cpu)  # fmt: skip
     return {
         "offered_pps": sent / seconds,
         "out_pps": received / seconds,
@@ -227,9 +230,10 @@ async def compare(rtpgen: str, flows: int, pps: int, seconds: float, target: str
     print(row(f"gb28181gw, recvfrom_into @ {pps:,}/s", plain))
     ours = await measure_ours(rtpgen, flows, pps, seconds)
     print(row(f"gb28181gw, recvmmsg @ {pps:,}/s", ours))
+    ratio = ours["cpu_us_per_packet"] / c["cpu_us_per_packet"]
     print(
         f"  → gb28181gw {plain['cpu_us_per_packet']:.2f} → {ours['cpu_us_per_packet']:.2f} µs/packet; "
-        f"C relay / gb28181gw CPU per packet = {c['cpu_us_per_packet'] / ours['cpu_us_per_packet']:.2f} "
+        f"its CPU per packet {ratio:.2f} × the C relay's, its packets per CPU second {1 / ratio:.2f} × "
         f"(target {target})"
     )
     return ours

@@ -35,7 +35,10 @@ static int do_send(int first, int n, double pps, double seconds, int size, int k
     if (key) memcpy(b + 24, "\x00\x00\x01\xe0\x00\x20\x80\x00\x00\x00\x00\x00\x01\x67", 14);
     to[i].sin_family = AF_INET; to[i].sin_port = htons(first + 2 * i); to[i].sin_addr.s_addr = htonl(0x7f000001);
   }
-  struct mmsghdr msgs[BATCH]; struct iovec iov[BATCH];
+  /* each message of a batch its own 12-byte RTP header (iov 0) before its flow's payload (iov 1):
+     with one flow, a batch that pointed every message at the flow's one buffer sent its last
+     sequence number k times (duplicates, not a stream) */
+  struct mmsghdr msgs[BATCH]; struct iovec iov[BATCH][2]; unsigned char hdr[BATCH][12];
   double start = now(), end = start + seconds; long sent = 0; int flow = 0;
   while (now() < end) {
     long due = (long)((now() - start) * pps);
@@ -43,11 +46,13 @@ static int do_send(int first, int n, double pps, double seconds, int size, int k
     int k = due - sent > BATCH ? BATCH : (int)(due - sent);
     for (int j = 0; j < k; j++) {
       unsigned char *b = bufs + (size_t)flow * size;
-      uint16_t s = htons(seq[flow]++); memcpy(b + 2, &s, 2);
-      uint32_t ts = htonl(seq[flow] / 8 * 3600); memcpy(b + 4, &ts, 4);
-      iov[j].iov_base = b; iov[j].iov_len = size;
+      memcpy(hdr[j], b, 12);
+      uint16_t s = htons(seq[flow]++); memcpy(hdr[j] + 2, &s, 2);
+      uint32_t ts = htonl(seq[flow] / 8 * 3600); memcpy(hdr[j] + 4, &ts, 4);
+      iov[j][0].iov_base = hdr[j]; iov[j][0].iov_len = 12;
+      iov[j][1].iov_base = b + 12; iov[j][1].iov_len = size - 12;
       memset(&msgs[j], 0, sizeof msgs[j]);
-      msgs[j].msg_hdr.msg_iov = &iov[j]; msgs[j].msg_hdr.msg_iovlen = 1;
+      msgs[j].msg_hdr.msg_iov = iov[j]; msgs[j].msg_hdr.msg_iovlen = 2;
       msgs[j].msg_hdr.msg_name = &to[flow]; msgs[j].msg_hdr.msg_namelen = sizeof to[flow];
       flow = (flow + 1) % n;
     }

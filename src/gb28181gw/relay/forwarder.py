@@ -741,7 +741,7 @@ class Forwarder:
             if not k:
                 return
             self._relay_batch(st, batch, k, now)
-            if k < vlen or st.udp is None:  # drained, or the stream closed meanwhile (an event's handler)
+            if k < 2 or st.udp is None:  # drained, or the stream closed meanwhile (an event's handler)
                 return
 
     def _relay_batch(self, st: RelayStream, b: mmsg.Batch, k: int, now: float) -> None:
@@ -766,8 +766,10 @@ class Forwarder:
                 and stats.highest_seq >= 0
                 and b.names[NAME * i : NAME * k] == st.source_names[NAME * i : NAME * k]
             )
+            # one sendmmsg for the batch to a stream's one UDP consumer; a packet alone goes with
+            # sendto (UdpOut.send), a cheaper call from Python than sendmmsg through ctypes
             consumers = st.consumers
-            out = consumers[0] if len(consumers) == 1 and type(consumers[0]) is UdpOut else None
+            out = consumers[0] if len(consumers) == 1 and type(consumers[0]) is UdpOut and k - i > 1 else None
             if out is not None and out.dest is None:
                 out = None
             want, expect = st.ssrc, (stats.highest_seq + 1) & 0xFFFF
