@@ -183,9 +183,6 @@ async def measure_ours(
     finally:
         await asyncio.gather(*(r.stop() for r in relays))
     relayed_in = sum(t.packets_in for t in totals)
-    if os.environ.get("BENCH_RELAY_DEBUG"):
-        print("    in", relayed_in, "out", sum(t.packets_out for t in totals), "dropped", sum(t.slow_consumer for t in totals),
-              "errors", sum(t.send_errors for t in totals), "sent", sent, "received", received, "cpu", cpu)  # fmt: skip
     return {
         "offered_pps": sent / seconds,
         "out_pps": received / seconds,

@@ -7,7 +7,10 @@ hot path, so it works on raw non-blocking sockets with ``loop.add_reader``:
 * each stream has one preallocated buffer; UDP packets are received into it at offset 2
   with ``recvfrom_into``, TCP bytes are read into it with ``recv_into`` and framed in place
   by :class:`~gb28181gw.media.tcp_framing.FrameScanner`; no packet is ever copied into a
-  new ``bytes`` object on the way through;
+  new ``bytes`` object on the way through. On Linux UDP goes in batches instead (issue 16):
+  ``recvmmsg`` into the slots of one buffer shared by the forwarder's streams, and ``sendmmsg``
+  from those slots to a stream's one UDP consumer (:mod:`.mmsg`, :meth:`Forwarder._relay_batch`,
+  the same output as the per-packet path, which remains where libc lacks the calls);
 * for each consumer the SSRC is rewritten in place and the packet is sent straight from
   that buffer: ``sendto`` for UDP, ``send`` of the packet with its RFC 4571 length written
   into the two bytes before it for TCP. Only when a TCP consumer's socket is full is the
@@ -728,7 +731,9 @@ class Forwarder:
 
     def _on_udp_batched(self, st: RelayStream) -> None:
         # _on_udp with recvmmsg: up to VLEN packets a system call, and no empty read that raises to
-        # end a wake-up: a short batch says the socket is drained (the loop wakes us if more came)
+        # end a wake-up. A batch of one packet ends the wake-up (paced streams: one or two packets a
+        # wake-up, where an empty call would cost as much as the packet); a longer one reads on
+        # (a blasting stream keeps coming). The loop wakes us again if more came meanwhile.
         batch = self._batch
         assert batch is not None and st.udp is not None
         fd, vlen = st.udp.fileno(), batch.vlen

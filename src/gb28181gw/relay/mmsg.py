@@ -27,7 +27,9 @@ __all__ = ["LEN_AT", "NAME", "SLOT", "VLEN", "Batch", "Libc", "load", "peer", "s
 #: Datagrams per ``recvmmsg``/``sendmmsg``.
 VLEN = 32
 #: Bytes a slot holds: the largest UDP payload (65,507 over IPv4, 65,527 over IPv6) and the two
-#: bytes before it, so that no datagram is ever cut short (``recvfrom_into`` never cuts one either).
+#: bytes before it, so that no datagram is ever cut short (``recvfrom_into`` never cuts one either);
+#: and 1,344 more so that slots are not a multiple of 4 KiB apart, where every packet's header
+#: would fall into the same few cache sets.
 SLOT = 2 + 65536 + 1344
 #: Room for a sender's address: ``sockaddr_in6`` (an IPv4 socket writes the first 16 bytes only).
 NAME = 28
@@ -121,7 +123,9 @@ class Batch:
     """Buffers and headers for a batch of ``vlen`` datagrams of up to ``slot - 2`` bytes each.
 
     Received datagram ``i`` lies at ``buf[offset(i) : offset(i) + length(i)]``; its sender's raw
-    address at ``names[NAME * i : NAME * i + namelen]``. Queued slots go out with :meth:`send`.
+    address at ``names[NAME * i : NAME * i + namelen]``. Send header ``j`` carries slot ``j``'s
+    packet; the caller writes its length at ``send_iov[2 * j + 1]`` (and another slot's address at
+    ``send_iov[2 * j]``, setting :attr:`moved`), then :meth:`send` sends headers ``0..count``.
     """
 
     def __init__(self, libc: Libc, vlen: int = VLEN, slot: int = SLOT) -> None:
@@ -201,14 +205,6 @@ class Batch:
         if code in _RETRY:
             return 0
         raise OSError(code, os.strerror(code))
-
-    def queue(self, j: int, i: int, n: int) -> None:
-        """Make send header ``j`` carry datagram ``i``'s ``n`` bytes (from its slot). The relay
-        writes :attr:`send_iov` itself, the same way, to spare a call per packet."""
-        if i != j:
-            self.send_iov[2 * j] = self.slot_at + i * self.slot
-            self.moved = True
-        self.send_iov[2 * j + 1] = n
 
     def send(self, fd: int, count: int, dest: Any, destlen: int, total: int) -> tuple[int, int, int, int]:
         """Send the ``count`` queued datagrams to ``dest`` (a ctypes buffer holding a ``sockaddr``
