@@ -730,23 +730,34 @@ class Forwarder:
             relay(st, buf, view, 2, n, addr, now)
 
     def _on_udp_batched(self, st: RelayStream) -> None:
-        # _on_udp with recvmmsg: up to VLEN packets a system call, and no empty read that raises to
-        # end a wake-up. A batch of one packet ends the wake-up (paced streams: one or two packets a
-        # wake-up, where an empty call would cost as much as the packet); a longer one reads on
-        # (a blasting stream keeps coming). The loop wakes us again if more came meanwhile.
-        batch = self._batch
-        assert batch is not None and st.udp is not None
-        fd, vlen = st.udp.fileno(), batch.vlen
+        # _on_udp with recvmmsg. The first packet of a wake-up is read as _on_udp reads it: paced
+        # streams bring one or two a wake-up, and for one packet recvfrom_into costs less than
+        # recvmmsg through ctypes. The rest go in batches of up to VLEN (a blasting stream) until
+        # one comes back short: no read but the first raises to end a wake-up, and the loop wakes
+        # us again if more came meanwhile.
+        udp, batch = st.udp, self._batch
+        assert udp is not None and batch is not None
+        try:
+            n, addr = udp.recvfrom_into(st.view[2:])
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            n = -1  # an ICMP error for something we sent earlier
         now = self.loop.time()
+        if n >= 0:
+            self._relay(st, st.buf, st.view, 2, n, addr, now)
+        fd, vlen = udp.fileno(), batch.vlen
         for _ in range(BATCH // vlen):
+            if st.udp is None:
+                return  # the stream closed meanwhile (a handler of an event, in-process)
             try:
                 k = batch.receive(fd)
             except OSError:
-                continue  # an ICMP error for something we sent earlier
+                continue
             if not k:
                 return
             self._relay_batch(st, batch, k, now)
-            if k < 2 or st.udp is None:  # drained, or the stream closed meanwhile (an event's handler)
+            if k < vlen:
                 return
 
     def _relay_batch(self, st: RelayStream, b: mmsg.Batch, k: int, now: float) -> None:
@@ -763,6 +774,7 @@ class Forwarder:
         stats, gop_limit, iov, slot_at = st.stats, self.gop_limit, b.send_iov, b.slot_at
         run = run_bytes = queued = queued_bytes = 0
         i = 0
+        _source_names(st, b)
         while i < k:
             # what the fast path holds: read once a batch, and again after each general packet
             fast = (
@@ -832,8 +844,7 @@ class Forwarder:
                 self._relay(st, buf, view, off, n, addr, now)
                 if st.udp is None:
                     return  # closed by a handler of the packet's event (in-process)
-                if st.source is addr:  # latched on this packet: its raw address, for the fast path
-                    st.source_names, st.source_names_of = b.sender_raw(i) * b.vlen, addr
+                _source_names(st, b)  # latched on this packet, maybe
             i += 1
 
     def _send_queued(self, b: mmsg.Batch, st: RelayStream, out: UdpOut, count: int, nbytes: int) -> None:
@@ -1243,6 +1254,16 @@ class Forwarder:
                 loop.remove_reader(fd)
             sock.close()
         st.udp = st.listener = st.conn = None
+
+
+def _source_names(st: RelayStream, b: mmsg.Batch) -> None:
+    # the latched source as the kernel writes it into a batch's names, once a slot (b"" where it has
+    # no such spelling: its packets take the general path)
+    src = st.source
+    if src is not None and st.source_names_of is not src and st.udp is not None:
+        raw = mmsg.sockaddr(st.udp.family, src)
+        st.source_names = raw.ljust(NAME, b"\0") * b.vlen if raw is not None else b""
+        st.source_names_of = src
 
 
 def _payload(buf: bytearray, b0: int, off: int, n: int) -> int:

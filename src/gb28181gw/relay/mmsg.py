@@ -188,10 +188,6 @@ class Batch:
         namelen = self.lengths[_NAMELEN_AT + self.stride * i]
         return peer(self.names[i * NAME : i * NAME + namelen])
 
-    def sender_raw(self, i: int) -> bytes:
-        """Datagram ``i``'s sender as the kernel wrote it (a whole name slot)."""
-        return bytes(self.names[i * NAME : (i + 1) * NAME])
-
     def receive(self, fd: int) -> int:
         """Read up to ``vlen`` datagrams from ``fd`` (non-blocking): how many (0: none waiting).
 
