@@ -184,6 +184,8 @@ async def measure_ours(
         await asyncio.gather(*(r.stop() for r in relays))
     relayed_in = sum(t.packets_in for t in totals)
     return {
+        "in_pps": relayed_in / seconds,
+        "dropped": sum(t.slow_consumer + t.send_errors for t in totals),
         "offered_pps": sent / seconds,
         "out_pps": received / seconds,
         "loss_pct": 100.0 * (1 - received / max(1, sent * fanout)),
@@ -241,6 +243,7 @@ def row(label: str, m: dict[str, float]) -> str:
     return (
         f"  {label:<40} offered {m['offered_pps']:>9,.0f}/s  relayed {m['out_pps']:>9,.0f}/s ({gbit:.2f} Gbit/s)  "
         f"loss {m['loss_pct']:5.2f} %  CPU {m['cpu_us_per_packet']:5.2f} µs/packet in"
+        + (f"  (taken in {m['in_pps']:,.0f}/s, not sent {m['dropped']:,.0f})" if "in_pps" in m else "")
     )
 
 
