@@ -42,7 +42,17 @@ KEY = ""
 STREAM_BASE, SINK_BASE = 26000, 27000
 PPS_4MBIT = 4_000_000 / 8 / SIZE  # ≈ 357 packets/s per 4 Mbit/s stream
 
-BARE = r"""
+#: How both bare loops end: ready, serve for ``seconds``, print their CPU seconds.
+_SERVE = r"""
+    print("ready", flush=True)
+    await asyncio.sleep(seconds)
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    print(u.ru_utime + u.ru_stime, flush=True)
+uvloop.run(main())
+"""
+
+BARE = (
+    r"""
 import resource, socket, sys, time, uvloop, asyncio
 first, n, sink, seconds = map(int, sys.argv[1:5])
 async def main():
@@ -61,16 +71,14 @@ async def main():
                     return
                 send(view[:k], dst)
         loop.add_reader(s.fileno(), on_read)
-    print("ready", flush=True)
-    await asyncio.sleep(seconds)
-    u = resource.getrusage(resource.RUSAGE_SELF)
-    print(u.ru_utime + u.ru_stime, flush=True)
-uvloop.run(main())
 """
+    + _SERVE
+)
 
 #: The bare loop batched: recvmmsg of up to 32 packets into fixed slots and one sendmmsg of them
 #: to the flow's sink, through ctypes (what the relay's batched path costs at the least).
-BARE_MMSG = r"""
+BARE_MMSG = (
+    r"""
 import ctypes, resource, socket, sys, uvloop, asyncio
 first, n, sink, seconds = map(int, sys.argv[1:5])
 V, SLOT = 32, 2048
@@ -113,12 +121,9 @@ async def main():
                 if k < V:
                     return
         loop.add_reader(s.fileno(), on_read)
-    print("ready", flush=True)
-    await asyncio.sleep(seconds)
-    u = resource.getrusage(resource.RUSAGE_SELF)
-    print(u.ru_utime + u.ru_stime, flush=True)
-uvloop.run(main())
 """
+    + _SERVE
+)
 
 
 def build_rtpgen() -> str:

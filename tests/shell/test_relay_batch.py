@@ -110,6 +110,16 @@ async def _relay(
             s.close()
 
 
+async def _from_device(batch: mmsg.Batch | bool, packets: list[bytes]) -> Outcome:
+    """``_relay`` of ``packets`` sent by the device, to one consumer."""
+    device = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    device.bind((DEVICE, 0))
+    try:
+        return await _relay(batch, [(device, p) for p in packets], 1)
+    finally:
+        device.close()
+
+
 def _reader(forwarder: Forwarder, stream: RelayStream) -> Callable[[], None]:
     return lambda: (forwarder._on_udp if forwarder._batch is None else forwarder._on_udp_batched)(stream)
 
@@ -207,14 +217,7 @@ class TestBatchedOnly:
                 return -1  # the third would block: dropped, as sendto's BlockingIOError
             return int(real(fd, headers, count, flags))
 
-        device = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        device.bind((DEVICE, 0))
-        try:
-            out = await _relay(
-                _batch(8, libc=mmsg.Libc(LIBC.recvmmsg, sendmmsg)), [(device, p) for p in PACKETS[:8]], 1
-            )
-        finally:
-            device.close()
+        out = await _from_device(_batch(8, libc=mmsg.Libc(LIBC.recvmmsg, sendmmsg)), PACKETS[:8])
         # the first packet goes the general path (it latches the source); then 7 in one sendmmsg
         assert calls[:3] == [7, 5, 4]
         sent = [_with_ssrc(p, 1000) for p in PACKETS[:8]]
@@ -238,14 +241,7 @@ class TestBatchedOnly:
                 return -1  # e.g. a firewall's refusal: an error for this packet only
             return int(real(fd, headers, min(count, 1) if len(calls) == 2 else count, flags))
 
-        device = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        device.bind((DEVICE, 0))
-        try:
-            out = await _relay(
-                _batch(8, libc=mmsg.Libc(LIBC.recvmmsg, sendmmsg)), [(device, p) for p in PACKETS[:8]], 1
-            )
-        finally:
-            device.close()
+        out = await _from_device(_batch(8, libc=mmsg.Libc(LIBC.recvmmsg, sendmmsg)), PACKETS[:8])
         sent = [_with_ssrc(p, 1000) for p in PACKETS[:8]]
         assert out.received[0] == sent[:2] + sent[3:]
         consumer = out.figures.consumers["c0"]
@@ -327,10 +323,5 @@ class TestFallback:
         monkeypatch.setattr(mmsg, "load", lambda: None)
         forwarder = Forwarder(_settings())
         assert forwarder._batch is None
-        device = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        device.bind((DEVICE, 0))
-        try:
-            out = await _relay(True, [(device, p) for p in PACKETS[:5]], 1)
-        finally:
-            device.close()
+        out = await _from_device(True, PACKETS[:5])
         assert out.received[0] == [_with_ssrc(p, 1000) for p in PACKETS[:5]]
