@@ -772,7 +772,7 @@ class Forwarder:
         buf, view, lengths, stride, slot = b.buf, b.view, b.lengths, b.stride, b.slot
         at_len, capacity, head, pack_ssrc = mmsg.LEN_AT, b.capacity, _HEAD.unpack_from, _SSRC.pack_into
         stats, gop_limit, iov, slot_at = st.stats, self.gop_limit, b.send_iov, b.slot_at
-        run = run_bytes = queued = queued_bytes = 0
+        run = run_bytes = 0  # packets of the fast path not yet counted (and, with ``out``, not yet sent)
         i = 0
         _source_names(st, b)
         while i < k:
@@ -799,8 +799,6 @@ class Forwarder:
                 if b0 >> 6 != 2 or ssrc != want or seq != expect:
                     break
                 expect = (seq + 1) & 0xFFFF
-                run += 1
-                run_bytes += n
                 if ts != last_ts or (ts_open and (b0 & 0x10 or buf[off + 15 + 4 * (b0 & 0x0F)] == 0xBA)):
                     self._frame(st, buf, view, b0, off, n, ts)
                     last_ts, ts_open, probe, gop, spare = st.last_ts, st.ts_open, st.probe, st.gop, st.spare
@@ -817,23 +815,21 @@ class Forwarder:
                     spare.append(bytes(view[off : off + n]))
                 if out is not None:
                     pack_ssrc(buf, off + 8, out.ssrc)
-                    if queued != i:  # header ``queued`` carries slot i (a packet before went the general path)
-                        iov[2 * queued] = slot_at + i * slot
+                    if run != i:  # send header ``run`` carries slot i (a packet before went the general path)
+                        iov[2 * run] = slot_at + i * slot
                         b.moved = True
-                    iov[2 * queued + 1] = n
-                    queued += 1
-                    queued_bytes += n
+                    iov[2 * run + 1] = n
                 else:
                     for c in consumers:
                         c.send(buf, view, off, n)
+                run += 1
+                run_bytes += n
                 i += 1
             if run:  # packet i takes the general path: settle the batch so far first
                 stats.in_order(run, run_bytes, now)
+                if out is not None:
+                    self._send_queued(b, st, out, run, run_bytes)
                 run = run_bytes = 0
-            if queued:
-                assert out is not None
-                self._send_queued(b, st, out, queued, queued_bytes)
-                queued = queued_bytes = 0
             if i == k:
                 return
             off, n = i * slot + 2, lengths[at_len + stride * i]
