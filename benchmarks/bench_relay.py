@@ -26,18 +26,33 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gb28181gw.relay.forwarder import RelaySettings
-from gb28181gw.relay.workers import WorkerRelay
-from gb28181gw.sdp import StreamMode
-
 HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent / "src")]  # this checkout's gateway, not an installed one
+
+from gb28181gw.relay.forwarder import RelaySettings  # noqa: E402
+from gb28181gw.relay.workers import WorkerRelay  # noqa: E402
+from gb28181gw.sdp import StreamMode  # noqa: E402
+
 SIZE = 1400
 #: "key" makes rtpgen send key frames (--keyframes), "" plain pack headers.
 KEY = ""
-STREAM_BASE, SINK_BASE = 50000, 54000
+#: Below the kernel's range for automatically assigned ports (32768-60999 on Linux), where
+#: another program's ephemeral socket could hold one of ours; clear of the media range default
+#: (30000-31999) and of bench_playback's 23000/25000.
+STREAM_BASE, SINK_BASE = 26000, 27000
 PPS_4MBIT = 4_000_000 / 8 / SIZE  # ≈ 357 packets/s per 4 Mbit/s stream
 
-BARE = r"""
+#: How both bare loops end: ready, serve for ``seconds``, print their CPU seconds.
+_SERVE = r"""
+    print("ready", flush=True)
+    await asyncio.sleep(seconds)
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    print(u.ru_utime + u.ru_stime, flush=True)
+uvloop.run(main())
+"""
+
+BARE = (
+    r"""
 import resource, socket, sys, time, uvloop, asyncio
 first, n, sink, seconds = map(int, sys.argv[1:5])
 async def main():
@@ -56,12 +71,59 @@ async def main():
                     return
                 send(view[:k], dst)
         loop.add_reader(s.fileno(), on_read)
-    print("ready", flush=True)
-    await asyncio.sleep(seconds)
-    u = resource.getrusage(resource.RUSAGE_SELF)
-    print(u.ru_utime + u.ru_stime, flush=True)
-uvloop.run(main())
 """
+    + _SERVE
+)
+
+#: The bare loop batched: recvmmsg of up to 32 packets into fixed slots and one sendmmsg of them
+#: to the flow's sink, through ctypes (what the relay's batched path costs at the least).
+BARE_MMSG = (
+    r"""
+import ctypes, resource, socket, sys, uvloop, asyncio
+first, n, sink, seconds = map(int, sys.argv[1:5])
+V, SLOT = 32, 2048
+class Iov(ctypes.Structure): _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+class Msg(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.c_void_p), ("iovlen", ctypes.c_size_t),
+                ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t), ("flags", ctypes.c_int)]
+class Hdr(ctypes.Structure): _fields_ = [("m", Msg), ("len", ctypes.c_uint)]
+libc = ctypes.CDLL("libc.so.6", use_errno=True)
+libc.recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
+libc.sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+buf = (ctypes.c_char * (V * SLOT))()
+riov, siov, rh, sh = (Iov * V)(), (Iov * V)(), (Hdr * V)(), (Hdr * V)()
+for j in range(V):
+    riov[j].base = siov[j].base = ctypes.addressof(buf) + j * SLOT; riov[j].len = SLOT
+    rh[j].m.iov, rh[j].m.iovlen = ctypes.addressof(riov[j]), 1
+    sh[j].m.iov, sh[j].m.iovlen = ctypes.addressof(siov[j]), 1
+fresh = bytes(rh)
+lens = memoryview(rh).cast("B").cast("I"); stride = ctypes.sizeof(Hdr) // 4; at = Hdr.len.offset // 4
+slen = memoryview(siov).cast("B").cast("Q")
+sq, sl = memoryview(sh).cast("B").cast("Q"), memoryview(sh).cast("B").cast("I")
+recvmmsg, sendmmsg, memmove = libc.recvmmsg, libc.sendmmsg, ctypes.memmove
+async def main():
+    loop = asyncio.get_running_loop()
+    for i in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.setblocking(False)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20); s.bind(("127.0.0.1", first + 2 * i))
+        dst = ctypes.create_string_buffer(socket.AF_INET.to_bytes(2, sys.byteorder) + (sink + 2 * i).to_bytes(2, "big") + socket.inet_aton("127.0.0.1") + bytes(8), 16)
+        dst = (dst, ctypes.addressof(dst))
+        def on_read(fd=s.fileno(), dst=dst[1], keep=(dst, s)):
+            for _ in range(8):
+                memmove(rh, fresh, len(fresh))
+                k = recvmmsg(fd, rh, V, socket.MSG_DONTWAIT, None)
+                if k <= 0:
+                    return
+                for j in range(k):
+                    slen[2 * j + 1] = lens[at + stride * j]
+                    sq[8 * j] = dst; sl[stride * j + 2] = 16
+                sendmmsg(fd, sh, k, socket.MSG_DONTWAIT)
+                if k < V:
+                    return
+        loop.add_reader(s.fileno(), on_read)
+"""
+    + _SERVE
+)
 
 
 def build_rtpgen() -> str:
@@ -90,10 +152,12 @@ async def run_load(
     return int(sent_out), received, gaps
 
 
-async def relay_with(flows: int, consumers_per_flow: int = 1, workers: int = 1) -> list[WorkerRelay]:
+async def relay_with(
+    flows: int, consumers_per_flow: int = 1, workers: int = 1, batch: bool = True
+) -> list[WorkerRelay]:
     settings = RelaySettings(
         host="127.0.0.1", tcp_queue_limit=1 << 20, udp_receive_buffer=4 << 20, stats_interval=1.0,
-        gop_cache=4 << 20, gop_cache_total=512 << 20,
+        gop_cache=4 << 20, gop_cache_total=512 << 20, batch=batch,
     )  # fmt: skip
     relays = [WorkerRelay(i, settings) for i in range(workers)]
     await asyncio.gather(*(r.start() for r in relays))
@@ -113,9 +177,9 @@ async def cpu_of(relays: list[WorkerRelay]) -> float:
 
 
 async def measure_ours(
-    rtpgen: str, flows: int, pps: float, seconds: float, *, fanout: int = 1, workers: int = 1
+    rtpgen: str, flows: int, pps: float, seconds: float, *, fanout: int = 1, workers: int = 1, batch: bool = True
 ) -> dict[str, float]:
-    relays = await relay_with(flows, fanout, workers)
+    relays = await relay_with(flows, fanout, workers, batch)
     try:
         cpu0 = await cpu_of(relays)
         sent, received, gaps = await run_load(rtpgen, flows, pps, seconds, flows * fanout)
@@ -125,6 +189,8 @@ async def measure_ours(
         await asyncio.gather(*(r.stop() for r in relays))
     relayed_in = sum(t.packets_in for t in totals)
     return {
+        "in_pps": relayed_in / seconds,
+        "dropped": sum(t.slow_consumer + t.send_errors for t in totals),
         "offered_pps": sent / seconds,
         "out_pps": received / seconds,
         "loss_pct": 100.0 * (1 - received / max(1, sent * fanout)),
@@ -132,11 +198,15 @@ async def measure_ours(
     }
 
 
-async def measure_bare(rtpgen: str, flows: int, pps: float, seconds: float) -> dict[str, float]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", BARE, str(STREAM_BASE), str(flows), str(SINK_BASE), str(int(seconds + 3)),
-        stdout=subprocess.PIPE,
-    )  # fmt: skip
+async def measure_bare(rtpgen: str, flows: int, pps: float, seconds: float, how: str = "loop") -> dict[str, float]:
+    """A bare relay under the same load: ``loop`` (uvloop, recvfrom_into/sendto), ``mmsg`` (the same
+    batched with recvmmsg/sendmmsg through ctypes) or ``c`` (rtpgen's relay: the C anchor)."""
+    args = [str(STREAM_BASE), str(flows), str(SINK_BASE), str(int(seconds + 3))]
+    if how == "c":
+        command = [rtpgen, "relay", *args]
+    else:
+        command = [sys.executable, "-c", BARE_MMSG if how == "mmsg" else BARE, *args]
+    proc = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE)
     assert proc.stdout is not None
     await proc.stdout.readline()
     sent, received, gaps = await run_load(rtpgen, flows, pps, seconds)
@@ -150,11 +220,35 @@ async def measure_bare(rtpgen: str, flows: int, pps: float, seconds: float) -> d
     }
 
 
+def rates(text: str) -> list[int]:
+    return [int(r) for r in text.split(",") if r]
+
+
+async def compare(rtpgen: str, flows: int, pps: int, seconds: float, target: str) -> dict[str, float]:
+    """The same load through the C relay, the two bare Python loops and ours both ways (same run)."""
+    c = await measure_bare(rtpgen, flows, pps, seconds, "c")
+    print(row(f"C relay (recvmmsg/sendmmsg) @ {pps:,}/s", c))
+    print(row(f"bare loop (recvfrom_into) @ {pps:,}/s", await measure_bare(rtpgen, flows, pps, seconds)))
+    print(row(f"bare loop (ctypes mmsg) @ {pps:,}/s", await measure_bare(rtpgen, flows, pps, seconds, "mmsg")))
+    plain = await measure_ours(rtpgen, flows, pps, seconds, batch=False)
+    print(row(f"gb28181gw, recvfrom_into @ {pps:,}/s", plain))
+    ours = await measure_ours(rtpgen, flows, pps, seconds)
+    print(row(f"gb28181gw, recvmmsg @ {pps:,}/s", ours))
+    ratio = ours["cpu_us_per_packet"] / c["cpu_us_per_packet"]
+    print(
+        f"  → gb28181gw {plain['cpu_us_per_packet']:.2f} → {ours['cpu_us_per_packet']:.2f} µs/packet; "
+        f"its CPU per packet {ratio:.2f} × the C relay's, its packets per CPU second {1 / ratio:.2f} × "
+        f"(target {target})"
+    )
+    return ours
+
+
 def row(label: str, m: dict[str, float]) -> str:
     gbit = m["out_pps"] * SIZE * 8 / 1e9
     return (
-        f"  {label:<34} offered {m['offered_pps']:>9,.0f}/s  relayed {m['out_pps']:>9,.0f}/s ({gbit:.2f} Gbit/s)  "
+        f"  {label:<40} offered {m['offered_pps']:>9,.0f}/s  relayed {m['out_pps']:>9,.0f}/s ({gbit:.2f} Gbit/s)  "
         f"loss {m['loss_pct']:5.2f} %  CPU {m['cpu_us_per_packet']:5.2f} µs/packet in"
+        + (f"  (taken in {m['in_pps']:,.0f}/s, not sent {m['dropped']:,.0f})" if "in_pps" in m else "")
     )
 
 
@@ -173,7 +267,7 @@ async def bench_setup(count: int) -> list[float]:
             overrides={
                 "store.path": str(store), "sip.listen": "127.0.0.1", "sip.port": "0", "admin.enabled": "false",
                 "devices.catalog_on_register": "false", "devices.subscribe": "", "media.workers": "1",
-                "media.linger": "0", "media.port_min": "46000", "media.port_max": "46999",
+                "media.linger": "0", "media.port_min": "28000", "media.port_max": "28999",
             },
         )
     )  # fmt: skip
@@ -242,6 +336,8 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--only", default="blast,paced,fanout,workers,setup")
+    parser.add_argument("--blast-rates", default="100000,150000,200000", help="offered packets/s of the blast rows")
+    parser.add_argument("--paced-rates", default="40000,80000,120000", help="offered packets/s of the paced rows")
     parser.add_argument("--keyframes", action="store_true", help="every frame a key frame: the GOP cache copies all")
     args = parser.parse_args()
     global KEY
@@ -252,15 +348,12 @@ async def main() -> None:
     print(f"bench_relay: {os.cpu_count()} cores, {SIZE}-byte RTP packets, {s:g} s per run{', key frames' * bool(KEY)}")
     if "blast" in only:
         print("one blasting flow, one consumer:")
-        for pps in (100_000, 150_000, 200_000):
-            print(row(f"bare relay loop @ {pps:,}/s", await measure_bare(rtpgen, 1, pps, s)))
-            print(row(f"gb28181gw relay @ {pps:,}/s", await measure_ours(rtpgen, 1, pps, s)))
+        for pps in rates(args.blast_rates):
+            await compare(rtpgen, 1, pps, s, "≤ 3.2 µs/packet, ≥ 0.75 × the C relay's packets per CPU second")
     if "paced" in only:
         print("100 paced flows, one consumer each:")
-        for pps in (40_000, 80_000, 120_000):
-            print(row(f"bare relay loop @ {pps:,}/s", await measure_bare(rtpgen, 100, pps, s)))
-            m = await measure_ours(rtpgen, 100, pps, s)
-            print(row(f"gb28181gw relay @ {pps:,}/s", m))
+        for pps in rates(args.paced_rates):
+            m = await compare(rtpgen, 100, pps, s, "≤ 7 µs/packet, ≤ 1.5 × the C relay's CPU per packet")
         print(
             f"  → one core at 100 % relays ≈ {1e6 / m['cpu_us_per_packet']:,.0f} packets/s "
             f"≈ {1e6 / m['cpu_us_per_packet'] / PPS_4MBIT:,.0f} streams of 4 Mbit/s"

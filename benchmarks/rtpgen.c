@@ -2,6 +2,8 @@
  * the load generator costs far less CPU than the relay it measures (built by the benchmark).
  *   rtpgen send PORT_FIRST NPORTS PPS SECONDS SIZE   (flows round-robin, SSRC = port)
  *   rtpgen sink PORT_FIRST NPORTS SECONDS            (prints: packets bytes seq_gaps)
+ *   rtpgen relay PORT_FIRST NPORTS SINK_FIRST SECONDS (a bare C relay, the anchor: port FIRST+2i to
+ *                                                      SINK_FIRST+2i with recvmmsg/sendmmsg; prints CPU s)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -10,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -32,7 +35,10 @@ static int do_send(int first, int n, double pps, double seconds, int size, int k
     if (key) memcpy(b + 24, "\x00\x00\x01\xe0\x00\x20\x80\x00\x00\x00\x00\x00\x01\x67", 14);
     to[i].sin_family = AF_INET; to[i].sin_port = htons(first + 2 * i); to[i].sin_addr.s_addr = htonl(0x7f000001);
   }
-  struct mmsghdr msgs[BATCH]; struct iovec iov[BATCH];
+  /* each message of a batch its own 12-byte RTP header (iov 0) before its flow's payload (iov 1):
+     with one flow, a batch that pointed every message at the flow's one buffer sent its last
+     sequence number k times (duplicates, not a stream) */
+  struct mmsghdr msgs[BATCH]; struct iovec iov[BATCH][2]; unsigned char hdr[BATCH][12];
   double start = now(), end = start + seconds; long sent = 0; int flow = 0;
   while (now() < end) {
     long due = (long)((now() - start) * pps);
@@ -40,11 +46,13 @@ static int do_send(int first, int n, double pps, double seconds, int size, int k
     int k = due - sent > BATCH ? BATCH : (int)(due - sent);
     for (int j = 0; j < k; j++) {
       unsigned char *b = bufs + (size_t)flow * size;
-      uint16_t s = htons(seq[flow]++); memcpy(b + 2, &s, 2);
-      uint32_t ts = htonl(seq[flow] / 8 * 3600); memcpy(b + 4, &ts, 4);
-      iov[j].iov_base = b; iov[j].iov_len = size;
+      memcpy(hdr[j], b, 12);
+      uint16_t s = htons(seq[flow]++); memcpy(hdr[j] + 2, &s, 2);
+      uint32_t ts = htonl(seq[flow] / 8 * 3600); memcpy(hdr[j] + 4, &ts, 4);
+      iov[j][0].iov_base = hdr[j]; iov[j][0].iov_len = 12;
+      iov[j][1].iov_base = b + 12; iov[j][1].iov_len = size - 12;
       memset(&msgs[j], 0, sizeof msgs[j]);
-      msgs[j].msg_hdr.msg_iov = &iov[j]; msgs[j].msg_hdr.msg_iovlen = 1;
+      msgs[j].msg_hdr.msg_iov = iov[j]; msgs[j].msg_hdr.msg_iovlen = 2;
       msgs[j].msg_hdr.msg_name = &to[flow]; msgs[j].msg_hdr.msg_namelen = sizeof to[flow];
       flow = (flow + 1) % n;
     }
@@ -90,9 +98,46 @@ static int do_sink(int first, int n, double seconds) {
   return 0;
 }
 
+/* The anchor relay: epoll, then recvmmsg of up to BATCH packets and one sendmmsg of them to the
+ * flow's sink, straight from the receive buffers; nothing else (no checks, no statistics). */
+static int do_relay(int first, int n, int sink, double seconds) {
+  int ep = epoll_create1(0);
+  int *fds = calloc(n, sizeof *fds);
+  struct sockaddr_in *to = calloc(n, sizeof *to);
+  for (int i = 0; i < n; i++) {
+    fds[i] = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+    int rcv = 1 << 20; setsockopt(fds[i], SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv);
+    struct sockaddr_in a = {0}; a.sin_family = AF_INET; a.sin_port = htons(first + 2 * i); a.sin_addr.s_addr = htonl(0x7f000001);
+    if (bind(fds[i], (struct sockaddr *)&a, sizeof a)) { perror("bind"); return 1; }
+    to[i].sin_family = AF_INET; to[i].sin_port = htons(sink + 2 * i); to[i].sin_addr.s_addr = htonl(0x7f000001);
+    struct epoll_event e = {.events = EPOLLIN, .data.u32 = i}; epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &e);
+  }
+  printf("ready\n"); fflush(stdout);
+  static unsigned char data[BATCH][2048]; struct mmsghdr msgs[BATCH]; struct iovec iov[BATCH];
+  struct epoll_event ev[64]; double end = now() + seconds;
+  while (now() < end) {
+    int k = epoll_wait(ep, ev, 64, 100);
+    for (int e = 0; e < k; e++) {
+      int i = ev[e].data.u32;
+      for (int round = 0; round < 8; round++) {
+        for (int j = 0; j < BATCH; j++) { iov[j].iov_base = data[j]; iov[j].iov_len = 2048; memset(&msgs[j], 0, sizeof msgs[j]); msgs[j].msg_hdr.msg_iov = &iov[j]; msgs[j].msg_hdr.msg_iovlen = 1; }
+        int r = recvmmsg(fds[i], msgs, BATCH, MSG_DONTWAIT, NULL);
+        if (r <= 0) break;
+        for (int j = 0; j < r; j++) { iov[j].iov_len = msgs[j].msg_len; msgs[j].msg_hdr.msg_name = &to[i]; msgs[j].msg_hdr.msg_namelen = sizeof to[i]; }
+        sendmmsg(fds[i], msgs, r, MSG_DONTWAIT);
+        if (r < BATCH) break;
+      }
+    }
+  }
+  struct rusage u; getrusage(RUSAGE_SELF, &u);
+  printf("%f\n", u.ru_utime.tv_sec + u.ru_utime.tv_usec / 1e6 + u.ru_stime.tv_sec + u.ru_stime.tv_usec / 1e6);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc >= 7 && !strcmp(argv[1], "send")) return do_send(atoi(argv[2]), atoi(argv[3]), atof(argv[4]), atof(argv[5]), atoi(argv[6]), argc >= 8 && !strcmp(argv[7], "key"));
   if (argc >= 5 && !strcmp(argv[1], "sink")) return do_sink(atoi(argv[2]), atoi(argv[3]), atof(argv[4]));
-  fprintf(stderr, "usage: rtpgen send FIRST N PPS SECONDS SIZE | sink FIRST N SECONDS\n");
+  if (argc >= 6 && !strcmp(argv[1], "relay")) return do_relay(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atof(argv[5]));
+  fprintf(stderr, "usage: rtpgen send FIRST N PPS SECONDS SIZE | sink FIRST N SECONDS | relay FIRST N SINK SECONDS\n");
   return 2;
 }

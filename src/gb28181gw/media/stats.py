@@ -35,10 +35,7 @@ class StreamStats:
         self.bytes += size
         self.last_packet_at = now
         if now - self._window_start >= 1.0:
-            elapsed = now - self._window_start if self._window_start else 1.0
-            self.bitrate = self._window_bytes * 8 / max(elapsed, 1.0) if self._window_start else 0.0
-            self._window_start = now
-            self._window_bytes = 0
+            self._roll(now)
         self._window_bytes += size
         if self.highest_seq < 0:
             self.highest_seq = seq
@@ -64,6 +61,31 @@ class StreamStats:
                 self._seen |= 1 << back
             if self.lost:
                 self.lost -= 1
+
+    def in_order(self, count: int, size: int, now: float) -> None:
+        """Account for ``count`` packets of ``size`` bytes in all, arrived at ``now``, each one
+        sequence number past the one before, the first one past :attr:`highest_seq` (which a packet
+        has set): what ``count`` calls of :meth:`packet` would do, at once (the relay's batches).
+        ``count`` stays below 2**15."""
+        self.packets += count
+        self.bytes += size
+        self.last_packet_at = now
+        if now - self._window_start >= 1.0:
+            self._roll(now)
+        self._window_bytes += size
+        highest = self.highest_seq + count
+        if highest > 0xFFFF:
+            self.cycles += 1  # wrapped past 65535
+            highest &= 0xFFFF
+        self.highest_seq = highest
+        self._seen = ((self._seen << count) | ((1 << count) - 1)) & _WINDOW_MASK
+
+    def _roll(self, now: float) -> None:
+        # a new one-second window: the bitrate of the one that ends
+        elapsed = now - self._window_start if self._window_start else 1.0
+        self.bitrate = self._window_bytes * 8 / max(elapsed, 1.0) if self._window_start else 0.0
+        self._window_start = now
+        self._window_bytes = 0
 
     def idle(self, now: float) -> float:
         """Seconds since the last packet (0 before the first)."""

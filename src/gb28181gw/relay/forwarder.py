@@ -7,7 +7,10 @@ hot path, so it works on raw non-blocking sockets with ``loop.add_reader``:
 * each stream has one preallocated buffer; UDP packets are received into it at offset 2
   with ``recvfrom_into``, TCP bytes are read into it with ``recv_into`` and framed in place
   by :class:`~gb28181gw.media.tcp_framing.FrameScanner`; no packet is ever copied into a
-  new ``bytes`` object on the way through;
+  new ``bytes`` object on the way through. On Linux UDP goes in batches instead (issue 16):
+  ``recvmmsg`` into the slots of one buffer shared by the forwarder's streams, and ``sendmmsg``
+  from those slots to a stream's one UDP consumer (:mod:`.mmsg`, :meth:`Forwarder._relay_batch`,
+  the same output as the per-packet path, which remains where libc lacks the calls);
 * for each consumer the SSRC is rewritten in place and the packet is sent straight from
   that buffer: ``sendto`` for UDP, ``send`` of the packet with its RFC 4571 length written
   into the two bytes before it for TCP. Only when a TCP consumer's socket is full is the
@@ -56,6 +59,7 @@ worker. Events and figures are built off the per-packet path (the first packet's
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import logging
 import os
@@ -73,6 +77,8 @@ from gb28181gw.media.stats import StreamStats
 from gb28181gw.media.tcp_framing import MAX_FRAME, FrameScanner
 from gb28181gw.sdp import StreamMode
 
+from . import mmsg
+from .mmsg import NAME
 from .records import (
     ConsumerFigures,
     ConsumerLost,
@@ -138,6 +144,8 @@ class RelaySettings:
         gop_cache: bytes of a stream's packets since its last key frame kept for joining consumers (0: none).
         gop_cache_total: bytes kept that way by all of the relay's streams together (0: no bound);
             past it the largest stream's packets are let go.
+        batch: UDP media received with ``recvmmsg`` and sent with ``sendmmsg`` where libc has them
+            (:mod:`.mmsg`); false: ``recvfrom_into`` and ``sendto`` always (the benchmark's "before").
     """
 
     host: str
@@ -146,17 +154,22 @@ class RelaySettings:
     stats_interval: float
     gop_cache: int
     gop_cache_total: int = 0
+    batch: bool = True
 
 
 class UdpOut:
     """A consumer reached over UDP, sent from the stream's own port."""
 
-    __slots__ = ("id", "ssrc", "addr", "sock", "packets", "bytes", "dropped", "errors")
+    __slots__ = ("id", "ssrc", "addr", "sock", "packets", "bytes", "dropped", "errors", "dest", "destlen")
     transport = "udp"
 
     def __init__(self, consumer_id: str, ssrc: int, addr: tuple[str, int], sock: socket.socket) -> None:
         self.id, self.ssrc, self.addr, self.sock = consumer_id, ssrc, addr, sock
         self.packets = self.bytes = self.dropped = self.errors = 0
+        # its address as sendmmsg takes it (None: a name, or a scope; sent to with sendto only)
+        raw = mmsg.sockaddr(sock.family, addr)
+        self.dest: Any = None if raw is None else ctypes.create_string_buffer(raw, len(raw))
+        self.destlen = 0 if raw is None else len(raw)
 
     def send(self, buf: bytearray, view: memoryview, off: int, n: int) -> None:
         _SSRC.pack_into(buf, off + 8, self.ssrc)
@@ -345,6 +358,10 @@ class RelayStream:
         self.spans: list[tuple[int, int]] = []
         self.fill = 2  # TCP: where the next read goes (the first two bytes stay free)
         self.source: Any = None
+        # the batched path's copy of ``source`` as the kernel writes it, once per slot of a batch's
+        # names (valid while ``source_names_of`` is ``source``)
+        self.source_names = b""
+        self.source_names_of: Any = None
         self.source_host = source_host  # media only from this host (None: from the first sender)
         self.consumers: list[UdpOut | TcpOut | CatchingUp] = []
         self.waiting: dict[str, Waiting] = {}  # TCP-passive consumers not connected or not started
@@ -384,6 +401,8 @@ class Forwarder:
         settings: bind address, TCP queue bound, receive buffer size.
         on_event: called with each stream event (a :class:`~.records.RelayEvent`).
         worker: the relay's index, for its snapshots (0 for the in-process relay).
+        batch: this :class:`~.mmsg.Batch` for UDP media (tests), or none (``False``); by default
+            as ``settings.batch`` says.
     """
 
     def __init__(
@@ -392,6 +411,7 @@ class Forwarder:
         *,
         on_event: Callable[[RelayEvent], None] | None = None,
         worker: int = 0,
+        batch: mmsg.Batch | bool | None = None,
     ) -> None:
         self.settings = settings
         self.host = settings.host
@@ -410,6 +430,12 @@ class Forwarder:
         # figures of streams and consumers that are gone, so the totals never go backwards
         self._gone: dict[str, int] = dict.fromkeys(RelayTotals.__slots__, 0)
         self._loop: asyncio.AbstractEventLoop | None = None
+        if batch is None:
+            batch = settings.batch
+        if batch is True:
+            libc = mmsg.load()
+            batch = mmsg.Batch(libc) if libc is not None else False
+        self._batch: mmsg.Batch | None = batch if isinstance(batch, mmsg.Batch) else None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -458,7 +484,7 @@ class Forwarder:
         if mode is not StreamMode.TCP_ACTIVE:
             # TCP passive too: some devices answer a TCP offer with RTP/AVP and send UDP (M4);
             # whichever arrives first is the stream
-            loop.add_reader(udp.fileno(), self._on_udp, st)
+            loop.add_reader(udp.fileno(), self._on_udp if self._batch is None else self._on_udp_batched, st)
         else:
             loop.add_reader(udp.fileno(), self._drain_udp, st)  # sockets must not fill up unread
         if st.listener is not None:
@@ -702,6 +728,128 @@ class Forwarder:
             except OSError:
                 continue  # an ICMP error for something we sent earlier
             relay(st, buf, view, 2, n, addr, now)
+
+    def _on_udp_batched(self, st: RelayStream) -> None:
+        # _on_udp with recvmmsg. The first packet of a wake-up is read as _on_udp reads it: paced
+        # streams bring one or two a wake-up, and for one packet recvfrom_into costs less than
+        # recvmmsg through ctypes. The rest go in batches of up to VLEN (a blasting stream) until
+        # one comes back short: no read but the first raises to end a wake-up, and the loop wakes
+        # us again if more came meanwhile.
+        udp, batch = st.udp, self._batch
+        assert udp is not None and batch is not None
+        try:
+            n, addr = udp.recvfrom_into(st.view[2:])
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            n = -1  # an ICMP error for something we sent earlier
+        now = self.loop.time()
+        if n >= 0:
+            self._relay(st, st.buf, st.view, 2, n, addr, now)
+        fd, vlen = udp.fileno(), batch.vlen
+        for _ in range(BATCH // vlen):
+            if st.udp is None:
+                return  # the stream closed meanwhile (a handler of an event, in-process)
+            try:
+                k = batch.receive(fd)
+            except OSError:
+                continue
+            if not k:
+                return
+            self._relay_batch(st, batch, k, now)
+            if k < vlen:
+                return
+
+    def _relay_batch(self, st: RelayStream, b: mmsg.Batch, k: int, now: float) -> None:
+        # A fast path beside _relay, for speed (issue 16). A packet from the latched source, with
+        # the expected SSRC, next in sequence, is relayed here as _relay would (frame starts and
+        # key frames looked into by the same _frame and _probe, kept for joiners the same way), but
+        # counted with the others of its run in one step (StreamStats.in_order) and, to a stream's
+        # one UDP consumer, sent with one sendmmsg for the batch, its SSRC rewritten in place. Any
+        # other packet goes through _relay itself, after what the batch counted and queued so far
+        # is settled, so that it sees the same state and its sends keep their order; then what the
+        # fast path holds is read again. Both paths give the same output (tests/shell/test_relay_batch.py).
+        buf, view, lengths, stride, slot = b.buf, b.view, b.lengths, b.stride, b.slot
+        at_len, capacity, head, pack_ssrc = mmsg.LEN_AT, b.capacity, _HEAD.unpack_from, _SSRC.pack_into
+        stats, gop_limit, iov, slot_at = st.stats, self.gop_limit, b.send_iov, b.slot_at
+        run = run_bytes = 0  # packets of the fast path not yet counted (and, with ``out``, not yet sent)
+        i = 0
+        _source_names(st, b)
+        while i < k:
+            # what the fast path holds: read once a batch, and again after each general packet
+            fast = (
+                st.source is not None
+                and st.source_names_of is st.source
+                and stats.highest_seq >= 0
+                and b.names[NAME * i : NAME * k] == st.source_names[NAME * i : NAME * k]
+            )
+            # one sendmmsg for the batch to a stream's one UDP consumer; a packet alone goes with
+            # sendto (UdpOut.send), a cheaper call from Python than sendmmsg through ctypes
+            consumers = st.consumers
+            out = consumers[0] if len(consumers) == 1 and type(consumers[0]) is UdpOut and k - i > 1 else None
+            if out is not None and out.dest is None:
+                out = None
+            want, expect = st.ssrc, (stats.highest_seq + 1) & 0xFFFF
+            last_ts, ts_open, probe, gop, spare = st.last_ts, st.ts_open, st.probe, st.gop, st.spare
+            while fast and i < k:
+                off, n = i * slot + 2, lengths[at_len + stride * i]
+                if n < 12 or n >= capacity:
+                    break
+                b0, _, seq, ts, ssrc = head(buf, off)
+                if b0 >> 6 != 2 or ssrc != want or seq != expect:
+                    break
+                expect = (seq + 1) & 0xFFFF
+                if ts != last_ts or (ts_open and (b0 & 0x10 or buf[off + 15 + 4 * (b0 & 0x0F)] == 0xBA)):
+                    self._frame(st, buf, view, b0, off, n, ts)
+                    last_ts, ts_open, probe, gop, spare = st.last_ts, st.ts_open, st.probe, st.gop, st.spare
+                elif probe is not None:
+                    self._probe(st, view, _payload(buf, b0, off, n), off + n)
+                    last_ts, ts_open, probe, gop, spare = st.last_ts, st.ts_open, st.probe, st.gop, st.spare
+                if gop is not None:  # as in _relay: copied before the SSRC is written
+                    st.gop_bytes += n
+                    if st.gop_bytes > gop_limit or len(gop) >= GOP_CACHE_PACKETS:
+                        st.gop = gop = None
+                    else:
+                        gop.append(bytes(view[off : off + n]))
+                elif spare is not None:
+                    spare.append(bytes(view[off : off + n]))
+                if out is not None:
+                    pack_ssrc(buf, off + 8, out.ssrc)
+                    if run != i:  # send header ``run`` carries slot i (a packet before went the general path)
+                        iov[2 * run] = slot_at + i * slot
+                        b.moved = True
+                    iov[2 * run + 1] = n
+                else:
+                    for c in consumers:
+                        c.send(buf, view, off, n)
+                run += 1
+                run_bytes += n
+                i += 1
+            if run:  # packet i takes the general path: settle the batch so far first
+                stats.in_order(run, run_bytes, now)
+                if out is not None:
+                    self._send_queued(b, st, out, run, run_bytes)
+                run = run_bytes = 0
+            if i == k:
+                return
+            off, n = i * slot + 2, lengths[at_len + stride * i]
+            if n >= capacity and b.truncated(i):
+                st.malformed += 1  # longer than a slot (only with slots made small): not relayed cut short
+            else:
+                addr = b.sender(i)
+                self._relay(st, buf, view, off, n, addr, now)
+                if st.udp is None:
+                    return  # closed by a handler of the packet's event (in-process)
+                _source_names(st, b)  # latched on this packet, maybe
+            i += 1
+
+    def _send_queued(self, b: mmsg.Batch, st: RelayStream, out: UdpOut, count: int, nbytes: int) -> None:
+        assert st.udp is not None
+        sent, nbytes, dropped, errors = b.send(st.udp.fileno(), count, out.dest, out.destlen, nbytes)
+        out.packets += sent
+        out.bytes += nbytes
+        out.dropped += dropped
+        out.errors += errors
 
     def _relay(
         self, st: RelayStream, buf: bytearray, view: memoryview, off: int, n: int, addr: Any, now: float
@@ -1102,6 +1250,16 @@ class Forwarder:
                 loop.remove_reader(fd)
             sock.close()
         st.udp = st.listener = st.conn = None
+
+
+def _source_names(st: RelayStream, b: mmsg.Batch) -> None:
+    # the latched source as the kernel writes it into a batch's names, once a slot (b"" where it has
+    # no such spelling: its packets take the general path)
+    src = st.source
+    if src is not None and st.source_names_of is not src and st.udp is not None:
+        raw = mmsg.sockaddr(st.udp.family, src)
+        st.source_names = raw.ljust(NAME, b"\0") * b.vlen if raw is not None else b""
+        st.source_names_of = src
 
 
 def _payload(buf: bytearray, b0: int, off: int, n: int) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as hst
 
 from gb28181gw.media.ports import PortPool, PortsExhausted
 from gb28181gw.media.stats import StreamStats
@@ -48,3 +50,24 @@ def test_bitrate_over_a_second() -> None:
     for i in range(101):
         s.packet(i, 500, i * 0.02)  # 50 packets/s of 500 bytes = 200 kbit/s
     assert s.bitrate == pytest.approx(200_000, rel=0.05)
+
+
+class TestInOrderRuns:
+    """StreamStats.in_order (the relay's batches, issue 16) does what one packet() a packet would."""
+
+    @given(
+        hst.lists(hst.integers(0, 0xFFFF), min_size=1, max_size=20),
+        hst.integers(1, 300),
+        hst.integers(0, 300),
+        hst.floats(0.0, 3.0),
+    )
+    def test_a_run_equals_its_packets_one_by_one(self, before: list[int], count: int, size: int, later: float) -> None:
+        one, run = StreamStats(), StreamStats()
+        for i, seq in enumerate(before):
+            one.packet(seq, 100, i * 0.3)
+            run.packet(seq, 100, i * 0.3)
+        now = len(before) * 0.3 + later
+        for k in range(count):
+            one.packet((one.highest_seq + 1) & 0xFFFF, size if k == 0 else 0, now)
+        run.in_order(count, size, now)
+        assert run == one

@@ -1,0 +1,249 @@
+"""``recvmmsg``/``sendmmsg`` (Linux) through ctypes: one system call for many datagrams.
+
+The relay spends most of a packet's cost on two system calls, ``recvfrom_into`` and ``sendto``,
+and the exception that ends each wake-up's reads (issue 16). A :class:`Batch` receives up to
+:data:`VLEN` datagrams with one ``recvmmsg`` into fixed slots of one buffer (each packet at
+``SLOT * i + 2``: two bytes free before it, as in a stream's own buffer, for an RFC 4571 length),
+and sends queued slots with one ``sendmmsg``, straight from those slots: no packet is copied.
+
+A :class:`Batch` is reused by every stream of a forwarder: a batch is relayed before the next
+one is read, so one buffer serves them all. Where libc lacks the calls (not Linux, not glibc or
+musl), :func:`load` returns ``None`` and the forwarder keeps ``recvfrom_into``/``sendto``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import socket
+import struct
+import sys
+from typing import Any
+
+__all__ = ["LEN_AT", "NAME", "SLOT", "VLEN", "Batch", "Libc", "load", "peer", "sockaddr"]
+
+#: Datagrams per ``recvmmsg``/``sendmmsg``.
+VLEN = 32
+#: Bytes a slot holds: the largest UDP payload (65,507 over IPv4, 65,527 over IPv6) and the two
+#: bytes before it, so that no datagram is ever cut short (``recvfrom_into`` never cuts one either);
+#: and 1,344 more so that slots are not a multiple of 4 KiB apart, where every packet's header
+#: would fall into the same few cache sets.
+SLOT = 2 + 65536 + 1344
+#: Room for a sender's address: ``sockaddr_in6`` (an IPv4 socket writes the first 16 bytes only).
+NAME = 28
+MSG_TRUNC = 0x20
+_RETRY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class _Msghdr(ctypes.Structure):
+    _fields_ = [
+        ("msg_name", ctypes.c_void_p),
+        ("msg_namelen", ctypes.c_uint32),
+        ("msg_iov", ctypes.c_void_p),
+        ("msg_iovlen", ctypes.c_size_t),
+        ("msg_control", ctypes.c_void_p),
+        ("msg_controllen", ctypes.c_size_t),
+        ("msg_flags", ctypes.c_int),
+    ]
+
+
+class _Mmsghdr(ctypes.Structure):
+    _fields_ = [("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint)]
+
+
+_HDR = ctypes.sizeof(_Mmsghdr)
+_IOV = ctypes.sizeof(_Iovec)
+# the fields read and written per packet, as indexes into the arrays seen as 32- or 64-bit words
+LEN_AT = _Mmsghdr.msg_len.offset // 4
+_FLAGS_AT = (_Mmsghdr.msg_hdr.offset + _Msghdr.msg_flags.offset) // 4
+_NAME_AT = _Msghdr.msg_name.offset // 8
+_NAMELEN_AT = _Msghdr.msg_namelen.offset // 4
+
+
+class Libc:
+    """The two calls, as ctypes functions; tests put fakes in their place (errors, short batches)."""
+
+    def __init__(self, recvmmsg: Any, sendmmsg: Any) -> None:
+        self.recvmmsg, self.sendmmsg = recvmmsg, sendmmsg
+
+
+def load() -> Libc | None:
+    """libc's ``recvmmsg`` and ``sendmmsg``, or ``None`` where it has not both (or pointers are
+    not 64 bits wide: :class:`Batch` writes the send headers' addresses as 64-bit words)."""
+    if ctypes.sizeof(ctypes.c_void_p) != 8:
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols, libc's among them
+        recv, send = libc.recvmmsg, libc.sendmmsg
+    except (OSError, AttributeError):
+        return None
+    # no argtypes: converting each argument through them costs 0.4 µs a call; the ints go as C ints
+    # and the pointers as the c_void_p objects Batch makes once
+    recv.restype = send.restype = ctypes.c_int
+    return Libc(recv, send)
+
+
+def sockaddr(family: int, addr: tuple[Any, ...]) -> bytes | None:
+    """``addr`` (a numeric host and a port) as the socket address the kernel takes, or ``None``
+    when it is not one ``sendmmsg`` can take as is (a name, an IPv6 scope, another family)."""
+    host, port = addr[0], addr[1]
+    try:
+        if family == socket.AF_INET:
+            return struct.pack("=H", socket.AF_INET) + struct.pack(
+                "!H4s8x", port, socket.inet_pton(socket.AF_INET, host)
+            )
+        if family == socket.AF_INET6 and "%" not in host:
+            packed = socket.inet_pton(socket.AF_INET6, host)
+            return struct.pack("=H", socket.AF_INET6) + struct.pack("!HI16sI", port, 0, packed, 0)
+    except (OSError, TypeError, struct.error):
+        return None
+    return None
+
+
+def peer(name: bytes | bytearray | memoryview) -> Any:
+    """The sender's address, as ``recvfrom_into`` gives it, from a raw ``sockaddr``."""
+    family = int.from_bytes(name[:2], sys.byteorder)
+    port = int.from_bytes(name[2:4], "big")
+    if family == socket.AF_INET:
+        return (socket.inet_ntop(socket.AF_INET, bytes(name[4:8])), port)
+    flowinfo, scope = int.from_bytes(name[4:8], "big"), int.from_bytes(name[24:28], sys.byteorder)
+    host = socket.inet_ntop(socket.AF_INET6, bytes(name[8:24]))
+    if scope:  # as Python spells it: with the interface (getnameinfo)
+        host = socket.getnameinfo((host, port, flowinfo, scope), socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)[0]
+    return (host, port, flowinfo, scope)
+
+
+class Batch:
+    """Buffers and headers for a batch of ``vlen`` datagrams of up to ``slot - 2`` bytes each.
+
+    Received datagram ``i`` lies at ``buf[offset(i) : offset(i) + length(i)]``; its sender's raw
+    address at ``names[NAME * i : NAME * i + namelen]``. Send header ``j`` carries slot ``j``'s
+    packet; the caller writes its length at ``send_iov[2 * j + 1]`` (and another slot's address at
+    ``send_iov[2 * j]``, setting :attr:`moved`), then :meth:`send` sends headers ``0..count``.
+    """
+
+    def __init__(self, libc: Libc, vlen: int = VLEN, slot: int = SLOT) -> None:
+        self.libc, self.vlen, self.slot = libc, vlen, slot
+        self.capacity = slot - 2
+        self.buf = bytearray(vlen * slot)
+        self.view = memoryview(self.buf)
+        self.names = bytearray(vlen * NAME)
+        base = ctypes.addressof((ctypes.c_char * len(self.buf)).from_buffer(self.buf))
+        names = ctypes.addressof((ctypes.c_char * len(self.names)).from_buffer(self.names))
+        # receiving: each header's one iovec is its slot (past the two free bytes), its name a NAME slot
+        self._rhdr = bytearray(vlen * _HDR)
+        self._riov = bytearray(vlen * _IOV)
+        rhdr = (_Mmsghdr * vlen).from_buffer(self._rhdr)
+        riov = (_Iovec * vlen).from_buffer(self._riov)
+        for i in range(vlen):
+            riov[i].iov_base, riov[i].iov_len = base + i * slot + 2, self.capacity
+            h = rhdr[i].msg_hdr
+            h.msg_name, h.msg_namelen = names + i * NAME, NAME
+            h.msg_iov, h.msg_iovlen = ctypes.addressof(riov[i]), 1
+        # The kernel writes back each header's msg_len, msg_flags and msg_namelen (the size of the
+        # family's address: the same for every socket of one forwarder, whose streams bind one
+        # host), and reads nothing that it writes: the headers are not reset between calls.
+        self._rptr = ctypes.c_void_p(ctypes.addressof(rhdr))
+        self.lengths = memoryview(self._rhdr).cast("I")  # length(i) = lengths[LEN_AT + stride * i]
+        self.stride = _HDR // 4
+        # sending: header j sends slot j's packet (its iovec's length set per packet) to one destination
+        self._shdr = bytearray(vlen * _HDR)
+        self._siov = bytearray(vlen * _IOV)
+        shdr = (_Mmsghdr * vlen).from_buffer(self._shdr)
+        siov = (_Iovec * vlen).from_buffer(self._siov)
+        for i in range(vlen):
+            siov[i].iov_base = base + i * slot + 2
+            shdr[i].msg_hdr.msg_iov, shdr[i].msg_hdr.msg_iovlen = ctypes.addressof(siov[i]), 1
+        self._sptr = ctypes.c_void_p(ctypes.addressof(shdr))
+        self._sat = ctypes.addressof(shdr)
+        self._shdr64 = memoryview(self._shdr).cast("Q")
+        self._shdr32 = memoryview(self._shdr).cast("I")
+        self._dest: Any = None  # the ctypes buffer the send headers' names point at now
+        self._dest_upto = 0  # how many send headers point at it
+        self.slot_at = base + 2  # the address of slot 0's packet
+        self.send_iov = memoryview(self._siov).cast("Q")  # header j's (address, length) at 2j, 2j + 1
+        self.moved = False  # a send header carries another slot than its own
+        self._hold = (rhdr, riov, shdr, siov)  # the ctypes views keep the buffers' exports alive
+
+    def offset(self, i: int) -> int:
+        """Where datagram ``i`` starts in :attr:`buf`."""
+        return i * self.slot + 2
+
+    def length(self, i: int) -> int:
+        """Bytes of datagram ``i`` (of the last :meth:`receive`)."""
+        return int(self.lengths[LEN_AT + self.stride * i])
+
+    def truncated(self, i: int) -> bool:
+        """Datagram ``i`` was longer than a slot (cut short: ``MSG_TRUNC``)."""
+        return bool(self.lengths[_FLAGS_AT + self.stride * i] & MSG_TRUNC)
+
+    def sender(self, i: int) -> Any:
+        """Datagram ``i``'s sender, as ``recvfrom_into`` gives it."""
+        namelen = self.lengths[_NAMELEN_AT + self.stride * i]
+        return peer(self.names[i * NAME : i * NAME + namelen])
+
+    def receive(self, fd: int) -> int:
+        """Read up to ``vlen`` datagrams from ``fd`` (non-blocking): how many (0: none waiting).
+
+        Raises:
+            OSError: an error other than "would block" (e.g. an ICMP error for something sent earlier).
+        """
+        k: int = self.libc.recvmmsg(fd, self._rptr, self.vlen, socket.MSG_DONTWAIT, None)
+        if k >= 0:
+            return k
+        code = ctypes.get_errno()
+        if code in _RETRY:
+            return 0
+        raise OSError(code, os.strerror(code))
+
+    def send(self, fd: int, count: int, dest: Any, destlen: int, total: int) -> tuple[int, int, int, int]:
+        """Send the ``count`` queued datagrams to ``dest`` (a ctypes buffer holding a ``sockaddr``
+        of ``destlen`` bytes); ``total`` is their size in all. As ``sendto`` one by one would: a
+        datagram the socket has no room for is dropped, one that fails otherwise counted as an error,
+        and the others still go. Returns (sent, bytes sent, dropped, errors)."""
+        if self._dest is not dest or self._dest_upto < count:
+            address, h64, h32 = ctypes.addressof(dest), self._shdr64, self._shdr32
+            for j in range(count):
+                h64[j * (_HDR // 8) + _NAME_AT] = address
+                h32[j * (_HDR // 4) + _NAMELEN_AT] = destlen
+            if self._dest is not dest:
+                self._dest, self._dest_upto = dest, count
+            else:
+                self._dest_upto = count
+        m = self.libc.sendmmsg(fd, self._sptr, count, socket.MSG_DONTWAIT)
+        if m == count:  # all went (the common case)
+            self._restore(count)
+            return count, total, 0, 0
+        sent = done = dropped = errors = nbytes = 0
+        again = False  # the first call's answer is in m already
+        while done < count:
+            if again:
+                m = self.libc.sendmmsg(fd, ctypes.c_void_p(self._sat + done * _HDR), count - done, socket.MSG_DONTWAIT)
+            again = True
+            if m > 0:
+                nbytes += sum(self.send_iov[2 * j + 1] for j in range(done, done + m))
+                sent += m
+                done += m
+                continue
+            # the datagram at ``done`` did not go: what sendto would have said of it (which retries EINTR)
+            code = ctypes.get_errno() if m < 0 else 0
+            if code == errno.EINTR:
+                continue
+            if code in _RETRY:
+                dropped += 1
+            else:
+                errors += 1
+            done += 1
+        self._restore(count)
+        return sent, nbytes, dropped, errors
+
+    def _restore(self, count: int) -> None:
+        if self.moved:  # headers point back at their own slots
+            self.moved = False
+            for j in range(count):
+                self.send_iov[2 * j] = self.slot_at + j * self.slot
