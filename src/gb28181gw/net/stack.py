@@ -419,12 +419,12 @@ class SipStack:
         if self.flood is not None:
             self.flood.expire(now)
             self._flood_events()
-        summaries = self.quiet.summaries(now, everything=final) + self.ban_lines.summaries(now, everything=final)
-        for kind, held in summaries:
-            log.info(
-                "SIP input dropped meanwhile",
-                extra={"kind": kind, "lines_held_back": held, "interval": self.quiet.interval},
-            )
+        for throttle in (self.quiet, self.ban_lines):
+            for kind, held in throttle.summaries(now, everything=final):
+                log.info(
+                    "SIP input dropped meanwhile",
+                    extra={"kind": kind, "lines_held_back": held, "interval": throttle.interval},
+                )
 
     def _flood_events(self) -> None:
         assert self.flood is not None
