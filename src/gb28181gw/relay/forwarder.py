@@ -1061,7 +1061,9 @@ class Forwarder:
                 # SendQueue.add written out (a stream's one consumer: its slot is queued once)
                 j = queue.count
                 pack_ssrc(buf, off + 8, out.ssrc)
-                iov[2 * j] = base + off
+                if j != i:  # header j carries another slot than its own (restored after the send)
+                    iov[2 * j] = base + off
+                    b.moved = True
                 iov[2 * j + 1] = n
                 hdr64[j * h64 + name_at] = out.dest_at
                 hdr32[j * h32 + namelen_at] = out.destlen
@@ -1074,7 +1076,6 @@ class Forwarder:
                 for c in consumers:
                     c.send(buf, view, off, n)
         if queue.count:
-            b.moved = True
             b.forget_dest()
 
     def _keep(self, st: RelayStream, view: memoryview, off: int, n: int) -> None:
