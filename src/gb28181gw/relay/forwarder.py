@@ -66,6 +66,7 @@ import os
 import resource
 import socket
 import struct
+import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,6 +103,8 @@ log = logging.getLogger("gb28181gw.relay")
 BATCH = 256
 #: Packets of one foreign SSRC, with none of the negotiated one, after which the stream follows it.
 SSRC_LATCH_PACKETS = 50
+#: Linux's SO_RCVBUFFORCE (Python's socket module does not name it): SO_RCVBUF past net.core.rmem_max.
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platform.startswith("linux") else None)
 #: The shared port's SO_RCVBUF, in ``media.udp_receive_buffer`` (a stream's): many streams' bursts wait there.
 SHARED_BUFFERS = 16
 #: Size of a stream's receive buffer: room for the largest TCP frame, a read's worth more.
@@ -610,7 +613,7 @@ class Forwarder:
             sock.setblocking(False)
             # every stream's packets wait here: room for many streams' bursts. SO_RCVBUFFORCE passes
             # net.core.rmem_max where the process may (CAP_NET_ADMIN); else SO_RCVBUF, capped by it
-            for option in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+            for option in (SO_RCVBUFFORCE, socket.SO_RCVBUF):
                 try:
                     if option is not None:
                         sock.setsockopt(socket.SOL_SOCKET, option, SHARED_BUFFERS * self.udp_receive_buffer)
