@@ -110,27 +110,22 @@ class Demux(Generic[S]):
         same = self._by_ssrc.get(ssrc)
         if same:
             exact = [s for s in same if s.source == addr]
-            if len(exact) == 1:
-                return exact[0]
             if not exact:
                 if len(same) == 1:
                     return same[0]  # it takes the packet or counts it as from a wrong source
                 exact = [s for s in same if s.source is None and s.source_host in (None, host)]
-                if len(exact) == 1:
-                    return exact[0]
-            if not exact:
-                self.unknown += 1
-                return None
-            self._ambiguous(ssrc, addr, exact)
-            return None
+            return self._one(ssrc, addr, exact)
         # a wrong SSRC (M1): only where the sender can be but one stream's
-        could = [s for s in self._by_host.get(host, ()) if s.source is None or s.source == addr]
-        if len(could) == 1:
-            return could[0]
-        if not could:
+        return self._one(ssrc, addr, [s for s in self._by_host.get(host, ()) if s.source is None or s.source == addr])
+
+    def _one(self, ssrc: int, addr: Any, streams: list[S]) -> S | None:
+        # the stream if there is one; none is a stranger, several are ambiguous (counted, not guessed)
+        if len(streams) == 1:
+            return streams[0]
+        if streams:
+            self._ambiguous(ssrc, addr, streams)
+        else:
             self.unknown += 1
-            return None
-        self._ambiguous(ssrc, addr, could)
         return None
 
     def _ambiguous(self, ssrc: int, addr: Any, streams: list[S]) -> None:
