@@ -11,7 +11,9 @@ strangers, a stream's teardown — and real H.264 in PS through a relay worker t
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import dataclasses
+import errno
 import logging
 import random
 import socket
@@ -22,6 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gb28181gw.config import load_config
+from gb28181gw.errors import ConfigError
 from gb28181gw.relay import mmsg
 from gb28181gw.relay.demux import Demux
 from gb28181gw.relay.forwarder import SSRC_LATCH_PACKETS, Forwarder, RelaySettings
@@ -339,6 +343,53 @@ class TestSharedOnly:
             for s in sinks:
                 s.close()
         assert forwarder._shared == {}
+
+    async def test_a_send_the_socket_has_no_room_for_is_taken_back_from_its_consumer(self) -> None:
+        libc = mmsg.load()
+        assert libc is not None
+        real = libc.sendmmsg
+
+        calls: list[int] = []
+
+        def sendmmsg(fd: int, headers: int, count: int, flags: int) -> int:
+            calls.append(count)
+            if len(calls) == 2:
+                return int(real(fd, headers, 1, flags))  # the second batch: one went, then the buffer was full
+            if len(calls) == 3:
+                ctypes.set_errno(errno.EAGAIN)
+                return -1  # its second would block: dropped, as sendto's BlockingIOError
+            return int(real(fd, headers, count, flags))
+
+        forwarder = Forwarder(_settings(), batch=mmsg.Batch(mmsg.Libc(libc.recvmmsg, sendmmsg), vlen=8, slot=2 + 2048))
+        port = free_udp_port() & ~1
+        sinks = [_sink(), _sink(), _sink()]
+        devices = [_from(DEVICE), _from(NVR), _from("127.0.0.4")]
+        try:
+            for j, (host, sink) in enumerate(zip((DEVICE, NVR, "127.0.0.4"), sinks, strict=True)):
+                forwarder.open(f"s{j}", port, StreamMode.UDP, 100 + j, source=host, shared=True)
+                forwarder.add_consumer(f"s{j}", "c", "udp", "127.0.0.1", sink.getsockname()[1], 5)
+                devices[j].sendto(_with_ssrc(PACKETS[0], 100 + j), ("127.0.0.1", port))
+            await asyncio.sleep(0.05)
+            forwarder._on_shared(forwarder._shared[port])  # first packets: the slow way, latched
+            for j, d in enumerate(devices):
+                d.sendto(_with_ssrc(PACKETS[1], 100 + j), ("127.0.0.1", port))
+            await asyncio.sleep(0.05)
+            forwarder._on_shared(forwarder._shared[port])  # the fast way: 3 queued, the second dropped
+            assert calls == [3, 3, 2, 1]  # one sendmmsg a batch for three streams' consumers
+            assert [len(_drain(s)) for s in sinks] == [2, 1, 2]
+            figures = {k: v.consumers["c"] for k, v in forwarder.snapshot().streams.items()}
+            assert [(f.packets, f.dropped, f.errors) for f in figures.values()] == [(2, 0, 0), (1, 1, 0), (2, 0, 0)]
+            assert figures["s1"].bytes == len(PACKETS[0])
+        finally:
+            forwarder.close_all()
+            for x in (*sinks, *devices):
+                x.close()
+
+    def test_a_range_too_small_for_a_shared_port_and_a_tcp_one_per_worker_is_refused(self) -> None:
+        overrides = {"media.shared_port": "true", "media.workers": "2", "media.port_min": "30000"}
+        with pytest.raises(ConfigError, match="shared port"):
+            load_config(env={}, overrides={**overrides, "media.port_max": "30003"})
+        assert load_config(env={}, overrides={**overrides, "media.port_max": "30007"}).media.shared_port
 
     def test_each_relay_keeps_the_first_port_of_its_share_for_the_shared_one(self) -> None:
         pools = _split((30000, 30099), 2, 0.0, random.Random(1), reserve=2)
