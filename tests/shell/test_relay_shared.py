@@ -33,7 +33,7 @@ from gb28181gw.relay.records import RelayEvent
 from gb28181gw.relay.workers import WorkerRelay
 from gb28181gw.sdp import StreamMode
 from gb28181gw.services.streams import _split
-from tests.media import UdpConsumer, decode_h264, gb_ps, packetize, send_udp, wait_for
+from tests.media import TcpConsumer, UdpConsumer, decode_h264, gb_ps, packetize, send_udp, wait_for
 
 from .test_devices import finished, free_udp_port
 from .test_relay_batch import DEVICE, PACKETS, SSRC, STRANGER, _drain, _sink, _traffic, _with_ssrc
@@ -384,6 +384,26 @@ class TestSharedOnly:
             forwarder.close_all()
             for x in (*sinks, *devices):
                 x.close()
+
+    async def test_a_tcp_consumer_beside_a_udp_one_leaves_the_udp_ones_ssrc_alone(self) -> None:
+        # the UDP consumer's packet is queued, then the TCP one's SSRC written into the same slot
+        forwarder, port, sinks = await _shared_forwarder(("s", SSRC, DEVICE))
+        tcp = await TcpConsumer.start()
+        device = _from(DEVICE)
+        try:
+            await forwarder.add_tcp_consumer("s", "t", "127.0.0.1", tcp.port, 9)
+            await _send(device, PACKETS[:40], port)
+            await wait_for(lambda: len(tcp.got.packets) == 40)
+            assert _drain(sinks[0]) == [_with_ssrc(p, 5) for p in PACKETS[:40]]
+            assert tcp.got.packets == [_with_ssrc(p, 9) for p in PACKETS[:40]]
+            forwarder.close("s")
+            await asyncio.wait_for(tcp.closed.wait(), 5)  # its side of the connection closed too
+        finally:
+            device.close()
+            tcp.close()
+            forwarder.close_all()
+            for s in sinks:
+                s.close()
 
     def test_a_range_too_small_for_a_shared_port_and_a_tcp_one_per_worker_is_refused(self) -> None:
         overrides = {"media.shared_port": "true", "media.workers": "2", "media.port_min": "30000"}

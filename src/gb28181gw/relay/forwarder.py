@@ -220,9 +220,11 @@ class SendQueue:
     """The sends of one batch read from a shared port, to many consumers: one ``sendmmsg`` for them
     all (:meth:`flush`, at the end of the batch). Each packet is still sent straight from its slot
     with its consumer's SSRC written in place; a slot queued already with another SSRC (a stream's
-    second consumer) has what is queued sent first, so the rewrite cannot change a queued packet."""
+    second consumer) has what is queued sent first, so the rewrite cannot change a queued packet.
+    A TCP consumer of the same stream writes its SSRC into the slot after it was queued and sends
+    at once: what :meth:`add` queued is stamped again with its own SSRC before it goes."""
 
-    __slots__ = ("batch", "buf", "fd", "count", "outs", "last_off", "last_ssrc")
+    __slots__ = ("batch", "buf", "fd", "count", "outs", "last_off", "last_ssrc", "stamps")
 
     def __init__(self, batch: mmsg.Batch) -> None:
         self.batch, self.buf = batch, batch.buf
@@ -230,6 +232,7 @@ class SendQueue:
         self.count = 0
         self.outs: list[SharedUdpOut] = []
         self.last_off, self.last_ssrc = -1, -1
+        self.stamps: list[tuple[int, int]] = []  # (slot offset, SSRC) of what add() queued
 
     def add(self, out: SharedUdpOut, buf: bytearray, off: int, n: int) -> None:
         ssrc = out.ssrc
@@ -237,6 +240,7 @@ class SendQueue:
             self.flush()
         _SSRC.pack_into(buf, off + 8, ssrc)
         self.batch.put(self.count, off, n, out.dest_at, out.destlen)
+        self.stamps.append((off, ssrc))
         self.outs.append(out)
         self.count += 1
         self.last_off, self.last_ssrc = off, ssrc
@@ -248,6 +252,10 @@ class SendQueue:
         if not count:
             return
         self.count, self.last_off = 0, -1
+        if self.stamps:
+            for off, ssrc in self.stamps:
+                _SSRC.pack_into(self.buf, off + 8, ssrc)
+            self.stamps.clear()
         failed = self.batch.send_each(self.fd, count)
         for j, code in failed:
             out = self.outs[j]
