@@ -167,7 +167,7 @@ def _batch(vlen: int) -> mmsg.Batch:
 
 
 async def _run(
-    shared: bool, datagrams: list[tuple[socket.socket, bytes]], vlen: int, *, beside: list[bytes] = ()
+    shared: bool, datagrams: list[tuple[socket.socket, bytes]], vlen: int, *, beside: list[bytes] = (), viewers: int = 1
 ) -> tuple[Any, ...]:
     """Stream "s" (SSRC, from DEVICE) on a port of its own or on a shared one beside stream "n" (from
     NVR, sent ``beside`` interleaved); the forwarder's reader called by hand until all is read."""
@@ -177,12 +177,14 @@ async def _run(
     forwarder.open("s", port, StreamMode.UDP, SSRC, source=DEVICE, shared=shared)
     nvr = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     nvr.bind((NVR, 0))
-    sinks = [_sink(), _sink()]
+    sinks = [_sink(), _sink(), _sink()]
     try:
         if shared:
             forwarder.open("n", port, StreamMode.UDP, 4242, source=NVR, shared=True)
             forwarder.add_consumer("n", "c", "udp", "127.0.0.1", sinks[1].getsockname()[1], 77)
         forwarder.add_consumer("s", "c", "udp", "127.0.0.1", sinks[0].getsockname()[1], 1000)
+        if viewers > 1:  # a second viewer, with an SSRC of its own: written into the same slots
+            forwarder.add_consumer("s", "c2", "udp", "127.0.0.1", sinks[2].getsockname()[1], 1001)
         others = iter(beside)
         for sender, data in datagrams:
             sender.sendto(data, ("127.0.0.1", port))
@@ -210,7 +212,7 @@ async def _run(
         )
         mine = [e for e in events if getattr(e, "stream", "s") == "s"]
         gop = forwarder.streams["s"].gop
-        return _drain(sinks[0]), f, gop, mine, dropped, _drain(sinks[1]), forwarder.totals()
+        return (_drain(sinks[0]), _drain(sinks[2])), f, gop, mine, dropped, _drain(sinks[1]), forwarder.totals()
     finally:
         forwarder.close_all()
         nvr.close()
@@ -220,21 +222,21 @@ async def _run(
 
 class TestSharedEqualsOwnPort:
     @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-    @given(_traffic(), st.sampled_from([0, 1, 3, 8]))
-    def test_same_output_on_the_same_datagrams(self, traffic: list[tuple[int, bytes]], vlen: int) -> None:
+    @given(_traffic(), st.sampled_from([0, 1, 3, 8]), st.integers(1, 2))
+    def test_same_output_on_the_same_datagrams(self, traffic: list[tuple[int, bytes]], vlen: int, viewers: int) -> None:
         senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
         beside = packetize(gb_ps(6, 3, (64, 48)), 4242, mtu=100)
         try:
             for s, host in zip(senders, (DEVICE, DEVICE, STRANGER), strict=True):
                 s.bind((host, 0))
             datagrams = [(senders[who], data) for who, data in traffic]
-            own = asyncio.run(_run(False, datagrams, vlen))
-            shared = asyncio.run(_run(True, datagrams, vlen, beside=beside))
+            own = asyncio.run(_run(False, datagrams, vlen, viewers=viewers))
+            shared = asyncio.run(_run(True, datagrams, vlen, beside=beside, viewers=viewers))
         finally:
             for s in senders:
                 s.close()
         assert shared[:5] == own[:5]
-        assert own[0]  # the device's packets went through
+        assert own[0][0] and bool(own[0][1]) is (viewers > 1)  # the device's packets went through
         n = min(len(traffic), len(beside))
         assert shared[5] == [_with_ssrc(p, 77) for p in beside[:n]]  # the neighbour's, all, only its own
         assert shared[6].ambiguous_source == 0
