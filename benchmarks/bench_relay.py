@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import os
 import socket
 import statistics
@@ -127,25 +128,29 @@ async def main():
 
 
 def build_rtpgen() -> str:
-    out = Path(tempfile.gettempdir()) / "gb28181gw-rtpgen"
     src = HERE / "rtpgen.c"
-    if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
-        subprocess.run(["gcc", "-O2", "-o", str(out), str(src)], check=True)
+    # named by its source: checkouts with another rtpgen.c on the same machine do not share a binary
+    out = Path(tempfile.gettempdir()) / f"gb28181gw-rtpgen-{hashlib.sha1(src.read_bytes()).hexdigest()[:10]}"
+    if not out.exists():
+        subprocess.run(["gcc", "-O2", "-o", f"{out}.tmp", str(src)], check=True)
+        os.replace(f"{out}.tmp", out)
     return str(out)
 
 
 async def run_load(
-    rtpgen: str, flows: int, pps: float, seconds: float, sinks: int | None = None
+    rtpgen: str, flows: int, pps: float, seconds: float, sinks: int | None = None, oneport: bool = False
 ) -> tuple[int, int, int]:
-    """(sent, received, gaps): the sink listens on ``sinks`` ports (default: one per flow)."""
+    """(sent, received, gaps): the sink listens on ``sinks`` ports (default: one per flow); ``oneport``:
+    every flow is sent to STREAM_BASE (the shared port), told apart by its SSRC."""
     sink = await asyncio.create_subprocess_exec(
         rtpgen, "sink", str(SINK_BASE), str(sinks or flows), str(seconds + 1.5), stdout=subprocess.PIPE
     )
     assert sink.stdout is not None
     await sink.stdout.readline()  # ready
     sender = await asyncio.create_subprocess_exec(
-        rtpgen, "send", str(STREAM_BASE), str(flows), str(pps), str(seconds), str(SIZE), KEY, stdout=subprocess.PIPE
-    )
+        rtpgen, "send", str(STREAM_BASE), str(flows), str(pps), str(seconds), str(SIZE), KEY or "-",
+        *(["oneport"] if oneport else []), stdout=subprocess.PIPE,
+    )  # fmt: skip
     sent_out, _ = await sender.communicate()
     sink_out, _ = await sink.communicate()
     received, _bytes, gaps = map(int, sink_out.split())
@@ -153,7 +158,7 @@ async def run_load(
 
 
 async def relay_with(
-    flows: int, consumers_per_flow: int = 1, workers: int = 1, batch: bool = True
+    flows: int, consumers_per_flow: int = 1, workers: int = 1, batch: bool = True, shared: bool = False
 ) -> list[WorkerRelay]:
     settings = RelaySettings(
         host="127.0.0.1", tcp_queue_limit=1 << 20, udp_receive_buffer=4 << 20, stats_interval=1.0,
@@ -163,8 +168,11 @@ async def relay_with(
     await asyncio.gather(*(r.start() for r in relays))
     for i in range(flows):
         relay = relays[i % workers]
-        port = STREAM_BASE + 2 * i
-        await relay.open(f"s{i}", port, StreamMode.UDP, port, source="127.0.0.1")  # the device-source check on
+        port = STREAM_BASE + 2 * i  # the flow's SSRC too
+        # the device-source check on; shared: every stream on the one port (one worker)
+        await relay.open(
+            f"s{i}", STREAM_BASE if shared else port, StreamMode.UDP, port, source="127.0.0.1", shared=shared
+        )
         for c in range(consumers_per_flow):
             sink = SINK_BASE + 2 * (i * consumers_per_flow + c)
             await relay.add_consumer(f"s{i}", f"c{c}", "udp", "127.0.0.1", sink, 0x0BEBC201)
@@ -177,12 +185,20 @@ async def cpu_of(relays: list[WorkerRelay]) -> float:
 
 
 async def measure_ours(
-    rtpgen: str, flows: int, pps: float, seconds: float, *, fanout: int = 1, workers: int = 1, batch: bool = True
+    rtpgen: str,
+    flows: int,
+    pps: float,
+    seconds: float,
+    *,
+    fanout: int = 1,
+    workers: int = 1,
+    batch: bool = True,
+    shared: bool = False,
 ) -> dict[str, float]:
-    relays = await relay_with(flows, fanout, workers, batch)
+    relays = await relay_with(flows, fanout, workers, batch, shared)
     try:
         cpu0 = await cpu_of(relays)
-        sent, received, gaps = await run_load(rtpgen, flows, pps, seconds, flows * fanout)
+        sent, received, gaps = await run_load(rtpgen, flows, pps, seconds, flows * fanout, oneport=shared)
         cpu = await cpu_of(relays) - cpu0
         totals = [(await r.fresh_snapshot()).totals for r in relays]
     finally:
@@ -224,8 +240,11 @@ def rates(text: str) -> list[int]:
     return [int(r) for r in text.split(",") if r]
 
 
-async def compare(rtpgen: str, flows: int, pps: int, seconds: float, target: str) -> dict[str, float]:
-    """The same load through the C relay, the two bare Python loops and ours both ways (same run)."""
+async def compare(
+    rtpgen: str, flows: int, pps: int, seconds: float, target: str, *, shared: bool = False
+) -> tuple[dict[str, float], dict[str, float] | None]:
+    """The same load through the C relay, the two bare Python loops and ours both ways (same run);
+    ``shared``: ours on one shared port too (``media.shared_port``), the second of the two returned."""
     c = await measure_bare(rtpgen, flows, pps, seconds, "c")
     print(row(f"C relay (recvmmsg/sendmmsg) @ {pps:,}/s", c))
     print(row(f"bare loop (recvfrom_into) @ {pps:,}/s", await measure_bare(rtpgen, flows, pps, seconds)))
@@ -240,7 +259,16 @@ async def compare(rtpgen: str, flows: int, pps: int, seconds: float, target: str
         f"its CPU per packet {ratio:.2f} × the C relay's, its packets per CPU second {1 / ratio:.2f} × "
         f"(target {target})"
     )
-    return ours
+    if not shared:
+        return ours, None
+    one = await measure_ours(rtpgen, flows, pps, seconds, shared=True)
+    print(row(f"gb28181gw, shared port @ {pps:,}/s", one))
+    ratio = one["cpu_us_per_packet"] / c["cpu_us_per_packet"]
+    print(
+        f"  → shared port (media.shared_port = true): {one['cpu_us_per_packet']:.2f} µs/packet, "
+        f"{ratio:.2f} × the C relay's CPU per packet (target {target})"
+    )
+    return ours, one
 
 
 def row(label: str, m: dict[str, float]) -> str:
@@ -349,15 +377,21 @@ async def main() -> None:
     if "blast" in only:
         print("one blasting flow, one consumer:")
         for pps in rates(args.blast_rates):
-            await compare(rtpgen, 1, pps, s, "≤ 3.2 µs/packet, ≥ 0.75 × the C relay's packets per CPU second")
+            await compare(
+                rtpgen, 1, pps, s, "≤ 3.2 µs/packet, ≥ 0.75 × the C relay's packets per CPU second", shared=True
+            )
     if "paced" in only:
         print("100 paced flows, one consumer each:")
         for pps in rates(args.paced_rates):
-            m = await compare(rtpgen, 100, pps, s, "≤ 7 µs/packet, ≤ 1.5 × the C relay's CPU per packet")
-        print(
-            f"  → one core at 100 % relays ≈ {1e6 / m['cpu_us_per_packet']:,.0f} packets/s "
-            f"≈ {1e6 / m['cpu_us_per_packet'] / PPS_4MBIT:,.0f} streams of 4 Mbit/s"
-        )
+            m, one = await compare(
+                rtpgen, 100, pps, s, "≤ 7 µs/packet, ≤ 1.5 × the C relay's CPU per packet", shared=True
+            )
+        for label, f in (("per-stream ports", m), ("shared port", one)):
+            assert f is not None
+            print(
+                f"  → {label}: one core at 100 % relays ≈ {1e6 / f['cpu_us_per_packet']:,.0f} packets/s "
+                f"≈ {1e6 / f['cpu_us_per_packet'] / PPS_4MBIT:,.0f} streams of 4 Mbit/s"
+            )
     if "fanout" in only:
         print("one flow to 10 consumers:")
         for pps in (10_000, 15_000, 20_000):

@@ -1,6 +1,8 @@
 /* RTP load for bench_relay.py: a paced sender and a counting sink with sendmmsg/recvmmsg, so
  * the load generator costs far less CPU than the relay it measures (built by the benchmark).
- *   rtpgen send PORT_FIRST NPORTS PPS SECONDS SIZE   (flows round-robin, SSRC = port)
+ *   rtpgen send PORT_FIRST NPORTS PPS SECONDS SIZE [key|-] [oneport]
+ *                                                    (flows round-robin, SSRC = FIRST+2i; to port
+ *                                                     FIRST+2i, or all to FIRST with "oneport")
  *   rtpgen sink PORT_FIRST NPORTS SECONDS            (prints: packets bytes seq_gaps)
  *   rtpgen relay PORT_FIRST NPORTS SINK_FIRST SECONDS (a bare C relay, the anchor: port FIRST+2i to
  *                                                      SINK_FIRST+2i with recvmmsg/sendmmsg; prints CPU s)
@@ -20,7 +22,7 @@
 #define BATCH 32
 static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9; }
 
-static int do_send(int first, int n, double pps, double seconds, int size, int key) {
+static int do_send(int first, int n, double pps, double seconds, int size, int key, int oneport) {
   int fd = socket(AF_INET, SOCK_DGRAM, 0);
   int sndbuf = 4 << 20; setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
   unsigned char *bufs = calloc(n, size);
@@ -33,7 +35,7 @@ static int do_send(int first, int n, double pps, double seconds, int size, int k
     /* "key": a video PES opening with an SPS after the (MPEG-1 sized) pack header, so every new
        timestamp is a key frame and the relay keeps (copies) every packet for joining consumers */
     if (key) memcpy(b + 24, "\x00\x00\x01\xe0\x00\x20\x80\x00\x00\x00\x00\x00\x01\x67", 14);
-    to[i].sin_family = AF_INET; to[i].sin_port = htons(first + 2 * i); to[i].sin_addr.s_addr = htonl(0x7f000001);
+    to[i].sin_family = AF_INET; to[i].sin_port = htons(oneport ? first : first + 2 * i); to[i].sin_addr.s_addr = htonl(0x7f000001);
   }
   /* each message of a batch its own 12-byte RTP header (iov 0) before its flow's payload (iov 1):
      with one flow, a batch that pointed every message at the flow's one buffer sent its last
@@ -135,7 +137,7 @@ static int do_relay(int first, int n, int sink, double seconds) {
 }
 
 int main(int argc, char **argv) {
-  if (argc >= 7 && !strcmp(argv[1], "send")) return do_send(atoi(argv[2]), atoi(argv[3]), atof(argv[4]), atof(argv[5]), atoi(argv[6]), argc >= 8 && !strcmp(argv[7], "key"));
+  if (argc >= 7 && !strcmp(argv[1], "send")) return do_send(atoi(argv[2]), atoi(argv[3]), atof(argv[4]), atof(argv[5]), atoi(argv[6]), argc >= 8 && !strcmp(argv[7], "key"), argc >= 9 && !strcmp(argv[8], "oneport"));
   if (argc >= 5 && !strcmp(argv[1], "sink")) return do_sink(atoi(argv[2]), atoi(argv[3]), atof(argv[4]));
   if (argc >= 6 && !strcmp(argv[1], "relay")) return do_relay(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atof(argv[5]));
   fprintf(stderr, "usage: rtpgen send FIRST N PPS SECONDS SIZE | sink FIRST N SECONDS | relay FIRST N SINK SECONDS\n");

@@ -140,6 +140,7 @@ class Gateway:
             settings=MediaSettings(
                 address=config.media_address,
                 port_range=(m.port_min, m.port_max),
+                shared_port=m.shared_port,
                 stream_mode=StreamMode(m.stream_mode),
                 invite_timeout=m.invite_timeout,
                 rtp_timeout=m.rtp_timeout,

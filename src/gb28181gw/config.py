@@ -322,6 +322,12 @@ class MediaSection:
         1024 * 1024, "bytes queued for a slow TCP consumer before its packets are dropped", _at_least(65536)
     )
     udp_receive_buffer: int = _opt(1024 * 1024, "SO_RCVBUF of each stream's socket (bytes)", _at_least(65536))
+    shared_port: bool = _opt(
+        False,
+        "UDP streams of a relay worker all received on one port (the first of its share), told apart by SSRC "
+        "and sender: fewer system calls for many paced streams, but a device sending wrong SSRCs (M1) is "
+        "found only while it is the one stream of its host awaiting media; false = a port per stream",
+    )
     gop_cache: int = _opt(
         4 * 1024 * 1024,
         "bytes of a stream's packets since its last key frame kept, so a consumer that joins gets a picture "
@@ -908,6 +914,13 @@ def load_config(
         if problem:
             raise ConfigError("media.address", problem, config.source("media.address"))
     pairs, workers = (m.port_max - m.port_min + 1) // 2, config.relay_workers
+    if m.shared_port and 2 * max(workers, 1) > pairs:
+        raise ConfigError(
+            "media.port_max",
+            f"the range {m.port_min}-{m.port_max} holds {pairs} port pairs: with media.shared_port each relay "
+            f"worker takes one as its shared port and needs one more for TCP streams",
+            config.source("media.port_max"),
+        )
     if workers > pairs:
         # each worker owns a share of the range: with fewer pairs than workers start-up cannot split it
         per_core = " (media.workers = -1: one per core)" if m.workers < 0 else ""

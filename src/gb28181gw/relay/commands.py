@@ -34,7 +34,8 @@ class Open(Command):
     """Bind a new stream's port(s) before the INVITE goes out (:meth:`Forwarder.open`).
 
     ``source`` is the host media is accepted from (the device's SIP host until its answer
-    names another); ``None`` takes the first sender's.
+    names another); ``None`` takes the first sender's. ``shared``: ``port`` is the relay's shared
+    port (``media.shared_port``, a UDP stream).
     """
 
     stream: str
@@ -42,11 +43,12 @@ class Open(Command):
     mode: StreamMode
     ssrc: int
     source: str | None = None
+    shared: bool = False
 
     @classmethod
     def from_wire(cls, values: list[Any]) -> Command:
-        stream, port, mode, ssrc, source = values
-        return cls(stream, port, StreamMode(mode), ssrc, source)
+        stream, port, mode, ssrc, source, shared = values
+        return cls(stream, port, StreamMode(mode), ssrc, source, shared)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +144,7 @@ class Stop(Command):
 
 
 async def _open(f: Forwarder, c: Open) -> None:
-    f.open(c.stream, c.port, c.mode, c.ssrc, source=c.source)
+    f.open(c.stream, c.port, c.mode, c.ssrc, source=c.source, shared=c.shared)
 
 
 async def _expect(f: Forwarder, c: Expect) -> None:

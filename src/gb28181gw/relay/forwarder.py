@@ -66,6 +66,7 @@ import os
 import resource
 import socket
 import struct
+import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ from gb28181gw.media.tcp_framing import MAX_FRAME, FrameScanner
 from gb28181gw.sdp import StreamMode
 
 from . import mmsg
+from .demux import Demux
 from .mmsg import NAME
 from .records import (
     ConsumerFigures,
@@ -101,6 +103,10 @@ log = logging.getLogger("gb28181gw.relay")
 BATCH = 256
 #: Packets of one foreign SSRC, with none of the negotiated one, after which the stream follows it.
 SSRC_LATCH_PACKETS = 50
+#: Linux's SO_RCVBUFFORCE (Python's socket module does not name it): SO_RCVBUF past net.core.rmem_max.
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platform.startswith("linux") else None)
+#: The shared port's SO_RCVBUF, in ``media.udp_receive_buffer`` (a stream's): many streams' bursts wait there.
+SHARED_BUFFERS = 16
 #: Size of a stream's receive buffer: room for the largest TCP frame, a read's worth more.
 BUFFER_SIZE = 2 + MAX_FRAME + 65536
 #: Packets kept since the last key frame, at most, whatever their size: the byte bound
@@ -186,6 +192,93 @@ class UdpOut:
 
     def close(self) -> None:
         """Nothing to close: the stream owns the socket."""
+
+
+class SharedUdpOut(UdpOut):
+    """A UDP consumer of a stream on a shared port (``media.shared_port``): the packets of a batch
+    being relayed are queued (:class:`SendQueue`) and go with one ``sendmmsg`` for the whole
+    batch, whichever streams they belong to; any other packet (a joiner's kept ones) with ``sendto``."""
+
+    __slots__ = ("queue", "dest_at")
+
+    def __init__(
+        self, consumer_id: str, ssrc: int, addr: tuple[str, int], sock: socket.socket, queue: SendQueue | None
+    ) -> None:
+        super().__init__(consumer_id, ssrc, addr, sock)
+        self.queue = queue if self.dest is not None else None
+        self.dest_at = ctypes.addressof(self.dest) if self.dest is not None else 0
+
+    def send(self, buf: bytearray, view: memoryview, off: int, n: int) -> None:
+        q = self.queue
+        if q is None or buf is not q.buf:
+            UdpOut.send(self, buf, view, off, n)
+        else:
+            q.add(self, buf, off, n)
+
+
+class SendQueue:
+    """The sends of one batch read from a shared port, to many consumers: one ``sendmmsg`` for them
+    all (:meth:`flush`, at the end of the batch). Each packet is still sent straight from its slot
+    with its consumer's SSRC written in place; a slot queued already with another SSRC (a stream's
+    second consumer) has what is queued sent first, so the rewrite cannot change a queued packet.
+    A TCP consumer of the same stream writes its SSRC into the slot after it was queued and sends
+    at once: what :meth:`add` queued is stamped again with its own SSRC before it goes."""
+
+    __slots__ = ("batch", "buf", "fd", "count", "outs", "last_off", "last_ssrc", "stamps")
+
+    def __init__(self, batch: mmsg.Batch) -> None:
+        self.batch, self.buf = batch, batch.buf
+        self.fd = -1
+        self.count = 0
+        self.outs: list[SharedUdpOut] = []
+        self.last_off, self.last_ssrc = -1, -1
+        self.stamps: list[tuple[int, int]] = []  # (slot offset, SSRC) of what add() queued
+
+    def add(self, out: SharedUdpOut, buf: bytearray, off: int, n: int) -> None:
+        ssrc = out.ssrc
+        if self.count == self.batch.vlen or (off == self.last_off and ssrc != self.last_ssrc):
+            self.flush()
+        _SSRC.pack_into(buf, off + 8, ssrc)
+        self.batch.put(self.count, off, n, out.dest_at, out.destlen)
+        self.stamps.append((off, ssrc))
+        self.outs.append(out)
+        self.count += 1
+        self.last_off, self.last_ssrc = off, ssrc
+        out.packets += 1  # counted as sent; flush() takes back what did not go
+        out.bytes += n
+
+    def flush(self) -> None:
+        count = self.count
+        if not count:
+            return
+        self.count, self.last_off = 0, -1
+        if self.stamps:
+            for off, ssrc in self.stamps:
+                _SSRC.pack_into(self.buf, off + 8, ssrc)
+            self.stamps.clear()
+        failed = self.batch.send_each(self.fd, count)
+        for j, code in failed:
+            out = self.outs[j]
+            out.packets -= 1
+            out.bytes -= self.batch.send_iov[2 * j + 1]
+            if code in mmsg.RETRY:
+                out.dropped += 1
+            else:
+                out.errors += 1
+        self.outs.clear()
+
+
+class SharedPort:
+    """The one UDP port the shared streams of a forwarder receive on and send from, with what tells
+    their packets apart (:class:`~.demux.Demux`) and a buffer for where ``recvmmsg`` is missing."""
+
+    __slots__ = ("port", "sock", "demux", "buf", "view")
+
+    def __init__(self, port: int, sock: socket.socket) -> None:
+        self.port, self.sock = port, sock
+        self.demux: Demux[RelayStream] = Demux()
+        self.buf = bytearray(2 + 65536)
+        self.view = memoryview(self.buf)
 
 
 class CatchingUp:
@@ -392,6 +485,11 @@ class RelayStream:
         self.foreign_count = 0
         self.ssrc_latched = False
         self.connect_task: asyncio.Task[tuple[RelayFailure, str] | None] | None = None
+        # on a shared port: that port, and ``source`` as the kernel writes a sender (valid while
+        # ``source_name_of`` is ``source``), compared with each packet's sender on the fast path
+        self.shared: SharedPort | None = None
+        self.source_name = b""
+        self.source_name_of: Any = None
 
 
 class Forwarder:
@@ -436,6 +534,9 @@ class Forwarder:
             libc = mmsg.load()
             batch = mmsg.Batch(libc) if libc is not None else False
         self._batch: mmsg.Batch | None = batch if isinstance(batch, mmsg.Batch) else None
+        self._shared: dict[int, SharedPort] = {}  # shared ports by number (media.shared_port)
+        self._queue = SendQueue(self._batch) if self._batch is not None else None
+        self._shared_gone = [0, 0]  # unknown, ambiguous packets of shared ports closed
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -445,11 +546,15 @@ class Forwarder:
 
     # --- commands ----------------------------------------------------------------------
 
-    def open(self, stream_id: str, port: int, mode: StreamMode, ssrc: int, *, source: str | None = None) -> None:
+    def open(
+        self, stream_id: str, port: int, mode: StreamMode, ssrc: int, *, source: str | None = None, shared: bool = False
+    ) -> None:
         """Bind ``port`` for a new stream: UDP always (to receive, or to send to UDP consumers), and a TCP
         listener for TCP passive — before the INVITE goes out, since devices may connect at once (§7.5).
 
         ``source`` is the only host media and TCP connections are taken from (``None``: the first sender).
+        ``shared`` (a UDP stream): ``port`` is the forwarder's shared port (bound with its first stream),
+        where the stream's packets are told from others' by SSRC and sender (:mod:`.demux`).
 
         Raises:
             RelayError: the stream exists, or the port cannot be bound (the message names it).
@@ -459,6 +564,12 @@ class Forwarder:
         loop = self.loop
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         st = RelayStream(stream_id, port, mode, ssrc, loop.time(), self._as_peer_host(source))
+        if shared and mode is StreamMode.UDP:
+            sp = self._shared.get(port) or self._bind_shared(port, family)
+            st.udp, st.shared = sp.sock, sp
+            sp.demux.add(st)
+            self.streams[stream_id] = st
+            return
         try:
             udp = socket.socket(family, socket.SOCK_DGRAM)
             st.udp = udp
@@ -501,6 +612,32 @@ class Forwarder:
             st.source_host = host
             if st.conn is None and st.source is not None and st.source[0] != host:
                 st.source = None  # latched on the SIP host's packets; the answer names another
+        if st.shared is not None:
+            st.shared.demux.update(st)
+
+    def _bind_shared(self, port: int, family: int) -> SharedPort:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            # every stream's packets wait here: room for many streams' bursts. SO_RCVBUFFORCE passes
+            # net.core.rmem_max where the process may (CAP_NET_ADMIN); else SO_RCVBUF, capped by it
+            for option in (SO_RCVBUFFORCE, socket.SO_RCVBUF):
+                try:
+                    if option is not None:
+                        sock.setsockopt(socket.SOL_SOCKET, option, SHARED_BUFFERS * self.udp_receive_buffer)
+                        break
+                except OSError:
+                    continue
+            sock.bind((self.host, port))
+        except OSError as exc:
+            sock.close()
+            raise RelayError(
+                RelayFailure.PORT_TAKEN, f"cannot bind the shared media port {port}: {exc.strerror or exc}"
+            ) from None
+        sp = SharedPort(port, sock)
+        self.loop.add_reader(sock.fileno(), self._on_shared if self._batch is not None else self._on_shared_plain, sp)
+        self._shared[port] = sp
+        return sp
 
     def _as_peer_host(self, host: str | None) -> str | None:
         # an IPv6 socket reports IPv4 senders as IPv4-mapped addresses: compare like with like
@@ -538,7 +675,10 @@ class Forwarder:
             )
         self._remove(st, consumer_id)
         assert st.udp is not None
-        self._join(st, UdpOut(consumer_id, ssrc, (host, port), st.udp))
+        if st.shared is not None:
+            self._join(st, SharedUdpOut(consumer_id, ssrc, (host, port), st.udp, self._queue))
+        else:
+            self._join(st, UdpOut(consumer_id, ssrc, (host, port), st.udp))
 
     async def add_tcp_consumer(
         self, stream_id: str, consumer_id: str, host: str, port: int, ssrc: int, *, timeout: float = 5.0
@@ -648,9 +788,17 @@ class Forwarder:
         self._close_sockets(st)
 
     def close_all(self) -> None:
-        """Close every stream."""
+        """Close every stream, and the shared ports."""
         for stream_id in list(self.streams):
             self.close(stream_id)
+        for sp in self._shared.values():
+            self._shared_gone[0] += sp.demux.unknown
+            self._shared_gone[1] += sp.demux.ambiguous
+            fd = sp.sock.fileno()
+            if fd >= 0 and self._loop is not None:
+                self._loop.remove_reader(fd)
+            sp.sock.close()
+        self._shared.clear()
 
     # --- statistics --------------------------------------------------------------------
 
@@ -706,6 +854,8 @@ class Forwarder:
         """Running totals over every stream and consumer, closed ones included (counters never go back)."""
         t = dict(self._gone)
         t["gop_evictions"] += self.gop_evictions
+        t["unknown_source"] += self._shared_gone[0] + sum(sp.demux.unknown for sp in self._shared.values())
+        t["ambiguous_source"] += self._shared_gone[1] + sum(sp.demux.ambiguous for sp in self._shared.values())
         for st in self.streams.values():
             _add_stream(t, st)
             for c in st.consumers:
@@ -842,6 +992,152 @@ class Forwarder:
                     return  # closed by a handler of the packet's event (in-process)
                 _source_names(st, b)  # latched on this packet, maybe
             i += 1
+
+    def _on_shared(self, sp: SharedPort) -> None:
+        # The shared port (media.shared_port, issue 16): recvmmsg takes the packets of many streams
+        # in one call, where a port per stream wakes the loop for each paced stream's one or two.
+        batch, queue = self._batch, self._queue
+        assert batch is not None and queue is not None
+        fd, vlen = sp.sock.fileno(), batch.vlen
+        now = self.loop.time()
+        for _ in range(BATCH // vlen):
+            try:
+                k = batch.receive(fd)
+            except OSError:
+                continue  # an ICMP error for something we sent earlier
+            if not k:
+                return
+            queue.fd = fd
+            try:
+                self._demux_batch(sp, batch, k, now)
+            finally:
+                queue.flush()
+            if k < vlen or sp.sock.fileno() < 0:
+                return
+
+    def _demux_batch(self, sp: SharedPort, b: mmsg.Batch, k: int, now: float) -> None:
+        # A fast path beside _relay, for speed (issue 16), as _relay_batch is for a port of one's own:
+        # a packet whose SSRC is one latched stream's, from that stream's source (the raw address
+        # compared as bytes), next in sequence, is counted, looked into (frame starts, by the same
+        # _frame and _probe) and kept for joiners as _relay would, and queued for its stream's one
+        # UDP consumer (SendQueue: one sendmmsg for the batch, the SSRC rewritten in place). Any other
+        # packet of a known stream goes through _relay itself; one of no stream known is resolved by
+        # the demultiplexer (its rules: demux.py) and, when that names a stream, relayed by _relay,
+        # after which what the stream latched is indexed. Both give the per-stream port's output
+        # (tests/shell/test_relay_shared.py). The caller flushes the queue.
+        buf, view, names, lengths, stride, slot = b.buf, b.view, b.names, b.lengths, b.stride, b.slot
+        at_len, capacity, head, relay = mmsg.LEN_AT, b.capacity, _HEAD.unpack_from, self._relay
+        queue = self._queue
+        assert queue is not None
+        iov, h64, h32, hdr64, hdr32, name_at, namelen_at = (
+            b.send_iov,
+            b.h64,
+            b.h32,
+            b.hdr64,
+            b.hdr32,
+            b.name_at,
+            b.namelen_at,
+        )
+        base, vlen, pack_ssrc = b.slot_at - 2, b.vlen, _SSRC.pack_into
+        demux = sp.demux
+        fast = demux.fast
+        for i in range(k):
+            off, n = i * slot + 2, lengths[at_len + stride * i]
+            if n < 12 or (n >= capacity and b.truncated(i)):
+                demux.unknown += 1  # no RTP header, or cut short: no stream to count it on
+                continue
+            b0, _, seq, ts, ssrc = head(buf, off)
+            st = fast.get(ssrc)
+            if st is None or names[NAME * i : NAME * i + NAME] != st.source_name:
+                addr = b.sender(i)
+                found = demux.resolve(ssrc, addr)
+                if found is not None:
+                    relay(found, buf, view, off, n, addr, now)
+                    self._learned(found)
+                continue
+            stats = st.stats
+            if b0 >> 6 != 2 or seq != (stats.highest_seq + 1) & 0xFFFF or stats.highest_seq < 0:
+                relay(st, buf, view, off, n, st.source, now)
+                continue
+            stats.in_order(1, n, now)
+            if ts != st.last_ts or (st.ts_open and (b0 & 0x10 or buf[off + 15 + 4 * (b0 & 0x0F)] == 0xBA)):
+                self._frame(st, buf, view, b0, off, n, ts)
+            elif st.probe is not None:
+                self._probe(st, view, _payload(buf, b0, off, n), off + n)
+            if st.gop is not None or st.spare is not None:
+                self._keep(st, view, off, n)
+            consumers = st.consumers
+            out = consumers[0] if len(consumers) == 1 else None
+            if type(out) is SharedUdpOut and out.queue is queue and queue.count < vlen:
+                # SendQueue.add written out (a stream's one consumer: its slot is queued once)
+                j = queue.count
+                pack_ssrc(buf, off + 8, out.ssrc)
+                if j != i:  # header j carries another slot than its own (restored after the send)
+                    iov[2 * j] = base + off
+                    b.moved = True
+                iov[2 * j + 1] = n
+                hdr64[j * h64 + name_at] = out.dest_at
+                hdr32[j * h32 + namelen_at] = out.destlen
+                queue.outs.append(out)
+                queue.count = j + 1
+                queue.last_off, queue.last_ssrc = off, out.ssrc
+                out.packets += 1
+                out.bytes += n
+            else:
+                for c in consumers:
+                    c.send(buf, view, off, n)
+        if queue.count:
+            b.forget_dest()
+
+    def _keep(self, st: RelayStream, view: memoryview, off: int, n: int) -> None:
+        # _relay's copy of a packet for joining consumers (or for the frame being looked into)
+        gop = st.gop
+        if gop is not None:
+            st.gop_bytes += n
+            if st.gop_bytes > self.gop_limit or len(gop) >= GOP_CACHE_PACKETS:
+                st.gop = None
+            else:
+                gop.append(bytes(view[off : off + n]))
+        elif st.spare is not None:
+            st.spare.append(bytes(view[off : off + n]))
+
+    def _on_shared_plain(self, sp: SharedPort) -> None:
+        # _on_shared where libc lacks recvmmsg: one packet a call, the same demultiplexing
+        recv, demux, buf, view = sp.sock.recvfrom_into, sp.demux, sp.buf, sp.view
+        target = view[2:]
+        now = self.loop.time()
+        for _ in range(BATCH):
+            try:
+                n, addr = recv(target)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue
+            if n < 12:
+                demux.unknown += 1
+                continue
+            ssrc = _SSRC.unpack_from(buf, 10)[0]
+            st = demux.fast.get(ssrc)
+            if st is None or addr != st.source:
+                st = demux.resolve(ssrc, addr)
+                if st is None:
+                    continue
+            self._relay(st, buf, view, 2, n, addr, now)
+            self._learned(st)
+            if sp.sock.fileno() < 0:
+                return
+
+    def _learned(self, st: RelayStream) -> None:
+        # what a packet taken the slow way may have changed (a latched source, a followed SSRC)
+        sp = st.shared
+        if sp is None or st.udp is None:
+            return  # closed meanwhile
+        src = st.source
+        if src is not None and st.source_name_of is not src:
+            raw = mmsg.sockaddr(sp.sock.family, src)
+            st.source_name = raw.ljust(NAME, b"\0") if raw is not None else b""
+            st.source_name_of = src
+        sp.demux.update(st)
 
     def _send_queued(self, b: mmsg.Batch, st: RelayStream, out: UdpOut, count: int, nbytes: int) -> None:
         assert st.udp is not None
@@ -1242,6 +1538,9 @@ class Forwarder:
     def _close_sockets(self, st: RelayStream) -> None:
         _add_stream(self._gone, st)  # a closed stream's figures stay in the totals
         loop = self._loop
+        if st.shared is not None:
+            st.shared.demux.remove(st)
+            st.udp = None  # the shared port's: it stays open for the other streams
         for sock in (st.udp, st.listener, st.conn):
             if sock is None:
                 continue

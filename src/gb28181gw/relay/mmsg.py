@@ -21,7 +21,7 @@ import struct
 import sys
 from typing import Any
 
-__all__ = ["LEN_AT", "NAME", "SLOT", "VLEN", "Batch", "Libc", "load", "peer", "sockaddr"]
+__all__ = ["LEN_AT", "NAME", "RETRY", "SLOT", "VLEN", "Batch", "Libc", "load", "peer", "sockaddr"]
 
 #: Datagrams per ``recvmmsg``/``sendmmsg``.
 VLEN = 32
@@ -33,7 +33,8 @@ SLOT = 2 + 65536 + 1344
 #: Room for a sender's address: ``sockaddr_in6`` (an IPv4 socket writes the first 16 bytes only).
 NAME = 28
 MSG_TRUNC = 0x20
-_RETRY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
+#: What "the socket has no room now" looks like (the datagram is dropped, not an error).
+RETRY = _RETRY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 
 
 class _Iovec(ctypes.Structure):
@@ -163,6 +164,10 @@ class Batch:
         self._sat = ctypes.addressof(shdr)
         self._shdr64 = memoryview(self._shdr).cast("Q")
         self._shdr32 = memoryview(self._shdr).cast("I")
+        # where :meth:`put` writes (send header j's name at hdr64[j * h64 + name_at], its length at
+        # hdr32[j * h32 + namelen_at]): for a caller that writes them itself, once a packet
+        self.hdr64, self.hdr32, self.h64, self.h32 = self._shdr64, self._shdr32, _HDR // 8, _HDR // 4
+        self.name_at, self.namelen_at = _NAME_AT, _NAMELEN_AT
         self._dest: Any = None  # the ctypes buffer the send headers' names point at now
         self._dest_upto = 0  # how many send headers point at it
         self.slot_at = base + 2  # the address of slot 0's packet
@@ -215,32 +220,57 @@ class Batch:
                 self._dest, self._dest_upto = dest, count
             else:
                 self._dest_upto = count
-        m = self.libc.sendmmsg(fd, self._sptr, count, socket.MSG_DONTWAIT)
-        if m == count:  # all went (the common case)
-            self._restore(count)
+        failed = self._transmit(fd, count)
+        if not failed:  # all went (the common case)
             return count, total, 0, 0
-        sent = done = dropped = errors = nbytes = 0
-        again = False  # the first call's answer is in m already
-        while done < count:
-            if again:
-                m = self.libc.sendmmsg(fd, ctypes.c_void_p(self._sat + done * _HDR), count - done, socket.MSG_DONTWAIT)
-            again = True
-            if m > 0:
-                nbytes += sum(self.send_iov[2 * j + 1] for j in range(done, done + m))
-                sent += m
-                done += m
-                continue
-            # the datagram at ``done`` did not go: what sendto would have said of it (which retries EINTR)
-            code = ctypes.get_errno() if m < 0 else 0
-            if code == errno.EINTR:
-                continue
-            if code in _RETRY:
-                dropped += 1
-            else:
-                errors += 1
-            done += 1
+        dropped = sum(1 for _, code in failed if code in _RETRY)
+        lost = sum(self.send_iov[2 * j + 1] for j, _ in failed)
+        return count - len(failed), total - lost, dropped, len(failed) - dropped
+
+    def put(self, j: int, off: int, n: int, dest_at: int, destlen: int) -> None:
+        """Point send header ``j`` at the packet ``buf[off : off + n]`` and at the destination whose
+        ``sockaddr`` of ``destlen`` bytes lies at address ``dest_at`` (a batch to many destinations:
+        the shared port's, :meth:`send_each`)."""
+        self.send_iov[2 * j] = self.slot_at - 2 + off
+        self.send_iov[2 * j + 1] = n
+        self._shdr64[j * (_HDR // 8) + _NAME_AT] = dest_at
+        self._shdr32[j * (_HDR // 4) + _NAMELEN_AT] = destlen
+        self.moved = True
+        self._dest = None  # :meth:`send` writes its destination into every header again
+
+    def forget_dest(self) -> None:
+        """The send headers' destinations were written (as :meth:`put` does): :meth:`send` writes its own again."""
+        self._dest = None
+
+    def send_each(self, fd: int, count: int) -> list[tuple[int, int]]:
+        """Send headers ``0..count`` as :meth:`put` set them: the ones that did not go, as
+        (header, errno: ``EAGAIN`` when the socket had no room, then the datagram is dropped)."""
+        return self._transmit(fd, count)
+
+    def _transmit(self, fd: int, count: int) -> list[tuple[int, int]]:
+        # sendmmsg until every header has gone or failed; a failed datagram is skipped, as sendto
+        # one by one would (which retries EINTR). Returns the failed ones (header, errno).
+        m = self.libc.sendmmsg(fd, self._sptr, count, socket.MSG_DONTWAIT)
+        failed: list[tuple[int, int]] = []
+        if m != count:
+            done = 0
+            again = False  # the first call's answer is in m already
+            while done < count:
+                if again:
+                    m = self.libc.sendmmsg(
+                        fd, ctypes.c_void_p(self._sat + done * _HDR), count - done, socket.MSG_DONTWAIT
+                    )
+                again = True
+                if m > 0:
+                    done += m
+                    continue
+                code = ctypes.get_errno() if m < 0 else 0
+                if code == errno.EINTR:
+                    continue
+                failed.append((done, code))
+                done += 1
         self._restore(count)
-        return sent, nbytes, dropped, errors
+        return failed
 
     def _restore(self, count: int) -> None:
         if self.moved:  # headers point back at their own slots

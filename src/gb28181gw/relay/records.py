@@ -228,7 +228,9 @@ class RelayTotals:
 
     They never go backwards (Prometheus counters are built on them). ``gop_evictions``: times a
     stream's packets kept for joining consumers were let go to keep the relay within
-    ``media.gop_cache_total``.
+    ``media.gop_cache_total``. On shared ports (``media.shared_port``): ``unknown_source`` packets
+    no stream could be found for (strangers) and ``ambiguous_source`` packets that could be more
+    than one stream's (:mod:`.demux`), both dropped.
     """
 
     packets_in: int = 0
@@ -244,6 +246,8 @@ class RelayTotals:
     ps_errors: int = 0
     tcp_resyncs: int = 0
     gop_evictions: int = 0
+    unknown_source: int = 0
+    ambiguous_source: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,12 +101,15 @@ class Relay:
         """
         raise NotImplementedError
 
-    async def open(self, stream_id: str, port: int, mode: StreamMode, ssrc: int, *, source: str | None = None) -> None:
+    async def open(
+        self, stream_id: str, port: int, mode: StreamMode, ssrc: int, *, source: str | None = None, shared: bool = False
+    ) -> None:
         """Bind the stream's port(s); :attr:`RelayFailure.PORT_TAKEN` if they cannot be bound.
 
-        ``source``: the only host media is taken from (``None``: the first sender's).
+        ``source``: the only host media is taken from (``None``: the first sender's). ``shared``:
+        ``port`` is the relay's shared port (``media.shared_port``).
         """
-        await self.call(Open(stream_id, port, mode, ssrc, source))
+        await self.call(Open(stream_id, port, mode, ssrc, source, shared))
 
     async def expect(self, stream_id: str, ssrc: int, *, source: str | None = None) -> None:
         """The SSRC the device's answer announced, and the host its media must come from (``None``: unchanged)."""

@@ -239,6 +239,7 @@ class MediaSettings:
         address: the media IP put in our SDP offers; empty: the address each device reached
             us at (``SipStack.local_address``), where the wildcard-bound relay receives too.
         port_range: (first, last) media ports, split evenly between the relays.
+        shared_port: UDP streams on one port per relay, the first of its share (``media.shared_port``).
         stream_mode: how devices without their own mode send media.
         invite_timeout / rtp_timeout / linger: seconds (see ``config.MediaSection``).
         tcp_connect_attempts / tcp_connect_interval: TCP active connection retries.
@@ -251,6 +252,7 @@ class MediaSettings:
 
     address: str
     port_range: tuple[int, int]
+    shared_port: bool
     stream_mode: StreamMode
     invite_timeout: float
     rtp_timeout: float
@@ -328,6 +330,7 @@ class Stream:
     kind: SessionKind = SessionKind.PLAY
     span: Span | None = None
     control: Control | None = None  # recorded kinds: playing or paused, speed, body CSeq, position
+    shared: bool = False  # on its relay's shared port (media.shared_port): not the pool's to take back
     complete: bool = False  # recorded kinds: MediaStatus 121 came, or the whole span was sent
     result: str = ""  # why setup failed (a gb28181gw_stream_setups result), empty once established
     bytes_seen: int = 0  # Download: bytes counted into gb28181gw_download_bytes so far
@@ -445,7 +448,10 @@ class StreamService:
         self.settings = s = settings
         self.playback = playback
         rng = rng or random.SystemRandom()
-        self.pools = _split(s.port_range, len(relays), s.port_quarantine, rng)
+        # with media.shared_port the first port of each relay's share is its shared port, the rest the pool's
+        self.pools = _split(s.port_range, len(relays), s.port_quarantine, rng, reserve=2 if s.shared_port else 0)
+        self.shared_ports = [pool.first - 2 for pool in self.pools] if s.shared_port else []
+        self._shared_count = [0] * len(relays)  # streams on each relay's shared port
         self.ssrcs = SsrcAllocator(our_id, quarantine=s.ssrc_quarantine, rng=rng)
         self.streams: dict[str, Stream] = {}
         self.by_channel: dict[str, Stream] = {}  # live streams: one per channel, shared
@@ -726,21 +732,25 @@ class StreamService:
             raise StreamError(status, str(exc)) from None
         loop = self.loop
         now = loop.time()
-        index = min(range(len(self.relays)), key=lambda i: self.pools[i].in_use)
+        if mode is None:
+            mode = StreamMode(device.stream_mode) if device.stream_mode else self.settings.stream_mode
+        shared_port = bool(self.shared_ports) and mode is StreamMode.UDP  # TCP streams keep a port each
+        index = min(range(len(self.relays)), key=lambda i: self.pools[i].in_use + self._shared_count[i])
         relay, pool = self.relays[index], self.pools[index]
         try:
-            port = pool.allocate(now)
+            port = self.shared_ports[index] if shared_port else pool.allocate(now)
         except PortsExhausted as exc:
             self.results[("no-port",)] += 1
             raise StreamError(503, str(exc)) from None
         try:
             ssrc = self.ssrcs.allocate(now, history=kind.recorded)  # y= starting with 1 (§7.4.1)
         except SdpError as exc:
-            pool.release(port, now)
+            if not shared_port:
+                pool.release(port, now)
             self.results[("no-ssrc",)] += 1
             raise StreamError(503, str(exc)) from None
-        if mode is None:
-            mode = StreamMode(device.stream_mode) if device.stream_mode else self.settings.stream_mode
+        if shared_port:
+            self._shared_count[index] += 1
         endpoint = self.stack.endpoint
         session = PlaySession.start(
             channel_id,
@@ -774,6 +784,7 @@ class StreamService:
             kind=kind,
             span=span,
             control=Control(quiet_since=now) if kind.recorded else None,
+            shared=shared_port,
         )
         self.streams[st.id] = st
         if kind.recorded:
@@ -862,11 +873,11 @@ class StreamService:
         # quarantine) and try the next, a few times
         for _ in range(8):
             try:
-                await st.relay.open(st.id, st.port, st.mode, int(st.id), source=st.peer.host)
+                await st.relay.open(st.id, st.port, st.mode, int(st.id), source=st.peer.host, shared=st.shared)
                 return
             except RelayError as exc:
-                if exc.code is not RelayFailure.PORT_TAKEN:
-                    raise StreamError(502, str(exc)) from None
+                if exc.code is not RelayFailure.PORT_TAKEN or st.shared:
+                    raise StreamError(502 if exc.code is not RelayFailure.PORT_TAKEN else 503, str(exc)) from None
                 log.warning("media port taken, trying another", extra={"port": st.port, "reason": str(exc)})
                 now = self.loop.time()
                 st.pool.release(st.port, now)
@@ -1219,7 +1230,9 @@ class StreamService:
             log.warning("relay could not close a stream", extra={"stream": st.id, "reason": str(exc)})
         finally:
             now = self.loop.time()
-            for port in [st.port, *consumer_ports]:
+            if st.shared:
+                self._shared_count[self.relays.index(st.relay)] -= 1
+            for port in [0 if st.shared else st.port, *consumer_ports]:
                 if port:
                     st.pool.release(port, now)
 
@@ -1584,6 +1597,8 @@ class StreamService:
             totals["malformed"] += t.malformed
             totals["slow-consumer"] += t.slow_consumer
             totals["send-errors"] += t.send_errors
+            totals["unknown-source"] += t.unknown_source  # shared ports: strangers
+            totals["ambiguous-source"] += t.ambiguous_source  # shared ports: could be several streams'
         return {(reason,): float(n) for reason, n in totals.items()}
 
     def _per_kind(self) -> dict[tuple[str, ...], float]:
@@ -1621,15 +1636,18 @@ def _consumer_transport(transport: str, port: int, also_from: tuple[str, ...]) -
     return kind
 
 
-def _split(port_range: tuple[int, int], parts: int, quarantine: float, rng: random.Random) -> list[PortPool]:
-    """Each relay worker's share of the port range (even-aligned, at least one port each)."""
+def _split(
+    port_range: tuple[int, int], parts: int, quarantine: float, rng: random.Random, *, reserve: int = 0
+) -> list[PortPool]:
+    """Each relay worker's share of the port range (even-aligned, at least one port each), without
+    the ``reserve`` ports at the start of each share (the shared port: ``media.shared_port``)."""
     first, last = port_range
     span = (last - first + 1) // parts
-    if span < 2:
+    if span < 2 + reserve:
         raise ValueError(f"media port range {first}-{last} is too small for {parts} relay workers")
     pools = []
     for i in range(parts):
         lo = first + i * span
         hi = last if i == parts - 1 else lo + span - 1
-        pools.append(PortPool(lo, hi, quarantine=quarantine, rng=rng))
+        pools.append(PortPool(lo + reserve, hi, quarantine=quarantine, rng=rng))
     return pools

@@ -1,0 +1,159 @@
+"""Which stream a packet on a shared media port belongs to (``media.shared_port``, issue 16).
+
+With one UDP port per relay worker, the port no longer says whose a packet is: the stream is
+found by the packet's SSRC and its sender's address. The ``y=`` SSRC we offer is unique among
+live streams, so a device that sends it is found at once; a device that sends another SSRC
+than it was told (PROTOCOL.md §11.5 M1) can only be told by where it sends from. This module
+holds that decision and nothing else: no sockets, no clock (the forwarder feeds it the
+packet's SSRC and sender, and tells it when a stream's SSRC or source changes).
+
+The rules, in order (``resolve``):
+
+1. A stream expects this SSRC. One from this very sender (its latched source) is it; if it is
+   the only stream with the SSRC, it is given the packet, which it takes or counts as
+   ``wrong_source`` exactly as on a port of its own; if several expect the SSRC (two devices
+   that answered the same ``y=``), the one still waiting for its first packet from the
+   sender's host is it, and more than one is *ambiguous*.
+2. No stream expects the SSRC (a device sending a wrong one). The streams that could be its
+   sender's are those expecting media from the sender's host that have no source yet, and
+   those whose latched source is this sender. Exactly one: it is given the packet (and, as
+   on a port of its own, follows that SSRC after ``SSRC_LATCH_PACKETS`` packets of it and
+   nothing else). More than one (two streams of one NVR from one host, one of them or both
+   sending wrong SSRCs): *ambiguous*: dropped, counted and logged, never guessed.
+3. Nothing matches: a stranger's packet, dropped and counted (``unknown``); it is never sent on.
+
+What this costs against per-stream ports: a stream whose device sends a wrong SSRC is found
+only while it is the one stream of its device's host that could be; the ambiguous case, which
+per-stream ports tell apart by port, gets no media here (the metric says so, and the log names
+the host and streams: such a device wants ``media.shared_port = false``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Generic, Protocol, TypeVar
+
+__all__ = ["Demux", "Demuxed"]
+
+log = logging.getLogger("gb28181gw.relay")
+
+#: (host, SSRC) pairs whose ambiguity was logged already (then only counted), at most this many.
+WARNED_MAX = 1024
+
+
+class Demuxed(Protocol):
+    """What the demultiplexer reads of a stream (the forwarder's ``RelayStream``)."""
+
+    id: str
+    ssrc: int  # the SSRC expected now
+    source: Any  # the (host, port) latched on its first good packet, or None
+    source_host: str | None  # the only host media is taken from (None: the first sender's)
+
+
+S = TypeVar("S", bound=Demuxed)
+
+
+class Demux(Generic[S]):
+    """The streams of one shared port, indexed by SSRC and by expected host.
+
+    Attributes:
+        fast: SSRC → the one stream expecting it, once that stream has a latched source (the
+            forwarder's per-packet lookup; it still compares the sender with the source).
+        unknown: packets no stream could be found for (strangers), dropped.
+        ambiguous: packets more than one stream could be for, dropped.
+    """
+
+    def __init__(self) -> None:
+        self.fast: dict[int, S] = {}
+        self._by_ssrc: dict[int, list[S]] = {}
+        self._by_host: dict[str, list[S]] = {}
+        self._keys: dict[str, tuple[int, str | None, Any]] = {}  # what each stream is indexed under now
+        self._warned: set[tuple[str, int]] = set()
+        self.unknown = 0
+        self.ambiguous = 0
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, st: S) -> None:
+        """Index a new stream of the port."""
+        self._keys[st.id] = (st.ssrc, st.source_host, st.source)
+        self._by_ssrc.setdefault(st.ssrc, []).append(st)
+        if st.source_host is not None:
+            self._by_host.setdefault(st.source_host, []).append(st)
+        self._refresh(st.ssrc)
+
+    def remove(self, st: S) -> None:
+        """Forget a stream (closed): none of its packets finds it after this."""
+        key = self._keys.pop(st.id, None)
+        if key is None:
+            return
+        ssrc, host, _ = key
+        _discard(self._by_ssrc, ssrc, st)
+        if host is not None:
+            _discard(self._by_host, host, st)
+        self._refresh(ssrc)
+
+    def update(self, st: S) -> None:
+        """The stream's SSRC, expected host or latched source may have changed: index it anew."""
+        key = self._keys.get(st.id)
+        if key is None or key == (st.ssrc, st.source_host, st.source):
+            return
+        self.remove(st)
+        self.add(st)
+        if key[0] != st.ssrc:
+            self._refresh(key[0])
+
+    def resolve(self, ssrc: int, addr: Any) -> S | None:
+        """The stream a packet of ``ssrc`` from ``addr`` (host, port, …) is for, or ``None`` (counted)."""
+        host = addr[0]
+        same = self._by_ssrc.get(ssrc)
+        if same:
+            exact = [s for s in same if s.source == addr]
+            if not exact:
+                if len(same) == 1:
+                    return same[0]  # it takes the packet or counts it as from a wrong source
+                exact = [s for s in same if s.source is None and s.source_host in (None, host)]
+            return self._one(ssrc, addr, exact)
+        # a wrong SSRC (M1): only where the sender can be but one stream's
+        return self._one(ssrc, addr, [s for s in self._by_host.get(host, ()) if s.source is None or s.source == addr])
+
+    def _one(self, ssrc: int, addr: Any, streams: list[S]) -> S | None:
+        # the stream if there is one; none is a stranger, several are ambiguous (counted, not guessed)
+        if len(streams) == 1:
+            return streams[0]
+        if streams:
+            self._ambiguous(ssrc, addr, streams)
+        else:
+            self.unknown += 1
+        return None
+
+    def _ambiguous(self, ssrc: int, addr: Any, streams: list[S]) -> None:
+        self.ambiguous += 1
+        key = (addr[0], ssrc)
+        if key not in self._warned:
+            if len(self._warned) >= WARNED_MAX:
+                self._warned.clear()
+            self._warned.add(key)
+            log.warning(
+                "shared media port: packets from one source could be any of several streams (a device sending "
+                "a wrong SSRC, PROTOCOL.md §11.5 M1): dropped, never guessed; give this device per-stream ports "
+                "(media.shared_port = false)",
+                extra={"source": f"{addr[0]}:{addr[1]}", "ssrc": ssrc, "streams": ",".join(s.id for s in streams)},
+            )
+
+    def _refresh(self, ssrc: int) -> None:
+        same = self._by_ssrc.get(ssrc)
+        if same is not None and len(same) == 1 and same[0].source is not None:
+            self.fast[ssrc] = same[0]
+        else:
+            self.fast.pop(ssrc, None)
+
+
+def _discard(index: dict[Any, list[S]], key: Any, st: S) -> None:
+    entries = index.get(key)
+    if entries is None:
+        return
+    entries[:] = [s for s in entries if s is not st]
+    if not entries:
+        del index[key]
