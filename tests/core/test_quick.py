@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from gb28181gw.errors import SipParseError
 from gb28181gw.gb.model import Device, DeviceState
 from gb28181gw.gb.quick import quick_register
-from gb28181gw.gb.registrar import Registrar, RegistrarPolicy, RegisterResult, from_user
+from gb28181gw.gb.registrar import RegisterResult, Registrar, RegistrarPolicy, from_user
 from gb28181gw.sip.auth import NonceStore
 from gb28181gw.sip.endpoint import SipEndpoint
 from gb28181gw.sip.events import RequestReceived
