@@ -60,6 +60,16 @@ _KNOWN = frozenset(
         "date",
     }
 )
+#: The spellings of those names read here: others (``cAll-iD``) take the general path.
+_KEY_OF: dict[str, str] = {}
+for _key, _name in zip(
+    sorted(_KNOWN),
+    ["Allow", "Authorization", "Call-ID", "Contact", "Content-Length", "Content-Type", "CSeq", "Date", "Expires",
+     "From", "Max-Forwards", "Supported", "To", "User-Agent", "Via", "X-GB-ver"],
+    strict=True,
+):  # fmt: skip
+    for _spelling in (_name, _key, _name.upper(), _name.title()):
+        _KEY_OF[_spelling] = _key
 #: Copied into every answer, in the request's order (RFC 3261 §8.2.6; make_response).
 _COPIED = frozenset({"via", "from", "to", "call-id", "cseq"})
 _REQUIRED = ("via", "from", "to", "call-id", "cseq", "content-length")
@@ -104,7 +114,7 @@ class QuickRequest:
         body: bytes,
         key: tuple[str, str, str],
         sender: str,
-        copied: list[str],
+        copied: list[tuple[str, str]],
     ) -> None:
         self.method = method
         self.uri = uri
@@ -123,11 +133,13 @@ class QuickRequest:
         if crlf <= 0 or len(data) > crlf + 4 + limits.max_body_size:
             return None
         head = data[:crlf]
+        if len(head) > limits.max_line_length:
+            return None  # no plain REGISTER is that long; the parser checks its lines
         text = head.decode("utf-8", "surrogateescape")
         lines = text.split("\r\n")
-        if text.count("\n") + 1 != len(lines) or len(lines) - 1 > limits.max_headers:
-            return None
-        if len(head) > limits.max_line_length and any(len(line) > limits.max_line_length for line in lines):
+        n = len(lines) - 1
+        # no bare CR or LF anywhere (each line break is one CRLF)
+        if n != text.count("\n") or n != text.count("\r") or n > limits.max_headers or not n:
             return None
         method, sp, rest = lines[0].partition(" ")
         if method not in QUICK_METHODS:
@@ -135,18 +147,15 @@ class QuickRequest:
         uri, sp2, version = rest.partition(" ")
         if not sp or not sp2 or version != "SIP/2.0" or not uri.startswith("sip:") or " " in uri:
             return None
-        values: dict[str, str] = {}
-        raw: dict[str, str] = {}
-        copied: list[str] = []
-        for line in lines[1:]:
-            name, colon, value = line.partition(":")
-            key = name.lower()
-            if not colon or key not in _KNOWN or key in values:
-                return None
-            values[key] = value.strip()
-            if key in _COPIED:
-                raw[key] = value
-                copied.append(f"{name}:{value}")
+        del lines[0]
+        names, colons, raws = zip(*[line.partition(":") for line in lines], strict=True)
+        keys = list(map(_KEY_OF.get, names))
+        if None in keys or "" in colons:
+            return None
+        values: dict[str, str] = dict(zip(keys, map(str.strip, raws), strict=True))  # type: ignore[arg-type]
+        if len(values) != n:
+            return None  # a header twice
+        copied = [(key, lines[i]) for i, key in enumerate(keys) if key in _COPIED]
         for key in _REQUIRED:
             if key not in values:
                 return None
@@ -195,12 +204,12 @@ class QuickRequest:
             return None
         rport = "rport" in via.params
         if rport or via.host_no_brackets != peer.host:
-            stamped = stamp_plain_via(raw["via"], peer.host, peer.port, rport)
+            i = keys.index("via")
+            name, raw = names[i], raws[i]
+            stamped = stamp_plain_via(raw, peer.host, peer.port, rport)
             if stamped is None:
                 return None
-            i = next(i for i, line in enumerate(copied) if line[: line.find(":")].lower() == "via")
-            name = copied[i][: copied[i].find(":")]
-            copied[i] = f"{name}:{stamped}"
+            copied = [(key, f"{name}:{stamped}" if key == "via" else line) for key, line in copied]
         key_ = (branch, via.sent_by, method)
         return cls(method, uri, values, data[crlf + 4 :], key_, sender, copied)
 
@@ -214,10 +223,8 @@ class QuickRequest:
         """The response bytes: what ``make_response(request, status, to_tag=to_tag)``, then ``extra``
         added in order, the endpoint's ``Server`` and ``serialize()`` give."""
         lines = [f"SIP/2.0 {status} {reason_phrase(status)}"]
-        for line in self._copied:
-            if line[:3].lower() == "to:":
-                line = f"{line};tag={to_tag}"
-            lines.append(line)
+        for key, line in self._copied:
+            lines.append(f"{line};tag={to_tag}" if key == "to" else line)
         for name, value in extra:
             lines.append(f"{name}: {value}")
         if server:
