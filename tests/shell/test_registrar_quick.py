@@ -12,6 +12,7 @@ import pytest
 
 from gb28181gw.app import Gateway
 from gb28181gw.gb.model import DeviceState
+from gb28181gw.net.router import PASS
 from tests.helpers import KEEPALIVE_BODY
 
 from .conftest import start_gateway
@@ -130,6 +131,41 @@ async def test_registration_keepalive_retransmission_and_replay(quick: bool) -> 
         finally:
             other.close()
         assert refused.startswith(b"SIP/2.0 404 ")
+        assert gw.registrar.keepalives[("ok",)] == 1
+    finally:
+        sock.close()
+        await gw.stop()
+
+
+async def test_a_chain_link_that_cannot_say_it_passes_keeps_keepalives_on_the_general_path() -> None:
+    gw = await start_gateway(**{"registrar.password": PASSWORD})
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    port = sock.getsockname()[1]
+    target = ("127.0.0.1", gw.stack.port)
+
+    async def ask(data: bytes) -> bytes:
+        await loop.sock_sendto(sock, data, target)
+        return (await asyncio.wait_for(loop.sock_recvfrom(sock, 65535), 5))[0]
+
+    try:
+        router = gw.stack.router
+        assert router.chain_passes("MESSAGE", "ka-k1@127.0.0.1")  # the streams' link says it passes
+        challenge = await ask(register(port, "b1", 1))
+        assert (await ask(register(port, "b2", 2, authorization(challenge)))).startswith(b"SIP/2.0 200 ")
+        seen: list[str] = []
+
+        def watcher(event: object) -> object:
+            seen.append("watched")
+            return PASS
+
+        router.consume("MESSAGE", watcher, owner="test")  # no `passes`: it must see every MESSAGE
+        assert not router.chain_passes("MESSAGE", "ka-k1@127.0.0.1")
+        general = count_general(gw)
+        assert (await ask(keepalive(port, "k1"))).startswith(b"SIP/2.0 200 ")
+        assert seen == ["watched"] and general[0] == 1
         assert gw.registrar.keepalives[("ok",)] == 1
     finally:
         sock.close()
