@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -75,20 +75,27 @@ def count_general(gw: Gateway) -> list[int]:
     return seen
 
 
-@pytest.mark.parametrize("quick", [True, False])
-async def test_registration_keepalive_retransmission_and_replay(quick: bool) -> None:
-    gw = await start_gateway(**{"registrar.password": PASSWORD, "registrar.quick_path": str(quick).lower()})
+def device_socket(
+    gw: Gateway, host: str = "127.0.0.1"
+) -> tuple[socket.socket, int, Callable[[bytes], Awaitable[bytes]]]:
+    """A device's UDP socket, its port, and ``ask(datagram) -> the gateway's answer``."""
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind((host, 0))
     sock.setblocking(False)
-    port = sock.getsockname()[1]
     target = ("127.0.0.1", gw.stack.port)
 
     async def ask(data: bytes) -> bytes:
         await loop.sock_sendto(sock, data, target)
         return (await asyncio.wait_for(loop.sock_recvfrom(sock, 65535), 5))[0]
 
+    return sock, sock.getsockname()[1], ask
+
+
+@pytest.mark.parametrize("quick", [True, False])
+async def test_registration_keepalive_retransmission_and_replay(quick: bool) -> None:
+    gw = await start_gateway(**{"registrar.password": PASSWORD, "registrar.quick_path": str(quick).lower()})
+    sock, port, ask = device_socket(gw)
     try:
         general = count_general(gw)
         challenge = await ask(register(port, "a1", 1))
@@ -122,12 +129,9 @@ async def test_registration_keepalive_retransmission_and_replay(quick: bool) -> 
         assert gw.registrar.devices[ID].last_keepalive > 0
         assert general[0] == (3 if quick else 6)
         # from another address the device's ID is not believed, on either path
-        other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        other.bind(("127.0.0.2", 0))
-        other.setblocking(False)
+        other, _, ask_other = device_socket(gw, "127.0.0.2")
         try:
-            await loop.sock_sendto(other, keepalive(port, "k2"), target)
-            refused = (await asyncio.wait_for(loop.sock_recvfrom(other, 65535), 5))[0]
+            refused = await ask_other(keepalive(port, "k2"))
         finally:
             other.close()
         assert refused.startswith(b"SIP/2.0 404 ")
@@ -139,17 +143,7 @@ async def test_registration_keepalive_retransmission_and_replay(quick: bool) -> 
 
 async def test_a_chain_link_that_cannot_say_it_passes_keeps_keepalives_on_the_general_path() -> None:
     gw = await start_gateway(**{"registrar.password": PASSWORD})
-    loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.setblocking(False)
-    port = sock.getsockname()[1]
-    target = ("127.0.0.1", gw.stack.port)
-
-    async def ask(data: bytes) -> bytes:
-        await loop.sock_sendto(sock, data, target)
-        return (await asyncio.wait_for(loop.sock_recvfrom(sock, 65535), 5))[0]
-
+    sock, port, ask = device_socket(gw)
     try:
         router = gw.stack.router
         assert router.chain_passes("MESSAGE", "ka-k1@127.0.0.1")  # the streams' link says it passes
