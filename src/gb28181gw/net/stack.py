@@ -363,7 +363,9 @@ class SipStack:
             # kept for Timer J like any completed transaction's answer; rejections (a challenge)
             # are stateless, as the general path sends them
             endpoint.complete(q.key, out, peer, (self._loop or asyncio.get_running_loop()).time())
-        self._send([(out, peer)])
+        # sent with the rest of the batch's answers when the transport pumps, as the general path's
+        # are: sending each at once woke the peer once per answer, which cost both sides more
+        endpoint.send_stateless(out, peer)
         return True
 
     def transport_failed(self, peer: Peer, reason: str) -> None:
