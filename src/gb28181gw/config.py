@@ -251,6 +251,9 @@ class RegistrarSection:
     accept_port_change: bool = _opt(
         True, "a MESSAGE from the registered IP but another port moves the device there (NAT rebinding)"
     )
+    quick_path: bool = _opt(
+        True, "answer plain REGISTERs and keepalives over UDP on the quick path (same answers, less CPU)"
+    )
 
 
 @dataclass(frozen=True, slots=True)

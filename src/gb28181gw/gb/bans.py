@@ -89,6 +89,11 @@ class BanList:
 
     # --- counting ----------------------------------------------------------------------
 
+    @property
+    def active_count(self) -> int:
+        """Bans held (some may have just ended): 0 means nobody is banned, and no key need be checked."""
+        return len(self._bans)
+
     def banned(self, key: str, now: float) -> float:
         """Seconds left on ``key``'s ban, 0 if none."""
         entry = self._bans.get(key)

@@ -33,6 +33,7 @@ from .model import Device
 
 __all__ = [
     "PLATFORM_TYPE",
+    "Accepted",
     "BanList",
     "DateFormat",
     "Outcome",
@@ -123,6 +124,18 @@ class Outcome(StrEnum):
     UNREGISTERED = "unregistered"  # Expires: 0
     CHALLENGED = "challenged"  # 401 sent
     REJECTED = "rejected"  # 4xx other than 401
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A registration accepted by :meth:`Registrar.accept`: the new record, its transition, the
+    outcome (registered or refreshed), the log's detail, and whether the device moved."""
+
+    device: Device
+    change: Change
+    outcome: Outcome
+    detail: str
+    address_changed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,41 +276,10 @@ class Registrar:
                 return reject(400, "bad-from", f"malformed From: {exc.reason}")
             return reject(400, "bad-from", "From has no user part: it must be the device's 20-digit ID")
 
-        source = _ip(peer.host) if (p.allow_networks or p.deny_networks) else None
-        if source is not None:
-            if any(source in net for net in p.deny_networks):
-                return reject(403, "denied-address", f"source address {peer.host} is denied")
-            if p.allow_networks and not any(source in net for net in p.allow_networks):
-                return reject(403, "denied-address", f"source address {peer.host} is not in the allowed networks")
-
-        checked = self._check_id(device_id)
+        checked = self._admit(request.uri, peer.host, device, device_id, now)
         if not isinstance(checked, GbId):
             return reject(*checked)
         gid = checked
-
-        for key, what in ((address_key(peer.host), "address"), (id_key(device_id, peer.host), "ID from this address")):
-            ban = self.bans.check(key, now)
-            if ban is not None:
-                left = self.bans.banned(key, now)
-                return reject(403, "banned", f"too many failed authentications for this {what}; retry in {left:.0f} s")
-
-        if p.check_request_domain and request.uri not in self._passed_uris:
-            target = _uri_host(request.uri)
-            if target is None:
-                try:
-                    target = SipUri.parse(request.uri).host
-                except SipParseError as exc:
-                    return reject(400, "bad-request-uri", f"malformed Request-URI: {exc.reason}")
-            domain = target.split(".", 1)[0] if target.endswith(".spvmn.cn") else target
-            if len(domain) == 10 and domain.isdigit() and domain != p.domain:
-                return reject(403, "foreign-domain", f"this REGISTER is for domain {domain}; this server is {p.domain}")
-            # devices of a site all send the same Request-URI: checked once (see _check_id)
-            if len(self._passed_uris) >= PASSED_IDS_KEPT:
-                self._passed_uris.clear()
-            self._passed_uris.add(request.uri)
-
-        if p.require_provisioned and (device is None or not device.provisioned):
-            return reject(403, "not-provisioned", f"device {device_id} has not been added to this gateway")
 
         # authenticate before examining the rest: an unauthenticated REGISTER learns nothing more
         password = device.password if device is not None and device.password else p.password
@@ -333,38 +315,119 @@ class Registrar:
             return result
         expires = min(expires, p.expires_max)
 
-        self.bans.succeed(address_key(peer.host))
-        self.bans.succeed(id_key(device_id, peer.host))
-        record = device.copy() if device is not None else Device(device_id=device_id, created_at=epoch)
-        was_registered = record.registered and record.expires_at > epoch
-        resp = make_response(request, 200, to_tag=tag)
-        self._version(request, resp)
         if expires == 0:
+            self.bans.succeed(address_key(peer.host))
+            self.bans.succeed(id_key(device_id, peer.host))
+            record = device.copy() if device is not None else Device(device_id=device_id, created_at=epoch)
+            resp = make_response(request, 200, to_tag=tag)
+            self._version(request, resp)
             record.expires = 0
             record.expires_at = epoch
             change = transition(record, DeviceEvent.UNREGISTERED, epoch=epoch, reason="unregistered (Expires: 0)")
             return RegisterResult(resp, Outcome.UNREGISTERED, "ok", record, "unregistered", change=change)
 
-        record.expires = expires
-        record.registered_at = epoch
-        record.expires_at = epoch + expires
-        # interned: thousands of devices share these few values
-        record.user_agent = sys.intern(request.headers.get("user-agent") or record.user_agent)
-        record.gb_version = sys.intern(request.headers.get("x-gb-ver") or record.gb_version)
-        record.call_id = request.headers.get("call-id") or ""
-        event = DeviceEvent.REFRESHED if was_registered else DeviceEvent.REGISTERED
-        change = transition(record, event, epoch=epoch, peer=peer)
+        h = request.headers
+        accepted = self.accept(
+            device, device_id, peer, gid, expires,
+            user_agent=h.get("user-agent"), gb_version=h.get("x-gb-ver"), call_id=h.get("call-id"), epoch=epoch,
+        )  # fmt: skip
+        resp = make_response(request, 200, to_tag=tag)
+        self._version(request, resp)
         resp.headers.add("Contact", f"<{contact.uri}>;expires={expires}")
         resp.headers.add("Expires", str(expires))
         date = format_date(epoch, p.date_format, p.time_zone)
         if date is not None:
             resp.headers.add("Date", date)
+        return RegisterResult(
+            resp, accepted.outcome, "ok", accepted.device, accepted.detail,
+            address_changed=accepted.address_changed, change=accepted.change,
+        )  # fmt: skip
+
+    def _admit(
+        self, uri: str, host: str, device: Device | None, device_id: str, now: float, *, peek: bool = False
+    ) -> GbId | tuple[int, str, str]:
+        """The policy's checks before authentication: the ID, or (status, reason, detail) to refuse.
+
+        With ``peek`` a ban refuses without counting the attempt (the quick path, which then leaves
+        the request to :meth:`handle`: it must count it once).
+        """
+        p = self.policy
+        source = _ip(host) if (p.allow_networks or p.deny_networks) else None
+        if source is not None:
+            if any(source in net for net in p.deny_networks):
+                return 403, "denied-address", f"source address {host} is denied"
+            if p.allow_networks and not any(source in net for net in p.allow_networks):
+                return 403, "denied-address", f"source address {host} is not in the allowed networks"
+
+        checked = self._check_id(device_id)
+        if not isinstance(checked, GbId):
+            return checked
+
+        if self.bans.active_count:
+            for key, what in ((address_key(host), "address"), (id_key(device_id, host), "ID from this address")):
+                if peek:
+                    if self.bans.banned(key, now):
+                        return 403, "banned", f"too many failed authentications for this {what}"
+                    continue
+                ban = self.bans.check(key, now)
+                if ban is not None:
+                    left = self.bans.banned(key, now)
+                    return 403, "banned", f"too many failed authentications for this {what}; retry in {left:.0f} s"
+
+        if p.check_request_domain and uri not in self._passed_uris:
+            target = _uri_host(uri)
+            if target is None:
+                try:
+                    target = SipUri.parse(uri).host
+                except SipParseError as exc:
+                    return 400, "bad-request-uri", f"malformed Request-URI: {exc.reason}"
+            domain = target.split(".", 1)[0] if target.endswith(".spvmn.cn") else target
+            if len(domain) == 10 and domain.isdigit() and domain != p.domain:
+                return 403, "foreign-domain", f"this REGISTER is for domain {domain}; this server is {p.domain}"
+            # devices of a site all send the same Request-URI: checked once (see _check_id)
+            if len(self._passed_uris) >= PASSED_IDS_KEPT:
+                self._passed_uris.clear()
+            self._passed_uris.add(uri)
+
+        if p.require_provisioned and (device is None or not device.provisioned):
+            return 403, "not-provisioned", f"device {device_id} has not been added to this gateway"
+        return checked
+
+    def accept(
+        self,
+        device: Device | None,
+        device_id: str,
+        peer: Peer,
+        gid: GbId,
+        expires: int,
+        *,
+        user_agent: str | None,
+        gb_version: str | None,
+        call_id: str | None,
+        epoch: float,
+    ) -> Accepted:
+        """A registration (``expires`` > 0, within the policy's bounds) that passed every check:
+        the device's new record and transition. Shared by :meth:`handle` and the quick path
+        (:mod:`gb28181gw.gb.quick`), which answer it each in their own way."""
+        self.bans.succeed(address_key(peer.host))
+        self.bans.succeed(id_key(device_id, peer.host))
+        record = device.copy() if device is not None else Device(device_id=device_id, created_at=epoch)
+        was_registered = record.registered and record.expires_at > epoch
+        record.expires = expires
+        record.registered_at = epoch
+        record.expires_at = epoch + expires
+        # interned: thousands of devices share these few values
+        record.user_agent = sys.intern(user_agent or record.user_agent)
+        record.gb_version = sys.intern(gb_version or record.gb_version)
+        record.call_id = call_id or ""
+        event = DeviceEvent.REFRESHED if was_registered else DeviceEvent.REGISTERED
+        change = transition(record, event, epoch=epoch, peer=peer)
         detail = "registered" if not was_registered else "refreshed"
         if gid.warnings:
             detail += f" (ID warnings: {'; '.join(gid.warnings)})"
         outcome = Outcome.REFRESHED if was_registered else Outcome.REGISTERED
         moved = change.moved_from is not None and was_registered
-        return RegisterResult(resp, outcome, "ok", record, detail, address_changed=moved, change=change)
+        return Accepted(record, change, outcome, detail, moved)
 
     def _check_id(self, device_id: str) -> GbId | tuple[int, str, str]:
         """The policy's checks of an ID: the ID, or (status, reason, detail) to refuse it.

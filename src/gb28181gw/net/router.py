@@ -126,13 +126,14 @@ F = TypeVar("F")
 
 
 class _Owned(Generic[F]):
-    """A registered callable with the name of who registered it."""
+    """A registered callable with the name of who registered it (and, for a chain link, what it passes)."""
 
-    __slots__ = ("fn", "owner")
+    __slots__ = ("fn", "owner", "passes")
 
-    def __init__(self, fn: F, owner: str) -> None:
+    def __init__(self, fn: F, owner: str, passes: Callable[[str], bool] | None = None) -> None:
         self.fn = fn
         self.owner = owner
+        self.passes = passes
 
 
 #: How the stack runs a handler: ``run(fn, arg, event)`` calls ``fn(arg)``; a failure is logged
@@ -193,8 +194,14 @@ class Router:
         self._owners[method] = _Owned(handler, owner)
         self._update_allow()
 
-    def consume(self, method: str, consumer: Consumer, *, owner: str) -> None:
+    def consume(
+        self, method: str, consumer: Consumer, *, owner: str, passes: Callable[[str], bool] | None = None
+    ) -> None:
         """Add ``consumer`` to the chain of ``method``, after those already there.
+
+        ``passes(call_id)``, if given, says without the request that the consumer would pass any
+        request with that Call-ID: the shell's quick path (:mod:`gb28181gw.sip.quick`) serves a
+        method only when every link of its chain says so (:meth:`chain_passes`).
 
         Raises:
             RouteConflict: ``owner`` has a consumer in this chain already.
@@ -203,7 +210,7 @@ class Router:
         chain = self._chains.setdefault(method, [])
         if any(link.owner == owner for link in chain):
             raise RouteConflict(f"a {method} chain link", owner, owner)
-        chain.append(_Owned(consumer, owner))
+        chain.append(_Owned(consumer, owner, passes))
         self._update_allow()
 
     def on_message(self, role: Role, cmd_type: str, handler: MessageHandler, *, owner: str) -> None:
@@ -279,6 +286,37 @@ class Router:
     def _update_allow(self) -> None:
         self._allow = ", ".join(self.allowed_methods)
 
+    # --- what the quick path asks (it serves only what dispatch would give the same owner) ---
+
+    def chain_passes(self, method: str, call_id: str) -> bool:
+        """Whether every consumer in ``method``'s chain surely passes a request with ``call_id``."""
+        for link in self._chains.get(method, ()):
+            if link.passes is None or not link.passes(call_id):
+                return False
+        return True
+
+    def owner_of(self, method: str) -> Handler | None:
+        """The owner of ``method`` outside dialogs, if any."""
+        owned = self._owners.get(method)
+        return owned.fn if owned is not None else None
+
+    def message_owner(self, role: Role, cmd_type: str) -> MessageHandler | None:
+        """Who gets MESSAGEs from ``role`` with ``cmd_type`` (lower case), as :meth:`dispatch` finds it."""
+        owned = self._messages.get((role, cmd_type)) or self._messages.get((role, ANY))
+        return owned.fn if owned is not None else None
+
+    def role_of(self, sender: str, peer: Peer) -> Role | None:
+        """The role of a MESSAGE's sender: the first resolver's claim, else :attr:`Role.REFUSED` if
+        one refused it, else ``None``."""
+        role: Role | None = None
+        for resolver in self._resolvers:
+            said = resolver.fn(sender, peer)
+            if said is Role.REFUSED:
+                role = said  # unless another resolver claims it: a configured superior is no stranger
+            elif said is not None:
+                return said
+        return role
+
     # --- dispatch --------------------------------------------------------------------
 
     def dispatch(self, event: RequestReceived) -> None:
@@ -345,14 +383,7 @@ class Router:
 
     def _message(self, event: RequestReceived) -> None:
         sender = from_user(event.request)
-        role: Role | None = None
-        for resolver in self._resolvers:
-            said = resolver.fn(sender, event.peer)
-            if said is Role.REFUSED:
-                role = said  # unless another resolver claims it: a configured superior is no stranger
-            elif said is not None:
-                role = said
-                break
+        role = self.role_of(sender, event.peer)
         if role is None or role is Role.UNKNOWN or role is Role.REFUSED or role is Role.MOVED:
             if role is Role.REFUSED:
                 self._reject(event, Role.REFUSED, 403, f"{sender or '(no ID)'} is refused here")

@@ -46,6 +46,7 @@ from gb28181gw.sip.events import (
 from gb28181gw.sip.flood import FloodBanEnded, FloodBanned, FloodGuard, FloodThrottled
 from gb28181gw.sip.message import Request, Response, make_response
 from gb28181gw.sip.peer import Peer
+from gb28181gw.sip.quick import QuickRequest
 from gb28181gw.sip.transaction import Kind, Transaction
 
 from .addresses import RouteCache
@@ -77,7 +78,10 @@ TIMER_TICK = 0.01
 #: Seconds between lines about flood bans (of each: begun, ended); the rest are summed up.
 BAN_LINE_INTERVAL = 1.0
 
-__all__ = ["SipStack", "SipTimeoutError", "SipTransportError"]  # the errors: re-exported from errors.py
+#: A quick-path handler (:meth:`SipStack.on_quick`): ``(status, response bytes)``, or ``None`` to decline.
+QuickHandler = Callable[[QuickRequest, Peer], tuple[int, bytes] | None]
+
+__all__ = ["QuickHandler", "SipStack", "SipTimeoutError", "SipTransportError"]  # the errors: re-exported from errors.py
 
 
 class SipStack:
@@ -132,6 +136,7 @@ class SipStack:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pumping = False
         self.wire = WIRE.isEnabledFor(logging.DEBUG)
+        self._quick: dict[str, QuickHandler] = {}
 
     # --- wiring ----------------------------------------------------------------------
 
@@ -312,6 +317,15 @@ class SipStack:
 
     # --- input -----------------------------------------------------------------------
 
+    def on_quick(self, method: str, handler: QuickHandler) -> None:
+        """Serve ``method`` (REGISTER or MESSAGE) over UDP on the quick path too (see :mod:`gb28181gw.sip.quick`).
+
+        ``handler(request, peer)`` answers a :class:`~gb28181gw.sip.quick.QuickRequest` that is no
+        retransmission with ``(status, response bytes)``, having done all the general path's handler
+        would, or declines with ``None``: the request then goes the general way, unchanged.
+        """
+        self._quick[method] = handler
+
     def feed(self, data: bytes, peer: Peer, now: float | None = None) -> None:
         """Hand one received message to the endpoint (the caller pumps afterwards)."""
         if self.wire:
@@ -319,11 +333,40 @@ class SipStack:
         if now is None:
             now = (self._loop or asyncio.get_running_loop()).time()
         try:
+            if self._quick and peer.transport == "UDP" and self._feed_quick(data, peer):
+                return
             self.endpoint.receive(data, peer, now)
         except Exception:
             # a bug, not the peer's fault; it must not stop service for everyone else
             self.counters.dropped["internal-error"] += 1
             log.exception("internal error handling SIP input", extra={"peer": str(peer)})
+
+    def _feed_quick(self, data: bytes, peer: Peer) -> bool:
+        """The quick path: whether ``data`` was answered on it (else the endpoint takes it)."""
+        if not data.startswith((b"REGISTER ", b"MESSAGE ")) or self.wire:
+            return False
+        q = QuickRequest.scan(data, peer, self.endpoint.limits)
+        if q is None:
+            return False
+        handler = self._quick.get(q.method)
+        endpoint = self.endpoint
+        if handler is None or endpoint.known(q.key):
+            return False  # a retransmission: the endpoint's transaction answers it again
+        if endpoint.has_events:
+            self.pump()  # what came before is handled first, as the general path would
+        answer = handler(q, peer)
+        if answer is None:
+            return False
+        status, out = answer
+        self.counters.requests["in", "UDP", q.method] += 1
+        if status < 300:
+            # kept for Timer J like any completed transaction's answer; rejections (a challenge)
+            # are stateless, as the general path sends them
+            endpoint.complete(q.key, out, peer, (self._loop or asyncio.get_running_loop()).time())
+        # sent with the rest of the batch's answers when the transport pumps, as the general path's
+        # are: sending each at once woke the peer once per answer, which cost both sides more
+        endpoint.send_stateless(out, peer)
+        return True
 
     def transport_failed(self, peer: Peer, reason: str) -> None:
         """A connection to ``peer`` broke or could not be opened."""

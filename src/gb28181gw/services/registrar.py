@@ -42,8 +42,9 @@ from gb28181gw.gb.keepalive import (
     liveness_timeout,
 )
 from gb28181gw.gb.model import Ban, Device, DeviceState
-from gb28181gw.gb.registrar import Outcome, Registrar, RegistrarPolicy, from_user, is_platform_id
-from gb28181gw.manscdp.codec import Element
+from gb28181gw.gb.quick import QuickRegister, quick_register
+from gb28181gw.gb.registrar import Outcome, RegisterResult, Registrar, RegistrarPolicy, from_user, is_platform_id
+from gb28181gw.manscdp.codec import Element, keepalive_fast
 from gb28181gw.manscdp.messages import CmdType, Envelope, envelope
 from gb28181gw.metrics import AUTH_FAILURES, BANS, DEVICES, KEEPALIVE_TIMEOUTS, KEEPALIVES, REGISTRATIONS, Metrics
 from gb28181gw.net.router import ANY, ManscdpRequest, Role
@@ -54,6 +55,7 @@ from gb28181gw.sip.auth import NonceStore
 from gb28181gw.sip.events import RequestReceived
 from gb28181gw.sip.message import make_response
 from gb28181gw.sip.peer import Peer
+from gb28181gw.sip.quick import QuickRequest
 from gb28181gw.store.base import Store
 
 from .audit import AuditService
@@ -188,6 +190,9 @@ class RegistrarService:
         router.on_message(Role.DEVICE, CmdType.KEEPALIVE, self._on_keepalive, owner="registrar")
         router.on_message(Role.DEVICE, ANY, self._on_device_message, owner="registrar")
         router.on_rejected(self._on_rejected)
+        if self.settings.quick_path:
+            self.stack.on_quick("REGISTER", self._quick_register)
+            self.stack.on_quick("MESSAGE", self._quick_message)
         self.stack.on_connection_lost(self._on_connection_lost)
         self._flusher = self._loop.create_task(self._flush_loop())
         self._arm()
@@ -299,6 +304,36 @@ class RegistrarService:
         # a challenge or a refusal keeps no transaction: a retransmitted REGISTER is answered
         # again (a fresh challenge), and a flood of them holds nothing for 32 s
         self.stack.respond(tx, result.response, stateless=result.response.status >= 300)
+        self._registered(device_id, event.peer, result.response.status, result, bans_before, now, epoch)
+
+    def _quick_register(self, q: QuickRequest, peer: Peer) -> tuple[int, bytes] | None:
+        # the quick path (gb/quick.py): REGISTER answered without the general stack, or declined
+        if self.stack.router.owner_of("REGISTER") != self._on_register or not self.stack.router.chain_passes(
+            "REGISTER", q.values["call-id"]
+        ):
+            return None
+        now, epoch = self._now()
+        endpoint = self.stack.endpoint
+        result = quick_register(
+            self.registrar, q, peer, self.devices.get(q.sender),
+            now=now, epoch=epoch, tag=endpoint.new_tag(), server=endpoint.user_agent,
+        )  # fmt: skip
+        if result is None:
+            return None
+        self._registered(q.sender, peer, result.status, result, self.registrar.bans.bans, now, epoch)
+        return result.status, result.data
+
+    def _registered(
+        self,
+        device_id: str,
+        peer: Peer,
+        status: int,
+        result: RegisterResult | QuickRegister,
+        bans_before: int,
+        now: float,
+        epoch: float,
+    ) -> None:
+        """What a REGISTER answered (by either path) changes: counts, bans, logs, the device."""
         self.registrations[result.outcome.value, result.reason] += 1
         if self.registrar.bans.bans != bans_before:
             self.ban_count[()] += self.registrar.bans.bans - bans_before
@@ -318,12 +353,12 @@ class RegistrarService:
         outcome = result.outcome
         if outcome is Outcome.CHALLENGED:
             return  # the first half of every registration: nothing to log, nothing changed
-        extra = {"device": device_id, "peer": event.peer, "reason": result.detail}
+        extra = {"device": device_id, "peer": peer, "reason": result.detail}
         if outcome is Outcome.REJECTED:
-            if result.response.status == 401:
+            if status == 401:
                 log.warning("authentication failed", extra=extra)
             else:
-                log.warning("registration refused", extra={**extra, "status": result.response.status})
+                log.warning("registration refused", extra={**extra, "status": status})
         device, change = result.device, result.change
         if device is None or change is None:
             return
@@ -334,7 +369,7 @@ class RegistrarService:
         if change.event is not DeviceEvent.UNREGISTERED:
             # the address it is told (Via, Contact, SDP): `device show` says it, for the installer
             # whose camera sends its video nowhere
-            local = self.stack.local_address(event.peer)
+            local = self.stack.local_address(peer)
             if (device.local_host, device.local_port) != local:
                 device.local_host, device.local_port = local
                 self.changed(device.device_id)
@@ -444,20 +479,39 @@ class RegistrarService:
         event = msg.event
         tx = event.transaction
         assert tx is not None
-        req = event.request
-        device_id = msg.sender
-        device = self.devices[device_id]
         now, epoch = self._now()
-        self.stack.respond(tx, make_response(req, 200, to_tag=self.stack.endpoint.new_tag()))
+        self.stack.respond(tx, make_response(event.request, 200, to_tag=self.stack.endpoint.new_tag()))
+        self._kept_alive(msg.sender, event.peer, now, epoch)
+
+    def _quick_message(self, q: QuickRequest, peer: Peer) -> tuple[int, bytes] | None:
+        # the quick path (sip/quick.py): a plain Keepalive from a registered device, answered
+        # without the general stack when the router would hand it to _on_keepalive; else declined
+        router = self.stack.router
+        if (
+            keepalive_fast(q.body) is None
+            or not router.chain_passes("MESSAGE", q.values["call-id"])
+            or router.role_of(q.sender, peer) is not Role.DEVICE
+            or router.message_owner(Role.DEVICE, "keepalive") != self._on_keepalive
+        ):
+            return None
+        now, epoch = self._now()
+        endpoint = self.stack.endpoint
+        data = q.answer(200, endpoint.new_tag(), server=endpoint.user_agent)
+        self._kept_alive(q.sender, peer, now, epoch)
+        return 200, data
+
+    def _kept_alive(self, device_id: str, peer: Peer, now: float, epoch: float) -> None:
+        """What a keepalive answered 200 (by either path) changes."""
+        device = self.devices[device_id]
         self.keepalives[(MessageResult.OK.value,)] += 1
         self.keepalive_arrivals[device_id] = (*self.keepalive_arrivals.get(device_id, ())[1 - KEEPALIVES_KEPT :], now)
-        change = self.devices.apply(device_id, DeviceEvent.KEEPALIVE, epoch=epoch, peer=event.peer)
+        change = self.devices.apply(device_id, DeviceEvent.KEEPALIVE, epoch=epoch, peer=peer)
         if change.moved_from is not None:
             # K5: NAT rebinding shows up in keepalives first
             log.info(
                 "device address changed",
                 extra={"device": device_id, "old": f"{change.moved_from.host}:{change.moved_from.port}",
-                       "new": str(event.peer)},
+                       "new": str(peer)},
             )  # fmt: skip
         if change.went_online:
             log.info("device online again", extra={"device": device_id, "reason": "keepalive"})

@@ -481,7 +481,12 @@ class StreamService:
         metrics.labeled_gauge(RELAY_STREAMS, self._per_worker)
         stack.router.expect_in_dialog("BYE")
         stack.router.expect_in_dialog("INFO")  # a control for a session we no longer have: 481
-        stack.router.consume("MESSAGE", self._media_status_by_call_id, owner="streams")
+        stack.router.consume(
+            "MESSAGE",
+            self._media_status_by_call_id,
+            owner="streams",
+            passes=lambda call_id: call_id not in self.by_call_id,  # (what the consumer checks first)
+        )
         registrar.on_offline(self._on_offline)
         for relay in relays:
             relay.on_event = self._on_event

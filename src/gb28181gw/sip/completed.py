@@ -95,6 +95,9 @@ class CompletedResponses:
         chunk.peers.append(peer)
         chunk.until.append(until)
 
+    def __contains__(self, tx_key: tuple[str, ...]) -> bool:
+        return self.key(tx_key) in self._index
+
     def get(self, tx_key: tuple[str, ...]) -> tuple[bytes, Peer] | None:
         """The answer kept for ``tx_key`` and where it went, or ``None``."""
         where = self._index.get(self.key(tx_key))

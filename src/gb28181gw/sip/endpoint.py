@@ -39,6 +39,7 @@ from .events import (
 from .headers import Headers, NameAddr, Via, canonical_name
 from .message import DEFAULT_LIMITS, Limits, Request, Response, make_response, parse_message
 from .peer import RELIABLE_TRANSPORTS, Peer
+from .quick import stamp_plain_via
 from .timers import TimerConfig
 from .transaction import (
     MAGIC_COOKIE,
@@ -271,18 +272,11 @@ class SipEndpoint:
         headers = request.headers
         i = headers._keys.index("via")
         raw = headers._values[i]
-        if "," not in raw and "eceived" not in raw:
-            # the common shape, edited with plain string operations
-            if had_rport:
-                if raw.endswith(";rport"):
-                    headers._values[i] = f"{raw}={peer.port};received={peer.host}"
-                    return
-                if ";rport;" in raw:
-                    headers._values[i] = raw.replace(";rport;", f";rport={peer.port};received={peer.host};", 1)
-                    return
-            else:
-                headers._values[i] = f"{raw.rstrip()};received={peer.host}"
-                return
+        # the common shapes, edited with plain string operations (as the quick path does)
+        stamped = stamp_plain_via(raw, peer.host, peer.port, had_rport)
+        if stamped is not None:
+            headers._values[i] = stamped
+            return
         first, comma, rest = raw.partition(",")
         # edit the text rather than re-serializing, so the rest of the value stays as sent
         stamped = first.rstrip()
@@ -357,6 +351,26 @@ class SipEndpoint:
             txs.discard(tx)
             if not txs:
                 del self._on_connection[tx.peer]
+
+    # --- the quick path (see .quick) ------------------------------------------------
+
+    def known(self, key: TxKey) -> bool:
+        """Whether a server transaction, live or completed, has ``key``: a request with it is a
+        retransmission (or an ACK) that :meth:`receive` absorbs, never new work for the quick path."""
+        return key in self._server or key in self._completed
+
+    @property
+    def has_events(self) -> bool:
+        """Whether events wait for :meth:`next_event` (input received before, not yet handed on)."""
+        return bool(self._events)
+
+    def complete(self, key: TxKey, data: bytes, peer: Peer, now: float) -> None:
+        """Keep ``data``, the final answer the shell's quick path sent to the request ``key`` from
+        ``peer`` over UDP, until Timer J, exactly as a completed non-INVITE server transaction keeps
+        its answer (§17.2.2): a retransmission is answered these bytes again by :meth:`receive`."""
+        when = now + self.timers.j(False)
+        self._completed.add(key, data, peer, when)
+        self._note_deadline(when)
 
     # --- output ----------------------------------------------------------------------
 

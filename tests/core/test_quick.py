@@ -1,0 +1,324 @@
+"""The quick path (sip/quick.py, gb/quick.py) against the general one, on the same generated input.
+
+The model: whatever the quick reader accepts, the general parser and endpoint accept too, with the
+same transaction key, sender and header values, and the quick answer's bytes are the general
+answer's. Whatever the quick registrar answers, the general registrar answers with the same bytes
+and the same record, transition and outcome; whatever it declines leaves the registrar as it was
+(the general path then answers it as if the quick path had never looked), nonces and bans included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gb28181gw.errors import SipParseError
+from gb28181gw.gb.model import Device, DeviceState
+from gb28181gw.gb.quick import quick_register
+from gb28181gw.gb.registrar import RegisterResult, Registrar, RegistrarPolicy, from_user
+from gb28181gw.sip.auth import NonceStore
+from gb28181gw.sip.endpoint import SipEndpoint
+from gb28181gw.sip.events import RequestReceived
+from gb28181gw.sip.message import DEFAULT_LIMITS, Request, make_response, parse_message
+from gb28181gw.sip.peer import Peer
+from gb28181gw.sip.quick import QuickRequest
+from tests.helpers import KEEPALIVE_BODY
+
+PEER = Peer("UDP", "10.0.0.7", 5070)
+EPOCH = 1714970096.789
+DOMAIN = "3402000000"
+ID = "34020000001320000001"
+URI = f"sip:34020000002000000001@{DOMAIN}"
+PASSWORD = "12345678"
+
+
+def render(method: str, uri: str, headers: list[tuple[str, str]], body: bytes = b"") -> bytes:
+    lines = [f"{method} {uri} SIP/2.0", *(f"{name}:{value}" for name, value in headers), "", ""]
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape") + body
+
+
+def general(data: bytes, peer: Peer = PEER) -> Request | None:
+    """The request as the general path hands it to its handler (parsed, Via stamped), or ``None``."""
+    ep = SipEndpoint(token=lambda n: "0" * 2 * n)
+    ep.receive(data, peer, 0.0)
+    event = ep.next_event()
+    return event.request if isinstance(event, RequestReceived) else None
+
+
+def key_of(data: bytes, peer: Peer = PEER) -> tuple[str, ...] | None:
+    ep = SipEndpoint(token=lambda n: "0" * 2 * n)
+    ep.receive(data, peer, 0.0)
+    event = ep.next_event()
+    if isinstance(event, RequestReceived) and event.transaction is not None:
+        return event.transaction.key
+    return None
+
+
+def common(choices: list[Any]) -> st.SearchStrategy[Any]:
+    """One of ``choices``, the first (what devices send) most often: odd ones one at a time."""
+    return st.sampled_from([choices[0]] * 3 * len(choices) + list(choices[1:]))
+
+
+def case(name: str) -> st.SearchStrategy[str]:
+    return common([name, name.lower(), name.upper()])
+
+
+@st.composite
+def requests(draw: st.DrawFn, method: str | None = None) -> tuple[bytes, list[tuple[str, str]]]:
+    """A REGISTER or MESSAGE as devices send them, and odd ones: returns (bytes, its header list
+    without Content-Length, so that a test can add an Authorization and render it again)."""
+    method = method or draw(common(["REGISTER", "MESSAGE"]))
+    user = draw(common([ID, ID, "1234", "34020000002000000009", "abc-def"]))
+    via_host = draw(common([PEER.host, f"{PEER.host}:{PEER.port}", "192.168.1.10:5060", "[::1]:5060"]))
+    rport = draw(common(["", ";rport", ";rport=5070", ";rport;alias", ";received=1.2.3.4;rport"]))
+    branch = draw(common(["z9hG4bK" + draw(st.text("abc123-", min_size=1, max_size=8)), "abc12", ""]))
+    via = f" SIP/2.0/{draw(common(['UDP', 'UDP', 'TCP']))} {via_host}{rport}" + (f";branch={branch}" if branch else "")
+    via += draw(common(["", "", " ", ", SIP/2.0/UDP 1.1.1.1:5060;branch=z9hG4bKx"]))
+    from_ = draw(
+        common(
+            [
+                f" <sip:{user}@{DOMAIN}>;tag=f1",
+                f"<sip:{user}@{DOMAIN}>;tag=f1",
+                f' "cam" <sip:{user}@{DOMAIN}>;tag=f1',
+                f" sip:{user}@{DOMAIN};tag=f1",
+            ]
+        )
+    )
+    to_user = user if method == "REGISTER" else "34020000002000000001"
+    to = draw(common([f" <sip:{to_user}@{DOMAIN}>", f" <sip:{to_user}@{DOMAIN}>;tag=x9", f" sip:{to_user}@{DOMAIN}"]))
+    cseq_no = draw(common(["1", "20", "2147483648", "x"]))
+    cseq_method = draw(common([method, method, method.lower()]))
+    headers: list[tuple[str, str]] = [
+        (draw(case("Via")), via),
+        (draw(case("From")), from_),
+        (draw(case("To")), to),
+        (draw(common(["Call-ID", "call-id", "i"])), " " + draw(common(["c1@h", "c2", "  "]))),
+        (draw(case("CSeq")), f" {cseq_no} {cseq_method}"),
+    ]
+    if draw(st.booleans()):
+        headers.append(("Max-Forwards", " " + draw(common(["70", "0", "256", "0070"]))))
+    body = b""
+    if method == "REGISTER":
+        contact = draw(
+            common(
+                [
+                    f" <sip:{user}@10.0.0.7:5070>",
+                    f" <sip:{user}@10.0.0.7:5070;transport=udp>",
+                    f" <sip:{user}@10.0.0.7:5070>;expires=30",
+                    " *",
+                    f" sip:{user}@10.0.0.7",
+                    None,
+                ]
+            )
+        )
+        if contact is not None:
+            headers.append((draw(common(["Contact", "contact", "m"])), contact))
+        expires = draw(common(["3600", None, "0", "30", "100000", "99999999999", "abc", "60"]))
+        if expires is not None:
+            headers.append(("Expires", f" {expires}"))
+    else:
+        headers.append(("Content-Type", " Application/MANSCDP+xml"))
+        body = draw(common([KEEPALIVE_BODY, b"<x/>"]))
+    if draw(st.booleans()):
+        headers.append(("User-Agent", " " + draw(common(["IP Camera", "\u6444\u50cf\u673a"]))))
+    if draw(st.booleans()):
+        headers.append(("X-GB-ver", " 3.0"))
+    extra = draw(common([None, None, ("Supported", " path"), ("Route", " <sip:r@h>"), ("Date", " x")]))
+    if extra is not None:
+        headers.append(extra)
+    headers = draw(st.permutations(headers))
+    length = draw(common([len(body), len(body), len(body) + 1, None]))
+    out = list(headers)
+    if length is not None:
+        out.append(("Content-Length", f" {length}"))
+    return render(method, URI if method == "MESSAGE" else f"sip:34020000002000000001@{DOMAIN}", out, body), headers
+
+
+# --- the reader and the answer (sip/quick.py) ------------------------------------------------
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(requests())
+def test_what_the_quick_reader_takes_the_general_path_reads_alike(req: tuple[bytes, list[tuple[str, str]]]) -> None:
+    data, _ = req
+    q = QuickRequest.scan(data, PEER, DEFAULT_LIMITS)
+    if q is None:
+        return
+    request = general(data)
+    assert request is not None, data
+    assert q.key == key_of(data)
+    assert q.method == request.method and q.uri == request.uri and q.body == request.body
+    assert q.sender == from_user(request)
+    for key, value in q.values.items():
+        if key != "via":  # stamped by the endpoint: the answers below compare it
+            assert request.headers.get(key) == value
+    for status, extra in ((200, [("Contact", "<sip:a@b>;expires=60"), ("Expires", "60")]), (401, [])):
+        response = make_response(request, status, to_tag="t0")
+        for name, value in extra:
+            response.headers.add(name, value)
+        response.headers.add("Server", "gb28181gw")
+        assert q.answer(status, "t0", extra, "gb28181gw") == response.serialize()
+
+
+def test_the_reader_declines_what_is_not_the_common_case() -> None:
+    base = [
+        ("Via", " SIP/2.0/UDP 10.0.0.7:5070;rport;branch=z9hG4bKa1"),
+        ("From", f" <sip:{ID}@{DOMAIN}>;tag=f1"),
+        ("To", f" <sip:{ID}@{DOMAIN}>"),
+        ("Call-ID", " c1"),
+        ("CSeq", " 1 REGISTER"),
+        ("Contact", f" <sip:{ID}@10.0.0.7:5070>"),
+        ("Content-Length", " 0"),
+    ]
+    assert QuickRequest.scan(render("REGISTER", URI, base), PEER, DEFAULT_LIMITS) is not None
+    odd = {
+        "a To tag (a dialog)": [(n, v + ";tag=x" if n == "To" else v) for n, v in base],
+        "two Vias": [*base, ("Via", " SIP/2.0/UDP 1.1.1.1;branch=z9hG4bKb")],
+        "an RFC 2543 branch": [(n, " SIP/2.0/UDP 10.0.0.7:5070;branch=123" if n == "Via" else v) for n, v in base],
+        "TCP in the Via": [(n, v.replace("UDP", "TCP")) for n, v in base],
+        "a compact form": [("i" if n == "Call-ID" else n, v) for n, v in base],
+        "an unknown header": [*base, ("Route", " <sip:x@y>")],
+        "no Content-Length": base[:-1],
+        "a display name": [(n, f' "c" <sip:{ID}@{DOMAIN}>;tag=f1' if n == "From" else v) for n, v in base],
+    }
+    for why, headers in odd.items():
+        assert QuickRequest.scan(render("REGISTER", URI, headers), PEER, DEFAULT_LIMITS) is None, why
+    assert (
+        QuickRequest.scan(
+            render("OPTIONS", URI, [(n, v.replace("REGISTER", "OPTIONS")) for n, v in base]), PEER, DEFAULT_LIMITS
+        )
+        is None
+    )
+    assert QuickRequest.scan(render("REGISTER", URI, base) + b"junk", PEER, DEFAULT_LIMITS) is None
+    assert QuickRequest.scan(render("REGISTER", URI, base).replace(b"\r\n", b"\n"), PEER, DEFAULT_LIMITS) is None
+
+
+# --- the registrar (gb/quick.py) -------------------------------------------------------------
+
+
+def registrar(password: str) -> Registrar:
+    return Registrar(
+        RegistrarPolicy(domain=DOMAIN, password=password), NonceStore(realm=DOMAIN, token=lambda n: "cd" * n)
+    )
+
+
+def answer_of(result: RegisterResult) -> bytes:
+    return result.response.serialize()
+
+
+def same_state(a: Registrar, b: Registrar) -> None:
+    assert a.nonces._spent == b.nonces._spent and a.nonces._serial == b.nonces._serial
+    assert a.bans._failures.keys() == b.bans._failures.keys() and a.bans._bans.keys() == b.bans._bans.keys()
+    assert a.refused.entries() == b.refused.entries()
+
+
+def step(a: Registrar, b: Registrar, data: bytes, device: Device | None, now: float) -> bytes:
+    """One REGISTER to ``a`` by the quick path (else the general one) and to ``b`` by the general one:
+    the answers and what they change must be the same. Returns the answer."""
+    epoch = EPOCH + now
+    q = QuickRequest.scan(data, PEER, DEFAULT_LIMITS)
+    request = general(data)
+    if request is None:  # the SIP layer answers it: no REGISTER for the registrar
+        assert q is None
+        return b""
+    expected = b.handle(request, PEER, device, now=now, epoch=epoch, tag="t0")
+    quick = None
+    if q is not None and q.method == "REGISTER":
+        quick = quick_register(a, q, PEER, device, now=now, epoch=epoch, tag="t0", server=None)
+    if quick is None:
+        got = a.handle(general(data), PEER, device, now=now, epoch=epoch, tag="t0")  # type: ignore[arg-type]
+        assert answer_of(got) == answer_of(expected)
+        assert dataclasses.replace(got, response=expected.response) == expected
+    else:
+        assert quick.data == answer_of(expected)
+        assert (quick.status, quick.outcome, quick.reason, quick.detail) == (
+            expected.response.status, expected.outcome, expected.reason, expected.detail,
+        )  # fmt: skip
+        assert (quick.device, quick.change, quick.address_changed) == (
+            expected.device, expected.change, expected.address_changed,
+        )  # fmt: skip
+    same_state(a, b)
+    return answer_of(expected)
+
+
+def authorize(headers: list[tuple[str, str]], challenge: bytes, password: str, nc: str = "") -> bytes:
+    nonce = challenge.split(b'nonce="')[1].split(b'"')[0].decode()
+    ha1 = hashlib.md5(f"{ID}:{DOMAIN}:{password}".encode()).hexdigest()
+    uri = f"sip:34020000002000000001@{DOMAIN}"
+    ha2 = hashlib.md5(f"REGISTER:{uri}".encode()).hexdigest()
+    response = hashlib.md5(f"{ha1}:{nonce}:{ha2}".encode()).hexdigest()
+    auth = f' Digest username="{ID}",realm="{DOMAIN}",nonce="{nonce}",uri="{uri}",response="{response}",algorithm=MD5'
+    out = [(n, v.replace("branch=z9hG4bK", "branch=z9hG4bK2")) for n, v in headers]
+    out.append(("Authorization", auth))
+    body = b""
+    out.append(("Content-Length", " 0"))
+    return render("REGISTER", uri, out, body)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    requests("REGISTER"),
+    st.sampled_from(["", PASSWORD]),
+    st.sampled_from([None, "registered", "own-password", "offline"]),
+    st.sampled_from([PASSWORD, "wrong"]),
+)
+def test_the_quick_registrar_answers_and_changes_what_the_general_one_does(
+    req: tuple[bytes, list[tuple[str, str]]], password: str, stored: str | None, answer_with: str
+) -> None:
+    data, headers = req
+    a, b = registrar(password), registrar(password)
+    device = None
+    if stored is not None:
+        device = Device(device_id=ID, created_at=EPOCH - 1000)
+        if stored == "registered":
+            device.state, device.expires, device.expires_at = DeviceState.ONLINE, 3600, EPOCH + 1000
+            device.host, device.port = "10.0.0.8", 5060
+        elif stored == "offline":
+            device.state, device.expires, device.expires_at = DeviceState.OFFLINE, 3600, EPOCH + 1000
+            device.host, device.port = PEER.host, PEER.port
+        elif stored == "own-password":
+            device.password = "devpass"
+    first = step(a, b, data, device, 100.0)
+    if not first.startswith(b"SIP/2.0 401") or b"nonce=" not in first:
+        return
+    own = device.password if device is not None and device.password else password
+    second = authorize(headers, first, own if answer_with == PASSWORD else "wrong")
+    try:
+        parse_message(second)
+    except SipParseError:
+        return
+    step(a, b, second, device, 100.5)
+    # the same credentials again (a replay, on a new branch): stale on both paths
+    step(a, b, second.replace(b"branch=z9hG4bK2", b"branch=z9hG4bK3"), device, 101.0)
+
+
+def test_a_ban_is_left_to_the_general_path_which_counts_the_attempt_once() -> None:
+    r = registrar(PASSWORD)
+    for _ in range(r.policy.max_auth_failures):
+        r.bans.fail(f"ip:{PEER.host}", 100.0, address=PEER.host)
+    data = render(
+        "REGISTER",
+        URI,
+        [
+            ("Via", f" SIP/2.0/UDP {PEER.host}:{PEER.port};rport;branch=z9hG4bKb1"),
+            ("From", f" <sip:{ID}@{DOMAIN}>;tag=f1"),
+            ("To", f" <sip:{ID}@{DOMAIN}>"),
+            ("Call-ID", " c1"),
+            ("CSeq", " 1 REGISTER"),
+            ("Contact", f" <sip:{ID}@{PEER.host}:{PEER.port}>"),
+            ("Content-Length", " 0"),
+        ],
+    )
+    q = QuickRequest.scan(data, PEER, DEFAULT_LIMITS)
+    assert q is not None
+    (ban,) = r.bans.active(100.0)
+    assert quick_register(r, q, PEER, None, now=100.0, epoch=EPOCH, tag="t0", server=None) is None
+    assert ban.attempts == 0
+    request = general(data)
+    assert request is not None
+    assert r.handle(request, PEER, None, now=100.0, epoch=EPOCH, tag="t0").reason == "banned"
+    assert ban.attempts == 1

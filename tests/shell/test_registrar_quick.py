@@ -1,0 +1,166 @@
+"""The quick path over a real socket: REGISTER and keepalive answered on it, retransmissions and replays
+absorbed or refused as the general path does, and ``registrar.quick_path = false`` for comparison."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from gb28181gw.app import Gateway
+from gb28181gw.gb.model import DeviceState
+from gb28181gw.net.router import PASS
+from tests.helpers import KEEPALIVE_BODY
+
+from .conftest import start_gateway
+
+PASSWORD = "12345678"
+ID = "34020000001320000001"
+DOMAIN = "3402000000"
+URI = f"sip:34020000002000000001@{DOMAIN}"
+
+
+def register(port: int, branch: str, cseq: int, auth: str = "") -> bytes:
+    return (
+        f"REGISTER {URI} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{port};rport;branch=z9hG4bK{branch}\r\n"
+        f"From: <sip:{ID}@{DOMAIN}>;tag=f1\r\n"
+        f"To: <sip:{ID}@{DOMAIN}>\r\n"
+        "Call-ID: reg1@127.0.0.1\r\n"
+        f"CSeq: {cseq} REGISTER\r\n"
+        f"Contact: <sip:{ID}@127.0.0.1:{port}>\r\n"
+        f"{auth}"
+        "Max-Forwards: 70\r\nUser-Agent: IP Camera\r\nExpires: 3600\r\nX-GB-ver: 3.0\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def authorization(challenge: bytes) -> str:
+    nonce = challenge.split(b'nonce="')[1].split(b'"')[0].decode()
+    ha1 = hashlib.md5(f"{ID}:{DOMAIN}:{PASSWORD}".encode()).hexdigest()
+    ha2 = hashlib.md5(f"REGISTER:{URI}".encode()).hexdigest()
+    response = hashlib.md5(f"{ha1}:{nonce}:{ha2}".encode()).hexdigest()
+    return (
+        f'Authorization: Digest username="{ID}", realm="{DOMAIN}", nonce="{nonce}", uri="{URI}", '
+        f'response="{response}", algorithm=MD5\r\n'
+    )
+
+
+def keepalive(port: int, branch: str) -> bytes:
+    head = (
+        f"MESSAGE {URI} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{port};rport;branch=z9hG4bK{branch}\r\n"
+        f"From: <sip:{ID}@{DOMAIN}>;tag=k1\r\n"
+        f"To: <{URI}>\r\n"
+        f"Call-ID: ka-{branch}@127.0.0.1\r\n"
+        "CSeq: 20 MESSAGE\r\nContent-Type: Application/MANSCDP+xml\r\nMax-Forwards: 70\r\n"
+        f"Content-Length: {len(KEEPALIVE_BODY)}\r\n\r\n"
+    )
+    return head.encode() + KEEPALIVE_BODY
+
+
+def count_general(gw: Gateway) -> list[int]:
+    """How many datagrams reached the general path (the endpoint), counted from now."""
+    seen = [0]
+    endpoint = gw.stack.endpoint
+    receive: Callable[..., None] = endpoint.receive
+
+    def counting(*args: object) -> None:
+        seen[0] += 1
+        receive(*args)
+
+    endpoint.receive = counting  # type: ignore[method-assign]
+    return seen
+
+
+def device_socket(
+    gw: Gateway, host: str = "127.0.0.1"
+) -> tuple[socket.socket, int, Callable[[bytes], Awaitable[bytes]]]:
+    """A device's UDP socket, its port, and ``ask(datagram) -> the gateway's answer``."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((host, 0))
+    sock.setblocking(False)
+    target = ("127.0.0.1", gw.stack.port)
+
+    async def ask(data: bytes) -> bytes:
+        await loop.sock_sendto(sock, data, target)
+        return (await asyncio.wait_for(loop.sock_recvfrom(sock, 65535), 5))[0]
+
+    return sock, sock.getsockname()[1], ask
+
+
+@pytest.mark.parametrize("quick", [True, False])
+async def test_registration_keepalive_retransmission_and_replay(quick: bool) -> None:
+    gw = await start_gateway(**{"registrar.password": PASSWORD, "registrar.quick_path": str(quick).lower()})
+    sock, port, ask = device_socket(gw)
+    try:
+        general = count_general(gw)
+        challenge = await ask(register(port, "a1", 1))
+        assert challenge.startswith(b"SIP/2.0 401 ") and b"stale" not in challenge
+        signed = register(port, "a2", 2, authorization(challenge))
+        ok = await ask(signed)
+        assert ok.startswith(b"SIP/2.0 200 ")
+        assert f"Contact: <sip:{ID}@127.0.0.1:{port}>;expires=3600\r\n".encode() in ok
+        assert b"X-GB-ver: 3.0\r\n" in ok and b"\r\nDate: " in ok
+        device = gw.registrar.devices[ID]
+        assert device.state is DeviceState.ONLINE and (device.host, device.port) == ("127.0.0.1", port)
+        assert gw.registrar.registrations[("challenged", "challenge")] == 1
+        assert gw.registrar.registrations[("registered", "ok")] == 1
+        assert general[0] == (0 if quick else 2)
+
+        # RFC 3261 §17.2.2: the retransmission gets the same bytes, and changes nothing
+        registered_at = device.registered_at
+        assert await ask(signed) == ok
+        assert gw.registrar.devices[ID].registered_at == registered_at
+        assert gw.registrar.registrations[("registered", "ok")] == 1
+        # digest replay: the same credentials in a new transaction are stale (a fresh challenge)
+        replay = await ask(signed.replace(b"branch=z9hG4bKa2", b"branch=z9hG4bKa3"))
+        assert replay.startswith(b"SIP/2.0 401 ") and b"stale=true" in replay.lower()
+        assert gw.registrar.registrations[("challenged", "stale-nonce")] == 1
+        assert general[0] == (2 if quick else 4)
+
+        answer = await ask(keepalive(port, "k1"))
+        assert answer.startswith(b"SIP/2.0 200 ") and b"CSeq: 20 MESSAGE\r\n" in answer
+        assert await ask(keepalive(port, "k1")) == answer
+        assert gw.registrar.keepalives[("ok",)] == 1
+        assert gw.registrar.devices[ID].last_keepalive > 0
+        assert general[0] == (3 if quick else 6)
+        # from another address the device's ID is not believed, on either path
+        other, _, ask_other = device_socket(gw, "127.0.0.2")
+        try:
+            refused = await ask_other(keepalive(port, "k2"))
+        finally:
+            other.close()
+        assert refused.startswith(b"SIP/2.0 404 ")
+        assert gw.registrar.keepalives[("ok",)] == 1
+    finally:
+        sock.close()
+        await gw.stop()
+
+
+async def test_a_chain_link_that_cannot_say_it_passes_keeps_keepalives_on_the_general_path() -> None:
+    gw = await start_gateway(**{"registrar.password": PASSWORD})
+    sock, port, ask = device_socket(gw)
+    try:
+        router = gw.stack.router
+        assert router.chain_passes("MESSAGE", "ka-k1@127.0.0.1")  # the streams' link says it passes
+        challenge = await ask(register(port, "b1", 1))
+        assert (await ask(register(port, "b2", 2, authorization(challenge)))).startswith(b"SIP/2.0 200 ")
+        seen: list[str] = []
+
+        def watcher(event: object) -> object:
+            seen.append("watched")
+            return PASS
+
+        router.consume("MESSAGE", watcher, owner="test")  # no `passes`: it must see every MESSAGE
+        assert not router.chain_passes("MESSAGE", "ka-k1@127.0.0.1")
+        general = count_general(gw)
+        assert (await ask(keepalive(port, "k1"))).startswith(b"SIP/2.0 200 ")
+        assert seen == ["watched"] and general[0] == 1
+        assert gw.registrar.keepalives[("ok",)] == 1
+    finally:
+        sock.close()
+        await gw.stop()
