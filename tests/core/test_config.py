@@ -139,6 +139,13 @@ def test_lists_from_environment() -> None:
         ({"GB28181GW_AUDIT_RETENTION_DAYS": "0"}, "audit.retention_days", "from 1 to 36500"),
         # past a hundred years the pruning cut-off falls before year 1 and the gateway would crash at its first pass
         ({"GB28181GW_AUDIT_RETENTION_DAYS": "1000000000"}, "audit.retention_days", "from 1 to 36500"),
+        ({"GB28181GW_STORE_BACKEND": "postgres"}, "store.backend", "one of sqlite, redis"),
+        ({"GB28181GW_STORE_URL": "127.0.0.1:6379"}, "store.url", "must start with redis://"),
+        ({"GB28181GW_STORE_URL": "http://127.0.0.1:6379/0"}, "store.url", "must start with redis://"),
+        ({"GB28181GW_STORE_URL": "redis://127.0.0.1:port/0"}, "store.url", "not a Redis URL"),
+        ({"GB28181GW_STORE_URL": "redis:///0"}, "store.url", "names no host"),
+        ({"GB28181GW_STORE_URL": "redis://127.0.0.1:6379/zero"}, "store.url", "must be a number"),
+        ({"GB28181GW_STORE_URL": "unix://"}, "store.url", "no socket path"),
     ],
 )
 def test_bad_values_name_the_key(env: dict[str, str], key: str, fragment: str) -> None:
@@ -148,6 +155,15 @@ def test_bad_values_name_the_key(env: dict[str, str], key: str, fragment: str) -
     assert fragment in str(exc.value)
     if key.startswith(("sip.", "gateway.", "log.", "admin.")):
         assert "environment" in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://127.0.0.1:6379/0", "redis://:pw@redis.lan", "rediss://user:pw@10.0.0.5:6380/2", "unix:///run/redis.sock"],
+)
+def test_redis_urls_redis_py_takes_are_accepted(url: str) -> None:
+    config = load_config(env={"GB28181GW_STORE_BACKEND": "redis", "GB28181GW_STORE_URL": url})
+    assert (config.store.backend, config.store.url) == ("redis", url)
 
 
 @pytest.mark.parametrize("value", ["192.168.1.300", "192.168.1", "camera lan", "gw_1.example.com"])
