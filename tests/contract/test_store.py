@@ -671,6 +671,30 @@ def redis_url(redis_server: RedisServer) -> str:
 
 
 class TestRedis:
+    def test_the_stored_device_layout_is_every_device_field_in_order(self) -> None:
+        # a field added to Device needs a migration of the stored arrays (store/redis.py: DEVICE_LAYOUT)
+        require_redis_py()
+        from gb28181gw.gb.model import DEVICE_FIELDS
+        from gb28181gw.store.redis import DEVICE_LAYOUT
+
+        assert DEVICE_LAYOUT == DEVICE_FIELDS
+
+    async def test_a_large_batch_is_encoded_off_the_loop_and_refused_whole_all_the_same(self, redis_url: str) -> None:
+        from gb28181gw.store.redis import ENCODE_ON_LOOP, RedisStore
+
+        s = RedisStore(redis_url)
+        await s.open()
+        try:
+            batch = [device(i) for i in range(ENCODE_ON_LOOP + 1)]
+            batch[-1].port = 2**64
+            with pytest.raises(StoreRecordError):
+                await s.save_devices(batch)
+            batch[-1].port = 5060
+            await s.save_devices(batch)
+            assert await s.load_devices() == batch
+        finally:
+            await s.close()
+
     async def test_an_unreachable_server_is_a_clear_error_naming_the_url(self) -> None:
         require_redis_py()
         from gb28181gw.store.redis import RedisStore
