@@ -95,12 +95,13 @@ class RedisServer:
         self.start()
 
     def command(self, *words: bytes) -> bytes | None:
-        """Send one command; the first line of the answer, or ``None`` when it does not answer."""
+        """Send one command; the first line of the answer (a bulk string's value), or ``None`` when it does not answer."""
         request = b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=2.0) as s:
                 s.sendall(request)
-                return s.recv(65536).split(b"\r\n", 1)[0]
+                lines = s.recv(65536).split(b"\r\n")
+                return lines[1] if lines[0].startswith(b"$") and lines[0] != b"$-1" else lines[0]
         except OSError:
             return None
 

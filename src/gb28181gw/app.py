@@ -106,7 +106,7 @@ class Gateway:
             tcp_per_address=config.flood.tcp_per_address if config.flood.enabled else 0,
         )
         self._superior_hosts = frozenset(up.host for up in config.upstreams)
-        self.store = make_store(config.store)
+        self.store = make_store(config.store, node=config.node.id)
         self.audit = AuditService(self.store, self.metrics, retention_days=config.audit.retention_days)
         self.access = AccessService(self.store, self.audit)
         self.registrar = RegistrarService(
@@ -255,6 +255,7 @@ class Gateway:
                 "relay_workers": len(self.streams.relays),
             },
             "store": self.store.location,
+            "node": c.node.id,
             "store_writable": self.store.writable,
             "store_error": self.store.last_error,
             "uptime_seconds": round(time.monotonic() - self.started_at, 3) if self.started_at else 0.0,
@@ -314,6 +315,7 @@ class Gateway:
                 "sip_port": self.stack.port,
                 "version": __version__,
                 "store": self.store.location,
+                "node": c.node.id,
             },  # fmt: skip
         )
 
@@ -489,8 +491,9 @@ def _malloc_trim() -> Callable[[int], int] | None:
 _MALLOC_TRIM = _malloc_trim()
 
 
-def make_store(section: StoreSection) -> Store:
-    """The store ``store.backend`` names (SQLite unless it says redis).
+def make_store(section: StoreSection, *, node: str = "") -> Store:
+    """The store ``store.backend`` names (SQLite unless it says redis); ``node`` is the gateway's
+    ``node.id``, claimed in a Redis store while it is open (the CLI claims none).
 
     Raises:
         StoreError: the redis backend without redis-py installed.
@@ -500,7 +503,7 @@ def make_store(section: StoreSection) -> Store:
             from gb28181gw.store.redis import RedisStore  # redis-py is needed only with this backend
         except ImportError as exc:
             raise StoreError(f"store.backend = redis needs redis-py ({exc}): pip install 'gb28181gw[redis]'") from None
-        return RedisStore(section.url)
+        return RedisStore(section.url, node=node)
     return SqliteStore(section.path)
 
 

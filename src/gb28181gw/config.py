@@ -433,6 +433,27 @@ class StoreSection:
     flush_interval: float = _opt(0.5, "seconds between batched writes of changed devices", _positive)
 
 
+_NODE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _node_id(v: str) -> str | None:
+    if v == "" or _NODE_ID_RE.fullmatch(v):
+        return None
+    return "must be 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit (n1)"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSection:
+    """This gateway as one of several nodes sharing a Redis store (issue 17)."""
+
+    id: str = _opt(
+        "",
+        "this node's name, unique among the gateways sharing a Redis store: required with store.backend = redis, "
+        "where a second running gateway with the same name is refused",
+        _node_id,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class AdminSection:
     """The HTTP admin API, /metrics and health checks."""
@@ -592,6 +613,7 @@ class Config:
     playback: PlaybackSection = field(default_factory=PlaybackSection)
     ledger: LedgerSection = field(default_factory=LedgerSection)
     store: StoreSection = field(default_factory=StoreSection)
+    node: NodeSection = field(default_factory=NodeSection)
     admin: AdminSection = field(default_factory=AdminSection)
     audit: AuditSection = field(default_factory=AuditSection)
     flood: FloodSection = field(default_factory=FloodSection)
@@ -729,6 +751,7 @@ SECTIONS: dict[str, Any] = {
     "playback": PlaybackSection,
     "ledger": LedgerSection,
     "store": StoreSection,
+    "node": NodeSection,
     "admin": AdminSection,
     "audit": AuditSection,
     "flood": FloodSection,
@@ -923,6 +946,10 @@ def load_config(
         )
     if config.sip.t2 < config.sip.t1:
         raise ConfigError("sip.t2", "must not be smaller than sip.t1")
+    if config.store.backend == "redis" and not config.node.id:
+        raise ConfigError(
+            "node.id", "is required with store.backend = redis: a name unique per gateway node sharing it (n1)"
+        )
     r = config.registrar
     if not r.expires_min <= r.expires_default <= r.expires_max:
         raise ConfigError("registrar.expires_default", "must lie between registrar.expires_min and expires_max")

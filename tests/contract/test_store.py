@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import socket
 import sqlite3
+import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -822,3 +826,64 @@ class TestRedis:
         finally:
             await s.close()
             server.stop()
+
+
+class TestRedisNode:
+    """``node:<id>``: one running gateway per node.id, as SQLite's lock allows one per file."""
+
+    async def test_a_second_gateway_with_the_same_node_id_is_refused_until_the_first_closes(
+        self, redis_server: RedisServer, redis_url: str
+    ) -> None:
+        from gb28181gw.store.redis import RedisStore
+
+        first = RedisStore(redis_url, node="n1")
+        await first.open()
+        try:
+            with pytest.raises(
+                StoreError, match=rf"node.id n1 is in use by a running gb28181gw \(pid {os.getpid()} on "
+            ):
+                await RedisStore(redis_url, node="n1").open()
+            other = RedisStore(redis_url, node="n2")  # another name is another node
+            await other.open()
+            await other.close()
+        finally:
+            await first.close()
+        assert redis_server.command(b"EXISTS", b"gbgw:node:n1") == b":0"
+        again = RedisStore(redis_url, node="n1")
+        await again.open()
+        await again.close()
+
+    async def test_the_claim_of_a_gateway_gone_from_this_host_is_taken_over(
+        self, redis_server: RedisServer, redis_url: str
+    ) -> None:
+        from gb28181gw.store.redis import RedisStore
+
+        gone = subprocess.Popen(["true"])
+        gone.wait()  # a pid no process has now: the gateway that held n1 was killed
+        claim = json.dumps({"pid": gone.pid, "host": socket.gethostname(), "token": "x"}).encode()
+        assert redis_server.command(b"SET", b"gbgw:node:n1", claim, b"PX", b"60000") == b"+OK"
+        s = RedisStore(redis_url, node="n1")
+        await s.open()
+        try:
+            assert str(os.getpid()).encode() in (redis_server.command(b"GET", b"gbgw:node:n1") or b"")
+        finally:
+            await s.close()
+
+    async def test_a_lapsed_claim_is_taken_again(
+        self, redis_server: RedisServer, redis_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import gb28181gw.store.redis
+        from gb28181gw.store.redis import RedisStore
+
+        monkeypatch.setattr(gb28181gw.store.redis, "NODE_TTL", 0.3)  # renewed every 0.1 s
+        s = RedisStore(redis_url, node="n1")
+        await s.open()
+        try:
+            redis_server.flush()  # as after a Redis restart without persistence
+            for _ in range(200):
+                if redis_server.command(b"EXISTS", b"gbgw:node:n1") == b":1":
+                    break
+                await asyncio.sleep(0.05)
+            assert redis_server.command(b"EXISTS", b"gbgw:node:n1") == b":1"
+        finally:
+            await s.close()

@@ -72,13 +72,13 @@ async def test_serve_on_redis_keeps_a_device_and_its_channels_across_a_restart(
     sip, admin_port = free_port(), free_port()
     admin = f"127.0.0.1:{admin_port}"
     args = ["--listen", "127.0.0.1", "--port", str(sip), "--admin-port", str(admin_port),
-            "--set", "store.backend=redis", "--set", f"store.url={redis.url}", "--set", "media.workers=0",
+            "--set", "store.backend=redis", "--set", f"store.url={redis.url}", "--set", "node.id=n1", "--set", "media.workers=0",
             "--set", "devices.catalog_on_register=false", "--set", "devices.subscribe="]  # fmt: skip
     proc = serve(*args)
     try:
         wait_ready(f"http://{admin}", proc)
         status, body = http_get(f"http://{admin}/api/v1/status")
-        assert status == 200 and json.loads(body)["store"] == redis.url
+        assert status == 200 and json.loads(body)["store"] == redis.url and json.loads(body)["node"] == "n1"
         device_port = free_udp_port()
         await register(device_port, NVR, sip, tmp_path)
         parts = [
@@ -92,10 +92,16 @@ async def test_serve_on_redis_keeps_a_device_and_its_channels_across_a_restart(
     finally:
         out = stop(proc)
     assert "gateway started" in out and redis.url in out
+    assert redis.command(b"EXISTS", b"gbgw:node:n1") == b":0"  # stopped: its claim on n1 went with it
 
     proc = serve(*args)  # the SQLite file serve() names is new and empty: all that comes back is Redis's
     try:
         wait_ready(f"http://{admin}", proc)
+        # a second gateway with the same node.id is refused, naming the one running
+        other = ["--listen", "127.0.0.1", "--port", str(free_port()), "--admin-port", str(free_port())]
+        second = serve(*other, *args[6:])
+        out, _ = second.communicate(timeout=30)
+        assert second.returncode != 0 and f"node.id n1 is in use by a running gb28181gw (pid {proc.pid}" in out, out
         listed = json.loads((await asyncio.to_thread(cli, admin, "devices", "--json")).stdout)
         assert [(d["device_id"], d["registered"], d["port"]) for d in listed] == [(NVR, True, device_port)]
         channels = json.loads((await asyncio.to_thread(cli, admin, "channels", NVR, "--json")).stdout)
@@ -105,7 +111,8 @@ async def test_serve_on_redis_keeps_a_device_and_its_channels_across_a_restart(
 
 
 async def test_redis_killed_and_restarted_mid_run_loses_no_registration(tmp_path: Path, redis: RedisServer) -> None:
-    gw = await start_gateway(**{"store.backend": "redis", "store.url": redis.url, "store.flush_interval": "0.1"})
+    on_redis = {"store.backend": "redis", "store.url": redis.url, "node.id": "n1"}
+    gw = await start_gateway(**on_redis, **{"store.flush_interval": "0.1"})
     try:
         await register(free_udp_port(), NVR, gw.stack.port, tmp_path)
         await gw.registrar.flush()
@@ -130,7 +137,7 @@ async def test_redis_killed_and_restarted_mid_run_loses_no_registration(tmp_path
     finally:
         await gw.stop()
     # and a gateway started afresh on it finds both
-    gw = await start_gateway(**{"store.backend": "redis", "store.url": redis.url})
+    gw = await start_gateway(**on_redis)
     try:
         assert sorted(d.device_id for d in gw.registrar.devices.values() if d.registered) == [NVR, IPC]
     finally:

@@ -10,6 +10,8 @@ infinity); such a batch is refused before anything is sent.
 Key layout (every key starts with the prefix, ``gbgw:`` by default)::
 
     schema                  string  the layout's version (MIGRATIONS); a newer one is refused
+    node:<id>               string  the running gateway of node.id <id>: JSON {pid, host, started, token},
+                                    expiring NODE_TTL after its last renewal
     devices                 hash    device ID -> JSON array of its fields (DEVICE_LAYOUT)
     channels                set     IDs of the devices that have channels
     channels:<device>       hash    channel ID -> JSON [name, status, parent_id, extra]
@@ -48,6 +50,9 @@ import asyncio
 import json
 import logging
 import math
+import os
+import secrets
+import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -81,6 +86,9 @@ AUDIT_PAGE = 1_000
 #: Devices in a batch below which encoding them on the event loop costs less than a thread hop.
 ENCODE_ON_LOOP = 200
 _INT64 = range(-(2**63), 2**63)
+#: Seconds a node's claim on its node.id lives unless renewed (every third of it): how long a
+#: gateway stopped without a word (kill -9 on another host) keeps its name from a new one.
+NODE_TTL = 15.0
 #: What a stored device's JSON array holds, in order: the :class:`Device` fields of layout version 1.
 #: A field added to Device needs a migration that rewrites the stored arrays, and this tuple
 #: changed with it (a test compares it with the Device fields).
@@ -115,6 +123,27 @@ for i = 4, 3 + n do redis.call('HDEL', KEYS[2], ARGV[i]) end
 for i = 4 + n, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('SADD', KEYS[3], ARGV[1])
 else redis.call('SREM', KEYS[3], ARGV[1]) end
+return 0
+"""
+
+_RENEW = """
+-- KEYS: node:<id>; ARGV: our claim, ttl ms. 1 renewed, 0 taken again (it had lapsed), else who holds it
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if not holder then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 0 end
+return holder
+"""
+
+_TAKE_OVER = """
+-- KEYS: node:<id>; ARGV: the claim seen, ours, ttl ms: replace it only if it is still the one seen
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+
+_RELEASE = """
+-- KEYS: node:<id>; ARGV: our claim
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
@@ -230,6 +259,30 @@ def _encode_devices(rows: list[tuple[Any, ...]]) -> dict[bytes, bytes]:
     return mapping
 
 
+def _started(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot, from /proc), "" if unknown: with the pid
+    it names one process on this host, a pid used again by another process included."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return ""
+
+
+def _alive(pid: int, started: str) -> bool:
+    """Whether the process that claimed a node (``pid``, started at ``started``) still runs on this host."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass  # someone's process has that pid
+    now = _started(pid)
+    return not (started and now and now != started)
+
+
 def _loads(raw: bytes) -> Any:
     return json.loads(raw.decode("utf-8", "surrogateescape"))
 
@@ -265,13 +318,27 @@ class RedisStore:
 
     Args:
         url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://…`` (TLS) or ``unix:///path?db=N``.
+        node: this gateway's ``node.id``: claimed in ``node:<id>`` while the store is open, so that a
+            second running gateway with the same name is refused ("" claims nothing: the CLI's own use).
         prefix: what every key starts with.
     """
 
-    def __init__(self, url: str, *, prefix: str = PREFIX) -> None:
+    def __init__(self, url: str, *, node: str = "", prefix: str = PREFIX) -> None:
         self.url = url
         self.location = redact_url(url)
         self.prefix = prefix
+        self.node = node
+        # what this process writes in node:<id>: who it is, and a token telling its claim from an
+        # earlier process's with the same pid (a restarted container)
+        self._claim = json.dumps(
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started": _started(os.getpid()),
+                "token": secrets.token_hex(8),
+            }
+        )
+        self._heartbeat: asyncio.Task[None] | None = None
         self._redis: Any = None  # a redis.asyncio.Redis: its types say bytes | str for every answer
         self._scripts: dict[str, AsyncScript] = {}
         self._audit_head: tuple[int, str] | None = None  # the head as this process last wrote or saw it
@@ -287,11 +354,11 @@ class RedisStore:
             raise StoreError(f"store {self.location} is not open")
         return self._redis
 
-    def _script(self, source: str) -> AsyncScript:
+    def _script(self, source: str, client: Any = None) -> AsyncScript:
         """The script of ``source``, sent by its SHA-1 (loaded again by redis-py after a Redis restart)."""
         script = self._scripts.get(source)
         if script is None:
-            script = self._scripts[source] = self._r().register_script(source)
+            script = self._scripts[source] = (client or self._r()).register_script(source)
         return script
 
     def _refused(self, exc: StoreRecordError, what: str) -> StoreRecordError:
@@ -349,6 +416,8 @@ class RedisStore:
             for v in range(version, SCHEMA_VERSION):
                 await MIGRATIONS[v](r, self.prefix)
                 await r.set(self._k("schema"), v + 1)
+            if self.node:
+                await self._take_node(r)
         except (RedisError, OSError) as exc:
             await r.aclose()
             raise StoreError(
@@ -358,6 +427,63 @@ class RedisStore:
             await r.aclose()
             raise
         self._redis = r
+        if self.node:
+            self._heartbeat = asyncio.get_running_loop().create_task(self._keep_node())
+
+    async def _take_node(self, r: Any) -> None:
+        """Claim ``node:<id>``, or raise :class:`StoreError` naming the running gateway that holds it.
+
+        A claim whose process is gone from this host (killed; this is its restart) is taken over at
+        once rather than after it expires.
+        """
+        key, ttl = self._k(f"node:{self.node}"), int(NODE_TTL * 1000)
+        while not await r.set(key, self._claim, nx=True, px=ttl):
+            raw = await r.get(key)
+            if raw is None:
+                continue  # it expired just now
+            try:
+                holder = json.loads(raw)
+                pid, host, started = int(holder["pid"]), str(holder["host"]), str(holder.get("started", ""))
+            except (ValueError, TypeError, KeyError, AttributeError):
+                pid, host, started = 0, "?", ""
+            if host == socket.gethostname() and not _alive(pid, started):
+                if await self._script(_TAKE_OVER, r)(keys=[key], args=[raw, self._claim, ttl]):
+                    log.warning(
+                        "node.id taken over from a gateway that is gone",
+                        extra={"node": self.node, "pid": pid, "store": self.location},
+                    )
+                    return
+                continue
+            raise StoreError(
+                f"node.id {self.node} is in use by a running gb28181gw (pid {pid} on {host}) on {self.location}: "
+                f"give each gateway node its own node.id (a stopped one's claim ends within {NODE_TTL:.0f} s)"
+            )
+
+    async def _keep_node(self) -> None:
+        """Renew the claim on ``node:<id>`` every third of its life; take it again if it lapsed."""
+        key, ttl, failing = self._k(f"node:{self.node}"), int(NODE_TTL * 1000), False
+        script = self._script(_RENEW)
+        while True:
+            await asyncio.sleep(NODE_TTL / 3)
+            try:
+                answer = await script(keys=[key], args=[self._claim, ttl])
+            except (RedisError, OSError) as exc:
+                if not failing:  # once per outage: the write-behind reports it too
+                    log.warning(
+                        "node claim cannot be renewed; will retry", extra={"node": self.node, "error": str(exc)}
+                    )
+                failing = True
+                continue
+            failing = False
+            if answer == 0:
+                log.warning(
+                    "node claim had lapsed (Redis was away or restarted); taken again", extra={"node": self.node}
+                )
+            elif answer != 1:
+                log.error(
+                    "node.id is held by another gateway: two nodes run with one name",
+                    extra={"node": self.node, "holder": _text(answer), "store": self.location},
+                )
 
     async def _version(self, r: Any) -> int:
         raw = await r.get(self._k("schema"))
@@ -380,7 +506,19 @@ class RedisStore:
         return version
 
     async def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            try:
+                await self._heartbeat
+            except asyncio.CancelledError:
+                pass
+            self._heartbeat = None
         if self._redis is not None:
+            if self.node:
+                try:
+                    await self._script(_RELEASE)(keys=[self._k(f"node:{self.node}")], args=[self._claim])
+                except (RedisError, OSError):
+                    pass  # Redis is away: the claim ends by itself within NODE_TTL
             await self._redis.aclose()
             self._redis = None
 
