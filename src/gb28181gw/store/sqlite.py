@@ -32,7 +32,7 @@ from gb28181gw.audit import Anchor, AuditEntry, AuditQuery, AuditRecord, chain_h
 from gb28181gw.errors import StoreError, StoreRecordError
 from gb28181gw.gb.ledger import LedgerEntry
 from gb28181gw.gb.model import BAN_FIELDS, DEVICE_FIELDS, Alarm, Ban, Channel, Device, Override, ShareEntry
-from gb28181gw.store.base import params_json
+from gb28181gw.store.base import params_json, stored_audit
 
 T = TypeVar("T")
 log = logging.getLogger("gb28181gw.store")
@@ -739,15 +739,8 @@ class SqliteStore:
         return await self._run(lambda: self._in_transaction(prune, "removing audit records past their retention"))
 
     def _audit(self, row: Sequence[Any]) -> AuditRecord:
-        seq, time, actor, source, action, target, params, result, detail, digest = (_from_sql(v) for v in row)
-        try:
-            values = json.loads(params)
-            if not isinstance(values, dict):
-                raise ValueError("parameters are not an object")
-        except ValueError as exc:
-            # shown, not hidden: verify reports the record as altered, since its hash cannot match
-            values = {"unreadable": f"{exc}: {str(params)[:200]}"}
-        return AuditRecord(seq, AuditEntry(time, actor, source, action, target, values, result, detail), digest)
+        seq, *fields, digest = (_from_sql(v) for v in row)
+        return stored_audit(seq, fields, digest)
 
 
 _AUDIT_COLUMNS = "seq, time, actor, source, action, target, params, result, detail, hash"
