@@ -229,8 +229,9 @@ return removed
 """
 
 
-def _call(script: AsyncScript, keys: list[str], args: Sequence[object], _r: Any) -> Awaitable[Any]:
-    return script(keys=keys, args=args)  # type: ignore[arg-type]
+def _call(script: Any, keys: list[str], args: Sequence[object], _r: Any) -> Any:
+    """Run ``script`` (an AsyncScript); the client argument is the one :meth:`RedisStore._write` passes."""
+    return script(keys=keys, args=args)
 
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
