@@ -2,9 +2,9 @@
 
 ``gb28181gw serve`` keeps a SIPp device and the channels of its catalog across its own restart;
 a Redis that goes away while the gateway runs (killed: no goodbye) loses nothing: the gateway
-goes on serving from memory, ``/readyz`` says the store is not writable, and the registrations
-that came meanwhile reach Redis once it is back (the registrar's write-behind keeps every change
-it could not write). The store contract itself is ``tests/contract/test_store.py``.
+goes on serving from memory, ``/readyz`` says the store is not writable, and the registration,
+catalog and alarm that came meanwhile reach Redis once it is back (the registrar and the device
+service keep what they could not write). The store contract itself is ``tests/contract/test_store.py``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ from .test_devices import response_message as nvr_message
 pytestmark = pytest.mark.sipp
 
 IPC = "34020000001320000001"
+ALARM = (
+    '<?xml version="1.0" encoding="GB2312"?>\r\n<Notify>\r\n<CmdType>Alarm</CmdType>\r\n<SN>301</SN>\r\n'
+    f"<DeviceID>{CH1}</DeviceID>\r\n<AlarmPriority>4</AlarmPriority>\r\n<AlarmMethod>5</AlarmMethod>\r\n"
+    "<AlarmTime>2024-05-06T12:40:01</AlarmTime>\r\n<AlarmDescription>motion</AlarmDescription>\r\n</Notify>\r\n"
+)
 
 
 @pytest.fixture
@@ -110,16 +115,29 @@ async def test_serve_on_redis_keeps_a_device_and_its_channels_across_a_restart(
         stop(proc)
 
 
-async def test_redis_killed_and_restarted_mid_run_loses_no_registration(tmp_path: Path, redis: RedisServer) -> None:
+async def test_redis_killed_and_restarted_mid_run_loses_nothing(tmp_path: Path, redis: RedisServer) -> None:
     on_redis = {"store.backend": "redis", "store.url": redis.url, "node.id": "n1"}
     gw = await start_gateway(**on_redis, **{"store.flush_interval": "0.1"})
     try:
-        await register(free_udp_port(), NVR, gw.stack.port, tmp_path)
+        nvr_port = free_udp_port()
+        await register(nvr_port, NVR, gw.stack.port, tmp_path)
         await gw.registrar.flush()
         redis.stop(kill=True)
-        # the gateway goes on from memory: a device registers while Redis is away
+        # the gateway goes on from memory: a device registers, the NVR sends its catalog and an alarm
         await register(free_udp_port(), IPC, gw.stack.port, tmp_path)
         assert gw.registrar.devices[IPC].registered
+        parts = [
+            nvr_message(31, catalog_body("GB2312", "[$sn]", CH1, "大门口")),
+            nvr_message(32, catalog_body("GB2312", "[$sn]", CH2, "停车场入口")),
+        ]
+        device = await play_device(device_scenario(parts).encode("gb2312"), nvr_port, tmp_path, "catalog")
+        catalog = await gw.devices.catalog(NVR)
+        await finished(device)
+        assert catalog.complete and NVR in gw.devices.unsaved_channels
+        alarm = sipp_scenario("alarm_uac.xml", device=NVR, body=ALARM)
+        (tmp_path / "alarm.xml").write_text(alarm)
+        sent = await run_sipp(str(tmp_path / "alarm.xml"), gw.stack.port, tmp_path, extra=("-p", str(nvr_port)))
+        assert sent.ok, sent.stdout
         deadline = time.monotonic() + 20
         while gw.store.writable:  # the next batch fails: the store says so, /readyz with it
             assert time.monotonic() < deadline, "the failed write was never noticed"
@@ -128,17 +146,23 @@ async def test_redis_killed_and_restarted_mid_run_loses_no_registration(tmp_path
         assert gw.admin is not None
         assert (await asyncio.to_thread(http_get, f"http://127.0.0.1:{gw.admin.port}/readyz"))[0] == 503
         redis.start()
-        while not gw.store.writable:  # the registrar's next attempt writes what it kept
+        # the registrar's and the device service's next attempts write what they kept
+        while not gw.store.writable or gw.devices.unsaved_channels or not await gw.store.load_alarms():
             assert time.monotonic() < deadline, "the kept writes never reached Redis"
             await asyncio.sleep(0.05)
         assert gw.ready
         stored = {d.device_id: d for d in await gw.store.load_devices()}
         assert sorted(stored) == [NVR, IPC] and stored[IPC].registered and stored[NVR].registered
+        assert sorted(c.channel_id for c in await gw.store.load_channels(NVR)) == [CH1, CH2]
+        assert [(a.device_id, a.reported_by, a.description) for a in await gw.store.load_alarms()] == [
+            (CH1, NVR, "motion")
+        ]
     finally:
         await gw.stop()
-    # and a gateway started afresh on it finds both
+    # and a gateway started afresh on it finds all of it
     gw = await start_gateway(**on_redis)
     try:
         assert sorted(d.device_id for d in gw.registrar.devices.values() if d.registered) == [NVR, IPC]
+        assert sorted(gw.devices.channels[NVR]) == [CH1, CH2]
     finally:
         await gw.stop()
