@@ -30,7 +30,7 @@ from gb28181gw.admin.forms import add_form_routes
 from gb28181gw.admin.ledger import add_ledger_routes
 from gb28181gw.admin.openapi import add_openapi_route
 from gb28181gw.admin.tokens import add_token_routes
-from gb28181gw.config import Config, is_loopback, parse_time_zone
+from gb28181gw.config import Config, StoreSection, is_loopback, parse_time_zone
 from gb28181gw.errors import ConfigError, StoreError
 from gb28181gw.gb.model import DeviceState
 from gb28181gw.gb.registrar import DateFormat, RegistrarPolicy, parse_networks
@@ -71,6 +71,7 @@ from gb28181gw.sip.endpoint import SipEndpoint
 from gb28181gw.sip.flood import FloodGuard, parse_exempt
 from gb28181gw.sip.message import Limits
 from gb28181gw.sip.timers import TimerConfig
+from gb28181gw.store.base import Store
 from gb28181gw.store.sqlite import SqliteStore
 
 log = logging.getLogger("gb28181gw.app")
@@ -105,7 +106,7 @@ class Gateway:
             tcp_per_address=config.flood.tcp_per_address if config.flood.enabled else 0,
         )
         self._superior_hosts = frozenset(up.host for up in config.upstreams)
-        self.store = SqliteStore(config.store.path)
+        self.store = make_store(config.store, node=config.node.id)
         self.audit = AuditService(self.store, self.metrics, retention_days=config.audit.retention_days)
         self.access = AccessService(self.store, self.audit)
         self.registrar = RegistrarService(
@@ -254,7 +255,8 @@ class Gateway:
                 "consumers": sum(len(st.consumers) for st in self.streams.streams.values()),
                 "relay_workers": len(self.streams.relays),
             },
-            "store": str(self.store.path),
+            "store": self.store.location,
+            "node": c.node.id,
             "store_writable": self.store.writable,
             "store_error": self.store.last_error,
             "uptime_seconds": round(time.monotonic() - self.started_at, 3) if self.started_at else 0.0,
@@ -308,7 +310,14 @@ class Gateway:
         self._ready = True
         log.info(
             "gateway started",
-            extra={"id": c.gateway.id, "domain": c.domain, "sip_port": self.stack.port, "version": __version__},
+            extra={
+                "id": c.gateway.id,
+                "domain": c.domain,
+                "sip_port": self.stack.port,
+                "version": __version__,
+                "store": self.store.location,
+                "node": c.node.id,
+            },  # fmt: skip
         )
 
     def _admin_preflight(self) -> ssl.SSLContext | None:
@@ -483,6 +492,22 @@ def _malloc_trim() -> Callable[[int], int] | None:
 _MALLOC_TRIM = _malloc_trim()
 
 
+def make_store(section: StoreSection, *, node: str = "") -> Store:
+    """The store ``store.backend`` names (SQLite unless it says redis); ``node`` is the gateway's
+    ``node.id``, claimed in a Redis store while it is open (the CLI claims none).
+
+    Raises:
+        StoreError: the redis backend without redis-py installed.
+    """
+    if section.backend == "redis":
+        try:
+            from gb28181gw.store.redis import RedisStore  # redis-py is needed only with this backend
+        except ImportError as exc:
+            raise StoreError(f"store.backend = redis needs redis-py ({exc}): pip install 'gb28181gw[redis]'") from None
+        return RedisStore(section.url, node=node)
+    return SqliteStore(section.path)
+
+
 def build_relays(config: Config) -> list[Relay]:
     """The relay workers ``media.workers`` asks for: -1 one per core, 0 the gateway's own loop."""
     m = config.media
@@ -631,7 +656,11 @@ def freeze_started() -> None:
 
 def run(config: Config) -> int:
     """Run a gateway in this process until it is told to stop; return the exit status."""
-    gateway = Gateway(config)
+    try:
+        gateway = Gateway(config)
+    except StoreError as exc:
+        log.error("start-up failed: %s", startup_reason(exc))
+        return STARTUP_FAILURE
     tune_gc()
 
     async def main() -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from gb28181gw.errors import ConfigError, ConfigFileMissing, IdError
 from gb28181gw.ids import GbId, is_id_prefix, type_name
@@ -98,6 +99,26 @@ def _one_of(*choices: str) -> Callable[[Any], str | None]:
         return f"must be one of {', '.join(choices)} (got {', '.join(map(str, bad))})" if bad else None
 
     return check
+
+
+def _redis_url(v: str) -> str | None:
+    # what redis-py's from_url takes, checked here so that a typo stops start-up naming the key
+    try:
+        parts = urlsplit(v)
+        port = parts.port
+    except ValueError as exc:
+        return f"is not a Redis URL ({exc})"
+    if parts.scheme == "unix":
+        return None if parts.path else "names no socket path (unix:///run/redis/redis.sock)"
+    if parts.scheme not in ("redis", "rediss"):
+        return "must start with redis://, rediss:// or unix:// (redis://127.0.0.1:6379/0)"
+    if not parts.hostname:
+        return "names no host (redis://127.0.0.1:6379/0)"
+    if port == 0:
+        return "has port 0"
+    if parts.path not in ("", "/") and not parts.path[1:].isdigit():
+        return f"has database {parts.path[1:]!r}: it must be a number (redis://host:6379/0)"
+    return None
 
 
 def _gb_id(v: str) -> str | None:
@@ -409,9 +430,37 @@ class LedgerSection:
 class StoreSection:
     """Where state is kept."""
 
-    backend: str = _opt("sqlite", "sqlite (embedded file); redis comes with multi-node support", _one_of("sqlite"))
+    backend: str = _opt(
+        "sqlite", "sqlite (embedded file, the default) or redis (a Redis server: store.url)", _one_of("sqlite", "redis")
+    )
     path: str = _opt("gb28181gw.db", "SQLite file (relative to the working directory)")
+    url: str = _opt(
+        "redis://127.0.0.1:6379/0",
+        "Redis server of backend = redis: redis://[:password@]host[:port][/db], rediss:// (TLS) or unix:///path",
+        _redis_url,
+    )
     flush_interval: float = _opt(0.5, "seconds between batched writes of changed devices", _positive)
+
+
+_NODE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _node_id(v: str) -> str | None:
+    if v == "" or _NODE_ID_RE.fullmatch(v):
+        return None
+    return "must be 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit (n1)"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSection:
+    """This gateway as one of several nodes sharing a Redis store (issue 17)."""
+
+    id: str = _opt(
+        "",
+        "this node's name, unique among the gateways sharing a Redis store: required with store.backend = redis, "
+        "where a second running gateway with the same name is refused",
+        _node_id,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -573,6 +622,7 @@ class Config:
     playback: PlaybackSection = field(default_factory=PlaybackSection)
     ledger: LedgerSection = field(default_factory=LedgerSection)
     store: StoreSection = field(default_factory=StoreSection)
+    node: NodeSection = field(default_factory=NodeSection)
     admin: AdminSection = field(default_factory=AdminSection)
     audit: AuditSection = field(default_factory=AuditSection)
     flood: FloodSection = field(default_factory=FloodSection)
@@ -710,6 +760,7 @@ SECTIONS: dict[str, Any] = {
     "playback": PlaybackSection,
     "ledger": LedgerSection,
     "store": StoreSection,
+    "node": NodeSection,
     "admin": AdminSection,
     "audit": AuditSection,
     "flood": FloodSection,
@@ -904,6 +955,10 @@ def load_config(
         )
     if config.sip.t2 < config.sip.t1:
         raise ConfigError("sip.t2", "must not be smaller than sip.t1")
+    if config.store.backend == "redis" and not config.node.id:
+        raise ConfigError(
+            "node.id", "is required with store.backend = redis: a name unique per gateway node sharing it (n1)"
+        )
     r = config.registrar
     if not r.expires_min <= r.expires_default <= r.expires_max:
         raise ConfigError("registrar.expires_default", "must lie between registrar.expires_min and expires_max")

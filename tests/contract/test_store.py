@@ -1,9 +1,14 @@
-"""The store contract: every backend passes the same suite (SQLite now; Redis with multi-node)."""
+"""The store contract: every backend passes the same suite (SQLite, and Redis on a real redis-server)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import socket
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,13 +22,43 @@ from gb28181gw.gb.ledger import LedgerEntry
 from gb28181gw.gb.model import Alarm, Ban, Channel, Device, DeviceState, Override, ShareEntry, StreamMode, Transport
 from gb28181gw.store.base import Store
 from gb28181gw.store.sqlite import MIGRATIONS, SqliteStore
+from tests.redis_server import RedisServer, require_redis_py
 
-BACKENDS: dict[str, Callable[[Path], Store]] = {"sqlite": lambda tmp: SqliteStore(tmp / "gw.db")}
+
+def _redis_store(url: str) -> Store:
+    from gb28181gw.store.redis import RedisStore  # redis-py is needed only for this backend
+
+    return RedisStore(url)
+
+
+#: Each backend made from a temporary directory and, for Redis, a server's URL (emptied for each test).
+BACKENDS: dict[str, Callable[[Path, str], Store]] = {
+    "sqlite": lambda tmp, url: SqliteStore(tmp / "gw.db"),
+    "redis": lambda tmp, url: _redis_store(url),
+}
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    # one server for the module, emptied before each test: starting one takes ~20 ms, but a
+    # hundred of them add up
+    require_redis_py()
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def factory(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
-    return lambda: BACKENDS[request.param](tmp_path)
+    url = ""
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        server.flush()
+        url = server.url
+    return lambda: BACKENDS[request.param](tmp_path, url)
 
 
 @pytest.fixture
@@ -606,3 +641,249 @@ async def test_audit_retention_removes_from_the_front_and_keeps_the_chain_checka
     assert await store.prune_audit(before=0.0) == 0
     await store.append_audit([_entry(6)])
     assert verify(await store.audit_chain(), anchor) == []
+
+
+async def test_channels_of_a_device_not_stored_are_refused(store: Store) -> None:
+    # the device row comes first (the registrar flushes it before a catalog's channels)
+    with pytest.raises(StoreRecordError):
+        await store.replace_channels(device(1).device_id, [Channel("34020000001310000001", device(1).device_id)])
+    await store.replace_channels(device(1).device_id, [])  # nothing to add: nothing refused
+    assert await store.load_channels() == [] and store.writable
+
+
+async def test_alarms_beyond_the_limit_are_dropped_oldest_first(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gb28181gw.store.sqlite
+
+    monkeypatch.setattr(gb28181gw.store.sqlite, "MAX_ALARMS", 3)
+    if not isinstance(store, SqliteStore):
+        monkeypatch.setattr(type(store).__module__ + ".MAX_ALARMS", 3)
+    nvr = "34020000001110000001"
+    await store.save_alarms([Alarm(f"3402000000131000000{i}", nvr, description=str(i)) for i in range(4)])
+    await store.save_alarms([Alarm("34020000001310000009", "34020000001110000009", description="4")])
+    assert [a.description for a in await store.load_alarms(10)] == ["4", "3", "2"]
+    assert [a.description for a in await store.load_alarms(10, nvr)] == ["3", "2"]
+    assert await store.load_alarms(10, "34020000001310000000") == []
+
+
+# --- Redis: what only a server can do (a real redis-server, restarted and shared by two writers) ----
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    redis_server.flush()
+    return redis_server.url
+
+
+class TestRedis:
+    def test_the_stored_device_layout_is_every_device_field_in_order(self) -> None:
+        # a field added to Device needs a migration of the stored arrays (store/redis.py: DEVICE_LAYOUT)
+        require_redis_py()
+        from gb28181gw.gb.model import DEVICE_FIELDS
+        from gb28181gw.store.redis import DEVICE_LAYOUT
+
+        assert DEVICE_LAYOUT == DEVICE_FIELDS
+
+    async def test_a_large_batch_is_encoded_off_the_loop_and_refused_whole_all_the_same(self, redis_url: str) -> None:
+        from gb28181gw.store.redis import ENCODE_ON_LOOP, RedisStore
+
+        s = RedisStore(redis_url)
+        await s.open()
+        try:
+            batch = [device(i) for i in range(ENCODE_ON_LOOP + 1)]
+            batch[-1].port = 2**64
+            with pytest.raises(StoreRecordError):
+                await s.save_devices(batch)
+            batch[-1].port = 5060
+            await s.save_devices(batch)
+            assert await s.load_devices() == batch
+        finally:
+            await s.close()
+
+    async def test_an_unreachable_server_is_a_clear_error_naming_the_url(self) -> None:
+        require_redis_py()
+        from gb28181gw.store.redis import RedisStore
+
+        with pytest.raises(StoreError, match=r"cannot reach the Redis store at redis://127\.0\.0\.1:1/0"):
+            await RedisStore("redis://127.0.0.1:1/0").open()
+        with pytest.raises(StoreError, match="cannot be used"):
+            await RedisStore("http://127.0.0.1/").open()
+
+    async def test_a_password_is_never_shown(self) -> None:
+        require_redis_py()
+        from gb28181gw.store.redis import RedisStore
+
+        store = RedisStore("redis://:s3cret@127.0.0.1:1/0")
+        assert "s3cret" not in store.location
+        with pytest.raises(StoreError) as caught:
+            await store.open()
+        assert "s3cret" not in str(caught.value)
+
+    async def test_newer_schema_or_keys_without_one_are_refused_and_left_alone(
+        self, redis_server: RedisServer, redis_url: str
+    ) -> None:
+        from gb28181gw.store.redis import RedisStore
+
+        assert redis_server.command(b"SET", b"gbgw:schema", b"99") == b"+OK"
+        with pytest.raises(StoreError, match="newer than this gb28181gw"):
+            await RedisStore(redis_url).open()
+        redis_server.flush()
+        assert redis_server.command(b"HSET", b"gbgw:devices", b"34020000001320000001", b"{}") == b":1"
+        with pytest.raises(StoreError, match="no gbgw:schema"):
+            await RedisStore(redis_url).open()
+        assert redis_server.command(b"HLEN", b"gbgw:devices") == b":1"
+
+    async def test_damaged_records(self, redis_server: RedisServer, redis_url: str) -> None:
+        from gb28181gw.store.redis import RedisStore
+
+        s = RedisStore(redis_url)
+        await s.open()
+        try:
+            await s.save_bans([ban(1, 100.0), ban(2, 200.0), ban(3, 300.0)])
+            redis_server.command(b"HSET", b"gbgw:bans", b"ip:10.0.0.1", b"garbage")
+            redis_server.command(b"HSET", b"gbgw:bans", b"ip:10.0.0.2", b'["ip:10.0.0.2","",0,0,"x"]')
+            assert await s.load_bans() == [ban(3, 300.0)]  # dropped, not a failed start
+            redis_server.command(
+                b"HSET", b"gbgw:devices", b"34020000001320000001", b'{"device_id":"x","state":"banned"}'
+            )
+            with pytest.raises(StoreError, match="device 34020000001320000001 .* cannot be read"):
+                await s.load_devices()
+        finally:
+            await s.close()
+
+    async def test_two_writers_cannot_fork_the_audit_chain(self, redis_url: str) -> None:
+        from gb28181gw.store.redis import RedisStore
+
+        a, b = RedisStore(redis_url), RedisStore(redis_url)
+        await a.open()
+        await b.open()
+        try:
+            # each writer's idea of the head goes stale at every turn of the other
+            for n in range(0, 40, 4):
+                await asyncio.gather(
+                    a.append_audit([_entry(n), _entry(n + 1)]), b.append_audit([_entry(n + 2), _entry(n + 3)])
+                )
+            chain = await a.audit_chain()
+            assert [r.seq for r in chain] == list(range(1, 41)) and verify(chain) == []
+            assert (await b.audit_ends())[1] == Anchor(40, chain[-1].hash)
+        finally:
+            await a.close()
+            await b.close()
+
+    async def test_an_append_whose_answer_was_lost_is_not_written_twice(self, redis_url: str) -> None:
+        from gb28181gw.audit import GENESIS
+        from gb28181gw.store.redis import RedisStore
+
+        s = RedisStore(redis_url)
+        await s.open()
+        try:
+            entries = [_entry(1), _entry(2)]
+            written = await s.append_audit(entries)
+            s._audit_head = (0, GENESIS)  # as if the reply was lost and the same batch is tried again
+            assert await s.append_audit(entries) == written
+            assert await s.audit_chain() == written
+        finally:
+            await s.close()
+
+    async def test_retention_in_chunks_keeps_the_anchor(self, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        import gb28181gw.store.redis
+        from gb28181gw.store.redis import RedisStore
+
+        monkeypatch.setattr(gb28181gw.store.redis, "PRUNE_CHUNK", 2)
+        s = RedisStore(redis_url)
+        await s.open()
+        try:
+            records = await s.append_audit([_entry(n) for n in range(1, 8)])
+            assert await s.prune_audit(before=1006.0) == 5
+            anchor, _ = await s.audit_ends()
+            assert anchor == Anchor(5, records[4].hash)
+            assert verify(await s.audit_chain(), anchor) == []
+        finally:
+            await s.close()
+
+    async def test_a_server_gone_and_back_loses_nothing_written(self, tmp_path: Path) -> None:
+        # the store says it cannot write (the gateway's write-behind keeps the batch and retries,
+        # tests/shell/test_store_redis.py); once the server is back, writes go through again
+        require_redis_py()
+        from gb28181gw.store.redis import RedisStore
+
+        server = RedisServer(tmp_path / "redis", persistent=True)
+        server.start()
+        s = RedisStore(server.url)
+        try:
+            await s.open()
+            await s.save_devices([device(1)])
+            await s.append_audit([_entry(1)])
+            server.stop(kill=True)
+            with pytest.raises(StoreError, match="writing 1 devices in redis://127.0.0.1:.* failed"):
+                await s.save_devices([device(2)])
+            assert not s.writable and s.write_failures["store"] == 1
+            server.start()
+            await s.save_devices([device(2)])
+            await s.append_audit([_entry(2)])
+            assert s.writable
+            assert [d.device_id for d in await s.load_devices()] == [device(1).device_id, device(2).device_id]
+            assert verify(await s.audit_chain()) == []
+        finally:
+            await s.close()
+            server.stop()
+
+
+class TestRedisNode:
+    """``node:<id>``: one running gateway per node.id, as SQLite's lock allows one per file."""
+
+    async def test_a_second_gateway_with_the_same_node_id_is_refused_until_the_first_closes(
+        self, redis_server: RedisServer, redis_url: str
+    ) -> None:
+        from gb28181gw.store.redis import RedisStore
+
+        first = RedisStore(redis_url, node="n1")
+        await first.open()
+        try:
+            with pytest.raises(
+                StoreError, match=rf"node.id n1 is in use by a running gb28181gw \(pid {os.getpid()} on "
+            ):
+                await RedisStore(redis_url, node="n1").open()
+            other = RedisStore(redis_url, node="n2")  # another name is another node
+            await other.open()
+            await other.close()
+        finally:
+            await first.close()
+        assert redis_server.command(b"EXISTS", b"gbgw:node:n1") == b":0"
+        again = RedisStore(redis_url, node="n1")
+        await again.open()
+        await again.close()
+
+    async def test_the_claim_of_a_gateway_gone_from_this_host_is_taken_over(
+        self, redis_server: RedisServer, redis_url: str
+    ) -> None:
+        from gb28181gw.store.redis import RedisStore
+
+        gone = subprocess.Popen(["true"])
+        gone.wait()  # a pid no process has now: the gateway that held n1 was killed
+        claim = json.dumps({"pid": gone.pid, "host": socket.gethostname(), "token": "x"}).encode()
+        assert redis_server.command(b"SET", b"gbgw:node:n1", claim, b"PX", b"60000") == b"+OK"
+        s = RedisStore(redis_url, node="n1")
+        await s.open()
+        try:
+            assert str(os.getpid()).encode() in (redis_server.command(b"GET", b"gbgw:node:n1") or b"")
+        finally:
+            await s.close()
+
+    async def test_a_lapsed_claim_is_taken_again(
+        self, redis_server: RedisServer, redis_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import gb28181gw.store.redis
+        from gb28181gw.store.redis import RedisStore
+
+        monkeypatch.setattr(gb28181gw.store.redis, "NODE_TTL", 0.3)  # renewed every 0.1 s
+        s = RedisStore(redis_url, node="n1")
+        await s.open()
+        try:
+            redis_server.flush()  # as after a Redis restart without persistence
+            for _ in range(200):
+                if redis_server.command(b"EXISTS", b"gbgw:node:n1") == b":1":
+                    break
+                await asyncio.sleep(0.05)
+            assert redis_server.command(b"EXISTS", b"gbgw:node:n1") == b":1"
+        finally:
+            await s.close()

@@ -139,6 +139,15 @@ def test_lists_from_environment() -> None:
         ({"GB28181GW_AUDIT_RETENTION_DAYS": "0"}, "audit.retention_days", "from 1 to 36500"),
         # past a hundred years the pruning cut-off falls before year 1 and the gateway would crash at its first pass
         ({"GB28181GW_AUDIT_RETENTION_DAYS": "1000000000"}, "audit.retention_days", "from 1 to 36500"),
+        ({"GB28181GW_STORE_BACKEND": "postgres"}, "store.backend", "one of sqlite, redis"),
+        ({"GB28181GW_STORE_URL": "127.0.0.1:6379"}, "store.url", "must start with redis://"),
+        ({"GB28181GW_STORE_URL": "http://127.0.0.1:6379/0"}, "store.url", "must start with redis://"),
+        ({"GB28181GW_STORE_URL": "redis://127.0.0.1:port/0"}, "store.url", "not a Redis URL"),
+        ({"GB28181GW_STORE_URL": "redis:///0"}, "store.url", "names no host"),
+        ({"GB28181GW_STORE_URL": "redis://127.0.0.1:6379/zero"}, "store.url", "must be a number"),
+        ({"GB28181GW_STORE_URL": "unix://"}, "store.url", "no socket path"),
+        ({"GB28181GW_NODE_ID": "node 1"}, "node.id", "letters, digits"),
+        ({"GB28181GW_NODE_ID": "-n1"}, "node.id", "starting with a letter or digit"),
     ],
 )
 def test_bad_values_name_the_key(env: dict[str, str], key: str, fragment: str) -> None:
@@ -148,6 +157,23 @@ def test_bad_values_name_the_key(env: dict[str, str], key: str, fragment: str) -
     assert fragment in str(exc.value)
     if key.startswith(("sip.", "gateway.", "log.", "admin.")):
         assert "environment" in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://127.0.0.1:6379/0", "redis://:pw@redis.lan", "rediss://user:pw@10.0.0.5:6380/2", "unix:///run/redis.sock"],
+)
+def test_redis_urls_redis_py_takes_are_accepted(url: str) -> None:
+    config = load_config(
+        env={"GB28181GW_STORE_BACKEND": "redis", "GB28181GW_STORE_URL": url, "GB28181GW_NODE_ID": "n1"}
+    )
+    assert (config.store.backend, config.store.url, config.node.id) == ("redis", url, "n1")
+
+
+def test_the_redis_store_needs_a_node_id() -> None:
+    with pytest.raises(ConfigError, match=r"node\.id: is required with store\.backend = redis"):
+        load_config(env={"GB28181GW_STORE_BACKEND": "redis"})
+    assert load_config(env={}).node.id == ""  # SQLite needs none
 
 
 @pytest.mark.parametrize("value", ["192.168.1.300", "192.168.1", "camera lan", "gw_1.example.com"])

@@ -133,3 +133,28 @@ async def test_while_the_store_cannot_write_nothing_is_lost_and_readyz_fails(gat
     await _flushed(gateway)
     assert gateway.ready
     assert {d.device_id for d in await store.load_devices()} >= {"34020000001320000001", "34020000001320000002"}
+
+
+async def test_channels_and_alarms_that_came_while_the_store_could_not_write_are_written_later(
+    gateway: Gateway,
+) -> None:
+    from gb28181gw.gb.model import Alarm, Channel
+
+    store, devices = gateway.store, gateway.devices
+    assert isinstance(store, SqliteStore) and store._conn is not None
+    nvr = "34020000001180000001"
+    await asyncio.to_thread(exchange, gateway.stack.port, register(nvr, 1))
+    await gateway.registrar.flush()
+    await store._run(store._conn.close)  # the disk goes away
+    devices.channels[nvr] = {"34020000001310000001": Channel("34020000001310000001", nvr, "大门")}
+    await devices.write_channels(nvr)  # as after a catalog: no error, kept
+    devices._tasks.spawn(devices._write_alarm(Alarm("34020000001310000001", nvr, description="motion")))
+    await asyncio.sleep(0)
+    assert nvr in devices.unsaved_channels and not store.writable
+    store._conn = await store._run(lambda: sqlite3.connect(store.path, isolation_level=None, check_same_thread=False))
+    deadline = time.monotonic() + 20
+    while devices.unsaved_channels or not await store.load_alarms():
+        assert time.monotonic() < deadline, "the kept channels and alarm were never written"
+        await asyncio.sleep(0.1)
+    assert [c.name for c in await store.load_channels(nvr)] == ["大门"]
+    assert [a.description for a in await store.load_alarms()] == ["motion"]

@@ -56,14 +56,23 @@ def _store_options(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
+def _where(config: Config) -> str:
+    """The store of ``config``, for people (a Redis URL without its password)."""
+    if config.store.backend == "redis":
+        from gb28181gw.store.base import redact_url
+
+        return redact_url(config.store.url)
+    return config.store.path
+
+
 def _offline(config: Config, admin: str, work: Callable[[Any], Awaitable[_T]]) -> _T:
     """Run ``work(access)`` on the store file itself, recording the audit as ``cli``."""
+    from gb28181gw.app import make_store
     from gb28181gw.services.access import AccessService
     from gb28181gw.services.audit import AuditService, acting
-    from gb28181gw.store.sqlite import SqliteStore
 
     async def run() -> _T:
-        store = SqliteStore(config.store.path)
+        store = make_store(config.store)
         await store.open()
         try:
             audit = AuditService(store, retention_days=config.audit.retention_days)
@@ -82,7 +91,7 @@ def _offline(config: Config, admin: str, work: Callable[[Any], Awaitable[_T]]) -
         fail(str(exc), exc.hint)
     except StoreError as exc:
         fail(
-            f"no gateway answers at {admin}, and the store {str(config.store.path)!r} cannot be used: {exc}",
+            f"no gateway answers at {admin}, and the store {_where(config)!r} cannot be used: {exc}",
             "if a gateway is running on that store, its admin API is elsewhere or disabled: name it with --admin "
             "(or GB28181GW_ADMIN_URL), or set admin.enabled; tokens are changed on the store itself only with the "
             "gateway stopped. Is -c (or GB28181GW_CONFIG) the gateway's config?",
@@ -99,7 +108,7 @@ def _api_or_store(
         if not exc.unreachable:
             fail(exc.message, exc.hint)
     config = load(config_path, sets)
-    click.echo(f"no gateway answers at {admin}: working on the store {config.store.path}", err=True)
+    click.echo(f"no gateway answers at {admin}: working on the store {_where(config)}", err=True)
     return None, config
 
 

@@ -15,11 +15,11 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Set
 
 from gb28181gw.audit import Action
 from gb28181gw.config import DevicesSection
-from gb28181gw.errors import DeviceError
+from gb28181gw.errors import DeviceError, StoreError, StoreRecordError
 from gb28181gw.gb.catalog import ChannelUpdate, Position, channel_from_item
 from gb28181gw.gb.model import Alarm, Channel, Device
 from gb28181gw.gb.outbound import device_peer, device_uri, to_device
@@ -56,6 +56,11 @@ from .audit import AuditService, audited
 from .registrar import RegistrarService
 
 log = logging.getLogger("gb28181gw.devices")
+
+#: Seconds between attempts to write what the store could not take (channel lists, alarms).
+STORE_RETRY_INTERVAL = 1.0
+#: Alarms kept for the store while it cannot be written; beyond, the oldest are dropped.
+MAX_UNSAVED_ALARMS = 10_000
 
 #: CmdTypes counted by name in metrics (any other is counted as "other").
 _CMD_LABELS = {c.value.lower(): c.value for c in CmdType}
@@ -119,6 +124,11 @@ class DeviceService:
         self.alarms: deque[dict[str, str]] = deque(maxlen=1000)
         self._alarm_listeners: list[AlarmListener] = []
         self._reaper: asyncio.Task[None] | None = None
+        self._retrier: asyncio.Task[None] | None = None
+        # what the store could not take, written once it can (a Redis restart, a full disk): the
+        # devices whose whole channel list is to be written, and the alarms
+        self._unsaved_channels: set[str] = set()
+        self._unsaved_alarms: deque[Alarm] = deque(maxlen=MAX_UNSAVED_ALARMS)
         self._tasks = TaskSet()
         self._channel_listeners: list[Callable[[str], None]] = []
         self.queries = metrics.counter(QUERIES)
@@ -149,12 +159,22 @@ class DeviceService:
         for ch in await self.store.load_channels():
             self.channels.setdefault(ch.device_id, {})[ch.channel_id] = ch
         self._reaper = asyncio.get_running_loop().create_task(self._reap())
+        self._retrier = asyncio.get_running_loop().create_task(self._retry_writes())
 
     async def stop(self) -> None:
-        """Stop; pending queries fail."""
+        """Stop; pending queries fail; what the store could not take is tried once more."""
         if self._reaper is not None:
             self._reaper.cancel()
+        if self._retrier is not None:
+            self._retrier.cancel()
         self._tasks.cancel()
+        if self._unsaved_channels or self._unsaved_alarms:
+            await self._write_unsaved()
+            if self._unsaved_channels or self._unsaved_alarms:
+                log.error(
+                    "store cannot be written at shutdown: channel lists and alarms lost",
+                    extra={"devices": len(self._unsaved_channels), "alarms": len(self._unsaved_alarms)},
+                )
         waiting: list[asyncio.Future[Envelope] | asyncio.Future[CatalogResult]] = list(self._pending.values())
         waiting += [fut for _, fut, _ in self._catalogs.values()]
         for fut in waiting:
@@ -406,8 +426,7 @@ class DeviceService:
             self.partial.discard(result.device_id)
         self.channels[result.device_id] = chans
         self.channels_changed(result.device_id)
-        await self.registrar.flush()  # the device row first: channels reference it
-        await self.store.replace_channels(result.device_id, list(chans.values()))
+        await self.write_channels(result.device_id)
         log.info(
             "catalog stored",
             extra={
@@ -506,7 +525,7 @@ class DeviceService:
                 time.time(),
                 {k: v for k, v in alarm.items() if k not in known and k.lower() not in ("cmdtype", "sn")},
             )
-            self._tasks.spawn(self.store.save_alarms([record]))
+            self._tasks.spawn(self._write_alarm(record))
             self.alarm_count[code_label(alarm.get("AlarmMethod", "")), code_label(alarm.get("AlarmType", ""))] += 1
             log.info(
                 "alarm",
@@ -577,6 +596,76 @@ class DeviceService:
                             )
                         )
 
+    # --- writing behind a store that may be away ---------------------------------------
+
+    @property
+    def unsaved_channels(self) -> Set[str]:
+        """The devices whose channel list waits for the store to be writable again."""
+        return self._unsaved_channels
+
+    async def write_channels(self, device_id: str) -> None:
+        """Write the whole channel list kept of ``device_id``; while the store cannot be written it
+        is kept for :data:`STORE_RETRY_INTERVAL` retries (a value no store takes still raises
+        :class:`StoreRecordError`)."""
+        try:
+            await self.registrar.flush()  # the device row first: channels reference it
+            await self.store.replace_channels(device_id, list(self.channels.get(device_id, {}).values()))
+        except StoreRecordError:
+            raise
+        except StoreError as exc:
+            if device_id not in self._unsaved_channels:
+                log.warning(
+                    "channels kept until the store can be written", extra={"device": device_id, "error": str(exc)}
+                )
+            self._unsaved_channels.add(device_id)
+        else:
+            self._unsaved_channels.discard(device_id)
+
+    async def _write_alarm(self, alarm: Alarm) -> None:
+        try:
+            await self.store.save_alarms([alarm])
+        except StoreRecordError:
+            raise
+        except StoreError:
+            self._unsaved_alarms.append(alarm)
+
+    async def _write_unsaved(self) -> None:
+        """One attempt at what the store could not take; what still fails stays for the next."""
+        if self._unsaved_alarms:
+            batch = list(self._unsaved_alarms)
+            try:
+                await self.store.save_alarms(batch)
+            except StoreRecordError:
+                for alarm in batch:  # the ones no store takes are dropped (logged), the others written
+                    try:
+                        await self.store.save_alarms([alarm])
+                    except StoreRecordError as exc:
+                        log.error("alarm cannot be stored", extra={"device": alarm.device_id, "error": str(exc)})
+                    except StoreError:
+                        return
+            except StoreError:
+                return
+            for _ in batch:
+                self._unsaved_alarms.popleft()
+        for device_id in list(self._unsaved_channels):
+            try:
+                await self.write_channels(device_id)
+            except StoreRecordError as exc:
+                self._unsaved_channels.discard(device_id)  # its next catalog tries again
+                log.error("channels cannot be stored", extra={"device": device_id, "error": str(exc)})
+            if device_id in self._unsaved_channels:
+                return  # still away
+
+    async def _retry_writes(self) -> None:
+        while True:
+            await asyncio.sleep(STORE_RETRY_INTERVAL)
+            if self._unsaved_channels or self._unsaved_alarms:
+                try:
+                    await self._write_unsaved()
+                except Exception:
+                    # a bug; the retrier must outlive it, or nothing would be written again
+                    log.exception("writing kept channels and alarms failed; will retry")
+
     def _on_registered(self, device: Device) -> None:
         if not self.settings.catalog_on_register:
             return
@@ -604,7 +693,7 @@ class DeviceService:
         for ch in chans.values():
             ch.status = "OFF"
         self.channels_changed(device.device_id)
-        self._tasks.spawn(self.store.replace_channels(device.device_id, list(chans.values())))
+        self._tasks.spawn(self.write_channels(device.device_id))
 
     def channel_from_item(
         self, device_id: str, item: CatalogItem, *, previous: Channel | None = None, default_status: str = ""

@@ -19,7 +19,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gb28181gw.config import DevicesSection
-from gb28181gw.errors import DialogError, ManscdpError, SipParseError, SipTimeoutError, SipTransportError
+from gb28181gw.errors import (
+    DialogError,
+    ManscdpError,
+    SipParseError,
+    SipTimeoutError,
+    SipTransportError,
+    StoreError,
+    StoreRecordError,
+)
 from gb28181gw.gb.model import Channel, Device
 from gb28181gw.gb.outbound import device_dialog
 from gb28181gw.manscdp.messages import CONTENT_TYPE, CmdType, Root, decode, encode, list_items
@@ -318,5 +326,14 @@ class SubscriptionService:
         # one at a time, in the order the events came: an ADD written after its DEL would
         # bring the channel back in the store
         async with self._persisting:
-            await self.registrar.flush()  # the device row first: channels reference it
-            await self.devices.store.update_channels(device_id, upserts, deletes)
+            if device_id in self.devices.unsaved_channels:
+                # an earlier change did not reach the store: the whole list it keeps is written instead
+                await self.devices.write_channels(device_id)
+                return
+            try:
+                await self.registrar.flush()  # the device row first: channels reference it
+                await self.devices.store.update_channels(device_id, upserts, deletes)
+            except StoreRecordError:
+                raise
+            except StoreError:
+                await self.devices.write_channels(device_id)  # kept whole for the retries if the store is away

@@ -1,1 +1,1 @@
-"""Persistence: one interface (:mod:`.base`), an embedded SQLite default, Redis later."""
+"""Persistence: one interface (:mod:`.base`), an embedded SQLite default, and Redis (:mod:`.redis`)."""

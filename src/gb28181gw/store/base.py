@@ -8,9 +8,11 @@ than clever queries.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from gb28181gw.access import Token
 from gb28181gw.audit import Anchor, AuditEntry, AuditQuery, AuditRecord
@@ -18,16 +20,47 @@ from gb28181gw.gb.ledger import LedgerEntry
 from gb28181gw.gb.model import Alarm, Ban, Channel, Device, Override, ShareEntry
 
 
+def params_json(entry: AuditEntry) -> str:
+    """How every backend stores an audit entry's parameters: JSON with sorted keys, text kept as text."""
+    return json.dumps(dict(entry.params), ensure_ascii=False, sort_keys=True, default=str)
+
+
+def stored_audit(seq: int, fields: Sequence[Any], digest: str) -> AuditRecord:
+    """The record a backend stored: ``fields`` are time, actor, source, action, target, the
+    parameters as :func:`params_json` wrote them, result and detail."""
+    time, actor, source, action, target, params, result, detail = fields
+    try:
+        values = json.loads(params)
+        if not isinstance(values, dict):
+            raise ValueError("parameters are not an object")
+    except ValueError as exc:
+        # shown, not hidden: verify reports the record as altered, since its hash cannot match
+        values = {"unreadable": f"{exc}: {str(params)[:200]}"}
+    return AuditRecord(seq, AuditEntry(time, actor, source, action, target, values, result, detail), digest)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (what logs and ``status`` show)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 class Store(Protocol):
     """Async persistence of devices, channels, alarms, bans, superiors' shares and overrides, and the ledger.
 
     Attributes:
+        location: where it is, for people (the SQLite file; the Redis URL without its password).
         writable: whether the last write reached the store (``/readyz`` fails while it is false).
         last_error: what the last failed write said ("" if none failed).
         write_failures: failed writes by kind: ``store`` (the store could not be written) or
             ``record`` (one batch held a value the store refuses, :class:`~gb28181gw.errors.StoreRecordError`).
     """
 
+    location: str
     writable: bool
     last_error: str
     write_failures: Counter[str]

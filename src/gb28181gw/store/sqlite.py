@@ -32,6 +32,7 @@ from gb28181gw.audit import Anchor, AuditEntry, AuditQuery, AuditRecord, chain_h
 from gb28181gw.errors import StoreError, StoreRecordError
 from gb28181gw.gb.ledger import LedgerEntry
 from gb28181gw.gb.model import BAN_FIELDS, DEVICE_FIELDS, Alarm, Ban, Channel, Device, Override, ShareEntry
+from gb28181gw.store.base import params_json, stored_audit
 
 T = TypeVar("T")
 log = logging.getLogger("gb28181gw.store")
@@ -250,6 +251,7 @@ class SqliteStore:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self.location = str(self.path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gb28181gw-sqlite")
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
@@ -656,7 +658,7 @@ class SqliteStore:
 
     async def append_audit(self, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
         rows = [
-            self._row((e.time, e.actor, e.source, str(e.action), e.target, _params_json(e), str(e.result), e.detail))
+            self._row((e.time, e.actor, e.source, str(e.action), e.target, params_json(e), str(e.result), e.detail))
             for e in entries
         ]
 
@@ -737,19 +739,8 @@ class SqliteStore:
         return await self._run(lambda: self._in_transaction(prune, "removing audit records past their retention"))
 
     def _audit(self, row: Sequence[Any]) -> AuditRecord:
-        seq, time, actor, source, action, target, params, result, detail, digest = (_from_sql(v) for v in row)
-        try:
-            values = json.loads(params)
-            if not isinstance(values, dict):
-                raise ValueError("parameters are not an object")
-        except ValueError as exc:
-            # shown, not hidden: verify reports the record as altered, since its hash cannot match
-            values = {"unreadable": f"{exc}: {str(params)[:200]}"}
-        return AuditRecord(seq, AuditEntry(time, actor, source, action, target, values, result, detail), digest)
+        seq, *fields, digest = (_from_sql(v) for v in row)
+        return stored_audit(seq, fields, digest)
 
 
 _AUDIT_COLUMNS = "seq, time, actor, source, action, target, params, result, detail, hash"
-
-
-def _params_json(entry: AuditEntry) -> str:
-    return json.dumps(dict(entry.params), ensure_ascii=False, sort_keys=True, default=str)
