@@ -242,3 +242,71 @@ def test_a_holder_stopped_longer_than_its_lease_sends_nothing_upward_after_it_co
     assert holder.proc.poll() is None
     out = holder.end()
     assert "stops sending upward" in out or "held by another node" in out, out[-3000:]
+
+
+def test_a_clean_stop_unregisters_then_hands_the_superior_over_at_once(
+    two_nodes: tuple[Node, Node], superior: Superior
+) -> None:
+    holder, other = holder_and_other(two_nodes, superior)
+    first = superior.registers()[0]
+    holder.proc.send_signal(signal.SIGTERM)
+    out = holder.proc.communicate(timeout=15)[0]
+    assert holder.proc.returncode == 0, out[-3000:]
+    assert "unregistered upward" in out and "released the superior's lease" in out, out[-3000:]
+    until(lambda: bool(superior.registers(other.sip)), 15, "the other node's REGISTER")
+    unregister = next(r for r in superior.registers(holder.sip) if r.expires == "0")
+    (taken,) = superior.registers(other.sip)
+    assert unregister.call_id == first.call_id and taken.call_id != first.call_id
+    assert unregister.at <= taken.at  # the superior never had two registrations of us
+
+
+def test_without_redis_the_holder_fences_itself_and_registers_afresh_when_it_is_back(
+    tmp_path: Path, redis: RedisServer, superior: Superior
+) -> None:
+    node = start_node(tmp_path, "n1", redis, superior)
+    try:
+        wait_ready(node.admin, node.proc)
+        until(lambda: node.upstream()["state"] == "registered", 15, "registered")
+        first = superior.registers()[0]
+        redis.stop(kill=True)
+        until(lambda: node.upstream()["state"] != "registered", 15, "the fence")
+        fenced = time.time()
+        time.sleep(3 * 1.0)  # three keepalive intervals: none goes while Redis is away
+        assert [r for r in superior.received() if r.at > fenced] == []
+        assert node.upstream()["holder"] == "n1"  # as last known: nobody else could take it either
+        redis.start()  # empty: the lease is gone; the node takes it anew
+        until(lambda: len(superior.registers()) >= 2, 15, "a new REGISTER")
+        again = superior.registers()[1]
+        assert again.call_id != first.call_id and again.expires == "3600"
+    finally:
+        out = node.end()
+    assert "the superior's lease went unconfirmed" in out, out[-3000:]
+
+
+async def test_redis_leases_take_renew_and_release_by_token(redis: RedisServer) -> None:
+    from gb28181gw.errors import StoreError
+    from gb28181gw.store.leases import RedisLeases
+
+    leases = RedisLeases(redis.url)
+    await leases.open()
+    try:
+        assert await leases.acquire("upstream:d", "n1", "aaaa", 5.0) == (1, "", None)
+        assert await leases.acquire("upstream:d", "n1", "aaaa", 5.0) == (1, "", None)  # a retried take: still ours
+        epoch, value, left = await leases.acquire("upstream:d", "n2", "bbbb", 5.0)
+        assert epoch == 0 and value == "n1 1 aaaa" and left is not None and 4.0 < left <= 5.0
+        assert await leases.renew("upstream:d", "bbbb", 5.0) == "n1 1 aaaa"  # not n2's
+        assert not await leases.release("upstream:d", "bbbb")
+        assert await leases.renew("upstream:d", "aaaa", 5.0) is None
+        assert await leases.release("upstream:d", "aaaa")
+        assert await leases.renew("upstream:d", "aaaa", 5.0) == ""  # gone
+        assert await leases.acquire("upstream:d", "n2", "bbbb", 5.0) == (2, "", None)  # a new epoch
+    finally:
+        await leases.close()
+    redis.stop(kill=True)
+    away = RedisLeases(redis.url, timeout=0.5)
+    await away.open()
+    try:
+        with pytest.raises(StoreError, match="lease operation"):
+            await away.acquire("upstream:d", "n1", "cccc", 5.0)
+    finally:
+        await away.close()
