@@ -200,6 +200,7 @@ class UpstreamService:
         self._zone = zone
         self._rng = rng
         self._leases = leases
+        self._stopping = False
         self.node = config.node.id
         self.stack = stack
         self.store = store
@@ -427,6 +428,7 @@ class UpstreamService:
         loop = self._loop
         if loop is None:
             return
+        self._stopping = True  # a lease gained from now on is released, not registered with
         for link in self.links.values():
             self._locate(link.machine)
             link.machine.stop(loop.time())
@@ -567,6 +569,8 @@ class UpstreamService:
         name = link.section.name
         if isinstance(event, Gained):
             self._lease_changes[(name, "gained")] += 1
+            if self._stopping:
+                return  # shutting down: stop() releases it
             log.info(
                 "took the superior's lease: this node registers upward",
                 extra={"upstream": name, "node": self.node, "epoch": event.epoch},
