@@ -492,7 +492,7 @@ class UpstreamService:
     async def _send(self, link: Link, out: Outgoing) -> None:
         assert self._loop is not None
         m = link.machine
-        if link.lease is not None and (m is not link.machine or not self._may_send(link)):
+        if link.lease is not None and not self._may_send(link):
             return  # not (or no longer surely) the holder: nothing goes upward; the machine is abandoned
         try:
             response = await self.stack.request(out.request, out.peer)
@@ -664,6 +664,13 @@ class UpstreamService:
 
     # --- what the operator sees ------------------------------------------------------------
 
+    @staticmethod
+    def _state_name(link: Link) -> str:
+        m = link.machine
+        if link.lease is not None and not link.lease.held and m.state in (UpstreamState.IDLE, UpstreamState.STOPPED):
+            return "standby"  # another node holds the superior's lease (or Redis cannot say)
+        return _STATE_NAMES[m.state]
+
     def listing(self) -> list[dict[str, Any]]:
         """Every superior as ``gb28181gw upstreams`` and ``GET /api/v1/upstreams`` show it."""
         rows = []
@@ -676,7 +683,7 @@ class UpstreamService:
                     "id": m.server_id,
                     "address": f"{m.peer.transport.lower()}:{m.peer.host}:{m.peer.port}",
                     "local_id": s.local_id,
-                    "state": _STATE_NAMES[m.state],
+                    "state": self._state_name(link),
                     "registered": m.registered,
                     "expires": m.granted if m.registered else None,
                     "last_register": link.last_register,
