@@ -24,7 +24,8 @@ because renewals went unconfirmed, stops the link without an Expires: 0 (which w
 new holder's registration away). Every request upward first asks the lease
 (:meth:`~gb28181gw.gb.lease.Lease.may_send` with the loop's time), so that a process resumed
 after a pause sends nothing on a lease that may have expired meanwhile. On a clean stop the
-holder unregisters, then releases the lease so that another node takes over at once.
+holder unregisters, then releases the lease: another node takes over at its next try (a third
+of the lease) rather than when the lease would have expired.
 """
 
 from __future__ import annotations
@@ -150,6 +151,7 @@ class Link:
         last_error: why the last attempt failed (``""`` once registered).
         lease: this node's hold on the superior's lease (``None``: a single node, no lease).
         lease_timer: the lease machine's armed ``call_at``.
+        released: set once the lease machine stopped (on shutdown).
     """
 
     machine: Upstream
