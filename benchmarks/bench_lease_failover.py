@@ -24,13 +24,15 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(1, str(ROOT))
+sys.path.insert(2, str(Path(__file__).resolve().parent))
 from tests.redis_server import RedisServer  # noqa: E402
+
+from bench_options import free_port, start_server  # noqa: E402
 
 SUPERIOR = "34010000002000000001"
 OURS = "34020000002000000001"
@@ -67,33 +69,14 @@ class Superior(threading.Thread):
             self.sock.sendto(("\r\n".join(answer) + "\r\nContent-Length: 0\r\n\r\n").encode(), addr)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_node(
-    name: str, sip: int, admin: int, redis: RedisServer, sup: Superior, lease: float, cfg: Path
-) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gb28181gw", "serve", "-c", str(cfg), "--id", OURS, "--listen", "127.0.0.1",
-         "--port", str(sip), "--admin-port", str(admin), "--log-level", "warning",
-         "--set", "store.backend=redis", "--set", f"store.url={redis.url}", "--set", f"node.id={name}",
-         "--set", f"node.lease_seconds={lease}", "--set", "media.workers=0",
-         "--set", "devices.catalog_on_register=false", "--set", "devices.subscribe="],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+def start_node(name: str, sip: int, admin: int, redis: RedisServer, lease: float, cfg: Path) -> subprocess.Popen[bytes]:
+    """Node ``name``, pinned to a CPU of its own, once ready."""
+    return start_server(
+        sip, admin, 0 if name == "n1" else 1, "-c", str(cfg), "--id", OURS,
+        "--set", "store.backend=redis", "--set", f"store.url={redis.url}", "--set", f"node.id={name}",
+        "--set", f"node.lease_seconds={lease}", "--set", "media.workers=0",
+        "--set", "devices.catalog_on_register=false", "--set", "devices.subscribe=",
     )  # fmt: skip
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=1) as resp:
-                if resp.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"node {name} did not start")
 
 
 def wait_register(
@@ -125,7 +108,7 @@ def main() -> None:
         'password = "p"\nkeepalive_interval = 1\nretry_interval = 1.0\nretry_max = 2.0\n'
     )
     names = {"n1": (free_port(), free_port()), "n2": (free_port(), free_port())}
-    procs = {n: start_node(n, sip, adm, redis, sup, args.lease, cfg) for n, (sip, adm) in names.items()}
+    procs = {n: start_node(n, sip, adm, redis, args.lease, cfg) for n, (sip, adm) in names.items()}
     times: list[float] = []
     try:
         reg = wait_register(sup, 0)
@@ -142,7 +125,7 @@ def main() -> None:
             assert new[2] != reg[2], "the survivor must register with a new Call-ID"
             times.append(new[0] - ended)
             procs[holder].wait(timeout=30)
-            procs[holder] = start_node(holder, *names[holder], redis, sup, args.lease, cfg)
+            procs[holder] = start_node(holder, *names[holder], redis, args.lease, cfg)
             reg = new
             time.sleep(args.lease / 3)  # the restarted node is standing by
     finally:
