@@ -16,8 +16,8 @@ shell asks :meth:`Lease.may_send` before every request upward, which runs an ove
 first. The margin covers the time from that check to the datagram leaving.
 
 Like the other machines of the core this one is sans-I/O: the shell sends what
-:meth:`Lease.requests_to_send` returns (take, renew, release: Redis scripts comparing on the
-lease's value), reports each answer with the time (:meth:`Lease.taken`, :meth:`Lease.busy`,
+:meth:`Lease.requests_to_send` returns (take, renew, release: Redis scripts comparing on our
+take's token), reports each answer with the time (:meth:`Lease.taken`, :meth:`Lease.busy`,
 :meth:`Lease.renewed`, :meth:`Lease.gone`, :meth:`Lease.failed`, :meth:`Lease.released`), runs
 :meth:`Lease.handle_timer` at :meth:`Lease.get_timer`, and drains :meth:`Lease.next_event`.
 States and inputs meet in one table, :data:`TRANSITIONS`; a pair it does not list raises
@@ -31,7 +31,7 @@ What the states mean:
 - ``ACQUIRING``: a take is out (``SET`` if absent, with a new epoch from a counter).
 - ``HELD`` / ``RENEWING``: ours; upward requests may go until the fence time.
 - ``FENCED``: no confirmation in time: nothing goes upward; renewals go on (compare on our
-  value). Confirmed again: held again (the superior is registered with afresh); answered "not
+  token). Confirmed again: held again (the superior is registered with afresh); answered "not
   yours" (it expired, another node took it): standby.
 - ``RELEASING`` / ``RELEASED``: shutting down: the lease is deleted if it is still ours, so
   that another node takes over at once rather than after the time to live.
