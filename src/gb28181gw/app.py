@@ -20,7 +20,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gb28181gw import __version__
 from gb28181gw.admin import AdminServer, add_device_routes, add_stream_routes, add_upstream_routes
@@ -73,6 +73,9 @@ from gb28181gw.sip.message import Limits
 from gb28181gw.sip.timers import TimerConfig
 from gb28181gw.store.base import Store
 from gb28181gw.store.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from gb28181gw.store.leases import RedisLeases
 
 log = logging.getLogger("gb28181gw.app")
 
@@ -159,8 +162,9 @@ class Gateway:
             audit=self.audit,
         )
         zone = parse_time_zone(config.gateway.time_zone)
+        self.leases = make_leases(config)
         self.upstreams = UpstreamService(
-            self.stack, config, metrics=self.metrics, zone=zone, store=self.store, audit=self.audit
+            self.stack, config, metrics=self.metrics, zone=zone, store=self.store, audit=self.audit, leases=self.leases
         )
         self.cascade_requests = CascadeRequestService(
             self.stack, self.upstreams, self.devices, gateway_id=config.gateway.id, zone=zone, audit=self.audit
@@ -276,6 +280,8 @@ class Gateway:
         self.forms.start()
         await self.stack.listen(replace(c.sip, tcp_max_connections=tcp_connection_budget(c)))
         await self.streams.start()
+        if self.leases is not None:
+            await self.leases.open()
         await self.upstreams.start()  # once listening: the superiors answer to our SIP port
         await self.cascade_catalog.start()
         if c.admin.enabled:
@@ -370,7 +376,9 @@ class Gateway:
         await self.cascade_media.stop()  # BYE in every superior's dialog, first: its consumers go
         await self.streams.stop()  # BYE to every device while the stack still runs
         await self.cascade_catalog.stop()
-        await self.upstreams.stop()  # Expires: 0 to every superior while the stack still runs
+        await self.upstreams.stop()  # Expires: 0 to every superior while the stack still runs, then leases released
+        if self.leases is not None:
+            await self.leases.close()
         await self.cascade_requests.stop()
         await self.stack.close(timeout=self.config.runtime.shutdown_timeout)
         await self.subscriptions.stop()
@@ -506,6 +514,16 @@ def make_store(section: StoreSection, *, node: str = "") -> Store:
             raise StoreError(f"store.backend = redis needs redis-py ({exc}): pip install 'gb28181gw[redis]'") from None
         return RedisStore(section.url, node=node)
     return SqliteStore(section.path)
+
+
+def make_leases(config: Config) -> RedisLeases | None:
+    """Where superiors' leases are kept: with several nodes on a Redis store and superiors configured (issue 17)."""
+    if config.store.backend != "redis" or not config.upstreams:
+        return None
+    from gb28181gw.store.leases import RedisLeases  # redis-py: checked by make_store already
+
+    # an answer later than a tenth of the lease is of no use to it (the lease asks again)
+    return RedisLeases(config.store.url, timeout=min(1.0, config.node.lease_seconds / 10))
 
 
 def build_relays(config: Config) -> list[Relay]:

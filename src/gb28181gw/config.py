@@ -451,6 +451,11 @@ def _node_id(v: str) -> str | None:
     return "must be 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit (n1)"
 
 
+def _lease_seconds(v: float) -> str | None:
+    # below this, a renewal every third of it competes with Redis round trips and event-loop stalls
+    return None if v >= 1.0 else "must be at least 1 (seconds)"
+
+
 @dataclass(frozen=True, slots=True)
 class NodeSection:
     """This gateway as one of several nodes sharing a Redis store (issue 17)."""
@@ -460,6 +465,12 @@ class NodeSection:
         "this node's name, unique among the gateways sharing a Redis store: required with store.backend = redis, "
         "where a second running gateway with the same name is refused",
         _node_id,
+    )
+    lease_seconds: float = _opt(
+        10.0,
+        "time to live of a superior's lease (redis backend): one node registers upward to each superior and "
+        "renews its lease every third of this; another node takes over within this after the holder dies",
+        _lease_seconds,
     )
 
 

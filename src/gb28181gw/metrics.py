@@ -208,6 +208,18 @@ UPSTREAM_NOTIFIES = Family(
 UPSTREAM_STREAMS = Family(
     "gb28181gw_upstream_streams", Kind.GAUGE, "Streams served to each superior now", ("upstream",)
 )
+UPSTREAM_LEASE_HELD = Family(
+    "gb28181gw_upstream_lease_held",
+    Kind.GAUGE,
+    "Whether this node holds each superior's lease (several nodes on Redis: the holder registers upward; 0/1)",
+    ("upstream",),
+)
+UPSTREAM_LEASE_CHANGES = Family(
+    "gb28181gw_upstream_lease_changes",
+    Kind.COUNTER,
+    "Changes of this node's hold on superiors' leases (gained, fenced, lost, released)",
+    ("upstream", "change"),
+)
 UPSTREAM_REQUESTS = Family(
     "gb28181gw_upstream_requests",
     Kind.COUNTER,
@@ -275,6 +287,7 @@ FAMILIES: tuple[Family, ...] = (
     MEDIA_SESSIONS_ACTIVE, MEDIA_SESSIONS, PLAYBACK_CONTROLS, DOWNLOAD_BYTES, DOWNLOADS,
     UPSTREAM_REGISTERED, UPSTREAM_REGISTER_FAILURES, UPSTREAM_KEEPALIVE_FAILURES,
     UPSTREAM_CATALOG_ITEMS, UPSTREAM_NOTIFIES, UPSTREAM_STREAMS, UPSTREAM_REQUESTS,
+    UPSTREAM_LEASE_HELD, UPSTREAM_LEASE_CHANGES,
     DOCTOR_CHECKS,
     AUDIT_RECORDS, AUDIT_UNWRITTEN, ADMIN_REFUSED, SIP_FLOOD_BANS, SIP_FLOOD_DROPPED, SIP_FLOOD_BANNED,
 )  # fmt: skip

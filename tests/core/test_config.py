@@ -148,6 +148,7 @@ def test_lists_from_environment() -> None:
         ({"GB28181GW_STORE_URL": "unix://"}, "store.url", "no socket path"),
         ({"GB28181GW_NODE_ID": "node 1"}, "node.id", "letters, digits"),
         ({"GB28181GW_NODE_ID": "-n1"}, "node.id", "starting with a letter or digit"),
+        ({"GB28181GW_NODE_LEASE_SECONDS": "0.5"}, "node.lease_seconds", "at least 1"),
     ],
 )
 def test_bad_values_name_the_key(env: dict[str, str], key: str, fragment: str) -> None:
@@ -174,6 +175,11 @@ def test_the_redis_store_needs_a_node_id() -> None:
     with pytest.raises(ConfigError, match=r"node\.id: is required with store\.backend = redis"):
         load_config(env={"GB28181GW_STORE_BACKEND": "redis"})
     assert load_config(env={}).node.id == ""  # SQLite needs none
+
+
+def test_the_superior_lease_lasts_ten_seconds_unless_set() -> None:
+    assert load_config(env={}).node.lease_seconds == 10.0
+    assert load_config(env={"GB28181GW_NODE_LEASE_SECONDS": "2.5"}).node.lease_seconds == 2.5
 
 
 @pytest.mark.parametrize("value", ["192.168.1.300", "192.168.1", "camera lan", "gw_1.example.com"])

@@ -48,6 +48,7 @@ UPSTREAM_COLUMNS = (
     Column("streams", "streams_served"),
     Column("failures", _failures),
     Column("last error", "last_error"),
+    Column("holder", lambda r: r.get("holder") or ""),  # several nodes: which one registers upward
 )
 
 

@@ -130,6 +130,7 @@ class UpstreamInput(IntEnum):
     KEEPALIVE_MISSED = auto()  # a keepalive failed, fewer than keepalive_misses in a row
     LOST = auto()  # keepalive_misses failures in a row, or a 403/404 to a keepalive
     STOP = auto()  # the shell shuts down
+    ABANDON = auto()  # another node acts for this superior now (its lease is gone): stop without a word
 
 
 class Output(IntEnum):
@@ -177,6 +178,8 @@ _FAIL = (S.BACKOFF, (O.DISARM, O.GO_HOME, O.ARM_RETRY))
 _FAIL_LOST = (S.BACKOFF, (O.DISARM, O.GO_HOME, O.ANNOUNCE_LOST, O.ARM_RETRY))
 _LOST = (S.REGISTERING, (O.DISARM, O.GO_HOME, O.ANNOUNCE_LOST, O.SEND_REGISTER))
 _REGISTERED = (S.REGISTERED, (O.ARM_REFRESH, O.ARM_KEEPALIVE, O.ANNOUNCE_REGISTERED))
+_ABANDON = (S.STOPPED, (O.DISARM, O.ANNOUNCE_STOPPED))
+_ABANDON_LOST = (S.STOPPED, (O.DISARM, O.ANNOUNCE_LOST, O.ANNOUNCE_STOPPED))
 
 #: Every legal (state, input) pair.
 TRANSITIONS: Table = {
@@ -216,6 +219,15 @@ TRANSITIONS: Table = {
     (S.UNREGISTERING, I.TIMED_OUT): (S.STOPPED, (O.ANNOUNCE_STOPPED,)),
     (S.UNREGISTERING, I.STOP): (S.UNREGISTERING, ()),
     (S.STOPPED, I.STOP): (S.STOPPED, ()),
+    # issue 17: the node holding the superior's lease registers anew (its own Call-ID); an
+    # Expires: 0 from us would take that registration away, and nothing more may go upward
+    (S.IDLE, I.ABANDON): _ABANDON,
+    (S.REGISTERING, I.ABANDON): _ABANDON,
+    (S.REGISTERED, I.ABANDON): _ABANDON_LOST,
+    (S.REFRESHING, I.ABANDON): _ABANDON_LOST,
+    (S.BACKOFF, I.ABANDON): _ABANDON,
+    (S.UNREGISTERING, I.ABANDON): _ABANDON,
+    (S.STOPPED, I.ABANDON): (S.STOPPED, ()),
 }
 
 _TIMER_INPUTS = frozenset({I.REFRESH_DUE, I.RETRY_DUE, I.KEEPALIVE_DUE})
@@ -525,6 +537,15 @@ class Upstream:
             self._challenge = None  # the Expires: 0 is challenged afresh
             self._answered = self._stale = 0
         self._apply(I.STOP, now)
+
+    def abandon(self, now: float) -> None:
+        """Stop at once without unregistering: another node registers with the superior now (issue 17).
+
+        What is queued and not yet sent is dropped; :class:`Lost` (when registered) and
+        :class:`Stopped` follow.
+        """
+        self._requests.clear()
+        self._apply(I.ABANDON, now, lost="another gateway node holds this superior's lease")
 
     def requests_to_send(self) -> list[Outgoing]:
         """The requests queued since the last call (send each and report its outcome by ``ref``)."""

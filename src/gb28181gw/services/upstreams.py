@@ -15,6 +15,17 @@ platform that leaves them unanswered).
 
 :meth:`UpstreamService.on_lost` tells the stream side when a superior is lost (keepalives
 unanswered, refresh refused, shutdown): what is served to it must be released.
+
+**Several nodes** (issue 17: a Redis store, ``leases`` given): a superior must see one
+registration, so each link runs only while this node holds ``lease:upstream:<name>``
+(:mod:`gb28181gw.gb.lease`; Redis side :mod:`gb28181gw.store.leases`). Gaining it starts a
+fresh registration (a new machine: new Call-ID, tag and CSeq); losing it, or fencing itself
+because renewals went unconfirmed, stops the link without an Expires: 0 (which would take the
+new holder's registration away). Every request upward first asks the lease
+(:meth:`~gb28181gw.gb.lease.Lease.may_send` with the loop's time), so that a process resumed
+after a pause sends nothing on a lease that may have expired meanwhile. On a clean stop the
+holder unregisters, then releases the lease: another node takes over at its next try (a third
+of the lease) rather than when the lease would have expired.
 """
 
 from __future__ import annotations
@@ -27,11 +38,24 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from gb28181gw.audit import Action
 from gb28181gw.config import Config, UpstreamSection
-from gb28181gw.errors import SipTimeoutError, SipTransportError, UpstreamError
+from gb28181gw.errors import SipTimeoutError, SipTransportError, StoreError, UpstreamError
+from gb28181gw.gb.lease import (
+    RENEW_FRACTION,
+    Fenced,
+    Gained,
+    Lease,
+    LeaseEvent,
+    LeaseLost,
+    LeaseOp,
+    LeaseRequest,
+    LeaseSettings,
+    Released,
+    holder_of,
+)
 from gb28181gw.gb.model import Override, ShareEntry
 from gb28181gw.gb.share import ShareRule
 from gb28181gw.gb.upstream import (
@@ -50,6 +74,8 @@ from gb28181gw.gb.upstream import (
 from gb28181gw.ids import is_id_prefix
 from gb28181gw.metrics import (
     UPSTREAM_KEEPALIVE_FAILURES,
+    UPSTREAM_LEASE_CHANGES,
+    UPSTREAM_LEASE_HELD,
     UPSTREAM_REGISTER_FAILURES,
     UPSTREAM_REGISTERED,
     UPSTREAM_REQUESTS,
@@ -68,10 +94,23 @@ log = logging.getLogger("gb28181gw.upstream")
 #: Seconds a clean shutdown waits for the superiors to confirm our Expires: 0.
 UNREGISTER_TIMEOUT = 5.0
 
+#: Seconds a clean shutdown waits for Redis to confirm the release of the superiors' leases.
+RELEASE_TIMEOUT = 2.0
+
 #: Listener told that a superior was lost: (its name, why).
 LostListener = Callable[[str, str], None]
 #: Listener told that what a superior may see changed by the operator's hand (its name).
 ViewListener = Callable[[str], None]
+
+
+class LeaseKeeper(Protocol):
+    """Where leases are kept (:class:`gb28181gw.store.leases.RedisLeases`); each call raises StoreError when it cannot."""
+
+    async def acquire(self, name: str, node: str, token: str, ttl: float) -> tuple[int, str, float | None]: ...
+
+    async def renew(self, name: str, token: str, ttl: float) -> str | None: ...
+
+    async def release(self, name: str, token: str) -> bool: ...
 
 
 def upstream_settings(config: Config, up: UpstreamSection) -> UpstreamSettings:
@@ -110,6 +149,9 @@ class Link:
         last_register / last_keepalive: wall-clock epoch of the last success (``None``: never).
         register_failures / keepalive_failures: totals since start.
         last_error: why the last attempt failed (``""`` once registered).
+        lease: this node's hold on the superior's lease (``None``: a single node, no lease).
+        lease_timer: the lease machine's armed ``call_at``.
+        released: set once the lease machine stopped (on shutdown).
     """
 
     machine: Upstream
@@ -123,6 +165,9 @@ class Link:
     keepalive_failures: int = 0
     last_error: str = ""
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    lease: Lease | None = None
+    lease_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class UpstreamService:
@@ -136,6 +181,8 @@ class UpstreamService:
         rng: jitter source in [0, 1) (tests pass a fixed one).
         store: where the operator's shares and overrides are kept (``None``: in memory only).
         audit: where share and override changes are recorded.
+        leases: where superiors' leases are kept (several nodes on Redis); ``None``: this node
+            registers with every superior, no lease.
     """
 
     def __init__(
@@ -148,8 +195,15 @@ class UpstreamService:
         rng: Callable[[], float] = random.random,
         store: Store | None = None,
         audit: AuditService | None = None,
+        leases: LeaseKeeper | None = None,
     ) -> None:
         self.audit = audit
+        self._config = config
+        self._zone = zone
+        self._rng = rng
+        self._leases = leases
+        self._stopping = False
+        self.node = config.node.id
         self.stack = stack
         self.store = store
         self._view_listeners: list[ViewListener] = []
@@ -159,8 +213,15 @@ class UpstreamService:
         self._lost: list[LostListener] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         for up in config.upstreams:
-            machine = Upstream(upstream_settings(config, up), token=secrets.token_hex, random=rng, zone=zone)
-            self.links[up.name] = Link(machine, up, ShareRule.from_config(up.share))
+            link = self.links[up.name] = Link(self._machine(up), up, ShareRule.from_config(up.share))
+            if leases is not None:
+                settings = LeaseSettings(f"upstream:{up.name}", config.node.id, config.node.lease_seconds)
+                link.lease = Lease(settings, token=secrets.token_hex)
+        self._lease_changes = metrics.counter(UPSTREAM_LEASE_CHANGES)
+        metrics.labeled_gauge(
+            UPSTREAM_LEASE_HELD,
+            lambda: {(n,): float(k.lease.held) for n, k in self.links.items() if k.lease is not None},
+        )
         self._register_failures = metrics.counter(UPSTREAM_REGISTER_FAILURES)
         self._keepalive_failures = metrics.counter(UPSTREAM_KEEPALIVE_FAILURES)
         self._requests = metrics.counter(UPSTREAM_REQUESTS)
@@ -170,6 +231,10 @@ class UpstreamService:
             lambda: {(name,): float(link.machine.registered) for name, link in self.links.items()},
         )
         stack.router.add_role_resolver(self._role, owner="upstreams")
+
+    def _machine(self, up: UpstreamSection) -> Upstream:
+        """A fresh registration machine: its own Call-ID, tag and CSeq."""
+        return Upstream(upstream_settings(self._config, up), token=secrets.token_hex, random=self._rng, zone=self._zone)
 
     def on_lost(self, listener: LostListener) -> None:
         """Be told when a superior is lost (keepalives unanswered, refresh refused, shutdown)."""
@@ -342,20 +407,30 @@ class UpstreamService:
         self._loop = asyncio.get_running_loop()
         await self._load()
         for link in self.links.values():
-            s = link.machine.settings
-            log.info(
-                "registering upward",
-                extra={"upstream": s.name, "server": s.server_id, "peer": str(s.peer), "local_id": s.local_id},
-            )
-            self._locate(link.machine)
-            link.machine.start(self._loop.time())
-            self._pump(link)
+            if link.lease is not None:
+                # several nodes: register only once this node holds the superior's lease
+                link.lease.start(self._loop.time())
+                self._lease_pump(link)
+            else:
+                self._begin(link)
+
+    def _begin(self, link: Link) -> None:
+        assert self._loop is not None
+        s = link.machine.settings
+        log.info(
+            "registering upward",
+            extra={"upstream": s.name, "server": s.server_id, "peer": str(s.peer), "local_id": s.local_id},
+        )
+        self._locate(link.machine)
+        link.machine.start(self._loop.time())
+        self._pump(link)
 
     async def stop(self, timeout: float = UNREGISTER_TIMEOUT) -> None:
         """Unregister from every superior we are registered with (Expires: 0), waiting at most ``timeout``."""
         loop = self._loop
         if loop is None:
             return
+        self._stopping = True  # a lease gained from now on is released, not registered with
         for link in self.links.values():
             self._locate(link.machine)
             link.machine.stop(loop.time())
@@ -367,10 +442,22 @@ class UpstreamService:
                 task.cancel()
             if pending:
                 log.warning("superiors did not confirm our unregistration in time", extra={"waiting": len(pending)})
+        # unregistered (or not holding): let another node take over at once, not after the TTL
+        leased = [link for link in self.links.values() if link.lease is not None]
+        for link in leased:
+            assert link.lease is not None
+            link.lease.stop(loop.time())
+            self._lease_pump(link)
+        if leased:
+            waits = [asyncio.create_task(link.released.wait()) for link in leased]
+            _, pending = await asyncio.wait(waits, timeout=RELEASE_TIMEOUT)
+            for task in pending:
+                task.cancel()
         for link in self.links.values():
-            if link.timer is not None:
-                link.timer.cancel()
-                link.timer = None
+            for handle in (link.timer, link.lease_timer):
+                if handle is not None:
+                    handle.cancel()
+            link.timer = link.lease_timer = None
         self._tasks.cancel()
 
     # --- pumping ---------------------------------------------------------------------------
@@ -407,6 +494,8 @@ class UpstreamService:
     async def _send(self, link: Link, out: Outgoing) -> None:
         assert self._loop is not None
         m = link.machine
+        if link.lease is not None and not self._may_send(link):
+            return  # not (or no longer surely) the holder: nothing goes upward; the machine is abandoned
         try:
             response = await self.stack.request(out.request, out.peer)
         except (SipTimeoutError, SipTransportError) as exc:
@@ -416,6 +505,107 @@ class UpstreamService:
             self._locate(m)
             m.receive_response(out.ref, response, self._loop.time(), wall=time.time())
         self._pump(link)
+
+    # --- the superior's lease (several nodes) -----------------------------------------------
+
+    def _may_send(self, link: Link) -> bool:
+        """Whether this node may still send upward to ``link``'s superior (the clock checked now)."""
+        assert self._loop is not None and link.lease is not None
+        ok = link.lease.may_send(self._loop.time())
+        if not ok:
+            self._lease_pump(link)  # an overdue fence just ran: stop the link
+        return ok
+
+    def _lease_pump(self, link: Link) -> None:
+        """Send what the lease machine queued, handle its events, re-arm its timer."""
+        loop = self._loop
+        lease = link.lease
+        assert loop is not None and lease is not None
+        for request in lease.requests_to_send():
+            self._tasks.spawn(self._lease_op(link, request))
+        while (event := lease.next_event()) is not None:
+            self._on_lease_event(link, event)
+        if link.lease_timer is not None:
+            link.lease_timer.cancel()
+            link.lease_timer = None
+        when = lease.get_timer()
+        if when is not None:
+            link.lease_timer = loop.call_at(when, self._on_lease_timer, link)
+
+    def _on_lease_timer(self, link: Link) -> None:
+        assert self._loop is not None and link.lease is not None
+        link.lease_timer = None
+        link.lease.handle_timer(self._loop.time())
+        self._lease_pump(link)
+
+    async def _lease_op(self, link: Link, request: LeaseRequest) -> None:
+        loop, lease, keeper = self._loop, link.lease, self._leases
+        assert loop is not None and lease is not None and keeper is not None
+        # an answer later than this is no use: the machine has asked again or fenced itself meanwhile
+        timeout = request.ttl * RENEW_FRACTION
+        try:
+            if request.op is LeaseOp.ACQUIRE:
+                taken = keeper.acquire(request.name, request.node, request.token, request.ttl)
+                epoch, value, left = await asyncio.wait_for(taken, timeout)
+                if epoch:
+                    lease.taken(request.ref, epoch, loop.time())
+                else:
+                    lease.busy(request.ref, holder_of(value), left, loop.time())
+            elif request.op is LeaseOp.RENEW:
+                found = await asyncio.wait_for(keeper.renew(request.name, request.token, request.ttl), timeout)
+                if found is None:
+                    lease.renewed(request.ref, loop.time())
+                else:
+                    lease.gone(request.ref, holder_of(found) if found else "", loop.time())
+            else:
+                await asyncio.wait_for(keeper.release(request.name, request.token), timeout)
+                lease.released(request.ref, loop.time())
+        except (StoreError, TimeoutError) as exc:
+            log.debug("lease request failed", extra={"upstream": link.section.name, "op": request.op.value,
+                                                     "error": str(exc) or "timeout"})  # fmt: skip
+            lease.failed(request.ref, loop.time())
+        self._lease_pump(link)
+
+    def _on_lease_event(self, link: Link, event: LeaseEvent) -> None:
+        assert self._loop is not None
+        name = link.section.name
+        if isinstance(event, Gained):
+            self._lease_changes[(name, "gained")] += 1
+            if self._stopping:
+                return  # shutting down: stop() releases it
+            log.info(
+                "took the superior's lease: this node registers upward",
+                extra={"upstream": name, "node": self.node, "epoch": event.epoch},
+            )
+            self._abandon(link)  # (stopped already, unless a bug left it running)
+            link.machine = self._machine(link.section)  # a fresh registration: a new Call-ID
+            link.stopped = asyncio.Event()
+            self._begin(link)
+        elif isinstance(event, Fenced):
+            self._lease_changes[(name, "fenced")] += 1
+            log.warning(
+                "the superior's lease went unconfirmed: this node stops sending upward",
+                extra={"upstream": name, "node": self.node, "unconfirmed_for": round(event.unconfirmed_for, 3)},
+            )
+            self._abandon(link)
+        elif isinstance(event, LeaseLost):
+            self._lease_changes[(name, "lost")] += 1
+            log.warning(
+                "the superior's lease is held by another node",
+                extra={"upstream": name, "node": self.node, "holder": event.holder or "nobody"},
+            )
+            self._abandon(link)
+        elif isinstance(event, Released):
+            self._lease_changes[(name, "released")] += 1
+            log.info("released the superior's lease", extra={"upstream": name, "node": self.node})
+            link.released.set()
+
+    def _abandon(self, link: Link) -> None:
+        """Stop ``link``'s machine without a word upward (its Lost and Stopped are handled)."""
+        assert self._loop is not None
+        if link.machine.state not in (UpstreamState.IDLE, UpstreamState.STOPPED):
+            link.machine.abandon(self._loop.time())
+            self._pump(link)
 
     # --- events ----------------------------------------------------------------------------
 
@@ -476,6 +666,13 @@ class UpstreamService:
 
     # --- what the operator sees ------------------------------------------------------------
 
+    @staticmethod
+    def _state_name(link: Link) -> str:
+        m = link.machine
+        if link.lease is not None and not link.lease.held and m.state in (UpstreamState.IDLE, UpstreamState.STOPPED):
+            return "standby"  # another node holds the superior's lease (or Redis cannot say)
+        return _STATE_NAMES[m.state]
+
     def listing(self) -> list[dict[str, Any]]:
         """Every superior as ``gb28181gw upstreams`` and ``GET /api/v1/upstreams`` show it."""
         rows = []
@@ -488,7 +685,7 @@ class UpstreamService:
                     "id": m.server_id,
                     "address": f"{m.peer.transport.lower()}:{m.peer.host}:{m.peer.port}",
                     "local_id": s.local_id,
-                    "state": _STATE_NAMES[m.state],
+                    "state": self._state_name(link),
                     "registered": m.registered,
                     "expires": m.granted if m.registered else None,
                     "last_register": link.last_register,
@@ -502,6 +699,7 @@ class UpstreamService:
                     "channels_shared": self.channels_shared(name),
                     "overrides": len(link.overrides),
                     "streams_served": self._streams_served(name),
+                    "holder": None if link.lease is None else (link.lease.holder or None),
                 }
             )
         return rows

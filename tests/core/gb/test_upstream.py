@@ -192,6 +192,14 @@ EXPECTED = {
     (S.UNREGISTERING, I.TIMED_OUT): (S.STOPPED, (O.ANNOUNCE_STOPPED,)),
     (S.UNREGISTERING, I.STOP): (S.UNREGISTERING, ()),
     (S.STOPPED, I.STOP): (S.STOPPED, ()),
+    # issue 17: another node holds the lease: stop without an Expires: 0
+    (S.IDLE, I.ABANDON): (S.STOPPED, (O.DISARM, O.ANNOUNCE_STOPPED)),
+    (S.REGISTERING, I.ABANDON): (S.STOPPED, (O.DISARM, O.ANNOUNCE_STOPPED)),
+    (S.REGISTERED, I.ABANDON): (S.STOPPED, (O.DISARM, O.ANNOUNCE_LOST, O.ANNOUNCE_STOPPED)),
+    (S.REFRESHING, I.ABANDON): (S.STOPPED, (O.DISARM, O.ANNOUNCE_LOST, O.ANNOUNCE_STOPPED)),
+    (S.BACKOFF, I.ABANDON): (S.STOPPED, (O.DISARM, O.ANNOUNCE_STOPPED)),
+    (S.UNREGISTERING, I.ABANDON): (S.STOPPED, (O.DISARM, O.ANNOUNCE_STOPPED)),
+    (S.STOPPED, I.ABANDON): (S.STOPPED, ()),
 }
 
 
@@ -620,3 +628,30 @@ class TestShutdown:
         rig.up.stop(rig.clock.now)
         rig.answer(out, 200)
         assert rig.up.state is S.STOPPED
+
+
+class TestAbandon:
+    """Issue 17: the superior's lease went to another node: stop without a word (no Expires: 0)."""
+
+    def test_registered_stops_without_unregistering_and_drops_what_is_queued(self) -> None:
+        rig = Rig()
+        rig.register()
+        rig.drain()
+        rig.advance_to_timer()  # a keepalive is queued, not yet sent
+        rig.up.abandon(rig.clock.now)
+        assert rig.sent() == [] and rig.up.state is S.STOPPED and rig.up.get_timer() is None
+        events = rig.drain()
+        assert [type(e) for e in events] == [Lost, Stopped]
+        assert "another gateway node" in events[0].reason  # type: ignore[union-attr]
+        assert not events[1].unregistered  # type: ignore[union-attr]
+
+    def test_registering_stops_and_its_late_answer_is_ignored(self) -> None:
+        rig = Rig()
+        rig.up.start(rig.clock.now)
+        out = rig.one(Purpose.REGISTER)
+        rig.up.abandon(rig.clock.now)
+        rig.answer(out, 200)
+        assert rig.up.state is S.STOPPED and rig.sent() == []
+        assert [type(e) for e in rig.drain()] == [Stopped]
+        rig.up.abandon(rig.clock.now)
+        assert rig.drain() == []

@@ -1,0 +1,136 @@
+"""Leases in Redis (issue 17): which one of several gateway nodes acts for a shared name.
+
+The Redis side of :mod:`gb28181gw.gb.lease`; the upstream service holds ``lease:upstream:<name>``
+for each superior it registers with. Keys (after the store's prefix, ``gbgw:``)::
+
+    lease:<name>            string  "<node> <epoch> <token>" of its holder, expiring unless renewed
+    lease:<name>:epoch      string  how many times it has been taken (by any node)
+
+Every operation is one Lua script, so that checking and changing are one step: a take sets the
+value only if there is none (and counts a new epoch), a renewal extends it and a release deletes
+it only if its value still ends in the caller's token. A node whose lease expired cannot renew
+it after another node took it, nor delete the other's.
+
+It has its own connection, with a timeout shorter than a lease's life, rather than the store's:
+a renewal must not wait behind the store's large batches, nor for the store's 5 s timeout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from gb28181gw.errors import StoreError
+from gb28181gw.store.base import redact_url
+from gb28181gw.store.redis import PREFIX
+
+_ACQUIRE = """
+-- KEYS: lease, its epoch counter; ARGV: node, token, ttl ms.
+-- {1, epoch} taken (or already ours: a retried take); {0, value, ms left} held by another
+local v = redis.call('GET', KEYS[1])
+if v then
+  local tail = ' ' .. ARGV[2]
+  if string.sub(v, -#tail) == tail then return {1, tonumber(string.match(v, ' (%d+) '))} end
+  return {0, v, redis.call('PTTL', KEYS[1])}
+end
+local epoch = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. epoch .. ' ' .. ARGV[2], 'PX', ARGV[3])
+return {1, epoch}
+"""
+
+_RENEW = """
+-- KEYS: lease; ARGV: token, ttl ms. {1} renewed; {0, value or ''} not ours
+local v = redis.call('GET', KEYS[1])
+local tail = ' ' .. ARGV[1]
+if v and string.sub(v, -#tail) == tail then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {1}
+end
+return {0, v or ''}
+"""
+
+_RELEASE = """
+-- KEYS: lease; ARGV: token. 1 deleted, 0 not ours
+local v = redis.call('GET', KEYS[1])
+local tail = ' ' .. ARGV[1]
+if v and string.sub(v, -#tail) == tail then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _text(raw: Any) -> str:
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
+class RedisLeases:
+    """Take, renew and release leases in the Redis store at ``url``.
+
+    Args:
+        url: the store's ``store.url``.
+        timeout: seconds to connect and to wait for an answer (keep it below a lease's margin).
+        prefix: what every key starts with (the store's).
+
+    Every method raises :class:`~gb28181gw.errors.StoreError` when Redis does not answer.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 1.0, prefix: str = PREFIX) -> None:
+        self.url = url
+        self.location = redact_url(url)
+        self.timeout = timeout
+        self.prefix = prefix
+        self._redis: Any = None
+        self._scripts: dict[str, Any] = {}
+
+    async def open(self) -> None:
+        try:
+            # no retry: a take retried after a lost answer is recognised by its token, but a
+            # renewal retried late is worse than one reported failed (the machine retries it)
+            self._redis = Redis.from_url(
+                self.url, socket_connect_timeout=self.timeout, socket_timeout=self.timeout, retry=Retry(NoBackoff(), 0)
+            )
+        except ValueError as exc:
+            raise StoreError(f"store.url {self.location!r} cannot be used: {exc}") from None
+        for source in (_ACQUIRE, _RENEW, _RELEASE):
+            self._scripts[source] = self._redis.register_script(source)
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    async def _run(self, source: str, keys: list[str], args: list[object]) -> Any:
+        if self._redis is None:
+            raise StoreError(f"leases in {self.location} are not open")
+        try:
+            return await self._scripts[source](keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"lease operation on {self.location} failed: {exc}") from None
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}lease:{name}"
+
+    async def acquire(self, name: str, node: str, token: str, ttl: float) -> tuple[int, str, float | None]:
+        """Take lease ``name`` for ``node`` if nobody holds it.
+
+        Returns:
+            ``(epoch, "", None)`` when taken; ``(0, holder's value, seconds it has left)`` when held by another.
+        """
+        key = self._key(name)
+        answer = await self._run(_ACQUIRE, [key, key + ":epoch"], [node, token, int(ttl * 1000)])
+        if int(answer[0]) == 1:
+            return int(answer[1]), "", None
+        left = int(answer[2])
+        return 0, _text(answer[1]), left / 1000 if left >= 0 else None
+
+    async def renew(self, name: str, token: str, ttl: float) -> str | None:
+        """Extend lease ``name`` if it is still the take of ``token``: ``None``, else the value found (``""``: none)."""
+        answer = await self._run(_RENEW, [self._key(name)], [token, int(ttl * 1000)])
+        return None if int(answer[0]) == 1 else _text(answer[1])
+
+    async def release(self, name: str, token: str) -> bool:
+        """Delete lease ``name`` if it is still the take of ``token``; whether it was."""
+        return bool(await self._run(_RELEASE, [self._key(name)], [token]))

@@ -1,0 +1,312 @@
+"""Two gateway nodes on one Redis, one superior: exactly one registers upward (issue 17).
+
+Both ``gb28181gw serve`` processes have the same ``[[upstream]]``; the node holding
+``gbgw:lease:upstream:district`` registers, the other waits. A SIPp superior
+(``tests/shell/sipp/superior_count_uas.xml``) answers everything with 200 and keeps a trace of
+what it received: each request's sender (its Via port: each node has its own), time and
+Call-ID. Killed (``kill -9``), the holder's lease runs out and the survivor registers with a
+new Call-ID; stopped (``kill -STOP``) for longer than the lease and then continued, the old
+holder sends nothing more upward: it fences itself before its lease can have expired, and looks
+at the clock before sending anything after resuming.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.process import free_port, serve, wait_ready
+from tests.redis_server import RedisServer, require_redis_py
+
+from .test_cascade_processes import free_udp_port
+
+pytestmark = pytest.mark.sipp
+
+SIPP_DIR = Path(__file__).parent / "sipp"
+SITE = "34020000002000000001"
+DISTRICT = "34010000002000000001"
+LEASE = 3.0  # node.lease_seconds: renewed every 1 s, fenced 2.4 s after the last confirmed renewal (loaded CI margin)
+
+
+@dataclass(frozen=True)
+class Received:
+    at: float  # epoch seconds (SIPp's trace time)
+    port: int  # the sender's Via port: which node
+    method: str
+    call_id: str
+    expires: str
+
+
+class Superior:
+    """The SIPp superior and what it received."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        sipp = shutil.which("sipp")
+        if sipp is None:
+            if os.environ.get("CI"):
+                pytest.fail("sipp is not installed: .ci/run installs it")
+            pytest.skip("sipp is not installed")
+        self.port = free_udp_port()
+        self.trace = tmp_path / "superior.msg"
+        self.proc = subprocess.Popen(
+            [sipp, "-sf", str(SIPP_DIR / "superior_count_uas.xml"), "-i", "127.0.0.1", "-p", str(self.port),
+             "-timeout", "120s", "-nostdin", "-trace_msg", "-message_file", str(self.trace)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+        )  # fmt: skip
+        time.sleep(0.3)  # let it bind
+
+    def received(self) -> list[Received]:
+        text = self.trace.read_text(errors="replace") if self.trace.exists() else ""
+        out = []
+        for block in text.split("----------------------------------------------- ")[1:]:
+            stamp, _, rest = block.partition("\n")
+            if "message received" not in rest.split("\n", 1)[0]:
+                continue
+            message = rest.split("\n\n", 1)[1] if "\n\n" in rest else ""
+            via = re.search(r"^Via: SIP/2.0/UDP [^:;]+:(\d+)", message, re.M)
+            call_id = re.search(r"^Call-ID: *(\S+)", message, re.M)
+            expires = re.search(r"^Expires: *(\d+)", message, re.M)
+            if via is None or call_id is None:
+                continue
+            at = _dt.datetime.strptime(stamp.strip(), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+            method = message.split(" ", 1)[0]
+            out.append(Received(at, int(via[1]), method, call_id[1], expires[1] if expires else ""))
+        return out
+
+    def registers(self, port: int | None = None) -> list[Received]:
+        return [r for r in self.received() if r.method == "REGISTER" and (port is None or r.port == port)]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+@dataclass
+class Node:
+    name: str
+    sip: int
+    admin: str
+    proc: subprocess.Popen[str]
+
+    def upstream(self) -> dict[str, object]:
+        done = subprocess.run(
+            [sys.executable, "-m", "gb28181gw", "upstreams", "--json", "--admin", self.admin],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        (row,) = json.loads(done.stdout)
+        return dict(row)
+
+    def end(self) -> str:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.kill()
+        try:
+            return self.proc.communicate(timeout=15)[0]
+        except (ValueError, OSError):
+            return ""  # read to the end by the test already
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    require_redis_py()
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def superior(tmp_path: Path) -> Iterator[Superior]:
+    sup = Superior(tmp_path)
+    try:
+        yield sup
+    finally:
+        sup.stop()
+
+
+def start_node(tmp_path: Path, name: str, redis: RedisServer, superior: Superior) -> Node:
+    """A gateway node, not waited for (two start at the same instant)."""
+    config = tmp_path / f"{name}.toml"
+    config.write_text(
+        "[[upstream]]\n"
+        'name = "district"\n'
+        f'id = "{DISTRICT}"\n'
+        'host = "127.0.0.1"\n'
+        f"port = {superior.port}\n"
+        'password = "district-pass"\n'
+        "keepalive_interval = 1\n"
+        "retry_interval = 1.0\n"
+        "retry_max = 2.0\n"
+    )
+    config.chmod(0o600)
+    sip, admin = free_port(), free_port()
+    proc = serve(
+        "-c", str(config), "--id", SITE, "--listen", "127.0.0.1", "--port", str(sip), "--admin-port", str(admin),
+        "--set", "store.backend=redis", "--set", f"store.url={redis.url}", "--set", f"node.id={name}",
+        "--set", f"node.lease_seconds={LEASE}", "--set", "media.workers=0",
+        "--set", "devices.catalog_on_register=false", "--set", "devices.subscribe=",
+        store=str(tmp_path / f"{name}.db"),
+    )  # fmt: skip
+    return Node(name, sip, f"http://127.0.0.1:{admin}", proc)
+
+
+def until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    # a guard against hanging, not a measurement (failover times are for benchmarks/)
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def two_nodes(tmp_path: Path, redis: RedisServer, superior: Superior) -> Iterator[tuple[Node, Node]]:
+    """Both started at the same instant, both ready, and one of them registered upward."""
+    nodes = (start_node(tmp_path, "n1", redis, superior), start_node(tmp_path, "n2", redis, superior))
+    try:
+        for node in nodes:
+            wait_ready(node.admin, node.proc)
+        until(lambda: bool(superior.registers()), 30, "a REGISTER at the superior")
+        yield nodes
+    finally:
+        for node in nodes:
+            node.end()
+
+
+def holder_and_other(nodes: tuple[Node, Node], superior: Superior) -> tuple[Node, Node]:
+    first = superior.registers()[0]
+    holder = next(n for n in nodes if n.sip == first.port)
+    return holder, next(n for n in nodes if n is not holder)
+
+
+def test_two_nodes_started_together_make_exactly_one_registration(
+    two_nodes: tuple[Node, Node], superior: Superior
+) -> None:
+    holder, other = holder_and_other(two_nodes, superior)
+    # several renewals and several takes tried by the other node
+    until(lambda: sum(r.method == "MESSAGE" for r in superior.received()) >= 3, 15, "three keepalives")
+    registers = superior.registers()
+    assert len(registers) == 1, registers
+    assert {r.port for r in superior.received()} == {holder.sip}  # the other node sent nothing upward
+    assert holder.upstream()["state"] == "registered" and holder.upstream()["holder"] == holder.name
+    row = other.upstream()
+    assert row["state"] == "standby" and row["holder"] == holder.name
+
+
+def test_the_survivor_of_a_kill_9_registers_with_a_new_call_id(
+    two_nodes: tuple[Node, Node], superior: Superior
+) -> None:
+    holder, other = holder_and_other(two_nodes, superior)
+    first = superior.registers()[0]
+    holder.proc.kill()  # no goodbye: its lease runs out by itself
+    holder.proc.wait(timeout=10)
+    until(lambda: bool(superior.registers(other.sip)), 15, "the survivor's REGISTER")
+    (taken,) = superior.registers(other.sip)
+    assert taken.call_id != first.call_id and taken.expires == "3600"
+    until(lambda: other.upstream()["state"] == "registered", 10, "the survivor registered")
+    assert other.upstream()["holder"] == other.name
+
+
+def test_a_holder_stopped_longer_than_its_lease_sends_nothing_upward_after_it_continues(
+    two_nodes: tuple[Node, Node], superior: Superior
+) -> None:
+    holder, other = holder_and_other(two_nodes, superior)
+    os.kill(holder.proc.pid, signal.SIGSTOP)
+    stopped = time.time()
+    until(lambda: bool(superior.registers(other.sip)), 15, "the other node's REGISTER")
+    time.sleep(max(0.0, stopped + 2 * LEASE - time.time()))  # stopped for longer than the lease
+    os.kill(holder.proc.pid, signal.SIGCONT)
+    resumed = time.time()
+    # a few of its keepalive intervals: the old holder has every chance to send
+    until(lambda: sum(r.method == "MESSAGE" and r.port == other.sip for r in superior.received()) >= 3, 15,
+          "the new holder's keepalives")  # fmt: skip
+    assert holder.upstream()["holder"] == other.name
+    late = [r for r in superior.received() if r.port == holder.sip and r.at >= resumed]
+    assert late == []
+    assert superior.registers(holder.sip)[0].call_id != superior.registers(other.sip)[0].call_id
+    assert holder.proc.poll() is None
+    out = holder.end()
+    assert "stops sending upward" in out or "held by another node" in out, out[-3000:]
+
+
+def test_a_clean_stop_unregisters_then_hands_the_superior_over_at_once(
+    two_nodes: tuple[Node, Node], superior: Superior
+) -> None:
+    holder, other = holder_and_other(two_nodes, superior)
+    first = superior.registers()[0]
+    holder.proc.send_signal(signal.SIGTERM)
+    out = holder.proc.communicate(timeout=15)[0]
+    assert holder.proc.returncode == 0, out[-3000:]
+    assert "unregistered upward" in out and "released the superior's lease" in out, out[-3000:]
+    until(lambda: bool(superior.registers(other.sip)), 15, "the other node's REGISTER")
+    unregister = next(r for r in superior.registers(holder.sip) if r.expires == "0")
+    (taken,) = superior.registers(other.sip)
+    assert unregister.call_id == first.call_id and taken.call_id != first.call_id
+    assert unregister.at <= taken.at  # the superior never had two registrations of us
+
+
+def test_without_redis_the_holder_fences_itself_and_registers_afresh_when_it_is_back(
+    tmp_path: Path, redis: RedisServer, superior: Superior
+) -> None:
+    node = start_node(tmp_path, "n1", redis, superior)
+    try:
+        wait_ready(node.admin, node.proc)
+        until(lambda: node.upstream()["state"] == "registered", 15, "registered")
+        first = superior.registers()[0]
+        redis.stop(kill=True)
+        until(lambda: node.upstream()["state"] != "registered", 15, "the fence")
+        fenced = time.time()
+        time.sleep(3 * 1.0)  # three keepalive intervals: none goes while Redis is away
+        assert [r for r in superior.received() if r.at > fenced] == []
+        assert node.upstream()["holder"] == "n1"  # as last known: nobody else could take it either
+        redis.start()  # empty: the lease is gone; the node takes it anew
+        until(lambda: len(superior.registers()) >= 2, 15, "a new REGISTER")
+        again = superior.registers()[1]
+        assert again.call_id != first.call_id and again.expires == "3600"
+    finally:
+        out = node.end()
+    assert "the superior's lease went unconfirmed" in out, out[-3000:]
+
+
+async def test_redis_leases_take_renew_and_release_by_token(redis: RedisServer) -> None:
+    from gb28181gw.errors import StoreError
+    from gb28181gw.store.leases import RedisLeases
+
+    leases = RedisLeases(redis.url)
+    await leases.open()
+    try:
+        assert await leases.acquire("upstream:d", "n1", "aaaa", 5.0) == (1, "", None)
+        assert await leases.acquire("upstream:d", "n1", "aaaa", 5.0) == (1, "", None)  # a retried take: still ours
+        epoch, value, left = await leases.acquire("upstream:d", "n2", "bbbb", 5.0)
+        assert epoch == 0 and value == "n1 1 aaaa" and left is not None and 4.0 < left <= 5.0
+        assert await leases.renew("upstream:d", "bbbb", 5.0) == "n1 1 aaaa"  # not n2's
+        assert not await leases.release("upstream:d", "bbbb")
+        assert await leases.renew("upstream:d", "aaaa", 5.0) is None
+        assert await leases.release("upstream:d", "aaaa")
+        assert await leases.renew("upstream:d", "aaaa", 5.0) == ""  # gone
+        assert await leases.acquire("upstream:d", "n2", "bbbb", 5.0) == (2, "", None)  # a new epoch
+    finally:
+        await leases.close()
+    redis.stop(kill=True)
+    away = RedisLeases(redis.url, timeout=0.5)
+    await away.open()
+    try:
+        with pytest.raises(StoreError, match="lease operation"):
+            await away.acquire("upstream:d", "n1", "cccc", 5.0)
+    finally:
+        await away.close()
