@@ -22,6 +22,12 @@ The rules, in order (``resolve``):
    sending wrong SSRCs): *ambiguous*: dropped, counted and logged, never guessed.
 3. Nothing matches: a stranger's packet, dropped and counted (``unknown``); it is never sent on.
 
+A closed stream's SSRC from its sender (its latched source, or its host when it had none) stays
+its own for ``GONE_SECONDS`` (``remove``): its device may send on a while after the BYE (or ignore
+it), and on a port of its own those packets reach a closed port. Here they would be rule 2's wrong
+SSRC for a stream of the same host awaiting media (the NVR's next channel), followed after
+``SSRC_LATCH_PACKETS``: so they are strangers' (``unknown``) until then.
+
 What this costs against per-stream ports: a stream whose device sends a wrong SSRC is found
 only while it is the one stream of its device's host that could be; the ambiguous case, which
 per-stream ports tell apart by port, gets no media here (the metric says so, and the log names
@@ -39,6 +45,9 @@ log = logging.getLogger("gb28181gw.relay")
 
 #: (host, SSRC) pairs whose ambiguity was logged already (then only counted), at most this many.
 WARNED_MAX = 1024
+#: Seconds a closed stream's SSRC from its sender is nobody's (never a wrong SSRC of a neighbour's):
+#: as long as a closed stream's own port rests before reuse (``media.port_quarantine``'s default).
+GONE_SECONDS = 5.0
 
 
 class Demuxed(Protocol):
@@ -69,6 +78,8 @@ class Demux(Generic[S]):
         self._by_host: dict[str, list[S]] = {}
         self._keys: dict[str, tuple[int, str | None, Any]] = {}  # what each stream is indexed under now
         self._warned: set[tuple[str, int]] = set()
+        # (SSRC, host) of closed streams → (their source port, None: any; until when), oldest first
+        self._gone: dict[tuple[int, str], tuple[int | None, float]] = {}
         self.unknown = 0
         self.ambiguous = 0
 
@@ -83,8 +94,27 @@ class Demux(Generic[S]):
             self._by_host.setdefault(st.source_host, []).append(st)
         self._refresh(st.ssrc)
 
-    def remove(self, st: S) -> None:
-        """Forget a stream (closed): none of its packets finds it after this."""
+    def remove(self, st: S, now: float) -> None:
+        """Forget a stream (closed at ``now``): none of its packets finds it after this, nor, for
+        ``GONE_SECONDS``, a stream of its host that awaits media (the module's docstring)."""
+        key = self._keys.get(st.id)
+        if key is None:
+            return
+        self._unindex(st)
+        ssrc, host, source = key
+        gone = self._gone
+        while gone:  # the oldest first: drop what has expired
+            oldest = next(iter(gone))
+            if gone[oldest][1] > now:
+                break
+            del gone[oldest]
+        at = source[0] if source is not None else host
+        if at is not None:
+            where = (ssrc, at)
+            gone.pop(where, None)  # to the end: the newest
+            gone[where] = (source[1] if source is not None else None, now + GONE_SECONDS)
+
+    def _unindex(self, st: S) -> None:
         key = self._keys.pop(st.id, None)
         if key is None:
             return
@@ -99,13 +129,14 @@ class Demux(Generic[S]):
         key = self._keys.get(st.id)
         if key is None or key == (st.ssrc, st.source_host, st.source):
             return
-        self.remove(st)
+        self._unindex(st)
         self.add(st)
         if key[0] != st.ssrc:
             self._refresh(key[0])
 
-    def resolve(self, ssrc: int, addr: Any) -> S | None:
-        """The stream a packet of ``ssrc`` from ``addr`` (host, port, …) is for, or ``None`` (counted)."""
+    def resolve(self, ssrc: int, addr: Any, now: float) -> S | None:
+        """The stream a packet of ``ssrc`` from ``addr`` (host, port, …) received at ``now`` is for,
+        or ``None`` (counted)."""
         host = addr[0]
         same = self._by_ssrc.get(ssrc)
         if same:
@@ -115,6 +146,13 @@ class Demux(Generic[S]):
                     return same[0]  # it takes the packet or counts it as from a wrong source
                 exact = [s for s in same if s.source is None and s.source_host in (None, host)]
             return self._one(ssrc, addr, exact)
+        if self._gone:
+            gone = self._gone.get((ssrc, host))
+            if gone is not None and gone[0] in (None, addr[1]):
+                if gone[1] > now:
+                    self.unknown += 1  # a closed stream's: never a neighbour's wrong SSRC
+                    return None
+                del self._gone[(ssrc, host)]
         # a wrong SSRC (M1): only where the sender can be but one stream's
         return self._one(ssrc, addr, [s for s in self._by_host.get(host, ()) if s.source is None or s.source == addr])
 
