@@ -149,6 +149,21 @@ class TestDemux:
         d.add(S("a2", 11, source_host=NVR))  # the SSRC given again (after its quarantine): rule 1
         assert d.resolve(12, (NVR, 1), 201.0) is None
 
+    def test_a_wrong_ssrc_another_stream_followed_already_still_finds_its_own_stream(self) -> None:
+        # two cameras of one make send one constant SSRC of their own (M1): the first one's stream
+        # followed it; the second one's must not lose it to the first (as its wrong source)
+        d: Demux[S] = Demux()
+        a, b = S("a", 0xAAAA, source_host=DEVICE, source=(DEVICE, 1)), S("b", 12, source_host=NVR)
+        d.add(a)
+        d.add(b)
+        assert d.resolve(0xAAAA, (NVR, 5), 0.0) is b
+        assert d.resolve(0xAAAA, (STRANGER, 5), 0.0) is a  # nobody else's: a's wrong source, as before
+        assert d.resolve(0xAAAA, (DEVICE, 2), 0.0) is a
+        b.ssrc, b.source = 0xAAAA, (NVR, 5)  # followed it too: both by their sources
+        d.update(b)
+        assert d.resolve(0xAAAA, (NVR, 5), 0.0) is b and d.resolve(0xAAAA, (DEVICE, 1), 0.0) is a
+        assert d.unknown == d.ambiguous == 0
+
     def test_random_adds_updates_and_removes_keep_the_indexes_exact(self) -> None:
         rng = random.Random(16)
         d: Demux[S] = Demux()
@@ -390,6 +405,24 @@ class TestSharedOnly:
                 second.close()
             assert _drain(sinks[1]) == [_with_ssrc(p, 5) for p in PACKETS[:5]]
         finally:
+            nvr.close()
+            forwarder.close_all()
+            for s in sinks:
+                s.close()
+
+    async def test_two_devices_sending_one_wrong_ssrc_are_each_followed_as_on_ports_of_their_own(self) -> None:
+        forwarder, port, sinks = await _shared_forwarder(("s", SSRC, DEVICE), ("n", 4242, NVR))
+        device, nvr = _from(DEVICE), _from(NVR)
+        try:
+            packets = [_with_ssrc(p, 0xABCDEF) for p in PACKETS[:60]]
+            await _send(device, packets, port)
+            await _send(nvr, packets, port)
+            want = [_with_ssrc(p, 5) for p in packets[SSRC_LATCH_PACKETS - 1 :]]
+            assert _drain(sinks[0]) == want and _drain(sinks[1]) == want
+            figures = forwarder.snapshot().streams
+            assert figures["n"].ssrc == 0xABCDEF and figures["s"].wrong_source == 0
+        finally:
+            device.close()
             nvr.close()
             forwarder.close_all()
             for s in sinks:

@@ -9,11 +9,13 @@ packet's SSRC and sender, and tells it when a stream's SSRC or source changes).
 
 The rules, in order (``resolve``):
 
-1. A stream expects this SSRC. One from this very sender (its latched source) is it; if it is
-   the only stream with the SSRC, it is given the packet, which it takes or counts as
-   ``wrong_source`` exactly as on a port of its own; if several expect the SSRC (two devices
-   that answered the same ``y=``), the one still waiting for its first packet from the
-   sender's host is it, and more than one is *ambiguous*.
+1. A stream expects this SSRC. One from this very sender (its latched source) is it; else the
+   one still waiting for its first packet from the sender's host (two devices that answered the
+   same ``y=``), more than one being *ambiguous*. None of them can be the sender's: the sender
+   may be a device sending that SSRC as its own wrong one (two cameras of one make with one
+   constant SSRC, the first one's stream following it already), found as in rule 2; if rule 2
+   finds none and one stream expects the SSRC, it is given the packet and counts it as
+   ``wrong_source`` exactly as on a port of its own.
 2. No stream expects the SSRC (a device sending a wrong one). The streams that could be its
    sender's are those expecting media from the sender's host that have no source yet, and
    those whose latched source is this sender. Exactly one: it is given the packet (and, as
@@ -142,19 +144,33 @@ class Demux(Generic[S]):
         if same:
             exact = [s for s in same if s.source == addr]
             if not exact:
-                if len(same) == 1:
-                    return same[0]  # it takes the packet or counts it as from a wrong source
                 exact = [s for s in same if s.source is None and s.source_host in (None, host)]
-            return self._one(ssrc, addr, exact)
+            if exact:
+                return self._one(ssrc, addr, exact)
+            # none of its streams can be this sender's: another device may send it as its own wrong
+            # SSRC (M1: cameras of one make sending one constant SSRC) and be found by its host
+            # (rule 2); else its one stream counts it as from a wrong source, as on a port of its own
+            senders = self._senders(ssrc, addr, now)
+            if senders or len(same) > 1:
+                return self._one(ssrc, addr, senders or [])
+            return same[0]
+        senders = self._senders(ssrc, addr, now)
+        if senders is None:
+            self.unknown += 1  # a closed stream's: never a neighbour's wrong SSRC
+            return None
+        return self._one(ssrc, addr, senders)
+
+    def _senders(self, ssrc: int, addr: Any, now: float) -> list[S] | None:
+        # rule 2, a wrong SSRC (M1): the streams the sender can be the device of, or None when the
+        # SSRC from this sender is a closed stream's (GONE_SECONDS)
+        host = addr[0]
         if self._gone:
             gone = self._gone.get((ssrc, host))
             if gone is not None and gone[0] in (None, addr[1]):
                 if gone[1] > now:
-                    self.unknown += 1  # a closed stream's: never a neighbour's wrong SSRC
                     return None
                 del self._gone[(ssrc, host)]
-        # a wrong SSRC (M1): only where the sender can be but one stream's
-        return self._one(ssrc, addr, [s for s in self._by_host.get(host, ()) if s.source is None or s.source == addr])
+        return [s for s in self._by_host.get(host, ()) if s.source is None or s.source == addr]
 
     def _one(self, ssrc: int, addr: Any, streams: list[S]) -> S | None:
         # the stream if there is one; none is a stranger, several are ambiguous (counted, not guessed)
