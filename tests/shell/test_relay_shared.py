@@ -159,6 +159,10 @@ class TestDemux:
         assert d.resolve(0xAAAA, (NVR, 5), 0.0) is b
         assert d.resolve(0xAAAA, (STRANGER, 5), 0.0) is a  # nobody else's: a's wrong source, as before
         assert d.resolve(0xAAAA, (DEVICE, 2), 0.0) is a
+        # but a stream's SSRC from another port of its own host (its device sending from a new
+        # port) is its wrong source, never the wrong SSRC of a neighbour of that host awaiting media
+        d.add(S("c", 13, source_host=DEVICE))
+        assert d.resolve(0xAAAA, (DEVICE, 2), 0.0) is a
         b.ssrc, b.source = 0xAAAA, (NVR, 5)  # followed it too: both by their sources
         d.update(b)
         assert d.resolve(0xAAAA, (NVR, 5), 0.0) is b and d.resolve(0xAAAA, (DEVICE, 1), 0.0) is a

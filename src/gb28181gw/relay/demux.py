@@ -13,9 +13,10 @@ The rules, in order (``resolve``):
    one still waiting for its first packet from the sender's host (two devices that answered the
    same ``y=``), more than one being *ambiguous*. None of them can be the sender's: the sender
    may be a device sending that SSRC as its own wrong one (two cameras of one make with one
-   constant SSRC, the first one's stream following it already), found as in rule 2; if rule 2
-   finds none and one stream expects the SSRC, it is given the packet and counts it as
-   ``wrong_source`` exactly as on a port of its own.
+   constant SSRC, the first one's stream following it already), found as in rule 2 when its host
+   is none of theirs (from their host it is one of them sending from a new port); if rule 2 finds
+   none and one stream expects the SSRC, it is given the packet and counts it as ``wrong_source``
+   exactly as on a port of its own.
 2. No stream expects the SSRC (a device sending a wrong one). The streams that could be its
    sender's are those expecting media from the sender's host that have no source yet, and
    those whose latched source is this sender. Exactly one: it is given the packet (and, as
@@ -147,10 +148,12 @@ class Demux(Generic[S]):
                 exact = [s for s in same if s.source is None and s.source_host in (None, host)]
             if exact:
                 return self._one(ssrc, addr, exact)
-            # none of its streams can be this sender's: another device may send it as its own wrong
-            # SSRC (M1: cameras of one make sending one constant SSRC) and be found by its host
-            # (rule 2); else its one stream counts it as from a wrong source, as on a port of its own
-            senders = self._senders(ssrc, addr, now)
+            # none of its streams can be this sender's: a device of another host may send it as its
+            # own wrong SSRC (M1: cameras of one make sending one constant SSRC), found by its host
+            # (rule 2); from a host of its streams it is theirs from a new port (a device restarting
+            # its sender): its one stream counts it as from a wrong source, as on a port of its own
+            theirs = any(s.source_host == host or (s.source is not None and s.source[0] == host) for s in same)
+            senders = None if theirs else self._senders(ssrc, addr, now)
             if senders or len(same) > 1:
                 return self._one(ssrc, addr, senders or [])
             return same[0]
