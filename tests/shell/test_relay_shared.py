@@ -498,6 +498,13 @@ class TestSharedOnly:
         with pytest.raises(ConfigError, match="shared port"):
             load_config(env={}, overrides={**overrides, "media.port_max": "30003"})
         assert load_config(env={}, overrides={**overrides, "media.port_max": "30007"}).media.shared_port
+        # an odd first port: each share loses the pair its first port would start (30001-30004: 30002 only)
+        odd = {**overrides, "media.port_min": "30001"}
+        with pytest.raises(ConfigError, match="shared port"):
+            load_config(env={}, overrides={**odd, "media.port_max": "30008"})
+        config = load_config(env={}, overrides={**odd, "media.port_max": "30010"})
+        pools = _split((30001, 30010), config.relay_workers, 0.0, random.Random(1), reserve=2)
+        assert all(pool.capacity >= 1 for pool in pools)
 
     def test_each_relay_keeps_the_first_port_of_its_share_for_the_shared_one(self) -> None:
         pools = _split((30000, 30099), 2, 0.0, random.Random(1), reserve=2)
