@@ -983,13 +983,22 @@ def load_config(
         if problem:
             raise ConfigError("media.address", problem, config.source("media.address"))
     pairs, workers = (m.port_max - m.port_min + 1) // 2, config.relay_workers
-    if m.shared_port and 2 * max(workers, 1) > pairs:
-        raise ConfigError(
-            "media.port_max",
-            f"the range {m.port_min}-{m.port_max} holds {pairs} port pairs: with media.shared_port each relay "
-            f"worker takes one as its shared port and needs one more for TCP streams",
-            config.source("media.port_max"),
+    if m.shared_port:
+        # counted in each worker's share as the stream service splits the range: a share starting
+        # at an odd port holds one pair fewer than its length says
+        parts = max(workers, 1)
+        span = (m.port_max - m.port_min + 1) // parts
+        shares = [m.port_min + i * span for i in range(parts)]
+        fewest = min(
+            len(range(lo + lo % 2, m.port_max if i == parts - 1 else lo + span - 1, 2)) for i, lo in enumerate(shares)
         )
+        if fewest < 2:
+            raise ConfigError(
+                "media.port_max",
+                f"the range {m.port_min}-{m.port_max} holds {fewest} port pairs in a relay worker's share: with "
+                f"media.shared_port each worker takes one as its shared port and needs one more for TCP streams",
+                config.source("media.port_max"),
+            )
     if workers > pairs:
         # each worker owns a share of the range: with fewer pairs than workers start-up cannot split it
         per_core = " (media.workers = -1: one per core)" if m.workers < 0 else ""

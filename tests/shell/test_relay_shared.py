@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from gb28181gw.config import load_config
 from gb28181gw.errors import ConfigError
 from gb28181gw.relay import mmsg
-from gb28181gw.relay.demux import Demux
+from gb28181gw.relay.demux import GONE_SECONDS, Demux
 from gb28181gw.relay.forwarder import SSRC_LATCH_PACKETS, Forwarder, RelaySettings
 from gb28181gw.relay.records import RelayEvent
 from gb28181gw.relay.workers import WorkerRelay
@@ -58,7 +58,7 @@ class TestDemux:
         a, b = S("a", 1), S("b", 2)
         d.add(a)
         d.add(b)
-        assert d.resolve(1, (DEVICE, 5000)) is a and d.resolve(2, (DEVICE, 5002)) is b
+        assert d.resolve(1, (DEVICE, 5000), 0.0) is a and d.resolve(2, (DEVICE, 5002), 0.0) is b
         assert d.fast == {}  # nothing latched yet
         a.source = (DEVICE, 5000)
         d.update(a)
@@ -70,16 +70,16 @@ class TestDemux:
         d: Demux[S] = Demux()
         a = S("a", 1, source=(DEVICE, 5000))
         d.add(a)
-        assert d.resolve(1, (STRANGER, 9)) is a
-        assert d.resolve(1, (DEVICE, 5001)) is a
+        assert d.resolve(1, (STRANGER, 9), 0.0) is a
+        assert d.resolve(1, (DEVICE, 5001), 0.0) is a
 
     def test_a_wrong_ssrc_is_matched_by_its_host_while_one_stream_of_it_awaits_media(self) -> None:
         d: Demux[S] = Demux()
         a, other = S("a", 1), S("o", 2, source_host=NVR)
         d.add(a)
         d.add(other)
-        assert d.resolve(0xDEAD, (DEVICE, 5000)) is a  # M1: the device's own SSRC
-        assert d.resolve(0xDEAD, (STRANGER, 5000)) is None  # from no expected host: a stranger's
+        assert d.resolve(0xDEAD, (DEVICE, 5000), 0.0) is a  # M1: the device's own SSRC
+        assert d.resolve(0xDEAD, (STRANGER, 5000), 0.0) is None  # from no expected host: a stranger's
         assert d.unknown == 1
 
     def test_two_streams_of_one_host_with_a_wrong_ssrc_are_ambiguous_never_guessed(
@@ -91,7 +91,7 @@ class TestDemux:
         d.add(b)
         with caplog.at_level(logging.WARNING, "gb28181gw.relay"):
             for _ in range(3):
-                assert d.resolve(0xDEAD, (NVR, 5000)) is None
+                assert d.resolve(0xDEAD, (NVR, 5000), 0.0) is None
         assert d.ambiguous == 3 and d.unknown == 0
         [record] = [r for r in caplog.records if "could be any of several streams" in r.getMessage()]
         assert record.streams == "a,b" and record.source == f"{NVR}:5000"  # type: ignore[attr-defined]
@@ -99,25 +99,25 @@ class TestDemux:
         # ambiguous (it could be the latched stream's device changing SSRC)
         a.source = (NVR, 5000)
         d.update(a)
-        assert d.resolve(0xBEEF, (NVR, 5000)) is None and d.ambiguous == 4
+        assert d.resolve(0xBEEF, (NVR, 5000), 0.0) is None and d.ambiguous == 4
         # from another port of the host only the stream awaiting media can be its sender
-        assert d.resolve(0xBEEF, (NVR, 5002)) is b
+        assert d.resolve(0xBEEF, (NVR, 5002), 0.0) is b
 
     def test_two_streams_answered_with_one_ssrc_are_told_apart_by_host(self) -> None:
         d: Demux[S] = Demux()
         a, b = S("a", 7, source_host=DEVICE), S("b", 7, source_host=NVR)
         d.add(a)
         d.add(b)
-        assert d.resolve(7, (NVR, 1)) is b and d.resolve(7, (DEVICE, 1)) is a
+        assert d.resolve(7, (NVR, 1), 0.0) is b and d.resolve(7, (DEVICE, 1), 0.0) is a
         assert d.fast == {}  # shared SSRC: always the slow way
         a.source, b.source = (DEVICE, 1), (NVR, 1)
         d.update(a)
         d.update(b)
-        assert d.resolve(7, (NVR, 1)) is b and d.resolve(7, (DEVICE, 1)) is a
-        assert d.resolve(7, (STRANGER, 1)) is None and d.unknown == 1
+        assert d.resolve(7, (NVR, 1), 0.0) is b and d.resolve(7, (DEVICE, 1), 0.0) is a
+        assert d.resolve(7, (STRANGER, 1), 0.0) is None and d.unknown == 1
         c = S("c", 7, source_host=DEVICE)  # a third, of the first one's host, awaiting media
         d.add(c)
-        assert d.resolve(7, (DEVICE, 2)) is c
+        assert d.resolve(7, (DEVICE, 2), 0.0) is c
 
     def test_removing_and_reindexing_leave_no_entry_behind(self) -> None:
         d: Demux[S] = Demux()
@@ -125,11 +125,48 @@ class TestDemux:
         d.add(a)
         a.ssrc = 9  # followed the device's own SSRC (M1)
         d.update(a)
-        assert d.fast == {9: a} and d.resolve(1, (DEVICE, 5000)) is a  # now by its source only
-        d.remove(a)
-        d.remove(a)  # twice: no error
+        assert d.fast == {9: a} and d.resolve(1, (DEVICE, 5000), 0.0) is a  # now by its source only
+        d.remove(a, 0.0)
+        d.remove(a, 0.0)  # twice: no error
         assert len(d) == 0 and d.fast == {} and d._by_ssrc == {} and d._by_host == {}
-        assert d.resolve(9, (DEVICE, 5000)) is None
+        assert d.resolve(9, (DEVICE, 5000), 0.0) is None
+
+    def test_a_closed_streams_ssrc_from_its_sender_is_nobodys_for_a_while(self) -> None:
+        # its device may still send after the BYE: not the wrong SSRC (M1) of a stream of its host
+        d: Demux[S] = Demux()
+        a, b, c = S("a", 11, source_host=NVR, source=(NVR, 5000)), S("b", 12, source_host=NVR), S("c", 13)
+        for s in (a, b, c):
+            d.add(s)
+        d.remove(a, 100.0)
+        d.remove(c, 100.0)  # never latched: its SSRC from its host
+        assert d.resolve(11, (NVR, 5000), 100.0) is None and d.unknown == 1
+        assert d.resolve(13, (DEVICE, 7), 104.0) is None and d.unknown == 2
+        assert d.resolve(11, (NVR, 5002), 101.0) is b  # another sender of the host: b's device (M1)
+        assert d.resolve(11, (NVR, 5000), 100.0 + GONE_SECONDS) is b  # once it has rested: as any other
+        assert d._gone == {(13, DEVICE): (None, 100.0 + GONE_SECONDS)}
+        d.remove(b, 200.0)  # what has expired goes as others close
+        assert list(d._gone) == [(12, NVR)]
+        d.add(S("a2", 11, source_host=NVR))  # the SSRC given again (after its quarantine): rule 1
+        assert d.resolve(12, (NVR, 1), 201.0) is None
+
+    def test_a_wrong_ssrc_another_stream_followed_already_still_finds_its_own_stream(self) -> None:
+        # two cameras of one make send one constant SSRC of their own (M1): the first one's stream
+        # followed it; the second one's must not lose it to the first (as its wrong source)
+        d: Demux[S] = Demux()
+        a, b = S("a", 0xAAAA, source_host=DEVICE, source=(DEVICE, 1)), S("b", 12, source_host=NVR)
+        d.add(a)
+        d.add(b)
+        assert d.resolve(0xAAAA, (NVR, 5), 0.0) is b
+        assert d.resolve(0xAAAA, (STRANGER, 5), 0.0) is a  # nobody else's: a's wrong source, as before
+        assert d.resolve(0xAAAA, (DEVICE, 2), 0.0) is a
+        # but a stream's SSRC from another port of its own host (its device sending from a new
+        # port) is its wrong source, never the wrong SSRC of a neighbour of that host awaiting media
+        d.add(S("c", 13, source_host=DEVICE))
+        assert d.resolve(0xAAAA, (DEVICE, 2), 0.0) is a
+        b.ssrc, b.source = 0xAAAA, (NVR, 5)  # followed it too: both by their sources
+        d.update(b)
+        assert d.resolve(0xAAAA, (NVR, 5), 0.0) is b and d.resolve(0xAAAA, (DEVICE, 1), 0.0) is a
+        assert d.unknown == d.ambiguous == 0
 
     def test_random_adds_updates_and_removes_keep_the_indexes_exact(self) -> None:
         rng = random.Random(16)
@@ -146,7 +183,7 @@ class TestDemux:
                 s.ssrc, s.source = rng.randrange(4), rng.choice([None, (DEVICE, 1), (NVR, 2)])
                 d.update(s)
             else:
-                d.remove(live.pop(rng.choice(list(live))))
+                d.remove(live.pop(rng.choice(list(live))), 0.0)
             for ssrc in range(4):
                 same = [s for s in live.values() if s.ssrc == ssrc]
                 want = same[0] if len(same) == 1 and same[0].source is not None else None
@@ -333,11 +370,13 @@ class TestSharedOnly:
             forwarder.close("s")
             assert SSRC not in sp.demux.fast and len(sp.demux) == 1 and sp.sock.fileno() >= 0
             await _send(device, PACKETS[5:10], port)
-            # the neighbour awaits media from the same host: a lone wrong SSRC is its (by host)
-            assert forwarder.snapshot().streams["n"].wrong_ssrc == 5
+            # the neighbour awaits media from the same host, but the closed stream's SSRC from its
+            # sender is still the closed stream's (GONE_SECONDS): not the neighbour's wrong SSRC
+            assert forwarder.snapshot().streams["n"].wrong_ssrc == 0
+            assert forwarder.totals().unknown_source == 5
             forwarder.close("n")
             await _send(device, PACKETS[10:13], port)
-            assert len(sp.demux) == 0 and forwarder.totals().unknown_source == 3
+            assert len(sp.demux) == 0 and forwarder.totals().unknown_source == 8
             assert len(_drain(sinks[0])) == 5 and _drain(sinks[1]) == []
         finally:
             device.close()
@@ -345,6 +384,53 @@ class TestSharedOnly:
             for s in sinks:
                 s.close()
         assert forwarder._shared == {}
+
+    async def test_a_closed_streams_sender_never_feeds_a_stream_of_its_host_awaiting_media(self) -> None:
+        # channel 1 of an NVR closes while the NVR still sends it (its BYE not yet acted on, or
+        # ignored); channel 2 of the same NVR awaits its first packet. On a port of its own the
+        # closed stream's packets would reach a closed port: here they must not become channel 2's
+        # "own SSRC" (M1) and be followed after SSRC_LATCH_PACKETS of them
+        forwarder, port, sinks = await _shared_forwarder(("a", 11, NVR), ("b", 12, NVR))
+        nvr = _from(NVR)
+        try:
+            await _send(nvr, [_with_ssrc(p, 11) for p in PACKETS[:10]], port)
+            assert len(_drain(sinks[0])) == 10
+            forwarder.close("a")
+            await _send(nvr, [_with_ssrc(p, 11) for p in PACKETS[10:80]], port)
+            assert _drain(sinks[1]) == []
+            f = forwarder.snapshot().streams["b"]
+            assert f.ssrc == 12 and not f.ssrc_latched and f.wrong_ssrc == 0
+            assert forwarder.totals().unknown_source == 70
+            # channel 2's own packets (from another port of the NVR) still find it
+            second = _from(NVR)
+            try:
+                await _send(second, [_with_ssrc(p, 12) for p in PACKETS[:5]], port)
+            finally:
+                second.close()
+            assert _drain(sinks[1]) == [_with_ssrc(p, 5) for p in PACKETS[:5]]
+        finally:
+            nvr.close()
+            forwarder.close_all()
+            for s in sinks:
+                s.close()
+
+    async def test_two_devices_sending_one_wrong_ssrc_are_each_followed_as_on_ports_of_their_own(self) -> None:
+        forwarder, port, sinks = await _shared_forwarder(("s", SSRC, DEVICE), ("n", 4242, NVR))
+        device, nvr = _from(DEVICE), _from(NVR)
+        try:
+            packets = [_with_ssrc(p, 0xABCDEF) for p in PACKETS[:60]]
+            await _send(device, packets, port)
+            await _send(nvr, packets, port)
+            want = [_with_ssrc(p, 5) for p in packets[SSRC_LATCH_PACKETS - 1 :]]
+            assert _drain(sinks[0]) == want and _drain(sinks[1]) == want
+            figures = forwarder.snapshot().streams
+            assert figures["n"].ssrc == 0xABCDEF and figures["s"].wrong_source == 0
+        finally:
+            device.close()
+            nvr.close()
+            forwarder.close_all()
+            for s in sinks:
+                s.close()
 
     async def test_a_send_the_socket_has_no_room_for_is_taken_back_from_its_consumer(self) -> None:
         libc = mmsg.load()
@@ -412,6 +498,13 @@ class TestSharedOnly:
         with pytest.raises(ConfigError, match="shared port"):
             load_config(env={}, overrides={**overrides, "media.port_max": "30003"})
         assert load_config(env={}, overrides={**overrides, "media.port_max": "30007"}).media.shared_port
+        # an odd first port: each share loses the pair its first port would start (30001-30004: 30002 only)
+        odd = {**overrides, "media.port_min": "30001"}
+        with pytest.raises(ConfigError, match="shared port"):
+            load_config(env={}, overrides={**odd, "media.port_max": "30008"})
+        config = load_config(env={}, overrides={**odd, "media.port_max": "30010"})
+        pools = _split((30001, 30010), config.relay_workers, 0.0, random.Random(1), reserve=2)
+        assert all(pool.capacity >= 1 for pool in pools)
 
     def test_each_relay_keeps_the_first_port_of_its_share_for_the_shared_one(self) -> None:
         pools = _split((30000, 30099), 2, 0.0, random.Random(1), reserve=2)

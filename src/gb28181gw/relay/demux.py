@@ -9,11 +9,14 @@ packet's SSRC and sender, and tells it when a stream's SSRC or source changes).
 
 The rules, in order (``resolve``):
 
-1. A stream expects this SSRC. One from this very sender (its latched source) is it; if it is
-   the only stream with the SSRC, it is given the packet, which it takes or counts as
-   ``wrong_source`` exactly as on a port of its own; if several expect the SSRC (two devices
-   that answered the same ``y=``), the one still waiting for its first packet from the
-   sender's host is it, and more than one is *ambiguous*.
+1. A stream expects this SSRC. One from this very sender (its latched source) is it; else the
+   one still waiting for its first packet from the sender's host (two devices that answered the
+   same ``y=``), more than one being *ambiguous*. None of them can be the sender's: the sender
+   may be a device sending that SSRC as its own wrong one (two cameras of one make with one
+   constant SSRC, the first one's stream following it already), found as in rule 2 when its host
+   is none of theirs (from their host it is one of them sending from a new port); if rule 2 finds
+   none and one stream expects the SSRC, it is given the packet and counts it as ``wrong_source``
+   exactly as on a port of its own.
 2. No stream expects the SSRC (a device sending a wrong one). The streams that could be its
    sender's are those expecting media from the sender's host that have no source yet, and
    those whose latched source is this sender. Exactly one: it is given the packet (and, as
@@ -21,6 +24,12 @@ The rules, in order (``resolve``):
    nothing else). More than one (two streams of one NVR from one host, one of them or both
    sending wrong SSRCs): *ambiguous*: dropped, counted and logged, never guessed.
 3. Nothing matches: a stranger's packet, dropped and counted (``unknown``); it is never sent on.
+
+A closed stream's SSRC from its sender (its latched source, or its host when it had none) stays
+its own for ``GONE_SECONDS`` (``remove``): its device may send on a while after the BYE (or ignore
+it), and on a port of its own those packets reach a closed port. Here they would be rule 2's wrong
+SSRC for a stream of the same host awaiting media (the NVR's next channel), followed after
+``SSRC_LATCH_PACKETS``: so they are strangers' (``unknown``) until then.
 
 What this costs against per-stream ports: a stream whose device sends a wrong SSRC is found
 only while it is the one stream of its device's host that could be; the ambiguous case, which
@@ -39,6 +48,9 @@ log = logging.getLogger("gb28181gw.relay")
 
 #: (host, SSRC) pairs whose ambiguity was logged already (then only counted), at most this many.
 WARNED_MAX = 1024
+#: Seconds a closed stream's SSRC from its sender is nobody's (never a wrong SSRC of a neighbour's):
+#: as long as a closed stream's own port rests before reuse (``media.port_quarantine``'s default).
+GONE_SECONDS = 5.0
 
 
 class Demuxed(Protocol):
@@ -69,6 +81,8 @@ class Demux(Generic[S]):
         self._by_host: dict[str, list[S]] = {}
         self._keys: dict[str, tuple[int, str | None, Any]] = {}  # what each stream is indexed under now
         self._warned: set[tuple[str, int]] = set()
+        # (SSRC, host) of closed streams → (their source port, None: any; until when), oldest first
+        self._gone: dict[tuple[int, str], tuple[int | None, float]] = {}
         self.unknown = 0
         self.ambiguous = 0
 
@@ -83,8 +97,27 @@ class Demux(Generic[S]):
             self._by_host.setdefault(st.source_host, []).append(st)
         self._refresh(st.ssrc)
 
-    def remove(self, st: S) -> None:
-        """Forget a stream (closed): none of its packets finds it after this."""
+    def remove(self, st: S, now: float) -> None:
+        """Forget a stream (closed at ``now``): none of its packets finds it after this, nor, for
+        ``GONE_SECONDS``, a stream of its host that awaits media (the module's docstring)."""
+        key = self._keys.get(st.id)
+        if key is None:
+            return
+        self._unindex(st)
+        ssrc, host, source = key
+        gone = self._gone
+        while gone:  # the oldest first: drop what has expired
+            oldest = next(iter(gone))
+            if gone[oldest][1] > now:
+                break
+            del gone[oldest]
+        at = source[0] if source is not None else host
+        if at is not None:
+            where = (ssrc, at)
+            gone.pop(where, None)  # to the end: the newest
+            gone[where] = (source[1] if source is not None else None, now + GONE_SECONDS)
+
+    def _unindex(self, st: S) -> None:
         key = self._keys.pop(st.id, None)
         if key is None:
             return
@@ -99,24 +132,48 @@ class Demux(Generic[S]):
         key = self._keys.get(st.id)
         if key is None or key == (st.ssrc, st.source_host, st.source):
             return
-        self.remove(st)
+        self._unindex(st)
         self.add(st)
         if key[0] != st.ssrc:
             self._refresh(key[0])
 
-    def resolve(self, ssrc: int, addr: Any) -> S | None:
-        """The stream a packet of ``ssrc`` from ``addr`` (host, port, …) is for, or ``None`` (counted)."""
+    def resolve(self, ssrc: int, addr: Any, now: float) -> S | None:
+        """The stream a packet of ``ssrc`` from ``addr`` (host, port, …) received at ``now`` is for,
+        or ``None`` (counted)."""
         host = addr[0]
         same = self._by_ssrc.get(ssrc)
         if same:
             exact = [s for s in same if s.source == addr]
             if not exact:
-                if len(same) == 1:
-                    return same[0]  # it takes the packet or counts it as from a wrong source
                 exact = [s for s in same if s.source is None and s.source_host in (None, host)]
-            return self._one(ssrc, addr, exact)
-        # a wrong SSRC (M1): only where the sender can be but one stream's
-        return self._one(ssrc, addr, [s for s in self._by_host.get(host, ()) if s.source is None or s.source == addr])
+            if exact:
+                return self._one(ssrc, addr, exact)
+            # none of its streams can be this sender's: a device of another host may send it as its
+            # own wrong SSRC (M1: cameras of one make sending one constant SSRC), found by its host
+            # (rule 2); from a host of its streams it is theirs from a new port (a device restarting
+            # its sender): its one stream counts it as from a wrong source, as on a port of its own
+            theirs = any(s.source_host == host or (s.source is not None and s.source[0] == host) for s in same)
+            senders = None if theirs else self._senders(ssrc, addr, now)
+            if senders or len(same) > 1:
+                return self._one(ssrc, addr, senders or [])
+            return same[0]
+        senders = self._senders(ssrc, addr, now)
+        if senders is None:
+            self.unknown += 1  # a closed stream's: never a neighbour's wrong SSRC
+            return None
+        return self._one(ssrc, addr, senders)
+
+    def _senders(self, ssrc: int, addr: Any, now: float) -> list[S] | None:
+        # rule 2, a wrong SSRC (M1): the streams the sender can be the device of, or None when the
+        # SSRC from this sender is a closed stream's (GONE_SECONDS)
+        host = addr[0]
+        if self._gone:
+            gone = self._gone.get((ssrc, host))
+            if gone is not None and gone[0] in (None, addr[1]):
+                if gone[1] > now:
+                    return None
+                del self._gone[(ssrc, host)]
+        return [s for s in self._by_host.get(host, ()) if s.source is None or s.source == addr]
 
     def _one(self, ssrc: int, addr: Any, streams: list[S]) -> S | None:
         # the stream if there is one; none is a stranger, several are ambiguous (counted, not guessed)

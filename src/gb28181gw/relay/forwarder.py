@@ -1050,7 +1050,7 @@ class Forwarder:
             st = fast.get(ssrc)
             if st is None or names[NAME * i : NAME * i + NAME] != st.source_name:
                 addr = b.sender(i)
-                found = demux.resolve(ssrc, addr)
+                found = demux.resolve(ssrc, addr, now)
                 if found is not None:
                     relay(found, buf, view, off, n, addr, now)
                     self._learned(found)
@@ -1119,7 +1119,7 @@ class Forwarder:
             ssrc = _SSRC.unpack_from(buf, 10)[0]
             st = demux.fast.get(ssrc)
             if st is None or addr != st.source:
-                st = demux.resolve(ssrc, addr)
+                st = demux.resolve(ssrc, addr, now)
                 if st is None:
                     continue
             self._relay(st, buf, view, 2, n, addr, now)
@@ -1539,7 +1539,7 @@ class Forwarder:
         _add_stream(self._gone, st)  # a closed stream's figures stay in the totals
         loop = self._loop
         if st.shared is not None:
-            st.shared.demux.remove(st)
+            st.shared.demux.remove(st, self.loop.time())
             st.udp = None  # the shared port's: it stays open for the other streams
         for sock in (st.udp, st.listener, st.conn):
             if sock is None:
