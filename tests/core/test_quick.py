@@ -322,3 +322,63 @@ def test_a_ban_is_left_to_the_general_path_which_counts_the_attempt_once() -> No
     assert request is not None
     assert r.handle(request, PEER, None, now=100.0, epoch=EPOCH, tag="t0").reason == "banned"
     assert ban.attempts == 1
+
+
+def digest(nonce: str, **odd: Any) -> str:
+    """An Authorization value for ``nonce``, with ``odd`` fields as a device might get them wrong."""
+    f = {"user": ID, "realm": DOMAIN, "uri": URI, "password": PASSWORD, "method": "REGISTER", "qop": None,
+         "nc": "00000001", "cnonce": "c0ffee", "algorithm": "MD5", "quoted": False, "shuffle": False, **odd}  # fmt: skip
+    ha1 = hashlib.md5(f"{f['user']}:{f['realm']}:{f['password']}".encode()).hexdigest()
+    ha2 = hashlib.md5(f"{f['method']}:{f['uri']}".encode()).hexdigest()
+    qop = f"{f['nc']}:{f['cnonce']}:{f['qop']}:" if f["qop"] else ""
+    response = hashlib.md5(f"{ha1}:{nonce}:{qop}{ha2}".encode()).hexdigest()
+    algorithm = f'algorithm="{f["algorithm"]}"' if f["quoted"] else f"algorithm={f['algorithm']}"
+    parts = [f'username="{f["user"]}"', f'realm="{f["realm"]}"', f'nonce="{nonce}"', f'uri="{f["uri"]}"',
+             f'response="{response}"', algorithm]  # fmt: skip
+    if f["qop"]:
+        parts += [f"qop={f['qop']}", f"nc={f['nc']}", f'cnonce="{f["cnonce"]}"']
+    return " Digest " + ",".join(reversed(parts) if f["shuffle"] else parts)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "user": st.sampled_from(["34020000001320000009", ID.lower() + "x"]),
+            "realm": st.just("4401000000"),
+            "uri": st.just("sip:x@y"),
+            "password": st.just("wrong"),
+            "method": st.just("INVITE"),
+            "qop": st.sampled_from(["auth", "auth-int", "AUTH"]),
+            "nc": st.sampled_from(["00000002", "1", "zz"]),
+            "algorithm": st.sampled_from(["md5", "MD5-sess", "SHA-256"]),
+            "quoted": st.booleans(),
+            "shuffle": st.booleans(),
+        },
+    ),
+    st.sampled_from([None, " 0", " 30", " 99999"]),
+)
+def test_odd_credentials_replays_and_stale_nonces_get_the_general_answer(
+    odd: dict[str, Any], expires: str | None
+) -> None:
+    # the same credentials sent again (new branches), and once more after the nonce's lifetime:
+    # whatever the quick path answers, the general one answers alike, and the nonce store agrees
+    a, b = registrar(PASSWORD), registrar(PASSWORD)
+    base = [
+        ("Via", " SIP/2.0/UDP 10.0.0.7:5070;rport;branch=z9hG4bKe0"),
+        ("From", f" <sip:{ID}@{DOMAIN}>;tag=f1"),
+        ("To", f" <sip:{ID}@{DOMAIN}>"),
+        ("Call-ID", " c1"),
+        ("CSeq", " 1 REGISTER"),
+        ("Contact", f" <sip:{ID}@10.0.0.7:5070>"),
+    ]
+    first = step(a, b, render("REGISTER", URI, [*base, ("Content-Length", " 0")]), None, 100.0)
+    nonce = first.split(b'nonce="')[1].split(b'"')[0].decode()
+    signed = [*base, ("Authorization", digest(nonce, **odd))]
+    if expires is not None:
+        signed.append(("Expires", expires))
+    for i, now in enumerate((100.5, 100.6, 101.0, 100_000.0)):
+        headers = [(n, v.replace("z9hG4bKe0", f"z9hG4bKe{i + 1}")) for n, v in signed]
+        step(a, b, render("REGISTER", URI, [*headers, ("Content-Length", " 0")]), None, now)
+        assert a.nonces._used.keys() == b.nonces._used.keys()

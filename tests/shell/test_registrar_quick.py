@@ -164,3 +164,27 @@ async def test_a_chain_link_that_cannot_say_it_passes_keeps_keepalives_on_the_ge
     finally:
         sock.close()
         await gw.stop()
+
+
+@pytest.mark.parametrize("quick", [True, False])
+async def test_a_failing_handler_is_answered_500_on_either_path(quick: bool) -> None:
+    # the general path's runner answers a handler's failure 500 (kept for Timer J like any final
+    # answer); the quick path must not drop the request unanswered instead
+    gw = await start_gateway(**{"registrar.password": PASSWORD, "registrar.quick_path": str(quick).lower()})
+    sock, port, ask = device_socket(gw)
+    try:
+        challenge = await ask(register(port, "c1", 1))
+
+        def broken(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("a bug")
+
+        gw.registrar.registrar.accept = broken  # type: ignore[method-assign]
+        signed = register(port, "c2", 2, authorization(challenge))
+        failed = await ask(signed)
+        assert failed.startswith(b"SIP/2.0 500 ") and b"internal error" in failed
+        assert await ask(signed) == failed  # a retransmission: the same answer, the handler not run again
+        assert gw.stack.counters.dropped["internal-error"] == 0
+        assert gw.stack.counters.requests["in", "UDP", "REGISTER"] == 2
+    finally:
+        sock.close()
+        await gw.stop()

@@ -354,12 +354,19 @@ class SipStack:
             return False  # a retransmission: the endpoint's transaction answers it again
         if endpoint.has_events:
             self.pump()  # what came before is handled first, as the general path would
-        answer = handler(q, peer)
+        try:
+            answer = handler(q, peer)
+        except Exception:
+            # as the general path's runner does (_run, _internal_error): logged, answered 500 and
+            # kept for Timer J; neither dropped unanswered nor handed on to be handled twice
+            log.exception("SIP handler failed", extra={"method": q.method, "peer": str(peer)})
+            warning = [("Warning", warning_header("internal error"))]
+            answer = 500, q.answer(500, endpoint.new_tag(), warning, endpoint.user_agent)
         if answer is None:
             return False
         status, out = answer
         self.counters.requests["in", "UDP", q.method] += 1
-        if status < 300:
+        if status < 300 or status == 500:
             # kept for Timer J like any completed transaction's answer; rejections (a challenge)
             # are stateless, as the general path sends them
             endpoint.complete(q.key, out, peer, (self._loop or asyncio.get_running_loop()).time())
