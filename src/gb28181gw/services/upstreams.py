@@ -516,6 +516,16 @@ class UpstreamService:
             self._lease_pump(link)  # an overdue fence just ran: stop the link
         return ok
 
+    def may_send(self, link: Link) -> bool:
+        """Whether anything may go to ``link``'s superior now (always, without a lease): every
+        service sending upward asks first, then passes :meth:`gate` to the stack. After a pause
+        a device's alarm (socket input) runs before any timer, the lease's fence included."""
+        return link.lease is None or self._may_send(link)
+
+    def gate(self, link: Link) -> Callable[[float], bool] | None:
+        """The retransmission gate of a request to ``link``'s superior (see :meth:`_gate`)."""
+        return self._gate(link, link.machine)
+
     def _gate(self, link: Link, machine: Upstream) -> Callable[[float], bool] | None:
         """What the endpoint asks before retransmitting ``machine``'s request: still its link's
         machine, and the lease still surely ours. After a pause the retransmission timer may run
