@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gb28181gw.errors import ConfigError, ConfigFileMissing, IdError
+from gb28181gw.errors import ConfigError, ConfigFileMissing, IdError, redact_url
 from gb28181gw.ids import GbId, is_id_prefix, type_name
 
 ENV_PREFIX = "GB28181GW_"
@@ -37,11 +37,19 @@ NOT_SETTINGS = frozenset(
 )
 
 
-def _opt(default: Any, help: str, check: Callable[[Any], str | None] | None = None, *, secret: bool = False) -> Any:
+def _opt(
+    default: Any,
+    help: str,
+    check: Callable[[Any], str | None] | None = None,
+    *,
+    secret: bool | Callable[[str], str] = False,
+) -> Any:
     """One option: its default, help text, validity check, and whether its value is a secret.
 
     A secret is never shown: ``gb28181gw config`` prints :data:`REDACTED` for it and a
-    :class:`ConfigError` about it does not quote the value.
+    :class:`ConfigError` about it does not quote the value. A value that may *hold* a secret
+    (a URL with a password) names the function masking that part: it is shown masked, and
+    counts as a secret only when the mask changed something.
     """
     metadata = {"help": help, "check": check, "secret": secret}
     if isinstance(default, list):
@@ -438,6 +446,7 @@ class StoreSection:
         "redis://127.0.0.1:6379/0",
         "Redis server of backend = redis: redis://[:password@]host[:port][/db], rediss:// (TLS) or unix:///path",
         _redis_url,
+        secret=redact_url,
     )
     flush_interval: float = _opt(0.5, "seconds between batched writes of changed devices", _positive)
 
@@ -1085,6 +1094,16 @@ class Setting:
     help: str
 
 
+def _shown(value: Any, secret: bool | Callable[[str], str] | None) -> tuple[Any, bool]:
+    """What of ``value`` may be shown, and whether it is (or holds) a secret that is set."""
+    if callable(secret):
+        masked = secret(value)
+        return masked, masked != value
+    if secret and value:
+        return REDACTED, True
+    return value, bool(secret)
+
+
 def effective_settings(config: Config) -> list[Setting]:
     """Every option of ``config`` with its effective value and source, secrets redacted."""
     rows = []
@@ -1092,9 +1111,7 @@ def effective_settings(config: Config) -> list[Setting]:
         for f in fields(cls):
             key = f"{section}.{f.name}"
             configured = getattr(getattr(config, section), f.name)
-            secret = bool(f.metadata.get("secret"))
-            if secret and configured:
-                configured = REDACTED
+            configured, secret = _shown(configured, f.metadata.get("secret"))
             rule = DERIVED.get(key)
             derived = rule is not None and configured == rule.unset
             rows.append(
@@ -1116,9 +1133,7 @@ def effective_settings(config: Config) -> list[Setting]:
     for index, up in enumerate(config.upstreams):
         for f in fields(UpstreamSection):
             configured = getattr(up, f.name)
-            secret = bool(f.metadata.get("secret"))
-            if secret and configured:
-                configured = REDACTED
+            configured, secret = _shown(configured, f.metadata.get("secret"))
             how = UPSTREAM_DERIVED.get(f.name) if configured == "" else None
             rows.append(
                 Setting(

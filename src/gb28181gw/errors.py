@@ -63,7 +63,9 @@ mistake and keep serving everyone else, while our own mistakes fail loudly.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
+from urllib.parse import urlsplit, urlunsplit
 
 
 class Gb28181Error(Exception):
@@ -456,3 +458,21 @@ class TokenError(RequestRefused):
 
 class AuditError(RequestRefused):
     """An audit listing or check that cannot be made (a filter that is not one: 400)."""
+
+
+_QUERY_PASSWORD = re.compile(r"(?<=password=)[^&#]*", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password (``user:password@``, ``?password=``) replaced by ``***``.
+
+    Here rather than beside the stores because config (``gb28181gw config``) and the stores
+    (logs, ``status``, their messages) both show a ``store.url`` and may import only this far.
+    """
+    parts = urlsplit(url)
+    if parts.password is not None:
+        user, _, hostport = parts.netloc.rpartition("@")
+        parts = parts._replace(netloc=f"{user.partition(':')[0]}:***@{hostport}")
+        url = urlunsplit(parts)
+    head, mark, query = url.partition("?")
+    return head + mark + _QUERY_PASSWORD.sub("***", query)

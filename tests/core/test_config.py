@@ -277,6 +277,42 @@ def test_secrets_are_marked_in_the_metadata_and_never_shown() -> None:
     assert {s.key: s for s in effective_settings(load_config(env={}))}["registrar.password"].value == ""
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:hunter2@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+        ("redis://gw:hunter2@redis.example:6380/1", "redis://gw:***@redis.example:6380/1"),
+        ("rediss://:hunter2@[::1]:6379/0", "rediss://:***@[::1]:6379/0"),
+        ("redis://127.0.0.1:6379/0?password=hunter2", "redis://127.0.0.1:6379/0?password=***"),
+        ("unix:///run/redis.sock?db=0&password=hunter2", "unix:///run/redis.sock?db=0&password=***"),
+    ],
+)
+def test_a_password_in_store_url_is_never_shown(tmp_path: Path, url: str, shown: str) -> None:
+    c = load_config(env={"GB28181GW_STORE_BACKEND": "redis", "GB28181GW_STORE_URL": url, "GB28181GW_NODE_ID": "n1"})
+    assert c.store.url == url  # the gateway still gets it
+    row = {s.key: s for s in effective_settings(c)}["store.url"]
+    assert row.value == row.configured == shown and row.secret
+    assert "hunter2" not in repr(effective_settings(c))
+    # in a file every user can read: warned about like any other secret
+    f = tmp_path / "gw.toml"
+    f.write_text(f'[store]\nbackend = "redis"\nurl = "{url}"\n[node]\nid = "n1"\n')
+    f.chmod(0o644)
+    assert [w.key for w in config_warnings(load_config(f, env={})) if w.concern is Concern.READABLE_SECRET] == [
+        "store.url"
+    ]
+
+
+def test_a_store_url_without_a_password_is_shown_and_no_secret(tmp_path: Path) -> None:
+    url = "redis://127.0.0.1:6379/2"
+    f = tmp_path / "gw.toml"
+    f.write_text(f'[store]\nbackend = "redis"\nurl = "{url}"\n[node]\nid = "n1"\n')
+    f.chmod(0o644)
+    c = load_config(f, env={})
+    row = {s.key: s for s in effective_settings(c)}["store.url"]
+    assert row.value == url and not row.secret
+    assert not [w for w in config_warnings(c) if w.concern is Concern.READABLE_SECRET]
+
+
 def test_an_error_about_a_secret_does_not_quote_it(tmp_path: Path) -> None:
     f = tmp_path / "gw.toml"
     f.write_text("[registrar]\npassword = 12345678\n")

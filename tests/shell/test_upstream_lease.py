@@ -18,8 +18,10 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from gb28181gw.sip.message import Request, make_response, parse_message
 from tests.process import free_port, serve, wait_ready
 from tests.redis_server import RedisServer, require_redis_py
 
@@ -94,6 +97,56 @@ class Superior:
         self.proc.wait(timeout=10)
 
 
+class MutingSuperior:
+    """A superior in this process: 200 to every request, except keepalives from the nodes whose
+    SIP port is in :attr:`unanswered`, left in flight (their retransmissions are what is counted)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.unanswered: set[int] = set()
+        self._received: list[Received] = []
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._done.is_set():
+            try:
+                data, address = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            message = parse_message(data)
+            if not isinstance(message, Request):
+                continue
+            port = message.top_via.port or 5060
+            with self._lock:
+                self._received.append(
+                    Received(time.time(), port, message.method, message.call_id, message.headers.get("Expires") or "")
+                )
+            if message.method == "MESSAGE" and port in self.unanswered:
+                continue
+            response = make_response(message, 200, to_tag="sup")
+            if message.method == "REGISTER":
+                response.headers.add("Expires", "3600")
+            self.sock.sendto(response.serialize(), address)
+
+    def received(self) -> list[Received]:
+        with self._lock:
+            return list(self._received)
+
+    def registers(self, port: int | None = None) -> list[Received]:
+        return [r for r in self.received() if r.method == "REGISTER" and (port is None or r.port == port)]
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+
 @dataclass
 class Node:
     name: str
@@ -140,7 +193,7 @@ def superior(tmp_path: Path) -> Iterator[Superior]:
         sup.stop()
 
 
-def start_node(tmp_path: Path, name: str, redis: RedisServer, superior: Superior) -> Node:
+def start_node(tmp_path: Path, name: str, redis: RedisServer, superior: Superior | MutingSuperior) -> Node:
     """A gateway node, not waited for (two start at the same instant)."""
     config = tmp_path / f"{name}.toml"
     config.write_text(
@@ -188,7 +241,7 @@ def two_nodes(tmp_path: Path, redis: RedisServer, superior: Superior) -> Iterato
             node.end()
 
 
-def holder_and_other(nodes: tuple[Node, Node], superior: Superior) -> tuple[Node, Node]:
+def holder_and_other(nodes: tuple[Node, Node], superior: Superior | MutingSuperior) -> tuple[Node, Node]:
     first = superior.registers()[0]
     holder = next(n for n in nodes if n.sip == first.port)
     return holder, next(n for n in nodes if n is not holder)
@@ -242,6 +295,40 @@ def test_a_holder_stopped_longer_than_its_lease_sends_nothing_upward_after_it_co
     assert holder.proc.poll() is None
     out = holder.end()
     assert "stops sending upward" in out or "held by another node" in out, out[-3000:]
+
+
+def test_a_holder_stopped_with_a_keepalive_in_flight_does_not_retransmit_it_after_it_continues(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # the endpoint's retransmission timer (Timer E) and the lease's fence are both due when it
+    # resumes; the retransmission must not go first (issue 17)
+    superior = MutingSuperior()
+    nodes = (start_node(tmp_path, "n1", redis, superior), start_node(tmp_path, "n2", redis, superior))
+    try:
+        for node in nodes:
+            wait_ready(node.admin, node.proc)
+        until(lambda: bool(superior.registers()), 30, "a REGISTER at the superior")
+        holder, other = holder_and_other(nodes, superior)
+        until(lambda: holder.upstream()["state"] == "registered", 10, "the holder registered")
+        superior.unanswered.add(holder.sip)
+        muted = time.time()
+        until(lambda: any(r.method == "MESSAGE" and r.port == holder.sip and r.at > muted
+                          for r in superior.received()), 5, "a keepalive left unanswered")  # fmt: skip
+        os.kill(holder.proc.pid, signal.SIGSTOP)  # its keepalive in flight: retransmitted every 0.5 s+
+        stopped = time.time()
+        until(lambda: bool(superior.registers(other.sip)), 15, "the other node's REGISTER")
+        time.sleep(max(0.0, stopped + 2 * LEASE - time.time()))
+        os.kill(holder.proc.pid, signal.SIGCONT)
+        resumed = time.time()
+        until(lambda: sum(r.method == "MESSAGE" and r.port == other.sip and r.at > resumed
+                          for r in superior.received()) >= 2, 15, "the new holder's keepalives")  # fmt: skip
+        assert holder.upstream()["holder"] == other.name
+        late = [r for r in superior.received() if r.port == holder.sip and r.at >= resumed]
+        assert late == []
+    finally:
+        for node in nodes:
+            node.end()
+        superior.stop()
 
 
 def test_a_clean_stop_unregisters_then_hands_the_superior_over_at_once(

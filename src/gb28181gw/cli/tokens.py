@@ -33,7 +33,7 @@ from gb28181gw.cli.common import (
 )
 from gb28181gw.cli.serve import load
 from gb28181gw.config import Config
-from gb28181gw.errors import AdminApiError, StoreError, TokenError
+from gb28181gw.errors import AdminApiError, StoreError, TokenError, redact_url
 
 _T = TypeVar("_T")
 
@@ -59,8 +59,6 @@ def _store_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def _where(config: Config) -> str:
     """The store of ``config``, for people (a Redis URL without its password)."""
     if config.store.backend == "redis":
-        from gb28181gw.store.base import redact_url
-
         return redact_url(config.store.url)
     return config.store.path
 

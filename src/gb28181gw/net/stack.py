@@ -566,8 +566,16 @@ class SipStack:
         self.endpoint.respond(tx, response, loop.time(), stateless=stateless)
         self.pump()
 
-    async def request(self, request: Request, peer: Peer, *, timeout: float | None = None) -> Response:
-        """Send ``request`` to ``peer`` and return its final response.
+    async def request(
+        self,
+        request: Request,
+        peer: Peer,
+        *,
+        timeout: float | None = None,
+        gate: Callable[[float], bool] | None = None,
+    ) -> Response:
+        """Send ``request`` to ``peer`` and return its final response (``gate``: see
+        :meth:`SipEndpoint.send_request <gb28181gw.sip.endpoint.SipEndpoint.send_request>`).
 
         Raises:
             SipTimeoutError: Timer B/F fired (or ``timeout`` passed).
@@ -575,7 +583,7 @@ class SipStack:
         """
         loop = self._loop or asyncio.get_running_loop()
         fut: asyncio.Future[Response] = loop.create_future()
-        tx = self.endpoint.send_request(request, peer, loop.time(), local=self.local_address(peer))
+        tx = self.endpoint.send_request(request, peer, loop.time(), local=self.local_address(peer), gate=gate)
         tx.user_data = fut
         self.pump()
         try:

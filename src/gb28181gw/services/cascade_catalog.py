@@ -359,8 +359,11 @@ class CascadeCatalogService:
 
     async def _send(self, request: Request, link: Link, dialog: Dialog | None = None) -> int | None:
         """The final status, or ``None`` when nothing came (the caller logs what was lost)."""
+        if not self.upstreams.may_send(link):
+            return None  # this node may no longer hold the superior's lease: nothing goes upward
         try:
-            response = await self.stack.request(request, dialog.peer if dialog is not None else link.machine.peer)
+            peer = dialog.peer if dialog is not None else link.machine.peer
+            response = await self.stack.request(request, peer, gate=self.upstreams.gate(link))
         except (SipTimeoutError, SipTransportError) as exc:
             log.debug(
                 "superior did not take a catalog message",

@@ -310,8 +310,13 @@ class CascadeRequestService:
     async def _send_up(self, link: Link, body: bytes) -> Response | None:
         """Send ``body`` to the superior in a MESSAGE; its final response, or ``None`` (logged) when it fails."""
         m = link.machine
+        if not self.upstreams.may_send(link):
+            log.info(
+                "MESSAGE to superior not sent: this node may not hold its lease", extra={"upstream": m.settings.name}
+            )
+            return None
         try:
-            response = await self.stack.request(m.message(body), m.peer)
+            response = await self.stack.request(m.message(body), m.peer, gate=self.upstreams.gate(link))
         except (SipTimeoutError, SipTransportError) as exc:
             # the superior never gets this answer or alarm: worth an operator's attention
             log.warning("MESSAGE to superior failed", extra={"upstream": m.settings.name, "error": str(exc)})

@@ -497,7 +497,7 @@ class UpstreamService:
         if link.lease is not None and not self._may_send(link):
             return  # not (or no longer surely) the holder: nothing goes upward; the machine is abandoned
         try:
-            response = await self.stack.request(out.request, out.peer)
+            response = await self.stack.request(out.request, out.peer, gate=self._gate(link, m))
         except (SipTimeoutError, SipTransportError) as exc:
             self._locate(m)
             m.receive_failure(out.ref, str(exc), self._loop.time())
@@ -515,6 +515,34 @@ class UpstreamService:
         if not ok:
             self._lease_pump(link)  # an overdue fence just ran: stop the link
         return ok
+
+    def may_send(self, link: Link) -> bool:
+        """Whether anything may go to ``link``'s superior now (always, without a lease): every
+        service sending upward asks first, then passes :meth:`gate` to the stack. After a pause
+        a device's alarm (socket input) runs before any timer, the lease's fence included."""
+        return link.lease is None or self._may_send(link)
+
+    def gate(self, link: Link) -> Callable[[float], bool] | None:
+        """The retransmission gate of a request to ``link``'s superior (see :meth:`_gate`)."""
+        return self._gate(link, link.machine)
+
+    def _gate(self, link: Link, machine: Upstream) -> Callable[[float], bool] | None:
+        """What the endpoint asks before retransmitting ``machine``'s request: still its link's
+        machine, and the lease still surely ours. After a pause the retransmission timer may run
+        before the lease's fence timer: the fence runs here first (issue 17: a resumed holder
+        sends nothing upward)."""
+        lease = link.lease
+        if lease is None:
+            return None
+
+        def gate(now: float) -> bool:
+            if link.machine is machine and lease.may_send(now):
+                return True
+            assert self._loop is not None
+            self._loop.call_soon(self._lease_pump, link)  # a fence that just ran stops the link
+            return False
+
+        return gate
 
     def _lease_pump(self, link: Link) -> None:
         """Send what the lease machine queued, handle its events, re-arm its timer."""

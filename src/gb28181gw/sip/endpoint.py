@@ -400,7 +400,13 @@ class SipEndpoint:
         self._fire(tx, inp, now, response)
 
     def send_request(
-        self, request: Request, peer: Peer, now: float, *, local: tuple[str, int] | None = None
+        self,
+        request: Request,
+        peer: Peer,
+        now: float,
+        *,
+        local: tuple[str, int] | None = None,
+        gate: Callable[[float], bool] | None = None,
     ) -> Transaction:
         """Start a client transaction for ``request`` toward ``peer``.
 
@@ -408,6 +414,10 @@ class SipEndpoint:
         ``peer`` reaches us at, RFC 3261 §18.1.1) or else the default of
         :meth:`set_local_address`; Max-Forwards is added if missing.
         ACK is not sent this way: use :meth:`send_ack`.
+
+        ``gate``: asked ``gate(now)`` before each retransmission; once it says no, nothing more
+        is sent (a request that may go out only while a lease is held: a process resumed from a
+        pause must not retransmit before the lease is looked at, whichever timer runs first).
         """
         if request.method == "ACK":
             raise LocalProtocolError("ACK has no client transaction: use send_ack()")
@@ -417,6 +427,7 @@ class SipEndpoint:
         key = client_key(branch, request.method)
         tx = Transaction(kind, key, request, peer, reliable)
         tx.wire = request.serialize()
+        tx.gate = gate
         self._client[key] = tx
         if tx.reliable:
             self._on_connection.setdefault(peer, set()).add(tx)
@@ -602,6 +613,9 @@ class SipEndpoint:
             self._out.append((tx.last_response, tx.peer))
 
     def _act_retransmit(self, tx: Transaction, now: float, response: Response | None) -> None:
+        if tx.gate is not None and not tx.gate(now):
+            tx.wire = None  # never again, even if the gate opens later: Timer B/F ends it
+            return
         if tx.wire is not None:
             self._out.append((tx.wire, tx.peer))
         if tx.kind is Kind.INVITE_CLIENT:

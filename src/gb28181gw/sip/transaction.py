@@ -17,7 +17,7 @@ and raises :class:`LocalProtocolError` naming the state.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import IntEnum, auto
 from typing import Any
 
@@ -228,6 +228,9 @@ class Transaction:
         response: the last response a client transaction received.
         user_data: free for the transaction user (e.g. a future to resolve).
         ack: the ACK the user sent for an INVITE's 2xx, serialized; resent for each retransmitted 2xx.
+        gate: for a client transaction, asked ``gate(now)`` before each retransmission (``None``:
+            always sent); once it says no, the request is not sent again and the transaction ends
+            by its timeout (Timer B/F).
     """
 
     __slots__ = (
@@ -248,6 +251,7 @@ class Transaction:
         "cancel_pending",
         "user_data",
         "ack",
+        "gate",
     )
 
     def __init__(self, kind: Kind, key: TxKey, request: Request, peer: Peer, reliable: bool) -> None:
@@ -268,6 +272,7 @@ class Transaction:
         self.deadlines: list[Deadline[Any]] = []
         self.cancel_pending = False
         self.user_data: Any = None
+        self.gate: Callable[[float], bool] | None = None
 
     @property
     def is_client(self) -> bool:

@@ -12,7 +12,6 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 from gb28181gw.access import Token
 from gb28181gw.audit import Anchor, AuditEntry, AuditQuery, AuditRecord
@@ -37,16 +36,6 @@ def stored_audit(seq: int, fields: Sequence[Any], digest: str) -> AuditRecord:
         # shown, not hidden: verify reports the record as altered, since its hash cannot match
         values = {"unreadable": f"{exc}: {str(params)[:200]}"}
     return AuditRecord(seq, AuditEntry(time, actor, source, action, target, values, result, detail), digest)
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (what logs and ``status`` show)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class Store(Protocol):

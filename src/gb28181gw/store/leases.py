@@ -24,8 +24,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from gb28181gw.errors import StoreError
-from gb28181gw.store.base import redact_url
+from gb28181gw.errors import StoreError, redact_url
 from gb28181gw.store.redis import PREFIX
 
 _ACQUIRE = """

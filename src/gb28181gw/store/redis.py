@@ -66,10 +66,10 @@ from redis.exceptions import RedisError, ResponseError
 
 from gb28181gw.access import Role, Token
 from gb28181gw.audit import GENESIS, Anchor, AuditEntry, AuditQuery, AuditRecord, chain_hash
-from gb28181gw.errors import StoreError, StoreRecordError
+from gb28181gw.errors import StoreError, StoreRecordError, redact_url
 from gb28181gw.gb.ledger import LedgerEntry
 from gb28181gw.gb.model import BAN_FIELDS, Alarm, Ban, Channel, Device, Override, ShareEntry
-from gb28181gw.store.base import params_json, redact_url, stored_audit
+from gb28181gw.store.base import params_json, stored_audit
 
 T = TypeVar("T")
 log = logging.getLogger("gb28181gw.store")

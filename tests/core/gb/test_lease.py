@@ -22,7 +22,8 @@ from gb28181gw.gb.lease import (
     render_table,
     transition,
 )
-from tests.helpers import FakeClock, counter_token
+from gb28181gw.sip.message import make_request
+from tests.helpers import DEVICE_UDP, FakeClock, counter_token, new_endpoint
 
 TTL = 9.0  # renew every 3 s, fence 1.8 s before expiry: 7.2 s after the confirmed send
 
@@ -173,6 +174,32 @@ class TestPause:
         lease.gone(renew.ref, "n2", clock.now)  # the other node took it meanwhile
         assert events(lease) == [LeaseLost("upstream:district", "n2")]
         assert not lease.may_send(clock.now)
+
+    def test_a_request_out_when_paused_is_not_retransmitted_whichever_timer_runs_first(self) -> None:
+        # the Done-when of issue 17: SIGSTOP with a keepalive outstanding, resumed after the TTL:
+        # its retransmission timer and the lease's fence timer are due at once; the endpoint
+        # asks the lease (the shell's gate) before retransmitting, and may_send fences first
+        lease, clock = make()
+        held(lease, clock)
+        ep = new_endpoint()
+        keepalive = make_request(
+            "MESSAGE", "sip:34020000002000000001@3402000000", from_addr="sip:a@b", to_addr="sip:c@d",
+            call_id="k", cseq=2, from_tag="f",
+        )  # fmt: skip
+        assert lease.may_send(clock.now)
+        ep.send_request(keepalive, DEVICE_UDP, clock.now, gate=lease.may_send)
+        assert len(ep.datagrams_to_send()) == 1
+        clock.advance(TTL * 2)  # stopped: no timer ran meanwhile
+        assert (ep.get_timer() or 0) < clock.now and (lease.get_timer() or 0) < clock.now
+        ep.handle_timer(clock.now)  # the endpoint's timer first: the worse order
+        assert ep.datagrams_to_send() == []
+        assert lease.state is LeaseState.FENCED and [type(e) for e in events(lease)] == [Fenced]
+        lease.handle_timer(clock.now)  # then the lease's: nothing more
+        run_until(lease, clock, clock.now + TTL)  # renewals unanswered; Timer F ends the keepalive
+        while (when := ep.get_timer()) is not None:
+            ep.handle_timer(when)
+            assert ep.datagrams_to_send() == []
+        assert ep.transactions_in_flight == 0
 
     def test_paused_within_the_margin_it_may_send(self) -> None:
         lease, clock = make()

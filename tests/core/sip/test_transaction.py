@@ -192,6 +192,24 @@ class TestNonInviteClient:
         (wire,) = _sent(ep)
         assert wire.split(b"\r\n")[1].startswith(b"Via: SIP/2.0/UDP [2001:db8::7]:5070;")
 
+    def test_a_gate_that_says_no_stops_retransmissions_for_good(self) -> None:
+        # issue 17: a request sent in a lease's name is retransmitted only while the lease holds
+        ep, clock = new_endpoint(), FakeClock()
+        asked: list[float] = []
+        open_until = 1000.0 + 2.0
+
+        def gate(now: float) -> bool:
+            asked.append(round(now - 1000.0, 3))
+            return now < open_until or now > 1000.0 + 10  # opens again later: too late
+
+        tx = ep.send_request(self._request(ep), DEVICE_UDP, clock.now, gate=gate)
+        assert len(_sent(ep)) == 1  # the first send is the caller's own check
+        assert _fire_until(ep, clock, 1000.0 + 40) == [0.5, 1.5]
+        assert asked == [0.5, 1.5, 3.5]  # refused at 3.5: never asked (nor sent) again
+        (ev,) = drain_events(ep)
+        assert isinstance(ev, TransactionTimedOut) and ev.transaction is tx  # Timer F still ends it
+        assert ep.transactions_in_flight == 0
+
     def test_no_retransmission_over_tcp(self) -> None:
         ep, clock = new_endpoint(), FakeClock()
         ep.send_request(self._request(ep), DEVICE_TCP, clock.now)
