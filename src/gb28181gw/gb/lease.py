@@ -44,8 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum, auto
 
-from gb28181gw.errors import LocalProtocolError
-from gb28181gw.sip.transaction import render_digraph
+from gb28181gw.sip.transaction import look_up, render_digraph
 
 __all__ = [
     "MARGIN_FRACTION",
@@ -177,10 +176,7 @@ def transition(state: LeaseState, inp: LeaseInput) -> tuple[LeaseState, tuple[Ac
     Raises:
         LocalProtocolError: the pair is not in the table (a bug of the caller), naming the state.
     """
-    try:
-        return TRANSITIONS[state, inp]
-    except KeyError:
-        raise LocalProtocolError(f"lease: {inp.name} is not possible in state {state.name}") from None
+    return look_up("lease", TRANSITIONS, state, inp)
 
 
 def render_table() -> str:

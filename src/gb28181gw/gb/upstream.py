@@ -55,13 +55,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum, auto
 
-from gb28181gw.errors import LocalProtocolError, SipParseError
+from gb28181gw.errors import SipParseError
 from gb28181gw.manscdp.messages import CONTENT_TYPE, CmdType, Root, encode
 from gb28181gw.sip.auth import Challenge, authorization_for, choose_challenge, credentials_header
 from gb28181gw.sip.headers import NameAddr
 from gb28181gw.sip.message import Request, Response, make_request
 from gb28181gw.sip.peer import Peer
-from gb28181gw.sip.transaction import render_digraph
+from gb28181gw.sip.transaction import look_up, render_digraph
 
 __all__ = [
     "JITTER",
@@ -239,10 +239,7 @@ def transition(state: UpstreamState, inp: UpstreamInput) -> tuple[UpstreamState,
     Raises:
         LocalProtocolError: the pair is not in the table (a bug of the caller), naming the state.
     """
-    try:
-        return TRANSITIONS[state, inp]
-    except KeyError:
-        raise LocalProtocolError(f"upstream registration: {inp.name} is not possible in state {state.name}") from None
+    return look_up("upstream registration", TRANSITIONS, state, inp)
 
 
 def render_table() -> str:

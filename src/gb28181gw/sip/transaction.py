@@ -18,13 +18,18 @@ and raises :class:`LocalProtocolError` naming the state.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from enum import IntEnum, auto
-from typing import Any
+from enum import Enum, IntEnum, auto
+from typing import Any, TypeVar
 
 from gb28181gw.deadlines import Deadline
+from gb28181gw.errors import LocalProtocolError
 
 from .message import Request, Response
 from .peer import Peer
+
+_S = TypeVar("_S", bound=Enum)
+_I = TypeVar("_I", bound=Enum)
+_T = TypeVar("_T")
 
 
 class State(IntEnum):
@@ -304,6 +309,18 @@ def server_key(request: Request) -> TxKey:
 def client_key(branch: str, method: str) -> TxKey:
     """The key matching a response to its client transaction (RFC 3261 §17.1.3)."""
     return (branch, "INVITE" if method == "ACK" else method)
+
+
+def look_up(what: str, table: Mapping[tuple[_S, _I], _T], state: _S, inp: _I) -> _T:
+    """``table[state, inp]`` of a state machine's transition table.
+
+    Raises:
+        LocalProtocolError: the pair is not in the table (a bug of the caller), naming ``what`` and the state.
+    """
+    try:
+        return table[state, inp]
+    except KeyError:
+        raise LocalProtocolError(f"{what}: {inp.name} is not possible in state {state.name}") from None
 
 
 def render_digraph(name: str, table: Mapping[tuple[Any, Any], Any]) -> str:
