@@ -42,6 +42,10 @@ BEIJING = dt.timezone(dt.timedelta(hours=8))
 FROM, TO = "2024-05-06T08:00:00", "2024-05-06T08:00:04"
 SPAN = Span.from_local(dt.datetime.fromisoformat(FROM), dt.datetime.fromisoformat(TO), BEIJING)
 FRAMES = 100  # 4 s at 25 fps: the whole span
+# How long the device waits before its MediaStatus says the span is all sent: the test sends the
+# span itself once it has seen both sides' sessions through the CLI (a process per look, slow on a
+# loaded machine), so the MediaStatus must not overtake it; 1.5 s did once with two suites running.
+SPAN_SENT = 6000
 
 
 def device_side(kind: str, then: str, refs: str, extra_check: str = "") -> str:
@@ -120,7 +124,7 @@ def test_district_plays_back_and_downloads_a_span_of_a_device_behind_the_site(tm
         then = (
             info_part("^PAUSE RTSP/1.0..CSeq: 1..PauseTime: now..$", name="p1")
             + info_part("^PLAY RTSP/1.0..CSeq: 2..Range: npt=now-..$", name="p2")
-            + media_status(2500)
+            + media_status(SPAN_SENT)
         )
         out = tmp_path / "playback.mp4"
         with device(tmp_path, dev_port, "playback-device", device_side("Playback", then, "p1,p2")):
@@ -144,7 +148,9 @@ def test_district_plays_back_and_downloads_a_span_of_a_device_behind_the_site(tm
         # (unknown size), its MediaStatus ends it complete on B, the MP4 plays at the recording's pace
         out = tmp_path / "download.mp4"
         speed = '\n      <ereg regexp="a=downloadspeed:4" search_in="body" check_it="true" assign_to="ds"/>'
-        with device(tmp_path, dev_port, "download-device", device_side("Download", media_status(1500), "ds", speed)):
+        with device(
+            tmp_path, dev_port, "download-device", device_side("Download", media_status(SPAN_SENT), "ds", speed)
+        ):
             loader = b_cli(b, "download", CH1, "--from", FROM, "--to", TO, "--speed", "4", "-o", str(out), "--json")
             until(lambda: (b_stream(b) or {}).get("state") == "live", 15, "B's download to be live")
             st = b_stream(b)
