@@ -530,7 +530,9 @@ class RedisStore:
     async def _version(self, r: Any) -> int:
         raw = await r.get(self._k("schema"))
         if raw is None:
-            if await r.exists(*(self._k(k) for k in ("devices", "audit:chain", "tokens", "ledger", "alarm:seq"))):
+            # not audit:chain: migration 0 creates it before schema is set, and nodes starting at
+            # once on an empty Redis see each other's half-done migration (it is safe to run again)
+            if await r.exists(*(self._k(k) for k in ("devices", "tokens", "ledger", "alarm:seq"))):
                 raise StoreError(
                     f"store {self.location} holds gb28181gw keys ({self.prefix}*) but no {self.prefix}schema; "
                     "it was left untouched: restore it or use another database"
