@@ -28,6 +28,7 @@ from gb28181gw.admin.audit import add_audit_routes
 from gb28181gw.admin.doctor import add_doctor_routes
 from gb28181gw.admin.forms import add_form_routes
 from gb28181gw.admin.ledger import add_ledger_routes
+from gb28181gw.admin.nodes import add_node_routes
 from gb28181gw.admin.openapi import add_openapi_route
 from gb28181gw.admin.tokens import add_token_routes
 from gb28181gw.config import Config, StoreSection, is_loopback, parse_time_zone
@@ -313,7 +314,14 @@ class Gateway:
                 require_tokens=c.admin.require_tokens,
                 open_metrics=c.admin.open_metrics,
             )
-            add_device_routes(self.admin, self.registrar, self.devices, self.flood)
+            add_device_routes(
+                self.admin,
+                self.registrar,
+                self.devices,
+                self.flood,
+                owners=self.nodes.owners if c.store.backend == "redis" else None,
+            )
+            add_node_routes(self.admin, self.nodes, backend=c.store.backend)
             add_stream_routes(
                 self.admin,
                 self.streams,

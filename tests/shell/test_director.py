@@ -181,6 +181,11 @@ def test_devices_registering_through_the_director_are_spread_as_the_hash_says(
     assert sum(len(s) for s in online.values()) == len(DEVICES)  # each device online exactly once
     assert director.metric("gb28181gw_director_redirects_total") == len(DEVICES)
     for n in nodes:
+        rows = n.cli("devices")
+        assert isinstance(rows, list)
+        # the node column reads the owner hash, which ownership (i17-own) writes at each REGISTER
+        assert all(row["node"] in ("", n.name) for row in rows)
+    for n in nodes:
         assert director.metric(f'gb28181gw_director_redirects_total{{node="{n.name}"}}') == len(expected[n.name])
 
 
@@ -195,6 +200,10 @@ def test_a_killed_nodes_devices_are_sent_to_the_survivors_once_its_claim_runs_ou
     victim.proc.kill()  # no goodbye: its claim runs out by itself
     victim.proc.wait(timeout=10)
     until(lambda: director.metric("gb28181gw_nodes_live") == 3, 15, "the killed node's claim running out")
+    rows = director.cli("nodes")
+    assert isinstance(rows, list)
+    gone = next(r for r in rows if r["node"] == victim.name)
+    assert not gone["live"] and gone["heartbeat_age"] is None  # listed until the janitor clears it
     # its devices find their node gone and register at the director again (§9.1.2.3)
     sipp(tmp_path, director, sorted(orphans))
     for survivor in survivors:
@@ -250,3 +259,54 @@ def test_a_malformed_advertised_address_stops_start_up_naming_the_key(
     output = node.proc.communicate(timeout=30)[0]
     assert node.proc.returncode == 3, output
     assert "node.advertised_address" in output and value in output
+
+
+def test_nodes_lists_each_node_with_its_address_role_devices_superiors_and_heartbeat(
+    tmp_path: Path, cluster: tuple[Node, list[Node]], redis: RedisServer
+) -> None:
+    director, nodes = cluster
+    # what ownership (owner: "<epoch> <node>") and the superiors' leases ("<node> <epoch> <token>") hold
+    owner = [b"HSET", b"gbgw:owner", b"34020000001320000901", b"3 n1", b"34020000001320000902", b"5 n1"]
+    assert redis.command(*owner, b"34020000001320000903", b"1 n2") == b":3"
+    assert redis.command(b"SET", b"gbgw:lease:upstream:district", b"n3 4 ab12") == b"+OK"
+    assert redis.command(b"SET", b"gbgw:lease:upstream:district:epoch", b"4") == b"+OK"
+    data = nodes[0].cli("nodes")
+    assert isinstance(data, list)
+    rows = {r["node"]: r for r in data}
+    assert sorted(rows) == ["d", "n1", "n2", "n3"]
+    assert rows["d"]["director"] and not rows["d"]["serves"] and rows["d"]["advertised"] == f"127.0.0.1:{director.sip}"
+    for n in nodes:
+        row = rows[n.name]
+        assert row["live"] and not row["director"] and row["serves"]
+        assert row["advertised"] == f"127.0.0.1:{n.sip}"
+        assert 0 <= row["heartbeat_age"] <= CLAIM
+    assert (rows["n1"]["devices"], rows["n2"]["devices"], rows["n3"]["devices"], rows["d"]["devices"]) == (2, 1, 0, 0)
+    assert rows["n3"]["superiors"] == ["district"] and rows["n1"]["superiors"] == []
+    assert rows["n1"]["this"] and not rows["n2"]["this"]
+    # the table (piped: tab-separated)
+    done = subprocess.run(
+        [sys.executable, "-m", "gb28181gw", "nodes", "--admin", director.admin],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line.split("\t") for line in done.stdout.splitlines()]
+    assert lines[0] == ["node", "address", "role", "state", "devices", "superiors", "heartbeat"]
+    assert ["d (this)", f"127.0.0.1:{director.sip}", "director", "live", "0", "-"] == lines[1][:6]
+    assert lines[4][:6] == ["n3", f"127.0.0.1:{nodes[2].sip}", "node", "live", "0", "district"]
+
+
+def test_nodes_with_redis_gone_is_a_clear_503(
+    tmp_path: Path, cluster: tuple[Node, list[Node]], redis: RedisServer
+) -> None:
+    director, _ = cluster
+    redis.stop()
+    done = subprocess.run(
+        [sys.executable, "-m", "gb28181gw", "nodes", "--admin", director.admin],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode != 0
+    assert "the nodes cannot be read" in done.stderr + done.stdout
