@@ -295,7 +295,7 @@ class Gateway:
         await self.stack.listen(replace(c.sip, tcp_max_connections=tcp_connection_budget(c)))
         announce = getattr(self.store, "announce", None)
         if announce is not None and c.sip.port == 0 and not c.node.advertised_address and c.node_advertised:
-            # the port the kernel chose is where devices are sent (the claim said port 0 so far)
+            # the port the kernel chose is where devices are sent (the claim named no address so far)
             await announce(advertised=replace(c, sip=replace(c.sip, port=self.stack.port)).node_advertised)
         await self.nodes.start()  # a director answers from its first REGISTER with a view of the nodes
         await self.streams.start()
@@ -549,7 +549,10 @@ def make_store(
 def node_claim(config: Config) -> dict[str, object]:
     """What this node's claim tells the others (gb.director.NodeRecord): where devices reach it, its role."""
     n = config.node
-    return {"advertised": config.node_advertised, "director": n.director, "serves": n.director_serves or not n.director}
+    # port 0: the kernel picks it at bind time, and the claim says it then (Gateway.start); until then
+    # the node has no address, so no director sends devices to "host:0"
+    advertised = config.node_advertised if n.advertised_address or config.sip.port else ""
+    return {"advertised": advertised, "director": n.director, "serves": n.director_serves or not n.director}
 
 
 def make_nodes(config: Config) -> RedisNodes | None:

@@ -310,3 +310,18 @@ def test_nodes_with_redis_gone_is_a_clear_503(
     )
     assert done.returncode != 0
     assert "the nodes cannot be read" in done.stderr + done.stdout
+
+
+async def test_a_node_on_port_0_claims_the_port_it_got_and_sees_itself(redis: RedisServer) -> None:
+    from .conftest import start_gateway
+
+    gw = await start_gateway(**{"store.backend": "redis", "store.url": redis.url, "node.id": "n7"})
+    try:
+        claim = json.loads(redis.command(b"GET", b"gbgw:node:n7") or b"{}")
+        assert claim["advertised"] == f"127.0.0.1:{gw.stack.port}" and gw.stack.port != 0
+        assert (claim["director"], claim["serves"], claim["ttl"]) == (False, True, 15.0)
+        assert redis.command(b"SISMEMBER", b"gbgw:nodes", b"n7") == b":1"
+        (me,) = gw.nodes.view  # read before the gateway was ready
+        assert (me.node_id, me.advertised, me.serves) == ("n7", claim["advertised"], True)
+    finally:
+        await gw.stop()

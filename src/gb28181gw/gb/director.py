@@ -144,9 +144,15 @@ def direct(device_id: str, nodes: Sequence[NodeRecord], self_id: str) -> Directi
     return Direction(Verdict.REDIRECT, node)
 
 
-def contact_uri(server_id: str, advertised: str) -> str:
-    """The 302's Contact URI: ``sip:<server ID>@<host:port>`` (PROTOCOL.md §3.7), an IPv6 host in brackets."""
+def contact_uri(server_id: str, advertised: str, transport: str = "UDP") -> str:
+    """The 302's Contact URI: ``sip:<server ID>@<host:port>`` (PROTOCOL.md §3.7), an IPv6 host in brackets.
+
+    A REGISTER that came over TCP is sent on with ``;transport=tcp``: a ``sip:`` URI without it
+    means UDP (RFC 3263 §4.1), and a device registering over TCP (GB/T 28181-2022: TCP behind NAT)
+    must stay on it.
+    """
     host, _, port = advertised.rpartition(":")
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    return f"sip:{server_id}@{host}:{port}"
+    tail = ";transport=tcp" if transport.upper() == "TCP" else ""
+    return f"sip:{server_id}@{host}:{port}{tail}"

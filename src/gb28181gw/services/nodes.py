@@ -167,7 +167,7 @@ class NodeService:
         else:
             node = direction.node
             resp = make_response(req, 302, to_tag=self.stack.endpoint.new_tag())
-            resp.headers.add("Contact", f"<{contact_uri(self.server_id, node.advertised)}>")
+            resp.headers.add("Contact", f"<{contact_uri(self.server_id, node.advertised, event.peer.transport)}>")
             resp.headers.add("Expires", str(self._expires(req.headers.get("expires"))))
             self.redirects[(node.node_id,)] += 1
             if log.isEnabledFor(logging.DEBUG):

@@ -101,3 +101,9 @@ class TestContact:
         assert contact_uri("34020000002000000001", "127.0.0.1:5080") == "sip:34020000002000000001@127.0.0.1:5080"
         assert contact_uri("34020000002000000001", "gw2.example:5060") == "sip:34020000002000000001@gw2.example:5060"
         assert contact_uri("34020000002000000001", "[::1]:5080") == "sip:34020000002000000001@[::1]:5080"
+
+    def test_a_device_on_tcp_is_sent_on_over_tcp(self) -> None:
+        # a sip: URI without transport means UDP (RFC 3263 §4.1)
+        uri = contact_uri("34020000002000000001", "127.0.0.1:5080", "TCP")
+        assert uri == "sip:34020000002000000001@127.0.0.1:5080;transport=tcp"
+        assert contact_uri("34020000002000000001", "127.0.0.1:5080", "UDP").endswith("5080")
