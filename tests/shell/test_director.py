@@ -325,3 +325,18 @@ async def test_a_node_on_port_0_claims_the_port_it_got_and_sees_itself(redis: Re
         assert (me.node_id, me.advertised, me.serves) == ("n7", claim["advertised"], True)
     finally:
         await gw.stop()
+
+
+def test_a_director_that_serves_answers_the_devices_it_hashes_to_itself(tmp_path: Path, redis: RedisServer) -> None:
+    director = start_node(tmp_path, "d", redis, "--set", "node.director=true", "--set", "node.director_serves=true")
+    try:
+        wait_ready(director.admin, director.proc)
+        # the only node serving devices: every device is its own, challenged as on any node
+        answer = register(director.sip, DEVICES[0]).decode()
+        assert answer.startswith("SIP/2.0 401 "), answer
+        assert director.metric("gb28181gw_director_redirects_total") == 0
+        rows = director.cli("nodes")
+        assert isinstance(rows, list)
+        assert [(r["node"], r["director"], r["serves"]) for r in rows] == [("d", True, True)]
+    finally:
+        director.end()
