@@ -180,6 +180,7 @@ def test_devices_registering_through_the_director_are_spread_as_the_hash_says(
     assert director.online() == set()  # it only redirects
     assert sum(len(s) for s in online.values()) == len(DEVICES)  # each device online exactly once
     assert director.metric("gb28181gw_director_redirects_total") == len(DEVICES)
+    assert director.metric("gb28181gw_node_view_seconds_count") >= 1  # the Redis round trip of each read
     for n in nodes:
         rows = n.cli("devices")
         assert isinstance(rows, list)
@@ -340,3 +341,34 @@ def test_a_director_that_serves_answers_the_devices_it_hashes_to_itself(tmp_path
         assert [(r["node"], r["director"], r["serves"]) for r in rows] == [("d", True, True)]
     finally:
         director.end()
+
+
+async def test_the_redis_reader_of_nodes_owners_and_leases(redis: RedisServer) -> None:
+    from gb28181gw.errors import StoreError
+    from gb28181gw.store.nodes import RedisNodes
+
+    claim = json.dumps({"pid": 1, "advertised": "10.0.0.1:5061", "director": False, "serves": True, "ttl": 15.0})
+    assert redis.command(b"SET", b"gbgw:node:n1", claim.encode(), b"PX", b"15000") == b"+OK"
+    assert redis.command(b"SET", b"gbgw:node:old", b'{"pid": 2}', b"PX", b"15000") == b"+OK"  # an older claim
+    assert redis.command(b"SADD", b"gbgw:nodes", b"n1", b"old", b"dead") == b":3"  # dead: listed, no claim
+    assert redis.command(b"HSET", b"gbgw:owner", b"A", b"3 n1", b"B", b"9 dead", b"C", b"garbage") == b":3"
+    assert redis.command(b"SET", b"gbgw:lease:upstream:city", b"n1 2 tok") == b"+OK"
+    assert redis.command(b"SET", b"gbgw:lease:upstream:city:epoch", b"2") == b"+OK"
+    nodes = RedisNodes(redis.url)
+    await nodes.open()
+    try:
+        live = await nodes.live()
+        assert [(n.node_id, n.advertised, n.director, n.serves) for n in live] == [
+            ("n1", "10.0.0.1:5061", False, True),
+            ("old", "", False, True),  # no address: never named by a director
+        ]
+        assert 14 < live[0].ttl <= 15
+        assert await nodes.listed() == ["dead", "n1", "old"]
+        assert await nodes.owners_of(["A", "B", "C", "D"]) == {"A": "n1", "B": "dead"}
+        assert await nodes.owned() == {"n1": 1, "dead": 1}
+        assert await nodes.leases() == {"city": "n1"}
+        redis.stop()
+        with pytest.raises(StoreError, match="reading the nodes from redis://127.0.0.1"):
+            await nodes.live()
+    finally:
+        await nodes.close()

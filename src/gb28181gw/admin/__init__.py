@@ -427,13 +427,13 @@ def add_device_routes(
     devices: DeviceService,
     flood: FloodGuard | None = None,
     *,
-    owners: Callable[[], Awaitable[dict[str, str]]] | None = None,
+    owners: Callable[[list[str]], Awaitable[dict[str, str]]] | None = None,
 ) -> None:
     """``/api/v1/devices``: list, show, add (provision) and remove devices; ``/api/v1/bans``: the
     registrar's bans for failed authentication and ``flood``'s bans of addresses that sent too fast.
 
-    ``owners`` (several nodes on Redis): device ID → the node it registered at last, shown as
-    each listed device's ``node``.
+    ``owners`` (several nodes on Redis): the node each of the given devices registered at last,
+    shown as each listed device's ``node``.
     """
 
     async def list_devices(request: web.Request) -> web.Response:
@@ -446,7 +446,7 @@ def add_device_routes(
         rows = [_device_json(registrar, d) for d in devices]
         if owners is not None:
             try:
-                owner = await owners()
+                owner = await owners([row["device_id"] for row in rows])
             except StoreError:
                 owner = None  # Redis away: the listing is still this node's to give, without nodes
             for row in rows:

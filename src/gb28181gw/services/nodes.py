@@ -224,8 +224,12 @@ class NodeService:
             )
         return rows
 
-    async def owners(self) -> dict[str, str]:
-        """Device ID → its node (empty with the SQLite store)."""
+    async def owners(self, device_ids: list[str]) -> dict[str, str]:
+        """Device ID → its node, for those of ``device_ids`` that have one (none with the SQLite store).
+
+        Raises:
+            StoreError: Redis does not answer.
+        """
         if self.nodes is None:
             return {}
-        return dict(await self.nodes.owners())
+        return dict(await self.nodes.owners_of(device_ids))

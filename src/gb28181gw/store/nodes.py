@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -154,6 +155,22 @@ class RedisNodes:
                 _, _, node = _text(value).partition(" ")
                 if node:
                     out[_text(device)] = node
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"reading device owners from {self.location} failed: {exc}") from None
+        return out
+
+    async def owners_of(self, device_ids: Sequence[str]) -> dict[str, str]:
+        """The node of each of ``device_ids`` that has one (``HMGET`` in pages)."""
+        out: dict[str, str] = {}
+        r = self._r()
+        try:
+            for i in range(0, len(device_ids), PAGE):
+                page = device_ids[i : i + PAGE]
+                for device, value in zip(page, await r.hmget(self.prefix + "owner", page), strict=True):
+                    if value is not None:
+                        node = _text(value).partition(" ")[2]
+                        if node:
+                            out[device] = node
         except (RedisError, OSError) as exc:
             raise StoreError(f"reading device owners from {self.location} failed: {exc}") from None
         return out
