@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gb28181gw.errors import StoreError
 from gb28181gw.gb.director import RETRY_AFTER, NodeRecord, Verdict, contact_uri, direct
@@ -39,6 +39,9 @@ from gb28181gw.net.router import PASS, Passed
 from gb28181gw.net.stack import SipStack
 from gb28181gw.sip.events import RequestReceived
 from gb28181gw.sip.message import make_response
+
+if TYPE_CHECKING:
+    from gb28181gw.store.nodes import RedisNodes  # redis-py: only with the redis store
 
 log = logging.getLogger("gb28181gw.nodes")
 
@@ -63,7 +66,7 @@ class NodeService:
     def __init__(
         self,
         stack: SipStack,
-        nodes: Any,
+        nodes: RedisNodes | None,
         *,
         node_id: str,
         director: bool,
@@ -114,6 +117,8 @@ class NodeService:
             await self.nodes.close()
 
     async def _read(self) -> None:
+        if self.nodes is None:
+            return  # SQLite: this gateway is the only node
         started = time.perf_counter()
         try:
             view = await self.nodes.live()

@@ -454,7 +454,7 @@ class RedisStore:
         """
         key, ttl = self._k(f"node:{self.node}"), int(self.claim_ttl * 1000)
         # listed before claimed: a node is never live without being listed (the set only grows
-        # here; i17's janitor removes the dead)
+        # here; the janitor of device ownership removes the dead)
         await r.sadd(self._k("nodes"), self.node)
         while not await r.set(key, self._claim, nx=True, px=ttl):
             raw = await r.get(key)
