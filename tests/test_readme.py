@@ -34,7 +34,7 @@ SECTIONS = tuple(config.SECTIONS)
 
 FENCE_RE = re.compile(r"^```[^\n]*\n(.*?)^```", re.M | re.S)
 INLINE_RE = re.compile(r"`([^`\n]+)`")
-SEPARATORS = frozenset({"&&", "||", "|", ";"})
+SEPARATORS = frozenset({"&&", "||", "|", ";", "&"})
 
 
 def code_blocks(text: str) -> list[str]:

@@ -28,6 +28,7 @@ from gb28181gw.admin.audit import add_audit_routes
 from gb28181gw.admin.doctor import add_doctor_routes
 from gb28181gw.admin.forms import add_form_routes
 from gb28181gw.admin.ledger import add_ledger_routes
+from gb28181gw.admin.nodes import add_node_routes
 from gb28181gw.admin.openapi import add_openapi_route
 from gb28181gw.admin.tokens import add_token_routes
 from gb28181gw.config import Config, StoreSection, is_loopback, parse_time_zone
@@ -63,6 +64,7 @@ from gb28181gw.services.devices import DeviceService
 from gb28181gw.services.doctor import DoctorService
 from gb28181gw.services.forms import FormService
 from gb28181gw.services.ledger import LedgerService
+from gb28181gw.services.nodes import NodeService
 from gb28181gw.services.registrar import RegistrarService
 from gb28181gw.services.streams import MediaSettings, StreamService
 from gb28181gw.services.subscriptions import SubscriptionService
@@ -76,6 +78,7 @@ from gb28181gw.store.sqlite import SqliteStore
 
 if TYPE_CHECKING:
     from gb28181gw.store.leases import RedisLeases
+    from gb28181gw.store.nodes import RedisNodes
 
 log = logging.getLogger("gb28181gw.app")
 
@@ -109,7 +112,9 @@ class Gateway:
             tcp_per_address=config.flood.tcp_per_address if config.flood.enabled else 0,
         )
         self._superior_hosts = frozenset(up.host for up in config.upstreams)
-        self.store = make_store(config.store, node=config.node.id)
+        self.store = make_store(
+            config.store, node=config.node.id, about=node_claim(config), claim_ttl=config.node.claim_seconds
+        )
         self.audit = AuditService(self.store, self.metrics, retention_days=config.audit.retention_days)
         self.access = AccessService(self.store, self.audit)
         self.registrar = RegistrarService(
@@ -188,6 +193,15 @@ class Gateway:
             audit=self.audit,
         )
         self.upstreams.count_streams(self.cascade_media.served_to)
+        self.nodes = NodeService(
+            self.stack,
+            make_nodes(config),
+            node_id=config.node.id,
+            director=config.node.director,
+            server_id=config.gateway.id,
+            expires=config.registrar.expires_default,
+            metrics=self.metrics,
+        )
         self.ledger = LedgerService(config, self.registrar, self.devices, self.store, audit=self.audit)
         self.doctor = DoctorService(
             self.registrar,
@@ -279,6 +293,11 @@ class Gateway:
         await self.ledger.start()
         self.forms.start()
         await self.stack.listen(replace(c.sip, tcp_max_connections=tcp_connection_budget(c)))
+        announce = getattr(self.store, "announce", None)
+        if announce is not None and c.sip.port == 0 and not c.node.advertised_address and c.node_advertised:
+            # the port the kernel chose is where devices are sent (the claim named no address so far)
+            await announce(advertised=replace(c, sip=replace(c.sip, port=self.stack.port)).node_advertised)
+        await self.nodes.start()  # a director answers from its first REGISTER with a view of the nodes
         await self.streams.start()
         if self.leases is not None:
             await self.leases.open()
@@ -295,7 +314,14 @@ class Gateway:
                 require_tokens=c.admin.require_tokens,
                 open_metrics=c.admin.open_metrics,
             )
-            add_device_routes(self.admin, self.registrar, self.devices, self.flood)
+            add_device_routes(
+                self.admin,
+                self.registrar,
+                self.devices,
+                self.flood,
+                owners=self.nodes.owners if c.store.backend == "redis" else None,
+            )
+            add_node_routes(self.admin, self.nodes, backend=c.store.backend)
             add_stream_routes(
                 self.admin,
                 self.streams,
@@ -377,6 +403,7 @@ class Gateway:
         await self.streams.stop()  # BYE to every device while the stack still runs
         await self.cascade_catalog.stop()
         await self.upstreams.stop()  # Expires: 0 to every superior while the stack still runs, then leases released
+        await self.nodes.stop()
         if self.leases is not None:
             await self.leases.close()
         await self.cascade_requests.stop()
@@ -500,9 +527,12 @@ def _malloc_trim() -> Callable[[int], int] | None:
 _MALLOC_TRIM = _malloc_trim()
 
 
-def make_store(section: StoreSection, *, node: str = "") -> Store:
+def make_store(
+    section: StoreSection, *, node: str = "", about: dict[str, object] | None = None, claim_ttl: float | None = None
+) -> Store:
     """The store ``store.backend`` names (SQLite unless it says redis); ``node`` is the gateway's
-    ``node.id``, claimed in a Redis store while it is open (the CLI claims none).
+    ``node.id``, claimed in a Redis store while it is open (the CLI claims none), the claim saying
+    ``about`` it (:func:`node_claim`) and living ``claim_ttl`` seconds unless renewed.
 
     Raises:
         StoreError: the redis backend without redis-py installed.
@@ -512,8 +542,26 @@ def make_store(section: StoreSection, *, node: str = "") -> Store:
             from gb28181gw.store.redis import RedisStore  # redis-py is needed only with this backend
         except ImportError as exc:
             raise StoreError(f"store.backend = redis needs redis-py ({exc}): pip install 'gb28181gw[redis]'") from None
-        return RedisStore(section.url, node=node)
+        return RedisStore(section.url, node=node, about=about, claim_ttl=claim_ttl)
     return SqliteStore(section.path)
+
+
+def node_claim(config: Config) -> dict[str, object]:
+    """What this node's claim tells the others (gb.director.NodeRecord): where devices reach it, its role."""
+    n = config.node
+    # port 0: the kernel picks it at bind time, and the claim says it then (Gateway.start); until then
+    # the node has no address, so no director sends devices to "host:0"
+    advertised = config.node_advertised if n.advertised_address or config.sip.port else ""
+    return {"advertised": advertised, "director": n.director, "serves": n.director_serves or not n.director}
+
+
+def make_nodes(config: Config) -> RedisNodes | None:
+    """The reader of the live nodes: with a Redis store (with SQLite this gateway is the only node)."""
+    if config.store.backend != "redis":
+        return None
+    from gb28181gw.store.nodes import RedisNodes  # redis-py: checked by make_store already
+
+    return RedisNodes(config.store.url)
 
 
 def make_leases(config: Config) -> RedisLeases | None:

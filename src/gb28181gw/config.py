@@ -460,6 +460,32 @@ def _node_id(v: str) -> str | None:
     return "must be 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit (n1)"
 
 
+def _host_port(v: str) -> str | None:
+    # where devices are sent by a director's 302 (a Contact): host:port, the host an IP or a name
+    if v == "":
+        return None
+    host, sep, port = v.rpartition(":")
+    if not sep or not host:
+        return f"{v!r} must be host:port (127.0.0.1:5061)"
+    if not port.isdigit() or not port.isascii() or not 1 <= int(port) <= 65535:
+        return f"{v!r} must end in a port number from 1 to 65535 (127.0.0.1:5061)"
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"{v!r}: {host} is not an IPv6 address"
+        return None
+    if ":" in host:
+        return f"{v!r}: write an IPv6 address in brackets ([::1]:5061)"
+    problem = _address_or_host(host)
+    return f"{v!r}: {problem}" if problem else None
+
+
+def _claim_seconds(v: float) -> str | None:
+    # renewed every third of it: below 3 s a renewal competes with Redis round trips and loop stalls
+    return None if v >= 3.0 else "must be at least 3 (seconds)"
+
+
 def _lease_seconds(v: float) -> str | None:
     # below this, a renewal every third of it competes with Redis round trips and event-loop stalls
     return None if v >= 1.0 else "must be at least 1 (seconds)"
@@ -480,6 +506,28 @@ class NodeSection:
         "time to live of a superior's lease (redis backend): one node registers upward to each superior and "
         "renews its lease every third of this; another node takes over within this after the holder dies",
         _lease_seconds,
+    )
+    director: bool = _opt(
+        False,
+        "answer devices' REGISTERs (not platforms') with 302 Moved Temporarily naming the node the device ID "
+        "hashes to among the live nodes (GB/T 28181-2022 9.1.2.3); 503 with Retry-After when none is live",
+    )
+    director_serves: bool = _opt(
+        False,
+        "a director also takes its share of devices (it is one of the nodes the hash chooses from); "
+        "by default it only redirects",
+    )
+    advertised_address: str = _opt(
+        "",
+        "host:port where devices and other nodes reach this node (a director's 302 names it); "
+        "empty = sip.advertised_address (or the one listen address) and sip.port",
+        _host_port,
+    )
+    claim_seconds: float = _opt(
+        15.0,
+        "time to live of this node's claim on node.id (redis backend), renewed every third of it: a node "
+        "killed without a word counts as live, and gets devices from a director, until it runs out",
+        _claim_seconds,
     )
 
 
@@ -678,6 +726,17 @@ class Config:
         return listen[0] if len(listen) == 1 and not is_wildcard(listen[0]) else ""
 
     @property
+    def node_advertised(self) -> str:
+        """``node.advertised_address``: explicit, else what SIP advertises and ``sip.port``; ``""``
+        when SIP advertises an address per device (a wildcard listen address): no director can name it."""
+        if self.node.advertised_address:
+            return self.node.advertised_address
+        host = self.advertised_address
+        if not host:
+            return ""
+        return f"[{host}]:{self.sip.port}" if ":" in host else f"{host}:{self.sip.port}"
+
+    @property
     def media_address(self) -> str:
         """The media IP every SDP offer names; ``""`` means each device's own (``SipStack.local_address``).
 
@@ -767,6 +826,9 @@ DERIVED: dict[str, Derivation] = {
         "the listen address, or for a wildcard the address each device reached",
     ),
     "media.address": Derivation("", lambda c: c.media_address or PER_DEVICE, "what SIP advertises"),
+    "node.advertised_address": Derivation(
+        "", lambda c: c.node_advertised or "none", "what SIP advertises, and sip.port"
+    ),
     "media.workers": Derivation(-1, lambda c: c.relay_workers, "one per core"),
 }
 
@@ -978,6 +1040,12 @@ def load_config(
     if config.store.backend == "redis" and not config.node.id:
         raise ConfigError(
             "node.id", "is required with store.backend = redis: a name unique per gateway node sharing it (n1)"
+        )
+    if config.node.director and config.store.backend != "redis":
+        raise ConfigError(
+            "node.director",
+            "needs store.backend = redis: a director sends devices to the nodes sharing a Redis store",
+            config.source("node.director"),
         )
     r = config.registrar
     if not r.expires_min <= r.expires_default <= r.expires_max:

@@ -227,6 +227,31 @@ UPSTREAM_REQUESTS = Family(
     ("upstream", "request", "result"),
 )
 
+# --- several nodes on one Redis store: the live nodes and the director (services/nodes.py) --
+NODES_LIVE = Family(
+    "gb28181gw_nodes_live", Kind.GAUGE, "Gateway nodes live on the shared Redis store, as this node last read them"
+)
+NODE_VIEW_SECONDS = Family(
+    "gb28181gw_node_view_seconds",
+    Kind.HISTOGRAM,
+    "Redis round trip of a read of the live nodes (every second on every node of a Redis store)",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+)
+NODE_VIEW_ERRORS = Family(
+    "gb28181gw_node_view_errors", Kind.COUNTER, "Reads of the live nodes Redis did not answer (the last view is kept)"
+)
+DIRECTOR_REDIRECTS = Family(
+    "gb28181gw_director_redirects",
+    Kind.COUNTER,
+    "Device REGISTERs a director answered 302 Moved Temporarily, by the node it named",
+    ("node",),
+)
+DIRECTOR_UNAVAILABLE = Family(
+    "gb28181gw_director_unavailable",
+    Kind.COUNTER,
+    "Device REGISTERs a director answered 503 (no live node serves devices)",
+)
+
 # --- the conformance doctor (services/doctor.py) ------------------------------------------
 DOCTOR_CHECKS = Family(
     "gb28181gw_doctor_checks",
@@ -288,6 +313,7 @@ FAMILIES: tuple[Family, ...] = (
     UPSTREAM_REGISTERED, UPSTREAM_REGISTER_FAILURES, UPSTREAM_KEEPALIVE_FAILURES,
     UPSTREAM_CATALOG_ITEMS, UPSTREAM_NOTIFIES, UPSTREAM_STREAMS, UPSTREAM_REQUESTS,
     UPSTREAM_LEASE_HELD, UPSTREAM_LEASE_CHANGES,
+    NODES_LIVE, NODE_VIEW_SECONDS, NODE_VIEW_ERRORS, DIRECTOR_REDIRECTS, DIRECTOR_UNAVAILABLE,
     DOCTOR_CHECKS,
     AUDIT_RECORDS, AUDIT_UNWRITTEN, ADMIN_REFUSED, SIP_FLOOD_BANS, SIP_FLOOD_DROPPED, SIP_FLOOD_BANNED,
 )  # fmt: skip

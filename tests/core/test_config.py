@@ -149,6 +149,15 @@ def test_lists_from_environment() -> None:
         ({"GB28181GW_NODE_ID": "node 1"}, "node.id", "letters, digits"),
         ({"GB28181GW_NODE_ID": "-n1"}, "node.id", "starting with a letter or digit"),
         ({"GB28181GW_NODE_LEASE_SECONDS": "0.5"}, "node.lease_seconds", "at least 1"),
+        ({"GB28181GW_NODE_ADVERTISED_ADDRESS": "127.0.0.1"}, "node.advertised_address", "must be host:port"),
+        ({"GB28181GW_NODE_ADVERTISED_ADDRESS": ":5060"}, "node.advertised_address", "must be host:port"),
+        ({"GB28181GW_NODE_ADVERTISED_ADDRESS": "127.0.0.1:0"}, "node.advertised_address", "port number from 1"),
+        ({"GB28181GW_NODE_ADVERTISED_ADDRESS": "127.0.0.1:http"}, "node.advertised_address", "port number from 1"),
+        ({"GB28181GW_NODE_ADVERTISED_ADDRESS": "192.168.1.300:5060"}, "node.advertised_address", "not an IP"),
+        ({"GB28181GW_NODE_ADVERTISED_ADDRESS": "::1:5060"}, "node.advertised_address", "in brackets"),
+        ({"GB28181GW_NODE_ADVERTISED_ADDRESS": "[::g]:5060"}, "node.advertised_address", "not an IPv6"),
+        ({"GB28181GW_NODE_CLAIM_SECONDS": "1"}, "node.claim_seconds", "at least 3"),
+        ({"GB28181GW_NODE_DIRECTOR": "true"}, "node.director", "needs store.backend = redis"),
     ],
 )
 def test_bad_values_name_the_key(env: dict[str, str], key: str, fragment: str) -> None:
@@ -175,6 +184,28 @@ def test_the_redis_store_needs_a_node_id() -> None:
     with pytest.raises(ConfigError, match=r"node\.id: is required with store\.backend = redis"):
         load_config(env={"GB28181GW_STORE_BACKEND": "redis"})
     assert load_config(env={}).node.id == ""  # SQLite needs none
+
+
+@pytest.mark.parametrize(
+    ("env", "advertised"),
+    [
+        ({"GB28181GW_SIP_LISTEN": "10.0.0.5", "GB28181GW_SIP_PORT": "5061"}, "10.0.0.5:5061"),
+        ({"GB28181GW_SIP_ADVERTISED_ADDRESS": "gw1.example", "GB28181GW_SIP_PORT": "5062"}, "gw1.example:5062"),
+        ({"GB28181GW_SIP_LISTEN": "::1"}, "[::1]:5060"),
+        ({}, ""),  # a wildcard listen address: each device is told its own; no director can name this node
+        ({"GB28181GW_NODE_ADVERTISED_ADDRESS": "[2001:db8::1]:5070"}, "[2001:db8::1]:5070"),
+        ({"GB28181GW_NODE_ADVERTISED_ADDRESS": "gw-1.example:5070"}, "gw-1.example:5070"),
+    ],
+)
+def test_a_nodes_advertised_address_is_explicit_or_what_sip_advertises(env: dict[str, str], advertised: str) -> None:
+    assert load_config(env=env).node_advertised == advertised
+
+
+def test_a_director_needs_the_redis_store_and_is_off_unless_set() -> None:
+    assert load_config(env={}).node.director is False
+    env = {"GB28181GW_STORE_BACKEND": "redis", "GB28181GW_NODE_ID": "d", "GB28181GW_NODE_DIRECTOR": "true"}
+    config = load_config(env=env)
+    assert config.node.director and not config.node.director_serves and config.node.claim_seconds == 15.0
 
 
 def test_the_superior_lease_lasts_ten_seconds_unless_set() -> None:

@@ -467,6 +467,7 @@ async def test_every_route_answers_as_documented(site: Site) -> None:
 
     # --- superiors
     assert (await call(site, "GET", "/api/v1/upstreams", "/api/v1/upstreams"))[0] == 200
+    assert (await call(site, "GET", "/api/v1/nodes", "/api/v1/nodes"))[0] == 200  # SQLite: no nodes
     r = "/api/v1/upstreams/{name}/shares"
     assert (await call(site, "GET", r, "/api/v1/upstreams/district/shares"))[0] == 200
     assert (await call(site, "GET", r, "/api/v1/upstreams/nowhere/shares"))[0] == 404

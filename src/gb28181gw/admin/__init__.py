@@ -57,7 +57,7 @@ from gb28181gw import __version__
 from gb28181gw.access import PREFIX, Role
 from gb28181gw.audit import Action, Actor, Result
 from gb28181gw.config import is_loopback
-from gb28181gw.errors import AccessDenied, IdError, MansrtspError, RequestRefused, UpstreamError
+from gb28181gw.errors import AccessDenied, IdError, MansrtspError, RequestRefused, StoreError, UpstreamError
 from gb28181gw.gb import mansrtsp
 from gb28181gw.gb.bans import MAX_REFUSALS
 from gb28181gw.gb.mansrtsp import RtspResponse
@@ -422,10 +422,19 @@ def refused_response(exc: RequestRefused) -> web.Response:
 
 
 def add_device_routes(
-    admin: AdminServer, registrar: RegistrarService, devices: DeviceService, flood: FloodGuard | None = None
+    admin: AdminServer,
+    registrar: RegistrarService,
+    devices: DeviceService,
+    flood: FloodGuard | None = None,
+    *,
+    owners: Callable[[list[str]], Awaitable[dict[str, str]]] | None = None,
 ) -> None:
     """``/api/v1/devices``: list, show, add (provision) and remove devices; ``/api/v1/bans``: the
-    registrar's bans for failed authentication and ``flood``'s bans of addresses that sent too fast."""
+    registrar's bans for failed authentication and ``flood``'s bans of addresses that sent too fast.
+
+    ``owners`` (several nodes on Redis): the node each of the given devices registered at last,
+    shown as each listed device's ``node``.
+    """
 
     async def list_devices(request: web.Request) -> web.Response:
         devices = sorted(registrar.devices.values(), key=lambda d: d.device_id)
@@ -434,7 +443,15 @@ def add_device_routes(
             devices = [d for d in devices if d.online]
         elif state == "offline":
             devices = [d for d in devices if not d.online]
-        return json_response({"devices": [_device_json(registrar, d) for d in devices]})
+        rows = [_device_json(registrar, d) for d in devices]
+        if owners is not None:
+            try:
+                owner = await owners([row["device_id"] for row in rows])
+            except StoreError:
+                owner = None  # Redis away: the listing is still this node's to give, without nodes
+            for row in rows:
+                row["node"] = owner.get(row["device_id"], "") if owner is not None else None
+        return json_response({"devices": rows})
 
     async def show_device(request: web.Request) -> web.Response:
         device = registrar.devices.get(request.match_info["device_id"])

@@ -17,6 +17,7 @@ from gb28181gw.cli import (  # noqa: F401  (registers the commands)
     ledger,
     ledger_export,
     media,
+    nodes,
     playback,
     serve,
     tokens,

@@ -62,6 +62,8 @@ DEVICE_COLUMNS = (
     Column("keepalive", lambda d: ago(d.get("last_keepalive"))),
     Column("expires", _expires),
 )
+#: Shown with a Redis store: the node of each device (``?`` when Redis did not answer).
+NODE_COLUMN = Column("node", lambda d: "?" if d.get("node") is None else d["node"])
 
 
 @main.group(invoke_without_command=True)
@@ -74,7 +76,9 @@ def devices(admin: str, as_json: bool, online: bool | None) -> None:
         return  # devices prune / refused (cli/housekeeping.py)
     query = "" if online is None else f"?state={'online' if online else 'offline'}"
     rows = request(admin, "GET", f"/devices{query}")["devices"]
-    emit(rows, DEVICE_COLUMNS, as_json=as_json, title=plural(len(rows), "device"))
+    # several nodes on Redis: which one each device registered at
+    columns = DEVICE_COLUMNS + (NODE_COLUMN,) if any("node" in r for r in rows) else DEVICE_COLUMNS
+    emit(rows, columns, as_json=as_json, title=plural(len(rows), "device"))
 
 
 @main.group()

@@ -10,8 +10,12 @@ infinity); such a batch is refused before anything is sent.
 Key layout (every key starts with the prefix, ``gbgw:`` by default)::
 
     schema                  string  the layout's version (MIGRATIONS); a newer one is refused
-    node:<id>               string  the running gateway of node.id <id>: JSON {pid, host, started, token},
-                                    expiring NODE_TTL after its last renewal
+    node:<id>               string  the running gateway of node.id <id>: JSON {pid, host, started, token,
+                                    advertised ("host:port" devices are sent to, "" none), director (bool),
+                                    serves (bool: a director may send devices to it), ttl (its node.claim_seconds)},
+                                    expiring ttl (NODE_TTL by default) after its last renewal
+    nodes                   set     node ids that have claimed (SADD on every claim; only the janitor removes one):
+                                    the live nodes are those whose node:<id> exists
     devices                 hash    device ID -> JSON array of its fields (DEVICE_LAYOUT)
     channels                set     IDs of the devices that have channels
     channels:<device>       hash    channel ID -> JSON [name, status, parent_id, extra]
@@ -54,7 +58,7 @@ import os
 import secrets
 import socket
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, NoReturn, TypeVar
 
@@ -324,21 +328,32 @@ class RedisStore:
         prefix: what every key starts with.
     """
 
-    def __init__(self, url: str, *, node: str = "", prefix: str = PREFIX) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        node: str = "",
+        prefix: str = PREFIX,
+        about: Mapping[str, object] | None = None,
+        claim_ttl: float | None = None,
+    ) -> None:
         self.url = url
         self.location = redact_url(url)
         self.prefix = prefix
         self.node = node
+        self.claim_ttl = NODE_TTL if claim_ttl is None else claim_ttl
         # what this process writes in node:<id>: who it is, and a token telling its claim from an
-        # earlier process's with the same pid (a restarted container)
-        self._claim = json.dumps(
-            {
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "started": _started(os.getpid()),
-                "token": secrets.token_hex(8),
-            }
-        )
+        # earlier process's with the same pid (a restarted container); then what the other nodes
+        # read of it (``about``: where devices reach it, whether it directs; see gb.director)
+        self._about: dict[str, object] = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": _started(os.getpid()),
+            "token": secrets.token_hex(8),
+            "ttl": self.claim_ttl,
+            **(about or {}),
+        }
+        self._claim = json.dumps(self._about)
         self._heartbeat: asyncio.Task[None] | None = None
         self._redis: Any = None  # a redis.asyncio.Redis: its types say bytes | str for every answer
         self._scripts: dict[str, AsyncScript] = {}
@@ -437,7 +452,10 @@ class RedisStore:
         A claim whose process is gone from this host (killed; this is its restart) is taken over at
         once rather than after it expires.
         """
-        key, ttl = self._k(f"node:{self.node}"), int(NODE_TTL * 1000)
+        key, ttl = self._k(f"node:{self.node}"), int(self.claim_ttl * 1000)
+        # listed before claimed: a node is never live without being listed (the set only grows
+        # here; the janitor of device ownership removes the dead)
+        await r.sadd(self._k("nodes"), self.node)
         while not await r.set(key, self._claim, nx=True, px=ttl):
             raw = await r.get(key)
             if raw is None:
@@ -457,15 +475,15 @@ class RedisStore:
                 continue
             raise StoreError(
                 f"node.id {self.node} is in use by a running gb28181gw (pid {pid} on {host}) on {self.location}: "
-                f"give each gateway node its own node.id (a stopped one's claim ends within {NODE_TTL:.0f} s)"
+                f"give each gateway node its own node.id (a stopped one's claim ends within {self.claim_ttl:.0f} s)"
             )
 
     async def _keep_node(self) -> None:
         """Renew the claim on ``node:<id>`` every third of its life; take it again if it lapsed."""
-        key, ttl, failing = self._k(f"node:{self.node}"), int(NODE_TTL * 1000), False
+        key, ttl, failing = self._k(f"node:{self.node}"), int(self.claim_ttl * 1000), False
         script = self._script(_RENEW)
         while True:
-            await asyncio.sleep(NODE_TTL / 3)
+            await asyncio.sleep(self.claim_ttl / 3)
             try:
                 answer = await script(keys=[key], args=[self._claim, ttl])
             except (RedisError, OSError) as exc:
@@ -480,16 +498,41 @@ class RedisStore:
                 log.warning(
                     "node claim had lapsed (Redis was away or restarted); taken again", extra={"node": self.node}
                 )
+                try:
+                    await self._r().sadd(self._k("nodes"), self.node)  # a restarted Redis lost the set too
+                except (RedisError, OSError, StoreError):
+                    pass  # listed at the next lapse; the claim itself is what makes the node live
             elif answer != 1:
                 log.error(
                     "node.id is held by another gateway: two nodes run with one name",
                     extra={"node": self.node, "holder": _text(answer), "store": self.location},
                 )
 
+    async def announce(self, **about: object) -> None:
+        """Add ``about`` to this node's claim (its address, known once the SIP port is bound).
+
+        Raises:
+            StoreError: Redis did not take it, or another process holds the claim now.
+        """
+        if not self.node:
+            return
+        claim = json.dumps({**self._about, **about})
+        key = self._k(f"node:{self.node}")
+
+        async def swap(r: Any) -> Any:
+            return await self._script(_TAKE_OVER, r)(keys=[key], args=[self._claim, claim, int(self.claim_ttl * 1000)])
+
+        if not await self._write("node claim", swap):
+            raise StoreError(f"node:{self.node} in {self.location} is no longer this process's claim")
+        self._about.update(about)
+        self._claim = claim
+
     async def _version(self, r: Any) -> int:
         raw = await r.get(self._k("schema"))
         if raw is None:
-            if await r.exists(*(self._k(k) for k in ("devices", "audit:chain", "tokens", "ledger", "alarm:seq"))):
+            # not audit:chain: migration 0 creates it before schema is set, and nodes starting at
+            # once on an empty Redis see each other's half-done migration (it is safe to run again)
+            if await r.exists(*(self._k(k) for k in ("devices", "tokens", "ledger", "alarm:seq"))):
                 raise StoreError(
                     f"store {self.location} holds gb28181gw keys ({self.prefix}*) but no {self.prefix}schema; "
                     "it was left untouched: restore it or use another database"
@@ -519,7 +562,7 @@ class RedisStore:
                 try:
                     await self._script(_RELEASE)(keys=[self._k(f"node:{self.node}")], args=[self._claim])
                 except (RedisError, OSError):
-                    pass  # Redis is away: the claim ends by itself within NODE_TTL
+                    pass  # Redis is away: the claim ends by itself within claim_ttl
             await self._redis.aclose()
             self._redis = None
 
