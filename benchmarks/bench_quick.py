@@ -36,7 +36,6 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 import uvloop  # noqa: E402
-from bare_responder import Responder  # noqa: E402
 
+from bare_responder import Responder  # noqa: E402
 from gb28181gw.app import Gateway, tune_gc  # noqa: E402
 from gb28181gw.config import load_config  # noqa: E402
 from gb28181gw.sip.peer import Peer  # noqa: E402

@@ -115,7 +115,7 @@ def quick_register(
     if password:
         header = q.get("authorization")
         if header is None:
-            challenge = registrar.nonces.challenge(peer.host, now).serialize()
+            challenge = registrar.nonces.challenge_header(peer.host, now)
             extra = [("WWW-Authenticate", challenge)]
             if version:
                 extra.append(("X-GB-ver", version))
