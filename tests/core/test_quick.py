@@ -76,7 +76,10 @@ def requests(draw: st.DrawFn, method: str | None = None) -> tuple[bytes, list[tu
     via_host = draw(common([PEER.host, f"{PEER.host}:{PEER.port}", "192.168.1.10:5060", "[::1]:5060"]))
     rport = draw(common(["", ";rport", ";rport=5070", ";rport;alias", ";received=1.2.3.4;rport"]))
     branch = draw(common(["z9hG4bK" + draw(st.text("abc123-", min_size=1, max_size=8)), "abc12", ""]))
-    via = f" SIP/2.0/{draw(common(['UDP', 'UDP', 'TCP']))} {via_host}{rport}" + (f";branch={branch}" if branch else "")
+    rport = draw(common([rport, ";RPORT", ";rport;branch=z9hG4bKfirst", ";;rport", ";rport=99999"]))
+    transport = draw(common(["UDP", "UDP", "TCP", "udp", "UDP ", "UDP\t"]))  # odd ones: Via.parse decides
+    via_host = draw(common([via_host, f"{PEER.host}:05070", f"{PEER.host}:70000", "host_1.example"]))
+    via = f" SIP/2.0/{transport} {via_host}{rport}" + (f";branch={branch}" if branch else "")
     via += draw(common(["", "", " ", ", SIP/2.0/UDP 1.1.1.1:5060;branch=z9hG4bKx"]))
     from_ = draw(
         common(
@@ -162,6 +165,30 @@ def test_what_the_quick_reader_takes_the_general_path_reads_alike(req: tuple[byt
             response.headers.add(name, value)
         response.headers.add("Server", "gb28181gw")
         assert q.answer(status, "t0", extra, "gb28181gw") == response.serialize()
+
+
+def test_a_shape_is_judged_once_and_the_judgements_kept_are_bounded() -> None:
+    from gb28181gw.sip import quick
+
+    base = [
+        ("Via", f" SIP/2.0/UDP {PEER.host}:{PEER.port};branch=z9hG4bKa1"),
+        ("From", f" <sip:{ID}@{DOMAIN}>;tag=f1"),
+        ("To", f" <sip:{ID}@{DOMAIN}>"),
+        ("Call-ID", " c1"),
+        ("CSeq", " 1 REGISTER"),
+        ("Content-Length", " 0"),
+    ]
+    quick._SHAPES.clear()
+    for _ in range(2):
+        assert QuickRequest.scan(render("REGISTER", URI, base), PEER, DEFAULT_LIMITS) is not None
+        assert (
+            QuickRequest.scan(render("REGISTER", URI, [*base, ("Route", " <sip:r@h>")]), PEER, DEFAULT_LIMITS) is None
+        )
+    assert len(quick._SHAPES) == 2
+    for i in range(quick._SHAPES_KEPT + 10):  # a peer inventing header orders
+        QuickRequest.scan(render("REGISTER", URI, [*base, (f"X-{i}", " y")]), PEER, DEFAULT_LIMITS)
+    assert len(quick._SHAPES) <= quick._SHAPES_KEPT
+    assert QuickRequest.scan(render("REGISTER", URI, base), PEER, DEFAULT_LIMITS) is not None
 
 
 def test_the_reader_declines_what_is_not_the_common_case() -> None:
