@@ -25,6 +25,8 @@ the endpoint (:meth:`~gb28181gw.sip.endpoint.SipEndpoint.known`).
 
 from __future__ import annotations
 
+import re
+
 from gb28181gw.errors import SipParseError
 
 from .headers import Via
@@ -99,12 +101,21 @@ class _Shape:
     the key of each (lower case) and the names of the lines an answer copies, in order (``None``
     for a shape it does not take: an unknown name, a name twice, a required header missing)."""
 
-    __slots__ = ("keys", "copied", "via")
+    __slots__ = ("names", "keys", "copied", "copied_keys", "via", "seen", "values", "lines", "to_group", "has_mf")
 
-    def __init__(self, keys: tuple[str, ...], copied: tuple[tuple[str, str], ...], via: str) -> None:
+    def __init__(
+        self, names: tuple[str, ...], keys: tuple[str, ...], copied: tuple[tuple[str, str], ...], via: str
+    ) -> None:
+        self.names = names
         self.keys = keys
         self.copied = copied
+        self.copied_keys = tuple(key for key, _ in copied)
         self.via = via  # the Via's name as sent
+        self.seen = 0  # requests of this shape read; its pattern is compiled at _COMPILE_AFTER
+        self.values: tuple[str, ...] = ()  # with a pattern: its group of each header's stripped value, in order
+        self.lines: tuple[str, ...] = ()  # with a pattern: its group of each copied line, in order
+        self.to_group = ""  # with a pattern: its group of the To value
+        self.has_mf = "max-forwards" in keys
 
 
 def _shape_of(names: tuple[str, ...]) -> _Shape | None:
@@ -112,7 +123,69 @@ def _shape_of(names: tuple[str, ...]) -> _Shape | None:
     if "" in keys or len(set(keys)) != len(keys) or not _REQUIRED_SET.issubset(keys):
         return None
     copied = tuple((key, name) for key, name in zip(keys, names, strict=True) if key in _COPIED)
-    return _Shape(keys, copied, names[keys.index("via")])
+    return _Shape(names, keys, copied, names[keys.index("via")])
+
+
+# --- the pattern of a shape -------------------------------------------------------------------
+#
+# Once a shape has been read _COMPILE_AFTER times, its requests are read by one compiled pattern of
+# the whole header block: its header names in their order, each value of a plain shape. It stands
+# for the dict reading below and gives what that gives (tests/core/test_quick.py holds the two to
+# it); a request it does not match is read the dict way, which decides. Every value it takes is
+# printable ASCII with spaces and tabs only around or inside it, so its group is value.strip(); no
+# CR or LF can occur inside a line, so the line checks hold too.
+
+#: A value: printable ASCII, white space (space, tab) around and inside it; the group is the stripped value.
+_VALUE = r"[ \t]*(?P<{g}>(?:[!-~](?:[\t -~]*[!-~])?)?)[ \t]*"
+#: Printable ASCII but space, ``"``, ``<`` and ``>``.
+_NQ = r"[!#-;=?-~]"
+#: Printable ASCII but space, ``"``, ``,``, ``;`` and ``=``: a Via parameter's characters.
+_PARAM = r"[!#-+\--:<>-~]"
+_PLAIN: dict[str, str] = {
+    # SIP/2.0/UDP host[:port] with an RFC 3261 branch and perhaps rport, nothing else
+    "via": (
+        r"(?P<via_raw>[ \t]*(?P<{g}>SIP/2\.0/UDP (?P<via_host>[A-Za-z0-9._-]+)(?::(?P<via_port>[0-9]{{1,5}}))?"
+        r"(?P<rport1>;rport)?;branch=(?P<branch>z9hG4bK" + _PARAM + r"+)(?P<rport2>;rport)?)[ \t]*)"
+    ),
+    # <sip:user@…> and parameters: no quote, one < and one >, the user letters and digits
+    "from": r"[ \t]*(?P<{g}><sip:(?P<sender>[A-Za-z0-9]+)@" + _NQ + r"*>(?:[ \t]*" + _NQ + r")*)[ \t]*",
+    "to": r"[ \t]*(?P<{g}><sip:" + _NQ + r"*>(?:[ \t]*" + _NQ + r")*)[ \t]*",
+    "call-id": r"[ \t]*(?P<{g}>[!-~](?:[\t -~]*[!-~])?)[ \t]*",
+    "cseq": r"[ \t]*(?P<{g}>(?P<cseq>[0-9]{{1,10}})[ \t]+(?P=method))[ \t]*",
+    "max-forwards": r"[ \t]*(?P<{g}>(?P<mf>[0-9]{{1,3}}))[ \t]*",
+    "content-length": r"[ \t]*(?P<{g}>(?P<length>[0-9]{{1,10}}))[ \t]*",
+}
+#: Requests of a shape read the dict way before its pattern is compiled: a peer inventing header
+#: orders gets none compiled (a compilation costs as much as a few hundred readings).
+_COMPILE_AFTER = 16
+#: Patterns compiled at most until the shapes are forgotten (see _SHAPES_KEPT).
+_PATTERNS_KEPT = 32
+#: Patterns by the number of header lines they take: at most a few per number are tried.
+_PATTERNS: dict[int, list[tuple[re.Pattern[str], _Shape]]] = {}
+_PATTERNS_PER_COUNT = 4
+
+
+def _compile(shape: _Shape) -> None:
+    """Compile ``shape``'s pattern and keep it (within the bounds above)."""
+    if sum(map(len, _PATTERNS.values())) >= _PATTERNS_KEPT:
+        return
+    parts = [r"(?P<method>REGISTER|MESSAGE) (?P<uri>sip:[!-~]*) SIP/2\.0"]
+    values = []
+    lines = []
+    for i, (name, key) in enumerate(zip(shape.names, shape.keys, strict=True)):
+        group = f"v{i}"
+        values.append(group)
+        line = re.escape(name) + ":" + _PLAIN.get(key, _VALUE).format(g=group)
+        if key in _COPIED:
+            lines.append(f"l{i}")
+            line = f"(?P<l{i}>{line})"
+        parts.append("\r\n" + line)
+    shape.values = tuple(values)
+    shape.lines = tuple(lines)
+    shape.to_group = values[shape.keys.index("to")]
+    kept = _PATTERNS.setdefault(len(shape.keys), [])
+    if len(kept) < _PATTERNS_PER_COUNT:
+        kept.append((re.compile("".join(parts)), shape))
 
 
 #: Shapes seen (header names in order → :class:`_Shape`, or ``None``). The devices of a site send
@@ -137,7 +210,7 @@ class QuickRequest:
         sender: the user part of From (the device's ID).
     """
 
-    __slots__ = ("method", "uri", "values", "body", "key", "sender", "_raw", "_shape", "_via")
+    __slots__ = ("method", "uri", "values", "body", "key", "sender", "_copied", "_via")
 
     def __init__(
         self,
@@ -147,8 +220,7 @@ class QuickRequest:
         body: bytes,
         key: tuple[str, str, str],
         sender: str,
-        raw: dict[str, str],
-        shape: _Shape,
+        copied: list[tuple[str, str]],
         via: str | None,
     ) -> None:
         self.method = method
@@ -157,8 +229,7 @@ class QuickRequest:
         self.body = body
         self.key = key
         self.sender = sender
-        self._raw = raw  # name as sent → value as sent, in order
-        self._shape = shape
+        self._copied = copied  # (key, line as sent) of the lines an answer copies, in order
         self._via = via  # the Via line stamped with received/rport, or None to copy it as sent
 
     @classmethod
@@ -174,6 +245,11 @@ class QuickRequest:
         ):
             return None
         text = data[:crlf].decode("utf-8", "surrogateescape")
+        if _PATTERNS:
+            for pattern, plain in _PATTERNS.get(text.count("\r\n"), ()):
+                m = pattern.fullmatch(text)
+                if m is not None:
+                    return cls._matched(m, plain, data, crlf, peer, limits)
         lines = text.split("\r\n")
         n = len(lines) - 1
         # no bare CR or LF anywhere (each line break is one CRLF)
@@ -198,6 +274,7 @@ class QuickRequest:
         if shape is _NOT_SEEN:
             if len(_SHAPES) >= _SHAPES_KEPT:
                 _SHAPES.clear()
+                _PATTERNS.clear()
             shape = _SHAPES[names] = _shape_of(names)
         if shape is None:
             return None
@@ -262,7 +339,51 @@ class QuickRequest:
             if stamped is None:
                 return None
             stamped_line = f"{name}:{stamped}"
-        return cls(method, uri, values, data[crlf + 4 :], (branch, sent_by, method), sender, raw, shape, stamped_line)
+        copied = [(key, f"{name}:{raw[name]}") for key, name in shape.copied]
+        shape.seen += 1
+        if shape.seen == _COMPILE_AFTER:
+            _compile(shape)
+        return cls(method, uri, values, data[crlf + 4 :], (branch, sent_by, method), sender, copied, stamped_line)
+
+    @classmethod
+    def _matched(
+        cls, m: re.Match[str], shape: _Shape, data: bytes, crlf: int, peer: Peer, limits: Limits
+    ) -> QuickRequest | None:
+        """:meth:`scan` of a request its shape's pattern matched (see _compile): the checks the
+        pattern cannot make, then the request as the dict reading would give it."""
+        if len(shape.keys) > limits.max_headers:
+            return None
+        number = m["cseq"]
+        length = m["length"]
+        mf = m["mf"] if shape.has_mf else None
+        to = m[shape.to_group]
+        if (
+            (len(number) == 10 and int(number) > 2**31 - 1)
+            or (mf is not None and int(mf) > 255)
+            or int(length) != len(data) - crlf - 4
+            or "tag" in to.lower()
+        ):
+            return None
+        host = m["via_host"]
+        port = m["via_port"]
+        if port is not None:
+            if int(port) > 65535:
+                return None  # the dict reading decides (Via.parse refuses it)
+            sent_by = f"{host}:{int(port)}"
+        else:
+            sent_by = host
+        rport = m["rport1"] is not None or m["rport2"] is not None
+        stamped_line = None
+        if rport or host != peer.host:
+            stamped = stamp_plain_via(m["via_raw"], peer.host, peer.port, rport)
+            if stamped is None:
+                return None
+            stamped_line = f"{shape.via}:{stamped}"
+        method = _METHODS[m["method"]]
+        values = dict(zip(shape.keys, m.group(*shape.values)))  # noqa: B905 - equal by construction
+        copied = list(zip(shape.copied_keys, m.group(*shape.lines)))  # noqa: B905
+        key = (m["branch"], sent_by, method)
+        return cls(method, m["uri"], values, data[crlf + 4 :], key, m["sender"], copied, stamped_line)
 
     def get(self, key: str) -> str | None:
         """A header's value (``key`` lower case), stripped, or ``None``."""
@@ -273,15 +394,14 @@ class QuickRequest:
     ) -> bytes:
         """The response bytes: what ``make_response(request, status, to_tag=to_tag)``, then ``extra``
         added in order, the endpoint's ``Server`` and ``serialize()`` give."""
-        raw = self._raw
         lines = [_STATUS_LINES.get(status) or f"SIP/2.0 {status} {reason_phrase(status)}"]
-        for key, name in self._shape.copied:
+        for key, line in self._copied:
             if key == "to":
-                lines.append(f"{name}:{raw[name]};tag={to_tag}")
+                lines.append(f"{line};tag={to_tag}")
             elif key == "via" and self._via is not None:
                 lines.append(self._via)
             else:
-                lines.append(f"{name}:{raw[name]}")
+                lines.append(line)
         for name, value in extra:
             lines.append(f"{name}: {value}")
         if server:
@@ -290,7 +410,8 @@ class QuickRequest:
         return "\r\n".join(lines).encode("utf-8", "surrogateescape")
 
 
-_NOT_SEEN = _Shape((), (), "")
+_NOT_SEEN = _Shape((), (), (), "")
+_METHODS = {method: method for method in QUICK_METHODS}
 #: The status lines the quick path writes, written once.
 _STATUS_LINES = {status: f"SIP/2.0 {status} {reason_phrase(status)}" for status in (200, 401, 500)}
 
