@@ -157,6 +157,7 @@ class Stages:
         self.calls: dict[str, int] = defaultdict(int)
         self.depth: dict[str, int] = {}
         self._undo: list[tuple[object, str, Any]] = []
+        self._items: list[tuple[dict[str, Any], str, Any]] = []
 
     def wrap(self, owner: object, attr: str, name: str, depth: int = 0) -> None:
         original = getattr(owner, attr)
@@ -190,6 +191,22 @@ class Stages:
             setattr(owner, attr, timed)
         self.depth[name] = depth
 
+    def wrap_item(self, mapping: dict[str, Any], key: str, name: str, depth: int = 0) -> None:
+        """Time ``mapping[key]`` (a handler registered before the wrappers: the stack's quick handlers)."""
+        original = mapping[key]
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter_ns()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.ns[name] += time.perf_counter_ns() - t0
+                self.calls[name] += 1
+
+        mapping[key] = timed
+        self._items.append((mapping, key, original))
+        self.depth[name] = depth
+
     def report(self, requests: int) -> list[str]:
         return [
             f"  {'  ' * self.depth[name]}{name:<{40 - 2 * self.depth[name]}} {self.ns[name] / requests / 1000:6.2f} µs"
@@ -204,6 +221,9 @@ class Stages:
             else:
                 setattr(owner, attr, value)
         self._undo.clear()
+        for mapping, key, original in self._items:
+            mapping[key] = original
+        self._items.clear()
 
 
 async def start_gateway(tmp: str, quick: bool) -> Gateway:
@@ -313,7 +333,7 @@ def stage_wrappers(gw: Gateway) -> Stages:
     s = Stages()
     s.wrap(QuickRequest, "scan", "QuickRequest.scan (reader)")
     s.wrap(SipEndpoint, "known", "endpoint.known (retransmission?)")
-    s.wrap(service.RegistrarService, "_quick_register", "registrar._quick_register")
+    s.wrap_item(gw.stack._quick, "REGISTER", "registrar._quick_register")
     s.wrap(service, "quick_register", "gb.quick.quick_register", 1)
     s.wrap(Registrar, "_admit", "Registrar._admit (policy)", 2)
     s.wrap(auth.NonceStore, "challenge", "NonceStore.challenge", 2)
@@ -322,7 +342,7 @@ def stage_wrappers(gw: Gateway) -> Stages:
     s.wrap(Registrar, "accept", "Registrar.accept (record)", 2)
     s.wrap(QuickRequest, "answer", "QuickRequest.answer (bytes)", 2)
     s.wrap(service.RegistrarService, "_registered", "registrar._registered (state)", 1)
-    s.wrap(service.RegistrarService, "_quick_message", "registrar._quick_message")
+    s.wrap_item(gw.stack._quick, "MESSAGE", "registrar._quick_message")
     s.wrap(service, "keepalive_fast", "keepalive_fast (body)", 1)
     s.wrap(gw.stack.router, "role_of", "router.role_of (sender)", 1)
     s.wrap(service.RegistrarService, "_kept_alive", "registrar._kept_alive (state)", 1)

@@ -17,6 +17,12 @@ Anything else gives ``None``, and the request takes the general path unchanged: 
 shapes make unnecessary. :meth:`QuickRequest.answer` writes the same bytes as
 ``make_response(...)`` and ``serialize()`` would (the tests hold the two to it).
 
+How it reads, cheaply: the header names of a request, in their order (its *shape*), are judged
+once per shape (:class:`_Shape`); the values are then checked in Python (the *dict reading*).
+Once a shape has been read 16 times its requests are read by one compiled pattern of the whole
+header block instead (:func:`_compile`), which takes the plain form of every value and leaves
+anything else to the dict reading; both are held by property tests to the general parser.
+
 What to do with the request — and whether it is the common case at all — is the caller's
 (:mod:`gb28181gw.gb.quick` for REGISTER, the registrar service for keepalives); the retransmission
 check (a transaction or a completed answer under :attr:`QuickRequest.key`) is the shell's, against
