@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gb28181gw.errors import ManscdpError
-from gb28181gw.manscdp.codec import Keepalive, child_text, keepalive_fast, parse_xml
+from gb28181gw.manscdp.codec import KEEPALIVE_MARK, Keepalive, child_text, keepalive_fast, parse_xml
 
 DEV = "34020000001320000001"
 PLAIN = (
@@ -36,6 +36,8 @@ def agrees(body: bytes) -> None:
     fast = keepalive_fast(body)
     if fast is not None:
         assert general(body) == fast
+        # the quick path leaves a MESSAGE without the mark unread: none it would take lacks it
+        assert KEEPALIVE_MARK in body
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from gb28181gw.errors import SipParseError
@@ -76,7 +76,10 @@ def requests(draw: st.DrawFn, method: str | None = None) -> tuple[bytes, list[tu
     via_host = draw(common([PEER.host, f"{PEER.host}:{PEER.port}", "192.168.1.10:5060", "[::1]:5060"]))
     rport = draw(common(["", ";rport", ";rport=5070", ";rport;alias", ";received=1.2.3.4;rport"]))
     branch = draw(common(["z9hG4bK" + draw(st.text("abc123-", min_size=1, max_size=8)), "abc12", ""]))
-    via = f" SIP/2.0/{draw(common(['UDP', 'UDP', 'TCP']))} {via_host}{rport}" + (f";branch={branch}" if branch else "")
+    rport = draw(common([rport, ";RPORT", ";rport;branch=z9hG4bKfirst", ";;rport", ";rport=99999"]))
+    transport = draw(common(["UDP", "UDP", "TCP", "udp", "UDP ", "UDP\t"]))  # odd ones: Via.parse decides
+    via_host = draw(common([via_host, f"{PEER.host}:05070", f"{PEER.host}:70000", "host_1.example"]))
+    via = f" SIP/2.0/{transport} {via_host}{rport}" + (f";branch={branch}" if branch else "")
     via += draw(common(["", "", " ", ", SIP/2.0/UDP 1.1.1.1:5060;branch=z9hG4bKx"]))
     from_ = draw(
         common(
@@ -92,12 +95,18 @@ def requests(draw: st.DrawFn, method: str | None = None) -> tuple[bytes, list[tu
     to = draw(common([f" <sip:{to_user}@{DOMAIN}>", f" <sip:{to_user}@{DOMAIN}>;tag=x9", f" sip:{to_user}@{DOMAIN}"]))
     cseq_no = draw(common(["1", "20", "2147483648", "x"]))
     cseq_method = draw(common([method, method, method.lower()]))
+    to = draw(common([to, f" <sip:{to_user}@{DOMAIN}>;TAG=1", f"\t<sip:{to_user}@{DOMAIN}> ;x=\u00e9"]))
+    cseq_no = draw(common([cseq_no, "2147483647", "0", "01"]))
+    pad = draw(common(["", " ", "\t", " \t ", "\x0b", "\u3000"]))  # white space that str.strip takes too
     headers: list[tuple[str, str]] = [
-        (draw(case("Via")), via),
-        (draw(case("From")), from_),
-        (draw(case("To")), to),
-        (draw(common(["Call-ID", "call-id", "i"])), " " + draw(common(["c1@h", "c2", "  "]))),
-        (draw(case("CSeq")), f" {cseq_no} {cseq_method}"),
+        (draw(case("Via")), via + draw(common(["", pad]))),
+        (draw(case("From")), from_ + draw(common(["", pad, ";x=a b", ';x="q"']))),
+        (draw(case("To")), to + draw(common(["", pad]))),
+        (
+            draw(common(["Call-ID", "call-id", "i"])),
+            " " + draw(common(["c1@h", "c2", "  ", "c 3", "c\u00e94", "c5" + pad])),
+        ),
+        (draw(case("CSeq")), f" {cseq_no}{draw(common([' ', '  ', chr(9)]))}{cseq_method}{draw(common(['', pad]))}"),
     ]
     if draw(st.booleans()):
         headers.append(("Max-Forwards", " " + draw(common(["70", "0", "256", "0070"]))))
@@ -162,6 +171,89 @@ def test_what_the_quick_reader_takes_the_general_path_reads_alike(req: tuple[byt
             response.headers.add(name, value)
         response.headers.add("Server", "gb28181gw")
         assert q.answer(status, "t0", extra, "gb28181gw") == response.serialize()
+
+
+def _read(q: QuickRequest | None) -> tuple[Any, ...] | None:
+    if q is None:
+        return None
+    return (q.method, q.uri, q.values, q.body, q.key, q.sender, q._copied, q._via, q.answer(200, "t0", [], "s"))
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(requests(), st.sampled_from([PEER, Peer("UDP", "10.0.0.8", 5070), Peer("UDP", "192.168.1.10", 5060)]))
+def test_the_pattern_of_a_shape_reads_what_the_dict_reading_reads(
+    req: tuple[bytes, list[tuple[str, str]]], peer: Peer
+) -> None:
+    # once a shape is common its requests are read by one compiled pattern: whatever that pattern
+    # takes must be read exactly as the dict reading reads it (and that as the general parser does,
+    # above); what it leaves, the dict reading decides
+    from gb28181gw.sip import quick
+
+    data, _ = req
+    quick._SHAPES.clear()
+    quick._PATTERNS.clear()
+    by_dict = QuickRequest.scan(data, peer, DEFAULT_LIMITS)
+    shapes = [shape for shape in quick._SHAPES.values() if shape is not None]
+    if not shapes:
+        return
+    quick._compile(shapes[0])
+    assert quick._PATTERNS
+    by_pattern = QuickRequest.scan(data, peer, DEFAULT_LIMITS)
+    event("read by the pattern" if by_pattern is not None else "left to the dict reading")
+    assert by_pattern is None or _read(by_pattern) == _read(by_dict), data
+    quick._SHAPES.clear()
+    quick._PATTERNS.clear()
+
+
+def test_the_common_requests_are_read_by_their_pattern() -> None:
+    from gb28181gw.sip import quick
+
+    quick._SHAPES.clear()
+    quick._PATTERNS.clear()
+    headers = [
+        ("Via", f" SIP/2.0/UDP {PEER.host}:{PEER.port};rport;branch=z9hG4bKa1"),
+        ("From", f" <sip:{ID}@{DOMAIN}>;tag=f1"),
+        ("To", f" <sip:{ID}@{DOMAIN}>"),
+        ("Call-ID", " c1@h"),
+        ("CSeq", " 1 REGISTER"),
+        ("Contact", f" <sip:{ID}@{PEER.host}:{PEER.port}>"),
+        ("Max-Forwards", " 70"),
+        ("User-Agent", " IP Camera"),
+        ("Expires", " 3600"),
+        ("Content-Length", " 0"),
+    ]
+    data = render("REGISTER", URI, headers)
+    reads = [_read(QuickRequest.scan(data, PEER, DEFAULT_LIMITS)) for _ in range(quick._COMPILE_AFTER + 2)]
+    assert reads[0] is not None and all(r == reads[0] for r in reads)
+    assert sum(map(len, quick._PATTERNS.values())) == 1
+    ((pattern, _),) = quick._PATTERNS[len(headers)]
+    assert pattern.fullmatch(data[: data.find(b"\r\n\r\n")].decode())
+    quick._SHAPES.clear()
+    quick._PATTERNS.clear()
+
+
+def test_a_shape_is_judged_once_and_the_judgements_kept_are_bounded() -> None:
+    from gb28181gw.sip import quick
+
+    base = [
+        ("Via", f" SIP/2.0/UDP {PEER.host}:{PEER.port};branch=z9hG4bKa1"),
+        ("From", f" <sip:{ID}@{DOMAIN}>;tag=f1"),
+        ("To", f" <sip:{ID}@{DOMAIN}>"),
+        ("Call-ID", " c1"),
+        ("CSeq", " 1 REGISTER"),
+        ("Content-Length", " 0"),
+    ]
+    quick._SHAPES.clear()
+    for _ in range(2):
+        assert QuickRequest.scan(render("REGISTER", URI, base), PEER, DEFAULT_LIMITS) is not None
+        assert (
+            QuickRequest.scan(render("REGISTER", URI, [*base, ("Route", " <sip:r@h>")]), PEER, DEFAULT_LIMITS) is None
+        )
+    assert len(quick._SHAPES) == 2
+    for i in range(quick._SHAPES_KEPT + 10):  # a peer inventing header orders
+        QuickRequest.scan(render("REGISTER", URI, [*base, (f"X-{i}", " y")]), PEER, DEFAULT_LIMITS)
+    assert len(quick._SHAPES) <= quick._SHAPES_KEPT
+    assert QuickRequest.scan(render("REGISTER", URI, base), PEER, DEFAULT_LIMITS) is not None
 
 
 def test_the_reader_declines_what_is_not_the_common_case() -> None:

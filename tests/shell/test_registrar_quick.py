@@ -7,12 +7,14 @@ import asyncio
 import hashlib
 import socket
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
 from gb28181gw.app import Gateway
 from gb28181gw.gb.model import DeviceState
 from gb28181gw.net.router import PASS
+from gb28181gw.sip.quick import QuickRequest
 from tests.helpers import KEEPALIVE_BODY
 
 from .conftest import start_gateway
@@ -185,6 +187,40 @@ async def test_a_failing_handler_is_answered_500_on_either_path(quick: bool) -> 
         assert await ask(signed) == failed  # a retransmission: the same answer, the handler not run again
         assert gw.stack.counters.dropped["internal-error"] == 0
         assert gw.stack.counters.requests["in", "UDP", "REGISTER"] == 2
+    finally:
+        sock.close()
+        await gw.stop()
+
+
+async def test_a_message_that_is_no_keepalive_is_not_read_by_the_quick_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a Catalog response or any other MANSCDP body: the quick path's handler takes none of them, so
+    # the stack leaves it unread (on_quick's `needs`) and the general path answers it as before
+    gw = await start_gateway(**{"registrar.password": PASSWORD})
+    sock, port, ask = device_socket(gw)
+    try:
+        challenge = await ask(register(port, "d1", 1))
+        assert (await ask(register(port, "d2", 2, authorization(challenge)))).startswith(b"SIP/2.0 200 ")
+        scanned: list[bytes] = []
+        scan = QuickRequest.scan
+
+        def counting(data: bytes, *args: Any) -> QuickRequest | None:
+            scanned.append(data)
+            return scan(data, *args)
+
+        monkeypatch.setattr(QuickRequest, "scan", counting)
+        general = count_general(gw)
+        body = KEEPALIVE_BODY.replace(b"Notify>", b"Response>").replace(b"Keepalive", b"DeviceStatus")
+        status = keepalive(port, "d3").replace(KEEPALIVE_BODY, body)
+        answer = await ask(
+            status.replace(b"Content-Length: %d" % len(KEEPALIVE_BODY), b"Content-Length: %d" % len(body))
+        )
+        assert answer.startswith(b"SIP/2.0 200 ")
+        assert scanned == [] and general[0] == 1
+        assert gw.registrar.keepalives[("ok",)] == 0
+        # a keepalive is still read and answered on the quick path
+        assert (await ask(keepalive(port, "d4"))).startswith(b"SIP/2.0 200 ")
+        assert len(scanned) == 1 and general[0] == 1
+        assert gw.registrar.keepalives[("ok",)] == 1
     finally:
         sock.close()
         await gw.stop()

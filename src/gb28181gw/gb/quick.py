@@ -23,7 +23,7 @@ path, given the same request, reaches the same verdict and answers it as it alwa
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from gb28181gw.errors import AuthError
 from gb28181gw.ids import GbId
@@ -42,9 +42,11 @@ __all__ = ["QuickRegister", "quick_register"]
 _PLAIN_CONTACT = re.compile(r'<(sip:[^<>"\s,]+)>')
 
 
-@dataclass(frozen=True, slots=True)
-class QuickRegister:
+class QuickRegister(NamedTuple):
     """A REGISTER answered by :func:`quick_register`.
+
+    A named tuple rather than a frozen dataclass, equally immutable: made for every REGISTER of a
+    storm, it is built in a third of the time.
 
     Attributes:
         data: the response bytes.
@@ -94,13 +96,14 @@ def quick_register(
     checked = registrar._admit(q.uri, peer.host, device, device_id, now, peek=True)
     if not isinstance(checked, GbId):
         return None
-    contact_text = q.get("contact")
+    values = q.values
+    contact_text = values.get("contact")
     if contact_text is None:
         return None
     contact = _PLAIN_CONTACT.fullmatch(contact_text)
     if contact is None:
         return None
-    expires_text = q.get("expires")
+    expires_text = values.get("expires")
     if expires_text is None:
         expires = p.expires_default
     elif expires_text.isdigit() and expires_text.isascii() and len(expires_text) <= 10:
@@ -110,12 +113,12 @@ def quick_register(
     if expires < p.expires_min or expires == 0 or expires > MAX_EXPIRES:
         return None
     expires = min(expires, p.expires_max)
-    version = q.get("x-gb-ver")
+    version = values.get("x-gb-ver")
     password = device.password if device is not None and device.password else p.password
     if password:
-        header = q.get("authorization")
+        header = values.get("authorization")
         if header is None:
-            challenge = registrar.nonces.challenge(peer.host, now).serialize()
+            challenge = registrar.nonces.challenge_header(peer.host, now)
             extra = [("WWW-Authenticate", challenge)]
             if version:
                 extra.append(("X-GB-ver", version))
@@ -135,7 +138,7 @@ def quick_register(
     # from here on the quick path answers: the nonce is spent
     accepted = registrar.accept(
         device, device_id, peer, checked, expires,
-        user_agent=q.get("user-agent"), gb_version=version, call_id=q.get("call-id"), epoch=epoch,
+        user_agent=values.get("user-agent"), gb_version=version, call_id=values["call-id"], epoch=epoch,
     )  # fmt: skip
     registrar.refused.forget(device_id, peer.host)
     extra = [("X-GB-ver", version)] if version else []

@@ -21,6 +21,7 @@ from gb28181gw.errors import ManscdpError
 __all__ = [
     "Element",
     "Keepalive",
+    "KEEPALIVE_MARK",
     "MAX_BODY",
     "REPLACEMENT",
     "etree",
@@ -205,6 +206,11 @@ _KEEPALIVE_RE = re.compile(
     rb"<Status>([A-Za-z]{1,16})</Status>[ \t\r\n]*"
     rb"</Notify>[\x00 \t\r\n]*"
 )
+
+
+#: What every body :func:`keepalive_fast` takes contains (its pattern requires it literally): a
+#: MESSAGE without it is no plain keepalive, and the quick path leaves it unread (``SipStack.on_quick``).
+KEEPALIVE_MARK = b"<CmdType>Keepalive</CmdType>"
 
 
 def keepalive_fast(body: bytes) -> Keepalive | None:

@@ -137,6 +137,7 @@ class SipStack:
         self._pumping = False
         self.wire = WIRE.isEnabledFor(logging.DEBUG)
         self._quick: dict[str, QuickHandler] = {}
+        self._quick_needs: dict[str, bytes] = {}
 
     # --- wiring ----------------------------------------------------------------------
 
@@ -317,14 +318,19 @@ class SipStack:
 
     # --- input -----------------------------------------------------------------------
 
-    def on_quick(self, method: str, handler: QuickHandler) -> None:
+    def on_quick(self, method: str, handler: QuickHandler, *, needs: bytes = b"") -> None:
         """Serve ``method`` (REGISTER or MESSAGE) over UDP on the quick path too (see :mod:`gb28181gw.sip.quick`).
 
         ``handler(request, peer)`` answers a :class:`~gb28181gw.sip.quick.QuickRequest` that is no
         retransmission with ``(status, response bytes)``, having done all the general path's handler
         would, or declines with ``None``: the request then goes the general way, unchanged.
+
+        ``needs``: bytes that every request the handler could answer contains (a keepalive's
+        ``<CmdType>Keepalive</CmdType>``): a datagram without them goes the general way unread, so
+        that a Catalog response is not read here first only to be declined and parsed again.
         """
         self._quick[method] = handler
+        self._quick_needs[method] = needs
 
     def feed(self, data: bytes, peer: Peer, now: float | None = None) -> None:
         """Hand one received message to the endpoint (the caller pumps afterwards)."""
@@ -343,7 +349,13 @@ class SipStack:
 
     def _feed_quick(self, data: bytes, peer: Peer) -> bool:
         """The quick path: whether ``data`` was answered on it (else the endpoint takes it)."""
-        if not data.startswith((b"REGISTER ", b"MESSAGE ")) or self.wire:
+        if data.startswith(b"MESSAGE "):
+            needs = self._quick_needs.get("MESSAGE")
+            if needs and needs not in data:
+                return False  # not what the handler takes (see on_quick): no reading twice
+        elif not data.startswith(b"REGISTER "):
+            return False
+        if self.wire:
             return False
         q = QuickRequest.scan(data, peer, self.endpoint.limits)
         if q is None:

@@ -44,7 +44,7 @@ from gb28181gw.gb.keepalive import (
 from gb28181gw.gb.model import Ban, Device, DeviceState
 from gb28181gw.gb.quick import QuickRegister, quick_register
 from gb28181gw.gb.registrar import Outcome, RegisterResult, Registrar, RegistrarPolicy, from_user, is_platform_id
-from gb28181gw.manscdp.codec import Element, keepalive_fast
+from gb28181gw.manscdp.codec import KEEPALIVE_MARK, Element, keepalive_fast
 from gb28181gw.manscdp.messages import CmdType, Envelope, envelope
 from gb28181gw.metrics import AUTH_FAILURES, BANS, DEVICES, KEEPALIVE_TIMEOUTS, KEEPALIVES, REGISTRATIONS, Metrics
 from gb28181gw.net.router import ANY, ManscdpRequest, Role
@@ -192,7 +192,7 @@ class RegistrarService:
         router.on_rejected(self._on_rejected)
         if self.settings.quick_path:
             self.stack.on_quick("REGISTER", self._quick_register)
-            self.stack.on_quick("MESSAGE", self._quick_message)
+            self.stack.on_quick("MESSAGE", self._quick_message, needs=KEEPALIVE_MARK)
         self.stack.on_connection_lost(self._on_connection_lost)
         self._flusher = self._loop.create_task(self._flush_loop())
         self._arm()

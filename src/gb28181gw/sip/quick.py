@@ -17,6 +17,12 @@ Anything else gives ``None``, and the request takes the general path unchanged: 
 shapes make unnecessary. :meth:`QuickRequest.answer` writes the same bytes as
 ``make_response(...)`` and ``serialize()`` would (the tests hold the two to it).
 
+How it reads, cheaply: the header names of a request, in their order (its *shape*), are judged
+once per shape (:class:`_Shape`); the values are then checked in Python (the *dict reading*).
+Once a shape has been read 16 times its requests are read by one compiled pattern of the whole
+header block instead (:func:`_compile`), which takes the plain form of every value and leaves
+anything else to the dict reading; both are held by property tests to the general parser.
+
 What to do with the request — and whether it is the common case at all — is the caller's
 (:mod:`gb28181gw.gb.quick` for REGISTER, the registrar service for keepalives); the retransmission
 check (a transaction or a completed answer under :attr:`QuickRequest.key`) is the shell's, against
@@ -24,6 +30,8 @@ the endpoint (:meth:`~gb28181gw.sip.endpoint.SipEndpoint.known`).
 """
 
 from __future__ import annotations
+
+import re
 
 from gb28181gw.errors import SipParseError
 
@@ -72,7 +80,9 @@ for _key, _name in zip(
         _KEY_OF[_spelling] = _key
 #: Copied into every answer, in the request's order (RFC 3261 §8.2.6; make_response).
 _COPIED = frozenset({"via", "from", "to", "call-id", "cseq"})
-_REQUIRED = ("via", "from", "to", "call-id", "cseq", "content-length")
+_REQUIRED_SET = frozenset({"via", "from", "to", "call-id", "cseq", "content-length"})
+#: The host characters Via.parse reads on its fast path.
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
 
 
 def stamp_plain_via(raw: str, host: str, port: int, rport: bool) -> str | None:
@@ -92,6 +102,108 @@ def stamp_plain_via(raw: str, host: str, port: int, rport: bool) -> str | None:
     return None
 
 
+class _Shape:
+    """What :meth:`QuickRequest.scan` concludes from a request's header names alone, in their order:
+    the key of each (lower case) and the names of the lines an answer copies, in order (``None``
+    for a shape it does not take: an unknown name, a name twice, a required header missing)."""
+
+    __slots__ = ("names", "keys", "copied", "copied_keys", "via", "seen", "values", "lines", "to_group", "has_mf")
+
+    def __init__(
+        self, names: tuple[str, ...], keys: tuple[str, ...], copied: tuple[tuple[str, str], ...], via: str
+    ) -> None:
+        self.names = names
+        self.keys = keys
+        self.copied = copied
+        self.copied_keys = tuple(key for key, _ in copied)
+        self.via = via  # the Via's name as sent
+        self.seen = 0  # requests of this shape read; its pattern is compiled at _COMPILE_AFTER
+        self.values: tuple[str, ...] = ()  # with a pattern: its group of each header's stripped value, in order
+        self.lines: tuple[str, ...] = ()  # with a pattern: its group of each copied line, in order
+        self.to_group = ""  # with a pattern: its group of the To value
+        self.has_mf = "max-forwards" in keys
+
+
+def _shape_of(names: tuple[str, ...]) -> _Shape | None:
+    keys = tuple(_KEY_OF.get(name, "") for name in names)
+    if "" in keys or len(set(keys)) != len(keys) or not _REQUIRED_SET.issubset(keys):
+        return None
+    copied = tuple((key, name) for key, name in zip(keys, names, strict=True) if key in _COPIED)
+    return _Shape(names, keys, copied, names[keys.index("via")])
+
+
+# --- the pattern of a shape -------------------------------------------------------------------
+#
+# Once a shape has been read _COMPILE_AFTER times, its requests are read by one compiled pattern of
+# the whole header block: its header names in their order, each value of a plain shape. It stands
+# for the dict reading below and gives what that gives (tests/core/test_quick.py holds the two to
+# it); a request it does not match is read the dict way, which decides. Every value it takes is
+# printable ASCII with spaces and tabs only around or inside it, so its group is value.strip(); no
+# CR or LF can occur inside a line, so the line checks hold too.
+
+#: A value: printable ASCII, white space (space, tab) around and inside it; the group is the stripped value.
+_VALUE = r"[ \t]*(?P<{g}>(?:[!-~](?:[\t -~]*[!-~])?)?)[ \t]*"
+#: Printable ASCII but space, ``"``, ``<`` and ``>``.
+_NQ = r"[!#-;=?-~]"
+#: Printable ASCII but space, ``"``, ``,``, ``;`` and ``=``: a Via parameter's characters.
+_PARAM = r"[!#-+\--:<>-~]"
+_PLAIN: dict[str, str] = {
+    # SIP/2.0/UDP host[:port] with an RFC 3261 branch and perhaps rport, nothing else
+    "via": (
+        r"(?P<via_raw>[ \t]*(?P<{g}>SIP/2\.0/UDP (?P<via_host>[A-Za-z0-9._-]+)(?::(?P<via_port>[0-9]{{1,5}}))?"
+        r"(?P<rport1>;rport)?;branch=(?P<branch>z9hG4bK" + _PARAM + r"+)(?P<rport2>;rport)?)[ \t]*)"
+    ),
+    # <sip:user@…> and parameters: no quote, one < and one >, the user letters and digits
+    "from": r"[ \t]*(?P<{g}><sip:(?P<sender>[A-Za-z0-9]+)@" + _NQ + r"*>(?:[ \t]*" + _NQ + r")*)[ \t]*",
+    "to": r"[ \t]*(?P<{g}><sip:" + _NQ + r"*>(?:[ \t]*" + _NQ + r")*)[ \t]*",
+    "call-id": r"[ \t]*(?P<{g}>[!-~](?:[\t -~]*[!-~])?)[ \t]*",
+    "cseq": r"[ \t]*(?P<{g}>(?P<cseq>[0-9]{{1,10}})[ \t]+(?P=method))[ \t]*",
+    "max-forwards": r"[ \t]*(?P<{g}>(?P<mf>[0-9]{{1,3}}))[ \t]*",
+    "content-length": r"[ \t]*(?P<{g}>(?P<length>[0-9]{{1,10}}))[ \t]*",
+}
+#: Requests of a shape read the dict way before its pattern is compiled: a peer inventing header
+#: orders gets none compiled (a compilation costs as much as a few hundred readings).
+_COMPILE_AFTER = 16
+#: Patterns compiled at most until the shapes are forgotten (see _SHAPES_KEPT).
+_PATTERNS_KEPT = 32
+#: Patterns by the number of header lines they take: at most a few per number are tried.
+_PATTERNS: dict[int, list[tuple[re.Pattern[str], _Shape]]] = {}
+_PATTERNS_PER_COUNT = 4
+
+
+def _compile(shape: _Shape) -> None:
+    """Compile ``shape``'s pattern and keep it (within the bounds above)."""
+    if sum(map(len, _PATTERNS.values())) >= _PATTERNS_KEPT:
+        return
+    parts = [r"(?P<method>REGISTER|MESSAGE) (?P<uri>sip:[!-~]*) SIP/2\.0"]
+    values = []
+    lines = []
+    for i, (name, key) in enumerate(zip(shape.names, shape.keys, strict=True)):
+        group = f"v{i}"
+        values.append(group)
+        line = re.escape(name) + ":" + _PLAIN.get(key, _VALUE).format(g=group)
+        if key in _COPIED:
+            lines.append(f"l{i}")
+            line = f"(?P<l{i}>{line})"
+        parts.append("\r\n" + line)
+    shape.values = tuple(values)
+    shape.lines = tuple(lines)
+    shape.to_group = values[shape.keys.index("to")]
+    kept = _PATTERNS.setdefault(len(shape.keys), [])
+    if len(kept) < _PATTERNS_PER_COUNT:
+        kept.append((re.compile("".join(parts)), shape))
+
+
+#: Shapes seen (header names in order → :class:`_Shape`, or ``None``). The devices of a site send
+#: their headers under the same names in the same order every time, so the names of a request are
+#: checked once per shape rather than one by one per request; bounded (emptied when full), since
+#: a peer inventing orders could otherwise grow it.
+_SHAPES: dict[tuple[str, ...], _Shape | None] = {}
+_SHAPES_KEPT = 512
+#: The plain Via a device sends: ``SIP/2.0/UDP host[:port];params`` (see :meth:`QuickRequest.scan`).
+_VIA_UDP = "SIP/2.0/UDP "
+
+
 class QuickRequest:
     """A REGISTER or MESSAGE read by :meth:`scan` (see the module docstring).
 
@@ -104,7 +216,7 @@ class QuickRequest:
         sender: the user part of From (the device's ID).
     """
 
-    __slots__ = ("method", "uri", "values", "body", "key", "sender", "_copied")
+    __slots__ = ("method", "uri", "values", "body", "key", "sender", "_copied", "_via")
 
     def __init__(
         self,
@@ -115,6 +227,7 @@ class QuickRequest:
         key: tuple[str, str, str],
         sender: str,
         copied: list[tuple[str, str]],
+        via: str | None,
     ) -> None:
         self.method = method
         self.uri = uri
@@ -122,43 +235,57 @@ class QuickRequest:
         self.body = body
         self.key = key
         self.sender = sender
-        self._copied = copied
+        self._copied = copied  # (key, line as sent) of the lines an answer copies, in order
+        self._via = via  # the Via line stamped with received/rport, or None to copy it as sent
 
     @classmethod
     def scan(cls, data: bytes, peer: Peer, limits: Limits) -> QuickRequest | None:
         """Read ``data`` received from ``peer`` over UDP, or ``None`` when it is not the common case."""
-        if len(data) > limits.max_message_size:
-            return None
+        size = len(data)
         crlf = data.find(b"\r\n\r\n")
-        if crlf <= 0 or len(data) > crlf + 4 + limits.max_body_size:
+        if (
+            crlf <= 0
+            or size > limits.max_message_size
+            or size > crlf + 4 + limits.max_body_size
+            or crlf > limits.max_line_length  # no plain REGISTER is that long; the parser checks its lines
+        ):
             return None
-        head = data[:crlf]
-        if len(head) > limits.max_line_length:
-            return None  # no plain REGISTER is that long; the parser checks its lines
-        text = head.decode("utf-8", "surrogateescape")
+        text = data[:crlf].decode("utf-8", "surrogateescape")
+        if _PATTERNS:
+            for pattern, plain in _PATTERNS.get(text.count("\r\n"), ()):
+                m = pattern.fullmatch(text)
+                if m is not None:
+                    return cls._matched(m, plain, data, crlf, peer, limits)
         lines = text.split("\r\n")
         n = len(lines) - 1
         # no bare CR or LF anywhere (each line break is one CRLF)
-        if n != text.count("\n") or n != text.count("\r") or n > limits.max_headers or not n:
+        if not n or n > limits.max_headers or n != text.count("\n") or n != text.count("\r"):
             return None
         method, sp, rest = lines[0].partition(" ")
         if method not in QUICK_METHODS:
             return None
         uri, sp2, version = rest.partition(" ")
-        if not sp or not sp2 or version != "SIP/2.0" or not uri.startswith("sip:") or " " in uri:
+        if not sp2 or version != "SIP/2.0" or not uri.startswith("sip:"):
             return None
         del lines[0]
-        names, colons, raws = zip(*[line.partition(":") for line in lines], strict=True)
-        keys = list(map(_KEY_OF.get, names))
-        if None in keys or "" in colons:
+        try:
+            # one C call splits every header line at its first colon; a line without one raises
+            raw: dict[str, str] = dict([line.split(":", 1) for line in lines])
+        except ValueError:
             return None
-        values: dict[str, str] = dict(zip(keys, map(str.strip, raws), strict=True))  # type: ignore[arg-type]
-        if len(values) != n:
-            return None  # a header twice
-        copied = [(key, lines[i]) for i, key in enumerate(keys) if key in _COPIED]
-        for key in _REQUIRED:
-            if key not in values:
-                return None
+        if len(raw) != n:
+            return None  # a header twice under one spelling
+        names = tuple(raw)
+        shape = _SHAPES.get(names, _NOT_SEEN)
+        if shape is _NOT_SEEN:
+            if len(_SHAPES) >= _SHAPES_KEPT:
+                _SHAPES.clear()
+                _PATTERNS.clear()
+            shape = _SHAPES[names] = _shape_of(names)
+        if shape is None:
+            return None
+        assert isinstance(shape, _Shape)
+        values = dict(zip(shape.keys, map(str.strip, raw.values())))  # noqa: B905 - equal by construction
         # what parse_message checks
         cseq = values["cseq"].split()
         if len(cseq) != 2 or cseq[1] != method:
@@ -172,18 +299,22 @@ class QuickRequest:
         if not values["call-id"]:
             return None
         length = values["content-length"]
-        if not length.isdigit() or not length.isascii() or len(length) > 10:
-            return None
-        if int(length) != len(data) - crlf - 4:
+        if not length.isdigit() or not length.isascii() or len(length) > 10 or int(length) != size - crlf - 4:
             return None  # short, or bytes after the body: the general path decides
         # From and To as the endpoint's cheap check takes them without parsing; no To tag (a dialog)
-        for key in ("from", "to"):
-            value = values[key]
-            if '"' in value or value.count("<") != value.count(">") or ":" not in value or value.count("<") > 1:
-                return None
-        if "tag" in values["to"].lower():
-            return None
         sender = values["from"]
+        to = values["to"]
+        if (
+            '"' in sender
+            or '"' in to
+            or ":" not in to
+            or sender.count("<") != sender.count(">")
+            or to.count("<") != to.count(">")
+            or sender.count("<") > 1
+            or to.count("<") > 1
+            or "tag" in to.lower()
+        ):
+            return None
         start = sender.find("sip:")
         at = sender.find("@", start)
         if start < 0 or at <= start:
@@ -195,23 +326,70 @@ class QuickRequest:
         via_text = values["via"]
         if "," in via_text:
             return None
-        try:
-            via = Via.parse(via_text)
-        except SipParseError:
-            return None  # the general path answers it
-        branch = via.params.get("branch")
-        if via.transport != "UDP" or not branch or not branch.startswith(MAGIC_COOKIE) or len(branch) == 7:
+        found = _plain_via(via_text) if via_text.startswith(_VIA_UDP) else None
+        if found is None:
+            try:
+                via = Via.parse(via_text)
+            except SipParseError:
+                return None  # the general path answers it
+            if via.transport != "UDP":
+                return None
+            found = via.host_no_brackets, via.sent_by, via.params.get("branch"), "rport" in via.params
+        host, sent_by, branch, rport = found
+        if not branch or not branch.startswith(MAGIC_COOKIE) or len(branch) == 7:
             return None
-        rport = "rport" in via.params
-        if rport or via.host_no_brackets != peer.host:
-            i = keys.index("via")
-            name, raw = names[i], raws[i]
-            stamped = stamp_plain_via(raw, peer.host, peer.port, rport)
+        stamped_line = None
+        if rport or host != peer.host:
+            name = shape.via
+            stamped = stamp_plain_via(raw[name], peer.host, peer.port, rport)
             if stamped is None:
                 return None
-            copied = [(key, f"{name}:{stamped}" if key == "via" else line) for key, line in copied]
-        key_ = (branch, via.sent_by, method)
-        return cls(method, uri, values, data[crlf + 4 :], key_, sender, copied)
+            stamped_line = f"{name}:{stamped}"
+        copied = [(key, f"{name}:{raw[name]}") for key, name in shape.copied]
+        shape.seen += 1
+        if shape.seen == _COMPILE_AFTER:
+            _compile(shape)
+        return cls(method, uri, values, data[crlf + 4 :], (branch, sent_by, method), sender, copied, stamped_line)
+
+    @classmethod
+    def _matched(
+        cls, m: re.Match[str], shape: _Shape, data: bytes, crlf: int, peer: Peer, limits: Limits
+    ) -> QuickRequest | None:
+        """:meth:`scan` of a request its shape's pattern matched (see _compile): the checks the
+        pattern cannot make, then the request as the dict reading would give it."""
+        if len(shape.keys) > limits.max_headers:
+            return None
+        number = m["cseq"]
+        length = m["length"]
+        mf = m["mf"] if shape.has_mf else None
+        to = m[shape.to_group]
+        if (
+            (len(number) == 10 and int(number) > 2**31 - 1)
+            or (mf is not None and int(mf) > 255)
+            or int(length) != len(data) - crlf - 4
+            or "tag" in to.lower()
+        ):
+            return None
+        host = m["via_host"]
+        port = m["via_port"]
+        if port is not None:
+            if int(port) > 65535:
+                return None  # the dict reading decides (Via.parse refuses it)
+            sent_by = f"{host}:{int(port)}"
+        else:
+            sent_by = host
+        rport = m["rport1"] is not None or m["rport2"] is not None
+        stamped_line = None
+        if rport or host != peer.host:
+            stamped = stamp_plain_via(m["via_raw"], peer.host, peer.port, rport)
+            if stamped is None:
+                return None
+            stamped_line = f"{shape.via}:{stamped}"
+        method = _METHODS[m["method"]]
+        values = dict(zip(shape.keys, m.group(*shape.values)))  # noqa: B905 - equal by construction
+        copied = list(zip(shape.copied_keys, m.group(*shape.lines)))  # noqa: B905
+        key = (m["branch"], sent_by, method)
+        return cls(method, m["uri"], values, data[crlf + 4 :], key, m["sender"], copied, stamped_line)
 
     def get(self, key: str) -> str | None:
         """A header's value (``key`` lower case), stripped, or ``None``."""
@@ -222,13 +400,51 @@ class QuickRequest:
     ) -> bytes:
         """The response bytes: what ``make_response(request, status, to_tag=to_tag)``, then ``extra``
         added in order, the endpoint's ``Server`` and ``serialize()`` give."""
-        lines = [f"SIP/2.0 {status} {reason_phrase(status)}"]
+        lines = [_STATUS_LINES.get(status) or f"SIP/2.0 {status} {reason_phrase(status)}"]
         for key, line in self._copied:
-            lines.append(f"{line};tag={to_tag}" if key == "to" else line)
+            if key == "to":
+                lines.append(f"{line};tag={to_tag}")
+            elif key == "via" and self._via is not None:
+                lines.append(self._via)
+            else:
+                lines.append(line)
         for name, value in extra:
             lines.append(f"{name}: {value}")
         if server:
             lines.append(f"Server: {server}")
-        lines.append("Content-Length: 0")
-        lines.append("\r\n")
+        lines.append("Content-Length: 0\r\n\r\n")
         return "\r\n".join(lines).encode("utf-8", "surrogateescape")
+
+
+_NOT_SEEN = _Shape((), (), (), "")
+_METHODS = {method: method for method in QUICK_METHODS}
+#: The status lines the quick path writes, written once.
+_STATUS_LINES = {status: f"SIP/2.0 {status} {reason_phrase(status)}" for status in (200, 401, 500)}
+
+
+def _plain_via(value: str) -> tuple[str, str, str | None, bool] | None:
+    """(host, sent-by, branch, rport given) of ``SIP/2.0/UDP host[:port];params`` in the shape
+    :meth:`Via.parse <gb28181gw.sip.headers.Via.parse>` reads on its fast path, read alike without
+    building a :class:`Via`; ``None`` for anything else (then ``Via.parse`` decides)."""
+    sent_by, semi, param_text = value[12:].partition(";")
+    host, colon, port_text = sent_by.partition(":")
+    if not host or not _HOST_CHARS.issuperset(host) or '"' in param_text or " " in param_text:
+        return None
+    if colon:
+        if not port_text.isdigit() or not port_text.isascii() or len(port_text) > 5 or int(port_text) > 65535:
+            return None
+        sent_by = f"{host}:{int(port_text)}"
+    branch: str | None = None
+    rport = False
+    if semi:
+        # as Via.parse fills its dict: names lower-cased, the last of a name wins
+        for item in param_text.split(";"):
+            name, eq, v = item.partition("=")
+            if not name:
+                return None  # Via.parse refuses it
+            name = name.lower()
+            if name == "branch":
+                branch = v if eq else None
+            elif name == "rport":
+                rport = True
+    return host, sent_by, branch, rport

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from gb28181gw.errors import AuthError
 from gb28181gw.sip.auth import (
     _AUTH_PARAM_RE,
+    _PLAIN_DIGEST,
     Challenge,
     Credentials,
     NonceStore,
@@ -146,7 +147,76 @@ class TestFastParams:
                 assert fast == _regex_params(rest), rest
 
 
+_VALUE_TEXT = st.text(alphabet=st.sampled_from(list('aZ09_-.=: ,"\\\t@é')), max_size=12)
+
+
+class TestPlainDigest:
+    """``Credentials.parse`` reads the Authorization devices send with one pattern (``_PLAIN_DIGEST``);
+    whatever that pattern takes, the general reading (``Credentials._parse``) reads alike, and what
+    it does not take is left to the general reading."""
+
+    def test_what_devices_send_takes_the_pattern(self) -> None:
+        assert _PLAIN_DIGEST.fullmatch(AUTH_HEADER) is not None
+        assert Credentials.parse(AUTH_HEADER) == Credentials._parse(AUTH_HEADER)
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            AUTH_HEADER.replace(",algorithm=MD5", ",algorithm=SHA-256"),
+            AUTH_HEADER.replace("algorithm=MD5", 'algorithm=MD5,opaque="x"'),
+            AUTH_HEADER.replace("algorithm=MD5", 'qop=auth,nc=00000001,cnonce="c"'),
+            AUTH_HEADER.replace("Digest", "digest"),
+            AUTH_HEADER.replace(",realm", " ,realm"),
+            AUTH_HEADER.replace(',uri="', ',uri="\\'),
+            " " + AUTH_HEADER,
+        ],
+    )
+    def test_other_shapes_are_read_the_general_way(self, value: str) -> None:
+        assert _PLAIN_DIGEST.fullmatch(value) is None
+
+    @given(
+        st.lists(_VALUE_TEXT, min_size=5, max_size=5),
+        st.sampled_from(["", ",algorithm=MD5", ', algorithm="MD5"', ",algorithm=md5", ",algorithm=MD5 "]),
+        st.sampled_from([",", ", ", ",  ", " ,", ",\t"]),
+        st.sampled_from(["Digest ", "Digest  ", "Digest\t"]),
+    )
+    def test_same_credentials_as_the_general_reading(
+        self, values: list[str], algorithm: str, comma: str, scheme: str
+    ) -> None:
+        names = ("username", "realm", "nonce", "uri", "response")
+        value = scheme + comma.join(f'{n}="{v}"' for n, v in zip(names, values, strict=True)) + algorithm
+        if _PLAIN_DIGEST.fullmatch(value) is None:
+            return
+        assert Credentials.parse(value) == Credentials._parse(value), value
+
+
 class TestNonceStore:
+    def test_the_challenge_header_written_directly_is_the_challenge_serialized(self) -> None:
+        for qop in (False, True):
+            for algorithm in ("MD5", "SHA-256"):
+                a = NonceStore(realm="3402000000", qop=qop, algorithm=algorithm, token=lambda n: "ab" * n)
+                b = NonceStore(realm="3402000000", qop=qop, algorithm=algorithm, token=lambda n: "ab" * n)
+                for now in (5.0, 5.001):
+                    assert a.challenge_header("10.0.0.1", now) == b.challenge("10.0.0.1", now).serialize()
+                assert a._spent == b._spent and a._serial == b._serial
+
+    @given(
+        st.sampled_from([None, "auth"]),
+        st.sampled_from(["sip:34020000002000000001@3402000000", "sip:x@y", "sip:é@y"]),
+        st.sampled_from(["REGISTER", "INVITE"]),
+        st.text(max_size=8),
+    )
+    def test_the_expected_response_taken_directly_is_the_definitions(
+        self, qop: str | None, uri: str, method: str, password: str
+    ) -> None:
+        store = NonceStore(realm="3402000000")
+        creds = Credentials(
+            "34020000001320000001", "3402000000", "0" * 52, uri, "x",
+            qop=qop, nc="00000001" if qop else None, cnonce="c0" if qop else None,
+        )  # fmt: skip
+        for _ in range(2):  # the second time with HA2 kept
+            assert store._expected(creds, password, method) == creds.expected(password, method)
+
     def _creds(
         self, store: NonceStore, now: float, *, password: str = "12345678", host: str = "127.0.0.1", **kw: object
     ) -> Credentials:
