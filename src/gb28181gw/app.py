@@ -71,7 +71,7 @@ from gb28181gw.sip.endpoint import SipEndpoint
 from gb28181gw.sip.flood import FloodGuard, parse_exempt
 from gb28181gw.sip.message import Limits
 from gb28181gw.sip.timers import TimerConfig
-from gb28181gw.store.base import Store
+from gb28181gw.store.base import Cluster, SingleNode, Store
 from gb28181gw.store.sqlite import SqliteStore
 
 if TYPE_CHECKING:
@@ -120,6 +120,7 @@ class Gateway:
             settings=config.registrar,
             flush_interval=config.store.flush_interval,
             audit=self.audit,
+            cluster=make_cluster(self.store, config.node.id),
         )
         self.devices = DeviceService(
             self.stack,
@@ -514,6 +515,21 @@ def make_store(section: StoreSection, *, node: str = "") -> Store:
             raise StoreError(f"store.backend = redis needs redis-py ({exc}): pip install 'gb28181gw[redis]'") from None
         return RedisStore(section.url, node=node)
     return SqliteStore(section.path)
+
+
+def make_cluster(store: Store, node: str) -> Cluster:
+    """Which devices this node serves: with a Redis store and a ``node.id``, those whose ownership
+    epoch names it (several nodes on one database, issue 17); otherwise all of them."""
+    if node:
+        try:
+            from gb28181gw.store.redis import RedisStore
+        except ImportError:
+            return SingleNode(store)
+        if isinstance(store, RedisStore):
+            from gb28181gw.store.ownership import RedisCluster
+
+            return RedisCluster(store, node)
+    return SingleNode(store)
 
 
 def make_leases(config: Config) -> RedisLeases | None:
