@@ -108,6 +108,7 @@ for _ = 1, n do
       if cn and cn ~= node then redis.call('HSET', ARGV[5] .. 'lost:' .. cn, dev, mine) end
       out[#out + 1] = dev out[#out + 1] = 'won' out[#out + 1] = tostring(mine)
     else
+      redis.call('ZREM', KEYS[4], dev)
       out[#out + 1] = dev out[#out + 1] = 'lost' out[#out + 1] = cur or ''
     end
   else
@@ -121,6 +122,7 @@ for _ = 1, n do
       mine = ce
       out[#out + 1] = dev out[#out + 1] = 'adopted' out[#out + 1] = tostring(ce)
     else
+      redis.call('ZREM', KEYS[4], dev)
       out[#out + 1] = dev out[#out + 1] = 'refused' out[#out + 1] = cur
     end
   end
@@ -154,7 +156,10 @@ if #taken > 0 then
   redis.call('DEL', KEYS[8])
   for j = 1, #taken, 2 do
     local cur, ce, cn = owner_of(taken[j])
-    if cn ~= node then out[#out + 1] = taken[j] out[#out + 1] = 'gone' out[#out + 1] = cur or '' end
+    if cn ~= node then
+      redis.call('ZREM', KEYS[4], taken[j])
+      out[#out + 1] = taken[j] out[#out + 1] = 'gone' out[#out + 1] = cur or ''
+    end
   end
 end
 return out
@@ -266,7 +271,7 @@ class RedisCluster:
         self._failed = False
         self._published: set[str] = set()  # devices this node put in live:<node>
         self._janitor: asyncio.Task[None] | None = None
-        self._token = secrets.token_hex(8)
+        self.token = secrets.token_hex(8)
         self.adoptions: Counter[tuple[str, ...]] = Counter()
         self.errors: Counter[tuple[str, ...]] = Counter()
 
@@ -468,9 +473,9 @@ class RedisCluster:
         dead = self._watch.observe(present, now)
         for node in dead:
             lock = self._k(f"janitor:{node}")
-            if not await r.set(lock, self._token, nx=True, px=LOCK_TTL_MS):
+            if not await r.set(lock, self.token, nx=True, px=LOCK_TTL_MS):
                 held = await r.get(lock)
-                if held is None or _text(held) != self._token:
+                if held is None or _text(held) != self.token:
                     continue  # another node adopts it
             await self.sweep(node)
         return dead
@@ -484,7 +489,7 @@ class RedisCluster:
         keys = [self._k(k) for k in ("owner", "devices", f"live:{dead}", "events", f"janitor:{dead}", "nodes",
                                      f"node:{dead}")]  # fmt: skip
         reason = f"node {dead} stopped; no keepalive since"
-        args: list[str | int] = [dead, self._token, repr(self._clock()), EVENTS_MAXLEN, LOCK_TTL_MS, self.node, reason,
+        args: list[str | int] = [dead, self.token, repr(self._clock()), EVENTS_MAXLEN, LOCK_TTL_MS, self.node, reason,
                 _STATE, _REASON, _UPDATED]  # fmt: skip
         marked, left, done = (int(x) for x in await self.store._script(_SWEEP)(keys=keys, args=args))
         if marked < 0:
