@@ -270,3 +270,15 @@ async def test_the_offline_of_a_device_a_janitor_marked_already_is_not_appended_
     await b.janitor_round(0.0)
     await a.write([online(D1)], {D1: None}, [DeviceNotice(D1, "offline", "no keepalive")])
     assert [e["event"] for e in await events(a)] == ["offline"]
+
+
+async def test_a_device_no_node_owns_is_written_by_any_but_anothers_is_not(nodes: Nodes, redis: RedisServer) -> None:
+    # an operator provisions a device before it ever registers: its row must not wait for an owner
+    a, b = await nodes.node("a"), await nodes.node("b")
+    provisioned = Device(D1, name="gate", provisioned=True)
+    result = await a.write([provisioned], {}, [])
+    assert result.lost == [] and row(redis, D1)[1] == "gate" and owner(redis, D1) == b"$-1"
+    b.registered(D2, 100.0)
+    await b.write([online(D2, host="10.0.0.2")], {D2: 2e9}, [])
+    await a.write([Device(D2, name="not yours")], {}, [])
+    assert row(redis, D2)[1] == "" and row(redis, D2)[7] == "10.0.0.2"

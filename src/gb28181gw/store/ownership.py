@@ -75,7 +75,8 @@ _UPDATED = DEVICE_LAYOUT.index("updated_at") + 1
 _WRITE = """
 -- KEYS: owner, owner:at, devices, live:<node>, events, nodes, boot, lost:<node>
 -- ARGV: node, events maxlen, now, boot candidate, key prefix, n devices,
---       n x (device, claim time or '', epoch or '', row or '', deadline or '' / '-' to remove),
+--       n x (device, claim time or '', epoch ('0': the row only, if no node owns the device) or '',
+--            row or '', deadline or '' / '-' to remove),
 --       then (device, kind, reason, '1' if never put in live:<node>)...
 -- answer: {boot, (device, result, value)...}; result won (value: epoch), lost (the owner),
 --         restored / adopted (epoch), refused (the owner); gone: claimed away meanwhile (lost:<node>)
@@ -111,6 +112,9 @@ for _ = 1, n do
       redis.call('ZREM', KEYS[4], dev)
       out[#out + 1] = dev out[#out + 1] = 'lost' out[#out + 1] = cur or ''
     end
+  elseif epoch == '0' then
+    -- a device no node owns (provisioned, never registered): its row is anybody's to write
+    if not cur and row ~= '' then redis.call('HSET', KEYS[3], dev, row) end
   else
     local e = tonumber(epoch)
     if cn == node and ce == e then mine = e
@@ -345,6 +349,8 @@ class RedisCluster:
                 self.store.write_failures["record"] += 1
                 log.error("device cannot be stored", extra={"device": device.device_id, "error": str(exc)})
         ids = [i for i in dict.fromkeys([*claims, *rows, *deadlines, *(n.device_id for n in notices)]) if own.owns(i)]
+        # rows of devices no node may own yet (an operator provisioned them): written if nobody does
+        unowned = [i for i in rows if not own.owns(i)]
         by_device: dict[str, list[DeviceNotice]] = {}
         for notice in notices:
             by_device.setdefault(notice.device_id, []).append(notice)
@@ -373,6 +379,9 @@ class RedisCluster:
                 for notice in by_device.get(device_id, ()):
                     fresh = "0" if device_id in self._published else "1"
                     events += [_key(device_id), notice.kind, notice.reason, fresh]
+            if start == 0:
+                for device_id in unowned:
+                    args += [_key(device_id), "", "0", rows[device_id], ""]
             args[5] = str((len(args) - 6) // 5)
             chunks.append(args + events)
         keys = [self._k(k) for k in ("owner", "owner:at", "devices", f"live:{self.node}", "events", "nodes", "boot",
