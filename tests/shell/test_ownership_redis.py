@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -35,9 +37,11 @@ def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
 class Nodes:
     def __init__(self, redis: RedisServer) -> None:
         self.redis = redis
-        self.stores: list[object] = []
+        self.stores: list[Any] = []
 
-    async def node(self, name: str, devices: list[Device] | None = None, *, clock: object = None) -> object:
+    async def node(
+        self, name: str, devices: list[Device] | None = None, *, clock: Callable[[], float] = time.time
+    ) -> Any:
         from gb28181gw.store.ownership import RedisCluster
         from gb28181gw.store.redis import RedisStore
 
@@ -50,7 +54,7 @@ class Nodes:
 
     async def close(self) -> None:
         for store in self.stores:
-            await store.close()  # type: ignore[attr-defined]
+            await store.close()
 
 
 @pytest.fixture

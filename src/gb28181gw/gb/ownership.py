@@ -229,6 +229,11 @@ class Ownership:
         """The epoch of this node's last confirmed claim of ``device_id``, if any."""
         return self._epoch.get(device_id)
 
+    @property
+    def pending(self) -> bool:
+        """Whether claims wait for the next batch."""
+        return bool(self._claims)
+
     def owned(self) -> int:
         """How many devices this node holds (owned or claiming)."""
         return sum(1 for s in self._state.values() if s is not H.FOREIGN)

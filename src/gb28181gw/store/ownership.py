@@ -41,8 +41,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -259,16 +260,14 @@ class RedisCluster:
         store: RedisStore,
         node: str,
         *,
-        clock: Any = None,
+        clock: Callable[[], float] = time.time,
         janitor_interval: float = JANITOR_INTERVAL,
         dead_grace: float = DEAD_GRACE,
     ) -> None:
-        import time
-
         self.store = store
         self.node = node
         self.ownership = Ownership(node)
-        self._clock = clock or time.time
+        self._clock = clock
         self.janitor_interval = janitor_interval
         self._watch = NodeWatch(dead_grace)
         self._boot: str | None = None
@@ -328,7 +327,7 @@ class RedisCluster:
 
     @property
     def pending(self) -> bool:
-        return bool(self.ownership._claims) or bool(self.ownership._forgotten)
+        return self.ownership.pending
 
     @property
     def lost(self) -> int:
