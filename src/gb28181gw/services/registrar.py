@@ -123,6 +123,8 @@ class RegistrarService:
         # several nodes: devices whose liveness deadline changed (written to live:<node> with the
         # next batch, not per keepalive) and online/offline events waiting for it
         self._touched: set[str] = set()
+        # the deadline (loop time) each online device has in live:<node>, written with slack (see _watch)
+        self._live_score: dict[str, float] = {}
         self._notices: list[DeviceNotice] = []
         self.audit = audit
         self.policy = policy
@@ -268,7 +270,8 @@ class RegistrarService:
         batch = [self.devices[i] for i in dirty if i in self.devices]
         touched, self._touched = self._touched, set()
         notices, self._notices = self._notices, []
-        deadlines = {i: self._wall_deadline(i) for i in touched}
+        now, epoch = self._now()
+        deadlines = {i: self._wall_deadline(i, now, epoch) for i in touched}
         try:
             try:
                 result = await self.cluster.write(batch, deadlines, notices)
@@ -288,15 +291,19 @@ class RegistrarService:
             owned = [d for d in self.devices if self.cluster.owns(d)]
             self._dirty.update(owned)
             self._touched.update(d for d in owned if self.liveness.deadline(d) is not None)
+            self._live_score.clear()
 
-    def _wall_deadline(self, device_id: str) -> float | None:
-        """When ``device_id``, online, goes offline unless heard from (wall seconds); ``None`` if not online."""
+    def _wall_deadline(self, device_id: str, now: float, epoch: float) -> float | None:
+        """The score of ``device_id`` in live:<node> (wall seconds): its deadline plus a third of its
+        keepalive window (see :meth:`_watch`); ``None`` when it is not online (taken out of the set)."""
         device = self.devices.get(device_id)
         when = self.liveness.deadline(device_id)
         if device is None or when is None or device.state is not DeviceState.ONLINE:
+            self._live_score.pop(device_id, None)
             return None
-        now, epoch = self._now()
-        return epoch + (when - now)
+        score = when + self._keepalive_timeout(device) / 3
+        self._live_score[device_id] = score
+        return epoch + (score - now)
 
     def _forget(self, device_id: str) -> None:
         """Another node owns ``device_id`` now: stop watching it and write nothing more for it."""
@@ -304,6 +311,7 @@ class RegistrarService:
         self._dirty.discard(device_id)
         self._heartbeats.discard(device_id)
         self._touched.discard(device_id)
+        self._live_score.pop(device_id, None)
         self.keepalive_arrivals.pop(device_id, None)
 
     async def _flush_bans(self) -> None:
@@ -498,8 +506,12 @@ class RegistrarService:
 
     def _watch(self, device: Device, now: float, epoch: float) -> None:
         timeout = liveness_timeout(device, epoch, interval=self.keepalive_interval, count=self.keepalive_count)
-        self.liveness.touch(device.device_id, now, timeout)
-        if self.cluster.shared:
+        when = self.liveness.touch(device.device_id, now, timeout)
+        # several nodes: live:<node> holds each online device's deadline plus a third of its window,
+        # rewritten only once the deadline passes what it holds (a keepalive every interval writes
+        # about every other one, not each): a janitor marks a dead node's device offline late by
+        # at most that third, never early
+        if self.cluster.shared and when > self._live_score.get(device.device_id, -1.0):
             self._touched.add(device.device_id)
 
     # --- MESSAGE (keepalive and what registered devices send) --------------------------------
