@@ -467,7 +467,7 @@ class RegistrarService:
     def _apply(self, change: Change, device: Device, now: float, epoch: float, *, reason: str = "") -> None:
         """Carry out what a transition asks of the shell (:class:`~gb28181gw.gb.devices.Output`)."""
         device_id = change.device_id
-        if self.cluster.shared:
+        if self.cluster.shared and change.old is not change.new:  # not on a plain keepalive
             if change.went_online:
                 self._notices.append(DeviceNotice(device_id, "online"))
             elif change.went_offline:
