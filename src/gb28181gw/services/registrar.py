@@ -18,6 +18,14 @@ new and lifted ones are written with the device batch and the active ones are ta
 back at start-up. The registrar also keeps who it refused
 (:class:`~gb28181gw.gb.bans.RefusalLog`): REGISTERs it rejected and MESSAGEs from IDs
 that are not registered, for the operator's ``devices refused``.
+
+With several nodes on one Redis store (issue 17) the batch goes through a
+:class:`~gb28181gw.store.base.Cluster`: every accepted REGISTER claims its device, rows are
+written only while this node owns the device, each online device's liveness deadline is kept in
+``live:<node>`` (rewritten only when it passes what is there, see :meth:`RegistrarService._watch`)
+and online/offline events go to the ``events`` stream; a device another node claimed is let go
+(:meth:`RegistrarService._forget`) and its MESSAGEs answered 404. With one node (SQLite) the
+cluster is :class:`~gb28181gw.store.base.SingleNode` and none of that is kept.
 """
 
 from __future__ import annotations
@@ -82,6 +90,8 @@ _AUTH_FAILURES = frozenset({"bad-password", "wrong-realm", "bad-algorithm", "ban
 #: Seconds between walks of the table for :meth:`RegistrarService.knows_address` once a device has
 #: registered, per device in it: a walk costs ~0.1 µs a device, so walks take at most ~10 % of the loop.
 KNOWN_RECHECK = 1e-6
+#: Online/offline events kept while the store cannot be written (several nodes); the oldest go beyond it.
+MAX_NOTICES = 100_000
 #: Called with the device and the decoded body of every MANSCDP MESSAGE other than a keepalive.
 ManscdpHandler = Callable[[Device, Envelope], None]
 
@@ -283,6 +293,10 @@ class RegistrarService:
             self._dirty |= dirty
             self._touched |= touched
             self._notices[:0] = notices
+            if len(self._notices) > MAX_NOTICES:
+                dropped = len(self._notices) - MAX_NOTICES
+                del self._notices[:dropped]
+                log.warning("device events dropped: the store has been away too long", extra={"events": dropped})
             raise
         for device_id in result.lost:
             self._forget(device_id)
