@@ -6,7 +6,9 @@ Keys (after the store's prefix, ``gbgw:``)::
     owner:at        hash    device ID -> wall time of the REGISTER that made the current epoch
     lost:<node>     hash    device ID -> epoch: devices claimed away from <node> (read and emptied
                             by <node> with its next batch, so it stops watching them at once)
-    live:<node>     zset    device ID -> liveness deadline (wall seconds) of <node>'s online devices
+    live:<node>     zset    device ID -> liveness deadline (wall seconds) of <node>'s online devices,
+                            plus a third of the device's keepalive window (rewritten only when the
+                            deadline passes it: a janitor marks late by at most that, never early)
     nodes           set     node IDs that have written (a dead one is removed by its janitor)
     janitor:<node>  string  the token of the live node adopting dead <node>'s devices (SET NX PX)
     events          stream  device online/offline: fields device, event, node, epoch, reason, at

@@ -41,7 +41,8 @@ Several nodes (issue 17; the scripts are in ``store/ownership.py``, the rules in
     owner:at                hash    device ID -> wall time of the REGISTER that made the current epoch
     lost:<node>             hash    device ID -> epoch: devices claimed away from <node>, read and
                                     emptied by <node> with its next batch
-    live:<node>             zset    device ID -> liveness deadline (wall seconds) of <node>'s online devices
+    live:<node>             zset    device ID -> liveness deadline (wall seconds) of <node>'s online
+                                    devices, plus a third of each one's keepalive window
     janitor:<node>          string  token of the live node adopting dead <node>'s devices (PX, renewed)
     events                  stream  device online/offline: device, event, node, epoch, reason, at
                                     (janitor: the adopting node, on its offline marks); MAXLEN ~ 100,000
