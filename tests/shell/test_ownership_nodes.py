@@ -169,7 +169,8 @@ async def test_a_device_re_registered_at_another_node_is_no_longer_watched_or_wr
 ) -> None:
     a, b = started("a"), started("b")
     (device,) = ipc_ids(1)
-    await register(a, [device], tmp_path)
+    port_at_a = free_udp_port()
+    await register(a, [device], tmp_path, port=port_at_a)
     await until(lambda: owner(redis, device).endswith(" a"), 10, "A's claim")
     assert a.metric("gb28181gw_devices_owned") == 1
     await register(b, [device], tmp_path)
@@ -178,6 +179,10 @@ async def test_a_device_re_registered_at_another_node_is_no_longer_watched_or_wr
     assert epoch_b > 1
     await until(lambda: a.metric("gb28181gw_ownership_lost_total") == 1, 10, "A to learn it lost the device")
     assert a.metric("gb28181gw_devices_owned") == 0 and b.metric("gb28181gw_devices_owned") == 1
+    # a keepalive reaching A from where it registered there: not A's device any more, 404 (it registers again)
+    inf = devices_file(tmp_path, [device])
+    stray = await run_sipp("keepalive_uac.xml", a.sip, tmp_path, extra=("-inf", str(inf), "-p", str(port_at_a)))
+    assert not stray.ok and "SIP/2.0 404" in stray.messages
     row_b = stored_row(redis, device)
     # well past A's keepalive window: A would have marked it offline, had it still watched it
     await until(lambda: any(e["event"] == "offline" for e in events(redis)), 3 * INTERVAL * COUNT, "B's offline")
