@@ -242,6 +242,7 @@ async def test_two_janitors_of_a_dead_node_mark_each_device_offline_once(nodes: 
     offline = [e for e in await events(b) if e["event"] == "offline"]
     assert sorted(e["device"] for e in offline) == [D1, D3]
     assert redis.command(b"EXISTS", b"gbgw:live:dead") == b":0"
+    assert redis.command(b"EXISTS", b"gbgw:lost:dead") == b":0"  # c's claim of D2 had told the dead node
     assert redis.command(b"SISMEMBER", b"gbgw:nodes", b"dead") == b":0"
     assert redis.command(b"EXISTS", b"gbgw:janitor:dead") == b":0"
     assert sum(j.adoptions[("offline",)] for j in (b, c2)) == 2

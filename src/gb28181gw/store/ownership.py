@@ -200,7 +200,7 @@ return out
 """
 
 _SWEEP = """
--- KEYS: owner, devices, live:<dead>, events, janitor:<dead>, nodes, node:<dead>
+-- KEYS: owner, devices, live:<dead>, events, janitor:<dead>, nodes, node:<dead>, lost:<dead>
 -- ARGV: dead node, lock token, now, events maxlen, lock ttl ms, janitor node, reason,
 --       state field, reason field, updated field (1-based indexes in a device row)
 -- answer: {marked offline, left to their new node, 1 when the dead node's set is done}
@@ -239,6 +239,7 @@ for i = 1, #all, 2 do
 end
 if redis.call('ZCARD', KEYS[3]) == 0 then
   redis.call('DEL', KEYS[3])
+  redis.call('DEL', KEYS[8])
   redis.call('SREM', KEYS[6], dead)
   redis.call('DEL', KEYS[5])
   return {marked, left, 1}
@@ -520,7 +521,7 @@ class RedisCluster:
             (marked offline, left to the node that owns them now, whether the dead node is done).
         """
         keys = [self._k(k) for k in ("owner", "devices", f"live:{dead}", "events", f"janitor:{dead}", "nodes",
-                                     f"node:{dead}")]  # fmt: skip
+                                     f"node:{dead}", f"lost:{dead}")]  # fmt: skip
         reason = f"node {dead} stopped; no keepalive since"
         args: list[str | int] = [dead, self.token, repr(self._clock()), EVENTS_MAXLEN, LOCK_TTL_MS, self.node, reason,
                 _STATE, _REASON, _UPDATED]  # fmt: skip
