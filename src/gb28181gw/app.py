@@ -73,7 +73,7 @@ from gb28181gw.sip.endpoint import SipEndpoint
 from gb28181gw.sip.flood import FloodGuard, parse_exempt
 from gb28181gw.sip.message import Limits
 from gb28181gw.sip.timers import TimerConfig
-from gb28181gw.store.base import Store
+from gb28181gw.store.base import Cluster, SingleNode, Store
 from gb28181gw.store.sqlite import SqliteStore
 
 if TYPE_CHECKING:
@@ -125,6 +125,7 @@ class Gateway:
             settings=config.registrar,
             flush_interval=config.store.flush_interval,
             audit=self.audit,
+            cluster=make_cluster(self.store, config.node.id),
         )
         self.devices = DeviceService(
             self.stack,
@@ -562,6 +563,21 @@ def make_nodes(config: Config) -> RedisNodes | None:
     from gb28181gw.store.nodes import RedisNodes  # redis-py: checked by make_store already
 
     return RedisNodes(config.store.url)
+
+
+def make_cluster(store: Store, node: str) -> Cluster:
+    """Which devices this node serves: with a Redis store and a ``node.id``, those whose ownership
+    epoch names it (several nodes on one database, issue 17); otherwise all of them."""
+    if node:
+        try:
+            from gb28181gw.store.redis import RedisStore
+        except ImportError:
+            return SingleNode(store)
+        if isinstance(store, RedisStore):
+            from gb28181gw.store.ownership import RedisCluster
+
+            return RedisCluster(store, node)
+    return SingleNode(store)
 
 
 def make_leases(config: Config) -> RedisLeases | None:

@@ -115,6 +115,29 @@ KEEPALIVE_TIMEOUTS = Family("gb28181gw_keepalive_timeouts", Kind.COUNTER, "Devic
 AUTH_FAILURES = Family("gb28181gw_auth_failures", Kind.COUNTER, "Failed authentications by reason", ("reason",))
 BANS = Family("gb28181gw_bans", Kind.COUNTER, "Addresses or IDs banned for failed authentication")
 DEVICES = Family("gb28181gw_devices", Kind.GAUGE, "Devices by state", ("state",))
+DEVICES_OWNED = Family(
+    "gb28181gw_devices_owned",
+    Kind.GAUGE,
+    "Registered devices this node serves (several nodes on Redis: those whose ownership epoch names it)",
+)
+OWNERSHIP_LOST = Family(
+    "gb28181gw_ownership_lost",
+    Kind.COUNTER,
+    "Devices another node claimed from this one (this node stopped watching them and writes nothing for them)",
+)
+ADOPTIONS = Family(
+    "gb28181gw_adoptions",
+    Kind.COUNTER,
+    "Devices of dead nodes this node's janitor handled: offline (marked once), reclaimed (registered elsewhere "
+    "since: left alone), finished (dead nodes whose devices were all handled)",
+    ("result",),
+)
+OWNERSHIP_ERRORS = Family(
+    "gb28181gw_ownership_errors",
+    Kind.COUNTER,
+    "Failed Redis operations of device ownership and liveness (write: the batch is kept and sent again; janitor)",
+    ("operation",),
+)
 
 # --- queries, catalogs and subscriptions (services/devices.py, subscriptions.py) --------
 QUERIES = Family(
@@ -306,6 +329,7 @@ FAMILIES: tuple[Family, ...] = (
     SIP_REQUESTS, SIP_RESPONSES, SIP_PARSE_ERRORS, SIP_DROPPED, SIP_TRANSACTIONS_IN_FLIGHT, SIP_TCP_CONNECTIONS, BUILD,
     LOG_LINES_SUPPRESSED, STORE_WRITABLE, STORE_WRITE_FAILURES, EVENT_LOOP_LAG, GC_PAUSES,
     REGISTRATIONS, KEEPALIVES, KEEPALIVE_TIMEOUTS, AUTH_FAILURES, BANS, DEVICES,
+    DEVICES_OWNED, OWNERSHIP_LOST, ADOPTIONS, OWNERSHIP_ERRORS,
     QUERIES, MANSCDP_UNMATCHED, INVALID_COORDINATES, ALARMS, CATALOG_SYNC_SECONDS, CHANNELS, CATALOG_EVENTS, CATALOG_ITEMS_REFUSED,
     STREAM_SETUPS, STREAM_CLOSES, STREAM_SETUP_SECONDS, STREAMS_ACTIVE, STREAM_CONSUMERS,
     RTP_PACKETS, RTP_BYTES, RTP_LOST, RTP_DROPPED, RELAY_STREAMS, GOP_EVICTIONS,

@@ -18,6 +18,14 @@ new and lifted ones are written with the device batch and the active ones are ta
 back at start-up. The registrar also keeps who it refused
 (:class:`~gb28181gw.gb.bans.RefusalLog`): REGISTERs it rejected and MESSAGEs from IDs
 that are not registered, for the operator's ``devices refused``.
+
+With several nodes on one Redis store (issue 17) the batch goes through a
+:class:`~gb28181gw.store.base.Cluster`: every accepted REGISTER claims its device, rows are
+written only while this node owns the device, each online device's liveness deadline is kept in
+``live:<node>`` (rewritten only when it passes what is there, see :meth:`RegistrarService._watch`)
+and online/offline events go to the ``events`` stream; a device another node claimed is let go
+(:meth:`RegistrarService._forget`) and its MESSAGEs answered 404. With one node (SQLite) the
+cluster is :class:`~gb28181gw.store.base.SingleNode` and none of that is kept.
 """
 
 from __future__ import annotations
@@ -46,7 +54,19 @@ from gb28181gw.gb.quick import QuickRegister, quick_register
 from gb28181gw.gb.registrar import Outcome, RegisterResult, Registrar, RegistrarPolicy, from_user, is_platform_id
 from gb28181gw.manscdp.codec import KEEPALIVE_MARK, Element, keepalive_fast
 from gb28181gw.manscdp.messages import CmdType, Envelope, envelope
-from gb28181gw.metrics import AUTH_FAILURES, BANS, DEVICES, KEEPALIVE_TIMEOUTS, KEEPALIVES, REGISTRATIONS, Metrics
+from gb28181gw.metrics import (
+    ADOPTIONS,
+    AUTH_FAILURES,
+    BANS,
+    DEVICES,
+    DEVICES_OWNED,
+    KEEPALIVE_TIMEOUTS,
+    KEEPALIVES,
+    OWNERSHIP_ERRORS,
+    OWNERSHIP_LOST,
+    REGISTRATIONS,
+    Metrics,
+)
 from gb28181gw.net.router import ANY, ManscdpRequest, Role
 from gb28181gw.net.stack import SipStack
 from gb28181gw.net.timer import EarliestTimer
@@ -56,7 +76,7 @@ from gb28181gw.sip.events import RequestReceived
 from gb28181gw.sip.message import make_response
 from gb28181gw.sip.peer import Peer
 from gb28181gw.sip.quick import QuickRequest
-from gb28181gw.store.base import Store
+from gb28181gw.store.base import Cluster, DeviceNotice, SingleNode, Store
 
 from .audit import AuditService
 
@@ -70,6 +90,8 @@ _AUTH_FAILURES = frozenset({"bad-password", "wrong-realm", "bad-algorithm", "ban
 #: Seconds between walks of the table for :meth:`RegistrarService.knows_address` once a device has
 #: registered, per device in it: a walk costs ~0.1 µs a device, so walks take at most ~10 % of the loop.
 KNOWN_RECHECK = 1e-6
+#: Online/offline events kept while the store cannot be written (several nodes); the oldest go beyond it.
+MAX_NOTICES = 100_000
 #: Called with the device and the decoded body of every MANSCDP MESSAGE other than a keepalive.
 ManscdpHandler = Callable[[Device, Envelope], None]
 
@@ -87,6 +109,9 @@ class RegistrarService:
         flush_interval: seconds between batched writes (``store.flush_interval``).
         clock: wall-clock epoch seconds (tests pass their own).
         audit: where devices added, removed and pruned, and bans set and lifted, are recorded.
+        cluster: which devices this node serves and how their rows are written (several nodes on
+            Redis: fenced by ownership epochs, with liveness deadlines and events); by default
+            every device is this node's and rows go to ``store``.
     """
 
     def __init__(
@@ -100,9 +125,17 @@ class RegistrarService:
         flush_interval: float,
         clock: Callable[[], float] = time.time,
         audit: AuditService | None = None,
+        cluster: Cluster | None = None,
     ) -> None:
         self.stack = stack
         self.store = store
+        self.cluster: Cluster = cluster if cluster is not None else SingleNode(store)
+        # several nodes: devices whose liveness deadline changed (written to live:<node> with the
+        # next batch, not per keepalive) and online/offline events waiting for it
+        self._touched: set[str] = set()
+        # the deadline (loop time) each online device has in live:<node>, written with slack (see _watch)
+        self._live_score: dict[str, float] = {}
+        self._notices: list[DeviceNotice] = []
         self.audit = audit
         self.policy = policy
         self.registrar = Registrar(
@@ -147,6 +180,10 @@ class RegistrarService:
         self.auth_failures = metrics.counter(AUTH_FAILURES)
         self.ban_count = metrics.counter(BANS)
         metrics.labeled_gauge(DEVICES, self._states)
+        metrics.gauge(DEVICES_OWNED, self._owned)
+        metrics.labeled_counter(OWNERSHIP_LOST, lambda: {(): float(self.cluster.lost)})
+        metrics.labeled_counter(ADOPTIONS, lambda: {k: float(v) for k, v in self.cluster.adoptions.items()})
+        metrics.labeled_counter(OWNERSHIP_ERRORS, lambda: {k: float(v) for k, v in self.cluster.errors.items()})
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -175,12 +212,16 @@ class RegistrarService:
             if kept:
                 log.info("bans restored", extra={"bans": kept, "ended": len(ended)})
         expired = self.devices.load(devices, epoch=epoch)
+        # several nodes: which of them are this node's (the others are watched by their own node)
+        await self.cluster.start(devices)
+        owns = self.cluster.owns
         for device in self.devices.values():
-            if device.registered:
+            if device.registered and owns(device.device_id):
                 # its heartbeats were lost while we were down, not missed: a full window
                 self._watch(device, now, epoch)
+        expired = [c for c in expired if owns(c.device_id)]
         if expired:
-            await self.store.save_devices([self.devices[c.device_id] for c in expired])
+            await self.cluster.write([self.devices[c.device_id] for c in expired], {}, [])
         registered = sum(1 for d in self.devices.values() if d.registered)
         log.info("devices loaded", extra={"devices": len(self.devices), "registered": registered})
         router = self.stack.router
@@ -200,6 +241,7 @@ class RegistrarService:
     async def stop(self) -> None:
         """Write everything still pending and stop the timers."""
         self._timer.cancel()
+        await self.cluster.stop()
         if self.persist_bans and self._loop is not None:
             # once more, with the attempts each refused since it was written
             for ban in self.registrar.bans.active(self._loop.time()):
@@ -236,14 +278,55 @@ class RegistrarService:
             dirty |= self._heartbeats
             self._heartbeats = set()
         batch = [self.devices[i] for i in dirty if i in self.devices]
+        touched, self._touched = self._touched, set()
+        notices, self._notices = self._notices, []
+        now, epoch = self._now()
+        deadlines = {i: self._wall_deadline(i, now, epoch) for i in touched}
         try:
             try:
-                await self.store.save_devices(batch)
+                result = await self.cluster.write(batch, deadlines, notices)
             except StoreRecordError:
                 await self._save_one_by_one(batch)
+                return
         except BaseException:
-            self._dirty |= dirty  # keep them for the next attempt; nothing is lost
+            # keep them for the next attempt; nothing is lost
+            self._dirty |= dirty
+            self._touched |= touched
+            self._notices[:0] = notices
+            if len(self._notices) > MAX_NOTICES:
+                dropped = len(self._notices) - MAX_NOTICES
+                del self._notices[:dropped]
+                log.warning("device events dropped: the store has been away too long", extra={"events": dropped})
             raise
+        for device_id in result.lost:
+            self._forget(device_id)
+        if result.resync:
+            # Redis lost what we wrote, or some of it (restarted, away a while): all of ours again
+            owned = [d for d in self.devices if self.cluster.owns(d)]
+            self._dirty.update(owned)
+            self._touched.update(d for d in owned if self.liveness.deadline(d) is not None)
+            self._live_score.clear()
+
+    def _wall_deadline(self, device_id: str, now: float, epoch: float) -> float | None:
+        """The score of ``device_id`` in live:<node> (wall seconds): its deadline plus a third of its
+        keepalive window (see :meth:`_watch`); ``None`` when it is not online (taken out of the set)."""
+        device = self.devices.get(device_id)
+        when = self.liveness.deadline(device_id)
+        if device is None or when is None or device.state is not DeviceState.ONLINE:
+            self._live_score.pop(device_id, None)
+            return None
+        score = when + self._keepalive_timeout(device) / 3
+        self._live_score[device_id] = score
+        return epoch + (score - now)
+
+    def _forget(self, device_id: str) -> None:
+        """Another node owns ``device_id`` now: stop watching it and write nothing more for it."""
+        self.liveness.forget(device_id)
+        self._dirty.discard(device_id)
+        self._heartbeats.discard(device_id)
+        self._touched.discard(device_id)
+        self._live_score.pop(device_id, None)
+        self.keepalive_arrivals.pop(device_id, None)
 
     async def _flush_bans(self) -> None:
         if not (self._bans_to_save or self._bans_to_delete):
@@ -275,7 +358,13 @@ class RegistrarService:
             heartbeats = loop.time() >= next_heartbeats
             if heartbeats:
                 next_heartbeats = loop.time() + self.keepalive_flush_interval
-            if self._dirty or (heartbeats and self._heartbeats) or self._bans_to_save or self._bans_to_delete:
+            if (
+                self.cluster.shared  # every interval: devices claimed away are learnt of with it
+                or self._dirty
+                or (heartbeats and self._heartbeats)
+                or self._bans_to_save
+                or self._bans_to_delete
+            ):
                 try:
                     await self.flush(heartbeats=heartbeats)
                 except StoreError as exc:
@@ -366,6 +455,8 @@ class RegistrarService:
         # before it is no interval of theirs
         self.keepalive_arrivals.pop(device_id, None)
         self.devices.adopt(device)
+        # every REGISTER accepted here (refresh and unregister too) claims the device with the next batch
+        self.cluster.registered(device_id, epoch)
         if change.event is not DeviceEvent.UNREGISTERED:
             # the address it is told (Via, Contact, SDP): `device show` says it, for the installer
             # whose camera sends its video nowhere
@@ -390,6 +481,12 @@ class RegistrarService:
     def _apply(self, change: Change, device: Device, now: float, epoch: float, *, reason: str = "") -> None:
         """Carry out what a transition asks of the shell (:class:`~gb28181gw.gb.devices.Output`)."""
         device_id = change.device_id
+        if self.cluster.shared and change.old is not change.new:  # not on a plain keepalive
+            if change.went_online:
+                self._notices.append(DeviceNotice(device_id, "online"))
+            elif change.went_offline:
+                self._notices.append(DeviceNotice(device_id, "offline", reason or change.reason))
+                self._touched.add(device_id)
         for output in change.outputs:
             if output is Output.SAVE:
                 self.changed(device_id)
@@ -401,6 +498,8 @@ class RegistrarService:
                 self._arm()
             elif output is Output.UNWATCH:
                 self.liveness.forget(device_id)
+                if self.cluster.shared:
+                    self._touched.add(device_id)
             elif output is Output.ANNOUNCE:
                 for listener in self._registered_listeners:
                     try:
@@ -421,16 +520,23 @@ class RegistrarService:
 
     def _watch(self, device: Device, now: float, epoch: float) -> None:
         timeout = liveness_timeout(device, epoch, interval=self.keepalive_interval, count=self.keepalive_count)
-        self.liveness.touch(device.device_id, now, timeout)
+        when = self.liveness.touch(device.device_id, now, timeout)
+        # several nodes: live:<node> holds each online device's deadline plus a third of its window,
+        # rewritten only once the deadline passes what it holds (a keepalive every interval writes
+        # about every other one, not each): a janitor marks a dead node's device offline late by
+        # at most that third, never early
+        if self.cluster.shared and when > self._live_score.get(device.device_id, -1.0):
+            self._touched.add(device.device_id)
 
     # --- MESSAGE (keepalive and what registered devices send) --------------------------------
 
     def _role(self, sender: str, peer: Peer) -> Role | None:
         # the router asks who sent a MESSAGE: the registered device at its address, its ID from
         # elsewhere, or (by the ID deny list) a refused sender
-        result = check_sender(
-            self.devices.get(sender), peer, self._clock(), accept_port_change=self.settings.accept_port_change
-        )
+        device = self.devices.get(sender)
+        if device is not None and not self.cluster.owns(sender):
+            device = None  # another node's: 404, and a device that believes it is registered here registers again
+        result = check_sender(device, peer, self._clock(), accept_port_change=self.settings.accept_port_change)
         if result is MessageResult.OK:
             return Role.DEVICE
         if result is MessageResult.WRONG_ADDRESS:
@@ -586,6 +692,10 @@ class RegistrarService:
                 log.exception("offline listener failed", extra={"device": device.device_id})
 
     # --- operator surface --------------------------------------------------------------
+
+    def _owned(self) -> float:
+        owns = self.cluster.owns
+        return float(sum(1 for d in self.devices.values() if d.registered and owns(d.device_id)))
 
     def _states(self) -> dict[tuple[str, ...], float]:
         counts = self.devices.counts()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gb28181gw.access import Token
@@ -156,3 +157,126 @@ class Store(Protocol):
     async def prune_audit(self, before: float) -> int:
         """Remove the records older than ``before`` (epoch seconds) from the front of the chain,
         keeping the last removed one as the anchor; how many were removed."""
+
+
+# --- device ownership among nodes (issue 17) ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceNotice:
+    """A device going online or offline, for the ``events`` stream of several nodes.
+
+    Attributes:
+        device_id: the device.
+        kind: ``online`` or ``offline``.
+        reason: why it went offline ("" when online).
+    """
+
+    device_id: str
+    kind: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a :meth:`Cluster.write` found.
+
+    Attributes:
+        lost: devices another node owns now: this node stops watching them and writes nothing more for them.
+        resync: the shared store lost what this node had written (restarted empty, or this node could
+            not write for a while): every device this node owns should be written again.
+    """
+
+    lost: list[str] = field(default_factory=list)
+    resync: bool = False
+
+
+class Cluster(Protocol):
+    """Which devices this node serves, and the fenced write of their rows, deadlines and events.
+
+    The registrar writes its devices through this rather than :meth:`Store.save_devices`. With one
+    gateway on its store (:class:`SingleNode`, SQLite's case) every device is this node's and the
+    rows go straight to the store; with several nodes on Redis (``store.ownership.RedisCluster``)
+    every write is fenced by the device's ownership epoch (see :mod:`gb28181gw.gb.ownership`).
+
+    Attributes:
+        shared: several nodes may share the store: liveness deadlines and online/offline events
+            are worth sending (False: only rows are written, and nothing else is kept for it).
+        lost: devices another node took from this one.
+        adoptions: devices of dead nodes this node's janitor handled, by result.
+        errors: failed operations on the shared store, by operation.
+    """
+
+    shared: bool
+    adoptions: Counter[tuple[str, ...]]
+    errors: Counter[tuple[str, ...]]
+
+    async def start(self, devices: Sequence[Device]) -> None:
+        """Learn which of the loaded ``devices`` this node owns (and its background work)."""
+
+    async def stop(self) -> None:
+        """End background work."""
+
+    @property
+    def lost(self) -> int:
+        """Devices another node took from this one."""
+        ...
+
+    def owns(self, device_id: str) -> bool:
+        """Whether this node serves ``device_id`` (called for every MESSAGE: a dict lookup)."""
+        ...
+
+    def registered(self, device_id: str, at: float) -> None:
+        """A REGISTER of ``device_id`` was accepted here at wall time ``at``: claim it with the next write."""
+
+    @property
+    def pending(self) -> bool:
+        """Whether claims are waiting for the next write."""
+        ...
+
+    async def write(
+        self, devices: Sequence[Device], deadlines: dict[str, float | None], notices: Sequence[DeviceNotice]
+    ) -> WriteResult:
+        """Write ``devices``' rows, this node's liveness ``deadlines`` (wall seconds; ``None``: not
+        watched any more) and ``notices``, with the claims queued, in one batch.
+
+        Raises:
+            StoreError: the store could not be written: nothing of it counts as written (the
+                caller keeps it all for the next attempt; the claims stay queued here).
+            StoreRecordError: a row the store refuses (single node: the caller writes one by one).
+        """
+        ...
+
+
+class SingleNode:
+    """The :class:`Cluster` of a gateway alone on its store: every device is its own; rows only."""
+
+    shared = False
+    lost = 0  # nobody else to take a device
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.adoptions: Counter[tuple[str, ...]] = Counter()
+        self.errors: Counter[tuple[str, ...]] = Counter()
+
+    async def start(self, devices: Sequence[Device]) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def owns(self, device_id: str) -> bool:
+        return True
+
+    def registered(self, device_id: str, at: float) -> None:
+        pass
+
+    @property
+    def pending(self) -> bool:
+        return False
+
+    async def write(
+        self, devices: Sequence[Device], deadlines: dict[str, float | None], notices: Sequence[DeviceNotice]
+    ) -> WriteResult:
+        await self.store.save_devices(devices)
+        return WriteResult()

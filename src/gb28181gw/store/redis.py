@@ -37,6 +37,26 @@ Key layout (every key starts with the prefix, ``gbgw:`` by default)::
     audit:time              zset    record number, scored by its time: time filters and retention
     audit:chain             hash    anchor_seq, anchor_hash, head_seq, head_hash
 
+Several nodes (issue 17; the scripts are in ``store/ownership.py``, the rules in ``gb/ownership.py``)::
+
+    nodes                   set     node IDs that have written (a dead one is removed by its janitor)
+    owner                   hash    device ID -> "<epoch> <node>": the node whose REGISTER claimed it
+                                    last; the epoch grows by one with every claim, at any node
+    owner:at                hash    device ID -> wall time of the REGISTER that made the current epoch
+    lost:<node>             hash    device ID -> epoch: devices claimed away from <node>, read and
+                                    emptied by <node> with its next batch
+    live:<node>             zset    device ID -> liveness deadline (wall seconds) of <node>'s online
+                                    devices, plus a third of each one's keepalive window
+    janitor:<node>          string  token of the live node adopting dead <node>'s devices (PX, renewed)
+    events                  stream  device online/offline: device, event, node, epoch, reason, at
+                                    (janitor: the adopting node, on its offline marks); MAXLEN ~ 100,000
+    boot                    string  set once per data set: another one means Redis lost its data
+    lease:<name>            string  "<node> <epoch> <token>" of a superior lease's holder (store/leases.py)
+    lease:<name>:epoch      string  how many times that lease was taken
+
+With a ``node.id`` the device rows are written through the ownership script, never over the row
+of a node that claimed the device later.
+
 Text goes in as UTF-8 with ``surrogateescape`` (Redis values are bytes), so what a device sent
 in GB2312 comes back byte for byte, as with SQLite. The gateway reads everything at start-up and
 writes behind itself in batches, so each call is one round trip where it can be: a batch of
