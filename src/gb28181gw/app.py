@@ -39,6 +39,9 @@ from gb28181gw.metrics import (
     EVENT_LOOP_LAG,
     GC_PAUSES,
     LOG_LINES_SUPPRESSED,
+    RPC_CALLS,
+    RPC_SECONDS,
+    RPC_SERVED,
     SIP_FLOOD_BANNED,
     SIP_FLOOD_BANS,
     SIP_FLOOD_DROPPED,
@@ -76,6 +79,7 @@ from gb28181gw.store.sqlite import SqliteStore
 
 if TYPE_CHECKING:
     from gb28181gw.store.leases import RedisLeases
+    from gb28181gw.store.rpc import RedisRpc
 
 log = logging.getLogger("gb28181gw.app")
 
@@ -177,6 +181,12 @@ class Gateway:
             metrics=self.metrics,
             name=config.gateway.user_agent or "gb28181gw",
         )
+        self.rpc = make_rpc(config)
+        if self.rpc is not None:
+            rpc = self.rpc
+            self.metrics.labeled_counter(RPC_CALLS, lambda: {k: float(v) for k, v in rpc.calls.items()})
+            self.metrics.labeled_counter(RPC_SERVED, lambda: {k: float(v) for k, v in rpc.served.items()})
+            rpc.observe = self.metrics.histogram(RPC_SECONDS).observe
         self.cascade_media = CascadeMediaService(
             self.stack,
             self.upstreams,
@@ -186,6 +196,7 @@ class Gateway:
             media_address=config.media_address,
             invite_timeout=m.invite_timeout,
             audit=self.audit,
+            rpc=self.rpc,
         )
         self.upstreams.count_streams(self.cascade_media.served_to)
         self.ledger = LedgerService(config, self.registrar, self.devices, self.store, audit=self.audit)
@@ -280,6 +291,9 @@ class Gateway:
         self.forms.start()
         await self.stack.listen(replace(c.sip, tcp_max_connections=tcp_connection_budget(c)))
         await self.streams.start()
+        if self.rpc is not None:
+            await self.rpc.open()  # once the stream service can take calls for our devices
+            self.cascade_media.start()
         if self.leases is not None:
             await self.leases.open()
         await self.upstreams.start()  # once listening: the superiors answer to our SIP port
@@ -374,6 +388,8 @@ class Gateway:
         if self.admin is not None:
             await self.admin.stop()
         await self.cascade_media.stop()  # BYE in every superior's dialog, first: its consumers go
+        if self.rpc is not None:
+            await self.rpc.close()  # the calls that BYE made have gone out
         await self.streams.stop()  # BYE to every device while the stack still runs
         await self.cascade_catalog.stop()
         await self.upstreams.stop()  # Expires: 0 to every superior while the stack still runs, then leases released
@@ -524,6 +540,15 @@ def make_leases(config: Config) -> RedisLeases | None:
 
     # an answer later than a tenth of the lease is of no use to it (the lease asks again)
     return RedisLeases(config.store.url, timeout=min(1.0, config.node.lease_seconds / 10))
+
+
+def make_rpc(config: Config) -> RedisRpc | None:
+    """Calls between nodes (issue 17): with a Redis store and a node.id."""
+    if config.store.backend != "redis" or not config.node.id:
+        return None
+    from gb28181gw.store.rpc import RedisRpc  # redis-py: checked by make_store already
+
+    return RedisRpc(config.store.url, config.node.id)
 
 
 def build_relays(config: Config) -> list[Relay]:

@@ -134,7 +134,8 @@ class RedisRpc:
         self._blocking: Any = None  # XREAD/XREADGROUP BLOCK (a timeout longer than the block)
         self._waiting: dict[str, asyncio.Future[Answer]] = {}
         self._running: dict[bytes, asyncio.Task[None]] = {}  # entry id → its run
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []  # notices and answers
+        self._readers: list[asyncio.Task[None]] = []
         self._send: Any = None
         self.inbox = f"{prefix}rpc:{node}"
         self.replies = f"{prefix}rpc:{node}:replies"
@@ -176,10 +177,13 @@ class RedisRpc:
                 f"cannot reach the Redis store at {self.location} for calls between nodes: {exc}"
             ) from None
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._serve_inbox()), loop.create_task(self._read_replies(last))]
+        self._readers = [loop.create_task(self._serve_inbox()), loop.create_task(self._read_replies(last))]
 
     async def close(self) -> None:
-        tasks = [*self._tasks, *self._running.values()]
+        if self._tasks:
+            # notices and answers under way (a BYE's close sent while shutting down) go out first
+            await asyncio.wait(list(self._tasks), timeout=CLOSE_TIMEOUT)
+        tasks = [*self._readers, *self._tasks, *self._running.values()]
         for task in tasks:
             task.cancel()
         if self._blocking is not None:
@@ -189,6 +193,7 @@ class RedisRpc:
         if tasks:
             await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
         self._tasks = []
+        self._readers = []
         self._running.clear()
         for future in self._waiting.values():
             if not future.done():
