@@ -159,6 +159,7 @@ class Gateway:
                 keyframe_request=m.keyframe_request,
                 port_quarantine=m.port_quarantine,
                 ssrc_quarantine=m.ssrc_quarantine,
+                ssrc_sequences=range(m.ssrc_min, m.ssrc_max + 1),
                 check_interval=min(1.0, m.stats_interval),
                 offer_format=m.offer_format,
             ),

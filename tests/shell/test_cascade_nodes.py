@@ -148,24 +148,30 @@ class Nodes:
         self.a: subprocess.Popen[str] | None = None
         self.b: subprocess.Popen[str] | None = None
 
-    def common(self, node: str, ports: tuple[int, int]) -> list[str]:
+    def common(self, node: str, ports: tuple[int, int], ssrcs: tuple[int, int]) -> list[str]:
         return [
             "--id", OURS, "--listen", "127.0.0.1", "--set", "store.backend=redis", "--set", f"store.url={self.redis.url}",
             "--set", f"node.id={node}", "--set", "node.lease_seconds=3", "--set", "media.workers=0",
             "--set", "media.linger=0", "--set", f"media.port_min={ports[0]}", "--set", f"media.port_max={ports[1]}",
             "--set", "devices.catalog_on_register=false", "--set", "devices.subscribe=", "--set", "sip.t1=0.1",
-            "--set", "media.invite_timeout=10",
+            "--set", "media.invite_timeout=10", "--set", f"media.ssrc_min={ssrcs[0]}", "--set", f"media.ssrc_max={ssrcs[1]}",
         ]  # fmt: skip
 
     def start_a(self) -> None:
         self.a = serve(
             "-c", str(self.a_config), "--port", str(self.a_sip), "--admin-port", str(self.a_admin),
-            *self.common("nA", (42400, 42449)),
+            *self.common("nA", (42400, 42449), (1, 4999)),
         )  # fmt: skip
         wait_ready(f"http://127.0.0.1:{self.a_admin}", self.a)
 
     def start_b(self) -> None:
-        self.b = serve("--port", str(self.b_sip), "--admin-port", str(self.b_admin), *self.common("nB", (42450, 42499)))
+        self.b = serve(
+            "--port",
+            str(self.b_sip),
+            "--admin-port",
+            str(self.b_admin),
+            *self.common("nB", (42450, 42499), (5000, 9999)),
+        )
         wait_ready(f"http://127.0.0.1:{self.b_admin}", self.b)
 
     def close(self) -> tuple[str, str]:
