@@ -136,6 +136,7 @@ class RedisRpc:
         self._running: dict[bytes, asyncio.Task[None]] = {}  # entry id → its run
         self._tasks: list[asyncio.Task[None]] = []  # notices and answers
         self._readers: list[asyncio.Task[None]] = []
+        self._closing = False
         self._send: Any = None
         self.inbox = f"{prefix}rpc:{node}"
         self.replies = f"{prefix}rpc:{node}:replies"
@@ -155,6 +156,7 @@ class RedisRpc:
         Raises:
             StoreError: Redis cannot be reached.
         """
+        self._closing = False
         try:
             self._redis = Redis.from_url(
                 self.url,
@@ -180,6 +182,7 @@ class RedisRpc:
         self._readers = [loop.create_task(self._serve_inbox()), loop.create_task(self._read_replies(last))]
 
     async def close(self) -> None:
+        self._closing = True
         if self._tasks:
             # notices and answers under way (a BYE's close sent while shutting down) go out first
             await asyncio.wait(list(self._tasks), timeout=CLOSE_TIMEOUT)
@@ -287,6 +290,8 @@ class RedisRpc:
             try:
                 got = await self._blocking.xread({self.replies: last}, count=BATCH, block=BLOCK_MS)
             except (RedisError, OSError) as exc:
+                if self._closing:
+                    return
                 if not failing:
                     log.warning("answers between nodes cannot be read; retrying", extra={"error": str(exc)})
                 failing = True
@@ -325,7 +330,7 @@ class RedisRpc:
                     next_reclaim = time.monotonic() + RECLAIM_INTERVAL
                 got = await self._blocking.xreadgroup(GROUP, self.node, {self.inbox: ">"}, count=BATCH, block=BLOCK_MS)
             except ResponseError as exc:
-                if "NOGROUP" in str(exc):  # Redis restarted empty: the group is made again
+                if "NOGROUP" in str(exc) and not self._closing:  # Redis restarted empty: the group is made again
                     log.warning("inbox group missing (Redis restarted?); made again", extra={"node": self.node})
                     try:
                         await self._make_group()
@@ -334,6 +339,8 @@ class RedisRpc:
                     continue
                 raise
             except (RedisError, OSError) as exc:
+                if self._closing:
+                    return
                 if not failing:
                     log.warning("calls to this node cannot be read; retrying", extra={"error": str(exc)})
                 failing = True
