@@ -30,10 +30,10 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(1, str(ROOT))
 from redis.asyncio import Redis  # noqa: E402
 from redis.exceptions import RedisError  # noqa: E402
+from tests.redis_server import RedisServer  # noqa: E402
 
 from gb28181gw.gb.rpc import Call  # noqa: E402
 from gb28181gw.store.rpc import RedisRpc  # noqa: E402
-from tests.redis_server import RedisServer  # noqa: E402
 
 
 def summary(name: str, seconds: list[float], wall: float) -> str:

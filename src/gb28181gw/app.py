@@ -18,7 +18,7 @@ import resource
 import signal
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -183,11 +183,12 @@ class Gateway:
             name=config.gateway.user_agent or "gb28181gw",
         )
         self.rpc = make_rpc(config)
+        # exported by every gateway (zero without other nodes): one set of families for all
+        self.metrics.labeled_counter(RPC_CALLS, lambda: _floats(self.rpc.calls if self.rpc else {}))
+        self.metrics.labeled_counter(RPC_SERVED, lambda: _floats(self.rpc.served if self.rpc else {}))
+        rpc_seconds = self.metrics.histogram(RPC_SECONDS)
         if self.rpc is not None:
-            rpc = self.rpc
-            self.metrics.labeled_counter(RPC_CALLS, lambda: {k: float(v) for k, v in rpc.calls.items()})
-            self.metrics.labeled_counter(RPC_SERVED, lambda: {k: float(v) for k, v in rpc.served.items()})
-            rpc.observe = self.metrics.histogram(RPC_SECONDS).observe
+            self.rpc.observe = rpc_seconds.observe
         self.cascade_media = CascadeMediaService(
             self.stack,
             self.upstreams,
@@ -541,6 +542,10 @@ def make_leases(config: Config) -> RedisLeases | None:
 
     # an answer later than a tenth of the lease is of no use to it (the lease asks again)
     return RedisLeases(config.store.url, timeout=min(1.0, config.node.lease_seconds / 10))
+
+
+def _floats(counts: Mapping[tuple[str, str], int]) -> dict[tuple[str, ...], float]:
+    return {k: float(v) for k, v in counts.items()}
 
 
 def make_rpc(config: Config) -> RedisRpc | None:
