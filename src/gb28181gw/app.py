@@ -67,6 +67,7 @@ from gb28181gw.services.doctor import DoctorService
 from gb28181gw.services.forms import FormService
 from gb28181gw.services.ledger import LedgerService
 from gb28181gw.services.registrar import RegistrarService
+from gb28181gw.services.remote import RemoteDevices
 from gb28181gw.services.streams import MediaSettings, StreamService
 from gb28181gw.services.subscriptions import SubscriptionService
 from gb28181gw.services.upstreams import UpstreamService
@@ -189,6 +190,7 @@ class Gateway:
         rpc_seconds = self.metrics.histogram(RPC_SECONDS)
         if self.rpc is not None:
             self.rpc.observe = rpc_seconds.observe
+        self.remote = RemoteDevices(self.rpc, self.devices) if self.rpc is not None else None
         self.cascade_media = CascadeMediaService(
             self.stack,
             self.upstreams,
@@ -311,7 +313,7 @@ class Gateway:
                 require_tokens=c.admin.require_tokens,
                 open_metrics=c.admin.open_metrics,
             )
-            add_device_routes(self.admin, self.registrar, self.devices, self.flood)
+            add_device_routes(self.admin, self.registrar, self.devices, self.flood, self.remote)
             add_stream_routes(
                 self.admin,
                 self.streams,
