@@ -182,6 +182,7 @@ class Gateway:
             self.devices,
             metrics=self.metrics,
             name=config.gateway.user_agent or "gb28181gw",
+            shared=config.store.backend == "redis",
         )
         self.rpc = make_rpc(config)
         # exported by every gateway (zero without other nodes): one set of families for all

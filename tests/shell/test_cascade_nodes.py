@@ -77,23 +77,38 @@ class Superior(asyncio.DatagramProtocol):
         if isinstance(msg, Request) and msg.method != "ACK" and self.transport is not None:
             self.transport.sendto(bytes(make_response(msg, 200, to_tag="sup1")), addr)
 
-    def send(self, sip_port: int, method: str, call_id: str, *, to_tag: str = "", body: str = "") -> None:
+    def send(
+        self,
+        sip_port: int,
+        method: str,
+        call_id: str,
+        *,
+        to_tag: str = "",
+        body: str = "",
+        to: str = CH,
+        content_type: str = "application/sdp",
+    ) -> None:
         assert self.transport is not None
         port = self.port
         text = (
-            f"{method} sip:{CH}@127.0.0.1:{sip_port} SIP/2.0\r\n"
+            f"{method} sip:{to}@127.0.0.1:{sip_port} SIP/2.0\r\n"
             f"Via: SIP/2.0/UDP 127.0.0.1:{port};rport;branch=z9hG4bK{method}{call_id}\r\n"
             f"From: <sip:{SUPERIOR}@3401000000>;tag=up-{call_id}\r\n"
-            f"To: <sip:{CH}@3402000000>{';tag=' + to_tag if to_tag else ''}\r\n"
+            f"To: <sip:{to}@3402000000>{';tag=' + to_tag if to_tag else ''}\r\n"
             f"Call-ID: {call_id}\r\nCSeq: 20 {method}\r\nContact: <sip:{SUPERIOR}@127.0.0.1:{port}>\r\n"
             f"Subject: {CH}:0100000077,{SUPERIOR}:0\r\nMax-Forwards: 70\r\n"
-            f"{'Content-Type: application/sdp' + chr(13) + chr(10) if body else ''}"
+            f"{'Content-Type: ' + content_type + chr(13) + chr(10) if body else ''}"
             f"Content-Length: {len(body.encode())}\r\n\r\n{body}"
         )
         self.transport.sendto(text.encode(), ("127.0.0.1", sip_port))
 
     def final(self, call_id: str) -> Response | None:
         return next((m for m in self.got if isinstance(m, Response) and m.status >= 200 and m.call_id == call_id), None)
+
+    def messages(self) -> list[str]:
+        return [
+            m.body.decode("gb2312", "replace") for m in self.got if isinstance(m, Request) and m.method == "MESSAGE"
+        ]
 
     def byes(self) -> list[str]:
         return [m.call_id for m in self.got if isinstance(m, Request) and m.method == "BYE"]
@@ -235,6 +250,14 @@ async def test_superior_invite_at_a_gets_media_from_b_bye_closes_it_and_b_killed
         device_port = free_udp_port()
         await register(device_port, NVR, nodes.b_sip, tmp_path)
         await own(redis, NVR, "nB")
+
+        # --- A's catalog to the superior holds B's device (read from the shared store) ----------
+        query = (
+            '<?xml version="1.0" encoding="GB2312"?>\r\n<Query>\r\n<CmdType>Catalog</CmdType>\r\n<SN>17</SN>\r\n'
+            f"<DeviceID>{OURS}</DeviceID>\r\n</Query>\r\n"
+        )
+        superior.send(nodes.a_sip, "MESSAGE", "catalog", body=query, to=OURS, content_type="Application/MANSCDP+xml")
+        await wait_for(lambda: any(f"<DeviceID>{CH}</DeviceID>" in m for m in superior.messages()), 15)
 
         # --- the INVITE at A, the media from B --------------------------------------------------
         device = await play_device(scenario(answer(ssrc=f"{DEVICE_SSRC:010d}")), device_port, tmp_path, "device1")
