@@ -27,14 +27,18 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from gb28181gw.app import Gateway
+from gb28181gw.gb.model import Channel
 from gb28181gw.sip.message import Request, Response, make_response, parse_message
 from tests.media import UdpConsumer, decode_h264, gb_ps, packetize, send_udp, wait_for
 from tests.process import free_port, serve, wait_ready
 from tests.redis_server import RedisServer, require_redis_py
 
+from .conftest import start_gateway_from
 from .test_devices import NVR, finished, free_udp_port, play_device
+from .test_devices import register as register_at
 from .test_store_redis import register
-from .test_streams import DEVICE_SSRC, answer, scenario
+from .test_streams import DEVICE_BYE, DEVICE_SSRC, answer, scenario
 
 pytestmark = pytest.mark.sipp
 
@@ -221,8 +225,8 @@ async def own(redis: RedisServer, device: str, node: str) -> None:
         await r.aclose()
 
 
-async def invite(sup: Superior, nodes: Nodes, call_id: str, port: int) -> Response:
-    sup.send(nodes.a_sip, "INVITE", call_id, body=offer(port))
+async def invite(sup: Superior, sip_port: int, call_id: str, port: int) -> Response:
+    sup.send(sip_port, "INVITE", call_id, body=offer(port))
     await wait_for(lambda: sup.final(call_id) is not None, 30)
     final = sup.final(call_id)
     assert final is not None
@@ -261,7 +265,7 @@ async def test_superior_invite_at_a_gets_media_from_b_bye_closes_it_and_b_killed
 
         # --- the INVITE at A, the media from B --------------------------------------------------
         device = await play_device(scenario(answer(ssrc=f"{DEVICE_SSRC:010d}")), device_port, tmp_path, "device1")
-        ok = await invite(superior, nodes, "first", receiver.port)
+        ok = await invite(superior, nodes.a_sip, "first", receiver.port)
         assert ok.status == 200, ok
         body = ok.body.decode()
         assert f"y={SUPERIOR_SSRC}" in body and "c=IN IP4 127.0.0.1" in body
@@ -288,7 +292,7 @@ async def test_superior_invite_at_a_gets_media_from_b_bye_closes_it_and_b_killed
 
         # --- B killed mid-stream: A sends BYE upward ---------------------------------------------
         device = await play_device(scenario(answer(ssrc=f"{DEVICE_SSRC:010d}")), device_port, tmp_path, "device2")
-        ok = await invite(superior, nodes, "second", receiver.port)
+        ok = await invite(superior, nodes.a_sip, "second", receiver.port)
         assert ok.status == 200, ok
         superior.send(nodes.a_sip, "ACK", "second", to_tag=ok.to.tag or "")
         await b_stream(nodes)
@@ -299,7 +303,7 @@ async def test_superior_invite_at_a_gets_media_from_b_bye_closes_it_and_b_killed
         await wait_for(lambda: superior.byes() == ["second"], 40)
 
         # --- B gone: an INVITE for its device is refused at once (480) ----------------------------
-        refused = await invite(superior, nodes, "third", receiver.port)
+        refused = await invite(superior, nodes.a_sip, "third", receiver.port)
         assert refused.status == 480, refused
         a_metrics = metrics(nodes.a_admin)
         assert 'gb28181gw_rpc_calls_total{method="cascade.open",result="unreachable"} 1.0' in a_metrics
@@ -310,3 +314,79 @@ async def test_superior_invite_at_a_gets_media_from_b_bye_closes_it_and_b_killed
             device.kill()
             await device.wait()
     assert "Traceback" not in a_out, a_out[-4000:]
+
+
+# --- the same two nodes in this process: the failure paths --------------------------------------
+
+
+async def inproc_nodes(tmp_path: Path, redis: RedisServer, superior_port: int) -> tuple[Gateway, Gateway]:
+    config = tmp_path / "a-inproc.toml"
+    config.write_text(
+        f'[[upstream]]\nname = "district"\nid = "{SUPERIOR}"\nhost = "127.0.0.1"\nport = {superior_port}\n'
+        "retry_interval = 600.0\n"
+    )
+    common = {"store.backend": "redis", "store.url": redis.url, "media.linger": "0", "media.invite_timeout": "5"}
+    a = await start_gateway_from(
+        config, {**common, "node.id": "nA", "media.port_min": "42500", "media.port_max": "42549"}
+    )
+    b = await start_gateway_from(
+        None, {**common, "node.id": "nB", "media.port_min": "42550", "media.port_max": "42599"}
+    )
+    return a, b
+
+
+async def test_the_device_ending_its_stream_at_b_is_a_bye_from_a(
+    tmp_path: Path, redis: RedisServer, superior: Superior
+) -> None:
+    a, b = await inproc_nodes(tmp_path, redis, superior.port)
+    receiver = await UdpConsumer.start()
+    try:
+        await seed_channel(redis)
+        port = free_udp_port()
+        await register_at(b, tmp_path, port)
+        b.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
+        await own(redis, NVR, "nB")
+        device = await play_device(scenario(answer(), tail=DEVICE_BYE), port, tmp_path, "device")
+        ok = await invite(superior, a.stack.port, "first", receiver.port)
+        assert ok.status == 200, ok
+        superior.send(a.stack.port, "ACK", "first", to_tag=ok.to.tag or "")
+        (served,) = a.cascade_media.dialogs.values()
+        assert served.node == "nB" and (served.stream_id, served.consumer_id) in {
+            (st.id, c) for st in b.streams.streams.values() for c in st.consumers
+        }
+        # the device's BYE ends B's stream; B tells A, which sends BYE upward
+        await wait_for(lambda: superior.byes() == ["first"], 15)
+        await finished(device)
+        await wait_for(lambda: not a.cascade_media.dialogs and not a.cascade_media.remote, 5)
+        await wait_for(lambda: not b.streams.streams and not b.cascade_media.exported, 5)
+        assert b.rpc is not None and b.rpc.calls[("cascade.gone", "ok")] == 1
+    finally:
+        receiver.close()
+        await a.stop()
+        await b.stop()
+
+
+async def test_b_refusing_is_passed_up_by_a_and_nothing_is_left(
+    tmp_path: Path, redis: RedisServer, superior: Superior
+) -> None:
+    a, b = await inproc_nodes(tmp_path, redis, superior.port)
+    try:
+        await seed_channel(redis)
+        b.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)  # known at B, never registered there
+        await own(redis, NVR, "nB")
+        refused = await invite(superior, a.stack.port, "first", 40000)
+        # B's own answer ("no device"), passed up as a local refusal would be (UPWARD), naming B
+        warning = refused.headers.get("warning") or ""
+        assert refused.status == 404 and "node nB refused cascade.open: no device" in warning, warning
+        assert not a.cascade_media.dialogs and not a.cascade_media.pending and not a.cascade_media.remote
+        assert not b.streams.streams and not b.cascade_media.exported
+        assert a.rpc is not None and a.rpc.calls[("cascade.open", "refused")] == 1
+        # a channel of nobody's device: 404 at A, as before (no RPC)
+        await own(redis, NVR, "")
+        superior.send(a.stack.port, "INVITE", "second", body=offer(40000), to="34020000001310000099")
+        await wait_for(lambda: superior.final("second") is not None, 10)
+        final = superior.final("second")
+        assert final is not None and final.status == 404
+    finally:
+        await a.stop()
+        await b.stop()
