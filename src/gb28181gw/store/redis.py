@@ -35,8 +35,6 @@ Key layout (every key starts with the prefix, ``gbgw:`` by default)::
     rpc:<node>              stream  calls to node <node> (store/rpc.py), read by its consumer group "rpc";
                                     MAXLEN ~ 10,000
     rpc:<node>:replies      stream  answers to the calls node <node> made, read by it with XREAD BLOCK
-    owner                   hash    device ID -> "<epoch> <node>": which node owns it (written at each REGISTER;
-                                    read by store/rpc.py to know which node to ask)
 
 Text goes in as UTF-8 with ``surrogateescape`` (Redis values are bytes), so what a device sent
 in GB2312 comes back byte for byte, as with SQLite. The gateway reads everything at start-up and
