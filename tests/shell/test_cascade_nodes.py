@@ -390,3 +390,33 @@ async def test_b_refusing_is_passed_up_by_a_and_nothing_is_left(
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_b_stopping_cleanly_is_a_bye_from_a_at_once(
+    tmp_path: Path, redis: RedisServer, superior: Superior
+) -> None:
+    a, b = await inproc_nodes(tmp_path, redis, superior.port)
+    receiver = await UdpConsumer.start()
+    b_stopped = False
+    try:
+        await seed_channel(redis)
+        port = free_udp_port()
+        await register_at(b, tmp_path, port)
+        b.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
+        await own(redis, NVR, "nB")
+        device = await play_device(scenario(answer()), port, tmp_path, "device")
+        ok = await invite(superior, a.stack.port, "first", receiver.port)
+        assert ok.status == 200, ok
+        superior.send(a.stack.port, "ACK", "first", to_tag=ok.to.tag or "")
+        await wait_for(lambda: bool(b.cascade_media.exported), 5)
+        await b.stop()  # B BYEs the device, and tells A before its claim is released
+        b_stopped = True
+        await finished(device)
+        await wait_for(lambda: superior.byes() == ["first"], 10)
+        assert not a.cascade_media.dialogs and not a.cascade_media.remote
+        assert a.rpc is not None and a.rpc.served[("cascade.gone", "ok")] == 1  # told, not found by its watch
+    finally:
+        receiver.close()
+        await a.stop()
+        if not b_stopped:
+            await b.stop()

@@ -245,9 +245,12 @@ class CascadeMediaService:
             self._stop_waiting(served, 503)
         for served in list(self.dialogs.values()):
             self._end(served, "gateway shutting down", bye=True)
-        for stream_id, consumer_id in list(self.exported):
-            self.exported.pop((stream_id, consumer_id), None)
-            self._tasks.spawn(self._remove(stream_id, consumer_id))  # its holder hears of it from the stream's end
+        for (stream_id, consumer_id), holder in list(self.exported.items()):
+            del self.exported[(stream_id, consumer_id)]
+            if self.rpc is not None:  # its holder sends BYE upward now, not when our claim is gone
+                args = {"stream": stream_id, "consumer": consumer_id, "reason": "the owning node is shutting down"}
+                self.rpc.notify(holder, "cascade.gone", args)
+            self._tasks.spawn(self._remove(stream_id, consumer_id))
         await self._tasks.wait(timeout=BYE_TIMEOUT)
         self._tasks.cancel()
 
