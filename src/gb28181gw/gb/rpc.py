@@ -36,9 +36,10 @@ from gb28181gw.errors import RpcError, RpcRefused
 CACHE_SIZE = 4096
 #: Seconds a call lives by default: a control (PTZ, a query).
 CONTROL_TIMEOUT = 5.0
-#: Seconds a call opening a stream lives: the device may take its time answering its INVITE
-#: (superiors wait 10-30 s for the 200, PROTOCOL.md §9.5).
-INVITE_TIMEOUT = 15.0
+#: Seconds a call opening a stream lives beyond ``media.invite_timeout`` (the device's own time to
+#: answer our INVITE on its node): the calls' own round trips (superiors wait 10-30 s for the 200,
+#: PROTOCOL.md §9.5; the default makes it 11 s).
+INVITE_MARGIN = 1.0
 #: Longest method name and argument text accepted (a call is a short message, not a payload).
 MAX_METHOD = 64
 MAX_ARGS = 64 * 1024

@@ -73,7 +73,7 @@ from gb28181gw.errors import (
 )
 from gb28181gw.gb import mansrtsp
 from gb28181gw.gb.registrar import from_user
-from gb28181gw.gb.rpc import Call
+from gb28181gw.gb.rpc import INVITE_MARGIN, Call
 from gb28181gw.gb.superior_invite import (
     ConsumerTransport,
     ServedInput,
@@ -837,11 +837,13 @@ class CascadeMediaService:
             "start_within": self.stack.endpoint.timers.h,
             "also_from": [event.peer.host] if offer.transport == "tcp-passive" else [],
         }
-        opening = asyncio.ensure_future(self.rpc.call(node, "cascade.open", args, timeout=self.invite_timeout))
+        # the device on its node has media.invite_timeout to answer; the calls' round trips come on top
+        timeout = self.invite_timeout + INVITE_MARGIN
+        opening = asyncio.ensure_future(self.rpc.call(node, "cascade.open", args, timeout=timeout))
         assert served.stop_waiting is not None
         waits: set[asyncio.Future[Any]] = {opening, served.stop_waiting}
         try:
-            done, _ = await asyncio.wait(waits, timeout=self.invite_timeout, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.pending.pop(tx, None)
         if opening not in done or served.stop_waiting.done():

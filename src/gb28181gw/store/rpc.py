@@ -25,8 +25,9 @@ Calling:
 - One Lua script checks that the target is live (its ``node:<id>`` claim exists, see
   :mod:`gb28181gw.store.redis`) and appends the call to its inbox: a node that is not live fails
   the call at once (:class:`~gb28181gw.errors.NodeUnreachable`) instead of at its deadline.
-- The caller waits until the call's deadline (:data:`~gb28181gw.gb.rpc.INVITE_TIMEOUT` for
-  opening a stream, :data:`~gb28181gw.gb.rpc.CONTROL_TIMEOUT` for a control) and raises
+- The caller waits until the call's deadline (``media.invite_timeout`` plus
+  :data:`~gb28181gw.gb.rpc.INVITE_MARGIN` for opening a stream,
+  :data:`~gb28181gw.gb.rpc.CONTROL_TIMEOUT` for a control) and raises
   :class:`~gb28181gw.errors.RpcTimeout` after it.
 - Redis unreachable (when sending, or while waiting: the reply reader loses its connection)
   fails the call with :class:`~gb28181gw.errors.NodeUnreachable` naming Redis; the next call
