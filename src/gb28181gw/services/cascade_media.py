@@ -38,6 +38,19 @@ however many superiors and local viewers watch, Annex L). In order:
    session closes a moment after) waits for that MESSAGE's answer, so the superior hears the
    end of the recording before the end of the call. Its dialog ending stops the device session.
 
+7. Several nodes on Redis (issue 17): the node holding the superior's lease gets its INVITEs
+   for every node's devices. A channel whose device another node owns (``owner`` hash; a
+   channel not in memory is looked up in the shared store) is served by that node: the
+   ``cascade.open`` call (:mod:`gb28181gw.store.rpc`) adds the paused consumer there, toward the
+   superior's address, and answers with that node's media address and port for our 200; the
+   ACK is ``cascade.start`` there, the superior's BYE ``cascade.close``. The SIP dialog stays
+   here (transactions never leave their node). The owner tells us ``cascade.gone`` when the
+   consumer goes (the device's stream ended, it shuts down) and we BYE upward; the owner's
+   claim expiring (killed) is seen by :meth:`CascadeMediaService._watch_nodes`, which BYEs too,
+   and on the owner removes consumers of a holder that is gone. Recorded kinds of another
+   node's device are refused 488 (INFO controls would have to cross nodes too). Redis
+   unreachable when the INVITE comes: the local path answers, as with one node.
+
 The life of one served INVITE is a :class:`~gb28181gw.gb.superior_invite.ServedState`
 changed only through :func:`~gb28181gw.gb.superior_invite.next_state`.
 """
