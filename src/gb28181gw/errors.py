@@ -46,7 +46,8 @@ a bug (the fuzz tests in ``tests/fuzz`` check exactly that).
     │                                 code to pass on (404, 408, 480, 486, 488, 502, 503, 504)
     ├── RpcError                      a call to another gateway node failed; .status says how (issue 17)
     │   ├── NodeUnreachable           the node is not live (its node:<id> key is gone) or Redis cannot
-    │   │                             be reached: failed before waiting (.status 503)
+    │   │   │                         be reached: failed before waiting (.status 503)
+    │   │   └── NodeNotLive           ... the former: Redis answered, the node's claim is absent
     │   ├── RpcTimeout (TimeoutError) no answer by the call's deadline (.status 504)
     │   └── RpcRefused                the node answered with an error: its .status and words
     └── RequestRefused                an operator's request that cannot be carried out; .status is the
@@ -314,6 +315,10 @@ class NodeUnreachable(RpcError):
 
     def __init__(self, message: str) -> None:
         super().__init__(503, message)
+
+
+class NodeNotLive(NodeUnreachable):
+    """Redis answered: the node's ``node:<id>`` claim is absent (dead, or Redis restarted empty a moment ago)."""
 
 
 class RpcTimeout(RpcError, TimeoutError):

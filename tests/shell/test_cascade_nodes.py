@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 
 from gb28181gw.app import Gateway
 from gb28181gw.gb.model import Channel
+from gb28181gw.services.cascade_media import GONE_AFTER, WATCH_INTERVAL
 from gb28181gw.sip.message import Request, Response, make_response, parse_message
 from tests.media import UdpConsumer, decode_h264, gb_ps, packetize, send_udp, wait_for
 from tests.process import free_port, serve, wait_ready
@@ -319,13 +320,19 @@ async def test_superior_invite_at_a_gets_media_from_b_bye_closes_it_and_b_killed
 # --- the same two nodes in this process: the failure paths --------------------------------------
 
 
-async def inproc_nodes(tmp_path: Path, redis: RedisServer, superior_port: int) -> tuple[Gateway, Gateway]:
+async def inproc_nodes(tmp_path: Path, redis: RedisServer, superior_port: int, **more: str) -> tuple[Gateway, Gateway]:
     config = tmp_path / "a-inproc.toml"
     config.write_text(
         f'[[upstream]]\nname = "district"\nid = "{SUPERIOR}"\nhost = "127.0.0.1"\nport = {superior_port}\n'
         "retry_interval = 600.0\n"
     )
-    common = {"store.backend": "redis", "store.url": redis.url, "media.linger": "0", "media.invite_timeout": "5"}
+    common = {
+        "store.backend": "redis",
+        "store.url": redis.url,
+        "media.linger": "0",
+        "media.invite_timeout": "5",
+        **more,
+    }
     a = await start_gateway_from(
         config, {**common, "node.id": "nA", "media.port_min": "42500", "media.port_max": "42549"}
     )
@@ -420,3 +427,50 @@ async def test_b_stopping_cleanly_is_a_bye_from_a_at_once(
         await a.stop()
         if not b_stopped:
             await b.stop()
+
+
+async def test_redis_restarted_mid_stream_cuts_nothing_and_the_bye_still_closes_at_b(
+    tmp_path: Path, superior: Superior
+) -> None:
+    # persistent: a Redis restarted empty loses the superior's lease too, which ends the
+    # holder's streams of that superior by itself (services/upstreams.py), whoever serves them
+    require_redis_py()
+    redis = RedisServer(tmp_path / "redis-aof", persistent=True)
+    redis.start()
+    # no media is sent here: the device's stream must not end for that while Redis is away
+    a, b = await inproc_nodes(tmp_path, redis, superior.port, **{"media.rtp_timeout": "300"})
+    receiver = await UdpConsumer.start()
+    device = None
+    try:
+        await seed_channel(redis)
+        port = free_udp_port()
+        await register_at(b, tmp_path, port)
+        b.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
+        await own(redis, NVR, "nB")
+        device = await play_device(scenario(answer()), port, tmp_path, "device")
+        ok = await invite(superior, a.stack.port, "first", receiver.port)
+        assert ok.status == 200, ok
+        superior.send(a.stack.port, "ACK", "first", to_tag=ok.to.tag or "")
+        await wait_for(
+            lambda: [c.paused for st in b.streams.streams.values() for c in st.consumers.values()] == [False]
+        )
+        redis.stop(kill=True)
+        await asyncio.sleep(WATCH_INTERVAL * 2)  # A's watch meets a Redis that does not answer
+        redis.start()
+        # the nodes' calls work again (the claims and groups were kept), and a few looks of A's watch pass
+        assert a.rpc is not None
+        await wait_for(lambda: redis.command(b"EXISTS", b"gbgw:node:nB") == b":1", 15)
+        await asyncio.sleep(GONE_AFTER + WATCH_INTERVAL)
+        assert superior.byes() == [] and len(a.cascade_media.dialogs) == 1 and len(b.cascade_media.exported) == 1
+        # the superior's BYE still closes the sending on B, through the restarted Redis
+        superior.send(a.stack.port, "BYE", "first", to_tag=ok.to.tag or "")
+        await wait_for(lambda: not b.cascade_media.exported and not b.streams.streams, 15)
+        assert not a.cascade_media.dialogs and not a.cascade_media.remote
+    finally:
+        receiver.close()
+        await a.stop()
+        await b.stop()
+        redis.stop()
+        if device is not None and device.returncode is None:
+            device.kill()
+            await device.wait()

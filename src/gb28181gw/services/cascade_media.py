@@ -75,6 +75,7 @@ from gb28181gw.errors import (
     DialogError,
     LocalProtocolError,
     MansrtspError,
+    NodeNotLive,
     NodeUnreachable,
     OfferError,
     RpcError,
@@ -134,6 +135,15 @@ CONTROL_UPWARD = {400: 400, 404: 481, 409: 481, 502: 502, 504: 408}
 #: Seconds between looks at whether the nodes our superiors' streams depend on are still live
 #: (a node's claim expires NODE_TTL, 15 s, after it died: the BYE upward follows within that and this).
 WATCH_INTERVAL = 2.0
+#: Seconds a node's claim must stay missing before the node counts as gone: longer than the
+#: claims' renewal interval (NODE_TTL / 3, 5 s), so that a Redis restarted empty, whose nodes
+#: claim again at their next renewal, cuts no stream.
+GONE_AFTER = 7.0
+#: Times the start of the sending is asked of the owning node while Redis cannot be reached (every
+#: WATCH_INTERVAL: within the time the paused consumer waits there, 64*T1).
+START_ATTEMPTS = 5
+#: Times a close is asked of the owning node before giving up (every WATCH_INTERVAL: 30 s).
+CLOSE_ATTEMPTS = 15
 
 #: Seconds a BYE to a superior is given (best effort: when it is lost it cannot answer).
 BYE_TIMEOUT = 5.0
@@ -534,9 +544,16 @@ class CascadeMediaService:
         try:
             if served.node:
                 assert self.rpc is not None
-                await self.rpc.call(
-                    served.node, "cascade.start", {"stream": served.stream_id, "consumer": served.consumer_id}
-                )
+                args = {"stream": served.stream_id, "consumer": served.consumer_id}
+                for attempt in range(START_ATTEMPTS):
+                    try:
+                        await self.rpc.call(served.node, "cascade.start", args)
+                        break
+                    except NodeUnreachable:
+                        # Redis away a moment: the consumer waits there paused (start_within) meanwhile
+                        if attempt == START_ATTEMPTS - 1 or served.state is ServedState.ENDED:
+                            raise
+                        await asyncio.sleep(WATCH_INTERVAL)
             else:
                 await self.streams.start_consumer(served.stream_id, served.consumer_id)
         except (StreamError, RpcError) as exc:
@@ -783,8 +800,7 @@ class CascadeMediaService:
             elif not dialog.terminated:
                 dialog.terminate()
         if remove and served.consumer_id and served.node:
-            assert self.rpc is not None
-            self.rpc.notify(served.node, "cascade.close", {"stream": served.stream_id, "consumer": served.consumer_id})
+            self._tasks.spawn(self._close_remote(served.node, served.stream_id, served.consumer_id))
         elif remove and served.consumer_id:
             self._tasks.spawn(
                 self._remove(served.stream_id, served.consumer_id, recorded=served.offer.span is not None)
@@ -904,6 +920,26 @@ class CascadeMediaService:
         got = opening.result()
         self.rpc.notify(node, "cascade.close", {"stream": got.get("stream"), "consumer": got.get("consumer")})
 
+    async def _close_remote(self, node: str, stream_id: str, consumer_id: str) -> None:
+        """Stop the sending on ``node``; asked again while Redis is away (a lost close would leave
+        the node sending to the superior until the device's stream ends)."""
+        assert self.rpc is not None
+        not_live = 0
+        for _ in range(CLOSE_ATTEMPTS):
+            try:
+                await self.rpc.call(node, "cascade.close", {"stream": stream_id, "consumer": consumer_id})
+                return
+            except NodeNotLive:
+                not_live += 1
+                if not_live * WATCH_INTERVAL >= GONE_AFTER:
+                    return  # the node is gone, and its consumers with it
+            except (RpcTimeout, NodeUnreachable):
+                not_live = 0  # Redis away or slow: ask again
+            except RpcError:
+                return  # refused: nothing to close there
+            await asyncio.sleep(WATCH_INTERVAL)
+        log.warning("sending on another node could not be stopped", extra={"node": node, "stream": stream_id})
+
     async def _rpc_open(self, call: Call) -> dict[str, Any]:
         """Another node's superior asks for a channel of ours: a paused consumer toward the superior."""
         a = call.args
@@ -963,15 +999,26 @@ class CascadeMediaService:
         """End what depends on a node that is no longer live: our superiors' streams it served
         (BYE upward), and the consumers we serve for it (its dialogs are gone with it)."""
         assert self.rpc is not None
+        loop = asyncio.get_running_loop()
+        missing: dict[str, float] = {}  # node → when its claim was first seen missing
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
             nodes = {node for node, _, _ in self.remote} | set(self.exported.values())
             if not nodes:
+                missing.clear()
                 continue
             try:
-                live = await self.rpc.live(nodes)
+                present = await self.rpc.live(nodes)
             except NodeUnreachable:
                 continue  # Redis away: keep every stream as it is (no node's death can be told)
+            now = loop.time()
+            for node in present:
+                missing.pop(node, None)
+            for node in nodes - present:
+                missing.setdefault(node, now)
+            # a claim missing for a moment is a Redis restarted empty (the nodes claim again
+            # within their renewal interval), not a dead node: no stream is cut for it
+            live = {n for n in nodes if now - missing.get(n, now) < GONE_AFTER}
             for (node, _, _), served in list(self.remote.items()):
                 if node not in live:
                     self._end(served, f"node {node}, which served it, is gone", bye=True, remove=False)

@@ -57,7 +57,15 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
-from gb28181gw.errors import Gb28181Error, NodeUnreachable, RpcError, RpcTimeout, StoreError, redact_url
+from gb28181gw.errors import (
+    Gb28181Error,
+    NodeNotLive,
+    NodeUnreachable,
+    RpcError,
+    RpcTimeout,
+    StoreError,
+    redact_url,
+)
 from gb28181gw.gb.rpc import CONTROL_TIMEOUT, Answer, AnswerCache, Call, Decision
 from gb28181gw.store.redis import PREFIX
 
@@ -253,7 +261,7 @@ class RedisRpc:
             except (RedisError, OSError) as exc:
                 raise NodeUnreachable(f"{method} to node {node}: Redis at {self.location} unreachable: {exc}") from None
             if not sent:
-                raise NodeUnreachable(f"node {node} is not live (no {self.prefix}node:{node}): {method} not sent")
+                raise NodeNotLive(f"node {node} is not live (no {self.prefix}node:{node}): {method} not sent")
             try:
                 answer = await asyncio.wait_for(future, timeout)
             except TimeoutError:
@@ -264,6 +272,8 @@ class RedisRpc:
             raise
         finally:
             self._waiting.pop(call.id, None)
+            if future.done() and not future.cancelled():
+                future.exception()  # failed by the reply reader while the send failed too: seen
         self.calls[(label, "ok")] += 1
         self.observe(time.monotonic() - started)
         return result
