@@ -18,7 +18,7 @@ import resource
 import signal
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,9 @@ from gb28181gw.metrics import (
     EVENT_LOOP_LAG,
     GC_PAUSES,
     LOG_LINES_SUPPRESSED,
+    RPC_CALLS,
+    RPC_SECONDS,
+    RPC_SERVED,
     SIP_FLOOD_BANNED,
     SIP_FLOOD_BANS,
     SIP_FLOOD_DROPPED,
@@ -66,6 +69,7 @@ from gb28181gw.services.forms import FormService
 from gb28181gw.services.ledger import LedgerService
 from gb28181gw.services.nodes import NodeService
 from gb28181gw.services.registrar import RegistrarService
+from gb28181gw.services.remote import RemoteDevices
 from gb28181gw.services.streams import MediaSettings, StreamService
 from gb28181gw.services.subscriptions import SubscriptionService
 from gb28181gw.services.upstreams import UpstreamService
@@ -79,6 +83,7 @@ from gb28181gw.store.sqlite import SqliteStore
 if TYPE_CHECKING:
     from gb28181gw.store.leases import RedisLeases
     from gb28181gw.store.nodes import RedisNodes
+    from gb28181gw.store.rpc import RedisRpc
 
 log = logging.getLogger("gb28181gw.app")
 
@@ -161,6 +166,7 @@ class Gateway:
                 keyframe_request=m.keyframe_request,
                 port_quarantine=m.port_quarantine,
                 ssrc_quarantine=m.ssrc_quarantine,
+                ssrc_sequences=range(m.ssrc_min, m.ssrc_max + 1),
                 check_interval=min(1.0, m.stats_interval),
                 offer_format=m.offer_format,
             ),
@@ -182,7 +188,16 @@ class Gateway:
             self.devices,
             metrics=self.metrics,
             name=config.gateway.user_agent or "gb28181gw",
+            shared=config.store.backend == "redis",
         )
+        self.rpc = make_rpc(config)
+        # exported by every gateway (zero without other nodes): one set of families for all
+        self.metrics.labeled_counter(RPC_CALLS, lambda: _floats(self.rpc.calls if self.rpc else {}))
+        self.metrics.labeled_counter(RPC_SERVED, lambda: _floats(self.rpc.served if self.rpc else {}))
+        rpc_seconds = self.metrics.histogram(RPC_SECONDS)
+        if self.rpc is not None:
+            self.rpc.observe = rpc_seconds.observe
+        self.remote = RemoteDevices(self.rpc, self.devices) if self.rpc is not None else None
         self.cascade_media = CascadeMediaService(
             self.stack,
             self.upstreams,
@@ -192,6 +207,7 @@ class Gateway:
             media_address=config.media_address,
             invite_timeout=m.invite_timeout,
             audit=self.audit,
+            rpc=self.rpc,
         )
         self.upstreams.count_streams(self.cascade_media.served_to)
         self.nodes = NodeService(
@@ -300,6 +316,9 @@ class Gateway:
             await announce(advertised=replace(c, sip=replace(c.sip, port=self.stack.port)).node_advertised)
         await self.nodes.start()  # a director answers from its first REGISTER with a view of the nodes
         await self.streams.start()
+        if self.rpc is not None:
+            await self.rpc.open()  # once the stream service can take calls for our devices
+            self.cascade_media.start()
         if self.leases is not None:
             await self.leases.open()
         await self.upstreams.start()  # once listening: the superiors answer to our SIP port
@@ -321,6 +340,7 @@ class Gateway:
                 self.devices,
                 self.flood,
                 owners=self.nodes.owners if c.store.backend == "redis" else None,
+                remote=self.remote,
             )
             add_node_routes(self.admin, self.nodes, backend=c.store.backend)
             add_stream_routes(
@@ -401,6 +421,8 @@ class Gateway:
         if self.admin is not None:
             await self.admin.stop()
         await self.cascade_media.stop()  # BYE in every superior's dialog, first: its consumers go
+        if self.rpc is not None:
+            await self.rpc.close()  # the calls that BYE made have gone out
         await self.streams.stop()  # BYE to every device while the stack still runs
         await self.cascade_catalog.stop()
         await self.upstreams.stop()  # Expires: 0 to every superior while the stack still runs, then leases released
@@ -588,6 +610,19 @@ def make_leases(config: Config) -> RedisLeases | None:
 
     # an answer later than a tenth of the lease is of no use to it (the lease asks again)
     return RedisLeases(config.store.url, timeout=min(1.0, config.node.lease_seconds / 10))
+
+
+def _floats(counts: Mapping[tuple[str, str], int]) -> dict[tuple[str, ...], float]:
+    return {k: float(v) for k, v in counts.items()}
+
+
+def make_rpc(config: Config) -> RedisRpc | None:
+    """Calls between nodes (issue 17): with a Redis store and a node.id."""
+    if config.store.backend != "redis" or not config.node.id:
+        return None
+    from gb28181gw.store.rpc import RedisRpc  # redis-py: checked by make_store already
+
+    return RedisRpc(config.store.url, config.node.id)
 
 
 def build_relays(config: Config) -> list[Relay]:

@@ -380,6 +380,13 @@ class MediaSection:
     )
     port_quarantine: float = _opt(5.0, "seconds a released port rests before reuse (late packets)", _at_least(0))
     ssrc_quarantine: float = _opt(15.0, "seconds a released SSRC rests before reuse (M3)", _at_least(0))
+    ssrc_min: int = _opt(
+        1,
+        "first of the last four digits of the SSRCs we hand out: nodes sharing a Redis store (and so "
+        "a gateway.id) each take a range of their own, e.g. 1-4999 and 5000-9999",
+        _between(1, 9999),
+    )
+    ssrc_max: int = _opt(9999, "last of the last four digits of the SSRCs we hand out", _between(1, 9999))
     stats_interval: float = _opt(
         1.0, "seconds between relay workers' reports (bitrate, loss, media timeout)", _positive
     )
@@ -1051,6 +1058,8 @@ def load_config(
     if not r.expires_min <= r.expires_default <= r.expires_max:
         raise ConfigError("registrar.expires_default", "must lie between registrar.expires_min and expires_max")
     m = config.media
+    if m.ssrc_max < m.ssrc_min:
+        raise ConfigError("media.ssrc_max", "must not be below media.ssrc_min")
     if m.port_max - m.port_min < 1:
         raise ConfigError(
             "media.port_max", "must be above media.port_min (each stream takes an even port and the next)"

@@ -44,6 +44,12 @@ a bug (the fuzz tests in ``tests/fuzz`` check exactly that).
     │                                 says which way, and survives the pipe to a relay worker
     ├── StreamError                   a live stream cannot be opened or found; .status is the SIP-style
     │                                 code to pass on (404, 408, 480, 486, 488, 502, 503, 504)
+    ├── RpcError                      a call to another gateway node failed; .status says how (issue 17)
+    │   ├── NodeUnreachable           the node is not live (its node:<id> key is gone) or Redis cannot
+    │   │   │                         be reached: failed before waiting (.status 503)
+    │   │   └── NodeNotLive           ... the former: Redis answered, the node's claim is absent
+    │   ├── RpcTimeout (TimeoutError) no answer by the call's deadline (.status 504)
+    │   └── RpcRefused                the node answered with an error: its .status and words
     └── RequestRefused                an operator's request that cannot be carried out; .status is the
         │                             HTTP-style answer, .hint what to do
         ├── UpstreamError             a change to what a superior sees (404 no such superior, 400 a bad ID)
@@ -288,6 +294,42 @@ class StreamError(Gb28181Error):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class RpcError(Gb28181Error):
+    """A call to another gateway node (issue 17, :mod:`gb28181gw.gb.rpc`) failed.
+
+    Attributes:
+        status: how, in HTTP/SIP-style codes: 400 a call that cannot be read, 404 no such method,
+            500 the callee failed, 503 not reachable, 504 no answer in time; a refusal carries the
+            callee's own status (a :class:`StreamError`'s 480, 486 …).
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NodeUnreachable(RpcError):
+    """The node is not live (its ``node:<id>`` key is absent) or Redis cannot be reached: failed at once."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(503, message)
+
+
+class NodeNotLive(NodeUnreachable):
+    """Redis answered: the node's ``node:<id>`` claim is absent (dead, or Redis restarted empty a moment ago)."""
+
+
+class RpcTimeout(RpcError, TimeoutError):
+    """No answer by the call's deadline."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(504, message)
+
+
+class RpcRefused(RpcError):
+    """The node answered with an error (its status and words)."""
 
 
 class SessionError(RemoteProtocolError):

@@ -275,6 +275,26 @@ DIRECTOR_UNAVAILABLE = Family(
     "Device REGISTERs a director answered 503 (no live node serves devices)",
 )
 
+# --- several nodes on Redis (issue 17) ------------------------------------------------------
+RPC_CALLS = Family(
+    "gb28181gw_rpc_calls",
+    Kind.COUNTER,
+    "Calls this node made to other nodes, by method and result (ok, refused, timeout, unreachable, bad)",
+    ("method", "result"),
+)
+RPC_SERVED = Family(
+    "gb28181gw_rpc_served",
+    Kind.COUNTER,
+    "Calls from other nodes this node read, by method and result (ok, error, expired, replayed)",
+    ("method", "result"),
+)
+RPC_SECONDS = Family(
+    "gb28181gw_rpc_call_seconds",
+    Kind.HISTOGRAM,
+    "Round trip of answered calls to other nodes (sent to answer read), seconds",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0),
+)
+
 # --- the conformance doctor (services/doctor.py) ------------------------------------------
 DOCTOR_CHECKS = Family(
     "gb28181gw_doctor_checks",
@@ -338,6 +358,7 @@ FAMILIES: tuple[Family, ...] = (
     UPSTREAM_CATALOG_ITEMS, UPSTREAM_NOTIFIES, UPSTREAM_STREAMS, UPSTREAM_REQUESTS,
     UPSTREAM_LEASE_HELD, UPSTREAM_LEASE_CHANGES,
     NODES_LIVE, NODE_VIEW_SECONDS, NODE_VIEW_ERRORS, DIRECTOR_REDIRECTS, DIRECTOR_UNAVAILABLE,
+    RPC_CALLS, RPC_SERVED, RPC_SECONDS,
     DOCTOR_CHECKS,
     AUDIT_RECORDS, AUDIT_UNWRITTEN, ADMIN_REFUSED, SIP_FLOOD_BANS, SIP_FLOOD_DROPPED, SIP_FLOOD_BANNED,
 )  # fmt: skip

@@ -358,15 +358,23 @@ class SsrcAllocator:
         quarantine: seconds a released SSRC is not handed out again (media servers bind an SSRC
             to a source address for a while, M3).
         rng: the random source the digits are picked with (the shell passes :class:`random.SystemRandom`).
+        sequences: the last four digits it may hand out (``media.ssrc_min``-``ssrc_max``): nodes of
+            one gateway ID (several on a Redis store) each take a range of their own, so that no
+            two hand out one SSRC without a shared counter (issue 17).
     """
 
-    def __init__(self, server_id: str, *, quarantine: float = 15.0, rng: random.Random) -> None:
+    def __init__(
+        self, server_id: str, *, quarantine: float = 15.0, rng: random.Random, sequences: range = range(1, 10000)
+    ) -> None:
         self.domain_part = server_id[3:8]
         self.quarantine = quarantine
         self._rng = rng
         self._live: set[str] = set()
         self._cooling: deque[tuple[float, str]] = deque()
-        self._free: dict[str, list[int]] = {"0": list(range(1, 10000)), "1": list(range(1, 10000))}
+        if not sequences or sequences.start < 1 or sequences.stop > 10000:
+            raise ValueError(f"SSRC sequences {sequences} are not within 1-9999")
+        self.sequences = sequences
+        self._free: dict[str, list[int]] = {"0": list(sequences), "1": list(sequences)}
 
     def allocate(self, now: float, *, history: bool = False) -> str:
         """A fresh SSRC string.
@@ -380,7 +388,8 @@ class SsrcAllocator:
         kind = "1" if history else "0"
         free = self._free[kind]
         if not free:
-            raise SdpError("no free SSRC: 9,999 streams of this kind are active or cooling down")
+            n = len(self.sequences)
+            raise SdpError(f"no free SSRC: {n:,} streams of this kind are active or cooling down")
         i = self._rng.randrange(len(free))
         free[i], free[-1] = free[-1], free[i]
         ssrc = f"{kind}{self.domain_part}{free.pop():04d}"

@@ -390,6 +390,16 @@ def test_a_port_range_too_small_for_the_relay_workers_is_an_error() -> None:
     load_config(env={}, overrides={"media.port_min": "30000", "media.port_max": "30007", "media.workers": "4"})
 
 
+def test_an_ssrc_range_of_a_node_is_checked() -> None:
+    # issue 17: nodes sharing a gateway.id take disjoint ranges of the SSRCs' last four digits
+    config = load_config(env={}, overrides={"media.ssrc_min": "5000", "media.ssrc_max": "9999"})
+    assert (config.media.ssrc_min, config.media.ssrc_max) == (5000, 9999)
+    with pytest.raises(ConfigError, match="media.ssrc_max"):
+        load_config(env={}, overrides={"media.ssrc_min": "5000", "media.ssrc_max": "4999"})
+    with pytest.raises(ConfigError, match="from 1 to 9999"):
+        load_config(env={}, overrides={"media.ssrc_min": "0"})
+
+
 def _concerns(**overrides: str) -> list[Concern]:
     return [w.concern for w in config_warnings(load_config(env={}, overrides=overrides))]
 

@@ -95,3 +95,17 @@ def test_ssrc_allocator_unique_and_quarantined() -> None:
     with pytest.raises(SdpError, match="no free SSRC"):
         alloc.allocate(3.0)
     assert alloc.allocate(17.0) == a  # a is free again after its quarantine
+
+
+def test_ssrc_ranges_of_two_nodes_never_meet() -> None:
+    # issue 17: nodes of one gateway.id each hand out SSRCs from their own media.ssrc_min-ssrc_max
+    first = SsrcAllocator("34020000002000000001", rng=random.Random(1), sequences=range(1, 5000))
+    second = SsrcAllocator("34020000002000000001", rng=random.Random(1), sequences=range(5000, 10000))
+    a = {first.allocate(0.0) for _ in range(4999)}
+    b = {second.allocate(0.0) for _ in range(5000)}
+    assert not a & b and len(a) == 4999 and len(b) == 5000
+    assert {int(s[6:]) for s in a} == set(range(1, 5000))
+    with pytest.raises(SdpError, match="4,999 streams"):
+        first.allocate(0.0)
+    with pytest.raises(ValueError, match="within 1-9999"):
+        SsrcAllocator("34020000002000000001", rng=random.Random(1), sequences=range(0, 10))

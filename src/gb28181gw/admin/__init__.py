@@ -73,6 +73,7 @@ from gb28181gw.services.access import CREATE_HINT, AccessService
 from gb28181gw.services.audit import AuditService, acting
 from gb28181gw.services.devices import DeviceError, DeviceService
 from gb28181gw.services.registrar import RegistrarService
+from gb28181gw.services.remote import QUERY_TIMEOUT, RemoteDevices
 from gb28181gw.services.streams import Consumer, Stream, StreamError, StreamService, StreamState
 from gb28181gw.services.upstreams import UpstreamService
 from gb28181gw.sip.flood import FloodGuard
@@ -428,13 +429,18 @@ def add_device_routes(
     flood: FloodGuard | None = None,
     *,
     owners: Callable[[list[str]], Awaitable[dict[str, str]]] | None = None,
+    remote: RemoteDevices | None = None,
 ) -> None:
     """``/api/v1/devices``: list, show, add (provision) and remove devices; ``/api/v1/bans``: the
     registrar's bans for failed authentication and ``flood``'s bans of addresses that sent too fast.
 
     ``owners`` (several nodes on Redis): the node each of the given devices registered at last,
-    shown as each listed device's ``node``.
+    shown as each listed device's ``node``. With ``remote`` (several nodes), requests acting on a
+    device another node owns are made by that node (:mod:`gb28181gw.services.remote` lists which).
     """
+
+    async def elsewhere(target_id: str) -> str | None:
+        return await remote.node_of(target_id) if remote is not None else None
 
     async def list_devices(request: web.Request) -> web.Response:
         devices = sorted(registrar.devices.values(), key=lambda d: d.device_id)
@@ -527,6 +533,10 @@ def add_device_routes(
     async def refresh_catalog(request: web.Request) -> web.Response:
         device_id = request.match_info["device_id"]
         try:
+            node = await elsewhere(device_id)
+            if node is not None and remote is not None:
+                args = {"device": device_id}
+                return json_response(await remote.call(node, "device.catalog", args, timeout=QUERY_TIMEOUT))
             result = await devices.catalog(device_id)
         except DeviceError as exc:
             return device_error_response(exc)
@@ -538,6 +548,10 @@ def add_device_routes(
     async def query(request: web.Request) -> web.Response:
         device_id, what = request.match_info["device_id"], request.match_info["what"]
         try:
+            node = await elsewhere(device_id)
+            if node is not None and remote is not None:
+                args = {"device": device_id, "what": what}
+                return json_response(await remote.call(node, "device.query", args, timeout=QUERY_TIMEOUT))
             data = await (devices.device_info(device_id) if what == "info" else devices.device_status(device_id))
         except DeviceError as exc:
             return device_error_response(exc)
@@ -559,6 +573,10 @@ def add_device_routes(
                 cmd = ptz_codes.scan(str(body["action"]), int(body["group"]), int(body.get("value", 0)))
             else:
                 return error_response(400, f"unknown PTZ kind {kind!r}")
+            node = await elsewhere(str(body["channel_id"]))
+            if node is not None and remote is not None:
+                args = {"channel": str(body["channel_id"]), "cmd": cmd.encode()}
+                return json_response(await remote.call(node, "device.ptz", args))
             await devices.ptz(str(body["channel_id"]), cmd)
         except (ValueError, KeyError, TypeError) as exc:
             return error_response(400, f"bad PTZ request: {exc}")
@@ -580,6 +598,15 @@ def add_device_routes(
         if record_type not in RECORD_TYPES:
             return error_response(400, f"type must be one of {', '.join(RECORD_TYPES)}, not {record_type!r}")
         try:
+            node = await elsewhere(request.match_info["channel_id"])
+            if node is not None and remote is not None:
+                args = {
+                    "channel": request.match_info["channel_id"],
+                    "from": q["from"],
+                    "to": q["to"],
+                    "type": record_type,
+                }
+                return json_response(await remote.call(node, "device.records", args, timeout=QUERY_TIMEOUT))
             result = await devices.records(
                 request.match_info["channel_id"], q["from"], q["to"], record_type=record_type
             )
@@ -594,6 +621,11 @@ def add_device_routes(
     async def command(request: web.Request) -> web.Response:
         body = await json_object(request, 'the body must be JSON: {"target": ..., "name": ..., "value": ...}')
         try:
+            node = await elsewhere(str(body["target"]))
+            if node is not None and remote is not None:
+                args = {"target": str(body["target"]), "name": str(body["name"]), "value": str(body["value"]),
+                        "wait": bool(body.get("wait", True))}  # fmt: skip
+                return json_response(await remote.call(node, "device.command", args, timeout=QUERY_TIMEOUT))
             result = await devices.command(
                 str(body["target"]), str(body["name"]), str(body["value"]), wait=bool(body.get("wait", True))
             )

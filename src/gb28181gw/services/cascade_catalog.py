@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from gb28181gw.errors import DialogError, ManscdpError, SipParseError, SipTimeoutError, SipTransportError
+from gb28181gw.errors import DialogError, ManscdpError, SipParseError, SipTimeoutError, SipTransportError, StoreError
 from gb28181gw.gb.cascade_catalog import (
     Change,
     Identity,
@@ -51,6 +51,7 @@ from gb28181gw.gb.cascade_catalog import (
     response_steps,
     run_steps,
 )
+from gb28181gw.gb.model import Channel, DeviceState
 from gb28181gw.gb.registrar import from_user
 from gb28181gw.manscdp.codec import parse_xml
 from gb28181gw.manscdp.messages import CONTENT_TYPE, CmdType, Envelope, Root, encode, envelope
@@ -71,6 +72,9 @@ log = logging.getLogger("gb28181gw.upstream.catalog")
 
 #: Seconds changes are gathered before they are sent (an NVR's catalog arrives as one burst).
 CHANGE_DELAY = 0.2
+#: Seconds between reads of the devices other nodes keep in the shared store (issue 17): their changes
+#: reach subscribed superiors within this; a Catalog query reads them anew.
+SHARED_INTERVAL = 30.0
 #: Expires of a catalog SUBSCRIBE that states none (2022 Annex N default).
 DEFAULT_EXPIRES = 600
 #: Longest subscription granted (s); a superior asking more is told this in the 200.
@@ -172,8 +176,15 @@ class CascadeCatalogService:
         *,
         metrics: Metrics,
         name: str,
+        shared: bool = False,
     ) -> None:
         self.stack = stack
+        # several nodes on a Redis store (issue 17): the devices other nodes own are in the
+        # shared store, not in our memory; a snapshot of them is added to every superior's tree
+        self.shared = shared
+        self._others: dict[str, dict[str, Channel]] = {}
+        self._others_online: set[str] = set()
+        self._others_task: asyncio.Task[None] | None = None
         self.upstreams = upstreams
         self.registrar = registrar
         self.devices = devices
@@ -200,12 +211,17 @@ class CascadeCatalogService:
 
     async def start(self) -> None:
         """Take what each pushed-to superior sees now as what it knows (it queries the rest)."""
+        if self.shared:
+            await self.refresh_shared()
+            self._others_task = asyncio.get_running_loop().create_task(self._keep_shared())
         for feed in self.feeds.values():
             if feed.link.section.catalog_push:
                 feed.shown = self.view(feed.link)
 
     async def stop(self) -> None:
         """Stop sending; subscriptions are forgotten (superiors subscribe again)."""
+        if self._others_task is not None:
+            self._others_task.cancel()
         if self._pending is not None:
             self._pending.cancel()
         if self._flushing is not None:
@@ -239,11 +255,13 @@ class CascadeCatalogService:
         devices = self.registrar.devices
 
         def online(device_id: str) -> bool:
+            # ours, or online at another node as the shared store says (issue 17)
             device = devices.get(device_id)
-            return device is not None and device.online
+            return (device is not None and device.online) or device_id in self._others_online
 
         # a list: the stored dicts may change between steps
         channels = [ch for chans in self.devices.channels.values() for ch in chans.values()]
+        channels += [ch for d, chans in self._others.items() if d not in self.devices.channels for ch in chans.values()]
         view = yield from build_view_steps(
             Identity(
                 settings.local_id,
@@ -266,6 +284,35 @@ class CascadeCatalogService:
         if target is None or target == view.local_id:
             return view
         return View(view.local_id, {i.device_id: i for i in view.scope(target) or ()})
+
+    # --- other nodes' devices (issue 17) -----------------------------------------------------
+
+    async def refresh_shared(self) -> None:
+        """Read the devices and channels other nodes keep in the shared store; a device whose channels or
+        state changed since the last read is a change for the superiors (NOTIFY to subscribers)."""
+        store = self.devices.store
+        try:
+            stored = await store.load_channels()
+            rows = await store.load_devices()
+        except StoreError as exc:
+            log.warning("shared catalog cannot be read; the last one kept", extra={"error": str(exc)})
+            return
+        others: dict[str, dict[str, Channel]] = {}
+        for ch in stored:
+            if ch.device_id not in self.devices.channels:
+                others.setdefault(ch.device_id, {})[ch.channel_id] = ch
+        online = {d.device_id for d in rows if d.state is DeviceState.ONLINE}
+        for device_id in set(others) | set(self._others):
+            if others.get(device_id) != self._others.get(device_id) or (device_id in online) != (
+                device_id in self._others_online
+            ):
+                self._changed(device_id)
+        self._others, self._others_online = others, online
+
+    async def _keep_shared(self) -> None:
+        while True:
+            await asyncio.sleep(SHARED_INTERVAL)
+            await self.refresh_shared()
 
     def _channel_pairs(self) -> list[tuple[str, str]]:
         return [
@@ -302,6 +349,8 @@ class CascadeCatalogService:
 
     async def _answer_query(self, event: RequestReceived, link: Link, env: Envelope) -> None:
         name = link.machine.settings.name
+        if self.shared:
+            await self.refresh_shared()  # a query sees other nodes' devices as they are now
         items = (await self.view_async(link)).scope(env.device_id)
         if items is None:
             self.upstreams.count_request(name, "Catalog", "404")

@@ -38,6 +38,19 @@ however many superiors and local viewers watch, Annex L). In order:
    session closes a moment after) waits for that MESSAGE's answer, so the superior hears the
    end of the recording before the end of the call. Its dialog ending stops the device session.
 
+7. Several nodes on Redis (issue 17): the node holding the superior's lease gets its INVITEs
+   for every node's devices. A channel whose device another node owns (``owner`` hash; a
+   channel not in memory is looked up in the shared store) is served by that node: the
+   ``cascade.open`` call (:mod:`gb28181gw.store.rpc`) adds the paused consumer there, toward the
+   superior's address, and answers with that node's media address and port for our 200; the
+   ACK is ``cascade.start`` there, the superior's BYE ``cascade.close``. The SIP dialog stays
+   here (transactions never leave their node). The owner tells us ``cascade.gone`` when the
+   consumer goes (the device's stream ended, it shuts down) and we BYE upward; the owner's
+   claim expiring (killed) is seen by :meth:`CascadeMediaService._watch_nodes`, which BYEs too,
+   and on the owner removes consumers of a holder that is gone. Recorded kinds of another
+   node's device are refused 488 (INFO controls would have to cross nodes too). Redis
+   unreachable when the INVITE comes: the local path answers, as with one node.
+
 The life of one served INVITE is a :class:`~gb28181gw.gb.superior_invite.ServedState`
 changed only through :func:`~gb28181gw.gb.superior_invite.next_state`.
 """
@@ -62,7 +75,11 @@ from gb28181gw.errors import (
     DialogError,
     LocalProtocolError,
     MansrtspError,
+    NodeNotLive,
+    NodeUnreachable,
     OfferError,
+    RpcError,
+    RpcTimeout,
     SipTimeoutError,
     SipTransportError,
     SpanError,
@@ -70,6 +87,7 @@ from gb28181gw.errors import (
 )
 from gb28181gw.gb import mansrtsp
 from gb28181gw.gb.registrar import from_user
+from gb28181gw.gb.rpc import INVITE_MARGIN, Call
 from gb28181gw.gb.superior_invite import (
     ConsumerTransport,
     ServedInput,
@@ -91,6 +109,7 @@ from gb28181gw.sip.events import RequestCancelled, RequestReceived
 from gb28181gw.sip.message import Request, Response, make_response
 from gb28181gw.sip.peer import Peer
 from gb28181gw.sip.transaction import Transaction
+from gb28181gw.store.rpc import RedisRpc
 
 from .audit import AuditService, acting, result_of
 from .registrar import RegistrarService
@@ -112,6 +131,19 @@ UPWARD = {400: 500, 404: 404, 408: 408, 480: 480, 486: 486, 488: 488, 502: 502, 
 #: 400, the session gone or torn down 481 (RFC 3261 §12.2.2), the device silent 408 (as
 #: :data:`UPWARD` says for an INVITE), unreachable 502.
 CONTROL_UPWARD = {400: 400, 404: 481, 409: 481, 502: 502, 504: 408}
+
+#: Seconds between looks at whether the nodes our superiors' streams depend on are still live
+#: (a node's claim expires NODE_TTL, 15 s, after it died: the BYE upward follows within that and this).
+WATCH_INTERVAL = 2.0
+#: Seconds a node's claim must stay missing before the node counts as gone: longer than the
+#: claims' renewal interval (NODE_TTL / 3, 5 s), so that a Redis restarted empty, whose nodes
+#: claim again at their next renewal, cuts no stream.
+GONE_AFTER = 7.0
+#: Times the start of the sending is asked of the owning node while Redis cannot be reached (every
+#: WATCH_INTERVAL: within the time the paused consumer waits there, 64*T1).
+START_ATTEMPTS = 5
+#: Times a close is asked of the owning node before giving up (every WATCH_INTERVAL: 30 s).
+CLOSE_ATTEMPTS = 15
 
 #: Seconds a BYE to a superior is given (best effort: when it is lost it cannot answer).
 BYE_TIMEOUT = 5.0
@@ -135,6 +167,8 @@ class Served:
             superior lost, shutdown).
         notified: recorded kinds: done once our MediaStatus MESSAGE is answered (or given up);
             our BYE waits for it.
+        node: the node owning the channel's device when it is another's (issue 17): its stream
+            and consumer are there, asked for by RPC; "" for our own devices.
     """
 
     upstream: str
@@ -153,6 +187,7 @@ class Served:
     ack_timer: asyncio.TimerHandle | None = None
     stop_waiting: asyncio.Future[int] | None = field(default=None, repr=False)
     notified: asyncio.Future[None] | None = field(default=None, repr=False)
+    node: str = ""
 
     def fire(self, event: ServedInput) -> None:
         self.state = next_state(self.state, event)
@@ -181,8 +216,15 @@ class CascadeMediaService:
         media_address: str,
         invite_timeout: float,
         audit: AuditService | None = None,
+        rpc: RedisRpc | None = None,
     ) -> None:
         self.stack = stack
+        self.rpc = rpc
+        # issue 17: superiors' streams of devices other nodes own, by (node, its stream, its consumer)
+        self.remote: dict[tuple[str, str, str], Served] = {}
+        # ... and, on the owning node, the consumers added for another node: (stream, consumer) → that node
+        self.exported: dict[tuple[str, str], str] = {}
+        self._watch: asyncio.Task[None] | None = None
         self.audit = audit
         self.upstreams = upstreams
         self.streams = streams
@@ -202,15 +244,36 @@ class CascadeMediaService:
         streams.on_consumer_gone(self._on_consumer_gone)
         streams.on_media_status(self._on_media_status)
         metrics.labeled_gauge(UPSTREAM_STREAMS, self._per_upstream)
+        if rpc is not None:
+            rpc.handle("cascade.open", self._rpc_open)
+            rpc.handle("cascade.start", self._rpc_start)
+            rpc.handle("cascade.close", self._rpc_close)
+            rpc.handle("cascade.gone", self._rpc_gone)
 
     # --- lifecycle ---------------------------------------------------------------------
 
+    def start(self) -> None:
+        """With other nodes (issue 17): watch the nodes our streams depend on."""
+        if self.rpc is not None and self._watch is None:
+            self._watch = asyncio.get_running_loop().create_task(self._watch_nodes())
+
     async def stop(self) -> None:
         """Refuse INVITEs still waiting (503), BYE every superior dialog, release every consumer."""
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
         for served in list(self.pending.values()):
             self._stop_waiting(served, 503)
         for served in list(self.dialogs.values()):
             self._end(served, "gateway shutting down", bye=True)
+        for (stream_id, consumer_id), holder in list(self.exported.items()):
+            del self.exported[(stream_id, consumer_id)]
+            if self.rpc is not None:  # its holder sends BYE upward now, not when our claim is gone
+                args = {"stream": stream_id, "consumer": consumer_id, "reason": "the owning node is shutting down"}
+                self.rpc.notify(holder, "cascade.gone", args)
+            self._tasks.spawn(self._remove(stream_id, consumer_id))
         await self._tasks.wait(timeout=BYE_TIMEOUT)
         self._tasks.cancel()
 
@@ -235,8 +298,20 @@ class CascadeMediaService:
         name = link.machine.settings.name
         try:
             offer = await self._settle(parse_offer(request), event)
-            self._check_channel(name, offer.channel_id)
-            offer.require_ps()
+            owner = await self._other_owner(offer.channel_id)
+            if owner is not None:
+                device_id, node = owner
+                if not self.upstreams.may_see(name, offer.channel_id, device_id):
+                    raise StreamError(404, f"no channel {offer.channel_id} here")
+                offer.require_ps()
+                if offer.span is not None:
+                    raise OfferError(
+                        488,
+                        f"recordings of {offer.channel_id} (its device is on node {node}) are not relayed across nodes",
+                    )
+            else:
+                self._check_channel(name, offer.channel_id)
+                offer.require_ps()
             if offer.span is not None:
                 try:
                     offer.span.check(now=time.time(), max_span=self.streams.playback.max_span)
@@ -249,6 +324,9 @@ class CascadeMediaService:
                 self.audit.record(Action.STREAM_OPEN, "", asked, result=result_of(exc), detail=str(exc))
             self._refuse(event, exc.status, str(exc))
             self.upstreams.count_request(name, "INVITE", str(exc.status))
+            return
+        if owner is not None:
+            await self._serve_remote(event, link, offer, owner[1])
             return
         loop = asyncio.get_running_loop()
         # our requests in its dialog go where its INVITE came from: its SIP socket, found through NAT too
@@ -339,24 +417,45 @@ class CascadeMediaService:
             raise StreamError(480, f"the device of channel {channel_id} is {state}")
 
     def _answer(self, served: Served, event: RequestReceived, link: Link, st: Stream, consumer: Consumer) -> None:
-        request, tx, offer = event.request, served.transaction, served.offer
-        served.stream_id, served.consumer_id, served.ssrc = st.id, consumer.id, consumer.ssrc
         media_ip = self.media_address or self.stack.local_address(event.peer)[0]
-        sdp = answer_sdp(
-            offer,
-            channel_id=offer.channel_id,
+        self._answer_with(
+            served,
+            event,
+            stream_id=st.id,
+            consumer_id=consumer.id,
+            ssrc=consumer.ssrc,
             media_ip=media_ip,
             # UDP: our sending port; tcp-passive: where we listen; tcp: nominal (RFC 4145, we connect)
             port=consumer.local_port or st.port,
-            ssrc=consumer.ssrc,
             file_size=file_size_text(st.session.answer) if st.session.answer is not None else None,
+        )
+
+    def _answer_with(
+        self,
+        served: Served,
+        event: RequestReceived,
+        *,
+        stream_id: str,
+        consumer_id: str,
+        ssrc: int,
+        media_ip: str,
+        port: int,
+        file_size: str | None = None,
+    ) -> None:
+        request, tx, offer = event.request, served.transaction, served.offer
+        served.stream_id, served.consumer_id, served.ssrc = stream_id, consumer_id, ssrc
+        sdp = answer_sdp(
+            offer, channel_id=offer.channel_id, media_ip=media_ip, port=port, ssrc=ssrc, file_size=file_size
         )
         served.answer = sdp.serialize().encode()
         response = self._ok(served, request, to_tag=self.stack.endpoint.new_tag(), event=event)
         dialog = Dialog.uas(request, response, served.peer)
         served.dialog = dialog
         self.dialogs[dialog.id] = served
-        self.by_consumer[(st.id, consumer.id)] = served
+        if served.node:
+            self.remote[(served.node, stream_id, consumer_id)] = served
+        else:
+            self.by_consumer[(stream_id, consumer_id)] = served
         self.stack.router.add_dialog(
             dialog.id, functools.partial(self._on_dialog_request, served), owner="cascade-media"
         )
@@ -376,11 +475,12 @@ class CascadeMediaService:
             extra={
                 "upstream": served.upstream,
                 "channel": offer.channel_id,
-                "stream": st.id,
-                "consumer": consumer.id,
+                "stream": stream_id,
+                "consumer": consumer_id,
+                "node": served.node or None,
                 "kind": offer.session.word,
                 "to": f"{offer.transport}:{offer.host}:{offer.port}",
-                "ssrc": f"{consumer.ssrc:010d}",
+                "ssrc": f"{ssrc:010d}",
             },
         )
         if offer.subject:
@@ -442,8 +542,21 @@ class CascadeMediaService:
 
     async def _start(self, served: Served) -> None:
         try:
-            await self.streams.start_consumer(served.stream_id, served.consumer_id)
-        except StreamError as exc:
+            if served.node:
+                assert self.rpc is not None
+                args = {"stream": served.stream_id, "consumer": served.consumer_id}
+                for attempt in range(START_ATTEMPTS):
+                    try:
+                        await self.rpc.call(served.node, "cascade.start", args)
+                        break
+                    except NodeUnreachable:
+                        # Redis away a moment: the consumer waits there paused (start_within) meanwhile
+                        if attempt == START_ATTEMPTS - 1 or served.state is ServedState.ENDED:
+                            raise
+                        await asyncio.sleep(WATCH_INTERVAL)
+            else:
+                await self.streams.start_consumer(served.stream_id, served.consumer_id)
+        except (StreamError, RpcError) as exc:
             self._end(served, f"sending could not start: {exc}", bye=True)
 
     def _release_late(self, play: asyncio.Future[tuple[Stream, Consumer]], *, recorded: bool) -> None:
@@ -647,6 +760,12 @@ class CascadeMediaService:
         return ""
 
     def _on_consumer_gone(self, stream_id: str, consumer: Consumer, reason: str) -> None:
+        holder = self.exported.pop((stream_id, consumer.id), None)
+        if holder is not None and self.rpc is not None:
+            # a superior's stream served for another node: that node answers for its dialog
+            args = {"stream": stream_id, "consumer": consumer.id, "reason": reason or "its consumer is gone"}
+            self.rpc.notify(holder, "cascade.gone", args)
+            return
         served = self.by_consumer.get((stream_id, consumer.id))
         if served is not None:
             self._end(served, reason or "its consumer is gone", bye=True, remove=False)
@@ -670,6 +789,8 @@ class CascadeMediaService:
         key = (served.stream_id, served.consumer_id)
         if self.by_consumer.get(key) is served:
             del self.by_consumer[key]
+        if served.node:
+            self.remote.pop((served.node, *key), None)
         dialog = served.dialog
         if dialog is not None:
             self.dialogs.pop(dialog.id, None)
@@ -678,7 +799,9 @@ class CascadeMediaService:
                 self._tasks.spawn(self._bye(served, dialog))
             elif not dialog.terminated:
                 dialog.terminate()
-        if remove and served.consumer_id:
+        if remove and served.consumer_id and served.node:
+            self._tasks.spawn(self._close_remote(served.node, served.stream_id, served.consumer_id))
+        elif remove and served.consumer_id:
             self._tasks.spawn(
                 self._remove(served.stream_id, served.consumer_id, recorded=served.offer.span is not None)
             )
@@ -698,6 +821,212 @@ class CascadeMediaService:
             return
         if response.status >= 300:
             log.info("BYE refused by the superior", extra={"upstream": served.upstream, "status": response.status})
+
+    # --- devices of other nodes (issue 17) -------------------------------------------------
+
+    async def _other_owner(self, channel_id: str) -> tuple[str, str] | None:
+        """(device, node) when ``channel_id``'s device is owned by another live node; ``None``
+        for ours, for one nobody owns, and when Redis cannot say (then the local path answers)."""
+        if self.rpc is None:
+            return None
+        device_id = self.streams.devices.owner_of(channel_id)
+        try:
+            if device_id is None:
+                # another node's device is not in our memory: its channels are in the shared store
+                device_id = await self.rpc.device_of(channel_id)
+            if device_id is None:
+                return None
+            node = await self.rpc.owner(device_id)
+        except NodeUnreachable as exc:
+            log.warning(
+                "owner of a channel cannot be read; served as ours", extra={"channel": channel_id, "error": str(exc)}
+            )
+            return None
+        if node is None or node == self.rpc.node:
+            return None
+        return device_id, node
+
+    async def _serve_remote(self, event: RequestReceived, link: Link, offer: SuperiorOffer, node: str) -> None:
+        """The superior's INVITE for a device of ``node``: that node sends the media straight to
+        the superior's address; we keep the SIP dialog (transactions never leave their node)."""
+        assert self.rpc is not None
+        request, tx = event.request, event.transaction
+        assert tx is not None
+        name = link.machine.settings.name
+        loop = asyncio.get_running_loop()
+        served = Served(name, offer, request, tx, event.peer, stop_waiting=loop.create_future(), node=node)
+        self.pending[tx] = served
+        args: dict[str, Any] = {
+            "channel": offer.channel_id,
+            "transport": str(offer.transport),
+            "host": offer.host,
+            "port": offer.port,
+            "ssrc": offer.ssrc if link.section.ssrc == "echo" else None,
+            "label": f"upstream:{name}@{self.rpc.node}",
+            "start_within": self.stack.endpoint.timers.h,
+            "also_from": [event.peer.host] if offer.transport == "tcp-passive" else [],
+        }
+        # the device on its node has media.invite_timeout to answer; the calls' round trips come on top
+        timeout = self.invite_timeout + INVITE_MARGIN
+        opening = asyncio.ensure_future(self.rpc.call(node, "cascade.open", args, timeout=timeout))
+        assert served.stop_waiting is not None
+        waits: set[asyncio.Future[Any]] = {opening, served.stop_waiting}
+        try:
+            done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.pending.pop(tx, None)
+        if opening not in done or served.stop_waiting.done():
+            opening.add_done_callback(functools.partial(self._release_remote_late, node))
+            status = served.stop_waiting.result() if served.stop_waiting.done() else 408
+            if status != 487:
+                self._refuse(event, status, f"node {node} did not open the stream of {offer.channel_id} in time")
+            served.fire(ServedInput.REFUSED)
+            self.upstreams.count_request(name, "INVITE", "cancelled" if status == 487 else str(status))
+            return
+        try:
+            got = opening.result()
+            stream_id, consumer_id = str(got["stream"]), str(got["consumer"])
+            ssrc, port, media_ip = int(got["ssrc"]), int(got["port"]), str(got["media_ip"])
+        except RpcError as exc:
+            # the node gone or Redis away: the device cannot be reached now (480); its silence 408;
+            # its refusal passes as a local one would (UPWARD)
+            status = (
+                408
+                if isinstance(exc, RpcTimeout)
+                else 480
+                if isinstance(exc, NodeUnreachable)
+                else UPWARD.get(exc.status, 502)
+            )
+            log.info(
+                "superior INVITE failed on the device's node",
+                extra={"upstream": name, "node": node, "status": status, "reason": str(exc)},
+            )
+            self._refuse(event, status, str(exc))
+            served.fire(ServedInput.REFUSED)
+            self.upstreams.count_request(name, "INVITE", str(status))
+            return
+        except (KeyError, TypeError, ValueError) as exc:
+            self._refuse(event, 502, f"node {node} answered the stream's opening unreadably: {exc!r}")
+            served.fire(ServedInput.REFUSED)
+            self.upstreams.count_request(name, "INVITE", "502")
+            return
+        self._answer_with(
+            served, event, stream_id=stream_id, consumer_id=consumer_id, ssrc=ssrc, media_ip=media_ip, port=port
+        )
+
+    def _release_remote_late(self, node: str, opening: asyncio.Future[dict[str, Any]]) -> None:
+        if opening.cancelled() or opening.exception() is not None or self.rpc is None:
+            return
+        got = opening.result()
+        self.rpc.notify(node, "cascade.close", {"stream": got.get("stream"), "consumer": got.get("consumer")})
+
+    async def _close_remote(self, node: str, stream_id: str, consumer_id: str) -> None:
+        """Stop the sending on ``node``; asked again while Redis is away (a lost close would leave
+        the node sending to the superior until the device's stream ends)."""
+        assert self.rpc is not None
+        not_live = 0
+        for _ in range(CLOSE_ATTEMPTS):
+            try:
+                await self.rpc.call(node, "cascade.close", {"stream": stream_id, "consumer": consumer_id})
+                return
+            except NodeNotLive:
+                not_live += 1
+                if not_live * WATCH_INTERVAL >= GONE_AFTER:
+                    return  # the node is gone, and its consumers with it
+            except (RpcTimeout, NodeUnreachable):
+                not_live = 0  # Redis away or slow: ask again
+            except RpcError:
+                return  # refused: nothing to close there
+            await asyncio.sleep(WATCH_INTERVAL)
+        log.warning("sending on another node could not be stopped", extra={"node": node, "stream": stream_id})
+
+    async def _rpc_open(self, call: Call) -> dict[str, Any]:
+        """Another node's superior asks for a channel of ours: a paused consumer toward the superior."""
+        a = call.args
+        host, port = str(a["host"]), int(a["port"])
+        playing = asyncio.ensure_future(
+            self.streams.play(
+                str(a["channel"]),
+                transport=str(a["transport"]),
+                host=host,
+                port=port,
+                ssrc=None if a.get("ssrc") is None else int(a["ssrc"]),
+                label=str(a.get("label", f"node:{call.caller}")),
+                paused=True,  # nothing before the superior's ACK reaches its node
+                start_within=float(a.get("start_within", 32.0)),
+                also_from=tuple(str(h) for h in a.get("also_from", ())),
+            )
+        )
+        try:
+            st, consumer = await asyncio.shield(playing)
+        except asyncio.CancelledError:
+            # the call's deadline passed: whatever play() still yields is released when it does
+            playing.add_done_callback(functools.partial(self._release_late, recorded=False))
+            raise
+        self.exported[(st.id, consumer.id)] = call.caller
+        media_ip = self.media_address or self.stack.local_address(Peer("UDP", host or "127.0.0.1", port or 5060))[0]
+        log.info(
+            "serving another node's superior",
+            extra={"node": call.caller, "label": a.get("label"), "stream": st.id, "consumer": consumer.id},
+        )
+        return {
+            "stream": st.id,
+            "consumer": consumer.id,
+            "ssrc": consumer.ssrc,
+            "port": consumer.local_port or st.port,
+            "media_ip": media_ip,
+        }
+
+    async def _rpc_start(self, call: Call) -> dict[str, Any]:
+        await self.streams.start_consumer(str(call.args["stream"]), str(call.args["consumer"]))
+        return {}
+
+    async def _rpc_close(self, call: Call) -> dict[str, Any]:
+        key = (str(call.args["stream"]), str(call.args["consumer"]))
+        if self.exported.pop(key, None) is not None:
+            await self._remove(*key)
+        return {}
+
+    async def _rpc_gone(self, call: Call) -> dict[str, Any]:
+        served = self.remote.get((call.caller, str(call.args["stream"]), str(call.args["consumer"])))
+        if served is not None:
+            self._end(
+                served, f"node {call.caller}: {call.args.get('reason', 'the stream ended')}", bye=True, remove=False
+            )
+        return {}
+
+    async def _watch_nodes(self) -> None:
+        """End what depends on a node that is no longer live: our superiors' streams it served
+        (BYE upward), and the consumers we serve for it (its dialogs are gone with it)."""
+        assert self.rpc is not None
+        loop = asyncio.get_running_loop()
+        missing: dict[str, float] = {}  # node → when its claim was first seen missing
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            nodes = {node for node, _, _ in self.remote} | set(self.exported.values())
+            if not nodes:
+                missing.clear()
+                continue
+            try:
+                present = await self.rpc.live(nodes)
+            except NodeUnreachable:
+                continue  # Redis away: keep every stream as it is (no node's death can be told)
+            now = loop.time()
+            for node in present:
+                missing.pop(node, None)
+            for node in nodes - present:
+                missing.setdefault(node, now)
+            # a claim missing for a moment is a Redis restarted empty (the nodes claim again
+            # within their renewal interval), not a dead node: no stream is cut for it
+            live = {n for n in nodes if now - missing.get(n, now) < GONE_AFTER}
+            for (node, _, _), served in list(self.remote.items()):
+                if node not in live:
+                    self._end(served, f"node {node}, which served it, is gone", bye=True, remove=False)
+            for key, holder in list(self.exported.items()):
+                if holder not in live:
+                    del self.exported[key]
+                    log.info("consumer of a gone node removed", extra={"node": holder, "stream": key[0]})
+                    self._tasks.spawn(self._remove(*key))
 
     # --- figures -----------------------------------------------------------------------
 

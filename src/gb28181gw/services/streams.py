@@ -246,6 +246,7 @@ class MediaSettings:
         consumer_connect_timeout: seconds a TCP-passive consumer has to connect to us.
         keyframe_request: ask the device for a key frame when a consumer joins with nothing cached.
         port_quarantine / ssrc_quarantine: seconds a released port / SSRC rests.
+        ssrc_sequences: the last four digits of the SSRCs handed out (media.ssrc_min-ssrc_max).
         check_interval: seconds between health checks (media timeout, consumer leases).
         offer_format: the ``f=`` of every offer, live and recorded (``media.offer_format``).
     """
@@ -263,6 +264,7 @@ class MediaSettings:
     keyframe_request: bool
     port_quarantine: float
     ssrc_quarantine: float
+    ssrc_sequences: range
     check_interval: float
     offer_format: str
 
@@ -452,7 +454,7 @@ class StreamService:
         self.pools = _split(s.port_range, len(relays), s.port_quarantine, rng, reserve=2 if s.shared_port else 0)
         self.shared_ports = [pool.first - 2 for pool in self.pools] if s.shared_port else []
         self._shared_count = [0] * len(relays)  # streams on each relay's shared port
-        self.ssrcs = SsrcAllocator(our_id, quarantine=s.ssrc_quarantine, rng=rng)
+        self.ssrcs = SsrcAllocator(our_id, quarantine=s.ssrc_quarantine, rng=rng, sequences=s.ssrc_sequences)
         self.streams: dict[str, Stream] = {}
         self.by_channel: dict[str, Stream] = {}  # live streams: one per channel, shared
         self.by_call_id: dict[str, Stream] = {}  # recorded streams: MediaStatus 121 is matched by Call-ID (M11)

@@ -36,6 +36,9 @@ Key layout (every key starts with the prefix, ``gbgw:`` by default)::
     audit:seqs              zset    every stored record number (score: the number): pages in order
     audit:time              zset    record number, scored by its time: time filters and retention
     audit:chain             hash    anchor_seq, anchor_hash, head_seq, head_hash
+    rpc:<node>              stream  calls to node <node> (store/rpc.py), read by its consumer group "rpc";
+                                    MAXLEN ~ 10,000
+    rpc:<node>:replies      stream  answers to the calls node <node> made, read by it with XREAD BLOCK
 
 Several nodes (issue 17; the scripts are in ``store/ownership.py``, the rules in ``gb/ownership.py``)::
 
