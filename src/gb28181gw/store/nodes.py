@@ -24,14 +24,11 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from gb28181gw.errors import StoreError, redact_url
 from gb28181gw.gb.director import NodeRecord
-from gb28181gw.store.redis import PREFIX
+from gb28181gw.store.redis import PREFIX, connect
 
 _LIVE = """
 -- KEYS: nodes; ARGV: prefix. {id, claim, ms left} of every listed node whose claim exists
@@ -108,13 +105,7 @@ class RedisNodes:
         self._live: Any = None
 
     async def open(self) -> None:
-        try:
-            # no retry: the next refresh is the retry, a second later
-            self._redis = Redis.from_url(
-                self.url, socket_connect_timeout=self.timeout, socket_timeout=self.timeout, retry=Retry(NoBackoff(), 0)
-            )
-        except ValueError as exc:
-            raise StoreError(f"store.url {self.location!r} cannot be used: {exc}") from None
+        self._redis = connect(self.url, timeout=self.timeout)  # no retry: the next refresh is, a second later
         self._live = self._redis.register_script(_LIVE)
 
     async def close(self) -> None:

@@ -127,6 +127,26 @@ DEVICE_LAYOUT: tuple[str, ...] = (
 )  # fmt: skip
 
 
+def connect(url: str, *, timeout: float, retries: int = 0, read_timeout: float | None = None, **options: Any) -> Redis:
+    """A client of the Redis at ``url`` (connecting lazily) that waits ``timeout`` seconds to connect
+    and ``read_timeout`` (default ``timeout``) for an answer, retrying a dropped connection
+    ``retries`` times at once; each user picks these for what a late answer costs it.
+
+    Raises:
+        StoreError: ``url`` is not a Redis URL redis-py can use (named without its password).
+    """
+    try:
+        return Redis.from_url(
+            url,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout if read_timeout is None else read_timeout,
+            retry=Retry(NoBackoff(), retries),
+            **options,
+        )
+    except ValueError as exc:
+        raise StoreError(f"store.url {redact_url(url)!r} cannot be used: {exc}") from None
+
+
 async def _create_chain(r: Redis, p: str) -> None:
     await r.hsetnx(p + "audit:chain", "anchor_seq", 0)
     await r.hsetnx(p + "audit:chain", "anchor_hash", GENESIS)
@@ -437,18 +457,14 @@ class RedisStore:
     # --- lifecycle -----------------------------------------------------------------------
 
     async def open(self) -> None:
-        try:
-            # one quick retry: a connection Redis closed (a restart) is made again at once; a Redis
-            # that stays away fails the call, and the gateway's write-behind tries again later
-            r = Redis.from_url(
-                self.url,
-                socket_connect_timeout=TIMEOUT,
-                socket_timeout=TIMEOUT,
-                retry=Retry(NoBackoff(), 1),
-                encoding_errors="surrogateescape",  # device bytes in a key (an ID) go in as sent
-            )
-        except ValueError as exc:
-            raise StoreError(f"store.url {self.location!r} cannot be used: {exc}") from None
+        # one quick retry: a connection Redis closed (a restart) is made again at once; a Redis
+        # that stays away fails the call, and the gateway's write-behind tries again later
+        r = connect(
+            self.url,
+            timeout=TIMEOUT,
+            retries=1,
+            encoding_errors="surrogateescape",  # device bytes in a key (an ID) go in as sent
+        )
         try:
             await r.ping()
             version = await self._version(r)

@@ -52,9 +52,6 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from gb28181gw.errors import (
@@ -67,7 +64,7 @@ from gb28181gw.errors import (
     redact_url,
 )
 from gb28181gw.gb.rpc import CONTROL_TIMEOUT, Answer, AnswerCache, Call, Decision
-from gb28181gw.store.redis import PREFIX
+from gb28181gw.store.redis import PREFIX, connect
 
 log = logging.getLogger("gb28181gw.rpc")
 
@@ -167,17 +164,9 @@ class RedisRpc:
         """
         self._closing = False
         try:
-            self._redis = Redis.from_url(
-                self.url,
-                socket_connect_timeout=COMMAND_TIMEOUT,
-                socket_timeout=COMMAND_TIMEOUT,
-                retry=Retry(NoBackoff(), 1),
-            )
-            self._blocking = Redis.from_url(
-                self.url,
-                socket_connect_timeout=COMMAND_TIMEOUT,
-                socket_timeout=BLOCK_MS / 1000 + COMMAND_TIMEOUT,
-                retry=Retry(NoBackoff(), 1),
+            self._redis = connect(self.url, timeout=COMMAND_TIMEOUT, retries=1)
+            self._blocking = connect(
+                self.url, timeout=COMMAND_TIMEOUT, read_timeout=BLOCK_MS / 1000 + COMMAND_TIMEOUT, retries=1
             )
             self._send = self._redis.register_script(_SEND)
             await self._make_group()
