@@ -6,7 +6,7 @@ import asyncio
 import re
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import pytest
 
 from gb28181gw.app import Gateway
 from gb28181gw.config import SipSection, load_config
+from tests.redis_server import RedisServer, require_redis_py
 
 SIPP_DIR = Path(__file__).parent / "sipp"
 SIPP = shutil.which("sipp")
@@ -138,3 +139,18 @@ async def run_sipp(
     out, _ = await asyncio.wait_for(proc.communicate(), timeout + 10)
     messages = trace.read_text(errors="replace") if trace.exists() else ""
     return SippResult(proc.returncode or 0, out.decode(errors="replace"), messages)
+
+
+@pytest.fixture
+def redis(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RedisServer]:
+    """A private redis-server for one test, stopped after it. Persistent (restarted from its
+    append-only file, as a Redis with persistence is) when parametrized indirectly with ``True``
+    or when the test's module sets ``REDIS_PERSISTENT = True``."""
+    require_redis_py()
+    persistent = getattr(request, "param", getattr(request.module, "REDIS_PERSISTENT", False))
+    server = RedisServer(tmp_path / "redis", persistent=persistent)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -20,7 +20,7 @@ import json
 import signal
 import subprocess
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -48,17 +48,6 @@ OURS = "34020000002000000001"
 CH = "34020000001310000001"
 SUPERIOR_SSRC = "0100000077"
 FRAMES, GOP = 50, 10
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    require_redis_py()
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 class Superior(asyncio.DatagramProtocol):

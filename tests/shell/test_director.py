@@ -29,7 +29,7 @@ import pytest
 
 from gb28181gw.gb.director import NodeRecord, choose
 from tests.process import free_port, http_get, serve, wait_ready
-from tests.redis_server import RedisServer, require_redis_py
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.sipp
 
@@ -136,17 +136,6 @@ def register(port: int, device_id: str) -> bytes:
             ("127.0.0.1", port),
         )
         return s.recvfrom(65535)[0]
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    require_redis_py()
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

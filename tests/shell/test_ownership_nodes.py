@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from tests.process import free_port, http_get, serve, wait_ready
-from tests.redis_server import RedisServer, require_redis_py
+from tests.redis_server import RedisServer
 
 from .conftest import run_sipp
 from .test_cascade_processes import free_udp_port
@@ -85,18 +85,6 @@ class Node:
         self._reader.join(timeout=5)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
-
-
-@pytest.fixture
-def redis(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RedisServer]:
-    require_redis_py()
-    # persistent (param True): restarted from its append-only file, as a Redis with persistence is
-    server = RedisServer(tmp_path / "redis", persistent=getattr(request, "param", False))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ is not live is refused at once (502, as an unreachable device), naming it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +18,12 @@ import pytest
 from redis.asyncio import Redis
 
 from gb28181gw.app import Gateway
-from tests.redis_server import RedisServer, require_redis_py
+from tests.redis_server import RedisServer
 
 from .conftest import start_gateway
 from .test_devices import NVR, device_scenario, finished, free_udp_port, play_device, register
 
 pytestmark = pytest.mark.sipp
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    require_redis_py()
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def node(redis: RedisServer, name: str, **more: str) -> Gateway:

@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
-from pathlib import Path
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pytest
@@ -20,18 +19,7 @@ from gb28181gw.errors import NodeUnreachable, RequestRefused, RpcRefused, RpcTim
 from gb28181gw.gb.rpc import Call
 from gb28181gw.store.rpc import RedisRpc
 from tests.media import wait_for
-from tests.redis_server import RedisServer, require_redis_py
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    require_redis_py()
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+from tests.redis_server import RedisServer
 
 
 @pytest.fixture

@@ -15,13 +15,12 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.process import free_port, http_get, serve, wait_ready
-from tests.redis_server import RedisServer, require_redis_py
+from tests.redis_server import RedisServer
 
 from .conftest import run_sipp, sipp_scenario, start_gateway
 from .test_devices import CH1, CH2, NVR, catalog_body, device_scenario, finished, free_udp_port, play_device
@@ -37,16 +36,9 @@ ALARM = (
 )
 
 
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    # persistent: a restart of the server (killed, not asked to save) keeps what was written
-    require_redis_py()
-    server = RedisServer(tmp_path / "redis", persistent=True)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+#: the conftest's redis fixture keeps what was written across a restart of the server (killed, not
+#: asked to save), as a Redis with persistence does
+REDIS_PERSISTENT = True
 
 
 def cli(admin: str, *args: str) -> subprocess.CompletedProcess[str]:

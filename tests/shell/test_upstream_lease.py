@@ -31,7 +31,7 @@ import pytest
 
 from gb28181gw.sip.message import Request, make_response, parse_message
 from tests.process import free_port, serve, wait_ready
-from tests.redis_server import RedisServer, require_redis_py
+from tests.redis_server import RedisServer
 
 from .test_cascade_processes import free_udp_port
 
@@ -171,17 +171,6 @@ class Node:
             return self.proc.communicate(timeout=15)[0]
         except (ValueError, OSError):
             return ""  # read to the end by the test already
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    require_redis_py()
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
