@@ -372,7 +372,7 @@ def test_without_redis_the_holder_fences_itself_and_registers_afresh_when_it_is_
 
 async def test_redis_leases_take_renew_and_release_by_token(redis: RedisServer) -> None:
     from gb28181gw.errors import StoreError
-    from gb28181gw.store.leases import RedisLeases
+    from gb28181gw.store.leases import DEFERRED, RedisLeases
 
     leases = RedisLeases(redis.url)
     await leases.open()
@@ -387,6 +387,26 @@ async def test_redis_leases_take_renew_and_release_by_token(redis: RedisServer) 
         assert await leases.release("upstream:d", "aaaa")
         assert await leases.renew("upstream:d", "aaaa", 5.0) == ""  # gone
         assert await leases.acquire("upstream:d", "n2", "bbbb", 5.0) == (2, "", None)  # a new epoch
+    finally:
+        await leases.close()
+    redis.stop(kill=True)
+    redis.start()  # empty: the value and the epoch counter are gone
+    leases = RedisLeases(redis.url)
+    await leases.open()
+    try:
+        assert await leases.renew("upstream:d", "bbbb", 5.0) == ""  # missing, not another's
+        # a standby that saw epoch 2 defers: the counter is put back, nothing is taken
+        assert await leases.acquire("upstream:d", "n1", "cccc", 5.0, known_epoch=2, defer=True) == (DEFERRED, "", None)
+        assert redis.command(b"GET", b"gbgw:lease:upstream:d:epoch") == b"2"
+        assert redis.command(b"EXISTS", b"gbgw:lease:upstream:d") == b":0"
+        # the holder's re-take (never deferred) counts on from the largest epoch known
+        assert await leases.acquire("upstream:d", "n2", "bbbb", 5.0, known_epoch=2) == (3, "", None)
+        redis.flush()
+        assert await leases.acquire("upstream:d", "n2", "bbbb", 5.0, known_epoch=3, defer=False) == (4, "", None)
+        # the counter ahead of what the caller knows: counted from the counter
+        redis.flush()
+        assert redis.command(b"SET", b"gbgw:lease:upstream:d:epoch", b"10") == b"+OK"
+        assert await leases.acquire("upstream:d", "n1", "dddd", 5.0, known_epoch=4, defer=True) == (11, "", None)
     finally:
         await leases.close()
     redis.stop(kill=True)
