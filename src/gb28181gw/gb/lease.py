@@ -61,9 +61,10 @@ so epochs keep growing across the restart as far as any node remembers.
 whichever of their timers comes first; the holder should win, since the superior already knows
 its registration. A standby's take that finds no value *and* a counter below the epoch it has
 seen (the sign that Redis lost its data, rather than that a holder died and its lease ran out)
-restores the counter but does not take: it waits one renewal interval and the margin
-(:attr:`LeaseSettings.grace`), in which a live holder re-takes; a dead one does not, and the
-next try takes it (the counter no longer looks lost).
+restores the counter but does not take: it waits the lease's time to live
+(:attr:`LeaseSettings.grace`), in which a live holder re-takes or fences itself; a dead one does
+not, and the next try takes it (the counter no longer looks lost), as late as the dead holder's
+lease would have run out anyway.
 - ``RELEASING`` / ``RELEASED``: shutting down: the lease is deleted if it is still ours, so
   that another node takes over at once rather than after the time to live.
 """
@@ -272,9 +273,11 @@ class LeaseSettings:
 
     @property
     def grace(self) -> float:
-        """Seconds a standby leaves a lease that Redis lost to its holder: a live holder renews
-        (finds no value, re-takes) within one renewal interval; the margin covers a slow answer."""
-        return self.renew_every + self.margin
+        """Seconds a standby leaves a lease that Redis lost to its holder: the lease's whole life.
+        The holder's last confirmation came before the loss, so by then a live holder has either
+        re-taken it (at its next renewal, or the retry after a failed one) or fenced itself and
+        stopped sending upward; a dead one is replaced as late as if its lease had run out."""
+        return self.ttl
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from gb28181gw.errors import StoreError, redact_url
@@ -99,11 +100,15 @@ class RedisLeases:
 
     async def open(self) -> None:
         try:
-            # no retry: a take retried after a lost answer is recognised by its token, but a
-            # renewal retried late is worse than one reported failed (the machine retries it)
+            # one retry, at once and only on a broken connection: after Redis restarts, the first
+            # command on the old connection fails at once, and a renewal reported failed for
+            # that costs the holder a retry interval (in which a standby could take a lease that
+            # Redis lost). Not on a timeout: a renewal retried late is worse than one reported
+            # failed (the machine retries it). Every script is safe to run twice (token compare).
             self._redis = Redis.from_url(
-                self.url, socket_connect_timeout=self.timeout, socket_timeout=self.timeout, retry=Retry(NoBackoff(), 0)
-            )
+                self.url, socket_connect_timeout=self.timeout, socket_timeout=self.timeout,
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            )  # fmt: skip
         except ValueError as exc:
             raise StoreError(f"store.url {self.location!r} cannot be used: {exc}") from None
         for source in (_ACQUIRE, _RENEW, _RELEASE):
