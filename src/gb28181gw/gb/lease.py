@@ -28,7 +28,8 @@ an earlier state: ignored). An answer to a request the machine no longer waits f
 What the states mean:
 
 - ``STANDBY``: another node holds it, or Redis could not be asked: we try to take it when its
-  holder's time may run out (at most every ``retry`` seconds). Never taken while Redis is down.
+  holder's time may run out (at most every ``retry`` seconds). Never taken while Redis is down;
+  not taken for a while when Redis lost it (see below: the holder goes first).
 - ``ACQUIRING``: a take is out (``SET`` if absent, with a new epoch from a counter).
 - ``HELD`` / ``RENEWING``: ours; upward requests may go until the fence time.
 - ``RETAKING``: a renewal found *no* value (Redis restarted empty, or the key expired while
@@ -40,6 +41,8 @@ What the states mean:
   token). Confirmed again, or re-taken after a renewal found no value: held again, and the
   superior is registered with afresh (:class:`Gained`); answered "not yours" (it expired,
   another node took it): standby.
+- ``RELEASING`` / ``RELEASED``: shutting down: the lease is deleted if it is still ours, so
+  that another node takes over at once rather than after the time to live.
 
 **A fenced holder never resumes.** Once fenced, the node has stopped its registration (no
 Expires: 0) and the rest of the gateway has let the superior go; when it holds the lease again
@@ -65,8 +68,6 @@ restores the counter but does not take: it waits the lease's time to live
 (:attr:`LeaseSettings.grace`), in which a live holder re-takes or fences itself; a dead one does
 not, and the next try takes it (the counter no longer looks lost), as late as the dead holder's
 lease would have run out anyway.
-- ``RELEASING`` / ``RELEASED``: shutting down: the lease is deleted if it is still ours, so
-  that another node takes over at once rather than after the time to live.
 """
 
 from __future__ import annotations
