@@ -428,6 +428,8 @@ async def test_redis_leases_take_renew_and_release_by_token(redis: RedisServer) 
     await leases.open()
     try:
         assert await leases.renew("upstream:d", "bbbb", 5.0) == ""  # missing, not another's
+        # a node that never saw an epoch has nothing to defer to: it takes at once
+        assert await leases.acquire("upstream:e", "n3", "eeee", 5.0, defer=True) == (1, "", None)
         # a standby that saw epoch 2 defers: the counter is put back, nothing is taken
         assert await leases.acquire("upstream:d", "n1", "cccc", 5.0, known_epoch=2, defer=True) == (DEFERRED, "", None)
         assert redis.command(b"GET", b"gbgw:lease:upstream:d:epoch") == b"2"
