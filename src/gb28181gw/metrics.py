@@ -240,7 +240,7 @@ UPSTREAM_LEASE_HELD = Family(
 UPSTREAM_LEASE_CHANGES = Family(
     "gb28181gw_upstream_lease_changes",
     Kind.COUNTER,
-    "Changes of this node's hold on superiors' leases (gained, fenced, lost, released)",
+    "Changes of this node's hold on superiors' leases (gained, retaken, fenced, lost, released)",
     ("upstream", "change"),
 )
 UPSTREAM_REQUESTS = Family(

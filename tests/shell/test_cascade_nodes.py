@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import subprocess
 import urllib.request
 from collections.abc import AsyncIterator
@@ -309,7 +310,9 @@ async def test_superior_invite_at_a_gets_media_from_b_bye_closes_it_and_b_killed
 # --- the same two nodes in this process: the failure paths --------------------------------------
 
 
-async def inproc_nodes(tmp_path: Path, redis: RedisServer, superior_port: int, **more: str) -> tuple[Gateway, Gateway]:
+async def inproc_nodes(
+    tmp_path: Path, redis: RedisServer, superior_port: int, *, b_upstream: bool = False, **more: str
+) -> tuple[Gateway, Gateway]:
     config = tmp_path / "a-inproc.toml"
     config.write_text(
         f'[[upstream]]\nname = "district"\nid = "{SUPERIOR}"\nhost = "127.0.0.1"\nport = {superior_port}\n'
@@ -326,7 +329,8 @@ async def inproc_nodes(tmp_path: Path, redis: RedisServer, superior_port: int, *
         config, {**common, "node.id": "nA", "media.port_min": "42500", "media.port_max": "42549"}
     )
     b = await start_gateway_from(
-        None, {**common, "node.id": "nB", "media.port_min": "42550", "media.port_max": "42599"}
+        config if b_upstream else None,
+        {**common, "node.id": "nB", "media.port_min": "42550", "media.port_max": "42599"},
     )
     return a, b
 
@@ -421,8 +425,8 @@ async def test_b_stopping_cleanly_is_a_bye_from_a_at_once(
 async def test_redis_restarted_mid_stream_cuts_nothing_and_the_bye_still_closes_at_b(
     tmp_path: Path, superior: Superior
 ) -> None:
-    # persistent: a Redis restarted empty loses the superior's lease too, which ends the
-    # holder's streams of that superior by itself (services/upstreams.py), whoever serves them
+    # persistent: Redis away for a while and back with its data (for one restarted empty, see
+    # the test after this one)
     require_redis_py()
     redis = RedisServer(tmp_path / "redis-aof", persistent=True)
     redis.start()
@@ -460,6 +464,76 @@ async def test_redis_restarted_mid_stream_cuts_nothing_and_the_bye_still_closes_
         await a.stop()
         await b.stop()
         redis.stop()
+        if device is not None and device.returncode is None:
+            device.kill()
+            await device.wait()
+
+
+async def test_redis_restarted_empty_mid_stream_the_holder_keeps_its_lease_registration_and_stream(
+    tmp_path: Path, redis: RedisServer, superior: Superior
+) -> None:
+    # no persistence: the superior's lease and its epoch counter are lost with everything else.
+    # A holds the lease and serves the superior B's device; B has the same [[upstream]] and
+    # could take over. A's next renewal finds no value, takes the lease again at once, and
+    # keeps the registration, the dialog and B's sending (issue 17: no stream cut)
+    ps = gb_ps(FRAMES, GOP)
+    a, b = await inproc_nodes(
+        tmp_path, redis, superior.port, b_upstream=True, **{"media.rtp_timeout": "300", "node.lease_seconds": "3"}
+    )
+    receiver = await UdpConsumer.start()
+    device = None
+    camera: socket.socket | None = None
+    try:
+        a_link, b_link = a.upstreams.links["district"], b.upstreams.links["district"]
+        assert a_link.lease is not None and b_link.lease is not None
+        await wait_for(lambda: a_link.machine.registered and b_link.lease is not None and b_link.lease.holder == "nA")
+        assert superior.registers() == 1
+        await seed_channel(redis)
+        port = free_udp_port()
+        await register_at(b, tmp_path, port)
+        b.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
+        await own(redis, NVR, "nB")
+        device = await play_device(scenario(answer(ssrc=f"{DEVICE_SSRC:010d}")), port, tmp_path, "device")
+        ok = await invite(superior, a.stack.port, "first", receiver.port)
+        assert ok.status == 200, ok
+        superior.send(a.stack.port, "ACK", "first", to_tag=ok.to.tag or "")
+        await wait_for(
+            lambda: [c.paused for st in b.streams.streams.values() for c in st.consumers.values()] == [False]
+        )
+        (stream,) = b.streams.streams.values()
+        packets = packetize(ps, DEVICE_SSRC, mtu=1000)
+        half = len(packets) // 2
+        camera = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # one source: the stream latches onto it
+        await send_udp(packets[:half], stream.port, sock=camera)
+        await wait_for(lambda: len(receiver.got.packets) == half, 10)
+        epoch = a_link.lease.epoch
+        machine = a_link.machine
+
+        redis.stop(kill=True)
+        redis.start()  # empty
+        await wait_for(lambda: a_link.lease is not None and a_link.lease.epoch > epoch, 15)  # re-taken
+        await asyncio.sleep(4.0)  # four of A's renewals (every 1 s) and as many tries of B's pass
+        assert a_link.machine is machine and machine.registered  # the same registration, Call-ID and all
+        assert a_link.lease.held and b_link.lease.holder == "nA" and not b_link.lease.held
+        assert superior.registers() == 1 and superior.byes() == []
+        assert len(a.cascade_media.dialogs) == 1 and len(b.cascade_media.exported) == 1
+        await send_udp(packets[half:], stream.port, sock=camera)  # the media still reaches the superior
+        await wait_for(lambda: len(receiver.got.packets) == len(packets), 10)
+        assert receiver.got.payload() == ps and decode_h264(receiver.got.payload()) == FRAMES
+        exposed = a.metrics.render().decode()
+        assert 'gb28181gw_upstream_lease_changes_total{change="retaken",upstream="district"} 1.0' in exposed
+        assert 'change="lost"' not in exposed and 'change="fenced"' not in exposed
+        assert '{change="gained",upstream="district"} 1.0' in exposed
+        # the superior's BYE still closes the sending on B, through the emptied Redis
+        superior.send(a.stack.port, "BYE", "first", to_tag=ok.to.tag or "")
+        await wait_for(lambda: not b.cascade_media.exported and not b.streams.streams, 15)
+        assert not a.cascade_media.dialogs and not a.cascade_media.remote
+    finally:
+        receiver.close()
+        if camera is not None:
+            camera.close()
+        await a.stop()
+        await b.stop()
         if device is not None and device.returncode is None:
             device.kill()
             await device.wait()

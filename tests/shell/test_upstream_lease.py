@@ -359,9 +359,42 @@ def test_without_redis_the_holder_fences_itself_and_registers_afresh_when_it_is_
     assert "the superior's lease went unconfirmed" in out, out[-3000:]
 
 
+def test_redis_restarted_empty_the_holder_takes_its_lease_again_and_the_superior_sees_nothing(
+    two_nodes: tuple[Node, Node], superior: Superior, redis: RedisServer
+) -> None:
+    # no persistence: the lease and its epoch counter are gone; the holder's next renewal finds
+    # no value, takes it again at once and keeps its registration (issue 17: no stream cut)
+    holder, other = holder_and_other(two_nodes, superior)
+    until(lambda: holder.upstream()["state"] == "registered", 10, "the holder registered")
+    until(lambda: other.upstream()["holder"] == holder.name, 10, "the other node seeing the holder")
+    first = superior.registers()[0]
+    for _ in range(2):  # twice: the second restart finds the epoch counter carried over
+        redis.stop(kill=True)
+        redis.start()
+        until(lambda: redis.command(b"EXISTS", b"gbgw:lease:upstream:district") == b":1", 10, "the lease again")
+        value = redis.command(b"GET", b"gbgw:lease:upstream:district") or b""
+        assert value.startswith(holder.name.encode() + b" "), value
+    restarted = time.time()
+    # several renewals and several tries of the other node's: it never takes over
+    until(lambda: sum(r.method == "MESSAGE" and r.at > restarted for r in superior.received()) >= 4, 20,
+          "the holder's keepalives after the restarts")  # fmt: skip
+    assert superior.registers() == [first]  # no new REGISTER: the same registration, Call-ID and all
+    assert {r.port for r in superior.received()} == {holder.sip}
+    assert holder.upstream()["state"] == "registered" and holder.upstream()["holder"] == holder.name
+    row = other.upstream()
+    assert row["state"] == "standby" and row["holder"] == holder.name
+    # the epoch kept growing across both empty restarts (taken once, then re-taken twice)
+    value = redis.command(b"GET", b"gbgw:lease:upstream:district") or b""
+    assert int(value.split()[1]) == 3, value
+    out = holder.end()
+    assert out.count("taken again, the registration kept") == 2, out[-3000:]
+    assert "stops sending upward" not in out and "held by another node" not in out, out[-3000:]
+    assert "took the superior's lease" not in other.end()
+
+
 async def test_redis_leases_take_renew_and_release_by_token(redis: RedisServer) -> None:
     from gb28181gw.errors import StoreError
-    from gb28181gw.store.leases import RedisLeases
+    from gb28181gw.store.leases import DEFERRED, RedisLeases
 
     leases = RedisLeases(redis.url)
     await leases.open()
@@ -376,6 +409,28 @@ async def test_redis_leases_take_renew_and_release_by_token(redis: RedisServer) 
         assert await leases.release("upstream:d", "aaaa")
         assert await leases.renew("upstream:d", "aaaa", 5.0) == ""  # gone
         assert await leases.acquire("upstream:d", "n2", "bbbb", 5.0) == (2, "", None)  # a new epoch
+    finally:
+        await leases.close()
+    redis.stop(kill=True)
+    redis.start()  # empty: the value and the epoch counter are gone
+    leases = RedisLeases(redis.url)
+    await leases.open()
+    try:
+        assert await leases.renew("upstream:d", "bbbb", 5.0) == ""  # missing, not another's
+        # a node that never saw an epoch has nothing to defer to: it takes at once
+        assert await leases.acquire("upstream:e", "n3", "eeee", 5.0, defer=True) == (1, "", None)
+        # a standby that saw epoch 2 defers: the counter is put back, nothing is taken
+        assert await leases.acquire("upstream:d", "n1", "cccc", 5.0, known_epoch=2, defer=True) == (DEFERRED, "", None)
+        assert redis.command(b"GET", b"gbgw:lease:upstream:d:epoch") == b"2"
+        assert redis.command(b"EXISTS", b"gbgw:lease:upstream:d") == b":0"
+        # the holder's re-take (never deferred) counts on from the largest epoch known
+        assert await leases.acquire("upstream:d", "n2", "bbbb", 5.0, known_epoch=2) == (3, "", None)
+        redis.flush()
+        assert await leases.acquire("upstream:d", "n2", "bbbb", 5.0, known_epoch=3, defer=False) == (4, "", None)
+        # the counter ahead of what the caller knows: counted from the counter
+        redis.flush()
+        assert redis.command(b"SET", b"gbgw:lease:upstream:d:epoch", b"10") == b"+OK"
+        assert await leases.acquire("upstream:d", "n1", "dddd", 5.0, known_epoch=4, defer=True) == (11, "", None)
     finally:
         await leases.close()
     redis.stop(kill=True)

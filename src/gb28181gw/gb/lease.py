@@ -18,7 +18,8 @@ first. The margin covers the time from that check to the datagram leaving.
 Like the other machines of the core this one is sans-I/O: the shell sends what
 :meth:`Lease.requests_to_send` returns (take, renew, release: Redis scripts comparing on our
 take's token), reports each answer with the time (:meth:`Lease.taken`, :meth:`Lease.busy`,
-:meth:`Lease.renewed`, :meth:`Lease.gone`, :meth:`Lease.failed`, :meth:`Lease.released`), runs
+:meth:`Lease.vacant`, :meth:`Lease.renewed`, :meth:`Lease.gone`, :meth:`Lease.missing`,
+:meth:`Lease.failed`, :meth:`Lease.released`), runs
 :meth:`Lease.handle_timer` at :meth:`Lease.get_timer`, and drains :meth:`Lease.next_event`.
 States and inputs meet in one table, :data:`TRANSITIONS`; a pair it does not list raises
 :class:`~gb28181gw.errors.LocalProtocolError` naming the state, except a timer input (armed in
@@ -27,14 +28,46 @@ an earlier state: ignored). An answer to a request the machine no longer waits f
 What the states mean:
 
 - ``STANDBY``: another node holds it, or Redis could not be asked: we try to take it when its
-  holder's time may run out (at most every ``retry`` seconds). Never taken while Redis is down.
+  holder's time may run out (at most every ``retry`` seconds). Never taken while Redis is down;
+  not taken for a while when Redis lost it (see below: the holder goes first).
 - ``ACQUIRING``: a take is out (``SET`` if absent, with a new epoch from a counter).
 - ``HELD`` / ``RENEWING``: ours; upward requests may go until the fence time.
+- ``RETAKING``: a renewal found *no* value (Redis restarted empty, or the key expired while
+  Redis could not be reached): a take is out at once. Still ours until the fence time, like
+  ``RENEWING``. Taken: held again, :class:`Retaken`, *not* :class:`Gained` (the superior saw
+  nothing change, so the registration, its dialogs and streams carry on); found another
+  node's value (it won the take in the window): lost.
 - ``FENCED``: no confirmation in time: nothing goes upward; renewals go on (compare on our
-  token). Confirmed again: held again (the superior is registered with afresh); answered "not
-  yours" (it expired, another node took it): standby.
+  token). Confirmed again, or re-taken after a renewal found no value: held again, and the
+  superior is registered with afresh (:class:`Gained`); answered "not yours" (it expired,
+  another node took it): standby.
 - ``RELEASING`` / ``RELEASED``: shutting down: the lease is deleted if it is still ours, so
   that another node takes over at once rather than after the time to live.
+
+**A fenced holder never resumes.** Once fenced, the node has stopped its registration (no
+Expires: 0) and the rest of the gateway has let the superior go; when it holds the lease again
+it registers afresh with a new Call-ID. It cannot tell reliably whether another node held the
+lease and registered upward in between: the epoch would say so (a take in between makes ours
+larger by more than one), but an empty Redis loses the counter along with the value, and only
+the epochs the nodes remember carry it over. Resuming a registration the superior may have
+replaced with another node's would make it flap between two Call-IDs, so the one safe rule is
+a fresh registration. A renewal that finds no value *before* the fence is a different case: the
+lease was ours, unbroken, until that instant, nobody can have registered upward meanwhile
+(they would need the lease, and the re-take finds it if they took it), so we keep everything.
+
+**Epochs across an empty Redis.** ``lease:<name>:epoch`` starts again from nothing when Redis
+loses its data. Every take carries the largest epoch this node has seen (its own takes, the
+values other holders showed it), and the take script counts from ``max(stored, known) + 1``,
+so epochs keep growing across the restart as far as any node remembers.
+
+**Who re-takes after an empty Redis.** The holder and the standbys all find the key missing, at
+whichever of their timers comes first; the holder should win, since the superior already knows
+its registration. A standby's take that finds no value *and* a counter below the epoch it has
+seen (the sign that Redis lost its data, rather than that a holder died and its lease ran out)
+restores the counter but does not take: it waits the lease's time to live
+(:attr:`LeaseSettings.grace`), in which a live holder re-takes or fences itself; a dead one does
+not, and the next try takes it (the counter no longer looks lost), as late as the dead holder's
+lease would have run out anyway.
 """
 
 from __future__ import annotations
@@ -61,6 +94,8 @@ __all__ = [
     "LeaseSettings",
     "LeaseState",
     "Released",
+    "Retaken",
+    "epoch_of",
     "holder_of",
     "render_table",
     "transition",
@@ -80,6 +115,7 @@ class LeaseState(IntEnum):
     ACQUIRING = auto()  # a take is out
     HELD = auto()  # ours, confirmed in time
     RENEWING = auto()  # ours, a renewal is out
+    RETAKING = auto()  # ours until the fence; a renewal found no value, a take is out
     FENCED = auto()  # perhaps no longer ours: nothing goes upward
     RELEASING = auto()  # shutting down: a release is out
     RELEASED = auto()  # done
@@ -92,10 +128,12 @@ class LeaseInput(IntEnum):
     ACQUIRE_DUE = auto()  # timer: try to take it
     TAKEN = auto()  # the take succeeded: ours, with a new epoch
     BUSY = auto()  # the take found another holder
+    VACANT = auto()  # the take found no holder, but Redis lost its data: the holder may re-take
     FAILED = auto()  # Redis did not answer (or refused the command)
     RENEW_DUE = auto()  # timer: renew
     RENEWED = auto()  # the renewal found our value and extended it
-    GONE = auto()  # the renewal found another value, or none: not ours any more
+    GONE = auto()  # the renewal found another node's value: not ours any more
+    RENEW_FOUND_NONE = auto()  # the renewal found no value at all: Redis lost it, take it again
     FENCE_DUE = auto()  # timer: the lease may expire within the margin, unconfirmed
     STOP = auto()  # the shell shuts down
     RELEASE_DONE = auto()  # the release was answered (or failed: the lease then expires by itself)
@@ -106,13 +144,16 @@ class Action(IntEnum):
 
     SEND_ACQUIRE = auto()
     SEND_RENEW = auto()
+    SEND_RETAKE = auto()
     SEND_RELEASE = auto()
     ARM_ACQUIRE = auto()  # next take when the holder's time may be out, at most ``retry`` away
+    ARM_GRACE = auto()  # next take after ``grace``: a live holder re-takes first
     ARM_RENEW = auto()  # next renewal at RENEW_FRACTION of the time to live after the confirmed one
     ARM_RETRY = auto()  # a renewal failed: try again after ``retry``
     CONFIRM = auto()  # valid_from = when the confirmed request was sent; fence time follows
     DISARM = auto()  # forget every timer
     ANNOUNCE_GAINED = auto()
+    ANNOUNCE_RETAKEN = auto()
     ANNOUNCE_FENCED = auto()
     ANNOUNCE_LOST = auto()
     ANNOUNCE_RELEASED = auto()
@@ -122,6 +163,7 @@ class LeaseOp(StrEnum):
     """A request to the lease's keeper (Redis)."""
 
     ACQUIRE = "acquire"  # take it if nobody holds it: its value becomes ``<node> <epoch> <token>``
+    RETAKE = "retake"  # the holder's take after its renewal found no value (never deferred)
     RENEW = "renew"  # extend it if its value still ends in our token
     RELEASE = "release"  # delete it if its value still ends in our token
 
@@ -134,6 +176,7 @@ Table = dict[tuple[LeaseState, LeaseInput], tuple[LeaseState, tuple[Action, ...]
 
 _GAIN = (S.HELD, (A.CONFIRM, A.ARM_RENEW, A.ANNOUNCE_GAINED))
 _KEEP = (S.HELD, (A.CONFIRM, A.ARM_RENEW))
+_RETAKEN = (S.HELD, (A.CONFIRM, A.ARM_RENEW, A.ANNOUNCE_RETAKEN))
 _LOSE = (S.STANDBY, (A.DISARM, A.ANNOUNCE_LOST, A.ARM_ACQUIRE))
 _RELEASE = (S.RELEASING, (A.DISARM, A.SEND_RELEASE))
 
@@ -144,6 +187,7 @@ TRANSITIONS: Table = {
     (S.STANDBY, I.STOP): (S.RELEASED, (A.DISARM, A.ANNOUNCE_RELEASED)),
     (S.ACQUIRING, I.TAKEN): _GAIN,
     (S.ACQUIRING, I.BUSY): (S.STANDBY, (A.ARM_ACQUIRE,)),
+    (S.ACQUIRING, I.VACANT): (S.STANDBY, (A.ARM_GRACE,)),
     # Redis away: no new lease is taken while it is (issue 17)
     (S.ACQUIRING, I.FAILED): (S.STANDBY, (A.ARM_ACQUIRE,)),
     # the take may still land: a release comparing on its value undoes it if it did
@@ -154,13 +198,24 @@ TRANSITIONS: Table = {
     (S.RENEWING, I.RENEWED): _KEEP,
     (S.RENEWING, I.FAILED): (S.HELD, (A.ARM_RETRY,)),
     (S.RENEWING, I.GONE): _LOSE,
+    # Redis lost the value (restarted empty): ours until now, take it again at once
+    (S.RENEWING, I.RENEW_FOUND_NONE): (S.RETAKING, (A.SEND_RETAKE,)),
     (S.RENEWING, I.FENCE_DUE): (S.FENCED, (A.ANNOUNCE_FENCED,)),  # the renewal stays out
     (S.RENEWING, I.STOP): _RELEASE,
+    (S.RETAKING, I.TAKEN): _RETAKEN,  # the superior saw nothing change: everything carries on
+    (S.RETAKING, I.BUSY): _LOSE,  # another node won the take in the window
+    (S.RETAKING, I.FAILED): (S.HELD, (A.ARM_RETRY,)),  # the renewal that follows finds out
+    (S.RETAKING, I.FENCE_DUE): (S.FENCED, (A.ANNOUNCE_FENCED,)),  # the take stays out
+    (S.RETAKING, I.STOP): _RELEASE,
     (S.FENCED, I.RENEW_DUE): (S.FENCED, (A.SEND_RENEW,)),
     # still ours at Redis: nobody else can have registered; register afresh
     (S.FENCED, I.RENEWED): _GAIN,
     (S.FENCED, I.FAILED): (S.FENCED, (A.ARM_RETRY,)),
     (S.FENCED, I.GONE): _LOSE,
+    # a fenced holder never resumes (module docstring): taken again, it registers afresh
+    (S.FENCED, I.RENEW_FOUND_NONE): (S.FENCED, (A.SEND_RETAKE,)),
+    (S.FENCED, I.TAKEN): _GAIN,
+    (S.FENCED, I.BUSY): _LOSE,
     (S.FENCED, I.STOP): _RELEASE,
     (S.RELEASING, I.RELEASE_DONE): (S.RELEASED, (A.ANNOUNCE_RELEASED,)),
     (S.RELEASING, I.STOP): (S.RELEASING, ()),
@@ -168,6 +223,8 @@ TRANSITIONS: Table = {
 }
 
 _TIMER_INPUTS = frozenset({I.ACQUIRE_DUE, I.RENEW_DUE, I.FENCE_DUE})
+#: States in which requests may go out in the lease's name (until the fence time).
+_HOLDING = frozenset({S.HELD, S.RENEWING, S.RETAKING})
 
 
 def transition(state: LeaseState, inp: LeaseInput) -> tuple[LeaseState, tuple[Action, ...]]:
@@ -215,6 +272,14 @@ class LeaseSettings:
     def retry_every(self) -> float:
         return self.retry if self.retry is not None else self.renew_every
 
+    @property
+    def grace(self) -> float:
+        """Seconds a standby leaves a lease that Redis lost to its holder: the lease's whole life.
+        The holder's last confirmation came before the loss, so by then a live holder has either
+        re-taken it (at its next renewal, or the retry after a failed one) or fenced itself and
+        stopped sending upward; a dead one is replaced as late as if its lease had run out."""
+        return self.ttl
+
 
 @dataclass(frozen=True, slots=True)
 class LeaseRequest:
@@ -228,6 +293,10 @@ class LeaseRequest:
         token: the random token of our take: written by ACQUIRE, compared on by RENEW and RELEASE
             (a take whose answer was lost can still be released).
         ttl: the time to live to set (s).
+        known_epoch: the largest epoch this node has seen (ACQUIRE, RETAKE): a take counts from
+            ``max(stored, known_epoch) + 1``, so epochs grow across an empty Redis.
+        defer: (ACQUIRE) found no value and a counter below ``known_epoch`` (Redis lost its
+            data): restore the counter but do not take; the holder may still be alive.
     """
 
     ref: int
@@ -236,6 +305,8 @@ class LeaseRequest:
     node: str
     token: str
     ttl: float
+    known_epoch: int = 0
+    defer: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +316,20 @@ class Gained:
     Attributes:
         name: the lease.
         epoch: how many times it has been taken, by any node (a larger one is newer).
+    """
+
+    name: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Retaken:
+    """A renewal found no value (Redis lost it) and our take at once made it ours again: carry
+    on as holder, the superior's registration, dialogs and streams untouched.
+
+    Attributes:
+        name: the lease.
+        epoch: the epoch of the new take.
     """
 
     name: str
@@ -288,12 +373,18 @@ class Released:
     name: str
 
 
-LeaseEvent = Gained | Fenced | LeaseLost | Released
+LeaseEvent = Gained | Retaken | Fenced | LeaseLost | Released
 
 
 def holder_of(value: str) -> str:
     """The node named in a lease's value (``<node> <epoch> <token>``)."""
     return value.split(" ", 1)[0]
+
+
+def epoch_of(value: str) -> int:
+    """The epoch in a lease's value (``<node> <epoch> <token>``); 0 when it names none."""
+    parts = value.split(" ")
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else 0
 
 
 class Lease:
@@ -307,6 +398,7 @@ class Lease:
         state: where it stands.
         token: the token of our take while it may be ours (``""`` otherwise).
         epoch: the epoch of our last take (0: never).
+        seen_epoch: the largest epoch seen, ours or another holder's (passed to every take).
         holder: the node holding it as last seen (ours while held; ``""``: unknown or nobody).
         valid_from: when the last confirmed take or renewal was sent (monotonic s), or ``None``.
     """
@@ -317,6 +409,7 @@ class Lease:
         self.state = LeaseState.STANDBY
         self.token = ""
         self.epoch = 0
+        self.seen_epoch = 0
         self.holder = ""
         self.valid_from: float | None = None
         self._ref = 0
@@ -342,7 +435,7 @@ class Lease:
     @property
     def held(self) -> bool:
         """Whether requests may go out in the lease's name (as of the last :meth:`handle_timer`)."""
-        return self.state in (S.HELD, S.RENEWING)
+        return self.state in _HOLDING
 
     def may_send(self, now: float) -> bool:
         """Whether a request may go out in the lease's name at ``now``: the check before each send.
@@ -369,7 +462,7 @@ class Lease:
 
     def handle_timer(self, now: float) -> None:
         """Run every timer due at ``now``; the fence first (after a pause all may be due at once)."""
-        if self._fence_at is not None and self._fence_at <= now and self.state in (S.HELD, S.RENEWING):
+        if self._fence_at is not None and self._fence_at <= now and self.state in _HOLDING:
             self._apply(I.FENCE_DUE, now)
         if self._acquire_at is not None and self._acquire_at <= now:
             self._acquire_at = None
@@ -384,15 +477,25 @@ class Lease:
         if (sent := self._answer(ref)) is None:
             return
         self.epoch, self.holder = epoch, self.settings.node
+        self.seen_epoch = max(self.seen_epoch, epoch)
         self._confirm(I.TAKEN, sent, now)
 
-    def busy(self, ref: int, holder: str, remaining: float | None, now: float) -> None:
-        """The take ``ref`` found ``holder`` (a node ID) holding it, for ``remaining`` more seconds if known."""
+    def busy(self, ref: int, holder: str, remaining: float | None, now: float, *, epoch: int = 0) -> None:
+        """The take ``ref`` found ``holder`` (a node ID) holding it, as its ``epoch``-th holder
+        (0: not known), for ``remaining`` more seconds if known."""
         if self._answer(ref) is None:
             return
         self.holder = holder
+        self.seen_epoch = max(self.seen_epoch, epoch)
         self._retry_wait = remaining
         self._apply(I.BUSY, now)
+
+    def vacant(self, ref: int, now: float) -> None:
+        """The take ``ref`` found no holder, but a counter showing Redis lost its data: not taken."""
+        if self._answer(ref) is None:
+            return
+        self.holder = ""
+        self._apply(I.VACANT, now)
 
     def renewed(self, ref: int, now: float) -> None:
         """The renewal ``ref`` found our value and extended the lease."""
@@ -401,11 +504,21 @@ class Lease:
         self._confirm(I.RENEWED, sent, now)
 
     def gone(self, ref: int, holder: str, now: float) -> None:
-        """The renewal ``ref`` found the lease not ours: ``holder`` holds it (``""``: nobody)."""
+        """The renewal ``ref`` found the lease not ours: ``holder`` holds it (``""``: nobody,
+        the same as :meth:`missing`)."""
+        if not holder:
+            self.missing(ref, now)
+            return
         if self._answer(ref) is None:
             return
         self.token, self.holder = "", holder
         self._apply(I.GONE, now)
+
+    def missing(self, ref: int, now: float) -> None:
+        """The renewal ``ref`` found no value at all (Redis lost it): a take goes out at once."""
+        if self._answer(ref) is None:
+            return
+        self._apply(I.RENEW_FOUND_NONE, now)
 
     def failed(self, ref: int, now: float) -> None:
         """The request ``ref`` got no answer (or an error) from Redis."""
@@ -447,8 +560,14 @@ class Lease:
         s = self.settings
         if op is LeaseOp.ACQUIRE:
             self.token = self._token(8)
+        # a re-take keeps our token: if its answer is lost, the renewal that follows finds it ours
         self._out = (self._ref, now)
-        self._requests.append(LeaseRequest(self._ref, op, s.name, s.node, self.token, s.ttl))
+        self._requests.append(
+            LeaseRequest(
+                self._ref, op, s.name, s.node, self.token, s.ttl,
+                known_epoch=self.seen_epoch, defer=op is LeaseOp.ACQUIRE,
+            )
+        )  # fmt: skip
 
     def _apply(self, inp: LeaseInput, now: float) -> None:
         if inp in _TIMER_INPUTS and (self.state, inp) not in TRANSITIONS:
@@ -460,6 +579,8 @@ class Lease:
                 self._send(LeaseOp.ACQUIRE, now)
             elif action is A.SEND_RENEW:
                 self._send(LeaseOp.RENEW, now)
+            elif action is A.SEND_RETAKE:
+                self._send(LeaseOp.RETAKE, now)
             elif action is A.SEND_RELEASE:
                 if self.token:
                     self._send(LeaseOp.RELEASE, now)
@@ -480,10 +601,14 @@ class Lease:
                     wait = min(wait, max(self._retry_wait, 0.0))
                     self._retry_wait = None
                 self._acquire_at = now + wait
+            elif action is A.ARM_GRACE:
+                self._acquire_at = now + s.grace
             elif action is A.DISARM:
                 self._acquire_at = self._renew_at = self._fence_at = None
             elif action is A.ANNOUNCE_GAINED:
                 self._events.append(Gained(s.name, self.epoch))
+            elif action is A.ANNOUNCE_RETAKEN:
+                self._events.append(Retaken(s.name, self.epoch))
             elif action is A.ANNOUNCE_FENCED:
                 self._fence_at = None
                 since = now - self.valid_from if self.valid_from is not None else 0.0

@@ -21,7 +21,9 @@ registration, so each link runs only while this node holds ``lease:upstream:<nam
 (:mod:`gb28181gw.gb.lease`; Redis side :mod:`gb28181gw.store.leases`). Gaining it starts a
 fresh registration (a new machine: new Call-ID, tag and CSeq); losing it, or fencing itself
 because renewals went unconfirmed, stops the link without an Expires: 0 (which would take the
-new holder's registration away). Every request upward first asks the lease
+new holder's registration away). A renewal that finds the lease missing (Redis restarted
+empty) is not a loss: the lease machine takes it again at once and, if nobody else did first,
+reports :class:`~gb28181gw.gb.lease.Retaken`: the link, its dialogs and streams carry on. Every request upward first asks the lease
 (:meth:`~gb28181gw.gb.lease.Lease.may_send` with the loop's time), so that a process resumed
 after a pause sends nothing on a lease that may have expired meanwhile. On a clean stop the
 holder unregisters, then releases the lease: another node takes over at its next try (a third
@@ -54,6 +56,8 @@ from gb28181gw.gb.lease import (
     LeaseRequest,
     LeaseSettings,
     Released,
+    Retaken,
+    epoch_of,
     holder_of,
 )
 from gb28181gw.gb.model import Override, ShareEntry
@@ -86,6 +90,7 @@ from gb28181gw.net.stack import SipStack
 from gb28181gw.net.tasks import TaskSet
 from gb28181gw.sip.peer import Peer
 from gb28181gw.store.base import Store
+from gb28181gw.store.leases import DEFERRED
 
 from .audit import AuditService, audited
 
@@ -106,7 +111,9 @@ ViewListener = Callable[[str], None]
 class LeaseKeeper(Protocol):
     """Where leases are kept (:class:`gb28181gw.store.leases.RedisLeases`); each call raises StoreError when it cannot."""
 
-    async def acquire(self, name: str, node: str, token: str, ttl: float) -> tuple[int, str, float | None]: ...
+    async def acquire(
+        self, name: str, node: str, token: str, ttl: float, *, known_epoch: int = 0, defer: bool = False
+    ) -> tuple[int, str, float | None]: ...
 
     async def renew(self, name: str, token: str, ttl: float) -> str | None: ...
 
@@ -572,19 +579,26 @@ class UpstreamService:
         # an answer later than this is no use: the machine has asked again or fenced itself meanwhile
         timeout = request.ttl * RENEW_FRACTION
         try:
-            if request.op is LeaseOp.ACQUIRE:
-                taken = keeper.acquire(request.name, request.node, request.token, request.ttl)
+            if request.op in (LeaseOp.ACQUIRE, LeaseOp.RETAKE):
+                taken = keeper.acquire(
+                    request.name, request.node, request.token, request.ttl,
+                    known_epoch=request.known_epoch, defer=request.defer,
+                )  # fmt: skip
                 epoch, value, left = await asyncio.wait_for(taken, timeout)
-                if epoch:
+                if epoch == DEFERRED:
+                    lease.vacant(request.ref, loop.time())
+                elif epoch:
                     lease.taken(request.ref, epoch, loop.time())
                 else:
-                    lease.busy(request.ref, holder_of(value), left, loop.time())
+                    lease.busy(request.ref, holder_of(value), left, loop.time(), epoch=epoch_of(value))
             elif request.op is LeaseOp.RENEW:
                 found = await asyncio.wait_for(keeper.renew(request.name, request.token, request.ttl), timeout)
                 if found is None:
                     lease.renewed(request.ref, loop.time())
+                elif not found:
+                    lease.missing(request.ref, loop.time())  # Redis lost it: taken again at once
                 else:
-                    lease.gone(request.ref, holder_of(found) if found else "", loop.time())
+                    lease.gone(request.ref, holder_of(found), loop.time())
             else:
                 await asyncio.wait_for(keeper.release(request.name, request.token), timeout)
                 lease.released(request.ref, loop.time())
@@ -609,6 +623,15 @@ class UpstreamService:
             link.machine = self._machine(link.section)  # a fresh registration: a new Call-ID
             link.stopped = asyncio.Event()
             self._begin(link)
+        elif isinstance(event, Retaken):
+            # Redis lost the lease (restarted empty) while it was ours, unbroken, and we took it
+            # again before anyone else: the superior saw nothing change, so the registration,
+            # its dialogs and the streams served to it all carry on
+            self._lease_changes[(name, "retaken")] += 1
+            log.warning(
+                "the superior's lease was missing from Redis: taken again, the registration kept",
+                extra={"upstream": name, "node": self.node, "epoch": event.epoch},
+            )
         elif isinstance(event, Fenced):
             self._lease_changes[(name, "fenced")] += 1
             log.warning(

@@ -7,7 +7,8 @@ for each superior it registers with. Keys (after the store's prefix, ``gbgw:``):
     lease:<name>:epoch      string  how many times it has been taken (by any node)
 
 Every operation is one Lua script, so that checking and changing are one step: a take sets the
-value only if there is none (and counts a new epoch), a renewal extends it and a release deletes
+value only if there is none (and counts a new epoch, from at least the largest the caller has
+seen: the counter is lost with the rest when Redis restarts empty), a renewal extends it and a release deletes
 it only if its value still ends in the caller's token. A node whose lease expired cannot renew
 it after another node took it, nor delete the other's.
 
@@ -22,19 +23,28 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from gb28181gw.errors import StoreError, redact_url
 from gb28181gw.store.redis import PREFIX
 
 _ACQUIRE = """
--- KEYS: lease, its epoch counter; ARGV: node, token, ttl ms.
--- {1, epoch} taken (or already ours: a retried take); {0, value, ms left} held by another
+-- KEYS: lease, its epoch counter; ARGV: node, token, ttl ms, known epoch, defer (1/0).
+-- {1, epoch} taken (or already ours: a retried take); {0, value, ms left} held by another;
+-- {2} none held, but the counter is below the known epoch (Redis lost its data) and defer is
+-- set: the counter is restored, nothing taken (the holder may be alive and re-take it)
 local v = redis.call('GET', KEYS[1])
 if v then
   local tail = ' ' .. ARGV[2]
   if string.sub(v, -#tail) == tail then return {1, tonumber(string.match(v, ' (%d+) '))} end
   return {0, v, redis.call('PTTL', KEYS[1])}
+end
+local stored = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+local known = tonumber(ARGV[4]) or 0
+if stored < known then
+  redis.call('SET', KEYS[2], known)
+  if ARGV[5] == '1' then return {2} end
 end
 local epoch = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. epoch .. ' ' .. ARGV[2], 'PX', ARGV[3])
@@ -59,6 +69,10 @@ local tail = ' ' .. ARGV[1]
 if v and string.sub(v, -#tail) == tail then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+#: What :meth:`RedisLeases.acquire` returns as the epoch of a take it deferred.
+DEFERRED = -1
 
 
 def _text(raw: Any) -> str:
@@ -86,11 +100,15 @@ class RedisLeases:
 
     async def open(self) -> None:
         try:
-            # no retry: a take retried after a lost answer is recognised by its token, but a
-            # renewal retried late is worse than one reported failed (the machine retries it)
+            # one retry, at once and only on a broken connection: after Redis restarts, the first
+            # command on the old connection fails at once, and a renewal reported failed for
+            # that costs the holder a retry interval (in which a standby could take a lease that
+            # Redis lost). Not on a timeout: a renewal retried late is worse than one reported
+            # failed (the machine retries it). Every script is safe to run twice (token compare).
             self._redis = Redis.from_url(
-                self.url, socket_connect_timeout=self.timeout, socket_timeout=self.timeout, retry=Retry(NoBackoff(), 0)
-            )
+                self.url, socket_connect_timeout=self.timeout, socket_timeout=self.timeout,
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            )  # fmt: skip
         except ValueError as exc:
             raise StoreError(f"store.url {self.location!r} cannot be used: {exc}") from None
         for source in (_ACQUIRE, _RENEW, _RELEASE):
@@ -112,14 +130,23 @@ class RedisLeases:
     def _key(self, name: str) -> str:
         return f"{self.prefix}lease:{name}"
 
-    async def acquire(self, name: str, node: str, token: str, ttl: float) -> tuple[int, str, float | None]:
-        """Take lease ``name`` for ``node`` if nobody holds it.
+    async def acquire(
+        self, name: str, node: str, token: str, ttl: float, *, known_epoch: int = 0, defer: bool = False
+    ) -> tuple[int, str, float | None]:
+        """Take lease ``name`` for ``node`` if nobody holds it, with an epoch above ``known_epoch``.
+
+        With ``defer``, a lease nobody holds whose epoch counter is below ``known_epoch`` (Redis
+        lost its data) is not taken: the counter is put back to ``known_epoch``.
 
         Returns:
-            ``(epoch, "", None)`` when taken; ``(0, holder's value, seconds it has left)`` when held by another.
+            ``(epoch, "", None)`` when taken; ``(0, holder's value, seconds it has left)`` when
+            held by another; ``(DEFERRED, "", None)`` when deferred.
         """
         key = self._key(name)
-        answer = await self._run(_ACQUIRE, [key, key + ":epoch"], [node, token, int(ttl * 1000)])
+        args: list[object] = [node, token, int(ttl * 1000), int(known_epoch), 1 if defer else 0]
+        answer = await self._run(_ACQUIRE, [key, key + ":epoch"], args)
+        if int(answer[0]) == 2:
+            return DEFERRED, "", None
         if int(answer[0]) == 1:
             return int(answer[1]), "", None
         left = int(answer[2])

@@ -18,6 +18,8 @@ from gb28181gw.gb.lease import (
     LeaseSettings,
     LeaseState,
     Released,
+    Retaken,
+    epoch_of,
     holder_of,
     render_table,
     transition,
@@ -157,6 +159,133 @@ class TestRenew:
         assert lease.state is LeaseState.STANDBY and not lease.may_send(clock.now) and lease.token == ""
         run_until(lease, clock, lease.get_timer() or 0.0)
         assert one(lease).op is LeaseOp.ACQUIRE
+
+
+class TestRedisLostTheLease:
+    """A renewal that finds no value (Redis restarted empty) is not a renewal that finds another's."""
+
+    def test_missing_key_is_taken_again_and_everything_carries_on(self) -> None:
+        lease, clock = make()
+        take = held(lease, clock)
+        run_until(lease, clock, clock.now + TTL / 3)
+        renew = one(lease)
+        clock.advance(0.01)
+        lease.missing(renew.ref, clock.now)
+        retake = one(lease)  # at once, not at the next renewal
+        assert retake.op is LeaseOp.RETAKE and retake.token == take.token and not retake.defer
+        assert retake.known_epoch == 7  # the counter restarts from nothing with an empty Redis
+        assert lease.state is LeaseState.RETAKING and lease.may_send(clock.now)  # still ours
+        clock.advance(0.01)
+        lease.taken(retake.ref, 8, clock.now)
+        # not Gained: the shell keeps the registration, its dialogs and streams
+        assert events(lease) == [Retaken("upstream:district", 8)]
+        assert lease.state is LeaseState.HELD and lease.may_send(clock.now) and lease.epoch == 8
+        assert lease.valid_from == clock.now - 0.01  # counted from the re-take's send
+        run_until(lease, clock, clock.now + TTL / 3)
+        assert one(lease).op is LeaseOp.RENEW
+
+    def test_missing_key_but_another_node_took_it_first_is_lost(self) -> None:
+        lease, clock = make()
+        held(lease, clock)
+        run_until(lease, clock, clock.now + TTL / 3)
+        lease.missing(one(lease).ref, clock.now)
+        lease.busy(one(lease).ref, "n2", TTL, clock.now, epoch=8)
+        assert events(lease) == [LeaseLost("upstream:district", "n2")]
+        assert lease.state is LeaseState.STANDBY and not lease.may_send(clock.now) and lease.token == ""
+        assert lease.seen_epoch == 8
+
+    def test_gone_with_no_holder_means_missing(self) -> None:
+        lease, clock = make()
+        held(lease, clock)
+        run_until(lease, clock, clock.now + TTL / 3)
+        lease.gone(one(lease).ref, "", clock.now)
+        assert one(lease).op is LeaseOp.RETAKE and events(lease) == []
+
+    def test_a_retake_unanswered_is_found_out_by_the_next_renewal(self) -> None:
+        lease, clock = make()
+        take = held(lease, clock)
+        run_until(lease, clock, clock.now + TTL / 3)
+        lease.missing(one(lease).ref, clock.now)
+        lease.failed(one(lease).ref, clock.now)  # Redis away again
+        assert lease.state is LeaseState.HELD and lease.may_send(clock.now)
+        run_until(lease, clock, lease.get_timer() or 0.0)
+        renew = one(lease)
+        assert renew.op is LeaseOp.RENEW and renew.token == take.token  # a take that landed is ours
+        lease.renewed(renew.ref, clock.now)
+        assert events(lease) == []
+
+    def test_a_retake_that_outlives_the_fence_registers_afresh(self) -> None:
+        lease, clock = make()
+        held(lease, clock)
+        start = clock.now
+        run_until(lease, clock, start + TTL / 3)
+        lease.missing(one(lease).ref, clock.now)
+        retake = one(lease)
+        run_until(lease, clock, start + TTL)  # its answer is slow: the fence runs
+        assert [type(e) for e in events(lease)] == [Fenced]
+        assert not lease.may_send(clock.now)
+        lease.taken(retake.ref, 8, clock.now)
+        assert events(lease) == [Gained("upstream:district", 8)]
+
+    def test_fenced_and_another_node_held_it_in_between_registers_afresh(self) -> None:
+        # Redis unreachable from us: we fence; n2 takes it (epoch 8) and registers upward; then
+        # Redis restarts empty and our renewal finds nothing: we win the take, but must not
+        # resume our old registration (the superior now knows n2's): Gained, never Retaken
+        lease, clock = make()
+        held(lease, clock)
+        run_until(lease, clock, clock.now + TTL / 3)
+        while lease.state is not LeaseState.FENCED:
+            for r in lease.requests_to_send():
+                lease.failed(r.ref, clock.now)
+            run_until(lease, clock, lease.get_timer() or 0.0)
+        assert [type(e) for e in events(lease)] == [Fenced]
+        renew = one(lease)
+        lease.missing(renew.ref, clock.now)
+        retake = one(lease)
+        assert retake.op is LeaseOp.RETAKE and not lease.may_send(clock.now)
+        lease.taken(retake.ref, 9, clock.now)
+        assert events(lease) == [Gained("upstream:district", 9)]
+        assert lease.may_send(clock.now)
+
+    def test_fenced_and_found_held_by_another_is_lost(self) -> None:
+        lease, clock = make()
+        held(lease, clock)
+        run_until(lease, clock, clock.now + TTL * 0.8)
+        assert [type(e) for e in events(lease)] == [Fenced]
+        lease.missing(one(lease).ref, clock.now)
+        lease.busy(one(lease).ref, "n2", TTL, clock.now, epoch=8)
+        assert events(lease) == [LeaseLost("upstream:district", "n2")]
+
+
+class TestEpochAcrossAnEmptyRedis:
+    def test_every_take_carries_the_largest_epoch_seen(self) -> None:
+        lease, clock = make()
+        lease.start(clock.now)
+        first = one(lease)
+        assert first.known_epoch == 0 and first.defer
+        lease.busy(first.ref, "n2", 1.0, clock.now, epoch=41)
+        run_until(lease, clock, clock.now + 1.0)
+        again = one(lease)
+        assert again.op is LeaseOp.ACQUIRE and again.known_epoch == 41 and again.defer
+        lease.taken(again.ref, 42, clock.now)
+        assert lease.epoch == 42 and lease.seen_epoch == 42
+
+    def test_a_standby_leaves_a_lease_redis_lost_to_its_holder_for_a_grace(self) -> None:
+        lease, clock = make()
+        lease.start(clock.now)
+        lease.busy(one(lease).ref, "n2", None, clock.now, epoch=41)
+        run_until(lease, clock, lease.get_timer() or 0.0)
+        lease.vacant(one(lease).ref, clock.now)  # Redis restarted empty: counter 0 < 41
+        assert lease.state is LeaseState.STANDBY and events(lease) == []
+        assert lease.get_timer() == pytest.approx(clock.now + TTL)  # a live holder re-took or fenced by then
+        run_until(lease, clock, lease.get_timer() or 0.0)
+        take = one(lease)  # n2 did not re-take in the grace: dead; this one is a real take
+        lease.taken(take.ref, 42, clock.now)
+        assert events(lease) == [Gained("upstream:district", 42)]
+
+    def test_epoch_of(self) -> None:
+        assert epoch_of("n2 14 00ab") == 14
+        assert epoch_of("garbage") == 0
 
 
 class TestPause:
