@@ -20,14 +20,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from gb28181gw.errors import StoreError, redact_url
-from gb28181gw.store.redis import PREFIX
+from gb28181gw.store.redis import PREFIX, connect
 
 _ACQUIRE = """
 -- KEYS: lease, its epoch counter; ARGV: node, token, ttl ms, known epoch, defer (1/0).
@@ -99,18 +96,12 @@ class RedisLeases:
         self._scripts: dict[str, Any] = {}
 
     async def open(self) -> None:
-        try:
-            # one retry, at once and only on a broken connection: after Redis restarts, the first
-            # command on the old connection fails at once, and a renewal reported failed for
-            # that costs the holder a retry interval (in which a standby could take a lease that
-            # Redis lost). Not on a timeout: a renewal retried late is worse than one reported
-            # failed (the machine retries it). Every script is safe to run twice (token compare).
-            self._redis = Redis.from_url(
-                self.url, socket_connect_timeout=self.timeout, socket_timeout=self.timeout,
-                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            )  # fmt: skip
-        except ValueError as exc:
-            raise StoreError(f"store.url {self.location!r} cannot be used: {exc}") from None
+        # one retry, at once and only on a broken connection: after Redis restarts, the first
+        # command on the old connection fails at once, and a renewal reported failed for
+        # that costs the holder a retry interval (in which a standby could take a lease that
+        # Redis lost). Not on a timeout: a renewal retried late is worse than one reported
+        # failed (the machine retries it). Every script is safe to run twice (token compare).
+        self._redis = connect(self.url, timeout=self.timeout, retries=1, retry_on=(RedisConnectionError,))
         for source in (_ACQUIRE, _RENEW, _RELEASE):
             self._scripts[source] = self._redis.register_script(source)
 

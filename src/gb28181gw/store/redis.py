@@ -127,10 +127,19 @@ DEVICE_LAYOUT: tuple[str, ...] = (
 )  # fmt: skip
 
 
-def connect(url: str, *, timeout: float, retries: int = 0, read_timeout: float | None = None, **options: Any) -> Redis:
+def connect(
+    url: str,
+    *,
+    timeout: float,
+    retries: int = 0,
+    retry_on: tuple[type[RedisError], ...] | None = None,
+    read_timeout: float | None = None,
+    **options: Any,
+) -> Redis:
     """A client of the Redis at ``url`` (connecting lazily) that waits ``timeout`` seconds to connect
-    and ``read_timeout`` (default ``timeout``) for an answer, retrying a dropped connection
-    ``retries`` times at once; each user picks these for what a late answer costs it.
+    and ``read_timeout`` (default ``timeout``) for an answer, retrying a command that failed
+    ``retries`` times at once (on the errors ``retry_on`` names: by default a dropped connection or
+    a timeout); each user picks these for what a late answer costs it.
 
     Raises:
         StoreError: ``url`` is not a Redis URL redis-py can use (named without its password).
@@ -140,7 +149,9 @@ def connect(url: str, *, timeout: float, retries: int = 0, read_timeout: float |
             url,
             socket_connect_timeout=timeout,
             socket_timeout=timeout if read_timeout is None else read_timeout,
-            retry=Retry(NoBackoff(), retries),
+            retry=Retry(NoBackoff(), retries)
+            if retry_on is None
+            else Retry(NoBackoff(), retries, supported_errors=retry_on),
             **options,
         )
     except ValueError as exc:
