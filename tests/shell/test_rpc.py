@@ -244,3 +244,35 @@ async def test_streams_are_trimmed(redis: RedisServer, raw: Redis, monkeypatch: 
     finally:
         await n1.close()
         await n2.close()
+
+
+async def test_close_leaves_no_connection_open_with_commands_under_way(redis: RedisServer, raw: Redis) -> None:
+    # a command under way when closing must not connect again after the client is closed: redis-py
+    # would let it, and that socket stays open until collected (a ResourceWarning in a later test)
+    await live(raw, "n1", "n2")
+    n1, n2 = await node(redis, "n1"), await node(redis, "n2", stream_open=Echo())
+    try:
+        pool = n1._redis.connection_pool
+        started: list[asyncio.Future[Any]] = []
+
+        async def keep_reading() -> None:
+            # commands started all through closing, up to the first one refused
+            while not started or not started[-1].done() or started[-1].exception() is None:
+                started.append(asyncio.ensure_future(n1.live(["n2"])))
+                started.append(asyncio.ensure_future(n1.call("n2", "stream.open", {})))
+                await asyncio.sleep(0)
+
+        reading = asyncio.ensure_future(keep_reading())
+        await asyncio.sleep(0.05)
+        await n1.close()
+        await reading
+        outcomes = await asyncio.gather(*started, return_exceptions=True)
+        connections = [*pool._available_connections, *pool._in_use_connections]
+        assert connections and not [c for c in connections if c.is_connected]
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        assert failed and all(isinstance(o, NodeUnreachable) for o in failed), failed
+        with pytest.raises(NodeUnreachable, match="not open"):
+            await n1.call("n2", "stream.open", {})
+    finally:
+        await n1.close()
+        await n2.close()

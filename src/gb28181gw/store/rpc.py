@@ -45,11 +45,12 @@ Redis-based leases already require.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
@@ -88,8 +89,14 @@ RECLAIM_INTERVAL = 5.0
 #: Seconds a command to Redis may take before the call fails (a caller must not wait out the
 #: store's 5 s for a Redis that does not answer).
 COMMAND_TIMEOUT = 2.0
-#: Seconds closing waits for the readers and running calls to end.
+#: Seconds closing waits for the readers and running calls to end (each round of cancelling).
 CLOSE_TIMEOUT = 1.0
+#: Rounds of cancelling closing gives a task that is not over (one that took its result as it
+#: was cancelled, as ``asyncio.wait_for`` may, runs on to its next await).
+CLOSE_ROUNDS = 3
+#: Seconds closing waits for commands other tasks have under way (a call being sent, an owner
+#: read): each ends within its timeout, a retry included.
+DRAIN_TIMEOUT = 2 * COMMAND_TIMEOUT + CLOSE_TIMEOUT
 #: Seconds between retries of a reader whose Redis is away.
 RETRY_INTERVAL = 0.5
 
@@ -144,6 +151,12 @@ class RedisRpc:
         self._readers: list[asyncio.Task[None]] = []
         self._closing = False
         self._send: Any = None
+        # commands under way on _redis: closing waits for them before closing its connections,
+        # since redis-py lets a command on a closed client connect again, and that connection
+        # would then never be closed (found unclosed when collected, its loop long gone)
+        self._commands = 0
+        self._drained = asyncio.Event()
+        self._drained.set()
         self.inbox = f"{prefix}rpc:{node}"
         self.replies = f"{prefix}rpc:{node}:replies"
 
@@ -180,19 +193,28 @@ class RedisRpc:
         self._readers = [loop.create_task(self._serve_inbox()), loop.create_task(self._read_replies(last))]
 
     async def close(self) -> None:
+        """Stop serving and calling, and close every connection to Redis.
+
+        Calls waiting for an answer fail with :class:`~gb28181gw.errors.NodeUnreachable`; commands
+        under way are waited for (at most :data:`DRAIN_TIMEOUT`), so none connects again after.
+        """
         self._closing = True
         if self._tasks:
             # notices and answers under way (a BYE's close sent while shutting down) go out first
             await asyncio.wait(list(self._tasks), timeout=CLOSE_TIMEOUT)
-        tasks = [*self._readers, *self._tasks, *self._running.values()]
-        for task in tasks:
-            task.cancel()
-        if self._blocking is not None:
-            # a reader cancelled inside redis-py's blocking read waits for its connection to be
-            # let go of: closing the connections under it ends the read at once
-            await self._blocking.connection_pool.disconnect(inuse_connections=True)
-        if tasks:
-            await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
+        pending = {*self._readers, *self._tasks, *self._running.values()}
+        for _ in range(CLOSE_ROUNDS):
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            if self._blocking is not None:
+                # a reader cancelled inside redis-py's blocking read waits for its connection to be
+                # let go of: closing the connections under it ends the read at once
+                await self._blocking.connection_pool.disconnect(inuse_connections=True)
+            _done, pending = await asyncio.wait(pending, timeout=CLOSE_TIMEOUT)
+        if pending:
+            log.warning("calls between nodes: tasks still running after close", extra={"tasks": len(pending)})
         self._tasks = []
         self._readers = []
         self._running.clear()
@@ -200,10 +222,37 @@ class RedisRpc:
             if not future.done():
                 future.set_exception(NodeUnreachable(f"node {self.node} is shutting down"))
         self._waiting.clear()
-        for client in (self._redis, self._blocking):
+        redis, blocking = self._redis, self._blocking
+        self._redis = self._blocking = self._send = None  # no command starts from here on
+        if self._commands:
+            try:
+                await asyncio.wait_for(self._drained.wait(), DRAIN_TIMEOUT)
+            except TimeoutError:
+                log.warning(
+                    "calls between nodes: commands still under way at close", extra={"commands": self._commands}
+                )
+        for client in (redis, blocking):
             if client is not None:
                 await client.aclose()
-        self._redis = self._blocking = None
+
+    @contextlib.asynccontextmanager
+    async def _command(self, what: str) -> AsyncIterator[Any]:
+        """The command client for one command (or pipeline), counted as under way until it ends.
+
+        Raises:
+            NodeUnreachable: closed (or never opened).
+        """
+        redis = self._redis
+        if redis is None:
+            raise NodeUnreachable(f"calls between nodes are not open on node {self.node}: {what}")
+        self._commands += 1
+        self._drained.clear()
+        try:
+            yield redis
+        finally:
+            self._commands -= 1
+            if not self._commands:
+                self._drained.set()
 
     async def _make_group(self) -> None:
         try:
@@ -240,13 +289,13 @@ class RedisRpc:
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._waiting[call.id] = future
         try:
-            if self._redis is None:
-                raise NodeUnreachable(f"calls between nodes are not open on node {self.node}")
             fields: list[bytes | int] = [INBOX_MAXLEN]
             for k, v in call.encode().items():
                 fields += [k, v]
             try:
-                sent = await self._send(keys=[f"{self.prefix}node:{node}", f"{self.prefix}rpc:{node}"], args=fields)
+                async with self._command(f"{method} to node {node} not sent"):
+                    keys = [f"{self.prefix}node:{node}", f"{self.prefix}rpc:{node}"]
+                    sent = await self._send(keys=keys, args=fields)
             except (RedisError, OSError) as exc:
                 raise NodeUnreachable(f"{method} to node {node}: Redis at {self.location} unreachable: {exc}") from None
             if not sent:
@@ -338,7 +387,7 @@ class RedisRpc:
                         await asyncio.sleep(RETRY_INTERVAL)
                     continue
                 raise
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, NodeUnreachable) as exc:
                 if self._closing:
                     return
                 if not failing:
@@ -354,9 +403,10 @@ class RedisRpc:
     async def _reclaim(self) -> None:
         start: Any = "0-0"
         while True:
-            answer = await self._redis.xautoclaim(
-                self.inbox, GROUP, self.node, min_idle_time=int(RECLAIM_IDLE * 1000), start_id=start, count=BATCH
-            )
+            async with self._command("calls left pending not taken back") as redis:
+                answer = await redis.xautoclaim(
+                    self.inbox, GROUP, self.node, min_idle_time=int(RECLAIM_IDLE * 1000), start_id=start, count=BATCH
+                )
             start, entries = answer[0], answer[1]
             for entry_id, fields in entries:
                 if fields is None or bytes(entry_id) in self._running:
@@ -428,14 +478,14 @@ class RedisRpc:
     async def _answer(self, entry_id: bytes, answer: Answer | None, caller: str) -> None:
         """Append ``answer`` to the caller's reply stream and acknowledge the call, in one round trip."""
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
+            async with self._command("answer not sent") as redis, redis.pipeline(transaction=False) as pipe:
                 if answer is not None:
                     pipe.xadd(
                         f"{self.prefix}rpc:{caller}:replies", answer.encode(), maxlen=REPLIES_MAXLEN, approximate=True
                     )
                 pipe.xack(self.inbox, GROUP, entry_id)
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, NodeUnreachable) as exc:
             # left pending: taken back and answered again (from the cache) once Redis is back
             log.warning("answer to a call not sent", extra={"entry": _text(entry_id), "error": str(exc)})
 
@@ -448,7 +498,8 @@ class RedisRpc:
             NodeUnreachable: Redis cannot be reached.
         """
         try:
-            raw = await self._redis.hget(f"{self.prefix}owner", device_id)
+            async with self._command(f"the owner of {device_id} not read") as redis:
+                raw = await redis.hget(f"{self.prefix}owner", device_id)
         except (RedisError, OSError) as exc:
             raise NodeUnreachable(f"the owner of {device_id} cannot be read: {exc}") from None
         if raw is None:
@@ -466,7 +517,7 @@ class RedisRpc:
         if not names:
             return set()
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
+            async with self._command("node claims not read") as redis, redis.pipeline(transaction=False) as pipe:
                 for name in names:
                     pipe.exists(f"{self.prefix}node:{name}")
                 found = await pipe.execute()
@@ -484,15 +535,16 @@ class RedisRpc:
         """
         p = self.prefix
         try:
-            if await self._redis.hexists(f"{p}devices", channel_id):
-                return channel_id
-            owners = sorted(_text(m) for m in await self._redis.smembers(f"{p}channels"))
-            if not owners:
-                return None
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for owner in owners:
-                    pipe.hexists(f"{p}channels:{owner}", channel_id)
-                found = await pipe.execute()
+            async with self._command(f"the device of channel {channel_id} not read") as redis:
+                if await redis.hexists(f"{p}devices", channel_id):
+                    return channel_id
+                owners = sorted(_text(m) for m in await redis.smembers(f"{p}channels"))
+                if not owners:
+                    return None
+                async with redis.pipeline(transaction=False) as pipe:
+                    for owner in owners:
+                        pipe.hexists(f"{p}channels:{owner}", channel_id)
+                    found = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise NodeUnreachable(f"the device of channel {channel_id} cannot be read: {exc}") from None
         return next((o for o, hit in zip(owners, found, strict=True) if hit), None)
