@@ -232,6 +232,48 @@ def test_the_common_requests_are_read_by_their_pattern() -> None:
     quick._PATTERNS.clear()
 
 
+_BLANK_VALUES_PROBE = """
+import sys
+from gb28181gw.sip import quick
+from gb28181gw.sip.message import DEFAULT_LIMITS
+from gb28181gw.sip.peer import Peer
+from gb28181gw.sip.quick import QuickRequest
+
+def render(headers):
+    lines = ["REGISTER sip:34020000002000000001@3402000000 SIP/2.0", *(f"{n}:{v}" for n, v in headers), "", ""]
+    return "\\r\\n".join(lines).encode()
+
+peer = Peer("UDP", "10.0.0.7", 5070)
+base = [("Via", " SIP/2.0/UDP 10.0.0.7:5070;rport;branch=z9hG4bKa1"), ("From", " <sip:1@3402000000>;tag=f1"),
+        ("To", " <sip:1@3402000000>"), ("Call-ID", " c1"), ("CSeq", " 1 REGISTER"), ("Contact", " <sip:1@10.0.0.7>"),
+        ("Expires", " 3600"), ("User-Agent", " IP Camera"), ("X-GB-ver", " 3.0"), ("Allow", " x"), ("Date", " y"),
+        ("Content-Length", " 0")]
+for _ in range(quick._COMPILE_AFTER):
+    assert QuickRequest.scan(render(base), peer, DEFAULT_LIMITS) is not None
+assert quick._PATTERNS
+blank = {"Contact", "Expires", "User-Agent", "X-GB-ver", "Allow", "Date"}
+hostile = [(n, " " * 64 if n in blank else v) for n, v in base]
+hostile[-1] = ("Content-Length", " 0\x7f")
+assert QuickRequest.scan(render(hostile), peer, DEFAULT_LIMITS) is None
+print("read")
+"""
+
+
+def test_blank_values_do_not_make_a_shapes_pattern_backtrack_without_end() -> None:
+    # a request of a common shape whose free-form values (User-Agent, Date …) are runs of blanks
+    # and whose last line does not match: the pattern must fail at once, not try every split of
+    # every blank run between a value's leading and trailing white space (64 blanks in 6 values:
+    # 65**6 tries, the event loop held for hours by one datagram). Run in a child so that a
+    # regression fails at the deadline instead of hanging the test run.
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _BLANK_VALUES_PROBE], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "read", done.stderr
+
+
 def test_a_shape_is_judged_once_and_the_judgements_kept_are_bounded() -> None:
     from gb28181gw.sip import quick
 

@@ -142,7 +142,11 @@ def _shape_of(names: tuple[str, ...]) -> _Shape | None:
 # CR or LF can occur inside a line, so the line checks hold too.
 
 #: A value: printable ASCII, white space (space, tab) around and inside it; the group is the stripped value.
-_VALUE = r"[ \t]*(?P<{g}>(?:[!-~](?:[\t -~]*[!-~])?)?)[ \t]*"
+#: The leading white space is taken possessively: else a blank value could be split between it and
+#: the trailing white space in as many ways as it has characters, and a request of that shape with
+#: a few blank values and a bad last line backtracked through their product (a ~300-byte datagram
+#: holding the event loop for minutes).
+_VALUE = r"[ \t]*+(?P<{g}>(?:[!-~](?:[\t -~]*[!-~])?)?)[ \t]*"
 #: Printable ASCII but space, ``"``, ``<`` and ``>``.
 _NQ = r"[!#-;=?-~]"
 #: Printable ASCII but space, ``"``, ``,``, ``;`` and ``=``: a Via parameter's characters.
