@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -189,6 +190,39 @@ class TestPlainDigest:
         if _PLAIN_DIGEST.fullmatch(value) is None:
             return
         assert Credentials.parse(value) == Credentials._parse(value), value
+
+
+_TRICKY = [
+    AUTH_HEADER.replace('username="34020000001320000001"', 'username="a\\"b"'),  # an escaped quote
+    AUTH_HEADER.replace('username="34020000001320000001"', 'username="a,b"'),  # a comma inside quotes
+    AUTH_HEADER.replace('uri="', 'uri="x", uri="'),  # a parameter twice
+    AUTH_HEADER.replace(",algorithm=MD5", ',algorithm=MD5,algorithm="SHA-256"'),
+    AUTH_HEADER.replace(",algorithm=MD5", ",algorithm=MD5-sess"),
+    AUTH_HEADER.replace(",algorithm=MD5", ",algorithm=SHA-256"),
+    AUTH_HEADER.replace(",algorithm=MD5", ',algorithm=MD5,qop=auth,nc=00000001,cnonce="c"'),
+    AUTH_HEADER.replace(",algorithm=MD5", ',algorithm=MD5,qop="auth",nc=00000001,cnonce="c"'),
+    AUTH_HEADER.replace(",algorithm=MD5", ",algorithm=MD5,qop=auth-int"),
+    AUTH_HEADER.replace(",algorithm=MD5", ',algorithm=MD5,x-odd="y",z=1'),  # unknown parameters
+    AUTH_HEADER.replace(",algorithm=MD5", ",algorithm=MD5,"),
+    AUTH_HEADER.replace(",algorithm=MD5", ",algorithm=MD5 x"),
+    AUTH_HEADER.replace('response="', 'response="\u00e9'),
+    AUTH_HEADER.replace("Digest ", "Digest\t"),
+    AUTH_HEADER.replace('realm="', "realm='").replace('",nonce', "',nonce", 1),
+]
+
+
+@pytest.mark.parametrize("value", _TRICKY)
+def test_the_one_pattern_reading_of_credentials_is_the_general_one(value: str) -> None:
+    # quoted strings with escapes or commas, repeated, unknown and odd parameters, other
+    # algorithms and qop: Credentials.parse (which tries _PLAIN_DIGEST first) gives what the
+    # general reading gives, credentials or the same refusal
+    def read(parse: Callable[[str], Credentials]) -> Credentials | str:
+        try:
+            return parse(value)
+        except AuthError as exc:
+            return str(exc)
+
+    assert read(Credentials.parse) == read(Credentials._parse)
 
 
 class TestNonceStore:
