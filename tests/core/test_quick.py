@@ -298,6 +298,54 @@ def test_a_shape_is_judged_once_and_the_judgements_kept_are_bounded() -> None:
     assert QuickRequest.scan(render("REGISTER", URI, base), PEER, DEFAULT_LIMITS) is not None
 
 
+def test_a_peer_inventing_shapes_neither_keeps_the_devices_shape_from_its_pattern_nor_churns_compilations() -> None:
+    # every place taken by a peer's invented shapes (16 requests each, no password needed) kept the
+    # devices' own shape from ever being compiled, and its requests were tried against four failing
+    # patterns first; a peer's new shapes must not cost a compilation per 16 requests either
+    import itertools
+
+    from gb28181gw.sip import quick
+
+    quick._SHAPES.clear()
+    quick._PATTERNS.clear()
+    base = [
+        ("Via", f" SIP/2.0/UDP {PEER.host}:{PEER.port};rport;branch=z9hG4bKa1"),
+        ("From", f" <sip:{ID}@{DOMAIN}>;tag=f1"),
+        ("To", f" <sip:{ID}@{DOMAIN}>"),
+        ("Call-ID", " c1"),
+        ("CSeq", " 1 REGISTER"),
+    ]
+    optional = [("Contact", f" <sip:{ID}@{PEER.host}:{PEER.port}>"), ("Max-Forwards", " 70"), ("Expires", " 3600"),
+                ("User-Agent", " IP Camera"), ("Allow", " x"), ("Supported", " y"), ("Date", " z"),
+                ("X-GB-ver", " 3.0"), ("Content-Type", " a/b"), ("Authorization", " Digest x")]  # fmt: skip
+    devices = [*base, *optional[:4], ("Content-Length", " 0")]
+    invented = [
+        headers
+        for k in range(len(optional), 0, -1)
+        for perm in itertools.islice(itertools.permutations(optional, k), 9)
+        if (headers := [*base, *perm, ("Content-Length", " 0")]) != devices
+    ]
+    compiled = []
+    for headers in invented:
+        for _ in range(quick._COMPILE_AFTER):
+            assert QuickRequest.scan(render("REGISTER", URI, headers), PEER, DEFAULT_LIMITS) is not None
+        compiled.append(frozenset(id(p) for ps in quick._PATTERNS.values() for p, _ in ps))
+    full = compiled.index(compiled[-1])
+    assert len(invented) - full > 20  # once full, a peer's new shapes cost no compilation
+    assert sum(map(len, quick._PATTERNS.values())) == quick._PATTERNS_KEPT
+    count = len(devices)
+    assert len(quick._PATTERNS[count]) == quick._PATTERNS_PER_COUNT
+    data = render("REGISTER", URI, devices)
+    reads = [_read(QuickRequest.scan(data, PEER, DEFAULT_LIMITS)) for _ in range(quick._EVICT_AFTER + 1)]
+    assert all(r == reads[0] for r in reads)
+    (first, shape), *_ = quick._PATTERNS[count]
+    assert shape.names == tuple(name for name, _ in devices)  # compiled, and tried first
+    assert first.fullmatch(data[: data.find(b"\r\n\r\n")].decode())
+    assert len(quick._PATTERNS[count]) == quick._PATTERNS_PER_COUNT
+    quick._SHAPES.clear()
+    quick._PATTERNS.clear()
+
+
 def test_the_reader_declines_what_is_not_the_common_case() -> None:
     base = [
         ("Via", " SIP/2.0/UDP 10.0.0.7:5070;rport;branch=z9hG4bKa1"),
