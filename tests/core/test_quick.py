@@ -232,6 +232,48 @@ def test_the_common_requests_are_read_by_their_pattern() -> None:
     quick._PATTERNS.clear()
 
 
+_BLANK_VALUES_PROBE = """
+import sys
+from gb28181gw.sip import quick
+from gb28181gw.sip.message import DEFAULT_LIMITS
+from gb28181gw.sip.peer import Peer
+from gb28181gw.sip.quick import QuickRequest
+
+def render(headers):
+    lines = ["REGISTER sip:34020000002000000001@3402000000 SIP/2.0", *(f"{n}:{v}" for n, v in headers), "", ""]
+    return "\\r\\n".join(lines).encode()
+
+peer = Peer("UDP", "10.0.0.7", 5070)
+base = [("Via", " SIP/2.0/UDP 10.0.0.7:5070;rport;branch=z9hG4bKa1"), ("From", " <sip:1@3402000000>;tag=f1"),
+        ("To", " <sip:1@3402000000>"), ("Call-ID", " c1"), ("CSeq", " 1 REGISTER"), ("Contact", " <sip:1@10.0.0.7>"),
+        ("Expires", " 3600"), ("User-Agent", " IP Camera"), ("X-GB-ver", " 3.0"), ("Allow", " x"), ("Date", " y"),
+        ("Content-Length", " 0")]
+for _ in range(quick._COMPILE_AFTER):
+    assert QuickRequest.scan(render(base), peer, DEFAULT_LIMITS) is not None
+assert quick._PATTERNS
+blank = {"Contact", "Expires", "User-Agent", "X-GB-ver", "Allow", "Date"}
+hostile = [(n, " " * 64 if n in blank else v) for n, v in base]
+hostile[-1] = ("Content-Length", " 0\x7f")
+assert QuickRequest.scan(render(hostile), peer, DEFAULT_LIMITS) is None
+print("read")
+"""
+
+
+def test_blank_values_do_not_make_a_shapes_pattern_backtrack_without_end() -> None:
+    # a request of a common shape whose free-form values (User-Agent, Date …) are runs of blanks
+    # and whose last line does not match: the pattern must fail at once, not try every split of
+    # every blank run between a value's leading and trailing white space (64 blanks in 6 values:
+    # 65**6 tries, the event loop held for hours by one datagram). Run in a child so that a
+    # regression fails at the deadline instead of hanging the test run.
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _BLANK_VALUES_PROBE], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "read", done.stderr
+
+
 def test_a_shape_is_judged_once_and_the_judgements_kept_are_bounded() -> None:
     from gb28181gw.sip import quick
 
@@ -254,6 +296,54 @@ def test_a_shape_is_judged_once_and_the_judgements_kept_are_bounded() -> None:
         QuickRequest.scan(render("REGISTER", URI, [*base, (f"X-{i}", " y")]), PEER, DEFAULT_LIMITS)
     assert len(quick._SHAPES) <= quick._SHAPES_KEPT
     assert QuickRequest.scan(render("REGISTER", URI, base), PEER, DEFAULT_LIMITS) is not None
+
+
+def test_a_peer_inventing_shapes_neither_keeps_the_devices_shape_from_its_pattern_nor_churns_compilations() -> None:
+    # every place taken by a peer's invented shapes (16 requests each, no password needed) kept the
+    # devices' own shape from ever being compiled, and its requests were tried against four failing
+    # patterns first; a peer's new shapes must not cost a compilation per 16 requests either
+    import itertools
+
+    from gb28181gw.sip import quick
+
+    quick._SHAPES.clear()
+    quick._PATTERNS.clear()
+    base = [
+        ("Via", f" SIP/2.0/UDP {PEER.host}:{PEER.port};rport;branch=z9hG4bKa1"),
+        ("From", f" <sip:{ID}@{DOMAIN}>;tag=f1"),
+        ("To", f" <sip:{ID}@{DOMAIN}>"),
+        ("Call-ID", " c1"),
+        ("CSeq", " 1 REGISTER"),
+    ]
+    optional = [("Contact", f" <sip:{ID}@{PEER.host}:{PEER.port}>"), ("Max-Forwards", " 70"), ("Expires", " 3600"),
+                ("User-Agent", " IP Camera"), ("Allow", " x"), ("Supported", " y"), ("Date", " z"),
+                ("X-GB-ver", " 3.0"), ("Content-Type", " a/b"), ("Authorization", " Digest x")]  # fmt: skip
+    devices = [*base, *optional[:4], ("Content-Length", " 0")]
+    invented = [
+        headers
+        for k in range(len(optional), 0, -1)
+        for perm in itertools.islice(itertools.permutations(optional, k), 9)
+        if (headers := [*base, *perm, ("Content-Length", " 0")]) != devices
+    ]
+    compiled = []
+    for headers in invented:
+        for _ in range(quick._COMPILE_AFTER):
+            assert QuickRequest.scan(render("REGISTER", URI, headers), PEER, DEFAULT_LIMITS) is not None
+        compiled.append(frozenset(id(p) for ps in quick._PATTERNS.values() for p, _ in ps))
+    full = compiled.index(compiled[-1])
+    assert len(invented) - full > 20  # once full, a peer's new shapes cost no compilation
+    assert sum(map(len, quick._PATTERNS.values())) == quick._PATTERNS_KEPT
+    count = len(devices)
+    assert len(quick._PATTERNS[count]) == quick._PATTERNS_PER_COUNT
+    data = render("REGISTER", URI, devices)
+    reads = [_read(QuickRequest.scan(data, PEER, DEFAULT_LIMITS)) for _ in range(quick._EVICT_AFTER + 1)]
+    assert all(r == reads[0] for r in reads)
+    (first, shape), *_ = quick._PATTERNS[count]
+    assert shape.names == tuple(name for name, _ in devices)  # compiled, and tried first
+    assert first.fullmatch(data[: data.find(b"\r\n\r\n")].decode())
+    assert len(quick._PATTERNS[count]) == quick._PATTERNS_PER_COUNT
+    quick._SHAPES.clear()
+    quick._PATTERNS.clear()
 
 
 def test_the_reader_declines_what_is_not_the_common_case() -> None:

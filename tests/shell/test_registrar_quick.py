@@ -224,3 +224,41 @@ async def test_a_message_that_is_no_keepalive_is_not_read_by_the_quick_reader(mo
     finally:
         sock.close()
         await gw.stop()
+
+
+@pytest.mark.parametrize(
+    "cmd_type",
+    [
+        b"<CmdType> Keepalive </CmdType>",
+        b"<CmdType><![CDATA[Keepalive]]></CmdType>",
+        b"<CmdType>\r\nKeepalive</CmdType>",
+    ],
+)
+async def test_a_keepalive_spelled_otherwise_is_answered_by_the_general_path(
+    cmd_type: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a body without <CmdType>Keepalive</CmdType> literally is left unread by the quick path (on_quick's
+    # `needs`), but the general path still reads it as the keepalive it is: answered and counted
+    gw = await start_gateway(**{"registrar.password": PASSWORD})
+    sock, port, ask = device_socket(gw)
+    try:
+        challenge = await ask(register(port, "o1", 1))
+        assert (await ask(register(port, "o2", 2, authorization(challenge)))).startswith(b"SIP/2.0 200 ")
+        scanned: list[bytes] = []
+        scan = QuickRequest.scan
+
+        def counting(data: bytes, *args: Any) -> QuickRequest | None:
+            scanned.append(data)
+            return scan(data, *args)
+
+        monkeypatch.setattr(QuickRequest, "scan", counting)
+        general = count_general(gw)
+        body = KEEPALIVE_BODY.replace(b"<CmdType>Keepalive</CmdType>", cmd_type)
+        odd = keepalive(port, "o3").replace(KEEPALIVE_BODY, body)
+        odd = odd.replace(b"Content-Length: %d" % len(KEEPALIVE_BODY), b"Content-Length: %d" % len(body))
+        assert (await ask(odd)).startswith(b"SIP/2.0 200 ")
+        assert scanned == [] and general[0] == 1
+        assert gw.registrar.keepalives[("ok",)] == 1
+    finally:
+        sock.close()
+        await gw.stop()

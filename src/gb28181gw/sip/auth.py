@@ -42,7 +42,9 @@ ALGORITHMS = frozenset(_HASHES) | frozenset(f"{a}-SESS" for a in _HASHES)
 
 
 def _h(algorithm: str, text: str) -> str:
-    digest: str = _HASHES[algorithm](text.encode("utf-8")).hexdigest()
+    # surrogateescape: a header's bytes that are no UTF-8 (a GBK user name) were read as lone
+    # surrogates (parse_message), and hash as the bytes the client sent
+    digest: str = _HASHES[algorithm](text.encode("utf-8", "surrogateescape")).hexdigest()
     return digest
 
 
@@ -507,7 +509,11 @@ class NonceStore:
             return Verdict.BAD_ALGORITHM
         nonce = credentials.nonce
         stamp = nonce[:_STAMP_HEX]
-        if len(nonce) != _STAMP_HEX + _MAC_HEX or not hmac.compare_digest(nonce[_STAMP_HEX:], self._seal(stamp, host)):
+        if (
+            len(nonce) != _STAMP_HEX + _MAC_HEX
+            or not nonce.isascii()  # compare_digest refuses other text (a TypeError, answered 500)
+            or not hmac.compare_digest(nonce[_STAMP_HEX:], self._seal(stamp, host))
+        ):
             return Verdict.STALE  # not ours, not for this address, or from before a restart
         issued_ms = int(stamp[:12], 16)
         age = ((int(now * 1000) - issued_ms) & 0xFFFFFFFFFFFF) / 1000  # ms in 48 bits wrap
@@ -534,7 +540,7 @@ class NonceStore:
             expected = self._expected(credentials, password, method)
         except AuthError:
             return Verdict.BAD_ALGORITHM
-        if not hmac.compare_digest(expected, credentials.response):
+        if not credentials.response.isascii() or not hmac.compare_digest(expected, credentials.response):
             return Verdict.BAD_RESPONSE
         if credentials.qop is None:
             self._spent[slot >> 3] |= 1 << (slot & 7)
@@ -554,16 +560,19 @@ class NonceStore:
         if self.algorithm != "MD5" or (qop is not None and qop != "auth"):
             return credentials.expected(password, method)
         md5 = hashlib.md5
-        ha1 = md5(f"{credentials.username}:{credentials.realm}:{password}".encode()).hexdigest()
+        ha1 = md5(
+            f"{credentials.username}:{credentials.realm}:{password}".encode("utf-8", "surrogateescape")
+        ).hexdigest()
         key = (method, credentials.uri)
         ha2 = self._ha2.get(key)
         if ha2 is None:
             if len(self._ha2) >= _HA2_KEPT:
                 self._ha2.clear()
-            ha2 = self._ha2[key] = md5(f"{method}:{credentials.uri}".encode()).hexdigest()
+            ha2 = self._ha2[key] = md5(f"{method}:{credentials.uri}".encode("utf-8", "surrogateescape")).hexdigest()
         if qop is None:
             return md5(f"{ha1}:{credentials.nonce}:{ha2}".encode()).hexdigest()
-        return md5(f"{ha1}:{credentials.nonce}:{credentials.nc}:{credentials.cnonce}:{qop}:{ha2}".encode()).hexdigest()
+        text = f"{ha1}:{credentials.nonce}:{credentials.nc}:{credentials.cnonce}:{qop}:{ha2}"
+        return md5(text.encode("utf-8", "surrogateescape")).hexdigest()
 
     def _expire(self, now: float) -> None:
         # kept in the order of first use, which follows issue within a nonce's lifetime

@@ -107,7 +107,19 @@ class _Shape:
     the key of each (lower case) and the names of the lines an answer copies, in order (``None``
     for a shape it does not take: an unknown name, a name twice, a required header missing)."""
 
-    __slots__ = ("names", "keys", "copied", "copied_keys", "via", "seen", "values", "lines", "to_group", "has_mf")
+    __slots__ = (
+        "names",
+        "keys",
+        "copied",
+        "copied_keys",
+        "via",
+        "seen",
+        "hits",
+        "values",
+        "lines",
+        "to_group",
+        "has_mf",
+    )
 
     def __init__(
         self, names: tuple[str, ...], keys: tuple[str, ...], copied: tuple[tuple[str, str], ...], via: str
@@ -117,7 +129,8 @@ class _Shape:
         self.copied = copied
         self.copied_keys = tuple(key for key, _ in copied)
         self.via = via  # the Via's name as sent
-        self.seen = 0  # requests of this shape read; its pattern is compiled at _COMPILE_AFTER
+        self.seen = 0  # requests of this shape read the dict way; its pattern is compiled at _COMPILE_AFTER
+        self.hits = 0  # requests of this shape read by its pattern
         self.values: tuple[str, ...] = ()  # with a pattern: its group of each header's stripped value, in order
         self.lines: tuple[str, ...] = ()  # with a pattern: its group of each copied line, in order
         self.to_group = ""  # with a pattern: its group of the To value
@@ -142,7 +155,11 @@ def _shape_of(names: tuple[str, ...]) -> _Shape | None:
 # CR or LF can occur inside a line, so the line checks hold too.
 
 #: A value: printable ASCII, white space (space, tab) around and inside it; the group is the stripped value.
-_VALUE = r"[ \t]*(?P<{g}>(?:[!-~](?:[\t -~]*[!-~])?)?)[ \t]*"
+#: The leading white space is taken possessively: else a blank value could be split between it and
+#: the trailing white space in as many ways as it has characters, and a request of that shape with
+#: a few blank values and a bad last line backtracked through their product (a ~300-byte datagram
+#: holding the event loop for minutes).
+_VALUE = r"[ \t]*+(?P<{g}>(?:[!-~](?:[\t -~]*[!-~])?)?)[ \t]*"
 #: Printable ASCII but space, ``"``, ``<`` and ``>``.
 _NQ = r"[!#-;=?-~]"
 #: Printable ASCII but space, ``"``, ``,``, ``;`` and ``=``: a Via parameter's characters.
@@ -169,12 +186,34 @@ _PATTERNS_KEPT = 32
 #: Patterns by the number of header lines they take: at most a few per number are tried.
 _PATTERNS: dict[int, list[tuple[re.Pattern[str], _Shape]]] = {}
 _PATTERNS_PER_COUNT = 4
+_NONE_KEPT: list[tuple[re.Pattern[str], _Shape]] = []  # a line count without patterns (never added to)
+#: Requests of a shape read the dict way before its pattern may take a kept pattern's place.
+_EVICT_AFTER = 256
 
 
 def _compile(shape: _Shape) -> None:
-    """Compile ``shape``'s pattern and keep it (within the bounds above)."""
-    if sum(map(len, _PATTERNS.values())) >= _PATTERNS_KEPT:
-        return
+    """Compile ``shape``'s pattern and keep it (within the bounds above).
+
+    When the bounds are reached, a shape read _EVICT_AFTER times or more takes the place of the
+    least read pattern (of its line count when that has its four, else of all) if that was read
+    fewer times; else nothing is compiled (called again at each power of two of ``shape.seen``).
+    Without this, a peer's 640 requests in 40 invented shapes took every place for good: the
+    devices' own shape was never compiled, and each of its requests was first tried against four
+    patterns that failed late (8 µs a read became 32). _EVICT_AFTER keeps a peer churning shapes
+    to one compilation per 256 requests (a compilation costs a few hundred readings).
+    """
+    kept = _PATTERNS.get(len(shape.keys), [])
+    if any(entry[1] is shape for entry in kept):
+        return  # compiled already (a request its pattern left to the dict reading counted)
+    full = len(kept) >= _PATTERNS_PER_COUNT
+    if full or sum(map(len, _PATTERNS.values())) >= _PATTERNS_KEPT:
+        if shape.seen < _EVICT_AFTER:
+            return
+        pool = kept if full else [entry for entries in _PATTERNS.values() for entry in entries]
+        coldest = min(pool, key=lambda entry: entry[1].hits)
+        if coldest[1].hits >= shape.seen:
+            return
+        _PATTERNS[len(coldest[1].keys)].remove(coldest)
     parts = [r"(?P<method>REGISTER|MESSAGE) (?P<uri>sip:[!-~]*) SIP/2\.0"]
     values = []
     lines = []
@@ -189,9 +228,7 @@ def _compile(shape: _Shape) -> None:
     shape.values = tuple(values)
     shape.lines = tuple(lines)
     shape.to_group = values[shape.keys.index("to")]
-    kept = _PATTERNS.setdefault(len(shape.keys), [])
-    if len(kept) < _PATTERNS_PER_COUNT:
-        kept.append((re.compile("".join(parts)), shape))
+    _PATTERNS.setdefault(len(shape.keys), []).append((re.compile("".join(parts)), shape))
 
 
 #: Shapes seen (header names in order → :class:`_Shape`, or ``None``). The devices of a site send
@@ -252,10 +289,17 @@ class QuickRequest:
             return None
         text = data[:crlf].decode("utf-8", "surrogateescape")
         if _PATTERNS:
-            for pattern, plain in _PATTERNS.get(text.count("\r\n"), ()):
-                m = pattern.fullmatch(text)
+            kept = _PATTERNS.get(text.count("\r\n"), _NONE_KEPT)
+            for entry in kept:
+                m = entry[0].fullmatch(text)
                 if m is not None:
-                    return cls._matched(m, plain, data, crlf, peer, limits)
+                    if kept[0] is not entry:
+                        # the most recently read first: a peer's patterns of the same line count
+                        # are not tried before every device's request
+                        kept.remove(entry)
+                        kept.insert(0, entry)
+                    entry[1].hits += 1
+                    return cls._matched(m, entry[1], data, crlf, peer, limits)
         lines = text.split("\r\n")
         n = len(lines) - 1
         # no bare CR or LF anywhere (each line break is one CRLF)
@@ -346,9 +390,9 @@ class QuickRequest:
                 return None
             stamped_line = f"{name}:{stamped}"
         copied = [(key, f"{name}:{raw[name]}") for key, name in shape.copied]
-        shape.seen += 1
-        if shape.seen == _COMPILE_AFTER:
-            _compile(shape)
+        seen = shape.seen = shape.seen + 1
+        if seen >= _COMPILE_AFTER and not seen & (seen - 1):
+            _compile(shape)  # at 16, 32, 64 … reads: until compiled, a few compilations at most
         return cls(method, uri, values, data[crlf + 4 :], (branch, sent_by, method), sender, copied, stamped_line)
 
     @classmethod

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -190,6 +192,39 @@ class TestPlainDigest:
         assert Credentials.parse(value) == Credentials._parse(value), value
 
 
+_TRICKY = [
+    AUTH_HEADER.replace('username="34020000001320000001"', 'username="a\\"b"'),  # an escaped quote
+    AUTH_HEADER.replace('username="34020000001320000001"', 'username="a,b"'),  # a comma inside quotes
+    AUTH_HEADER.replace('uri="', 'uri="x", uri="'),  # a parameter twice
+    AUTH_HEADER.replace(",algorithm=MD5", ',algorithm=MD5,algorithm="SHA-256"'),
+    AUTH_HEADER.replace(",algorithm=MD5", ",algorithm=MD5-sess"),
+    AUTH_HEADER.replace(",algorithm=MD5", ",algorithm=SHA-256"),
+    AUTH_HEADER.replace(",algorithm=MD5", ',algorithm=MD5,qop=auth,nc=00000001,cnonce="c"'),
+    AUTH_HEADER.replace(",algorithm=MD5", ',algorithm=MD5,qop="auth",nc=00000001,cnonce="c"'),
+    AUTH_HEADER.replace(",algorithm=MD5", ",algorithm=MD5,qop=auth-int"),
+    AUTH_HEADER.replace(",algorithm=MD5", ',algorithm=MD5,x-odd="y",z=1'),  # unknown parameters
+    AUTH_HEADER.replace(",algorithm=MD5", ",algorithm=MD5,"),
+    AUTH_HEADER.replace(",algorithm=MD5", ",algorithm=MD5 x"),
+    AUTH_HEADER.replace('response="', 'response="\u00e9'),
+    AUTH_HEADER.replace("Digest ", "Digest\t"),
+    AUTH_HEADER.replace('realm="', "realm='").replace('",nonce', "',nonce", 1),
+]
+
+
+@pytest.mark.parametrize("value", _TRICKY)
+def test_the_one_pattern_reading_of_credentials_is_the_general_one(value: str) -> None:
+    # quoted strings with escapes or commas, repeated, unknown and odd parameters, other
+    # algorithms and qop: Credentials.parse (which tries _PLAIN_DIGEST first) gives what the
+    # general reading gives, credentials or the same refusal
+    def read(parse: Callable[[str], Credentials]) -> Credentials | str:
+        try:
+            return parse(value)
+        except AuthError as exc:
+            return str(exc)
+
+    assert read(Credentials.parse) == read(Credentials._parse)
+
+
 class TestNonceStore:
     def test_the_challenge_header_written_directly_is_the_challenge_serialized(self) -> None:
         for qop in (False, True):
@@ -296,6 +331,58 @@ class TestNonceStore:
         assert len(store) == 0
         for c in (creds[0], creds[-1]):
             assert store.verify(c, method="REGISTER", password="12345678", host="h", now=1.7) is Verdict.STALE
+
+    def test_a_nonce_sealed_the_old_way_or_by_another_run_is_stale_not_an_error(self) -> None:
+        # nonces issued before the upgrade (HMAC-SHA-256 seal under the same secret) or before a
+        # restart (another secret): a fresh challenge with stale=true, the device asks again
+        import hmac as hmac_
+
+        secret = lambda n: "ab" * n  # noqa: E731
+        store = NonceStore(realm="3402000000", token=secret)
+        fresh = store.challenge("127.0.0.1", 0.0)
+        stamp = fresh.nonce[:20]
+        old_seal = hmac_.digest(bytes.fromhex("ab" * 32), f"{stamp}:127.0.0.1".encode(), "sha256").hex()[:32]
+        other_run = NonceStore(realm="3402000000").challenge("127.0.0.1", 0.0)
+        args = {"method": "REGISTER", "uri": VECTOR["uri"], "username": VECTOR["username"], "password": "12345678"}
+        for challenge in (Challenge("3402000000", stamp + old_seal), other_run):
+            creds = authorization_for(challenge, **args)  # type: ignore[arg-type]
+            assert store.verify(creds, method="REGISTER", password="12345678", host="127.0.0.1", now=1.0) is (
+                Verdict.STALE
+            )
+        creds = authorization_for(fresh, **args)  # type: ignore[arg-type]
+        assert store.verify(creds, method="REGISTER", password="12345678", host="127.0.0.1", now=1.0) is Verdict.OK
+        assert store.verify(creds, method="REGISTER", password="12345678", host="127.0.0.1", now=1.0) is Verdict.STALE
+
+    @pytest.mark.parametrize("qop", [False, True])
+    def test_text_that_is_no_ascii_in_a_nonce_or_response_is_a_verdict_not_an_exception(self, qop: bool) -> None:
+        # compare_digest raises TypeError on str holding non-ASCII: a nonce of the right length
+        # with an "é" in it was answered 500 (a logged internal error) instead of stale
+        store = NonceStore(realm="3402000000", qop=qop)
+        verify = {"method": "REGISTER", "password": "12345678", "host": "127.0.0.1", "now": 1.0}
+        odd = Credentials("u", "3402000000", "\u00e9" * 52, "sip:x@y", "0" * 32, qop="auth" if qop else None,
+                          nc="00000001" if qop else None, cnonce="c" if qop else None)  # fmt: skip
+        assert store.verify(odd, **verify) is Verdict.STALE  # type: ignore[arg-type]
+        live = self._creds(store, 0.0)
+        wrong = dataclasses.replace(live, response="\u00e9" * 32)
+        assert store.verify(wrong, **verify) is Verdict.BAD_RESPONSE  # type: ignore[arg-type]
+        assert store.verify(live, **verify) is Verdict.OK  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize("qop", [False, True])
+    def test_a_user_name_that_is_no_utf8_hashes_as_the_bytes_sent(self, qop: bool) -> None:
+        # parse_message reads bytes that are no UTF-8 (a GBK name) as lone surrogates; the digest
+        # is over the bytes the device sent, so they hash as those bytes (they raised before)
+        store = NonceStore(realm="3402000000", qop=qop)
+        name = "\u6444".encode("gbk").decode("utf-8", "surrogateescape")
+        ch = store.challenge("127.0.0.1", 0.0)
+        creds = authorization_for(
+            ch, method="REGISTER", uri="sip:\udcff@y", username=name, password="p", cnonce="\udcfe"
+        )
+        ha1 = hashlib.md5(b"\xc9\xe3:3402000000:p").hexdigest()
+        ha2 = hashlib.md5(b"REGISTER:sip:\xff@y").hexdigest()
+        tail = f"{creds.nc}:".encode() + b"\xfe:auth:" if qop else b""
+        assert creds.response == hashlib.md5(f"{ha1}:{ch.nonce}:".encode() + tail + ha2.encode()).hexdigest()
+        assert store._expected(creds, "p", "REGISTER") == creds.expected("p", "REGISTER") == creds.response
+        assert store.verify(creds, method="REGISTER", password="p", host="127.0.0.1", now=1.0) is Verdict.OK
 
     def test_a_nonce_older_than_the_window_is_stale(self) -> None:
         store = NonceStore(realm="r", window=8)
