@@ -89,6 +89,8 @@ KEEPALIVES_KEPT = 4
 _KEEPALIVE_OK = (MessageResult.OK.value,)
 # _kept_alive's fast path does these outputs of the table itself: it must learn if they change
 assert KEEPALIVE_OUTPUTS == (Output.WATCH, Output.HEARTBEAT), KEEPALIVE_OUTPUTS
+#: The registrations counter's first label per outcome (an enum's ``.value`` costs a descriptor call per REGISTER).
+_OUTCOME_LABEL = {outcome: outcome.value for outcome in Outcome}
 #: Registration reasons counted as authentication failures.
 _AUTH_FAILURES = frozenset({"bad-password", "wrong-realm", "bad-algorithm", "banned"})
 #: Seconds between walks of the table for :meth:`RegistrarService.knows_address` once a device has
@@ -440,7 +442,7 @@ class RegistrarService:
         epoch: float,
     ) -> None:
         """What a REGISTER answered (by either path) changes: counts, bans, logs, the device."""
-        self.registrations[result.outcome.value, result.reason] += 1
+        self.registrations[_OUTCOME_LABEL[result.outcome], result.reason] += 1
         if self.registrar.bans.bans != bans_before:
             self.ban_count[()] += self.registrar.bans.bans - bans_before
             for ban in self.registrar.bans.take_added():
@@ -468,32 +470,31 @@ class RegistrarService:
         device, change = result.device, result.change
         if device is None or change is None:
             return
+        event = change.event
         # a REGISTER (a rebooted device's comes as a refresh) starts its keepalives again: the gap
         # before it is no interval of theirs
         self.keepalive_arrivals.pop(device_id, None)
         self.devices.adopt(device)
         # every REGISTER accepted here (refresh and unregister too) claims the device with the next batch
         self.cluster.registered(device_id, epoch)
-        if change.event is not DeviceEvent.UNREGISTERED:
+        if event is not DeviceEvent.UNREGISTERED:
             # the address it is told (Via, Contact, SDP): `device show` says it, for the installer
             # whose camera sends its video nowhere
             local = self.stack.local_address(peer)
             if (device.local_host, device.local_port) != local:
                 device.local_host, device.local_port = local
                 self.changed(device.device_id)
-        if change.event is DeviceEvent.UNREGISTERED:
+        if event is DeviceEvent.UNREGISTERED:
             log.info("device unregistered", extra=extra)
         elif result.address_changed and change.moved_from is not None:
             log.warning(
                 "device registered from a new address (NAT rebinding, or two devices sharing one ID)",
                 extra={**extra, "old": str(change.moved_from)},
             )
-        if change.event is DeviceEvent.REGISTERED or change.went_online:
+        if event is DeviceEvent.REGISTERED or change.went_online:
             log.info("device online", extra={**extra, "expires": device.expires, "transport": device.transport})
         # the listeners are told "unregistered", the record keeps the longer offline_reason
-        self._apply(
-            change, device, now, epoch, reason="unregistered" if change.event is DeviceEvent.UNREGISTERED else ""
-        )
+        self._apply(change, device, now, epoch, reason="unregistered" if event is DeviceEvent.UNREGISTERED else "")
 
     def _apply(self, change: Change, device: Device, now: float, epoch: float, *, reason: str = "") -> None:
         """Carry out what a transition asks of the shell (:class:`~gb28181gw.gb.devices.Output`)."""

@@ -81,7 +81,7 @@ class CompletedResponses:
 
     def add(self, tx_key: tuple[str, ...], data: bytes, peer: Peer, until: float) -> None:
         """Remember ``data`` sent to ``peer`` as the answer for ``tx_key`` until ``until``."""
-        key = self.key(tx_key)
+        key = "\x00".join(tx_key)  # key(), inlined
         chunks = self._chunks
         chunk = chunks[-1] if chunks else None
         if chunk is None or not chunk.room(len(data)):
@@ -105,7 +105,7 @@ class CompletedResponses:
         chunk.until.append(until)
 
     def __contains__(self, tx_key: tuple[str, ...]) -> bool:
-        return self.key(tx_key) in self._index
+        return "\x00".join(tx_key) in self._index  # key(), inlined: asked of every quick request
 
     def get(self, tx_key: tuple[str, ...]) -> tuple[bytes, Peer] | None:
         """The answer kept for ``tx_key`` and where it went, or ``None``."""
