@@ -343,7 +343,7 @@ def stage_wrappers(gw: Gateway) -> Stages:
     s.wrap(QuickRequest, "answer", "QuickRequest.answer (bytes)", 2)
     s.wrap(service.RegistrarService, "_registered", "registrar._registered (state)", 1)
     s.wrap_item(gw.stack._quick, "MESSAGE", "registrar._quick_message")
-    s.wrap(service, "keepalive_fast", "keepalive_fast (body)", 1)
+    s.wrap(service, "is_keepalive", "is_keepalive (body)", 1)
     s.wrap(gw.stack.router, "role_of", "router.role_of (sender)", 1)
     s.wrap(service.RegistrarService, "_kept_alive", "registrar._kept_alive (state)", 1)
     s.wrap(SipEndpoint, "complete", "endpoint.complete (Timer J)")

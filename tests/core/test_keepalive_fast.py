@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gb28181gw.errors import ManscdpError
-from gb28181gw.manscdp.codec import KEEPALIVE_MARK, Keepalive, child_text, keepalive_fast, parse_xml
+from gb28181gw.manscdp.codec import KEEPALIVE_MARK, Keepalive, child_text, is_keepalive, keepalive_fast, parse_xml
 
 DEV = "34020000001320000001"
 PLAIN = (
@@ -34,6 +34,7 @@ def general(body: bytes) -> Keepalive | None:
 
 def agrees(body: bytes) -> None:
     fast = keepalive_fast(body)
+    assert is_keepalive(body) is (fast is not None)
     if fast is not None:
         assert general(body) == fast
         # the quick path leaves a MESSAGE without the mark unread: none it would take lacks it

@@ -262,3 +262,35 @@ async def test_a_keepalive_spelled_otherwise_is_answered_by_the_general_path(
     finally:
         sock.close()
         await gw.stop()
+
+
+@pytest.mark.parametrize("quick", [True, False])
+async def test_a_keepalive_after_the_registration_ran_out_is_404_before_the_deadline_fires(quick: bool) -> None:
+    # the registrar's resolver answers an online device at its address at once (its common case):
+    # a registration that has run out, its deadline not yet fired, must still be no DEVICE
+    gw = await start_gateway(**{"registrar.password": PASSWORD, "registrar.quick_path": str(quick).lower()})
+    sock, port, ask = device_socket(gw)
+    try:
+        challenge = await ask(register(port, "e1", 1))
+        assert (await ask(register(port, "e2", 2, authorization(challenge)))).startswith(b"SIP/2.0 200 ")
+        assert (await ask(keepalive(port, "e3"))).startswith(b"SIP/2.0 200 ")
+        device = gw.registrar.devices[ID]
+        device.expires_at = gw.registrar._clock() - 1  # the liveness timer has not fired yet
+        assert device.state is DeviceState.ONLINE
+        answer = await ask(keepalive(port, "e4"))
+        assert answer.startswith(b"SIP/2.0 404 ")
+        assert gw.registrar.keepalives[("ok",)] == 1 and gw.registrar.keepalives[("unregistered",)] == 1
+        # and a keepalive that moved the device's port is the general transition, saved at once
+        device.expires_at = gw.registrar._clock() + 3600
+        other, other_port, ask_other = device_socket(gw)
+        try:
+            moved = await ask_other(keepalive(other_port, "e5"))
+        finally:
+            other.close()
+        # accept_port_change (the default): NAT rebinding, the device is there now (the general transition)
+        assert moved.startswith(b"SIP/2.0 200 ")
+        assert (gw.registrar.devices[ID].host, gw.registrar.devices[ID].port) == ("127.0.0.1", other_port)
+        assert gw.registrar.keepalives[("ok",)] == 2
+    finally:
+        sock.close()
+        await gw.stop()

@@ -94,6 +94,11 @@ class BanList:
         """Bans held (some may have just ended): 0 means nobody is banned, and no key need be checked."""
         return len(self._bans)
 
+    @property
+    def failing(self) -> bool:
+        """Whether any key has failures counted (else :meth:`succeed` has nothing to forget)."""
+        return bool(self._failures)
+
     def banned(self, key: str, now: float) -> float:
         """Seconds left on ``key``'s ban, 0 if none."""
         entry = self._bans.get(key)

@@ -409,8 +409,9 @@ class Registrar:
         """A registration (``expires`` > 0, within the policy's bounds) that passed every check:
         the device's new record and transition. Shared by :meth:`handle` and the quick path
         (:mod:`gb28181gw.gb.quick`), which answer it each in their own way."""
-        self.bans.succeed(address_key(peer.host))
-        self.bans.succeed(id_key(device_id, peer.host))
+        if self.bans.failing:  # nothing to forget otherwise: spare every registration two keys
+            self.bans.succeed(address_key(peer.host))
+            self.bans.succeed(id_key(device_id, peer.host))
         record = device.copy() if device is not None else Device(device_id=device_id, created_at=epoch)
         was_registered = record.registered and record.expires_at > epoch
         record.expires = expires

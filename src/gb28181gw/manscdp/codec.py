@@ -26,6 +26,7 @@ __all__ = [
     "REPLACEMENT",
     "etree",
     "charset_problem",
+    "is_keepalive",
     "keepalive_fast",
     "child_text",
     "decode_text",
@@ -211,6 +212,12 @@ _KEEPALIVE_RE = re.compile(
 #: What every body :func:`keepalive_fast` takes contains (its pattern requires it literally): a
 #: MESSAGE without it is no plain keepalive, and the quick path leaves it unread (``SipStack.on_quick``).
 KEEPALIVE_MARK = b"<CmdType>Keepalive</CmdType>"
+
+
+def is_keepalive(body: bytes) -> bool:
+    """Whether :func:`keepalive_fast` reads ``body`` (for callers that need no fields: the quick
+    path asks of every keepalive, and building the fields cost as much as the match)."""
+    return len(body) <= 512 and _KEEPALIVE_RE.fullmatch(body) is not None
 
 
 def keepalive_fast(body: bytes) -> Keepalive | None:

@@ -171,6 +171,10 @@ class Router:
         self._owners: dict[str, _Owned[Handler]] = {}
         self._messages: dict[tuple[Role, str], _Owned[MessageHandler]] = {}
         self._resolvers: list[_Owned[RoleResolver]] = []
+        self._resolver_fns: tuple[RoleResolver, ...] = ()  # the same, as role_of calls them: per MESSAGE
+        #: counts changes to who is registered for what (owners, chains, message owners, resolvers):
+        #: the quick paths check who owns a request once per version, not per request
+        self.version = 0
         self._rejected: list[RejectListener] = []
         self._dialogs: dict[DialogId, _Owned[Handler]] = {}
         self._in_dialog: set[str] = set()
@@ -230,6 +234,8 @@ class Router:
         """Ask ``resolver`` who MESSAGE senders are; the first that claims one wins, in registration order
         (:attr:`Role.REFUSED` only when none claims it)."""
         self._resolvers.append(_Owned(resolver, owner))
+        self._resolver_fns = tuple(r.fn for r in self._resolvers)
+        self.version += 1
 
     def on_rejected(self, listener: RejectListener) -> None:
         """Be told of MESSAGEs the router answers itself (403/404 unknown sender, 400 bad body, 501)."""
@@ -284,6 +290,8 @@ class Router:
         return self._allow
 
     def _update_allow(self) -> None:
+        # called by every registration of an owner, chain link or message owner
+        self.version += 1
         self._allow = ", ".join(self.allowed_methods)
 
     # --- what the quick path asks (it serves only what dispatch would give the same owner) ---
@@ -309,8 +317,8 @@ class Router:
         """The role of a MESSAGE's sender: the first resolver's claim, else :attr:`Role.REFUSED` if
         one refused it, else ``None``."""
         role: Role | None = None
-        for resolver in self._resolvers:
-            said = resolver.fn(sender, peer)
+        for resolver in self._resolver_fns:
+            said = resolver(sender, peer)
             if said is Role.REFUSED:
                 role = said  # unless another resolver claims it: a configured superior is no stranger
             elif said is not None:

@@ -339,7 +339,7 @@ class SipStack:
         if now is None:
             now = (self._loop or asyncio.get_running_loop()).time()
         try:
-            if self._quick and peer.transport == "UDP" and self._feed_quick(data, peer):
+            if self._quick and peer.transport == "UDP" and self._feed_quick(data, peer, now):
                 return
             self.endpoint.receive(data, peer, now)
         except Exception:
@@ -347,7 +347,7 @@ class SipStack:
             self.counters.dropped["internal-error"] += 1
             log.exception("internal error handling SIP input", extra={"peer": str(peer)})
 
-    def _feed_quick(self, data: bytes, peer: Peer) -> bool:
+    def _feed_quick(self, data: bytes, peer: Peer, now: float) -> bool:
         """The quick path: whether ``data`` was answered on it (else the endpoint takes it)."""
         if data.startswith(b"MESSAGE "):
             needs = self._quick_needs.get("MESSAGE")
@@ -381,7 +381,8 @@ class SipStack:
         if status < 300 or status == 500:
             # kept for Timer J like any completed transaction's answer; rejections (a challenge)
             # are stateless, as the general path sends them
-            endpoint.complete(q.key, out, peer, (self._loop or asyncio.get_running_loop()).time())
+            # (from ``now``, when it arrived, as the endpoint times the general path's transactions)
+            endpoint.complete(q.key, out, peer, now)
         # sent with the rest of the batch's answers when the transport pumps, as the general path's
         # are: sending each at once woke the peer once per answer, which cost both sides more
         endpoint.send_stateless(out, peer)

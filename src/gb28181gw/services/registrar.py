@@ -40,7 +40,7 @@ from gb28181gw.audit import GATEWAY, Action, Result
 from gb28181gw.config import RegistrarSection
 from gb28181gw.errors import ManscdpError, StoreError, StoreRecordError
 from gb28181gw.gb.bans import AuthFailure
-from gb28181gw.gb.devices import Change, DeviceEvent, DeviceTable, Output
+from gb28181gw.gb.devices import KEEPALIVE_OUTPUTS, Change, DeviceEvent, DeviceTable, Output
 from gb28181gw.gb.keepalive import (
     Liveness,
     MessageResult,
@@ -52,7 +52,7 @@ from gb28181gw.gb.keepalive import (
 from gb28181gw.gb.model import Ban, Device, DeviceState
 from gb28181gw.gb.quick import QuickRegister, quick_register
 from gb28181gw.gb.registrar import Outcome, RegisterResult, Registrar, RegistrarPolicy, from_user, is_platform_id
-from gb28181gw.manscdp.codec import KEEPALIVE_MARK, Element, keepalive_fast
+from gb28181gw.manscdp.codec import KEEPALIVE_MARK, Element, is_keepalive
 from gb28181gw.manscdp.messages import CmdType, Envelope, envelope
 from gb28181gw.metrics import (
     ADOPTIONS,
@@ -85,6 +85,12 @@ log = logging.getLogger("gb28181gw.registrar")
 OfflineListener = Callable[[Device, str], None]
 #: Keepalive arrival times kept per device (a tuple of floats each: small for 100,000 devices).
 KEEPALIVES_KEPT = 4
+#: The keepalives counter's labels for one answered 200 (built once: counted per keepalive).
+_KEEPALIVE_OK = (MessageResult.OK.value,)
+# _kept_alive's fast path does these outputs of the table itself: it must learn if they change
+assert KEEPALIVE_OUTPUTS == (Output.WATCH, Output.HEARTBEAT), KEEPALIVE_OUTPUTS
+#: The registrations counter's first label per outcome (an enum's ``.value`` costs a descriptor call per REGISTER).
+_OUTCOME_LABEL = {outcome: outcome.value for outcome in Outcome}
 #: Registration reasons counted as authentication failures.
 _AUTH_FAILURES = frozenset({"bad-password", "wrong-realm", "bad-algorithm", "banned"})
 #: Seconds between walks of the table for :meth:`RegistrarService.knows_address` once a device has
@@ -174,6 +180,10 @@ class RegistrarService:
         self._hosts: frozenset[str] = frozenset()  # of registered devices, as of _hosts_at (see knows_address)
         self._hosts_at = float("-inf")
         self._hosts_registered = 0  # registrations counted as of _hosts_at
+        # what the router gives this service, as of its version _routes_seen (see _quick_routes)
+        self._routes_seen = -1
+        self._registers_mine = False
+        self._keepalives_mine = False
         self.registrations = metrics.counter(REGISTRATIONS)
         self.keepalives = metrics.counter(KEEPALIVES)
         self.timeouts = metrics.counter(KEEPALIVE_TIMEOUTS)
@@ -395,11 +405,20 @@ class RegistrarService:
         self.stack.respond(tx, result.response, stateless=result.response.status >= 300)
         self._registered(device_id, event.peer, result.response.status, result, bans_before, now, epoch)
 
+    def _quick_routes(self) -> None:
+        """Whether the router gives REGISTER and device keepalives to this service's handlers, as
+        of its current :attr:`~gb28181gw.net.router.Router.version` (asked per version, not per request)."""
+        router = self.stack.router
+        self._routes_seen = router.version
+        self._registers_mine = router.owner_of("REGISTER") == self._on_register
+        self._keepalives_mine = router.message_owner(Role.DEVICE, "keepalive") == self._on_keepalive
+
     def _quick_register(self, q: QuickRequest, peer: Peer) -> tuple[int, bytes] | None:
         # the quick path (gb/quick.py): REGISTER answered without the general stack, or declined
-        if self.stack.router.owner_of("REGISTER") != self._on_register or not self.stack.router.chain_passes(
-            "REGISTER", q.values["call-id"]
-        ):
+        router = self.stack.router
+        if router.version != self._routes_seen:
+            self._quick_routes()
+        if not self._registers_mine or not router.chain_passes("REGISTER", q.values["call-id"]):
             return None
         now, epoch = self._now()
         endpoint = self.stack.endpoint
@@ -423,7 +442,7 @@ class RegistrarService:
         epoch: float,
     ) -> None:
         """What a REGISTER answered (by either path) changes: counts, bans, logs, the device."""
-        self.registrations[result.outcome.value, result.reason] += 1
+        self.registrations[_OUTCOME_LABEL[result.outcome], result.reason] += 1
         if self.registrar.bans.bans != bans_before:
             self.ban_count[()] += self.registrar.bans.bans - bans_before
             for ban in self.registrar.bans.take_added():
@@ -451,32 +470,31 @@ class RegistrarService:
         device, change = result.device, result.change
         if device is None or change is None:
             return
+        event = change.event
         # a REGISTER (a rebooted device's comes as a refresh) starts its keepalives again: the gap
         # before it is no interval of theirs
         self.keepalive_arrivals.pop(device_id, None)
         self.devices.adopt(device)
         # every REGISTER accepted here (refresh and unregister too) claims the device with the next batch
         self.cluster.registered(device_id, epoch)
-        if change.event is not DeviceEvent.UNREGISTERED:
+        if event is not DeviceEvent.UNREGISTERED:
             # the address it is told (Via, Contact, SDP): `device show` says it, for the installer
             # whose camera sends its video nowhere
             local = self.stack.local_address(peer)
             if (device.local_host, device.local_port) != local:
                 device.local_host, device.local_port = local
                 self.changed(device.device_id)
-        if change.event is DeviceEvent.UNREGISTERED:
+        if event is DeviceEvent.UNREGISTERED:
             log.info("device unregistered", extra=extra)
         elif result.address_changed and change.moved_from is not None:
             log.warning(
                 "device registered from a new address (NAT rebinding, or two devices sharing one ID)",
                 extra={**extra, "old": str(change.moved_from)},
             )
-        if change.event is DeviceEvent.REGISTERED or change.went_online:
+        if event is DeviceEvent.REGISTERED or change.went_online:
             log.info("device online", extra={**extra, "expires": device.expires, "transport": device.transport})
         # the listeners are told "unregistered", the record keeps the longer offline_reason
-        self._apply(
-            change, device, now, epoch, reason="unregistered" if change.event is DeviceEvent.UNREGISTERED else ""
-        )
+        self._apply(change, device, now, epoch, reason="unregistered" if event is DeviceEvent.UNREGISTERED else "")
 
     def _apply(self, change: Change, device: Device, now: float, epoch: float, *, reason: str = "") -> None:
         """Carry out what a transition asks of the shell (:class:`~gb28181gw.gb.devices.Output`)."""
@@ -534,6 +552,17 @@ class RegistrarService:
         # the router asks who sent a MESSAGE: the registered device at its address, its ID from
         # elsewhere, or (by the ID deny list) a refused sender
         device = self.devices.get(sender)
+        if (
+            device is not None
+            and device.port == peer.port
+            and device.host == peer.host
+            and device.state is not DeviceState.UNREGISTERED
+            and device.expires_at > self._clock()
+            and self.cluster.owns(sender)
+        ):
+            # asked of every keepalive: its common answer (check_sender's OK, from its very
+            # address) without the general checks below
+            return Role.DEVICE
         if device is not None and not self.cluster.owns(sender):
             device = None  # another node's: 404, and a device that believes it is registered here registers again
         result = check_sender(device, peer, self._clock(), accept_port_change=self.settings.accept_port_change)
@@ -593,11 +622,13 @@ class RegistrarService:
         # the quick path (sip/quick.py): a plain Keepalive from a registered device, answered
         # without the general stack when the router would hand it to _on_keepalive; else declined
         router = self.stack.router
+        if router.version != self._routes_seen:
+            self._quick_routes()
         if (
-            keepalive_fast(q.body) is None
+            not self._keepalives_mine
+            or not is_keepalive(q.body)
             or not router.chain_passes("MESSAGE", q.values["call-id"])
             or router.role_of(q.sender, peer) is not Role.DEVICE
-            or router.message_owner(Role.DEVICE, "keepalive") != self._on_keepalive
         ):
             return None
         now, epoch = self._now()
@@ -608,9 +639,23 @@ class RegistrarService:
 
     def _kept_alive(self, device_id: str, peer: Peer, now: float, epoch: float) -> None:
         """What a keepalive answered 200 (by either path) changes."""
+        self.keepalives[_KEEPALIVE_OK] += 1
+        arrivals = self.keepalive_arrivals
+        kept = arrivals.get(device_id)
+        if kept is not None and len(kept) == KEEPALIVES_KEPT:
+            arrivals[device_id] = (*kept[1:], now)
+        else:
+            arrivals[device_id] = (*(kept or ())[1 - KEEPALIVES_KEPT :], now)
+        device = self.devices.keepalive(device_id, peer, epoch=epoch)
+        if device is not None:
+            # the common case (an online device at its address): the table's KEEPALIVE_OUTPUTS,
+            # WATCH and HEARTBEAT, done here as _apply would do them, without a Change to walk
+            self._watch(device, now, epoch)
+            self._arm()
+            if device_id not in self._dirty:
+                self._heartbeats.add(device_id)
+            return
         device = self.devices[device_id]
-        self.keepalives[(MessageResult.OK.value,)] += 1
-        self.keepalive_arrivals[device_id] = (*self.keepalive_arrivals.get(device_id, ())[1 - KEEPALIVES_KEPT :], now)
         change = self.devices.apply(device_id, DeviceEvent.KEEPALIVE, epoch=epoch, peer=peer)
         if change.moved_from is not None:
             # K5: NAT rebinding shows up in keepalives first

@@ -248,12 +248,17 @@ class UpstreamService:
         self._lost.append(listener)
 
     def _role(self, sender: str, peer: Peer) -> Role | None:
-        if self.superior(sender, peer) is not None:
-            return Role.PLATFORM
-        if any(sender == link.machine.server_id for link in self.links.values()):
-            # a superior's ID from another address: not our superior, whatever it claims (403)
-            return Role.REFUSED
-        return None
+        # asked of every MESSAGE (each keepalive too): one pass over the links, as superior() and
+        # then the refusal below would make it
+        refused = False
+        for link in self.links.values():
+            m = link.machine
+            if sender == m.server_id:
+                if peer.host == m.peer.host:
+                    return Role.PLATFORM
+                refused = True
+        # a superior's ID from another address: not our superior, whatever it claims (403)
+        return Role.REFUSED if refused else None
 
     def superior(self, sender: str, peer: Peer) -> Link | None:
         """The superior a request comes from: its ID (From user) at its configured (or redirected) host."""

@@ -106,6 +106,7 @@ class SipEndpoint:
         user_agent: str | None = None,
     ) -> None:
         self.timers = timers or TimerConfig()
+        self._timer_j = self.timers.j(False)  # the quick path's completed answers: one per request
         self.limits = limits
         self._token = token or fast_token()
         self.user_agent = user_agent
@@ -368,9 +369,10 @@ class SipEndpoint:
         """Keep ``data``, the final answer the shell's quick path sent to the request ``key`` from
         ``peer`` over UDP, until Timer J, exactly as a completed non-INVITE server transaction keeps
         its answer (§17.2.2): a retransmission is answered these bytes again by :meth:`receive`."""
-        when = now + self.timers.j(False)
+        when = now + self._timer_j
         self._completed.add(key, data, peer, when)
-        self._note_deadline(when)
+        if self._new_deadline is None or when < self._new_deadline:  # _note_deadline, inlined: per request
+            self._new_deadline = when
 
     # --- output ----------------------------------------------------------------------
 

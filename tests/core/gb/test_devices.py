@@ -8,6 +8,8 @@ import pytest
 
 from gb28181gw.errors import LocalProtocolError
 from gb28181gw.gb.devices import (
+    KEEPALIVE_IN_PLACE,
+    KEEPALIVE_OUTPUTS,
     TRANSITIONS,
     Change,
     DeviceEvent,
@@ -155,6 +157,38 @@ class TestDeviceTable:
         assert [(c.device_id, c.event, c.new) for c in changes] == [("34020000001320000002", E.EXPIRED, S.UNREGISTERED)]
         assert lapsed.offline_reason == "registration expired while the gateway was down"
         assert table[ID].state is S.UNREGISTERED  # the third record replaced the second (same ID)
+
+    @pytest.mark.parametrize("state", list(S))
+    @pytest.mark.parametrize(
+        "peer",
+        [HERE, THERE, Peer("UDP", "10.0.0.5", 5061), Peer("UDP", "10.0.0.6", 5060), Peer("TCP", "10.0.0.5", 5060)],
+    )
+    @pytest.mark.parametrize("reason", ["", "no keepalive for 180 s"])
+    @pytest.mark.parametrize("known_at", [HERE, None])
+    def test_keepalive_in_place_is_the_tables_transition(
+        self, state: DeviceState, peer: Peer, reason: str, known_at: Peer | None
+    ) -> None:
+        # the fast path either declines, changing nothing, or leaves the record exactly as the
+        # table's KEEPALIVE does, with that transition's outputs and nothing that Change would report
+        fast, slow = DeviceTable(), DeviceTable()
+        for table in (fast, slow):
+            table.adopt(device(state, peer=known_at, offline_reason=reason, expires_at=EPOCH + 3600))
+        before = fast[ID].copy()
+        done = fast.keepalive(ID, peer, epoch=EPOCH + 5)
+        if done is None:
+            assert fast[ID] == before
+            assert not (state is S.ONLINE and known_at == peer)
+            return
+        assert done is fast[ID] and state is S.ONLINE and known_at == peer
+        change = slow.apply(ID, E.KEEPALIVE, epoch=EPOCH + 5, peer=peer)
+        assert fast[ID] == slow[ID]
+        assert change.nothing and change.outputs == KEEPALIVE_OUTPUTS
+        assert (change.old, change.event) == KEEPALIVE_IN_PLACE
+        assert fast.on_connection(peer) == slow.on_connection(peer)
+
+    def test_keepalive_of_an_unknown_device_is_a_key_error(self) -> None:
+        with pytest.raises(KeyError):
+            DeviceTable().keepalive(ID, HERE, epoch=EPOCH)
 
     def test_apply_unknown_device_is_a_key_error(self) -> None:
         with pytest.raises(KeyError):

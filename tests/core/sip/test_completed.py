@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gb28181gw.sip.completed import CHUNK_BYTES, CompletedResponses
+from gb28181gw.sip.completed import CHUNK_BYTES, SPARE_CHUNKS, CompletedResponses
 from gb28181gw.sip.peer import Peer
 
 PEERS = [Peer("UDP", "127.0.0.1", 5060 + i) for i in range(3)]
@@ -75,3 +75,21 @@ def test_expired_chunks_are_unmapped() -> None:
     table.expire(1e9)
     assert len(table) == 0 and not table._chunks and table.next_deadline() is None
     assert table.get(("z9hG4bK0", "127.0.0.1:5060", "REGISTER")) is None
+    # all unmapped but the spare kept for the next chunk
+    assert len(table._spare) == SPARE_CHUNKS and all(not m.closed for m in table._spare)
+
+
+def test_an_emptied_chunk_is_reused_with_its_old_bytes_never_read() -> None:
+    table = CompletedResponses()
+    old = b"SIP/2.0 200 OK\r\n" + b"o" * 400
+    count = 2 * CHUNK_BYTES // len(old)
+    for n in range(count):
+        table.add((f"z9hG4bK{n}", "127.0.0.1:5060", "MESSAGE"), old, PEERS[0], 32.0 + n / 1000)
+    table.expire(1e9)
+    spare = table._spare[-1]
+    new = b"SIP/2.0 200 OK\r\n" + b"n" * 10
+    table.add(("z9hG4bKnew", "127.0.0.1:5060", "MESSAGE"), new, PEERS[1], 2e9)
+    table.add(("z9hG4bKnew2", "127.0.0.1:5060", "MESSAGE"), new + b"!", PEERS[0], 2e9)
+    assert table._chunks[-1].memory is spare and not table._spare
+    assert table.get(("z9hG4bKnew", "127.0.0.1:5060", "MESSAGE")) == (new, PEERS[1])
+    assert table.get(("z9hG4bKnew2", "127.0.0.1:5060", "MESSAGE")) == (new + b"!", PEERS[0])
