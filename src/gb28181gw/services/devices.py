@@ -667,6 +667,11 @@ class DeviceService:
                     log.exception("writing kept channels and alarms failed; will retry")
 
     def _on_registered(self, device: Device) -> None:
+        if device.device_id not in self.channels:
+            # a device re-homed from another node (issue 17) brings no channels into this node's
+            # memory, which held only what was stored at start: the shared store has them, and a
+            # superior's INVITE for one must not wait for (or depend on) the device's catalog answer
+            self._tasks.spawn(self._load_channels(device.device_id))
         if not self.settings.catalog_on_register:
             return
 
@@ -684,6 +689,16 @@ class DeviceService:
                     )
 
         self._tasks.spawn(after_register())
+
+    async def _load_channels(self, device_id: str) -> None:
+        try:
+            stored = await self.store.load_channels(device_id)
+        except StoreError as exc:
+            log.warning("stored channels cannot be read", extra={"device": device_id, "error": str(exc)})
+            return
+        if stored and device_id not in self.channels:  # a catalog answer that came meanwhile is newer
+            # as at start: known already to everyone reading the shared catalog, nothing to announce
+            self.channels[device_id] = {ch.channel_id: ch for ch in stored}
 
     def _on_offline(self, device: Device, reason: str) -> None:
         # channels go OFF with their device, in the store too
