@@ -35,7 +35,7 @@ from tests.media import UdpConsumer, decode_h264, gb_ps, packetize, send_udp, wa
 from tests.process import free_port, serve, wait_ready
 from tests.redis_server import RedisServer, require_redis_py
 
-from .conftest import start_gateway_from
+from .conftest import start_gateway, start_gateway_from
 from .test_devices import NVR, finished, free_udp_port, play_device
 from .test_devices import register as register_at
 from .test_store_redis import register
@@ -478,3 +478,22 @@ async def test_redis_restarted_mid_stream_cuts_nothing_and_the_bye_still_closes_
         if device is not None and device.returncode is None:
             device.kill()
             await device.wait()
+
+
+async def test_a_device_arriving_at_a_started_node_brings_its_stored_channels(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # a device re-homed after its node died: the channels its old node stored are in the shared
+    # store, not in this node's memory (loaded at its start), and the superior's INVITE for one
+    # is served from memory (cascade.open answered "no device or channel" before: test_cluster.py)
+    gw = await start_gateway(**{"store.backend": "redis", "store.url": redis.url, "node.id": "nB"})
+    try:
+        await seed_channel(redis)
+        other = "34020000001320000077"  # nothing stored for it: nothing loaded, nothing broken
+        await register_at(gw, tmp_path, free_udp_port())
+        await register_at(gw, tmp_path, free_udp_port(), other)
+        await wait_for(lambda: CH in gw.devices.channels.get(NVR, {}), 5)
+        assert gw.devices.owner_of(CH) == NVR and gw.devices.device_of(CH).device_id == NVR
+        assert other not in gw.devices.channels
+    finally:
+        await gw.stop()

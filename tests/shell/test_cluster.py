@@ -46,7 +46,7 @@ from tests.media import UdpConsumer, decode_h264, gb_ps, packetize, send_udp, wa
 from tests.process import wait_ready
 from tests.redis_server import RedisServer, require_redis_py
 
-from .test_cascade_nodes import CH, SUPERIOR, SUPERIOR_SSRC, api, offer, seed_channel, superior_request
+from .test_cascade_nodes import SUPERIOR, SUPERIOR_SSRC, api, offer, seed_channel, superior_request
 from .test_devices import finished, free_udp_port, play_device
 from .test_director import Node, sipp, start_node, until
 from .test_ownership_nodes import events
@@ -310,8 +310,8 @@ async def test_kill_9_of_the_lease_holder_moves_its_devices_and_the_lease(cluste
     await asyncio.to_thread(
         until, lambda: cluster.redis.command(b"SISMEMBER", b"gbgw:nodes", b"n1") == b":0", 60, "the janitor"
     )
-    for device in everyone:
-        assert len(online_events(cluster.redis, device, "offline")) <= 1, device
+    for one in everyone:
+        assert len(online_events(cluster.redis, one, "offline")) <= 1, one
     # a new INVITE at the new holder works (the media device stayed on n2)
     holder, owner = cluster.holder(), cluster.node("n2")
     receiver, device, ok = await play(cluster, holder, "after-kill")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from gb28181gw.sip.message import Request, Response, make_response, parse_message
+from gb28181gw.sip.message import Response, make_response, parse_message
 from tests.process import free_port, serve, wait_ready
 from tests.redis_server import RedisServer, require_redis_py
 
