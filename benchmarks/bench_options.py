@@ -55,14 +55,15 @@ def rss_mib(pid: int) -> float:
 
 
 def start_server(
-    sip_port: int, admin_port: int, cpu: int, *extra: str, listen: str = "127.0.0.1"
+    sip_port: int, admin_port: int, cpu: int | set[int], *extra: str, listen: str = "127.0.0.1"
 ) -> subprocess.Popen[bytes]:
-    """``gb28181gw serve`` on ``listen`` pinned to ``cpu``, once its /readyz says so."""
+    """``gb28181gw serve`` on ``listen`` pinned to ``cpu`` (or a set of CPUs), once its /readyz says so."""
+    cpus = {cpu} if isinstance(cpu, int) else cpu
     store = Path(tempfile.mkdtemp(prefix="gb28181gw-bench-")) / "bench.db"
     proc = subprocess.Popen(
         [sys.executable, "-m", "gb28181gw", "serve", "--listen", listen, "--port", str(sip_port),
          "--admin-port", str(admin_port), "--log-level", "warning", "--set", f"store.path={store}", *extra],
-        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
+        preexec_fn=lambda: os.sched_setaffinity(0, cpus),
     )  # fmt: skip
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

@@ -124,14 +124,28 @@ def _field(data: bytes, start: bytes, end: bytes) -> bytes:
 
 
 def storm(
-    devs: Devices, port: int, first: int, count: int, rate: float, *, step: int, wait: float = 3.0
+    devs: Devices,
+    port: int,
+    first: int,
+    count: int,
+    rate: float,
+    *,
+    step: int,
+    wait: float = 3.0,
+    ids: list[str] | None = None,
+    completed_at: list[float] | None = None,
 ) -> dict[str, float]:
     """Register devices first..first+count-1 at ``rate`` registrations/s; return the figures.
 
     Every message is built before the clock starts but for the digest (the nonce comes with the
-    401): the generator must not be what limits a run (``generator_cpu_pct`` tells).
+    401): the generator must not be what limits a run (``generator_cpu_pct`` tells). A device
+    answered ``302`` (a registration director, GB/T 28181-2022 §9.1.2.3) sends its first REGISTER
+    again to the port the Contact names and goes on there, as devices following a redirect do.
+    ``ids`` (``count`` of them) instead of devices first..: whichever devices; ``completed_at``
+    gets each one's ``time.perf_counter()`` at its 200 (0.0: none came).
     """
     dest = ("127.0.0.1", port)
+    dests = [dest] * count
     started = [0.0] * count
     done = [0.0] * count
     completed = 0
@@ -142,7 +156,7 @@ def storm(
     seconds: list[tuple[bytes, bytes]] = []
     auth_heads: list[bytes] = []
     for n in range(count):
-        dev = device_id(first + n)
+        dev = ids[n] if ids else device_id(first + n)
         fields = {"uri": URI, "lport": devs.ports[n % SOCKETS], "step": step, "n": n, "dev": dev}
         firsts.append(REGISTER.format(k=1, auth="", **fields).encode())
         head, tail = REGISTER.format(k=2, auth="\0", **fields).encode().split(b"\0")
@@ -159,7 +173,7 @@ def storm(
 
     def send(n: int, data: bytes) -> None:
         try:
-            socks[n % SOCKETS].sendto(data, dest)
+            socks[n % SOCKETS].sendto(data, dests[n])
         except BlockingIOError:
             pass
 
@@ -182,13 +196,19 @@ def storm(
                 nonce = _field(data, b'nonce="', b'"')
                 response = hashlib.md5(auth_heads[n] + b":" + nonce + ha2).hexdigest().encode()
                 head, tail = seconds[n]
-                auth = prefix.format(device_id(first + n)).encode() + nonce + suffix + response
+                auth = prefix.format(ids[n] if ids else device_id(first + n)).encode() + nonce + suffix + response
                 send(n, head + auth + b'",algorithm=MD5\r\n' + tail)
+            elif data.startswith(b"SIP/2.0 302"):
+                contact = _field(data, b"\r\nContact: <sip:", b">")
+                dests[n] = ("127.0.0.1", int(contact.rsplit(b":", 1)[1]))
+                send(n, firsts[n])
             elif data.startswith(b"SIP/2.0 200") and not done[n]:
                 done[n] = last_activity
                 completed += 1
         if sent >= count and (completed >= count or time.perf_counter() - last_activity > wait):
             break
+    if completed_at is not None:
+        completed_at[:] = done
     finished = [d for d in done if d]
     span = (max(finished) - t0) if finished else float("nan")
     latencies = sorted((d - s) * 1000 for d, s in zip(done, started, strict=True) if d)

@@ -36,7 +36,7 @@ from tests.media import UdpConsumer, decode_h264, gb_ps, packetize, send_udp, wa
 from tests.process import free_port, serve, wait_ready
 from tests.redis_server import RedisServer, require_redis_py
 
-from .conftest import start_gateway_from
+from .conftest import start_gateway, start_gateway_from
 from .test_devices import NVR, finished, free_udp_port, play_device
 from .test_devices import register as register_at
 from .test_store_redis import register
@@ -72,30 +72,9 @@ class Superior(asyncio.DatagramProtocol):
         if isinstance(msg, Request) and msg.method != "ACK" and self.transport is not None:
             self.transport.sendto(bytes(make_response(msg, 200, to_tag="sup1")), addr)
 
-    def send(
-        self,
-        sip_port: int,
-        method: str,
-        call_id: str,
-        *,
-        to_tag: str = "",
-        body: str = "",
-        to: str = CH,
-        content_type: str = "application/sdp",
-    ) -> None:
+    def send(self, sip_port: int, method: str, call_id: str, **more: str) -> None:
         assert self.transport is not None
-        port = self.port
-        text = (
-            f"{method} sip:{to}@127.0.0.1:{sip_port} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP 127.0.0.1:{port};rport;branch=z9hG4bK{method}{call_id}\r\n"
-            f"From: <sip:{SUPERIOR}@3401000000>;tag=up-{call_id}\r\n"
-            f"To: <sip:{to}@3402000000>{';tag=' + to_tag if to_tag else ''}\r\n"
-            f"Call-ID: {call_id}\r\nCSeq: 20 {method}\r\nContact: <sip:{SUPERIOR}@127.0.0.1:{port}>\r\n"
-            f"Subject: {CH}:0100000077,{SUPERIOR}:0\r\nMax-Forwards: 70\r\n"
-            f"{'Content-Type: ' + content_type + chr(13) + chr(10) if body else ''}"
-            f"Content-Length: {len(body.encode())}\r\n\r\n{body}"
-        )
-        self.transport.sendto(text.encode(), ("127.0.0.1", sip_port))
+        self.transport.sendto(superior_request(self.port, sip_port, method, call_id, **more), ("127.0.0.1", sip_port))
 
     def final(self, call_id: str) -> Response | None:
         return next((m for m in self.got if isinstance(m, Response) and m.status >= 200 and m.call_id == call_id), None)
@@ -110,6 +89,31 @@ class Superior(asyncio.DatagramProtocol):
 
     def registers(self) -> int:
         return sum(1 for m in self.got if isinstance(m, Request) and m.method == "REGISTER")
+
+
+def superior_request(
+    own_port: int,
+    sip_port: int,
+    method: str,
+    call_id: str,
+    *,
+    to_tag: str = "",
+    body: str = "",
+    to: str = CH,
+    content_type: str = "application/sdp",
+) -> bytes:
+    """A request of the superior's (at 127.0.0.1:``own_port``) to a node's SIP port, for ``to`` (CH)."""
+    text = (
+        f"{method} sip:{to}@127.0.0.1:{sip_port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{own_port};rport;branch=z9hG4bK{method}{call_id}\r\n"
+        f"From: <sip:{SUPERIOR}@3401000000>;tag=up-{call_id}\r\n"
+        f"To: <sip:{to}@3402000000>{';tag=' + to_tag if to_tag else ''}\r\n"
+        f"Call-ID: {call_id}\r\nCSeq: 20 {method}\r\nContact: <sip:{SUPERIOR}@127.0.0.1:{own_port}>\r\n"
+        f"Subject: {CH}:0100000077,{SUPERIOR}:0\r\nMax-Forwards: 70\r\n"
+        f"{'Content-Type: ' + content_type + chr(13) + chr(10) if body else ''}"
+        f"Content-Length: {len(body.encode())}\r\n\r\n{body}"
+    )
+    return text.encode()
 
 
 def offer(port: int) -> str:
@@ -197,12 +201,12 @@ async def superior() -> AsyncIterator[Superior]:
         transport.close()
 
 
-async def seed_channel(redis: RedisServer) -> None:
-    """The NVR's channel in the shared store, as B's catalog of it would have written it."""
+async def seed_channel(redis: RedisServer, device: str = NVR) -> None:
+    """The device's channel CH in the shared store, as its node's catalog of it would have written it."""
     r = Redis.from_url(redis.url)
     try:
-        await r.hset(f"gbgw:channels:{NVR}", CH, json.dumps(["gate", "ON", NVR, {}]))
-        await r.sadd("gbgw:channels", NVR)
+        await r.hset(f"gbgw:channels:{device}", CH, json.dumps(["gate", "ON", device, {}]))
+        await r.sadd("gbgw:channels", device)
     finally:
         await r.aclose()
 
@@ -537,3 +541,22 @@ async def test_redis_restarted_empty_mid_stream_the_holder_keeps_its_lease_regis
         if device is not None and device.returncode is None:
             device.kill()
             await device.wait()
+
+
+async def test_a_device_arriving_at_a_started_node_brings_its_stored_channels(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # a device re-homed after its node died: the channels its old node stored are in the shared
+    # store, not in this node's memory (loaded at its start), and the superior's INVITE for one
+    # is served from memory (cascade.open answered "no device or channel" before: test_cluster.py)
+    gw = await start_gateway(**{"store.backend": "redis", "store.url": redis.url, "node.id": "nB"})
+    try:
+        await seed_channel(redis)
+        other = "34020000001320000077"  # nothing stored for it: nothing loaded, nothing broken
+        await register_at(gw, tmp_path, free_udp_port())
+        await register_at(gw, tmp_path, free_udp_port(), other)
+        await wait_for(lambda: CH in gw.devices.channels.get(NVR, {}), 5)
+        assert gw.devices.owner_of(CH) == NVR and gw.devices.device_of(CH).device_id == NVR
+        assert other not in gw.devices.channels
+    finally:
+        await gw.stop()

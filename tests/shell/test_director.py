@@ -100,7 +100,8 @@ def until(check: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def sipp(tmp_path: Path, director: Node, ids: list[str]) -> None:
+def sipp(tmp_path: Path, director: Node, ids: list[str], *, port: int = 0) -> None:
+    """SIPp IPCs ``ids`` register through ``director`` (from local ``port``, the kernel's if 0) and keep alive twice."""
     binary = shutil.which("sipp")
     if binary is None:
         if os.environ.get("CI"):
@@ -111,7 +112,7 @@ def sipp(tmp_path: Path, director: Node, ids: list[str]) -> None:
     inf.write_text("SEQUENTIAL\n" + "".join(f"{i};[authentication username={i} password={PASSWORD}];\n" for i in ids))
     done = subprocess.run(
         [binary, "-sf", str(SIPP_DIR / "director_register_uac.xml"), f"127.0.0.1:{director.sip}",
-         "-i", "127.0.0.1", "-p", "0", "-t", "u1", "-m", str(len(ids)), "-r", "20", "-timeout", "60s",
+         "-i", "127.0.0.1", "-p", str(port), "-t", "u1", "-m", str(len(ids)), "-r", "20", "-timeout", "60s",
          "-timeout_error", "-nostdin", "-inf", str(inf), "-trace_msg", "-message_file", str(tmp_path / "sipp.msg")],
         capture_output=True, text=True, timeout=90, cwd=tmp_path,
     )  # fmt: skip

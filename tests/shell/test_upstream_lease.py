@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from gb28181gw.sip.message import Request, make_response, parse_message
+from gb28181gw.sip.message import Response, make_response, parse_message
 from tests.process import free_port, serve, wait_ready
 from tests.redis_server import RedisServer
 
@@ -99,7 +99,8 @@ class Superior:
 
 class MutingSuperior:
     """A superior in this process: 200 to every request, except keepalives from the nodes whose
-    SIP port is in :attr:`unanswered`, left in flight (their retransmissions are what is counted)."""
+    SIP port is in :attr:`unanswered`, left in flight (their retransmissions are what is counted).
+    The responses to what the test sends (:meth:`send`) are kept in :attr:`responses`."""
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -108,6 +109,7 @@ class MutingSuperior:
         self.port = self.sock.getsockname()[1]
         self.unanswered: set[int] = set()
         self._received: list[Received] = []
+        self.responses: list[Response] = []
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -120,14 +122,16 @@ class MutingSuperior:
             except TimeoutError:
                 continue
             message = parse_message(data)
-            if not isinstance(message, Request):
+            if isinstance(message, Response):
+                with self._lock:
+                    self.responses.append(message)
                 continue
             port = message.top_via.port or 5060
             with self._lock:
                 self._received.append(
                     Received(time.time(), port, message.method, message.call_id, message.headers.get("Expires") or "")
                 )
-            if message.method == "MESSAGE" and port in self.unanswered:
+            if message.method == "ACK" or (message.method == "MESSAGE" and port in self.unanswered):
                 continue
             response = make_response(message, 200, to_tag="sup")
             if message.method == "REGISTER":
@@ -140,6 +144,14 @@ class MutingSuperior:
 
     def registers(self, port: int | None = None) -> list[Received]:
         return [r for r in self.received() if r.method == "REGISTER" and (port is None or r.port == port)]
+
+    def send(self, data: bytes, port: int) -> None:
+        """Send a request of the test's to a node's SIP port on 127.0.0.1."""
+        self.sock.sendto(data, ("127.0.0.1", port))
+
+    def final(self, call_id: str) -> Response | None:
+        with self._lock:
+            return next((m for m in self.responses if m.status >= 200 and m.call_id == call_id), None)
 
     def stop(self) -> None:
         self._done.set()

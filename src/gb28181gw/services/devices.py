@@ -125,6 +125,8 @@ class DeviceService:
         self._alarm_listeners: list[AlarmListener] = []
         self._reaper: asyncio.Task[None] | None = None
         self._retrier: asyncio.Task[None] | None = None
+        self._channels_wanted: set[str] = set()
+        self._channel_reader: asyncio.Task[None] | None = None
         # what the store could not take, written once it can (a Redis restart, a full disk): the
         # devices whose whole channel list is to be written, and the alarms
         self._unsaved_channels: set[str] = set()
@@ -167,6 +169,8 @@ class DeviceService:
             self._reaper.cancel()
         if self._retrier is not None:
             self._retrier.cancel()
+        if self._channel_reader is not None:
+            self._channel_reader.cancel()
         self._tasks.cancel()
         if self._unsaved_channels or self._unsaved_alarms:
             await self._write_unsaved()
@@ -667,6 +671,14 @@ class DeviceService:
                     log.exception("writing kept channels and alarms failed; will retry")
 
     def _on_registered(self, device: Device) -> None:
+        if self.registrar.cluster.shared and device.device_id not in self.channels:
+            # a device re-homed from another node (issue 17) brings no channels into this node's
+            # memory, which held only what was stored at start: the shared store has them, and a
+            # superior's INVITE for one must not wait for (or depend on) the device's catalog answer.
+            # One reader for all (a storm of REGISTERs took every connection of the pool, one each)
+            self._channels_wanted.add(device.device_id)
+            if self._channel_reader is None or self._channel_reader.done():
+                self._channel_reader = asyncio.get_running_loop().create_task(self._read_wanted_channels())
         if not self.settings.catalog_on_register:
             return
 
@@ -684,6 +696,18 @@ class DeviceService:
                     )
 
         self._tasks.spawn(after_register())
+
+    async def _read_wanted_channels(self) -> None:
+        while self._channels_wanted:
+            device_id = self._channels_wanted.pop()
+            try:
+                stored = await self.store.load_channels(device_id)
+            except StoreError as exc:
+                log.warning("stored channels cannot be read", extra={"device": device_id, "error": str(exc)})
+                continue  # its catalog answer (catalog_on_register) or the next REGISTER brings them
+            if stored and device_id not in self.channels:  # a catalog answer that came meanwhile is newer
+                # as at start: known already to everyone reading the shared catalog, nothing to announce
+                self.channels[device_id] = {ch.channel_id: ch for ch in stored}
 
     def _on_offline(self, device: Device, reason: str) -> None:
         # channels go OFF with their device, in the store too
