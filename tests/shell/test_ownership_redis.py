@@ -216,7 +216,7 @@ async def test_two_janitors_of_a_dead_node_mark_each_device_offline_once(nodes: 
     # D1 and D2 past their deadline at the janitors' clock, D3 not yet
     await dead.write([online(D1), online(D2), online(D3)], {D1: 900.0, D2: 950.0, D3: 1500.0}, [])
     survivor = await nodes.node("c")
-    survivor.registered(D2, 200.0)  # D2 re-registered at c before anyone swept
+    survivor.registered(D2, time.time())  # D2 re-registered at c before anyone swept (c's clock is right)
     await survivor.write([online(D2, host="10.0.0.3")], {D2: 2e9}, [])
     b = await nodes.node("b", clock=lambda: 1000.0)
     c2 = await nodes.node("c2", clock=lambda: 1000.0)
@@ -287,3 +287,35 @@ async def test_a_device_no_node_owns_is_written_by_any_but_anothers_is_not(nodes
     await b.write([online(D2, host="10.0.0.2")], {D2: 2e9}, [])
     await a.write([Device(D2, name="not yours")], {}, [])
     assert row(redis, D2)[1] == "" and row(redis, D2)[7] == "10.0.0.2"
+
+
+@pytest.mark.parametrize("skew", [300.0, -300.0], ids=["first-node-fast", "second-node-slow"])
+async def test_a_later_register_wins_whatever_the_nodes_clocks_say(
+    nodes: Nodes, redis: RedisServer, skew: float
+) -> None:
+    # A registers the device, then B (re-homed); one of the two clocks is five minutes off
+    fast = skew > 0
+    a = await nodes.node("a", clock=(lambda: time.time() + skew) if fast else time.time)
+    b = await nodes.node("b", clock=time.time if fast else (lambda: time.time() + skew))
+    a.registered(D1, a._clock())
+    await a.write([online(D1)], {D1: a._clock() + 60}, [DeviceNotice(D1, "online")])
+    b.registered(D1, b._clock())
+    result = await b.write([online(D1, host="10.0.0.2")], {D1: b._clock() + 60}, [DeviceNotice(D1, "online")])
+    assert result.lost == [] and b.owns(D1) and owner(redis, D1) == b"2 b"
+    assert (await a.write([], {}, [])).lost == [D1]
+    assert row(redis, D1)[7] == "10.0.0.2"
+
+
+async def test_a_janitor_does_not_mark_early_because_the_dead_nodes_clock_was_slow(
+    nodes: Nodes, redis: RedisServer
+) -> None:
+    # the dead node's clock was five minutes slow: its device's deadline, a minute ahead of it, is
+    # four minutes past by a right clock, yet the device had a minute left when its node died
+    dead = await nodes.node("dead", clock=lambda: time.time() - 300)
+    dead.registered(D1, dead._clock())
+    await dead.write([online(D1)], {D1: dead._clock() + 60}, [])
+    b = await nodes.node("b")
+    redis.command(b"SET", b"gbgw:node:b", b"{}")
+    assert await b.janitor_round(0.0) == ["dead"]
+    assert row(redis, D1)[15] == "online" and await events(b) == []
+    assert redis.command(b"ZCARD", b"gbgw:live:dead") == b":1"

@@ -3,10 +3,10 @@
 Keys (after the store's prefix, ``gbgw:``)::
 
     owner           hash    device ID -> "<epoch> <node>": the node whose REGISTER claimed it last
-    owner:at        hash    device ID -> wall time of the REGISTER that made the current epoch
+    owner:at        hash    device ID -> time (Redis's clock) of the REGISTER that made the current epoch
     lost:<node>     hash    device ID -> epoch: devices claimed away from <node> (read and emptied
                             by <node> with its next batch, so it stops watching them at once)
-    live:<node>     zset    device ID -> liveness deadline (wall seconds) of <node>'s online devices,
+    live:<node>     zset    device ID -> liveness deadline (Redis's clock) of <node>'s online devices,
                             plus a third of the device's keepalive window (rewritten only when the
                             deadline passes it: a janitor marks late by at most that, never early)
     nodes           set     node IDs that have written (a dead one is removed by its janitor)
@@ -31,6 +31,13 @@ devices of ``live:<dead>`` still owned by the dead node are marked offline (row 
 their deadline passes, the others (registered elsewhere since) are dropped from the set; once the
 set is empty it is deleted and the node removed from ``nodes``. A janitor that dies leaves its
 lock to expire; the next one goes on from what is left.
+
+**Times are Redis's**: a claim's REGISTER time, the deadlines in ``live:<node>`` and a janitor's
+"now" are this node's wall clock plus its offset from Redis's ``TIME`` (measured at start and every
+janitor interval), so claims and deadlines written by nodes whose clocks disagree compare as if
+one clock had read them all (to within a round trip): a node minutes fast no longer wins every
+claim for minutes, nor does a slow one's dead devices get marked offline early. An offset beyond
+:data:`CLOCK_WARN` is logged.
 
 **Redis away**: every batch that fails is kept whole by the caller and sent again, claims
 included (a claim keeps the time of its REGISTER, so one that finds a later REGISTER's claim on
@@ -78,6 +85,10 @@ JANITOR_INTERVAL = 2.0
 DEAD_GRACE = NODE_TTL / 3 + 2.0
 #: Milliseconds the janitor lock lives unless its holder renews it (every round).
 LOCK_TTL_MS = int(JANITOR_INTERVAL * 5 * 1000)
+#: Seconds this node's clock may differ from Redis's before a warning says so. Claims and deadlines
+#: are put in Redis's clock (:meth:`RedisCluster.registered`), so nodes need not agree; a clock this
+#: far off is still worth fixing (event and row times are this node's).
+CLOCK_WARN = 2.0
 
 # Lua fields of a device row (1-based), for the janitor's offline mark
 _STATE = DEVICE_LAYOUT.index("state") + 1
@@ -299,6 +310,9 @@ class RedisCluster:
         self._published: set[str] = set()  # devices this node put in live:<node>
         self._janitor: asyncio.Task[None] | None = None
         self.token = secrets.token_hex(8)
+        #: Redis's clock minus this node's (seconds), as last measured: added to every time written
+        self.clock_offset = 0.0
+        self._clock_warned = False
         self.adoptions: Counter[tuple[str, ...]] = Counter()
         self.errors: Counter[tuple[str, ...]] = Counter()
 
@@ -316,6 +330,7 @@ class RedisCluster:
             "reading device owners", lambda r: script(keys=[self._k("owner"), self._k("boot")], args=args)
         )
         self._boot = _text(answer[0])
+        await self.store._write("reading Redis's clock", self._measure_clock)
         owners = []
         for device_id, raw in zip([*registered, *others], answer[1:], strict=True):
             if raw:
@@ -332,6 +347,23 @@ class RedisCluster:
         )
         self._janitor = asyncio.get_running_loop().create_task(self._janitor_loop())
 
+    async def _measure_clock(self, r: Any) -> None:
+        before = self._clock()
+        secs, usecs = await r.time()
+        after = self._clock()
+        self.clock_offset = offset = secs + usecs / 1e6 - (before + after) / 2
+        if abs(offset) > CLOCK_WARN and not self._clock_warned:
+            log.warning(
+                "this node's clock is off Redis's: claims and deadlines are put in Redis's clock, "
+                "but event and row times are this node's; check NTP",
+                extra={"node": self.node, "offset": round(offset, 3)},
+            )
+        self._clock_warned = abs(offset) > CLOCK_WARN
+
+    def _now(self) -> float:
+        """Now in Redis's clock."""
+        return self._clock() + self.clock_offset
+
     async def stop(self) -> None:
         if self._janitor is not None:
             self._janitor.cancel()
@@ -347,7 +379,8 @@ class RedisCluster:
         return self.ownership.owns(device_id)
 
     def registered(self, device_id: str, at: float) -> None:
-        self.ownership.registered(device_id, at)
+        # in Redis's clock, once: a claim sent again (Redis was away) carries the same time
+        self.ownership.registered(device_id, at + self.clock_offset)
 
     @property
     def pending(self) -> bool:
@@ -379,7 +412,8 @@ class RedisCluster:
         by_device: dict[str, list[DeviceNotice]] = {}
         for notice in notices:
             by_device.setdefault(notice.device_id, []).append(notice)
-        now = repr(self._clock())
+        now = repr(self._now())
+        offset = self.clock_offset
         chunks: list[list[bytes | str]] = []
         for start in range(0, max(len(ids), 1), CHUNK):
             part = ids[start : start + CHUNK]
@@ -393,13 +427,17 @@ class RedisCluster:
                 if at is None and epoch is None:
                     # claiming, and its claim went with an earlier batch whose answer is pending: none here
                     continue
-                deadline = deadlines.get(device_id, "")
+                if device_id not in deadlines:
+                    score = ""
+                else:
+                    when = deadlines[device_id]
+                    score = "-" if when is None else repr(when + offset)
                 args += [
                     _key(device_id),
                     "" if at is None else repr(at),
                     "" if at is not None or epoch is None else str(epoch),
                     rows.get(device_id, b""),
-                    "" if deadline == "" else ("-" if deadline is None else repr(deadline)),
+                    score,
                 ]
                 for notice in by_device.get(device_id, ()):
                     fresh = "0" if device_id in self._published else "1"
@@ -479,6 +517,7 @@ class RedisCluster:
         while True:
             await asyncio.sleep(self.janitor_interval)
             try:
+                await self._measure_clock(self.store._r())
                 await self.janitor_round(loop.time())
                 failing = False
             except (RedisError, OSError, StoreError) as exc:
@@ -523,7 +562,7 @@ class RedisCluster:
         keys = [self._k(k) for k in ("owner", "devices", f"live:{dead}", "events", f"janitor:{dead}", "nodes",
                                      f"node:{dead}", f"lost:{dead}")]  # fmt: skip
         reason = f"node {dead} stopped; no keepalive since"
-        args: list[str | int] = [dead, self.token, repr(self._clock()), EVENTS_MAXLEN, LOCK_TTL_MS, self.node, reason,
+        args: list[str | int] = [dead, self.token, repr(self._now()), EVENTS_MAXLEN, LOCK_TTL_MS, self.node, reason,
                 _STATE, _REASON, _UPDATED]  # fmt: skip
         marked, left, done = (int(x) for x in await self.store._script(_SWEEP)(keys=keys, args=args))
         if marked < 0:
