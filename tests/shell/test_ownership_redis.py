@@ -319,3 +319,35 @@ async def test_a_janitor_does_not_mark_early_because_the_dead_nodes_clock_was_sl
     assert await b.janitor_round(0.0) == ["dead"]
     assert row(redis, D1)[15] == "online" and await events(b) == []
     assert redis.command(b"ZCARD", b"gbgw:live:dead") == b":1"
+
+
+async def test_a_janitor_takes_a_dead_nodes_devices_a_bounded_number_per_script(
+    nodes: Nodes, redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # one script over a dead node's whole set would hold Redis up for every node as long as it runs
+    from gb28181gw.store import ownership
+
+    monkeypatch.setattr(ownership, "SWEEP_CHUNK", 2)
+    ids = [f"3402000000132000{i:04d}" for i in range(1, 6)]
+    dead = await nodes.node("dead", clock=lambda: 1000.0)
+    for d in ids:
+        dead.registered(d, 100.0)
+    later = f"3402000000132000{9:04d}"
+    dead.registered(later, 100.0)
+    await dead.write([online(d) for d in [*ids, later]], {**{d: 900.0 for d in ids}, later: 1500.0}, [])
+    b = await nodes.node("b", clock=lambda: 1000.0)
+    redis.command(b"SET", b"gbgw:node:b", b"{}")
+    redis.command(b"SET", b"gbgw:janitor:dead", b.token.encode())
+    script = b.store._script(ownership._SWEEP)
+    taken: list[int] = []
+
+    async def counted(**kw: Any) -> Any:
+        answer = await script(**kw)
+        taken.append(int(answer[3]))
+        return answer
+
+    monkeypatch.setattr(b.store, "_script", lambda source, client=None: counted)
+    assert await b.sweep("dead") == (5, 0, False)
+    assert taken == [2, 2, 1]  # the later device, its deadline not passed, is not even read
+    assert len([e for e in await events(b) if e["event"] == "offline"]) == 5
+    assert redis.command(b"ZCARD", b"gbgw:live:dead") == b":1"

@@ -76,6 +76,8 @@ log = logging.getLogger("gb28181gw.ownership")
 
 #: Devices per script: Redis serves nobody else while one runs.
 CHUNK = 500
+#: Devices of a dead node one janitor script takes at most (the janitor runs it again while it is full).
+SWEEP_CHUNK = 1000
 #: Events kept in the stream (approximately: MAXLEN ~).
 EVENTS_MAXLEN = 100_000
 #: Seconds between janitor rounds (looking for dead nodes, adopting their devices).
@@ -213,16 +215,18 @@ return out
 _SWEEP = """
 -- KEYS: owner, devices, live:<dead>, events, janitor:<dead>, nodes, node:<dead>, lost:<dead>
 -- ARGV: dead node, lock token, now, events maxlen, lock ttl ms, janitor node, reason,
---       state field, reason field, updated field (1-based indexes in a device row)
--- answer: {marked offline, left to their new node, 1 when the dead node's set is done}
+--       state field, reason field, updated field (1-based indexes in a device row), most devices to take
+-- answer: {marked offline, left to their new node, 1 when the dead node's set is done, devices taken}
 --         {-1} the lock is not ours; {-2} the node is back
-if redis.call('GET', KEYS[5]) ~= ARGV[2] then return {-1, 0, 0} end
-if redis.call('EXISTS', KEYS[7]) == 1 then redis.call('DEL', KEYS[5]) return {-2, 0, 0} end
+-- Only devices whose deadline has passed are taken, at most ARGV[11]: a dead node's 100,000 would
+-- otherwise hold Redis up for everyone (a lease renewal too) every round until the last deadline.
+if redis.call('GET', KEYS[5]) ~= ARGV[2] then return {-1, 0, 0, 0} end
+if redis.call('EXISTS', KEYS[7]) == 1 then redis.call('DEL', KEYS[5]) return {-2, 0, 0, 0} end
 redis.call('PEXPIRE', KEYS[5], ARGV[5])
 local dead, now = ARGV[1], tonumber(ARGV[3])
 local si, ri, ui = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local marked, left = 0, 0
-local all = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
+local all = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[11]))
 for i = 1, #all, 2 do
   local dev, deadline = all[i], tonumber(all[i + 1])
   local cur = redis.call('HGET', KEYS[1], dev)
@@ -253,9 +257,9 @@ if redis.call('ZCARD', KEYS[3]) == 0 then
   redis.call('DEL', KEYS[8])
   redis.call('SREM', KEYS[6], dead)
   redis.call('DEL', KEYS[5])
-  return {marked, left, 1}
+  return {marked, left, 1, #all / 2}
 end
-return {marked, left, 0}
+return {marked, left, 0, #all / 2}
 """
 
 
@@ -563,10 +567,17 @@ class RedisCluster:
                                      f"node:{dead}", f"lost:{dead}")]  # fmt: skip
         reason = f"node {dead} stopped; no keepalive since"
         args: list[str | int] = [dead, self.token, repr(self._now()), EVENTS_MAXLEN, LOCK_TTL_MS, self.node, reason,
-                _STATE, _REASON, _UPDATED]  # fmt: skip
-        marked, left, done = (int(x) for x in await self.store._script(_SWEEP)(keys=keys, args=args))
-        if marked < 0:
-            return 0, 0, False
+                _STATE, _REASON, _UPDATED, SWEEP_CHUNK]  # fmt: skip
+        script = self.store._script(_SWEEP)
+        marked = left = done = 0
+        while True:
+            m, n, done, taken = (int(x) for x in await script(keys=keys, args=args))
+            if m < 0:  # the lock is another's now, or the node is back
+                done = 0
+                break
+            marked, left = marked + m, left + n
+            if done or taken < SWEEP_CHUNK:
+                break
         if marked:
             self.adoptions[("offline",)] += marked
             log.info(
