@@ -179,6 +179,10 @@ async def test_a_device_re_registered_at_another_node_is_no_longer_watched_or_wr
     assert epoch_b > 1
     await until(lambda: a.metric("gb28181gw_ownership_lost_total") == 1, 10, "A to learn it lost the device")
     assert a.metric("gb28181gw_devices_owned") == 0 and b.metric("gb28181gw_devices_owned") == 1
+    # A's record of it is as A last knew it (online): B's to count, not A's
+    assert a.metric('gb28181gw_devices{state="online"}') == 0 and b.metric('gb28181gw_devices{state="online"}') == 1
+    assert a.metric('gb28181gw_devices{state="registered"}') == 0
+    assert a.metric('gb28181gw_devices{state="known"}') == 1
     # a keepalive reaching A from where it registered there: not A's device any more, 404 (it registers again)
     inf = devices_file(tmp_path, [device])
     stray = await run_sipp("keepalive_uac.xml", a.sip, tmp_path, extra=("-inf", str(inf), "-p", str(port_at_a)))

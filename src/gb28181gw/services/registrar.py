@@ -698,11 +698,22 @@ class RegistrarService:
         return float(sum(1 for d in self.devices.values() if d.registered and owns(d.device_id)))
 
     def _states(self) -> dict[tuple[str, ...], float]:
-        counts = self.devices.counts()
-        online = counts[DeviceState.ONLINE]
         total = len(self.devices)
+        if self.cluster.shared:
+            # several nodes: a device registered at another node (loaded at start, or let go since)
+            # is that node's to count; its record here is only as last known, "online" perhaps
+            owns = self.cluster.owns
+            counts = dict.fromkeys(DeviceState, 0)
+            for d in self.devices.values():
+                if not d.registered or owns(d.device_id):
+                    counts[d.state] += 1
+            held = sum(counts.values())
+        else:
+            counts = self.devices.counts()
+            held = total
+        online = counts[DeviceState.ONLINE]
         registered = online + counts[DeviceState.OFFLINE]
-        return {("online",): online, ("offline",): total - online, ("registered",): registered, ("known",): total}
+        return {("online",): online, ("offline",): held - online, ("registered",): registered, ("known",): total}
 
     async def provision(
         self,
