@@ -321,6 +321,7 @@ class Gateway:
                 self.devices,
                 self.flood,
                 owners=self.nodes.owners if c.store.backend == "redis" else None,
+                served_elsewhere=self.nodes.served_elsewhere if c.store.backend == "redis" else None,
             )
             add_node_routes(self.admin, self.nodes, backend=c.store.backend)
             add_stream_routes(

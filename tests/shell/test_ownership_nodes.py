@@ -198,6 +198,13 @@ async def test_a_device_re_registered_at_another_node_is_no_longer_watched_or_wr
     row = stored_row(redis, device)
     assert row is not None and row_b is not None and row[8] == row_b[8]  # B's port: A wrote nothing over it
     assert "device owned by another node now" in "".join(a.lines)
+    # removing it at A: B would write it back with its next batch, so A refuses and names B
+    refused = subprocess.run(
+        [sys.executable, "-m", "gb28181gw", "device", "remove", device, "--admin", a.admin],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "served by node b" in refused.stderr, refused
+    assert stored_row(redis, device) is not None and device in {str(d["device_id"]) for d in a.devices()}
 
 
 async def test_kill_9_of_a_node_marks_each_of_its_devices_offline_once_by_one_janitor(
