@@ -207,6 +207,24 @@ async def test_a_device_re_registered_at_another_node_is_no_longer_watched_or_wr
     assert stored_row(redis, device) is not None and device in {str(d["device_id"]) for d in a.devices()}
 
 
+async def test_a_device_coming_back_to_a_node_that_let_it_go_is_online_there_in_the_stream(
+    tmp_path: Path, redis: RedisServer, started: Callable[[str], Node]
+) -> None:
+    # A's record of the device is as it let it go (online): its REGISTER there reads as a refresh,
+    # yet to the event stream (after B's online) it comes online at A
+    a, b = started("a"), started("b")
+    (device,) = ipc_ids(1, start=31)
+    await register(a, [device], tmp_path)
+    await until(lambda: owner(redis, device).endswith(" a"), 10, "A's claim")
+    await register(b, [device], tmp_path, name="b")
+    await until(lambda: a.metric("gb28181gw_ownership_lost_total") == 1, 10, "A to learn it lost the device")
+    await register(a, [device], tmp_path, name="again")
+    await until(lambda: owner(redis, device).endswith(" a"), 10, "A's claim")
+    await until(lambda: len([e for e in events(redis) if e["event"] == "online"]) >= 3, 10, "A's online event")
+    assert [e["node"] for e in events(redis) if e["event"] == "online"] == ["a", "b", "a"]
+    assert a.metric('gb28181gw_devices{state="online"}') == 1
+
+
 async def test_kill_9_of_a_node_marks_each_of_its_devices_offline_once_by_one_janitor(
     tmp_path: Path, redis: RedisServer, started: Callable[[str], Node]
 ) -> None:

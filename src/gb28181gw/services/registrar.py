@@ -455,6 +455,9 @@ class RegistrarService:
         # before it is no interval of theirs
         self.keepalive_arrivals.pop(device_id, None)
         self.devices.adopt(device)
+        # several nodes: a device held here only as another node last wrote it (loaded at start, or
+        # let go since), "online" perhaps, whose REGISTER reads as a refresh
+        gained = self.cluster.shared and not self.cluster.owns(device_id)
         # every REGISTER accepted here (refresh and unregister too) claims the device with the next batch
         self.cluster.registered(device_id, epoch)
         if change.event is not DeviceEvent.UNREGISTERED:
@@ -477,6 +480,16 @@ class RegistrarService:
         self._apply(
             change, device, now, epoch, reason="unregistered" if change.event is DeviceEvent.UNREGISTERED else ""
         )
+        if gained and device.online and not change.went_online:
+            # to this node and to the event stream it comes online here (after the offline of the
+            # node it left, its janitor's perhaps), and is asked for its catalog and subscribed here
+            self._notices.append(DeviceNotice(device_id, "online"))
+            if Output.ANNOUNCE not in change.outputs:
+                for listener in self._registered_listeners:
+                    try:
+                        listener(device)
+                    except Exception:
+                        log.exception("registered listener failed", extra={"device": device_id})
 
     def _apply(self, change: Change, device: Device, now: float, epoch: float, *, reason: str = "") -> None:
         """Carry out what a transition asks of the shell (:class:`~gb28181gw.gb.devices.Output`)."""
