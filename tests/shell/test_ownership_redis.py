@@ -351,3 +351,34 @@ async def test_a_janitor_takes_a_dead_nodes_devices_a_bounded_number_per_script(
     assert taken == [2, 2, 1]  # the later device, its deadline not passed, is not even read
     assert len([e for e in await events(b) if e["event"] == "offline"]) == 5
     assert redis.command(b"ZCARD", b"gbgw:live:dead") == b":1"
+
+
+async def test_a_device_a_janitor_marked_offline_while_its_node_was_away_is_said_online_again(
+    nodes: Nodes, redis: RedisServer
+) -> None:
+    # A could not reach Redis (or was stopped) past its key's life: B's janitor marked A's device
+    # offline; the device kept talking to A, which writes its next deadline: the stream hears it is back
+    a = await nodes.node("a", clock=lambda: 1000.0)
+    a.registered(D1, 100.0)
+    await a.write([online(D1)], {D1: 900.0}, [DeviceNotice(D1, "online")])
+    b = await nodes.node("b", clock=lambda: 1000.0)
+    redis.command(b"SET", b"gbgw:node:b", b"{}")
+    await b.janitor_round(0.0)
+    assert row(redis, D1)[15] == "offline"
+    result = await a.write([], {D1: 1100.0}, [])
+    assert result.back == [D1]
+    assert [(e["event"], e["node"]) for e in await events(a)] == [("online", "a"), ("offline", "a"), ("online", "a")]
+    # its row is A's to write again (the registrar does, with the next batch); once only
+    assert (await a.write([online(D1)], {D1: 1200.0}, [])).back == []
+    assert row(redis, D1)[15] == "online" and len(await events(a)) == 3
+
+
+async def test_a_device_back_online_by_its_own_nodes_word_is_said_online_once(nodes: Nodes, redis: RedisServer) -> None:
+    a = await nodes.node("a")
+    a.registered(D1, 100.0)
+    offline = Device(D1, host="10.0.0.1", port=5060, state=DeviceState.OFFLINE, expires=3600, expires_at=2e9)
+    await a.write([online(D1)], {D1: 2e9}, [DeviceNotice(D1, "online")])
+    await a.write([offline], {D1: None}, [DeviceNotice(D1, "offline", "no keepalive")])
+    result = await a.write([online(D1)], {D1: 2e9}, [DeviceNotice(D1, "online")])  # a keepalive brought it back
+    assert result.back == []
+    assert [e["event"] for e in await events(a)] == ["online", "offline", "online"]

@@ -300,6 +300,8 @@ class RegistrarService:
             raise
         for device_id in result.lost:
             self._forget(device_id)
+        # marked offline by a janitor while this node was away: its row says so until written again
+        self._dirty.update(i for i in result.back if i in self.devices)
         if result.resync:
             # Redis lost what we wrote, or some of it (restarted, away a while): all of ours again
             owned = [d for d in self.devices if self.cluster.owns(d)]

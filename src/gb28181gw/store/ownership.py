@@ -30,7 +30,10 @@ there), so an offline already marked by a janitor is not marked again. A node wh
 devices of ``live:<dead>`` still owned by the dead node are marked offline (row and event) once
 their deadline passes, the others (registered elsewhere since) are dropped from the set; once the
 set is empty it is deleted and the node removed from ``nodes``. A janitor that dies leaves its
-lock to expire; the next one goes on from what is left.
+lock to expire; the next one goes on from what is left. A node that was only cut off from Redis
+(or stopped) past its key's life finds, when it next writes the deadline of a device still online
+with it, the device out of its set and its row offline: it appends the device's online event
+(``back``) and writes its row again.
 
 **Times are Redis's**: a claim's REGISTER time, the deadlines in ``live:<node>`` and a janitor's
 "now" are this node's wall clock plus its offset from Redis's ``TIME`` (measured at start and every
@@ -104,7 +107,8 @@ _WRITE = """
 --            row or '', deadline or '' / '-' to remove),
 --       then (device, kind, reason, '1' if never put in live:<node>)...
 -- answer: {boot, (device, result, value)...}; result won (value: epoch), lost (the owner),
---         restored / adopted (epoch), refused (the owner); gone: claimed away meanwhile (lost:<node>)
+--         restored / adopted (epoch), refused (the owner); gone: claimed away meanwhile (lost:<node>);
+--         back (epoch): marked offline by a janitor, online here (its online event appended)
 local node = ARGV[1]
 redis.call('SADD', KEYS[6], node)
 local boot = redis.call('GET', KEYS[7])
@@ -118,6 +122,8 @@ local function owner_of(dev)
 end
 local ok, gone = {}, {}
 local n = tonumber(ARGV[6])
+local coming = {}  -- devices whose online event this batch carries
+for j = 7 + 5 * n, #ARGV, 4 do if ARGV[j + 1] == 'online' then coming[ARGV[j]] = true end end
 local i = 7
 for _ = 1, n do
   local dev, at, epoch, row, deadline = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
@@ -157,9 +163,24 @@ for _ = 1, n do
   end
   if mine then
     ok[dev] = mine
+    local back = false
+    if deadline ~= '' and deadline ~= '-' and not coming[dev] and not redis.call('ZSCORE', KEYS[4], dev) then
+      -- online here, yet out of our live set and its row offline: a janitor marked it while this node
+      -- could not reach Redis (or was stopped); the stream hears it is back
+      local raw = redis.call('HGET', KEYS[3], dev)
+      if raw then
+        local good, stored = pcall(cjson.decode, raw)
+        back = good and type(stored) == 'table' and stored[STATE_FIELD] == 'offline'
+      end
+    end
     if row ~= '' then redis.call('HSET', KEYS[3], dev, row) end
     if deadline == '-' then gone[dev] = redis.call('ZREM', KEYS[4], dev)
     elseif deadline ~= '' then redis.call('ZADD', KEYS[4], deadline, dev) end
+    if back then
+      redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[2], '*', 'device', dev, 'event', 'online', 'node', node,
+                 'epoch', mine, 'reason', '', 'at', ARGV[3])
+      out[#out + 1] = dev out[#out + 1] = 'back' out[#out + 1] = tostring(mine)
+    end
   end
 end
 while i <= #ARGV do
@@ -192,7 +213,7 @@ if #taken > 0 then
   end
 end
 return out
-"""
+""".replace("STATE_FIELD", str(_STATE))
 
 _LOAD = """
 -- KEYS: owner, boot; ARGV: node, boot candidate, then the IDs of registered devices, then '--',
@@ -480,6 +501,7 @@ class RedisCluster:
         for notice in notices:
             if notice.kind == "offline":
                 self._published.discard(notice.device_id)
+        back: list[str] = []
         for answer in answers:
             boot = _text(answer[0])
             if boot != self._boot:
@@ -496,6 +518,8 @@ class RedisCluster:
                     self._lost_log(device_id, value, "a later REGISTER claimed it at another node first")
                 elif result in ("restored", "adopted"):
                     own.accepted(device_id, int(value))
+                elif result == "back":
+                    back.append(device_id)
                 else:  # refused, gone
                     own.refused(device_id)
                     self._lost_log(device_id, value, "another node claimed it")
@@ -504,7 +528,12 @@ class RedisCluster:
             self._published.discard(device_id)
         if resync:
             self._published.clear()
-        return WriteResult(lost, resync)
+        if back:
+            log.info(
+                "devices marked offline while this node was away are online here: said so again",
+                extra={"node": self.node, "devices": len(back)},
+            )
+        return WriteResult(lost, resync, back)
 
     def _lost_log(self, device_id: str, owner: str, why: str) -> None:
         if not self.ownership.owns(device_id):
