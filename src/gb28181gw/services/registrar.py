@@ -482,10 +482,11 @@ class RegistrarService:
         self._apply(
             change, device, now, epoch, reason="unregistered" if change.event is DeviceEvent.UNREGISTERED else ""
         )
-        if gained and device.online and not change.went_online:
+        if gained and device.online:
             # to this node and to the event stream it comes online here (after the offline of the
             # node it left, its janitor's perhaps), and is asked for its catalog and subscribed here
-            self._notices.append(DeviceNotice(device_id, "online"))
+            if not change.went_online:
+                self._notices.append(DeviceNotice(device_id, "online"))
             if Output.ANNOUNCE not in change.outputs:
                 for listener in self._registered_listeners:
                     try:
