@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -183,6 +184,14 @@ async def test_a_device_re_registered_at_another_node_is_no_longer_watched_or_wr
     assert a.metric('gb28181gw_devices{state="online"}') == 0 and b.metric('gb28181gw_devices{state="online"}') == 1
     assert a.metric('gb28181gw_devices{state="registered"}') == 0
     assert a.metric('gb28181gw_devices{state="known"}') == 1
+    # A's listing says so too: its record is as last known, B serves the device
+    (at_a,), (at_b,) = a.devices(), b.devices()
+    assert (at_a["node"], at_a["here"]) == ("b", False) and (at_b["node"], at_b["here"]) == ("b", True)
+    table = subprocess.run(
+        [sys.executable, "-m", "gb28181gw", "devices", "--admin", a.admin],
+        capture_output=True, text=True, timeout=30, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert "last known online" in table.stdout, table.stdout
     # a keepalive reaching A from where it registered there: not A's device any more, 404 (it registers again)
     inf = devices_file(tmp_path, [device])
     stray = await run_sipp("keepalive_uac.xml", a.sip, tmp_path, extra=("-inf", str(inf), "-p", str(port_at_a)))

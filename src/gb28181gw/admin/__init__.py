@@ -452,8 +452,11 @@ def add_device_routes(
                 owner = await owners([row["device_id"] for row in rows])
             except StoreError:
                 owner = None  # Redis away: the listing is still this node's to give, without nodes
+            owns = registrar.cluster.owns
             for row in rows:
                 row["node"] = owner.get(row["device_id"], "") if owner is not None else None
+                # its state here is this node's own only if it serves it
+                row["here"] = owns(row["device_id"])
         return json_response({"devices": rows})
 
     async def show_device(request: web.Request) -> web.Response:
