@@ -341,6 +341,7 @@ class Gateway:
                 self.flood,
                 owners=self.nodes.owners if c.store.backend == "redis" else None,
                 remote=self.remote,
+                served_elsewhere=self.nodes.served_elsewhere if c.store.backend == "redis" else None,
             )
             add_node_routes(self.admin, self.nodes, backend=c.store.backend)
             add_stream_routes(

@@ -114,7 +114,13 @@ KEEPALIVES = Family("gb28181gw_keepalives", Kind.COUNTER, "Keepalive MESSAGEs by
 KEEPALIVE_TIMEOUTS = Family("gb28181gw_keepalive_timeouts", Kind.COUNTER, "Devices gone offline by cause", ("cause",))
 AUTH_FAILURES = Family("gb28181gw_auth_failures", Kind.COUNTER, "Failed authentications by reason", ("reason",))
 BANS = Family("gb28181gw_bans", Kind.COUNTER, "Addresses or IDs banned for failed authentication")
-DEVICES = Family("gb28181gw_devices", Kind.GAUGE, "Devices by state", ("state",))
+DEVICES = Family(
+    "gb28181gw_devices",
+    Kind.GAUGE,
+    "Devices by state (several nodes on Redis: online, offline and registered count those this node serves "
+    "and the unregistered; known, every device it holds)",
+    ("state",),
+)
 DEVICES_OWNED = Family(
     "gb28181gw_devices_owned",
     Kind.GAUGE,

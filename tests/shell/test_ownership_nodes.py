@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -167,6 +168,18 @@ async def test_a_device_re_registered_at_another_node_is_no_longer_watched_or_wr
     assert epoch_b > 1
     await until(lambda: a.metric("gb28181gw_ownership_lost_total") == 1, 10, "A to learn it lost the device")
     assert a.metric("gb28181gw_devices_owned") == 0 and b.metric("gb28181gw_devices_owned") == 1
+    # A's record of it is as A last knew it (online): B's to count, not A's
+    assert a.metric('gb28181gw_devices{state="online"}') == 0 and b.metric('gb28181gw_devices{state="online"}') == 1
+    assert a.metric('gb28181gw_devices{state="registered"}') == 0
+    assert a.metric('gb28181gw_devices{state="known"}') == 1
+    # A's listing says so too: its record is as last known, B serves the device
+    (at_a,), (at_b,) = a.devices(), b.devices()
+    assert (at_a["node"], at_a["here"]) == ("b", False) and (at_b["node"], at_b["here"]) == ("b", True)
+    table = subprocess.run(
+        [sys.executable, "-m", "gb28181gw", "devices", "--admin", a.admin],
+        capture_output=True, text=True, timeout=30, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert "last known online" in table.stdout, table.stdout
     # a keepalive reaching A from where it registered there: not A's device any more, 404 (it registers again)
     inf = devices_file(tmp_path, [device])
     stray = await run_sipp("keepalive_uac.xml", a.sip, tmp_path, extra=("-inf", str(inf), "-p", str(port_at_a)))
@@ -182,6 +195,31 @@ async def test_a_device_re_registered_at_another_node_is_no_longer_watched_or_wr
     row = stored_row(redis, device)
     assert row is not None and row_b is not None and row[8] == row_b[8]  # B's port: A wrote nothing over it
     assert "device owned by another node now" in "".join(a.lines)
+    # removing it at A: B would write it back with its next batch, so A refuses and names B
+    refused = subprocess.run(
+        [sys.executable, "-m", "gb28181gw", "device", "remove", device, "--admin", a.admin],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "served by node b" in refused.stderr, refused
+    assert stored_row(redis, device) is not None and device in {str(d["device_id"]) for d in a.devices()}
+
+
+async def test_a_device_coming_back_to_a_node_that_let_it_go_is_online_there_in_the_stream(
+    tmp_path: Path, redis: RedisServer, started: Callable[[str], Node]
+) -> None:
+    # A's record of the device is as it let it go (online): its REGISTER there reads as a refresh,
+    # yet to the event stream (after B's online) it comes online at A
+    a, b = started("a"), started("b")
+    (device,) = ipc_ids(1, start=31)
+    await register(a, [device], tmp_path)
+    await until(lambda: owner(redis, device).endswith(" a"), 10, "A's claim")
+    await register(b, [device], tmp_path, name="b")
+    await until(lambda: a.metric("gb28181gw_ownership_lost_total") == 1, 10, "A to learn it lost the device")
+    await register(a, [device], tmp_path, name="again")
+    await until(lambda: owner(redis, device).endswith(" a"), 10, "A's claim")
+    await until(lambda: len([e for e in events(redis) if e["event"] == "online"]) >= 3, 10, "A's online event")
+    assert [e["node"] for e in events(redis) if e["event"] == "online"] == ["a", "b", "a"]
+    assert a.metric('gb28181gw_devices{state="online"}') == 1
 
 
 async def test_kill_9_of_a_node_marks_each_of_its_devices_offline_once_by_one_janitor(

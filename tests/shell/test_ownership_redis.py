@@ -216,7 +216,7 @@ async def test_two_janitors_of_a_dead_node_mark_each_device_offline_once(nodes: 
     # D1 and D2 past their deadline at the janitors' clock, D3 not yet
     await dead.write([online(D1), online(D2), online(D3)], {D1: 900.0, D2: 950.0, D3: 1500.0}, [])
     survivor = await nodes.node("c")
-    survivor.registered(D2, 200.0)  # D2 re-registered at c before anyone swept
+    survivor.registered(D2, time.time())  # D2 re-registered at c before anyone swept (c's clock is right)
     await survivor.write([online(D2, host="10.0.0.3")], {D2: 2e9}, [])
     b = await nodes.node("b", clock=lambda: 1000.0)
     c2 = await nodes.node("c2", clock=lambda: 1000.0)
@@ -287,3 +287,98 @@ async def test_a_device_no_node_owns_is_written_by_any_but_anothers_is_not(nodes
     await b.write([online(D2, host="10.0.0.2")], {D2: 2e9}, [])
     await a.write([Device(D2, name="not yours")], {}, [])
     assert row(redis, D2)[1] == "" and row(redis, D2)[7] == "10.0.0.2"
+
+
+@pytest.mark.parametrize("skew", [300.0, -300.0], ids=["first-node-fast", "second-node-slow"])
+async def test_a_later_register_wins_whatever_the_nodes_clocks_say(
+    nodes: Nodes, redis: RedisServer, skew: float
+) -> None:
+    # A registers the device, then B (re-homed); one of the two clocks is five minutes off
+    fast = skew > 0
+    a = await nodes.node("a", clock=(lambda: time.time() + skew) if fast else time.time)
+    b = await nodes.node("b", clock=time.time if fast else (lambda: time.time() + skew))
+    a.registered(D1, a._clock())
+    await a.write([online(D1)], {D1: a._clock() + 60}, [DeviceNotice(D1, "online")])
+    b.registered(D1, b._clock())
+    result = await b.write([online(D1, host="10.0.0.2")], {D1: b._clock() + 60}, [DeviceNotice(D1, "online")])
+    assert result.lost == [] and b.owns(D1) and owner(redis, D1) == b"2 b"
+    assert (await a.write([], {}, [])).lost == [D1]
+    assert row(redis, D1)[7] == "10.0.0.2"
+
+
+async def test_a_janitor_does_not_mark_early_because_the_dead_nodes_clock_was_slow(
+    nodes: Nodes, redis: RedisServer
+) -> None:
+    # the dead node's clock was five minutes slow: its device's deadline, a minute ahead of it, is
+    # four minutes past by a right clock, yet the device had a minute left when its node died
+    dead = await nodes.node("dead", clock=lambda: time.time() - 300)
+    dead.registered(D1, dead._clock())
+    await dead.write([online(D1)], {D1: dead._clock() + 60}, [])
+    b = await nodes.node("b")
+    redis.command(b"SET", b"gbgw:node:b", b"{}")
+    assert await b.janitor_round(0.0) == ["dead"]
+    assert row(redis, D1)[15] == "online" and await events(b) == []
+    assert redis.command(b"ZCARD", b"gbgw:live:dead") == b":1"
+
+
+async def test_a_janitor_takes_a_dead_nodes_devices_a_bounded_number_per_script(
+    nodes: Nodes, redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # one script over a dead node's whole set would hold Redis up for every node as long as it runs
+    from gb28181gw.store import ownership
+
+    monkeypatch.setattr(ownership, "SWEEP_CHUNK", 2)
+    ids = [f"3402000000132000{i:04d}" for i in range(1, 6)]
+    dead = await nodes.node("dead", clock=lambda: 1000.0)
+    for d in ids:
+        dead.registered(d, 100.0)
+    later = f"3402000000132000{9:04d}"
+    dead.registered(later, 100.0)
+    await dead.write([online(d) for d in [*ids, later]], {**{d: 900.0 for d in ids}, later: 1500.0}, [])
+    b = await nodes.node("b", clock=lambda: 1000.0)
+    redis.command(b"SET", b"gbgw:node:b", b"{}")
+    redis.command(b"SET", b"gbgw:janitor:dead", b.token.encode())
+    script = b.store._script(ownership._SWEEP)
+    taken: list[int] = []
+
+    async def counted(**kw: Any) -> Any:
+        answer = await script(**kw)
+        taken.append(int(answer[3]))
+        return answer
+
+    monkeypatch.setattr(b.store, "_script", lambda source, client=None: counted)
+    assert await b.sweep("dead") == (5, 0, False)
+    assert taken == [2, 2, 1]  # the later device, its deadline not passed, is not even read
+    assert len([e for e in await events(b) if e["event"] == "offline"]) == 5
+    assert redis.command(b"ZCARD", b"gbgw:live:dead") == b":1"
+
+
+async def test_a_device_a_janitor_marked_offline_while_its_node_was_away_is_said_online_again(
+    nodes: Nodes, redis: RedisServer
+) -> None:
+    # A could not reach Redis (or was stopped) past its key's life: B's janitor marked A's device
+    # offline; the device kept talking to A, which writes its next deadline: the stream hears it is back
+    a = await nodes.node("a", clock=lambda: 1000.0)
+    a.registered(D1, 100.0)
+    await a.write([online(D1)], {D1: 900.0}, [DeviceNotice(D1, "online")])
+    b = await nodes.node("b", clock=lambda: 1000.0)
+    redis.command(b"SET", b"gbgw:node:b", b"{}")
+    await b.janitor_round(0.0)
+    assert row(redis, D1)[15] == "offline"
+    result = await a.write([], {D1: 1100.0}, [])
+    assert result.back == [D1]
+    assert [(e["event"], e["node"]) for e in await events(a)] == [("online", "a"), ("offline", "a"), ("online", "a")]
+    # its row is A's to write again (the registrar does, with the next batch); once only
+    assert (await a.write([online(D1)], {D1: 1200.0}, [])).back == []
+    assert row(redis, D1)[15] == "online" and len(await events(a)) == 3
+
+
+async def test_a_device_back_online_by_its_own_nodes_word_is_said_online_once(nodes: Nodes, redis: RedisServer) -> None:
+    a = await nodes.node("a")
+    a.registered(D1, 100.0)
+    offline = Device(D1, host="10.0.0.1", port=5060, state=DeviceState.OFFLINE, expires=3600, expires_at=2e9)
+    await a.write([online(D1)], {D1: 2e9}, [DeviceNotice(D1, "online")])
+    await a.write([offline], {D1: None}, [DeviceNotice(D1, "offline", "no keepalive")])
+    result = await a.write([online(D1)], {D1: 2e9}, [DeviceNotice(D1, "online")])  # a keepalive brought it back
+    assert result.back == []
+    assert [e["event"] for e in await events(a)] == ["online", "offline", "online"]

@@ -430,6 +430,7 @@ def add_device_routes(
     *,
     owners: Callable[[list[str]], Awaitable[dict[str, str]]] | None = None,
     remote: RemoteDevices | None = None,
+    served_elsewhere: Callable[[str], Awaitable[str | None]] | None = None,
 ) -> None:
     """``/api/v1/devices``: list, show, add (provision) and remove devices; ``/api/v1/bans``: the
     registrar's bans for failed authentication and ``flood``'s bans of addresses that sent too fast.
@@ -437,6 +438,8 @@ def add_device_routes(
     ``owners`` (several nodes on Redis): the node each of the given devices registered at last,
     shown as each listed device's ``node``. With ``remote`` (several nodes), requests acting on a
     device another node owns are made by that node (:mod:`gb28181gw.services.remote` lists which).
+    ``served_elsewhere``: the live node other than this one that serves a device, if any: removing
+    it here is refused (409), since that node's next write of the device would put it back.
     """
 
     async def elsewhere(target_id: str) -> str | None:
@@ -455,8 +458,11 @@ def add_device_routes(
                 owner = await owners([row["device_id"] for row in rows])
             except StoreError:
                 owner = None  # Redis away: the listing is still this node's to give, without nodes
+            owns = registrar.cluster.owns
             for row in rows:
                 row["node"] = owner.get(row["device_id"], "") if owner is not None else None
+                # its state here is this node's own only if it serves it
+                row["here"] = owns(row["device_id"])
         return json_response({"devices": rows})
 
     async def show_device(request: web.Request) -> web.Response:
@@ -497,6 +503,20 @@ def add_device_routes(
 
     async def remove_device(request: web.Request) -> web.Response:
         device_id = request.match_info["device_id"]
+        if served_elsewhere is not None and not registrar.cluster.owns(device_id):
+            try:
+                node = await served_elsewhere(device_id)
+            except StoreError:
+                node = None  # Redis away: the store's own delete says so
+            if node is not None:
+                return refused_response(
+                    RequestRefused(
+                        f"device {device_id} is served by node {node}: removed here, it would be written back "
+                        "by that node",
+                        RequestRefused.CONFLICT,
+                        hint=f"remove it at node {node} (gb28181gw device remove --admin <its admin address>)",
+                    )
+                )
         if not await registrar.remove(device_id):
             return _no_device(device_id)
         devices.forget(device_id)

@@ -42,10 +42,14 @@ def status(admin: str, as_json: bool) -> None:
 
 
 def _state(d: dict[str, Any]) -> str:
-    return "online" if d.get("online") else f"offline {d.get('offline_reason') or ''}".strip()
+    state = "online" if d.get("online") else f"offline {d.get('offline_reason') or ''}".strip()
+    # several nodes: a device another node serves is shown as this node last knew it
+    return f"last known {state}" if d.get("here") is False else state
 
 
 def _state_style(d: dict[str, Any]) -> str:
+    if d.get("here") is False:
+        return f"[dim]{escape(_state(d))}[/dim]"
     return "[green]online[/green]" if d.get("online") else f"[red]offline[/red] {escape(d.get('offline_reason') or '')}"
 
 

@@ -14,8 +14,9 @@ REGISTERs: the device registered at A, then at B (re-homed by the director), and
 slower. Each claim carries the wall-clock time of its REGISTER, and Redis keeps the time of the
 claim that made the current epoch (``owner:at``); a claim older than that **loses**
 (:func:`claim_wins`): it changes nothing and its node treats the device as another's, exactly as
-after a refused write. Clocks of the nodes must agree to better than the time a device takes to
-register again elsewhere (seconds); NTP gives milliseconds.
+after a refused write. The shell puts that time in Redis's clock (the node's wall clock plus its
+measured offset from Redis's ``TIME``), so nodes whose clocks disagree, by minutes even, still
+order claims by when their REGISTERs came.
 
 A write finds one of (:func:`judge_write`):
 

@@ -238,3 +238,16 @@ class NodeService:
         if self.nodes is None:
             return {}
         return dict(await self.nodes.owners_of(device_ids))
+
+    async def served_elsewhere(self, device_id: str) -> str | None:
+        """The live node other than this one that ``device_id``'s owner names, if any.
+
+        Raises:
+            StoreError: Redis does not answer.
+        """
+        if self.nodes is None:
+            return None
+        node = (await self.nodes.owners_of([device_id])).get(device_id)
+        if node is None or node == self.node_id or all(n.node_id != node for n in self.view):
+            return None  # nobody's, ours, or a dead node's (its janitor leaves the row to be removed)
+        return node

@@ -310,6 +310,8 @@ class RegistrarService:
             raise
         for device_id in result.lost:
             self._forget(device_id)
+        # marked offline by a janitor while this node was away: its row says so until written again
+        self._dirty.update(i for i in result.back if i in self.devices)
         if result.resync:
             # Redis lost what we wrote, or some of it (restarted, away a while): all of ours again
             owned = [d for d in self.devices if self.cluster.owns(d)]
@@ -475,6 +477,9 @@ class RegistrarService:
         # before it is no interval of theirs
         self.keepalive_arrivals.pop(device_id, None)
         self.devices.adopt(device)
+        # several nodes: a device held here only as another node last wrote it (loaded at start, or
+        # let go since), "online" perhaps, whose REGISTER reads as a refresh
+        gained = self.cluster.shared and not self.cluster.owns(device_id)
         # every REGISTER accepted here (refresh and unregister too) claims the device with the next batch
         self.cluster.registered(device_id, epoch)
         if event is not DeviceEvent.UNREGISTERED:
@@ -495,6 +500,17 @@ class RegistrarService:
             log.info("device online", extra={**extra, "expires": device.expires, "transport": device.transport})
         # the listeners are told "unregistered", the record keeps the longer offline_reason
         self._apply(change, device, now, epoch, reason="unregistered" if event is DeviceEvent.UNREGISTERED else "")
+        if gained and device.online:
+            # to this node and to the event stream it comes online here (after the offline of the
+            # node it left, its janitor's perhaps), and is asked for its catalog and subscribed here
+            if not change.went_online:
+                self._notices.append(DeviceNotice(device_id, "online"))
+            if Output.ANNOUNCE not in change.outputs:
+                for listener in self._registered_listeners:
+                    try:
+                        listener(device)
+                    except Exception:
+                        log.exception("registered listener failed", extra={"device": device_id})
 
     def _apply(self, change: Change, device: Device, now: float, epoch: float, *, reason: str = "") -> None:
         """Carry out what a transition asks of the shell (:class:`~gb28181gw.gb.devices.Output`)."""
@@ -743,11 +759,22 @@ class RegistrarService:
         return float(sum(1 for d in self.devices.values() if d.registered and owns(d.device_id)))
 
     def _states(self) -> dict[tuple[str, ...], float]:
-        counts = self.devices.counts()
-        online = counts[DeviceState.ONLINE]
         total = len(self.devices)
+        if self.cluster.shared:
+            # several nodes: a device registered at another node (loaded at start, or let go since)
+            # is that node's to count; its record here is only as last known, "online" perhaps
+            owns = self.cluster.owns
+            counts = dict.fromkeys(DeviceState, 0)
+            for d in self.devices.values():
+                if not d.registered or owns(d.device_id):
+                    counts[d.state] += 1
+            held = sum(counts.values())
+        else:
+            counts = self.devices.counts()
+            held = total
+        online = counts[DeviceState.ONLINE]
         registered = online + counts[DeviceState.OFFLINE]
-        return {("online",): online, ("offline",): total - online, ("registered",): registered, ("known",): total}
+        return {("online",): online, ("offline",): held - online, ("registered",): registered, ("known",): total}
 
     async def provision(
         self,

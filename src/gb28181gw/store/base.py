@@ -185,10 +185,14 @@ class WriteResult:
         lost: devices another node owns now: this node stops watching them and writes nothing more for them.
         resync: the shared store lost what this node had written (restarted empty, or this node could
             not write for a while): every device this node owns should be written again.
+        back: devices online here that had been marked offline behind this node's back (a janitor's
+            while this node could not reach Redis or was stopped): their online event is appended,
+            and their rows should be written again.
     """
 
     lost: list[str] = field(default_factory=list)
     resync: bool = False
+    back: list[str] = field(default_factory=list)
 
 
 class Cluster(Protocol):

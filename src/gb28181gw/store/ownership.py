@@ -3,10 +3,10 @@
 Keys (after the store's prefix, ``gbgw:``)::
 
     owner           hash    device ID -> "<epoch> <node>": the node whose REGISTER claimed it last
-    owner:at        hash    device ID -> wall time of the REGISTER that made the current epoch
+    owner:at        hash    device ID -> time (Redis's clock) of the REGISTER that made the current epoch
     lost:<node>     hash    device ID -> epoch: devices claimed away from <node> (read and emptied
                             by <node> with its next batch, so it stops watching them at once)
-    live:<node>     zset    device ID -> liveness deadline (wall seconds) of <node>'s online devices,
+    live:<node>     zset    device ID -> liveness deadline (Redis's clock) of <node>'s online devices,
                             plus a third of the device's keepalive window (rewritten only when the
                             deadline passes it: a janitor marks late by at most that, never early)
     nodes           set     node IDs that have written (a dead one is removed by its janitor)
@@ -30,7 +30,17 @@ there), so an offline already marked by a janitor is not marked again. A node wh
 devices of ``live:<dead>`` still owned by the dead node are marked offline (row and event) once
 their deadline passes, the others (registered elsewhere since) are dropped from the set; once the
 set is empty it is deleted and the node removed from ``nodes``. A janitor that dies leaves its
-lock to expire; the next one goes on from what is left.
+lock to expire; the next one goes on from what is left. A node that was only cut off from Redis
+(or stopped) past its key's life finds, when it next writes the deadline of a device still online
+with it, the device out of its set and its row offline: it appends the device's online event
+(``back``) and writes its row again.
+
+**Times are Redis's**: a claim's REGISTER time, the deadlines in ``live:<node>`` and a janitor's
+"now" are this node's wall clock plus its offset from Redis's ``TIME`` (measured at start and every
+janitor interval), so claims and deadlines written by nodes whose clocks disagree compare as if
+one clock had read them all (to within a round trip): a node minutes fast no longer wins every
+claim for minutes, nor does a slow one's dead devices get marked offline early. An offset beyond
+:data:`CLOCK_WARN` is logged.
 
 **Redis away**: every batch that fails is kept whole by the caller and sent again, claims
 included (a claim keeps the time of its REGISTER, so one that finds a later REGISTER's claim on
@@ -69,6 +79,8 @@ log = logging.getLogger("gb28181gw.ownership")
 
 #: Devices per script: Redis serves nobody else while one runs.
 CHUNK = 500
+#: Devices of a dead node one janitor script takes at most (the janitor runs it again while it is full).
+SWEEP_CHUNK = 1000
 #: Events kept in the stream (approximately: MAXLEN ~).
 EVENTS_MAXLEN = 100_000
 #: Seconds between janitor rounds (looking for dead nodes, adopting their devices).
@@ -78,6 +90,10 @@ JANITOR_INTERVAL = 2.0
 DEAD_GRACE = NODE_TTL / 3 + 2.0
 #: Milliseconds the janitor lock lives unless its holder renews it (every round).
 LOCK_TTL_MS = int(JANITOR_INTERVAL * 5 * 1000)
+#: Seconds this node's clock may differ from Redis's before a warning says so. Claims and deadlines
+#: are put in Redis's clock (:meth:`RedisCluster.registered`), so nodes need not agree; a clock this
+#: far off is still worth fixing (event and row times are this node's).
+CLOCK_WARN = 2.0
 
 # Lua fields of a device row (1-based), for the janitor's offline mark
 _STATE = DEVICE_LAYOUT.index("state") + 1
@@ -91,7 +107,8 @@ _WRITE = """
 --            row or '', deadline or '' / '-' to remove),
 --       then (device, kind, reason, '1' if never put in live:<node>)...
 -- answer: {boot, (device, result, value)...}; result won (value: epoch), lost (the owner),
---         restored / adopted (epoch), refused (the owner); gone: claimed away meanwhile (lost:<node>)
+--         restored / adopted (epoch), refused (the owner); gone: claimed away meanwhile (lost:<node>);
+--         back (epoch): marked offline by a janitor, online here (its online event appended)
 local node = ARGV[1]
 redis.call('SADD', KEYS[6], node)
 local boot = redis.call('GET', KEYS[7])
@@ -105,6 +122,8 @@ local function owner_of(dev)
 end
 local ok, gone = {}, {}
 local n = tonumber(ARGV[6])
+local coming = {}  -- devices whose online event this batch carries
+for j = 7 + 5 * n, #ARGV, 4 do if ARGV[j + 1] == 'online' then coming[ARGV[j]] = true end end
 local i = 7
 for _ = 1, n do
   local dev, at, epoch, row, deadline = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
@@ -144,9 +163,24 @@ for _ = 1, n do
   end
   if mine then
     ok[dev] = mine
+    local back = false
+    if deadline ~= '' and deadline ~= '-' and not coming[dev] and not redis.call('ZSCORE', KEYS[4], dev) then
+      -- online here, yet out of our live set and its row offline: a janitor marked it while this node
+      -- could not reach Redis (or was stopped); the stream hears it is back
+      local raw = redis.call('HGET', KEYS[3], dev)
+      if raw then
+        local good, stored = pcall(cjson.decode, raw)
+        back = good and type(stored) == 'table' and stored[STATE_FIELD] == 'offline'
+      end
+    end
     if row ~= '' then redis.call('HSET', KEYS[3], dev, row) end
     if deadline == '-' then gone[dev] = redis.call('ZREM', KEYS[4], dev)
     elseif deadline ~= '' then redis.call('ZADD', KEYS[4], deadline, dev) end
+    if back then
+      redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[2], '*', 'device', dev, 'event', 'online', 'node', node,
+                 'epoch', mine, 'reason', '', 'at', ARGV[3])
+      out[#out + 1] = dev out[#out + 1] = 'back' out[#out + 1] = tostring(mine)
+    end
   end
 end
 while i <= #ARGV do
@@ -179,7 +213,7 @@ if #taken > 0 then
   end
 end
 return out
-"""
+""".replace("STATE_FIELD", str(_STATE))
 
 _LOAD = """
 -- KEYS: owner, boot; ARGV: node, boot candidate, then the IDs of registered devices, then '--',
@@ -202,16 +236,18 @@ return out
 _SWEEP = """
 -- KEYS: owner, devices, live:<dead>, events, janitor:<dead>, nodes, node:<dead>, lost:<dead>
 -- ARGV: dead node, lock token, now, events maxlen, lock ttl ms, janitor node, reason,
---       state field, reason field, updated field (1-based indexes in a device row)
--- answer: {marked offline, left to their new node, 1 when the dead node's set is done}
+--       state field, reason field, updated field (1-based indexes in a device row), most devices to take
+-- answer: {marked offline, left to their new node, 1 when the dead node's set is done, devices taken}
 --         {-1} the lock is not ours; {-2} the node is back
-if redis.call('GET', KEYS[5]) ~= ARGV[2] then return {-1, 0, 0} end
-if redis.call('EXISTS', KEYS[7]) == 1 then redis.call('DEL', KEYS[5]) return {-2, 0, 0} end
+-- Only devices whose deadline has passed are taken, at most ARGV[11]: a dead node's 100,000 would
+-- otherwise hold Redis up for everyone (a lease renewal too) every round until the last deadline.
+if redis.call('GET', KEYS[5]) ~= ARGV[2] then return {-1, 0, 0, 0} end
+if redis.call('EXISTS', KEYS[7]) == 1 then redis.call('DEL', KEYS[5]) return {-2, 0, 0, 0} end
 redis.call('PEXPIRE', KEYS[5], ARGV[5])
 local dead, now = ARGV[1], tonumber(ARGV[3])
 local si, ri, ui = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local marked, left = 0, 0
-local all = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
+local all = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[11]))
 for i = 1, #all, 2 do
   local dev, deadline = all[i], tonumber(all[i + 1])
   local cur = redis.call('HGET', KEYS[1], dev)
@@ -242,9 +278,9 @@ if redis.call('ZCARD', KEYS[3]) == 0 then
   redis.call('DEL', KEYS[8])
   redis.call('SREM', KEYS[6], dead)
   redis.call('DEL', KEYS[5])
-  return {marked, left, 1}
+  return {marked, left, 1, #all / 2}
 end
-return {marked, left, 0}
+return {marked, left, 0, #all / 2}
 """
 
 
@@ -299,6 +335,9 @@ class RedisCluster:
         self._published: set[str] = set()  # devices this node put in live:<node>
         self._janitor: asyncio.Task[None] | None = None
         self.token = secrets.token_hex(8)
+        #: Redis's clock minus this node's (seconds), as last measured: added to every time written
+        self.clock_offset = 0.0
+        self._clock_warned = False
         self.adoptions: Counter[tuple[str, ...]] = Counter()
         self.errors: Counter[tuple[str, ...]] = Counter()
 
@@ -316,6 +355,7 @@ class RedisCluster:
             "reading device owners", lambda r: script(keys=[self._k("owner"), self._k("boot")], args=args)
         )
         self._boot = _text(answer[0])
+        await self.store._write("reading Redis's clock", self._measure_clock)
         owners = []
         for device_id, raw in zip([*registered, *others], answer[1:], strict=True):
             if raw:
@@ -332,6 +372,23 @@ class RedisCluster:
         )
         self._janitor = asyncio.get_running_loop().create_task(self._janitor_loop())
 
+    async def _measure_clock(self, r: Any) -> None:
+        before = self._clock()
+        secs, usecs = await r.time()
+        after = self._clock()
+        self.clock_offset = offset = secs + usecs / 1e6 - (before + after) / 2
+        if abs(offset) > CLOCK_WARN and not self._clock_warned:
+            log.warning(
+                "this node's clock is off Redis's: claims and deadlines are put in Redis's clock, "
+                "but event and row times are this node's; check NTP",
+                extra={"node": self.node, "offset": round(offset, 3)},
+            )
+        self._clock_warned = abs(offset) > CLOCK_WARN
+
+    def _now(self) -> float:
+        """Now in Redis's clock."""
+        return self._clock() + self.clock_offset
+
     async def stop(self) -> None:
         if self._janitor is not None:
             self._janitor.cancel()
@@ -347,7 +404,8 @@ class RedisCluster:
         return self.ownership.owns(device_id)
 
     def registered(self, device_id: str, at: float) -> None:
-        self.ownership.registered(device_id, at)
+        # in Redis's clock, once: a claim sent again (Redis was away) carries the same time
+        self.ownership.registered(device_id, at + self.clock_offset)
 
     @property
     def pending(self) -> bool:
@@ -379,7 +437,8 @@ class RedisCluster:
         by_device: dict[str, list[DeviceNotice]] = {}
         for notice in notices:
             by_device.setdefault(notice.device_id, []).append(notice)
-        now = repr(self._clock())
+        now = repr(self._now())
+        offset = self.clock_offset
         chunks: list[list[bytes | str]] = []
         for start in range(0, max(len(ids), 1), CHUNK):
             part = ids[start : start + CHUNK]
@@ -393,13 +452,17 @@ class RedisCluster:
                 if at is None and epoch is None:
                     # claiming, and its claim went with an earlier batch whose answer is pending: none here
                     continue
-                deadline = deadlines.get(device_id, "")
+                if device_id not in deadlines:
+                    score = ""
+                else:
+                    when = deadlines[device_id]
+                    score = "-" if when is None else repr(when + offset)
                 args += [
                     _key(device_id),
                     "" if at is None else repr(at),
                     "" if at is not None or epoch is None else str(epoch),
                     rows.get(device_id, b""),
-                    "" if deadline == "" else ("-" if deadline is None else repr(deadline)),
+                    score,
                 ]
                 for notice in by_device.get(device_id, ()):
                     fresh = "0" if device_id in self._published else "1"
@@ -438,6 +501,7 @@ class RedisCluster:
         for notice in notices:
             if notice.kind == "offline":
                 self._published.discard(notice.device_id)
+        back: list[str] = []
         for answer in answers:
             boot = _text(answer[0])
             if boot != self._boot:
@@ -454,6 +518,8 @@ class RedisCluster:
                     self._lost_log(device_id, value, "a later REGISTER claimed it at another node first")
                 elif result in ("restored", "adopted"):
                     own.accepted(device_id, int(value))
+                elif result == "back":
+                    back.append(device_id)
                 else:  # refused, gone
                     own.refused(device_id)
                     self._lost_log(device_id, value, "another node claimed it")
@@ -462,7 +528,12 @@ class RedisCluster:
             self._published.discard(device_id)
         if resync:
             self._published.clear()
-        return WriteResult(lost, resync)
+        if back:
+            log.info(
+                "devices marked offline while this node was away are online here: said so again",
+                extra={"node": self.node, "devices": len(back)},
+            )
+        return WriteResult(lost, resync, back)
 
     def _lost_log(self, device_id: str, owner: str, why: str) -> None:
         if not self.ownership.owns(device_id):
@@ -479,6 +550,7 @@ class RedisCluster:
         while True:
             await asyncio.sleep(self.janitor_interval)
             try:
+                await self._measure_clock(self.store._r())
                 await self.janitor_round(loop.time())
                 failing = False
             except (RedisError, OSError, StoreError) as exc:
@@ -523,11 +595,18 @@ class RedisCluster:
         keys = [self._k(k) for k in ("owner", "devices", f"live:{dead}", "events", f"janitor:{dead}", "nodes",
                                      f"node:{dead}", f"lost:{dead}")]  # fmt: skip
         reason = f"node {dead} stopped; no keepalive since"
-        args: list[str | int] = [dead, self.token, repr(self._clock()), EVENTS_MAXLEN, LOCK_TTL_MS, self.node, reason,
-                _STATE, _REASON, _UPDATED]  # fmt: skip
-        marked, left, done = (int(x) for x in await self.store._script(_SWEEP)(keys=keys, args=args))
-        if marked < 0:
-            return 0, 0, False
+        args: list[str | int] = [dead, self.token, repr(self._now()), EVENTS_MAXLEN, LOCK_TTL_MS, self.node, reason,
+                _STATE, _REASON, _UPDATED, SWEEP_CHUNK]  # fmt: skip
+        script = self.store._script(_SWEEP)
+        marked = left = done = 0
+        while True:
+            m, n, done, taken = (int(x) for x in await script(keys=keys, args=args))
+            if m < 0:  # the lock is another's now, or the node is back
+                done = 0
+                break
+            marked, left = marked + m, left + n
+            if done or taken < SWEEP_CHUNK:
+                break
         if marked:
             self.adoptions[("offline",)] += marked
             log.info(

@@ -45,10 +45,10 @@ Several nodes (issue 17; the scripts are in ``store/ownership.py``, the rules in
     nodes                   set     node IDs that have written (a dead one is removed by its janitor)
     owner                   hash    device ID -> "<epoch> <node>": the node whose REGISTER claimed it
                                     last; the epoch grows by one with every claim, at any node
-    owner:at                hash    device ID -> wall time of the REGISTER that made the current epoch
+    owner:at                hash    device ID -> time (Redis's clock) of the REGISTER that made the current epoch
     lost:<node>             hash    device ID -> epoch: devices claimed away from <node>, read and
                                     emptied by <node> with its next batch
-    live:<node>             zset    device ID -> liveness deadline (wall seconds) of <node>'s online
+    live:<node>             zset    device ID -> liveness deadline (Redis's clock, seconds) of <node>'s online
                                     devices, plus a third of each one's keepalive window
     janitor:<node>          string  token of the live node adopting dead <node>'s devices (PX, renewed)
     events                  stream  device online/offline: device, event, node, epoch, reason, at
