@@ -290,7 +290,9 @@ async def test_superior_invite_at_a_gets_media_from_b_bye_closes_it_and_b_killed
         ok = await invite(superior, nodes.a_sip, "second", receiver.port)
         assert ok.status == 200, ok
         superior.send(nodes.a_sip, "ACK", "second", to_tag=ok.to.tag or "")
-        await b_stream(nodes)
+        # B has started sending (the ACK's cascade.start answered): killed before that, the start
+        # call's timeout would end the dialog (BYE upward) while B's claim still lives
+        await wait_for(lambda: not api(nodes.b_admin, "/streams")["streams"][0]["consumers"][0]["paused"], 10)
         assert nodes.b is not None
         nodes.b.kill()
         nodes.b.communicate(timeout=10)

@@ -137,7 +137,13 @@ for _ = 1, n do
       redis.call('HSET', KEYS[1], dev, mine .. ' ' .. node)
       redis.call('HSET', KEYS[2], dev, at)
       -- tell the node it was taken from, so that it stops watching it with its next batch
-      if cn and cn ~= node then redis.call('HSET', ARGV[5] .. 'lost:' .. cn, dev, mine) end
+      -- and take it out of that node's live set: it is not that node's to mark offline (nor a
+      -- janitor's for it, whose sweep reads only due entries and would hold a dead node's set
+      -- open until the re-homed device's old deadline)
+      if cn and cn ~= node then
+        redis.call('HSET', ARGV[5] .. 'lost:' .. cn, dev, mine)
+        redis.call('ZREM', ARGV[5] .. 'live:' .. cn, dev)
+      end
       out[#out + 1] = dev out[#out + 1] = 'won' out[#out + 1] = tostring(mine)
     else
       redis.call('ZREM', KEYS[4], dev)
