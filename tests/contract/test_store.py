@@ -22,7 +22,7 @@ from gb28181gw.gb.ledger import LedgerEntry
 from gb28181gw.gb.model import Alarm, Ban, Channel, Device, DeviceState, Override, ShareEntry, StreamMode, Transport
 from gb28181gw.store.base import Store
 from gb28181gw.store.sqlite import MIGRATIONS, SqliteStore
-from tests.redis_server import RedisServer, require_redis_py
+from tests.redis_server import RedisServer, module_server, require_redis_py
 
 
 def _redis_store(url: str) -> Store:
@@ -40,15 +40,7 @@ BACKENDS: dict[str, Callable[[Path, str], Store]] = {
 
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    # one server for the module, emptied before each test: starting one takes ~20 ms, but a
-    # hundred of them add up
-    require_redis_py()
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from module_server(tmp_path_factory)
 
 
 @pytest.fixture(params=sorted(BACKENDS))

@@ -18,20 +18,14 @@ from gb28181gw.errors import StoreError
 from gb28181gw.gb.model import Device, DeviceState
 from gb28181gw.gb.ownership import Holding
 from gb28181gw.store.base import DeviceNotice
-from tests.redis_server import RedisServer, require_redis_py
+from tests.redis_server import RedisServer, module_server
 
 D1, D2, D3 = "34020000001320000001", "34020000001320000002", "34020000001320000003"
 
 
 @pytest.fixture(scope="module")
 def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    require_redis_py()
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from module_server(tmp_path_factory)
 
 
 class Nodes:
