@@ -1,0 +1,82 @@
+"""Suite-wide guard: a test that hangs fails CI with the stacks of its asyncio tasks, not a stalled run.
+
+A hung asyncio test shows only its loop idle in epoll in the threads' stacks; what it waits for is in
+its tasks. So a watchdog thread, a little before the test's limit (`timeout` in pyproject.toml),
+prints every unfinished task and where its coroutine is suspended, then cancels those tasks: the test
+fails with CancelledError and its fixtures are torn down, and the run goes on. If that does not end
+it either, pytest-timeout (thread method) ends the worker at the limit. That is the last resort only:
+xdist (`--dist loadfile`) gives a crashed worker's file, the hung test included, to a new worker, and
+does so up to eight times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections.abc import Generator
+from typing import Any
+
+import pytest
+
+DUMP_AHEAD = 30.0  # seconds before pytest-timeout's own dump and exit
+
+
+def _limit(item: pytest.Item) -> float:
+    marker = item.get_closest_marker("timeout")
+    if marker is not None and marker.args:
+        return float(marker.args[0])
+    if marker is not None and "timeout" in marker.kwargs:
+        return float(marker.kwargs["timeout"])
+    return float(item.config.getini("timeout") or 0)
+
+
+def _unfinished_tasks() -> list[asyncio.Task[Any]]:
+    # Read from this thread while the loop may run: the WeakSet can change under iteration, so retry.
+    for _ in range(10):
+        try:
+            return [task for task in list(asyncio.tasks._all_tasks) if not task.done()]  # type: ignore[attr-defined]
+        except RuntimeError:
+            continue
+    return []
+
+
+def _dump_tasks(nodeid: str, limit: float) -> None:
+    out = sys.__stderr__
+    if out is None:
+        return
+    tasks = _unfinished_tasks()
+    print(
+        f"\n+++ {nodeid} still running after {limit - DUMP_AHEAD:.0f} s: {len(tasks)} unfinished asyncio tasks",
+        file=out,
+    )
+    for task in tasks:
+        print(f"--- {task!r}", file=out)
+        try:
+            task.print_stack(limit=20, file=out)
+        except Exception as exc:  # a task finishing while it is printed
+            print(f"    (stack unavailable: {exc!r})", file=out)
+    out.flush()
+    for loop in {task.get_loop() for task in tasks}:
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(_cancel_all, loop, nodeid)
+
+
+def _cancel_all(loop: asyncio.AbstractEventLoop, nodeid: str) -> None:
+    for task in asyncio.all_tasks(loop):
+        task.cancel(f"{nodeid} hung: cancelled by tests/conftest.py's watchdog")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, object, object]:
+    limit = _limit(item)
+    timer = None
+    if limit > DUMP_AHEAD:
+        timer = threading.Timer(limit - DUMP_AHEAD, _dump_tasks, args=(item.nodeid, limit))
+        timer.daemon = True
+        timer.start()
+    try:
+        return (yield)
+    finally:
+        if timer is not None:
+            timer.cancel()
