@@ -17,8 +17,10 @@ The playback forwarding and the finding of a stream by asking the nodes run in o
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -198,6 +200,55 @@ async def test_a_viewer_asking_a_gets_the_stream_of_bs_device_from_b_and_a_lists
         assert status == 410 and gone["node"] == "nB" and "stopped by operator" in gone["reason"], gone
     finally:
         receiver.close()
+        if device is not None and device.returncode is None:
+            device.kill()
+            await device.wait()
+
+
+async def cli(admin: int, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gb28181gw", *args, "--admin", f"http://127.0.0.1:{admin}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env={**os.environ, "COLUMNS": "250"},
+    )  # fmt: skip
+
+
+async def output(proc: asyncio.subprocess.Process) -> str:
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    text = out.decode(errors="replace")
+    assert proc.returncode == 0, text
+    return text
+
+
+async def test_gb28181gw_play_at_a_records_bs_device_and_streams_at_a_names_b(tmp_path: Path, nodes: Nodes) -> None:
+    ps = gb_ps(FRAMES, GOP)
+    device: asyncio.subprocess.Process | None = None
+    try:
+        device_port = await nodes.device_at_b(tmp_path)
+        device = await play_device(scenario(answer(ssrc=f"{DEVICE_SSRC:010d}")), device_port, tmp_path, "device")
+        out = tmp_path / "out.ps"
+        proc = await cli(nodes.a_admin, "play", CH, "--seconds", "3", "-o", str(out))
+
+        async def at_b() -> list[dict[str, Any]]:
+            status, listing = await http(nodes.b_admin, "GET", "/streams")
+            return [s for s in listing["streams"] if s["consumers"]] if status == 200 else []
+
+        for _ in range(150):
+            if await at_b():
+                break
+            await asyncio.sleep(0.1)
+        (st,) = await at_b()
+        assert st["consumers"][0]["label"] == "cli"
+        await send_udp(packetize(ps, DEVICE_SSRC, mtu=1000), st["port"])
+        listing = await output(await cli(nodes.a_admin, "streams"))
+        header, *rows = listing.splitlines()  # piped: tab-separated, the node last
+        assert header.endswith("\tnode") and len(rows) == 1 and rows[0].endswith("\tnB"), listing
+        assert rows[0].startswith(f"{st['id']}\t{CH}\t")
+        text = await output(proc)
+        assert "0 lost" in text, text
+        assert out.read_bytes() == ps and decode_h264(out.read_bytes()) == FRAMES
+        await finished(device)  # the CLI left through A, linger 0: B BYEs the device
+        device = None
+    finally:
         if device is not None and device.returncode is None:
             device.kill()
             await device.wait()

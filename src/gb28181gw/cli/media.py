@@ -633,9 +633,14 @@ STREAM_COLUMNS = [
 @JSON_OPTION
 def streams(admin: str, as_json: bool) -> None:
     """List streams: live ones, playbacks and downloads (position in the span, speed), with
-    channel, mode, consumers, bitrate, loss, age."""
-    rows = request(admin, "GET", "/streams")["streams"]
-    emit(rows, STREAM_COLUMNS, as_json=as_json, title=plural(len(rows), "stream"))
+    channel, mode, consumers, bitrate, loss, age; with several nodes, every live node's and its node."""
+    answer = request(admin, "GET", "/streams")
+    rows = answer["streams"]
+    # several nodes on Redis: the node each stream is at (its stream ID is asked for there)
+    columns = [*STREAM_COLUMNS, Column("node", "node")] if any("node" in r for r in rows) else STREAM_COLUMNS
+    emit(rows, columns, as_json=as_json, title=plural(len(rows), "stream"))
+    for missing in answer.get("unanswered", []):  # on stderr: the JSON on stdout stays the rows
+        click.echo(f"node {missing.get('node')} did not list its streams: {missing.get('error')}", err=True)
 
 
 @main.group()
