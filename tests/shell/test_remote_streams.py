@@ -314,12 +314,14 @@ async def test_b_killed_while_its_device_is_invited_is_504_naming_it_then_503_on
 # --- in one process: playbacks, and a stream found by asking the nodes -------------------------
 
 
-async def inproc(redis: RedisServer, name: str, ports: tuple[int, int], ssrcs: tuple[int, int]) -> Gateway:
+async def inproc(
+    redis: RedisServer, name: str, ports: tuple[int, int], ssrcs: tuple[int, int], *, invite_timeout: float = 5
+) -> Gateway:
     return await start_gateway(
         **{
             "store.backend": "redis", "store.url": redis.url, "node.id": name, "media.linger": "0",
-            "media.invite_timeout": "5", "media.port_min": str(ports[0]), "media.port_max": str(ports[1]),
-            "media.ssrc_min": str(ssrcs[0]), "media.ssrc_max": str(ssrcs[1]),
+            "media.invite_timeout": str(invite_timeout), "media.port_min": str(ports[0]),
+            "media.port_max": str(ports[1]), "media.ssrc_min": str(ssrcs[0]), "media.ssrc_max": str(ssrcs[1]),
         }
     )  # fmt: skip
 
@@ -373,6 +375,37 @@ async def test_a_playback_of_bs_device_asked_at_a_is_opened_controlled_and_left_
         assert status == 404, missing  # on no node
         assert a.rpc is not None and b.rpc is not None
         assert a.rpc.calls[("stream.open", "ok")] == 1 and b.rpc.served[("stream.open", "ok")] == 1
+    finally:
+        receiver.close()
+        await a.stop()
+        await b.stop()
+
+
+async def test_a_stream_b_opens_after_as_deadline_is_not_sent_to_the_viewer_told_504(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # A waits 2 + 1 s; B would wait 10 s for its device, which answers after 4.5 s: A answers
+    # 504, and the consumer B adds once the device answers is removed at once (linger 0: BYE)
+    a = await inproc(redis, "nA", (42700, 42749), (1, 4999), invite_timeout=2)
+    b = await inproc(redis, "nB", (42750, 42799), (5000, 9999), invite_timeout=10)
+    receiver = await UdpConsumer.start()
+    try:
+        await seed_channel(redis)
+        port = free_udp_port()
+        await register_at(b, tmp_path, port)
+        b.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
+        await wait_for(lambda: {n.node_id for n in a.nodes.view} == {"nA", "nB"}, 10)
+        late = sipp_scenario("invite_late_uas.xml", ch=CH, pause=4500, answer=answer(ssrc=f"{DEVICE_SSRC:010d}"))
+        device = await play_device(late.encode(), port, tmp_path, "late")
+        assert a.admin is not None
+        status, failed = await http(
+            a.admin.port, "POST", "/streams", {"channel_id": CH, "consumer": viewer(receiver.port)}
+        )
+        assert status == 504 and failed["node"] == "nB", failed
+        await finished(device)  # answered, ACKed, then BYE: its stream had no consumer left
+        await wait_for(lambda: not b.streams.streams, 5)
+        assert receiver.got.packets == [] and b.rpc is not None
+        assert b.rpc.served[("stream.open", "expired")] == 1
     finally:
         receiver.close()
         await a.stop()

@@ -36,6 +36,7 @@ disjoint ``media.ssrc_min``-``ssrc_max``), so one found on two nodes (misconfigu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import ipaddress
@@ -368,6 +369,7 @@ class StreamApi:
         # stream ID → the node it was opened or listed at: no asking around for the streams a viewer
         # opened through this node
         self.placed: OrderedDict[str, str] = OrderedDict()
+        self._late: set[asyncio.Task[None]] = set()  # removals of consumers added past their call's deadline
         if self.rpc is not None:
             handlers: dict[str, Callable[[Call], Awaitable[Mapping[str, Any]]]] = {
                 "stream.open": self._serve_open,
@@ -665,8 +667,30 @@ class StreamApi:
                 kind, Span(int(r["span"][0]), int(r["span"][1])), None if speed is None else float(speed)
             )
         with acting(self._actor(call)):
-            status, body = await self.open_here(str(a["channel"]), c, recorded)
+            opening = asyncio.ensure_future(self.open_here(str(a["channel"]), c, recorded))
+        try:
+            status, body = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # the call's deadline passed (its caller answered 504): a consumer added after it is
+            # taken away again, or the stream would be sent to a viewer who was told it failed
+            opening.add_done_callback(self._release_late)
+            raise
         return {"status": status, "body": body}
+
+    def _release_late(self, opening: asyncio.Future[Reply]) -> None:
+        if opening.cancelled() or opening.exception() is not None:
+            return
+        status, body = opening.result()
+        if status == 201:
+            stream_id, consumer_id = str(body["id"]), str(body["consumer"]["id"])
+            log.info("stream opened past its call's deadline: consumer removed", extra={"stream": stream_id})
+            task = asyncio.get_running_loop().create_task(self._leave_quietly(stream_id, consumer_id))
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
+
+    async def _leave_quietly(self, stream_id: str, consumer_id: str) -> None:
+        with contextlib.suppress(StreamError):  # gone already
+            await self.streams.remove_consumer(stream_id, consumer_id)
 
     async def _serve_list(self, call: Call) -> dict[str, Any]:
         return {"status": 200, "body": {"streams": self.list_here()}}
