@@ -155,3 +155,60 @@ async def test_the_superiors_bye_at_a_stops_the_playback_at_b_where_live_streams
         if device is not None and device.returncode is None:
             device.kill()
             await device.wait()
+
+
+def in_dialog(sup: Superior, sip_port: int, to_tag: str, method: str, cseq: int, rtsp: str = "") -> None:
+    """The superior's request in the dialog of call ``pb``, numbered ``cseq`` (above the INVITE's 20)."""
+    request = superior_request(
+        sup.port, sip_port, method, "pb", to_tag=to_tag, body=rtsp, content_type="Application/MANSRTSP"
+    ).replace(f"CSeq: 20 {method}".encode(), f"CSeq: {cseq} {method}".encode())
+    request = request.replace(f"branch=z9hG4bK{method}pb".encode(), f"branch=z9hG4bK{method}pb{cseq}".encode())
+    assert sup.transport is not None
+    sup.transport.sendto(request, ("127.0.0.1", sip_port))
+
+
+async def test_the_device_at_b_refusing_or_silent_to_a_control_is_the_superiors_answer_at_a(
+    tmp_path: Path, redis: RedisServer, superior: Superior
+) -> None:
+    a, b = await inproc_nodes(tmp_path, redis, superior.port, **{"playback.control_timeout": "1"})
+    receiver = await UdpConsumer.start()
+    device = None
+    try:
+        await seed_channel(redis)
+        port = free_udp_port()
+        await register_at(b, tmp_path, port)
+        b.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
+        await own(redis, NVR, "nB")
+        silent = '<ereg regexp="^PLAY RTSP/1.0..CSeq: 2..Range: npt=now-..$" search_in="body" check_it="true" assign_to="p2"/>'
+        then = (
+            info_part("^PAUSE RTSP/1.0..CSeq: 1..PauseTime: now..$", status="400 Bad Request", name="p1")
+            + sipp_scenario("parts/info_unanswered.xml", checks=silent)
+            + WE_BYE
+        )
+        device = await play_device(device_scenario("Playback", then, "p1,p2"), port, tmp_path, "device")
+        ok = await playback_at_a(superior, a.stack.port, receiver)
+        await wait_for(lambda: bool(b.cascade_media.exported), 5)
+        tag = ok.to.tag or ""
+
+        in_dialog(superior, a.stack.port, tag, "INFO", 21, "PAUSE MANSRTSP/1.0\r\nCSeq: 7\r\nPauseTime: now\r\n")
+        await wait_for(lambda: answer_to(superior, "pb", "21 INFO") is not None, 10)
+        refused = answer_to(superior, "pb", "21 INFO")
+        assert refused is not None and refused.status == 400, refused  # the device's own answer
+        in_dialog(superior, a.stack.port, tag, "INFO", 22, "PLAY MANSRTSP/1.0\r\nCSeq: 8\r\nRange: npt=now-\r\n")
+        await wait_for(lambda: answer_to(superior, "pb", "22 INFO") is not None, 10)
+        silent_answer = answer_to(superior, "pb", "22 INFO")
+        assert silent_answer is not None and silent_answer.status == 408, silent_answer  # as a silent device's
+        assert "did not answer" in (silent_answer.headers.get("warning") or "")
+        assert len(a.cascade_media.dialogs) == 1  # the session goes on
+
+        in_dialog(superior, a.stack.port, tag, "BYE", 23)
+        await wait_for(lambda: answer_to(superior, "pb", "23 BYE") is not None, 10)
+        await finished(device)
+        await wait_for(lambda: not b.streams.streams and not b.cascade_media.exported, 5)
+    finally:
+        receiver.close()
+        await a.stop()
+        await b.stop()
+        if device is not None and device.returncode is None:
+            device.kill()
+            await device.wait()
