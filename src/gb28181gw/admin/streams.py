@@ -559,6 +559,8 @@ class StreamApi:
 
     async def by_id(self, op: str, stream_id: str, args: Mapping[str, Any], *, node: str | None = None) -> Reply:
         """``op`` on stream ``stream_id``: here, at ``node``, or where it is found."""
+        if self.rpc is None:  # one node: ?node= names nothing else
+            return await self.by_id_here(op, stream_id, args)
         where = node if node else await self._locate(stream_id)
         if isinstance(where, tuple):
             return where
