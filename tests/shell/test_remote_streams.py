@@ -98,8 +98,11 @@ class Nodes:
         self.a: subprocess.Popen[str] | None = None
         self.b: subprocess.Popen[str] | None = None
 
-    def _start(self, node: str, sip: int, admin: int, ports: tuple[int, int], ssrcs: tuple[int, int]) -> Any:
+    def _start(
+        self, node: str, sip: int, admin: int, ports: tuple[int, int], ssrcs: tuple[int, int], *more: str
+    ) -> Any:
         proc = serve(
+            *more,
             "--id", OURS, "--listen", "127.0.0.1", "--port", str(sip), "--admin-port", str(admin),
             "--set", "store.backend=redis", "--set", f"store.url={self.redis.url}", "--set", f"node.id={node}",
             "--set", "media.workers=0", "--set", "media.linger=0", "--set", "media.invite_timeout=5",
@@ -110,9 +113,9 @@ class Nodes:
         wait_ready(f"http://127.0.0.1:{admin}", proc)
         return proc
 
-    def start(self) -> None:
+    def start(self, *b_settings: str) -> None:
         self.a = self._start("nA", self.a_sip, self.a_admin, (42600, 42649), (1, 4999))
-        self.b = self._start("nB", self.b_sip, self.b_admin, (42650, 42699), (5000, 9999))
+        self.b = self._start("nB", self.b_sip, self.b_admin, (42650, 42699), (5000, 9999), *b_settings)
 
     async def device_at_b(self, tmp_path: Path) -> int:
         """The NVR registered at B, B named its owner in Redis: its SIP port."""
@@ -132,11 +135,12 @@ class Nodes:
 
 
 @pytest.fixture
-async def nodes(redis: RedisServer) -> AsyncIterator[Nodes]:
+async def nodes(redis: RedisServer, request: pytest.FixtureRequest) -> AsyncIterator[Nodes]:
+    """A and B started; B with the ``--set`` settings a test parametrizes it with indirectly."""
     await seed_channel(redis)
     n = Nodes(redis)
     try:
-        n.start()
+        n.start(*getattr(request, "param", ()))
         yield n
     finally:
         a_out, _b_out = n.close()
@@ -248,6 +252,37 @@ async def test_gb28181gw_play_at_a_records_bs_device_and_streams_at_a_names_b(tm
         assert out.read_bytes() == ps and decode_h264(out.read_bytes()) == FRAMES
         await finished(device)  # the CLI left through A, linger 0: B BYEs the device
         device = None
+    finally:
+        if device is not None and device.returncode is None:
+            device.kill()
+            await device.wait()
+
+
+@pytest.mark.parametrize("nodes", [("--set", "node.claim_seconds=3")], indirect=True)
+async def test_gb28181gw_play_at_a_ends_in_words_when_b_dies_mid_stream(tmp_path: Path, nodes: Nodes) -> None:
+    # B's claim (3 s here) expires after its kill -9: A's answer to the CLI's poll says B is gone
+    ps = gb_ps(FRAMES, GOP)
+    device: asyncio.subprocess.Process | None = None
+    try:
+        device_port = await nodes.device_at_b(tmp_path)
+        device = await play_device(scenario(answer(ssrc=f"{DEVICE_SSRC:010d}")), device_port, tmp_path, "device")
+        out = tmp_path / "out.ps"
+        proc = await cli(nodes.a_admin, "play", CH, "--seconds", "120", "-o", str(out))
+        for _ in range(150):
+            status, listing = await http(nodes.b_admin, "GET", "/streams")
+            if status == 200 and any(s["consumers"] for s in listing["streams"]):
+                break
+            await asyncio.sleep(0.1)
+        (st,) = listing["streams"]
+        await send_udp(packetize(ps, DEVICE_SSRC, mtu=1000), st["port"])
+        await wait_for(lambda: out.exists() and out.stat().st_size == len(ps), 10)
+        assert nodes.b is not None
+        nodes.b.kill()
+        nodes.b.communicate(timeout=10)
+        raw, _ = await asyncio.wait_for(proc.communicate(), 40)  # long before --seconds
+        text = raw.decode(errors="replace")
+        assert proc.returncode == 1 and "node nB is not live" in text, text
+        assert decode_h264(out.read_bytes()) == FRAMES  # what came before is kept
     finally:
         if device is not None and device.returncode is None:
             device.kill()

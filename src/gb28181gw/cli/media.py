@@ -163,6 +163,9 @@ class _Consumer:
             return f"stream {self.stream_id} is no longer on the gateway (was the gateway restarted?)"
         if status == 0:
             return f"the gateway at {self.admin} stopped answering (was it stopped?)"
+        if status == 503 and answer.get("node"):
+            # several nodes: the node sending the stream is gone (it sends nothing more)
+            return str(answer.get("error") or f"node {answer['node']}, which sent stream {self.stream_id}, is gone")
         return None  # slow or unsure: ask again at the next poll
 
     def leave(self) -> None:
