@@ -226,11 +226,12 @@ async def output(proc: asyncio.subprocess.Process) -> str:
 async def test_gb28181gw_play_at_a_records_bs_device_and_streams_at_a_names_b(tmp_path: Path, nodes: Nodes) -> None:
     ps = gb_ps(FRAMES, GOP)
     device: asyncio.subprocess.Process | None = None
+    player: asyncio.subprocess.Process | None = None
     try:
         device_port = await nodes.device_at_b(tmp_path)
         device = await play_device(scenario(answer(ssrc=f"{DEVICE_SSRC:010d}")), device_port, tmp_path, "device")
         out = tmp_path / "out.ps"
-        proc = await cli(nodes.a_admin, "play", CH, "--seconds", "3", "-o", str(out))
+        proc = player = await cli(nodes.a_admin, "play", CH, "--seconds", "3", "-o", str(out))
 
         async def at_b() -> list[dict[str, Any]]:
             status, listing = await http(nodes.b_admin, "GET", "/streams")
@@ -253,9 +254,10 @@ async def test_gb28181gw_play_at_a_records_bs_device_and_streams_at_a_names_b(tm
         await finished(device)  # the CLI left through A, linger 0: B BYEs the device
         device = None
     finally:
-        if device is not None and device.returncode is None:
-            device.kill()
-            await device.wait()
+        for process in (player, device):
+            if process is not None and process.returncode is None:
+                process.kill()
+                await process.wait()
 
 
 @pytest.mark.parametrize("nodes", [("--set", "node.claim_seconds=3")], indirect=True)
@@ -263,11 +265,12 @@ async def test_gb28181gw_play_at_a_ends_in_words_when_b_dies_mid_stream(tmp_path
     # B's claim (3 s here) expires after its kill -9: A's answer to the CLI's poll says B is gone
     ps = gb_ps(FRAMES, GOP)
     device: asyncio.subprocess.Process | None = None
+    player: asyncio.subprocess.Process | None = None
     try:
         device_port = await nodes.device_at_b(tmp_path)
         device = await play_device(scenario(answer(ssrc=f"{DEVICE_SSRC:010d}")), device_port, tmp_path, "device")
         out = tmp_path / "out.ps"
-        proc = await cli(nodes.a_admin, "play", CH, "--seconds", "120", "-o", str(out))
+        proc = player = await cli(nodes.a_admin, "play", CH, "--seconds", "120", "-o", str(out))
         for _ in range(150):
             status, listing = await http(nodes.b_admin, "GET", "/streams")
             if status == 200 and any(s["consumers"] for s in listing["streams"]):
@@ -284,9 +287,10 @@ async def test_gb28181gw_play_at_a_ends_in_words_when_b_dies_mid_stream(tmp_path
         assert proc.returncode == 1 and "node nB is not live" in text, text
         assert decode_h264(out.read_bytes()) == FRAMES  # what came before is kept
     finally:
-        if device is not None and device.returncode is None:
-            device.kill()
-            await device.wait()
+        for process in (player, device):
+            if process is not None and process.returncode is None:
+                process.kill()
+                await process.wait()
 
 
 async def test_b_killed_while_its_device_is_invited_is_504_naming_it_then_503_once_not_live(
