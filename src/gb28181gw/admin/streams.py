@@ -346,7 +346,7 @@ class StreamApi:
         streams: this node's streams.
         zone: the site's (``gateway.time_zone``): span times without an offset are read in it.
         remote: with several nodes, the forwarding of device requests (which node owns what).
-        peers: the other live nodes' IDs (the node view, :class:`~gb28181gw.services.nodes.NodeService`).
+        peers: the live nodes' IDs, this one's or not (the node view, :class:`~gb28181gw.services.nodes.NodeService`).
         media_address: ``Config.media_address`` (``""``: the address routing picks toward the consumer).
     """
 
