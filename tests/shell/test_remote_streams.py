@@ -75,6 +75,17 @@ async def redis_get(redis: RedisServer, command: str, *args: str) -> Any:
         await r.aclose()
 
 
+async def owned_by_b(redis: RedisServer) -> None:
+    """Until B's REGISTER batch names it the NVR's owner (within store.flush_interval)."""
+    owner = None
+    for _ in range(50):
+        owner = await redis_get(redis, "HGET", "gbgw:owner", NVR)
+        if owner is not None and owner.endswith(b" nB"):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"B does not own the NVR: {owner!r}")
+
+
 def stop(proc: subprocess.Popen[str] | None) -> str:
     if proc is None:
         return ""
@@ -121,13 +132,7 @@ class Nodes:
         """The NVR registered at B, B named its owner in Redis: its SIP port."""
         port = free_udp_port()
         await register(port, NVR, self.b_sip, tmp_path)
-        owner = None
-        for _ in range(50):
-            owner = await redis_get(self.redis, "HGET", "gbgw:owner", NVR)
-            if owner is not None and owner.endswith(b" nB"):
-                break
-            await asyncio.sleep(0.1)
-        assert owner is not None and owner.endswith(b" nB"), owner
+        await owned_by_b(self.redis)
         return port
 
     def close(self) -> tuple[str, str]:
@@ -376,6 +381,7 @@ async def test_a_playback_of_bs_device_asked_at_a_is_opened_controlled_and_left_
         port = free_udp_port()
         await register_at(b, tmp_path, port)
         b.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
+        await owned_by_b(redis)
         await wait_for(lambda: a.nodes.view and {n.node_id for n in a.nodes.view} == {"nA", "nB"}, 10)
         then = info_part(
             "^PAUSE RTSP/1.0..CSeq: 1..PauseTime: now..$", answer="RTSP/1.0 200 OK\r\nCSeq: 1\r\n", name="p1"
@@ -433,6 +439,7 @@ async def test_a_stream_b_opens_after_as_deadline_is_not_sent_to_the_viewer_told
         port = free_udp_port()
         await register_at(b, tmp_path, port)
         b.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
+        await owned_by_b(redis)
         await wait_for(lambda: {n.node_id for n in a.nodes.view} == {"nA", "nB"}, 10)
         late = sipp_scenario("invite_late_uas.xml", ch=CH, pause=4500, answer=answer(ssrc=f"{DEVICE_SSRC:010d}"))
         device = await play_device(late.encode(), port, tmp_path, "late")
@@ -445,6 +452,45 @@ async def test_a_stream_b_opens_after_as_deadline_is_not_sent_to_the_viewer_told
         await wait_for(lambda: not b.streams.streams, 5)
         assert receiver.got.packets == [] and b.rpc is not None
         assert b.rpc.served[("stream.open", "expired")] == 1
+    finally:
+        receiver.close()
+        await a.stop()
+        await b.stop()
+
+
+async def test_a_download_of_bs_device_asked_at_a_runs_at_b_at_the_speed_asked_and_ends_complete(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    a = await inproc(redis, "nA", (42700, 42749), (1, 4999))
+    b = await inproc(redis, "nB", (42750, 42799), (5000, 9999))
+    receiver = await UdpConsumer.start()
+    try:
+        await seed_channel(redis)
+        port = free_udp_port()
+        await register_at(b, tmp_path, port)
+        b.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
+        await owned_by_b(redis)
+        then = sipp_scenario("parts/media_status.xml", pause=1000, sender=CH, from_tag="[pid]dev")  # then B's BYE
+        scenario = device_scenario("Download", then, "")
+        scenario = scenario.replace(  # the speed asked at A reaches the device from B
+            b'assign_to="t"/>',
+            b'assign_to="t"/>\n      <ereg regexp="a=downloadspeed:3" search_in="body" check_it="true" assign_to="ds"/>',
+        ).replace(b'variables="', b'variables="ds,')
+        device = await play_device(scenario, port, tmp_path, "device")
+        asked = {"channel_id": CH, "kind": "download", "start": SPAN.start, "end": SPAN.end, "speed": 3}
+        assert a.admin is not None
+        status, opened = await http(a.admin.port, "POST", "/playbacks", {**asked, "consumer": viewer(receiver.port)})
+        assert status == 201 and opened["node"] == "nB", opened
+        assert (opened["kind"], opened["download_speed"], opened["file_size"]) == ("download", 3, 1234567)
+        (st,) = b.streams.streams.values()
+        ps = gb_ps(FRAMES, GOP)
+        await send_udp(packetize(ps, int(st.session.ssrc), mtu=1000), st.port)
+        await wait_for(lambda: receiver.got.payload() == ps, 10)
+        assert decode_h264(receiver.got.payload()) == FRAMES
+        await finished(device)  # MediaStatus 121, then B's BYE
+        # its end is told at A as B tells it: complete
+        status, ended = await http(a.admin.port, "GET", f"/streams/{opened['id']}")
+        assert status == 410 and ended["complete"] is True and ended["node"] == "nB", ended
     finally:
         receiver.close()
         await a.stop()
