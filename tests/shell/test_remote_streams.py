@@ -412,6 +412,16 @@ async def test_a_playback_of_bs_device_asked_at_a_is_opened_controlled_and_left_
         assert a.stream_api.placed == {st.id: "nB"}
         status, refused = await http(a.admin.port, "POST", f"/streams/{st.id}/control", {"action": "fly"})
         assert status == 400, refused  # refused at A: no node asked
+        # a second viewer joins the playback at A: B sends to it too
+        second = await UdpConsumer.start()
+        try:
+            status, joined = await http(a.admin.port, "POST", f"/streams/{st.id}/consumers", viewer(second.port))
+            assert status == 201 and joined["node"] == "nB" and len(st.consumers) == 2, joined
+            assert joined["consumer"]["address"] == f"127.0.0.1:{second.port}"
+            status, left = await http(a.admin.port, "DELETE", f"/streams/{st.id}/consumers/{joined['consumer']['id']}")
+            assert status == 200 and len(st.consumers) == 1, left
+        finally:
+            second.close()
         status, left = await http(a.admin.port, "DELETE", f"/streams/{st.id}/consumers/{opened['consumer']['id']}")
         assert status == 200 and left["removed"] == opened["consumer"]["id"]
         await finished(device)  # its last consumer gone, B ended the playback (BYE)
