@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import socket
 import statistics
@@ -91,6 +92,9 @@ async def run(rounds: int, reads: int) -> None:
             device.register()
             await asyncio.wait_for(device.registered.wait(), 5)
             b.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
+            # ... and in the shared store, as B's catalog of the device writes it: where A finds it
+            await r.hset(f"gbgw:channels:{NVR}", CH, json.dumps(["gate", "ON", NVR, {}]))
+            await r.sadd("gbgw:channels", NVR)
             while not (await r.hget("gbgw:owner", NVR) or b"").endswith(b" nB"):
                 await asyncio.sleep(0.05)
             assert a.admin is not None and b.admin is not None
