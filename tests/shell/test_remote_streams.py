@@ -505,3 +505,15 @@ async def test_a_download_of_bs_device_asked_at_a_runs_at_b_at_the_speed_asked_a
         receiver.close()
         await a.stop()
         await b.stop()
+
+
+async def test_on_a_single_node_node_names_nothing_else() -> None:
+    gw = await start_gateway()  # SQLite: no other node to ask
+    try:
+        assert gw.admin is not None
+        status, missing = await http(gw.admin.port, "GET", "/streams/0100000001?node=nB")
+        assert status == 404 and "node" not in missing, missing
+        status, listing = await http(gw.admin.port, "GET", "/streams?node=nB")
+        assert (status, listing) == (200, {"streams": []})
+    finally:
+        await gw.stop()
