@@ -23,13 +23,14 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from gb28181gw import __version__
-from gb28181gw.admin import AdminServer, add_device_routes, add_stream_routes, add_upstream_routes
+from gb28181gw.admin import AdminServer, add_device_routes, add_upstream_routes
 from gb28181gw.admin.audit import add_audit_routes
 from gb28181gw.admin.doctor import add_doctor_routes
 from gb28181gw.admin.forms import add_form_routes
 from gb28181gw.admin.ledger import add_ledger_routes
 from gb28181gw.admin.nodes import add_node_routes
 from gb28181gw.admin.openapi import add_openapi_route
+from gb28181gw.admin.streams import StreamApi, add_stream_routes
 from gb28181gw.admin.tokens import add_token_routes
 from gb28181gw.config import Config, StoreSection, is_loopback, parse_time_zone
 from gb28181gw.errors import ConfigError, StoreError
@@ -219,6 +220,15 @@ class Gateway:
             expires=config.registrar.expires_default,
             metrics=self.metrics,
         )
+        # the stream actions of the API: also what another node's forwarded request runs here, so
+        # built (and its calls handled) whether or not this node serves the admin API itself
+        self.stream_api = StreamApi(
+            self.streams,
+            zone=parse_time_zone(config.gateway.time_zone),
+            remote=self.remote,
+            peers=lambda: [n.node_id for n in self.nodes.view],
+            media_address=config.media_address,
+        )
         self.ledger = LedgerService(config, self.registrar, self.devices, self.store, audit=self.audit)
         self.doctor = DoctorService(
             self.registrar,
@@ -344,12 +354,7 @@ class Gateway:
                 served_elsewhere=self.nodes.served_elsewhere if c.store.backend == "redis" else None,
             )
             add_node_routes(self.admin, self.nodes, backend=c.store.backend)
-            add_stream_routes(
-                self.admin,
-                self.streams,
-                consumer_networks=parse_networks(c.media.consumer_networks),
-                zone=parse_time_zone(c.gateway.time_zone),
-            )
+            add_stream_routes(self.admin, self.stream_api, consumer_networks=parse_networks(c.media.consumer_networks))
             add_upstream_routes(self.admin, self.upstreams)
             add_ledger_routes(self.admin, self.ledger)
             add_doctor_routes(self.admin, self.doctor)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from gb28181gw.admin import stream_json
+from gb28181gw.admin.streams import stream_json
 from gb28181gw.app import Gateway
 from gb28181gw.relay.forwarder import SSRC_LATCH_PACKETS
 from tests.media import UdpConsumer, decode_h264, gb_ps, packetize, send_tcp, send_udp, wait_for

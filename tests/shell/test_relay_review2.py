@@ -232,7 +232,7 @@ async def test_udp_consumer_joining_a_large_gop_gets_all_of_it() -> None:
 async def test_the_api_tells_a_tcp_passive_consumer_its_port(tmp_path: Path) -> None:
     # POST /api/v1/streams passes any transport to play(), tcp-passive included; the answer is
     # built by stream_json, whose consumers carry no local port: the consumer cannot connect
-    from gb28181gw.admin import stream_json
+    from gb28181gw.admin.streams import stream_json
 
     gw, device = await gateway(tmp_path, **{"media.workers": "0"})
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gb28181gw.admin import stream_json
+from gb28181gw.admin.streams import stream_json
 from gb28181gw.app import Gateway
 from gb28181gw.gb.model import Channel
 from gb28181gw.services.streams import StreamError

@@ -163,6 +163,9 @@ class _Consumer:
             return f"stream {self.stream_id} is no longer on the gateway (was the gateway restarted?)"
         if status == 0:
             return f"the gateway at {self.admin} stopped answering (was it stopped?)"
+        if status == 503 and answer.get("node"):
+            # several nodes: the node sending the stream is gone (it sends nothing more)
+            return str(answer.get("error") or f"node {answer['node']}, which sent stream {self.stream_id}, is gone")
         return None  # slow or unsure: ask again at the next poll
 
     def leave(self) -> None:
@@ -633,9 +636,14 @@ STREAM_COLUMNS = [
 @JSON_OPTION
 def streams(admin: str, as_json: bool) -> None:
     """List streams: live ones, playbacks and downloads (position in the span, speed), with
-    channel, mode, consumers, bitrate, loss, age."""
-    rows = request(admin, "GET", "/streams")["streams"]
-    emit(rows, STREAM_COLUMNS, as_json=as_json, title=plural(len(rows), "stream"))
+    channel, mode, consumers, bitrate, loss, age; with several nodes, every live node's and its node."""
+    answer = request(admin, "GET", "/streams")
+    rows = answer["streams"]
+    # several nodes on Redis: the node each stream is at (its stream ID is asked for there)
+    columns = [*STREAM_COLUMNS, Column("node", "node")] if any("node" in r for r in rows) else STREAM_COLUMNS
+    emit(rows, columns, as_json=as_json, title=plural(len(rows), "stream"))
+    for missing in answer.get("unanswered", []):  # on stderr: the JSON on stdout stays the rows
+        click.echo(f"node {missing.get('node')} did not list its streams: {missing.get('error')}", err=True)
 
 
 @main.group()

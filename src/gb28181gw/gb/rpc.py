@@ -43,6 +43,9 @@ INVITE_MARGIN = 1.0
 #: Longest method name and argument text accepted (a call is a short message, not a payload).
 MAX_METHOD = 64
 MAX_ARGS = 64 * 1024
+#: Longest result text accepted: a node's listing of its streams (about 1.5 kB each, with their
+#: relay figures) is an answer too, and a node relaying thousands of streams must be listable.
+MAX_RESULT = 16 * 1024 * 1024
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
@@ -66,9 +69,9 @@ def _text(fields: Mapping[bytes, bytes], name: bytes) -> str:
         raise RpcError(400, f"the call's {name.decode()} field is not UTF-8") from None
 
 
-def _object(text: str, what: str) -> dict[str, Any]:
-    if len(text) > MAX_ARGS:
-        raise RpcError(400, f"the {what} is {len(text)} characters long, beyond {MAX_ARGS}")
+def _object(text: str, what: str, limit: int = MAX_ARGS) -> dict[str, Any]:
+    if len(text) > limit:
+        raise RpcError(400, f"the {what} is {len(text)} characters long, beyond {limit}")
     try:
         value = json.loads(text)
     except ValueError as exc:
@@ -199,7 +202,7 @@ class Answer:
         except ValueError:
             raise RpcError(400, "the answer's status is not a number") from None
         if status == 200:
-            return cls(id, 200, _object(_text(fields, b"result"), "result"))
+            return cls(id, 200, _object(_text(fields, b"result"), "result", MAX_RESULT))
         return cls(id, status, error=fields.get(b"error", b"").decode("utf-8", "replace"))
 
     def raise_for_status(self, node: str, method: str) -> dict[str, Any]:

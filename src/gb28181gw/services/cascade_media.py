@@ -48,7 +48,12 @@ however many superiors and local viewers watch, Annex L). In order:
    consumer goes (the device's stream ended, it shuts down) and we BYE upward; the owner's
    claim expiring (killed) is seen by :meth:`CascadeMediaService._watch_nodes`, which BYEs too,
    and on the owner removes consumers of a holder that is gone. Recorded kinds of another
-   node's device are refused 488 (INFO controls would have to cross nodes too). Redis
+   node's device cross too: ``cascade.open`` opens the session of its own there (its span,
+   kind and download speed; a=filesize comes back for our 200), the superior's INFO is
+   ``cascade.control`` (relayed in the device's dialog there, the device's answer back: a
+   silent node 408 as a silent device, one gone 502), the device's MediaStatus 121 is
+   ``cascade.media_status`` to us, which sends our MESSAGE upward before the BYE that the
+   session's end (``cascade.gone``) brings, and the superior's BYE stops that session. Redis
    unreachable when the INVITE comes: the local path answers, as with one node.
 
 The life of one served INVITE is a :class:`~gb28181gw.gb.superior_invite.ServedState`
@@ -86,6 +91,7 @@ from gb28181gw.errors import (
     StreamError,
 )
 from gb28181gw.gb import mansrtsp
+from gb28181gw.gb.playback import Span
 from gb28181gw.gb.registrar import from_user
 from gb28181gw.gb.rpc import INVITE_MARGIN, Call
 from gb28181gw.gb.superior_invite import (
@@ -102,7 +108,7 @@ from gb28181gw.manscdp.messages import CmdType, Root, encode
 from gb28181gw.metrics import UPSTREAM_STREAMS, Metrics
 from gb28181gw.net.stack import SipStack
 from gb28181gw.net.tasks import TaskSet
-from gb28181gw.sdp import file_size_text
+from gb28181gw.sdp import SessionKind, file_size_text
 from gb28181gw.sip.dialog import Dialog, DialogId
 from gb28181gw.sip.endpoint import warning_header
 from gb28181gw.sip.events import RequestCancelled, RequestReceived
@@ -113,7 +119,7 @@ from gb28181gw.store.rpc import RedisRpc
 
 from .audit import AuditService, acting, result_of
 from .registrar import RegistrarService
-from .streams import Consumer, Stream, StreamService
+from .streams import Consumer, ControlResult, Stream, StreamService
 from .upstreams import Link, UpstreamService
 
 __all__ = ["UPWARD", "CascadeMediaService", "Served"]
@@ -249,6 +255,8 @@ class CascadeMediaService:
             rpc.handle("cascade.start", self._rpc_start)
             rpc.handle("cascade.close", self._rpc_close)
             rpc.handle("cascade.gone", self._rpc_gone)
+            rpc.handle("cascade.control", self._rpc_control)
+            rpc.handle("cascade.media_status", self._rpc_media_status)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -273,7 +281,7 @@ class CascadeMediaService:
             if self.rpc is not None:  # its holder sends BYE upward now, not when our claim is gone
                 args = {"stream": stream_id, "consumer": consumer_id, "reason": "the owning node is shutting down"}
                 self.rpc.notify(holder, "cascade.gone", args)
-            self._tasks.spawn(self._remove(stream_id, consumer_id))
+            self._tasks.spawn(self._remove_exported(stream_id, consumer_id))
         await self._tasks.wait(timeout=BYE_TIMEOUT)
         self._tasks.cancel()
 
@@ -304,11 +312,6 @@ class CascadeMediaService:
                 if not self.upstreams.may_see(name, offer.channel_id, device_id):
                     raise StreamError(404, f"no channel {offer.channel_id} here")
                 offer.require_ps()
-                if offer.span is not None:
-                    raise OfferError(
-                        488,
-                        f"recordings of {offer.channel_id} (its device is on node {node}) are not relayed across nodes",
-                    )
             else:
                 self._check_channel(name, offer.channel_id)
                 offer.require_ps()
@@ -574,6 +577,11 @@ class CascadeMediaService:
             # its own device session: nobody else watches it, and a lingering one would hold the device's dialog
             await self.streams.stop_stream(stream_id, "the superior's playback ended")
 
+    async def _remove_exported(self, stream_id: str, consumer_id: str) -> None:
+        """A consumer served for another node's superior removed; a recorded session, opened for it alone, stopped."""
+        st = self.streams.streams.get(stream_id)
+        await self._remove(stream_id, consumer_id, recorded=st is not None and st.span is not None)
+
     def _refuse(self, event: RequestReceived, status: int, warning: str) -> None:
         tx = event.transaction
         if tx is None or tx.last_status >= 200:
@@ -671,7 +679,10 @@ class CascadeMediaService:
     ) -> None:
         """The superior's control to the device, then the device's answer to the superior's INFO."""
         try:
-            result = await self.streams.control(served.stream_id, rtsp)
+            if served.node:
+                result = await self._control_remote(served, rtsp)
+            else:
+                result = await self.streams.control(served.stream_id, rtsp)
         except StreamError as exc:
             status = CONTROL_UPWARD.get(exc.status, 500)
             response = make_response(request, status)
@@ -699,25 +710,77 @@ class CascadeMediaService:
             },
         )
 
+    async def _control_remote(self, served: Served, rtsp: mansrtsp.RtspRequest) -> ControlResult:
+        """The superior's control relayed in the device's dialog on the device's node: its answer.
+
+        Raises:
+            StreamError: as :meth:`StreamService.control` there; the node silent 504, unreachable 502.
+        """
+        assert self.rpc is not None
+        args = {"stream": served.stream_id, "consumer": served.consumer_id, "rtsp": rtsp.serialize().decode()}
+        timeout = self.streams.playback.control_timeout + INVITE_MARGIN  # the device's time to answer there
+        try:
+            got = await self.rpc.call(served.node, "cascade.control", args, timeout=timeout)
+        except RpcTimeout as exc:
+            raise StreamError(504, str(exc)) from None
+        except NodeUnreachable as exc:
+            raise StreamError(502, str(exc)) from None
+        except RpcError as exc:
+            raise StreamError(exc.status, str(exc)) from None
+        body = str(got.get("body") or "").encode()
+        answer = None
+        if body.strip():
+            with contextlib.suppress(MansrtspError):  # relayed as it came (see StreamService.control)
+                answer = mansrtsp.parse_response(body)
+        return ControlResult(rtsp, int(got["status"]), str(got.get("reason") or ""), answer, body)
+
+    async def _rpc_control(self, call: Call) -> dict[str, Any]:
+        """Another node's superior controls the recorded session served for it here."""
+        key = (str(call.args["stream"]), str(call.args["consumer"]))
+        if self.exported.get(key) != call.caller:
+            raise StreamError(404, f"no session {key[0]} served here for node {call.caller}")
+        try:
+            rtsp = mansrtsp.parse_request(str(call.args["rtsp"]))
+        except MansrtspError as exc:
+            raise StreamError(400, f"unreadable MANSRTSP body: {exc}") from None
+        result = await self.streams.control(key[0], rtsp)
+        return {"status": result.status, "reason": result.reason, "body": result.body.decode("utf-8", "replace")}
+
+    async def _rpc_media_status(self, call: Call) -> dict[str, Any]:
+        """The device on another node sent its whole span: our MediaStatus to the superior (before the BYE)."""
+        served = self.remote.get((call.caller, str(call.args["stream"]), str(call.args["consumer"])))
+        if served is not None:
+            self._tell_media_status(served)
+        return {}
+
     def _on_media_status(self, st: Stream) -> None:
-        for served in [s for s in self.dialogs.values() if s.stream_id == st.id]:
-            dialog = served.dialog
-            if dialog is None or dialog.terminated or served.notified is not None:
-                continue
-            link = self.upstreams.links.get(served.upstream)
-            charset = link.section.charset if link is not None else "GB2312"
-            body = encode(
-                Root.NOTIFY,
-                CmdType.MEDIA_STATUS,
-                next(self._sn),
-                served.offer.channel_id,  # IDs go up unchanged (PROTOCOL.md §9.9)
-                [("NotifyType", "121")],
-                charset=charset,
-            )
-            # built now, so its CSeq comes before that of any BYE of ours that follows
-            message = dialog.request("MESSAGE", body=body, content_type=MANSCDP_TYPE)
-            served.notified = asyncio.get_running_loop().create_future()
-            self._tasks.spawn(self._notify(served, message, served.notified))
+        for (stream_id, consumer_id), holder in list(self.exported.items()):
+            if stream_id == st.id and self.rpc is not None:
+                # the superior's dialog is at that node: it sends the MESSAGE (and waits for its answer
+                # before the BYE that follows our close, which comes COMPLETE_DRAIN later)
+                self.rpc.notify(holder, "cascade.media_status", {"stream": stream_id, "consumer": consumer_id})
+        for served in [s for s in self.dialogs.values() if s.stream_id == st.id and not s.node]:
+            self._tell_media_status(served)
+
+    def _tell_media_status(self, served: Served) -> None:
+        """MediaStatus 121 in the superior's dialog (once)."""
+        dialog = served.dialog
+        if dialog is None or dialog.terminated or served.notified is not None:
+            return
+        link = self.upstreams.links.get(served.upstream)
+        charset = link.section.charset if link is not None else "GB2312"
+        body = encode(
+            Root.NOTIFY,
+            CmdType.MEDIA_STATUS,
+            next(self._sn),
+            served.offer.channel_id,  # IDs go up unchanged (PROTOCOL.md §9.9)
+            [("NotifyType", "121")],
+            charset=charset,
+        )
+        # built now, so its CSeq comes before that of any BYE of ours that follows
+        message = dialog.request("MESSAGE", body=body, content_type=MANSCDP_TYPE)
+        served.notified = asyncio.get_running_loop().create_future()
+        self._tasks.spawn(self._notify(served, message, served.notified))
 
     async def _notify(self, served: Served, message: Request, done: asyncio.Future[None]) -> None:
         try:
@@ -866,6 +929,13 @@ class CascadeMediaService:
             "start_within": self.stack.endpoint.timers.h,
             "also_from": [event.peer.host] if offer.transport == "tcp-passive" else [],
         }
+        if offer.span is not None:
+            # a session of its own there, as here (one device dialog per superior dialog)
+            args["recorded"] = {
+                "kind": offer.session.word,
+                "span": [offer.span.start, offer.span.end],
+                "download_speed": offer.download_speed,
+            }
         # the device on its node has media.invite_timeout to answer; the calls' round trips come on top
         timeout = self.invite_timeout + INVITE_MARGIN
         opening = asyncio.ensure_future(self.rpc.call(node, "cascade.open", args, timeout=timeout))
@@ -887,6 +957,7 @@ class CascadeMediaService:
             got = opening.result()
             stream_id, consumer_id = str(got["stream"]), str(got["consumer"])
             ssrc, port, media_ip = int(got["ssrc"]), int(got["port"]), str(got["media_ip"])
+            file_size = None if got.get("file_size") is None else str(got["file_size"])
         except RpcError as exc:
             # the node gone or Redis away: the device cannot be reached now (480); its silence 408;
             # its refusal passes as a local one would (UPWARD)
@@ -911,7 +982,14 @@ class CascadeMediaService:
             self.upstreams.count_request(name, "INVITE", "502")
             return
         self._answer_with(
-            served, event, stream_id=stream_id, consumer_id=consumer_id, ssrc=ssrc, media_ip=media_ip, port=port
+            served,
+            event,
+            stream_id=stream_id,
+            consumer_id=consumer_id,
+            ssrc=ssrc,
+            media_ip=media_ip,
+            port=port,
+            file_size=file_size,
         )
 
     def _release_remote_late(self, node: str, opening: asyncio.Future[dict[str, Any]]) -> None:
@@ -944,24 +1022,37 @@ class CascadeMediaService:
         """Another node's superior asks for a channel of ours: a paused consumer toward the superior."""
         a = call.args
         host, port = str(a["host"]), int(a["port"])
-        playing = asyncio.ensure_future(
-            self.streams.play(
+        to: dict[str, Any] = {
+            "transport": str(a["transport"]),
+            "host": host,
+            "port": port,
+            "ssrc": None if a.get("ssrc") is None else int(a["ssrc"]),
+            "label": str(a.get("label", f"node:{call.caller}")),
+            "paused": True,  # nothing before the superior's ACK reaches its node
+            "start_within": float(a.get("start_within", 32.0)),
+            "also_from": tuple(str(h) for h in a.get("also_from", ())),
+        }
+        recorded = a.get("recorded")
+        if recorded is not None:
+            kind = SessionKind.of(str(recorded["kind"]))
+            if kind is None or not kind.recorded:
+                raise StreamError(400, f"no recorded kind {recorded['kind']!r}")
+            speed = recorded.get("download_speed")
+            opening = self.streams.open_recorded(
                 str(a["channel"]),
-                transport=str(a["transport"]),
-                host=host,
-                port=port,
-                ssrc=None if a.get("ssrc") is None else int(a["ssrc"]),
-                label=str(a.get("label", f"node:{call.caller}")),
-                paused=True,  # nothing before the superior's ACK reaches its node
-                start_within=float(a.get("start_within", 32.0)),
-                also_from=tuple(str(h) for h in a.get("also_from", ())),
+                kind=kind,
+                span=Span(int(recorded["span"][0]), int(recorded["span"][1])),
+                download_speed=None if speed is None else int(speed),
+                **to,
             )
-        )
+        else:
+            opening = self.streams.play(str(a["channel"]), **to)
+        playing = asyncio.ensure_future(opening)
         try:
             st, consumer = await asyncio.shield(playing)
         except asyncio.CancelledError:
             # the call's deadline passed: whatever play() still yields is released when it does
-            playing.add_done_callback(functools.partial(self._release_late, recorded=False))
+            playing.add_done_callback(functools.partial(self._release_late, recorded=recorded is not None))
             raise
         self.exported[(st.id, consumer.id)] = call.caller
         media_ip = self.media_address or self.stack.local_address(Peer("UDP", host or "127.0.0.1", port or 5060))[0]
@@ -975,6 +1066,7 @@ class CascadeMediaService:
             "ssrc": consumer.ssrc,
             "port": consumer.local_port or st.port,
             "media_ip": media_ip,
+            "file_size": file_size_text(st.session.answer) if st.session.answer is not None else None,
         }
 
     async def _rpc_start(self, call: Call) -> dict[str, Any]:
@@ -984,7 +1076,7 @@ class CascadeMediaService:
     async def _rpc_close(self, call: Call) -> dict[str, Any]:
         key = (str(call.args["stream"]), str(call.args["consumer"]))
         if self.exported.pop(key, None) is not None:
-            await self._remove(*key)
+            await self._remove_exported(*key)
         return {}
 
     async def _rpc_gone(self, call: Call) -> dict[str, Any]:
@@ -1026,7 +1118,7 @@ class CascadeMediaService:
                 if holder not in live:
                     del self.exported[key]
                     log.info("consumer of a gone node removed", extra={"node": holder, "stream": key[0]})
-                    self._tasks.spawn(self._remove(*key))
+                    self._tasks.spawn(self._remove_exported(*key))
 
     # --- figures -----------------------------------------------------------------------
 

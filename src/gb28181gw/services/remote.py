@@ -17,8 +17,9 @@ GET  /channels/ID/records RecordInfo query              ``device.records``
 =====================  ===============================  ======================
 
 Listings (devices, channels, alarms) read this node's memory and the shared store, as before.
-Opening a stream for a viewer (POST /streams, /playbacks) is not forwarded: a viewer asks the
-owning node's own API (its address is in ``node:<id>``).
+A viewer's streams (POST /streams, /playbacks and every ``/streams/ID`` route) are forwarded by
+:class:`gb28181gw.admin.streams.StreamApi` (``stream.*`` methods), through :meth:`RemoteDevices.node_of`
+and :attr:`RemoteDevices.rpc`: their answers are built by the admin's stream code on both ends.
 
 Which node owns a device: the ``owner`` hash (written at each REGISTER); a channel not in this
 node's memory is found in the shared store. A device with no owner recorded, or owned by this

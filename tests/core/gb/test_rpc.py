@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gb28181gw.errors import RpcError, RpcRefused
-from gb28181gw.gb.rpc import MAX_ARGS, Answer, AnswerCache, Call, Decision
+from gb28181gw.gb.rpc import MAX_ARGS, MAX_RESULT, Answer, AnswerCache, Call, Decision
 
 ID = "0123456789abcdef0123456789abcdef"
 
@@ -71,6 +71,15 @@ class TestAnswer:
         with pytest.raises(RpcRefused) as caught:
             Answer(ID, 480, error="offline").raise_for_status("n2", "stream.open")
         assert caught.value.status == 480 and "n2" in str(caught.value) and "offline" in str(caught.value)
+
+    def test_a_result_may_be_a_long_listing_but_not_endless(self) -> None:
+        # a node's streams listed for another node: far beyond a call's argument limit
+        rows = [{"id": f"{i:010d}", "figures": "x" * 1500} for i in range(1000)]
+        answer = Answer.decode(Answer(ID, 200, {"streams": rows}).encode())
+        assert answer.result["streams"] == rows
+        huge = {b"id": ID.encode(), b"status": b"200", b"result": b'{"a":"' + b"x" * MAX_RESULT + b'"}'}
+        with pytest.raises(RpcError, match="characters long"):
+            Answer.decode(huge)
 
     def test_unreadable_status(self) -> None:
         with pytest.raises(RpcError, match="status"):
