@@ -195,6 +195,23 @@ class WriteResult:
     back: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class Learnt:
+    """What other nodes changed since a node last asked (:meth:`Cluster.news`).
+
+    Attributes:
+        devices: the rows, as the shared store holds them now, of the devices other nodes (or
+            their janitors) wrote about; with ``whole``, every stored device.
+        whole: events may have been missed (the stream was trimmed past this node, Redis lost or
+            set back its data, or the node just started): ``devices`` is every row there is.
+        more: the read stopped at its limit of entries: more wait, to be asked for at once.
+    """
+
+    devices: list[Device] = field(default_factory=list)
+    whole: bool = False
+    more: bool = False
+
+
 class Cluster(Protocol):
     """Which devices this node serves, and the fenced write of their rows, deadlines and events.
 
@@ -238,6 +255,14 @@ class Cluster(Protocol):
         """Whether claims are waiting for the next write."""
         ...
 
+    async def news(self) -> Learnt:
+        """The rows of devices other nodes changed since the last call (the first call: every row).
+
+        Raises:
+            StoreError: the shared store could not be read (the next call goes on from the same place).
+        """
+        ...
+
     async def write(
         self, devices: Sequence[Device], deadlines: dict[str, float | None], notices: Sequence[DeviceNotice]
     ) -> WriteResult:
@@ -278,6 +303,9 @@ class SingleNode:
     @property
     def pending(self) -> bool:
         return False
+
+    async def news(self) -> Learnt:
+        return Learnt()  # nobody else writes
 
     async def write(
         self, devices: Sequence[Device], deadlines: dict[str, float | None], notices: Sequence[DeviceNotice]
