@@ -8,6 +8,7 @@ than clever queries.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -162,6 +163,10 @@ class Store(Protocol):
 # --- device ownership among nodes (issue 17) ---------------------------------------------
 
 
+#: Numbers every notice this process makes, in the order made (see :attr:`DeviceNotice.seq`).
+_notice_numbers = itertools.count(1)
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceNotice:
     """A device going online or offline, for the ``events`` stream of several nodes.
@@ -170,11 +175,15 @@ class DeviceNotice:
         device_id: the device.
         kind: ``online`` or ``offline``.
         reason: why it went offline ("" when online).
+        seq: this process's number for the notice, rising in the order notices are made: a batch
+            sent again (its answer lost, or some of its scripts run before a failure) carries the
+            same numbers, and the store appends a notice only once (see ``store.ownership``).
     """
 
     device_id: str
     kind: str
     reason: str = ""
+    seq: int = field(default_factory=_notice_numbers.__next__, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,8 @@ Keys (after the store's prefix, ``gbgw:``)::
     events          stream  device online/offline: fields device, event, node, epoch, reason, at
                             (XADD MAXLEN ~ EVENTS_MAXLEN)
     boot            string  a token set once per Redis data set: another one means Redis lost its data
+    noticed         hash    device ID -> "<process token>:<number>" of the last online/offline notice
+                            appended for it (a batch sent again appends none of its notices twice)
 
 **One batch, one script** (:data:`_WRITE`): the registrar's write-behind (every
 ``store.flush_interval``) sends the claims queued since the last batch, the changed rows, the
@@ -21,6 +23,15 @@ deadlines of this node's online devices and the online/offline events in one scr
 :data:`CHUNK` devices, pipelined: no round trip per REGISTER or keepalive. Per device the script
 claims it first (when a REGISTER is queued for it), then compares ``owner`` with this node's
 epoch, and writes the row, the deadline and the events only if the device is still this node's.
+
+**Each notice once**: a batch can reach Redis more than once: the registrar sends a failed batch
+again whole, with the notices it carried, and a failure may come after some or all of its scripts
+ran (their answers lost, or a later chunk of the pipeline failing). Every notice carries its
+process's token and a number rising in the order notices are made
+(:attr:`~gb28181gw.store.base.DeviceNotice.seq`); the script appends a notice only if its number
+is past the last one of the same process appended for the device (``noticed``), so a batch sent
+again appends nothing twice, while a device going offline and online again within one ownership
+epoch (a keepalive brings it back) is still told each time. A restarted node has a new token.
 
 **Offline exactly once**: the in-memory timer of the owning node decides; its offline event is
 appended only if the script removes the device from ``live:<node>`` (or the device was never put
@@ -121,11 +132,11 @@ _REASON = DEVICE_LAYOUT.index("offline_reason") + 1
 _UPDATED = DEVICE_LAYOUT.index("updated_at") + 1
 
 _WRITE = """
--- KEYS: owner, owner:at, devices, live:<node>, events, nodes, boot, lost:<node>
+-- KEYS: owner, owner:at, devices, live:<node>, events, nodes, boot, lost:<node>, noticed
 -- ARGV: node, events maxlen, now, boot candidate, key prefix, n devices,
 --       n x (device, claim time or '', epoch ('0': the row only, if no node owns the device) or '',
 --            row or '', deadline or '' / '-' to remove),
---       then (device, kind, reason, '1' if never put in live:<node>)...
+--       then (device, kind, reason, '1' if never put in live:<node>, '<token>:<number>')...
 -- answer: {boot, (device, result, value)...}; result won (value: epoch), lost (the owner),
 --         restored / adopted (epoch), refused (the owner); gone: claimed away meanwhile (lost:<node>);
 --         back (epoch): marked offline by a janitor, online here (its online event appended)
@@ -143,7 +154,7 @@ end
 local ok, gone = {}, {}
 local n = tonumber(ARGV[6])
 local coming = {}  -- devices whose online event this batch carries
-for j = 7 + 5 * n, #ARGV, 4 do if ARGV[j + 1] == 'online' then coming[ARGV[j]] = true end end
+for j = 7 + 5 * n, #ARGV, 5 do if ARGV[j + 1] == 'online' then coming[ARGV[j]] = true end end
 local i = 7
 for _ = 1, n do
   local dev, at, epoch, row, deadline = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
@@ -209,11 +220,20 @@ for _ = 1, n do
     end
   end
 end
+local function seen(dev, said)
+  -- this notice, or a later one of the same process, was appended already (a batch sent again)
+  local last = redis.call('HGET', KEYS[9], dev)
+  if not last then return false end
+  local lt, ln = string.match(last, '^(%x+):(%d+)$')
+  local t, num = string.match(said, '^(%x+):(%d+)$')
+  return lt ~= nil and lt == t and tonumber(num) <= tonumber(ln)
+end
 while i <= #ARGV do
-  local dev, kind, reason, fresh = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  i = i + 4
+  local dev, kind, reason, fresh, said = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  i = i + 5
   local e = ok[dev]
-  if e then
+  if e and not seen(dev, said) then
+    redis.call('HSET', KEYS[9], dev, said)
     local fire = true
     if kind == 'offline' then
       local removed = redis.call('ZREM', KEYS[4], dev)
@@ -542,14 +562,14 @@ class RedisCluster:
                 ]
                 for notice in by_device.get(device_id, ()):
                     fresh = "0" if device_id in self._published else "1"
-                    events += [_key(device_id), notice.kind, notice.reason, fresh]
+                    events += [_key(device_id), notice.kind, notice.reason, fresh, f"{self.token}:{notice.seq}"]
             if start == 0:
                 for device_id in unowned:
                     args += [_key(device_id), "", "0", rows[device_id], ""]
             args[5] = str((len(args) - 6) // 5)
             chunks.append(args + events)
         keys = [self._k(k) for k in ("owner", "owner:at", "devices", f"live:{self.node}", "events", "nodes", "boot",
-                                     f"lost:{self.node}")]  # fmt: skip
+                                     f"lost:{self.node}", "noticed")]  # fmt: skip
         script = self.store._script(_WRITE)
 
         async def send(r: Any) -> list[Any]:
