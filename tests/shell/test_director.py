@@ -365,3 +365,81 @@ async def test_the_redis_reader_of_nodes_owners_and_leases(redis: RedisServer) -
             await nodes.live()
     finally:
         await nodes.close()
+
+
+def test_a_camera_whose_node_is_killed_finds_a_survivor_by_itself(tmp_path: Path, redis: RedisServer) -> None:
+    # the camera is SIPp (camera_rehoming_uac.xml) doing only what a camera does: register through
+    # the director, keep alive, refresh before Expires 10 runs out, and go back to the director when
+    # its node stops answering. The test kills its node with kill -9 and does nothing else for it
+    binary = shutil.which("sipp")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("sipp is not installed: .ci/run installs it")
+        pytest.skip("sipp is not installed")
+    short = ("--set", "registrar.expires_min=5")  # the camera asks for 10 s
+    director = start_node(tmp_path, "d", redis, "--set", "node.director=true", *short)
+    nodes = [start_node(tmp_path, name, redis, *short) for name in ("n1", "n2")]
+    device = DEVICES[-1]
+    inf = tmp_path / "camera.csv"
+    inf.write_text(f"SEQUENTIAL\n{device};[authentication username={device} password={PASSWORD}];\n")
+    log_file = tmp_path / "camera.log"
+    camera: subprocess.Popen[bytes] | None = None
+    try:
+        for node in (director, *nodes):
+            wait_ready(node.admin, node.proc)
+        until(lambda: director.metric("gb28181gw_nodes_live") == 3, 15, "the director seeing three nodes")
+        camera = subprocess.Popen(
+            [binary, "-sf", str(SIPP_DIR / "camera_rehoming_uac.xml"), f"127.0.0.1:{director.sip}",
+             "-i", "127.0.0.1", "-p", "0", "-t", "u1", "-m", "1", "-nostdin", "-inf", str(inf),
+             "-trace_logs", "-log_file", str(log_file), "-trace_msg", "-message_file", str(tmp_path / "camera.msg"), "-trace_err", "-error_file", str(tmp_path / "camera.err")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path, close_fds=True,
+        )  # fmt: skip
+
+        def serving() -> list[Node]:
+            return [n for n in nodes if n.proc.poll() is None and device in n.online()]
+
+        until(lambda: len(serving()) == 1, 20, "the camera registered at its node")
+        (home,) = serving()
+        (survivor,) = [n for n in nodes if n is not home]
+        until(lambda: log_file.exists() and "registered" in log_file.read_text(), 10, "the camera's log")
+        home.proc.kill()  # no goodbye; the camera is not told
+        home.proc.wait(timeout=10)
+        # a guard against hanging, not a measurement: the camera's registration (10 s) runs out
+        # twice over, its node's claim (3 s) with it
+        until(lambda: device in survivor.online(), 40, "the camera online at the survivor by itself")
+        assert camera.poll() is None, log_file.read_text()  # it never gave up
+        log = log_file.read_text()
+        assert f"lost {device} at 127.0.0.1:{home.sip}" in log, log
+        assert f"registered {device} 127.0.0.1:{survivor.sip}" in log, log
+        owner = redis.command(b"HGET", b"gbgw:owner", device.encode())
+        assert owner is not None and owner.decode().endswith(f" {survivor.name}")
+        # the killed node's janitor comes once its key is gone: the camera, claimed by the survivor
+        # already, is not its to mark offline; at most one offline in all
+        until(lambda: redis.command(b"SISMEMBER", b"gbgw:nodes", home.name.encode()) == b":0", 60, "the janitor")
+        assert device in survivor.online()
+        kinds = [e["event"] for e in stream_events(redis) if e["device"] == device]
+        assert kinds.count("offline") <= 1 and kinds[-1] == "online", kinds
+        assert [e["node"] for e in stream_events(redis) if e["device"] == device and e["event"] == "online"][-1] == (
+            survivor.name
+        )
+    finally:
+        if camera is not None and camera.poll() is None:
+            camera.terminate()  # SIPp writes out its buffered logs
+            try:
+                camera.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                camera.kill()
+                camera.wait(timeout=10)
+        for node in (director, *nodes):
+            node.end()
+
+
+def stream_events(redis: RedisServer) -> list[dict[str, str]]:
+    """The ``events`` stream, read with redis-py."""
+    import redis as redis_py
+
+    r = redis_py.Redis.from_url(redis.url)
+    try:
+        return [{k.decode(): v.decode() for k, v in f.items()} for _id, f in r.xrange("gbgw:events")]  # type: ignore[union-attr]
+    finally:
+        r.close()
