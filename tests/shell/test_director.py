@@ -443,3 +443,60 @@ def stream_events(redis: RedisServer) -> list[dict[str, str]]:
         return [{k.decode(): v.decode() for k, v in f.items()} for _id, f in r.xrange("gbgw:events")]  # type: ignore[union-attr]
     finally:
         r.close()
+
+
+def test_a_serving_director_holding_a_superiors_lease_is_killed_the_lease_and_its_devices_move(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # two directors that also serve devices (node.director_serves): d1, up first, registers upward
+    # (its lease), redirects devices to d2 or keeps them; kill -9 of d1 moves the lease to d2 (a
+    # REGISTER with a new Call-ID) and d1's devices, registering through d2, are served there
+    from .test_cascade_nodes import SUPERIOR
+    from .test_upstream_lease import MutingSuperior
+
+    lease = 4.0
+    superior = MutingSuperior()
+    config = tmp_path / "upstream.toml"
+    config.write_text(
+        f'[[upstream]]\nname = "district"\nid = "{SUPERIOR}"\nhost = "127.0.0.1"\nport = {superior.port}\n'
+        "keepalive_interval = 1\nretry_interval = 1.0\nretry_max = 2.0\n"
+    )
+    config.chmod(0o600)
+    both = ("-c", str(config), "--set", f"node.lease_seconds={lease}", "--set", "node.director=true",
+            "--set", "node.director_serves=true")  # fmt: skip
+    d1 = start_node(tmp_path, "d1", redis, *both)
+    started = [d1]
+    try:
+        wait_ready(d1.admin, d1.proc)
+        until(lambda: bool(superior.registers()), 20, "d1's REGISTER upward")
+        d2 = start_node(tmp_path, "d2", redis, *both)
+        started.append(d2)
+        wait_ready(d2.admin, d2.proc)
+        until(lambda: d1.metric("gb28181gw_nodes_live") == 2, 15, "d1 seeing both")
+        sipp(tmp_path, d1, DEVICES[:12])
+        kept = {d for d in DEVICES[:12] if choose(d, records([d1, d2])).node_id == "d1"}  # type: ignore[union-attr]
+        assert kept and kept != set(DEVICES[:12])  # (12 devices: each director serves some)
+        until(lambda: d1.online() == kept, 10, "d1 serving the devices the hash gives it")
+        assert d2.online() == set(DEVICES[:12]) - kept
+        assert {r.port for r in superior.registers()} == {d1.sip}  # one registration stream: d1's
+        first = superior.registers()[-1]
+        d1.proc.kill()  # no goodbye: its lease, its claim and its devices' deadlines run out by themselves
+        d1.proc.wait(timeout=10)
+        killed = time.time()
+        until(lambda: superior.registers()[-1].port == d2.sip, 3 * lease + 10, "d2's REGISTER upward")
+        taken = superior.registers()[-1]
+        assert taken.call_id != first.call_id and taken.at > killed
+        assert {r.port for r in superior.received() if r.at > taken.at} <= {d2.sip}
+        # d1's devices, registering at the surviving director once d1 has left its view, are d2's
+        until(lambda: d2.metric("gb28181gw_nodes_live") == 1, 20, "d1 leaving d2's view")
+        sipp(tmp_path, d2, sorted(kept))
+        until(lambda: d2.online() == set(DEVICES[:12]), 10, "d2 serving every device")
+        assert d2.metric("gb28181gw_director_redirects_total") == 0  # the only serving node: its own
+        until(lambda: redis.command(b"SISMEMBER", b"gbgw:nodes", b"d1") == b":0", 60, "the janitor of d1")
+        for device in DEVICES[:12]:
+            kinds = [e["event"] for e in stream_events(redis) if e["device"] == device]
+            assert kinds.count("offline") <= 1 and kinds[-1] == "online", (device, kinds)
+    finally:
+        for node in started:
+            node.end()
+        superior.stop()
