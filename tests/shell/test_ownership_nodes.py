@@ -168,11 +168,11 @@ async def test_a_device_re_registered_at_another_node_is_no_longer_watched_or_wr
     assert epoch_b > 1
     await until(lambda: a.metric("gb28181gw_ownership_lost_total") == 1, 10, "A to learn it lost the device")
     assert a.metric("gb28181gw_devices_owned") == 0 and b.metric("gb28181gw_devices_owned") == 1
-    # A's record of it is as A last knew it (online): B's to count, not A's
+    # A's record of it (as A last knew it, then B's row as A learns it: online either way): B's to count, not A's
     assert a.metric('gb28181gw_devices{state="online"}') == 0 and b.metric('gb28181gw_devices{state="online"}') == 1
     assert a.metric('gb28181gw_devices{state="registered"}') == 0
     assert a.metric('gb28181gw_devices{state="known"}') == 1
-    # A's listing says so too: its record is as last known, B serves the device
+    # A's listing says so too: B serves the device
     (at_a,), (at_b,) = a.devices(), b.devices()
     assert (at_a["node"], at_a["here"]) == ("b", False) and (at_b["node"], at_b["here"]) == ("b", True)
     table = subprocess.run(

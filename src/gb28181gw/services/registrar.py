@@ -104,6 +104,8 @@ KNOWN_RECHECK = 1e-6
 MAX_NOTICES = 100_000
 #: Seconds between reads of what other nodes wrote (several nodes; the shared events stream).
 LEARN_INTERVAL = 1.0
+#: Learnt rows taken into the table between two yields to the event loop.
+LEARN_STEP = 1000
 #: Called with the device and the decoded body of every MANSCDP MESSAGE other than a keepalive.
 ManscdpHandler = Callable[[Device, Envelope], None]
 
@@ -429,7 +431,9 @@ class RegistrarService:
         learnt = await self.cluster.news()
         owns = self.cluster.owns
         changed = 0
-        for device in learnt.devices:
+        for n, device in enumerate(learnt.devices, 1):
+            if n % LEARN_STEP == 0:
+                await asyncio.sleep(0)  # a full read (100,000 rows) must not hold SIP up meanwhile
             device_id = device.device_id
             if owns(device_id):
                 continue
@@ -750,6 +754,8 @@ class RegistrarService:
         loop = self._loop or asyncio.get_running_loop()
         now, epoch = loop.time(), self._clock()
         for device_id in self.devices.on_connection(peer):
+            if not self.cluster.owns(device_id):
+                continue  # another node's, on a connection of its own (as last written, or learnt)
             change = self.devices.apply(
                 device_id, DeviceEvent.CONNECTION_LOST, epoch=epoch, reason=f"TCP connection closed ({reason})"
             )
