@@ -321,3 +321,28 @@ async def test_a_running_node_learns_devices_registering_moving_and_going_offlin
     await until(lambda: seen(c, "a", at_a, False), 3 * INTERVAL * COUNT, "C to learn it went offline at A")
     await until(lambda: seen(b, "a", at_a, False), 5, "B to learn it went offline at A")
     assert "Traceback" not in "".join(a.lines + b.lines + c.lines)
+
+
+async def test_a_node_goes_on_learning_after_redis_restarted_empty(
+    tmp_path: Path, redis: RedisServer, started: Callable[[str], Node]
+) -> None:
+    # C's place in the events stream means nothing in a Redis that lost everything (the stream's
+    # IDs start again, the boot token is new): it must read every row, then follow the new stream
+    a, c = started("a"), started("c")
+    first, second = ipc_ids(2, start=51)
+    await register(a, [first], tmp_path)
+    await until(lambda: any(r["device_id"] == first for r in c.devices()), 10, "C to learn A's first device")
+    redis.stop(kill=True)
+    try:
+        await asyncio.sleep(1.5)  # C's reads fail meanwhile; it keeps what it knows
+        assert any(r["device_id"] == first for r in c.devices())
+    finally:
+        redis.start()  # empty
+    await register(a, [second], tmp_path, name="after")
+    await until(
+        lambda: {str(r["device_id"]): r["node"] for r in c.devices()} == {first: "a", second: "a"},
+        20,
+        "C to learn A's device registered after the restart, and A's first written back",
+    )
+    assert "other nodes' device events cannot be read; will retry" in "".join(c.lines)
+    assert "Traceback" not in "".join(a.lines + c.lines)
