@@ -457,3 +457,12 @@ async def test_a_restarted_node_says_online_again(nodes: Nodes) -> None:
     again.registered(D1, 101.0)
     await again.write([online(D1)], {D1: 2e9}, [DeviceNotice(D1, "online")])
     assert [e["event"] for e in await events(a)] == ["online", "online"]
+
+
+async def test_a_removed_device_leaves_no_notice_mark(nodes: Nodes, redis: RedisServer) -> None:
+    a = await nodes.node("a")
+    a.registered(D1, 100.0)
+    await a.write([online(D1)], {D1: 2e9}, [DeviceNotice(D1, "online")])
+    assert redis.command(b"HEXISTS", b"gbgw:noticed", D1.encode()) == b":1"
+    assert await a.store.delete_device(D1)
+    assert redis.command(b"HEXISTS", b"gbgw:noticed", D1.encode()) == b":0"
