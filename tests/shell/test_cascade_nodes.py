@@ -562,3 +562,28 @@ async def test_a_device_arriving_at_a_started_node_brings_its_stored_channels(
         assert other not in gw.devices.channels
     finally:
         await gw.stop()
+
+
+async def test_a_superior_invite_for_a_device_known_here_but_served_by_b_is_refused_without_an_invite_down(
+    tmp_path: Path, redis: RedisServer, superior: Superior
+) -> None:
+    # A learns B's device (its row: registered, online, its address) from the events stream. When
+    # the owner hash cannot send the INVITE on (here it names A, as a stale or lost entry would),
+    # A must not INVITE the device itself from a gateway it is not registered at: 480 at once
+    a, b = await inproc_nodes(tmp_path, redis, superior.port)
+    try:
+        await seed_channel(redis)
+        port = free_udp_port()
+        await register_at(b, tmp_path, port)
+        await b.registrar.flush()
+        await wait_for(lambda: (d := a.registrar.devices.get(NVR)) is not None and d.online, 10)
+        assert not a.registrar.cluster.owns(NVR)
+        a.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
+        await own(redis, NVR, "nA")
+        refused = await invite(superior, a.stack.port, "first", 40000)
+        assert refused.status == 480, refused
+        assert "not registered at this node" in (refused.headers.get("warning") or ""), refused
+        assert not a.cascade_media.dialogs and not a.cascade_media.pending and not a.streams.streams
+    finally:
+        await a.stop()
+        await b.stop()

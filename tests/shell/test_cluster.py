@@ -231,14 +231,21 @@ async def test_steady_state_spread_online_once_one_registration_and_media_across
     for device in everyone:
         (event,) = online_events(cluster.redis, device)
         assert event["node"] == node_of(device, cluster.nodes)
-    listed: list[tuple[str, str, object]] = []
-    for node in cluster.nodes:
+
+    def listed(node: Node) -> list[tuple[str, object, object]]:
         rows = node.cli("devices")
         assert isinstance(rows, list)
-        listed += [(node.name, str(r["device_id"]), r["node"]) for r in rows]
-    # `gb28181gw devices` at each node: its own devices, once, the node column naming it
-    assert sorted(d for _, d, _ in listed) == sorted(everyone)
-    assert all(column == name == node_of(d, cluster.nodes) for name, d, column in listed)
+        return sorted((str(r["device_id"]), r["node"], r["here"]) for r in rows)
+
+    # `gb28181gw devices` at each node (the director too): every device, once, those registered at
+    # the others learnt from the events stream while running, the node column naming the one
+    # serving it; served here only its own
+    for node in (*cluster.nodes, cluster.director):
+        expected = sorted((d, node_of(d, cluster.nodes), node_of(d, cluster.nodes) == node.name) for d in everyone)
+        deadline = time.monotonic() + 10
+        while (got := listed(node)) != expected and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert got == expected, (node.name, got)
     # one registration stream upward: n1's, one Call-ID, nobody else sending
     assert {r.port for r in cluster.superior.received()} == {cluster.nodes[0].sip}
     assert len({r.call_id for r in cluster.superior.registers()}) == 1

@@ -56,9 +56,10 @@ class Node:
         return json.loads(done.stdout)
 
     def online(self) -> set[str]:
+        """The devices online and served here (a node lists the others' too, as it learns of them)."""
         rows = self.cli("devices")
         assert isinstance(rows, list)
-        return {row["device_id"] for row in rows if row["online"]}
+        return {row["device_id"] for row in rows if row["online"] and row.get("here", True)}
 
     def metric(self, name: str) -> float:
         status, body = http_get(self.admin + "/metrics")
@@ -174,8 +175,10 @@ def test_devices_registering_through_the_director_are_spread_as_the_hash_says(
     for n in nodes:
         rows = n.cli("devices")
         assert isinstance(rows, list)
-        # the node column reads the owner hash, which ownership (i17-own) writes at each REGISTER
-        assert all(row["node"] in ("", n.name) for row in rows)
+        # the node column reads the owner hash, which ownership (i17-own) writes at each REGISTER;
+        # the devices of the other nodes are listed too (learnt from the events stream), theirs
+        assert all(row["node"] == n.name for row in rows if row["here"])
+        assert all(row["node"] != n.name for row in rows if not row["here"])
     for n in nodes:
         assert director.metric(f'gb28181gw_director_redirects_total{{node="{n.name}"}}') == len(expected[n.name])
 
@@ -362,3 +365,138 @@ async def test_the_redis_reader_of_nodes_owners_and_leases(redis: RedisServer) -
             await nodes.live()
     finally:
         await nodes.close()
+
+
+def test_a_camera_whose_node_is_killed_finds_a_survivor_by_itself(tmp_path: Path, redis: RedisServer) -> None:
+    # the camera is SIPp (camera_rehoming_uac.xml) doing only what a camera does: register through
+    # the director, keep alive, refresh before Expires 10 runs out, and go back to the director when
+    # its node stops answering. The test kills its node with kill -9 and does nothing else for it
+    binary = shutil.which("sipp")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("sipp is not installed: .ci/run installs it")
+        pytest.skip("sipp is not installed")
+    short = ("--set", "registrar.expires_min=5")  # the camera asks for 10 s
+    director = start_node(tmp_path, "d", redis, "--set", "node.director=true", *short)
+    nodes = [start_node(tmp_path, name, redis, *short) for name in ("n1", "n2")]
+    device = DEVICES[-1]
+    inf = tmp_path / "camera.csv"
+    inf.write_text(f"SEQUENTIAL\n{device};[authentication username={device} password={PASSWORD}];\n")
+    log_file = tmp_path / "camera.log"
+    camera: subprocess.Popen[bytes] | None = None
+    try:
+        for node in (director, *nodes):
+            wait_ready(node.admin, node.proc)
+        until(lambda: director.metric("gb28181gw_nodes_live") == 3, 15, "the director seeing three nodes")
+        camera = subprocess.Popen(
+            [binary, "-sf", str(SIPP_DIR / "camera_rehoming_uac.xml"), f"127.0.0.1:{director.sip}",
+             "-i", "127.0.0.1", "-p", "0", "-t", "u1", "-m", "1", "-nostdin", "-inf", str(inf),
+             "-trace_logs", "-log_file", str(log_file), "-trace_msg", "-message_file", str(tmp_path / "camera.msg"), "-trace_err", "-error_file", str(tmp_path / "camera.err")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path, close_fds=True,
+        )  # fmt: skip
+
+        def serving() -> list[Node]:
+            return [n for n in nodes if n.proc.poll() is None and device in n.online()]
+
+        until(lambda: len(serving()) == 1, 20, "the camera registered at its node")
+        (home,) = serving()
+        (survivor,) = [n for n in nodes if n is not home]
+        until(lambda: log_file.exists() and "registered" in log_file.read_text(), 10, "the camera's log")
+        home.proc.kill()  # no goodbye; the camera is not told
+        home.proc.wait(timeout=10)
+        # a guard against hanging, not a measurement: the camera's registration (10 s) runs out
+        # twice over, its node's claim (3 s) with it
+        until(lambda: device in survivor.online(), 40, "the camera online at the survivor by itself")
+        assert camera.poll() is None, log_file.read_text()  # it never gave up
+        log = log_file.read_text()
+        assert f"lost {device} at 127.0.0.1:{home.sip}" in log, log
+        assert f"registered {device} 127.0.0.1:{survivor.sip}" in log, log
+        owner = redis.command(b"HGET", b"gbgw:owner", device.encode())
+        assert owner is not None and owner.decode().endswith(f" {survivor.name}")
+        # the killed node's janitor comes once its key is gone: the camera, claimed by the survivor
+        # already, is not its to mark offline; at most one offline in all
+        until(lambda: redis.command(b"SISMEMBER", b"gbgw:nodes", home.name.encode()) == b":0", 60, "the janitor")
+        assert device in survivor.online()
+        kinds = [e["event"] for e in stream_events(redis) if e["device"] == device]
+        assert kinds.count("offline") <= 1 and kinds[-1] == "online", kinds
+        assert [e["node"] for e in stream_events(redis) if e["device"] == device and e["event"] == "online"][-1] == (
+            survivor.name
+        )
+    finally:
+        if camera is not None and camera.poll() is None:
+            camera.terminate()  # SIPp writes out its buffered logs
+            try:
+                camera.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                camera.kill()
+                camera.wait(timeout=10)
+        for node in (director, *nodes):
+            node.end()
+
+
+def stream_events(redis: RedisServer) -> list[dict[str, str]]:
+    """The ``events`` stream, read with redis-py."""
+    import redis as redis_py
+
+    r = redis_py.Redis.from_url(redis.url)
+    try:
+        return [{k.decode(): v.decode() for k, v in f.items()} for _id, f in r.xrange("gbgw:events")]  # type: ignore[union-attr]
+    finally:
+        r.close()
+
+
+def test_a_serving_director_holding_a_superiors_lease_is_killed_the_lease_and_its_devices_move(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # two directors that also serve devices (node.director_serves): d1, up first, registers upward
+    # (its lease), redirects devices to d2 or keeps them; kill -9 of d1 moves the lease to d2 (a
+    # REGISTER with a new Call-ID) and d1's devices, registering through d2, are served there
+    from .test_cascade_nodes import SUPERIOR
+    from .test_upstream_lease import MutingSuperior
+
+    lease = 4.0
+    superior = MutingSuperior()
+    config = tmp_path / "upstream.toml"
+    config.write_text(
+        f'[[upstream]]\nname = "district"\nid = "{SUPERIOR}"\nhost = "127.0.0.1"\nport = {superior.port}\n'
+        "keepalive_interval = 1\nretry_interval = 1.0\nretry_max = 2.0\n"
+    )
+    config.chmod(0o600)
+    both = ("-c", str(config), "--set", f"node.lease_seconds={lease}", "--set", "node.director=true",
+            "--set", "node.director_serves=true")  # fmt: skip
+    d1 = start_node(tmp_path, "d1", redis, *both)
+    started = [d1]
+    try:
+        wait_ready(d1.admin, d1.proc)
+        until(lambda: bool(superior.registers()), 20, "d1's REGISTER upward")
+        d2 = start_node(tmp_path, "d2", redis, *both)
+        started.append(d2)
+        wait_ready(d2.admin, d2.proc)
+        until(lambda: d1.metric("gb28181gw_nodes_live") == 2, 15, "d1 seeing both")
+        sipp(tmp_path, d1, DEVICES[:12])
+        kept = {d for d in DEVICES[:12] if choose(d, records([d1, d2])).node_id == "d1"}  # type: ignore[union-attr]
+        assert kept and kept != set(DEVICES[:12])  # (12 devices: each director serves some)
+        until(lambda: d1.online() == kept, 10, "d1 serving the devices the hash gives it")
+        assert d2.online() == set(DEVICES[:12]) - kept
+        assert {r.port for r in superior.registers()} == {d1.sip}  # one registration stream: d1's
+        first = superior.registers()[-1]
+        d1.proc.kill()  # no goodbye: its lease, its claim and its devices' deadlines run out by themselves
+        d1.proc.wait(timeout=10)
+        killed = time.time()
+        until(lambda: superior.registers()[-1].port == d2.sip, 3 * lease + 10, "d2's REGISTER upward")
+        taken = superior.registers()[-1]
+        assert taken.call_id != first.call_id and taken.at > killed
+        assert {r.port for r in superior.received() if r.at > taken.at} <= {d2.sip}
+        # d1's devices, registering at the surviving director once d1 has left its view, are d2's
+        until(lambda: d2.metric("gb28181gw_nodes_live") == 1, 20, "d1 leaving d2's view")
+        sipp(tmp_path, d2, sorted(kept))
+        until(lambda: d2.online() == set(DEVICES[:12]), 10, "d2 serving every device")
+        assert d2.metric("gb28181gw_director_redirects_total") == 0  # the only serving node: its own
+        until(lambda: redis.command(b"SISMEMBER", b"gbgw:nodes", b"d1") == b":0", 60, "the janitor of d1")
+        for device in DEVICES[:12]:
+            kinds = [e["event"] for e in stream_events(redis) if e["device"] == device]
+            assert kinds.count("offline") <= 1 and kinds[-1] == "online", (device, kinds)
+    finally:
+        for node in started:
+            node.end()
+        superior.stop()

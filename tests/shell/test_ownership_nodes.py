@@ -168,11 +168,11 @@ async def test_a_device_re_registered_at_another_node_is_no_longer_watched_or_wr
     assert epoch_b > 1
     await until(lambda: a.metric("gb28181gw_ownership_lost_total") == 1, 10, "A to learn it lost the device")
     assert a.metric("gb28181gw_devices_owned") == 0 and b.metric("gb28181gw_devices_owned") == 1
-    # A's record of it is as A last knew it (online): B's to count, not A's
+    # A's record of it (as A last knew it, then B's row as A learns it: online either way): B's to count, not A's
     assert a.metric('gb28181gw_devices{state="online"}') == 0 and b.metric('gb28181gw_devices{state="online"}') == 1
     assert a.metric('gb28181gw_devices{state="registered"}') == 0
     assert a.metric('gb28181gw_devices{state="known"}') == 1
-    # A's listing says so too: its record is as last known, B serves the device
+    # A's listing says so too: B serves the device
     (at_a,), (at_b,) = a.devices(), b.devices()
     assert (at_a["node"], at_a["here"]) == ("b", False) and (at_b["node"], at_b["here"]) == ("b", True)
     table = subprocess.run(
@@ -287,3 +287,62 @@ async def test_redis_restarted_mid_run_drops_no_device_and_gets_what_came_meanwh
     assert set(listed) == {first, second}
     assert all(d["registered"] for d in listed.values())
     assert redis.command(b"SISMEMBER", b"gbgw:nodes", b"a") == b":1"
+
+
+async def test_a_running_node_learns_devices_registering_moving_and_going_offline_at_others(
+    tmp_path: Path, redis: RedisServer, started: Callable[[str], Node]
+) -> None:
+    # C is up before the device exists anywhere and is never restarted: what it lists comes from the
+    # events stream it follows (a device's arrival, move and offline at other nodes), with each row
+    # as its serving node wrote it
+    a, b, c = started("a"), started("b"), started("c")
+    (device,) = ipc_ids(1, start=41)
+    assert c.devices() == []
+    at_b, at_a = free_udp_port(), free_udp_port()
+
+    def listed(node: Node) -> dict[str, object]:
+        rows = [r for r in node.devices() if r["device_id"] == device]
+        return rows[0] if rows else {}
+
+    def seen(node: Node, where: str, port: int, online: bool) -> bool:
+        row = listed(node)
+        return (row.get("node"), row.get("port"), row.get("online")) == (where, port, online)
+
+    await register(b, [device], tmp_path, port=at_b)
+    await until(lambda: seen(c, "b", at_b, True) and seen(a, "b", at_b, True), 10, "A and C to learn B's device")
+    assert not listed(c)["here"] and not listed(a)["here"] and listed(b)["here"]
+    # served only at B: the others list it, they do not count it as theirs
+    assert c.metric('gb28181gw_devices{state="online"}') == 0 and c.metric("gb28181gw_devices_owned") == 0
+    # re-homed to A: C, and B which let it go, see it at A, from A's address
+    await register(a, [device], tmp_path, port=at_a, name="moved")
+    await until(lambda: seen(c, "a", at_a, True) and seen(b, "a", at_a, True), 10, "B and C to learn of the move")
+    assert listed(a)["here"] and not listed(b)["here"] and not listed(c)["here"]
+    # silent past its keepalive window: offline at A, and so at B and C
+    await until(lambda: seen(c, "a", at_a, False), 3 * INTERVAL * COUNT, "C to learn it went offline at A")
+    await until(lambda: seen(b, "a", at_a, False), 5, "B to learn it went offline at A")
+    assert "Traceback" not in "".join(a.lines + b.lines + c.lines)
+
+
+async def test_a_node_goes_on_learning_after_redis_restarted_empty(
+    tmp_path: Path, redis: RedisServer, started: Callable[[str], Node]
+) -> None:
+    # C's place in the events stream means nothing in a Redis that lost everything (the stream's
+    # IDs start again, the boot token is new): it must read every row, then follow the new stream
+    a, c = started("a"), started("c")
+    first, second = ipc_ids(2, start=51)
+    await register(a, [first], tmp_path)
+    await until(lambda: any(r["device_id"] == first for r in c.devices()), 10, "C to learn A's first device")
+    redis.stop(kill=True)
+    try:
+        await asyncio.sleep(1.5)  # C's reads fail meanwhile; it keeps what it knows
+        assert any(r["device_id"] == first for r in c.devices())
+    finally:
+        redis.start()  # empty
+    await register(a, [second], tmp_path, name="after")
+    await until(
+        lambda: {str(r["device_id"]): r["node"] for r in c.devices()} == {first: "a", second: "a"},
+        20,
+        "C to learn A's device registered after the restart, and A's first written back",
+    )
+    assert "other nodes' device events cannot be read; will retry" in "".join(c.lines)
+    assert "Traceback" not in "".join(a.lines + c.lines)

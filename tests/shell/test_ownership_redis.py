@@ -380,3 +380,89 @@ async def test_a_device_back_online_by_its_own_nodes_word_is_said_online_once(no
     result = await a.write([online(D1)], {D1: 2e9}, [DeviceNotice(D1, "online")])  # a keepalive brought it back
     assert result.back == []
     assert [e["event"] for e in await events(a)] == ["online", "offline", "online"]
+
+
+async def _busy(redis: RedisServer, seconds: float) -> None:
+    """Hold Redis up for ``seconds`` with a script that spins, as a big one (or a slow disk) does."""
+    from redis.asyncio import Redis
+
+    r = Redis.from_url(redis.url)
+    try:
+        await r.eval(
+            "local s = redis.call('TIME') repeat local n = redis.call('TIME') "
+            "until (n[1] - s[1]) * 1000000 + (n[2] - s[2]) > tonumber(ARGV[1])",
+            0,
+            int(seconds * 1e6),
+        )
+    finally:
+        await r.aclose()
+
+
+async def test_a_batch_applied_but_unanswered_and_sent_again_appends_each_event_once(
+    nodes: Nodes, redis: RedisServer
+) -> None:
+    # the write-behind's client gives up on an answer after its timeout (Redis busy) and sends the
+    # script once more (redis-py's retry); the registrar sends the failed batch again with its next
+    # flush, and the flush after that, whatever Redis ran of it. Each event reaches the stream once
+    from gb28181gw.store.redis import connect
+
+    a = await nodes.node("a")
+    a.registered(D2, 99.0)
+    await a.write([online(D2)], {D2: 2e9}, [])  # the script is loaded: the batch below goes by its SHA
+    await a.store._redis.aclose()
+    a.store._redis = connect(redis.url, timeout=0.3, retries=1)  # as the store's own client, quicker
+    a.store._scripts.clear()  # registered with the client they were made by
+    a.registered(D1, 100.0)
+    batch = ([online(D1)], {D1: 2e9}, [DeviceNotice(D1, "online")])
+    busy = asyncio.create_task(_busy(redis, 1.0))
+    await asyncio.sleep(0.1)
+    with pytest.raises(StoreError):
+        await a.write(*batch)
+    await busy
+    await a.write(*batch)  # the registrar's next flush: the batch it kept
+    assert [(e["device"], e["event"]) for e in await events(a)] == [(D1, "online")]
+    # what comes next is appended as ever: the device offline, then back with a keepalive
+    offline = Device(D1, host="10.0.0.1", port=5060, state=DeviceState.OFFLINE, expires=3600, expires_at=2e9)
+    gone = [DeviceNotice(D1, "offline", "no keepalive")]
+    await a.write([offline], {D1: None}, gone)
+    await a.write([offline], {D1: None}, gone)  # sent again: once
+    back = [DeviceNotice(D1, "online")]
+    await a.write([online(D1)], {D1: 2e9}, back)
+    await a.write([online(D1)], {D1: 2e9}, back)
+    assert [e["event"] for e in await events(a) if e["device"] == D1] == ["online", "offline", "online"]
+
+
+async def test_a_batch_of_several_scripts_sent_again_appends_each_event_once(nodes: Nodes) -> None:
+    # more devices than one script takes (CHUNK): the scripts go pipelined, and a failure after
+    # some ran sends them all again
+    from gb28181gw.store.ownership import CHUNK
+
+    a = await nodes.node("a")
+    ids = [f"340200000013{i:08d}" for i in range(1, CHUNK + 3)]
+    for i in ids:
+        a.registered(i, 100.0)
+    batch = ([online(i) for i in ids], dict.fromkeys(ids, 2e9), [DeviceNotice(i, "online") for i in ids])
+    await a.write(*batch)
+    await a.write(*batch)
+    online_events = [e["device"] for e in await events(a) if e["event"] == "online"]
+    assert sorted(online_events) == ids
+
+
+async def test_a_restarted_node_says_online_again(nodes: Nodes) -> None:
+    # a new process: its notices are new ones, even though it numbers them from 1 again
+    a = await nodes.node("a")
+    a.registered(D1, 100.0)
+    await a.write([online(D1)], {D1: 2e9}, [DeviceNotice(D1, "online")])
+    again = await nodes.node("a")
+    again.registered(D1, 101.0)
+    await again.write([online(D1)], {D1: 2e9}, [DeviceNotice(D1, "online")])
+    assert [e["event"] for e in await events(a)] == ["online", "online"]
+
+
+async def test_a_removed_device_leaves_no_notice_mark(nodes: Nodes, redis: RedisServer) -> None:
+    a = await nodes.node("a")
+    a.registered(D1, 100.0)
+    await a.write([online(D1)], {D1: 2e9}, [DeviceNotice(D1, "online")])
+    assert redis.command(b"HEXISTS", b"gbgw:noticed", D1.encode()) == b":1"
+    assert await a.store.delete_device(D1)
+    assert redis.command(b"HEXISTS", b"gbgw:noticed", D1.encode()) == b":0"

@@ -35,6 +35,15 @@ Liveness of nodes (:class:`NodeWatch`): a node is live while its ``node:<id>`` k
 that vanished may come back (Redis restarted empty and the node claims its name again within a
 third of NODE_TTL), so a node counts as dead only once its key has been seen missing for
 ``grace`` seconds; its devices are then adopted by one janitor (:func:`sweep_verdict`).
+
+Learning what other nodes do (:func:`follow_verdict`): every node keeps a cursor in the shared
+``events`` stream and reads on from it every second, taking the rows of the devices other nodes
+(or their janitors) wrote about; that is how a node's own view (its device listing, what it tells
+a superior) learns of devices registered, moved or gone offline elsewhere while it runs. The
+stream is a log that can lose entries: trimmed to its length limit, emptied by a Redis restart,
+or set back by a restore from an older dump. Whenever entries past the cursor may be gone the
+node reads every device row instead (a reconcile) and goes on from the stream's end as it was
+before that read; nothing missed can then stay missed.
 """
 
 from __future__ import annotations
@@ -51,12 +60,16 @@ __all__ = [
     "HoldingAction",
     "HoldingInput",
     "NodeWatch",
+    "Follow",
     "Owner",
     "Ownership",
+    "StreamId",
     "Sweep",
     "WriteVerdict",
     "claim_wins",
+    "follow_verdict",
     "judge_write",
+    "parse_stream_id",
     "render_table",
     "sweep_verdict",
 ]
@@ -335,3 +348,59 @@ class NodeWatch:
             if node not in present:
                 del self._missing_since[node]  # gone from the set: swept by someone
         return sorted(n for n, since in self._missing_since.items() if now - since >= self.grace)
+
+
+#: A Redis stream entry ID, ``<milliseconds>-<sequence>``, as a pair that orders as Redis does.
+StreamId = tuple[int, int]
+
+
+def parse_stream_id(text: str) -> StreamId:
+    """``"1700000000000-3"`` as ``(1700000000000, 3)``.
+
+    Raises:
+        ValueError: not a stream entry ID.
+    """
+    ms, sep, seq = text.partition("-")
+    if not sep or not ms.isdigit() or not seq.isdigit():
+        raise ValueError(f'not a stream entry ID ("<ms>-<seq>"): {text!r}')
+    return int(ms), int(seq)
+
+
+class Follow(StrEnum):
+    """What a node does with the ``events`` stream on its next read."""
+
+    READ = "read"  # read on from the cursor: nothing past it can have been lost
+    RECONCILE = "reconcile"  # entries past the cursor may be gone: read every device row again
+
+
+def follow_verdict(
+    cursor: StreamId | None,
+    *,
+    boot_changed: bool,
+    last: StreamId,
+    deleted: StreamId | None,
+    first: StreamId | None,
+) -> Follow:
+    """Whether a node whose cursor is ``cursor`` can read on in the stream, or must reconcile.
+
+    Args:
+        cursor: the last entry this node has read (``None``: nothing read yet, just started).
+        boot_changed: Redis's ``boot`` token is not the one this node last saw (it lost its data).
+        last: the stream's last generated ID (``(0, 0)`` for a stream that does not exist).
+        deleted: the greatest ID deleted from it one by one (``XDEL``; ``None`` where Redis does
+            not say, before 7.0). Trimming does not move it: ``first`` tells of that.
+        first: its oldest entry, if any.
+    """
+    if cursor is None or boot_changed:
+        return Follow.RECONCILE
+    if last < cursor:
+        # the stream went back: Redis restored an older dump, or the stream was made anew
+        return Follow.RECONCILE
+    if last == cursor:
+        return Follow.READ  # nothing added since: nothing to miss, whatever was trimmed
+    if deleted is not None and deleted > cursor:
+        return Follow.RECONCILE
+    # entries came after the cursor; if the oldest left is past it, some may have been trimmed
+    # unread (or only the cursor's own entry went: a reconcile too many, never one too few; with
+    # a stream thousands of entries long and read every second, that takes a flood)
+    return Follow.RECONCILE if first is None or first > cursor else Follow.READ

@@ -418,6 +418,10 @@ class CascadeMediaService:
         if device is None or not device.online:
             state = "not registered" if device is None or not device.registered else "offline"
             raise StreamError(480, f"the device of channel {channel_id} is {state}")
+        if not self.registrar.cluster.owns(device_id):
+            # known here as another node wrote it (Redis could not say which node, or named this one
+            # while another serves it): its INVITE would come from a gateway it is not registered at
+            raise StreamError(480, f"the device of channel {channel_id} is not registered at this node")
 
     def _answer(self, served: Served, event: RequestReceived, link: Link, st: Stream, consumer: Consumer) -> None:
         media_ip = self.media_address or self.stack.local_address(event.peer)[0]

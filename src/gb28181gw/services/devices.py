@@ -193,6 +193,10 @@ class DeviceService:
             raise DeviceError(f"no device {device_id}", DeviceError.NOT_FOUND)
         if not device.registered or not device.host:
             raise DeviceError(f"device {device_id} is not registered", DeviceError.NOT_REGISTERED)
+        if not self.registrar.cluster.owns(device_id):
+            # another node's (several nodes): this node knows it as that node wrote it, and a
+            # request sent from here would come from a gateway the device is not registered at
+            raise DeviceError(f"device {device_id} is not registered at this node", DeviceError.NOT_REGISTERED)
         return device
 
     def device_of(self, target_id: str) -> Device:

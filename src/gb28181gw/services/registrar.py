@@ -24,8 +24,12 @@ With several nodes on one Redis store (issue 17) the batch goes through a
 written only while this node owns the device, each online device's liveness deadline is kept in
 ``live:<node>`` (rewritten only when it passes what is there, see :meth:`RegistrarService._watch`)
 and online/offline events go to the ``events`` stream; a device another node claimed is let go
-(:meth:`RegistrarService._forget`) and its MESSAGEs answered 404. With one node (SQLite) the
-cluster is :class:`~gb28181gw.store.base.SingleNode` and none of that is kept.
+(:meth:`RegistrarService._forget`) and its MESSAGEs answered 404. What other nodes write is
+learnt while running (:meth:`RegistrarService._learn`: every second the rows of the devices the
+shared ``events`` stream names, see :meth:`~gb28181gw.store.ownership.RedisCluster.news`): a device
+registering at another node, moving, going offline there, is in this node's table as the shared
+store has it, never served here unless it registers here. With one node (SQLite) the cluster is
+:class:`~gb28181gw.store.base.SingleNode` and none of that is kept.
 """
 
 from __future__ import annotations
@@ -98,6 +102,10 @@ _AUTH_FAILURES = frozenset({"bad-password", "wrong-realm", "bad-algorithm", "ban
 KNOWN_RECHECK = 1e-6
 #: Online/offline events kept while the store cannot be written (several nodes); the oldest go beyond it.
 MAX_NOTICES = 100_000
+#: Seconds between reads of what other nodes wrote (several nodes; the shared events stream).
+LEARN_INTERVAL = 1.0
+#: Learnt rows taken into the table between two yields to the event loop.
+LEARN_STEP = 1000
 #: Called with the device and the decoded body of every MANSCDP MESSAGE other than a keepalive.
 ManscdpHandler = Callable[[Device, Envelope], None]
 
@@ -170,6 +178,7 @@ class RegistrarService:
         self._bans_to_save: dict[str, Ban] = {}
         self._bans_to_delete: set[str] = set()
         self._flusher: asyncio.Task[None] | None = None
+        self._learner: asyncio.Task[None] | None = None
         self._timer = EarliestTimer(self._on_deadline)
         self._offline_listeners: list[OfflineListener] = []
         self._registered_listeners: list[Callable[[Device], None]] = []
@@ -246,11 +255,20 @@ class RegistrarService:
             self.stack.on_quick("MESSAGE", self._quick_message, needs=KEEPALIVE_MARK)
         self.stack.on_connection_lost(self._on_connection_lost)
         self._flusher = self._loop.create_task(self._flush_loop())
+        if self.cluster.shared:
+            self._learner = self._loop.create_task(self._learn_loop())
         self._arm()
 
     async def stop(self) -> None:
         """Write everything still pending and stop the timers."""
         self._timer.cancel()
+        if self._learner is not None:
+            self._learner.cancel()
+            try:
+                await self._learner
+            except asyncio.CancelledError:
+                pass
+            self._learner = None
         await self.cluster.stop()
         if self.persist_bans and self._loop is not None:
             # once more, with the attempts each refused since it was written
@@ -384,6 +402,50 @@ class RegistrarService:
                 except Exception:
                     # a bug; the flusher must outlive it, or nothing would be written again
                     log.exception("writing devices failed; will retry")
+
+    # --- other nodes' devices (several nodes) ---------------------------------------------
+
+    async def _learn_loop(self) -> None:
+        failing = False
+        while True:
+            try:
+                while await self._learn():
+                    pass  # a full chunk: more entries wait
+                failing = False
+            except StoreError as exc:
+                if not failing:
+                    log.warning("other nodes' device events cannot be read; will retry", extra={"error": str(exc)})
+                failing = True
+            except Exception:
+                # a bug; the learner must outlive it, or this node's view would stop moving
+                log.exception("learning other nodes' devices failed; will retry")
+            await asyncio.sleep(LEARN_INTERVAL)
+
+    async def _learn(self) -> bool:
+        """Take the rows other nodes wrote since the last call into the table; whether to call again at once.
+
+        A device this node serves is left alone: its record here is the one that counts, and a claim
+        by another node reaches it with its next batch (then its row is read again). Nor are the
+        listeners told: another node's device is that node's to release streams or query.
+        """
+        learnt = await self.cluster.news()
+        owns = self.cluster.owns
+        changed = 0
+        for n, device in enumerate(learnt.devices, 1):
+            if n % LEARN_STEP == 0:
+                await asyncio.sleep(0)  # a full read (100,000 rows) must not hold SIP up meanwhile
+            device_id = device.device_id
+            if owns(device_id):
+                continue
+            current = self.devices.get(device_id)
+            if current is not None and current.row() == device.row():
+                continue
+            self.devices.adopt(device)
+            self.keepalive_arrivals.pop(device_id, None)
+            changed += 1
+        if changed:
+            log.debug("other nodes' devices learnt", extra={"devices": changed, "whole": learnt.whole})
+        return learnt.more
 
     # --- REGISTER ----------------------------------------------------------------------
 
@@ -692,6 +754,8 @@ class RegistrarService:
         loop = self._loop or asyncio.get_running_loop()
         now, epoch = loop.time(), self._clock()
         for device_id in self.devices.on_connection(peer):
+            if not self.cluster.owns(device_id):
+                continue  # another node's, on a connection of its own (as last written, or learnt)
             change = self.devices.apply(
                 device_id, DeviceEvent.CONNECTION_LOST, epoch=epoch, reason=f"TCP connection closed ({reason})"
             )

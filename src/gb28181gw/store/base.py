@@ -8,6 +8,7 @@ than clever queries.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -162,6 +163,10 @@ class Store(Protocol):
 # --- device ownership among nodes (issue 17) ---------------------------------------------
 
 
+#: Numbers every notice this process makes, in the order made (see :attr:`DeviceNotice.seq`).
+_notice_numbers = itertools.count(1)
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceNotice:
     """A device going online or offline, for the ``events`` stream of several nodes.
@@ -170,11 +175,15 @@ class DeviceNotice:
         device_id: the device.
         kind: ``online`` or ``offline``.
         reason: why it went offline ("" when online).
+        seq: this process's number for the notice, rising in the order notices are made: a batch
+            sent again (its answer lost, or some of its scripts run before a failure) carries the
+            same numbers, and the store appends a notice only once (see ``store.ownership``).
     """
 
     device_id: str
     kind: str
     reason: str = ""
+    seq: int = field(default_factory=_notice_numbers.__next__, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +202,23 @@ class WriteResult:
     lost: list[str] = field(default_factory=list)
     resync: bool = False
     back: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Learnt:
+    """What other nodes changed since a node last asked (:meth:`Cluster.news`).
+
+    Attributes:
+        devices: the rows, as the shared store holds them now, of the devices other nodes (or
+            their janitors) wrote about; with ``whole``, every stored device.
+        whole: events may have been missed (the stream was trimmed past this node, Redis lost or
+            set back its data, or the node just started): ``devices`` is every row there is.
+        more: the read stopped at its limit of entries: more wait, to be asked for at once.
+    """
+
+    devices: list[Device] = field(default_factory=list)
+    whole: bool = False
+    more: bool = False
 
 
 class Cluster(Protocol):
@@ -238,6 +264,14 @@ class Cluster(Protocol):
         """Whether claims are waiting for the next write."""
         ...
 
+    async def news(self) -> Learnt:
+        """The rows of devices other nodes changed since the last call (the first call: every row).
+
+        Raises:
+            StoreError: the shared store could not be read (the next call goes on from the same place).
+        """
+        ...
+
     async def write(
         self, devices: Sequence[Device], deadlines: dict[str, float | None], notices: Sequence[DeviceNotice]
     ) -> WriteResult:
@@ -278,6 +312,9 @@ class SingleNode:
     @property
     def pending(self) -> bool:
         return False
+
+    async def news(self) -> Learnt:
+        return Learnt()  # nobody else writes
 
     async def write(
         self, devices: Sequence[Device], deadlines: dict[str, float | None], notices: Sequence[DeviceNotice]

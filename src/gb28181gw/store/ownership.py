@@ -14,6 +14,8 @@ Keys (after the store's prefix, ``gbgw:``)::
     events          stream  device online/offline: fields device, event, node, epoch, reason, at
                             (XADD MAXLEN ~ EVENTS_MAXLEN)
     boot            string  a token set once per Redis data set: another one means Redis lost its data
+    noticed         hash    device ID -> "<process token>:<number>" of the last online/offline notice
+                            appended for it (a batch sent again appends none of its notices twice)
 
 **One batch, one script** (:data:`_WRITE`): the registrar's write-behind (every
 ``store.flush_interval``) sends the claims queued since the last batch, the changed rows, the
@@ -21,6 +23,15 @@ deadlines of this node's online devices and the online/offline events in one scr
 :data:`CHUNK` devices, pipelined: no round trip per REGISTER or keepalive. Per device the script
 claims it first (when a REGISTER is queued for it), then compares ``owner`` with this node's
 epoch, and writes the row, the deadline and the events only if the device is still this node's.
+
+**Each notice once**: a batch can reach Redis more than once: the registrar sends a failed batch
+again whole, with the notices it carried, and a failure may come after some or all of its scripts
+ran (their answers lost, or a later chunk of the pipeline failing). Every notice carries its
+process's token and a number rising in the order notices are made
+(:attr:`~gb28181gw.store.base.DeviceNotice.seq`); the script appends a notice only if its number
+is past the last one of the same process appended for the device (``noticed``), so a batch sent
+again appends nothing twice, while a device going offline and online again within one ownership
+epoch (a keepalive brings it back) is still told each time. A restarted node has a new token.
 
 **Offline exactly once**: the in-memory timer of the owning node decides; its offline event is
 appended only if the script removes the device from ``live:<node>`` (or the device was never put
@@ -34,6 +45,19 @@ lock to expire; the next one goes on from what is left. A node that was only cut
 (or stopped) past its key's life finds, when it next writes the deadline of a device still online
 with it, the device out of its set and its row offline: it appends the device's online event
 (``back``) and writes its row again.
+
+**Learning what other nodes do** (:meth:`RedisCluster.news`, every second from the
+registrar): one script (:data:`_NEWS`) reads on from this node's cursor in ``events`` and gives back
+the rows of the devices the entries name that other nodes (or janitors) wrote about, with what
+:func:`~gb28181gw.gb.ownership.follow_verdict` needs to tell whether entries were lost past the
+cursor (``boot``, the stream's last, first and greatest deleted IDs). When they may have been (the
+first call, a trimmed or emptied stream, Redis restarted or restored) every row is read instead, and
+again :data:`SETTLE` seconds after a restart (the other nodes write their devices again with their
+next batch, without events); a full read every :data:`RECONCILE_INTERVAL` catches what no event
+says (a device provisioned at another node). Following the stream rather than reading every row
+each time costs a few entries a second instead of every row; following it rather than a pub/sub
+channel loses nothing while a node is cut off, and the cursor sees when the log itself lost
+something.
 
 **Times are Redis's**: a claim's REGISTER time, the deadlines in ``live:<node>`` and a janitor's
 "now" are this node's wall clock plus its offset from Redis's ``TIME`` (measured at start and every
@@ -62,8 +86,8 @@ from redis.exceptions import RedisError
 
 from gb28181gw.errors import StoreError, StoreRecordError
 from gb28181gw.gb.model import Device, DeviceState
-from gb28181gw.gb.ownership import NodeWatch, Owner, Ownership
-from gb28181gw.store.base import DeviceNotice, WriteResult
+from gb28181gw.gb.ownership import Follow, NodeWatch, Owner, Ownership, StreamId, follow_verdict, parse_stream_id
+from gb28181gw.store.base import DeviceNotice, Learnt, WriteResult
 from gb28181gw.store.redis import (
     DEVICE_LAYOUT,
     ENCODE_ON_LOOP,
@@ -90,6 +114,13 @@ JANITOR_INTERVAL = 2.0
 DEAD_GRACE = NODE_TTL / 3 + 2.0
 #: Milliseconds the janitor lock lives unless its holder renews it (every round).
 LOCK_TTL_MS = int(JANITOR_INTERVAL * 5 * 1000)
+#: Stream entries one read takes at most (the registrar reads again at once while they come full).
+LEARN_CHUNK = 1000
+#: Seconds between full reads of every device row, for what no event tells (a device provisioned elsewhere).
+RECONCILE_INTERVAL = 300.0
+#: Seconds after Redis lost its data before every row is read once more: the other nodes write
+#: their devices again with their next batch (``store.flush_interval``), and that says no event.
+SETTLE = 10.0
 #: Seconds this node's clock may differ from Redis's before a warning says so. Claims and deadlines
 #: are put in Redis's clock (:meth:`RedisCluster.registered`), so nodes need not agree; a clock this
 #: far off is still worth fixing (event and row times are this node's).
@@ -101,11 +132,11 @@ _REASON = DEVICE_LAYOUT.index("offline_reason") + 1
 _UPDATED = DEVICE_LAYOUT.index("updated_at") + 1
 
 _WRITE = """
--- KEYS: owner, owner:at, devices, live:<node>, events, nodes, boot, lost:<node>
+-- KEYS: owner, owner:at, devices, live:<node>, events, nodes, boot, lost:<node>, noticed
 -- ARGV: node, events maxlen, now, boot candidate, key prefix, n devices,
 --       n x (device, claim time or '', epoch ('0': the row only, if no node owns the device) or '',
 --            row or '', deadline or '' / '-' to remove),
---       then (device, kind, reason, '1' if never put in live:<node>)...
+--       then (device, kind, reason, '1' if never put in live:<node>, '<token>:<number>')...
 -- answer: {boot, (device, result, value)...}; result won (value: epoch), lost (the owner),
 --         restored / adopted (epoch), refused (the owner); gone: claimed away meanwhile (lost:<node>);
 --         back (epoch): marked offline by a janitor, online here (its online event appended)
@@ -123,7 +154,7 @@ end
 local ok, gone = {}, {}
 local n = tonumber(ARGV[6])
 local coming = {}  -- devices whose online event this batch carries
-for j = 7 + 5 * n, #ARGV, 4 do if ARGV[j + 1] == 'online' then coming[ARGV[j]] = true end end
+for j = 7 + 5 * n, #ARGV, 5 do if ARGV[j + 1] == 'online' then coming[ARGV[j]] = true end end
 local i = 7
 for _ = 1, n do
   local dev, at, epoch, row, deadline = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
@@ -189,11 +220,20 @@ for _ = 1, n do
     end
   end
 end
+local function seen(dev, said)
+  -- this notice, or a later one of the same process, was appended already (a batch sent again)
+  local last = redis.call('HGET', KEYS[9], dev)
+  if not last then return false end
+  local lt, ln = string.match(last, '^(%x+):(%d+)$')
+  local t, num = string.match(said, '^(%x+):(%d+)$')
+  return lt ~= nil and lt == t and tonumber(num) <= tonumber(ln)
+end
 while i <= #ARGV do
-  local dev, kind, reason, fresh = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  i = i + 4
+  local dev, kind, reason, fresh, said = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  i = i + 5
   local e = ok[dev]
-  if e then
+  if e and not seen(dev, said) then
+    redis.call('HSET', KEYS[9], dev, said)
     local fire = true
     if kind == 'offline' then
       local removed = redis.call('ZREM', KEYS[4], dev)
@@ -220,6 +260,50 @@ if #taken > 0 then
 end
 return out
 """.replace("STATE_FIELD", str(_STATE))
+
+_NEWS = """
+-- KEYS: events, boot, devices, owner
+-- ARGV: cursor ('' for none), most entries, this node, then IDs of devices to read anyway
+-- answer: {boot, last generated ID, greatest deleted ID or '', first entry ID or '', last entry read or '',
+--          (device, row or false)...}: the devices the entries after the cursor name, written about by
+--          another node (or its janitor), and those asked for
+local boot = redis.call('GET', KEYS[2]) or ''
+local last, deleted, first = '0-0', '', ''
+local out = {boot}
+local wanted, order = {}, {}
+local function want(dev)
+  if not wanted[dev] then wanted[dev] = true order[#order + 1] = dev end
+end
+local read = ''
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    local k, v = info[i], info[i + 1]
+    if k == 'last-generated-id' then last = v
+    elseif k == 'max-deleted-entry-id' then deleted = v
+    elseif k == 'first-entry' and type(v) == 'table' then first = v[1] end
+  end
+  if ARGV[1] ~= '' then
+    local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', tonumber(ARGV[2]))
+    for _, entry in ipairs(entries) do
+      read = entry[1]
+      local f, dev, node = entry[2], nil, nil
+      for j = 1, #f, 2 do
+        if f[j] == 'device' then dev = f[j + 1] elseif f[j] == 'node' then node = f[j + 1] end
+      end
+      -- a janitor's offline names the dead node: another's too, unless this node's own (it is back)
+      if dev and node ~= ARGV[3] then want(dev) end
+    end
+  end
+end
+for i = 4, #ARGV do want(ARGV[i]) end
+out[2] = last out[3] = deleted out[4] = first out[5] = read
+for _, dev in ipairs(order) do
+  out[#out + 1] = dev
+  out[#out + 1] = redis.call('HGET', KEYS[3], dev)
+end
+return out
+"""
 
 _LOAD = """
 -- KEYS: owner, boot; ARGV: node, boot candidate, then the IDs of registered devices, then '--',
@@ -346,6 +430,12 @@ class RedisCluster:
         self._clock_warned = False
         self.adoptions: Counter[tuple[str, ...]] = Counter()
         self.errors: Counter[tuple[str, ...]] = Counter()
+        # following other nodes' writes (news): the last entry of ``events`` read, the boot token
+        # the stream was read under, when to read every row again, devices to read anyway
+        self._cursor: StreamId | None = None
+        self._news_boot: str | None = None
+        self._reconcile_at = 0.0
+        self._recheck: set[str] = set()
 
     def _k(self, name: str) -> str:
         return self.store.prefix + name
@@ -472,14 +562,14 @@ class RedisCluster:
                 ]
                 for notice in by_device.get(device_id, ()):
                     fresh = "0" if device_id in self._published else "1"
-                    events += [_key(device_id), notice.kind, notice.reason, fresh]
+                    events += [_key(device_id), notice.kind, notice.reason, fresh, f"{self.token}:{notice.seq}"]
             if start == 0:
                 for device_id in unowned:
                     args += [_key(device_id), "", "0", rows[device_id], ""]
             args[5] = str((len(args) - 6) // 5)
             chunks.append(args + events)
         keys = [self._k(k) for k in ("owner", "owner:at", "devices", f"live:{self.node}", "events", "nodes", "boot",
-                                     f"lost:{self.node}")]  # fmt: skip
+                                     f"lost:{self.node}", "noticed")]  # fmt: skip
         script = self.store._script(_WRITE)
 
         async def send(r: Any) -> list[Any]:
@@ -532,6 +622,9 @@ class RedisCluster:
         lost = own.take_forgotten()
         for device_id in lost:
             self._published.discard(device_id)
+        # its new node's online event may have been read while this node still held it (and
+        # passed over): the row is read again with the next news
+        self._recheck.update(lost)
         if resync:
             self._published.clear()
         if back:
@@ -540,6 +633,68 @@ class RedisCluster:
                 extra={"node": self.node, "devices": len(back)},
             )
         return WriteResult(lost, resync, back)
+
+    async def news(self) -> Learnt:
+        """See :meth:`~gb28181gw.store.base.Cluster.news`; one script, or a full read (see the module docstring)."""
+        recheck, self._recheck = self._recheck, set()
+        cursor = self._cursor
+        args: list[str | bytes] = [
+            "" if cursor is None else f"{cursor[0]}-{cursor[1]}", str(LEARN_CHUNK), self.node, *map(_key, recheck)
+        ]  # fmt: skip
+        keys = [self._k(k) for k in ("events", "boot", "devices", "owner")]
+        script = self.store._script(_NEWS)
+        try:
+            answer = await self.store._read(
+                "reading other nodes' device events", lambda r: script(keys=keys, args=args)
+            )
+        except StoreError:
+            self._recheck |= recheck
+            self.errors[("news",)] += 1
+            raise
+        boot, last, deleted, first, read = (_text(x) for x in answer[:5])
+        verdict = follow_verdict(
+            cursor,
+            boot_changed=boot != self._news_boot,
+            last=parse_stream_id(last),
+            deleted=parse_stream_id(deleted) if deleted else None,
+            first=parse_stream_id(first) if first else None,
+        )
+        now = time.monotonic()
+        if verdict is Follow.READ and now < self._reconcile_at:
+            devices = []
+            for j in range(5, len(answer), 2):
+                if answer[j + 1] is None:
+                    continue  # no row (removed since): nothing to learn of it
+                try:
+                    devices.append(self.store._device(answer[j], answer[j + 1]))
+                except StoreError as exc:
+                    log.warning("another node's device cannot be read; left as known", extra={"error": str(exc)})
+            more = False
+            if read:
+                self._cursor = at = parse_stream_id(read)
+                more = at < parse_stream_id(last)  # stopped at LEARN_CHUNK
+            return Learnt(devices, more=more)
+        # entries may be lost past the cursor (or it is time): every row, read after ``last``
+        # was taken, so that whatever is appended from here on is read next time
+        try:
+            rows = await self.store.load_devices()
+        except StoreError:
+            self._recheck |= recheck
+            self.errors[("news",)] += 1
+            raise
+        if boot != self._news_boot and self._news_boot is not None:
+            # the other nodes write theirs again with their next batch, eventless: read once more then
+            self._reconcile_at = now + SETTLE
+        else:
+            self._reconcile_at = now + RECONCILE_INTERVAL
+        if cursor is not None and verdict is Follow.RECONCILE:
+            log.info(
+                "device events may have been missed; every device read again",
+                extra={"node": self.node, "devices": len(rows)},
+            )
+        self._cursor = parse_stream_id(last)
+        self._news_boot = boot
+        return Learnt(rows, whole=True)
 
     def _lost_log(self, device_id: str, owner: str, why: str) -> None:
         if not self.ownership.owns(device_id):

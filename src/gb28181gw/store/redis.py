@@ -206,9 +206,10 @@ return 0
 """
 
 _DELETE_DEVICE = """
--- KEYS: devices, channels:<device>, channels; ARGV: device
+-- KEYS: devices, channels:<device>, channels, noticed; ARGV: device
 redis.call('DEL', KEYS[2])
 redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])  -- the last online/offline notice appended for it (store.ownership)
 return redis.call('HDEL', KEYS[1], ARGV[1])
 """
 
@@ -651,7 +652,7 @@ class RedisStore:
         await self._write(f"writing {len(mapping)} devices", lambda r: r.hset(self._k("devices"), mapping=mapping))
 
     async def delete_device(self, device_id: str) -> bool:
-        keys = [self._k("devices"), self._k(f"channels:{device_id}"), self._k("channels")]
+        keys = [self._k("devices"), self._k(f"channels:{device_id}"), self._k("channels"), self._k("noticed")]
         script = self._script(_DELETE_DEVICE)
         removed = await self._write(f"deleting {device_id}", lambda r: script(keys=keys, args=[_key(device_id)]))
         return bool(removed)

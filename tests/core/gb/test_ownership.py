@@ -7,6 +7,7 @@ import pytest
 from gb28181gw.errors import LocalProtocolError
 from gb28181gw.gb.ownership import (
     TRANSITIONS,
+    Follow,
     Holding,
     HoldingInput,
     NodeWatch,
@@ -15,7 +16,9 @@ from gb28181gw.gb.ownership import (
     Sweep,
     WriteVerdict,
     claim_wins,
+    follow_verdict,
     judge_write,
+    parse_stream_id,
     render_table,
     sweep_verdict,
     transition,
@@ -191,3 +194,35 @@ class TestNodeWatch:
         watch = NodeWatch(grace=0.0)
         assert watch.observe({"b": False}, 0.0) == ["b"]
         assert watch.observe({}, 1.0) == []
+
+
+class TestFollowingTheEventsStream:
+    """When a node can read on from its cursor in ``events``, and when it must read every row."""
+
+    def test_stream_ids_order_as_redis_orders_them(self) -> None:
+        assert parse_stream_id("1700000000000-3") == (1700000000000, 3)
+        assert parse_stream_id("10-0") > parse_stream_id("9-99")
+        for bad in ("", "12", "a-1", "1-", "-1", "1-2-3"):
+            with pytest.raises(ValueError, match="stream entry ID"):
+                parse_stream_id(bad)
+
+    def test_the_first_read_and_a_lost_data_set_reconcile(self) -> None:
+        assert follow_verdict(None, boot_changed=False, last=(5, 0), deleted=(0, 0), first=(1, 0)) is Follow.RECONCILE
+        assert follow_verdict((5, 0), boot_changed=True, last=(5, 0), deleted=(0, 0), first=(1, 0)) is Follow.RECONCILE
+
+    def test_entries_past_the_cursor_all_there_are_read(self) -> None:
+        assert follow_verdict((5, 0), boot_changed=False, last=(9, 0), deleted=(0, 0), first=(1, 0)) is Follow.READ
+        assert follow_verdict((5, 0), boot_changed=False, last=(9, 0), deleted=None, first=(5, 0)) is Follow.READ
+
+    def test_nothing_new_is_read_whatever_was_trimmed(self) -> None:
+        assert follow_verdict((5, 0), boot_changed=False, last=(5, 0), deleted=None, first=None) is Follow.READ
+
+    def test_a_stream_set_back_reconciles(self) -> None:
+        # a restore from an older dump, or the stream made anew: new entries would hide below the cursor
+        assert follow_verdict((5, 0), boot_changed=False, last=(4, 9), deleted=None, first=(1, 0)) is Follow.RECONCILE
+        assert follow_verdict((5, 0), boot_changed=False, last=(0, 0), deleted=None, first=None) is Follow.RECONCILE
+
+    def test_entries_deleted_or_trimmed_past_the_cursor_reconcile(self) -> None:
+        assert follow_verdict((5, 0), boot_changed=False, last=(9, 0), deleted=(6, 0), first=(1, 0)) is Follow.RECONCILE
+        assert follow_verdict((5, 0), boot_changed=False, last=(9, 0), deleted=(0, 0), first=(7, 0)) is Follow.RECONCILE
+        assert follow_verdict((5, 0), boot_changed=False, last=(9, 0), deleted=None, first=None) is Follow.RECONCILE

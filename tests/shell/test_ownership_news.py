@@ -1,0 +1,139 @@
+"""A node learning what other nodes wrote, from a real redis-server (issue 17): ``RedisCluster.news``.
+
+Each "node" is a :class:`RedisCluster` on a store connection of its own, as each gateway has
+(``test_ownership_redis.Nodes``). What is checked: the rows a node is given are those of the
+devices *other* nodes wrote events about, read as Redis holds them now; and whenever entries past
+its cursor may be gone (its first read, the stream trimmed past it, Redis emptied or set back)
+it is given every row instead, so that a missed event never leaves its view stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from gb28181gw.errors import StoreError
+from gb28181gw.gb.model import DeviceState
+from gb28181gw.store.base import DeviceNotice
+from tests.redis_server import RedisServer, module_server
+
+from .test_ownership_redis import D1, D2, D3, Nodes, online
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    yield from module_server(tmp_path_factory)
+
+
+@pytest.fixture
+async def nodes(redis: RedisServer) -> AsyncIterator[Nodes]:
+    redis.flush()
+    n = Nodes(redis)
+    try:
+        yield n
+    finally:
+        await n.close()
+
+
+async def register(node: object, device_id: str, at: float, host: str = "10.0.0.1") -> None:
+    node.registered(device_id, at)  # type: ignore[attr-defined]
+    await node.write([online(device_id, host)], {device_id: 2e9}, [DeviceNotice(device_id, "online")])  # type: ignore[attr-defined]
+
+
+async def test_the_first_read_is_every_row_then_only_what_other_nodes_wrote(nodes: Nodes) -> None:
+    a, b = await nodes.node("a"), await nodes.node("b")
+    await register(a, D1, 100.0)
+    first = await b.news()
+    assert first.whole and [d.device_id for d in first.devices] == [D1]
+    assert (await b.news()).devices == []  # nothing new
+    await register(a, D2, 101.0, host="10.0.0.2")
+    learnt = await b.news()
+    assert not learnt.whole and [(d.device_id, d.host, d.state) for d in learnt.devices] == [
+        (D2, "10.0.0.2", DeviceState.ONLINE)
+    ]
+    # A is not told of its own writes
+    assert (await a.news()).whole
+    await register(a, D3, 102.0)
+    assert (await a.news()).devices == []
+
+
+async def test_a_device_moving_and_going_offline_elsewhere_is_learnt_with_its_newest_row(nodes: Nodes) -> None:
+    a, b, c = await nodes.node("a"), await nodes.node("b"), await nodes.node("c")
+    await c.news()
+    await register(a, D1, 100.0)
+    await register(b, D1, 101.0, host="10.0.0.2")  # re-homed: B's claim, B's row
+    learnt = await c.news()
+    # two events, one row: the one Redis holds now
+    assert [(d.device_id, d.host) for d in learnt.devices] == [(D1, "10.0.0.2")]
+    gone = online(D1, "10.0.0.2")
+    gone.state = DeviceState.OFFLINE
+    await b.write([gone], {D1: None}, [DeviceNotice(D1, "offline", "keepalive timeout")])
+    assert [(d.device_id, d.state) for d in (await c.news()).devices] == [(D1, DeviceState.OFFLINE)]
+    # A lost it: its next batch says so, and its next read gives it B's row, even though B's events
+    # about it may have been read (and passed over) while A still held the device
+    await a.news()
+    assert (await a.write([], {}, [])).lost == [D1]
+    assert [(d.device_id, d.state) for d in (await a.news()).devices] == [(D1, DeviceState.OFFLINE)]
+
+
+async def test_a_stream_trimmed_past_the_cursor_gives_every_row(nodes: Nodes, redis: RedisServer) -> None:
+    a, b = await nodes.node("a"), await nodes.node("b")
+    await register(a, D1, 100.0)
+    await b.news()
+    await register(a, D2, 101.0)
+    await register(a, D3, 102.0)
+    # trimmed to one entry: D2's event is gone unread
+    assert redis.command(b"XTRIM", b"gbgw:events", b"MAXLEN", b"1") == b":2"
+    learnt = await b.news()
+    assert learnt.whole and sorted(d.device_id for d in learnt.devices) == [D1, D2, D3]
+    await register(a, D1, 103.0, host="10.0.0.9")
+    learnt = await b.news()
+    assert not learnt.whole and [(d.device_id, d.host) for d in learnt.devices] == [(D1, "10.0.0.9")]
+
+
+async def test_redis_emptied_gives_every_row_and_again_once_the_nodes_wrote_theirs(
+    nodes: Nodes, redis: RedisServer
+) -> None:
+    a, b = await nodes.node("a"), await nodes.node("b")
+    await register(a, D1, 100.0)
+    await b.news()
+    redis.flush()  # as a restart without persistence leaves it
+    assert (await b.news()).whole  # a stream with no entries, and no boot token: a restart
+    # A writes its device again (its batch found Redis empty: a resync, without events)
+    result = await a.write([online(D1, "10.0.0.7")], {D1: 2e9}, [])
+    assert result.resync or (await a.write([online(D1, "10.0.0.7")], {D1: 2e9}, [])).resync
+    learnt = await b.news()
+    # the boot token changed again (A put a new one): every row, this time with A's
+    assert learnt.whole and [(d.device_id, d.host) for d in learnt.devices] == [(D1, "10.0.0.7")]
+
+
+async def test_a_stream_set_back_by_an_older_dump_gives_every_row(nodes: Nodes, redis: RedisServer) -> None:
+    a, b = await nodes.node("a"), await nodes.node("b")
+    await register(a, D1, 100.0)
+    await b.news()
+    await register(a, D2, 101.0)
+    assert [d.device_id for d in (await b.news()).devices] == [D2]
+    # the stream made anew behind the cursor, the boot token kept (a restore that kept it)
+    redis.command(b"DEL", b"gbgw:events")
+    redis.command(b"XADD", b"gbgw:events", b"1-1", b"device", D3.encode(), b"event", b"online", b"node", b"a")
+    assert (await b.news()).whole
+
+
+async def test_redis_away_raises_and_the_next_read_goes_on_from_the_same_place(
+    nodes: Nodes, redis: RedisServer
+) -> None:
+    a, b = await nodes.node("a"), await nodes.node("b")
+    await b.news()
+    await register(a, D1, 100.0)
+    redis.stop(kill=True)
+    try:
+        with pytest.raises(StoreError):
+            await b.news()
+    finally:
+        redis.start()
+    redis.flush()
+    # started again empty: the boot token is gone, so every row (none yet) rather than a stale view
+    assert (await b.news()).whole
+    await register(a, D2, 101.0)
+    assert [d.device_id for d in (await b.news()).devices] == [D2]
