@@ -20,7 +20,7 @@ from gb28181gw.audit import Action, Anchor, AuditEntry, AuditQuery, Result, veri
 from gb28181gw.errors import StoreError, StoreRecordError
 from gb28181gw.gb.ledger import LedgerEntry
 from gb28181gw.gb.model import Alarm, Ban, Channel, Device, DeviceState, Override, ShareEntry, StreamMode, Transport
-from gb28181gw.store.base import Store
+from gb28181gw.store.base import ROWS_PER_STEP, Store, device_rows
 from gb28181gw.store.sqlite import MIGRATIONS, SqliteStore
 from tests.redis_server import RedisServer, module_server, require_redis_py
 
@@ -159,6 +159,44 @@ async def test_enums_round_trip(store: Store) -> None:
 async def test_bulk(store: Store) -> None:
     await store.save_devices([device(i) for i in range(5000)])
     assert await store.count_devices() == 5000
+
+
+async def test_a_batch_of_several_steps_is_written_whole(store: Store) -> None:
+    """Rows are taken in steps (store.base.device_rows) and plain-ASCII rows skip conversion: a batch
+    of several steps, its device with undecodable text in the last one, is written whole, and a
+    record refused in a later step leaves nothing of its batch written."""
+    n = 2 * ROWS_PER_STEP + 5
+    batch = [device(i) for i in range(n - 1)] + [device(n - 1, user_agent=GB2312_TEXT)]
+    await store.save_devices(batch)
+    loaded = {d.device_id: d for d in await store.load_devices()}
+    assert len(loaded) == n
+    assert loaded[device(n - 1).device_id].user_agent == GB2312_TEXT
+    assert loaded[device(0).device_id] == device(0)
+    with pytest.raises(StoreRecordError):
+        await store.save_devices([device(n + i) for i in range(n)] + [device(3 * n, name="\ud800")])
+    assert await store.count_devices() == n
+
+
+async def test_device_rows_give_the_loop_turns() -> None:
+    """Between two steps of rows everything else on the loop gets a turn (the point of the steps)."""
+    turns = 0
+    stop = False
+
+    async def other() -> None:
+        nonlocal turns
+        while not stop:
+            turns += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.ensure_future(other())
+    await asyncio.sleep(0)
+    before = turns
+    devices = [device(i) for i in range(3 * ROWS_PER_STEP)]
+    rows = await device_rows(devices)
+    stop = True
+    await task
+    assert rows == [d.row() for d in devices]
+    assert turns - before >= 2
 
 
 async def test_survives_reopen(factory: Callable[[], Store]) -> None:

@@ -102,3 +102,40 @@ class TestStrictAndLenient:
     def test_is_valid(self) -> None:
         assert GbId.is_valid("34020000001320000001")
         assert not GbId.is_valid("x")
+
+
+class TestCentreRemembered:
+    """The centre code's check is remembered per code (ids._centre_warnings): a storm's IDs share
+    a few centres. The remembered answer must be the check's, each time, in both modes."""
+
+    CENTRES = ["34020000", "99020000", "34000100", "11000000", "34020100", "00000000", "34990000"]
+
+    @pytest.mark.parametrize("strict", [False, True])
+    def test_same_answer_first_and_later(self, strict: bool) -> None:
+        from gb28181gw import ids
+
+        for centre in self.CENTRES:
+            text = f"{centre}001320000001"
+            outcomes = []
+            for _ in range(3):
+                try:
+                    outcomes.append(GbId.parse(text, strict=strict).warnings)
+                except IdError as exc:
+                    outcomes.append((exc.positions, exc.reason))
+            expected: object
+            try:
+                expected = tuple(ids._check_centre(centre, strict, 8))
+            except IdError as exc:
+                expected = (exc.positions, exc.reason)
+            assert outcomes[0] == outcomes[1] == outcomes[2]
+            if isinstance(outcomes[0], tuple) and outcomes[0] and isinstance(outcomes[0][0], tuple):
+                assert outcomes[0] == expected  # refused the same way every time
+            else:
+                assert set(expected).issubset(outcomes[0])  # type: ignore[arg-type]
+
+    def test_bounded(self) -> None:
+        from gb28181gw import ids
+
+        for n in range(ids._CENTRE_KEPT + 10):
+            GbId.parse(f"34{n % 100:02d}{n // 100:04d}001320000001")
+        assert len(ids._CENTRE_WARNINGS) <= ids._CENTRE_KEPT

@@ -176,7 +176,7 @@ def test_what_the_quick_reader_takes_the_general_path_reads_alike(req: tuple[byt
 def _read(q: QuickRequest | None) -> tuple[Any, ...] | None:
     if q is None:
         return None
-    return (q.method, q.uri, q.values, q.body, q.key, q.sender, q._copied, q._via, q.answer(200, "t0", [], "s"))
+    return (q.method, q.uri, q.values, q.body, q.key, q.sender, tuple(q._copied), q._via, q.answer(200, "t0", [], "s"))
 
 
 @settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])

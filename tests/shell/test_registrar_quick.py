@@ -294,3 +294,38 @@ async def test_a_keepalive_after_the_registration_ran_out_is_404_before_the_dead
     finally:
         sock.close()
         await gw.stop()
+
+
+@pytest.mark.parametrize(
+    ("interval", "count", "left"),
+    [(0, 0, 3600.0), (30, 2, 3600.0), (60, 3, 100.0), (0, 5, 7.5), (10, 0, 0.0), (0, 0, -20.0)],
+)
+async def test_a_keepalive_done_in_place_sets_the_deadline_watch_would(interval: int, count: int, left: float) -> None:
+    """_kept_alive writes _watch out for an online device at its address: the deadline it leaves
+    (and the timer it arms) must be liveness_timeout's, whatever the device's own heartbeat settings
+    and however soon its registration ends."""
+    from gb28181gw.gb.keepalive import liveness_timeout
+    from gb28181gw.sip.peer import Peer
+
+    gw = await start_gateway(**{"registrar.password": PASSWORD})
+    sock, port, ask = device_socket(gw)
+    try:
+        assert (await ask(register(port, "a1", 1))).startswith(b"SIP/2.0 401 ")
+        challenge = await ask(register(port, "a1b", 1))
+        assert (await ask(register(port, "a2", 2, authorization(challenge)))).startswith(b"SIP/2.0 200 ")
+        svc = gw.registrar
+        device = svc.devices[ID]
+        device.keepalive_interval, device.keepalive_count = interval, count
+        now, epoch = svc._now()
+        device.expires_at = epoch + left
+        expected = now + max(
+            liveness_timeout(device, epoch, interval=svc.keepalive_interval, count=svc.keepalive_count), 0.0
+        )
+        svc._kept_alive(ID, Peer("UDP", "127.0.0.1", port), now, epoch)
+        assert svc.devices[ID] is device  # done in place
+        assert svc.liveness.deadline(ID) == expected
+        assert svc._timer.armed and svc._timer.when <= expected
+        assert ID in svc._heartbeats or ID in svc._dirty
+    finally:
+        sock.close()
+        await gw.stop()

@@ -8,6 +8,7 @@ than clever queries.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from collections import Counter
@@ -321,3 +322,25 @@ class SingleNode:
     ) -> WriteResult:
         await self.store.save_devices(devices)
         return WriteResult()
+
+
+#: Device rows :func:`device_rows` takes before giving the event loop a turn.
+ROWS_PER_STEP = 1_000
+
+
+async def device_rows(devices: Sequence[Device]) -> list[tuple[Any, ...]]:
+    """``[d.row() for d in devices]``, taken on the event loop in steps of :data:`ROWS_PER_STEP`,
+    everything else getting a turn between two steps.
+
+    Why: the registrar writes every device's keepalive time every 30 s, and taking 10,000 rows in
+    one go held the loop 25 ms (the records are spread over a large heap: a cache miss each), a
+    stall every keepalive behind it waited out (p99 latency under load). Each row is its device
+    as it was when its step ran; one changed since its row was taken is marked for the next batch
+    by its owner, as it always was when it changed after the rows were taken.
+    """
+    rows: list[tuple[Any, ...]] = []
+    for start in range(0, len(devices), ROWS_PER_STEP):
+        if start:
+            await asyncio.sleep(0)
+        rows.extend([d.row() for d in devices[start : start + ROWS_PER_STEP]])
+    return rows

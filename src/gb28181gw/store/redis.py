@@ -96,7 +96,7 @@ from gb28181gw.audit import GENESIS, Anchor, AuditEntry, AuditQuery, AuditRecord
 from gb28181gw.errors import StoreError, StoreRecordError, redact_url
 from gb28181gw.gb.ledger import LedgerEntry
 from gb28181gw.gb.model import BAN_FIELDS, Alarm, Ban, Channel, Device, Override, ShareEntry
-from gb28181gw.store.base import params_json, stored_audit
+from gb28181gw.store.base import device_rows, params_json, stored_audit
 
 T = TypeVar("T")
 log = logging.getLogger("gb28181gw.store")
@@ -639,7 +639,7 @@ class RedisStore:
     async def save_devices(self, devices: Sequence[Device]) -> None:
         if not devices:
             return
-        rows = [d.row() for d in devices]  # now, on the loop: callers go on changing the devices
+        rows = await device_rows(devices)  # on the loop (callers go on changing the devices), in steps
         try:
             if len(rows) < ENCODE_ON_LOOP:
                 mapping = _encode_devices(rows)

@@ -305,3 +305,28 @@ class TestDeviceRecord:
     def test_from_row_rejects_unknown_values(self) -> None:
         with pytest.raises(ValueError):
             Device.from_row({"device_id": ID, "state": "banned"})
+
+
+def test_a_device_copy_has_every_field_and_is_its_own() -> None:
+    """Device.copy (the registrar's proposed record): every field, the copy changed apart from the original."""
+    import dataclasses
+
+    from gb28181gw.gb.model import DEVICE_FIELDS, DeviceState
+
+    original = Device(device_id="34020000001320000001", created_at=1.0)
+    for n, name in enumerate(DEVICE_FIELDS[2:], 2):
+        kind = type(getattr(original, name))
+        if kind is str:
+            setattr(original, name, f"v{n}")
+        elif kind is int:
+            setattr(original, name, n)
+        elif kind is float:
+            setattr(original, name, n + 0.5)
+        elif kind is bool:
+            setattr(original, name, True)
+    original.state, original.transport, original.stream_mode = DeviceState.ONLINE, Transport.TCP, StreamMode.TCP_PASSIVE
+    copy = original.copy()
+    assert copy == original and copy is not original
+    assert dataclasses.astuple(copy) == dataclasses.astuple(original)
+    copy.host, copy.state = "10.0.0.9", DeviceState.OFFLINE
+    assert original.host == "v" + str(DEVICE_FIELDS.index("host")) and original.state is DeviceState.ONLINE
