@@ -8,10 +8,16 @@ No media leaves 127.0.0.1: the device never answers (nothing listens at its port
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
+from redis.asyncio import Redis
+
 from gb28181gw.app import Gateway
+from gb28181gw.errors import RpcRefused
 from gb28181gw.gb.model import Channel
+from gb28181gw.store.rpc import RedisRpc
 from tests.media import wait_for
 from tests.redis_server import RedisServer
 
@@ -52,4 +58,41 @@ async def test_a_consumer_address_only_as_networks_allow_is_refused_at_b(tmp_pat
         assert not b.streams.streams and b.streams.results[("opened",)] == 0
     finally:
         await a.stop()
+        await b.stop()
+
+
+async def test_malformed_stream_calls_from_a_peer_are_400_naming_the_problem_and_b_goes_on(
+    redis: RedisServer,
+) -> None:
+    b = await _node(redis, "nB", (42850, 42899), (5000, 9999), "")
+    caller = RedisRpc(redis.url, "nX")
+    raw = Redis.from_url(redis.url)
+    try:
+        await raw.set("gbgw:node:nX", json.dumps({"pid": 0}), px=60_000)
+        await caller.open()
+        bad = [
+            ("stream.open", {"channel": CH}),  # no consumer
+            ("stream.open", {"channel": CH, "consumer": "127.0.0.1:9000"}),
+            ("stream.open", {"channel": CH, "consumer": {"transport": "udp", "host": "127.0.0.1", "port": "x"}}),
+            (
+                "stream.open",
+                {"channel": CH, "consumer": {"transport": "udp", "host": "127.0.0.1", "port": 9}, "actor": 5},
+            ),
+            ("stream.show", {}),  # no stream
+            ("stream.join", {"stream": "0100000001", "consumer": None}),
+            ("stream.renew", {"stream": "0100000001", "consumer": "c1", "ttl": "soon"}),
+            ("stream.renew", {"stream": "0100000001", "consumer": "c1", "ttl": -5}),
+            ("stream.control", {"stream": "0100000001", "body": ["pause"]}),
+        ]
+        for method, args in bad:
+            with pytest.raises(RpcRefused) as caught:
+                await caller.call("nB", method, args)
+            # was 500 "…failed on node nB: KeyError('consumer')" and a traceback in B's log
+            assert caught.value.status == 400, (method, args, caught.value)
+            assert method in str(caught.value), str(caught.value)
+        got = await caller.call("nB", "stream.list", {})
+        assert got == {"status": 200, "body": {"streams": []}}
+    finally:
+        await caller.close()
+        await raw.aclose()
         await b.stop()

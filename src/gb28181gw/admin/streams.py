@@ -690,22 +690,26 @@ class StreamApi:
 
     async def _serve_open(self, call: Call) -> dict[str, Any]:
         a = call.args
-        c = ConsumerArgs.from_json(a["consumer"])
+        try:
+            c = ConsumerArgs.from_json(a["consumer"])
+            channel, actor = str(a["channel"]), self._actor(call)
+            recorded = None
+            if a.get("recorded") is not None:
+                r = a["recorded"]
+                kind = SessionKind.of(str(r["kind"]))
+                if kind is None or not kind.recorded:
+                    raise StreamError(400, f"no recorded kind {r['kind']!r}")
+                speed = r.get("speed")
+                recorded = Recorded(
+                    kind, Span(int(r["span"][0]), int(r["span"][1])), None if speed is None else float(speed)
+                )
+        except _MALFORMED as exc:
+            raise _malformed(call, exc) from None
         refused = self._refused_here(call, c)
         if refused is not None:
             return refused
-        recorded = None
-        if a.get("recorded") is not None:
-            r = a["recorded"]
-            kind = SessionKind.of(str(r["kind"]))
-            if kind is None or not kind.recorded:
-                raise StreamError(400, f"no recorded kind {r['kind']!r}")
-            speed = r.get("speed")
-            recorded = Recorded(
-                kind, Span(int(r["span"][0]), int(r["span"][1])), None if speed is None else float(speed)
-            )
-        with acting(self._actor(call)):
-            opening = asyncio.ensure_future(self.open_here(str(a["channel"]), c, recorded))
+        with acting(actor):
+            opening = asyncio.ensure_future(self.open_here(channel, c, recorded))
         try:
             status, body = await asyncio.shield(opening)
         except asyncio.CancelledError:
@@ -734,14 +738,35 @@ class StreamApi:
         return {"status": 200, "body": {"streams": self.list_here()}}
 
     async def _serve_by_id(self, call: Call) -> dict[str, Any]:
-        op = call.method.removeprefix("stream.")
-        if op == "join":
-            refused = self._refused_here(call, ConsumerArgs.from_json(call.args["consumer"]))
-            if refused is not None:
-                return refused
-        with acting(self._actor(call)):
-            status, body = await self.by_id_here(op, str(call.args["stream"]), call.args)
+        op, a = call.method.removeprefix("stream."), call.args
+        try:  # read as by_id_here will, so that a peer's malformed call is a 400 naming it, not a 500
+            stream, actor = a["stream"], self._actor(call)
+            if not isinstance(stream, str):
+                raise TypeError(f"stream {stream!r} is not a stream ID")
+            if op == "join":
+                refused = self._refused_here(call, ConsumerArgs.from_json(a["consumer"]))
+                if refused is not None:
+                    return refused
+            elif op in ("renew", "leave"):
+                str(a["consumer"])
+                if op == "renew" and not (math.isfinite(float(a["ttl"])) and float(a["ttl"]) > 0):
+                    raise ValueError(f"ttl {a['ttl']!r} is not a positive number of seconds")
+            elif op == "control" and not isinstance(a.get("body") or {}, dict):
+                raise TypeError(f"control body {a['body']!r} is not an object")
+        except _MALFORMED as exc:
+            raise _malformed(call, exc) from None
+        with acting(actor):
+            status, body = await self.by_id_here(op, stream, a)
         return {"status": status, "body": body}
+
+
+#: What reading a peer's malformed arguments raises.
+_MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError)
+
+
+def _malformed(call: Call, exc: Exception) -> RpcError:
+    words = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+    return RpcError(400, f"{call.method} from node {call.caller}: arguments not as a node writes them: {words}")
 
 
 def add_stream_routes(admin: AdminServer, api: StreamApi, *, consumer_networks: tuple[IpNetwork, ...]) -> None:
