@@ -228,6 +228,7 @@ class Gateway:
             remote=self.remote,
             peers=lambda: [n.node_id for n in self.nodes.view],
             media_address=config.media_address,
+            consumer_networks=parse_networks(config.media.consumer_networks),
         )
         self.ledger = LedgerService(config, self.registrar, self.devices, self.store, audit=self.audit)
         self.doctor = DoctorService(

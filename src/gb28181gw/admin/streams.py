@@ -66,7 +66,15 @@ from gb28181gw.services.streams import Stream, StreamError, StreamService, Strea
 from gb28181gw.sip.peer import Peer
 from gb28181gw.store.rpc import RedisRpc
 
-__all__ = ["CONTROL_ACTIONS", "StreamApi", "add_stream_routes", "parse_moment", "stream_json", "streams_json"]
+__all__ = [
+    "CONTROL_ACTIONS",
+    "StreamApi",
+    "add_stream_routes",
+    "consumer_allowed",
+    "parse_moment",
+    "stream_json",
+    "streams_json",
+]
 
 log = logging.getLogger("gb28181gw.admin")
 
@@ -147,22 +155,36 @@ def _consumer_args(
         port = int(c["port"]) if not passive or c.get("port") is not None else 0
         ssrc = int(c["ssrc"]) if c.get("ssrc") is not None else None
         ttl = float(c["ttl"]) if c.get("ttl") is not None else None
-        address = ipaddress.ip_address(host)
+        ipaddress.ip_address(host)  # a host that is no address: the usage
     except (KeyError, TypeError, ValueError, OverflowError):
         return error_response(400, usage)
     if ttl is not None and not (math.isfinite(ttl) and ttl > 0):
         return error_response(400, "consumer ttl must be a positive number of seconds")
     if not 0 < port < 65536 and not (passive and port == 0):
         return error_response(400, "consumer port must be 1-65535")
-    if not (
-        address.is_loopback
-        or host == request.remote
-        or any(address in net for net in consumer_networks if net.version == address.version)
-    ):
-        return error_response(403, f"streams go to the requester's own address or media.consumer_networks, not {host}")
+    if not consumer_allowed(host, request.remote or "", consumer_networks):
+        return error_response(403, _not_allowed(host))
     if ssrc is not None and not 0 <= ssrc <= 0xFFFFFFFF:
         return error_response(400, "consumer ssrc must fit 32 bits")
     return ConsumerArgs(transport, host, port, ssrc, ttl, str(c.get("label") or ""))
+
+
+def consumer_allowed(host: str, requester: str, consumer_networks: tuple[IpNetwork, ...]) -> bool:
+    """Whether media may go to ``host`` for a request from ``requester``: a loopback address, the
+    requester's own, or one of ``media.consumer_networks``."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return (
+        address.is_loopback
+        or host == requester
+        or any(address in net for net in consumer_networks if net.version == address.version)
+    )
+
+
+def _not_allowed(host: str) -> str:
+    return f"streams go to the requester's own address or media.consumer_networks, not {host}"
 
 
 async def _channel_body(request: web.Request, usage: str) -> tuple[dict[str, Any], str] | web.Response:
@@ -348,6 +370,7 @@ class StreamApi:
         remote: with several nodes, the forwarding of device requests (which node owns what).
         peers: the live nodes' IDs, this one's or not (the node view, :class:`~gb28181gw.services.nodes.NodeService`).
         media_address: ``Config.media_address`` (``""``: the address routing picks toward the consumer).
+        consumer_networks: ``media.consumer_networks``: where this node sends a forwarded request's media.
     """
 
     def __init__(
@@ -358,8 +381,12 @@ class StreamApi:
         remote: RemoteDevices | None = None,
         peers: Callable[[], Iterable[str]] = tuple,
         media_address: str = "",
+        consumer_networks: tuple[IpNetwork, ...] = (),
     ) -> None:
         self.streams = streams
+        # checked again for another node's request: this node sends the media, and where its
+        # media may go is its operator's word (the asking node's networks may be wider)
+        self.consumer_networks = consumer_networks
         self.zone = zone
         self.remote = remote
         self.rpc: RedisRpc | None = remote.rpc if remote is not None else None
@@ -516,12 +543,13 @@ class StreamApi:
 
     # --- what the admin API asks (here, or at the device's node) ------------------------------
 
-    async def open(self, channel_id: str, c: ConsumerArgs, recorded: Recorded | None) -> Reply:
-        """:meth:`open_here` at the node owning ``channel_id``'s device."""
+    async def open(self, channel_id: str, c: ConsumerArgs, recorded: Recorded | None, *, requester: str = "") -> Reply:
+        """:meth:`open_here` at the node owning ``channel_id``'s device (``requester``: the
+        requester's address, for that node's check of the consumer's)."""
         node = await self.remote.node_of(channel_id) if self.remote is not None else None
         if node is None:
             return await self.open_here(channel_id, c, recorded)
-        args: dict[str, Any] = {"channel": channel_id, "consumer": c.keywords()}
+        args: dict[str, Any] = {"channel": channel_id, "consumer": c.keywords(), "requester": requester}
         # the device has media.invite_timeout to answer the owner's INVITE; the calls' round trips on top
         timeout = self.streams.settings.invite_timeout + INVITE_MARGIN
         if recorded is not None:
@@ -655,21 +683,33 @@ class StreamApi:
         name, source = call.args.get("actor") or ("", "")
         return Actor(str(name or f"node:{call.caller}"), f"{source} via node {call.caller}".strip())
 
+    def _refused_here(self, call: Call, c: ConsumerArgs) -> dict[str, Any] | None:
+        if consumer_allowed(c.host, str(call.args.get("requester") or ""), self.consumer_networks):
+            return None
+        return {"status": 403, "body": {"error": _not_allowed(c.host), "node": self.node}}
+
     async def _serve_open(self, call: Call) -> dict[str, Any]:
         a = call.args
-        c = ConsumerArgs.from_json(a["consumer"])
-        recorded = None
-        if a.get("recorded") is not None:
-            r = a["recorded"]
-            kind = SessionKind.of(str(r["kind"]))
-            if kind is None or not kind.recorded:
-                raise StreamError(400, f"no recorded kind {r['kind']!r}")
-            speed = r.get("speed")
-            recorded = Recorded(
-                kind, Span(int(r["span"][0]), int(r["span"][1])), None if speed is None else float(speed)
-            )
-        with acting(self._actor(call)):
-            opening = asyncio.ensure_future(self.open_here(str(a["channel"]), c, recorded))
+        try:
+            c = ConsumerArgs.from_json(a["consumer"])
+            channel, actor = str(a["channel"]), self._actor(call)
+            recorded = None
+            if a.get("recorded") is not None:
+                r = a["recorded"]
+                kind = SessionKind.of(str(r["kind"]))
+                if kind is None or not kind.recorded:
+                    raise StreamError(400, f"no recorded kind {r['kind']!r}")
+                speed = r.get("speed")
+                recorded = Recorded(
+                    kind, Span(int(r["span"][0]), int(r["span"][1])), None if speed is None else float(speed)
+                )
+        except _MALFORMED as exc:
+            raise _malformed(call, exc) from None
+        refused = self._refused_here(call, c)
+        if refused is not None:
+            return refused
+        with acting(actor):
+            opening = asyncio.ensure_future(self.open_here(channel, c, recorded))
         try:
             status, body = await asyncio.shield(opening)
         except asyncio.CancelledError:
@@ -698,10 +738,35 @@ class StreamApi:
         return {"status": 200, "body": {"streams": self.list_here()}}
 
     async def _serve_by_id(self, call: Call) -> dict[str, Any]:
-        op = call.method.removeprefix("stream.")
-        with acting(self._actor(call)):
-            status, body = await self.by_id_here(op, str(call.args["stream"]), call.args)
+        op, a = call.method.removeprefix("stream."), call.args
+        try:  # read as by_id_here will, so that a peer's malformed call is a 400 naming it, not a 500
+            stream, actor = a["stream"], self._actor(call)
+            if not isinstance(stream, str):
+                raise TypeError(f"stream {stream!r} is not a stream ID")
+            if op == "join":
+                refused = self._refused_here(call, ConsumerArgs.from_json(a["consumer"]))
+                if refused is not None:
+                    return refused
+            elif op in ("renew", "leave"):
+                str(a["consumer"])
+                if op == "renew" and not (math.isfinite(float(a["ttl"])) and float(a["ttl"]) > 0):
+                    raise ValueError(f"ttl {a['ttl']!r} is not a positive number of seconds")
+            elif op == "control" and not isinstance(a.get("body") or {}, dict):
+                raise TypeError(f"control body {a['body']!r} is not an object")
+        except _MALFORMED as exc:
+            raise _malformed(call, exc) from None
+        with acting(actor):
+            status, body = await self.by_id_here(op, stream, a)
         return {"status": status, "body": body}
+
+
+#: What reading a peer's malformed arguments raises.
+_MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError)
+
+
+def _malformed(call: Call, exc: Exception) -> RpcError:
+    words = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+    return RpcError(400, f"{call.method} from node {call.caller}: arguments not as a node writes them: {words}")
 
 
 def add_stream_routes(admin: AdminServer, api: StreamApi, *, consumer_networks: tuple[IpNetwork, ...]) -> None:
@@ -734,7 +799,7 @@ def add_stream_routes(admin: AdminServer, api: StreamApi, *, consumer_networks: 
         c = _consumer_args(request, body.get("consumer"), consumer_networks, usage)
         if isinstance(c, web.Response):
             return c
-        return _respond(await api.open(channel_id, c, None))
+        return _respond(await api.open(channel_id, c, None, requester=request.remote or ""))
 
     async def open_recorded(request: web.Request) -> web.Response:
         usage = (
@@ -767,7 +832,8 @@ def add_stream_routes(admin: AdminServer, api: StreamApi, *, consumer_networks: 
         c = _consumer_args(request, body.get("consumer"), consumer_networks, usage)
         if isinstance(c, web.Response):
             return c
-        return _respond(await api.open(channel_id, c, Recorded(kind, span, None if speed is None else float(speed))))
+        recorded = Recorded(kind, span, None if speed is None else float(speed))
+        return _respond(await api.open(channel_id, c, recorded, requester=request.remote or ""))
 
     async def join(request: web.Request) -> web.Response:
         usage = f"the body must be JSON: {{{_CONSUMER_USAGE}}}"
@@ -780,7 +846,7 @@ def add_stream_routes(admin: AdminServer, api: StreamApi, *, consumer_networks: 
         )
         if isinstance(c, web.Response):
             return c
-        return await by_id(request, "join", {"consumer": c.keywords()})
+        return await by_id(request, "join", {"consumer": c.keywords(), "requester": request.remote or ""})
 
     async def control(request: web.Request) -> web.Response:
         body = await json_object(request, _CONTROL_USAGE)

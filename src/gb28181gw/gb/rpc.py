@@ -176,6 +176,24 @@ class Answer:
     status: int
     result: dict[str, Any] = field(default_factory=dict, hash=False)
     error: str = ""
+    #: the result as JSON text, when :meth:`of` wrote it already (not written twice)
+    text: str = field(default="", hash=False, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, id: str, result: dict[str, Any], *, node: str, method: str) -> Answer:
+        """The answer carrying ``result``, or a 413 saying it is too long for the caller to read.
+
+        Checked here, by the node that made it: the caller would drop it as unreadable and then
+        wait out its deadline for an answer that came (a listing of very many streams).
+        """
+        text = _dumps(result)
+        if len(text) > MAX_RESULT:
+            return cls(
+                id,
+                413,
+                error=f"the answer of {method} on node {node} is {len(text)} characters long, beyond {MAX_RESULT}",
+            )
+        return cls(id, 200, result, text=text)
 
     @property
     def ok(self) -> bool:
@@ -184,7 +202,7 @@ class Answer:
     def encode(self) -> dict[bytes, bytes]:
         fields = {b"id": self.id.encode(), b"status": str(self.status).encode()}
         if self.ok:
-            fields[b"result"] = _dumps(self.result).encode()
+            fields[b"result"] = (self.text or _dumps(self.result)).encode()
         else:
             fields[b"error"] = self.error.encode("utf-8", "replace")
         return fields

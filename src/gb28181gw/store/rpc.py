@@ -350,9 +350,11 @@ class RedisRpc:
                 await asyncio.sleep(RETRY_INTERVAL)
                 continue
             failing = False
+            read: list[bytes] = []
             for _stream, entries in got or ():
                 for entry_id, fields in entries:
                     last = bytes(entry_id)
+                    read.append(last)
                     try:
                         answer = Answer.decode(fields)
                     except RpcError as exc:
@@ -361,6 +363,17 @@ class RedisRpc:
                     future = self._waiting.get(answer.id)
                     if future is not None and not future.done():
                         future.set_result(answer)
+            if read:
+                await self._forget_replies(read)
+
+    async def _forget_replies(self, read: list[bytes]) -> None:
+        """Delete answers read: only this node reads its reply stream, and an answer may be 16 MiB
+        (a stream listing); kept until REPLIES_MAXLEN trimmed them, Redis held gigabytes for nothing."""
+        try:
+            async with self._command("answers read not deleted") as redis:
+                await redis.xdel(self.replies, *read)
+        except (RedisError, OSError, NodeUnreachable) as exc:  # MAXLEN trimming still bounds them
+            log.info("answers read not deleted", extra={"error": str(exc)})
 
     def _fail_waiting(self, exc: RpcError) -> None:
         for future in self._waiting.values():
@@ -451,7 +464,7 @@ class RedisRpc:
                 answer = Answer(call.id, 404, error=f"no method {call.method} on node {self.node}")
             else:
                 result = await asyncio.wait_for(handler(call), max(0.0, call.deadline - self.clock()))
-                answer = Answer(call.id, 200, dict(result))
+                answer = Answer.of(call.id, dict(result), node=self.node, method=call.method)
         except TimeoutError:
             # nobody waits any more: acknowledged unanswered (a copy read later is past its deadline)
             self.cache.abandon(call)
@@ -484,6 +497,9 @@ class RedisRpc:
                         f"{self.prefix}rpc:{caller}:replies", answer.encode(), maxlen=REPLIES_MAXLEN, approximate=True
                     )
                 pipe.xack(self.inbox, GROUP, entry_id)
+                # answered (or skipped): nothing reads it again, and a call may be 64 KiB; kept
+                # until INBOX_MAXLEN trimmed it, the inbox held up to 640 MiB for nothing
+                pipe.xdel(self.inbox, entry_id)
                 await pipe.execute()
         except (RedisError, OSError, NodeUnreachable) as exc:
             # left pending: taken back and answered again (from the cache) once Redis is back
