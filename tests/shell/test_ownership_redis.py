@@ -261,6 +261,25 @@ async def test_a_janitor_stops_when_the_node_comes_back(nodes: Nodes, redis: Red
     assert row(redis, D1)[15] == "online" and await events(b) == []
 
 
+async def test_a_janitor_taking_the_lock_after_another_finished_the_node_does_nothing(
+    nodes: Nodes, redis: RedisServer
+) -> None:
+    # two janitors read the node list at once; one finishes the dead node and lets go of the lock,
+    # the other then takes the lock: it must not count (and log) the node finished a second time
+    dead = await nodes.node("dead", clock=lambda: 1000.0)
+    dead.registered(D1, 100.0)
+    await dead.write([online(D1)], {D1: 900.0}, [])
+    b = await nodes.node("b", clock=lambda: 1000.0)
+    c = await nodes.node("c", clock=lambda: 1000.0)
+    redis.command(b"SET", b"gbgw:janitor:dead", b.token.encode())
+    assert await b.sweep("dead") == (1, 0, True)
+    redis.command(b"SET", b"gbgw:janitor:dead", c.token.encode())
+    assert await c.sweep("dead") == (0, 0, False)
+    assert c.adoptions[("finished",)] == 0 and c.adoptions[("offline",)] == 0
+    assert redis.command(b"EXISTS", b"gbgw:janitor:dead") == b":0"
+    assert [e["event"] for e in await events(b)] == ["offline"]
+
+
 async def test_the_offline_of_a_device_a_janitor_marked_already_is_not_appended_again(
     nodes: Nodes, redis: RedisServer
 ) -> None:

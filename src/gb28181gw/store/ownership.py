@@ -328,11 +328,13 @@ _SWEEP = """
 -- ARGV: dead node, lock token, now, events maxlen, lock ttl ms, janitor node, reason,
 --       state field, reason field, updated field (1-based indexes in a device row), most devices to take
 -- answer: {marked offline, left to their new node, 1 when the dead node's set is done, devices taken}
---         {-1} the lock is not ours; {-2} the node is back
+--         {-1} the lock is not ours; {-2} the node is back; {-3} another janitor finished it
 -- Only devices whose deadline has passed are taken, at most ARGV[11]: a dead node's 100,000 would
 -- otherwise hold Redis up for everyone (a lease renewal too) every round until the last deadline.
 if redis.call('GET', KEYS[5]) ~= ARGV[2] then return {-1, 0, 0, 0} end
 if redis.call('EXISTS', KEYS[7]) == 1 then redis.call('DEL', KEYS[5]) return {-2, 0, 0, 0} end
+-- finished already by another janitor, which let go of the lock this one then took
+if redis.call('SISMEMBER', KEYS[6], ARGV[1]) == 0 then redis.call('DEL', KEYS[5]) return {-3, 0, 0, 0} end
 redis.call('PEXPIRE', KEYS[5], ARGV[5])
 local dead, now = ARGV[1], tonumber(ARGV[3])
 local si, ri, ui = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
@@ -762,7 +764,7 @@ class RedisCluster:
         marked = left = done = 0
         while True:
             m, n, done, taken = (int(x) for x in await script(keys=keys, args=args))
-            if m < 0:  # the lock is another's now, or the node is back
+            if m < 0:  # the lock is another's now, the node is back, or another janitor finished it
                 done = 0
                 break
             marked, left = marked + m, left + n
