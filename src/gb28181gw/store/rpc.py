@@ -383,16 +383,18 @@ class RedisRpc:
                     await self._reclaim()
                     next_reclaim = time.monotonic() + RECLAIM_INTERVAL
                 got = await self._blocking.xreadgroup(GROUP, self.node, {self.inbox: ">"}, count=BATCH, block=BLOCK_MS)
-            except ResponseError as exc:
-                if "NOGROUP" in str(exc) and not self._closing:  # Redis restarted empty: the group is made again
+            except (RedisError, OSError, NodeUnreachable) as exc:
+                if isinstance(exc, ResponseError) and "NOGROUP" in str(exc) and not self._closing:
+                    # Redis restarted empty: the group is made again
                     log.warning("inbox group missing (Redis restarted?); made again", extra={"node": self.node})
                     try:
                         await self._make_group()
                     except (RedisError, OSError):
                         await asyncio.sleep(RETRY_INTERVAL)
                     continue
-                raise
-            except (RedisError, OSError, NodeUnreachable) as exc:
+                # any other refusal (the inbox key overwritten with another type: WRONGTYPE) is
+                # retried as Redis being away is: a reader that ended here would leave every call
+                # to this node to time out, and nobody would hear why
                 if self._closing:
                     return
                 if not failing:
