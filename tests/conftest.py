@@ -3,8 +3,10 @@
 A hung asyncio test shows only its loop idle in epoll in the threads' stacks; what it waits for is in
 its tasks. So a watchdog thread, a little before the test's limit (`timeout` in pyproject.toml),
 prints every unfinished task and where its coroutine is suspended, then cancels those tasks: the test
-fails with CancelledError and its fixtures are torn down, and the run goes on. If that does not end
-it either, pytest-timeout (thread method) ends the worker at the limit. That is the last resort only:
+fails with CancelledError and its fixtures are torn down, and the run goes on. A test that the
+cancelling lets end as if nothing happened (a close() that took the cancellation for a task's it
+awaits, and returned) fails all the same: its run was hung, and a hang that passes is seen by nobody.
+If that does not end it either, pytest-timeout (thread method) ends the worker at the limit. That is the last resort only:
 xdist (`--dist loadfile`) gives a crashed worker's file, the hung test included, to a new worker, and
 does so up to eight times.
 """
@@ -19,7 +21,10 @@ from typing import Any
 
 import pytest
 
+from gb28181gw.stopping import where
+
 DUMP_AHEAD = 30.0  # seconds before pytest-timeout's own dump and exit
+_HUNG = pytest.StashKey[str]()  # set by the watchdog: why the phase running then fails
 
 
 def _limit(item: pytest.Item) -> float:
@@ -41,7 +46,12 @@ def _unfinished_tasks() -> list[asyncio.Task[Any]]:
     return []
 
 
-def _dump_tasks(nodeid: str, limit: float) -> None:
+def _dump_tasks(item: pytest.Item, limit: float) -> None:
+    nodeid = item.nodeid
+    item.stash[_HUNG] = (
+        f"{nodeid} hung: still running after {limit - DUMP_AHEAD:.0f} s, its asyncio tasks were cancelled by "
+        "tests/conftest.py's watchdog (their stacks are in the captured stderr)"
+    )
     out = sys.__stderr__
     if out is None:
         return
@@ -54,6 +64,8 @@ def _dump_tasks(nodeid: str, limit: float) -> None:
         print(f"--- {task!r}", file=out)
         try:
             task.print_stack(limit=20, file=out)
+            # print_stack shows the task's outermost coroutine only: the awaits below it too
+            print(f"    awaiting: {where(task)}", file=out)
         except Exception as exc:  # a task finishing while it is printed
             print(f"    (stack unavailable: {exc!r})", file=out)
     out.flush()
@@ -72,7 +84,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     limit = _limit(item)
     timer = None
     if limit > DUMP_AHEAD:
-        timer = threading.Timer(limit - DUMP_AHEAD, _dump_tasks, args=(item.nodeid, limit))
+        timer = threading.Timer(limit - DUMP_AHEAD, _dump_tasks, args=(item, limit))
         timer.daemon = True
         timer.start()
     try:
@@ -80,3 +92,15 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     finally:
         if timer is not None:
             timer.cancel()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, object, object]:
+    report = yield
+    hung = item.stash.get(_HUNG, "")
+    if hung and isinstance(report, pytest.TestReport):
+        del item.stash[_HUNG]  # the phase that hung fails; the next ones are told as they are
+        if report.passed:
+            report.outcome = "failed"
+            report.longrepr = hung
+    return report

@@ -26,12 +26,14 @@ ALLOWED: dict[str, set[str]] = {
     "sdp": {"errors"},
     "media": {"errors", "media"},
     "gb": {"errors", "divisions", "ids", "deadlines", "sip", "sdp", "media", "manscdp", "gb"},
-    "store": {"errors", "ids", "access", "audit", "gb", "store"},
-    "net": set(CORE) | {"net", "logs", "metrics", "config"},
+    "store": {"errors", "ids", "access", "audit", "gb", "store", "stopping"},
+    "net": set(CORE) | {"net", "logs", "metrics", "config", "stopping"},
     "metrics": {"metrics"},
     "logs": set(),
-    "relay": set(CORE) | {"relay", "logs"},
-    "services": set(CORE) | {"net", "relay", "store", "metrics", "logs", "services", "config"},
+    "relay": set(CORE) | {"relay", "logs", "stopping"},
+    "services": set(CORE) | {"net", "relay", "store", "metrics", "logs", "services", "config", "stopping"},
+    # shell helper (asyncio) below every other shell part: stopping a task in bounded time
+    "stopping": set(),
     "config": {"errors", "ids", "divisions"},
 }
 

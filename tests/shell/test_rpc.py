@@ -228,6 +228,32 @@ async def test_redis_killed_mid_call_is_a_clear_error_then_calls_work_again(redi
         await n2.close()
 
 
+async def test_an_inbox_redis_refuses_to_read_is_retried_and_served_again_once_repaired(
+    redis: RedisServer, raw: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    await live(raw, "n1", "n2")
+    n1, n2 = await node(redis, "n1"), await node(redis, "n2", stream_open=Echo())
+    try:
+        assert (await n1.call("n2", "stream.open", {"i": 1}))["echo"] == {"i": 1}
+        # n2's inbox overwritten with a string: every XREADGROUP is refused (WRONGTYPE), which
+        # ended n2's reader for good, and every later call to n2 timed out without a word why
+        await raw.delete("gbgw:rpc:n2")
+        await raw.set("gbgw:rpc:n2", "not a stream")
+        await wait_for(lambda: any("cannot be read" in r.getMessage() for r in caplog.records), 10)
+        await raw.delete("gbgw:rpc:n2")  # repaired: the group is made again (NOGROUP) and calls read
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                got = await n1.call("n2", "stream.open", {"i": 2}, timeout=2)
+                break
+            except (RpcTimeout, NodeUnreachable):
+                assert time.monotonic() < deadline, "n2 never served calls again: its inbox reader ended"
+        assert got["echo"] == {"i": 2}
+    finally:
+        await n1.close()
+        await n2.close()
+
+
 async def test_streams_are_trimmed(redis: RedisServer, raw: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     import gb28181gw.store.rpc as rpc_module
 

@@ -37,6 +37,7 @@ from gb28181gw.audit import (
 )
 from gb28181gw.errors import RequestRefused, StoreError, StoreRecordError
 from gb28181gw.metrics import AUDIT_RECORDS, AUDIT_UNWRITTEN, Metrics
+from gb28181gw.stopping import check_cancelled, stop_task
 from gb28181gw.store.base import Store
 
 __all__ = ["ACTOR", "MAX_UNWRITTEN", "AuditService", "ChainReport", "acting", "audited", "result_of"]
@@ -188,12 +189,16 @@ class AuditService:
         """Write what is queued (as far as the store takes it) and stop."""
         self._stopping = True
         self._wake.set()
-        for task in self._tasks:
-            # a writer in the middle of a batch finishes it and the rest, then ends by itself:
-            # cancelled, its batch would stay queued though the store has it
-            if task.get_name() != "audit-writer" or not self._writing:
-                task.cancel()
-        for task in self._tasks:
+        # a writer in the middle of a batch finishes it and the rest, then ends by itself:
+        # cancelled, its batch would stay queued though the store has it
+        finishing = [t for t in self._tasks if t.get_name() == "audit-writer" and self._writing]
+        stopping = [t for t in self._tasks if t not in finishing]
+        for task in stopping:
+            task.cancel()  # before the writer, woken above, can start a batch
+        for task in stopping:
+            # not just awaited: a sweep cancelled as its command is sent runs on (stopping.py)
+            await stop_task(task, what=task.get_name())
+        for task in finishing:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
@@ -347,6 +352,7 @@ class AuditService:
 
     async def _sweeper(self) -> None:
         while True:
+            check_cancelled()
             try:
                 await self.prune()
             except StoreError as exc:

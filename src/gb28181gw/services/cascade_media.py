@@ -115,6 +115,7 @@ from gb28181gw.sip.events import RequestCancelled, RequestReceived
 from gb28181gw.sip.message import Request, Response, make_response
 from gb28181gw.sip.peer import Peer
 from gb28181gw.sip.transaction import Transaction
+from gb28181gw.stopping import check_cancelled, stop_task
 from gb28181gw.store.rpc import RedisRpc
 
 from .audit import AuditService, acting, result_of
@@ -268,9 +269,8 @@ class CascadeMediaService:
     async def stop(self) -> None:
         """Refuse INVITEs still waiting (503), BYE every superior dialog, release every consumer."""
         if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+            # not cancel() and await: a look cancelled as its command is sent runs on (stopping.py)
+            await stop_task(self._watch, what="the watch on the nodes serving streams")
             self._watch = None
         for served in list(self.pending.values()):
             self._stop_waiting(served, 503)
@@ -1098,6 +1098,7 @@ class CascadeMediaService:
         loop = asyncio.get_running_loop()
         missing: dict[str, float] = {}  # node → when its claim was first seen missing
         while True:
+            check_cancelled()
             await asyncio.sleep(WATCH_INTERVAL)
             nodes = {node for node, _, _ in self.remote} | set(self.exported.values())
             if not nodes:

@@ -39,6 +39,7 @@ from gb28181gw.net.router import PASS, Passed
 from gb28181gw.net.stack import SipStack
 from gb28181gw.sip.events import RequestReceived
 from gb28181gw.sip.message import make_response
+from gb28181gw.stopping import check_cancelled, stop_task
 
 if TYPE_CHECKING:
     from gb28181gw.store.nodes import RedisNodes  # redis-py: only with the redis store
@@ -107,11 +108,8 @@ class NodeService:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            # not cancel() and await: a read cancelled as its command is sent runs on (stopping.py)
+            await stop_task(self._task, what="the live nodes' refresh")
             self._task = None
         if self.nodes is not None:
             await self.nodes.close()
@@ -144,6 +142,7 @@ class NodeService:
 
     async def _refresh_loop(self) -> None:
         while True:
+            check_cancelled()
             await asyncio.sleep(self.refresh)
             try:
                 await self._read()

@@ -80,6 +80,7 @@ from gb28181gw.sip.events import RequestReceived
 from gb28181gw.sip.message import make_response
 from gb28181gw.sip.peer import Peer
 from gb28181gw.sip.quick import QuickRequest
+from gb28181gw.stopping import check_cancelled, stop_task
 from gb28181gw.store.base import Cluster, DeviceNotice, SingleNode, Store
 
 from .audit import AuditService
@@ -275,11 +276,8 @@ class RegistrarService:
             for ban in self.registrar.bans.active(self._loop.time()):
                 self._bans_to_save[ban.key] = ban
         if self._flusher is not None:
-            self._flusher.cancel()
-            try:
-                await self._flusher
-            except asyncio.CancelledError:
-                pass
+            # not cancel() and await: a batch cancelled as it is sent to Redis runs on (stopping.py)
+            await stop_task(self._flusher, what="the registrar's write-behind")
             self._flusher = None
         try:
             await self.flush()
@@ -384,6 +382,7 @@ class RegistrarService:
         loop = self._loop or asyncio.get_running_loop()
         next_heartbeats = loop.time() + self.keepalive_flush_interval
         while True:
+            check_cancelled()
             await asyncio.sleep(self.flush_interval)
             heartbeats = loop.time() >= next_heartbeats
             if heartbeats:

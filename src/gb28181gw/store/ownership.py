@@ -87,6 +87,7 @@ from redis.exceptions import RedisError
 from gb28181gw.errors import StoreError, StoreRecordError
 from gb28181gw.gb.model import Device, DeviceState
 from gb28181gw.gb.ownership import Follow, NodeWatch, Owner, Ownership, StreamId, follow_verdict, parse_stream_id
+from gb28181gw.stopping import check_cancelled, stop_task
 from gb28181gw.store.base import DeviceNotice, Learnt, WriteResult
 from gb28181gw.store.redis import (
     DEVICE_LAYOUT,
@@ -489,11 +490,8 @@ class RedisCluster:
 
     async def stop(self) -> None:
         if self._janitor is not None:
-            self._janitor.cancel()
-            try:
-                await self._janitor
-            except asyncio.CancelledError:
-                pass
+            # not cancel() and await: a round cancelled as a command is sent runs on (stopping.py)
+            await stop_task(self._janitor, what=f"node {self.node}'s janitor")
             self._janitor = None
 
     # --- the registrar's side ------------------------------------------------------------
@@ -711,6 +709,7 @@ class RedisCluster:
         loop = asyncio.get_running_loop()
         failing = False
         while True:
+            check_cancelled()
             await asyncio.sleep(self.janitor_interval)
             try:
                 await self._measure_clock(self.store._r())

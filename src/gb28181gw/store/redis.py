@@ -96,6 +96,7 @@ from gb28181gw.audit import GENESIS, Anchor, AuditEntry, AuditQuery, AuditRecord
 from gb28181gw.errors import StoreError, StoreRecordError, redact_url
 from gb28181gw.gb.ledger import LedgerEntry
 from gb28181gw.gb.model import BAN_FIELDS, Alarm, Ban, Channel, Device, Override, ShareEntry
+from gb28181gw.stopping import check_cancelled, stop_task
 from gb28181gw.store.base import device_rows, params_json, stored_audit
 
 T = TypeVar("T")
@@ -534,6 +535,7 @@ class RedisStore:
         key, ttl, failing = self._k(f"node:{self.node}"), int(self.claim_ttl * 1000), False
         script = self._script(_RENEW)
         while True:
+            check_cancelled()
             await asyncio.sleep(self.claim_ttl / 3)
             try:
                 answer = await script(keys=[key], args=[self._claim, ttl])
@@ -602,11 +604,8 @@ class RedisStore:
 
     async def close(self) -> None:
         if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            try:
-                await self._heartbeat
-            except asyncio.CancelledError:
-                pass
+            # not cancel() and await: a renewal cancelled as its command is sent runs on (stopping.py)
+            await stop_task(self._heartbeat, what=f"node {self.node}'s claim renewal")
             self._heartbeat = None
         if self._redis is not None:
             if self.node:

@@ -65,6 +65,7 @@ from gb28181gw.errors import (
     redact_url,
 )
 from gb28181gw.gb.rpc import CONTROL_TIMEOUT, Answer, AnswerCache, Call, Decision
+from gb28181gw.stopping import check_cancelled
 from gb28181gw.store.redis import PREFIX, connect
 
 log = logging.getLogger("gb28181gw.rpc")
@@ -210,8 +211,10 @@ class RedisRpc:
                 task.cancel()
             if self._blocking is not None:
                 # a reader cancelled inside redis-py's blocking read waits for its connection to be
-                # let go of: closing the connections under it ends the read at once
-                await self._blocking.connection_pool.disconnect(inuse_connections=True)
+                # let go of: closing the connections under it ends the read at once (each close is
+                # bounded by the connect timeout; one that fails must not stop the closing)
+                with contextlib.suppress(RedisError, OSError):
+                    await self._blocking.connection_pool.disconnect(inuse_connections=True)
             _done, pending = await asyncio.wait(pending, timeout=CLOSE_TIMEOUT)
         if pending:
             log.warning("calls between nodes: tasks still running after close", extra={"tasks": len(pending)})
@@ -336,6 +339,7 @@ class RedisRpc:
     async def _read_replies(self, last: bytes) -> None:
         failing = False
         while True:
+            check_cancelled()  # a cancellation lost in a command (stopping.py) ends the reader here
             try:
                 got = await self._blocking.xread({self.replies: last}, count=BATCH, block=BLOCK_MS)
             except (RedisError, OSError) as exc:
@@ -386,21 +390,24 @@ class RedisRpc:
         failing = False
         next_reclaim = 0.0
         while True:
+            check_cancelled()
             try:
                 if time.monotonic() >= next_reclaim:
                     await self._reclaim()
                     next_reclaim = time.monotonic() + RECLAIM_INTERVAL
                 got = await self._blocking.xreadgroup(GROUP, self.node, {self.inbox: ">"}, count=BATCH, block=BLOCK_MS)
-            except ResponseError as exc:
-                if "NOGROUP" in str(exc) and not self._closing:  # Redis restarted empty: the group is made again
+            except (RedisError, OSError, NodeUnreachable) as exc:
+                if isinstance(exc, ResponseError) and "NOGROUP" in str(exc) and not self._closing:
+                    # Redis restarted empty: the group is made again
                     log.warning("inbox group missing (Redis restarted?); made again", extra={"node": self.node})
                     try:
                         await self._make_group()
                     except (RedisError, OSError):
                         await asyncio.sleep(RETRY_INTERVAL)
                     continue
-                raise
-            except (RedisError, OSError, NodeUnreachable) as exc:
+                # any other refusal (the inbox key overwritten with another type: WRONGTYPE) is
+                # retried as Redis being away is: a reader that ended here would leave every call
+                # to this node to time out, and nobody would hear why
                 if self._closing:
                     return
                 if not failing:
