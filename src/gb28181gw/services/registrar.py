@@ -264,11 +264,7 @@ class RegistrarService:
         """Write everything still pending and stop the timers."""
         self._timer.cancel()
         if self._learner is not None:
-            self._learner.cancel()
-            try:
-                await self._learner
-            except asyncio.CancelledError:
-                pass
+            await stop_task(self._learner, what="the learner of other nodes' devices")
             self._learner = None
         await self.cluster.stop()
         if self.persist_bans and self._loop is not None:
@@ -407,6 +403,7 @@ class RegistrarService:
     async def _learn_loop(self) -> None:
         failing = False
         while True:
+            check_cancelled()
             try:
                 while await self._learn():
                     pass  # a full chunk: more entries wait
