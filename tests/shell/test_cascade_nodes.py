@@ -37,7 +37,7 @@ from tests.process import free_port, serve, wait_ready
 from tests.redis_server import RedisServer, require_redis_py
 
 from .conftest import start_gateway, start_gateway_from
-from .test_devices import NVR, finished, free_udp_port, play_device
+from .test_devices import NVR, finished, free_udp_port, kill, play_device
 from .test_devices import register as register_at
 from .test_store_redis import register
 from .test_streams import DEVICE_BYE, DEVICE_SSRC, answer, scenario
@@ -132,7 +132,9 @@ def metrics(admin: int) -> str:
         return str(resp.read().decode())
 
 
-def stop(proc: subprocess.Popen[str]) -> str:
+def stop(proc: subprocess.Popen[str] | None) -> str:
+    if proc is None:
+        return ""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     try:
@@ -189,7 +191,7 @@ class Nodes:
         wait_ready(f"http://127.0.0.1:{self.b_admin}", self.b)
 
     def close(self) -> tuple[str, str]:
-        return (stop(self.a) if self.a else "", stop(self.b) if self.b else "")
+        return stop(self.a), stop(self.b)
 
 
 @pytest.fixture
@@ -218,6 +220,26 @@ async def own(redis: RedisServer, device: str, node: str) -> None:
         await r.hset("gbgw:owner", device, f"1 {node}")
     finally:
         await r.aclose()
+
+
+async def device_at_b(tmp_path: Path, redis: RedisServer, b: Gateway) -> int:
+    """The NVR registered at B, CH in the store and B's memory, the owner hash naming B: the NVR's SIP port."""
+    await seed_channel(redis)
+    port = free_udp_port()
+    await register_at(b, tmp_path, port)
+    b.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
+    await own(redis, NVR, "nB")
+    return port
+
+
+async def stop_all(
+    a: Gateway, b: Gateway, receiver: UdpConsumer, device: asyncio.subprocess.Process | None = None
+) -> None:
+    """The end of an in-process test: the receiver closed, both nodes stopped, the device killed if it is still on."""
+    receiver.close()
+    await a.stop()
+    await b.stop()
+    await kill(device)
 
 
 async def invite(sup: Superior, sip_port: int, call_id: str, port: int) -> Response:
@@ -307,9 +329,7 @@ async def test_superior_invite_at_a_gets_media_from_b_bye_closes_it_and_b_killed
     finally:
         receiver.close()
         a_out, b_out = nodes.close()
-        if device is not None and device.returncode is None:
-            device.kill()
-            await device.wait()
+        await kill(device)
     assert "Traceback" not in a_out, a_out[-4000:]
 
 
@@ -347,11 +367,7 @@ async def test_the_device_ending_its_stream_at_b_is_a_bye_from_a(
     a, b = await inproc_nodes(tmp_path, redis, superior.port)
     receiver = await UdpConsumer.start()
     try:
-        await seed_channel(redis)
-        port = free_udp_port()
-        await register_at(b, tmp_path, port)
-        b.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
-        await own(redis, NVR, "nB")
+        port = await device_at_b(tmp_path, redis, b)
         device = await play_device(scenario(answer(), tail=DEVICE_BYE), port, tmp_path, "device")
         ok = await invite(superior, a.stack.port, "first", receiver.port)
         assert ok.status == 200, ok
@@ -367,9 +383,7 @@ async def test_the_device_ending_its_stream_at_b_is_a_bye_from_a(
         await wait_for(lambda: not b.streams.streams and not b.cascade_media.exported, 5)
         assert b.rpc is not None and b.rpc.calls[("cascade.gone", "ok")] == 1
     finally:
-        receiver.close()
-        await a.stop()
-        await b.stop()
+        await stop_all(a, b, receiver)
 
 
 async def test_b_refusing_is_passed_up_by_a_and_nothing_is_left(
@@ -405,11 +419,7 @@ async def test_b_stopping_cleanly_is_a_bye_from_a_at_once(
     receiver = await UdpConsumer.start()
     b_stopped = False
     try:
-        await seed_channel(redis)
-        port = free_udp_port()
-        await register_at(b, tmp_path, port)
-        b.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
-        await own(redis, NVR, "nB")
+        port = await device_at_b(tmp_path, redis, b)
         device = await play_device(scenario(answer()), port, tmp_path, "device")
         ok = await invite(superior, a.stack.port, "first", receiver.port)
         assert ok.status == 200, ok
@@ -441,11 +451,7 @@ async def test_redis_restarted_mid_stream_cuts_nothing_and_the_bye_still_closes_
     receiver = await UdpConsumer.start()
     device = None
     try:
-        await seed_channel(redis)
-        port = free_udp_port()
-        await register_at(b, tmp_path, port)
-        b.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
-        await own(redis, NVR, "nB")
+        port = await device_at_b(tmp_path, redis, b)
         device = await play_device(scenario(answer()), port, tmp_path, "device")
         ok = await invite(superior, a.stack.port, "first", receiver.port)
         assert ok.status == 200, ok
@@ -466,13 +472,9 @@ async def test_redis_restarted_mid_stream_cuts_nothing_and_the_bye_still_closes_
         await wait_for(lambda: not b.cascade_media.exported and not b.streams.streams, 15)
         assert not a.cascade_media.dialogs and not a.cascade_media.remote
     finally:
-        receiver.close()
-        await a.stop()
-        await b.stop()
+        await stop_all(a, b, receiver)
         redis.stop()
-        if device is not None and device.returncode is None:
-            device.kill()
-            await device.wait()
+        await kill(device)
 
 
 async def test_redis_restarted_empty_mid_stream_the_holder_keeps_its_lease_registration_and_stream(
@@ -494,11 +496,7 @@ async def test_redis_restarted_empty_mid_stream_the_holder_keeps_its_lease_regis
         assert a_link.lease is not None and b_link.lease is not None
         await wait_for(lambda: a_link.machine.registered and b_link.lease is not None and b_link.lease.holder == "nA")
         assert superior.registers() == 1
-        await seed_channel(redis)
-        port = free_udp_port()
-        await register_at(b, tmp_path, port)
-        b.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
-        await own(redis, NVR, "nB")
+        port = await device_at_b(tmp_path, redis, b)
         device = await play_device(scenario(answer(ssrc=f"{DEVICE_SSRC:010d}")), port, tmp_path, "device")
         ok = await invite(superior, a.stack.port, "first", receiver.port)
         assert ok.status == 200, ok
@@ -540,9 +538,7 @@ async def test_redis_restarted_empty_mid_stream_the_holder_keeps_its_lease_regis
             camera.close()
         await a.stop()
         await b.stop()
-        if device is not None and device.returncode is None:
-            device.kill()
-            await device.wait()
+        await kill(device)
 
 
 async def test_a_device_arriving_at_a_started_node_brings_its_stored_channels(

@@ -15,15 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from gb28181gw.gb.model import Channel
 from gb28181gw.sip.message import Request, Response
 from tests.media import UdpConsumer, decode_h264, gb_ps, packetize, send_udp, wait_for
 from tests.redis_server import RedisServer
 
 from .conftest import sipp_scenario
-from .test_cascade_nodes import SUPERIOR, Superior, inproc_nodes, own, seed_channel, superior, superior_request
-from .test_devices import NVR, finished, free_udp_port, play_device
-from .test_devices import register as register_at
+from .test_cascade_nodes import SUPERIOR, Superior, device_at_b, inproc_nodes, stop_all, superior, superior_request
+from .test_devices import finished, play_device
 from .test_playback_service import SPAN, device_scenario, info_part
 from .test_streams import CH, WE_BYE
 
@@ -72,11 +70,7 @@ async def test_playback_at_a_of_bs_device_is_sent_controlled_and_ended_by_b(
     receiver = await UdpConsumer.start()
     device = None
     try:
-        await seed_channel(redis)
-        port = free_udp_port()
-        await register_at(b, tmp_path, port)
-        b.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
-        await own(redis, NVR, "nB")
+        port = await device_at_b(tmp_path, redis, b)
         then = info_part(
             "^PAUSE RTSP/1.0..CSeq: 1..PauseTime: now..$", answer="RTSP/1.0 200 OK\r\nCSeq: 1\r\n", name="p1"
         ) + sipp_scenario("parts/media_status.xml", pause=1500, sender=CH, from_tag="[pid]dev")
@@ -121,12 +115,7 @@ async def test_playback_at_a_of_bs_device_is_sent_controlled_and_ended_by_b(
         assert b.rpc is not None and b.rpc.served[("cascade.control", "ok")] == 1
         assert a.rpc is not None and a.rpc.served[("cascade.media_status", "ok")] == 1
     finally:
-        receiver.close()
-        await a.stop()
-        await b.stop()
-        if device is not None and device.returncode is None:
-            device.kill()
-            await device.wait()
+        await stop_all(a, b, receiver, device)
 
 
 async def test_the_superiors_bye_at_a_stops_the_playback_at_b_where_live_streams_linger(
@@ -136,11 +125,7 @@ async def test_the_superiors_bye_at_a_stops_the_playback_at_b_where_live_streams
     receiver = await UdpConsumer.start()
     device = None
     try:
-        await seed_channel(redis)
-        port = free_udp_port()
-        await register_at(b, tmp_path, port)
-        b.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
-        await own(redis, NVR, "nB")
+        port = await device_at_b(tmp_path, redis, b)
         device = await play_device(device_scenario("Playback", WE_BYE, ""), port, tmp_path, "device")
         ok = await playback_at_a(superior, a.stack.port, receiver)
         await wait_for(lambda: bool(b.cascade_media.exported), 5)
@@ -149,12 +134,7 @@ async def test_the_superiors_bye_at_a_stops_the_playback_at_b_where_live_streams
         await wait_for(lambda: not b.streams.streams and not b.cascade_media.exported, 5)
         assert not a.cascade_media.dialogs and superior.byes() == []
     finally:
-        receiver.close()
-        await a.stop()
-        await b.stop()
-        if device is not None and device.returncode is None:
-            device.kill()
-            await device.wait()
+        await stop_all(a, b, receiver, device)
 
 
 def in_dialog(sup: Superior, sip_port: int, to_tag: str, method: str, cseq: int, rtsp: str = "") -> None:
@@ -174,11 +154,7 @@ async def test_the_device_at_b_refusing_or_silent_to_a_control_is_the_superiors_
     receiver = await UdpConsumer.start()
     device = None
     try:
-        await seed_channel(redis)
-        port = free_udp_port()
-        await register_at(b, tmp_path, port)
-        b.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
-        await own(redis, NVR, "nB")
+        port = await device_at_b(tmp_path, redis, b)
         silent = '<ereg regexp="^PLAY RTSP/1.0..CSeq: 2..Range: npt=now-..$" search_in="body" check_it="true" assign_to="p2"/>'
         then = (
             info_part("^PAUSE RTSP/1.0..CSeq: 1..PauseTime: now..$", status="400 Bad Request", name="p1")
@@ -206,9 +182,4 @@ async def test_the_device_at_b_refusing_or_silent_to_a_control_is_the_superiors_
         await finished(device)
         await wait_for(lambda: not b.streams.streams and not b.cascade_media.exported, 5)
     finally:
-        receiver.close()
-        await a.stop()
-        await b.stop()
-        if device is not None and device.returncode is None:
-            device.kill()
-            await device.wait()
+        await stop_all(a, b, receiver, device)

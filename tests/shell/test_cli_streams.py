@@ -22,8 +22,13 @@ pytestmark = pytest.mark.sipp
 
 async def cli(gw: Gateway, *args: str) -> asyncio.subprocess.Process:
     assert gw.admin is not None
+    return await cli_at(gw.admin.port, *args)
+
+
+async def cli_at(admin: int, *args: str) -> asyncio.subprocess.Process:
+    """``python -m gb28181gw <args>`` against the admin API at 127.0.0.1:``admin``, its output piped."""
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gb28181gw", *args, "--admin", f"http://127.0.0.1:{gw.admin.port}",
+        sys.executable, "-m", "gb28181gw", *args, "--admin", f"http://127.0.0.1:{admin}",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env={**os.environ, "COLUMNS": "250"},
     )  # fmt: skip
 

@@ -85,6 +85,14 @@ async def finished(proc: asyncio.subprocess.Process) -> str:
     return text
 
 
+async def kill(*procs: asyncio.subprocess.Process | None) -> None:
+    """Each process that is still running killed and waited for (a test's finally: no SIPp left behind)."""
+    for proc in procs:
+        if proc is not None and proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 @pytest.fixture
 async def gw() -> Gateway:
     gateway = await start_gateway()

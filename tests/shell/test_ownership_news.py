@@ -9,7 +9,7 @@ it is given every row instead, so that a missed event never leaves its view stal
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -18,22 +18,14 @@ from gb28181gw.gb.model import DeviceState
 from gb28181gw.store.base import DeviceNotice
 from tests.redis_server import RedisServer, module_server
 
-from .test_ownership_redis import D1, D2, D3, Nodes, online
+from .test_ownership_redis import D1, D2, D3, Nodes, nodes, online
+
+__all__ = ["nodes"]  # the fixture, used by name
 
 
 @pytest.fixture(scope="module")
 def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     yield from module_server(tmp_path_factory)
-
-
-@pytest.fixture
-async def nodes(redis: RedisServer) -> AsyncIterator[Nodes]:
-    redis.flush()
-    n = Nodes(redis)
-    try:
-        yield n
-    finally:
-        await n.close()
 
 
 async def register(node: object, device_id: str, at: float, host: str = "10.0.0.1") -> None:

@@ -17,10 +17,7 @@ The playback forwarding and the finding of a stream by asking the nodes run in o
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -36,7 +33,9 @@ from tests.process import free_port, serve, wait_ready
 from tests.redis_server import RedisServer
 
 from .conftest import sipp_scenario, start_gateway
-from .test_devices import NVR, finished, free_udp_port, play_device
+from .test_cascade_nodes import seed_channel, stop
+from .test_cli_streams import cli_at, output
+from .test_devices import NVR, finished, free_udp_port, kill, play_device
 from .test_devices import register as register_at
 from .test_playback_service import SPAN, device_scenario, info_part
 from .test_store_redis import register
@@ -57,16 +56,6 @@ async def http(admin: int, method: str, path: str, body: Any = None) -> tuple[in
             return resp.status, await resp.json()
 
 
-async def seed_channel(redis: RedisServer) -> None:
-    """CH in the shared store, as the device's node's catalog would have written it."""
-    r = Redis.from_url(redis.url)
-    try:
-        await r.hset(f"gbgw:channels:{NVR}", CH, '["gate", "ON", "' + NVR + '", {}]')
-        await r.sadd("gbgw:channels", NVR)
-    finally:
-        await r.aclose()
-
-
 async def redis_get(redis: RedisServer, command: str, *args: str) -> Any:
     r = Redis.from_url(redis.url)
     try:
@@ -84,20 +73,6 @@ async def owned_by_b(redis: RedisServer) -> None:
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"B does not own the NVR: {owner!r}")
-
-
-def stop(proc: subprocess.Popen[str] | None) -> str:
-    if proc is None:
-        return ""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.communicate(timeout=20)[0]
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.communicate()[0]
-    except ValueError:
-        return ""
 
 
 class Nodes:
@@ -209,23 +184,7 @@ async def test_a_viewer_asking_a_gets_the_stream_of_bs_device_from_b_and_a_lists
         assert status == 410 and gone["node"] == "nB" and "stopped by operator" in gone["reason"], gone
     finally:
         receiver.close()
-        if device is not None and device.returncode is None:
-            device.kill()
-            await device.wait()
-
-
-async def cli(admin: int, *args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gb28181gw", *args, "--admin", f"http://127.0.0.1:{admin}",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env={**os.environ, "COLUMNS": "250"},
-    )  # fmt: skip
-
-
-async def output(proc: asyncio.subprocess.Process) -> str:
-    out, _ = await asyncio.wait_for(proc.communicate(), 30)
-    text = out.decode(errors="replace")
-    assert proc.returncode == 0, text
-    return text
+        await kill(device)
 
 
 async def test_gb28181gw_play_at_a_records_bs_device_and_streams_at_a_names_b(tmp_path: Path, nodes: Nodes) -> None:
@@ -236,7 +195,7 @@ async def test_gb28181gw_play_at_a_records_bs_device_and_streams_at_a_names_b(tm
         device_port = await nodes.device_at_b(tmp_path)
         device = await play_device(scenario(answer(ssrc=f"{DEVICE_SSRC:010d}")), device_port, tmp_path, "device")
         out = tmp_path / "out.ps"
-        proc = player = await cli(nodes.a_admin, "play", CH, "--seconds", "3", "-o", str(out))
+        proc = player = await cli_at(nodes.a_admin, "play", CH, "--seconds", "3", "-o", str(out))
 
         async def at_b() -> list[dict[str, Any]]:
             status, listing = await http(nodes.b_admin, "GET", "/streams")
@@ -249,7 +208,7 @@ async def test_gb28181gw_play_at_a_records_bs_device_and_streams_at_a_names_b(tm
         (st,) = await at_b()
         assert st["consumers"][0]["label"] == "cli"
         await send_udp(packetize(ps, DEVICE_SSRC, mtu=1000), st["port"])
-        listing = await output(await cli(nodes.a_admin, "streams"))
+        listing = await output(await cli_at(nodes.a_admin, "streams"))
         header, *rows = listing.splitlines()  # piped: tab-separated, the node last
         assert header.endswith("\tnode") and len(rows) == 1 and rows[0].endswith("\tnB"), listing
         assert rows[0].startswith(f"{st['id']}\t{CH}\t")
@@ -259,10 +218,7 @@ async def test_gb28181gw_play_at_a_records_bs_device_and_streams_at_a_names_b(tm
         await finished(device)  # the CLI left through A, linger 0: B BYEs the device
         device = None
     finally:
-        for process in (player, device):
-            if process is not None and process.returncode is None:
-                process.kill()
-                await process.wait()
+        await kill(player, device)
 
 
 @pytest.mark.parametrize("nodes", [("--set", "node.claim_seconds=3")], indirect=True)
@@ -275,7 +231,7 @@ async def test_gb28181gw_play_at_a_ends_in_words_when_b_dies_mid_stream(tmp_path
         device_port = await nodes.device_at_b(tmp_path)
         device = await play_device(scenario(answer(ssrc=f"{DEVICE_SSRC:010d}")), device_port, tmp_path, "device")
         out = tmp_path / "out.ps"
-        proc = player = await cli(nodes.a_admin, "play", CH, "--seconds", "120", "-o", str(out))
+        proc = player = await cli_at(nodes.a_admin, "play", CH, "--seconds", "120", "-o", str(out))
         for _ in range(150):
             status, listing = await http(nodes.b_admin, "GET", "/streams")
             if status == 200 and any(s["consumers"] for s in listing["streams"]):
@@ -292,10 +248,7 @@ async def test_gb28181gw_play_at_a_ends_in_words_when_b_dies_mid_stream(tmp_path
         assert proc.returncode == 1 and "node nB is not live" in text, text
         assert decode_h264(out.read_bytes()) == FRAMES  # what came before is kept
     finally:
-        for process in (player, device):
-            if process is not None and process.returncode is None:
-                process.kill()
-                await process.wait()
+        await kill(player, device)
 
 
 async def test_b_killed_while_its_device_is_invited_is_504_naming_it_then_503_once_not_live(
@@ -350,9 +303,7 @@ async def test_b_killed_while_its_device_is_invited_is_504_naming_it_then_503_on
         assert status == 503 and refused["node"] == "nB", refused
     finally:
         receiver.close()
-        if device is not None and device.returncode is None:
-            device.kill()
-            await device.wait()
+        await kill(device)
 
 
 # --- in one process: playbacks, and a stream found by asking the nodes -------------------------
@@ -370,6 +321,16 @@ async def inproc(
     )  # fmt: skip
 
 
+async def inproc_device_at_b(tmp_path: Path, redis: RedisServer, b: Gateway) -> int:
+    """The NVR registered at B (in this process), CH in the store and B's memory, B its owner: the NVR's SIP port."""
+    await seed_channel(redis)
+    port = free_udp_port()
+    await register_at(b, tmp_path, port)
+    b.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
+    await owned_by_b(redis)
+    return port
+
+
 async def test_a_playback_of_bs_device_asked_at_a_is_opened_controlled_and_left_at_b(
     tmp_path: Path, redis: RedisServer
 ) -> None:
@@ -377,11 +338,7 @@ async def test_a_playback_of_bs_device_asked_at_a_is_opened_controlled_and_left_
     b = await inproc(redis, "nB", (42750, 42799), (5000, 9999))
     receiver = await UdpConsumer.start()
     try:
-        await seed_channel(redis)
-        port = free_udp_port()
-        await register_at(b, tmp_path, port)
-        b.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
-        await owned_by_b(redis)
+        port = await inproc_device_at_b(tmp_path, redis, b)
         await wait_for(lambda: a.nodes.view and {n.node_id for n in a.nodes.view} == {"nA", "nB"}, 10)
         then = info_part(
             "^PAUSE RTSP/1.0..CSeq: 1..PauseTime: now..$", answer="RTSP/1.0 200 OK\r\nCSeq: 1\r\n", name="p1"
@@ -445,11 +402,7 @@ async def test_a_stream_b_opens_after_as_deadline_is_not_sent_to_the_viewer_told
     b = await inproc(redis, "nB", (42750, 42799), (5000, 9999), invite_timeout=10)
     receiver = await UdpConsumer.start()
     try:
-        await seed_channel(redis)
-        port = free_udp_port()
-        await register_at(b, tmp_path, port)
-        b.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
-        await owned_by_b(redis)
+        port = await inproc_device_at_b(tmp_path, redis, b)
         await wait_for(lambda: {n.node_id for n in a.nodes.view} == {"nA", "nB"}, 10)
         late = sipp_scenario("invite_late_uas.xml", ch=CH, pause=4500, answer=answer(ssrc=f"{DEVICE_SSRC:010d}"))
         device = await play_device(late.encode(), port, tmp_path, "late")
@@ -475,11 +428,7 @@ async def test_a_download_of_bs_device_asked_at_a_runs_at_b_at_the_speed_asked_a
     b = await inproc(redis, "nB", (42750, 42799), (5000, 9999))
     receiver = await UdpConsumer.start()
     try:
-        await seed_channel(redis)
-        port = free_udp_port()
-        await register_at(b, tmp_path, port)
-        b.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
-        await owned_by_b(redis)
+        port = await inproc_device_at_b(tmp_path, redis, b)
         then = sipp_scenario("parts/media_status.xml", pause=1000, sender=CH, from_tag="[pid]dev")  # then B's BYE
         scenario = device_scenario("Download", then, "")
         scenario = scenario.replace(  # the speed asked at A reaches the device from B

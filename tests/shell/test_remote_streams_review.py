@@ -22,9 +22,10 @@ from tests.media import wait_for
 from tests.redis_server import RedisServer
 
 from .conftest import start_gateway
+from .test_cascade_nodes import seed_channel
 from .test_devices import NVR, free_udp_port
 from .test_devices import register as register_at
-from .test_remote_streams import http, owned_by_b, seed_channel
+from .test_remote_streams import http, owned_by_b
 from .test_streams import CH
 
 

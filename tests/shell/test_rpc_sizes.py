@@ -10,8 +10,7 @@ deadline for an answer that came.
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -19,26 +18,11 @@ from redis.asyncio import Redis
 
 from gb28181gw.errors import RpcRefused
 from gb28181gw.gb.rpc import Call
-from gb28181gw.store.rpc import RedisRpc
 from tests.redis_server import RedisServer
 
+from .test_rpc import live, node, raw
 
-@pytest.fixture
-async def raw(redis: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis.url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-async def _node(redis: RedisServer, raw: Redis, name: str, **handlers: Any) -> RedisRpc:
-    await raw.set(f"gbgw:node:{name}", json.dumps({"pid": 0}), px=60_000)
-    rpc = RedisRpc(redis.url, name)
-    for method, handler in handlers.items():
-        rpc.handle(method.replace("_", "."), handler)
-    await rpc.open()
-    return rpc
+__all__ = ["raw"]  # the fixture, used by name
 
 
 async def test_answers_and_calls_are_not_kept_in_redis_once_done(redis: RedisServer, raw: Redis) -> None:
@@ -47,8 +31,9 @@ async def test_answers_and_calls_are_not_kept_in_redis_once_done(redis: RedisSer
     async def listing(call: Call) -> Mapping[str, Any]:
         return {"streams": [big]}
 
-    n1 = await _node(redis, raw, "n1")
-    n2 = await _node(redis, raw, "n2", stream_list=listing)
+    await live(raw, "n1", "n2")
+    n1 = await node(redis, "n1")
+    n2 = await node(redis, "n2", stream_list=listing)
     try:
         for _ in range(20):
             got = await n1.call("n2", "stream.list", {"pad": "y" * 60_000})
@@ -79,8 +64,9 @@ async def test_an_answer_beyond_the_limit_is_refused_by_its_node_not_waited_for(
     async def listing(call: Call) -> Mapping[str, Any]:
         return {"streams": ["x" * 200_000]}
 
-    n1 = await _node(redis, raw, "n1")
-    n2 = await _node(redis, raw, "n2", stream_list=listing)
+    await live(raw, "n1", "n2")
+    n1 = await node(redis, "n1")
+    n2 = await node(redis, "n2", stream_list=listing)
     try:
         # was: the caller dropped the answer as unreadable and said "did not answer" after 20 s
         with pytest.raises(RpcRefused) as caught:
