@@ -34,7 +34,6 @@ from gb28181gw.admin.streams import StreamApi, add_stream_routes
 from gb28181gw.admin.tokens import add_token_routes
 from gb28181gw.config import Config, StoreSection, is_loopback, parse_time_zone
 from gb28181gw.errors import ConfigError, StoreError
-from gb28181gw.gb.model import DeviceState
 from gb28181gw.gb.registrar import DateFormat, RegistrarPolicy, parse_networks
 from gb28181gw.logs import RATE_LIMIT
 from gb28181gw.metrics import (
@@ -276,7 +275,8 @@ class Gateway:
     def status(self) -> dict[str, Any]:
         """What ``/api/v1/status`` and ``gb28181gw status`` show."""
         c = self.config
-        counts = self.registrar.devices.counts()
+        # a device another node serves (several nodes) is that node's to count, as in the metrics
+        counts = self.registrar.counts()
         return {
             "version": __version__,
             "gateway_id": c.gateway.id,
@@ -291,11 +291,7 @@ class Gateway:
                 "transactions_in_flight": self.endpoint.transactions_in_flight,
                 "tcp_connections": self.stack.tcp_connections,
             },
-            "devices": {
-                "known": len(self.registrar.devices),
-                "registered": counts[DeviceState.ONLINE] + counts[DeviceState.OFFLINE],
-                "online": counts[DeviceState.ONLINE],
-            },
+            "devices": counts,
             "streams": {
                 "active": len(self.streams.streams),
                 "consumers": sum(len(st.consumers) for st in self.streams.streams.values()),

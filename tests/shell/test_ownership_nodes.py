@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,6 +71,11 @@ class Node:
             if line.startswith(name) and not line.startswith("#"):
                 total += float(line.rsplit(" ", 1)[1])
         return total
+
+    def status(self) -> dict[str, Any]:
+        status, body = http_get(self.admin + "/api/v1/status")
+        assert status == 200, body
+        return dict(json.loads(body))
 
     def devices(self) -> list[dict[str, object]]:
         done = subprocess.run(
@@ -313,6 +319,17 @@ async def test_a_running_node_learns_devices_registering_moving_and_going_offlin
     assert not listed(c)["here"] and not listed(a)["here"] and listed(b)["here"]
     # served only at B: the others list it, they do not count it as theirs
     assert c.metric('gb28181gw_devices{state="online"}') == 0 and c.metric("gb28181gw_devices_owned") == 0
+    # nor does its status (``gb28181gw status``) say it has it online: B's does
+    assert (c.status()["devices"]["online"], b.status()["devices"]["online"]) == (0, 1)
+    assert c.status()["devices"]["known"] == 1
+    # changed at C (a new name): C's write of another node's device is dropped in Redis, and C's
+    # own record would go back to B's row with the next read: C refuses it, naming B
+    changed = subprocess.run(
+        [sys.executable, "-m", "gb28181gw", "device", "add", device, "--name", "renamed at C", "--admin", c.admin],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert changed.returncode != 0 and "served by node b" in changed.stderr, changed
+    assert listed(c).get("name", "") != "renamed at C"
     # re-homed to A: C, and B which let it go, see it at A, from A's address
     await register(a, [device], tmp_path, port=at_a, name="moved")
     await until(lambda: seen(c, "a", at_a, True) and seen(b, "a", at_a, True), 10, "B and C to learn of the move")

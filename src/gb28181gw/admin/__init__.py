@@ -433,7 +433,8 @@ def add_device_routes(
     shown as each listed device's ``node``. With ``remote`` (several nodes), requests acting on a
     device another node owns are made by that node (:mod:`gb28181gw.services.remote` lists which).
     ``served_elsewhere``: the live node other than this one that serves a device, if any: removing
-    it here is refused (409), since that node's next write of the device would put it back.
+    it here is refused (409), since that node's next write of the device would put it back; so is
+    changing it (``POST /devices``), since only that node's writes of it reach the shared store.
     """
 
     async def elsewhere(target_id: str) -> str | None:
@@ -480,6 +481,11 @@ def add_device_routes(
             return error_response(
                 400, "stream_mode must be udp, tcp-passive, tcp-active or default (media.stream_mode)"
             )
+        refused = await served_by_another(
+            device_id, "add", "changed here, it would be dropped: only that node writes it"
+        )
+        if refused is not None:
+            return refused
         created = device_id not in registrar.devices
         device = await registrar.provision(
             device_id,
@@ -495,22 +501,31 @@ def add_device_routes(
         # 201 for a new device, 200 for one that was changed; "created" says it to clients that see only the body
         return json_response({**_device_json(registrar, device), "created": created}, status=201 if created else 200)
 
+    async def served_by_another(device_id: str, verb: str, why: str) -> web.Response | None:
+        # a device another live node serves is written by that node only: a change made here is
+        # dropped by the fenced write (and this node's record goes back to that node's row with
+        # its next read of the shared store), a removal written back by that node's next batch
+        if served_elsewhere is None or registrar.cluster.owns(device_id):
+            return None
+        try:
+            node = await served_elsewhere(device_id)
+        except StoreError:
+            node = None  # Redis away: the store's own write says so
+        if node is None:
+            return None
+        return refused_response(
+            RequestRefused(
+                f"device {device_id} is served by node {node}: {why}",
+                RequestRefused.CONFLICT,
+                hint=f"do it at node {node} (gb28181gw device {verb} --admin <its admin address>)",
+            )
+        )
+
     async def remove_device(request: web.Request) -> web.Response:
         device_id = request.match_info["device_id"]
-        if served_elsewhere is not None and not registrar.cluster.owns(device_id):
-            try:
-                node = await served_elsewhere(device_id)
-            except StoreError:
-                node = None  # Redis away: the store's own delete says so
-            if node is not None:
-                return refused_response(
-                    RequestRefused(
-                        f"device {device_id} is served by node {node}: removed here, it would be written back "
-                        "by that node",
-                        RequestRefused.CONFLICT,
-                        hint=f"remove it at node {node} (gb28181gw device remove --admin <its admin address>)",
-                    )
-                )
+        refused = await served_by_another(device_id, "remove", "removed here, it would be written back by that node")
+        if refused is not None:
+            return refused
         if not await registrar.remove(device_id):
             return _no_device(device_id)
         devices.forget(device_id)

@@ -829,6 +829,15 @@ class RegistrarService:
         owns = self.cluster.owns
         return float(sum(1 for d in self.devices.values() if d.registered and owns(d.device_id)))
 
+    def counts(self) -> dict[str, int]:
+        """Devices known, registered here and online here (``gb28181gw status``): what the metrics count.
+
+        With several nodes another node's device is known here but counted by its own node; the
+        status counted it "online" at every node, the metrics at its own only.
+        """
+        states = self._states()
+        return {k: int(states[(k,)]) for k in ("known", "registered", "online")}
+
     def _states(self) -> dict[tuple[str, ...], float]:
         total = len(self.devices)
         if self.cluster.shared:
