@@ -20,7 +20,7 @@ from gb28181gw.gb.model import Device, DeviceState
 from gb28181gw.store.base import DeviceNotice
 from tests.redis_server import RedisServer, module_server
 
-from .test_ownership_redis import D1, D2, D3, Nodes, nodes, online
+from .test_ownership_redis import D1, D2, D3, Nodes, events, nodes, online
 
 __all__ = ["nodes"]  # the fixture, used by name
 
@@ -178,3 +178,60 @@ async def test_every_row_read_again_is_decoded_with_the_loop_turning_between_ste
         await task
     assert learnt.whole and len(learnt.devices) == count
     assert max(gaps) <= ROWS_PER_STEP, f"{max(gaps)} rows decoded without a turn of the loop"
+
+
+async def test_a_device_deleted_elsewhere_is_named_removed_and_only_when_its_row_is_still_gone(
+    nodes: Nodes, redis: RedisServer
+) -> None:
+    a, b = await nodes.node("a"), await nodes.node("b")
+    await register(a, D1, 100.0)
+    await register(a, D2, 101.0)
+    await b.news()
+    before = len(await events(a))
+    assert await a.store.delete_device(D1)
+    # the delete and its entry in one script: an entry means the row went
+    assert (await events(a))[before:] == [
+        {"device": D1, "event": "removed", "node": "", "at": (await events(a))[before]["at"]}
+    ]
+    learnt = await b.news()
+    assert not learnt.whole and learnt.devices == [] and learnt.removed == [D1]
+    # deleting what is not there appends nothing
+    assert not await a.store.delete_device(D1)
+    assert len(await events(a)) == before + 1
+    assert (await b.news()).removed == []
+    # deleted, then registered again before B reads: the row is there, B learns it, drops nothing
+    assert await a.store.delete_device(D2)
+    await register(a, D2, 102.0, host="10.0.0.5")
+    learnt = await b.news()
+    assert learnt.removed == [] and [(d.device_id, d.host) for d in learnt.devices] == [(D2, "10.0.0.5")]
+
+
+async def test_a_full_read_is_exact_only_while_redis_kept_its_data(nodes: Nodes, redis: RedisServer) -> None:
+    a, b = await nodes.node("a"), await nodes.node("b")
+    await register(a, D1, 100.0)
+    first = await b.news()
+    assert first.whole and first.exact  # every row there is: what is missing was deleted
+    await register(a, D2, 101.0)
+    await register(a, D3, 102.0)
+    redis.command(b"XTRIM", b"gbgw:events", b"MAXLEN", b"1")
+    trimmed = await b.news()
+    assert trimmed.whole and trimmed.exact  # entries lost, not rows
+    redis.flush()
+    emptied = await b.news()
+    assert emptied.whole and not emptied.exact  # rows no node writes again (provisioned ones) are gone
+    await register(a, D1, 103.0)
+    b._reconcile_at = 0.0  # the periodic full read, now
+    later = await b.news()
+    # still not: what Redis lost stays lost, so a missing row no longer means a delete
+    assert later.whole and not later.exact
+
+
+async def test_a_stream_set_back_makes_full_reads_inexact(nodes: Nodes, redis: RedisServer) -> None:
+    a, b = await nodes.node("a"), await nodes.node("b")
+    await register(a, D1, 100.0)
+    await b.news()
+    await register(a, D2, 101.0)
+    await b.news()
+    redis.command(b"DEL", b"gbgw:events")  # as an older dump restored leaves it
+    learnt = await b.news()
+    assert learnt.whole and not learnt.exact

@@ -330,6 +330,15 @@ async def test_a_running_node_learns_devices_registering_moving_and_going_offlin
     )  # fmt: skip
     assert changed.returncode != 0 and "served by node b" in changed.stderr, changed
     assert listed(c).get("name", "") != "renamed at C"
+    # removed at B, which serves it: gone from A's and C's listings too (a 'removed' event), not
+    # kept there as last known online until they restart
+    removed = subprocess.run(
+        [sys.executable, "-m", "gb28181gw", "device", "remove", device, "--admin", b.admin],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert removed.returncode == 0, removed
+    await until(lambda: not listed(c) and not listed(a), 10, "A and C to drop the device removed at B")
+    assert not listed(b)
     # re-homed to A: C, and B which let it go, see it at A, from A's address
     await register(a, [device], tmp_path, port=at_a, name="moved")
     await until(lambda: seen(c, "a", at_a, True) and seen(b, "a", at_a, True), 10, "B and C to learn of the move")

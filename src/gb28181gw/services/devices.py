@@ -142,6 +142,7 @@ class DeviceService:
         registrar.on_manscdp(self.handle_manscdp)
         registrar.on_registered(self._on_registered)
         registrar.on_offline(self._on_offline)
+        registrar.on_removed(self.forget)  # another node's device deleted there
 
     def on_channels_changed(self, listener: Callable[[str], None]) -> None:
         """Be told (with the device ID) whenever the channels kept of a device change: a catalog

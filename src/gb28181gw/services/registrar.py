@@ -28,7 +28,8 @@ and online/offline events go to the ``events`` stream; a device another node cla
 learnt while running (:meth:`RegistrarService._learn`: every second the rows of the devices the
 shared ``events`` stream names, see :meth:`~gb28181gw.store.ownership.RedisCluster.news`): a device
 registering at another node, moving, going offline there, is in this node's table as the shared
-store has it, never served here unless it registers here. With one node (SQLite) the cluster is
+store has it, never served here unless it registers here; a device deleted at another node is
+dropped here too (:meth:`RegistrarService._drop`), with what the ``on_removed`` listeners keep. With one node (SQLite) the cluster is
 :class:`~gb28181gw.store.base.SingleNode` and none of that is kept.
 """
 
@@ -183,6 +184,7 @@ class RegistrarService:
         self._timer = EarliestTimer(self._on_deadline)
         self._offline_listeners: list[OfflineListener] = []
         self._registered_listeners: list[Callable[[Device], None]] = []
+        self._removed_listeners: list[Callable[[str], None]] = []
         self._manscdp_handlers: list[ManscdpHandler] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         #: loop times of each device's last :data:`KEEPALIVES_KEPT` keepalives (the doctor measures the interval)
@@ -214,6 +216,10 @@ class RegistrarService:
     def on_registered(self, listener: Callable[[Device], None]) -> None:
         """Be told when a device registers (not on refreshes): time to ask for its catalog."""
         self._registered_listeners.append(listener)
+
+    def on_removed(self, listener: Callable[[str], None]) -> None:
+        """Be told (with its ID) of another node's device dropped because its row was deleted: forget it too."""
+        self._removed_listeners.append(listener)
 
     def on_manscdp(self, handler: ManscdpHandler) -> None:
         """Receive every MANSCDP MESSAGE from registered devices other than keepalives."""
@@ -423,14 +429,20 @@ class RegistrarService:
         A device this node serves is left alone: its record here is the one that counts, and a claim
         by another node reaches it with its next batch (then its row is read again). Nor are the
         listeners told: another node's device is that node's to release streams or query.
+
+        A device whose row was deleted (a ``removed`` event, or missing from an exact full read:
+        see :attr:`~gb28181gw.store.base.Learnt.exact`) is dropped, never one served here.
         """
+        started = self._clock()
         learnt = await self.cluster.news()
         owns = self.cluster.owns
         changed = 0
+        seen: set[str] = set()
         for n, device in enumerate(learnt.devices, 1):
             if n % LEARN_STEP == 0:
                 await asyncio.sleep(0)  # a full read (100,000 rows) must not hold SIP up meanwhile
             device_id = device.device_id
+            seen.add(device_id)
             if owns(device_id):
                 continue
             current = self.devices.get(device_id)
@@ -439,9 +451,39 @@ class RegistrarService:
             self.devices.adopt(device)
             self.keepalive_arrivals.pop(device_id, None)
             changed += 1
-        if changed:
-            log.debug("other nodes' devices learnt", extra={"devices": changed, "whole": learnt.whole})
+        gone = list(learnt.removed)
+        if learnt.whole and learnt.exact:
+            # missing from every row there is: deleted without this node reading its event (trimmed
+            # away, or it came before this node's cursor). Not one changed here since the read began
+            # (provisioned meanwhile, or its write still waiting): its row is not there yet
+            gone += [
+                d.device_id
+                for d in self.devices.values()
+                if d.device_id not in seen and d.updated_at < started and d.device_id not in self._dirty
+            ]
+        dropped = [device_id for device_id in gone if self._drop(device_id)]
+        if changed or dropped:
+            log.debug(
+                "other nodes' devices learnt",
+                extra={"devices": changed, "removed": len(dropped), "whole": learnt.whole},
+            )
+        if dropped:
+            log.info("devices deleted at other nodes dropped", extra={"devices": dropped[:20], "count": len(dropped)})
         return learnt.more
+
+    def _drop(self, device_id: str) -> bool:
+        """Forget another node's device whose row was deleted; whether it was known (and not served here)."""
+        if self.cluster.owns(device_id) or device_id in self._dirty:
+            return False  # served (or just written) here: this node's record counts, written back with its next batch
+        if self.devices.remove(device_id, epoch=self._clock()) is None:
+            return False
+        self._forget(device_id)
+        for listener in self._removed_listeners:
+            try:
+                listener(device_id)
+            except Exception:
+                log.exception("removed listener failed", extra={"device": device_id})
+        return True
 
     # --- REGISTER ----------------------------------------------------------------------
 

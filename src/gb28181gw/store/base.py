@@ -215,11 +215,18 @@ class Learnt:
         whole: events may have been missed (the stream was trimmed past this node, Redis lost or
             set back its data, or the node just started): ``devices`` is every row there is.
         more: the read stopped at its limit of entries: more wait, to be asked for at once.
+        removed: devices whose rows were deleted (a ``removed`` entry, and no row now): to drop.
+        exact: with ``whole``, Redis kept its data all along (as far as this node saw): a device
+            missing from ``devices`` was deleted. Not so once Redis lost data (restarted empty,
+            set back to an older copy) while this node ran: rows no node writes again (a device
+            provisioned but never registered) never come back, and are no delete.
     """
 
     devices: list[Device] = field(default_factory=list)
     whole: bool = False
     more: bool = False
+    removed: list[str] = field(default_factory=list)
+    exact: bool = False
 
 
 class Cluster(Protocol):

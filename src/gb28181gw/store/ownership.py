@@ -12,7 +12,8 @@ Keys (after the store's prefix, ``gbgw:``)::
     nodes           set     node IDs that have written (a dead one is removed by its janitor)
     janitor:<node>  string  the token of the live node adopting dead <node>'s devices (SET NX PX)
     events          stream  device online/offline: fields device, event, node, epoch, reason, at
-                            (XADD MAXLEN ~ EVENTS_MAXLEN)
+                            (XADD MAXLEN ~ EVENTS_MAXLEN); removed (device, event, node, at):
+                            appended by the store's delete of a row, in the same script
     boot            string  a token set once per Redis data set: another one means Redis lost its data
     noticed         hash    device ID -> "<process token>:<number>" of the last online/offline notice
                             appended for it (a batch sent again appends none of its notices twice)
@@ -54,7 +55,12 @@ cursor (``boot``, the stream's last, first and greatest deleted IDs). When they 
 first call, a trimmed or emptied stream, Redis restarted or restored) every row is read instead, and
 again :data:`SETTLE` seconds after a restart (the other nodes write their devices again with their
 next batch, without events); a full read every :data:`RECONCILE_INTERVAL` catches what no event
-says (a device provisioned at another node). Following the stream rather than reading every row
+says (a device provisioned at another node). A deleted row has its ``removed`` entry (appended by
+the store's delete, in the same script): the device is named in :attr:`Learnt.removed` if its row
+is still gone. A full read is :attr:`~gb28181gw.store.base.Learnt.exact` (a device missing from
+it was deleted) until this node sees Redis lose data (its ``boot`` token changed, or the stream
+went back): rows that no node writes again (provisioned, never registered) do not come back, so
+from then on only a ``removed`` entry drops a device. Following the stream rather than reading every row
 each time costs a few entries a second instead of every row; following it rather than a pub/sub
 channel loses nothing while a node is cut off, and the cursor sees when the log itself lost
 something.
@@ -92,6 +98,7 @@ from gb28181gw.store.base import DeviceNotice, Learnt, WriteResult
 from gb28181gw.store.redis import (
     DEVICE_LAYOUT,
     ENCODE_ON_LOOP,
+    EVENTS_MAXLEN,
     NODE_TTL,
     RedisStore,
     _check_ints,
@@ -106,8 +113,6 @@ log = logging.getLogger("gb28181gw.ownership")
 CHUNK = 500
 #: Devices of a dead node one janitor script takes at most (the janitor runs it again while it is full).
 SWEEP_CHUNK = 1000
-#: Events kept in the stream (approximately: MAXLEN ~).
-EVENTS_MAXLEN = 100_000
 #: Seconds between janitor rounds (looking for dead nodes, adopting their devices).
 JANITOR_INTERVAL = 2.0
 #: Seconds a node's key must stay missing before it is dead: a live node takes its key again
@@ -266,12 +271,12 @@ _NEWS = """
 -- KEYS: events, boot, devices, owner
 -- ARGV: cursor ('' for none), most entries, this node, then IDs of devices to read anyway
 -- answer: {boot, last generated ID, greatest deleted ID or '', first entry ID or '', last entry read or '',
---          (device, row or false)...}: the devices the entries after the cursor name, written about by
---          another node (or its janitor), and those asked for
+--          (device, row or false, '1' if a 'removed' entry named it else '0')...}: the devices the
+--          entries after the cursor name, written about by another node (or its janitor), and those asked for
 local boot = redis.call('GET', KEYS[2]) or ''
 local last, deleted, first = '0-0', '', ''
 local out = {boot}
-local wanted, order = {}, {}
+local wanted, order, removed = {}, {}, {}
 local function want(dev)
   if not wanted[dev] then wanted[dev] = true order[#order + 1] = dev end
 end
@@ -288,12 +293,17 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
     local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', tonumber(ARGV[2]))
     for _, entry in ipairs(entries) do
       read = entry[1]
-      local f, dev, node = entry[2], nil, nil
+      local f, dev, node, event = entry[2], nil, nil, nil
       for j = 1, #f, 2 do
-        if f[j] == 'device' then dev = f[j + 1] elseif f[j] == 'node' then node = f[j + 1] end
+        if f[j] == 'device' then dev = f[j + 1]
+        elseif f[j] == 'node' then node = f[j + 1]
+        elseif f[j] == 'event' then event = f[j + 1] end
       end
       -- a janitor's offline names the dead node: another's too, unless this node's own (it is back)
-      if dev and node ~= ARGV[3] then want(dev) end
+      if dev and node ~= ARGV[3] then
+        want(dev)
+        if event == 'removed' then removed[dev] = true end
+      end
     end
   end
 end
@@ -302,6 +312,7 @@ out[2] = last out[3] = deleted out[4] = first out[5] = read
 for _, dev in ipairs(order) do
   out[#out + 1] = dev
   out[#out + 1] = redis.call('HGET', KEYS[3], dev)
+  out[#out + 1] = removed[dev] and '1' or '0'
 end
 return out
 """
@@ -439,6 +450,9 @@ class RedisCluster:
         self._news_boot: str | None = None
         self._reconcile_at = 0.0
         self._recheck: set[str] = set()
+        # whether a full read is every device there is (a device missing was deleted): not once
+        # Redis lost data while this node ran, as rows nobody writes again never come back
+        self._exact = True
 
     def _k(self, name: str) -> str:
         return self.store.prefix + name
@@ -454,6 +468,7 @@ class RedisCluster:
             "reading device owners", lambda r: script(keys=[self._k("owner"), self._k("boot")], args=args)
         )
         self._boot = _text(answer[0])
+        self._news_boot = self._boot  # what the first read compares with: a loss since start is one
         await self.store._write("reading Redis's clock", self._measure_clock)
         owners = []
         for device_id, raw in zip([*registered, *others], answer[1:], strict=True):
@@ -661,10 +676,14 @@ class RedisCluster:
         )
         now = time.monotonic()
         if verdict is Follow.READ and now < self._reconcile_at:
-            devices = []
-            for j in range(5, len(answer), 2):
+            devices, removed = [], []
+            for j in range(5, len(answer), 3):
                 if answer[j + 1] is None:
-                    continue  # no row (removed since): nothing to learn of it
+                    # no row: deleted since. Dropped only when a 'removed' entry says so: a row
+                    # missing for any other reason (Redis lost it) is no delete
+                    if _text(answer[j + 2]) == "1":
+                        removed.append(_text(answer[j]))
+                    continue
                 try:
                     devices.append(self.store._device(answer[j], answer[j + 1]))
                 except StoreError as exc:
@@ -673,7 +692,16 @@ class RedisCluster:
             if read:
                 self._cursor = at = parse_stream_id(read)
                 more = at < parse_stream_id(last)  # stopped at LEARN_CHUNK
-            return Learnt(devices, more=more)
+            return Learnt(devices, more=more, removed=removed)
+        went_back = cursor is not None and parse_stream_id(last) < cursor
+        if self._news_boot is not None and (boot != self._news_boot or went_back):
+            if self._exact:
+                log.warning(
+                    "Redis lost its data (or went back to an older copy): devices missing from it are "
+                    "kept in memory from now on; only a delete's own event removes one",
+                    extra={"node": self.node},
+                )
+            self._exact = False
         # entries may be lost past the cursor (or it is time): every row, read after ``last``
         # was taken, so that whatever is appended from here on is read next time
         try:
@@ -694,7 +722,7 @@ class RedisCluster:
             )
         self._cursor = parse_stream_id(last)
         self._news_boot = boot
-        return Learnt(rows, whole=True)
+        return Learnt(rows, whole=True, exact=self._exact)
 
     def _lost_log(self, device_id: str, owner: str, why: str) -> None:
         if not self.ownership.owns(device_id):

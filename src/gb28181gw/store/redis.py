@@ -52,7 +52,8 @@ Several nodes (issue 17; the scripts are in ``store/ownership.py``, the rules in
                                     devices, plus a third of each one's keepalive window
     janitor:<node>          string  token of the live node adopting dead <node>'s devices (PX, renewed)
     events                  stream  device online/offline: device, event, node, epoch, reason, at
-                                    (janitor: the adopting node, on its offline marks); MAXLEN ~ 100,000
+                                    (janitor: the adopting node, on its offline marks); removed (a
+                                    row deleted: device, event, node, at); MAXLEN ~ 100,000
     boot                    string  set once per data set: another one means Redis lost its data
     lease:<name>            string  "<node> <epoch> <token>" of a superior lease's holder (store/leases.py)
     lease:<name>:epoch      string  how many times that lease was taken
@@ -80,6 +81,7 @@ import math
 import os
 import secrets
 import socket
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
@@ -103,6 +105,8 @@ T = TypeVar("T")
 log = logging.getLogger("gb28181gw.store")
 
 PREFIX = "gbgw:"
+#: Entries kept in the shared ``events`` stream (approximately: MAXLEN ~); see store/ownership.py.
+EVENTS_MAXLEN = 100_000
 #: Alarms kept; older ones are deleted as new ones come (as with SQLite).
 MAX_ALARMS = 100_000
 #: Seconds to connect, and to wait for an answer, before the call fails (the write-behind retries).
@@ -207,11 +211,18 @@ return 0
 """
 
 _DELETE_DEVICE = """
--- KEYS: devices, channels:<device>, channels, noticed; ARGV: device
+-- KEYS: devices, channels:<device>, channels, noticed, events; ARGV: device, node, events maxlen, now
 redis.call('DEL', KEYS[2])
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])  -- the last online/offline notice appended for it (store.ownership)
-return redis.call('HDEL', KEYS[1], ARGV[1])
+local removed = redis.call('HDEL', KEYS[1], ARGV[1])
+-- the other nodes drop it from memory when they read this (store.ownership's news): in the same
+-- script as the delete, so an entry means the row went, and no delete goes untold
+if removed == 1 then
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[3], '*', 'device', ARGV[1], 'event', 'removed', 'node', ARGV[2],
+             'at', ARGV[4])
+end
+return removed
 """
 
 _ALARMS = """
@@ -660,9 +671,10 @@ class RedisStore:
         await self._write(f"writing {len(mapping)} devices", lambda r: r.hset(self._k("devices"), mapping=mapping))
 
     async def delete_device(self, device_id: str) -> bool:
-        keys = [self._k("devices"), self._k(f"channels:{device_id}"), self._k("channels"), self._k("noticed")]
+        keys = [self._k(k) for k in ("devices", f"channels:{device_id}", "channels", "noticed", "events")]
+        args: list[bytes | str | int] = [_key(device_id), self.node, EVENTS_MAXLEN, repr(time.time())]
         script = self._script(_DELETE_DEVICE)
-        removed = await self._write(f"deleting {device_id}", lambda r: script(keys=keys, args=[_key(device_id)]))
+        removed = await self._write(f"deleting {device_id}", lambda r: script(keys=keys, args=args))
         return bool(removed)
 
     async def count_devices(self) -> int:
