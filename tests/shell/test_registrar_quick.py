@@ -77,6 +77,25 @@ def count_general(gw: Gateway) -> list[int]:
     return seen
 
 
+def count_scans(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The messages the quick reader is asked to read from now on."""
+    scanned: list[bytes] = []
+    scan = QuickRequest.scan
+
+    def counting(data: bytes, *args: Any) -> QuickRequest | None:
+        scanned.append(data)
+        return scan(data, *args)
+
+    monkeypatch.setattr(QuickRequest, "scan", counting)
+    return scanned
+
+
+def keepalive_with(port: int, call: str, body: bytes) -> bytes:
+    """A keepalive MESSAGE carrying ``body`` instead of the plain keepalive body."""
+    message = keepalive(port, call).replace(KEEPALIVE_BODY, body)
+    return message.replace(b"Content-Length: %d" % len(KEEPALIVE_BODY), b"Content-Length: %d" % len(body))
+
+
 def device_socket(
     gw: Gateway, host: str = "127.0.0.1"
 ) -> tuple[socket.socket, int, Callable[[bytes], Awaitable[bytes]]]:
@@ -200,20 +219,10 @@ async def test_a_message_that_is_no_keepalive_is_not_read_by_the_quick_reader(mo
     try:
         challenge = await ask(register(port, "d1", 1))
         assert (await ask(register(port, "d2", 2, authorization(challenge)))).startswith(b"SIP/2.0 200 ")
-        scanned: list[bytes] = []
-        scan = QuickRequest.scan
-
-        def counting(data: bytes, *args: Any) -> QuickRequest | None:
-            scanned.append(data)
-            return scan(data, *args)
-
-        monkeypatch.setattr(QuickRequest, "scan", counting)
+        scanned = count_scans(monkeypatch)
         general = count_general(gw)
         body = KEEPALIVE_BODY.replace(b"Notify>", b"Response>").replace(b"Keepalive", b"DeviceStatus")
-        status = keepalive(port, "d3").replace(KEEPALIVE_BODY, body)
-        answer = await ask(
-            status.replace(b"Content-Length: %d" % len(KEEPALIVE_BODY), b"Content-Length: %d" % len(body))
-        )
+        answer = await ask(keepalive_with(port, "d3", body))
         assert answer.startswith(b"SIP/2.0 200 ")
         assert scanned == [] and general[0] == 1
         assert gw.registrar.keepalives[("ok",)] == 0
@@ -244,19 +253,10 @@ async def test_a_keepalive_spelled_otherwise_is_answered_by_the_general_path(
     try:
         challenge = await ask(register(port, "o1", 1))
         assert (await ask(register(port, "o2", 2, authorization(challenge)))).startswith(b"SIP/2.0 200 ")
-        scanned: list[bytes] = []
-        scan = QuickRequest.scan
-
-        def counting(data: bytes, *args: Any) -> QuickRequest | None:
-            scanned.append(data)
-            return scan(data, *args)
-
-        monkeypatch.setattr(QuickRequest, "scan", counting)
+        scanned = count_scans(monkeypatch)
         general = count_general(gw)
         body = KEEPALIVE_BODY.replace(b"<CmdType>Keepalive</CmdType>", cmd_type)
-        odd = keepalive(port, "o3").replace(KEEPALIVE_BODY, body)
-        odd = odd.replace(b"Content-Length: %d" % len(KEEPALIVE_BODY), b"Content-Length: %d" % len(body))
-        assert (await ask(odd)).startswith(b"SIP/2.0 200 ")
+        assert (await ask(keepalive_with(port, "o3", body))).startswith(b"SIP/2.0 200 ")
         assert scanned == [] and general[0] == 1
         assert gw.registrar.keepalives[("ok",)] == 1
     finally:
