@@ -58,8 +58,9 @@ from gb28181gw.sip.message import Request, make_response, parse_message  # noqa:
 OURS, DOMAIN = "34020000002000000001", "3402000000"
 FPS = 25
 #: The writer's sockets (and the bare forwarder's) on fixed ports, so the bare forwarder can map them;
-#: these and the gateway's media ports below the kernel's ephemeral range (32768-) and the ranges the
-#: tests use (42000-43199), so that nothing else running on the machine holds one.
+#: these and the gateway's media ports below the kernel's ephemeral range (32768-) and above the ranges
+#: the tests use (12000-17999 for four pytest workers, tests/helpers.py media_port), so that nothing
+#: else running on the machine holds one.
 WRITER_BASE, BARE_BASE = 23000, 25000
 MEDIA_RANGE = (18000, 22999)  # 2,500 even ports: a run opens ~1,000 streams, and a closed one cools down
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,18 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 DEVICE_UDP = Peer("UDP", "127.0.0.1", 5061)
 DEVICE_TCP = Peer("TCP", "127.0.0.1", 40001)
+
+
+def media_port(offset: int) -> int:
+    """A media port ``offset`` into this pytest worker's own block of 1,500 (12000-13499 for the first).
+
+    Tests that set a media range or expect a port number take it from here: files run in parallel
+    (``pytest -n``) then never bind each other's ports, and the block lies below 32768, outside the
+    kernel's range for automatically assigned ports, so no client socket can be holding one either
+    (a shared port once failed to bind because another file's gateway had the same range).
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    return 12000 + 1500 * (int(worker) if worker.isdigit() else 0) + offset
 
 
 class FakeClock:

@@ -20,13 +20,14 @@ import pytest
 from gb28181gw.admin.streams import stream_json
 from gb28181gw.app import Gateway
 from gb28181gw.relay.forwarder import SSRC_LATCH_PACKETS
+from tests.helpers import media_port
 from tests.media import UdpConsumer, decode_h264, gb_ps, packetize, send_tcp, send_udp, wait_for
 from tests.shell.test_devices import finished
 from tests.shell.test_streams import CH, answer, gateway_with_device, scenario
 
 pytestmark = pytest.mark.sipp
 
-FIRST, LAST = 43000, 43019  # 20 ports: 10 streams' worth
+FIRST, LAST = media_port(1000), media_port(1019)  # 20 ports: 10 streams' worth
 STRANGER = "127.0.0.2"
 FRAMES, GOP = 30, 10
 ROUNDS = 300  # at most ~3 s of spraying: the loop ends by itself

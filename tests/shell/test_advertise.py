@@ -27,6 +27,7 @@ from gb28181gw.app import Gateway
 from gb28181gw.gb.model import Channel
 from gb28181gw.net.addresses import RouteCache
 from gb28181gw.sip.peer import Peer
+from tests.helpers import media_port
 from tests.media import UdpConsumer, gb_ps, packetize, wait_for
 from tests.process import free_port
 
@@ -52,8 +53,8 @@ async def wildcard_gateway() -> Gateway:
         **{
             "sip.listen": "0.0.0.0",
             "sip.port": str(free_port()),
-            "media.port_min": "42100",
-            "media.port_max": "42199",
+            "media.port_min": str(media_port(100)),
+            "media.port_max": str(media_port(199)),
             "media.linger": "0",
         }
     )
@@ -334,8 +335,8 @@ async def test_media_timeout_is_a_warning_naming_where_the_device_was_told_to_se
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     gw = await start_gateway(
-        **{"sip.listen": "0.0.0.0", "sip.port": str(free_port()), "media.port_min": "42200",
-           "media.port_max": "42299", "media.rtp_timeout": "1"}
+        **{"sip.listen": "0.0.0.0", "sip.port": str(free_port()), "media.port_min": str(media_port(200)),
+           "media.port_max": str(media_port(299)), "media.rtp_timeout": "1"}
     )  # fmt: skip
     nvr, channel, port = _nvr(9), _channel(9), free_port()
     consumer = await UdpConsumer.start()

@@ -29,6 +29,7 @@ import av
 import pytest
 
 from gb28181gw.manscdp.ptz import move
+from tests.helpers import media_port
 from tests.media import gb_ps, packetize, packs
 
 from .conftest import sipp_scenario
@@ -210,7 +211,7 @@ def device_behind_the_site(tmp: Path, a: Node, b: Node) -> int:
 
 @pytest.mark.skipif(SIPP is None, reason="sipp is not installed")
 def test_district_lists_plays_and_moves_a_device_behind_the_site_and_again_after_a_restart(tmp_path: Path) -> None:
-    a, b = site_and_district(tmp_path, 43000)
+    a, b = site_and_district(tmp_path, media_port(1000))
     try:
         b.start()
         a.start()

@@ -22,6 +22,7 @@ from gb28181gw.gb.superior_invite import ServedState
 from gb28181gw.media.rtp import RtpPacket
 from gb28181gw.media.tcp_framing import Rfc4571Reader
 from gb28181gw.sip.message import Request, Response, make_response, parse_message
+from tests.helpers import media_port
 from tests.media import TcpConsumer, UdpConsumer, decode_h264, gb_ps, packetize, send_udp, wait_for
 
 from .conftest import SippResult, run_sipp, sipp_scenario, start_gateway_from
@@ -74,7 +75,12 @@ async def cascade_gateway(tmp_path: Path, settings: dict[str, str] | None = None
     }
     path = tmp_path / "gw.toml"
     path.write_text("\n".join(["[[upstream]]"] + [f"{k} = {json.dumps(v)}" for k, v in table.items()]) + "\n")
-    media = {"media.port_min": "42200", "media.port_max": "42299", "media.linger": "0", "media.invite_timeout": "5"}
+    media = {
+        "media.port_min": str(media_port(200)),
+        "media.port_max": str(media_port(299)),
+        "media.linger": "0",
+        "media.invite_timeout": "5",
+    }
     return await start_gateway_from(path, media | (settings or {}))
 
 

@@ -32,6 +32,7 @@ from gb28181gw.app import Gateway
 from gb28181gw.gb.model import Channel
 from gb28181gw.services.cascade_media import GONE_AFTER, WATCH_INTERVAL
 from gb28181gw.sip.message import Request, Response, make_response, parse_message
+from tests.helpers import media_port
 from tests.media import UdpConsumer, decode_h264, gb_ps, packetize, send_udp, wait_for
 from tests.process import free_port, serve, wait_ready
 from tests.redis_server import RedisServer, require_redis_py
@@ -176,7 +177,7 @@ class Nodes:
     def start_a(self) -> None:
         self.a = serve(
             "-c", str(self.a_config), "--port", str(self.a_sip), "--admin-port", str(self.a_admin),
-            *self.common("nA", (42400, 42449), (1, 4999)),
+            *self.common("nA", (media_port(400), media_port(449)), (1, 4999)),
         )  # fmt: skip
         wait_ready(f"http://127.0.0.1:{self.a_admin}", self.a)
 
@@ -186,7 +187,7 @@ class Nodes:
             str(self.b_sip),
             "--admin-port",
             str(self.b_admin),
-            *self.common("nB", (42450, 42499), (5000, 9999)),
+            *self.common("nB", (media_port(450), media_port(499)), (5000, 9999)),
         )
         wait_ready(f"http://127.0.0.1:{self.b_admin}", self.b)
 
@@ -352,11 +353,12 @@ async def inproc_nodes(
         **more,
     }
     a = await start_gateway_from(
-        config, {**common, "node.id": "nA", "media.port_min": "42500", "media.port_max": "42549"}
+        config,
+        {**common, "node.id": "nA", "media.port_min": str(media_port(500)), "media.port_max": str(media_port(549))},
     )
     b = await start_gateway_from(
         config if b_upstream else None,
-        {**common, "node.id": "nB", "media.port_min": "42550", "media.port_max": "42599"},
+        {**common, "node.id": "nB", "media.port_min": str(media_port(550)), "media.port_max": str(media_port(599))},
     )
     return a, b
 

@@ -28,6 +28,7 @@ import av
 import pytest
 
 from gb28181gw.gb.playback import Span
+from tests.helpers import media_port
 from tests.media import gb_ps, packetize, packs
 
 from .conftest import sipp_scenario
@@ -112,7 +113,7 @@ def decoded(path: Path) -> tuple[int, float]:
 
 @pytest.mark.skipif(SIPP is None, reason="sipp is not installed")
 def test_district_plays_back_and_downloads_a_span_of_a_device_behind_the_site(tmp_path: Path) -> None:
-    a, b = site_and_district(tmp_path, 43200)
+    a, b = site_and_district(tmp_path, media_port(1200))
     try:
         b.start()
         a.start()

@@ -19,6 +19,7 @@ import pytest
 
 from gb28181gw.app import Gateway
 from gb28181gw.services.streams import Consumer, Stream
+from tests.helpers import media_port
 from tests.media import decode_h264, gb_ps, packetize, packs, send_udp, wait_for
 
 from .conftest import sipp_scenario
@@ -155,7 +156,9 @@ async def start_with_device(tmp_path: Path) -> Gateway:
 
     from .conftest import start_gateway
 
-    gw = await start_gateway(**{"media.port_min": "42000", "media.port_max": "42099", "media.linger": "0"})
+    gw = await start_gateway(
+        **{"media.port_min": str(media_port(0)), "media.port_max": str(media_port(99)), "media.linger": "0"}
+    )
     await register(gw, tmp_path, free_udp_port())
     gw.devices.channels.setdefault(NVR, {})[CH] = Channel(CH, NVR)
     return gw

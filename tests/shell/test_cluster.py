@@ -144,7 +144,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             raise AssertionError("".join(output[node.name])[-3000:]) from None
 
     def member(name: str, index: int) -> Node:
-        ports = 42600 + 50 * index
+        ports = media_port(600) + 50 * index
         return start(
             name, "-c", str(config), "--set", f"node.lease_seconds={LEASE}", "--set", "media.linger=0",
             "--set", f"media.port_min={ports}", "--set", f"media.port_max={ports + 49}",

@@ -25,6 +25,7 @@ from gb28181gw.gb.doctor import CHECKS, DoctorReport, Outcome
 from gb28181gw.gb.model import Channel
 from gb28181gw.sdp import StreamMode
 from gb28181gw.services.streams import Stream
+from tests.helpers import media_port
 from tests.media import UdpConsumer, gb_ps, packetize, send_tcp, send_udp, wait_for
 
 from .conftest import run_sipp, sipp_scenario, start_gateway
@@ -106,8 +107,8 @@ async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
     gateway = await start_gateway(
         **{
             "registrar.password": PASSWORD,
-            "media.port_min": "43000",
-            "media.port_max": "43099",
+            "media.port_min": str(media_port(1000)),
+            "media.port_max": str(media_port(1099)),
             "media.linger": "0",
             # the doctor takes a catalog until the device is quiet this long: SIPp's devices have 15 s
             "devices.catalog_idle_timeout": "1",

@@ -34,7 +34,7 @@ from gb28181gw.admin.openapi import document
 from gb28181gw.app import Gateway
 from gb28181gw.gb.model import Alarm
 from gb28181gw.sip.message import Request, make_response, parse_message
-from tests.helpers import ROOT
+from tests.helpers import ROOT, media_port
 from tests.hostile.test_persistence import register
 
 from .conftest import start_gateway_from
@@ -208,8 +208,8 @@ async def site(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Site]:
         config,
         {
             "store.path": str(tmp / "gw.db"),
-            "media.port_min": "43000",
-            "media.port_max": "43099",
+            "media.port_min": str(media_port(1000)),
+            "media.port_max": str(media_port(1099)),
             "media.linger": "0",
             # the 504 below waits this long for a muted device
             "devices.query_timeout": "1",

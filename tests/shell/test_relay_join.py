@@ -22,6 +22,7 @@ from gb28181gw.media.rtp import RtpPacket
 from gb28181gw.media.tcp_framing import Rfc4571Reader
 from gb28181gw.services import streams as streams_module
 from gb28181gw.services.streams import Consumer, Stream, StreamError
+from tests.helpers import media_port
 from tests.media import (
     Received,
     TcpConsumer,
@@ -69,7 +70,7 @@ async def gateway(
     """A gateway with the SIPp device of test_streams registered, on a port range of its own."""
     sc = scenario(answer()) if tail is None else scenario(answer(), tail=tail)
     return await gateway_with_device(
-        tmp_path, sc, **{"media.port_min": "42100", "media.port_max": "42199", **overrides}
+        tmp_path, sc, **{"media.port_min": str(media_port(100)), "media.port_max": str(media_port(199)), **overrides}
     )
 
 

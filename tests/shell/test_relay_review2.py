@@ -15,6 +15,7 @@ from gb28181gw.media.rtp import RtpPacket
 from gb28181gw.relay.forwarder import CatchingUp, Forwarder, RelaySettings, RelayStream, TcpOut
 from gb28181gw.sdp import StreamMode
 from gb28181gw.services.streams import StreamError
+from tests.helpers import media_port
 from tests.media import TcpConsumer, UdpConsumer, gb_ps, packs, wait_for
 
 from .test_devices import finished, free_udp_port
@@ -261,7 +262,10 @@ async def test_a_tcp_passive_consumer_asked_over_the_api_is_told_its_port_and_li
                 answer = await resp.json()
             consumer = answer["consumer"]
             assert consumer["transport"] == "tcp-passive" and consumer["paused"] is False
-            assert 42100 <= consumer["local_port"] <= 42199 and consumer["local_port"] != answer["port"]
+            assert (
+                media_port(100) <= consumer["local_port"] <= media_port(199)
+                and consumer["local_port"] != answer["port"]
+            )
             # the others still need a port, and the usage names tcp-passive; 0 is no port for it either
             body = {"channel_id": CH, "consumer": {"transport": "udp", "host": "127.0.0.1"}}
             async with http.post(api, json=body) as resp:

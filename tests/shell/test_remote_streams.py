@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 
 from gb28181gw.app import Gateway
 from gb28181gw.gb.model import Channel
+from tests.helpers import media_port
 from tests.media import UdpConsumer, decode_h264, gb_ps, packetize, send_udp, wait_for
 from tests.process import free_port, serve, wait_ready
 from tests.redis_server import RedisServer
@@ -100,8 +101,10 @@ class Nodes:
         return proc
 
     def start(self, *b_settings: str) -> None:
-        self.a = self._start("nA", self.a_sip, self.a_admin, (42600, 42649), (1, 4999))
-        self.b = self._start("nB", self.b_sip, self.b_admin, (42650, 42699), (5000, 9999), *b_settings)
+        self.a = self._start("nA", self.a_sip, self.a_admin, (media_port(600), media_port(649)), (1, 4999))
+        self.b = self._start(
+            "nB", self.b_sip, self.b_admin, (media_port(650), media_port(699)), (5000, 9999), *b_settings
+        )
 
     async def device_at_b(self, tmp_path: Path) -> int:
         """The NVR registered at B, B named its owner in Redis: its SIP port."""
@@ -150,7 +153,7 @@ async def test_a_viewer_asking_a_gets_the_stream_of_bs_device_from_b_and_a_lists
         consumer = opened["consumer"]
         assert consumer["address"] == f"127.0.0.1:{receiver.port}" and consumer["label"] == "viewer"
         assert consumer["local_address"] == "127.0.0.1" and consumer["local_port"] == opened["port"]
-        assert 42650 <= opened["port"] <= 42699  # B's media range: the media comes from B
+        assert media_port(650) <= opened["port"] <= media_port(699)  # B's media range: the media comes from B
         stream_id = opened["id"]
         status, at_b = await http(nodes.b_admin, "GET", f"/streams/{stream_id}")
         assert status == 200 and [c["id"] for c in at_b["consumers"]] == [consumer["id"]]
@@ -334,8 +337,8 @@ async def inproc_device_at_b(tmp_path: Path, redis: RedisServer, b: Gateway) -> 
 async def test_a_playback_of_bs_device_asked_at_a_is_opened_controlled_and_left_at_b(
     tmp_path: Path, redis: RedisServer
 ) -> None:
-    a = await inproc(redis, "nA", (42700, 42749), (1, 4999))
-    b = await inproc(redis, "nB", (42750, 42799), (5000, 9999))
+    a = await inproc(redis, "nA", (media_port(700), media_port(749)), (1, 4999))
+    b = await inproc(redis, "nB", (media_port(750), media_port(799)), (5000, 9999))
     receiver = await UdpConsumer.start()
     try:
         port = await inproc_device_at_b(tmp_path, redis, b)
@@ -398,8 +401,8 @@ async def test_a_stream_b_opens_after_as_deadline_is_not_sent_to_the_viewer_told
 ) -> None:
     # A waits 2 + 1 s; B would wait 10 s for its device, which answers after 4.5 s: A answers
     # 504, and the consumer B adds once the device answers is removed at once (linger 0: BYE)
-    a = await inproc(redis, "nA", (42700, 42749), (1, 4999), invite_timeout=2)
-    b = await inproc(redis, "nB", (42750, 42799), (5000, 9999), invite_timeout=10)
+    a = await inproc(redis, "nA", (media_port(700), media_port(749)), (1, 4999), invite_timeout=2)
+    b = await inproc(redis, "nB", (media_port(750), media_port(799)), (5000, 9999), invite_timeout=10)
     receiver = await UdpConsumer.start()
     try:
         port = await inproc_device_at_b(tmp_path, redis, b)
@@ -424,8 +427,8 @@ async def test_a_stream_b_opens_after_as_deadline_is_not_sent_to_the_viewer_told
 async def test_a_download_of_bs_device_asked_at_a_runs_at_b_at_the_speed_asked_and_ends_complete(
     tmp_path: Path, redis: RedisServer
 ) -> None:
-    a = await inproc(redis, "nA", (42700, 42749), (1, 4999))
-    b = await inproc(redis, "nB", (42750, 42799), (5000, 9999))
+    a = await inproc(redis, "nA", (media_port(700), media_port(749)), (1, 4999))
+    b = await inproc(redis, "nB", (media_port(750), media_port(799)), (5000, 9999))
     receiver = await UdpConsumer.start()
     try:
         port = await inproc_device_at_b(tmp_path, redis, b)

@@ -18,6 +18,7 @@ from gb28181gw.app import Gateway
 from gb28181gw.errors import RpcRefused
 from gb28181gw.gb.model import Channel
 from gb28181gw.store.rpc import RedisRpc
+from tests.helpers import media_port
 from tests.media import wait_for
 from tests.redis_server import RedisServer
 
@@ -40,8 +41,8 @@ async def _node(redis: RedisServer, name: str, ports: tuple[int, int], ssrcs: tu
 
 
 async def test_a_consumer_address_only_as_networks_allow_is_refused_at_b(tmp_path: Path, redis: RedisServer) -> None:
-    a = await _node(redis, "nA", (42800, 42849), (1, 4999), "10.99.0.0/16")
-    b = await _node(redis, "nB", (42850, 42899), (5000, 9999), "")
+    a = await _node(redis, "nA", (media_port(800), media_port(849)), (1, 4999), "10.99.0.0/16")
+    b = await _node(redis, "nB", (media_port(850), media_port(899)), (5000, 9999), "")
     try:
         await seed_channel(redis)
         await register_at(b, tmp_path, free_udp_port())
@@ -65,7 +66,7 @@ async def test_a_consumer_address_only_as_networks_allow_is_refused_at_b(tmp_pat
 async def test_malformed_stream_calls_from_a_peer_are_400_naming_the_problem_and_b_goes_on(
     redis: RedisServer,
 ) -> None:
-    b = await _node(redis, "nB", (42850, 42899), (5000, 9999), "")
+    b = await _node(redis, "nB", (media_port(850), media_port(899)), (5000, 9999), "")
     caller = RedisRpc(redis.url, "nX")
     raw = Redis.from_url(redis.url)
     try:

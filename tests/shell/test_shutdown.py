@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from gb28181gw.errors import StreamError
+from tests.helpers import media_port
 from tests.media import UdpConsumer, wait_for
 
 from .conftest import start_gateway
@@ -26,7 +27,7 @@ async def serve(tmp_path: Path) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gb28181gw", "serve", "--listen", "127.0.0.1", "--port", "0", "--admin-port", "0",
         "--set", f"store.path={tmp_path / 'gw.db'}", "--set", "media.workers=1",
-        "--set", "media.port_min=42400", "--set", "media.port_max=42499",
+        "--set", f"media.port_min={media_port(400)}", "--set", f"media.port_max={media_port(499)}",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -53,7 +54,9 @@ async def test_sigterm_stops_the_gateway_without_an_error(tmp_path: Path, whom: 
 
 
 async def test_stopping_a_gateway_with_a_worker_logs_no_error(caplog: pytest.LogCaptureFixture) -> None:
-    gw = await start_gateway(**{"media.workers": "1", "media.port_min": "42500", "media.port_max": "42599"})
+    gw = await start_gateway(
+        **{"media.workers": "1", "media.port_min": str(media_port(500)), "media.port_max": str(media_port(599))}
+    )
     worker = gw.streams.relays[0].pid
     await gw.stop()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -12,6 +12,7 @@ import pytest
 
 from gb28181gw.errors import StreamError
 from gb28181gw.gb.model import Channel
+from tests.helpers import media_port
 from tests.media import UdpConsumer, gb_ps, packetize, send_udp, wait_for
 
 from .conftest import start_gateway
@@ -31,18 +32,20 @@ class InOrder(random.Random):
 @pytest.mark.parametrize("workers", ["0", "1"], ids=["in-process", "worker-process"])
 async def test_a_taken_media_port_is_skipped_and_the_offer_names_the_next(tmp_path: Path, workers: str) -> None:
     holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    holder.bind(("0.0.0.0", 42600))  # another program has the first port of our range
+    holder.bind(("0.0.0.0", media_port(600)))  # another program has the first port of our range
     gw, device = await gateway_with_device(
         tmp_path,
         scenario(answer()),
-        **{"media.workers": workers, "media.port_min": "42600", "media.port_max": "42699"},
+        **{"media.workers": workers, "media.port_min": str(media_port(600)), "media.port_max": str(media_port(699))},
     )
     gw.streams.pools[0].rng = InOrder()  # ports are random since issue 10: make the taken one come first
     udp = await UdpConsumer.start()
     try:
         st, _ = await gw.streams.play(CH, transport="udp", host="127.0.0.1", port=udp.port)
-        assert st.port == 42602 and st.session.port == 42602
-        assert "m=video 42602 RTP/AVP" in (tmp_path / "device.msg").read_text()  # what the device was offered
+        assert st.port == media_port(602) and st.session.port == media_port(602)
+        assert (
+            f"m=video {media_port(602)} RTP/AVP" in (tmp_path / "device.msg").read_text()
+        )  # what the device was offered
         packets = packetize(gb_ps(10, 5), int(st.session.ssrc))
         await send_udp(packets, st.port)
         await wait_for(lambda: len(udp.got.packets) == len(packets))

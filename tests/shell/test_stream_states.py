@@ -25,6 +25,7 @@ from gb28181gw.services.streams import (
     render_table,
 )
 from gb28181gw.sip.endpoint import Peer
+from tests.helpers import media_port
 
 from .conftest import start_gateway
 
@@ -53,7 +54,9 @@ EXPECTED = [
 
 @pytest.fixture
 async def gw() -> AsyncIterator[Gateway]:
-    gateway = await start_gateway(**{"media.port_min": "42200", "media.port_max": "42299", "media.linger": "30"})
+    gateway = await start_gateway(
+        **{"media.port_min": str(media_port(200)), "media.port_max": str(media_port(299)), "media.linger": "30"}
+    )
     try:
         yield gateway
     finally:

@@ -15,6 +15,7 @@ from gb28181gw.admin.streams import stream_json
 from gb28181gw.app import Gateway
 from gb28181gw.gb.model import Channel
 from gb28181gw.services.streams import StreamError
+from tests.helpers import media_port
 from tests.media import (
     TcpConsumer,
     UdpConsumer,
@@ -78,7 +79,7 @@ def ps() -> bytes:
 async def gateway_with_device(
     tmp_path: Path, scenario_bytes: bytes, *, calls: int = 1, **overrides: str
 ) -> tuple[Gateway, asyncio.subprocess.Process]:
-    settings = {"media.port_min": "42000", "media.port_max": "42099", "media.linger": "0"}
+    settings = {"media.port_min": str(media_port(0)), "media.port_max": str(media_port(99)), "media.linger": "0"}
     settings.update(overrides)
     gw = await start_gateway(**settings)
     port = free_udp_port()
@@ -306,12 +307,12 @@ async def test_unreachable_tcp_active_port(tmp_path: Path) -> None:
 
 
 async def test_port_range_exhausted_is_a_503_and_the_device_sees_no_invite(tmp_path: Path) -> None:
-    gw, device = await gateway_with_device(tmp_path, scenario(answer()), **{"media.port_max": "42001"})
+    gw, device = await gateway_with_device(tmp_path, scenario(answer()), **{"media.port_max": str(media_port(1))})
     gw.devices.channels.setdefault(NVR, {})["34020000001310000002"] = Channel("34020000001310000002", NVR)
     udp = await UdpConsumer.start()
     try:
         await gw.streams.play(CH, transport="udp", host="127.0.0.1", port=udp.port)
-        with pytest.raises(StreamError, match="no free media port in 42000-42001") as info:
+        with pytest.raises(StreamError, match=f"no free media port in {media_port(0)}-{media_port(1)}") as info:
             await gw.streams.play("34020000001310000002", transport="udp", host="127.0.0.1", port=udp.port)
         assert info.value.status == 503
         with pytest.raises(StreamError, match="no device or channel") as unknown:
@@ -373,8 +374,8 @@ async def test_ten_thousand_streams_leak_nothing(tmp_path: Path) -> None:
 
     gw = await start_gateway(
         **{
-            "media.port_min": "42100",
-            "media.port_max": "42199",
+            "media.port_min": str(media_port(100)),
+            "media.port_max": str(media_port(199)),
             "media.linger": "0",
             "media.port_quarantine": "0",
             "media.ssrc_quarantine": "0",
