@@ -9,14 +9,21 @@ awaits, and returned) fails all the same: its run was hung, and a hang that pass
 If that does not end it either, pytest-timeout (thread method) ends the worker at the limit. That is the last resort only:
 xdist (`--dist loadfile`) gives a crashed worker's file, the hung test included, to a new worker, and
 does so up to eight times.
+
+Second guard: no process an asyncio test starts outlives it. A SIPp device left running by a test
+that failed before its ``finally`` reached it was garbage-collected during a later test of the same
+worker, and that test failed with the ResourceWarnings of a stranger's process (CI, 2026-12-03). So
+every asyncio test records the processes it starts (``asyncio.create_subprocess_exec``); those still
+running at its end are killed, their pipes drained and closed, and named on stderr.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import sys
 import threading
-from collections.abc import Generator
+from collections.abc import AsyncIterator, Generator
 from typing import Any
 
 import pytest
@@ -104,3 +111,38 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             report.outcome = "failed"
             report.longrepr = hung
     return report
+
+
+_REAPER = "_no_process_outlives_its_test"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # asyncio tests only: the fixture needs the test's own loop, which a plain test does not have
+    for item in items:
+        if inspect.iscoroutinefunction(getattr(item, "function", None)) and isinstance(item, pytest.Function):
+            item.fixturenames.insert(0, _REAPER)
+
+
+@pytest.fixture(name=_REAPER)
+async def _no_process_outlives_its_test(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[None]:
+    started: list[tuple[asyncio.subprocess.Process, tuple[object, ...]]] = []
+    original = asyncio.create_subprocess_exec
+
+    async def recording(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        proc = await original(*args, **kwargs)
+        started.append((proc, args))
+        return proc
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", recording)
+    yield
+    for proc, args in started:
+        if proc.returncode is not None:
+            continue
+        print(f"\n+++ {request.node.nodeid} left {' '.join(map(str, args))[:200]} running: killed", file=sys.stderr)
+        proc.kill()
+        try:
+            await asyncio.wait_for(proc.communicate(), 10)
+        except (TimeoutError, ProcessLookupError, ValueError):
+            pass  # a pipe already read by the test (ValueError) or a process that will not die: it was told

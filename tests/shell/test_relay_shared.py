@@ -36,7 +36,7 @@ from gb28181gw.services.streams import _split
 from tests.helpers import media_port
 from tests.media import TcpConsumer, UdpConsumer, decode_h264, gb_ps, packetize, send_udp, wait_for
 
-from .test_devices import finished, free_udp_port
+from .test_devices import finished, free_udp_port, kill
 from .test_relay_batch import DEVICE, PACKETS, SSRC, STRANGER, _drain, _sink, _traffic, _with_ssrc
 from .test_streams import CH, DEVICE_SSRC, answer, gateway_with_device, scenario
 
@@ -566,4 +566,5 @@ async def test_the_stream_service_offers_the_relays_shared_port_and_gives_nothin
         assert gw.streams.pools[0].in_use == 0
     finally:
         viewer.close()
+        await kill(device)
         await gw.stop()
