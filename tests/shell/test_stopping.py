@@ -223,3 +223,23 @@ async def test_where_names_each_coroutine_a_task_waits_in() -> None:
         assert names == ["outer", "inner", "sleep"]
     finally:
         assert await stop_task(task)
+
+
+@pytest.mark.parametrize("holder", ["doctor run", "cascade catalog's shared-catalog refresh"])
+async def test_a_gateway_stops_though_one_of_its_tasks_lost_its_cancellation(holder: str) -> None:
+    # DoctorService.stop gathered its runs, CascadeCatalogService.stop cancelled its refresh without
+    # waiting: one run that lost its cancellation held the gateway's stop for ever, and a refresh
+    # cancelled that way went on reading a store being closed
+    from .conftest import start_gateway
+
+    gw = await start_gateway()
+    rounds: list[int] = []
+    task = asyncio.get_running_loop().create_task(_loses_one_cancellation(rounds))
+    if holder == "doctor run":
+        gw.doctor.running["34020000001320000001"] = task
+    else:
+        gw.cascade_catalog._others_task = task
+    while not rounds:
+        await asyncio.sleep(0.001)
+    await asyncio.wait_for(gw.stop(), HUNG)
+    assert task.cancelled()

@@ -63,6 +63,7 @@ from gb28181gw.sip.dialog import Dialog, DialogState
 from gb28181gw.sip.endpoint import warning_header
 from gb28181gw.sip.events import RequestReceived
 from gb28181gw.sip.message import Request, Response, make_response
+from gb28181gw.stopping import STOP_TIMEOUT, check_cancelled, stop_task
 
 from .devices import DeviceService
 from .registrar import RegistrarService
@@ -235,6 +236,13 @@ class CascadeCatalogService:
         self._tasks.cancel()
         for task in list(self._drains):
             task.cancel()
+        # awaited, each bounded: a task cancelled but left running would go on reading the shared
+        # catalog from a store that is closing, or sending to a superior we have said goodbye to
+        for stopping in [self._others_task, self._flushing, *self._drains]:
+            if stopping is not None:
+                await stop_task(stopping)
+        self._others_task = self._flushing = None
+        await self._tasks.wait(STOP_TIMEOUT)
 
     # --- the tree ---------------------------------------------------------------------------
 
@@ -311,6 +319,7 @@ class CascadeCatalogService:
 
     async def _keep_shared(self) -> None:
         while True:
+            check_cancelled()  # a stop lost in the store's client (see stopping.py)
             await asyncio.sleep(SHARED_INTERVAL)
             await self.refresh_shared()
 

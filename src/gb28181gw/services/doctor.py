@@ -55,6 +55,7 @@ from gb28181gw.media.rtp import RtpPacket
 from gb28181gw.media.tcp_framing import Rfc4571Reader
 from gb28181gw.metrics import DOCTOR_CHECKS, Metrics
 from gb28181gw.sdp import SessionDescription, StreamMode
+from gb28181gw.stopping import stop_task
 
 from .audit import AuditService, audited
 from .devices import DeviceService, config_section
@@ -232,11 +233,14 @@ class DoctorService:
             return report
 
     async def stop(self) -> None:
-        """Cancel the runs going on (their streams close) and wait for them."""
-        tasks = list(self.running.values())
-        for task in tasks:
+        """Cancel the runs going on (their streams close) and wait for them, each a bounded time."""
+        runs = list(self.running.items())
+        for _, task in runs:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for device_id, task in runs:
+            # not gathered: one run that does not end (a cancellation lost, stopping.py) would hold
+            # the gateway's shutdown for ever
+            await stop_task(task, what=f"doctor run of {device_id}")
 
     async def _run(self, device_id: str, emit: Emit, channel: str, keys: Sequence[str] | None) -> DoctorReport:
         started = time.time()
