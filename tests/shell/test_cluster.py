@@ -43,6 +43,7 @@ from typing import Any
 import pytest
 
 from gb28181gw.gb.director import NodeRecord, choose
+from tests.helpers import media_port
 from tests.media import UdpConsumer, decode_h264, gb_ps, packetize, send_udp, wait_for
 from tests.process import wait_ready
 from tests.redis_server import RedisServer, require_redis_py
@@ -164,10 +165,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         media = next(d for d in CANDIDATES if node_of(d, nodes) == "n2")
         devices = [d for d in CANDIDATES if d != media][:18]
         asyncio.run(seed_channel(redis, media))
-        media_port = free_udp_port()
-        sipp(tmp_path, director, [media], port=media_port)
+        device_port = free_udp_port()
+        sipp(tmp_path, director, [media], port=device_port)
         sipp(tmp_path, director, devices)
-        yield Cluster(tmp_path, redis, superior, director, nodes, devices, media, media_port, output)
+        yield Cluster(tmp_path, redis, superior, director, nodes, devices, media, device_port, output)
     finally:
         for node in started:
             node.end()
