@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -22,6 +24,8 @@ import pytest
 
 from gb28181gw import compiled
 from gb28181gw.cli.accelerate import sources_read
+from tests.helpers import request
+from tests.process import free_port, http_get, serve, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The test files of the compiled modules that do not replace a method on an instance (a compiled
@@ -210,3 +214,27 @@ def test_accelerate_check_says_whether_the_build_is_used(build: Path, tmp_path: 
         text=True,
     )
     assert none.returncode == 1 and "no build in" in none.stderr
+
+
+@needs_compiler
+def test_a_gateway_says_which_modules_are_compiled(build: Path) -> None:
+    sip_port, admin_port = free_port(), free_port()
+    env = {"PYTHONPATH": str(ROOT / "src"), compiled.ENV_DIR: str(build), compiled.ENV_OFF: "on"}
+    proc = serve("--listen", "127.0.0.1", "--port", str(sip_port), "--admin-port", str(admin_port), env=env)
+    admin = f"http://127.0.0.1:{admin_port}"
+    names = [m.removeprefix("gb28181gw.") for m in compiled.MODULES]
+    try:
+        wait_ready(admin, proc)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # the compiled stack answers
+            s.settimeout(5)
+            s.sendto(request("OPTIONS", "z9hG4bKcompiled"), ("127.0.0.1", sip_port))
+            assert s.recv(65535).startswith(b"SIP/2.0 200 OK")
+        metrics = http_get(admin + "/metrics")[1].decode()
+        assert f'compiled="{",".join(names)}"' in metrics
+        status = json.loads(http_get(admin + "/api/v1/status")[1])
+        assert status["compiled"] == {"compiled": "in use", "modules": names, "dir": str(build)}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=15)
+    started = [line for line in out.splitlines() if "gateway started" in line]
+    assert len(started) == 1 and "sip.quick" in started[0], out

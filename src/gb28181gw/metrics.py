@@ -78,6 +78,7 @@ BUILD = Family(
     "gb28181gw_build",
     Kind.INFO,
     "Version of the running gateway; compiled: its modules compiled by mypyc in use, or none",
+    ("version", "compiled"),
 )
 LOG_LINES_SUPPRESSED = Family(
     "gb28181gw_log_lines_suppressed",
