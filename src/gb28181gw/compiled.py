@@ -162,7 +162,10 @@ def install() -> None:
     global _finder
     if _finder is not None or disabled():
         return
-    directory = build_dir()
+    try:
+        directory = build_dir()
+    except (RuntimeError, KeyError):  # no home directory to find a cache in (a bare container user)
+        return
     manifest = read_manifest(directory)
     if manifest is None:
         return
