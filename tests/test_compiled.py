@@ -137,6 +137,35 @@ def test_the_build_directory_is_per_install_and_named_by_the_environment(tmp_pat
     assert compiled.disabled({compiled.ENV_OFF: "off"}) and not compiled.disabled({compiled.ENV_OFF: "on"})
 
 
+def test_accelerate_without_a_compiler_says_so_and_builds_nothing(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "CC": str(tmp_path / "no-such-cc")}
+    done = subprocess.run(
+        [sys.executable, "-m", "gb28181gw", "accelerate", "--dir", str(tmp_path / "build")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1
+    assert "no C compiler" in done.stderr and "no-such-cc" in done.stderr and "install gcc" in done.stderr
+    assert not (tmp_path / "build").exists()
+
+
+def test_accelerate_remove_deletes_only_a_build(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("not a build")
+    argv = [sys.executable, "-m", "gb28181gw", "accelerate", "--remove", "--dir"]
+    refused = subprocess.run([*argv, str(other)], env=env, capture_output=True, text=True)
+    assert refused.returncode == 1 and "is not a gb28181gw build" in refused.stderr
+    assert (other / "keep.txt").is_file()
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / compiled.MANIFEST).write_text("{}")
+    removed = subprocess.run([*argv, str(build)], env=env, capture_output=True, text=True)
+    assert removed.returncode == 0 and not build.exists()
+
+
 # -- a real build -------------------------------------------------------------------------------
 
 

@@ -94,7 +94,7 @@ def _prerequisites() -> None:
             f"cannot compile: {' and '.join(missing)} not installed",
             "pip install 'gb28181gw[accelerate]' (mypy ships mypyc)",
         )
-    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]  # setuptools honours $CC too
     if shutil.which(cc) is None:
         fail(
             f"cannot compile: no C compiler ({cc!r} is not on PATH)", "install gcc (Debian/Ubuntu: apt-get install gcc)"
