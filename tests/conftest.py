@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 # The suite tests the .py sources, whatever `gb28181gw accelerate` built on this machine (tests that
-# replace a method on an instance cannot on a compiled class); tests/core/test_compiled.py runs the
+# replace a method on an instance cannot on a compiled class); tests/test_compiled.py runs the
 # quick path's tests against a build of its own. GB28181GW_COMPILED=on runs any test file compiled.
 os.environ.setdefault("GB28181GW_COMPILED", "off")
 

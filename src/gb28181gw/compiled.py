@@ -16,7 +16,7 @@ run the stale reader. Nothing is ever put next to the ``.py`` files: with an edi
 
 ``GB28181GW_COMPILED=off`` turns the finder off (the pure package, e.g. to compare the two in
 one benchmark run); ``GB28181GW_COMPILED_DIR`` names the build directory. The test suite runs
-pure unless told otherwise (``tests/conftest.py``); ``tests/core/test_compiled.py`` builds the
+pure unless told otherwise (``tests/conftest.py``); ``tests/test_compiled.py`` builds the
 modules and runs the quick path's property tests against them.
 """
 

@@ -205,7 +205,7 @@ def _loads(target: Path) -> tuple[list[str], str | None]:
 @click.option("--check", is_flag=True, help="Only say whether a build exists and would be used; exit 1 if not.")
 @click.option("--remove", "remove_it", is_flag=True, help="Delete the build: the gateway runs its .py sources.")
 @click.option("-v", "--verbose", is_flag=True, help="Show mypyc's and the compiler's output.")
-# the C compiler's -O level: tests/core/test_compiled.py builds with 0, in half the time
+# the C compiler's -O level: tests/test_compiled.py builds with 0, in half the time
 @click.option("--opt-level", type=click.Choice(["0", "1", "2", "3"]), default="3", hidden=True)
 def accelerate(directory: Path | None, check: bool, remove_it: bool, verbose: bool, opt_level: str) -> None:
     """Compile the SIP hot path with mypyc (about 2x less CPU per REGISTER and keepalive).
