@@ -17,9 +17,17 @@ same-run baseline of the end-to-end benchmark, without its system calls.
 cost ~0.2 µs each), nested steps indented. ``--profile register|keepalive`` prints cProfile's
 top functions for that phase instead.
 
+``--compiled off|on|both`` runs the measurement from the ``.py`` sources (``GB28181GW_COMPILED=off``),
+with the modules ``gb28181gw accelerate`` compiled (refused if that build is not used), or both, each
+in a process of its own (a process imports a module once), then prints the two and the bare
+responder side by side; the default, ``as-is``, measures whatever the environment gives, and the
+first line says which. ``--stages`` needs the pure modules (it wraps methods, which a compiled class
+refuses); cProfile sees a compiled function only as part of its Python caller.
+
     python benchmarks/bench_quick.py
     python benchmarks/bench_quick.py --stages
     python benchmarks/bench_quick.py --profile register
+    python benchmarks/bench_quick.py --compiled both
 """
 
 from __future__ import annotations
@@ -30,8 +38,10 @@ import cProfile
 import functools
 import gc
 import hashlib
+import os
 import pstats
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import uvloop  # noqa: E402
 
 from bare_responder import Responder  # noqa: E402
+from gb28181gw import compiled  # noqa: E402
 from gb28181gw.app import Gateway, tune_gc  # noqa: E402
 from gb28181gw.config import load_config  # noqa: E402
 from gb28181gw.sip.peer import Peer  # noqa: E402
@@ -358,6 +369,12 @@ async def run(args: argparse.Namespace) -> None:
     rounds = args.rounds
     with tempfile.TemporaryDirectory(prefix="bench-quick-") as tmp:
         gw = await start_gateway(tmp, quick=not args.general)
+        label = compiled.label()  # the gateway has imported every module it serves with
+        print(f"modules compiled by mypyc: {label}")
+        if args.compiled == "on" and label == "none":
+            raise SystemExit(f"--compiled on: no compiled module in use ({compiled.state().get('why')})")
+        if args.stages and label != "none":
+            raise SystemExit("--stages wraps methods, which a compiled class refuses: add --compiled off")
         try:
             times: dict[str, list[int]] = {"challenge": [], "auth": [], "keepalive": []}
             if args.profile:
@@ -423,8 +440,60 @@ def main() -> None:
     ap.add_argument("--profile", choices=["register", "keepalive"], help="cProfile one phase instead")
     ap.add_argument("--top", type=int, default=30, help="functions --profile prints")
     ap.add_argument("--general", action="store_true", help="registrar.quick_path = false, for comparison")
+    ap.add_argument(
+        "--compiled",
+        choices=["as-is", "off", "on", "both"],
+        default="as-is",
+        help="the .py sources (off), the build of `gb28181gw accelerate` (on), or both, each in its own process",
+    )
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    uvloop.run(run(args))
+    if args.compiled == "as-is" or args.child:
+        uvloop.run(run(args))
+    else:
+        compare(args, ["off", "on"] if args.compiled == "both" else [args.compiled])
+
+
+def compare(args: argparse.Namespace, modes: list[str]) -> None:
+    """Run the measurement once per mode, each in a child process, and print the p50s side by side."""
+    p50: dict[str, dict[str, float]] = {}
+    argv = [a for a in sys.argv[1:] if not a.startswith("--compiled")]
+    if "--compiled" in sys.argv:
+        i = sys.argv.index("--compiled")
+        argv = sys.argv[1:i] + sys.argv[i + 2 :]
+    for mode in modes:
+        env = {**os.environ, "GB28181GW_COMPILED": mode}
+        out = subprocess.run(
+            [sys.executable, __file__, *argv, "--compiled", mode, "--child"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        name = {"off": "pure", "on": "compiled"}[mode]
+        print(f"==== {name} (GB28181GW_COMPILED={mode})")
+        print(out.stdout, end="")
+        if out.returncode != 0:
+            raise SystemExit(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}")
+        seen: dict[str, int] = {}
+        for line in out.stdout.splitlines():
+            for phase in ("registration (both)", "keepalive"):
+                if line.startswith(phase + " "):
+                    # first the gateway's line, then the bare responder's
+                    who = name if seen.get(phase, 0) == 0 else f"bare ({name} run)"
+                    seen[phase] = seen.get(phase, 0) + 1
+                    p50.setdefault(who, {})[phase] = float(line.split("mean")[1].split()[0])
+    if args.stages or args.profile:
+        return
+    print("==== p50 µs, same run")
+    for who, phases in p50.items():
+        print(f"{who:24} registration {phases['registration (both)']:7.2f}   keepalive {phases['keepalive']:6.2f}")
+    if "pure" in p50 and "compiled" in p50:
+        pure, comp = p50["pure"], p50["compiled"]
+        print(
+            f"compiled ÷ pure cost: registration {comp['registration (both)'] / pure['registration (both)']:.2f} "
+            f"({pure['registration (both)'] / comp['registration (both)']:.2f}x faster), keepalive "
+            f"{comp['keepalive'] / pure['keepalive']:.2f} ({pure['keepalive'] / comp['keepalive']:.2f}x faster)"
+        )
 
 
 if __name__ == "__main__":

@@ -16,9 +16,16 @@ digest challenge and check, 200 to MESSAGE; nothing else) or ``both`` (the defau
 steps, then the bare responder's with the same generator, pinning and rates, and the two best
 steps side by side). ``gen CPU %`` is the generator's own share of CPU 1: near 100 it is the limit.
 
+--compiled (storm, keepalive, memory): ``off`` runs the gateway from its ``.py`` sources
+(``GB28181GW_COMPILED=off``), ``on`` with the modules ``gb28181gw accelerate`` compiled (refused
+if that build is not used: see its start-up line), ``both`` the gateway twice, pure then compiled,
+before the bare responder; ``as-is`` (the default) whatever the environment gives. Each gateway's
+header line says which it ran, from its ``gb28181gw_build_info{compiled=...}``.
+
     python benchmarks/bench_register.py storm
     python benchmarks/bench_register.py keepalive
     python benchmarks/bench_register.py memory --devices 100000
+    python benchmarks/bench_register.py storm --compiled both
 """
 
 from __future__ import annotations
@@ -292,8 +299,22 @@ def keepalives(
     }
 
 
+COMPILED_ENV = {"gateway (pure)": "off", "gateway (compiled)": "on"}
+
+
+def compiled_label(admin_port: int) -> str:
+    """The modules compiled by mypyc the gateway runs (``gb28181gw_build_info{compiled=...}``)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("gb28181gw_build_info{"):
+                return line.split('compiled="', 1)[1].split('"', 1)[0]
+    return "?"
+
+
 def start_target(target: str, sip_port: int, admin_port: int) -> subprocess.Popen[bytes]:
     """The gateway (``gb28181gw serve``) or the bare responder, pinned to CPU 0 alike."""
+    if target in COMPILED_ENV:  # the child inherits it (bench_options.start_server)
+        os.environ["GB28181GW_COMPILED"] = COMPILED_ENV[target]
     if target == "bare":
         proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve().parent / "bare_responder.py"),
@@ -304,7 +325,13 @@ def start_target(target: str, sip_port: int, admin_port: int) -> subprocess.Pope
         return proc
     # the registrar alone: no catalog queries or subscriptions toward the generator's devices
     quiet = ("--set", "devices.catalog_on_register=false", "--set", "devices.subscribe=")
-    return start_server(sip_port, admin_port, 0, "--set", f"registrar.password={PASSWORD}", *quiet, *EXTRA)
+    proc = start_server(sip_port, admin_port, 0, "--set", f"registrar.password={PASSWORD}", *quiet, *EXTRA)
+    label = compiled_label(admin_port)
+    print(f"gateway modules compiled by mypyc: {label}")
+    if target == "gateway (compiled)" and label == "none":
+        proc.kill()
+        raise SystemExit("--compiled on: the gateway runs no compiled module (`gb28181gw accelerate --check` says why)")
+    return proc
 
 
 def histograms(admin_port: int, *names: str) -> dict[str, list[tuple[float, float]]]:
@@ -356,19 +383,31 @@ def main() -> None:
         default="both",
         help="storm, keepalive: the gateway, benchmarks/bare_responder.py, or both one after the other",
     )
+    ap.add_argument(
+        "--compiled",
+        choices=["as-is", "off", "on", "both"],
+        default="as-is",
+        help="the gateway from its .py sources (off), compiled by `gb28181gw accelerate` (on), or both in turn",
+    )
     args = ap.parse_args()
     os.sched_setaffinity(0, {1})
+    gateways = {"as-is": ["gateway"], "off": ["gateway (pure)"], "on": ["gateway (compiled)"]}.get(
+        args.compiled, ["gateway (pure)", "gateway (compiled)"]
+    )
     if args.mode == "memory":
-        targets = ["gateway"]  # the bare responder keeps no devices
+        targets = gateways  # the bare responder keeps no devices
     else:
-        targets = ["gateway", "bare"] if args.target == "both" else [args.target]
+        targets = gateways + ["bare"] if args.target == "both" else gateways if args.target == "gateway" else ["bare"]
     best: dict[str, tuple[float, float]] = {}
     for target in targets:
         best[target] = run_target(args, target)
-    if len(best) == 2 and best["bare"][0]:
-        (gw, gw_cpu), (bare, bare_cpu) = best["gateway"], best["bare"]
-        print(f"fastest step with < 1 % failures: gateway {gw:,.0f}/s at {gw_cpu:.1f} µs CPU each, "
-              f"bare responder {bare:,.0f}/s at {bare_cpu:.1f} µs: {gw / bare:.2f}x")  # fmt: skip
+    if "bare" in best and best["bare"][0]:
+        bare, bare_cpu = best["bare"]
+        for name in gateways:
+            if name in best:
+                gw, gw_cpu = best[name]
+                print(f"fastest step with < 1 % failures: {name} {gw:,.0f}/s at {gw_cpu:.1f} µs CPU each, "
+                      f"bare responder {bare:,.0f}/s at {bare_cpu:.1f} µs: {gw / bare:.2f}x")  # fmt: skip
 
 
 def run_target(args: argparse.Namespace, target: str) -> tuple[float, float]:
@@ -413,11 +452,11 @@ def run_target(args: argparse.Namespace, target: str) -> tuple[float, float]:
             rates = [float(x) for x in (args.rates or "5000,10000,15000,18000,20000,22000").split(",")]
             for step, rate in enumerate(rates):
                 # the bare responder has no /metrics: its stall columns stay "-"
-                h0 = histograms(admin_port, LAG, GC) if target == "gateway" else {LAG: [], GC: []}
+                h0 = histograms(admin_port, LAG, GC) if target != "bare" else {LAG: [], GC: []}
                 c0 = cpu_seconds(pid)
                 k = keepalives(devs, sip_port, 0, n, rate, args.seconds, base=step * 100_000_000)
                 cpu = (cpu_seconds(pid) - c0) / max(k["answered"], 1) * 1e6
-                h1 = histograms(admin_port, LAG, GC) if target == "gateway" else h0
+                h1 = histograms(admin_port, LAG, GC) if target != "bare" else h0
                 print(f"{rate:>10.0f} {k['answered']:>9.0f} {k['failure_pct']:>7.2f} {k['keepalives_per_s']:>13.0f} "
                       f"{cpu:>12.1f} {k['p50_ms']:>7.2f} {k['p99_ms']:>7.2f} {k['max_ms']:>7.1f} "
                       f"{worst(h0[LAG], h1[LAG]):>10} {worst(h0[GC], h1[GC]):>9} {total_ms(h0[GC], h1[GC]):>6.0f}")  # fmt: skip

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from gb28181gw import __version__
+from gb28181gw import __version__, compiled
 from gb28181gw.admin import AdminServer, add_device_routes, add_upstream_routes
 from gb28181gw.admin.audit import add_audit_routes
 from gb28181gw.admin.doctor import add_doctor_routes
@@ -298,6 +298,8 @@ class Gateway:
                 "relay_workers": len(self.streams.relays),
             },
             "store": self.store.location,
+            # the hot path compiled by `gb28181gw accelerate`, or why not (gb28181gw/compiled.py)
+            "compiled": compiled.state(),
             "node": c.node.id,
             "store_writable": self.store.writable,
             "store_error": self.store.last_error,
@@ -373,6 +375,7 @@ class Gateway:
                 "version": __version__,
                 "store": self.store.location,
                 "node": c.node.id,
+                "compiled": compiled.label(),
             },  # fmt: skip
         )
 

@@ -31,9 +31,18 @@ from gb28181gw.errors import ConfigError, ConfigFileMissing, IdError, redact_url
 from gb28181gw.ids import GbId, is_id_prefix, type_name
 
 ENV_PREFIX = "GB28181GW_"
-#: Variables with our prefix that are not settings: the config file, the CLI's admin URL and display zone.
+#: Variables with our prefix that are not settings: the config file, the CLI's admin URL and display zone,
+#: and where compiled modules are (gb28181gw/compiled.py).
 NOT_SETTINGS = frozenset(
-    {"GB28181GW_CONFIG", "GB28181GW_ADMIN_URL", "GB28181GW_TIME_ZONE", "GB28181GW_TOKEN", "GB28181GW_CA_FILE"}
+    {
+        "GB28181GW_CONFIG",
+        "GB28181GW_ADMIN_URL",
+        "GB28181GW_TIME_ZONE",
+        "GB28181GW_TOKEN",
+        "GB28181GW_CA_FILE",
+        "GB28181GW_COMPILED",
+        "GB28181GW_COMPILED_DIR",
+    }
 )
 
 

@@ -28,7 +28,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from gb28181gw import __version__
+from gb28181gw import __version__, compiled
 
 
 class Kind(StrEnum):
@@ -74,7 +74,12 @@ SIP_TRANSACTIONS_IN_FLIGHT = Family(
     "gb28181gw_sip_transactions_in_flight", Kind.GAUGE, "SIP transactions not yet terminated"
 )
 SIP_TCP_CONNECTIONS = Family("gb28181gw_sip_tcp_connections", Kind.GAUGE, "Open SIP TCP connections")
-BUILD = Family("gb28181gw_build", Kind.INFO, "Version of the running gateway")
+BUILD = Family(
+    "gb28181gw_build",
+    Kind.INFO,
+    "Version of the running gateway; compiled: its modules compiled by mypyc in use, or none",
+    ("version", "compiled"),
+)
 LOG_LINES_SUPPRESSED = Family(
     "gb28181gw_log_lines_suppressed",
     Kind.COUNTER,
@@ -477,7 +482,7 @@ class _SipCollector(Collector):
         for family, histogram in self.histograms.items():
             yield histogram.family(family.name, family.help)
         info = InfoMetricFamily(BUILD.name, BUILD.help)
-        info.add_metric([], {"version": __version__})
+        info.add_metric([], {"version": __version__, "compiled": compiled.label()})
         yield info
 
 

@@ -45,10 +45,12 @@ async def test_a_gateway_exports_exactly_the_families_of_metrics_py(gateway: Gat
     for f in FAMILIES:
         seen = exported[_as_exposed(f)[0]][2]
         if f.kind is Kind.INFO:
-            assert seen == {"version"}
+            assert seen == set(f.labels) == {"version", "compiled"}
         elif seen:  # families without samples yet show no labels
             assert seen == set(f.labels), f.name
     assert exported["gb28181gw_sip_requests"][2] == {"direction", "transport", "method"}
+    # the suite runs the .py sources (tests/conftest.py): tests/test_compiled.py has the compiled label
+    assert 'compiled="none"' in gateway.metrics.render().decode()
 
 
 def test_the_table_lists_every_family_of_the_module_once() -> None:

@@ -8,6 +8,7 @@ client and the output conventions every command follows.
 """
 
 from gb28181gw.cli import (  # noqa: F401  (registers the commands)
+    accelerate,
     audit,
     control,
     devices,

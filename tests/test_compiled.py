@@ -1,0 +1,269 @@
+"""The hot path compiled by ``gb28181gw accelerate`` (gb28181gw/compiled.py): same answers, never stale.
+
+The loader's checks are tested without a compiler. With one (gcc, the Python headers, mypyc), one
+build per run goes into a temporary directory (``--opt-level 0``: half the build time; the same C
+from mypyc) and, each in a fresh interpreter: the quick path's property tests and the tests of the
+other compiled modules pass against it; an edited source, compiled or only imported by a compiled
+module, makes every module load from its ``.py`` with one warning naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gb28181gw import compiled
+from gb28181gw.cli.accelerate import sources_read
+from tests.helpers import request
+from tests.process import free_port, http_get, serve, wait_ready
+
+ROOT = Path(__file__).resolve().parent.parent
+#: The test files of the compiled modules that do not replace a method on an instance (a compiled
+#: class refuses that: tests/shell/test_registrar_quick.py counts the general path that way).
+COMPILED_TESTS = [
+    "tests/core/test_quick.py",
+    "tests/core/sip/test_auth.py",
+    "tests/core/sip/test_completed.py",
+    "tests/core/sip/test_endpoint.py",
+    "tests/core/gb/test_devices.py",
+    "tests/core/gb/test_registrar.py",
+    "tests/core/gb/test_keepalive.py",
+    "tests/core/test_keepalive_fast.py",
+    "tests/core/test_ids.py",
+    "tests/core/test_manscdp.py",
+]
+
+
+def _cannot_compile() -> str | None:
+    try:
+        import mypyc.build  # noqa: F401
+    except ImportError:
+        return "mypyc is not installed (pip install 'gb28181gw[accelerate]')"
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(cc) is None:
+        return f"no C compiler ({cc}): the compiled modules are not tested here"
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
+        return "no Python headers (Python.h): the compiled modules are not tested here"
+    return None
+
+
+needs_compiler = pytest.mark.skipif(_cannot_compile() is not None, reason=_cannot_compile() or "")
+
+
+def _python(code: str, *, package_root: Path, build: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(package_root), compiled.ENV_DIR: str(build), compiled.ENV_OFF: "on"}
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+
+
+PROBE = (
+    "import importlib, json\nfrom gb28181gw import compiled\n"
+    "mods = [importlib.import_module(m) for m in compiled.MODULES]\n"
+    "print(json.dumps({'state': compiled.state(), 'files': [m.__file__ for m in mods], 'label': compiled.label()}))"
+)
+
+
+def _probe(package_root: Path, build: Path) -> tuple[dict[str, object], str]:
+    done = _python(PROBE, package_root=package_root, build=build)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+
+
+# -- the loader, no compiler needed -------------------------------------------------------------
+
+
+def test_the_sources_of_a_build_are_the_compiled_modules_and_all_they_import() -> None:
+    files = {
+        p.relative_to(compiled.PACKAGE_DIR).as_posix()
+        for p in sources_read(compiled.PACKAGE_DIR.parent, compiled.MODULES)
+    }
+    for name in compiled.MODULES:
+        assert name.removeprefix("gb28181gw.").replace(".", "/") + ".py" in files
+    # imported, not compiled: a build inlines what it read of them, so an edit must void it too
+    assert {"__init__.py", "compiled.py", "errors.py", "sip/__init__.py", "sip/message.py", "deadlines.py"} <= files
+    assert "cli/serve.py" not in files and "app.py" not in files
+
+
+def _manifest(**over: object) -> dict[str, object]:
+    quick = compiled.PACKAGE_DIR / "sip" / "quick.py"
+    manifest: dict[str, object] = {
+        "format": compiled.FORMAT,
+        "python": compiled.python_tag(),
+        "modules": list(compiled.MODULES),
+        "files": {},
+        "sources": {"sip/quick.py": compiled.source_hash(quick)},
+    }
+    manifest.update(over)
+    return manifest
+
+
+def test_a_build_matching_its_sources_is_usable(tmp_path: Path) -> None:
+    assert compiled.stale_reason(_manifest(), tmp_path) is None
+
+
+def test_an_edited_source_a_gone_file_or_another_python_voids_the_build(tmp_path: Path) -> None:
+    edited = compiled.stale_reason(_manifest(sources={"sip/quick.py": "0" * 64}), tmp_path)
+    assert edited == "edited since the build: sip/quick.py"
+    gone = compiled.stale_reason(_manifest(sources={"sip/nothing.py": "0" * 64}), tmp_path)
+    assert gone == "edited since the build: sip/nothing.py (gone)"
+    other = compiled.stale_reason(_manifest(python="3.10.0 .cpython-310-x86_64-linux-gnu.so"), tmp_path)
+    assert other is not None and other.startswith("built for Python 3.10.0")
+    missing = compiled.stale_reason(_manifest(files={"gb28181gw.sip.quick": "gb28181gw/sip/quick.so"}), tmp_path)
+    assert missing == "build files missing: gb28181gw/sip/quick.so"
+    assert compiled.stale_reason(_manifest(format=0), tmp_path) is not None
+
+
+def test_without_a_build_nothing_changes(tmp_path: Path) -> None:
+    state, stderr = _probe(ROOT / "src", tmp_path / "none")
+    assert state["state"] == {"compiled": "not built", "modules": [], "why": state["state"]["why"]}  # type: ignore[index]
+    assert all(str(f).endswith(".py") for f in state["files"])  # type: ignore[attr-defined]
+    assert state["label"] == "none" and stderr == ""
+
+
+def test_the_build_directory_is_per_install_and_named_by_the_environment(tmp_path: Path) -> None:
+    assert compiled.build_dir({compiled.ENV_DIR: str(tmp_path)}) == tmp_path
+    default = compiled.build_dir({"XDG_CACHE_HOME": str(tmp_path)})
+    assert default.parent == tmp_path / "gb28181gw" / "compiled"
+    assert default.name.startswith(sys.implementation.cache_tag + "-")
+    assert compiled.disabled({compiled.ENV_OFF: "off"}) and not compiled.disabled({compiled.ENV_OFF: "on"})
+
+
+def test_accelerate_without_a_compiler_says_so_and_builds_nothing(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "CC": str(tmp_path / "no-such-cc")}
+    done = subprocess.run(
+        [sys.executable, "-m", "gb28181gw", "accelerate", "--dir", str(tmp_path / "build")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1
+    assert "no C compiler" in done.stderr and "no-such-cc" in done.stderr and "install gcc" in done.stderr
+    assert not (tmp_path / "build").exists()
+
+
+def test_accelerate_remove_deletes_only_a_build(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("not a build")
+    argv = [sys.executable, "-m", "gb28181gw", "accelerate", "--remove", "--dir"]
+    refused = subprocess.run([*argv, str(other)], env=env, capture_output=True, text=True)
+    assert refused.returncode == 1 and "is not a gb28181gw build" in refused.stderr
+    assert (other / "keep.txt").is_file()
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / compiled.MANIFEST).write_text("{}")
+    removed = subprocess.run([*argv, str(build)], env=env, capture_output=True, text=True)
+    assert removed.returncode == 0 and not build.exists()
+
+
+# -- a real build -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    target = tmp_path_factory.mktemp("compiled") / "build"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(
+        [sys.executable, "-m", "gb28181gw", "accelerate", "--dir", str(target), "--opt-level", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    yield target
+
+
+@needs_compiler
+def test_the_quick_path_tests_pass_against_the_compiled_modules(build: Path) -> None:
+    run = (
+        PROBE + "\nassert compiled.state()['compiled'] == 'in use', compiled.state()\n"
+        "assert all(f.endswith(compiled.importlib.machinery.EXTENSION_SUFFIXES[0]) for f in "
+        "[m.__file__ for m in mods]), [m.__file__ for m in mods]\n"
+        "import pytest, sys\n"
+        f"sys.exit(pytest.main(['-q', '-x', '-p', 'no:cacheprovider', '-p', 'no:xdist', *{COMPILED_TESTS!r}]))"
+    )
+    done = _python(run, package_root=ROOT / "src", build=build)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and "skipped" not in done.stdout.splitlines()[-1]
+
+
+@needs_compiler
+def test_an_unchanged_copy_uses_the_build(build: Path, tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "src" / "gb28181gw", tmp_path / "gb28181gw", ignore=shutil.ignore_patterns("__pycache__"))
+    state, stderr = _probe(tmp_path, build)
+    assert state["state"]["compiled"] == "in use", state  # type: ignore[index]
+    assert state["state"]["modules"] == [m.removeprefix("gb28181gw.") for m in compiled.MODULES]  # type: ignore[index]
+    assert state["label"] == ",".join(m.removeprefix("gb28181gw.") for m in compiled.MODULES)
+    assert stderr == ""
+
+
+@needs_compiler
+@pytest.mark.parametrize("edited", ["sip/quick.py", "errors.py"])  # compiled; only imported by compiled ones
+def test_an_edited_source_makes_every_module_load_from_its_py(build: Path, tmp_path: Path, edited: str) -> None:
+    shutil.copytree(ROOT / "src" / "gb28181gw", tmp_path / "gb28181gw", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(tmp_path / "gb28181gw" / edited, "a") as f:
+        f.write("\n# edited after the build\n")
+    state, stderr = _probe(tmp_path, build)
+    assert state["state"] == {  # type: ignore[comparison-overlap]
+        "compiled": "not used",
+        "modules": [],
+        "why": f"edited since the build: {edited}",
+    }
+    assert all(str(f).endswith(".py") for f in state["files"])  # type: ignore[attr-defined]
+    assert state["label"] == "none"
+    warnings = [line for line in stderr.splitlines() if "compiled modules not used" in line]
+    assert len(warnings) == 1 and edited in warnings[0], stderr
+
+
+@needs_compiler
+def test_accelerate_check_says_whether_the_build_is_used(build: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    ok = subprocess.run(
+        [sys.executable, "-m", "gb28181gw", "accelerate", "--check", "--dir", str(build)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0 and "matching their sources" in ok.stdout, ok.stdout + ok.stderr
+    none = subprocess.run(
+        [sys.executable, "-m", "gb28181gw", "accelerate", "--check", "--dir", str(tmp_path / "none")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert none.returncode == 1 and "no build in" in none.stderr
+
+
+@needs_compiler
+def test_a_gateway_says_which_modules_are_compiled(build: Path) -> None:
+    sip_port, admin_port = free_port(), free_port()
+    env = {"PYTHONPATH": str(ROOT / "src"), compiled.ENV_DIR: str(build), compiled.ENV_OFF: "on"}
+    proc = serve("--listen", "127.0.0.1", "--port", str(sip_port), "--admin-port", str(admin_port), env=env)
+    admin = f"http://127.0.0.1:{admin_port}"
+    names = [m.removeprefix("gb28181gw.") for m in compiled.MODULES]
+    try:
+        wait_ready(admin, proc)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # the compiled stack answers
+            s.settimeout(5)
+            s.sendto(request("OPTIONS", "z9hG4bKcompiled"), ("127.0.0.1", sip_port))
+            assert s.recv(65535).startswith(b"SIP/2.0 200 OK")
+        metrics = http_get(admin + "/metrics")[1].decode()
+        assert f'compiled="{",".join(names)}"' in metrics
+        status = json.loads(http_get(admin + "/api/v1/status")[1])
+        assert status["compiled"] == {"compiled": "in use", "modules": names, "dir": str(build)}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=15)
+    started = [line for line in out.splitlines() if "gateway started" in line]
+    assert len(started) == 1 and "sip.quick" in started[0], out
