@@ -60,6 +60,14 @@ def _cannot_compile() -> str | None:
 needs_compiler = pytest.mark.skipif(_cannot_compile() is not None, reason=_cannot_compile() or "")
 
 
+@pytest.fixture(autouse=True)
+def _ci_compiles() -> None:
+    # .ci/run installs what a build needs (gcc and Python.h come with Debian's Python set-up, mypyc
+    # with the test extra): a CI run that skipped these would pass without testing the compiled path
+    if os.environ.get("CI") and (why := _cannot_compile()) is not None:
+        pytest.fail(f"{why}: CI must test the compiled modules")
+
+
 def _python(code: str, *, package_root: Path, build: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(package_root), compiled.ENV_DIR: str(build), compiled.ENV_OFF: "on"}
     return subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
