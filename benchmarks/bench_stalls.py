@@ -9,8 +9,15 @@ as ``gb28181gw serve`` tunes it. Then, each on its own:
 - the write of every device's keepalive time (``RegistrarService.flush``, what the registrar
   does every 30 s), with a task beside it that only yields (``await asyncio.sleep(0)``): the
   longest gap between two of its turns is the longest the loop was held;
-- a full collection and the expiry of every completed transaction kept for Timer J at once
-  (the stack's timer expires them every 10 ms, a few hundred at a time, under load).
+- a full collection;
+- the expiry of every completed transaction kept for Timer J as the stack's timer does it when
+  all are due (a burst's, or a late loop): each ``handle_timer`` call timed, until none is due
+  (one call before issue 16's slices; now at most ``EXPIRE_STEP`` entries a call);
+- a metrics scrape (``Metrics.render``: the device counts walk every device);
+- the Timer J table alone at a steady ``--steady-rate`` for 40 s of simulated time (32 s kept,
+  adds and expiries balancing, expired every 10 ms as the stack does): the longest single
+  ``add`` (a dict of every key is rebuilt whole when its deleted slots run out) and the longest
+  ``expire`` call.
 
     python benchmarks/bench_stalls.py --devices 10000 --rounds 4
 """
@@ -33,6 +40,8 @@ import uvloop  # noqa: E402
 import bench_quick as bq  # noqa: E402
 from gb28181gw.app import freeze_started, tune_gc  # noqa: E402
 from gb28181gw.services.registrar import RegistrarService  # noqa: E402
+from gb28181gw.sip.completed import CompletedResponses  # noqa: E402
+from gb28181gw.sip.peer import Peer  # noqa: E402
 
 
 async def longest_gap(work: Callable[[], Awaitable[None]]) -> tuple[float, float]:
@@ -98,18 +107,60 @@ async def run(args: argparse.Namespace) -> None:
             t0 = time.perf_counter()
             gc.collect()
             print(f"a full collection: {(time.perf_counter() - t0) * 1000:.1f} ms")
-            endpoint = gw.stack.endpoint
             t0 = time.perf_counter()
-            endpoint.handle_timer(asyncio.get_running_loop().time() + 33)
-            print(f"every kept transaction expired at once: {(time.perf_counter() - t0) * 1000:.1f} ms")
+            size = len(gw.metrics.render())
+            print(f"a metrics scrape ({size:,} bytes): {(time.perf_counter() - t0) * 1000:.1f} ms")
+            endpoint = gw.stack.endpoint
+            when = asyncio.get_running_loop().time() + 33
+            calls: list[float] = []
+            while (due := endpoint.get_timer()) is not None and due <= when:
+                t0 = time.perf_counter()
+                endpoint.handle_timer(when)
+                calls.append((time.perf_counter() - t0) * 1000)
+            print(
+                f"every kept transaction due at once: {len(calls)} timer calls, longest {max(calls, default=0):.1f} ms, "
+                f"in all {sum(calls):.1f} ms"
+            )
         finally:
             await gw.stop()
+    steady(args.steady_rate)
+
+
+def steady(rate: int) -> None:
+    """The Timer J table alone under a steady load (see the module docstring)."""
+    table = CompletedResponses()
+    answer = b"SIP/2.0 200 OK\r\n" + b"x" * 300
+    peer = Peer("UDP", "127.0.0.1", 5060)
+    per_tick = rate // 100
+    longest_add = longest_expire = 0.0
+    clock = time.perf_counter
+    n = 0
+    for tick in range(40 * 100):
+        now = tick / 100
+        for _ in range(per_tick):
+            key = (f"z9hG4bK{n:x}-{n * 7919:x}", "127.0.0.1:5060", "MESSAGE")
+            t0 = clock()
+            table.add(key, answer, peer, now + 32.0)
+            took = clock() - t0
+            if took > longest_add:
+                longest_add = took
+            n += 1
+        t0 = clock()
+        table.expire(now)
+        took = clock() - t0
+        if took > longest_expire:
+            longest_expire = took
+    print(
+        f"Timer J table at {rate:,}/s for 40 s ({len(table):,} kept at the end): longest add "
+        f"{longest_add * 1000:.2f} ms, longest expiry tick {longest_expire * 1000:.2f} ms"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--devices", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=4, help="keepalives per device")
+    ap.add_argument("--steady-rate", type=int, default=20_000, help="the Timer J table alone: adds per second")
     uvloop.run(run(ap.parse_args()))
 
 

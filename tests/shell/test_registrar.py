@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from gb28181gw.app import Gateway
 from gb28181gw.cli import main
 from gb28181gw.gb.model import DeviceState
+from gb28181gw.services.registrar import SWEEP_STEP
 from tests.helpers import KEEPALIVE_BODY, crlf
 
 from .conftest import run_sipp, start_gateway
@@ -106,8 +107,23 @@ async def test_thousand_devices_survive_a_restart_then_time_out(tmp_path: Path) 
         assert sorted(devices) == ids, "devices were lost across the restart"
         assert all(d.registered and d.online for d in devices.values())
         assert gw.status()["devices"] == {"known": 1000, "registered": 1000, "online": 1000}
-        # nobody sends keepalives any more: all go offline after interval x count (2 s)
-        await asyncio.sleep(3.5)
+        # nobody sends keepalives any more: all go offline after interval x count (2 s), together,
+        # SWEEP_STEP at most before the loop turns (counted by a task beside it, not timed)
+        went: list[str] = []
+        gw.registrar.on_offline(lambda device, reason: went.append(device.device_id))
+        gaps: list[int] = []
+
+        async def beside() -> None:
+            seen = 0
+            while len(went) < 1000:
+                gaps.append(len(went) - seen)
+                seen = len(went)
+                await asyncio.sleep(0)
+            gaps.append(len(went) - seen)
+
+        await asyncio.wait_for(beside(), 30)
+        assert sorted(went) == ids
+        assert max(gaps) <= SWEEP_STEP, f"{max(gaps)} devices taken offline without a turn of the loop"
         assert not any(d.online for d in devices.values())
         assert all(d.registered for d in devices.values())  # their registrations have not expired
         assert gw.registrar.timeouts[("keepalive timeout",)] == 1000

@@ -108,6 +108,10 @@ MAX_NOTICES = 100_000
 LEARN_INTERVAL = 1.0
 #: Learnt rows taken into the table between two yields to the event loop.
 LEARN_STEP = 1000
+#: Devices a liveness timer call takes offline at most; the rest after a turn of the loop. A site
+#: losing power (or this gateway's clock jumping) makes thousands due at once, each a transition,
+#: a log line and the offline listeners (tens of µs): all in one call held the loop for seconds.
+SWEEP_STEP = 200
 #: Called with the device and the decoded body of every MANSCDP MESSAGE other than a keepalive.
 ManscdpHandler = Callable[[Device, Envelope], None]
 
@@ -857,7 +861,8 @@ class RegistrarService:
     def _on_deadline(self) -> None:
         loop = self._loop or asyncio.get_running_loop()
         now, epoch = loop.time(), self._clock()
-        for device_id in self.liveness.due(now):
+        # at most SWEEP_STEP: the rest stay due, and _arm below calls again after a loop turn
+        for device_id in self.liveness.due(now, SWEEP_STEP):
             device = self.devices.get(device_id)
             if device is None:
                 continue
