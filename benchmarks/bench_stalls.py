@@ -13,6 +13,7 @@ as ``gb28181gw serve`` tunes it. Then, each on its own:
 - the expiry of every completed transaction kept for Timer J as the stack's timer does it when
   all are due (a burst's, or a late loop): each ``handle_timer`` call timed, until none is due
   (one call before issue 16's slices; now at most ``EXPIRE_STEP`` entries a call);
+- every device's keepalive window over at once (the liveness timer's calls, each timed);
 - a metrics scrape (``Metrics.render``: the device counts walk every device);
 - the Timer J table alone at a steady ``--steady-rate`` for 40 s of simulated time (32 s kept,
   adds and expiries balancing, expired every 10 ms as the stack does): the longest single
@@ -121,9 +122,43 @@ async def run(args: argparse.Namespace) -> None:
                 f"every kept transaction due at once: {len(calls)} timer calls, longest {max(calls, default=0):.1f} ms, "
                 f"in all {sum(calls):.1f} ms"
             )
+            sweep(registrar, n)
         finally:
             await gw.stop()
     steady(args.steady_rate)
+
+
+class _Later:
+    """The loop's clock, ``ahead`` seconds on (what the registrar's liveness timer reads)."""
+
+    def __init__(self, ahead: float) -> None:
+        self.ahead = ahead
+
+    def time(self) -> float:
+        return asyncio.get_running_loop().time() + self.ahead
+
+
+def sweep(registrar: RegistrarService, n: int) -> None:
+    """Every device's keepalive window over at once (a site losing power): the registrar's liveness
+    timer callback timed per call, until none is due."""
+    ahead = 200.0  # past the keepalive window (180 s by default), within the registration (3,600 s)
+    loop, clock = registrar._loop, registrar._clock
+    registrar._loop = _Later(ahead)  # type: ignore[assignment]
+    registrar._clock = lambda: clock() + ahead
+    calls: list[float] = []
+    try:
+        now = asyncio.get_running_loop().time() + ahead
+        while (due := registrar.liveness.next_deadline()) is not None and due <= now:
+            t0 = time.perf_counter()
+            registrar._on_deadline()
+            calls.append((time.perf_counter() - t0) * 1000)
+    finally:
+        registrar._loop, registrar._clock = loop, clock
+    offline = sum(not d.online for d in registrar.devices.values())
+    print(
+        f"{offline:,} of {n:,} devices offline after their window ended at once: {len(calls)} timer calls, "
+        f"longest {max(calls, default=0):.1f} ms, in all {sum(calls):.1f} ms"
+    )
 
 
 def steady(rate: int) -> None:
