@@ -38,6 +38,7 @@ from __future__ import annotations
 import mmap
 from array import array
 from collections import deque
+from collections.abc import Sequence
 
 from .peer import Peer
 
@@ -60,7 +61,19 @@ _INDEX_BITS = 24
 class _Chunk:
     """Responses completed one after the other, their keys, peers and expiry times."""
 
-    __slots__ = ("serial", "memory", "used", "ends", "keys", "peers", "until", "head")
+    __slots__ = (
+        "serial",
+        "memory",
+        "used",
+        "ends",
+        "keys",
+        "peers",
+        "until",
+        "head",
+        "sealed",
+        "sealed_keys",
+        "sealed_peers",
+    )
 
     def __init__(self, serial: int, memory: mmap.mmap) -> None:
         self.serial = serial
@@ -71,6 +84,10 @@ class _Chunk:
         self.peers: list[Peer] = []
         self.until = array("d")  # its Timer J deadline
         self.head = 0  # first entry not yet expired
+        # once full (see seal): keys and peers as plain tuples; keys and peers are emptied then
+        self.sealed = False
+        self.sealed_keys: tuple[str, ...] = ()
+        self.sealed_peers: tuple[tuple[str, str, int], ...] = ()
 
     def seal(self) -> None:
         """No more entries come: hold keys and peers in plain tuples of plain values, which the
@@ -82,10 +99,15 @@ class _Chunk:
         were all in the middle generation together, and its collection walked every key and
         peer of them, 16.6 ms on the loop (loop-hold probe, issue 16). A peer is kept as a plain
         ``(transport, host, port)`` (a :class:`Peer` is a tuple subclass, which the collector
-        never stops tracking) and made a :class:`Peer` again when a retransmission asks.
+        never stops tracking) and made a :class:`Peer` again when a retransmission asks. Held in
+        attributes of their own, each of one type (the module may be compiled by mypyc, which
+        checks an attribute's type on every assignment).
         """
-        self.keys = tuple(self.keys)  # type: ignore[assignment]
-        self.peers = tuple([tuple(p) for p in self.peers])  # type: ignore[assignment]
+        self.sealed_keys = tuple(self.keys)
+        self.sealed_peers = tuple([(p[0], p[1], p[2]) for p in self.peers])
+        self.sealed = True
+        self.keys = []
+        self.peers = []
 
     def room(self, n: int) -> bool:
         return self.used + n <= len(self.memory) and len(self.keys) < 1 << _INDEX_BITS
@@ -155,13 +177,15 @@ class CompletedResponses:
         chunk = self._chunks[(where >> _INDEX_BITS) - self._chunks[0].serial]
         i = where & ((1 << _INDEX_BITS) - 1)
         start = chunk.ends[i - 1] if i else 0
-        peer = chunk.peers[i]
-        return chunk.memory[start : chunk.ends[i]], peer if type(peer) is Peer else Peer._make(peer)
+        if chunk.sealed:
+            transport, host, port = chunk.sealed_peers[i]
+            return chunk.memory[start : chunk.ends[i]], Peer(transport, host, port)
+        return chunk.memory[start : chunk.ends[i]], chunk.peers[i]
 
     def next_deadline(self) -> float | None:
         """The earliest deadline kept, or ``None``."""
         for chunk in self._chunks:
-            if chunk.head < len(chunk.keys):
+            if chunk.head < len(chunk.until):
                 return chunk.until[chunk.head]
         return None
 
@@ -174,8 +198,9 @@ class CompletedResponses:
         left = -1 if most is None else most
         while chunks:
             chunk = chunks[0]
-            keys, until = chunk.keys, chunk.until
-            i, n = chunk.head, len(keys)
+            keys: Sequence[str] = chunk.sealed_keys if chunk.sealed else chunk.keys
+            until = chunk.until
+            i, n = chunk.head, len(until)
             first = chunk.serial << _INDEX_BITS
             stop = n if left < 0 else min(n, i + left)
             while i < stop and until[i] <= now:
