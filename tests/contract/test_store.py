@@ -275,6 +275,31 @@ async def test_bans_survive_reopen(factory: Callable[[], Store]) -> None:
 
 
 class TestSqliteFile:
+    async def test_a_large_write_hands_the_gil_back_between_steps(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Binding rows holds the GIL: the writer thread sleeps between steps of WRITE_STEP rows, so
+        the event loop's thread is not held a switch interval at a time for the whole write (counted,
+        not timed); the write is still one transaction, all of it or nothing."""
+        import types
+
+        from gb28181gw.store import sqlite as sqlite_store
+
+        slept: list[float] = []
+        monkeypatch.setattr(sqlite_store, "time", types.SimpleNamespace(sleep=slept.append))
+        store = SqliteStore(tmp_path / "gw.db")
+        await store.open()
+        try:
+            n = 2 * sqlite_store.WRITE_STEP + 5
+            await store.save_devices([device(i) for i in range(n)])
+            assert slept == [sqlite_store.WRITE_PAUSE] * 2
+            assert await store.count_devices() == n
+            with pytest.raises(StoreRecordError):
+                await store.save_devices([device(n + i) for i in range(n)] + [device(3 * n, name="\ud800")])
+            assert await store.count_devices() == n
+        finally:
+            await store.close()
+
     async def test_second_opener_is_refused(self, tmp_path: Path) -> None:
         first = SqliteStore(tmp_path / "gw.db")
         await first.open()

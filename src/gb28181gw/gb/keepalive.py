@@ -147,9 +147,13 @@ class Liveness:
             self._stale = False
         return self._next
 
-    def due(self, now: float) -> list[str]:
-        """Devices whose deadline passed; they are no longer watched."""
-        out = []
+    def due(self, now: float, most: int | None = None) -> list[str]:
+        """Devices whose deadline passed, the ``most`` earliest of them if given; they are no
+        longer watched. Those left due stay queued: :meth:`next_deadline` is then ``now`` or
+        earlier, and the next call takes them."""
+        out: list[str] = []
+        if most is not None and most <= 0:
+            return out
         for device_id in self._queue.pop_due(now):
             self._stale = True
             wanted = self._wanted.get(device_id, now)
@@ -160,6 +164,8 @@ class Liveness:
             self._entries.pop(device_id, None)
             self._wanted.pop(device_id, None)
             out.append(device_id)
+            if len(out) == most:
+                break  # the generator is dropped: nothing past this entry was taken
         return out
 
     def __len__(self) -> int:

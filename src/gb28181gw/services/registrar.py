@@ -82,7 +82,7 @@ from gb28181gw.sip.message import make_response
 from gb28181gw.sip.peer import Peer
 from gb28181gw.sip.quick import QuickRequest
 from gb28181gw.stopping import check_cancelled, stop_task
-from gb28181gw.store.base import Cluster, DeviceNotice, SingleNode, Store
+from gb28181gw.store.base import ROWS_PER_STEP, Cluster, DeviceNotice, SingleNode, Store
 
 from .audit import AuditService
 
@@ -108,6 +108,10 @@ MAX_NOTICES = 100_000
 LEARN_INTERVAL = 1.0
 #: Learnt rows taken into the table between two yields to the event loop.
 LEARN_STEP = 1000
+#: Devices a liveness timer call takes offline at most; the rest after a turn of the loop. A site
+#: losing power (or this gateway's clock jumping) makes thousands due at once, each a transition,
+#: a log line and the offline listeners (tens of µs): all in one call held the loop for seconds.
+SWEEP_STEP = 200
 #: Called with the device and the decoded body of every MANSCDP MESSAGE other than a keepalive.
 ManscdpHandler = Callable[[Device, Envelope], None]
 
@@ -305,7 +309,11 @@ class RegistrarService:
         if heartbeats:
             dirty |= self._heartbeats
             self._heartbeats = set()
-        batch = [self.devices[i] for i in dirty if i in self.devices]
+        try:
+            batch = await self._records(dirty)
+        except BaseException:
+            self._dirty |= dirty  # cancelled while taking them: kept for the next attempt
+            raise
         touched, self._touched = self._touched, set()
         notices, self._notices = self._notices, []
         now, epoch = self._now()
@@ -336,6 +344,24 @@ class RegistrarService:
             self._dirty.update(owned)
             self._touched.update(d for d in owned if self.liveness.deadline(d) is not None)
             self._live_score.clear()
+
+    async def _records(self, device_ids: set[str]) -> list[Device]:
+        """The records of ``device_ids`` still known, taken :data:`ROWS_PER_STEP` at a time with a
+        turn of the loop between (as the store's ``device_rows`` takes their rows).
+
+        Why: the 30 s write of keepalive times takes every online device, and 10,000 lookups in
+        one go held the loop ~10 ms under load (the records spread over a large heap: a cache
+        miss each), which every keepalive behind them waited out. A device removed meanwhile is
+        left out, as it was when removed before the batch was taken.
+        """
+        get = self.devices.get
+        ids = list(device_ids)
+        batch: list[Device] = []
+        for start in range(0, len(ids), ROWS_PER_STEP):
+            if start:
+                await asyncio.sleep(0)
+            batch.extend([d for d in map(get, ids[start : start + ROWS_PER_STEP]) if d is not None])
+        return batch
 
     def _wall_deadline(self, device_id: str, now: float, epoch: float) -> float | None:
         """The score of ``device_id`` in live:<node> (wall seconds): its deadline plus a third of its
@@ -835,7 +861,8 @@ class RegistrarService:
     def _on_deadline(self) -> None:
         loop = self._loop or asyncio.get_running_loop()
         now, epoch = loop.time(), self._clock()
-        for device_id in self.liveness.due(now):
+        # at most SWEEP_STEP: the rest stay due, and _arm below calls again after a loop turn
+        for device_id in self.liveness.due(now, SWEEP_STEP):
             device = self.devices.get(device_id)
             if device is None:
                 continue

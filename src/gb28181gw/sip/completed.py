@@ -17,6 +17,20 @@ expired is unmapped, its memory returned to the system — all but one (:data:`S
 for the next chunk: under a steady load one chunk empties as another fills, and writing into
 fresh pages costs a page fault each (~0.4 µs a response). What stays on the Python heap per entry
 is the key (one string) and one small int locating the entry.
+
+Nothing here may hold the event loop long, since every request waits behind it (issue 16):
+
+- The index is split by the key's hash into :data:`INDEX_SHARDS` dicts. One dict of every key
+  (640,000 at 20,000 keepalives a second) is rebuilt by CPython whenever its deleted slots run
+  out — every few seconds under a steady load, adds and expiries balancing — and that rebuild
+  walked every entry in one go: 30 ms on the loop, measured under load. A shard is rebuilt
+  alone, at 1/:data:`INDEX_SHARDS` of that.
+- :meth:`CompletedResponses.expire` takes a bound: the endpoint expires at most
+  :data:`EXPIRE_STEP` entries per call and its next timer is then due at once, so a backlog
+  (the loop was late, or a burst's Timer J all falls due together: 50,000 took 13–15 ms) is
+  expired in slices with a loop turn between. An entry expired a slice late answers a
+  retransmission a little longer than Timer J, which RFC 3261 allows (J is the least time
+  a completed transaction absorbs retransmissions, §17.2.2).
 """
 
 from __future__ import annotations
@@ -24,15 +38,22 @@ from __future__ import annotations
 import mmap
 from array import array
 from collections import deque
+from collections.abc import Sequence
 
 from .peer import Peer
 
-__all__ = ["CHUNK_BYTES", "SPARE_CHUNKS", "CompletedResponses"]
+__all__ = ["CHUNK_BYTES", "EXPIRE_STEP", "INDEX_SHARDS", "SPARE_CHUNKS", "CompletedResponses"]
 
 #: Bytes of responses per memory map (about 600 REGISTER 200s).
 CHUNK_BYTES = 256 * 1024
 #: Emptied chunks kept mapped for reuse rather than unmapped (so at most this many × CHUNK_BYTES idle bytes).
 SPARE_CHUNKS = 1
+#: Dicts the index is split into, by the key's hash (a power of two; see the module docstring).
+INDEX_SHARDS = 256
+_SHARD_MASK = INDEX_SHARDS - 1
+#: Entries the endpoint expires per call at most (about 0.5 ms; a steady 20,000 requests a second
+#: fall due at 200 per 10 ms tick, well within one call).
+EXPIRE_STEP = 2_000
 #: Entries of one chunk are numbered in the low bits of their locator, the chunk in the high ones.
 _INDEX_BITS = 24
 
@@ -40,7 +61,19 @@ _INDEX_BITS = 24
 class _Chunk:
     """Responses completed one after the other, their keys, peers and expiry times."""
 
-    __slots__ = ("serial", "memory", "used", "ends", "keys", "peers", "until", "head")
+    __slots__ = (
+        "serial",
+        "memory",
+        "used",
+        "ends",
+        "keys",
+        "peers",
+        "until",
+        "head",
+        "sealed",
+        "sealed_keys",
+        "sealed_peers",
+    )
 
     def __init__(self, serial: int, memory: mmap.mmap) -> None:
         self.serial = serial
@@ -51,6 +84,30 @@ class _Chunk:
         self.peers: list[Peer] = []
         self.until = array("d")  # its Timer J deadline
         self.head = 0  # first entry not yet expired
+        # once full (see seal): keys and peers as plain tuples; keys and peers are emptied then
+        self.sealed = False
+        self.sealed_keys: tuple[str, ...] = ()
+        self.sealed_peers: tuple[tuple[str, str, int], ...] = ()
+
+    def seal(self) -> None:
+        """No more entries come: hold keys and peers in plain tuples of plain values, which the
+        garbage collector stops tracking the first time it sees them.
+
+        Why: a list is walked, every item of it, by each collection of the generation it is in,
+        and under a keepalive load the gateway allocates so little that young collections come
+        seconds apart: the chunks filled meanwhile (550 of them, 470,000 entries at 24,000/s)
+        were all in the middle generation together, and its collection walked every key and
+        peer of them, 16.6 ms on the loop (loop-hold probe, issue 16). A peer is kept as a plain
+        ``(transport, host, port)`` (a :class:`Peer` is a tuple subclass, which the collector
+        never stops tracking) and made a :class:`Peer` again when a retransmission asks. Held in
+        attributes of their own, each of one type (the module may be compiled by mypyc, which
+        checks an attribute's type on every assignment).
+        """
+        self.sealed_keys = tuple(self.keys)
+        self.sealed_peers = tuple([(p[0], p[1], p[2]) for p in self.peers])
+        self.sealed = True
+        self.keys = []
+        self.peers = []
 
     def room(self, n: int) -> bool:
         return self.used + n <= len(self.memory) and len(self.keys) < 1 << _INDEX_BITS
@@ -66,7 +123,8 @@ class CompletedResponses:
     __slots__ = ("_index", "_chunks", "_next_serial", "_spare")
 
     def __init__(self) -> None:
-        self._index: dict[str, int] = {}
+        # key → locator, split by hash(key) & _SHARD_MASK (see the module docstring)
+        self._index: list[dict[str, int]] = [{} for _ in range(INDEX_SHARDS)]
         self._chunks: deque[_Chunk] = deque()
         self._next_serial = 0
         self._spare: list[mmap.mmap] = []  # emptied chunks' memory, kept for reuse (SPARE_CHUNKS)
@@ -77,7 +135,7 @@ class CompletedResponses:
         return "\x00".join(tx_key)
 
     def __len__(self) -> int:
-        return len(self._index)
+        return sum(map(len, self._index))
 
     def add(self, tx_key: tuple[str, ...], data: bytes, peer: Peer, until: float) -> None:
         """Remember ``data`` sent to ``peer`` as the answer for ``tx_key`` until ``until``."""
@@ -89,6 +147,8 @@ class CompletedResponses:
                 memory = self._spare.pop()
             else:
                 memory = mmap.mmap(-1, max(CHUNK_BYTES, len(data)))
+            if chunk is not None:
+                chunk.seal()
             chunk = _Chunk(self._next_serial, memory)
             self._next_serial += 1
             chunks.append(chunk)
@@ -98,51 +158,67 @@ class CompletedResponses:
         chunk.used = end
         # a second answer for one key (RFC 2543 keys can repeat) replaces the first: expire()
         # then leaves the newer one in the index when the older one's time comes
-        self._index[key] = chunk.serial << _INDEX_BITS | len(chunk.keys)
+        self._index[hash(key) & _SHARD_MASK][key] = chunk.serial << _INDEX_BITS | len(chunk.keys)
         chunk.ends.append(end)
         chunk.keys.append(key)
         chunk.peers.append(peer)
         chunk.until.append(until)
 
     def __contains__(self, tx_key: tuple[str, ...]) -> bool:
-        return "\x00".join(tx_key) in self._index  # key(), inlined: asked of every quick request
+        key = "\x00".join(tx_key)  # key(), inlined: asked of every quick request
+        return key in self._index[hash(key) & _SHARD_MASK]
 
     def get(self, tx_key: tuple[str, ...]) -> tuple[bytes, Peer] | None:
         """The answer kept for ``tx_key`` and where it went, or ``None``."""
-        where = self._index.get(self.key(tx_key))
+        key = self.key(tx_key)
+        where = self._index[hash(key) & _SHARD_MASK].get(key)
         if where is None:
             return None
         chunk = self._chunks[(where >> _INDEX_BITS) - self._chunks[0].serial]
         i = where & ((1 << _INDEX_BITS) - 1)
         start = chunk.ends[i - 1] if i else 0
+        if chunk.sealed:
+            transport, host, port = chunk.sealed_peers[i]
+            return chunk.memory[start : chunk.ends[i]], Peer(transport, host, port)
         return chunk.memory[start : chunk.ends[i]], chunk.peers[i]
 
     def next_deadline(self) -> float | None:
         """The earliest deadline kept, or ``None``."""
         for chunk in self._chunks:
-            if chunk.head < len(chunk.keys):
+            if chunk.head < len(chunk.until):
                 return chunk.until[chunk.head]
         return None
 
-    def expire(self, now: float) -> None:
-        """Drop every entry whose deadline is ``now`` or earlier; unmap the chunks emptied."""
+    def expire(self, now: float, most: int | None = None) -> bool:
+        """Drop the entries whose deadline is ``now`` or earlier, the ``most`` earliest of them
+        if given; unmap the chunks emptied. Whether entries due at ``now`` are left (only
+        when ``most`` stopped it): :meth:`next_deadline` is then ``now`` or earlier."""
         chunks = self._chunks
         index = self._index
+        left = -1 if most is None else most
         while chunks:
             chunk = chunks[0]
-            keys, until = chunk.keys, chunk.until
-            i, n = chunk.head, len(keys)
+            keys: Sequence[str] = chunk.sealed_keys if chunk.sealed else chunk.keys
+            until = chunk.until
+            i, n = chunk.head, len(until)
             first = chunk.serial << _INDEX_BITS
-            while i < n and until[i] <= now:
+            stop = n if left < 0 else min(n, i + left)
+            while i < stop and until[i] <= now:
                 key = keys[i]
-                if index.get(key) == first | i:  # not replaced by a newer answer since
-                    del index[key]
+                shard = index[hash(key) & _SHARD_MASK]
+                if shard.get(key) == first | i:  # not replaced by a newer answer since
+                    del shard[key]
                 i += 1
+            if left >= 0:
+                left -= i - chunk.head
             chunk.head = i
             if i < n:
-                return
+                return i == stop and until[i] <= now
             chunks.popleft()
             if len(self._spare) < SPARE_CHUNKS and len(chunk.memory) == CHUNK_BYTES:
                 self._spare.append(chunk.memory)
             else:
                 chunk.memory.close()
+            if left == 0:
+                return bool(chunks) and chunks[0].until[chunks[0].head] <= now
+        return False

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from gb28181gw.deadlines import TimerQueue
 from gb28181gw.errors import LocalProtocolError, SipParseError
 
-from .completed import CompletedResponses
+from .completed import EXPIRE_STEP, CompletedResponses
 from .events import (
     DropReason,
     Event,
@@ -554,7 +554,9 @@ class SipEndpoint:
 
     def handle_timer(self, now: float) -> None:
         """Fire every timer due at ``now``."""
-        self._completed.expire(now)  # Timer J: the completed transactions terminate
+        # Timer J: the completed transactions terminate, a slice at a time (sip.completed says
+        # why); get_timer is then due at once for the rest
+        self._completed.expire(now, EXPIRE_STEP)
         for tx, inp in self._queue.pop_due(now):
             self._fire(tx, inp, now, None)
 

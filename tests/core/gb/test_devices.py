@@ -302,6 +302,17 @@ class TestDeviceRecord:
             assert None not in row  # every column is NOT NULL
             assert Device.from_row(dict(zip(DEVICE_FIELDS, row, strict=True))) == d
 
+    def test_a_row_is_plain_values_the_collector_stops_tracking(self) -> None:
+        # the registrar writes 10,000 rows every 30 s: rows holding enum members stayed tracked and
+        # were walked again by the middle generation's collection (a stall under load)
+        import gc
+
+        for d in (device(S.ONLINE), device(S.OFFLINE, stream_mode=StreamMode.UDP)):
+            row = d.row()
+            assert all(type(v) in (str, int, float, bool) for v in row), [type(v) for v in row]
+            gc.collect()
+            assert not gc.is_tracked(row)
+
     def test_from_row_rejects_unknown_values(self) -> None:
         with pytest.raises(ValueError):
             Device.from_row({"device_id": ID, "state": "banned"})

@@ -50,6 +50,25 @@ def test_keepalives_leave_one_queued_entry_per_device() -> None:
     assert len(live._queue) == 0 and live.next_deadline() is None
 
 
+def test_due_takes_at_most_its_bound_and_leaves_the_rest_due() -> None:
+    # the registrar takes devices offline a slice at a time (a site losing power: thousands at once)
+    live, bounded = Liveness(), Liveness()
+    for n in range(7):
+        for lv in (live, bounded):
+            lv.touch(f"d{n}", float(n) / 10, 180.0)
+            if n == 3:
+                lv.touch("d0", 5.0, 180.0)  # heard from since: queued again, not due
+    everything = live.due(500.0)
+    slices = []
+    while (taken := bounded.due(500.0, 2)) or (bounded.next_deadline() or 1e9) <= 500.0:
+        assert len(taken) <= 2
+        assert bounded.next_deadline() is None or len(taken) < 2 or bounded.next_deadline() <= 500.0
+        slices.append(taken)
+    assert [d for s in slices for d in s] == everything and len(everything) == 7
+    assert [len(s) for s in slices] == [2, 2, 2, 1]
+    assert bounded.due(500.0, 0) == [] and len(bounded) == 0
+
+
 def test_a_deadline_moved_earlier_is_queued_at_once() -> None:
     # a registration about to end: min(registration left, keepalive window) shrinks
     live = Liveness()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gb28181gw.errors import LocalProtocolError
+from gb28181gw.sip.completed import EXPIRE_STEP
 from gb28181gw.sip.endpoint import Peer
 from gb28181gw.sip.events import (
     MessageDropped,
@@ -74,6 +75,29 @@ class TestNonInviteServer:
         assert ep.transactions_in_flight == 0
         # after termination a retransmission is a new request
         assert [type(e) for e in _rx(ep, request("MESSAGE"), clock)] == [RequestReceived]
+
+    def test_timer_j_of_many_at_once_expires_in_slices_still_absorbing(self) -> None:
+        # a backlog of Timer J (a burst's, or the loop was late) is expired EXPIRE_STEP at a time,
+        # the next timer due at once for the rest; what is not yet expired still absorbs
+        ep, clock = new_endpoint(), FakeClock()
+        count = 2 * EXPIRE_STEP + 5
+        for n in range(count):
+            (ev,) = _rx(ep, request("MESSAGE", f"z9hG4bKmany{n}"), clock)
+            ep.respond(ev.transaction, make_response(ev.request, 200, to_tag="t"), clock.now)
+        answers = _sent(ep)
+        clock.advance(33.0)
+        left, calls = count, 0
+        while left:
+            assert ep.get_timer() is not None and ep.get_timer() <= clock.now
+            ep.handle_timer(clock.now)
+            calls += 1
+            assert left - EXPIRE_STEP <= ep.transactions_in_flight < left
+            left = ep.transactions_in_flight
+            if calls == 1:
+                # the last one answered is still kept: its retransmission gets the same answer
+                assert _rx(ep, request("MESSAGE", f"z9hG4bKmany{count - 1}"), clock) == []
+                assert _sent(ep) == [answers[-1]]
+        assert calls == 3 and ep.get_timer() is None
 
     def test_timer_j_is_zero_over_tcp(self) -> None:
         ep, clock = new_endpoint(), FakeClock()
