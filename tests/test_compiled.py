@@ -174,6 +174,33 @@ def test_accelerate_remove_deletes_only_a_build(tmp_path: Path) -> None:
     assert removed.returncode == 0 and not build.exists()
 
 
+@pytest.mark.parametrize(
+    ("manifest", "why"),
+    [
+        ('{"format": 1, "files": {"gb28181gw.ids": ', "is not JSON"),  # cut short by a copy that failed
+        ('["not", "a", "map"]', "is not a JSON object"),
+        ('{"format": 1, "python": "%s", "files": ["gb28181gw/ids.so"], "sources": {}}', "is malformed"),
+        ('{"format": 1, "python": "%s", "files": {"gb28181gw.ids": "ids.so"}, "sources": ["ids.py"]}', "is malformed"),
+    ],
+    ids=["cut-short", "not-an-object", "files-a-list", "sources-a-list"],
+)
+def test_a_broken_manifest_is_refused_saying_why_and_every_command_still_runs(
+    tmp_path: Path, manifest: str, why: str
+) -> None:
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / compiled.MANIFEST).write_text(manifest.replace("%s", compiled.python_tag()))
+    state, _ = _probe(ROOT / "src", build)
+    assert state["state"]["compiled"] == "not used" and why in state["state"]["why"], state  # type: ignore[index]
+    assert all(str(f).endswith(".py") for f in state["files"])  # type: ignore[attr-defined]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), compiled.ENV_DIR: str(build), compiled.ENV_OFF: "on"}
+    argv = [sys.executable, "-m", "gb28181gw", "accelerate"]
+    check = subprocess.run([*argv, "--check"], env=env, capture_output=True, text=True)
+    assert check.returncode == 1 and why in check.stderr, check.stderr
+    removed = subprocess.run([*argv, "--remove"], env=env, capture_output=True, text=True)
+    assert removed.returncode == 0 and not build.exists(), removed.stderr
+
+
 # -- a real build -------------------------------------------------------------------------------
 
 

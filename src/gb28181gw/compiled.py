@@ -91,17 +91,34 @@ def disabled(env: os._Environ[str] | dict[str, str] | None = None) -> bool:
 
 
 def read_manifest(directory: Path) -> dict[str, Any] | None:
+    """The build's manifest, ``None`` when there is none; one that cannot be read comes back as a
+    manifest :func:`stale_reason` refuses (saying why), never as an exception: ``gb28181gw/__init__``
+    reads it, so a crash here would stop every command, ``gb28181gw accelerate --remove`` included."""
     try:
-        data = json.loads((directory / MANIFEST).read_text())
-    except (OSError, ValueError):
+        text = (directory / MANIFEST).read_text()
+    except FileNotFoundError:
         return None
-    return data if isinstance(data, dict) else None
+    except (OSError, ValueError) as e:
+        return {"unreadable": f"cannot read {directory / MANIFEST}: {e}"}
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        return {"unreadable": f"{directory / MANIFEST} is not JSON ({e})"}
+    return data if isinstance(data, dict) else {"unreadable": f"{directory / MANIFEST} is not a JSON object"}
+
+
+def _str_map(value: object) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
 
 
 def stale_reason(manifest: dict[str, Any], directory: Path, package_dir: Path = PACKAGE_DIR) -> str | None:
     """Why this build must not be used here, or ``None`` when every check passes."""
+    if "unreadable" in manifest:
+        return str(manifest["unreadable"])
     if manifest.get("format") != FORMAT:
         return f"the build's manifest is of another format ({manifest.get('format')!r})"
+    if not (_str_map(manifest.get("files")) and _str_map(manifest.get("sources"))):
+        return f"{directory / MANIFEST} is malformed (its files and sources are not maps of names to strings)"
     if manifest.get("python") != python_tag():
         return f"built for Python {manifest.get('python')}, this is {python_tag()}"
     changed: list[str] = []
@@ -126,7 +143,9 @@ class CompiledFinder:
     def __init__(self, directory: Path, manifest: dict[str, Any]) -> None:
         self.directory = directory
         self.manifest = manifest
-        self.files: dict[str, str] = dict(manifest.get("files", {}))
+        files: Any = manifest.get("files")
+        # a malformed map serves nothing (stale_reason says why); it must not fail `import gb28181gw`
+        self.files: dict[str, str] = dict(files) if _str_map(files) else {}
         self.checked = False
         #: ``None`` once the build was found to match its sources; else why it is not used.
         self.reason: str | None = "not checked yet"
@@ -194,7 +213,8 @@ def state() -> dict[str, Any]:
     modules = in_use()
     if modules:
         return {"compiled": "in use", "modules": modules, "dir": str(_finder.directory)}
-    return {"compiled": "not used", "modules": [], "why": _finder.reason or "no compiled module imported"}
+    why = _finder.reason if _finder.checked else stale_reason(_finder.manifest, _finder.directory)
+    return {"compiled": "not used", "modules": [], "why": why or "no compiled module imported"}
 
 
 def label() -> str:

@@ -227,7 +227,9 @@ def accelerate(directory: Path | None, check: bool, remove_it: bool, verbose: bo
             warn(f"{compiled.ENV_OFF} turns compiled modules off in this environment")
         if reason is not None:
             fail(f"the build in {target} is not used: {reason}", "gb28181gw accelerate")
-        click.echo(f"{target}: {len(manifest['modules'])} modules built {manifest['built_at']}, matching their sources")
+        click.echo(
+            f"{target}: {len(manifest['files']) - 1} modules built {manifest.get('built_at', '?')}, matching their sources"
+        )
         return
     _prerequisites()
     began = time.monotonic()
