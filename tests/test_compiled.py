@@ -108,6 +108,7 @@ def _manifest(**over: object) -> dict[str, object]:
         "python": compiled.python_tag(),
         "modules": list(compiled.MODULES),
         "files": {},
+        "sizes": {},
         "sources": {"sip/quick.py": compiled.source_hash(quick)},
     }
     manifest.update(over)
@@ -177,10 +178,10 @@ def test_accelerate_remove_deletes_only_a_build(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("manifest", "why"),
     [
-        ('{"format": 1, "files": {"gb28181gw.ids": ', "is not JSON"),  # cut short by a copy that failed
+        ('{"format": 2, "files": {"gb28181gw.ids": ', "is not JSON"),  # cut short by a copy that failed
         ('["not", "a", "map"]', "is not a JSON object"),
-        ('{"format": 1, "python": "%s", "files": ["gb28181gw/ids.so"], "sources": {}}', "is malformed"),
-        ('{"format": 1, "python": "%s", "files": {"gb28181gw.ids": "ids.so"}, "sources": ["ids.py"]}', "is malformed"),
+        ('{"format": 2, "python": "%s", "files": ["gb28181gw/ids.so"], "sources": {}}', "is malformed"),
+        ('{"format": 2, "python": "%s", "files": {"gb28181gw.ids": "ids.so"}, "sources": ["ids.py"]}', "is malformed"),
     ],
     ids=["cut-short", "not-an-object", "files-a-list", "sources-a-list"],
 )
@@ -302,3 +303,30 @@ def test_a_gateway_says_which_modules_are_compiled(build: Path) -> None:
         out, _ = proc.communicate(timeout=15)
     started = [line for line in out.splitlines() if "gateway started" in line]
     assert len(started) == 1 and "sip.quick" in started[0], out
+
+
+@needs_compiler
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        ("cut", "build files cut short or replaced: gb28181gw_native__mypyc"),  # was SIGBUS in every command
+        ("garbage", "the build cannot be loaded"),  # the right size, but no library (e.g. built elsewhere)
+    ],
+)
+def test_a_damaged_build_falls_back_to_the_py_files_saying_why(
+    build: Path, tmp_path: Path, damage: str, why: str
+) -> None:
+    copy = tmp_path / "build"
+    shutil.copytree(build, copy)
+    (library,) = copy.glob(f"{compiled.GROUP}__mypyc*")
+    size = library.stat().st_size
+    if damage == "cut":
+        with open(library, "r+b") as f:
+            f.truncate(size // 2)
+    else:
+        library.write_bytes(b"\0" * size)
+    state, stderr = _probe(ROOT / "src", copy)
+    assert state["state"]["compiled"] == "not used" and why in state["state"]["why"], state  # type: ignore[index]
+    assert all(str(f).endswith(".py") for f in state["files"])  # type: ignore[attr-defined]
+    warnings = [line for line in stderr.splitlines() if "compiled modules not used" in line]
+    assert len(warnings) == 1 and why in warnings[0], stderr

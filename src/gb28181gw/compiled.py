@@ -58,7 +58,7 @@ MODULES = (
 #: The mypyc group: its shared library (``gb28181gw_native__mypyc``) holds the code of every module.
 GROUP = "gb28181gw_native"
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = 2  # 2: the size of every build file, so a cut-short one is refused before it is mapped
 ENV_OFF = "GB28181GW_COMPILED"
 ENV_DIR = "GB28181GW_COMPILED_DIR"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -131,9 +131,18 @@ def stale_reason(manifest: dict[str, Any], directory: Path, package_dir: Path = 
     if changed:
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
         return f"edited since the build: {', '.join(changed[:3])}{more}"
-    missing = [f for f in manifest.get("files", {}).values() if not (directory / f).is_file()]
+    missing = [f for f in manifest["files"].values() if not (directory / f).is_file()]
     if missing:
         return f"build files missing: {', '.join(missing)}"
+    # A .so cut short (a copy of the build that failed half-way, a full disk) kills the process with
+    # SIGBUS when the loader maps it: no exception to fall back on, so its size is checked first. Sizes,
+    # not hashes: hashing the 5 MB library would cost every command ~7 ms; the directory is trusted.
+    sizes = manifest.get("sizes")
+    if not isinstance(sizes, dict):
+        return f"{directory / MANIFEST} is malformed (no sizes of its files)"
+    cut = [f for f in manifest["files"].values() if (directory / f).stat().st_size != sizes.get(f)]
+    if cut:
+        return f"build files cut short or replaced: {', '.join(cut)}"
     return None
 
 
@@ -154,6 +163,14 @@ class CompiledFinder:
         if not self.checked:
             self.checked = True
             self.reason = stale_reason(self.manifest, self.directory)
+            if self.reason is None and (shared := f"{GROUP}__mypyc") in self.files:
+                # the library holding every module's code, loaded first: if it cannot be (built on
+                # another system, damaged), nothing compiled is loaded yet and all can still fall back
+                try:
+                    importlib.import_module(shared)
+                except ImportError as e:
+                    sys.modules.pop(shared, None)
+                    self.reason = f"the build cannot be loaded: {e}"
             if self.reason is not None:
                 log.warning(
                     "compiled modules not used (%s): running the .py sources; rebuild with `gb28181gw accelerate`",

@@ -148,6 +148,7 @@ def build(target: Path, *, opt_level: str = "3", verbose: bool = False) -> dict[
             "package_dir": str(compiled.PACKAGE_DIR),
             "modules": list(compiled.MODULES),
             "files": files,
+            "sizes": {rel: (tmp / "out" / rel).stat().st_size for rel in files.values()},
             "sources": {
                 p.relative_to(src / "gb28181gw").as_posix(): compiled.source_hash(p)
                 for p in sources_read(src, compiled.MODULES)
