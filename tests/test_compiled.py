@@ -202,6 +202,33 @@ def test_a_broken_manifest_is_refused_saying_why_and_every_command_still_runs(
     assert removed.returncode == 0 and not build.exists(), removed.stderr
 
 
+@pytest.mark.parametrize("how", ["world-writable", "a-py-file"])
+def test_a_build_someone_else_could_have_written_runs_none_of_its_code(tmp_path: Path, how: str) -> None:
+    # what anyone who can write the directory (GB28181GW_COMPILED_DIR=/tmp/..., a shared group) could
+    # put there: the real sources' hashes, which prove nothing about the build, and code of their own
+    build = tmp_path / "build"
+    build.mkdir()
+    ran = tmp_path / "ran"
+    (build / "ids.py").write_text(f"open({str(ran)!r}, 'w').write('foreign code ran')\n")
+    sources = {
+        p.relative_to(compiled.PACKAGE_DIR).as_posix(): compiled.source_hash(p)
+        for p in sources_read(compiled.PACKAGE_DIR.parent, compiled.MODULES)
+    }
+    manifest = _manifest(
+        files={"gb28181gw.ids": "ids.py"}, sizes={"ids.py": (build / "ids.py").stat().st_size}, sources=sources
+    )
+    (build / compiled.MANIFEST).write_text(json.dumps(manifest))
+    if how == "world-writable":
+        build.chmod(0o777)
+    code = "import json\nfrom gb28181gw import compiled, ids\nprint(json.dumps(compiled.state()))"
+    done = _python(code, package_root=ROOT / "src", build=build)
+    assert not ran.exists(), done.stderr
+    assert done.returncode == 0, done.stderr
+    state = json.loads(done.stdout.strip().splitlines()[-1])
+    why = "writable by other users (777)" if how == "world-writable" else "not extension modules: ids.py"
+    assert state["compiled"] == "not used" and why in state["why"], state
+
+
 # -- a real build -------------------------------------------------------------------------------
 
 

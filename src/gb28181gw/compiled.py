@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
@@ -134,6 +134,13 @@ def stale_reason(manifest: dict[str, Any], directory: Path, package_dir: Path = 
     missing = [f for f in manifest["files"].values() if not (directory / f).is_file()]
     if missing:
         return f"build files missing: {', '.join(missing)}"
+    if (unsafe := _unsafe(directory, manifest["files"].values())) is not None:
+        return unsafe
+    not_native = [
+        f for f in manifest["files"].values() if not f.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+    ]
+    if not_native:
+        return f"{directory / MANIFEST} names files that are not extension modules: {', '.join(not_native)}"
     # A .so cut short (a copy of the build that failed half-way, a full disk) kills the process with
     # SIGBUS when the loader maps it: no exception to fall back on, so its size is checked first. Sizes,
     # not hashes: hashing the 5 MB library would cost every command ~7 ms; the directory is trusted.
@@ -143,6 +150,31 @@ def stale_reason(manifest: dict[str, Any], directory: Path, package_dir: Path = 
     cut = [f for f in manifest["files"].values() if (directory / f).stat().st_size != sizes.get(f)]
     if cut:
         return f"build files cut short or replaced: {', '.join(cut)}"
+    return None
+
+
+def _unsafe(directory: Path, files: Iterable[str]) -> str | None:
+    """Why someone other than this user (or root) could have put code into the build, if they could.
+
+    The hashes prove the sources unchanged, not the build: whoever can write the directory can write
+    a manifest whose hashes match and a library of their own, run by every gateway started from it
+    (e.g. ``GB28181GW_COMPILED_DIR`` in /tmp, or a directory made group-writable). As ssh does for
+    its keys: refuse, saying which path and how to fix it."""
+    me = os.geteuid()
+    paths = {directory, directory / MANIFEST}
+    for rel in files:
+        path = directory / rel
+        paths.add(path)
+        paths.update(p for p in path.parents if p.is_relative_to(directory))
+    for path in sorted(paths):
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue  # nothing there to load code from
+        if st.st_uid not in (me, 0):
+            return f"{path} is owned by uid {st.st_uid}, not this user ({me}) or root: not loading code from it"
+        if st.st_mode & 0o022:
+            return f"{path} is writable by other users ({st.st_mode & 0o777:o}): not loading code from it (chmod go-w)"
     return None
 
 
@@ -184,7 +216,11 @@ class CompiledFinder:
         rel = self.files.get(name)
         if rel is None or not self.usable():
             return None
-        return importlib.util.spec_from_file_location(name, self.directory / rel)
+        where = str(self.directory / rel)
+        # an extension loader whatever the name says: a manifest naming a .py must not run it
+        return importlib.util.spec_from_file_location(
+            name, where, loader=importlib.machinery.ExtensionFileLoader(name, where)
+        )
 
     def invalidate_caches(self) -> None:
         pass

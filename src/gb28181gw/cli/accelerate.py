@@ -160,7 +160,10 @@ def build(target: Path, *, opt_level: str = "3", verbose: bool = False) -> dict[
             shutil.copy2(tmp / "out" / rel, staging / rel)
         (staging / compiled.MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     remove(target)
-    staging.chmod(0o755)  # mkdtemp's 0700 would hide the build from a gateway run as another user
+    # mkdtemp's 0700 would hide the build from a gateway run as another user; and whatever the umask,
+    # nobody else may write it (gb28181gw.compiled refuses a build others could have written)
+    for path in (staging, *staging.rglob("*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)
     staging.rename(target)
     return manifest
 
