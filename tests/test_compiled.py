@@ -9,6 +9,7 @@ module, makes every module load from its ``.py`` with one warning naming the fil
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -227,6 +228,24 @@ def test_a_build_someone_else_could_have_written_runs_none_of_its_code(tmp_path:
     state = json.loads(done.stdout.strip().splitlines()[-1])
     why = "writable by other users (777)" if how == "world-writable" else "not extension modules: ids.py"
     assert state["compiled"] == "not used" and why in state["why"], state
+
+
+def test_accelerate_refuses_before_compiling_a_dir_it_could_not_replace_or_another_build_holds(
+    tmp_path: Path,
+) -> None:
+    # no compiler (CC): a refusal that comes only after the build would say "no C compiler" instead
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "CC": str(tmp_path / "no-such-cc")}
+    argv = [sys.executable, "-m", "gb28181gw", "accelerate", "--dir"]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("not a build")
+    refused = subprocess.run([*argv, str(other)], env=env, capture_output=True, text=True)
+    assert refused.returncode == 1 and "is not a gb28181gw build" in refused.stderr, refused.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other"]  # nothing made beside it
+    with open(tmp_path / ".build.lock", "wb") as held:  # what a build running now holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        busy = subprocess.run([*argv, str(tmp_path / "build")], env=env, capture_output=True, text=True)
+    assert busy.returncode == 1 and "another gb28181gw accelerate is building into" in busy.stderr, busy.stderr
 
 
 # -- a real build -------------------------------------------------------------------------------
