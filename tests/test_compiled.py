@@ -9,6 +9,7 @@ module, makes every module load from its ``.py`` with one warning naming the fil
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -41,6 +42,11 @@ COMPILED_TESTS = [
     "tests/core/test_keepalive_fast.py",
     "tests/core/test_ids.py",
     "tests/core/test_manscdp.py",
+    # the shell's share (net.stack, net.router, sip.peer, services.registrar): no core test imports
+    # them, and a compiled-only fault there would otherwise meet nothing but one OPTIONS
+    "tests/shell/test_stack.py",
+    "tests/shell/test_router.py",
+    "tests/shell/test_registrar.py",
 ]
 
 
@@ -108,6 +114,7 @@ def _manifest(**over: object) -> dict[str, object]:
         "python": compiled.python_tag(),
         "modules": list(compiled.MODULES),
         "files": {},
+        "sizes": {},
         "sources": {"sip/quick.py": compiled.source_hash(quick)},
     }
     manifest.update(over)
@@ -172,6 +179,78 @@ def test_accelerate_remove_deletes_only_a_build(tmp_path: Path) -> None:
     (build / compiled.MANIFEST).write_text("{}")
     removed = subprocess.run([*argv, str(build)], env=env, capture_output=True, text=True)
     assert removed.returncode == 0 and not build.exists()
+
+
+@pytest.mark.parametrize(
+    ("manifest", "why"),
+    [
+        ('{"format": 2, "files": {"gb28181gw.ids": ', "is not JSON"),  # cut short by a copy that failed
+        ('["not", "a", "map"]', "is not a JSON object"),
+        ('{"format": 2, "python": "%s", "files": ["gb28181gw/ids.so"], "sources": {}}', "is malformed"),
+        ('{"format": 2, "python": "%s", "files": {"gb28181gw.ids": "ids.so"}, "sources": ["ids.py"]}', "is malformed"),
+    ],
+    ids=["cut-short", "not-an-object", "files-a-list", "sources-a-list"],
+)
+def test_a_broken_manifest_is_refused_saying_why_and_every_command_still_runs(
+    tmp_path: Path, manifest: str, why: str
+) -> None:
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / compiled.MANIFEST).write_text(manifest.replace("%s", compiled.python_tag()))
+    state, _ = _probe(ROOT / "src", build)
+    assert state["state"]["compiled"] == "not used" and why in state["state"]["why"], state  # type: ignore[index]
+    assert all(str(f).endswith(".py") for f in state["files"])  # type: ignore[attr-defined]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), compiled.ENV_DIR: str(build), compiled.ENV_OFF: "on"}
+    argv = [sys.executable, "-m", "gb28181gw", "accelerate"]
+    check = subprocess.run([*argv, "--check"], env=env, capture_output=True, text=True)
+    assert check.returncode == 1 and why in check.stderr, check.stderr
+    removed = subprocess.run([*argv, "--remove"], env=env, capture_output=True, text=True)
+    assert removed.returncode == 0 and not build.exists(), removed.stderr
+
+
+@pytest.mark.parametrize("how", ["world-writable", "a-py-file"])
+def test_a_build_someone_else_could_have_written_runs_none_of_its_code(tmp_path: Path, how: str) -> None:
+    # what anyone who can write the directory (GB28181GW_COMPILED_DIR=/tmp/..., a shared group) could
+    # put there: the real sources' hashes, which prove nothing about the build, and code of their own
+    build = tmp_path / "build"
+    build.mkdir()
+    ran = tmp_path / "ran"
+    (build / "ids.py").write_text(f"open({str(ran)!r}, 'w').write('foreign code ran')\n")
+    sources = {
+        p.relative_to(compiled.PACKAGE_DIR).as_posix(): compiled.source_hash(p)
+        for p in sources_read(compiled.PACKAGE_DIR.parent, compiled.MODULES)
+    }
+    manifest = _manifest(
+        files={"gb28181gw.ids": "ids.py"}, sizes={"ids.py": (build / "ids.py").stat().st_size}, sources=sources
+    )
+    (build / compiled.MANIFEST).write_text(json.dumps(manifest))
+    if how == "world-writable":
+        build.chmod(0o777)
+    code = "import json\nfrom gb28181gw import compiled, ids\nprint(json.dumps(compiled.state()))"
+    done = _python(code, package_root=ROOT / "src", build=build)
+    assert not ran.exists(), done.stderr
+    assert done.returncode == 0, done.stderr
+    state = json.loads(done.stdout.strip().splitlines()[-1])
+    why = "writable by other users (777)" if how == "world-writable" else "not extension modules: ids.py"
+    assert state["compiled"] == "not used" and why in state["why"], state
+
+
+def test_accelerate_refuses_before_compiling_a_dir_it_could_not_replace_or_another_build_holds(
+    tmp_path: Path,
+) -> None:
+    # no compiler (CC): a refusal that comes only after the build would say "no C compiler" instead
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "CC": str(tmp_path / "no-such-cc")}
+    argv = [sys.executable, "-m", "gb28181gw", "accelerate", "--dir"]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("not a build")
+    refused = subprocess.run([*argv, str(other)], env=env, capture_output=True, text=True)
+    assert refused.returncode == 1 and "is not a gb28181gw build" in refused.stderr, refused.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other"]  # nothing made beside it
+    with open(tmp_path / ".build.lock", "wb") as held:  # what a build running now holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        busy = subprocess.run([*argv, str(tmp_path / "build")], env=env, capture_output=True, text=True)
+    assert busy.returncode == 1 and "another gb28181gw accelerate is building into" in busy.stderr, busy.stderr
 
 
 # -- a real build -------------------------------------------------------------------------------
@@ -275,3 +354,30 @@ def test_a_gateway_says_which_modules_are_compiled(build: Path) -> None:
         out, _ = proc.communicate(timeout=15)
     started = [line for line in out.splitlines() if "gateway started" in line]
     assert len(started) == 1 and "sip.quick" in started[0], out
+
+
+@needs_compiler
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        ("cut", "build files cut short or replaced: gb28181gw_native__mypyc"),  # was SIGBUS in every command
+        ("garbage", "the build cannot be loaded"),  # the right size, but no library (e.g. built elsewhere)
+    ],
+)
+def test_a_damaged_build_falls_back_to_the_py_files_saying_why(
+    build: Path, tmp_path: Path, damage: str, why: str
+) -> None:
+    copy = tmp_path / "build"
+    shutil.copytree(build, copy)
+    (library,) = copy.glob(f"{compiled.GROUP}__mypyc*")
+    size = library.stat().st_size
+    if damage == "cut":
+        with open(library, "r+b") as f:
+            f.truncate(size // 2)
+    else:
+        library.write_bytes(b"\0" * size)
+    state, stderr = _probe(ROOT / "src", copy)
+    assert state["state"]["compiled"] == "not used" and why in state["state"]["why"], state  # type: ignore[index]
+    assert all(str(f).endswith(".py") for f in state["files"])  # type: ignore[attr-defined]
+    warnings = [line for line in stderr.splitlines() if "compiled modules not used" in line]
+    assert len(warnings) == 1 and why in warnings[0], stderr

@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
@@ -58,7 +58,7 @@ MODULES = (
 #: The mypyc group: its shared library (``gb28181gw_native__mypyc``) holds the code of every module.
 GROUP = "gb28181gw_native"
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = 2  # 2: the size of every build file, so a cut-short one is refused before it is mapped
 ENV_OFF = "GB28181GW_COMPILED"
 ENV_DIR = "GB28181GW_COMPILED_DIR"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -91,17 +91,34 @@ def disabled(env: os._Environ[str] | dict[str, str] | None = None) -> bool:
 
 
 def read_manifest(directory: Path) -> dict[str, Any] | None:
+    """The build's manifest, ``None`` when there is none; one that cannot be read comes back as a
+    manifest :func:`stale_reason` refuses (saying why), never as an exception: ``gb28181gw/__init__``
+    reads it, so a crash here would stop every command, ``gb28181gw accelerate --remove`` included."""
     try:
-        data = json.loads((directory / MANIFEST).read_text())
-    except (OSError, ValueError):
+        text = (directory / MANIFEST).read_text()
+    except FileNotFoundError:
         return None
-    return data if isinstance(data, dict) else None
+    except (OSError, ValueError) as e:
+        return {"unreadable": f"cannot read {directory / MANIFEST}: {e}"}
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        return {"unreadable": f"{directory / MANIFEST} is not JSON ({e})"}
+    return data if isinstance(data, dict) else {"unreadable": f"{directory / MANIFEST} is not a JSON object"}
+
+
+def _str_map(value: object) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
 
 
 def stale_reason(manifest: dict[str, Any], directory: Path, package_dir: Path = PACKAGE_DIR) -> str | None:
     """Why this build must not be used here, or ``None`` when every check passes."""
+    if "unreadable" in manifest:
+        return str(manifest["unreadable"])
     if manifest.get("format") != FORMAT:
         return f"the build's manifest is of another format ({manifest.get('format')!r})"
+    if not (_str_map(manifest.get("files")) and _str_map(manifest.get("sources"))):
+        return f"{directory / MANIFEST} is malformed (its files and sources are not maps of names to strings)"
     if manifest.get("python") != python_tag():
         return f"built for Python {manifest.get('python')}, this is {python_tag()}"
     changed: list[str] = []
@@ -114,9 +131,50 @@ def stale_reason(manifest: dict[str, Any], directory: Path, package_dir: Path = 
     if changed:
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
         return f"edited since the build: {', '.join(changed[:3])}{more}"
-    missing = [f for f in manifest.get("files", {}).values() if not (directory / f).is_file()]
+    missing = [f for f in manifest["files"].values() if not (directory / f).is_file()]
     if missing:
         return f"build files missing: {', '.join(missing)}"
+    if (unsafe := _unsafe(directory, manifest["files"].values())) is not None:
+        return unsafe
+    not_native = [
+        f for f in manifest["files"].values() if not f.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+    ]
+    if not_native:
+        return f"{directory / MANIFEST} names files that are not extension modules: {', '.join(not_native)}"
+    # A .so cut short (a copy of the build that failed half-way, a full disk) kills the process with
+    # SIGBUS when the loader maps it: no exception to fall back on, so its size is checked first. Sizes,
+    # not hashes: hashing the 5 MB library would cost every command ~7 ms; the directory is trusted.
+    sizes = manifest.get("sizes")
+    if not isinstance(sizes, dict):
+        return f"{directory / MANIFEST} is malformed (no sizes of its files)"
+    cut = [f for f in manifest["files"].values() if (directory / f).stat().st_size != sizes.get(f)]
+    if cut:
+        return f"build files cut short or replaced: {', '.join(cut)}"
+    return None
+
+
+def _unsafe(directory: Path, files: Iterable[str]) -> str | None:
+    """Why someone other than this user (or root) could have put code into the build, if they could.
+
+    The hashes prove the sources unchanged, not the build: whoever can write the directory can write
+    a manifest whose hashes match and a library of their own, run by every gateway started from it
+    (e.g. ``GB28181GW_COMPILED_DIR`` in /tmp, or a directory made group-writable). As ssh does for
+    its keys: refuse, saying which path and how to fix it."""
+    me = os.geteuid()
+    paths = {directory, directory / MANIFEST}
+    for rel in files:
+        path = directory / rel
+        paths.add(path)
+        paths.update(p for p in path.parents if p.is_relative_to(directory))
+    for path in sorted(paths):
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue  # nothing there to load code from
+        if st.st_uid not in (me, 0):
+            return f"{path} is owned by uid {st.st_uid}, not this user ({me}) or root: not loading code from it"
+        if st.st_mode & 0o022:
+            return f"{path} is writable by other users ({st.st_mode & 0o777:o}): not loading code from it (chmod go-w)"
     return None
 
 
@@ -126,7 +184,9 @@ class CompiledFinder:
     def __init__(self, directory: Path, manifest: dict[str, Any]) -> None:
         self.directory = directory
         self.manifest = manifest
-        self.files: dict[str, str] = dict(manifest.get("files", {}))
+        files: Any = manifest.get("files")
+        # a malformed map serves nothing (stale_reason says why); it must not fail `import gb28181gw`
+        self.files: dict[str, str] = dict(files) if _str_map(files) else {}
         self.checked = False
         #: ``None`` once the build was found to match its sources; else why it is not used.
         self.reason: str | None = "not checked yet"
@@ -135,6 +195,14 @@ class CompiledFinder:
         if not self.checked:
             self.checked = True
             self.reason = stale_reason(self.manifest, self.directory)
+            if self.reason is None and (shared := f"{GROUP}__mypyc") in self.files:
+                # the library holding every module's code, loaded first: if it cannot be (built on
+                # another system, damaged), nothing compiled is loaded yet and all can still fall back
+                try:
+                    importlib.import_module(shared)
+                except ImportError as e:
+                    sys.modules.pop(shared, None)
+                    self.reason = f"the build cannot be loaded: {e}"
             if self.reason is not None:
                 log.warning(
                     "compiled modules not used (%s): running the .py sources; rebuild with `gb28181gw accelerate`",
@@ -148,7 +216,11 @@ class CompiledFinder:
         rel = self.files.get(name)
         if rel is None or not self.usable():
             return None
-        return importlib.util.spec_from_file_location(name, self.directory / rel)
+        where = str(self.directory / rel)
+        # an extension loader whatever the name says: a manifest naming a .py must not run it
+        return importlib.util.spec_from_file_location(
+            name, where, loader=importlib.machinery.ExtensionFileLoader(name, where)
+        )
 
     def invalidate_caches(self) -> None:
         pass
@@ -194,7 +266,8 @@ def state() -> dict[str, Any]:
     modules = in_use()
     if modules:
         return {"compiled": "in use", "modules": modules, "dir": str(_finder.directory)}
-    return {"compiled": "not used", "modules": [], "why": _finder.reason or "no compiled module imported"}
+    why = _finder.reason if _finder.checked else stale_reason(_finder.manifest, _finder.directory)
+    return {"compiled": "not used", "modules": [], "why": why or "no compiled module imported"}
 
 
 def label() -> str:

@@ -11,6 +11,7 @@ compiler and the Python headers; takes about a minute on one core.
 from __future__ import annotations
 
 import ast
+import fcntl
 import importlib.util
 import json
 import os
@@ -21,7 +22,7 @@ import sysconfig
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import click
 
@@ -148,20 +149,40 @@ def build(target: Path, *, opt_level: str = "3", verbose: bool = False) -> dict[
             "package_dir": str(compiled.PACKAGE_DIR),
             "modules": list(compiled.MODULES),
             "files": files,
+            "sizes": {rel: (tmp / "out" / rel).stat().st_size for rel in files.values()},
             "sources": {
                 p.relative_to(src / "gb28181gw").as_posix(): compiled.source_hash(p)
                 for p in sources_read(src, compiled.MODULES)
             },
         }
         staging = Path(tempfile.mkdtemp(prefix=".new-", dir=_parent(target)))
-        for rel in files.values():
-            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(tmp / "out" / rel, staging / rel)
-        (staging / compiled.MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        try:
+            for rel in files.values():
+                (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(tmp / "out" / rel, staging / rel)
+            (staging / compiled.MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        except BaseException:  # a full disk, ^C: no half-made copy left beside the build
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     remove(target)
-    staging.chmod(0o755)  # mkdtemp's 0700 would hide the build from a gateway run as another user
+    # mkdtemp's 0700 would hide the build from a gateway run as another user; and whatever the umask,
+    # nobody else may write it (gb28181gw.compiled refuses a build others could have written)
+    for path in (staging, *staging.rglob("*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)
     staging.rename(target)
     return manifest
+
+
+def _lock(target: Path) -> IO[bytes]:
+    """One build into ``target`` at a time: two would each delete the other's result before renaming
+    their own into place, and the later rename fail on the directory the first just put there."""
+    handle = open(_parent(target) / f".{target.name}.lock", "wb")  # noqa: SIM115 - held by the caller
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        fail(f"another gb28181gw accelerate is building into {target}", "wait for it to finish")
+    return handle
 
 
 def _parent(target: Path) -> Path:
@@ -227,12 +248,19 @@ def accelerate(directory: Path | None, check: bool, remove_it: bool, verbose: bo
             warn(f"{compiled.ENV_OFF} turns compiled modules off in this environment")
         if reason is not None:
             fail(f"the build in {target} is not used: {reason}", "gb28181gw accelerate")
-        click.echo(f"{target}: {len(manifest['modules'])} modules built {manifest['built_at']}, matching their sources")
+        click.echo(
+            f"{target}: {len(manifest['files']) - 1} modules built {manifest.get('built_at', '?')}, matching their sources"
+        )
         return
+    # before a minute of compiling, not after: what would stop the build from replacing the old one
+    if target.exists() and not (target / compiled.MANIFEST).is_file() and any(target.iterdir()):
+        fail(f"{target} is not a gb28181gw build (no {compiled.MANIFEST}); not building into it", "--dir <empty dir>")
+    lock = _lock(target)  # held until the process exits
     _prerequisites()
     began = time.monotonic()
     click.echo(f"compiling {len(compiled.MODULES)} modules with mypyc into {target} (about a minute) ...")
     manifest = build(target, opt_level=opt_level, verbose=verbose)
+    lock.close()
     used, why = _loads(target)
     if len(used) != len(compiled.MODULES):
         fail(
