@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from gb28181gw.sip.endpoint import Peer, SipEndpoint
 from gb28181gw.sip.events import Event
@@ -28,6 +30,37 @@ def media_port(offset: int) -> int:
     """
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
     return 12000 + 1500 * (int(worker) if worker.isdigit() else 0) + offset
+
+
+_T = TypeVar("_T")
+
+
+async def most_between_turns(count: Callable[[], int], work: Awaitable[_T]) -> tuple[_T, int]:
+    """``work``'s result, and the most ``count()`` grew between two turns of a task beside it.
+
+    Counted, not timed: how much of something (rows decoded, records taken) was done without the
+    event loop turning, i.e. what every datagram waiting behind it waited for.
+    """
+    gaps: list[int] = []
+    done = False
+
+    async def beside() -> None:
+        seen = 0
+        while True:
+            now = count()
+            gaps.append(now - seen)
+            seen = now
+            if done:
+                return
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(beside())
+    try:
+        result = await work
+    finally:
+        done = True
+        await task
+    return result, max(gaps)
 
 
 class FakeClock:

@@ -9,7 +9,6 @@ it is given every row instead, so that a missed event never leaves its view stal
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +17,7 @@ import pytest
 from gb28181gw.errors import StoreError
 from gb28181gw.gb.model import Device, DeviceState
 from gb28181gw.store.base import DeviceNotice
+from tests.helpers import most_between_turns
 from tests.redis_server import RedisServer, module_server
 
 from .test_ownership_redis import D1, D2, D3, Nodes, events, nodes, online
@@ -158,26 +158,9 @@ async def test_every_row_read_again_is_decoded_with_the_loop_turning_between_ste
         return from_row(cls, values)
 
     monkeypatch.setattr(Device, "from_row", classmethod(counting))
-    gaps: list[int] = []
-    done = False
-
-    async def beside() -> None:
-        seen = 0
-        while True:
-            gaps.append(decoded - seen)
-            seen = decoded
-            if done:
-                return
-            await asyncio.sleep(0)
-
-    task = asyncio.create_task(beside())
-    try:
-        learnt = await b.news()
-    finally:
-        done = True
-        await task
+    learnt, most = await most_between_turns(lambda: decoded, b.news())
     assert learnt.whole and len(learnt.devices) == count
-    assert max(gaps) <= ROWS_PER_STEP, f"{max(gaps)} rows decoded without a turn of the loop"
+    assert most <= ROWS_PER_STEP, f"{most} rows decoded without a turn of the loop"
 
 
 async def test_a_device_deleted_elsewhere_is_named_removed_and_only_when_its_row_is_still_gone(
