@@ -321,3 +321,82 @@ async def test_a_write_of_many_devices_takes_their_records_with_the_loop_turning
     assert taken >= count
     assert most <= ROWS_PER_STEP, f"{most} records taken without a turn of the loop"
     assert {d.device_id for d in await registrar.store.load_devices()} >= set(ids)
+
+
+async def test_a_device_removed_while_a_write_takes_its_records_stays_removed(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write-behind takes its records and rows in steps with loop turns between: a device
+    removed in such a turn (``gb28181gw device remove``) after its record was taken had its row
+    deleted first and then written back by the write, there again at the next start."""
+    from gb28181gw.gb.devices import DeviceTable
+    from gb28181gw.store.base import ROWS_PER_STEP
+
+    registrar = gateway.registrar
+    ids = ipc_ids(2 * ROWS_PER_STEP + 5)
+    for device_id in ids:
+        await registrar.provision(device_id, name="n")
+    await registrar.flush()
+    for device_id in ids:
+        registrar.changed(device_id)
+    taken: list[str] = []
+    get = DeviceTable.get
+
+    def noting(self: DeviceTable, device_id: str, default: Any = None) -> Any:
+        taken.append(device_id)
+        return get(self, device_id, default)
+
+    monkeypatch.setattr(DeviceTable, "get", noting)
+    write = asyncio.create_task(registrar.flush())
+    for _ in range(1000):
+        if taken or write.done():
+            break
+        await asyncio.sleep(0)
+    assert not write.done(), "the write took every record without a turn of the loop"
+    victim = taken[0]
+    monkeypatch.setattr(DeviceTable, "get", get)
+    assert await registrar.remove(victim)
+    await write
+    stored = {d.device_id for d in await registrar.store.load_devices()}
+    assert victim not in stored, "a removed device was written back by the write in flight"
+    assert stored == set(ids) - {victim}
+
+
+async def test_a_write_started_while_another_is_under_way_is_not_overwritten_by_it(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two writes at once (the 30 s write-behind and one an operator's command or a catalog asks
+    for): the first takes its rows in steps with loop turns between, so a device changed after
+    its row was taken went out newer in the second write and then older in the first, finishing
+    last; nothing marked it again, and the store kept the old row."""
+    from gb28181gw.gb.model import Device
+    from gb28181gw.store.base import ROWS_PER_STEP
+
+    registrar = gateway.registrar
+    ids = ipc_ids(2 * ROWS_PER_STEP + 5)
+    for device_id in ids:
+        await registrar.provision(device_id, name="n")
+    await registrar.flush()
+    for device_id in ids:
+        registrar.changed(device_id)
+    rows: list[str] = []
+    row = Device.row
+
+    def noting(self: Device) -> Any:
+        rows.append(self.device_id)
+        return row(self)
+
+    monkeypatch.setattr(Device, "row", noting)
+    first = asyncio.create_task(registrar.flush())
+    for _ in range(10_000):
+        if rows or first.done():
+            break
+        await asyncio.sleep(0)
+    assert not first.done(), "the write took every row without a turn of the loop"
+    changed = rows[0]
+    monkeypatch.setattr(Device, "row", row)
+    registrar.update_info(changed, manufacturer="newer")
+    await registrar.flush()
+    await first
+    stored = await registrar.store.get_device(changed)
+    assert stored is not None and stored.manufacturer == "newer"

@@ -175,6 +175,11 @@ class RegistrarService:
         self.flush_interval = flush_interval
         self._clock = clock
         self._dirty: set[str] = set()
+        # held by a write of devices and by a device's deletion from the store: a write takes its
+        # records and rows with loop turns between, and a device removed in one of them had its row
+        # deleted before the write, which then put it back (see _remove); two writes at once could
+        # finish the other way round from how they took their rows (see flush)
+        self._write_lock = asyncio.Lock()
         # devices whose only change is a newer keepalive time: written at most every
         # keepalive_flush_interval, since a restart gives every device a fresh window anyway
         self._heartbeats: set[str] = set()
@@ -302,8 +307,14 @@ class RegistrarService:
 
         A device the store refuses (:class:`StoreRecordError`) is logged and left out, never
         holding back the others; when the store itself cannot be written every change is kept
-        for the next attempt and :class:`StoreError` is raised.
+        for the next attempt and :class:`StoreError` is raised. One write at a time: a write
+        takes its rows in steps, so one asked for meanwhile (an operator's, a catalog's) wrote a
+        device's newer row and this one its older row after it, which the store then kept.
         """
+        async with self._write_lock:
+            await self._flush(heartbeats=heartbeats)
+
+    async def _flush(self, *, heartbeats: bool) -> None:
         await self._flush_bans()
         dirty, self._dirty = self._dirty, set()
         if heartbeats:
@@ -1048,7 +1059,8 @@ class RegistrarService:
         self.keepalive_arrivals.pop(device_id, None)
         if removed is not None:
             self._apply(removed[1], removed[0], now, epoch)
-        stored = await self.store.delete_device(device_id)
+        async with self._write_lock:  # after a write in flight, which may hold this device's record
+            stored = await self.store.delete_device(device_id)
         return stored or removed is not None
 
     def _audit(self, action: Action, target: str, params: dict[str, object] | None = None, **how: Any) -> None:
