@@ -44,7 +44,7 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -64,7 +64,9 @@ from gb28181gw.services.audit import ACTOR, acting
 from gb28181gw.services.remote import RemoteDevices
 from gb28181gw.services.streams import Stream, StreamError, StreamService, StreamState
 from gb28181gw.sip.peer import Peer
-from gb28181gw.store.rpc import RedisRpc
+
+if TYPE_CHECKING:  # redis-py, imported with store.rpc, is needed only with the redis store
+    from gb28181gw.store.rpc import RedisRpc
 
 __all__ = [
     "CONTROL_ACTIONS",

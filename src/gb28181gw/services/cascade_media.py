@@ -73,7 +73,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gb28181gw.audit import Action, Actor
 from gb28181gw.errors import (
@@ -116,12 +116,14 @@ from gb28181gw.sip.message import Request, Response, make_response
 from gb28181gw.sip.peer import Peer
 from gb28181gw.sip.transaction import Transaction
 from gb28181gw.stopping import check_cancelled, stop_task
-from gb28181gw.store.rpc import RedisRpc
 
 from .audit import AuditService, acting, result_of
 from .registrar import RegistrarService
 from .streams import Consumer, ControlResult, Stream, StreamService
 from .upstreams import Link, UpstreamService
+
+if TYPE_CHECKING:  # redis-py, imported with store.rpc, is needed only with the redis store
+    from gb28181gw.store.rpc import RedisRpc
 
 __all__ = ["UPWARD", "CascadeMediaService", "Served"]
 

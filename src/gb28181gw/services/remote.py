@@ -30,14 +30,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gb28181gw.errors import DeviceError, NodeUnreachable, RpcError, RpcTimeout
 from gb28181gw.gb.rpc import CONTROL_TIMEOUT, Call
 from gb28181gw.manscdp.ptz import PtzCmd
-from gb28181gw.store.rpc import RedisRpc
 
 from .devices import DeviceService
+
+if TYPE_CHECKING:  # redis-py, imported with store.rpc, is needed only with the redis store
+    from gb28181gw.store.rpc import RedisRpc
 
 log = logging.getLogger("gb28181gw.remote")
 

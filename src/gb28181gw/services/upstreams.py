@@ -89,8 +89,8 @@ from gb28181gw.net.router import Role
 from gb28181gw.net.stack import SipStack
 from gb28181gw.net.tasks import TaskSet
 from gb28181gw.sip.peer import Peer
+from gb28181gw.store.base import LEASE_DEFERRED as DEFERRED
 from gb28181gw.store.base import Store
-from gb28181gw.store.leases import DEFERRED
 
 from .audit import AuditService, audited
 

@@ -331,6 +331,10 @@ class SingleNode:
         return WriteResult()
 
 
+#: What :meth:`~gb28181gw.store.leases.RedisLeases.acquire` returns as the epoch of a take it
+#: deferred (here, not in store.leases: importing that imports redis-py, ~4 MiB a process).
+LEASE_DEFERRED = -1
+
 #: Device rows :func:`device_rows` takes before giving the event loop a turn.
 ROWS_PER_STEP = 1_000
 

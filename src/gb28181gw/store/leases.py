@@ -24,6 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from gb28181gw.errors import StoreError, redact_url
+from gb28181gw.store.base import LEASE_DEFERRED
 from gb28181gw.store.redis import PREFIX, connect
 
 _ACQUIRE = """
@@ -68,8 +69,9 @@ return 0
 """
 
 
-#: What :meth:`RedisLeases.acquire` returns as the epoch of a take it deferred.
-DEFERRED = -1
+# What RedisLeases.acquire returns as the epoch of a take it deferred: defined in store.base, whose
+# users (the upstream service) then need not import redis-py with every other store
+DEFERRED = LEASE_DEFERRED
 
 
 def _text(raw: Any) -> str:
