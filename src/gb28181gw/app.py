@@ -225,7 +225,7 @@ class Gateway:
             self.streams,
             zone=parse_time_zone(config.gateway.time_zone),
             remote=self.remote,
-            peers=lambda: [n.node_id for n in self.nodes.view],
+            peers=self._peer_ids,
             media_address=config.media_address,
             consumer_networks=parse_networks(config.media.consumer_networks),
         )
@@ -271,6 +271,9 @@ class Gateway:
     def ready(self) -> bool:
         """Listening, not shutting down, and the store takes writes."""
         return self._ready and self.store.writable
+
+    async def _peer_ids(self) -> list[str]:
+        return [n.node_id for n in await self.nodes.current()]
 
     def status(self) -> dict[str, Any]:
         """What ``/api/v1/status`` and ``gb28181gw status`` show."""

@@ -363,6 +363,10 @@ def _relay_json(f: StreamFigures) -> dict[str, Any]:
     return out
 
 
+async def _no_peers() -> Iterable[str]:
+    return ()
+
+
 class StreamApi:
     """The stream actions of the admin API, on this node or forwarded to the device's node.
 
@@ -370,7 +374,8 @@ class StreamApi:
         streams: this node's streams.
         zone: the site's (``gateway.time_zone``): span times without an offset are read in it.
         remote: with several nodes, the forwarding of device requests (which node owns what).
-        peers: the live nodes' IDs, this one's or not (the node view, :class:`~gb28181gw.services.nodes.NodeService`).
+        peers: the live nodes' IDs, this one's or not, read when asked (:meth:`~gb28181gw.services.nodes.NodeService.current`):
+            a node that joined since the view's last refresh is listed and asked too.
         media_address: ``Config.media_address`` (``""``: the address routing picks toward the consumer).
         consumer_networks: ``media.consumer_networks``: where this node sends a forwarded request's media.
     """
@@ -381,7 +386,7 @@ class StreamApi:
         *,
         zone: datetime.tzinfo = datetime.UTC,
         remote: RemoteDevices | None = None,
-        peers: Callable[[], Iterable[str]] = tuple,
+        peers: Callable[[], Awaitable[Iterable[str]]] = _no_peers,
         media_address: str = "",
         consumer_networks: tuple[IpNetwork, ...] = (),
     ) -> None:
@@ -568,7 +573,7 @@ class StreamApi:
         """Every live node's streams (``node``: that node's only), each naming its ``node``."""
         if self.rpc is None or node == self.node:
             return 200, {"streams": self.list_here()}
-        nodes = [node] if node else [n for n in self.peers() if n != self.node]
+        nodes = [node] if node else [n for n in await self.peers() if n != self.node]
         rows = self.list_here() if not node else []
         answers = await asyncio.gather(
             *(self._forward(n, "stream.list", {}, LIST_TIMEOUT, "its streams") for n in nodes)
@@ -616,7 +621,7 @@ class StreamApi:
         placed = self.placed.get(stream_id)
         if placed is not None:
             return placed
-        nodes = [n for n in self.peers() if n != self.node]
+        nodes = [n for n in await self.peers() if n != self.node]
         answers = await asyncio.gather(
             *(
                 self._forward(n, "stream.show", {"stream": stream_id}, LIST_TIMEOUT, f"stream {stream_id}")

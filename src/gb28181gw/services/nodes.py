@@ -114,6 +114,13 @@ class NodeService:
         if self.nodes is not None:
             await self.nodes.close()
 
+    async def current(self) -> tuple[NodeRecord, ...]:
+        """The live nodes read now, for an operator's listing: the refreshed view can lack a node
+        that joined in the last :data:`REFRESH` seconds, and its streams would be missing from the
+        answer with nobody told. Redis away: the last view, as everywhere else."""
+        await self._read()
+        return self.view
+
     async def _read(self) -> None:
         if self.nodes is None:
             return  # SQLite: this gateway is the only node
