@@ -272,6 +272,21 @@ async def test_streams_are_trimmed(redis: RedisServer, raw: Redis, monkeypatch: 
         await n2.close()
 
 
+async def test_a_burst_of_calls_past_the_connection_pool_waits_for_connections(redis: RedisServer, raw: Redis) -> None:
+    # redis-py 8 caps a client's pool at 100 connections and refused the 101st command in flight
+    # with "Too many connections" (NodeUnreachable here): CI saw it in the test above. They wait now.
+    from gb28181gw.store.redis import MAX_CONNECTIONS
+
+    await live(raw, "n1", "n2")
+    n1, n2 = await node(redis, "n1"), await node(redis, "n2", stream_open=Echo())
+    try:
+        answers = await asyncio.gather(*(n1.call("n2", "stream.open", {"n": i}) for i in range(3 * MAX_CONNECTIONS)))
+        assert len(answers) == 3 * MAX_CONNECTIONS
+    finally:
+        await n1.close()
+        await n2.close()
+
+
 async def test_close_leaves_no_connection_open_with_commands_under_way(redis: RedisServer, raw: Redis) -> None:
     # a command under way when closing must not connect again after the client is closed: redis-py
     # would let it, and that socket stays open until collected (a ResourceWarning in a later test)

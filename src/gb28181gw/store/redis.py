@@ -87,7 +87,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, NoReturn, TypeVar
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
@@ -132,6 +132,10 @@ DEVICE_LAYOUT: tuple[str, ...] = (
 )  # fmt: skip
 
 
+#: Connections a client keeps open to Redis at most; a command past them waits for one.
+MAX_CONNECTIONS = 100
+
+
 def connect(
     url: str,
     *,
@@ -150,8 +154,13 @@ def connect(
         StoreError: ``url`` is not a Redis URL redis-py can use (named without its password).
     """
     try:
-        return Redis.from_url(
+        # A pool that waits for a free connection (up to ``timeout``) instead of failing: redis-py
+        # 8 caps a pool at 100 connections and refused the 101st command in flight at once with
+        # "Too many connections", which a burst of RPC calls (100 stream opens at once) reached.
+        pool = BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=timeout,
             socket_connect_timeout=timeout,
             socket_timeout=timeout if read_timeout is None else read_timeout,
             retry=Retry(NoBackoff(), retries)
@@ -159,6 +168,7 @@ def connect(
             else Retry(NoBackoff(), retries, supported_errors=retry_on),
             **options,
         )
+        return Redis.from_pool(pool)
     except ValueError as exc:
         raise StoreError(f"store.url {redact_url(url)!r} cannot be used: {exc}") from None
 
