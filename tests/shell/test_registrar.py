@@ -323,6 +323,27 @@ async def test_a_write_of_many_devices_takes_their_records_with_the_loop_turning
     assert {d.device_id for d in await registrar.store.load_devices()} >= set(ids)
 
 
+async def stored_and_changed(registrar: Any, count: int) -> list[str]:
+    """``count`` devices provisioned and written, then each marked changed: the next write takes them all."""
+    ids = ipc_ids(count)
+    for device_id in ids:
+        await registrar.provision(device_id, name="n")
+    await registrar.flush()
+    for device_id in ids:
+        registrar.changed(device_id)
+    return ids
+
+
+async def first_noted(noted: list[str], write: asyncio.Task[None]) -> str:
+    """The first device ``write`` noted, the loop turned until it has; the write still under way."""
+    for _ in range(10_000):
+        if noted or write.done():
+            break
+        await asyncio.sleep(0)
+    assert not write.done(), "the write took everything without a turn of the loop"
+    return noted[0]
+
+
 async def test_a_device_removed_while_a_write_takes_its_records_stays_removed(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -333,12 +354,7 @@ async def test_a_device_removed_while_a_write_takes_its_records_stays_removed(
     from gb28181gw.store.base import ROWS_PER_STEP
 
     registrar = gateway.registrar
-    ids = ipc_ids(2 * ROWS_PER_STEP + 5)
-    for device_id in ids:
-        await registrar.provision(device_id, name="n")
-    await registrar.flush()
-    for device_id in ids:
-        registrar.changed(device_id)
+    ids = await stored_and_changed(registrar, 2 * ROWS_PER_STEP + 5)
     taken: list[str] = []
     get = DeviceTable.get
 
@@ -348,12 +364,7 @@ async def test_a_device_removed_while_a_write_takes_its_records_stays_removed(
 
     monkeypatch.setattr(DeviceTable, "get", noting)
     write = asyncio.create_task(registrar.flush())
-    for _ in range(1000):
-        if taken or write.done():
-            break
-        await asyncio.sleep(0)
-    assert not write.done(), "the write took every record without a turn of the loop"
-    victim = taken[0]
+    victim = await first_noted(taken, write)
     monkeypatch.setattr(DeviceTable, "get", get)
     assert await registrar.remove(victim)
     await write
@@ -373,12 +384,7 @@ async def test_a_write_started_while_another_is_under_way_is_not_overwritten_by_
     from gb28181gw.store.base import ROWS_PER_STEP
 
     registrar = gateway.registrar
-    ids = ipc_ids(2 * ROWS_PER_STEP + 5)
-    for device_id in ids:
-        await registrar.provision(device_id, name="n")
-    await registrar.flush()
-    for device_id in ids:
-        registrar.changed(device_id)
+    await stored_and_changed(registrar, 2 * ROWS_PER_STEP + 5)
     rows: list[str] = []
     row = Device.row
 
@@ -388,12 +394,7 @@ async def test_a_write_started_while_another_is_under_way_is_not_overwritten_by_
 
     monkeypatch.setattr(Device, "row", noting)
     first = asyncio.create_task(registrar.flush())
-    for _ in range(10_000):
-        if rows or first.done():
-            break
-        await asyncio.sleep(0)
-    assert not first.done(), "the write took every row without a turn of the loop"
-    changed = rows[0]
+    changed = await first_noted(rows, first)
     monkeypatch.setattr(Device, "row", row)
     registrar.update_info(changed, manufacturer="newer")
     await registrar.flush()
