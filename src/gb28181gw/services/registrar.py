@@ -82,7 +82,7 @@ from gb28181gw.sip.message import make_response
 from gb28181gw.sip.peer import Peer
 from gb28181gw.sip.quick import QuickRequest
 from gb28181gw.stopping import check_cancelled, stop_task
-from gb28181gw.store.base import ROWS_PER_STEP, Cluster, DeviceNotice, SingleNode, Store
+from gb28181gw.store.base import Cluster, DeviceNotice, SingleNode, Store, in_steps
 
 from .audit import AuditService
 
@@ -357,7 +357,7 @@ class RegistrarService:
             self._live_score.clear()
 
     async def _records(self, device_ids: set[str]) -> list[Device]:
-        """The records of ``device_ids`` still known, taken :data:`ROWS_PER_STEP` at a time with a
+        """The records of ``device_ids`` still known, taken in steps with a
         turn of the loop between (as the store's ``device_rows`` takes their rows).
 
         Why: the 30 s write of keepalive times takes every online device, and 10,000 lookups in
@@ -365,14 +365,7 @@ class RegistrarService:
         miss each), which every keepalive behind them waited out. A device removed meanwhile is
         left out, as it was when removed before the batch was taken.
         """
-        get = self.devices.get
-        ids = list(device_ids)
-        batch: list[Device] = []
-        for start in range(0, len(ids), ROWS_PER_STEP):
-            if start:
-                await asyncio.sleep(0)
-            batch.extend([d for d in map(get, ids[start : start + ROWS_PER_STEP]) if d is not None])
-        return batch
+        return await in_steps(list(device_ids), self.devices.get)
 
     def _wall_deadline(self, device_id: str, now: float, epoch: float) -> float | None:
         """The score of ``device_id`` in live:<node> (wall seconds): its deadline plus a third of its

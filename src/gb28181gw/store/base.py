@@ -12,9 +12,9 @@ import asyncio
 import itertools
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from gb28181gw.access import Token
 from gb28181gw.audit import Anchor, AuditEntry, AuditQuery, AuditRecord
@@ -335,6 +335,9 @@ class SingleNode:
 #: deferred (here, not in store.leases: importing that imports redis-py, ~4 MiB a process).
 LEASE_DEFERRED = -1
 
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
+
 #: Device rows :func:`device_rows` takes before giving the event loop a turn.
 ROWS_PER_STEP = 1_000
 
@@ -349,9 +352,16 @@ async def device_rows(devices: Sequence[Device]) -> list[tuple[Any, ...]]:
     as it was when its step ran; one changed since its row was taken is marked for the next batch
     by its owner, as it always was when it changed after the rows were taken.
     """
-    rows: list[tuple[Any, ...]] = []
-    for start in range(0, len(devices), ROWS_PER_STEP):
+    return await in_steps(devices, Device.row)
+
+
+async def in_steps(items: Sequence[_In], each: Callable[[_In], _Out | None]) -> list[_Out]:
+    """``each`` of ``items``, its ``None`` answers left out, :data:`ROWS_PER_STEP` items between two
+    turns of the event loop (what :func:`device_rows`, the registrar's record lookups and the Redis
+    store's decoding of every device row share: thousands of devices in one go hold the loop)."""
+    out: list[_Out] = []
+    for start in range(0, len(items), ROWS_PER_STEP):
         if start:
             await asyncio.sleep(0)
-        rows.extend([d.row() for d in devices[start : start + ROWS_PER_STEP]])
-    return rows
+        out.extend([x for x in map(each, items[start : start + ROWS_PER_STEP]) if x is not None])
+    return out

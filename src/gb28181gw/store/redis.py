@@ -99,7 +99,7 @@ from gb28181gw.errors import StoreError, StoreRecordError, redact_url
 from gb28181gw.gb.ledger import LedgerEntry
 from gb28181gw.gb.model import BAN_FIELDS, Alarm, Ban, Channel, Device, Override, ShareEntry
 from gb28181gw.stopping import check_cancelled, stop_task
-from gb28181gw.store.base import ROWS_PER_STEP, device_rows, params_json, stored_audit
+from gb28181gw.store.base import device_rows, in_steps, params_json, stored_audit
 
 T = TypeVar("T")
 log = logging.getLogger("gb28181gw.store")
@@ -654,12 +654,7 @@ class RedisStore:
         # decoded in steps with a loop turn between: several nodes read every row again while
         # serving (every 5 minutes, twice after a Redis restart), and 100,000 rows decoded in one
         # go held the loop 0.74 s, every keepalive and REGISTER behind it waiting
-        devices: list[Device] = []
-        for start in range(0, len(keys), ROWS_PER_STEP):
-            if start:
-                await asyncio.sleep(0)
-            devices.extend([self._device(k, rows[k]) for k in keys[start : start + ROWS_PER_STEP]])
-        return devices
+        return await in_steps(keys, lambda k: self._device(k, rows[k]))
 
     async def get_device(self, device_id: str) -> Device | None:
         raw = await self._read("reading a device", lambda r: r.hget(self._k("devices"), _key(device_id)))
