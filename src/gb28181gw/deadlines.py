@@ -41,10 +41,14 @@ class Deadline(Generic[T]):
 class TimerQueue(Generic[T]):
     """Deadlines bucketed by delay; each bucket is a FIFO.
 
+    An entry never fires before its time, and at most ``resolution`` after it: a bucket holds
+    delays within a resolution of each other in the order they were scheduled, so an entry may
+    wait behind an earlier-scheduled one due up to that much later (tests/core/test_deadlines.py).
+
     Args:
-        resolution: delays are rounded to this many seconds to pick a bucket, so
-            that float noise does not create a bucket per entry. Firing times are
-            kept exact.
+        resolution: delays are rounded to this many seconds to pick a bucket, so that float
+            noise does not create a bucket per entry (each earliest-deadline search walks every
+            bucket); also the bound on how late an entry may fire.
     """
 
     def __init__(self, *, resolution: float = 0.001) -> None:

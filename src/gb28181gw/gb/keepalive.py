@@ -108,6 +108,8 @@ class Liveness:
     """
 
     def __init__(self) -> None:
+        # a device may go offline up to a second after its deadline (minutes long): buckets of a
+        # second keep the remainders re-queued by due() to a few hundred buckets, not one each
         self._queue: TimerQueue[str] = TimerQueue(resolution=1.0)
         self._entries: dict[str, Deadline[str]] = {}
         self._wanted: dict[str, float] = {}
