@@ -204,9 +204,11 @@ class AuditService:
         self._tasks = []
         try:
             await self._write_pending()
-        except StoreError as exc:
+        except Exception as exc:  # a defect too: the services stopped after this one must still stop
             log.error(
-                "audit records left unwritten at shutdown", extra={"records": len(self._pending), "error": str(exc)}
+                "audit records left unwritten at shutdown",
+                extra={"records": len(self._pending), "error": str(exc) or type(exc).__name__},
+                exc_info=not isinstance(exc, StoreError),
             )
         finally:
             self._release(self._queued)
@@ -229,11 +231,18 @@ class AuditService:
             try:
                 await self._write_pending()
                 backoff, self._failing = 0.5, False
-            except StoreError as exc:
+            except Exception as exc:
+                # the store refusing, or a defect: either way the writer lives on (dead, it would
+                # leave every later record unwritten and every audit query waiting in flush())
                 self._failing = True
                 if self._stopping:
                     return
-                log.warning("audit records not written yet", extra={"records": len(self._pending), "error": str(exc)})
+                if isinstance(exc, StoreError):
+                    log.warning(
+                        "audit records not written yet", extra={"records": len(self._pending), "error": str(exc)}
+                    )
+                else:
+                    log.exception("audit writer failed; its records stay queued", extra={"records": len(self._pending)})
                 self._release(self._queued)  # flush() must not hang on a broken store
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
