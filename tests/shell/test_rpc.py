@@ -16,7 +16,7 @@ import pytest
 from redis.asyncio import Redis
 
 from gb28181gw.errors import NodeUnreachable, RequestRefused, RpcRefused, RpcTimeout
-from gb28181gw.gb.rpc import Call
+from gb28181gw.gb.rpc import Answer, Call
 from gb28181gw.store.rpc import RedisRpc
 from tests.media import wait_for
 from tests.redis_server import RedisServer
@@ -249,6 +249,43 @@ async def test_an_inbox_redis_refuses_to_read_is_retried_and_served_again_once_r
             except (RpcTimeout, NodeUnreachable):
                 assert time.monotonic() < deadline, "n2 never served calls again: its inbox reader ended"
         assert got["echo"] == {"i": 2}
+    finally:
+        await n1.close()
+        await n2.close()
+
+
+async def test_a_defect_taking_one_call_or_reading_one_answer_loses_that_one_only(
+    redis: RedisServer, raw: Redis, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # an exception that is no Redis error ended the reader: every later call timed out unexplained
+    take, read = Call.decode.__func__, Answer.decode.__func__  # type: ignore[attr-defined]
+
+    def faulty_take(cls: type[Call], fields: Mapping[bytes, bytes]) -> Call:
+        call = take(cls, fields)
+        if call.args.get("fault") == "take":
+            raise ValueError("a defect taking a call")
+        return call
+
+    def faulty_read(cls: type[Answer], fields: Mapping[bytes, bytes]) -> Answer:
+        answer = read(cls, fields)
+        if "'fault': 'read'" in repr(answer):
+            raise ValueError("a defect reading an answer")
+        return answer
+
+    monkeypatch.setattr(Call, "decode", classmethod(faulty_take))
+    monkeypatch.setattr(Answer, "decode", classmethod(faulty_read))
+    await live(raw, "n1", "n2")
+    n1, n2 = await node(redis, "n1"), await node(redis, "n2", stream_open=Echo())
+    try:
+        for fault in ("take", "read"):
+            with pytest.raises(RpcTimeout):
+                await n1.call("n2", "stream.open", {"fault": fault}, timeout=1)
+            assert (await n1.call("n2", "stream.open", {"after": fault}, timeout=10))["echo"] == {"after": fault}
+        messages = [r.getMessage() for r in caplog.records]
+        assert "call dropped: taking it failed" in messages and "answer dropped: reading it failed" in messages
+        # the call that could not be taken was acknowledged, not left to be reclaimed and fail again
+        await wait_for(lambda: n2.served.get(("stream.open", "ok"), 0) == 3, 10)
+        assert (await raw.xpending("gbgw:rpc:n2", "rpc"))["pending"] == 0
     finally:
         await n1.close()
         await n2.close()
