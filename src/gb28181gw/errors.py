@@ -208,6 +208,7 @@ class DeviceError(Gb28181Error):
             404 no such device or channel, 480 the device is not registered (RFC 3261 §21.4.18
             Temporarily Unavailable), 408 it did not answer in time, 503 it cannot be reached,
             502 it answered with an error.
+        hint: what to do about it, where the status's usual hint would mislead (``None``: that one).
     """
 
     NOT_FOUND = 404
@@ -216,9 +217,10 @@ class DeviceError(Gb28181Error):
     UNREACHABLE = 503
     REFUSED = 502
 
-    def __init__(self, message: str, status: int = REFUSED) -> None:
+    def __init__(self, message: str, status: int = REFUSED, *, hint: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.hint = hint
 
 
 class AdminApiError(Gb28181Error):

@@ -860,7 +860,7 @@ _DEVICE_HTTP: dict[int, tuple[int, str | None]] = {
 def device_error_response(exc: DeviceError) -> web.Response:
     """A failed request to a device, with the status that says whose fault it is (504 when it timed out)."""
     status, hint = _DEVICE_HTTP.get(exc.status, (502, None))
-    return error_response(status, str(exc), hint)
+    return error_response(status, str(exc), exc.hint or hint)
 
 
 def _no_device(device_id: str) -> web.Response:

@@ -197,7 +197,11 @@ class DeviceService:
         if not self.registrar.cluster.owns(device_id):
             # another node's (several nodes): this node knows it as that node wrote it, and a
             # request sent from here would come from a gateway the device is not registered at
-            raise DeviceError(f"device {device_id} is not registered at this node", DeviceError.NOT_REGISTERED)
+            raise DeviceError(
+                f"device {device_id} is registered at another node, not this one",
+                DeviceError.NOT_REGISTERED,
+                hint="ask the node that serves it: `gb28181gw devices` names it",
+            )
         return device
 
     def device_of(self, target_id: str) -> Device:
