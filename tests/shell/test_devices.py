@@ -63,14 +63,15 @@ async def register(gw: Gateway, tmp_path: Path, port: int, device: str = NVR) ->
 
 
 async def play_device(
-    scenario: bytes, port: int, tmp_path: Path, name: str, *, calls: int = 1
+    scenario: bytes, port: int, tmp_path: Path, name: str, *, calls: int = 1, timeout: int = 15
 ) -> asyncio.subprocess.Process:
+    """A SIPp device playing ``scenario`` on ``port``; SIPp gives up ``timeout`` seconds after start."""
     path = tmp_path / f"{name}.xml"
     path.write_bytes(scenario)
     sipp = shutil.which("sipp")
     assert sipp is not None
     proc = await asyncio.create_subprocess_exec(
-        sipp, "-sf", str(path), "-i", "127.0.0.1", "-p", str(port), "-m", str(calls), "-timeout", "15s", "-timeout_error",
+        sipp, "-sf", str(path), "-i", "127.0.0.1", "-p", str(port), "-m", str(calls), "-timeout", f"{timeout}s", "-timeout_error",
         "-nostdin", "-trace_msg", "-message_file", str(tmp_path / f"{name}.msg"),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp_path,
     )  # fmt: skip
