@@ -422,7 +422,8 @@ class Registrar:
         was_registered = record.registered and record.expires_at > epoch
         # thousands of devices ask for the same few periods, an int above 256 is an object of
         # its own (28 bytes a device: issue 16's memory per device); a device asking for
-        # others than the first PERIODS_SHARED values keeps its own
+        # others than the first PERIODS_SHARED values keeps its own. (Compiled by mypyc, the
+        # record holds the int unboxed and this changes nothing.)
         period = self._periods.get(expires)
         if period is None:
             period = expires
