@@ -14,7 +14,8 @@ as ``gb28181gw serve`` tunes it. Then, each on its own:
   all are due (a burst's, or a late loop): each ``handle_timer`` call timed, until none is due
   (one call before issue 16's slices; now at most ``EXPIRE_STEP`` entries a call);
 - every device's keepalive window over at once (the liveness timer's calls, each timed);
-- a metrics scrape (``Metrics.render``: the device counts walk every device);
+- a metrics scrape (``Metrics.render``; the device counts are kept as states change, no longer a walk of
+  every device: ``bench_scrape.py`` times a scrape at rising device counts);
 - the Timer J table alone at a steady ``--steady-rate`` for 40 s of simulated time (32 s kept,
   adds and expiries balancing, expired every 10 ms as the stack does): the longest single
   ``add`` (a dict of every key is rebuilt whole when its deleted slots run out) and the longest

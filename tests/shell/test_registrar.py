@@ -127,6 +127,13 @@ async def test_thousand_devices_survive_a_restart_then_time_out(tmp_path: Path) 
         assert not any(d.online for d in devices.values())
         assert all(d.registered for d in devices.values())  # their registrations have not expired
         assert gw.registrar.timeouts[("keepalive timeout",)] == 1000
+        # the counts kept as states change (what a scrape reads) are a walk's
+        assert (
+            devices.counts()
+            == devices.count_all()
+            == {DeviceState.UNREGISTERED: 0, DeviceState.ONLINE: 0, DeviceState.OFFLINE: 1000}
+        )
+        assert gw.status()["devices"] == {"known": 1000, "registered": 1000, "online": 0}
         await gw.registrar.flush()
     finally:
         await gw.stop()
@@ -276,12 +283,23 @@ async def test_device_states_over_the_wire() -> None:
                 await asyncio.sleep(0.05)
             raise AssertionError(f"{device} is {gw.registrar.devices[device].state}, not {state}")
 
+        def counted() -> dict[str, int]:
+            # kept as states change, no walk: checked against one at every step
+            assert gw.registrar.devices.counts() == gw.registrar.devices.count_all()
+            text = gw.metrics.render().decode()
+            assert f"gb28181gw_devices_owned {float(gw.status()['devices']['registered'])}" in text
+            return gw.status()["devices"]
+
+        assert counted() == {"known": 1, "registered": 1, "online": 1}
         await until(DeviceState.OFFLINE, 2.0)
         assert d.offline_reason == "no keepalive for 1 s" and released == ["no keepalive for 1 s"]
+        assert counted() == {"known": 1, "registered": 1, "online": 0}
         ok = await _udp_exchange(port, _message(device, KEEPALIVE_BODY, "z9hG4bKst2"))
         assert ok.startswith(b"SIP/2.0 200 ") and d.state is DeviceState.ONLINE and d.offline_reason == ""
+        assert counted() == {"known": 1, "registered": 1, "online": 1}
         await until(DeviceState.OFFLINE, 2.0)
         await until(DeviceState.UNREGISTERED, 3.0)
+        assert counted() == {"known": 1, "registered": 0, "online": 0}
         assert d.offline_reason == "registration expired" and len(released) == 2  # released once per going offline
         late = await _udp_exchange(port, _message(device, KEEPALIVE_BODY, "z9hG4bKst3"))
         assert late.startswith(b"SIP/2.0 404 ")

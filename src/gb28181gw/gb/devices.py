@@ -223,6 +223,10 @@ class DeviceTable(Mapping[str, Device]):
 
     It reads as a mapping (``table[id]``, ``table.get(id)``, ``in``, iteration over IDs):
     services read records freely and change them only through these methods.
+
+    How many devices are in each state is kept as they change (:meth:`counts`): every metrics
+    scrape and ``gb28181gw status`` asks, and counting walked every record, 4 ms at 10,000
+    devices and 25 ms at 100,000 that the event loop stood still (issue 16).
     """
 
     def __init__(self) -> None:
@@ -230,6 +234,16 @@ class DeviceTable(Mapping[str, Device]):
         # devices on each TCP connection (host, port): a connection that closes finds its
         # devices at once instead of walking every record
         self._by_connection: dict[tuple[str, int], set[str]] = {}
+        self._counts: dict[DeviceState, int] = dict.fromkeys(DeviceState, 0)
+
+    def _count(self, old: DeviceState | None, new: DeviceState | None) -> None:
+        """A record went from ``old`` to ``new`` (``None``: not in the table)."""
+        if old is not new:
+            counts = self._counts
+            if old is not None:
+                counts[old] -= 1
+            if new is not None:
+                counts[new] += 1
 
     def _move(self, device_id: str, old: tuple[str, int] | None, new: tuple[str, int] | None) -> None:
         if old == new:
@@ -265,18 +279,23 @@ class DeviceTable(Mapping[str, Device]):
         """Take the stored records at start-up; registrations that ran out while we were down expire."""
         changes = []
         for device in devices:
+            old = self._devices.get(device.device_id)
+            self._count(old.state if old is not None else None, device.state)
             self._devices[device.device_id] = device
             self._move(device.device_id, None, _connection(device))
             if device.state is not S.UNREGISTERED and device.expires_at <= epoch:
+                before = device.state
                 changes.append(
                     transition(device, E.EXPIRED, epoch=epoch, reason="registration expired while the gateway was down")
                 )
+                self._count(before, device.state)
         return changes
 
     def adopt(self, device: Device) -> None:
         """Keep ``device`` (the registrar's updated copy, already transitioned) as the record of its ID."""
         old = self._devices.get(device.device_id)
         self._devices[device.device_id] = device
+        self._count(old.state if old is not None else None, device.state)
         self._move(device.device_id, _connection(old) if old is not None else None, _connection(device))
 
     def apply(
@@ -291,6 +310,7 @@ class DeviceTable(Mapping[str, Device]):
         device = self._devices[device_id]
         before = _connection(device)
         change = transition(device, event, epoch=epoch, reason=reason, peer=peer)
+        self._count(change.old, change.new)
         self._move(device_id, before, _connection(device))
         return change
 
@@ -336,6 +356,7 @@ class DeviceTable(Mapping[str, Device]):
         device = self._devices.get(device_id)
         if device is None:
             device = self._devices[device_id] = Device(device_id=device_id, created_at=epoch)
+            self._count(None, device.state)
         device.provisioned = True
         if password:
             device.password = password
@@ -345,13 +366,16 @@ class DeviceTable(Mapping[str, Device]):
             device.charset = charset
         if stream_mode is not None:
             device.stream_mode = stream_mode
-        return transition(device, E.PROVISIONED, epoch=epoch)
+        change = transition(device, E.PROVISIONED, epoch=epoch)
+        self._count(change.old, change.new)
+        return change
 
     def remove(self, device_id: str, *, epoch: float) -> tuple[Device, Change] | None:
         """Forget ``device_id``; its last record and the change, or ``None`` if unknown."""
         device = self._devices.pop(device_id, None)
         if device is None:
             return None
+        self._count(device.state, None)
         self._move(device_id, _connection(device), None)
         return device, transition(device, E.REMOVED, epoch=epoch, reason="removed by operator")
 
@@ -419,7 +443,11 @@ class DeviceTable(Mapping[str, Device]):
         return out
 
     def counts(self) -> dict[DeviceState, int]:
-        """How many devices are in each state."""
+        """How many devices are in each state (kept as they change: no walk)."""
+        return dict(self._counts)
+
+    def count_all(self) -> dict[DeviceState, int]:
+        """:meth:`counts` by walking every record: what the kept counts must equal."""
         out = dict.fromkeys(DeviceState, 0)
         for d in self._devices.values():
             out[d.state] += 1

@@ -2,8 +2,8 @@
 
 A device is offline when neither a keepalive nor a REGISTER refresh arrived within
 ``min(registration left, interval × count)``. Each device has at most one live
-entry in a :class:`~gb28181gw.deadlines.TimerQueue`; a keepalive moves its deadline
-without touching the queue (see :class:`Liveness`). No task or timer per device.
+entry in one queue; a keepalive moves its deadline without touching the queue
+(see :class:`Liveness`). No task or timer per device.
 
 :func:`check_sender` is the keepalive procedure beside :meth:`gb28181gw.gb.registrar.Registrar.handle`:
 whether a MESSAGE naming a device may be served — by what the router makes of the answer
@@ -15,9 +15,9 @@ and what it means when it passes.
 
 from __future__ import annotations
 
+from collections import deque
 from enum import StrEnum
 
-from gb28181gw.deadlines import Deadline, TimerQueue
 from gb28181gw.sip.peer import Peer
 
 from .devices import DeviceEvent
@@ -105,36 +105,51 @@ class Liveness:
     finds the device heard from since and queues it again for the rest of its time, once per
     window rather than once per keepalive. A deadline moved earlier (a registration about to
     end) is queued at once. What :meth:`due` reports, and when, is what exact rescheduling gave.
+
+    Held per device: its wanted deadline and the deadline of its one live queued entry (two
+    dict entries sharing one float until a keepalive moves the wanted one), and the entry
+    itself as a device ID and that float in two FIFOs per delay (sixteen bytes). The queue
+    was a :class:`~gb28181gw.deadlines.TimerQueue` of :class:`~gb28181gw.deadlines.Deadline`
+    objects, a third dict of them and a float each besides: ~70 bytes more per registered
+    device, and one more object per device for the garbage collector to walk (issue 16: ≤ 1 KiB
+    per device). An entry is live while its deadline is the one :attr:`_queued` holds for its
+    device; any other (the device forgotten, or queued again earlier) is dropped when reached.
     """
 
     def __init__(self) -> None:
-        # a device may go offline up to a second after its deadline (minutes long): buckets of a
-        # second keep the remainders re-queued by due() to a few hundred buckets, not one each
-        self._queue: TimerQueue[str] = TimerQueue(resolution=1.0)
-        self._entries: dict[str, Deadline[str]] = {}
-        self._wanted: dict[str, float] = {}
+        # delay rounded to the second → (device IDs, their deadlines): FIFOs of entries alike in delay,
+        # so a device may go offline up to a second after its deadline (minutes long), as in
+        # deadlines.TimerQueue, with a few hundred buckets rather than one per remainder
+        self._buckets: dict[float, tuple[deque[str], deque[float]]] = {}
+        self._queued: dict[str, float] = {}  # device → deadline of its live queued entry
+        self._wanted: dict[str, float] = {}  # device → when it goes offline unless touched
         self._next: float | None = None
         self._stale = False  # the queue changed since _next was read from it
+
+    def _queue(self, device_id: str, now: float, when: float) -> None:
+        key = float(round(when - now))
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = (deque(), deque())
+        bucket[0].append(device_id)
+        bucket[1].append(when)
+        self._queued[device_id] = when
+        self._stale = True
 
     def touch(self, device_id: str, now: float, timeout: float) -> float:
         """(Re)start ``device_id``'s deadline at ``now + timeout``; return it."""
         when = now + max(timeout, 0.0)
         self._wanted[device_id] = when
-        old = self._entries.get(device_id)
-        if old is not None and old.alive:
-            if old.when <= when:
-                return when  # the queued entry fires first and queues the rest (see the class)
-            old.cancel()
-        self._entries[device_id] = self._queue.schedule(now, when - now, device_id)
-        self._stale = True
+        queued = self._queued.get(device_id)
+        if queued is not None and queued <= when:
+            return when  # the queued entry fires first and queues the rest (see the class)
+        self._queue(device_id, now, when)  # an earlier entry, if any, is no longer live
         return when
 
     def forget(self, device_id: str) -> None:
         """Stop watching ``device_id``."""
         self._wanted.pop(device_id, None)
-        entry = self._entries.pop(device_id, None)
-        if entry is not None:
-            entry.cancel()
+        if self._queued.pop(device_id, None) is not None:
             self._stale = True
 
     def deadline(self, device_id: str) -> float | None:
@@ -145,9 +160,27 @@ class Liveness:
         """The earliest queued entry, for the shell's one timer: no later than the earliest
         deadline (earlier when that entry only queues the rest of a device's time)."""
         if self._stale:
-            self._next = self._queue.next_deadline()
+            self._next = self._earliest()
             self._stale = False
         return self._next
+
+    def _earliest(self) -> float | None:
+        queued = self._queued
+        best: float | None = None
+        empty: list[float] = []
+        for key, (ids, whens) in self._buckets.items():
+            while ids and queued.get(ids[0]) != whens[0]:
+                ids.popleft()  # not live (see the class)
+                whens.popleft()
+            if not ids:
+                empty.append(key)
+                continue
+            when = whens[0]
+            if best is None or when < best:
+                best = when
+        for key in empty:
+            del self._buckets[key]
+        return best
 
     def due(self, now: float, most: int | None = None) -> list[str]:
         """Devices whose deadline passed, the ``most`` earliest of them if given; they are no
@@ -156,19 +189,39 @@ class Liveness:
         out: list[str] = []
         if most is not None and most <= 0:
             return out
-        for device_id in self._queue.pop_due(now):
+        queued = self._queued
+        while True:
+            # the earliest live head due by now (of equal ones, the last bucket's)
+            best: tuple[deque[str], deque[float]] | None = None
+            best_when = now
+            for bucket in self._buckets.values():
+                ids, whens = bucket
+                while ids and queued.get(ids[0]) != whens[0]:
+                    ids.popleft()
+                    whens.popleft()
+                if ids and whens[0] <= best_when:
+                    best_when = whens[0]
+                    best = bucket
+            if best is None:
+                break
+            device_id = best[0].popleft()
+            best[1].popleft()
+            del queued[device_id]
             self._stale = True
             wanted = self._wanted.get(device_id, now)
             if wanted > now:
                 # heard from since this entry was queued: watch it for the rest of its time
-                self._entries[device_id] = self._queue.schedule(now, wanted - now, device_id)
+                self._queue(device_id, now, wanted)
                 continue
-            self._entries.pop(device_id, None)
             self._wanted.pop(device_id, None)
             out.append(device_id)
             if len(out) == most:
-                break  # the generator is dropped: nothing past this entry was taken
+                break
         return out
 
+    def queued(self) -> int:
+        """Entries in the queue, those no longer live but not yet dropped included."""
+        return sum(len(ids) for ids, _ in self._buckets.values())
+
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._queued)

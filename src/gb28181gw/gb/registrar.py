@@ -198,6 +198,10 @@ def format_date(epoch: float, fmt: DateFormat, zone: _dt.tzinfo | float = 8.0) -
     return text
 
 
+#: Registration periods whose ``int`` the devices granted them share (see :meth:`Registrar.accept`).
+PERIODS_SHARED = 64
+
+
 class Registrar:
     """The REGISTER procedure.
 
@@ -218,6 +222,8 @@ class Registrar:
         self._passed_ids: dict[str, GbId] = {}
         self._passed_before: dict[str, GbId] = {}
         self._passed_uris: set[str] = set()
+        # registration periods granted, each value one int object (see accept)
+        self._periods: dict[int, int] = {}
 
     def handle(
         self,
@@ -414,7 +420,16 @@ class Registrar:
             self.bans.succeed(id_key(device_id, peer.host))
         record = device.copy() if device is not None else Device(device_id=device_id, created_at=epoch)
         was_registered = record.registered and record.expires_at > epoch
-        record.expires = expires
+        # thousands of devices ask for the same few periods, an int above 256 is an object of
+        # its own (28 bytes a device: issue 16's memory per device); a device asking for
+        # others than the first PERIODS_SHARED values keeps its own. (Compiled by mypyc, the
+        # record holds the int unboxed and this changes nothing.)
+        period = self._periods.get(expires)
+        if period is None:
+            period = expires
+            if len(self._periods) < PERIODS_SHARED:
+                self._periods[expires] = expires
+        record.expires = period
         record.registered_at = epoch
         record.expires_at = epoch + expires
         # interned: thousands of devices share these few values

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 
@@ -286,6 +287,54 @@ class TestDeviceTable:
         loaded = DeviceTable()
         loaded.load([device(S.ONLINE, peer=THERE, expires_at=EPOCH + 60)], epoch=EPOCH)
         assert loaded.on_connection(THERE) == [ID]
+
+
+class TestKeptCounts:
+    """:meth:`DeviceTable.counts` is kept as records change (a metrics scrape walked every record)."""
+
+    def test_load_counts_what_it_keeps_after_expiring(self) -> None:
+        lapsed = device(S.ONLINE, expires_at=EPOCH - 1)
+        lapsed.device_id = "34020000001320000002"
+        table = DeviceTable()
+        table.load(
+            [lapsed, device(S.OFFLINE, expires_at=EPOCH + 100), device(S.ONLINE, expires_at=EPOCH + 9)], epoch=EPOCH
+        )
+        assert table.counts() == table.count_all() == {S.UNREGISTERED: 1, S.ONLINE: 1, S.OFFLINE: 0}
+
+    @pytest.mark.parametrize("seed", range(10))
+    def test_every_change_keeps_the_counts_equal_to_a_walk(self, seed: int) -> None:
+        rng = random.Random(seed)
+        table = DeviceTable()
+        ids = [f"340200000013200000{n:02d}" for n in range(12)]
+        events = list(DeviceEvent)
+        for step in range(2000):
+            device_id = rng.choice(ids)
+            op = rng.random()
+            known = table.get(device_id)
+            epoch = EPOCH + step
+            if op < 0.25:
+                # the registrar's copy, transitioned, then adopted (REGISTER)
+                record = known.copy() if known is not None else Device(device_id, created_at=epoch)
+                event = E.REFRESHED if record.registered else E.REGISTERED
+                transition(record, event, epoch=epoch, peer=rng.choice((HERE, THERE)))
+                table.adopt(record)
+            elif op < 0.6 and known is not None:
+                try:
+                    table.apply(device_id, rng.choice(events), epoch=epoch, peer=rng.choice((HERE, THERE, None)))
+                except LocalProtocolError:
+                    pass  # not allowed in its state: nothing changed
+            elif op < 0.7 and known is not None:
+                table.keepalive(device_id, rng.choice((HERE, THERE)), epoch=epoch)
+            elif op < 0.8:
+                table.provision(device_id, epoch=epoch, name="cam")
+            elif op < 0.88:
+                table.remove(device_id, epoch=epoch)
+            else:
+                stored = device(rng.choice(list(DeviceState)), expires_at=epoch + rng.choice((-5.0, 50.0)))
+                stored.device_id = device_id
+                table.load([stored], epoch=epoch)
+            assert table.counts() == table.count_all()
+            assert sum(table.counts().values()) == len(table)
 
 
 class TestDeviceRecord:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
+from gb28181gw.deadlines import Deadline, TimerQueue
 from gb28181gw.gb.devices import DeviceEvent, DeviceTable
 from gb28181gw.gb.keepalive import (
     Liveness,
@@ -41,13 +44,13 @@ def test_keepalives_leave_one_queued_entry_per_device() -> None:
     for t in range(1000):
         live.touch("a", float(t), 180.0)
         live.touch("b", float(t), 180.0)
-    assert len(live._queue) == 2 and len(live) == 2
+    assert live.queued() == 2 and len(live) == 2
     assert live.deadline("a") == 1179.0
     assert live.next_deadline() == 180.0  # the first entries: no later than any deadline
     assert live.due(180.5) == []  # both heard from since: queued again for the rest
     assert live.next_deadline() == 1179.0
     assert live.due(1178.9) == [] and live.due(1179.0) == ["a", "b"]
-    assert len(live._queue) == 0 and live.next_deadline() is None
+    assert live.queued() == 0 and live.next_deadline() is None
 
 
 def test_due_takes_at_most_its_bound_and_leaves_the_rest_due() -> None:
@@ -83,6 +86,95 @@ def test_forget() -> None:
     live.touch("a", 0.0, 10.0)
     live.forget("a")
     assert live.due(100.0) == [] and live.next_deadline() is None
+
+
+def test_an_entry_no_longer_live_is_dropped_and_reports_nothing() -> None:
+    # forgotten, then watched again with the very same deadline: two queued entries, one report
+    live = Liveness()
+    live.touch("a", 0.0, 10.0)
+    live.forget("a")
+    live.touch("a", 0.0, 10.0)
+    assert live.queued() == 2 and len(live) == 1
+    assert live.due(10.0) == ["a"] and live.due(100.0) == []
+    assert live.queued() == 0 and live.next_deadline() is None
+    # queued again earlier: the later entry is dropped when reached, not reported twice
+    live.touch("b", 0.0, 180.0)
+    live.touch("b", 1.0, 5.0)
+    assert live.next_deadline() == 6.0 and live.due(6.0) == ["b"]
+    live.touch("b", 7.0, 180.0)
+    assert live.due(180.0) == [] and live.due(187.0) == ["b"]
+    assert live.next_deadline() is None and live.queued() == 0
+
+
+class _ReferenceLiveness:
+    """The Liveness held as a TimerQueue of Deadline objects (before issue 16's memory work):
+    what the compact one must report, call for call."""
+
+    def __init__(self) -> None:
+        self._queue: TimerQueue[str] = TimerQueue(resolution=1.0)
+        self._entries: dict[str, Deadline[str]] = {}
+        self._wanted: dict[str, float] = {}
+
+    def touch(self, device_id: str, now: float, timeout: float) -> float:
+        when = now + max(timeout, 0.0)
+        self._wanted[device_id] = when
+        old = self._entries.get(device_id)
+        if old is not None and old.alive:
+            if old.when <= when:
+                return when
+            old.cancel()
+        self._entries[device_id] = self._queue.schedule(now, when - now, device_id)
+        return when
+
+    def forget(self, device_id: str) -> None:
+        self._wanted.pop(device_id, None)
+        entry = self._entries.pop(device_id, None)
+        if entry is not None:
+            entry.cancel()
+
+    def next_deadline(self) -> float | None:
+        return self._queue.next_deadline()
+
+    def due(self, now: float, most: int | None = None) -> list[str]:
+        out: list[str] = []
+        if most is not None and most <= 0:
+            return out
+        for device_id in self._queue.pop_due(now):
+            wanted = self._wanted.get(device_id, now)
+            if wanted > now:
+                self._entries[device_id] = self._queue.schedule(now, wanted - now, device_id)
+                continue
+            self._entries.pop(device_id, None)
+            self._wanted.pop(device_id, None)
+            out.append(device_id)
+            if len(out) == most:
+                break
+        return out
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_compact_queue_reports_what_deadline_objects_did(seed: int) -> None:
+    # random keepalives, registrations ending early, forgets and bounded sweeps, whole seconds
+    # (the reference's entries fire at now + (when - now), which whole numbers keep exact)
+    rng = random.Random(seed)
+    live, ref = Liveness(), _ReferenceLiveness()
+    now = 0.0
+    for _ in range(3000):
+        now += rng.choice((0.0, 1.0, 1.0, 2.0, 7.0))
+        device = f"d{rng.randrange(40)}"
+        op = rng.random()
+        if op < 0.6:
+            timeout = float(rng.choice((180, 180, 60, 5, 0, 30)))
+            assert live.touch(device, now, timeout) == ref.touch(device, now, timeout)
+        elif op < 0.7:
+            live.forget(device)
+            ref.forget(device)
+        else:
+            most = rng.choice((None, 1, 3))
+            assert live.due(now, most) == ref.due(now, most)
+        assert live.next_deadline() == ref.next_deadline()
+        assert live.deadline(device) == ref._wanted.get(device)
+        assert len(live) == len(ref._entries)
 
 
 # --- the keepalive decision (PROTOCOL.md §4.1) -------------------------------------------

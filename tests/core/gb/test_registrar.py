@@ -10,9 +10,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gb28181gw.gb import model
 from gb28181gw.gb.devices import DeviceEvent, Output
 from gb28181gw.gb.model import Device, DeviceState, Transport
-from gb28181gw.gb.registrar import BanList, DateFormat, Outcome, Registrar, RegistrarPolicy, format_date
+from gb28181gw.gb.registrar import (
+    PERIODS_SHARED,
+    BanList,
+    DateFormat,
+    Outcome,
+    Registrar,
+    RegistrarPolicy,
+    format_date,
+)
 from gb28181gw.sip.auth import Challenge, NonceStore, authorization_for
 from gb28181gw.sip.endpoint import Peer
 from gb28181gw.sip.message import Request, parse_message
@@ -231,6 +240,22 @@ def test_expires_from_contact_param_then_default_then_capped() -> None:
     in_contact = req(**{"Expires: 3600\r\n": "", "127.0.0.1:5061>": "127.0.0.1:5061>;expires=1800"})
     assert handle(r, in_contact).response.headers["expires"] == "1800"
     assert handle(r, req(**{"Expires: 3600": "Expires: 86400"})).response.headers["expires"] == "7200"
+
+
+def test_devices_granted_one_period_share_its_int_and_any_period_is_kept() -> None:
+    # issue 16: an int above 256 is 28 bytes of its own; each device parsed its own 3600
+    r = registrar(expires_max=100_000)
+    first, second = (handle(r, req(**{"Expires: 3600": f"Expires: {3000 + 600}"})).device for _ in range(2))
+    assert first is not None and second is not None
+    assert first.expires == second.expires == 3600 and r._periods[3600] == 3600
+    # compiled by mypyc, a record holds its int fields unboxed (no object to share)
+    assert not model.__file__.endswith(".py") or first.expires is second.expires
+    # past the first PERIODS_SHARED values a device keeps its own, granted as asked all the same
+    for period in range(4000, 4000 + PERIODS_SHARED + 3):
+        dev = handle(r, req(**{"Expires: 3600": f"Expires: {period}"})).device
+        assert dev is not None and dev.expires == period
+        assert dev.expires_at == pytest.approx(EPOCH + period)
+    assert len(r._periods) == PERIODS_SHARED
 
 
 def test_unregister() -> None:

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import sys
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gb28181gw.sip.completed import CHUNK_BYTES, EXPIRE_STEP, INDEX_SHARDS, SPARE_CHUNKS, CompletedResponses
+from gb28181gw.sip.completed import (
+    CHUNK_BYTES,
+    EXPIRE_STEP,
+    INDEX_SHARDS,
+    SHRINK_STEP,
+    SPARE_CHUNKS,
+    CompletedResponses,
+)
 from gb28181gw.sip.peer import Peer
 
 PEERS = [Peer("UDP", "127.0.0.1", 5060 + i) for i in range(3)]
@@ -193,3 +202,46 @@ def test_sealing_a_chunk_allocates_no_object_per_entry() -> None:
     assert grown / entries < 40, grown / entries
     for n in (0, entries // 2, entries - 1):
         assert table.get((f"z9hG4bK{n}", "127.0.0.1:5060", "REGISTER")) == (answer, peers[n])
+
+
+def _index_bytes(table: CompletedResponses) -> int:
+    return sum(sys.getsizeof(d) for d in _dicts(table))
+
+
+def test_the_index_shrinks_after_a_storm_and_still_finds_what_is_left() -> None:
+    # a dict keeps the room it grew to until an insertion finds it full: after a storm and
+    # no traffic, the shards held ~30 bytes per entry of the peak for good (issue 16)
+    table = CompletedResponses()
+    answer = b"SIP/2.0 200 OK\r\n" + b"x" * 100
+    count = 60_000
+    for n in range(count):
+        table.add((f"z9hG4bK{n}", "127.0.0.1:5060", "REGISTER"), answer, PEERS[n % 3], 32.0 + n / 1000)
+    empty = _index_bytes(CompletedResponses())
+    peak = _index_bytes(table)
+    kept = count // 10
+    table.expire(32.0 + (count - kept - 0.5) / 1000)  # nine tenths expired
+    assert len(table) == kept
+    calls = 0
+    while _index_bytes(table) > empty + (peak - empty) // 4:  # rebuilt a few shards per call
+        table.expire(0.0)
+        calls += 1
+        assert calls <= INDEX_SHARDS // SHRINK_STEP
+    for n in range(count - kept, count):
+        assert table.get((f"z9hG4bK{n}", "127.0.0.1:5060", "REGISTER")) == (answer, PEERS[n % 3])
+    assert table.get((f"z9hG4bK{count - kept - 1}", "127.0.0.1:5060", "REGISTER")) is None
+    # new answers go on being added and found among the rebuilt shards
+    table.add(("z9hG4bKnew", "127.0.0.1:5060", "REGISTER"), answer, PEERS[1], 1000.0)
+    assert table.get(("z9hG4bKnew", "127.0.0.1:5060", "REGISTER")) == (answer, PEERS[1])
+    assert len(table) == kept + 1
+    table.expire(1e9)
+    assert len(table) == 0 and _index_bytes(table) == empty  # let go whole once empty
+
+
+def test_a_steady_table_is_not_rebuilt() -> None:
+    # adds and expiries balancing: the entries held never fall to a quarter of the peak
+    table = CompletedResponses()
+    answer = b"SIP/2.0 200 OK\r\n" + b"x" * 400
+    for n in range(20_000):
+        table.add((f"z9hG4bK{n}", "127.0.0.1:5060", "MESSAGE"), answer, PEERS[0], 32.0 + n / 100)
+        table.expire(n / 100)
+        assert table._shrink == INDEX_SHARDS
