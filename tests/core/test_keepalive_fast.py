@@ -69,6 +69,8 @@ def test_plain_keepalives_take_the_fast_path(body: bytes) -> None:
         (b"<SN>43</SN>", b"<!-- x --><SN>43</SN>"),
         (b"GB2312", b"GBK"),
         (b'version="1.0"', b'version="1.0" standalone="yes"'),
+        (b'version="1.0"', b"version=\"1.0'"),  # quotes that do not pair (lxml refuses them)
+        (b'encoding="GB2312"', b"encoding='GB2312\""),
         (b"<?xml", b"\xef\xbb\xbf<?xml"),  # a byte-order mark
         (b"<CmdType>Keepalive</CmdType>\r\n<SN>43</SN>", b"<SN>43</SN>\r\n<CmdType>Keepalive</CmdType>"),
     ],
@@ -77,6 +79,23 @@ def test_anything_unusual_is_left_to_lxml(change: tuple[bytes, bytes]) -> None:
     body = PLAIN.replace(*change)
     assert body != PLAIN
     assert keepalive_fast(body) is None
+
+
+@pytest.mark.parametrize(
+    "prolog", [b"<?xml version='1.0' encoding='GB2312'?>", b"<?xml version=\"1.0\" encoding='utf-8'?>"]
+)
+def test_a_prolog_quoted_either_way_takes_the_fast_path(prolog: bytes) -> None:
+    body = prolog + PLAIN[PLAIN.index(b"?>") + 2 :]
+    assert keepalive_fast(body) == Keepalive(43, DEV, "OK") == general(body)
+
+
+@pytest.mark.parametrize(
+    "prolog", [b'<?xml version="1.0\' encoding="GB2312"?>', b"<?xml version='1.0' encoding='UTF-8\"?>"]
+)
+def test_a_prolog_whose_quotes_do_not_pair_is_left_to_lxml_which_refuses_it(prolog: bytes) -> None:
+    body = prolog + PLAIN[PLAIN.index(b"?>") + 2 :]
+    assert keepalive_fast(body) is None and not is_keepalive(body)
+    assert general(body) is None
 
 
 def test_a_broken_keepalive_is_declined_and_refused_by_the_general_path() -> None:

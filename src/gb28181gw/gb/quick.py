@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 from gb28181gw.errors import AuthError
 from gb28181gw.ids import GbId
-from gb28181gw.sip.auth import Credentials, Verdict
+from gb28181gw.sip.auth import Credentials, Verdict, plain_digest
 from gb28181gw.sip.peer import Peer
 from gb28181gw.sip.quick import QuickRequest
 
@@ -125,15 +125,22 @@ def quick_register(
             return QuickRegister(
                 q.answer(401, tag, extra, server), 401, Outcome.CHALLENGED, "challenge", None, "challenged"
             )
-        try:
-            creds = Credentials.parse(header)
-        except AuthError:
-            return None
         # anything but OK leaves the nonce store as it was: the general path answers it
-        if (
-            registrar.nonces.verify(creds, method="REGISTER", password=password, host=peer.host, now=now)
-            is not Verdict.OK
-        ):
+        plain = plain_digest(header)
+        if plain is not None:
+            # what devices send: its five values checked without a Credentials (see
+            # NonceStore.verify_values); any other shape is parsed and checked as the registrar does
+            username, realm, nonce, uri, response = plain
+            verdict = registrar.nonces.verify_values(
+                username, realm, nonce, uri, response, "REGISTER", password, peer.host, now
+            )
+        else:
+            try:
+                creds = Credentials.parse(header)
+            except AuthError:
+                return None
+            verdict = registrar.nonces.verify(creds, method="REGISTER", password=password, host=peer.host, now=now)
+        if verdict is not Verdict.OK:
             return None
     # from here on the quick path answers: the nonce is spent
     accepted = registrar.accept(

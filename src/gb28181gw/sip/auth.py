@@ -204,6 +204,17 @@ _PLAIN_DIGEST = re.compile(
 )
 
 
+def plain_digest(value: str) -> tuple[str, str, str, str, str] | None:
+    """(username, realm, nonce, uri, response in lower case) of the Authorization devices send
+    (``_PLAIN_DIGEST``: MD5, no qop, no opaque), what :meth:`Credentials.parse` gives for it;
+    ``None`` for any other shape (then ``Credentials.parse`` reads it the general way)."""
+    plain = _PLAIN_DIGEST.fullmatch(value)
+    if plain is None:
+        return None
+    username, realm, nonce, uri, response = plain.group(1, 2, 3, 4, 5)
+    return username, realm, nonce, uri, response.lower()
+
+
 @dataclass(frozen=True, slots=True)
 class Credentials:
     """Digest credentials from an ``Authorization`` header (RFC 3261 §22.4)."""
@@ -226,11 +237,10 @@ class Credentials:
         Raises:
             AuthError: if it is not digest, or a mandatory parameter is missing.
         """
-        plain = _PLAIN_DIGEST.fullmatch(value)
+        plain = plain_digest(value)
         if plain is not None:
-            # what devices send, read by one pattern: what the general reading below gives for it
-            username, realm, nonce, uri, response = plain.groups()
-            return cls(username, realm, nonce, uri, response.lower())
+            username, realm, nonce, uri, response = plain
+            return cls(username, realm, nonce, uri, response)
         return cls._parse(value)
 
     @classmethod
@@ -503,11 +513,39 @@ class NonceStore:
         A nonce is consumed by a successful check without qop, and its ``nc``
         recorded with qop, so a captured request cannot be replayed.
         """
-        if credentials.realm != self.realm:
+        c = credentials
+        return self.verify_values(
+            c.username, c.realm, c.nonce, c.uri, c.response, method, password, host, now,
+            c.algorithm, c.qop, c.nc, c.cnonce,
+        )  # fmt: skip
+
+    def verify_values(
+        self,
+        username: str,
+        realm: str,
+        nonce: str,
+        uri: str,
+        response: str,
+        method: str,
+        password: str,
+        host: str,
+        now: float,
+        algorithm: str = "MD5",
+        qop: str | None = None,
+        nc: str | None = None,
+        cnonce: str | None = None,
+    ) -> Verdict:
+        """:meth:`verify` of the credentials' values, without a :class:`Credentials`.
+
+        Why: the quick REGISTER reads a plain Authorization into these five strings
+        (:func:`plain_digest`); building the frozen dataclass from them cost more than the
+        pattern that read them (its ``__init__`` stays interpreted under mypyc). Every check is
+        this one method's, whichever way it is called (``response`` already lower case).
+        """
+        if realm != self.realm:
             return Verdict.WRONG_REALM
-        if credentials.algorithm.upper() != self.algorithm:
+        if algorithm.upper() != self.algorithm:
             return Verdict.BAD_ALGORITHM
-        nonce = credentials.nonce
         stamp = nonce[:_STAMP_HEX]
         if (
             len(nonce) != _STAMP_HEX + _MAC_HEX
@@ -521,57 +559,76 @@ class NonceStore:
         if age > self.lifetime or (self._serial - serial) & 0xFFFFFFFF >= self._window:
             return Verdict.STALE
         slot = serial & (self._window - 1)
-        nc = 0
+        count = 0
         state: _NonceState | None = None
-        if credentials.qop is not None:
+        if qop is not None:
             if issued_ms <= self._horizon_ms:
                 return Verdict.STALE
             self._expire(now)
             state = self._used.get(nonce)
             try:
-                nc = int(credentials.nc or "", 16)
+                count = int(nc or "", 16)
             except ValueError:
                 return Verdict.BAD_RESPONSE
-            if state is not None and nc <= state.last_nc:
+            if state is not None and count <= state.last_nc:
                 return Verdict.STALE
         elif self._spent[slot >> 3] >> (slot & 7) & 1:
             return Verdict.STALE  # used once already: a replay
         try:
-            expected = self._expected(credentials, password, method)
+            expected = self._expected_of(username, realm, nonce, uri, password, method, algorithm, qop, nc, cnonce)
         except AuthError:
             return Verdict.BAD_ALGORITHM
-        if not credentials.response.isascii() or not hmac.compare_digest(expected, credentials.response):
+        if not response.isascii() or not hmac.compare_digest(expected, response):
             return Verdict.BAD_RESPONSE
-        if credentials.qop is None:
+        if qop is None:
             self._spent[slot >> 3] |= 1 << (slot & 7)
             return Verdict.OK
         if state is None:
-            state = self._used[nonce] = _NonceState(issued_ms, nc)
+            state = self._used[nonce] = _NonceState(issued_ms, count)
             while len(self._used) > self._max:
                 _, forgotten = self._used.popitem(last=False)
                 self._horizon_ms = max(self._horizon_ms, forgotten.issued_ms)
-        state.last_nc = nc
+        state.last_nc = count
         return Verdict.OK
 
     def _expected(self, credentials: Credentials, password: str, method: str) -> str:
-        """``credentials.expected(password, method)``, for plain MD5 (what devices use) with
-        the hashes taken directly and HA2 kept per (method, uri)."""
-        qop = credentials.qop
+        """``credentials.expected(password, method)``, by :meth:`_expected_of`."""
+        c = credentials
+        return self._expected_of(
+            c.username, c.realm, c.nonce, c.uri, password, method, c.algorithm, c.qop, c.nc, c.cnonce
+        )
+
+    def _expected_of(
+        self,
+        username: str,
+        realm: str,
+        nonce: str,
+        uri: str,
+        password: str,
+        method: str,
+        algorithm: str,
+        qop: str | None,
+        nc: str | None,
+        cnonce: str | None,
+    ) -> str:
+        """The response expected of these credentials' values: for plain MD5 (what devices use)
+        with the hashes taken directly and HA2 kept per (method, uri); else :func:`digest_response`."""
         if self.algorithm != "MD5" or (qop is not None and qop != "auth"):
-            return credentials.expected(password, method)
+            return digest_response(
+                algorithm=algorithm, username=username, realm=realm, password=password, method=method,
+                uri=uri, nonce=nonce, qop=qop, nc=nc, cnonce=cnonce,
+            )  # fmt: skip
         md5 = hashlib.md5
-        ha1 = md5(
-            f"{credentials.username}:{credentials.realm}:{password}".encode("utf-8", "surrogateescape")
-        ).hexdigest()
-        key = (method, credentials.uri)
+        ha1 = md5(f"{username}:{realm}:{password}".encode("utf-8", "surrogateescape")).hexdigest()
+        key = (method, uri)
         ha2 = self._ha2.get(key)
         if ha2 is None:
             if len(self._ha2) >= _HA2_KEPT:
                 self._ha2.clear()
-            ha2 = self._ha2[key] = md5(f"{method}:{credentials.uri}".encode("utf-8", "surrogateescape")).hexdigest()
+            ha2 = self._ha2[key] = md5(f"{method}:{uri}".encode("utf-8", "surrogateescape")).hexdigest()
         if qop is None:
-            return md5(f"{ha1}:{credentials.nonce}:{ha2}".encode()).hexdigest()
-        text = f"{ha1}:{credentials.nonce}:{credentials.nc}:{credentials.cnonce}:{qop}:{ha2}"
+            return md5(f"{ha1}:{nonce}:{ha2}".encode()).hexdigest()
+        text = f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}"
         return md5(text.encode("utf-8", "surrogateescape")).hexdigest()
 
     def _expire(self, now: float) -> None:

@@ -21,6 +21,7 @@ from gb28181gw.sip.auth import (
     _plain_params,
     authorization_for,
     digest_response,
+    plain_digest,
 )
 from gb28181gw.sip.params import unquote
 
@@ -265,6 +266,61 @@ class TestNonceStore:
         creds = self._creds(store, 0.0)
         assert store.verify(creds, method="REGISTER", password="12345678", host="127.0.0.1", now=1.0) is Verdict.OK
         assert store.verify(creds, method="REGISTER", password="12345678", host="127.0.0.1", now=2.0) is Verdict.STALE
+
+    @pytest.mark.parametrize(
+        "case", ["ok", "wrong password", "wrong realm", "other address", "expired", "unknown nonce", "replay"]
+    )
+    def test_the_values_of_plain_credentials_get_the_verdict_of_the_credentials(self, case: str) -> None:
+        # the quick REGISTER checks plain_digest's five values (verify_values), the registrar a
+        # Credentials (verify): twin stores (same secret) must answer alike, case by case
+        stores = [NonceStore(realm="3402000000", lifetime=60, token=lambda n: "cd" * n) for _ in range(2)]
+        header = ""
+        for store in stores:
+            creds = self._creds(store, 0.0, password="wrong" if case == "wrong password" else "12345678")
+            header = creds.serialize()
+        if case == "wrong realm":
+            header = header.replace('realm="3402000000"', 'realm="3401000000"')
+        if case == "unknown nonce":
+            header = AUTH_HEADER
+        plain = plain_digest(header)
+        assert plain is not None and plain == dataclasses.astuple(Credentials.parse(header))[:5]
+        host = "10.0.0.9" if case == "other address" else "127.0.0.1"
+        now = 61.0 if case == "expired" else 1.0
+        by_values, by_creds = stores
+        for _ in range(2 if case == "replay" else 1):  # a replay: the second check of each
+            got = by_values.verify_values(*plain, "REGISTER", "12345678", host, now)
+            want = by_creds.verify(
+                Credentials.parse(header), method="REGISTER", password="12345678", host=host, now=now
+            )
+            assert got is want
+        assert by_values._spent == by_creds._spent
+        assert (got is Verdict.OK) is (case == "ok")
+
+    @pytest.mark.parametrize("first_by_values", [True, False])
+    def test_a_nonce_spent_by_its_values_is_a_replay_to_the_credentials_and_back(self, first_by_values: bool) -> None:
+        store = NonceStore(realm="3402000000")
+        creds = self._creds(store, 0.0)
+        plain = plain_digest(creds.serialize())
+        assert plain is not None
+        verdicts = []
+        for by_values in (first_by_values, not first_by_values):
+            if by_values:
+                verdicts.append(store.verify_values(*plain, "REGISTER", "12345678", "127.0.0.1", 1.0))
+            else:
+                verdicts.append(store.verify(creds, method="REGISTER", password="12345678", host="127.0.0.1", now=1.0))
+        assert verdicts == [Verdict.OK, Verdict.STALE]
+
+    @pytest.mark.parametrize(
+        "header",
+        [
+            'Digest realm="3402000000", username="u", nonce="n", uri="sip:x@y", response="r"',
+            'Digest username="u", realm="r", nonce="n", uri="sip:x@y", response="r", qop=auth, nc=1, cnonce="c"',
+            'Digest username="u", realm="r", nonce="n", uri="sip:x@y", response="r", algorithm=SHA-256',
+            "Basic dTpw",
+        ],
+    )
+    def test_credentials_of_another_shape_have_no_plain_values(self, header: str) -> None:
+        assert plain_digest(header) is None
 
     def test_wrong_password(self) -> None:
         store = NonceStore(realm="3402000000")
