@@ -188,7 +188,7 @@ def front_cluster(tmp_path: Path, redis: RedisServer) -> Iterator[tuple[Front, l
             ports = media_port(800) + 50 * index
             node = start_node(
                 tmp_path, name, redis, "--set", f"media.port_min={ports}", "--set", f"media.port_max={ports + 49}",
-                "--set", "media.linger=0", "--set", "sip.t1=0.1", "--set", "registrar.expires_min=5",
+                "--set", "media.linger=0", "--set", "sip.t1=0.1",
             )  # fmt: skip
             nodes.append(node)
         for node in nodes:
@@ -294,6 +294,31 @@ async def stream_from(node: Node) -> tuple[UdpConsumer, dict[str, Any]]:
     return receiver, started
 
 
+async def play_and_decode(tmp_path: Path, node: Node, port: int) -> str:
+    """A viewer's stream of CH at ``node``: the device on ``port`` takes the INVITE, real H.264 in PS
+    sent to the stream reaches the viewer and decodes, the viewer leaves and the node's BYE reaches
+    the device. What the device received and sent."""
+    scenario = invite_scenario(tmp_path, f"invite-{node.name}", then=sipp_scenario("parts/bye_from_gateway.xml"))
+    device = start_device(tmp_path, scenario, port)
+    receiver: UdpConsumer | None = None
+    try:
+        await asyncio.sleep(0.3)  # let it bind
+        receiver, started = await stream_from(node)
+        ps = gb_ps(FRAMES, GOP)
+        packets = packetize(ps, DEVICE_SSRC, mtu=1000)
+        await send_udp(packets, started["port"])
+        await wait_for(lambda: len(receiver.got.packets) == len(packets), 10)
+        assert decode_h264(receiver.got.payload()) == FRAMES
+        consumer = started["consumer"]["id"]
+        status, _ = await asyncio.to_thread(http, node, "DELETE", f"/streams/{started['id']}/consumers/{consumer}")
+        assert status in (200, 204)
+        return await asyncio.to_thread(device_done, device, scenario)
+    finally:
+        if receiver is not None:
+            receiver.close()
+        stop_device(device)
+
+
 async def test_devices_spread_by_the_from_user_hash_and_are_reached_through_the_front(
     tmp_path: Path, redis: RedisServer
 ) -> None:
@@ -338,26 +363,7 @@ async def test_devices_spread_by_the_from_user_hash_and_are_reached_through_the_
             else:
                 assert "IPC-2016" in json.dumps(got)
         # a viewer's stream: the INVITE reaches the device through the front, the media decodes
-        scenario = invite_scenario(tmp_path, "invite", then=sipp_scenario("parts/bye_from_gateway.xml"))
-        device = start_device(tmp_path, scenario, port)
-        receiver: UdpConsumer | None = None
-        try:
-            await asyncio.sleep(0.3)
-            receiver, started = await stream_from(owner)
-            ps = gb_ps(FRAMES, GOP)
-            packets = packetize(ps, DEVICE_SSRC, mtu=1000)
-            await send_udp(packets, started["port"])
-            await wait_for(lambda: len(receiver.got.packets) == len(packets), 10)
-            assert decode_h264(receiver.got.payload()) == FRAMES
-            # the viewer leaves: the node's BYE goes through the front (its Record-Route) to the device
-            consumer = started["consumer"]["id"]
-            status, _ = await asyncio.to_thread(http, owner, "DELETE", f"/streams/{started['id']}/consumers/{consumer}")
-            assert status in (200, 204)
-            messages = traces + await asyncio.to_thread(device_done, device, scenario)
-        finally:
-            if receiver is not None:
-                receiver.close()
-            stop_device(device)
+        messages = traces + await play_and_decode(tmp_path, owner, port)
         # the device saw requests naming its own address (as if it had registered directly), and
         # the ACK and BYE came through the front
         assert f"MESSAGE sip:{MEDIA}@127.0.0.1:{port} SIP/2.0" in messages
@@ -379,7 +385,8 @@ async def test_a_killed_nodes_devices_come_online_at_the_survivor_and_its_dialog
         kept = survivor.online()
         # the device streaming from the victim sends its BYE in the dialog 3 s after the ACK: by
         # then its node is dead, and the front, finding nobody there, answers 408
-        scenario = invite_scenario(tmp_path, "invite", then=DEVICE_BYE_408.replace("{pause}", "3000"))
+        bye = sipp_scenario("parts/bye_from_device_routed.xml", ch=CH, pause=3000, status=408)
+        scenario = invite_scenario(tmp_path, "invite", then=bye)
         device = start_device(tmp_path, scenario, port)
         receiver: UdpConsumer | None = None
         try:
@@ -401,7 +408,8 @@ async def test_a_killed_nodes_devices_come_online_at_the_survivor_and_its_dialog
         )
         # its devices register again through the front (as they do when their keepalives go
         # unanswered or get 404 from the survivor) and are served there; nobody else moved
-        await asyncio.to_thread(register, tmp_path, front, nodes, sorted(orphans))
+        await asyncio.to_thread(register, tmp_path, front, nodes, [MEDIA], port=port)  # from its port, as before
+        await asyncio.to_thread(register, tmp_path, front, nodes, sorted(orphans - {MEDIA}))
         assert survivor.online() == kept | orphans == set(DEVICES)
 
         def owner(device: str) -> str:
@@ -412,6 +420,8 @@ async def test_a_killed_nodes_devices_come_online_at_the_survivor_and_its_dialog
         for device_id in orphans:
             kinds = [e for e in events(redis) if e["device"] == device_id and e["event"] == "online"]
             assert kinds[-1]["node"] == survivor.name
+        # the device whose stream was cut is streamed from again, at the survivor, through the front
+        await play_and_decode(tmp_path, survivor, port)
 
 
 async def seed_channel_of_media(redis: RedisServer) -> None:
@@ -424,25 +434,6 @@ async def seed_channel_of_media(redis: RedisServer) -> None:
         await r.sadd("gbgw:channels", MEDIA)
     finally:
         await r.aclose()
-
-
-#: The device's BYE in its dialog (Request-URI the node's Contact, Route the front's Record-Route,
-#: SIPp's [next_url] and [routes] from the INVITE taken with rrs), answered 408 by the front.
-DEVICE_BYE_408 = """  <pause milliseconds="{pause}"/>
-  <send retrans="500"><![CDATA[
-BYE [next_url] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];rport;branch=[branch]
-[routes]
-From: <sip:34020000001310000201@3402000000>;tag=[pid]dev
-To: [$gwfrom]
-Call-ID: [call_id]
-CSeq: 2 BYE
-Max-Forwards: 70
-Content-Length: 0
-
-]]></send>
-  <recv response="408"/>
-"""
 
 
 def test_a_front_with_no_live_node_answers_503_and_a_later_attempt_reaches_the_node_again(
