@@ -4,10 +4,10 @@ From is our ID at our domain; To is the ID being addressed (the device itself, o
 its channels) at the device's domain, its first ten digits (GB/T 28181-2022 §6.1.2).
 The Request-URI is that ID at the address the device registered from, and requests go
 to that address over its transport (PROTOCOL.md §3.4, R3): :func:`device_uri` and
-:func:`device_peer` are the one place that says so. A device registered through a proxy that
-put a Path in its REGISTER (RFC 3327) has that address be the proxy's, and its requests carry
-the Path as Route headers (:func:`device_routes`), which the proxy reads to reach the device. MESSAGE, SUBSCRIBE, INVITE and the
-requests inside their dialogs all share this.
+:func:`device_peer` are the one place that says so. MESSAGE, SUBSCRIBE, INVITE and the
+requests inside their dialogs all share this. A device registered through a proxy that put a
+Path in its REGISTER (RFC 3327) has the proxy's address as that address, and its requests
+carry the Path as Route headers (:func:`device_routes`), which the proxy reads to reach it.
 """
 
 from __future__ import annotations
