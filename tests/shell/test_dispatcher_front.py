@@ -144,8 +144,17 @@ def start_front(tmp_path: Path, nodes: list[Node]) -> Front:
     return front
 
 
-def sip_answer(port: int, method: str, user: str, *, timeout: float = 1.0) -> str | None:
-    """One ``method`` (OPTIONS, REGISTER) from ``user`` to 127.0.0.1:``port``: the first line of its final answer."""
+def keepalive(user: str) -> bytes:
+    """A Keepalive Notify body from ``user`` (GB/T 28181 §9.6)."""
+    return (
+        '<?xml version="1.0" encoding="GB2312"?>\r\n<Notify>\r\n<CmdType>Keepalive</CmdType>\r\n<SN>7</SN>\r\n'
+        f"<DeviceID>{user}</DeviceID>\r\n<Status>OK</Status>\r\n</Notify>\r\n"
+    ).encode()
+
+
+def sip_answer(port: int, method: str, user: str, *, timeout: float = 1.0, body: bytes = b"") -> str | None:
+    """One ``method`` (OPTIONS, REGISTER, a MESSAGE with ``body``) from ``user`` to 127.0.0.1:``port``:
+    its final answer (``None`` if none came within ``timeout``)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         local = s.getsockname()[1]
@@ -157,8 +166,10 @@ def sip_answer(port: int, method: str, user: str, *, timeout: float = 1.0) -> st
                 f"From: <sip:{user}@3402000000>;tag=t1\r\nTo: <sip:{user}@3402000000>\r\n"
                 f"Call-ID: {branch}@127.0.0.1\r\nCSeq: 1 {method}\r\n"
                 f"Contact: <sip:{user}@127.0.0.1:{local}>\r\nMax-Forwards: 70\r\nExpires: 3600\r\n"
-                "Content-Length: 0\r\n\r\n"
-            ).encode(),
+                + ("Content-Type: Application/MANSCDP+xml\r\n" if body else "")
+                + f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode()
+            + body,
             ("127.0.0.1", port),
         )
         deadline = time.monotonic() + timeout
@@ -406,8 +417,11 @@ async def test_a_killed_nodes_devices_come_online_at_the_survivor_and_its_dialog
             20,
             "the front sending an orphan's OPTIONS to the survivor",
         )
-        # its devices register again through the front (as they do when their keepalives go
-        # unanswered or get 404 from the survivor) and are served there; nobody else moved
+        # its devices' keepalives now reach the survivor, which does not serve them: 404, which
+        # makes a device register again (GB/T 28181 §9.6)
+        answered = sip_answer(front.port, "MESSAGE", probe, timeout=5, body=keepalive(probe))
+        assert first_line(answered) == "SIP/2.0 404 Not Found", answered
+        # so they register again through the front and are served there; nobody else moved
         await asyncio.to_thread(register, tmp_path, front, nodes, [MEDIA], port=port)  # from its port, as before
         await asyncio.to_thread(register, tmp_path, front, nodes, sorted(orphans - {MEDIA}))
         assert survivor.online() == kept | orphans == set(DEVICES)
