@@ -13,9 +13,11 @@ device on one IPC's port answering what its node asks through the front
 (``front_device_uas.xml``). Proven: the devices spread over both nodes as Kamailio's hash says,
 each online exactly once; a node's Catalog and DeviceInfo queries reach the device through the
 front and are answered; a viewer's stream gets media that ``av`` decodes; after ``kill -9`` of a
-node its devices, registering through the front again, are online at the survivor, and a device
-whose node died in the middle of a dialog gets 408 from the front for its BYE; a front with no live
-node answers 503 with Retry-After, and a device's later attempt reaches the node started again.
+node the front sends its devices' requests to the survivor, which answers their keepalives 404, and
+registering through the front again they are online there; a device whose node died in the middle
+of a dialog gets 408 from the front for its BYE, and is streamed from again at the survivor; a front
+with no live node answers 503 with Retry-After, and a device's later attempt reaches the node
+started again.
 """
 
 from __future__ import annotations
