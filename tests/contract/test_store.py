@@ -91,6 +91,7 @@ async def test_save_load_every_field(store: Store) -> None:
         last_keepalive=60.25,
         user_agent="IP Camera",
         gb_version="3.0",
+        path="<sip:10.0.0.9:5060;lr;received=sip:192.168.1.20:5061>",  # registered through a front (RFC 3327)
     )
     await store.save_devices([d])
     assert await store.load_devices() == [d]
@@ -385,6 +386,30 @@ class TestSqliteFile:
         finally:
             await store.close()
         assert got == [("南门", ""), ("", "IPC-7A2F")]
+
+    async def test_a_file_from_before_the_path_upgrades_with_every_device_registered_directly(
+        self, tmp_path: Path
+    ) -> None:
+        # the path column (RFC 3327, a dispatcher front) arrives by migration: old rows read with none
+        path = tmp_path / "gw.db"
+        conn = sqlite3.connect(path, isolation_level=None)
+        for migration in MIGRATIONS[:-1]:
+            conn.executescript(migration)
+        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) - 1}")
+        conn.execute(
+            "INSERT INTO devices (device_id, host, port, state) VALUES ('34020000001320000001', '10.0.0.5', 5060, 'online')"
+        )
+        conn.close()
+        store = SqliteStore(path)
+        await store.open()
+        try:
+            (d,) = await store.load_devices()
+            assert (d.host, d.port, d.state, d.path) == ("10.0.0.5", 5060, DeviceState.ONLINE, "")
+            d.path = "<sip:10.0.0.9;lr>"
+            await store.save_devices([d])
+            assert await store.load_devices() == [d]
+        finally:
+            await store.close()
 
     async def test_a_store_of_the_last_release_upgrades_in_place_and_keeps_its_data(self, tmp_path: Path) -> None:
         # issue 14: the ledger table arrives by migration; the devices, channels and overrides of a
@@ -737,6 +762,26 @@ class TestRedis:
         from gb28181gw.store.redis import DEVICE_LAYOUT
 
         assert DEVICE_LAYOUT == DEVICE_FIELDS
+
+    async def test_a_device_array_written_before_the_path_reads_with_none(self, redis_url: str) -> None:
+        # path (RFC 3327) was appended to the layout; arrays stored before it are read as they are
+        import json as json_
+
+        from gb28181gw.store.redis import DEVICE_LAYOUT, RedisStore
+
+        s = RedisStore(redis_url)
+        await s.open()
+        try:
+            d = device(1, host="10.0.0.5", port=5060, state=DeviceState.ONLINE)
+            old = list(d.row())[: DEVICE_LAYOUT.index("path")]
+            assert s._redis is not None
+            await s._redis.hset(s._k("devices"), d.device_id, json_.dumps(old))
+            assert await s.load_devices() == [d] and d.path == ""
+            d.path = "<sip:10.0.0.9;lr>"
+            await s.save_devices([d])
+            assert await s.get_device(d.device_id) == d
+        finally:
+            await s.close()
 
     async def test_a_large_batch_is_encoded_off_the_loop_and_refused_whole_all_the_same(self, redis_url: str) -> None:
         from gb28181gw.store.redis import ENCODE_ON_LOOP, RedisStore

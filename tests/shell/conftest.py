@@ -69,17 +69,23 @@ def sipp_scenario(name: str, **values: object) -> str:
     as they are, and inserted values are not searched again. A placeholder without a value or a
     value without a placeholder is an error: a typo would otherwise change what SIPp sends.
     """
+    return filled(SIPP_DIR / name, **values)
+
+
+def filled(path: Path, **values: object) -> str:
+    """The file at ``path`` with its placeholders filled as :func:`sipp_scenario` fills a scenario's
+    (also a Kamailio configuration's: ``tests/shell/kamailio/``)."""
     used: set[str] = set()
 
     def fill(match: re.Match[str]) -> str:
         if match[1] not in values:
-            raise KeyError(f"{name}: no value for {match[0]}")
+            raise KeyError(f"{path.name}: no value for {match[0]}")
         used.add(match[1])
         return str(values[match[1]])
 
-    text = _PLACEHOLDER.sub(fill, (SIPP_DIR / name).read_text(encoding="utf-8"))
+    text = _PLACEHOLDER.sub(fill, path.read_text(encoding="utf-8"))
     if unused := set(values) - used:
-        raise KeyError(f"{name} has no placeholder for {', '.join(sorted(unused))}")
+        raise KeyError(f"{path.name} has no placeholder for {', '.join(sorted(unused))}")
     return text
 
 

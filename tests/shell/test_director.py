@@ -79,8 +79,9 @@ class Node:
             return ""
 
 
-def start_node(tmp_path: Path, name: str, redis: RedisServer, *extra: str) -> Node:
-    sip, admin = free_port(), free_port()
+def start_node(tmp_path: Path, name: str, redis: RedisServer, *extra: str, sip: int = 0) -> Node:
+    """Node ``name`` on ``sip`` (a free port if 0: a node started again where it was is given its port)."""
+    sip, admin = sip or free_port(), free_port()
     proc = serve(
         "--id", SITE, "--listen", "127.0.0.1", "--port", str(sip), "--admin-port", str(admin),
         "--set", "store.backend=redis", "--set", f"store.url={redis.url}", "--set", f"node.id={name}",
@@ -101,8 +102,20 @@ def until(check: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def sipp(tmp_path: Path, director: Node, ids: list[str], *, port: int = 0) -> None:
-    """SIPp IPCs ``ids`` register through ``director`` (from local ``port``, the kernel's if 0) and keep alive twice."""
+def sipp(
+    tmp_path: Path,
+    director: Node,
+    ids: list[str],
+    *,
+    port: int = 0,
+    scenario: str = "director_register_uac.xml",
+    to: int | None = None,
+) -> None:
+    """SIPp IPCs ``ids`` register through ``director`` (from local ``port``, the kernel's if 0) and keep alive twice.
+
+    ``scenario`` and ``to`` (a port instead of the director's): IPCs that register elsewhere, such
+    as at a dispatcher in front of the nodes (``ipc_register_uac.xml``, which follows no redirect).
+    """
     binary = shutil.which("sipp")
     if binary is None:
         if os.environ.get("CI"):
@@ -112,7 +125,7 @@ def sipp(tmp_path: Path, director: Node, ids: list[str], *, port: int = 0) -> No
     # SIPp expands keywords inside injected fields, so field1 carries the whole auth keyword
     inf.write_text("SEQUENTIAL\n" + "".join(f"{i};[authentication username={i} password={PASSWORD}];\n" for i in ids))
     done = subprocess.run(
-        [binary, "-sf", str(SIPP_DIR / "director_register_uac.xml"), f"127.0.0.1:{director.sip}",
+        [binary, "-sf", str(SIPP_DIR / scenario), f"127.0.0.1:{director.sip if to is None else to}",
          "-i", "127.0.0.1", "-p", str(port), "-t", "u1", "-m", str(len(ids)), "-r", "20", "-timeout", "60s",
          "-timeout_error", "-nostdin", "-inf", str(inf), "-trace_msg", "-message_file", str(tmp_path / "sipp.msg")],
         capture_output=True, text=True, timeout=90, cwd=tmp_path,

@@ -68,6 +68,10 @@ class Device:
         user_agent / gb_version: from its REGISTER (``User-Agent``, ``X-GB-ver``).
         call_id: Call-ID of its last REGISTER, to recognise refreshes.
         offline_reason: why it last went offline.
+        path: the Path header values of its last REGISTER (RFC 3327), comma-joined as received,
+            "" when it registered directly: a proxy in front (a dispatcher hashing devices over
+            several nodes) that asked to stay on the way to it. Requests to the device carry
+            them as Route headers, so they reach the proxy and it forwards them to the device.
     """
 
     device_id: str
@@ -98,6 +102,7 @@ class Device:
     offline_reason: str = ""
     created_at: float = 0.0
     updated_at: float = 0.0
+    path: str = ""
 
     @property
     def display_name(self) -> str:

@@ -336,10 +336,15 @@ class Registrar:
         accepted = self.accept(
             device, device_id, peer, gid, expires,
             user_agent=h.get("user-agent"), gb_version=h.get("x-gb-ver"), call_id=h.get("call-id"), epoch=epoch,
+            path=", ".join(path := h.get_all("path")),
         )  # fmt: skip
         resp = make_response(request, 200, to_tag=tag)
         self._version(request, resp)
         resp.headers.add("Contact", f"<{contact.uri}>;expires={expires}")
+        if path and "path" in (h.get("supported") or "").lower():
+            # RFC 3327 §5.3: the Path kept is told back to a UA that said it supports the extension
+            for value in path:
+                resp.headers.add("Path", value)
         resp.headers.add("Expires", str(expires))
         date = format_date(epoch, p.date_format, p.time_zone)
         if date is not None:
@@ -411,10 +416,15 @@ class Registrar:
         gb_version: str | None,
         call_id: str | None,
         epoch: float,
+        path: str = "",
     ) -> Accepted:
         """A registration (``expires`` > 0, within the policy's bounds) that passed every check:
         the device's new record and transition. Shared by :meth:`handle` and the quick path
-        (:mod:`gb28181gw.gb.quick`), which answer it each in their own way."""
+        (:mod:`gb28181gw.gb.quick`), which answer it each in their own way.
+
+        ``path``: the REGISTER's Path values (RFC 3327 §5.3), comma-joined; each registration
+        replaces the last one's, so a device that now registers directly has none (the quick
+        path takes no REGISTER with a Path header)."""
         if self.bans.failing:  # nothing to forget otherwise: spare every registration two keys
             self.bans.succeed(address_key(peer.host))
             self.bans.succeed(id_key(device_id, peer.host))
@@ -436,6 +446,7 @@ class Registrar:
         record.user_agent = sys.intern(user_agent or record.user_agent)
         record.gb_version = sys.intern(gb_version or record.gb_version)
         record.call_id = call_id or ""
+        record.path = path
         event = DeviceEvent.REFRESHED if was_registered else DeviceEvent.REGISTERED
         change = transition(record, event, epoch=epoch, peer=peer)
         detail = "registered" if not was_registered else "refreshed"

@@ -22,7 +22,7 @@ from gb28181gw.config import DevicesSection
 from gb28181gw.errors import DeviceError, StoreError, StoreRecordError
 from gb28181gw.gb.catalog import ChannelUpdate, Position, channel_from_item
 from gb28181gw.gb.model import Alarm, Channel, Device
-from gb28181gw.gb.outbound import device_peer, device_uri, to_device
+from gb28181gw.gb.outbound import device_peer, device_routes, device_uri, to_device
 from gb28181gw.gb.query import CatalogCollector, CatalogResult, SnAllocator
 from gb28181gw.manscdp.codec import charset_problem
 from gb28181gw.manscdp.messages import (
@@ -244,6 +244,7 @@ class DeviceService:
             from_tag=self.stack.endpoint.new_tag(),
             content_type=CONTENT_TYPE,
             body=body,
+            routes=device_routes(device),
         )
         try:
             # bounded by query_timeout, not Timer F (32 s): an operator is waiting for this

@@ -192,6 +192,7 @@ class Dialog:
         target: str,
         peer: Peer,
         first_cseq: int = 1,
+        route_set: tuple[str, ...] = (),
     ) -> Dialog:
         """The dialog of a request we are about to send (PENDING until answered with a tag).
 
@@ -202,6 +203,8 @@ class Dialog:
                 answer's Contact replaces it.
             peer: where the requests go.
             first_cseq: the CSeq number of the creating request.
+            route_set: the Route values of the creating request (a registered Path, RFC 3327
+                §5.3), until the answer's Record-Route replaces them (§12.1.2).
         """
         return cls(
             call_id=call_id,
@@ -214,6 +217,7 @@ class Dialog:
             state=S.PENDING,
             is_uac=True,
             local_cseq=first_cseq - 1,  # request() counts it up to first_cseq
+            route_set=route_set,
             secure=target.lower().startswith("sips:"),
         )
 

@@ -58,6 +58,7 @@ LIST_HEADERS = frozenset(
         "contact",
         "route",
         "record-route",
+        "path",  # RFC 3327 §4
         "allow",
         "supported",
         "require",

@@ -121,15 +121,19 @@ _INT64 = range(-(2**63), 2**63)
 #: Seconds a node's claim on its node.id lives unless renewed (every third of it): how long a
 #: gateway stopped without a word (kill -9 on another host) keeps its name from a new one.
 NODE_TTL = 15.0
-#: What a stored device's JSON array holds, in order: the :class:`Device` fields of layout version 1.
-#: A field added to Device needs a migration that rewrites the stored arrays, and this tuple
-#: changed with it (a test compares it with the Device fields).
+#: What a stored device's JSON array holds, in order: the :class:`Device` fields (layout version 1,
+#: then ``path`` appended: see :data:`_DEVICE_LAYOUT_1`).
+#: A field added to Device needs a migration that rewrites the stored arrays (or, appended at the
+#: end, a read that takes the shorter arrays), and this tuple changed with it (a test compares it with the Device fields).
 DEVICE_LAYOUT: tuple[str, ...] = (
     "device_id", "name", "reported_name", "manufacturer", "model", "firmware", "transport", "host", "port",
     "local_host", "local_port", "charset", "stream_mode", "password", "provisioned", "state", "expires",
     "registered_at", "expires_at", "last_keepalive", "keepalive_interval", "keepalive_count", "user_agent",
-    "gb_version", "call_id", "offline_reason", "created_at", "updated_at",
+    "gb_version", "call_id", "offline_reason", "created_at", "updated_at", "path",
 )  # fmt: skip
+#: The fields of layout version 1's arrays, written before ``path`` (RFC 3327) was kept: read
+#: with an empty Path (the device registered directly), so no stored array needs rewriting.
+_DEVICE_LAYOUT_1 = len(DEVICE_LAYOUT) - 1
 
 
 #: Connections a client keeps open to Redis at most; a command past them waits for one.
@@ -644,6 +648,8 @@ class RedisStore:
             values = _loads(raw)
             if not isinstance(values, list):
                 raise ValueError("not an array")
+            if len(values) == _DEVICE_LAYOUT_1:
+                values.append("")
             return Device.from_row(dict(zip(DEVICE_LAYOUT, values, strict=True)))
         except (ValueError, TypeError) as exc:
             raise StoreError(f"device {_text(device_id)} in {self.location} cannot be read: {exc}") from None

@@ -196,6 +196,11 @@ MIGRATIONS: list[str] = [
     INSERT INTO audit_chain VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000',
                                     0, '0000000000000000000000000000000000000000000000000000000000000000');
     """,
+    # the Path a device's REGISTER came with (RFC 3327: a dispatcher in front of several nodes),
+    # kept so that requests to it after a restart still go through that front
+    """
+    ALTER TABLE devices ADD COLUMN path TEXT NOT NULL DEFAULT '';
+    """,
 ]
 #: Alarms kept; older ones are deleted as new ones come.
 MAX_ALARMS = 100_000

@@ -280,6 +280,38 @@ def test_refresh_and_new_address() -> None:
     assert moved.device is not None and (moved.device.host, moved.device.port) == ("10.1.2.3", 40000)
 
 
+class TestPath:
+    """RFC 3327: a proxy in front (a dispatcher before several nodes) puts a Path on the REGISTER."""
+
+    FRONT = "<sip:10.0.0.9:5060;lr;received=sip:192.168.1.20:5061>"
+    WITH_PATH = {"Max-Forwards: 70": f"Path: {FRONT}\r\nPath: <sip:10.0.0.8;lr>\r\nMax-Forwards: 70"}
+
+    def test_the_path_is_kept_with_the_device_in_order(self) -> None:
+        result = handle(registrar(), req(**self.WITH_PATH), peer=Peer("UDP", "10.0.0.9", 5060))
+        d = result.device
+        assert d is not None and d.path == f"{self.FRONT}, <sip:10.0.0.8;lr>"
+        assert (d.host, d.port) == ("10.0.0.9", 5060)  # requests still go where it came from: the front
+        assert "path" not in result.response.headers  # the UA did not say it supports the extension
+
+    def test_a_ua_that_supports_path_is_told_the_path_kept(self) -> None:
+        supported = {**self.WITH_PATH}
+        supported["Max-Forwards: 70"] = supported["Max-Forwards: 70"] + "\r\nSupported: path"
+        result = handle(registrar(), req(**supported))
+        assert result.response.headers.get_all("path") == [self.FRONT, "<sip:10.0.0.8;lr>"]
+
+    def test_a_registration_without_path_clears_the_one_before(self) -> None:
+        r = registrar()
+        dev = handle(r, req(**self.WITH_PATH)).device
+        assert dev is not None and dev.path
+        direct = handle(r, req(), dev, now=200.0).device
+        assert direct is not None and direct.path == ""
+
+    def test_a_path_with_commas_in_one_header_is_kept_whole(self) -> None:
+        both = {"Max-Forwards: 70": f"Path: {self.FRONT}, <sip:10.0.0.8;lr>\r\nMax-Forwards: 70"}
+        d = handle(registrar(), req(**both)).device
+        assert d is not None and d.path == f"{self.FRONT}, <sip:10.0.0.8;lr>"
+
+
 def test_require_provisioned() -> None:
     r = registrar(require_provisioned=True)
     assert handle(r, req()).reason == "not-provisioned"
