@@ -275,6 +275,15 @@ async def test_bans_survive_reopen(factory: Callable[[], Store]) -> None:
         await s.close()
 
 
+def previous_schema(path: Path) -> sqlite3.Connection:
+    """A SQLite file at ``path`` as the release before the last migration left it, open."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    for migration in MIGRATIONS[:-1]:
+        conn.executescript(migration)
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) - 1}")
+    return conn
+
+
 class TestSqliteFile:
     async def test_a_large_write_hands_the_gil_back_between_steps(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -392,10 +401,7 @@ class TestSqliteFile:
     ) -> None:
         # the path column (RFC 3327, a dispatcher front) arrives by migration: old rows read with none
         path = tmp_path / "gw.db"
-        conn = sqlite3.connect(path, isolation_level=None)
-        for migration in MIGRATIONS[:-1]:
-            conn.executescript(migration)
-        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) - 1}")
+        conn = previous_schema(path)
         conn.execute(
             "INSERT INTO devices (device_id, host, port, state) VALUES ('34020000001320000001', '10.0.0.5', 5060, 'online')"
         )
@@ -415,10 +421,7 @@ class TestSqliteFile:
         # issue 14: the ledger table arrives by migration; the devices, channels and overrides of a
         # gateway that ran the previous schema are all still there after it
         path = tmp_path / "gw.db"
-        conn = sqlite3.connect(path, isolation_level=None)
-        for migration in MIGRATIONS[:-1]:
-            conn.executescript(migration)
-        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) - 1}")
+        conn = previous_schema(path)
         conn.execute(
             "INSERT INTO devices (device_id, name, state) VALUES ('34020000001180000001', '北门NVR', 'online')"
         )

@@ -204,11 +204,11 @@ async def superior() -> AsyncIterator[Superior]:
         transport.close()
 
 
-async def seed_channel(redis: RedisServer, device: str = NVR) -> None:
-    """The device's channel CH in the shared store, as its node's catalog of it would have written it."""
+async def seed_channel(redis: RedisServer, device: str = NVR, channel: str = CH) -> None:
+    """The device's channel in the shared store, as its node's catalog of it would have written it."""
     r = Redis.from_url(redis.url)
     try:
-        await r.hset(f"gbgw:channels:{device}", CH, json.dumps(["gate", "ON", device, {}]))
+        await r.hset(f"gbgw:channels:{device}", channel, json.dumps(["gate", "ON", device, {}]))
         await r.sadd("gbgw:channels", device)
     finally:
         await r.aclose()

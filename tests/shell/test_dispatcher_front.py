@@ -46,6 +46,7 @@ from tests.process import wait_ready
 from tests.redis_server import RedisServer
 
 from .conftest import filled, sipp_scenario
+from .test_cascade_nodes import seed_channel
 from .test_cluster import drain
 from .test_devices import free_udp_port
 from .test_director import SITE, Node, sipp, start_node, until
@@ -387,7 +388,7 @@ async def test_devices_spread_by_the_from_user_hash_and_are_reached_through_the_
 async def test_a_killed_nodes_devices_come_online_at_the_survivor_and_its_dialog_gets_408(
     tmp_path: Path, redis: RedisServer
 ) -> None:
-    await seed_channel_of_media(redis)
+    await seed_channel(redis, MEDIA, CH)  # the node MEDIA registers at loads it
     with front_cluster(tmp_path, redis) as (front, nodes):
         port = free_udp_port()
         await asyncio.to_thread(register, tmp_path, front, nodes, [MEDIA], port=port)
@@ -438,18 +439,6 @@ async def test_a_killed_nodes_devices_come_online_at_the_survivor_and_its_dialog
             assert kinds[-1]["node"] == survivor.name
         # the device whose stream was cut is streamed from again, at the survivor, through the front
         await play_and_decode(tmp_path, survivor, port)
-
-
-async def seed_channel_of_media(redis: RedisServer) -> None:
-    """CH in the shared store as MEDIA's catalog would have written it (the node it registers at loads it)."""
-    from redis.asyncio import Redis
-
-    r = Redis.from_url(redis.url)
-    try:
-        await r.hset(f"gbgw:channels:{MEDIA}", CH, json.dumps(["gate", "ON", MEDIA, {}]))
-        await r.sadd("gbgw:channels", MEDIA)
-    finally:
-        await r.aclose()
 
 
 def test_a_front_with_no_live_node_answers_503_and_a_later_attempt_reaches_the_node_again(
