@@ -302,6 +302,10 @@ class Registrar:
             contact = NameAddr.parse(contacts[0])
         except SipParseError as exc:
             return reject(400, "bad-contact", f"malformed Contact: {exc.reason}")
+        try:
+            path = request.headers.get_all("path")
+        except SipParseError as exc:  # an unterminated quote: the sender's error, not a 500 of ours
+            return reject(400, "bad-path", f"malformed Path: {exc.reason}")
 
         expires_text = request.headers.get("expires")
         if expires_text is None:
@@ -336,7 +340,7 @@ class Registrar:
         accepted = self.accept(
             device, device_id, peer, gid, expires,
             user_agent=h.get("user-agent"), gb_version=h.get("x-gb-ver"), call_id=h.get("call-id"), epoch=epoch,
-            path=", ".join(path := h.get_all("path")),
+            path=", ".join(path),
         )  # fmt: skip
         resp = make_response(request, 200, to_tag=tag)
         self._version(request, resp)

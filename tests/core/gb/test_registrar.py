@@ -311,6 +311,14 @@ class TestPath:
         d = handle(registrar(), req(**both)).device
         assert d is not None and d.path == f"{self.FRONT}, <sip:10.0.0.8;lr>"
 
+    def test_a_malformed_path_is_400_naming_it(self) -> None:
+        # an unterminated quote made splitting the list raise out of handle(): a 500 and a traceback
+        bad = {"Max-Forwards: 70": 'Path: "front <sip:10.0.0.9;lr>\r\nMax-Forwards: 70'}
+        result = handle(registrar(), req(**bad))
+        assert (result.response.status, result.reason) == (400, "bad-path")
+        assert result.device is None
+        assert "Path" in result.response.headers["warning"]
+
 
 def test_require_provisioned() -> None:
     r = registrar(require_provisioned=True)
