@@ -64,6 +64,10 @@ class DateFormat(StrEnum):
 #: Type code of a platform's central signalling server (GB/T 28181-2016 Annex D).
 PLATFORM_TYPE = 200
 ALL_ZERO_ID = "0" * 20
+#: Characters of a REGISTER's Path (RFC 3327) kept at most, its values comma-joined: a front or two
+#: take a hundred or so. The Path is kept with the device and sent as Route on every request to it,
+#: so a longer one (the whole message, from any device that put one) is refused, not kept.
+MAX_PATH = 1024
 #: IDs remembered as having passed the policy's ID checks (see :meth:`Registrar._check_id`).
 PASSED_IDS_KEPT = 8192
 
@@ -302,6 +306,13 @@ class Registrar:
             contact = NameAddr.parse(contacts[0])
         except SipParseError as exc:
             return reject(400, "bad-contact", f"malformed Contact: {exc.reason}")
+        try:
+            path = request.headers.get_all("path")
+        except SipParseError as exc:  # an unterminated quote: the sender's error, not a 500 of ours
+            return reject(400, "bad-path", f"malformed Path: {exc.reason}")
+        path_text = ", ".join(path)
+        if len(path_text) > MAX_PATH:
+            return reject(400, "path-too-long", f"Path of {len(path_text)} characters: at most {MAX_PATH} are kept")
 
         expires_text = request.headers.get("expires")
         if expires_text is None:
@@ -336,7 +347,7 @@ class Registrar:
         accepted = self.accept(
             device, device_id, peer, gid, expires,
             user_agent=h.get("user-agent"), gb_version=h.get("x-gb-ver"), call_id=h.get("call-id"), epoch=epoch,
-            path=", ".join(path := h.get_all("path")),
+            path=path_text,
         )  # fmt: skip
         resp = make_response(request, 200, to_tag=tag)
         self._version(request, resp)

@@ -14,6 +14,7 @@ from gb28181gw.gb import model
 from gb28181gw.gb.devices import DeviceEvent, Output
 from gb28181gw.gb.model import Device, DeviceState, Transport
 from gb28181gw.gb.registrar import (
+    MAX_PATH,
     PERIODS_SHARED,
     BanList,
     DateFormat,
@@ -310,6 +311,25 @@ class TestPath:
         both = {"Max-Forwards: 70": f"Path: {self.FRONT}, <sip:10.0.0.8;lr>\r\nMax-Forwards: 70"}
         d = handle(registrar(), req(**both)).device
         assert d is not None and d.path == f"{self.FRONT}, <sip:10.0.0.8;lr>"
+
+    def test_a_path_longer_than_any_front_puts_is_refused_not_kept(self) -> None:
+        # kept with the device (memory, both stores) and sent as Route on every request to it:
+        # a REGISTER of 100 Path headers was kept whole (42 KB), past a UDP request's room
+        many = "\r\n".join(f"Path: <sip:10.0.0.{i}:5060;lr;x={'a' * 400}>" for i in range(100))
+        result = handle(registrar(), req(**{"Max-Forwards: 70": many + "\r\nMax-Forwards: 70"}))
+        assert (result.response.status, result.reason) == (400, "path-too-long")
+        assert result.device is None
+        assert str(MAX_PATH) in result.response.headers["warning"]
+        fits = {"Max-Forwards: 70": f"Path: <sip:10.0.0.9;lr;x={'a' * (MAX_PATH - 40)}>\r\nMax-Forwards: 70"}
+        assert handle(registrar(), req(**fits)).response.status == 200
+
+    def test_a_malformed_path_is_400_naming_it(self) -> None:
+        # an unterminated quote made splitting the list raise out of handle(): a 500 and a traceback
+        bad = {"Max-Forwards: 70": 'Path: "front <sip:10.0.0.9;lr>\r\nMax-Forwards: 70'}
+        result = handle(registrar(), req(**bad))
+        assert (result.response.status, result.reason) == (400, "bad-path")
+        assert result.device is None
+        assert "Path" in result.response.headers["warning"]
 
 
 def test_require_provisioned() -> None:
