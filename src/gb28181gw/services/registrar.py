@@ -773,7 +773,7 @@ class RegistrarService:
         if (
             not self._keepalives_mine
             or not is_keepalive(q.body)
-            or not router.chain_passes("MESSAGE", q.values["call-id"])
+            or not router.chain_passes("MESSAGE", q.call_id)
             or router.role_of(q.sender, peer) is not Role.DEVICE
         ):
             return None

@@ -117,12 +117,13 @@ class _Shape:
         "hits",
         "values",
         "lines",
-        "to_group",
         "has_mf",
         "copied_names",
         "to_at",
         "via_at",
         "fetch",
+        "call_id_at",
+        "to_value_at",
     )
 
     def __init__(
@@ -137,13 +138,17 @@ class _Shape:
         self.hits = 0  # requests of this shape read by its pattern
         self.values: tuple[str, ...] = ()  # with a pattern: its group of each header's stripped value, in order
         self.lines: tuple[str, ...] = ()  # with a pattern: its group of each copied line, in order
-        self.to_group = ""  # with a pattern: its group of the To value
         self.has_mf = "max-forwards" in keys
         self.copied_names = tuple(name for _, name in copied)
         # where the answer's To (its tag added) and Via (perhaps stamped) are among the copied lines
         self.to_at = self.copied_keys.index("to") if "to" in self.copied_keys else -1
         self.via_at = self.copied_keys.index("via") if "via" in self.copied_keys else -1
-        self.fetch: tuple[str, ...] = ()  # with a pattern: every group _matched reads, in its order
+        # with a pattern: the number of every group _matched reads, in its order (numbers, not
+        # names: each name cost a dict lookup per request, thirty of them)
+        self.fetch: tuple[int, ...] = ()
+        # where the values of Call-ID and To are among the header values, in order
+        self.call_id_at = keys.index("call-id") if "call-id" in keys else -1
+        self.to_value_at = keys.index("to") if "to" in keys else -1
 
 
 def _shape_of(names: tuple[str, ...]) -> _Shape | None:
@@ -252,10 +257,11 @@ def _compile(shape: _Shape) -> None:
         parts.append("\r\n" + line)
     shape.values = tuple(values)
     shape.lines = tuple(lines)
-    shape.to_group = values[shape.keys.index("to")]
+    pattern = re.compile("".join(parts))
     # one m.group() call for all of them rather than a subscript each (see _matched)
-    shape.fetch = (*_FETCHED, "mf" if shape.has_mf else "length", *shape.lines, *shape.values)
-    _PATTERNS.setdefault(len(shape.keys), []).append((re.compile("".join(parts)), shape))
+    fetch = (*_FETCHED, "mf" if shape.has_mf else "length", *shape.lines, *shape.values)
+    shape.fetch = tuple(pattern.groupindex[name] for name in fetch)
+    _PATTERNS.setdefault(len(shape.keys), []).append((pattern, shape))
 
 
 #: Shapes seen (header names in order → :class:`_Shape`, or ``None``). The devices of a site send
@@ -274,35 +280,61 @@ class QuickRequest:
     Attributes:
         method: ``REGISTER`` or ``MESSAGE``.
         uri: the Request-URI.
-        values: header key (lower case) → value, stripped.
         body: the body bytes.
         key: the server transaction key (RFC 3261 §17.2.3: branch, sent-by, method).
         sender: the user part of From (the device's ID).
+        call_id: the Call-ID.
     """
 
-    __slots__ = ("method", "uri", "values", "body", "key", "sender", "_copied", "_via", "_shape")
+    __slots__ = (
+        "method",
+        "uri",
+        "body",
+        "key",
+        "sender",
+        "call_id",
+        "_values",
+        "_stripped",
+        "_copied",
+        "_via",
+        "_shape",
+    )
 
     def __init__(
         self,
         method: str,
         uri: str,
-        values: dict[str, str],
+        values: dict[str, str] | None,
         body: bytes,
         key: tuple[str, str, str],
         sender: str,
         copied: list[str] | tuple[str, ...],
         via: str | None,
         shape: _Shape,
+        stripped: tuple[str, ...] = (),
+        call_id: str = "",
     ) -> None:
         self.method = method
         self.uri = uri
-        self.values = values
+        self._values = values
+        # without ``values``: every header's stripped value in the shape's order (a keepalive reads
+        # two of them, so the dict of all is built only when asked for: see :attr:`values`)
+        self._stripped = stripped
         self.body = body
         self.key = key
         self.sender = sender
+        self.call_id = call_id if values is None else values["call-id"]
         self._copied = copied  # the lines an answer copies, as sent, in order (keys: shape.copied_keys)
         self._via = via  # the Via line stamped with received/rport, or None to copy it as sent
         self._shape = shape
+
+    @property
+    def values(self) -> dict[str, str]:
+        """Header key (lower case) → value, stripped."""
+        values = self._values
+        if values is None:
+            values = self._values = dict(zip(self._shape.keys, self._stripped))  # noqa: B905 - equal by construction
+        return values
 
     @classmethod
     def scan(cls, data: bytes, peer: Peer, limits: Limits) -> QuickRequest | None:
@@ -439,12 +471,12 @@ class QuickRequest:
         number, length, host, port, rport1, rport2, via_raw, method, uri, sender, branch = got[:_N_FETCHED]
         mf = got[_N_FETCHED] if shape.has_mf else None
         first_value = _N_FETCHED + 1 + len(shape.lines)
-        values = dict(zip(shape.keys, got[first_value:]))  # noqa: B905 - equal by construction
+        stripped = got[first_value:]
         if (
             (len(number) == 10 and int(number) > 2**31 - 1)
             or (mf is not None and int(mf) > 255)
             or int(length) != len(data) - crlf - 4
-            or "tag" in values["to"].lower()
+            or "tag" in stripped[shape.to_value_at].lower()
         ):
             return None
         if port is not None:
@@ -462,7 +494,19 @@ class QuickRequest:
             stamped_line = f"{shape.via}:{stamped}"
         method = _METHODS[method]
         lines = got[_N_FETCHED + 1 : first_value]
-        return cls(method, uri, values, data[crlf + 4 :], (branch, sent_by, method), sender, lines, stamped_line, shape)
+        return cls(
+            method,
+            uri,
+            None,
+            data[crlf + 4 :],
+            (branch, sent_by, method),
+            sender,
+            lines,
+            stamped_line,
+            shape,
+            stripped,
+            stripped[shape.call_id_at],
+        )
 
     def get(self, key: str) -> str | None:
         """A header's value (``key`` lower case), stripped, or ``None``."""
