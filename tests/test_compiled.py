@@ -49,6 +49,9 @@ COMPILED_TESTS = [
     "tests/shell/test_router.py",
     "tests/shell/test_registrar.py",
     "tests/shell/test_stalls.py",  # net.timer's LagProbe (its EarliestTimer runs in test_registrar's liveness)
+    "tests/shell/test_sip_udp.py",  # net.sip_udp: bursts, drops, per-datagram destination, send errors
+    "tests/core/test_flood.py",
+    "tests/shell/test_flood.py",
 ]
 
 

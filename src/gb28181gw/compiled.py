@@ -55,8 +55,10 @@ MODULES = (
     "gb28181gw.gb.keepalive",
     "gb28181gw.gb.quick",
     "gb28181gw.gb.registrar",
+    "gb28181gw.sip.flood",
     "gb28181gw.net.router",
     "gb28181gw.net.timer",
+    "gb28181gw.net.sip_udp",
     "gb28181gw.net.stack",
     "gb28181gw.services.registrar",
 )

@@ -54,6 +54,7 @@ from .router import PASS, Router
 from .sip_tcp import TcpTransport
 from .sip_udp import UdpTransport
 from .timer import EarliestTimer
+from .transport import DatagramTransport
 
 log = logging.getLogger("gb28181gw.sip")
 
@@ -121,9 +122,9 @@ class SipStack:
         self._cancel_handler: Callable[[RequestCancelled], None] | None = None
         self._cancel_owner = ""
         self._connection_listeners: list[Callable[[Peer, str], None]] = []
-        self._udp: list[UdpTransport] = []
-        self._udp4: UdpTransport | None = None
-        self._udp6: UdpTransport | None = None
+        self._udp: list[DatagramTransport] = []
+        self._udp4: DatagramTransport | None = None
+        self._udp6: DatagramTransport | None = None
         self._several_udp = False  # more than one UDP socket of a family (see _udp_for)
         self._tcp: TcpTransport | None = None
         self.port = 0
@@ -233,7 +234,7 @@ class SipStack:
             )
         return host, self.port
 
-    def _udp_for(self, peer: Peer) -> UdpTransport | None:
+    def _udp_for(self, peer: Peer) -> DatagramTransport | None:
         """The UDP socket ``peer`` is served on: with several specific listen addresses of its
         family, the one it sent to (else the one routing picks toward it), so that answers and
         requests leave from the address it knows us at."""

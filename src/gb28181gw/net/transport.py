@@ -23,3 +23,32 @@ class MessageSink(Protocol):
 
     def transport_failed(self, peer: Peer, reason: str) -> None:
         """The connection to ``peer`` broke or could not be opened."""
+
+
+class DatagramTransport(Protocol):
+    """What the stack calls on a UDP socket of its own (:class:`~gb28181gw.net.sip_udp.UdpTransport`).
+
+    The stack holds its sockets by this rather than by their class: when both are compiled by
+    mypyc an attribute typed with a compiled class accepts nothing else, and the benchmarks put
+    a sink in a socket's place (``benchmarks/bench_quick.py``).
+    """
+
+    @property
+    def family(self) -> int:
+        """The socket's address family."""
+
+    @property
+    def host(self) -> str:
+        """The address it is bound to."""
+
+    def send(self, data: bytes, peer: Peer) -> None:
+        """Send one datagram to ``peer``."""
+
+    def knows(self, peer: Peer) -> bool:
+        """Whether ``peer`` sent to this socket lately."""
+
+    def local_host(self, peer: Peer) -> str | None:
+        """The local address ``peer`` sent its last datagram to."""
+
+    def close(self) -> None:
+        """Stop reading and close the socket."""
