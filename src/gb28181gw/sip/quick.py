@@ -122,8 +122,9 @@ class _Shape:
         "to_at",
         "via_at",
         "fetch",
-        "call_id_at",
-        "to_value_at",
+        "value_groups",
+        "call_id_group",
+        "to_group",
     )
 
     def __init__(
@@ -146,9 +147,11 @@ class _Shape:
         # with a pattern: the number of every group _matched reads, in its order (numbers, not
         # names: each name cost a dict lookup per request, thirty of them)
         self.fetch: tuple[int, ...] = ()
-        # where the values of Call-ID and To are among the header values, in order
-        self.call_id_at = keys.index("call-id") if "call-id" in keys else -1
-        self.to_value_at = keys.index("to") if "to" in keys else -1
+        # with a pattern: the numbers of the header values' groups, in order, and of Call-ID's and
+        # To's; the values are taken from the match only when asked for (QuickRequest.values)
+        self.value_groups: tuple[int, ...] = ()
+        self.call_id_group = 0
+        self.to_group = 0
 
 
 def _shape_of(names: tuple[str, ...]) -> _Shape | None:
@@ -259,8 +262,11 @@ def _compile(shape: _Shape) -> None:
     shape.lines = tuple(lines)
     pattern = re.compile("".join(parts))
     # one m.group() call for all of them rather than a subscript each (see _matched)
-    fetch = (*_FETCHED, "mf" if shape.has_mf else "length", *shape.lines, *shape.values)
-    shape.fetch = tuple(pattern.groupindex[name] for name in fetch)
+    number = pattern.groupindex
+    shape.fetch = tuple(number[name] for name in (*_FETCHED, "mf" if shape.has_mf else "length", *shape.lines))
+    shape.value_groups = tuple(number[name] for name in values)
+    shape.call_id_group = number[values[shape.keys.index("call-id")]]
+    shape.to_group = number[values[shape.keys.index("to")]]
     _PATTERNS.setdefault(len(shape.keys), []).append((pattern, shape))
 
 
@@ -294,7 +300,7 @@ class QuickRequest:
         "sender",
         "call_id",
         "_values",
-        "_stripped",
+        "_match",
         "_copied",
         "_via",
         "_shape",
@@ -311,15 +317,16 @@ class QuickRequest:
         copied: list[str] | tuple[str, ...],
         via: str | None,
         shape: _Shape,
-        stripped: tuple[str, ...] = (),
+        match: re.Match[str] | None = None,
         call_id: str = "",
     ) -> None:
         self.method = method
         self.uri = uri
         self._values = values
-        # without ``values``: every header's stripped value in the shape's order (a keepalive reads
-        # two of them, so the dict of all is built only when asked for: see :attr:`values`)
-        self._stripped = stripped
+        # without ``values``: the shape's pattern's match, whose groups hold every header's value
+        # (a keepalive reads two of them, so the dict of all is built only when asked for: see
+        # :attr:`values`)
+        self._match = match
         self.body = body
         self.key = key
         self.sender = sender
@@ -333,7 +340,9 @@ class QuickRequest:
         """Header key (lower case) → value, stripped."""
         values = self._values
         if values is None:
-            values = self._values = dict(zip(self._shape.keys, self._stripped))  # noqa: B905 - equal by construction
+            assert self._match is not None
+            got = self._match.group(*self._shape.value_groups)
+            values = self._values = dict(zip(self._shape.keys, got))  # noqa: B905 - equal by construction
         return values
 
     @classmethod
@@ -470,13 +479,11 @@ class QuickRequest:
         got = m.group(*shape.fetch)
         number, length, host, port, rport1, rport2, via_raw, method, uri, sender, branch = got[:_N_FETCHED]
         mf = got[_N_FETCHED] if shape.has_mf else None
-        first_value = _N_FETCHED + 1 + len(shape.lines)
-        stripped = got[first_value:]
         if (
             (len(number) == 10 and int(number) > 2**31 - 1)
             or (mf is not None and int(mf) > 255)
             or int(length) != len(data) - crlf - 4
-            or "tag" in stripped[shape.to_value_at].lower()
+            or "tag" in m.group(shape.to_group).lower()
         ):
             return None
         if port is not None:
@@ -493,7 +500,7 @@ class QuickRequest:
                 return None
             stamped_line = f"{shape.via}:{stamped}"
         method = _METHODS[method]
-        lines = got[_N_FETCHED + 1 : first_value]
+        lines = got[_N_FETCHED + 1 :]
         return cls(
             method,
             uri,
@@ -504,8 +511,8 @@ class QuickRequest:
             lines,
             stamped_line,
             shape,
-            stripped,
-            stripped[shape.call_id_at],
+            m,
+            m.group(shape.call_id_group),
         )
 
     def get(self, key: str) -> str | None:
