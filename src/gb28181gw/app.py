@@ -697,6 +697,7 @@ def registrar_policy(config: Config) -> RegistrarPolicy:
         deny_ids=tuple(r.deny_ids),
         allow_networks=parse_networks(r.allow_networks),
         deny_networks=parse_networks(r.deny_networks),
+        trusted_proxies=parse_networks(r.trusted_proxies),
     )
 
 

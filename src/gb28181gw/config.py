@@ -284,6 +284,11 @@ class RegistrarSection:
     deny_ids: list[str] = _opt([], "ID prefixes refused", _id_prefixes)
     allow_networks: list[str] = _opt([], "source networks allowed (CIDR; empty = all)", _networks)
     deny_networks: list[str] = _opt([], "source networks refused (CIDR)", _networks)
+    trusted_proxies: list[str] = _opt(
+        [],
+        "SIP fronts (CIDR) whose Path received=IP names the device's address for the allow/deny networks and bans",
+        _networks,
+    )
     keepalive_interval: int = _opt(60, "expected heartbeat interval (s) when a device's own is unknown", _at_least(1))
     keepalive_count: int = _opt(3, "missed heartbeats before a device is offline", _at_least(1))
     accept_port_change: bool = _opt(

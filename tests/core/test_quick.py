@@ -364,6 +364,9 @@ def test_the_reader_declines_what_is_not_the_common_case() -> None:
         "TCP in the Via": [(n, v.replace("UDP", "TCP")) for n, v in base],
         "a compact form": [("i" if n == "Call-ID" else n, v) for n, v in base],
         "an unknown header": [*base, ("Route", " <sip:x@y>")],
+        # a front's REGISTER: the general path judges it by the device address its Path names
+        # (registrar.trusted_proxies); the quick path would judge it by the front's
+        "a Path": [*base, ("Path", " <sip:10.0.0.9:5060;lr;received=sip:10.0.0.7:5070>")],
         "no Content-Length": base[:-1],
         "a display name": [(n, f' "c" <sip:{ID}@{DOMAIN}>;tag=f1' if n == "From" else v) for n, v in base],
     }

@@ -192,8 +192,9 @@ def first_line(answer: str | None) -> str:
 
 
 @contextmanager
-def front_cluster(tmp_path: Path, redis: RedisServer) -> Iterator[tuple[Front, list[Node]]]:
-    """Two nodes, both ready, and the front before them; everything stopped after."""
+def front_cluster(tmp_path: Path, redis: RedisServer, *settings: str) -> Iterator[tuple[Front, list[Node]]]:
+    """Two nodes, both ready (``settings``: more ``--set KEY=VALUE`` for both), and the front
+    before them; everything stopped after."""
     nodes: list[Node] = []
     output: dict[str, list[str]] = {}
     front: Front | None = None
@@ -202,7 +203,7 @@ def front_cluster(tmp_path: Path, redis: RedisServer) -> Iterator[tuple[Front, l
             ports = media_port(800) + 50 * index
             node = start_node(
                 tmp_path, name, redis, "--set", f"media.port_min={ports}", "--set", f"media.port_max={ports + 49}",
-                "--set", "media.linger=0", "--set", "sip.t1=0.1",
+                "--set", "media.linger=0", "--set", "sip.t1=0.1", *(a for kv in settings for a in ("--set", kv)),
             )  # fmt: skip
             nodes.append(node)
         for node in nodes:

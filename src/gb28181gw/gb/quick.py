@@ -18,6 +18,10 @@ below the minimum. Everything that decides whether to decline is read before the
 verified, because a verified nonce is spent: after :meth:`NonceStore.verify` says OK the quick
 path always answers. A verdict other than OK changes nothing in the nonce store, so the general
 path, given the same request, reaches the same verdict and answers it as it always did.
+
+A REGISTER with a Path never gets here (the reader declines the header): through a trusted proxy
+the general path judges it by the device's address, not the source's
+(:func:`~gb28181gw.gb.registrar.policy_address`), which the checks here would not.
 """
 
 from __future__ import annotations

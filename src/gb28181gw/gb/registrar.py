@@ -15,6 +15,7 @@ import datetime as _dt
 import ipaddress
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -45,6 +46,7 @@ __all__ = [
     "from_user",
     "is_platform_id",
     "parse_networks",
+    "policy_address",
 ]
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -95,6 +97,8 @@ class RegistrarPolicy:
             the window, from one address or for one ID, answer 403 for ban_seconds.
         allow_ids / deny_ids: ID prefixes (empty allow list = all allowed).
         allow_networks / deny_networks: source networks (empty allow list = all allowed).
+        trusted_proxies: networks of SIP fronts whose Path ``received`` names the device's address
+            (see :func:`policy_address`): the address the allow/deny networks and the bans judge.
         gateway_id: our own ID, which no device may register with.
         accept_platforms: let IDs of type 200 (platform SIP servers) register as devices.
     """
@@ -116,6 +120,7 @@ class RegistrarPolicy:
     deny_ids: tuple[str, ...] = ()
     allow_networks: tuple[IpNetwork, ...] = ()
     deny_networks: tuple[IpNetwork, ...] = ()
+    trusted_proxies: tuple[IpNetwork, ...] = ()
     gateway_id: str = ""
     accept_platforms: bool = False
 
@@ -244,7 +249,9 @@ class Registrar:
 
         Args:
             request: the REGISTER (its top Via already stamped by the endpoint).
-            peer: where it came from: the address we will use for this device.
+            peer: where it came from: the address we will use for this device. Through a trusted
+                proxy (``policy.trusted_proxies``) the policy judges the device's own address
+                instead (:func:`policy_address`); the nonce and the replies stay with ``peer``.
             device: the stored record for the From-user ID, if any.
             now: monotonic seconds (nonces, bans).
             epoch: wall-clock epoch seconds (stored times, the Date header).
@@ -253,11 +260,12 @@ class Registrar:
         """
         if device_id is None:
             device_id = from_user(request)
-        result = self._handle(request, peer, device, device_id, now=now, epoch=epoch, tag=tag)
+        origin = policy_address(request, peer.host, self.policy.trusted_proxies)
+        result = self._handle(request, peer, device, device_id, now=now, epoch=epoch, tag=tag, origin=origin)
         if result.outcome is Outcome.REJECTED:
-            self.refused.record(device_id, peer.host, result.reason, result.detail, epoch)
+            self.refused.record(device_id, origin, result.reason, result.detail, epoch)
         elif result.device is not None and result.outcome is not Outcome.UNREGISTERED:
-            self.refused.forget(device_id, peer.host)
+            self.refused.forget(device_id, origin)
         return result
 
     def _handle(
@@ -270,7 +278,9 @@ class Registrar:
         now: float,
         epoch: float,
         tag: str,
+        origin: str,
     ) -> RegisterResult:
+        # origin: the address the policy judges (peer.host unless a trusted proxy names the device's)
         p = self.policy
 
         def reject(status: int, reason: str, detail: str, outcome: Outcome = Outcome.REJECTED) -> RegisterResult:
@@ -286,7 +296,7 @@ class Registrar:
                 return reject(400, "bad-from", f"malformed From: {exc.reason}")
             return reject(400, "bad-from", "From has no user part: it must be the device's 20-digit ID")
 
-        checked = self._admit(request.uri, peer.host, device, device_id, now)
+        checked = self._admit(request.uri, origin, device, device_id, now)
         if not isinstance(checked, GbId):
             return reject(*checked)
         gid = checked
@@ -294,7 +304,7 @@ class Registrar:
         # authenticate before examining the rest: an unauthenticated REGISTER learns nothing more
         password = device.password if device is not None and device.password else p.password
         if password:
-            auth = self._authenticate(request, peer, device_id, password, now, epoch, tag, reject)
+            auth = self._authenticate(request, peer, device_id, password, now, epoch, tag, reject, origin=origin)
             if auth is not None:
                 return auth
 
@@ -333,8 +343,8 @@ class Registrar:
         expires = min(expires, p.expires_max)
 
         if expires == 0:
-            self.bans.succeed(address_key(peer.host))
-            self.bans.succeed(id_key(device_id, peer.host))
+            self.bans.succeed(address_key(origin))
+            self.bans.succeed(id_key(device_id, origin))
             record = device.copy() if device is not None else Device(device_id=device_id, created_at=epoch)
             resp = make_response(request, 200, to_tag=tag)
             self._version(request, resp)
@@ -349,6 +359,10 @@ class Registrar:
             user_agent=h.get("user-agent"), gb_version=h.get("x-gb-ver"), call_id=h.get("call-id"), epoch=epoch,
             path=path_text,
         )  # fmt: skip
+        if origin != peer.host and self.bans.failing:
+            # accept() forgets the failures of the source (the proxy's, none); these are the device's
+            self.bans.succeed(address_key(origin))
+            self.bans.succeed(id_key(device_id, origin))
         resp = make_response(request, 200, to_tag=tag)
         self._version(request, resp)
         resp.headers.add("Contact", f"<{contact.uri}>;expires={expires}")
@@ -512,8 +526,13 @@ class Registrar:
         epoch: float,
         tag: str,
         reject: Callable[[int, str, str], RegisterResult],
+        *,
+        origin: str,
     ) -> RegisterResult | None:
-        """Digest check (PROTOCOL.md §3.3); ``None`` when authenticated, else the answer."""
+        """Digest check (PROTOCOL.md §3.3); ``None`` when authenticated, else the answer.
+
+        The nonce is bound to the source (``peer.host``: where the challenge went); failures count
+        against ``origin``, the address the policy judges (see :func:`policy_address`)."""
 
         def challenge(stale: bool, reason: str, detail: str) -> RegisterResult:
             resp = make_response(request, 401, to_tag=tag)
@@ -543,7 +562,7 @@ class Registrar:
             Verdict.BAD_ALGORITHM: f"digest algorithm {creds.algorithm} is not {self.nonces.algorithm}",
             Verdict.BAD_RESPONSE: "wrong password",
         }[verdict]
-        self.bans.note_failure(device_id, peer.host, detail, epoch)
+        self.bans.note_failure(device_id, origin, detail, epoch)
         if verdict is not Verdict.BAD_RESPONSE:
             # a wrong realm or algorithm guesses no password: refuse it, count nothing
             return reject(403, reason, detail)
@@ -551,10 +570,10 @@ class Registrar:
         limit, window = self.policy.max_auth_failures, self.policy.failure_window
         why = f"{limit} wrong passwords within {window:.0f} s"
         banned = self.bans.fail(
-            address_key(peer.host), now, epoch=epoch, address=peer.host, device_id=device_id,
+            address_key(origin), now, epoch=epoch, address=origin, device_id=device_id,
             reason=f"{why} from this address",
         ) | self.bans.fail(
-            id_key(device_id, peer.host), now, epoch=epoch, address=peer.host, device_id=device_id,
+            id_key(device_id, origin), now, epoch=epoch, address=origin, device_id=device_id,
             reason=f"{why} for this ID from this address",
         )  # fmt: skip
         if banned:
@@ -588,6 +607,57 @@ def from_user(request: Request) -> str:
         return request.from_.user or ""
     except SipParseError:
         return ""
+
+
+def policy_address(request: Request, source: str, trusted_proxies: tuple[IpNetwork, ...]) -> str:
+    """The address a REGISTER's policy checks judge: allow/deny networks, bans, failures, refusals.
+
+    ``source`` (where the REGISTER came from), unless it is in ``trusted_proxies`` and the first
+    Path value — the one the proxy next to us put (RFC 3327 §4.2: each proxy adds its own at the
+    top) — carries a ``received`` URI parameter naming an IP address: then that address, the
+    device's as the proxy saw it. Kamailio's ``add_path_received()`` writes
+    ``<sip:FRONT;lr;received=sip:IP:PORT>`` (``[IP]`` for IPv6, ``%3Btransport%3Dtcp`` after the
+    port over TCP). Behind a front every device comes from the front's address: judged by it, one
+    camera's wrong passwords would ban them all.
+
+    A device cannot choose the address it is judged by: from a source outside ``trusted_proxies``
+    the Path is not read, and a trusted proxy's own Path comes before any the device put. No Path,
+    or no usable ``received``, is judged by ``source``, as without a proxy.
+    """
+    if not trusted_proxies:
+        return source
+    address = _ip(source)
+    if address is None or not any(address in net for net in trusted_proxies):
+        return source
+    try:
+        path = request.headers.get_all("path")
+        uri = NameAddr.parse(path[0]).uri if path else ""
+    except SipParseError:
+        return source  # refused later (bad-path), judged by its source meanwhile
+    received = _received_address(uri)
+    return received if received is not None else source
+
+
+def _received_address(uri: str) -> str | None:
+    """The IP address of a Path URI's ``received`` parameter (``sip:IP:PORT``, ``sip:[IPv6]:PORT``,
+    a bare ``IP``, percent-escaped or not), normalised; ``None`` without a usable one."""
+    for param in uri.split("?", 1)[0].split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() != "received":
+            continue
+        value = urllib.parse.unquote(value.strip()).strip('"').split(";", 1)[0]
+        scheme, colon, rest = value.partition(":")
+        if colon and scheme.lower() in ("sip", "sips"):
+            value = rest.rpartition("@")[2]
+        if value.startswith("["):
+            host = value[1 : value.find("]")] if "]" in value else ""
+        elif value.count(":") == 1:
+            host = value.partition(":")[0]  # IPv4 with its port
+        else:
+            host = value  # IPv4 alone, or IPv6 without brackets or port
+        address = _ip(host)
+        return str(address) if address is not None else None
+    return None
 
 
 def _uri_host(uri: str) -> str | None:

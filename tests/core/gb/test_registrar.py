@@ -22,6 +22,7 @@ from gb28181gw.gb.registrar import (
     Registrar,
     RegistrarPolicy,
     format_date,
+    policy_address,
 )
 from gb28181gw.sip.auth import Challenge, NonceStore, authorization_for
 from gb28181gw.sip.endpoint import Peer
@@ -330,6 +331,160 @@ class TestPath:
         assert (result.response.status, result.reason) == (400, "bad-path")
         assert result.device is None
         assert "Path" in result.response.headers["warning"]
+
+
+FRONT_PEER = Peer("UDP", "10.0.0.9", 5060)
+TRUSTED = (ipaddress.ip_network("10.0.0.0/29"), ipaddress.ip_network("10.0.0.9/32"))
+
+
+def via_front(received: str = "sip:192.168.1.20:5061", *, device_id: str = "34020000001320000001") -> Request:
+    """The REGISTER as a front puts it: its own Path on top, naming where the device's came from."""
+    path = f"Path: <sip:10.0.0.9:5060;lr;received={received}>\r\n"
+    return req(**{"Max-Forwards: 70": path + "Max-Forwards: 70", "34020000001320000001": device_id})
+
+
+class TestPolicyAddress:
+    """Which address the policy judges a REGISTER by (:func:`policy_address`): the source's, or,
+    from a trusted proxy, the device's address its Path names (RFC 3327; Kamailio's
+    ``add_path_received()``)."""
+
+    @pytest.mark.parametrize(
+        ("path", "expected"),
+        [
+            ("<sip:10.0.0.9:5060;lr;received=sip:192.168.1.20:5061>", "192.168.1.20"),  # Kamailio over UDP
+            ("<sip:10.0.0.9;lr;received=sip:192.168.1.20:5061%3Btransport%3Dtcp>", "192.168.1.20"),  # and TCP
+            ("<sip:10.0.0.9;lr;received=sip:[2001:db8::7]:5061>", "2001:db8::7"),  # an IPv6 device
+            ("<sip:10.0.0.9;lr;received=sip:%5B2001:DB8:0:0::7%5D:5061>", "2001:db8::7"),  # escaped, normalised
+            ("<sip:flow@10.0.0.9;lr;received=sip:192.168.1.20:5061;ob>", "192.168.1.20"),  # outbound's flow token
+            ('<sip:10.0.0.9;lr;Received="sip:192.168.1.20:5061">', "192.168.1.20"),  # quoted, any case
+            ("<sip:10.0.0.9;lr;received=192.168.1.20>", "192.168.1.20"),  # an address alone
+            ("<sip:10.0.0.9;lr;received=2001:db8::7>", "2001:db8::7"),
+            ("<sip:10.0.0.9;lr;received=sip:192.168.1.20:5061>, <sip:10.0.0.8;lr>", "192.168.1.20"),
+            # no usable received: the source, as without a proxy
+            ("<sip:10.0.0.9;lr>", "10.0.0.9"),
+            ("<sip:10.0.0.9;lr;received=sip:camera.example:5061>", "10.0.0.9"),
+            ("<sip:10.0.0.9;lr;received=>", "10.0.0.9"),
+            ("<sip:10.0.0.9;lr;received>", "10.0.0.9"),
+            ("<sip:10.0.0.9;lr;received=sip:999.1.1.1:5061>", "10.0.0.9"),
+            ("<sip:10.0.0.9;lr;received=sip:[2001:db8::7:5061>", "10.0.0.9"),
+            ("<sip:10.0.0.9;lr;received=sip:%ZZ1.2.3.4>", "10.0.0.9"),
+            ("<sip:10.0.0.9;lr>;received=sip:192.168.1.20:5061", "10.0.0.9"),  # a header parameter: not the URI's
+            # only the first value is the proxy's own: one further down is the device's to write
+            ("<sip:10.0.0.9;lr>, <sip:10.0.0.8;lr;received=sip:192.168.1.20:5061>", "10.0.0.9"),
+            ('"front <sip:10.0.0.9;lr;received=sip:192.168.1.20:5061>', "10.0.0.9"),  # malformed: refused later
+        ],
+    )
+    def test_a_trusted_proxys_received_names_the_address(self, path: str, expected: str) -> None:
+        request = req(**{"Max-Forwards: 70": f"Path: {path}\r\nMax-Forwards: 70"})
+        assert policy_address(request, "10.0.0.9", TRUSTED) == expected
+
+    def test_from_any_other_source_or_with_no_path_the_source(self) -> None:
+        request = via_front()
+        assert policy_address(request, "10.0.0.10", TRUSTED) == "10.0.0.10"  # not a trusted proxy
+        assert policy_address(request, "10.0.0.9", ()) == "10.0.0.9"  # none trusted (the default)
+        assert policy_address(request, "not-an-ip", TRUSTED) == "not-an-ip"
+        assert policy_address(req(), "10.0.0.9", TRUSTED) == "10.0.0.9"  # no Path
+
+    def test_an_ipv6_front(self) -> None:
+        trusted = (ipaddress.ip_network("2001:db8:f::/64"),)
+        assert policy_address(via_front(), "2001:db8:f::9", trusted) == "192.168.1.20"
+        assert policy_address(via_front(), "2001:db8:e::9", trusted) == "2001:db8:e::9"
+
+
+class TestTrustedProxy:
+    """Behind a SIP front every device's REGISTER comes from the front's address: judged by it, one
+    camera with a wrong password banned the front, and every device behind it with it."""
+
+    A, B = "192.168.1.20", "192.168.1.21"
+    OTHER_ID = "34020000001320000002"
+
+    @staticmethod
+    def attempt(r: Registrar, request: Request, peer: Peer, now: float, password: str) -> int:
+        """One registration: the challenge, then the answer with ``password``: the final status."""
+        ch = handle(r, request, now=now, peer=peer)
+        if ch.response.status != 401:
+            return int(ch.response.status)
+        again = parse_message(request.serialize())  # the same REGISTER again, now with credentials
+        assert isinstance(again, Request)
+        return int(handle(r, with_auth(again, ch.response, password), now=now, peer=peer).response.status)
+
+    def test_wrong_passwords_through_the_front_ban_the_device_address_not_the_fronts(self) -> None:
+        r = registrar(password="12345678", max_auth_failures=5, ban_seconds=600, trusted_proxies=TRUSTED)
+        bad = [self.attempt(r, via_front(f"sip:{self.A}:5061"), FRONT_PEER, 100.0 + i, "bad") for i in range(6)]
+        assert bad == [401, 401, 401, 401, 403, 403]
+        assert {b.key for b in r.bans.active(110.0)} == {f"ip:{self.A}", f"id:34020000001320000001@{self.A}"}
+        assert {b.address for b in r.bans.active(110.0)} == {self.A}
+        assert r.bans.banned("ip:10.0.0.9", 110.0) == 0
+        failure = r.bans.last_failure("34020000001320000001")
+        assert failure is not None and failure.address == self.A
+        assert [(e.device_id, e.address) for e in r.refused.entries()] == [("34020000001320000001", self.A)]
+        # another device behind the same front registers, and so does another ID from the front's
+        # own address; the banned device's address stays banned, whichever ID it claims
+        ok = self.attempt(r, via_front(f"sip:{self.B}:5061", device_id=self.OTHER_ID), FRONT_PEER, 111.0, "12345678")
+        assert ok == 200
+        assert self.attempt(r, via_front(f"sip:{self.A}:5062"), FRONT_PEER, 112.0, "12345678") == 403
+        other = self.attempt(r, via_front(f"sip:{self.A}:5063", device_id=self.OTHER_ID), FRONT_PEER, 113.0, "12345678")
+        assert other == 403
+
+    def test_requests_still_go_to_the_front_and_the_nonce_is_the_fronts(self) -> None:
+        r = registrar(password="12345678", trusted_proxies=TRUSTED)
+        ch = handle(r, via_front(), peer=FRONT_PEER)
+        # the challenge went to the front: answered from anywhere else, the nonce is not this one's
+        elsewhere = handle(r, with_auth(via_front(), ch.response), peer=Peer("UDP", self.A, 5061))
+        assert (elsewhere.response.status, elsewhere.reason) == (401, "stale-nonce")
+        ch = handle(r, via_front(), peer=FRONT_PEER)
+        result = handle(r, with_auth(via_front(), ch.response), peer=FRONT_PEER)
+        assert result.response.status == 200 and result.device is not None
+        assert (result.device.host, result.device.port) == ("10.0.0.9", 5060)
+        assert result.device.path == f"<sip:10.0.0.9:5060;lr;received=sip:{self.A}:5061>"
+
+    def test_a_forged_path_from_an_untrusted_source_is_banned_under_its_source(self) -> None:
+        r = registrar(password="12345678", max_auth_failures=3, ban_seconds=600, trusted_proxies=TRUSTED)
+        stranger = Peer("UDP", "10.6.6.6", 5060)
+        forged = [self.attempt(r, via_front(f"sip:{self.B}:5061"), stranger, 100.0 + i, "bad") for i in range(3)]
+        assert forged == [401, 401, 403]
+        assert {b.key for b in r.bans.active(110.0)} == {"ip:10.6.6.6", "id:34020000001320000001@10.6.6.6"}
+        assert [e.address for e in r.refused.entries()] == ["10.6.6.6"]
+        # the address it named is not banned: the device there registers through the front
+        assert self.attempt(r, via_front(f"sip:{self.B}:5061"), FRONT_PEER, 111.0, "12345678") == 200
+
+    def test_success_through_the_front_forgets_the_devices_failures(self) -> None:
+        r = registrar(password="12345678", max_auth_failures=3, ban_seconds=600, trusted_proxies=TRUSTED)
+        for start in (100.0, 110.0):  # two failures, then the right password: the count starts again
+            for i in range(2):
+                assert self.attempt(r, via_front(), FRONT_PEER, start + i, "bad") == 401
+            assert self.attempt(r, via_front(), FRONT_PEER, start + 5, "12345678") == 200
+        assert r.bans.active(120.0) == [] and not r.bans.failing
+        # unregistering forgets them too
+        for i in range(2):
+            assert self.attempt(r, via_front(), FRONT_PEER, 130.0 + i, "bad") == 401
+        gone = via_front()
+        gone.headers.set("Expires", "0")
+        assert self.attempt(r, gone, FRONT_PEER, 135.0, "12345678") == 200
+        assert not r.bans.failing
+
+    def test_allow_and_deny_networks_judge_the_devices_address(self) -> None:
+        cameras = (ipaddress.ip_network("192.168.1.0/24"),)
+        deny = registrar(deny_networks=cameras, trusted_proxies=TRUSTED)
+        refused = handle(deny, via_front(f"sip:{self.A}:5061"), peer=FRONT_PEER)
+        assert refused.reason == "denied-address" and self.A in refused.response.headers["warning"]
+        assert [e.address for e in deny.refused.entries()] == [self.A]
+        assert handle(deny, via_front("sip:172.16.0.5:5061"), peer=FRONT_PEER).response.status == 200
+        # allowed: the cameras' network, not the front's; the front itself is judged by its own
+        allow = registrar(allow_networks=cameras, trusted_proxies=TRUSTED)
+        assert handle(allow, via_front(f"sip:{self.A}:5061"), peer=FRONT_PEER).response.status == 200
+        assert handle(allow, via_front("sip:172.16.0.5:5061"), peer=FRONT_PEER).reason == "denied-address"
+        assert handle(allow, req(), peer=FRONT_PEER).reason == "denied-address"  # no Path: the front's address
+        # untrusted, the same Path changes nothing: the source is judged
+        untrusted = registrar(allow_networks=cameras)
+        assert handle(untrusted, via_front(f"sip:{self.A}:5061"), peer=FRONT_PEER).reason == "denied-address"
+
+    def test_an_ipv6_device_through_the_front(self) -> None:
+        r = registrar(password="12345678", max_auth_failures=2, ban_seconds=600, trusted_proxies=TRUSTED)
+        for i in range(2):
+            self.attempt(r, via_front("sip:[2001:db8::20]:5061"), FRONT_PEER, 100.0 + i, "bad")
+        assert r.bans.banned("ip:2001:db8::20", 105.0) > 0 and r.bans.banned("ip:10.0.0.9", 105.0) == 0
+        assert self.attempt(r, via_front("sip:[2001:db8::21]:5061"), FRONT_PEER, 106.0, "12345678") == 200
 
 
 def test_require_provisioned() -> None:
