@@ -391,9 +391,9 @@ class Registrar:
         source = _ip(host) if (p.allow_networks or p.deny_networks) else None
         if source is not None:
             if any(source in net for net in p.deny_networks):
-                return 403, "denied-address", f"source address {host} is denied"
+                return 403, "denied-address", f"address {host} is denied"
             if p.allow_networks and not any(source in net for net in p.allow_networks):
-                return 403, "denied-address", f"source address {host} is not in the allowed networks"
+                return 403, "denied-address", f"address {host} is not in the allowed networks"
 
         checked = self._check_id(device_id)
         if not isinstance(checked, GbId):
