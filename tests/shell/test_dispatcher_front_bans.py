@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -30,7 +32,7 @@ import pytest
 from tests.redis_server import RedisServer
 
 from .conftest import SIPP_DIR
-from .test_director import PASSWORD, Node
+from .test_director import PASSWORD, SITE, Node
 from .test_dispatcher_front import (
     DEVICES,
     Front,
@@ -127,3 +129,65 @@ def test_without_trusted_proxies_the_fronts_address_is_banned(tmp_path: Path, re
         answer = sip_answer(front.port, "REGISTER", neighbour, timeout=5)
         assert first_line(answer).startswith("SIP/2.0 403 "), answer
         assert "too many failed authentications" in (answer or "")
+
+
+#: An address no device has: what a device's own Path names as its received address.
+FORGED = "127.0.0.77"
+
+
+def register_from(front: Front, source: str, extra: str, *, to_tag: str = "") -> str | None:
+    """A REGISTER from ``source`` (BAD's, without credentials) at the front, ``extra`` header lines
+    (each ending in CRLF) added: its final answer, ``None`` if none came."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((source, 0))
+        local = s.getsockname()[1]
+        branch = f"z9hG4bK{BAD}{time.monotonic_ns()}"
+        s.sendto(
+            (
+                f"REGISTER sip:{SITE}@3402000000 SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP {source}:{local};rport;branch={branch}\r\n"
+                f"From: <sip:{BAD}@3402000000>;tag=t1\r\nTo: <sip:{BAD}@3402000000>{to_tag}\r\n"
+                f"Call-ID: {branch}@{source}\r\nCSeq: 1 REGISTER\r\n"
+                f"Contact: <sip:{BAD}@{source}:{local}>\r\nMax-Forwards: 70\r\nExpires: 3600\r\n"
+                f"{extra}Content-Length: 0\r\n\r\n"
+            ).encode(),
+            ("127.0.0.1", front.port),
+        )
+        deadline = time.monotonic() + 10
+        while (left := deadline - time.monotonic()) > 0:
+            s.settimeout(left)
+            try:
+                data = s.recv(65535).decode(errors="replace")
+            except OSError:
+                return None
+            if not data.startswith("SIP/2.0 1"):
+                return data
+    return None
+
+
+def test_a_device_cannot_name_the_address_it_is_judged_by_with_a_path_of_its_own(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # A node reads the device's address from the first Path of a REGISTER from the trusted front,
+    # so that Path must always be the front's: a device that put its own there would choose the
+    # address its allow/deny networks and bans judge (escaping its own, banning another's). With a
+    # To tag and a Route through the front to a node, the front took the REGISTER for an in-dialog
+    # request and relayed it without adding its Path: the device's came first, and a device denied
+    # by address was challenged as if it came from the address it named.
+    with front_cluster(
+        tmp_path, redis, "registrar.trusted_proxies=127.0.0.1/32", f"registrar.deny_networks={BAD_SOURCE}/32"
+    ) as (front, nodes):
+        # without a Path of its own, the camera is judged by its address through the front: denied
+        answer = register_from(front, BAD_SOURCE, "")
+        assert first_line(answer).startswith("SIP/2.0 403 "), answer
+        own_path = f"Path: <sip:127.0.0.1:{front.port};lr;received=sip:{FORGED}:5060>\r\n"
+        for node in nodes:
+            route = f"Route: <sip:127.0.0.1:{front.port};lr>, <sip:127.0.0.1:{node.sip};lr>\r\n"
+            for extra, to_tag in ((own_path, ""), (route + own_path, ";tag=x1"), (route, ";tag=x2")):
+                answer = register_from(front, BAD_SOURCE, extra, to_tag=to_tag)
+                # refused (by the front, or by the node for the camera's own address), never challenged
+                assert first_line(answer).startswith("SIP/2.0 403 "), (extra, to_tag, answer)
+        for node in nodes:
+            status, refused = http(node, "GET", "/refused")
+            assert status == 200
+            assert {r["address"] for r in refused["refused"]} <= {BAD_SOURCE}, refused
