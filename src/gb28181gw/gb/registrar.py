@@ -24,7 +24,7 @@ from gb28181gw.errors import AuthError, IdError, SipParseError
 from gb28181gw.ids import GbId
 from gb28181gw.sip.auth import Credentials, NonceStore, Verdict
 from gb28181gw.sip.endpoint import Peer, warning_header
-from gb28181gw.sip.headers import NameAddr
+from gb28181gw.sip.headers import NameAddr, split_commas
 from gb28181gw.sip.message import Request, Response, make_response
 from gb28181gw.sip.uri import SipUri
 
@@ -621,17 +621,23 @@ def policy_address(request: Request, source: str, trusted_proxies: tuple[IpNetwo
     camera's wrong passwords would ban them all.
 
     A device cannot choose the address it is judged by: from a source outside ``trusted_proxies``
-    the Path is not read, and a trusted proxy's own Path comes before any the device put. No Path,
-    or no usable ``received``, is judged by ``source``, as without a proxy.
+    the Path is not read, and a trusted proxy's own Path comes before any the device put — provided
+    the proxy puts one on every REGISTER it relays: one relayed without lets a Path of the device's
+    own come first (``tests/shell/kamailio/dispatcher.cfg`` refuses a device's Path and sends every
+    REGISTER through ``add_path_received()``). No Path, or no usable ``received``, is judged by
+    ``source``, as without a proxy.
     """
     if not trusted_proxies:
         return source
     address = _ip(source)
     if address is None or not any(address in net for net in trusted_proxies):
         return source
+    # only the first Path line is read: those after it are forwarded unread by the proxy, and one
+    # of the device's that cannot be parsed must not make the proxy's address the one judged
+    line = request.headers.get("path")
     try:
-        path = request.headers.get_all("path")
-        uri = NameAddr.parse(path[0]).uri if path else ""
+        first = split_commas(line) if line else []
+        uri = NameAddr.parse(first[0]).uri if first else ""
     except SipParseError:
         return source  # refused later (bad-path), judged by its source meanwhile
     received = _received_address(uri)

@@ -479,6 +479,28 @@ class TestTrustedProxy:
         untrusted = registrar(allow_networks=cameras)
         assert handle(untrusted, via_front(f"sip:{self.A}:5061"), peer=FRONT_PEER).reason == "denied-address"
 
+    def test_a_malformed_path_of_the_devices_own_below_the_fronts_does_not_put_the_blame_on_the_front(
+        self,
+    ) -> None:
+        # the front puts its Path line first and forwards the device's after it, unread: a device
+        # whose own Path cannot be parsed (an unterminated quote) was judged by the front's address,
+        # so its wrong passwords banned the front and every device behind it
+        r = registrar(password="12345678", max_auth_failures=3, ban_seconds=600, trusted_proxies=TRUSTED)
+
+        def with_bad_path() -> Request:
+            request = via_front(f"sip:{self.A}:5061")
+            request.headers.add("Path", '"unterminated <sip:10.6.6.6;lr>')
+            return request
+
+        assert policy_address(with_bad_path(), "10.0.0.9", TRUSTED) == self.A
+        bad = [self.attempt(r, with_bad_path(), FRONT_PEER, 100.0 + i, "bad") for i in range(3)]
+        assert bad == [401, 401, 403]
+        assert {b.address for b in r.bans.active(110.0)} == {self.A}
+        assert r.bans.banned("ip:10.0.0.9", 110.0) == 0
+        # the other devices behind the front still register
+        ok = self.attempt(r, via_front(f"sip:{self.B}:5061", device_id=self.OTHER_ID), FRONT_PEER, 111.0, "12345678")
+        assert ok == 200
+
     def test_an_ipv6_device_through_the_front(self) -> None:
         r = registrar(password="12345678", max_auth_failures=2, ban_seconds=600, trusted_proxies=TRUSTED)
         for i in range(2):
