@@ -20,9 +20,11 @@ from typing import Any
 
 import pytest
 
+from gb28181gw.sip.auth import Challenge, authorization_for
+from gb28181gw.sip.message import Response, parse_message
 from tests.helpers import KEEPALIVE_BODY
 from tests.hostile.test_hijack import ALARM_BODY
-from tests.hostile.test_lockout import attempt
+from tests.hostile.test_lockout import URI, attempt
 from tests.hostile.test_persistence import register
 from tests.process import free_port, http_get, serve, wait_ready
 
@@ -155,6 +157,55 @@ def test_a_ban_is_shown_listed_and_lifted_by_unban_and_by_a_new_password(gateway
     assert attempt(gw.sip, CAMERA, "other", 30) == 200
     shown = show(gw, CAMERA)
     assert isinstance(shown, dict) and shown["name"] == "南门" and shown["online"]
+
+
+def front_attempt(port: int, device_id: str, password: str, n: int, device_address: str | None) -> int:
+    """:func:`attempt` as a front on 127.0.0.1 relays it: with the Path its ``add_path_received()``
+    puts, naming ``device_address`` (none: the front's own REGISTER, without a Path)."""
+    path = f"Path: <sip:127.0.0.1;lr;received=sip:{device_address}:5070>\r\n" if device_address else ""
+
+    def exchange(s: socket.socket, data: bytes, extra: str) -> Response:
+        s.sendto(data.replace(b"Content-Length: 0", f"{extra}Content-Length: 0".encode()), ("127.0.0.1", port))
+        answer = parse_message(s.recv(65535))
+        assert isinstance(answer, Response)
+        return answer
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(5)
+        first = exchange(s, register(device_id, n), path)
+        if first.status != 401:
+            return first.status
+        ch = Challenge.parse(first.headers["www-authenticate"])
+        creds = authorization_for(ch, method="REGISTER", uri=URI, username=device_id, password=password)
+        return exchange(s, register(device_id, n + 1000), f"{path}Authorization: {creds.serialize()}\r\n").status
+
+
+def test_behind_a_trusted_front_a_device_is_shown_the_bans_of_its_own_address(gateways: list[Gw]) -> None:
+    # a node judges a device behind a trusted front by the address in the front's Path, not by the
+    # front's (which is the device's host: where requests go): its view must name the bans that
+    # refuse it, which are that address's
+    gw = start("registrar.password=pw", "registrar.max_auth_failures=3", "registrar.trusted_proxies=127.0.0.1/32")
+    gateways.append(gw)
+    assert front_attempt(gw.sip, CAMERA, "pw", 1, "127.0.0.5") == 200
+    assert front_attempt(gw.sip, NVR, "pw", 2, "127.0.0.6") == 200
+    # another ID guesses from the camera's address (behind the same NAT): that address is banned
+    assert [front_attempt(gw.sip, STRANGER, "wrong", 10 + n, "127.0.0.5") for n in range(3)] == [401, 401, 403]
+    assert front_attempt(gw.sip, CAMERA, "pw", 20, "127.0.0.5") == 403
+    shown = show(gw, CAMERA)
+    assert shown["host"] == "127.0.0.1"
+    assert shown["banned_until"] is not None and shown["ban_address"] == "127.0.0.5", shown
+    # a stranger's guesses from the front's own address (no Path) ban that address, which refuses
+    # none of the devices behind the front: their views show no ban
+    assert [front_attempt(gw.sip, STRANGER, "wrong", 30 + n, None) for n in range(3)] == [401, 401, 403]
+    assert front_attempt(gw.sip, NVR, "pw", 40, "127.0.0.6") == 200
+    assert show(gw, NVR)["banned_until"] is None
+    assert {r[0] for r in rows(cli(gw, "bans"))} == {
+        "ip:127.0.0.5",
+        f"id:{STRANGER}@127.0.0.5",
+        "ip:127.0.0.1",
+        f"id:{STRANGER}@127.0.0.1",
+    }
 
 
 def test_bans_lift_one_key_and_unknown_keys_and_devices_are_errors(gateways: list[Gw]) -> None:

@@ -24,8 +24,9 @@ from gb28181gw.errors import AuthError, IdError, SipParseError
 from gb28181gw.ids import GbId
 from gb28181gw.sip.auth import Credentials, NonceStore, Verdict
 from gb28181gw.sip.endpoint import Peer, warning_header
-from gb28181gw.sip.headers import NameAddr, split_commas
+from gb28181gw.sip.headers import NameAddr
 from gb28181gw.sip.message import Request, Response, make_response
+from gb28181gw.sip.params import split_commas
 from gb28181gw.sip.uri import SipUri
 
 from .bans import BanList, RefusalLog, address_key, id_key
@@ -46,6 +47,7 @@ __all__ = [
     "from_user",
     "is_platform_id",
     "parse_networks",
+    "path_address",
     "policy_address",
 ]
 
@@ -627,16 +629,24 @@ def policy_address(request: Request, source: str, trusted_proxies: tuple[IpNetwo
     REGISTER through ``add_path_received()``). No Path, or no usable ``received``, is judged by
     ``source``, as without a proxy.
     """
-    if not trusted_proxies:
+    return path_address(request.headers.get("path"), source, trusted_proxies)
+
+
+def path_address(path: str | None, source: str, trusted_proxies: tuple[IpNetwork, ...]) -> str:
+    """:func:`policy_address` of a REGISTER from ``source`` whose first Path line (or the Path
+    values a device record keeps, comma-joined: the same first value) is ``path``.
+
+    Also the address a registered device's bans are looked up by (its record's ``host`` is the
+    proxy's: where requests go), so that its view shows the bans that refuse it."""
+    if not trusted_proxies or not path:
         return source
     address = _ip(source)
     if address is None or not any(address in net for net in trusted_proxies):
         return source
     # only the first Path line is read: those after it are forwarded unread by the proxy, and one
     # of the device's that cannot be parsed must not make the proxy's address the one judged
-    line = request.headers.get("path")
     try:
-        first = split_commas(line) if line else []
+        first = split_commas(path)
         uri = NameAddr.parse(first[0]).uri if first else ""
     except SipParseError:
         return source  # refused later (bad-path), judged by its source meanwhile

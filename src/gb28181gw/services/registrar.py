@@ -56,7 +56,15 @@ from gb28181gw.gb.keepalive import (
 )
 from gb28181gw.gb.model import Ban, Device, DeviceState
 from gb28181gw.gb.quick import QuickRegister, quick_register
-from gb28181gw.gb.registrar import Outcome, RegisterResult, Registrar, RegistrarPolicy, from_user, is_platform_id
+from gb28181gw.gb.registrar import (
+    Outcome,
+    RegisterResult,
+    Registrar,
+    RegistrarPolicy,
+    from_user,
+    is_platform_id,
+    path_address,
+)
 from gb28181gw.manscdp.codec import KEEPALIVE_MARK, Element, is_keepalive
 from gb28181gw.manscdp.messages import CmdType, Envelope, envelope
 from gb28181gw.metrics import (
@@ -989,8 +997,10 @@ class RegistrarService:
         return self.registrar.bans.active(self._now()[0])
 
     def bans_of(self, device: Device) -> list[Ban]:
-        """The active bans that refuse ``device`` (its own, from any address, and its address's)."""
-        return self.registrar.bans.of_device(device.device_id, device.host, self._now()[0])
+        """The active bans that refuse ``device`` (its own, from any address, and its address's:
+        behind a trusted proxy the address in the proxy's Path, which its REGISTERs are judged by)."""
+        address = path_address(device.path, device.host, self.registrar.policy.trusted_proxies)
+        return self.registrar.bans.of_device(device.device_id, address, self._now()[0])
 
     def last_auth_failure(self, device_id: str) -> AuthFailure | None:
         """The device ID's last failed digest authentication, if remembered."""
