@@ -298,6 +298,19 @@ def test_devices_refused_lists_who_keeps_knocking(gateways: list[Gw]) -> None:
     assert listed_devices(gw, "--online") == [STRANGER]
 
 
+def test_a_device_that_registers_through_a_trusted_front_leaves_the_refused_list(gateways: list[Gw]) -> None:
+    # its keepalives came through the front, refused under the front's address (a MESSAGE carries
+    # no Path); its REGISTER through the front is judged by its own address: getting in, it no
+    # longer knocks at either
+    gw = start("registrar.trusted_proxies=127.0.0.1/32")
+    gateways.append(gw)
+    for n in range(2):
+        assert send(gw.sip, _message(CAMERA, KEEPALIVE_BODY, f"z9hG4bKk{n}")).startswith(b"SIP/2.0 404")
+    assert [r[:4] for r in rows(cli(gw, "devices", "refused"))] == [[CAMERA, "127.0.0.1", "not-registered", "2"]]
+    assert front_attempt(gw.sip, CAMERA, "", 1, "127.0.0.5") == 200
+    assert rows(cli(gw, "devices", "refused")) == []
+
+
 def test_devices_prune_removes_only_the_long_silent(gateways: list[Gw]) -> None:
     gw = start()
     gateways.append(gw)

@@ -268,6 +268,10 @@ class Registrar:
             self.refused.record(device_id, origin, result.reason, result.detail, epoch)
         elif result.device is not None and result.outcome is not Outcome.UNREGISTERED:
             self.refused.forget(device_id, origin)
+            if origin != peer.host:
+                # through a trusted proxy: its MESSAGEs, which carry no Path, were refused under
+                # the proxy's address; it got in through it too
+                self.refused.forget(device_id, peer.host)
         return result
 
     def _handle(
