@@ -363,12 +363,8 @@ class Registrar:
         accepted = self.accept(
             device, device_id, peer, gid, expires,
             user_agent=h.get("user-agent"), gb_version=h.get("x-gb-ver"), call_id=h.get("call-id"), epoch=epoch,
-            path=path_text,
+            path=path_text, origin=origin,
         )  # fmt: skip
-        if origin != peer.host and self.bans.failing:
-            # accept() forgets the failures of the source (the proxy's, none); these are the device's
-            self.bans.succeed(address_key(origin))
-            self.bans.succeed(id_key(device_id, origin))
         resp = make_response(request, 200, to_tag=tag)
         self._version(request, resp)
         resp.headers.add("Contact", f"<{contact.uri}>;expires={expires}")
@@ -448,6 +444,7 @@ class Registrar:
         call_id: str | None,
         epoch: float,
         path: str = "",
+        origin: str = "",
     ) -> Accepted:
         """A registration (``expires`` > 0, within the policy's bounds) that passed every check:
         the device's new record and transition. Shared by :meth:`handle` and the quick path
@@ -455,10 +452,14 @@ class Registrar:
 
         ``path``: the REGISTER's Path values (RFC 3327 §5.3), comma-joined; each registration
         replaces the last one's, so a device that now registers directly has none (the quick
-        path takes no REGISTER with a Path header)."""
+        path takes no REGISTER with a Path header).
+
+        ``origin``: the address the policy judged it by (:func:`policy_address`), when not
+        ``peer.host``: its failures are the ones forgotten, not the proxy's."""
         if self.bans.failing:  # nothing to forget otherwise: spare every registration two keys
-            self.bans.succeed(address_key(peer.host))
-            self.bans.succeed(id_key(device_id, peer.host))
+            judged = origin or peer.host
+            self.bans.succeed(address_key(judged))
+            self.bans.succeed(id_key(device_id, judged))
         record = device.copy() if device is not None else Device(device_id=device_id, created_at=epoch)
         was_registered = record.registered and record.expires_at > epoch
         # thousands of devices ask for the same few periods, an int above 256 is an object of

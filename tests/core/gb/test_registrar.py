@@ -501,6 +501,16 @@ class TestTrustedProxy:
         ok = self.attempt(r, via_front(f"sip:{self.B}:5061", device_id=self.OTHER_ID), FRONT_PEER, 111.0, "12345678")
         assert ok == 200
 
+    def test_a_device_getting_in_through_the_front_forgives_no_failures_of_the_fronts_address(self) -> None:
+        # failures counted against the front's own address (REGISTERs from it with no Path) are not
+        # the device's: its success through the front, judged by its own address, keeps them
+        r = registrar(password="12345678", max_auth_failures=3, ban_seconds=600, trusted_proxies=TRUSTED)
+        for i in range(2):
+            assert self.attempt(r, req(), FRONT_PEER, 100.0 + i, "bad") == 401
+        assert self.attempt(r, via_front(f"sip:{self.B}:5061"), FRONT_PEER, 103.0, "12345678") == 200
+        assert self.attempt(r, req(), FRONT_PEER, 104.0, "bad") == 403
+        assert r.bans.banned("ip:10.0.0.9", 105.0) > 0 and r.bans.banned(f"ip:{self.B}", 105.0) == 0
+
     def test_an_ipv6_device_through_the_front(self) -> None:
         r = registrar(password="12345678", max_auth_failures=2, ban_seconds=600, trusted_proxies=TRUSTED)
         for i in range(2):
