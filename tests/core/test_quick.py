@@ -162,6 +162,7 @@ def test_what_the_quick_reader_takes_the_general_path_reads_alike(req: tuple[byt
     assert q.key == key_of(data)
     assert q.method == request.method and q.uri == request.uri and q.body == request.body
     assert q.sender == from_user(request)
+    assert q.call_id == request.headers.get("call-id")
     for key, value in q.values.items():
         if key != "via":  # stamped by the endpoint: the answers below compare it
             assert request.headers.get(key) == value
@@ -176,7 +177,9 @@ def test_what_the_quick_reader_takes_the_general_path_reads_alike(req: tuple[byt
 def _read(q: QuickRequest | None) -> tuple[Any, ...] | None:
     if q is None:
         return None
-    return (q.method, q.uri, q.values, q.body, q.key, q.sender, tuple(q._copied), q._via, q.answer(200, "t0", [], "s"))
+    # call_id before values: the pattern reading fetches it from the match on its own
+    fields = (q.method, q.uri, q.call_id, q.values, q.body, q.key, q.sender, tuple(q._copied), q._via)
+    return (*fields, q.answer(200, "t0", [], "s"))
 
 
 @settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
@@ -344,6 +347,43 @@ def test_a_peer_inventing_shapes_neither_keeps_the_devices_shape_from_its_patter
     assert len(quick._PATTERNS[count]) == quick._PATTERNS_PER_COUNT
     quick._SHAPES.clear()
     quick._PATTERNS.clear()
+
+
+def test_a_request_read_by_a_pattern_keeps_its_values_whatever_happens_to_the_patterns_after() -> None:
+    # its header values stay in the match, fetched by the group numbers its shape holds, until
+    # asked for: evicting the pattern, compiling it again or another shape's, and forgetting every
+    # shape must leave them what the dict reading reads
+    from gb28181gw.sip import quick
+
+    quick._SHAPES.clear()
+    quick._PATTERNS.clear()
+    headers = [
+        ("Via", f" SIP/2.0/UDP {PEER.host}:{PEER.port};rport;branch=z9hG4bKa1"),
+        ("From", f" <sip:{ID}@{DOMAIN}>;tag=f1"),
+        ("To", f" <sip:{ID}@{DOMAIN}>"),
+        ("Call-ID", " c1@h"),
+        ("CSeq", " 1 REGISTER"),
+        ("Max-Forwards", " 70"),
+        ("Expires", " 3600"),
+        ("Content-Length", " 0"),
+    ]
+    data = render("REGISTER", URI, headers)
+    by_dict = _read(QuickRequest.scan(data, PEER, DEFAULT_LIMITS))
+    for _ in range(quick._COMPILE_AFTER):
+        QuickRequest.scan(data, PEER, DEFAULT_LIMITS)
+    held = [QuickRequest.scan(data, PEER, DEFAULT_LIMITS) for _ in range(3)]
+    assert all(q is not None and q._values is None for q in held)  # read by the pattern
+    ((entry),) = quick._PATTERNS[len(headers)]
+    quick._PATTERNS[len(headers)].remove(entry)  # evicted
+    other = [(n, v) for n, v in headers if n != "Expires"][:-1] + [("User-Agent", " x"), ("Content-Length", " 0")]
+    for _ in range(quick._COMPILE_AFTER):
+        QuickRequest.scan(render("REGISTER", URI, other), PEER, DEFAULT_LIMITS)
+    assert _read(held[0]) == by_dict
+    quick._compile(entry[1])  # compiled again
+    assert _read(held[1]) == by_dict
+    quick._SHAPES.clear()
+    quick._PATTERNS.clear()
+    assert _read(held[2]) == by_dict
 
 
 def test_the_reader_declines_what_is_not_the_common_case() -> None:
