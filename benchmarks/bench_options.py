@@ -43,8 +43,14 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 
 def cpu_seconds(pid: int) -> float:
+    user, kernel = cpu_split(pid)
+    return user + kernel
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """Seconds of CPU ``pid`` has used so far: (in user space, in the kernel on its behalf)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def rss_mib(pid: int) -> float:

@@ -38,6 +38,7 @@ COMPILED_TESTS = [
     "tests/core/sip/test_endpoint.py",
     "tests/core/gb/test_devices.py",
     "tests/core/gb/test_registrar.py",
+    "tests/core/gb/test_bans.py",
     "tests/core/gb/test_keepalive.py",
     "tests/core/test_keepalive_fast.py",
     "tests/core/test_ids.py",

@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 #: The modules compiled: every step of a quick REGISTER and keepalive (``bench_quick.py --profile``).
 #: ``deadlines`` and ``net.timer`` too: each REGISTER queues a liveness deadline and each keepalive
 #: re-arms the one timer, and a sampling profile of the build (perf) showed their interpreted
-#: frames under the compiled callers.
+#: frames under the compiled callers. ``gb.bans`` too: the registrar asks it four times per
+#: REGISTER (held bans twice, counted failures, the refusal to forget), each an interpreted call.
 MODULES = (
     "gb28181gw.ids",
     "gb28181gw.deadlines",
@@ -51,6 +52,7 @@ MODULES = (
     "gb28181gw.sip.peer",
     "gb28181gw.manscdp.codec",
     "gb28181gw.gb.model",
+    "gb28181gw.gb.bans",
     "gb28181gw.gb.devices",
     "gb28181gw.gb.keepalive",
     "gb28181gw.gb.quick",

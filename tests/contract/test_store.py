@@ -786,6 +786,29 @@ class TestRedis:
         finally:
             await s.close()
 
+    async def test_a_device_array_with_fields_a_newer_node_appended_reads_as_its_known_fields(
+        self, redis_url: str
+    ) -> None:
+        # a rolling upgrade: an upgraded node writes a longer array; this node reads what it knows
+        # of it rather than calling the device unreadable; a short or mangled array still is
+        import json as json_
+
+        from gb28181gw.store.redis import RedisStore
+
+        s = RedisStore(redis_url)
+        await s.open()
+        try:
+            d = device(1, host="10.0.0.5", port=5060, state=DeviceState.ONLINE, path="<sip:10.0.0.9;lr>")
+            assert s._redis is not None
+            await s._redis.hset(s._k("devices"), d.device_id, json_.dumps([*d.row(), "later", 7]))
+            assert await s.load_devices() == [d]
+            assert await s.get_device(d.device_id) == d
+            await s._redis.hset(s._k("devices"), d.device_id, json_.dumps(list(d.row())[:-2]))
+            with pytest.raises(StoreError, match="cannot be read"):
+                await s.get_device(d.device_id)
+        finally:
+            await s.close()
+
     async def test_a_large_batch_is_encoded_off_the_loop_and_refused_whole_all_the_same(self, redis_url: str) -> None:
         from gb28181gw.store.redis import ENCODE_ON_LOOP, RedisStore
 

@@ -130,7 +130,7 @@ _MOVING_EVENTS = frozenset({E.REGISTERED, E.REFRESHED, E.KEEPALIVE})
 _HEARD_FROM = _MOVING_EVENTS
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Change:
     """What one transition did to a device.
 
@@ -151,6 +151,27 @@ class Change:
     outputs: tuple[Output, ...]
     reason: str = ""
     moved_from: Peer | None = None
+
+    # Written out for mypyc, as Device's (gb/model.py says why): one per REGISTER. object.__setattr__
+    # because the class is frozen, as in the __init__ dataclasses writes; mypyc compiles each into a
+    # plain store of the field, and assignment from outside still raises FrozenInstanceError.
+    def __init__(
+        self,
+        device_id: str,
+        event: DeviceEvent,
+        old: DeviceState,
+        new: DeviceState,
+        outputs: tuple[Output, ...],
+        reason: str = "",
+        moved_from: Peer | None = None,
+    ) -> None:
+        object.__setattr__(self, "device_id", device_id)
+        object.__setattr__(self, "event", event)
+        object.__setattr__(self, "old", old)
+        object.__setattr__(self, "new", new)
+        object.__setattr__(self, "outputs", outputs)
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "moved_from", moved_from)
 
     @property
     def went_online(self) -> bool:

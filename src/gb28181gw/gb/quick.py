@@ -50,7 +50,10 @@ class QuickRegister(NamedTuple):
     """A REGISTER answered by :func:`quick_register`.
 
     A named tuple rather than a frozen dataclass, equally immutable: made for every REGISTER of a
-    storm, it is built in a third of the time.
+    storm, it is built in a third of the time. :func:`quick_register` builds it with
+    ``tuple.__new__``, every field given in order: what the ``__new__`` that ``collections.namedtuple``
+    writes does, without that interpreted function (mypyc compiles no such generated code), 0.5 →
+    0.2 µs compiled and 0.43 → 0.13 µs from the ``.py``.
 
     Attributes:
         data: the response bytes.
@@ -126,8 +129,10 @@ def quick_register(
             extra = [("WWW-Authenticate", challenge)]
             if version:
                 extra.append(("X-GB-ver", version))
-            return QuickRegister(
-                q.answer(401, tag, extra, server), 401, Outcome.CHALLENGED, "challenge", None, "challenged"
+            # every field in order, defaults too (see QuickRegister)
+            data = q.answer(401, tag, extra, server)
+            return tuple.__new__(
+                QuickRegister, (data, 401, Outcome.CHALLENGED, "challenge", None, "challenged", False, None)
             )
         # anything but OK leaves the nonce store as it was: the general path answers it
         plain = plain_digest(header)
@@ -158,7 +163,7 @@ def quick_register(
     date = format_date(epoch, p.date_format, p.time_zone)
     if date is not None:
         extra.append(("Date", date))
-    return QuickRegister(
+    return tuple.__new__(QuickRegister, (
         q.answer(200, tag, extra, server), 200, accepted.outcome, "ok", accepted.device, accepted.detail,
-        address_changed=accepted.address_changed, change=accepted.change,
-    )  # fmt: skip
+        accepted.address_changed, accepted.change,
+    ))  # fmt: skip

@@ -137,7 +137,7 @@ class Outcome(StrEnum):
     REJECTED = "rejected"  # 4xx other than 401
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Accepted:
     """A registration accepted by :meth:`Registrar.accept`: the new record, its transition, the
     outcome (registered or refreshed), the log's detail, and whether the device moved."""
@@ -148,8 +148,16 @@ class Accepted:
     detail: str
     address_changed: bool
 
+    # written out for mypyc, as Change's (gb/devices.py says why): one per accepted REGISTER
+    def __init__(self, device: Device, change: Change, outcome: Outcome, detail: str, address_changed: bool) -> None:
+        object.__setattr__(self, "device", device)
+        object.__setattr__(self, "change", change)
+        object.__setattr__(self, "outcome", outcome)
+        object.__setattr__(self, "detail", detail)
+        object.__setattr__(self, "address_changed", address_changed)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, init=False)
 class RegisterResult:
     """The registrar's answer to one REGISTER.
 
@@ -171,6 +179,25 @@ class RegisterResult:
     detail: str = ""
     address_changed: bool = False
     change: Change | None = None
+
+    # written out for mypyc, as Change's (gb/devices.py says why): one per REGISTER the general path answers
+    def __init__(
+        self,
+        response: Response,
+        outcome: Outcome,
+        reason: str = "",
+        device: Device | None = None,
+        detail: str = "",
+        address_changed: bool = False,
+        change: Change | None = None,
+    ) -> None:
+        object.__setattr__(self, "response", response)
+        object.__setattr__(self, "outcome", outcome)
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "device", device)
+        object.__setattr__(self, "detail", detail)
+        object.__setattr__(self, "address_changed", address_changed)
+        object.__setattr__(self, "change", change)
 
 
 _DATE_CACHE: dict[int, str] = {}

@@ -215,7 +215,7 @@ def plain_digest(value: str) -> tuple[str, str, str, str, str] | None:
     return username, realm, nonce, uri, response.lower()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Credentials:
     """Digest credentials from an ``Authorization`` header (RFC 3261 §22.4)."""
 
@@ -229,6 +229,34 @@ class Credentials:
     nc: str | None = None
     cnonce: str | None = None
     opaque: str | None = None
+
+    # Written out, not left to dataclasses (init=False): mypyc compiles the methods a class's source
+    # has, while the __init__ dataclasses generates stays interpreted (issue 16), one per REGISTER the
+    # registrar checks. object.__setattr__ as in the generated one (the class is frozen): mypyc makes
+    # each a plain store of the field.
+    def __init__(
+        self,
+        username: str,
+        realm: str,
+        nonce: str,
+        uri: str,
+        response: str,
+        algorithm: str = "MD5",
+        qop: str | None = None,
+        nc: str | None = None,
+        cnonce: str | None = None,
+        opaque: str | None = None,
+    ) -> None:
+        object.__setattr__(self, "username", username)
+        object.__setattr__(self, "realm", realm)
+        object.__setattr__(self, "nonce", nonce)
+        object.__setattr__(self, "uri", uri)
+        object.__setattr__(self, "response", response)
+        object.__setattr__(self, "algorithm", algorithm)
+        object.__setattr__(self, "qop", qop)
+        object.__setattr__(self, "nc", nc)
+        object.__setattr__(self, "cnonce", cnonce)
+        object.__setattr__(self, "opaque", opaque)
 
     @classmethod
     def parse(cls, value: str) -> Credentials:

@@ -134,6 +134,11 @@ DEVICE_LAYOUT: tuple[str, ...] = (
 #: The fields of layout version 1's arrays, written before ``path`` (RFC 3327) was kept: read
 #: with an empty Path (the device registered directly), so no stored array needs rewriting.
 _DEVICE_LAYOUT_1 = len(DEVICE_LAYOUT) - 1
+#: Fields a node appends to the layout later are ignored when read here (the array's known prefix
+#: is the device): during a rolling upgrade the nodes not yet upgraded keep reading the devices the
+#: upgraded ones write, instead of logging each as unreadable and losing sight of it. Only an
+#: appended field may be added so; a field whose meaning or place changes needs a migration
+#: (``schema``), which older nodes refuse at start.
 
 
 #: Connections a client keeps open to Redis at most; a command past them waits for one.
@@ -650,6 +655,8 @@ class RedisStore:
                 raise ValueError("not an array")
             if len(values) == _DEVICE_LAYOUT_1:
                 values.append("")
+            elif len(values) > len(DEVICE_LAYOUT):
+                del values[len(DEVICE_LAYOUT) :]  # a newer node's appended fields (see above)
             return Device.from_row(dict(zip(DEVICE_LAYOUT, values, strict=True)))
         except (ValueError, TypeError) as exc:
             raise StoreError(f"device {_text(device_id)} in {self.location} cannot be read: {exc}") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Hashable
 
 import pytest
 
@@ -390,3 +391,67 @@ def test_a_device_copy_has_every_field_and_is_its_own() -> None:
     assert dataclasses.astuple(copy) == dataclasses.astuple(original)
     copy.host, copy.state = "10.0.0.9", DeviceState.OFFLINE
     assert original.host == "v" + str(DEVICE_FIELDS.index("host")) and original.state is DeviceState.ONLINE
+
+
+def _records() -> list[tuple[type, dict[str, object]]]:
+    """Each record whose ``__init__`` is written out for mypyc, with a value unlike its default for every field."""
+    from gb28181gw.gb.model import DEVICE_FIELDS, DeviceState
+    from gb28181gw.gb.registrar import Accepted, Outcome, RegisterResult
+    from gb28181gw.sip.auth import Credentials
+    from gb28181gw.sip.message import Response
+
+    rng = random.Random(16)
+    device: dict[str, object] = {}
+    for name in DEVICE_FIELDS:
+        default = getattr(Device("x"), name)
+        kind = type(default)
+        device[name] = (
+            f"{name}-{rng.randrange(10**6)}" if kind is str
+            else True if kind is bool
+            else rng.randrange(1, 10**6) if kind is int
+            else rng.randrange(1, 10**6) + 0.25 if kind is float
+            else None
+        )  # fmt: skip
+    device.update(transport=Transport.TCP, stream_mode=StreamMode.TCP_ACTIVE, state=DeviceState.OFFLINE)
+    d = Device(**device)  # type: ignore[arg-type]
+    change = {
+        "device_id": ID, "event": E.REFRESHED, "old": S.OFFLINE, "new": S.ONLINE, "outputs": (O.WATCH, O.SAVE),
+        "reason": f"r{rng.randrange(10**6)}", "moved_from": THERE,
+    }  # fmt: skip
+    c = Change(**change)  # type: ignore[arg-type]
+    accepted = {"device": d, "change": c, "outcome": Outcome.REFRESHED, "detail": "refreshed", "address_changed": True}
+    result = {
+        "response": Response(200), "outcome": Outcome.REGISTERED, "reason": "ok", "device": d,
+        "detail": "registered", "address_changed": True, "change": c,
+    }  # fmt: skip
+    creds = {name: f"{name}-{rng.randrange(10**6)}" for name in ("username", "realm", "nonce", "uri", "response")}
+    creds.update(algorithm="SHA-256", qop="auth", nc="00000001", cnonce="0a4f113b", opaque="5ccc069c")
+    return [(Device, device), (Change, change), (Accepted, accepted), (RegisterResult, result), (Credentials, creds)]
+
+
+@pytest.mark.parametrize(("cls", "values"), _records(), ids=lambda v: getattr(v, "__name__", ""))
+def test_a_record_with_its_own_init_is_built_as_dataclasses_would(cls: type, values: dict[str, object]) -> None:
+    """Device, Change, Accepted, RegisterResult and Credentials write their ``__init__`` out (mypyc compiles
+    it; the one dataclasses generates stays interpreted): it takes the fields by name and in their order,
+    with their defaults, and keeps equality, hashing and frozenness as they were."""
+    import dataclasses
+
+    fields = dataclasses.fields(cls)
+    assert list(values) == [f.name for f in fields]  # a field added: give it a value here
+    by_name = cls(**values)
+    assert all(getattr(by_name, name) == value for name, value in values.items())
+    assert cls(*values.values()) == by_name
+    required = {f.name: values[f.name] for f in fields if f.default is dataclasses.MISSING}
+    bare = cls(**required)
+    for f in fields:
+        if f.default is not dataclasses.MISSING:
+            assert getattr(bare, f.name) == f.default, f.name
+    last = fields[-1].name
+    other = dataclasses.replace(by_name, **{last: getattr(bare, last)})
+    assert other == cls(**{**values, last: getattr(bare, last)})
+    assert repr(by_name) == repr(cls(**values)) and repr(by_name).startswith(f"{cls.__name__}({fields[0].name}=")
+    if cls.__dataclass_params__.frozen:  # type: ignore[attr-defined]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(by_name, last, getattr(bare, last))
+        if all(isinstance(v, Hashable) for v in values.values()):
+            assert hash(by_name) == hash(cls(**values))
