@@ -155,20 +155,32 @@ def keepalive(user: str) -> bytes:
     ).encode()
 
 
-def sip_answer(port: int, method: str, user: str, *, timeout: float = 1.0, body: bytes = b"") -> str | None:
-    """One ``method`` (OPTIONS, REGISTER, a MESSAGE with ``body``) from ``user`` to 127.0.0.1:``port``:
+def sip_answer(
+    port: int,
+    method: str,
+    user: str,
+    *,
+    timeout: float = 1.0,
+    body: bytes = b"",
+    source: str = "127.0.0.1",
+    extra: str = "",
+    to_tag: str = "",
+) -> str | None:
+    """One ``method`` (OPTIONS, REGISTER, a MESSAGE with ``body``) from ``user`` at ``source`` to
+    127.0.0.1:``port``, ``extra`` header lines (each ending in CRLF) added and ``to_tag`` after To:
     its final answer (``None`` if none came within ``timeout``)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((source, 0))
         local = s.getsockname()[1]
         branch = f"z9hG4bK{user}{time.monotonic_ns()}"
         s.sendto(
             (
                 f"{method} sip:{SITE}@3402000000 SIP/2.0\r\n"
-                f"Via: SIP/2.0/UDP 127.0.0.1:{local};rport;branch={branch}\r\n"
-                f"From: <sip:{user}@3402000000>;tag=t1\r\nTo: <sip:{user}@3402000000>\r\n"
-                f"Call-ID: {branch}@127.0.0.1\r\nCSeq: 1 {method}\r\n"
-                f"Contact: <sip:{user}@127.0.0.1:{local}>\r\nMax-Forwards: 70\r\nExpires: 3600\r\n"
+                f"Via: SIP/2.0/UDP {source}:{local};rport;branch={branch}\r\n"
+                f"From: <sip:{user}@3402000000>;tag=t1\r\nTo: <sip:{user}@3402000000>{to_tag}\r\n"
+                f"Call-ID: {branch}@{source}\r\nCSeq: 1 {method}\r\n"
+                f"Contact: <sip:{user}@{source}:{local}>\r\nMax-Forwards: 70\r\nExpires: 3600\r\n"
+                + extra
                 + ("Content-Type: Application/MANSCDP+xml\r\n" if body else "")
                 + f"Content-Length: {len(body)}\r\n\r\n"
             ).encode()

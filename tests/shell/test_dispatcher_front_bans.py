@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -32,7 +30,7 @@ import pytest
 from tests.redis_server import RedisServer
 
 from .conftest import SIPP_DIR
-from .test_director import PASSWORD, SITE, Node
+from .test_director import PASSWORD, Node
 from .test_dispatcher_front import (
     DEVICES,
     Front,
@@ -138,31 +136,7 @@ FORGED = "127.0.0.77"
 def register_from(front: Front, source: str, extra: str, *, to_tag: str = "") -> str | None:
     """A REGISTER from ``source`` (BAD's, without credentials) at the front, ``extra`` header lines
     (each ending in CRLF) added: its final answer, ``None`` if none came."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((source, 0))
-        local = s.getsockname()[1]
-        branch = f"z9hG4bK{BAD}{time.monotonic_ns()}"
-        s.sendto(
-            (
-                f"REGISTER sip:{SITE}@3402000000 SIP/2.0\r\n"
-                f"Via: SIP/2.0/UDP {source}:{local};rport;branch={branch}\r\n"
-                f"From: <sip:{BAD}@3402000000>;tag=t1\r\nTo: <sip:{BAD}@3402000000>{to_tag}\r\n"
-                f"Call-ID: {branch}@{source}\r\nCSeq: 1 REGISTER\r\n"
-                f"Contact: <sip:{BAD}@{source}:{local}>\r\nMax-Forwards: 70\r\nExpires: 3600\r\n"
-                f"{extra}Content-Length: 0\r\n\r\n"
-            ).encode(),
-            ("127.0.0.1", front.port),
-        )
-        deadline = time.monotonic() + 10
-        while (left := deadline - time.monotonic()) > 0:
-            s.settimeout(left)
-            try:
-                data = s.recv(65535).decode(errors="replace")
-            except OSError:
-                return None
-            if not data.startswith("SIP/2.0 1"):
-                return data
-    return None
+    return sip_answer(front.port, "REGISTER", BAD, timeout=10, source=source, extra=extra, to_tag=to_tag)
 
 
 def test_a_device_cannot_name_the_address_it_is_judged_by_with_a_path_of_its_own(
