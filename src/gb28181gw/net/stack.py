@@ -46,7 +46,7 @@ from gb28181gw.sip.events import (
 from gb28181gw.sip.flood import FloodBanEnded, FloodBanned, FloodGuard, FloodThrottled
 from gb28181gw.sip.message import Request, Response, make_response
 from gb28181gw.sip.peer import Peer
-from gb28181gw.sip.quick import QuickRequest
+from gb28181gw.sip.quick import QUICK_METHODS, QuickRequest
 from gb28181gw.sip.transaction import Kind, Transaction
 
 from .addresses import RouteCache
@@ -57,6 +57,8 @@ from .timer import EarliestTimer
 from .transport import DatagramTransport
 
 log = logging.getLogger("gb28181gw.sip")
+#: The request counter's key of each quick method, built once (a tuple per request otherwise).
+_QUICK_IN = {method: ("in", "UDP", method) for method in QUICK_METHODS}
 
 #: Request methods counted by name in gb28181gw_sip_requests_total (RFC 3261, 3262, 3265, 3311,
 #: 3428, 3515, 3903, 6086, 6665); any other counts as "other".
@@ -378,7 +380,7 @@ class SipStack:
         if answer is None:
             return False
         status, out = answer
-        self.counters.requests["in", "UDP", q.method] += 1
+        self.counters.requests[_QUICK_IN[q.method]] += 1
         if status < 300 or status == 500:
             # kept for Timer J like any completed transaction's answer; rejections (a challenge)
             # are stateless, as the general path sends them
