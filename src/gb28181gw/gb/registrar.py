@@ -661,6 +661,8 @@ def policy_address(request: Request, source: str, trusted_proxies: tuple[IpNetwo
     REGISTER through ``add_path_received()``). No Path, or no usable ``received``, is judged by
     ``source``, as without a proxy.
     """
+    if not trusted_proxies:
+        return source  # no header lookup for every REGISTER when no proxy is trusted (the default)
     return path_address(request.headers.get("path"), source, trusted_proxies)
 
 

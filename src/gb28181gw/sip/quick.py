@@ -115,8 +115,6 @@ class _Shape:
         "via",
         "seen",
         "hits",
-        "values",
-        "lines",
         "has_mf",
         "copied_names",
         "to_at",
@@ -137,8 +135,6 @@ class _Shape:
         self.via = via  # the Via's name as sent
         self.seen = 0  # requests of this shape read the dict way; its pattern is compiled at _COMPILE_AFTER
         self.hits = 0  # requests of this shape read by its pattern
-        self.values: tuple[str, ...] = ()  # with a pattern: its group of each header's stripped value, in order
-        self.lines: tuple[str, ...] = ()  # with a pattern: its group of each copied line, in order
         self.has_mf = "max-forwards" in keys
         self.copied_names = tuple(name for _, name in copied)
         # where the answer's To (its tag added) and Via (perhaps stamped) are among the copied lines
@@ -261,12 +257,10 @@ def _compile(shape: _Shape) -> None:
             lines.append(f"l{i}")
             line = f"(?P<l{i}>{line})"
         parts.append("\r\n" + line)
-    shape.values = tuple(values)
-    shape.lines = tuple(lines)
     pattern = re.compile("".join(parts))
     # one m.group() call for all of them rather than a subscript each (see _matched)
     number = pattern.groupindex
-    shape.fetch = tuple(number[name] for name in (*_FETCHED, "mf" if shape.has_mf else "length", *shape.lines))
+    shape.fetch = tuple(number[name] for name in (*_FETCHED, "mf" if shape.has_mf else "length", *lines))
     shape.value_groups = tuple(number[name] for name in values)
     shape.call_id_group = number[values[shape.keys.index("call-id")]]
     shape.to_group = number[values[shape.keys.index("to")]]
