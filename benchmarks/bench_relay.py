@@ -1,6 +1,7 @@
 """Relay throughput, fan-out, worker scaling and INVITE setup latency on loopback.
 
     python benchmarks/bench_relay.py [--seconds 4] [--only blast,paced,fanout,workers,setup] [--keyframes]
+                                     [--compiled as-is|off|on|both]
 
 The load comes from ``rtpgen`` (benchmarks/rtpgen.c, built here with gcc: sendmmsg and
 recvmmsg, so the generator costs far less CPU than what it measures). The relay is the
@@ -12,6 +13,12 @@ Packets are 1,400 bytes; with ``--keyframes`` every packet that starts a timesta
 key frame (an SPS), so the relay also keeps a copy of every packet for consumers that join
 (``media.gop_cache``), its costliest case. "0 loss" means the sink saw every packet the sender handed to
 the kernel. CPU µs per packet = relay CPU seconds / packets relayed.
+
+--compiled: ``off`` runs the relay worker from its ``.py`` sources (``GB28181GW_COMPILED=off``),
+``on`` with the modules ``gb28181gw accelerate`` compiled (the forwarder and the stream statistics
+among them; refused if that build is not used), ``both`` the gateway's rows twice, pure then
+compiled, in the same run as the bare loops and the C relay; ``as-is`` (the default) whatever the
+environment gives. Each row names the build it ran.
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ KEY = ""
 #: (30000-31999) and of bench_playback's 23000/25000.
 STREAM_BASE, SINK_BASE = 26000, 27000
 PPS_4MBIT = 4_000_000 / 8 / SIZE  # ≈ 357 packets/s per 4 Mbit/s stream
+#: The builds the gateway's rows run with (--compiled): a label and GB28181GW_COMPILED's value
+#: (None: as the environment has it). The relay workers are spawned processes: they inherit it.
+BUILDS: list[tuple[str, str | None]] = [("", None)]
 
 #: How both bare loops end: ready, serve for ``seconds``, print their CPU seconds.
 _SERVE = r"""
@@ -125,6 +135,23 @@ async def main():
 """
     + _SERVE
 )
+
+
+def use_build(value: str | None) -> str:
+    """Set GB28181GW_COMPILED for the relay workers started next; the compiled modules a process
+    started so would use (what ``gb28181gw_build_info`` says), from a probe started the same way."""
+    if value is not None:
+        os.environ["GB28181GW_COMPILED"] = value
+    probe = (
+        "import gb28181gw.relay.forwarder, gb28181gw.media.stats\n"
+        "from gb28181gw import compiled\nprint(compiled.label())"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE.parent / "src"), os.environ.get("PYTHONPATH")])),
+    }
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
 
 
 def build_rtpgen() -> str:
@@ -249,25 +276,29 @@ async def compare(
     print(row(f"C relay (recvmmsg/sendmmsg) @ {pps:,}/s", c))
     print(row(f"bare loop (recvfrom_into) @ {pps:,}/s", await measure_bare(rtpgen, flows, pps, seconds)))
     print(row(f"bare loop (ctypes mmsg) @ {pps:,}/s", await measure_bare(rtpgen, flows, pps, seconds, "mmsg")))
-    plain = await measure_ours(rtpgen, flows, pps, seconds, batch=False)
-    print(row(f"gb28181gw, recvfrom_into @ {pps:,}/s", plain))
-    ours = await measure_ours(rtpgen, flows, pps, seconds)
-    print(row(f"gb28181gw, recvmmsg @ {pps:,}/s", ours))
-    ratio = ours["cpu_us_per_packet"] / c["cpu_us_per_packet"]
-    print(
-        f"  → gb28181gw {plain['cpu_us_per_packet']:.2f} → {ours['cpu_us_per_packet']:.2f} µs/packet; "
-        f"its CPU per packet {ratio:.2f} × the C relay's, its packets per CPU second {1 / ratio:.2f} × "
-        f"(target {target})"
-    )
-    if not shared:
-        return ours, None
-    one = await measure_ours(rtpgen, flows, pps, seconds, shared=True)
-    print(row(f"gb28181gw, shared port @ {pps:,}/s", one))
-    ratio = one["cpu_us_per_packet"] / c["cpu_us_per_packet"]
-    print(
-        f"  → shared port (media.shared_port = true): {one['cpu_us_per_packet']:.2f} µs/packet, "
-        f"{ratio:.2f} × the C relay's CPU per packet (target {target})"
-    )
+    ours: dict[str, float] = {}
+    one: dict[str, float] | None = None
+    for label, value in BUILDS:
+        use_build(value)
+        plain = await measure_ours(rtpgen, flows, pps, seconds, batch=False)
+        print(row(f"gb28181gw{label}, recvfrom_into @ {pps:,}/s", plain))
+        ours = await measure_ours(rtpgen, flows, pps, seconds)
+        print(row(f"gb28181gw{label}, recvmmsg @ {pps:,}/s", ours))
+        ratio = ours["cpu_us_per_packet"] / c["cpu_us_per_packet"]
+        print(
+            f"  → gb28181gw{label} {plain['cpu_us_per_packet']:.2f} → {ours['cpu_us_per_packet']:.2f} µs/packet; "
+            f"its CPU per packet {ratio:.2f} × the C relay's, its packets per CPU second {1 / ratio:.2f} × "
+            f"(target {target})"
+        )
+        if not shared:
+            continue
+        one = await measure_ours(rtpgen, flows, pps, seconds, shared=True)
+        print(row(f"gb28181gw{label}, shared port @ {pps:,}/s", one))
+        ratio = one["cpu_us_per_packet"] / c["cpu_us_per_packet"]
+        print(
+            f"  → shared port (media.shared_port = true){label}: {one['cpu_us_per_packet']:.2f} µs/packet, "
+            f"{ratio:.2f} × the C relay's CPU per packet (target {target})"
+        )
     return ours, one
 
 
@@ -367,7 +398,23 @@ async def main() -> None:
     parser.add_argument("--blast-rates", default="100000,150000,200000", help="offered packets/s of the blast rows")
     parser.add_argument("--paced-rates", default="40000,80000,120000", help="offered packets/s of the paced rows")
     parser.add_argument("--keyframes", action="store_true", help="every frame a key frame: the GOP cache copies all")
+    parser.add_argument(
+        "--compiled",
+        choices=["as-is", "off", "on", "both"],
+        default="as-is",
+        help="the relay worker from its .py sources (off), compiled by `gb28181gw accelerate` (on), or both in turn",
+    )
     args = parser.parse_args()
+    wanted = {"as-is": [None], "off": ["off"], "on": ["on"], "both": ["off", "on"]}[args.compiled]
+    BUILDS[:] = []
+    for value in wanted:
+        label = use_build(value)
+        if value == "on" and label == "none":
+            raise SystemExit(
+                "--compiled on: the relay runs no compiled module (`gb28181gw accelerate --check` says why)"
+            )
+        BUILDS.append((f" [{'pure' if label == 'none' else 'compiled'}]" if args.compiled == "both" else "", value))
+        print(f"relay worker's modules compiled by mypyc{f' ({value})' if value else ''}: {label}")
     global KEY
     KEY = "key" if args.keyframes else ""
     only = set(args.only.split(","))

@@ -53,6 +53,16 @@ COMPILED_TESTS = [
     "tests/shell/test_sip_udp.py",  # net.sip_udp: bursts, drops, per-datagram destination, send errors
     "tests/core/test_flood.py",
     "tests/shell/test_flood.py",
+    # relay.forwarder and media.stats: the relay's hot path, both ways (per packet and batched),
+    # the shared port, joining consumers, and the worker process (its settings pickled across)
+    "tests/core/media/test_ports_stats.py",
+    "tests/shell/test_relay.py",
+    "tests/shell/test_relay_batch.py",
+    "tests/shell/test_relay_join.py",
+    "tests/shell/test_relay_source.py",
+    "tests/shell/test_relay_shared.py",
+    "tests/shell/test_relay_review2.py",
+    "tests/shell/test_relay_workers.py",
 ]
 
 
@@ -289,6 +299,35 @@ def test_the_quick_path_tests_pass_against_the_compiled_modules(build: Path) -> 
     done = _python(run, package_root=ROOT / "src", build=build)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "skipped" not in done.stdout.splitlines()[-1]
+
+
+@needs_compiler
+def test_the_build_closes_its_sockets_on_uvloop(build: Path) -> None:
+    # The gateway runs on uvloop, whose remove_reader returns None where typeshed says bool, and
+    # compiled code may check what a call returns: the relay's close raised TypeError (stopping.stop_reading).
+    run = PROBE + (
+        "\nimport asyncio, socket, uvloop\n"
+        "from gb28181gw.metrics import SipCounters\n"
+        "from gb28181gw.net.sip_udp import UdpTransport\n"
+        "from gb28181gw.relay.forwarder import Forwarder, RelaySettings\n"
+        "from gb28181gw.sdp import StreamMode\n"
+        "async def main():\n"
+        "    udp = UdpTransport.bind(object(), '127.0.0.1', 0, receive_buffer=1 << 16, counters=SipCounters())\n"
+        "    forwarder = Forwarder(RelaySettings('127.0.0.1', 65536, 1 << 16, 1.0, 0))\n"
+        "    probes = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]\n"
+        "    ports = [p.bind(('127.0.0.1', 0)) or p.getsockname()[1] for p in probes]\n"
+        "    [p.close() for p in probes]\n"
+        "    forwarder.open('s1', ports[0], StreamMode.UDP, 1234)\n"
+        "    forwarder.open('s2', ports[1], StreamMode.TCP_PASSIVE, 1235)\n"
+        "    forwarder.close('s1'); forwarder.close_all(); udp.close()\n"
+        "    print('closed')\n"
+        "uvloop.run(main())\n"
+    )
+    done = _python(run, package_root=ROOT / "src", build=build)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    state = json.loads(done.stdout.splitlines()[0])
+    assert state["state"]["compiled"] == "in use", state
+    assert done.stdout.splitlines()[-1] == "closed"
 
 
 @needs_compiler

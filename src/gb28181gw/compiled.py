@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 #: re-arms the one timer, and a sampling profile of the build (perf) showed their interpreted
 #: frames under the compiled callers. ``gb.bans`` too: the registrar asks it four times per
 #: REGISTER (held bans twice, counted failures, the refusal to forget), each an interpreted call.
+#: ``relay.forwarder`` and ``media.stats``: the relay worker's per-packet loop and the statistics
+#: it keeps (``bench_relay.py --compiled both``); the relay's ``mmsg`` stays interpreted (ctypes).
 MODULES = (
     "gb28181gw.ids",
     "gb28181gw.deadlines",
@@ -63,6 +65,8 @@ MODULES = (
     "gb28181gw.net.sip_udp",
     "gb28181gw.net.stack",
     "gb28181gw.services.registrar",
+    "gb28181gw.media.stats",
+    "gb28181gw.relay.forwarder",
 )
 #: The mypyc group: its shared library (``gb28181gw_native__mypyc``) holds the code of every module.
 GROUP = "gb28181gw_native"

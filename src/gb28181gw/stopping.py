@@ -13,6 +13,12 @@ cancellation ends it at its next round rather than never (``Task.cancelling()`` 
 request that was lost); :func:`stop_task` cancels again while the task runs on, and gives up after a
 deadline, logging where the task is, so that shutting down always goes on.
 It is a shell helper (asyncio), kept apart so that ``store`` and ``services`` both may use it.
+
+:func:`stop_reading` and :func:`stop_writing` end a file descriptor's watch by the loop, for the
+modules ``gb28181gw accelerate`` compiles: typeshed says ``remove_reader`` returns a ``bool``, uvloop
+returns ``None``, and mypyc's code for a call on a loop typed ``AbstractEventLoop | None`` (narrowed)
+checks the result against that type, even a result nobody reads: the compiled relay's ``close_all``
+raised ``TypeError`` under uvloop. Called here, interpreted, the result is never looked at.
 """
 
 from __future__ import annotations
@@ -27,6 +33,16 @@ log = logging.getLogger("gb28181gw.tasks")
 STOP_TIMEOUT = 3.0
 #: Times :func:`stop_task` cancels a task that runs on (its wait split evenly between them).
 ROUNDS = 3
+
+
+def stop_reading(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    """``loop.remove_reader(fd)``, whatever the loop returns (see the module)."""
+    loop.remove_reader(fd)
+
+
+def stop_writing(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    """``loop.remove_writer(fd)``, whatever the loop returns (see the module)."""
+    loop.remove_writer(fd)
 
 
 async def stop_task(task: asyncio.Task[Any], *, timeout: float = STOP_TIMEOUT, what: str = "") -> bool:

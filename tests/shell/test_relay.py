@@ -11,7 +11,7 @@ import struct
 import pytest
 
 from gb28181gw.relay import forwarder as forwarder_module
-from gb28181gw.relay.forwarder import Forwarder, RelaySettings, RelayStream
+from gb28181gw.relay.forwarder import Forwarder, RelaySettings, RelayStream, UdpOut
 from gb28181gw.relay.records import KeyFrameWanted, RelayEvent
 from gb28181gw.sdp import StreamMode
 from tests.media import UdpConsumer, gb_ps, packetize, wait_for
@@ -56,20 +56,12 @@ async def test_slow_tcp_consumer_gets_a_bounded_queue_and_drops() -> None:
     assert not forwarder.streams
 
 
-class Recorder:
-    """A consumer that keeps what it is sent (the hot path's ``send`` signature)."""
-
-    transport = "udp"
-
-    def __init__(self, consumer_id: str, ssrc: int = 77) -> None:
-        self.id, self.ssrc, self.sent = consumer_id, ssrc, []
-
-    def send(self, buf: bytearray, view: memoryview, off: int, n: int) -> None:
-        struct.pack_into("!I", buf, off + 8, self.ssrc)  # in place, as UdpOut and TcpOut do
-        self.sent.append(bytes(view[off : off + n]))
-
-    def close(self) -> None:
-        pass
+async def _udp_out(consumer_id: str, ssrc: int) -> tuple[UdpOut, UdpConsumer]:
+    """A real UDP consumer (a stand-in would not do: the relay's compiled build checks the type)."""
+    got = await UdpConsumer.start()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    return UdpOut(consumer_id, ssrc, ("127.0.0.1", got.port), sock), got
 
 
 def _first_of(packets: list[bytes], frame: int) -> int:
@@ -77,56 +69,63 @@ def _first_of(packets: list[bytes], frame: int) -> int:
     return next(i for i, p in enumerate(packets) if struct.unpack_from("!I", p, 4)[0] == 3600 * frame)
 
 
-def _stream_fed(gop_cache: int, packets: list[bytes]) -> tuple[Forwarder, RelayStream, list[Recorder]]:
+def _stream_fed(gop_cache: int, packets: list[bytes]) -> tuple[Forwarder, RelayStream]:
     """Packets fed to the forwarder's per-packet path as bytes, no sockets (the cache is what is tested)."""
     settings = RelaySettings("127.0.0.1", 65536, 1 << 20, 1.0, gop_cache)
     forwarder = Forwarder(settings)
     st = RelayStream("s1", 0, StreamMode.UDP, 1234, 0.0, "127.0.0.1")
-    joined = []
     for i, p in enumerate(packets):
         st.buf[2 : 2 + len(p)] = p
         forwarder._relay(st, st.buf, st.view, 2, len(p), ("127.0.0.1", 9), float(i))
-    return forwarder, st, joined
+    return forwarder, st
 
 
 async def test_packets_since_the_last_key_frame_are_kept_and_sent_first_to_a_joining_consumer() -> None:
     ps = gb_ps(50, 10)
     packets = packetize(ps, 1234, mtu=500)
     first_of_40 = _first_of(packets, 40)
-    forwarder, st, _ = _stream_fed(1 << 20, packets[:-3])
+    forwarder, st = _stream_fed(1 << 20, packets[:-3])
     assert st.gop == packets[first_of_40:-3] and st.gop_bytes == sum(map(len, st.gop))
-    late = Recorder("late")
-    forwarder._join(st, late)  # type: ignore[arg-type]
-    for i, p in enumerate(packets[-3:]):  # live packets while it catches up (UDP: paced)
-        st.buf[2 : 2 + len(p)] = p
-        forwarder._relay(st, st.buf, st.view, 2, len(p), ("127.0.0.1", 9), 100.0 + i)
-    await wait_for(lambda: late in st.consumers, 2)  # caught up: sent to directly from now on
-    # the device's packets from the key frame on, each once, in order, with the consumer's SSRC
-    assert [p[:8] + p[12:] for p in late.sent] == [p[:8] + p[12:] for p in packets[first_of_40:]]
-    assert {struct.unpack_from("!I", p, 8)[0] for p in late.sent} == {77}
-    assert st.gop is not None and {struct.unpack_from("!I", p, 8)[0] for p in st.gop} == {1234}  # kept untouched
+    late, got = await _udp_out("late", 77)
+    try:
+        forwarder._join(st, late)
+        for i, p in enumerate(packets[-3:]):  # live packets while it catches up (UDP: paced)
+            st.buf[2 : 2 + len(p)] = p
+            forwarder._relay(st, st.buf, st.view, 2, len(p), ("127.0.0.1", 9), 100.0 + i)
+        await wait_for(lambda: late in st.consumers, 2)  # caught up: sent to directly from now on
+        await wait_for(lambda: len(got.got.packets) >= len(packets) - first_of_40, 2)
+        # the device's packets from the key frame on, each once, in order, with the consumer's SSRC
+        assert [p[:8] + p[12:] for p in got.got.packets] == [p[:8] + p[12:] for p in packets[first_of_40:]]
+        assert got.got.ssrcs == {77}
+        assert st.gop is not None and {struct.unpack_from("!I", p, 8)[0] for p in st.gop} == {1234}  # untouched
+    finally:
+        late.sock.close()  # the stream's, in the relay: a UdpOut's close leaves it open
+        got.close()
 
 
-def test_the_cache_is_dropped_past_its_bounds_until_the_next_key_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_cache_is_dropped_past_its_bounds_until_the_next_key_frame(monkeypatch: pytest.MonkeyPatch) -> None:
     packets = packetize(gb_ps(30, 10), 1234, mtu=500)
     starts = [_first_of(packets, frame) for frame in (0, 10, 20)]
     gop_bytes = sum(map(len, packets[starts[1] : starts[2]]))
     # bytes: one GOP more than fits → dropped; the next key frame starts it again
-    forwarder, st, _ = _stream_fed(gop_bytes - 1, packets[: starts[2]])
+    forwarder, st = _stream_fed(gop_bytes - 1, packets[: starts[2]])
     assert st.gop is None
-    forwarder, st, _ = _stream_fed(gop_bytes - 1, packets[: starts[2] + 1])
+    forwarder, st = _stream_fed(gop_bytes - 1, packets[: starts[2] + 1])
     assert st.gop == [packets[starts[2]]]
     # no key frame at all: nothing kept, a joining consumer is reported (the device is asked for one)
     events: list[RelayEvent] = []
-    forwarder, st, _ = _stream_fed(1 << 20, packets[1 : starts[1]])
+    forwarder, st = _stream_fed(1 << 20, packets[1 : starts[1]])
     assert st.gop is None
     forwarder.on_event = events.append
-    forwarder._join(st, Recorder("x"))
+    joining, got = await _udp_out("x", 77)
+    forwarder._join(st, joining)
+    joining.sock.close()
+    got.close()
     assert events == [KeyFrameWanted("s1")]
     # packets: a stream of many small packets is bounded by count too
     monkeypatch.setattr(forwarder_module, "GOP_CACHE_PACKETS", 4)
-    forwarder, st, _ = _stream_fed(1 << 20, packets[: starts[1]])
+    forwarder, st = _stream_fed(1 << 20, packets[: starts[1]])
     assert starts[1] > 4 and st.gop is None
     # gop_cache 0: nothing is ever kept
-    forwarder, st, _ = _stream_fed(0, packets)
+    forwarder, st = _stream_fed(0, packets)
     assert st.gop is None

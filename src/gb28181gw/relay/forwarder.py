@@ -77,6 +77,7 @@ from gb28181gw.media.ps import PsInspector
 from gb28181gw.media.stats import StreamStats
 from gb28181gw.media.tcp_framing import MAX_FRAME, FrameScanner
 from gb28181gw.sdp import StreamMode
+from gb28181gw.stopping import stop_reading, stop_writing
 
 from . import mmsg
 from .demux import Demux
@@ -161,6 +162,14 @@ class RelaySettings:
     gop_cache: int
     gop_cache_total: int = 0
     batch: bool = True
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Sent to each relay worker process. Compiled by mypyc (``gb28181gw accelerate``), a frozen
+        # class is unpickled by setting its fields one by one, which it refuses: rebuilt whole instead.
+        return RelaySettings, (
+            self.host, self.tcp_queue_limit, self.udp_receive_buffer, self.stats_interval,
+            self.gop_cache, self.gop_cache_total, self.batch,
+        )  # fmt: skip
 
 
 class UdpOut:
@@ -379,7 +388,7 @@ class TcpOut:
             self.limit = max(self.base_limit, self.limit - sent)
         if not self.pending:
             self._writing = False
-            self.loop.remove_writer(self.sock.fileno())
+            stop_writing(self.loop, self.sock.fileno())
 
     def _on_readable(self) -> None:
         # consumers send nothing we use (RTCP at most); EOF or an error means they left
@@ -397,9 +406,9 @@ class TcpOut:
         """Close the connection."""
         fd = self.sock.fileno()
         if fd >= 0:
-            self.loop.remove_reader(fd)
+            stop_reading(self.loop, fd)
             if self._writing:
-                self.loop.remove_writer(fd)
+                stop_writing(self.loop, fd)
         self._writing = False
         self.sock.close()
 
@@ -424,7 +433,7 @@ class Waiting:
         fd = self.listener.fileno()
         if fd >= 0:
             if loop is not None:
-                loop.remove_reader(fd)
+                stop_reading(loop, fd)
             self.listener.close()
         if self.out is not None:
             self.out.close()
@@ -796,7 +805,7 @@ class Forwarder:
             self._shared_gone[1] += sp.demux.ambiguous
             fd = sp.sock.fileno()
             if fd >= 0 and self._loop is not None:
-                self._loop.remove_reader(fd)
+                stop_reading(self._loop, fd)
             sp.sock.close()
         self._shared.clear()
 
@@ -1382,7 +1391,7 @@ class Forwarder:
         st.peer = (addr[0], addr[1])
         st.source = st.peer
         if st.udp is not None:
-            self.loop.remove_reader(st.udp.fileno())
+            stop_reading(self.loop, st.udp.fileno())
             self.loop.add_reader(st.udp.fileno(), self._drain_udp, st)
         self.loop.add_reader(conn.fileno(), self._on_tcp, st)
         self.on_event(MediaConnected(st.id, st.peer))
@@ -1418,7 +1427,7 @@ class Forwarder:
     def _media_lost(self, st: RelayStream, reason: str) -> None:
         conn = st.conn
         if conn is not None:
-            self.loop.remove_reader(conn.fileno())
+            stop_reading(self.loop, conn.fileno())
             conn.close()
             st.conn = None
         self._closed_event(st, reason)
@@ -1491,7 +1500,7 @@ class Forwarder:
             st.refused_connections += 1  # only the consumer we were told of may connect
             conn.close()
             return
-        self.loop.remove_reader(w.listener.fileno())
+        stop_reading(self.loop, w.listener.fileno())
         w.listener.close()  # one connection per consumer (§8.6): the port is closed to anyone else
         if w.timer is not None:
             w.timer.cancel()
@@ -1546,7 +1555,7 @@ class Forwarder:
                 continue
             fd = sock.fileno()
             if fd >= 0 and loop is not None:
-                loop.remove_reader(fd)
+                stop_reading(loop, fd)
             sock.close()
         st.udp = st.listener = st.conn = None
 
