@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gb28181gw.media.rtp import RtpPacket
+from gb28181gw.relay import forwarder as forwarder_module
 from gb28181gw.relay import mmsg
 from gb28181gw.relay.forwarder import Forwarder, RelaySettings, RelayStream
 from gb28181gw.relay.records import RelayEvent
@@ -79,10 +80,16 @@ class Outcome:
 
 
 async def _relay(
-    batch: mmsg.Batch | bool, datagrams: list[tuple[socket.socket, bytes]], consumers: int, gop_cache: int = 1 << 20
+    batch: mmsg.Batch | bool,
+    datagrams: list[tuple[socket.socket, bytes]],
+    consumers: int,
+    gop_cache: int = 1 << 20,
+    chunks: list[int] | None = None,
 ) -> Outcome:
     """Send ``datagrams`` (all at once: loopback queues them) to a new stream, then let the
-    forwarder read them, its reader called by hand until its socket is empty."""
+    forwarder read them, its reader called by hand until its socket is empty. ``chunks``: sent
+    that many at a time instead (the sizes taken in turn), each read by one call of the reader (a
+    wake-up), so that wake-ups bring few packets or many (a stream read as paced or blasting)."""
     events: list[RelayEvent] = []
     forwarder = Forwarder(_settings(gop_cache), on_event=events.append, batch=batch)
     port = free_udp_port() & ~1
@@ -94,9 +101,15 @@ async def _relay(
     try:
         for j, s in enumerate(sinks):
             forwarder.add_consumer("s", f"c{j}", "udp", "127.0.0.1", s.getsockname()[1], 1000 + j)
-        for sender, data in datagrams:
-            sender.sendto(data, ("127.0.0.1", port))
         reader = _reader(forwarder, stream)
+        sizes, at = iter(chunks * len(datagrams) if chunks else [len(datagrams)]), 0
+        while at < len(datagrams):
+            size = next(sizes)
+            for sender, data in datagrams[at : at + size]:
+                sender.sendto(data, ("127.0.0.1", port))
+            at += size
+            if chunks:
+                reader()
         for _ in range(len(datagrams) + 2):
             reader()
         snapshot = forwarder.snapshot()
@@ -159,17 +172,23 @@ def _traffic(draw: st.DrawFn) -> list[tuple[int, bytes]]:
 
 class TestBatchedEqualsGeneral:
     @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-    @given(_traffic(), st.integers(1, 9), st.integers(1, 2), st.sampled_from([1 << 20, 0, 3000]))
+    @given(
+        _traffic(),
+        st.integers(1, 9),
+        st.integers(1, 2),
+        st.sampled_from([1 << 20, 0, 3000]),
+        st.none() | st.lists(st.integers(1, 3 * forwarder_module.BURST), min_size=1, max_size=5),
+    )
     def test_same_output_on_the_same_datagrams(
-        self, traffic: list[tuple[int, bytes]], vlen: int, consumers: int, gop_cache: int
+        self, traffic: list[tuple[int, bytes]], vlen: int, consumers: int, gop_cache: int, chunks: list[int] | None
     ) -> None:
         senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
         try:
             for s, host in zip(senders, (DEVICE, DEVICE, STRANGER), strict=True):
                 s.bind((host, 0))
             datagrams = [(senders[who], data) for who, data in traffic]
-            general = asyncio.run(_relay(False, datagrams, consumers, gop_cache))
-            batched = asyncio.run(_relay(_batch(vlen), datagrams, consumers, gop_cache))
+            general = asyncio.run(_relay(False, datagrams, consumers, gop_cache, chunks))
+            batched = asyncio.run(_relay(_batch(vlen), datagrams, consumers, gop_cache, chunks))
         finally:
             for s in senders:
                 s.close()
@@ -269,6 +288,45 @@ class TestBatchedOnly:
             device.close()
         assert out == general
         assert len(calls) > 3
+
+    async def test_a_blasting_stream_is_read_with_recvmmsg_from_its_first_packet_a_paced_one_not(self) -> None:
+        assert LIBC is not None
+        real = LIBC.recvmmsg
+        read: list[int] = []  # the packets each recvmmsg took
+
+        def recvmmsg(fd: int, headers: int, count: int, flags: int, timeout: Any) -> int:
+            k = int(real(fd, headers, count, flags, timeout))
+            read.append(max(k, 0))
+            return k
+
+        forwarder = Forwarder(_settings(), batch=_batch(4, libc=mmsg.Libc(recvmmsg, LIBC.sendmmsg)))
+        port = free_udp_port() & ~1
+        forwarder.open("s", port, StreamMode.UDP, SSRC, source=DEVICE)
+        stream = forwarder.streams["s"]
+        assert stream.udp is not None
+        forwarder.loop.remove_reader(stream.udp.fileno())
+        device, sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), _sink()
+        device.bind((DEVICE, 0))
+        forwarder.add_consumer("s", "c0", "udp", "127.0.0.1", sink.getsockname()[1], 1000)
+        reader = _reader(forwarder, stream)
+        burst = forwarder_module.BURST
+        # a wake-up's packets (how many) -> whether recvmmsg read the first of them
+        steps = [(burst, False), (burst, True), (burst - 1, True), (1, False), (2 * burst, False), (1, True)]
+        sent: list[bytes] = []
+        try:
+            for count, from_first in steps:
+                read.clear()
+                for p in PACKETS[len(sent) : len(sent) + count]:
+                    device.sendto(p, ("127.0.0.1", port))
+                    sent.append(p)
+                reader()
+                assert sum(read) == (count if from_first else count - 1), (count, read)
+            assert _drain(sink) == [_with_ssrc(p, 1000) for p in sent]  # all, in order, either way
+            assert forwarder.snapshot().streams["s"].packets == len(sent)
+        finally:
+            forwarder.close_all()
+            device.close()
+            sink.close()
 
     def test_the_sender_is_spelled_as_recvfrom_into_spells_it(self) -> None:
         for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):

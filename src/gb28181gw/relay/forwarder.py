@@ -102,6 +102,9 @@ log = logging.getLogger("gb28181gw.relay")
 
 #: Packets taken from one socket per wake-up before others get their turn.
 BATCH = 256
+#: Packets of one wake-up after which a stream's next wake-up reads with ``recvmmsg`` from the first
+#: packet on (a blasting stream), and below which it reads its first with ``recvfrom_into`` again.
+BURST = 8
 #: Packets of one foreign SSRC, with none of the negotiated one, after which the stream follows it.
 SSRC_LATCH_PACKETS = 50
 #: Linux's SO_RCVBUFFORCE (Python's socket module does not name it): SO_RCVBUF past net.core.rmem_max.
@@ -464,6 +467,7 @@ class RelayStream:
         # names (valid while ``source_names_of`` is ``source``)
         self.source_names = b""
         self.source_names_of: Any = None
+        self.bursting = False  # its last wake-up brought BURST packets or more (the batched path)
         self.source_host = source_host  # media only from this host (None: from the first sender)
         self.consumers: list[UdpOut | TcpOut | CatchingUp] = []
         self.waiting: dict[str, Waiting] = {}  # TCP-passive consumers not connected or not started
@@ -889,22 +893,28 @@ class Forwarder:
             relay(st, buf, view, 2, n, addr, now)
 
     def _on_udp_batched(self, st: RelayStream) -> None:
-        # _on_udp with recvmmsg. The first packet of a wake-up is read as _on_udp reads it: paced
-        # streams bring one or two a wake-up, and for one packet recvfrom_into costs less than
-        # recvmmsg through ctypes. The rest go in batches of up to VLEN (a blasting stream) until
-        # one comes back short: no read but the first raises to end a wake-up, and the loop wakes
-        # us again if more came meanwhile.
+        # _on_udp with recvmmsg. A paced stream brings one or two packets a wake-up, and for one
+        # packet recvfrom_into costs less than recvmmsg through ctypes: its first packet is read so,
+        # the rest in batches of up to VLEN until one comes back short (no read but the first raises
+        # to end a wake-up; the loop wakes us again if more came meanwhile). A stream whose last
+        # wake-up brought BURST packets or more (blasting) is read with recvmmsg from its first
+        # packet on: the first read alone would cost two more system calls (its sendto) a wake-up.
         udp, batch = st.udp, self._batch
         assert udp is not None and batch is not None
-        try:
-            n, addr = udp.recvfrom_into(st.view[2:])
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            n = -1  # an ICMP error for something we sent earlier
-        now = self.loop.time()
-        if n >= 0:
-            self._relay(st, st.buf, st.view, 2, n, addr, now)
+        got = 0
+        if not st.bursting:
+            try:
+                n, addr = udp.recvfrom_into(st.view[2:])
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                n = -1  # an ICMP error for something we sent earlier
+            now = self.loop.time()
+            if n >= 0:
+                self._relay(st, st.buf, st.view, 2, n, addr, now)
+                got = 1
+        else:
+            now = self.loop.time()
         fd, vlen = udp.fileno(), batch.vlen
         for _ in range(BATCH // vlen):
             if st.udp is None:
@@ -913,11 +923,12 @@ class Forwarder:
                 k = batch.receive(fd)
             except OSError:
                 continue
-            if not k:
-                return
-            self._relay_batch(st, batch, k, now)
+            got += k
+            if k:
+                self._relay_batch(st, batch, k, now)
             if k < vlen:
-                return
+                break
+        st.bursting = got >= BURST
 
     def _relay_batch(self, st: RelayStream, b: mmsg.Batch, k: int, now: float) -> None:
         # A fast path beside _relay, for speed (issue 16). A packet from the latched source, with
