@@ -13,6 +13,7 @@ musl), :func:`load` returns ``None`` and the forwarder keeps ``recvfrom_into``/`
 
 from __future__ import annotations
 
+import array
 import ctypes
 import errno
 import os
@@ -172,6 +173,10 @@ class Batch:
         self._dest_upto = 0  # how many send headers point at it
         self.slot_at = base + 2  # the address of slot 0's packet
         self.send_iov = memoryview(self._siov).cast("Q")  # header j's (address, length) at 2j, 2j + 1
+        # header j's length as a 32-bit word (its upper half stays 0) at 4j, for strided copies from
+        # :attr:`lengths`; and each slot's packet address, for strided copies into :attr:`send_iov`
+        self.send_lengths = memoryview(self._siov).cast("I")[2 if sys.byteorder == "little" else 3 :]
+        self.addresses = memoryview(array.array("Q", [base + i * slot + 2 for i in range(vlen)]))
         self.moved = False  # a send header carries another slot than its own
         self._hold = (rhdr, riov, shdr, siov)  # the ctypes views keep the buffers' exports alive
 
@@ -275,5 +280,4 @@ class Batch:
     def _restore(self, count: int) -> None:
         if self.moved:  # headers point back at their own slots
             self.moved = False
-            for j in range(count):
-                self.send_iov[2 * j] = self.slot_at + j * self.slot
+            self.send_iov[: 2 * count : 2] = self.addresses[:count]
