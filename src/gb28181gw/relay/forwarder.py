@@ -944,9 +944,11 @@ class Forwarder:
         # other packet goes through _relay itself, after what the batch counted and queued so far
         # is settled, so that it sees the same state and its sends keep their order; then what the
         # fast path holds is read again. Both paths give the same output (tests/shell/test_relay_batch.py).
-        buf, view, lengths, stride, slot = b.buf, b.view, b.lengths, b.stride, b.slot
+        buf, view, stride, slot = b.buf, b.view, b.stride, b.slot
         at_len, capacity, head = mmsg.LEN_AT, b.capacity, _head
         stats, gop_limit = st.stats, self.gop_limit
+        # the batch's lengths, read at once (a list: compiled, indexing it allocates nothing)
+        lens: list[int] = b.lengths[at_len : at_len + stride * k : stride].tolist()
         run = run_bytes = 0  # packets of the fast path not yet counted (and, with ``out``, not yet sent)
         i = 0
         _source_names(st, b)
@@ -968,7 +970,7 @@ class Forwarder:
             last_ts, ts_open, probe, gop, spare = st.last_ts, st.ts_open, st.probe, st.gop, st.spare
             first = i  # the run's first slot: send header j carries slot first + j
             while fast and i < k:
-                off, n = i * slot + 2, lengths[at_len + stride * i]
+                off, n = i * slot + 2, lens[i]
                 if n < 12 or n >= capacity:
                     break
                 b0, _, seq, ts, ssrc = head(buf, off)
@@ -1004,7 +1006,7 @@ class Forwarder:
                 run = run_bytes = 0
             if i == k:
                 return
-            off, n = i * slot + 2, lengths[at_len + stride * i]
+            off, n = i * slot + 2, lens[i]
             if n >= capacity and b.truncated(i):
                 st.malformed += 1  # longer than a slot (only with slots made small): not relayed cut short
             else:
@@ -1063,8 +1065,9 @@ class Forwarder:
         base, vlen, pack_ssrc = b.slot_at - 2, b.vlen, _SSRC.pack_into
         demux = sp.demux
         fast = demux.fast
+        lens: list[int] = lengths[at_len : at_len + stride * k : stride].tolist()  # as in _relay_batch
         for i in range(k):
-            off, n = i * slot + 2, lengths[at_len + stride * i]
+            off, n = i * slot + 2, lens[i]
             if n < 12 or (n >= capacity and b.truncated(i)):
                 demux.unknown += 1  # no RTP header, or cut short: no stream to count it on
                 continue
