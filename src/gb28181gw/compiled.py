@@ -42,8 +42,9 @@ log = logging.getLogger(__name__)
 #: re-arms the one timer, and a sampling profile of the build (perf) showed their interpreted
 #: frames under the compiled callers. ``gb.bans`` too: the registrar asks it four times per
 #: REGISTER (held bans twice, counted failures, the refusal to forget), each an interpreted call.
-#: ``relay.forwarder`` and ``media.stats``: the relay worker's per-packet loop and the statistics
-#: it keeps (``bench_relay.py --compiled both``); the relay's ``mmsg`` stays interpreted (ctypes).
+#: ``relay.forwarder``, ``relay.mmsg`` and ``media.stats``: the relay worker's per-packet loop, its
+#: batches and the statistics it keeps (``bench_relay.py --compiled both``); the ctypes layouts of
+#: ``relay.msghdr`` stay interpreted (mypyc cannot compile a ``ctypes.Structure``).
 MODULES = (
     "gb28181gw.ids",
     "gb28181gw.deadlines",
@@ -67,6 +68,7 @@ MODULES = (
     "gb28181gw.services.registrar",
     "gb28181gw.media.stats",
     "gb28181gw.relay.forwarder",
+    "gb28181gw.relay.mmsg",
 )
 #: The mypyc group: its shared library (``gb28181gw_native__mypyc``) holds the code of every module.
 GROUP = "gb28181gw_native"

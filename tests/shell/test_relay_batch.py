@@ -378,7 +378,13 @@ class TestFallback:
     async def test_without_recvmmsg_in_libc_the_forwarder_keeps_recvfrom_into(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        monkeypatch.setattr(mmsg, "load", lambda: None)
+        class NoMmsg:  # a libc without the two calls (not Linux, an old libc): what load() opens
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                pass
+
+        # ctypes.CDLL, not mmsg.load: compiled, the forwarder calls load() directly, not the module's attribute
+        monkeypatch.setattr(ctypes, "CDLL", NoMmsg)
+        assert mmsg.load() is None
         forwarder = Forwarder(_settings())
         assert forwarder._batch is None
         out = await _from_device(True, PACKETS[:5])

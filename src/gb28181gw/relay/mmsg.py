@@ -22,6 +22,8 @@ import struct
 import sys
 from typing import Any
 
+from .msghdr import FLAGS_AT, HDR, IOV, LEN_AT, NAME_AT, NAMELEN_AT, Iovec, Mmsghdr
+
 __all__ = ["LEN_AT", "NAME", "RETRY", "SLOT", "VLEN", "Batch", "Libc", "load", "peer", "sockaddr"]
 
 #: Datagrams per ``recvmmsg``/``sendmmsg``.
@@ -36,35 +38,6 @@ NAME = 28
 MSG_TRUNC = 0x20
 #: What "the socket has no room now" looks like (the datagram is dropped, not an error).
 RETRY = _RETRY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
-
-
-class _Iovec(ctypes.Structure):
-    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
-
-
-class _Msghdr(ctypes.Structure):
-    _fields_ = [
-        ("msg_name", ctypes.c_void_p),
-        ("msg_namelen", ctypes.c_uint32),
-        ("msg_iov", ctypes.c_void_p),
-        ("msg_iovlen", ctypes.c_size_t),
-        ("msg_control", ctypes.c_void_p),
-        ("msg_controllen", ctypes.c_size_t),
-        ("msg_flags", ctypes.c_int),
-    ]
-
-
-class _Mmsghdr(ctypes.Structure):
-    _fields_ = [("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint)]
-
-
-_HDR = ctypes.sizeof(_Mmsghdr)
-_IOV = ctypes.sizeof(_Iovec)
-# the fields read and written per packet, as indexes into the arrays seen as 32- or 64-bit words
-LEN_AT = _Mmsghdr.msg_len.offset // 4
-_FLAGS_AT = (_Mmsghdr.msg_hdr.offset + _Msghdr.msg_flags.offset) // 4
-_NAME_AT = _Msghdr.msg_name.offset // 8
-_NAMELEN_AT = _Msghdr.msg_namelen.offset // 4
 
 
 class Libc:
@@ -138,10 +111,10 @@ class Batch:
         base = ctypes.addressof((ctypes.c_char * len(self.buf)).from_buffer(self.buf))
         names = ctypes.addressof((ctypes.c_char * len(self.names)).from_buffer(self.names))
         # receiving: each header's one iovec is its slot (past the two free bytes), its name a NAME slot
-        self._rhdr = bytearray(vlen * _HDR)
-        self._riov = bytearray(vlen * _IOV)
-        rhdr = (_Mmsghdr * vlen).from_buffer(self._rhdr)
-        riov = (_Iovec * vlen).from_buffer(self._riov)
+        self._rhdr = bytearray(vlen * HDR)
+        self._riov = bytearray(vlen * IOV)
+        rhdr = (Mmsghdr * vlen).from_buffer(self._rhdr)
+        riov = (Iovec * vlen).from_buffer(self._riov)
         for i in range(vlen):
             riov[i].iov_base, riov[i].iov_len = base + i * slot + 2, self.capacity
             h = rhdr[i].msg_hdr
@@ -152,12 +125,12 @@ class Batch:
         # host), and reads nothing that it writes: the headers are not reset between calls.
         self._rptr = ctypes.c_void_p(ctypes.addressof(rhdr))
         self.lengths = memoryview(self._rhdr).cast("I")  # length(i) = lengths[LEN_AT + stride * i]
-        self.stride = _HDR // 4
+        self.stride = HDR // 4
         # sending: header j sends slot j's packet (its iovec's length set per packet) to one destination
-        self._shdr = bytearray(vlen * _HDR)
-        self._siov = bytearray(vlen * _IOV)
-        shdr = (_Mmsghdr * vlen).from_buffer(self._shdr)
-        siov = (_Iovec * vlen).from_buffer(self._siov)
+        self._shdr = bytearray(vlen * HDR)
+        self._siov = bytearray(vlen * IOV)
+        shdr = (Mmsghdr * vlen).from_buffer(self._shdr)
+        siov = (Iovec * vlen).from_buffer(self._siov)
         for i in range(vlen):
             siov[i].iov_base = base + i * slot + 2
             shdr[i].msg_hdr.msg_iov, shdr[i].msg_hdr.msg_iovlen = ctypes.addressof(siov[i]), 1
@@ -167,8 +140,8 @@ class Batch:
         self._shdr32 = memoryview(self._shdr).cast("I")
         # where :meth:`put` writes (send header j's name at hdr64[j * h64 + name_at], its length at
         # hdr32[j * h32 + namelen_at]): for a caller that writes them itself, once a packet
-        self.hdr64, self.hdr32, self.h64, self.h32 = self._shdr64, self._shdr32, _HDR // 8, _HDR // 4
-        self.name_at, self.namelen_at = _NAME_AT, _NAMELEN_AT
+        self.hdr64, self.hdr32, self.h64, self.h32 = self._shdr64, self._shdr32, HDR // 8, HDR // 4
+        self.name_at, self.namelen_at = NAME_AT, NAMELEN_AT
         self._dest: Any = None  # the ctypes buffer the send headers' names point at now
         self._dest_upto = 0  # how many send headers point at it
         self.slot_at = base + 2  # the address of slot 0's packet
@@ -190,11 +163,11 @@ class Batch:
 
     def truncated(self, i: int) -> bool:
         """Datagram ``i`` was longer than a slot (cut short: ``MSG_TRUNC``)."""
-        return bool(self.lengths[_FLAGS_AT + self.stride * i] & MSG_TRUNC)
+        return bool(self.lengths[FLAGS_AT + self.stride * i] & MSG_TRUNC)
 
     def sender(self, i: int) -> Any:
         """Datagram ``i``'s sender, as ``recvfrom_into`` gives it."""
-        namelen = self.lengths[_NAMELEN_AT + self.stride * i]
+        namelen = self.lengths[NAMELEN_AT + self.stride * i]
         return peer(self.names[i * NAME : i * NAME + namelen])
 
     def receive(self, fd: int) -> int:
@@ -219,8 +192,8 @@ class Batch:
         if self._dest is not dest or self._dest_upto < count:
             address, h64, h32 = ctypes.addressof(dest), self._shdr64, self._shdr32
             for j in range(count):
-                h64[j * (_HDR // 8) + _NAME_AT] = address
-                h32[j * (_HDR // 4) + _NAMELEN_AT] = destlen
+                h64[j * (HDR // 8) + NAME_AT] = address
+                h32[j * (HDR // 4) + NAMELEN_AT] = destlen
             if self._dest is not dest:
                 self._dest, self._dest_upto = dest, count
             else:
@@ -238,8 +211,8 @@ class Batch:
         the shared port's, :meth:`send_each`)."""
         self.send_iov[2 * j] = self.slot_at - 2 + off
         self.send_iov[2 * j + 1] = n
-        self._shdr64[j * (_HDR // 8) + _NAME_AT] = dest_at
-        self._shdr32[j * (_HDR // 4) + _NAMELEN_AT] = destlen
+        self._shdr64[j * (HDR // 8) + NAME_AT] = dest_at
+        self._shdr32[j * (HDR // 4) + NAMELEN_AT] = destlen
         self.moved = True
         self._dest = None  # :meth:`send` writes its destination into every header again
 
@@ -263,7 +236,7 @@ class Batch:
             while done < count:
                 if again:
                     m = self.libc.sendmmsg(
-                        fd, ctypes.c_void_p(self._sat + done * _HDR), count - done, socket.MSG_DONTWAIT
+                        fd, ctypes.c_void_p(self._sat + done * HDR), count - done, socket.MSG_DONTWAIT
                     )
                 again = True
                 if m > 0:
