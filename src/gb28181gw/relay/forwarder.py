@@ -992,7 +992,9 @@ class Forwarder:
                 elif spare is not None:
                     spare.append(bytes(view[off : off + n]))
                 if out is None:
-                    for c in consumers:
+                    # the stream's consumers now, as _relay reads them: a TCP consumer's failed send
+                    # removes it at once, and a handler of its event (in-process) may change others
+                    for c in st.consumers:
                         c.send(buf, view, off, n)
                 # else: queued for one sendmmsg when the run is settled (_queue_run)
                 run += 1

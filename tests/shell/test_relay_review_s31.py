@@ -1,0 +1,170 @@
+"""Review of the relay's batched path (recvmmsg from a blasting stream's first packet, a run's
+SSRCs and lengths written a column at a time) and of its mypyc build: what the model test in
+test_relay_batch.py does not reach.
+
+Each test runs the same traffic through the general path (``recvfrom_into``/``sendto``, no batch)
+and the batched one and asks for what the general path gives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import select
+import socket
+import struct
+from typing import Any
+
+import pytest
+
+from gb28181gw.relay import forwarder as forwarder_module
+from gb28181gw.relay import mmsg
+from gb28181gw.relay.forwarder import Forwarder
+from gb28181gw.relay.records import ConsumerLost, RelayEvent
+from gb28181gw.sdp import StreamMode
+from tests.media import wait_for
+
+from .test_devices import free_udp_port
+from .test_relay_batch import DEVICE, LIBC, PACKETS, SSRC, _batch, _drain, _reader, _settings, _sink, _with_ssrc
+
+pytestmark = pytest.mark.skipif(LIBC is None, reason="libc has no recvmmsg/sendmmsg here")
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close ``sock`` with a TCP RST (SO_LINGER 0): the other end's next send fails."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def _broken(fd: int) -> bool:
+    """The connection on ``fd`` was reset (seen without reading from it)."""
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in p.poll(0))
+
+
+class TestConsumersChangedMidRun:
+    """A TCP consumer whose send fails is removed at once (ConsumerLost), mid-batch; an in-process
+    handler of that event may add or remove consumers there and then. The general path sends each
+    packet to the consumers the stream has when it arrives; so must the batched one."""
+
+    @pytest.mark.parametrize("batched", [False, True])
+    async def test_a_consumer_added_or_removed_by_a_handler_mid_run_is_sent_from_the_next_packet(
+        self, batched: bool
+    ) -> None:
+        events: list[RelayEvent] = []
+        forwarder = Forwarder(_settings(0), on_event=events.append, batch=_batch(4) if batched else False)
+        port = free_udp_port() & ~1
+        forwarder.open("s", port, StreamMode.UDP, SSRC, source=DEVICE)
+        stream = forwarder.streams["s"]
+        assert stream.udp is not None
+        forwarder.loop.remove_reader(stream.udp.fileno())
+        device, first, later = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), _sink(), _sink()
+        device.bind((DEVICE, 0))
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        accepted: list[socket.socket] = []
+
+        def on_event(event: RelayEvent) -> None:
+            events.append(event)
+            if isinstance(event, ConsumerLost):  # e.g. a viewer group that leaves and comes back together
+                forwarder.remove_consumer("s", "c0")
+                forwarder.add_consumer("s", "c2", "udp", "127.0.0.1", later.getsockname()[1], 1002)
+
+        forwarder.on_event = on_event
+        try:
+            forwarder.add_consumer("s", "c0", "udp", "127.0.0.1", first.getsockname()[1], 1000)
+            await forwarder.add_tcp_consumer("s", "c1", "127.0.0.1", listener.getsockname()[1], 1001)
+            accepted.append(listener.accept()[0])
+            tcp = next(c for c in stream.consumers if c.id == "c1")
+            forwarder.loop.remove_reader(tcp.sock.fileno())  # the reset is met by a send, mid-batch
+            reader = _reader(forwarder, stream)
+            burst = forwarder_module.BURST
+            for p in PACKETS[:burst]:  # one wake-up of BURST packets: the next is read by recvmmsg throughout
+                device.sendto(p, ("127.0.0.1", port))
+            reader()
+            assert len(_drain(first)) == burst
+            _reset(accepted.pop())
+            await wait_for(lambda: _broken(tcp.sock.fileno()), 5)
+            for p in PACKETS[burst : 2 * burst]:
+                device.sendto(p, ("127.0.0.1", port))
+            for _ in range(4):
+                reader()
+            assert [e.consumer for e in events if isinstance(e, ConsumerLost)] == ["c1"]
+            # the packet whose send failed went to c0 (it was a consumer then), the rest to c2 only
+            assert _drain(first) == [_with_ssrc(PACKETS[burst], 1000)]
+            assert _drain(later) == [_with_ssrc(p, 1002) for p in PACKETS[burst + 1 : 2 * burst]]
+        finally:
+            forwarder.close_all()
+            for s in (device, first, later, listener, *accepted):
+                s.close()
+
+
+async def _relay6(batch: mmsg.Batch | bool, datagrams: list[tuple[socket.socket, bytes]], chunks: list[int]) -> Any:
+    """test_relay_batch._relay over IPv6 (the forwarder bound to ::1): what one consumer got, in
+    order, and the stream's figures."""
+    forwarder = Forwarder(dataclasses.replace(_settings(), host="::1"), batch=batch)
+    port = free_udp_port() & ~1
+    forwarder.open("s", port, StreamMode.UDP, SSRC, source="::1")
+    stream = forwarder.streams["s"]
+    assert stream.udp is not None
+    forwarder.loop.remove_reader(stream.udp.fileno())
+    sink = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sink.bind(("::1", 0))
+    sink.setblocking(False)
+    try:
+        forwarder.add_consumer("s", "c0", "udp", "::1", sink.getsockname()[1], 1000)
+        reader = _reader(forwarder, stream)
+        at = 0
+        for size in chunks * len(datagrams):
+            if at >= len(datagrams):
+                break
+            for sender, data in datagrams[at : at + size]:
+                sender.sendto(data, ("::1", port))
+            at += size
+            reader()
+        for _ in range(4):
+            reader()
+        figures = forwarder.snapshot().streams["s"]
+        figures = dataclasses.replace(figures, port=0, idle=0.0, age=0.0, bitrate=0.0, consumers={})
+        return _drain(sink), figures, forwarder.totals(), stream.gop
+    finally:
+        forwarder.close_all()
+        sink.close()
+
+
+class TestIpv6:
+    """Over IPv6 a sender's name is a 28-byte sockaddr_in6: the fast path compares it as bytes,
+    and the consumer's destination is one too."""
+
+    @pytest.mark.parametrize("chunks", [[1], [3, 17], [40]])
+    async def test_same_output_as_the_general_path(self, chunks: list[int]) -> None:
+        try:
+            device, other = (socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) for _ in range(2))
+        except OSError:  # pragma: no cover - no IPv6 here
+            pytest.skip("no IPv6")
+        try:
+            device.bind(("::1", 0))
+            other.bind(("::1", 0))
+            datagrams = []
+            for i, p in enumerate(PACKETS):
+                if i % 11 == 5:
+                    datagrams.append((other, p))  # another port of the device's host: wrong source
+                if i % 13 != 7:  # a gap now and then
+                    datagrams.append((device, p))
+            assert LIBC is not None
+            real, sent = LIBC.sendmmsg, []
+
+            def sendmmsg(fd: int, headers: Any, count: int, flags: int) -> int:
+                sent.append(count)
+                return int(real(fd, headers, count, flags))
+
+            general = await _relay6(False, datagrams, chunks)
+            batched = await _relay6(_batch(8, libc=mmsg.Libc(LIBC.recvmmsg, sendmmsg)), datagrams, chunks)
+        finally:
+            device.close()
+            other.close()
+        assert batched == general
+        assert general[1].packets > 0 and general[1].wrong_source > 0
+        assert {struct.unpack_from("!I", p, 8)[0] for p in batched[0]} == {1000}
+        assert chunks == [1] or sum(sent) > len(PACKETS) // 2  # the fast path took most of them
