@@ -8,7 +8,11 @@ and the batched one and asks for what the general path gives.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import errno
+import pickle
+import random
 import select
 import socket
 import struct
@@ -18,13 +22,25 @@ import pytest
 
 from gb28181gw.relay import forwarder as forwarder_module
 from gb28181gw.relay import mmsg
-from gb28181gw.relay.forwarder import Forwarder
+from gb28181gw.relay.forwarder import Forwarder, RelaySettings
 from gb28181gw.relay.records import ConsumerLost, RelayEvent
 from gb28181gw.sdp import StreamMode
 from tests.media import wait_for
 
 from .test_devices import free_udp_port
-from .test_relay_batch import DEVICE, LIBC, PACKETS, SSRC, _batch, _drain, _reader, _settings, _sink, _with_ssrc
+from .test_relay_batch import (
+    DEVICE,
+    LIBC,
+    PACKETS,
+    SSRC,
+    STRANGER,
+    _batch,
+    _drain,
+    _reader,
+    _settings,
+    _sink,
+    _with_ssrc,
+)
 
 pytestmark = pytest.mark.skipif(LIBC is None, reason="libc has no recvmmsg/sendmmsg here")
 
@@ -168,3 +184,152 @@ class TestIpv6:
         assert general[1].packets > 0 and general[1].wrong_source > 0
         assert {struct.unpack_from("!I", p, 8)[0] for p in batched[0]} == {1000}
         assert chunks == [1] or sum(sent) > len(PACKETS) // 2  # the fast path took most of them
+
+
+class TestMovedHeaders:
+    """A run that starts past a general-path packet is sent from moved send headers (header j
+    carries slot first + j, its length copied from the received lengths): a send cut short must
+    carry on from the right header and count what did not go by its own length."""
+
+    async def test_a_send_cut_short_after_a_general_packet_drops_the_right_datagram(self) -> None:
+        assert LIBC is not None
+        real, calls = LIBC.sendmmsg, []
+
+        def sendmmsg(fd: int, headers: Any, count: int, flags: int) -> int:
+            calls.append(count)
+            if len(calls) == 1:
+                return int(real(fd, headers, 1, flags))  # one went, then the buffer was full
+            if len(calls) == 2:
+                ctypes.set_errno(errno.EAGAIN)
+                return -1
+            return int(real(fd, headers, count, flags))
+
+        batch = _batch(8, libc=mmsg.Libc(LIBC.recvmmsg, sendmmsg))
+        forwarder = Forwarder(_settings(), batch=batch)
+        port = free_udp_port() & ~1
+        forwarder.open("s", port, StreamMode.UDP, SSRC, source=DEVICE)
+        stream = forwarder.streams["s"]
+        assert stream.udp is not None
+        forwarder.loop.remove_reader(stream.udp.fileno())
+        device, stranger = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+        device.bind((DEVICE, 0))
+        stranger.bind((STRANGER, 0))
+        sink = _sink()
+        # packets of different sizes, so that a length taken from the wrong slot shows
+        packets = [p + bytes(j) for j, p in enumerate(PACKETS[:5])]
+        try:
+            forwarder.add_consumer("s", "c0", "udp", "127.0.0.1", sink.getsockname()[1], 1000)
+            device.sendto(packets[0], ("127.0.0.1", port))  # read alone (recvfrom_into): latches the source
+            stranger.sendto(packets[1], ("127.0.0.1", port))  # slot 0 of the batch: the general path
+            for p in packets[1:]:
+                device.sendto(p, ("127.0.0.1", port))  # slots 1-4: one run, headers 0-3 moved
+            _reader(forwarder, stream)()
+            assert calls[:3] == [4, 3, 2]
+            assert not batch.moved and list(batch.send_iov[: 2 * 4 : 2]) == list(batch.addresses[:4])
+            got = _drain(sink)
+            assert got == [_with_ssrc(p, 1000) for p in packets[:2] + packets[3:]]
+            c = forwarder.snapshot().streams["s"].consumers["c0"]
+            assert (c.packets, c.dropped, c.errors) == (4, 1, 0)
+            assert c.bytes == sum(map(len, packets)) - len(packets[2])
+            assert forwarder.snapshot().streams["s"].wrong_source == 1
+        finally:
+            forwarder.close_all()
+            for s in (device, stranger, sink):
+                s.close()
+
+
+async def _relay_tcp(
+    batch: mmsg.Batch | bool, datagrams: list[tuple[socket.socket, bytes]], chunks: list[int]
+) -> tuple[list[bytes], bytes, Any]:
+    """Relay ``datagrams`` to a UDP consumer and a TCP one (RFC 4571), in wake-ups of ``chunks``
+    packets: what each got, and the stream's figures."""
+    forwarder = Forwarder(_settings(), batch=batch)
+    port = free_udp_port() & ~1
+    forwarder.open("s", port, StreamMode.UDP, SSRC, source=DEVICE)
+    stream = forwarder.streams["s"]
+    assert stream.udp is not None
+    forwarder.loop.remove_reader(stream.udp.fileno())
+    sink, listener = _sink(), socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    conn: socket.socket | None = None
+    try:
+        forwarder.add_consumer("s", "u", "udp", "127.0.0.1", sink.getsockname()[1], 1000)
+        await forwarder.add_tcp_consumer("s", "t", "127.0.0.1", listener.getsockname()[1], 1001)
+        conn = listener.accept()[0]
+        conn.setblocking(False)
+        reader, at = _reader(forwarder, stream), 0
+        for size in chunks * len(datagrams):
+            if at >= len(datagrams):
+                break
+            for sender, data in datagrams[at : at + size]:
+                sender.sendto(data, ("127.0.0.1", port))
+            at += size
+            reader()
+        for _ in range(4):
+            reader()
+        figures = forwarder.snapshot().streams["s"]
+        tcp = figures.consumers["t"]
+        stream_bytes = bytearray()
+
+        def all_read() -> bool:
+            assert conn is not None
+            try:
+                stream_bytes.extend(conn.recv(1 << 20))
+            except BlockingIOError:
+                pass
+            return len(stream_bytes) == tcp.bytes + 2 * tcp.packets
+
+        await wait_for(all_read, 5)
+        consumers = {k: dataclasses.replace(c, address=("", 0)) for k, c in figures.consumers.items()}
+        figures = dataclasses.replace(figures, port=0, idle=0.0, age=0.0, bitrate=0.0, consumers=consumers)
+        return _drain(sink), bytes(stream_bytes), figures
+    finally:
+        forwarder.close_all()
+        for s in (sink, listener, *([conn] if conn else [])):
+            s.close()
+
+
+class TestTcpBeside:
+    """A TCP consumer beside a UDP one: each packet gets the TCP consumer's length prefix written
+    into the two bytes before it (a batch slot's own) and each consumer's SSRC in turn."""
+
+    @pytest.mark.parametrize(("seed", "chunks"), [(1, [1]), (2, [5, 11]), (3, [40]), (4, [2, 9, 1])])
+    async def test_same_output_as_the_general_path(self, seed: int, chunks: list[int]) -> None:
+        rng = random.Random(seed)
+        device, other = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+        try:
+            device.bind((DEVICE, 0))
+            other.bind((DEVICE, 0))
+            datagrams = []
+            for p in PACKETS:
+                what = rng.choice(["ok"] * 8 + ["skip", "dup", "other", "short"])
+                if what == "skip":
+                    continue
+                if what == "dup":
+                    datagrams.append((device, p))
+                elif what == "other":
+                    datagrams.append((other, p))
+                elif what == "short":
+                    datagrams.append((device, p[:7]))
+                datagrams.append((device, p))
+            general = await _relay_tcp(False, datagrams, chunks)
+            batched = await _relay_tcp(_batch(6), datagrams, chunks)
+        finally:
+            device.close()
+            other.close()
+        assert batched == general
+        assert general[2].consumers["t"].packets == general[2].packets > 0
+
+
+def test_the_relay_settings_reach_a_worker_whole() -> None:
+    # RelaySettings.__reduce__ lists the fields by hand (a compiled frozen class refuses to be
+    # unpickled field by field): a field added later and not listed there would reach each relay
+    # worker as its default, silently. Every field here is set to something else than its default.
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(RelaySettings):
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")  # compiled: the class
+        values[f.name] = {"str": "::1", "float": 2.5, "bool": not f.default}.get(kind, 12345 + len(values))
+    settings = RelaySettings(**values)
+    assert pickle.loads(pickle.dumps(settings)) == settings
+    assert dataclasses.asdict(pickle.loads(pickle.dumps(settings))) == values
