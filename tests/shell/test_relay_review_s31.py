@@ -333,3 +333,34 @@ def test_the_relay_settings_reach_a_worker_whole() -> None:
     settings = RelaySettings(**values)
     assert pickle.loads(pickle.dumps(settings)) == settings
     assert dataclasses.asdict(pickle.loads(pickle.dumps(settings))) == values
+
+
+class TestDualStack:
+    """``media.listen = "::"`` takes IPv4 devices too (an IPv6 socket, IPv4-mapped senders: what
+    Forwarder._as_peer_host is for); their consumers are as often IPv4, and an IPv6 socket cannot
+    send to "127.0.0.1" as such (getaddrinfo: address family not supported), only to ::ffff:127.0.0.1."""
+
+    @pytest.mark.parametrize("batched", [False, True])
+    async def test_an_ipv4_consumer_of_a_relay_listening_on_the_ipv6_wildcard_is_sent_to(self, batched: bool) -> None:
+        forwarder = Forwarder(dataclasses.replace(_settings(), host="::"), batch=_batch(8) if batched else False)
+        port = free_udp_port() & ~1
+        forwarder.open("s", port, StreamMode.UDP, SSRC, source=DEVICE)
+        stream = forwarder.streams["s"]
+        assert stream.udp is not None and stream.udp.family == socket.AF_INET6
+        forwarder.loop.remove_reader(stream.udp.fileno())
+        device, sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), _sink()
+        device.bind((DEVICE, 0))
+        try:
+            forwarder.add_consumer("s", "c0", "udp", "127.0.0.1", sink.getsockname()[1], 1000)
+            for p in PACKETS[:20]:
+                device.sendto(p, ("127.0.0.1", port))
+            reader = _reader(forwarder, stream)
+            for _ in range(4):
+                reader()
+            assert _drain(sink) == [_with_ssrc(p, 1000) for p in PACKETS[:20]]
+            c = forwarder.snapshot().streams["s"].consumers["c0"]
+            assert (c.packets, c.errors, c.address) == (20, 0, ("127.0.0.1", sink.getsockname()[1]))
+        finally:
+            forwarder.close_all()
+            device.close()
+            sink.close()

@@ -181,14 +181,18 @@ class RelaySettings:
 class UdpOut:
     """A consumer reached over UDP, sent from the stream's own port."""
 
-    __slots__ = ("id", "ssrc", "addr", "sock", "packets", "bytes", "dropped", "errors", "dest", "destlen", "columns")
+    __slots__ = ("id", "ssrc", "addr", "to", "sock", "packets", "bytes", "dropped", "errors", "dest", "destlen",
+                 "columns")  # fmt: skip
     transport = "udp"
 
     def __init__(self, consumer_id: str, ssrc: int, addr: tuple[str, int], sock: socket.socket) -> None:
         self.id, self.ssrc, self.addr, self.sock = consumer_id, ssrc, addr, sock
         self.packets = self.bytes = self.dropped = self.errors = 0
+        # where it is sent: an IPv4 consumer of a relay on an IPv6 socket (media.listen "::", which
+        # takes IPv4 devices too) as IPv4-mapped, which is all such a socket sends to
+        self.to = _mapped(sock.family, addr)
         # its address as sendmmsg takes it (None: a name, or a scope; sent to with sendto only)
-        raw = mmsg.sockaddr(sock.family, addr)
+        raw = mmsg.sockaddr(sock.family, self.to)
         self.dest: Any = None if raw is None else ctypes.create_string_buffer(raw, len(raw))
         self.destlen = 0 if raw is None else len(raw)
         # its SSRC's four bytes, each repeated once a slot of a batch (_queue_run)
@@ -197,7 +201,7 @@ class UdpOut:
     def send(self, buf: bytearray, view: memoryview, off: int, n: int) -> None:
         _SSRC.pack_into(buf, off + 8, self.ssrc)
         try:
-            self.sock.sendto(view[off : off + n], self.addr)
+            self.sock.sendto(view[off : off + n], self.to)
         except BlockingIOError:
             self.dropped += 1  # the socket's send buffer is full: losing one datagram beats waiting
             return
@@ -1586,6 +1590,17 @@ def _source_names(st: RelayStream, b: mmsg.Batch) -> None:
         raw = mmsg.sockaddr(st.udp.family, src)
         st.source_names = raw.ljust(NAME, b"\0") * b.vlen if raw is not None else b""
         st.source_names_of = src
+
+
+def _mapped(family: int, addr: tuple[str, int]) -> tuple[str, int]:
+    """``addr`` as a socket of ``family`` sends to it: an IPv4 address IPv4-mapped for an IPv6 socket."""
+    if family == socket.AF_INET6:
+        try:
+            socket.inet_pton(socket.AF_INET, addr[0])
+        except OSError:
+            return addr  # IPv6 already, or a name
+        return (f"::ffff:{addr[0]}", addr[1])
+    return addr
 
 
 def _queue_run(b: mmsg.Batch, first: int, count: int, out: UdpOut) -> None:
