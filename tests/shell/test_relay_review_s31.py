@@ -8,6 +8,7 @@ and the batched one and asks for what the general path gives.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import dataclasses
 import errno
@@ -20,10 +21,11 @@ from typing import Any
 
 import pytest
 
+from gb28181gw.media.tcp_framing import frame
 from gb28181gw.relay import forwarder as forwarder_module
 from gb28181gw.relay import mmsg
 from gb28181gw.relay.forwarder import Forwarder, RelaySettings
-from gb28181gw.relay.records import ConsumerLost, RelayEvent
+from gb28181gw.relay.records import ConsumerLost, MediaConnected, RelayEvent
 from gb28181gw.sdp import StreamMode
 from tests.media import wait_for
 
@@ -360,6 +362,40 @@ class TestDualStack:
             assert _drain(sink) == [_with_ssrc(p, 1000) for p in PACKETS[:20]]
             c = forwarder.snapshot().streams["s"].consumers["c0"]
             assert (c.packets, c.errors, c.address) == (20, 0, ("127.0.0.1", sink.getsockname()[1]))
+        finally:
+            forwarder.close_all()
+            device.close()
+            sink.close()
+
+
+class TestTcpMediaOverIpv6:
+    """A device's TCP media connection (tcp-passive) to a relay on IPv6: ``accept`` gives the peer as
+    (host, port, flowinfo, scope), four items, where the relay keeps (host, port). Compiled by mypyc,
+    a tuple typed ``tuple[str, int]`` is checked for its length where it is passed."""
+
+    async def test_a_device_connecting_over_ipv6_is_attached_and_relayed(self) -> None:
+        try:
+            sink = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            sink.bind(("::1", 0))
+        except OSError:  # pragma: no cover - no IPv6 here
+            pytest.skip("no IPv6")
+        sink.setblocking(False)
+        events: list[RelayEvent] = []
+        forwarder = Forwarder(dataclasses.replace(_settings(), host="::1"), on_event=events.append)
+        port = free_udp_port() & ~1
+        device = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        try:
+            forwarder.open("s", port, StreamMode.TCP_PASSIVE, SSRC, source="::1")
+            forwarder.add_consumer("s", "c0", "udp", "::1", sink.getsockname()[1], 1000)
+            device.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(device, ("::1", port))
+            await wait_for(lambda: any(isinstance(e, MediaConnected) for e in events), 5)
+            connected = next(e for e in events if isinstance(e, MediaConnected))
+            assert connected.peer == device.getsockname()[:2]
+            device.sendall(b"".join(frame(p) for p in PACKETS[:10]))
+            got: list[bytes] = []
+            await wait_for(lambda: bool(got.extend(_drain(sink))) or len(got) == 10, 5)
+            assert got == [_with_ssrc(p, 1000) for p in PACKETS[:10]]
         finally:
             forwarder.close_all()
             device.close()

@@ -1401,7 +1401,8 @@ class Forwarder:
             st.refused_connections += 1
             conn.close()
             return
-        self._attach(st, conn, addr)
+        # (host, port): over IPv6 accept gives four items, which compiled code refuses as a tuple[str, int]
+        self._attach(st, conn, (addr[0], addr[1]))
 
     def _attach(self, st: RelayStream, conn: socket.socket, addr: tuple[str, int]) -> None:
         conn.setblocking(False)
