@@ -63,6 +63,7 @@ COMPILED_TESTS = [
     "tests/shell/test_relay_shared.py",
     "tests/shell/test_relay_review2.py",
     "tests/shell/test_relay_workers.py",
+    "tests/shell/test_relay_review_s31.py",  # IPv6 accept (a 4-tuple where tuple[str, int] is typed), dual stack
 ]
 
 
