@@ -146,7 +146,7 @@ class CompletedResponses:
     one Timer J of unreliable transports); :meth:`expire` drops what is due.
     """
 
-    __slots__ = ("_index", "_chunks", "_next_serial", "_spare", "_peak", "_shrink")
+    __slots__ = ("_index", "_chunks", "_next_serial", "_spare", "_peak", "_shrink", "_asked", "_asked_key")
 
     def __init__(self) -> None:
         # key → locator, split by hash(key) & _SHARD_MASK (see the module docstring)
@@ -158,6 +158,11 @@ class CompletedResponses:
         self._peak = 0
         # the next shard to rebuild to fit; INDEX_SHARDS when none is waiting (see the module docstring)
         self._shrink = INDEX_SHARDS
+        # the transaction key last asked about (__contains__) and its string: the quick path asks
+        # of every request, then adds the same tuple, whose string (its hash computed) is then not
+        # joined and hashed again. Held, so no other tuple can be this one while it is
+        self._asked: tuple[str, ...] = ()
+        self._asked_key = ""
 
     @staticmethod
     def key(tx_key: tuple[str, ...]) -> str:
@@ -169,7 +174,7 @@ class CompletedResponses:
 
     def add(self, tx_key: tuple[str, ...], data: bytes, peer: Peer, until: float) -> None:
         """Remember ``data`` sent to ``peer`` as the answer for ``tx_key`` until ``until``."""
-        key = "\x00".join(tx_key)  # key(), inlined
+        key = self._asked_key if tx_key is self._asked else "\x00".join(tx_key)  # key(), inlined
         chunks = self._chunks
         chunk = chunks[-1] if chunks else None
         if chunk is None or not chunk.room(len(data)):
@@ -199,6 +204,8 @@ class CompletedResponses:
 
     def __contains__(self, tx_key: tuple[str, ...]) -> bool:
         key = "\x00".join(tx_key)  # key(), inlined: asked of every quick request
+        self._asked = tx_key
+        self._asked_key = key
         return key in self._index[hash(key) & _SHARD_MASK]
 
     def get(self, tx_key: tuple[str, ...]) -> tuple[bytes, Peer] | None:
