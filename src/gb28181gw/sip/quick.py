@@ -353,7 +353,10 @@ class QuickRequest:
             return None
         text = data[:crlf].decode("utf-8", "surrogateescape")
         if _PATTERNS:
-            kept = _PATTERNS.get(text.count("\r\n"), _NONE_KEPT)
+            # the line count by its LFs, not its CRLFs (a one-character count is the cheaper
+            # search, ~0.1 µs): a pattern matches only lines ended by CRLF with no other LF,
+            # so a text one matches counts the same either way
+            kept = _PATTERNS.get(text.count("\n"), _NONE_KEPT)
             for entry in kept:
                 m = entry[0].fullmatch(text)
                 if m is not None:
