@@ -804,8 +804,9 @@ class RegistrarService:
         self.keepalives[_KEEPALIVE_OK] += 1
         arrivals = self.keepalive_arrivals
         kept = arrivals.get(device_id)
-        if kept is not None and len(kept) == KEEPALIVES_KEPT:
-            arrivals[device_id] = (*kept[1:], now)
+        if kept is not None and len(kept) == KEEPALIVES_KEPT == 4:
+            # the common case written out: one tuple built rather than a slice, a list and a tuple
+            arrivals[device_id] = (kept[1], kept[2], kept[3], now)
         else:
             arrivals[device_id] = (*(kept or ())[1 - KEEPALIVES_KEPT :], now)
         device = self.devices.keepalive(device_id, peer, epoch=epoch)
