@@ -67,6 +67,12 @@ EXPIRE_STEP = 2_000
 SHRINK_STEP = 16
 #: Entries of one chunk are numbered in the low bits of their locator, the chunk in the high ones.
 _INDEX_BITS = 24
+#: How a chunk is mapped: private (anonymous shared memory is the kernel's shmem, whose page
+#: faults cost twice a private page's) and, where the system has it, populated at once: one
+#: system call fills the chunk's pages rather than a page fault every ten or so responses
+#: written into it (measured 2026-12-04: 178 ns a 400-byte response written into a fresh
+#: shared chunk, 107 into a private populated one, 115 into a reused one).
+_MAP_FLAGS = mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0)
 
 
 class _Chunk:
@@ -181,7 +187,7 @@ class CompletedResponses:
             if len(data) <= CHUNK_BYTES and self._spare:
                 memory = self._spare.pop()
             else:
-                memory = mmap.mmap(-1, max(CHUNK_BYTES, len(data)))
+                memory = mmap.mmap(-1, max(CHUNK_BYTES, len(data)), flags=_MAP_FLAGS)
             if chunk is not None:
                 chunk.seal()
                 held = len(self)  # once a chunk (hundreds of entries): the peak the shards grew to
