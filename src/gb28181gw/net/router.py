@@ -313,12 +313,6 @@ class Router:
         owned = self._messages.get((role, cmd_type)) or self._messages.get((role, ANY))
         return owned.fn if owned is not None else None
 
-    def first_resolver(self) -> RoleResolver | None:
-        """The resolver :meth:`role_of` asks first, if any: when it claims a sender, its answer is
-        :meth:`role_of`'s (a quick path may ask it alone, then, and :meth:`role_of` for the rest)."""
-        fns = self._resolver_fns
-        return fns[0] if fns else None
-
     def role_of(self, sender: str, peer: Peer) -> Role | None:
         """The role of a MESSAGE's sender: the first resolver's claim, else :attr:`Role.REFUSED` if
         one refused it, else ``None``."""

@@ -213,7 +213,6 @@ class RegistrarService:
         self._routes_seen = -1
         self._registers_mine = False
         self._keepalives_mine = False
-        self._role_first = False  # whether the router asks _role first (see _quick_message)
         self.registrations = metrics.counter(REGISTRATIONS)
         self.keepalives = metrics.counter(KEEPALIVES)
         self.timeouts = metrics.counter(KEEPALIVE_TIMEOUTS)
@@ -553,7 +552,6 @@ class RegistrarService:
         self._routes_seen = router.version
         self._registers_mine = router.owner_of("REGISTER") == self._on_register
         self._keepalives_mine = router.message_owner(Role.DEVICE, "keepalive") == self._on_keepalive
-        self._role_first = router.first_resolver() == self._role
 
     def _quick_register(self, q: QuickRequest, peer: Peer) -> tuple[int, bytes] | None:
         # the quick path (gb/quick.py): REGISTER answered without the general stack, or declined
@@ -707,17 +705,13 @@ class RegistrarService:
     def _role(self, sender: str, peer: Peer) -> Role | None:
         # the router asks who sent a MESSAGE: the registered device at its address, its ID from
         # elsewhere, or (by the ID deny list) a refused sender
-        return self._role_at(sender, peer, self._clock())
-
-    def _role_at(self, sender: str, peer: Peer, epoch: float) -> Role | None:
-        """:meth:`_role` at wall time ``epoch`` (the quick path has read the clock already)."""
         device = self.devices.get(sender)
         if (
             device is not None
             and device.port == peer.port
             and device.host == peer.host
             and device.state is not DeviceState.UNREGISTERED
-            and device.expires_at > epoch
+            and device.expires_at > self._clock()
             and self.cluster.owns(sender)
         ):
             # asked of every keepalive: its common answer (check_sender's OK, from its very
@@ -725,7 +719,7 @@ class RegistrarService:
             return Role.DEVICE
         if device is not None and not self.cluster.owns(sender):
             device = None  # another node's: 404, and a device that believes it is registered here registers again
-        result = check_sender(device, peer, epoch, accept_port_change=self.settings.accept_port_change)
+        result = check_sender(device, peer, self._clock(), accept_port_change=self.settings.accept_port_change)
         if result is MessageResult.OK:
             return Role.DEVICE
         if result is MessageResult.WRONG_ADDRESS:
@@ -784,19 +778,23 @@ class RegistrarService:
         router = self.stack.router
         if router.version != self._routes_seen:
             self._quick_routes()
-        if not self._keepalives_mine or not is_keepalive(q.body) or not router.chain_passes("MESSAGE", q.call_id):
+        if (
+            not self._keepalives_mine
+            or not is_keepalive(q.body)
+            or not router.chain_passes("MESSAGE", q.call_id)
+            or router.role_of(q.sender, peer) is not Role.DEVICE
+        ):
             return None
         now, epoch = self._now()
-        # the router asks _role first, and takes its claim: asked directly (a native call when
-        # compiled, not the router's loop calling a bound method), with the clock read once; any
-        # other answer is the router's to give, with every resolver
-        if (not self._role_first or self._role_at(q.sender, peer, epoch) is not Role.DEVICE) and router.role_of(
-            q.sender, peer
-        ) is not Role.DEVICE:
-            return None
         endpoint = self.stack.endpoint
         data = q.answer(200, endpoint.new_tag(), server=endpoint.user_agent)
-        self._kept_alive(q.sender, peer, now, epoch)
+        # the ID as the device table holds it rather than as this request spelt it: the tables
+        # _kept_alive looks it up in (arrivals, liveness, heartbeats) were filled with that same
+        # string, and a dict finds its own key by identity, where an equal string is compared
+        # (the stored one read from memory: a cache miss each at a large site)
+        device = self.devices.get(q.sender)
+        device_id = device.device_id if device is not None and device.device_id == q.sender else q.sender
+        self._kept_alive(device_id, peer, now, epoch)
         return 200, data
 
     def _kept_alive(self, device_id: str, peer: Peer, now: float, epoch: float) -> None:
