@@ -168,6 +168,12 @@ async def test_a_chain_link_that_cannot_say_it_passes_keeps_keepalives_on_the_ge
     try:
         router = gw.stack.router
         assert router.chain_passes("MESSAGE", "ka-k1@127.0.0.1")  # the streams' link says it passes
+        # ... but not a Call-ID it holds (a recorded stream's: its MediaStatus is the streams')
+        gw.streams.by_call_id["ka-k1@127.0.0.1"] = None  # type: ignore[assignment]
+        assert not router.chain_passes("MESSAGE", "ka-k1@127.0.0.1")
+        assert router.chain_passes("MESSAGE", "ka-k2@127.0.0.1")
+        del gw.streams.by_call_id["ka-k1@127.0.0.1"]
+        assert router.chain_passes("MESSAGE", "ka-k1@127.0.0.1")
         challenge = await ask(register(port, "b1", 1))
         assert (await ask(register(port, "b2", 2, authorization(challenge)))).startswith(b"SIP/2.0 200 ")
         seen: list[str] = []
