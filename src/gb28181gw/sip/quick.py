@@ -120,7 +120,6 @@ class _Shape:
         "via_at",
         "fetch",
         "value_groups",
-        "call_id_group",
     )
 
     def __init__(
@@ -140,10 +139,9 @@ class _Shape:
         # with a pattern: the number of every group _matched reads, in its order (numbers, not
         # names: each name cost a dict lookup per request, thirty of them)
         self.fetch: tuple[int, ...] = ()
-        # with a pattern: the numbers of the header values' groups, in order, and of Call-ID's;
-        # the values are taken from the match only when asked for (QuickRequest.values)
+        # with a pattern: the numbers of the header values' groups, in order; the values are
+        # taken from the match only when asked for (QuickRequest.values)
         self.value_groups: tuple[int, ...] = ()
-        self.call_id_group = 0
 
 
 def _shape_of(names: tuple[str, ...]) -> _Shape | None:
@@ -203,8 +201,8 @@ _PATTERNS_PER_COUNT = 4
 _NONE_KEPT: list[tuple[re.Pattern[str], _Shape]] = []  # a line count without patterns (never added to)
 #: Requests of a shape read the dict way before its pattern may take a kept pattern's place.
 _EVICT_AFTER = 256
-#: The groups of every pattern that _matched reads, in the order it unpacks them (then the copied
-#: lines: _Shape.fetch).
+#: The groups of every pattern that _matched reads, in the order it unpacks them (then Call-ID's
+#: value and the copied lines: _Shape.fetch).
 _FETCHED = (
     "cseq",
     "length",
@@ -258,9 +256,9 @@ def _compile(shape: _Shape) -> None:
     pattern = re.compile("".join(parts))
     # one m.group() call for all of them rather than a subscript each (see _matched)
     number = pattern.groupindex
-    shape.fetch = tuple(number[name] for name in (*_FETCHED, *lines))
+    call_id = values[shape.keys.index("call-id")]
+    shape.fetch = tuple(number[name] for name in (*_FETCHED, call_id, *lines))
     shape.value_groups = tuple(number[name] for name in values)
-    shape.call_id_group = number[values[shape.keys.index("call-id")]]
     _PATTERNS.setdefault(len(shape.keys), []).append((pattern, shape))
 
 
@@ -487,7 +485,8 @@ class QuickRequest:
         uri: str = got[8]
         sender: str = got[9]
         branch: str = got[10]
-        lines = got[_N_FETCHED:]
+        call_id: str = got[_N_FETCHED]
+        lines = got[_N_FETCHED + 1 :]
         # the To line as sent (never empty): its name holds no "tag", so this is the check of its value
         to_line: str = lines[shape.to_at]
         if (
@@ -497,9 +496,10 @@ class QuickRequest:
         ):
             return None
         if port is not None:
-            if int(port) > 65535:
+            port_number = int(port)
+            if port_number > 65535:
                 return None  # the dict reading decides (Via.parse refuses it)
-            sent_by = f"{host}:{int(port)}"
+            sent_by = f"{host}:{port_number}"
         else:
             sent_by = host
         rport = rport1 is not None or rport2 is not None
@@ -524,7 +524,7 @@ class QuickRequest:
             stamped_line,
             shape,
             m,
-            m.group(shape.call_id_group),
+            call_id,
         )
 
     def get(self, key: str) -> str | None:
