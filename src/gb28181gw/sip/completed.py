@@ -14,8 +14,9 @@ this table for good (2.6 KiB per device registered at 3,000/s, 1.1 KiB at 500/s)
 response bytes go into anonymous memory maps of :data:`CHUNK_BYTES`, filled in order; Timer J is
 the same for all of them, so they expire in that order too, and a chunk whose entries have all
 expired is unmapped, its memory returned to the system — all but one (:data:`SPARE_CHUNKS`), kept
-for the next chunk: under a steady load one chunk empties as another fills, and writing into
-fresh pages costs a page fault each (~0.4 µs a response). What stays on the Python heap per entry
+for the next chunk: under a steady load one chunk empties as another fills, and fresh pages cost
+the kernel their zeroing (populated when mapped, :data:`_MAP_FLAGS`; a page fault each before, ~0.4 µs
+a response). What stays on the Python heap per entry
 is the key (one string) and one small int locating the entry.
 
 Nothing here may hold the event loop long, since every request waits behind it (issue 16):
