@@ -14,9 +14,10 @@ more than parsing a small SIP header, and the scrape happens every few seconds.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.core import (
@@ -375,6 +376,25 @@ FAMILIES: tuple[Family, ...] = (
 )  # fmt: skip
 
 
+K = TypeVar("K", bound=Hashable)
+
+
+class Counts(Counter[K]):
+    """A :class:`collections.Counter` whose ``c[key] += 1`` runs in C both ways.
+
+    ``Counter`` defines ``__delitem__`` in Python (to ignore a missing key), and CPython gives
+    item assignment and deletion one slot: so every ``c[key] = n`` of a ``Counter`` went through
+    a Python-level lookup of ``__setitem__`` and a call of its wrapper, ~50 ns more than a dict's
+    (measured 2026-12-04; three such increments per keepalive, tens of thousands a second). Here
+    both are ``dict``'s own, so the slot is the dict's again; ``del c[missing]`` raises
+    ``KeyError`` as a dict's does (nothing deletes from these counters).
+    """
+
+    __slots__ = ()
+    __setitem__ = dict.__setitem__
+    __delitem__ = dict.__delitem__  # type: ignore[assignment]  # Counter types it (object) -> None
+
+
 class SipCounters:
     """Plain counters the SIP shell increments; exported by :class:`_SipCollector`.
 
@@ -388,14 +408,14 @@ class SipCounters:
     """
 
     def __init__(self) -> None:
-        self.requests: Counter[tuple[str, str, str]] = Counter()
-        self.responses: Counter[tuple[str, str, str]] = Counter()
-        self.parse_errors: Counter[tuple[str, str]] = Counter()
+        self.requests: Counter[tuple[str, str, str]] = Counts()
+        self.responses: Counter[tuple[str, str, str]] = Counts()
+        self.parse_errors: Counter[tuple[str, str]] = Counts()
         # what we send is counted from the wire bytes (method or status as bytes), decoded at scrape time
-        self.requests_out: Counter[tuple[str, bytes]] = Counter()
-        self.responses_out: Counter[tuple[str, bytes]] = Counter()
-        self.dropped: Counter[str] = Counter()
-        self.flood_dropped: Counter[str] = Counter()
+        self.requests_out: Counter[tuple[str, bytes]] = Counts()
+        self.responses_out: Counter[tuple[str, bytes]] = Counts()
+        self.dropped: Counter[str] = Counts()
+        self.flood_dropped: Counter[str] = Counts()
 
 
 LabeledGauge = Callable[[], dict[tuple[str, ...], float]]
@@ -515,7 +535,7 @@ class Metrics:
     def counter(self, family: Family) -> Counter[tuple[str, ...]]:
         """A counter for ``family``; increment ``c[(label value, …)] += 1`` in label order."""
         self._register(family, Kind.COUNTER)
-        counter: Counter[tuple[str, ...]] = Counter()
+        counter: Counter[tuple[str, ...]] = Counts()
         self._collector.counters[family] = counter
         return counter
 

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gb28181gw.errors import ManscdpError
+from gb28181gw.manscdp import codec
 from gb28181gw.manscdp.codec import KEEPALIVE_MARK, Keepalive, child_text, is_keepalive, keepalive_fast, parse_xml
 
 DEV = "34020000001320000001"
@@ -199,3 +200,59 @@ def test_one_byte_changed_in_a_plain_keepalive_declines_or_agrees(data: st.DataO
     i = data.draw(st.integers(0, len(PLAIN) - 1))
     byte = data.draw(st.integers(0, 255))
     agrees(PLAIN[:i] + bytes([byte]) + PLAIN[i + 1 :])
+
+
+# --- the cuts is_keepalive keeps (a body taken without the pattern) ---------------------------
+
+
+def plain_cut() -> tuple[bytes, bytes, bytes]:
+    """The cut is_keepalive keeps of PLAIN (it is kept, the most recent first, once the pattern took it)."""
+    assert is_keepalive(PLAIN)
+    head = PLAIN[: PLAIN.index(b"<SN>") + 4]
+    middle = PLAIN[PLAIN.index(b"</SN>") : PLAIN.index(b"<DeviceID>") + 10]
+    tail = PLAIN[PLAIN.index(b"</DeviceID>") :]
+    assert (head, middle, tail) in codec._CUTS
+    return head, middle, tail
+
+
+def test_a_keepalive_like_a_kept_one_but_for_sn_and_device_id_is_read_by_its_cut() -> None:
+    head, middle, tail = plain_cut()
+    body = head + b"7" + middle + b"34020000001320000099" + tail
+    assert codec._cut_fits(body, (head, middle, tail))
+    assert is_keepalive(body) and keepalive_fast(body) == Keepalive(7, "34020000001320000099", "OK") == general(body)
+
+
+@pytest.mark.parametrize(
+    ("sn", "dev"),
+    [(b"", DEV.encode()), (b"1" * 19, DEV.encode()), (b"4", b""), (b"4", b"1" * 33), (b"4 ", DEV.encode()),
+     (b"\xd9\xa1", DEV.encode()), (b"4", b"ab-c"), (b"4", b"\xc3\xa9"), (b"4</SN>", DEV.encode())],
+)  # fmt: skip
+def test_a_cut_takes_no_sn_or_device_id_the_pattern_would_not(sn: bytes, dev: bytes) -> None:
+    head, middle, tail = plain_cut()
+    body = head + sn + middle + dev + tail
+    assert not codec._cut_fits(body, (head, middle, tail))
+    assert is_keepalive(body) is (keepalive_fast(body) is not None) is False
+
+
+@settings(max_examples=500)
+@given(keepalive_bodies(), _TEXT | st.from_regex(rb"\A[0-9]{1,20}\Z", fullmatch=True), _TEXT)
+def test_a_cut_takes_only_what_the_pattern_takes(kept: bytes, sn: bytes, dev: bytes) -> None:
+    """Whatever body a cut was kept of, and whatever is put in for its SN and DeviceID: the cut takes
+    the result only if the pattern does, and is_keepalive (cut or pattern) agrees with keepalive_fast."""
+    m = codec._KEEPALIVE_RE.fullmatch(kept)
+    if m is None:
+        return
+    cut = (kept[: m.start(1)], kept[m.end(1) : m.start(2)], kept[m.end(2) :])
+    body = cut[0] + sn + cut[1] + dev + cut[2]
+    if codec._cut_fits(body, cut):
+        assert codec._KEEPALIVE_RE.fullmatch(body) is not None
+    is_keepalive(kept)  # kept as a cut, the most recent first
+    agrees(body)
+
+
+def test_the_cuts_kept_are_bounded() -> None:
+    for n in range(codec._CUTS_KEPT * 3):
+        body = PLAIN.replace(b"<Notify>\r\n", b"<Notify>\r\n" + b" " * n)
+        assert is_keepalive(body)
+        assert len(codec._CUTS) <= codec._CUTS_KEPT
+    assert is_keepalive(PLAIN)  # read again by the pattern once its cut was let go

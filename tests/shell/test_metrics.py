@@ -77,3 +77,22 @@ def test_a_family_is_registered_once_and_as_its_type() -> None:
     text = m.render().decode()
     assert 'gb28181gw_devices{state="online"} 2.0' in text
     assert 'gb28181gw_stream_setup_seconds_bucket{le="0.5"} 1.0' in text
+
+
+def test_the_hot_counters_count_like_a_counter_with_the_dicts_own_item_assignment() -> None:
+    """metrics.Counts: a Counter (a missing key reads 0, ``+=`` counts) whose item assignment and
+    deletion are the dict's own, so that CPython keeps the dict's C slot for ``c[key] = n``."""
+    from collections import Counter
+
+    from gb28181gw.metrics import Counts, SipCounters
+
+    c: Counts[tuple[str, ...]] = Counts()
+    assert c["in", "UDP", "MESSAGE"] == 0 and not c
+    c["in", "UDP", "MESSAGE"] += 1
+    c["in", "UDP", "MESSAGE"] += 1
+    assert c == Counter({("in", "UDP", "MESSAGE"): 2}) and isinstance(c, Counter)
+    assert type(c).__setitem__ is dict.__setitem__ and type(c).__delitem__ is dict.__delitem__
+    del c["in", "UDP", "MESSAGE"]
+    with pytest.raises(KeyError):
+        del c["in", "UDP", "MESSAGE"]  # as a dict's (Counter's own would ignore it; nothing deletes)
+    assert isinstance(SipCounters().requests, Counts)

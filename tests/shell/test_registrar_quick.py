@@ -168,6 +168,12 @@ async def test_a_chain_link_that_cannot_say_it_passes_keeps_keepalives_on_the_ge
     try:
         router = gw.stack.router
         assert router.chain_passes("MESSAGE", "ka-k1@127.0.0.1")  # the streams' link says it passes
+        # ... but not a Call-ID it holds (a recorded stream's: its MediaStatus is the streams')
+        gw.streams.by_call_id["ka-k1@127.0.0.1"] = None  # type: ignore[assignment]
+        assert not router.chain_passes("MESSAGE", "ka-k1@127.0.0.1")
+        assert router.chain_passes("MESSAGE", "ka-k2@127.0.0.1")
+        del gw.streams.by_call_id["ka-k1@127.0.0.1"]
+        assert router.chain_passes("MESSAGE", "ka-k1@127.0.0.1")
         challenge = await ask(register(port, "b1", 1))
         assert (await ask(register(port, "b2", 2, authorization(challenge)))).startswith(b"SIP/2.0 200 ")
         seen: list[str] = []
@@ -326,6 +332,33 @@ async def test_a_keepalive_done_in_place_sets_the_deadline_watch_would(interval:
         assert svc.liveness.deadline(ID) == expected
         assert svc._timer.armed and svc._timer.when <= expected
         assert ID in svc._heartbeats or ID in svc._dirty
+    finally:
+        sock.close()
+        await gw.stop()
+
+
+async def test_a_keepalive_keeps_the_arrival_times_of_the_last_four() -> None:
+    """_kept_alive's arrival times (the doctor's interval check): the first keepalives append,
+    then each one drops the oldest (the written-out rotation for four), on either path."""
+    from gb28181gw.services.registrar import KEEPALIVES_KEPT
+    from gb28181gw.sip.peer import Peer
+
+    gw = await start_gateway(**{"registrar.password": PASSWORD})
+    sock, port, ask = device_socket(gw)
+    try:
+        challenge = await ask(register(port, "a1", 1))
+        assert (await ask(register(port, "a2", 2, authorization(challenge)))).startswith(b"SIP/2.0 200 ")
+        svc = gw.registrar
+        svc.keepalive_arrivals.pop(ID, None)
+        now, epoch = svc._now()
+        for i in range(KEEPALIVES_KEPT + 3):
+            svc._kept_alive(ID, Peer("UDP", "127.0.0.1", port), now + i, epoch + i)
+            first = max(0, i + 1 - KEEPALIVES_KEPT)
+            assert svc.keepalive_arrivals[ID] == tuple(now + k for k in range(first, i + 1))
+        # over the socket too: the quick path's keepalive lands last
+        assert (await ask(keepalive(port, "k1"))).startswith(b"SIP/2.0 200 ")
+        kept = svc.keepalive_arrivals[ID]
+        assert len(kept) == KEEPALIVES_KEPT and kept[:-1] == tuple(now + k for k in range(4, 7))
     finally:
         sock.close()
         await gw.stop()

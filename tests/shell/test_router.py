@@ -293,3 +293,19 @@ async def test_a_streams_dialog_is_routed_while_it_lives(tmp_path: Path, who: st
     finally:
         udp.close()
         await gw.stop()
+
+
+async def test_a_chain_link_passes_every_call_id_but_those_it_holds(gateway: Gateway) -> None:
+    """``passes_unless_in``: the link's own container, asked in place, as it is when asked."""
+    router = gateway.stack.router
+    held: set[str] = {"held-1"}
+
+    def consumer(event: object) -> object:
+        return PASS
+
+    router.consume("INFO", consumer, owner="test", passes_unless_in=held)
+    assert not router.chain_passes("INFO", "held-1")
+    assert router.chain_passes("INFO", "other")
+    held.add("other")
+    held.discard("held-1")
+    assert router.chain_passes("INFO", "held-1") and not router.chain_passes("INFO", "other")

@@ -325,3 +325,27 @@ async def test_302_redirect_is_followed_to_the_assigned_server(tmp_path: Path) -
     finally:
         await gw.stop()
     assert assigned.registers()[-1].headers.get("expires") == "0"
+
+
+async def test_who_sent_a_message_is_asked_of_the_upstreams_only_when_a_superior_is_configured(
+    tmp_path: Path,
+) -> None:
+    """With superiors their service claims their IDs (asked before the registrar); with none it would
+    claim nobody, and is not asked at all (the links are fixed at start-up)."""
+    from gb28181gw.net.router import Role
+    from gb28181gw.sip.peer import Peer
+
+    sup = await superior(digest_superior())
+    gw = await gateway_under(tmp_path, sup.port)
+    plain = await start_gateway()
+    try:
+        at_superior = Peer("UDP", "127.0.0.1", sup.port)
+        assert [r.owner for r in gw.stack.router._resolvers] == ["upstreams", "registrar"]
+        assert gw.stack.router.role_of(UPPER, at_superior) is Role.PLATFORM
+        assert [r.owner for r in plain.stack.router._resolvers] == ["registrar"]
+        assert plain.upstreams._role(UPPER, at_superior) is None  # what it would have said
+        device = "34020000001320000077"
+        assert plain.stack.router.role_of(device, at_superior) is gw.stack.router.role_of(device, at_superior) is None
+    finally:
+        await plain.stop()
+        await gw.stop()

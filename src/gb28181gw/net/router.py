@@ -34,7 +34,7 @@ instead of one handler silently replacing another.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from enum import Enum, StrEnum
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
@@ -128,12 +128,19 @@ F = TypeVar("F")
 class _Owned(Generic[F]):
     """A registered callable with the name of who registered it (and, for a chain link, what it passes)."""
 
-    __slots__ = ("fn", "owner", "passes")
+    __slots__ = ("fn", "owner", "passes", "passes_unless_in")
 
-    def __init__(self, fn: F, owner: str, passes: Callable[[str], bool] | None = None) -> None:
+    def __init__(
+        self,
+        fn: F,
+        owner: str,
+        passes: Callable[[str], bool] | None = None,
+        passes_unless_in: Container[str] | None = None,
+    ) -> None:
         self.fn = fn
         self.owner = owner
         self.passes = passes
+        self.passes_unless_in = passes_unless_in
 
 
 #: How the stack runs a handler: ``run(fn, arg, event)`` calls ``fn(arg)``; a failure is logged
@@ -199,13 +206,21 @@ class Router:
         self._update_allow()
 
     def consume(
-        self, method: str, consumer: Consumer, *, owner: str, passes: Callable[[str], bool] | None = None
+        self,
+        method: str,
+        consumer: Consumer,
+        *,
+        owner: str,
+        passes: Callable[[str], bool] | None = None,
+        passes_unless_in: Container[str] | None = None,
     ) -> None:
         """Add ``consumer`` to the chain of ``method``, after those already there.
 
         ``passes(call_id)``, if given, says without the request that the consumer would pass any
         request with that Call-ID: the shell's quick path (:mod:`gb28181gw.sip.quick`) serves a
         method only when every link of its chain says so (:meth:`chain_passes`).
+        ``passes_unless_in``, instead, says the consumer passes any request whose Call-ID it does
+        not hold (a live container the consumer keeps, asked in place: no call per request).
 
         Raises:
             RouteConflict: ``owner`` has a consumer in this chain already.
@@ -214,7 +229,7 @@ class Router:
         chain = self._chains.setdefault(method, [])
         if any(link.owner == owner for link in chain):
             raise RouteConflict(f"a {method} chain link", owner, owner)
-        chain.append(_Owned(consumer, owner, passes))
+        chain.append(_Owned(consumer, owner, passes, passes_unless_in))
         self._update_allow()
 
     def on_message(self, role: Role, cmd_type: str, handler: MessageHandler, *, owner: str) -> None:
@@ -299,7 +314,11 @@ class Router:
     def chain_passes(self, method: str, call_id: str) -> bool:
         """Whether every consumer in ``method``'s chain surely passes a request with ``call_id``."""
         for link in self._chains.get(method, ()):
-            if link.passes is None or not link.passes(call_id):
+            unless_in = link.passes_unless_in
+            if unless_in is not None:
+                if call_id in unless_in:
+                    return False
+            elif link.passes is None or not link.passes(call_id):
                 return False
         return True
 

@@ -354,7 +354,8 @@ class SipStack:
         """The quick path: whether ``data`` was answered on it (else the endpoint takes it)."""
         if data.startswith(b"MESSAGE "):
             needs = self._quick_needs.get("MESSAGE")
-            if needs and needs not in data:
+            # searched from the end: the mark of a keepalive is in its body, after the headers
+            if needs and data.rfind(needs) < 0:
                 return False  # not what the handler takes (see on_quick): no reading twice
         elif not data.startswith(b"REGISTER "):
             return False

@@ -487,7 +487,7 @@ class StreamService:
             "MESSAGE",
             self._media_status_by_call_id,
             owner="streams",
-            passes=lambda call_id: call_id not in self.by_call_id,  # (what the consumer checks first)
+            passes_unless_in=self.by_call_id,  # (what the consumer checks first; never replaced)
         )
         registrar.on_offline(self._on_offline)
         for relay in relays:

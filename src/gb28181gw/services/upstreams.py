@@ -237,7 +237,10 @@ class UpstreamService:
             UPSTREAM_REGISTERED,
             lambda: {(name,): float(link.machine.registered) for name, link in self.links.items()},
         )
-        stack.router.add_role_resolver(self._role, owner="upstreams")
+        if self.links:
+            # with no superior configured (the links are fixed at start-up) _role answers None to
+            # every sender: then it is not asked, an interpreted call per MESSAGE (each keepalive)
+            stack.router.add_role_resolver(self._role, owner="upstreams")
 
     def _machine(self, up: UpstreamSection) -> Upstream:
         """A fresh registration machine: its own Call-ID, tag and CSeq."""

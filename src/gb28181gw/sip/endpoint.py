@@ -78,14 +78,12 @@ def fast_token() -> Callable[[int], str]:
     unpredictable, use :mod:`secrets` (see :class:`~gb28181gw.sip.auth.NonceStore`).
     """
     rng = random.Random(secrets.randbits(128))
-    bits = rng.getrandbits
-    # the format of each size written once: a nested f-string format spec is parsed per call
-    # (0.48 µs a tag against 0.26; a tag per request answered)
-    formats = {n: f"%0{2 * n}x" for n in range(1, 33)}
+    # the bytes' hex rather than a formatted number: "%012x" % n cost 0.2 µs a tag against 0.12
+    # (a nested f-string format spec, before that, 0.48; a tag per request answered)
+    randbytes = rng.randbytes
 
     def token(nbytes: int) -> str:
-        fmt = formats.get(nbytes)
-        return fmt % bits(8 * nbytes) if fmt is not None else f"{bits(8 * nbytes):0{2 * nbytes}x}"
+        return randbytes(nbytes).hex()
 
     return token
 
