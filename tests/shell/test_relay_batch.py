@@ -102,14 +102,7 @@ async def _relay(
         for j, s in enumerate(sinks):
             forwarder.add_consumer("s", f"c{j}", "udp", "127.0.0.1", s.getsockname()[1], 1000 + j)
         reader = _reader(forwarder, stream)
-        sizes, at = iter(chunks * len(datagrams) if chunks else [len(datagrams)]), 0
-        while at < len(datagrams):
-            size = next(sizes)
-            for sender, data in datagrams[at : at + size]:
-                sender.sendto(data, ("127.0.0.1", port))
-            at += size
-            if chunks:
-                reader()
+        _feed(reader, datagrams, ("127.0.0.1", port), chunks)
         for _ in range(len(datagrams) + 2):
             reader()
         snapshot = forwarder.snapshot()
@@ -131,6 +124,21 @@ async def _from_device(batch: mmsg.Batch | bool, packets: list[bytes]) -> Outcom
         return await _relay(batch, [(device, p) for p in packets], 1)
     finally:
         device.close()
+
+
+def _feed(
+    reader: Callable[[], None], datagrams: list[tuple[socket.socket, bytes]], dest: Any, chunks: list[int] | None
+) -> None:
+    """Send ``datagrams`` to ``dest``: all at once, or ``chunks`` at a time (the sizes taken in turn),
+    each chunk then read by one call of ``reader`` (a wake-up of few packets or of many)."""
+    sizes, at = iter(chunks * len(datagrams) if chunks else [len(datagrams)]), 0
+    while at < len(datagrams):
+        size = next(sizes)
+        for sender, data in datagrams[at : at + size]:
+            sender.sendto(data, dest)
+        at += size
+        if chunks:
+            reader()
 
 
 def _reader(forwarder: Forwarder, stream: RelayStream) -> Callable[[], None]:

@@ -38,6 +38,7 @@ from .test_relay_batch import (
     STRANGER,
     _batch,
     _drain,
+    _feed,
     _reader,
     _settings,
     _sink,
@@ -133,14 +134,7 @@ async def _relay6(batch: mmsg.Batch | bool, datagrams: list[tuple[socket.socket,
     try:
         forwarder.add_consumer("s", "c0", "udp", "::1", sink.getsockname()[1], 1000)
         reader = _reader(forwarder, stream)
-        at = 0
-        for size in chunks * len(datagrams):
-            if at >= len(datagrams):
-                break
-            for sender, data in datagrams[at : at + size]:
-                sender.sendto(data, ("::1", port))
-            at += size
-            reader()
+        _feed(reader, datagrams, ("::1", port), chunks)
         for _ in range(4):
             reader()
         figures = forwarder.snapshot().streams["s"]
@@ -260,14 +254,8 @@ async def _relay_tcp(
         await forwarder.add_tcp_consumer("s", "t", "127.0.0.1", listener.getsockname()[1], 1001)
         conn = listener.accept()[0]
         conn.setblocking(False)
-        reader, at = _reader(forwarder, stream), 0
-        for size in chunks * len(datagrams):
-            if at >= len(datagrams):
-                break
-            for sender, data in datagrams[at : at + size]:
-                sender.sendto(data, ("127.0.0.1", port))
-            at += size
-            reader()
+        reader = _reader(forwarder, stream)
+        _feed(reader, datagrams, ("127.0.0.1", port), chunks)
         for _ in range(4):
             reader()
         figures = forwarder.snapshot().streams["s"]
