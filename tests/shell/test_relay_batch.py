@@ -92,11 +92,7 @@ async def _relay(
     wake-up), so that wake-ups bring few packets or many (a stream read as paced or blasting)."""
     events: list[RelayEvent] = []
     forwarder = Forwarder(_settings(gop_cache), on_event=events.append, batch=batch)
-    port = free_udp_port() & ~1
-    forwarder.open("s", port, StreamMode.UDP, SSRC, source=DEVICE)
-    stream = forwarder.streams["s"]
-    assert stream.udp is not None
-    forwarder.loop.remove_reader(stream.udp.fileno())
+    port, stream = _opened(forwarder, DEVICE)
     sinks = [_sink() for _ in range(consumers)]
     try:
         for j, s in enumerate(sinks):
@@ -124,6 +120,17 @@ async def _from_device(batch: mmsg.Batch | bool, packets: list[bytes]) -> Outcom
         return await _relay(batch, [(device, p) for p in packets], 1)
     finally:
         device.close()
+
+
+def _opened(forwarder: Forwarder, source: str = DEVICE) -> tuple[int, RelayStream]:
+    """Stream "s" opened on a free port, media from ``source`` only, its reader off the loop (the
+    test calls it by hand, a wake-up at a time): its port and the stream."""
+    port = free_udp_port() & ~1
+    forwarder.open("s", port, StreamMode.UDP, SSRC, source=source)
+    stream = forwarder.streams["s"]
+    assert stream.udp is not None
+    forwarder.loop.remove_reader(stream.udp.fileno())
+    return port, stream
 
 
 def _feed(
@@ -308,11 +315,7 @@ class TestBatchedOnly:
             return k
 
         forwarder = Forwarder(_settings(), batch=_batch(4, libc=mmsg.Libc(recvmmsg, LIBC.sendmmsg)))
-        port = free_udp_port() & ~1
-        forwarder.open("s", port, StreamMode.UDP, SSRC, source=DEVICE)
-        stream = forwarder.streams["s"]
-        assert stream.udp is not None
-        forwarder.loop.remove_reader(stream.udp.fileno())
+        port, stream = _opened(forwarder, DEVICE)
         device, sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), _sink()
         device.bind((DEVICE, 0))
         forwarder.add_consumer("s", "c0", "udp", "127.0.0.1", sink.getsockname()[1], 1000)

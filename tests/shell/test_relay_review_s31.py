@@ -39,6 +39,7 @@ from .test_relay_batch import (
     _batch,
     _drain,
     _feed,
+    _opened,
     _reader,
     _settings,
     _sink,
@@ -72,11 +73,7 @@ class TestConsumersChangedMidRun:
     ) -> None:
         events: list[RelayEvent] = []
         forwarder = Forwarder(_settings(0), on_event=events.append, batch=_batch(4) if batched else False)
-        port = free_udp_port() & ~1
-        forwarder.open("s", port, StreamMode.UDP, SSRC, source=DEVICE)
-        stream = forwarder.streams["s"]
-        assert stream.udp is not None
-        forwarder.loop.remove_reader(stream.udp.fileno())
+        port, stream = _opened(forwarder, DEVICE)
         device, first, later = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), _sink(), _sink()
         device.bind((DEVICE, 0))
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -123,11 +120,7 @@ async def _relay6(batch: mmsg.Batch | bool, datagrams: list[tuple[socket.socket,
     """test_relay_batch._relay over IPv6 (the forwarder bound to ::1): what one consumer got, in
     order, and the stream's figures."""
     forwarder = Forwarder(dataclasses.replace(_settings(), host="::1"), batch=batch)
-    port = free_udp_port() & ~1
-    forwarder.open("s", port, StreamMode.UDP, SSRC, source="::1")
-    stream = forwarder.streams["s"]
-    assert stream.udp is not None
-    forwarder.loop.remove_reader(stream.udp.fileno())
+    port, stream = _opened(forwarder, "::1")
     sink = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     sink.bind(("::1", 0))
     sink.setblocking(False)
@@ -202,11 +195,7 @@ class TestMovedHeaders:
 
         batch = _batch(8, libc=mmsg.Libc(LIBC.recvmmsg, sendmmsg))
         forwarder = Forwarder(_settings(), batch=batch)
-        port = free_udp_port() & ~1
-        forwarder.open("s", port, StreamMode.UDP, SSRC, source=DEVICE)
-        stream = forwarder.streams["s"]
-        assert stream.udp is not None
-        forwarder.loop.remove_reader(stream.udp.fileno())
+        port, stream = _opened(forwarder, DEVICE)
         device, stranger = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
         device.bind((DEVICE, 0))
         stranger.bind((STRANGER, 0))
@@ -240,11 +229,7 @@ async def _relay_tcp(
     """Relay ``datagrams`` to a UDP consumer and a TCP one (RFC 4571), in wake-ups of ``chunks``
     packets: what each got, and the stream's figures."""
     forwarder = Forwarder(_settings(), batch=batch)
-    port = free_udp_port() & ~1
-    forwarder.open("s", port, StreamMode.UDP, SSRC, source=DEVICE)
-    stream = forwarder.streams["s"]
-    assert stream.udp is not None
-    forwarder.loop.remove_reader(stream.udp.fileno())
+    port, stream = _opened(forwarder, DEVICE)
     sink, listener = _sink(), socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
@@ -333,11 +318,8 @@ class TestDualStack:
     @pytest.mark.parametrize("batched", [False, True])
     async def test_an_ipv4_consumer_of_a_relay_listening_on_the_ipv6_wildcard_is_sent_to(self, batched: bool) -> None:
         forwarder = Forwarder(dataclasses.replace(_settings(), host="::"), batch=_batch(8) if batched else False)
-        port = free_udp_port() & ~1
-        forwarder.open("s", port, StreamMode.UDP, SSRC, source=DEVICE)
-        stream = forwarder.streams["s"]
+        port, stream = _opened(forwarder, DEVICE)
         assert stream.udp is not None and stream.udp.family == socket.AF_INET6
-        forwarder.loop.remove_reader(stream.udp.fileno())
         device, sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), _sink()
         device.bind((DEVICE, 0))
         try:
