@@ -53,9 +53,10 @@ COMPILED_TESTS = [
     "tests/shell/test_sip_udp.py",  # net.sip_udp: bursts, drops, per-datagram destination, send errors
     "tests/core/test_flood.py",
     "tests/shell/test_flood.py",
-    # relay.forwarder and media.stats: the relay's hot path, both ways (per packet and batched),
+    # relay.forwarder, media.stats and media.ps: the relay's hot path, both ways (per packet and batched),
     # the shared port, joining consumers, and the worker process (its settings pickled across)
     "tests/core/media/test_ports_stats.py",
+    "tests/core/media/test_ps.py",
     "tests/shell/test_relay.py",
     "tests/shell/test_relay_batch.py",
     "tests/shell/test_relay_join.py",

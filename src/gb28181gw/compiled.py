@@ -44,7 +44,9 @@ log = logging.getLogger(__name__)
 #: REGISTER (held bans twice, counted failures, the refusal to forget), each an interpreted call.
 #: ``relay.forwarder``, ``relay.mmsg`` and ``media.stats``: the relay worker's per-packet loop, its
 #: batches and the statistics it keeps (``bench_relay.py --compiled both``); the ctypes layouts of
-#: ``relay.msghdr`` stay interpreted (mypyc cannot compile a ``ctypes.Structure``).
+#: ``relay.msghdr`` stay interpreted (mypyc cannot compile a ``ctypes.Structure``). ``media.ps`` too:
+#: the forwarder looks into the first pack of every frame with its ``PsInspector``, the one
+#: interpreted frame a sampling profile of the compiled relay still showed under ``_frame``.
 MODULES = (
     "gb28181gw.ids",
     "gb28181gw.deadlines",
@@ -67,6 +69,7 @@ MODULES = (
     "gb28181gw.net.stack",
     "gb28181gw.services.registrar",
     "gb28181gw.media.stats",
+    "gb28181gw.media.ps",
     "gb28181gw.relay.forwarder",
     "gb28181gw.relay.mmsg",
 )
