@@ -1,7 +1,7 @@
 """Relay throughput, fan-out, worker scaling and INVITE setup latency on loopback.
 
     python benchmarks/bench_relay.py [--seconds 4] [--only blast,paced,fanout,workers,setup] [--keyframes]
-                                     [--compiled as-is|off|on|both]
+                                     [--compiled as-is|off|on|both] [--pin cross|none] [--repeat 1]
 
 The load comes from ``rtpgen`` (benchmarks/rtpgen.c, built here with gcc: sendmmsg and
 recvmmsg, so the generator costs far less CPU than what it measures). The relay is the
@@ -19,6 +19,13 @@ the kernel. CPU µs per packet = relay CPU seconds / packets relayed.
 among them; refused if that build is not used), ``both`` the gateway's rows twice, pure then
 compiled, in the same run as the bare loops and the C relay; ``as-is`` (the default) whatever the
 environment gives. Each row names the build it ran.
+
+--pin: ``cross`` (the default) runs every relay (ours, the bare loops, the C relay) on CPU 0 and the
+generator and the sink on CPU 1, as ``bench_register.py`` pins the gateway and its generator: each
+relay then meets the same placement, where the scheduler would put each run's three processes anew
+(the C relay alone ranged 1.3–2.4 µs a packet between runs of one day unpinned). ``none``: unpinned.
+--repeat N runs each blast and paced step N times and ends it with the medians, and the median of
+the runs' ratios to the C relay.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "src")]  # this checkout's gateway, not an installed one
@@ -52,6 +60,15 @@ PPS_4MBIT = 4_000_000 / 8 / SIZE  # ≈ 357 packets/s per 4 Mbit/s stream
 #: The builds the gateway's rows run with (--compiled): a label and GB28181GW_COMPILED's value
 #: (None: as the environment has it). The relay workers are spawned processes: they inherit it.
 BUILDS: list[tuple[str, str | None]] = [("", None)]
+#: --pin: the CPUs of each role ("relay", "load"); empty, unpinned.
+PIN: dict[str, set[int]] = {}
+
+
+def pinned(role: str) -> dict[str, Any]:
+    """The keyword a subprocess of ``role`` is started with to run on its CPUs (none unpinned)."""
+    cpus = PIN.get(role)
+    return {} if cpus is None else {"preexec_fn": lambda: os.sched_setaffinity(0, cpus)}
+
 
 #: How both bare loops end: ready, serve for ``seconds``, print their CPU seconds.
 _SERVE = r"""
@@ -170,13 +187,14 @@ async def run_load(
     """(sent, received, gaps): the sink listens on ``sinks`` ports (default: one per flow); ``oneport``:
     every flow is sent to STREAM_BASE (the shared port), told apart by its SSRC."""
     sink = await asyncio.create_subprocess_exec(
-        rtpgen, "sink", str(SINK_BASE), str(sinks or flows), str(seconds + 1.5), stdout=subprocess.PIPE
-    )
+        rtpgen, "sink", str(SINK_BASE), str(sinks or flows), str(seconds + 1.5), stdout=subprocess.PIPE,
+        **pinned("load"),
+    )  # fmt: skip
     assert sink.stdout is not None
     await sink.stdout.readline()  # ready
     sender = await asyncio.create_subprocess_exec(
         rtpgen, "send", str(STREAM_BASE), str(flows), str(pps), str(seconds), str(SIZE), KEY or "-",
-        *(["oneport"] if oneport else []), stdout=subprocess.PIPE,
+        *(["oneport"] if oneport else []), stdout=subprocess.PIPE, **pinned("load"),
     )  # fmt: skip
     sent_out, _ = await sender.communicate()
     sink_out, _ = await sink.communicate()
@@ -193,6 +211,9 @@ async def relay_with(
     )  # fmt: skip
     relays = [WorkerRelay(i, settings) for i in range(workers)]
     await asyncio.gather(*(r.start() for r in relays))
+    if "relay" in PIN:
+        for r in relays:
+            os.sched_setaffinity(r.pid, PIN["relay"])
     for i in range(flows):
         relay = relays[i % workers]
         port = STREAM_BASE + 2 * i  # the flow's SSRC too
@@ -249,7 +270,7 @@ async def measure_bare(rtpgen: str, flows: int, pps: float, seconds: float, how:
         command = [rtpgen, "relay", *args]
     else:
         command = [sys.executable, "-c", BARE_MMSG if how == "mmsg" else BARE, *args]
-    proc = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE, **pinned("relay"))
     assert proc.stdout is not None
     await proc.stdout.readline()
     sent, received, gaps = await run_load(rtpgen, flows, pps, seconds)
@@ -269,21 +290,28 @@ def rates(text: str) -> list[int]:
 
 async def compare(
     rtpgen: str, flows: int, pps: int, seconds: float, target: str, *, shared: bool = False
-) -> tuple[dict[str, float], dict[str, float] | None]:
+) -> tuple[dict[str, float], dict[str, float] | None, dict[str, float]]:
     """The same load through the C relay, the two bare Python loops and ours both ways (same run);
-    ``shared``: ours on one shared port too (``media.shared_port``), the second of the two returned."""
+    ``shared``: ours on one shared port too (``media.shared_port``), the second of the two returned.
+    The third: each row's CPU µs per packet by its label, for the medians of --repeat."""
+    figures: dict[str, float] = {}
+
+    def show(label: str, m: dict[str, float]) -> None:
+        figures[label] = m["cpu_us_per_packet"]
+        print(row(f"{label} @ {pps:,}/s", m))
+
     c = await measure_bare(rtpgen, flows, pps, seconds, "c")
-    print(row(f"C relay (recvmmsg/sendmmsg) @ {pps:,}/s", c))
-    print(row(f"bare loop (recvfrom_into) @ {pps:,}/s", await measure_bare(rtpgen, flows, pps, seconds)))
-    print(row(f"bare loop (ctypes mmsg) @ {pps:,}/s", await measure_bare(rtpgen, flows, pps, seconds, "mmsg")))
+    show("C relay (recvmmsg/sendmmsg)", c)
+    show("bare loop (recvfrom_into)", await measure_bare(rtpgen, flows, pps, seconds))
+    show("bare loop (ctypes mmsg)", await measure_bare(rtpgen, flows, pps, seconds, "mmsg"))
     ours: dict[str, float] = {}
     one: dict[str, float] | None = None
     for label, value in BUILDS:
         use_build(value)
         plain = await measure_ours(rtpgen, flows, pps, seconds, batch=False)
-        print(row(f"gb28181gw{label}, recvfrom_into @ {pps:,}/s", plain))
+        show(f"gb28181gw{label}, recvfrom_into", plain)
         ours = await measure_ours(rtpgen, flows, pps, seconds)
-        print(row(f"gb28181gw{label}, recvmmsg @ {pps:,}/s", ours))
+        show(f"gb28181gw{label}, recvmmsg", ours)
         ratio = ours["cpu_us_per_packet"] / c["cpu_us_per_packet"]
         print(
             f"  → gb28181gw{label} {plain['cpu_us_per_packet']:.2f} → {ours['cpu_us_per_packet']:.2f} µs/packet; "
@@ -293,12 +321,36 @@ async def compare(
         if not shared:
             continue
         one = await measure_ours(rtpgen, flows, pps, seconds, shared=True)
-        print(row(f"gb28181gw{label}, shared port @ {pps:,}/s", one))
+        show(f"gb28181gw{label}, shared port", one)
         ratio = one["cpu_us_per_packet"] / c["cpu_us_per_packet"]
         print(
             f"  → shared port (media.shared_port = true){label}: {one['cpu_us_per_packet']:.2f} µs/packet, "
             f"{ratio:.2f} × the C relay's CPU per packet (target {target})"
         )
+    return ours, one, figures
+
+
+async def repeated(
+    repeat: int, rtpgen: str, flows: int, pps: int, seconds: float, target: str
+) -> tuple[dict[str, float], dict[str, float] | None]:
+    """:func:`compare` ``repeat`` times; past one, the medians of each row and of the runs' ratios to
+    the C relay (each run's own: the C relay and ours under the same conditions)."""
+    runs = []
+    for _ in range(repeat):
+        ours, one, figures = await compare(rtpgen, flows, pps, seconds, target, shared=True)
+        runs.append(figures)
+    if repeat > 1:
+        c = "C relay (recvmmsg/sendmmsg)"
+        print(
+            f"  medians of {repeat} runs @ {pps:,}/s (CPU µs a packet; × the C relay's, the median of the runs' ratios):"
+        )
+        for label in runs[0]:
+            each = [r[label] for r in runs]
+            ratios = [r[label] / r[c] for r in runs]
+            print(
+                f"    {label:<40} {statistics.median(each):5.2f} µs ({min(each):.2f}–{max(each):.2f})  "
+                f"{statistics.median(ratios):.2f} × ({min(ratios):.2f}–{max(ratios):.2f})"
+            )
     return ours, one
 
 
@@ -404,7 +456,17 @@ async def main() -> None:
         default="as-is",
         help="the relay worker from its .py sources (off), compiled by `gb28181gw accelerate` (on), or both in turn",
     )
+    parser.add_argument(
+        "--pin",
+        choices=["cross", "none"],
+        default="cross",
+        help="cross: every relay on CPU 0, the generator and sink on CPU 1 (as bench_register.py); none: unpinned",
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each blast and paced step, then medians")
     args = parser.parse_args()
+    if args.pin == "cross" and len(os.sched_getaffinity(0)) >= 2:
+        first, second = sorted(os.sched_getaffinity(0))[:2]
+        PIN.update(relay={first}, load={second})
     wanted = {"as-is": [None], "off": ["off"], "on": ["on"], "both": ["off", "on"]}[args.compiled]
     BUILDS[:] = []
     for value in wanted:
@@ -420,18 +482,22 @@ async def main() -> None:
     only = set(args.only.split(","))
     rtpgen = build_rtpgen()
     s = args.seconds
-    print(f"bench_relay: {os.cpu_count()} cores, {SIZE}-byte RTP packets, {s:g} s per run{', key frames' * bool(KEY)}")
+    where = f"relays on CPU {min(PIN['relay'])}, generator and sink on CPU {min(PIN['load'])}" if PIN else "unpinned"
+    print(
+        f"bench_relay: {os.cpu_count()} cores ({where}), {SIZE}-byte RTP packets, {s:g} s per run"
+        f"{', key frames' * bool(KEY)}"
+    )
     if "blast" in only:
         print("one blasting flow, one consumer:")
         for pps in rates(args.blast_rates):
-            await compare(
-                rtpgen, 1, pps, s, "≤ 3.2 µs/packet, ≥ 0.75 × the C relay's packets per CPU second", shared=True
+            await repeated(
+                args.repeat, rtpgen, 1, pps, s, "≤ 3.2 µs/packet, ≥ 0.75 × the C relay's packets per CPU second"
             )
     if "paced" in only:
         print("100 paced flows, one consumer each:")
         for pps in rates(args.paced_rates):
-            m, one = await compare(
-                rtpgen, 100, pps, s, "≤ 7 µs/packet, ≤ 1.5 × the C relay's CPU per packet", shared=True
+            m, one = await repeated(
+                args.repeat, rtpgen, 100, pps, s, "≤ 7 µs/packet, ≤ 1.5 × the C relay's CPU per packet"
             )
         for label, f in (("per-stream ports", m), ("shared port", one)):
             assert f is not None
@@ -446,9 +512,12 @@ async def main() -> None:
             print(row(f"gb28181gw relay 1→10 @ {pps:,}/s in", m))
     if "workers" in only:
         print("200 flows over 1 and 2 relay worker processes (the generator and sink share the same 2 cores):")
+        pins = dict(PIN)
+        PIN.clear()  # unpinned: two workers need both cores
         for workers in (1, 2):
             m = await measure_ours(rtpgen, 200, 240_000, s, workers=workers)
             print(row(f"{workers} worker(s) @ 240,000/s", m))
+        PIN.update(pins)
     if "setup" in only:
         latencies = sorted(await bench_setup(300))
         p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000  # noqa: E731
