@@ -82,8 +82,9 @@ class PsDemuxer:
         self._pts: int | None = None
         self.stats = PsStats()
 
-    def feed(self, data: bytes) -> list[Frame]:
-        """Add bytes; return the video frames now complete."""
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        """Add bytes (any buffer: compiled, a narrower annotation would refuse a bytearray or a
+        memoryview with TypeError); return the video frames now complete."""
         buf = self._buf
         buf += data
         out: list[Frame] = []
