@@ -663,8 +663,8 @@ class Forwarder:
 
     def _as_peer_host(self, host: str | None) -> str | None:
         # an IPv6 socket reports IPv4 senders as IPv4-mapped addresses: compare like with like
-        if host is not None and ":" in self.host and ":" not in host:
-            return f"::ffff:{host}"
+        if host is not None and ":" in self.host:
+            return _mapped_host(host)
         return host
 
     async def connect(self, stream_id: str, host: str, port: int, *, attempts: int, interval: float) -> None:
@@ -1595,13 +1595,16 @@ def _source_names(st: RelayStream, b: mmsg.Batch) -> None:
 
 def _mapped(family: int, addr: tuple[str, int]) -> tuple[str, int]:
     """``addr`` as a socket of ``family`` sends to it: an IPv4 address IPv4-mapped for an IPv6 socket."""
-    if family == socket.AF_INET6:
-        try:
-            socket.inet_pton(socket.AF_INET, addr[0])
-        except OSError:
-            return addr  # IPv6 already, or a name
-        return (f"::ffff:{addr[0]}", addr[1])
-    return addr
+    return (_mapped_host(addr[0]), addr[1]) if family == socket.AF_INET6 else addr
+
+
+def _mapped_host(host: str) -> str:
+    """``host`` as an IPv6 socket sees it: an IPv4 address IPv4-mapped, anything else as it is."""
+    try:
+        socket.inet_pton(socket.AF_INET, host)
+    except OSError:
+        return host  # IPv6 already, or a name
+    return f"::ffff:{host}"
 
 
 def _queue_run(b: mmsg.Batch, first: int, count: int, out: UdpOut) -> None:
