@@ -360,6 +360,12 @@ class TestBatchedOnly:
                 receiver.close()
         assert mmsg.sockaddr(socket.AF_INET, ("camera.local", 5)) is None  # a name: sent with sendto
 
+    def test_slots_an_odd_number_of_bytes_apart_are_refused(self) -> None:
+        # the batched path writes SSRCs as 16-bit words, which need every packet on an even offset
+        with pytest.raises(ValueError, match="even"):
+            _batch(4, slot=2 + 2047)
+        assert _batch(3, slot=2 + 2048).halves.nbytes == 3 * (2 + 2048)
+
 
 class TestFallback:
     @pytest.mark.parametrize("batched", [True, False])

@@ -58,6 +58,7 @@ worker. Events and figures are built off the per-packet path (the first packet's
 
 from __future__ import annotations
 
+import array
 import asyncio
 import ctypes
 import errno
@@ -195,8 +196,8 @@ class UdpOut:
         raw = mmsg.sockaddr(sock.family, self.to)
         self.dest: Any = None if raw is None else ctypes.create_string_buffer(raw, len(raw))
         self.destlen = 0 if raw is None else len(raw)
-        # its SSRC's four bytes, each repeated once a slot of a batch (_queue_run)
-        self.columns: list[bytes] = []
+        # its SSRC's two 16-bit halves, each repeated once a slot of a batch (_queue_run)
+        self.columns: list[memoryview] = []
 
     def send(self, buf: bytearray, view: memoryview, off: int, n: int) -> None:
         _SSRC.pack_into(buf, off + 8, self.ssrc)
@@ -962,7 +963,9 @@ class Forwarder:
                 st.source is not None
                 and st.source_names_of is st.source
                 and stats.highest_seq >= 0
-                and b.names[NAME * i : NAME * k] == st.source_names[NAME * i : NAME * k]
+                # every sender from i on is the source: one comparison of the names, as a view (no
+                # copy) against the source repeated (its prefix of any length of whole names)
+                and st.source_names.startswith(b.names_view[NAME * i : NAME * k])
             )
             # one sendmmsg for the batch to a stream's one UDP consumer; a packet alone goes with
             # sendto (UdpOut.send), a cheaper call from Python than sendmmsg through ctypes
@@ -1612,12 +1615,17 @@ def _queue_run(b: mmsg.Batch, first: int, count: int, out: UdpOut) -> None:
     # lengths as received and ``out``'s SSRC written in place. Each a column of the batch at once
     # (strided copies: four for the SSRC, one for the lengths), not a write a packet: for a blasting
     # stream's batch of 32, what the per-packet writes cost was a tenth of the relay's user time.
-    if len(out.columns) != 4 or len(out.columns[0]) < b.vlen:
-        out.columns = [bytes([x]) * b.vlen for x in out.ssrc.to_bytes(4, "big")]
-    view, slot = b.view, b.slot
-    at = first * slot + 2 + 8  # the first packet's SSRC
-    for q in range(4):
-        view[at + q : at + q + slot * count : slot] = out.columns[q][:count]
+    # The SSRC as two 16-bit columns (a packet's SSRC lies on an even offset: slots are an even
+    # number of bytes apart), not four of bytes: each strided copy costs about as much as the
+    # header reads of three packets, a third of a 13-packet batch's time went to these copies.
+    if len(out.columns) != 2 or len(out.columns[0]) < b.vlen:
+        raw = out.ssrc.to_bytes(4, "big")
+        out.columns = [memoryview(array.array("H", [int.from_bytes(raw[h : h + 2], sys.byteorder)]) * b.vlen)
+                       for h in (0, 2)]  # fmt: skip
+    halves, step = b.halves, b.slot // 2
+    at = (first * b.slot + 2 + 8) // 2  # the first packet's SSRC, in 16-bit words
+    halves[at : at + step * count : step] = out.columns[0][:count]
+    halves[at + 1 : at + 1 + step * count : step] = out.columns[1][:count]
     stride = b.stride
     at_len = mmsg.LEN_AT + stride * first
     b.send_lengths[: 4 * count : 4] = b.lengths[at_len : at_len + stride * count : stride]

@@ -103,11 +103,16 @@ class Batch:
     """
 
     def __init__(self, libc: Libc, vlen: int = VLEN, slot: int = SLOT) -> None:
+        if slot % 2:
+            raise ValueError(f"slot {slot}: slots lie an even number of bytes apart (:attr:`halves`)")
         self.libc, self.vlen, self.slot = libc, vlen, slot
         self.capacity = slot - 2
         self.buf = bytearray(vlen * slot)
         self.view = memoryview(self.buf)
+        # the buffer as native 16-bit words: a packet starts, and so its SSRC lies, on an even offset
+        self.halves = self.view.cast("H")
         self.names = bytearray(vlen * NAME)
+        self.names_view = memoryview(self.names)
         base = ctypes.addressof((ctypes.c_char * len(self.buf)).from_buffer(self.buf))
         names = ctypes.addressof((ctypes.c_char * len(self.names)).from_buffer(self.names))
         # receiving: each header's one iovec is its slot (past the two free bytes), its name a NAME slot
