@@ -360,6 +360,28 @@ class TestBatchedOnly:
                 receiver.close()
         assert mmsg.sockaddr(socket.AF_INET, ("camera.local", 5)) is None  # a name: sent with sendto
 
+    def test_a_run_queued_from_a_later_slot_carries_the_consumers_ssrc_and_each_length(self) -> None:
+        # _queue_run alone, no kernel: an SSRC whose four bytes differ (a swapped half or byte shows),
+        # a run from slot 2 on (the send headers then point at other slots than their own)
+        b = _batch(6)
+        for i in range(b.vlen):
+            off = b.offset(i)
+            b.buf[off : off + 12] = bytes([0x80, 96, 0, i, 0, 0, 0, i]) + (0xAABBCCDD).to_bytes(4, "big")
+            b.lengths[mmsg.LEN_AT + b.stride * i] = 100 + i
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            out = forwarder_module.UdpOut("c", 0x01020304, ("127.0.0.1", 9), sock)
+            forwarder_module._queue_run(b, 2, b.vlen - 2, out)
+            forwarder_module._queue_run(b, 2, b.vlen - 2, out)  # the columns made once, used again
+        finally:
+            sock.close()
+        ssrcs = [bytes(b.buf[b.offset(i) + 8 : b.offset(i) + 12]) for i in range(b.vlen)]
+        assert ssrcs == [bytes.fromhex("aabbccdd")] * 2 + [bytes.fromhex("01020304")] * (b.vlen - 2)
+        assert [b.buf[b.offset(i) + 3] for i in range(b.vlen)] == list(range(b.vlen))  # nothing else moved
+        assert list(b.send_iov[1 : 2 * (b.vlen - 2) : 2]) == [100 + i for i in range(2, b.vlen)]
+        assert list(b.send_iov[0 : 2 * (b.vlen - 2) : 2]) == list(b.addresses[2:])
+        assert b.moved
+
     def test_slots_an_odd_number_of_bytes_apart_are_refused(self) -> None:
         # the batched path writes SSRCs as 16-bit words, which need every packet on an even offset
         with pytest.raises(ValueError, match="even"):
