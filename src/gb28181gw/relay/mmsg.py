@@ -104,7 +104,9 @@ class Batch:
 
     def __init__(self, libc: Libc, vlen: int = VLEN, slot: int = SLOT) -> None:
         if slot % 2:
-            raise ValueError(f"slot {slot}: slots lie an even number of bytes apart (:attr:`halves`)")
+            raise ValueError(
+                f"slot {slot}: slots must lie an even number of bytes apart (SSRCs are written as 16-bit words)"
+            )
         self.libc, self.vlen, self.slot = libc, vlen, slot
         self.capacity = slot - 2
         self.buf = bytearray(vlen * slot)
