@@ -24,10 +24,17 @@ if that build is not used: see its start-up line), ``both`` the gateway twice, p
 before the bare responder; ``as-is`` (the default) whatever the environment gives. Each gateway's
 header line says which it ran, from its ``gb28181gw_build_info{compiled=...}``.
 
+--repeat R (storm, keepalive): the targets take turns R times (gateway, bare, gateway, bare ...), each
+repetition's fastest steps side by side, then the medians and the median of the repetitions' ratios.
+On a machine whose speed drifts within the hour (the machine of 2026-12-04: the same build's storm
+from 15,400/s to 11,600/s in forty minutes), a ratio is only as good as the conditions its two sides
+shared; the issue's own measurements took three repetitions and their medians.
+
     python benchmarks/bench_register.py storm
     python benchmarks/bench_register.py keepalive
     python benchmarks/bench_register.py memory --devices 100000
     python benchmarks/bench_register.py storm --compiled both
+    python benchmarks/bench_register.py keepalive --compiled on --repeat 3
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ import time
 import urllib.request
 from array import array
 from pathlib import Path
+from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_options import cpu_split, free_port, rss_mib, start_server  # noqa: E402
@@ -391,7 +399,15 @@ def main() -> None:
         default="as-is",
         help="the gateway from its .py sources (off), compiled by `gb28181gw accelerate` (on), or both in turn",
     )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run the targets in turn this many times (gateway, bare, gateway, bare ...) and print the medians",
+    )
     args = ap.parse_args()
+    if args.repeat < 1:
+        ap.error("--repeat: at least 1")
     os.sched_setaffinity(0, {1})
     gateways = {"as-is": ["gateway"], "off": ["gateway (pure)"], "on": ["gateway (compiled)"]}.get(
         args.compiled, ["gateway (pure)", "gateway (compiled)"]
@@ -400,9 +416,30 @@ def main() -> None:
         targets = gateways  # the bare responder keeps no devices
     else:
         targets = gateways + ["bare"] if args.target == "both" else gateways if args.target == "gateway" else ["bare"]
-    best: dict[str, tuple[float, float]] = {}
-    for target in targets:
-        best[target] = run_target(args, target)
+    # the targets take turns, repetition after repetition: on a machine whose speed drifts within
+    # the hour, one target's steps all run before the other's were measured under other conditions
+    results: dict[str, list[tuple[float, float]]] = {target: [] for target in targets}
+    for k in range(args.repeat):
+        if args.repeat > 1:
+            print(f"==== repetition {k + 1} of {args.repeat}")
+        for target in targets:
+            results[target].append(run_target(args, target))
+        summarize({target: runs[-1] for target, runs in results.items()}, gateways)
+    if args.repeat > 1 and "bare" in results:
+        print(f"==== medians of {args.repeat} repetitions (the ratio: the median of each repetition's)")
+        bare_runs = results["bare"]
+        for name in gateways:
+            if name in results:
+                runs = results[name]
+                ratios = [gw[0] / bare[0] for gw, bare in zip(runs, bare_runs, strict=True) if bare[0]]
+                print(f"{name} {median([r[0] for r in runs]):,.0f}/s at {median([r[1] for r in runs]):.1f} µs CPU each, "
+                      f"bare responder {median([r[0] for r in bare_runs]):,.0f}/s at "
+                      f"{median([r[1] for r in bare_runs]):.1f} µs: {median(ratios) if ratios else 0.0:.2f}x "
+                      f"(each: {', '.join(f'{x:.2f}' for x in ratios)})")  # fmt: skip
+
+
+def summarize(best: dict[str, tuple[float, float]], gateways: list[str]) -> None:
+    """One repetition's fastest steps with < 1 % failures, each gateway's beside the bare responder's."""
     if "bare" in best and best["bare"][0]:
         bare, bare_cpu = best["bare"]
         for name in gateways:
