@@ -97,7 +97,7 @@ async def run(args: argparse.Namespace) -> None:
     gaps = [float(g) for g in args.gaps.split(",")]
     n = args.devices
     peers = [Peer("UDP", "127.0.0.1", 20000 + p) for p in range(bq.PORTS)]
-    rows: list[tuple[float, float, float, float, float, float]] = []
+    rows: list[tuple[float, ...]] = []
     with tempfile.TemporaryDirectory(prefix="bench-wake-") as tmp:
         gw = await bq.start_gateway(tmp, quick=True)
         label = compiled.label()
