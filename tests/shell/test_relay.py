@@ -16,7 +16,7 @@ from gb28181gw.relay.records import KeyFrameWanted, RelayEvent
 from gb28181gw.sdp import StreamMode
 from tests.media import UdpConsumer, gb_ps, packetize, wait_for
 
-from .test_devices import free_udp_port
+from .test_devices import free_even_udp_port
 
 
 async def test_slow_tcp_consumer_gets_a_bounded_queue_and_drops() -> None:
@@ -25,7 +25,7 @@ async def test_slow_tcp_consumer_gets_a_bounded_queue_and_drops() -> None:
         host="127.0.0.1", tcp_queue_limit=65536, udp_receive_buffer=1 << 20, stats_interval=1.0, gop_cache=1 << 20
     )
     forwarder = Forwarder(settings, on_event=events.append)
-    port = free_udp_port() & ~1
+    port = free_even_udp_port()
     forwarder.open("s1", port, StreamMode.UDP, 1234)
     # a consumer that accepts the connection and never reads, with a small receive buffer
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

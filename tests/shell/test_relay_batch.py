@@ -32,7 +32,7 @@ from gb28181gw.relay.records import RelayEvent
 from gb28181gw.sdp import StreamMode
 from tests.media import UdpConsumer, decode_h264, gb_ps, packetize, wait_for
 
-from .test_devices import free_udp_port
+from .test_devices import free_even_udp_port
 
 LIBC = mmsg.load()
 pytestmark = pytest.mark.skipif(LIBC is None, reason="libc has no recvmmsg/sendmmsg here")
@@ -125,7 +125,7 @@ async def _from_device(batch: mmsg.Batch | bool, packets: list[bytes]) -> Outcom
 def _opened(forwarder: Forwarder, source: str = DEVICE) -> tuple[int, RelayStream]:
     """Stream "s" opened on a free port, media from ``source`` only, its reader off the loop (the
     test calls it by hand, a wake-up at a time): its port and the stream."""
-    port = free_udp_port() & ~1
+    port = free_even_udp_port()
     forwarder.open("s", port, StreamMode.UDP, SSRC, source=source)
     stream = forwarder.streams["s"]
     assert stream.udp is not None
@@ -394,7 +394,7 @@ class TestFallback:
     async def test_h264_in_ps_decodes_through_either_path(self, batched: bool) -> None:
         forwarder = Forwarder(_settings(), batch=batched)
         assert (forwarder._batch is not None) is batched
-        port = free_udp_port() & ~1
+        port = free_even_udp_port()
         forwarder.open("s", port, StreamMode.UDP, SSRC, source=DEVICE)
         viewer = await UdpConsumer.start()
         device = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

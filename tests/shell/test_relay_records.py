@@ -48,7 +48,7 @@ from gb28181gw.relay.workers import LocalRelay, WorkerRelay
 from gb28181gw.sdp import StreamMode
 from tests.media import UdpConsumer, gb_ps, packetize, wait_for
 
-from .test_devices import free_udp_port
+from .test_devices import free_even_udp_port, free_udp_port
 
 SETTINGS = RelaySettings(
     host="127.0.0.1", tcp_queue_limit=1 << 20, udp_receive_buffer=1 << 20, stats_interval=0.1, gop_cache=1 << 20
@@ -113,7 +113,7 @@ def test_one_table_knows_every_command_and_unknown_ones_are_bad_commands() -> No
 
 async def test_a_snapshot_with_streams_and_consumers_round_trips() -> None:
     forwarder = Forwarder(SETTINGS)
-    port = free_udp_port() & ~1
+    port = free_even_udp_port()
     consumer = await UdpConsumer.start()
     try:
         forwarder.open("s1", port, StreamMode.UDP, 1234)
@@ -151,7 +151,7 @@ async def expect_failure(relay: LocalRelay | WorkerRelay, taken: int) -> None:
     with pytest.raises(RelayError) as info:
         await relay.open("s1", taken, StreamMode.UDP, 1)
     assert info.value.code is RelayFailure.PORT_TAKEN
-    free = free_udp_port() & ~1
+    free = free_even_udp_port()
     await relay.open("s1", free, StreamMode.UDP, 1)
     with pytest.raises(RelayError) as info:
         await relay.open("s1", free, StreamMode.UDP, 1)
@@ -189,7 +189,7 @@ async def test_failure_codes_are_the_same_in_process_and_across_the_pipe(where: 
 
 async def test_execute_runs_the_table_for_the_in_process_relay() -> None:
     forwarder = Forwarder(SETTINGS)
-    port = free_udp_port() & ~1
+    port = free_even_udp_port()
     assert await execute(forwarder, Open("s1", port, StreamMode.UDP, 1)) is None
     snap = await execute(forwarder, Snapshot())
     assert snap is not None and list(snap.streams) == ["s1"]

@@ -18,7 +18,7 @@ from gb28181gw.services.streams import StreamError
 from tests.helpers import media_port
 from tests.media import TcpConsumer, UdpConsumer, gb_ps, packs, wait_for
 
-from .test_devices import finished, free_udp_port
+from .test_devices import finished, free_even_udp_port
 from .test_relay_join import CH, gateway
 
 PACK_HEADER = b"\x00\x00\x01\xba\x44\x00\x04\x00\x04\x01\x01\x89\xc3\xf8"
@@ -213,7 +213,7 @@ async def test_udp_consumer_joining_a_large_gop_gets_all_of_it() -> None:
     # relay counts all 1,000 as sent. On a real link the socket's send buffer fills instead
     # (EAGAIN: dropped), at memory speed, far above the link's rate.
     forwarder, _ = _stream()
-    port = free_udp_port() & ~1
+    port = free_even_udp_port()
     forwarder.open("s1", port, StreamMode.UDP, 1234)
     st = forwarder.streams["s1"]
     payload = PACK_HEADER + b"\x00\x00\x01\xbc\x00\x0e\xe0\xff\x00\x00\x00\x04\x1b\xe0\x00\x00\x00\x00\x00\x00"
@@ -312,7 +312,7 @@ def _key_gop(count: int, ts: int = 0, seq: int = 1) -> list[bytes]:
 async def _joining(kept: list[bytes]) -> tuple[Forwarder, RelayStream, UdpConsumer, CatchingUp]:
     """A stream that has relayed ``kept`` (a key frame first), and a UDP consumer joining it late."""
     forwarder, _ = _stream()
-    forwarder.open("s1", free_udp_port() & ~1, StreamMode.UDP, 1234)
+    forwarder.open("s1", free_even_udp_port(), StreamMode.UDP, 1234)
     st = forwarder.streams["s1"]
     _feed(forwarder, st, kept)
     consumer = await UdpConsumer.start()
@@ -377,7 +377,7 @@ async def test_a_consumer_joining_a_stream_faster_than_its_first_pace_still_catc
 
 async def test_a_udp_consumer_that_leaves_while_catching_up_is_sent_nothing_more() -> None:
     forwarder, _ = _stream()
-    port = free_udp_port() & ~1
+    port = free_even_udp_port()
     forwarder.open("s1", port, StreamMode.UDP, 1234)
     st = forwarder.streams["s1"]
     _feed(forwarder, st, _key_gop(1000))

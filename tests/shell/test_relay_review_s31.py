@@ -29,7 +29,7 @@ from gb28181gw.relay.records import ConsumerLost, MediaConnected, RelayEvent
 from gb28181gw.sdp import StreamMode
 from tests.media import wait_for
 
-from .test_devices import free_udp_port
+from .test_devices import free_even_udp_port
 from .test_relay_batch import (
     DEVICE,
     LIBC,
@@ -352,7 +352,7 @@ class TestTcpMediaOverIpv6:
         sink.setblocking(False)
         events: list[RelayEvent] = []
         forwarder = Forwarder(dataclasses.replace(_settings(), host="::1"), on_event=events.append)
-        port = free_udp_port() & ~1
+        port = free_even_udp_port()
         device = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
         try:
             forwarder.open("s", port, StreamMode.TCP_PASSIVE, SSRC, source="::1")

@@ -36,7 +36,7 @@ from gb28181gw.services.streams import _split
 from tests.helpers import media_port
 from tests.media import TcpConsumer, UdpConsumer, decode_h264, gb_ps, packetize, send_udp, wait_for
 
-from .test_devices import finished, free_udp_port, kill
+from .test_devices import finished, free_even_udp_port, kill
 from .test_relay_batch import DEVICE, PACKETS, SSRC, STRANGER, _drain, _sink, _traffic, _with_ssrc
 from .test_streams import CH, DEVICE_SSRC, answer, gateway_with_device, scenario
 
@@ -211,7 +211,7 @@ async def _run(
     NVR, sent ``beside`` interleaved); the forwarder's reader called by hand until all is read."""
     events: list[RelayEvent] = []
     forwarder = Forwarder(_settings(), on_event=events.append, batch=_batch(vlen) if vlen else False)
-    port = free_udp_port() & ~1
+    port = free_even_udp_port()
     forwarder.open("s", port, StreamMode.UDP, SSRC, source=DEVICE, shared=shared)
     nvr = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     nvr.bind((NVR, 0))
@@ -282,7 +282,7 @@ class TestSharedEqualsOwnPort:
 
 async def _shared_forwarder(*streams: tuple[str, int, str]) -> tuple[Forwarder, int, list[socket.socket]]:
     forwarder = Forwarder(_settings())
-    port = free_udp_port() & ~1
+    port = free_even_udp_port()
     sinks = []
     for name, ssrc, host in streams:
         forwarder.open(name, port, StreamMode.UDP, ssrc, source=host, shared=True)
@@ -450,7 +450,7 @@ class TestSharedOnly:
             return int(real(fd, headers, count, flags))
 
         forwarder = Forwarder(_settings(), batch=mmsg.Batch(mmsg.Libc(libc.recvmmsg, sendmmsg), vlen=8, slot=2 + 2048))
-        port = free_udp_port() & ~1
+        port = free_even_udp_port()
         sinks = [_sink(), _sink(), _sink()]
         devices = [_from(DEVICE), _from(NVR), _from("127.0.0.4")]
         try:
@@ -517,7 +517,7 @@ class TestSharedOnly:
 async def test_h264_in_ps_through_a_relay_worker_on_its_shared_port_to_two_viewers() -> None:
     relay = WorkerRelay(1, _settings())
     await relay.start()
-    port = free_udp_port() & ~1
+    port = free_even_udp_port()
     viewers = [await UdpConsumer.start() for _ in range(3)]
     devices = [_from(DEVICE), _from(NVR)]
     try:

@@ -15,7 +15,7 @@ from gb28181gw.relay.records import MediaConnected, RelayEvent
 from gb28181gw.sdp import StreamMode
 from tests.media import UdpConsumer, decode_h264, frame, gb_ps, packetize, send_udp, wait_for
 
-from .test_devices import free_udp_port
+from .test_devices import free_even_udp_port
 
 DEVICE, STRANGER = "127.0.0.1", "127.0.0.2"
 SSRC = 200000123
@@ -37,7 +37,7 @@ def _socket(host: str, kind: int = socket.SOCK_DGRAM) -> socket.socket:
 
 async def test_a_stranger_with_the_right_ssrc_first_is_dropped_and_counted() -> None:
     forwarder = _forwarder()
-    port = free_udp_port() & ~1
+    port = free_even_udp_port()
     forwarder.open("s1", port, StreamMode.UDP, SSRC, source=DEVICE)
     viewer = await UdpConsumer.start()
     stranger, device = _socket(STRANGER), _socket(DEVICE)
@@ -64,7 +64,7 @@ async def test_a_stranger_with_the_right_ssrc_first_is_dropped_and_counted() -> 
 
 async def test_a_stranger_with_a_new_ssrc_cannot_make_the_stream_follow_it() -> None:
     forwarder = _forwarder()
-    port = free_udp_port() & ~1
+    port = free_even_udp_port()
     forwarder.open("s1", port, StreamMode.UDP, SSRC, source=DEVICE)
     viewer = await UdpConsumer.start()
     stranger, device = _socket(STRANGER), _socket(DEVICE)
@@ -94,7 +94,7 @@ async def test_a_stranger_with_a_new_ssrc_cannot_make_the_stream_follow_it() -> 
 async def test_the_device_itself_may_still_send_its_own_ssrc() -> None:
     # PROTOCOL.md §11.5 M1 stays: a device that sends another SSRC than negotiated is followed
     forwarder = _forwarder()
-    port = free_udp_port() & ~1
+    port = free_even_udp_port()
     forwarder.open("s1", port, StreamMode.UDP, SSRC, source=DEVICE)
     viewer = await UdpConsumer.start()
     stranger, device = _socket(STRANGER), _socket(DEVICE)
@@ -117,7 +117,7 @@ async def test_the_device_itself_may_still_send_its_own_ssrc() -> None:
 async def test_the_answers_address_replaces_the_sip_host() -> None:
     # opened with the device's SIP host, then its answer names another: only that one counts
     forwarder = _forwarder()
-    port = free_udp_port() & ~1
+    port = free_even_udp_port()
     forwarder.open("s1", port, StreamMode.UDP, SSRC, source=STRANGER)
     viewer = await UdpConsumer.start()
     sip_host, media_host = _socket(STRANGER), _socket(DEVICE)
@@ -146,7 +146,7 @@ async def test_the_answers_address_replaces_the_sip_host() -> None:
 async def test_tcp_passive_refuses_a_strangers_connection() -> None:
     events: list[RelayEvent] = []
     forwarder = _forwarder(events)
-    port = free_udp_port() & ~1
+    port = free_even_udp_port()
     forwarder.open("s1", port, StreamMode.TCP_PASSIVE, SSRC, source=DEVICE)
     viewer = await UdpConsumer.start()
     loop = asyncio.get_running_loop()
