@@ -4,7 +4,7 @@ that the machine's noise cannot move.
 Why: on a shared virtual machine the CPU time of one request moves by a third within the hour
 (``benchmarks/bench_register.py --repeat``) and doubles after an idle spell (``benchmarks/bench_wake.py``),
 so a change worth a few per cent cannot be seen in it. The number of instructions executed is the same
-from run to run (to a few parts in ten thousand here): valgrind's cachegrind counts them. It does not
+from run to run (to 0.3 % and better here): valgrind's cachegrind counts them. It does not
 see what the machine adds (cache misses, the host's share of the core), only the code's own work, and
 the two columns are that work for the gateway and for the bare responder
 (``benchmarks/bare_responder.py``) on the same messages, in the same kind of process.
