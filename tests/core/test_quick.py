@@ -177,8 +177,12 @@ def test_what_the_quick_reader_takes_the_general_path_reads_alike(req: tuple[byt
 def _read(q: QuickRequest | None) -> tuple[Any, ...] | None:
     if q is None:
         return None
-    # call_id before values: the pattern reading fetches it from the match on its own
-    fields = (q.method, q.uri, q.call_id, q.values, q.body, q.key, q.sender, tuple(q._copied), q._via)
+    from gb28181gw.sip import quick
+
+    # call_id and get() before values: the pattern reading fetches them from the match on their
+    # own (get() of every name read, and of one never read, which is None)
+    got = tuple(q.get(key) for key in (*sorted(quick._KNOWN), "subject"))
+    fields = (q.method, q.uri, q.call_id, got, q.values, q.body, q.key, q.sender, tuple(q._copied), q._via)
     return (*fields, q.answer(200, "t0", [], "s"))
 
 

@@ -103,14 +103,13 @@ def quick_register(
     checked = registrar._admit(q.uri, peer.host, device, device_id, now, peek=True)
     if not isinstance(checked, GbId):
         return None
-    values = q.values
-    contact_text = values.get("contact")
+    contact_text = q.get("contact")
     if contact_text is None:
         return None
     contact = _PLAIN_CONTACT.fullmatch(contact_text)
     if contact is None:
         return None
-    expires_text = values.get("expires")
+    expires_text = q.get("expires")
     if expires_text is None:
         expires = p.expires_default
     elif expires_text.isdigit() and expires_text.isascii() and len(expires_text) <= 10:
@@ -120,10 +119,10 @@ def quick_register(
     if expires < p.expires_min or expires == 0 or expires > MAX_EXPIRES:
         return None
     expires = min(expires, p.expires_max)
-    version = values.get("x-gb-ver")
+    version = q.get("x-gb-ver")
     password = device.password if device is not None and device.password else p.password
     if password:
-        header = values.get("authorization")
+        header = q.get("authorization")
         if header is None:
             challenge = registrar.nonces.challenge_header(peer.host, now)
             extra = [("WWW-Authenticate", challenge)]
@@ -154,7 +153,7 @@ def quick_register(
     # from here on the quick path answers: the nonce is spent
     accepted = registrar.accept(
         device, device_id, peer, checked, expires,
-        user_agent=values.get("user-agent"), gb_version=version, call_id=values["call-id"], epoch=epoch,
+        user_agent=q.get("user-agent"), gb_version=version, call_id=q.call_id, epoch=epoch,
     )  # fmt: skip
     registrar.refused.forget(device_id, peer.host)
     extra = [("X-GB-ver", version)] if version else []

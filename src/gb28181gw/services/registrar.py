@@ -561,7 +561,7 @@ class RegistrarService:
         router = self.stack.router
         if router.version != self._routes_seen:
             self._quick_routes()
-        if not self._registers_mine or not router.chain_passes("REGISTER", q.values["call-id"]):
+        if not self._registers_mine or not router.chain_passes("REGISTER", q.call_id):
             return None
         now, epoch = self._now()
         endpoint = self.stack.endpoint
