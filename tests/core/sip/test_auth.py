@@ -236,6 +236,17 @@ class TestNonceStore:
                     assert a.challenge_header("10.0.0.1", now) == b.challenge("10.0.0.1", now).serialize()
                 assert a._spent == b._spent and a._serial == b._serial
 
+    def test_a_nonce_is_sealed_with_blake2b_keyed_by_the_stores_secret(self) -> None:
+        # each seal starts from a copy of the keyed state: none may leave anything in it for the next
+        store = NonceStore(realm="3402000000", token=lambda n: "5a" * n)
+        key = bytes.fromhex("5a" * 32)
+        for stamp, host in (("0193a5f2c3d400000001", "10.0.0.1"), ("0193a5f2c3d400000002", "10.0.0.1"),
+                            ("0193a5f2c3d400000001", "10.0.0.1"), ("0193a5f2c3d400000001", "::1")):  # fmt: skip
+            expected = hashlib.blake2b(f"{stamp}:{host}".encode(), key=key, digest_size=16).hexdigest()
+            assert store._seal(stamp, host) == expected
+        assert store.verify(self._creds(store, 5.0), method="REGISTER", password="12345678", host="127.0.0.1",
+                            now=5.0) is Verdict.OK  # fmt: skip
+
     @given(
         st.sampled_from([None, "auth"]),
         st.sampled_from(["sip:34020000002000000001@3402000000", "sip:x@y", "sip:é@y"]),
