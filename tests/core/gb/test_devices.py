@@ -368,8 +368,9 @@ class TestDeviceRecord:
             Device.from_row({"device_id": ID, "state": "banned"})
 
 
-def test_a_device_copy_has_every_field_and_is_its_own() -> None:
-    """Device.copy (the registrar's proposed record): every field, the copy changed apart from the original."""
+def test_a_device_copy_and_row_have_every_field_and_the_copy_is_its_own() -> None:
+    """Device.copy (the registrar's proposed record) and Device.row (what a store writes): every
+    field, the copy changed apart from the original."""
     import dataclasses
 
     from gb28181gw.gb.model import DEVICE_FIELDS, DeviceState
@@ -388,6 +389,10 @@ def test_a_device_copy_has_every_field_and_is_its_own() -> None:
     original.state, original.transport, original.stream_mode = DeviceState.ONLINE, Transport.TCP, StreamMode.TCP_PASSIVE
     copy = original.copy()
     assert copy == original and copy is not original
+    # row() too is written out field by field: each in its place, the enums as their values
+    plain = {"state": "online", "transport": "TCP", "stream_mode": "tcp-passive"}
+    assert original.row() == tuple(plain.get(name, getattr(original, name)) for name in DEVICE_FIELDS)
+    assert Device(device_id="34020000001320000001").row()[DEVICE_FIELDS.index("stream_mode")] == ""
     assert dataclasses.astuple(copy) == dataclasses.astuple(original)
     copy.host, copy.state = "10.0.0.9", DeviceState.OFFLINE
     assert original.host == "v" + str(DEVICE_FIELDS.index("host")) and original.state is DeviceState.ONLINE
