@@ -163,7 +163,7 @@ def type_name(code: int) -> str:
 CIVIL_LEVELS = {2: "province", 4: "city", 6: "district", 8: "grassroots unit"}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class GbId:
     """A validated GB/T 28181 ID (20 digits) or civil code (2/4/6/8 digits).
 
@@ -177,6 +177,12 @@ class GbId:
 
     value: str
     warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    # Written out, not left to dataclasses (init=False), as Credentials' is: the generated __init__
+    # stays interpreted under mypyc (~3,700 instructions), one per device ID a registrar first sees
+    def __init__(self, value: str, warnings: tuple[str, ...] = ()) -> None:
+        object.__setattr__(self, "value", value)
+        object.__setattr__(self, "warnings", warnings)
 
     @classmethod
     def parse(cls, text: str, *, strict: bool = False, allow_civil: bool = False) -> GbId:
