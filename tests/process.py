@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import pty
+import random
 import re
 import socket
 import struct
@@ -17,11 +18,51 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+#: Where tests take the ports they hand to servers: below the kernel's range for the ports it
+#: assigns itself (``ip_local_port_range``, 32768-60999), and below the gateway's default media
+#: ports (30000-31999). A port bound to 0 comes from the kernel's range, and once closed to be handed
+#: on, any connect() or unbound sendto() on the machine could take it as its local port before the
+#: server bound it: a cluster node's admin port was taken so under ``-n 2`` (the node's own
+#: connection to Redis, opened first, may have been the one). Each pytest worker has its own share,
+#: so two workers never pick one port (tests/helpers.py ``media_port`` keeps its blocks from 12000 up).
+_PORTS = range(20000, 30000)
+_rng = random.Random()  # not the module's: tests seed that one
+_given: set[int] = set()
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+
+def _share() -> range:
+    count = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")), 1)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = int(worker) % count if worker.isdigit() else 0
+    size = len(_PORTS) // count
+    return range(_PORTS.start + index * size, _PORTS.start + (index + 1) * size)
+
+
+def _bindable(port: int) -> bool:
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def free_port(*, pair: bool = False) -> int:
+    """A port of this worker's share (see ``_PORTS``) free on 127.0.0.1 for TCP and UDP, and not
+    handed out by this process lately; with ``pair``, an even one whose odd neighbour is free too (an
+    RTP/RTCP pair, as the relay binds)."""
+    share = _share()
+    for _ in range(1000):
+        port = _rng.randrange(share.start, share.stop - 1)
+        ports = (port & ~1, port | 1) if pair else (port,)
+        if _given.intersection(ports) or not all(map(_bindable, ports)):
+            continue
+        if len(_given) > len(share) // 2:
+            _given.clear()  # long enough ago: a port still in use fails _bindable
+        _given.update(ports)
+        return ports[0]
+    raise RuntimeError(f"no free port in {share.start}-{share.stop - 1} on 127.0.0.1")
 
 
 def serve(*args: str, env: dict[str, str] | None = None, store: str | None = None) -> subprocess.Popen[str]:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.process import free_port
+
 REDIS_SERVER = shutil.which("redis-server")
 #: Seconds a server has to start answering PING.
 START_TIMEOUT = 10.0
@@ -40,12 +42,6 @@ def require_redis_py() -> None:
         pytest.skip("redis-py is not installed (pip install -e '.[test]')")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class RedisServer:
     """One redis-server process; :meth:`restart` brings it back on the same port (and data, if ``persistent``).
 
@@ -59,7 +55,7 @@ class RedisServer:
         self.binary = require_redis_server()
         self.directory = directory
         self.persistent = persistent
-        self.port = _free_port()
+        self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -134,7 +133,7 @@ def test_sipp_superior_challenges_gets_keepalives_probes_and_sees_us_unregister(
     """A SIPp superior (tests/shell/sipp/superior_uas.xml) checks every message of ours."""
     sipp = shutil.which("sipp")
     assert sipp is not None, "sipp is not installed: .ci/run installs it (apt-get install sip-tester)"
-    sup_port, a_sip, a_admin = free_udp_port(), free_port(), free_port()
+    sup_port, a_sip, a_admin = free_port(), free_port(), free_port()
     trace = tmp_path / "superior.msg"
     superior = subprocess.Popen(
         [sipp, "-sf", str(SIPP_DIR / "superior_uas.xml"), "-i", "127.0.0.1", "-p", str(sup_port),
@@ -201,12 +200,6 @@ def received(trace: Path) -> str:
     return "\n".join(
         b.split("-----", 1)[0] for b in blocks[1:] if b.lstrip(" [0123456789]bytes:\n").startswith("SIP/2.0 200")
     )
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_config_command_shows_each_superior_with_its_password_redacted(tmp_path: Path) -> None:

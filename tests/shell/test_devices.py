@@ -17,7 +17,7 @@ import pytest
 
 from gb28181gw.app import Gateway
 from gb28181gw.manscdp.ptz import move, preset
-from tests.process import http_get
+from tests.process import free_port, http_get
 
 from .conftest import run_sipp, sipp_scenario, start_gateway
 
@@ -49,30 +49,12 @@ def device_scenario(parts: list[str], *, check: str | None = None) -> str:
 
 
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_port()
 
 
 def free_even_udp_port() -> int:
-    """An even UDP port free on 127.0.0.1 with the odd one above it (an RTP/RTCP pair, as the relay
-    binds). ``free_udp_port() & ~1``, before, checked only the port it was given: the even one below could
-    be another test's, bound at that moment (a shared media port failed to bind so under ``-n 2``)."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1]) & ~1
-        pair = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
-        try:
-            pair[0].bind(("127.0.0.1", port))
-            pair[1].bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        finally:
-            for sock in pair:
-                sock.close()
-        return port
-    raise RuntimeError("no free even UDP port pair on 127.0.0.1")
+    """An even UDP port free on 127.0.0.1 with the odd one above it (an RTP/RTCP pair, as the relay binds)."""
+    return free_port(pair=True)
 
 
 async def register(gw: Gateway, tmp_path: Path, port: int, device: str = NVR) -> None:

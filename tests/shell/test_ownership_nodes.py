@@ -35,7 +35,6 @@ from tests.process import free_port, http_get, serve, wait_ready
 from tests.redis_server import RedisServer
 
 from .conftest import run_sipp
-from .test_cascade_processes import free_udp_port
 from .test_registrar import PASSWORD, devices_file, ipc_ids
 
 pytestmark = pytest.mark.sipp
@@ -164,7 +163,7 @@ async def test_a_device_re_registered_at_another_node_is_no_longer_watched_or_wr
 ) -> None:
     a, b = started("a"), started("b")
     (device,) = ipc_ids(1)
-    port_at_a = free_udp_port()
+    port_at_a = free_port()
     await register(a, [device], tmp_path, port=port_at_a)
     await until(lambda: owner(redis, device).endswith(" a"), 10, "A's claim")
     assert a.metric("gb28181gw_devices_owned") == 1
@@ -265,7 +264,7 @@ async def test_redis_restarted_mid_run_drops_no_device_and_gets_what_came_meanwh
 ) -> None:
     a = started("a")
     first, second = ipc_ids(2, start=21)
-    port = free_udp_port()
+    port = free_port()
     await register(a, [first], tmp_path, port=port)
     await until(lambda: owner(redis, first) == "1 a", 10, "the claim")
     before = time.time()
@@ -304,7 +303,7 @@ async def test_a_running_node_learns_devices_registering_moving_and_going_offlin
     a, b, c = started("a"), started("b"), started("c")
     (device,) = ipc_ids(1, start=41)
     assert c.devices() == []
-    at_b, at_a = free_udp_port(), free_udp_port()
+    at_b, at_a = free_port(), free_port()
 
     def listed(node: Node) -> dict[str, object]:
         rows = [r for r in node.devices() if r["device_id"] == device]

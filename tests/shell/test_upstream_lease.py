@@ -33,8 +33,6 @@ from gb28181gw.sip.message import Response, make_response, parse_message
 from tests.process import free_port, serve, wait_ready
 from tests.redis_server import RedisServer
 
-from .test_cascade_processes import free_udp_port
-
 pytestmark = pytest.mark.sipp
 
 SIPP_DIR = Path(__file__).parent / "sipp"
@@ -61,7 +59,7 @@ class Superior:
             if os.environ.get("CI"):
                 pytest.fail("sipp is not installed: .ci/run installs it")
             pytest.skip("sipp is not installed")
-        self.port = free_udp_port()
+        self.port = free_port()
         self.trace = tmp_path / "superior.msg"
         self.proc = subprocess.Popen(
             [sipp, "-sf", str(SIPP_DIR / "superior_count_uas.xml"), "-i", "127.0.0.1", "-p", str(self.port),
