@@ -20,6 +20,14 @@ SIPP_DIR = Path(__file__).parent / "sipp"
 SIPP = shutil.which("sipp")
 
 
+def require_sipp() -> str:
+    """SIPp's path; a test that needs it fails without it, naming the package (``.ci/run`` installs it,
+    and a test that skipped would pass without having tested anything)."""
+    if SIPP is None:
+        pytest.fail("sipp is not installed: .ci/run installs it (apt-get install sip-tester)")
+    return SIPP
+
+
 async def start_gateway(**overrides: str) -> Gateway:
     """A gateway on 127.0.0.1 with fast SIP timers, started."""
     return await start_gateway_from(None, overrides)
@@ -112,11 +120,10 @@ async def run_sipp(
     extra: tuple[str, ...] = (),
 ) -> SippResult:
     """Run a SIPp client scenario against 127.0.0.1:``port``; messages are traced to a file."""
-    if SIPP is None:
-        raise RuntimeError("sipp is not installed: .ci/run installs it (apt-get install sip-tester)")
+    sipp = require_sipp()
     trace = tmp_path / f"{Path(scenario).stem}-{transport}.msg"
     proc = await asyncio.create_subprocess_exec(
-        SIPP,
+        sipp,
         "-sf",
         str(SIPP_DIR / scenario),
         f"127.0.0.1:{port}",

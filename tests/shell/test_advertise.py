@@ -31,7 +31,7 @@ from tests.helpers import media_port
 from tests.media import UdpConsumer, gb_ps, packetize, wait_for
 from tests.process import free_port
 
-from .conftest import SIPP, sipp_scenario, start_gateway
+from .conftest import require_sipp, sipp_scenario, start_gateway
 from .test_devices import finished
 from .test_streams import WE_BYE
 
@@ -61,8 +61,7 @@ async def wildcard_gateway() -> Gateway:
 
 
 def sipp_argv(scenario: Path, *, local: str, port: int, target: str | None, netns: str | None) -> list[str]:
-    assert SIPP is not None, "sipp is not installed: .ci/run installs it (apt-get install sip-tester)"
-    argv = [SIPP, "-sf", str(scenario), *([target] if target else []), "-i", local, "-p", str(port)]
+    argv = [require_sipp(), "-sf", str(scenario), *([target] if target else []), "-i", local, "-p", str(port)]
     argv += ["-m", "1", "-timeout", "15s", "-timeout_error", "-nostdin", "-trace_msg"]
     argv += ["-message_file", str(scenario.with_suffix(".msg"))]
     return ["ip", "netns", "exec", netns, *argv] if netns else argv

@@ -14,7 +14,6 @@ Every command is the real binary; every message crosses a real socket.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -32,14 +31,12 @@ from gb28181gw.manscdp.ptz import move
 from tests.helpers import media_port
 from tests.media import gb_ps, packetize, packs
 
-from .conftest import sipp_scenario
+from .conftest import require_sipp, sipp_scenario
 from .test_cascade_processes import DISTRICT, PASSWORD, SITE, cli, site_config, until
 from .test_devices import CH1, NVR, catalog_body, device_scenario, free_udp_port, response_message
 from .test_streams import INVITE_CHECKS, WE_BYE, answer
 
 pytestmark = pytest.mark.sipp
-
-SIPP = shutil.which("sipp")
 
 
 class Node:
@@ -98,11 +95,11 @@ class Node:
 @contextmanager
 def device(tmp: Path, port: int, name: str, scenario: str) -> Iterator[subprocess.Popen[str]]:
     """A SIPp server playing the device on ``port`` for one exchange; must end well."""
-    assert SIPP is not None, "sipp is not installed: .ci/run installs it (apt-get install sip-tester)"
+    sipp = require_sipp()
     path = tmp / f"{name}.xml"
     path.write_text(scenario)
     proc = subprocess.Popen(
-        [SIPP, "-sf", str(path), "-i", "127.0.0.1", "-p", str(port), "-m", "1", "-timeout", "30s",
+        [sipp, "-sf", str(path), "-i", "127.0.0.1", "-p", str(port), "-m", "1", "-timeout", "30s",
          "-timeout_error", "-nostdin", "-trace_msg", "-message_file", str(tmp / f"{name}.msg")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp,
     )  # fmt: skip
@@ -118,11 +115,11 @@ def device(tmp: Path, port: int, name: str, scenario: str) -> Iterator[subproces
 
 
 def register_device(tmp: Path, a: Node, port: int) -> None:
-    assert SIPP is not None
+    sipp = require_sipp()
     path = tmp / "register.xml"
     path.write_text(sipp_scenario("register_uac.xml", device=NVR, expires=3600))
     done = subprocess.run(
-        [SIPP, "-sf", str(path), "-i", "127.0.0.1", "-p", str(port), "-m", "1", "-timeout", "15s",
+        [sipp, "-sf", str(path), "-i", "127.0.0.1", "-p", str(port), "-m", "1", "-timeout", "15s",
          "-timeout_error", "-nostdin", f"127.0.0.1:{a.sip}"],
         capture_output=True, text=True, timeout=30, cwd=tmp,
     )  # fmt: skip
@@ -209,7 +206,6 @@ def device_behind_the_site(tmp: Path, a: Node, b: Node) -> int:
     return dev_port
 
 
-@pytest.mark.skipif(SIPP is None, reason="sipp is not installed")
 def test_district_lists_plays_and_moves_a_device_behind_the_site_and_again_after_a_restart(tmp_path: Path) -> None:
     a, b = site_and_district(tmp_path, media_port(1000))
     try:

@@ -32,7 +32,7 @@ from tests.helpers import media_port
 from tests.media import gb_ps, packetize, packs
 
 from .conftest import sipp_scenario
-from .test_cascade_chain import SIPP, Node, device, device_behind_the_site, site_and_district
+from .test_cascade_chain import Node, device, device_behind_the_site, site_and_district
 from .test_cascade_processes import SITE, cli, until
 from .test_devices import CH1
 from .test_playback_service import info_part
@@ -111,7 +111,6 @@ def decoded(path: Path) -> tuple[int, float]:
     return frames, seconds
 
 
-@pytest.mark.skipif(SIPP is None, reason="sipp is not installed")
 def test_district_plays_back_and_downloads_a_span_of_a_device_behind_the_site(tmp_path: Path) -> None:
     a, b = site_and_district(tmp_path, media_port(1200))
     try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.process import free_port, serve, wait_ready
+
+from .conftest import require_sipp
 
 SIPP_DIR = Path(__file__).parent / "sipp"
 
@@ -131,8 +132,7 @@ def test_site_registers_to_district_and_again_after_the_district_restarts(tmp_pa
 
 def test_sipp_superior_challenges_gets_keepalives_probes_and_sees_us_unregister(tmp_path: Path) -> None:
     """A SIPp superior (tests/shell/sipp/superior_uas.xml) checks every message of ours."""
-    sipp = shutil.which("sipp")
-    assert sipp is not None, "sipp is not installed: .ci/run installs it (apt-get install sip-tester)"
+    sipp = require_sipp()
     sup_port, a_sip, a_admin = free_port(), free_port(), free_port()
     trace = tmp_path / "superior.msg"
     superior = subprocess.Popen(

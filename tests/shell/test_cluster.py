@@ -31,7 +31,6 @@ upward after) and two nodes started at the same instant (exactly one REGISTER) a
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import threading
 import time
@@ -48,6 +47,7 @@ from tests.media import UdpConsumer, decode_h264, gb_ps, packetize, send_udp, wa
 from tests.process import wait_ready
 from tests.redis_server import RedisServer, require_redis_py
 
+from .conftest import require_sipp
 from .test_cascade_nodes import SUPERIOR, SUPERIOR_SSRC, api, offer, seed_channel, superior_request
 from .test_devices import finished, free_udp_port, play_device
 from .test_director import Node, sipp, start_node, until
@@ -113,10 +113,7 @@ def node_of(device: str, nodes: list[Node]) -> str:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     require_redis_py()
-    if shutil.which("sipp") is None:
-        if os.environ.get("CI"):
-            pytest.fail("sipp is not installed: .ci/run installs it")
-        pytest.skip("sipp is not installed")
+    require_sipp()
     tmp_path = tmp_path_factory.mktemp("cluster")
     redis = RedisServer(tmp_path / "redis", persistent=True)
     redis.start()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import socket
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from gb28181gw.app import Gateway
 from gb28181gw.manscdp.ptz import move, preset
 from tests.process import free_port, http_get
 
-from .conftest import run_sipp, sipp_scenario, start_gateway
+from .conftest import require_sipp, run_sipp, sipp_scenario, start_gateway
 
 pytestmark = pytest.mark.sipp
 
@@ -71,8 +70,7 @@ async def play_device(
     """A SIPp device playing ``scenario`` on ``port``; SIPp gives up ``timeout`` seconds after start."""
     path = tmp_path / f"{name}.xml"
     path.write_bytes(scenario)
-    sipp = shutil.which("sipp")
-    assert sipp is not None
+    sipp = require_sipp()
     proc = await asyncio.create_subprocess_exec(
         sipp, "-sf", str(path), "-i", "127.0.0.1", "-p", str(port), "-m", str(calls), "-timeout", f"{timeout}s", "-timeout_error",
         "-nostdin", "-trace_msg", "-message_file", str(tmp_path / f"{name}.msg"),

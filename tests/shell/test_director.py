@@ -15,8 +15,6 @@ not redirected; a malformed ``node.advertised_address`` stops start-up naming th
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -31,9 +29,10 @@ from gb28181gw.gb.director import NodeRecord, choose
 from tests.process import free_port, http_get, serve, wait_ready
 from tests.redis_server import RedisServer
 
+from .conftest import SIPP_DIR, require_sipp
+
 pytestmark = pytest.mark.sipp
 
-SIPP_DIR = Path(__file__).parent / "sipp"
 SITE = "34020000002000000001"
 PASSWORD = "12345678"
 CLAIM = 3.0  # node.claim_seconds: a killed node leaves the view within this (and the 1 s refresh)
@@ -116,11 +115,7 @@ def sipp(
     ``scenario`` and ``to`` (a port instead of the director's): IPCs that register elsewhere, such
     as at a dispatcher in front of the nodes (``ipc_register_uac.xml``, which follows no redirect).
     """
-    binary = shutil.which("sipp")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("sipp is not installed: .ci/run installs it")
-        pytest.skip("sipp is not installed")
+    binary = require_sipp()
     inf = tmp_path / f"devices-{ids[0]}.csv"
     # SIPp expands keywords inside injected fields, so field1 carries the whole auth keyword
     inf.write_text("SEQUENTIAL\n" + "".join(f"{i};[authentication username={i} password={PASSWORD}];\n" for i in ids))
@@ -384,11 +379,7 @@ def test_a_camera_whose_node_is_killed_finds_a_survivor_by_itself(tmp_path: Path
     # the camera is SIPp (camera_rehoming_uac.xml) doing only what a camera does: register through
     # the director, keep alive, refresh before Expires 10 runs out, and go back to the director when
     # its node stops answering. The test kills its node with kill -9 and does nothing else for it
-    binary = shutil.which("sipp")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("sipp is not installed: .ci/run installs it")
-        pytest.skip("sipp is not installed")
+    binary = require_sipp()
     short = ("--set", "registrar.expires_min=5")  # the camera asks for 10 s
     director = start_node(tmp_path, "d", redis, "--set", "node.director=true", *short)
     nodes = [start_node(tmp_path, name, redis, *short) for name in ("n1", "n2")]

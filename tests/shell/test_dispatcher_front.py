@@ -45,7 +45,7 @@ from tests.media import UdpConsumer, decode_h264, gb_ps, packetize, send_udp, wa
 from tests.process import wait_ready
 from tests.redis_server import RedisServer
 
-from .conftest import filled, sipp_scenario
+from .conftest import filled, require_sipp, sipp_scenario
 from .test_cascade_nodes import seed_channel
 from .test_cluster import drain
 from .test_devices import free_udp_port
@@ -66,16 +66,12 @@ FRAMES, GOP = 20, 10
 
 
 def require_kamailio() -> str:
-    """Kamailio's path, or skip (fail under CI, where ``.ci/run`` installs it)."""
+    """Kamailio's path; the test fails without it, or without SIPp (``.ci/run`` installs both), as
+    :func:`require_sipp` does."""
     found = shutil.which("kamailio") or next((p for p in ("/usr/sbin/kamailio",) if os.access(p, os.X_OK)), None)
     if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("kamailio is not installed: .ci/run installs it")
-        pytest.skip("kamailio is not installed (apt-get install kamailio)")
-    if shutil.which("sipp") is None:
-        if os.environ.get("CI"):
-            pytest.fail("sipp is not installed: .ci/run installs it")
-        pytest.skip("sipp is not installed")
+        pytest.fail("kamailio is not installed: .ci/run installs it (apt-get install kamailio)")
+    require_sipp()
     return found
 
 
@@ -289,8 +285,7 @@ DEVICE_INFO = (
 
 def start_device(tmp_path: Path, scenario: Path, port: int) -> subprocess.Popen[str]:
     """The SIPp device on ``port`` (the one it registered from), tracing what it got to ``<name>.msg``."""
-    sipp_binary = shutil.which("sipp")
-    assert sipp_binary is not None
+    sipp_binary = require_sipp()
     return subprocess.Popen(
         [sipp_binary, "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(port), "-m", "1", "-timeout", "40s",
          "-timeout_error", "-nostdin", "-trace_msg", "-message_file", str(scenario.with_suffix(".msg"))],

@@ -21,7 +21,6 @@ that node is refused.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import pytest
 
 from tests.redis_server import RedisServer
 
-from .conftest import SIPP_DIR
+from .conftest import SIPP_DIR, require_sipp
 from .test_director import PASSWORD, Node
 from .test_dispatcher_front import (
     DEVICES,
@@ -56,8 +55,7 @@ def attempts(tmp_path: Path, front: Front, password: str, calls: int, name: str)
     """BAD registering at the front from BAD_SOURCE with ``password``, ``calls`` attempts one after
     another (``ipc_wrong_password_uac.xml``): the status of every answer it got, in order."""
     require_kamailio()
-    binary = shutil.which("sipp")
-    assert binary is not None
+    binary = require_sipp()
     inf = tmp_path / f"{name}.csv"
     # SIPp expands keywords inside injected fields, so field1 carries the whole auth keyword
     inf.write_text(f"SEQUENTIAL\n{BAD};[authentication username={BAD} password={password}];\n")

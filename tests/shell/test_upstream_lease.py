@@ -16,7 +16,6 @@ import datetime as _dt
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -33,9 +32,10 @@ from gb28181gw.sip.message import Response, make_response, parse_message
 from tests.process import free_port, serve, wait_ready
 from tests.redis_server import RedisServer
 
+from .conftest import SIPP_DIR, require_sipp
+
 pytestmark = pytest.mark.sipp
 
-SIPP_DIR = Path(__file__).parent / "sipp"
 SITE = "34020000002000000001"
 DISTRICT = "34010000002000000001"
 LEASE = 3.0  # node.lease_seconds: renewed every 1 s, fenced 2.4 s after the last confirmed renewal (loaded CI margin)
@@ -54,11 +54,7 @@ class Superior:
     """The SIPp superior and what it received."""
 
     def __init__(self, tmp_path: Path) -> None:
-        sipp = shutil.which("sipp")
-        if sipp is None:
-            if os.environ.get("CI"):
-                pytest.fail("sipp is not installed: .ci/run installs it")
-            pytest.skip("sipp is not installed")
+        sipp = require_sipp()
         self.port = free_port()
         self.trace = tmp_path / "superior.msg"
         self.proc = subprocess.Popen(
