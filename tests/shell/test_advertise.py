@@ -290,11 +290,12 @@ async def test_advertised_address_and_media_address_still_win(tmp_path: Path) ->
 def veth_namespace() -> Iterator[tuple[str, str, str]]:
     """A network namespace joined to ours by a veth pair: (namespace, our address, its address).
 
-    Skips the test, saying why, when namespaces cannot be made here (not root, no ``ip``,
-    a container without CAP_SYS_ADMIN / CAP_NET_ADMIN).
+    Fails without ``ip`` (``.ci/run`` installs iproute2, as it installs SIPp); skips the test, saying
+    why, only where namespaces cannot be made at all (not root, a container without CAP_SYS_ADMIN /
+    CAP_NET_ADMIN).
     """
     if shutil.which("ip") is None:
-        pytest.skip("no `ip` command (iproute2): cannot make a network namespace")
+        pytest.fail("no `ip` command: .ci/run installs it (apt-get install iproute2)")
     tag = os.getpid() % 100_000
     ns, ours, theirs = f"gbgw{tag}", f"gbv{tag}a", f"gbv{tag}b"
     net = f"10.231.{tag % 250}"
